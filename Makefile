@@ -1,0 +1,32 @@
+# Quickstart targets. `make demo` and `make test` each set up .venv on first use.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+DATA := .aiops/data/digits
+
+.PHONY: demo test install bench clean-venv
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch 2.13.0: on the project's build machines a CPU wheel of it lies on local disk;
+	# an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/aiops example digits-data $(DATA)
+	$(BIN)/aiops train training/examples/digits/train.py \
+		--channel train=$(DATA)/train --channel test=$(DATA)/test --hp epochs=12
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,99 @@
+"""The `aiops` command line: thin commands that parse, call one function, render.
+
+Each command module keeps its heavy imports (torch, boto3, pulumi, uvicorn) inside the command
+functions, so `aiops --help` stays fast. Sub-apps and commands are grouped in help panels.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from aiops import __version__
+
+PANEL_TRAIN = "Training"
+PANEL_SERVE = "Inference"
+PANEL_INFRA = "Infrastructure"
+PANEL_MISC = "Setup"
+
+app = typer.Typer(
+    name="aiops",
+    help="Train PyTorch models on SageMaker GPUs, serve them behind autoscaling endpoints, "
+    "with the infrastructure as reviewed Pulumi code.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aiops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """aiops: from a laptop PyTorch script to SageMaker training and autoscaling endpoints."""
+
+
+def _register() -> None:
+    # Imported here (not at module top) only to keep registration in one place; these modules
+    # are light: their commands import heavy libraries when they run.
+    from aiops.cli import examples, train
+
+    train.register(app, panel=PANEL_TRAIN)
+    examples.register(app, panel=PANEL_MISC)
+
+
+_register()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script: errors become one line on stderr and an exit code."""
+    from aiops.errors import AiopsError
+
+    try:  # typer >= 0.29 vendors click
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover - older typer on the real click
+        from click import exceptions as click_exc
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        result = app(args=args, prog_name="aiops", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted.", err=True)
+        return 130
+    except click_exc.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # help was already printed
+            return 0
+        where = exc.ctx.command_path if exc.ctx is not None else "aiops"
+        typer.echo(f"error: {_one_line(exc.format_message())} (see '{where} --help')", err=True)
+        return 2
+    except click_exc.ClickException as exc:
+        typer.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        return exc.exit_code
+    except AiopsError as exc:
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted.", err=True)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

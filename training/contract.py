@@ -1,0 +1,506 @@
+"""The SageMaker training contract, as the PyTorch training container's toolkit computes it.
+
+Everything here is pure: from a job's hyperparameters, channels and resources it computes the
+config files SageMaker writes under ``/opt/ml/input/config``, the ``SM_*`` environment and the
+command-line arguments that ``sagemaker-training`` (aws/sagemaker-training-toolkit, 5.x:
+``environment.Environment.to_env_vars`` / ``to_cmd_args`` and ``mapping``) hands the user's
+script. tests/test_contract_oracle.py checks it key by key against that toolkit.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from aiops.errors import UsageError
+
+# Hyperparameters the SageMaker SDK adds for the framework (the toolkit moves every `sagemaker_*`
+# key out of the user's hyperparameters into SM_FRAMEWORK_PARAMS or its own settings).
+SAGEMAKER_PREFIX = "sagemaker_"
+PROGRAM_PARAM = "sagemaker_program"
+SUBMIT_DIR_PARAM = "sagemaker_submit_directory"
+REGION_PARAM = "sagemaker_region"
+LOG_LEVEL_PARAM = "sagemaker_container_log_level"
+JOB_NAME_PARAM = "sagemaker_job_name"
+TORCH_DISTRIBUTED_PARAM = "sagemaker_torch_distributed_enabled"
+PROCESSES_PER_HOST_PARAM = "sagemaker_mpi_num_of_processes_per_host"
+# The toolkit's params.SAGEMAKER_HYPERPARAMETERS: consumed by the toolkit, not framework params.
+TOOLKIT_PARAMS = frozenset(
+    {
+        PROGRAM_PARAM,
+        SUBMIT_DIR_PARAM,
+        "sagemaker_enable_cloudwatch_metrics",
+        REGION_PARAM,
+        LOG_LEVEL_PARAM,
+        JOB_NAME_PARAM,
+        "default_user_module_name",
+        "_tuning_objective_metric",
+        "sagemaker_s3_output",
+    }
+)
+DISTRIBUTION_FLAGS = (
+    "sagemaker_mpi_enabled",
+    "sagemaker_parameter_server_enabled",
+    "sagemaker_distributed_dataparallel_enabled",
+    "sagemaker_pytorch_ddp_enabled",
+    "sagemaker_pytorch_xla_multi_worker_enabled",
+    "sagemaker_multi_worker_mirrored_strategy_enabled",
+    TORCH_DISTRIBUTED_PARAM,
+)
+DISTRIBUTION_INSTANCE_GROUPS_PARAM = "sagemaker_distribution_instance_groups"
+# What the PyTorch DLC sets as its training module (SM_FRAMEWORK_MODULE).
+PYTORCH_TRAINING_MODULE = "sagemaker_pytorch_container.training:main"
+INSTANCE_GROUP = "homogeneousCluster"
+TORCHRUN_MASTER_PORT = 7777  # the toolkit's torch_distributed.MASTER_PORT
+# Not part of the toolkit: where aiops (and the remote jobs it creates) tell the script to keep
+# checkpoints. SageMaker syncs /opt/ml/checkpoints to CheckpointConfig.S3Uri.
+CHECKPOINT_ENV = "AIOPS_CHECKPOINT_DIR"
+DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
+
+# A hyperparameter name the toolkit passes through untouched: it becomes `--name` on the command
+# line and `SM_HP_<NAME>` in the environment. Anything else is mangled (spaces split the argv,
+# `=` breaks env parsing, a `sagemaker_` prefix is swallowed by the framework).
+_HP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_CHANNEL_NAME = re.compile(r"^[A-Za-z0-9\.\-_]+$")  # CreateTrainingJob's ChannelName pattern
+
+
+@dataclass(frozen=True)
+class ContainerPaths:
+    """The SageMaker tree rooted at ``base`` (``/opt/ml`` in the container)."""
+
+    base: Path
+
+    @property
+    def code(self) -> Path:
+        return self.base / "code"
+
+    @property
+    def model(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def input(self) -> Path:
+        return self.base / "input"
+
+    @property
+    def input_config(self) -> Path:
+        return self.input / "config"
+
+    @property
+    def input_data(self) -> Path:
+        return self.input / "data"
+
+    @property
+    def output(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def output_data(self) -> Path:
+        return self.output / "data"
+
+    @property
+    def output_intermediate(self) -> Path:
+        return self.output / "intermediate"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.base / "checkpoints"
+
+    def channel(self, name: str) -> Path:
+        return self.input_data / name
+
+    def all_dirs(self) -> list[Path]:
+        return [
+            self.code,
+            self.model,
+            self.input_config,
+            self.input_data,
+            self.output_data,
+            self.output_intermediate,
+            self.checkpoints,
+        ]
+
+
+@dataclass(frozen=True)
+class TrainingJobSpec:
+    """What one host of a training job sees: the inputs of the contract."""
+
+    job_name: str
+    entry_point: str  # relative to the code dir, e.g. "train.py"
+    hyperparameters: Mapping[str, Any]  # the user's, already typed (int, float, str, list, ...)
+    channels: tuple[str, ...]  # channel names
+    submit_directory: str  # sagemaker_submit_directory: s3://.../sourcedir.tar.gz or file://...
+    region: str
+    instance_type: str = "local"
+    hosts: tuple[str, ...] = ("algo-1",)
+    current_host: str = "algo-1"
+    network_interface_name: str = "eth0"
+    processes_per_host: int | None = None  # torch_distributed when set
+    log_level: int = 20
+    channel_content_types: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def module_name(self) -> str:
+        return self.entry_point[:-3] if self.entry_point.endswith(".py") else self.entry_point
+
+    @property
+    def distributed(self) -> bool:
+        return self.processes_per_host is not None
+
+    def framework_hyperparameters(self) -> dict[str, Any]:
+        """The `sagemaker_*` hyperparameters the SageMaker SDK adds to a PyTorch job."""
+        params: dict[str, Any] = {
+            PROGRAM_PARAM: self.entry_point,
+            SUBMIT_DIR_PARAM: self.submit_directory,
+            REGION_PARAM: self.region,
+            LOG_LEVEL_PARAM: self.log_level,
+            JOB_NAME_PARAM: self.job_name,
+        }
+        if self.distributed:
+            params[TORCH_DISTRIBUTED_PARAM] = True
+            params[PROCESSES_PER_HOST_PARAM] = self.processes_per_host
+        return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate_hyperparameter_name(name: str) -> None:
+    if not _HP_NAME.match(name):
+        raise UsageError(
+            f"hyperparameter name {name!r} would be mangled by the SageMaker toolkit "
+            "(it becomes --NAME and SM_HP_NAME): use letters, digits, '_', '-' and '.', starting "
+            "with a letter or '_'."
+        )
+    if name.startswith(SAGEMAKER_PREFIX) or name in TOOLKIT_PARAMS:
+        raise UsageError(
+            f"hyperparameter name {name!r} is reserved: the SageMaker toolkit takes every "
+            f"'{SAGEMAKER_PREFIX}*' key for itself and never passes it to your script; rename it."
+        )
+
+
+def validate_hyperparameters(hyperparameters: Mapping[str, Any]) -> None:
+    seen: dict[str, str] = {}
+    for name in hyperparameters:
+        validate_hyperparameter_name(name)
+        env_name = _hp_env_name(name)
+        if env_name in seen:
+            raise UsageError(
+                f"hyperparameters {seen[env_name]!r} and {name!r} both become {env_name}; "
+                "rename one of them."
+            )
+        seen[env_name] = name
+
+
+def validate_channel_name(name: str) -> None:
+    if not _CHANNEL_NAME.match(name) or len(name) > 64:
+        raise UsageError(
+            f"channel name {name!r} is not valid for SageMaker: use up to 64 letters, digits, "
+            "'.', '-' and '_' (e.g. --channel train=./data/train)."
+        )
+
+
+def parse_hyperparameter_value(raw: str) -> Any:
+    """A `--hp KEY=VALUE` value: JSON if it parses (3, 0.1, true, [1,2]), else the raw string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files (what SageMaker writes to /opt/ml/input/config)
+
+
+def encode_hyperparameters(values: Mapping[str, Any]) -> dict[str, str]:
+    """hyperparameters.json: every value JSON-encoded into a string, as the SageMaker SDK sends."""
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def hyperparameters_file(spec: TrainingJobSpec) -> dict[str, str]:
+    return encode_hyperparameters({**spec.hyperparameters, **spec.framework_hyperparameters()})
+
+
+def resource_config(spec: TrainingJobSpec) -> dict[str, Any]:
+    return {
+        "current_host": spec.current_host,
+        "current_instance_type": spec.instance_type,
+        "current_group_name": INSTANCE_GROUP,
+        "hosts": list(spec.hosts),
+        "instance_groups": [
+            {
+                "instance_group_name": INSTANCE_GROUP,
+                "instance_type": spec.instance_type,
+                "hosts": list(spec.hosts),
+            }
+        ],
+        "network_interface_name": spec.network_interface_name,
+    }
+
+
+def input_data_config(spec: TrainingJobSpec) -> dict[str, dict[str, str]]:
+    config: dict[str, dict[str, str]] = {}
+    for name in spec.channels:
+        entry = {
+            "TrainingInputMode": "File",
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "None",
+        }
+        if name in spec.channel_content_types:
+            entry["ContentType"] = spec.channel_content_types[name]
+        config[name] = entry
+    return config
+
+
+def write_config_files(spec: TrainingJobSpec, paths: ContainerPaths) -> None:
+    paths.input_config.mkdir(parents=True, exist_ok=True)
+    files = {
+        "hyperparameters.json": hyperparameters_file(spec),
+        "resourceconfig.json": resource_config(spec),
+        "inputdataconfig.json": input_data_config(spec),
+    }
+    for name, content in files.items():
+        (paths.input_config / name).write_text(json.dumps(content))
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment and arguments (the toolkit's Environment.to_env_vars / to_cmd_args)
+
+
+def _hp_env_name(name: str) -> str:
+    return f"SM_HP_{name.upper()}"
+
+
+def _toolkit_str(value: Any) -> str:
+    """mapping._decode: how the toolkit turns one value into an argv string."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin1")
+    return str(value)
+
+
+def _env_value(value: Any) -> str:
+    """mapping.to_env_vars' format_value."""
+    if isinstance(value, bytes):
+        return value.decode("latin1")
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def decoded_hyperparameters(spec: TrainingJobSpec) -> dict[str, Any]:
+    """What the toolkit reads back from hyperparameters.json (json.loads, fallback raw)."""
+    decoded: dict[str, Any] = {}
+    for key, raw in hyperparameters_file(spec).items():
+        try:
+            decoded[key] = json.loads(raw)
+        except (ValueError, TypeError):
+            decoded[key] = raw
+    return decoded
+
+
+def user_args(hyperparameters: Mapping[str, Any]) -> list[str]:
+    """mapping.to_cmd_args: sorted `--key value`; one-letter keys get `-k`; dicts as k=v,k=v."""
+    args: list[str] = []
+    for key in sorted(hyperparameters):
+        name = _toolkit_str(key)
+        args.append(("--" if len(name) > 1 else "-") + name if name else "")
+        value = hyperparameters[key]
+        if hasattr(value, "items"):
+            args.append(",".join(f"{k}={v}" for k, v in sorted(value.items())))
+        else:
+            args.append(_toolkit_str(value))
+    return args
+
+
+def num_gpus() -> int:
+    """The toolkit counts `nvidia-smi --list-gpus` lines; so do we (no torch import needed)."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--list-gpus"], capture_output=True, text=True, check=True, timeout=20
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    num_gpus: int
+    num_cpus: int
+    num_neurons: int = 0
+
+    @classmethod
+    def detect(cls) -> "HostFacts":
+        return cls(num_gpus=num_gpus(), num_cpus=multiprocessing.cpu_count())
+
+
+def training_env(spec: TrainingJobSpec, paths: ContainerPaths, host: HostFacts) -> dict[str, Any]:
+    """dict(Environment()): the object serialised into SM_TRAINING_ENV."""
+    all_hps = decoded_hyperparameters(spec)
+    framework = {k: v for k, v in all_hps.items() if k.startswith(SAGEMAKER_PREFIX) or k in TOOLKIT_PARAMS}
+    user_hps = {k: v for k, v in all_hps.items() if k not in framework}
+    additional = {k: v for k, v in framework.items() if k not in TOOLKIT_PARAMS}
+    resources = resource_config(spec)
+    groups = [g["instance_group_name"] for g in resources["instance_groups"]]
+    groups_dict = {g["instance_group_name"]: g for g in resources["instance_groups"]}
+    if DISTRIBUTION_INSTANCE_GROUPS_PARAM in additional:
+        distribution_groups = additional[DISTRIBUTION_INSTANCE_GROUPS_PARAM]
+    else:
+        distribution_groups = [INSTANCE_GROUP] if any(additional.get(f) for f in DISTRIBUTION_FLAGS) else []
+    distribution_hosts = [
+        h for g in resources["instance_groups"] if g["instance_group_name"] in distribution_groups for h in g["hosts"]
+    ]
+    master = distribution_hosts[0] if distribution_hosts else list(spec.hosts)[0]
+    channel_dirs = {name: str(paths.channel(name)) for name in input_data_config(spec)}
+    return {
+        "additional_framework_parameters": additional,
+        "channel_input_dirs": channel_dirs,
+        "current_host": spec.current_host,
+        "current_instance_group": INSTANCE_GROUP,
+        "current_instance_group_hosts": list(spec.hosts),
+        "current_instance_type": spec.instance_type,
+        "distribution_hosts": distribution_hosts,
+        "distribution_instance_groups": distribution_groups,
+        "framework_module": PYTORCH_TRAINING_MODULE,
+        "hosts": list(spec.hosts),
+        "hyperparameters": user_hps,
+        "input_config_dir": str(paths.input_config),
+        "input_data_config": input_data_config(spec),
+        "input_dir": str(paths.input),
+        "instance_groups": groups,
+        "instance_groups_dict": groups_dict,
+        "is_hetero": len(groups) > 1,
+        "is_master": spec.current_host == master,
+        "is_modelparallel_enabled": None,  # the toolkit's `os.environ.get("SM_HP_MP_PARAMETERS") and ...`
+        "is_smddpmprun_installed": False,
+        "is_smddprun_installed": False,
+        "job_name": spec.job_name,
+        "log_level": framework.get(LOG_LEVEL_PARAM, 20),
+        "master_hostname": master,
+        "model_dir": str(paths.model),
+        "module_dir": str(framework.get(SUBMIT_DIR_PARAM, paths.code)),
+        "module_name": spec.module_name,
+        "network_interface_name": spec.network_interface_name,
+        "num_cpus": host.num_cpus,
+        "num_gpus": host.num_gpus,
+        "num_neurons": host.num_neurons,
+        "output_data_dir": str(paths.output_data),
+        "output_dir": str(paths.output),
+        "output_intermediate_dir": str(paths.output_intermediate),
+        "resource_config": resources,
+        "topology": [],
+        "user_entry_point": spec.entry_point,
+    }
+
+
+
+def sm_environment(spec: TrainingJobSpec, paths: ContainerPaths, host: HostFacts) -> dict[str, str]:
+    """Environment.to_env_vars(): every SM_* variable the script sees."""
+    env = training_env(spec, paths, host)
+    values: dict[str, Any] = {
+        "hosts": env["hosts"],
+        "network_interface_name": env["network_interface_name"],
+        "hps": env["hyperparameters"],
+        "user_entry_point": env["user_entry_point"],
+        "framework_params": env["additional_framework_parameters"],
+        "resource_config": env["resource_config"],
+        "input_data_config": env["input_data_config"],
+        "output_data_dir": env["output_data_dir"],
+        "channels": sorted(env["channel_input_dirs"]),
+        "current_host": env["current_host"],
+        "current_instance_type": env["current_instance_type"],
+        "current_instance_group": env["current_instance_group"],
+        "current_instance_group_hosts": env["current_instance_group_hosts"],
+        "instance_groups": env["instance_groups"],
+        "instance_groups_dict": env["instance_groups_dict"],
+        "distribution_instance_groups": env["distribution_instance_groups"],
+        "is_hetero": env["is_hetero"],
+        "module_name": env["module_name"],
+        "log_level": env["log_level"],
+        "framework_module": env["framework_module"],
+        "input_dir": env["input_dir"],
+        "input_config_dir": env["input_config_dir"],
+        "output_dir": env["output_dir"],
+        "num_cpus": env["num_cpus"],
+        "num_gpus": env["num_gpus"],
+        "num_neurons": env["num_neurons"],
+        "model_dir": env["model_dir"],
+        "module_dir": env["module_dir"],
+        "training_env": env,
+        "user_args": user_args(env["hyperparameters"]),
+        "output_intermediate_dir": env["output_intermediate_dir"],
+    }
+    for name, path in env["channel_input_dirs"].items():
+        values[f"channel_{name}"] = path
+    for key, value in env["hyperparameters"].items():
+        values[f"hp_{key}"] = value
+    return {f"SM_{str(k).upper()}": _env_value(v) for k, v in values.items()}
+
+
+def container_environment(spec: TrainingJobSpec, paths: ContainerPaths, host: HostFacts) -> dict[str, str]:
+    """All variables aiops sets for the script: SM_*, the toolkit's own, and the checkpoint dir."""
+    env = sm_environment(spec, paths, host)
+    env.update(
+        {
+            # set by the platform / the DLC image / the toolkit in a real job
+            "TRAINING_JOB_NAME": spec.job_name,
+            "SAGEMAKER_JOB_NAME": spec.job_name,
+            "CURRENT_HOST": spec.current_host,
+            "SAGEMAKER_REGION": spec.region,
+            "SAGEMAKER_TRAINING_MODULE": PYTORCH_TRAINING_MODULE,
+            # lets `from sagemaker_training import environment` find this tree instead of /opt/ml
+            "SAGEMAKER_BASE_DIR": str(paths.base),
+            CHECKPOINT_ENV: str(paths.checkpoints),
+        }
+    )
+    return env
+
+
+def launch_command(
+    spec: TrainingJobSpec, python: str, *, master_port: int | None = None
+) -> list[str]:
+    """The command the toolkit runs: `python -- ENTRY ARGS`, or torchrun for torch_distributed."""
+    args = user_args(training_env_user_hps(spec))
+    if not spec.distributed:
+        return [python, "--", spec.entry_point, *args]
+    cmd = [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(len(spec.hosts)),
+        "--nproc_per_node",
+        str(spec.processes_per_host),
+    ]
+    if len(spec.hosts) > 1:
+        cmd += [
+            "--master_addr",
+            spec.hosts[0],
+            "--master_port",
+            str(TORCHRUN_MASTER_PORT),
+            "--node_rank",
+            str(spec.hosts.index(spec.current_host)),
+        ]
+    elif master_port is not None:
+        # One host: the toolkit leaves torchrun's defaults (127.0.0.1:29500); a free port lets
+        # several local jobs run side by side.
+        cmd += ["--master_addr", "127.0.0.1", "--master_port", str(master_port)]
+    return [*cmd, spec.entry_point, *args]
+
+
+def training_env_user_hps(spec: TrainingJobSpec) -> dict[str, Any]:
+    decoded = decoded_hyperparameters(spec)
+    return {k: v for k, v in decoded.items() if not (k.startswith(SAGEMAKER_PREFIX) or k in TOOLKIT_PARAMS)}
