@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     @field_validator("home")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
-        return value.expanduser()
+        return value.expanduser().absolute()
 
     @property
     def runs_dir(self) -> Path:

@@ -1,0 +1,470 @@
+"""Run a SageMaker-style training script locally, as a plain process, under the container contract.
+
+The runner plays the part of the PyTorch training container and its toolkit: it lays out the
+``/opt/ml`` tree under a run folder, snapshots the code into ``code/``, copies the channels into
+``input/data/<channel>``, sets the toolkit's environment and argv (``contract``), starts the
+script (or torchrun), streams its output with metrics, stops it the way SageMaker stops a job
+(SIGTERM, then SIGKILL after a grace period), and packs ``model.tar.gz`` / ``output.tar.gz``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+from aiops.errors import UsageError
+from aiops.training import contract
+from aiops.training.metrics import MetricDefinition, MetricParser, MetricSample
+from aiops.training.requirements import RequirementProblem, check_requirements
+from aiops.training.runs import (
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_IN_PROGRESS,
+    STATUS_STOPPED,
+    RunStore,
+    job_name_from_base,
+    validate_job_name,
+)
+
+# Left out of the code snapshot: VCS data, caches, virtualenvs and aiops' own state.
+CODE_EXCLUDES = frozenset({".git", ".hg", ".svn", "__pycache__", ".aiops", ".venv", ".mypy_cache",
+                           ".pytest_cache", ".ipynb_checkpoints"})
+FAILURE_TAIL_CHARS = 1024  # DescribeTrainingJob shows the first 1024 characters of `failure`
+
+
+@dataclass
+class JobConfig:
+    """What the user asked for (SageMaker SDK names)."""
+
+    entry_point: str
+    source_dir: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    channels: dict[str, str] = field(default_factory=dict)
+    instance_type: str = "local"
+    nproc: int | None = None
+    job_name: str | None = None
+    metric_definitions: list[MetricDefinition] = field(default_factory=list)
+    resume: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "entry_point": self.entry_point,
+            "source_dir": self.source_dir,
+            "hyperparameters": self.hyperparameters,
+            "channels": self.channels,
+            "instance_type": self.instance_type,
+            "nproc": self.nproc,
+            "metric_definitions": [d.as_sagemaker() for d in self.metric_definitions],
+        }
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A validated job: every path resolved, nothing written yet."""
+
+    config: JobConfig
+    job_name: str
+    code_source: Path  # the source dir, or the entry point file when there is no source dir
+    entry_point: str  # relative to the code dir, as `sagemaker_program`
+    channels: Mapping[str, Path]
+    checkpoint_source: Path | None  # an earlier run's checkpoint folder (--resume)
+    requirement_problems: Sequence[RequirementProblem]
+
+
+class RunReporter(Protocol):
+    def started(self, record: Mapping[str, Any]) -> None: ...
+    def line(self, text: str) -> None: ...
+    def metric(self, sample: MetricSample, latest: Mapping[str, float]) -> None: ...
+    def stopping(self, reason: str) -> None: ...
+    def finished(self, record: Mapping[str, Any]) -> None: ...
+
+
+class NullReporter:
+    def started(self, record: Mapping[str, Any]) -> None: ...
+    def line(self, text: str) -> None: ...
+    def metric(self, sample: MetricSample, latest: Mapping[str, float]) -> None: ...
+    def stopping(self, reason: str) -> None: ...
+    def finished(self, record: Mapping[str, Any]) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (no side effects)
+
+
+def prepare(config: JobConfig, store: RunStore) -> PreparedJob:
+    """Check the whole request before anything is written; UsageError (exit 2) on bad input."""
+    contract.validate_hyperparameters(config.hyperparameters)
+    if config.nproc is not None and config.nproc < 1:
+        raise UsageError(f"--nproc {config.nproc}: needs at least 1 process.")
+
+    code_source, entry_point = _resolve_code(config.entry_point, config.source_dir)
+    channels: dict[str, Path] = {}
+    for name, location in config.channels.items():
+        contract.validate_channel_name(name)
+        if location.startswith("s3://"):
+            raise UsageError(
+                f"channel {name!r} is an S3 URI ({location}); local runs read local files — "
+                "download it first, or run with --remote."
+            )
+        path = Path(location).expanduser()
+        if not path.exists():
+            raise UsageError(f"channel {name!r}: {location} does not exist; pass an existing file or folder.")
+        channels[name] = path.resolve()
+
+    checkpoint_source = None
+    if config.resume:
+        previous = store.load(config.resume)  # UsageError naming the known runs if unknown
+        checkpoint_source = Path(previous["checkpoint_dir"])
+
+    if config.job_name:
+        validate_job_name(config.job_name)
+        if store.exists(config.job_name):
+            raise UsageError(
+                f"a run named {config.job_name!r} already exists; choose another --job-name, "
+                f"or resume it with --resume {config.job_name}."
+            )
+        job_name = config.job_name
+    else:
+        job_name = job_name_from_base(Path(entry_point).stem.replace("_", "-"))
+
+    requirements = code_source / "requirements.txt" if code_source.is_dir() else None
+    problems = check_requirements(requirements) if requirements and requirements.is_file() else []
+    return PreparedJob(config, job_name, code_source, entry_point, channels, checkpoint_source, problems)
+
+
+def _resolve_code(entry_point: str, source_dir: str | None) -> tuple[Path, str]:
+    if source_dir is not None:
+        root = Path(source_dir).expanduser()
+        if not root.is_dir():
+            raise UsageError(f"--source-dir {source_dir}: no such folder; point it at the folder holding your code.")
+        relative = entry_point
+        if Path(entry_point).is_absolute() or not (root / entry_point).is_file():
+            # Accept a path to the script that lies inside the source dir, as the SDK does.
+            candidate = Path(entry_point).expanduser().resolve()
+            try:
+                relative = candidate.relative_to(root.resolve()).as_posix()
+            except ValueError:
+                raise UsageError(
+                    f"entry point {entry_point} is not a file inside --source-dir {source_dir}; "
+                    "give its path relative to the source dir (e.g. train.py)."
+                ) from None
+            if not candidate.is_file():
+                raise UsageError(f"entry point {entry_point}: no such file in {source_dir}.")
+        _validate_entry_point_name(relative)
+        return root.resolve(), relative
+    path = Path(entry_point).expanduser()
+    if not path.is_file():
+        raise UsageError(
+            f"entry point {entry_point}: no such file; give the path to your training script "
+            "(and --source-dir for a folder of code)."
+        )
+    _validate_entry_point_name(path.name)
+    return path.resolve(), path.name
+
+
+def _validate_entry_point_name(name: str) -> None:
+    """The toolkit's process.validate_entry_point: the same name must also run in the container."""
+    import re
+
+    if not re.match(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$", name) or any(
+        part in (".", "..") for part in name.split("/")
+    ):
+        raise UsageError(
+            f"entry point {name!r} cannot run in the SageMaker container: rename it to letters, digits, "
+            "'.', '_', '+', '-' and '/' (e.g. train.py)."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _copy_code(source: Path, dest: Path, runs_root: Path) -> None:
+    if source.is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / source.name)
+        return
+    runs_root = runs_root.resolve()
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n in CODE_EXCLUDES or n.endswith(".pyc")}
+        # never copy the runs folder into itself when it lives inside the source dir
+        skipped |= {n for n in names if (Path(folder) / n).resolve() == runs_root}
+        return skipped
+
+    shutil.copytree(source, dest, ignore=ignore, symlinks=True, dirs_exist_ok=True)
+
+
+def _stage_channel(source: Path, dest: Path, link: bool) -> None:
+    if link:
+        dest.symlink_to(source, target_is_directory=source.is_dir())
+    elif source.is_dir():
+        shutil.copytree(source, dest, symlinks=False)
+    else:
+        dest.mkdir(parents=True)
+        shutil.copy2(source, dest / source.name)
+
+
+def _pack(folder: Path, archive: Path) -> None:
+    """tar.gz of the folder's contents at the archive root, as SageMaker packs /opt/ml/model."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for item in sorted(folder.iterdir()):
+            tar.add(item, arcname=item.name)
+
+
+class _Stopper:
+    """Stops the job like SageMaker: SIGTERM to the script's process group, SIGKILL after grace."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], grace: float, reporter: RunReporter) -> None:
+        self.proc = proc
+        self.grace = grace
+        self.reporter = reporter
+        self.requested_by: int | None = None
+        self._killer: threading.Timer | None = None
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def handle(self, signum: int, _frame: object) -> None:
+        if self.requested_by is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: no more waiting
+                self.reporter.stopping("second interrupt: killing the job now")
+                self._signal_group(signal.SIGKILL)
+            return
+        self.requested_by = signum
+        self.reporter.stopping(
+            f"{signal.Signals(signum).name} received: stopping the job (SIGTERM, SIGKILL after {self.grace:g}s)"
+        )
+        self._signal_group(signal.SIGTERM)
+        self._killer = threading.Timer(self.grace, self._signal_group, args=(signal.SIGKILL,))
+        self._killer.daemon = True
+        self._killer.start()
+
+    def cancel(self) -> None:
+        if self._killer is not None:
+            self._killer.cancel()
+
+
+def run(
+    job: PreparedJob,
+    store: RunStore,
+    *,
+    stop_grace_seconds: float = 120.0,
+    link_channels: bool = False,
+    region: str = "us-east-1",
+    log_tail_lines: int = 20,
+    reporter: RunReporter | None = None,
+    python: str | None = None,
+) -> dict[str, Any]:
+    """Run the prepared job to its end; returns the final run record."""
+    reporter = reporter or NullReporter()
+    run_dir = store.create(job.job_name)
+    paths = contract.ContainerPaths(run_dir / "opt" / "ml")
+    for folder in paths.all_dirs():
+        folder.mkdir(parents=True, exist_ok=True)
+    if job.checkpoint_source is not None:
+        paths.checkpoints.rmdir()
+        paths.checkpoints.symlink_to(job.checkpoint_source, target_is_directory=True)
+    checkpoint_dir = job.checkpoint_source or paths.checkpoints
+
+    _copy_code(job.code_source, paths.code, store.root)
+    for name, source in job.channels.items():
+        _stage_channel(source, paths.channel(name), link_channels)
+
+    spec = contract.TrainingJobSpec(
+        job_name=job.job_name,
+        entry_point=job.entry_point,
+        hyperparameters=job.config.hyperparameters,
+        channels=tuple(job.channels),
+        submit_directory=paths.code.as_uri(),
+        region=region,
+        instance_type=job.config.instance_type,
+        network_interface_name="lo",  # one host: torch.distributed talks over loopback
+        processes_per_host=job.config.nproc,
+    )
+    contract.write_config_files(spec, paths)
+    env = {**os.environ, **contract.container_environment(spec, paths, contract.HostFacts.detect())}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.code), os.environ.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"  # live logs, as the container's stdout reaches CloudWatch
+    command = contract.launch_command(spec, python or sys.executable,
+                                      master_port=_free_port() if spec.distributed else None)
+    if spec.distributed:
+        env.setdefault("NCCL_SOCKET_IFNAME", spec.network_interface_name)  # as the toolkit's runner
+
+    record: dict[str, Any] = {
+        "job_name": job.job_name,
+        "status": STATUS_IN_PROGRESS,
+        "created_at": time.time(),
+        "ended_at": None,
+        "duration_seconds": None,
+        "run_dir": str(run_dir),
+        "base_dir": str(paths.base),
+        "checkpoint_dir": str(checkpoint_dir),
+        "resumed_from": job.config.resume,
+        "entry_point": job.entry_point,
+        "source_dir": str(job.code_source if job.code_source.is_dir() else job.code_source.parent),
+        "config": _absolute_config(job),
+        "hyperparameters": dict(job.config.hyperparameters),
+        "command": command,
+        "exit_code": None,
+        "failure_reason": None,
+        "final_metrics": {},
+        "artifacts": {},
+        "requirement_problems": [p.__dict__ for p in job.requirement_problems],
+    }
+    store.save(record)
+    reporter.started(record)
+
+    parser = MetricParser(job.config.metric_definitions)
+    latest: dict[str, float] = {}
+    tail: list[str] = []
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        command,
+        cwd=paths.code,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # our own process group: Ctrl-C reaches aiops, which stops it
+    )
+    stopper = _Stopper(proc, stop_grace_seconds, reporter)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handlers = {}
+    if in_main_thread:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[sig] = signal.signal(sig, stopper.handle)
+    try:
+        with open(run_dir / "train.log", "wb") as log, open(run_dir / "metrics.jsonl", "a") as metrics_file:
+            assert proc.stdout is not None
+            for raw in iter(proc.stdout.readline, b""):
+                log.write(raw)
+                log.flush()
+                text = raw.decode("utf-8", errors="replace").rstrip("\n")
+                tail.append(text)
+                if len(tail) > log_tail_lines:
+                    del tail[0]
+                reporter.line(text)
+                for sample in parser.parse(text):
+                    latest[sample.name] = sample.value
+                    metrics_file.write(
+                        _json_line(
+                            {
+                                "name": sample.name,
+                                "value": sample.value,
+                                "timestamp": time.time(),
+                                "elapsed_seconds": round(time.monotonic() - started, 3),
+                            }
+                        )
+                    )
+                    metrics_file.flush()
+                    reporter.metric(sample, latest)
+            exit_code = proc.wait()
+    finally:
+        stopper.cancel()
+        if proc.poll() is None:  # aiops itself failed while reading: do not orphan the script
+            stopper._signal_group(signal.SIGKILL)
+            proc.wait()
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+    record["exit_code"] = exit_code
+    record["ended_at"] = time.time()
+    record["duration_seconds"] = round(time.monotonic() - started, 3)
+    record["final_metrics"] = latest
+    if stopper.requested_by is not None:
+        record["status"] = STATUS_STOPPED
+        record["stopped_by"] = signal.Signals(stopper.requested_by).name
+    elif exit_code == 0:
+        record["status"] = STATUS_COMPLETED
+        (paths.output / "success").write_text("")
+        artifacts = run_dir / "output"
+        artifacts.mkdir(exist_ok=True)
+        _pack(paths.model, artifacts / "model.tar.gz")
+        _pack(paths.output_data, artifacts / "output.tar.gz")
+        record["artifacts"] = {
+            "model": str(artifacts / "model.tar.gz"),
+            "output": str(artifacts / "output.tar.gz"),
+            "model_dir": str(paths.model),
+        }
+    else:
+        record["status"] = STATUS_FAILED
+        failure_file = paths.output / "failure"
+        if not failure_file.is_file():  # the toolkit writes one when the script did not
+            reason = "killed by signal %d" % -exit_code if exit_code < 0 else "exit code %d" % exit_code
+            failure_file.write_text(
+                f"AlgorithmError: ExecuteUserScriptError: {reason}\n" + "\n".join(tail[-5:])
+            )
+        record["failure_reason"] = failure_file.read_text(errors="replace")[:FAILURE_TAIL_CHARS]
+        record["log_tail"] = tail
+    store.save(record)
+    reporter.finished(record)
+    return record
+
+
+def export_artifacts(store: RunStore, record: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    """Copy the artifacts to `<output_dir>/<job>/output/`, the SDK's output_path layout."""
+    dest = output_dir / record["job_name"] / "output"
+    dest.mkdir(parents=True, exist_ok=False)  # the job name is unique: never overwrite user files
+    exported = {}
+    for key in ("model", "output"):
+        source = Path(record["artifacts"][key])
+        shutil.copy2(source, dest / source.name)
+        exported[key] = str(dest / source.name)
+    record["exported_artifacts"] = exported
+    store.save(record)
+    return record
+
+
+def _absolute_config(job: PreparedJob) -> dict[str, Any]:
+    """The request with absolute paths, so --resume works from any working directory."""
+    config = job.config.to_record()
+    if job.code_source.is_dir():
+        config["source_dir"] = str(job.code_source)
+        config["entry_point"] = job.entry_point
+    else:
+        config["source_dir"] = None
+        config["entry_point"] = str(job.code_source)
+    config["channels"] = {name: str(path) for name, path in job.channels.items()}
+    return config
+
+
+def _json_line(obj: Mapping[str, Any]) -> str:
+    import json
+
+    return json.dumps(obj, separators=(",", ":")) + "\n"
+
+
+def resume_config(store: RunStore, name: str) -> JobConfig:
+    """The configuration an earlier run was started with, to run it again from its checkpoints."""
+    previous = store.load(name)
+    cfg = previous.get("config") or {}
+    return JobConfig(
+        entry_point=cfg["entry_point"],
+        source_dir=cfg.get("source_dir"),
+        hyperparameters=dict(cfg.get("hyperparameters") or {}),
+        channels=dict(cfg.get("channels") or {}),
+        instance_type=cfg.get("instance_type") or "local",
+        nproc=cfg.get("nproc"),
+        metric_definitions=[MetricDefinition(d["Name"], d["Regex"]) for d in cfg.get("metric_definitions", [])],
+        resume=name,
+    )
