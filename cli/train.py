@@ -46,7 +46,7 @@ class _ConsoleReporter:
     def __init__(self, *, to_stderr: bool) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=to_stderr, highlight=False)
+        self.console = Console(stderr=to_stderr, highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal
         self._status = None
         self._started = time.monotonic()
@@ -89,6 +89,8 @@ def _render_summary(console: Any, record: Mapping[str, Any]) -> None:
 
     colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow"}.get(record["status"], "white")
     table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")  # paths stay whole, folded, never cut with an ellipsis
     table.add_row("job", record["job_name"])
     table.add_row("status", f"[{colour}]{record['status']}[/]")
     table.add_row("duration", f"{record.get('duration_seconds') or 0:.1f}s")
@@ -199,7 +201,7 @@ def _summary(record: Mapping[str, Any]) -> dict[str, Any]:
 def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array on stdout.")) -> None:
     """List local runs, newest first."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from aiops.settings import get_settings
     from aiops.training.runs import RunStore
@@ -212,7 +214,7 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
     if not records:
         console.print("no local runs yet: start one with 'aiops train SCRIPT'.")
         return
-    table = Table("job", "status", "started", "duration", "metrics")
+    table = Table(Column("job", overflow="fold"), "status", "started", "duration", Column("metrics", overflow="fold"))
     for r in records:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in list((r.get("final_metrics") or {}).items())[:3])
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created_at", 0)))

@@ -159,7 +159,7 @@ def _resolve_code(entry_point: str, source_dir: str | None) -> tuple[Path, str]:
                     "give its path relative to the source dir (e.g. train.py)."
                 ) from None
             if not candidate.is_file():
-                raise UsageError(f"entry point {entry_point}: no such file in {source_dir}.")
+                raise UsageError(f"entry point {entry_point}: no such file in {source_dir}; give its path relative to the source dir.")
         _validate_entry_point_name(relative)
         return root.resolve(), relative
     path = Path(entry_point).expanduser()
