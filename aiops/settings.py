@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,7 +27,11 @@ CONFIG_FILE_ENV = "AIOPS_CONFIG"
 DEFAULT_CONFIG_FILE = "aiops.toml"
 
 
-class TrainSettings(BaseModel):
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
+
+
+class TrainSettings(_Section):
     """Defaults for `aiops train`."""
 
     stop_grace_seconds: float = Field(
@@ -42,7 +46,7 @@ class TrainSettings(BaseModel):
     instance_type: str = Field("local", description="Recorded in resourceconfig.json for local runs.")
 
 
-class ServeSettings(BaseModel):
+class ServeSettings(_Section):
     """Defaults for `aiops serve` (the SAGEMAKER_* variables override them, as in the container)."""
 
     host: str = "127.0.0.1"
@@ -54,7 +58,7 @@ class ServeSettings(BaseModel):
     graceful_shutdown_seconds: float = Field(30.0, ge=0)
 
 
-class AwsSettings(BaseModel):
+class AwsSettings(_Section):
     """Defaults for remote jobs and deployments; the deployed stack's outputs take precedence."""
 
     region: str = "us-east-1"
