@@ -65,8 +65,15 @@ class AwsSettings(_Section):
     role_arn: str | None = None
     bucket: str | None = None
     kms_key_arn: str | None = None
-    framework_version: str = "2.5"
+    framework_version: str = Field("2.5", description="PyTorch version of the SageMaker containers.")
     py_version: str = "py311"
+    instance_type: str = Field("ml.g5.xlarge", description="Default instance type of remote training jobs.")
+    spot: bool = Field(True, description="Managed spot training by default (with checkpoints).")
+    max_run_seconds: int = Field(86400, ge=1, description="StoppingCondition.MaxRuntimeInSeconds.")
+    volume_size_gb: int = Field(30, ge=1)
+    log_silence_warning_seconds: float = Field(
+        300.0, gt=0, description="Warn when a job's logs stay silent this long (instead of hanging quietly)."
+    )
 
 
 class Settings(BaseSettings):
@@ -80,6 +87,7 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(Path(".aiops"), description="Where local runs and state are kept.")
+    stack: str = Field("dev", description="The Pulumi stack whose outputs give remote jobs their defaults.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     train: TrainSettings = TrainSettings()
     serve: ServeSettings = ServeSettings()

@@ -11,7 +11,7 @@ from typing import Any, List, Mapping, Optional
 
 import typer
 
-jobs_app = typer.Typer(help="Local training runs: list and describe.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Training runs, local and remote: list, describe, logs, stop.", no_args_is_help=True)
 
 
 def _parse_pairs(values: List[str], option: str, example: str) -> dict[str, str]:
@@ -135,8 +135,32 @@ def train(
     ),
     metric: List[str] = typer.Option([], "--metric", help="Metric NAME=REGEX, first group is the value."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout (logs go to stderr)."),
+    remote: bool = typer.Option(False, "--remote", help="Run as a SageMaker managed training job.",
+                                rich_help_panel="Remote"),
+    instance_count: int = typer.Option(1, "--instance-count", help="Hosts of a remote job.", rich_help_panel="Remote"),
+    spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Managed spot (default) or on-demand.",
+                                        rich_help_panel="Remote"),
+    max_run: Optional[int] = typer.Option(None, "--max-run", help="Max run time in seconds.", rich_help_panel="Remote"),
+    max_wait: Optional[int] = typer.Option(None, "--max-wait", help="Spot: max wait incl. run time (default 2x max run).",
+                                           rich_help_panel="Remote"),
+    volume_size: Optional[int] = typer.Option(None, "--volume-size", help="EBS volume per host, GB.",
+                                              rich_help_panel="Remote"),
+    role: Optional[str] = typer.Option(None, "--role", help="Execution role ARN (default: the stack's).",
+                                       rich_help_panel="Remote"),
+    bucket: Optional[str] = typer.Option(None, "--bucket", help="S3 bucket (default: the stack's).",
+                                         rich_help_panel="Remote"),
+    region: Optional[str] = typer.Option(None, "--region", help="AWS region.", rich_help_panel="Remote"),
+    image_uri: Optional[str] = typer.Option(None, "--image-uri", help="Training image (default: the PyTorch DLC).",
+                                            rich_help_panel="Remote"),
+    framework_version: Optional[str] = typer.Option(None, "--framework-version", help="PyTorch container version.",
+                                                    rich_help_panel="Remote"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow status and logs until the job ends.",
+                              rich_help_panel="Remote"),
+    download: bool = typer.Option(False, "--download", help="Download model.tar.gz when the job completes.",
+                                  rich_help_panel="Remote"),
 ) -> None:
-    """Run a SageMaker-style PyTorch training script locally under the SageMaker training contract."""
+    """Run a SageMaker-style PyTorch training script locally under the SageMaker training contract,
+    or with --remote as a SageMaker training job."""
     from aiops.errors import UsageError
     from aiops.settings import get_settings
     from aiops.training import local
@@ -165,6 +189,23 @@ def train(
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output-dir {output_dir}: exists and is not a folder.")
 
+    if remote:
+        from aiops.training.remote import RemoteOptions
+
+        aws = settings.aws
+        options = RemoteOptions(
+            instance_type=instance_type or aws.instance_type, region=region or aws.region,
+            instance_count=instance_count, spot=aws.spot if spot is None else spot,
+            max_run=max_run or aws.max_run_seconds, max_wait=max_wait, volume_size=volume_size or aws.volume_size_gb,
+            role=role, bucket=bucket, image_uri=image_uri,
+            framework_version=framework_version or aws.framework_version, py_version=aws.py_version,
+        )
+        config.instance_type = options.instance_type
+        _train_remote(config, options, store, settings, wait=wait, download=download, as_json=as_json)
+        return
+    if any(v is not None for v in (spot, max_run, max_wait, volume_size, role, bucket, image_uri)) or instance_count != 1:
+        raise UsageError("remote options (--spot, --max-run, --role, --bucket, ...) need --remote.")
+
     prepared = local.prepare(config, store)
     reporter = _ConsoleReporter(to_stderr=as_json)
     record = local.run(
@@ -187,6 +228,85 @@ def train(
         raise typer.Exit(1)
     if status == "Stopped":
         raise typer.Exit(130 if record.get("stopped_by") == "SIGINT" else 143)
+
+
+class _RemoteLogSink:
+    def __init__(self, console: Any) -> None:
+        self.console = console
+
+    def status(self, status: str, secondary: str) -> None:
+        self.console.print(f"[bold]status[/] {status}" + (f" / {secondary}" if secondary else ""))
+
+    def line(self, stream: str, message: str) -> None:
+        host = stream.split("/", 1)[-1].split("-")[0:2]
+        self.console.out(f"[{'-'.join(host)}] {message}", highlight=False)
+
+    def silent(self, seconds: float, status: str) -> None:
+        self.console.print(f"[yellow]no log output for {seconds:.0f}s[/] (status {status}); still waiting — "
+                           "Ctrl-C to detach or stop.")
+
+
+def _train_remote(config: Any, options: Any, store: Any, settings: Any, *, wait: bool, download: bool,
+                  as_json: bool) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from aiops.stack_outputs import read_stack_outputs
+    from aiops.training import local, remote
+
+    console = Console(stderr=as_json, highlight=False, soft_wrap=True)
+    remote.apply_defaults(options, read_stack_outputs(settings.home, settings.stack), settings.aws)
+    prepared = local.prepare(config, store, remote=True)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(f"upload {label}", total=total)
+            bar.update(tasks[label], completed=done)
+
+        record = remote.launch(prepared, options, store=store, cache_dir=settings.home / "cache", progress=progress)
+    for path, size in record["large_files"]:
+        console.print(f"[yellow]warning:[/] {path} is {size / 1e6:.0f} MB; large files belong in a channel, "
+                      "not in the code bundle (add it to .aiopsignore).")
+    console.print(
+        f"[bold]{record['job_name']}[/] accepted by SageMaker in {record['region']} "
+        f"({'spot' if options.spot else 'on-demand'} {options.instance_count}x {options.instance_type}); "
+        f"uploaded {record['uploaded_bytes']} bytes, code {record['code_bundle']['uri']}"
+    )
+    if wait:
+        try:
+            description = remote.follow(record["job_name"], options.region, _RemoteLogSink(console),
+                                        silence_warning_seconds=settings.aws.log_silence_warning_seconds)
+        except KeyboardInterrupt:
+            _interrupted_remote(console, record["job_name"], options.region)
+            return
+        record = remote.refresh(store, record, description)
+        if download and record["status"] == "Completed":
+            path = remote.download_model(record, Path(record["run_dir"]) / "output" / "model.tar.gz")
+            record["artifacts"]["model"] = str(path)
+            store.save(record)
+    summary = {**_summary(record), **{k: v for k, v in (record.get("remote_summary") or {}).items()
+                                      if k in ("billable_seconds", "training_seconds", "spot_saving_percent")}}
+    if as_json:
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+    else:
+        _render_summary(console, {**record, **summary})
+    if wait and record["status"] != "Completed":
+        raise typer.Exit(1)
+
+
+def _interrupted_remote(console: Any, job_name: str, region: str) -> None:
+    from aiops.training import remote
+
+    if sys.stdin.isatty() and typer.confirm(f"\nStop the training job {job_name}?", default=False):
+        remote.stop(job_name, region)
+        console.print(f"stop requested for {job_name}.")
+        raise typer.Exit(130)
+    console.print(f"\ndetached; {job_name} keeps running. Follow it with 'aiops jobs logs {job_name}', "
+                  f"stop it with 'aiops jobs stop {job_name}'.")
+    raise typer.Exit(130)
 
 
 def _summary(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -228,19 +348,58 @@ def jobs_describe(
     name: str = typer.Argument(..., help="Job name (see 'aiops jobs list')."),
     as_json: bool = typer.Option(False, "--json", help="The whole run record as JSON."),
 ) -> None:
-    """Show one local run: status, timings, hyperparameters, final metrics, artifacts."""
+    """Show one run: status, timings, hyperparameters, final metrics, artifacts (remote: refreshed)."""
     from rich.console import Console
 
     from aiops.settings import get_settings
     from aiops.training.runs import RunStore
 
-    record = RunStore(get_settings().runs_dir).load(name)
+    store = RunStore(get_settings().runs_dir)
+    record = store.load(name)
+    if record.get("remote"):
+        from aiops.training import remote
+
+        record = remote.refresh(store, record, remote.describe(name, record["region"]))
     if as_json:
         sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
         return
     console = Console()
     _render_summary(console, record)
     console.print_json(json.dumps({"hyperparameters": record.get("hyperparameters"), "config": record.get("config")}))
+
+
+@jobs_app.command("logs")
+def jobs_logs(name: str = typer.Argument(..., help="Job name.")) -> None:
+    """Print a run's log: train.log for local runs, every host's CloudWatch stream for remote jobs."""
+    from aiops.settings import get_settings
+    from aiops.training.runs import RunStore
+
+    record = RunStore(get_settings().runs_dir).load(name)
+    if record.get("remote"):
+        from aiops.training import remote
+
+        for stream, message in remote.logs_once(name, record["region"]):
+            typer.echo(f"[{stream.split('/', 1)[-1]}] {message}")
+        return
+    log = Path(record["run_dir"]) / "train.log"
+    sys.stdout.write(log.read_text(errors="replace") if log.is_file() else "")
+
+
+@jobs_app.command("stop")
+def jobs_stop(name: str = typer.Argument(..., help="Job name.")) -> None:
+    """Stop a running job the SageMaker way (SIGTERM, then SIGKILL after the grace period)."""
+    from aiops.settings import get_settings
+    from aiops.training import local
+    from aiops.training.runs import RunStore
+
+    record = RunStore(get_settings().runs_dir).load(name)
+    if record.get("remote"):
+        from aiops.training import remote
+
+        remote.stop(name, record["region"])
+    else:
+        local.request_stop(record)
+    typer.echo(f"stop requested for {name}.")
 
 
 def register(app: typer.Typer, *, panel: str) -> None:

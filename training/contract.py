@@ -141,7 +141,8 @@ class TrainingJobSpec:
     hosts: tuple[str, ...] = ("algo-1",)
     current_host: str = "algo-1"
     network_interface_name: str = "eth0"
-    processes_per_host: int | None = None  # torch_distributed when set
+    processes_per_host: int | None = None  # torchrun processes per host (toolkit default: one per GPU)
+    torch_distributed: bool = False  # set for multi-node jobs even without processes_per_host
     log_level: int = 20
     channel_content_types: Mapping[str, str] = field(default_factory=dict)
 
@@ -151,7 +152,7 @@ class TrainingJobSpec:
 
     @property
     def distributed(self) -> bool:
-        return self.processes_per_host is not None
+        return self.torch_distributed or self.processes_per_host is not None
 
     def framework_hyperparameters(self) -> dict[str, Any]:
         """The `sagemaker_*` hyperparameters the SageMaker SDK adds to a PyTorch job."""
@@ -164,6 +165,7 @@ class TrainingJobSpec:
         }
         if self.distributed:
             params[TORCH_DISTRIBUTED_PARAM] = True
+        if self.processes_per_host is not None:
             params[PROCESSES_PER_HOST_PARAM] = self.processes_per_host
         return params
 
@@ -483,7 +485,7 @@ def launch_command(
         "--nnodes",
         str(len(spec.hosts)),
         "--nproc_per_node",
-        str(spec.processes_per_host),
+        str(spec.processes_per_host or 1),
     ]
     if len(spec.hosts) > 1:
         cmd += [

@@ -79,6 +79,7 @@ class PreparedJob:
     channels: Mapping[str, Path]
     checkpoint_source: Path | None  # an earlier run's checkpoint folder (--resume)
     requirement_problems: Sequence[RequirementProblem]
+    s3_channels: Mapping[str, str] = field(default_factory=dict)  # remote jobs only
 
 
 class RunReporter(Protocol):
@@ -101,16 +102,27 @@ class NullReporter:
 # Validation (no side effects)
 
 
-def prepare(config: JobConfig, store: RunStore) -> PreparedJob:
-    """Check the whole request before anything is written; UsageError (exit 2) on bad input."""
+def prepare(config: JobConfig, store: RunStore, *, remote: bool = False) -> PreparedJob:
+    """Check the whole request before anything is written; UsageError (exit 2) on bad input.
+
+    Remote jobs may also take `s3://` channels, which pass through untouched.
+    """
     contract.validate_hyperparameters(config.hyperparameters)
     if config.nproc is not None and config.nproc < 1:
         raise UsageError(f"--nproc {config.nproc}: needs at least 1 process.")
 
     code_source, entry_point = _resolve_code(config.entry_point, config.source_dir)
     channels: dict[str, Path] = {}
+    s3_channels: dict[str, str] = {}
     for name, location in config.channels.items():
         contract.validate_channel_name(name)
+        if remote and location.startswith("s3://"):
+            if not location[len("s3://"):].split("/", 1)[0]:
+                raise UsageError(f"channel {name!r}: {location} is not an S3 URI like s3://bucket/prefix/.")
+            s3_channels[name] = location
+            continue
+        if remote and "://" in location:
+            raise UsageError(f"channel {name!r}: {location} is neither a local path nor an s3:// URI.")
         if location.startswith("s3://"):
             raise UsageError(
                 f"channel {name!r} is an S3 URI ({location}); local runs read local files — "
@@ -118,11 +130,13 @@ def prepare(config: JobConfig, store: RunStore) -> PreparedJob:
             )
         path = Path(location).expanduser()
         if not path.exists():
+            if remote:
+                raise UsageError(f"channel {name!r}: {location} is neither an existing local path nor an s3:// URI.")
             raise UsageError(f"channel {name!r}: {location} does not exist; pass an existing file or folder.")
         channels[name] = path.resolve()
 
     checkpoint_source = None
-    if config.resume:
+    if config.resume and not remote:
         previous = store.load(config.resume)  # UsageError naming the known runs if unknown
         checkpoint_source = Path(previous["checkpoint_dir"])
 
@@ -139,7 +153,8 @@ def prepare(config: JobConfig, store: RunStore) -> PreparedJob:
 
     requirements = code_source / "requirements.txt" if code_source.is_dir() else None
     problems = check_requirements(requirements) if requirements and requirements.is_file() else []
-    return PreparedJob(config, job_name, code_source, entry_point, channels, checkpoint_source, problems)
+    return PreparedJob(config, job_name, code_source, entry_point, channels, checkpoint_source, problems,
+                       s3_channels)
 
 
 def _resolve_code(entry_point: str, source_dir: str | None) -> tuple[Path, str]:
@@ -313,6 +328,7 @@ def run(
     record: dict[str, Any] = {
         "job_name": job.job_name,
         "status": STATUS_IN_PROGRESS,
+        "runner_pid": os.getpid(),  # `aiops jobs stop` signals this process, which stops the script
         "created_at": time.time(),
         "ended_at": None,
         "duration_seconds": None,
@@ -419,6 +435,16 @@ def run(
     store.save(record)
     reporter.finished(record)
     return record
+
+
+def request_stop(record: Mapping[str, Any]) -> None:
+    """Ask the aiops process running a local job to stop it (it forwards SIGTERM, then kills)."""
+    if record.get("status") != STATUS_IN_PROGRESS:
+        raise UsageError(f"{record['job_name']} is {record.get('status')}, not running; nothing to stop.")
+    try:
+        os.kill(int(record["runner_pid"]), signal.SIGTERM)
+    except (ProcessLookupError, KeyError, ValueError):
+        raise UsageError(f"{record['job_name']} is marked running but its aiops process is gone.") from None
 
 
 def export_artifacts(store: RunStore, record: dict[str, Any], output_dir: Path) -> dict[str, Any]:

@@ -1,0 +1,202 @@
+"""`aiops train --remote` against a real moto server, over real HTTP, with the platform proxy."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+BUCKET = "aiops-artifacts-test"  # created by the platform fixture
+ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/aiops-sagemaker-execution"
+IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-gpu-py311"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    src = tmp_path / "project"
+    (src / "lib").mkdir(parents=True)
+    (src / "train.py").write_text("print('epoch=0; loss=1.0;')\n")
+    (src / "lib" / "model.py").write_text("LAYERS = 2\n")
+    (src / "notes.log").write_text("ignored by .gitignore\n")
+    (src / "big.ckpt").write_text("ignored by .aiopsignore\n")
+    (src / ".gitignore").write_text("*.log\n")
+    (src / ".aiopsignore").write_text("*.ckpt\n")
+    (src / "__pycache__").mkdir()
+    (src / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    data = tmp_path / "data" / "train"
+    data.mkdir(parents=True)
+    (data / "part-0.csv").write_text("1,2\n3,4\n")
+    return src
+
+
+def _submit(run_cli, project: Path, tmp_path: Path, *extra: str):
+    return run_cli(
+        "train", "train.py", "--source-dir", str(project), "--remote", "--instance-type", "ml.g5.xlarge",
+        "--hp", "epochs=3", "--hp", "lr=0.01", "--channel", f"train={tmp_path / 'data' / 'train'}",
+        "--channel", f"test=s3://{BUCKET}/datasets/test/", "--metric", "loss=loss=([0-9.]+);", "--json", *extra,
+    )
+
+
+def _bundle_names(platform, uri: str) -> list[str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    body = platform.boto("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        return tar.getnames()
+
+
+def test_remote_job_request_bundle_logs_and_artifacts(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    result = _submit(run_cli, project, tmp_path, "--download")
+    assert result.returncode == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "Completed"
+    assert summary["billable_seconds"] == 180 and summary["spot_saving_percent"] == 70.0
+    # every host's CloudWatch stream, streamed live over HTTP
+    assert "[algo-1] epoch=1; loss=0.4;" in result.stderr
+    assert platform.count("SageMaker.CreateTrainingJob") == 1
+
+    (request,) = platform.create_requests
+    job = request["TrainingJobName"]
+    assert job == summary["job_name"] and job.startswith("train-")
+    hps = request["HyperParameters"]
+    code_uri = json.loads(hps["sagemaker_submit_directory"])
+    assert code_uri.startswith(f"s3://{BUCKET}/aiops/code/") and code_uri.endswith("/sourcedir.tar.gz")
+    assert hps == {
+        "epochs": "3", "lr": "0.01", "sagemaker_program": '"train.py"', "sagemaker_region": '"us-east-1"',
+        "sagemaker_submit_directory": json.dumps(code_uri), "sagemaker_container_log_level": "20",
+        "sagemaker_job_name": json.dumps(job),
+    }
+    assert request["AlgorithmSpecification"] == {
+        "TrainingImage": IMAGE, "TrainingInputMode": "File",
+        "MetricDefinitions": [{"Name": "loss", "Regex": "loss=([0-9.]+);"}], "EnableSageMakerMetricsTimeSeries": True,
+    }
+    assert request["RoleArn"] == ACCOUNT_ROLE
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in request["InputDataConfig"]}
+    assert channels["test"]["S3Uri"] == f"s3://{BUCKET}/datasets/test/"  # S3 channels pass through
+    assert channels["train"]["S3Uri"].startswith(f"s3://{BUCKET}/aiops/data/")
+    assert all(c["S3DataType"] == "S3Prefix" and c["S3DataDistributionType"] == "FullyReplicated"
+               for c in channels.values())
+    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/aiops/jobs"}
+    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/aiops/checkpoints/{job}/",
+                                           "LocalPath": "/opt/ml/checkpoints"}
+    assert request["Environment"] == {"AIOPS_CHECKPOINT_DIR": "/opt/ml/checkpoints"}
+    assert {"Key": "managed-by", "Value": "aiops"} in request["Tags"]
+    assert "VpcConfig" not in request and "EnableInterContainerTrafficEncryption" not in request
+
+    # the bundle holds exactly the code: no ignored, cached or VCS files
+    assert _bundle_names(platform, code_uri) == [".aiopsignore", ".gitignore", "lib/model.py", "train.py"]
+    uploaded = platform.boto("s3").list_objects_v2(Bucket=BUCKET, Prefix="aiops/data/")["Contents"]
+    assert sorted(o["Key"].split("/", 3)[-1] for o in uploaded if not o["Key"].endswith(".manifest.json")) == [
+        "part-0.csv"]
+    downloaded = Path(summary["artifacts"]["model"])
+    with tarfile.open(downloaded) as tar:
+        assert tar.getnames() == ["model.pth"]
+
+
+def test_second_submission_uploads_nothing(run_cli, project: Path, tmp_path: Path, platform, aiops_home) -> None:
+    first = _submit(run_cli, project, tmp_path, "--no-wait")
+    assert first.returncode == 0, first.output
+    puts_after_first = platform.count("s3:PUT")
+    second = _submit(run_cli, project, tmp_path, "--no-wait")
+    assert second.returncode == 0, second.output
+    assert platform.count("s3:PUT") == puts_after_first
+    record = json.loads((aiops_home / "runs" / json.loads(second.stdout)["job_name"] / "run.json").read_text())
+    assert record["uploaded_bytes"] == 0
+    assert platform.count("SageMaker.CreateTrainingJob") == 2
+    listed = run_cli("jobs", "list", "--json")
+    assert len(json.loads(listed.stdout)) == 2
+
+
+def test_throttled_create_is_retried_once_created(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    platform.inject("SageMaker.CreateTrainingJob", "throttle", times=2)
+    result = _submit(run_cli, project, tmp_path, "--no-wait")
+    assert result.returncode == 0, result.output
+    assert platform.attempts["SageMaker.CreateTrainingJob"] == 3
+    assert platform.count("SageMaker.CreateTrainingJob") == 1
+
+
+def test_create_that_succeeded_but_answered_500_is_not_repeated(run_cli, project: Path, tmp_path: Path,
+                                                                platform, aiops_home) -> None:
+    platform.inject("SageMaker.CreateTrainingJob", "forward-then-500", times=1)
+    result = _submit(run_cli, project, tmp_path, "--no-wait")
+    assert result.returncode == 0, result.output
+    assert platform.attempts["SageMaker.CreateTrainingJob"] == 1  # looked (describe) before any retry
+    assert platform.count("SageMaker.CreateTrainingJob") == 1
+    record = json.loads((aiops_home / "runs" / json.loads(result.stdout)["job_name"] / "run.json").read_text())
+    assert record["create_outcome"] == "found"
+
+
+def test_s3_5xx_is_retried_by_botocore(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    platform.inject("s3:PUT", "500", times=2)
+    result = _submit(run_cli, project, tmp_path, "--no-wait")
+    assert result.returncode == 0, result.output
+    assert platform.attempts["s3:PUT"] == platform.count("s3:PUT") + 2
+
+
+def test_access_denied_names_the_permission(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    platform.inject("SageMaker.CreateTrainingJob", "access-denied", times=1)
+    result = _submit(run_cli, project, tmp_path, "--no-wait")
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: ") and "lacks sagemaker:CreateTrainingJob" in line
+
+
+def test_missing_credentials_is_one_line(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait",
+                     env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_EC2_METADATA_DISABLED": "true"})
+    assert result.returncode == 2, result.output
+    assert "no AWS credentials" in result.stderr and "Traceback" not in result.output
+
+
+def test_multi_node_request(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    result = _submit(run_cli, project, tmp_path, "--no-wait", "--instance-count", "2", "--on-demand",
+                     "--nproc", "4", "--max-run", "3600")
+    assert result.returncode == 0, result.output
+    (request,) = platform.create_requests
+    assert request["ResourceConfig"]["InstanceCount"] == 2
+    assert request["EnableManagedSpotTraining"] is False
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600}
+    assert request["EnableInterContainerTrafficEncryption"] is True
+    assert request["HyperParameters"]["sagemaker_torch_distributed_enabled"] == "true"
+    assert request["HyperParameters"]["sagemaker_mpi_num_of_processes_per_host"] == "4"
+
+
+def test_jobs_describe_logs_and_stop_cover_remote_jobs(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    job = json.loads(_submit(run_cli, project, tmp_path, "--no-wait").stdout)["job_name"]
+    described = json.loads(run_cli("jobs", "describe", job, "--json").stdout)
+    assert described["status"] == "Completed" and described["remote"] is True
+    assert described["artifacts"]["model_s3"] == f"s3://{BUCKET}/aiops/jobs/{job}/output/model.tar.gz"
+    logs = run_cli("jobs", "logs", job)
+    assert logs.returncode == 0 and "test_accuracy=0.98;" in logs.stdout
+    stopped = run_cli("jobs", "stop", job)
+    assert stopped.returncode == 0, stopped.output
+    assert platform.count("SageMaker.StopTrainingJob") == 1
+
+
+BAD = [
+    (["--instance-type", "ml.g5.huge"], "not a SageMaker training instance type"),
+    (["--max-run", "3600", "--max-wait", "60"], "shorter than --max-run"),
+    (["--channel", "extra=ftp://host/data"], "neither a local path nor an s3:// URI"),
+    (["--channel", "extra=./not/here"], "neither an existing local path nor an s3:// URI"),
+    (["--on-demand", "--max-wait", "7200"], "only applies to spot"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", BAD, ids=[b[1] for b in BAD])
+def test_bad_remote_input_uploads_nothing(run_cli, project: Path, tmp_path: Path, platform, extra, expected) -> None:
+    result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait", *extra)
+    assert result.returncode == 2, result.output
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert platform.count("s3:PUT") == 0 and platform.count("SageMaker.CreateTrainingJob") == 0
+
+
+def test_no_role_anywhere(run_cli, project: Path, platform) -> None:
+    result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait",
+                     env={"AIOPS_AWS__ROLE_ARN": ""})
+    assert result.returncode == 2 and "no SageMaker execution role" in result.stderr
+    assert platform.count("s3:PUT") == 0

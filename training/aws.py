@@ -1,0 +1,79 @@
+"""boto3 clients with botocore's standard retries, and AWS errors as one line that says what to do.
+
+boto3 itself honours ``AWS_ENDPOINT_URL`` (tests point it at a local moto server), profiles,
+regions and credentials the usual way; nothing here reimplements that.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiops.errors import AiopsError, UsageError
+
+# botocore's "standard" retry mode: exponential backoff with jitter for throttling and 5xx.
+STANDARD_RETRIES = {"mode": "standard", "max_attempts": 5}
+
+
+def session(region: str | None = None) -> Any:
+    import boto3
+
+    return boto3.session.Session(region_name=region)
+
+
+def client(service: str, region: str | None = None, *, retries: dict[str, Any] | None = None) -> Any:
+    from botocore.config import Config
+
+    config = Config(retries=retries or STANDARD_RETRIES, user_agent_extra="aiops")
+    return session(region).client(service, config=config)
+
+
+def training_instance_types() -> frozenset[str]:
+    """The TrainingInstanceType enum of the SageMaker service model that botocore ships."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return frozenset(model.shape_for("TrainingInstanceType").enum)
+
+
+_NOT_AUTHORIZED = re.compile(r"not authorized to perform:?\s*([\w:-]+\*?)")
+
+
+def describe_aws_error(err: Exception, *, action: str) -> AiopsError:
+    """Translate a botocore error into an AiopsError whose one line names the fix."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+        return UsageError(
+            f"{action}: no AWS credentials found. Run 'aws configure' or 'aws sso login', or set "
+            "AWS_PROFILE / AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+        )
+    if isinstance(err, NoRegionError):
+        return UsageError(f"{action}: no AWS region set. Pass --region or set AWS_REGION.")
+    if isinstance(err, EndpointConnectionError):
+        return AiopsError(f"{action}: cannot reach {err.kwargs.get('endpoint_url', 'AWS')}; check the network.")
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        code = error.get("Code", "")
+        message = " ".join(str(error.get("Message", "")).split())
+        if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired", "InvalidClientTokenId"):
+            return UsageError(f"{action}: your AWS credentials have expired or are invalid ({code}); "
+                              "refresh them (e.g. 'aws sso login') and try again.")
+        if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation") or "not authorized" in message:
+            match = _NOT_AUTHORIZED.search(message)
+            permission = match.group(1) if match else "the required permission"
+            return AiopsError(f"{action}: access denied — your identity lacks {permission}. "
+                              f"Ask for it to be granted (AWS said: {message or code}).")
+        if code == "ResourceLimitExceeded" or "quota" in message.lower():
+            return AiopsError(f"{action}: a service quota stops this ({message}). Request an increase in "
+                              "Service Quotas (SageMaker) for that quota, or choose another instance type.")
+        if code in ("ValidationException", "ValidationError"):
+            return UsageError(f"{action}: AWS rejected the request: {message}")
+        return AiopsError(f"{action}: {code or 'AWS error'}: {message}")
+    return AiopsError(f"{action}: {err}")

@@ -1,0 +1,461 @@
+"""Remote training: the same job as `aiops train`, as a SageMaker managed training job.
+
+The request is what the PyTorch training container's toolkit reads (`sagemaker_program`,
+`sagemaker_submit_directory` = a content-hashed `sourcedir.tar.gz`, `sagemaker_region`, the
+torch_distributed keys), built by the same `contract` module the local runner uses, so a script
+that works under `aiops train` gets the same environment and arguments on SageMaker.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+from aiops.errors import AiopsError, UsageError
+from aiops.training import contract
+from aiops.training.metrics import MetricDefinition
+
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+CHECKPOINT_LOCAL_PATH = contract.DEFAULT_CHECKPOINT_DIR
+OUTPUT_PREFIX = "aiops/jobs"
+CHECKPOINT_PREFIX = "aiops/checkpoints"
+TERMINAL = ("Completed", "Failed", "Stopped")
+# Errors after which the create may or may not have reached SageMaker: describe before retrying.
+RETRYABLE_CODES = {"ThrottlingException", "Throttling", "ThrottledException", "RequestThrottledException",
+                   "TooManyRequestsException", "ServiceUnavailable", "InternalFailure", "InternalServerError",
+                   "InternalError", "RequestTimeout", "RequestTimeoutException"}
+# Create is never retried blindly by botocore: a timed-out create may have launched the job.
+NO_RETRY = {"mode": "standard", "total_max_attempts": 1}
+
+
+@dataclass
+class RemoteOptions:
+    instance_type: str
+    region: str
+    instance_count: int = 1
+    spot: bool = True
+    max_run: int = 86400
+    max_wait: int | None = None
+    volume_size: int = 30
+    role: str | None = None
+    bucket: str | None = None
+    kms_key: str | None = None
+    image_uri: str | None = None
+    framework_version: str = "2.5"
+    py_version: str = "py311"
+    subnets: list[str] = field(default_factory=list)
+    security_group_ids: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def effective_max_wait(self) -> int | None:
+        if not self.spot:
+            return None
+        return self.max_wait if self.max_wait is not None else 2 * self.max_run
+
+
+def apply_defaults(options: RemoteOptions, stack_outputs: Mapping[str, Any], settings_aws: Any) -> RemoteOptions:
+    """Role, bucket, KMS key and network: given > the deployed stack's outputs > settings."""
+    options.role = options.role or stack_outputs.get("role_arn") or settings_aws.role_arn
+    options.bucket = options.bucket or stack_outputs.get("bucket_name") or settings_aws.bucket
+    options.kms_key = options.kms_key or stack_outputs.get("kms_key_arn") or settings_aws.kms_key_arn
+    options.subnets = options.subnets or list(stack_outputs.get("subnet_ids") or [])
+    options.security_group_ids = options.security_group_ids or list(stack_outputs.get("security_group_ids") or [])
+    return options
+
+
+def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> None:
+    """Everything about the job's resources that can be checked before a byte is uploaded (exit 2).
+
+    Entry point, hyperparameters and channels were checked by `local.prepare(..., remote=True)`.
+    """
+    if options.instance_type not in valid_instance_types:
+        close = sorted(t for t in valid_instance_types if t.startswith(options.instance_type.rsplit(".", 1)[0]))
+        hint = f" (e.g. {', '.join(close[:4])})" if close else " (e.g. ml.g5.xlarge, ml.p4d.24xlarge)"
+        raise UsageError(f"--instance-type {options.instance_type} is not a SageMaker training instance type{hint}.")
+    if options.instance_count < 1:
+        raise UsageError(f"--instance-count {options.instance_count}: needs at least 1.")
+    if options.max_run < 1:
+        raise UsageError(f"--max-run {options.max_run}: needs at least 1 second.")
+    if options.spot and options.max_wait is not None and options.max_wait < options.max_run:
+        raise UsageError(
+            f"--max-wait {options.max_wait}s is shorter than --max-run {options.max_run}s; a spot job's wait "
+            "includes its run time, so raise --max-wait or lower --max-run."
+        )
+    if not options.spot and options.max_wait is not None:
+        raise UsageError("--max-wait only applies to spot jobs; drop it or use --spot.")
+    if not options.role:
+        raise UsageError(
+            "no SageMaker execution role: pass --role ARN, deploy the stack ('aiops deploy'), or set "
+            "AIOPS_AWS__ROLE_ARN."
+        )
+    if not options.bucket:
+        raise UsageError(
+            "no S3 bucket for code and artifacts: pass --bucket NAME, deploy the stack ('aiops deploy'), or set "
+            "AIOPS_AWS__BUCKET."
+        )
+
+
+def build_request(
+    *,
+    job_name: str,
+    entry_point: str,
+    hyperparameters: Mapping[str, Any],
+    channel_uris: Mapping[str, str],
+    submit_directory: str,
+    image_uri: str,
+    options: RemoteOptions,
+    nproc: int | None,
+    metric_definitions: list[MetricDefinition],
+) -> dict[str, Any]:
+    """The CreateTrainingJob request (pure: tests assert it field by field)."""
+    spec = contract.TrainingJobSpec(
+        job_name=job_name,
+        entry_point=entry_point,
+        hyperparameters=hyperparameters,
+        channels=tuple(channel_uris),
+        submit_directory=submit_directory,
+        region=options.region,
+        instance_type=options.instance_type,
+        processes_per_host=nproc if nproc and nproc > 1 else None,
+        torch_distributed=options.instance_count > 1 or bool(nproc and nproc > 1),
+    )
+    stopping: dict[str, int] = {"MaxRuntimeInSeconds": options.max_run}
+    request: dict[str, Any] = {
+        "TrainingJobName": job_name,
+        "AlgorithmSpecification": {
+            "TrainingImage": image_uri,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": [d.as_sagemaker() for d in metric_definitions],
+            "EnableSageMakerMetricsTimeSeries": True,
+        },
+        "RoleArn": options.role,
+        "HyperParameters": contract.hyperparameters_file(spec),
+        "InputDataConfig": [
+            {
+                "ChannelName": name,
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": uri,
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+                "InputMode": "File",
+            }
+            for name, uri in channel_uris.items()
+        ],
+        "OutputDataConfig": {"S3OutputPath": f"s3://{options.bucket}/{OUTPUT_PREFIX}"},
+        "ResourceConfig": {
+            "InstanceType": options.instance_type,
+            "InstanceCount": options.instance_count,
+            "VolumeSizeInGB": options.volume_size,
+        },
+        "StoppingCondition": stopping,
+        "EnableManagedSpotTraining": options.spot,
+        "CheckpointConfig": {
+            "S3Uri": f"s3://{options.bucket}/{CHECKPOINT_PREFIX}/{job_name}/",
+            "LocalPath": CHECKPOINT_LOCAL_PATH,
+        },
+        "Environment": {contract.CHECKPOINT_ENV: CHECKPOINT_LOCAL_PATH},
+        "Tags": [{"Key": k, "Value": v} for k, v in sorted({"managed-by": "aiops", **options.tags}.items())],
+    }
+    if options.spot:
+        stopping["MaxWaitTimeInSeconds"] = options.effective_max_wait  # type: ignore[assignment]
+    if options.kms_key:
+        request["OutputDataConfig"]["KmsKeyId"] = options.kms_key
+        request["ResourceConfig"]["VolumeKmsKeyId"] = options.kms_key
+    if options.instance_count > 1:
+        request["EnableInterContainerTrafficEncryption"] = True
+    if options.subnets:
+        request["VpcConfig"] = {"Subnets": options.subnets, "SecurityGroupIds": options.security_group_ids}
+    return request
+
+
+# ---------------------------------------------------------------------------------------------
+# Talking to SageMaker
+
+
+def _error_code(err: Exception) -> str:
+    response = getattr(err, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _status_code(err: Exception) -> int:
+    response = getattr(err, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def job_exists(sm: Any, name: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        sm.describe_training_job(TrainingJobName=name)
+        return True
+    except ClientError as err:
+        if _error_code(err) in ("ValidationException", "ResourceNotFound"):
+            return False
+        raise
+
+
+def create_once(create_client: Any, describe_client: Any, request: Mapping[str, Any], *, attempts: int = 5,
+                sleep: Callable[[float], None] = time.sleep) -> str:
+    """Create the job exactly once: after any ambiguous failure, look before trying again.
+
+    Returns "created" or "found" (an earlier attempt that looked failed had created it).
+    """
+    from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
+
+    name = request["TrainingJobName"]
+    for attempt in range(attempts):
+        try:
+            create_client.create_training_job(**request)
+            return "created"
+        except ClientError as err:
+            code = _error_code(err)
+            if code == "ResourceInUse" and job_exists(describe_client, name):
+                return "found"
+            if code not in RETRYABLE_CODES and _status_code(err) < 500:
+                raise
+        except (ReadTimeoutError, ConnectionClosedError):
+            pass
+        if job_exists(describe_client, name):
+            return "found"
+        if attempt + 1 < attempts:
+            sleep(min(20.0, 0.5 * 2 ** attempt))
+    raise AiopsError(f"CreateTrainingJob {name}: SageMaker kept failing after {attempts} attempts; try again later.")
+
+
+class LogSink(Protocol):
+    def status(self, status: str, secondary: str) -> None: ...
+    def line(self, stream: str, message: str) -> None: ...
+    def silent(self, seconds: float, status: str) -> None: ...
+
+
+class LogFollower:
+    """Follows every host's CloudWatch stream of a job (`<job>/algo-N-...`)."""
+
+    def __init__(self, logs: Any, job_name: str) -> None:
+        self.logs = logs
+        self.job_name = job_name
+        self._tokens: dict[str, str | None] = {}
+
+    def poll(self) -> list[tuple[str, str]]:
+        from botocore.exceptions import ClientError
+
+        try:
+            streams = self.logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/")
+        except ClientError as err:
+            if _error_code(err) == "ResourceNotFoundException":
+                return []  # the group appears with the first log line
+            raise
+        events: list[tuple[str, str]] = []
+        for stream in sorted(s["logStreamName"] for s in streams.get("logStreams", [])):
+            while True:
+                kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
+                token = self._tokens.get(stream)
+                if token:
+                    kwargs["nextToken"] = token
+                page = self.logs.get_log_events(**kwargs)
+                for event in page.get("events", []):
+                    events.append((stream, event["message"]))
+                new_token = page.get("nextForwardToken")
+                if not page.get("events") or new_token == token:
+                    self._tokens[stream] = new_token
+                    break
+                self._tokens[stream] = new_token
+        return events
+
+
+def wait(sm: Any, logs: Any, job_name: str, sink: LogSink, *, poll_seconds: float = 5.0,
+         silence_warning_seconds: float = 300.0, clock: Callable[[], float] = time.monotonic,
+         sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Show status transitions and every host's log until the job ends; return its description."""
+    follower = LogFollower(logs, job_name)
+    last_status: tuple[str, str] | None = None
+    last_output = clock()
+    warned_at = 0.0
+    while True:
+        description = sm.describe_training_job(TrainingJobName=job_name)
+        status = (description["TrainingJobStatus"], description.get("SecondaryStatus", ""))
+        if status != last_status:
+            sink.status(*status)
+            last_status = status
+        events = follower.poll()
+        for stream, message in events:
+            sink.line(stream, message)
+        now = clock()
+        if events:
+            last_output = now
+        elif now - last_output >= silence_warning_seconds and now - warned_at >= silence_warning_seconds:
+            sink.silent(now - last_output, "/".join(s for s in status if s))
+            warned_at = now
+        if status[0] in TERMINAL:
+            for stream, message in follower.poll():  # the last lines land just after the end
+                sink.line(stream, message)
+            return description
+        sleep(poll_seconds)
+
+
+def summarize(description: Mapping[str, Any]) -> dict[str, Any]:
+    training = description.get("TrainingTimeInSeconds")
+    billable = description.get("BillableTimeInSeconds")
+    saving = None
+    if description.get("EnableManagedSpotTraining") and training and billable is not None:
+        saving = round(100.0 * (1 - billable / training), 1)
+    return {
+        "job_name": description.get("TrainingJobName"),
+        "status": description.get("TrainingJobStatus"),
+        "secondary_status": description.get("SecondaryStatus"),
+        "failure_reason": description.get("FailureReason"),
+        "model_artifact": (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts"),
+        "training_seconds": training,
+        "billable_seconds": billable,
+        "spot_saving_percent": saving,
+        "arn": description.get("TrainingJobArn"),
+    }
+
+
+def download(s3: Any, uri: str, dest: Path) -> Path:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    s3.download_file(bucket, key, str(dest))
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole launch, as `aiops train --remote` runs it
+
+
+def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
+           progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Validate, bundle, upload what is new, create the job once, and record it locally.
+
+    `job` is a `local.PreparedJob` prepared with `remote=True`.
+    """
+    from aiops.training import aws, bundle, images, uploads
+
+    validate(options, aws.training_instance_types())
+    code = bundle.build(job.code_source, job.entry_point)
+    image_uri = options.image_uri or images.pytorch_image_uri(
+        scope="training", region=options.region, version=options.framework_version,
+        py_version=options.py_version, instance_type=options.instance_type, cache_dir=cache_dir,
+    )
+    def submit() -> tuple[Any, ...]:
+        s3 = aws.client("s3", options.region)
+        code_upload = uploads.upload_bundle(s3, options.bucket, code.data, code.sha256, kms_key=options.kms_key,
+                                            progress=progress)
+        channel_uris: dict[str, str] = {}
+        uploaded = code_upload.uploaded_bytes
+        for name, path in job.channels.items():
+            result = uploads.upload_channel(s3, options.bucket, name, path, kms_key=options.kms_key,
+                                            progress=progress)
+            channel_uris[name] = result.uri
+            uploaded += result.uploaded_bytes
+        channel_uris.update(job.s3_channels)
+        request = build_request(
+            job_name=job.job_name, entry_point=job.entry_point, hyperparameters=job.config.hyperparameters,
+            channel_uris=channel_uris, submit_directory=code_upload.uri, image_uri=image_uri, options=options,
+            nproc=job.config.nproc, metric_definitions=job.config.metric_definitions,
+        )
+        submitted = time.monotonic()
+        outcome = create_once(aws.client("sagemaker", options.region, retries=NO_RETRY),
+                              aws.client("sagemaker", options.region), request)
+        return code_upload, channel_uris, uploaded, request, outcome, time.monotonic() - submitted
+
+    code_upload, channel_uris, uploaded, request, outcome, accepted_seconds = _aws_call(
+        f"submitting {job.job_name}", submit)
+    run_dir = store.create(job.job_name)
+    record = {
+        "job_name": job.job_name,
+        "remote": True,
+        "region": options.region,
+        "status": "InProgress",
+        "created_at": time.time(),
+        "run_dir": str(run_dir),
+        "entry_point": job.entry_point,
+        "hyperparameters": dict(job.config.hyperparameters),
+        "config": {"entry_point": job.entry_point, "source_dir": str(job.code_source),
+                   "channels": channel_uris, "instance_type": options.instance_type,
+                   "instance_count": options.instance_count, "spot": options.spot},
+        "code_bundle": {"uri": code_upload.uri, "sha256": code.sha256, "files": code.files, "bytes": code.size},
+        "uploaded_bytes": uploaded,
+        "large_files": code.large_files,
+        "create_outcome": outcome,
+        "accepted_seconds": round(accepted_seconds, 3),
+        "request": request,
+        "final_metrics": {},
+        "artifacts": {},
+    }
+    store.save(record)
+    return record
+
+
+def refresh(store: Any, record: dict[str, Any], description: Mapping[str, Any]) -> dict[str, Any]:
+    """Fold a DescribeTrainingJob answer into the local record of a remote job."""
+    summary = summarize(description)
+    record.update(
+        status=summary["status"],
+        failure_reason=summary["failure_reason"],
+        remote_summary=summary,
+        final_metrics={m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])},
+    )
+    if summary["model_artifact"]:
+        record["artifacts"] = {**record.get("artifacts", {}), "model_s3": summary["model_artifact"]}
+    store.save(record)
+    return record
+
+
+def _aws_call(action: str, fn: Callable[[], Any]) -> Any:
+    from aiops.training import aws
+
+    try:
+        return fn()
+    except AiopsError:
+        raise
+    except Exception as err:
+        if type(err).__module__.startswith(("botocore", "boto3", "s3transfer")):
+            raise aws.describe_aws_error(err, action=action) from None
+        raise
+
+
+def follow(job_name: str, region: str, sink: LogSink, *, silence_warning_seconds: float = 300.0,
+           poll_seconds: float = 5.0) -> dict[str, Any]:
+    from aiops.training import aws
+
+    sm, logs = aws.client("sagemaker", region), aws.client("logs", region)
+    return _aws_call(f"following {job_name}", lambda: wait(
+        sm, logs, job_name, sink, poll_seconds=poll_seconds, silence_warning_seconds=silence_warning_seconds))
+
+
+def describe(job_name: str, region: str) -> dict[str, Any]:
+    from aiops.training import aws
+
+    sm = aws.client("sagemaker", region)
+    return _aws_call(f"describing {job_name}", lambda: sm.describe_training_job(TrainingJobName=job_name))
+
+
+def stop(job_name: str, region: str) -> None:
+    from aiops.training import aws
+
+    sm = aws.client("sagemaker", region)
+    _aws_call(f"stopping {job_name}", lambda: sm.stop_training_job(TrainingJobName=job_name))
+
+
+def logs_once(job_name: str, region: str) -> list[tuple[str, str]]:
+    from aiops.training import aws
+
+    follower = LogFollower(aws.client("logs", region), job_name)
+    return _aws_call(f"reading the logs of {job_name}", follower.poll)
+
+
+def download_model(record: Mapping[str, Any], dest: Path) -> Path:
+    from aiops.training import aws
+
+    uri = (record.get("artifacts") or {}).get("model_s3")
+    if not uri:
+        raise AiopsError(f"{record['job_name']} has no model artifact (status {record.get('status')}).")
+    s3 = aws.client("s3", record.get("region"))
+    return _aws_call(f"downloading {uri}", lambda: download(s3, uri, dest))
