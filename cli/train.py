@@ -278,7 +278,8 @@ def _train_remote(config: Any, options: Any, store: Any, settings: Any, *, wait:
     if wait:
         try:
             description = remote.follow(record["job_name"], options.region, _RemoteLogSink(console),
-                                        silence_warning_seconds=settings.aws.log_silence_warning_seconds)
+                                        silence_warning_seconds=settings.aws.log_silence_warning_seconds,
+                                        poll_seconds=settings.aws.job_poll_seconds)
         except KeyboardInterrupt:
             _interrupted_remote(console, record["job_name"], options.region)
             return

@@ -162,6 +162,8 @@ def build_request(
         "Environment": {contract.CHECKPOINT_ENV: CHECKPOINT_LOCAL_PATH},
         "Tags": [{"Key": k, "Value": v} for k, v in sorted({"managed-by": "aiops", **options.tags}.items())],
     }
+    if not request["InputDataConfig"]:
+        del request["InputDataConfig"]  # optional, but an empty list is invalid
     if options.spot:
         stopping["MaxWaitTimeInSeconds"] = options.effective_max_wait  # type: ignore[assignment]
     if options.kms_key:

@@ -61,7 +61,7 @@ class Platform:
     create_requests: list[dict[str, Any]] = field(default_factory=list)
     log_lines: list[str] = field(default_factory=lambda: ["epoch=0; loss=0.9;", "epoch=1; loss=0.4;",
                                                            "test_accuracy=0.98;"])
-    hosts: int = 1
+    in_progress_polls: int = 0  # DescribeTrainingJob answers InProgress this many times first
     url: str = ""
 
     def boto(self, service: str) -> Any:
@@ -175,6 +175,9 @@ def _make_handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 platform.act_for_create(request)
             if target == "SageMaker.DescribeTrainingJob" and status == 200:
                 described = json.loads(data)
+                if platform.in_progress_polls > 0:
+                    platform.in_progress_polls -= 1
+                    described.update(TrainingJobStatus="InProgress", SecondaryStatus="Training")
                 described.setdefault("TrainingTimeInSeconds", 600)
                 described.setdefault("BillableTimeInSeconds",
                                      180 if described.get("EnableManagedSpotTraining") else 600)

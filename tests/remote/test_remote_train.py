@@ -200,3 +200,51 @@ def test_no_role_anywhere(run_cli, project: Path, platform) -> None:
                      env={"AIOPS_AWS__ROLE_ARN": ""})
     assert result.returncode == 2 and "no SageMaker execution role" in result.stderr
     assert platform.count("s3:PUT") == 0
+
+
+def test_wait_shows_transitions_and_warns_on_silence(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    platform.in_progress_polls = 4
+    platform.log_lines = []  # a job that prints nothing
+    result = run_cli(
+        "train", "train.py", "--source-dir", str(project), "--remote",
+        env={"AIOPS_AWS__JOB_POLL_SECONDS": "0.2", "AIOPS_AWS__LOG_SILENCE_WARNING_SECONDS": "0.3"})
+    assert result.returncode == 0, result.output
+    out = result.stdout
+    assert out.index("status InProgress / Training") < out.index("status Completed / Completed")
+    assert "no log output for" in out and "still waiting" in out
+
+
+def test_ctrl_c_while_waiting_detaches_without_a_tty(project: Path, tmp_path: Path, platform, aiops_home) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    platform.in_progress_polls = 10_000
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiops.cli.app", "train", "train.py", "--source-dir", str(project), "--remote"],
+        env={**os.environ, "AIOPS_HOME": str(aiops_home), "AIOPS_AWS__JOB_POLL_SECONDS": "0.2"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while platform.attempts.get("SageMaker.DescribeTrainingJob", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "detached" in out and "aiops jobs stop" in out
+    assert platform.count("SageMaker.StopTrainingJob") == 0  # no TTY to ask: never stop without asking
+
+
+def test_second_submission_does_not_import_the_sagemaker_sdk(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    import subprocess
+    import sys
+
+    assert _submit(run_cli, project, tmp_path, "--no-wait").returncode == 0  # resolves and caches the image
+    probe = (
+        "import sys; from aiops.cli.app import main; "
+        f"code = main(['train', 'train.py', '--source-dir', {str(project)!r}, '--remote', '--no-wait', '--json']); "
+        "print('SDK-IMPORTED' if any(m.startswith('sagemaker.core') for m in sys.modules) else 'SDK-NOT-IMPORTED', code)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "SDK-NOT-IMPORTED 0", out.stdout + out.stderr
