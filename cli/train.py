@@ -386,6 +386,55 @@ def jobs_logs(name: str = typer.Argument(..., help="Job name.")) -> None:
     sys.stdout.write(log.read_text(errors="replace") if log.is_file() else "")
 
 
+@jobs_app.command("metrics")
+def jobs_metrics(
+    name: str = typer.Argument(..., help="Job name."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the curves into this PNG file."),
+    as_json: bool = typer.Option(False, "--json", help="The series as JSON."),
+) -> None:
+    """Metrics over time: metrics.jsonl for local runs, CloudWatch for remote jobs; --plot draws a PNG."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aiops.settings import get_settings
+    from aiops.training.metrics import series_from_jsonl, split_series
+    from aiops.training.runs import RunStore
+
+    record = RunStore(get_settings().runs_dir).load(name)
+    if record.get("remote"):
+        from aiops.training import remote
+
+        series = remote.metric_series(record)
+    else:
+        series = series_from_jsonl(Path(record["run_dir"]) / "metrics.jsonl")
+    curves, finals = split_series(series)
+    drawn: list[str] = []
+    if plot is not None:
+        from aiops.training.plots import plot_curves
+
+        drawn = plot_curves(curves, plot, title=name)
+    if as_json:
+        payload = {k: [[p.elapsed_seconds, p.value] for p in v] for k, v in series.items()}
+        sys.stdout.write(json.dumps({"series": payload, "plot": str(plot) if plot else None}, sort_keys=True) + "\n")
+        return
+    console = Console()
+    if not series:
+        console.print(f"{name} has no metrics yet.")
+        return
+    if curves:
+        names = sorted(curves)
+        table = Table("#", "seconds", *names, title=f"{name}: metrics over time")
+        for i in range(max(len(v) for v in curves.values())):
+            row = [curves[n][i] if i < len(curves[n]) else None for n in names]
+            seconds = next(p.elapsed_seconds for p in row if p is not None)
+            table.add_row(str(i + 1), f"{seconds:.1f}", *[f"{p.value:.5g}" if p else "" for p in row])
+        console.print(table)
+    if finals:
+        console.print("final: " + ", ".join(f"{k}={v:.5g}" for k, v in sorted(finals.items())))
+    if plot is not None:
+        console.print(f"plot: {plot} ({', '.join(drawn)})")
+
+
 @jobs_app.command("stop")
 def jobs_stop(name: str = typer.Argument(..., help="Job name.")) -> None:
     """Stop a running job the SageMaker way (SIGTERM, then SIGKILL after the grace period)."""

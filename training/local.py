@@ -372,7 +372,7 @@ def run(
     try:
         with open(run_dir / "train.log", "wb") as log, open(run_dir / "metrics.jsonl", "a") as metrics_file:
             assert proc.stdout is not None
-            for raw in iter(proc.stdout.readline, b""):
+            for line_number, raw in enumerate(iter(proc.stdout.readline, b""), start=1):
                 log.write(raw)
                 log.flush()
                 text = raw.decode("utf-8", errors="replace").rstrip("\n")
@@ -387,6 +387,7 @@ def run(
                             {
                                 "name": sample.name,
                                 "value": sample.value,
+                                "line": line_number,
                                 "timestamp": time.time(),
                                 "elapsed_seconds": round(time.monotonic() - started, 3),
                             }

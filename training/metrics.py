@@ -84,3 +84,37 @@ def _to_float(text: str) -> float | None:
         return None
     # NaN/inf are not JSON numbers; a diverged loss still shows in the log itself.
     return value if math.isfinite(value) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Series: a run's metrics over time, for tables and plots
+
+
+@dataclass(frozen=True)
+class Point:
+    elapsed_seconds: float
+    value: float
+
+
+def series_from_jsonl(path) -> dict[str, list[Point]]:
+    """A local run's metrics.jsonl as {name: [points in order]}."""
+    import json
+    from pathlib import Path
+
+    series: dict[str, list[Point]] = {}
+    file = Path(path)
+    if not file.is_file():
+        return series
+    for line in file.read_text().splitlines():
+        if not line.strip():
+            continue
+        sample = json.loads(line)
+        series.setdefault(sample["name"], []).append(Point(float(sample["elapsed_seconds"]), float(sample["value"])))
+    return series
+
+
+def split_series(series: dict[str, list[Point]]) -> tuple[dict[str, list[Point]], dict[str, float]]:
+    """(metrics seen more than once: curves, metrics seen once: final figures)."""
+    curves = {name: points for name, points in series.items() if len(points) > 1}
+    finals = {name: points[-1].value for name, points in series.items() if len(points) == 1}
+    return curves, finals

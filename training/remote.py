@@ -461,3 +461,35 @@ def download_model(record: Mapping[str, Any], dest: Path) -> Path:
         raise AiopsError(f"{record['job_name']} has no model artifact (status {record.get('status')}).")
     s3 = aws.client("s3", record.get("region"))
     return _aws_call(f"downloading {uri}", lambda: download(s3, uri, dest))
+
+
+METRICS_NAMESPACE = "/aws/sagemaker/TrainingJobs"
+
+
+def metric_series(record: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """A remote job's metrics from CloudWatch, where SageMaker publishes its MetricDefinitions
+    (namespace /aws/sagemaker/TrainingJobs, dimension Host=<job>/algo-N), as {name: [Point]}."""
+    from datetime import datetime, timedelta, timezone
+
+    from aiops.training import aws
+    from aiops.training.metrics import Point
+
+    job = record["job_name"]
+    names = [d["Name"] for d in record["request"]["AlgorithmSpecification"].get("MetricDefinitions", [])]
+    cloudwatch = aws.client("cloudwatch", record.get("region"))
+    start = datetime.fromtimestamp(record["created_at"], tz=timezone.utc) - timedelta(minutes=5)
+    end = datetime.now(tz=timezone.utc) + timedelta(minutes=5)
+
+    def fetch() -> dict[str, list[Any]]:
+        series: dict[str, list[Any]] = {}
+        for name in names:
+            answer = cloudwatch.get_metric_statistics(
+                Namespace=METRICS_NAMESPACE, MetricName=name, Dimensions=[{"Name": "Host", "Value": f"{job}/algo-1"}],
+                StartTime=start, EndTime=end, Period=60, Statistics=["Average"])
+            points = sorted(answer.get("Datapoints", []), key=lambda d: d["Timestamp"])
+            if points:
+                first = points[0]["Timestamp"]
+                series[name] = [Point((p["Timestamp"] - first).total_seconds(), float(p["Average"])) for p in points]
+        return series
+
+    return _aws_call(f"reading the metrics of {job}", fetch)

@@ -92,6 +92,7 @@ class Platform:
             logs.create_log_stream(logGroupName=group, logStreamName=stream)
             logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[
                 {"timestamp": now + i, "message": f"{line}"} for i, line in enumerate(self.log_lines)])
+        self.publish_metrics(request)
         output = request["OutputDataConfig"]["S3OutputPath"][len("s3://"):]
         bucket, _, prefix = output.partition("/")
         archive = io.BytesIO()
@@ -102,6 +103,24 @@ class Platform:
             tar.addfile(info, io.BytesIO(payload))
         self.boto("s3").put_object(Bucket=bucket, Key=f"{prefix}/{job}/output/model.tar.gz",
                                    Body=archive.getvalue())
+
+    def publish_metrics(self, request: dict[str, Any]) -> None:
+        """SageMaker reads MetricDefinitions over the log and publishes matches to CloudWatch."""
+        import re
+        from datetime import datetime, timedelta, timezone
+
+        definitions = request["AlgorithmSpecification"].get("MetricDefinitions", [])
+        start = datetime.now(tz=timezone.utc) - timedelta(minutes=len(self.log_lines) + 1)
+        data = []
+        for i, line in enumerate(self.log_lines):
+            for definition in definitions:
+                match = re.search(definition["Regex"], line)
+                if match:
+                    data.append({"MetricName": definition["Name"], "Value": float(match.group(1)),
+                                 "Timestamp": start + timedelta(minutes=i),
+                                 "Dimensions": [{"Name": "Host", "Value": f"{request['TrainingJobName']}/algo-1"}]})
+        if data:
+            self.boto("cloudwatch").put_metric_data(Namespace="/aws/sagemaker/TrainingJobs", MetricData=data)
 
     def inject(self, target: str, mode: str, *, times: int = 1) -> None:
         self.faults.append(Fault(target, mode, times))

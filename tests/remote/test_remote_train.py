@@ -248,3 +248,17 @@ def test_second_submission_does_not_import_the_sagemaker_sdk(run_cli, project: P
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert out.stdout.strip().splitlines()[-1] == "SDK-NOT-IMPORTED 0", out.stdout + out.stderr
+
+
+def test_remote_metrics_from_cloudwatch_and_plot(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    import matplotlib.image
+
+    platform.log_lines = [f"epoch={i}; loss={1.0 / (i + 1):.4f};" for i in range(4)]
+    job = json.loads(_submit(run_cli, project, tmp_path, "--no-wait").stdout)["job_name"]
+    png = tmp_path / "curves.png"
+    result = run_cli("jobs", "metrics", job, "--plot", str(png), "--json")
+    assert result.returncode == 0, result.output
+    series = json.loads(result.stdout)["series"]
+    assert [round(v, 4) for _, v in series["loss"]] == [1.0, 0.5, 0.3333, 0.25]
+    assert [t for t, _ in series["loss"]] == [0.0, 60.0, 120.0, 180.0]
+    assert matplotlib.image.imread(str(png)).shape[2] in (3, 4)  # a real, decodable PNG
