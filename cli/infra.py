@@ -16,9 +16,12 @@ BACKEND_HELP = "State backend URL (default: a local file backend under the aiops
 
 
 def _console(err: bool = False):
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=err, highlight=False)
+    stream = sys.stderr if err else sys.stdout
+    return Console(stderr=err, highlight=False, width=None if stream.isatty() else 160)
 
 
 def _stack_config(project_dir: Path, stack: str, overrides: dict[str, Any] | None = None):

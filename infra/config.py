@@ -45,7 +45,8 @@ _ML_ANY = re.compile(r"^ml\.[a-z0-9-]+\.[0-9a-z]+$")
 _SM_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+$")
 SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
-GPU_HINT = "a GPU type: " + ", ".join(f"{f}.*" for f in GPU_FAMILIES[:6]) + ", ..."
+def gpu_hint(prefix: str = "") -> str:
+    return "a GPU type: " + ", ".join(f"{prefix}{f}.*" for f in GPU_FAMILIES[:6]) + ", ..."
 
 
 def instance_family(instance_type: str) -> str:
@@ -103,7 +104,7 @@ class ComputeConfig(_Model):
     @classmethod
     def _gpu(cls, value: str) -> str:
         if not _EC2_GPU.match(value):
-            raise ValueError(f"not a GPU instance type; allowed: {GPU_HINT}")
+            raise ValueError(f"not a GPU instance type; allowed: {gpu_hint()}")
         return value
 
     @model_validator(mode="after")
@@ -165,7 +166,7 @@ class DeploymentConfig(_Model):
 
 
 class AlarmsConfig(_Model):
-    errors_5xx_threshold: float = Field(1.0, ge=0)
+    errors_5xx_threshold: float = Field(1.0, ge=0, alias="errors5xxThreshold")
     latency_p99_ms: float = Field(1000.0, gt=0)
     period_seconds: int = Field(60, ge=10)
     evaluation_periods: int = Field(2, ge=1)
@@ -228,7 +229,7 @@ class EndpointConfig(_Model):
                 raise ValueError(f"instanceType={self.instance_type!r}: allowed: a SageMaker type 'ml.<family>.<size>'")
             if self.require_gpu and not _ML_GPU.match(self.instance_type):
                 raise ValueError(
-                    f"instanceType={self.instance_type!r} is not a GPU type; allowed: ml.{GPU_HINT} "
+                    f"instanceType={self.instance_type!r} is not a GPU type; allowed: {gpu_hint('ml.')} "
                     f"(or set requireGpu: false)"
                 )
             if self.initial_instance_count < self.autoscaling.min_capacity or (
@@ -337,6 +338,9 @@ def describe(err: ValidationError, raw: Mapping[str, Any]) -> str:
             parts.append(f"{key} is missing: it must be set in the stack config")
             continue
         value = item.get("input")
+        if isinstance(value, dict) and re.match(r"^[a-zA-Z][a-zA-Z0-9]*=", msg):
+            parts.append(f"{key}.{msg}")  # a cross-field rule: its message starts with the field
+            continue
         shown = "" if isinstance(value, dict) else f"={value!r}"
         parts.append(f"{key}{shown}: {msg}")
     return "invalid stack config: " + "; ".join(parts)
