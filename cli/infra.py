@@ -24,7 +24,18 @@ def _console(err: bool = False):
     return Console(stderr=err, highlight=False, width=None if stream.isatty() else 160)
 
 
+def _need_infra_extra() -> None:
+    import importlib.util
+
+    from aiops.errors import UsageError
+
+    missing = [m for m in ("pulumi", "pulumi_aws", "yaml") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} not installed: pip install 'aiops[infra]'")
+
+
 def _stack_config(project_dir: Path, stack: str, overrides: dict[str, Any] | None = None):
+    _need_infra_extra()
     from aiops.infra.config import load_stack_file, stack_file
 
     return load_stack_file(stack_file(project_dir, stack), stack=stack, overrides=overrides)
@@ -159,6 +170,7 @@ def outputs(
     """The deployed stack's outputs (bucket, role ARN, KMS key, endpoint name, region, ...)."""
     from aiops.infra.automation import open_stack
 
+    _need_infra_extra()
     spec = _workspace(project_dir, stack, backend)
     values = _output_values(_automation_call(open_stack, spec))
     if as_json:
