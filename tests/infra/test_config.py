@@ -147,3 +147,29 @@ def test_cli_config_errors_exit_2_one_line(run_cli, tmp_path, yaml_text, expecte
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
     assert result.stdout == ""  # nothing declared, nothing printed
+
+
+def test_engine_config_path_reads_the_same_keys(monkeypatch):
+    """`infra/__main__.py` under the engine: structured config arrives as JSON strings."""
+    import json
+
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    from aiops.infra.config import from_pulumi_config
+
+    from .conftest import merged as _merged
+
+    raw = _merged(endpoint={"instanceType": "ml.p3.2xlarge"})
+    token = runtime_config.CONFIG.set({})
+    try:
+        for key, value in raw.items():
+            pulumi.runtime.set_config(key, value if isinstance(value, str) else json.dumps(value))
+        monkeypatch.setattr(pulumi, "get_stack", lambda: "engine")
+        cfg = from_pulumi_config()
+        assert cfg.stack == "engine" and cfg.endpoint.instance_type == "ml.p3.2xlarge" and cfg.compute.enabled
+        pulumi.runtime.set_config("aiops:endpoint", json.dumps({"instanceType": "ml.m5.large"}))
+        with pytest.raises(ConfigError, match="stack 'engine'.*ml.m5.large"):
+            from_pulumi_config()
+    finally:
+        runtime_config.CONFIG.reset(token)
