@@ -1,0 +1,189 @@
+"""`aiops preview`, `aiops deploy`, `aiops destroy`, `aiops outputs`: the infrastructure.
+
+Thin commands: pulumi, pulumi_aws and boto3 are imported inside the command functions only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+STACK_HELP = "Stack name: its config is Pulumi.<stack>.yaml in the project folder."
+DIR_HELP = "Project folder (holds Pulumi.yaml and the stack files)."
+BACKEND_HELP = "State backend URL (default: a local file backend under the aiops home)."
+
+
+def _console(err: bool = False):
+    import sys
+
+    from rich.console import Console
+
+    stream = sys.stderr if err else sys.stdout
+    return Console(stderr=err, highlight=False, width=None if stream.isatty() else 160)
+
+
+def _need_infra_extra() -> None:
+    import importlib.util
+
+    from aiops.errors import UsageError
+
+    missing = [m for m in ("pulumi", "pulumi_aws", "yaml") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} not installed: pip install 'aiops[infra]'")
+
+
+def _stack_config(project_dir: Path, stack: str, overrides: dict[str, Any] | None = None):
+    _need_infra_extra()
+    from aiops.infra.config import load_stack_file, stack_file
+
+    return load_stack_file(stack_file(project_dir, stack), stack=stack, overrides=overrides)
+
+
+def _workspace(project_dir: Path, stack: str, backend: Optional[str]):
+    from aiops.infra.automation import workspace_spec
+    from aiops.settings import get_settings
+
+    return workspace_spec(stack=stack, project_dir=project_dir, backend=backend, home=get_settings().home)
+
+
+def _automation_call(fn, *args, **kwargs):
+    """Run an Automation API call; its CommandError becomes one line (exit 1)."""
+    from pulumi.automation import errors as auto_errors
+
+    from aiops.errors import AiopsError
+
+    try:
+        return fn(*args, **kwargs)
+    except auto_errors.CommandError as err:
+        lines = [ln for ln in str(err).splitlines() if ln.strip() and not ln.startswith(("code:", "stdout:"))]
+        raise AiopsError(f"pulumi failed: {lines[-1].strip() if lines else err}") from None
+
+
+def _output_values(stack) -> dict[str, Any]:
+    return {k: v.value for k, v in _automation_call(stack.outputs).items()}
+
+
+def preview(
+    offline: bool = typer.Option(False, "--offline", help="Run under Pulumi mocks: no CLI, credentials or network."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    stack: str = typer.Option("dev", "--stack", "-s", help=STACK_HELP),
+    project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+) -> None:
+    """Show what the stack would create or change (--offline: every resource, under mocks)."""
+    cfg = _stack_config(project_dir, stack)
+    if offline:
+        from aiops.infra.offline import plan
+        from aiops.infra.render import print_table, to_json
+
+        result = plan(cfg)
+        if as_json:
+            typer.echo(to_json(result))
+        else:
+            print_table(result, _console())
+        return
+    from aiops.infra.automation import event_printer, open_stack, summarize
+
+    spec = _workspace(project_dir, stack, backend)
+    console = _console()
+    st = _automation_call(open_stack, spec)
+    res = _automation_call(st.preview, on_event=None if as_json else event_printer(console))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"stack": stack, "changes": res.change_summary}, indent=2))
+    else:
+        console.print(f"stack {stack}: {summarize(res.change_summary)}")
+
+
+def deploy(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m",
+        help="The endpoint's model: s3:// URI, job:TRAINING_JOB, a local model.tar.gz or run folder "
+        "(uploaded to the stack bucket under its content hash). Without it the current one is kept.",
+    ),
+    stack: str = typer.Option("dev", "--stack", "-s", help=STACK_HELP),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
+    project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+) -> None:
+    """Create or update the stack (Automation API), optionally switching the endpoint's model."""
+    from aiops.errors import UsageError
+
+    if model is not None:
+        from aiops.infra.artifacts import classify
+
+        classify(model)  # bad --model fails before anything else
+    placeholder = {"aiops:endpoint.modelDataUrl": "s3://placeholder-bucket/model.tar.gz"} if model else None
+    cfg = _stack_config(project_dir, stack, placeholder)
+    spec = _workspace(project_dir, stack, backend)
+
+    from aiops.infra import artifacts
+    from aiops.infra.automation import event_printer, open_stack, set_model, summarize
+
+    console = _console()
+    st = _automation_call(open_stack, spec)
+    if model is not None:
+        uri = artifacts.resolve(model, outputs=_output_values(st), region=cfg.region)
+        _automation_call(set_model, st, uri)
+        _stack_config(project_dir, stack)  # the file as now written must still validate
+        console.print(f"model: {uri}")
+    plan = _automation_call(st.preview, on_event=event_printer(console))
+    console.print(f"stack {stack}: {summarize(plan.change_summary)}")
+    if not yes:
+        if not typer.confirm("apply these changes?", default=False):
+            raise UsageError("not applied (answer yes, or pass --yes)")
+    result = _automation_call(st.up, on_event=event_printer(console))
+    console.print(f"stack {stack}: {result.summary.result}")
+    for key, value in sorted(result.outputs.items()):
+        console.print(f"  {key}: {'[secret]' if value.secret else value.value}")
+
+
+def destroy(
+    stack: str = typer.Option("dev", "--stack", "-s", help=STACK_HELP),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Destroy without asking."),
+    project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+) -> None:
+    """Delete every resource of the stack."""
+    from aiops.errors import UsageError
+    from aiops.infra.automation import event_printer, open_stack
+
+    _stack_config(project_dir, stack)
+    spec = _workspace(project_dir, stack, backend)
+    if not yes and not typer.confirm(f"destroy every resource of stack {stack!r}?", default=False):
+        raise UsageError("nothing destroyed (answer yes, or pass --yes)")
+    console = _console()
+    st = _automation_call(open_stack, spec)
+    result = _automation_call(st.destroy, on_event=event_printer(console))
+    console.print(f"stack {stack}: {result.summary.result}")
+
+
+def outputs(
+    stack: str = typer.Option("dev", "--stack", "-s", help=STACK_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the outputs as JSON."),
+    project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+) -> None:
+    """The deployed stack's outputs (bucket, role ARN, KMS key, endpoint name, region, ...)."""
+    from aiops.infra.automation import open_stack
+
+    _need_infra_extra()
+    spec = _workspace(project_dir, stack, backend)
+    values = _output_values(_automation_call(open_stack, spec))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(values, indent=2, sort_keys=True, default=str))
+    else:
+        for key in sorted(values):
+            typer.echo(f"{key}: {values[key]}")
+
+
+def register(app: typer.Typer, *, panel: str) -> None:
+    app.command("preview", rich_help_panel=panel)(preview)
+    app.command("deploy", rich_help_panel=panel)(deploy)
+    app.command("destroy", rich_help_panel=panel)(destroy)
+    app.command("outputs", rich_help_panel=panel)(outputs)

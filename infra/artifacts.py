@@ -1,0 +1,118 @@
+"""`aiops deploy --model`: turn what the user names into the s3:// URI of a model.tar.gz.
+
+Accepted: an ``s3://bucket/key`` URI; ``job:NAME`` (a SageMaker training job: its model.tar.gz);
+a local ``model.tar.gz`` or a local run folder holding one (``model.tar.gz`` or
+``output/model.tar.gz``), which is uploaded to the stack's bucket under its content hash:
+``models/sha256/<hex>/model.tar.gz`` (same content, same key: uploads are idempotent).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from aiops.errors import AiopsError, UsageError
+
+S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
+FORMS = "an s3://bucket/key URI, job:TRAINING_JOB_NAME, a local model.tar.gz, or a run folder holding one"
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_key(digest: str) -> str:
+    return f"models/sha256/{digest}/model.tar.gz"
+
+
+def local_archive(spec: str) -> Path | None:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for candidate in (path / "model.tar.gz", path / "output" / "model.tar.gz"):
+            if candidate.is_file():
+                return candidate
+        raise UsageError(f"--model {spec}: no model.tar.gz in that folder (looked for model.tar.gz, output/model.tar.gz)")
+    if path.is_file():
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"\x1f\x8b":
+                raise UsageError(f"--model {spec}: not a gzip archive; expected a model.tar.gz")
+        return path
+    return None
+
+
+def classify(spec: str) -> tuple[str, str]:
+    """('s3', uri) | ('job', name) | ('local', path); UsageError for anything else. No cloud calls."""
+    if spec.startswith("s3://"):
+        if not S3_URI.match(spec):
+            raise UsageError(f"--model {spec!r}: malformed S3 URI; expected s3://bucket/key")
+        return "s3", spec
+    if spec.startswith("job:"):
+        name = spec[4:]
+        if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name):
+            raise UsageError(f"--model {spec!r}: not a training job name")
+        return "job", name
+    path = local_archive(spec)
+    if path is not None:
+        return "local", str(path)
+    raise UsageError(f"--model {spec!r}: no such file or folder; expected {FORMS}")
+
+
+def upload(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any) -> str:
+    """Upload under the content hash (skipped when that key exists); SSE-KMS with the stack's key."""
+    key = model_key(sha256_of(path))
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return f"s3://{bucket}/{key}"
+    except Exception as err:  # botocore ClientError 404: not there yet
+        code = getattr(err, "response", {}).get("Error", {}).get("Code")
+        if code not in ("404", "NoSuchKey", "NotFound"):
+            raise AiopsError(f"cannot check s3://{bucket}/{key}: {err}") from None
+    extra = {"ServerSideEncryption": "aws:kms"}
+    if kms_key_arn:
+        extra["SSEKMSKeyId"] = kms_key_arn
+    s3.upload_file(str(path), bucket, key, ExtraArgs=extra)
+    return f"s3://{bucket}/{key}"
+
+
+def training_job_model(name: str, *, sagemaker: Any) -> str:
+    try:
+        job = sagemaker.describe_training_job(TrainingJobName=name)
+    except Exception as err:
+        raise UsageError(f"--model job:{name}: cannot describe that training job: {err}") from None
+    status = job.get("TrainingJobStatus")
+    uri = (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    if status != "Completed" or not uri:
+        raise UsageError(f"--model job:{name}: the job is {status}; it has no model.tar.gz yet")
+    return uri
+
+
+def resolve(spec: str, *, outputs: dict[str, Any], region: str, session: Any | None = None) -> str:
+    """The model's s3:// URI; uploads a local archive to the stack's bucket first."""
+    kind, value = classify(spec)
+    if kind == "s3":
+        return value
+    if session is None:
+        import boto3
+
+        session = boto3.session.Session(region_name=region)
+    if kind == "job":
+        return training_job_model(value, sagemaker=session.client("sagemaker"))
+    bucket = outputs.get("bucket")
+    if not bucket:
+        raise UsageError(
+            "the stack has no bucket yet: run `aiops deploy` once with aiops:endpoint enabled: false "
+            "(creates the bucket), or pass an s3:// URI"
+        )
+    with gzip.open(value, "rb") as fh:  # a truncated archive fails here, not at endpoint start
+        try:
+            fh.read(512)
+        except (OSError, EOFError) as err:
+            raise UsageError(f"--model {spec}: broken gzip archive: {err}") from None
+    return upload(Path(value), bucket=bucket, kms_key_arn=outputs.get("kmsKeyArn"), s3=session.client("s3"))

@@ -1,0 +1,440 @@
+"""The stack configuration: one typed model, validated before any resource is declared.
+
+Values come from the stack's config (``Pulumi.<stack>.yaml``): ``aws:region`` and the ``aiops:``
+namespace, whose values are YAML objects (Pulumi structured config) in camelCase::
+
+    config:
+      aws:region: us-east-1
+      aiops:endpoint:
+        instanceType: ml.g5.xlarge
+        autoscaling: {minCapacity: 1, maxCapacity: 4}
+
+``load_stack_file`` reads the file (offline preview, tests), ``from_pulumi_config`` reads the same
+keys from the running engine; both end in ``parse`` and so in the same model and the same errors:
+one line naming the key, the value and what is allowed (``ConfigError``, exit 2).
+
+This module imports neither pulumi nor pulumi_aws: config errors come before any of that is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from aiops.errors import ConfigError
+
+PROJECT = "aiops"
+NAMESPACE = "aiops"
+SECTIONS = ("namePrefix", "tags", "storage", "access", "compute", "endpoint")
+
+# Instance families with NVIDIA GPUs (EC2 names; SageMaker adds the "ml." prefix).
+GPU_FAMILIES = ("g4dn", "g4ad", "g5", "g5g", "g6", "g6e", "gr6", "p3", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en")
+# SageMaker instance families whose ML storage is local NVMe, encrypted by the instance's hardware
+# module: CreateEndpointConfig fails if a KmsKeyId is given for them (AWS API reference, KmsKeyId).
+LOCAL_STORAGE_FAMILIES = (
+    "g4dn", "g5", "g6", "g6e", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en",
+    "m5d", "c5d", "r5d", "m6id", "c6id", "r6id", "trn1", "inf2",
+)
+_EC2_GPU = re.compile(r"^(%s)\.[0-9a-z]+$" % "|".join(GPU_FAMILIES))
+_ML_GPU = re.compile(r"^ml\.(%s)\.[0-9a-z]+$" % "|".join(GPU_FAMILIES))
+_ML_ANY = re.compile(r"^ml\.[a-z0-9-]+\.[0-9a-z]+$")
+_SM_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+$")
+SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
+def gpu_hint(prefix: str = "") -> str:
+    return "a GPU type: " + ", ".join(f"{prefix}{f}.*" for f in GPU_FAMILIES[:6]) + ", ..."
+
+
+def instance_family(instance_type: str) -> str:
+    parts = instance_type.split(".")
+    return parts[1] if parts[0] == "ml" and len(parts) == 3 else parts[0]
+
+
+def has_local_storage(instance_type: str) -> bool:
+    return instance_family(instance_type) in LOCAL_STORAGE_FAMILIES
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class StorageConfig(_Model):
+    """The KMS key and the artifact bucket (always on: every other component uses them)."""
+
+    noncurrent_version_days: int = Field(30, ge=1, le=3650)
+    abort_multipart_days: int = Field(7, ge=1, le=365)
+    force_destroy: bool = False
+    key_deletion_window_days: int = Field(30, ge=7, le=30)
+
+
+class AccessConfig(_Model):
+    enabled: bool = True
+    prefixes_read: tuple[str, ...] = ("models/", "data/", "code/", "checkpoints/", "output/")
+    prefixes_write: tuple[str, ...] = ("output/", "checkpoints/", "data-capture/")
+
+    @field_validator("prefixes_read", "prefixes_write")
+    @classmethod
+    def _prefix(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for p in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/", p):
+                raise ValueError(f"{p!r} is not a prefix: use 'name/' (letters, digits, -_. and '/', ending in '/')")
+        return value
+
+
+class ComputeConfig(_Model):
+    """GPU EC2 machines behind an autoscaling group (off by default)."""
+
+    enabled: bool = False
+    instance_type: str = "g5.xlarge"
+    spot: bool = False
+    desired_capacity: int = Field(0, ge=0)
+    min_size: int = Field(0, ge=0)
+    max_size: int = Field(1, ge=0)
+    root_volume_gb: int = Field(200, ge=30, le=16384)
+    ami_name_filter: str = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+    ami_owner: str = "amazon"
+    subnet_ids: tuple[str, ...] = ()
+    vpc_id: str | None = None
+
+    @field_validator("instance_type")
+    @classmethod
+    def _gpu(cls, value: str) -> str:
+        if not _EC2_GPU.match(value):
+            raise ValueError(f"not a GPU instance type; allowed: {gpu_hint()}")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "ComputeConfig":
+        if self.min_size > self.max_size:
+            raise ValueError(f"minSize={self.min_size} > maxSize={self.max_size}: minSize must be <= maxSize")
+        if not self.min_size <= self.desired_capacity <= self.max_size:
+            raise ValueError(
+                f"desiredCapacity={self.desired_capacity} must lie between minSize={self.min_size} "
+                f"and maxSize={self.max_size}"
+            )
+        if bool(self.subnet_ids) != bool(self.vpc_id):
+            raise ValueError("set both vpcId and subnetIds, or neither (then the default VPC is used)")
+        return self
+
+
+class ImageConfig(_Model):
+    uri: str | None = None
+    framework_version: str = "2.5"
+    py_version: str = "py311"
+    own_repository: bool = False
+    tag: str = "latest"
+
+    @model_validator(mode="after")
+    def _one(self) -> "ImageConfig":
+        if self.uri and self.own_repository:
+            raise ValueError("set uri or ownRepository, not both")
+        return self
+
+
+class AutoscalingConfig(_Model):
+    enabled: bool = True
+    min_capacity: int = Field(1, ge=1)
+    max_capacity: int = Field(2, ge=1)
+    target_invocations_per_instance: float | None = Field(None, gt=0)
+    max_rps_per_instance: float = Field(20.0, gt=0)
+    target_utilization: float = Field(0.7, gt=0, le=1)
+    scale_in_cooldown: int = Field(300, ge=0, le=3600)
+    scale_out_cooldown: int = Field(60, ge=0, le=3600)
+    disable_scale_in: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_capacity > self.max_capacity:
+            raise ValueError(
+                f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: minCapacity must be <= maxCapacity"
+            )
+        return self
+
+
+class DeploymentConfig(_Model):
+    traffic: Literal["all-at-once", "canary", "linear"] = "canary"
+    canary_percent: int = Field(10, ge=1, le=50)
+    linear_step_percent: int = Field(25, ge=5, le=50)
+    wait_seconds: int = Field(300, ge=0, le=3600)
+    termination_wait_seconds: int = Field(120, ge=0, le=3600)
+    max_execution_timeout_seconds: int = Field(3600, ge=600, le=14400)
+    auto_rollback: bool = True
+
+
+class AlarmsConfig(_Model):
+    errors_5xx_threshold: float = Field(1.0, ge=0, alias="errors5xxThreshold")
+    latency_p99_ms: float = Field(1000.0, gt=0)
+    period_seconds: int = Field(60, ge=10)
+    evaluation_periods: int = Field(2, ge=1)
+
+
+class DataCaptureConfig(_Model):
+    enabled: bool = False
+    sampling_percent: int = Field(100, ge=0, le=100)
+    prefix: str = "data-capture/"
+
+
+class ServerlessConfig(_Model):
+    enabled: bool = False
+    memory_mb: int = 2048
+    max_concurrency: int = Field(5, ge=1, le=200)
+
+    @field_validator("memory_mb")
+    @classmethod
+    def _memory(cls, value: int) -> int:
+        if value not in SERVERLESS_MEMORY_MB:
+            raise ValueError(f"allowed: {', '.join(map(str, SERVERLESS_MEMORY_MB))}")
+        return value
+
+
+class EndpointConfig(_Model):
+    enabled: bool = True
+    name: str | None = None
+    model_data_url: str | None = None
+    instance_type: str = "ml.g5.xlarge"
+    require_gpu: bool = True
+    initial_instance_count: int = Field(1, ge=1)
+    variant_name: str = "primary"
+    program: str = "inference.py"
+    environment: dict[str, str] = Field(default_factory=dict)
+    image: ImageConfig = ImageConfig()
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
+    data_capture: DataCaptureConfig = DataCaptureConfig()
+    serverless: ServerlessConfig = ServerlessConfig()
+
+    @field_validator("name", "variant_name")
+    @classmethod
+    def _sm_name(cls, value: str | None) -> str | None:
+        if value is not None and not _SM_NAME.match(value):
+            raise ValueError("allowed: letters, digits and '-', starting with a letter or digit, at most 63")
+        return value
+
+    @field_validator("model_data_url")
+    @classmethod
+    def _s3(cls, value: str | None) -> str | None:
+        if value is not None and not _S3_URI.match(value):
+            raise ValueError("allowed: an s3://bucket/key URI of a model.tar.gz")
+        return value
+
+    @model_validator(mode="after")
+    def _instance(self) -> "EndpointConfig":
+        if not self.serverless.enabled:
+            if not _ML_ANY.match(self.instance_type):
+                raise ValueError(f"instanceType={self.instance_type!r}: allowed: a SageMaker type 'ml.<family>.<size>'")
+            if self.require_gpu and not _ML_GPU.match(self.instance_type):
+                raise ValueError(
+                    f"instanceType={self.instance_type!r} is not a GPU type; allowed: {gpu_hint('ml.')} "
+                    f"(or set requireGpu: false)"
+                )
+            if self.initial_instance_count < self.autoscaling.min_capacity or (
+                self.initial_instance_count > self.autoscaling.max_capacity
+            ):
+                raise ValueError(
+                    f"initialInstanceCount={self.initial_instance_count} must lie between "
+                    f"autoscaling.minCapacity={self.autoscaling.min_capacity} and "
+                    f"autoscaling.maxCapacity={self.autoscaling.max_capacity}"
+                )
+        if self.enabled and self.model_data_url is None:
+            raise ValueError(
+                "modelDataUrl is missing: the endpoint needs the s3:// URI of a model.tar.gz "
+                "(set aiops:endpoint.modelDataUrl, or run `aiops deploy --model ...`, or set enabled: false)"
+            )
+        if self.data_capture.enabled and self.serverless.enabled:
+            raise ValueError("dataCapture is not supported with a serverless variant")
+        return self
+
+    @property
+    def kms_on_volume(self) -> bool:
+        """Whether the endpoint config may carry the stack's KMS key (see LOCAL_STORAGE_FAMILIES)."""
+        return not self.serverless.enabled and not has_local_storage(self.instance_type)
+
+
+class StackConfig(_Model):
+    project: str = PROJECT
+    stack: str
+    region: str
+    name_prefix: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    storage: StorageConfig = StorageConfig()
+    access: AccessConfig = AccessConfig()
+    compute: ComputeConfig = ComputeConfig()
+    endpoint: EndpointConfig = EndpointConfig(enabled=False)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        from aiops.infra.images import known_regions
+
+        if value not in known_regions():
+            raise ValueError(f"unknown region; allowed: {', '.join(sorted(known_regions()))}")
+        return value
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,29}", value):
+            raise ValueError("allowed: lowercase letters, digits and '-', at most 30")
+        return value
+
+    @model_validator(mode="after")
+    def _wiring(self) -> "StackConfig":
+        if self.endpoint.enabled and not self.access.enabled:
+            raise ValueError("the endpoint needs the execution role: set access.enabled: true")
+        return self
+
+    @property
+    def prefix(self) -> str:
+        return self.name_prefix or f"{self.project}-{self.stack}"[:30].rstrip("-").lower()
+
+    @property
+    def endpoint_name(self) -> str:
+        return self.endpoint.name or f"{self.prefix}-endpoint"
+
+
+# --------------------------------------------------------------------------- parsing and errors
+
+
+def _top_key(name: str) -> str:
+    return "aws:region" if name == "region" else f"{NAMESPACE}:{name}"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = StackConfig
+    for part in loc:
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        field = fields.get(part) or model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def describe(err: ValidationError, raw: Mapping[str, Any]) -> str:
+    parts = []
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        if not loc:
+            key, msg = "config", item["msg"]
+        else:
+            key = _top_key(str(loc[0])) + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in loc[1:])
+            msg = item["msg"]
+        msg = msg.removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            allowed = sorted(f.alias or n for n, f in parent.model_fields.items()) if parent else []
+            parts.append(f"{key}: unknown key; allowed here: {', '.join(allowed)}")
+            continue
+        if item["type"] == "missing":
+            parts.append(f"{key} is missing: it must be set in the stack config")
+            continue
+        value = item.get("input")
+        if isinstance(value, dict) and re.match(r"^[a-zA-Z][a-zA-Z0-9]*=", msg):
+            parts.append(f"{key}.{msg}")  # a cross-field rule: its message starts with the field
+            continue
+        shown = "" if isinstance(value, dict) else f"={value!r}"
+        parts.append(f"{key}{shown}: {msg}")
+    return "invalid stack config: " + "; ".join(parts)
+
+
+def parse(raw: Mapping[str, Any], *, stack: str, source: str = "stack config") -> StackConfig:
+    """Validate the stack's config (keys as in the stack file: ``aws:region``, ``aiops:<section>``)."""
+    data: dict[str, Any] = {"stack": stack}
+    unknown = []
+    for key, value in raw.items():
+        ns, _, name = str(key).partition(":")
+        if key == "aws:region":
+            data["region"] = value
+        elif ns == NAMESPACE:
+            if name not in SECTIONS:
+                unknown.append(key)
+            data[name] = value
+    if unknown:
+        allowed = ", ".join(f"{NAMESPACE}:{s}" for s in SECTIONS)
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r}; allowed: aws:region, {allowed}")
+    if "region" not in data:
+        raise ConfigError(f"{source}: aws:region is missing; set it, e.g. `aws:region: us-east-1`")
+    try:
+        return StackConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe(err, raw)}") from None
+
+
+def stack_file(project_dir: Path, stack: str) -> Path:
+    return Path(project_dir) / f"Pulumi.{stack}.yaml"
+
+
+def _apply_override(config: dict[str, Any], dotted: str, value: Any) -> None:
+    top, _, rest = dotted.partition(".")
+    if not rest:
+        config[top] = value
+        return
+    node = config.setdefault(top, {})
+    parts = rest.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def load_stack_file(
+    path: Path, *, stack: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> StackConfig:
+    """Read and validate ``Pulumi.<stack>.yaml`` (the stack name is taken from the file name).
+
+    ``overrides``: dotted keys (``aiops:endpoint.modelDataUrl``) set before validation.
+    """
+    import yaml
+
+    path = Path(path)
+    if stack is None:
+        m = re.fullmatch(r"Pulumi\.(.+)\.ya?ml", path.name)
+        stack = m.group(1) if m else path.stem
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such stack file; create it (see Pulumi.dev.yaml) or pick --stack")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{path}:{line}: malformed stack file: {problem}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config", {}), dict):
+        raise ConfigError(f"{path}: malformed stack file: expected a mapping with a 'config:' mapping")
+    config = doc.get("config") or {}
+    for key, value in config.items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            raise ConfigError(f"{path}: {key} is a secret; aiops config sections hold no secrets")
+    for dotted, value in (overrides or {}).items():
+        _apply_override(config, dotted, value)
+    return parse(config, stack=stack, source=str(path.name))
+
+
+def from_pulumi_config() -> StackConfig:
+    """Read the same keys from the running Pulumi engine (``pulumi up``, Automation API)."""
+    import json
+
+    import pulumi
+
+    raw: dict[str, Any] = {}
+    region = pulumi.Config("aws").get("region")
+    if region is not None:
+        raw["aws:region"] = region
+    cfg = pulumi.Config(NAMESPACE)
+    for section in SECTIONS:
+        text = cfg.get(section)
+        if text is None:
+            continue
+        try:
+            raw[f"{NAMESPACE}:{section}"] = json.loads(text)
+        except ValueError:
+            raw[f"{NAMESPACE}:{section}"] = text
+    return parse(raw, stack=pulumi.get_stack(), source=f"stack {pulumi.get_stack()!r}")

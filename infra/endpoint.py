@@ -1,0 +1,211 @@
+"""Endpoint: SageMaker model, endpoint configuration, endpoint with safe deployments, autoscaling
+and the alarms that roll a bad deployment back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_aws import appautoscaling, cloudwatch, ecr, sagemaker
+
+from aiops.infra.config import EndpointConfig
+from aiops.infra.policies import (
+    deployment_config,
+    scaling_resource_id,
+    target_invocations_per_instance,
+    target_tracking_configuration,
+)
+
+
+@dataclass(frozen=True)
+class EndpointArgs:
+    prefix: str
+    region: str
+    endpoint_name: str
+    config: EndpointConfig
+    role_arn: pulumi.Input[str]
+    key_arn: pulumi.Input[str]
+    bucket: pulumi.Input[str]
+    image_uri: str | None  # None: the stack's own ECR repository (created here) with config.image.tag
+    repository_name: str | None = None
+
+
+def container_environment(config: EndpointConfig, region: str) -> dict[str, str]:
+    """The serving container's environment (sagemaker-pytorch-inference): the handler module inside
+    the model's code/ folder, plus the user's additions (which win)."""
+    env = {
+        "SAGEMAKER_PROGRAM": config.program,
+        "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+        "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+        "SAGEMAKER_REGION": region,
+    }
+    env.update(config.environment)
+    return env
+
+
+class Endpoint(pulumi.ComponentResource):
+    model: sagemaker.Model
+    endpoint_config: sagemaker.EndpointConfiguration
+    endpoint: sagemaker.Endpoint
+
+    def __init__(self, name: str, args: EndpointArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("aiops:infra:Endpoint", name, None, opts)
+        cfg = args.config
+        child = pulumi.ResourceOptions(parent=self)
+        variant = cfg.variant_name
+
+        self.repository: ecr.Repository | None = None
+        if args.image_uri is None:
+            self.repository = ecr.Repository(
+                f"{name}-repository",
+                name=args.repository_name,
+                image_tag_mutability="IMMUTABLE",
+                image_scanning_configuration={"scan_on_push": True},
+                encryption_configurations=[{"encryption_type": "KMS", "kms_key": args.key_arn}],
+                opts=child,
+            )
+            image: pulumi.Input[str] = self.repository.repository_url.apply(lambda u: f"{u}:{cfg.image.tag}")
+        else:
+            image = args.image_uri
+
+        # Alarms carry fixed names and the endpoint's fixed name, so they exist before the endpoint
+        # and the endpoint's rollback configuration can name them (no dependency cycle).
+        dims = {"EndpointName": args.endpoint_name, "VariantName": variant}
+        self.alarm_5xx = cloudwatch.MetricAlarm(
+            f"{name}-5xx-alarm",
+            name=f"{args.endpoint_name}-5xx",
+            alarm_description="Invocation 5XX errors from the model container",
+            namespace="AWS/SageMaker",
+            metric_name="Invocation5XXErrors",
+            dimensions=dims,
+            statistic="Sum",
+            period=cfg.alarms.period_seconds,
+            evaluation_periods=cfg.alarms.evaluation_periods,
+            threshold=cfg.alarms.errors_5xx_threshold,
+            comparison_operator="GreaterThanOrEqualToThreshold",
+            treat_missing_data="notBreaching",
+            opts=child,
+        )
+        self.alarm_latency = cloudwatch.MetricAlarm(
+            f"{name}-latency-alarm",
+            name=f"{args.endpoint_name}-model-latency-p99",
+            alarm_description=f"ModelLatency p99 above {cfg.alarms.latency_p99_ms} ms",
+            namespace="AWS/SageMaker",
+            metric_name="ModelLatency",
+            dimensions=dims,
+            extended_statistic="p99",
+            period=cfg.alarms.period_seconds,
+            evaluation_periods=cfg.alarms.evaluation_periods,
+            threshold=cfg.alarms.latency_p99_ms * 1000.0,  # ModelLatency is in microseconds
+            comparison_operator="GreaterThanThreshold",
+            treat_missing_data="notBreaching",
+            opts=child,
+        )
+        alarms = [self.alarm_5xx, self.alarm_latency]
+
+        # No fixed name: a new model (new artifact, new image) is created before the old one goes.
+        self.model = sagemaker.Model(
+            f"{name}-model",
+            execution_role_arn=args.role_arn,
+            primary_container={
+                "image": image,
+                "model_data_url": cfg.model_data_url,
+                "environment": container_environment(cfg, args.region),
+            },
+            opts=child,
+        )
+
+        variant_args: dict = {"variant_name": variant, "model_name": self.model.name}
+        if cfg.serverless.enabled:
+            variant_args["serverless_config"] = {
+                "memory_size_in_mb": cfg.serverless.memory_mb,
+                "max_concurrency": cfg.serverless.max_concurrency,
+            }
+        else:
+            variant_args["instance_type"] = cfg.instance_type
+            variant_args["initial_instance_count"] = cfg.initial_instance_count
+        data_capture = None
+        if cfg.data_capture.enabled:
+            data_capture = {
+                "enable_capture": True,
+                "initial_sampling_percentage": cfg.data_capture.sampling_percent,
+                "destination_s3_uri": pulumi.Output.from_input(args.bucket).apply(
+                    lambda b: f"s3://{b}/{cfg.data_capture.prefix.rstrip('/')}"
+                ),
+                "kms_key_id": args.key_arn,
+                "capture_options": [{"capture_mode": "Input"}, {"capture_mode": "Output"}],
+            }
+        # Endpoint configurations are immutable: any change replaces this resource. A name_prefix
+        # (never a fixed name) lets Pulumi create the new configuration, switch the endpoint to it,
+        # and only then delete the old one; a fixed name would collide.
+        self.endpoint_config = sagemaker.EndpointConfiguration(
+            f"{name}-config",
+            name_prefix=f"{args.prefix}-",
+            production_variants=[variant_args],
+            # Instance types with local NVMe storage encrypt it in hardware and refuse a KmsKeyId
+            # (CreateEndpointConfig fails); serverless variants have no ML storage volume.
+            kms_key_arn=args.key_arn if cfg.kms_on_volume else None,
+            data_capture_config=data_capture,
+            opts=child,
+        )
+
+        deployment = deployment_config(
+            traffic=cfg.deployment.traffic,
+            canary_percent=cfg.deployment.canary_percent,
+            linear_step_percent=cfg.deployment.linear_step_percent,
+            wait_seconds=cfg.deployment.wait_seconds,
+            termination_wait_seconds=cfg.deployment.termination_wait_seconds,
+            max_execution_timeout_seconds=cfg.deployment.max_execution_timeout_seconds,
+            rollback_alarm_names=[],
+        )
+        if cfg.deployment.auto_rollback:
+            deployment["auto_rollback_configuration"] = {"alarms": [{"alarm_name": a.name} for a in alarms]}
+        self.endpoint = sagemaker.Endpoint(
+            f"{name}-endpoint",
+            name=args.endpoint_name,
+            endpoint_config_name=self.endpoint_config.name,
+            deployment_config=deployment,
+            opts=child,
+        )
+
+        self.scaling_target: appautoscaling.Target | None = None
+        self.scaling_policy: appautoscaling.Policy | None = None
+        scaling = cfg.autoscaling
+        if scaling.enabled and not cfg.serverless.enabled:
+            self.scaling_target = appautoscaling.Target(
+                f"{name}-scaling-target",
+                service_namespace="sagemaker",
+                scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+                resource_id=self.endpoint.name.apply(lambda n: scaling_resource_id(n, variant)),
+                min_capacity=scaling.min_capacity,
+                max_capacity=scaling.max_capacity,
+                opts=child,
+            )
+            target = target_invocations_per_instance(
+                explicit=scaling.target_invocations_per_instance,
+                max_rps_per_instance=scaling.max_rps_per_instance,
+                target_utilization=scaling.target_utilization,
+            )
+            self.scaling_policy = appautoscaling.Policy(
+                f"{name}-scaling-policy",
+                policy_type="TargetTrackingScaling",
+                service_namespace=self.scaling_target.service_namespace,
+                scalable_dimension=self.scaling_target.scalable_dimension,
+                resource_id=self.scaling_target.resource_id,
+                target_tracking_scaling_policy_configuration=target_tracking_configuration(
+                    target_value=target,
+                    scale_in_cooldown=scaling.scale_in_cooldown,
+                    scale_out_cooldown=scaling.scale_out_cooldown,
+                    disable_scale_in=scaling.disable_scale_in,
+                ),
+                opts=child,
+            )
+
+        self.register_outputs(
+            {
+                "endpoint_name": self.endpoint.name,
+                "endpoint_config_name": self.endpoint_config.name,
+                "model_name": self.model.name,
+                "repository_url": self.repository.repository_url if self.repository else None,
+            }
+        )

@@ -1,0 +1,78 @@
+"""PyTorch inference container image URIs, from a small table shipped with aiops.
+
+Why a table and not ``sagemaker.core.image_uris.retrieve``: the SDK is the well-kept source, but
+importing it costs ~2 s and pulls a large dependency tree; the offline preview would pay that on
+every run. ``pytorch_inference_images.json`` holds, for the PyTorch versions aiops supports, the
+same data the SDK uses (registry account per region, repository, Python versions), copied from
+``sagemaker-core`` (the version is recorded in the file's ``source``). To refresh it, see
+docs/infra.md ("Image URIs"). A stack can always name its own image (``endpoint.image.uri``) or
+build its own server image into the ECR repository the stack creates.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from aiops.errors import ConfigError
+
+_TABLE = Path(__file__).with_name("pytorch_inference_images.json")
+
+
+@lru_cache(maxsize=1)
+def table() -> dict:
+    return json.loads(_TABLE.read_text())
+
+
+def known_regions() -> frozenset[str]:
+    regions: set[str] = set()
+    for entry in table()["versions"].values():
+        regions.update(entry["registries"])
+    return frozenset(regions)
+
+
+def resolve_version(version: str) -> str:
+    data = table()
+    full = data["version_aliases"].get(version, version)
+    if full not in data["versions"]:
+        allowed = sorted(set(data["version_aliases"]) | set(data["versions"]))
+        raise ConfigError(
+            f"aiops:endpoint.image.frameworkVersion={version!r}: no PyTorch inference image known for it; "
+            f"allowed: {', '.join(allowed)} (or set endpoint.image.uri)"
+        )
+    return full
+
+
+def processor_for(instance_type: str | None) -> str:
+    """'gpu' for ml.g*/ml.p* instance types, 'cpu' otherwise (serverless has no instance type)."""
+    if instance_type is None:
+        return "cpu"
+    family = instance_type.split(".")[1] if instance_type.count(".") >= 2 else instance_type
+    return "gpu" if family[:1] in ("g", "p") else "cpu"
+
+
+def pytorch_inference_uri(*, region: str, version: str, py_version: str, instance_type: str | None) -> str:
+    """The DLC image URI, as ``image_uris.retrieve("pytorch", image_scope="inference", ...)`` gives it."""
+    full = resolve_version(version)
+    entry = table()["versions"][full]
+    if py_version not in entry["py_versions"]:
+        raise ConfigError(
+            f"aiops:endpoint.image.pyVersion={py_version!r}: PyTorch {full} images exist for "
+            f"{', '.join(entry['py_versions'])} only"
+        )
+    account = entry["registries"].get(region)
+    if account is None:
+        raise ConfigError(
+            f"aws:region={region!r}: no PyTorch {full} inference image is published there; "
+            f"pick another region or set endpoint.image.uri"
+        )
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return (
+        f"{account}.dkr.ecr.{region}.{domain}/{entry['repository']}:"
+        f"{full}-{processor_for(instance_type)}-{py_version}"
+    )
+
+
+def registry_account(region: str, version: str) -> str | None:
+    return table()["versions"][resolve_version(version)]["registries"].get(region)

@@ -1,0 +1,180 @@
+"""Run the stack program under Pulumi mocks: no Pulumi CLI, no credentials, no network.
+
+``plan(cfg)`` is what ``aiops preview --offline`` prints and what the tests inspect: the same code
+path. The mocks record every resource and every invoke, answer only the invokes they know, and
+raise on any other (an unmocked invoke would otherwise return ``{}`` silently).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiops.errors import AiopsError
+from aiops.infra.config import StackConfig
+
+FAKE_ACCOUNT = "123456789012"
+
+
+class UnknownInvokeError(AiopsError):
+    pass
+
+
+@dataclass
+class PlannedResource:
+    type: str
+    name: str
+    parent: str | None
+    inputs: dict[str, Any]
+    urn: str = ""
+    custom: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    stack: str
+    region: str
+    resources: list[PlannedResource]
+    invokes: list[dict[str, Any]]
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, type_: str) -> list[PlannedResource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str) -> PlannedResource:
+        found = self.of_type(type_)
+        if len(found) != 1:
+            raise AssertionError(f"expected one {type_}, found {len(found)}")
+        return found[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "region": self.region,
+            "resources": [r.to_dict() for r in self.resources],
+            "invokes": self.invokes,
+            "outputs": self.outputs,
+        }
+
+
+def _mock_invoke(token: str, args: dict[str, Any], region: str) -> dict[str, Any]:
+    if token == "aws:index/getCallerIdentity:getCallerIdentity":
+        return {
+            "accountId": FAKE_ACCOUNT,
+            "arn": f"arn:aws:iam::{FAKE_ACCOUNT}:user/preview",
+            "userId": "AIDAPREVIEW",
+            "id": FAKE_ACCOUNT,
+        }
+    if token == "aws:index/getPartition:getPartition":
+        part = "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+        return {"partition": part, "dnsSuffix": "amazonaws.com", "id": part, "reverseDnsPrefix": "com.amazonaws"}
+    if token == "aws:ec2/getAmi:getAmi":
+        return {
+            "id": "ami-0123456789abcdef0",
+            "name": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20261101",
+            "rootDeviceName": "/dev/sda1",
+            "architecture": "x86_64",
+        }
+    if token == "aws:ec2/getVpc:getVpc":
+        return {"id": "vpc-0default", "cidrBlock": "172.31.0.0/16", "default": True}
+    if token == "aws:ec2/getSubnets:getSubnets":
+        return {"id": "subnets", "ids": ["subnet-0a", "subnet-0b", "subnet-0c"]}
+    raise UnknownInvokeError(f"offline preview: no mock for invoke {token} (args {sorted(args)})")
+
+
+def _computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> dict[str, Any]:
+    """Values the provider would compute (ids, ARNs, names), so apply callbacks never see None."""
+    service = typ.split(":")[1].split("/")[0] if ":" in typ else "aws"
+    physical = inputs.get("name") or (inputs.get("namePrefix") or inputs.get("bucketPrefix") or "") + name
+    state: dict[str, Any] = {"name": physical, "arn": f"arn:aws:{service}:{region}:{FAKE_ACCOUNT}:{name}"}
+    if typ == "aws:s3/bucket:Bucket":
+        state.update(bucket=physical, arn=f"arn:aws:s3:::{physical}")
+    elif typ == "aws:kms/key:Key":
+        state.update(keyId=f"key-{name}", arn=f"arn:aws:kms:{region}:{FAKE_ACCOUNT}:key/{name}")
+    elif typ == "aws:iam/role:Role":
+        state.update(arn=f"arn:aws:iam::{FAKE_ACCOUNT}:role/{physical}", id=physical)
+    elif typ == "aws:iam/instanceProfile:InstanceProfile":
+        state.update(arn=f"arn:aws:iam::{FAKE_ACCOUNT}:instance-profile/{physical}")
+    elif typ == "aws:ecr/repository:Repository":
+        state.update(repositoryUrl=f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}")
+    elif typ == "aws:sagemaker/endpoint:Endpoint":
+        state.update(arn=f"arn:aws:sagemaker:{region}:{FAKE_ACCOUNT}:endpoint/{physical}")
+    elif typ == "aws:appautoscaling/target:Target":
+        state.update(
+            serviceNamespace=inputs.get("serviceNamespace"),
+            scalableDimension=inputs.get("scalableDimension"),
+            resourceId=inputs.get("resourceId"),
+        )
+    return state
+
+
+def plan(cfg: StackConfig, *, preview: bool = True) -> Plan:
+    """Run ``program.build(cfg)`` under mocks and return every resource it declared."""
+    import pulumi
+    from pulumi.runtime import mocks as pmocks
+
+    resources: list[PlannedResource] = []
+    invokes: list[dict[str, Any]] = []
+    unknown: list[str] = []
+    urn_to_name: dict[str, str] = {}
+    region = cfg.region
+
+    pending: dict[tuple[str, str], tuple[dict[str, Any], bool]] = {}
+
+    class Recorder(pulumi.runtime.Mocks):
+        def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+            inputs = dict(args.inputs)
+            computed = _computed(args.typ, args.name, inputs, region)
+            state = {**computed, **inputs}
+            state["arn"] = inputs.get("arn") or computed["arn"]
+            pending[(args.typ, args.name)] = (inputs, args.custom)
+            return state.get("id") or f"{args.name}-id", state
+
+        def call(self, args: pulumi.runtime.MockCallArgs):
+            invokes.append({"token": args.token, "args": dict(args.args)})
+            try:
+                return _mock_invoke(args.token, dict(args.args), region)
+            except UnknownInvokeError:
+                unknown.append(args.token)
+                raise
+
+    class Monitor(pmocks.MockMonitor):
+        def RegisterResource(self, request):  # noqa: N802 - the gRPC name
+            response = super().RegisterResource(request)
+            if request.type != "pulumi:pulumi:Stack":
+                urn_to_name[response.urn] = request.name
+                inputs, custom = pending.pop((request.type, request.name), ({}, True))
+                resources.append(
+                    PlannedResource(
+                        type=request.type,
+                        name=request.name,
+                        parent=urn_to_name.get(request.parent) if request.parent else None,
+                        inputs=inputs,
+                        urn=response.urn,
+                        custom=custom,
+                    )
+                )
+            return response
+
+    mocks = Recorder()
+    pulumi.runtime.set_mocks(mocks, project=cfg.project, stack=cfg.stack, preview=preview, monitor=Monitor(mocks))
+
+    from aiops.infra.program import build
+
+    result: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def run():
+        outputs = build(cfg)
+        keys = list(outputs)
+        return pulumi.Output.all(*[outputs[k] for k in keys]).apply(lambda vals: result.update(zip(keys, vals)))
+
+    run()
+    if unknown:
+        raise UnknownInvokeError(f"offline preview: no mock for invoke {unknown[0]}")
+    # Registration order is not deterministic: sort by component, then component first, type, name.
+    resources.sort(key=lambda r: (r.parent or r.name, r.parent is not None, r.type, r.name))
+    return Plan(stack=cfg.stack, region=cfg.region, resources=resources, invokes=invokes, outputs=result)

@@ -1,0 +1,294 @@
+"""Pure functions that compute policies: IAM documents, scaling and deployment settings.
+
+Kept apart from the components that declare resources (no pulumi import here), so each rule is
+unit-tested directly and the components stay thin.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from aiops.errors import ConfigError
+
+DLC_REPOSITORIES = ("pytorch-inference", "pytorch-training")
+ASG_SERVICE_ROLE = "aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
+
+
+def _arn_ok(arn: str, service: str) -> None:
+    if not isinstance(arn, str) or not arn.startswith("arn:") or arn.split(":")[2:3] != [service]:
+        raise ValueError(f"expected an {service} ARN, got {arn!r}")
+
+
+# ----------------------------------------------------------------------------------- storage
+
+
+def tls_only_bucket_policy(bucket_arn: str) -> dict[str, Any]:
+    """Deny every request to the bucket that does not use TLS (aws:SecureTransport false)."""
+    _arn_ok(bucket_arn, "s3")
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [bucket_arn, f"{bucket_arn}/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ],
+    }
+
+
+def kms_key_policy(*, account_id: str, partition: str = "aws", allow_autoscaling: bool = False) -> dict[str, Any]:
+    """The key policy: the account administers the key through IAM; optionally the EC2 Auto Scaling
+    service-linked role may use it for encrypted EBS volumes (it cannot be given an IAM policy).
+
+    ``Resource: "*"`` in a key policy means "this key" (AWS requires that form there).
+    """
+    if not (account_id.isdigit() and len(account_id) == 12):
+        raise ValueError(f"account id must be 12 digits, got {account_id!r}")
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "AccountAdministersKeyThroughIam",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:{partition}:iam::{account_id}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+    ]
+    if allow_autoscaling:
+        role = f"arn:{partition}:iam::{account_id}:role/{ASG_SERVICE_ROLE}"
+        statements += [
+            {
+                "Sid": "AutoScalingUsesKeyForEbs",
+                "Effect": "Allow",
+                "Principal": {"AWS": role},
+                "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
+                "Resource": "*",
+            },
+            {
+                "Sid": "AutoScalingCreatesGrantsForEbs",
+                "Effect": "Allow",
+                "Principal": {"AWS": role},
+                "Action": "kms:CreateGrant",
+                "Resource": "*",
+                "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}},
+            },
+        ]
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+# ------------------------------------------------------------------------------------ access
+
+
+def assume_role_policy(service: str, *, account_id: str | None = None) -> dict[str, Any]:
+    """Trust policy for one AWS service principal, limited to this account where known."""
+    if not service.endswith(".amazonaws.com"):
+        raise ValueError(f"service principal must end with .amazonaws.com, got {service!r}")
+    statement: dict[str, Any] = {
+        "Effect": "Allow",
+        "Principal": {"Service": service},
+        "Action": "sts:AssumeRole",
+    }
+    if account_id:
+        statement["Condition"] = {"StringEquals": {"aws:SourceAccount": account_id}}
+    return {"Version": "2012-10-17", "Statement": [statement]}
+
+
+def execution_role_policy(
+    *,
+    bucket_arn: str,
+    key_arn: str,
+    region: str,
+    account_id: str,
+    partition: str = "aws",
+    read_prefixes: tuple[str, ...],
+    write_prefixes: tuple[str, ...],
+    image_registry_account: str | None,
+    own_repository_arn: str | None = None,
+) -> dict[str, Any]:
+    """Least privilege for SageMaker jobs and endpoints run as this role.
+
+    The two statements with ``Resource: "*"`` name single actions that have no resource-level
+    permissions (AWS requires "*" for them): ``ecr:GetAuthorizationToken`` and
+    ``cloudwatch:PutMetricData`` (narrowed by a namespace condition).
+    """
+    _arn_ok(bucket_arn, "s3")
+    _arn_ok(key_arn, "kms")
+    if not read_prefixes:
+        raise ValueError("at least one readable prefix is needed (models/)")
+    repos = []
+    if image_registry_account:
+        repos += [
+            f"arn:{partition}:ecr:{region}:{image_registry_account}:repository/{r}" for r in DLC_REPOSITORIES
+        ]
+    if own_repository_arn:
+        _arn_ok(own_repository_arn, "ecr")
+        repos.append(own_repository_arn)
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ListOwnPrefixes",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": bucket_arn,
+            "Condition": {"StringLike": {"s3:prefix": [f"{p}*" for p in sorted(set(read_prefixes) | set(write_prefixes))]}},
+        },
+        {
+            "Sid": "ReadOwnPrefixes",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+            "Resource": [f"{bucket_arn}/{p}*" for p in read_prefixes],
+        },
+    ]
+    if write_prefixes:
+        statements.append(
+            {
+                "Sid": "WriteOwnPrefixes",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": [f"{bucket_arn}/{p}*" for p in write_prefixes],
+            }
+        )
+    statements += [
+        {
+            "Sid": "UseStackKey",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
+            "Resource": key_arn,
+        },
+        {
+            "Sid": "GrantStackKeyToAwsResources",
+            "Effect": "Allow",
+            "Action": "kms:CreateGrant",
+            "Resource": key_arn,
+            "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}},
+        },
+        {
+            "Sid": "EcrLogin",
+            "Effect": "Allow",
+            "Action": "ecr:GetAuthorizationToken",
+            "Resource": "*",
+        },
+    ]
+    if repos:
+        statements.append(
+            {
+                "Sid": "PullImages",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                "Resource": repos,
+            }
+        )
+    statements += [
+        {
+            "Sid": "OwnLogs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            "Resource": [
+                f"arn:{partition}:logs:{region}:{account_id}:log-group:/aws/sagemaker/*",
+                f"arn:{partition}:logs:{region}:{account_id}:log-group:/aws/sagemaker/*:log-stream:*",
+            ],
+        },
+        {
+            "Sid": "OwnMetrics",
+            "Effect": "Allow",
+            "Action": "cloudwatch:PutMetricData",
+            "Resource": "*",
+            "Condition": {"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "aiops/*"]}},
+        },
+    ]
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def wildcard_statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Allow statements whose Action and Resource are both ``*`` (what no aiops policy may hold)."""
+
+    def listed(v: Any) -> list[str]:
+        return [v] if isinstance(v, str) else list(v or [])
+
+    return [
+        s
+        for s in document.get("Statement", [])
+        if s.get("Effect") == "Allow"
+        and any(a in ("*", "*:*") for a in listed(s.get("Action")))
+        and "*" in listed(s.get("Resource"))
+    ]
+
+
+# --------------------------------------------------------------------------- scaling, deployment
+
+
+def scaling_resource_id(endpoint_name: str, variant_name: str) -> str:
+    return f"endpoint/{endpoint_name}/variant/{variant_name}"
+
+
+def target_invocations_per_instance(
+    *, explicit: float | None, max_rps_per_instance: float, target_utilization: float
+) -> float:
+    """Target for SageMakerVariantInvocationsPerInstance (invocations per instance per MINUTE).
+
+    Either the configured value, or the measured sustainable requests/s of one instance times 60,
+    times the utilisation to aim at (headroom for the time a scale-out takes).
+    """
+    if explicit is not None:
+        if explicit <= 0:
+            raise ConfigError(f"aiops:endpoint.autoscaling.targetInvocationsPerInstance={explicit!r}: must be > 0")
+        return float(explicit)
+    if max_rps_per_instance <= 0 or not 0 < target_utilization <= 1:
+        raise ConfigError(
+            "aiops:endpoint.autoscaling: maxRpsPerInstance must be > 0 and targetUtilization in (0, 1]"
+        )
+    return float(math.floor(max_rps_per_instance * 60 * target_utilization))
+
+
+def target_tracking_configuration(
+    *, target_value: float, scale_in_cooldown: int, scale_out_cooldown: int, disable_scale_in: bool
+) -> dict[str, Any]:
+    return {
+        "target_value": target_value,
+        "scale_in_cooldown": scale_in_cooldown,
+        "scale_out_cooldown": scale_out_cooldown,
+        "disable_scale_in": disable_scale_in,
+        "predefined_metric_specification": {
+            "predefined_metric_type": "SageMakerVariantInvocationsPerInstance",
+        },
+    }
+
+
+def deployment_config(
+    *,
+    traffic: str,
+    canary_percent: int,
+    linear_step_percent: int,
+    wait_seconds: int,
+    termination_wait_seconds: int,
+    max_execution_timeout_seconds: int,
+    rollback_alarm_names: list[str],
+) -> dict[str, Any]:
+    """The endpoint's DeploymentConfig: blue/green with the chosen traffic shifting, rolled back
+    automatically when any of the alarms fires during the deployment."""
+    routing: dict[str, Any] = {"wait_interval_in_seconds": wait_seconds}
+    if traffic == "all-at-once":
+        routing["type"] = "ALL_AT_ONCE"
+    elif traffic == "canary":
+        routing["type"] = "CANARY"
+        routing["canary_size"] = {"type": "CAPACITY_PERCENT", "value": canary_percent}
+    elif traffic == "linear":
+        routing["type"] = "LINEAR"
+        routing["linear_step_size"] = {"type": "CAPACITY_PERCENT", "value": linear_step_percent}
+    else:
+        raise ConfigError(
+            f"aiops:endpoint.deployment.traffic={traffic!r}: allowed: all-at-once, canary, linear"
+        )
+    config: dict[str, Any] = {
+        "blue_green_update_policy": {
+            "traffic_routing_configuration": routing,
+            "termination_wait_in_seconds": termination_wait_seconds,
+            "maximum_execution_timeout_in_seconds": max_execution_timeout_seconds,
+        }
+    }
+    if rollback_alarm_names:
+        config["auto_rollback_configuration"] = {"alarms": [{"alarm_name": n} for n in rollback_alarm_names]}
+    return config

@@ -1,0 +1,136 @@
+"""The stack program: one validated StackConfig in, components declared, outputs returned.
+
+Used by ``infra/__main__.py`` (the real engine: ``pulumi up``, the Automation API) and by the
+offline preview and the tests (Pulumi mocks): one code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from aiops.infra.config import StackConfig
+from aiops.infra.images import pytorch_inference_uri, registry_account
+
+
+def build(cfg: StackConfig) -> dict[str, Any]:
+    """Declare every resource of the stack; return the outputs (also exported by ``export``)."""
+    tags = {"aiops:project": cfg.project, "aiops:stack": cfg.stack, **cfg.tags}
+    provider = aws.Provider("aws", region=cfg.region, default_tags={"tags": tags})
+    opts = pulumi.ResourceOptions(provider=provider)
+    invoke = pulumi.InvokeOutputOptions(provider=provider)
+    identity = aws.get_caller_identity_output(opts=invoke)
+    partition = aws.get_partition_output(opts=invoke).partition
+
+    from aiops.infra.storage import Storage, StorageArgs
+
+    storage = Storage(
+        "storage",
+        StorageArgs(
+            prefix=cfg.prefix,
+            account_id=identity.account_id,
+            partition=partition,
+            noncurrent_version_days=cfg.storage.noncurrent_version_days,
+            abort_multipart_days=cfg.storage.abort_multipart_days,
+            force_destroy=cfg.storage.force_destroy,
+            key_deletion_window_days=cfg.storage.key_deletion_window_days,
+            allow_autoscaling_key_use=cfg.compute.enabled,
+        ),
+        opts=opts,
+    )
+    outputs: dict[str, Any] = {
+        "region": cfg.region,
+        "stack": cfg.stack,
+        "bucket": storage.bucket.bucket,
+        "bucketArn": storage.bucket.arn,
+        "kmsKeyArn": storage.key.arn,
+    }
+
+    ep = cfg.endpoint
+    image_uri: str | None = None
+    repository_name: str | None = None
+    if ep.enabled:
+        if ep.image.uri:
+            image_uri = ep.image.uri
+        elif ep.image.own_repository:
+            repository_name = f"{cfg.prefix}-server"
+        else:
+            image_uri = pytorch_inference_uri(
+                region=cfg.region,
+                version=ep.image.framework_version,
+                py_version=ep.image.py_version,
+                instance_type=None if ep.serverless.enabled else ep.instance_type,
+            )
+
+    role_arn = None
+    if cfg.access.enabled:
+        from aiops.infra.access import Access, AccessArgs
+
+        own_repo_arn = None
+        if repository_name:
+            own_repo_arn = pulumi.Output.all(partition, identity.account_id).apply(
+                lambda v: f"arn:{v[0]}:ecr:{cfg.region}:{v[1]}:repository/{repository_name}"
+            )
+        access = Access(
+            "access",
+            AccessArgs(
+                prefix=cfg.prefix,
+                region=cfg.region,
+                account_id=identity.account_id,
+                partition=partition,
+                bucket_arn=storage.bucket.arn,
+                key_arn=storage.key.arn,
+                read_prefixes=cfg.access.prefixes_read,
+                write_prefixes=cfg.access.prefixes_write,
+                image_registry_account=registry_account(cfg.region, ep.image.framework_version)
+                if not (ep.enabled and (ep.image.uri or ep.image.own_repository))
+                else None,
+                own_repository_arn=own_repo_arn,
+            ),
+            opts=opts,
+        )
+        role_arn = access.role.arn
+        outputs["roleArn"] = role_arn
+
+    if ep.enabled:
+        from aiops.infra.endpoint import Endpoint, EndpointArgs
+
+        endpoint = Endpoint(
+            "endpoint",
+            EndpointArgs(
+                prefix=cfg.prefix,
+                region=cfg.region,
+                endpoint_name=cfg.endpoint_name,
+                config=ep,
+                role_arn=role_arn,
+                key_arn=storage.key.arn,
+                bucket=storage.bucket.bucket,
+                image_uri=image_uri,
+                repository_name=repository_name,
+            ),
+            opts=opts,
+        )
+        outputs["endpointName"] = endpoint.endpoint.name
+        outputs["endpointConfigName"] = endpoint.endpoint_config.name
+        outputs["modelDataUrl"] = ep.model_data_url
+        if endpoint.repository is not None:
+            outputs["repositoryUrl"] = endpoint.repository.repository_url
+
+    if cfg.compute.enabled:
+        from aiops.infra.compute import GpuCompute, GpuComputeArgs
+
+        compute = GpuCompute(
+            "gpu",
+            GpuComputeArgs(prefix=cfg.prefix, config=cfg.compute, key_arn=storage.key.arn, partition=partition),
+            opts=opts,
+        )
+        outputs["launchTemplateId"] = compute.launch_template.id
+        outputs["gpuGroupName"] = compute.group.name
+    return outputs
+
+
+def export(outputs: dict[str, Any]) -> None:
+    for key, value in outputs.items():
+        pulumi.export(key, value)

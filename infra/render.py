@@ -1,0 +1,119 @@
+"""The plan as a table (rich) or JSON: every resource with its type, name, parent and key inputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiops.infra.offline import Plan, PlannedResource
+
+KEY_INPUTS: dict[str, tuple[str, ...]] = {
+    "pulumi:providers:aws": ("region",),
+    "aws:kms/key:Key": ("enableKeyRotation", "deletionWindowInDays"),
+    "aws:kms/alias:Alias": ("name",),
+    "aws:s3/bucket:Bucket": ("bucketPrefix", "forceDestroy"),
+    "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": (
+        "blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"),
+    "aws:s3/bucketVersioning:BucketVersioning": ("versioningConfiguration.status",),
+    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": (
+        "rules[0].applyServerSideEncryptionByDefault.sseAlgorithm", "rules[0].bucketKeyEnabled"),
+    "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": ("rules[*].id",),
+    "aws:s3/bucketPolicy:BucketPolicy": ("policy.Statement[*].Sid",),
+    "aws:iam/role:Role": ("assumeRolePolicy.Statement[0].Principal.Service",),
+    "aws:iam/rolePolicy:RolePolicy": ("policy.Statement[*].Sid",),
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment": ("policyArn",),
+    "aws:ecr/repository:Repository": ("name", "imageTagMutability"),
+    "aws:cloudwatch/metricAlarm:MetricAlarm": ("name", "metricName", "threshold"),
+    "aws:sagemaker/model:Model": ("primaryContainer.image", "primaryContainer.modelDataUrl"),
+    "aws:sagemaker/endpointConfiguration:EndpointConfiguration": (
+        "namePrefix", "productionVariants[0].instanceType", "productionVariants[0].initialInstanceCount",
+        "productionVariants[0].serverlessConfig.memorySizeInMb", "kmsKeyArn", "dataCaptureConfig.initialSamplingPercentage"),
+    "aws:sagemaker/endpoint:Endpoint": (
+        "name", "deploymentConfig.blueGreenUpdatePolicy.trafficRoutingConfiguration.type",
+        "deploymentConfig.autoRollbackConfiguration.alarms[*].alarmName"),
+    "aws:appautoscaling/target:Target": ("resourceId", "minCapacity", "maxCapacity"),
+    "aws:appautoscaling/policy:Policy": (
+        "targetTrackingScalingPolicyConfiguration.targetValue",
+        "targetTrackingScalingPolicyConfiguration.scaleInCooldown",
+        "targetTrackingScalingPolicyConfiguration.scaleOutCooldown"),
+    "aws:ec2/securityGroup:SecurityGroup": ("ingress", "egress[0].cidrBlocks"),
+    "aws:ec2/launchTemplate:LaunchTemplate": (
+        "instanceType", "imageId", "metadataOptions.httpTokens", "blockDeviceMappings[0].ebs.volumeType",
+        "blockDeviceMappings[0].ebs.encrypted"),
+    "aws:autoscaling/group:Group": ("minSize", "maxSize", "desiredCapacity", "mixedInstancesPolicy.instancesDistribution.onDemandPercentageAboveBaseCapacity"),
+    "aws:iam/instanceProfile:InstanceProfile": (),
+}
+
+
+def lookup(value: Any, path: str) -> Any:
+    """``a.b[0].c`` and ``a[*].b`` over the plan's (camelCase) inputs; JSON strings are decoded."""
+    current: list[Any] = [value]
+    for part in path.replace("[", ".[").split("."):
+        if not part:
+            continue
+        nxt: list[Any] = []
+        for item in current:
+            if isinstance(item, str) and item[:1] in "{[":
+                try:
+                    item = json.loads(item)
+                except ValueError:
+                    pass
+            if part == "[*]" and isinstance(item, list):
+                nxt.extend(item)
+            elif part.startswith("[") and isinstance(item, list):
+                i = int(part[1:-1])
+                if i < len(item):
+                    nxt.append(item[i])
+            elif isinstance(item, dict) and part in item:
+                nxt.append(item[part])
+        current = nxt
+    if not current:
+        return None
+    return current if "[*]" in path else current[0]
+
+
+def key_inputs(resource: PlannedResource) -> str:
+    paths = KEY_INPUTS.get(resource.type)
+    if paths is None:
+        paths = tuple(k for k, v in resource.inputs.items() if isinstance(v, (str, int, float, bool)))[:3]
+    shown = []
+    for path in paths:
+        value = lookup(resource.inputs, path)
+        if value is None:
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value) or "[]"
+        shown.append(f"{path.split('.')[-1].replace('[*]', '').replace('[0]', '')}={value}")
+    return " ".join(shown)
+
+
+def short_type(type_: str) -> str:
+    if type_.startswith("aws:"):
+        module, _, name = type_[4:].partition(":")
+        return f"{module.split('/')[0]}.{name}"
+    return type_
+
+
+def to_json(plan: Plan) -> str:
+    return json.dumps(plan.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def print_table(plan: Plan, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"aiops stack '{plan.stack}' ({plan.region}): {len(plan.resources)} resources, offline preview")
+    table.add_column("type", overflow="fold", max_width=26)
+    table.add_column("name", overflow="fold", max_width=24)
+    table.add_column("parent", overflow="fold", max_width=10)
+    table.add_column("key inputs", overflow="fold", min_width=36, ratio=1)
+    for r in plan.resources:
+        table.add_row(short_type(r.type), r.name, r.parent or "", key_inputs(r))
+    console.print(table)
+    outs = Table(title="outputs (mocked values)")
+    outs.add_column("output")
+    outs.add_column("value", overflow="fold")
+    for k in sorted(plan.outputs):
+        outs.add_row(k, str(plan.outputs[k]))
+    console.print(outs)
