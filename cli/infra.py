@@ -65,6 +65,15 @@ def _output_values(stack) -> dict[str, Any]:
     return {k: v.value for k, v in _automation_call(stack.outputs).items()}
 
 
+def _save_outputs(stack_name: str, outputs: dict[str, Any]) -> None:
+    """Keep the non-secret outputs where `aiops train --remote` reads its defaults."""
+    from aiops.settings import get_settings
+    from aiops.stack_outputs import write_stack_outputs
+
+    write_stack_outputs(get_settings().home, stack_name, {
+        k: v.value for k, v in outputs.items() if not getattr(v, "secret", False)})
+
+
 def preview(
     offline: bool = typer.Option(False, "--offline", help="Run under Pulumi mocks: no CLI, credentials or network."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
@@ -139,6 +148,7 @@ def deploy(
     console.print(f"stack {stack}: {result.summary.result}")
     for key, value in sorted(result.outputs.items()):
         console.print(f"  {key}: {'[secret]' if value.secret else value.value}")
+    _save_outputs(stack, result.outputs)
 
 
 def destroy(
@@ -172,7 +182,9 @@ def outputs(
 
     _need_infra_extra()
     spec = _workspace(project_dir, stack, backend)
-    values = _output_values(_automation_call(open_stack, spec))
+    raw = _automation_call(_automation_call(open_stack, spec).outputs)
+    _save_outputs(stack, raw)
+    values = {k: v.value for k, v in raw.items()}
     if as_json:
         import json
 

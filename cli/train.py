@@ -192,16 +192,20 @@ def train(
     if remote:
         from aiops.training.remote import RemoteOptions
 
+        from aiops.stack_outputs import read_stack_outputs
+
         aws = settings.aws
+        stack_outputs = read_stack_outputs(settings.home, settings.stack)
         options = RemoteOptions(
-            instance_type=instance_type or aws.instance_type, region=region or aws.region,
+            instance_type=instance_type or aws.instance_type, region=region or stack_outputs.get("region") or aws.region,
             instance_count=instance_count, spot=aws.spot if spot is None else spot,
             max_run=max_run or aws.max_run_seconds, max_wait=max_wait, volume_size=volume_size or aws.volume_size_gb,
             role=role, bucket=bucket, image_uri=image_uri,
             framework_version=framework_version or aws.framework_version, py_version=aws.py_version,
         )
         config.instance_type = options.instance_type
-        _train_remote(config, options, store, settings, wait=wait, download=download, as_json=as_json)
+        _train_remote(config, options, store, settings, stack_outputs, wait=wait, download=download,
+                      as_json=as_json)
         return
     if any(v is not None for v in (spot, max_run, max_wait, volume_size, role, bucket, image_uri)) or instance_count != 1:
         raise UsageError("remote options (--spot, --max-run, --role, --bucket, ...) need --remote.")
@@ -246,16 +250,15 @@ class _RemoteLogSink:
                            "Ctrl-C to detach or stop.")
 
 
-def _train_remote(config: Any, options: Any, store: Any, settings: Any, *, wait: bool, download: bool,
-                  as_json: bool) -> None:
+def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_outputs: Mapping[str, Any], *,
+                  wait: bool, download: bool, as_json: bool) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from aiops.stack_outputs import read_stack_outputs
     from aiops.training import local, remote
 
     console = Console(stderr=as_json, highlight=False, soft_wrap=True)
-    remote.apply_defaults(options, read_stack_outputs(settings.home, settings.stack), settings.aws)
+    remote.apply_defaults(options, stack_outputs, settings.aws)
     prepared = local.prepare(config, store, remote=True)
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as bar:

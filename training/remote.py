@@ -57,12 +57,15 @@ class RemoteOptions:
 
 
 def apply_defaults(options: RemoteOptions, stack_outputs: Mapping[str, Any], settings_aws: Any) -> RemoteOptions:
-    """Role, bucket, KMS key and network: given > the deployed stack's outputs > settings."""
-    options.role = options.role or stack_outputs.get("role_arn") or settings_aws.role_arn
-    options.bucket = options.bucket or stack_outputs.get("bucket_name") or settings_aws.bucket
-    options.kms_key = options.kms_key or stack_outputs.get("kms_key_arn") or settings_aws.kms_key_arn
-    options.subnets = options.subnets or list(stack_outputs.get("subnet_ids") or [])
-    options.security_group_ids = options.security_group_ids or list(stack_outputs.get("security_group_ids") or [])
+    """Role, bucket, KMS key and network: given > the deployed stack's outputs > settings.
+
+    `stack_outputs` are the names `infra/program.py` exports (roleArn, bucket, kmsKeyArn, ...).
+    """
+    options.role = options.role or stack_outputs.get("roleArn") or settings_aws.role_arn
+    options.bucket = options.bucket or stack_outputs.get("bucket") or settings_aws.bucket
+    options.kms_key = options.kms_key or stack_outputs.get("kmsKeyArn") or settings_aws.kms_key_arn
+    options.subnets = options.subnets or list(stack_outputs.get("subnetIds") or [])
+    options.security_group_ids = options.security_group_ids or list(stack_outputs.get("securityGroupIds") or [])
     return options
 
 

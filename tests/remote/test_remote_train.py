@@ -262,3 +262,22 @@ def test_remote_metrics_from_cloudwatch_and_plot(run_cli, project: Path, tmp_pat
     assert [round(v, 4) for _, v in series["loss"]] == [1.0, 0.5, 0.3333, 0.25]
     assert [t for t, _ in series["loss"]] == [0.0, 60.0, 120.0, 180.0]
     assert matplotlib.image.imread(str(png)).shape[2] in (3, 4)  # a real, decodable PNG
+
+
+def test_defaults_come_from_the_deployed_stack_outputs(run_cli, project: Path, tmp_path: Path, platform,
+                                                       aiops_home: Path) -> None:
+    from aiops.stack_outputs import write_stack_outputs
+
+    kms = platform.boto("kms").create_key()["KeyMetadata"]["Arn"]
+    role = "arn:aws:iam::123456789012:role/from-the-stack"
+    write_stack_outputs(aiops_home, "dev", {"region": "us-east-1", "bucket": BUCKET, "roleArn": role,
+                                            "kmsKeyArn": kms})
+    result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait", "--json",
+                     env={"AIOPS_AWS__ROLE_ARN": "", "AIOPS_AWS__BUCKET": ""})
+    assert result.returncode == 0, result.output
+    (request,) = platform.create_requests
+    assert request["RoleArn"] == role
+    assert request["OutputDataConfig"]["KmsKeyId"] == kms and request["ResourceConfig"]["VolumeKmsKeyId"] == kms
+    code = json.loads(request["HyperParameters"]["sagemaker_submit_directory"])
+    head = platform.boto("s3").head_object(Bucket=BUCKET, Key=code.split(f"{BUCKET}/", 1)[1])
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == kms
