@@ -1,0 +1,32 @@
+"""The price table and cost arithmetic, checked against hand-computed figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiops.pricing import estimate_training_job, load_prices
+
+
+def test_table_has_date_source_and_known_prices() -> None:
+    table = load_prices()
+    assert table.as_of and "AWS" in table.source
+    price = table.lookup("sagemaker", "ml.g5.xlarge", "us-east-1")
+    assert price is not None and price.on_demand_hourly == 1.408
+    assert price.spot_hourly == pytest.approx(1.408 * 0.3)
+    # a region that shares another's list
+    assert table.lookup("sagemaker", "ml.g5.xlarge", "us-west-2").on_demand_hourly == 1.408
+
+
+def test_unknown_prices_are_none_not_zero() -> None:
+    table = load_prices()
+    assert table.lookup("sagemaker", "ml.trn1.32xlarge", "us-east-1") is None
+    assert table.lookup("sagemaker", "ml.g5.xlarge", "ap-south-2") is None
+    estimate = estimate_training_job("ml.trn1.32xlarge", 2, 3600, "us-east-1")
+    assert not estimate.known and estimate.cost(spot=True) is None
+
+
+def test_training_estimate_by_hand() -> None:
+    # 2 x ml.p3.2xlarge for at most 3 hours: 2 * 3 * 3.825 = 22.95 on-demand; spot 30 % of it = 6.885
+    estimate = estimate_training_job("ml.p3.2xlarge", 2, 3 * 3600, "us-east-1")
+    assert estimate.cost(spot=False) == 22.95
+    assert estimate.cost(spot=True) == pytest.approx(6.89, abs=0.005)
