@@ -71,6 +71,9 @@ class AwsSettings(_Section):
     spot: bool = Field(True, description="Managed spot training by default (with checkpoints).")
     max_run_seconds: int = Field(86400, ge=1, description="StoppingCondition.MaxRuntimeInSeconds.")
     volume_size_gb: int = Field(30, ge=1)
+    max_cost: float | None = Field(
+        None, gt=0, description="Budget in USD: a remote job whose worst-case estimate is higher is refused unless --yes."
+    )
     job_poll_seconds: float = Field(5.0, gt=0, description="How often a followed job's status and logs are read.")
     log_silence_warning_seconds: float = Field(
         300.0, gt=0, description="Warn when a job's logs stay silent this long (instead of hanging quietly)."

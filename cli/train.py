@@ -158,6 +158,9 @@ def train(
                               rich_help_panel="Remote"),
     download: bool = typer.Option(False, "--download", help="Download model.tar.gz when the job completes.",
                                   rich_help_panel="Remote"),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Budget in USD: refuse a job that may cost more.",
+                                             rich_help_panel="Remote"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Launch even above the budget.", rich_help_panel="Remote"),
 ) -> None:
     """Run a SageMaker-style PyTorch training script locally under the SageMaker training contract,
     or with --remote as a SageMaker training job."""
@@ -204,10 +207,12 @@ def train(
             framework_version=framework_version or aws.framework_version, py_version=aws.py_version,
         )
         config.instance_type = options.instance_type
+        budget = max_cost if max_cost is not None else aws.max_cost
         _train_remote(config, options, store, settings, stack_outputs, wait=wait, download=download,
-                      as_json=as_json)
+                      as_json=as_json, max_cost=budget, confirmed=yes)
         return
-    if any(v is not None for v in (spot, max_run, max_wait, volume_size, role, bucket, image_uri)) or instance_count != 1:
+    if any(v is not None for v in (spot, max_run, max_wait, volume_size, role, bucket, image_uri, max_cost)) \
+            or instance_count != 1:
         raise UsageError("remote options (--spot, --max-run, --role, --bucket, ...) need --remote.")
 
     prepared = local.prepare(config, store)
@@ -251,10 +256,11 @@ class _RemoteLogSink:
 
 
 def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_outputs: Mapping[str, Any], *,
-                  wait: bool, download: bool, as_json: bool) -> None:
+                  wait: bool, download: bool, as_json: bool, max_cost: Optional[float], confirmed: bool) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+    from aiops.pricing import load_prices
     from aiops.training import local, remote
 
     console = Console(stderr=as_json, highlight=False, soft_wrap=True)
@@ -269,7 +275,21 @@ def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_ou
                 tasks[label] = bar.add_task(f"upload {label}", total=total)
             bar.update(tasks[label], completed=done)
 
-        record = remote.launch(prepared, options, store=store, cache_dir=settings.home / "cache", progress=progress)
+        def review_cost(estimate: Any) -> None:
+            hours = options.max_run / 3600
+            if estimate.known:
+                console.print(
+                    f"estimate: up to [bold]${estimate.cost(spot=options.spot):,.2f}[/] "
+                    f"({'spot' if options.spot else 'on-demand'}; on-demand ${estimate.cost(spot=False):,.2f}, "
+                    f"spot ${estimate.cost(spot=True):,.2f}) for {options.instance_count} x {options.instance_type} "
+                    f"over at most {hours:g} h; prices as of {load_prices().as_of}"
+                )
+            warning = remote.check_budget(estimate, spot=options.spot, max_cost=max_cost, confirmed=confirmed)
+            if warning:
+                console.print(f"[yellow]warning:[/] {warning}")
+
+        record = remote.launch(prepared, options, store=store, cache_dir=settings.home / "cache", progress=progress,
+                               review_cost=review_cost)
     for path, size in record["large_files"]:
         console.print(f"[yellow]warning:[/] {path} is {size / 1e6:.0f} MB; large files belong in a channel, "
                       "not in the code bundle (add it to .aiopsignore).")

@@ -101,6 +101,29 @@ def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> No
         )
 
 
+def check_budget(estimate: Any, *, spot: bool, max_cost: float | None, confirmed: bool) -> str | None:
+    """Refuse a launch whose worst-case cost is over the budget (unless confirmed).
+
+    Returns a warning to show, or None. An unknown price never counts as zero: with a budget set,
+    it refuses too, since the budget cannot be checked.
+    """
+    if max_cost is not None and max_cost <= 0:
+        raise UsageError(f"--max-cost {max_cost:g}: the budget must be a positive number of USD.")
+    if not estimate.known:
+        warning = (f"no known price for {estimate.instance_type}: the job's cost cannot be estimated "
+                   "(see aiops/data/prices.json).")
+        if max_cost is not None and not confirmed:
+            raise UsageError(f"{warning} A budget of ${max_cost:g} is set: pass --yes to launch anyway.")
+        return warning
+    cost = estimate.cost(spot=spot)
+    if max_cost is not None and cost > max_cost and not confirmed:
+        raise UsageError(
+            f"this job may cost up to ${cost:,.2f}, over the budget of ${max_cost:,.2f} (--max-cost): lower "
+            "--max-run or --instance-count, use --spot, or pass --yes to launch anyway."
+        )
+    return None
+
+
 def build_request(
     *,
     job_name: str,
@@ -335,14 +358,20 @@ def download(s3: Any, uri: str, dest: Path) -> Path:
 
 
 def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
-           progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Validate, bundle, upload what is new, create the job once, and record it locally.
+           progress: Callable[[str, int, int], None] | None = None,
+           review_cost: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Validate, show the cost, bundle, upload what is new, create the job once, record it locally.
 
-    `job` is a `local.PreparedJob` prepared with `remote=True`.
+    `job` is a `local.PreparedJob` prepared with `remote=True`. `review_cost(estimate)` runs after
+    validation and before anything is uploaded; it may raise to refuse the launch.
     """
+    from aiops.pricing import estimate_training_job
     from aiops.training import aws, bundle, images, uploads
 
     validate(options, aws.training_instance_types())
+    estimate = estimate_training_job(options.instance_type, options.instance_count, options.max_run, options.region)
+    if review_cost is not None:
+        review_cost(estimate)
     code = bundle.build(job.code_source, job.entry_point)
     image_uri = options.image_uri or images.pytorch_image_uri(
         scope="training", region=options.region, version=options.framework_version,
@@ -389,6 +418,7 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
         "uploaded_bytes": uploaded,
         "large_files": code.large_files,
         "create_outcome": outcome,
+        "estimated_max_cost_usd": estimate.cost(spot=options.spot),
         "accepted_seconds": round(accepted_seconds, 3),
         "request": request,
         "final_metrics": {},

@@ -142,8 +142,8 @@ def test_access_denied_names_the_permission(run_cli, project: Path, tmp_path: Pa
     platform.inject("SageMaker.CreateTrainingJob", "access-denied", times=1)
     result = _submit(run_cli, project, tmp_path, "--no-wait")
     assert result.returncode == 1
-    (line,) = [x for x in result.stderr.splitlines() if x.strip()]
-    assert line.startswith("error: ") and "lacks sagemaker:CreateTrainingJob" in line
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]  # after the estimate
+    assert "lacks sagemaker:CreateTrainingJob" in line and "Traceback" not in result.stderr
 
 
 def test_missing_credentials_is_one_line(run_cli, project: Path, tmp_path: Path, platform) -> None:
@@ -281,3 +281,36 @@ def test_defaults_come_from_the_deployed_stack_outputs(run_cli, project: Path, t
     code = json.loads(request["HyperParameters"]["sagemaker_submit_directory"])
     head = platform.boto("s3").head_object(Bucket=BUCKET, Key=code.split(f"{BUCKET}/", 1)[1])
     assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == kms
+
+
+def test_estimate_is_shown_before_launch(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    result = _submit(run_cli, project, tmp_path, "--no-wait", "--max-run", "7200", "--instance-count", "2")
+    assert result.returncode == 0, result.output
+    # 2 x ml.g5.xlarge x 2 h x $1.408 = $5.632 on-demand; spot at 30 % = $1.6896
+    assert "estimate: up to $1.69 (spot; on-demand $5.63, spot $1.69)" in result.stderr
+
+
+def test_budget_guard_refuses_and_yes_overrides(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    over = _submit(run_cli, project, tmp_path, "--no-wait", "--on-demand", "--max-run", "7200", "--max-cost", "2")
+    assert over.returncode == 2
+    assert "may cost up to $2.82, over the budget of $2.00" in over.stderr
+    assert platform.count("s3:PUT") == 0 and platform.count("SageMaker.CreateTrainingJob") == 0
+    within = _submit(run_cli, project, tmp_path, "--no-wait", "--max-run", "7200", "--max-cost", "2")  # spot: $0.84
+    assert within.returncode == 0, within.output
+    forced = _submit(run_cli, project, tmp_path, "--no-wait", "--on-demand", "--max-run", "7200", "--max-cost", "2",
+                     "--yes")
+    assert forced.returncode == 0, forced.output
+    assert platform.count("SageMaker.CreateTrainingJob") == 2
+
+
+def test_budget_from_settings_and_unknown_prices(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    refused = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait",
+                      "--instance-type", "ml.trn1.2xlarge", env={"AIOPS_AWS__MAX_COST": "10"})
+    assert refused.returncode == 2
+    assert "no known price for ml.trn1.2xlarge" in refused.stderr and "--yes" in refused.stderr
+    no_budget = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait",
+                        "--instance-type", "ml.trn1.2xlarge", "--image-uri", "123.dkr.ecr.us-east-1.amazonaws.com/neuron:1")
+    assert no_budget.returncode == 0, no_budget.output
+    assert "warning: no known price for ml.trn1.2xlarge" in no_budget.stdout
+    bad = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--max-cost", "-5")
+    assert bad.returncode == 2 and "positive number" in bad.stderr
