@@ -54,15 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="global batch size, split across processes")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
-    p.add_argument("--model-dir", "--model_dir", dest="model_dir", default=env("SM_MODEL_DIR", "/opt/ml/model"))
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per process (0: torch's default)")
+    p.add_argument("--model-dir", "--model_dir", dest="model_dir",
+                   default=env("SM_MODEL_DIR", "/opt/ml/model"))
     p.add_argument("--train", default=env("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
     p.add_argument("--test", default=env("SM_CHANNEL_TEST", "/opt/ml/input/data/test"))
     p.add_argument("--output-data-dir", "--output_data_dir", dest="output_data_dir",
                    default=env("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
     p.add_argument("--checkpoint-dir", "--checkpoint_dir", dest="checkpoint_dir",
                    default=env("AIOPS_CHECKPOINT_DIR", "/opt/ml/checkpoints"))
-    p.add_argument("--num-gpus", "--num_gpus", dest="num_gpus", type=int, default=int(env("SM_NUM_GPUS", "0")))
+    p.add_argument("--num-gpus", "--num_gpus", dest="num_gpus", type=int,
+                   default=int(env("SM_NUM_GPUS", "0")))
     return p.parse_args(argv)
 
 
@@ -113,9 +116,11 @@ def load_channel(folder: str) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.concatenate([p["x"] for p in parts])).float()
     y = torch.from_numpy(np.concatenate([p["y"] for p in parts])).long()
     if x.ndim != 2 or x.shape[1] != 64 or len(x) != len(y):
-        raise ValueError(f"{folder}: expected x [N, 64] and y [N], got x {list(x.shape)} and y {list(y.shape)}")
+        raise ValueError(f"{folder}: expected x [N, 64] and y [N], "
+                         f"got x {list(x.shape)} and y {list(y.shape)}")
     if len(y) and not (0 <= int(y.min()) and int(y.max()) < NUM_CLASSES):
-        raise ValueError(f"{folder}: labels must be 0..{NUM_CLASSES - 1}, found {int(y.min())}..{int(y.max())}")
+        raise ValueError(f"{folder}: labels must be 0..{NUM_CLASSES - 1}, "
+                         f"found {int(y.min())}..{int(y.max())}")
     return x, y
 
 
@@ -199,7 +204,8 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, f
     net.eval()
     logits = net(x)
     pred = logits.argmax(1)
-    confusion = torch.bincount(y * NUM_CLASSES + pred, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+    confusion = torch.bincount(y * NUM_CLASSES + pred, minlength=NUM_CLASSES**2)
+    confusion = confusion.reshape(NUM_CLASSES, NUM_CLASSES)
     return F.cross_entropy(logits, y).item(), (pred == y).float().mean().item(), confusion.cpu()
 
 
@@ -243,11 +249,14 @@ def train(args: argparse.Namespace) -> None:
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     ckpt_path = os.path.join(args.checkpoint_dir, CHECKPOINT_FILE)
     start = load_checkpoint(ckpt_path, net, opt, args)
-    model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if use_cuda else None) if world > 1 else net
+    model = net
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if use_cuda else None)
     per_rank_batch = max(1, args.batch_size // world)
     if rank == 0:
         print(f"training on {device} x {world} process(es), {torch.get_num_threads()} thread(s) each: "
-              f"{len(y_train)} train / {len(y_test)} test samples, epochs {start + 1}..{args.epochs}", flush=True)
+              f"{len(y_train)} train / {len(y_test)} test samples, epochs {start + 1}..{args.epochs}",
+              flush=True)
         os.makedirs(args.checkpoint_dir, exist_ok=True)
 
     began = time.monotonic()
@@ -270,22 +279,35 @@ def train(args: argparse.Namespace) -> None:
         if rank == 0:
             test_loss, accuracy, _ = evaluate(net, x_test, y_test)
             save_atomic({"epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                         "rng": rng_states(), "hyperparameters": {k: getattr(args, k) for k in ("batch_size", "lr", "seed")}},
+                         "rng": rng_states(),
+                         "hyperparameters": {k: getattr(args, k) for k in ("batch_size", "lr", "seed")}},
                         ckpt_path)
             # printed after the checkpoint is on disk: seeing epoch=N means epoch N can be resumed
             print(metric_line(epoch=epoch + 1, train_loss=(loss_sum[0] / loss_sum[1]).item(),
                               test_loss=test_loss, test_accuracy=accuracy), flush=True)
         if stop.agreed(world, device) and epoch + 1 < args.epochs:
-            if rank == 0:
-                print(f"SIGTERM received: stopped after epoch {epoch + 1}; its checkpoint is in "
-                      f"{args.checkpoint_dir}", flush=True)
-            if world > 1:
-                dist.destroy_process_group()
-            sys.exit(STOPPED_EXIT_CODE)
+            stopped_after = epoch + 1
+            break
+    else:
+        stopped_after = None
 
-    if rank == 0:
+    if rank == 0 and stopped_after:
+        print(f"SIGTERM received: stopped after epoch {stopped_after}; "
+              f"its checkpoint is in {args.checkpoint_dir}", flush=True)
+    elif rank == 0:
         finish(args, net, x_test, y_test, train_seconds=time.monotonic() - began)
+    # Drop DDP (it holds the process group) before tearing the group down; otherwise gloo's threads can
+    # outlive it into interpreter shutdown and abort the process (seen ~1 in 10 runs on torch 2.13).
+    del model
+    leave_process_group(world)
+    if stopped_after:
+        sys.exit(STOPPED_EXIT_CODE)
+
+
+def leave_process_group(world: int) -> None:
+    """All ranks leave together, once rank 0 has written its files."""
     if world > 1:
+        dist.barrier()
         dist.destroy_process_group()
 
 
