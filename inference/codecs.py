@@ -235,6 +235,8 @@ def _to_csv(prediction: Any) -> bytes:
     import numpy as np
 
     stream = io.StringIO()
+    if np.ndim(prediction) == 0:  # a scalar is one value on one line (savetxt refuses 0-d arrays)
+        prediction = np.atleast_1d(prediction)
     np.savetxt(stream, prediction, delimiter=",", fmt="%s")
     return stream.getvalue().encode("utf-8")
 
