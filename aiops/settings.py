@@ -56,6 +56,13 @@ class ServeSettings(_Section):
     max_payload_mb: float = Field(6.0, gt=0)
     default_accept: str = "application/json"
     graceful_shutdown_seconds: float = Field(30.0, ge=0)
+    batch_size: int = Field(1, ge=1, description="Dynamic batching: most requests per predict_fn call (1: off).")
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, description="Dynamic batching: the most a request waits for others to join its batch."
+    )
+    api_key: str | None = Field(
+        None, description="When set, every route but /ping needs it (X-Api-Key or Authorization: Bearer)."
+    )
 
 
 class AwsSettings(_Section):

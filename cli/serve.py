@@ -1,0 +1,132 @@
+"""`aiops serve`, `aiops invoke` and `aiops model package`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+model_app = typer.Typer(help="Model artifacts: package a model.tar.gz in the SageMaker layout.",
+                        no_args_is_help=True)
+
+
+def serve(
+    model: str = typer.Argument(..., help="A model.tar.gz, a model folder, or the name of a local training run."),
+    entry_point: Optional[str] = typer.Option(None, "--entry-point", "-e",
+                                              help="Inference script (overrides the artifact's code/)."),
+    source_dir: Optional[str] = typer.Option(None, "--source-dir", "-s",
+                                             help="Folder with the inference script (replaces code/)."),
+    host: Optional[str] = typer.Option(None, help="Interface to bind [default: 127.0.0.1]."),
+    port: Optional[int] = typer.Option(None, "--port", "-p", help="Port [default: 8080, SAGEMAKER_BIND_TO_PORT]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1,
+                                          help="Worker processes [SAGEMAKER_MODEL_SERVER_WORKERS]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+                                             help="Dynamic batching: max requests per predict [SAGEMAKER_TS_BATCH_SIZE]."),
+    max_batch_delay: Optional[float] = typer.Option(None, "--max-batch-delay", min=0,
+                                                    help="Dynamic batching: max wait in ms [SAGEMAKER_TS_MAX_BATCH_DELAY]."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001,
+                                            help="Per-request timeout in s [SAGEMAKER_MODEL_SERVER_TIMEOUT]."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="AIOPS_SERVE__API_KEY", show_envvar=True,
+                                          help="Require this key (X-Api-Key) on every route but /ping."),
+    install_requirements: bool = typer.Option(False, "--install-requirements",
+                                              help="pip install code/requirements.txt first (as the container does)."),
+) -> None:
+    """Serve a model with the SageMaker PyTorch handler contract: GET /ping, POST /invocations."""
+    from aiops.inference.supervisor import options_from_settings, serve as run_server
+    from aiops.settings import get_settings
+
+    opts = options_from_settings(host=host, port=port, workers=workers, batch_size=batch_size,
+                                 max_batch_delay_ms=max_batch_delay, timeout_seconds=timeout, api_key=api_key)
+    opts.install_requirements = install_requirements
+
+    def ready(url: str) -> None:
+        typer.echo(f"serving {model} on {url} ({opts.workers} worker{'s' if opts.workers > 1 else ''}"
+                   f"{f', batch {opts.batch_size}' if opts.batch_size > 1 else ''}); Ctrl-C to stop", err=True)
+
+    code = run_server(model, opts, runs_dir=get_settings().runs_dir, entry_point=entry_point,
+                      source_dir=source_dir, on_ready=ready)
+    raise typer.Exit(code)
+
+
+def invoke(
+    data: str = typer.Option(..., "--data", "-d", help="Request body: a file (or @file), or inline JSON."),
+    url: Optional[str] = typer.Option(None, "--url", help="A local server [default: http://127.0.0.1:8080]."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="A deployed SageMaker endpoint (boto3)."),
+    content_type: Optional[str] = typer.Option(None, "--content-type", "-c",
+                                               help="Content-Type [default: from the file suffix, else JSON]."),
+    accept: Optional[str] = typer.Option(None, "--accept", "-a", help="Accept header."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="AIOPS_SERVE__API_KEY", show_envvar=True),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the response body to this file."),
+) -> None:
+    """Send one request and print the response and its latency."""
+    from aiops.errors import AiopsError, UsageError
+    from aiops.inference import client
+
+    if url and endpoint:
+        raise UsageError("give --url or --endpoint, not both")
+    body, ctype = client.load_payload(data, content_type)
+    if endpoint:
+        from aiops.settings import get_settings
+
+        result = client.invoke_endpoint(endpoint, body, content_type=ctype, accept=accept,
+                                        region=get_settings().aws.region)
+    else:
+        if url is None:
+            from aiops.settings import get_settings
+
+            s = get_settings().serve
+            url = f"http://{s.host}:{s.port}"
+        result = client.invoke_url(url, body, content_type=ctype, accept=accept, api_key=api_key)
+    if not result.ok:
+        raise AiopsError(client.error_message(result))
+    if output is not None:
+        output.write_bytes(result.body)
+        typer.echo(f"wrote {len(result.body)} bytes to {output}", err=True)
+    elif (result.content_type or "").startswith(("application/json", "text/")):
+        typer.echo(result.body.decode("utf-8", "replace").rstrip("\n"))
+    else:
+        typer.echo(f"<{len(result.body)} bytes of {result.content_type}; use --output to save them>")
+    typer.echo(f"HTTP {result.status} {result.content_type} in {result.latency_ms:.2f} ms", err=True)
+
+
+@model_app.command("package")
+def package(
+    model: str = typer.Argument(..., help="A local training run name, or a model folder."),
+    out: Path = typer.Option(Path("model.tar.gz"), "--out", "-o", help="Where to write model.tar.gz."),
+    entry_point: Optional[Path] = typer.Option(None, "--entry-point", "-e", help="Inference script -> code/."),
+    source_dir: Optional[Path] = typer.Option(None, "--source-dir", "-s", help="Folder copied into code/."),
+    requirements: Optional[Path] = typer.Option(None, "--requirements", "-r", help="-> code/requirements.txt"),
+) -> None:
+    """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
+    from aiops.errors import UsageError
+    from aiops.inference.artifacts import package_model, run_code_dir, run_model_dir
+    from aiops.settings import get_settings
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        model_dir = path
+    else:
+        run_dir = get_settings().runs_dir / model
+        if "/" in model or not (run_dir / "run.json").is_file():
+            raise UsageError(f"{model}: no such model folder or local run (runs are in {get_settings().runs_dir})")
+        model_dir, info = run_model_dir(run_dir)
+        if model_dir.is_file():
+            raise UsageError(f"run {model} has only {model_dir}; it is already packaged")
+        code = run_code_dir(info)
+        if entry_point is None and source_dir is None and code is not None:
+            entry_point = code / "inference.py"
+            req = code / "requirements.txt"
+            if requirements is None and req.is_file():
+                requirements = req
+    summary = package_model(model_dir, out, entry_point=entry_point, source_dir=source_dir,
+                            requirements=requirements)
+    for name in summary["files"]:
+        typer.echo(f"  {name}")
+    typer.echo(f"wrote {summary['path']} ({summary['bytes']} bytes, {len(summary['files'])} files)")
+
+
+def register(app: typer.Typer, *, panel: str) -> None:
+    app.command("serve", rich_help_panel=panel)(serve)
+    app.command("invoke", rich_help_panel=panel)(invoke)
+    app.add_typer(model_app, name="model", rich_help_panel=panel)

@@ -1,0 +1,233 @@
+"""Model artifacts: find what to serve, and write ``model.tar.gz`` in the SageMaker layout.
+
+Layout (what the PyTorch serving container unpacks into ``/opt/ml/model``)::
+
+    model.pt              # weights at the root (any files the model folder holds)
+    code/inference.py     # the handler script (SAGEMAKER_PROGRAM names another)
+    code/requirements.txt # optional, pip-installed by the container at start
+
+Packaging is deterministic: sorted entries, mtime 0, uid/gid 0, empty owner names, fixed
+permissions, gzip header mtime 0 and no file name: same inputs, same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiops.errors import UsageError
+
+CODE_DIR = "code"
+_SKIP_NAMES = {"__pycache__", ".DS_Store", ".ipynb_checkpoints", ".git"}
+
+
+@dataclass
+class ModelSource:
+    """A resolved MODEL argument: the unpacked model folder and its code folder (if any)."""
+
+    model_dir: Path
+    code_dir: Path | None
+    origin: str
+    tempdir: Path | None = None  # extracted tarball, removed by cleanup()
+
+    def cleanup(self) -> None:
+        if self.tempdir is not None:
+            shutil.rmtree(self.tempdir, ignore_errors=True)
+            self.tempdir = None
+
+
+def _run_dir(name: str, runs_dir: Path) -> Path | None:
+    if not name or "/" in name or name in (".", ".."):
+        return None
+    candidate = runs_dir / name
+    return candidate if (candidate / "run.json").is_file() else None
+
+
+def _read_run(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{run_dir / 'run.json'}: cannot read it ({err})") from None
+
+
+def run_model_dir(run_dir: Path) -> tuple[Path, dict]:
+    """The model folder of a local training run (its container tree's opt/ml/model)."""
+    info = _read_run(run_dir)
+    status = info.get("status")
+    if status not in (None, "Completed"):
+        raise UsageError(f"run {run_dir.name} is {status}; only a Completed run has a model to serve")
+    model_dir = run_dir / "opt" / "ml" / "model"
+    if not model_dir.is_dir():
+        artifact = (info.get("artifacts") or {}).get("model")
+        if artifact and Path(artifact).is_file():
+            return Path(artifact), info
+        raise UsageError(f"run {run_dir.name} has no model folder ({model_dir}) nor model.tar.gz")
+    return model_dir, info
+
+
+def run_code_dir(info: dict) -> Path | None:
+    """A run's source folder when it holds an inference.py (the script used to serve it)."""
+    src = info.get("source_dir")
+    if src and (Path(src) / "inference.py").is_file():
+        return Path(src)
+    return None
+
+
+def safe_extract(tar_path: Path, dest: Path) -> None:
+    """Extract a model.tar.gz refusing links, devices and paths that leave ``dest``."""
+    try:
+        with tarfile.open(tar_path, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                target = (dest / m.name).resolve()
+                if not str(target).startswith(str(dest.resolve()) + os.sep) and target != dest.resolve():
+                    raise UsageError(f"{tar_path}: entry {m.name!r} would be written outside the model folder")
+                if not (m.isfile() or m.isdir()):
+                    raise UsageError(f"{tar_path}: entry {m.name!r} is a link or device; not extracted")
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise UsageError(f"{tar_path}: not a readable model.tar.gz ({err})") from None
+
+
+def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
+                  source_dir: str | None = None) -> ModelSource:
+    """MODEL may be a model.tar.gz, a model folder, or the name of a local training run.
+
+    ``source_dir`` replaces the artifact's ``code/`` folder; ``entry_point`` names the script in it
+    (a path to a file is also accepted, then its folder is the code folder).
+    """
+    path = Path(model).expanduser()
+    run = None if path.exists() else _run_dir(model, runs_dir)
+    tempdir = None
+    run_code = None
+    if run is not None:
+        model_path, info = run_model_dir(run)
+        run_code = run_code_dir(info)
+        origin = f"run {model}"
+    elif path.exists():
+        model_path, origin = path, str(path)
+    else:
+        raise UsageError(f"{model}: no such model.tar.gz, folder, or local run (runs are looked up in {runs_dir})")
+
+    if model_path.is_file():
+        tempdir = Path(tempfile.mkdtemp(prefix="aiops-model-"))
+        safe_extract(model_path, tempdir)
+        model_dir = tempdir
+    elif model_path.is_dir():
+        model_dir = model_path
+    else:
+        raise UsageError(f"{model_path}: not a file or folder")
+
+    code_dir = model_dir / CODE_DIR if (model_dir / CODE_DIR).is_dir() else run_code
+    if source_dir is not None:
+        code_dir = Path(source_dir).expanduser().resolve()
+        if not code_dir.is_dir():
+            raise UsageError(f"--source-dir {source_dir}: no such folder")
+    if entry_point is not None:
+        ep = Path(entry_point).expanduser()
+        if source_dir is None and ep.is_file():
+            code_dir = ep.resolve().parent
+        elif code_dir is None or not (code_dir / ep.name).is_file():
+            raise UsageError(f"--entry-point {entry_point}: not found" + (f" in {code_dir}" if code_dir else ""))
+    return ModelSource(model_dir=model_dir.resolve(), code_dir=code_dir, origin=origin, tempdir=tempdir)
+
+
+# ---------------------------------------------------------------- packaging
+
+
+def _walk(root: Path) -> list[tuple[str, Path]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_NAMES)
+        for f in filenames:
+            if f in _SKIP_NAMES or f.endswith(".pyc"):
+                continue
+            p = Path(dirpath) / f
+            if p.is_symlink() and not p.resolve().is_file():
+                continue
+            out.append((p.relative_to(root).as_posix(), p))
+    return out
+
+
+def _tarinfo(name: str, *, size: int = 0, is_dir: bool = False, executable: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if is_dir:
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+    else:
+        info.size = size
+        info.mode = 0o755 if executable else 0o644
+    return info
+
+
+def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None, source_dir: Path | None = None,
+                  requirements: Path | None = None) -> dict:
+    """Write ``out`` (model.tar.gz) from a model folder plus code; returns a summary.
+
+    Model files go to the archive root (an existing ``code/`` in the model folder is replaced when
+    ``entry_point`` or ``source_dir`` is given). ``source_dir`` is copied whole into ``code/``;
+    ``entry_point`` alone is copied as ``code/<name>``. ``requirements`` becomes ``code/requirements.txt``.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UsageError(f"{model_dir}: no such model folder")
+    entries: dict[str, Path] = {}
+    replace_code = entry_point is not None or source_dir is not None
+    for rel, p in _walk(model_dir):
+        if replace_code and (rel == CODE_DIR or rel.startswith(CODE_DIR + "/")):
+            continue
+        entries[rel] = p
+    if source_dir is not None:
+        source_dir = Path(source_dir)
+        if not source_dir.is_dir():
+            raise UsageError(f"--source-dir {source_dir}: no such folder")
+        for rel, p in _walk(source_dir):
+            entries[f"{CODE_DIR}/{rel}"] = p
+    if entry_point is not None:
+        ep = Path(entry_point)
+        if source_dir is not None and not ep.is_absolute() and (source_dir / ep).is_file():
+            ep = source_dir / ep
+        if not ep.is_file():
+            raise UsageError(f"--entry-point {entry_point}: no such file")
+        entries[f"{CODE_DIR}/{ep.name}"] = ep
+    if requirements is not None:
+        if not Path(requirements).is_file():
+            raise UsageError(f"--requirements {requirements}: no such file")
+        entries[f"{CODE_DIR}/requirements.txt"] = Path(requirements)
+    if not any("/" not in rel for rel in entries if not rel.startswith(CODE_DIR + "/")):
+        raise UsageError(f"{model_dir}: holds no model files to package")
+
+    dirs = set()
+    for rel in entries:
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs.add("/".join(parts[:i]))
+    names = sorted(set(entries) | dirs)
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    with open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for name in names:
+                    if name in dirs and name not in entries:
+                        tar.addfile(_tarinfo(name, is_dir=True))
+                        continue
+                    src = entries[name]
+                    data = src.read_bytes()
+                    info = _tarinfo(name, size=len(data), executable=os.access(src, os.X_OK) and
+                                    src.suffix in (".sh", ""))
+                    tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, out)
+    return {"path": str(out), "files": sorted(entries), "bytes": out.stat().st_size}

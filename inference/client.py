@@ -1,0 +1,112 @@
+"""Send one request to a local server (stdlib HTTP) or a deployed endpoint (boto3 sagemaker-runtime)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiops.errors import AiopsError, UsageError
+
+_BY_SUFFIX = {".json": "application/json", ".csv": "text/csv", ".npy": "application/x-npy",
+              ".npz": "application/x-npz"}
+
+
+@dataclass
+class InvokeResult:
+    status: int
+    content_type: str | None
+    body: bytes
+    latency_ms: float
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def load_payload(data: str, content_type: str | None) -> tuple[bytes, str]:
+    """``data`` is ``@file``, a file path, or inline text (JSON by default)."""
+    name = data[1:] if data.startswith("@") else data
+    path = Path(name).expanduser()
+    is_file = data.startswith("@") or (len(name) < 4096 and "\n" not in name and path.is_file())
+    if is_file:
+        if not path.is_file():
+            raise UsageError(f"--data {data}: no such file")
+        body = path.read_bytes()
+        return body, content_type or _BY_SUFFIX.get(path.suffix.lower(), "application/json")
+    ctype = content_type or "application/json"
+    if ctype == "application/json":
+        try:
+            json.loads(data)
+        except ValueError as err:
+            raise UsageError(f"--data is neither a file nor valid JSON ({err})") from None
+    return data.encode("utf-8"), ctype
+
+
+def invoke_url(url: str, body: bytes, *, content_type: str, accept: str | None = None,
+               api_key: str | None = None, custom_attributes: str | None = None,
+               timeout: float = 70.0) -> InvokeResult:
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UsageError(f"--url {url}: expected http://HOST:PORT")
+    path = parsed.path.rstrip("/")
+    if not path.endswith("/invocations"):
+        path = path + "/invocations"
+    conn_cls = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), timeout=timeout)
+    headers = {"Content-Type": content_type}
+    if accept:
+        headers["Accept"] = accept
+    if api_key:
+        headers["X-Api-Key"] = api_key
+    if custom_attributes:
+        headers["X-Amzn-SageMaker-Custom-Attributes"] = custom_attributes
+    try:
+        start = time.perf_counter()
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        latency = (time.perf_counter() - start) * 1000
+    except (OSError, http.client.HTTPException) as err:
+        raise AiopsError(f"cannot reach {url}: {err}") from None
+    finally:
+        conn.close()
+    return InvokeResult(resp.status, resp.getheader("Content-Type"), data, latency,
+                        {k.lower(): v for k, v in resp.getheaders()})
+
+
+def invoke_endpoint(name: str, body: bytes, *, content_type: str, accept: str | None = None,
+                    custom_attributes: str | None = None, region: str | None = None) -> InvokeResult:
+    import boto3
+    import botocore.exceptions
+
+    client = boto3.client("sagemaker-runtime", region_name=region)
+    kwargs = {"EndpointName": name, "Body": body, "ContentType": content_type}
+    if accept:
+        kwargs["Accept"] = accept
+    if custom_attributes:
+        kwargs["CustomAttributes"] = custom_attributes
+    try:
+        start = time.perf_counter()
+        resp = client.invoke_endpoint(**kwargs)
+        data = resp["Body"].read()
+        latency = (time.perf_counter() - start) * 1000
+    except botocore.exceptions.ClientError as err:
+        raise AiopsError(f"endpoint {name}: {err}") from None
+    except botocore.exceptions.BotoCoreError as err:
+        raise AiopsError(f"endpoint {name}: {err}") from None
+    return InvokeResult(200, resp.get("ContentType"), data, latency)
+
+
+def error_message(result: InvokeResult) -> str:
+    try:
+        doc = json.loads(result.body)
+        message = doc.get("error") or doc
+        rid = doc.get("request_id")
+    except (ValueError, AttributeError):
+        message, rid = result.body[:300].decode("utf-8", "replace"), None
+    return f"HTTP {result.status}: {message}" + (f" (request {rid})" if rid else "")

@@ -1,0 +1,363 @@
+"""The SageMaker PyTorch inference handler contract: load a user's script, fill in the defaults.
+
+A script (``code/inference.py`` or ``SAGEMAKER_PROGRAM``) may define
+
+- ``model_fn(model_dir[, context])`` -> model
+- ``input_fn(body, content_type[, context])`` -> data
+- ``predict_fn(data, model[, context])`` -> prediction
+- ``output_fn(prediction, accept[, context])`` -> body or ``(body, content_type)``
+- or ``transform_fn(model, body, content_type, accept[, context])`` instead of the three above
+  (defining it together with any of them is an error at load time, as in sagemaker-inference)
+- optional ``pre_model_fn(model_dir[, context])`` and ``model_warmup_fn(model_dir, model[, context])``
+- optional ``aiops_batch = True``: ``predict_fn`` takes a batch along dim 0 and answers row by row,
+  so the server may run several requests' inputs in one call (dynamic batching).
+
+Whatever is missing behaves as sagemaker-pytorch-inference's ``DefaultPytorchInferenceHandler``.
+``body`` is ``str`` for ``application/json`` and ``text/csv`` (as the toolkit decodes UTF-8 types
+before calling the script) and ``bytes`` otherwise. torch is imported when the model is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from aiops.errors import UsageError
+from aiops.inference import codecs
+
+log = logging.getLogger("aiops.serve")
+
+DEFAULT_PROGRAM = "inference.py"
+DEFAULT_MODEL_FILENAME = "model.pt"
+HANDLER_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn", "pre_model_fn",
+                 "model_warmup_fn")
+_ARITY = {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2, "transform_fn": 4,
+          "pre_model_fn": 1, "model_warmup_fn": 2}
+
+
+@dataclass
+class Context:
+    """What a handler taking a trailing ``context`` argument receives.
+
+    ``system_properties`` mirrors TorchServe's (``model_dir``, ``gpu_id``) for scripts written
+    against the stock container.
+    """
+
+    model_dir: str
+    request_id: str | None = None
+    content_type: str | None = None
+    accept: str | None = None
+    custom_attributes: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    batch_size: int = 1
+
+    @property
+    def system_properties(self) -> dict[str, Any]:
+        return {"model_dir": self.model_dir, "gpu_id": None}
+
+
+class HandlerError(Exception):
+    """A failure inside the user's handler (or the default one): a 500 for the client."""
+
+
+# ---------------------------------------------------------------- defaults
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_model_fn(model_dir: str):
+    """``model.pt``, else the single ``.pt``/``.pth`` file, loaded with ``torch.jit.load``."""
+    import torch
+
+    path = os.path.join(model_dir, DEFAULT_MODEL_FILENAME)
+    if not os.path.exists(path):
+        found = sorted(f for f in os.listdir(model_dir)
+                       if os.path.splitext(f)[1] in (".pt", ".pth") and os.path.isfile(os.path.join(model_dir, f)))
+        if len(found) != 1:
+            raise UsageError(
+                f"{model_dir}: exactly one .pt or .pth file is needed for the default model_fn, found "
+                f"{found or 'none'}; save a TorchScript model.pt or define model_fn in your inference script"
+            )
+        path = os.path.join(model_dir, found[0])
+    try:
+        model = torch.jit.load(path, map_location=_device())
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(
+            f"{path} is not a TorchScript model ({str(err).splitlines()[0][:120]}); save it with "
+            "torch.jit.save(torch.jit.script(model)) or define model_fn in your inference script"
+        ) from None
+    model = model.to(_device())
+    model.eval()
+    return model
+
+
+def default_input_fn(input_data: Any, content_type: str):
+    """JSON, CSV, NPY or NPZ -> a tensor (float32 for JSON/CSV, the array's dtype otherwise)."""
+    import numpy as np
+    import torch
+
+    array = codecs.decode(input_data, content_type)
+    ctype = codecs.media_type(content_type) or codecs.JSON
+    try:
+        if ctype in codecs.UTF8_TYPES:
+            tensor = torch.from_numpy(np.asarray(array, dtype=np.float32))
+        else:
+            if not array.flags.writeable:
+                array = array.copy()
+            tensor = torch.from_numpy(array)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise codecs.BadRequest(f"cannot make a tensor of the {ctype} body: {codecs._short(err)}") from None
+    device = _device()
+    return tensor if device.type == "cpu" else tensor.to(device)
+
+
+def default_predict_fn(data: Any, model: Any):
+    """``model(data)`` in eval mode under ``torch.no_grad()``."""
+    import torch
+
+    with torch.no_grad():
+        if getattr(model, "training", False):
+            model.eval()
+        if hasattr(data, "to"):
+            device = _device()
+            if device.type != "cpu":
+                data = data.to(device)
+        return model(data)
+
+
+def default_output_fn(prediction: Any, accept: str, *, default_accept: str = codecs.JSON):
+    """Encode per Accept (JSON, CSV, NPY); returns ``(body, content_type)``."""
+    ctype = codecs.choose_accept(accept, default_accept)
+    if hasattr(prediction, "detach"):
+        prediction = prediction.detach().cpu().numpy()
+    return codecs.encode(prediction, ctype), ctype
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _takes_context(name: str, fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind == p.VAR_POSITIONAL for p in params.values()):
+        return True
+    n = len(params)
+    if n == _ARITY[name]:
+        return False
+    if n == _ARITY[name] + 1:
+        return True
+    raise UsageError(f"{name} takes {n} arguments; the contract is {_ARITY[name]} (plus an optional context)")
+
+
+def load_module(script: Path, code_dir: Path):
+    """Import the user's script as the container does (its folder first on sys.path)."""
+    name = script.stem
+    if str(code_dir) not in sys.path:
+        sys.path.insert(0, str(code_dir))
+    spec = importlib.util.spec_from_file_location(name, script)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{script}: cannot import it as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the user's import-time code failed
+        sys.modules.pop(name, None)
+        raise UsageError(f"{script}: importing it failed: {type(err).__name__}: {err}") from err
+    return module
+
+
+class Handler:
+    """The user's functions with the defaults filled in; ``load()`` then ``invoke()``."""
+
+    def __init__(self, model_dir: str | Path, *, script: Path | None = None, code_dir: Path | None = None,
+                 default_accept: str = codecs.JSON) -> None:
+        self.model_dir = str(model_dir)
+        self.default_accept = default_accept
+        self.script = script
+        module = load_module(script, code_dir or script.parent) if script is not None else None
+        self.module = module
+        user = {n: getattr(module, n) for n in HANDLER_NAMES if module is not None and callable(getattr(module, n, None))}
+        if "transform_fn" in user and any(n in user for n in ("input_fn", "predict_fn", "output_fn")):
+            both = ", ".join(n for n in ("input_fn", "predict_fn", "output_fn") if n in user)
+            raise UsageError(f"{script}: transform_fn cannot be used together with {both}; define one or the other")
+        self.user = user
+        self.fns: dict[str, tuple[Callable, bool]] = {}
+        for name in HANDLER_NAMES:
+            if name in user:
+                self.fns[name] = (user[name], _takes_context(name, user[name]))
+        self.transform = "transform_fn" in user
+        self.default_output = not self.transform and "output_fn" not in user
+        self.batchable = not self.transform and (
+            bool(getattr(module, "aiops_batch", False)) or "predict_fn" not in user
+        )
+        self.model: Any = None
+        self.loaded = False
+
+    def describe(self) -> str:
+        names = [n for n in HANDLER_NAMES if n in self.user]
+        return f"{self.script.name if self.script else 'no script'} ({', '.join(names) or 'all defaults'})"
+
+    def _call(self, name: str, default: Callable, args: tuple, ctx: Context | None):
+        entry = self.fns.get(name)
+        if entry is None:
+            return default(*args)
+        fn, with_ctx = entry
+        return fn(*args, ctx) if with_ctx else fn(*args)
+
+    def load(self) -> Any:
+        ctx = Context(model_dir=self.model_dir)
+        if "pre_model_fn" in self.fns:
+            self._call("pre_model_fn", None, (self.model_dir,), ctx)
+        self.model = self._call("model_fn", default_model_fn, (self.model_dir,), ctx)
+        if "model_warmup_fn" in self.fns:
+            self._call("model_warmup_fn", None, (self.model_dir, self.model), ctx)
+        self.loaded = True
+        return self.model
+
+    # -------------------------------------------------------- requests
+
+    def prepare_body(self, body: bytes, content_type: str | None) -> Any:
+        ctype = codecs.media_type(content_type)
+        if ctype in codecs.UTF8_TYPES:
+            try:
+                return bytes(body).decode("utf-8")
+            except UnicodeDecodeError:
+                raise codecs.BadRequest(f"the {ctype} body is not valid UTF-8") from None
+        return body
+
+    def check_accept(self, accept: str | None) -> None:
+        """Fail fast with 406 before any work when the default output_fn cannot honour Accept."""
+        if self.default_output:
+            codecs.choose_accept(accept, self.default_accept)
+
+    def decode(self, body: bytes, content_type: str | None, ctx: Context) -> Any:
+        ctype = codecs.media_type(content_type) or codecs.JSON
+        return self._call("input_fn", default_input_fn, (self.prepare_body(body, ctype), ctype), ctx)
+
+    def predict(self, data: Any, ctx: Context) -> Any:
+        return self._call("predict_fn", default_predict_fn, (data, self.model), ctx)
+
+    def encode(self, prediction: Any, accept: str | None, ctx: Context) -> tuple[bytes, str]:
+        accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else self.default_accept
+        if self.default_output:
+            return default_output_fn(prediction, accept_value, default_accept=self.default_accept)
+        result = self._call("output_fn", None, (prediction, accept_value), ctx)
+        return _normalise(result, accept_value)
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None, ctx: Context) -> tuple[bytes, str]:
+        """One request through the handler: ``(response body, content type)``."""
+        self.check_accept(accept)
+        if self.transform:
+            ctype = codecs.media_type(content_type) or codecs.JSON
+            accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else self.default_accept
+            fn, with_ctx = self.fns["transform_fn"]
+            args = (self.model, self.prepare_body(body, ctype), ctype, accept_value)
+            return _normalise(fn(*args, ctx) if with_ctx else fn(*args), accept_value)
+        data = self.decode(body, content_type, ctx)
+        return self.encode(self.predict(data, ctx), accept, ctx)
+
+    def invoke_batch(self, requests: list[tuple[bytes, str | None, str | None, Context]]) -> list[Any]:
+        """Several requests, their inputs run through predict_fn together where shapes allow.
+
+        Returns, per request, ``(body, content_type)`` or the exception it raised. A batched
+        predict that fails, or whose output does not split back by rows, is retried request by
+        request, so a batch never answers differently from the requests run alone.
+        """
+        if not self.batchable or len(requests) == 1:
+            return [_capture(self.invoke, *req) for req in requests]
+        import torch
+
+        results: list[Any] = [None] * len(requests)
+        decoded: list[tuple[int, Any]] = []
+        for i, (body, ctype, accept, ctx) in enumerate(requests):
+            try:
+                self.check_accept(accept)
+                decoded.append((i, self.decode(body, ctype, ctx)))
+            except Exception as err:  # noqa: BLE001 - reported per request
+                results[i] = err
+        groups: dict[Any, list[tuple[int, Any]]] = {}
+        for i, data in decoded:
+            if isinstance(data, torch.Tensor) and data.dim() >= 1 and not data.requires_grad:
+                key = (data.dim(), tuple(data.shape[1:]) if data.dim() > 1 else tuple(data.shape),
+                       data.dtype, data.device)
+            else:
+                key = ("single", i)
+            groups.setdefault(key, []).append((i, data))
+        for key, members in groups.items():
+            outputs = None
+            if len(members) > 1:
+                outputs = self._predict_together(members, requests)
+            if outputs is None:
+                outputs = [_capture(self.predict, data, requests[i][3]) for i, data in members]
+            for (i, _), out in zip(members, outputs):
+                if isinstance(out, BaseException):
+                    results[i] = out
+                else:
+                    results[i] = _capture(self.encode, out, requests[i][2], requests[i][3])
+        return results
+
+    def _predict_together(self, members, requests) -> list[Any] | None:
+        import torch
+
+        tensors = [data for _, data in members]
+        stacked = tensors[0].dim() == 1
+        batch = torch.stack(tensors) if stacked else torch.cat(tensors)
+        ctx = requests[members[0][0]][3]
+        ctx.batch_size = len(members)
+        try:
+            out = self.predict(batch, ctx)
+        except Exception:  # noqa: BLE001 - retried one by one to attribute the failure
+            return None
+        finally:
+            ctx.batch_size = 1
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != batch.shape[0]:
+            return None
+        if stacked:
+            return list(out.unbind(0))
+        return list(out.split([t.shape[0] for t in tensors]))
+
+
+def _normalise(result: Any, accept_value: str) -> tuple[bytes, str]:
+    if isinstance(result, tuple) and len(result) == 2:
+        body, ctype = result
+    else:
+        body, ctype = result, codecs.parse_accept(accept_value, accept_value)[0]
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    elif isinstance(body, (bytearray, memoryview)):
+        body = bytes(body)
+    elif not isinstance(body, bytes):
+        raise HandlerError(f"the handler returned {type(body).__name__}; output_fn/transform_fn must return "
+                           "bytes or str (or a (body, content_type) tuple)")
+    return body, str(ctype)
+
+
+def _capture(fn: Callable, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001 - reported per request
+        return err
+
+
+def find_script(code_dir: Path | None, program: str | None) -> Path | None:
+    """The script SAGEMAKER_PROGRAM names (default inference.py) in code_dir, or None (all defaults)."""
+    if code_dir is None:
+        return None
+    name = program or DEFAULT_PROGRAM
+    if not name.endswith(".py"):
+        name += ".py"
+    path = code_dir / name
+    return path if path.is_file() else None

@@ -1,0 +1,233 @@
+"""Live `aiops serve` processes on 127.0.0.1: routes, statuses, SageMaker headers, faults, shutdown."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from .conftest import save_double, save_mlp, wait_ready, write_script
+
+FAULTY = '''
+import json, os, time
+def input_fn(body, content_type):
+    if content_type != "application/json":
+        from aiops.inference.codecs import UnsupportedMediaType
+        raise UnsupportedMediaType("json only")
+    return json.loads(body)
+def predict_fn(data, model):
+    if data == "boom":
+        raise ValueError("secret-trace-marker")
+    if isinstance(data, dict) and "sleep" in data:
+        time.sleep(data["sleep"])
+        return {"slept": data["sleep"]}
+    if data == "die":
+        os._exit(7)
+    if data == "pid":
+        return {"pid": os.getpid()}
+    return data
+'''
+
+
+@pytest.fixture
+def faulty_dir(tmp_path):
+    folder = save_double(tmp_path / "faulty")
+    write_script(folder, FAULTY)
+    return folder
+
+
+@pytest.fixture
+def double_server(start_server, double_dir):
+    return start_server(double_dir)
+
+
+def _npy(a):
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def test_ping_and_invocations_all_content_types(double_server):
+    s = double_server
+    ping = s.request("GET", "/ping")
+    assert ping.status == 200 and ping.json() == {"status": "Healthy"}
+    cases = [
+        ("application/json", b"[[1, 2], [3, 4]]"), ("text/csv", b"1,2\n3,4\n"),
+        ("application/x-npy", _npy(np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32))),
+    ]
+    for ctype, body in cases:
+        for accept, decode in [("application/json", json.loads),
+                               ("text/csv", lambda b: [[float(x) for x in row.split(",")] for row in b.decode().split()]),
+                               ("application/x-npy", lambda b: np.load(io.BytesIO(b)).tolist())]:
+            r = s.invoke(body, ctype, accept)
+            assert r.status == 200, (ctype, accept, r.body)
+            assert r.headers["content-type"] == accept
+            assert decode(r.body) == [[2.0, 4.0], [6.0, 8.0]], (ctype, accept)
+            assert r.headers["x-amzn-invoked-production-variant"] == "AllTraffic"
+
+
+def test_endpoint_route_echoes_sagemaker_headers(double_server):
+    r = double_server.invoke(b"[3]", path="/endpoints/my-endpoint/invocations",
+                             **{"X-Amzn-SageMaker-Custom-Attributes": "trace=abc,c1=2"})
+    assert r.status == 200 and r.json() == [6.0]
+    assert r.headers["x-amzn-sagemaker-custom-attributes"] == "trace=abc,c1=2"
+    assert r.headers["x-amzn-invoked-production-variant"] == "AllTraffic"
+    assert r.headers["x-amzn-requestid"]
+
+
+def test_boto3_sagemaker_runtime_client_works_unmodified(double_server):
+    boto3 = pytest.importorskip("boto3")
+    client = boto3.client("sagemaker-runtime", endpoint_url=double_server.url, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    resp = client.invoke_endpoint(EndpointName="digits", Body=b"[[1, 2], [3, 4]]", ContentType="application/json",
+                                  Accept="text/csv", CustomAttributes="k=v")
+    assert resp["Body"].read().decode() == "2.0,4.0\n6.0,8.0\n"
+    assert resp["ContentType"] == "text/csv"
+    assert resp["CustomAttributes"] == "k=v"
+    assert resp["InvokedProductionVariant"] == "AllTraffic"
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as info:
+        client.invoke_endpoint(EndpointName="digits", Body=b"{oops", ContentType="application/json")
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert info.value.response["Error"]["Code"] == "ValidationError"
+
+
+def test_every_error_status_and_the_server_keeps_serving(start_server, faulty_dir, tmp_path):
+    s = start_server(faulty_dir, "--timeout", "1", env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.01"})
+    checks = [
+        (s.invoke(b'"x"', "text/plain"), 415),
+        (s.invoke(b"{nope", "application/json"), 500),  # the user's input_fn raised: a handler error
+    ]
+    assert checks[0][0].status == 415
+    assert checks[1][0].status == 500
+    r = s.invoke(b'"boom"')
+    assert r.status == 500
+    doc = r.json()
+    assert doc["request_id"] == r.headers["x-amzn-requestid"] and doc["code"] == "ModelError"
+    assert "secret-trace-marker" not in r.body.decode() and "Traceback" not in r.body.decode()
+    assert r.headers["x-amzn-errortype"] == "ModelError"
+    assert s.invoke(b"[1]", accept="image/png").status == 406
+    assert s.invoke(b"[" + b"1," * 20000 + b"1]").status == 413
+    assert s.request("GET", "/nope").status == 404
+    assert s.request("GET", "/invocations").status == 405
+    assert s.invoke(b"[1]", **{"X-Amzn-SageMaker-Custom-Attributes": "a" * 2000}).status == 400
+    t = s.invoke(b'{"sleep": 3}')
+    assert t.status == 504 and "did not answer within 1 s" in t.json()["error"]
+    # after all of that it still serves (once the overrunning handler call has returned: the
+    # timeout answers the client, it cannot interrupt the handler's thread)
+    for _ in range(50):
+        ok = s.invoke(b"[1, 2]")
+        if ok.status != 504:
+            break
+    assert ok.status == 200 and ok.json() == [1, 2]
+    log = s.log()
+    assert "secret-trace-marker" in log and "Traceback" in log  # the traceback goes to the log only
+
+
+def test_413_is_answered_before_the_body_is_read(start_server, double_dir):
+    s = start_server(double_dir, env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"})
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000000000\r\n\r\n[1")
+        data = sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 413")
+    assert s.invoke(b"[1]").status == 200
+
+
+def test_api_key_guards_every_route_but_ping(start_server, double_dir):
+    s = start_server(double_dir, env={"AIOPS_SERVE__API_KEY": "s3cret"})
+    assert s.request("GET", "/ping").status == 200
+    assert s.invoke(b"[1]").status == 401
+    assert s.invoke(b"[1]", **{"X-Api-Key": "wrong"}).status == 401
+    assert s.invoke(b"[1]", **{"X-Api-Key": "s3cret"}).json() == [2.0]
+    assert s.invoke(b"[1]", **{"Authorization": "Bearer s3cret"}).status == 200
+
+
+def test_binds_loopback_by_default(double_server):
+    addrs = {line.split()[1] for line in open("/proc/net/tcp").read().splitlines()[1:] if line.split()[3] == "0A"}
+    assert f"0100007F:{double_server.port:04X}" in addrs
+    assert f"00000000:{double_server.port:04X}" not in addrs
+
+
+def test_dead_worker_is_replaced(start_server, faulty_dir):
+    s = start_server(faulty_dir, "--workers", "1")
+    pid = s.invoke(b'"pid"').json()["pid"]
+    with pytest.raises(OSError):
+        s.invoke(b'"die"')  # the worker exits mid-request
+    wait_ready(s)
+    new_pid = s.invoke(b'"pid"').json()["pid"]
+    assert new_pid != pid
+    assert s.proc.poll() is None
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(start_server, faulty_dir):
+    s = start_server(faulty_dir, "--workers", "2")
+    results = []
+
+    def slow():
+        results.append(s.invoke(b'{"sleep": 2}'))
+
+    threads = [threading.Thread(target=slow) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # let both requests reach a worker (not a timing assertion)
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    assert [r.status for r in results] == [200, 200]
+    assert [r.json() for r in results] == [{"slept": 2}, {"slept": 2}]
+    assert s.proc.wait(timeout=60) == 0
+    with pytest.raises(OSError):
+        s.request("GET", "/ping", timeout=2)
+
+
+def test_model_load_failure_exits_with_one_line(start_server, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(b"not a model")
+    s = start_server(folder, wait=False)
+    assert s.proc.wait(timeout=120) == 1
+    err = s.log()
+    assert "error: " in err and "not a TorchScript model" in err and "Traceback" not in err
+
+
+def test_sagemaker_env_vars(start_server, tmp_path):
+    folder = save_double(tmp_path / "m")
+    write_script(folder, "def output_fn(p, accept):\n    return 'custom:' + accept\n", name="serve_me.py")
+    from .conftest import free_port
+
+    port = free_port()
+    s = start_server(folder, env={"SAGEMAKER_PROGRAM": "serve_me.py", "SAGEMAKER_BIND_TO_PORT": str(port),
+                                  "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv",
+                                  "SAGEMAKER_MODEL_SERVER_WORKERS": "2"}, port=port)
+    r = s.invoke(b"[1]")
+    assert r.status == 200 and r.body == b"custom:text/csv"
+    assert "(2 workers" in s.log()
+
+
+def test_batching_through_the_server_equals_unbatched(start_server, tmp_path):
+    folder = save_mlp(tmp_path / "mlp", sizes=(8, 16, 3))
+    plain = start_server(folder)
+    batched = start_server(folder, "--batch-size", "8", "--max-batch-delay", "20")
+    rng = np.random.default_rng(3)
+    bodies = [json.dumps(rng.normal(size=8).tolist()).encode() for _ in range(24)]
+    expected = [plain.invoke(b).json() for b in bodies]
+    got = [None] * len(bodies)
+
+    def worker(i):
+        got[i] = batched.invoke(bodies[i]).json()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    np.testing.assert_allclose(np.array(got), np.array(expected), rtol=1e-5, atol=1e-6)
+    assert "batch size 8" in batched.log()
