@@ -95,7 +95,7 @@ class CostLine:
         if self.pricing == "usage":
             return f"usage-based ({self.note})" if self.note else "usage-based"
         if self.unit_hourly is None:
-            return f"no known price for {self.instance_type} in this region"
+            return self.note or f"no known price for {self.instance_type}"
         what = f"{self.count} x {self.instance_type} at ${rate(self.unit_hourly)}/h"
         return what + (" spot" if self.spot else "")
 
