@@ -31,17 +31,18 @@ def once(*args: str) -> float:
 
 def main() -> None:
     once("preview", "--offline", "--json")  # warm the bytecode cache
+    resources = len(json.loads(subprocess.run([sys.executable, "-m", "aiops.cli.app", "preview", "--offline", "--json"],
+                                              cwd=REPO, capture_output=True, text=True).stdout)["resources"])
     rows = {}
     for label, args in {
-        "table (dev, 28 resources)": ("preview", "--offline"),
+        f"table (dev, {resources} resources, with costs)": ("preview", "--offline"),
         "json (dev)": ("preview", "--offline", "--json"),
         "json (prod)": ("preview", "--offline", "--json", "--stack", "prod"),
+        "aiops cost (dev)": ("cost",),
     }.items():
         times = [once(*args) for _ in range(RUNS)]
         rows[label] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
                        "max_s": round(max(times), 3), "runs": RUNS}
-    resources = len(json.loads(subprocess.run([sys.executable, "-m", "aiops.cli.app", "preview", "--offline", "--json"],
-                                              cwd=REPO, capture_output=True, text=True).stdout)["resources"])
     meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
             "resources_dev": resources, "goal_s": GOAL_S}
     out = REPO / "bench" / "results"

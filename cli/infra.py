@@ -1,4 +1,4 @@
-"""`aiops preview`, `aiops deploy`, `aiops destroy`, `aiops outputs`: the infrastructure.
+"""`aiops preview`, `aiops deploy`, `aiops destroy`, `aiops outputs`, `aiops cost`: the infrastructure.
 
 Thin commands: pulumi, pulumi_aws and boto3 are imported inside the command functions only.
 """
@@ -84,14 +84,18 @@ def preview(
     """Show what the stack would create or change (--offline: every resource, under mocks)."""
     cfg = _stack_config(project_dir, stack)
     if offline:
+        from aiops.infra.costs import plan_costs
         from aiops.infra.offline import plan
-        from aiops.infra.render import print_table, to_json
+        from aiops.infra.render import print_costs, print_table, to_json
 
         result = plan(cfg)
+        costs = plan_costs(result)
         if as_json:
-            typer.echo(to_json(result))
+            typer.echo(to_json(result, costs))
         else:
-            print_table(result, _console())
+            console = _console()
+            print_table(result, console)
+            print_costs(costs, console)
         return
     from aiops.infra.automation import event_printer, open_stack, summarize
 
@@ -105,6 +109,56 @@ def preview(
         typer.echo(json.dumps({"stack": stack, "changes": res.change_summary}, indent=2))
     else:
         console.print(f"stack {stack}: {summarize(res.change_summary)}")
+
+
+def cost(
+    stack: str = typer.Option("dev", "--stack", "-s", help=STACK_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
+    project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
+) -> None:
+    """Estimated $/hour and $/month of the stack as configured (offline plan, shipped price table)."""
+    cfg = _stack_config(project_dir, stack)
+    from aiops.infra.costs import plan_costs
+    from aiops.infra.offline import plan
+    from aiops.infra.render import print_costs
+
+    costs = plan_costs(plan(cfg))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"stack": stack, **costs.to_dict()}, indent=2, sort_keys=True))
+    else:
+        print_costs(costs, _console())
+
+
+def _print_cost_summary(project_dir: Path, stack: str, console) -> None:
+    """The stack's cost as configured, from the offline plan, before `deploy` asks to apply.
+
+    Run in a child process (`aiops cost --json`): the offline plan installs Pulumi mocks in the
+    runtime, which must not share a process with the Automation API program that follows. An
+    estimate that cannot be made is reported, never fatal: the deployment does not depend on it.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from aiops.infra.costs import PlanCosts
+    from aiops.infra.render import cost_total_line
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiops.cli.app", "cost", "--json", "--stack", stack, "-C", str(project_dir)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        console.print(f"cost estimate unavailable: {proc.stderr.strip().removeprefix('error: ') or proc.returncode}")
+        return
+    data = json.loads(proc.stdout)
+    costs = PlanCosts.from_dict(data, stack=stack)
+    console.print(f"estimated cost of the stack as configured (not a diff; prices as of {costs.as_of}):")
+    for line in costs.lines:
+        console.print(f"  {line.resource}: {line.describe()}"
+                      + (f" = ${line.hourly:g}/h, ${line.monthly:,.2f}/month" if line.hourly is not None else ""))
+    console.print(f"  {cost_total_line(costs)}")
 
 
 def deploy(
@@ -141,6 +195,7 @@ def deploy(
         console.print(f"model: {uri}")
     plan = _automation_call(st.preview, on_event=event_printer(console))
     console.print(f"stack {stack}: {summarize(plan.change_summary)}")
+    _print_cost_summary(project_dir, stack, console)
     if not yes:
         if not typer.confirm("apply these changes?", default=False):
             raise UsageError("not applied (answer yes, or pass --yes)")
@@ -199,3 +254,4 @@ def register(app: typer.Typer, *, panel: str) -> None:
     app.command("deploy", rich_help_panel=panel)(deploy)
     app.command("destroy", rich_help_panel=panel)(destroy)
     app.command("outputs", rich_help_panel=panel)(outputs)
+    app.command("cost", rich_help_panel=panel)(cost)

@@ -191,6 +191,39 @@ class ServerlessConfig(_Model):
         return value
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+IDLE_ALARM_MAX_HOURS = 168  # CloudWatch: Period x EvaluationPeriods <= 7 days for periods >= 1 hour
+
+
+class DashboardConfig(_Model):
+    """A CloudWatch dashboard for the endpoint (invocations, latency, errors, instances)."""
+
+    enabled: bool = True
+    period_seconds: int = Field(60, ge=60, le=86400)
+
+    @field_validator("period_seconds")
+    @classmethod
+    def _minute(cls, value: int) -> int:
+        if value % 60:
+            raise ValueError("allowed: a multiple of 60 seconds")
+        return value
+
+
+class IdleAlarmConfig(_Model):
+    """Alarm when the endpoint has had no invocations for ``hours`` (it still costs money)."""
+
+    enabled: bool = True
+    hours: int = Field(4, ge=1, le=IDLE_ALARM_MAX_HOURS)
+    email: str | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise ValueError("allowed: one e-mail address (name@example.com)")
+        return value
+
+
 class EndpointConfig(_Model):
     enabled: bool = True
     name: str | None = None
@@ -207,6 +240,8 @@ class EndpointConfig(_Model):
     alarms: AlarmsConfig = AlarmsConfig()
     data_capture: DataCaptureConfig = DataCaptureConfig()
     serverless: ServerlessConfig = ServerlessConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    idle_alarm: IdleAlarmConfig = IdleAlarmConfig()
 
     @field_validator("name", "variant_name")
     @classmethod

@@ -1,16 +1,20 @@
-"""Endpoint: SageMaker model, endpoint configuration, endpoint with safe deployments, autoscaling
-and the alarms that roll a bad deployment back."""
+"""Endpoint: SageMaker model, endpoint configuration, endpoint with safe deployments, autoscaling,
+the alarms that roll a bad deployment back, a CloudWatch dashboard and an idle alarm (SNS)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import json
+
 import pulumi
-from pulumi_aws import appautoscaling, cloudwatch, ecr, sagemaker
+from pulumi_aws import appautoscaling, cloudwatch, ecr, sagemaker, sns
 
 from aiops.infra.config import EndpointConfig
 from aiops.infra.policies import (
+    dashboard_body,
     deployment_config,
+    idle_alarm_settings,
     scaling_resource_id,
     target_invocations_per_instance,
     target_tracking_configuration,
@@ -201,11 +205,69 @@ class Endpoint(pulumi.ComponentResource):
                 opts=child,
             )
 
+        self._observability(name, args, dims, child)
+
         self.register_outputs(
             {
+                "dashboard_name": self.dashboard.dashboard_name if self.dashboard else None,
+                "alerts_topic_arn": self.alerts_topic.arn if self.alerts_topic else None,
                 "endpoint_name": self.endpoint.name,
                 "endpoint_config_name": self.endpoint_config.name,
                 "model_name": self.model.name,
                 "repository_url": self.repository.repository_url if self.repository else None,
             }
         )
+
+    def _observability(self, name: str, args: EndpointArgs, dims: dict[str, str], child: pulumi.ResourceOptions) -> None:
+        """The dashboard, and the idle alarm with its SNS topic (encrypted with the stack key; the
+        key policy lets CloudWatch alarms of the account use it, see ``kms_key_policy``). The idle
+        alarm is not a rollback alarm: an idle endpoint would otherwise roll back every deployment."""
+        cfg = args.config
+        self.dashboard: cloudwatch.Dashboard | None = None
+        self.alerts_topic: sns.Topic | None = None
+        self.alerts_subscription: sns.TopicSubscription | None = None
+        self.alarm_idle: cloudwatch.MetricAlarm | None = None
+        if cfg.dashboard.enabled:
+            body = dashboard_body(
+                endpoint_name=args.endpoint_name,
+                variant=cfg.variant_name,
+                region=args.region,
+                period=cfg.dashboard.period_seconds,
+                latency_p99_ms=cfg.alarms.latency_p99_ms,
+                min_capacity=cfg.autoscaling.min_capacity if cfg.autoscaling.enabled else cfg.initial_instance_count,
+                max_capacity=cfg.autoscaling.max_capacity if cfg.autoscaling.enabled else cfg.initial_instance_count,
+                serverless=cfg.serverless.enabled,
+            )
+            self.dashboard = cloudwatch.Dashboard(
+                f"{name}-dashboard",
+                dashboard_name=args.endpoint_name,
+                dashboard_body=json.dumps(body, sort_keys=True),
+                opts=child,
+            )
+        idle = cfg.idle_alarm
+        if idle.enabled:
+            self.alerts_topic = sns.Topic(
+                f"{name}-alerts",
+                name=f"{args.endpoint_name}-alerts",
+                kms_master_key_id=args.key_arn,
+                opts=child,
+            )
+            if idle.email:
+                # E-mail subscriptions stay "pending confirmation" until the recipient confirms.
+                self.alerts_subscription = sns.TopicSubscription(
+                    f"{name}-alerts-email",
+                    topic=self.alerts_topic.arn,
+                    protocol="email",
+                    endpoint=idle.email,
+                    opts=child,
+                )
+            self.alarm_idle = cloudwatch.MetricAlarm(
+                f"{name}-idle-alarm",
+                name=f"{args.endpoint_name}-idle",
+                alarm_description=f"No invocations for {idle.hours} h: the endpoint is idle and still billed per instance-hour",
+                dimensions=dims,
+                alarm_actions=[self.alerts_topic.arn],
+                ok_actions=[self.alerts_topic.arn],
+                opts=child,
+                **idle_alarm_settings(hours=idle.hours),
+            )

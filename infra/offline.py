@@ -102,6 +102,10 @@ def _computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> dict[
         state.update(repositoryUrl=f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}")
     elif typ == "aws:sagemaker/endpoint:Endpoint":
         state.update(arn=f"arn:aws:sagemaker:{region}:{FAKE_ACCOUNT}:endpoint/{physical}")
+    elif typ == "aws:sns/topic:Topic":
+        state.update(arn=f"arn:aws:sns:{region}:{FAKE_ACCOUNT}:{physical}")
+    elif typ == "aws:cloudwatch/dashboard:Dashboard":
+        state.update(dashboardArn=f"arn:aws:cloudwatch::{FAKE_ACCOUNT}:dashboard/{inputs.get('dashboardName')}")
     elif typ == "aws:appautoscaling/target:Target":
         state.update(
             serviceNamespace=inputs.get("serviceNamespace"),

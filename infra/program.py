@@ -37,6 +37,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             force_destroy=cfg.storage.force_destroy,
             key_deletion_window_days=cfg.storage.key_deletion_window_days,
             allow_autoscaling_key_use=cfg.compute.enabled,
+            allow_cloudwatch_alarms_key_use=cfg.endpoint.enabled and cfg.endpoint.idle_alarm.enabled,
         ),
         opts=opts,
     )
@@ -117,6 +118,10 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         outputs["modelDataUrl"] = ep.model_data_url
         if endpoint.repository is not None:
             outputs["repositoryUrl"] = endpoint.repository.repository_url
+        if endpoint.dashboard is not None:
+            outputs["dashboardName"] = endpoint.dashboard.dashboard_name
+        if endpoint.alerts_topic is not None:
+            outputs["alertsTopicArn"] = endpoint.alerts_topic.arn
 
     if cfg.compute.enabled:
         from aiops.infra.compute import GpuCompute, GpuComputeArgs

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiops.infra.offline import Plan, PlannedResource
+
+if TYPE_CHECKING:
+    from aiops.infra.costs import PlanCosts
 
 KEY_INPUTS: dict[str, tuple[str, ...]] = {
     "pulumi:providers:aws": ("region",),
@@ -23,7 +26,10 @@ KEY_INPUTS: dict[str, tuple[str, ...]] = {
     "aws:iam/rolePolicy:RolePolicy": ("policy.Statement[*].Sid",),
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": ("policyArn",),
     "aws:ecr/repository:Repository": ("name", "imageTagMutability"),
-    "aws:cloudwatch/metricAlarm:MetricAlarm": ("name", "metricName", "threshold"),
+    "aws:cloudwatch/metricAlarm:MetricAlarm": ("name", "metricName", "threshold", "treatMissingData"),
+    "aws:cloudwatch/dashboard:Dashboard": ("dashboardName",),
+    "aws:sns/topic:Topic": ("name", "kmsMasterKeyId"),
+    "aws:sns/topicSubscription:TopicSubscription": ("protocol", "endpoint"),
     "aws:sagemaker/model:Model": ("primaryContainer.image", "primaryContainer.modelDataUrl"),
     "aws:sagemaker/endpointConfiguration:EndpointConfiguration": (
         "namePrefix", "productionVariants[0].instanceType", "productionVariants[0].initialInstanceCount",
@@ -96,8 +102,63 @@ def short_type(type_: str) -> str:
     return type_
 
 
-def to_json(plan: Plan) -> str:
-    return json.dumps(plan.to_dict(), indent=2, sort_keys=True, default=str)
+def to_json(plan: Plan, costs: "PlanCosts | None" = None) -> str:
+    data = plan.to_dict()
+    if costs is not None:
+        data["costs"] = costs.to_dict()
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
+def _usd(value: float | None) -> str:
+    return "" if value is None else f"{value:,.2f}"
+
+
+def _usd_h(value: float | None) -> str:
+    from aiops.infra.costs import rate
+
+    return "" if value is None else rate(value)
+
+
+def cost_total_line(costs: "PlanCosts") -> str:
+    """One line: the total now and at maximum capacity, and what it leaves out."""
+    line = (f"total: ${_usd_h(costs.total_hourly)}/h, ${_usd(costs.total_monthly)}/month "
+            f"(up to ${_usd_h(costs.max_hourly)}/h, ${_usd(costs.max_monthly)}/month at max capacity)")
+    note = costs.total_note()
+    return f"{line}; {note}" if note else line
+
+
+def print_costs(costs: "PlanCosts", console: Any, *, title: str | None = None) -> None:
+    """The cost table: one row per priced resource, the total, the price table's date and source."""
+    from rich.table import Table
+
+    table = Table(title=title or f"estimated cost of stack '{costs.stack}' ({costs.region}, {costs.currency})")
+    table.add_column("resource", overflow="fold", max_width=28)
+    table.add_column("instances", overflow="fold")
+    table.add_column("$/h", justify="right")
+    table.add_column("$/month", justify="right")
+    table.add_column("at max $/h", justify="right")
+    table.add_column("note", overflow="fold", ratio=1)
+    for line in costs.lines:
+        if line.pricing == "usage":
+            table.add_row(line.resource, "serverless", "usage-based", "usage-based", "", line.note)
+            continue
+        if not line.known:
+            table.add_row(line.resource, f"{line.count} x {line.instance_type}", "unknown", "unknown", "",
+                          line.note)
+            continue
+        count = f"{line.count}" + (f" (max {line.max_count})" if line.max_count not in (None, line.count) else "")
+        note = line.note
+        if line.spot and line.on_demand_unit_hourly is not None:
+            note += (f"; on-demand ${_usd_h(line.on_demand_hourly)}/h now, "
+                     f"${_usd_h(line.on_demand_max_hourly)}/h at max")
+        table.add_row(line.resource, f"{count} x {line.instance_type}", _usd_h(line.hourly), _usd(line.monthly),
+                      _usd_h(line.max_hourly), note)
+    if not costs.lines:
+        table.add_row("(none)", "", "0", "0", "", "no instance-backed resource in this stack")
+    console.print(table)
+    console.print(cost_total_line(costs))
+    console.print(f"{costs.unpriced_resources} other resources: no instance charge. {costs.notes[0]}.")
+    console.print(f"prices as of {costs.as_of} ({costs.hours_per_month:g} h/month): {costs.source}")
 
 
 def print_table(plan: Plan, console: Any) -> None:

@@ -21,6 +21,7 @@ class StorageArgs:
     force_destroy: bool = False
     key_deletion_window_days: int = 30
     allow_autoscaling_key_use: bool = False
+    allow_cloudwatch_alarms_key_use: bool = False  # alarms publish to SNS topics encrypted with the key
 
 
 class Storage(pulumi.ComponentResource):
@@ -36,7 +37,12 @@ class Storage(pulumi.ComponentResource):
 
         policy = pulumi.Output.all(args.account_id, args.partition).apply(
             lambda v: json.dumps(
-                kms_key_policy(account_id=v[0], partition=v[1], allow_autoscaling=args.allow_autoscaling_key_use)
+                kms_key_policy(
+                    account_id=v[0],
+                    partition=v[1],
+                    allow_autoscaling=args.allow_autoscaling_key_use,
+                    allow_cloudwatch_alarms=args.allow_cloudwatch_alarms_key_use,
+                )
             )
         )
         self.key = kms.Key(

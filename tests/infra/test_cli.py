@@ -70,3 +70,63 @@ def test_help_imports_no_pulumi_or_boto3():
             "bad=[m for m in ('pulumi','pulumi_aws','boto3') if m in sys.modules]; print('BAD', bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "BAD []" in out
+
+
+def test_preview_offline_shows_costs(run_cli):
+    result = run_cli("preview", "--offline", "-C", str(REPO))
+    assert result.returncode == 0, result.output
+    out = result.stdout
+    for text in ("estimated cost of stack 'dev'", "$/h", "$/month", "1 (max 2) x ml.g5.xlarge", "1.408", "1,027.84",
+                 "total: $1.408/h, $1,027.84/month", "spot", "prices as of 2026-"):
+        assert text in out, text
+    result = run_cli("preview", "--offline", "--json", "--stack", "prod", "-C", str(REPO))
+    costs = json.loads(result.stdout)["costs"]
+    assert costs["total_hourly"] == 3.03 and costs["total_monthly"] == 2211.9 and costs["max_hourly"] == 12.12
+    assert costs["complete"] is True and costs["as_of"] and "AWS" in costs["source"]
+    (line,) = costs["lines"]
+    assert (line["instance_type"], line["count"], line["hourly"], line["monthly"]) == ("ml.g5.2xlarge", 2, 3.03, 2211.9)
+
+
+def test_cost_command(run_cli, tmp_path):
+    result = run_cli("cost", "--stack", "prod", "-C", str(REPO))
+    assert result.returncode == 0, result.output
+    assert "2 (max 8) x ml.g5.2xlarge" in result.stdout and "total: $3.03/h, $2,211.90/month" in result.stdout
+    assert "up to $12.12/h" in result.stdout
+    result = run_cli("cost", "--json", "-C", str(REPO))
+    data = json.loads(result.stdout)
+    assert data["stack"] == "dev" and data["total_hourly"] == 1.408 and data["total_monthly"] == 1027.84
+    assert {line["resource"] for line in data["lines"]} == {"endpoint-config/primary", "gpu-asg"}
+    # an instance type without a known price: said in the row and the total, exit 0
+    (tmp_path / "Pulumi.g6.yaml").write_text(
+        "config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    modelDataUrl: s3://b-1/m.tar.gz\n"
+        "    instanceType: ml.g6.xlarge\n")
+    result = run_cli("cost", "--stack", "g6", "-C", str(tmp_path))
+    assert result.returncode == 0, result.output
+    assert "unknown" in result.stdout and "no known price for ml.g6.xlarge in us-east-1" in result.stdout
+    assert "incomplete: 1 resource without a known price" in result.stdout
+    # a bad stack: one line, exit 2
+    result = run_cli("cost", "--stack", "missing", "-C", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_cost_help_imports_no_pulumi():
+    code = ("import sys; from aiops.cli.app import main; main(['cost', '--help']);"
+            "bad=[m for m in ('pulumi','pulumi_aws','boto3') if m in sys.modules]; print('BAD', bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "BAD []" in out
+
+
+def test_deploy_cost_summary_is_made_offline(tmp_path, capsys):
+    """What `deploy` prints between its preview and the question (the Automation part needs the binary)."""
+    from pathlib import Path
+
+    from aiops.cli.infra import _console, _print_cost_summary
+
+    _print_cost_summary(Path(REPO), "prod", _console())
+    out = capsys.readouterr().out
+    assert "estimated cost of the stack as configured" in out
+    assert "endpoint-config/primary: 2 x ml.g5.2xlarge at $1.515/h = $3.03/h, $2,211.90/month" in out
+    assert "total: $3.03/h" in out
+    _print_cost_summary(tmp_path, "nope", _console())
+    out = " ".join(capsys.readouterr().out.split())
+    assert "cost estimate unavailable:" in out and "Pulumi.nope.yaml: no such stack file" in out

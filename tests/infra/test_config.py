@@ -105,6 +105,19 @@ def test_initial_count_outside_scaling_bounds():
     assert "initialInstanceCount=5" in msg
 
 
+def test_idle_alarm_hours_and_email():
+    msg = error_of(endpoint={"idleAlarm": {"hours": 0}})
+    assert "aiops:endpoint.idleAlarm.hours=0" in msg and "greater than or equal to 1" in msg
+    msg = error_of(endpoint={"idleAlarm": {"hours": 200}})
+    assert "aiops:endpoint.idleAlarm.hours=200" in msg and "less than or equal to 168" in msg
+    msg = error_of(endpoint={"idleAlarm": {"email": "not-an-address"}})
+    assert "aiops:endpoint.idleAlarm.email='not-an-address'" in msg and "e-mail address" in msg
+    msg = error_of(endpoint={"idleAlarm": {"hour": 3}})
+    assert "aiops:endpoint.idleAlarm.hour: unknown key" in msg and "hours" in msg
+    msg = error_of(endpoint={"dashboard": {"periodSeconds": 90}})
+    assert "aiops:endpoint.dashboard.periodSeconds=90" in msg and "multiple of 60" in msg
+
+
 def test_malformed_stack_file(tmp_path):
     path = tmp_path / "Pulumi.bad.yaml"
     path.write_text("config:\n  aws:region: [unclosed\n")
@@ -138,6 +151,8 @@ def test_overrides_fill_missing_model(tmp_path):
          "ml.c5.xlarge"),
         ("config:\n  aws:region: mars-1\n", "mars-1"),
         ("config: [\n", "malformed stack file"),
+        ("config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    modelDataUrl: s3://b-1/m.tar.gz\n"
+         "    idleAlarm: {hours: 0}\n", "aiops:endpoint.idleAlarm.hours=0"),
     ],
 )
 def test_cli_config_errors_exit_2_one_line(run_cli, tmp_path, yaml_text, expected):

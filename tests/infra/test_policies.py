@@ -71,6 +71,16 @@ def test_kms_key_policy():
     assert "AWSServiceRoleForAutoScaling" in doc["Statement"][1]["Principal"]["AWS"]
     with pytest.raises(ValueError, match="12 digits"):
         policies.kms_key_policy(account_id="12")
+    doc = policies.kms_key_policy(account_id="123456789012", allow_cloudwatch_alarms=True)
+    assert doc["Statement"][-1] == {
+        "Sid": "CloudWatchAlarmsPublishToEncryptedTopics",
+        "Effect": "Allow",
+        "Principal": {"Service": "cloudwatch.amazonaws.com"},
+        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+        "Resource": "*",
+        "Condition": {"StringEquals": {"aws:SourceAccount": "123456789012"}},
+    }
+    assert "Condition" not in policies.CLOUDWATCH_ALARMS_KEY_STATEMENT  # the shared template is not mutated
 
 
 def test_assume_role_policy():

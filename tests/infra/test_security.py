@@ -76,6 +76,18 @@ def test_everything_encrypted_with_the_stack_key(planned):
             assert ec.inputs["dataCaptureConfig"]["kmsKeyId"] == key_arn
 
 
+def test_every_topic_encrypted_with_the_stack_key(planned):
+    cfg, p = planned
+    key_arn = p.outputs["kmsKeyArn"]
+    topics = p.of_type("aws:sns/topic:Topic")
+    assert len(topics) == (1 if cfg.endpoint.enabled and cfg.endpoint.idle_alarm.enabled else 0)
+    for topic in topics:
+        assert topic.inputs["kmsMasterKeyId"] == key_arn
+    # CloudWatch alarms can publish to them only if the key policy lets them use the key
+    sids = [s["Sid"] for s in json.loads(p.one("aws:kms/key:Key").inputs["policy"])["Statement"]]
+    assert ("CloudWatchAlarmsPublishToEncryptedTopics" in sids) == bool(topics)
+
+
 def test_imdsv2_everywhere(planned):
     _, p = planned
     for lt in p.of_type("aws:ec2/launchTemplate:LaunchTemplate"):
