@@ -8,7 +8,7 @@ DATA := .aiops/data/digits
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	# torch 2.13.0: on the project's build machines a CPU wheel of it lies on local disk;
 	# an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
