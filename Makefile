@@ -20,7 +20,7 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/aiops example digits-data $(DATA)
 	$(BIN)/aiops train training/examples/digits/train.py \
-		--channel train=$(DATA)/train --channel test=$(DATA)/test --hp epochs=12
+		--channel train=$(DATA)/train --channel test=$(DATA)/test
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -11,6 +11,8 @@ from typing import Any, List, Mapping, Optional
 
 import typer
 
+SUMMARY_METRICS = 8  # the rest (per-class figures, say) are one command away
+
 jobs_app = typer.Typer(help="Training runs, local and remote: list, describe, logs, stop.", no_args_is_help=True)
 
 
@@ -94,8 +96,11 @@ def _render_summary(console: Any, record: Mapping[str, Any]) -> None:
     table.add_row("job", record["job_name"])
     table.add_row("status", f"[{colour}]{record['status']}[/]")
     table.add_row("duration", f"{record.get('duration_seconds') or 0:.1f}s")
-    for name, value in (record.get("final_metrics") or {}).items():
+    metrics = list((record.get("final_metrics") or {}).items())
+    for name, value in metrics[:SUMMARY_METRICS]:  # in order of first appearance
         table.add_row(name, f"{value:.6g}")
+    if len(metrics) > SUMMARY_METRICS:
+        table.add_row("", f"... and {len(metrics) - SUMMARY_METRICS} more: aiops jobs metrics {record['job_name']}")
     for name, path in (record.get("artifacts") or {}).items():
         table.add_row(name, str(path))
     if record["status"] == "Stopped":

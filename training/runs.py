@@ -86,7 +86,7 @@ class RunStore:
         """Write run.json atomically, so a reader never sees half a record."""
         path = self.path(record["job_name"]) / RUN_RECORD
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+        tmp.write_text(json.dumps(record, indent=2, default=str))  # keeps metrics in order of appearance
         os.replace(tmp, path)
 
     def iter_records(self) -> Iterator[dict[str, Any]]:
