@@ -180,6 +180,13 @@ def _make_handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                     return self._reply(503, b"<Error><Code>SlowDown</Code><Message>Reduce your request rate"
                                             b"</Message></Error>", {"Content-Type": "application/xml"})
                 return self._json_error(500, "InternalFailure", "We encountered an internal error")
+            if fault and fault.mode == "quota":
+                return self._json_error(400, "ResourceLimitExceeded", "The account-level service limit "
+                                        "'ml.g5.xlarge for spot training job usage' is 0 Instances, with current "
+                                        "utilization of 0 Instances and a request delta of 1 Instances.")
+            if fault and fault.mode == "expired":
+                return self._json_error(400, "ExpiredTokenException", "The security token included in the "
+                                        "request is expired")
             if fault and fault.mode == "access-denied":
                 return self._json_error(400, "AccessDeniedException", "User: arn:aws:iam::123456789012:user/dev "
                                         "is not authorized to perform: sagemaker:CreateTrainingJob on resource: x")

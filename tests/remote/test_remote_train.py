@@ -314,3 +314,19 @@ def test_budget_from_settings_and_unknown_prices(run_cli, project: Path, tmp_pat
     assert "warning: no known price for ml.trn1.2xlarge" in no_budget.stdout
     bad = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--max-cost", "-5")
     assert bad.returncode == 2 and "positive number" in bad.stderr
+
+
+@pytest.mark.parametrize("mode, code, expected", [
+    ("quota", 1, "'ml.g5.xlarge for spot training job usage'"),
+    ("expired", 2, "credentials have expired"),
+])
+def test_quota_and_expired_credentials_are_one_line(run_cli, project: Path, tmp_path: Path, platform,
+                                                     mode: str, code: int, expected: str) -> None:
+    platform.inject("SageMaker.CreateTrainingJob", mode)
+    result = _submit(run_cli, project, tmp_path, "--no-wait")
+    assert result.returncode == code, result.output
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert expected in line and "Traceback" not in result.stderr
+    if mode == "quota":
+        assert "Service Quotas" in line
+    assert platform.count("SageMaker.CreateTrainingJob") == 0
