@@ -58,6 +58,28 @@ def _register() -> None:
 _register()
 
 
+# Optional dependencies and the extra that brings each (pyproject.toml [project.optional-dependencies]).
+_EXTRAS = {
+    "boto3": "aws", "botocore": "aws", "s3transfer": "aws", "pathspec": "aws",
+    "numpy": "examples", "sklearn": "examples",
+    "uvicorn": "serve", "starlette": "serve",
+    "pulumi": "infra", "pulumi_aws": "infra", "yaml": "infra",
+    "matplotlib": "plot", "PIL": "plot",
+    "sagemaker": "images",
+    "onnx": "onnx", "onnxruntime": "onnx",
+}
+
+
+def _missing_dependency(exc: ModuleNotFoundError) -> str | None:
+    top = (exc.name or "").split(".")[0]
+    if top == "torch":
+        return "this needs PyTorch: install the build you want (pip install torch), then run it again."
+    extra = _EXTRAS.get(top)
+    if extra is None:
+        return None
+    return f"this needs {top}, which is not installed: pip install 'aiops[{extra}]'."
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -94,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted.", err=True)
         return 130
+    except ModuleNotFoundError as exc:  # an optional extra that is not installed
+        hint = _missing_dependency(exc)
+        if hint is None:
+            raise
+        typer.echo(f"error: {hint}", err=True)
+        return 2
     return result if isinstance(result, int) else 0
 
 
