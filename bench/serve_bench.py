@@ -1,9 +1,14 @@
-"""Serving benchmark: aiops serve vs a naive FastAPI server (and TorchServe when installed).
+"""Serving benchmark: aiops serve vs TorchServe (batched and not) vs a naive FastAPI server.
 
-Same MLP (784-512-512-10, fp32), same JSON body of 784 floats, same load generator (wrk), bounded
-runs. Writes bench/results/serve.md and serve.json. Not a test: run it by hand on a quiet machine:
+Same MLP (784-512-512-10, fp32, TorchScript), same JSON body of 784 floats, same wrk script (same
+method, headers and body; only the URL path differs: TorchServe answers on /predictions/mlp), same
+worker count (2), bounded runs on 127.0.0.1. Plus the raw in-process forward rate as the ceiling.
+Writes bench/results/serve.md and serve.json. Not a test: run it by hand on a quiet machine:
 
-    python bench/serve_bench.py [--duration 15] [--runs 3] [--conc 1,16,64]
+    python bench/serve_bench.py [--duration 15] [--runs 3] [--conc 1,16,64] [--servers KEY,...]
+
+Server keys: aiops, aiops-batch, torchserve, torchserve-batch, fastapi. TorchServe needs
+`pip install torchserve torch-model-archiver` and Java 17; it is skipped (and said so) without them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -135,10 +141,9 @@ def profile(body: bytes, model_path: Path) -> dict:
     }
 
 
-def run_wrk(port: int, lua: Path, conc: int, duration: int) -> dict:
+def run_wrk(url: str, lua: Path, conc: int, duration: int) -> dict:
     threads = 1 if conc < 16 else 2
-    cmd = ["wrk", f"-t{threads}", f"-c{conc}", f"-d{duration}s", "--timeout", "10s", "-s", str(lua),
-           f"http://127.0.0.1:{port}/invocations"]
+    cmd = ["wrk", f"-t{threads}", f"-c{conc}", f"-d{duration}s", "--timeout", "10s", "-s", str(lua), url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
     rps, p50, p99, errors, total = line.split()[1:]
@@ -146,10 +151,10 @@ def run_wrk(port: int, lua: Path, conc: int, duration: int) -> dict:
             "requests": int(total)}
 
 
-def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+def start(cmd: list[str], env: dict, log: Path, cwd: Path | None = None) -> subprocess.Popen:
     with open(log, "wb") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                start_new_session=True)
+                                start_new_session=True, cwd=cwd)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -157,85 +162,403 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=40)
     except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+
+
+def post(url: str, body: bytes, timeout: float = 10) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_first_prediction(url: str, body: bytes, proc: subprocess.Popen, timeout: float = 180) -> bytes:
+    """Retry until one prediction answers 200 (TorchServe's /ping can be up before its workers)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            status, data = post(url, body)
+            if status == 200:
+                return data
+            last = f"HTTP {status}: {data[:200]!r}"
+        except OSError as e:
+            last = repr(e)
+        time.sleep(0.5)
+    raise RuntimeError(f"no successful prediction from {url}: {last}")
+
+
+def check_answer(data: bytes, expected: list[float]) -> list[float]:
+    got = json.loads(data)
+    if isinstance(got, list) and len(got) == 1 and isinstance(got[0], list):
+        got = got[0]
+    if len(got) != len(expected) or any(abs(a - b) > 1e-4 * (1 + abs(b)) for a, b in zip(got, expected)):
+        raise RuntimeError(f"wrong answer: {got} != {expected}")
+    return got
+
+
+# --- TorchServe -------------------------------------------------------------------------------------
+
+TS_LOG4J = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- serve_bench: TorchServe's own log4j2.xml with per-request logging off (no access log, no
+     per-request metrics or "Backend response time" lines; warnings and errors still go to ts_log),
+     as the other servers run without access logs. -->
+<Configuration>
+  <Appenders>
+    <File name="ts_log" fileName="${env:LOG_LOCATION:-logs}/ts_log.log">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+    </File>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="off"/>
+    <Logger name="MODEL_METRICS" level="off"/>
+    <Logger name="TS_METRICS" level="off"/>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="org.apache" level="off"/>
+    <Logger name="MODEL_LOG" level="warn"><AppenderRef ref="ts_log"/></Logger>
+    <Logger name="org.pytorch.serve" level="warn" additivity="false"><AppenderRef ref="ts_log"/></Logger>
+    <Root level="warn"><AppenderRef ref="ts_log"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+def torchserve_available() -> str | None:
+    """None when TorchServe can run here, else why not."""
+    bindir = Path(sys.executable).parent
+    for tool in ("torchserve", "torch-model-archiver"):
+        if not (bindir / tool).exists() and not shutil.which(tool):
+            return f"{tool} not installed (pip install torchserve torch-model-archiver)"
+    if not shutil.which("java"):
+        return "java not found (TorchServe needs Java 17)"
+    return None
+
+
+def _tool(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def make_mar(work: Path, model_dir: Path) -> Path:
+    store = work / "ts-store"
+    store.mkdir(exist_ok=True)
+    subprocess.run([_tool("torch-model-archiver"), "--model-name", "mlp", "--version", "1.0", "--serialized-file",
+                    str(model_dir / "model.pt"), "--handler", str(HERE / "torchserve_handler.py"),
+                    "--export-path", str(store), "--force"], check=True, timeout=120)
+    return store
+
+
+def torchserve_config(work: Path, store: Path, port: int, batch_size: int, max_batch_delay_ms: int) -> Path:
+    """config.properties: 127.0.0.1 only, 2 workers, no token auth, no snapshots, quiet logs; the
+    model (and its batching) is registered at start through `models=`, so the management API
+    (off by default since 0.11) need not be opened."""
+    mgmt, metrics = free_port(), free_port()
+    models = {"mlp": {"1.0": {"defaultVersion": True, "marName": "mlp.mar", "minWorkers": 2, "maxWorkers": 2,
+                              "batchSize": batch_size, "maxBatchDelay": max_batch_delay_ms,
+                              "responseTimeout": 120}}}
+    cfg = work / f"ts-{port}.properties"
+    cfg.write_text("\n".join([
+        f"inference_address=http://127.0.0.1:{port}",
+        f"management_address=http://127.0.0.1:{mgmt}",
+        f"metrics_address=http://127.0.0.1:{metrics}",
+        "grpc_inference_address=127.0.0.1",
+        "grpc_inference_port=" + str(free_port()),
+        "grpc_management_address=127.0.0.1",
+        "grpc_management_port=" + str(free_port()),
+        "enable_grpc_ssl=false",
+        f"model_store={store}",
+        "load_models=mlp.mar",
+        "models=" + json.dumps(models),
+        "default_workers_per_model=2",
+        "disable_token_authorization=true",
+        "enable_model_api=false",
+        "enable_metrics_api=false",
+        "disable_system_metrics=true",
+        "async_logging=true",
+        "decode_input_request=false",
+        "job_queue_size=1000",
+        "default_response_timeout=120",
+        "install_py_dep_per_model=false",
+        "",
+    ]))
+    return cfg
+
+
+def start_torchserve(work: Path, store: Path, port: int, batch_size: int, delay_ms: int,
+                     env: dict, quiet_logs: bool = True) -> subprocess.Popen:
+    cfg = torchserve_config(work, store, port, batch_size, delay_ms)
+    logs = work / f"ts-logs-{port}"
+    logs.mkdir(exist_ok=True)
+    cmd = [_tool("torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth", "--model-store",
+           str(store), "--ts-config", str(cfg)]
+    if quiet_logs:  # else TorchServe's stock log4j2.xml: access log + INFO lines per request
+        log4j = work / "ts-log4j2.xml"
+        log4j.write_text(TS_LOG4J)
+        cmd += ["--log-config", str(log4j)]
+    return start(cmd, {**env, "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs)},
+                 work / f"{port}.log", cwd=logs)
+
+
+def stop_torchserve(proc: subprocess.Popen) -> None:
+    """`torchserve --stop` when the pid file names our server (not someone else's), then make sure
+    nothing of its process group (the JVM, the Python workers) is left."""
+    pid_file = Path(tempfile.gettempdir()) / ".model_server.pid"
+    try:
+        ours = os.getsid(int(pid_file.read_text().split()[0])) == proc.pid
+    except (OSError, ValueError, IndexError):
+        ours = False
+    if ours:
+        subprocess.run([_tool("torchserve"), "--stop"], capture_output=True, timeout=60)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    stop(proc)
+    try:  # the process group must be empty now
+        os.killpg(proc.pid, 0)
         os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# --- main ----------------------------------------------------------------------------------------------
+
+SERVER_KEYS = {
+    "aiops": "aiops serve, 2 workers",
+    "aiops-batch": "aiops serve, 2 workers, batch 32 / 5 ms",
+    "torchserve": "TorchServe, 2 workers",
+    "torchserve-batch": "TorchServe, 2 workers, batch 32 / 5 ms",
+    "fastapi": "FastAPI + uvicorn, 2 workers (naive)",
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=int, default=15)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run (default 15)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per point, the median is reported (default 3)")
     parser.add_argument("--conc", default="1,16,64")
-    parser.add_argument("--only", default="", help="comma list of server names to run")
+    parser.add_argument("--servers", "--only", default="",
+                        help="comma list of server keys to run: " + ", ".join(SERVER_KEYS))
+    parser.add_argument("--torchserve-logs", choices=("quiet", "stock"), default="quiet",
+                        help="quiet (default): no per-request logging, like the other servers; stock: "
+                             "TorchServe's own log4j2.xml (access log and INFO lines per request)")
+    parser.add_argument("--out", default=str(HERE / "results"), help="folder for serve.md / serve.json")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install -y wrk")
+    keys = [k.strip() for k in args.servers.split(",") if k.strip()] or list(SERVER_KEYS)
+    unknown = [k for k in keys if k not in SERVER_KEYS]
+    if unknown:
+        sys.exit(f"unknown server key(s) {unknown}; choose from {list(SERVER_KEYS)}")
     concs = [int(c) for c in args.conc.split(",")]
+    load_at_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="aiops-bench-"))
     model_dir = make_model(work / "model")
     import random
 
+    import torch
+
     random.seed(0)
     body = json.dumps([round(random.random(), 6) for _ in range(784)])
+    with torch.no_grad():
+        expected = torch.jit.load(str(model_dir / "model.pt"))(
+            torch.tensor(json.loads(body), dtype=torch.float32)).tolist()
     lua = work / "post.lua"
     lua.write_text(LUA.replace("BODY", body))
     (work / "fastapi_app.py").write_text(FASTAPI_APP)
 
     py = sys.executable
-    servers = {
-        "aiops serve, 2 workers": lambda port: [py, "-m", "aiops.cli.app", "serve", str(model_dir), "--port",
-                                                 str(port), "--workers", "2"],
-        "aiops serve, 2 workers, batch 32": lambda port: [py, "-m", "aiops.cli.app", "serve", str(model_dir),
-                                                           "--port", str(port), "--workers", "2", "--batch-size",
-                                                           "32", "--max-batch-delay", "5"],
-        "FastAPI + uvicorn, 2 workers (naive)": lambda port: [py, "-m", "uvicorn", "fastapi_app:app", "--port",
-                                                               str(port), "--workers", "2", "--log-level",
-                                                               "warning", "--no-access-log"],
+    aiops = [py, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "2", "--port"]
+    ts_missing = torchserve_available() if any(k.startswith("torchserve") for k in keys) else None
+    store = None
+    env = {"MODEL": str(model_dir / "model.pt"), "PYTHONPATH": str(work), "OMP_NUM_THREADS": "1"}
+
+    def launch(key: str, port: int) -> tuple[subprocess.Popen, str]:
+        nonlocal store
+        if key == "aiops":
+            return start(aiops + [str(port)], env, work / f"{port}.log"), "/invocations"
+        if key == "aiops-batch":
+            return start(aiops + [str(port), "--batch-size", "32", "--max-batch-delay", "5"], env,
+                         work / f"{port}.log"), "/invocations"
+        if key == "fastapi":
+            return start([py, "-m", "uvicorn", "fastapi_app:app", "--port", str(port), "--workers", "2",
+                          "--log-level", "warning", "--no-access-log"], env, work / f"{port}.log",
+                         cwd=work), "/invocations"
+        if store is None:
+            store = make_mar(work, model_dir)
+        batch = 32 if key == "torchserve-batch" else 1
+        return (start_torchserve(work, store, port, batch, 5 if batch > 1 else 0, env,
+                                 quiet_logs=args.torchserve_logs == "quiet"), "/predictions/mlp")
+
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in load_at_start]},
+        "duration_s": args.duration, "runs": args.runs, "concurrency": concs, "servers": {}, "config": {},
+        "versions": versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "duration_s": args.duration, "runs": args.runs,
-                     "servers": {}}
+    print(f"load average at start: {load_at_start}", flush=True)
     results["raw_forward"] = raw_forward(model_dir / "model.pt")
+    print("raw forward:", results["raw_forward"], flush=True)
     results["profile_us"] = profile(body.encode(), model_dir / "model.pt")
-    for name, cmd in servers.items():
-        if only and name not in only:
+    skipped = {}
+    for key in keys:
+        name = SERVER_KEYS[key]
+        if key.startswith("torchserve") and ts_missing:
+            skipped[name] = ts_missing
+            print(f"skip {name}: {ts_missing}", flush=True)
             continue
         port = free_port()
-        env = {"MODEL": str(model_dir / "model.pt"), "PYTHONPATH": str(work), "OMP_NUM_THREADS": "1"}
-        proc = start(cmd(port), env, work / f"{port}.log")
+        loadavg = os.getloadavg()
+        proc, path = launch(key, port)
+        url = f"http://127.0.0.1:{port}{path}"
         try:
             wait_ping(port)
+            answer = check_answer(wait_first_prediction(url, body.encode(), proc), expected)
+            for _ in range(200):  # warm-up, same for every server
+                post(url, body.encode())
+            print(f"{name}: answers {[round(v, 5) for v in answer[:3]]}... (checked against the in-process "
+                  f"forward)", flush=True)
             per_c = {}
             for c in concs:
-                runs = [run_wrk(port, lua, c, args.duration) for _ in range(args.runs)]
+                runs = [run_wrk(url, lua, c, args.duration) for _ in range(args.runs)]
                 med = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")}
                 med["errors"] = sum(r["errors"] for r in runs)
                 per_c[str(c)] = {"median": med, "runs": runs}
-                print(name, c, med, flush=True)
-            results["servers"][name] = per_c
+                print(f"  c={c}: {med['rps']:.0f} req/s, p50 {med['p50_ms']:.2f} ms, p99 {med['p99_ms']:.2f} ms, "
+                      f"errors {med['errors']}", flush=True)
+            results["servers"][name] = {"key": key, "path": path, "loadavg_at_start": [round(x, 2) for x in loadavg],
+                                        "answer_head": answer[:3], "by_concurrency": per_c}
+        except Exception as e:  # one server failing must not lose the others' numbers
+            skipped[name] = f"failed: {e}"
+            print(f"{name} FAILED: {e}; log tail:\n" + tail(work / f"{port}.log"), flush=True)
         finally:
-            stop(proc)
-    results["torchserve"] = ("not measured in this run: TorchServe (pip torchserve + Java 17) was not set up "
-                             "in the time available; see the issue's anchors")
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "serve.json").write_text(json.dumps(results, indent=2))
-    write_md(results)
+            if key.startswith("torchserve"):
+                stop_torchserve(proc)
+            else:
+                stop(proc)
+    results["skipped"] = skipped
+    results["config"] = dict(CONFIG_NOTES)
+    if args.torchserve_logs == "stock":
+        results["config"]["TorchServe"] = CONFIG_NOTES["TorchServe"].replace(
+            "access log and per-request metric logs off (log4j2)", "its stock log4j2.xml (--torchserve-logs stock)")
+    results["comparison"] = compare(results)
+    print(json.dumps(results["comparison"], indent=2), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(results, indent=2))
+    (out / "serve.md").write_text(render_md(results))
+    print(f"wrote {out / 'serve.md'} and serve.json", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
-def write_md(r: dict) -> None:
+CONFIG_NOTES = {
+    "common": "same TorchScript MLP, 2 worker processes, OMP_NUM_THREADS=1 (one intra-op thread per worker), "
+              "127.0.0.1, same wrk Lua script (POST, Content-Type: application/json, same 784-float body), "
+              "200 warm-up requests before measuring, answer checked against the in-process forward",
+    "aiops serve": "aiops serve MODEL_DIR --workers 2 [--batch-size 32 --max-batch-delay 5], default handler",
+    "TorchServe": "torchserve --foreground --ncs --disable-token-auth, config.properties: 127.0.0.1, "
+                  "minWorkers=maxWorkers=2, batchSize 1 or 32 with maxBatchDelay 5 ms (models= at start), "
+                  "disable_token_authorization=true, decode_input_request=false (as the SageMaker container), "
+                  "job_queue_size=1000, async_logging, system metrics off, access log and per-request metric "
+                  "logs off (log4j2); handler bench/torchserve_handler.py: orjson+numpy decode, one stacked "
+                  "forward per batch, orjson encode",
+    "FastAPI": "uvicorn --workers 2 --no-access-log, json.loads + torch.tensor + forward + json.dumps per request",
+}
+
+
+def compare(r: dict) -> dict:
+    def at(name: str, c: str) -> dict | None:
+        d = r["servers"].get(name, {}).get("by_concurrency", {}).get(c)
+        return d["median"] if d else None
+
+    out: dict = {}
+    c = "64" if "64" in {str(x) for x in r["concurrency"]} else str(max(r["concurrency"]))
+    ours = {n: at(n, c) for n in r["servers"] if r["servers"][n]["key"].startswith("aiops") and at(n, c)}
+    peers = {n: at(n, c) for n in r["servers"] if not r["servers"][n]["key"].startswith("aiops") and at(n, c)}
+    if ours and peers:
+        best_ours = max(ours, key=lambda n: ours[n]["rps"])
+        best_peer = max(peers, key=lambda n: peers[n]["rps"])
+        out[f"c={c}"] = {
+            "best aiops serve": best_ours, "its req/s": ours[best_ours]["rps"], "its p99 ms": ours[best_ours]["p99_ms"],
+            "best peer": best_peer, "peer req/s": peers[best_peer]["rps"], "peer p99 ms": peers[best_peer]["p99_ms"],
+            "ratio": ours[best_ours]["rps"] / peers[best_peer]["rps"],
+            "goal (>= 2x, p99 no worse)": ours[best_ours]["rps"] >= 2 * peers[best_peer]["rps"]
+            and ours[best_ours]["p99_ms"] <= peers[best_peer]["p99_ms"],
+        }
+    c1 = {n: at(n, "1") for n in r["servers"] if r["servers"][n]["key"].startswith("aiops") and at(n, "1")}
+    if c1:
+        best = min(c1, key=lambda n: c1[n]["p50_ms"])
+        out["c=1"] = {"best aiops serve p50 ms": c1[best]["p50_ms"], "server": best,
+                      "goal (<= 0.5 ms)": c1[best]["p50_ms"] <= 0.5}
+    return out
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    v = {"python": sys.version.split()[0]}
+    for dist in ("torch", "torchserve", "fastapi", "uvicorn", "orjson", "aiops"):
+        try:
+            v[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        v["wrk"] = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("[")[0].strip()
+        v["wrk"] = v["wrk"].removeprefix("wrk ").strip() or "?"
+    except OSError:
+        pass
+    return v
+
+
+def tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def render_md(r: dict) -> str:
+    la = r["machine"]["loadavg_at_start"]
     lines = ["# Serving benchmark", "",
              f"MLP 784-512-512-10 fp32, JSON body of 784 floats, wrk, {r['runs']} run(s) of {r['duration_s']} s "
-             f"per point (median), {r['machine']['cpus']} CPUs shared with other work. Script: bench/serve_bench.py.",
-             "", "| server | c | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
-    for name, per_c in r["servers"].items():
-        for c, d in per_c.items():
-            m = d["median"]
+             f"per point (median), {r['machine']['cpus']} CPUs. Load average at start: "
+             f"{la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} (1/5/15 min; the machine is shared, a high value means a "
+             f"noisy run). Started {r['started']}. Script: bench/serve_bench.py.", "",
+             *(["**Short run** (fewer than 3 runs of 15 s per point): indicative only, not the issue's "
+                "measurement.", ""] if r["runs"] < 3 or r["duration_s"] < 15 else []),
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
+             "| server | c | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    for name, d in r["servers"].items():
+        for c, x in d["by_concurrency"].items():
+            m = x["median"]
             lines.append(f"| {name} | {c} | {m['rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['errors']} |")
-    lines += ["", "Raw in-process forward (1 thread): " + ", ".join(f"{k} {v:.0f}" for k, v in r["raw_forward"].items()),
-              "", "## Where the time goes (in process, one thread, µs per request)", "", "| step | µs |", "|---|---|"]
+    rf = r["raw_forward"]
+    lines += ["", f"Ceiling, raw in-process forward (1 thread, no HTTP, no JSON): "
+                  f"{rf['batch1_items_per_s']:.0f} items/s at batch 1, {rf['batch64_items_per_s']:.0f} items/s at "
+                  f"batch 64.", ""]
+    for c, d in r["comparison"].items():
+        if "ratio" in d:
+            lines.append(f"At {c}: best aiops serve ({d['best aiops serve']}) {d['its req/s']:.0f} req/s, p99 "
+                         f"{d['its p99 ms']:.1f} ms vs best peer ({d['best peer']}) {d['peer req/s']:.0f} req/s, p99 "
+                         f"{d['peer p99 ms']:.1f} ms: ratio {d['ratio']:.2f}x; goal (>= 2x with p99 no worse) "
+                         f"{'met' if d['goal (>= 2x, p99 no worse)'] else 'not met'}.")
+        else:
+            lines.append(f"At {c}: best aiops serve p50 {d['best aiops serve p50 ms']:.2f} ms ({d['server']}); "
+                         f"goal (<= 0.5 ms) {'met' if d['goal (<= 0.5 ms)'] else 'not met'}.")
+    for name, why in r.get("skipped", {}).items():
+        lines.append(f"Not measured: {name}: {why}")
+    lines += ["", "## Configuration", ""] + [f"- {k}: {v}" for k, v in r["config"].items()]
+    lines += ["", "## Where the time goes (in process, one thread, µs per request)", "", "| step | µs |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["profile_us"].items()]
-    lines += ["", f"TorchServe: {r['torchserve']}", ""]
-    (HERE / "results" / "serve.md").write_text("\n".join(lines))
+    lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
