@@ -6,14 +6,11 @@ Layout (what the PyTorch serving container unpacks into ``/opt/ml/model``)::
     code/inference.py     # the handler script (SAGEMAKER_PROGRAM names another)
     code/requirements.txt # optional, pip-installed by the container at start
 
-Packaging is deterministic: sorted entries, mtime 0, uid/gid 0, empty owner names, fixed
-permissions, gzip header mtime 0 and no file name: same inputs, same bytes.
+Packaging is deterministic (`aiops.archive`): same inputs, same bytes.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import shutil
@@ -22,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiops import archive
 from aiops.errors import UsageError
 
 CODE_DIR = "code"
@@ -156,20 +154,6 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def _tarinfo(name: str, *, size: int = 0, is_dir: bool = False, executable: bool = False) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    if is_dir:
-        info.type = tarfile.DIRTYPE
-        info.mode = 0o755
-    else:
-        info.size = size
-        info.mode = 0o755 if executable else 0o644
-    return info
-
-
 def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None, source_dir: Path | None = None,
                   requirements: Path | None = None) -> dict:
     """Write ``out`` (model.tar.gz) from a model folder plus code; returns a summary.
@@ -207,27 +191,5 @@ def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None
     if not any("/" not in rel for rel in entries if not rel.startswith(CODE_DIR + "/")):
         raise UsageError(f"{model_dir}: holds no model files to package")
 
-    dirs = set()
-    for rel in entries:
-        parts = rel.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            dirs.add("/".join(parts[:i]))
-    names = sorted(set(entries) | dirs)
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    with open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for name in names:
-                    if name in dirs and name not in entries:
-                        tar.addfile(_tarinfo(name, is_dir=True))
-                        continue
-                    src = entries[name]
-                    data = src.read_bytes()
-                    info = _tarinfo(name, size=len(data), executable=os.access(src, os.X_OK) and
-                                    src.suffix in (".sh", ""))
-                    tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, out)
+    out = archive.write_tar_gz_file(entries, Path(out), with_directories=True)
     return {"path": str(out), "files": sorted(entries), "bytes": out.stat().st_size}

@@ -9,23 +9,16 @@ a local ``model.tar.gz`` or a local run folder holding one (``model.tar.gz`` or
 from __future__ import annotations
 
 import gzip
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
+from aiops.archive import file_sha256
 from aiops.errors import AiopsError, UsageError
+from aiops.s3objects import encryption_args, object_exists
 
 S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
 FORMS = "an s3://bucket/key URI, job:TRAINING_JOB_NAME, a local model.tar.gz, or a run folder holding one"
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_key(digest: str) -> str:
@@ -66,18 +59,13 @@ def classify(spec: str) -> tuple[str, str]:
 
 def upload(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any) -> str:
     """Upload under the content hash (skipped when that key exists); SSE-KMS with the stack's key."""
-    key = model_key(sha256_of(path))
+    key = model_key(file_sha256(path))
     try:
-        s3.head_object(Bucket=bucket, Key=key)
-        return f"s3://{bucket}/{key}"
-    except Exception as err:  # botocore ClientError 404: not there yet
-        code = getattr(err, "response", {}).get("Error", {}).get("Code")
-        if code not in ("404", "NoSuchKey", "NotFound"):
-            raise AiopsError(f"cannot check s3://{bucket}/{key}: {err}") from None
-    extra = {"ServerSideEncryption": "aws:kms"}
-    if kms_key_arn:
-        extra["SSEKMSKeyId"] = kms_key_arn
-    s3.upload_file(str(path), bucket, key, ExtraArgs=extra)
+        present = object_exists(s3, bucket, key)
+    except Exception as err:  # 403, 5xx: say which object could not be checked
+        raise AiopsError(f"cannot check s3://{bucket}/{key}: {err}") from None
+    if not present:
+        s3.upload_file(str(path), bucket, key, ExtraArgs=encryption_args(kms_key_arn))
     return f"s3://{bucket}/{key}"
 
 

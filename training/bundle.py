@@ -1,26 +1,23 @@
 """Deterministic `sourcedir.tar.gz` bundles, named by their content hash.
 
-Same files, same bytes: entries sorted, mtimes fixed, owners and modes normalised, gzip header
-without a timestamp. So an unchanged source dir hashes the same and is never uploaded twice.
+Same files, same bytes (`aiops.archive`), so an unchanged source dir hashes the same and is never
+uploaded twice.
 Excluded: VCS data and caches, `.gitignore` patterns, and `.aiopsignore` patterns (same syntax).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import os
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiops import archive
 from aiops.errors import UsageError
 
 ALWAYS_EXCLUDED = [".git/", ".hg/", ".svn/", "__pycache__/", "*.pyc", ".aiops/", ".venv/", ".mypy_cache/",
                    ".pytest_cache/", ".ipynb_checkpoints/", ".DS_Store"]
 IGNORE_FILES = (".gitignore", ".aiopsignore")
-FIXED_MTIME = 315532800  # 1980-01-01, the earliest time zip-based tools accept too
 LARGE_FILE_BYTES = 50 * 1024 * 1024
 
 
@@ -73,24 +70,8 @@ def build(code_source: Path, entry_point: str) -> Bundle:
             f"entry point {entry_point} is excluded from the code bundle by .gitignore/.aiopsignore; "
             "un-ignore it or rename it."
         )
-    raw = io.BytesIO()
-    large: list[tuple[str, int]] = []
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in files:
-            path = root / rel
-            info = tarfile.TarInfo(rel)
-            stat = path.stat()
-            info.size = stat.st_size
-            info.mtime = FIXED_MTIME
-            info.mode = 0o755 if stat.st_mode & 0o111 else 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if stat.st_size >= LARGE_FILE_BYTES:
-                large.append((rel, stat.st_size))
-            with open(path, "rb") as handle:
-                tar.addfile(info, handle)
-    compressed = io.BytesIO()
-    with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0, filename="") as gz:
-        gz.write(raw.getvalue())
-    data = compressed.getvalue()
+    entries = {rel: root / rel for rel in files}
+    sizes = {rel: path.stat().st_size for rel, path in entries.items()}
+    large = [(rel, size) for rel, size in sizes.items() if size >= LARGE_FILE_BYTES]
+    data = archive.tar_gz_bytes(entries)
     return Bundle(data=data, sha256=hashlib.sha256(data).hexdigest(), files=files, large_files=large)

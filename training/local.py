@@ -15,13 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
+from aiops import archive
 from aiops.errors import UsageError
 from aiops.training import contract
 from aiops.training.metrics import MetricDefinition, MetricParser, MetricSample
@@ -236,11 +236,10 @@ def _stage_channel(source: Path, dest: Path, link: bool) -> None:
         shutil.copy2(source, dest / source.name)
 
 
-def _pack(folder: Path, archive: Path) -> None:
-    """tar.gz of the folder's contents at the archive root, as SageMaker packs /opt/ml/model."""
-    with tarfile.open(archive, "w:gz") as tar:
-        for item in sorted(folder.iterdir()):
-            tar.add(item, arcname=item.name)
+def _pack(folder: Path, out: Path) -> None:
+    """tar.gz of the folder's contents at the archive root, as SageMaker packs /opt/ml/model
+    (deterministic: the same model folder gives the same bytes)."""
+    archive.write_tar_gz_file(archive.folder_entries(folder), out, with_directories=True)
 
 
 class _Stopper:

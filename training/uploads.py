@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from aiops.archive import file_sha256
+from aiops.s3objects import encryption_args, object_exists
+
 CODE_PREFIX = "aiops/code"
 DATA_PREFIX = "aiops/data"
 CHUNK = 8 * 1024 * 1024
@@ -20,23 +23,6 @@ Progress = Callable[[str, int, int], None]  # (label, bytes done, bytes total)
 class UploadResult:
     uri: str
     uploaded_bytes: int  # 0 when the content was already there
-
-
-def _exists(s3: Any, bucket: str, key: str) -> bool:
-    from botocore.exceptions import ClientError
-
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-        return True
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-
-
-def _extra_args(kms_key: str | None) -> dict[str, str]:
-    # Encrypt with the stack's key when we know it; otherwise the bucket's default encryption applies.
-    return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key} if kms_key else {}
 
 
 def _transfer_config():
@@ -51,7 +37,7 @@ def upload_bundle(s3: Any, bucket: str, data: bytes, sha256: str, *, kms_key: st
 
     key = f"{CODE_PREFIX}/{sha256}/sourcedir.tar.gz"
     uri = f"s3://{bucket}/{key}"
-    if _exists(s3, bucket, key):
+    if object_exists(s3, bucket, key):
         return UploadResult(uri, 0)
     done = 0
 
@@ -61,24 +47,16 @@ def upload_bundle(s3: Any, bucket: str, data: bytes, sha256: str, *, kms_key: st
         if progress:
             progress("code", done, len(data))
 
-    s3.upload_fileobj(io.BytesIO(data), bucket, key, ExtraArgs=_extra_args(kms_key), Callback=callback,
+    s3.upload_fileobj(io.BytesIO(data), bucket, key, ExtraArgs=encryption_args(kms_key), Callback=callback,
                       Config=_transfer_config())
     return UploadResult(uri, len(data))
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def channel_manifest(source: Path) -> dict[str, Any]:
     """Relative path -> (size, sha256) of every file of a local channel, and the hash of it all."""
     files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
     root = source.parent if source.is_file() else source
-    entries = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": _file_sha256(p)} for p in files}
+    entries = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
     digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
     return {"sha256": digest, "files": entries}
 
@@ -94,7 +72,7 @@ def upload_channel(s3: Any, bucket: str, name: str, source: Path, *, kms_key: st
     prefix = f"{DATA_PREFIX}/{manifest['sha256']}"
     uri = f"s3://{bucket}/{prefix}/"
     manifest_key = f"{prefix}.manifest.json"
-    if _exists(s3, bucket, manifest_key):
+    if object_exists(s3, bucket, manifest_key):
         return UploadResult(uri, 0)
     root = source.parent if source.is_file() else source
     total = sum(f["size"] for f in manifest["files"].values())
@@ -108,8 +86,7 @@ def upload_channel(s3: Any, bucket: str, name: str, source: Path, *, kms_key: st
 
     config = _transfer_config()
     for rel in manifest["files"]:
-        s3.upload_file(os.fspath(root / rel), bucket, f"{prefix}/{rel}", ExtraArgs=_extra_args(kms_key),
+        s3.upload_file(os.fspath(root / rel), bucket, f"{prefix}/{rel}", ExtraArgs=encryption_args(kms_key),
                        Callback=callback, Config=config)
-    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode(), **(
-        {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key} if kms_key else {}))
+    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode(), **encryption_args(kms_key))
     return UploadResult(uri, total)

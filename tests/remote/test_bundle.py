@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from aiops import archive
 from aiops.errors import UsageError
 from aiops.training import bundle
 
@@ -42,7 +43,7 @@ def test_entries_are_normalised(tmp_path: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(built.data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
     assert sorted(members) == [".aiopsignore", "pkg/util.py", "run.sh", "train.py"]  # data.csv ignored
-    assert all(m.uid == 0 and m.gid == 0 and m.uname == "" and m.mtime == bundle.FIXED_MTIME for m in members.values())
+    assert all(m.uid == 0 and m.gid == 0 and m.uname == "" and m.mtime == archive.FIXED_MTIME for m in members.values())
     assert members["run.sh"].mode == 0o755 and members["train.py"].mode == 0o644
 
 
