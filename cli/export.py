@@ -21,6 +21,8 @@ def export(
                                                  help="Largest allowed |exported - original| [fp32: 1e-4; int8: not checked]."),
     min_agreement: Optional[float] = typer.Option(None, "--min-agreement",
                                                   help="Smallest allowed top-1 agreement [fp32: 0.999; int8: 0.99]."),
+    bench_seconds: float = typer.Option(0.3, "--bench-seconds", min=0.0,
+                                        help="Time spent per latency figure (median of the runs, at least 5)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Export a model to TorchScript or ONNX (optionally dynamic int8); verify it on a sample; write model.tar.gz."""
@@ -29,7 +31,7 @@ def export(
     from aiops.inference.export import ExportFailed, ExportOptions, export_model, validate
 
     opts = ExportOptions(model=model, format=format, quantize=quantize, sample=sample, out=out,
-                         max_abs_diff=max_abs_diff, min_agreement=min_agreement)
+                         max_abs_diff=max_abs_diff, min_agreement=min_agreement, timing_seconds=bench_seconds)
     validate(opts)
     if not as_json:
         typer.echo(f"exporting {model} to {format}{' ' + quantize if quantize else ''} ...", err=True)
