@@ -50,7 +50,9 @@ def export(
         typer.echo(f"wrote {summary['out']} (verified)")
 
 
-def _fmt_bytes(n: int) -> str:
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
     return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
 
 

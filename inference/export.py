@@ -541,7 +541,7 @@ def export_model(opts: ExportOptions) -> dict:
                     direct = _run(module, x)
                 if pred_err is not None and original_pred_err is None:
                     continue
-                if _compare(direct, got)[0] != 0.0:
+                if not _is_script(exported) or _compare(direct, got)[0] != 0.0:
                     continue
             elif pred_err is not None and original_pred_err is None:
                 raise AiopsError(f"the exported artifact's predict_fn fails: {_first_line(pred_err)} (the original "
@@ -613,8 +613,9 @@ def export_model(opts: ExportOptions) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _before_artifact_bytes(model: str, source: ModelSource, inputs: list[Path], work: Path) -> int:
-    """The input's model.tar.gz size, or what `aiops model package` would write for a folder or run."""
+def _before_artifact_bytes(model: str, source: ModelSource, inputs: list[Path], work: Path) -> int | None:
+    """The input's model.tar.gz size, or what `aiops model package` would write for a folder or run
+    (None when the folder holds no model file: its model_fn builds the model from code alone)."""
     for p in inputs:
         if p.is_file():
             return p.stat().st_size
@@ -626,7 +627,10 @@ def _before_artifact_bytes(model: str, source: ModelSource, inputs: list[Path], 
         for name in ("inference.py", "requirements.txt"):
             if (source.code_dir / name).is_file():
                 shutil.copyfile(source.code_dir / name, stage / CODE_DIR / name)
-    package_model(stage, tmp)
+    try:
+        package_model(stage, tmp)
+    except UsageError:
+        return None
     return tmp.stat().st_size
 
 
