@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "boto3", "botocore", "pulumi", "pulumi_aws", "sagemaker", "numpy", "uvicorn")
+HEAVY = ("torch", "boto3", "botocore", "pulumi", "pulumi_aws", "sagemaker", "numpy", "uvicorn", "onnxruntime",
+         "onnx")
 
 PROBE = """
 import contextlib, io, json, sys
@@ -19,7 +20,8 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules), "help": out.getv
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["jobs", "--help"], ["example", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["jobs", "--help"], ["example", "--help"],
+                                  ["export", "--help"]])
 def test_help_imports_no_heavy_library(args: list[str]) -> None:
     out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.splitlines()[-1])
