@@ -178,22 +178,20 @@ def train(
 
     settings = get_settings()
     store = RunStore(settings.runs_dir)
-    if entry_point is None:
-        if resume is None:
-            raise UsageError("missing ENTRY_POINT: give the training script, e.g. aiops train train.py.")
-        config = local.resume_config(store, resume)
-    else:
-        config = local.JobConfig(entry_point=entry_point, source_dir=source_dir, resume=resume)
-        if hyperparameters is not None:
-            config.hyperparameters = _load_hyperparameters_file(hyperparameters)
-    config.source_dir = source_dir if source_dir is not None else config.source_dir
-    for key, raw in _parse_pairs(hp, "--hp", "epochs=10").items():
-        config.hyperparameters[key] = parse_hyperparameter_value(raw)
-    config.channels.update(_parse_pairs(channel, "--channel", "train=./data/train"))
-    config.metric_definitions += [parse_metric_option(m) for m in metric]
-    config.instance_type = instance_type or config.instance_type or settings.train.instance_type
-    config.nproc = nproc if nproc is not None else config.nproc
-    config.job_name = job_name
+    config = local.job_config(
+        store,
+        entry_point=entry_point,
+        source_dir=source_dir,
+        resume=resume,
+        hyperparameters=_load_hyperparameters_file(hyperparameters) if hyperparameters is not None else None,
+        hp={key: parse_hyperparameter_value(raw) for key, raw in _parse_pairs(hp, "--hp", "epochs=10").items()},
+        channels=_parse_pairs(channel, "--channel", "train=./data/train"),
+        metric_definitions=[parse_metric_option(m) for m in metric],
+        instance_type=instance_type,
+        nproc=nproc,
+        job_name=job_name,
+        default_instance_type=settings.train.instance_type,
+    )
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output-dir {output_dir}: exists and is not a folder.")
 

@@ -480,6 +480,41 @@ def _json_line(obj: Mapping[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":")) + "\n"
 
 
+def job_config(
+    store: RunStore,
+    *,
+    entry_point: str | None,
+    source_dir: str | None,
+    resume: str | None,
+    hyperparameters: dict[str, Any] | None,
+    hp: Mapping[str, Any],
+    channels: Mapping[str, str],
+    metric_definitions: list[MetricDefinition],
+    instance_type: str | None,
+    nproc: int | None,
+    job_name: str | None,
+    default_instance_type: str = "local",
+) -> JobConfig:
+    """The job the options ask for. Without an entry point, `resume` names the run whose whole
+    configuration is reused; options given (hyperparameters, channels, ...) override it."""
+    if entry_point is None:
+        if resume is None:
+            raise UsageError("missing ENTRY_POINT: give the training script, e.g. aiops train train.py.")
+        config = resume_config(store, resume)
+    else:
+        config = JobConfig(entry_point=entry_point, source_dir=source_dir, resume=resume,
+                           hyperparameters=dict(hyperparameters or {}))
+    if source_dir is not None:
+        config.source_dir = source_dir
+    config.hyperparameters.update(hp)
+    config.channels.update(channels)
+    config.metric_definitions += metric_definitions
+    config.instance_type = instance_type or config.instance_type or default_instance_type
+    config.nproc = nproc if nproc is not None else config.nproc
+    config.job_name = job_name
+    return config
+
+
 def resume_config(store: RunStore, name: str) -> JobConfig:
     """The configuration an earlier run was started with, to run it again from its checkpoints."""
     previous = store.load(name)
