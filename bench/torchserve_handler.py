@@ -11,10 +11,16 @@ handicapped by its stock handlers:
   numpy, the same decoder aiops serve uses, instead of the backend's stdlib ``json.loads``;
 - every request in a TorchServe batch (``batchSize`` > 1) is stacked into one forward pass and the
   output split back by rows, so the batched variant really batches.
+
+With ``AIOPS_BENCH_TS_MODE=sagemaker`` it does what the SageMaker PyTorch container's stock handler
+does instead (sagemaker-inference's ``Transformer.transform`` with the default
+``input_fn``/``predict_fn``/``output_fn``): each request of a TorchServe batch separately, decoded
+with ``json.loads`` + ``np.array`` + ``torch.FloatTensor``, one forward pass per request, ``json.dumps``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -22,6 +28,7 @@ import orjson
 import torch
 
 _model = None
+_SAGEMAKER = os.environ.get("AIOPS_BENCH_TS_MODE") == "sagemaker"
 
 
 def _initialize(context) -> None:
@@ -48,6 +55,8 @@ def handle(data, context):
         _initialize(context)
     if data is None:  # the load-time call
         return None
+    if _SAGEMAKER:
+        return [_stock_sagemaker(request, i, context) for i, request in enumerate(data)]
     rows = [_decode(request) for request in data]
     x = torch.from_numpy(np.stack(rows))
     with torch.no_grad():
@@ -57,3 +66,16 @@ def handle(data, context):
         context.set_response_content_type(i, "application/json")
         out.append(orjson.dumps(y[i], option=orjson.OPT_SERIALIZE_NUMPY))
     return out
+
+
+def _stock_sagemaker(request: dict, i: int, context) -> bytes:
+    body = request.get("body")
+    if body is None:
+        body = request.get("data")
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode("utf-8")
+    tensor = torch.FloatTensor(np.array(json.loads(body), dtype=np.float32))
+    with torch.no_grad():
+        prediction = _model(tensor.unsqueeze(0) if tensor.dim() == 1 else tensor)
+    context.set_response_content_type(i, "application/json")
+    return json.dumps(prediction.cpu().numpy().tolist()[0]).encode()
