@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import CliResult, run_aiops
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
 
 
 @pytest.fixture
@@ -39,16 +25,6 @@ def run_cli(aiops_home: Path, tmp_path: Path):
 
     def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300,
             input: str | None = None) -> CliResult:
-        full_env = {**os.environ, "AIOPS_HOME": str(aiops_home), "PYTHONUNBUFFERED": "1", **(env or {})}
-        proc = subprocess.run(
-            [sys.executable, "-m", "aiops.cli.app", *args],
-            capture_output=True,
-            text=True,
-            env=full_env,
-            cwd=str(cwd or tmp_path),
-            timeout=timeout,
-            input=input,
-        )
-        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+        return run_aiops(aiops_home, cwd or tmp_path, *args, env=env, timeout=timeout, input=input)
 
     return run

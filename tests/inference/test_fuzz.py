@@ -12,7 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import Server, free_port, save_double, wait_ready
+from helpers import Server, free_port, wait_ready
+
+from .conftest import save_double
 
 CTYPES = ["application/json", "text/csv", "application/x-npy", "application/x-npz", "text/plain",
           "application/json; charset=utf-8", "", "*/*", "application/octet-stream"]

@@ -12,7 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from .conftest import save_double, save_mlp, wait_ready, write_script
+from helpers import free_port, wait_ready
+
+from .conftest import save_double, save_mlp, write_script
 
 FAULTY = '''
 import json, os, time
@@ -201,8 +203,6 @@ def test_model_load_failure_exits_with_one_line(start_server, tmp_path):
 def test_sagemaker_env_vars(start_server, tmp_path):
     folder = save_double(tmp_path / "m")
     write_script(folder, "def output_fn(p, accept):\n    return 'custom:' + accept\n", name="serve_me.py")
-    from .conftest import free_port
-
     port = free_port()
     s = start_server(folder, env={"SAGEMAKER_PROGRAM": "serve_me.py", "SAGEMAKER_BIND_TO_PORT": str(port),
                                   "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv",

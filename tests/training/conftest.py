@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 
 @pytest.fixture(scope="session")
@@ -47,12 +47,6 @@ def _sagemaker_env(run_dir: Path, channels: Path, checkpoints: Path | None = Non
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun_command(nproc: int, script: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), *args]
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), *args]

@@ -1,0 +1,137 @@
+"""Helpers shared by every test area: the real CLI in a subprocess, free ports, live servers.
+
+Importable as `helpers` (pytest's `pythonpath = ["tests"]`); fixtures stay in the conftest files.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_aiops(home: Path, cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
+              input: str | None = None) -> CliResult:
+    """Run the real `aiops` entry in a fresh process, as a user would."""
+    full_env = {**os.environ, "AIOPS_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "aiops.cli.app", *args], capture_output=True, text=True,
+                          env=full_env, cwd=str(cwd), timeout=timeout, input=input)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+@dataclass
+class Server:
+    """An `aiops serve` process on 127.0.0.1:port, with a tiny HTTP client."""
+
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                timeout: float = 30) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+    def invoke(self, body, content_type="application/json", accept=None, path="/invocations", **headers):
+        h = {"Content-Type": content_type} if content_type else {}
+        if accept:
+            h["Accept"] = accept
+        h.update(headers)
+        if isinstance(body, str):
+            body = body.encode()
+        return self.request("POST", path, body, h)
+
+    def post(self, body: bytes, content_type: str = "application/json") -> tuple[int, bytes]:
+        response = self.request("POST", "/invocations", body, {"Content-Type": content_type}, timeout=60)
+        return response.status, response.body
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def wait_ready(server: Server, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"server exited with {server.proc.returncode}:\n{server.log()}")
+        try:
+            if server.request("GET", "/ping", timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"server not ready in {timeout}s:\n{server.log()}")
+
+
+def launch_server(model: Path | str, *args: str, home: Path, cwd: Path, env: dict | None = None,
+                  port: int | None = None) -> Server:
+    """Start `aiops serve MODEL ARGS` (on a free port unless the args or env choose one)."""
+    port = port or free_port()
+    log_path = Path(cwd) / f"server-{port}.log"
+    full_env = {**os.environ, "AIOPS_HOME": str(home), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                **(env or {})}
+    cmd = [sys.executable, "-m", "aiops.cli.app", "serve", str(model), *args]
+    if not any(a in ("--port", "-p") for a in args) and "SAGEMAKER_BIND_TO_PORT" not in (env or {}):
+        cmd += ["--port", str(port)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=str(cwd))
+    return Server(proc, port, log_path)
+
+
+def stop_all(servers: list[Server]) -> None:
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGTERM)
+            try:
+                server.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+                server.proc.wait()
