@@ -81,10 +81,10 @@ def invoke_url(url: str, body: bytes, *, content_type: str, accept: str | None =
 
 def invoke_endpoint(name: str, body: bytes, *, content_type: str, accept: str | None = None,
                     custom_attributes: str | None = None, region: str | None = None) -> InvokeResult:
-    import boto3
-    import botocore.exceptions
+    """One InvokeEndpoint call through boto3 `sagemaker-runtime` (standard retries)."""
+    from aiops import aws
 
-    client = boto3.client("sagemaker-runtime", region_name=region)
+    client = aws.client("sagemaker-runtime", region)
     kwargs = {"EndpointName": name, "Body": body, "ContentType": content_type}
     if accept:
         kwargs["Accept"] = accept
@@ -95,10 +95,10 @@ def invoke_endpoint(name: str, body: bytes, *, content_type: str, accept: str | 
         resp = client.invoke_endpoint(**kwargs)
         data = resp["Body"].read()
         latency = (time.perf_counter() - start) * 1000
-    except botocore.exceptions.ClientError as err:
-        raise AiopsError(f"endpoint {name}: {err}") from None
-    except botocore.exceptions.BotoCoreError as err:
-        raise AiopsError(f"endpoint {name}: {err}") from None
+    except Exception as err:  # botocore errors become one line that says what to do
+        if type(err).__module__.startswith("botocore"):
+            raise aws.describe_aws_error(err, action=f"invoking endpoint {name}") from None
+        raise
     return InvokeResult(200, resp.get("ContentType"), data, latency)
 
 

@@ -366,7 +366,8 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
     validation and before anything is uploaded; it may raise to refuse the launch.
     """
     from aiops.pricing import estimate_training_job
-    from aiops.training import aws, bundle, images, uploads
+    from aiops import aws
+    from aiops.training import bundle, images, uploads
 
     validate(options, aws.training_instance_types())
     estimate = estimate_training_job(options.instance_type, options.instance_count, options.max_run, options.region)
@@ -444,7 +445,7 @@ def refresh(store: Any, record: dict[str, Any], description: Mapping[str, Any]) 
 
 
 def _aws_call(action: str, fn: Callable[[], Any]) -> Any:
-    from aiops.training import aws
+    from aiops import aws
 
     try:
         return fn()
@@ -458,7 +459,7 @@ def _aws_call(action: str, fn: Callable[[], Any]) -> Any:
 
 def follow(job_name: str, region: str, sink: LogSink, *, silence_warning_seconds: float = 300.0,
            poll_seconds: float = 5.0) -> dict[str, Any]:
-    from aiops.training import aws
+    from aiops import aws
 
     sm, logs = aws.client("sagemaker", region), aws.client("logs", region)
     return _aws_call(f"following {job_name}", lambda: wait(
@@ -466,28 +467,28 @@ def follow(job_name: str, region: str, sink: LogSink, *, silence_warning_seconds
 
 
 def describe(job_name: str, region: str) -> dict[str, Any]:
-    from aiops.training import aws
+    from aiops import aws
 
     sm = aws.client("sagemaker", region)
     return _aws_call(f"describing {job_name}", lambda: sm.describe_training_job(TrainingJobName=job_name))
 
 
 def stop(job_name: str, region: str) -> None:
-    from aiops.training import aws
+    from aiops import aws
 
     sm = aws.client("sagemaker", region)
     _aws_call(f"stopping {job_name}", lambda: sm.stop_training_job(TrainingJobName=job_name))
 
 
 def logs_once(job_name: str, region: str) -> list[tuple[str, str]]:
-    from aiops.training import aws
+    from aiops import aws
 
     follower = LogFollower(aws.client("logs", region), job_name)
     return _aws_call(f"reading the logs of {job_name}", follower.poll)
 
 
 def download_model(record: Mapping[str, Any], dest: Path) -> Path:
-    from aiops.training import aws
+    from aiops import aws
 
     uri = (record.get("artifacts") or {}).get("model_s3")
     if not uri:
@@ -504,7 +505,7 @@ def metric_series(record: Mapping[str, Any]) -> dict[str, list[Any]]:
     (namespace /aws/sagemaker/TrainingJobs, dimension Host=<job>/algo-N), as {name: [Point]}."""
     from datetime import datetime, timedelta, timezone
 
-    from aiops.training import aws
+    from aiops import aws
     from aiops.training.metrics import Point
 
     job = record["job_name"]

@@ -330,3 +330,20 @@ def test_quota_and_expired_credentials_are_one_line(run_cli, project: Path, tmp_
     if mode == "quota":
         assert "Service Quotas" in line
     assert platform.count("SageMaker.CreateTrainingJob") == 0
+
+
+def test_invoke_a_deployed_endpoint_through_sagemaker_runtime(run_cli, platform) -> None:
+    # moto's runtime answers every InvokeEndpoint with a placeholder body: this checks the wiring
+    # (boto3 sagemaker-runtime over real HTTP, standard retries, output and latency printed).
+    result = run_cli("invoke", "--endpoint", "digits-endpoint", "--data", "[[0.5, 0.25]]")
+    assert result.returncode == 0, result.output
+    assert "ms" in result.output and result.stdout.strip()
+    assert platform.attempts.get("s3:POST", 0) >= 1  # the request went over HTTP to the stand-in
+
+
+def test_invoke_endpoint_errors_are_one_line(run_cli, platform) -> None:
+    result = run_cli("invoke", "--endpoint", "digits-endpoint", "--data", "[1]",
+                     env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_EC2_METADATA_DISABLED": "true"})
+    assert result.returncode == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "invoking endpoint digits-endpoint: no AWS credentials found" in line

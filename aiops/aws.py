@@ -1,5 +1,7 @@
 """boto3 clients with botocore's standard retries, and AWS errors as one line that says what to do.
 
+Shared by remote training, endpoint invocation and deployments; boto3 is imported only when called.
+
 boto3 itself honours ``AWS_ENDPOINT_URL`` (tests point it at a local moto server), profiles,
 regions and credentials the usual way; nothing here reimplements that.
 """
