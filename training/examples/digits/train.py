@@ -300,8 +300,16 @@ def train(args: argparse.Namespace) -> None:
     # outlive it into interpreter shutdown and abort the process (seen ~1 in 10 runs on torch 2.13).
     del model
     leave_process_group(world)
+    code = STOPPED_EXIT_CODE if stopped_after else 0
+    if world > 1:
+        # Even so, gloo's threads can abort interpreter shutdown under load (torch 2.13: "terminate called
+        # without an active exception", SIGABRT in a rank that finished). Every file is written and the
+        # group is gone, so a distributed rank leaves without tearing the interpreter down.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if stopped_after:
-        sys.exit(STOPPED_EXIT_CODE)
+        sys.exit(code)
 
 
 def leave_process_group(world: int) -> None:
