@@ -9,7 +9,9 @@ script (or torchrun), streams its output with metrics, stops it the way SageMake
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,7 +41,8 @@ from aiops.training.runs import (
 # Left out of the code snapshot: VCS data, caches, virtualenvs and aiops' own state.
 CODE_EXCLUDES = frozenset({".git", ".hg", ".svn", "__pycache__", ".aiops", ".venv", ".mypy_cache",
                            ".pytest_cache", ".ipynb_checkpoints"})
-FAILURE_TAIL_CHARS = 1024  # DescribeTrainingJob shows the first 1024 characters of `failure`
+FAILURE_TAIL_CHARS = 1024
+_SAFE_ENTRY_POINT = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$")  # the toolkit's pattern  # DescribeTrainingJob shows the first 1024 characters of `failure`
 
 
 @dataclass
@@ -189,9 +192,7 @@ def _resolve_code(entry_point: str, source_dir: str | None) -> tuple[Path, str]:
 
 def _validate_entry_point_name(name: str) -> None:
     """The toolkit's process.validate_entry_point: the same name must also run in the container."""
-    import re
-
-    if not re.match(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$", name) or any(
+    if not _SAFE_ENTRY_POINT.match(name) or any(
         part in (".", "..") for part in name.split("/")
     ):
         raise UsageError(
@@ -272,6 +273,9 @@ class _Stopper:
         self._killer = threading.Timer(self.grace, self._signal_group, args=(signal.SIGKILL,))
         self._killer.daemon = True
         self._killer.start()
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
 
     def cancel(self) -> None:
         if self._killer is not None:
@@ -398,7 +402,7 @@ def run(
     finally:
         stopper.cancel()
         if proc.poll() is None:  # aiops itself failed while reading: do not orphan the script
-            stopper._signal_group(signal.SIGKILL)
+            stopper.kill()
             proc.wait()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
@@ -475,8 +479,6 @@ def _absolute_config(job: PreparedJob) -> dict[str, Any]:
 
 
 def _json_line(obj: Mapping[str, Any]) -> str:
-    import json
-
     return json.dumps(obj, separators=(",", ":")) + "\n"
 
 
