@@ -9,10 +9,10 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 LOOP_SCRIPT = textwrap.dedent(
     """
@@ -165,12 +165,8 @@ def _start_train(aiops_home: Path, cwd: Path, *args: str, env: dict[str, str] | 
     )
 
 
-def _wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.05)
+def _wait_for(path: Path) -> None:
+    wait_until(path.exists, f"{path} written by the script")
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -205,11 +201,12 @@ def test_stop_kills_a_script_that_ignores_sigterm(project: Path, tmp_path: Path,
                         "--hp", "sleep=0.05", "--hp", "ignore-term=yes", "--job-name", "stubborn",
                         env={"AIOPS_TRAIN__STOP_GRACE_SECONDS": "1"})
     _wait_for(aiops_home / "runs" / "stubborn" / "opt" / "ml" / "checkpoints" / "last_epoch")
-    started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
-    assert time.monotonic() - started < 30  # killed after the 1 s grace, not after 120 s
+    # the 1 s grace reached the stopper (not the 120 s default); how long the stop takes is
+    # measured by bench/stop_grace.py, not asserted here
+    assert "SIGKILL after 1s" in out + err
     record = json.loads((aiops_home / "runs" / "stubborn" / "run.json").read_text())
     assert record["status"] == "Stopped" and record["exit_code"] == -signal.SIGKILL
 
