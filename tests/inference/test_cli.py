@@ -114,3 +114,15 @@ def test_help_imports_no_heavy_modules(tmp_path):
             "print(sorted(m for m in ('torch','numpy','uvicorn','boto3','starlette') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_package_out_an_existing_folder_writes_model_tar_gz_inside(run_cli, tmp_path):
+    model = save_double(tmp_path / "m")
+    out = tmp_path / "dist"
+    out.mkdir()
+    r = run_cli("model", "package", str(model), "--out", str(out))
+    assert r.returncode == 0, r.output
+    assert "Traceback" not in r.output
+    with tarfile.open(out / "model.tar.gz") as tar:
+        assert "model.pt" in tar.getnames()
+    assert f"wrote {out / 'model.tar.gz'}" in r.stdout
