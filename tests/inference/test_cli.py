@@ -7,6 +7,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from helpers import free_port
+
 from .conftest import save_double
 
 
@@ -101,6 +103,14 @@ def test_bad_inputs_are_one_line_usage_errors(run_cli, aiops_home, tmp_path):
     assert r.returncode == 2 and "only a Completed run" in r.stderr
     r = run_cli("invoke", "--data", "{not json", "--url", "http://127.0.0.1:9")
     assert r.returncode == 2 and "neither a file nor valid JSON" in r.stderr
+    for missing in ("missing.json", "./payloads/x"):
+        r = run_cli("invoke", "--data", missing, "--url", "http://127.0.0.1:9")
+        assert r.returncode == 2 and r.stderr == f"error: --data {missing}: no such file\n", r.stderr
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    r = run_cli("serve", str(empty), "--port", str(free_port()))  # a folder without a model is bad input
+    assert r.returncode == 2 and "exactly one .pt or .pth file is needed" in r.stderr, r.output
+    assert r.stderr.count("error: ") == 1 and "Traceback" not in r.output
     r = run_cli("serve", str(tmp_path), "--port", "1", "--host", "127.0.0.1",
                 env={"SAGEMAKER_MODEL_SERVER_WORKERS": "two"})
     assert r.returncode == 2 and "SAGEMAKER_MODEL_SERVER_WORKERS='two'" in r.stderr
