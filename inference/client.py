@@ -122,4 +122,6 @@ def error_message(result: InvokeResult) -> str:
         rid = doc.get("request_id")
     except (ValueError, AttributeError):
         message, rid = result.body[:300].decode("utf-8", "replace"), None
-    return f"HTTP {result.status}: {message}" + (f" (request {rid})" if rid else "")
+    # the server's message may already name the request ("see the server log for request X"): once only
+    named = rid and str(rid) in str(message)
+    return f"HTTP {result.status}: {message}" + (f" (request {rid})" if rid and not named else "")

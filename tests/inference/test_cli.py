@@ -136,3 +136,19 @@ def test_package_out_an_existing_folder_writes_model_tar_gz_inside(run_cli, tmp_
     with tarfile.open(out / "model.tar.gz") as tar:
         assert "model.pt" in tar.getnames()
     assert f"wrote {out / 'model.tar.gz'}" in r.stdout
+
+
+def test_invoke_error_names_the_request_once(run_cli, start_server, tmp_path):
+    from .conftest import write_script
+
+    model = save_double(tmp_path / "raising")
+    write_script(model, "def predict_fn(data, model):\n    raise ValueError('no')\n")
+    s = start_server(model)
+    r = run_cli("invoke", "--url", s.url, "--data", "[1]")
+    assert r.returncode == 1 and r.stderr.startswith("error: HTTP 500: "), r.output
+    rid = s.invoke(b"[1]").headers["x-amzn-requestid"].rsplit("-", 1)[0]  # the server's id prefix
+    assert r.stderr.count(rid) == 1, r.stderr
+    assert "see the server log for request" in r.stderr
+    # a 4xx names the request at the end, once
+    r = run_cli("invoke", "--url", s.url, "--data", "[1]", "--accept", "image/png")
+    assert r.returncode == 1 and r.stderr.count(rid) == 1 and r.stderr.rstrip().endswith(")"), r.stderr
