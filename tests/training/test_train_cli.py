@@ -154,6 +154,20 @@ def test_failure_file_written_when_script_writes_none(run_cli, tmp_path: Path, a
     assert "ExecuteUserScriptError: exit code 1" in failure and "boom" in failure
 
 
+def test_a_raising_script_prints_its_traceback_once(run_cli, tmp_path: Path) -> None:
+    script = tmp_path / "crash.py"
+    script.write_text("def load():\n    raise ValueError('labels out of range')\nload()\n")
+    result = run_cli("train", str(script), "--job-name", "tb-once")
+    assert result.returncode == 1
+    assert result.output.count("Traceback (most recent call last)") == 1, result.output
+    assert result.output.count("raise ValueError('labels out of range')") == 1, result.output
+    # the summary still names the failure and its exception
+    failure = next(line for line in result.stdout.splitlines() if line.startswith("failure: "))
+    assert "ExecuteUserScriptError" in failure and "ValueError: labels out of range" in failure
+    described = run_cli("jobs", "describe", "tb-once")  # not streamed: the log tail, once
+    assert described.output.count("Traceback (most recent call last)") == 1, described.output
+
+
 def _start_train(aiops_home: Path, cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "aiops.cli.app", "train", *args],
@@ -222,6 +236,26 @@ def test_jobs_list_and_describe(run_cli, project: Path, tmp_path: Path) -> None:
     assert "first-run" in table and "Completed" in table
     described = run_cli("jobs", "describe", "first-run")
     assert described.returncode == 0 and "model.tar.gz" in described.stdout
+    record = next(r for r in listed if r["job_name"] == "first-run")
+    rows = dict(line.split(None, 1) for line in described.stdout.splitlines()[:6] if line.strip())
+    assert {"started", "ended", "duration"} <= set(rows), described.stdout
+    assert rows["started"].strip() <= rows["ended"].strip()  # same format: text order is time order
+    assert record["duration_seconds"] is not None
+
+
+def test_jobs_list_shows_the_latest_metrics_of_a_running_job(project: Path, tmp_path: Path, aiops_home: Path,
+                                                            run_cli) -> None:
+    proc = _start_train(aiops_home, tmp_path, "loop.py", "--source-dir", str(project), "--hp", "epochs=500",
+                        "--hp", "sleep=0.05", "--job-name", "running")
+    try:
+        # the checkpoint marker is written after the epoch's metric line
+        _wait_for(aiops_home / "runs" / "running" / "opt" / "ml" / "checkpoints" / "last_epoch")
+        table = run_cli("jobs", "list", env={"COLUMNS": "200"}).stdout
+        row = next(line for line in table.splitlines() if "running" in line)
+        assert "InProgress" in row and "epoch=" in row and "loss=" in row, table
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
 
 
 BAD_INPUT = [
