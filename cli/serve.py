@@ -93,34 +93,18 @@ def invoke(
 @model_app.command("package")
 def package(
     model: str = typer.Argument(..., help="A local training run name, or a model folder."),
-    out: Path = typer.Option(Path("model.tar.gz"), "--out", "-o", help="Where to write model.tar.gz."),
+    out: Path = typer.Option(Path("model.tar.gz"), "--out", "-o",
+                             help="Where to write model.tar.gz (an existing folder: FOLDER/model.tar.gz)."),
     entry_point: Optional[Path] = typer.Option(None, "--entry-point", "-e", help="Inference script -> code/."),
     source_dir: Optional[Path] = typer.Option(None, "--source-dir", "-s", help="Folder copied into code/."),
     requirements: Optional[Path] = typer.Option(None, "--requirements", "-r", help="-> code/requirements.txt"),
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
-    from aiops.errors import UsageError
-    from aiops.inference.artifacts import package_model, run_code_dir, run_model_dir
+    from aiops.inference.artifacts import package_model_or_run
     from aiops.settings import get_settings
 
-    path = Path(model).expanduser()
-    if path.is_dir():
-        model_dir = path
-    else:
-        run_dir = get_settings().runs_dir / model
-        if "/" in model or not (run_dir / "run.json").is_file():
-            raise UsageError(f"{model}: no such model folder or local run (runs are in {get_settings().runs_dir})")
-        model_dir, info = run_model_dir(run_dir)
-        if model_dir.is_file():
-            raise UsageError(f"run {model} has only {model_dir}; it is already packaged")
-        code = run_code_dir(info)
-        if entry_point is None and source_dir is None and code is not None:
-            entry_point = code / "inference.py"
-            req = code / "requirements.txt"
-            if requirements is None and req.is_file():
-                requirements = req
-    summary = package_model(model_dir, out, entry_point=entry_point, source_dir=source_dir,
-                            requirements=requirements)
+    summary = package_model_or_run(model, out, runs_dir=get_settings().runs_dir, entry_point=entry_point,
+                                   source_dir=source_dir, requirements=requirements)
     for name in summary["files"]:
         typer.echo(f"  {name}")
     typer.echo(f"wrote {summary['path']} ({summary['bytes']} bytes, {len(summary['files'])} files)")

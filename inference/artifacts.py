@@ -198,3 +198,26 @@ def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None
 
     out = archive.write_tar_gz_file(entries, Path(out), with_directories=True)
     return {"path": str(out), "files": sorted(entries), "bytes": out.stat().st_size}
+
+
+def package_model_or_run(model: str, out: Path, *, runs_dir: Path, entry_point: Path | None = None,
+                         source_dir: Path | None = None, requirements: Path | None = None) -> dict:
+    """`aiops model package MODEL`: MODEL is a model folder or the name of a local run; a run brings
+    its own inference.py and requirements.txt unless others are given. Returns package_model's summary."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        model_dir = path
+    else:
+        run_dir = runs_dir / model
+        if "/" in model or not (run_dir / "run.json").is_file():
+            raise UsageError(f"{model}: no such model folder or local run (runs are in {runs_dir})")
+        model_dir, info = run_model_dir(run_dir)
+        if model_dir.is_file():
+            raise UsageError(f"run {model} has only {model_dir}; it is already packaged")
+        code = run_code_dir(info)
+        if entry_point is None and source_dir is None and code is not None:
+            entry_point = code / "inference.py"
+            req = code / "requirements.txt"
+            if requirements is None and req.is_file():
+                requirements = req
+    return package_model(model_dir, out, entry_point=entry_point, source_dir=source_dir, requirements=requirements)
