@@ -200,19 +200,22 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(start_server, faulty_di
 
     def answer(i):
         response = conns[i].getresponse()
-        results[i] = (response.status, json.loads(response.read()))
+        results[i] = (response.status, response.read())
 
     threads = [threading.Thread(target=answer, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     s.proc.send_signal(signal.SIGTERM)
-    wait_until(lambda: _refused(s.port), "the server to stop accepting connections after SIGTERM")
-    release.touch()  # the handlers answer only now, with the shutdown under way
+    # both requests were in flight when the signal went out; they are answered only after it (released
+    # now rather than once the port closes: the drain has a grace period, and a loaded machine can spend
+    # it all before the port is seen closed)
+    release.touch()
     for t in threads:
         t.join(60)
-    assert [r[0] for r in results] == [200, 200]
-    assert [r[1]["held"] for r in results] == [str(m) for m in started]
+    assert [r and r[0] for r in results] == [200, 200], (results, s.log()[-2000:])
+    assert [json.loads(r[1])["held"] for r in results] == [str(m) for m in started]
     assert s.proc.wait(timeout=60) == 0
+    assert _refused(s.port)
     with pytest.raises(OSError):
         s.request("GET", "/ping", timeout=2)
 
