@@ -94,7 +94,7 @@ class _ConsoleReporter:
 def _render_summary(console: Any, record: Mapping[str, Any]) -> None:
     from rich.table import Table
 
-    colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow"}.get(record["status"], "white")
+    colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stale": "red"}.get(record["status"], "white")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")  # paths stay whole, folded, never cut with an ellipsis
@@ -488,7 +488,9 @@ def jobs_stop(name: str = typer.Argument(..., help="Job name.")) -> None:
 
         remote.stop(name, record["region"])
     else:
-        local.request_stop(record)
+        target = local.request_stop(record)
+        typer.echo(f"stop requested for {name} (SIGTERM to its {target}).")
+        return
     typer.echo(f"stop requested for {name}.")
 
 

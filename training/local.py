@@ -32,8 +32,11 @@ from aiops.training.runs import (
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_IN_PROGRESS,
+    STATUS_STALE,
     STATUS_STOPPED,
     RunStore,
+    process_alive,
+    process_start_time,
     job_name_from_base,
     validate_job_name,
 )
@@ -357,6 +360,7 @@ def run(
         "job_name": job.job_name,
         "status": STATUS_IN_PROGRESS,
         "runner_pid": os.getpid(),  # `aiops jobs stop` signals this process, which stops the script
+        "runner_start_time": process_start_time(os.getpid()),  # so a reused pid is never signalled
         "created_at": time.time(),
         "ended_at": None,
         "duration_seconds": None,
@@ -392,7 +396,13 @@ def run(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # our own process group: Ctrl-C reaches aiops, which stops it
+        # if aiops is killed outright, the script goes too; torchrun gets SIGTERM so it can stop
+        # its workers (they run in sessions of their own)
+        preexec_fn=_die_with_parent(signal.SIGTERM if spec.distributed else signal.SIGKILL),
     )
+    record["script_pid"] = proc.pid
+    record["script_start_time"] = process_start_time(proc.pid)
+    store.save(record)
     stopper = _Stopper(proc, stop_grace_seconds, reporter)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handlers = {}
@@ -468,14 +478,48 @@ def run(
     return record
 
 
-def request_stop(record: Mapping[str, Any]) -> None:
-    """Ask the aiops process running a local job to stop it (it forwards SIGTERM, then kills)."""
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(sig: int):
+    """A preexec_fn asking the kernel to send `sig` to the child when its parent dies (Linux);
+    elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def request_stop(record: Mapping[str, Any]) -> str:
+    """Stop a local job: SIGTERM to the aiops process running it (it forwards SIGTERM to the
+    script's group, then SIGKILL after the grace period), or, if that runner is gone but the script
+    is not, SIGTERM to the script's process group. Every pid is checked against its recorded
+    start time first, so a pid the system has since given to another process is never signalled.
+    Returns what was signalled."""
+    name = record["job_name"]
+    if record.get("status") == STATUS_STALE:
+        raise UsageError(f"{name} is stale: its aiops process died and took the script with it; nothing to stop.")
     if record.get("status") != STATUS_IN_PROGRESS:
-        raise UsageError(f"{record['job_name']} is {record.get('status')}, not running; nothing to stop.")
-    try:
-        os.kill(int(record["runner_pid"]), signal.SIGTERM)
-    except (ProcessLookupError, KeyError, ValueError):
-        raise UsageError(f"{record['job_name']} is marked running but its aiops process is gone.") from None
+        raise UsageError(f"{name} is {record.get('status')}, not running; nothing to stop.")
+    runner = record.get("runner_pid")
+    if process_alive(runner, record.get("runner_start_time")):
+        os.kill(int(runner), signal.SIGTERM)
+        return f"aiops process {runner}"
+    script = record.get("script_pid")
+    if process_alive(script, record.get("script_start_time")):
+        os.killpg(int(script), signal.SIGTERM)  # the script leads its own group (start_new_session)
+        return f"script process group {script}"
+    raise UsageError(f"{name} is marked running but neither its aiops process nor its script is alive; "
+                     "nothing was signalled.")
 
 
 def export_artifacts(store: RunStore, record: dict[str, Any], output_dir: Path) -> dict[str, Any]:
