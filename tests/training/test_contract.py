@@ -141,3 +141,28 @@ def test_pytorch_container_env_defaults_are_the_containers() -> None:
                                            ("keep_prob", False), ("lr", False), ("monkey", False)])
 def test_secret_looking_hyperparameter_names(name: str, flagged: bool) -> None:
     assert (contract.secret_looking_hyperparameters({name: 1}) == [name]) is flagged
+
+
+@pytest.mark.parametrize("count, nproc, distribution, expected", [
+    (2, None, "none", {}),  # the SDK without `distribution`: the script once per host
+    (2, None, "torch_distributed", {"sagemaker_torch_distributed_enabled": "true",
+                                    "sagemaker_instance_type": '"ml.g5.xlarge"'}),
+    (1, 4, "torch_distributed", {"sagemaker_torch_distributed_enabled": "true",
+                                 "sagemaker_instance_type": '"ml.g5.xlarge"',
+                                 "sagemaker_mpi_num_of_processes_per_host": "4"}),
+    (2, 2, "mpi", {"sagemaker_mpi_enabled": "true", "sagemaker_mpi_num_of_processes_per_host": "2",
+                   "sagemaker_mpi_custom_mpi_options": '""'}),
+])
+def test_remote_request_carries_the_sdks_distribution_keys(count, nproc, distribution, expected) -> None:
+    from aiops.training import remote
+
+    options = remote.RemoteOptions(instance_type="ml.g5.xlarge", region="eu-west-1", instance_count=count,
+                                   role="arn:aws:iam::123456789012:role/r", bucket="b")
+    request = remote.build_request(job_name="j", entry_point="train.py", hyperparameters={"epochs": 1},
+                                   channel_uris={}, submit_directory="s3://b/code.tar.gz", image_uri="img",
+                                   options=options, nproc=nproc, metric_definitions=[],
+                                   distribution=distribution)
+    hps = request["HyperParameters"]
+    framework = {k: v for k, v in hps.items() if k.startswith("sagemaker_") and k not in contract.TOOLKIT_PARAMS}
+    assert framework == expected
+    assert request["ResourceConfig"]["InstanceCount"] == count
