@@ -204,6 +204,38 @@ class TrainingJobSpec:
         return replace(self, current_host=host)
 
 
+def spec_from_request(
+    job_name: str, hyperparameters: Mapping[str, str], channels: tuple[str, ...] | list[str], *,
+    instance_type: str, instance_count: int, region: str | None = None, network_interface_name: str = "eth0",
+) -> TrainingJobSpec:
+    """Read a CreateTrainingJob request back as the container does: `HyperParameters` (JSON-encoded
+    strings, `sagemaker_*` keys included), the channel names, ResourceConfig. The spec is for
+    algo-1; `spec.for_host("algo-i")` gives each other host. Round-trips `hyperparameters_file`."""
+    decoded: dict[str, Any] = {}
+    for key, raw in hyperparameters.items():
+        try:
+            decoded[key] = json.loads(raw)
+        except (ValueError, TypeError):
+            decoded[key] = raw
+    if PROGRAM_PARAM not in decoded or SUBMIT_DIR_PARAM not in decoded:
+        raise ValueError(f"the request's HyperParameters lack {PROGRAM_PARAM} / {SUBMIT_DIR_PARAM}")
+    if decoded.get(TORCH_DISTRIBUTED_PARAM):
+        distribution = DISTRIBUTION_TORCH
+    elif decoded.get(MPI_PARAM):
+        distribution = DISTRIBUTION_MPI
+    else:
+        distribution = DISTRIBUTION_NONE
+    user = {k: v for k, v in decoded.items() if not (k.startswith(SAGEMAKER_PREFIX) or k in TOOLKIT_PARAMS)}
+    processes = decoded.get(PROCESSES_PER_HOST_PARAM)
+    return TrainingJobSpec(
+        job_name=job_name, entry_point=str(decoded[PROGRAM_PARAM]), hyperparameters=user, channels=tuple(channels),
+        submit_directory=str(decoded[SUBMIT_DIR_PARAM]), region=str(decoded.get(REGION_PARAM) or region or ""),
+        instance_type=instance_type, hosts=host_names(instance_count), network_interface_name=network_interface_name,
+        processes_per_host=int(processes) if processes is not None else None, distribution=distribution,
+        log_level=int(decoded.get(LOG_LEVEL_PARAM, 20)),
+    )
+
+
 def host_names(instance_count: int) -> tuple[str, ...]:
     """SageMaker's host names for a homogeneous cluster: algo-1 .. algo-N, in order."""
     return tuple(f"algo-{i}" for i in range(1, instance_count + 1))

@@ -166,3 +166,20 @@ def test_remote_request_carries_the_sdks_distribution_keys(count, nproc, distrib
     framework = {k: v for k, v in hps.items() if k.startswith("sagemaker_") and k not in contract.TOOLKIT_PARAMS}
     assert framework == expected
     assert request["ResourceConfig"]["InstanceCount"] == count
+
+
+@pytest.mark.parametrize("distribution, nproc", [("none", None), ("torch_distributed", 2), ("mpi", 4)])
+def test_a_request_reads_back_as_the_spec_that_wrote_it(distribution: str, nproc: int | None) -> None:
+    spec = _spec(hosts=contract.host_names(3), hyperparameters={"epochs": 3, "layers": [4, 2], "name": "x"},
+                 channels=("train", "test"), distribution=distribution, processes_per_host=nproc,
+                 network_interface_name="eth0")
+    encoded = contract.hyperparameters_file(spec)
+    back = contract.spec_from_request("j", encoded, ["train", "test"], instance_type="ml.g5.xlarge", instance_count=3)
+    assert contract.hyperparameters_file(back) == encoded
+    assert back.hosts == ("algo-1", "algo-2", "algo-3") and back.distribution == distribution
+    if distribution == "mpi":  # mpirun is the container's: aiops never launches it
+        with pytest.raises(UsageError, match="mpirun"):
+            contract.launch_command(back, "py")
+    else:
+        assert contract.launch_command(back.for_host("algo-2"), "py") == contract.launch_command(
+            spec.for_host("algo-2"), "py")
