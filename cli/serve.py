@@ -68,9 +68,12 @@ def invoke(
     body, ctype = client.load_payload(data, content_type)
     if endpoint:
         from aiops.settings import get_settings
+        from aiops.stack import read_outputs, resolve_stack
 
+        settings = get_settings()  # the endpoint's region: the stack's (one stack rule), else settings
+        outputs = read_outputs(settings.home, resolve_stack(None, settings))
         result = client.invoke_endpoint(endpoint, body, content_type=ctype, accept=accept,
-                                        region=get_settings().aws.region)
+                                        region=outputs.region or settings.aws.region)
     else:
         if url is None:
             from aiops.settings import get_settings
@@ -100,14 +103,36 @@ def package(
     requirements: Optional[Path] = typer.Option(None, "--requirements", "-r", help="-> code/requirements.txt"),
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
-    from aiops.inference.artifacts import package_model_or_run
+    from aiops.errors import UsageError
+    from aiops.inference.artifacts import package_model, run_code, run_model_dir
     from aiops.settings import get_settings
 
-    summary = package_model_or_run(model, out, runs_dir=get_settings().runs_dir, entry_point=entry_point,
-                                   source_dir=source_dir, requirements=requirements)
+    path = Path(model).expanduser()
+    code_files = None
+    program = None
+    if path.is_dir():
+        model_dir = path
+    else:
+        run_dir = get_settings().runs_dir / model
+        if "/" in model or not (run_dir / "run.json").is_file():
+            raise UsageError(f"{model}: no such model folder or local run (runs are in {get_settings().runs_dir})")
+        model_dir, info = run_model_dir(run_dir)
+        if model_dir.is_file():
+            raise UsageError(f"run {model} has only {model_dir}; it is already packaged")
+        code = run_code(info)
+        if entry_point is None and source_dir is None and code is not None:
+            # the whole source dir, as PyTorchModel repacks source_dir into code/
+            code_files, program = code.entries, code.program
+            for warning in code.warnings:
+                typer.echo(f"warning: {warning}", err=True)
+    summary = package_model(model_dir, out, entry_point=entry_point, source_dir=source_dir,
+                            requirements=requirements, code_files=code_files)
     for name in summary["files"]:
         typer.echo(f"  {name}")
     typer.echo(f"wrote {summary['path']} ({summary['bytes']} bytes, {len(summary['files'])} files)")
+    if program is not None and program != "inference.py":
+        typer.echo(f"inference script: code/{program} (the training script defines model_fn); deploy it with "
+                   f"SAGEMAKER_PROGRAM={program} (aiops serve {out} --entry-point {program}), as estimator.deploy() does")
 
 
 def register(app: typer.Typer, *, panel: str) -> None:

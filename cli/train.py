@@ -16,7 +16,7 @@ SUMMARY_METRICS = 8  # the rest (per-class figures, say) are one command away
 jobs_app = typer.Typer(help="Training runs, local and remote: list, describe, logs, stop.", no_args_is_help=True)
 
 
-def _parse_pairs(values: List[str], option: str, example: str) -> dict[str, str]:
+def _parse_pairs(values: List[str], option: str, example: str, *, unique: bool = False) -> dict[str, str]:
     from aiops.errors import UsageError
 
     pairs: dict[str, str] = {}
@@ -24,6 +24,9 @@ def _parse_pairs(values: List[str], option: str, example: str) -> dict[str, str]
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"{option} {item!r}: expected KEY=VALUE, e.g. {option} {example}.")
+        if unique and key.strip() in pairs:
+            raise UsageError(f"{option} {key.strip()} is given twice ({pairs[key.strip()]} and {value}); "
+                             "give each name once.")
         pairs[key.strip()] = value
     return pairs
 
@@ -62,6 +65,8 @@ class _ConsoleReporter:
     def started(self, record: Mapping[str, Any]) -> None:
         self._job = record["job_name"]
         self._started = time.monotonic()
+        for warning in record.get("warnings", []):
+            self.console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         for problem in record.get("requirement_problems", []):
             self.console.print(
                 f"[yellow]warning:[/] requirements.txt: {problem['requirement']} is {problem['reason']} here "
@@ -103,7 +108,7 @@ def _render_summary(console: Any, record: Mapping[str, Any], *, streamed: bool =
     """`streamed`: the job's log was just shown live, so the log tail is not repeated."""
     from rich.table import Table
 
-    colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow"}.get(record["status"], "white")
+    colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stale": "red"}.get(record["status"], "white")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")  # paths stay whole, folded, never cut with an ellipsis
@@ -150,6 +155,11 @@ def train(
         None, "--instance-type", help="Recorded locally (resourceconfig.json); used by remote jobs."
     ),
     nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes per host: launch with torchrun."),
+    distribution: Optional[str] = typer.Option(
+        None, "--distribution", help="none | torch_distributed | mpi (the SDK's `distribution`; default none, "
+        "torch_distributed with --nproc). Without one, each host runs the script once."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
+                                         help="Ship what symlinks pointing outside the source dir or a channel point to."),
     job_name: Optional[str] = typer.Option(None, "--job-name", help="Name of the run (default: script name + time)."),
     output_dir: Optional[Path] = typer.Option(
         None, "--output-dir", help="Also place artifacts in OUTPUT_DIR/<job>/output/ (like the SDK's output_path)."
@@ -174,6 +184,13 @@ def train(
     bucket: Optional[str] = typer.Option(None, "--bucket", help="S3 bucket (default: the stack's).",
                                          rich_help_panel="Remote"),
     region: Optional[str] = typer.Option(None, "--region", help="AWS region.", rich_help_panel="Remote"),
+    stack: Optional[str] = typer.Option(None, "--stack", "-s", help="Stack whose outputs give the role, bucket, "
+                                        "key and network (default: AIOPS_STACK, else dev).", rich_help_panel="Remote"),
+    vpc: Optional[bool] = typer.Option(None, "--vpc/--no-vpc", help="Run in the stack's VPC (default: when the "
+                                       "stack has one).", rich_help_panel="Remote"),
+    network_isolation: bool = typer.Option(False, "--network-isolation", help="EnableNetworkIsolation: no network "
+                                           "in the container (no pip install of requirements.txt).",
+                                           rich_help_panel="Remote"),
     image_uri: Optional[str] = typer.Option(None, "--image-uri", help="Training image (default: the PyTorch DLC).",
                                             rich_help_panel="Remote"),
     framework_version: Optional[str] = typer.Option(None, "--framework-version", help="PyTorch container version.",
@@ -204,12 +221,14 @@ def train(
         resume=resume,
         hyperparameters=_load_hyperparameters_file(hyperparameters) if hyperparameters is not None else None,
         hp={key: parse_hyperparameter_value(raw) for key, raw in _parse_pairs(hp, "--hp", "epochs=10").items()},
-        channels=_parse_pairs(channel, "--channel", "train=./data/train"),
+        channels=_parse_pairs(channel, "--channel", "train=./data/train", unique=True),
         metric_definitions=[parse_metric_option(m) for m in metric],
         instance_type=instance_type,
         nproc=nproc,
         job_name=job_name,
         default_instance_type=settings.train.instance_type,
+        distribution=distribution,
+        follow_symlinks=follow_symlinks,
     )
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output-dir {output_dir}: exists and is not a folder.")
@@ -217,24 +236,26 @@ def train(
     if remote:
         from aiops.training.remote import RemoteOptions
 
-        from aiops.stack_outputs import read_stack_outputs
+        from aiops.stack import read_outputs, resolve_stack
 
         aws = settings.aws
-        stack_outputs = read_stack_outputs(settings.home, settings.stack)
+        stack_name = resolve_stack(stack, settings)
+        stack_outputs = read_outputs(settings.home, stack_name)
         options = RemoteOptions(
-            instance_type=instance_type or aws.instance_type, region=region or stack_outputs.get("region") or aws.region,
+            instance_type=instance_type or aws.instance_type, region=region or stack_outputs.region or aws.region,
             instance_count=instance_count, spot=aws.spot if spot is None else spot,
             max_run=max_run or aws.max_run_seconds, max_wait=max_wait, volume_size=volume_size or aws.volume_size_gb,
             role=role, bucket=bucket, image_uri=image_uri,
             framework_version=framework_version or aws.framework_version, py_version=aws.py_version,
+            stack=stack_name, vpc=vpc, network_isolation=network_isolation,
         )
         config.instance_type = options.instance_type
         budget = max_cost if max_cost is not None else aws.max_cost
         _train_remote(config, options, store, settings, stack_outputs, wait=wait, download=download,
                       as_json=as_json, max_cost=budget, confirmed=yes)
         return
-    if any(v is not None for v in (spot, max_run, max_wait, volume_size, role, bucket, image_uri, max_cost)) \
-            or instance_count != 1:
+    if any(v is not None for v in (spot, max_run, max_wait, volume_size, role, bucket, image_uri, max_cost,
+                                   stack, vpc)) or instance_count != 1 or network_isolation:
         raise UsageError("remote options (--spot, --max-run, --role, --bucket, ...) need --remote.")
 
     prepared = local.prepare(config, store)
@@ -277,7 +298,7 @@ class _RemoteLogSink:
                            "Ctrl-C to detach or stop.")
 
 
-def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_outputs: Mapping[str, Any], *,
+def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_outputs: Any, *,
                   wait: bool, download: bool, as_json: bool, max_cost: Optional[float], confirmed: bool) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -287,7 +308,9 @@ def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_ou
 
     console = Console(stderr=as_json, highlight=False, soft_wrap=True)
     remote.apply_defaults(options, stack_outputs, settings.aws)
-    prepared = local.prepare(config, store, remote=True)
+    prepared = local.prepare(config, store, remote=True, instance_count=options.instance_count)
+    for warning in prepared.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as bar:
         tasks: dict[str, Any] = {}
@@ -373,7 +396,12 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
     from aiops.training.metrics import latest_values
     from aiops.training.runs import RunStore
 
-    records = RunStore(get_settings().runs_dir).list()
+    store = RunStore(get_settings().runs_dir)
+    records = store.list()
+    if any(r.get("remote") and r.get("status") == "Pending" for r in records):
+        from aiops.training import remote  # settle creates that were interrupted, never relaunch them
+
+        records = [remote.resolve_pending(store, r) for r in records]
     if as_json:
         sys.stdout.write(json.dumps([_summary(r) for r in records], sort_keys=True) + "\n")
         return
@@ -409,7 +437,10 @@ def jobs_describe(
     if record.get("remote"):
         from aiops.training import remote
 
-        record = remote.refresh(store, record, remote.describe(name, record["region"]))
+        if record.get("status") == remote.PENDING:
+            record = remote.resolve_pending(store, record)
+        elif record.get("status") != remote.NOT_CREATED:
+            record = remote.refresh(store, record, remote.describe(name, record["region"]))
     if as_json:
         sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
         return
@@ -497,7 +528,9 @@ def jobs_stop(name: str = typer.Argument(..., help="Job name.")) -> None:
 
         remote.stop(name, record["region"])
     else:
-        local.request_stop(record)
+        target = local.request_stop(record)
+        typer.echo(f"stop requested for {name} (SIGTERM to its {target}).")
+        return
     typer.echo(f"stop requested for {name}.")
 
 
