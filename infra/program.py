@@ -12,7 +12,7 @@ import pulumi
 import pulumi_aws as aws
 
 from aiops.infra.config import StackConfig
-from aiops.infra.images import pytorch_inference_uri, registry_account
+from aiops.infra.images import endpoint_image_uri, registry_account
 
 
 def build(cfg: StackConfig) -> dict[str, Any]:
@@ -58,12 +58,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         elif ep.image.own_repository:
             repository_name = f"{cfg.prefix}-server"
         else:
-            image_uri = pytorch_inference_uri(
-                region=cfg.region,
-                version=ep.image.framework_version,
-                py_version=ep.image.py_version,
-                instance_type=None if ep.serverless.enabled else ep.instance_type,
-            )
+            image_uri = endpoint_image_uri(ep, cfg.region)
 
     role_arn = None
     if cfg.access.enabled:
@@ -110,6 +105,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 bucket=storage.bucket.bucket,
                 image_uri=image_uri,
                 repository_name=repository_name,
+                native_provider=_native_provider(cfg) if ep.inference_components.enabled else None,
             ),
             opts=opts,
         )
@@ -134,6 +130,13 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         outputs["launchTemplateId"] = compute.launch_template.id
         outputs["gpuGroupName"] = compute.group.name
     return outputs
+
+
+def _native_provider(cfg: StackConfig):
+    """pulumi-aws-native, for the one resource pulumi-aws lacks (sagemaker InferenceComponent)."""
+    import pulumi_aws_native as aws_native
+
+    return aws_native.Provider("aws-native", region=cfg.region)
 
 
 def export(outputs: dict[str, Any]) -> None:
