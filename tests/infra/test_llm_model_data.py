@@ -1,0 +1,110 @@
+"""Uncompressed model data against a real moto server: a folder uploaded under its tree digest,
+unchanged files skipped or copied inside S3, prefixes checked for weights, safetensors headers
+read with ranged GETs."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from aiops.errors import UsageError
+from aiops.infra import model_data
+
+
+def safetensors_bytes(shapes: dict[str, list[int]]) -> bytes:
+    """A complete, valid safetensors file of zeros (F16)."""
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        n = 1
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + 2 * n]}
+        offset += 2 * n
+    blob = json.dumps(header).encode()
+    return struct.pack("<Q", len(blob)) + blob + bytes(offset)
+
+
+@pytest.fixture
+def s3(aws_env):
+    import boto3
+
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket="stack-bucket")
+    return client
+
+
+def make_folder(path, weights=b""):
+    path.mkdir()
+    (path / "model.safetensors").write_bytes(weights or safetensors_bytes({"w": [64, 32], "b": [32]}))
+    (path / "config.json").write_text('{"num_hidden_layers": 2}')
+    (path / "tokenizer").mkdir()
+    (path / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    return path
+
+
+def test_folder_upload_is_content_addressed_and_skips_unchanged_files(s3, tmp_path):
+    folder = make_folder(tmp_path / "m")
+    first = model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
+    assert first.uri.startswith("s3://stack-bucket/models/sha256/") and first.uri.endswith("/")
+    assert (first.uploaded, first.copied, first.present) == (3, 0, 0)
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="stack-bucket")["Contents"])
+    prefix = first.uri.removeprefix("s3://stack-bucket/")
+    assert keys == [prefix + "config.json", prefix + "model.safetensors", prefix + "tokenizer/vocab.txt"]
+    head = s3.head_object(Bucket="stack-bucket", Key=prefix + "config.json")
+    assert head["Metadata"]["sha256"] == model_data.file_sha256(folder / "config.json")
+    # the same folder again: same prefix, nothing moves
+    again = model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
+    assert again.uri == first.uri and (again.uploaded, again.copied, again.present, again.bytes_uploaded) == (0, 0, 3, 0)
+    # one file changed: a new prefix; the weights and the tokenizer are copied inside S3, not uploaded
+    (folder / "config.json").write_text('{"num_hidden_layers": 3}')
+    changed = model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3, previous_uri=first.uri)
+    assert changed.uri != first.uri
+    assert (changed.uploaded, changed.copied, changed.present) == (1, 2, 0)
+    assert changed.bytes_uploaded == (folder / "config.json").stat().st_size
+    new_prefix = changed.uri.removeprefix("s3://stack-bucket/")
+    body = s3.get_object(Bucket="stack-bucket", Key=new_prefix + "model.safetensors")["Body"].read()
+    assert body == (folder / "model.safetensors").read_bytes()
+    copied_head = s3.head_object(Bucket="stack-bucket", Key=new_prefix + "model.safetensors")
+    assert copied_head["Metadata"]["sha256"] == model_data.file_sha256(folder / "model.safetensors")
+
+
+def test_uploads_use_the_stack_key(s3, tmp_path):
+    import boto3
+
+    kms = boto3.client("kms", region_name="us-east-1")
+    key_arn = kms.create_key()["KeyMetadata"]["Arn"]
+    up = model_data.upload_folder(make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=key_arn, s3=s3)
+    head = s3.head_object(Bucket="stack-bucket", Key=up.uri.removeprefix("s3://stack-bucket/") + "model.safetensors")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == key_arn
+
+
+def test_prefix_listing_and_ranged_header_reads(s3, tmp_path):
+    up = model_data.upload_folder(make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=None, s3=s3)
+    listing = model_data.list_prefix(s3, up.uri)
+    assert len(listing.objects) == 3 and len(listing.weights) == 1 and listing.total_bytes == up.total_bytes
+    stats = model_data.prefix_stats(s3, listing)
+    assert stats.parameters == 64 * 32 + 32 and stats.bytes == 2 * stats.parameters
+    assert model_data.size_gb(listing.total_bytes) == 0.1
+    assert model_data.size_gb(13_476_831_232) == 13.5
+
+
+def test_empty_prefix_and_prefix_without_weights_are_one_line(s3, tmp_path):
+    with pytest.raises(UsageError, match=r"s3://stack-bucket/nothing/: the prefix is empty"):
+        model_data.list_prefix(s3, "s3://stack-bucket/nothing/")
+    s3.put_object(Bucket="stack-bucket", Key="models/x/config.json", Body=b"{}")
+    with pytest.raises(UsageError, match="no weights under that prefix .* found 1 other file"):
+        model_data.list_prefix(s3, "s3://stack-bucket/models/x/")
+    folder = tmp_path / "nw"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match="no weights in that folder"):
+        model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
+    assert "Contents" not in s3.list_objects_v2(Bucket="stack-bucket", Prefix="models/sha256/")  # nothing uploaded
+
+
+def test_tree_digest_depends_on_paths_and_contents():
+    a = model_data.tree_digest([("a", "1"), ("b", "2")])
+    assert a == model_data.tree_digest([("b", "2"), ("a", "1")])
+    assert a != model_data.tree_digest([("a", "1"), ("c", "2")]) != model_data.tree_digest([("a", "1"), ("b", "3")])
