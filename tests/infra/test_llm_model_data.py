@@ -108,3 +108,29 @@ def test_tree_digest_depends_on_paths_and_contents():
     a = model_data.tree_digest([("a", "1"), ("b", "2")])
     assert a == model_data.tree_digest([("b", "2"), ("a", "1")])
     assert a != model_data.tree_digest([("a", "1"), ("c", "2")]) != model_data.tree_digest([("a", "1"), ("b", "3")])
+
+
+def test_deploy_model_resolution_checks_the_fit_before_uploading(s3, tmp_path, make_config):
+    from test_gpufit import llama7b_shapes, write_header_only
+
+    from aiops.infra import artifacts
+
+    outputs = {"bucket": "stack-bucket"}
+    small = make_folder(tmp_path / "small")
+    cfg = make_config(endpoint={"container": "lmi"})
+    resolved = artifacts.resolve_model(str(small), cfg=cfg, outputs=outputs, region="us-east-1")
+    assert resolved.uri.startswith("s3://stack-bucket/models/sha256/") and resolved.uri.endswith("/")
+    assert resolved.size_gb == 0.1 and resolved.fit.fits and "3 file(s) uploaded" in resolved.note
+    # the prefix it made is itself a valid --model, and reads the same sizes back
+    again = artifacts.resolve_model(resolved.uri, cfg=cfg, outputs=outputs, region="us-east-1")
+    assert again.uri == resolved.uri and again.fit.need.weights == resolved.fit.need.weights
+
+    big = tmp_path / "big"
+    big.mkdir()
+    write_header_only(big / "model.safetensors", llama7b_shapes(), dtype="F32")  # 25.1 GiB x 1.2 > 24
+    before = s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"]
+    with pytest.raises(UsageError, match="the model does not fit: it needs 30.1 GiB"):
+        artifacts.resolve_model(str(big), cfg=cfg, outputs=outputs, region="us-east-1")
+    assert s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"] == before  # nothing uploaded
+    with pytest.raises(UsageError, match="the prefix is empty"):
+        artifacts.resolve_model("s3://stack-bucket/none/", cfg=cfg, outputs=outputs, region="us-east-1")
