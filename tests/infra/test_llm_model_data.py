@@ -134,3 +134,24 @@ def test_deploy_model_resolution_checks_the_fit_before_uploading(s3, tmp_path, m
     assert s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"] == before  # nothing uploaded
     with pytest.raises(UsageError, match="the prefix is empty"):
         artifacts.resolve_model("s3://stack-bucket/none/", cfg=cfg, outputs=outputs, region="us-east-1")
+
+
+def test_set_model_records_uri_and_size_in_the_stack_file(tmp_path, make_config):
+    """What `deploy --model` writes (as `pulumi config set --path` does) validates as the endpoint's."""
+    from aiops.infra.automation import set_model
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.values: dict[str, str] = {}
+
+        def set_config(self, key, value, path=False):
+            assert path is True
+            self.values[key] = value.value
+
+    stack = Recorder()
+    set_model(stack, "s3://stack-bucket/models/sha256/abc/", size_gb=13.5)
+    assert stack.values == {"aiops:endpoint.modelDataUrl": "s3://stack-bucket/models/sha256/abc/",
+                            "aiops:endpoint.modelSizeGb": "13.5"}
+    cfg = make_config(endpoint={"modelDataUrl": stack.values["aiops:endpoint.modelDataUrl"],
+                                "modelSizeGb": stack.values["aiops:endpoint.modelSizeGb"]})
+    assert cfg.endpoint.model_size_gb == 13.5 and cfg.endpoint.uncompressed
