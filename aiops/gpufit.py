@@ -13,8 +13,9 @@ loads weights, imports torch, or calls AWS:
 
 The estimate (all in GiB = 2**30 bytes):
 
-- inference: ``(weights + kv_cache) * (1 + overhead)`` compared with ``GPUs x memory per GPU``
-  (tensor parallelism spreads both over the GPUs). weights = parameters x bytes of the serving
+- inference: ``(weights + kv_cache) * (1 + overhead)`` compared with the memory of the GPUs one
+  copy of the model spans: all of them (or the tensor-parallel degree) for LMI/TGI, which spread
+  weights and cache over them; one for the PyTorch container, whose model server loads a copy per GPU. weights = parameters x bytes of the serving
   dtype (default: as stored); kv_cache = layers x 2 x kv_heads x head_dim x max_tokens x batch x
   dtype bytes; overhead (default 20 %) covers the CUDA context, activations and allocator
   fragmentation.
@@ -415,12 +416,16 @@ class Fit:
     spec: GpuSpec | None  # None: not a GPU type of the table (the check does not apply)
     hosts: int = 1
     suggestions: tuple[Suggestion, ...] = ()
+    gpus_used: int | None = None  # inference: the GPUs one model copy spans (None: all of them)
+
+    def _used(self, spec: GpuSpec) -> int:
+        return 1 if self.need.per_gpu else min(spec.gpus, self.gpus_used or spec.gpus)
 
     @property
     def have_gib(self) -> float | None:
         if self.spec is None:
             return None
-        return self.spec.gpu_memory_gib if self.need.per_gpu else self.spec.total_gib
+        return self._used(self.spec) * self.spec.gpu_memory_gib
 
     @property
     def checked(self) -> bool:
@@ -435,7 +440,14 @@ class Fit:
         what = "per GPU" if self.need.per_gpu else "of GPU memory"
         if self.spec is None:
             return f"{self.instance_type}: no GPU in the table; the GPU-fit check does not apply"
-        have = f"{self.have_gib:g} GiB ({self.spec.describe()}{' per GPU' if self.need.per_gpu else ''})"
+        used = self._used(self.spec)
+        if self.need.per_gpu:
+            detail = f"{self.spec.describe()} per GPU"
+        elif used < self.spec.gpus:
+            detail = f"{used} of {self.spec.describe()} for one model copy"
+        else:
+            detail = self.spec.describe()
+        have = f"{self.have_gib:g} GiB ({detail})"
         head = (f"needs {self.need.total_gib:.1f} GiB {what} ({self.need.note}, +{self.need.overhead:.0%} overhead), "
                 f"{self.instance_type} has {have}")
         if self.fits:
@@ -471,13 +483,20 @@ def _hourly(region: str):
     return lookup
 
 
-def check_inference(need: Need, instance_type: str, *, region: str = "us-east-1", limit: int = 3) -> Fit:
+def check_inference(need: Need, instance_type: str, *, region: str = "us-east-1", gpus_used: int | None = None,
+                    limit: int = 3) -> Fit:
+    """``gpus_used``: the GPUs one copy of the model may span: 1 for a server that loads one copy
+    per GPU (the SageMaker PyTorch container), the tensor-parallel degree for LMI/TGI, None for all."""
     spec = load_gpus().get(instance_type)
-    fit = Fit(instance_type, need, spec)
+    fit = Fit(instance_type, need, spec, gpus_used=gpus_used)
     if fit.fits:
         return fit
-    suggestions = _suggest(lambda s: need.total_gib <= s.total_gib, region=region, service_hourly=_hourly(region), limit=limit)
-    return Fit(instance_type, need, spec, suggestions=suggestions)
+
+    # an explicit tensor-parallel degree is the user's choice for this type; elsewhere, all GPUs
+    alt_used = 1 if gpus_used == 1 else None
+    suggestions = _suggest(lambda s: need.total_gib <= min(s.gpus, alt_used or s.gpus) * s.gpu_memory_gib,
+                           region=region, service_hourly=_hourly(region), limit=limit)
+    return Fit(instance_type, need, spec, suggestions=suggestions, gpus_used=gpus_used)
 
 
 def check_training(parameters: int, instance_type: str, *, instance_count: int = 1, fsdp: bool = False,

@@ -4,7 +4,9 @@
 The KV-cache budget comes from the endpoint's LLM settings when the model says its shape (a
 Hugging Face ``config.json`` beside the weights): ``llm.maxTotalTokens`` x ``llm.maxBatchSize``
 (1 when unset) tokens, in the serving dtype. The weights count in ``llm.dtype`` when set, else as
-stored. A refusal is one ``UsageError`` line: need vs have, and the cheapest types that fit.
+stored. One copy of the model spans the tensor-parallel GPUs (LMI, TGI: all by default), one GPU
+with the PyTorch container (its model server runs a copy per GPU), all GPUs with a custom image.
+A refusal is one ``UsageError`` line: need vs have, and the cheapest types that fit.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ def endpoint_fit(cfg: StackConfig, stats: TensorStats, model_config: dict | None
         kv = KvCache(layers=layers, kv_heads=kv_heads, head_dim=head_dim, max_tokens=ep.llm.max_total_tokens,
                      batch=ep.llm.max_batch_size or 1, dtype=ep.llm.dtype or "fp16")
     need = inference_need(stats, dtype=ep.llm.dtype, kv=kv, overhead=ep.gpu_fit.overhead)
-    return check_inference(need, ep.instance_type, region=cfg.region)
+    # LMI/TGI spread one copy over the tensor-parallel GPUs; the PyTorch container's model server
+    # loads one copy per GPU; a custom image: all GPUs (its own business)
+    gpus_used = {"pytorch": 1, "lmi": ep.llm.tensor_parallel_degree, "tgi": ep.llm.tensor_parallel_degree}.get(ep.container)
+    return check_inference(need, ep.instance_type, region=cfg.region, gpus_used=gpus_used)
 
 
 def require_fit(cfg: StackConfig, stats: TensorStats, model_config: dict | None = None) -> Fit | None:

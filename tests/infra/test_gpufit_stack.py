@@ -58,3 +58,18 @@ def test_tarball_with_config_json(make_config, llama_folder, tmp_path):
     with pytest.raises(UsageError, match="does not fit"):
         fitcheck.check_local_model(cfg, tmp_path / "model.tar.gz")
     assert fitcheck.endpoint_fit(cfg, fitcheck.model_stats(tmp_path / "model.tar.gz")).need.weights == 2 * LLAMA7B_PARAMS
+
+
+def test_pytorch_container_needs_the_model_on_one_gpu(make_config, llama_folder):
+    # 15.06 GiB of fp16 weights: fits one 24 GiB A10G; with the KV budget (24.66 GiB) ml.g5.12xlarge's
+    # 96 GiB do not help the PyTorch container, which loads a copy per GPU (24 GiB each)
+    cfg = make_config(endpoint={"instanceType": "ml.g5.12xlarge", "llm": {"maxTotalTokens": 4096, "maxBatchSize": 4}})
+    with pytest.raises(UsageError) as err:
+        fitcheck.check_local_model(cfg, llama_folder)
+    assert "ml.g5.12xlarge has 24 GiB (1 of 4 x NVIDIA A10G 24 GiB for one model copy)" in str(err.value)
+    # the suggestions are types whose single GPU holds 24.66 GiB: priced ones first (p4d's A100 40 GiB)
+    assert "ml.p4d.24xlarge ($37.688/h)" in str(err.value)
+    # LMI with an explicit tensor-parallel degree of 2 spans 2 x 24 = 48 GiB: fits
+    lmi = make_config(endpoint={"container": "lmi", "instanceType": "ml.g5.12xlarge",
+                                "llm": {"maxTotalTokens": 4096, "maxBatchSize": 4, "tensorParallelDegree": 2}})
+    assert fitcheck.check_local_model(lmi, llama_folder).have_gib == 48
