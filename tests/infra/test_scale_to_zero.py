@@ -166,3 +166,13 @@ def test_pure_policies():
     cfg = scale_to_zero.async_inference_config(bucket="b", key_arn="k", success_topic="s", error_topic="e",
                                                max_concurrent=None)
     assert "client_config" not in cfg and "include_inference_response_ins" not in cfg["output_config"]["notification_config"]
+
+
+def test_the_llm_example_stack_validates():
+    from aiops.infra.config import load_stack_file
+
+    from .conftest import REPO
+
+    cfg = load_stack_file(REPO / "Pulumi.llm.yaml")
+    ep = cfg.endpoint
+    assert (ep.container, ep.uncompressed, ep.inference_components.enabled, ep.scales_to_zero) == ("lmi", True, True, True)
