@@ -389,6 +389,14 @@ class Endpoint(pulumi.ComponentResource):
         self.alerts_topic: sns.Topic | None = None
         self.alerts_subscription: sns.TopicSubscription | None = None
         self.alarm_idle: cloudwatch.MetricAlarm | None = None
+        if cfg.inference_components.enabled:
+            instances = (cfg.inference_components.min_instances, cfg.inference_components.max_instances)
+        elif cfg.async_inference.enabled:
+            instances = (cfg.async_inference.min_capacity, cfg.async_inference.max_capacity)
+        elif cfg.autoscaling.enabled:
+            instances = (cfg.autoscaling.min_capacity, cfg.autoscaling.max_capacity)
+        else:
+            instances = (cfg.initial_instance_count, cfg.initial_instance_count)
         if cfg.dashboard.enabled:
             body = dashboard_body(
                 endpoint_name=args.endpoint_name,
@@ -396,8 +404,8 @@ class Endpoint(pulumi.ComponentResource):
                 region=args.region,
                 period=cfg.dashboard.period_seconds,
                 latency_p99_ms=cfg.alarms.latency_p99_ms,
-                min_capacity=cfg.autoscaling.min_capacity if cfg.autoscaling.enabled else cfg.initial_instance_count,
-                max_capacity=cfg.autoscaling.max_capacity if cfg.autoscaling.enabled else cfg.initial_instance_count,
+                min_capacity=instances[0],
+                max_capacity=instances[1],
                 serverless=cfg.serverless.enabled,
             )
             self.dashboard = cloudwatch.Dashboard(
