@@ -171,8 +171,7 @@ def resolve_model(spec: str, *, cfg: Any, outputs: dict[str, Any], region: str,
         s3 = session.client("s3")
         listing = model_data.list_prefix(s3, value)
         stats = model_data.prefix_stats(s3, listing)
-        fit = fitcheck.require_fit(cfg, stats, None) if stats is not None else None
-        note = "" if stats is not None else "GPU-fit check skipped: the weights are not safetensors"
-        return ResolvedModel(value, model_data.size_gb(listing.total_bytes), fit, note)
+        fit = fitcheck.require_fit(cfg, stats, model_data.prefix_config_json(s3, listing))
+        return ResolvedModel(value, model_data.size_gb(listing.total_bytes), fit)
     uri = resolve(spec, outputs=outputs, region=region, session=session)
     return ResolvedModel(uri, None, None, "GPU-fit check skipped: a remote model.tar.gz is not read")

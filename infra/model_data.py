@@ -13,13 +13,15 @@ the stack's key.
 
 A prefix (given or uploaded) must hold weights (``*.safetensors``, ``*.bin``, ``*.pt``,
 ``*.pth``); its size sets the start-up timeouts and the volume (``endpoint.modelSizeGb``), and its
-safetensors headers, read with two ranged GETs per file, feed the GPU-fit check.
+tensor sizes, read with ranged GETs (safetensors headers; a ``torch.save`` archive's directory and
+pickle), feed the GPU-fit check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 
 from aiops.archive import file_sha256  # noqa: F401 - re-exported for the tests
 from aiops.errors import AiopsError, UsageError
-from aiops.gpufit import MAX_HEADER, WEIGHT_SUFFIXES, TensorStats, _is_weights, safetensors_stats
+from aiops.gpufit import MAX_HEADER, WEIGHT_SUFFIXES, TensorStats, _is_weights, safetensors_stats, state_dict_stats
 from aiops.s3objects import encryption_args, object_exists
 
 SKIP_NAMES = (".git", "__pycache__", ".DS_Store")
@@ -146,12 +148,53 @@ def list_prefix(s3: Any, uri: str) -> PrefixListing:
     return listing
 
 
+class S3RangeFile(io.RawIOBase):
+    """A seekable, read-only view of one S3 object through ranged GETs: ``zipfile`` reads a
+    ``torch.save`` archive's directory and its ``data.pkl`` from it, never the tensor data."""
+
+    def __init__(self, s3: Any, bucket: str, key: str, size: int) -> None:
+        super().__init__()
+        self.s3, self.bucket, self.key, self.size, self.pos = s3, bucket, key, size, 0
+        self.requests = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        if self.pos >= self.size or not len(buffer):
+            return 0
+        end = min(self.size, self.pos + len(buffer)) - 1
+        data = self.s3.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-{end}")["Body"].read()
+        self.requests += 1
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
 def prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
-    """Tensor sizes from the prefix's safetensors headers (two ranged GETs each); None when the
-    weights are not safetensors (a state dict's sizes need its whole pickle: not fetched)."""
+    """Tensor sizes from the prefix's weights without downloading them: a safetensors header with
+    two ranged GETs; a ``torch.save`` archive's directory and pickle through ``S3RangeFile``.
+    safetensors files win when both formats are there."""
     bucket, _ = split_uri(listing.uri)
     total: TensorStats | None = None
     files = [(k, s) for k, s in listing.weights if k.endswith(".safetensors")]
+    if not files:
+        for key, size in listing.weights:
+            reader = io.BufferedReader(S3RangeFile(s3, bucket, key, size), buffer_size=256 << 10)
+            stats = state_dict_stats(reader, key)
+            total = stats if total is None else total + stats
+        return total
     for key, size in files:
         head = s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-7")["Body"].read()
         if len(head) < 8:
@@ -163,6 +206,18 @@ def prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
         stats = safetensors_stats(io.BytesIO(head + body), key, size)
         total = stats if total is None else total + stats
     return total
+
+
+def prefix_config_json(s3: Any, listing: PrefixListing) -> dict | None:
+    """The model's ``config.json`` at the prefix's root (its shape sets the KV-cache budget)."""
+    bucket, prefix = split_uri(listing.uri)
+    for key, size in listing.objects:
+        if key == prefix + "config.json" and size < (1 << 20):
+            try:
+                return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            except ValueError:
+                return None
+    return None
 
 
 def size_gb(n_bytes: int) -> float:

@@ -155,3 +155,25 @@ def test_set_model_records_uri_and_size_in_the_stack_file(tmp_path, make_config)
     cfg = make_config(endpoint={"modelDataUrl": stack.values["aiops:endpoint.modelDataUrl"],
                                 "modelSizeGb": stack.values["aiops:endpoint.modelSizeGb"]})
     assert cfg.endpoint.model_size_gb == 13.5 and cfg.endpoint.uncompressed
+
+
+def test_state_dict_sizes_read_from_s3_without_the_tensor_data(s3, tmp_path):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.Linear(512, 256)).half()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    size = (tmp_path / "pytorch_model.bin").stat().st_size
+    s3.upload_file(str(tmp_path / "pytorch_model.bin"), "stack-bucket", "models/sd/pytorch_model.bin")
+    s3.put_object(Bucket="stack-bucket", Key="models/sd/config.json", Body=b'{"num_hidden_layers": 2}')
+    listing = model_data.list_prefix(s3, "s3://stack-bucket/models/sd/")
+    stats = model_data.prefix_stats(s3, listing)
+    assert stats.parameters == sum(p.numel() for p in model.parameters()) and stats.by_dtype == {"F16": stats.parameters}
+    assert model_data.prefix_config_json(s3, listing) == {"num_hidden_layers": 2}
+    # what the range reader fetched: the zip directory and the pickle, far less than the file
+    reader = model_data.S3RangeFile(s3, "stack-bucket", "models/sd/pytorch_model.bin", size)
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BufferedReader(reader, buffer_size=4096)) as archive:
+        pkl = [n for n in archive.namelist() if n.endswith("data.pkl")][0]
+        archive.read(pkl)
+    assert reader.requests <= 6 and size > 500_000
