@@ -284,7 +284,7 @@ class Endpoint(pulumi.ComponentResource):
         params = {k: v for k, v in startup.items() if k != "volume_size_in_gb"}
         if params:
             spec["startup_parameters"] = params
-        component_name = f"{args.endpoint_name}-model"[:63]
+        component_name = f"{args.endpoint_name}-model"[:63].rstrip("-")  # SageMaker names: no trailing "-"
         native = pulumi.ResourceOptions(parent=self, provider=args.native_provider) if args.native_provider else child
         self.inference_component = aws_native.sagemaker.InferenceComponent(
             f"{name}-inference-component",
