@@ -23,6 +23,10 @@ class AccessArgs:
     write_prefixes: tuple[str, ...]
     image_registry_account: str | None
     own_repository_arn: pulumi.Input[str] | None = None
+    subnet_ids: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
+    extra_image_repositories: tuple[tuple[str, str], ...] = ()  # (account, repository): LLM containers
+    publish_topic_names: tuple[str, ...] = ()  # async-inference notification topics
 
 
 class Access(pulumi.ComponentResource):
@@ -57,6 +61,10 @@ class Access(pulumi.ComponentResource):
                     write_prefixes=args.write_prefixes,
                     image_registry_account=args.image_registry_account,
                     own_repository_arn=v[4],
+                    subnet_ids=args.subnet_ids,
+                    security_group_ids=args.security_group_ids,
+                    extra_image_repositories=args.extra_image_repositories,
+                    publish_topic_names=args.publish_topic_names,
                 )
             )
         )

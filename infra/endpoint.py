@@ -15,6 +15,7 @@ import pulumi
 from pulumi_aws import appautoscaling, cloudwatch, ecr, sagemaker, sns
 
 from aiops.infra import llm, scale_to_zero
+from aiops.stack import LAYOUT
 from aiops.infra.config import EndpointConfig
 from aiops.infra.policies import (
     dashboard_body,
@@ -37,6 +38,8 @@ class EndpointArgs:
     bucket: pulumi.Input[str]
     image_uri: str | None  # None: the stack's own ECR repository (created here) with config.image.tag
     repository_name: str | None = None
+    subnet_ids: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
     native_provider: pulumi.ProviderResource | None = None  # aws-native (inference components only)
 
 
@@ -115,6 +118,10 @@ class Endpoint(pulumi.ComponentResource):
                 **llm.model_data(cfg),
                 "environment": container_environment(cfg, args.region),
             },
+            # Opt-in: the container gets no network at all (no pip install of requirements.txt).
+            enable_network_isolation=cfg.network_isolation or None,
+            vpc_config={"subnets": list(args.subnet_ids), "security_group_ids": list(args.security_group_ids)}
+            if args.subnet_ids else None,
             opts=child,
         )
 
@@ -148,13 +155,12 @@ class Endpoint(pulumi.ComponentResource):
         self.async_error_topic: sns.Topic | None = None
         async_config = None
         if cfg.async_inference.enabled:
+            success_name, error_name = scale_to_zero.async_topic_names(args.endpoint_name)
             self.async_success_topic = sns.Topic(
-                f"{name}-async-success", name=f"{args.endpoint_name}-async-success", kms_master_key_id=args.key_arn,
-                opts=child,
+                f"{name}-async-success", name=success_name, kms_master_key_id=args.key_arn, opts=child,
             )
             self.async_error_topic = sns.Topic(
-                f"{name}-async-error", name=f"{args.endpoint_name}-async-error", kms_master_key_id=args.key_arn,
-                opts=child,
+                f"{name}-async-error", name=error_name, kms_master_key_id=args.key_arn, opts=child,
             )
             async_config = pulumi.Output.all(
                 args.bucket, args.key_arn, self.async_success_topic.arn, self.async_error_topic.arn
@@ -168,7 +174,7 @@ class Endpoint(pulumi.ComponentResource):
                 "enable_capture": True,
                 "initial_sampling_percentage": cfg.data_capture.sampling_percent,
                 "destination_s3_uri": pulumi.Output.from_input(args.bucket).apply(
-                    lambda b: f"s3://{b}/{cfg.data_capture.prefix.rstrip('/')}"
+                    lambda b: LAYOUT.data_capture_uri(b)
                 ),
                 "kms_key_id": args.key_arn,
                 "capture_options": [{"capture_mode": "Input"}, {"capture_mode": "Output"}],

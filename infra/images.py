@@ -136,3 +136,12 @@ def endpoint_image_uri(endpoint, region: str) -> str:
         py_version=endpoint.image.py_version,
         instance_type=None if endpoint.serverless.enabled else endpoint.instance_type,
     )
+
+
+def endpoint_image_repositories(endpoint, region: str) -> tuple[tuple[str, str], ...]:
+    """(registry account, repository) the role must pull from for an LLM container; () otherwise."""
+    if endpoint.container not in LLM_FRAMEWORKS:
+        return ()
+    repository, registries = llm_repository(endpoint.container, endpoint.llm.version)
+    account = registries.get(region)
+    return ((account, repository),) if account else ()

@@ -5,7 +5,7 @@ what makes the download outlast the container's health check). The endpoint's mo
 ``ModelDataSource.S3DataSource`` with ``S3DataType=S3Prefix`` and ``CompressionType=None``.
 
 A local folder is uploaded to the stack's bucket under a content-addressed prefix,
-``models/sha256/<tree digest>/`` (the digest of every file's path and sha256), so a prefix never
+``models/sha256/<tree digest>/`` (``aiops.stack.S3Layout.model_prefix``; the digest of every file's path and sha256), so a prefix never
 changes under a running endpoint. Files already there are skipped (same tree: nothing moves);
 files unchanged since the previous model prefix (same path, same sha256 in the object's
 ``sha256`` metadata) are copied inside S3 instead of uploaded again. Every object is SSE-KMS with
@@ -30,7 +30,8 @@ from typing import Any
 from aiops.archive import file_sha256  # noqa: F401 - re-exported for the tests
 from aiops.errors import AiopsError, UsageError
 from aiops.gpufit import MAX_HEADER, WEIGHT_SUFFIXES, TensorStats, _is_weights, safetensors_stats, state_dict_stats
-from aiops.s3objects import encryption_args, object_exists
+from aiops.s3objects import encryption_args, object_exists, transfer_config, upload_once
+from aiops.stack import LAYOUT
 
 SKIP_NAMES = (".git", "__pycache__", ".DS_Store")
 
@@ -88,7 +89,7 @@ def upload_folder(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any,
     if not any(_is_weights(rel) for rel, _ in files):
         raise UsageError(f"--model {path}: no weights in that folder (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
     digests = [(rel, file_sha256(p)) for rel, p in files]
-    prefix = f"models/sha256/{tree_digest(digests)}/"
+    prefix = LAYOUT.model_prefix(tree_digest(digests))
     prev_bucket, prev_prefix = split_uri(previous_uri) if previous_uri and previous_uri.endswith("/") else (None, None)
     uploaded = copied = present = 0
     sent = 0
@@ -101,14 +102,14 @@ def upload_folder(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any,
                 continue
         except Exception as err:
             raise AiopsError(f"cannot check s3://{bucket}/{key}: {err}") from None
-        extra = {**enc, "Metadata": {"sha256": digest}}
         if prev_bucket == bucket and prev_prefix and _head_sha(s3, bucket, prev_prefix + rel) == digest:
-            # unchanged since the previous model: copied inside S3, not uploaded again
+            # unchanged since the previous model: copied inside S3 (multipart for large files), not uploaded again
             s3.copy({"Bucket": bucket, "Key": prev_prefix + rel}, bucket, key,
-                    ExtraArgs={**extra, "MetadataDirective": "REPLACE"})
+                    ExtraArgs={**enc, "Metadata": {"sha256": digest}, "MetadataDirective": "REPLACE"},
+                    Config=transfer_config())
             copied += 1
             continue
-        s3.upload_file(str(p), bucket, key, ExtraArgs=extra)
+        upload_once(s3, bucket, key, p, kms_key=kms_key_arn, check=False, metadata={"sha256": digest}, label=rel)
         uploaded += 1
         sent += p.stat().st_size
     return FolderUpload(f"s3://{bucket}/{prefix}", uploaded, copied, present, sent, sum(p.stat().st_size for _, p in files))

@@ -12,7 +12,9 @@ import pulumi
 import pulumi_aws as aws
 
 from aiops.infra.config import StackConfig
-from aiops.infra.images import endpoint_image_uri, registry_account
+from aiops.stack import LAYOUT, TRAINING_LOG_GROUP
+from aiops.infra.images import endpoint_image_repositories, endpoint_image_uri, registry_account
+from aiops.infra.scale_to_zero import async_topic_names
 
 
 def build(cfg: StackConfig) -> dict[str, Any]:
@@ -47,7 +49,12 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         "bucket": storage.bucket.bucket,
         "bucketArn": storage.bucket.arn,
         "kmsKeyArn": storage.key.arn,
+        "logGroup": TRAINING_LOG_GROUP,
     }
+    net = cfg.network
+    if net.enabled:
+        outputs["subnetIds"] = list(net.subnet_ids)
+        outputs["securityGroupIds"] = list(net.security_group_ids)
 
     ep = cfg.endpoint
     image_uri: str | None = None
@@ -78,12 +85,17 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 partition=partition,
                 bucket_arn=storage.bucket.arn,
                 key_arn=storage.key.arn,
-                read_prefixes=cfg.access.prefixes_read,
-                write_prefixes=cfg.access.prefixes_write,
+                read_prefixes=LAYOUT.role_read_prefixes,
+                write_prefixes=LAYOUT.role_write_prefixes,
                 image_registry_account=registry_account(cfg.region, ep.image.framework_version)
                 if not (ep.enabled and (ep.image.uri or ep.image.own_repository))
                 else None,
                 own_repository_arn=own_repo_arn,
+                subnet_ids=net.subnet_ids,
+                security_group_ids=net.security_group_ids,
+                extra_image_repositories=endpoint_image_repositories(ep, cfg.region)
+                if ep.enabled and not (ep.image.uri or ep.image.own_repository) else (),
+                publish_topic_names=async_topic_names(cfg.endpoint_name) if ep.enabled and ep.async_inference.enabled else (),
             ),
             opts=opts,
         )
@@ -105,6 +117,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 bucket=storage.bucket.bucket,
                 image_uri=image_uri,
                 repository_name=repository_name,
+                subnet_ids=net.subnet_ids,
+                security_group_ids=net.security_group_ids,
                 native_provider=_native_provider(cfg) if ep.inference_components.enabled else None,
             ),
             opts=opts,

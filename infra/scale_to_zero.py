@@ -16,7 +16,7 @@ input in S3; the variant's instance count scales between ``minCapacity`` (0) and
 by target tracking on ``ApproximateBacklogSizePerInstance``, plus the documented step-scaling
 policy on ``HasBacklogWithoutCapacity`` that starts the first instance when requests wait at 0.
 Results go to ``s3://<stack bucket>/async-inference/output/``, failures to ``.../failures/``
-(encrypted with the stack key), and SNS success / error topics (the stack key) are notified.
+(``aiops.stack.S3Layout``; encrypted with the stack key), and SNS success / error topics (the stack key) are notified.
 Cold start: instance launch, model download and container start (minutes) for the first request
 after idle; later requests queue meanwhile instead of failing.
 
@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
-ASYNC_OUTPUT_PREFIX = "async-inference/output/"
-ASYNC_FAILURE_PREFIX = "async-inference/failures/"
+from aiops.stack import LAYOUT
+
 IC_DIMENSION = "sagemaker:inference-component:DesiredCopyCount"
 VARIANT_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 
@@ -102,12 +102,17 @@ def backlog_without_capacity_alarm(endpoint_name: str) -> dict[str, Any]:
     }
 
 
+def async_topic_names(endpoint_name: str) -> tuple[str, str]:
+    """The success and error topics' fixed names (the role's policy names them before they exist)."""
+    return f"{endpoint_name}-async-success", f"{endpoint_name}-async-error"
+
+
 def async_inference_config(*, bucket: str, key_arn: str, success_topic: str, error_topic: str,
                            max_concurrent: int | None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "output_config": {
-            "s3_output_path": f"s3://{bucket}/{ASYNC_OUTPUT_PREFIX.rstrip('/')}",
-            "s3_failure_path": f"s3://{bucket}/{ASYNC_FAILURE_PREFIX.rstrip('/')}",
+            "s3_output_path": LAYOUT.async_output_uri(bucket),
+            "s3_failure_path": LAYOUT.async_failure_uri(bucket),
             "kms_key_id": key_arn,
             "notification_config": {
                 "success_topic": success_topic,
