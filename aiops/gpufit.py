@@ -435,6 +435,16 @@ class Fit:
     def fits(self) -> bool:
         return self.spec is None or self.need.total_gib <= (self.have_gib or 0.0)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance_type": self.instance_type, "checked": self.checked, "fits": self.fits,
+            "need_gib": round(self.need.total_gib, 3), "have_gib": self.have_gib, "per_gpu": self.need.per_gpu,
+            "weights_bytes": self.need.weights, "kv_cache_bytes": self.need.kv_cache,
+            "optimizer_bytes": self.need.optimizer, "overhead": self.need.overhead, "note": self.need.note,
+            "suggestions": [{"instance_type": s.instance_type, "hourly": s.hourly} for s in self.suggestions],
+            "line": self.line(),
+        }
+
     def line(self) -> str:
         """One line: need vs have, and (refused) the cheapest types that fit with their $/h."""
         what = "per GPU" if self.need.per_gpu else "of GPU memory"
@@ -516,3 +526,16 @@ def check_training(parameters: int, instance_type: str, *, instance_count: int =
 
     return Fit(instance_type, need, spec, hosts=instance_count,
                suggestions=_suggest(fits_on, region=region, service_hourly=_hourly(region), limit=limit))
+
+
+def require_training_fit(parameters: float, instance_type: str, *, instance_count: int = 1, fsdp: bool = False,
+                         region: str = "us-east-1") -> Fit:
+    """`aiops train --remote --model-params N`: UsageError (one line) when the training state
+    cannot fit each GPU; the Fit otherwise (``checked`` False for a type without GPUs)."""
+    if parameters <= 0:
+        raise UsageError(f"--model-params {parameters:g}: give the model's parameter count, e.g. 7e9")
+    fit = check_training(int(parameters), instance_type, instance_count=instance_count, fsdp=fsdp, region=region)
+    if not fit.fits:
+        hint = "" if fsdp else "; or shard the state over every GPU with --fsdp"
+        raise UsageError(f"the training state does not fit: it {fit.line()}{hint}")
+    return fit

@@ -117,10 +117,12 @@ def short_type(type_: str) -> str:
     return type_
 
 
-def to_json(plan: Plan, costs: "PlanCosts | None" = None) -> str:
+def to_json(plan: Plan, costs: "PlanCosts | None" = None, gpu_fit: Any = None) -> str:
     data = plan.to_dict()
     if costs is not None:
         data["costs"] = costs.to_dict()
+    if gpu_fit is not None:
+        data["gpu_fit"] = gpu_fit.to_dict()
     return json.dumps(data, indent=2, sort_keys=True, default=str)
 
 

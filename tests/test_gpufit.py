@@ -200,3 +200,24 @@ def test_training_refusal_suggests_types_that_fit() -> None:
 def test_unknown_dtype_names_the_choices() -> None:
     with pytest.raises(UsageError, match="allowed: fp32, bf16"):
         gpufit.dtype_bytes("fp13")
+
+
+def test_train_remote_refuses_a_type_whose_gpus_cannot_hold_the_state(run_cli, tmp_path) -> None:
+    """Before any AWS call: no credentials or stack are needed for the refusal."""
+    (tmp_path / "train.py").write_text("print('never runs')\n")
+    env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    result = run_cli("train", str(tmp_path / "train.py"), "--remote", "--instance-type", "ml.g5.12xlarge",
+                     "--model-params", "7e9", env=env)
+    assert result.returncode == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    # 7e9 x 16 B = 104.3 GiB x 1.2 = 125.2 GiB per GPU (DDP: a full copy each) > 24 GiB
+    assert line.startswith("error: the training state does not fit: it needs 125.2 GiB per GPU")
+    assert line.endswith("; or shard the state over every GPU with --fsdp")
+    # sharded over 2 hosts x 4 GPUs: 125.2 / 8 = 15.65 GiB <= 24 GiB fits, so the command goes on to the
+    # AWS part (which fails here for want of a stack and credentials, not for the fit)
+    result = run_cli("train", str(tmp_path / "train.py"), "--remote", "--instance-type", "ml.g5.12xlarge",
+                     "--instance-count", "2", "--model-params", "7e9", "--fsdp", env=env)
+    assert "does not fit" not in result.stderr and "GPU fit: needs 15.6 GiB per GPU" in result.stderr
+    assert result.returncode == 2 and "no SageMaker execution role" in result.stderr
+    result = run_cli("train", str(tmp_path / "train.py"), "--model-params", "7e9")
+    assert result.returncode == 2 and "need --remote" in result.stderr
