@@ -200,17 +200,16 @@ def deploy(
     stack = _stack_name(stack)
     from aiops.errors import UsageError
 
-    kind = value = None
     if model is not None:
         from aiops.infra.artifacts import classify
 
-        kind, value = classify(model)  # bad --model fails before anything else
+        classify(model)  # bad --model fails before anything else
     placeholder = {"aiops:endpoint.modelDataUrl": "s3://placeholder-bucket/model.tar.gz"} if model else None
     cfg = _stack_config(project_dir, stack, placeholder)
-    if kind in ("local", "folder"):
-        from aiops.infra.fitcheck import check_local_model
+    if model is not None:
+        from aiops.infra.artifacts import precheck
 
-        check_local_model(cfg, Path(value))  # a model that cannot fit: one line, exit 2, nothing created
+        precheck(model, cfg=cfg, region=cfg.region)  # cannot fit, empty prefix: one line, exit 2, nothing created
     spec = _workspace(project_dir, stack, backend)
 
     from aiops.infra import artifacts

@@ -127,6 +127,23 @@ def resolve(spec: str, *, outputs: StackOutputs | dict[str, Any], region: str, s
     return upload(Path(value), bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn, s3=client("s3"))
 
 
+def precheck(spec: str, *, cfg: Any, region: str, clients: Any | None = None) -> Any:
+    """What `deploy --model` checks before anything is created (not even the stack's state): a
+    local model's GPU fit; an S3 prefix's weights (empty or none: one line) and fit. Returns the
+    Fit (or None when the check does not apply or cannot be made without a download)."""
+    from aiops import aws
+    from aiops.infra import fitcheck, model_data
+
+    kind, value = classify(spec)
+    if kind in ("local", "folder"):
+        return fitcheck.check_local_model(cfg, Path(value))
+    if kind == "prefix":
+        s3 = (clients or (lambda service: aws.client(service, region)))("s3")
+        listing = model_data.list_prefix(s3, value)
+        return fitcheck.require_fit(cfg, model_data.prefix_stats(s3, listing), model_data.prefix_config_json(s3, listing))
+    return None
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """What `deploy --model` resolved: the URI, the model's size (sets the start-up timeouts and

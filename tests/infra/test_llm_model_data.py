@@ -177,3 +177,14 @@ def test_state_dict_sizes_read_from_s3_without_the_tensor_data(s3, tmp_path):
         pkl = [n for n in archive.namelist() if n.endswith("data.pkl")][0]
         archive.read(pkl)
     assert reader.requests <= 6 and size > 500_000
+
+
+def test_precheck_refuses_empty_prefixes_and_models_that_do_not_fit(s3, tmp_path, make_config):
+    from aiops.infra import artifacts
+
+    cfg = make_config(endpoint={"container": "tgi"})
+    with pytest.raises(UsageError, match="the prefix is empty"):
+        artifacts.precheck("s3://stack-bucket/empty/", cfg=cfg, region="us-east-1")
+    up = model_data.upload_folder(make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=None, s3=s3)
+    assert artifacts.precheck(up.uri, cfg=cfg, region="us-east-1").fits
+    assert artifacts.precheck("s3://stack-bucket/models/model.tar.gz", cfg=cfg, region="us-east-1") is None
