@@ -1,0 +1,231 @@
+"""Two small real HTTP servers that answer through ``aiops.inference.streaming`` (tests and bench).
+
+Both run in a background thread of the calling process (so a test's generator can share
+``threading.Event`` objects with it) on a real 127.0.0.1 socket, and route as the serving
+container and the Runtime API do:
+
+- ``POST /invocations``: chunked when the response is a stream (whole body for HTTP/1.0);
+- ``POST /endpoints/{name}/invocations-response-stream``: event-stream frames;
+- ``POST /endpoints/{name}/invocations``: the whole body (what InvokeEndpoint gets).
+
+``respond(path, body, content_type, accept)`` -> ``(bytes | iterator, content_type)`` decides the
+answer; it runs on a worker thread. An exception before the first chunk is a JSON 500 (or the
+exception's ``status_code`` when it has a 4xx one).
+
+``kind="asgi"`` is a raw ASGI app on uvicorn (what ``aiops serve`` is) using
+``streaming.respond_asgi``; ``kind="asyncio"`` is ``asyncio.start_server`` with
+``streaming.StreamWriterSink`` and hand-written HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+from aiops.inference import streaming
+
+Respond = Callable[[str, bytes, str, str], tuple[Any, str]]
+
+
+def _error_body(err: BaseException) -> tuple[int, bytes]:
+    status = getattr(err, "status_code", None)
+    if not (isinstance(status, int) and 400 <= status < 500):
+        status = 500
+    message = str(err) if status < 500 else f"the inference handler raised {type(err).__name__}"
+    return status, json.dumps({"error": message, "status": status}).encode() + b"\n"
+
+
+def _route(path: str) -> bool:
+    return path == "/invocations" or (path.startswith("/endpoints/") and (
+        path.endswith("/invocations") or path.endswith(streaming.STREAM_ROUTE_SUFFIX)))
+
+
+class _Base:
+    def __init__(self, respond: Respond, timeout_s: float | None = None) -> None:
+        self.respond = respond
+        self.timeout_s = timeout_s
+        self.outcomes: list[streaming.StreamOutcome] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    async def _call(self, path: str, body: bytes, ctype: str, accept: str):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.respond, path, body, ctype, accept)
+
+
+class AsgiStreamServer(_Base):
+    kind = "asgi"
+
+    async def app(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if scope["method"] != "POST" or not _route(path):
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        accept = headers.get("x-amzn-sagemaker-accept") or headers.get("accept") or ""
+        try:
+            out, ctype = await self._call(path, b"".join(chunks), headers.get("content-type", ""), accept)
+            if streaming.is_stream(out):
+                stream = streaming.ChunkStream(out)
+                await stream.start()
+                mode = streaming.mode_for(scope)
+                if mode != streaming.BUFFERED:
+                    self.outcomes.append(await streaming.respond_asgi(
+                        stream, receive, send, mode=mode, content_type=ctype, request_id="test",
+                        variant="AllTraffic", timeout_s=self.timeout_s))
+                    return
+                out = await stream.collect()
+        except Exception as err:  # noqa: BLE001 - nothing sent yet: an ordinary error response
+            status, body = _error_body(err)
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", ctype.encode()), (b"content-length", str(len(out)).encode())]})
+        await send({"type": "http.response.body", "body": out})
+
+    def start(self) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(self.app, lifespan="off", access_log=False, log_config=None, loop="asyncio",
+                                http="httptools", timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        pause = threading.Event()
+        while not self.server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            pause.wait(0.01)  # uvicorn has no start callback; poll its flag
+        if not self.server.started:
+            raise RuntimeError("uvicorn did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+        self.sock.close()
+
+
+class AsyncioStreamServer(_Base):
+    kind = "asyncio"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, version = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        if method != "POST" or not _route(path):
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        accept = headers.get("x-amzn-sagemaker-accept") or headers.get("accept") or ""
+        scope = {"path": path, "http_version": version.split("/", 1)[1]}
+        try:
+            out, ctype = await self._call(path, body, headers.get("content-type", ""), accept)
+            if streaming.is_stream(out):
+                stream = streaming.ChunkStream(out)
+                await stream.start()
+                mode = streaming.mode_for(scope)
+                if mode != streaming.BUFFERED:
+                    sink = streaming.StreamWriterSink(reader, writer)
+                    start_headers = [("Content-Type", streaming.eventstream.CONTENT_TYPE if mode == streaming.EVENTS
+                                      else ctype), ("Connection", "close")]
+                    if mode == streaming.EVENTS:
+                        start_headers.append(("X-Amzn-SageMaker-Content-Type", ctype))
+                    await sink.start(200, start_headers)
+                    try:
+                        self.outcomes.append(await streaming.stream_to(stream, sink, mode=mode, request_id="test",
+                                                                       timeout_s=self.timeout_s))
+                    finally:
+                        sink.close()
+                    writer.close()
+                    return
+                out = await stream.collect()
+            status, reason = 200, "OK"
+        except Exception as err:  # noqa: BLE001
+            (status, out), ctype, reason = _error_body(err), "application/json", "Error"
+        writer.write(f"HTTP/{'1.0' if version.endswith('1.0') else '1.1'} {status} {reason}\r\nContent-Type: {ctype}"
+                     f"\r\nContent-Length: {len(out)}\r\nConnection: close\r\n\r\n".encode() + out)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    def start(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+
+            async def serve():
+                self.server = await asyncio.start_server(self._handle, sock=self.sock)
+                started.set()
+
+            self.loop.run_until_complete(serve())
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        if not started.wait(10):
+            raise RuntimeError("the asyncio server did not start")
+
+    def stop(self) -> None:
+        def shutdown():
+            self.server.close()
+            self.loop.stop()
+
+        self.loop.call_soon_threadsafe(shutdown)
+        self._thread.join(10)
+        self.sock.close()
+
+
+SERVERS = {"asgi": AsgiStreamServer, "asyncio": AsyncioStreamServer}
+
+
+def runtime_client(url: str):
+    """An unmodified boto3 ``sagemaker-runtime`` client pointed at ``url`` (dummy credentials)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                 region_name="us-east-1").client(
+        "sagemaker-runtime", endpoint_url=url, config=Config(retries={"max_attempts": 1}, read_timeout=60))
