@@ -116,7 +116,8 @@ class AsgiStreamServer(_Base):
         import uvicorn
 
         config = uvicorn.Config(self.app, lifespan="off", access_log=False, log_config=None, loop="asyncio",
-                                http="httptools", timeout_graceful_shutdown=1)
+                                http="httptools", timeout_graceful_shutdown=1,
+                                interface="asgi3", proxy_headers=False)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self._thread.start()
