@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import socket
 import threading
 import time
@@ -48,7 +49,7 @@ class _Base:
     def __init__(self, respond: Respond, timeout_s: float | None = None) -> None:
         self.respond = respond
         self.timeout_s = timeout_s
-        self.outcomes: list[streaming.StreamOutcome] = []
+        self.outcomes: queue.Queue = queue.Queue()  # one StreamOutcome per streamed response, once it ended
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
@@ -62,6 +63,10 @@ class _Base:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def next_outcome(self, timeout: float = 30) -> streaming.StreamOutcome:
+        """The next streamed response's outcome (waits until that response has ended)."""
+        return self.outcomes.get(timeout=timeout)
 
     async def _call(self, path: str, body: bytes, ctype: str, accept: str):
         loop = asyncio.get_running_loop()
@@ -96,7 +101,7 @@ class AsgiStreamServer(_Base):
                 await stream.start()
                 mode = streaming.mode_for(scope)
                 if mode != streaming.BUFFERED:
-                    self.outcomes.append(await streaming.respond_asgi(
+                    self.outcomes.put(await streaming.respond_asgi(
                         stream, receive, send, mode=mode, content_type=ctype, request_id="test",
                         variant="AllTraffic", timeout_s=self.timeout_s))
                     return
@@ -172,7 +177,7 @@ class AsyncioStreamServer(_Base):
                         start_headers.append(("X-Amzn-SageMaker-Content-Type", ctype))
                     await sink.start(200, start_headers)
                     try:
-                        self.outcomes.append(await streaming.stream_to(stream, sink, mode=mode, request_id="test",
+                        self.outcomes.put(await streaming.stream_to(stream, sink, mode=mode, request_id="test",
                                                                        timeout_s=self.timeout_s))
                     finally:
                         sink.close()

@@ -78,7 +78,7 @@ def test_chunked_invocations_flush_each_chunk_before_the_generator_finishes(serv
     assert first + rest == EXPECTED
     assert gen.saw_client is True
     assert gen.finished.wait(WAIT)
-    assert server.outcomes[-1].completed and server.outcomes[-1].chunks == 3
+    assert (outcome := server.next_outcome()).completed and outcome.chunks == 3
 
 
 def test_boto3_iterates_payload_parts_as_they_are_produced(serve):
@@ -214,7 +214,8 @@ def test_client_disconnect_closes_the_generator(serve):
     resp.close()  # the client goes away mid-stream
     assert closed.wait(WAIT), "the generator was never closed after the client left"
     produced = counter[0]
-    assert server.outcomes[-1].disconnected and not server.outcomes[-1].completed
+    outcome = server.next_outcome()
+    assert outcome.disconnected and not outcome.completed
     # closed means closed: it yields nothing more
     assert counter[0] == produced
 
