@@ -44,8 +44,11 @@ How the server plugs it in (an ASGI app such as ``aiops.inference.server.App``):
                                          timeout_s=config.timeout_seconds)
 
 Batching: :func:`batchable` — a handler that declares ``aiops_stream = True`` is served
-unbatched unless it also declares ``aiops_batch = True``; a batched ``predict_fn`` that
-returns a stream anyway is closed and the requests run one by one (:func:`close_quietly`).
+unbatched unless it also declares ``aiops_batch = True``; then its ``predict_fn`` given a batch
+returns an iterator of steps, one entry per request, and :func:`split_batch` turns it into one
+stream per request (each with its own :class:`ChunkStream`). A batched ``predict_fn`` of an
+undeclared handler that returns a stream anyway is closed (:func:`close_quietly`) and the
+requests run one by one.
 """
 
 from __future__ import annotations
@@ -118,6 +121,74 @@ def batchable(module: Any, batchable_otherwise: bool) -> bool:
     if module is not None and getattr(module, "aiops_stream", False):
         return bool(getattr(module, "aiops_batch", False))
     return batchable_otherwise
+
+
+class _Rows:
+    """The shared side of :func:`split_batch`: one batched iterator, one deque per request."""
+
+    def __init__(self, items: Iterator[Any], n: int) -> None:
+        self.items = items
+        self.pending: list[collections.deque] = [collections.deque() for _ in range(n)]
+        self.open = [True] * n
+        self.done = False
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+
+    def pull(self, row: int) -> Any:
+        with self.lock:
+            while not self.pending[row]:
+                if self.error is not None:
+                    raise self.error
+                if self.done:
+                    return _END
+                try:
+                    step = next(self.items)
+                except StopIteration:
+                    self.done = True
+                    continue
+                except BaseException as err:  # noqa: BLE001 - every request of the batch sees it
+                    self.error = err
+                    self.done = True
+                    close_quietly(self.items)
+                    continue
+                if len(step) != len(self.pending):
+                    self.error = ValueError(f"a batched stream step has {len(step)} items for a batch of "
+                                            f"{len(self.pending)}; yield one item (or None) per request")
+                    self.done = True
+                    close_quietly(self.items)
+                    continue
+                for i, item in enumerate(step):
+                    if self.open[i] and item is not None:
+                        self.pending[i].append(item)
+            return self.pending[row].popleft()
+
+    def leave(self, row: int) -> None:
+        with self.lock:
+            self.open[row] = False
+            self.pending[row].clear()
+            if not any(self.open) and not self.done:
+                self.done = True
+                close_quietly(self.items)  # every client has gone: stop the batch's generation
+
+
+def _row(rows: _Rows, row: int) -> Iterator[Any]:
+    try:
+        while True:
+            item = rows.pull(row)
+            if item is _END:
+                return
+            yield item
+    finally:
+        rows.leave(row)
+
+
+def split_batch(items: Iterator[Any], n: int) -> list[Iterator[Any]]:
+    """One stream per request from a batched streaming ``predict_fn`` (``aiops_stream`` and
+    ``aiops_batch`` both declared): each step of ``items`` is a sequence with one entry per
+    request (None: nothing for that request at this step). Safe to consume from several threads;
+    the batch's generator is closed once every request's stream is closed or it ends."""
+    rows = _Rows(iter(items), n)
+    return [_row(rows, i) for i in range(n)]
 
 
 def invoke(handler: Any, body: bytes, content_type: str | None, accept: str | None, ctx: Any) -> tuple[Any, str]:

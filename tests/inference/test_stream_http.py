@@ -281,3 +281,70 @@ def test_what_counts_as_a_stream_and_the_batching_rule():
     assert streaming.mode_for({"path": "/invocations", "http_version": "1.0"}) == streaming.BUFFERED
     assert streaming.mode_for({"path": "/endpoints/e/invocations"}) == streaming.BUFFERED
     assert streaming.mode_for({"path": "/endpoints/e/invocations-response-stream"}) == streaming.EVENTS
+
+
+def batched(steps, closed: threading.Event):
+    try:
+        yield from steps
+    finally:
+        closed.set()
+
+
+def test_a_batched_stream_splits_into_one_stream_per_request():
+    closed = threading.Event()
+    rows = streaming.split_batch(batched([(b"a0", b"b0"), (b"a1", None), (None, b"b1"), (b"a2", b"b2")], closed), 2)
+    assert list(rows[1]) == [b"b0", b"b1", b"b2"]  # read one request's stream to its end first
+    assert list(rows[0]) == [b"a0", b"a1", b"a2"]
+    assert closed.is_set()
+
+
+def test_a_batched_stream_stops_when_every_request_has_gone_and_keeps_going_for_the_rest():
+    closed, made = threading.Event(), []
+
+    def endless_rows():
+        try:
+            for i in range(10_000):
+                made.append(i)
+                yield (f"a{i}".encode(), f"b{i}".encode())
+        finally:
+            closed.set()
+
+    a, b = streaming.split_batch(endless_rows(), 2)
+    assert next(a) == b"a0" and next(b) == b"b0"
+    a.close()  # the first client leaves; the second still gets its tokens
+    assert [next(b) for _ in range(3)] == [b"b1", b"b2", b"b3"]
+    assert not closed.is_set()
+    b.close()
+    assert closed.is_set() and len(made) == 4
+
+
+def test_a_batched_stream_failure_reaches_every_request_and_bad_steps_are_named():
+    def boom():
+        yield (b"x", b"y")
+        raise RuntimeError("batch failed")
+
+    a, b = streaming.split_batch(boom(), 2)
+    assert next(a) == b"x"
+    with pytest.raises(RuntimeError, match="batch failed"):
+        next(a)
+    assert next(b) == b"y"
+    with pytest.raises(RuntimeError, match="batch failed"):
+        next(b)
+    (only,) = streaming.split_batch(iter([(b"1", b"2")]), 1)
+    with pytest.raises(ValueError, match="has 2 items for a batch of 1"):
+        next(only)
+
+
+def test_batched_rows_stream_concurrently_through_their_own_producer_threads(serve):
+    """Two requests' rows, each sent by its own ChunkStream, from one shared batched generator."""
+    closed = threading.Event()
+    rows = streaming.split_batch(batched([(f"a{i};".encode(), f"b{i};".encode()) for i in range(20)], closed), 2)
+    server = serve(lambda path, *a: (rows[0] if path == "/invocations" else rows[1], "text/plain"))
+    first = post(server.port, "/invocations")
+    client = runtime_client(server.url)
+    second = client.invoke_endpoint_with_response_stream(EndpointName="e", Body=b"{}", ContentType="application/json")
+    got_b = b"".join(e["PayloadPart"]["Bytes"] for e in second["Body"])
+    got_a = first.read()
+    assert got_a == b"".join(f"a{i};".encode() for i in range(20))
+    assert got_b == b"".join(f"b{i};".encode() for i in range(20))
+    assert closed.wait(WAIT)
