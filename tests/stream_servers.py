@@ -230,7 +230,113 @@ class AsyncioStreamServer(_Base):
         self.sock.close()
 
 
-SERVERS = {"asgi": AsgiStreamServer, "asyncio": AsyncioStreamServer}
+class _Connection(asyncio.Protocol):
+    """httptools parsing on an asyncio.Protocol, as aiops.inference.server's worker does: the
+    handler is called on the loop thread, reading pauses while a request is answered, and the
+    protocol forwards its transport callbacks to the active TransportSink."""
+
+    def __init__(self, server: "ProtocolStreamServer") -> None:
+        self.server = server
+        self.sink: streaming.TransportSink | None = None
+
+    def connection_made(self, transport) -> None:
+        import httptools
+
+        self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
+        self.url, self.headers, self.body = b"", {}, []
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.transport.pause_reading()
+        request = (self.url.decode(), self.parser.get_http_version(), dict(self.headers), b"".join(self.body))
+        self.url, self.headers, self.body = b"", {}, []
+        asyncio.ensure_future(self.answer(*request))
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        if self.sink is not None:
+            self.sink.connection_lost(exc)
+
+    def write_whole(self, status: int, ctype: str, out: bytes, close: bool = False) -> None:
+        self.transport.write(f"HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {len(out)}\r\n\r\n"
+                             .encode() + out)
+        if close:  # HTTP/1.0: one request per connection
+            self.transport.close()
+        else:
+            self.transport.resume_reading()
+
+    async def answer(self, path: str, version: str, headers: dict, body: bytes) -> None:
+        if not _route(path):
+            return self.write_whole(404, "text/plain", b"")
+        accept = headers.get("x-amzn-sagemaker-accept") or headers.get("accept") or ""
+        try:
+            out, ctype = self.server.respond(path, body, headers.get("content-type", ""), accept)  # on the loop
+            if streaming.is_stream(out):
+                stream = streaming.ChunkStream(out)
+                await stream.start()
+                mode = streaming.mode_for({"path": path, "http_version": version})
+                if mode != streaming.BUFFERED:
+                    self.sink = sink = streaming.TransportSink(self.transport)
+                    sink.start(b"HTTP/1.1 200 OK\r\n" + streaming.head_lines(mode, ctype) + b"x-amzn-requestid: test\r\n\r\n")
+                    outcome = await streaming.stream_to(stream, sink, mode=mode, request_id="test",
+                                                        timeout_s=self.server.timeout_s)
+                    self.sink = None
+                    self.server.outcomes.put(outcome)
+                    if outcome.completed:
+                        self.transport.resume_reading()  # keep-alive: the next request
+                    elif not self.transport.is_closing():
+                        self.transport.close()
+                    return
+                out = await stream.collect()
+        except Exception as err:  # noqa: BLE001
+            status, out = _error_body(err)
+            return self.write_whole(status, "application/json", out)
+        self.write_whole(200, ctype, out, close=version == "1.0")
+
+
+class ProtocolStreamServer(AsyncioStreamServer):
+    kind = "protocol"
+
+    def start(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+
+            async def serve():
+                self.server = await self.loop.create_server(lambda: _Connection(self), sock=self.sock)
+                started.set()
+
+            self.loop.run_until_complete(serve())
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        if not started.wait(10):
+            raise RuntimeError("the protocol server did not start")
+
+
+SERVERS = {"asgi": AsgiStreamServer, "asyncio": AsyncioStreamServer, "protocol": ProtocolStreamServer}
 
 
 def runtime_client(url: str):
