@@ -220,13 +220,20 @@ def invoke(handler: Any, body: bytes, content_type: str | None, accept: str | No
 
 
 def _normalise(result: Any, accept_value: str, handler_mod: Any) -> tuple[Any, str]:
-    from aiops.inference import codecs
-
     if isinstance(result, tuple) and len(result) == 2 and is_stream(result[0]):
         return result[0], str(result[1])
     if is_stream(result):
-        return result, codecs.parse_accept(accept_value, accept_value)[0]
+        return result, _first_media_type(accept_value)
     return handler_mod._normalise(result, accept_value)
+
+
+def _first_media_type(accept: str) -> str:
+    """The first concrete type an Accept value names (what a stream without its own type is)."""
+    for part in accept.split(","):
+        media = part.split(";", 1)[0].strip()
+        if media and "*" not in media:
+            return media
+    return "application/octet-stream"
 
 
 def mode_for(scope: dict) -> str:
