@@ -2,8 +2,9 @@
 
 The LM is tests/inference/streaming_lm.py (a small byte-level causal transformer, greedy, one
 token per chunk), loaded by the real ``aiops.inference.handler.Handler`` and answered through
-``aiops.inference.streaming`` by the uvicorn/ASGI test server (tests/stream_servers.py) in a
-separate process, as a serving worker would. Three ways to get the same tokens:
+``aiops.inference.streaming`` by a test server (tests/stream_servers.py; by default the httptools
+asyncio.Protocol one that calls the handler on its loop, as aiops serve's worker does) in a
+separate process. Three ways to get the same tokens:
 
 - ``in-process``: iterate ``predict_fn``'s generator directly (the floor);
 - ``chunked``: ``POST /invocations``, chunked transfer, read with http.client;
@@ -61,9 +62,9 @@ def load_handler(model_dir: Path):
     return handler
 
 
-def serve(model_dir: Path, port_file: Path) -> None:
+def serve(model_dir: Path, port_file: Path, kind: str) -> None:
     """Child process: the streaming server until stdin closes."""
-    from stream_servers import AsgiStreamServer
+    from stream_servers import SERVERS
 
     from aiops.inference import streaming
     from aiops.inference.handler import Context
@@ -76,7 +77,7 @@ def serve(model_dir: Path, port_file: Path) -> None:
             return (b"x" for _ in range(n)), "application/octet-stream"
         return streaming.invoke(handler, body, ctype, accept, Context(model_dir=str(model_dir)))
 
-    with AsgiStreamServer(respond) as server:
+    with SERVERS[kind](respond) as server:
         port_file.write_text(str(server.port))
         sys.stdin.read()
 
@@ -138,10 +139,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--trivial-chunks", type=int, default=20000)
+    parser.add_argument("--server", choices=("protocol", "asgi", "asyncio"), default="protocol",
+                        help="protocol: an httptools asyncio.Protocol server like aiops serve's worker; "
+                             "asgi: uvicorn")
     parser.add_argument("--serve", nargs=2, metavar=("MODEL_DIR", "PORT_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(Path(args.serve[0]), Path(args.serve[1]))
+        serve(Path(args.serve[0]), Path(args.serve[1]), args.server)
         return 0
 
     import torch
@@ -154,7 +158,8 @@ def main() -> int:
     port_file = work / "port"
     env = {**os.environ, "AIOPS_LM_MAX_NEW_TOKENS": str(args.tokens), "PYTHONUNBUFFERED": "1"}
     os.environ["AIOPS_LM_MAX_NEW_TOKENS"] = str(args.tokens)
-    child = subprocess.Popen([sys.executable, __file__, "--serve", str(model_dir), str(port_file)],
+    child = subprocess.Popen([sys.executable, __file__, "--serve", str(model_dir), str(port_file),
+                              "--server", args.server],
                              stdin=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -214,7 +219,7 @@ def main() -> int:
         s["cpu_overhead_pct"] = (s["cpu_ms_per_token"] / base["cpu_ms_per_token"] - 1) * 100
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
               "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": 1, "model": CONFIG,
-              "new_tokens": args.tokens, "rounds": args.rounds, "noisy": True, "summary": summary,
+              "new_tokens": args.tokens, "server": args.server, "rounds": args.rounds, "noisy": True, "summary": summary,
               "samples": samples,
               "adapter_ceiling_chunks_per_s": ceiling}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -224,9 +229,9 @@ def main() -> int:
         "",
         f"{record['date']}, {record['cpus']} CPUs ({record['machine']}), torch {record['torch']} with 1 thread; "
         f"byte-level LM {CONFIG}, greedy, {args.tokens} new tokens, medians of {args.rounds} interleaved rounds. "
-        "**Noisy**: a shared 2-core machine with other jobs running; the server is the uvicorn/ASGI test "
-        "server (tests/stream_servers.py) with aiops.inference.streaming, in its own process, not yet "
-        "`aiops serve` itself.",
+        "**Noisy**: a shared 2-core machine with other jobs running (load average "
+        f"{os.getloadavg()[0]:.1f} at the end). Server: the `{args.server}` test server of tests/stream_servers.py "
+        "with aiops.inference.streaming, in its own process (not yet `aiops serve` itself).",
         "",
         "| mode | TTFT (ms) | tokens/s | tokens/s overhead | extra TTFT (ms) | CPU ms/token | CPU overhead |",
         "|---|---|---|---|---|---|---|",

@@ -22,26 +22,29 @@ at most, so the event loop only writes. Its first chunk is computed before the r
 status. Client disconnect, a deadline or the end of the response stop the producer and call the
 generator's ``close()`` on its own thread, so generation stops (its ``finally`` runs).
 
-How the server plugs it in (an ASGI app such as ``aiops.inference.server.App``)::
+How the server plugs it in. Any server: ``out, ctype = streaming.invoke(handler, body, ctype,
+accept, ctx)`` (``Handler.invoke`` that may return a stream); then, when ``is_stream(out)``::
 
-    body, ctype = result                              # what the handler answered
-    if streaming.is_stream(body):
-        stream = streaming.ChunkStream(body)
-        try:
-            await stream.start()                      # first chunk; raises the handler's error
-        except Exception as err:
-            return await self._error(send, err, rid)  # nothing sent yet: a normal 4xx/5xx
-        mode = streaming.mode_for(scope)
-        if mode == "buffered":
-            try:
-                out = await stream.collect()          # whole body, Content-Length as usual
-            except Exception as err:
-                return await self._error(send, err, rid)
-            ...answer ``out`` as a normal response...
-        else:
-            await streaming.respond_asgi(stream, receive, send, mode=mode, content_type=ctype,
-                                         request_id=rid, extra_headers=..., variant="AllTraffic",
-                                         timeout_s=config.timeout_seconds)
+    stream = streaming.ChunkStream(out)
+    try:
+        await stream.start()                   # first chunk; raises the handler's error
+    except Exception as err:
+        ...answer the error as usual (nothing was sent)...
+    mode = streaming.mode_for({"path": path, "http_version": "1.1"})  # or the ASGI scope
+    if mode == streaming.BUFFERED:
+        out = await stream.collect()           # raises the handler's error; then a normal answer
+    else:
+        # an asyncio.Protocol server (aiops.inference.server's worker):
+        conn.sink = sink = streaming.TransportSink(conn.transport)   # the protocol forwards
+        sink.start(status_line + streaming.head_lines(mode, ctype)   # connection_lost,
+                   + other_header_lines + b"\r\n")                    # pause/resume_writing
+        outcome = await streaming.stream_to(stream, sink, mode=mode, request_id=rid, timeout_s=...)
+        conn.sink = None                       # keep-alive only if outcome.completed
+        # or an ASGI app on uvicorn:
+        outcome = await streaming.respond_asgi(stream, receive, send, mode=mode, content_type=ctype,
+                                               request_id=rid, variant=..., timeout_s=...)
+
+On the event-stream route, the request's Accept arrives as ``X-Amzn-SageMaker-Accept``.
 
 Batching: :func:`batchable` — a handler that declares ``aiops_stream = True`` is served
 unbatched unless it also declares ``aiops_batch = True``; then its ``predict_fn`` given a batch
