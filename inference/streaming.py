@@ -315,10 +315,10 @@ class ChunkStream:
             except RuntimeError:  # the loop is gone (server shutting down): nobody is listening
                 self._stop.set()
 
-    def _produce(self) -> None:
-        iterator = None
+    def _produce(self, iterator: Iterator[Any] | None = None) -> None:
         try:
-            iterator = iter(self._items)
+            if iterator is None:
+                iterator = iter(self._items)
             while not self._stop.is_set():
                 try:
                     item = next(iterator)
@@ -340,14 +340,41 @@ class ChunkStream:
 
     # consumer side (the event loop) ----------------------------------------------
 
-    async def start(self) -> None:
-        """Start the producer and wait for the first chunk; raises what the handler raised."""
+    async def start(self, *, inline_first: bool = False) -> None:
+        """Start the producer and wait for the first chunk; raises what the handler raised.
+
+        ``inline_first``: make the first chunk right here, on the calling (event-loop) thread,
+        before the producer thread exists - for a server that already runs its handler calls on
+        the loop (it saves a thread start and a wake-up from the time to first byte; the loop is
+        blocked for that one chunk, as it is for a whole non-streamed predict).
+        """
         self._loop = asyncio.get_running_loop()
-        threading.Thread(target=self._produce, name=self._name, daemon=True).start()
-        self._first = await self._get()
-        if isinstance(self._first, _Failure):
-            self.close()
-            raise self._first.error
+        if not inline_first:
+            threading.Thread(target=self._produce, name=self._name, daemon=True).start()
+            self._first = await self._get()
+            if isinstance(self._first, _Failure):
+                self.close()
+                raise self._first.error
+            return
+        iterator = None
+        try:
+            iterator = iter(self._items)
+            chunk = b""
+            while not chunk:
+                chunk = to_chunk(next(iterator))
+        except StopIteration:
+            self._first = _END
+            close_quietly(iterator)
+            self.closed.set()
+            return
+        except BaseException:
+            close_quietly(iterator if iterator is not None else self._items)
+            self.closed.set()
+            self._stop.set()
+            raise
+        self.chunks, self.bytes = 1, len(chunk)
+        self._first = chunk
+        threading.Thread(target=self._produce, args=(iterator,), name=self._name, daemon=True).start()
 
     async def _get(self) -> Any:
         while True:
@@ -481,7 +508,9 @@ async def stream_to(stream: ChunkStream, sink: Sink, *, mode: str = CHUNKED, req
             except ConnectionAbortedError:
                 outcome.disconnected = True
                 break
-            except Exception as err:  # noqa: BLE001 - the handler's failure mid-stream
+            except asyncio.CancelledError:
+                raise
+            except BaseException as err:  # noqa: BLE001 - the handler's failure mid-stream (even SystemExit)
                 outcome.error = err
                 if pending:
                     await sink.send(b"".join(pending))

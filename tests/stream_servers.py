@@ -292,7 +292,7 @@ class _Connection(asyncio.Protocol):
             out, ctype = self.server.respond(path, body, headers.get("content-type", ""), accept)  # on the loop
             if streaming.is_stream(out):
                 stream = streaming.ChunkStream(out)
-                await stream.start()
+                await stream.start(inline_first=True)  # the handler runs on the loop here anyway
                 mode = streaming.mode_for({"path": path, "http_version": version})
                 if mode != streaming.BUFFERED:
                     self.sink = sink = streaming.TransportSink(self.transport)

@@ -348,3 +348,17 @@ def test_batched_rows_stream_concurrently_through_their_own_producer_threads(ser
     assert got_a == b"".join(f"a{i};".encode() for i in range(20))
     assert got_b == b"".join(f"b{i};".encode() for i in range(20))
     assert closed.wait(WAIT)
+
+
+def test_even_system_exit_from_a_generator_only_ends_its_own_stream(serve):
+    def exits():
+        yield b"before "
+        raise SystemExit(3)
+
+    server = serve(lambda *a: (exits(), "text/plain"))
+    resp = post(server.port, "/invocations")
+    with pytest.raises(http.client.IncompleteRead):
+        resp.read()
+    assert server.next_outcome().error.__class__ is SystemExit
+    server.respond = lambda *a: (iter([b"still serving"]), "text/plain")
+    assert post(server.port, "/invocations").read() == b"still serving"
