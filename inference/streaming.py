@@ -27,7 +27,8 @@ accept, ctx)`` (``Handler.invoke`` that may return a stream); then, when ``is_st
 
     stream = streaming.ChunkStream(out)
     try:
-        await stream.start()                   # first chunk; raises the handler's error
+        await stream.start(inline_first=True)  # first chunk (on the loop, like the handler call);
+                                               # raises the handler's error
     except Exception as err:
         ...answer the error as usual (nothing was sent)...
     mode = streaming.mode_for({"path": path, "http_version": "1.1"})  # or the ASGI scope
