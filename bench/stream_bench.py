@@ -247,7 +247,7 @@ def main() -> int:
               "socket write, client parse)."]
     lines += ["", "CPU ms/token: the server process's CPU time (user + system, /proc, 10 ms ticks) per token "
               "for the streamed modes, this process's for in-process; the streamed figure includes HTTP "
-              "parsing, the handler's input_fn and the uvicorn loop."]
+              "parsing, the handler's input_fn and the server's event loop."]
     lines += ["", "Goal: tokens/s overhead <= 5 %. `python bench/stream_bench.py` regenerates this file.", ""]
     (RESULTS / "stream.md").write_text("\n".join(lines))
     print("\n".join(lines))
