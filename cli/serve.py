@@ -118,8 +118,12 @@ def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, o
     ok = False
     try:
         if endpoint:
+            from aiops.stack import read_outputs, resolve_stack
+
+            settings = get_settings()  # the endpoint's region: the stack's (one stack rule), else settings
+            outputs = read_outputs(settings.home, resolve_stack(None, settings))
             result = stream_client.stream_endpoint(endpoint, body, content_type=ctype, accept=accept,
-                                                   region=get_settings().aws.region, on_chunk=show)
+                                                   region=outputs.region or settings.aws.region, on_chunk=show)
         else:
             s = get_settings().serve
             result = stream_client.stream_url(url or f"http://{s.host}:{s.port}", body, content_type=ctype,
