@@ -134,6 +134,60 @@ def run_events(client, tokens: int, payload: bytes | None = None):
     return start, first, time.perf_counter(), b"".join(parts), len(parts)
 
 
+class _NullSink:
+    async def send(self, data: bytes) -> None:
+        pass
+
+    async def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def is_disconnected(self) -> bool:
+        return False
+
+    async def wait_disconnected(self) -> None:
+        import asyncio
+
+        await asyncio.Event().wait()
+
+
+def adapter_cpu(handler, tokens: int, rounds: int) -> dict:
+    """CPU ms per token without sockets: the generator alone, through ChunkStream + stream_to to a
+    sink that drops the frames, and the same with the loop asleep until generation ends (so the
+    loop is not woken once per token)."""
+    import asyncio
+
+    from aiops.inference import streaming
+    from aiops.inference.handler import Context
+
+    def gen():
+        return streaming.invoke(handler, body(tokens), "application/json", None, Context(model_dir=handler.model_dir))[0]
+
+    async def adapter():
+        stream = streaming.ChunkStream(gen())
+        await stream.start()
+        await streaming.stream_to(stream, _NullSink(), mode=streaming.EVENTS)
+
+    async def adapter_asleep():
+        stream = streaming.ChunkStream(gen(), ahead=tokens + 1)
+        await stream.start()
+        while not stream.closed.is_set():
+            await asyncio.sleep(0.1)
+        await streaming.stream_to(stream, _NullSink(), mode=streaming.EVENTS)
+
+    modes = {"generator alone": lambda: list(gen()), "ChunkStream + stream_to": lambda: asyncio.run(adapter()),
+             "same, loop not woken per token": lambda: asyncio.run(adapter_asleep())}
+    cpu = {name: [] for name in modes}
+    for _ in range(rounds):
+        for name, fn in modes.items():
+            start = time.process_time()
+            fn()
+            cpu[name].append((time.process_time() - start) * 1000 / tokens)
+    return {name: statistics.median(v) for name, v in cpu.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -191,6 +245,7 @@ def main() -> int:
                                       "tokens_per_s": (len(out) - 1) / (end - first),
                                       "total_ms": (end - start) * 1000,
                                       "cpu_ms_per_token": cpu * 1000 / len(out)})
+        no_sockets = adapter_cpu(handler, args.tokens, max(3, args.rounds // 2))
         ceiling = {}
         trivial = f"trivial:{args.trivial_chunks}".encode()
         for name, fn in (("chunked", run_chunked), ("event-stream", run_events)):
@@ -221,7 +276,7 @@ def main() -> int:
               "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": 1, "model": CONFIG,
               "new_tokens": args.tokens, "server": args.server, "rounds": args.rounds, "noisy": True, "summary": summary,
               "samples": samples,
-              "adapter_ceiling_chunks_per_s": ceiling}
+              "adapter_ceiling_chunks_per_s": ceiling, "adapter_cpu_ms_per_token_no_sockets": no_sockets}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "stream.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
@@ -245,6 +300,11 @@ def main() -> int:
                            "per chunk)" for k, v in ceiling.items())
               + ". Per chunk that is the streaming machinery's whole cost (producer thread hand-off, framing, "
               "socket write, client parse)."]
+    lines += ["", "Without sockets, in one process (CPU ms per token, medians of interleaved rounds): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in no_sockets.items())
+              + ". The first two rows isolate the adapter (producer thread, hand-off, framing) from HTTP and "
+              "from the client process, which in the socket modes competes for the same 2 cores; the third "
+              "wakes the loop once at the end instead of once per token."]
     lines += ["", "CPU ms/token: the server process's CPU time (user + system, /proc, 10 ms ticks) per token "
               "for the streamed modes, this process's for in-process; the streamed figure includes HTTP "
               "parsing, the handler's input_fn and the server's event loop."]
