@@ -153,10 +153,12 @@ def package(
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
     from aiops.errors import UsageError
-    from aiops.inference.artifacts import package_model, run_code_dir, run_model_dir
+    from aiops.inference.artifacts import package_model, run_code, run_model_dir
     from aiops.settings import get_settings
 
     path = Path(model).expanduser()
+    code_files = None
+    program = None
     if path.is_dir():
         model_dir = path
     else:
@@ -166,17 +168,20 @@ def package(
         model_dir, info = run_model_dir(run_dir)
         if model_dir.is_file():
             raise UsageError(f"run {model} has only {model_dir}; it is already packaged")
-        code = run_code_dir(info)
+        code = run_code(info)
         if entry_point is None and source_dir is None and code is not None:
-            entry_point = code / "inference.py"
-            req = code / "requirements.txt"
-            if requirements is None and req.is_file():
-                requirements = req
+            # the whole source dir, as PyTorchModel repacks source_dir into code/
+            code_files, program = code.entries, code.program
+            for warning in code.warnings:
+                typer.echo(f"warning: {warning}", err=True)
     summary = package_model(model_dir, out, entry_point=entry_point, source_dir=source_dir,
-                            requirements=requirements)
+                            requirements=requirements, code_files=code_files)
     for name in summary["files"]:
         typer.echo(f"  {name}")
     typer.echo(f"wrote {summary['path']} ({summary['bytes']} bytes, {len(summary['files'])} files)")
+    if program is not None and program != "inference.py":
+        typer.echo(f"inference script: code/{program} (the training script defines model_fn); deploy it with "
+                   f"SAGEMAKER_PROGRAM={program} (aiops serve {out} --entry-point {program}), as estimator.deploy() does")
 
 
 def register(app: typer.Typer, *, panel: str) -> None:
