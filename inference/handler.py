@@ -56,6 +56,9 @@ class Context:
     custom_attributes: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     batch_size: int = 1
+    #: inside a batched ``predict_fn`` call: each row's own request context, in row order (the
+    #: batch's context itself carries no request's attributes, so none leaks into another's)
+    batch: list["Context"] = field(default_factory=list)
 
     @property
     def system_properties(self) -> dict[str, Any]:
@@ -110,7 +113,7 @@ def default_input_fn(input_data: Any, content_type: str):
     ctype = codecs.media_type(content_type) or codecs.JSON
     try:
         if ctype in codecs.UTF8_TYPES:
-            tensor = torch.from_numpy(np.asarray(array, dtype=np.float32))
+            tensor = torch.from_numpy(array.astype(np.float32, copy=False))
         else:
             if not array.flags.writeable:
                 array = array.copy()
@@ -286,7 +289,7 @@ class Handler:
             try:
                 self.check_accept(accept)
                 decoded.append((i, self.decode(body, ctype, ctx)))
-            except Exception as err:  # noqa: BLE001 - reported per request
+            except BaseException as err:  # noqa: BLE001 - reported per request (even sys.exit)
                 results[i] = err
         groups: dict[Any, list[tuple[int, Any]]] = {}
         for i, data in decoded:
@@ -315,14 +318,12 @@ class Handler:
         tensors = [data for _, data in members]
         stacked = tensors[0].dim() == 1
         batch = torch.stack(tensors) if stacked else torch.cat(tensors)
-        ctx = requests[members[0][0]][3]
-        ctx.batch_size = len(members)
+        # a context of its own for the batch: no request's custom attributes or Accept stand for all
+        ctx = Context(model_dir=self.model_dir, batch_size=len(members), batch=[requests[i][3] for i, _ in members])
         try:
             out = self.predict(batch, ctx)
-        except Exception:  # noqa: BLE001 - retried one by one to attribute the failure
+        except BaseException:  # noqa: BLE001 - retried one by one to attribute the failure
             return None
-        finally:
-            ctx.batch_size = 1
         if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != batch.shape[0]:
             return None
         if stacked:
@@ -334,7 +335,7 @@ def _normalise(result: Any, accept_value: str) -> tuple[bytes, str]:
     if isinstance(result, tuple) and len(result) == 2:
         body, ctype = result
     else:
-        body, ctype = result, codecs.parse_accept(accept_value, accept_value)[0]
+        body, ctype = result, codecs.first_media_type(accept_value, accept_value)
     if isinstance(body, str):
         body = body.encode("utf-8")
     elif isinstance(body, (bytearray, memoryview)):
@@ -346,9 +347,11 @@ def _normalise(result: Any, accept_value: str) -> tuple[bytes, str]:
 
 
 def _capture(fn: Callable, *args: Any) -> Any:
+    """``fn(*args)`` or the exception it raised - any, even SystemExit or KeyboardInterrupt from a
+    handler: one request's failure must not take the worker down."""
     try:
         return fn(*args)
-    except Exception as err:  # noqa: BLE001 - reported per request
+    except BaseException as err:  # noqa: BLE001 - reported per request
         return err
 
 
