@@ -72,10 +72,16 @@ class HandlerError(Exception):
 # ---------------------------------------------------------------- defaults
 
 
-def _device():
-    import torch
+_DEVICE: list = []
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+def _device():
+    """The serving device, looked up once (torch.cuda.is_available() costs a call per request)."""
+    if not _DEVICE:
+        import torch
+
+        _DEVICE.append(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return _DEVICE[0]
 
 
 def default_model_fn(model_dir: str):
@@ -248,6 +254,8 @@ class Handler:
 
     def decode(self, body: bytes, content_type: str | None, ctx: Context) -> Any:
         ctype = codecs.media_type(content_type) or codecs.JSON
+        if "input_fn" not in self.fns and ctype == codecs.JSON:
+            return default_input_fn(body, ctype)  # orjson reads (and UTF-8-checks) the bytes itself
         return self._call("input_fn", default_input_fn, (self.prepare_body(body, ctype), ctype), ctx)
 
     def predict(self, data: Any, ctx: Context) -> Any:
@@ -313,11 +321,16 @@ class Handler:
         return results
 
     def _predict_together(self, members, requests) -> list[Any] | None:
+        import numpy as np
         import torch
 
         tensors = [data for _, data in members]
         stacked = tensors[0].dim() == 1
-        batch = torch.stack(tensors) if stacked else torch.cat(tensors)
+        if tensors[0].device.type == "cpu":  # numpy joins many small arrays faster than torch
+            arrays = [t.numpy() for t in tensors]
+            batch = torch.from_numpy(np.stack(arrays) if stacked else np.concatenate(arrays))
+        else:
+            batch = torch.stack(tensors) if stacked else torch.cat(tensors)
         # a context of its own for the batch: no request's custom attributes or Accept stand for all
         ctx = Context(model_dir=self.model_dir, batch_size=len(members), batch=[requests[i][3] for i, _ in members])
         try:
@@ -326,6 +339,12 @@ class Handler:
             return None
         if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != batch.shape[0]:
             return None
+        if self.default_output and out.device.type == "cpu" and not out.requires_grad:
+            rows = out.numpy()  # the default output_fn encodes numpy rows straight from this buffer
+            if stacked:
+                return list(rows)
+            bounds = np.cumsum([t.shape[0] for t in tensors])[:-1]
+            return np.split(rows, bounds)
         if stacked:
             return list(out.unbind(0))
         return list(out.split([t.shape[0] for t in tensors]))
