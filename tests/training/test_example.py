@@ -150,7 +150,7 @@ def test_serving_handlers_answer_json_and_csv(trained: tuple[Path, str], digits_
         inference.input_fn("x", "image/png")
     assert info.value.status_code == 415
     with pytest.raises(inference.RequestError, match="accept") as info:
-        inference.output_fn(torch.zeros(1, 10), "image/png")
+        inference.output_fn(np.zeros((1, 10)), "image/png")
     assert info.value.status_code == 406
 
 
