@@ -329,6 +329,7 @@ class App:
         # what the loop thread is running now, for the watchdog: (started, [requests]) or None
         self.running: tuple[float, list[Request]] | None = None
         self.running_lock = threading.Lock()
+        self.call_started: float | None = None  # stays set after a 504: a stuck call ends the worker
 
     # ---- admission
     def accept(self, conn: Connection) -> None:
@@ -477,10 +478,12 @@ class App:
                 self._answer(req, result)
 
     def _start(self, reqs: list[Request]) -> None:
-        self.running = (time.monotonic(), reqs)
+        self.call_started = now = time.monotonic()
+        self.running = (now, reqs)
 
     def _finish(self) -> bool:
         """False when the watchdog already answered these requests (504) while they ran."""
+        self.call_started = None
         with self.running_lock:
             running, self.running = self.running, None
         return running is not None
@@ -549,8 +552,7 @@ class App:
         return False
 
     def running_since(self) -> float | None:
-        running = self.running
-        return running[0] if running is not None else None
+        return self.call_started
 
 
 class HttpErrorTimeout(HttpError):
