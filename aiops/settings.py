@@ -254,11 +254,13 @@ def describe_validation_error(err: ValidationError, *, env_prefix: str = "AIOPS_
 def load_settings(**overrides: Any) -> Settings:
     """Build and validate the settings, raising ConfigError (exit 2) with one clear line."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err)) from None
     except ValueError as err:  # a malformed aiops.toml
         raise ConfigError(f"cannot read settings: {err}. Fix {DEFAULT_CONFIG_FILE} or {CONFIG_FILE_ENV}.") from None
+    load_serve_settings()  # the [serve] section is validated with the rest, before any work starts
+    return settings
 
 
 @lru_cache(maxsize=1)
@@ -267,13 +269,29 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+def _serve_names() -> dict[str, tuple[str, list[str]]]:
+    """Every accepted name of a serve setting -> (field, its environment variable names)."""
+    names = {}
+    for field_name, info in ServeSettings.model_fields.items():
+        choices = [str(c) for c in getattr(info.validation_alias, "choices", []) or []]
+        env = [c for c in choices if c != field_name]
+        for choice in choices:
+            names[choice] = (field_name, env)
+    return names
+
+
 def describe_serve_error(err: ValidationError) -> str:
+    """One line: ``serve.port=99999 (SAGEMAKER_BIND_TO_PORT): ...`` for every bad value."""
+    names = _serve_names()
     parts = []
     for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"])
+        given = str(item["loc"][0]) if item["loc"] else ""
+        field_name, env = names.get(given, (given, []))
+        source = " or ".join(env) or given
         value = item.get("input")
-        parts.append(f"{key}={value!r}: {item['msg']}")
-    return "invalid serve settings: " + "; ".join(parts)
+        shown = "" if isinstance(value, dict) else f"={value!r}"
+        parts.append(f"serve.{field_name}{shown} ({source}): {item['msg']}")
+    return "invalid settings: " + "; ".join(parts)
 
 
 def load_serve_settings(**cli: Any) -> ServeSettings:

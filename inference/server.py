@@ -108,8 +108,9 @@ def describe_error(err: BaseException, rid: str) -> tuple[int, str, str]:
         "ModelError"
 
 
-# connection states
-IDLE, HEADERS, BODY, READY, CLOSED = range(5)
+# connection states; LINGER: answered early (413/401/...) and closing, dropping what the client still sends
+IDLE, HEADERS, BODY, READY, CLOSED, LINGER = range(6)
+LINGER_SECONDS = 2.0
 
 
 class Request:
@@ -167,6 +168,8 @@ class Connection(asyncio.Protocol):
         self.complete = False
 
     def data_received(self, data: bytes) -> None:
+        if self.state == LINGER:  # a client still sending the body we refused: read it away, then close
+            return
         if self.state == READY:  # pipelined bytes while a request waits: hold them, stop reading
             self.backlog.append(data)
             if not self.paused:
@@ -254,13 +257,13 @@ class Connection(asyncio.Protocol):
         err = self.app.check_headers(self)
         if err is not None:
             status, message, extra = err
-            self.fail(status, message, extra=extra, close=True)  # before the body is read
+            self.fail(status, message, extra=extra, close=True, linger=True)  # before the body is read
             raise _Abort
 
     def on_body(self, chunk: bytes) -> None:
         self.body_size += len(chunk)
         if self.body_size > self.app.max_payload:
-            self.fail(413, self.app.too_large_message(), close=True)
+            self.fail(413, self.app.too_large_message(), close=True, linger=True)
             raise _Abort
         self.body.append(chunk)
 
@@ -270,8 +273,16 @@ class Connection(asyncio.Protocol):
 
     # ---- writing
     def fail(self, status: int, message: str, *, extra: list | None = None, close: bool = False,
-             etype: str = "ValidationError") -> None:
-        self.write_and_finish(error_response(status, message, etype, _rid(), extra=extra, close=close), close)
+             etype: str = "ValidationError", linger: bool = False) -> None:
+        data = error_response(status, message, etype, _rid(), extra=extra, close=close)
+        if linger and self.state != CLOSED:
+            # a client that sends its whole body before reading would get EPIPE instead of this
+            # answer if we closed now: drop its bytes for a moment (nothing is kept), then close
+            self.transport.write(data)
+            self.state = LINGER
+            self.deadline = time.monotonic() + LINGER_SECONDS
+            return
+        self.write_and_finish(data, close)
 
     def write_and_finish(self, data: bytes, close: bool) -> None:
         if self.state == CLOSED:
@@ -526,8 +537,8 @@ class App:
     def sweep(self) -> None:
         now = time.monotonic()
         for conn in list(self.conns):
-            if conn.state in (IDLE, HEADERS, BODY) and now > conn.deadline:
-                if conn.state == IDLE:
+            if conn.state in (IDLE, HEADERS, BODY, LINGER) and now > conn.deadline:
+                if conn.state in (IDLE, LINGER):
                     conn.state = CLOSED
                     conn.transport.close()  # idle keep-alive (or never started): close quietly
                 else:
