@@ -296,10 +296,13 @@ def describe_serve_error(err: ValidationError) -> str:
     for item in err.errors():
         given = str(item["loc"][0]) if item["loc"] else ""
         field_name, env = names.get(given, (given, []))
-        source = " or ".join(env) or given
         value = item.get("input")
+        used = next((name for name in env if os.environ.get(name, "").strip()), None)
+        if used is not None and os.environ[used] == value:  # name the variable the value came from
+            parts.append(f"{used}={value!r} (serve.{field_name}): {item['msg']}")
+            continue
         shown = "" if isinstance(value, dict) else f"={value!r}"
-        parts.append(f"serve.{field_name}{shown} ({source}): {item['msg']}")
+        parts.append(f"serve.{field_name}{shown} ({' or '.join(env) or given}): {item['msg']}")
     return "invalid settings: " + "; ".join(parts)
 
 
