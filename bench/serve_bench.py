@@ -556,6 +556,10 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}{path}"
         try:
             wait_ping(port, path="/" if key == "mosec" else "/ping")
+            if key.startswith("aiops"):
+                deadline = time.monotonic() + 120  # every worker loaded, not just the first
+                while (work / f"{port}.log").read_text().count("INFO ready:") < 2 and time.monotonic() < deadline:
+                    time.sleep(0.2)
             answer = check_answer(wait_first_prediction(url, body.encode(), proc), expected)
             for _ in range(200):  # warm-up, same for every server
                 post(url, body.encode())

@@ -80,8 +80,8 @@ def main() -> None:
                       str(port), *extra], env, work / f"{mode}.log")
         try:
             wait_ping(port)
-            deadline = time.monotonic() + 60
-            while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+            deadline = time.monotonic() + 120  # both workers loaded, not just the first
+            while (work / f"{mode}.log").read_text().count("INFO ready:") < 2 and time.monotonic() < deadline:
                 time.sleep(0.2)
             worker = children(proc.pid)[0]
             wrk = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{args.duration + 2}s", "-s", str(lua),
