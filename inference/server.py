@@ -715,7 +715,31 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
                 os._exit(EXIT_STUCK)
 
     async def main() -> None:
-        server = await loop.create_server(lambda: Connection(app), sock=sock, backlog=2048)
+        # Our own accept loop: every pending connection per wake-up (uvloop's server accepts one per
+        # loop iteration, so a burst of new clients behind a busy handler waited seconds to be accepted)
+        listening = [True]
+
+        def on_accept() -> None:
+            for _ in range(1024):
+                try:
+                    client, _addr = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as err:  # e.g. EMFILE: back off instead of spinning on a readable socket
+                    log.warning("accept failed (%s); retrying in 0.1 s", err.strerror or err)
+                    loop.remove_reader(sock.fileno())
+                    loop.call_later(0.1, lambda: listening[0] and loop.add_reader(sock.fileno(), on_accept))
+                    return
+                client.setblocking(False)
+                loop.create_task(_adopt(client))
+
+        async def _adopt(client: socket.socket) -> None:
+            try:
+                await loop.connect_accepted_socket(lambda: Connection(app), client)
+            except OSError:
+                client.close()
+
+        loop.add_reader(sock.fileno(), on_accept)
         report("ready")
         log.info("ready: %s, batch size %d", app.handler.describe(), app.batch_size)
         rss_cap = int(s.max_worker_rss_mb * 1024 * 1024) if s.max_worker_rss_mb else 0
@@ -736,7 +760,9 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
                 report("recycle")
         # graceful: stop accepting, answer what is in flight, close idle connections, then exit
         app.healthy = False
-        server.close()
+        listening[0] = False
+        loop.remove_reader(sock.fileno())
+        sock.close()
         deadline = time.monotonic() + s.graceful_shutdown_seconds
         await asyncio.sleep(0.05)  # read what already arrived on accepted connections before closing idle ones
         while time.monotonic() < deadline:
