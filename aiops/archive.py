@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import tarfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Mapping
 
@@ -88,3 +89,85 @@ def write_tar_gz_file(entries: Mapping[str, Path], out: Path, **options: object)
 def folder_entries(folder: Path) -> dict[str, Path]:
     """Every file under `folder`, by its POSIX path relative to it."""
     return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- safe extraction
+
+GIB = 1024 ** 3
+DEFAULT_MAX_BYTES = 64 * GIB
+DEFAULT_MAX_RATIO = 200.0
+DEFAULT_MAX_MEMBERS = 100_000
+RATIO_FLOOR_BYTES = 1 * GIB
+
+
+class ArchiveError(ValueError):
+    """An archive refused by :func:`safe_extract` (the message names the entry and the limit)."""
+
+
+def safe_extract(archive_path: Path, dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_ratio: float = DEFAULT_MAX_RATIO, max_members: int = DEFAULT_MAX_MEMBERS) -> int:
+    """Extract a tar(.gz) into the empty folder ``dest`` in one streaming pass; returns the bytes written.
+
+    Every member is checked from its header as it streams, before its data is read: regular files
+    and folders only (no links, devices, sparse files), no path leaving ``dest``, at most
+    ``max_members`` entries and at most ``min(max_bytes, max(1 GiB, max_ratio x archive size))``
+    bytes in all - a tar bomb stops at its first header past the cap, not after filling the disk.
+    The archive is decompressed once (``tarfile`` stream mode, no ``getmembers()`` pre-pass).
+    Raises :class:`ArchiveError`; the caller removes ``dest`` (see :func:`extract_to_temp`).
+    """
+    archive_path = Path(archive_path)
+    compressed = archive_path.stat().st_size
+    cap = min(int(max_bytes), max(RATIO_FLOOR_BYTES, int(max_ratio * compressed)))
+    root = Path(dest).resolve()
+    total = 0
+    count = 0
+    try:
+        with tarfile.open(archive_path, "r|*") as tar:
+            for member in tar:
+                count += 1
+                if count > max_members:
+                    raise ArchiveError(f"more than {max_members} entries (archive_max_members)")
+                name = member.name
+                target = (root / name).resolve()
+                if target != root and root not in target.parents:
+                    raise ArchiveError(f"entry {name!r} would be written outside the model folder")
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not member.isfile() or member.issparse():
+                    raise ArchiveError(f"entry {name!r} is a link, device or sparse file; not extracted")
+                total += member.size
+                if total > cap:
+                    raise ArchiveError(
+                        f"unpacks to more than {cap} bytes (at entry {name!r}); the limits are archive_max_gb and "
+                        f"archive_max_ratio x the archive's {compressed} bytes")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file
+                mode = 0o755 if member.mode & 0o111 else 0o644
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), mode)
+                with os.fdopen(fd, "wb") as out:
+                    left = member.size
+                    while left > 0:  # the member's data, never more than its header's size
+                        block = source.read(min(_CHUNK, left))
+                        if not block:
+                            raise ArchiveError(f"entry {name!r} is truncated")
+                        out.write(block)
+                        left -= len(block)
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise ArchiveError(f"not a readable tar archive ({err})") from None
+    return total
+
+
+def extract_to_temp(archive_path: Path, *, prefix: str = "aiops-model-", **limits: object) -> Path:
+    """:func:`safe_extract` into a new temporary folder, which is removed again on any failure."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        safe_extract(archive_path, folder, **limits)  # type: ignore[arg-type]
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder

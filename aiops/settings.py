@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,23 +46,118 @@ class TrainSettings(_Section):
     instance_type: str = Field("local", description="Recorded in resourceconfig.json for local runs.")
 
 
-class ServeSettings(_Section):
-    """Defaults for `aiops serve` (the SAGEMAKER_* variables override them, as in the container)."""
+def _serve_field(default: Any, name: str, *sagemaker: str, **kw: Any) -> Any:
+    """A serve setting read from ``SAGEMAKER_*`` (as the container does) before ``AIOPS_SERVE__*``."""
+    return Field(default, validation_alias=AliasChoices(*sagemaker, f"AIOPS_SERVE__{name.upper()}", name), **kw)
 
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
-    timeout_seconds: float = Field(60.0, gt=0)
-    max_payload_mb: float = Field(6.0, gt=0)
-    default_accept: str = "application/json"
-    graceful_shutdown_seconds: float = Field(30.0, ge=0)
-    batch_size: int = Field(1, ge=1, description="Dynamic batching: most requests per predict_fn call (1: off).")
-    max_batch_delay_ms: float = Field(
-        5.0, ge=0, description="Dynamic batching: the most a request waits for others to join its batch."
-    )
-    api_key: str | None = Field(
-        None, description="When set, every route but /ping needs it (X-Api-Key or Authorization: Bearer)."
-    )
+
+class ServeSettings(BaseSettings):
+    """The one serve-settings model: `aiops serve`, the container entry and every worker use it.
+
+    Highest priority first: CLI flags (init values), the SageMaker variables (``SAGEMAKER_BIND_TO_PORT``,
+    ``SAGEMAKER_MODEL_SERVER_WORKERS``, ...), ``AIOPS_SERVE__*``, the ``[serve]`` table of aiops.toml,
+    the defaults. The supervisor sends the validated model to each worker as JSON.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid", populate_by_name=True, env_ignore_empty=True,
+                                      validate_default=True)
+
+    host: str = _serve_field("127.0.0.1", "host", description="Interface to bind.")
+    port: int = _serve_field(8080, "port", "SAGEMAKER_BIND_TO_PORT", ge=0, le=65535)
+    workers: int = _serve_field(1, "workers", "SAGEMAKER_MODEL_SERVER_WORKERS", ge=1,
+                                description="Worker processes (each loads the model once).")
+    timeout_seconds: float = _serve_field(60.0, "timeout_seconds", "SAGEMAKER_MODEL_SERVER_TIMEOUT", gt=0,
+                                          description="A request unanswered this long gets 504.")
+    max_payload_mb: float = _serve_field(6.0, "max_payload_mb", "SAGEMAKER_MAX_PAYLOAD_IN_MB", gt=0)
+    default_accept: str = _serve_field("application/json", "default_accept", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT")
+    program: str | None = _serve_field(None, "program", "SAGEMAKER_PROGRAM",
+                                       description="The inference script in code/ (default inference.py).")
+    batch_size: int = _serve_field(1, "batch_size", "SAGEMAKER_TS_BATCH_SIZE", ge=1,
+                                   description="Dynamic batching: most requests per predict_fn call (1: off).")
+    max_batch_delay_ms: float = _serve_field(
+        5.0, "max_batch_delay_ms", "SAGEMAKER_TS_MAX_BATCH_DELAY", ge=0,
+        description="Dynamic batching: the most a request waits for others to join its batch.")
+    graceful_shutdown_seconds: float = _serve_field(30.0, "graceful_shutdown_seconds", ge=0)
+    api_key: str | None = _serve_field(
+        None, "api_key", description="When set, every route but /ping needs it (X-Api-Key or Authorization: Bearer).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=AliasChoices("AIOPS_SERVE__LOG_LEVEL", "AIOPS_LOG_LEVEL", "log_level"))
+    variant: str = _serve_field("AllTraffic", "variant", description="X-Amzn-Invoked-Production-Variant.")
+    install_requirements: bool = _serve_field(False, "install_requirements",
+                                              description="pip install code/requirements.txt before serving.")
+    # ---- bounds, applied before the API key is checked and before anything large is buffered
+    max_header_kb: float = _serve_field(16.0, "max_header_kb", gt=0,
+                                        description="Request line plus headers; more is answered 431.")
+    header_timeout_seconds: float = _serve_field(
+        10.0, "header_timeout_seconds", gt=0, description="Time to send the request line and headers.")
+    body_timeout_seconds: float = _serve_field(30.0, "body_timeout_seconds", gt=0,
+                                               description="Time to send the whole body once the headers are in.")
+    keep_alive_seconds: float = _serve_field(60.0, "keep_alive_seconds", gt=0,
+                                             description="An idle keep-alive connection is closed after this.")
+    max_connections: int = _serve_field(
+        1000, "max_connections", ge=1, description="Open connections per worker; past it the longest idle one "
+        "is closed, or the new one answered 503.")
+    max_queue: int = _serve_field(256, "max_queue", ge=1, description="Requests read but not yet answered, per "
+                                  "worker; past it 503 with Retry-After.")
+    max_decoded_mb: float = _serve_field(100.0, "max_decoded_mb", gt=0,
+                                         description="Largest .npy/.npz/sparse body once decoded (default decoders).")
+    json_max_depth: int = _serve_field(32, "json_max_depth", ge=1, description="Dimensions of a JSON array body.")
+    json_max_elements: int = _serve_field(4_000_000, "json_max_elements", ge=1,
+                                          description="Numbers in a JSON or CSV body (default decoders).")
+    max_worker_rss_mb: float = _serve_field(
+        0.0, "max_worker_rss_mb", ge=0, description="A worker whose memory (RSS) grows past this is replaced "
+        "(a new one starts first, then the old one drains); 0: never.")
+    archive_max_gb: float = _serve_field(64.0, "archive_max_gb", gt=0,
+                                         description="A model.tar.gz may unpack to at most this much.")
+    archive_max_ratio: float = _serve_field(
+        200.0, "archive_max_ratio", gt=1, description="... and to at most this many times its own size "
+        "(with a 1 GiB floor): a tar bomb is refused from the headers as it streams.")
+    archive_max_members: int = _serve_field(100_000, "archive_max_members", ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file()
+        if config_file is not None:
+            sources.append(_TomlTable(settings_cls, config_file, "serve"))
+        return tuple(sources)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
+
+
+class _TomlTable(TomlConfigSettingsSource):
+    """One table of aiops.toml (``[serve]``) as a settings source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path, table: str) -> None:
+        self._table = table
+        super().__init__(settings_cls, toml_file=path)
+
+    def _read_files(self, files: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        data = super()._read_files(files, *args, **kwargs)
+        value = data.get(self._table, {})
+        return value if isinstance(value, dict) else {}
+
+
+class _WithoutTable(TomlConfigSettingsSource):
+    """aiops.toml without one table (``[serve]`` is read by ServeSettings itself)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path, table: str) -> None:
+        self._table = table
+        super().__init__(settings_cls, toml_file=path)
+
+    def _read_files(self, files: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        data = dict(super()._read_files(files, *args, **kwargs))
+        data.pop(self._table, None)
+        return data
 
 
 class AwsSettings(_Section):
@@ -110,7 +205,6 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     train: TrainSettings = TrainSettings()
-    serve: ServeSettings = ServeSettings()
     aws: AwsSettings = AwsSettings()
 
     @field_validator("home")
@@ -121,6 +215,11 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+    @property
+    def serve(self) -> ServeSettings:
+        """The serve settings (their own model: they also read the SAGEMAKER_* variables)."""
+        return get_serve_settings()
 
     @classmethod
     def settings_customise_sources(
@@ -134,7 +233,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = _config_file()
         if config_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            sources.append(_WithoutTable(settings_cls, config_file, "serve"))
         return tuple(sources)
 
 
@@ -164,14 +263,60 @@ def describe_validation_error(err: ValidationError, *, env_prefix: str = "AIOPS_
 def load_settings(**overrides: Any) -> Settings:
     """Build and validate the settings, raising ConfigError (exit 2) with one clear line."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err)) from None
     except ValueError as err:  # a malformed aiops.toml
         raise ConfigError(f"cannot read settings: {err}. Fix {DEFAULT_CONFIG_FILE} or {CONFIG_FILE_ENV}.") from None
+    load_serve_settings()  # the [serve] section is validated with the rest, before any work starts
+    return settings
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, validated on first use."""
     return load_settings()
+
+
+def _serve_names() -> dict[str, tuple[str, list[str]]]:
+    """Every accepted name of a serve setting -> (field, its environment variable names)."""
+    names = {}
+    for field_name, info in ServeSettings.model_fields.items():
+        choices = [str(c) for c in getattr(info.validation_alias, "choices", []) or []]
+        env = [c for c in choices if c != field_name]
+        for choice in choices:
+            names[choice] = (field_name, env)
+    return names
+
+
+def describe_serve_error(err: ValidationError) -> str:
+    """One line: ``serve.port=99999 (SAGEMAKER_BIND_TO_PORT): ...`` for every bad value."""
+    names = _serve_names()
+    parts = []
+    for item in err.errors():
+        given = str(item["loc"][0]) if item["loc"] else ""
+        field_name, env = names.get(given, (given, []))
+        value = item.get("input")
+        used = next((name for name in env if os.environ.get(name, "").strip()), None)
+        if used is not None and os.environ[used] == value:  # name the variable the value came from
+            parts.append(f"{used}={value!r} (serve.{field_name}): {item['msg']}")
+            continue
+        shown = "" if isinstance(value, dict) else f"={value!r}"
+        parts.append(f"serve.{field_name}{shown} ({' or '.join(env) or given}): {item['msg']}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+def load_serve_settings(**cli: Any) -> ServeSettings:
+    """The serve settings with CLI values (None: not given) on top; ConfigError (exit 2) when invalid."""
+    given = {k: v for k, v in cli.items() if v is not None}
+    try:
+        return ServeSettings(**given)
+    except ValidationError as err:
+        raise ConfigError(describe_serve_error(err)) from None
+    except ValueError as err:
+        raise ConfigError(f"cannot read settings: {err}. Fix {DEFAULT_CONFIG_FILE} or {CONFIG_FILE_ENV}.") from None
+
+
+@lru_cache(maxsize=1)
+def get_serve_settings() -> ServeSettings:
+    return load_serve_settings()

@@ -1,6 +1,6 @@
 """The `aiops` command line: thin commands that parse, call one function, render.
 
-Each command module keeps its heavy imports (torch, boto3, pulumi, uvicorn) inside the command
+Each command module keeps its heavy imports (torch, boto3, pulumi, httptools) inside the command
 functions, so `aiops --help` stays fast. Sub-apps and commands are grouped in help panels.
 """
 
@@ -64,7 +64,7 @@ _register()
 _EXTRAS = {
     "boto3": "aws", "botocore": "aws", "s3transfer": "aws", "pathspec": "aws",
     "numpy": "examples", "sklearn": "examples",
-    "uvicorn": "serve", "starlette": "serve",
+    "httptools": "serve", "uvloop": "serve", "werkzeug": "serve",
     "pulumi": "infra", "pulumi_aws": "infra", "yaml": "infra",
     "matplotlib": "plot", "PIL": "plot",
     "sagemaker": "images",

@@ -33,12 +33,12 @@ def serve(
                                               help="pip install code/requirements.txt first (as the container does)."),
 ) -> None:
     """Serve a model with the SageMaker PyTorch handler contract: GET /ping, POST /invocations."""
-    from aiops.inference.supervisor import options_from_settings, serve as run_server
+    from aiops.inference.supervisor import serve as run_server, serve_settings
     from aiops.settings import get_settings
 
-    opts = options_from_settings(host=host, port=port, workers=workers, batch_size=batch_size,
-                                 max_batch_delay_ms=max_batch_delay, timeout_seconds=timeout, api_key=api_key)
-    opts.install_requirements = install_requirements
+    opts = serve_settings(host=host, port=port, workers=workers, batch_size=batch_size,
+                          max_batch_delay_ms=max_batch_delay, timeout_seconds=timeout, api_key=api_key,
+                          install_requirements=install_requirements or None)
 
     def ready(url: str) -> None:
         typer.echo(f"serving {model} on {url} ({opts.workers} worker{'s' if opts.workers > 1 else ''}"

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,24 +135,19 @@ def run_code_dir(info: dict) -> Path | None:
     return code.root if code else None
 
 
-def safe_extract(tar_path: Path, dest: Path) -> None:
-    """Extract a model.tar.gz refusing links, devices and paths that leave ``dest``."""
+def extract_model(tar_path: Path, limits: dict | None = None) -> Path:
+    """Unpack a model.tar.gz into a new temp folder with :func:`aiops.archive.extract_to_temp`
+    (streaming, capped, removed again on failure); a refused or broken archive is a UsageError."""
     try:
-        with tarfile.open(tar_path, "r:*") as tar:
-            members = tar.getmembers()
-            for m in members:
-                target = (dest / m.name).resolve()
-                if not str(target).startswith(str(dest.resolve()) + os.sep) and target != dest.resolve():
-                    raise UsageError(f"{tar_path}: entry {m.name!r} would be written outside the model folder")
-                if not (m.isfile() or m.isdir()):
-                    raise UsageError(f"{tar_path}: entry {m.name!r} is a link or device; not extracted")
-            tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise UsageError(f"{tar_path}: not a readable model.tar.gz ({err})") from None
+        return archive.extract_to_temp(tar_path, prefix="aiops-model-", **(limits or {}))
+    except archive.ArchiveError as err:
+        raise UsageError(f"{tar_path}: {err}") from None
+    except OSError as err:
+        raise UsageError(f"{tar_path}: cannot unpack it ({err.strerror or err})") from None
 
 
 def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
-                  source_dir: str | None = None) -> ModelSource:
+                  source_dir: str | None = None, archive_limits: dict | None = None) -> ModelSource:
     """MODEL may be a model.tar.gz, a model folder, or the name of a local training run.
 
     ``source_dir`` replaces the artifact's ``code/`` folder; ``entry_point`` names the script in it
@@ -177,8 +170,7 @@ def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
         raise UsageError(f"{model}: no such model.tar.gz, folder, or local run (runs are looked up in {runs_dir})")
 
     if model_path.is_file():
-        tempdir = Path(tempfile.mkdtemp(prefix="aiops-model-"))
-        safe_extract(model_path, tempdir)
+        tempdir = extract_model(model_path, archive_limits)
         model_dir = tempdir
     elif model_path.is_dir():
         model_dir = model_path

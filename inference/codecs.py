@@ -1,18 +1,39 @@
 """Request decoding and response encoding, as the SageMaker inference toolkit's defaults.
 
 Behaviour follows ``sagemaker_inference.decoder`` / ``encoder`` and the default PyTorch handler
-(sagemaker-pytorch-inference 2.0.x), with three deliberate differences, all for safety:
-``.npy``/``.npz`` bodies are loaded with ``allow_pickle=False``; an ``.npz`` body holding one scipy
-sparse matrix (what the toolkit's ``scipy.sparse.load_npz`` expects) is densified without scipy;
-and every failure is a typed :class:`HttpError` (400/406/415) instead of a 500 with a traceback.
+(sagemaker-pytorch-inference 2.0.x), with deliberate differences, all for safety:
 
-numpy and orjson are imported lazily (inside functions), so importing this module is free.
+- every failure is a typed :class:`HttpError` (400/406/413/415) naming the problem, never a 500:
+  an empty, ragged, non-numeric or null-holding body is refused before it reaches the model, and
+  CSV fields that are not numbers are refused (the toolkit's ``np.genfromtxt`` turned them into NaN);
+- ``.npy``/``.npz`` bodies are loaded with ``allow_pickle=False``, and their decoded size is checked
+  from the zip directory and each ``.npy`` header *before* anything is allocated (``LIMITS``);
+- an ``.npz`` body holding one scipy sparse matrix is densified without scipy (size-checked too);
+- Accept is negotiated with werkzeug's parser (q-values and specificity, RFC 9110), where the
+  toolkit split on commas and compared strings.
+
+numpy, orjson and werkzeug are imported lazily (inside functions), so importing this module is free.
 """
 
 from __future__ import annotations
 
 import io
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
+
+from aiops.inference.errors import (  # noqa: F401 - re-exported: handler scripts import them from here
+    BadRequest,
+    HttpError,
+    InferenceError,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -25,52 +46,26 @@ DECODABLE = (JSON, CSV, NPY, NPZ)
 ENCODABLE = (JSON, CSV, NPY)
 
 
-class HttpError(Exception):
-    """An error with an HTTP status for the client. ``message`` is safe to show to the client."""
+@dataclass
+class Limits:
+    """Bounds of the default decoders (set per worker from the serve settings)."""
 
-    status_code = 500
-    error_type = "InternalFailure"
-
-    def __init__(self, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status_code is not None:
-            self.status_code = status_code
+    max_decoded_bytes: int = 100 * 1024 * 1024  # an .npy/.npz/sparse body's arrays, once decoded
+    json_max_depth: int = 32  # dimensions of a JSON array
+    json_max_elements: int = 4_000_000  # numbers in a JSON or CSV body
 
 
-class BadRequest(HttpError):
-    status_code = 400
-    error_type = "ValidationError"
+LIMITS = Limits()
 
 
-class Unauthorized(HttpError):
-    status_code = 401
-    error_type = "AccessDeniedException"
-
-
-class NotFound(HttpError):
-    status_code = 404
-    error_type = "ValidationError"
-
-
-class MethodNotAllowed(HttpError):
-    status_code = 405
-    error_type = "ValidationError"
-
-
-class NotAcceptable(HttpError):
-    status_code = 406
-    error_type = "ValidationError"
-
-
-class PayloadTooLarge(HttpError):
-    status_code = 413
-    error_type = "ValidationError"
-
-
-class UnsupportedMediaType(HttpError):
-    status_code = 415
-    error_type = "ValidationError"
+def configure(*, max_decoded_bytes: int | None = None, json_max_depth: int | None = None,
+              json_max_elements: int | None = None) -> None:
+    if max_decoded_bytes is not None:
+        LIMITS.max_decoded_bytes = int(max_decoded_bytes)
+    if json_max_depth is not None:
+        LIMITS.json_max_depth = int(json_max_depth)
+    if json_max_elements is not None:
+        LIMITS.json_max_elements = int(json_max_elements)
 
 
 def media_type(header: str | None) -> str | None:
@@ -81,28 +76,44 @@ def media_type(header: str | None) -> str | None:
     return value or None
 
 
-def parse_accept(accept: str | None, default_accept: str) -> list[str]:
-    """The media types of an Accept header in order; missing or ``*/*`` means ``default_accept``.
+@lru_cache(maxsize=256)  # clients send a handful of distinct Accept values; parse each once
+def _negotiate(accept: str, default_accept: str, supported: tuple[str, ...]) -> str | None:
+    from werkzeug.datastructures import MIMEAccept
+    from werkzeug.http import parse_accept_header
 
-    The toolkit splits on commas and compares exact strings; we also drop parameters (``;q=``).
-    """
-    if not accept or not accept.strip():
-        return [default_accept]
-    out = []
-    for part in accept.split(","):
-        value = media_type(part)
-        if value is None:
-            continue
-        out.append(default_accept if value == ANY else value)
-    return out or [default_accept]
+    parsed = parse_accept_header(accept, MIMEAccept)
+    if not parsed:  # nothing usable (e.g. ",,"): as if no Accept was sent
+        return default_accept if default_accept in supported else None
+    # default first: on equal quality and specificity (e.g. */*) it wins, as the toolkit's default
+    ordered = (default_accept, *[s for s in supported if s != default_accept]) if default_accept in supported \
+        else supported
+    return parsed.best_match(ordered)
 
 
 def choose_accept(accept: str | None, default_accept: str, supported=ENCODABLE) -> str:
-    """The first acceptable type we can encode, or :class:`NotAcceptable` (406)."""
-    for value in parse_accept(accept, default_accept):
-        if value in supported:
+    """The best acceptable type we can encode (q-values honoured), or :class:`NotAcceptable` (406).
+
+    No Accept (or ``*/*``) means ``default_accept``.
+    """
+    if not accept or not accept.strip():
+        return default_accept
+    found = _negotiate(accept.strip()[:1000], default_accept, tuple(supported))
+    if found is None:
+        raise NotAcceptable(f"cannot encode the response as {accept[:200]!r}; supported: {', '.join(supported)}")
+    return found
+
+
+def first_media_type(accept: str | None, default_accept: str) -> str:
+    """The client's preferred concrete type (for a custom output_fn that returns a body only)."""
+    if not accept or not accept.strip():
+        return default_accept
+    from werkzeug.datastructures import MIMEAccept
+    from werkzeug.http import parse_accept_header
+
+    for value, _q in parse_accept_header(accept, MIMEAccept):
+        if value != ANY:
             return value
-    raise NotAcceptable(f"cannot encode the response as {accept!r}; supported: {', '.join(supported)}")
+    return default_accept
 
 
 # ---------------------------------------------------------------- decoding
@@ -122,11 +133,14 @@ def decode(body: Any, content_type: str | None) -> Any:
             "or implement input_fn in your inference script"
         ) from None
     try:
-        return fn(body)
+        array = fn(body)
     except HttpError:
         raise
     except Exception as err:  # any parser failure is the client's malformed body
         raise BadRequest(f"cannot decode the {ctype} body: {_short(err)}") from None
+    if array.size == 0:
+        raise BadRequest(f"the {ctype} body holds an empty array (shape {list(array.shape)}); send at least one value")
+    return array
 
 
 def _short(err: BaseException) -> str:
@@ -144,11 +158,39 @@ def _json_to_numpy(body: Any):
     import numpy as np
     import orjson
 
-    data = orjson.loads(body)
-    array = np.asarray(data)
-    if array.dtype == object or array.dtype.kind in "USV":
-        raise BadRequest("the JSON body must be a number or a (nested, rectangular) list of numbers")
+    raw = body if isinstance(body, (bytes, str)) else bytes(body)
+    if not raw.strip():
+        raise BadRequest("the JSON body is empty")
+    # each value takes 2+ characters, so only a long body can hold too many
+    if len(raw) > 2 * LIMITS.json_max_elements and raw.count("," if isinstance(raw, str) else b",") >= LIMITS.json_max_elements:
+        raise BadRequest(f"the JSON body holds more than {LIMITS.json_max_elements} values")
+    try:
+        data = orjson.loads(raw)  # C parser; its own nesting limit bounds the recursion
+    except orjson.JSONDecodeError as err:
+        raise BadRequest(f"the body is not valid JSON: {_short(err)}") from None
+    try:
+        array = np.asarray(data)
+    except ValueError as err:
+        if "inhomogeneous" in str(err) or "sequence" in str(err):
+            raise BadRequest("the JSON array is ragged (rows of different lengths); send a rectangular array") from None
+        raise
+    if array.dtype == object or array.dtype.kind not in "biuf":
+        what = "null values" if array.dtype == object and _has_none(data) else "non-numeric values"
+        raise BadRequest(f"the JSON body holds {what}; send a number or a rectangular (nested) list of numbers")
+    if array.ndim > LIMITS.json_max_depth:
+        raise BadRequest(f"the JSON array has {array.ndim} dimensions; at most {LIMITS.json_max_depth}")
     return array
+
+
+def _has_none(data: Any) -> bool:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if item is None:
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _csv_to_numpy(body: Any):
@@ -157,25 +199,84 @@ def _csv_to_numpy(body: Any):
     text = body if isinstance(body, str) else bytes(body).decode("utf-8")
     if not text.strip():
         raise BadRequest("the CSV body is empty")
-    return np.genfromtxt(io.StringIO(text), delimiter=",")
+    if text.count(",") + text.count("\n") >= LIMITS.json_max_elements:
+        raise BadRequest(f"the CSV body holds more than {LIMITS.json_max_elements} values")
+    try:
+        # numpy's C reader: every field must be a number (no silent NaN), rows must be equally long
+        return np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64, comments=None)
+    except ValueError as err:
+        message = str(err)
+        if "number of columns changed" in message:
+            message = message.split(";")[0] + " (every row needs the same number of fields)"
+        elif "could not convert" in message:
+            message = message.replace("float64", "a number").replace("at row", "at line")
+        raise BadRequest(f"cannot read the CSV body: {' '.join(message.split())[:200]}") from None
+
+
+def _check_npy_header(fp, name: str):
+    """Read an .npy header from ``fp``; refuse pickles and arrays over the size limit."""
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    version = npformat.read_magic(fp)
+    if version == (1, 0):
+        shape, fortran, dtype = npformat.read_array_header_1_0(fp, max_header_size=10000)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = npformat.read_array_header_2_0(fp, max_header_size=10000)
+    else:
+        raise BadRequest(f"{name}: unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise BadRequest(f"{name}: object arrays (pickles) are not accepted")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    nbytes = count * dtype.itemsize
+    if nbytes > LIMITS.max_decoded_bytes:
+        raise PayloadTooLarge(f"{name}: the array {list(shape)} {dtype} would take {nbytes} bytes decoded; "
+                              f"at most {LIMITS.max_decoded_bytes}")
+    return shape, fortran, np.dtype(dtype), nbytes
+
+
+def _read_npy(fp, name: str, available: int | None = None):
+    import numpy as np
+
+    shape, fortran, dtype, nbytes = _check_npy_header(fp, name)
+    data = fp.read(nbytes)
+    if len(data) != nbytes:
+        raise BadRequest(f"{name}: truncated (header says {nbytes} bytes of data, got {len(data)})")
+    array = np.frombuffer(data, dtype=dtype)
+    if fortran:
+        return array.reshape(shape[::-1]).transpose()
+    return array.reshape(shape)
 
 
 def _npy_to_numpy(body: Any):
-    import numpy as np
-
-    return np.load(io.BytesIO(_as_bytes(body)), allow_pickle=False)
+    return _read_npy(io.BytesIO(_as_bytes(body)), "the .npy body")
 
 
 def _npz_to_numpy(body: Any):
-    import numpy as np
-
-    with np.load(io.BytesIO(_as_bytes(body)), allow_pickle=False) as npz:
-        keys = set(npz.files)
-        if {"format", "shape", "data"} <= keys:  # scipy.sparse.save_npz
-            return _densify(npz)
-        if len(keys) != 1:
-            raise BadRequest(f"the .npz body must hold exactly one array, not {len(keys)}")
-        return npz[next(iter(keys))]
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(_as_bytes(body)))
+    except zipfile.BadZipFile as err:
+        raise BadRequest(f"the .npz body is not a zip archive: {_short(err)}") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > 64:
+            raise BadRequest(f"the .npz body holds {len(infos)} members; at most 64")
+        declared = sum(i.file_size for i in infos)  # from the central directory, before inflating
+        if declared > LIMITS.max_decoded_bytes + 64 * 1024:
+            raise PayloadTooLarge(f"the .npz body would inflate to {declared} bytes; at most {LIMITS.max_decoded_bytes}")
+        arrays = {}
+        for info in infos:
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            with archive.open(info) as member:  # reads at most file_size bytes, CRC-checked
+                arrays[key] = _read_npy(member, f"the .npz member {info.filename!r}")
+    keys = set(arrays)
+    if {"format", "shape", "data"} <= keys:  # scipy.sparse.save_npz
+        return _densify(arrays)
+    if len(keys) != 1:
+        raise BadRequest(f"the .npz body must hold exactly one array, not {len(keys)}")
+    return arrays[next(iter(keys))]
 
 
 def _densify(npz):
@@ -185,8 +286,11 @@ def _densify(npz):
     fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
     shape = tuple(int(x) for x in npz["shape"])
     data = npz["data"]
-    if len(shape) != 2 or any(s < 0 for s in shape) or shape[0] * shape[1] > 50_000_000:
+    if len(shape) != 2 or any(s < 0 for s in shape):
         raise BadRequest(f"unsupported sparse matrix shape {shape}")
+    if shape[0] * shape[1] * data.dtype.itemsize > LIMITS.max_decoded_bytes:
+        raise PayloadTooLarge(f"the sparse matrix {list(shape)} would take more than {LIMITS.max_decoded_bytes} "
+                              "bytes dense")
     dense = np.zeros(shape, dtype=data.dtype)
     if fmt == "coo":
         np.add.at(dense, (npz["row"], npz["col"]), data)
@@ -224,8 +328,17 @@ def _default(obj: Any) -> Any:
 
 
 def _to_json(prediction: Any) -> bytes:
+    import numpy as np
     import orjson
 
+    if isinstance(prediction, np.ndarray) and prediction.dtype.kind in "biuf" and prediction.ndim:
+        # orjson serialises a native-endian C-contiguous float/int array straight from its buffer
+        if prediction.dtype.kind == "f" and prediction.dtype.itemsize == 2:
+            prediction = prediction.astype(np.float32)
+        try:
+            return orjson.dumps(np.ascontiguousarray(prediction), option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError:
+            pass  # e.g. big-endian: the generic path below
     if hasattr(prediction, "tolist"):
         prediction = prediction.tolist()
     return orjson.dumps(prediction, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from aiops.errors import AiopsError
-    from aiops.inference.supervisor import options_from_settings, serve
+    from aiops.inference.supervisor import serve, serve_settings
 
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "serve":
@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         workers = None if os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") else (os.cpu_count() or 1)
-        opts = options_from_settings(host=os.environ.get("AIOPS_SERVE__HOST", "0.0.0.0"), workers=workers)
-        opts.install_requirements = True
+        opts = serve_settings(host=os.environ.get("AIOPS_SERVE__HOST", "0.0.0.0"), workers=workers,
+                              install_requirements=True)
         model_dir = os.environ.get("SM_MODEL_DIR", "/opt/ml/model")
         return serve(model_dir, opts, runs_dir=Path("/nonexistent"),
                      on_ready=lambda url: print(f"serving {model_dir} on {url}", file=sys.stderr, flush=True))

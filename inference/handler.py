@@ -56,6 +56,9 @@ class Context:
     custom_attributes: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     batch_size: int = 1
+    #: inside a batched ``predict_fn`` call: each row's own request context, in row order (the
+    #: batch's context itself carries no request's attributes, so none leaks into another's)
+    batch: list["Context"] = field(default_factory=list)
 
     @property
     def system_properties(self) -> dict[str, Any]:
@@ -69,10 +72,16 @@ class HandlerError(Exception):
 # ---------------------------------------------------------------- defaults
 
 
-def _device():
-    import torch
+_DEVICE: list = []
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+def _device():
+    """The serving device, looked up once (torch.cuda.is_available() costs a call per request)."""
+    if not _DEVICE:
+        import torch
+
+        _DEVICE.append(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return _DEVICE[0]
 
 
 def default_model_fn(model_dir: str):
@@ -110,7 +119,7 @@ def default_input_fn(input_data: Any, content_type: str):
     ctype = codecs.media_type(content_type) or codecs.JSON
     try:
         if ctype in codecs.UTF8_TYPES:
-            tensor = torch.from_numpy(np.asarray(array, dtype=np.float32))
+            tensor = torch.from_numpy(array.astype(np.float32, copy=False))
         else:
             if not array.flags.writeable:
                 array = array.copy()
@@ -245,6 +254,8 @@ class Handler:
 
     def decode(self, body: bytes, content_type: str | None, ctx: Context) -> Any:
         ctype = codecs.media_type(content_type) or codecs.JSON
+        if "input_fn" not in self.fns and ctype == codecs.JSON:
+            return default_input_fn(body, ctype)  # orjson reads (and UTF-8-checks) the bytes itself
         return self._call("input_fn", default_input_fn, (self.prepare_body(body, ctype), ctype), ctx)
 
     def predict(self, data: Any, ctx: Context) -> Any:
@@ -286,7 +297,7 @@ class Handler:
             try:
                 self.check_accept(accept)
                 decoded.append((i, self.decode(body, ctype, ctx)))
-            except Exception as err:  # noqa: BLE001 - reported per request
+            except BaseException as err:  # noqa: BLE001 - reported per request (even sys.exit)
                 results[i] = err
         groups: dict[Any, list[tuple[int, Any]]] = {}
         for i, data in decoded:
@@ -310,21 +321,30 @@ class Handler:
         return results
 
     def _predict_together(self, members, requests) -> list[Any] | None:
+        import numpy as np
         import torch
 
         tensors = [data for _, data in members]
         stacked = tensors[0].dim() == 1
-        batch = torch.stack(tensors) if stacked else torch.cat(tensors)
-        ctx = requests[members[0][0]][3]
-        ctx.batch_size = len(members)
+        if tensors[0].device.type == "cpu":  # numpy joins many small arrays faster than torch
+            arrays = [t.numpy() for t in tensors]
+            batch = torch.from_numpy(np.stack(arrays) if stacked else np.concatenate(arrays))
+        else:
+            batch = torch.stack(tensors) if stacked else torch.cat(tensors)
+        # a context of its own for the batch: no request's custom attributes or Accept stand for all
+        ctx = Context(model_dir=self.model_dir, batch_size=len(members), batch=[requests[i][3] for i, _ in members])
         try:
             out = self.predict(batch, ctx)
-        except Exception:  # noqa: BLE001 - retried one by one to attribute the failure
+        except BaseException:  # noqa: BLE001 - retried one by one to attribute the failure
             return None
-        finally:
-            ctx.batch_size = 1
         if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != batch.shape[0]:
             return None
+        if self.default_output and out.device.type == "cpu" and not out.requires_grad:
+            rows = out.numpy()  # the default output_fn encodes numpy rows straight from this buffer
+            if stacked:
+                return list(rows)
+            bounds = np.cumsum([t.shape[0] for t in tensors])[:-1]
+            return np.split(rows, bounds)
         if stacked:
             return list(out.unbind(0))
         return list(out.split([t.shape[0] for t in tensors]))
@@ -334,7 +354,7 @@ def _normalise(result: Any, accept_value: str) -> tuple[bytes, str]:
     if isinstance(result, tuple) and len(result) == 2:
         body, ctype = result
     else:
-        body, ctype = result, codecs.parse_accept(accept_value, accept_value)[0]
+        body, ctype = result, codecs.first_media_type(accept_value, accept_value)
     if isinstance(body, str):
         body = body.encode("utf-8")
     elif isinstance(body, (bytearray, memoryview)):
@@ -346,9 +366,11 @@ def _normalise(result: Any, accept_value: str) -> tuple[bytes, str]:
 
 
 def _capture(fn: Callable, *args: Any) -> Any:
+    """``fn(*args)`` or the exception it raised - any, even SystemExit or KeyboardInterrupt from a
+    handler: one request's failure must not take the worker down."""
     try:
         return fn(*args)
-    except Exception as err:  # noqa: BLE001 - reported per request
+    except BaseException as err:  # noqa: BLE001 - reported per request
         return err
 
 

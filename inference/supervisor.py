@@ -1,10 +1,13 @@
-"""`aiops serve`: bind once, run N worker processes on the shared socket, keep them alive.
+"""`aiops serve`: bind once, run N worker processes on the port, keep them alive.
 
-- The supervisor binds the socket (so a busy port fails at once) but does not listen; each
-  worker loads the model, then listens and accepts. Before any worker is ready connections are
-  refused: nothing can see a 200 from /ping before the model is loaded.
-- A worker that dies after it was ready is replaced. A worker that fails while loading the model
-  stops the server with that error (restarting would fail the same way).
+- The supervisor binds the port (so a busy port fails at once, with ``SO_REUSEPORT`` where the OS
+  has it) but does not listen; each worker loads the model, then listens on its own socket on that
+  port and accepts. Before any worker is ready connections are refused: nothing can see a 200 from
+  /ping before the model is loaded.
+- A worker that dies after it was ready is replaced (a handler that called ``os._exit``, a call
+  stuck past the timeout, the OOM killer). A worker that fails while loading the model stops the
+  server with that error (restarting would fail the same way). A worker that reports ``recycle``
+  (its RSS passed ``max_worker_rss_mb``) gets a replacement first and is stopped once it is ready.
 - SIGTERM/SIGINT: the supervisor closes its copy of the socket and passes SIGTERM to the workers,
   which stop accepting, finish in-flight requests within the grace period, and exit; then exit 0.
   Workers still running after the grace period are killed.
@@ -20,93 +23,27 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from aiops.errors import AiopsError, UsageError
-from aiops.inference.server import CONFIG_ENV, WorkerConfig
+from aiops.inference.server import SPEC_ENV, WorkerSpec
+from aiops.settings import ServeSettings, load_serve_settings
 
 log = logging.getLogger("aiops.serve")
 
-SAGEMAKER_ENV = {
-    "SAGEMAKER_PROGRAM": "program",
-    "SAGEMAKER_BIND_TO_PORT": "port",
-    "SAGEMAKER_MODEL_SERVER_WORKERS": "workers",
-    "SAGEMAKER_MODEL_SERVER_TIMEOUT": "timeout_seconds",
-    "SAGEMAKER_MAX_PAYLOAD_IN_MB": "max_payload_mb",
-    "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "default_accept",
-    "SAGEMAKER_TS_BATCH_SIZE": "batch_size",
-    "SAGEMAKER_TS_MAX_BATCH_DELAY": "max_batch_delay_ms",
-}
 
-
-@dataclass
-class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
-    timeout_seconds: float = 60.0
-    max_payload_mb: float = 6.0
-    default_accept: str = "application/json"
-    batch_size: int = 1
-    max_batch_delay_ms: float = 5.0
-    graceful_shutdown_seconds: float = 30.0
-    api_key: str | None = None
-    program: str | None = None
-    log_level: str = "INFO"
-    install_requirements: bool = False
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-
-def options_from_settings(environ: dict[str, str] | None = None, **cli: object) -> ServeOptions:
-    """Settings (AIOPS_SERVE__*, aiops.toml), overridden by SAGEMAKER_* env, overridden by CLI flags."""
-    from aiops.settings import get_settings
-
-    env = os.environ if environ is None else environ
-    settings = get_settings()
-    s = settings.serve
-    values: dict[str, object] = {
-        "host": s.host, "port": s.port, "workers": s.workers, "timeout_seconds": s.timeout_seconds,
-        "max_payload_mb": s.max_payload_mb, "default_accept": s.default_accept,
-        "batch_size": s.batch_size, "max_batch_delay_ms": s.max_batch_delay_ms,
-        "graceful_shutdown_seconds": s.graceful_shutdown_seconds, "api_key": s.api_key,
-        "log_level": settings.log_level,
-    }
-    kinds = {"port": int, "workers": int, "batch_size": int, "timeout_seconds": float, "max_payload_mb": float,
-             "max_batch_delay_ms": float, "program": str, "default_accept": str}
-    for var, key in SAGEMAKER_ENV.items():
-        raw = env.get(var)
-        if raw is None or raw.strip() == "":
-            continue
-        try:
-            value = kinds[key](raw.strip())
-        except ValueError:
-            raise UsageError(f"{var}={raw!r}: expected {kinds[key].__name__}") from None
-        values[key] = value
-    for key, value in cli.items():
-        if value is not None:
-            values[key] = value
-    opts = ServeOptions(**values)  # type: ignore[arg-type]
-    _validate(opts)
-    return opts
-
-
-def _validate(o: ServeOptions) -> None:
-    if not 0 <= o.port <= 65535:
-        raise UsageError(f"port {o.port}: must be 0..65535")
-    if o.workers < 1:
-        raise UsageError(f"workers {o.workers}: must be at least 1")
-    if o.batch_size < 1:
-        raise UsageError(f"batch size {o.batch_size}: must be at least 1")
-    if o.timeout_seconds <= 0 or o.max_payload_mb <= 0 or o.max_batch_delay_ms < 0:
-        raise UsageError("timeout and max payload must be positive, the batch delay not negative")
+def serve_settings(**cli: object) -> ServeSettings:
+    """The serve settings (SAGEMAKER_*, AIOPS_SERVE__*, aiops.toml) with CLI values on top."""
+    return load_serve_settings(**cli)
 
 
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):  # each worker then listens on its own socket: the kernel balances
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as err:
@@ -126,22 +63,23 @@ def install_requirements(code_dir: Path | None) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: WorkerConfig, opts: ServeOptions, sock: socket.socket) -> None:
-        self.config = config
-        self.opts = opts
+    def __init__(self, spec: WorkerSpec, sock: socket.socket) -> None:
+        self.spec = spec
+        self.opts = spec.settings
         self.sock = sock
         self.workers: dict[int, dict] = {}  # pid -> {"proc", "read_fd", "ready"}
         self.stopping = False
         self.ever_ready = False
 
-    def _spawn(self) -> None:
+    def _spawn(self, replaces: int | None = None) -> None:
         read_fd, write_fd = os.pipe()
-        env = {**os.environ, **self.opts.extra_env, CONFIG_ENV: self.config.to_json()}
+        env = {**os.environ, SPEC_ENV: self.spec.model_dump_json()}
         cmd = [sys.executable, "-m", "aiops.inference.server", "--fd", str(self.sock.fileno()),
                "--ready-fd", str(write_fd)]
         proc = subprocess.Popen(cmd, env=env, pass_fds=(self.sock.fileno(), write_fd))
         os.close(write_fd)
-        self.workers[proc.pid] = {"proc": proc, "read_fd": read_fd, "ready": False, "buf": b"", "error": None}
+        self.workers[proc.pid] = {"proc": proc, "read_fd": read_fd, "ready": False, "buf": b"", "error": None,
+                                  "replaces": replaces, "retired": False}
 
     def _read_reports(self, timeout: float) -> None:
         fds = {w["read_fd"]: w for w in self.workers.values() if w["read_fd"] is not None}
@@ -168,9 +106,17 @@ class Supervisor:
                 text = line.decode(errors="replace")
                 if text == "ready":
                     w["ready"] = True
+                    old = self.workers.get(w["replaces"]) if w["replaces"] else None
+                    if old is not None and old["proc"].poll() is None:
+                        old["proc"].send_signal(signal.SIGTERM)  # its replacement serves now: drain it
                     if not self.ever_ready:
                         self.ever_ready = True
                         self.on_ready()
+                elif text == "recycle" and not w["retired"]:
+                    w["retired"] = True
+                    log.warning("worker %d asked to be replaced (max_worker_rss_mb); starting its replacement",
+                                w["proc"].pid)
+                    self._spawn(replaces=w["proc"].pid)
                 elif text.startswith(("error: ", "usage-error: ")):
                     kind, _, w["error"] = text.partition(": ")
                     w["usage"] = kind == "usage-error"
@@ -198,13 +144,14 @@ class Supervisor:
                     del self.workers[pid]
                     if w["read_fd"] is not None:
                         os.close(w["read_fd"])
-                    if self.stopping:
+                    if self.stopping or w["retired"]:
                         continue
                     if not w["ready"]:
                         self._stop_all()
                         reason = w["error"] or f"the worker exited with code {code} while loading the model"
                         raise (UsageError if w.get("usage") else AiopsError)(reason)
-                    log.warning("worker %d exited (code %s); starting a new one", pid, code)
+                    log.warning("worker %d exited (code %s)%s; starting a new one", pid, code,
+                                " after a handler call stayed stuck past the timeout" if code == 70 else "")
                     self._spawn()
             self._stop_all()
             return 0
@@ -238,15 +185,19 @@ class Supervisor:
         self.workers.clear()
 
 
-def serve(model: str, opts: ServeOptions, *, runs_dir: Path, entry_point: str | None = None,
+def serve(model: str, opts: ServeSettings, *, runs_dir: Path, entry_point: str | None = None,
           source_dir: str | None = None, on_ready: Callable[[str], None] | None = None) -> int:
     """Resolve MODEL, bind, start the workers; returns the exit code after a graceful stop."""
+    from aiops import archive
     from aiops.inference.artifacts import resolve_model
     from aiops.inference.handler import find_script
 
     logging.basicConfig(level=getattr(logging, opts.log_level, logging.INFO), stream=sys.stderr,
                         format="%(asctime)s [aiops serve] %(levelname)s %(message)s")
-    source = resolve_model(model, runs_dir=runs_dir, entry_point=entry_point, source_dir=source_dir)
+    limits = {"max_bytes": int(opts.archive_max_gb * archive.GIB), "max_ratio": opts.archive_max_ratio,
+              "max_members": opts.archive_max_members}
+    source = resolve_model(model, runs_dir=runs_dir, entry_point=entry_point, source_dir=source_dir,
+                           archive_limits=limits)
     try:
         # a run's own script (inference.py, or the entry point defining model_fn) unless told otherwise
         program = Path(entry_point).name if entry_point else (opts.program or source.program)
@@ -256,19 +207,15 @@ def serve(model: str, opts: ServeOptions, *, runs_dir: Path, entry_point: str | 
         if opts.install_requirements:
             install_requirements(source.code_dir)
         cpus = os.cpu_count() or 1
-        config = WorkerConfig(
-            model_dir=str(source.model_dir), code_dir=str(source.code_dir) if source.code_dir else None,
-            script=str(script) if script else None, default_accept=opts.default_accept,
-            timeout_seconds=opts.timeout_seconds, max_payload_bytes=int(opts.max_payload_mb * 1024 * 1024),
-            batch_size=opts.batch_size, max_batch_delay_ms=opts.max_batch_delay_ms, api_key=opts.api_key,
-            graceful_shutdown_seconds=opts.graceful_shutdown_seconds,
+        spec = WorkerSpec(
+            settings=opts, model_dir=str(source.model_dir),
+            code_dir=str(source.code_dir) if source.code_dir else None, script=str(script) if script else None,
             torch_threads=None if "OMP_NUM_THREADS" in os.environ else max(1, cpus // opts.workers),
-            log_level=opts.log_level,
         )
         sock = bind(opts.host, opts.port)
         host, port = sock.getsockname()[:2]
         url = f"http://{host if ':' not in host else '[' + host + ']'}:{port}"
-        sup = Supervisor(config, opts, sock)
+        sup = Supervisor(spec, sock)
         return sup.run(on_ready=(lambda: on_ready(url)) if on_ready else None)
     finally:
         source.cleanup()

@@ -57,3 +57,33 @@ def test_malformed_toml(tmp_path: Path) -> None:
     (tmp_path / "aiops.toml").write_text("[train\n")
     with pytest.raises(ConfigError, match="cannot read settings"):
         load_settings()
+
+
+def test_serve_settings_precedence_cli_sagemaker_aiops_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from aiops.settings import load_serve_settings
+
+    (tmp_path / "aiops.toml").write_text("[serve]\nport = 7000\nworkers = 3\nbatch_size = 4\nmax_queue = 9\n")
+    s = load_serve_settings()
+    assert (s.port, s.workers, s.batch_size, s.max_queue, s.max_header_kb) == (7000, 3, 4, 9, 16.0)
+    monkeypatch.setenv("AIOPS_SERVE__PORT", "7100")
+    monkeypatch.setenv("AIOPS_SERVE__WORKERS", "5")
+    assert (load_serve_settings().port, load_serve_settings().workers) == (7100, 5)
+    monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "7200")  # the container's names win over aiops'
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "")  # empty: as if unset
+    monkeypatch.setenv("SAGEMAKER_TS_BATCH_SIZE", "8")
+    s = load_serve_settings()
+    assert (s.port, s.workers, s.batch_size) == (7200, 5, 8)
+    assert load_serve_settings(port=7300, workers=None).port == 7300  # CLI flags win; None is "not given"
+    # the worker receives the same model, as JSON
+    assert type(s).model_validate_json(s.model_dump_json()) == s
+
+
+def test_bad_sagemaker_variable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiops.settings import load_serve_settings
+
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "many")
+    with pytest.raises(ConfigError) as err:
+        load_serve_settings()
+    message = str(err.value)
+    assert "serve.workers" in message and "SAGEMAKER_MODEL_SERVER_WORKERS" in message and "many" in message
+    assert "\n" not in message

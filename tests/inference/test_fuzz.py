@@ -93,3 +93,77 @@ def test_malformed_headers_never_crash(fuzz_server, name, value):
         status = int(data.split(b" ", 2)[1])
         assert status < 500, (name, value, data[:300])
     assert _post(fuzz_server, b"[1]", {"Content-Type": "application/json"}) == 200
+
+
+# Bodies that must be refused with a 4xx naming the problem (they used to reach the model or be
+# decoded into NaN / nulls): the default decoders check shape, emptiness and every field.
+REFUSED = [
+    (b"[]", "application/json", "empty"), (b"[[]]", "application/json", "empty"),
+    (b"[[], []]", "application/json", "empty"), (b"[[1], [1, 2]]", "application/json", "ragged"),
+    (b"[[1, 2], 3]", "application/json", "ragged"), (b'[1, "a"]', "application/json", "non-numeric"),
+    (b"[1, null]", "application/json", "null"), (b'{"a": 1}', "application/json", "non-numeric"),
+    (b'"text"', "application/json", "non-numeric"), (b"", "application/json", "empty"),
+    (b"   ", "application/json", "empty"), (b"[1,]", "application/json", "not valid JSON"),
+    (b"[NaN]", "application/json", "not valid JSON"), (b"\xff\xfe", "application/json", "not valid JSON"),
+    (b"1,abc,3", "text/csv", "abc"), (b"1,,3", "text/csv", "''"), (b"1,2\n3\n", "text/csv", "same number"),
+    (b"[1, 2, 3]", "text/csv", "[1"), (b"", "text/csv", "empty"), (b"\n\n", "text/csv", "empty"),
+    (b"1_000,2", "text/csv", "1_000"), (b"\x93NUMPY", "application/x-npy", "npy"),
+    (b"PK\x03\x04junk", "application/x-npz", "zip"), (b"[" * 5000 + b"]" * 5000, "application/json", "JSON"),
+]
+
+
+@pytest.mark.parametrize("body, ctype, reason", REFUSED)
+def test_known_bad_bodies_are_4xx_with_a_reason(fuzz_server, body, ctype, reason):
+    conn = http.client.HTTPConnection("127.0.0.1", fuzz_server.port, timeout=30)
+    try:
+        conn.request("POST", "/invocations", body=body, headers={"Content-Type": ctype})
+        resp = conn.getresponse()
+        doc = __import__("json").loads(resp.read())
+    finally:
+        conn.close()
+    assert 400 <= resp.status < 500, (body[:50], ctype, resp.status, doc)
+    assert reason.lower() in doc["error"].lower(), (body[:50], doc["error"])
+
+
+numbers = st.floats(allow_nan=False, allow_infinity=False, width=32) | st.integers(-1000, 1000)
+
+
+@st.composite
+def irregular_arrays(draw):
+    """Nested lists that are empty somewhere, ragged, or hold a non-number."""
+    rows = draw(st.lists(st.lists(numbers, max_size=4), min_size=1, max_size=4))
+    kind = draw(st.sampled_from(["ragged", "empty", "mistyped"]))
+    if kind == "ragged":
+        rows.append([1.0] * (len(rows[0]) + 1))
+    elif kind == "empty":
+        rows.append([])
+    else:
+        rows.append([draw(st.sampled_from([None, "1", True, {"x": 1}, [1, [2]]]))] * max(1, len(rows[0])))
+    return rows
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=irregular_arrays(), as_csv=st.booleans())
+def test_irregular_arrays_are_4xx_never_200_or_5xx(fuzz_server, rows, as_csv):
+    import json
+
+    if as_csv:
+        body = "\n".join(",".join(json.dumps(v) for v in row) for row in rows).encode()
+        ctype = "text/csv"
+    else:
+        body = json.dumps(rows).encode()
+        ctype = "application/json"
+    status = _post(fuzz_server, body, {"Content-Type": ctype})
+    if ctype == "application/json" or any(not isinstance(v, (int, float)) or isinstance(v, bool)
+                                          for row in rows for v in row) or len({len(r) for r in rows if r}) > 1:
+        # JSON: every irregular array is refused; CSV: a blank line is skipped, so only a ragged or
+        # non-numeric row must be refused (an all-numeric body with an empty row is still rectangular)
+        assert 400 <= status < 500, (body[:200], ctype, status)
+    else:
+        assert status < 500
+    assert _post(fuzz_server, b"[1]", {"Content-Type": "application/json"}) == 200
+
+
+def test_oversized_body_is_413_and_the_server_stays_healthy(fuzz_server):
+    assert _post(fuzz_server, b"[" + b"1," * 400_000 + b"1]", {"Content-Type": "application/json"}) == 413
+    assert _post(fuzz_server, b"[1]", {"Content-Type": "application/json"}) == 200

@@ -215,12 +215,23 @@ def test_npy_keeps_its_dtype(double_dir):
     ("application/json", lambda b: json.loads(b) == [[2.0, 4.0]]),
     ("text/csv", lambda b: b.decode().strip() == "2.0,4.0"),
     ("application/x-npy", lambda b: np.load(io.BytesIO(b)).tolist() == [[2.0, 4.0]]),
-    ("text/csv;q=0.9, application/json", lambda b: b.decode().strip() == "2.0,4.0"),
+    # q-values are honoured (RFC 9110): the higher quality wins whatever the order
+    ("text/csv;q=0.9, application/json", lambda b: json.loads(b) == [[2.0, 4.0]]),
+    ("application/json;q=0.1, text/csv", lambda b: b.decode().strip() == "2.0,4.0"),
+    ("image/png, application/x-npy;q=0.5", lambda b: np.load(io.BytesIO(b)).tolist() == [[2.0, 4.0]]),
 ])
 def test_default_encoders(double_dir, accept, check):
     out, ctype = loaded(double_dir).invoke(b"[[1, 2]]", "application/json", accept, ctx())
-    assert ctype == codecs.media_type(accept.split(",")[0])
+    from werkzeug.http import parse_accept_header
+
+    best = max(parse_accept_header(accept), key=lambda item: item[1] if item[0] in codecs.ENCODABLE else -1)[0]
+    assert ctype == best
     assert check(out)
+
+
+def test_accept_with_q_zero_is_refused(double_dir):
+    with pytest.raises(codecs.NotAcceptable):
+        loaded(double_dir).invoke(b"[1]", "application/json", "application/json;q=0, image/png", ctx())
 
 
 @pytest.mark.parametrize("accept", [None, "", "*/*", "text/html, */*"])

@@ -124,7 +124,9 @@ def test_serving_handlers_answer_json_and_csv(trained: tuple[Path, str], digits_
 
     def serve(body, content_type: str) -> list[dict]:
         prediction = inference.predict_fn(inference.input_fn(body, content_type), model)
-        return json.loads(inference.output_fn(prediction, "application/json"))["predictions"]
+        body, ctype = inference.output_fn(prediction, "application/json")
+        assert ctype == "application/json"
+        return json.loads(body)["predictions"]
 
     by_json = serve(json.dumps({"instances": rows.tolist()}), "application/json")
     assert serve(json.dumps(rows.tolist()).encode(), "application/json; charset=utf-8") == by_json
@@ -136,10 +138,20 @@ def test_serving_handlers_answer_json_and_csv(trained: tuple[Path, str], digits_
     assert abs(sum(by_json[0]["probabilities"]) - 1) < 1e-4
     assert np.mean([p["label"] for p in by_json] == labels) >= 0.9
 
-    with pytest.raises(ValueError, match="64"):
+    csv_out, csv_type = inference.output_fn(inference.predict_fn(inference.input_fn(csv_body, "text/csv"), model),
+                                            "text/csv")
+    assert csv_type == "text/csv" and [int(line.split(",")[0]) for line in csv_out.splitlines()] == \
+        [p["label"] for p in by_json]
+    # errors carry their HTTP status, so the client reads the reason (400 / 415 / 406, not a bare 500)
+    with pytest.raises(inference.RequestError, match="64") as info:
         inference.input_fn(json.dumps([[0.0] * 63]), "application/json")
-    with pytest.raises(ValueError, match="content type"):
+    assert info.value.status_code == 400
+    with pytest.raises(inference.RequestError, match="content type") as info:
         inference.input_fn("x", "image/png")
+    assert info.value.status_code == 415
+    with pytest.raises(inference.RequestError, match="accept") as info:
+        inference.output_fn(np.zeros((1, 10)), "image/png")
+    assert info.value.status_code == 406
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,11 @@ scaled to [0, 1], as `aiops example digits-data` writes them:
 - text/csv: one row of 64 comma-separated values per line.
 
 The answer is JSON: `{"predictions": [{"label": 3, "probabilities": [10 floats]}, ...]}`.
+
+A request the model cannot take raises an error that carries its HTTP status (415 for a content
+type, 406 for an Accept, 400 for a shape), so the client reads the reason instead of a bare 500:
+`sagemaker_inference.errors.GenericInferenceToolkitError` in the stock container, aiops' own
+`InferenceError` (same signature) under `aiops serve`, a plain fallback class otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +26,18 @@ import warnings
 import torch
 
 NUM_PIXELS = 64
+
+try:  # the SageMaker inference toolkit's own class, in the stock PyTorch serving container
+    from sagemaker_inference.errors import GenericInferenceToolkitError as RequestError
+except ImportError:
+    try:  # aiops serve
+        from aiops.inference.errors import InferenceError as RequestError
+    except ImportError:
+        class RequestError(Exception):  # any server that reads `status_code` from the error
+            def __init__(self, status_code: int, message: str = "") -> None:
+                super().__init__(message)
+                self.status_code = status_code
+                self.message = message
 
 
 def model_fn(model_dir: str, context=None) -> torch.jit.ScriptModule:
@@ -39,8 +56,8 @@ def input_fn(request_body: str | bytes, request_content_type: str) -> torch.Tens
         request_body = request_body.decode("utf-8")
     content_type = (request_content_type or "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "text/csv"):
-        raise ValueError(f"unsupported content type {request_content_type!r}; "
-                         "send application/json or text/csv")
+        raise RequestError(415, f"unsupported content type {request_content_type!r}; "
+                           "send application/json or text/csv")
     try:
         if content_type == "application/json":
             data = json.loads(request_body)
@@ -48,12 +65,12 @@ def input_fn(request_body: str | bytes, request_content_type: str) -> torch.Tens
         else:
             rows = [[float(v) for v in row] for row in csv.reader(io.StringIO(request_body)) if row]
         x = torch.tensor(rows, dtype=torch.float32)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"could not read the request as rows of {NUM_PIXELS} numbers: {err}") from None
+    except (TypeError, ValueError, KeyError) as err:
+        raise RequestError(400, f"could not read the request as rows of {NUM_PIXELS} numbers: {err}") from None
     if x.ndim == 1:
         x = x.unsqueeze(0)  # a single row
     if x.ndim != 2 or x.shape[1] != NUM_PIXELS:
-        raise ValueError(f"expected rows of {NUM_PIXELS} pixel values, got shape {list(x.shape)}")
+        raise RequestError(400, f"expected rows of {NUM_PIXELS} pixel values, got shape {list(x.shape)}")
     return x
 
 
@@ -64,9 +81,14 @@ def predict_fn(input_data: torch.Tensor, model: torch.jit.ScriptModule) -> torch
         return torch.softmax(model(input_data.to(device)), dim=1).cpu()
 
 
-def output_fn(prediction: torch.Tensor, accept: str = "application/json") -> str:
-    if (accept or "*/*").split(";")[0].strip().lower() not in ("application/json", "*/*"):
-        raise ValueError(f"unsupported accept type {accept!r}; this model answers application/json")
-    return json.dumps({"predictions": [
-        {"label": int(p.argmax()), "probabilities": [round(v, 6) for v in p.tolist()]} for p in prediction
-    ]})
+def output_fn(prediction: torch.Tensor, accept: str = "application/json"):
+    """JSON (the default), or text/csv: one line per row, the label then the 10 probabilities."""
+    wanted = [part.split(";")[0].strip().lower() for part in (accept or "*/*").split(",")]
+    if any(w in ("application/json", "*/*", "application/*") for w in wanted):
+        return json.dumps({"predictions": [
+            {"label": int(p.argmax()), "probabilities": [round(v, 6) for v in p.tolist()]} for p in prediction
+        ]}), "application/json"
+    if "text/csv" in wanted or "text/*" in wanted:
+        return "".join(f"{int(p.argmax())}," + ",".join(f"{v:.6f}" for v in p.tolist()) + "\n"
+                       for p in prediction), "text/csv"
+    raise RequestError(406, f"unsupported accept type {accept!r}; this model answers application/json or text/csv")
