@@ -174,8 +174,9 @@ def _print_cost_summary(project_dir: Path, stack: str, console) -> None:
 def deploy(
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
-        help="The endpoint's model: s3:// URI, job:TRAINING_JOB, a local model.tar.gz or run folder "
-        "(uploaded to the stack bucket under its content hash). Without it the current one is kept.",
+        help="The endpoint's model: s3:// URI, job:TRAINING_JOB, a local run (name or folder) or model.tar.gz "
+        "(uploaded to the stack bucket under its content hash). A job's or run's training code also sets "
+        "the endpoint's SAGEMAKER_PROGRAM. Without it the current model is kept.",
     ),
     stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
@@ -186,10 +187,13 @@ def deploy(
     stack = _stack_name(stack)
     from aiops.errors import UsageError
 
+    runs_dir = None
     if model is not None:
         from aiops.infra.artifacts import classify
+        from aiops.settings import get_settings
 
-        classify(model)  # bad --model fails before anything else
+        runs_dir = get_settings().runs_dir
+        classify(model, runs_dir=runs_dir)  # bad --model fails before anything else
     placeholder = {"aiops:endpoint.modelDataUrl": "s3://placeholder-bucket/model.tar.gz"} if model else None
     cfg = _stack_config(project_dir, stack, placeholder)
     spec = _workspace(project_dir, stack, backend)
@@ -200,10 +204,15 @@ def deploy(
     console = _console()
     st = _automation_call(open_stack, spec)
     if model is not None:
-        uri = artifacts.resolve(model, outputs=_output_values(st), region=cfg.region, stack=stack)
-        _automation_call(set_model, st, uri)
+        choice = artifacts.choose(model, outputs=_output_values(st), region=cfg.region, stack=stack,
+                                  runs_dir=runs_dir)
+        _automation_call(set_model, st, choice.uri, choice.program)
         _stack_config(project_dir, stack)  # the file as now written must still validate
-        console.print(f"model: {uri}")
+        console.print(f"model: {choice.uri}")
+        if choice.program is not None:
+            console.print(f"SAGEMAKER_PROGRAM: {choice.program} (from {choice.program_source})")
+        for warning in choice.warnings:
+            _console(err=True).print(f"warning: {warning}")
     plan = _automation_call(st.preview, on_event=event_printer(console))
     console.print(f"stack {stack}: {summarize(plan.change_summary)}")
     _print_cost_summary(project_dir, stack, console)
