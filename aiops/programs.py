@@ -13,7 +13,7 @@ import ast
 import io
 import tarfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 DEFAULT_PROGRAM = "inference.py"  # the serving toolkit's default SAGEMAKER_PROGRAM
 SUBMIT_DIRECTORY = "/opt/ml/model/code"  # SAGEMAKER_SUBMIT_DIRECTORY: code/ of the unpacked model, as the SDK sets it
@@ -55,10 +55,18 @@ def program_in_dir(source_dir: Path, entry_point: str | None) -> str | None:
     return choose_program(names, entry_point, lambda n: (source_dir / n).read_text(errors="replace"))
 
 
-def program_in_tar(data: bytes, entry_point: str | None, *, prefix: str = "") -> str | None:
-    """The rule over a tar(.gz) in memory: a ``sourcedir.tar.gz`` (``prefix=""``) or a model.tar.gz's
-    ``code/`` (``prefix="code/"``). Only regular members are read. tarfile.TarError if unreadable."""
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+class TarProgram(NamedTuple):
+    has_prefix: bool  # the archive holds files under the prefix (a model.tar.gz's code/)
+    program: str | None
+
+
+def scan_tar(source: bytes | Path, entry_point: str | None, *, prefix: str = "") -> TarProgram:
+    """The rule over a tar(.gz): a ``sourcedir.tar.gz`` (``prefix=""``) or a model.tar.gz's ``code/``
+    (``prefix="code/"``), in memory or on disk (streamed, never read whole). Only regular members
+    are read. tarfile.TarError if unreadable."""
+    opened = (tarfile.open(fileobj=io.BytesIO(source), mode="r:*") if isinstance(source, bytes)
+              else tarfile.open(Path(source), mode="r:*"))
+    with opened as tar:
         members = {}
         for m in tar.getmembers():
             name = m.name.removeprefix("./")
@@ -72,4 +80,8 @@ def program_in_tar(data: bytes, entry_point: str | None, *, prefix: str = "") ->
             fh = tar.extractfile(member)
             return fh.read().decode("utf-8", errors="replace") if fh else None
 
-        return choose_program(set(members), entry_point, read)
+        return TarProgram(bool(members), choose_program(set(members), entry_point, read))
+
+
+def program_in_tar(source: bytes | Path, entry_point: str | None, *, prefix: str = "") -> str | None:
+    return scan_tar(source, entry_point, prefix=prefix).program

@@ -88,7 +88,7 @@ def classify(spec: str, *, runs_dir: Path | None = None) -> tuple[str, str]:
 
     With ``runs_dir``, a run's name is accepted too (a remote run without a local archive is its job)."""
     run = _run_folder(spec, runs_dir)
-    if run is not None and not Path(spec).expanduser().exists():
+    if run is not None:
         info = _read_run(run) or {}
         if info.get("remote") and not any((run / c).is_file() for c in ("model.tar.gz", "output/model.tar.gz")):
             return "job", str(info.get("job_name") or run.name)
@@ -186,12 +186,11 @@ def _local_program(archive: Path, run: Path | None) -> ModelChoice:
             entry = Path(config["entry_point"]).name  # a single-script run: the script beside its folder
     choice = ModelChoice(uri="")
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            has_code = any(m.name.removeprefix("./").startswith("code/") for m in tar.getmembers())
+        in_archive = programs.scan_tar(archive, entry, prefix="code/")
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UsageError(f"--model {archive}: not a readable model.tar.gz ({err})") from None
-    if has_code:
-        choice.program = programs.program_in_tar(archive.read_bytes(), entry, prefix="code/")
+    if in_archive.has_prefix:  # the code the endpoint will have decides
+        choice.program = in_archive.program
         choice.program_source = f"{archive}:code/"
     elif source_dir and Path(source_dir).is_dir():
         choice.program = programs.program_in_dir(Path(source_dir), entry)

@@ -10,6 +10,7 @@ import json
 import pulumi
 from pulumi_aws import appautoscaling, cloudwatch, ecr, sagemaker, sns
 
+from aiops.programs import SUBMIT_DIRECTORY
 from aiops.stack import LAYOUT
 from aiops.infra.config import EndpointConfig
 from aiops.infra.policies import (
@@ -42,7 +43,7 @@ def container_environment(config: EndpointConfig, region: str) -> dict[str, str]
     the model's code/ folder, plus the user's additions (which win)."""
     env = {
         "SAGEMAKER_PROGRAM": config.program,
-        "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+        "SAGEMAKER_SUBMIT_DIRECTORY": SUBMIT_DIRECTORY,
         "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
         "SAGEMAKER_REGION": region,
     }
