@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from aiops import programs
-from aiops.errors import AiopsError
+from aiops.errors import AiopsError, UsageError
 from aiops.infra import artifacts
 from aiops.infra.automation import model_config
 from aiops.infra.config import load_stack_file
@@ -25,11 +25,11 @@ TRAIN_WITH_MODEL_FN = "import util\n\ndef model_fn(model_dir):\n    return util.
 TRAIN_ONLY = "print('epoch=0; loss=1.0;')\n"
 
 
-def _tar(files: dict[str, str]) -> bytes:
+def _tar(files: dict[str, str | bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, text in files.items():
-            data = text.encode()
+            data = text if isinstance(text, bytes) else text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -68,7 +68,7 @@ def _planned_container(tmp_path: Path, choice: artifacts.ModelChoice) -> dict:
 
     path = tmp_path / "Pulumi.test.yaml"
     path.write_text(yaml.safe_dump({"config": merged()}))
-    cfg = load_stack_file(path, overrides=model_config(choice.uri, choice.program))
+    cfg = load_stack_file(path, overrides=model_config(choice.uri, program=choice.program))
     model = plan(cfg).one("aws:sagemaker/model:Model")
     return model.inputs["primaryContainer"]
 
@@ -80,7 +80,7 @@ def test_job_whose_training_script_defines_model_fn(account, tmp_path) -> None:
     assert choice.program == "train.py" and choice.warnings == []
     assert choice.program_source == f"s3://{BUCKET}/code/sha256/job-fn/sourcedir.tar.gz"
     assert choice.uri.startswith(f"s3://{BUCKET}/jobs") and choice.uri.endswith("model.tar.gz")
-    assert model_config(choice.uri, choice.program) == {"aiops:endpoint.modelDataUrl": choice.uri,
+    assert model_config(choice.uri, program=choice.program) == {"aiops:endpoint.modelDataUrl": choice.uri,
                                                         "aiops:endpoint.program": "train.py"}
     container = _planned_container(tmp_path, choice)
     assert container["modelDataUrl"] == choice.uri
@@ -102,7 +102,7 @@ def test_job_with_inference_py_and_job_with_neither(account, tmp_path) -> None:
     assert with_inference.program == "inference.py"
     neither = artifacts.choose("job:job-none", outputs=outputs, region="us-east-1", clients=session.client)
     assert neither.program is None  # the training script has no model_fn: the stack's program stays
-    assert model_config(neither.uri, None) == {"aiops:endpoint.modelDataUrl": neither.uri}
+    assert model_config(neither.uri, program=None) == {"aiops:endpoint.modelDataUrl": neither.uri}
     assert _planned_container(tmp_path, neither)["environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
 
 
@@ -115,7 +115,13 @@ def test_job_whose_code_bundle_is_gone_fails_naming_it(account) -> None:
     assert "aiops:endpoint.program" in str(err.value) and "\n" not in str(err.value)
 
 
-def _run(runs: Path, name: str, source: Path, archive: dict[str, str], *, single: bool = False) -> Path:
+def _safetensors() -> bytes:
+    """A real (tiny) safetensors file: the GPU-fit check reads its header."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    return len(header).to_bytes(8, "little") + header + bytes(8)
+
+
+def _run(runs: Path, name: str, source: Path, archive: dict[str, str | bytes], *, single: bool = False) -> Path:
     run = runs / name
     (run / "output").mkdir(parents=True)
     (run / "output" / "model.tar.gz").write_bytes(_tar(archive))
@@ -180,3 +186,25 @@ def test_infra_reads_the_rule_without_inference_or_training_code() -> None:
             " or m.split('.')[0] == 'torch'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_deploy_path_resolve_model_carries_the_program_and_size(account, tmp_path, make_config) -> None:
+    """What `aiops deploy --model RUN` runs: precheck (by run name), resolve_model, the stack keys."""
+    session, outputs = account
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(TRAIN_WITH_MODEL_FN)
+    runs = tmp_path / "runs"
+    _run(runs, "run-1", source, {"model.safetensors": _safetensors(), "code/train.py": TRAIN_WITH_MODEL_FN})
+    cfg = make_config()
+    artifacts.precheck("run-1", cfg=cfg, region="us-east-1", clients=session.client, runs_dir=runs)
+    resolved = artifacts.resolve_model("run-1", cfg=cfg, outputs=outputs, region="us-east-1",
+                                       clients=session.client, runs_dir=runs)
+    assert resolved.program == "train.py" and resolved.uri.startswith(f"s3://{BUCKET}/models/sha256/")
+    keys = model_config(resolved.uri, resolved.size_gb, resolved.program)
+    assert keys["aiops:endpoint.program"] == "train.py" and keys["aiops:endpoint.modelDataUrl"] == resolved.uri
+    _job(session, "job-2", {"train.py": TRAIN_WITH_MODEL_FN})
+    by_job = artifacts.resolve_model("job:job-2", cfg=cfg, outputs=outputs, region="us-east-1", clients=session.client)
+    assert by_job.program == "train.py" and by_job.size_gb is None
+    with pytest.raises(UsageError, match="no such file or folder"):
+        artifacts.classify("run-1")  # a run's name needs the runs folder
