@@ -186,10 +186,10 @@ def _print_cost_summary(project_dir: Path, stack: str, console) -> None:
 def deploy(
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
-        help="The endpoint's model: s3:// URI, job:TRAINING_JOB, a local model.tar.gz or run folder "
+        help="The endpoint's model: s3:// URI, job:TRAINING_JOB, a local run (name or folder) or model.tar.gz "
         "(uploaded to the stack bucket under its content hash), or uncompressed: an s3://bucket/prefix/ or a "
-        "folder of model files (uploaded as a prefix). Checked against the GPUs first. Without it the current "
-        "one is kept.",
+        "folder of model files (uploaded as a prefix). Checked against the GPUs first. A job's or run's "
+        "training code also sets the endpoint's SAGEMAKER_PROGRAM. Without it the current one is kept.",
     ),
     stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
@@ -200,16 +200,19 @@ def deploy(
     stack = _stack_name(stack)
     from aiops.errors import UsageError
 
+    runs_dir = None
     if model is not None:
         from aiops.infra.artifacts import classify
+        from aiops.settings import get_settings
 
-        classify(model)  # bad --model fails before anything else
+        runs_dir = get_settings().runs_dir
+        classify(model, runs_dir=runs_dir)  # bad --model fails before anything else
     placeholder = {"aiops:endpoint.modelDataUrl": "s3://placeholder-bucket/model.tar.gz"} if model else None
     cfg = _stack_config(project_dir, stack, placeholder)
     if model is not None:
         from aiops.infra.artifacts import precheck
 
-        precheck(model, cfg=cfg, region=cfg.region)  # cannot fit, empty prefix: one line, exit 2, nothing created
+        precheck(model, cfg=cfg, region=cfg.region, runs_dir=runs_dir)  # cannot fit, empty prefix: one line, exit 2, nothing created
     spec = _workspace(project_dir, stack, backend)
 
     from aiops.infra import artifacts
@@ -218,10 +221,15 @@ def deploy(
     console = _console()
     st = _automation_call(open_stack, spec)
     if model is not None:
-        resolved = artifacts.resolve_model(model, cfg=cfg, outputs=_output_values(st), region=cfg.region, stack=stack)
-        _automation_call(set_model, st, resolved.uri, resolved.size_gb)
+        resolved = artifacts.resolve_model(model, cfg=cfg, outputs=_output_values(st), region=cfg.region, stack=stack,
+                                           runs_dir=runs_dir)
+        _automation_call(set_model, st, resolved.uri, resolved.size_gb, resolved.program)
         _stack_config(project_dir, stack)  # the file as now written must still validate
         console.print(f"model: {resolved.uri}" + (f" ({resolved.note})" if resolved.note else ""))
+        if resolved.program is not None:
+            console.print(f"SAGEMAKER_PROGRAM: {resolved.program} (from {resolved.program_source})")
+        for warning in resolved.warnings:
+            _console(err=True).print(f"warning: {warning}")
         if resolved.fit is not None:
             console.print(f"GPU fit: {resolved.fit.line()}")
     plan = _automation_call(st.preview, on_event=event_printer(console))

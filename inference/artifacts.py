@@ -17,11 +17,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiops import archive
+from aiops import archive, programs
 from aiops.errors import UsageError
 
 CODE_DIR = "code"
-DEFAULT_PROGRAM = "inference.py"  # the serving toolkit's default SAGEMAKER_PROGRAM
+DEFAULT_PROGRAM = programs.DEFAULT_PROGRAM  # the serving toolkit's default SAGEMAKER_PROGRAM
 _SKIP_NAMES = {"__pycache__", ".DS_Store", ".ipynb_checkpoints", ".git"}
 
 
@@ -71,25 +71,15 @@ def run_model_dir(run_dir: Path) -> tuple[Path, dict]:
 
 
 def defines_model_fn(script: Path) -> bool:
-    """The script defines a top-level `model_fn` (read, never imported)."""
-    import ast
-
-    try:
-        tree = ast.parse(script.read_text(errors="replace"), filename=str(script))
-    except (OSError, SyntaxError, ValueError):
-        return False
-    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "model_fn"
-               for node in tree.body)
+    """The script defines a top-level `model_fn` (read, never imported; the rule is `aiops.programs`)."""
+    return programs.defines_model_fn(script)
 
 
 def inference_program(source_dir: Path, entry_point: str | None) -> str | None:
     """SAGEMAKER_PROGRAM for a model trained from `source_dir`: its inference.py, else the training
-    entry point when it defines model_fn (what SDK v2 `estimator.deploy()` does), else None."""
-    if (source_dir / DEFAULT_PROGRAM).is_file():
-        return DEFAULT_PROGRAM
-    if entry_point and (source_dir / entry_point).is_file() and defines_model_fn(source_dir / entry_point):
-        return entry_point
-    return None
+    entry point when it defines model_fn (what SDK v2 `estimator.deploy()` does), else None.
+    The one rule, `aiops.programs`, also used by `aiops deploy --model`."""
+    return programs.program_in_dir(source_dir, entry_point)
 
 
 @dataclass

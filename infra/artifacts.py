@@ -7,16 +7,27 @@ a local ``model.tar.gz`` or a local run folder holding one (``model.tar.gz`` or
 AWS calls go through ``aiops.aws`` (standard retries, one-line errors).
 Uncompressed (``infra/model_data.py``): an ``s3://bucket/prefix/`` (ending in '/'), or a local
 folder of model files (weights, no model.tar.gz), uploaded as a content-addressed prefix.
+A local run's name is accepted too (looked up in the runs folder; a remote run's record without a
+downloaded archive stands for its ``job:NAME``).
+
+A model.tar.gz cannot record its ``SAGEMAKER_PROGRAM``, so `choose` also works out the handler
+script from the training code by the one rule (`aiops.programs`): a job's ``sourcedir.tar.gz``
+(its ``sagemaker_program`` / ``sagemaker_submit_directory`` hyperparameters), the archive's own
+``code/``, else a run's source dir (its run.json). An s3:// URI, a prefix or a folder of model
+files says nothing: the stack's ``endpoint.program`` is kept.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import re
-from dataclasses import dataclass
+import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiops import programs
 from aiops.archive import file_sha256
 from aiops.errors import UsageError
 from aiops.s3objects import upload_once
@@ -53,9 +64,47 @@ def local_archive(spec: str) -> Path | None:
     return None
 
 
-def classify(spec: str) -> tuple[str, str]:
+@dataclass
+class ModelChoice:
+    """What `aiops deploy --model` puts in the stack: the model's URI and, when the training code
+    says, the handler script (``SAGEMAKER_PROGRAM``; None: keep the stack's ``endpoint.program``)."""
+
+    uri: str
+    program: str | None = None
+    program_source: str | None = None  # where the program was read from, for the user
+    warnings: list[str] = field(default_factory=list)
+
+
+def _read_run(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _run_folder(spec: str, runs_dir: Path | None) -> Path | None:
+    """The run folder SPEC names: a folder holding run.json, or a run's name in ``runs_dir``."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "run.json").is_file():
+        return path
+    if runs_dir is not None and not path.exists() and re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", spec):
+        candidate = Path(runs_dir) / spec
+        if (candidate / "run.json").is_file():
+            return candidate
+    return None
+
+
+def classify(spec: str, *, runs_dir: Path | None = None) -> tuple[str, str]:
     """('s3', uri) | ('prefix', uri) | ('job', name) | ('local', path) | ('folder', path);
-    UsageError for anything else. No cloud calls."""
+    UsageError for anything else. No cloud calls.
+
+    With ``runs_dir``, a run's name is accepted too (a remote run without a local archive is its job)."""
+    run = _run_folder(spec, runs_dir)
+    if run is not None:
+        info = _read_run(run) or {}
+        if info.get("remote") and not any((run / c).is_file() for c in ("model.tar.gz", "output/model.tar.gz")):
+            return "job", str(info.get("job_name") or run.name)
+        spec = str(run)
     if spec.startswith("s3://") and spec.endswith("/"):
         if not S3_URI.match(spec):
             raise UsageError(f"--model {spec!r}: malformed S3 prefix; expected s3://bucket/prefix/")
@@ -102,39 +151,125 @@ def training_job_model(name: str, *, sagemaker: Any) -> str:
     return uri
 
 
-def resolve(spec: str, *, outputs: StackOutputs | dict[str, Any], region: str, stack: str | None = None,
-            clients: Any | None = None) -> str:
-    """The model's s3:// URI; uploads a local archive to the stack's bucket first.
+def _hyperparameter(job: dict[str, Any], name: str) -> str | None:
+    """A job's hyperparameter as the SDK encodes it (JSON strings: '"train.py"'), decoded."""
+    raw = (job.get("HyperParameters") or {}).get(name)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw
+    return value if isinstance(value, str) else raw
+
+
+def training_job_program(name: str, *, sagemaker: Any, s3: Any) -> ModelChoice:
+    """A job's model URI and program, read from the code bundle the job ran (its sourcedir.tar.gz)."""
+    from aiops import aws
+
+    uri = training_job_model(name, sagemaker=sagemaker)
+    job = sagemaker.describe_training_job(TrainingJobName=name)
+    entry = _hyperparameter(job, "sagemaker_program")
+    bundle = _hyperparameter(job, "sagemaker_submit_directory")
+    if not entry or not bundle or not S3_URI.match(bundle):
+        return ModelChoice(uri, warnings=[
+            f"job {name} has no sagemaker_program/sagemaker_submit_directory hyperparameters; the endpoint "
+            "keeps the stack's endpoint.program"])
+    bucket, key = S3_URI.match(bundle).groups()
+    try:
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as err:
+        if type(err).__module__.startswith(("botocore", "boto3")):
+            described = aws.describe_aws_error(err, action=f"reading job {name}'s code bundle {bundle} "
+                                               "(it names the endpoint's SAGEMAKER_PROGRAM)")
+            raise type(described)(str(described), hint=f"Or deploy {uri} and set aiops:endpoint.program.") from None
+        raise
+    try:
+        program = programs.program_in_tar(data, entry)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise UsageError(f"--model job:{name}: its code bundle {bundle} is not a readable tar.gz ({err})") from None
+    return ModelChoice(uri, program, bundle)
+
+
+def _local_program(archive: Path, run: Path | None) -> ModelChoice:
+    """The program of a local archive: its own code/ decides; else the run's source dir (run.json)."""
+    info = _read_run(run) if run is not None else None
+    entry = None
+    source_dir = None
+    if info:
+        config = info.get("config") or {}
+        entry = info.get("entry_point")
+        source_dir = info.get("source_dir")
+        if config and config.get("source_dir") is None and config.get("entry_point"):
+            entry = Path(config["entry_point"]).name  # a single-script run: the script beside its folder
+    choice = ModelChoice(uri="")
+    try:
+        in_archive = programs.scan_tar(archive, entry, prefix="code/")
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise UsageError(f"--model {archive}: not a readable model.tar.gz ({err})") from None
+    if in_archive.has_prefix:  # the code the endpoint will have decides
+        choice.program = in_archive.program
+        choice.program_source = f"{archive}:code/"
+    elif source_dir and Path(source_dir).is_dir():
+        choice.program = programs.program_in_dir(Path(source_dir), entry)
+        choice.program_source = source_dir
+        if choice.program is not None:
+            choice.warnings.append(
+                f"{archive} has no code/ folder, so the endpoint cannot find {choice.program} in it and serves "
+                f"with the container's default handlers; `aiops model package {run.name if run else ''}` "
+                "ships the code in the archive")
+    return choice
+
+
+def choose(spec: str, *, outputs: StackOutputs | dict[str, Any], region: str, stack: str | None = None,
+           clients: Any | None = None, runs_dir: Path | None = None) -> ModelChoice:
+    """The model's s3:// URI and its program; uploads a local archive to the stack's bucket first.
 
     ``clients(service)`` returns a boto3 client (default: ``aiops.aws.client(service, region)``).
     """
     from aiops import aws
 
-    kind, value = classify(spec)
-    if kind == "s3":
-        return value
+    kind, value = classify(spec, runs_dir=runs_dir)
+    if kind in ("s3", "prefix"):
+        return ModelChoice(value)
+    if kind == "folder":
+        raise UsageError(f"--model {spec}: a folder of model files is uploaded by `resolve_model`")
     if not isinstance(outputs, StackOutputs):
         outputs = StackOutputs.model_validate(outputs)
     client = clients or (lambda service: aws.client(service, region))
     if kind == "job":
-        return training_job_model(value, sagemaker=client("sagemaker"))
+        return training_job_program(value, sagemaker=client("sagemaker"), s3=client("s3"))
+    archive = Path(value)
+    _check_local(spec, archive, outputs=outputs, stack=stack)
+    choice = _local_program(archive, _run_folder(spec, runs_dir))
+    choice.uri = upload(archive, bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn, s3=client("s3"))
+    return choice
+
+
+def resolve(spec: str, *, outputs: StackOutputs | dict[str, Any], region: str, stack: str | None = None,
+            clients: Any | None = None, runs_dir: Path | None = None) -> str:
+    """The model's s3:// URI (see `choose`, which also gives its program)."""
+    return choose(spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir).uri
+
+
+def _check_local(spec: str, value: Path, *, outputs: StackOutputs, stack: str | None) -> None:
     outputs.require("bucket", stack=stack, needed_for=f"uploading --model {spec}")
     with gzip.open(value, "rb") as fh:  # a truncated archive fails here, not at endpoint start
         try:
             fh.read(512)
         except (OSError, EOFError) as err:
             raise UsageError(f"--model {spec}: broken gzip archive: {err}") from None
-    return upload(Path(value), bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn, s3=client("s3"))
 
 
-def precheck(spec: str, *, cfg: Any, region: str, clients: Any | None = None) -> Any:
+def precheck(spec: str, *, cfg: Any, region: str, clients: Any | None = None,
+             runs_dir: Path | None = None) -> Any:
     """What `deploy --model` checks before anything is created (not even the stack's state): a
     local model's GPU fit; an S3 prefix's weights (empty or none: one line) and fit. Returns the
     Fit (or None when the check does not apply or cannot be made without a download)."""
     from aiops import aws
     from aiops.infra import fitcheck, model_data
 
-    kind, value = classify(spec)
+    kind, value = classify(spec, runs_dir=runs_dir)
     if kind in ("local", "folder"):
         return fitcheck.check_local_model(cfg, Path(value))
     if kind == "prefix":
@@ -153,25 +288,34 @@ class ResolvedModel:
     size_gb: float | None = None
     fit: Any = None
     note: str = ""
+    program: str | None = None  # SAGEMAKER_PROGRAM from the training code (None: keep the stack's)
+    program_source: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def resolve_model(spec: str, *, cfg: Any, outputs: StackOutputs | dict[str, Any], region: str,
-                  stack: str | None = None, clients: Any | None = None) -> ResolvedModel:
+                  stack: str | None = None, clients: Any | None = None,
+                  runs_dir: Path | None = None) -> ResolvedModel:
     """Like ``resolve``, for every form, with the GPU-fit check before anything is uploaded:
     a model that cannot fit stops here (UsageError, exit 2), nothing created or uploaded."""
     from aiops import aws
     from aiops.infra import fitcheck, model_data
 
-    kind, value = classify(spec)
+    kind, value = classify(spec, runs_dir=runs_dir)
     if not isinstance(outputs, StackOutputs):
         outputs = StackOutputs.model_validate(outputs)
     client = clients or (lambda service: aws.client(service, region))
+
+    def with_program(choice: ModelChoice, size_gb: float | None, fit: Any, note: str = "") -> ResolvedModel:
+        return ResolvedModel(choice.uri, size_gb, fit, note, choice.program, choice.program_source,
+                             tuple(choice.warnings))
+
     if kind in ("local", "folder"):
         path = Path(value)
         fit = fitcheck.check_local_model(cfg, path)  # refuses before the upload
         if kind == "local":
-            uri = resolve(spec, outputs=outputs, region=region, stack=stack, clients=clients)
-            return ResolvedModel(uri, model_data.size_gb(path.stat().st_size), fit)
+            choice = choose(spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir)
+            return with_program(choice, model_data.size_gb(path.stat().st_size), fit)
         outputs.require("bucket", stack=stack, needed_for=f"uploading --model {spec}")
         up = model_data.upload_folder(path, bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn,
                                       s3=client("s3"), previous_uri=outputs.model_data_url)
@@ -183,5 +327,5 @@ def resolve_model(spec: str, *, cfg: Any, outputs: StackOutputs | dict[str, Any]
         stats = model_data.prefix_stats(s3, listing)
         fit = fitcheck.require_fit(cfg, stats, model_data.prefix_config_json(s3, listing))
         return ResolvedModel(value, model_data.size_gb(listing.total_bytes), fit)
-    uri = resolve(spec, outputs=outputs, region=region, stack=stack, clients=clients)
-    return ResolvedModel(uri, None, None, "GPU-fit check skipped: a remote model.tar.gz is not read")
+    choice = choose(spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir)
+    return with_program(choice, None, None, "GPU-fit check skipped: a remote model.tar.gz is not read")

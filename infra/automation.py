@@ -101,14 +101,24 @@ def open_stack(spec: WorkspaceSpec, program: Callable[[], None] = inline_program
     return auto.create_or_select_stack(stack_name=spec.stack, project_name=PROJECT, program=program, opts=opts)
 
 
-def set_model(stack: Any, uri: str, size_gb: float | None = None) -> None:
-    """Record the endpoint's model (and its size, which sets the start-up timeouts and the volume)
-    in the stack file, so later deploys keep it."""
+def model_config(uri: str, size_gb: float | None = None, program: str | None = None) -> dict[str, str]:
+    """The stack-file keys `aiops deploy --model` sets: the model, its size (which sets the start-up
+    timeouts and the volume), and its SAGEMAKER_PROGRAM when the training code names one (a
+    model.tar.gz cannot; see `aiops.infra.artifacts.choose`)."""
+    values = {f"{PROJECT}:endpoint.modelDataUrl": uri}
+    if size_gb is not None:
+        values[f"{PROJECT}:endpoint.modelSizeGb"] = str(size_gb)
+    if program is not None:
+        values[f"{PROJECT}:endpoint.program"] = program
+    return values
+
+
+def set_model(stack: Any, uri: str, size_gb: float | None = None, program: str | None = None) -> None:
+    """Record the endpoint's model (size, program) in the stack file, so later deploys keep them."""
     from pulumi import automation as auto
 
-    stack.set_config(f"{PROJECT}:endpoint.modelDataUrl", auto.ConfigValue(value=uri), path=True)
-    if size_gb is not None:
-        stack.set_config(f"{PROJECT}:endpoint.modelSizeGb", auto.ConfigValue(value=str(size_gb)), path=True)
+    for key, value in model_config(uri, size_gb, program).items():
+        stack.set_config(key, auto.ConfigValue(value=value), path=True)
 
 
 def summarize(changes: dict[str, int] | None) -> str:

@@ -483,7 +483,8 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
         uploaded = code_upload.uploaded_bytes
         for name, path in job.channels.items():
             result = uploads.upload_channel(s3, options.bucket, name, path, kms_key=options.kms_key,
-                                            progress=progress)
+                                            progress=progress, selection=job.channel_selections.get(name),
+                                            follow_symlinks=job.config.follow_symlinks)
             channel_uris[name] = result.uri
             uploaded += result.uploaded_bytes
         channel_uris.update(job.s3_channels)

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from aiops import files
 from aiops.archive import file_sha256
 from aiops.s3objects import Progress, UploadResult, encryption_args, object_exists, upload_once
 from aiops.stack import LAYOUT, S3Layout
 
-__all__ = ["UploadResult", "upload_bundle", "upload_channel", "channel_manifest"]
+__all__ = ["UploadResult", "upload_bundle", "upload_channel", "channel_manifest", "channel_selection"]
 
 
 def upload_bundle(s3: Any, bucket: str, data: bytes, sha256: str, *, kms_key: str | None = None,
@@ -19,29 +20,41 @@ def upload_bundle(s3: Any, bucket: str, data: bytes, sha256: str, *, kms_key: st
     return upload_once(s3, bucket, layout.bundle_key(sha256), data, kms_key=kms_key, progress=progress, label="code")
 
 
-def channel_manifest(source: Path) -> dict[str, Any]:
+def channel_selection(source: Path, *, name: str = "", follow_symlinks: bool = False) -> files.Selection:
+    """A channel's files by the one policy (`aiops.files`), as a local run stages them: nothing is
+    ignored (data, not code), and a symlink leaving the channel is refused unless followed."""
+    return files.select(source, follow_symlinks=follow_symlinks, ignore_files=False, exclude_secrets=False,
+                        what=f"channel {name!r}" if name else "channel")
+
+
+def channel_manifest(source: Path, *, selection: files.Selection | None = None,
+                     follow_symlinks: bool = False) -> dict[str, Any]:
     """Relative path -> (size, sha256) of every file of a local channel, and the hash of it all."""
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-    root = source.parent if source.is_file() else source
-    entries = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
+    selection = selection or channel_selection(source, follow_symlinks=follow_symlinks)
+    entries = {rel: {"size": path.stat().st_size, "sha256": file_sha256(path)}
+               for rel, path in sorted(selection.entries.items())}
     digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
     return {"sha256": digest, "files": entries}
 
 
 def upload_channel(s3: Any, bucket: str, name: str, source: Path, *, kms_key: str | None = None,
-                   progress: Progress | None = None, layout: S3Layout = LAYOUT) -> UploadResult:
+                   progress: Progress | None = None, layout: S3Layout = LAYOUT,
+                   selection: files.Selection | None = None, follow_symlinks: bool = False) -> UploadResult:
     """Upload a local file or folder under its content hash; skip when present.
+
+    Which files: ``selection`` (the job's, from `local.prepare`), else `channel_selection` — the
+    same policy as a local run's channel, so a link out of the channel is refused both ways.
 
     The manifest object is written last, beside the data prefix (not inside it, where the container
     would download it into the channel): its presence means the upload finished.
     """
-    manifest = channel_manifest(source)
+    selection = selection or channel_selection(source, name=name, follow_symlinks=follow_symlinks)
+    manifest = channel_manifest(source, selection=selection)
     prefix = layout.channel_prefix(manifest["sha256"])
     uri = layout.uri(bucket, prefix)
     manifest_key = layout.channel_manifest_key(manifest["sha256"])
     if object_exists(s3, bucket, manifest_key):
         return UploadResult(uri, 0)
-    root = source.parent if source.is_file() else source
     total = sum(f["size"] for f in manifest["files"].values())
     done_before = 0
 
@@ -50,7 +63,7 @@ def upload_channel(s3: Any, bucket: str, name: str, source: Path, *, kms_key: st
             progress(name, done_before + done, total)
 
     for rel, entry in manifest["files"].items():
-        upload_once(s3, bucket, f"{prefix}{rel}", root / rel, kms_key=kms_key, progress=overall, check=False)
+        upload_once(s3, bucket, f"{prefix}{rel}", selection.entries[rel], kms_key=kms_key, progress=overall, check=False)
         done_before += entry["size"]
     s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode(), **encryption_args(kms_key))
     return UploadResult(uri, total)

@@ -1,0 +1,210 @@
+"""`aiops deploy --model RUN_OR_JOB` sets the endpoint's SAGEMAKER_PROGRAM from the training code
+(a model.tar.gz cannot record it): a job's sourcedir.tar.gz, a run's source dir, an archive's code/.
+Real moto server; the resulting stack file planned under the Pulumi mocks, field by field."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aiops import programs
+from aiops.errors import AiopsError, UsageError
+from aiops.infra import artifacts
+from aiops.infra.automation import model_config
+from aiops.infra.config import load_stack_file
+
+from .conftest import merged
+
+BUCKET = "stack-bucket"
+TRAIN_WITH_MODEL_FN = "import util\n\ndef model_fn(model_dir):\n    return util.load(model_dir)\n\nif __name__ == '__main__':\n    pass\n"
+TRAIN_ONLY = "print('epoch=0; loss=1.0;')\n"
+
+
+def _tar(files: dict[str, str | bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text if isinstance(text, bytes) else text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def account(aws_env):
+    import boto3
+
+    session = boto3.session.Session(region_name="us-east-1")
+    s3 = session.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    key_arn = session.client("kms").create_key()["KeyMetadata"]["Arn"]
+    return session, {"bucket": BUCKET, "kmsKeyArn": key_arn, "region": "us-east-1"}
+
+
+def _job(session, name: str, bundle: dict[str, str], entry: str = "train.py") -> None:
+    key = f"code/sha256/{name}/sourcedir.tar.gz"
+    session.client("s3").put_object(Bucket=BUCKET, Key=key, Body=_tar(bundle))
+    session.client("sagemaker").create_training_job(
+        TrainingJobName=name,
+        HyperParameters={"sagemaker_program": json.dumps(entry),
+                         "sagemaker_submit_directory": json.dumps(f"s3://{BUCKET}/{key}"), "epochs": "3"},
+        AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
+        RoleArn="arn:aws:iam::123456789012:role/r",
+        OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/jobs"},
+        ResourceConfig={"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        StoppingCondition={"MaxRuntimeInSeconds": 60},
+    )
+
+
+def _planned_container(tmp_path: Path, choice: artifacts.ModelChoice) -> dict:
+    """Write the stack file, apply what `deploy --model` sets, plan it: the model's container."""
+    from aiops.infra.offline import plan
+
+    path = tmp_path / "Pulumi.test.yaml"
+    path.write_text(yaml.safe_dump({"config": merged()}))
+    cfg = load_stack_file(path, overrides=model_config(choice.uri, program=choice.program))
+    model = plan(cfg).one("aws:sagemaker/model:Model")
+    return model.inputs["primaryContainer"]
+
+
+def test_job_whose_training_script_defines_model_fn(account, tmp_path) -> None:
+    session, outputs = account
+    _job(session, "job-fn", {"train.py": TRAIN_WITH_MODEL_FN, "util.py": "def load(d):\n    return d\n"})
+    choice = artifacts.choose("job:job-fn", outputs=outputs, region="us-east-1", clients=session.client)
+    assert choice.program == "train.py" and choice.warnings == []
+    assert choice.program_source == f"s3://{BUCKET}/code/sha256/job-fn/sourcedir.tar.gz"
+    assert choice.uri.startswith(f"s3://{BUCKET}/jobs") and choice.uri.endswith("model.tar.gz")
+    assert model_config(choice.uri, program=choice.program) == {"aiops:endpoint.modelDataUrl": choice.uri,
+                                                        "aiops:endpoint.program": "train.py"}
+    container = _planned_container(tmp_path, choice)
+    assert container["modelDataUrl"] == choice.uri
+    assert container["image"] == "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5.1-gpu-py311"
+    assert container["environment"] == {
+        "SAGEMAKER_PROGRAM": "train.py",
+        "SAGEMAKER_SUBMIT_DIRECTORY": programs.SUBMIT_DIRECTORY,
+        "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+        "SAGEMAKER_REGION": "us-east-1",
+    }
+    assert programs.SUBMIT_DIRECTORY == "/opt/ml/model/code"
+
+
+def test_job_with_inference_py_and_job_with_neither(account, tmp_path) -> None:
+    session, outputs = account
+    _job(session, "job-inf", {"train.py": TRAIN_WITH_MODEL_FN, "inference.py": "def model_fn(d):\n    pass\n"})
+    _job(session, "job-none", {"train.py": TRAIN_ONLY, "serve.py": "def model_fn(d):\n    pass\n"})
+    with_inference = artifacts.choose("job:job-inf", outputs=outputs, region="us-east-1", clients=session.client)
+    assert with_inference.program == "inference.py"
+    neither = artifacts.choose("job:job-none", outputs=outputs, region="us-east-1", clients=session.client)
+    assert neither.program is None  # the training script has no model_fn: the stack's program stays
+    assert model_config(neither.uri, program=None) == {"aiops:endpoint.modelDataUrl": neither.uri}
+    assert _planned_container(tmp_path, neither)["environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+
+
+def test_job_whose_code_bundle_is_gone_fails_naming_it(account) -> None:
+    session, outputs = account
+    _job(session, "job-gone", {"train.py": TRAIN_WITH_MODEL_FN})
+    session.client("s3").delete_object(Bucket=BUCKET, Key="code/sha256/job-gone/sourcedir.tar.gz")
+    with pytest.raises(AiopsError, match=r"code bundle s3://stack-bucket/code/sha256/job-gone/sourcedir.tar.gz") as err:
+        artifacts.choose("job:job-gone", outputs=outputs, region="us-east-1", clients=session.client)
+    assert "aiops:endpoint.program" in str(err.value) and "\n" not in str(err.value)
+
+
+def _safetensors() -> bytes:
+    """A real (tiny) safetensors file: the GPU-fit check reads its header."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    return len(header).to_bytes(8, "little") + header + bytes(8)
+
+
+def _run(runs: Path, name: str, source: Path, archive: dict[str, str | bytes], *, single: bool = False) -> Path:
+    run = runs / name
+    (run / "output").mkdir(parents=True)
+    (run / "output" / "model.tar.gz").write_bytes(_tar(archive))
+    config = ({"entry_point": str(source / "train.py"), "source_dir": None} if single
+              else {"entry_point": "train.py", "source_dir": str(source)})
+    (run / "run.json").write_text(json.dumps({"job_name": name, "status": "Completed", "entry_point": "train.py",
+                                              "source_dir": str(source), "config": config}))
+    return run
+
+
+def test_local_run_by_name_program_from_its_archive_code_or_its_source(account, tmp_path) -> None:
+    session, outputs = account
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(TRAIN_WITH_MODEL_FN)
+    runs = tmp_path / "runs"
+    # packaged with its code (as `aiops model package RUN` writes it): the archive's code/ decides
+    _run(runs, "run-packaged", source, {"model.pt": "w", "code/train.py": TRAIN_WITH_MODEL_FN, "code/util.py": ""})
+    packaged = artifacts.choose("run-packaged", outputs=outputs, region="us-east-1", clients=session.client,
+                                runs_dir=runs)
+    assert packaged.program == "train.py" and packaged.warnings == []
+    assert packaged.uri.startswith(f"s3://{BUCKET}/models/sha256/")
+    assert _planned_container(tmp_path, packaged)["environment"]["SAGEMAKER_PROGRAM"] == "train.py"
+    # the bare model.tar.gz of a run: the run's source names the program, with a warning that the
+    # archive does not carry the code
+    _run(runs, "run-bare", source, {"model.pt": "w"}, single=True)
+    bare = artifacts.choose(str(runs / "run-bare"), outputs=outputs, region="us-east-1", clients=session.client)
+    assert bare.program == "train.py" and bare.program_source == str(source)
+    (warning,) = bare.warnings
+    assert "no code/ folder" in warning and "aiops model package run-bare" in warning
+    # a remote run whose archive was not downloaded stands for its job
+    remote = runs / "run-remote"
+    remote.mkdir()
+    (remote / "run.json").write_text(json.dumps({"job_name": "train-remote-1", "remote": True}))
+    assert artifacts.classify("run-remote", runs_dir=runs) == artifacts.classify(str(remote)) == (
+        "job", "train-remote-1")
+    # a plain archive with an inference.py in code/
+    plain = tmp_path / "model.tar.gz"
+    plain.write_bytes(_tar({"model.pt": "w", "code/inference.py": "def model_fn(d):\n    pass\n"}))
+    assert artifacts.choose(str(plain), outputs=outputs, region="us-east-1",
+                            clients=session.client).program == "inference.py"
+
+
+def test_the_rule_is_one_for_serve_and_deploy(tmp_path) -> None:
+    from aiops.inference.artifacts import inference_program
+
+    (tmp_path / "train.py").write_text(TRAIN_WITH_MODEL_FN)
+    bundle = _tar({"train.py": TRAIN_WITH_MODEL_FN})
+    assert inference_program(tmp_path, "train.py") == programs.program_in_tar(bundle, "train.py") == "train.py"
+    (tmp_path / "train.py").write_text("def model_fn_not(d):\n    pass\nclass X:\n    def model_fn(self):\n        pass\n")
+    assert inference_program(tmp_path, "train.py") is None  # only a top-level function counts
+    (tmp_path / "inference.py").write_text("")
+    assert inference_program(tmp_path, "train.py") == "inference.py"
+
+
+def test_infra_reads_the_rule_without_inference_or_training_code() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; import aiops.infra.artifacts, aiops.infra.automation; "
+            "print([m for m in sys.modules if m.split('.')[:2] in (['aiops', 'inference'], ['aiops', 'training'])"
+            " or m.split('.')[0] == 'torch'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_deploy_path_resolve_model_carries_the_program_and_size(account, tmp_path, make_config) -> None:
+    """What `aiops deploy --model RUN` runs: precheck (by run name), resolve_model, the stack keys."""
+    session, outputs = account
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(TRAIN_WITH_MODEL_FN)
+    runs = tmp_path / "runs"
+    _run(runs, "run-1", source, {"model.safetensors": _safetensors(), "code/train.py": TRAIN_WITH_MODEL_FN})
+    cfg = make_config()
+    artifacts.precheck("run-1", cfg=cfg, region="us-east-1", clients=session.client, runs_dir=runs)
+    resolved = artifacts.resolve_model("run-1", cfg=cfg, outputs=outputs, region="us-east-1",
+                                       clients=session.client, runs_dir=runs)
+    assert resolved.program == "train.py" and resolved.uri.startswith(f"s3://{BUCKET}/models/sha256/")
+    keys = model_config(resolved.uri, resolved.size_gb, resolved.program)
+    assert keys["aiops:endpoint.program"] == "train.py" and keys["aiops:endpoint.modelDataUrl"] == resolved.uri
+    _job(session, "job-2", {"train.py": TRAIN_WITH_MODEL_FN})
+    by_job = artifacts.resolve_model("job:job-2", cfg=cfg, outputs=outputs, region="us-east-1", clients=session.client)
+    assert by_job.program == "train.py" and by_job.size_gb is None
+    with pytest.raises(UsageError, match="no such file or folder"):
+        artifacts.classify("run-1")  # a run's name needs the runs folder
