@@ -505,6 +505,9 @@ class TrainingJob:
             local = Path(checkpoint.get("LocalPath") or "/opt/ml/checkpoints")
             target = folder / local.relative_to("/opt/ml") if local.is_relative_to("/opt/ml") else paths.checkpoints
             session.download_prefix(checkpoint["S3Uri"], target, f"restoring checkpoints for {name}")
+            for path in (p for p in target.rglob("*") if p.is_file()):  # restored: already in S3
+                stat = path.stat()
+                host.synced[path.relative_to(target).as_posix()] = (stat.st_size, stat.st_mtime_ns)
         host_list = [h for h in self._host_names]
         resource = {"current_host": name, "current_instance_type": request["ResourceConfig"]["InstanceType"],
                     "current_group_name": "homogeneousCluster", "hosts": host_list,
@@ -532,17 +535,32 @@ class TrainingJob:
         local = Path((self.request.get("CheckpointConfig") or {}).get("LocalPath") or "/opt/ml/checkpoints")
         return host.dir / local.relative_to("/opt/ml")
 
-    def _sync_checkpoints(self) -> int:
+    def _checkpoint_files(self, host: Host) -> list[tuple[str, Path]]:
+        folder = self._checkpoint_dir(host)
+        if not folder.is_dir():
+            return []
+        return [(p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*")) if p.is_file()]
+
+    def _new_checkpoint(self) -> bool:
+        """A checkpoint file written in this attempt (not restored, not a temporary file)."""
+        for host in self.hosts:
+            for rel, path in self._checkpoint_files(host):
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue
+                if ".tmp" not in rel and host.synced.get(rel) != (stat.st_size, stat.st_mtime_ns):
+                    return True
+        return False
+
+    def _sync_checkpoints(self) -> None:
         """Upload new or changed checkpoint files of every host (SageMaker syncs the folder)."""
         checkpoint = self.request.get("CheckpointConfig")
         if not checkpoint:
-            return 0
-        uploaded = 0
+            return
         prefix = checkpoint["S3Uri"].rstrip("/")
         for host in self.hosts:
-            folder = self._checkpoint_dir(host)
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []:
-                rel = path.relative_to(folder).as_posix()
+            for rel, path in self._checkpoint_files(host):
                 try:
                     stat = path.stat()
                     if host.synced.get(rel) == (stat.st_size, stat.st_mtime_ns):
@@ -552,8 +570,6 @@ class TrainingJob:
                     continue
                 self.session.put(f"{prefix}/{rel}", data, f"syncing checkpoint {rel} of {host.name}")
                 host.synced[rel] = (stat.st_size, stat.st_mtime_ns)
-                uploaded += 1 if ".tmp" not in rel else 0
-        return uploaded
 
     def _attempt(self, network_cls: Any, attempt_dir: Path, host_names: list[str]) -> str:
         from sandbox import kill_tree, signal_tree
@@ -599,12 +615,15 @@ class TrainingJob:
                     match = regex.search(line)
                     if match:
                         metrics.setdefault(metric, []).append((host.name, float(match.group(1))))
-                if self._sync_checkpoints() and self.interruptions_left and not interrupted:
+                if self.interruptions_left and not interrupted and self._new_checkpoint():
+                    # spot capacity reclaimed as soon as the job has a checkpoint of its own: every
+                    # instance gets SIGTERM (before the sync, so the job is still mid-run)
                     self.interruptions_left -= 1
                     self.interrupted += 1
                     interrupted = True
-                    for other in self.hosts:  # spot capacity reclaimed: every instance is stopped
+                    for other in self.hosts:
                         signal_tree(other.proc, signal.SIGTERM)
+                self._sync_checkpoints()
                 if self.stop_requested.is_set() and not stopped:
                     stopped = True
                     self._set("Stopping", "Stopping the training job")
@@ -707,7 +726,8 @@ class EndpointHost:
             stream = session.log_stream(ENDPOINT_LOG_GROUP + "/" + self.name,
                                         f"{variant['VariantName']}/i-{os.urandom(8).hex()}",
                                         f"creating the log stream of {self.name}")
-            env = {k: v for k, v in (container.get("Environment") or {}).items()}
+            # one model-server worker: the emulated instance is a CPU share, not a GPU machine
+            env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", **(container.get("Environment") or {})}
             server = launch_server(archive, home=folder / "home", cwd=folder, env=env)
             try:
                 wait_ready(server, timeout=120)

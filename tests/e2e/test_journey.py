@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import time
 import traceback
@@ -21,9 +22,11 @@ from journey import DIGITS, REGION, Journey, stack_config
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 3
+EPOCHS = 5
 HPS = ("--hp", f"epochs={EPOCHS}", "--hp", "threads=1", "--hp", "batch-size=64")
 SAMPLE_ROWS = 24
+# what SageMaker reads from the log and publishes to CloudWatch (MetricDefinitions)
+METRIC = "test_accuracy=test_accuracy=([0-9.]+);"
 
 
 def _distribution_args() -> tuple[str, ...]:
@@ -97,6 +100,7 @@ class JourneyResult:
     deploy_plan: dict[str, Any] = field(default_factory=dict)
     train_output: str = ""
     logs_output: str = ""
+    metrics_output: str = ""
     model_archive: bytes = b""
     model_uri: str = ""
     endpoint_answer: list[Any] = field(default_factory=list)
@@ -153,7 +157,8 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         result.job_name = "digits-vpc" if vpc else "digits-e2e"
         args = ["train", "train.py", "--source-dir", str(DIGITS), "--channel", f"train={data}/train",
                 "--channel", f"test={data}/test", *HPS, "--remote", "--instance-count", "2", "--spot",
-                "--instance-type", "ml.c5.xlarge", "--job-name", result.job_name, *_distribution_args()]
+                "--instance-type", "ml.c5.xlarge", "--job-name", result.job_name, *_distribution_args(),
+                "--metric", METRIC]
         if vpc:
             args.append("--network-isolation")
         train = journey.aiops(*args)
@@ -166,6 +171,9 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         logs = journey.aiops("jobs", "logs", result.job_name)
         result.logs_output = logs.output
         assert logs.returncode == 0
+        metrics = journey.aiops("jobs", "metrics", result.job_name)
+        result.metrics_output = metrics.output
+        assert metrics.returncode == 0
 
         mark("the job's model.tar.gz")
         bucket, _, key = job.model_artifact[len("s3://"):].partition("/")
@@ -240,6 +248,10 @@ def vpc_journey(tmp_path_factory: pytest.TempPathFactory, digits_data: Path) -> 
                                 local_model=True)
 
 
+def _phases(job: Any) -> list[tuple[str, float]]:
+    return [(t["Status"], round(t.get("EndTime", t["StartTime"]) - t["StartTime"], 1)) for t in job.transitions]
+
+
 def _assert_same_model(result: JourneyResult, reference: LocalReference) -> None:
     import torch
 
@@ -266,20 +278,27 @@ def test_journey(main_journey: JourneyResult, local_reference: LocalReference) -
     journey = result.journey
     job = journey.platform.jobs[result.job_name]
     outputs = journey.outputs
+    print(f"journey steps (s): {result.seconds}; job phases (s): {_phases(job)}")
     # the job ran as the stack's role, in its bucket, under the container contract, 2 hosts, spot
     request = job.request
     assert request["RoleArn"] == outputs["roleArn"]
     assert request["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{outputs['bucket']}/")
     assert request["ResourceConfig"]["InstanceCount"] == 2 and request["EnableManagedSpotTraining"] is True
     assert job.attempts == 2 and [t["Status"] for t in job.transitions].count("Interrupted") == 1
-    assert "resuming from /opt/ml/checkpoints/checkpoint.pt" in result.train_output
+    resumed = re.search(r"resuming from /opt/ml/checkpoints/checkpoint.pt: (\d+) of (\d+) epochs done",
+                        result.train_output)
+    assert resumed and 1 <= int(resumed.group(1)) < EPOCHS, result.train_output[-3000:]
+    stopped = re.search(r"SIGTERM received: stopped after epoch (\d+);", result.logs_output)
+    assert stopped and stopped.group(1) == resumed.group(1)
     # every host's log, both attempts, through CloudWatch
     for host in ("algo-1", "algo-2"):
         assert sum(1 for n in job.log_names if f"/{host}-" in n) == 2, job.log_names
-        assert f"[{result.job_name}/{host}-" in result.train_output or f"[{host}-" in result.train_output
+        assert f"[{host}] " in result.train_output  # followed live by `aiops train --remote`
         assert f"[{host}-" in result.logs_output, result.logs_output[-2000:]
     assert "training on cpu x 2 process(es)" in result.logs_output
-    assert f"epoch={EPOCHS};" in result.logs_output and "SIGTERM received: stopped after epoch" in result.logs_output
+    assert f"epoch={EPOCHS};" in result.logs_output
+    assert "test_accuracy" in result.metrics_output, result.metrics_output
+    assert job.final_metrics["test_accuracy"] > 0.5
     # the interrupted, resumed 2-host job ends with the weights of the uninterrupted local run
     _assert_same_model(result, local_reference)
     # aiops deploy --model job:NAME: the plan's model points at the job's artifact
