@@ -84,6 +84,8 @@ class MotoAccount:
 
     def __init__(self, region: str) -> None:
         self.region = region
+        self._clients: dict[tuple[str, str, str], Any] = {}
+        self._clients_lock = threading.Lock()
         here = Path(__file__).parent
         self.proc = subprocess.Popen([sys.executable, str(here / "moto_server.py"), str(BOOTSTRAP_REQUESTS)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -116,13 +118,18 @@ class MotoAccount:
         raise RuntimeError("moto does not enforce IAM: the service user could list buckets")
 
     def client(self, service: str, creds: Credentials | None = None, endpoint: str | None = None) -> Any:
+        """A boto3 client (cached: making one loads the service model, ~0.1 s; clients are thread-safe)."""
         import boto3
         from botocore.config import Config
 
-        return boto3.session.Session().client(
-            service, region_name=self.region, endpoint_url=endpoint or self.url,
-            config=Config(retries={"mode": "standard", "max_attempts": 3}),
-            **(creds or self.admin).kwargs())
+        creds = creds or self.admin
+        key = (service, creds.access_key, endpoint or self.url)
+        with self._clients_lock:
+            if key not in self._clients:
+                self._clients[key] = boto3.session.Session().client(
+                    service, region_name=self.region, endpoint_url=endpoint or self.url,
+                    config=Config(retries={"mode": "standard", "max_attempts": 3}), **creds.kwargs())
+            return self._clients[key]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -609,20 +616,20 @@ class TrainingJob:
                         for other in self.hosts:  # one host failed: the platform stops the others
                             signal_tree(other.proc, signal.SIGTERM)
                     continue
+                if self.interruptions_left and not interrupted and self._new_checkpoint():
+                    # spot capacity reclaimed as soon as the job has a checkpoint of its own: every
+                    # instance gets SIGTERM at once (before any upload, so the job is still mid-run)
+                    self.interruptions_left -= 1
+                    self.interrupted += 1
+                    interrupted = True
+                    for other in self.hosts:
+                        signal_tree(other.proc, signal.SIGTERM)
                 self.lines.append((host.name, line))
                 host.stream.put([line])
                 for metric, regex in definitions:
                     match = regex.search(line)
                     if match:
                         metrics.setdefault(metric, []).append((host.name, float(match.group(1))))
-                if self.interruptions_left and not interrupted and self._new_checkpoint():
-                    # spot capacity reclaimed as soon as the job has a checkpoint of its own: every
-                    # instance gets SIGTERM (before the sync, so the job is still mid-run)
-                    self.interruptions_left -= 1
-                    self.interrupted += 1
-                    interrupted = True
-                    for other in self.hosts:
-                        signal_tree(other.proc, signal.SIGTERM)
                 self._sync_checkpoints()
                 if self.stop_requested.is_set() and not stopped:
                     stopped = True
@@ -696,6 +703,7 @@ class EndpointHost:
         self.config_name = ""
         self.model: dict[str, Any] = {}
         self.calls: list[Call] = []
+        self.enis: list[str] = []
         self.ready = threading.Event()
 
     def deploy(self, config_name: str) -> None:
@@ -717,6 +725,7 @@ class EndpointHost:
                                   f"starting endpoint {self.name}")
             self.calls = session.calls
             session.pull_image(container["Image"], "pulling the serving image")
+            enis = self.platform.attach_network(session, model.get("VpcConfig"), 1, f"endpoint {self.name}")
             if config.get("KmsKeyId"):
                 session.check(None, "kms:CreateGrant", self.platform.key_arn(config["KmsKeyId"]),
                               {"kms:GrantIsForAWSResource": "true"}, "encrypting the endpoint's storage volume")
@@ -736,6 +745,8 @@ class EndpointHost:
                 raise RuntimeError(f"the model server did not start: {str(err)[-400:]}") from None
             stream.put(server.log().splitlines()[-50:] or ["started"])
             old, self.server = self.server, server
+            old_enis, self.enis = self.enis, enis
+            self.platform.detach_network(old_enis)
             self.variant, self.config_name, self.model = variant["VariantName"], config_name, model
             self.status = "InService"
             self.failure_reason = None
