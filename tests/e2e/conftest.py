@@ -60,7 +60,7 @@ def digits_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "data"
 
 
-def plan_statement_ids() -> list[str]:
+def plan_statement_ids(*, vpc: bool = False) -> list[str]:
     """The Sids of the execution role's policy in the journey's plan (for parametrizing)."""
     import tempfile
 
@@ -69,8 +69,11 @@ def plan_statement_ids() -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
         (project / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
-        (project / "Pulumi.e2e.yaml").write_text(yaml.safe_dump(stack_config(endpoint=True, model_data_url=
-                                                                             "s3://aiops-e2e-x/m/model.tar.gz")))
+        config = stack_config(endpoint=True, model_data_url="s3://aiops-e2e-x/m/model.tar.gz")
+        if vpc:  # placeholders: the statements, not their resources, are what is listed here
+            config["config"]["aiops:network"] = {"subnetIds": ["subnet-0123456789abcdef0"],
+                                                 "securityGroupIds": ["sg-0123456789abcdef0"]}
+        (project / "Pulumi.e2e.yaml").write_text(yaml.safe_dump(config))
         proc = subprocess.run([sys.executable, "-m", "aiops.cli.app", "preview", "--offline", "--json",
                                "--stack", "e2e"], cwd=project, capture_output=True, text=True, timeout=300,
                               env={**__import__("os").environ, "AIOPS_HOME": str(project / "home")})
@@ -87,3 +90,5 @@ def plan_statement_ids() -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "statement_id" in metafunc.fixturenames:
         metafunc.parametrize("statement_id", plan_statement_ids())
+    if "vpc_statement_id" in metafunc.fixturenames:
+        metafunc.parametrize("vpc_statement_id", plan_statement_ids(vpc=True))

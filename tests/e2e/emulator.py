@@ -719,7 +719,7 @@ class EndpointHost:
             sm = self.platform.account.client("sagemaker")
             config = sm.describe_endpoint_config(EndpointConfigName=config_name)
             variant = config["ProductionVariants"][0]
-            model = sm.describe_model(ModelName=variant["ModelName"])
+            model = {**sm.describe_model(ModelName=variant["ModelName"]), **self.platform.models.get(variant["ModelName"], {})}
             container = model["PrimaryContainer"]
             session = RoleSession(self.platform, model["ExecutionRoleArn"], "SageMaker",
                                   f"starting endpoint {self.name}")
@@ -783,6 +783,7 @@ class Platform:
         self.workdir = workdir
         self.jobs: dict[str, TrainingJob] = {}
         self.endpoints: dict[str, EndpointHost] = {}
+        self.models: dict[str, dict[str, Any]] = {}  # CreateModel requests, as sent
         self.spot_interruptions = 0  # the next spot job is interrupted this many times
         self.calls: list[Call] = []  # every call made for an execution role, in order
         self.errors: list[str] = []  # every 4xx/5xx moto answered through the proxy
@@ -975,6 +976,9 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 platform.errors.append(f"{self.command} {self.path[:200]} {target} -> {status} {data[:300]!r}")
             if status == 200 and target == "SageMaker.CreateTrainingJob":
                 platform.on_create_training_job(json.loads(body))
+            elif status == 200 and target == "SageMaker.CreateModel":
+                request = json.loads(body)  # moto drops EnableNetworkIsolation and VpcConfig
+                platform.models[request["ModelName"]] = request
             elif status == 200 and target == "SageMaker.CreateEndpoint":
                 request = json.loads(body)
                 platform.on_endpoint(request["EndpointName"], request["EndpointConfigName"])

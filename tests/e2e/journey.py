@@ -114,10 +114,10 @@ class Journey:
 
     def apply(self, plan: dict[str, Any]) -> dict[str, Any]:
         """The stand-in for `aiops deploy` applying the plan; outputs saved as deploy saves them."""
-        from aiops.stack_outputs import write_stack_outputs
+        from aiops.stack import write_outputs
 
         self.outputs = self.engine.apply(plan)
-        write_stack_outputs(self.home, self.stack, self.outputs)
+        write_outputs(self.home, self.stack, self.outputs)
         self.transcript.append("[stand-in engine] " + "; ".join(self.engine.log[-40:]))
         return self.outputs
 
@@ -128,11 +128,12 @@ class Journey:
 
         code = ("import json, sys\n"
                 "from aiops.infra import artifacts\n"
-                "from aiops.stack_outputs import read_stack_outputs\n"
+                "from aiops.stack import read_outputs, resolve_stack\n"
                 "from aiops.settings import get_settings\n"
                 "s = get_settings()\n"
-                "outputs = read_stack_outputs(s.home, s.stack)\n"
-                "print(artifacts.resolve(sys.argv[1], outputs=outputs, region=outputs['region']))\n")
+                "stack = resolve_stack(None, s)\n"
+                "outputs = read_outputs(s.home, stack)\n"
+                "print(artifacts.resolve(sys.argv[1], outputs=outputs, region=outputs.region, stack=stack))\n")
         proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True,
                               env={**os.environ, **self.env}, cwd=str(self.project), timeout=120)
         self.transcript.append(f"[deploy --model {spec}] exit {proc.returncode}\n{proc.stdout}{proc.stderr[-2000:]}")

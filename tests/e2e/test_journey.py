@@ -351,6 +351,14 @@ def test_each_statement_of_the_role_is_needed(main_journey: JourneyResult, state
     assert call.action in message and call.resource in message
 
 
+def test_each_statement_of_the_vpc_role_is_needed(vpc_journey: JourneyResult, vpc_statement_id: str) -> None:
+    """The same for the role of a stack with the VPC option (its ec2 statements included)."""
+    vpc_journey.check()
+    denied = denials(vpc_journey.documents.without_statement(vpc_statement_id), vpc_journey.journey.platform.calls)
+    assert denied, f"nothing in the VPC journey needs statement {vpc_statement_id}"
+    assert denied[0].call.action in str(denied[0]) and denied[0].call.resource in str(denied[0])
+
+
 def test_a_removed_statement_fails_the_real_job(journey: Journey, digits_data: Path) -> None:
     """One real run with moto enforcing: the statement that lets the role read the code bundle is
     removed from the deployed policy; the job fails naming s3:GetObject and the bundle's key, and
