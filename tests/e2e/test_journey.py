@@ -395,3 +395,88 @@ def test_a_removed_statement_fails_the_real_job(journey: Journey, digits_data: P
     with pytest.raises(ClientError) as denied:
         s3.get_object(Bucket=bucket, Key=key)
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
+
+
+# A script written the way the public SageMaker PyTorch examples are: hosts from SM_HOSTS, one
+# process per host joined with env:// (MASTER_ADDR/MASTER_PORT from the container), the job read
+# through sagemaker_training's Environment(), the model class in a sibling module.
+UPSTREAM_NET = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1, bias=False)
+
+    def forward(self, x):
+        return self.linear(x)
+"""
+
+UPSTREAM_TRAIN = """
+import argparse, json, os
+import torch
+import torch.distributed as dist
+from sagemaker_training import environment
+from net import Net
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--hosts", type=list, default=json.loads(os.environ["SM_HOSTS"]))
+    parser.add_argument("--current-host", type=str, default=os.environ["SM_CURRENT_HOST"])
+    parser.add_argument("--model-dir", type=str, default=os.environ["SM_MODEL_DIR"])
+    parser.add_argument("--data-dir", type=str, default=os.environ["SM_CHANNEL_TRAINING"])
+    args = parser.parse_args()
+    env = environment.Environment()
+    rank, world = args.hosts.index(args.current_host), len(args.hosts)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    print(f"host {env.current_host} rank {rank} of {world} via {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+          flush=True)
+    rows = torch.tensor([[float(v) for v in line.split(",")] for line in open(os.path.join(args.data_dir, "rows.csv"))])
+    x, y = rows[rank::world, :3], rows[rank::world, 3:]
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch in range(args.epochs):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        for p in model.parameters():
+            dist.all_reduce(p.grad)
+            p.grad /= world
+        opt.step()
+    total = torch.tensor([float(len(x))])
+    dist.all_reduce(total)
+    print(f"rows seen by all hosts: {int(total.item())}", flush=True)
+    if rank == 0:
+        torch.save(model.state_dict(), os.path.join(args.model_dir, "model.pth"))
+    dist.barrier()
+    dist.destroy_process_group()
+"""
+
+
+def test_upstream_style_script_runs_remotely_on_two_hosts(journey: Journey, tmp_path: Path) -> None:
+    """The SM_HOSTS rendezvous pattern, unchanged, as a 2-instance job of the emulated platform:
+    each host runs the script once (no distribution), they meet through MASTER_ADDR=algo-1."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "net.py").write_text(UPSTREAM_NET)
+    (code / "train.py").write_text(UPSTREAM_TRAIN)
+    data = tmp_path / "training"
+    data.mkdir()
+    (data / "rows.csv").write_text("".join(f"{i % 3},{i % 5},{i % 7},{(i % 3) + 2 * (i % 5)}\n" for i in range(40)))
+    journey.write_stack(stack_config())
+    journey.apply(journey.preview())
+    train = journey.aiops("train", "train.py", "--source-dir", str(code), "--channel", f"training={data}",
+                          "--hp", "epochs=3", "--remote", "--instance-count", "2", "--on-demand",
+                          "--instance-type", "ml.c5.xlarge", "--job-name", "upstream-style")
+    assert train.returncode == 0, journey.log()[-6000:]
+    job = journey.platform.jobs["upstream-style"]
+    logged = "\n".join(line for _, line in job.lines)
+    assert "host algo-1 rank 0 of 2 via algo-1:7777" in logged and "host algo-2 rank 1 of 2 via algo-1:7777" in logged
+    assert logged.count("rows seen by all hosts: 40") == 2
+    bucket, _, key = job.model_artifact[len("s3://"):].partition("/")
+    archive = journey.account.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert "model.pth" in tar.getnames()
