@@ -293,51 +293,34 @@ def _decode(value: str) -> Any:
 
 def host_command(request: dict[str, Any], hosts: list[str], host: str) -> tuple[list[str], dict[str, str]]:
     """argv and env of one host, from the CreateTrainingJob request alone (what the container has):
-    the toolkit's env and argv and the PyTorch container's env, as ``aiops.training.contract``
-    computes them, on top of the image's own env, then the request's Environment."""
+    the request read back as the toolkit reads it (``contract.spec_from_request``), then the
+    toolkit's env and argv and the PyTorch container's env (``contract.host_launch``, the one
+    function local runs use too) on top of the image's own env, then the request's Environment."""
     from aiops.training import contract
 
-    hps = {k: _decode(v) for k, v in request.get("HyperParameters", {}).items()}
-    framework = {k: v for k, v in hps.items() if k.startswith(contract.SAGEMAKER_PREFIX) or k in contract.TOOLKIT_PARAMS}
-    user = {k: v for k, v in hps.items() if k not in framework}
-    region = framework.get(contract.REGION_PARAM) or request["_region"]
-    spec_args: dict[str, Any] = dict(
-        job_name=request["TrainingJobName"],
-        entry_point=framework[contract.PROGRAM_PARAM],
-        hyperparameters=user,
-        channels=tuple(c["ChannelName"] for c in request.get("InputDataConfig", [])),
-        submit_directory=framework[contract.SUBMIT_DIR_PARAM],
-        region=region,
-        instance_type=request["ResourceConfig"]["InstanceType"],
-        hosts=tuple(hosts),
-        current_host=host,
-        processes_per_host=framework.get(contract.PROCESSES_PER_HOST_PARAM),
-        torch_distributed=bool(framework.get(contract.TORCH_DISTRIBUTED_PARAM)),
-        log_level=int(framework.get(contract.LOG_LEVEL_PARAM, 20)),
-    )
-    if framework.get(getattr(contract, "MPI_PARAM", "sagemaker_mpi_enabled")):
+    resources = request["ResourceConfig"]
+    spec = contract.spec_from_request(
+        request["TrainingJobName"], request.get("HyperParameters", {}),
+        [c["ChannelName"] for c in request.get("InputDataConfig", [])],
+        instance_type=resources["InstanceType"], instance_count=int(resources["InstanceCount"]),
+        region=request["_region"]).for_host(host)
+    if list(spec.hosts) != hosts:
+        raise RuntimeError(f"the contract's hosts {list(spec.hosts)} are not the platform's {hosts}")
+    if spec.effective_distribution == contract.DISTRIBUTION_MPI:
         raise NotImplementedError("the platform emulator does not run mpirun jobs (distribution mpi)")
-    spec = contract.TrainingJobSpec(**spec_args)
-    paths = contract.ContainerPaths(Path("/opt/ml"))
-    facts = contract.HostFacts(num_gpus=0, num_cpus=os.cpu_count() or 1)
     image_env = {  # what the PyTorch DLC image's own ENV lines give every process
         "PATH": f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
         "LANG": "C.UTF-8",
-        "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{region}:{ACCOUNT}:training-job/{request['TrainingJobName']}",
+        "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{spec.region}:{ACCOUNT}:training-job/{request['TrainingJobName']}",
     }
-    if hasattr(contract, "host_launch"):
-        launch = contract.host_launch(spec, paths, facts, python=sys.executable, base_env=image_env)
-        argv, env = list(launch.argv), dict(launch.env)
-    else:  # TEMPORARY until the contract's PyTorch container env is merged
-        env = {**image_env, **contract.container_environment(spec, paths, facts),
-               "MASTER_ADDR": hosts[0], "MASTER_PORT": "7777", "NCCL_SOCKET_IFNAME": "eth0", "NCCL_IB_DISABLE": "1",
-               "NCCL_DEBUG": "WARN", "AWS_REGION": region, "PYTHONPATH": "/opt/ml/code"}
-        argv = contract.launch_command(spec, sys.executable)
+    launch = contract.host_launch(spec, contract.ContainerPaths(Path("/opt/ml")),
+                                  contract.HostFacts(num_gpus=0, num_cpus=os.cpu_count() or 1),
+                                  python=sys.executable, base_env=image_env)
+    env = dict(launch.env)
     env.update(request.get("Environment") or {})
-    return argv, env
+    return list(launch.argv), env
 
 
 def _tar(folder: Path) -> bytes:

@@ -29,11 +29,9 @@ SAMPLE_ROWS = 24
 METRIC = "test_accuracy=test_accuracy=([0-9.]+);"
 
 
-def _distribution_args() -> tuple[str, ...]:
-    from aiops.training import contract
-
-    # The SDK runs a multi-instance job once per host unless a distribution is given.
-    return ("--distribution", "torch_distributed") if hasattr(contract, "resolve_distribution") else ()
+# The SDK runs a multi-instance job once per host unless a distribution is given; the digits
+# script trains data-parallel under torchrun.
+DISTRIBUTION = ("--distribution", "torch_distributed")
 
 
 def _test_rows(data: Path) -> tuple[list[list[float]], list[int]]:
@@ -157,7 +155,7 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         result.job_name = "digits-vpc" if vpc else "digits-e2e"
         args = ["train", "train.py", "--source-dir", str(DIGITS), "--channel", f"train={data}/train",
                 "--channel", f"test={data}/test", *HPS, "--remote", "--instance-count", "2", "--spot",
-                "--instance-type", "ml.c5.xlarge", "--job-name", result.job_name, *_distribution_args(),
+                "--instance-type", "ml.c5.xlarge", "--job-name", result.job_name, *DISTRIBUTION,
                 "--metric", METRIC]
         if vpc:
             args.append("--network-isolation")
