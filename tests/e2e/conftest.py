@@ -92,3 +92,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("statement_id", plan_statement_ids())
     if "vpc_statement_id" in metafunc.fixturenames:
         metafunc.parametrize("vpc_statement_id", plan_statement_ids(vpc=True))
+
+
+# Tests that read one session journey run on the worker that made it (make test: --dist loadgroup),
+# so each journey runs once per session; the two journeys may run on two workers side by side.
+JOURNEY_GROUPS = {"main_journey": "e2e-journey", "vpc_journey": "e2e-journey-vpc"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        for fixture, group in JOURNEY_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
