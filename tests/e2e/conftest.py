@@ -1,0 +1,108 @@
+"""Fixtures of the journey test: the emulated AWS account, its platform, the digits data.
+
+See emulator.py for what stands in for what. Every test gets its own moto process, platform
+proxy and job network namespaces: nothing is shared between tests or xdist workers but the
+digits data and the local reference run (per worker, read-only once made).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))  # the emulator's modules import each other by name
+
+from emulator import MotoAccount, Platform  # noqa: E402
+from journey import DIGITS, REGION, REPO_ROOT, Journey, stack_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def namespaces() -> None:
+    from sandbox import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"the platform emulator runs each job's hosts in network namespaces: {reason}")
+
+
+@pytest.fixture
+def account() -> Any:
+    acct = MotoAccount(REGION)
+    yield acct
+    acct.close()
+
+
+@pytest.fixture
+def platform(account: MotoAccount, tmp_path: Path) -> Any:
+    plat = Platform(account, tmp_path / "platform")
+    yield plat
+    plat.close()
+
+
+@pytest.fixture
+def journey(account: MotoAccount, platform: Platform, tmp_path: Path, namespaces: None) -> Journey:
+    return Journey(account, platform, tmp_path / "user", stack="e2e")
+
+
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from helpers import run_aiops
+
+    root = tmp_path_factory.mktemp("digits")
+    result = run_aiops(root / "home", root, "example", "digits-data", str(root / "data"))
+    assert result.returncode == 0, result.output
+    return root / "data"
+
+
+def plan_statement_ids(*, vpc: bool = False) -> list[str]:
+    """The Sids of the execution role's policy in the journey's plan (for parametrizing)."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        (project / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
+        config = stack_config(endpoint=True, model_data_url="s3://aiops-e2e-x/m/model.tar.gz")
+        if vpc:  # placeholders: the statements, not their resources, are what is listed here
+            config["config"]["aiops:network"] = {"subnetIds": ["subnet-0123456789abcdef0"],
+                                                 "securityGroupIds": ["sg-0123456789abcdef0"]}
+        (project / "Pulumi.e2e.yaml").write_text(yaml.safe_dump(config))
+        proc = subprocess.run([sys.executable, "-m", "aiops.cli.app", "preview", "--offline", "--json",
+                               "--stack", "e2e"], cwd=project, capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, "AIOPS_HOME": str(project / "home")})
+    if proc.returncode != 0:
+        return [f"preview-failed: {proc.stderr.strip()[-200:]}"]
+    plan = json.loads(proc.stdout)
+    sids = []
+    for resource in plan["resources"]:
+        if resource["type"] == "aws:iam/rolePolicy:RolePolicy":
+            sids += [s.get("Sid", f"#{i}") for i, s in enumerate(json.loads(resource["inputs"]["policy"])["Statement"])]
+    return sids
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "statement_id" in metafunc.fixturenames:
+        metafunc.parametrize("statement_id", plan_statement_ids())
+    if "vpc_statement_id" in metafunc.fixturenames:
+        metafunc.parametrize("vpc_statement_id", plan_statement_ids(vpc=True))
+
+
+# Tests that read one session journey run on the worker that made it (make test: --dist loadgroup),
+# so each journey runs once per session; the two journeys may run on two workers side by side.
+JOURNEY_GROUPS = {"main_journey": "e2e-journey", "vpc_journey": "e2e-journey-vpc"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        for fixture, group in JOURNEY_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))

@@ -1,0 +1,1015 @@
+"""The emulated AWS account of the journey test: moto with IAM enforced, and a platform in front.
+
+What stands in for what:
+
+- **AWS APIs**: a moto server in its own process (``moto_server.py``), IAM enforcement on. Users
+  and the CLI reach it through the platform proxy (``AWS_ENDPOINT_URL``) with the credentials of an
+  admin IAM user (the person deploying and training); the emulator reaches it directly.
+- **the SageMaker service** (``Platform``): an HTTP proxy in front of moto. moto keeps SageMaker
+  records only (a training job is Completed the moment it is created); the proxy forwards every
+  call and, when a CreateTrainingJob or CreateEndpoint/UpdateEndpoint succeeds, does what the
+  service does: ``TrainingJob`` runs the job, ``EndpointHost`` serves the model. DescribeTrainingJob
+  and DescribeEndpoint answer with the emulator's status (InProgress until the job is done);
+  StopTrainingJob (moto: HTTP 500) stops the job; UpdateEndpoint (moto: HTTP 500) switches the
+  endpoint's config; ``POST /endpoints/NAME/invocations`` (sagemaker-runtime) reaches the model.
+- **the service principal**: an IAM user named ``sagemaker.amazonaws.com`` (see moto_server.py),
+  which assumes the job's role through moto STS; the trust policy is also judged (iam_judge.py).
+- **the execution role**: every S3 object or listing the platform reads or writes for a job or an
+  endpoint goes to moto with the assumed role's credentials (moto enforces the role's policy), and
+  every call is recorded and judged against the deployed documents (``iam_judge``), including
+  what moto cannot enforce (logs, KMS, ECR, CloudWatch metrics, EC2 network interfaces, bucket and
+  key policies). Logs and metrics are then written with the platform's own credentials, since
+  moto would check them against ``Resource: "*"``.
+- **a training instance**: a process tree in a job network namespace (``sandbox.py``), running the
+  script as the PyTorch training container would: the toolkit's env and argv computed by
+  ``aiops.training.contract`` from the job's own hyperparameters, plus the container's env.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+from iam_judge import AccessDenied, Call, Documents, Judge, documents_from_moto
+
+ACCOUNT = "123456789012"
+SERVICE = "sagemaker.amazonaws.com"
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+ENDPOINT_LOG_GROUP = "/aws/sagemaker/Endpoints"
+JOB_TIME_CAP = 600.0  # no emulated job runs longer, whatever its MaxRuntimeInSeconds
+STOP_GRACE = 120.0  # SageMaker: SIGTERM, then 120 s before SIGKILL
+
+
+# --------------------------------------------------------------------------------------------
+# The account: moto in its own process, the admin user, the service user
+
+
+@dataclass
+class Credentials:
+    access_key: str
+    secret_key: str
+    token: str | None = None
+
+    def kwargs(self) -> dict[str, str]:
+        out = {"aws_access_key_id": self.access_key, "aws_secret_access_key": self.secret_key}
+        if self.token:
+            out["aws_session_token"] = self.token
+        return out
+
+
+ADMIN_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+SERVICE_POLICY = json.dumps({"Version": "2012-10-17",
+                             "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]})
+BOOTSTRAP_REQUESTS = 6  # two users, each with an inline policy and an access key
+
+
+class MotoAccount:
+    """A moto server process with IAM enforcement on, an admin user and the service user."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self._clients: dict[tuple[str, str, str], Any] = {}
+        self._clients_lock = threading.Lock()
+        here = Path(__file__).parent
+        self.proc = subprocess.Popen([sys.executable, str(here / "moto_server.py"), str(BOOTSTRAP_REQUESTS)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "port":
+            self.close()
+            raise RuntimeError(f"the moto server did not start (exit {self.proc.poll()})")
+        self.url = f"http://127.0.0.1:{line[1]}"
+        self.admin = self._bootstrap_user("admin", ADMIN_POLICY)
+        self.service = self._bootstrap_user(SERVICE, SERVICE_POLICY)
+        self._check_enforced()
+
+    def _bootstrap_user(self, name: str, policy: str) -> Credentials:
+        iam = self.client("iam", Credentials("bootstrap", "bootstrap"))
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="policy", PolicyDocument=policy)
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+
+    def _check_enforced(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client("s3", self.service).list_buckets()
+        except ClientError as err:
+            if err.response["Error"]["Code"] == "AccessDenied":
+                return
+            raise
+        raise RuntimeError("moto does not enforce IAM: the service user could list buckets")
+
+    def client(self, service: str, creds: Credentials | None = None, endpoint: str | None = None) -> Any:
+        """A boto3 client (cached: making one loads the service model, ~0.1 s; clients are thread-safe)."""
+        import boto3
+        from botocore.config import Config
+
+        creds = creds or self.admin
+        key = (service, creds.access_key, endpoint or self.url)
+        with self._clients_lock:
+            if key not in self._clients:
+                self._clients[key] = boto3.session.Session().client(
+                    service, region_name=self.region, endpoint_url=endpoint or self.url,
+                    config=Config(retries={"mode": "standard", "max_attempts": 3}), **creds.kwargs())
+            return self._clients[key]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# Acting as the execution role
+
+
+def _s3_uri(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+
+
+class RoleSession:
+    """The platform acting as one execution role: judged, recorded, and enforced by moto for S3."""
+
+    def __init__(self, platform: "Platform", role_arn: str, session_name: str, doing: str) -> None:
+        self.platform = platform
+        self.account = platform.account
+        self.role_arn = role_arn
+        self.doing = doing
+        self.docs = platform.documents(role_arn)
+        self.judge = Judge(lambda: self.docs)
+        self.calls = self.judge.calls
+        self.check(SERVICE, "sts:AssumeRole", role_arn, {"aws:SourceAccount": ACCOUNT}, doing)
+        answer = self.account.client("sts", self.account.service).assume_role(
+            RoleArn=role_arn, RoleSessionName=session_name)
+        c = answer["Credentials"]
+        self.creds = Credentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"])
+        self.principal = answer["AssumedRoleUser"]["Arn"]
+        self.s3 = self.account.client("s3", self.creds)
+
+    def check(self, principal: str | None, action: str, resource: str, context: dict[str, str] | None = None,
+              doing: str | None = None) -> None:
+        ctx = {"aws:SecureTransport": "true", **(context or {})}
+        call = Call(principal or self.principal, action, resource, tuple(sorted(ctx.items())), doing or self.doing)
+        self.platform.record(call)
+        self.judge.check(call)
+
+    def _object_key(self, bucket: str, key: str) -> str | None:
+        """The KMS key an object is encrypted with (S3 decrypts with it on the reader's behalf)."""
+        head = self.account.client("s3").head_object(Bucket=bucket, Key=key)
+        return self.platform.key_arn(head.get("SSEKMSKeyId") or self.platform.bucket_key(bucket))
+
+    def _moto(self, call: Callable[[], Any], action: str, resource: str) -> Any:
+        from botocore.exceptions import ClientError
+
+        try:
+            return call()
+        except ClientError as err:
+            code = err.response["Error"]["Code"]
+            raise AccessDenied(Call(self.principal, action, resource, (), self.doing),
+                               f"moto answered {code}: {err.response['Error'].get('Message', '')}") from None
+
+    def get(self, uri: str, dest: Path, doing: str) -> None:
+        bucket, key = _s3_uri(uri)
+        resource = f"arn:aws:s3:::{bucket}/{key}"
+        self.check(None, "s3:GetObject", resource, doing=doing)
+        kms_key = self._object_key(bucket, key)
+        if kms_key:
+            self.check(None, "kms:Decrypt", kms_key, {"kms:ViaService": f"s3.{self.account.region}.amazonaws.com"},
+                       doing=doing)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._moto(lambda: self.s3.download_file(bucket, key, str(dest)), "s3:GetObject", resource)
+
+    def list(self, uri: str, doing: str) -> list[str]:
+        bucket, prefix = _s3_uri(uri)
+        self.check(None, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {"s3:prefix": prefix}, doing=doing)
+        keys: list[str] = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        pages = self._moto(lambda: list(paginator.paginate(Bucket=bucket, Prefix=prefix)), "s3:ListBucket",
+                           f"arn:aws:s3:::{bucket}")
+        for page in pages:
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        return keys
+
+    def download_prefix(self, uri: str, dest: Path, doing: str) -> int:
+        """An S3Prefix channel (or checkpoints): every object under the prefix, paths kept."""
+        bucket, prefix = _s3_uri(uri)
+        count = 0
+        for key in self.list(uri, doing):
+            rel = key[len(prefix):].lstrip("/")
+            if not rel or key.endswith("/"):
+                continue
+            self.get(f"s3://{bucket}/{key}", dest / rel, doing)
+            count += 1
+        return count
+
+    def put(self, uri: str, data: bytes, doing: str, kms_key: str | None = None) -> None:
+        bucket, key = _s3_uri(uri)
+        resource = f"arn:aws:s3:::{bucket}/{key}"
+        self.check(None, "s3:PutObject", resource, doing=doing)
+        used_key = self.platform.key_arn(kms_key or self.platform.bucket_key(bucket))
+        if used_key:
+            self.check(None, "kms:GenerateDataKey", used_key,
+                       {"kms:ViaService": f"s3.{self.account.region}.amazonaws.com"}, doing=doing)
+        extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key} if kms_key else {}
+        self._moto(lambda: self.s3.put_object(Bucket=bucket, Key=key, Body=data, **extra), "s3:PutObject", resource)
+
+    def pull_image(self, image: str, doing: str) -> None:
+        """What pulling the container image asks of the role (ECR: login, then layers)."""
+        registry, _, path = image.partition("/")
+        account, _, rest = registry.partition(".dkr.ecr.")
+        region = rest.split(".", 1)[0]
+        repository = path.split(":", 1)[0].split("@", 1)[0]
+        self.check(None, "ecr:GetAuthorizationToken", "*", doing=doing)
+        arn = f"arn:aws:ecr:{region}:{account}:repository/{repository}"
+        for action in ("ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"):
+            self.check(None, action, arn, doing=doing)
+
+    def log_stream(self, group: str, stream: str, doing: str) -> "LogStream":
+        region, account = self.account.region, ACCOUNT
+        group_arn = f"arn:aws:logs:{region}:{account}:log-group:{group}"
+        logs = self.account.client("logs")
+        if not self.platform.log_group_exists(group):
+            self.check(None, "logs:CreateLogGroup", group_arn, doing=doing)
+            try:
+                logs.create_log_group(logGroupName=group)
+            except logs.exceptions.ResourceAlreadyExistsException:
+                pass
+        stream_arn = f"{group_arn}:log-stream:{stream}"
+        self.check(None, "logs:CreateLogStream", stream_arn, doing=doing)
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        return LogStream(self, logs, group, stream, stream_arn)
+
+
+@dataclass
+class LogStream:
+    session: RoleSession
+    logs: Any
+    group: str
+    name: str
+    arn: str
+
+    def put(self, messages: list[str]) -> None:
+        if not messages:
+            return
+        self.session.check(None, "logs:PutLogEvents", self.arn, doing=f"writing {self.name}")
+        now = int(time.time() * 1000)
+        self.logs.put_log_events(logGroupName=self.group, logStreamName=self.name,
+                                 logEvents=[{"timestamp": now, "message": m} for m in messages])
+
+
+# --------------------------------------------------------------------------------------------
+# A training job
+
+
+def _decode(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def host_command(request: dict[str, Any], hosts: list[str], host: str) -> tuple[list[str], dict[str, str]]:
+    """argv and env of one host, from the CreateTrainingJob request alone (what the container has):
+    the request read back as the toolkit reads it (``contract.spec_from_request``), then the
+    toolkit's env and argv and the PyTorch container's env (``contract.host_launch``, the one
+    function local runs use too) on top of the image's own env, then the request's Environment."""
+    from aiops.training import contract
+
+    resources = request["ResourceConfig"]
+    spec = contract.spec_from_request(
+        request["TrainingJobName"], request.get("HyperParameters", {}),
+        [c["ChannelName"] for c in request.get("InputDataConfig", [])],
+        instance_type=resources["InstanceType"], instance_count=int(resources["InstanceCount"]),
+        region=request["_region"]).for_host(host)
+    if list(spec.hosts) != hosts:
+        raise RuntimeError(f"the contract's hosts {list(spec.hosts)} are not the platform's {hosts}")
+    if spec.effective_distribution == contract.DISTRIBUTION_MPI:
+        raise NotImplementedError("the platform emulator does not run mpirun jobs (distribution mpi)")
+    image_env = {  # what the PyTorch DLC image's own ENV lines give every process
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{spec.region}:{ACCOUNT}:training-job/{request['TrainingJobName']}",
+    }
+    launch = contract.host_launch(spec, contract.ContainerPaths(Path("/opt/ml")),
+                                  contract.HostFacts(num_gpus=0, num_cpus=os.cpu_count() or 1),
+                                  python=sys.executable, base_env=image_env)
+    env = dict(launch.env)
+    env.update(request.get("Environment") or {})
+    return list(launch.argv), env
+
+
+def _tar(folder: Path) -> bytes:
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as tar:
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*")):
+                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+    return data.getvalue()
+
+
+@dataclass
+class Host:
+    name: str
+    dir: Path
+    proc: subprocess.Popen | None = None
+    stream: LogStream | None = None
+    synced: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+class TrainingJob:
+    """One CreateTrainingJob, run as SageMaker would run it (see the module docstring)."""
+
+    def __init__(self, platform: "Platform", request: dict[str, Any], interruptions: int) -> None:
+        self.platform = platform
+        self.request = request
+        self.name = request["TrainingJobName"]
+        self.status = "InProgress"
+        self.secondary = "Starting"
+        self.failure_reason: str | None = None
+        self.transitions: list[dict[str, Any]] = []
+        self.started = time.time()
+        self.ended: float | None = None
+        self.billable = 0.0
+        self.model_artifact: str | None = None
+        self.final_metrics: dict[str, float] = {}
+        self.interruptions_left = interruptions if request.get("EnableManagedSpotTraining") else 0
+        self.interrupted = 0
+        self.attempts = 0
+        self.stop_requested = threading.Event()
+        self.done = threading.Event()
+        self.hosts: list[Host] = []
+        self.session: RoleSession | None = None
+        self.workdir = platform.workdir / "jobs" / self.name
+        self.log_names: set[str] = set()
+        self.lines: list[tuple[str, str]] = []  # (host, line), every attempt
+        self._set("Starting", "Preparing the instances for training")
+        self.thread = threading.Thread(target=self._run, name=f"job-{self.name}", daemon=True)
+        self.thread.start()
+
+    # -- status
+
+    def _set(self, secondary: str, message: str) -> None:
+        now = time.time()
+        if self.transitions:
+            self.transitions[-1]["EndTime"] = now
+        self.transitions.append({"Status": secondary, "StartTime": now, "StatusMessage": message})
+        self.secondary = secondary
+
+    def describe(self, described: dict[str, Any]) -> dict[str, Any]:
+        out = dict(described)
+        out.update(TrainingJobStatus=self.status, SecondaryStatus=self.secondary,
+                   SecondaryStatusTransitions=self.transitions, TrainingStartTime=self.started)
+        if self.failure_reason:
+            out["FailureReason"] = self.failure_reason
+        if self.ended is not None:
+            out["TrainingEndTime"] = self.ended
+            out["TrainingTimeInSeconds"] = max(1, int(round(self.ended - self.started)))
+            out["BillableTimeInSeconds"] = max(1, int(round(self.billable)))
+        if self.model_artifact:
+            out["ModelArtifacts"] = {"S3ModelArtifacts": self.model_artifact}
+        else:
+            out.pop("ModelArtifacts", None)
+        if self.final_metrics:
+            out["FinalMetricDataList"] = [{"MetricName": k, "Value": v, "Timestamp": self.ended or time.time()}
+                                          for k, v in sorted(self.final_metrics.items())]
+        return out
+
+    # -- the run
+
+    def _run(self) -> None:
+        try:
+            self._run_attempts()
+        except AccessDenied as err:
+            self._fail(f"ClientError: {err}")
+        except Exception as err:  # the emulator's own failure must show, not hang the CLI
+            self._fail(f"InternalServerError: the platform emulator failed: {type(err).__name__}: {err}")
+        finally:
+            for host in self.hosts:
+                if host.proc is not None:
+                    from sandbox import kill_tree
+
+                    kill_tree(host.proc)
+            self.done.set()
+
+    def _fail(self, reason: str) -> None:
+        self.failure_reason = reason[:1024]
+        self.ended = self.ended or time.time()
+        self.status = "Failed"
+        self._set("Failed", reason[:256])
+
+    def _run_attempts(self) -> None:
+        from sandbox import JobNetwork
+
+        request = self.request
+        self.session = RoleSession(self.platform, request["RoleArn"], "SageMaker", f"starting {self.name}")
+        session = self.session
+        self.calls = session.calls
+        session.pull_image(request["AlgorithmSpecification"]["TrainingImage"], "pulling the training image")
+        resources = request["ResourceConfig"]
+        if resources.get("VolumeKmsKeyId"):
+            session.check(None, "kms:CreateGrant", self.platform.key_arn(resources["VolumeKmsKeyId"]),
+                          {"kms:GrantIsForAWSResource": "true"}, "encrypting the instances' storage volumes")
+        count = int(resources["InstanceCount"])
+        host_names = [f"algo-{i + 1}" for i in range(count)]
+        enis = self.platform.attach_network(session, request.get("VpcConfig"), count, self.name)
+        try:
+            while True:
+                self.attempts += 1
+                attempt_dir = self.workdir / f"attempt-{self.attempts}"
+                attempt_dir.mkdir(parents=True, exist_ok=True)
+                began = time.time()
+                outcome = self._attempt(JobNetwork, attempt_dir, host_names)
+                self.billable += time.time() - began
+                if outcome == "interrupted":
+                    self._set("Interrupted", "The job was interrupted (spot capacity reclaimed)")
+                    self._set("Restarting", "Restarting the job from its checkpoints")
+                    continue
+                break
+        finally:
+            self.platform.detach_network(enis)
+        if outcome == "failed":
+            return
+        self._set("Uploading", "Uploading generated training model")
+        output = request["OutputDataConfig"]
+        base = f"{output['S3OutputPath'].rstrip('/')}/{self.name}/output"
+        master = self.hosts[0].dir  # SageMaker uploads the first host's /opt/ml/model and output/data
+        kms = output.get("KmsKeyId")
+        session.put(f"{base}/model.tar.gz", _tar(master / "model"), "uploading model.tar.gz", kms)
+        session.put(f"{base}/output.tar.gz", _tar(master / "output" / "data"), "uploading output.tar.gz", kms)
+        self.model_artifact = f"{base}/model.tar.gz"
+        self.ended = time.time()
+        if outcome == "stopped":
+            self.status = "Stopped"
+            self._set("Stopped", "The job was stopped")
+        else:
+            self.status = "Completed"
+            self._set("Completed", "Training job completed")
+
+    def _prepare_host(self, name: str, folder: Path) -> Host:
+        from aiops.training import contract
+
+        request, session = self.request, self.session
+        host = Host(name, folder)
+        paths = contract.ContainerPaths(folder)
+        for path in paths.all_dirs():
+            path.mkdir(parents=True, exist_ok=True)
+        (paths.output / "failure").unlink(missing_ok=True)
+        hps = request.get("HyperParameters", {})
+        submit = _decode(hps.get(contract.SUBMIT_DIR_PARAM, '""'))
+        bundle = folder / "sourcedir.tar.gz"
+        session.get(submit, bundle, f"downloading the code for {name}")
+        with tarfile.open(bundle) as tar:
+            tar.extractall(paths.code, filter="data")
+        bundle.unlink()
+        for channel in request.get("InputDataConfig", []):
+            source = channel["DataSource"]["S3DataSource"]
+            session.download_prefix(source["S3Uri"], paths.channel(channel["ChannelName"]),
+                                    f"downloading channel {channel['ChannelName']} for {name}")
+        checkpoint = request.get("CheckpointConfig")
+        if checkpoint:
+            local = Path(checkpoint.get("LocalPath") or "/opt/ml/checkpoints")
+            target = folder / local.relative_to("/opt/ml") if local.is_relative_to("/opt/ml") else paths.checkpoints
+            session.download_prefix(checkpoint["S3Uri"], target, f"restoring checkpoints for {name}")
+            for path in (p for p in target.rglob("*") if p.is_file()):  # restored: already in S3
+                stat = path.stat()
+                host.synced[path.relative_to(target).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+        host_list = [h for h in self._host_names]
+        resource = {"current_host": name, "current_instance_type": request["ResourceConfig"]["InstanceType"],
+                    "current_group_name": "homogeneousCluster", "hosts": host_list,
+                    "instance_groups": [{"instance_group_name": "homogeneousCluster", "hosts": host_list,
+                                         "instance_type": request["ResourceConfig"]["InstanceType"]}],
+                    "network_interface_name": "eth0"}
+        data_config = {c["ChannelName"]: {"TrainingInputMode": c.get("InputMode", "File"),
+                                          "S3DistributionType": c["DataSource"]["S3DataSource"].get(
+                                              "S3DataDistributionType", "FullyReplicated"),
+                                          "RecordWrapperType": "None"} for c in request.get("InputDataConfig", [])}
+        (paths.input_config / "hyperparameters.json").write_text(json.dumps(hps))
+        (paths.input_config / "resourceconfig.json").write_text(json.dumps(resource))
+        (paths.input_config / "inputdataconfig.json").write_text(json.dumps(data_config))
+        return host
+
+    def _stream_name(self, host: str) -> str:
+        second = int(time.time())
+        while f"{self.name}/{host}-{second}" in self.log_names:
+            second += 1
+        name = f"{self.name}/{host}-{second}"
+        self.log_names.add(name)
+        return name
+
+    def _checkpoint_dir(self, host: Host) -> Path:
+        local = Path((self.request.get("CheckpointConfig") or {}).get("LocalPath") or "/opt/ml/checkpoints")
+        return host.dir / local.relative_to("/opt/ml")
+
+    def _checkpoint_files(self, host: Host) -> list[tuple[str, Path]]:
+        folder = self._checkpoint_dir(host)
+        if not folder.is_dir():
+            return []
+        return [(p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*")) if p.is_file()]
+
+    def _new_checkpoint(self) -> bool:
+        """A checkpoint file written in this attempt (not restored, not a temporary file)."""
+        for host in self.hosts:
+            for rel, path in self._checkpoint_files(host):
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue
+                if ".tmp" not in rel and host.synced.get(rel) != (stat.st_size, stat.st_mtime_ns):
+                    return True
+        return False
+
+    def _sync_checkpoints(self) -> None:
+        """Upload new or changed checkpoint files of every host (SageMaker syncs the folder)."""
+        checkpoint = self.request.get("CheckpointConfig")
+        if not checkpoint:
+            return
+        prefix = checkpoint["S3Uri"].rstrip("/")
+        for host in self.hosts:
+            for rel, path in self._checkpoint_files(host):
+                try:
+                    stat = path.stat()
+                    if host.synced.get(rel) == (stat.st_size, stat.st_mtime_ns):
+                        continue
+                    data = path.read_bytes()
+                except FileNotFoundError:  # a temporary file renamed away meanwhile
+                    continue
+                self.session.put(f"{prefix}/{rel}", data, f"syncing checkpoint {rel} of {host.name}")
+                host.synced[rel] = (stat.st_size, stat.st_mtime_ns)
+
+    def _attempt(self, network_cls: Any, attempt_dir: Path, host_names: list[str]) -> str:
+        from sandbox import kill_tree, signal_tree
+
+        self._host_names = host_names
+        self._set("Downloading", "Downloading input data")
+        self.hosts = [self._prepare_host(h, attempt_dir / h) for h in host_names]
+        self._set("Training", "Training image download completed. Training in progress.")
+        network = network_cls(host_names, attempt_dir)
+        lines: queue.Queue = queue.Queue()
+        metrics: dict[str, list[tuple[str, float]]] = {}
+        definitions = [(d["Name"], re.compile(d["Regex"]))
+                       for d in self.request["AlgorithmSpecification"].get("MetricDefinitions", [])]
+        interrupted = stopped = False
+        failed: str | None = None
+        try:
+            for host in self.hosts:
+                argv, env = host_command(self.request, host_names, host.name)
+                host.stream = self.session.log_stream(TRAINING_LOG_GROUP, self._stream_name(host.name),
+                                                      f"creating the log stream of {host.name}")
+                host.proc = network.spawn(host.name, host.dir, argv, env)
+                threading.Thread(target=_pump, args=(host, lines), daemon=True).start()
+            deadline = time.monotonic() + min(JOB_TIME_CAP, self.request["StoppingCondition"]["MaxRuntimeInSeconds"])
+            open_hosts = len(self.hosts)
+            while open_hosts:
+                remaining = deadline - time.monotonic()
+                try:
+                    host, line = lines.get(timeout=max(0.1, remaining))
+                except queue.Empty:
+                    failed = "MaxRuntimeExceeded: the job ran past its MaxRuntimeInSeconds"
+                    break
+                if line is None:  # that host's output ended: it exited
+                    open_hosts -= 1
+                    code = host.proc.wait()
+                    if code != 0 and not (interrupted or stopped) and failed is None:
+                        failed = self._failure(host, code)
+                        for other in self.hosts:  # one host failed: the platform stops the others
+                            signal_tree(other.proc, signal.SIGTERM)
+                    continue
+                if self.interruptions_left and not interrupted and self._new_checkpoint():
+                    # spot capacity reclaimed as soon as the job has a checkpoint of its own: every
+                    # instance gets SIGTERM at once (before any upload, so the job is still mid-run)
+                    self.interruptions_left -= 1
+                    self.interrupted += 1
+                    interrupted = True
+                    for other in self.hosts:
+                        signal_tree(other.proc, signal.SIGTERM)
+                self.lines.append((host.name, line))
+                host.stream.put([line])
+                for metric, regex in definitions:
+                    match = regex.search(line)
+                    if match:
+                        metrics.setdefault(metric, []).append((host.name, float(match.group(1))))
+                self._sync_checkpoints()
+                if self.stop_requested.is_set() and not stopped:
+                    stopped = True
+                    self._set("Stopping", "Stopping the training job")
+                    for other in self.hosts:
+                        signal_tree(other.proc, signal.SIGTERM)
+            grace = time.monotonic() + STOP_GRACE
+            for host in self.hosts:
+                try:
+                    host.proc.wait(timeout=max(0.1, grace - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    kill_tree(host.proc)
+            self._sync_checkpoints()
+        finally:
+            for host in self.hosts:
+                kill_tree(host.proc) if host.proc is not None else None
+            network.close()
+        self._publish_metrics(metrics)
+        if failed:
+            self._fail(failed)
+            return "failed"
+        if interrupted:
+            return "interrupted"
+        return "stopped" if stopped else "completed"
+
+    def _failure(self, host: Host, code: int) -> str:
+        failure = host.dir / "output" / "failure"
+        detail = failure.read_text(errors="replace").strip() if failure.is_file() else ""
+        if not detail:
+            tail = [line for name, line in self.lines if name == host.name][-3:]
+            detail = " | ".join(tail)
+        return f"AlgorithmError: ExecuteUserScriptError: ExitCode {code} on {host.name}: {detail}"
+
+    def _publish_metrics(self, metrics: dict[str, list[tuple[str, float]]]) -> None:
+        """SageMaker matches MetricDefinitions in the log and publishes them, per host."""
+        if not metrics:
+            return
+        self.session.check(None, "cloudwatch:PutMetricData", "*", {"cloudwatch:namespace": TRAINING_LOG_GROUP},
+                           "publishing the job's metrics")
+        data = []
+        for metric, values in metrics.items():
+            for host, value in values:
+                data.append({"MetricName": metric, "Value": value,
+                             "Dimensions": [{"Name": "Host", "Value": f"{self.name}/{host}"}]})
+            self.final_metrics[metric] = values[-1][1]
+        cloudwatch = self.platform.account.client("cloudwatch")
+        for i in range(0, len(data), 500):
+            cloudwatch.put_metric_data(Namespace=TRAINING_LOG_GROUP, MetricData=data[i:i + 500])
+
+
+def _pump(host: Host, lines: queue.Queue) -> None:
+    for raw in iter(host.proc.stdout.readline, b""):
+        lines.put((host, raw.decode(errors="replace").rstrip("\n")))
+    lines.put((host, None))
+
+
+# --------------------------------------------------------------------------------------------
+# Endpoints
+
+
+class EndpointHost:
+    """An endpoint's model, served by `aiops serve` from the model.tar.gz its role can read."""
+
+    def __init__(self, platform: "Platform", name: str) -> None:
+        self.platform = platform
+        self.name = name
+        self.status = "Creating"
+        self.failure_reason: str | None = None
+        self.server: Any = None
+        self.variant = ""
+        self.config_name = ""
+        self.model: dict[str, Any] = {}
+        self.calls: list[Call] = []
+        self.enis: list[str] = []
+        self.ready = threading.Event()
+
+    def deploy(self, config_name: str) -> None:
+        """Start the config's model; switch to it once it answers /ping (blue/green)."""
+        self.status = "Creating" if self.server is None else "Updating"
+        self.ready.clear()
+        threading.Thread(target=self._deploy, args=(config_name,), daemon=True).start()
+
+    def _deploy(self, config_name: str) -> None:
+        from helpers import launch_server, wait_ready
+
+        try:
+            sm = self.platform.account.client("sagemaker")
+            config = sm.describe_endpoint_config(EndpointConfigName=config_name)
+            variant = config["ProductionVariants"][0]
+            model = {**sm.describe_model(ModelName=variant["ModelName"]), **self.platform.models.get(variant["ModelName"], {})}
+            container = model["PrimaryContainer"]
+            session = RoleSession(self.platform, model["ExecutionRoleArn"], "SageMaker",
+                                  f"starting endpoint {self.name}")
+            self.calls = session.calls
+            session.pull_image(container["Image"], "pulling the serving image")
+            enis = self.platform.attach_network(session, model.get("VpcConfig"), 1, f"endpoint {self.name}")
+            if config.get("KmsKeyId"):
+                session.check(None, "kms:CreateGrant", self.platform.key_arn(config["KmsKeyId"]),
+                              {"kms:GrantIsForAWSResource": "true"}, "encrypting the endpoint's storage volume")
+            folder = self.platform.workdir / "endpoints" / self.name / f"{config_name}"
+            archive = folder / "model.tar.gz"
+            session.get(container["ModelDataUrl"], archive, f"downloading the model of {self.name}")
+            stream = session.log_stream(ENDPOINT_LOG_GROUP + "/" + self.name,
+                                        f"{variant['VariantName']}/i-{os.urandom(8).hex()}",
+                                        f"creating the log stream of {self.name}")
+            # one model-server worker: the emulated instance is a CPU share, not a GPU machine
+            env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", **(container.get("Environment") or {})}
+            server = launch_server(archive, home=folder / "home", cwd=folder, env=env)
+            try:
+                wait_ready(server, timeout=120)
+            except AssertionError as err:
+                stream.put(server.log().splitlines()[-50:])
+                raise RuntimeError(f"the model server did not start: {str(err)[-400:]}") from None
+            stream.put(server.log().splitlines()[-50:] or ["started"])
+            old, self.server = self.server, server
+            old_enis, self.enis = self.enis, enis
+            self.platform.detach_network(old_enis)
+            self.variant, self.config_name, self.model = variant["VariantName"], config_name, model
+            self.status = "InService"
+            self.failure_reason = None
+            if old is not None:
+                old.stop()
+        except AccessDenied as err:
+            self.status, self.failure_reason = "Failed", f"ClientError: {err}"
+        except Exception as err:
+            self.status, self.failure_reason = "Failed", f"{type(err).__name__}: {err}"
+        finally:
+            self.ready.set()
+
+    def describe(self, described: dict[str, Any]) -> dict[str, Any]:
+        out = dict(described)
+        out["EndpointStatus"] = self.status
+        if self.config_name:
+            out["EndpointConfigName"] = self.config_name
+        if self.failure_reason:
+            out["FailureReason"] = self.failure_reason
+        return out
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# The platform proxy
+
+
+class Platform:
+    def __init__(self, account: MotoAccount, workdir: Path) -> None:
+        self.account = account
+        self.workdir = workdir
+        self.jobs: dict[str, TrainingJob] = {}
+        self.endpoints: dict[str, EndpointHost] = {}
+        self.models: dict[str, dict[str, Any]] = {}  # CreateModel requests, as sent
+        self.spot_interruptions = 0  # the next spot job is interrupted this many times
+        self.calls: list[Call] = []  # every call made for an execution role, in order
+        self.errors: list[str] = []  # every 4xx/5xx moto answered through the proxy
+        self._lock = threading.Lock()
+        self._log_groups: set[str] = set()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        for job in self.jobs.values():
+            job.stop_requested.set()
+        for endpoint in self.endpoints.values():
+            endpoint.stop()
+        self.server.shutdown()
+        self.server.server_close()
+
+    # helpers for RoleSession
+
+    def record(self, call: Call) -> None:
+        with self._lock:
+            self.calls.append(call)
+
+    def documents(self, role_arn: str) -> Documents:
+        s3 = self.account.client("s3")
+        kms = self.account.client("kms")
+        buckets = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
+        keys = [k["KeyArn"] for k in kms.list_keys().get("Keys", [])]
+        return documents_from_moto(self.account.client, role_arn=role_arn, buckets=buckets, keys=keys)
+
+    def bucket_key(self, bucket: str) -> str | None:
+        s3 = self.account.client("s3")
+        try:
+            rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+        except s3.exceptions.ClientError:
+            return None
+        for rule in rules:
+            default = rule.get("ApplyServerSideEncryptionByDefault", {})
+            if default.get("SSEAlgorithm") == "aws:kms":
+                return default.get("KMSMasterKeyID")
+        return None
+
+    def key_arn(self, key: str | None) -> str | None:
+        if not key:
+            return None
+        if key.startswith("arn:") and ":key/" in key:
+            return key
+        return self.account.client("kms").describe_key(KeyId=key)["KeyMetadata"]["Arn"]
+
+    def log_group_exists(self, group: str) -> bool:
+        if group in self._log_groups:
+            return True
+        found = self.account.client("logs").describe_log_groups(logGroupNamePrefix=group).get("logGroups", [])
+        if any(g["logGroupName"] == group for g in found):
+            self._log_groups.add(group)
+            return True
+        return False
+
+    def attach_network(self, session: RoleSession, vpc: dict[str, Any] | None, count: int, job: str) -> list[str]:
+        """A job in a VPC: one ENI per instance in the job's subnets, made with the role's rights."""
+        if not vpc:
+            return []
+        region = self.account.region
+        ec2 = self.account.client("ec2")
+        ec2.describe_subnets(SubnetIds=vpc["Subnets"])  # each must exist (moto raises otherwise)
+        ec2.describe_security_groups(GroupIds=vpc["SecurityGroupIds"])
+        doing = f"attaching {job} to its VPC"
+        for action in ("ec2:DescribeVpcs", "ec2:DescribeDhcpOptions", "ec2:DescribeSubnets",
+                       "ec2:DescribeSecurityGroups", "ec2:DescribeNetworkInterfaces"):
+            session.check(None, action, "*", doing=doing)
+        interface_arn = f"arn:aws:ec2:{region}:{ACCOUNT}:network-interface/*"
+        for resource in [interface_arn] + [f"arn:aws:ec2:{region}:{ACCOUNT}:subnet/{s}" for s in vpc["Subnets"]] + \
+                [f"arn:aws:ec2:{region}:{ACCOUNT}:security-group/{g}" for g in vpc["SecurityGroupIds"]]:
+            session.check(None, "ec2:CreateNetworkInterface", resource, doing=doing)
+        session.check(None, "ec2:CreateNetworkInterfacePermission", interface_arn, doing=doing)
+        enis = []
+        for i in range(count):
+            subnet = vpc["Subnets"][i % len(vpc["Subnets"])]
+            eni = ec2.create_network_interface(SubnetId=subnet, Groups=vpc["SecurityGroupIds"],
+                                               Description=f"SageMaker {job} algo-{i + 1}")
+            enis.append(eni["NetworkInterface"]["NetworkInterfaceId"])
+        session.check(None, "ec2:DeleteNetworkInterfacePermission", interface_arn, doing=f"detaching {job}")
+        session.check(None, "ec2:DeleteNetworkInterface", interface_arn, doing=f"detaching {job}")
+        return enis
+
+    def detach_network(self, enis: list[str]) -> None:
+        ec2 = self.account.client("ec2")
+        for eni in enis:
+            ec2.delete_network_interface(NetworkInterfaceId=eni)
+
+    # what the proxy calls
+
+    def on_create_training_job(self, request: dict[str, Any]) -> None:
+        request = {**request, "_region": self.account.region}
+        with self._lock:
+            interruptions, self.spot_interruptions = (
+                (self.spot_interruptions, 0) if request.get("EnableManagedSpotTraining") else (0, self.spot_interruptions))
+        self.jobs[request["TrainingJobName"]] = TrainingJob(self, request, interruptions)
+
+    def on_endpoint(self, name: str, config_name: str) -> None:
+        host = self.endpoints.get(name) or EndpointHost(self, name)
+        self.endpoints[name] = host
+        host.deploy(config_name)
+
+    def wait_job(self, name: str, timeout: float = 600) -> TrainingJob:
+        job = self.jobs[name]
+        if not job.done.wait(timeout):
+            raise TimeoutError(f"{name} did not finish in {timeout:.0f}s")
+        return job
+
+
+def _forward(platform: Platform, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+    host = platform.account.url.split("//", 1)[1]
+    conn = http.client.HTTPConnection(host, timeout=120)
+    # The Host header is kept as signed (moto checks the SigV4 signature of enforced requests).
+    headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("connection", "transfer-encoding")}
+    headers["Content-Length"] = str(len(body))
+    conn.request(handler.command, handler.path, body=body, headers=headers)
+    response = conn.getresponse()
+    data = response.read()
+    out = dict(response.getheaders())
+    conn.close()
+    return response.status, data, out
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip(), 16)
+            if size == 0:
+                handler.rfile.readline()
+                break
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+        return b"".join(chunks)
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else b""
+
+
+def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
+    invocations = re.compile(r"^/endpoints/([^/]+)/invocations$")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            head = self.command == "HEAD"
+            for key, value in headers.items():
+                if key.lower() in ("transfer-encoding", "connection", "server", "date"):
+                    continue
+                if key.lower() == "content-length" and not head:
+                    continue
+                self.send_header(key, value)
+            if not head:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _json(self, status: int, payload: dict[str, Any], error: str | None = None) -> None:
+            headers = {"Content-Type": "application/x-amz-json-1.1"}
+            if error:
+                headers["x-amzn-ErrorType"] = error
+            self._reply(status, json.dumps(payload, default=str).encode(), headers)
+
+        def _handle(self) -> None:
+            body = _read_body(self)
+            target = self.headers.get("X-Amz-Target", "")
+            match = invocations.match(self.path.split("?", 1)[0])
+            if match and self.command == "POST":
+                return self._invoke(urllib.request.unquote(match.group(1)), body)
+            if target == "SageMaker.StopTrainingJob":
+                name = json.loads(body)["TrainingJobName"]
+                job = platform.jobs.get(name)
+                if job is None:
+                    return self._json(400, {"__type": "ValidationException", "message": f"no job {name}"},
+                                      "ValidationException")
+                job.stop_requested.set()
+                return self._json(200, {})
+            if target == "SageMaker.UpdateEndpoint":
+                return self._update_endpoint(json.loads(body))
+            status, data, headers = _forward(platform, self, body)
+            if status >= 400:  # kept for the test's failure message
+                platform.errors.append(f"{self.command} {self.path[:200]} {target} -> {status} {data[:300]!r}")
+            if status == 200 and target == "SageMaker.CreateTrainingJob":
+                platform.on_create_training_job(json.loads(body))
+            elif status == 200 and target == "SageMaker.CreateModel":
+                request = json.loads(body)  # moto drops EnableNetworkIsolation and VpcConfig
+                platform.models[request["ModelName"]] = request
+            elif status == 200 and target == "SageMaker.CreateEndpoint":
+                request = json.loads(body)
+                platform.on_endpoint(request["EndpointName"], request["EndpointConfigName"])
+            elif status == 200 and target == "SageMaker.DescribeTrainingJob":
+                described = json.loads(data)
+                job = platform.jobs.get(described.get("TrainingJobName", ""))
+                if job is not None:
+                    data = json.dumps(job.describe(described), default=str).encode()
+            elif status == 200 and target == "SageMaker.DescribeEndpoint":
+                described = json.loads(data)
+                endpoint = platform.endpoints.get(described.get("EndpointName", ""))
+                if endpoint is not None:
+                    data = json.dumps(endpoint.describe(described), default=str).encode()
+            self._reply(status, data, headers)
+
+        def _update_endpoint(self, request: dict[str, Any]) -> None:
+            """moto answers UpdateEndpoint with 500: re-create its record, then switch the model."""
+            sm = platform.account.client("sagemaker")
+            name, config = request["EndpointName"], request["EndpointConfigName"]
+            try:
+                sm.describe_endpoint_config(EndpointConfigName=config)
+                sm.delete_endpoint(EndpointName=name)
+                arn = sm.create_endpoint(EndpointName=name, EndpointConfigName=config)["EndpointArn"]
+            except Exception as err:
+                return self._json(400, {"__type": "ValidationException", "message": str(err)}, "ValidationException")
+            platform.on_endpoint(name, config)
+            self._json(200, {"EndpointArn": arn})
+
+        def _invoke(self, name: str, body: bytes) -> None:
+            endpoint = platform.endpoints.get(name)
+            if endpoint is None or endpoint.status not in ("InService", "Updating") or endpoint.server is None:
+                state = endpoint.status if endpoint else "not found"
+                return self._json(400, {"message": f"Endpoint {name} of account {ACCOUNT} not found or not "
+                                        f"InService ({state})."}, "ValidationError")
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() in ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")}
+            response = endpoint.server.request("POST", "/invocations", body, headers, timeout=60)
+            out = {"Content-Type": response.headers.get("content-type", "application/json"),
+                   "x-Amzn-Invoked-Production-Variant": endpoint.variant}
+            if "x-amzn-sagemaker-custom-attributes" in response.headers:
+                out["X-Amzn-SageMaker-Custom-Attributes"] = response.headers["x-amzn-sagemaker-custom-attributes"]
+            if response.status != 200:  # what InvokeEndpoint answers when the container does not say 200
+                return self._json(424, {"Message": f"Received client error ({response.status}) from primary "
+                                        "with message " + json.dumps(response.body.decode(errors="replace")),
+                                        "OriginalStatusCode": response.status,
+                                        "OriginalMessage": response.body.decode(errors="replace")}, "ModelError")
+            self._reply(200, response.body, out)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+    return Handler

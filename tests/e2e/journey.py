@@ -1,0 +1,142 @@
+"""The user's journey, step by step, on the emulated AWS (see docs/journey.md for the commands).
+
+Each step runs the real `aiops` CLI in a fresh process, as a user would, with the credentials of
+the account's admin user and ``AWS_ENDPOINT_URL`` pointing at the platform proxy. The one step the
+CLI cannot take here is applying the plan (no ``pulumi`` binary): ``apply`` does it with the
+stand-in engine and saves the outputs where ``aiops deploy`` saves them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from engine import StandInEngine
+from emulator import MotoAccount, Platform
+from helpers import CliResult, run_aiops
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DIGITS = REPO_ROOT / "training" / "examples" / "digits"
+REGION = "us-east-1"
+
+
+def stack_config(*, endpoint: bool = False, model_data_url: str | None = None) -> dict[str, Any]:
+    """The journey's stack file: storage, the role, and (after training) the endpoint."""
+    endpoint_section: dict[str, Any] = {
+        "enabled": endpoint,
+        "instanceType": "ml.g4dn.xlarge",  # moto's endpoint configs refuse ml.g5.*
+        "autoscaling": {"minCapacity": 1, "maxCapacity": 2},
+        "deployment": {"traffic": "all-at-once", "waitSeconds": 0},
+    }
+    if model_data_url:
+        endpoint_section["modelDataUrl"] = model_data_url
+    return {"config": {"aws:region": REGION, "aiops:endpoint": endpoint_section}}
+
+
+@dataclass
+class Journey:
+    account: MotoAccount
+    platform: Platform
+    root: Path
+    stack: str
+    home: Path = field(init=False)
+    project: Path = field(init=False)
+    engine: StandInEngine = field(init=False)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    transcript: list[str] = field(default_factory=list)  # every command run, for the failure message
+
+    def __post_init__(self) -> None:
+        self.home = self.root / "aiops-home"
+        self.project = self.root / "project"
+        self.project.mkdir(parents=True, exist_ok=True)
+        (self.project / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
+        self.engine = StandInEngine(lambda service: self.account.client(service, endpoint=self.platform.url),
+                                    region=REGION)
+
+    @property
+    def env(self) -> dict[str, str]:
+        creds = self.account.admin
+        return {
+            "AWS_ENDPOINT_URL": self.platform.url,
+            "AWS_ACCESS_KEY_ID": creds.access_key,
+            "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+            "AIOPS_HOME": str(self.home),
+            "AIOPS_STACK": self.stack,
+            "AIOPS_AWS__JOB_POLL_SECONDS": "0.5",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+
+    def aiops(self, *args: str, timeout: float = 600) -> CliResult:
+        result = run_aiops(self.home, self.project, *args, env=self.env, timeout=timeout)
+        self.transcript.append(f"$ aiops {' '.join(args)}\n[exit {result.returncode}]\n{result.output[-3000:]}")
+        return result
+
+    def log(self) -> str:
+        errors = "\n".join(self.platform.errors[-15:])
+        return "\n".join(self.transcript) + f"\n--- errors answered through the proxy ---\n{errors}"
+
+    # -- the stack
+
+    def write_stack(self, config: dict[str, Any]) -> Path:
+        path = self.project / f"Pulumi.{self.stack}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def set_config(self, dotted: str, value: Any) -> None:
+        """What `pulumi config set --path KEY VALUE` writes into the stack file."""
+        path = self.project / f"Pulumi.{self.stack}.yaml"
+        doc = yaml.safe_load(path.read_text())
+        top, *rest = dotted.split(".")
+        node = doc["config"].setdefault(top, {})
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        node[rest[-1]] = value
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def preview(self) -> dict[str, Any]:
+        result = run_aiops(self.home, self.project, "preview", "--offline", "--json", "--stack", self.stack,
+                           env=self.env, timeout=300)
+        self.transcript.append(f"$ aiops preview --offline --json --stack {self.stack}\n[exit {result.returncode}]\n"
+                               f"{result.stderr[-3000:]}")
+        if result.returncode != 0:
+            raise AssertionError(f"aiops preview --offline failed:\n{self.log()}")
+        return json.loads(result.stdout)
+
+    def apply(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """The stand-in for `aiops deploy` applying the plan; outputs saved as deploy saves them."""
+        from aiops.stack import write_outputs
+
+        self.outputs = self.engine.apply(plan)
+        write_outputs(self.home, self.stack, self.outputs)
+        self.transcript.append("[stand-in engine] " + "; ".join(self.engine.log[-40:]))
+        return self.outputs
+
+    def resolve_model(self, spec: str) -> str:
+        """`aiops deploy --model SPEC` up to where it needs the pulumi binary: the model's S3 URI
+        (a local archive uploaded to the stack's bucket under its content hash)."""
+        import subprocess
+
+        code = ("import json, sys\n"
+                "from aiops.infra import artifacts\n"
+                "from aiops.stack import read_outputs, resolve_stack\n"
+                "from aiops.settings import get_settings\n"
+                "s = get_settings()\n"
+                "stack = resolve_stack(None, s)\n"
+                "outputs = read_outputs(s.home, stack)\n"
+                "print(artifacts.resolve(sys.argv[1], outputs=outputs, region=outputs.region, stack=stack))\n")
+        proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True,
+                              env={**os.environ, **self.env}, cwd=str(self.project), timeout=120)
+        self.transcript.append(f"[deploy --model {spec}] exit {proc.returncode}\n{proc.stdout}{proc.stderr[-2000:]}")
+        if proc.returncode != 0:
+            raise AssertionError(f"resolving --model {spec} failed:\n{self.log()}")
+        return proc.stdout.strip().splitlines()[-1]

@@ -1,0 +1,89 @@
+"""The moto server of the emulated AWS, in its own process, with IAM enforcement on.
+
+Run as ``python moto_server.py BOOTSTRAP_REQUESTS``; prints ``port N`` once it listens on
+127.0.0.1 (port chosen by the kernel) and exits when its stdin closes (the test session ends).
+
+moto reads ``INITIAL_NO_AUTH_ACTION_COUNT`` once, when ``moto.settings`` is imported, and keeps it
+in a module global: hence a process of its own (a ThreadedMotoServer inside pytest would switch
+enforcement on for every other moto user of that worker). The first BOOTSTRAP_REQUESTS requests
+are not authorised (conftest uses them to create the admin user and the user standing for the
+SageMaker service); every later request is checked against the caller's IAM policies.
+
+Two patches, where moto 5.2 cannot evaluate the stack's documents at all:
+
+- a trust policy whose principal is a service: ``IAMPolicyStatement._check_principal`` reads only
+  ``Principal.AWS`` and raises TypeError (HTTP 500) for ``{"Service": "sagemaker.amazonaws.com"}``.
+  Here a ``Service`` principal matches the IAM user named exactly after the service
+  (``user/sagemaker.amazonaws.com``), the identity the platform emulator uses when it acts as
+  SageMaker.
+- conditions: moto knows only StringEquals and treats any other operator as met, so the bucket's
+  TLS-only statement (Deny s3:* when ``Bool aws:SecureTransport false``) denies every object
+  request (and it answers DENIED for any statement whose condition is unmet, even an Allow's).
+  Here ``Bool`` is evaluated, with ``aws:SecureTransport`` true (the emulated endpoints stand in
+  for AWS's TLS endpoints), and a statement whose condition is unmet does not apply.
+
+Everything else is moto as shipped; iam_judge.py evaluates what moto cannot.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _patch_service_principals() -> None:
+    from moto.iam import access_control
+
+    original = access_control.IAMPolicyStatement._check_principal
+
+    def check_principal(self, principal: str) -> bool:
+        expected = self._statement.get("Principal")
+        if isinstance(expected, dict) and "Service" in expected and "AWS" not in expected:
+            services = expected["Service"]
+            services = [services] if isinstance(services, str) else list(services)
+            return any(principal.endswith(f":user/{service}") for service in services)
+        return original(self, principal)
+
+    access_control.IAMPolicyStatement._check_principal = check_principal
+
+
+def _patch_bool_conditions() -> None:
+    from moto.iam import access_control, policy_conditions
+
+    def bool_equals(expected: object, actual: str) -> bool:
+        wanted = expected if isinstance(expected, list) else [expected]
+        return str(actual).lower() in [str(w).lower() for w in wanted]
+
+    policy_conditions.CONDITION_OPERATIONS["Bool"] = bool_equals
+    statement = access_control.IAMPolicyStatement
+    check_conditions, is_action_permitted = statement._check_conditions, statement.is_action_permitted
+
+    def permitted(self, action: str, resource: str = "*", principal: str | None = None,
+                  incoming: dict | None = None) -> object:
+        incoming = {"aws:SecureTransport": "true", **(incoming or {})}
+        # moto answers DENIED when a statement's condition is not met, whatever its Effect: an
+        # unmet condition means the statement does not apply (a Deny with it denies nothing).
+        if self._statement.get("Condition") and not check_conditions(self, incoming):
+            return access_control.PermissionResult.NEUTRAL
+        return is_action_permitted(self, action, resource, principal, incoming)
+
+    statement.is_action_permitted = permitted
+
+
+def main() -> None:
+    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = sys.argv[1]
+    from moto import settings
+    from moto.server import ThreadedMotoServer
+
+    assert settings.INITIAL_NO_AUTH_ACTION_COUNT == float(sys.argv[1])
+    _patch_service_principals()
+    _patch_bool_conditions()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    print(f"port {server.get_host_and_port()[1]}", flush=True)
+    sys.stdin.read()  # until the parent closes the pipe (or dies)
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
