@@ -281,6 +281,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_factor)
         self.step = 0
         self.tokens_seen = 0
+        self.saved_step = -1
 
     def lr_factor(self, step: int) -> float:
         args = self.args
@@ -304,7 +305,7 @@ class Trainer:
 
         folder = self.args.checkpoint_dir
         final = os.path.join(folder, f"step-{self.step}")
-        if os.path.isdir(final):  # resumed at this very step: it is on disk already
+        if self.saved_step == self.step:  # resumed at this very step, or saved it already
             return
         began = time.monotonic()
         tmp = final + ".tmp"
@@ -321,9 +322,15 @@ class Trainer:
             with open(os.path.join(tmp, META_FILE), "w") as f:
                 json.dump(meta, f, indent=1)
             _fsync_tree(tmp)
+            if os.path.isdir(final):  # a torn one we fell back past: kept aside, never resumed
+                aside = f"{final}.incomplete-{int(time.time())}"
+                os.rename(final, aside)
+                print(f"moved the incomplete {os.path.basename(final)} aside to {os.path.basename(aside)}",
+                      flush=True)
             os.rename(tmp, final)  # the finished step appears whole, or not at all
             self._prune(folder)
             print(f"checkpoint step-{self.step} saved in {time.monotonic() - began:.2f}s", flush=True)
+        self.saved_step = self.step
         self.barrier()
 
     def _prune(self, folder: str) -> None:
@@ -346,6 +353,7 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.step = int(state["data"]["step"])
         self.tokens_seen = int(state["data"]["tokens_seen"])
+        self.saved_step = self.step
         if "rng" in state:
             set_rng_blob(state["rng"][f"rank{self.rank}"])
         with open(os.path.join(path, META_FILE)) as f:
