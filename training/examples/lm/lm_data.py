@@ -19,6 +19,9 @@ import numpy as np
 FORMAT = "aiops-lm-tokens/1"
 INDEX_FILE = "index.json"
 DTYPE = "<u2"
+# the vocabulary (as lm_model's): bytes 0..255, then END_OF_TEXT between documents
+END_OF_TEXT = 256
+VOCAB_SIZE = 257
 
 
 class ChannelError(ValueError):

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from aiops.errors import UsageError
-from aiops.training.examples.lm.lm_data import DTYPE, FORMAT, INDEX_FILE
-from aiops.training.examples.lm.lm_model import END_OF_TEXT, VOCAB_SIZE
+# lm_data, not lm_model: writing the data needs numpy only, no torch
+from aiops.training.examples.lm.lm_data import DTYPE, END_OF_TEXT, FORMAT, INDEX_FILE, VOCAB_SIZE
 
 CHANNELS = ("train", "test")
 SKIPPED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3"}
