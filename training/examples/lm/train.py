@@ -256,7 +256,9 @@ class Trainer:
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
         random.seed(args.seed)
-        torch.use_deterministic_algorithms(True)
+        # bit-exact resumes on CPU; on CUDA some kernels (attention backward) have no deterministic
+        # variant, so there it only warns
+        torch.use_deterministic_algorithms(True, warn_only=use_cuda)
         torch.backends.cudnn.benchmark = False
         bf16 = use_cuda and torch.cuda.is_bf16_supported()
         if args.precision == "bf16" and not bf16:
