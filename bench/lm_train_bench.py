@@ -28,12 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "training" / "examples" / "lm"
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(EXAMPLE))
+warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")  # one process: meant
 
 MODEL = {"d-model": 128, "n-layers": 4, "n-heads": 4, "seq-len": 128}
 CPU_RUN = {**MODEL, "batch-size": 16, "steps": 40, "log-every": 10, "eval-every": 1000,

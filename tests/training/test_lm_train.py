@@ -252,9 +252,17 @@ def test_bad_inputs_stop_before_training_with_one_line(lm_reference: dict, tmp_p
     assert "failure" in os.listdir(torn / "output")  # the FailureReason SageMaker shows
 
 
-def test_a_crashed_rank_takes_the_job_down_naming_its_traceback(lm_reference: dict, tmp_path: Path) -> None:
-    result = run_lm(2, tmp_path, Path(lm_reference["data"]), tmp_path / "ck", *_args(),
-                    env={"AIOPS_LM_FAIL_AT": "1:1"}, timeout=120)  # far below gloo's 30-minute timeout
-    assert result.returncode != 0
-    summary = result.stderr.split("Root Cause (first observed failure):", 1)[1]
+def test_a_crashed_rank_takes_the_job_down_naming_its_traceback(lm_reference: dict, run_cli) -> None:
+    data = Path(lm_reference["data"])
+    result = run_cli("train", str(SCRIPT), "--source-dir", str(EXAMPLE), "--nproc", "2",
+                     "--channel", f"train={data / 'train'}", "--channel", f"test={data / 'test'}",
+                     *[a for k, v in TINY.items() for a in ("--hp", f"{k}={v}")], "--json",
+                     env={"AIOPS_LM_FAIL_AT": "1:1"}, timeout=120)  # far below gloo's 30-minute timeout
+    assert result.returncode == 1, result.output
+    record = json.loads(result.stdout)
+    assert record["status"] == "Failed"
+    # the FailureReason is the crashed rank's error, not the peer's "connection closed"
+    assert record["failure_reason"].startswith("RuntimeError: injected failure on rank 1 at step 1")
+    log = (Path(record["run_dir"]) / "train.log").read_text()
+    summary = log.split("Root Cause (first observed failure):", 1)[1]
     assert "rank      : 1" in summary and "injected failure on rank 1 at step 1" in summary

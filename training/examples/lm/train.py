@@ -542,13 +542,14 @@ class StopRequest:
 
 
 def write_failure(text: str) -> None:
-    """SageMaker shows /opt/ml/output/failure as the job's FailureReason (1024 characters at most)."""
+    """SageMaker shows /opt/ml/output/failure as the job's FailureReason (1024 characters at most).
+    The first rank to fail writes it: the root cause, not a peer's later "connection closed"."""
     path = os.path.join(os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output"), "failure")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
+        with open(path, "x") as f:
             f.write(text[:1024])
-    except OSError:
+    except OSError:  # written already by another rank, or nowhere to write outside a SageMaker tree
         pass
 
 
