@@ -154,10 +154,11 @@ def test_handler_loads_the_consolidated_model_and_generates_token_by_token(lm_re
     assert inspect.isgenerator(stream)
     tokens = list(stream)
     assert handler.decode(tokens) == answer["generated_text"]  # greedy: the same text both ways
-    for body, ctype in (("{", "application/json"), ('{"prompt": 3}', "application/json"),
-                        ('{"max_new_tokens": 99999}', "application/json"), ("x", "text/csv")):
-        with pytest.raises(ValueError):
+    for body, ctype, status in (("{", "application/json", 400), ('{"prompt": 3}', "application/json", 400),
+                                ('{"max_new_tokens": 99999}', "application/json", 400), ("x", "text/csv", 415)):
+        with pytest.raises(ValueError) as err:  # answered 4xx by the server, which stays up
             handler.input_fn(body, ctype)
+        assert err.value.status_code == status
 
 
 def test_sigterm_then_resume_is_bit_exact_at_the_same_world_size(lm_reference: dict, tmp_path: Path) -> None:

@@ -25,6 +25,23 @@ DEFAULT_NEW_TOKENS = 64
 MAX_NEW_TOKENS = 1024
 
 
+try:  # in the SageMaker serving container: its toolkit answers this error with its status code
+    from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
+except ImportError:
+    _ToolkitError = Exception
+
+
+class BadRequest(ValueError, _ToolkitError):
+    """A request error answered 4xx (`status_code`) by `aiops serve` and by the SageMaker toolkit
+    (as its BaseInferenceToolkitError); the server stays healthy."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        Exception.__init__(self, message)
+        self.message = message
+        self.status_code = status_code
+        self.phrase = message
+
+
 def load_model(model_dir: str, device: str | torch.device = "cpu") -> ByteLM:
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
@@ -48,20 +65,20 @@ def input_fn(request_body: str | bytes, request_content_type: str) -> dict:
     if isinstance(request_body, (bytes, bytearray)):
         request_body = request_body.decode("utf-8")
     if (request_content_type or "").split(";")[0].strip().lower() != "application/json":
-        raise ValueError(f"unsupported content type {request_content_type!r}; send application/json "
-                         '{"prompt": "...", "max_new_tokens": 64}')
+        raise BadRequest(f"unsupported content type {request_content_type!r}; send application/json "
+                         '{"prompt": "...", "max_new_tokens": 64}', 415)
     try:
         data = json.loads(request_body)
     except ValueError as err:
-        raise ValueError(f"the body is not JSON ({err})") from None
+        raise BadRequest(f"the body is not JSON ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError('expected a JSON object like {"prompt": "...", "max_new_tokens": 64}')
+        raise BadRequest('expected a JSON object like {"prompt": "...", "max_new_tokens": 64}')
     prompt = data.get("prompt", data.get("inputs", ""))
     new_tokens = data.get("max_new_tokens", DEFAULT_NEW_TOKENS)
     if not isinstance(prompt, str):
-        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        raise BadRequest(f"prompt must be a string, got {type(prompt).__name__}")
     if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or not 0 <= new_tokens <= MAX_NEW_TOKENS:
-        raise ValueError(f"max_new_tokens must be an integer 0..{MAX_NEW_TOKENS}, got {new_tokens!r}")
+        raise BadRequest(f"max_new_tokens must be an integer 0..{MAX_NEW_TOKENS}, got {new_tokens!r}")
     return {"prompt": prompt, "max_new_tokens": new_tokens}
 
 
@@ -72,5 +89,5 @@ def predict_fn(data: dict, model: ByteLM) -> dict:
 
 def output_fn(prediction: dict, accept: str = "application/json") -> str:
     if (accept or "*/*").split(";")[0].strip().lower() not in ("application/json", "*/*"):
-        raise ValueError(f"unsupported accept type {accept!r}; this model answers application/json")
+        raise BadRequest(f"unsupported accept type {accept!r}; this model answers application/json", 406)
     return json.dumps(prediction)

@@ -90,9 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arg("warmup-steps", type=int, default=20, help="linear warm-up, then cosine decay")
     arg("weight-decay", type=float, default=0.1)
     arg("grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
-    arg("eval-every", type=int, default=50)
+    arg("eval-every", type=int, default=25, help="test loss every N steps (as log-every: one line per step)")
     arg("eval-batches", type=int, default=4, help="test batches of batch-size windows")
-    arg("log-every", type=int, default=10)
+    arg("log-every", type=int, default=25)
     arg("checkpoint-every", type=int, default=50)
     arg("keep-checkpoints", type=int, default=2)
     arg("precision", choices=("auto", "bf16", "fp32"), default="auto",
@@ -440,23 +440,29 @@ class Trainer:
                  f"{len(self.test_data):,} test tokens; steps {self.step + 1}..{args.steps}, global batch "
                  f"{args.batch_size} x {self.cfg.seq_len} tokens = {self.world} x {args.grad_accum} x {self.micro}")
         window_loss, window_steps, window_began = 0.0, 0, time.monotonic()
-        self.began = time.monotonic()
+        paused = 0.0  # seconds of evaluation and checkpoints in the window: not training throughput
         while self.step < args.steps:
             window_loss += self.train_step()
             window_steps += 1
+            # one line per step with every figure of that step, so `step` pairs with each curve
+            line = []
             if self.step % args.log_every == 0 or self.step == args.steps:
                 loss_sum, = self.all_sum([window_loss])
-                elapsed = time.monotonic() - window_began
-                self.say(f"step={self.step}; train_loss={loss_sum / self.world / window_steps:.6f}; "
-                         f"lr={self.sched.get_last_lr()[0]:.6g}; "
-                         f"tokens_per_second={window_steps * args.batch_size * self.cfg.seq_len / elapsed:.1f};")
-                window_loss, window_steps, window_began = 0.0, 0, time.monotonic()
+                now = time.monotonic()
+                tokens = window_steps * args.batch_size * self.cfg.seq_len
+                line += [f"train_loss={loss_sum / self.world / window_steps:.6f};",
+                         f"lr={self.sched.get_last_lr()[0]:.6g};",
+                         f"tokens_per_second={tokens / max(now - window_began - paused, 1e-9):.1f};"]
+                window_loss, window_steps, window_began, paused = 0.0, 0, now, 0.0
+            began = time.monotonic()
             if self.step % args.eval_every == 0 or self.step == args.steps:
                 test_loss = self.evaluate()
-                self.say(f"step={self.step}; test_loss={test_loss:.6f}; "
-                         f"test_perplexity={math.exp(min(test_loss, 50)):.4f};")
+                line += [f"test_loss={test_loss:.6f};", f"test_perplexity={math.exp(min(test_loss, 50)):.4f};"]
+            if line:
+                self.say(" ".join([f"step={self.step};", *line]))
             if self.step % args.checkpoint_every == 0 or self.step == args.steps:
                 self.save_checkpoint()
+            paused += time.monotonic() - began
             if stop.agreed(self.world, self.device) and self.step < args.steps:
                 self.save_checkpoint()
                 self.say(f"SIGTERM received: stopped after step {self.step}; its checkpoint is in "
