@@ -195,7 +195,9 @@ def test_resume_two_to_one_past_a_torn_checkpoint(lm_reference: dict, tmp_path: 
     checkpoints = tmp_path / "checkpoints"
     shutil.copytree(lm_reference["fsdp_checkpoints"], checkpoints)
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-12", "step-8"]  # keeps 2
-    (checkpoints / "step-12" / "__1_0.distcp").unlink()  # a crash (or a partial sync) mid-write
+    (checkpoints / "step-12" / "__1_0.distcp").unlink()  # damaged after it was complete (a partial sync)
+    (checkpoints / "step-16.tmp").mkdir()  # a crash mid-write leaves only a .tmp folder: never resumed
+    (checkpoints / "step-16.tmp" / "__0_0.distcp").write_bytes(b"half")
     result = run_lm(1, tmp_path, Path(lm_reference["data"]), checkpoints, *_args())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "checkpoint step-12 is incomplete (shard __1_0.distcp is missing); falling back" in result.stdout

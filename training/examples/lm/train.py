@@ -52,8 +52,14 @@ import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lm_data import ChannelError, TokenShards  # noqa: E402
-from lm_model import ByteLM, ModelConfig, count_parameters  # noqa: E402
+try:
+    from lm_data import ChannelError, TokenShards
+    from lm_model import ByteLM, ModelConfig, count_parameters
+except ImportError as missing:  # shipped alone: SageMaker (and aiops) ship only the entry point without source_dir
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"error: {missing.name}.py is not beside train.py; ship the whole folder with "
+              "--source-dir training/examples/lm (the SDK's source_dir)", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 STOPPED_EXIT_CODE = 128 + signal.SIGTERM
 USAGE_EXIT_CODE = 2
@@ -77,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     def arg(name: str, **kw) -> None:  # both spellings: the toolkit passes names as given
         p.add_argument(f"--{name}", f"--{name.replace('-', '_')}", dest=name.replace("-", "_"), **kw)
 
-    arg("steps", type=int, default=300, help="optimizer steps in all")
-    arg("batch-size", type=int, default=32, help="global batch in sequences (processes x grad-accum must divide it)")
+    arg("steps", type=int, default=200, help="optimizer steps in all")
+    arg("batch-size", type=int, default=16, help="global batch in sequences (processes x grad-accum must divide it)")
     arg("grad-accum", type=int, default=1, help="micro-batches per process per step")
     arg("seq-len", type=int, default=128)
     arg("d-model", type=int, default=128)
