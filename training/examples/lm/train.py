@@ -40,7 +40,6 @@ import re
 import shutil
 import signal
 import sys
-import threading
 import time
 import warnings
 
@@ -65,9 +64,6 @@ STOPPED_EXIT_CODE = 128 + signal.SIGTERM
 USAGE_EXIT_CODE = 2
 STEP_DIR = re.compile(r"^step-(\d+)$")
 META_FILE = "aiops-lm.json"
-# Seconds a rank waits, once asked to stop, for the other ranks to agree. A rank blocked in a
-# collective whose peer died never gets there; it leaves instead of waiting for gloo's timeout.
-STOP_AGREEMENT_SECONDS = float(os.environ.get("AIOPS_LM_STOP_AGREEMENT_SECONDS", "20"))
 
 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled, unavailable or uninitialized.*")
 
@@ -241,6 +237,10 @@ class Trainer:
             if len(data) <= self.cfg.seq_len + 1:
                 raise UsageProblem(f"channel {name} has {len(data)} tokens, fewer than --seq-len "
                                    f"{self.cfg.seq_len} + 1; write more data or lower --seq-len")
+        if args.precision == "bf16" and not (args.num_gpus > 0 and torch.cuda.is_available()
+                                             and torch.cuda.is_bf16_supported()):
+            raise UsageProblem("--precision bf16 needs a CUDA device with bf16 support (and SM_NUM_GPUS > 0); "
+                               "use --precision auto")
         self.resume_from = find_resume_checkpoint(args.checkpoint_dir, self.cfg, self.say)
 
     def say(self, text: str) -> None:
@@ -266,10 +266,7 @@ class Trainer:
         # variant, so there it only warns
         torch.use_deterministic_algorithms(True, warn_only=use_cuda)
         torch.backends.cudnn.benchmark = False
-        bf16 = use_cuda and torch.cuda.is_bf16_supported()
-        if args.precision == "bf16" and not bf16:
-            raise UsageProblem("--precision bf16 needs a CUDA device with bf16 support; use --precision auto")
-        self.autocast = (args.precision != "fp32") and bf16
+        self.autocast = args.precision != "fp32" and use_cuda and torch.cuda.is_bf16_supported()
 
         net = ByteLM(self.cfg).to(self.device)  # the same seed: the same initial weights on every rank
         if self.world > 1:
@@ -521,35 +518,23 @@ def fail_here(rank: int, step: int) -> None:
 
 class StopRequest:
     """SIGTERM (how SageMaker and `aiops train` stop a job) sets a flag; the ranks agree on it after
-    each step and stop together after a checkpoint. If the agreement does not come in time (a peer
-    died and this rank hangs in a collective), the rank leaves rather than wait for gloo's timeout."""
+    each step and stop together after a checkpoint, so no shard is left half-written.
+
+    A rank whose peer died does not wait for the flag: gloo raises "Connection closed by peer" at its
+    next collective, and torchrun SIGKILLs a worker still running 30 s after its SIGTERM."""
 
     def __init__(self) -> None:
         self.requested = False
-        self.agreed_once = threading.Event()
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            return
         self.requested = True
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            threading.Thread(target=self._watchdog, daemon=True).start()
-
-    def _watchdog(self) -> None:
-        if not self.agreed_once.wait(STOP_AGREEMENT_SECONDS):
-            sys.stderr.write(f"rank {os.environ.get('RANK')}: stop requested but the other ranks did not "
-                             f"answer within {STOP_AGREEMENT_SECONDS:g}s (one has died?); leaving\n")
-            sys.stderr.flush()
-            os._exit(STOPPED_EXIT_CODE)
 
     def agreed(self, world: int, device: torch.device) -> bool:
         if world == 1:
             return self.requested
         flag = torch.tensor([float(self.requested)], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item():
-            self.agreed_once.set()
         return bool(flag.item())
 
 
@@ -594,10 +579,6 @@ if __name__ == "__main__":
 
     try:
         code = record(main)()  # under torchrun, a crashed rank's traceback is named in its summary
-    except UsageProblem as problem:  # found after set-up (e.g. --precision bf16 without a GPU)
-        print(f"error: {problem}", file=sys.stderr, flush=True)
-        write_failure(f"UsageError: {problem}")
-        code = USAGE_EXIT_CODE
     except Exception as error:
         write_failure(f"{type(error).__name__}: {error}")
         raise
