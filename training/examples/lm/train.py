@@ -496,7 +496,7 @@ class Trainer:
         code = os.path.join(args.model_dir, "code")
         os.makedirs(code, exist_ok=True)
         here = os.path.dirname(os.path.abspath(__file__))
-        for name in ("inference.py", "lm_model.py"):
+        for name in ("inference.py", "lm_model.py", "requirements.txt"):
             if os.path.isfile(os.path.join(here, name)):
                 shutil.copy2(os.path.join(here, name), os.path.join(code, name))
         os.makedirs(args.output_data_dir, exist_ok=True)
