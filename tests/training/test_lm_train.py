@@ -269,3 +269,33 @@ def test_a_crashed_rank_takes_the_job_down_naming_its_traceback(lm_reference: di
     log = (Path(record["run_dir"]) / "train.log").read_text()
     summary = log.split("Root Cause (first observed failure):", 1)[1]
     assert "rank      : 1" in summary and "injected failure on rank 1 at step 1" in summary
+
+
+def test_two_hosts_write_their_own_shards_and_the_synced_union_resumes(lm_reference: dict, tmp_path: Path) -> None:
+    """2 instances x 1 process, as SageMaker runs them: each host has its own checkpoint folder
+    (synced to one S3 prefix); the union of the hosts' folders is the whole checkpoint."""
+    data, port = Path(lm_reference["data"]), str(free_port())
+    hosts = []
+    for node in (0, 1):
+        root = tmp_path / f"algo-{node + 1}"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, str(SCRIPT),
+                   *_args()]
+        hosts.append(subprocess.Popen(command, env=_env(root, data, root / "checkpoints"), cwd=root,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [h.communicate(timeout=240)[0] for h in hosts]
+    assert [h.returncode for h in hosts] == [0, 0], logs
+    first, second = (tmp_path / f"algo-{n}" / "checkpoints" / "step-12" for n in (1, 2))
+    assert {p.name for p in first.iterdir()} == {".metadata", "aiops-lm.json", "__0_0.distcp"}
+    assert {p.name for p in second.iterdir()} == {"__1_0.distcp"}  # renamed on its own host too
+    # the same world size on two hosts trains exactly as on one host
+    got, reference = weights(tmp_path / "algo-1" / "model"), weights(Path(lm_reference["fsdp_model"]))
+    assert all(got[k].equal(reference[k]) for k in reference)
+
+    synced = tmp_path / "synced" / "checkpoints"  # what every host downloads from S3 on a restart
+    for host in ("algo-1", "algo-2"):
+        shutil.copytree(tmp_path / host / "checkpoints", synced, dirs_exist_ok=True)
+    resumed = run_lm(1, tmp_path / "synced", data, synced, *_args())
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming from {synced / 'step-12'}: step 12" in resumed.stdout
+    assert max_diff(weights(tmp_path / "synced" / "model"), reference) < 1e-4

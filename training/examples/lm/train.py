@@ -314,10 +314,15 @@ class Trainer:
             return
         began = time.monotonic()
         tmp = final + ".tmp"
-        if self.rank == 0:
+        # Each host has its own /opt/ml/checkpoints (SageMaker syncs every host's folder to the same S3
+        # prefix), so the first process of each host prepares and renames its host's folder; the
+        # union of the hosts' step-N/ folders in S3 is the whole checkpoint. On a shared file
+        # system the hosts' renames race harmlessly: one wins, the others find nothing to rename.
+        local_first = int(os.environ.get("LOCAL_RANK", 0)) == 0
+        if local_first:
             os.makedirs(folder, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # our own leftover of a crash mid-write
-            os.makedirs(tmp)
+            os.makedirs(tmp, exist_ok=True)
         self.barrier()
         dcp.save(self._state(), checkpoint_id=tmp)
         self.barrier()  # every rank's shards are written (dcp.save also waits for the metadata)
@@ -326,17 +331,26 @@ class Trainer:
                     "batch_size": self.args.batch_size, "seed": self.args.seed}
             with open(os.path.join(tmp, META_FILE), "w") as f:
                 json.dump(meta, f, indent=1)
-            _fsync_tree(tmp)
+        if local_first:
+            if os.path.isdir(tmp):
+                _fsync_tree(tmp)
             if os.path.isdir(final):  # a torn one we fell back past: kept aside, never resumed
                 aside = f"{final}.incomplete-{int(time.time())}"
-                os.rename(final, aside)
-                print(f"moved the incomplete {os.path.basename(final)} aside to {os.path.basename(aside)}",
-                      flush=True)
-            os.rename(tmp, final)  # the finished step appears whole, or not at all
-            self._prune(folder)
-            print(f"checkpoint step-{self.step} saved in {time.monotonic() - began:.2f}s", flush=True)
-        self.saved_step = self.step
+                try:
+                    os.rename(final, aside)
+                    self.say(f"moved the incomplete {os.path.basename(final)} aside to {os.path.basename(aside)}")
+                except FileNotFoundError:
+                    pass
         self.barrier()
+        if local_first:
+            try:
+                os.rename(tmp, final)  # the finished step appears whole, or not at all
+            except FileNotFoundError:
+                pass  # another host renamed it on a shared file system
+            self._prune(folder)
+        self.barrier()
+        self.saved_step = self.step
+        self.say(f"checkpoint step-{self.step} saved in {time.monotonic() - began:.2f}s")
 
     def _prune(self, folder: str) -> None:
         done = sorted((int(m.group(1)), name) for name in os.listdir(folder) if (m := STEP_DIR.match(name)))
