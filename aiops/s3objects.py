@@ -1,13 +1,30 @@
-"""Content-addressed S3 objects: look before uploading, encrypt with the stack's key when known.
+"""The one content-addressed S3 uploader: look before uploading, encrypt with the stack's key.
 
-Takes a boto3 S3 client; imports nothing of boto3 itself.
+Code bundles, channels (training/uploads.py) and model packages (infra/artifacts.py) all upload
+through ``upload_once`` under keys built by ``aiops.stack.S3Layout``: the same content gets the
+same key, so a second upload of it is a HEAD and nothing more.
+
+Takes a boto3 S3 client; imports boto3 only inside ``transfer_config``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+CHUNK = 8 * 1024 * 1024
+
+Progress = Callable[[str, int, int], None]  # (label, bytes done, bytes total)
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    uri: str
+    uploaded_bytes: int  # 0 when the content was already there
 
 
 def object_exists(s3: Any, bucket: str, key: str) -> bool:
@@ -25,3 +42,36 @@ def object_exists(s3: Any, bucket: str, key: str) -> bool:
 def encryption_args(kms_key_arn: str | None) -> dict[str, str]:
     """SSE-KMS with the stack's key when we know it; otherwise the bucket's default encryption applies."""
     return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_arn} if kms_key_arn else {}
+
+
+def transfer_config() -> Any:
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_concurrency=8)
+
+
+def upload_once(s3: Any, bucket: str, key: str, source: bytes | Path, *, kms_key: str | None = None,
+                progress: Progress | None = None, label: str = "", check: bool = True) -> UploadResult:
+    """Upload ``source`` (bytes or a file) to ``key`` unless it is already there (multipart, parallel).
+
+    ``check=False`` skips the HEAD (the caller has looked already, e.g. at a channel's manifest).
+    """
+    uri = f"s3://{bucket}/{key}"
+    if check and object_exists(s3, bucket, key):
+        return UploadResult(uri, 0)
+    size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+    done = 0
+
+    def callback(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(label or key, done, size)
+
+    extra = encryption_args(kms_key)
+    if isinstance(source, bytes):
+        s3.upload_fileobj(io.BytesIO(source), bucket, key, ExtraArgs=extra, Callback=callback,
+                          Config=transfer_config())
+    else:
+        s3.upload_file(os.fspath(source), bucket, key, ExtraArgs=extra, Callback=callback, Config=transfer_config())
+    return UploadResult(uri, size)

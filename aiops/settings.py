@@ -86,6 +86,13 @@ class AwsSettings(_Section):
         300.0, gt=0, description="Warn when a job's logs stay silent this long (instead of hanging quietly)."
     )
 
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        from aiops.stack import check_region
+
+        return check_region(value)  # botocore's partition data, read without importing botocore
+
 
 class Settings(BaseSettings):
     """aiops defaults. See the module docstring for where values come from."""
@@ -98,7 +105,9 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(Path(".aiops"), description="Where local runs and state are kept.")
-    stack: str = Field("dev", description="The Pulumi stack whose outputs give remote jobs their defaults.")
+    stack: str = Field(
+        "dev", description="The stack every command uses unless --stack is given (see aiops.stack.resolve_stack)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     train: TrainSettings = TrainSettings()
     serve: ServeSettings = ServeSettings()

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-STACK_HELP = "Stack name: its config is Pulumi.<stack>.yaml in the project folder."
+STACK_HELP = "Stack name: its config is Pulumi.<stack>.yaml in the project folder (default: AIOPS_STACK, else dev)."
 DIR_HELP = "Project folder (holds Pulumi.yaml and the stack files)."
 BACKEND_HELP = "State backend URL (default: a local file backend under the aiops home)."
 
@@ -32,6 +32,14 @@ def _need_infra_extra() -> None:
     missing = [m for m in ("pulumi", "pulumi_aws", "yaml") if importlib.util.find_spec(m) is None]
     if missing:
         raise UsageError(f"{', '.join(missing)} not installed: pip install 'aiops[infra]'")
+
+
+def _stack_name(stack: Optional[str]) -> str:
+    """The one rule (aiops.stack.resolve_stack): --stack > AIOPS_STACK / aiops.toml > dev."""
+    from aiops.settings import get_settings
+    from aiops.stack import resolve_stack
+
+    return resolve_stack(stack, get_settings())
 
 
 def _stack_config(project_dir: Path, stack: str, overrides: dict[str, Any] | None = None):
@@ -68,20 +76,21 @@ def _output_values(stack) -> dict[str, Any]:
 def _save_outputs(stack_name: str, outputs: dict[str, Any]) -> None:
     """Keep the non-secret outputs where `aiops train --remote` reads its defaults."""
     from aiops.settings import get_settings
-    from aiops.stack_outputs import write_stack_outputs
+    from aiops.stack import write_outputs
 
-    write_stack_outputs(get_settings().home, stack_name, {
+    write_outputs(get_settings().home, stack_name, {
         k: v.value for k, v in outputs.items() if not getattr(v, "secret", False)})
 
 
 def preview(
     offline: bool = typer.Option(False, "--offline", help="Run under Pulumi mocks: no CLI, credentials or network."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
-    stack: str = typer.Option("dev", "--stack", "-s", help=STACK_HELP),
+    stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
     project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
 ) -> None:
     """Show what the stack would create or change (--offline: every resource, under mocks)."""
+    stack = _stack_name(stack)
     cfg = _stack_config(project_dir, stack)
     if offline:
         from aiops.infra.costs import plan_costs
@@ -112,11 +121,12 @@ def preview(
 
 
 def cost(
-    stack: str = typer.Option("dev", "--stack", "-s", help=STACK_HELP),
+    stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
     project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
 ) -> None:
     """Estimated $/hour and $/month of the stack as configured (offline plan, shipped price table)."""
+    stack = _stack_name(stack)
     cfg = _stack_config(project_dir, stack)
     from aiops.infra.costs import plan_costs
     from aiops.infra.offline import plan
@@ -167,12 +177,13 @@ def deploy(
         help="The endpoint's model: s3:// URI, job:TRAINING_JOB, a local model.tar.gz or run folder "
         "(uploaded to the stack bucket under its content hash). Without it the current one is kept.",
     ),
-    stack: str = typer.Option("dev", "--stack", "-s", help=STACK_HELP),
+    stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
     project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
 ) -> None:
     """Create or update the stack (Automation API), optionally switching the endpoint's model."""
+    stack = _stack_name(stack)
     from aiops.errors import UsageError
 
     if model is not None:
@@ -189,7 +200,7 @@ def deploy(
     console = _console()
     st = _automation_call(open_stack, spec)
     if model is not None:
-        uri = artifacts.resolve(model, outputs=_output_values(st), region=cfg.region)
+        uri = artifacts.resolve(model, outputs=_output_values(st), region=cfg.region, stack=stack)
         _automation_call(set_model, st, uri)
         _stack_config(project_dir, stack)  # the file as now written must still validate
         console.print(f"model: {uri}")
@@ -207,12 +218,13 @@ def deploy(
 
 
 def destroy(
-    stack: str = typer.Option("dev", "--stack", "-s", help=STACK_HELP),
+    stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Destroy without asking."),
     project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
 ) -> None:
     """Delete every resource of the stack."""
+    stack = _stack_name(stack)
     from aiops.errors import UsageError
     from aiops.infra.automation import event_printer, open_stack
 
@@ -227,12 +239,13 @@ def destroy(
 
 
 def outputs(
-    stack: str = typer.Option("dev", "--stack", "-s", help=STACK_HELP),
+    stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the outputs as JSON."),
     project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
 ) -> None:
     """The deployed stack's outputs (bucket, role ARN, KMS key, endpoint name, region, ...)."""
+    stack = _stack_name(stack)
     from aiops.infra.automation import open_stack
 
     _need_infra_extra()

@@ -68,9 +68,12 @@ def invoke(
     body, ctype = client.load_payload(data, content_type)
     if endpoint:
         from aiops.settings import get_settings
+        from aiops.stack import read_outputs, resolve_stack
 
+        settings = get_settings()  # the endpoint's region: the stack's (one stack rule), else settings
+        outputs = read_outputs(settings.home, resolve_stack(None, settings))
         result = client.invoke_endpoint(endpoint, body, content_type=ctype, accept=accept,
-                                        region=get_settings().aws.region)
+                                        region=outputs.region or settings.aws.region)
     else:
         if url is None:
             from aiops.settings import get_settings

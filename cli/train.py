@@ -155,6 +155,13 @@ def train(
     bucket: Optional[str] = typer.Option(None, "--bucket", help="S3 bucket (default: the stack's).",
                                          rich_help_panel="Remote"),
     region: Optional[str] = typer.Option(None, "--region", help="AWS region.", rich_help_panel="Remote"),
+    stack: Optional[str] = typer.Option(None, "--stack", "-s", help="Stack whose outputs give the role, bucket, "
+                                        "key and network (default: AIOPS_STACK, else dev).", rich_help_panel="Remote"),
+    vpc: Optional[bool] = typer.Option(None, "--vpc/--no-vpc", help="Run in the stack's VPC (default: when the "
+                                       "stack has one).", rich_help_panel="Remote"),
+    network_isolation: bool = typer.Option(False, "--network-isolation", help="EnableNetworkIsolation: no network "
+                                           "in the container (no pip install of requirements.txt).",
+                                           rich_help_panel="Remote"),
     image_uri: Optional[str] = typer.Option(None, "--image-uri", help="Training image (default: the PyTorch DLC).",
                                             rich_help_panel="Remote"),
     framework_version: Optional[str] = typer.Option(None, "--framework-version", help="PyTorch container version.",
@@ -198,24 +205,26 @@ def train(
     if remote:
         from aiops.training.remote import RemoteOptions
 
-        from aiops.stack_outputs import read_stack_outputs
+        from aiops.stack import read_outputs, resolve_stack
 
         aws = settings.aws
-        stack_outputs = read_stack_outputs(settings.home, settings.stack)
+        stack_name = resolve_stack(stack, settings)
+        stack_outputs = read_outputs(settings.home, stack_name)
         options = RemoteOptions(
-            instance_type=instance_type or aws.instance_type, region=region or stack_outputs.get("region") or aws.region,
+            instance_type=instance_type or aws.instance_type, region=region or stack_outputs.region or aws.region,
             instance_count=instance_count, spot=aws.spot if spot is None else spot,
             max_run=max_run or aws.max_run_seconds, max_wait=max_wait, volume_size=volume_size or aws.volume_size_gb,
             role=role, bucket=bucket, image_uri=image_uri,
             framework_version=framework_version or aws.framework_version, py_version=aws.py_version,
+            stack=stack_name, vpc=vpc, network_isolation=network_isolation,
         )
         config.instance_type = options.instance_type
         budget = max_cost if max_cost is not None else aws.max_cost
         _train_remote(config, options, store, settings, stack_outputs, wait=wait, download=download,
                       as_json=as_json, max_cost=budget, confirmed=yes)
         return
-    if any(v is not None for v in (spot, max_run, max_wait, volume_size, role, bucket, image_uri, max_cost)) \
-            or instance_count != 1:
+    if any(v is not None for v in (spot, max_run, max_wait, volume_size, role, bucket, image_uri, max_cost,
+                                   stack, vpc)) or instance_count != 1 or network_isolation:
         raise UsageError("remote options (--spot, --max-run, --role, --bucket, ...) need --remote.")
 
     prepared = local.prepare(config, store)
@@ -258,7 +267,7 @@ class _RemoteLogSink:
                            "Ctrl-C to detach or stop.")
 
 
-def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_outputs: Mapping[str, Any], *,
+def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_outputs: Any, *,
                   wait: bool, download: bool, as_json: bool, max_cost: Optional[float], confirmed: bool) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -353,7 +362,12 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
     from aiops.settings import get_settings
     from aiops.training.runs import RunStore
 
-    records = RunStore(get_settings().runs_dir).list()
+    store = RunStore(get_settings().runs_dir)
+    records = store.list()
+    if any(r.get("remote") and r.get("status") == "Pending" for r in records):
+        from aiops.training import remote  # settle creates that were interrupted, never relaunch them
+
+        records = [remote.resolve_pending(store, r) for r in records]
     if as_json:
         sys.stdout.write(json.dumps([_summary(r) for r in records], sort_keys=True) + "\n")
         return
@@ -386,7 +400,10 @@ def jobs_describe(
     if record.get("remote"):
         from aiops.training import remote
 
-        record = remote.refresh(store, record, remote.describe(name, record["region"]))
+        if record.get("status") == remote.PENDING:
+            record = remote.resolve_pending(store, record)
+        elif record.get("status") != remote.NOT_CREATED:
+            record = remote.refresh(store, record, remote.describe(name, record["region"]))
     if as_json:
         sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
         return

@@ -23,6 +23,8 @@ class AccessArgs:
     write_prefixes: tuple[str, ...]
     image_registry_account: str | None
     own_repository_arn: pulumi.Input[str] | None = None
+    subnet_ids: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
 
 
 class Access(pulumi.ComponentResource):
@@ -57,6 +59,8 @@ class Access(pulumi.ComponentResource):
                     write_prefixes=args.write_prefixes,
                     image_registry_account=args.image_registry_account,
                     own_repository_arn=v[4],
+                    subnet_ids=args.subnet_ids,
+                    security_group_ids=args.security_group_ids,
                 )
             )
         )

@@ -2,8 +2,9 @@
 
 Accepted: an ``s3://bucket/key`` URI; ``job:NAME`` (a SageMaker training job: its model.tar.gz);
 a local ``model.tar.gz`` or a local run folder holding one (``model.tar.gz`` or
-``output/model.tar.gz``), which is uploaded to the stack's bucket under its content hash:
-``models/sha256/<hex>/model.tar.gz`` (same content, same key: uploads are idempotent).
+``output/model.tar.gz``), which is uploaded to the stack's bucket under its content hash
+(``aiops.stack.S3Layout.model_key``: same content, same key, so uploads are idempotent).
+AWS calls go through ``aiops.aws`` (standard retries, one-line errors).
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from aiops.archive import file_sha256
-from aiops.errors import AiopsError, UsageError
-from aiops.s3objects import encryption_args, object_exists
+from aiops.errors import UsageError
+from aiops.s3objects import upload_once
+from aiops.stack import LAYOUT, StackOutputs
 
 S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
 FORMS = "an s3://bucket/key URI, job:TRAINING_JOB_NAME, a local model.tar.gz, or a run folder holding one"
 
 
 def model_key(digest: str) -> str:
-    return f"models/sha256/{digest}/model.tar.gz"
+    return LAYOUT.model_key(digest)
 
 
 def local_archive(spec: str) -> Path | None:
@@ -59,14 +61,15 @@ def classify(spec: str) -> tuple[str, str]:
 
 def upload(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any) -> str:
     """Upload under the content hash (skipped when that key exists); SSE-KMS with the stack's key."""
+    from aiops import aws
+
     key = model_key(file_sha256(path))
     try:
-        present = object_exists(s3, bucket, key)
-    except Exception as err:  # 403, 5xx: say which object could not be checked
-        raise AiopsError(f"cannot check s3://{bucket}/{key}: {err}") from None
-    if not present:
-        s3.upload_file(str(path), bucket, key, ExtraArgs=encryption_args(kms_key_arn))
-    return f"s3://{bucket}/{key}"
+        return upload_once(s3, bucket, key, Path(path), kms_key=kms_key_arn, label="model").uri
+    except Exception as err:  # 403, 5xx: one line naming the object and the fix
+        if type(err).__module__.startswith(("botocore", "boto3", "s3transfer")):
+            raise aws.describe_aws_error(err, action=f"uploading s3://{bucket}/{key}") from None
+        raise
 
 
 def training_job_model(name: str, *, sagemaker: Any) -> str:
@@ -81,26 +84,26 @@ def training_job_model(name: str, *, sagemaker: Any) -> str:
     return uri
 
 
-def resolve(spec: str, *, outputs: dict[str, Any], region: str, session: Any | None = None) -> str:
-    """The model's s3:// URI; uploads a local archive to the stack's bucket first."""
+def resolve(spec: str, *, outputs: StackOutputs | dict[str, Any], region: str, stack: str | None = None,
+            clients: Any | None = None) -> str:
+    """The model's s3:// URI; uploads a local archive to the stack's bucket first.
+
+    ``clients(service)`` returns a boto3 client (default: ``aiops.aws.client(service, region)``).
+    """
+    from aiops import aws
+
     kind, value = classify(spec)
     if kind == "s3":
         return value
-    if session is None:
-        import boto3
-
-        session = boto3.session.Session(region_name=region)
+    if not isinstance(outputs, StackOutputs):
+        outputs = StackOutputs.model_validate(outputs)
+    client = clients or (lambda service: aws.client(service, region))
     if kind == "job":
-        return training_job_model(value, sagemaker=session.client("sagemaker"))
-    bucket = outputs.get("bucket")
-    if not bucket:
-        raise UsageError(
-            "the stack has no bucket yet: run `aiops deploy` once with aiops:endpoint enabled: false "
-            "(creates the bucket), or pass an s3:// URI"
-        )
+        return training_job_model(value, sagemaker=client("sagemaker"))
+    outputs.require("bucket", stack=stack, needed_for=f"uploading --model {spec}")
     with gzip.open(value, "rb") as fh:  # a truncated archive fails here, not at endpoint start
         try:
             fh.read(512)
         except (OSError, EOFError) as err:
             raise UsageError(f"--model {spec}: broken gzip archive: {err}") from None
-    return upload(Path(value), bucket=bucket, kms_key_arn=outputs.get("kmsKeyArn"), s3=session.client("s3"))
+    return upload(Path(value), bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn, s3=client("s3"))

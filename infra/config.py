@@ -29,7 +29,7 @@ from aiops.errors import ConfigError
 
 PROJECT = "aiops"
 NAMESPACE = "aiops"
-SECTIONS = ("namePrefix", "tags", "storage", "access", "compute", "endpoint")
+SECTIONS = ("namePrefix", "tags", "storage", "access", "network", "compute", "endpoint")
 
 # Instance families with NVIDIA GPUs (EC2 names; SageMaker adds the "ml." prefix).
 GPU_FAMILIES = ("g4dn", "g4ad", "g5", "g5g", "g6", "g6e", "gr6", "p3", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en")
@@ -72,17 +72,57 @@ class StorageConfig(_Model):
 
 
 class AccessConfig(_Model):
-    enabled: bool = True
-    prefixes_read: tuple[str, ...] = ("models/", "data/", "code/", "checkpoints/", "output/")
-    prefixes_write: tuple[str, ...] = ("output/", "checkpoints/", "data-capture/")
+    """The SageMaker execution role. Its bucket prefixes are not configurable: they are the stack
+    contract's (``aiops.stack.S3Layout``), the same ones remote jobs and deployments write to."""
 
-    @field_validator("prefixes_read", "prefixes_write")
+    enabled: bool = True
+
+
+_SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_SG = re.compile(r"^sg-[0-9a-f]{8,17}$")
+
+
+class NetworkConfig(_Model):
+    """Run training jobs and the endpoint in your VPC (off by default: SageMaker's own network).
+
+    ``subnetIds`` and ``securityGroupIds`` become the ``subnetIds``/``securityGroupIds`` outputs
+    that ``aiops train --remote`` puts in the job's VpcConfig, and the endpoint model's vpc_config;
+    the execution role gets the ec2 network-interface permissions SageMaker needs for them. The
+    subnets need a route to S3 (an S3 gateway endpoint, or a NAT) and, for the default images, to ECR.
+    """
+
+    subnet_ids: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
+
+    @field_validator("subnet_ids")
     @classmethod
-    def _prefix(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for p in value:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/", p):
-                raise ValueError(f"{p!r} is not a prefix: use 'name/' (letters, digits, -_. and '/', ending in '/')")
+    def _subnets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for v in value:
+            if not _SUBNET.match(v):
+                raise ValueError(f"{v!r}: allowed: subnet IDs like subnet-0abc12345")
+        if len(value) > 16:
+            raise ValueError("at most 16 subnets (SageMaker VpcConfig)")
         return value
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for v in value:
+            if not _SG.match(v):
+                raise ValueError(f"{v!r}: allowed: security group IDs like sg-0abc12345")
+        if len(value) > 5:
+            raise ValueError("at most 5 security groups (SageMaker VpcConfig)")
+        return value
+
+    @model_validator(mode="after")
+    def _both(self) -> "NetworkConfig":
+        if bool(self.subnet_ids) != bool(self.security_group_ids):
+            raise ValueError("set both subnetIds and securityGroupIds, or neither (SageMaker VpcConfig needs both)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.subnet_ids)
 
 
 class ComputeConfig(_Model):
@@ -173,9 +213,10 @@ class AlarmsConfig(_Model):
 
 
 class DataCaptureConfig(_Model):
+    """Captured requests go to the stack contract's data-capture prefix (aiops.stack.S3Layout)."""
+
     enabled: bool = False
     sampling_percent: int = Field(100, ge=0, le=100)
-    prefix: str = "data-capture/"
 
 
 class ServerlessConfig(_Model):
@@ -233,6 +274,11 @@ class EndpointConfig(_Model):
     initial_instance_count: int = Field(1, ge=1)
     variant_name: str = "primary"
     program: str = "inference.py"
+    network_isolation: bool = Field(
+        False,
+        description="EnableNetworkIsolation on the endpoint's model: the container makes no network call "
+        "(no pip install of code/requirements.txt at start; the model must bring its dependencies).",
+    )
     environment: dict[str, str] = Field(default_factory=dict)
     image: ImageConfig = ImageConfig()
     autoscaling: AutoscalingConfig = AutoscalingConfig()
@@ -298,16 +344,16 @@ class StackConfig(_Model):
     tags: dict[str, str] = Field(default_factory=dict)
     storage: StorageConfig = StorageConfig()
     access: AccessConfig = AccessConfig()
+    network: NetworkConfig = NetworkConfig()
     compute: ComputeConfig = ComputeConfig()
     endpoint: EndpointConfig = EndpointConfig(enabled=False)
 
     @field_validator("region")
     @classmethod
     def _region(cls, value: str) -> str:
-        from aiops.infra.images import known_regions
+        from aiops.stack import check_region
 
-        if value not in known_regions():
-            raise ValueError(f"unknown region; allowed: {', '.join(sorted(known_regions()))}")
+        check_region(value)  # botocore's partition data
         return value
 
     @field_validator("name_prefix")

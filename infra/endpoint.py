@@ -10,6 +10,7 @@ import json
 import pulumi
 from pulumi_aws import appautoscaling, cloudwatch, ecr, sagemaker, sns
 
+from aiops.stack import LAYOUT
 from aiops.infra.config import EndpointConfig
 from aiops.infra.policies import (
     dashboard_body,
@@ -32,6 +33,8 @@ class EndpointArgs:
     bucket: pulumi.Input[str]
     image_uri: str | None  # None: the stack's own ECR repository (created here) with config.image.tag
     repository_name: str | None = None
+    subnet_ids: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
 
 
 def container_environment(config: EndpointConfig, region: str) -> dict[str, str]:
@@ -116,6 +119,10 @@ class Endpoint(pulumi.ComponentResource):
                 "model_data_url": cfg.model_data_url,
                 "environment": container_environment(cfg, args.region),
             },
+            # Opt-in: the container gets no network at all (no pip install of requirements.txt).
+            enable_network_isolation=cfg.network_isolation or None,
+            vpc_config={"subnets": list(args.subnet_ids), "security_group_ids": list(args.security_group_ids)}
+            if args.subnet_ids else None,
             opts=child,
         )
 
@@ -134,7 +141,7 @@ class Endpoint(pulumi.ComponentResource):
                 "enable_capture": True,
                 "initial_sampling_percentage": cfg.data_capture.sampling_percent,
                 "destination_s3_uri": pulumi.Output.from_input(args.bucket).apply(
-                    lambda b: f"s3://{b}/{cfg.data_capture.prefix.rstrip('/')}"
+                    lambda b: LAYOUT.data_capture_uri(b)
                 ),
                 "kms_key_id": args.key_arn,
                 "capture_options": [{"capture_mode": "Input"}, {"capture_mode": "Output"}],

@@ -126,8 +126,14 @@ def execution_role_policy(
     write_prefixes: tuple[str, ...],
     image_registry_account: str | None,
     own_repository_arn: str | None = None,
+    subnet_ids: tuple[str, ...] = (),
+    security_group_ids: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Least privilege for SageMaker jobs and endpoints run as this role.
+
+    The prefixes are the stack contract's (``aiops.stack.S3Layout.role_read_prefixes`` /
+    ``role_write_prefixes``). With subnets (a VPC), the role also gets what SageMaker needs to
+    attach jobs and endpoints to them (``vpc_statements``).
 
     The two statements with ``Resource: "*"`` name single actions that have no resource-level
     permissions (AWS requires "*" for them): ``ecr:GetAuthorizationToken`` and
@@ -199,6 +205,9 @@ def execution_role_policy(
                 "Resource": repos,
             }
         )
+    if subnet_ids:
+        statements += vpc_statements(region=region, account_id=account_id, partition=partition,
+                                     subnet_ids=subnet_ids, security_group_ids=security_group_ids)
     statements += [
         {
             "Sid": "OwnLogs",
@@ -218,6 +227,49 @@ def execution_role_policy(
         },
     ]
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+VPC_DESCRIBE_ACTIONS = (
+    "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeDhcpOptions", "ec2:DescribeSubnets",
+    "ec2:DescribeSecurityGroups",
+)
+VPC_INTERFACE_ACTIONS = (
+    "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface", "ec2:DeleteNetworkInterfacePermission",
+)
+
+
+def vpc_statements(*, region: str, account_id: str, partition: str, subnet_ids: tuple[str, ...],
+                   security_group_ids: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The ec2 permissions SageMaker documents for jobs and endpoints with a VpcConfig ("Give
+    SageMaker access to resources in your Amazon VPC"), scoped where EC2 has resource-level
+    permissions: CreateNetworkInterface to this account's interfaces in the region and the
+    configured subnets and security groups; the interface actions to this account's interfaces.
+    The Describe* actions support no resource-level permissions, so AWS requires "*" for them."""
+    if not subnet_ids or not security_group_ids:
+        raise ValueError("a VPC needs both subnet_ids and security_group_ids")
+    ec2 = f"arn:{partition}:ec2:{region}:{account_id}"
+    return [
+        {
+            "Sid": "VpcDescribe",
+            "Effect": "Allow",
+            "Action": list(VPC_DESCRIBE_ACTIONS),
+            "Resource": "*",
+        },
+        {
+            "Sid": "VpcCreateNetworkInterfaces",
+            "Effect": "Allow",
+            "Action": "ec2:CreateNetworkInterface",
+            "Resource": [f"{ec2}:network-interface/*"]
+            + [f"{ec2}:subnet/{s}" for s in subnet_ids]
+            + [f"{ec2}:security-group/{g}" for g in security_group_ids],
+        },
+        {
+            "Sid": "VpcManageNetworkInterfaces",
+            "Effect": "Allow",
+            "Action": list(VPC_INTERFACE_ACTIONS),
+            "Resource": f"{ec2}:network-interface/*",
+        },
+    ]
 
 
 def wildcard_statements(document: dict[str, Any]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import pulumi
 import pulumi_aws as aws
 
 from aiops.infra.config import StackConfig
+from aiops.stack import LAYOUT, TRAINING_LOG_GROUP
 from aiops.infra.images import pytorch_inference_uri, registry_account
 
 
@@ -47,7 +48,12 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         "bucket": storage.bucket.bucket,
         "bucketArn": storage.bucket.arn,
         "kmsKeyArn": storage.key.arn,
+        "logGroup": TRAINING_LOG_GROUP,
     }
+    net = cfg.network
+    if net.enabled:
+        outputs["subnetIds"] = list(net.subnet_ids)
+        outputs["securityGroupIds"] = list(net.security_group_ids)
 
     ep = cfg.endpoint
     image_uri: str | None = None
@@ -83,12 +89,14 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 partition=partition,
                 bucket_arn=storage.bucket.arn,
                 key_arn=storage.key.arn,
-                read_prefixes=cfg.access.prefixes_read,
-                write_prefixes=cfg.access.prefixes_write,
+                read_prefixes=LAYOUT.role_read_prefixes,
+                write_prefixes=LAYOUT.role_write_prefixes,
                 image_registry_account=registry_account(cfg.region, ep.image.framework_version)
                 if not (ep.enabled and (ep.image.uri or ep.image.own_repository))
                 else None,
                 own_repository_arn=own_repo_arn,
+                subnet_ids=net.subnet_ids,
+                security_group_ids=net.security_group_ids,
             ),
             opts=opts,
         )
@@ -110,6 +118,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 bucket=storage.bucket.bucket,
                 image_uri=image_uri,
                 repository_name=repository_name,
+                subnet_ids=net.subnet_ids,
+                security_group_ids=net.security_group_ids,
             ),
             opts=opts,
         )

@@ -8,19 +8,29 @@ that works under `aiops train` gets the same environment and arguments on SageMa
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-from aiops.errors import AiopsError, UsageError
+from aiops.errors import AiopsError, ConfigError, UsageError
+from aiops.stack import (
+    CLIENT_TOKEN_TAG,
+    LAYOUT,
+    TRAINING_LOG_GROUP,
+    TRAINING_METRICS_NAMESPACE,
+    StackOutputs,
+    check_region,
+)
 from aiops.training import contract
 from aiops.training.metrics import MetricDefinition
 
-LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+LOG_GROUP = TRAINING_LOG_GROUP
 CHECKPOINT_LOCAL_PATH = contract.DEFAULT_CHECKPOINT_DIR
-OUTPUT_PREFIX = "aiops/jobs"
-CHECKPOINT_PREFIX = "aiops/checkpoints"
+PENDING = "Pending"  # the local record's status between "about to create" and SageMaker's answer
+NOT_CREATED = "NotCreated"  # a pending record whose job SageMaker never got
 TERMINAL = ("Completed", "Failed", "Stopped")
 # Errors after which the create may or may not have reached SageMaker: describe before retrying.
 RETRYABLE_CODES = {"ThrottlingException", "Throttling", "ThrottledException", "RequestThrottledException",
@@ -47,6 +57,9 @@ class RemoteOptions:
     py_version: str = "py311"
     subnets: list[str] = field(default_factory=list)
     security_group_ids: list[str] = field(default_factory=list)
+    vpc: bool | None = None  # None: the stack's VPC when it has one; True: required; False: never
+    network_isolation: bool = False
+    stack: str = "dev"
     tags: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -56,17 +69,32 @@ class RemoteOptions:
         return self.max_wait if self.max_wait is not None else 2 * self.max_run
 
 
-def apply_defaults(options: RemoteOptions, stack_outputs: Mapping[str, Any], settings_aws: Any) -> RemoteOptions:
+def apply_defaults(options: RemoteOptions, stack_outputs: StackOutputs | Mapping[str, Any],
+                   settings_aws: Any) -> RemoteOptions:
     """Role, bucket, KMS key and network: given > the deployed stack's outputs > settings.
 
-    `stack_outputs` are the names `infra/program.py` exports (roleArn, bucket, kmsKeyArn, ...).
+    `stack_outputs` are what `infra/program.py` exports (aiops.stack.StackOutputs). The VPC's
+    subnets and security groups come from the stack only (`options.vpc` False: not used).
     """
-    options.role = options.role or stack_outputs.get("roleArn") or settings_aws.role_arn
-    options.bucket = options.bucket or stack_outputs.get("bucket") or settings_aws.bucket
-    options.kms_key = options.kms_key or stack_outputs.get("kmsKeyArn") or settings_aws.kms_key_arn
-    options.subnets = options.subnets or list(stack_outputs.get("subnetIds") or [])
-    options.security_group_ids = options.security_group_ids or list(stack_outputs.get("securityGroupIds") or [])
+    outputs = stack_outputs if isinstance(stack_outputs, StackOutputs) else StackOutputs.model_validate(stack_outputs)
+    options.role = options.role or outputs.role_arn or settings_aws.role_arn
+    options.bucket = options.bucket or outputs.bucket or settings_aws.bucket
+    options.kms_key = options.kms_key or outputs.kms_key_arn or settings_aws.kms_key_arn
+    if options.vpc is not False:
+        if options.vpc:
+            outputs.require("subnet_ids", "security_group_ids", stack=options.stack, needed_for="--vpc")
+        options.subnets = options.subnets or list(outputs.subnet_ids)
+        options.security_group_ids = options.security_group_ids or list(outputs.security_group_ids)
+    else:
+        options.subnets, options.security_group_ids = [], []
     return options
+
+
+def _missing_output(stack: str, output: str, option: str, setting: str, what: str) -> ConfigError:
+    return ConfigError(
+        f"no {what}: stack {stack!r} has no output {output!r}; run 'aiops deploy --stack {stack}' "
+        f"(or pass {option}, or set {setting})."
+    )
 
 
 def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> None:
@@ -74,6 +102,10 @@ def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> No
 
     Entry point, hyperparameters and channels were checked by `local.prepare(..., remote=True)`.
     """
+    try:
+        check_region(options.region, what="--region")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if options.instance_type not in valid_instance_types:
         close = sorted(t for t in valid_instance_types if t.startswith(options.instance_type.rsplit(".", 1)[0]))
         hint = f" (e.g. {', '.join(close[:4])})" if close else " (e.g. ml.g5.xlarge, ml.p4d.24xlarge)"
@@ -90,15 +122,14 @@ def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> No
     if not options.spot and options.max_wait is not None:
         raise UsageError("--max-wait only applies to spot jobs; drop it or use --spot.")
     if not options.role:
-        raise UsageError(
-            "no SageMaker execution role: pass --role ARN, deploy the stack ('aiops deploy'), or set "
-            "AIOPS_AWS__ROLE_ARN."
-        )
+        raise _missing_output(options.stack, "roleArn", "--role ARN", "AIOPS_AWS__ROLE_ARN", "SageMaker execution role")
     if not options.bucket:
-        raise UsageError(
-            "no S3 bucket for code and artifacts: pass --bucket NAME, deploy the stack ('aiops deploy'), or set "
-            "AIOPS_AWS__BUCKET."
-        )
+        raise _missing_output(options.stack, "bucket", "--bucket NAME", "AIOPS_AWS__BUCKET",
+                              "S3 bucket for code and artifacts")
+    if bool(options.subnets) != bool(options.security_group_ids):
+        missing = "securityGroupIds" if options.subnets else "subnetIds"
+        raise ConfigError(f"the job's VpcConfig needs both subnets and security groups: stack {options.stack!r} has "
+                          f"no output {missing!r}; run 'aiops deploy --stack {options.stack}' with aiops:network set.")
 
 
 def check_budget(estimate: Any, *, spot: bool, max_cost: float | None, confirmed: bool) -> str | None:
@@ -173,7 +204,7 @@ def build_request(
             }
             for name, uri in channel_uris.items()
         ],
-        "OutputDataConfig": {"S3OutputPath": f"s3://{options.bucket}/{OUTPUT_PREFIX}"},
+        "OutputDataConfig": {"S3OutputPath": LAYOUT.job_output_uri(options.bucket)},
         "ResourceConfig": {
             "InstanceType": options.instance_type,
             "InstanceCount": options.instance_count,
@@ -182,7 +213,7 @@ def build_request(
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": options.spot,
         "CheckpointConfig": {
-            "S3Uri": f"s3://{options.bucket}/{CHECKPOINT_PREFIX}/{job_name}/",
+            "S3Uri": LAYOUT.checkpoint_uri(options.bucket, job_name),
             "LocalPath": CHECKPOINT_LOCAL_PATH,
         },
         "Environment": {contract.CHECKPOINT_ENV: CHECKPOINT_LOCAL_PATH},
@@ -199,7 +230,19 @@ def build_request(
         request["EnableInterContainerTrafficEncryption"] = True
     if options.subnets:
         request["VpcConfig"] = {"Subnets": options.subnets, "SecurityGroupIds": options.security_group_ids}
+    if options.network_isolation:
+        # No network in the container: the toolkit cannot pip install requirements.txt, the script
+        # cannot call out; channels and output still move (SageMaker does that, not the container).
+        request["EnableNetworkIsolation"] = True
+    request["Tags"].append({"Key": CLIENT_TOKEN_TAG, "Value": client_token(request)})
     return request
+
+
+def client_token(request: Mapping[str, Any]) -> str:
+    """The hash of the request (without its token tag): what makes an existing job of that name ours."""
+    body = {k: v for k, v in request.items() if k != "Tags"}
+    body["Tags"] = [t for t in request.get("Tags", []) if t["Key"] != CLIENT_TOKEN_TAG]
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,23 +259,45 @@ def _status_code(err: Exception) -> int:
     return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
-def job_exists(sm: Any, name: str) -> bool:
+def find_job(sm: Any, name: str) -> dict[str, Any] | None:
+    """The job's description, or None when SageMaker has no job of that name."""
     from botocore.exceptions import ClientError
 
     try:
-        sm.describe_training_job(TrainingJobName=name)
-        return True
+        return sm.describe_training_job(TrainingJobName=name)
     except ClientError as err:
         if _error_code(err) in ("ValidationException", "ResourceNotFound"):
-            return False
+            return None
         raise
+
+
+def job_token(sm: Any, description: Mapping[str, Any]) -> str | None:
+    """The job's aiops:client-token tag (None when it has none: not created by aiops)."""
+    arn = description.get("TrainingJobArn")
+    tags = description.get("Tags")
+    if tags is None and arn:
+        tags = sm.list_tags(ResourceArn=arn).get("Tags", [])
+    return next((t["Value"] for t in tags or [] if t["Key"] == CLIENT_TOKEN_TAG), None)
+
+
+def _adopt(sm: Any, request: Mapping[str, Any], description: Mapping[str, Any]) -> str:
+    """"found" when the existing job carries this request's token; otherwise refuse it (exit 2)."""
+    name = request["TrainingJobName"]
+    token = next(t["Value"] for t in request["Tags"] if t["Key"] == CLIENT_TOKEN_TAG)
+    if job_token(sm, description) == token:
+        return "found"
+    raise UsageError(
+        f"a SageMaker training job named {name!r} already exists and was not created by this request "
+        f"(its {CLIENT_TOKEN_TAG} tag differs); choose another --job-name."
+    )
 
 
 def create_once(create_client: Any, describe_client: Any, request: Mapping[str, Any], *, attempts: int = 5,
                 sleep: Callable[[float], None] = time.sleep) -> str:
     """Create the job exactly once: after any ambiguous failure, look before trying again.
 
-    Returns "created" or "found" (an earlier attempt that looked failed had created it).
+    Returns "created" or "found" (an earlier attempt that looked failed had created it: the job
+    carries this request's client token). A job of that name without the token is never adopted.
     """
     from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
@@ -243,14 +308,17 @@ def create_once(create_client: Any, describe_client: Any, request: Mapping[str, 
             return "created"
         except ClientError as err:
             code = _error_code(err)
-            if code == "ResourceInUse" and job_exists(describe_client, name):
-                return "found"
+            if code == "ResourceInUse":
+                found = find_job(describe_client, name)
+                if found is not None:
+                    return _adopt(describe_client, request, found)
             if code not in RETRYABLE_CODES and _status_code(err) < 500:
                 raise
         except (ReadTimeoutError, ConnectionClosedError):
             pass
-        if job_exists(describe_client, name):
-            return "found"
+        found = find_job(describe_client, name)
+        if found is not None:
+            return _adopt(describe_client, request, found)
         if attempt + 1 < attempts:
             sleep(min(20.0, 0.5 * 2 ** attempt))
     raise AiopsError(f"CreateTrainingJob {name}: SageMaker kept failing after {attempts} attempts; try again later.")
@@ -274,13 +342,15 @@ class LogFollower:
         from botocore.exceptions import ClientError
 
         try:
-            streams = self.logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/")
+            pages = self.logs.get_paginator("describe_log_streams").paginate(
+                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/")
+            names = sorted(s["logStreamName"] for page in pages for s in page.get("logStreams", []))
         except ClientError as err:
             if _error_code(err) == "ResourceNotFoundException":
                 return []  # the group appears with the first log line
             raise
         events: list[tuple[str, str]] = []
-        for stream in sorted(s["logStreamName"] for s in streams.get("logStreams", [])):
+        for stream in names:  # every page of streams: every host (algo-1 ... algo-N)
             while True:
                 kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
                 token = self._tokens.get(stream)
@@ -364,6 +434,11 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
 
     `job` is a `local.PreparedJob` prepared with `remote=True`. `review_cost(estimate)` runs after
     validation and before anything is uploaded; it may raise to refuse the launch.
+
+    The local record is saved as Pending (with the request and its client token) before the first
+    CreateTrainingJob: if the create times out and the describe after it fails too, the record is
+    left Pending and `aiops jobs describe/list` resolve it (`resolve_pending`) rather than anyone
+    launching a second job.
     """
     from aiops.pricing import estimate_training_job
     from aiops import aws
@@ -378,7 +453,28 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
         scope="training", region=options.region, version=options.framework_version,
         py_version=options.py_version, instance_type=options.instance_type, cache_dir=cache_dir,
     )
-    def submit() -> tuple[Any, ...]:
+    run_dir = store.create(job.job_name)  # refuses a name already used here, before any upload
+    record: dict[str, Any] = {
+        "job_name": job.job_name,
+        "remote": True,
+        "region": options.region,
+        "stack": options.stack,
+        "status": PENDING,
+        "created_at": time.time(),
+        "run_dir": str(run_dir),
+        "entry_point": job.entry_point,
+        "hyperparameters": dict(job.config.hyperparameters),
+        "config": {"entry_point": job.entry_point, "source_dir": str(job.code_source),
+                   "instance_type": options.instance_type, "instance_count": options.instance_count,
+                   "spot": options.spot, "network_isolation": options.network_isolation,
+                   "vpc": bool(options.subnets)},
+        "large_files": code.large_files,
+        "estimated_max_cost_usd": estimate.cost(spot=options.spot),
+        "final_metrics": {},
+        "artifacts": {},
+    }
+
+    def upload() -> tuple[Any, dict[str, str], int]:
         s3 = aws.client("s3", options.region)
         code_upload = uploads.upload_bundle(s3, options.bucket, code.data, code.sha256, kms_key=options.kms_key,
                                             progress=progress)
@@ -390,43 +486,66 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
             channel_uris[name] = result.uri
             uploaded += result.uploaded_bytes
         channel_uris.update(job.s3_channels)
-        request = build_request(
-            job_name=job.job_name, entry_point=job.entry_point, hyperparameters=job.config.hyperparameters,
-            channel_uris=channel_uris, submit_directory=code_upload.uri, image_uri=image_uri, options=options,
-            nproc=job.config.nproc, metric_definitions=job.config.metric_definitions,
-        )
-        submitted = time.monotonic()
-        outcome = create_once(aws.client("sagemaker", options.region, retries=NO_RETRY),
-                              aws.client("sagemaker", options.region), request)
-        return code_upload, channel_uris, uploaded, request, outcome, time.monotonic() - submitted
+        return code_upload, channel_uris, uploaded
 
-    code_upload, channel_uris, uploaded, request, outcome, accepted_seconds = _aws_call(
-        f"submitting {job.job_name}", submit)
-    run_dir = store.create(job.job_name)
-    record = {
-        "job_name": job.job_name,
-        "remote": True,
-        "region": options.region,
-        "status": "InProgress",
-        "created_at": time.time(),
-        "run_dir": str(run_dir),
-        "entry_point": job.entry_point,
-        "hyperparameters": dict(job.config.hyperparameters),
-        "config": {"entry_point": job.entry_point, "source_dir": str(job.code_source),
-                   "channels": channel_uris, "instance_type": options.instance_type,
-                   "instance_count": options.instance_count, "spot": options.spot},
-        "code_bundle": {"uri": code_upload.uri, "sha256": code.sha256, "files": code.files, "bytes": code.size},
-        "uploaded_bytes": uploaded,
-        "large_files": code.large_files,
-        "create_outcome": outcome,
-        "estimated_max_cost_usd": estimate.cost(spot=options.spot),
-        "accepted_seconds": round(accepted_seconds, 3),
-        "request": request,
-        "final_metrics": {},
-        "artifacts": {},
-    }
+    try:
+        code_upload, channel_uris, uploaded = _aws_call(f"uploading {job.job_name}", upload)
+    except BaseException as err:
+        store.save({**record, "status": NOT_CREATED, "failure_reason": f"upload failed: {err}"})
+        raise
+    request = build_request(
+        job_name=job.job_name, entry_point=job.entry_point, hyperparameters=job.config.hyperparameters,
+        channel_uris=channel_uris, submit_directory=code_upload.uri, image_uri=image_uri, options=options,
+        nproc=job.config.nproc, metric_definitions=job.config.metric_definitions,
+    )
+    record["config"]["channels"] = channel_uris
+    record.update(
+        code_bundle={"uri": code_upload.uri, "sha256": code.sha256, "files": code.files, "bytes": code.size},
+        uploaded_bytes=uploaded, request=request, client_token=client_token(request),
+    )
+    store.save(record)  # Pending: from here on, a job may exist on SageMaker
+    submitted = time.monotonic()
+    try:
+        outcome = _aws_call(f"submitting {job.job_name}", lambda: create_once(
+            aws.client("sagemaker", options.region, retries=NO_RETRY), aws.client("sagemaker", options.region),
+            request))
+    except UsageError as err:  # SageMaker refused the request (or the name is another job's): nothing runs
+        store.save({**record, "status": NOT_CREATED, "failure_reason": str(err)})
+        raise
+    record.update(status="InProgress", create_outcome=outcome,
+                  accepted_seconds=round(time.monotonic() - submitted, 3))
     store.save(record)
     return record
+
+
+def resolve_pending(store: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """Settle a record left Pending by an interrupted create: the job exists with our client token
+    (refreshed from SageMaker), exists without it (marked, never adopted), or never reached SageMaker
+    (NotCreated). Any other record is returned as is."""
+    if record.get("status") != PENDING or not record.get("remote"):
+        return record
+    from aiops import aws
+
+    sm = aws.client("sagemaker", record.get("region"))
+    name = record["job_name"]
+    found = _aws_call(f"describing {name}", lambda: find_job(sm, name))
+    if found is None:
+        if "request" not in record:  # saved before the uploads finished: nothing was ever created
+            record.update(status=NOT_CREATED, failure_reason="interrupted before CreateTrainingJob")
+        else:
+            record.update(status=NOT_CREATED,
+                          failure_reason="CreateTrainingJob never reached SageMaker; run the command again")
+        store.save(record)
+        return record
+    token = _aws_call(f"reading the tags of {name}", lambda: job_token(sm, found))
+    if token != record.get("client_token"):
+        record.update(status=NOT_CREATED, failure_reason=(
+            f"a job named {name} exists on SageMaker but was not created by this request "
+            f"(its {CLIENT_TOKEN_TAG} tag differs); it is not adopted"))
+        store.save(record)
+        return record
+    record["create_outcome"] = "found"
+    return refresh(store, record, found)
 
 
 def refresh(store: Any, record: dict[str, Any], description: Mapping[str, Any]) -> dict[str, Any]:
@@ -497,33 +616,60 @@ def download_model(record: Mapping[str, Any], dest: Path) -> Path:
     return _aws_call(f"downloading {uri}", lambda: download(s3, uri, dest))
 
 
-METRICS_NAMESPACE = "/aws/sagemaker/TrainingJobs"
+METRICS_NAMESPACE = TRAINING_METRICS_NAMESPACE
+MAX_QUERIES = 500  # GetMetricData: at most 500 MetricDataQueries per call
+
+
+def metric_queries(job: str, names: list[str], hosts: int) -> list[dict[str, Any]]:
+    """One MetricDataQuery per metric and host (dimension Host=<job>/algo-N, as SageMaker publishes)."""
+    return [
+        {"Id": f"m{i}_{h}", "Label": name if h == 1 else f"{name}@algo-{h}", "ReturnData": True,
+         "MetricStat": {"Metric": {"Namespace": METRICS_NAMESPACE, "MetricName": name,
+                                   "Dimensions": [{"Name": "Host", "Value": f"{job}/algo-{h}"}]},
+                        "Period": 60, "Stat": "Average"}}
+        for i, name in enumerate(names) for h in range(1, hosts + 1)
+    ]
 
 
 def metric_series(record: Mapping[str, Any]) -> dict[str, list[Any]]:
     """A remote job's metrics from CloudWatch, where SageMaker publishes its MetricDefinitions
-    (namespace /aws/sagemaker/TrainingJobs, dimension Host=<job>/algo-N), as {name: [Point]}."""
+    (namespace /aws/sagemaker/TrainingJobs, dimension Host=<job>/algo-N), as {name: [Point]}.
+
+    Every host, in one batched GetMetricData (paged by NextToken): algo-1's series under the
+    metric's name, the others' as ``name@algo-N``.
+    """
     from datetime import datetime, timedelta, timezone
 
     from aiops import aws
     from aiops.training.metrics import Point
 
     job = record["job_name"]
-    names = [d["Name"] for d in record["request"]["AlgorithmSpecification"].get("MetricDefinitions", [])]
+    request = record.get("request") or {}
+    names = [d["Name"] for d in request.get("AlgorithmSpecification", {}).get("MetricDefinitions", [])]
+    hosts = int(request.get("ResourceConfig", {}).get("InstanceCount", 1))
+    queries = metric_queries(job, names, hosts)
     cloudwatch = aws.client("cloudwatch", record.get("region"))
     start = datetime.fromtimestamp(record["created_at"], tz=timezone.utc) - timedelta(minutes=5)
     end = datetime.now(tz=timezone.utc) + timedelta(minutes=5)
 
     def fetch() -> dict[str, list[Any]]:
+        values: dict[str, list[tuple[Any, float]]] = {}
+        for at in range(0, len(queries), MAX_QUERIES):
+            kwargs: dict[str, Any] = {"MetricDataQueries": queries[at:at + MAX_QUERIES], "StartTime": start,
+                                      "EndTime": end, "ScanBy": "TimestampAscending"}
+            while True:
+                answer = cloudwatch.get_metric_data(**kwargs)
+                for result in answer.get("MetricDataResults", []):
+                    values.setdefault(result["Label"], []).extend(zip(result["Timestamps"], result["Values"]))
+                if not answer.get("NextToken"):
+                    break
+                kwargs["NextToken"] = answer["NextToken"]
         series: dict[str, list[Any]] = {}
-        for name in names:
-            answer = cloudwatch.get_metric_statistics(
-                Namespace=METRICS_NAMESPACE, MetricName=name, Dimensions=[{"Name": "Host", "Value": f"{job}/algo-1"}],
-                StartTime=start, EndTime=end, Period=60, Statistics=["Average"])
-            points = sorted(answer.get("Datapoints", []), key=lambda d: d["Timestamp"])
+        for label, points in values.items():
             if points:
-                first = points[0]["Timestamp"]
-                series[name] = [Point((p["Timestamp"] - first).total_seconds(), float(p["Average"])) for p in points]
+                points.sort(key=lambda p: p[0])
+                first = points[0][0]
+                series[label] = [Point((t - first).total_seconds(), float(v)) for t, v in points]
         return series
 
-    return _aws_call(f"reading the metrics of {job}", fetch)
+    return _aws_call(f"reading the metrics of {job}", fetch) if queries else {}

@@ -44,8 +44,9 @@ def test_classify(tmp_path):
 
 def test_local_model_needs_the_stack_bucket(tmp_path):
     archive = make_archive(tmp_path / "model.tar.gz")
-    with pytest.raises(UsageError, match="no bucket yet"):
-        artifacts.resolve(str(archive), outputs={}, region="us-east-1", session=object())
+    with pytest.raises(UsageError, match=r"stack 'prod' has no output 'bucket'.*aiops deploy --stack prod") as err:
+        artifacts.resolve(str(archive), outputs={}, region="us-east-1", stack="prod", clients=object())
+    assert err.value.exit_code == 2
 
 
 def test_upload_under_content_hash(aws_env, tmp_path):
@@ -60,13 +61,13 @@ def test_upload_under_content_hash(aws_env, tmp_path):
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     outputs = {"bucket": "stack-bucket", "kmsKeyArn": key_arn}
 
-    uri = artifacts.resolve(str(archive), outputs=outputs, region="us-east-1", session=session)
+    uri = artifacts.resolve(str(archive), outputs=outputs, region="us-east-1", clients=session.client)
     assert uri == f"s3://stack-bucket/models/sha256/{digest}/model.tar.gz"
     head = s3.head_object(Bucket="stack-bucket", Key=f"models/sha256/{digest}/model.tar.gz")
     assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == key_arn
     etag = head["ETag"]
     # the same content again: same key, no second upload
-    assert artifacts.resolve(str(archive), outputs=outputs, region="us-east-1", session=session) == uri
+    assert artifacts.resolve(str(archive), outputs=outputs, region="us-east-1", clients=session.client) == uri
     versions = s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"]
     assert versions == 1 and s3.head_object(Bucket="stack-bucket", Key=uri.split("/", 3)[3])["ETag"] == etag
 

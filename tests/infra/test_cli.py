@@ -30,6 +30,18 @@ def test_preview_offline_json_lists_every_resource(run_cli):
     assert data["outputs"]["region"] == "us-west-2"
 
 
+def test_one_stack_rule_for_the_infra_commands(run_cli):
+    """--stack > AIOPS_STACK > dev, as for `aiops train --remote` (aiops.stack.resolve_stack)."""
+    from_env = run_cli("preview", "--offline", "--json", "-C", str(REPO), env={"AIOPS_STACK": "prod"})
+    assert from_env.returncode == 0, from_env.output
+    assert json.loads(from_env.stdout)["stack"] == "prod"
+    flag = run_cli("cost", "--json", "--stack", "dev", "-C", str(REPO), env={"AIOPS_STACK": "prod"})
+    assert flag.returncode == 0, flag.output
+    assert json.loads(flag.stdout)["stack"] == "dev"
+    default = run_cli("cost", "--json", "-C", str(REPO), env={"AIOPS_STACK": ""})
+    assert json.loads(default.stdout)["stack"] == "dev"
+
+
 def _no_pulumi_env(tmp_path):
     env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin", "PULUMI_HOME": str(tmp_path / "nohome"),
            "HOME": str(tmp_path)}

@@ -116,6 +116,9 @@ class Platform:
         if data:
             self.boto("cloudwatch").put_metric_data(Namespace="/aws/sagemaker/TrainingJobs", MetricData=data)
 
+    def job_exists(self, name: str) -> bool:
+        return any(j["TrainingJobName"] == name for j in self.boto("sagemaker").list_training_jobs()["TrainingJobSummaries"])
+
     def inject(self, target: str, mode: str, *, times: int = 1) -> None:
         self.faults.append(Fault(target, mode, times))
 
@@ -187,6 +190,10 @@ def _make_handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
             if target == "SageMaker.StopTrainingJob":  # moto answers 500; the platform accepts the stop
                 platform.calls[target] = platform.calls.get(target, 0) + 1
                 return self._reply(200, b"{}", {"Content-Type": "application/x-amz-json-1.1"})
+            if target == "SageMaker.CreateTrainingJob" and platform.job_exists(json.loads(body)["TrainingJobName"]):
+                # SageMaker refuses a second job of a name (moto would silently replace the first)
+                return self._json_error(400, "ResourceInUse", "Training job names must be unique within an AWS "
+                                        "account and region, and a training job with this name already exists")
             status, data, headers = self._forward(body)
             platform.calls[target] = platform.calls.get(target, 0) + 1
             if target == "SageMaker.CreateTrainingJob" and status == 200:

@@ -8,6 +8,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from aiops.stack import CLIENT_TOKEN_TAG, LAYOUT
+from aiops.training.remote import client_token
 
 BUCKET = "aiops-artifacts-test"  # created by the platform fixture
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/aiops-sagemaker-execution"
@@ -62,7 +64,7 @@ def test_remote_job_request_bundle_logs_and_artifacts(run_cli, project: Path, tm
     assert job == summary["job_name"] and job.startswith("train-")
     hps = request["HyperParameters"]
     code_uri = json.loads(hps["sagemaker_submit_directory"])
-    assert code_uri.startswith(f"s3://{BUCKET}/aiops/code/") and code_uri.endswith("/sourcedir.tar.gz")
+    assert code_uri == f"s3://{BUCKET}/" + LAYOUT.bundle_key(code_uri.split("/")[-2]) and code_uri.endswith("/sourcedir.tar.gz")
     assert hps == {
         "epochs": "3", "lr": "0.01", "sagemaker_program": '"train.py"', "sagemaker_region": '"us-east-1"',
         "sagemaker_submit_directory": json.dumps(code_uri), "sagemaker_container_log_level": "20",
@@ -75,22 +77,24 @@ def test_remote_job_request_bundle_logs_and_artifacts(run_cli, project: Path, tm
     assert request["RoleArn"] == ACCOUNT_ROLE
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in request["InputDataConfig"]}
     assert channels["test"]["S3Uri"] == f"s3://{BUCKET}/datasets/test/"  # S3 channels pass through
-    assert channels["train"]["S3Uri"].startswith(f"s3://{BUCKET}/aiops/data/")
+    assert channels["train"]["S3Uri"].startswith(f"s3://{BUCKET}/{LAYOUT.data}")
     assert all(c["S3DataType"] == "S3Prefix" and c["S3DataDistributionType"] == "FullyReplicated"
                for c in channels.values())
-    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/aiops/jobs"}
+    assert request["OutputDataConfig"] == {"S3OutputPath": LAYOUT.job_output_uri(BUCKET)}
     assert request["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
-    assert request["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/aiops/checkpoints/{job}/",
+    assert request["CheckpointConfig"] == {"S3Uri": LAYOUT.checkpoint_uri(BUCKET, job),
                                            "LocalPath": "/opt/ml/checkpoints"}
     assert request["Environment"] == {"AIOPS_CHECKPOINT_DIR": "/opt/ml/checkpoints"}
     assert {"Key": "managed-by", "Value": "aiops"} in request["Tags"]
+    assert {"Key": CLIENT_TOKEN_TAG, "Value": client_token(request)} in request["Tags"]
+    assert "VpcConfig" not in request and "EnableNetworkIsolation" not in request
     assert "VpcConfig" not in request and "EnableInterContainerTrafficEncryption" not in request
 
     # the bundle holds exactly the code: no ignored, cached or VCS files
     assert _bundle_names(platform, code_uri) == [".aiopsignore", ".gitignore", "lib/model.py", "train.py"]
-    uploaded = platform.boto("s3").list_objects_v2(Bucket=BUCKET, Prefix="aiops/data/")["Contents"]
+    uploaded = platform.boto("s3").list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.data)["Contents"]
     assert sorted(o["Key"].split("/", 3)[-1] for o in uploaded if not o["Key"].endswith(".manifest.json")) == [
         "part-0.csv"]
     downloaded = Path(summary["artifacts"]["model"])
@@ -170,7 +174,7 @@ def test_jobs_describe_logs_and_stop_cover_remote_jobs(run_cli, project: Path, t
     job = json.loads(_submit(run_cli, project, tmp_path, "--no-wait").stdout)["job_name"]
     described = json.loads(run_cli("jobs", "describe", job, "--json").stdout)
     assert described["status"] == "Completed" and described["remote"] is True
-    assert described["artifacts"]["model_s3"] == f"s3://{BUCKET}/aiops/jobs/{job}/output/model.tar.gz"
+    assert described["artifacts"]["model_s3"] == LAYOUT.uri(BUCKET, LAYOUT.job_output_key(job))
     logs = run_cli("jobs", "logs", job)
     assert logs.returncode == 0 and "test_accuracy=0.98;" in logs.stdout
     stopped = run_cli("jobs", "stop", job)
@@ -266,7 +270,7 @@ def test_remote_metrics_from_cloudwatch_and_plot(run_cli, project: Path, tmp_pat
 
 def test_defaults_come_from_the_deployed_stack_outputs(run_cli, project: Path, tmp_path: Path, platform,
                                                        aiops_home: Path) -> None:
-    from aiops.stack_outputs import write_stack_outputs
+    from aiops.stack import write_outputs as write_stack_outputs
 
     kms = platform.boto("kms").create_key()["KeyMetadata"]["Arn"]
     role = "arn:aws:iam::123456789012:role/from-the-stack"
