@@ -377,6 +377,11 @@ class Trainer:
             set_rng_blob(state["rng"][f"rank{self.rank}"])
         with open(os.path.join(path, META_FILE)) as f:
             saved = json.load(f)
+        changed = {k: (saved.get(k), getattr(self.args, k)) for k in ("batch_size", "seed")
+                   if saved.get(k) != getattr(self.args, k)}
+        if changed:
+            self.say(f"note: hyperparameters differ from the checkpoint's (was, now): {changed}; the result "
+                     "will not match an uninterrupted run")
         if saved["world_size"] != self.world:
             self.say(f"note: the checkpoint was written by {saved['world_size']} process(es), resuming on "
                      f"{self.world}; resharded (training continues, not bit-identical to an uninterrupted run)")
