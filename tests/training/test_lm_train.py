@@ -130,6 +130,19 @@ def test_fsdp_two_processes_match_one_and_learn(lm_reference: dict, tmp_path: Pa
         (s["value"] for s in samples if s["name"] == "test_loss"), reverse=True)
     assert len([s for s in samples if s["name"] == "test_perplexity"]) == STEPS // 4  # every 4 steps
 
+    # `aiops jobs metrics --plot` draws the curves; train_loss (one per `step` line) against `step`.
+    # test_loss comes every 4th line here, so the plot draws it against its sample number.
+    png = tmp_path / "curves.png"
+    plot = run_aiops(Path(lm_reference["home"]), tmp_path, "jobs", "metrics", "lm-fsdp", "--plot", str(png))
+    assert plot.returncode == 0, plot.output
+    from PIL import Image
+
+    with Image.open(png) as image:
+        drawn = json.loads(image.text["aiops:series"])
+    assert [round(y, 4) for _, y in drawn["test_loss"]] == [round(s["value"], 4) for s in samples
+                                                            if s["name"] == "test_loss"]
+    assert [x for x, _ in drawn["train_loss"]] == [float(s) for s in range(1, STEPS + 1)]
+
     # the consolidated, servable model: safetensors + config + code/, and the handler generates
     with tarfile.open(record["artifacts"]["model"]) as tar:
         assert {"model.safetensors", "config.json", "code/inference.py", "code/lm_model.py"} <= set(tar.getnames())
