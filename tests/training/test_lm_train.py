@@ -177,15 +177,20 @@ def test_handler_loads_the_consolidated_model_and_generates_token_by_token(lm_re
 def test_sigterm_then_resume_is_bit_exact_at_the_same_world_size(lm_reference: dict, tmp_path: Path) -> None:
     data, checkpoints = Path(lm_reference["data"]), tmp_path / "checkpoints"
     proc = subprocess.Popen(_command(2, *_args()), env=_env(tmp_path, data, checkpoints), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("step=2;"):
-            # freeze the whole job where it is, then stop it the way SageMaker does
-            os.killpg(proc.pid, signal.SIGSTOP)
-            os.killpg(proc.pid, signal.SIGTERM)
-            os.killpg(proc.pid, signal.SIGCONT)
+            # torchrun starts each worker in its own session: freeze the workers where they are, give
+            # every process SIGTERM (as SageMaker stops a job), then let them run on to the stop
+            workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP)
+            for pid in (proc.pid, *workers):
+                os.kill(pid, signal.SIGTERM)
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
             break
     lines += proc.stdout.readlines()
     assert proc.wait(timeout=120) != 0
