@@ -58,6 +58,8 @@ def invoke(
     accept: Optional[str] = typer.Option(None, "--accept", "-a", help="Accept header."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="AIOPS_SERVE__API_KEY", show_envvar=True),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the response body to this file."),
+    stream: bool = typer.Option(False, "--stream", help="Print chunks as they arrive (chunked /invocations, or "
+                                "InvokeEndpointWithResponseStream with --endpoint), with time to first byte and chunks/s."),
 ) -> None:
     """Send one request and print the response and its latency."""
     from aiops.errors import AiopsError, UsageError
@@ -66,6 +68,8 @@ def invoke(
     if url and endpoint:
         raise UsageError("give --url or --endpoint, not both")
     body, ctype = client.load_payload(data, content_type)
+    if stream:
+        return _invoke_stream(body, ctype, url=url, endpoint=endpoint, accept=accept, api_key=api_key, output=output)
     if endpoint:
         from aiops.settings import get_settings
         from aiops.stack import read_outputs, resolve_stack
@@ -93,6 +97,52 @@ def invoke(
     typer.echo(f"HTTP {result.status} {result.content_type} in {result.latency_ms:.2f} ms", err=True)
 
 
+def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, output: Optional[Path]) -> None:
+    import sys
+
+    from aiops.errors import AiopsError
+    from aiops.inference import client, stream_client
+    from aiops.settings import get_settings
+
+    # --output is written to NAME.part and renamed once the stream is complete: a failed stream
+    # leaves the user's file as it was.
+    part = output.with_name(output.name + ".part") if output is not None else None
+    sink = part.open("wb") if part is not None else sys.stdout.buffer
+    last = [b"\n"]
+
+    def show(chunk: bytes) -> None:  # each chunk as it arrives
+        sink.write(chunk)
+        sink.flush()
+        last[0] = chunk[-1:]
+
+    ok = False
+    try:
+        if endpoint:
+            from aiops.stack import read_outputs, resolve_stack
+
+            settings = get_settings()  # the endpoint's region: the stack's (one stack rule), else settings
+            outputs = read_outputs(settings.home, resolve_stack(None, settings))
+            result = stream_client.stream_endpoint(endpoint, body, content_type=ctype, accept=accept,
+                                                   region=outputs.region or settings.aws.region, on_chunk=show)
+        else:
+            s = get_settings().serve
+            result = stream_client.stream_url(url or f"http://{s.host}:{s.port}", body, content_type=ctype,
+                                              accept=accept, api_key=api_key, on_chunk=show)
+        ok = result.ok
+    finally:
+        if part is not None:
+            sink.close()
+            if ok:
+                part.replace(output)
+            else:
+                part.unlink(missing_ok=True)
+    if not result.ok:
+        raise AiopsError(client.error_message(result))
+    if part is None and last[0] != b"\n":
+        typer.echo("")
+    typer.echo(result.summary() + (f"; wrote {output}" if output is not None else ""), err=True)
+
+
 @model_app.command("package")
 def package(
     model: str = typer.Argument(..., help="A local training run name, or a model folder."),
@@ -103,10 +153,12 @@ def package(
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
     from aiops.errors import UsageError
-    from aiops.inference.artifacts import package_model, run_code_dir, run_model_dir
+    from aiops.inference.artifacts import package_model, run_code, run_model_dir
     from aiops.settings import get_settings
 
     path = Path(model).expanduser()
+    code_files = None
+    program = None
     if path.is_dir():
         model_dir = path
     else:
@@ -116,17 +168,20 @@ def package(
         model_dir, info = run_model_dir(run_dir)
         if model_dir.is_file():
             raise UsageError(f"run {model} has only {model_dir}; it is already packaged")
-        code = run_code_dir(info)
+        code = run_code(info)
         if entry_point is None and source_dir is None and code is not None:
-            entry_point = code / "inference.py"
-            req = code / "requirements.txt"
-            if requirements is None and req.is_file():
-                requirements = req
+            # the whole source dir, as PyTorchModel repacks source_dir into code/
+            code_files, program = code.entries, code.program
+            for warning in code.warnings:
+                typer.echo(f"warning: {warning}", err=True)
     summary = package_model(model_dir, out, entry_point=entry_point, source_dir=source_dir,
-                            requirements=requirements)
+                            requirements=requirements, code_files=code_files)
     for name in summary["files"]:
         typer.echo(f"  {name}")
     typer.echo(f"wrote {summary['path']} ({summary['bytes']} bytes, {len(summary['files'])} files)")
+    if program is not None and program != "inference.py":
+        typer.echo(f"inference script: code/{program} (the training script defines model_fn); deploy it with "
+                   f"SAGEMAKER_PROGRAM={program} (aiops serve {out} --entry-point {program}), as estimator.deploy() does")
 
 
 def register(app: typer.Typer, *, panel: str) -> None:

@@ -16,7 +16,7 @@ SUMMARY_METRICS = 8  # the rest (per-class figures, say) are one command away
 jobs_app = typer.Typer(help="Training runs, local and remote: list, describe, logs, stop.", no_args_is_help=True)
 
 
-def _parse_pairs(values: List[str], option: str, example: str) -> dict[str, str]:
+def _parse_pairs(values: List[str], option: str, example: str, *, unique: bool = False) -> dict[str, str]:
     from aiops.errors import UsageError
 
     pairs: dict[str, str] = {}
@@ -24,6 +24,9 @@ def _parse_pairs(values: List[str], option: str, example: str) -> dict[str, str]
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"{option} {item!r}: expected KEY=VALUE, e.g. {option} {example}.")
+        if unique and key.strip() in pairs:
+            raise UsageError(f"{option} {key.strip()} is given twice ({pairs[key.strip()]} and {value}); "
+                             "give each name once.")
         pairs[key.strip()] = value
     return pairs
 
@@ -62,6 +65,8 @@ class _ConsoleReporter:
     def started(self, record: Mapping[str, Any]) -> None:
         self._job = record["job_name"]
         self._started = time.monotonic()
+        for warning in record.get("warnings", []):
+            self.console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         for problem in record.get("requirement_problems", []):
             self.console.print(
                 f"[yellow]warning:[/] requirements.txt: {problem['requirement']} is {problem['reason']} here "
@@ -89,7 +94,7 @@ class _ConsoleReporter:
 def _render_summary(console: Any, record: Mapping[str, Any]) -> None:
     from rich.table import Table
 
-    colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow"}.get(record["status"], "white")
+    colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stale": "red"}.get(record["status"], "white")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")  # paths stay whole, folded, never cut with an ellipsis
@@ -131,6 +136,11 @@ def train(
         None, "--instance-type", help="Recorded locally (resourceconfig.json); used by remote jobs."
     ),
     nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes per host: launch with torchrun."),
+    distribution: Optional[str] = typer.Option(
+        None, "--distribution", help="none | torch_distributed | mpi (the SDK's `distribution`; default none, "
+        "torch_distributed with --nproc). Without one, each host runs the script once."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
+                                         help="Ship what symlinks pointing outside the source dir or a channel point to."),
     job_name: Optional[str] = typer.Option(None, "--job-name", help="Name of the run (default: script name + time)."),
     output_dir: Optional[Path] = typer.Option(
         None, "--output-dir", help="Also place artifacts in OUTPUT_DIR/<job>/output/ (like the SDK's output_path)."
@@ -192,12 +202,14 @@ def train(
         resume=resume,
         hyperparameters=_load_hyperparameters_file(hyperparameters) if hyperparameters is not None else None,
         hp={key: parse_hyperparameter_value(raw) for key, raw in _parse_pairs(hp, "--hp", "epochs=10").items()},
-        channels=_parse_pairs(channel, "--channel", "train=./data/train"),
+        channels=_parse_pairs(channel, "--channel", "train=./data/train", unique=True),
         metric_definitions=[parse_metric_option(m) for m in metric],
         instance_type=instance_type,
         nproc=nproc,
         job_name=job_name,
         default_instance_type=settings.train.instance_type,
+        distribution=distribution,
+        follow_symlinks=follow_symlinks,
     )
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output-dir {output_dir}: exists and is not a folder.")
@@ -277,7 +289,9 @@ def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_ou
 
     console = Console(stderr=as_json, highlight=False, soft_wrap=True)
     remote.apply_defaults(options, stack_outputs, settings.aws)
-    prepared = local.prepare(config, store, remote=True)
+    prepared = local.prepare(config, store, remote=True, instance_count=options.instance_count)
+    for warning in prepared.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as bar:
         tasks: dict[str, Any] = {}
@@ -491,7 +505,9 @@ def jobs_stop(name: str = typer.Argument(..., help="Job name.")) -> None:
 
         remote.stop(name, record["region"])
     else:
-        local.request_stop(record)
+        target = local.request_stop(record)
+        typer.echo(f"stop requested for {name} (SIGTERM to its {target}).")
+        return
     typer.echo(f"stop requested for {name}.")
 
 

@@ -23,6 +23,7 @@ from aiops import archive
 from aiops.errors import UsageError
 
 CODE_DIR = "code"
+DEFAULT_PROGRAM = "inference.py"  # the serving toolkit's default SAGEMAKER_PROGRAM
 _SKIP_NAMES = {"__pycache__", ".DS_Store", ".ipynb_checkpoints", ".git"}
 
 
@@ -34,6 +35,7 @@ class ModelSource:
     code_dir: Path | None
     origin: str
     tempdir: Path | None = None  # extracted tarball, removed by cleanup()
+    program: str | None = None  # SAGEMAKER_PROGRAM this model wants (a run's inference script), if known
 
     def cleanup(self) -> None:
         if self.tempdir is not None:
@@ -70,12 +72,69 @@ def run_model_dir(run_dir: Path) -> tuple[Path, dict]:
     return model_dir, info
 
 
-def run_code_dir(info: dict) -> Path | None:
-    """A run's source folder when it holds an inference.py (the script used to serve it)."""
-    src = info.get("source_dir")
-    if src and (Path(src) / "inference.py").is_file():
-        return Path(src)
+def defines_model_fn(script: Path) -> bool:
+    """The script defines a top-level `model_fn` (read, never imported)."""
+    import ast
+
+    try:
+        tree = ast.parse(script.read_text(errors="replace"), filename=str(script))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "model_fn"
+               for node in tree.body)
+
+
+def inference_program(source_dir: Path, entry_point: str | None) -> str | None:
+    """SAGEMAKER_PROGRAM for a model trained from `source_dir`: its inference.py, else the training
+    entry point when it defines model_fn (what SDK v2 `estimator.deploy()` does), else None."""
+    if (source_dir / DEFAULT_PROGRAM).is_file():
+        return DEFAULT_PROGRAM
+    if entry_point and (source_dir / entry_point).is_file() and defines_model_fn(source_dir / entry_point):
+        return entry_point
     return None
+
+
+@dataclass
+class RunCode:
+    """What serves a local run: its source dir, the program, and the files `code/` gets."""
+
+    root: Path
+    program: str
+    entries: dict[str, Path]
+    warnings: list[str]
+
+
+def run_code(info: dict) -> RunCode | None:
+    """A run's inference code: the whole source dir (through `aiops.files`, as the remote bundle),
+    as PyTorchModel repacks `source_dir` into code/; a single-script run ships that script (and an
+    inference.py / requirements.txt beside it). None when nothing in it serves (defaults apply)."""
+    from aiops import files
+
+    src = info.get("source_dir")
+    if not src or not Path(src).is_dir():
+        return None
+    root = Path(src)
+    config = info.get("config") or {}
+    entry = info.get("entry_point")
+    single = bool(config) and config.get("source_dir") is None
+    if single:
+        entry = Path(config.get("entry_point") or entry or "").name
+    program = inference_program(root, entry)
+    if program is None:
+        return None
+    if single:
+        names = {n for n in (entry, DEFAULT_PROGRAM, "requirements.txt") if n and (root / n).is_file()}
+        return RunCode(root, program, {n: root / n for n in sorted(names)}, [])
+    selection = files.select(root, follow_symlinks=bool(config.get("follow_symlinks")))
+    if program not in selection.entries:
+        return None
+    return RunCode(root, program, selection.entries, selection.warnings)
+
+
+def run_code_dir(info: dict) -> Path | None:
+    """A run's source folder when something in it serves the model (see `run_code`)."""
+    code = run_code(info)
+    return code.root if code else None
 
 
 def safe_extract(tar_path: Path, dest: Path) -> None:
@@ -104,10 +163,13 @@ def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
     path = Path(model).expanduser()
     run = None if path.exists() else _run_dir(model, runs_dir)
     tempdir = None
-    run_code = None
+    run_code_root = None
+    program = None
     if run is not None:
         model_path, info = run_model_dir(run)
-        run_code = run_code_dir(info)
+        code = run_code(info)
+        if code is not None:
+            run_code_root, program = code.root, code.program
         origin = f"run {model}"
     elif path.exists():
         model_path, origin = path, str(path)
@@ -123,7 +185,12 @@ def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
     else:
         raise UsageError(f"{model_path}: not a file or folder")
 
-    code_dir = model_dir / CODE_DIR if (model_dir / CODE_DIR).is_dir() else run_code
+    if (model_dir / CODE_DIR).is_dir():
+        code_dir, program = model_dir / CODE_DIR, None
+    else:
+        code_dir = run_code_root
+    if source_dir is not None or entry_point is not None:
+        program = None  # the caller chose the script
     if source_dir is not None:
         code_dir = Path(source_dir).expanduser().resolve()
         if not code_dir.is_dir():
@@ -134,7 +201,8 @@ def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
             code_dir = ep.resolve().parent
         elif code_dir is None or not (code_dir / ep.name).is_file():
             raise UsageError(f"--entry-point {entry_point}: not found" + (f" in {code_dir}" if code_dir else ""))
-    return ModelSource(model_dir=model_dir.resolve(), code_dir=code_dir, origin=origin, tempdir=tempdir)
+    return ModelSource(model_dir=model_dir.resolve(), code_dir=code_dir, origin=origin, tempdir=tempdir,
+                       program=program)
 
 
 # ---------------------------------------------------------------- packaging
@@ -155,18 +223,20 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
 
 
 def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None, source_dir: Path | None = None,
-                  requirements: Path | None = None) -> dict:
+                  requirements: Path | None = None, code_files: dict[str, Path] | None = None) -> dict:
     """Write ``out`` (model.tar.gz) from a model folder plus code; returns a summary.
 
     Model files go to the archive root (an existing ``code/`` in the model folder is replaced when
-    ``entry_point`` or ``source_dir`` is given). ``source_dir`` is copied whole into ``code/``;
+    ``entry_point``, ``source_dir`` or ``code_files`` is given). ``source_dir`` is copied whole into
+    ``code/`` through `aiops.files` (the remote bundle's policy); ``code_files`` are code/ entries
+    already selected (a run's, from `run_code`);
     ``entry_point`` alone is copied as ``code/<name>``. ``requirements`` becomes ``code/requirements.txt``.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UsageError(f"{model_dir}: no such model folder")
     entries: dict[str, Path] = {}
-    replace_code = entry_point is not None or source_dir is not None
+    replace_code = entry_point is not None or source_dir is not None or code_files is not None
     for rel, p in _walk(model_dir):
         if replace_code and (rel == CODE_DIR or rel.startswith(CODE_DIR + "/")):
             continue
@@ -175,8 +245,12 @@ def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None
         source_dir = Path(source_dir)
         if not source_dir.is_dir():
             raise UsageError(f"--source-dir {source_dir}: no such folder")
-        for rel, p in _walk(source_dir):
+        from aiops import files
+
+        for rel, p in files.select(source_dir).entries.items():
             entries[f"{CODE_DIR}/{rel}"] = p
+    for rel, p in (code_files or {}).items():
+        entries[f"{CODE_DIR}/{rel}"] = p
     if entry_point is not None:
         ep = Path(entry_point)
         if source_dir is not None and not ep.is_absolute() and (source_dir / ep).is_file():

@@ -247,7 +247,8 @@ def serve(model: str, opts: ServeOptions, *, runs_dir: Path, entry_point: str | 
                         format="%(asctime)s [aiops serve] %(levelname)s %(message)s")
     source = resolve_model(model, runs_dir=runs_dir, entry_point=entry_point, source_dir=source_dir)
     try:
-        program = Path(entry_point).name if entry_point else opts.program
+        # a run's own script (inference.py, or the entry point defining model_fn) unless told otherwise
+        program = Path(entry_point).name if entry_point else (opts.program or source.program)
         script = find_script(source.code_dir, program)
         if script is None and entry_point is None and opts.program and source.code_dir is not None:
             raise UsageError(f"SAGEMAKER_PROGRAM={opts.program}: not found in {source.code_dir}")

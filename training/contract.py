@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,7 +31,16 @@ REGION_PARAM = "sagemaker_region"
 LOG_LEVEL_PARAM = "sagemaker_container_log_level"
 JOB_NAME_PARAM = "sagemaker_job_name"
 TORCH_DISTRIBUTED_PARAM = "sagemaker_torch_distributed_enabled"
+# The toolkit reads the process count per host from this key for every runner (torchrun too).
 PROCESSES_PER_HOST_PARAM = "sagemaker_mpi_num_of_processes_per_host"
+MPI_PARAM = "sagemaker_mpi_enabled"
+MPI_OPTIONS_PARAM = "sagemaker_mpi_custom_mpi_options"
+INSTANCE_TYPE_PARAM = "sagemaker_instance_type"  # the SDK adds it with torch_distributed
+# The SDK's `distribution=` choices aiops speaks (SageMaker SDK v2 PyTorch estimator names).
+DISTRIBUTION_NONE = "none"
+DISTRIBUTION_TORCH = "torch_distributed"
+DISTRIBUTION_MPI = "mpi"
+DISTRIBUTIONS = (DISTRIBUTION_NONE, DISTRIBUTION_TORCH, DISTRIBUTION_MPI)
 # The toolkit's params.SAGEMAKER_HYPERPARAMETERS: consumed by the toolkit, not framework params.
 TOOLKIT_PARAMS = frozenset(
     {
@@ -58,6 +69,8 @@ DISTRIBUTION_INSTANCE_GROUPS_PARAM = "sagemaker_distribution_instance_groups"
 PYTORCH_TRAINING_MODULE = "sagemaker_pytorch_container.training:main"
 INSTANCE_GROUP = "homogeneousCluster"
 TORCHRUN_MASTER_PORT = 7777  # the toolkit's torch_distributed.MASTER_PORT
+# sagemaker_pytorch_container.training.MASTER_PORT: MASTER_PORT for every job, one host or many.
+PYTORCH_MASTER_PORT = 7777
 # Not part of the toolkit: where aiops (and the remote jobs it creates) tell the script to keep
 # checkpoints. SageMaker syncs /opt/ml/checkpoints to CheckpointConfig.S3Uri.
 CHECKPOINT_ENV = "AIOPS_CHECKPOINT_DIR"
@@ -141,8 +154,9 @@ class TrainingJobSpec:
     hosts: tuple[str, ...] = ("algo-1",)
     current_host: str = "algo-1"
     network_interface_name: str = "eth0"
-    processes_per_host: int | None = None  # torchrun processes per host (toolkit default: one per GPU)
-    torch_distributed: bool = False  # set for multi-node jobs even without processes_per_host
+    processes_per_host: int | None = None  # processes per host (toolkit default: one per GPU, else 1)
+    torch_distributed: bool = False  # older spelling of distribution="torch_distributed"
+    distribution: str = DISTRIBUTION_NONE  # one of DISTRIBUTIONS, as `resolve_distribution` decided
     log_level: int = 20
     channel_content_types: Mapping[str, str] = field(default_factory=dict)
 
@@ -151,8 +165,15 @@ class TrainingJobSpec:
         return self.entry_point[:-3] if self.entry_point.endswith(".py") else self.entry_point
 
     @property
+    def effective_distribution(self) -> str:
+        if self.torch_distributed and self.distribution == DISTRIBUTION_NONE:
+            return DISTRIBUTION_TORCH
+        return self.distribution
+
+    @property
     def distributed(self) -> bool:
-        return self.torch_distributed or self.processes_per_host is not None
+        """Launched with torchrun (the toolkit's TorchDistributedRunner)."""
+        return self.effective_distribution == DISTRIBUTION_TORCH
 
     def framework_hyperparameters(self) -> dict[str, Any]:
         """The `sagemaker_*` hyperparameters the SageMaker SDK adds to a PyTorch job."""
@@ -163,11 +184,97 @@ class TrainingJobSpec:
             LOG_LEVEL_PARAM: self.log_level,
             JOB_NAME_PARAM: self.job_name,
         }
-        if self.distributed:
+        # what the SDK v2 PyTorch estimator adds for `distribution=` (nothing without one)
+        distribution = self.effective_distribution
+        if distribution == DISTRIBUTION_TORCH:
             params[TORCH_DISTRIBUTED_PARAM] = True
-        if self.processes_per_host is not None:
+            params[INSTANCE_TYPE_PARAM] = self.instance_type
+        elif distribution == DISTRIBUTION_MPI:
+            params[MPI_PARAM] = True
+        if distribution != DISTRIBUTION_NONE and self.processes_per_host is not None:
             params[PROCESSES_PER_HOST_PARAM] = self.processes_per_host
+        if distribution == DISTRIBUTION_MPI:
+            params[MPI_OPTIONS_PARAM] = ""
         return params
+
+    def for_host(self, host: str) -> "TrainingJobSpec":
+        """The same job as host `host` of it sees it (SM_CURRENT_HOST, --node_rank)."""
+        if host not in self.hosts:
+            raise ValueError(f"{host!r} is not one of the job's hosts {list(self.hosts)}")
+        return replace(self, current_host=host)
+
+
+def spec_from_request(
+    job_name: str, hyperparameters: Mapping[str, str], channels: tuple[str, ...] | list[str], *,
+    instance_type: str, instance_count: int, region: str | None = None, network_interface_name: str = "eth0",
+) -> TrainingJobSpec:
+    """Read a CreateTrainingJob request back as the container does: `HyperParameters` (JSON-encoded
+    strings, `sagemaker_*` keys included), the channel names, ResourceConfig. The spec is for
+    algo-1; `spec.for_host("algo-i")` gives each other host. Round-trips `hyperparameters_file`."""
+    decoded: dict[str, Any] = {}
+    for key, raw in hyperparameters.items():
+        try:
+            decoded[key] = json.loads(raw)
+        except (ValueError, TypeError):
+            decoded[key] = raw
+    if PROGRAM_PARAM not in decoded or SUBMIT_DIR_PARAM not in decoded:
+        raise ValueError(f"the request's HyperParameters lack {PROGRAM_PARAM} / {SUBMIT_DIR_PARAM}")
+    if decoded.get(TORCH_DISTRIBUTED_PARAM):
+        distribution = DISTRIBUTION_TORCH
+    elif decoded.get(MPI_PARAM):
+        distribution = DISTRIBUTION_MPI
+    else:
+        distribution = DISTRIBUTION_NONE
+    user = {k: v for k, v in decoded.items() if not (k.startswith(SAGEMAKER_PREFIX) or k in TOOLKIT_PARAMS)}
+    processes = decoded.get(PROCESSES_PER_HOST_PARAM)
+    return TrainingJobSpec(
+        job_name=job_name, entry_point=str(decoded[PROGRAM_PARAM]), hyperparameters=user, channels=tuple(channels),
+        submit_directory=str(decoded[SUBMIT_DIR_PARAM]), region=str(decoded.get(REGION_PARAM) or region or ""),
+        instance_type=instance_type, hosts=host_names(instance_count), network_interface_name=network_interface_name,
+        processes_per_host=int(processes) if processes is not None else None, distribution=distribution,
+        log_level=int(decoded.get(LOG_LEVEL_PARAM, 20)),
+    )
+
+
+def host_names(instance_count: int) -> tuple[str, ...]:
+    """SageMaker's host names for a homogeneous cluster: algo-1 .. algo-N, in order."""
+    return tuple(f"algo-{i}" for i in range(1, instance_count + 1))
+
+
+def resolve_distribution(distribution: str | None, *, instance_count: int, processes_per_host: int | None) -> str:
+    """The SDK's rule: no distribution unless asked (a multi-instance job runs the script once per
+    host). aiops' `--nproc N` asks for torchrun (torch_distributed) when no distribution is given."""
+    if distribution is None:
+        return DISTRIBUTION_TORCH if processes_per_host is not None else DISTRIBUTION_NONE
+    if distribution not in DISTRIBUTIONS:
+        raise UsageError(f"--distribution {distribution}: choose one of {', '.join(DISTRIBUTIONS)}.")
+    if distribution != DISTRIBUTION_NONE and instance_count == 1 and (processes_per_host or 1) == 1:
+        raise UsageError(
+            f"--distribution {distribution} with one instance and one process has nothing to distribute; "
+            "add --nproc N (processes per host) or --instance-count N (remote), or drop --distribution."
+        )
+    if distribution == DISTRIBUTION_NONE and processes_per_host is not None and processes_per_host > 1:
+        raise UsageError(
+            f"--nproc {processes_per_host} with --distribution none: several processes need a launcher; "
+            "use --distribution torch_distributed (torchrun) or drop --nproc."
+        )
+    return distribution
+
+
+_SECRET_WORDS = frozenset({"pass", "passwd", "password", "passphrase", "pwd", "secret", "secrets", "token",
+                           "key", "apikey", "credential", "credentials"})
+
+
+def secret_looking_hyperparameters(hyperparameters: Mapping[str, Any]) -> list[str]:
+    """Names that look like they carry a secret (hyperparameters are shown in DescribeTrainingJob,
+    the console and the run record, in the clear). Word-based, so `max_tokens` is not flagged."""
+    flagged = []
+    for name in hyperparameters:
+        spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(name))
+        words = {w.lower() for w in re.split(r"[^A-Za-z0-9]+", spaced) if w}
+        if words & _SECRET_WORDS or any(w.startswith(("password", "secret")) for w in words):
+            flagged.append(name)
+    return flagged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,11 +578,77 @@ def container_environment(spec: TrainingJobSpec, paths: ContainerPaths, host: Ho
     return env
 
 
+def local_torch_version() -> str:
+    """The torch version here, as the container's SM_DLC_TORCH_VERSION names its own (no import)."""
+    try:
+        return metadata.version("torch")  # the container sets torch.__version__ (e.g. 2.13.0+cpu)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def pytorch_container_environment(
+    spec: TrainingJobSpec, *, master_addr: str | None = None, master_port: int | None = None,
+    torch_version: str | None = None,
+) -> dict[str, str]:
+    """What the PyTorch training container adds before it runs the script
+    (sagemaker_pytorch_container.training: _set_nccl_environment, _set_distributed_environment,
+    _set_torch_version_environment) and what the platform sets (AWS_REGION).
+
+    `master_addr`/`master_port` default to the container's (first host, 7777); a local run on one
+    machine passes 127.0.0.1 and a free port, since `algo-1` does not resolve outside the container.
+    """
+    env = {
+        "NCCL_SOCKET_IFNAME": spec.network_interface_name,
+        "NCCL_IB_DISABLE": "1",
+        "NCCL_DEBUG": "WARN",
+        "MASTER_ADDR": master_addr or spec.hosts[0],  # hosts are sorted: algo-1
+        "MASTER_PORT": str(master_port or PYTORCH_MASTER_PORT),
+        "SM_DLC_TORCH_VERSION": local_torch_version() if torch_version is None else torch_version,
+        "AWS_REGION": spec.region,
+    }
+    if spec.distributed:
+        env["NCCL_PROTO"] = "simple"  # the toolkit's TorchDistributedRunner sets it
+    return env
+
+
+@dataclass(frozen=True)
+class HostLaunch:
+    """Everything one host's script is started with: argv, environment (base env merged), cwd."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+
+def host_launch(
+    spec: TrainingJobSpec, paths: ContainerPaths, host: HostFacts, *, python: str,
+    base_env: Mapping[str, str] | None = None, master_addr: str | None = None, master_port: int | None = None,
+    torch_version: str | None = None,
+) -> HostLaunch:
+    """The full container contract for `spec.current_host`: the toolkit's SM_* env and argv, the
+    PyTorch container's env, the code dir first on PYTHONPATH, cwd the code dir. `base_env` (e.g.
+    os.environ) is the environment it is layered on. Local runs, remote-job emulation and tests
+    all start scripts through this one function."""
+    env = dict(base_env or {})
+    env.update(container_environment(spec, paths, host))
+    env.update(pytorch_container_environment(spec, master_addr=master_addr, master_port=master_port,
+                                             torch_version=torch_version))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.code), (base_env or {}).get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"  # live logs, as the container's stdout reaches CloudWatch
+    argv = launch_command(spec, python, master_addr=master_addr, master_port=master_port)
+    return HostLaunch(argv=argv, env=env, cwd=paths.code)
+
+
 def launch_command(
-    spec: TrainingJobSpec, python: str, *, master_port: int | None = None
+    spec: TrainingJobSpec, python: str, *, master_addr: str | None = None, master_port: int | None = None
 ) -> list[str]:
     """The command the toolkit runs: `python -- ENTRY ARGS`, or torchrun for torch_distributed."""
     args = user_args(training_env_user_hps(spec))
+    if spec.effective_distribution == DISTRIBUTION_MPI:
+        raise UsageError(
+            "--distribution mpi is launched by mpirun inside the SageMaker container; aiops runs it only "
+            "with --remote. Use --distribution torch_distributed to run locally."
+        )
     if not spec.distributed:
         return [python, "--", spec.entry_point, *args]
     cmd = [
@@ -490,16 +663,16 @@ def launch_command(
     if len(spec.hosts) > 1:
         cmd += [
             "--master_addr",
-            spec.hosts[0],
+            master_addr or spec.hosts[0],
             "--master_port",
-            str(TORCHRUN_MASTER_PORT),
+            str(master_port or TORCHRUN_MASTER_PORT),
             "--node_rank",
             str(spec.hosts.index(spec.current_host)),
         ]
     elif master_port is not None:
         # One host: the toolkit leaves torchrun's defaults (127.0.0.1:29500); a free port lets
         # several local jobs run side by side.
-        cmd += ["--master_addr", "127.0.0.1", "--master_port", str(master_port)]
+        cmd += ["--master_addr", master_addr or "127.0.0.1", "--master_port", str(master_port)]
     return [*cmd, spec.entry_point, *args]
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from aiops import archive
+from aiops import archive, files
 from aiops.errors import UsageError
 from aiops.training import contract
 from aiops.training.metrics import MetricDefinition, MetricParser, MetricSample
@@ -32,15 +32,15 @@ from aiops.training.runs import (
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_IN_PROGRESS,
+    STATUS_STALE,
     STATUS_STOPPED,
     RunStore,
+    process_alive,
+    process_start_time,
     job_name_from_base,
     validate_job_name,
 )
 
-# Left out of the code snapshot: VCS data, caches, virtualenvs and aiops' own state.
-CODE_EXCLUDES = frozenset({".git", ".hg", ".svn", "__pycache__", ".aiops", ".venv", ".mypy_cache",
-                           ".pytest_cache", ".ipynb_checkpoints"})
 FAILURE_TAIL_CHARS = 1024
 _SAFE_ENTRY_POINT = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$")  # the toolkit's pattern  # DescribeTrainingJob shows the first 1024 characters of `failure`
 
@@ -58,6 +58,8 @@ class JobConfig:
     job_name: str | None = None
     metric_definitions: list[MetricDefinition] = field(default_factory=list)
     resume: str | None = None
+    distribution: str | None = None  # the SDK's `distribution`: none | torch_distributed | mpi
+    follow_symlinks: bool = False  # ship what symlinks pointing outside the source dir point to
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -67,6 +69,8 @@ class JobConfig:
             "channels": self.channels,
             "instance_type": self.instance_type,
             "nproc": self.nproc,
+            "distribution": self.distribution,
+            "follow_symlinks": self.follow_symlinks,
             "metric_definitions": [d.as_sagemaker() for d in self.metric_definitions],
         }
 
@@ -83,6 +87,10 @@ class PreparedJob:
     checkpoint_source: Path | None  # an earlier run's checkpoint folder (--resume)
     requirement_problems: Sequence[RequirementProblem]
     s3_channels: Mapping[str, str] = field(default_factory=dict)  # remote jobs only
+    distribution: str = contract.DISTRIBUTION_NONE  # resolved with the SDK's defaults
+    code_selection: files.Selection | None = None  # the files a run snapshots and a bundle ships
+    channel_selections: Mapping[str, files.Selection] = field(default_factory=dict)
+    warnings: Sequence[str] = ()  # shown before the run starts (secrets left out, secret-looking names)
 
 
 class RunReporter(Protocol):
@@ -105,7 +113,7 @@ class NullReporter:
 # Validation (no side effects)
 
 
-def prepare(config: JobConfig, store: RunStore, *, remote: bool = False) -> PreparedJob:
+def prepare(config: JobConfig, store: RunStore, *, remote: bool = False, instance_count: int = 1) -> PreparedJob:
     """Check the whole request before anything is written; UsageError (exit 2) on bad input.
 
     Remote jobs may also take `s3://` channels, which pass through untouched.
@@ -113,6 +121,19 @@ def prepare(config: JobConfig, store: RunStore, *, remote: bool = False) -> Prep
     contract.validate_hyperparameters(config.hyperparameters)
     if config.nproc is not None and config.nproc < 1:
         raise UsageError(f"--nproc {config.nproc}: needs at least 1 process.")
+    distribution = contract.resolve_distribution(config.distribution, instance_count=instance_count,
+                                                 processes_per_host=config.nproc)
+    if distribution == contract.DISTRIBUTION_MPI and not remote:
+        raise UsageError(
+            "--distribution mpi is launched by mpirun inside the SageMaker container; run it with --remote, "
+            "or use --distribution torch_distributed locally."
+        )
+    warnings = [
+        f"hyperparameter {name!r} looks like a secret: hyperparameters are stored and shown in the clear "
+        "(run record, DescribeTrainingJob, the console); read secrets from AWS Secrets Manager or an "
+        "environment variable instead."
+        for name in contract.secret_looking_hyperparameters(config.hyperparameters)
+    ]
 
     code_source, entry_point = _resolve_code(config.entry_point, config.source_dir)
     channels: dict[str, Path] = {}
@@ -137,6 +158,14 @@ def prepare(config: JobConfig, store: RunStore, *, remote: bool = False) -> Prep
                 raise UsageError(f"channel {name!r}: {location} is neither an existing local path nor an s3:// URI.")
             raise UsageError(f"channel {name!r}: {location} does not exist; pass an existing file or folder.")
         channels[name] = path.resolve()
+    # links inside a channel must stay inside it, as in the source dir
+    channel_selections = {
+        name: files.select(path, follow_symlinks=config.follow_symlinks, ignore_files=False,
+                           exclude_secrets=False, what=f"channel {name!r}")
+        for name, path in channels.items()
+    }
+    for selection in channel_selections.values():
+        warnings += selection.warnings
 
     checkpoint_source = None
     if config.resume and not remote:
@@ -154,10 +183,20 @@ def prepare(config: JobConfig, store: RunStore, *, remote: bool = False) -> Prep
     else:
         job_name = job_name_from_base(Path(entry_point).stem.replace("_", "-"))
 
+    code_selection = files.select(code_source, follow_symlinks=config.follow_symlinks,
+                                  exclude_paths=[store.root])
+    if entry_point not in code_selection.entries:
+        raise UsageError(
+            f"entry point {entry_point} is excluded by .gitignore/.aiopsignore (or is a likely secret); "
+            "un-ignore it or rename it."
+        )
+    warnings += code_selection.warnings
+
     requirements = code_source / "requirements.txt" if code_source.is_dir() else None
     problems = check_requirements(requirements) if requirements and requirements.is_file() else []
     return PreparedJob(config, job_name, code_source, entry_point, channels, checkpoint_source, problems,
-                       s3_channels)
+                       s3_channels, distribution=distribution, code_selection=code_selection,
+                       channel_selections=channel_selections, warnings=warnings)
 
 
 def _resolve_code(entry_point: str, source_dir: str | None) -> tuple[Path, str]:
@@ -211,30 +250,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _copy_code(source: Path, dest: Path, runs_root: Path) -> None:
-    if source.is_file():
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, dest / source.name)
-        return
-    runs_root = runs_root.resolve()
-
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        skipped = {n for n in names if n in CODE_EXCLUDES or n.endswith(".pyc")}
-        # never copy the runs folder into itself when it lives inside the source dir
-        skipped |= {n for n in names if (Path(folder) / n).resolve() == runs_root}
-        return skipped
-
-    shutil.copytree(source, dest, ignore=ignore, symlinks=True, dirs_exist_ok=True)
+def _copy_code(job: PreparedJob, dest: Path, runs_root: Path) -> None:
+    """The code snapshot: exactly the files the remote bundle would ship (aiops.files)."""
+    selection = job.code_selection or files.select(job.code_source, follow_symlinks=job.config.follow_symlinks,
+                                                   exclude_paths=[runs_root])
+    dest.mkdir(parents=True, exist_ok=True)
+    selection.copy_to(dest)
 
 
-def _stage_channel(source: Path, dest: Path, link: bool) -> None:
+def _stage_channel(source: Path, dest: Path, link: bool, selection: files.Selection | None = None) -> None:
     if link:
         dest.symlink_to(source, target_is_directory=source.is_dir())
-    elif source.is_dir():
-        shutil.copytree(source, dest, symlinks=False)
-    else:
-        dest.mkdir(parents=True)
-        shutil.copy2(source, dest / source.name)
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    (selection or files.select(source, ignore_files=False, exclude_secrets=False)).copy_to(dest)
 
 
 def _pack(folder: Path, out: Path) -> None:
@@ -304,9 +333,9 @@ def run(
         paths.checkpoints.symlink_to(job.checkpoint_source, target_is_directory=True)
     checkpoint_dir = job.checkpoint_source or paths.checkpoints
 
-    _copy_code(job.code_source, paths.code, store.root)
+    _copy_code(job, paths.code, store.root)
     for name, source in job.channels.items():
-        _stage_channel(source, paths.channel(name), link_channels)
+        _stage_channel(source, paths.channel(name), link_channels, job.channel_selections.get(name))
 
     spec = contract.TrainingJobSpec(
         job_name=job.job_name,
@@ -318,20 +347,20 @@ def run(
         instance_type=job.config.instance_type,
         network_interface_name="lo",  # one host: torch.distributed talks over loopback
         processes_per_host=job.config.nproc,
+        distribution=job.distribution,
     )
     contract.write_config_files(spec, paths)
-    env = {**os.environ, **contract.container_environment(spec, paths, contract.HostFacts.detect())}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.code), os.environ.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"  # live logs, as the container's stdout reaches CloudWatch
-    command = contract.launch_command(spec, python or sys.executable,
-                                      master_port=_free_port() if spec.distributed else None)
-    if spec.distributed:
-        env.setdefault("NCCL_SOCKET_IFNAME", spec.network_interface_name)  # as the toolkit's runner
+    # One machine: `algo-1` does not resolve here, and 7777 may be taken by another local run, so
+    # MASTER_ADDR/MASTER_PORT are loopback and a free port (the container's are algo-1:7777).
+    launch = contract.host_launch(spec, paths, contract.HostFacts.detect(), python=python or sys.executable,
+                                  base_env=os.environ, master_addr="127.0.0.1", master_port=_free_port())
+    env, command = launch.env, launch.argv
 
     record: dict[str, Any] = {
         "job_name": job.job_name,
         "status": STATUS_IN_PROGRESS,
         "runner_pid": os.getpid(),  # `aiops jobs stop` signals this process, which stops the script
+        "runner_start_time": process_start_time(os.getpid()),  # so a reused pid is never signalled
         "created_at": time.time(),
         "ended_at": None,
         "duration_seconds": None,
@@ -349,6 +378,8 @@ def run(
         "final_metrics": {},
         "artifacts": {},
         "requirement_problems": [p.__dict__ for p in job.requirement_problems],
+        "warnings": list(job.warnings),
+        "distribution": job.distribution,
     }
     store.save(record)
     reporter.started(record)
@@ -365,7 +396,13 @@ def run(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # our own process group: Ctrl-C reaches aiops, which stops it
+        # if aiops is killed outright, the script goes too; torchrun gets SIGTERM so it can stop
+        # its workers (they run in sessions of their own)
+        preexec_fn=_die_with_parent(signal.SIGTERM if spec.distributed else signal.SIGKILL),
     )
+    record["script_pid"] = proc.pid
+    record["script_start_time"] = process_start_time(proc.pid)
+    store.save(record)
     stopper = _Stopper(proc, stop_grace_seconds, reporter)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handlers = {}
@@ -441,14 +478,48 @@ def run(
     return record
 
 
-def request_stop(record: Mapping[str, Any]) -> None:
-    """Ask the aiops process running a local job to stop it (it forwards SIGTERM, then kills)."""
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(sig: int):
+    """A preexec_fn asking the kernel to send `sig` to the child when its parent dies (Linux);
+    elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def request_stop(record: Mapping[str, Any]) -> str:
+    """Stop a local job: SIGTERM to the aiops process running it (it forwards SIGTERM to the
+    script's group, then SIGKILL after the grace period), or, if that runner is gone but the script
+    is not, SIGTERM to the script's process group. Every pid is checked against its recorded
+    start time first, so a pid the system has since given to another process is never signalled.
+    Returns what was signalled."""
+    name = record["job_name"]
+    if record.get("status") == STATUS_STALE:
+        raise UsageError(f"{name} is stale: its aiops process died and took the script with it; nothing to stop.")
     if record.get("status") != STATUS_IN_PROGRESS:
-        raise UsageError(f"{record['job_name']} is {record.get('status')}, not running; nothing to stop.")
-    try:
-        os.kill(int(record["runner_pid"]), signal.SIGTERM)
-    except (ProcessLookupError, KeyError, ValueError):
-        raise UsageError(f"{record['job_name']} is marked running but its aiops process is gone.") from None
+        raise UsageError(f"{name} is {record.get('status')}, not running; nothing to stop.")
+    runner = record.get("runner_pid")
+    if process_alive(runner, record.get("runner_start_time")):
+        os.kill(int(runner), signal.SIGTERM)
+        return f"aiops process {runner}"
+    script = record.get("script_pid")
+    if process_alive(script, record.get("script_start_time")):
+        os.killpg(int(script), signal.SIGTERM)  # the script leads its own group (start_new_session)
+        return f"script process group {script}"
+    raise UsageError(f"{name} is marked running but neither its aiops process nor its script is alive; "
+                     "nothing was signalled.")
 
 
 def export_artifacts(store: RunStore, record: dict[str, Any], output_dir: Path) -> dict[str, Any]:
@@ -496,6 +567,8 @@ def job_config(
     nproc: int | None,
     job_name: str | None,
     default_instance_type: str = "local",
+    distribution: str | None = None,
+    follow_symlinks: bool = False,
 ) -> JobConfig:
     """The job the options ask for. Without an entry point, `resume` names the run whose whole
     configuration is reused; options given (hyperparameters, channels, ...) override it."""
@@ -513,6 +586,8 @@ def job_config(
     config.metric_definitions += metric_definitions
     config.instance_type = instance_type or config.instance_type or default_instance_type
     config.nproc = nproc if nproc is not None else config.nproc
+    config.distribution = distribution if distribution is not None else config.distribution
+    config.follow_symlinks = follow_symlinks or config.follow_symlinks
     config.job_name = job_name
     return config
 
@@ -528,6 +603,8 @@ def resume_config(store: RunStore, name: str) -> JobConfig:
         channels=dict(cfg.get("channels") or {}),
         instance_type=cfg.get("instance_type") or "local",
         nproc=cfg.get("nproc"),
+        distribution=cfg.get("distribution"),
+        follow_symlinks=bool(cfg.get("follow_symlinks")),
         metric_definitions=[MetricDefinition(d["Name"], d["Regex"]) for d in cfg.get("metric_definitions", [])],
         resume=name,
     )

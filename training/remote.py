@@ -166,6 +166,7 @@ def build_request(
     options: RemoteOptions,
     nproc: int | None,
     metric_definitions: list[MetricDefinition],
+    distribution: str = contract.DISTRIBUTION_NONE,
 ) -> dict[str, Any]:
     """The CreateTrainingJob request (pure: tests assert it field by field)."""
     spec = contract.TrainingJobSpec(
@@ -176,8 +177,8 @@ def build_request(
         submit_directory=submit_directory,
         region=options.region,
         instance_type=options.instance_type,
-        processes_per_host=nproc if nproc and nproc > 1 else None,
-        torch_distributed=options.instance_count > 1 or bool(nproc and nproc > 1),
+        processes_per_host=nproc,
+        distribution=distribution,  # contract.resolve_distribution: none unless asked, as the SDK
     )
     stopping: dict[str, int] = {"MaxRuntimeInSeconds": options.max_run}
     request: dict[str, Any] = {
@@ -448,7 +449,7 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
     estimate = estimate_training_job(options.instance_type, options.instance_count, options.max_run, options.region)
     if review_cost is not None:
         review_cost(estimate)
-    code = bundle.build(job.code_source, job.entry_point)
+    code = bundle.build(job.code_source, job.entry_point, selection=job.code_selection)
     image_uri = options.image_uri or images.pytorch_image_uri(
         scope="training", region=options.region, version=options.framework_version,
         py_version=options.py_version, instance_type=options.instance_type, cache_dir=cache_dir,
@@ -497,6 +498,7 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
         job_name=job.job_name, entry_point=job.entry_point, hyperparameters=job.config.hyperparameters,
         channel_uris=channel_uris, submit_directory=code_upload.uri, image_uri=image_uri, options=options,
         nproc=job.config.nproc, metric_definitions=job.config.metric_definitions,
+        distribution=job.distribution,
     )
     record["config"]["channels"] = channel_uris
     record.update(

@@ -29,6 +29,44 @@ STATUS_IN_PROGRESS = "InProgress"
 STATUS_COMPLETED = "Completed"
 STATUS_FAILED = "Failed"
 STATUS_STOPPED = "Stopped"
+# Shown (never written) for a local record still InProgress whose runner process is gone: the
+# aiops process was killed (SIGKILL, OOM, reboot) before it could record the end. Its script died
+# with it (PR_SET_PDEATHSIG).
+STATUS_STALE = "Stale"
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid it names one process,
+    never a later one that reuses the pid. None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and ')'
+    return int(fields[19])
+
+
+def process_alive(pid: int | None, start_time: int | None) -> bool:
+    """The process recorded as (pid, start time) still runs (and is not a zombie)."""
+    if not pid or start_time is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0] != "Z" and int(fields[19]) == start_time
+
+
+def with_liveness(record: dict[str, Any]) -> dict[str, Any]:
+    """A local InProgress record whose runner has died is shown as Stale (the file is left as is)."""
+    if record.get("status") != STATUS_IN_PROGRESS or record.get("remote") or "runner_start_time" not in record:
+        return record
+    if process_alive(record.get("runner_pid"), record.get("runner_start_time")):
+        return record
+    return {**record, "status": STATUS_STALE,
+            "failure_reason": f"Failed (runner died): the aiops process {record.get('runner_pid')} ended "
+                              "without recording the end of the run; its script was stopped with it."}
 
 
 def validate_job_name(name: str) -> None:
@@ -63,8 +101,11 @@ class RunStore:
     def create(self, name: str) -> Path:
         validate_job_name(name)
         run_dir = self.path(name)
+        # private: logs, configs and hyperparameters may be sensitive (0700 whatever the umask)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            run_dir.mkdir(parents=True, exist_ok=False)
+            run_dir.mkdir(mode=0o700, exist_ok=False)
+            os.chmod(run_dir, 0o700)
         except FileExistsError:
             raise UsageError(
                 f"a run named {name!r} already exists in {self.root}; choose another --job-name, "
@@ -80,7 +121,7 @@ class RunStore:
                 f"no local run named {name!r} in {self.root} (recent: {known}); "
                 "see 'aiops jobs list'."
             )
-        return json.loads(record.read_text())
+        return with_liveness(json.loads(record.read_text()))
 
     def save(self, record: dict[str, Any]) -> None:
         """Write run.json atomically, so a reader never sees half a record."""
@@ -96,7 +137,7 @@ class RunStore:
             record = child / RUN_RECORD
             if record.is_file():
                 try:
-                    yield json.loads(record.read_text())
+                    yield with_liveness(json.loads(record.read_text()))
                 except ValueError:
                     continue  # a record being written; skip rather than fail the listing
 

@@ -2,8 +2,13 @@
 
 For the run tree aiops laid out, the `sagemaker-training` toolkit's own `Environment` class (it
 honours SAGEMAKER_BASE_DIR) computes `to_env_vars()` and `to_cmd_args()`; the script must have
-seen exactly those, key by key. Documented exceptions: none among SM_* keys; PYTHONPATH differs
-(the toolkit puts its whole sys.path there; aiops prepends the code dir to yours).
+seen exactly those, key by key. The PyTorch container's own additions (NCCL_*, MASTER_ADDR/PORT)
+come from the real `sagemaker_pytorch_container.training` functions run on the same Environment.
+
+Documented exceptions: locally MASTER_ADDR is 127.0.0.1 and MASTER_PORT a free port (algo-1 does not
+resolve outside the container, and 7777 is shared by every local run), while
+`contract.pytorch_container_environment` with its defaults gives the container's algo-1:7777;
+PYTHONPATH differs (the toolkit puts its whole sys.path there; aiops prepends the code dir to yours).
 """
 
 from __future__ import annotations
@@ -29,12 +34,20 @@ DUMP_SCRIPT = textwrap.dedent(
 
 ORACLE = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     from sagemaker_training import environment
+    from sagemaker_pytorch_container import training
     env = environment.Environment()
-    json.dump({"env": env.to_env_vars(), "argv": env.to_cmd_args()}, sys.stdout)
+    before = dict(os.environ)
+    training._set_nccl_environment(env.network_interface_name)
+    training._set_distributed_environment(env)
+    training._set_torch_version_environment()
+    added = {k: v for k, v in os.environ.items() if before.get(k) != v}
+    json.dump({"env": env.to_env_vars(), "argv": env.to_cmd_args(), "pytorch": added}, sys.stdout)
     """
 )
+# set by the PyTorch container's entry (sagemaker_pytorch_container.training), not by Environment
+CONTAINER_KEYS = {"SM_DLC_TORCH_VERSION"}
 
 
 def toolkit_view(base_dir: Path, job_name: str) -> dict:
@@ -47,7 +60,8 @@ def toolkit_view(base_dir: Path, job_name: str) -> dict:
         "SAGEMAKER_TRAINING_MODULE": "sagemaker_pytorch_container.training:main",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    out = subprocess.run([sys.executable, "-c", ORACLE], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", ORACLE], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
@@ -61,7 +75,7 @@ def dump_script(tmp_path: Path) -> Path:
 
 
 def _compare(seen: dict, oracle: dict) -> None:
-    ours = {k: v for k, v in seen["env"].items() if k.startswith("SM_")}
+    ours = {k: v for k, v in seen["env"].items() if k.startswith("SM_") and k not in CONTAINER_KEYS}
     theirs = oracle["env"]
     assert sorted(ours) == sorted(theirs), (
         f"missing: {sorted(set(theirs) - set(ours))}, extra: {sorted(set(ours) - set(theirs))}"
@@ -71,6 +85,15 @@ def _compare(seen: dict, oracle: dict) -> None:
             assert json.loads(ours[key]) == json.loads(theirs[key])
         assert ours[key] == theirs[key], key
     assert seen["argv"] == oracle["argv"]
+    # the PyTorch container's additions: NCCL_* exactly; MASTER_* local (see the module doc)
+    pytorch = oracle["pytorch"]
+    assert set(pytorch) == {"NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_DEBUG", "MASTER_ADDR", "MASTER_PORT",
+                            "SM_DLC_TORCH_VERSION"}
+    for key in ("NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_DEBUG", "SM_DLC_TORCH_VERSION"):
+        assert seen["env"][key] == pytorch[key], key
+    assert pytorch["MASTER_ADDR"] == "algo-1" and pytorch["MASTER_PORT"] == "7777"
+    assert seen["env"]["MASTER_ADDR"] == "127.0.0.1" and int(seen["env"]["MASTER_PORT"]) > 0
+    assert seen["env"]["AWS_REGION"] == seen["env"]["SAGEMAKER_REGION"]
 
 
 def test_env_and_argv_match_the_toolkit(run_cli, dump_script: Path, tmp_path: Path) -> None:

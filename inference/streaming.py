@@ -1,0 +1,781 @@
+"""Streamed responses: a handler that returns an iterator, sent as it is produced.
+
+A handler streams when ``predict_fn`` / ``output_fn`` / ``transform_fn`` returns an iterator or a
+generator (:func:`is_stream`) instead of bytes. Each item is one chunk (``bytes`` or ``str``).
+The server answers
+
+- plain ``POST /invocations`` (HTTP/1.1): ``Transfer-Encoding: chunked``, one HTTP chunk per item,
+  flushed as produced (the SageMaker bring-your-own-container streaming contract). A handler
+  failure after the first chunk truncates the chunked body (no terminating chunk, connection
+  closed) and logs one line; the client sees an incomplete body, never a hang;
+- ``POST /endpoints/{name}/invocations-response-stream`` (InvokeEndpointWithResponseStream): the
+  same chunks as AWS event-stream ``PayloadPart`` frames (:mod:`aiops.inference.eventstream`);
+  a failure after the first chunk ends the stream with a ``ModelStreamError`` (``StreamBroken``)
+  event, so boto3 raises it while iterating;
+- a client that cannot stream (HTTP/1.0, or the non-streaming InvokeEndpoint route
+  ``/endpoints/{name}/invocations``): the whole body, joined, with a Content-Length
+  (:func:`mode_for`, :meth:`ChunkStream.collect`).
+
+The generator runs on its own thread (:class:`ChunkStream`), a few chunks ahead of the network
+at most, so the event loop only writes. Its first chunk is computed before the response starts
+(:meth:`ChunkStream.start`), so a handler that fails at once still gets an ordinary error
+status. Client disconnect, a deadline or the end of the response stop the producer and call the
+generator's ``close()`` on its own thread, so generation stops (its ``finally`` runs).
+
+How the server plugs it in. Any server: ``out, ctype = streaming.invoke(handler, body, ctype,
+accept, ctx)`` (``Handler.invoke`` that may return a stream); then, when ``is_stream(out)``::
+
+    stream = streaming.ChunkStream(out)
+    try:
+        await stream.start(inline_first=True)  # first chunk (on the loop, like the handler call);
+                                               # raises the handler's error
+    except Exception as err:
+        ...answer the error as usual (nothing was sent)...
+    mode = streaming.mode_for({"path": path, "http_version": "1.1"})  # or the ASGI scope
+    if mode == streaming.BUFFERED:
+        out = await stream.collect()           # raises the handler's error; then a normal answer
+    else:
+        # an asyncio.Protocol server (aiops.inference.server's worker):
+        conn.sink = sink = streaming.TransportSink(conn.transport)   # the protocol forwards
+        sink.start(status_line + streaming.head_lines(mode, ctype)   # connection_lost,
+                   + other_header_lines + b"\r\n")                    # pause/resume_writing
+        outcome = await streaming.stream_to(stream, sink, mode=mode, request_id=rid, timeout_s=...)
+        conn.sink = None                       # keep-alive only if outcome.completed
+        # or an ASGI app on uvicorn:
+        outcome = await streaming.respond_asgi(stream, receive, send, mode=mode, content_type=ctype,
+                                               request_id=rid, variant=..., timeout_s=...)
+
+On the event-stream route, the request's Accept arrives as ``X-Amzn-SageMaker-Accept``.
+
+Batching: :func:`batchable` — a handler that declares ``aiops_stream = True`` is served
+unbatched unless it also declares ``aiops_batch = True``; then its ``predict_fn`` given a batch
+returns an iterator of steps, one entry per request, and :func:`split_batch` turns it into one
+stream per request (each with its own :class:`ChunkStream`). A batched ``predict_fn`` of an
+undeclared handler that returns a stream anyway is closed (:func:`close_quietly`) and the
+requests run one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import contextvars
+import logging
+import os
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from aiops.inference import eventstream
+
+log = logging.getLogger("aiops.serve")
+
+CHUNKED = "chunked"
+EVENTS = "events"
+BUFFERED = "buffered"
+STREAM_ROUTE_SUFFIX = "/invocations-response-stream"
+DEFAULT_AHEAD = 8  # chunks the generator may run ahead of the network
+
+
+# ---------------------------------------------------------------- what streams
+
+
+def is_stream(obj: Any) -> bool:
+    """True for an iterator or generator a handler returned as its response.
+
+    bytes, str, lists, dicts, tensors and arrays are iterable but not iterators: they are
+    ordinary (whole) responses.
+    """
+    return isinstance(obj, collections.abc.Iterator) and not isinstance(obj, (bytes, str, bytearray, memoryview))
+
+
+def to_chunk(item: Any) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, (bytearray, memoryview)):
+        return bytes(item)
+    raise TypeError(f"a streamed response yielded {type(item).__name__}; each item must be bytes or str "
+                    "(encode it in output_fn)")
+
+
+def map_stream(items: Iterator[Any], fn: Callable[[Any], Any]) -> Iterator[Any]:
+    """``fn`` applied to each item, lazily; closing the result closes ``items`` (stops generation)."""
+    try:
+        for item in items:
+            yield fn(item)
+    finally:
+        close_quietly(items)
+
+
+def close_quietly(items: Any) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - a generator's cleanup failing must not mask the response
+            log.warning("closing a streamed response raised:\n%s", traceback.format_exc().rstrip())
+
+
+def batchable(module: Any, batchable_otherwise: bool) -> bool:
+    """Batching rule: streamed handlers (``aiops_stream = True``) are unbatched unless they also
+    declare ``aiops_batch = True``; other handlers keep ``batchable_otherwise``."""
+    if module is not None and getattr(module, "aiops_stream", False):
+        return bool(getattr(module, "aiops_batch", False))
+    return batchable_otherwise
+
+
+class _Rows:
+    """The shared side of :func:`split_batch`: one batched iterator, one deque per request."""
+
+    def __init__(self, items: Iterator[Any], n: int) -> None:
+        self.items = items
+        self.pending: list[collections.deque] = [collections.deque() for _ in range(n)]
+        self.open = [True] * n
+        self.done = False
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+
+    def pull(self, row: int) -> Any:
+        with self.lock:
+            while not self.pending[row]:
+                if self.error is not None:
+                    raise self.error
+                if self.done:
+                    return _END
+                try:
+                    step = next(self.items)
+                except StopIteration:
+                    self.done = True
+                    continue
+                except BaseException as err:  # noqa: BLE001 - every request of the batch sees it
+                    self.error = err
+                    self.done = True
+                    close_quietly(self.items)
+                    continue
+                if len(step) != len(self.pending):
+                    self.error = ValueError(f"a batched stream step has {len(step)} items for a batch of "
+                                            f"{len(self.pending)}; yield one item (or None) per request")
+                    self.done = True
+                    close_quietly(self.items)
+                    continue
+                for i, item in enumerate(step):
+                    if self.open[i] and item is not None:
+                        self.pending[i].append(item)
+            return self.pending[row].popleft()
+
+    def leave(self, row: int) -> None:
+        with self.lock:
+            self.open[row] = False
+            self.pending[row].clear()
+            if not any(self.open) and not self.done:
+                self.done = True
+                close_quietly(self.items)  # every client has gone: stop the batch's generation
+
+
+def _row(rows: _Rows, row: int) -> Iterator[Any]:
+    try:
+        while True:
+            item = rows.pull(row)
+            if item is _END:
+                return
+            yield item
+    finally:
+        rows.leave(row)
+
+
+def split_batch(items: Iterator[Any], n: int) -> list[Iterator[Any]]:
+    """One stream per request from a batched streaming ``predict_fn`` (``aiops_stream`` and
+    ``aiops_batch`` both declared): each step of ``items`` is a sequence with one entry per
+    request (None: nothing for that request at this step). Safe to consume from several threads;
+    the batch's generator is closed once every request's stream is closed or it ends."""
+    rows = _Rows(iter(items), n)
+    return [_row(rows, i) for i in range(n)]
+
+
+def invoke(handler: Any, body: bytes, content_type: str | None, accept: str | None, ctx: Any) -> tuple[Any, str]:
+    """``aiops.inference.handler.Handler.invoke`` that lets the response be a stream.
+
+    Returns ``(bytes, content_type)`` or ``(iterator of bytes, content_type)``. A stream from
+    ``predict_fn`` goes through the user's ``output_fn`` (which may return a stream, or consume
+    it and return bytes), or with the default ``output_fn`` each item is encoded per Accept.
+    """
+    from aiops.inference import codecs, handler as handler_mod
+
+    handler.check_accept(accept)
+    accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else handler.default_accept
+    if handler.transform:
+        ctype = codecs.media_type(content_type) or codecs.JSON
+        fn, with_ctx = handler.fns["transform_fn"]
+        args = (handler.model, handler.prepare_body(body, ctype), ctype, accept_value)
+        return _normalise(fn(*args, ctx) if with_ctx else fn(*args), accept_value, handler_mod)
+    prediction = handler.predict(handler.decode(body, content_type, ctx), ctx)
+    if not is_stream(prediction):
+        return handler.encode(prediction, accept, ctx)
+    if handler.default_output:
+        ctype = codecs.choose_accept(accept_value, handler.default_accept)
+        return map_stream(prediction, lambda item: handler_mod.default_output_fn(
+            item, accept_value, default_accept=handler.default_accept)[0]), ctype
+    fn, with_ctx = handler.fns["output_fn"]
+    out = fn(prediction, accept_value, ctx) if with_ctx else fn(prediction, accept_value)
+    return _normalise(out, accept_value, handler_mod)
+
+
+def _normalise(result: Any, accept_value: str, handler_mod: Any) -> tuple[Any, str]:
+    if isinstance(result, tuple) and len(result) == 2 and is_stream(result[0]):
+        return result[0], str(result[1])
+    if is_stream(result):
+        return result, _first_media_type(accept_value)
+    return handler_mod._normalise(result, accept_value)
+
+
+def _first_media_type(accept: str) -> str:
+    """The first concrete type an Accept value names (what a stream without its own type is)."""
+    for part in accept.split(","):
+        media = part.split(";", 1)[0].strip()
+        if media and "*" not in media:
+            return media
+    return "application/octet-stream"
+
+
+def mode_for(scope: dict) -> str:
+    """How to answer a streamed response for this ASGI request scope: ``events`` on the
+    InvokeEndpointWithResponseStream route, ``buffered`` for HTTP/1.0 clients and the
+    non-streaming InvokeEndpoint route, ``chunked`` otherwise."""
+    path = scope.get("path", "")
+    if path.endswith(STREAM_ROUTE_SUFFIX):
+        return EVENTS
+    if scope.get("http_version", "1.1") == "1.0" or path.startswith("/endpoints/"):
+        return BUFFERED
+    return CHUNKED
+
+
+# ---------------------------------------------------------------- the producer thread
+
+
+class _End:
+    pass
+
+
+class _Interrupt:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = _End()
+
+
+class StreamTimeout(Exception):
+    """The stream did not finish within the server's timeout."""
+
+
+class ChunkStream:
+    """Runs a handler's iterator on its own thread, ``ahead`` chunks ahead of the consumer at most.
+
+    ``await start()`` (first chunk), then ``await next()`` until it returns None. ``close()``
+    (or ``interrupt()``) stops the producer; the iterator's ``close()`` is called on the
+    producer's thread (a generator cannot be closed from another thread while it runs).
+    ``closed`` is a ``threading.Event`` set once the iterator is closed.
+
+    Hand-off: a deque under a lock; the event loop is woken (``call_soon_threadsafe``, a
+    syscall) only when the consumer is actually waiting, so a fast producer costs the loop
+    nothing per chunk beyond taking it.
+    """
+
+    def __init__(self, items: Iterable[Any], *, ahead: int = DEFAULT_AHEAD, name: str = "aiops-stream") -> None:
+        self._items = items
+        self._space = threading.Semaphore(max(1, ahead))
+        self._stop = threading.Event()
+        self.closed = threading.Event()
+        self._name = name
+        self._lock = threading.Lock()
+        self._buffer: collections.deque = collections.deque()
+        self._waiter: asyncio.Future | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._first: Any = None
+        self._finished = False
+        self.chunks = 0
+        self.bytes = 0
+
+    # producer side (its own thread) ------------------------------------------------
+
+    def _put(self, value: Any) -> None:
+        with self._lock:
+            self._buffer.append(value)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            try:
+                self._loop.call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # the loop is gone (server shutting down): nobody is listening
+                self._stop.set()
+
+    def _produce(self, iterator: Iterator[Any] | None = None) -> None:
+        try:
+            if iterator is None:
+                iterator = iter(self._items)
+            while not self._stop.is_set():
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    self._put(_END)
+                    return
+                chunk = to_chunk(item)
+                if not chunk:  # an empty HTTP chunk would end the body; nothing to send anyway
+                    continue
+                self._space.acquire()
+                if self._stop.is_set():
+                    return
+                self._put(chunk)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which reports it
+            self._put(_Failure(err))
+        finally:
+            close_quietly(iterator if iterator is not None else self._items)
+            self.closed.set()
+
+    # consumer side (the event loop) ----------------------------------------------
+
+    async def start(self, *, inline_first: bool = False) -> None:
+        """Start the producer and wait for the first chunk; raises what the handler raised.
+
+        ``inline_first``: make the first chunk right here, on the calling (event-loop) thread,
+        before the producer thread exists - for a server that already runs its handler calls on
+        the loop (it saves a thread start and a wake-up from the time to first byte; the loop is
+        blocked for that one chunk, as it is for a whole non-streamed predict).
+        """
+        self._loop = asyncio.get_running_loop()
+        if not inline_first:
+            threading.Thread(target=self._produce, name=self._name, daemon=True).start()
+            self._first = await self._get()
+            if isinstance(self._first, _Failure):
+                self.close()
+                raise self._first.error
+            return
+        iterator = None
+        try:
+            iterator = iter(self._items)
+            chunk = b""
+            while not chunk:
+                chunk = to_chunk(next(iterator))
+        except StopIteration:
+            self._first = _END
+            close_quietly(iterator)
+            self.closed.set()
+            return
+        except BaseException:
+            close_quietly(iterator if iterator is not None else self._items)
+            self.closed.set()
+            self._stop.set()
+            raise
+        self.chunks, self.bytes = 1, len(chunk)
+        self._first = chunk
+        threading.Thread(target=self._produce, args=(iterator,), name=self._name, daemon=True).start()
+
+    async def _get(self) -> Any:
+        while True:
+            with self._lock:
+                if self._buffer:
+                    value = self._buffer.popleft()
+                    break
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+        if isinstance(value, bytes):
+            self._space.release()
+            self.chunks += 1
+            self.bytes += len(value)
+        return value
+
+    def ready(self) -> int:
+        """How many items are waiting (the consumer may take them without waiting)."""
+        return len(self._buffer)
+
+    async def next(self) -> bytes | None:
+        """The next chunk, or None at the end. Raises the handler's error, or StreamTimeout /
+        ``ConnectionAbortedError`` after :meth:`interrupt`."""
+        if self._finished:
+            return None
+        if self._first is not None:
+            value, self._first = self._first, None
+        else:
+            value = await self._get()
+        if isinstance(value, bytes):
+            return value
+        self._finished = True
+        self.close()
+        if value is _END:
+            return None
+        if isinstance(value, _Failure):
+            raise value.error
+        if isinstance(value, _Interrupt):
+            if value.reason == "timeout":
+                raise StreamTimeout("the model did not finish its streamed response in time")
+            raise ConnectionAbortedError("the client disconnected")
+        return None
+
+    def interrupt(self, reason: str = "disconnect") -> None:
+        """Wake the consumer at once (client gone, deadline) and stop the producer. Event loop only."""
+        self._stop.set()
+        self._space.release()
+        with self._lock:
+            self._buffer.appendleft(_Interrupt(reason))  # ahead of chunks nobody will read
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            _wake(waiter)
+
+    def close(self) -> None:
+        """Stop the producer; the iterator is closed on its thread as soon as it yields."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._space.release()  # unblock a producer waiting for room
+
+    async def collect(self) -> bytes:
+        """All the chunks joined (for a client that cannot stream). Raises the handler's error."""
+        parts = []
+        while True:
+            chunk = await self.next()
+            if chunk is None:
+                return b"".join(parts)
+            parts.append(chunk)
+
+
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+# ---------------------------------------------------------------- where chunks go
+
+
+class Sink(Protocol):
+    """A response body being written: the minimal interface :func:`stream_to` needs."""
+
+    async def send(self, data: bytes) -> None:
+        """Write and flush one body part (framing, e.g. HTTP chunks, is the sink's business)."""
+
+    async def finish(self) -> None:
+        """End the body properly (the terminating chunk)."""
+
+    def abort(self) -> None:
+        """End the body improperly: the client must see a truncated response."""
+
+    def is_disconnected(self) -> bool: ...
+
+    async def wait_disconnected(self) -> None:
+        """Return when the client has gone."""
+
+
+@dataclass
+class StreamOutcome:
+    chunks: int = 0
+    bytes: int = 0
+    completed: bool = False
+    disconnected: bool = False
+    error: BaseException | None = None
+
+
+def _where(err: BaseException) -> str:
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" at {os.path.basename(last.filename)}:{last.lineno}"
+
+
+async def stream_to(stream: ChunkStream, sink: Sink, *, mode: str = CHUNKED, request_id: str = "-",
+                    timeout_s: float | None = None) -> StreamOutcome:
+    """Send a started :class:`ChunkStream` to ``sink`` as HTTP chunks (``mode="chunked"``) or
+    event-stream frames (``mode="events"``) until it ends, fails, times out or the client leaves."""
+    if mode not in (CHUNKED, EVENTS):
+        raise ValueError(f"mode {mode!r}: expected {CHUNKED!r} or {EVENTS!r}")
+    outcome = StreamOutcome()
+    frame = eventstream.payload_part if mode == EVENTS else None
+    loop = asyncio.get_running_loop()
+    watcher = asyncio.ensure_future(_watch(sink, stream))
+    timer = loop.call_later(timeout_s, stream.interrupt, "timeout") if timeout_s else None
+    # Event-stream frames are self-delimiting, so frames already waiting go out in one write
+    # (fewer syscalls, same events); nothing waits for company: a lone frame is sent at once.
+    # Chunked mode keeps one HTTP chunk per item.
+    pending: list[bytes] = []
+    try:
+        while True:
+            try:
+                chunk = await stream.next()
+            except ConnectionAbortedError:
+                outcome.disconnected = True
+                break
+            except asyncio.CancelledError:
+                raise
+            except BaseException as err:  # noqa: BLE001 - the handler's failure mid-stream (even SystemExit)
+                outcome.error = err
+                if pending:
+                    await sink.send(b"".join(pending))
+                await _fail(sink, err, mode, request_id, stream)
+                break
+            if chunk is None:
+                if pending:
+                    await sink.send(b"".join(pending))
+                await sink.finish()
+                outcome.completed = True
+                break
+            if frame is None:
+                await sink.send(chunk)
+            else:
+                pending.append(frame(chunk))
+                if stream.ready() and len(pending) < 64:
+                    continue
+                await sink.send(pending[0] if len(pending) == 1 else b"".join(pending))
+                pending.clear()
+            if sink.is_disconnected():
+                outcome.disconnected = True
+                break
+    finally:
+        stream.close()
+        if timer is not None:
+            timer.cancel()
+        watcher.cancel()
+    if outcome.disconnected:
+        log.info("request %s: client disconnected after %d streamed chunks; generation stopped",
+                 request_id, stream.chunks)
+    outcome.chunks, outcome.bytes = stream.chunks, stream.bytes
+    return outcome
+
+
+async def _watch(sink: Sink, stream: ChunkStream) -> None:
+    await sink.wait_disconnected()
+    stream.interrupt("disconnect")
+
+
+async def _fail(sink: Sink, err: BaseException, mode: str, request_id: str, stream: ChunkStream) -> None:
+    timeout = isinstance(err, StreamTimeout)
+    what = "timed out" if timeout else f"failed: {type(err).__name__}: {str(err)[:300]}{_where(err)}"
+    log.error("request %s: streamed response %s after %d chunks (%s)", request_id, what, stream.chunks,
+              "ModelStreamError event sent" if mode == EVENTS else "chunked body truncated")
+    if mode == EVENTS and not sink.is_disconnected():
+        if timeout:
+            message = eventstream.model_stream_error(str(err), eventstream.INVOCATION_TIMEOUT)
+        else:
+            message = eventstream.model_stream_error(
+                f"the inference handler raised {type(err).__name__} while streaming; see the server log for "
+                f"request {request_id}")
+        await sink.send(message)
+        await sink.finish()
+    else:
+        sink.abort()
+
+
+# ---------------------------------------------------------------- ASGI (uvicorn) glue
+
+# uvicorn logs "ASGI callable returned without completing response." when an app ends a body
+# without its last message - which is how a truncated chunked body is made on ASGI. The stream's
+# own log line says why, so that second line is dropped for exactly those requests.
+_TRUNCATED: contextvars.ContextVar[bool] = contextvars.ContextVar("aiops_stream_truncated", default=False)
+_filter_lock = threading.Lock()
+_filter_installed = False
+
+
+class _QuietTruncation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_TRUNCATED.get() and str(record.msg).startswith("ASGI callable returned without completing"))
+
+
+def _install_filter() -> None:
+    global _filter_installed
+    with _filter_lock:
+        if not _filter_installed:
+            logging.getLogger("uvicorn.error").addFilter(_QuietTruncation())
+            _filter_installed = True
+
+
+class AsgiSink:
+    """A :class:`Sink` over ASGI ``receive``/``send`` (call after the request body was read)."""
+
+    def __init__(self, receive: Callable, send: Callable) -> None:
+        self._receive, self._send = receive, send
+        self._gone = asyncio.Event()
+        self._watch: asyncio.Future | None = None
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        self._watch = asyncio.ensure_future(self._watch_receive())
+
+    async def _watch_receive(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._gone.set()
+                return
+
+    async def send(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def finish(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()  # uvicorn answers receive() with a disconnect once complete
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def abort(self) -> None:
+        # Return without the final message: uvicorn closes the connection, the body is truncated.
+        _install_filter()
+        _TRUNCATED.set(True)
+
+    def is_disconnected(self) -> bool:
+        return self._gone.is_set()
+
+    async def wait_disconnected(self) -> None:
+        await self._gone.wait()
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+
+
+async def respond_asgi(stream: ChunkStream, receive: Callable, send: Callable, *, mode: str,
+                       content_type: str, request_id: str = "-", status: int = 200,
+                       extra_headers: list[tuple[bytes, bytes]] | None = None, variant: str | None = None,
+                       custom_attributes: str | None = None, timeout_s: float | None = None) -> StreamOutcome:
+    """Answer an ASGI request with a started stream (``mode`` ``chunked`` or ``events``)."""
+    if mode == EVENTS:
+        headers = eventstream.response_headers(content_type, variant=variant, custom_attributes=custom_attributes)
+    else:
+        headers = [(b"content-type", content_type.encode("latin-1"))]
+        if variant:
+            headers.append((b"x-amzn-invoked-production-variant", variant.encode("latin-1")))
+        if custom_attributes is not None:
+            headers.append((b"x-amzn-sagemaker-custom-attributes", custom_attributes.encode("latin-1")))
+    headers.append((b"x-amzn-requestid", request_id.encode("latin-1")))
+    headers.extend(extra_headers or [])
+    sink = AsgiSink(receive, send)
+    await sink.start(status, headers)  # no Content-Length: uvicorn sends Transfer-Encoding: chunked
+    try:
+        return await stream_to(stream, sink, mode=mode, request_id=request_id, timeout_s=timeout_s)
+    finally:
+        sink.close()
+
+
+# ---------------------------------------------------------------- a raw asyncio.Protocol server
+
+
+def head_lines(mode: str, content_type: str) -> bytes:
+    """The response-header lines that depend on the mode (for a server that writes its own head):
+    the content type(s) and ``transfer-encoding: chunked``; end the head with a blank line after."""
+    if mode == EVENTS:
+        return (b"content-type: " + eventstream.CONTENT_TYPE.encode() + b"\r\nx-amzn-sagemaker-content-type: "
+                + content_type.encode("latin-1") + b"\r\ntransfer-encoding: chunked\r\n")
+    return b"content-type: " + content_type.encode("latin-1") + b"\r\ntransfer-encoding: chunked\r\n"
+
+
+class TransportSink:
+    """A :class:`Sink` over an ``asyncio.Transport`` (HTTP/1.1 chunked framing written here).
+
+    For a server whose connections are ``asyncio.Protocol`` objects (``aiops.inference.server``):
+    while a stream is active the protocol forwards ``pause_writing``, ``resume_writing`` and
+    ``connection_lost`` to the sink. A client that disconnects is seen at once when the transport
+    is reading, else at the first write that fails (within two chunks).
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._gone = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def start(self, head: bytes) -> None:
+        """Write the status line and headers (ending with the blank line)."""
+        self.transport.write(head)
+
+    # the protocol's callbacks, forwarded
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def connection_lost(self, exc: BaseException | None = None) -> None:
+        self._gone.set()
+        self._writable.set()
+
+    async def send(self, data: bytes) -> None:
+        if self.is_disconnected():
+            return
+        self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if not self._writable.is_set():  # the client reads slower than we produce: wait for it
+            await self._writable.wait()
+
+    async def finish(self) -> None:
+        if not self.is_disconnected():
+            self.transport.write(b"0\r\n\r\n")
+
+    def abort(self) -> None:
+        self.transport.close()  # buffered data goes out, then FIN without the terminating chunk
+
+    def is_disconnected(self) -> bool:
+        return self._gone.is_set() or self.transport.is_closing()
+
+    async def wait_disconnected(self) -> None:
+        await self._gone.wait()
+
+
+# ---------------------------------------------------------------- asyncio streams (no framework)
+
+
+class StreamWriterSink:
+    """A :class:`Sink` writing HTTP/1.1 chunked framing to an ``asyncio.StreamWriter``.
+
+    For servers built on ``asyncio.start_server``; ``reader`` is only watched for EOF (the
+    request must have been read completely).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+        self._gone = asyncio.Event()
+        self._watch: asyncio.Future | None = None
+
+    async def start(self, status: int, headers: list[tuple[str, str]], reason: str = "OK") -> None:
+        lines = [f"HTTP/1.1 {status} {reason}"] + [f"{k}: {v}" for k, v in headers] + ["Transfer-Encoding: chunked"]
+        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await self._drain()
+        self._watch = asyncio.ensure_future(self._watch_eof())
+
+    async def _watch_eof(self) -> None:
+        try:
+            while await self._reader.read(65536):
+                pass
+        except (ConnectionError, OSError):
+            pass
+        self._gone.set()
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError):
+            self._gone.set()
+
+    async def send(self, data: bytes) -> None:
+        if self._gone.is_set():
+            return
+        self._writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+        await self._drain()
+
+    async def finish(self) -> None:
+        if not self._gone.is_set():
+            self._writer.write(b"0\r\n\r\n")
+            await self._drain()
+
+    def abort(self) -> None:
+        self._writer.close()  # what was written goes out, then FIN without the terminating chunk
+
+    def is_disconnected(self) -> bool:
+        return self._gone.is_set()
+
+    async def wait_disconnected(self) -> None:
+        await self._gone.wait()
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
