@@ -62,8 +62,19 @@ def test_reads_cross_shards_lazily(tmp_path: Path) -> None:
         data.read(len(data) - 5, 10)
 
 
+def test_a_host_with_some_shards_and_no_index_reads_them(tmp_path: Path) -> None:
+    """ShardedByS3Key: index.json went to another host."""
+    write_channels(tmp_path, train_bytes=120_000, test_bytes=20_000, shard_tokens=50_000, seed=0)
+    whole = TokenShards(str(tmp_path / "train"))
+    (tmp_path / "train" / "index.json").unlink()
+    (tmp_path / "train" / "shard-00000.bin").unlink()
+    part = TokenShards(str(tmp_path / "train"))
+    assert len(part) == len(whole) - 50_000
+    assert part.read(0, 100).tolist() == whole.read(50_000, 100).tolist()
+
+
 def test_torn_or_missing_channels_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ChannelError, match="no index.json.*aiops example lm-data"):
+    with pytest.raises(ChannelError, match="no index.json and no shard-.*aiops example lm-data"):
         TokenShards(str(tmp_path))
     write_channels(tmp_path, train_bytes=60_000, test_bytes=20_000, shard_tokens=50_000, seed=0)
     shard = tmp_path / "train" / "shard-00001.bin"

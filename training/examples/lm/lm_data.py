@@ -35,8 +35,7 @@ class TokenShards:
             with open(path) as f:
                 index = json.load(f)
         except FileNotFoundError:
-            raise ChannelError(f"{folder} has no {INDEX_FILE}; write the channels with "
-                               "`aiops example lm-data OUT`") from None
+            index = self._index_from_shards(folder)
         except (OSError, ValueError) as err:
             raise ChannelError(f"{path} is not readable JSON ({err})") from None
         if index.get("format") != FORMAT:
@@ -56,6 +55,23 @@ class TokenShards:
             total += shard["tokens"]
         self.total = total
         self._maps: dict[int, np.memmap] = {}
+
+    @staticmethod
+    def _index_from_shards(folder: str) -> dict:
+        """With ShardedByS3Key each host gets some of the channel's objects, and index.json goes to
+        one host only: the others read the shards they got (their sizes give the token counts)."""
+        names = sorted(n for n in os.listdir(folder) if n.startswith("shard-") and n.endswith(".bin")) \
+            if os.path.isdir(folder) else []
+        if not names:
+            raise ChannelError(f"{folder} has no {INDEX_FILE} and no shard-*.bin; write the channels with "
+                               "`aiops example lm-data OUT`")
+        shards = []
+        for name in names:
+            size = os.path.getsize(os.path.join(folder, name))
+            if size % 2:
+                raise ChannelError(f"{os.path.join(folder, name)}: {size} bytes is not whole uint16 tokens")
+            shards.append({"file": name, "tokens": size // 2})
+        return {"format": FORMAT, "vocab_size": VOCAB_SIZE, "shards": shards}
 
     def __len__(self) -> int:
         return self.total
