@@ -51,10 +51,12 @@ def transfer_config() -> Any:
 
 
 def upload_once(s3: Any, bucket: str, key: str, source: bytes | Path, *, kms_key: str | None = None,
-                progress: Progress | None = None, label: str = "", check: bool = True) -> UploadResult:
+                progress: Progress | None = None, label: str = "", check: bool = True,
+                metadata: dict[str, str] | None = None) -> UploadResult:
     """Upload ``source`` (bytes or a file) to ``key`` unless it is already there (multipart, parallel).
 
     ``check=False`` skips the HEAD (the caller has looked already, e.g. at a channel's manifest).
+    ``metadata``: user metadata on the object (``x-amz-meta-*``), e.g. its sha256.
     """
     uri = f"s3://{bucket}/{key}"
     if check and object_exists(s3, bucket, key):
@@ -68,7 +70,9 @@ def upload_once(s3: Any, bucket: str, key: str, source: bytes | Path, *, kms_key
         if progress:
             progress(label or key, done, size)
 
-    extra = encryption_args(kms_key)
+    extra: dict[str, Any] = encryption_args(kms_key)
+    if metadata:
+        extra["Metadata"] = dict(metadata)
     if isinstance(source, bytes):
         s3.upload_fileobj(io.BytesIO(source), bucket, key, ExtraArgs=extra, Callback=callback,
                           Config=transfer_config())

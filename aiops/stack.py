@@ -50,6 +50,7 @@ class S3Layout(BaseModel):
     ``jobs/<job>/output/model.tar.gz``      SageMaker's job output (``S3OutputPath`` = ``s3://bucket/jobs``)
     ``checkpoints/<job>/``                  the job's ``CheckpointConfig.S3Uri`` (spot resume)
     ``models/sha256/<sha256>/model.tar.gz`` model packages uploaded by ``aiops deploy --model``
+    ``models/sha256/<tree sha256>/...``     uncompressed model folders (``deploy --model FOLDER``)
     ``data-capture/``                       the endpoint's DataCaptureConfig destination
     ``async-inference/output/`` and ``async-inference/failures/``  reserved for async inference
     """
@@ -93,6 +94,10 @@ class S3Layout(BaseModel):
 
     def model_key(self, sha256: str) -> str:
         return f"{self.models}sha256/{sha256}/model.tar.gz"
+
+    def model_prefix(self, tree_sha256: str) -> str:
+        """An uncompressed model folder's prefix (S3Prefix model data), named by its tree digest."""
+        return f"{self.models}sha256/{tree_sha256}/"
 
     def data_capture_uri(self, bucket: str) -> str:
         return f"s3://{bucket}/{self.data_capture.rstrip('/')}"

@@ -88,10 +88,20 @@ def preview(
     stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
     project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+    model: Optional[Path] = typer.Option(
+        None, "--model", "-m",
+        help="A local model (weights file, folder or model.tar.gz) to check against the endpoint's GPUs "
+        "(GPU-fit check: tensor sizes from the files, weights never loaded).",
+    ),
 ) -> None:
     """Show what the stack would create or change (--offline: every resource, under mocks)."""
     stack = _stack_name(stack)
     cfg = _stack_config(project_dir, stack)
+    fit = None
+    if model is not None:
+        from aiops.infra.fitcheck import check_local_model
+
+        fit = check_local_model(cfg, model)  # a model that cannot fit stops here: one line, exit 2
     if offline:
         from aiops.infra.costs import plan_costs
         from aiops.infra.offline import plan
@@ -100,11 +110,13 @@ def preview(
         result = plan(cfg)
         costs = plan_costs(result)
         if as_json:
-            typer.echo(to_json(result, costs))
+            typer.echo(to_json(result, costs, fit))
         else:
             console = _console()
             print_table(result, console)
             print_costs(costs, console)
+            if fit is not None:
+                console.print(f"GPU fit: {fit.line()}")
         return
     from aiops.infra.automation import event_printer, open_stack, summarize
 
@@ -175,7 +187,9 @@ def deploy(
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
         help="The endpoint's model: s3:// URI, job:TRAINING_JOB, a local model.tar.gz or run folder "
-        "(uploaded to the stack bucket under its content hash). Without it the current one is kept.",
+        "(uploaded to the stack bucket under its content hash), or uncompressed: an s3://bucket/prefix/ or a "
+        "folder of model files (uploaded as a prefix). Checked against the GPUs first. Without it the current "
+        "one is kept.",
     ),
     stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
@@ -192,6 +206,10 @@ def deploy(
         classify(model)  # bad --model fails before anything else
     placeholder = {"aiops:endpoint.modelDataUrl": "s3://placeholder-bucket/model.tar.gz"} if model else None
     cfg = _stack_config(project_dir, stack, placeholder)
+    if model is not None:
+        from aiops.infra.artifacts import precheck
+
+        precheck(model, cfg=cfg, region=cfg.region)  # cannot fit, empty prefix: one line, exit 2, nothing created
     spec = _workspace(project_dir, stack, backend)
 
     from aiops.infra import artifacts
@@ -200,10 +218,12 @@ def deploy(
     console = _console()
     st = _automation_call(open_stack, spec)
     if model is not None:
-        uri = artifacts.resolve(model, outputs=_output_values(st), region=cfg.region, stack=stack)
-        _automation_call(set_model, st, uri)
+        resolved = artifacts.resolve_model(model, cfg=cfg, outputs=_output_values(st), region=cfg.region, stack=stack)
+        _automation_call(set_model, st, resolved.uri, resolved.size_gb)
         _stack_config(project_dir, stack)  # the file as now written must still validate
-        console.print(f"model: {uri}")
+        console.print(f"model: {resolved.uri}" + (f" ({resolved.note})" if resolved.note else ""))
+        if resolved.fit is not None:
+            console.print(f"GPU fit: {resolved.fit.line()}")
     plan = _automation_call(st.preview, on_event=event_printer(console))
     console.print(f"stack {stack}: {summarize(plan.change_summary)}")
     _print_cost_summary(project_dir, stack, console)

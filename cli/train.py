@@ -188,6 +188,11 @@ def train(
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Budget in USD: refuse a job that may cost more.",
                                              rich_help_panel="Remote"),
     yes: bool = typer.Option(False, "--yes", "-y", help="Launch even above the budget.", rich_help_panel="Remote"),
+    model_params: Optional[float] = typer.Option(
+        None, "--model-params", help="The model's parameter count (e.g. 7e9): refuse an instance type whose GPUs "
+        "cannot hold its training state (weights, grads, Adam).", rich_help_panel="Remote"),
+    fsdp: bool = typer.Option(False, "--fsdp", help="With --model-params: the state is sharded over every GPU of "
+                              "every host (FSDP full sharding).", rich_help_panel="Remote"),
 ) -> None:
     """Run a SageMaker-style PyTorch training script locally under the SageMaker training contract,
     or with --remote as a SageMaker training job."""
@@ -238,13 +243,19 @@ def train(
             stack=stack_name, vpc=vpc, network_isolation=network_isolation,
         )
         config.instance_type = options.instance_type
+        if model_params is not None:
+            from aiops.gpufit import require_training_fit
+
+            fit = require_training_fit(model_params, options.instance_type, instance_count=options.instance_count,
+                                       fsdp=fsdp, region=options.region)
+            typer.echo(f"GPU fit: {fit.line()}", err=True)
         budget = max_cost if max_cost is not None else aws.max_cost
         _train_remote(config, options, store, settings, stack_outputs, wait=wait, download=download,
                       as_json=as_json, max_cost=budget, confirmed=yes)
         return
     if any(v is not None for v in (spot, max_run, max_wait, volume_size, role, bucket, image_uri, max_cost,
-                                   stack, vpc)) or instance_count != 1 or network_isolation:
-        raise UsageError("remote options (--spot, --max-run, --role, --bucket, ...) need --remote.")
+                                   stack, vpc, model_params)) or instance_count != 1 or network_isolation or fsdp:
+        raise UsageError("remote options (--spot, --max-run, --role, --bucket, --model-params, ...) need --remote.")
 
     prepared = local.prepare(config, store)
     reporter = _ConsoleReporter(to_stderr=as_json)

@@ -25,6 +25,8 @@ class AccessArgs:
     own_repository_arn: pulumi.Input[str] | None = None
     subnet_ids: tuple[str, ...] = ()
     security_group_ids: tuple[str, ...] = ()
+    extra_image_repositories: tuple[tuple[str, str], ...] = ()  # (account, repository): LLM containers
+    publish_topic_names: tuple[str, ...] = ()  # async-inference notification topics
 
 
 class Access(pulumi.ComponentResource):
@@ -61,6 +63,8 @@ class Access(pulumi.ComponentResource):
                     own_repository_arn=v[4],
                     subnet_ids=args.subnet_ids,
                     security_group_ids=args.security_group_ids,
+                    extra_image_repositories=args.extra_image_repositories,
+                    publish_topic_names=args.publish_topic_names,
                 )
             )
         )

@@ -101,11 +101,14 @@ def open_stack(spec: WorkspaceSpec, program: Callable[[], None] = inline_program
     return auto.create_or_select_stack(stack_name=spec.stack, project_name=PROJECT, program=program, opts=opts)
 
 
-def set_model(stack: Any, uri: str) -> None:
-    """Record the endpoint's model in the stack file, so later deploys keep it."""
+def set_model(stack: Any, uri: str, size_gb: float | None = None) -> None:
+    """Record the endpoint's model (and its size, which sets the start-up timeouts and the volume)
+    in the stack file, so later deploys keep it."""
     from pulumi import automation as auto
 
     stack.set_config(f"{PROJECT}:endpoint.modelDataUrl", auto.ConfigValue(value=uri), path=True)
+    if size_gb is not None:
+        stack.set_config(f"{PROJECT}:endpoint.modelSizeGb", auto.ConfigValue(value=str(size_gb)), path=True)
 
 
 def summarize(changes: dict[str, int] | None) -> str:

@@ -265,8 +265,91 @@ class IdleAlarmConfig(_Model):
         return value
 
 
+CONTAINERS = ("pytorch", "lmi", "tgi", "custom")
+LLM_CONTAINERS = ("lmi", "tgi")
+
+
+class LlmConfig(_Model):
+    """The LLM containers' settings (LMI: djl-inference; TGI: the Hugging Face LLM container),
+    turned into the environment each documents by ``infra/llm.py``."""
+
+    version: str = "latest"  # the container's version in the SDK's table (djl-lmi / huggingface-llm)
+    model_id: str = "/opt/ml/model"  # where SageMaker puts the model data
+    tensor_parallel_degree: int | None = Field(None, ge=1)  # default: the instance type's GPU count
+    max_input_tokens: int | None = Field(None, ge=1)
+    max_total_tokens: int | None = Field(None, ge=2)
+    max_batch_size: int | None = Field(None, ge=1)  # LMI OPTION_MAX_ROLLING_BATCH_SIZE, TGI MAX_CONCURRENT_REQUESTS
+    dtype: Literal["fp16", "bf16", "fp32"] | None = None
+    rolling_batch: Literal["vllm", "lmi-dist", "trtllm", "disable"] = "vllm"  # LMI's back end
+
+    @model_validator(mode="after")
+    def _tokens(self) -> "LlmConfig":
+        if self.max_input_tokens and self.max_total_tokens and self.max_input_tokens >= self.max_total_tokens:
+            raise ValueError(
+                f"maxInputTokens={self.max_input_tokens} >= maxTotalTokens={self.max_total_tokens}: "
+                f"the total (prompt + generated) must be larger than the input"
+            )
+        return self
+
+
+class GpuFitConfig(_Model):
+    """The GPU-fit check before deploying (``aiops.gpufit``): on by default."""
+
+    enabled: bool = True
+    overhead: float = Field(0.2, ge=0, le=2)  # CUDA context, activations, fragmentation
+
+
+class InferenceComponentsConfig(_Model):
+    """Scale to zero with inference components: the endpoint's instances and the model's copies
+    both go to 0 when idle; a request then fails until a copy is back (cold start, minutes)."""
+
+    enabled: bool = False
+    min_copies: int = Field(0, ge=0)
+    max_copies: int = Field(1, ge=1)
+    min_instances: int = Field(0, ge=0)
+    max_instances: int = Field(1, ge=1)
+    accelerators_per_copy: int | None = Field(None, ge=1)  # default: every GPU of the instance
+    memory_mb_per_copy: int = Field(1024, ge=128)
+    cpus_per_copy: float | None = Field(None, gt=0)
+    target_invocations_per_copy: float = Field(4.0, gt=0)  # SageMakerInferenceComponentInvocationsPerCopy
+    scale_in_cooldown: int = Field(300, ge=0, le=3600)
+    scale_out_cooldown: int = Field(60, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "InferenceComponentsConfig":
+        if self.min_copies > self.max_copies:
+            raise ValueError(f"minCopies={self.min_copies} > maxCopies={self.max_copies}: minCopies must be <= maxCopies")
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"minInstances={self.min_instances} > maxInstances={self.max_instances}: minInstances must be <= maxInstances"
+            )
+        return self
+
+
+class AsyncInferenceConfig(_Model):
+    """Scale to zero with asynchronous inference: requests queue (input in S3), instances go to 0
+    when the queue is empty; results land in the stack's bucket, SNS says when."""
+
+    enabled: bool = False
+    min_capacity: int = Field(0, ge=0)
+    max_capacity: int = Field(1, ge=1)
+    max_concurrent_invocations_per_instance: int | None = Field(None, ge=1, le=1000)
+    target_backlog_per_instance: float = Field(5.0, gt=0)  # ApproximateBacklogSizePerInstance
+    scale_in_cooldown: int = Field(600, ge=0, le=3600)
+    scale_out_cooldown: int = Field(60, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AsyncInferenceConfig":
+        if self.min_capacity > self.max_capacity:
+            raise ValueError(
+                f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: minCapacity must be <= maxCapacity"
+            )
+        return self
+
+
 class EndpointConfig(_Model):
     enabled: bool = True
+    container: Literal["pytorch", "lmi", "tgi", "custom"] = "pytorch"
     name: str | None = None
     model_data_url: str | None = None
     instance_type: str = "ml.g5.xlarge"
@@ -288,6 +371,17 @@ class EndpointConfig(_Model):
     serverless: ServerlessConfig = ServerlessConfig()
     dashboard: DashboardConfig = DashboardConfig()
     idle_alarm: IdleAlarmConfig = IdleAlarmConfig()
+    llm: LlmConfig = LlmConfig()
+    gpu_fit: GpuFitConfig = GpuFitConfig()
+    # Large models: the size of the model data (``aiops deploy --model`` writes it) sets the
+    # download and start-up timeouts and the volume (``infra/llm.py:startup_settings``); each
+    # can be set by hand instead.
+    model_size_gb: float | None = Field(None, gt=0)
+    model_data_download_timeout_seconds: int | None = Field(None, ge=60, le=3600)
+    container_startup_health_check_timeout_seconds: int | None = Field(None, ge=60, le=3600)
+    volume_size_gb: int | None = Field(None, ge=1, le=512)
+    inference_components: InferenceComponentsConfig = InferenceComponentsConfig()
+    async_inference: AsyncInferenceConfig = AsyncInferenceConfig()
 
     @field_validator("name", "variant_name")
     @classmethod
@@ -300,8 +394,16 @@ class EndpointConfig(_Model):
     @classmethod
     def _s3(cls, value: str | None) -> str | None:
         if value is not None and not _S3_URI.match(value):
-            raise ValueError("allowed: an s3://bucket/key URI of a model.tar.gz")
+            raise ValueError(
+                "allowed: an s3://bucket/key URI of a model.tar.gz, or an s3://bucket/prefix/ of "
+                "uncompressed model files (ending in '/')"
+            )
         return value
+
+    @property
+    def uncompressed(self) -> bool:
+        """A prefix (``s3://bucket/prefix/``): ModelDataSource with S3Prefix and no compression."""
+        return bool(self.model_data_url and self.model_data_url.endswith("/"))
 
     @model_validator(mode="after")
     def _instance(self) -> "EndpointConfig":
@@ -328,7 +430,68 @@ class EndpointConfig(_Model):
             )
         if self.data_capture.enabled and self.serverless.enabled:
             raise ValueError("dataCapture is not supported with a serverless variant")
+        self._check_container()
+        self._check_scale_to_zero()
         return self
+
+    def _check_container(self) -> None:
+        if self.container in LLM_CONTAINERS:
+            from aiops.gpufit import gpu_count
+
+            gpus = None if self.serverless.enabled else gpu_count(self.instance_type)
+            if not gpus:
+                where = "a serverless variant has no GPU" if self.serverless.enabled else (
+                    f"instanceType={self.instance_type!r} has no GPU")
+                raise ValueError(f"container={self.container!r} needs a GPU instance type; {where}; allowed: {gpu_hint('ml.')}")
+            from aiops.infra.images import LLM_FRAMEWORKS, llm_table
+
+            table = llm_table()[self.container]
+            if self.llm.version not in table["versions"] and self.llm.version not in table["version_aliases"]:
+                allowed = sorted(set(table["version_aliases"]) | set(table["versions"]))
+                raise ValueError(
+                    f"llm.version={self.llm.version!r}: no {LLM_FRAMEWORKS[self.container]} image known for it; "
+                    f"allowed: {', '.join(allowed)} (or set image.uri)"
+                )
+            if self.container == "tgi" and self.llm.dtype == "fp32":
+                raise ValueError("llm.dtype='fp32': TGI serves float16 or bfloat16; allowed: fp16, bf16")
+            tp = self.llm.tensor_parallel_degree
+            if tp is not None and tp > gpus:
+                raise ValueError(
+                    f"llm.tensorParallelDegree={tp} > the {gpus} GPU(s) of {self.instance_type}: "
+                    f"allowed: 1..{gpus} (or a larger instance type)"
+                )
+        if self.volume_size_gb is not None and (self.serverless.enabled or has_local_storage(self.instance_type)):
+            raise ValueError(
+                f"volumeSizeGb={self.volume_size_gb}: {self.instance_type} has local NVMe storage (or the variant "
+                f"is serverless), which takes no volume size; remove volumeSizeGb"
+            )
+        if self.container == "custom" and not (self.image.uri or self.image.own_repository):
+            raise ValueError("container='custom' needs image.uri or image.ownRepository: true (the image to run)")
+
+    def _check_scale_to_zero(self) -> None:
+        ic, aio = self.inference_components, self.async_inference
+        if ic.enabled and self.serverless.enabled:
+            raise ValueError(
+                "inferenceComponents and serverless cannot be combined: inference components need "
+                "instances (set serverless.enabled: false, or inferenceComponents.enabled: false)"
+            )
+        if aio.enabled and self.serverless.enabled:
+            raise ValueError("asyncInference and serverless cannot be combined: asynchronous endpoints need instances")
+        if ic.enabled and aio.enabled:
+            raise ValueError("inferenceComponents and asyncInference are two scale-to-zero modes: pick one")
+        if ic.enabled and ic.accelerators_per_copy is not None:
+            from aiops.gpufit import gpu_count
+
+            gpus = gpu_count(self.instance_type) or 0
+            if ic.accelerators_per_copy > gpus:
+                raise ValueError(
+                    f"inferenceComponents.acceleratorsPerCopy={ic.accelerators_per_copy} > the {gpus} GPU(s) "
+                    f"of {self.instance_type}"
+                )
+
+    @property
+    def scales_to_zero(self) -> bool:
+        return self.inference_components.enabled or self.async_inference.enabled
 
     @property
     def kms_on_volume(self) -> bool:
@@ -419,7 +582,7 @@ def describe(err: ValidationError, raw: Mapping[str, Any]) -> str:
             parts.append(f"{key} is missing: it must be set in the stack config")
             continue
         value = item.get("input")
-        if isinstance(value, dict) and re.match(r"^[a-zA-Z][a-zA-Z0-9]*=", msg):
+        if isinstance(value, dict) and re.match(r"^[a-zA-Z][a-zA-Z0-9.]*=", msg):
             parts.append(f"{key}.{msg}")  # a cross-field rule: its message starts with the field
             continue
         shown = "" if isinstance(value, dict) else f"={value!r}"

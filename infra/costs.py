@@ -5,7 +5,9 @@ Pure functions over an offline ``Plan`` (``infra/offline.py``) and a ``PriceTabl
 
 - SageMaker ``EndpointConfiguration`` production variants: instance type x initial instance count
   at the hosting price; the autoscaling target's ``maxCapacity`` (same component, same variant) is
-  shown as the most the variant can cost. Serverless variants are billed per use: "usage-based",
+  shown as the most the variant can cost. A variant that scales to zero (managed instance scaling
+  from 0 with inference components, or a scaling target from 0 with asynchronous inference) is
+  priced at its idle count, 0 ($0/h), up to its maximum, with the cold start in its note. Serverless variants are billed per use: "usage-based",
   never $0, and not in the total.
 - EC2 ``autoscaling.Group``: desired capacity (else min size) x the launch template's instance type
   (the template under the same component); spot price when the group's mixed-instances policy buys
@@ -199,13 +201,35 @@ class PlanCosts:
         }
 
 
-def _scaling_max(plan: Plan, config: PlannedResource, variant: str) -> int | None:
-    """maxCapacity of the scaling target for this variant, found under the same component."""
+def _scaling_target(plan: Plan, config: PlannedResource, variant: str) -> PlannedResource | None:
+    """The scaling target of this variant's instance count, found under the same component."""
     for target in plan.of_type(SCALING_TARGET):
         rid = str(target.inputs.get("resourceId", ""))
         if target.parent == config.parent and rid.endswith(f"/variant/{variant}") and rid.startswith("endpoint/"):
-            value = target.inputs.get("maxCapacity")
-            return int(value) if value is not None else None
+            return target
+    return None
+
+
+def _scaling_max(plan: Plan, config: PlannedResource, variant: str) -> int | None:
+    """maxCapacity of the scaling target for this variant, found under the same component."""
+    target = _scaling_target(plan, config, variant)
+    value = target.inputs.get("maxCapacity") if target else None
+    return int(value) if value is not None else None
+
+
+SCALES_TO_ZERO = ("scales to 0 when idle ($0/h); cold start: minutes (instance launch, model download, "
+                  "container start) for the first request after idle")
+
+
+def _idle_range(plan: Plan, config: PlannedResource, variant: dict) -> tuple[int, int] | None:
+    """(instances when idle, at most) for a variant that scales to zero: managed instance scaling
+    (inference components) or a scaling target with minCapacity 0 (asynchronous inference)."""
+    managed = variant.get("managedInstanceScaling") or {}
+    if managed.get("status") == "ENABLED" and int(managed.get("minInstanceCount") or 0) == 0:
+        return 0, int(managed.get("maxInstanceCount") or 1)
+    target = _scaling_target(plan, config, str(variant.get("variantName")))
+    if target is not None and int(target.inputs.get("minCapacity", 1)) == 0:
+        return 0, int(target.inputs.get("maxCapacity") or 1)
     return None
 
 
@@ -225,14 +249,20 @@ def variant_lines(plan: Plan, config: PlannedResource, table: PriceTable) -> lis
         itype = str(v.get("instanceType"))
         count = int(v.get("initialInstanceCount") or 1)
         max_count = _scaling_max(plan, config, str(v.get("variantName")))
+        idle = _idle_range(plan, config, v)
+        if idle is not None:
+            count, max_count = idle
         price = table.lookup("sagemaker", itype, plan.region)
+        note = "hosting, on-demand" if price else f"no known price for {itype} in {plan.region}"
+        if idle is not None:
+            note += f"; {SCALES_TO_ZERO}"
         lines.append(CostLine(
             resource=name, type=config.type, service="sagemaker", pricing="instance", instance_type=itype,
             count=count, max_count=max_count if max_count is not None else count,
             unit_hourly=price.on_demand_hourly if price else None,
             on_demand_unit_hourly=price.on_demand_hourly if price else None,
             hours_per_month=table.hours_per_month,
-            note="hosting, on-demand" if price else f"no known price for {itype} in {plan.region}",
+            note=note,
         ))
     return lines
 

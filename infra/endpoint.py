@@ -1,5 +1,9 @@
 """Endpoint: SageMaker model, endpoint configuration, endpoint with safe deployments, autoscaling,
-the alarms that roll a bad deployment back, a CloudWatch dashboard and an idle alarm (SNS)."""
+the alarms that roll a bad deployment back, a CloudWatch dashboard and an idle alarm (SNS).
+
+The model's container (PyTorch, LMI, TGI or custom) and its data (a tarball or an uncompressed
+prefix) come from ``infra/llm.py``; the two scale-to-zero modes (inference components,
+asynchronous inference) from ``infra/scale_to_zero.py``."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import json
 import pulumi
 from pulumi_aws import appautoscaling, cloudwatch, ecr, sagemaker, sns
 
+from aiops.infra import llm, scale_to_zero
 from aiops.stack import LAYOUT
 from aiops.infra.config import EndpointConfig
 from aiops.infra.policies import (
@@ -35,19 +40,13 @@ class EndpointArgs:
     repository_name: str | None = None
     subnet_ids: tuple[str, ...] = ()
     security_group_ids: tuple[str, ...] = ()
+    native_provider: pulumi.ProviderResource | None = None  # aws-native (inference components only)
 
 
 def container_environment(config: EndpointConfig, region: str) -> dict[str, str]:
-    """The serving container's environment (sagemaker-pytorch-inference): the handler module inside
-    the model's code/ folder, plus the user's additions (which win)."""
-    env = {
-        "SAGEMAKER_PROGRAM": config.program,
-        "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
-        "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
-        "SAGEMAKER_REGION": region,
-    }
-    env.update(config.environment)
-    return env
+    """The serving container's environment for ``config.container`` (see ``infra/llm.py``), plus the
+    user's additions (which win)."""
+    return llm.container_environment(config, region)
 
 
 class Endpoint(pulumi.ComponentResource):
@@ -116,7 +115,7 @@ class Endpoint(pulumi.ComponentResource):
             execution_role_arn=args.role_arn,
             primary_container={
                 "image": image,
-                "model_data_url": cfg.model_data_url,
+                **llm.model_data(cfg),
                 "environment": container_environment(cfg, args.region),
             },
             # Opt-in: the container gets no network at all (no pip install of requirements.txt).
@@ -126,7 +125,12 @@ class Endpoint(pulumi.ComponentResource):
             opts=child,
         )
 
-        variant_args: dict = {"variant_name": variant, "model_name": self.model.name}
+        ic = cfg.inference_components
+        startup = llm.startup_settings(cfg)
+        # With inference components the configuration names no model: the component does.
+        variant_args: dict = {"variant_name": variant}
+        if not ic.enabled:
+            variant_args["model_name"] = self.model.name
         if cfg.serverless.enabled:
             variant_args["serverless_config"] = {
                 "memory_size_in_mb": cfg.serverless.memory_mb,
@@ -135,6 +139,35 @@ class Endpoint(pulumi.ComponentResource):
         else:
             variant_args["instance_type"] = cfg.instance_type
             variant_args["initial_instance_count"] = cfg.initial_instance_count
+            if ic.enabled:
+                # the timeouts belong to the component's start-up parameters; the volume stays here
+                if "volume_size_in_gb" in startup:
+                    variant_args["volume_size_in_gb"] = startup["volume_size_in_gb"]
+                variant_args["managed_instance_scaling"] = {
+                    "status": "ENABLED",
+                    "min_instance_count": ic.min_instances,
+                    "max_instance_count": ic.max_instances,
+                }
+                variant_args["routing_configs"] = [{"routing_strategy": "LEAST_OUTSTANDING_REQUESTS"}]
+            else:
+                variant_args.update(startup)
+        self.async_success_topic: sns.Topic | None = None
+        self.async_error_topic: sns.Topic | None = None
+        async_config = None
+        if cfg.async_inference.enabled:
+            success_name, error_name = scale_to_zero.async_topic_names(args.endpoint_name)
+            self.async_success_topic = sns.Topic(
+                f"{name}-async-success", name=success_name, kms_master_key_id=args.key_arn, opts=child,
+            )
+            self.async_error_topic = sns.Topic(
+                f"{name}-async-error", name=error_name, kms_master_key_id=args.key_arn, opts=child,
+            )
+            async_config = pulumi.Output.all(
+                args.bucket, args.key_arn, self.async_success_topic.arn, self.async_error_topic.arn
+            ).apply(lambda v: scale_to_zero.async_inference_config(
+                bucket=v[0], key_arn=v[1], success_topic=v[2], error_topic=v[3],
+                max_concurrent=cfg.async_inference.max_concurrent_invocations_per_instance,
+            ))
         data_capture = None
         if cfg.data_capture.enabled:
             data_capture = {
@@ -157,6 +190,9 @@ class Endpoint(pulumi.ComponentResource):
             # (CreateEndpointConfig fails); serverless variants have no ML storage volume.
             kms_key_arn=args.key_arn if cfg.kms_on_volume else None,
             data_capture_config=data_capture,
+            async_inference_config=async_config,
+            # inference components run as this role (the configuration has no model to take it from)
+            execution_role_arn=args.role_arn if ic.enabled else None,
             opts=child,
         )
 
@@ -175,14 +211,22 @@ class Endpoint(pulumi.ComponentResource):
             f"{name}-endpoint",
             name=args.endpoint_name,
             endpoint_config_name=self.endpoint_config.name,
-            deployment_config=deployment,
+            # an endpoint of inference components updates its components (rolling), not its variants
+            deployment_config=None if ic.enabled else deployment,
             opts=child,
         )
 
+        self.inference_component = None
+        self.scaling_alarm: cloudwatch.MetricAlarm | None = None
+        self.scale_out_policy: appautoscaling.Policy | None = None
         self.scaling_target: appautoscaling.Target | None = None
         self.scaling_policy: appautoscaling.Policy | None = None
         scaling = cfg.autoscaling
-        if scaling.enabled and not cfg.serverless.enabled:
+        if ic.enabled:
+            self._inference_component(name, args, startup, child)
+        elif cfg.async_inference.enabled:
+            self._async_scaling(name, args, child)
+        elif scaling.enabled and not cfg.serverless.enabled:
             self.scaling_target = appautoscaling.Target(
                 f"{name}-scaling-target",
                 service_namespace="sagemaker",
@@ -213,16 +257,133 @@ class Endpoint(pulumi.ComponentResource):
             )
 
         self._observability(name, args, dims, child)
+        self.register_outputs(self._outputs())
 
-        self.register_outputs(
-            {
-                "dashboard_name": self.dashboard.dashboard_name if self.dashboard else None,
-                "alerts_topic_arn": self.alerts_topic.arn if self.alerts_topic else None,
-                "endpoint_name": self.endpoint.name,
-                "endpoint_config_name": self.endpoint_config.name,
-                "model_name": self.model.name,
-                "repository_url": self.repository.repository_url if self.repository else None,
-            }
+    def _outputs(self) -> dict:
+        return {
+            "dashboard_name": self.dashboard.dashboard_name if self.dashboard else None,
+            "alerts_topic_arn": self.alerts_topic.arn if self.alerts_topic else None,
+            "endpoint_name": self.endpoint.name,
+            "endpoint_config_name": self.endpoint_config.name,
+            "model_name": self.model.name,
+            "repository_url": self.repository.repository_url if self.repository else None,
+            "inference_component_name": self.inference_component.inference_component_name
+            if self.inference_component is not None else None,
+        }
+
+    def _inference_component(self, name: str, args: EndpointArgs, startup: dict, child: pulumi.ResourceOptions) -> None:
+        """The model as an inference component (aws-native), its copy-count scaling from 0, and the
+        scale-out-from-zero alarm and step policy (see ``infra/scale_to_zero.py``)."""
+        import pulumi_aws_native as aws_native
+
+        cfg = args.config
+        ic = cfg.inference_components
+        from aiops.gpufit import gpu_count
+
+        accelerators = ic.accelerators_per_copy or gpu_count(cfg.instance_type)
+        requirements: dict = {"min_memory_required_in_mb": ic.memory_mb_per_copy}
+        if accelerators:
+            requirements["number_of_accelerator_devices_required"] = accelerators
+        if ic.cpus_per_copy:
+            requirements["number_of_cpu_cores_required"] = ic.cpus_per_copy
+        spec: dict = {"model_name": self.model.name, "compute_resource_requirements": requirements}
+        params = {k: v for k, v in startup.items() if k != "volume_size_in_gb"}
+        if params:
+            spec["startup_parameters"] = params
+        component_name = f"{args.endpoint_name}-model"[:63].rstrip("-")  # SageMaker names: no trailing "-"
+        native = pulumi.ResourceOptions(parent=self, provider=args.native_provider) if args.native_provider else child
+        self.inference_component = aws_native.sagemaker.InferenceComponent(
+            f"{name}-inference-component",
+            inference_component_name=component_name,
+            endpoint_name=self.endpoint.name,
+            variant_name=cfg.variant_name,
+            specification=spec,
+            # created with one copy (the model is checked at creation), then scaled down to minCopies
+            runtime_config={"copy_count": max(1, ic.min_copies)},
+            opts=native,
+        )
+        self.scaling_target = appautoscaling.Target(
+            f"{name}-copies-target",
+            service_namespace="sagemaker",
+            scalable_dimension=scale_to_zero.IC_DIMENSION,
+            resource_id=self.inference_component.inference_component_name.apply(scale_to_zero.ic_resource_id),
+            min_capacity=ic.min_copies,
+            max_capacity=ic.max_copies,
+            opts=child,
+        )
+        self.scaling_policy = appautoscaling.Policy(
+            f"{name}-copies-policy",
+            policy_type="TargetTrackingScaling",
+            service_namespace=self.scaling_target.service_namespace,
+            scalable_dimension=self.scaling_target.scalable_dimension,
+            resource_id=self.scaling_target.resource_id,
+            target_tracking_scaling_policy_configuration=scale_to_zero.ic_target_tracking(
+                target_value=ic.target_invocations_per_copy,
+                scale_in_cooldown=ic.scale_in_cooldown,
+                scale_out_cooldown=ic.scale_out_cooldown,
+            ),
+            opts=child,
+        )
+        self.scale_out_policy = appautoscaling.Policy(
+            f"{name}-scale-out-from-zero",
+            policy_type="StepScaling",
+            service_namespace=self.scaling_target.service_namespace,
+            scalable_dimension=self.scaling_target.scalable_dimension,
+            resource_id=self.scaling_target.resource_id,
+            step_scaling_policy_configuration=scale_to_zero.scale_out_from_zero(cooldown=ic.scale_out_cooldown),
+            opts=child,
+        )
+        self.scaling_alarm = cloudwatch.MetricAlarm(
+            f"{name}-no-capacity-alarm",
+            name=f"{args.endpoint_name}-no-capacity",
+            alarm_description="Requests found no copy of the model: scale out from zero",
+            alarm_actions=[self.scale_out_policy.arn],
+            opts=child,
+            **scale_to_zero.no_capacity_alarm(component_name),
+        )
+
+    def _async_scaling(self, name: str, args: EndpointArgs, child: pulumi.ResourceOptions) -> None:
+        aio = args.config.async_inference
+        variant = args.config.variant_name
+        self.scaling_target = appautoscaling.Target(
+            f"{name}-scaling-target",
+            service_namespace="sagemaker",
+            scalable_dimension=scale_to_zero.VARIANT_DIMENSION,
+            resource_id=self.endpoint.name.apply(lambda n: scaling_resource_id(n, variant)),
+            min_capacity=aio.min_capacity,
+            max_capacity=aio.max_capacity,
+            opts=child,
+        )
+        self.scaling_policy = appautoscaling.Policy(
+            f"{name}-backlog-policy",
+            policy_type="TargetTrackingScaling",
+            service_namespace=self.scaling_target.service_namespace,
+            scalable_dimension=self.scaling_target.scalable_dimension,
+            resource_id=self.scaling_target.resource_id,
+            target_tracking_scaling_policy_configuration=scale_to_zero.backlog_target_tracking(
+                endpoint_name=args.endpoint_name,
+                target_value=aio.target_backlog_per_instance,
+                scale_in_cooldown=aio.scale_in_cooldown,
+                scale_out_cooldown=aio.scale_out_cooldown,
+            ),
+            opts=child,
+        )
+        self.scale_out_policy = appautoscaling.Policy(
+            f"{name}-scale-out-from-zero",
+            policy_type="StepScaling",
+            service_namespace=self.scaling_target.service_namespace,
+            scalable_dimension=self.scaling_target.scalable_dimension,
+            resource_id=self.scaling_target.resource_id,
+            step_scaling_policy_configuration=scale_to_zero.scale_out_from_zero(cooldown=aio.scale_out_cooldown),
+            opts=child,
+        )
+        self.scaling_alarm = cloudwatch.MetricAlarm(
+            f"{name}-backlog-alarm",
+            name=f"{args.endpoint_name}-backlog-without-capacity",
+            alarm_description="Requests wait while the endpoint has no instance: scale out from zero",
+            alarm_actions=[self.scale_out_policy.arn],
+            opts=child,
+            **scale_to_zero.backlog_without_capacity_alarm(args.endpoint_name),
         )
 
     def _observability(self, name: str, args: EndpointArgs, dims: dict[str, str], child: pulumi.ResourceOptions) -> None:
@@ -234,6 +395,14 @@ class Endpoint(pulumi.ComponentResource):
         self.alerts_topic: sns.Topic | None = None
         self.alerts_subscription: sns.TopicSubscription | None = None
         self.alarm_idle: cloudwatch.MetricAlarm | None = None
+        if cfg.inference_components.enabled:
+            instances = (cfg.inference_components.min_instances, cfg.inference_components.max_instances)
+        elif cfg.async_inference.enabled:
+            instances = (cfg.async_inference.min_capacity, cfg.async_inference.max_capacity)
+        elif cfg.autoscaling.enabled:
+            instances = (cfg.autoscaling.min_capacity, cfg.autoscaling.max_capacity)
+        else:
+            instances = (cfg.initial_instance_count, cfg.initial_instance_count)
         if cfg.dashboard.enabled:
             body = dashboard_body(
                 endpoint_name=args.endpoint_name,
@@ -241,8 +410,8 @@ class Endpoint(pulumi.ComponentResource):
                 region=args.region,
                 period=cfg.dashboard.period_seconds,
                 latency_p99_ms=cfg.alarms.latency_p99_ms,
-                min_capacity=cfg.autoscaling.min_capacity if cfg.autoscaling.enabled else cfg.initial_instance_count,
-                max_capacity=cfg.autoscaling.max_capacity if cfg.autoscaling.enabled else cfg.initial_instance_count,
+                min_capacity=instances[0],
+                max_capacity=instances[1],
                 serverless=cfg.serverless.enabled,
             )
             self.dashboard = cloudwatch.Dashboard(

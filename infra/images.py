@@ -76,3 +76,72 @@ def pytorch_inference_uri(*, region: str, version: str, py_version: str, instanc
 
 def registry_account(region: str, version: str) -> str | None:
     return table()["versions"][resolve_version(version)]["registries"].get(region)
+
+
+# --------------------------------------------------------------------------- LLM containers
+
+_LLM_TABLE = Path(__file__).with_name("llm_images.json")
+LLM_FRAMEWORKS = {"lmi": "djl-lmi", "tgi": "huggingface-llm"}
+
+
+@lru_cache(maxsize=1)
+def llm_table() -> dict:
+    return json.loads(_LLM_TABLE.read_text())
+
+
+def _llm_entry(kind: str, version: str) -> tuple[str, dict]:
+    data = llm_table()[kind]
+    full = data["version_aliases"].get(version, version)
+    if full not in data["versions"]:
+        allowed = sorted(set(data["version_aliases"]) | set(data["versions"]))
+        raise ConfigError(
+            f"aiops:endpoint.llm.version={version!r}: no {data['framework']} image known for it; "
+            f"allowed: {', '.join(allowed)} (or set endpoint.image.uri)"
+        )
+    return full, data["versions"][full]
+
+
+def llm_image_uri(*, kind: str, region: str, version: str) -> str:
+    """The LMI (``djl-lmi``) or TGI (``huggingface-llm``) image URI, as
+    ``image_uris.retrieve(framework, region, version, instance_type=<a GPU type>)`` gives it."""
+    full, entry = _llm_entry(kind, version)
+    account = entry["registries"].get(region)
+    if account is None:
+        raise ConfigError(
+            f"aws:region={region!r}: no {LLM_FRAMEWORKS[kind]} {full} image is published there; "
+            f"pick another region or set endpoint.image.uri"
+        )
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    if kind == "tgi":  # <tag_prefix>-gpu-<py>-<container version>, as the SDK joins them
+        tag = f"{entry['tag_prefix']}-gpu-{entry['py_versions'][0]}-{entry['container_version']}"
+    else:  # djl-lmi tags carry no processor: the tag prefix is the tag
+        tag = entry["tag_prefix"]
+    return f"{account}.dkr.ecr.{region}.{domain}/{entry['repository']}:{tag}"
+
+
+def llm_repository(kind: str, version: str) -> tuple[str, str]:
+    """(repository, registry account per region table) of an LLM image, for the role's pull rights."""
+    _, entry = _llm_entry(kind, version)
+    return entry["repository"], entry["registries"]
+
+
+def endpoint_image_uri(endpoint, region: str) -> str:
+    """The framework image of the endpoint's container (``pytorch``, ``lmi``, ``tgi``); a ``custom``
+    container names its own (``image.uri``), which the caller uses instead."""
+    if endpoint.container in LLM_FRAMEWORKS:
+        return llm_image_uri(kind=endpoint.container, region=region, version=endpoint.llm.version)
+    return pytorch_inference_uri(
+        region=region,
+        version=endpoint.image.framework_version,
+        py_version=endpoint.image.py_version,
+        instance_type=None if endpoint.serverless.enabled else endpoint.instance_type,
+    )
+
+
+def endpoint_image_repositories(endpoint, region: str) -> tuple[tuple[str, str], ...]:
+    """(registry account, repository) the role must pull from for an LLM container; () otherwise."""
+    if endpoint.container not in LLM_FRAMEWORKS:
+        return ()
+    repository, registries = llm_repository(endpoint.container, endpoint.llm.version)
+    account = registries.get(region)
+    return ((account, repository),) if account else ()

@@ -128,8 +128,14 @@ def execution_role_policy(
     own_repository_arn: str | None = None,
     subnet_ids: tuple[str, ...] = (),
     security_group_ids: tuple[str, ...] = (),
+    extra_image_repositories: tuple[tuple[str, str], ...] = (),
+    publish_topic_names: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Least privilege for SageMaker jobs and endpoints run as this role.
+
+    ``extra_image_repositories``: (registry account, repository) of the endpoint's LLM container
+    (LMI, TGI). ``publish_topic_names``: the async-inference notification topics (SageMaker
+    publishes to them as this role).
 
     The prefixes are the stack contract's (``aiops.stack.S3Layout.role_read_prefixes`` /
     ``role_write_prefixes``). With subnets (a VPC), the role also gets what SageMaker needs to
@@ -148,10 +154,19 @@ def execution_role_policy(
         repos += [
             f"arn:{partition}:ecr:{region}:{image_registry_account}:repository/{r}" for r in DLC_REPOSITORIES
         ]
+    repos += [f"arn:{partition}:ecr:{region}:{acct}:repository/{r}" for acct, r in extra_image_repositories]
     if own_repository_arn:
         _arn_ok(own_repository_arn, "ecr")
         repos.append(own_repository_arn)
-    statements: list[dict[str, Any]] = [
+    statements: list[dict[str, Any]] = []
+    if publish_topic_names:
+        statements.append({
+            "Sid": "PublishAsyncNotifications",
+            "Effect": "Allow",
+            "Action": "sns:Publish",
+            "Resource": [f"arn:{partition}:sns:{region}:{account_id}:{t}" for t in publish_topic_names],
+        })
+    statements += [
         {
             "Sid": "ListOwnPrefixes",
             "Effect": "Allow",

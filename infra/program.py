@@ -13,7 +13,8 @@ import pulumi_aws as aws
 
 from aiops.infra.config import StackConfig
 from aiops.stack import LAYOUT, TRAINING_LOG_GROUP
-from aiops.infra.images import pytorch_inference_uri, registry_account
+from aiops.infra.images import endpoint_image_repositories, endpoint_image_uri, registry_account
+from aiops.infra.scale_to_zero import async_topic_names
 
 
 def build(cfg: StackConfig) -> dict[str, Any]:
@@ -64,12 +65,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         elif ep.image.own_repository:
             repository_name = f"{cfg.prefix}-server"
         else:
-            image_uri = pytorch_inference_uri(
-                region=cfg.region,
-                version=ep.image.framework_version,
-                py_version=ep.image.py_version,
-                instance_type=None if ep.serverless.enabled else ep.instance_type,
-            )
+            image_uri = endpoint_image_uri(ep, cfg.region)
 
     role_arn = None
     if cfg.access.enabled:
@@ -97,6 +93,9 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 own_repository_arn=own_repo_arn,
                 subnet_ids=net.subnet_ids,
                 security_group_ids=net.security_group_ids,
+                extra_image_repositories=endpoint_image_repositories(ep, cfg.region)
+                if ep.enabled and not (ep.image.uri or ep.image.own_repository) else (),
+                publish_topic_names=async_topic_names(cfg.endpoint_name) if ep.enabled and ep.async_inference.enabled else (),
             ),
             opts=opts,
         )
@@ -120,6 +119,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 repository_name=repository_name,
                 subnet_ids=net.subnet_ids,
                 security_group_ids=net.security_group_ids,
+                native_provider=_native_provider(cfg) if ep.inference_components.enabled else None,
             ),
             opts=opts,
         )
@@ -144,6 +144,13 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         outputs["launchTemplateId"] = compute.launch_template.id
         outputs["gpuGroupName"] = compute.group.name
     return outputs
+
+
+def _native_provider(cfg: StackConfig):
+    """pulumi-aws-native, for the one resource pulumi-aws lacks (sagemaker InferenceComponent)."""
+    import pulumi_aws_native as aws_native
+
+    return aws_native.Provider("aws-native", region=cfg.region)
 
 
 def export(outputs: dict[str, Any]) -> None:

@@ -12,6 +12,12 @@ if TYPE_CHECKING:
 
 KEY_INPUTS: dict[str, tuple[str, ...]] = {
     "pulumi:providers:aws": ("region",),
+    "pulumi:providers:aws-native": ("region",),
+    "aws-native:sagemaker:InferenceComponent": (
+        "inferenceComponentName", "runtimeConfig.copyCount",
+        "specification.computeResourceRequirements.numberOfAcceleratorDevicesRequired",
+        "specification.startupParameters.modelDataDownloadTimeoutInSeconds",
+        "specification.startupParameters.containerStartupHealthCheckTimeoutInSeconds"),
     "aws:kms/key:Key": ("enableKeyRotation", "deletionWindowInDays"),
     "aws:kms/alias:Alias": ("name",),
     "aws:s3/bucket:Bucket": ("bucketPrefix", "forceDestroy"),
@@ -30,10 +36,18 @@ KEY_INPUTS: dict[str, tuple[str, ...]] = {
     "aws:cloudwatch/dashboard:Dashboard": ("dashboardName",),
     "aws:sns/topic:Topic": ("name", "kmsMasterKeyId"),
     "aws:sns/topicSubscription:TopicSubscription": ("protocol", "endpoint"),
-    "aws:sagemaker/model:Model": ("primaryContainer.image", "primaryContainer.modelDataUrl"),
+    "aws:sagemaker/model:Model": (
+        "primaryContainer.image", "primaryContainer.modelDataUrl",
+        "primaryContainer.modelDataSource.s3DataSources[0].s3Uri",
+        "primaryContainer.modelDataSource.s3DataSources[0].compressionType"),
     "aws:sagemaker/endpointConfiguration:EndpointConfiguration": (
         "namePrefix", "productionVariants[0].instanceType", "productionVariants[0].initialInstanceCount",
-        "productionVariants[0].serverlessConfig.memorySizeInMb", "kmsKeyArn", "dataCaptureConfig.initialSamplingPercentage"),
+        "productionVariants[0].serverlessConfig.memorySizeInMb", "kmsKeyArn", "dataCaptureConfig.initialSamplingPercentage",
+        "productionVariants[0].modelDataDownloadTimeoutInSeconds",
+        "productionVariants[0].containerStartupHealthCheckTimeoutInSeconds", "productionVariants[0].volumeSizeInGb",
+        "productionVariants[0].managedInstanceScaling.minInstanceCount",
+        "productionVariants[0].managedInstanceScaling.maxInstanceCount",
+        "asyncInferenceConfig.outputConfig.s3OutputPath"),
     "aws:sagemaker/endpoint:Endpoint": (
         "name", "deploymentConfig.blueGreenUpdatePolicy.trafficRoutingConfiguration.type",
         "deploymentConfig.autoRollbackConfiguration.alarms[*].alarmName"),
@@ -41,7 +55,8 @@ KEY_INPUTS: dict[str, tuple[str, ...]] = {
     "aws:appautoscaling/policy:Policy": (
         "targetTrackingScalingPolicyConfiguration.targetValue",
         "targetTrackingScalingPolicyConfiguration.scaleInCooldown",
-        "targetTrackingScalingPolicyConfiguration.scaleOutCooldown"),
+        "targetTrackingScalingPolicyConfiguration.scaleOutCooldown",
+        "stepScalingPolicyConfiguration.adjustmentType"),
     "aws:ec2/securityGroup:SecurityGroup": ("ingress", "egress[0].cidrBlocks"),
     "aws:ec2/launchTemplate:LaunchTemplate": (
         "instanceType", "imageId", "metadataOptions.httpTokens", "blockDeviceMappings[0].ebs.volumeType",
@@ -102,10 +117,12 @@ def short_type(type_: str) -> str:
     return type_
 
 
-def to_json(plan: Plan, costs: "PlanCosts | None" = None) -> str:
+def to_json(plan: Plan, costs: "PlanCosts | None" = None, gpu_fit: Any = None) -> str:
     data = plan.to_dict()
     if costs is not None:
         data["costs"] = costs.to_dict()
+    if gpu_fit is not None:
+        data["gpu_fit"] = gpu_fit.to_dict()
     return json.dumps(data, indent=2, sort_keys=True, default=str)
 
 

@@ -46,3 +46,38 @@ def test_refresh_updates_known_types_and_lists_the_rest() -> None:
     assert missing == ["us-east-1 sagemaker ml.p3.2xlarge"]
     assert table["as_of"] != "old" and "Price List API" in table["source"]
     assert {c["ServiceCode"] for c in client.calls} == {"AmazonSageMaker", "AmazonEC2"}
+
+
+def gpu_item(gpu: str, memory: str) -> dict:
+    return {"product": {"attributes": {"instanceType": "g5.12xlarge", "gpu": gpu, "gpuMemory": memory}}, "terms": {}}
+
+
+def test_gpu_attributes_give_count_and_memory_per_gpu() -> None:
+    assert refresh_prices.gpu_attributes(gpu_item("4", "96 GiB")) == (4, 24.0)
+    assert refresh_prices.gpu_attributes(gpu_item("8", "640 GB")) == (8, 80.0)
+    assert refresh_prices.gpu_attributes(gpu_item("NA", "NA")) is None
+    assert refresh_prices.gpu_attributes(gpu_item("0", "0 GiB")) is None
+    assert refresh_prices.gpu_attributes({"product": {"attributes": {}}}) is None
+
+
+def test_refresh_gpus_updates_rows_and_lists_the_rest() -> None:
+    class Fake:
+        def __init__(self) -> None:
+            self.types: list[str] = []
+
+        def get_products(self, **kwargs):
+            names = {f["Field"]: f["Value"] for f in kwargs["Filters"]}
+            self.types.append(names["instanceType"])
+            if names["instanceType"] == "g5.12xlarge":
+                return {"PriceList": [json.dumps(gpu_item("4", "96 GiB"))]}
+            return {"PriceList": []}
+
+    table = {"as_of": "old", "source": "old", "instance_types": {
+        "ml.g5.12xlarge": {"gpus": 1, "gpu_model": "NVIDIA A10G", "gpu_memory_gib": 1},
+        "ml.p5.48xlarge": {"gpus": 8, "gpu_model": "NVIDIA H100", "gpu_memory_gib": 80}}}
+    client = Fake()
+    missing = refresh_prices.refresh_gpus(table, client)
+    assert table["instance_types"]["ml.g5.12xlarge"] == {"gpus": 4, "gpu_model": "NVIDIA A10G", "gpu_memory_gib": 24.0}
+    assert table["instance_types"]["ml.p5.48xlarge"]["gpu_memory_gib"] == 80
+    assert missing == ["ml.p5.48xlarge"] and client.types == ["g5.12xlarge", "p5.48xlarge"]
+    assert table["as_of"] != "old" and "gpuMemory" in table["source"]

@@ -36,8 +36,12 @@ def test_classify(tmp_path):
     with pytest.raises(UsageError, match="not a gzip archive"):
         artifacts.classify(str(tmp_path / "plain.txt"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsageError, match="no model.tar.gz in that folder"):
+    with pytest.raises(UsageError, match="no model.tar.gz in that folder .* and no weights"):
         artifacts.classify(str(tmp_path / "empty"))
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"x")
+    assert artifacts.classify(str(tmp_path / "weights")) == ("folder", str(tmp_path / "weights"))
+    assert artifacts.classify("s3://my-bucket/models/llama/") == ("prefix", "s3://my-bucket/models/llama/")
     with pytest.raises(UsageError, match="expected an s3://bucket/key URI"):
         artifacts.classify("nothing-here")
 

@@ -24,6 +24,13 @@ CONFIGS = {
     "prod": lambda: load_stack_file(REPO / "Pulumi.prod.yaml"),
     "p3-own-image": lambda: parse(merged(endpoint={"instanceType": "ml.p3.2xlarge", "image": {"ownRepository": True}}), stack="p3"),
     "serverless": lambda: parse(merged(endpoint={"serverless": {"enabled": True}, "dataCapture": {"enabled": False}}), stack="sl"),
+    # scale to zero: the aws-native inference component (LMI, uncompressed) and async inference (TGI, p3: EBS)
+    "inference-components": lambda: parse(merged(endpoint={
+        "container": "lmi", "modelDataUrl": "s3://example-bucket/models/llama/",
+        "inferenceComponents": {"enabled": True}}), stack="ic"),
+    "async": lambda: parse(merged(endpoint={
+        "container": "tgi", "instanceType": "ml.p3.2xlarge", "modelSizeGb": 20,
+        "asyncInference": {"enabled": True}}), stack="async"),
 }
 
 
@@ -74,18 +81,23 @@ def test_everything_encrypted_with_the_stack_key(planned):
         assert ec.inputs.get("kmsKeyArn") == (None if exempt else key_arn)
         if "dataCaptureConfig" in ec.inputs:
             assert ec.inputs["dataCaptureConfig"]["kmsKeyId"] == key_arn
+        if "asyncInferenceConfig" in ec.inputs:
+            assert ec.inputs["asyncInferenceConfig"]["outputConfig"]["kmsKeyId"] == key_arn
 
 
 def test_every_topic_encrypted_with_the_stack_key(planned):
     cfg, p = planned
     key_arn = p.outputs["kmsKeyArn"]
     topics = p.of_type("aws:sns/topic:Topic")
-    assert len(topics) == (1 if cfg.endpoint.enabled and cfg.endpoint.idle_alarm.enabled else 0)
+    idle = cfg.endpoint.enabled and cfg.endpoint.idle_alarm.enabled
+    async_topics = 2 if cfg.endpoint.enabled and cfg.endpoint.async_inference.enabled else 0
+    assert len(topics) == (1 if idle else 0) + async_topics
     for topic in topics:
         assert topic.inputs["kmsMasterKeyId"] == key_arn
-    # CloudWatch alarms can publish to them only if the key policy lets them use the key
+    # CloudWatch alarms can publish to the idle alarm's topic only if the key policy lets them use
+    # the key (the async topics are published to by SageMaker as the execution role)
     sids = [s["Sid"] for s in json.loads(p.one("aws:kms/key:Key").inputs["policy"])["Statement"]]
-    assert ("CloudWatchAlarmsPublishToEncryptedTopics" in sids) == bool(topics)
+    assert ("CloudWatchAlarmsPublishToEncryptedTopics" in sids) == idle
 
 
 def test_imdsv2_everywhere(planned):
