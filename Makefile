@@ -3,6 +3,9 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 DATA := .aiops/data/digits
+# pytest-xdist workers: one per core (2 on the project's build machines). Tests that must share a
+# process are grouped with @pytest.mark.xdist_group and `--dist loadgroup` keeps each group on one worker.
+TEST_WORKERS ?= auto
 
 .PHONY: demo test install bench clean-venv
 
@@ -23,10 +26,11 @@ demo: $(BIN)/.installed
 		--channel train=$(DATA)/train --channel test=$(DATA)/test
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
+# every bench/*.py script, in its quick mode where it has one; results in bench/results/
 bench: $(BIN)/.installed
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

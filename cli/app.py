@@ -6,6 +6,7 @@ functions, so `aiops --help` stays fast. Sub-apps and commands are grouped in he
 
 from __future__ import annotations
 
+import re
 import sys
 
 import typer
@@ -81,6 +82,29 @@ def _missing_dependency(exc: ModuleNotFoundError) -> str | None:
     return f"this needs {top}, which is not installed: pip install 'aiops[{extra}]'."
 
 
+# What rich reads as a markup tag: `[` then a lowercase letter, #, / or @ (rich.markup's own pattern).
+# Help texts here are plain text, so "[default: 127.0.0.1]" or "[fp32: 1e-4]" must be shown, not
+# swallowed as an unknown style; rich_markup_mode stays "rich" for the help panels.
+_MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+
+def _escape_markup(text: str | None) -> str | None:
+    if not text:
+        return text
+    return _MARKUP_TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+
+
+def _plain_help(command) -> None:
+    """Escape rich markup in every command's and option's help, the whole tree down."""
+    command.help = _escape_markup(command.help)
+    command.short_help = _escape_markup(getattr(command, "short_help", None))
+    for param in command.params:
+        if getattr(param, "help", None):
+            param.help = _escape_markup(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -96,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     try:
-        result = app(args=args, prog_name="aiops", standalone_mode=False)
+        command = typer.main.get_command(app)
+        _plain_help(command)
+        result = command.main(args=args, prog_name="aiops", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:

@@ -146,7 +146,8 @@ def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, o
 @model_app.command("package")
 def package(
     model: str = typer.Argument(..., help="A local training run name, or a model folder."),
-    out: Path = typer.Option(Path("model.tar.gz"), "--out", "-o", help="Where to write model.tar.gz."),
+    out: Path = typer.Option(Path("model.tar.gz"), "--out", "-o",
+                             help="Where to write model.tar.gz (an existing folder: FOLDER/model.tar.gz)."),
     entry_point: Optional[Path] = typer.Option(None, "--entry-point", "-e", help="Inference script -> code/."),
     source_dir: Optional[Path] = typer.Option(None, "--source-dir", "-s", help="Folder copied into code/."),
     requirements: Optional[Path] = typer.Option(None, "--requirements", "-r", help="-> code/requirements.txt"),

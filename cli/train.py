@@ -91,7 +91,21 @@ class _ConsoleReporter:
             self._status.stop()
 
 
-def _render_summary(console: Any, record: Mapping[str, Any]) -> None:
+def _when(seconds: float | None) -> str | None:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else None
+
+
+def _failure_text(reason: str, *, log_shown: bool) -> str:
+    """The failure reason; when the log (with the script's traceback) was just shown, only its first
+    line and the exception line, so the traceback is printed once."""
+    lines = [line for line in reason.strip().splitlines() if line.strip()]
+    if not log_shown or len(lines) <= 2:
+        return reason.strip()
+    return f"{lines[0]} ... {lines[-1].strip()}"
+
+
+def _render_summary(console: Any, record: Mapping[str, Any], *, streamed: bool = False) -> None:
+    """`streamed`: the job's log was just shown live, so the log tail is not repeated."""
     from rich.table import Table
 
     colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stale": "red"}.get(record["status"], "white")
@@ -100,6 +114,9 @@ def _render_summary(console: Any, record: Mapping[str, Any]) -> None:
     table.add_column(overflow="fold")  # paths stay whole, folded, never cut with an ellipsis
     table.add_row("job", record["job_name"])
     table.add_row("status", f"[{colour}]{record['status']}[/]")
+    for label, key in (("started", "created_at"), ("ended", "ended_at")):
+        if _when(record.get(key)):
+            table.add_row(label, _when(record.get(key)))
     table.add_row("duration", f"{record.get('duration_seconds') or 0:.1f}s")
     metrics = list((record.get("final_metrics") or {}).items())
     for name, value in metrics[:SUMMARY_METRICS]:  # in order of first appearance
@@ -113,12 +130,14 @@ def _render_summary(console: Any, record: Mapping[str, Any]) -> None:
         table.add_row("resume with", f"aiops train --resume {record['job_name']}")
     console.print(table)
     if record["status"] == "Failed":
-        tail = record.get("log_tail") or []
+        tail = [] if streamed else record.get("log_tail") or []
         if tail:
             console.print("[red]last lines of the log:[/]")
             for line in tail:
                 console.out(line, highlight=False)
-        console.print(f"[red]failure:[/] {record.get('failure_reason', '').strip()}")
+        reason = _failure_text(record.get("failure_reason") or "", log_shown=streamed or bool(tail))
+        console.print("[red]failure:[/] ", end="")
+        console.out(reason, highlight=False)  # the script's text, not rich markup
         console.print(f"run folder kept: {record['run_dir']}")
 
 
@@ -277,7 +296,7 @@ def train(
     if as_json:
         sys.stdout.write(json.dumps(_summary(record), sort_keys=True) + "\n")
     else:
-        _render_summary(reporter.console, record)
+        _render_summary(reporter.console, record, streamed=True)
     status = record["status"]
     if status == "Failed":
         raise typer.Exit(1)
@@ -364,7 +383,7 @@ def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_ou
     if as_json:
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     else:
-        _render_summary(console, {**record, **summary})
+        _render_summary(console, {**record, **summary}, streamed=wait)
     if wait and record["status"] != "Completed":
         raise typer.Exit(1)
 
@@ -396,6 +415,7 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
     from rich.table import Column, Table
 
     from aiops.settings import get_settings
+    from aiops.training.metrics import latest_values
     from aiops.training.runs import RunStore
 
     store = RunStore(get_settings().runs_dir)
@@ -413,7 +433,10 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
         return
     table = Table(Column("job", overflow="fold"), "status", "started", "duration", Column("metrics", overflow="fold"))
     for r in records:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in list((r.get("final_metrics") or {}).items())[:3])
+        latest = r.get("final_metrics") or {}
+        if not latest and r["status"] == "InProgress" and not r.get("remote"):  # a local run still going
+            latest = latest_values(Path(r["run_dir"]) / "metrics.jsonl")
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in list(latest.items())[:3])
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created_at", 0)))
         duration = f"{r['duration_seconds']:.1f}s" if r.get("duration_seconds") is not None else "-"
         table.add_row(r["job_name"], r["status"], started, duration, metrics)

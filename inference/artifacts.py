@@ -235,6 +235,11 @@ def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UsageError(f"{model_dir}: no such model folder")
+    out = Path(out)
+    if out.is_dir():  # --out FOLDER: the archive goes inside it, under the name SageMaker expects
+        out = out / "model.tar.gz"
+        if out.is_dir():
+            raise UsageError(f"--out {out.parent}: {out} is a folder; name the file to write")
     entries: dict[str, Path] = {}
     replace_code = entry_point is not None or source_dir is not None or code_files is not None
     for rel, p in _walk(model_dir):

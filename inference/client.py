@@ -28,11 +28,24 @@ class InvokeResult:
         return 200 <= self.status < 300
 
 
+def _looks_like_a_path(data: str) -> bool:
+    """A file name rather than inline data: one word that ends in a payload suffix or starts like a
+    path (`missing.json`, `./x`, `~/x`, `/x`), and does not start like JSON."""
+    text = data.strip()
+    if not text or len(text) > 1024 or any(c.isspace() for c in text) or text[0] in "[{\"":
+        return False
+    suffix = Path(text).suffix.lower()
+    return suffix in _BY_SUFFIX or suffix in (".txt", ".bin") or text.startswith(("./", "../", "~/", "/"))
+
+
 def load_payload(data: str, content_type: str | None) -> tuple[bytes, str]:
     """``data`` is ``@file``, a file path, or inline text (JSON by default)."""
     name = data[1:] if data.startswith("@") else data
     path = Path(name).expanduser()
     is_file = data.startswith("@") or (len(name) < 4096 and "\n" not in name and path.is_file())
+    if not is_file and _looks_like_a_path(data) and not path.exists():
+        # `--data missing.json`: say the file is missing, not that it is bad JSON
+        raise UsageError(f"--data {data}: no such file")
     if is_file:
         if not path.is_file():
             raise UsageError(f"--data {data}: no such file")
@@ -109,4 +122,6 @@ def error_message(result: InvokeResult) -> str:
         rid = doc.get("request_id")
     except (ValueError, AttributeError):
         message, rid = result.body[:300].decode("utf-8", "replace"), None
-    return f"HTTP {result.status}: {message}" + (f" (request {rid})" if rid else "")
+    # the server's message may already name the request ("see the server log for request X"): once only
+    named = rid and str(rid) in str(message)
+    return f"HTTP {result.status}: {message}" + (f" (request {rid})" if rid and not named else "")

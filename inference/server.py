@@ -335,7 +335,7 @@ def _make_server(app: App, config: WorkerConfig):
 def worker_main(fd: int, ready_fd: int | None, config: WorkerConfig) -> int:
     import socket
 
-    from aiops.errors import AiopsError
+    from aiops.errors import AiopsError, UsageError
     from aiops.inference.handler import Handler
 
     _configure_logging(config.log_level)
@@ -358,8 +358,8 @@ def worker_main(fd: int, ready_fd: int | None, config: WorkerConfig) -> int:
         handler = Handler(config.model_dir, script=_path(config.script), code_dir=_path(config.code_dir),
                           default_accept=config.default_accept)
         handler.load()
-    except AiopsError as err:
-        report(f"error: {err}")
+    except AiopsError as err:  # "usage-error": bad input (no model file, ...), the CLI exits 2
+        report(f"{'usage-error' if isinstance(err, UsageError) else 'error'}: {err}")
         return 3
     except Exception as err:  # noqa: BLE001 - the user's model_fn failed
         log.error("loading the model failed\n%s", traceback.format_exc().rstrip())

@@ -171,8 +171,9 @@ class Supervisor:
                     if not self.ever_ready:
                         self.ever_ready = True
                         self.on_ready()
-                elif text.startswith("error: "):
-                    w["error"] = text[len("error: "):]
+                elif text.startswith(("error: ", "usage-error: ")):
+                    kind, _, w["error"] = text.partition(": ")
+                    w["usage"] = kind == "usage-error"
 
     def on_ready(self) -> None:
         pass
@@ -202,7 +203,7 @@ class Supervisor:
                     if not w["ready"]:
                         self._stop_all()
                         reason = w["error"] or f"the worker exited with code {code} while loading the model"
-                        raise AiopsError(reason)
+                        raise (UsageError if w.get("usage") else AiopsError)(reason)
                     log.warning("worker %d exited (code %s); starting a new one", pid, code)
                     self._spawn()
             self._stop_all()

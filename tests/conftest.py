@@ -28,3 +28,23 @@ def run_cli(aiops_home: Path, tmp_path: Path):
         return run_aiops(aiops_home, cwd or tmp_path, *args, env=env, timeout=timeout, input=input)
 
     return run
+
+
+# Files whose tests share an expensive module- or session-scoped fixture (a trained digits run):
+# `make test` runs pytest-xdist with `--dist loadgroup`, and one group stays on one worker, so the
+# fixture is built once instead of once per worker. Everything else spreads test by test.
+XDIST_GROUPS = {
+    "export/": "digits-export-run",
+    "training/test_example.py": "digits-example-runs",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    tests_root = Path(__file__).resolve().parent
+    for item in items:
+        rel = Path(item.fspath).resolve().relative_to(tests_root).as_posix()
+        for prefix, group in XDIST_GROUPS.items():
+            if rel.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))

@@ -135,3 +135,17 @@ def stop_all(servers: list[Server]) -> None:
             except subprocess.TimeoutExpired:
                 server.proc.kill()
                 server.proc.wait()
+
+
+def wait_until(predicate, what: str, timeout: float = 120, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy (and return that): waiting on a real event
+    (a file written, a counter bumped), never a fixed sleep. `timeout` only turns a hang into a
+    failure naming `what`; it is no assertion about speed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not seen within {timeout} s")
+        time.sleep(interval)

@@ -113,6 +113,23 @@ def series_from_jsonl(path) -> dict[str, list[Point]]:
     return series
 
 
+def latest_values(path) -> dict[str, float]:
+    """The last value of each metric in a metrics.jsonl that may still be written (a running job):
+    only complete lines count. {name: value}, in order of first appearance."""
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        return {}
+    latest: dict[str, float] = {}
+    for line in file.read_text().split("\n")[:-1]:  # the text after the last newline may be half a line
+        if line.strip():
+            sample = json.loads(line)
+            latest[sample["name"]] = float(sample["value"])
+    return latest
+
+
 def split_series(series: dict[str, list[Point]]) -> tuple[dict[str, list[Point]], dict[str, float]]:
     """(metrics seen more than once: curves, metrics seen once: final figures)."""
     curves = {name: points for name, points in series.items() if len(points) > 1}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
-import time
 from pathlib import Path
+
+from helpers import free_port
 
 from .conftest import save_double
 
@@ -41,8 +43,10 @@ def test_package_is_deterministic_and_in_sagemaker_layout(run_cli, tmp_path):
                     "--requirements", str(req))
         assert r.returncode == 0, r.output
         outs.append(out.read_bytes())
-        time.sleep(1.1)  # a different wall clock must not change the bytes
-        (model / "model.pt").touch()
+        # other file times must not change the bytes (the wall clock cannot reach them either: every
+        # tar member and the gzip header carry mtime 0, checked below)
+        for path in (model / "model.pt", model / "sub" / "vocab.txt", script):
+            os.utime(path, (1_000_000_000 + i, 1_000_000_000 + i))
     assert outs[0] == outs[1]
     with tarfile.open(tmp_path / "out0" / "model.tar.gz") as tar:
         names = tar.getnames()
@@ -99,6 +103,14 @@ def test_bad_inputs_are_one_line_usage_errors(run_cli, aiops_home, tmp_path):
     assert r.returncode == 2 and "only a Completed run" in r.stderr
     r = run_cli("invoke", "--data", "{not json", "--url", "http://127.0.0.1:9")
     assert r.returncode == 2 and "neither a file nor valid JSON" in r.stderr
+    for missing in ("missing.json", "./payloads/x"):
+        r = run_cli("invoke", "--data", missing, "--url", "http://127.0.0.1:9")
+        assert r.returncode == 2 and r.stderr == f"error: --data {missing}: no such file\n", r.stderr
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    r = run_cli("serve", str(empty), "--port", str(free_port()))  # a folder without a model is bad input
+    assert r.returncode == 2 and "exactly one .pt or .pth file is needed" in r.stderr, r.output
+    assert r.stderr.count("error: ") == 1 and "Traceback" not in r.output
     r = run_cli("serve", str(tmp_path), "--port", "1", "--host", "127.0.0.1",
                 env={"SAGEMAKER_MODEL_SERVER_WORKERS": "two"})
     assert r.returncode == 2 and "SAGEMAKER_MODEL_SERVER_WORKERS='two'" in r.stderr
@@ -112,3 +124,31 @@ def test_help_imports_no_heavy_modules(tmp_path):
             "print(sorted(m for m in ('torch','numpy','uvicorn','boto3','starlette') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_package_out_an_existing_folder_writes_model_tar_gz_inside(run_cli, tmp_path):
+    model = save_double(tmp_path / "m")
+    out = tmp_path / "dist"
+    out.mkdir()
+    r = run_cli("model", "package", str(model), "--out", str(out))
+    assert r.returncode == 0, r.output
+    assert "Traceback" not in r.output
+    with tarfile.open(out / "model.tar.gz") as tar:
+        assert "model.pt" in tar.getnames()
+    assert f"wrote {out / 'model.tar.gz'}" in r.stdout
+
+
+def test_invoke_error_names_the_request_once(run_cli, start_server, tmp_path):
+    from .conftest import write_script
+
+    model = save_double(tmp_path / "raising")
+    write_script(model, "def predict_fn(data, model):\n    raise ValueError('no')\n")
+    s = start_server(model)
+    r = run_cli("invoke", "--url", s.url, "--data", "[1]")
+    assert r.returncode == 1 and r.stderr.startswith("error: HTTP 500: "), r.output
+    rid = s.invoke(b"[1]").headers["x-amzn-requestid"].rsplit("-", 1)[0]  # the server's id prefix
+    assert r.stderr.count(rid) == 1, r.stderr
+    assert "see the server log for request" in r.stderr
+    # a 4xx names the request at the end, once
+    r = run_cli("invoke", "--url", s.url, "--data", "[1]", "--accept", "image/png")
+    assert r.returncode == 1 and r.stderr.count(rid) == 1 and r.stderr.rstrip().endswith(")"), r.stderr

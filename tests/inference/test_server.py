@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import signal
 import socket
 import threading
-import time
 
 import numpy as np
 import pytest
 
-from helpers import free_port, wait_ready
+from helpers import free_port, wait_ready, wait_until
 
 from .conftest import save_double, save_mlp, write_script
 
@@ -26,9 +26,11 @@ def input_fn(body, content_type):
 def predict_fn(data, model):
     if data == "boom":
         raise ValueError("secret-trace-marker")
-    if isinstance(data, dict) and "sleep" in data:
-        time.sleep(data["sleep"])
-        return {"slept": data["sleep"]}
+    if isinstance(data, dict) and "hold" in data:  # say it started, answer once the test releases it
+        open(data["started"], "w").close()
+        while not os.path.exists(data["hold"]):
+            time.sleep(0.01)
+        return {"held": data["started"]}
     if data == "die":
         os._exit(7)
     if data == "pid":
@@ -47,6 +49,14 @@ def faulty_dir(tmp_path):
 @pytest.fixture
 def double_server(start_server, double_dir):
     return start_server(double_dir)
+
+
+def _refused(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return False
+    except OSError:
+        return True
 
 
 def _npy(a):
@@ -120,8 +130,10 @@ def test_every_error_status_and_the_server_keeps_serving(start_server, faulty_di
     assert s.request("GET", "/nope").status == 404
     assert s.request("GET", "/invocations").status == 405
     assert s.invoke(b"[1]", **{"X-Amzn-SageMaker-Custom-Attributes": "a" * 2000}).status == 400
-    t = s.invoke(b'{"sleep": 3}')
+    release = tmp_path / "release"
+    t = s.invoke(json.dumps({"hold": str(release), "started": str(tmp_path / "started")}))
     assert t.status == 504 and "did not answer within 1 s" in t.json()["error"]
+    release.touch()  # the handler held on past the timeout: let it return now
     # after all of that it still serves (once the overrunning handler call has returned: the
     # timeout answers the client, it cannot interrupt the handler's thread)
     for _ in range(50):
@@ -169,23 +181,41 @@ def test_dead_worker_is_replaced(start_server, faulty_dir):
     assert s.proc.poll() is None
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(start_server, faulty_dir):
+def test_sigterm_finishes_in_flight_requests_and_exits_0(start_server, faulty_dir, tmp_path):
     s = start_server(faulty_dir, "--workers", "2")
-    results = []
+    release = tmp_path / "release"
+    started = [tmp_path / f"started-{i}" for i in range(2)]
+    conns = []
+    for marker in started:
+        # sent now (in the kernel's hands when request() returns), answered later by a thread
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+        conn.request("POST", "/invocations", json.dumps({"hold": str(release), "started": str(marker)}),
+                     {"Content-Type": "application/json"})
+        conns.append(conn)
+    # the first is inside a handler; the second is in one too, or queued behind it on the same worker.
+    # A later /ping answered means the server accepted both earlier connections (accept is FIFO).
+    wait_until(lambda: started[0].exists(), "the first request inside a handler")
+    assert s.request("GET", "/ping").status == 200
+    results = [None, None]
 
-    def slow():
-        results.append(s.invoke(b'{"sleep": 2}'))
+    def answer(i):
+        response = conns[i].getresponse()
+        results[i] = (response.status, response.read())
 
-    threads = [threading.Thread(target=slow) for _ in range(2)]
+    threads = [threading.Thread(target=answer, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # let both requests reach a worker (not a timing assertion)
     s.proc.send_signal(signal.SIGTERM)
+    # both requests were in flight when the signal went out; they are answered only after it (released
+    # now rather than once the port closes: the drain has a grace period, and a loaded machine can spend
+    # it all before the port is seen closed)
+    release.touch()
     for t in threads:
-        t.join(30)
-    assert [r.status for r in results] == [200, 200]
-    assert [r.json() for r in results] == [{"slept": 2}, {"slept": 2}]
+        t.join(60)
+    assert [r and r[0] for r in results] == [200, 200], (results, s.log()[-2000:])
+    assert [json.loads(r[1])["held"] for r in results] == [str(m) for m in started]
     assert s.proc.wait(timeout=60) == 0
+    assert _refused(s.port)
     with pytest.raises(OSError):
         s.request("GET", "/ping", timeout=2)
 
@@ -195,7 +225,7 @@ def test_model_load_failure_exits_with_one_line(start_server, tmp_path):
     folder.mkdir()
     (folder / "model.pt").write_bytes(b"not a model")
     s = start_server(folder, wait=False)
-    assert s.proc.wait(timeout=120) == 1
+    assert s.proc.wait(timeout=120) == 2  # bad input (not a model), not a runtime failure
     err = s.log()
     assert "error: " in err and "not a TorchScript model" in err and "Traceback" not in err
 

@@ -6,12 +6,11 @@ import copy
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import free_port
+from helpers import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,16 +85,18 @@ def moto_server():
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while time.time() < deadline:
+    def listening() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
+                return True
         except OSError:
-            time.sleep(0.1)
-    else:
+            return False
+
+    try:
+        wait_until(listening, "the moto server listening", timeout=60)
+    except AssertionError:
         proc.kill()
-        pytest.fail("moto server did not start")
+        raise
     yield url
     proc.terminate()
     proc.wait(timeout=10)

@@ -104,7 +104,10 @@ class Platform:
         from datetime import datetime, timedelta, timezone
 
         definitions = request["AlgorithmSpecification"].get("MetricDefinitions", [])
-        start = datetime.now(tz=timezone.utc) - timedelta(minutes=len(self.log_lines) + 1)
+        # One point a minute, centred on now: the reader queries from the job's creation - 5 min to
+        # now + 5 min, so every point lies minutes inside that window however slow the run is (points
+        # ending at now - 1 min fell out whenever the record's created_at came a moment after them).
+        start = datetime.now(tz=timezone.utc) - timedelta(minutes=len(self.log_lines) / 2)
         data = []
         for i, line in enumerate(self.log_lines):
             for definition in definitions:

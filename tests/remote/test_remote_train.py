@@ -223,16 +223,15 @@ def test_ctrl_c_while_waiting_detaches_without_a_tty(project: Path, tmp_path: Pa
     import signal
     import subprocess
     import sys
-    import time
+
+    from helpers import wait_until
 
     platform.in_progress_polls = 10_000
     proc = subprocess.Popen(
         [sys.executable, "-m", "aiops.cli.app", "train", "train.py", "--source-dir", str(project), "--remote"],
         env={**os.environ, "AIOPS_HOME": str(aiops_home), "AIOPS_AWS__JOB_POLL_SECONDS": "0.2"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while platform.attempts.get("SageMaker.DescribeTrainingJob", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: platform.attempts.get("SageMaker.DescribeTrainingJob", 0) >= 2, "the job being followed")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 LOOP_SCRIPT = textwrap.dedent(
     """
@@ -154,6 +154,20 @@ def test_failure_file_written_when_script_writes_none(run_cli, tmp_path: Path, a
     assert "ExecuteUserScriptError: exit code 1" in failure and "boom" in failure
 
 
+def test_a_raising_script_prints_its_traceback_once(run_cli, tmp_path: Path) -> None:
+    script = tmp_path / "crash.py"
+    script.write_text("def load():\n    raise ValueError('labels out of range')\nload()\n")
+    result = run_cli("train", str(script), "--job-name", "tb-once")
+    assert result.returncode == 1
+    assert result.output.count("Traceback (most recent call last)") == 1, result.output
+    assert result.output.count("raise ValueError('labels out of range')") == 1, result.output
+    # the summary still names the failure and its exception
+    failure = next(line for line in result.stdout.splitlines() if line.startswith("failure: "))
+    assert "ExecuteUserScriptError" in failure and "ValueError: labels out of range" in failure
+    described = run_cli("jobs", "describe", "tb-once")  # not streamed: the log tail, once
+    assert described.output.count("Traceback (most recent call last)") == 1, described.output
+
+
 def _start_train(aiops_home: Path, cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "aiops.cli.app", "train", *args],
@@ -165,12 +179,8 @@ def _start_train(aiops_home: Path, cwd: Path, *args: str, env: dict[str, str] | 
     )
 
 
-def _wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.05)
+def _wait_for(path: Path) -> None:
+    wait_until(path.exists, f"{path} written by the script")
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -205,11 +215,12 @@ def test_stop_kills_a_script_that_ignores_sigterm(project: Path, tmp_path: Path,
                         "--hp", "sleep=0.05", "--hp", "ignore-term=yes", "--job-name", "stubborn",
                         env={"AIOPS_TRAIN__STOP_GRACE_SECONDS": "1"})
     _wait_for(aiops_home / "runs" / "stubborn" / "opt" / "ml" / "checkpoints" / "last_epoch")
-    started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
-    assert time.monotonic() - started < 30  # killed after the 1 s grace, not after 120 s
+    # the 1 s grace reached the stopper (not the 120 s default); how long the stop takes is
+    # measured by bench/stop_grace.py, not asserted here
+    assert "SIGKILL after 1s" in out + err
     record = json.loads((aiops_home / "runs" / "stubborn" / "run.json").read_text())
     assert record["status"] == "Stopped" and record["exit_code"] == -signal.SIGKILL
 
@@ -225,6 +236,26 @@ def test_jobs_list_and_describe(run_cli, project: Path, tmp_path: Path) -> None:
     assert "first-run" in table and "Completed" in table
     described = run_cli("jobs", "describe", "first-run")
     assert described.returncode == 0 and "model.tar.gz" in described.stdout
+    record = next(r for r in listed if r["job_name"] == "first-run")
+    rows = dict(line.split(None, 1) for line in described.stdout.splitlines()[:6] if line.strip())
+    assert {"started", "ended", "duration"} <= set(rows), described.stdout
+    assert rows["started"].strip() <= rows["ended"].strip()  # same format: text order is time order
+    assert record["duration_seconds"] is not None
+
+
+def test_jobs_list_shows_the_latest_metrics_of_a_running_job(project: Path, tmp_path: Path, aiops_home: Path,
+                                                            run_cli) -> None:
+    proc = _start_train(aiops_home, tmp_path, "loop.py", "--source-dir", str(project), "--hp", "epochs=500",
+                        "--hp", "sleep=0.05", "--job-name", "running")
+    try:
+        # the checkpoint marker is written after the epoch's metric line
+        _wait_for(aiops_home / "runs" / "running" / "opt" / "ml" / "checkpoints" / "last_epoch")
+        table = run_cli("jobs", "list", env={"COLUMNS": "200"}).stdout
+        row = next(line for line in table.splitlines() if "running" in line)
+        assert "InProgress" in row and "epoch=" in row and "loss=" in row, table
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
 
 
 BAD_INPUT = [

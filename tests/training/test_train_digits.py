@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "examples" / "digits" / "train.py"
@@ -25,6 +25,14 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "aiops.cli.app", "example", "digits-data", str(out)], check=True,
                    capture_output=True)
     return out
+
+
+def _last_epoch(metrics: Path) -> float:
+    """The last `epoch` metric logged so far (complete lines only: the runner may be mid-write)."""
+    if not metrics.exists():
+        return 0
+    lines = metrics.read_text().split("\n")[:-1]
+    return max((json.loads(line)["value"] for line in lines if json.loads(line)["name"] == "epoch"), default=0)
 
 
 def _channels(digits: Path) -> list[str]:
@@ -73,12 +81,8 @@ def test_sigterm_then_resume_gives_bitwise_identical_weights(run_cli, digits: Pa
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     metrics = aiops_home / "runs" / "interrupted" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # stop it once epoch 2 is done, well before the end
-        if metrics.exists() and any(json.loads(line)["name"] == "epoch" and json.loads(line)["value"] >= 2
-                                    for line in metrics.read_text().splitlines()):
-            break
-        time.sleep(0.05)
+    # stop it once epoch 2 is done, well before the end (a missing epoch fails here, not later)
+    wait_until(lambda: _last_epoch(metrics) >= 2, "epoch 2 in metrics.jsonl")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out
