@@ -151,6 +151,11 @@ def train(
         None, "--hyperparameters", help="JSON file of hyperparameters (--hp overrides it)."
     ),
     channel: List[str] = typer.Option([], "--channel", help="Input channel NAME=PATH (repeatable)."),
+    input_mode: List[str] = typer.Option([], "--input-mode", help="[NAME=]File|FastFile|Pipe: a channel's "
+                                         "InputMode (every channel without NAME; runs as File locally)."),
+    channel_sharding: List[str] = typer.Option([], "--channel-sharding", help="[NAME=]ShardedByS3Key|"
+                                               "FullyReplicated: each host gets a disjoint subset of the "
+                                               "channel's S3 objects (remote jobs)."),
     instance_type: Optional[str] = typer.Option(
         None, "--instance-type", help="Recorded locally (resourceconfig.json); used by remote jobs."
     ),
@@ -234,6 +239,8 @@ def train(
         default_instance_type=settings.train.instance_type,
         distribution=distribution,
         follow_symlinks=follow_symlinks,
+        input_modes=input_mode,
+        channel_sharding=channel_sharding,
     )
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output-dir {output_dir}: exists and is not a folder.")
@@ -271,6 +278,10 @@ def train(
 
     prepared = local.prepare(config, store)
     reporter = _ConsoleReporter(to_stderr=as_json)
+    for name, mode in sorted(config.input_modes.items()):
+        if mode != "File":  # recorded in inputdataconfig.json; the data itself is read as File here
+            reporter.console.print(f"[yellow]note:[/] channel {name!r}: --input-mode {mode} runs as File "
+                                   "locally (see docs/remote.md#input-modes for what changes on SageMaker).")
     record = local.run(
         prepared,
         store,

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from aiops.errors import UsageError
 
@@ -140,6 +140,32 @@ class ContainerPaths:
         ]
 
 
+# A channel's InputMode and S3DataDistributionType in CreateTrainingJob (the SDK's TrainingInput
+# input_mode / distribution). Locally every channel is File and the one host gets every object.
+INPUT_MODES = ("File", "FastFile", "Pipe")
+S3_DISTRIBUTIONS = ("FullyReplicated", "ShardedByS3Key")
+
+
+def parse_channel_settings(values: Sequence[str], channels: Sequence[str], option: str,
+                           allowed: Sequence[str]) -> dict[str, str]:
+    """`--input-mode FastFile` (every channel) or `--input-mode train=FastFile` (one channel; later wins)."""
+    settings: dict[str, str] = {}
+    for raw in values:
+        name, sep, value = raw.rpartition("=")
+        value = value.strip()
+        if value not in allowed:
+            raise UsageError(f"{option} {raw!r}: {value!r} is not one of {', '.join(allowed)} "
+                             f"(e.g. {option} {allowed[-1]} or {option} train={allowed[-1]}).")
+        targets = [name.strip()] if sep else list(channels)
+        for target in targets:
+            if target not in channels:
+                known = ", ".join(channels) or "none"
+                raise UsageError(f"{option} {raw!r}: no channel named {target!r} (channels: {known}); "
+                                 "add it with --channel NAME=PATH.")
+            settings[target] = value
+    return settings
+
+
 @dataclass(frozen=True)
 class TrainingJobSpec:
     """What one host of a training job sees: the inputs of the contract."""
@@ -159,6 +185,8 @@ class TrainingJobSpec:
     distribution: str = DISTRIBUTION_NONE  # one of DISTRIBUTIONS, as `resolve_distribution` decided
     log_level: int = 20
     channel_content_types: Mapping[str, str] = field(default_factory=dict)
+    channel_input_modes: Mapping[str, str] = field(default_factory=dict)  # default File
+    channel_distributions: Mapping[str, str] = field(default_factory=dict)  # default FullyReplicated
 
     @property
     def module_name(self) -> str:
@@ -358,8 +386,8 @@ def input_data_config(spec: TrainingJobSpec) -> dict[str, dict[str, str]]:
     config: dict[str, dict[str, str]] = {}
     for name in spec.channels:
         entry = {
-            "TrainingInputMode": "File",
-            "S3DistributionType": "FullyReplicated",
+            "TrainingInputMode": spec.channel_input_modes.get(name, "File"),
+            "S3DistributionType": spec.channel_distributions.get(name, "FullyReplicated"),
             "RecordWrapperType": "None",
         }
         if name in spec.channel_content_types:

@@ -60,6 +60,8 @@ class JobConfig:
     resume: str | None = None
     distribution: str | None = None  # the SDK's `distribution`: none | torch_distributed | mpi
     follow_symlinks: bool = False  # ship what symlinks pointing outside the source dir point to
+    input_modes: dict[str, str] = field(default_factory=dict)  # channel -> File | FastFile | Pipe
+    channel_sharding: dict[str, str] = field(default_factory=dict)  # channel -> S3DataDistributionType
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,8 @@ class JobConfig:
             "nproc": self.nproc,
             "distribution": self.distribution,
             "follow_symlinks": self.follow_symlinks,
+            "input_modes": self.input_modes,
+            "channel_sharding": self.channel_sharding,
             "metric_definitions": [d.as_sagemaker() for d in self.metric_definitions],
         }
 
@@ -348,6 +352,9 @@ def run(
         network_interface_name="lo",  # one host: torch.distributed talks over loopback
         processes_per_host=job.config.nproc,
         distribution=job.distribution,
+        # recorded in inputdataconfig.json as the container would see them; locally every channel is File
+        channel_input_modes=job.config.input_modes,
+        channel_distributions=job.config.channel_sharding,
     )
     contract.write_config_files(spec, paths)
     # One machine: `algo-1` does not resolve here, and 7777 may be taken by another local run, so
@@ -569,6 +576,8 @@ def job_config(
     default_instance_type: str = "local",
     distribution: str | None = None,
     follow_symlinks: bool = False,
+    input_modes: Sequence[str] = (),
+    channel_sharding: Sequence[str] = (),
 ) -> JobConfig:
     """The job the options ask for. Without an entry point, `resume` names the run whose whole
     configuration is reused; options given (hyperparameters, channels, ...) override it."""
@@ -588,6 +597,11 @@ def job_config(
     config.nproc = nproc if nproc is not None else config.nproc
     config.distribution = distribution if distribution is not None else config.distribution
     config.follow_symlinks = follow_symlinks or config.follow_symlinks
+    names = list(config.channels)
+    config.input_modes.update(contract.parse_channel_settings(input_modes, names, "--input-mode",
+                                                              contract.INPUT_MODES))
+    config.channel_sharding.update(contract.parse_channel_settings(channel_sharding, names, "--channel-sharding",
+                                                                   contract.S3_DISTRIBUTIONS))
     config.job_name = job_name
     return config
 
@@ -605,6 +619,8 @@ def resume_config(store: RunStore, name: str) -> JobConfig:
         nproc=cfg.get("nproc"),
         distribution=cfg.get("distribution"),
         follow_symlinks=bool(cfg.get("follow_symlinks")),
+        input_modes=dict(cfg.get("input_modes") or {}),
+        channel_sharding=dict(cfg.get("channel_sharding") or {}),
         metric_definitions=[MetricDefinition(d["Name"], d["Regex"]) for d in cfg.get("metric_definitions", [])],
         resume=name,
     )

@@ -167,8 +167,15 @@ def build_request(
     nproc: int | None,
     metric_definitions: list[MetricDefinition],
     distribution: str = contract.DISTRIBUTION_NONE,
+    input_modes: Mapping[str, str] | None = None,
+    channel_sharding: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The CreateTrainingJob request (pure: tests assert it field by field)."""
+    """The CreateTrainingJob request (pure: tests assert it field by field).
+
+    `input_modes` / `channel_sharding`: a channel's InputMode (File, FastFile: objects streamed on
+    first read, Pipe: a FIFO per epoch) and S3DataDistributionType (ShardedByS3Key: each host gets
+    a disjoint subset of the objects); File and FullyReplicated when not given."""
+    input_modes, channel_sharding = input_modes or {}, channel_sharding or {}
     spec = contract.TrainingJobSpec(
         job_name=job_name,
         entry_point=entry_point,
@@ -198,10 +205,10 @@ def build_request(
                     "S3DataSource": {
                         "S3DataType": "S3Prefix",
                         "S3Uri": uri,
-                        "S3DataDistributionType": "FullyReplicated",
+                        "S3DataDistributionType": channel_sharding.get(name, "FullyReplicated"),
                     }
                 },
-                "InputMode": "File",
+                "InputMode": input_modes.get(name, "File"),
             }
             for name, uri in channel_uris.items()
         ],
@@ -499,6 +506,7 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
         job_name=job.job_name, entry_point=job.entry_point, hyperparameters=job.config.hyperparameters,
         channel_uris=channel_uris, submit_directory=code_upload.uri, image_uri=image_uri, options=options,
         nproc=job.config.nproc, metric_definitions=job.config.metric_definitions,
+        input_modes=job.config.input_modes, channel_sharding=job.config.channel_sharding,
         distribution=job.distribution,
     )
     record["config"]["channels"] = channel_uris
