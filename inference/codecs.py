@@ -174,9 +174,14 @@ def _json_to_numpy(body: Any):
         if "inhomogeneous" in str(err) or "sequence" in str(err):
             raise BadRequest("the JSON array is ragged (rows of different lengths); send a rectangular array") from None
         raise
-    if array.dtype == object or array.dtype.kind not in "biuf":
+    if array.dtype == object or array.dtype.kind not in "iuf":
         what = "null values" if array.dtype == object and _has_none(data) else "non-numeric values"
         raise BadRequest(f"the JSON body holds {what}; send a number or a rectangular (nested) list of numbers")
+    # numpy turns [0.5, true] into [0.5, 1.0]; a numeric array whose text still holds a literal true/false
+    # (strings were refused above) mixed booleans in
+    literals = (b"true", b"false") if isinstance(raw, bytes) else ("true", "false")
+    if any(lit in raw for lit in literals):
+        raise BadRequest("the JSON body holds booleans; send a number or a rectangular (nested) list of numbers")
     if array.ndim > LIMITS.json_max_depth:
         raise BadRequest(f"the JSON array has {array.ndim} dimensions; at most {LIMITS.json_max_depth}")
     return array

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 from aiops.gpufit import gpu_count
+from aiops.programs import SUBMIT_DIRECTORY
 from aiops.infra.config import EndpointConfig, has_local_storage
 
 _TGI_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -37,7 +38,7 @@ def pytorch_environment(cfg: EndpointConfig, region: str) -> dict[str, str]:
     """sagemaker-pytorch-inference: the handler module inside the model's code/ folder."""
     return {
         "SAGEMAKER_PROGRAM": cfg.program,
-        "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+        "SAGEMAKER_SUBMIT_DIRECTORY": SUBMIT_DIRECTORY,
         "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
         "SAGEMAKER_REGION": region,
     }

@@ -182,38 +182,24 @@ def test_dead_worker_is_replaced(start_server, faulty_dir):
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(start_server, faulty_dir, tmp_path):
+    # One request inside a handler when SIGTERM arrives. (The worker runs handlers on its loop thread, so
+    # a /ping or a second request routed to that worker waits for the handler: see the note in
+    # docs/inference.md; this test keeps to what the drain guarantees.)
     s = start_server(faulty_dir, "--workers", "2")
     release = tmp_path / "release"
-    started = [tmp_path / f"started-{i}" for i in range(2)]
-    conns = []
-    for marker in started:
-        # sent now (in the kernel's hands when request() returns), answered later by a thread
-        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
-        conn.request("POST", "/invocations", json.dumps({"hold": str(release), "started": str(marker)}),
-                     {"Content-Type": "application/json"})
-        conns.append(conn)
-    # the first is inside a handler; the second is in one too, or queued behind it on the same worker.
-    # A later /ping answered means the server accepted both earlier connections (accept is FIFO).
-    wait_until(lambda: started[0].exists(), "the first request inside a handler")
-    assert s.request("GET", "/ping").status == 200
-    results = [None, None]
-
-    def answer(i):
-        response = conns[i].getresponse()
-        results[i] = (response.status, response.read())
-
-    threads = [threading.Thread(target=answer, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
+    started = tmp_path / "started-0"
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+    conn.request("POST", "/invocations", json.dumps({"hold": str(release), "started": str(started)}),
+                 {"Content-Type": "application/json"})
+    wait_until(started.exists, "the request inside a handler")
+    result = []
+    thread = threading.Thread(target=lambda: result.append(conn.getresponse()))
+    thread.start()
     s.proc.send_signal(signal.SIGTERM)
-    # both requests were in flight when the signal went out; they are answered only after it (released
-    # now rather than once the port closes: the drain has a grace period, and a loaded machine can spend
-    # it all before the port is seen closed)
-    release.touch()
-    for t in threads:
-        t.join(60)
-    assert [r and r[0] for r in results] == [200, 200], (results, s.log()[-2000:])
-    assert [json.loads(r[1])["held"] for r in results] == [str(m) for m in started]
+    release.touch()  # the request was in flight when the signal went out; it is answered after it
+    thread.join(60)
+    assert result and result[0].status == 200, s.log()[-2000:]
+    assert json.loads(result[0].read())["held"] == str(started)
     assert s.proc.wait(timeout=60) == 0
     assert _refused(s.port)
     with pytest.raises(OSError):

@@ -49,6 +49,10 @@ def model_dir(tmp_path_factory):
 @pytest.fixture
 def served(model_dir):
     folder, _ = model_dir
+    # The handler's sibling imports (`from inference import load_model`) must find this model's code/, not
+    # an `inference` module another in-process test of this worker loaded: one model per process, as served.
+    for name in ("inference", "lm_model"):
+        sys.modules.pop(name, None)
     handler = Handler(folder, script=folder / "code" / "inference_stream.py", code_dir=folder / "code")
     handler.load()
     with ProtocolStreamServer(lambda path, body, ctype, accept: streaming.invoke(
