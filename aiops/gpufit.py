@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable
 
 from aiops.errors import UsageError
+from aiops.pricing import DatedTable
 
 GIB = 1 << 30
 DEFAULT_OVERHEAD = 0.20
@@ -371,17 +372,7 @@ class GpuSpec:
 
 
 @dataclass(frozen=True)
-class GpuTable:
-    data: dict[str, Any]
-
-    @property
-    def as_of(self) -> str:
-        return self.data["as_of"]
-
-    @property
-    def source(self) -> str:
-        return self.data["source"]
-
+class GpuTable(DatedTable):
     def get(self, instance_type: str) -> GpuSpec | None:
         entry = self.data["instance_types"].get(instance_type)
         if entry is None:

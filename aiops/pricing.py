@@ -32,7 +32,9 @@ class Price:
 
 
 @dataclass(frozen=True)
-class PriceTable:
+class DatedTable:
+    """A shipped JSON table that says when and where its figures were read (prices, GPUs)."""
+
     data: dict[str, Any]
 
     @property
@@ -42,6 +44,10 @@ class PriceTable:
     @property
     def source(self) -> str:
         return self.data["source"]
+
+
+@dataclass(frozen=True)
+class PriceTable(DatedTable):
 
     @property
     def hours_per_month(self) -> float:
