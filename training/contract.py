@@ -269,14 +269,17 @@ def host_names(instance_count: int) -> tuple[str, ...]:
     return tuple(f"algo-{i}" for i in range(1, instance_count + 1))
 
 
-def resolve_distribution(distribution: str | None, *, instance_count: int, processes_per_host: int | None) -> str:
+def resolve_distribution(distribution: str | None, *, instance_count: int, processes_per_host: int | None,
+                         gpus_per_instance: int | None = None) -> str:
     """The SDK's rule: no distribution unless asked (a multi-instance job runs the script once per
-    host). aiops' `--nproc N` asks for torchrun (torch_distributed) when no distribution is given."""
+    host). aiops' `--nproc N` asks for torchrun (torch_distributed) when no distribution is given.
+    `gpus_per_instance` (a remote job's type, from aiops/data/gpus.json): the container's default
+    processes per host without `--nproc`, so one ml.g5.12xlarge has 4 processes to distribute."""
     if distribution is None:
         return DISTRIBUTION_TORCH if processes_per_host is not None else DISTRIBUTION_NONE
     if distribution not in DISTRIBUTIONS:
         raise UsageError(f"--distribution {distribution}: choose one of {', '.join(DISTRIBUTIONS)}.")
-    if distribution != DISTRIBUTION_NONE and instance_count == 1 and (processes_per_host or 1) == 1:
+    if distribution != DISTRIBUTION_NONE and instance_count == 1 and (processes_per_host or gpus_per_instance or 1) == 1:
         raise UsageError(
             f"--distribution {distribution} with one instance and one process has nothing to distribute; "
             "add --nproc N (processes per host) or --instance-count N (remote), or drop --distribution."

@@ -125,8 +125,11 @@ def prepare(config: JobConfig, store: RunStore, *, remote: bool = False, instanc
     contract.validate_hyperparameters(config.hyperparameters)
     if config.nproc is not None and config.nproc < 1:
         raise UsageError(f"--nproc {config.nproc}: needs at least 1 process.")
+    from aiops.gpufit import gpu_count  # a remote type's GPUs: its default processes per host
+
+    gpus = gpu_count(config.instance_type) if remote and config.instance_type else None
     distribution = contract.resolve_distribution(config.distribution, instance_count=instance_count,
-                                                 processes_per_host=config.nproc)
+                                                 processes_per_host=config.nproc, gpus_per_instance=gpus)
     if distribution == contract.DISTRIBUTION_MPI and not remote:
         raise UsageError(
             "--distribution mpi is launched by mpirun inside the SageMaker container; run it with --remote, "

@@ -450,9 +450,12 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
     """
     from aiops.pricing import estimate_training_job
     from aiops import aws
-    from aiops.training import bundle, images, uploads
+    from aiops.training import bundle, cluster, images, uploads
 
     validate(options, aws.training_instance_types())
+    processes = cluster.plan_processes(job.distribution, options.instance_type, options.instance_count,
+                                       job.config.nproc, entry_point=job.entry_point,
+                                       framework_version=options.framework_version, image_uri=options.image_uri)
     estimate = estimate_training_job(options.instance_type, options.instance_count, options.max_run, options.region)
     if review_cost is not None:
         review_cost(estimate)
@@ -475,7 +478,8 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
         "config": {"entry_point": job.entry_point, "source_dir": str(job.code_source),
                    "instance_type": options.instance_type, "instance_count": options.instance_count,
                    "spot": options.spot, "network_isolation": options.network_isolation,
-                   "vpc": bool(options.subnets)},
+                   "vpc": bool(options.subnets), "processes_per_host": processes.processes_per_host,
+                   "world_size": processes.world_size, "processes": processes.line()},
         "large_files": code.large_files,
         "estimated_max_cost_usd": estimate.cost(spot=options.spot),
         "final_metrics": {},
@@ -505,7 +509,7 @@ def launch(job: Any, options: RemoteOptions, *, store: Any, cache_dir: Path,
     request = build_request(
         job_name=job.job_name, entry_point=job.entry_point, hyperparameters=job.config.hyperparameters,
         channel_uris=channel_uris, submit_directory=code_upload.uri, image_uri=image_uri, options=options,
-        nproc=job.config.nproc, metric_definitions=job.config.metric_definitions,
+        nproc=processes.processes_per_host, metric_definitions=job.config.metric_definitions,
         input_modes=job.config.input_modes, channel_sharding=job.config.channel_sharding,
         distribution=job.distribution,
     )

@@ -155,7 +155,7 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         result.job_name = "digits-vpc" if vpc else "digits-e2e"
         args = ["train", "train.py", "--source-dir", str(DIGITS), "--channel", f"train={data}/train",
                 "--channel", f"test={data}/test", *HPS, "--remote", "--instance-count", "2", "--spot",
-                "--instance-type", "ml.c5.xlarge", "--job-name", result.job_name, *DISTRIBUTION,
+                "--instance-type", "ml.g5.xlarge", "--job-name", result.job_name, *DISTRIBUTION,
                 "--metric", METRIC]
         if vpc:
             args.append("--network-isolation")

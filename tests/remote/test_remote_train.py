@@ -158,8 +158,9 @@ def test_missing_credentials_is_one_line(run_cli, project: Path, tmp_path: Path,
 
 
 def test_multi_node_request(run_cli, project: Path, tmp_path: Path, platform) -> None:
+    # ml.g5.12xlarge: 4 GPUs per host, so 4 processes (one ml.g5.xlarge GPU cannot take 4 NCCL ranks)
     result = _submit(run_cli, project, tmp_path, "--no-wait", "--instance-count", "2", "--on-demand",
-                     "--nproc", "4", "--max-run", "3600")
+                     "--nproc", "4", "--max-run", "3600", "--instance-type", "ml.g5.12xlarge")
     assert result.returncode == 0, result.output
     (request,) = platform.create_requests
     assert request["ResourceConfig"]["InstanceCount"] == 2
