@@ -1,6 +1,8 @@
 """`aiops deploy --model`: turn what the user names into the s3:// URI of the endpoint's model.
 
-Accepted: an ``s3://bucket/key`` URI; ``job:NAME`` (a SageMaker training job: its model.tar.gz);
+Accepted: an ``s3://bucket/key`` URI (deployed as it is); ``job:NAME`` (a SageMaker training job: its
+model.tar.gz repacked with the job's ``sourcedir.tar.gz`` in ``code/``, as ``estimator.deploy()`` does,
+uploaded under its content hash; see ``infra/repack.py``);
 a local ``model.tar.gz`` or a local run folder holding one (``model.tar.gz`` or
 ``output/model.tar.gz``), which is uploaded to the stack's bucket under its content hash
 (``aiops.stack.S3Layout.model_key``: same content, same key, so uploads are idempotent).
@@ -73,6 +75,8 @@ class ModelChoice:
     program: str | None = None
     program_source: str | None = None  # where the program was read from, for the user
     warnings: list[str] = field(default_factory=list)
+    note: str = ""  # what was done to the model (a job's model repacked with its code)
+    size_bytes: int | None = None  # the model.tar.gz's size, when it was read
 
 
 def _read_run(run_dir: Path) -> dict[str, Any] | None:
@@ -163,8 +167,13 @@ def _hyperparameter(job: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else raw
 
 
-def training_job_program(name: str, *, sagemaker: Any, s3: Any) -> ModelChoice:
-    """A job's model URI and program, read from the code bundle the job ran (its sourcedir.tar.gz)."""
+def training_job_program(name: str, *, sagemaker: Any, s3: Any, outputs: StackOutputs | None = None,
+                         stack: str | None = None) -> ModelChoice:
+    """A job's model URI and program, read from the code bundle the job ran (its sourcedir.tar.gz).
+
+    With the stack's ``outputs``, the model is repacked with that bundle in its ``code/`` (as
+    ``estimator.deploy()`` does) and the result uploaded to the stack's bucket under its content
+    hash; the URI is then the repacked one. Without them only the program is read."""
     from aiops import aws
 
     uri = training_job_model(name, sagemaker=sagemaker)
@@ -184,11 +193,52 @@ def training_job_program(name: str, *, sagemaker: Any, s3: Any) -> ModelChoice:
                                                "(it names the endpoint's SAGEMAKER_PROGRAM)")
             raise type(described)(str(described), hint=f"Or deploy {uri} and set aiops:endpoint.program.") from None
         raise
+    if outputs is not None:
+        return repack_job_model(name, uri, data, entry, bundle, outputs=outputs, stack=stack, s3=s3)
     try:
         program = programs.program_in_tar(data, entry)
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UsageError(f"--model job:{name}: its code bundle {bundle} is not a readable tar.gz ({err})") from None
     return ModelChoice(uri, program, bundle)
+
+
+def repack_job_model(name: str, uri: str, bundle_data: bytes, entry: str, bundle: str, *, outputs: StackOutputs,
+                     stack: str | None, s3: Any) -> ModelChoice:
+    """The job's model.tar.gz with its sourcedir.tar.gz unpacked into ``code/`` (infra/repack.py),
+    uploaded under its content hash; the program is chosen over the resulting ``code/``. A model
+    whose ``code/`` already holds the bundle is deployed as it is (no upload)."""
+    import tempfile
+
+    from aiops import aws
+    from aiops.infra import repack
+
+    outputs.require("bucket", stack=stack, needed_for=f"repacking --model job:{name} with its code")
+    code = repack.bundle_files(bundle_data, what=f"--model job:{name}: its code bundle {bundle}")
+    bucket, key = S3_URI.match(uri).groups()
+    with tempfile.TemporaryDirectory(prefix="aiops-repack-") as tmp:
+        model = Path(tmp) / "model.tar.gz"
+        try:
+            s3.download_file(bucket, key, str(model))
+        except Exception as err:
+            if type(err).__module__.startswith(("botocore", "boto3", "s3transfer")):
+                raise aws.describe_aws_error(err, action=f"downloading job {name}'s model {uri} to repack it "
+                                             "with its code") from None
+            raise
+        out = Path(tmp) / "repacked.tar.gz"
+        result = repack.repack(model, code, out, what=f"--model job:{name}: {uri}")
+
+        def read(rel: str) -> str | None:
+            return code[rel].data.decode("utf-8", errors="replace") if rel in code else None
+
+        program = programs.choose_program(set(result.code_files), entry, read)
+        if not result.changed:
+            return ModelChoice(uri, program, bundle, note=f"its code/ already holds job {name}'s code",
+                               size_bytes=model.stat().st_size)
+        new_uri = upload(out, bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn, s3=s3)
+        changes = f"{len(result.added)} file(s) added" + (
+            f", {len(result.replaced)} replaced ({', '.join(result.replaced[:3])})" if result.replaced else "")
+        return ModelChoice(new_uri, program, bundle, size_bytes=out.stat().st_size,
+                           note=f"{uri} repacked with job {name}'s code into code/ ({changes}), as estimator.deploy() does")
 
 
 def _local_program(archive: Path, run: Path | None) -> ModelChoice:
@@ -238,7 +288,8 @@ def choose(spec: str, *, outputs: StackOutputs | dict[str, Any], region: str, st
         outputs = StackOutputs.model_validate(outputs)
     client = clients or (lambda service: aws.client(service, region))
     if kind == "job":
-        return training_job_program(value, sagemaker=client("sagemaker"), s3=client("s3"))
+        return training_job_program(value, sagemaker=client("sagemaker"), s3=client("s3"), outputs=outputs,
+                                    stack=stack)
     archive = Path(value)
     _check_local(spec, archive, outputs=outputs, stack=stack)
     choice = _local_program(archive, _run_folder(spec, runs_dir))
@@ -328,4 +379,6 @@ def resolve_model(spec: str, *, cfg: Any, outputs: StackOutputs | dict[str, Any]
         fit = fitcheck.require_fit(cfg, stats, model_data.prefix_config_json(s3, listing))
         return ResolvedModel(value, model_data.size_gb(listing.total_bytes), fit)
     choice = choose(spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir)
-    return with_program(choice, None, None, "GPU-fit check skipped: a remote model.tar.gz is not read")
+    size = model_data.size_gb(choice.size_bytes) if choice.size_bytes is not None else None
+    skipped = "GPU-fit check skipped: a remote model.tar.gz is not read"
+    return with_program(choice, size, None, f"{choice.note}; {skipped}" if choice.note else skipped)

@@ -250,6 +250,13 @@ def _phases(job: Any) -> list[tuple[str, float]]:
     return [(t["Status"], round(t.get("EndTime", t["StartTime"]) - t["StartTime"], 1)) for t in job.transitions]
 
 
+def _archive_names(journey: Journey, uri: str) -> set[str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    body = journey.account.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
+        return {m.name.removeprefix("./") for m in tar if m.isfile()}
+
+
 def _assert_same_model(result: JourneyResult, reference: LocalReference) -> None:
     import torch
 
@@ -299,9 +306,13 @@ def test_journey(main_journey: JourneyResult, local_reference: LocalReference) -
     assert job.final_metrics["test_accuracy"] > 0.5
     # the interrupted, resumed 2-host job ends with the weights of the uninterrupted local run
     _assert_same_model(result, local_reference)
-    # aiops deploy --model job:NAME: the plan's model points at the job's artifact
+    # aiops deploy --model job:NAME: the job's artifact repacked with its code/ (as estimator.deploy()),
+    # uploaded under its content hash; the plan's model points at it
     model = next(r for r in result.deploy_plan["resources"] if r["type"] == "aws:sagemaker/model:Model")
-    assert model["inputs"]["primaryContainer"]["modelDataUrl"] == result.model_uri == job.model_artifact
+    assert model["inputs"]["primaryContainer"]["modelDataUrl"] == result.model_uri != job.model_artifact
+    assert result.model_uri.startswith(f"s3://{outputs['bucket']}/models/sha256/")
+    repacked = _archive_names(journey, result.model_uri)
+    assert {"code/inference.py", "code/train.py"} <= repacked and _archive_names(journey, job.model_artifact) < repacked
     endpoint = journey.platform.endpoints[outputs["endpointName"]]
     assert endpoint.status == "InService" and endpoint.model["PrimaryContainer"]["ModelDataUrl"] == result.model_uri
     _assert_predictions(result.endpoint_answer, local_reference)

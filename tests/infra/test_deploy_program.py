@@ -47,9 +47,15 @@ def account(aws_env):
     return session, {"bucket": BUCKET, "kmsKeyArn": key_arn, "region": "us-east-1"}
 
 
-def _job(session, name: str, bundle: dict[str, str], entry: str = "train.py") -> None:
+MODEL = {"model.pt": b"weights"}  # what a job writes to /opt/ml/model (no code/)
+
+
+def _job(session, name: str, bundle: dict[str, str], entry: str = "train.py",
+         model: dict[str, str | bytes] | None = None) -> None:
     key = f"code/sha256/{name}/sourcedir.tar.gz"
     session.client("s3").put_object(Bucket=BUCKET, Key=key, Body=_tar(bundle))
+    # the job's model.tar.gz where moto's ModelArtifacts names it (the platform writes it on SageMaker)
+    session.client("s3").put_object(Bucket=BUCKET, Key=f"jobs/{name}/output/model.tar.gz", Body=_tar(model or MODEL))
     session.client("sagemaker").create_training_job(
         TrainingJobName=name,
         HyperParameters={"sagemaker_program": json.dumps(entry),
@@ -79,7 +85,8 @@ def test_job_whose_training_script_defines_model_fn(account, tmp_path) -> None:
     choice = artifacts.choose("job:job-fn", outputs=outputs, region="us-east-1", clients=session.client)
     assert choice.program == "train.py" and choice.warnings == []
     assert choice.program_source == f"s3://{BUCKET}/code/sha256/job-fn/sourcedir.tar.gz"
-    assert choice.uri.startswith(f"s3://{BUCKET}/jobs") and choice.uri.endswith("model.tar.gz")
+    # repacked with the job's code (as estimator.deploy()), under its content hash
+    assert choice.uri.startswith(f"s3://{BUCKET}/models/sha256/") and choice.uri.endswith("/model.tar.gz")
     assert model_config(choice.uri, program=choice.program) == {"aiops:endpoint.modelDataUrl": choice.uri,
                                                         "aiops:endpoint.program": "train.py"}
     container = _planned_container(tmp_path, choice)
@@ -205,6 +212,85 @@ def test_deploy_path_resolve_model_carries_the_program_and_size(account, tmp_pat
     assert keys["aiops:endpoint.program"] == "train.py" and keys["aiops:endpoint.modelDataUrl"] == resolved.uri
     _job(session, "job-2", {"train.py": TRAIN_WITH_MODEL_FN})
     by_job = artifacts.resolve_model("job:job-2", cfg=cfg, outputs=outputs, region="us-east-1", clients=session.client)
-    assert by_job.program == "train.py" and by_job.size_gb is None
+    assert by_job.program == "train.py" and by_job.size_gb == 0.1  # the repacked archive, read: 0.1 GB minimum
+    assert "repacked with job job-2's code into code/ (1 file(s) added)" in by_job.note
     with pytest.raises(UsageError, match="no such file or folder"):
         artifacts.classify("run-1")  # a run's name needs the runs folder
+
+
+def _members(session, uri: str) -> dict[str, bytes]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    body = session.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+
+def _model_keys(session) -> list[str]:
+    listed = session.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="models/")
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def test_job_model_is_repacked_with_the_jobs_code(account, tmp_path) -> None:
+    """estimator.deploy(): the job's sourcedir.tar.gz unpacked into the model's code/, same-named
+    files replaced, the rest of the model untouched; uploaded once under its content hash."""
+    import hashlib
+
+    session, outputs = account
+    bundle = {"inference.py": "import util\n\ndef model_fn(d):\n    return util.load(d)\n",
+              "util.py": "def load(d):\n    return d\n", "lib/extra.py": "X = 1\n", "train.py": TRAIN_ONLY}
+    model = {"model.pt": b"\x00weights\x01", "code/inference.py": "def model_fn(d):\n    return 'old'\n",
+             "code/notes.txt": "written by the training script\n"}
+    _job(session, "job-repack", bundle, model=model)
+    choice = artifacts.choose("job:job-repack", outputs=outputs, region="us-east-1", clients=session.client)
+    members = _members(session, choice.uri)
+    assert members == {
+        "model.pt": b"\x00weights\x01",  # the weights, byte for byte
+        "code/notes.txt": b"written by the training script\n",  # the model's own code/ files stay
+        "code/inference.py": bundle["inference.py"].encode(),  # the bundle's version wins, as the SDK's
+        "code/util.py": bundle["util.py"].encode(), "code/lib/extra.py": b"X = 1\n", "code/train.py": TRAIN_ONLY.encode(),
+    }
+    bucket, _, key = choice.uri[len("s3://"):].partition("/")
+    body = session.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert key == f"models/sha256/{hashlib.sha256(body).hexdigest()}/model.tar.gz"
+    head = session.client("s3").head_object(Bucket=bucket, Key=key)
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == outputs["kmsKeyArn"]
+    assert choice.program == "inference.py"
+    assert "3 file(s) added, 1 replaced (inference.py)" in choice.note and "estimator.deploy()" in choice.note
+    container = _planned_container(tmp_path, choice)
+    assert container["modelDataUrl"] == choice.uri
+    assert container["environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert container["environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == programs.SUBMIT_DIRECTORY == "/opt/ml/model/code"
+    # deploying the same job again: the same bytes, the same key, nothing uploaded twice
+    again = artifacts.choose("job:job-repack", outputs=outputs, region="us-east-1", clients=session.client)
+    assert again.uri == choice.uri and _model_keys(session) == [key]
+
+
+def test_job_model_that_already_holds_its_code_is_deployed_as_is(account) -> None:
+    session, outputs = account
+    bundle = {"train.py": TRAIN_WITH_MODEL_FN, "util.py": "def load(d):\n    return d\n"}
+    _job(session, "job-same", bundle, model={"model.pt": b"w", **{f"code/{k}": v for k, v in bundle.items()}})
+    choice = artifacts.choose("job:job-same", outputs=outputs, region="us-east-1", clients=session.client)
+    assert choice.uri == f"s3://{BUCKET}/jobs/job-same/output/model.tar.gz" and choice.program == "train.py"
+    assert "already holds" in choice.note and _model_keys(session) == []
+
+
+def test_repack_refusals_are_one_line_and_upload_nothing(account) -> None:
+    session, outputs = account
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../outside.py")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    _job(session, "job-evil", {"train.py": TRAIN_WITH_MODEL_FN})  # then its bundle swapped for one with a ../ entry
+    session.client("s3").put_object(Bucket=BUCKET, Key="code/sha256/job-evil/sourcedir.tar.gz", Body=evil.getvalue())
+    with pytest.raises(UsageError, match=r"entry '../outside.py' leaves the code folder; not repacked") as err:
+        artifacts.choose("job:job-evil", outputs=outputs, region="us-east-1", clients=session.client)
+    assert "\n" not in str(err.value)
+    _job(session, "job-no-model", {"train.py": TRAIN_WITH_MODEL_FN})
+    session.client("s3").delete_object(Bucket=BUCKET, Key="jobs/job-no-model/output/model.tar.gz")
+    with pytest.raises(AiopsError, match=r"downloading job job-no-model's model s3://stack-bucket/jobs/job-no-model"):
+        artifacts.choose("job:job-no-model", outputs=outputs, region="us-east-1", clients=session.client)
+    with pytest.raises(AiopsError, match=r"no output 'bucket'.*aiops deploy --stack prod"):
+        artifacts.choose("job:job-no-model", outputs={"region": "us-east-1"}, region="us-east-1", stack="prod",
+                         clients=session.client)
+    assert _model_keys(session) == []
