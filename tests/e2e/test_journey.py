@@ -266,9 +266,25 @@ def _assert_same_model(result: JourneyResult, reference: LocalReference) -> None
     assert not different, f"weights differ from the local run's (2 processes, uninterrupted): {different[:5]}"
 
 
-def _assert_predictions(answer: list[Any], reference: LocalReference) -> None:
-    assert len(answer) == len(reference.predictions)
-    worst = max(abs(a - b) for row, ref in zip(answer, reference.predictions) for a, b in zip(row, ref))
+def _assert_predictions(answer: Any, reference: LocalReference) -> None:
+    """The endpoint's answer against the local model's logits: the raw logits (the container's default
+    handlers, for a model.tar.gz without code/), or the example's inference.py answer (a job's model
+    repacked with its code: {"predictions": [{"label", "probabilities" (softmax, 6 decimals)}]})."""
+    import math
+
+    expected = reference.predictions
+    if isinstance(answer, dict):
+        rows = answer["predictions"]
+        assert [r["label"] for r in rows] == [max(range(10), key=ref.__getitem__) for ref in expected]
+
+        def softmax(row: list[float]) -> list[float]:
+            top = max(row)
+            exps = [math.exp(v - top) for v in row]
+            return [e / sum(exps) for e in exps]
+
+        answer, expected = [r["probabilities"] for r in rows], [softmax(r) for r in expected]
+    assert len(answer) == len(expected)
+    worst = max(abs(a - b) for row, ref in zip(answer, expected) for a, b in zip(row, ref))
     assert worst <= 1e-5, f"endpoint and local predictions differ by up to {worst}"
     labels = [max(range(10), key=row.__getitem__) for row in answer]
     assert labels == [max(range(10), key=row.__getitem__) for row in reference.predictions]
@@ -315,6 +331,7 @@ def test_journey(main_journey: JourneyResult, local_reference: LocalReference) -
     assert {"code/inference.py", "code/train.py"} <= repacked and _archive_names(journey, job.model_artifact) < repacked
     endpoint = journey.platform.endpoints[outputs["endpointName"]]
     assert endpoint.status == "InService" and endpoint.model["PrimaryContainer"]["ModelDataUrl"] == result.model_uri
+    assert isinstance(result.endpoint_answer, dict)  # answered by the repacked code/inference.py
     _assert_predictions(result.endpoint_answer, local_reference)
     assert result.cli_answer == result.endpoint_answer
     # and nothing the role did would be denied by the deployed documents
