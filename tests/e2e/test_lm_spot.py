@@ -8,8 +8,9 @@ model.tar.gz repacked with its code) and an invocation of the endpoint by name g
 
 Kept cheap (a tiny model, a few steps): the same fixtures as the journey (moto with IAM enforced,
 the stand-in engine, the platform emulator), nothing else. Measured on the shared 2-core machine
-(load ~6): 67-70 s of CPU in all (user + sys, every process; the training job ~45 s of it: 2
-attempts x 2 hosts x torchrun + its worker, each importing torch), 90-135 s wall.
+(load ~6): 64 s of CPU in all (user + sys, every process, pytest's own start-up excluded; the
+training job ~44 s of it: 2 attempts x 2 hosts x torchrun + its worker, each importing torch),
+90-110 s wall. `aiops train --remote --no-wait`: following the job is the digits journey's part.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def test_two_instance_lm_spot_job_resumes_from_dcp_and_serves(journey, lm_data: 
         "train", "train.py", "--source-dir", str(LM), "--channel", f"train={lm_data / 'train'}",
         "--channel", f"test={lm_data / 'test'}", *[a for k, v in HPS.items() for a in ("--hp", f"{k}={v}")],
         "--remote", "--instance-count", "2", "--spot", "--instance-type", "ml.g5.xlarge",
-        "--distribution", "torch_distributed", "--job-name", "lm-spot")
+        "--distribution", "torch_distributed", "--job-name", "lm-spot", "--no-wait")  # following: the digits journey
     assert train.returncode == 0, journey.log()[-6000:]
-    job = journey.platform.jobs["lm-spot"]
+    job = journey.platform.wait_job("lm-spot")
     assert job.status == "Completed" and job.interrupted == 1 and job.attempts == 2, journey.log()[-4000:]
     # one process per host (ml.g5.xlarge: 1 GPU), a world of 2 across the hosts
     assert job.request["HyperParameters"]["sagemaker_mpi_num_of_processes_per_host"] == "1"
