@@ -71,6 +71,14 @@ INSTANCE_GROUP = "homogeneousCluster"
 TORCHRUN_MASTER_PORT = 7777  # the toolkit's torch_distributed.MASTER_PORT
 # sagemaker_pytorch_container.training.MASTER_PORT: MASTER_PORT for every job, one host or many.
 PYTORCH_MASTER_PORT = 7777
+# sagemaker_training.SM_EFA_NCCL_INSTANCES / SM_EFA_RDMA_INSTANCES (5.x): the types whose torchrun
+# jobs get FI_PROVIDER=efa, and EFA's device RDMA too.
+EFA_NCCL_INSTANCES = frozenset({
+    "ml.g4dn.8xlarge", "ml.g4dn.12xlarge", "ml.g5.48xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge",
+    "ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.p5e.48xlarge", "ml.trn1.32xlarge", "ml.p6e-gb200.36xlarge"})
+EFA_RDMA_INSTANCES = frozenset({
+    "ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.p5e.48xlarge", "ml.trn1.32xlarge",
+    "ml.p6e-gb200.36xlarge"})
 # Not part of the toolkit: where aiops (and the remote jobs it creates) tell the script to keep
 # checkpoints. SageMaker syncs /opt/ml/checkpoints to CheckpointConfig.S3Uri.
 CHECKPOINT_ENV = "AIOPS_CHECKPOINT_DIR"
@@ -639,6 +647,11 @@ def pytorch_container_environment(
     }
     if spec.distributed:
         env["NCCL_PROTO"] = "simple"  # the toolkit's TorchDistributedRunner sets it
+        # ... and, on the instance types with EFA, points NCCL's libfabric at it (TorchDistributedRunner._setup)
+        if spec.instance_type in EFA_NCCL_INSTANCES:
+            env["FI_PROVIDER"] = "efa"
+        if spec.instance_type in EFA_RDMA_INSTANCES:
+            env.update(FI_EFA_USE_DEVICE_RDMA="1", RDMAV_FORK_SAFE="1")
     return env
 
 

@@ -76,3 +76,25 @@ def test_one_multi_gpu_instance_has_something_to_distribute() -> None:
     with pytest.raises(UsageError, match="one instance and one process"):
         contract.resolve_distribution("torch_distributed", instance_count=1, processes_per_host=None,
                                       gpus_per_instance=1)
+
+
+def test_efa_types_get_the_toolkits_libfabric_env() -> None:
+    """TorchDistributedRunner._setup: FI_PROVIDER=efa on EFA types, device RDMA on the p4d/p5 class."""
+    def env(instance_type: str, distribution: str = "torch_distributed") -> dict[str, str]:
+        spec = contract.TrainingJobSpec(job_name="j", entry_point="train.py", hyperparameters={}, channels=(),
+                                        submit_directory="s3://b/c", region="us-east-1", instance_type=instance_type,
+                                        hosts=contract.host_names(2), distribution=distribution)
+        return contract.pytorch_container_environment(spec, torch_version="2.13.0")
+
+    p4d = env("ml.p4d.24xlarge")
+    assert (p4d["FI_PROVIDER"], p4d["FI_EFA_USE_DEVICE_RDMA"], p4d["RDMAV_FORK_SAFE"]) == ("efa", "1", "1")
+    g5 = env("ml.g5.48xlarge")
+    assert g5["FI_PROVIDER"] == "efa" and "FI_EFA_USE_DEVICE_RDMA" not in g5
+    assert not {"FI_PROVIDER", "FI_EFA_USE_DEVICE_RDMA"} & set(env("ml.g5.12xlarge"))
+    assert "FI_PROVIDER" not in env("ml.p4d.24xlarge", "none")  # the runner's own setup: torchrun jobs only
+
+
+def test_efa_lists_are_the_toolkits() -> None:
+    toolkit = pytest.importorskip("sagemaker_training")
+    assert contract.EFA_NCCL_INSTANCES == set(toolkit.SM_EFA_NCCL_INSTANCES)
+    assert contract.EFA_RDMA_INSTANCES == set(toolkit.SM_EFA_RDMA_INSTANCES)
