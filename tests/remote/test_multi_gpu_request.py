@@ -27,8 +27,7 @@ def _submit(run_cli, project: Path, instance_type: str, *extra: str):
 
 
 @pytest.mark.parametrize("instance_type, count, nproc, per_host", [
-    ("ml.g5.12xlarge", 2, None, 4),   # 4 x A10G per host
-    ("ml.p4d.24xlarge", 2, None, 8),  # 8 x A100 per host
+    ("ml.g5.12xlarge", 2, None, 4),   # 4 x A10G per host (ml.p4d.24xlarge, 8: the cost test below)
     ("ml.g5.12xlarge", 2, "2", 2),    # --nproc wins
     ("ml.g5.12xlarge", 1, None, 4),   # one host with 4 GPUs has something to distribute
 ])
@@ -70,6 +69,9 @@ def test_cost_estimate_multiplies_instances_hours_and_the_tables_price(run_cli, 
     assert price is not None
     result = _submit(run_cli, project, "ml.p4d.24xlarge", "--instance-count", "3", "--max-run", "5400")
     assert result.returncode == 0, result.output
+    (request,) = platform.create_requests
+    assert request["HyperParameters"]["sagemaker_mpi_num_of_processes_per_host"] == "8"  # 8 x A100 per host
+    assert request["ResourceConfig"]["InstanceCount"] == 3
     on_demand = round(3 * 1.5 * price.on_demand_hourly, 2)
     spot = round(3 * 1.5 * price.spot_hourly, 2)
     assert f"estimate: up to ${spot:,.2f} (spot; on-demand ${on_demand:,.2f}, spot ${spot:,.2f}) " \
