@@ -7,9 +7,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional
 
 import typer
+
+if TYPE_CHECKING:  # typing only: `aiops --help` imports no record machinery
+    from aiops.runs import RunRecord
+    from aiops.training.backends import JobBackend
 
 SUMMARY_METRICS = 8  # the rest (per-class figures, say) are one command away
 
@@ -74,7 +78,7 @@ class _Console:
     def warning(self, text: str) -> None:
         self.console.print(f"[yellow]warning:[/] {text}", highlight=False)
 
-    def started(self, record: Any) -> None:
+    def started(self, record: RunRecord) -> None:
         self._job = record.job_name
         self._started = time.monotonic()
         for warning in record.warnings:
@@ -96,7 +100,7 @@ class _Console:
     def stopping(self, reason: str) -> None:
         self.console.print(f"[yellow]{reason}[/]")
 
-    def finished(self, record: Any) -> None:
+    def finished(self, record: RunRecord) -> None:
         if self._status is not None:
             self._status.stop()
 
@@ -128,7 +132,7 @@ class _Console:
                 f"over at most {max_run / 3600:g} h; prices as of {load_prices().as_of}"
             )
 
-    def accepted(self, record: Any) -> None:
+    def accepted(self, record: RunRecord) -> None:
         self.close()
         config = record.config
         self.console.print(
@@ -162,7 +166,7 @@ def _failure_text(reason: str, *, log_shown: bool) -> str:
     return f"{lines[0]} ... {lines[-1].strip()}"
 
 
-def _render_summary(console: Any, record: Any, *, streamed: bool = False) -> None:
+def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) -> None:
     """`streamed`: the job's log was just shown live, so the log tail is not repeated."""
     from rich.table import Table
 
@@ -322,7 +326,7 @@ def train(
         raise typer.Exit(result.exit_code)
 
 
-def _detached(console: Any, backend: Any, record: Any) -> None:
+def _detached(console: Any, backend: JobBackend, record: RunRecord) -> None:
     """Ctrl-C while following a job: stop it (asked on a TTY only) or leave it running."""
     name = record.job_name
     if sys.stdin.isatty() and typer.confirm(f"\nStop the training job {name}?", default=False):
@@ -339,14 +343,14 @@ SUMMARY_KEYS = ("job_name", "status", "exit_code", "run_dir", "checkpoint_dir", 
 REMOTE_SUMMARY_KEYS = ("billable_seconds", "training_seconds", "spot_saving_percent")
 
 
-def _summary(record: Any) -> dict[str, Any]:
+def _summary(record: RunRecord) -> dict[str, Any]:
     data = record.to_json()
     summary = {key: data.get(key) for key in SUMMARY_KEYS}
     summary.update({k: v for k, v in (record.remote_summary or {}).items() if k in REMOTE_SUMMARY_KEYS})
     return summary
 
 
-def _open(name: str) -> tuple[Any, Any]:
+def _open(name: str) -> tuple[RunRecord, JobBackend]:
     """A run's record and the backend that runs it."""
     from aiops.runs import RunStore
     from aiops.settings import get_settings

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aiops.errors import UsageError
-from aiops.runs import RunFolder, RunRecord, RunStore, find_run
+from aiops.runs import RunRecord, RunStore, find_run
 from aiops.training import backends, contract
 from aiops.training.jobs import LaunchOptions
 from aiops.training.local import LocalBackend
