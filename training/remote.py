@@ -264,12 +264,12 @@ class SageMakerBackend:
             return remote_jobs.resolve_pending(self.store, record)
         if record.status == NOT_CREATED:
             return record
-        return remote_jobs.refresh(self.store, record, remote_jobs.describe(record.job_name, record.region or ""))
+        return remote_jobs.refresh(self.store, record, remote_jobs.describe(record.job_name, record.region))
 
     def logs(self, record: RunRecord) -> list[tuple[str | None, str]]:
         """Every host's CloudWatch stream, as (host stream, line)."""
         return [(stream.split("/", 1)[-1], message + "\n")
-                for stream, message in remote_logs.logs_once(record.job_name, record.region or "")]
+                for stream, message in remote_logs.logs_once(record.job_name, record.region)]
 
     def metrics(self, record: RunRecord) -> dict[str, list[Any]]:
         return remote_logs.metric_series(record)
@@ -278,5 +278,5 @@ class SageMakerBackend:
         return dict(record.final_metrics)
 
     def stop(self, record: RunRecord) -> str | None:
-        remote_jobs.stop(record.job_name, record.region or "")
+        remote_jobs.stop(record.job_name, record.region)
         return None

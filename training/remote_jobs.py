@@ -176,14 +176,14 @@ def aws_call(action: str, fn: Callable[[], Any]) -> Any:
         raise
 
 
-def describe(job_name: str, region: str) -> dict[str, Any]:
+def describe(job_name: str, region: str | None) -> dict[str, Any]:
     from aiops import aws
 
     sm = aws.client("sagemaker", region)
     return aws_call(f"describing {job_name}", lambda: sm.describe_training_job(TrainingJobName=job_name))
 
 
-def stop(job_name: str, region: str) -> None:
+def stop(job_name: str, region: str | None) -> None:
     from aiops import aws
 
     sm = aws.client("sagemaker", region)

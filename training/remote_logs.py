@@ -56,7 +56,7 @@ class LogFollower:
 
 
 
-def logs_once(job_name: str, region: str) -> list[tuple[str, str]]:
+def logs_once(job_name: str, region: str | None) -> list[tuple[str, str]]:
     from aiops import aws
 
     follower = LogFollower(aws.client("logs", region), job_name)
