@@ -195,6 +195,29 @@ class Artifacts(_Record):
         return bool(self.items())
 
 
+class CodeBundle(_Record):
+    """A remote job's ``sourcedir.tar.gz``: where it is and what it holds."""
+
+    uri: str
+    sha256: str | None = None
+    files: list[str] = Field(default_factory=list)
+    bytes: int | None = None
+
+
+class JobSummary(_Record):
+    """What DescribeTrainingJob said last (a remote job), in the record's words."""
+
+    job_name: str | None = None
+    status: str | None = None
+    secondary_status: str | None = None
+    failure_reason: str | None = None
+    model_artifact: str | None = None
+    training_seconds: int | float | None = None  # as SageMaker answered (whole seconds)
+    billable_seconds: int | float | None = None
+    spot_saving_percent: float | None = None
+    arn: str | None = None
+
+
 class RunRecord(_Record):
     """``run.json``: one training run, local or remote."""
 
@@ -233,13 +256,13 @@ class RunRecord(_Record):
     stack: str | None = None
     large_files: list[tuple[str, int]] = Field(default_factory=list)
     estimated_max_cost_usd: float | None = None
-    code_bundle: dict[str, Any] | None = None
+    code_bundle: CodeBundle | None = None
     uploaded_bytes: int | None = None
     request: dict[str, Any] | None = None  # the CreateTrainingJob request, as sent
     client_token: str | None = None
     create_outcome: str | None = None
     accepted_seconds: float | None = None
-    remote_summary: dict[str, Any] | None = None
+    remote_summary: JobSummary | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RunRecord":
@@ -257,6 +280,10 @@ class RunRecord(_Record):
                 value = Artifacts.model_validate(value)
             elif key == "config" and isinstance(value, dict):
                 value = RunConfig.model_validate(value)
+            elif key == "code_bundle" and isinstance(value, dict):
+                value = CodeBundle.model_validate(value)
+            elif key == "remote_summary" and isinstance(value, dict):
+                value = JobSummary.model_validate(value)
             setattr(self, key, value)
         return self
 

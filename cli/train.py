@@ -138,7 +138,7 @@ class _Console:
         self.console.print(
             f"[bold]{record.job_name}[/] accepted by SageMaker in {record.region} "
             f"({'spot' if config.spot else 'on-demand'} {config.instance_count}x {config.instance_type}); "
-            f"uploaded {record.uploaded_bytes} bytes, code {record.code_bundle['uri']}"
+            f"uploaded {record.uploaded_bytes} bytes, code {record.code_bundle.uri if record.code_bundle else '-'}"
         )
 
     def status(self, status: str, secondary: str) -> None:
@@ -346,7 +346,8 @@ REMOTE_SUMMARY_KEYS = ("billable_seconds", "training_seconds", "spot_saving_perc
 def _summary(record: RunRecord) -> dict[str, Any]:
     data = record.to_json()
     summary = {key: data.get(key) for key in SUMMARY_KEYS}
-    summary.update({k: v for k, v in (record.remote_summary or {}).items() if k in REMOTE_SUMMARY_KEYS})
+    described = record.remote_summary.model_dump(exclude_unset=True) if record.remote_summary else {}
+    summary.update({k: v for k, v in described.items() if k in REMOTE_SUMMARY_KEYS})
     return summary
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aiops.errors import AiopsError, UsageError
-from aiops.runs import STATUS_COMPLETED, STATUS_IN_PROGRESS, TERMINAL, RunConfig, RunRecord, RunStore
+from aiops.runs import STATUS_COMPLETED, STATUS_IN_PROGRESS, TERMINAL, CodeBundle, RunConfig, RunRecord, RunStore
 from aiops.training import jobs, remote_jobs, remote_logs
 from aiops.training.jobs import JobConfig, JobEvents, LaunchOptions, LaunchResult, NullEvents, PreparedJob
 from aiops.training.remote_jobs import NO_RETRY, NOT_CREATED, PENDING, aws_call, create_once
@@ -171,7 +171,7 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
     )
     record.config.channels = channel_uris  # type: ignore[union-attr]
     record.update(
-        code_bundle={"uri": code_upload.uri, "sha256": code.sha256, "files": code.files, "bytes": code.size},
+        code_bundle=CodeBundle(uri=code_upload.uri, sha256=code.sha256, files=code.files, bytes=code.size),
         uploaded_bytes=uploaded, request=request, client_token=client_token(request),
     )
     store.save(record)  # Pending: from here on, a job may exist on SageMaker

@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from aiops.errors import AiopsError, UsageError
-from aiops.runs import STATUS_NOT_CREATED, STATUS_PENDING, RunRecord, RunStore
+from aiops.runs import STATUS_NOT_CREATED, STATUS_PENDING, JobSummary, RunRecord, RunStore
 from aiops.stack import CLIENT_TOKEN_TAG
 
 PENDING = STATUS_PENDING
@@ -99,23 +99,23 @@ def create_once(create_client: Any, describe_client: Any, request: Mapping[str, 
 
 
 
-def summarize(description: Mapping[str, Any]) -> dict[str, Any]:
+def summarize(description: Mapping[str, Any]) -> JobSummary:
     training = description.get("TrainingTimeInSeconds")
     billable = description.get("BillableTimeInSeconds")
     saving = None
     if description.get("EnableManagedSpotTraining") and training and billable is not None:
         saving = round(100.0 * (1 - billable / training), 1)
-    return {
-        "job_name": description.get("TrainingJobName"),
-        "status": description.get("TrainingJobStatus"),
-        "secondary_status": description.get("SecondaryStatus"),
-        "failure_reason": description.get("FailureReason"),
-        "model_artifact": (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts"),
-        "training_seconds": training,
-        "billable_seconds": billable,
-        "spot_saving_percent": saving,
-        "arn": description.get("TrainingJobArn"),
-    }
+    return JobSummary(
+        job_name=description.get("TrainingJobName"),
+        status=description.get("TrainingJobStatus"),
+        secondary_status=description.get("SecondaryStatus"),
+        failure_reason=description.get("FailureReason"),
+        model_artifact=(description.get("ModelArtifacts") or {}).get("S3ModelArtifacts"),
+        training_seconds=training,
+        billable_seconds=billable,
+        spot_saving_percent=saving,
+        arn=description.get("TrainingJobArn"),
+    )
 
 
 def resolve_pending(store: RunStore, record: RunRecord) -> RunRecord:
@@ -152,13 +152,13 @@ def refresh(store: RunStore, record: RunRecord, description: Mapping[str, Any]) 
     """Fold a DescribeTrainingJob answer into the local record of a remote job."""
     summary = summarize(description)
     record.update(
-        status=summary["status"],
-        failure_reason=summary["failure_reason"],
+        status=summary.status,
+        failure_reason=summary.failure_reason,
         remote_summary=summary,
         final_metrics={m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])},
     )
-    if summary["model_artifact"]:
-        record.artifacts.model_s3 = summary["model_artifact"]
+    if summary.model_artifact:
+        record.artifacts.model_s3 = summary.model_artifact
     store.save(record)
     return record
 

@@ -44,7 +44,7 @@ OLD_REMOTE = {
                                       "channels": {"train": "s3://b/channels/train/sha256/x/"}},
     "large_files": [["big.bin", 123456789]], "estimated_max_cost_usd": 1.69, "final_metrics": {"loss": 0.5},
     "artifacts": {"model_s3": "s3://b/jobs/train-2026-12-01/output/model.tar.gz"},
-    "code_bundle": {"uri": "s3://b/code/x.tar.gz", "sha256": "x", "files": 3, "bytes": 10},
+    "code_bundle": {"uri": "s3://b/code/x.tar.gz", "sha256": "x", "files": ["train.py"], "bytes": 10},
     "uploaded_bytes": 10, "request": {"TrainingJobName": "train-2026-12-01"}, "client_token": "abc",
     "create_outcome": "created", "accepted_seconds": 0.5,
     "remote_summary": {"billable_seconds": 30, "training_seconds": 100, "spot_saving_percent": 70.0},
@@ -72,6 +72,8 @@ def test_typed_fields_of_older_records(tmp_path: Path) -> None:
     assert local.script_name == "train.py" and not local.single_script
     assert remote.remote and remote.artifacts.model_s3 and remote.config.instance_count == 2  # type: ignore[union-attr]
     assert remote.large_files == [("big.bin", 123456789)]
+    assert remote.code_bundle is not None and remote.code_bundle.files == ["train.py"]
+    assert remote.remote_summary is not None and remote.remote_summary.billable_seconds == 30
     assert remote.model_extra == {"a_key_from_a_newer_aiops": {"kept": True}}
     # a record of a single script: its config has no source dir, the script is named by its file
     single = RunRecord.from_json({"job_name": "s", "status": "Completed", "entry_point": "train.py",
