@@ -126,3 +126,29 @@ def test_one_mode_switches_the_backend(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="exists and is not a folder"):
         (tmp_path / "file").write_text("")
         LaunchOptions(output_dir=tmp_path / "file")
+
+
+def _code_strings_and_attributes(path: Path) -> tuple[list[str], list[str]]:
+    """The string constants (docstrings left out) and attribute names a module's code uses."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    strings = [n.value for n in ast.walk(tree)
+               if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+    attributes = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
+    return strings, attributes
+
+
+def test_only_the_store_spells_the_record_and_the_cli_never_asks_where_a_job_runs() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for room in ("cli", "inference", "infra", "training"):
+        for module in sorted((root / room).rglob("*.py")):
+            if "examples" in module.parts:
+                continue
+            strings, attributes = _code_strings_and_attributes(module)
+            assert not [s for s in strings if "run.json" in s], f"{module} reads run.json itself: use aiops.runs"
+            if room == "cli":
+                assert "remote" not in attributes and "remote" not in strings, (
+                    f"{module} branches on a record's mode: call the job backend (aiops.training.backends)")
