@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 from aiops import archive, files
 from aiops.errors import UsageError
@@ -38,25 +38,13 @@ from aiops.runs import (
 )
 from aiops.training import contract, jobs
 from aiops.training.jobs import PreparedJob, absolute_config
-from aiops.training.metrics import MetricParser, MetricSample
+from aiops.training.metrics import MetricParser
 
 FAILURE_TAIL_CHARS = 1024  # DescribeTrainingJob shows the first 1024 characters of `failure`
 
 
-class RunReporter(Protocol):
-    def started(self, record: RunRecord) -> None: ...
-    def line(self, text: str) -> None: ...
-    def metric(self, sample: MetricSample, latest: Mapping[str, float]) -> None: ...
-    def stopping(self, reason: str) -> None: ...
-    def finished(self, record: RunRecord) -> None: ...
-
-
-class NullReporter:
-    def started(self, record: RunRecord) -> None: ...
-    def line(self, text: str) -> None: ...
-    def metric(self, sample: MetricSample, latest: Mapping[str, float]) -> None: ...
-    def stopping(self, reason: str) -> None: ...
-    def finished(self, record: RunRecord) -> None: ...
+# A run's reporter is the part of `jobs.JobEvents` a local run uses: started, line, metric, stopping, finished.
+RunReporter = jobs.JobEvents
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +130,7 @@ def run(
     python: str | None = None,
 ) -> RunRecord:
     """Run the prepared job to its end; returns the final run record."""
-    reporter = reporter or NullReporter()
+    reporter = reporter or jobs.NullEvents()
     folder = store.create(job.job_name)
     run_dir = folder.root
     paths = contract.ContainerPaths(folder.base)
