@@ -577,6 +577,8 @@ class App:
             return
         req.done = True
         del self.inflight[req]
+        if self.draining:  # each answer from a draining worker closes its connection
+            req.keep_alive = False
         conn = req.conn
         if conn.state == CLOSED:
             if isinstance(result, Streamed):
@@ -652,6 +654,8 @@ class App:
             stream.close()
 
     def _answer_error(self, req: Request, err: BaseException) -> None:
+        if self.draining:
+            req.keep_alive = False
         status, message, etype = describe_error(err, req.rid)
         extra = [(b"x-amzn-sagemaker-custom-attributes", req.attrs)] if req.attrs is not None else []
         if status == 503:
