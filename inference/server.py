@@ -798,6 +798,10 @@ def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
     if stop_early:
         return 0
     _raise_fd_limit()
+    # Two threads share the GIL (the loop, the inference thread or a stream's producer): a thread
+    # that needs it waits until the holder blocks or this interval passes. 5 ms (the default) was
+    # added to a streamed token's delivery and to a /ping during a Python-heavy handler.
+    sys.setswitchinterval(0.001)
     sock = _listen(fd)
     app = App(handler, spec)
     code = _serve(app, sock, report, stop_early)

@@ -311,6 +311,7 @@ class ChunkStream:
         self._first: Any = None
         self._finished = False
         self._primed = False
+        self._producing = False
         self._iterator: Iterator[Any] | None = None
         self.chunks = 0
         self.bytes = 0
@@ -380,11 +381,8 @@ class ChunkStream:
         self._primed = True
 
     def discard(self) -> None:
-        """Close a primed stream that will never be started (its request was answered otherwise)."""
-        if self._primed and not self.closed.is_set():
-            self._stop.set()
-            close_quietly(self._iterator)
-            self.closed.set()
+        """Close a primed stream that will never be sent (its request was answered otherwise)."""
+        self.close()
 
     async def start(self, *, inline_first: bool = False) -> None:
         """Start the producer and wait for the first chunk; raises what the handler raised.
@@ -395,9 +393,7 @@ class ChunkStream:
         blocked for that one chunk, as it is for a whole non-streamed predict).
         """
         self._loop = asyncio.get_running_loop()
-        if self._primed:
-            if not self.closed.is_set():
-                threading.Thread(target=self._produce, args=(self._iterator,), name=self._name, daemon=True).start()
+        if self._primed:  # the producer starts once the first chunk is out (see _get)
             return
         if not inline_first:
             threading.Thread(target=self._produce, name=self._name, daemon=True).start()
@@ -427,6 +423,12 @@ class ChunkStream:
         threading.Thread(target=self._produce, args=(iterator,), name=self._name, daemon=True).start()
 
     async def _get(self) -> Any:
+        if self._primed and not self._producing:
+            # A primed stream starts its producer only when the second chunk is wanted: the first
+            # one is sent before a thread that would compete for the GIL exists.
+            self._producing = True
+            if not self.closed.is_set() and not self._stop.is_set():
+                threading.Thread(target=self._produce, args=(self._iterator,), name=self._name, daemon=True).start()
         while True:
             with self._lock:
                 if self._buffer:
@@ -482,6 +484,11 @@ class ChunkStream:
         if not self._stop.is_set():
             self._stop.set()
             self._space.release()  # unblock a producer waiting for room
+        if self._primed and not self._producing and not self.closed.is_set():
+            # primed and its producer never started: the generator is suspended, close it here
+            self._producing = True
+            close_quietly(self._iterator)
+            self.closed.set()
 
     async def collect(self) -> bytes:
         """All the chunks joined (for a client that cannot stream). Raises the handler's error."""
