@@ -130,6 +130,15 @@ class Request:
         self.done = False  # answered (or abandoned: the client left); set on the loop thread only
 
 
+class _Rest:
+    """What is left of an answer the inference thread could only partly write (socket full)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 class Streamed:
     """An inference result that streams: its first chunk is already made (on the inference thread)."""
 
@@ -144,7 +153,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = ("app", "transport", "parser", "state", "deadline", "header_bytes", "url", "headers_size",
                  "ctype", "accept", "sm_accept", "attrs", "inference_id", "api_key", "auth", "length", "body",
-                 "body_size", "complete", "paused", "backlog", "last_active", "sink", "current")
+                 "body_size", "complete", "paused", "backlog", "last_active", "sink", "current", "wfd", "answered")
 
     def __init__(self, app: "App") -> None:
         self.app = app
@@ -154,6 +163,11 @@ class Connection(asyncio.Protocol):
         self.backlog: list[bytes] = []
         self.sink = None  # the TransportSink of a response being streamed
         self.current: Request | None = None  # the request being answered
+        # A duplicate of the socket's fd that the inference thread writes answers to directly (no
+        # loop wake-up per answer); ours, so its number cannot be reused by another connection
+        # while we hold it. Closed in connection_lost, under App.lock. -1: none.
+        self.wfd = -1
+        self.answered = False  # the inference thread wrote the answer itself; the loop resumes reading
 
     # ---- asyncio callbacks
     def connection_made(self, transport) -> None:
@@ -167,6 +181,7 @@ class Connection(asyncio.Protocol):
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.wfd = os.dup(sock.fileno())
             except OSError:
                 pass
         self.app.accept(self)
@@ -174,6 +189,10 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.state = CLOSED
         self.app.conns.discard(self)
+        if self.wfd >= 0:
+            with self.app.lock:  # not while the inference thread writes to it
+                os.close(self.wfd)
+                self.wfd = -1
         if self.sink is not None:
             self.sink.connection_lost(exc)
         if self.current is not None:  # the client left before its answer: nobody waits for it
@@ -198,6 +217,8 @@ class Connection(asyncio.Protocol):
         self.complete = False
 
     def data_received(self, data: bytes) -> None:
+        if self.answered:  # the inference thread answered the last request: this starts the next one
+            self.app.resumed(self)
         if self.state == LINGER:  # a client still sending the body we refused: read it away, then close
             return
         if self.state == READY:  # pipelined bytes while a request waits: hold them, stop reading
@@ -369,6 +390,9 @@ class App:
         self.max_connections = s.max_connections
         self.max_queue = s.max_queue
         self.conns: set[Connection] = set()
+        # Guards the hand-over between the threads: a request is answered once (req.done), and a
+        # connection's duplicate fd is not closed while the inference thread writes to it.
+        self.lock = threading.Lock()
         # requests read and not yet answered, oldest first (the timeout sweep relies on the order)
         self.inflight: dict[Request, None] = {}
         self.streams: set = set()  # streamed answers being sent
@@ -464,8 +488,15 @@ class App:
 
     def abandon(self, req: Request) -> None:
         """The client of ``req`` has gone (loop thread): it is not run if it has not started."""
-        req.done = True
-        self.inflight.pop(req, None)
+        with self.lock:
+            req.done = True
+            self.inflight.pop(req, None)
+
+    def resumed(self, conn: Connection) -> None:
+        """Loop thread: a connection the inference thread answered reads its next request."""
+        with self.lock:  # the inference thread's write has finished
+            conn.answered = False
+        conn.resume()
 
     # ---- the inference thread
     def start_inference(self) -> None:
@@ -499,10 +530,47 @@ class App:
             else:
                 results = self._invoke_batch(live)
             self.call_started = None
-            self.finished.append((live, results))
-            if not self.wake_pending:  # one loop wake-up for whatever finished until the loop runs
-                self.wake_pending = True
-                self.loop.call_soon_threadsafe(self._deliver)
+            rest = self._answer_direct(live, results)
+            if rest:
+                self.finished.append(rest)
+                if not self.wake_pending:  # one loop wake-up for whatever is left until the loop runs
+                    self.wake_pending = True
+                    self.loop.call_soon_threadsafe(self._deliver)
+
+    def _answer_direct(self, reqs: list[Request], results: list) -> tuple[list, list] | None:
+        """Inference thread: write plain answers straight to their sockets (the usual case: small,
+        keep-alive, nothing else pending on the connection); return what the loop must answer."""
+        left_reqs, left_results = [], []
+        lock, inflight = self.lock, self.inflight
+        for req, result in zip(reqs, results):
+            conn = req.conn
+            if (type(result) is not tuple or not req.keep_alive or self.draining or req.mode == EVENTS
+                    or conn.wfd < 0 or conn.backlog or len(result[0]) > 65536):
+                left_reqs.append(req)
+                left_results.append(result)
+                continue
+            data = self._whole(req, result[0], result[1])
+            with lock:
+                if req.done or conn.wfd < 0 or conn.transport.get_write_buffer_size():
+                    if not req.done:
+                        left_reqs.append(req)
+                        left_results.append(result)
+                    continue
+                req.done = True
+                inflight.pop(req, None)
+                conn.answered = True  # before the write: the client's next request may arrive at once
+                try:
+                    sent = os.write(conn.wfd, data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:  # the client has gone: the loop sees connection_lost
+                    conn.answered = False
+                    continue
+                if sent < len(data):  # the socket is full: the loop writes the rest, then reads on
+                    conn.answered = False
+                    left_reqs.append(req)
+                    left_results.append(_Rest(data[sent:]))
+        return (left_reqs, left_results) if left_reqs else None
 
     def _gather(self, batch: list) -> None:
         """Top ``batch`` up from the queue: what is waiting, then stragglers while they keep coming
@@ -571,12 +639,16 @@ class App:
                 self._answer(req, result)
 
     def _answer(self, req: Request, result: Any) -> None:
-        if req.done:  # answered already (504) or the client left
+        if isinstance(result, _Rest):  # the rest of an answer the inference thread began to write
+            req.conn.write_and_finish(result.data, False)
+            return
+        with self.lock:
+            done, req.done = req.done, True
+            self.inflight.pop(req, None)
+        if done:  # answered already (504) or the client left
             if isinstance(result, Streamed):
                 result.stream.discard()
             return
-        req.done = True
-        del self.inflight[req]
         if self.draining:  # each answer from a draining worker closes its connection
             req.keep_alive = False
         conn = req.conn
@@ -603,6 +675,14 @@ class App:
         if not req.keep_alive:
             head.append(b"connection: close\r\n")
         return head
+
+    def _whole(self, req: Request, out: bytes, out_type: str) -> bytes:
+        """A small plain answer in one buffer (one send)."""
+        head = b"%sx-amzn-requestid: %s\r\nx-amzn-invoked-production-variant: %s\r\ncontent-type: %s\r\n" % (
+            _status_line(200), req.rid.encode(), self.variant, out_type.encode("latin-1"))
+        if req.attrs is not None:
+            head += b"x-amzn-sagemaker-custom-attributes: " + req.attrs + b"\r\n"
+        return head + b"content-length: %d\r\n\r\n" % len(out) + out
 
     def _write_whole(self, req: Request, out: bytes, out_type: str) -> None:
         conn = req.conn
@@ -667,6 +747,8 @@ class App:
     def sweep(self) -> None:
         now = time.monotonic()
         for conn in list(self.conns):
+            if conn.answered:  # answered by the inference thread and no next request yet: idle now
+                self.resumed(conn)
             if conn.state in (IDLE, HEADERS, BODY, LINGER) and now > conn.deadline:
                 if conn.state in (IDLE, LINGER):
                     conn.state = CLOSED
@@ -677,13 +759,15 @@ class App:
                                    f"({what}_timeout_seconds)", close=True)
                 self.conns.discard(conn)
         late = []
-        for req in self.inflight:  # oldest first: stop at the first one still in time
-            if now - req.t0 <= self.timeout:
-                break
-            late.append(req)
-        for req in late:  # running or still queued past the timeout: 504 now (a late result is dropped)
-            req.done = True
-            del self.inflight[req]
+        with self.lock:
+            for req in self.inflight:  # oldest first: stop at the first one still in time
+                if now - req.t0 <= self.timeout:
+                    break
+                late.append(req)
+            for req in late:  # running or queued past the timeout: 504 now (a late result is dropped)
+                req.done = True
+                del self.inflight[req]
+        for req in late:
             err = HttpErrorTimeout(self.timeout)
             log.error("request %s: %s", req.rid, err.message)
             self._answer_error(req, err)
