@@ -272,6 +272,9 @@ class LogStream:
     arn: str
 
     def put(self, messages: list[str]) -> None:
+        # CloudWatch refuses an empty message (a blank line of a traceback); the platform's log
+        # agent drops them, so the emulator does too.
+        messages = [m for m in messages if m]
         if not messages:
             return
         self.session.check(None, "logs:PutLogEvents", self.arn, doing=f"writing {self.name}")

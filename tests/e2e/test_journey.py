@@ -269,6 +269,7 @@ def _assert_predictions(answer: list[Any], reference: LocalReference) -> None:
     assert accuracy >= 0.75, f"a trained model: {accuracy:.2f} of {len(labels)} test digits right"
 
 
+@pytest.mark.xdist_group("journey")  # the journeys and their local reference run once, on one worker
 def test_journey(main_journey: JourneyResult, local_reference: LocalReference) -> None:
     """The whole journey, with the stack's outputs only (no --role, no --bucket)."""
     result = main_journey
@@ -310,6 +311,7 @@ def test_journey(main_journey: JourneyResult, local_reference: LocalReference) -
     assert result.documents is not None and not denials(result.documents, journey.platform.calls)
 
 
+@pytest.mark.xdist_group("journey")  # the journeys and their local reference run once, on one worker
 def test_journey_in_a_vpc_with_network_isolation(vpc_journey: JourneyResult, local_reference: LocalReference) -> None:
     """The same journey with the stack's VPC option and network isolation on; the model deployed
     from a local model.tar.gz (uploaded under its content hash)."""
@@ -336,6 +338,7 @@ def test_journey_in_a_vpc_with_network_isolation(vpc_journey: JourneyResult, loc
     assert result.documents is not None and not denials(result.documents, journey.platform.calls)
 
 
+@pytest.mark.xdist_group("journey")  # the journeys and their local reference run once, on one worker
 def test_each_statement_of_the_role_is_needed(main_journey: JourneyResult, statement_id: str) -> None:
     """Without any one statement of the role's policy, the journey's calls meet a denial that names
     the action and the resource (re-evaluated from the journey's recorded calls)."""
@@ -349,6 +352,7 @@ def test_each_statement_of_the_role_is_needed(main_journey: JourneyResult, state
     assert call.action in message and call.resource in message
 
 
+@pytest.mark.xdist_group("journey")  # the journeys and their local reference run once, on one worker
 def test_each_statement_of_the_vpc_role_is_needed(vpc_journey: JourneyResult, vpc_statement_id: str) -> None:
     """The same for the role of a stack with the VPC option (its ec2 statements included)."""
     vpc_journey.check()
