@@ -87,6 +87,9 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error"))
 
 
+_OK = _status_line(200)
+
+
 def error_response(status: int, message: str, etype: str, rid: str, *, extra: list | None = None,
                    close: bool = False) -> bytes:
     body = json.dumps({"error": message, "code": etype, "status": status, "request_id": rid}).encode() + b"\n"
@@ -576,7 +579,8 @@ class App:
 
     def _gather(self, batch: list) -> None:
         """Top ``batch`` up from the queue: what is waiting, then stragglers while they keep coming
-        (at most ``max_batch_delay`` after the first; a lone request never waits)."""
+        (at most ``max_batch_delay`` after the first; a lone request never waits). It sleeps 0.5 ms
+        at a time instead of waiting on the queue, so stragglers do not wake it one by one."""
         work, n = self.work, self.batch_size
         while len(batch) < n:
             try:
@@ -587,10 +591,20 @@ class App:
                 left = batch[0].t0 + self.max_delay - time.monotonic()
                 if left <= 0:
                     return
-                try:  # arrivals paused for 0.5 ms: run what we have
-                    req = work.get(timeout=min(0.0005, left))
-                except queue.Empty:
+                before = len(batch)
+                time.sleep(min(0.0005, left))
+                while len(batch) < n:
+                    try:
+                        req = work.get_nowait()
+                    except queue.Empty:
+                        break
+                    if req is _STOP:
+                        work.put(_STOP)  # run this batch first, then stop
+                        return
+                    batch.append(req)
+                if len(batch) == before:  # arrivals paused: run what we have
                     return
+                continue
             if req is _STOP:
                 work.put(_STOP)  # run this batch first, then stop
                 return
@@ -681,13 +695,18 @@ class App:
     def _whole(self, req: Request, out: bytes, out_type: str) -> bytes:
         """A small plain answer in one buffer (one send)."""
         head = b"%sx-amzn-requestid: %s\r\nx-amzn-invoked-production-variant: %s\r\ncontent-type: %s\r\n" % (
-            _status_line(200), req.rid.encode(), self.variant, out_type.encode("latin-1"))
+            _OK, req.rid.encode(), self.variant, out_type.encode("latin-1"))
         if req.attrs is not None:
             head += b"x-amzn-sagemaker-custom-attributes: " + req.attrs + b"\r\n"
+        if not req.keep_alive:
+            head += b"connection: close\r\n"
         return head + b"content-length: %d\r\n\r\n" % len(out) + out
 
     def _write_whole(self, req: Request, out: bytes, out_type: str) -> None:
         conn = req.conn
+        if req.mode != EVENTS and len(out) < 65536:  # the usual small answer: one buffer, one send
+            conn.write_and_finish(self._whole(req, out, out_type), not req.keep_alive)
+            return
         head = self._head(req)
         if req.mode == EVENTS:  # a whole answer on the response-stream route: one PayloadPart
             head += [b"content-type: ", EVENTSTREAM_TYPE, b"\r\nx-amzn-sagemaker-content-type: ",
