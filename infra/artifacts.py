@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,10 @@ from typing import Any
 from aiops import programs
 from aiops.archive import file_sha256
 from aiops.errors import UsageError
+from aiops.names import S3_URI, is_sagemaker_name
 from aiops.s3objects import upload_once
 from aiops.stack import LAYOUT, StackOutputs
 
-S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
 FORMS = ("an s3://bucket/key URI, an s3://bucket/prefix/ of model files, job:TRAINING_JOB_NAME, a local "
          "model.tar.gz, a run folder holding one, or a folder of model files")
 
@@ -87,7 +86,7 @@ def _run_folder(spec: str, runs_dir: Path | None) -> Path | None:
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "run.json").is_file():
         return path
-    if runs_dir is not None and not path.exists() and re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", spec):
+    if runs_dir is not None and not path.exists() and is_sagemaker_name(spec):
         candidate = Path(runs_dir) / spec
         if (candidate / "run.json").is_file():
             return candidate
@@ -115,7 +114,7 @@ def classify(spec: str, *, runs_dir: Path | None = None) -> tuple[str, str]:
         return "s3", spec
     if spec.startswith("job:"):
         name = spec[4:]
-        if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name):
+        if not is_sagemaker_name(name):
             raise UsageError(f"--model {spec!r}: not a training job name")
         return "job", name
     path = local_archive(spec)

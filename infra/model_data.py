@@ -30,6 +30,7 @@ from typing import Any
 from aiops.archive import file_sha256  # noqa: F401 - re-exported for the tests
 from aiops.errors import AiopsError, UsageError
 from aiops.gpufit import MAX_HEADER, WEIGHT_SUFFIXES, TensorStats, _is_weights, safetensors_stats, state_dict_stats
+from aiops.names import split_s3_uri
 from aiops.s3objects import encryption_args, object_exists, transfer_config, upload_once
 from aiops.stack import LAYOUT
 
@@ -54,12 +55,6 @@ def tree_digest(entries: list[tuple[str, str]]) -> str:
     """sha256 over ``path<TAB>sha256`` lines, sorted: the same files give the same prefix."""
     text = "".join(f"{rel}\t{digest}\n" for rel, digest in sorted(entries))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def split_uri(uri: str) -> tuple[str, str]:
-    rest = uri.removeprefix("s3://")
-    bucket, _, key = rest.partition("/")
-    return bucket, key
 
 
 @dataclass(frozen=True)
@@ -90,7 +85,7 @@ def upload_folder(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any,
         raise UsageError(f"--model {path}: no weights in that folder (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
     digests = [(rel, file_sha256(p)) for rel, p in files]
     prefix = LAYOUT.model_prefix(tree_digest(digests))
-    prev_bucket, prev_prefix = split_uri(previous_uri) if previous_uri and previous_uri.endswith("/") else (None, None)
+    prev_bucket, prev_prefix = split_s3_uri(previous_uri) if previous_uri and previous_uri.endswith("/") else (None, None)
     uploaded = copied = present = 0
     sent = 0
     enc = encryption_args(kms_key_arn)
@@ -131,7 +126,7 @@ class PrefixListing:
 
 def list_prefix(s3: Any, uri: str) -> PrefixListing:
     """Every object under the prefix; UsageError when it is empty or holds no weights."""
-    bucket, prefix = split_uri(uri)
+    bucket, prefix = split_s3_uri(uri)
     objects: list[tuple[str, int]] = []
     try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -187,7 +182,7 @@ def prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
     """Tensor sizes from the prefix's weights without downloading them: a safetensors header with
     two ranged GETs; a ``torch.save`` archive's directory and pickle through ``S3RangeFile``.
     safetensors files win when both formats are there."""
-    bucket, _ = split_uri(listing.uri)
+    bucket, _ = split_s3_uri(listing.uri)
     total: TensorStats | None = None
     files = [(k, s) for k, s in listing.weights if k.endswith(".safetensors")]
     if not files:
@@ -211,7 +206,7 @@ def prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
 
 def prefix_config_json(s3: Any, listing: PrefixListing) -> dict | None:
     """The model's ``config.json`` at the prefix's root (its shape sets the KV-cache budget)."""
-    bucket, prefix = split_uri(listing.uri)
+    bucket, prefix = split_s3_uri(listing.uri)
     for key, size in listing.objects:
         if key == prefix + "config.json" and size < (1 << 20):
             try:
