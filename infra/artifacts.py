@@ -130,19 +130,15 @@ def upload(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any) -> str:
     from aiops import aws
 
     key = model_key(file_sha256(path))
-    try:
+    with aws.translate_errors(f"uploading s3://{bucket}/{key}"):  # 403, 5xx: one line naming the object and the fix
         return upload_once(s3, bucket, key, Path(path), kms_key=kms_key_arn, label="model").uri
-    except Exception as err:  # 403, 5xx: one line naming the object and the fix
-        if type(err).__module__.startswith(("botocore", "boto3", "s3transfer")):
-            raise aws.describe_aws_error(err, action=f"uploading s3://{bucket}/{key}") from None
-        raise
 
 
 def training_job_model(name: str, *, sagemaker: Any) -> str:
-    try:
+    from aiops import aws
+
+    with aws.translate_errors(f"--model job:{name}: describing that training job"):
         job = sagemaker.describe_training_job(TrainingJobName=name)
-    except Exception as err:
-        raise UsageError(f"--model job:{name}: cannot describe that training job: {err}") from None
     status = job.get("TrainingJobStatus")
     uri = (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
     if status != "Completed" or not uri:
@@ -175,14 +171,9 @@ def training_job_program(name: str, *, sagemaker: Any, s3: Any) -> ModelChoice:
             f"job {name} has no sagemaker_program/sagemaker_submit_directory hyperparameters; the endpoint "
             "keeps the stack's endpoint.program"])
     bucket, key = S3_URI.match(bundle).groups()
-    try:
+    with aws.translate_errors(f"reading job {name}'s code bundle {bundle} (it names the endpoint's SAGEMAKER_PROGRAM)",
+                              hint=f"Or deploy {uri} and set aiops:endpoint.program."):
         data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except Exception as err:
-        if type(err).__module__.startswith(("botocore", "boto3")):
-            described = aws.describe_aws_error(err, action=f"reading job {name}'s code bundle {bundle} "
-                                               "(it names the endpoint's SAGEMAKER_PROGRAM)")
-            raise type(described)(str(described), hint=f"Or deploy {uri} and set aiops:endpoint.program.") from None
-        raise
     try:
         program = programs.program_in_tar(data, entry)
     except (tarfile.TarError, OSError, EOFError) as err:

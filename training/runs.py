@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from aiops.errors import UsageError
-from aiops.names import SAGEMAKER_NAME
 
 RUN_RECORD = "run.json"
 # CreateTrainingJob's TrainingJobName pattern (and length), so a local name also works remotely.
-JOB_NAME_PATTERN = SAGEMAKER_NAME
+JOB_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
 STATUS_IN_PROGRESS = "InProgress"
 STATUS_COMPLETED = "Completed"
