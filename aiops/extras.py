@@ -21,7 +21,7 @@ MODULE_EXTRAS = {
 def require_extra(extra: str, what: str, *, missing: str | None = None, instead: str | None = None) -> UsageError:
     """The error (exit 2, one line) to raise: ``WHAT needs MISSING, which is not installed: pip install
     'aiops[EXTRA]'`` (``, or INSTEAD``)."""
-    needs = f" needs {missing}, which is not installed" if missing else " is not installed"
+    needs = f" needs {missing}, which {'are' if ', ' in missing else 'is'} not installed" if missing else " is not installed"
     return UsageError(f"{what}{needs}: pip install 'aiops[{extra}]'{', or ' + instead if instead else ''}.")
 
 
