@@ -65,7 +65,11 @@ def scope_table(framework: str, scope: str) -> dict:
 
 def known_versions(framework: str, scope: str) -> list[str]:
     table = scope_table(framework, scope)
-    return sorted(set(table.get("version_aliases", {})) | set(table["versions"]))
+    return sorted(set(table.get("version_aliases", {})) | set(table["versions"]) | {"latest"})
+
+
+def _release(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
 
 
 def _label(framework: str, scope: str) -> str:
@@ -75,6 +79,8 @@ def _label(framework: str, scope: str) -> str:
 def full_version(framework: str, scope: str, version: str) -> str:
     table = scope_table(framework, scope)
     full = table.get("version_aliases", {}).get(version, version)
+    if full == "latest" and "latest" not in table["versions"]:  # the newest release, as the SDK's LLM helpers pick
+        full = max(table["versions"], key=_release)
     if full not in table["versions"]:
         raise ImageNotFound(f"no {_label(framework, scope)} image known for it; allowed: "
                             f"{', '.join(known_versions(framework, scope))}", field="version")

@@ -137,7 +137,7 @@ def upload(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any) -> str:
 def training_job_model(name: str, *, sagemaker: Any) -> str:
     from aiops import aws
 
-    with aws.translate_errors(f"--model job:{name}: describing that training job"):
+    with aws.translate_errors(f"--model job:{name}: cannot describe that training job"):
         job = sagemaker.describe_training_job(TrainingJobName=name)
     status = job.get("TrainingJobStatus")
     uri = (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts")

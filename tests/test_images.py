@@ -62,6 +62,13 @@ def test_the_processor_comes_from_the_gpu_table_not_the_first_letter():
         images.processor_for("ml.trn1.2xlarge")
 
 
+def test_latest_is_the_newest_release_where_the_table_has_no_such_alias():
+    assert images.full_version("huggingface-llm", "inference", "latest") == max(
+        images.scope_table("huggingface-llm", "inference")["versions"], key=lambda v: tuple(map(int, v.split("."))))
+    lmi = images.scope_table("djl-lmi", "inference")
+    assert images.full_version("djl-lmi", "inference", "latest") == lmi["version_aliases"]["latest"]
+
+
 def test_errors_name_what_to_change():
     with pytest.raises(images.ImageNotFound, match="allowed: .*2.5") as err:
         images.full_version("pytorch", "inference", "0.1")
