@@ -123,11 +123,7 @@ class ServeSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = _config_file()
-        if config_file is not None:
-            sources.append(_TomlTable(settings_cls, config_file, "serve"))
-        return tuple(sources)
+        return _sources(settings_cls, init_settings, env_settings, _TomlTable)
 
     @property
     def max_payload_bytes(self) -> int:
@@ -230,11 +226,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = _config_file()
-        if config_file is not None:
-            sources.append(_WithoutTable(settings_cls, config_file, "serve"))
-        return tuple(sources)
+        return _sources(settings_cls, init_settings, env_settings, _WithoutTable)
+
+
+def _sources(settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+             env_settings: PydanticBaseSettingsSource, file_source: type) -> tuple[PydanticBaseSettingsSource, ...]:
+    """Arguments, then the environment, then the config file (its [serve] table for the serve settings,
+    the rest for the others): one order for both models."""
+    config_file = _config_file()
+    extra = [file_source(settings_cls, config_file, "serve")] if config_file is not None else []
+    return (init_settings, env_settings, *extra)
 
 
 def _config_file() -> Path | None:

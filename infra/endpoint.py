@@ -7,9 +7,9 @@ asynchronous inference) from ``infra/scale_to_zero.py``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import json
+from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 from pulumi_aws import appautoscaling, cloudwatch, ecr, sagemaker, sns
@@ -302,70 +302,67 @@ class Endpoint(pulumi.ComponentResource):
             runtime_config={"copy_count": max(1, ic.min_copies)},
             opts=native,
         )
-        self.scaling_target = appautoscaling.Target(
-            f"{name}-copies-target",
-            service_namespace="sagemaker",
-            scalable_dimension=scale_to_zero.IC_DIMENSION,
+        self._scale_from_zero(
+            name, ("copies-target", "copies-policy", "no-capacity-alarm"),
+            dimension=scale_to_zero.IC_DIMENSION,
             resource_id=self.inference_component.inference_component_name.apply(scale_to_zero.ic_resource_id),
-            min_capacity=ic.min_copies,
-            max_capacity=ic.max_copies,
-            opts=child,
-        )
-        self.scaling_policy = appautoscaling.Policy(
-            f"{name}-copies-policy",
-            policy_type="TargetTrackingScaling",
-            service_namespace=self.scaling_target.service_namespace,
-            scalable_dimension=self.scaling_target.scalable_dimension,
-            resource_id=self.scaling_target.resource_id,
-            target_tracking_scaling_policy_configuration=scale_to_zero.ic_target_tracking(
+            capacity=(ic.min_copies, ic.max_copies),
+            tracking=scale_to_zero.ic_target_tracking(
                 target_value=ic.target_invocations_per_copy,
                 scale_in_cooldown=ic.scale_in_cooldown,
                 scale_out_cooldown=ic.scale_out_cooldown,
             ),
-            opts=child,
-        )
-        self.scale_out_policy = appautoscaling.Policy(
-            f"{name}-scale-out-from-zero",
-            policy_type="StepScaling",
-            service_namespace=self.scaling_target.service_namespace,
-            scalable_dimension=self.scaling_target.scalable_dimension,
-            resource_id=self.scaling_target.resource_id,
-            step_scaling_policy_configuration=scale_to_zero.scale_out_from_zero(cooldown=ic.scale_out_cooldown),
-            opts=child,
-        )
-        self.scaling_alarm = cloudwatch.MetricAlarm(
-            f"{name}-no-capacity-alarm",
-            name=f"{args.endpoint_name}-no-capacity",
-            alarm_description="Requests found no copy of the model: scale out from zero",
-            alarm_actions=[self.scale_out_policy.arn],
-            opts=child,
-            **scale_to_zero.no_capacity_alarm(component_name),
+            scale_out_cooldown=ic.scale_out_cooldown,
+            alarm={"name": f"{args.endpoint_name}-no-capacity",
+                   "alarm_description": "Requests found no copy of the model: scale out from zero",
+                   **scale_to_zero.no_capacity_alarm(component_name)},
+            child=child,
         )
 
     def _async_scaling(self, name: str, args: EndpointArgs, child: pulumi.ResourceOptions) -> None:
         aio = args.config.async_inference
         variant = args.config.variant_name
-        self.scaling_target = appautoscaling.Target(
-            f"{name}-scaling-target",
-            service_namespace="sagemaker",
-            scalable_dimension=scale_to_zero.VARIANT_DIMENSION,
+        self._scale_from_zero(
+            name, ("scaling-target", "backlog-policy", "backlog-alarm"),
+            dimension=scale_to_zero.VARIANT_DIMENSION,
             resource_id=self.endpoint.name.apply(lambda n: scaling_resource_id(n, variant)),
-            min_capacity=aio.min_capacity,
-            max_capacity=aio.max_capacity,
-            opts=child,
-        )
-        self.scaling_policy = appautoscaling.Policy(
-            f"{name}-backlog-policy",
-            policy_type="TargetTrackingScaling",
-            service_namespace=self.scaling_target.service_namespace,
-            scalable_dimension=self.scaling_target.scalable_dimension,
-            resource_id=self.scaling_target.resource_id,
-            target_tracking_scaling_policy_configuration=scale_to_zero.backlog_target_tracking(
+            capacity=(aio.min_capacity, aio.max_capacity),
+            tracking=scale_to_zero.backlog_target_tracking(
                 endpoint_name=args.endpoint_name,
                 target_value=aio.target_backlog_per_instance,
                 scale_in_cooldown=aio.scale_in_cooldown,
                 scale_out_cooldown=aio.scale_out_cooldown,
             ),
+            scale_out_cooldown=aio.scale_out_cooldown,
+            alarm={"name": f"{args.endpoint_name}-backlog-without-capacity",
+                   "alarm_description": "Requests wait while the endpoint has no instance: scale out from zero",
+                   **scale_to_zero.backlog_without_capacity_alarm(args.endpoint_name)},
+            child=child,
+        )
+
+    def _scale_from_zero(self, name: str, suffixes: tuple[str, str, str], *, dimension: str,
+                         resource_id: pulumi.Input[str], capacity: tuple[int, int], tracking: Any,
+                         scale_out_cooldown: int, alarm: dict[str, Any], child: pulumi.ResourceOptions) -> None:
+        """A scalable target that may reach 0, its target-tracking policy, and the step policy with its
+        alarm that brings it back from 0 (target tracking alone cannot: with no capacity there is no
+        metric to track). Both scale-to-zero modes use it; their resource names stay their own."""
+        target, policy, alarm_suffix = suffixes
+        self.scaling_target = appautoscaling.Target(
+            f"{name}-{target}",
+            service_namespace="sagemaker",
+            scalable_dimension=dimension,
+            resource_id=resource_id,
+            min_capacity=capacity[0],
+            max_capacity=capacity[1],
+            opts=child,
+        )
+        self.scaling_policy = appautoscaling.Policy(
+            f"{name}-{policy}",
+            policy_type="TargetTrackingScaling",
+            service_namespace=self.scaling_target.service_namespace,
+            scalable_dimension=self.scaling_target.scalable_dimension,
+            resource_id=self.scaling_target.resource_id,
+            target_tracking_scaling_policy_configuration=tracking,
             opts=child,
         )
         self.scale_out_policy = appautoscaling.Policy(
@@ -374,17 +371,11 @@ class Endpoint(pulumi.ComponentResource):
             service_namespace=self.scaling_target.service_namespace,
             scalable_dimension=self.scaling_target.scalable_dimension,
             resource_id=self.scaling_target.resource_id,
-            step_scaling_policy_configuration=scale_to_zero.scale_out_from_zero(cooldown=aio.scale_out_cooldown),
+            step_scaling_policy_configuration=scale_to_zero.scale_out_from_zero(cooldown=scale_out_cooldown),
             opts=child,
         )
         self.scaling_alarm = cloudwatch.MetricAlarm(
-            f"{name}-backlog-alarm",
-            name=f"{args.endpoint_name}-backlog-without-capacity",
-            alarm_description="Requests wait while the endpoint has no instance: scale out from zero",
-            alarm_actions=[self.scale_out_policy.arn],
-            opts=child,
-            **scale_to_zero.backlog_without_capacity_alarm(args.endpoint_name),
-        )
+            f"{name}-{alarm_suffix}", alarm_actions=[self.scale_out_policy.arn], opts=child, **alarm)
 
     def _observability(self, name: str, args: EndpointArgs, dims: dict[str, str], child: pulumi.ResourceOptions) -> None:
         """The dashboard, and the idle alarm with its SNS topic (encrypted with the stack key; the

@@ -17,6 +17,8 @@ from .conftest import summary
 pytest.importorskip("onnxruntime")
 
 CASES = [("torchscript", None), ("torchscript", "dynamic-int8"), ("onnx", None), ("onnx", "dynamic-int8")]
+# exported twice, byte for byte the same (checked in the same test: one export fewer per case)
+DETERMINISTIC = [("torchscript", "dynamic-int8"), ("onnx", None), ("onnx", "dynamic-int8")]
 
 
 def _export(cli, run: str, fmt: str, quantize: str | None, out: Path, *extra: str):
@@ -68,16 +70,11 @@ def test_export_is_verified_served_and_agrees(cli, serve, digits_run, tmp_path: 
     probs = json.loads(body)["predictions"][0]["probabilities"]
     assert len(probs) == 10 and abs(sum(probs) - 1) < 1e-3  # the original predict_fn's softmax still runs
 
-
-@pytest.mark.parametrize("fmt,quantize", [("torchscript", "dynamic-int8"), ("onnx", None), ("onnx", "dynamic-int8")],
-                         ids=["ts-int8", "onnx", "onnx-int8"])
-def test_same_input_same_bytes(cli, digits_run, tmp_path: Path, fmt, quantize) -> None:
-    a, b = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
-    for out in (a, b):
-        r = _export(cli, digits_run["run"], fmt, quantize, out)
+    if (fmt, quantize) in DETERMINISTIC:  # the same input gives the same bytes
+        again = tmp_path / "again.tar.gz"
+        r = _export(cli, digits_run["run"], fmt, quantize, again)
         assert r.returncode == 0, r.output
-    assert _sha(a) == _sha(b)
-    assert summary(r)["sha256"] == _sha(b)
+        assert _sha(again) == _sha(out) == s["sha256"] == summary(r)["sha256"]
 
 
 def test_exported_tarball_exports_again_and_keeps_code(cli, digits_run, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The kit's example end to end through `aiops train`: accuracy, stop + resume bit-equality, DDP."""
+"""The kit's example end to end through `aiops train`: accuracy, stop + resume bit-equality, DDP with
+two processes under torchrun."""
 
 from __future__ import annotations
 
@@ -106,4 +107,8 @@ def test_nproc_2_trains_with_ddp_on_cpu(run_cli, digits: Path) -> None:
     summary = json.loads(result.stdout)
     assert summary["status"] == "Completed"
     assert summary["final_metrics"]["test_accuracy"] >= 0.97
-    assert "x 2 process(es)" in result.stderr  # two ranks trained, not one
+    assert "cpu x 2 process(es)" in result.stderr  # two ranks trained, not one
+    assert result.stderr.count("final_test_accuracy=") == 1  # only rank 0 reports and writes
+    model_dir = Path(summary["run_dir"]) / "opt" / "ml" / "model"
+    assert (model_dir / "model.pt").exists() and (model_dir / "model.pth").exists()
+    assert (Path(summary["run_dir"]) / "opt" / "ml" / "output" / "data" / "metrics.json").exists()
