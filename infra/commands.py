@@ -45,12 +45,18 @@ def automation_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise AiopsError(f"pulumi failed: {lines[-1].strip() if lines else err}") from None
 
 
-def _open(project_dir: Path, stack: str, backend: str | None) -> Any:
-    from aiops.infra.automation import open_stack, workspace_spec
+def _workspace(project_dir: Path, stack: str, backend: str | None) -> Any:
+    """The checked workspace (the pulumi binary, the passphrase): a usage error before anything runs."""
+    from aiops.infra.automation import workspace_spec
     from aiops.settings import get_settings
 
-    spec = workspace_spec(stack=stack, project_dir=project_dir, backend=backend, home=get_settings().home)
-    return lambda: automation_call(open_stack, spec)
+    return workspace_spec(stack=stack, project_dir=project_dir, backend=backend, home=get_settings().home)
+
+
+def _open(spec: Any) -> Any:
+    from aiops.infra.automation import open_stack
+
+    return automation_call(open_stack, spec)
 
 
 def _save_outputs(stack: str, outputs: dict[str, Any]) -> dict[str, Any]:
@@ -93,8 +99,7 @@ def preview(project_dir: Path, stack: str, *, offline: bool, backend: str | None
 
         result = plan(cfg)
         return Preview(stack, plan=result, costs=plan_costs(result), fit=fit)
-    stack_ = _open(project_dir, stack, backend)()
-    res = automation_call(stack_.preview, on_event=on_event)
+    res = automation_call(_open(_workspace(project_dir, stack, backend)).preview, on_event=on_event)
     return Preview(stack, changes=res.change_summary, fit=fit)
 
 
@@ -169,7 +174,7 @@ def deploy(project_dir: Path, stack: str, *, view: DeployView, model: str | None
     cfg = stack_config(project_dir, stack, placeholder)
     if model is not None:  # cannot fit, empty prefix: one line, exit 2, nothing created
         artifacts.precheck(model, cfg=cfg, region=cfg.region, runs_dir=runs_dir)
-    st = _open(project_dir, stack, backend)()
+    st = _open(_workspace(project_dir, stack, backend))
     if model is not None:
         outputs = {k: v.value for k, v in automation_call(st.outputs).items()}
         resolved = artifacts.resolve_model(model, cfg=cfg, outputs=outputs, region=cfg.region, stack=stack,
@@ -191,13 +196,13 @@ def destroy(project_dir: Path, stack: str, *, confirm: Callable[[], bool], backe
             on_event: OnEvent | None = None) -> str:
     """Delete every resource of the stack (after ``confirm()``); the result."""
     stack_config(project_dir, stack)
-    opened = _open(project_dir, stack, backend)
+    spec = _workspace(project_dir, stack, backend)
     if not confirm():
         raise UsageError("nothing destroyed (answer yes, or pass --yes)")
-    return automation_call(opened().destroy, on_event=on_event).summary.result
+    return automation_call(_open(spec).destroy, on_event=on_event).summary.result
 
 
 def outputs(project_dir: Path, stack: str, *, backend: str | None = None) -> dict[str, Any]:
     """The deployed stack's outputs (saved for `aiops train --remote`, secrets left out of the file)."""
     check_extra("infra", "this command", "pulumi", "pulumi_aws", "yaml")
-    return _save_outputs(stack, automation_call(_open(project_dir, stack, backend)().outputs))
+    return _save_outputs(stack, automation_call(_open(_workspace(project_dir, stack, backend)).outputs))
