@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiops.errors import ConfigError
 from aiops.extras import require_extra
+from aiops.stack import dns_suffix
 
 #: ``endpoint.container`` -> the SDK framework of its image
 LLM_FRAMEWORKS = {"lmi": "djl-lmi", "tgi": "huggingface-llm"}
@@ -132,20 +133,6 @@ def processor_for(instance_type: str | None, available: list[str] | None = ("cpu
 # --------------------------------------------------------------------------- URIs
 
 
-@lru_cache(maxsize=None)
-def _dns_suffix(region: str) -> str:
-    """The partition's DNS suffix (botocore's endpoints.json, read as a file), as the SDK's ECR hostname."""
-    import re
-
-    for folder in _package_dirs("botocore"):
-        path = folder / "data" / "endpoints.json"
-        if path.is_file():
-            for partition in json.loads(path.read_text()).get("partitions", []):
-                if region in partition.get("regions", {}) or re.match(partition.get("regionRegex", "^$"), region):
-                    return partition["dnsSuffix"]
-    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-
-
 def registry(framework: str, scope: str, version: str, region: str) -> str | None:
     """The registry account of that image in that region (None: not published there)."""
     return version_entry(framework, scope, version)[1].get("registries", {}).get(region)
@@ -175,7 +162,7 @@ def image_uri(framework: str, *, scope: str, region: str, version: str, py_versi
     container = (entry.get("container_version") or {}).get(processor) if processor else None
     tag = "-".join(x for x in (entry.get("tag_prefix", full if pin else version), processor, py_version if py_versions else None,
                                container) if x)
-    return f"{account}.dkr.ecr.{region}.{_dns_suffix(region)}/{entry['repository']}:{tag}"
+    return f"{account}.dkr.ecr.{region}.{dns_suffix(region)}/{entry['repository']}:{tag}"
 
 
 def pytorch_image_uri(*, scope: str, region: str, version: str, py_version: str, instance_type: str | None,
