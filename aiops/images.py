@@ -160,8 +160,9 @@ def image_uri(framework: str, *, scope: str, region: str, version: str, py_versi
                             field="region")
     processor = processor_for(instance_type, table.get("processors") or entry.get("processors"))
     container = (entry.get("container_version") or {}).get(processor) if processor else None
-    tag = "-".join(x for x in (entry.get("tag_prefix", full if pin else version), processor, py_version if py_versions else None,
-                               container) if x)
+    tag_version = full if pin or version == "latest" else version
+    parts = (entry.get("tag_prefix", tag_version), processor, py_version if py_versions else None, container)
+    tag = "-".join(x for x in parts if x)
     return f"{account}.dkr.ecr.{region}.{dns_suffix(region)}/{entry['repository']}:{tag}"
 
 
