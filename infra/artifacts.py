@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiops import programs
+from aiops import names, programs
 from aiops.archive import file_sha256
 from aiops.errors import UsageError
-from aiops.names import S3_URI, is_sagemaker_name
 from aiops.s3objects import upload_once
 from aiops.stack import LAYOUT, StackOutputs
 
+S3_URI = names.S3_URI  # the one pattern (aiops.names)
 FORMS = ("an s3://bucket/key URI, an s3://bucket/prefix/ of model files, job:TRAINING_JOB_NAME, a local "
          "model.tar.gz, a run folder holding one, or a folder of model files")
 
@@ -86,7 +87,7 @@ def _run_folder(spec: str, runs_dir: Path | None) -> Path | None:
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "run.json").is_file():
         return path
-    if runs_dir is not None and not path.exists() and is_sagemaker_name(spec):
+    if runs_dir is not None and not path.exists() and re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", spec):
         candidate = Path(runs_dir) / spec
         if (candidate / "run.json").is_file():
             return candidate
@@ -114,7 +115,7 @@ def classify(spec: str, *, runs_dir: Path | None = None) -> tuple[str, str]:
         return "s3", spec
     if spec.startswith("job:"):
         name = spec[4:]
-        if not is_sagemaker_name(name):
+        if not names.is_sagemaker_name(name):
             raise UsageError(f"--model {spec!r}: not a training job name")
         return "job", name
     path = local_archive(spec)
@@ -171,9 +172,14 @@ def training_job_program(name: str, *, sagemaker: Any, s3: Any) -> ModelChoice:
             f"job {name} has no sagemaker_program/sagemaker_submit_directory hyperparameters; the endpoint "
             "keeps the stack's endpoint.program"])
     bucket, key = S3_URI.match(bundle).groups()
-    with aws.translate_errors(f"reading job {name}'s code bundle {bundle} (it names the endpoint's SAGEMAKER_PROGRAM)",
-                              hint=f"Or deploy {uri} and set aiops:endpoint.program."):
+    try:
         data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as err:
+        if type(err).__module__.startswith(("botocore", "boto3")):
+            described = aws.describe_aws_error(err, action=f"reading job {name}'s code bundle {bundle} "
+                                               "(it names the endpoint's SAGEMAKER_PROGRAM)")
+            raise type(described)(str(described), hint=f"Or deploy {uri} and set aiops:endpoint.program.") from None
+        raise
     try:
         program = programs.program_in_tar(data, entry)
     except (tarfile.TarError, OSError, EOFError) as err:
