@@ -155,6 +155,7 @@ def package(
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
     from aiops.errors import UsageError
     from aiops.inference.artifacts import package_model, run_code, run_model_dir
+    from aiops.runs import RunStore
     from aiops.settings import get_settings
 
     path = Path(model).expanduser()
@@ -163,10 +164,10 @@ def package(
     if path.is_dir():
         model_dir = path
     else:
-        run_dir = get_settings().runs_dir / model
-        if "/" in model or not (run_dir / "run.json").is_file():
-            raise UsageError(f"{model}: no such model folder or local run (runs are in {get_settings().runs_dir})")
-        model_dir, info = run_model_dir(run_dir)
+        store = RunStore(get_settings().runs_dir)
+        if not store.exists(model):
+            raise UsageError(f"{model}: no such model folder or local run (runs are in {store.root})")
+        model_dir, info = run_model_dir(store.folder(model))
         if model_dir.is_file():
             raise UsageError(f"run {model} has only {model_dir}; it is already packaged")
         code = run_code(info)

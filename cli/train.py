@@ -7,9 +7,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional
 
 import typer
+
+if TYPE_CHECKING:  # typing only: `aiops --help` imports no record machinery
+    from aiops.runs import RunRecord
+    from aiops.training.backends import JobBackend
 
 SUMMARY_METRICS = 8  # the rest (per-class figures, say) are one command away
 
@@ -45,8 +49,9 @@ def _load_hyperparameters_file(path: Path) -> dict[str, Any]:
     return data
 
 
-class _ConsoleReporter:
-    """Streams the script's output with a live status line (elapsed time, latest metrics)."""
+class _Console:
+    """Renders a job's events (`training.jobs.JobEvents`): the local script's output with a live status
+    line (elapsed time, latest metrics); a remote job's upload bars, estimate, status and every host's log."""
 
     def __init__(self, *, to_stderr: bool) -> None:
         from rich.console import Console
@@ -54,6 +59,8 @@ class _ConsoleReporter:
         self.console = Console(stderr=to_stderr, highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal
         self._status = None
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
         self._started = time.monotonic()
         self._latest: Mapping[str, float] = {}
         self._job = ""
@@ -62,17 +69,24 @@ class _ConsoleReporter:
         metrics = "  ".join(f"{k}={v:.4g}" for k, v in list(self._latest.items())[-4:])
         return f"[bold]{self._job}[/] running {time.monotonic() - self._started:6.1f}s  {metrics}"
 
-    def started(self, record: Mapping[str, Any]) -> None:
-        self._job = record["job_name"]
+    def info(self, text: str) -> None:
+        typer.echo(text, err=True)
+
+    def note(self, text: str) -> None:
+        self.console.print(f"[yellow]note:[/] {text}")
+
+    def warning(self, text: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {text}", highlight=False)
+
+    def started(self, record: RunRecord) -> None:
+        self._job = record.job_name
         self._started = time.monotonic()
-        for warning in record.get("warnings", []):
-            self.console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-        for problem in record.get("requirement_problems", []):
-            self.console.print(
-                f"[yellow]warning:[/] requirements.txt: {problem['requirement']} is {problem['reason']} here "
-                "(the SageMaker container pip-installs it; aiops never installs into your environment)."
-            )
-        self.console.print(f"[bold]{self._job}[/] started in {record['run_dir']}")
+        for warning in record.warnings:
+            self.warning(warning)
+        for problem in record.requirement_problems:
+            self.warning(f"requirements.txt: {problem['requirement']} is {problem['reason']} here "
+                         "(the SageMaker container pip-installs it; aiops never installs into your environment).")
+        self.console.print(f"[bold]{self._job}[/] started in {record.run_dir}")
         if self.live:
             self._status = self.console.status(self)
             self._status.start()
@@ -86,9 +100,57 @@ class _ConsoleReporter:
     def stopping(self, reason: str) -> None:
         self.console.print(f"[yellow]{reason}[/]")
 
-    def finished(self, record: Mapping[str, Any]) -> None:
+    def finished(self, record: RunRecord) -> None:
         if self._status is not None:
             self._status.stop()
+
+    def upload(self, label: str, done: int, total: int) -> None:
+        if self._progress is None:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+            self._progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), console=self.console, transient=True,
+                                      disable=not self.live)
+            self._progress.start()
+        if label not in self._tasks:
+            self._tasks[label] = self._progress.add_task(f"upload {label}", total=total)
+        self._progress.update(self._tasks[label], completed=done)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def estimate(self, estimate: Any, *, spot: bool, instance_count: int, instance_type: str, max_run: int) -> None:
+        from aiops.pricing import load_prices
+
+        if estimate.known:
+            self.console.print(
+                f"estimate: up to [bold]${estimate.cost(spot=spot):,.2f}[/] "
+                f"({'spot' if spot else 'on-demand'}; on-demand ${estimate.cost(spot=False):,.2f}, "
+                f"spot ${estimate.cost(spot=True):,.2f}) for {instance_count} x {instance_type} "
+                f"over at most {max_run / 3600:g} h; prices as of {load_prices().as_of}"
+            )
+
+    def accepted(self, record: RunRecord) -> None:
+        self.close()
+        config = record.config
+        self.console.print(
+            f"[bold]{record.job_name}[/] accepted by SageMaker in {record.region} "
+            f"({'spot' if config.spot else 'on-demand'} {config.instance_count}x {config.instance_type}); "
+            f"uploaded {record.uploaded_bytes} bytes, code {record.code_bundle.uri if record.code_bundle else '-'}"
+        )
+
+    def status(self, status: str, secondary: str) -> None:
+        self.console.print(f"[bold]status[/] {status}" + (f" / {secondary}" if secondary else ""))
+
+    def log(self, stream: str, message: str) -> None:
+        host = stream.split("/", 1)[-1].split("-")[0:2]
+        self.console.out(f"[{'-'.join(host)}] {message}", highlight=False)
+
+    def silent(self, seconds: float, status: str) -> None:
+        self.console.print(f"[yellow]no log output for {seconds:.0f}s[/] (status {status}); still waiting — "
+                           "Ctrl-C to detach or stop.")
 
 
 def _when(seconds: float | None) -> str | None:
@@ -104,41 +166,41 @@ def _failure_text(reason: str, *, log_shown: bool) -> str:
     return f"{lines[0]} ... {lines[-1].strip()}"
 
 
-def _render_summary(console: Any, record: Mapping[str, Any], *, streamed: bool = False) -> None:
+def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) -> None:
     """`streamed`: the job's log was just shown live, so the log tail is not repeated."""
     from rich.table import Table
 
-    colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stale": "red"}.get(record["status"], "white")
+    colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stale": "red"}.get(record.status, "white")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")  # paths stay whole, folded, never cut with an ellipsis
-    table.add_row("job", record["job_name"])
-    table.add_row("status", f"[{colour}]{record['status']}[/]")
-    for label, key in (("started", "created_at"), ("ended", "ended_at")):
-        if _when(record.get(key)):
-            table.add_row(label, _when(record.get(key)))
-    table.add_row("duration", f"{record.get('duration_seconds') or 0:.1f}s")
-    metrics = list((record.get("final_metrics") or {}).items())
+    table.add_row("job", record.job_name)
+    table.add_row("status", f"[{colour}]{record.status}[/]")
+    for label, when in (("started", _when(record.created_at)), ("ended", _when(record.ended_at))):
+        if when:
+            table.add_row(label, when)
+    table.add_row("duration", f"{record.duration_seconds or 0:.1f}s")
+    metrics = list(record.final_metrics.items())
     for name, value in metrics[:SUMMARY_METRICS]:  # in order of first appearance
         table.add_row(name, f"{value:.6g}")
     if len(metrics) > SUMMARY_METRICS:
-        table.add_row("", f"... and {len(metrics) - SUMMARY_METRICS} more: aiops jobs metrics {record['job_name']}")
-    for name, path in (record.get("artifacts") or {}).items():
+        table.add_row("", f"... and {len(metrics) - SUMMARY_METRICS} more: aiops jobs metrics {record.job_name}")
+    for name, path in record.artifacts.items():
         table.add_row(name, str(path))
-    if record["status"] == "Stopped":
-        table.add_row("checkpoints", record["checkpoint_dir"])
-        table.add_row("resume with", f"aiops train --resume {record['job_name']}")
+    if record.status == "Stopped":
+        table.add_row("checkpoints", record.checkpoint_dir)
+        table.add_row("resume with", f"aiops train --resume {record.job_name}")
     console.print(table)
-    if record["status"] == "Failed":
-        tail = [] if streamed else record.get("log_tail") or []
+    if record.status == "Failed":
+        tail = [] if streamed else record.log_tail or []
         if tail:
             console.print("[red]last lines of the log:[/]")
             for line in tail:
                 console.out(line, highlight=False)
-        reason = _failure_text(record.get("failure_reason") or "", log_shown=streamed or bool(tail))
+        reason = _failure_text(record.failure_reason or "", log_shown=streamed or bool(tail))
         console.print("[red]failure:[/] ", end="")
         console.out(reason, highlight=False)  # the script's text, not rich markup
-        console.print(f"run folder kept: {record['run_dir']}")
+        console.print(f"run folder kept: {record.run_dir}")
 
 
 def train(
@@ -215,16 +277,15 @@ def train(
 ) -> None:
     """Run a SageMaker-style PyTorch training script locally under the SageMaker training contract,
     or with --remote as a SageMaker training job."""
-    from aiops.errors import UsageError
+    from aiops.runs import RunStore
     from aiops.settings import get_settings
-    from aiops.training import local
+    from aiops.training import backends, jobs
     from aiops.training.contract import parse_hyperparameter_value
     from aiops.training.metrics import parse_metric_option
-    from aiops.training.runs import RunStore
 
     settings = get_settings()
     store = RunStore(settings.runs_dir)
-    config = local.job_config(
+    config = jobs.job_config(
         store,
         entry_point=entry_point,
         source_dir=source_dir,
@@ -242,170 +303,64 @@ def train(
         input_modes=input_mode,
         channel_sharding=channel_sharding,
     )
-    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"--output-dir {output_dir}: exists and is not a folder.")
-
-    if remote:
-        from aiops.training.remote import RemoteOptions
-
-        from aiops.stack import read_outputs, resolve_stack
-
-        aws = settings.aws
-        stack_name = resolve_stack(stack, settings)
-        stack_outputs = read_outputs(settings.home, stack_name)
-        options = RemoteOptions(
-            instance_type=instance_type or aws.instance_type, region=region or stack_outputs.region or aws.region,
-            instance_count=instance_count, spot=aws.spot if spot is None else spot,
-            max_run=max_run or aws.max_run_seconds, max_wait=max_wait, volume_size=volume_size or aws.volume_size_gb,
-            role=role, bucket=bucket, image_uri=image_uri,
-            framework_version=framework_version or aws.framework_version, py_version=aws.py_version,
-            stack=stack_name, vpc=vpc, network_isolation=network_isolation,
-        )
-        config.instance_type = options.instance_type
-        if model_params is not None:
-            from aiops.gpufit import require_training_fit
-
-            fit = require_training_fit(model_params, options.instance_type, instance_count=options.instance_count,
-                                       fsdp=fsdp, region=options.region)
-            typer.echo(f"GPU fit: {fit.line()}", err=True)
-        budget = max_cost if max_cost is not None else aws.max_cost
-        _train_remote(config, options, store, settings, stack_outputs, wait=wait, download=download,
-                      as_json=as_json, max_cost=budget, confirmed=yes)
-        return
-    if any(v is not None for v in (spot, max_run, max_wait, volume_size, role, bucket, image_uri, max_cost,
-                                   stack, vpc, model_params)) or instance_count != 1 or network_isolation or fsdp:
-        raise UsageError("remote options (--spot, --max-run, --role, --bucket, --model-params, ...) need --remote.")
-
-    prepared = local.prepare(config, store)
-    reporter = _ConsoleReporter(to_stderr=as_json)
-    for name, mode in sorted(config.input_modes.items()):
-        if mode != "File":  # recorded in inputdataconfig.json; the data itself is read as File here
-            reporter.console.print(f"[yellow]note:[/] channel {name!r}: --input-mode {mode} runs as File "
-                                   "locally (see docs/remote.md#input-modes for what changes on SageMaker).")
-    record = local.run(
-        prepared,
-        store,
-        stop_grace_seconds=settings.train.stop_grace_seconds,
-        link_channels=settings.train.link_channels,
-        region=settings.aws.region,
-        log_tail_lines=settings.train.log_tail_lines,
-        reporter=reporter,
-    )
-    if output_dir is not None and record["artifacts"]:
-        record = local.export_artifacts(store, record, output_dir)
+    options = jobs.LaunchOptions(
+        output_dir=output_dir, wait=wait, download=download, instance_type=instance_type,
+        instance_count=instance_count, spot=spot, max_run=max_run, max_wait=max_wait, volume_size=volume_size,
+        role=role, bucket=bucket, region=region, stack=stack, vpc=vpc, network_isolation=network_isolation,
+        image_uri=image_uri, framework_version=framework_version, max_cost=max_cost, confirmed=yes,
+        model_params=model_params, fsdp=fsdp)
+    events = _Console(to_stderr=as_json)
+    backend = backends.create(backends.Mode.choose(remote=remote), store=store, settings=settings,
+                              options=options, events=events)
+    try:
+        result = backend.launch(backend.prepare(config))
+    except jobs.Detached as detached:
+        _detached(events.console, backend, detached.record)
+    finally:
+        events.close()
     if as_json:
-        sys.stdout.write(json.dumps(_summary(record), sort_keys=True) + "\n")
+        sys.stdout.write(json.dumps(_summary(result.record), sort_keys=True) + "\n")
     else:
-        _render_summary(reporter.console, record, streamed=True)
-    status = record["status"]
-    if status == "Failed":
-        raise typer.Exit(1)
-    if status == "Stopped":
-        raise typer.Exit(130 if record.get("stopped_by") == "SIGINT" else 143)
+        _render_summary(events.console, result.record, streamed=result.streamed)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
-class _RemoteLogSink:
-    def __init__(self, console: Any) -> None:
-        self.console = console
-
-    def status(self, status: str, secondary: str) -> None:
-        self.console.print(f"[bold]status[/] {status}" + (f" / {secondary}" if secondary else ""))
-
-    def line(self, stream: str, message: str) -> None:
-        host = stream.split("/", 1)[-1].split("-")[0:2]
-        self.console.out(f"[{'-'.join(host)}] {message}", highlight=False)
-
-    def silent(self, seconds: float, status: str) -> None:
-        self.console.print(f"[yellow]no log output for {seconds:.0f}s[/] (status {status}); still waiting — "
-                           "Ctrl-C to detach or stop.")
-
-
-def _train_remote(config: Any, options: Any, store: Any, settings: Any, stack_outputs: Any, *,
-                  wait: bool, download: bool, as_json: bool, max_cost: Optional[float], confirmed: bool) -> None:
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    from aiops.pricing import load_prices
-    from aiops.training import local, remote
-
-    console = Console(stderr=as_json, highlight=False, soft_wrap=True)
-    remote.apply_defaults(options, stack_outputs, settings.aws)
-    prepared = local.prepare(config, store, remote=True, instance_count=options.instance_count)
-    for warning in prepared.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bar.add_task(f"upload {label}", total=total)
-            bar.update(tasks[label], completed=done)
-
-        def review_cost(estimate: Any) -> None:
-            hours = options.max_run / 3600
-            if estimate.known:
-                console.print(
-                    f"estimate: up to [bold]${estimate.cost(spot=options.spot):,.2f}[/] "
-                    f"({'spot' if options.spot else 'on-demand'}; on-demand ${estimate.cost(spot=False):,.2f}, "
-                    f"spot ${estimate.cost(spot=True):,.2f}) for {options.instance_count} x {options.instance_type} "
-                    f"over at most {hours:g} h; prices as of {load_prices().as_of}"
-                )
-            warning = remote.check_budget(estimate, spot=options.spot, max_cost=max_cost, confirmed=confirmed)
-            if warning:
-                console.print(f"[yellow]warning:[/] {warning}")
-
-        record = remote.launch(prepared, options, store=store, cache_dir=settings.home / "cache", progress=progress,
-                               review_cost=review_cost)
-    for path, size in record["large_files"]:
-        console.print(f"[yellow]warning:[/] {path} is {size / 1e6:.0f} MB; large files belong in a channel, "
-                      "not in the code bundle (add it to .aiopsignore).")
-    console.print(
-        f"[bold]{record['job_name']}[/] accepted by SageMaker in {record['region']} "
-        f"({'spot' if options.spot else 'on-demand'} {options.instance_count}x {options.instance_type}); "
-        f"uploaded {record['uploaded_bytes']} bytes, code {record['code_bundle']['uri']}"
-    )
-    if wait:
-        try:
-            description = remote.follow(record["job_name"], options.region, _RemoteLogSink(console),
-                                        silence_warning_seconds=settings.aws.log_silence_warning_seconds,
-                                        poll_seconds=settings.aws.job_poll_seconds)
-        except KeyboardInterrupt:
-            _interrupted_remote(console, record["job_name"], options.region)
-            return
-        record = remote.refresh(store, record, description)
-        if download and record["status"] == "Completed":
-            path = remote.download_model(record, Path(record["run_dir"]) / "output" / "model.tar.gz")
-            record["artifacts"]["model"] = str(path)
-            store.save(record)
-    summary = {**_summary(record), **{k: v for k, v in (record.get("remote_summary") or {}).items()
-                                      if k in ("billable_seconds", "training_seconds", "spot_saving_percent")}}
-    if as_json:
-        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
-    else:
-        _render_summary(console, {**record, **summary}, streamed=wait)
-    if wait and record["status"] != "Completed":
-        raise typer.Exit(1)
-
-
-def _interrupted_remote(console: Any, job_name: str, region: str) -> None:
-    from aiops.training import remote
-
-    if sys.stdin.isatty() and typer.confirm(f"\nStop the training job {job_name}?", default=False):
-        remote.stop(job_name, region)
-        console.print(f"stop requested for {job_name}.")
+def _detached(console: Any, backend: JobBackend, record: RunRecord) -> None:
+    """Ctrl-C while following a job: stop it (asked on a TTY only) or leave it running."""
+    name = record.job_name
+    if sys.stdin.isatty() and typer.confirm(f"\nStop the training job {name}?", default=False):
+        backend.stop(record)
+        console.print(f"stop requested for {name}.")
         raise typer.Exit(130)
-    console.print(f"\ndetached; {job_name} keeps running. Follow it with 'aiops jobs logs {job_name}', "
-                  f"stop it with 'aiops jobs stop {job_name}'.")
+    console.print(f"\ndetached; {name} keeps running. Follow it with 'aiops jobs logs {name}', "
+                  f"stop it with 'aiops jobs stop {name}'.")
     raise typer.Exit(130)
 
 
-def _summary(record: Mapping[str, Any]) -> dict[str, Any]:
-    keys = (
-        "job_name", "status", "exit_code", "run_dir", "checkpoint_dir", "resumed_from", "duration_seconds",
-        "hyperparameters", "final_metrics", "artifacts", "failure_reason",
-    )
-    return {key: record.get(key) for key in keys}
+SUMMARY_KEYS = ("job_name", "status", "exit_code", "run_dir", "checkpoint_dir", "resumed_from", "duration_seconds",
+                "hyperparameters", "final_metrics", "artifacts", "failure_reason")
+REMOTE_SUMMARY_KEYS = ("billable_seconds", "training_seconds", "spot_saving_percent")
+
+
+def _summary(record: RunRecord) -> dict[str, Any]:
+    data = record.to_json()
+    summary = {key: data.get(key) for key in SUMMARY_KEYS}
+    described = record.remote_summary.model_dump(exclude_unset=True) if record.remote_summary else {}
+    summary.update({k: v for k, v in described.items() if k in REMOTE_SUMMARY_KEYS})
+    return summary
+
+
+def _open(name: str) -> tuple[RunRecord, JobBackend]:
+    """A run's record and the backend that runs it."""
+    from aiops.runs import RunStore
+    from aiops.settings import get_settings
+    from aiops.training import backends
+
+    settings = get_settings()
+    store = RunStore(settings.runs_dir)
+    record = store.load(name)
+    return record, backends.of(record, store=store, settings=settings)
 
 
 @jobs_app.command("list")
@@ -414,32 +369,29 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
     from rich.console import Console
     from rich.table import Column, Table
 
+    from aiops.runs import RunStore
     from aiops.settings import get_settings
-    from aiops.training.metrics import latest_values
-    from aiops.training.runs import RunStore
+    from aiops.training import backends
 
-    store = RunStore(get_settings().runs_dir)
-    records = store.list()
-    if any(r.get("remote") and r.get("status") == "Pending" for r in records):
-        from aiops.training import remote  # settle creates that were interrupted, never relaunch them
-
-        records = [remote.resolve_pending(store, r) for r in records]
+    settings = get_settings()
+    store = RunStore(settings.runs_dir)
+    rows = []
+    for record in store.list():  # settles creates that were interrupted, never relaunches them
+        backend = backends.of(record, store=store, settings=settings)
+        rows.append((backend.refresh(record), backend))
     if as_json:
-        sys.stdout.write(json.dumps([_summary(r) for r in records], sort_keys=True) + "\n")
+        sys.stdout.write(json.dumps([_summary(r) for r, _ in rows], sort_keys=True) + "\n")
         return
     console = Console()
-    if not records:
+    if not rows:
         console.print("no local runs yet: start one with 'aiops train SCRIPT'.")
         return
     table = Table(Column("job", overflow="fold"), "status", "started", "duration", Column("metrics", overflow="fold"))
-    for r in records:
-        latest = r.get("final_metrics") or {}
-        if not latest and r["status"] == "InProgress" and not r.get("remote"):  # a local run still going
-            latest = latest_values(Path(r["run_dir"]) / "metrics.jsonl")
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in list(latest.items())[:3])
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("created_at", 0)))
-        duration = f"{r['duration_seconds']:.1f}s" if r.get("duration_seconds") is not None else "-"
-        table.add_row(r["job_name"], r["status"], started, duration, metrics)
+    for r, backend in rows:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in list(backend.latest_metrics(r).items())[:3])
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at or 0))
+        duration = f"{r.duration_seconds:.1f}s" if r.duration_seconds is not None else "-"
+        table.add_row(r.job_name, r.status, started, duration, metrics)
     console.print(table)
 
 
@@ -451,41 +403,23 @@ def jobs_describe(
     """Show one run: status, timings, hyperparameters, final metrics, artifacts (remote: refreshed)."""
     from rich.console import Console
 
-    from aiops.settings import get_settings
-    from aiops.training.runs import RunStore
-
-    store = RunStore(get_settings().runs_dir)
-    record = store.load(name)
-    if record.get("remote"):
-        from aiops.training import remote
-
-        if record.get("status") == remote.PENDING:
-            record = remote.resolve_pending(store, record)
-        elif record.get("status") != remote.NOT_CREATED:
-            record = remote.refresh(store, record, remote.describe(name, record["region"]))
+    record, backend = _open(name)
+    record = backend.describe(record)
+    data = record.to_json()
     if as_json:
-        sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+        sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
         return
     console = Console()
     _render_summary(console, record)
-    console.print_json(json.dumps({"hyperparameters": record.get("hyperparameters"), "config": record.get("config")}))
+    console.print_json(json.dumps({"hyperparameters": data.get("hyperparameters"), "config": data.get("config")}))
 
 
 @jobs_app.command("logs")
 def jobs_logs(name: str = typer.Argument(..., help="Job name.")) -> None:
     """Print a run's log: train.log for local runs, every host's CloudWatch stream for remote jobs."""
-    from aiops.settings import get_settings
-    from aiops.training.runs import RunStore
-
-    record = RunStore(get_settings().runs_dir).load(name)
-    if record.get("remote"):
-        from aiops.training import remote
-
-        for stream, message in remote.logs_once(name, record["region"]):
-            typer.echo(f"[{stream.split('/', 1)[-1]}] {message}")
-        return
-    log = Path(record["run_dir"]) / "train.log"
-    sys.stdout.write(log.read_text(errors="replace") if log.is_file() else "")
+    record, backend = _open(name)
+    for stream, line in backend.logs(record):
+        sys.stdout.write(f"[{stream}] {line}" if stream else line)
 
 
 @jobs_app.command("metrics")
@@ -498,17 +432,10 @@ def jobs_metrics(
     from rich.console import Console
     from rich.table import Table
 
-    from aiops.settings import get_settings
-    from aiops.training.metrics import series_from_jsonl, split_series
-    from aiops.training.runs import RunStore
+    from aiops.training.metrics import split_series
 
-    record = RunStore(get_settings().runs_dir).load(name)
-    if record.get("remote"):
-        from aiops.training import remote
-
-        series = remote.metric_series(record)
-    else:
-        series = series_from_jsonl(Path(record["run_dir"]) / "metrics.jsonl")
+    record, backend = _open(name)
+    series = backend.metrics(record)
     curves, finals = split_series(series)
     drawn: list[str] = []
     if plot is not None:
@@ -540,20 +467,9 @@ def jobs_metrics(
 @jobs_app.command("stop")
 def jobs_stop(name: str = typer.Argument(..., help="Job name.")) -> None:
     """Stop a running job the SageMaker way (SIGTERM, then SIGKILL after the grace period)."""
-    from aiops.settings import get_settings
-    from aiops.training import local
-    from aiops.training.runs import RunStore
-
-    record = RunStore(get_settings().runs_dir).load(name)
-    if record.get("remote"):
-        from aiops.training import remote
-
-        remote.stop(name, record["region"])
-    else:
-        target = local.request_stop(record)
-        typer.echo(f"stop requested for {name} (SIGTERM to its {target}).")
-        return
-    typer.echo(f"stop requested for {name}.")
+    record, backend = _open(name)
+    target = backend.stop(record)
+    typer.echo(f"stop requested for {name}" + (f" (SIGTERM to its {target})." if target else "."))
 
 
 def register(app: typer.Typer, *, panel: str) -> None:

@@ -11,7 +11,6 @@ Packaging is deterministic (`aiops.archive`): same inputs, same bytes.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from aiops import archive, programs
 from aiops.errors import UsageError
+from aiops.runs import STATUS_COMPLETED, RunFolder, RunRecord, RunStore, read_record
 
 CODE_DIR = "code"
 DEFAULT_PROGRAM = programs.DEFAULT_PROGRAM  # the serving toolkit's default SAGEMAKER_PROGRAM
@@ -41,32 +41,18 @@ class ModelSource:
             self.tempdir = None
 
 
-def _run_dir(name: str, runs_dir: Path) -> Path | None:
-    if not name or "/" in name or name in (".", ".."):
-        return None
-    candidate = runs_dir / name
-    return candidate if (candidate / "run.json").is_file() else None
-
-
-def _read_run(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{run_dir / 'run.json'}: cannot read it ({err})") from None
-
-
-def run_model_dir(run_dir: Path) -> tuple[Path, dict]:
-    """The model folder of a local training run (its container tree's opt/ml/model)."""
-    info = _read_run(run_dir)
-    status = info.get("status")
-    if status not in (None, "Completed"):
-        raise UsageError(f"run {run_dir.name} is {status}; only a Completed run has a model to serve")
-    model_dir = run_dir / "opt" / "ml" / "model"
+def run_model_dir(folder: RunFolder) -> tuple[Path, RunRecord]:
+    """The model of a local training run: its container tree's model folder, else its model.tar.gz."""
+    info = read_record(folder)
+    assert info is not None  # strict
+    if info.status not in (None, STATUS_COMPLETED):
+        raise UsageError(f"run {folder.name} is {info.status}; only a Completed run has a model to serve")
+    model_dir = folder.model_dir
     if not model_dir.is_dir():
-        artifact = (info.get("artifacts") or {}).get("model")
+        artifact = info.artifacts.model
         if artifact and Path(artifact).is_file():
             return Path(artifact), info
-        raise UsageError(f"run {run_dir.name} has no model folder ({model_dir}) nor model.tar.gz")
+        raise UsageError(f"run {folder.name} has no model folder ({model_dir}) nor model.tar.gz")
     return model_dir, info
 
 
@@ -92,34 +78,29 @@ class RunCode:
     warnings: list[str]
 
 
-def run_code(info: dict) -> RunCode | None:
+def run_code(info: RunRecord) -> RunCode | None:
     """A run's inference code: the whole source dir (through `aiops.files`, as the remote bundle),
     as PyTorchModel repacks `source_dir` into code/; a single-script run ships that script (and an
     inference.py / requirements.txt beside it). None when nothing in it serves (defaults apply)."""
     from aiops import files
 
-    src = info.get("source_dir")
-    if not src or not Path(src).is_dir():
+    root = info.code_root
+    if root is None:
         return None
-    root = Path(src)
-    config = info.get("config") or {}
-    entry = info.get("entry_point")
-    single = bool(config) and config.get("source_dir") is None
-    if single:
-        entry = Path(config.get("entry_point") or entry or "").name
+    single, entry = info.single_script, info.script_name
     program = inference_program(root, entry)
     if program is None:
         return None
     if single:
         names = {n for n in (entry, DEFAULT_PROGRAM, "requirements.txt") if n and (root / n).is_file()}
         return RunCode(root, program, {n: root / n for n in sorted(names)}, [])
-    selection = files.select(root, follow_symlinks=bool(config.get("follow_symlinks")))
+    selection = files.select(root, follow_symlinks=bool(info.config and info.config.follow_symlinks))
     if program not in selection.entries:
         return None
     return RunCode(root, program, selection.entries, selection.warnings)
 
 
-def run_code_dir(info: dict) -> Path | None:
+def run_code_dir(info: RunRecord) -> Path | None:
     """A run's source folder when something in it serves the model (see `run_code`)."""
     code = run_code(info)
     return code.root if code else None
@@ -144,7 +125,8 @@ def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
     (a path to a file is also accepted, then its folder is the code folder).
     """
     path = Path(model).expanduser()
-    run = None if path.exists() else _run_dir(model, runs_dir)
+    store = RunStore(runs_dir)
+    run = None if path.exists() or not store.exists(model) else store.folder(model)
     tempdir = None
     run_code_root = None
     program = None

@@ -4,9 +4,7 @@ ships (the original code or a generated ``inference.py``), and the candidate mod
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +13,7 @@ from aiops.errors import UsageError
 from aiops.inference import export_templates
 from aiops.inference.artifacts import CODE_DIR, ModelSource, package_model
 from aiops.inference.handler import DEFAULT_PROGRAM
+from aiops.runs import RunStore, read_record
 
 #: files that hold weights: left out of the exported artifact (its model.pt / model.onnx replaces them)
 WEIGHT_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin", ".safetensors", ".onnx", ".h5", ".joblib")
@@ -29,14 +28,14 @@ def input_paths(model: str, runs_dir: Path) -> tuple[list[Path], Path | None]:
     path = Path(model).expanduser()
     if path.exists():
         return [path.resolve()], None
-    run = runs_dir / model
-    if "/" not in model and (run / "run.json").is_file():
-        paths = [run.resolve()]
-        with contextlib.suppress(OSError, ValueError):
-            artifact = (json.loads((run / "run.json").read_text()).get("artifacts") or {}).get("model")
-            if artifact:
-                paths.append(Path(artifact).resolve())
-        return paths, run
+    store = RunStore(runs_dir)
+    if store.exists(model):
+        run = store.folder(model)
+        paths = [run.root.resolve()]
+        record = read_record(run, strict=False)
+        if record is not None and record.artifacts.model:
+            paths.append(Path(record.artifacts.model).resolve())
+        return paths, run.root
     return [], None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aiops.errors import UsageError
+from aiops.runs import RunFolder
 
 SAMPLE_SUFFIXES = (".npy", ".npz", ".json", ".csv")
 
@@ -75,7 +76,7 @@ def load_sample(path: Path) -> tuple[Any, Any]:
 
 def find_run_sample(run_dir: Path) -> Path | None:
     """The first sample file in a local run's test channel (opt/ml/input/data/test)."""
-    folder = run_dir / "opt" / "ml" / "input" / "data" / "test"
+    folder = RunFolder(run_dir).channel("test")
     if not folder.is_dir():
         return None
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SAMPLE_SUFFIXES)

@@ -30,6 +30,7 @@ from typing import Any
 from aiops import names, programs
 from aiops.archive import file_sha256
 from aiops.errors import UsageError
+from aiops.runs import RunFolder, find_run, read_record
 from aiops.s3objects import upload_once
 from aiops.stack import LAYOUT, StackOutputs
 
@@ -45,9 +46,9 @@ def model_key(digest: str) -> str:
 def local_archive(spec: str) -> Path | None:
     path = Path(spec).expanduser()
     if path.is_dir():
-        for candidate in (path / "model.tar.gz", path / "output" / "model.tar.gz"):
-            if candidate.is_file():
-                return candidate
+        found = RunFolder(path).local_model_archive()  # the SDK's output_path layout, as a run folder's
+        if found is not None:
+            return found
         from aiops.infra.model_data import is_weights_folder
 
         if is_weights_folder(path):
@@ -75,23 +76,9 @@ class ModelChoice:
     warnings: list[str] = field(default_factory=list)
 
 
-def _read_run(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _run_folder(spec: str, runs_dir: Path | None) -> Path | None:
-    """The run folder SPEC names: a folder holding run.json, or a run's name in ``runs_dir``."""
-    path = Path(spec).expanduser()
-    if path.is_dir() and (path / "run.json").is_file():
-        return path
-    if runs_dir is not None and not path.exists() and re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", spec):
-        candidate = Path(runs_dir) / spec
-        if (candidate / "run.json").is_file():
-            return candidate
-    return None
+def _run_folder(spec: str, runs_dir: Path | None) -> RunFolder | None:
+    """The run folder SPEC names: a folder holding a run record, or a run's name in ``runs_dir``."""
+    return find_run(spec, runs_dir)
 
 
 def classify(spec: str, *, runs_dir: Path | None = None) -> tuple[str, str]:
@@ -101,10 +88,10 @@ def classify(spec: str, *, runs_dir: Path | None = None) -> tuple[str, str]:
     With ``runs_dir``, a run's name is accepted too (a remote run without a local archive is its job)."""
     run = _run_folder(spec, runs_dir)
     if run is not None:
-        info = _read_run(run) or {}
-        if info.get("remote") and not any((run / c).is_file() for c in ("model.tar.gz", "output/model.tar.gz")):
-            return "job", str(info.get("job_name") or run.name)
-        spec = str(run)
+        info = read_record(run, strict=False)
+        if info is not None and info.remote and run.local_model_archive() is None:
+            return "job", info.job_name or run.name
+        spec = str(run.root)
     if spec.startswith("s3://") and spec.endswith("/"):
         if not S3_URI.match(spec):
             raise UsageError(f"--model {spec!r}: malformed S3 prefix; expected s3://bucket/prefix/")
@@ -187,17 +174,11 @@ def training_job_program(name: str, *, sagemaker: Any, s3: Any) -> ModelChoice:
     return ModelChoice(uri, program, bundle)
 
 
-def _local_program(archive: Path, run: Path | None) -> ModelChoice:
-    """The program of a local archive: its own code/ decides; else the run's source dir (run.json)."""
-    info = _read_run(run) if run is not None else None
-    entry = None
-    source_dir = None
-    if info:
-        config = info.get("config") or {}
-        entry = info.get("entry_point")
-        source_dir = info.get("source_dir")
-        if config and config.get("source_dir") is None and config.get("entry_point"):
-            entry = Path(config["entry_point"]).name  # a single-script run: the script beside its folder
+def _local_program(archive: Path, run: RunFolder | None) -> ModelChoice:
+    """The program of a local archive: its own code/ decides; else the run's source dir (its record)."""
+    info = read_record(run, strict=False) if run is not None else None
+    entry = info.script_name if info is not None else None  # a single-script run: the script beside its folder
+    source_dir = info.source_dir if info is not None else None
     choice = ModelChoice(uri="")
     try:
         in_archive = programs.scan_tar(archive, entry, prefix="code/")

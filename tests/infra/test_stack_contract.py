@@ -55,7 +55,8 @@ def _what_jobs_and_endpoints_do(plan, tmp_path: Path) -> list[tuple[str, str]]:
     """(action, resource) for everything a job and the endpoint do as the role, with keys built
     by the real code: the uploaders, build_request, artifacts.upload and the planned endpoint."""
     from aiops.infra import artifacts
-    from aiops.training import bundle, remote, uploads
+    from aiops.training import bundle, uploads
+    from aiops.training import remote_request as remote
 
     bucket = plan.outputs["bucket"]
     arn = f"arn:aws:s3:::{bucket}"

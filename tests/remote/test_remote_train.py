@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiops.stack import CLIENT_TOKEN_TAG, LAYOUT
-from aiops.training.remote import client_token
+from aiops.training.remote_request import client_token
 
 BUCKET = "aiops-artifacts-test"  # created by the platform fixture
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/aiops-sagemaker-execution"

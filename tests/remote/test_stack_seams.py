@@ -132,7 +132,7 @@ def test_a_job_of_the_same_name_without_our_token_is_never_adopted(run_cli, proj
 def test_logs_read_every_page_of_streams_and_every_host(platform, monkeypatch) -> None:
     from aiops import aws
     from aiops.stack import TRAINING_LOG_GROUP
-    from aiops.training.remote import LogFollower
+    from aiops.training.remote_logs import LogFollower
 
     logs = platform.boto("logs")
     logs.create_log_group(logGroupName=TRAINING_LOG_GROUP)
@@ -153,17 +153,19 @@ def test_metrics_of_every_host_in_one_batched_call(platform) -> None:
     import time
     from datetime import datetime, timedelta, timezone
 
+    from aiops.runs import RunRecord
     from aiops.stack import TRAINING_METRICS_NAMESPACE
-    from aiops.training import remote
+    from aiops.training import remote_logs as remote
 
     start = datetime.now(tz=timezone.utc) - timedelta(minutes=3)
     data = [{"MetricName": "loss", "Value": v + h, "Timestamp": start + timedelta(minutes=i),
              "Dimensions": [{"Name": "Host", "Value": f"job-m/algo-{h}"}]}
             for h in (1, 2) for i, v in enumerate((0.5, 0.25))]
     platform.boto("cloudwatch").put_metric_data(Namespace=TRAINING_METRICS_NAMESPACE, MetricData=data)
-    record = {"job_name": "job-m", "region": REGION, "created_at": time.time() - 600,
-              "request": {"AlgorithmSpecification": {"MetricDefinitions": [{"Name": "loss", "Regex": "x"}]},
-                          "ResourceConfig": {"InstanceCount": 2}}}
+    record = RunRecord.from_json({
+        "job_name": "job-m", "status": "InProgress", "remote": True, "region": REGION, "created_at": time.time() - 600,
+        "request": {"AlgorithmSpecification": {"MetricDefinitions": [{"Name": "loss", "Regex": "x"}]},
+                    "ResourceConfig": {"InstanceCount": 2}}})
     queries = remote.metric_queries("job-m", ["loss"], 2)
     assert len(queries) == 2  # one GetMetricData for both hosts
     series = remote.metric_series(record)

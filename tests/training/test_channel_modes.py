@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from aiops.errors import UsageError
-from aiops.training import contract, remote
+from aiops.training import contract
+from aiops.training import remote_request as remote
 
 CHANNELS = ["train", "test"]
 

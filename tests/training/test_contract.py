@@ -7,7 +7,7 @@ import pytest
 from aiops.errors import UsageError
 from aiops.training import contract
 from aiops.training.metrics import MetricDefinition, MetricParser, parse_metric_option
-from aiops.training.runs import job_name_from_base, validate_job_name
+from aiops.runs import job_name_from_base, validate_job_name
 
 
 def test_user_args_follow_the_toolkit() -> None:
@@ -154,7 +154,7 @@ def test_secret_looking_hyperparameter_names(name: str, flagged: bool) -> None:
                    "sagemaker_mpi_custom_mpi_options": '""'}),
 ])
 def test_remote_request_carries_the_sdks_distribution_keys(count, nproc, distribution, expected) -> None:
-    from aiops.training import remote
+    from aiops.training import remote_request as remote
 
     options = remote.RemoteOptions(instance_type="ml.g5.xlarge", region="eu-west-1", instance_count=count,
                                    role="arn:aws:iam::123456789012:role/r", bucket="b")

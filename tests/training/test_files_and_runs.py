@@ -19,7 +19,7 @@ import pytest
 from aiops import files
 from aiops.errors import UsageError
 from aiops.training import bundle, local
-from aiops.training.runs import RunStore, process_alive, process_start_time
+from aiops.runs import RunRecord, RunStore, process_alive, process_start_time
 
 
 def _project(root: Path) -> Path:
@@ -214,15 +214,16 @@ def test_stop_never_signals_a_reused_pid(tmp_path: Path) -> None:
     try:
         start = process_start_time(bystander.pid)
         assert start is not None and process_alive(bystander.pid, start)
-        record = {"job_name": "old-run", "status": "InProgress", "runner_pid": bystander.pid,
-                  "runner_start_time": start - 1, "script_pid": bystander.pid, "script_start_time": start + 1}
+        record = RunRecord.from_json({"job_name": "old-run", "status": "InProgress", "runner_pid": bystander.pid,
+                                      "runner_start_time": start - 1, "script_pid": bystander.pid,
+                                      "script_start_time": start + 1})
         with pytest.raises(UsageError, match="nothing was signalled"):
             local.request_stop(record)
         assert bystander.poll() is None  # still running: it was never signalled
         store = RunStore(tmp_path / "runs")
         store.create("old-run")
         store.save(record)
-        assert store.load("old-run")["status"] == "Stale"
+        assert store.load("old-run").status == "Stale"
     finally:
         bystander.send_signal(signal.SIGKILL)
         bystander.wait()

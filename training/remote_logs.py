@@ -1,0 +1,124 @@
+"""A remote job's logs (every host's CloudWatch stream) and metrics (CloudWatch, where SageMaker
+publishes its MetricDefinitions)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiops.runs import RunRecord
+from aiops.stack import TRAINING_LOG_GROUP, TRAINING_METRICS_NAMESPACE
+from aiops.training.remote_jobs import _error_code, aws_call
+
+LOG_GROUP = TRAINING_LOG_GROUP
+
+
+class LogSink(Protocol):
+    def status(self, status: str, secondary: str) -> None: ...
+    def log(self, stream: str, message: str) -> None: ...
+    def silent(self, seconds: float, status: str) -> None: ...
+
+
+class LogFollower:
+    """Follows every host's CloudWatch stream of a job (`<job>/algo-N-...`)."""
+
+    def __init__(self, logs: Any, job_name: str) -> None:
+        self.logs = logs
+        self.job_name = job_name
+        self._tokens: dict[str, str | None] = {}
+
+    def poll(self) -> list[tuple[str, str]]:
+        from botocore.exceptions import ClientError
+
+        try:
+            pages = self.logs.get_paginator("describe_log_streams").paginate(
+                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/")
+            names = sorted(s["logStreamName"] for page in pages for s in page.get("logStreams", []))
+        except ClientError as err:
+            if _error_code(err) == "ResourceNotFoundException":
+                return []  # the group appears with the first log line
+            raise
+        events: list[tuple[str, str]] = []
+        for stream in names:  # every page of streams: every host (algo-1 ... algo-N)
+            while True:
+                kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
+                token = self._tokens.get(stream)
+                if token:
+                    kwargs["nextToken"] = token
+                page = self.logs.get_log_events(**kwargs)
+                for event in page.get("events", []):
+                    events.append((stream, event["message"]))
+                new_token = page.get("nextForwardToken")
+                if not page.get("events") or new_token == token:
+                    self._tokens[stream] = new_token
+                    break
+                self._tokens[stream] = new_token
+        return events
+
+
+
+def logs_once(job_name: str, region: str | None) -> list[tuple[str, str]]:
+    from aiops import aws
+
+    follower = LogFollower(aws.client("logs", region), job_name)
+    return aws_call(f"reading the logs of {job_name}", follower.poll)
+
+
+
+METRICS_NAMESPACE = TRAINING_METRICS_NAMESPACE
+MAX_QUERIES = 500  # GetMetricData: at most 500 MetricDataQueries per call
+
+
+def metric_queries(job: str, names: list[str], hosts: int) -> list[dict[str, Any]]:
+    """One MetricDataQuery per metric and host (dimension Host=<job>/algo-N, as SageMaker publishes)."""
+    return [
+        {"Id": f"m{i}_{h}", "Label": name if h == 1 else f"{name}@algo-{h}", "ReturnData": True,
+         "MetricStat": {"Metric": {"Namespace": METRICS_NAMESPACE, "MetricName": name,
+                                   "Dimensions": [{"Name": "Host", "Value": f"{job}/algo-{h}"}]},
+                        "Period": 60, "Stat": "Average"}}
+        for i, name in enumerate(names) for h in range(1, hosts + 1)
+    ]
+
+
+def metric_series(record: RunRecord) -> dict[str, list[Any]]:
+    """A remote job's metrics from CloudWatch, where SageMaker publishes its MetricDefinitions
+    (namespace /aws/sagemaker/TrainingJobs, dimension Host=<job>/algo-N), as {name: [Point]}.
+
+    Every host, in one batched GetMetricData (paged by NextToken): algo-1's series under the
+    metric's name, the others' as ``name@algo-N``.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from aiops import aws
+    from aiops.training.metrics import Point
+
+    job = record.job_name
+    request = record.request or {}
+    names = [d["Name"] for d in request.get("AlgorithmSpecification", {}).get("MetricDefinitions", [])]
+    hosts = int(request.get("ResourceConfig", {}).get("InstanceCount", 1))
+    queries = metric_queries(job, names, hosts)
+    cloudwatch = aws.client("cloudwatch", record.region)
+    start = datetime.fromtimestamp(record.created_at or 0, tz=timezone.utc) - timedelta(minutes=5)
+    end = datetime.now(tz=timezone.utc) + timedelta(minutes=5)
+
+    def fetch() -> dict[str, list[Any]]:
+        values: dict[str, list[tuple[Any, float]]] = {}
+        for at in range(0, len(queries), MAX_QUERIES):
+            kwargs: dict[str, Any] = {"MetricDataQueries": queries[at:at + MAX_QUERIES], "StartTime": start,
+                                      "EndTime": end, "ScanBy": "TimestampAscending"}
+            while True:
+                answer = cloudwatch.get_metric_data(**kwargs)
+                for result in answer.get("MetricDataResults", []):
+                    values.setdefault(result["Label"], []).extend(zip(result["Timestamps"], result["Values"]))
+                if not answer.get("NextToken"):
+                    break
+                kwargs["NextToken"] = answer["NextToken"]
+        series: dict[str, list[Any]] = {}
+        for label, points in values.items():
+            if points:
+                points.sort(key=lambda p: p[0])
+                first = points[0][0]
+                series[label] = [Point((t - first).total_seconds(), float(v)) for t, v in points]
+        return series
+
+    return aws_call(f"reading the metrics of {job}", fetch) if queries else {}
+
