@@ -30,6 +30,7 @@ QUICK: dict[str, tuple[list[str], dict[str, str]]] = {
     "serve_bench": (["--duration", "2", "--runs", "1", "--conc", "1,16"], {}),
     "preview_bench": ([], {"BENCH_RUNS": "2"}),
     "stop_grace": (["--runs", "2"], {}),
+    "serve_ab": (["--duration", "2", "--rounds", "1", "--variants", "old,new", "--conc", "1"], {}),
 }
 
 

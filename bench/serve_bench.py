@@ -608,7 +608,7 @@ CONFIG_NOTES = {
               "127.0.0.1, same wrk Lua script (POST, Content-Type: application/json, same 784-float body), "
               "200 warm-up requests before measuring, answer checked against the in-process forward",
     "aiops serve": "aiops serve MODEL_DIR --workers 2 [--batch-size 32 --max-batch-delay 5], default handler "
-                   "(httptools + uvloop worker per process on its own SO_REUSEPORT socket, handler on the loop thread)",
+                   "(httptools + uvloop loop per process on its own SO_REUSEPORT socket, handler on the worker's inference thread)",
     "mosec": "mosec 0.9.8 (Rust HTTP front, Python workers over IPC): append_worker(num=2, max_batch_size=32, "
              "max_wait_time=5), orjson + np.asarray(float32) decode, np.stack + one forward per batch, orjson numpy "
              "encode; route /inference",

@@ -1,12 +1,11 @@
 """Streaming overhead: time to first token and tokens/s of the LM handler, streamed vs in-process.
 
-The LM is tests/inference/streaming_lm.py (a small byte-level causal transformer, greedy, one
-token per chunk), loaded by the real ``aiops.inference.handler.Handler`` and answered through
-``aiops.inference.streaming`` by a test server (tests/stream_servers.py; by default the httptools
-asyncio.Protocol one that calls the handler on its loop, as aiops serve's worker does) in a
-separate process. Three ways to get the same tokens:
+The LM is the large-model example's byte-level ``ByteLM`` (training/examples/lm) with its streaming
+handler ``inference_stream.py`` (greedy, one token per chunk), served by a real ``aiops serve``
+process (one worker; ``--server protocol|asgi|asyncio`` uses a test server of
+tests/stream_servers.py instead). Three ways to get the same tokens:
 
-- ``in-process``: iterate ``predict_fn``'s generator directly (the floor);
+- ``in-process``: iterate the handler's generator directly, in a fresh process of its own (the floor);
 - ``chunked``: ``POST /invocations``, chunked transfer, read with http.client;
 - ``event-stream``: ``invoke_endpoint_with_response_stream`` from an unmodified boto3 client.
 
@@ -34,21 +33,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "inference")]
 RESULTS = ROOT / "bench" / "results"
-LM_SOURCE = ROOT / "tests" / "inference" / "streaming_lm.py"
-CONFIG = {"d_model": 128, "n_layers": 4, "n_heads": 4, "context": 256}
+EXAMPLE = ROOT / "training" / "examples" / "lm"
+CONFIG = {"seq_len": 256, "d_model": 128, "n_layers": 4, "n_heads": 4}
+TRIVIAL = """
+aiops_stream = True
+def model_fn(model_dir):
+    return None
+def input_fn(body, content_type):
+    return int(body.split(":", 1)[1])
+def predict_fn(n, model):
+    return (b"x" for _ in range(n))
+def output_fn(prediction, accept):
+    return prediction, "application/octet-stream"
+"""
 
 
 def make_model_dir(folder: Path) -> None:
+    import importlib.util
+
     import torch
 
-    import streaming_lm
-
+    spec = importlib.util.spec_from_file_location("lm_model_bench", EXAMPLE / "lm_model.py")
+    lm_model = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = lm_model
+    spec.loader.exec_module(lm_model)
     torch.manual_seed(0)
-    model = streaming_lm.TinyCausalLM(**CONFIG)
-    torch.save(model.state_dict(), folder / "model.pth")
-    (folder / "config.json").write_text(json.dumps(model.config))
+    cfg = lm_model.ModelConfig(**CONFIG)
+    torch.save(lm_model.ByteLM(cfg).state_dict(), folder / "model.pth")
+    (folder / "config.json").write_text(json.dumps({**cfg.to_dict(), "weights": "model.pth"}))
     (folder / "code").mkdir()
-    shutil.copy(LM_SOURCE, folder / "code" / "inference.py")
+    for name in ("lm_model.py", "inference.py", "inference_stream.py"):
+        shutil.copy(EXAMPLE / name, folder / "code" / name)
 
 
 def load_handler(model_dir: Path):
@@ -57,13 +72,13 @@ def load_handler(model_dir: Path):
     from aiops.inference.handler import Handler
 
     torch.set_num_threads(1)
-    handler = Handler(model_dir, script=model_dir / "code" / "inference.py", code_dir=model_dir / "code")
+    handler = Handler(model_dir, script=model_dir / "code" / "inference_stream.py", code_dir=model_dir / "code")
     handler.load()
     return handler
 
 
 def serve(model_dir: Path, port_file: Path, kind: str) -> None:
-    """Child process: the streaming server until stdin closes."""
+    """Child process: a test streaming server until stdin closes (--server protocol|asgi|asyncio)."""
     from stream_servers import SERVERS
 
     from aiops.inference import streaming
@@ -82,6 +97,43 @@ def serve(model_dir: Path, port_file: Path, kind: str) -> None:
         sys.stdin.read()
 
 
+class AiopsServe:
+    """`aiops serve MODEL --workers 1` in its own process group; CPU time summed over supervisor + worker."""
+
+    def __init__(self, model_dir: Path, env: dict, program: str) -> None:
+        from helpers import free_port
+
+        self.port = free_port()
+        self.log = open(model_dir.parent / f"serve-{self.port}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "1", "--port", str(self.port)],
+            env={**env, "SAGEMAKER_PROGRAM": program, "OMP_NUM_THREADS": "1"}, stdout=self.log,
+            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"aiops serve did not start: {(model_dir.parent / self.log.name).read_text()[-2000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/ping")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+
+    def pids(self) -> list[int]:
+        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [self.proc.pid, *map(int, kids)]
+
+    def cpu(self) -> float:
+        return sum(_cpu_seconds(pid) for pid in self.pids())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.log.close()
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc), robust to a busy machine, unlike rates."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -90,6 +142,36 @@ def _cpu_seconds(pid: int) -> float:
 
 def body(tokens: int) -> bytes:
     return json.dumps({"inputs": "The quick brown fox", "parameters": {"max_new_tokens": tokens}}).encode()
+
+
+def generator_process(model_dir: Path, tokens: int) -> None:
+    """Child process: one in-process generation per line on stdin, its timings as JSON on stdout
+    (a fresh process like the server's, so the floor is not this process with boto3 in it)."""
+    handler = load_handler(model_dir)
+    for _ in sys.stdin:
+        cpu0 = time.process_time()
+        start, first, end, out, chunks = run_in_process(handler, tokens)
+        print(json.dumps({"start": 0.0, "first": first - start, "end": end - start, "out": out.hex(),
+                          "chunks": chunks, "cpu": time.process_time() - cpu0}), flush=True)
+
+
+class GeneratorChild:
+    def __init__(self, model_dir: Path, tokens: int, env: dict) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--generate", str(model_dir), str(tokens)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**env, "OMP_NUM_THREADS": "1"},
+                                     text=True)
+        self.last_cpu = 0.0
+
+    def run(self):
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        doc = json.loads(self.proc.stdout.readline())
+        self.last_cpu = doc["cpu"]
+        return 0.0, doc["first"], doc["end"], bytes.fromhex(doc["out"]), doc["chunks"]
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
 
 
 def run_in_process(handler, tokens: int):
@@ -193,13 +275,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--trivial-chunks", type=int, default=20000)
-    parser.add_argument("--server", choices=("protocol", "asgi", "asyncio"), default="protocol",
-                        help="protocol: an httptools asyncio.Protocol server like aiops serve's worker; "
-                             "asgi: uvicorn")
+    parser.add_argument("--server", choices=("aiops", "protocol", "asgi", "asyncio"), default="aiops",
+                        help="aiops: a real `aiops serve` process (one worker); protocol/asgi/asyncio: a test "
+                             "server of tests/stream_servers.py")
     parser.add_argument("--serve", nargs=2, metavar=("MODEL_DIR", "PORT_FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--generate", nargs=2, metavar=("MODEL_DIR", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(Path(args.serve[0]), Path(args.serve[1]), args.server)
+        return 0
+    if args.generate:
+        os.environ["AIOPS_LM_MAX_NEW_TOKENS"] = args.generate[1]
+        generator_process(Path(args.generate[0]), int(args.generate[1]))
         return 0
 
     import torch
@@ -209,22 +296,38 @@ def main() -> int:
     model_dir = work / "model"
     model_dir.mkdir()
     make_model_dir(model_dir)
-    port_file = work / "port"
     env = {**os.environ, "AIOPS_LM_MAX_NEW_TOKENS": str(args.tokens), "PYTHONUNBUFFERED": "1"}
     os.environ["AIOPS_LM_MAX_NEW_TOKENS"] = str(args.tokens)
-    child = subprocess.Popen([sys.executable, __file__, "--serve", str(model_dir), str(port_file),
-                              "--server", args.server],
-                             stdin=subprocess.PIPE, env=env)
+    servers = []
     try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists() or not port_file.read_text():
-            if child.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server process did not start")
-            time.sleep(0.05)
-        port = int(port_file.read_text())
+        if args.server == "aiops":
+            lm = AiopsServe(model_dir, env, "inference_stream.py")
+            trivial_dir = work / "trivial"
+            (trivial_dir / "code").mkdir(parents=True)
+            (trivial_dir / "code" / "inference.py").write_text(TRIVIAL)
+            (trivial_dir / "model.pt").write_bytes(b"")  # never loaded: model_fn is defined
+            trivial_server = AiopsServe(trivial_dir, env, "inference.py")
+            servers += [lm, trivial_server]
+            port, server_cpu = lm.port, lm.cpu
+            trivial_port, trivial_cpu = trivial_server.port, trivial_server.cpu
+        else:
+            port_file = work / "port"
+            child = subprocess.Popen([sys.executable, __file__, "--serve", str(model_dir), str(port_file),
+                                      "--server", args.server], stdin=subprocess.PIPE, env=env)
+            servers.append(child)
+            deadline = time.monotonic() + 120
+            while not port_file.exists() or not port_file.read_text():
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the server process did not start")
+                time.sleep(0.05)
+            port = trivial_port = int(port_file.read_text())
+            server_cpu = trivial_cpu = lambda: _cpu_seconds(child.pid)  # noqa: E731
         handler = load_handler(model_dir)
+        floor = GeneratorChild(model_dir, args.tokens, env)
+        servers.append(floor)
         client = runtime_client(f"http://127.0.0.1:{port}")
-        modes = {"in-process": lambda: run_in_process(handler, args.tokens),
+        trivial_client = runtime_client(f"http://127.0.0.1:{trivial_port}")
+        modes = {"in-process": floor.run,
                  "chunked": lambda: run_chunked(port, args.tokens),
                  "event-stream": lambda: run_events(client, args.tokens)}
         reference = None
@@ -235,33 +338,37 @@ def main() -> int:
         samples = {name: [] for name in modes}
         for _ in range(args.rounds):
             for name, fn in modes.items():
-                # CPU time spent generating and sending (the server process's, or ours in-process):
+                # CPU time spent generating and sending (the server's processes, or ours in-process):
                 # unlike rates it hardly moves when other jobs share the cores.
-                cpu0 = time.process_time() if name == "in-process" else _cpu_seconds(child.pid)
+                cpu0 = 0.0 if name == "in-process" else server_cpu()
                 start, first, end, out, chunks = fn()
-                cpu = (time.process_time() if name == "in-process" else _cpu_seconds(child.pid)) - cpu0
-                assert out == reference  # one byte per token, so len(out) == tokens
+                cpu = floor.last_cpu if name == "in-process" else server_cpu() - cpu0
+                assert out == reference
                 samples[name].append({"ttft_ms": (first - start) * 1000,
-                                      "tokens_per_s": (len(out) - 1) / (end - first),
+                                      "tokens_per_s": (chunks - 1) / (end - first),
                                       "total_ms": (end - start) * 1000,
-                                      "cpu_ms_per_token": cpu * 1000 / len(out)})
+                                      "cpu_ms_per_token": cpu * 1000 / chunks})
         no_sockets = adapter_cpu(handler, args.tokens, max(3, args.rounds // 2))
         ceiling = {}
         trivial = f"trivial:{args.trivial_chunks}".encode()
         for name, fn in (("chunked", run_chunked), ("event-stream", run_events)):
-            target = port if name == "chunked" else client
+            target = trivial_port if name == "chunked" else trivial_client
             fn(target, 0, trivial)
             rates, cpu = [], []
             for _ in range(3):
-                cpu0 = _cpu_seconds(child.pid)
+                cpu0 = trivial_cpu()
                 start, first, end, out, chunks = fn(target, 0, trivial)
-                cpu.append((_cpu_seconds(child.pid) - cpu0) / len(out) * 1e6)
+                cpu.append((trivial_cpu() - cpu0) / len(out) * 1e6)
                 assert len(out) == args.trivial_chunks
                 rates.append((len(out) - 1) / (end - first))
             ceiling[name] = {"chunks_per_s": statistics.median(rates), "server_cpu_us_per_chunk": statistics.median(cpu)}
     finally:
-        child.stdin.close()
-        child.wait(30)
+        for server in servers:
+            if isinstance(server, (AiopsServe, GeneratorChild)):
+                server.stop()
+            else:
+                server.stdin.close()
+                server.wait(30)
         shutil.rmtree(work, ignore_errors=True)
 
     summary = {}
@@ -274,7 +381,7 @@ def main() -> int:
         s["cpu_overhead_pct"] = (s["cpu_ms_per_token"] / base["cpu_ms_per_token"] - 1) * 100
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
               "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": 1, "model": CONFIG,
-              "new_tokens": args.tokens, "server": args.server, "rounds": args.rounds, "noisy": True, "summary": summary,
+              "new_tokens": args.tokens, "server": args.server, "load_average_end": os.getloadavg()[0], "rounds": args.rounds, "noisy": True, "summary": summary,
               "samples": samples,
               "adapter_ceiling_chunks_per_s": ceiling, "adapter_cpu_ms_per_token_no_sockets": no_sockets}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -285,8 +392,11 @@ def main() -> int:
         f"{record['date']}, {record['cpus']} CPUs ({record['machine']}), torch {record['torch']} with 1 thread; "
         f"byte-level LM {CONFIG}, greedy, {args.tokens} new tokens, medians of {args.rounds} interleaved rounds. "
         "**Noisy**: a shared 2-core machine with other jobs running (load average "
-        f"{os.getloadavg()[0]:.1f} at the end). Server: the `{args.server}` test server of tests/stream_servers.py "
-        "with aiops.inference.streaming, in its own process (not yet `aiops serve` itself).",
+        f"{os.getloadavg()[0]:.1f} at the end; other sessions' tests share the cores). Server: "
+        + ("a real `aiops serve MODEL --workers 1` process (`SAGEMAKER_PROGRAM=inference_stream.py`, "
+           "OMP_NUM_THREADS=1)" if args.server == "aiops" else
+           f"the `{args.server}` test server of tests/stream_servers.py, in its own process")
+        + f". Command: `python bench/stream_bench.py --rounds {args.rounds} --tokens {args.tokens} --server {args.server}`.",
         "",
         "| mode | TTFT (ms) | tokens/s | tokens/s overhead | extra TTFT (ms) | CPU ms/token | CPU overhead |",
         "|---|---|---|---|---|---|---|",
@@ -306,7 +416,7 @@ def main() -> int:
               "from the client process, which in the socket modes competes for the same 2 cores; the third "
               "wakes the loop once at the end instead of once per token."]
     lines += ["", "CPU ms/token: the server process's CPU time (user + system, /proc, 10 ms ticks) per token "
-              "for the streamed modes, this process's for in-process; the streamed figure includes HTTP "
+              "for the streamed modes, the generator process's (process_time) for in-process; the streamed figure includes HTTP "
               "parsing, the handler's input_fn and the server's event loop."]
     lines += ["", "Goal: tokens/s overhead <= 5 %. `python bench/stream_bench.py` regenerates this file.", ""]
     (RESULTS / "stream.md").write_text("\n".join(lines))

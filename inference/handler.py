@@ -209,9 +209,12 @@ class Handler:
                 self.fns[name] = (user[name], _takes_context(name, user[name]))
         self.transform = "transform_fn" in user
         self.default_output = not self.transform and "output_fn" not in user
-        self.batchable = not self.transform and (
+        from aiops.inference import streaming
+
+        # streamed handlers (aiops_stream = True) are served unbatched unless they declare aiops_batch
+        self.batchable = streaming.batchable(module, not self.transform and (
             bool(getattr(module, "aiops_batch", False)) or "predict_fn" not in user
-        )
+        ))
         self.model: Any = None
         self.loaded = False
 
@@ -280,6 +283,13 @@ class Handler:
         data = self.decode(body, content_type, ctx)
         return self.encode(self.predict(data, ctx), accept, ctx)
 
+    def _encode_any(self, prediction: Any, accept: str | None, ctx: Context) -> tuple[Any, str]:
+        from aiops.inference import streaming
+
+        if streaming.is_stream(prediction):  # a streaming predict_fn's row: (iterator of bytes, content type)
+            return streaming.encode_stream(self, prediction, accept, ctx)
+        return self.encode(prediction, accept, ctx)
+
     def invoke_batch(self, requests: list[tuple[bytes, str | None, str | None, Context]]) -> list[Any]:
         """Several requests, their inputs run through predict_fn together where shapes allow.
 
@@ -287,8 +297,10 @@ class Handler:
         predict that fails, or whose output does not split back by rows, is retried request by
         request, so a batch never answers differently from the requests run alone.
         """
+        from aiops.inference import streaming
+
         if not self.batchable or len(requests) == 1:
-            return [_capture(self.invoke, *req) for req in requests]
+            return [_capture(streaming.invoke, self, *req) for req in requests]
         import torch
 
         results: list[Any] = [None] * len(requests)
@@ -317,7 +329,7 @@ class Handler:
                 if isinstance(out, BaseException):
                     results[i] = out
                 else:
-                    results[i] = _capture(self.encode, out, requests[i][2], requests[i][3])
+                    results[i] = _capture(self._encode_any, out, requests[i][2], requests[i][3])
         return results
 
     def _predict_together(self, members, requests) -> list[Any] | None:
@@ -336,6 +348,13 @@ class Handler:
         try:
             out = self.predict(batch, ctx)
         except BaseException:  # noqa: BLE001 - retried one by one to attribute the failure
+            return None
+        from aiops.inference import streaming
+
+        if streaming.is_stream(out):
+            if getattr(self.module, "aiops_stream", False):  # declared: one step per yield, a row per request
+                return streaming.split_batch(out, len(members))
+            streaming.close_quietly(out)  # undeclared: run them one by one instead
             return None
         if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != batch.shape[0]:
             return None

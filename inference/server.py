@@ -2,32 +2,35 @@
 
 Process model (see docs/architecture.md): the supervisor binds the port; each worker process loads
 the model, then opens its own listening socket on that port with ``SO_REUSEPORT`` (the kernel
-spreads new connections over the workers that are listening) and serves it on one thread:
+spreads new connections over the workers that are listening) and serves it with two threads:
 
-- the event loop parses requests (httptools, one parser per connection) and enforces every bound
-  before anything large is buffered: header size (431), header/body read and keep-alive timeouts,
-  connections per worker, body size (413, before the body is read), the API key (401);
-- a complete request goes into the worker's ready list (bounded: past ``max_queue`` it is answered
-  503 with Retry-After at once); one drain callback per loop iteration runs everything ready
-  through the handler *on the loop thread* - no thread hand-off, no lock per request. With
-  batching on, the ready requests form the batch (what arrived in one poll, topped up for at most
-  ``max_batch_delay_ms`` while more keep arriving): the ready list is the batch;
-- a watchdog thread answers 504 for a handler call that runs past the timeout, and ends the worker
-  when one stays stuck (the supervisor starts a new one);
+- the event loop does all the I/O: it parses requests (httptools, one parser per connection) and
+  enforces every bound before anything large is buffered: header size (431), header/body read
+  and keep-alive timeouts, connections per worker, body size (413, before the body is read), the
+  API key (401); it answers ``/ping`` itself, so a health check never waits for the model;
+- a complete request goes on the worker's work queue (bounded: past ``max_queue`` requests read
+  and not answered it is answered 503 with Retry-After at once). One inference thread takes it
+  off and runs the handler; with batching on it takes what is waiting (topped up for at most
+  ``max_batch_delay_ms`` while more keep arriving): the queue is the batch. Results go back to
+  the loop with one wake-up for whatever finished meanwhile;
+- a response may be a stream (a handler returned an iterator, :mod:`aiops.inference.streaming`):
+  its first chunk is made inside the handler call, the rest on the stream's own thread, sent as
+  HTTP chunks on ``/invocations`` or event-stream frames on the response-stream route;
+- the loop answers 504 for a request past the timeout (running or still queued) and ends the
+  worker when a handler call stays stuck (the supervisor starts a new one);
 - a handler may raise anything, ``SystemExit`` and ``KeyboardInterrupt`` included: it is that
   request's 500 (or its typed 4xx), never the worker's end.
-
-The response path takes ``bytes`` or an iterable of ``bytes`` (sent with chunked transfer
-encoding), so a streaming handler can plug in without touching the HTTP layer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
@@ -35,12 +38,13 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import BaseModel
 
 from aiops.inference import codecs
 from aiops.inference.errors import HttpError, typed_status
+from aiops.inference.streaming import BUFFERED, CHUNKED, EVENTS
 from aiops.settings import ServeSettings
 
 log = logging.getLogger("aiops.serve")
@@ -52,6 +56,8 @@ PING_BODY = b'{"status":"Healthy"}\n'
 UNHEALTHY_BODY = b'{"status":"Unhealthy"}\n'
 RETRY_AFTER_SECONDS = 1
 EXIT_STUCK = 70  # the worker ended itself: a handler call stayed stuck past the timeout
+EXIT_INFERENCE_DIED = 71  # the inference thread itself failed (never a handler's error)
+EVENTSTREAM_TYPE = b"application/vnd.amazon.eventstream"
 
 
 class WorkerSpec(BaseModel):
@@ -79,6 +85,9 @@ def _rid() -> str:
 
 def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error"))
+
+
+_OK = _status_line(200)
 
 
 def error_response(status: int, message: str, etype: str, rid: str, *, extra: list | None = None,
@@ -114,20 +123,40 @@ LINGER_SECONDS = 2.0
 
 
 class Request:
-    __slots__ = ("conn", "body", "ctype", "accept", "attrs", "rid", "inference_id", "t0", "keep_alive")
+    __slots__ = ("conn", "body", "ctype", "accept", "attrs", "rid", "inference_id", "t0", "keep_alive", "mode",
+                 "done")
 
-    def __init__(self, conn, body, ctype, accept, attrs, rid, inference_id, keep_alive):
+    def __init__(self, conn, body, ctype, accept, attrs, rid, inference_id, keep_alive, mode):
         self.conn, self.body, self.ctype, self.accept, self.attrs = conn, body, ctype, accept, attrs
-        self.rid, self.inference_id, self.keep_alive = rid, inference_id, keep_alive
+        self.rid, self.inference_id, self.keep_alive, self.mode = rid, inference_id, keep_alive, mode
         self.t0 = time.monotonic()
+        self.done = False  # answered (or abandoned: the client left); set on the loop thread only
+
+
+class _Rest:
+    """What is left of an answer the inference thread could only partly write (socket full)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class Streamed:
+    """An inference result that streams: its first chunk is already made (on the inference thread)."""
+
+    __slots__ = ("stream", "ctype")
+
+    def __init__(self, stream, ctype: str) -> None:
+        self.stream, self.ctype = stream, ctype
 
 
 class Connection(asyncio.Protocol):
     """One client connection: httptools parsing with every bound checked as bytes arrive."""
 
     __slots__ = ("app", "transport", "parser", "state", "deadline", "header_bytes", "url", "headers_size",
-                 "ctype", "accept", "attrs", "inference_id", "api_key", "auth", "length", "body", "body_size", "complete",
-                 "paused", "backlog", "poisoned", "last_active", "fd")
+                 "ctype", "accept", "sm_accept", "attrs", "inference_id", "api_key", "auth", "length", "body",
+                 "body_size", "complete", "paused", "backlog", "last_active", "sink", "current", "wfd", "answered")
 
     def __init__(self, app: "App") -> None:
         self.app = app
@@ -135,7 +164,13 @@ class Connection(asyncio.Protocol):
         self.state = IDLE
         self.paused = False
         self.backlog: list[bytes] = []
-        self.poisoned = False
+        self.sink = None  # the TransportSink of a response being streamed
+        self.current: Request | None = None  # the request being answered
+        # A duplicate of the socket's fd that the inference thread writes answers to directly (no
+        # loop wake-up per answer); ours, so its number cannot be reused by another connection
+        # while we hold it. Closed in connection_lost, under App.lock. -1: none.
+        self.wfd = -1
+        self.answered = False  # the inference thread wrote the answer itself; the loop resumes reading
 
     # ---- asyncio callbacks
     def connection_made(self, transport) -> None:
@@ -146,10 +181,10 @@ class Connection(asyncio.Protocol):
         self._reset()
         self.deadline = time.monotonic() + self.app.header_timeout  # a fresh connection must start a request
         sock = transport.get_extra_info("socket")
-        self.fd = sock.fileno() if sock is not None else -1
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.wfd = os.dup(sock.fileno())
             except OSError:
                 pass
         self.app.accept(self)
@@ -157,17 +192,36 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.state = CLOSED
         self.app.conns.discard(self)
+        if self.wfd >= 0:
+            with self.app.lock:  # not while the inference thread writes to it
+                os.close(self.wfd)
+                self.wfd = -1
+        if self.sink is not None:
+            self.sink.connection_lost(exc)
+        if self.current is not None:  # the client left before its answer: nobody waits for it
+            self.app.abandon(self.current)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.resume_writing()
 
     def _reset(self) -> None:
         self.header_bytes = 0
         self.url = b""
         self.headers_size = 0
-        self.ctype = self.accept = self.attrs = self.inference_id = self.api_key = self.auth = self.length = None
+        self.ctype = self.accept = self.sm_accept = self.attrs = self.inference_id = self.api_key = None
+        self.auth = self.length = None
         self.body = []
         self.body_size = 0
         self.complete = False
 
     def data_received(self, data: bytes) -> None:
+        if self.answered:  # the inference thread answered the last request: this starts the next one
+            self.app.resumed(self)
         if self.state == LINGER:  # a client still sending the body we refused: read it away, then close
             return
         if self.state == READY:  # pipelined bytes while a request waits: hold them, stop reading
@@ -207,6 +261,7 @@ class Connection(asyncio.Protocol):
 
     def resume(self) -> None:
         """The answer is written: read the next request (and any bytes held meanwhile)."""
+        self.current = None
         if self.state == CLOSED:
             return
         self.state = IDLE
@@ -242,6 +297,8 @@ class Connection(asyncio.Protocol):
             self.accept = value.decode("latin-1")
         elif n == b"x-amzn-sagemaker-custom-attributes":
             self.attrs = value
+        elif n == b"x-amzn-sagemaker-accept":  # how boto3 sends Accept on the response-stream route
+            self.sm_accept = value.decode("latin-1")
         elif n == b"x-amzn-sagemaker-inference-id":
             self.inference_id = value.decode("latin-1")[:64]
         elif n == b"x-api-key":
@@ -290,31 +347,35 @@ class Connection(asyncio.Protocol):
         self.transport.write(data)
         if close:
             self.state = CLOSED
+            self.current = None
             self.transport.close()
         else:
             self.resume()
-
-    def write_chunked(self, head: bytes, chunks: Iterable[bytes], close: bool) -> None:
-        """Write a response whose body is an iterable of bytes, with chunked transfer encoding."""
-        self.transport.write(head)
-        for chunk in chunks:
-            if chunk:
-                self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), bytes(chunk)))
-        self.write_and_finish(b"0\r\n\r\n", close)
 
 
 class _Abort(Exception):
     """Stops httptools from parsing further once a callback has answered (and closed)."""
 
 
+_STOP = None  # what the loop puts on the work queue to end the inference thread
+
+
 class App:
-    """Routing, admission, the ready list and the handler calls of one worker."""
+    """Routing, admission, the work queue, the inference thread and the answers of one worker.
+
+    Threads: the event loop does all the I/O (parsing, bounds, /ping, writing answers, timeouts);
+    one inference thread takes requests off ``work`` and runs the handler (a batch at a time when
+    batching is on), then hands the results back with one loop wake-up for whatever finished
+    meanwhile. So a /ping, a new connection or a 408 never waits for a handler call.
+    """
 
     def __init__(self, handler, spec: WorkerSpec) -> None:
+        from aiops.inference import streaming
         from aiops.inference.handler import Context
 
         s = spec.settings
         self.handler = handler
+        self.streaming = streaming
         self.settings = s
         self.model_dir = spec.model_dir
         self.Context = Context
@@ -328,21 +389,26 @@ class App:
         self.body_timeout = s.body_timeout_seconds
         self.keep_alive = s.keep_alive_seconds
         self.timeout = s.timeout_seconds
+        self.stuck_after = self.timeout + max(self.timeout, 10.0)
         self.max_connections = s.max_connections
         self.max_queue = s.max_queue
         self.conns: set[Connection] = set()
-        self.ready: list[Request] = []
-        self.drain_scheduled = False
-        self.batch_deadline = 0.0
-        self.last_seen = 0
+        # Guards the hand-over between the threads: a request is answered once (req.done), and a
+        # connection's duplicate fd is not closed while the inference thread writes to it.
+        self.lock = threading.Lock()
+        # requests read and not yet answered, oldest first (the timeout sweep relies on the order)
+        self.inflight: dict[Request, None] = {}
+        self.streams: set = set()  # streamed answers being sent
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.finished: collections.deque = collections.deque()  # (requests, results) from the inference thread
+        self.wake_pending = False
         self.healthy = True
+        self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        # what the loop thread is running now, for the watchdog: (started, [requests]) or None
-        self.running: tuple[float, list[Request]] | None = None
-        self.running_lock = threading.Lock()
-        self.call_started: float | None = None  # stays set after a 504: a stuck call ends the worker
+        self.call_started: float | None = None  # set while the inference thread is inside a handler call
+        self.thread: threading.Thread | None = None
 
-    # ---- admission
+    # ---- admission (loop thread)
     def accept(self, conn: Connection) -> None:
         if len(self.conns) >= self.max_connections:
             idle = [c for c in self.conns if c.state == IDLE]
@@ -366,9 +432,9 @@ class App:
             if method not in (b"GET", b"HEAD"):
                 return 405, "use GET /ping", None
             return None
-        if not (url == b"/invocations" or (url.startswith(b"/endpoints/") and url.endswith(b"/invocations")
-                                           and url.count(b"/") == 3 and len(url) > len(b"/endpoints//invocations"))):
-            return 404, f"no route {url.decode('latin-1')[:200]!r}; use /ping or /invocations", None
+        if not (url == b"/invocations" or _endpoint_route(url) is not None):
+            return 404, (f"no route {url.decode('latin-1')[:200]!r}; use /ping, /invocations or "
+                         "/endpoints/NAME/invocations[-response-stream]"), None
         if method != b"POST":
             return 405, "use POST", None
         if conn.attrs is not None and len(conn.attrs) > MAX_CUSTOM_ATTRIBUTES:
@@ -394,68 +460,155 @@ class App:
 
     def admit(self, conn: Connection) -> None:
         """A complete request: answer /ping now, queue an invocation (or 503 when the queue is full)."""
-        keep = conn.parser.should_keep_alive()
-        if conn.url == b"/ping" or conn.url.startswith(b"/ping?"):
+        parser = conn.parser
+        keep = parser.should_keep_alive() and not self.draining
+        url = conn.url
+        if url == b"/ping" or url.startswith(b"/ping?"):
             body = PING_BODY if self.healthy else UNHEALTHY_BODY
             status = 200 if self.healthy else 503
             head = b"%scontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n" % (
                 _status_line(status), len(body), b"" if keep else b"connection: close\r\n")
-            conn.write_and_finish(head + (body if conn.parser.get_method() == b"GET" else b""), not keep)
+            conn.write_and_finish(head + (body if parser.get_method() == b"GET" else b""), not keep)
             return
-        if len(self.ready) >= self.max_queue or not self.healthy:
-            why = "is draining" if not self.healthy else f"has {self.max_queue} requests waiting (max_queue)"
-            conn.fail(503, f"the model server is overloaded: this worker {why}; retry shortly",
+        if len(self.inflight) >= self.max_queue:
+            conn.fail(503, f"the model server is overloaded: this worker has {self.max_queue} requests waiting "
+                           "(max_queue); retry shortly",
                       extra=[(b"retry-after", str(RETRY_AFTER_SECONDS).encode())], close=not keep,
                       etype="ServiceUnavailable")
             return
         body = conn.body[0] if len(conn.body) == 1 else b"".join(conn.body)
         conn.body = []
-        self.ready.append(Request(conn, body, conn.ctype, conn.accept, conn.attrs, _rid(), conn.inference_id, keep))
-        if len(self.ready) >= self.batch_size:
-            if self.batch_size > 1:
-                self.drain()  # a full batch runs at once
+        if url == b"/invocations":
+            mode = CHUNKED if parser.get_http_version() != "1.0" else BUFFERED
+            accept = conn.accept
+        else:
+            mode = _endpoint_route(url.split(b"?", 1)[0])
+            accept = conn.sm_accept or conn.accept if mode == EVENTS else conn.accept
+        req = Request(conn, body, conn.ctype, accept, conn.attrs, _rid(), conn.inference_id, keep, mode)
+        conn.current = req
+        self.inflight[req] = None
+        self.work.put(req)
+
+    def abandon(self, req: Request) -> None:
+        """The client of ``req`` has gone (loop thread): it is not run if it has not started."""
+        with self.lock:
+            req.done = True
+            self.inflight.pop(req, None)
+
+    def resumed(self, conn: Connection) -> None:
+        """Loop thread: a connection the inference thread answered reads its next request."""
+        with self.lock:  # the inference thread's write has finished
+            conn.answered = False
+        conn.resume()
+
+    # ---- the inference thread
+    def start_inference(self) -> None:
+        self.thread = threading.Thread(target=self._inference_main, name="aiops-inference", daemon=True)
+        self.thread.start()
+
+    def _inference_main(self) -> None:
+        try:
+            self._inference_loop()
+        except BaseException:  # noqa: BLE001 - our own bug, not a handler's: this worker cannot serve
+            log.critical("the inference thread failed; this worker exits and the supervisor starts a new one\n%s",
+                         traceback.format_exc().rstrip())
+            sys.stderr.flush()
+            os._exit(EXIT_INFERENCE_DIED)
+
+    def _inference_loop(self) -> None:
+        get, batch_size = self.work.get, self.batch_size
+        while True:
+            req = get()
+            if req is _STOP:
                 return
-        if not self.drain_scheduled:
-            self.drain_scheduled = True
-            self.loop.call_soon(self._tick)
+            batch = [req]
+            if batch_size > 1:
+                self._gather(batch)
+            live = [r for r in batch if not r.done]
+            if not live:
+                continue
+            self.call_started = time.monotonic()
+            if len(live) == 1:
+                results = [self._invoke(live[0])]
+            else:
+                results = self._invoke_batch(live)
+            self.call_started = None
+            # One answer: written here. A batch's answers go to the loop in one wake-up instead: a
+            # write per answer from this thread gives the GIL away once per answer (measured slower).
+            rest = self._answer_direct(live, results) if len(live) == 1 else (live, results)
+            if rest:
+                self.finished.append(rest)
+                if not self.wake_pending:  # one loop wake-up for whatever is left until the loop runs
+                    self.wake_pending = True
+                    self.loop.call_soon_threadsafe(self._deliver)
 
-    # ---- running
-    def _tick(self) -> None:
-        """Once per loop iteration: run what is ready (a batch may wait for stragglers first)."""
-        ready = self.ready
-        n = len(ready)
-        if self.batch_size > 1 and 1 < n < self.batch_size and self.max_delay > 0:
-            now = time.monotonic()
-            if self.last_seen == 0:
-                self.batch_deadline = ready[0].t0 + self.max_delay
-            # more arrived since the last look and there is time left: let the loop read once more
-            if n > self.last_seen and now < self.batch_deadline:
-                self.last_seen = n
-                self.loop.call_later(min(0.0005, self.batch_deadline - now), self._tick)
+    def _answer_direct(self, reqs: list[Request], results: list) -> tuple[list, list] | None:
+        """Inference thread: write plain answers straight to their sockets (the usual case: small,
+        keep-alive, nothing else pending on the connection); return what the loop must answer."""
+        left_reqs, left_results = [], []
+        lock, inflight = self.lock, self.inflight
+        for req, result in zip(reqs, results):
+            conn = req.conn
+            if (type(result) is not tuple or not req.keep_alive or self.draining or req.mode == EVENTS
+                    or conn.wfd < 0 or conn.backlog or len(result[0]) > 65536):
+                left_reqs.append(req)
+                left_results.append(result)
+                continue
+            data = self._whole(req, result[0], result[1])
+            with lock:
+                if req.done or conn.wfd < 0 or conn.transport.get_write_buffer_size():
+                    if not req.done:
+                        left_reqs.append(req)
+                        left_results.append(result)
+                    continue
+                req.done = True
+                inflight.pop(req, None)
+                conn.answered = True  # before the write: the client's next request may arrive at once
+                try:
+                    sent = os.write(conn.wfd, data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:  # the client has gone: the loop sees connection_lost
+                    conn.answered = False
+                    continue
+                if sent < len(data):  # the socket is full: the loop writes the rest, then reads on
+                    conn.answered = False
+                    left_reqs.append(req)
+                    left_results.append(_Rest(data[sent:]))
+        return (left_reqs, left_results) if left_reqs else None
+
+    def _gather(self, batch: list) -> None:
+        """Top ``batch`` up from the queue: what is waiting, then stragglers while they keep coming
+        (at most ``max_batch_delay`` after the first; a lone request never waits). It sleeps 0.5 ms
+        at a time instead of waiting on the queue, so stragglers do not wake it one by one."""
+        work, n = self.work, self.batch_size
+        while len(batch) < n:
+            try:
+                req = work.get_nowait()
+            except queue.Empty:
+                if len(batch) == 1 or self.max_delay <= 0:
+                    return
+                left = batch[0].t0 + self.max_delay - time.monotonic()
+                if left <= 0:
+                    return
+                before = len(batch)
+                time.sleep(min(0.0005, left))
+                while len(batch) < n:
+                    try:
+                        req = work.get_nowait()
+                    except queue.Empty:
+                        break
+                    if req is _STOP:
+                        work.put(_STOP)  # run this batch first, then stop
+                        return
+                    batch.append(req)
+                if len(batch) == before:  # arrivals paused: run what we have
+                    return
+                continue
+            if req is _STOP:
+                work.put(_STOP)  # run this batch first, then stop
                 return
-        self.drain_scheduled = False
-        self.last_seen = 0
-        self.drain()
-
-    def drain(self) -> None:
-        while self.ready:
-            if self.batch_size > 1:
-                batch, self.ready = self.ready[:self.batch_size], self.ready[self.batch_size:]
-            else:
-                batch, self.ready = self.ready, []
-            if self.batch_size > 1 and len(batch) > 1:
-                self._run_batch(batch)
-            else:
-                for req in batch:
-                    self._run_one(req)
-
-    def _live(self, req: Request) -> bool:
-        if req.conn.state == CLOSED:
-            return False
-        if time.monotonic() - req.t0 > self.timeout:  # waited past its timeout before its turn came
-            self._answer_error(req, HttpErrorTimeout(self.timeout))
-            return False
-        return True
+            batch.append(req)
 
     def _context(self, req: Request):
         return self.Context(model_dir=self.model_dir, request_id=req.inference_id or req.rid,
@@ -463,69 +616,147 @@ class App:
                             custom_attributes=req.attrs.decode("latin-1") if req.attrs is not None else None,
                             headers=None)
 
-    def _run_one(self, req: Request) -> None:
-        if not self._live(req):
-            return
-        ctx = self._context(req)
-        self._start([req])
+    def _invoke(self, req: Request):
         try:
-            result = self.handler.invoke(req.body, req.ctype, req.accept, ctx)
+            out, ctype = self.streaming.invoke(self.handler, req.body, req.ctype, req.accept, self._context(req))
+            return self._prime(out, ctype)
         except BaseException as err:  # noqa: BLE001 - even SystemExit: that request's 500, not the worker's end
-            result = err
-        if self._finish():
-            self._answer(req, result)
+            return err
 
-    def _run_batch(self, batch: list[Request]) -> None:
-        batch = [r for r in batch if self._live(r)]
-        if not batch:
-            return
-        self._start(batch)
+    def _prime(self, out, ctype):
+        if not self.streaming.is_stream(out):
+            return out, ctype
+        stream = self.streaming.ChunkStream(out)
+        stream.prime()  # the first chunk is part of the handler call (its errors are ordinary errors)
+        return Streamed(stream, ctype)
+
+    def _invoke_batch(self, batch: list[Request]) -> list:
         try:
             results = self.handler.invoke_batch([(r.body, r.ctype, r.accept, self._context(r)) for r in batch])
         except BaseException as err:  # noqa: BLE001 - invoke_batch captures per request; this is a backstop
-            results = [err] * len(batch)
-        if self._finish():
-            for req, result in zip(batch, results):
+            return [err] * len(batch)
+        out = []
+        for result in results:
+            if isinstance(result, tuple):
+                try:
+                    result = self._prime(*result)
+                except BaseException as err:  # noqa: BLE001
+                    result = err
+            out.append(result)
+        return out
+
+    # ---- answers (loop thread)
+    def _deliver(self) -> None:
+        self.wake_pending = False
+        finished = self.finished
+        while finished:
+            reqs, results = finished.popleft()
+            for req, result in zip(reqs, results):
                 self._answer(req, result)
 
-    def _start(self, reqs: list[Request]) -> None:
-        self.call_started = now = time.monotonic()
-        self.running = (now, reqs)
-
-    def _finish(self) -> bool:
-        """False when the watchdog already answered these requests (504) while they ran."""
-        self.call_started = None
-        with self.running_lock:
-            running, self.running = self.running, None
-        return running is not None
-
     def _answer(self, req: Request, result: Any) -> None:
+        if isinstance(result, _Rest):  # the rest of an answer the inference thread began to write
+            req.conn.write_and_finish(result.data, False)
+            return
+        with self.lock:
+            done, req.done = req.done, True
+            self.inflight.pop(req, None)
+        if done:  # answered already (504) or the client left
+            if isinstance(result, Streamed):
+                result.stream.discard()
+            return
+        if self.draining:  # each answer from a draining worker closes its connection
+            req.keep_alive = False
         conn = req.conn
         if conn.state == CLOSED:
+            if isinstance(result, Streamed):
+                result.stream.discard()
             return
         if isinstance(result, BaseException):
             self._answer_error(req, result)
             return
+        if isinstance(result, Streamed):
+            task = self.loop.create_task(self._stream(req, result))
+            self.streams.add(task)
+            task.add_done_callback(self.streams.discard)
+            return
         out, out_type = result
-        head = [_status_line(200), b"content-type: ", out_type.encode("latin-1"), b"\r\n",
-                b"x-amzn-requestid: ", req.rid.encode(), b"\r\nx-amzn-invoked-production-variant: ", self.variant,
-                b"\r\n"]
+        self._write_whole(req, out, out_type)
+
+    def _head(self, req: Request, status: int = 200) -> list:
+        head = [_status_line(status), b"x-amzn-requestid: ", req.rid.encode(), b"\r\nx-amzn-invoked-production-variant: ",
+                self.variant, b"\r\n"]
         if req.attrs is not None:
             head += [b"x-amzn-sagemaker-custom-attributes: ", req.attrs, b"\r\n"]
         if not req.keep_alive:
             head.append(b"connection: close\r\n")
-        if isinstance(out, (bytes, bytearray, memoryview)):
-            head += [b"content-length: %d\r\n\r\n" % len(out)]
-            if len(out) < 65536:  # one write (one send) for the usual small answer
-                conn.write_and_finish(b"".join(head) + out, not req.keep_alive)
-            else:  # no copy of a large body
-                conn.transport.write(b"".join(head))
-                conn.write_and_finish(out, not req.keep_alive)
-        else:  # an iterable of chunks
-            head.append(b"transfer-encoding: chunked\r\n\r\n")
-            conn.write_chunked(b"".join(head), out, not req.keep_alive)
+        return head
+
+    def _whole(self, req: Request, out: bytes, out_type: str) -> bytes:
+        """A small plain answer in one buffer (one send)."""
+        head = b"%sx-amzn-requestid: %s\r\nx-amzn-invoked-production-variant: %s\r\ncontent-type: %s\r\n" % (
+            _OK, req.rid.encode(), self.variant, out_type.encode("latin-1"))
+        if req.attrs is not None:
+            head += b"x-amzn-sagemaker-custom-attributes: " + req.attrs + b"\r\n"
+        if not req.keep_alive:
+            head += b"connection: close\r\n"
+        return head + b"content-length: %d\r\n\r\n" % len(out) + out
+
+    def _write_whole(self, req: Request, out: bytes, out_type: str) -> None:
+        conn = req.conn
+        if req.mode != EVENTS and len(out) < 65536:  # the usual small answer: one buffer, one send
+            conn.write_and_finish(self._whole(req, out, out_type), not req.keep_alive)
+            return
+        head = self._head(req)
+        if req.mode == EVENTS:  # a whole answer on the response-stream route: one PayloadPart
+            head += [b"content-type: ", EVENTSTREAM_TYPE, b"\r\nx-amzn-sagemaker-content-type: ",
+                     out_type.encode("latin-1"), b"\r\n"]
+            out = self.streaming.eventstream.payload_part(out)
+        else:
+            head += [b"content-type: ", out_type.encode("latin-1"), b"\r\n"]
+        head.append(b"content-length: %d\r\n\r\n" % len(out))
+        if len(out) < 65536:  # one write (one send) for the usual small answer
+            conn.write_and_finish(b"".join(head) + out, not req.keep_alive)
+        else:  # no copy of a large body
+            conn.transport.write(b"".join(head))
+            conn.write_and_finish(out, not req.keep_alive)
+
+    async def _stream(self, req: Request, result: Streamed) -> None:
+        streaming, conn, stream = self.streaming, req.conn, result.stream
+        conn.current = None  # from here the stream watches the client itself
+        try:
+            await stream.start()
+            if req.mode == BUFFERED:  # HTTP/1.0 or the InvokeEndpoint route: the whole body
+                try:
+                    out = await stream.collect()
+                except BaseException as err:  # noqa: BLE001 - nothing sent yet: an ordinary error answer
+                    if isinstance(err, asyncio.CancelledError):
+                        raise
+                    self._answer_error(req, err)
+                    return
+                self._write_whole(req, out, result.ctype)
+                return
+            if conn.state == CLOSED:
+                return
+            head = self._head(req)
+            head.append(streaming.head_lines(req.mode, result.ctype) + b"\r\n")
+            conn.sink = sink = streaming.TransportSink(conn.transport)
+            sink.start(b"".join(head))
+            outcome = await streaming.stream_to(stream, sink, mode=req.mode, request_id=req.rid,
+                                                timeout_s=self.timeout)
+            conn.sink = None
+            if outcome.completed and req.keep_alive:
+                conn.resume()
+            elif conn.state != CLOSED:
+                conn.state = CLOSED
+                conn.transport.close()
+        finally:
+            conn.sink = None
+            stream.close()
 
     def _answer_error(self, req: Request, err: BaseException) -> None:
+        if self.draining:
+            req.keep_alive = False
         status, message, etype = describe_error(err, req.rid)
         extra = [(b"x-amzn-sagemaker-custom-attributes", req.attrs)] if req.attrs is not None else []
         if status == 503:
@@ -537,6 +768,8 @@ class App:
     def sweep(self) -> None:
         now = time.monotonic()
         for conn in list(self.conns):
+            if conn.answered:  # answered by the inference thread and no next request yet: idle now
+                self.resumed(conn)
             if conn.state in (IDLE, HEADERS, BODY, LINGER) and now > conn.deadline:
                 if conn.state in (IDLE, LINGER):
                     conn.state = CLOSED
@@ -546,24 +779,38 @@ class App:
                     conn.fail(408, f"the request {what} did not arrive in time "
                                    f"({what}_timeout_seconds)", close=True)
                 self.conns.discard(conn)
+        late = []
+        with self.lock:
+            for req in self.inflight:  # oldest first: stop at the first one still in time
+                if now - req.t0 <= self.timeout:
+                    break
+                late.append(req)
+            for req in late:  # running or queued past the timeout: 504 now (a late result is dropped)
+                req.done = True
+                del self.inflight[req]
+        for req in late:
+            err = HttpErrorTimeout(self.timeout)
+            log.error("request %s: %s", req.rid, err.message)
+            self._answer_error(req, err)
 
-    def watchdog_check(self) -> bool:
-        """From the watchdog thread: 504 for a call past the timeout; True when it is stuck for good."""
-        running = self.running
-        if running is None:
-            return False
-        started, reqs = running
-        elapsed = time.monotonic() - started
-        if elapsed > self.timeout:
-            with self.running_lock:
-                if self.running is running:
-                    self.running = None
-                    for req in reqs:
-                        _write_direct(req, self.timeout)
-        return False
+    def stuck(self) -> bool:
+        """A handler call has run so far past the timeout that this worker should be replaced."""
+        started = self.call_started
+        return started is not None and time.monotonic() - started > self.stuck_after
 
-    def running_since(self) -> float | None:
-        return self.call_started
+
+def _endpoint_route(url: bytes) -> str | None:
+    """``/endpoints/NAME/invocations`` -> buffered, ``.../invocations-response-stream`` -> events."""
+    if not url.startswith(b"/endpoints/") or url.count(b"/") != 3:
+        return None
+    name, _, action = url[len(b"/endpoints/"):].partition(b"/")
+    if not name:
+        return None
+    if action == b"invocations":
+        return BUFFERED
+    if action == b"invocations-response-stream":
+        return EVENTS
+    return None
 
 
 class HttpErrorTimeout(HttpError):
@@ -573,25 +820,6 @@ class HttpErrorTimeout(HttpError):
     def __init__(self, timeout: float) -> None:
         super().__init__(f"the model did not answer within {timeout:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT)")
 
-
-def _write_direct(req: Request, timeout: float) -> None:
-    """Answer 504 from the watchdog thread while the loop thread is blocked in the handler.
-
-    The loop is not writing to this connection (it is inside the handler call), so a direct send
-    on the socket cannot interleave; the connection is closed once the call returns.
-    """
-    conn = req.conn
-    if conn.state == CLOSED or conn.fd < 0 or conn.transport.get_write_buffer_size():
-        return
-    err = HttpErrorTimeout(timeout)
-    log.error("request %s: %s", req.rid, err.message)
-    data = error_response(504, err.message, err.error_type, req.rid, close=True)
-    try:
-        os.write(conn.fd, data)
-    except OSError:
-        pass
-    conn.state = CLOSED  # the loop closes the transport when it comes back
-    conn.poisoned = True
 
 
 # ---------------------------------------------------------------- worker process
@@ -675,6 +903,10 @@ def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
     if stop_early:
         return 0
     _raise_fd_limit()
+    # Two threads share the GIL (the loop, the inference thread or a stream's producer): a thread
+    # that needs it waits until the holder blocks or this interval passes. 5 ms (the default) was
+    # added to a streamed token's delivery and to a /ping during a Python-heavy handler.
+    sys.setswitchinterval(0.001)
     sock = _listen(fd)
     app = App(handler, spec)
     code = _serve(app, sock, report, stop_early)
@@ -701,22 +933,10 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop)
     if stop_early:
         stop()
-    stuck_after = app.timeout + max(app.timeout, 10.0)
-    done = threading.Event()
-
-    def watchdog() -> None:
-        while not done.wait(0.1):
-            app.watchdog_check()
-            running = app.running_since()
-            if running and time.monotonic() - running > stuck_after:
-                log.error("a handler call has run for over %.0f s (timeout %g s); this worker exits and the "
-                          "supervisor starts a new one", stuck_after, app.timeout)
-                sys.stderr.flush()
-                os._exit(EXIT_STUCK)
 
     async def main() -> None:
         # Our own accept loop: every pending connection per wake-up (uvloop's server accepts one per
-        # loop iteration, so a burst of new clients behind a busy handler waited seconds to be accepted)
+        # loop iteration, so a burst of new clients waited to be accepted)
         listening = [True]
 
         def on_accept() -> None:
@@ -739,6 +959,7 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
             except OSError:
                 client.close()
 
+        app.start_inference()
         loop.add_reader(sock.fileno(), on_accept)
         report("ready")
         log.info("ready: %s, batch size %d", app.handler.describe(), app.batch_size)
@@ -746,22 +967,28 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
         recycling = False
         while not stopping.is_set():
             try:
-                await asyncio.wait_for(stopping.wait(), 0.25)
+                await asyncio.wait_for(stopping.wait(), 0.1)
             except asyncio.TimeoutError:
                 pass
             app.sweep()
-            for conn in [c for c in app.conns if c.poisoned]:
-                conn.transport.close()
-                app.conns.discard(conn)
+            if app.stuck():
+                log.error("a handler call has run for over %.0f s (timeout %g s); this worker exits and the "
+                          "supervisor starts a new one", app.stuck_after, app.timeout)
+                sys.stderr.flush()
+                os._exit(EXIT_STUCK)
             if rss_cap and not recycling and _rss_bytes() > rss_cap:
                 recycling = True
                 log.warning("worker RSS %d MB is over max_worker_rss_mb=%g; asking for a replacement",
                             _rss_bytes() // (1024 * 1024), s.max_worker_rss_mb)
                 report("recycle")
-        # graceful: stop accepting, answer what is in flight, close idle connections, then exit
+        # Graceful: /ping says unhealthy, every answer from now on closes its connection. Take every
+        # connection already queued on the listener before closing it (closing resets them), then
+        # answer everything read or being read (queued requests included), close idle connections.
         app.healthy = False
+        app.draining = True
         listening[0] = False
         loop.remove_reader(sock.fileno())
+        on_accept()
         sock.close()
         deadline = time.monotonic() + s.graceful_shutdown_seconds
         await asyncio.sleep(0.05)  # read what already arrived on accepted connections before closing idle ones
@@ -771,15 +998,17 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
                     conn.state = CLOSED
                     conn.transport.close()
                     app.conns.discard(conn)
-            if not app.conns and not app.ready:
+            if not app.conns and not app.inflight and not app.streams:
                 break
-            await asyncio.sleep(0.05)
+            app.sweep()
+            await asyncio.sleep(0.02)
+        app.work.put(_STOP)
 
-    threading.Thread(target=watchdog, name="aiops-watchdog", daemon=True).start()
     try:
         loop.run_until_complete(main())
     finally:
-        done.set()
+        if app.thread is not None:
+            app.thread.join(1.0)
     return exit_code[0]
 
 

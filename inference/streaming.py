@@ -214,6 +214,15 @@ def invoke(handler: Any, body: bytes, content_type: str | None, accept: str | No
     prediction = handler.predict(handler.decode(body, content_type, ctx), ctx)
     if not is_stream(prediction):
         return handler.encode(prediction, accept, ctx)
+    return encode_stream(handler, prediction, accept, ctx)
+
+
+def encode_stream(handler: Any, prediction: Iterator[Any], accept: str | None, ctx: Any) -> tuple[Any, str]:
+    """A streamed ``predict_fn`` result through ``output_fn``: the default one encodes each item
+    per Accept; the user's may return a stream or consume it and return bytes."""
+    from aiops.inference import codecs, handler as handler_mod
+
+    accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else handler.default_accept
     if handler.default_output:
         ctype = codecs.choose_accept(accept_value, handler.default_accept)
         return map_stream(prediction, lambda item: handler_mod.default_output_fn(
@@ -301,6 +310,9 @@ class ChunkStream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._first: Any = None
         self._finished = False
+        self._primed = False
+        self._producing = False
+        self._iterator: Iterator[Any] | None = None
         self.chunks = 0
         self.bytes = 0
 
@@ -341,6 +353,37 @@ class ChunkStream:
 
     # consumer side (the event loop) ----------------------------------------------
 
+    def prime(self) -> None:
+        """Make the first chunk now, on the calling thread (no event loop needed): for a server
+        that calls its handler on an inference thread, so the first chunk is part of that call and a
+        handler that fails at once raises here (an ordinary error response). ``start()`` then only
+        starts the producer thread for the rest."""
+        iterator = None
+        try:
+            iterator = iter(self._items)
+            chunk = b""
+            while not chunk:
+                chunk = to_chunk(next(iterator))
+        except StopIteration:
+            self._first = _END
+            close_quietly(iterator)
+            self.closed.set()
+            self._primed = True
+            return
+        except BaseException:
+            close_quietly(iterator if iterator is not None else self._items)
+            self.closed.set()
+            self._stop.set()
+            raise
+        self.chunks, self.bytes = 1, len(chunk)
+        self._first = chunk
+        self._iterator = iterator
+        self._primed = True
+
+    def discard(self) -> None:
+        """Close a primed stream that will never be sent (its request was answered otherwise)."""
+        self.close()
+
     async def start(self, *, inline_first: bool = False) -> None:
         """Start the producer and wait for the first chunk; raises what the handler raised.
 
@@ -350,6 +393,8 @@ class ChunkStream:
         blocked for that one chunk, as it is for a whole non-streamed predict).
         """
         self._loop = asyncio.get_running_loop()
+        if self._primed:  # the producer starts once the first chunk is out (see _get)
+            return
         if not inline_first:
             threading.Thread(target=self._produce, name=self._name, daemon=True).start()
             self._first = await self._get()
@@ -378,6 +423,12 @@ class ChunkStream:
         threading.Thread(target=self._produce, args=(iterator,), name=self._name, daemon=True).start()
 
     async def _get(self) -> Any:
+        if self._primed and not self._producing:
+            # A primed stream starts its producer only when the second chunk is wanted: the first
+            # one is sent before a thread that would compete for the GIL exists.
+            self._producing = True
+            if not self.closed.is_set() and not self._stop.is_set():
+                threading.Thread(target=self._produce, args=(self._iterator,), name=self._name, daemon=True).start()
         while True:
             with self._lock:
                 if self._buffer:
@@ -433,6 +484,11 @@ class ChunkStream:
         if not self._stop.is_set():
             self._stop.set()
             self._space.release()  # unblock a producer waiting for room
+        if self._primed and not self._producing and not self.closed.is_set():
+            # primed and its producer never started: the generator is suspended, close it here
+            self._producing = True
+            close_quietly(self._iterator)
+            self.closed.set()
 
     async def collect(self) -> bytes:
         """All the chunks joined (for a client that cannot stream). Raises the handler's error."""

@@ -59,6 +59,16 @@ def _refused(port):
         return True
 
 
+def _read_by_server(port: int, client_port: int) -> bool:
+    """The server's socket of this connection has nothing left unread (/proc/net/tcp rx_queue)."""
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1].split(":")[1], fields[2].split(":")[1]
+        if int(local, 16) == port and int(remote, 16) == client_port:
+            return int(fields[4].split(":")[1], 16) == 0
+    return False
+
+
 def _npy(a):
     buf = io.BytesIO()
     np.save(buf, a)
@@ -181,29 +191,66 @@ def test_dead_worker_is_replaced(start_server, faulty_dir):
     assert s.proc.poll() is None
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(start_server, faulty_dir, tmp_path):
-    # One request inside a handler when SIGTERM arrives. (The worker runs handlers on its loop thread, so
-    # a /ping or a second request routed to that worker waits for the handler: see the note in
-    # docs/inference.md; this test keeps to what the drain guarantees.)
-    s = start_server(faulty_dir, "--workers", "2")
-    release = tmp_path / "release"
-    started = tmp_path / "started-0"
-    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+def _send_hold(port: int, release, started) -> http.client.HTTPConnection:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("POST", "/invocations", json.dumps({"hold": str(release), "started": str(started)}),
                  {"Content-Type": "application/json"})
-    wait_until(started.exists, "the request inside a handler")
-    result = []
-    thread = threading.Thread(target=lambda: result.append(conn.getresponse()))
-    thread.start()
+    return conn
+
+
+def test_ping_and_bounds_answer_while_a_handler_is_busy(start_server, faulty_dir, tmp_path):
+    s = start_server(faulty_dir, "--workers", "1", env={"AIOPS_SERVE__HEADER_TIMEOUT_SECONDS": "1"})
+    keep = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)  # a keep-alive health checker
+    keep.request("GET", "/ping")
+    assert keep.getresponse().read() == b'{"status":"Healthy"}\n'
+    release, started = tmp_path / "release", tmp_path / "started"
+    busy = _send_hold(s.port, release, started)
+    wait_until(started.exists, "the request inside the handler")
+    # the only worker is inside the handler: /ping (new and kept-alive connections), a 404, a 408
+    assert s.request("GET", "/ping").json() == {"status": "Healthy"}
+    keep.request("GET", "/ping")
+    assert keep.getresponse().status == 200
+    assert s.request("GET", "/nope").status == 404
+    with socket.create_connection(("127.0.0.1", s.port), timeout=60) as slow:
+        slow.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\n")  # headers never finish
+        assert slow.recv(65536).startswith(b"HTTP/1.1 408")
+    assert not release.exists()  # all of that while the call was still running
+    release.touch()
+    assert json.loads(busy.getresponse().read())["held"] == str(started)
+
+
+def test_sigterm_finishes_every_in_flight_request_and_exits_0(start_server, faulty_dir, tmp_path):
+    # One worker: a request inside the handler, two more queued behind it (one on a fresh
+    # connection) when SIGTERM arrives; /ping is answered while the handler is busy.
+    s = start_server(faulty_dir, "--workers", "1")
+    release = tmp_path / "release"
+    first = _send_hold(s.port, release, tmp_path / "started-0")
+    wait_until((tmp_path / "started-0").exists, "the first request inside the handler")
+    queued = [_send_hold(s.port, release, tmp_path / f"started-{i}") for i in (1, 2)]
+    for conn in queued:  # the worker has read them (its receive queue for them is empty): queued
+        wait_until(lambda c=conn: _read_by_server(s.port, c.sock.getsockname()[1]), "the queued request read")
+    assert s.request("GET", "/ping").status == 200  # the loop answers while the handler runs
+    results: dict[int, object] = {}
+
+    def read(i, conn):
+        resp = conn.getresponse()
+        results[i] = (resp.status, json.loads(resp.read()), resp.getheader("connection"))
+
+    threads = [threading.Thread(target=read, args=(i, c)) for i, c in enumerate([first, *queued])]
+    for t in threads:
+        t.start()
     s.proc.send_signal(signal.SIGTERM)
-    release.touch()  # the request was in flight when the signal went out; it is answered after it
-    thread.join(60)
-    assert result and result[0].status == 200, s.log()[-2000:]
-    assert json.loads(result[0].read())["held"] == str(started)
+    wait_until(lambda: _refused(s.port), "the worker closing its listener (draining)")
+    release.touch()  # all three were in flight when the signal went out; they are answered after it
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == [0, 1, 2], s.log()[-3000:]
+    for i in range(3):
+        status, doc, _ = results[i]
+        assert status == 200 and doc["held"] == str(tmp_path / f"started-{i}")
+        assert results[i][2] == "close"  # a draining worker closes each connection after its answer
     assert s.proc.wait(timeout=60) == 0
     assert _refused(s.port)
-    with pytest.raises(OSError):
-        s.request("GET", "/ping", timeout=2)
 
 
 def test_model_load_failure_exits_with_one_line(start_server, tmp_path):

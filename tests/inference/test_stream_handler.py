@@ -92,3 +92,55 @@ def predict_fn(data, model):
 """)
     out, ctype = call(handler, b"[1]")
     assert out == b"[3.0]" and ctype == "application/json"
+
+
+def test_a_declared_batched_stream_is_split_into_one_stream_per_request_by_invoke_batch(tmp_path):
+    handler = handler_for(tmp_path, MODEL_FN + """
+aiops_stream = True
+aiops_batch = True
+CALLS = []
+
+def predict_fn(data, model, context):
+    CALLS.append(context.batch_size)
+    for step in range(3):  # one entry per request per step; None: nothing for that request
+        yield [f"r{int(row[0])}s{step};" if step < 2 or int(row[0]) != 1 else None for row in data]
+
+def output_fn(prediction, accept):
+    return prediction, "text/plain"
+""")
+    assert handler.batchable
+    requests = [(f"[[{i}]]".encode(), "application/json", None, Context(model_dir=handler.model_dir))
+                for i in range(3)]
+    results = handler.invoke_batch(requests)
+    streams = [streaming.ChunkStream(out) for out, ctype in results]
+    assert all(ctype == "text/plain" for _, ctype in results)
+    for stream in streams:
+        stream.prime()  # the server makes each first chunk inside the handler call
+    import asyncio
+
+    async def collect_all():
+        for stream in streams:
+            await stream.start()
+        return [await stream.collect() for stream in streams]
+
+    assert asyncio.run(collect_all()) == [b"r0s0;r0s1;r0s2;", b"r1s0;r1s1;", b"r2s0;r2s1;r2s2;"]
+    assert handler.module.CALLS == [3]  # one predict_fn generator for the three requests
+
+
+def test_an_undeclared_handler_whose_batched_predict_streams_runs_request_by_request(tmp_path):
+    handler = handler_for(tmp_path, MODEL_FN + """
+aiops_batch = True
+CALLS = []
+
+def predict_fn(data, model):
+    CALLS.append(len(data))
+    return (f"{float(row[0])};" for row in data)
+
+def output_fn(prediction, accept):
+    return prediction, "text/plain"
+""")
+    requests = [(f"[[{i}]]".encode(), "application/json", None, Context(model_dir=handler.model_dir))
+                for i in range(2)]
+    results = handler.invoke_batch(requests)
+    assert ["".join(out) for out, _ in results] == ["0.0;", "1.0;"]
+    assert handler.module.CALLS == [2, 1, 1]  # the batched stream was dropped, then each request ran alone

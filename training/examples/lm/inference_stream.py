@@ -1,14 +1,11 @@
-"""Streaming serving handlers for the byte-level LM: one token per chunk as it is generated.
+"""Streaming serving handler for the byte-level LM: one token per chunk as it is generated.
 
-(Written for training/examples/lm/, the large-model example; it lives here until that example is
-on main, then moves to training/examples/lm/inference_stream.py. test_stream_lm_example.py runs
-it against the example's lm_model.py / inference.py whenever they exist.)
-
-The same model folder as inference.py (``config.json``, weights, ``code/`` with lm_model.py);
-select this script with ``SAGEMAKER_PROGRAM=inference_stream.py`` (or ``aiops serve MODEL
---entry-point training/examples/lm/inference_stream.py``). ``aiops serve`` then answers
-``/invocations`` with chunked transfer and ``invoke_endpoint_with_response_stream`` with
-event-stream ``PayloadPart`` events (aiops.inference.streaming).
+The same model folder as inference.py (``config.json``, weights, ``code/`` with lm_model.py and
+inference.py); select this script with ``SAGEMAKER_PROGRAM=inference_stream.py`` (or
+``aiops serve MODEL --entry-point inference_stream.py``). ``predict_fn`` returns a generator, so
+``aiops serve`` answers ``/invocations`` with chunked transfer encoding and boto3's
+``invoke_endpoint_with_response_stream`` with event-stream ``PayloadPart`` events, one token each
+(aiops.inference.streaming); a client that disconnects stops the generation.
 
 Request (the TGI / LMI shape; ``prompt`` is accepted for ``inputs``)::
 
@@ -34,7 +31,7 @@ from typing import Iterator
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from inference import load_model  # noqa: E402
+from inference import BadRequest, load_model  # noqa: E402
 from lm_model import END_OF_TEXT, ByteLM, encode, generate  # noqa: E402
 
 MAX_NEW_TOKENS_ENV = "AIOPS_LM_MAX_NEW_TOKENS"
@@ -46,21 +43,12 @@ _PARAMETERS = ("max_new_tokens", "temperature", "seed")
 aiops_stream = True  # predict_fn returns a generator: served unbatched
 
 
-class RequestError(ValueError):
-    """A bad request; the server answers its ``status_code``."""
-
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-
-
 def max_new_tokens_cap() -> int:
     raw = os.environ.get(MAX_NEW_TOKENS_ENV, str(DEFAULT_CAP))
     try:
         return max(1, int(raw))
     except ValueError:
-        raise RequestError(f"{MAX_NEW_TOKENS_ENV}={raw!r} is not an integer; fix the server's environment",
+        raise BadRequest(f"{MAX_NEW_TOKENS_ENV}={raw!r} is not an integer; fix the server's environment",
                            500) from None
 
 
@@ -91,32 +79,32 @@ def model_fn(model_dir: str) -> ByteLM:
 
 def input_fn(body, content_type: str) -> dict:
     if (content_type or "application/json").split(";")[0].strip().lower() != "application/json":
-        raise RequestError(f"send application/json, not {content_type}", 415)
+        raise BadRequest(f"send application/json, not {content_type}", 415)
     try:
         doc = json.loads(body)
     except ValueError as err:
-        raise RequestError(f"the body is not valid JSON ({err})") from None
+        raise BadRequest(f"the body is not valid JSON ({err})") from None
     prompt = doc.get("inputs", doc.get("prompt")) if isinstance(doc, dict) else None
     if not isinstance(prompt, str):
-        raise RequestError('expected {"inputs": "<prompt>", "parameters": {...}}')
+        raise BadRequest('expected {"inputs": "<prompt>", "parameters": {...}}')
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
-        raise RequestError('"parameters" must be an object')
+        raise BadRequest('"parameters" must be an object')
     unknown = sorted(set(params) - set(_PARAMETERS))
     if unknown:
-        raise RequestError(f"unknown parameters {unknown}; supported: {list(_PARAMETERS)}")
+        raise BadRequest(f"unknown parameters {unknown}; supported: {list(_PARAMETERS)}")
     cap = max_new_tokens_cap()
     n = params.get("max_new_tokens", min(DEFAULT_NEW_TOKENS, cap))
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise RequestError(f"max_new_tokens must be a positive integer, got {n!r}")
+        raise BadRequest(f"max_new_tokens must be a positive integer, got {n!r}")
     if n > cap:
-        raise RequestError(f"max_new_tokens={n} is over this server's limit of {cap} ({MAX_NEW_TOKENS_ENV})")
+        raise BadRequest(f"max_new_tokens={n} is over this server's limit of {cap} ({MAX_NEW_TOKENS_ENV})")
     temperature = params.get("temperature", 0.0)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
-        raise RequestError(f"temperature must be a number >= 0, got {temperature!r}")
+        raise BadRequest(f"temperature must be a number >= 0, got {temperature!r}")
     seed = params.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise RequestError(f"seed must be an integer, got {seed!r}")
+        raise BadRequest(f"seed must be an integer, got {seed!r}")
     return {"prompt": encode(prompt), "max_new_tokens": n, "temperature": float(temperature), "seed": seed}
 
 
