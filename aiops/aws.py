@@ -9,6 +9,8 @@ regions and credentials the usual way; nothing here reimplements that.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aiops.errors import AiopsError, UsageError
@@ -36,6 +38,37 @@ def training_instance_types() -> frozenset[str]:
 
     model = botocore.session.get_session().get_service_model("sagemaker")
     return frozenset(model.shape_for("TrainingInstanceType").enum)
+
+
+#: the packages whose exceptions are AWS errors (boto3's S3 transfers raise s3transfer's and boto3's own)
+AWS_PACKAGES = ("botocore", "boto3", "s3transfer")
+
+
+def is_aws_error(err: BaseException) -> bool:
+    """An exception raised by botocore, boto3 or s3transfer (recognised without importing them)."""
+    return type(err).__module__.split(".")[0] in AWS_PACKAGES
+
+
+def error_code(err: BaseException) -> str:
+    """A ClientError's ``Error.Code`` ('' for anything else), without importing botocore."""
+    response = getattr(err, "response", None)
+    return str(((response or {}).get("Error") or {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+@contextmanager
+def translate_errors(action: str | Callable[[], str], *, hint: str | None = None) -> Iterator[None]:
+    """Turn an AWS error raised inside the block into one line naming the fix (``describe_aws_error``);
+    anything else passes through. ``action`` says what was being done (a callable: worked out at the
+    failure, e.g. with the progress so far); ``hint`` is added to the line."""
+    try:
+        yield
+    except Exception as err:
+        if not is_aws_error(err):
+            raise
+        described = describe_aws_error(err, action=action() if callable(action) else action)
+        if hint:
+            raise type(described)(str(described), hint=hint) from None
+        raise described from None
 
 
 _NOT_AUTHORIZED = re.compile(r"not authorized to perform:?\s*([\w:-]+\*?)")

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aiops.errors import UsageError
+from aiops.names import SAGEMAKER_NAME
 
 RUN_RECORD = "run.json"
 TRAIN_LOG = "train.log"
@@ -42,7 +43,7 @@ OUTPUT_ARCHIVE = "output.tar.gz"
 CONTAINER_BASE = ("opt", "ml")  # the container's /opt/ml, relocated into the run folder
 
 # CreateTrainingJob's TrainingJobName pattern (and length), so a local name also works remotely.
-JOB_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+JOB_NAME_PATTERN = SAGEMAKER_NAME
 
 STATUS_PENDING = "Pending"  # a remote record between "about to create" and SageMaker's answer
 STATUS_NOT_CREATED = "NotCreated"  # a pending remote record whose job SageMaker never got

@@ -33,8 +33,9 @@ def object_exists(s3: Any, bucket: str, key: str) -> bool:
         s3.head_object(Bucket=bucket, Key=key)
         return True
     except Exception as err:  # botocore's ClientError, without importing botocore here
-        code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
-        if code in NOT_FOUND:
+        from aiops.aws import error_code
+
+        if error_code(err) in NOT_FOUND:
             return False
         raise
 

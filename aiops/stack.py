@@ -242,19 +242,35 @@ def resolve_stack(cli_value: str | None, settings: Any | None = None) -> str:
 
 
 @lru_cache(maxsize=1)
-def known_regions() -> frozenset[str]:
-    """Every region of every partition in botocore's ``endpoints.json`` (read as a file: no import)."""
+def _partitions() -> tuple[dict, ...]:
+    """The partitions of botocore's ``endpoints.json`` (read as a file: no import); () without botocore."""
     import importlib.util
 
     spec = importlib.util.find_spec("botocore")
     if spec is None or not spec.submodule_search_locations:
-        return frozenset()
+        return ()
     for folder in spec.submodule_search_locations:
         path = Path(folder) / "data" / "endpoints.json"
         if path.is_file():
-            data = json.loads(path.read_text())
-            return frozenset(r for p in data.get("partitions", []) for r in p.get("regions", {}))
-    return frozenset()
+            return tuple(json.loads(path.read_text()).get("partitions", []))
+    return ()
+
+
+@lru_cache(maxsize=1)
+def known_regions() -> frozenset[str]:
+    """Every region of every partition in botocore's ``endpoints.json``."""
+    return frozenset(r for p in _partitions() for r in p.get("regions", {}))
+
+
+@lru_cache(maxsize=None)
+def dns_suffix(region: str) -> str:
+    """The DNS suffix of the region's partition (``amazonaws.com``, ``amazonaws.com.cn``, ...)."""
+    import re
+
+    for partition in _partitions():
+        if region in partition.get("regions", {}) or re.match(partition.get("regionRegex", "^$"), region):
+            return partition["dnsSuffix"]
+    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
 
 
 def check_region(region: str, *, what: str = "region") -> str:

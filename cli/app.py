@@ -60,28 +60,6 @@ def _register() -> None:
 _register()
 
 
-# Optional dependencies and the extra that brings each (pyproject.toml [project.optional-dependencies]).
-_EXTRAS = {
-    "boto3": "aws", "botocore": "aws", "s3transfer": "aws", "pathspec": "aws",
-    "numpy": "examples", "sklearn": "examples",
-    "httptools": "serve", "uvloop": "serve", "werkzeug": "serve",
-    "pulumi": "infra", "pulumi_aws": "infra", "yaml": "infra",
-    "matplotlib": "plot", "PIL": "plot",
-    "sagemaker": "images",
-    "onnx": "onnx", "onnxruntime": "onnx",
-}
-
-
-def _missing_dependency(exc: ModuleNotFoundError) -> str | None:
-    top = (exc.name or "").split(".")[0]
-    if top == "torch":
-        return "this needs PyTorch: install the build you want (pip install torch), then run it again."
-    extra = _EXTRAS.get(top)
-    if extra is None:
-        return None
-    return f"this needs {top}, which is not installed: pip install 'aiops[{extra}]'."
-
-
 # What rich reads as a markup tag: `[` then a lowercase letter, #, / or @ (rich.markup's own pattern).
 # Help texts here are plain text, so "[default: 127.0.0.1]" or "[fp32: 1e-4]" must be shown, not
 # swallowed as an unknown style; rich_markup_mode stays "rich" for the help panels.
@@ -144,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("interrupted.", err=True)
         return 130
     except ModuleNotFoundError as exc:  # an optional extra that is not installed
-        hint = _missing_dependency(exc)
+        from aiops.extras import for_missing_module
+
+        hint = for_missing_module(exc)
         if hint is None:
             raise
         typer.echo(f"error: {hint}", err=True)

@@ -1,12 +1,13 @@
 """`aiops preview`, `aiops deploy`, `aiops destroy`, `aiops outputs`, `aiops cost`: the infrastructure.
 
-Thin commands: pulumi, pulumi_aws and boto3 are imported inside the command functions only.
+Thin commands: parse, call one function of ``aiops.infra.commands``, render. pulumi, pulumi_aws and
+boto3 are imported inside the functions only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -24,16 +25,6 @@ def _console(err: bool = False):
     return Console(stderr=err, highlight=False, width=None if stream.isatty() else 160)
 
 
-def _need_infra_extra() -> None:
-    import importlib.util
-
-    from aiops.errors import UsageError
-
-    missing = [m for m in ("pulumi", "pulumi_aws", "yaml") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UsageError(f"{', '.join(missing)} not installed: pip install 'aiops[infra]'")
-
-
 def _stack_name(stack: Optional[str]) -> str:
     """The one rule (aiops.stack.resolve_stack): --stack > AIOPS_STACK / aiops.toml > dev."""
     from aiops.settings import get_settings
@@ -42,44 +33,37 @@ def _stack_name(stack: Optional[str]) -> str:
     return resolve_stack(stack, get_settings())
 
 
-def _stack_config(project_dir: Path, stack: str, overrides: dict[str, Any] | None = None):
-    _need_infra_extra()
-    from aiops.infra.config import load_stack_file, stack_file
+class _DeployView:
+    """How `deploy` shows its progress (aiops.infra.commands.DeployView) on the console."""
 
-    return load_stack_file(stack_file(project_dir, stack), stack=stack, overrides=overrides)
+    def __init__(self, console) -> None:
+        from aiops.infra.automation import event_printer
 
+        self.console = console
+        self.event = event_printer(console)
 
-def _workspace(project_dir: Path, stack: str, backend: Optional[str]):
-    from aiops.infra.automation import workspace_spec
-    from aiops.settings import get_settings
+    def model(self, resolved) -> None:
+        self.console.print(f"model: {resolved.uri}" + (f" ({resolved.note})" if resolved.note else ""))
+        if resolved.program is not None:
+            self.console.print(f"SAGEMAKER_PROGRAM: {resolved.program} (from {resolved.program_source})")
+        for warning in resolved.warnings:
+            _console(err=True).print(f"warning: {warning}")
+        if resolved.fit is not None:
+            self.console.print(f"GPU fit: {resolved.fit.line()}")
 
-    return workspace_spec(stack=stack, project_dir=project_dir, backend=backend, home=get_settings().home)
+    def planned(self, stack: str, changes) -> None:
+        from aiops.infra.automation import summarize
 
+        self.console.print(f"stack {stack}: {summarize(changes)}")
 
-def _automation_call(fn, *args, **kwargs):
-    """Run an Automation API call; its CommandError becomes one line (exit 1)."""
-    from pulumi.automation import errors as auto_errors
+    def cost(self, estimate) -> None:
+        from aiops.infra.render import deploy_cost_lines
 
-    from aiops.errors import AiopsError
+        for line in deploy_cost_lines(estimate):
+            self.console.print(line)
 
-    try:
-        return fn(*args, **kwargs)
-    except auto_errors.CommandError as err:
-        lines = [ln for ln in str(err).splitlines() if ln.strip() and not ln.startswith(("code:", "stdout:"))]
-        raise AiopsError(f"pulumi failed: {lines[-1].strip() if lines else err}") from None
-
-
-def _output_values(stack) -> dict[str, Any]:
-    return {k: v.value for k, v in _automation_call(stack.outputs).items()}
-
-
-def _save_outputs(stack_name: str, outputs: dict[str, Any]) -> None:
-    """Keep the non-secret outputs where `aiops train --remote` reads its defaults."""
-    from aiops.settings import get_settings
-    from aiops.stack import write_outputs
-
-    write_outputs(get_settings().home, stack_name, {
-        k: v.value for k, v in outputs.items() if not getattr(v, "secret", False)})
+    def confirm(self) -> bool:
+        return typer.confirm("apply these changes?", default=False)
 
 
 def preview(
@@ -95,41 +79,35 @@ def preview(
     ),
 ) -> None:
     """Show what the stack would create or change (--offline: every resource, under mocks)."""
-    stack = _stack_name(stack)
-    cfg = _stack_config(project_dir, stack)
-    fit = None
-    if model is not None:
-        from aiops.infra.fitcheck import check_local_model
+    from aiops.infra import commands
 
-        fit = check_local_model(cfg, model)  # a model that cannot fit stops here: one line, exit 2
+    stack = _stack_name(stack)
+    console = _console()
+    on_event = None
+    if not offline and not as_json:
+        from aiops.infra.automation import event_printer
+
+        on_event = event_printer(console)
+    result = commands.preview(project_dir, stack, offline=offline, backend=backend, model=model, on_event=on_event)
     if offline:
-        from aiops.infra.costs import plan_costs
-        from aiops.infra.offline import plan
         from aiops.infra.render import print_costs, print_table, to_json
 
-        result = plan(cfg)
-        costs = plan_costs(result)
         if as_json:
-            typer.echo(to_json(result, costs, fit))
+            typer.echo(to_json(result.plan, result.costs, result.fit))
         else:
-            console = _console()
-            print_table(result, console)
-            print_costs(costs, console)
-            if fit is not None:
-                console.print(f"GPU fit: {fit.line()}")
+            print_table(result.plan, console)
+            print_costs(result.costs, console)
+            if result.fit is not None:
+                console.print(f"GPU fit: {result.fit.line()}")
         return
-    from aiops.infra.automation import event_printer, open_stack, summarize
+    from aiops.infra.automation import summarize
 
-    spec = _workspace(project_dir, stack, backend)
-    console = _console()
-    st = _automation_call(open_stack, spec)
-    res = _automation_call(st.preview, on_event=None if as_json else event_printer(console))
     if as_json:
         import json
 
-        typer.echo(json.dumps({"stack": stack, "changes": res.change_summary}, indent=2))
+        typer.echo(json.dumps({"stack": stack, "changes": result.changes}, indent=2))
     else:
-        console.print(f"stack {stack}: {summarize(res.change_summary)}")
+        console.print(f"stack {stack}: {summarize(result.changes)}")
 
 
 def cost(
@@ -138,49 +116,18 @@ def cost(
     project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
 ) -> None:
     """Estimated $/hour and $/month of the stack as configured (offline plan, shipped price table)."""
-    stack = _stack_name(stack)
-    cfg = _stack_config(project_dir, stack)
-    from aiops.infra.costs import plan_costs
-    from aiops.infra.offline import plan
-    from aiops.infra.render import print_costs
+    from aiops.infra import commands
 
-    costs = plan_costs(plan(cfg))
+    stack = _stack_name(stack)
+    costs = commands.cost(project_dir, stack)
     if as_json:
         import json
 
         typer.echo(json.dumps({"stack": stack, **costs.to_dict()}, indent=2, sort_keys=True))
     else:
+        from aiops.infra.render import print_costs
+
         print_costs(costs, _console())
-
-
-def _print_cost_summary(project_dir: Path, stack: str, console) -> None:
-    """The stack's cost as configured, from the offline plan, before `deploy` asks to apply.
-
-    Run in a child process (`aiops cost --json`): the offline plan installs Pulumi mocks in the
-    runtime, which must not share a process with the Automation API program that follows. An
-    estimate that cannot be made is reported, never fatal: the deployment does not depend on it.
-    """
-    import json
-    import subprocess
-    import sys
-
-    from aiops.infra.costs import PlanCosts
-    from aiops.infra.render import cost_total_line
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "aiops.cli.app", "cost", "--json", "--stack", stack, "-C", str(project_dir)],
-        capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        console.print(f"cost estimate unavailable: {proc.stderr.strip().removeprefix('error: ') or proc.returncode}")
-        return
-    data = json.loads(proc.stdout)
-    costs = PlanCosts.from_dict(data, stack=stack)
-    console.print(f"estimated cost of the stack as configured (not a diff; prices as of {costs.as_of}):")
-    for line in costs.lines:
-        console.print(f"  {line.resource}: {line.describe()}"
-                      + (f" = ${line.hourly:g}/h, ${line.monthly:,.2f}/month" if line.hourly is not None else ""))
-    console.print(f"  {cost_total_line(costs)}")
 
 
 def deploy(
@@ -197,52 +144,14 @@ def deploy(
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
 ) -> None:
     """Create or update the stack (Automation API), optionally switching the endpoint's model."""
+    from aiops.infra import commands
+
     stack = _stack_name(stack)
-    from aiops.errors import UsageError
-
-    runs_dir = None
-    if model is not None:
-        from aiops.infra.artifacts import classify
-        from aiops.settings import get_settings
-
-        runs_dir = get_settings().runs_dir
-        classify(model, runs_dir=runs_dir)  # bad --model fails before anything else
-    placeholder = {"aiops:endpoint.modelDataUrl": "s3://placeholder-bucket/model.tar.gz"} if model else None
-    cfg = _stack_config(project_dir, stack, placeholder)
-    if model is not None:
-        from aiops.infra.artifacts import precheck
-
-        precheck(model, cfg=cfg, region=cfg.region, runs_dir=runs_dir)  # cannot fit, empty prefix: one line, exit 2, nothing created
-    spec = _workspace(project_dir, stack, backend)
-
-    from aiops.infra import artifacts
-    from aiops.infra.automation import event_printer, open_stack, set_model, summarize
-
     console = _console()
-    st = _automation_call(open_stack, spec)
-    if model is not None:
-        resolved = artifacts.resolve_model(model, cfg=cfg, outputs=_output_values(st), region=cfg.region, stack=stack,
-                                           runs_dir=runs_dir)
-        _automation_call(set_model, st, resolved.uri, resolved.size_gb, resolved.program)
-        _stack_config(project_dir, stack)  # the file as now written must still validate
-        console.print(f"model: {resolved.uri}" + (f" ({resolved.note})" if resolved.note else ""))
-        if resolved.program is not None:
-            console.print(f"SAGEMAKER_PROGRAM: {resolved.program} (from {resolved.program_source})")
-        for warning in resolved.warnings:
-            _console(err=True).print(f"warning: {warning}")
-        if resolved.fit is not None:
-            console.print(f"GPU fit: {resolved.fit.line()}")
-    plan = _automation_call(st.preview, on_event=event_printer(console))
-    console.print(f"stack {stack}: {summarize(plan.change_summary)}")
-    _print_cost_summary(project_dir, stack, console)
-    if not yes:
-        if not typer.confirm("apply these changes?", default=False):
-            raise UsageError("not applied (answer yes, or pass --yes)")
-    result = _automation_call(st.up, on_event=event_printer(console))
-    console.print(f"stack {stack}: {result.summary.result}")
-    for key, value in sorted(result.outputs.items()):
+    done = commands.deploy(project_dir, stack, view=_DeployView(console), model=model, backend=backend, yes=yes)
+    console.print(f"stack {stack}: {done.result}")
+    for key, value in sorted(done.outputs.items()):
         console.print(f"  {key}: {'[secret]' if value.secret else value.value}")
-    _save_outputs(stack, result.outputs)
 
 
 def destroy(
@@ -252,18 +161,17 @@ def destroy(
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
 ) -> None:
     """Delete every resource of the stack."""
-    stack = _stack_name(stack)
-    from aiops.errors import UsageError
-    from aiops.infra.automation import event_printer, open_stack
+    from aiops.infra import commands
+    from aiops.infra.automation import event_printer
 
-    _stack_config(project_dir, stack)
-    spec = _workspace(project_dir, stack, backend)
-    if not yes and not typer.confirm(f"destroy every resource of stack {stack!r}?", default=False):
-        raise UsageError("nothing destroyed (answer yes, or pass --yes)")
+    stack = _stack_name(stack)
     console = _console()
-    st = _automation_call(open_stack, spec)
-    result = _automation_call(st.destroy, on_event=event_printer(console))
-    console.print(f"stack {stack}: {result.summary.result}")
+
+    def confirm() -> bool:
+        return yes or typer.confirm(f"destroy every resource of stack {stack!r}?", default=False)
+
+    result = commands.destroy(project_dir, stack, confirm=confirm, backend=backend, on_event=event_printer(console))
+    console.print(f"stack {stack}: {result}")
 
 
 def outputs(
@@ -273,14 +181,9 @@ def outputs(
     backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
 ) -> None:
     """The deployed stack's outputs (bucket, role ARN, KMS key, endpoint name, region, ...)."""
-    stack = _stack_name(stack)
-    from aiops.infra.automation import open_stack
+    from aiops.infra import commands
 
-    _need_infra_extra()
-    spec = _workspace(project_dir, stack, backend)
-    raw = _automation_call(_automation_call(open_stack, spec).outputs)
-    _save_outputs(stack, raw)
-    values = {k: v.value for k, v in raw.items()}
+    values = commands.outputs(project_dir, _stack_name(stack), backend=backend)
     if as_json:
         import json
 

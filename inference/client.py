@@ -103,15 +103,11 @@ def invoke_endpoint(name: str, body: bytes, *, content_type: str, accept: str | 
         kwargs["Accept"] = accept
     if custom_attributes:
         kwargs["CustomAttributes"] = custom_attributes
-    try:
+    with aws.translate_errors(f"invoking endpoint {name}"):  # one line that says what to do
         start = time.perf_counter()
         resp = client.invoke_endpoint(**kwargs)
         data = resp["Body"].read()
         latency = (time.perf_counter() - start) * 1000
-    except Exception as err:  # botocore errors become one line that says what to do
-        if type(err).__module__.startswith("botocore"):
-            raise aws.describe_aws_error(err, action=f"invoking endpoint {name}") from None
-        raise
     return InvokeResult(200, resp.get("ContentType"), data, latency)
 
 

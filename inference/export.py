@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiops.errors import AiopsError, UsageError
+from aiops.extras import check_extra
 from aiops.inference import export_package as package
 from aiops.inference import export_verify as verify
 from aiops.inference.artifacts import ModelSource, resolve_model
@@ -68,11 +69,7 @@ def validate(opts: ExportOptions) -> None:
     if opts.sample is not None:
         check_sample_path(opts.sample)
     if opts.format == "onnx":
-        for mod in ("onnx", "onnxruntime"):
-            try:
-                __import__(mod)
-            except ImportError:
-                raise UsageError(f"--format onnx needs {mod}: pip install 'aiops[onnx]'") from None
+        check_extra("onnx", "--format onnx", "onnx", "onnxruntime")
 
 
 def export_model(opts: ExportOptions) -> dict:

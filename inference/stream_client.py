@@ -118,17 +118,15 @@ def stream_endpoint(name: str, body: bytes, *, content_type: str, accept: str | 
         kwargs["CustomAttributes"] = custom_attributes
     start = time.perf_counter()
     result = StreamResult(200, None)
-    try:
+    def action() -> str:
+        return f"streaming from endpoint {name}" + (f" after {result.chunks} chunks" if result.chunks else "")
+
+    with aws.translate_errors(action):  # botocore errors (the stream's error events too) become one line
         resp = client.invoke_endpoint_with_response_stream(**kwargs)
         result.content_type = resp.get("ContentType")
         for event in resp["Body"]:
             part = event.get("PayloadPart")
             if part is not None and part.get("Bytes"):
                 _count(result, part["Bytes"], start, on_chunk)
-    except Exception as err:  # botocore errors (the stream's error events too) become one line
-        if type(err).__module__.startswith("botocore"):
-            done = f" after {result.chunks} chunks" if result.chunks else ""
-            raise aws.describe_aws_error(err, action=f"streaming from endpoint {name}{done}") from None
-        raise
     result.total_ms = (time.perf_counter() - start) * 1000
     return result

@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiops import programs
+from aiops import names, programs
 from aiops.archive import file_sha256
 from aiops.errors import UsageError
 from aiops.runs import RunFolder, find_run, read_record
 from aiops.s3objects import upload_once
 from aiops.stack import LAYOUT, StackOutputs
 
-S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
+S3_URI = names.S3_URI  # the one pattern (aiops.names)
 FORMS = ("an s3://bucket/key URI, an s3://bucket/prefix/ of model files, job:TRAINING_JOB_NAME, a local "
          "model.tar.gz, a run folder holding one, or a folder of model files")
 
@@ -106,7 +106,7 @@ def classify(spec: str, *, runs_dir: Path | None = None) -> tuple[str, str]:
         return "s3", spec
     if spec.startswith("job:"):
         name = spec[4:]
-        if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name):
+        if not names.is_sagemaker_name(name):
             raise UsageError(f"--model {spec!r}: not a training job name")
         return "job", name
     path = local_archive(spec)
@@ -122,19 +122,15 @@ def upload(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any) -> str:
     from aiops import aws
 
     key = model_key(file_sha256(path))
-    try:
+    with aws.translate_errors(f"uploading s3://{bucket}/{key}"):  # 403, 5xx: one line naming the object and the fix
         return upload_once(s3, bucket, key, Path(path), kms_key=kms_key_arn, label="model").uri
-    except Exception as err:  # 403, 5xx: one line naming the object and the fix
-        if type(err).__module__.startswith(("botocore", "boto3", "s3transfer")):
-            raise aws.describe_aws_error(err, action=f"uploading s3://{bucket}/{key}") from None
-        raise
 
 
 def training_job_model(name: str, *, sagemaker: Any) -> str:
-    try:
+    from aiops import aws
+
+    with aws.translate_errors(f"--model job:{name}: cannot describe that training job"):
         job = sagemaker.describe_training_job(TrainingJobName=name)
-    except Exception as err:
-        raise UsageError(f"--model job:{name}: cannot describe that training job: {err}") from None
     status = job.get("TrainingJobStatus")
     uri = (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
     if status != "Completed" or not uri:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from aiops.errors import ConfigError
+from aiops.names import is_s3_uri, is_sagemaker_name
 
 PROJECT = "aiops"
 NAMESPACE = "aiops"
@@ -42,8 +43,6 @@ LOCAL_STORAGE_FAMILIES = (
 _EC2_GPU = re.compile(r"^(%s)\.[0-9a-z]+$" % "|".join(GPU_FAMILIES))
 _ML_GPU = re.compile(r"^ml\.(%s)\.[0-9a-z]+$" % "|".join(GPU_FAMILIES))
 _ML_ANY = re.compile(r"^ml\.[a-z0-9-]+\.[0-9a-z]+$")
-_SM_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+$")
 SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
 def gpu_hint(prefix: str = "") -> str:
     return "a GPU type: " + ", ".join(f"{prefix}{f}.*" for f in GPU_FAMILIES[:6]) + ", ..."
@@ -386,14 +385,14 @@ class EndpointConfig(_Model):
     @field_validator("name", "variant_name")
     @classmethod
     def _sm_name(cls, value: str | None) -> str | None:
-        if value is not None and not _SM_NAME.match(value):
+        if value is not None and not is_sagemaker_name(value):
             raise ValueError("allowed: letters, digits and '-', starting with a letter or digit, at most 63")
         return value
 
     @field_validator("model_data_url")
     @classmethod
     def _s3(cls, value: str | None) -> str | None:
-        if value is not None and not _S3_URI.match(value):
+        if value is not None and not is_s3_uri(value):
             raise ValueError(
                 "allowed: an s3://bucket/key URI of a model.tar.gz, or an s3://bucket/prefix/ of "
                 "uncompressed model files (ending in '/')"
@@ -443,15 +442,9 @@ class EndpointConfig(_Model):
                 where = "a serverless variant has no GPU" if self.serverless.enabled else (
                     f"instanceType={self.instance_type!r} has no GPU")
                 raise ValueError(f"container={self.container!r} needs a GPU instance type; {where}; allowed: {gpu_hint('ml.')}")
-            from aiops.infra.images import LLM_FRAMEWORKS, llm_table
+            from aiops.infra.images import check_llm_version
 
-            table = llm_table()[self.container]
-            if self.llm.version not in table["versions"] and self.llm.version not in table["version_aliases"]:
-                allowed = sorted(set(table["version_aliases"]) | set(table["versions"]))
-                raise ValueError(
-                    f"llm.version={self.llm.version!r}: no {LLM_FRAMEWORKS[self.container]} image known for it; "
-                    f"allowed: {', '.join(allowed)} (or set image.uri)"
-                )
+            check_llm_version(self.container, self.llm.version)
             if self.container == "tgi" and self.llm.dtype == "fp32":
                 raise ValueError("llm.dtype='fp32': TGI serves float16 or bfloat16; allowed: fp16, bf16")
             tp = self.llm.tensor_parallel_degree

@@ -27,10 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiops import aws
 from aiops.archive import file_sha256  # noqa: F401 - re-exported for the tests
-from aiops.errors import AiopsError, UsageError
+from aiops.errors import UsageError
 from aiops.gpufit import MAX_HEADER, WEIGHT_SUFFIXES, TensorStats, _is_weights, safetensors_stats, state_dict_stats
-from aiops.s3objects import encryption_args, object_exists, transfer_config, upload_once
+from aiops.names import split_s3_uri
+from aiops.s3objects import NOT_FOUND, encryption_args, object_exists, transfer_config, upload_once
 from aiops.stack import LAYOUT
 
 SKIP_NAMES = (".git", "__pycache__", ".DS_Store")
@@ -56,12 +58,6 @@ def tree_digest(entries: list[tuple[str, str]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def split_uri(uri: str) -> tuple[str, str]:
-    rest = uri.removeprefix("s3://")
-    bucket, _, key = rest.partition("/")
-    return bucket, key
-
-
 @dataclass(frozen=True)
 class FolderUpload:
     uri: str
@@ -73,13 +69,13 @@ class FolderUpload:
 
 
 def _head_sha(s3: Any, bucket: str, key: str) -> str | None:
-    try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-    except Exception as err:
-        code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise AiopsError(f"cannot check s3://{bucket}/{key}: {err}") from None
+    with aws.translate_errors(f"checking s3://{bucket}/{key}"):
+        try:
+            head = s3.head_object(Bucket=bucket, Key=key)
+        except Exception as err:
+            if aws.error_code(err) in NOT_FOUND:
+                return None
+            raise
     return (head.get("Metadata") or {}).get("sha256")
 
 
@@ -90,26 +86,26 @@ def upload_folder(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any,
         raise UsageError(f"--model {path}: no weights in that folder (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
     digests = [(rel, file_sha256(p)) for rel, p in files]
     prefix = LAYOUT.model_prefix(tree_digest(digests))
-    prev_bucket, prev_prefix = split_uri(previous_uri) if previous_uri and previous_uri.endswith("/") else (None, None)
+    prev_bucket, prev_prefix = split_s3_uri(previous_uri) if previous_uri and previous_uri.endswith("/") else (None, None)
     uploaded = copied = present = 0
     sent = 0
     enc = encryption_args(kms_key_arn)
     for (rel, p), (_, digest) in zip(files, digests):
         key = prefix + rel
-        try:
+        with aws.translate_errors(f"checking s3://{bucket}/{key}"):
             if object_exists(s3, bucket, key):
                 present += 1
                 continue
-        except Exception as err:
-            raise AiopsError(f"cannot check s3://{bucket}/{key}: {err}") from None
         if prev_bucket == bucket and prev_prefix and _head_sha(s3, bucket, prev_prefix + rel) == digest:
             # unchanged since the previous model: copied inside S3 (multipart for large files), not uploaded again
-            s3.copy({"Bucket": bucket, "Key": prev_prefix + rel}, bucket, key,
-                    ExtraArgs={**enc, "Metadata": {"sha256": digest}, "MetadataDirective": "REPLACE"},
-                    Config=transfer_config())
+            with aws.translate_errors(f"copying s3://{bucket}/{prev_prefix + rel} to {key}"):
+                s3.copy({"Bucket": bucket, "Key": prev_prefix + rel}, bucket, key,
+                        ExtraArgs={**enc, "Metadata": {"sha256": digest}, "MetadataDirective": "REPLACE"},
+                        Config=transfer_config())
             copied += 1
             continue
-        upload_once(s3, bucket, key, p, kms_key=kms_key_arn, check=False, metadata={"sha256": digest}, label=rel)
+        with aws.translate_errors(f"uploading s3://{bucket}/{key}"):
+            upload_once(s3, bucket, key, p, kms_key=kms_key_arn, check=False, metadata={"sha256": digest}, label=rel)
         uploaded += 1
         sent += p.stat().st_size
     return FolderUpload(f"s3://{bucket}/{prefix}", uploaded, copied, present, sent, sum(p.stat().st_size for _, p in files))
@@ -131,13 +127,11 @@ class PrefixListing:
 
 def list_prefix(s3: Any, uri: str) -> PrefixListing:
     """Every object under the prefix; UsageError when it is empty or holds no weights."""
-    bucket, prefix = split_uri(uri)
+    bucket, prefix = split_s3_uri(uri)
     objects: list[tuple[str, int]] = []
-    try:
+    with aws.translate_errors(f"--model {uri}: listing that prefix"):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             objects += [(o["Key"], int(o["Size"])) for o in page.get("Contents", []) if not o["Key"].endswith("/")]
-    except Exception as err:
-        raise UsageError(f"--model {uri}: cannot list that prefix: {err}") from None
     listing = PrefixListing(uri, objects)
     if not objects:
         raise UsageError(f"--model {uri}: the prefix is empty; upload the model's files there (or pass a local folder)")
@@ -184,10 +178,16 @@ class S3RangeFile(io.RawIOBase):
 
 
 def prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
+    """Tensor sizes from the prefix's weights (see ``_prefix_stats``); AWS errors as one line."""
+    with aws.translate_errors(f"reading the weights' headers under {listing.uri}"):
+        return _prefix_stats(s3, listing)
+
+
+def _prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
     """Tensor sizes from the prefix's weights without downloading them: a safetensors header with
     two ranged GETs; a ``torch.save`` archive's directory and pickle through ``S3RangeFile``.
     safetensors files win when both formats are there."""
-    bucket, _ = split_uri(listing.uri)
+    bucket, _ = split_s3_uri(listing.uri)
     total: TensorStats | None = None
     files = [(k, s) for k, s in listing.weights if k.endswith(".safetensors")]
     if not files:
@@ -211,11 +211,13 @@ def prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
 
 def prefix_config_json(s3: Any, listing: PrefixListing) -> dict | None:
     """The model's ``config.json`` at the prefix's root (its shape sets the KV-cache budget)."""
-    bucket, prefix = split_uri(listing.uri)
+    bucket, prefix = split_s3_uri(listing.uri)
     for key, size in listing.objects:
         if key == prefix + "config.json" and size < (1 << 20):
+            with aws.translate_errors(f"reading s3://{bucket}/{key}"):
+                data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             try:
-                return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                return json.loads(data)
             except ValueError:
                 return None
     return None

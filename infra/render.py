@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiops.infra.offline import Plan, PlannedResource
 
 if TYPE_CHECKING:
+    from aiops.infra.commands import CostEstimate
     from aiops.infra.costs import PlanCosts
 
 KEY_INPUTS: dict[str, tuple[str, ...]] = {
@@ -142,6 +143,19 @@ def cost_total_line(costs: "PlanCosts") -> str:
             f"(up to ${_usd_h(costs.max_hourly)}/h, ${_usd(costs.max_monthly)}/month at max capacity)")
     note = costs.total_note()
     return f"{line}; {note}" if note else line
+
+
+def deploy_cost_lines(estimate: "CostEstimate") -> list[str]:
+    """What `deploy` shows between its preview and the question: the cost as configured, or why not."""
+    costs = estimate.costs
+    if costs is None:
+        return [f"cost estimate unavailable: {estimate.error}"]
+    lines = [f"estimated cost of the stack as configured (not a diff; prices as of {costs.as_of}):"]
+    for line in costs.lines:
+        lines.append(f"  {line.resource}: {line.describe()}"
+                     + (f" = ${line.hourly:g}/h, ${line.monthly:,.2f}/month" if line.hourly is not None else ""))
+    lines.append(f"  {cost_total_line(costs)}")
+    return lines
 
 
 def print_costs(costs: "PlanCosts", console: Any, *, title: str | None = None) -> None:

@@ -26,7 +26,9 @@ def plot_curves(curves: dict[str, list[Point]], out: Path, *, title: str) -> lis
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("plotting needs matplotlib: pip install 'aiops[plot]'.") from None
+        from aiops.extras import require_extra
+
+        raise require_extra("plot", "plotting", missing="matplotlib") from None
     if out.suffix.lower() != ".png":
         raise UsageError(f"--plot {out}: give a .png file name.")
     if not curves:

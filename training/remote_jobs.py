@@ -166,14 +166,8 @@ def refresh(store: RunStore, record: RunRecord, description: Mapping[str, Any]) 
 def aws_call(action: str, fn: Callable[[], Any]) -> Any:
     from aiops import aws
 
-    try:
+    with aws.translate_errors(action):
         return fn()
-    except AiopsError:
-        raise
-    except Exception as err:
-        if type(err).__module__.startswith(("botocore", "boto3", "s3transfer")):
-            raise aws.describe_aws_error(err, action=action) from None
-        raise
 
 
 def describe(job_name: str, region: str | None) -> dict[str, Any]:

@@ -128,17 +128,17 @@ def test_cost_help_imports_no_pulumi():
     assert "BAD []" in out
 
 
-def test_deploy_cost_summary_is_made_offline(tmp_path, capsys):
-    """What `deploy` prints between its preview and the question (the Automation part needs the binary)."""
+def test_deploy_cost_summary_is_made_offline():
+    """What `deploy` prints between its preview and the question (the Automation part needs the binary):
+    the offline plan's cost, made in a spawned process (its Pulumi mocks never meet the Automation program)."""
     from pathlib import Path
 
-    from aiops.cli.infra import _console, _print_cost_summary
+    from aiops.infra.commands import isolated_cost
+    from aiops.infra.render import deploy_cost_lines
 
-    _print_cost_summary(Path(REPO), "prod", _console())
-    out = capsys.readouterr().out
+    out = "\n".join(deploy_cost_lines(isolated_cost(Path(REPO), "prod")))
     assert "estimated cost of the stack as configured" in out
     assert "endpoint-config/primary: 2 x ml.g5.2xlarge at $1.515/h = $3.03/h, $2,211.90/month" in out
     assert "total: $3.03/h" in out
-    _print_cost_summary(tmp_path, "nope", _console())
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(deploy_cost_lines(isolated_cost(Path(REPO), "nope")))
     assert "cost estimate unavailable:" in out and "Pulumi.nope.yaml: no such stack file" in out

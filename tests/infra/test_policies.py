@@ -134,5 +134,5 @@ def test_image_uris():
         "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/pytorch-inference:2.6.0-cpu-py312")
     with pytest.raises(ConfigError, match="pyVersion='py39'"):
         images.pytorch_inference_uri(region="us-east-1", version="2.5", py_version="py39", instance_type=None)
-    with pytest.raises(ConfigError, match="frameworkVersion='1.0'"):
-        images.pytorch_inference_uri(region="us-east-1", version="1.0", py_version="py311", instance_type=None)
+    with pytest.raises(ConfigError, match="frameworkVersion='0.1'"):
+        images.pytorch_inference_uri(region="us-east-1", version="0.1", py_version="py311", instance_type=None)

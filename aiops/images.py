@@ -1,0 +1,193 @@
+"""The one source of SageMaker framework image URIs: the SageMaker SDK's own tables, read offline.
+
+``sagemaker-core`` ships ``sagemaker/core/image_uri_config/<framework>.json`` (registry account per
+region, repository, Python versions, tag parts); ``sagemaker.core.image_uris.retrieve`` joins them
+into a URI. Importing the SDK costs ~1.5 s and a large dependency tree, so the JSON files are read
+as files (the package is located with ``importlib.util.find_spec``, which runs none of it) and the
+URIs are joined here the way ``retrieve`` joins them. Answers are cached in
+``<home>/cache/image-uris.json`` when a cache folder is given.
+
+One difference from the SDK, on purpose: the processor (``cpu`` / ``gpu``) is decided by the GPU
+table (``aiops/data/gpus.json``: a family with NVIDIA GPUs runs the CUDA image), not by the
+family's first letter, so ``ml.g4ad.*`` (AMD GPUs, no CUDA) gets the CPU image.
+
+Used by remote training (``training/``) and by the stack (``infra/``: PyTorch, LMI and TGI images).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from aiops.errors import ConfigError
+from aiops.extras import require_extra
+from aiops.stack import dns_suffix
+
+#: ``endpoint.container`` -> the SDK framework of its image
+LLM_FRAMEWORKS = {"lmi": "djl-lmi", "tgi": "huggingface-llm"}
+_CACHE_FILE = "image-uris.json"
+
+
+class ImageNotFound(ConfigError):
+    """No image for that combination. ``field`` names what to change ('version', 'py_version',
+    'region', 'processor'); ``reason`` is the line without the caller's option names."""
+
+    def __init__(self, reason: str, *, field: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+def _package_dirs(name: str) -> list[Path]:
+    spec = importlib.util.find_spec(name)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(p) for p in spec.submodule_search_locations]
+
+
+@lru_cache(maxsize=None)
+def sdk_table(framework: str) -> dict:
+    """``sagemaker/core/image_uri_config/<framework>.json`` of the installed sagemaker-core."""
+    for folder in _package_dirs("sagemaker"):
+        path = folder / "core" / "image_uri_config" / f"{framework}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    raise require_extra("images", "resolving a container image URI", missing="the SageMaker SDK's tables (sagemaker-core)",
+                        instead="name the image yourself (--image-uri, or endpoint.image.uri in the stack)")
+
+
+def scope_table(framework: str, scope: str) -> dict:
+    """The table of one image scope (``training``, ``inference``); tables without scopes are their own."""
+    data = sdk_table(framework)
+    return data[scope] if scope in data and isinstance(data[scope], dict) and "versions" in data[scope] else data
+
+
+def known_versions(framework: str, scope: str) -> list[str]:
+    table = scope_table(framework, scope)
+    return sorted(set(table.get("version_aliases", {})) | set(table["versions"]) | {"latest"})
+
+
+def _release(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
+
+
+def _label(framework: str, scope: str) -> str:
+    return f"PyTorch {scope}" if framework == "pytorch" else framework
+
+
+def full_version(framework: str, scope: str, version: str) -> str:
+    table = scope_table(framework, scope)
+    full = table.get("version_aliases", {}).get(version, version)
+    if full == "latest" and "latest" not in table["versions"]:  # the newest release, as the SDK's LLM helpers pick
+        full = max(table["versions"], key=_release)
+    if full not in table["versions"]:
+        raise ImageNotFound(f"no {_label(framework, scope)} image known for it; allowed: "
+                            f"{', '.join(known_versions(framework, scope))}", field="version")
+    return full
+
+
+def version_entry(framework: str, scope: str, version: str) -> tuple[str, dict]:
+    full = full_version(framework, scope, version)
+    return full, scope_table(framework, scope)["versions"][full]
+
+
+# --------------------------------------------------------------------------- processor
+
+
+def instance_family(instance_type: str) -> str:
+    """``ml.g5.xlarge`` -> ``g5`` (``g5.xlarge`` too)."""
+    parts = instance_type.split(".")
+    return parts[1] if parts[0] == "ml" and len(parts) >= 3 else parts[0]
+
+
+@lru_cache(maxsize=1)
+def cuda_families() -> frozenset[str]:
+    """The instance families with NVIDIA GPUs, from the GPU table (aiops/data/gpus.json)."""
+    from aiops.gpufit import load_gpus
+
+    return frozenset(instance_family(s.instance_type) for s in load_gpus().all() if s.gpu_model.startswith("NVIDIA"))
+
+
+def processor_for(instance_type: str | None, available: list[str] | None = ("cpu", "gpu")) -> str | None:
+    """The image's processor: ``gpu`` for a family with NVIDIA GPUs (the GPU table), ``cpu``
+    otherwise; None for images without one (LMI); the only one when there is one; ``cpu`` for
+    serverless (no instance type)."""
+    available = list(available or [])
+    if not available:
+        return None
+    if len(available) == 1:
+        return available[0]
+    if instance_type is None:
+        return "cpu"
+    family = instance_family(instance_type)
+    if family in available:  # images built for one family carry its name (the SDK's rule)
+        return family
+    if family.startswith(("inf", "trn")):
+        raise ImageNotFound(f"{instance_type} runs AWS Neuron images, which this framework table does not have",
+                            field="processor")
+    return "gpu" if family in cuda_families() and "gpu" in available else "cpu"
+
+
+# --------------------------------------------------------------------------- URIs
+
+
+def registry(framework: str, scope: str, version: str, region: str) -> str | None:
+    """The registry account of that image in that region (None: not published there)."""
+    return version_entry(framework, scope, version)[1].get("registries", {}).get(region)
+
+
+def image_uri(framework: str, *, scope: str, region: str, version: str, py_version: str | None = None,
+              instance_type: str | None = None, pin: bool = False) -> str:
+    """The URI ``sagemaker.core.image_uris.retrieve(framework, region, version, py_version,
+    instance_type, image_scope=scope)`` gives, but for the processor rule (see the module).
+
+    The tag carries the version as asked (the SDK's rule: ``2.5`` -> ``:2.5-gpu-py311``); ``pin``
+    puts the full version the alias stands for instead (``:2.5.1-gpu-py311``), as the stack does."""
+    table = scope_table(framework, scope)
+    full, entry = version_entry(framework, scope, version)
+    py_versions = entry.get("py_versions") or table.get("py_versions") or []
+    if py_version is None and len(py_versions) == 1:
+        py_version = py_versions[0]
+    if py_versions and py_version not in py_versions:
+        raise ImageNotFound(f"{_label(framework, scope)} {full} images exist for {', '.join(py_versions)} only",
+                            field="py_version")
+    entry = entry.get(py_version) or entry if py_version else entry
+    account = entry["registries"].get(region)
+    if account is None:
+        raise ImageNotFound(f"no {_label(framework, scope)} {full} image is published there; pick another region",
+                            field="region")
+    processor = processor_for(instance_type, table.get("processors") or entry.get("processors"))
+    container = (entry.get("container_version") or {}).get(processor) if processor else None
+    tag_version = full if pin or version == "latest" else version
+    parts = (entry.get("tag_prefix", tag_version), processor, py_version if py_versions else None, container)
+    tag = "-".join(x for x in parts if x)
+    return f"{account}.dkr.ecr.{region}.{dns_suffix(region)}/{entry['repository']}:{tag}"
+
+
+def pytorch_image_uri(*, scope: str, region: str, version: str, py_version: str, instance_type: str | None,
+                      cache_dir: Path | None = None, pin: bool = False) -> str:
+    """The PyTorch DLC (``training`` or ``inference``), cached in ``<cache_dir>/image-uris.json``."""
+    cache = cache_dir / _CACHE_FILE if cache_dir is not None else None
+    key = "|".join((scope, region, version, py_version, instance_type or "serverless") + (("pinned",) if pin else ()))
+    known: dict[str, str] = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text())
+        except ValueError:
+            known = {}
+    if key in known:
+        return known[key]
+    uri = image_uri("pytorch", scope=scope, region=region, version=version, py_version=py_version,
+                    instance_type=instance_type, pin=pin)
+    if cache is not None:
+        known[key] = uri
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=1, sort_keys=True))
+    return uri
+
+
+def llm_image_uri(kind: str, *, region: str, version: str) -> str:
+    """The LMI (``djl-lmi``) or TGI (``huggingface-llm``, its GPU image) URI."""
+    return image_uri(LLM_FRAMEWORKS[kind], scope="inference", region=region, version=version)
