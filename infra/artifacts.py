@@ -200,13 +200,9 @@ def repack_job_model(name: str, uri: str, bundle_data: bytes, entry: str, bundle
     bucket, key = S3_URI.match(uri).groups()
     with tempfile.TemporaryDirectory(prefix="aiops-repack-") as tmp:
         model = Path(tmp) / "model.tar.gz"
-        try:
+        with aws.translate_errors(f"downloading job {name}'s model {uri} to repack it with its code",
+                                  hint=f"Or deploy {uri} as it is (--model {uri}): nothing is repacked then."):
             s3.download_file(bucket, key, str(model))
-        except Exception as err:
-            if type(err).__module__.startswith(("botocore", "boto3", "s3transfer")):
-                raise aws.describe_aws_error(err, action=f"downloading job {name}'s model {uri} to repack it "
-                                             "with its code") from None
-            raise
         out = Path(tmp) / "repacked.tar.gz"
         result = repack.repack(model, code, out, what=f"--model job:{name}: {uri}")
 
