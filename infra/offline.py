@@ -7,6 +7,7 @@ raise on any other (an unmocked invoke would otherwise return ``{}`` silently).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -164,6 +165,7 @@ def plan(cfg: StackConfig, *, preview: bool = True) -> Plan:
             return response
 
     mocks = Recorder()
+    _ensure_event_loop()
     pulumi.runtime.set_mocks(mocks, project=cfg.project, stack=cfg.stack, preview=preview, monitor=Monitor(mocks))
 
     from aiops.infra.program import build
@@ -182,3 +184,15 @@ def plan(cfg: StackConfig, *, preview: bool = True) -> Plan:
     # Registration order is not deterministic: sort by component, then component first, type, name.
     resources.sort(key=lambda r: (r.parent or r.name, r.parent is not None, r.type, r.name))
     return Plan(stack=cfg.stack, region=cfg.region, resources=resources, invokes=invokes, outputs=result)
+
+
+def _ensure_event_loop() -> None:
+    """Pulumi's mocks make their futures on the thread's current event loop. After an
+    ``asyncio.run`` (which leaves none set) or in a worker thread there is none, so the plan
+    would fail with "no current event loop": give the thread a fresh one then."""
+    try:
+        if not asyncio.get_event_loop_policy().get_event_loop().is_closed():
+            return
+    except RuntimeError:
+        pass
+    asyncio.set_event_loop(asyncio.new_event_loop())

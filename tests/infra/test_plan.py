@@ -155,3 +155,18 @@ def test_unknown_invoke_inside_a_program_fails_the_plan(make_config, monkeypatch
     monkeypatch.setattr(program, "build", build_with_extra_invoke)
     with pytest.raises(Exception, match="getAvailabilityZones"):
         offline.plan(make_config(endpoint={"enabled": False}, compute={"enabled": False}))
+
+
+def test_plans_after_asyncio_run_left_no_event_loop():
+    """`asyncio.run` ends by setting no current loop; a plan made afterwards in the same thread
+    (another command called in-process, another test in the same worker) still works."""
+    import asyncio
+
+    from aiops.infra.config import parse
+    from aiops.infra.offline import plan
+
+    from .conftest import merged
+
+    asyncio.run(asyncio.sleep(0))
+    result = plan(parse(merged(), stack="test"))
+    assert any(r.type == "aws:s3/bucket:Bucket" for r in result.resources)
