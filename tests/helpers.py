@@ -149,3 +149,22 @@ def wait_until(predicate, what: str, timeout: float = 120, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not seen within {timeout} s")
         time.sleep(interval)
+
+
+def built_once(tmp_path_factory, name: str, build) -> dict:
+    """A session's expensive, JSON-able result made once for all pytest-xdist workers: the first
+    worker here runs ``build(folder)`` under a file lock and saves what it returns; the others wait
+    on the lock and read it. Without xdist it is simply built."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker's basetemp is basetemp/popen-gwN: its parent is shared by the workers
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    folder.mkdir(exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        done = folder / "result.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        result = build(folder)
+        done.write_text(json.dumps(result))
+        return result

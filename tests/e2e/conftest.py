@@ -99,6 +99,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 JOURNEY_GROUPS = {"main_journey": "e2e-journey", "vpc_journey": "e2e-journey-vpc"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the marks into groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not config.pluginmanager.hasplugin("xdist"):
         return

@@ -70,18 +70,21 @@ class LocalReference:
 
 @pytest.fixture(scope="session")
 def local_reference(digits_data: Path, tmp_path_factory: pytest.TempPathFactory) -> LocalReference:
-    """The same job run locally: `aiops train ... --nproc 2` (torchrun, 2 processes on one machine)."""
+    """The same job run locally: `aiops train ... --nproc 2` (torchrun, 2 processes on one machine),
+    once for both journeys, which may run on two workers (the channels are the same on each: the
+    digits data is made from a seed)."""
     import torch
-    from helpers import run_aiops
+    from helpers import built_once, run_aiops
 
-    root = tmp_path_factory.mktemp("local-reference")
-    result = run_aiops(root / "home", root, "train", "train.py", "--source-dir", str(DIGITS),
-                       "--channel", f"train={digits_data}/train", "--channel", f"test={digits_data}/test",
-                       *HPS, "--nproc", "2", "--job-name", "local-reference", "--json",
-                       env={"OMP_NUM_THREADS": "1"}, timeout=600)
-    assert result.returncode == 0, result.output[-4000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    run_dir = Path(summary["run_dir"])
+    def train(root: Path) -> dict:
+        result = run_aiops(root / "home", root, "train", "train.py", "--source-dir", str(DIGITS),
+                           "--channel", f"train={digits_data}/train", "--channel", f"test={digits_data}/test",
+                           *HPS, "--nproc", "2", "--job-name", "local-reference", "--json",
+                           env={"OMP_NUM_THREADS": "1"}, timeout=600)
+        assert result.returncode == 0, result.output[-4000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    run_dir = Path(built_once(tmp_path_factory, "journey-local-reference", train)["run_dir"])
     model_dir = next(p for p in run_dir.rglob("model.pt")).parent
     rows, labels = _test_rows(digits_data)
     return LocalReference(run_dir, model_dir, torch.load(model_dir / "model.pth", weights_only=True),
@@ -292,7 +295,6 @@ def _assert_predictions(answer: Any, reference: LocalReference) -> None:
     assert accuracy >= 0.75, f"a trained model: {accuracy:.2f} of {len(labels)} test digits right"
 
 
-@pytest.mark.xdist_group("journey")  # the journeys and their local reference run once, on one worker
 def test_journey(main_journey: JourneyResult, local_reference: LocalReference) -> None:
     """The whole journey, with the stack's outputs only (no --role, no --bucket)."""
     result = main_journey
@@ -339,7 +341,6 @@ def test_journey(main_journey: JourneyResult, local_reference: LocalReference) -
     assert result.documents is not None and not denials(result.documents, journey.platform.calls)
 
 
-@pytest.mark.xdist_group("journey")  # the journeys and their local reference run once, on one worker
 def test_journey_in_a_vpc_with_network_isolation(vpc_journey: JourneyResult, local_reference: LocalReference) -> None:
     """The same journey with the stack's VPC option and network isolation on; the model deployed
     from a local model.tar.gz (uploaded under its content hash)."""
@@ -366,7 +367,6 @@ def test_journey_in_a_vpc_with_network_isolation(vpc_journey: JourneyResult, loc
     assert result.documents is not None and not denials(result.documents, journey.platform.calls)
 
 
-@pytest.mark.xdist_group("journey")  # the journeys and their local reference run once, on one worker
 def test_each_statement_of_the_role_is_needed(main_journey: JourneyResult, statement_id: str) -> None:
     """Without any one statement of the role's policy, the journey's calls meet a denial that names
     the action and the resource (re-evaluated from the journey's recorded calls)."""
@@ -380,7 +380,6 @@ def test_each_statement_of_the_role_is_needed(main_journey: JourneyResult, state
     assert call.action in message and call.resource in message
 
 
-@pytest.mark.xdist_group("journey")  # the journeys and their local reference run once, on one worker
 def test_each_statement_of_the_vpc_role_is_needed(vpc_journey: JourneyResult, vpc_statement_id: str) -> None:
     """The same for the role of a stack with the VPC option (its ec2 statements included)."""
     vpc_journey.check()

@@ -18,8 +18,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
-from helpers import free_port, run_aiops
+from helpers import built_once, free_port, run_aiops
 
 pytestmark = pytest.mark.slow
 
@@ -82,34 +81,28 @@ def max_diff(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="session")
 def lm_reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    base = tmp_path_factory.getbasetemp()
-    # under xdist each worker has basetemp/popen-gwN: the parent is this session's, shared by the workers
-    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "lm-reference"
-    shared.mkdir(exist_ok=True)
-    with FileLock(str(shared / ".lock")):
-        done = shared / "reference.json"
-        if done.is_file():
-            return json.loads(done.read_text())
-        from aiops.training.examples.lm.prepare import write_channels
+    return built_once(tmp_path_factory, "lm-reference", _lm_reference)
 
-        data = shared / "data"
-        write_channels(data, train_bytes=300_000, test_bytes=30_000, shard_tokens=1 << 16, seed=0)
-        home = shared / "home"
-        cli = run_aiops(home, shared, "train", str(SCRIPT), "--source-dir", str(EXAMPLE), "--nproc", "2",
-                        "--channel", f"train={data / 'train'}", "--channel", f"test={data / 'test'}",
-                        *[a for k, v in TINY.items() for a in ("--hp", f"{k}={v}")],
-                        "--job-name", "lm-fsdp", "--json", timeout=300)
-        assert cli.returncode == 0, cli.output
-        record = json.loads(cli.stdout)
-        single = run_lm(1, shared / "single", data, shared / "single" / "checkpoints", *_args())
-        assert single.returncode == 0, single.stdout + single.stderr
-        ref = {"data": str(data), "home": str(home), "record": record,
-               "fsdp_log": (Path(record["run_dir"]) / "train.log").read_text(),
-               "fsdp_model": record["artifacts"]["model_dir"], "fsdp_checkpoints": record["checkpoint_dir"],
-               "single_log": single.stdout, "single_model": str(shared / "single" / "model"),
-               "single_checkpoints": str(shared / "single" / "checkpoints")}
-        done.write_text(json.dumps(ref))
-        return ref
+
+def _lm_reference(shared: Path) -> dict:
+    from aiops.training.examples.lm.prepare import write_channels
+
+    data = shared / "data"
+    write_channels(data, train_bytes=300_000, test_bytes=30_000, shard_tokens=1 << 16, seed=0)
+    home = shared / "home"
+    cli = run_aiops(home, shared, "train", str(SCRIPT), "--source-dir", str(EXAMPLE), "--nproc", "2",
+                    "--channel", f"train={data / 'train'}", "--channel", f"test={data / 'test'}",
+                    *[a for k, v in TINY.items() for a in ("--hp", f"{k}={v}")],
+                    "--job-name", "lm-fsdp", "--json", timeout=300)
+    assert cli.returncode == 0, cli.output
+    record = json.loads(cli.stdout)
+    single = run_lm(1, shared / "single", data, shared / "single" / "checkpoints", *_args())
+    assert single.returncode == 0, single.stdout + single.stderr
+    return {"data": str(data), "home": str(home), "record": record,
+            "fsdp_log": (Path(record["run_dir"]) / "train.log").read_text(),
+            "fsdp_model": record["artifacts"]["model_dir"], "fsdp_checkpoints": record["checkpoint_dir"],
+            "single_log": single.stdout, "single_model": str(shared / "single" / "model"),
+            "single_checkpoints": str(shared / "single" / "checkpoints")}
 
 
 def test_fsdp_two_processes_match_one_and_learn(lm_reference: dict, tmp_path: Path) -> None:
