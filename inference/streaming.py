@@ -358,26 +358,7 @@ class ChunkStream:
         that calls its handler on an inference thread, so the first chunk is part of that call and a
         handler that fails at once raises here (an ordinary error response). ``start()`` then only
         starts the producer thread for the rest."""
-        iterator = None
-        try:
-            iterator = iter(self._items)
-            chunk = b""
-            while not chunk:
-                chunk = to_chunk(next(iterator))
-        except StopIteration:
-            self._first = _END
-            close_quietly(iterator)
-            self.closed.set()
-            self._primed = True
-            return
-        except BaseException:
-            close_quietly(iterator if iterator is not None else self._items)
-            self.closed.set()
-            self._stop.set()
-            raise
-        self.chunks, self.bytes = 1, len(chunk)
-        self._first = chunk
-        self._iterator = iterator
+        self._iterator = self._first_chunk()
         self._primed = True
 
     def discard(self) -> None:
@@ -402,6 +383,14 @@ class ChunkStream:
                 self.close()
                 raise self._first.error
             return
+        iterator = self._first_chunk()
+        if iterator is not None:
+            threading.Thread(target=self._produce, args=(iterator,), name=self._name, daemon=True).start()
+
+    def _first_chunk(self) -> Any:
+        """Make the first non-empty chunk on the calling thread; return the iterator for the rest,
+        or None when the stream ended before one. What the handler raised is raised here, with
+        the stream closed."""
         iterator = None
         try:
             iterator = iter(self._items)
@@ -412,7 +401,7 @@ class ChunkStream:
             self._first = _END
             close_quietly(iterator)
             self.closed.set()
-            return
+            return None
         except BaseException:
             close_quietly(iterator if iterator is not None else self._items)
             self.closed.set()
@@ -420,7 +409,7 @@ class ChunkStream:
             raise
         self.chunks, self.bytes = 1, len(chunk)
         self._first = chunk
-        threading.Thread(target=self._produce, args=(iterator,), name=self._name, daemon=True).start()
+        return iterator
 
     async def _get(self) -> Any:
         if self._primed and not self._producing:
