@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 DEFAULT_PROGRAM = "inference.py"  # the serving toolkit's default SAGEMAKER_PROGRAM
+CODE_DIR = "code"  # a model package's handler folder (model.tar.gz's code/, /opt/ml/model/code)
 SUBMIT_DIRECTORY = "/opt/ml/model/code"  # SAGEMAKER_SUBMIT_DIRECTORY: code/ of the unpacked model, as the SDK sets it
 MAX_SCRIPT_BYTES = 8 * 1024 * 1024  # a larger "script" is not parsed (it is data, not a handler)
 

@@ -20,7 +20,7 @@ from aiops import archive, programs
 from aiops.errors import UsageError
 from aiops.runs import STATUS_COMPLETED, RunFolder, RunRecord, RunStore, read_record
 
-CODE_DIR = "code"
+CODE_DIR = programs.CODE_DIR
 DEFAULT_PROGRAM = programs.DEFAULT_PROGRAM  # the serving toolkit's default SAGEMAKER_PROGRAM
 _SKIP_NAMES = {"__pycache__", ".DS_Store", ".ipynb_checkpoints", ".git"}
 

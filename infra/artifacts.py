@@ -227,7 +227,7 @@ def _local_program(archive: Path, run: RunFolder | None) -> ModelChoice:
     source_dir = info.source_dir if info is not None else None
     choice = ModelChoice(uri="")
     try:
-        in_archive = programs.scan_tar(archive, entry, prefix="code/")
+        in_archive = programs.scan_tar(archive, entry, prefix=programs.CODE_DIR + "/")
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UsageError(f"--model {archive}: not a readable model.tar.gz ({err})") from None
     if in_archive.has_prefix:  # the code the endpoint will have decides

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from aiops import programs
 from aiops.archive import _info
 from aiops.errors import UsageError
 
-CODE = "code/"
+CODE = programs.CODE_DIR + "/"
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024  # a code bundle is source code; anything bigger is refused
 
 
