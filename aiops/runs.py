@@ -84,6 +84,63 @@ def job_name_from_base(base: str, *, now: float | None = None) -> str:
 
 
 @dataclass(frozen=True)
+class ContainerPaths:
+    """The SageMaker tree rooted at ``base`` (``/opt/ml`` in the container)."""
+
+    base: Path
+
+    @property
+    def code(self) -> Path:
+        return self.base / "code"
+
+    @property
+    def model(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def input(self) -> Path:
+        return self.base / "input"
+
+    @property
+    def input_config(self) -> Path:
+        return self.input / "config"
+
+    @property
+    def input_data(self) -> Path:
+        return self.input / "data"
+
+    @property
+    def output(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def output_data(self) -> Path:
+        return self.output / "data"
+
+    @property
+    def output_intermediate(self) -> Path:
+        return self.output / "intermediate"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.base / "checkpoints"
+
+    def channel(self, name: str) -> Path:
+        return self.input_data / name
+
+    def all_dirs(self) -> list[Path]:
+        return [
+            self.code,
+            self.model,
+            self.input_config,
+            self.input_data,
+            self.output_data,
+            self.output_intermediate,
+            self.checkpoints,
+        ]
+
+
+@dataclass(frozen=True)
 class RunFolder:
     """Every path into one run folder (nothing here touches the disk)."""
 
@@ -118,26 +175,29 @@ class RunFolder:
     def output_archive(self) -> Path:
         return self.output / OUTPUT_ARCHIVE
 
-    # the container tree the script ran in (SAGEMAKER_BASE_DIR; training.contract.ContainerPaths
-    # describes the same tree and is checked against these in the tests)
+    # the container tree the script ran in (SAGEMAKER_BASE_DIR)
     @property
     def base(self) -> Path:
         return self.root.joinpath(*CONTAINER_BASE)
 
     @property
+    def container(self) -> ContainerPaths:
+        return ContainerPaths(self.base)
+
+    @property
     def code_dir(self) -> Path:
-        return self.base / "code"
+        return self.container.code
 
     @property
     def model_dir(self) -> Path:
-        return self.base / "model"
+        return self.container.model
 
     @property
     def checkpoints(self) -> Path:
-        return self.base / "checkpoints"
+        return self.container.checkpoints
 
     def channel(self, name: str) -> Path:
-        return self.base / "input" / "data" / name
+        return self.container.channel(name)
 
     def local_model_archive(self) -> Path | None:
         """A model.tar.gz kept in the folder (a local run's, or a remote job's downloaded one)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from aiops.errors import UsageError
+from aiops.runs import ContainerPaths  # the container tree: the core owns it, the run store reads it
 
 # Hyperparameters the SageMaker SDK adds for the framework (the toolkit moves every `sagemaker_*`
 # key out of the user's hyperparameters into SM_FRAMEWORK_PARAMS or its own settings).
@@ -89,63 +90,6 @@ DEFAULT_CHECKPOINT_DIR = "/opt/ml/checkpoints"
 # `=` breaks env parsing, a `sagemaker_` prefix is swallowed by the framework).
 _HP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _CHANNEL_NAME = re.compile(r"^[A-Za-z0-9\.\-_]+$")  # CreateTrainingJob's ChannelName pattern
-
-
-@dataclass(frozen=True)
-class ContainerPaths:
-    """The SageMaker tree rooted at ``base`` (``/opt/ml`` in the container)."""
-
-    base: Path
-
-    @property
-    def code(self) -> Path:
-        return self.base / "code"
-
-    @property
-    def model(self) -> Path:
-        return self.base / "model"
-
-    @property
-    def input(self) -> Path:
-        return self.base / "input"
-
-    @property
-    def input_config(self) -> Path:
-        return self.input / "config"
-
-    @property
-    def input_data(self) -> Path:
-        return self.input / "data"
-
-    @property
-    def output(self) -> Path:
-        return self.base / "output"
-
-    @property
-    def output_data(self) -> Path:
-        return self.output / "data"
-
-    @property
-    def output_intermediate(self) -> Path:
-        return self.output / "intermediate"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.base / "checkpoints"
-
-    def channel(self, name: str) -> Path:
-        return self.input_data / name
-
-    def all_dirs(self) -> list[Path]:
-        return [
-            self.code,
-            self.model,
-            self.input_config,
-            self.input_data,
-            self.output_data,
-            self.output_intermediate,
-            self.checkpoints,
-        ]
 
 
 # A channel's InputMode and S3DataDistributionType in CreateTrainingJob (the SDK's TrainingInput

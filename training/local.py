@@ -133,7 +133,7 @@ def run(
     reporter = reporter or jobs.NullEvents()
     folder = store.create(job.job_name)
     run_dir = folder.root
-    paths = contract.ContainerPaths(folder.base)
+    paths = folder.container
     for tree_dir in paths.all_dirs():
         tree_dir.mkdir(parents=True, exist_ok=True)
     if job.checkpoint_source is not None:
