@@ -51,12 +51,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_training(nproc: int, hps: dict, data: Path, work: Path, extra_env: dict | None = None) -> dict:
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+def _train(nproc: int, hps: dict, data: Path, work: Path, model_dir: str,
+           extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """The example as the container runs it (torchrun when nproc > 1), its folders under ``work``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "AIOPS_"))}
     env.update(SM_CHANNEL_TRAIN=str(data / "train"), SM_CHANNEL_TEST=str(data / "test"),
-               SM_MODEL_DIR=str(work / "model"), SM_OUTPUT_DATA_DIR=str(work / "out"),
+               SM_MODEL_DIR=str(work / model_dir), SM_OUTPUT_DATA_DIR=str(work / "out"),
                SM_OUTPUT_DIR=str(work / "o"), AIOPS_CHECKPOINT_DIR=str(work / "ck"), PYTHONUNBUFFERED="1",
                **(extra_env or {}))
     args = [a for k, v in hps.items() for a in (f"--{k}", str(v))]
@@ -64,7 +64,13 @@ def run_training(nproc: int, hps: dict, data: Path, work: Path, extra_env: dict 
     cmd = ([sys.executable, script] if nproc == 1 else
            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), script])
-    proc = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=1800)
+    return subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=1800)
+
+
+def run_training(nproc: int, hps: dict, data: Path, work: Path, extra_env: dict | None = None) -> dict:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    proc = _train(nproc, hps, data, work, "model", extra_env)
     if proc.returncode:
         raise SystemExit(f"training failed ({nproc} proc):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     tps = [float(x) for x in re.findall(r"tokens_per_second=([0-9.]+);", proc.stdout)]
@@ -75,16 +81,7 @@ def run_training(nproc: int, hps: dict, data: Path, work: Path, extra_env: dict 
 
 def restore_seconds(nproc: int, hps: dict, data: Path, work: Path) -> float:
     """Resume the finished run's last checkpoint at the same world size (it loads, then ends at once)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "AIOPS_"))}
-    env.update(SM_CHANNEL_TRAIN=str(data / "train"), SM_CHANNEL_TEST=str(data / "test"),
-               SM_MODEL_DIR=str(work / "model2"), SM_OUTPUT_DATA_DIR=str(work / "out"),
-               SM_OUTPUT_DIR=str(work / "o"), AIOPS_CHECKPOINT_DIR=str(work / "ck"), PYTHONUNBUFFERED="1")
-    args = [a for k, v in hps.items() for a in (f"--{k}", str(v))]
-    script = str(EXAMPLE / "train.py")
-    cmd = ([sys.executable, script] if nproc == 1 else
-           [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), script])
-    proc = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=1800)
+    proc = _train(nproc, hps, data, work, "model2")
     found = re.search(r"loaded in ([0-9.]+)s", proc.stdout)
     if proc.returncode or not found:
         raise SystemExit(f"resume failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
