@@ -10,11 +10,8 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_aws import autoscaling, ec2, iam
 
-from aiops.infra.config import ComputeConfig, instance_family
+from aiops.infra.config import ComputeConfig
 from aiops.infra.policies import assume_role_policy
-
-ARM_FAMILIES = ("g5g",)
-
 
 @dataclass(frozen=True)
 class GpuComputeArgs:
@@ -39,7 +36,9 @@ class GpuCompute(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         invoke = pulumi.InvokeOutputOptions(parent=self)
 
-        arch = "arm64" if instance_family(cfg.instance_type) in ARM_FAMILIES else "x86_64"
+        # Every family the GPU table allows (aiops/data/gpus.json) is x86_64 with NVIDIA GPUs: the
+        # default AMI filter names the x86 NVIDIA driver image.
+        arch = "x86_64"
         ami = ec2.get_ami_output(
             most_recent=True,
             owners=[cfg.ami_owner],

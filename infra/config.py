@@ -26,31 +26,37 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from aiops.errors import ConfigError
+from aiops.images import cuda_families, instance_family
 from aiops.names import is_s3_uri, is_sagemaker_name
 
 PROJECT = "aiops"
 NAMESPACE = "aiops"
 SECTIONS = ("namePrefix", "tags", "storage", "access", "network", "compute", "endpoint")
 
-# Instance families with NVIDIA GPUs (EC2 names; SageMaker adds the "ml." prefix).
-GPU_FAMILIES = ("g4dn", "g4ad", "g5", "g5g", "g6", "g6e", "gr6", "p3", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en")
 # SageMaker instance families whose ML storage is local NVMe, encrypted by the instance's hardware
 # module: CreateEndpointConfig fails if a KmsKeyId is given for them (AWS API reference, KmsKeyId).
 LOCAL_STORAGE_FAMILIES = (
     "g4dn", "g5", "g6", "g6e", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en",
     "m5d", "c5d", "r5d", "m6id", "c6id", "r6id", "trn1", "inf2",
 )
-_EC2_GPU = re.compile(r"^(%s)\.[0-9a-z]+$" % "|".join(GPU_FAMILIES))
-_ML_GPU = re.compile(r"^ml\.(%s)\.[0-9a-z]+$" % "|".join(GPU_FAMILIES))
 _ML_ANY = re.compile(r"^ml\.[a-z0-9-]+\.[0-9a-z]+$")
 SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
-def gpu_hint(prefix: str = "") -> str:
-    return "a GPU type: " + ", ".join(f"{prefix}{f}.*" for f in GPU_FAMILIES[:6]) + ", ..."
 
 
-def instance_family(instance_type: str) -> str:
+def is_gpu_type(instance_type: str, prefix: str = "") -> bool:
+    """A type of a family with NVIDIA GPUs. The families come from the one GPU table
+    (``aiops/data/gpus.json`` through ``aiops.images.cuda_families``), the same one that picks the
+    CUDA image and answers the fit check; EC2 names (``prefix=""``) share SageMaker's families."""
     parts = instance_type.split(".")
-    return parts[1] if parts[0] == "ml" and len(parts) == 3 else parts[0]
+    if prefix:
+        if parts[0] != prefix.rstrip("."):
+            return False
+        parts = parts[1:]
+    return len(parts) == 2 and re.fullmatch(r"[0-9a-z]+", parts[1]) is not None and parts[0] in cuda_families()
+
+
+def gpu_hint(prefix: str = "") -> str:
+    return "a GPU type: " + ", ".join(f"{prefix}{f}.*" for f in sorted(cuda_families())[:6]) + ", ..."
 
 
 def has_local_storage(instance_type: str) -> bool:
@@ -142,7 +148,7 @@ class ComputeConfig(_Model):
     @field_validator("instance_type")
     @classmethod
     def _gpu(cls, value: str) -> str:
-        if not _EC2_GPU.match(value):
+        if not is_gpu_type(value):
             raise ValueError(f"not a GPU instance type; allowed: {gpu_hint()}")
         return value
 
@@ -409,7 +415,7 @@ class EndpointConfig(_Model):
         if not self.serverless.enabled:
             if not _ML_ANY.match(self.instance_type):
                 raise ValueError(f"instanceType={self.instance_type!r}: allowed: a SageMaker type 'ml.<family>.<size>'")
-            if self.require_gpu and not _ML_GPU.match(self.instance_type):
+            if self.require_gpu and not is_gpu_type(self.instance_type, "ml."):
                 raise ValueError(
                     f"instanceType={self.instance_type!r} is not a GPU type; allowed: {gpu_hint('ml.')} "
                     f"(or set requireGpu: false)"

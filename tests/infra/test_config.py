@@ -41,6 +41,23 @@ def test_non_gpu_compute_type():
     assert "aiops:compute.instanceType='t3.large'" in msg and "GPU" in msg
 
 
+def test_gpu_families_are_the_gpu_tables():
+    """One source: the stack accepts as GPU types exactly the NVIDIA families of aiops/data/gpus.json
+    (the table that picks the CUDA image and answers the fit check)."""
+    from aiops.gpufit import load_gpus
+    from aiops.images import cuda_families, instance_family
+
+    families = {instance_family(s.instance_type) for s in load_gpus().all() if s.gpu_model.startswith("NVIDIA")}
+    assert families == cuda_families() and {"g4dn", "g5", "p5"} <= families
+    for family in sorted(families):
+        assert parse(merged(endpoint={"instanceType": f"ml.{family}.xlarge"}, compute={"instanceType": f"{family}.xlarge"}),
+                     stack="t").compute.instance_type == f"{family}.xlarge"
+    # g4ad: AMD GPUs, no CUDA (the old hand-kept list accepted it, and the NVIDIA driver AMI)
+    assert "ml.g4ad.xlarge" in error_of(endpoint={"instanceType": "ml.g4ad.xlarge"})
+    assert "g4ad.xlarge" in error_of(compute={"instanceType": "g4ad.xlarge"})
+    assert "GPU" in error_of(compute={"instanceType": "ml.g5.xlarge"})  # EC2 names have no ml. prefix
+
+
 def test_min_greater_than_max_autoscaling():
     msg = error_of(endpoint={"autoscaling": {"minCapacity": 3, "maxCapacity": 2}})
     assert "aiops:endpoint.autoscaling" in msg and "minCapacity=3 > maxCapacity=2" in msg
