@@ -56,6 +56,9 @@ def main() -> None:
 
     os.environ["AIOPS_HOME"] = str(home)
     from aiops.inference.export import ExportOptions, export_model
+    from aiops.settings import Settings
+
+    runs_dir = Settings(home=home).runs_dir
 
     rows = []
     for fmt, quantize in CASES:
@@ -63,10 +66,10 @@ def main() -> None:
         for i in range(args.rounds):
             rounds.append(export_model(ExportOptions(
                 model="digits-export-bench", format=fmt, quantize=quantize, sample=sample, out=tmp / f"{fmt}-{quantize}-{i}.tar.gz",
-                runs_dir=home / "runs", timing_seconds=args.seconds)))
+                runs_dir=runs_dir, timing_seconds=args.seconds)))
         # agreement on the whole test set (360 rows), timing skipped
         whole = export_model(ExportOptions(model="digits-export-bench", format=fmt, quantize=quantize, sample=full,
-                                           out=tmp / f"{fmt}-{quantize}-full.tar.gz", runs_dir=home / "runs",
+                                           out=tmp / f"{fmt}-{quantize}-full.tar.gz", runs_dir=runs_dir,
                                            timing_seconds=0))
         lat = {b: {k: statistics.median(r["latency_ms"][b][k] for r in rounds) for k in ("before_ms", "after_ms")}
                for b in ("batch_1", "batch_64")}

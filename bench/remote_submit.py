@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from aiops.runs import RunRecord, RunStore
+from aiops.settings import Settings
+
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = 5
 
@@ -58,12 +61,14 @@ def main() -> None:
     command = [sys.executable, "-m", "aiops.cli.app", "train", "train.py", "--source-dir", str(src), "--remote",
                "--channel", f"train={data}", "--no-wait", "--json"]
 
-    def submit() -> tuple[float, dict]:
+    store = RunStore(Settings(home=work / "home").runs_dir)
+
+    def submit() -> tuple[float, RunRecord]:
         started = time.perf_counter()
         out = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - started
         summary = json.loads(out.stdout)
-        record = json.loads((work / "home" / "runs" / summary["job_name"] / "run.json").read_text())
+        record = store.load(summary["job_name"])  # the typed run record, read through the run store
         return wall, record
 
     first_wall, first = submit()
@@ -72,14 +77,14 @@ def main() -> None:
     walls = [w for w, _ in later]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "first": {"wall_seconds": round(first_wall, 3), "uploaded_bytes": first["uploaded_bytes"],
-                  "create_seconds": first["accepted_seconds"]},
+        "first": {"wall_seconds": round(first_wall, 3), "uploaded_bytes": first.uploaded_bytes,
+                  "create_seconds": first.accepted_seconds},
         "repeat": {
             "runs": RUNS,
-            "uploaded_bytes": [r["uploaded_bytes"] for _, r in later],
+            "uploaded_bytes": [r.uploaded_bytes for _, r in later],
             "wall_seconds_median": round(statistics.median(walls), 3),
             "wall_seconds_all": [round(w, 3) for w in walls],
-            "create_seconds_median": round(statistics.median(r["accepted_seconds"] for _, r in later), 3),
+            "create_seconds_median": round(statistics.median(r.accepted_seconds for _, r in later), 3),
         },
         "goal": "repeat uploads 0 bytes; command to job accepted <= 1.5 s",
     }
@@ -92,8 +97,8 @@ def main() -> None:
         "",
         "| submission | uploaded bytes | command wall (s) | CreateTrainingJob (s) |",
         "|---|---|---|---|",
-        f"| first (uploads code + channel, resolves the image) | {first['uploaded_bytes']} | {first_wall:.3f} | "
-        f"{first['accepted_seconds']:.3f} |",
+        f"| first (uploads code + channel, resolves the image) | {first.uploaded_bytes} | {first_wall:.3f} | "
+        f"{first.accepted_seconds:.3f} |",
         f"| repeat, unchanged (median of {RUNS}) | {max(result['repeat']['uploaded_bytes'])} | "
         f"{result['repeat']['wall_seconds_median']:.3f} | {result['repeat']['create_seconds_median']:.3f} |",
         "",

@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from aiops.runs import RunStore
+from aiops.settings import Settings
+
 RESULTS = Path(__file__).resolve().parent / "results"
 STUBBORN = """import os, signal, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -39,7 +42,8 @@ def one_stop(root: Path, grace: float, index: int) -> float:
     env = {**os.environ, "AIOPS_HOME": str(home), "AIOPS_TRAIN__STOP_GRACE_SECONDS": str(grace)}
     proc = subprocess.Popen([sys.executable, "-m", "aiops.cli.app", "train", str(script), "--job-name", job],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started = home / "runs" / job / "opt" / "ml" / "checkpoints" / "started"
+    # the run folder's layout is the run store's (aiops.runs), not spelled here
+    started = RunStore(Settings(home=home).runs_dir).folder(job).checkpoints / "started"
     while not started.exists():
         if proc.poll() is not None:
             raise SystemExit(f"aiops train exited early with {proc.returncode}")
