@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -51,7 +51,28 @@ def _serve_field(default: Any, name: str, *sagemaker: str, **kw: Any) -> Any:
     return Field(default, validation_alias=AliasChoices(*sagemaker, f"AIOPS_SERVE__{name.upper()}", name), **kw)
 
 
-class ServeSettings(BaseSettings):
+class _FromConfigFile(BaseSettings):
+    """Arguments, then the environment, then the config file: its ``[serve]`` table for the serve
+    settings (``serve_table``), the rest for the others. One order for both models."""
+
+    serve_table: ClassVar[bool] = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = _config_file()
+        if config_file is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, _TomlPart(settings_cls, config_file, "serve", inside=cls.serve_table))
+
+
+class ServeSettings(_FromConfigFile):
     """The one serve-settings model: `aiops serve`, the container entry and every worker use it.
 
     Highest priority first: CLI flags (init values), the SageMaker variables (``SAGEMAKER_BIND_TO_PORT``,
@@ -61,6 +82,7 @@ class ServeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="forbid", populate_by_name=True, env_ignore_empty=True,
                                       validate_default=True)
+    serve_table: ClassVar[bool] = True
 
     host: str = _serve_field("127.0.0.1", "host", description="Interface to bind.")
     port: int = _serve_field(8080, "port", "SAGEMAKER_BIND_TO_PORT", ge=0, le=65535)
@@ -114,44 +136,23 @@ class ServeSettings(BaseSettings):
         "(with a 1 GiB floor): a tar bomb is refused from the headers as it streams.")
     archive_max_members: int = _serve_field(100_000, "archive_max_members", ge=1)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _sources(settings_cls, init_settings, env_settings, _TomlTable)
-
     @property
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 1024 * 1024)
 
 
-class _TomlTable(TomlConfigSettingsSource):
-    """One table of aiops.toml (``[serve]``) as a settings source."""
+class _TomlPart(TomlConfigSettingsSource):
+    """One table of aiops.toml (``[serve]``, ``inside=True``), or the file without it."""
 
-    def __init__(self, settings_cls: type[BaseSettings], path: Path, table: str) -> None:
-        self._table = table
-        super().__init__(settings_cls, toml_file=path)
-
-    def _read_files(self, files: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        data = super()._read_files(files, *args, **kwargs)
-        value = data.get(self._table, {})
-        return value if isinstance(value, dict) else {}
-
-
-class _WithoutTable(TomlConfigSettingsSource):
-    """aiops.toml without one table (``[serve]`` is read by ServeSettings itself)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], path: Path, table: str) -> None:
-        self._table = table
+    def __init__(self, settings_cls: type[BaseSettings], path: Path, table: str, *, inside: bool) -> None:
+        self._table, self._inside = table, inside  # set first: the base class reads the file in __init__
         super().__init__(settings_cls, toml_file=path)
 
     def _read_files(self, files: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         data = dict(super()._read_files(files, *args, **kwargs))
+        if self._inside:
+            value = data.get(self._table, {})
+            return value if isinstance(value, dict) else {}
         data.pop(self._table, None)
         return data
 
@@ -185,7 +186,7 @@ class AwsSettings(_Section):
         return check_region(value)  # botocore's partition data, read without importing botocore
 
 
-class Settings(BaseSettings):
+class Settings(_FromConfigFile):
     """aiops defaults. See the module docstring for where values come from."""
 
     model_config = SettingsConfigDict(
@@ -216,26 +217,6 @@ class Settings(BaseSettings):
     def serve(self) -> ServeSettings:
         """The serve settings (their own model: they also read the SAGEMAKER_* variables)."""
         return get_serve_settings()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _sources(settings_cls, init_settings, env_settings, _WithoutTable)
-
-
-def _sources(settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-             env_settings: PydanticBaseSettingsSource, file_source: type) -> tuple[PydanticBaseSettingsSource, ...]:
-    """Arguments, then the environment, then the config file (its [serve] table for the serve settings,
-    the rest for the others): one order for both models."""
-    config_file = _config_file()
-    extra = [file_source(settings_cls, config_file, "serve")] if config_file is not None else []
-    return (init_settings, env_settings, *extra)
 
 
 def _config_file() -> Path | None:
