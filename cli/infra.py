@@ -7,13 +7,18 @@ boto3 are imported inside the functions only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 STACK_HELP = "Stack name: its config is Pulumi.<stack>.yaml in the project folder (default: AIOPS_STACK, else dev)."
 DIR_HELP = "Project folder (holds Pulumi.yaml and the stack files)."
 BACKEND_HELP = "State backend URL (default: a local file backend under the aiops home)."
+
+# The options every stack command shares, declared once.
+StackOpt = Annotated[Optional[str], typer.Option("--stack", "-s", help=STACK_HELP)]
+ProjectDirOpt = Annotated[Path, typer.Option("--project-dir", "-C", help=DIR_HELP)]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help=BACKEND_HELP)]
 
 
 def _console(err: bool = False):
@@ -69,9 +74,9 @@ class _DeployView:
 def preview(
     offline: bool = typer.Option(False, "--offline", help="Run under Pulumi mocks: no CLI, credentials or network."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
-    stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
-    project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
-    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+    stack: StackOpt = None,
+    project_dir: ProjectDirOpt = Path("."),
+    backend: BackendOpt = None,
     model: Optional[Path] = typer.Option(
         None, "--model", "-m",
         help="A local model (weights file, folder or model.tar.gz) to check against the endpoint's GPUs "
@@ -111,9 +116,9 @@ def preview(
 
 
 def cost(
-    stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
+    stack: StackOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
-    project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
+    project_dir: ProjectDirOpt = Path("."),
 ) -> None:
     """Estimated $/hour and $/month of the stack as configured (offline plan, shipped price table)."""
     from aiops.infra import commands
@@ -138,10 +143,10 @@ def deploy(
         "folder of model files (uploaded as a prefix). Checked against the GPUs first. A job's or run's "
         "training code also sets the endpoint's SAGEMAKER_PROGRAM. Without it the current one is kept.",
     ),
-    stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
+    stack: StackOpt = None,
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
-    project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
-    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+    project_dir: ProjectDirOpt = Path("."),
+    backend: BackendOpt = None,
 ) -> None:
     """Create or update the stack (Automation API), optionally switching the endpoint's model."""
     from aiops.infra import commands
@@ -155,10 +160,10 @@ def deploy(
 
 
 def destroy(
-    stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
+    stack: StackOpt = None,
     yes: bool = typer.Option(False, "--yes", "-y", help="Destroy without asking."),
-    project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
-    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+    project_dir: ProjectDirOpt = Path("."),
+    backend: BackendOpt = None,
 ) -> None:
     """Delete every resource of the stack."""
     from aiops.infra import commands
@@ -175,10 +180,10 @@ def destroy(
 
 
 def outputs(
-    stack: Optional[str] = typer.Option(None, "--stack", "-s", help=STACK_HELP),
+    stack: StackOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print the outputs as JSON."),
-    project_dir: Path = typer.Option(Path("."), "--project-dir", "-C", help=DIR_HELP),
-    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+    project_dir: ProjectDirOpt = Path("."),
+    backend: BackendOpt = None,
 ) -> None:
     """The deployed stack's outputs (bucket, role ARN, KMS key, endpoint name, region, ...)."""
     from aiops.infra import commands

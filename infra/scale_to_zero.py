@@ -57,19 +57,26 @@ def scale_out_from_zero(*, cooldown: int) -> dict[str, Any]:
     }
 
 
-def no_capacity_alarm(inference_component_name: str) -> dict[str, Any]:
-    """Requests that found no copy of the model: the signal to scale out from zero."""
+def _alarm_at_one(metric_name: str, dimensions: dict[str, str], *, statistic: str, period: int,
+                  evaluation_periods: int) -> dict[str, Any]:
+    """An AWS/SageMaker alarm in ALARM once the metric reaches 1 (no data: keep the state)."""
     return {
         "namespace": "AWS/SageMaker",
-        "metric_name": "NoCapacityInvocationFailures",
-        "dimensions": {"InferenceComponentName": inference_component_name},
-        "statistic": "Maximum",
-        "period": 30,
-        "evaluation_periods": 1,
+        "metric_name": metric_name,
+        "dimensions": dimensions,
+        "statistic": statistic,
+        "period": period,
+        "evaluation_periods": evaluation_periods,
         "threshold": 1,
         "comparison_operator": "GreaterThanOrEqualToThreshold",
         "treat_missing_data": "missing",
     }
+
+
+def no_capacity_alarm(inference_component_name: str) -> dict[str, Any]:
+    """Requests that found no copy of the model: the signal to scale out from zero."""
+    return _alarm_at_one("NoCapacityInvocationFailures", {"InferenceComponentName": inference_component_name},
+                         statistic="Maximum", period=30, evaluation_periods=1)
 
 
 def backlog_target_tracking(*, endpoint_name: str, target_value: float, scale_in_cooldown: int,
@@ -89,17 +96,8 @@ def backlog_target_tracking(*, endpoint_name: str, target_value: float, scale_in
 
 def backlog_without_capacity_alarm(endpoint_name: str) -> dict[str, Any]:
     """Requests waiting while the endpoint has 0 instances: the signal to start one."""
-    return {
-        "namespace": "AWS/SageMaker",
-        "metric_name": "HasBacklogWithoutCapacity",
-        "dimensions": {"EndpointName": endpoint_name},
-        "statistic": "Average",
-        "period": 60,
-        "evaluation_periods": 2,
-        "threshold": 1,
-        "comparison_operator": "GreaterThanOrEqualToThreshold",
-        "treat_missing_data": "missing",
-    }
+    return _alarm_at_one("HasBacklogWithoutCapacity", {"EndpointName": endpoint_name},
+                         statistic="Average", period=60, evaluation_periods=2)
 
 
 def async_topic_names(endpoint_name: str) -> tuple[str, str]:
