@@ -32,12 +32,19 @@ def test_env_overrides_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert load_settings().aws.region == "ap-south-1"
 
 
-def test_invalid_value_names_key_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIOPS_SERVE__PORT", "99999")
+@pytest.mark.parametrize("variable, value, key, model", [
+    ("AIOPS_SERVE__PORT", "99999", "serve.port", "load_settings"),
+    ("SAGEMAKER_MODEL_SERVER_WORKERS", "many", "serve.workers", "load_serve_settings"),  # the container's names too
+])
+def test_invalid_value_is_one_line_naming_key_and_env(monkeypatch: pytest.MonkeyPatch, variable: str, value: str,
+                                                      key: str, model: str) -> None:
+    import aiops.settings
+
+    monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as err:
-        load_settings()
+        getattr(aiops.settings, model)()
     message = str(err.value)
-    assert "serve.port" in message and "AIOPS_SERVE__PORT" in message and "99999" in message
+    assert key in message and variable in message and value in message
     assert "\n" not in message
 
 
@@ -78,12 +85,3 @@ def test_serve_settings_precedence_cli_sagemaker_aiops_toml(monkeypatch: pytest.
     assert type(s).model_validate_json(s.model_dump_json()) == s
 
 
-def test_bad_sagemaker_variable_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aiops.settings import load_serve_settings
-
-    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "many")
-    with pytest.raises(ConfigError) as err:
-        load_serve_settings()
-    message = str(err.value)
-    assert "serve.workers" in message and "SAGEMAKER_MODEL_SERVER_WORKERS" in message and "many" in message
-    assert "\n" not in message

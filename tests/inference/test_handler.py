@@ -91,19 +91,15 @@ def test_transform_fn_with_another_fn_is_a_load_error(tmp_path, other):
         Handler(folder, script=script)
 
 
-def test_wrong_arity_is_a_load_error(tmp_path):
+@pytest.mark.parametrize("source, error", [
+    ("def input_fn(body):\n    return body\n", "input_fn takes 1 arguments"),
+    ("import no_such_module_xyz\n", "importing it failed: ModuleNotFoundError"),
+], ids=["wrong-arity", "import-error"])
+def test_broken_script_is_a_load_error(tmp_path, source, error):
     folder = tmp_path / "m"
     folder.mkdir()
-    script = write_script(folder, "def input_fn(body):\n    return body\n")
-    with pytest.raises(UsageError, match="input_fn takes 1 arguments"):
-        Handler(folder, script=script)
-
-
-def test_import_error_in_script_is_a_usage_error(tmp_path):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    script = write_script(folder, "import no_such_module_xyz\n")
-    with pytest.raises(UsageError, match="importing it failed: ModuleNotFoundError"):
+    script = write_script(folder, source)
+    with pytest.raises(UsageError, match=error):
         Handler(folder, script=script)
 
 
