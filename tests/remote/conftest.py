@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,15 @@ from helpers import free_port
 REGION = "us-east-1"
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/aiops-sagemaker-execution"
 BUCKET = "aiops-artifacts-test"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A source folder holding one train.py that prints a metric line (a module may override it)."""
+    src = tmp_path / "project"
+    src.mkdir()
+    (src / "train.py").write_text("print('epoch=0; loss=1.0;')\n")
+    return src
 
 
 @pytest.fixture(scope="session")

@@ -13,14 +13,6 @@ from aiops.pricing import load_prices
 REGION = "us-east-1"
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    src = tmp_path / "project"
-    src.mkdir()
-    (src / "train.py").write_text("print('loss=1.0;')\n")
-    return src
-
-
 def _submit(run_cli, project: Path, instance_type: str, *extra: str):
     return run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait", "--json",
                    "--instance-type", instance_type, "--distribution", "torch_distributed", *extra)

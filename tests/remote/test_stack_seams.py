@@ -18,14 +18,6 @@ GROUPS = ["sg-0cccccccccccccccc"]
 NO_SETTINGS = {"AIOPS_AWS__ROLE_ARN": "", "AIOPS_AWS__BUCKET": ""}  # the stack's outputs only
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    src = tmp_path / "project"
-    src.mkdir()
-    (src / "train.py").write_text("print('epoch=0; loss=1.0;')\n")
-    return src
-
-
 def _train(run_cli, project: Path, *extra: str, env: dict[str, str] | None = None):
     return run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--instance-type", "ml.g5.xlarge",
                    "--no-wait", "--json", *extra, env={**NO_SETTINGS, **(env or {})})
