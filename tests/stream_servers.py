@@ -201,7 +201,11 @@ class AsyncioStreamServer(_Base):
             pass
         writer.close()
 
+    async def _open(self) -> asyncio.AbstractServer:
+        return await asyncio.start_server(self._handle, sock=self.sock)
+
     def start(self) -> None:
+        """The server's loop on its own thread (``_open`` says which kind of server it runs)."""
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
@@ -209,7 +213,7 @@ class AsyncioStreamServer(_Base):
             asyncio.set_event_loop(self.loop)
 
             async def serve():
-                self.server = await asyncio.start_server(self._handle, sock=self.sock)
+                self.server = await self._open()
                 started.set()
 
             self.loop.run_until_complete(serve())
@@ -218,7 +222,7 @@ class AsyncioStreamServer(_Base):
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
         if not started.wait(10):
-            raise RuntimeError("the asyncio server did not start")
+            raise RuntimeError(f"the {self.kind} server did not start")
 
     def stop(self) -> None:
         def shutdown():
@@ -316,24 +320,8 @@ class _Connection(asyncio.Protocol):
 class ProtocolStreamServer(AsyncioStreamServer):
     kind = "protocol"
 
-    def start(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-
-            async def serve():
-                self.server = await self.loop.create_server(lambda: _Connection(self), sock=self.sock)
-                started.set()
-
-            self.loop.run_until_complete(serve())
-            self.loop.run_forever()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError("the protocol server did not start")
+    async def _open(self) -> asyncio.AbstractServer:
+        return await self.loop.create_server(lambda: _Connection(self), sock=self.sock)
 
 
 SERVERS = {"asgi": AsgiStreamServer, "asyncio": AsyncioStreamServer, "protocol": ProtocolStreamServer}
