@@ -36,3 +36,38 @@ def test_serve_host_default(capsys, monkeypatch) -> None:
     out = capsys.readouterr().out
     assert "Interface to bind [default: 127.0.0.1]." in out
     assert "Interface to bind ." not in out
+
+
+def test_every_option_with_a_default_shows_it(monkeypatch, capsys) -> None:
+    """Walk every command: an option whose default is a value (not None, an off flag or an empty
+    list) has "[default: ...]" on its own row of --help."""
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 400)  # one row per option
+    checked = []
+    for path, command in _tree(typer.main.get_command(app)):
+        assert main([*path, "--help"]) == 0
+        rows = [line for line in capsys.readouterr().out.splitlines() if re.match(r"^│\s+[*]?\s*-", line)]
+        for param in command.params:
+            if param.param_type_name != "option" or param.hidden or param.default in (None, False, (), []):
+                continue
+            name = max(param.opts, key=len)
+            (row,) = [r for r in rows if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", r)]
+            assert "[default: " in row, (" ".join(path), name, param.default, row)
+            checked.append((path, name))
+    assert (("preview",), "--project-dir") in checked and (("export",), "--bench-seconds") in checked
+    assert len(checked) >= 12
+
+
+def test_serve_help_defaults_are_the_serve_settings(monkeypatch, capsys) -> None:
+    """`aiops serve --help` spells ServeSettings' defaults (so that --help stays light): they agree."""
+    from aiops.settings import ServeSettings
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 400)
+    assert main(["serve", "--help"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    options = {"host": "--host", "port": "--port", "workers": "--workers", "batch_size": "--batch-size",
+               "max_batch_delay_ms": "--max-batch-delay", "timeout_seconds": "--timeout"}
+    for field, option in options.items():
+        default = ServeSettings.model_fields[field].default
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        (row,) = [r for r in rows if re.search(rf"│\s+{option}\s", r)]
+        assert re.search(rf"\[default: {re.escape(shown)}[,\]]", row), (field, shown, row)
