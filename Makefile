@@ -28,7 +28,8 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-# every bench/*.py script, in its quick mode where it has one; results in bench/results/
+# every bench/*.py script (bench/run_all.py), full runs that refresh bench/results/;
+# BENCH_ARGS=--quick: short runs that leave bench/results/ as it is
 bench: $(BIN)/.installed
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 

@@ -19,6 +19,7 @@ def test_wheel_namespaces_every_folder(tmp_path: Path) -> None:
     # setuptools says nothing is deprecated: the SPDX license string, aiops.data listed as a package
     log = built.stdout + built.stderr
     assert "SetuptoolsDeprecationWarning" not in log and "is deprecated" not in log, log[-3000:]
+    assert "absent from the `packages` configuration" not in log, log[-3000:]
     (wheel,) = tmp_path.glob("aiops-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
