@@ -137,6 +137,11 @@ class ServeSettings(_FromConfigFile):
     archive_max_members: int = _serve_field(100_000, "archive_max_members", ge=1)
 
     @property
+    def url(self) -> str:
+        """Where a local server with these settings listens (what `aiops invoke` calls by default)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 1024 * 1024)
 

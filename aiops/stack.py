@@ -238,6 +238,12 @@ def resolve_stack(cli_value: str | None, settings: Any | None = None) -> str:
     return value or DEFAULT_STACK
 
 
+def endpoint_region(settings: Any) -> str | None:
+    """Where a deployed endpoint is looked for: the current stack's region (saved outputs, the one
+    stack rule), else ``aws.region`` from the settings (None: boto3's own default)."""
+    return read_outputs(settings.home, resolve_stack(None, settings)).region or settings.aws.region
+
+
 # ---------------------------------------------------------------------------------- regions
 
 

@@ -72,21 +72,15 @@ def invoke(
     body, ctype = client.load_payload(data, content_type)
     if stream:
         return _invoke_stream(body, ctype, url=url, endpoint=endpoint, accept=accept, api_key=api_key, output=output)
+    from aiops.settings import get_settings
+    from aiops.stack import endpoint_region
+
     if endpoint:
-        from aiops.settings import get_settings
-        from aiops.stack import read_outputs, resolve_stack
-
-        settings = get_settings()  # the endpoint's region: the stack's (one stack rule), else settings
-        outputs = read_outputs(settings.home, resolve_stack(None, settings))
         result = client.invoke_endpoint(endpoint, body, content_type=ctype, accept=accept,
-                                        region=outputs.region or settings.aws.region)
+                                        region=endpoint_region(get_settings()))
     else:
-        if url is None:
-            from aiops.settings import get_settings
-
-            s = get_settings().serve
-            url = f"http://{s.host}:{s.port}"
-        result = client.invoke_url(url, body, content_type=ctype, accept=accept, api_key=api_key)
+        result = client.invoke_url(url or get_settings().serve.url, body, content_type=ctype, accept=accept,
+                                   api_key=api_key)
     if not result.ok:
         raise AiopsError(client.error_message(result))
     if output is not None:
@@ -120,15 +114,12 @@ def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, o
     ok = False
     try:
         if endpoint:
-            from aiops.stack import read_outputs, resolve_stack
+            from aiops.stack import endpoint_region
 
-            settings = get_settings()  # the endpoint's region: the stack's (one stack rule), else settings
-            outputs = read_outputs(settings.home, resolve_stack(None, settings))
             result = stream_client.stream_endpoint(endpoint, body, content_type=ctype, accept=accept,
-                                                   region=outputs.region or settings.aws.region, on_chunk=show)
+                                                   region=endpoint_region(get_settings()), on_chunk=show)
         else:
-            s = get_settings().serve
-            result = stream_client.stream_url(url or f"http://{s.host}:{s.port}", body, content_type=ctype,
+            result = stream_client.stream_url(url or get_settings().serve.url, body, content_type=ctype,
                                               accept=accept, api_key=api_key, on_chunk=show)
         ok = result.ok
     finally:
@@ -155,31 +146,14 @@ def package(
     requirements: Optional[Path] = typer.Option(None, "--requirements", "-r", help="-> code/requirements.txt"),
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
-    from aiops.errors import UsageError
-    from aiops.inference.artifacts import package_model, run_code, run_model_dir
-    from aiops.runs import RunStore
+    from aiops.inference import artifacts
     from aiops.settings import get_settings
 
-    path = Path(model).expanduser()
-    code_files = None
-    program = None
-    if path.is_dir():
-        model_dir = path
-    else:
-        store = RunStore(get_settings().runs_dir)
-        if not store.exists(model):
-            raise UsageError(f"{model}: no such model folder or local run (runs are in {store.root})")
-        model_dir, info = run_model_dir(store.folder(model))
-        if model_dir.is_file():
-            raise UsageError(f"run {model} has only {model_dir}; it is already packaged")
-        code = run_code(info)
-        if entry_point is None and source_dir is None and code is not None:
-            # the whole source dir, as PyTorchModel repacks source_dir into code/
-            code_files, program = code.entries, code.program
-            for warning in code.warnings:
-                typer.echo(f"warning: {warning}", err=True)
-    summary = package_model(model_dir, out, entry_point=entry_point, source_dir=source_dir,
-                            requirements=requirements, code_files=code_files)
+    done = artifacts.package(model, out, runs_dir=get_settings().runs_dir, entry_point=entry_point,
+                             source_dir=source_dir, requirements=requirements)
+    for warning in done.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    summary, program = done.summary, done.program
     for name in summary["files"]:
         typer.echo(f"  {name}")
     typer.echo(f"wrote {summary['path']} ({summary['bytes']} bytes, {len(summary['files'])} files)")

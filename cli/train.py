@@ -358,9 +358,7 @@ def _open(name: str) -> tuple[RunRecord, JobBackend]:
     from aiops.training import backends
 
     settings = get_settings()
-    store = RunStore(settings.runs_dir)
-    record = store.load(name)
-    return record, backends.of(record, store=store, settings=settings)
+    return backends.open_run(name, store=RunStore(settings.runs_dir), settings=settings)
 
 
 @jobs_app.command("list")
@@ -374,11 +372,7 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
     from aiops.training import backends
 
     settings = get_settings()
-    store = RunStore(settings.runs_dir)
-    rows = []
-    for record in store.list():  # settles creates that were interrupted, never relaunches them
-        backend = backends.of(record, store=store, settings=settings)
-        rows.append((backend.refresh(record), backend))
+    rows = backends.list_runs(store=RunStore(settings.runs_dir), settings=settings)
     if as_json:
         sys.stdout.write(json.dumps([_summary(r) for r, _ in rows], sort_keys=True) + "\n")
         return

@@ -236,3 +236,34 @@ def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None
 
     out = archive.write_tar_gz_file(entries, Path(out), with_directories=True)
     return {"path": str(out), "files": sorted(entries), "bytes": out.stat().st_size}
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """What `package` wrote: ``summary`` as `package_model` returns it; ``program`` the inference
+    script a run's code put in code/ (None: not chosen from a run); ``warnings`` about that code."""
+
+    summary: dict
+    program: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def package(model: str, out: Path, *, runs_dir: Path, entry_point: Path | None = None,
+            source_dir: Path | None = None, requirements: Path | None = None) -> Packaged:
+    """`aiops model package MODEL`: MODEL is a model folder or a local run's name. A run's model
+    folder is packaged with the run's whole source dir in code/ (as PyTorchModel repacks
+    source_dir), unless ``entry_point`` or ``source_dir`` choose the code."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return Packaged(package_model(path, out, entry_point=entry_point, source_dir=source_dir,
+                                      requirements=requirements))
+    store = RunStore(runs_dir)
+    if not store.exists(model):
+        raise UsageError(f"{model}: no such model folder or local run (runs are in {store.root})")
+    model_dir, info = run_model_dir(store.folder(model))
+    if model_dir.is_file():
+        raise UsageError(f"run {model} has only {model_dir}; it is already packaged")
+    code = run_code(info) if entry_point is None and source_dir is None else None
+    summary = package_model(model_dir, out, entry_point=entry_point, source_dir=source_dir,
+                            requirements=requirements, code_files=code.entries if code else None)
+    return Packaged(summary, code.program if code else None, tuple(code.warnings) if code else ())

@@ -85,3 +85,10 @@ def test_serve_settings_precedence_cli_sagemaker_aiops_toml(monkeypatch: pytest.
     assert type(s).model_validate_json(s.model_dump_json()) == s
 
 
+
+
+def test_serve_settings_url_is_where_a_local_server_listens() -> None:
+    from aiops.settings import load_serve_settings
+
+    assert load_serve_settings(port=7300).url == "http://127.0.0.1:7300"  # `aiops invoke`'s default target
+    assert load_serve_settings(host="0.0.0.0", port=80).url == "http://0.0.0.0:80"

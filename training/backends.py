@@ -61,3 +61,19 @@ def create(mode: Mode, *, store: RunStore, settings: Any, options: LaunchOptions
 def of(record: RunRecord, *, store: RunStore, settings: Any) -> JobBackend:
     """The backend that runs the job a record describes."""
     return create(Mode.of(record), store=store, settings=settings)
+
+
+def open_run(name: str, *, store: RunStore, settings: Any) -> tuple[RunRecord, JobBackend]:
+    """A run's record (a UsageError naming recent runs when there is none) and its backend."""
+    record = store.load(name)
+    return record, of(record, store=store, settings=settings)
+
+
+def list_runs(*, store: RunStore, settings: Any) -> list[tuple[RunRecord, JobBackend]]:
+    """Every run, newest first, each refreshed by its backend (which settles a create that was
+    interrupted, and never relaunches it), with that backend."""
+    rows = []
+    for record in store.list():
+        backend = of(record, store=store, settings=settings)
+        rows.append((backend.refresh(record), backend))
+    return rows

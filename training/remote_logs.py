@@ -38,6 +38,8 @@ class LogFollower:
                 return []  # the group appears with the first log line
             raise
         events: list[tuple[str, str]] = []
+        # GetLogEvents has no botocore paginator (its forward token never runs out: a followed stream
+        # can always grow), so each stream is read to the token that repeats, and resumed from it.
         for stream in names:  # every page of streams: every host (algo-1 ... algo-N)
             while True:
                 kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
