@@ -27,3 +27,11 @@ def test_every_script_runs_and_quick_options_name_real_scripts():
         text = (BENCH / f"{name}.py").read_text()
         for flag in (a for a in argv if a.startswith("--")):
             assert f'"{flag}"' in text, (name, flag)
+
+
+def test_make_bench_runs_run_all():
+    import re
+
+    makefile = (BENCH.parent / "Makefile").read_text()
+    recipe = re.search(r"^bench:.*\n((?:\t.*\n?)+)", makefile, re.M).group(1)
+    assert "bench/run_all.py" in recipe and (BENCH / "run_all.py").is_file()
