@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
+from aiops.aws import error_code  # the one reading of a ClientError's code
 from aiops.errors import AiopsError, UsageError
 from aiops.runs import STATUS_NOT_CREATED, STATUS_PENDING, JobSummary, RunRecord, RunStore
 from aiops.stack import CLIENT_TOKEN_TAG
@@ -23,11 +24,6 @@ RETRYABLE_CODES = {"ThrottlingException", "Throttling", "ThrottledException", "R
 NO_RETRY = {"mode": "standard", "total_max_attempts": 1}
 
 
-def _error_code(err: Exception) -> str:
-    response = getattr(err, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
 def _status_code(err: Exception) -> int:
     response = getattr(err, "response", None) or {}
     return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -40,7 +36,7 @@ def find_job(sm: Any, name: str) -> dict[str, Any] | None:
     try:
         return sm.describe_training_job(TrainingJobName=name)
     except ClientError as err:
-        if _error_code(err) in ("ValidationException", "ResourceNotFound"):
+        if error_code(err) in ("ValidationException", "ResourceNotFound"):
             return None
         raise
 
@@ -81,7 +77,7 @@ def create_once(create_client: Any, describe_client: Any, request: Mapping[str, 
             create_client.create_training_job(**request)
             return "created"
         except ClientError as err:
-            code = _error_code(err)
+            code = error_code(err)
             if code == "ResourceInUse":
                 found = find_job(describe_client, name)
                 if found is not None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from aiops.aws import error_code
 from aiops.runs import RunRecord
 from aiops.stack import TRAINING_LOG_GROUP, TRAINING_METRICS_NAMESPACE
-from aiops.training.remote_jobs import _error_code, aws_call
+from aiops.training.remote_jobs import aws_call
 
 LOG_GROUP = TRAINING_LOG_GROUP
 
@@ -34,7 +35,7 @@ class LogFollower:
                 logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/")
             names = sorted(s["logStreamName"] for page in pages for s in page.get("logStreams", []))
         except ClientError as err:
-            if _error_code(err) == "ResourceNotFoundException":
+            if error_code(err) == "ResourceNotFoundException":
                 return []  # the group appears with the first log line
             raise
         events: list[tuple[str, str]] = []
