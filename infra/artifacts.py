@@ -27,7 +27,7 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiops import names, programs
 from aiops.archive import file_sha256
@@ -35,6 +35,9 @@ from aiops.errors import UsageError
 from aiops.runs import RunFolder, find_run, read_record
 from aiops.s3objects import upload_once
 from aiops.stack import LAYOUT, StackOutputs
+
+if TYPE_CHECKING:  # typing only
+    from aiops.gpufit import Fit
 
 S3_URI = names.S3_URI  # the one pattern (aiops.names)
 FORMS = ("an s3://bucket/key URI, an s3://bucket/prefix/ of model files, job:TRAINING_JOB_NAME, a local "
@@ -286,7 +289,7 @@ def _check_local(spec: str, value: Path, *, outputs: StackOutputs, stack: str | 
 
 
 def precheck(spec: str, *, cfg: Any, region: str, clients: Any | None = None,
-             runs_dir: Path | None = None) -> Any:
+             runs_dir: Path | None = None) -> Fit | None:
     """What `deploy --model` checks before anything is created (not even the stack's state): a
     local model's GPU fit; an S3 prefix's weights (empty or none: one line) and fit. Returns the
     Fit (or None when the check does not apply or cannot be made without a download)."""
@@ -310,7 +313,7 @@ class ResolvedModel:
 
     uri: str
     size_gb: float | None = None
-    fit: Any = None
+    fit: Fit | None = None
     note: str = ""
     program: str | None = None  # SAGEMAKER_PROGRAM from the training code (None: keep the stack's)
     program_source: str | None = None
