@@ -113,7 +113,6 @@ class JourneyResult:
     async_answer: Any = None
     async_failure: Any = None  # the CliResult of a request the handler refuses
     notifications: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # topic -> SNS messages
-    component_answer: Any = None
     component_refusals: list[str] = field(default_factory=list)
 
     def check(self) -> None:
@@ -198,6 +197,8 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         else:
             result.model_uri = journey.resolve_model(f"job:{result.job_name}")
         journey.set_config("aiops:endpoint.modelDataUrl", result.model_uri)
+        if scale_to_zero == "components":  # scale to zero: the model as an inference component
+            journey.set_config("aiops:endpoint.inferenceComponents", {"enabled": True})
         result.deploy_plan = journey.preview()
         journey.apply(result.deploy_plan)
 
@@ -205,8 +206,10 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         rows_file = journey.root / "rows.json"
         rows_file.write_text(json.dumps(_test_rows(data)[0]))
         runtime = journey.account.client("sagemaker-runtime", endpoint=journey.platform.url)
+        routing = {"InferenceComponentName": journey.outputs["inferenceComponentName"]} \
+            if scale_to_zero == "components" else {}
         answer = runtime.invoke_endpoint(EndpointName=journey.outputs["endpointName"], ContentType="application/json",
-                                         Accept="application/json", Body=rows_file.read_bytes())
+                                         Accept="application/json", Body=rows_file.read_bytes(), **routing)
         result.endpoint_answer = json.loads(answer["Body"].read())
         out = journey.root / "answer.json"
         cli = journey.aiops("invoke", "--endpoint", journey.outputs["endpointName"], "--data", f"@{rows_file}",
@@ -218,7 +221,7 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
             _async_inference(journey, result, rows_file)
         elif scale_to_zero == "components":
             mark("inference components")
-            _inference_components(journey, result, rows_file)
+            _component_refusals(journey, result, rows_file)
         mark("done")
     except BaseException as err:  # the test reports where and why, with the transcript
         result.error = err
@@ -273,23 +276,15 @@ def _async_inference(journey: Journey, result: JourneyResult, rows_file: Path) -
         result.notifications[suffix] = _received(journey, url)
 
 
-def _inference_components(journey: Journey, result: JourneyResult, rows_file: Path) -> None:
-    """Scale to zero with inference components: the model as a component of an endpoint whose
-    configuration names no model; `aiops invoke` routes by the stack's inferenceComponentName."""
+def _component_refusals(journey: Journey, result: JourneyResult, rows_file: Path) -> None:
+    """An endpoint of inference components refuses a request that names no component, or another."""
     from botocore.exceptions import ClientError
 
-    journey.set_config("aiops:endpoint.inferenceComponents", {"enabled": True})
-    journey.apply(journey.preview())
-    name = journey.outputs["endpointName"]
-    out = journey.root / "component-answer.json"
-    cli = journey.aiops("invoke", "--endpoint", name, "--data", f"@{rows_file}", "--output", str(out))
-    assert cli.returncode == 0, cli.output
-    result.component_answer = json.loads(out.read_text())
     runtime = journey.account.client("sagemaker-runtime", endpoint=journey.platform.url)
     for extra in ({}, {"InferenceComponentName": "no-such-component"}):
         try:
-            runtime.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=rows_file.read_bytes(),
-                                    **extra)
+            runtime.invoke_endpoint(EndpointName=journey.outputs["endpointName"], ContentType="application/json",
+                                    Body=rows_file.read_bytes(), **extra)
             result.component_refusals.append("answered")
         except ClientError as err:
             result.component_refusals.append(err.response["Error"].get("Message", ""))
@@ -470,8 +465,9 @@ def test_journey_in_a_vpc_with_network_isolation(vpc_journey: JourneyResult, loc
     model = next(r for r in result.deploy_plan["resources"] if r["type"] == "aws:sagemaker/model:Model")
     assert model["inputs"].get("enableNetworkIsolation") is True
     assert model["inputs"].get("vpcConfig"), model["inputs"]
-    # the endpoint, switched to inference components at the end: its configuration names no model,
-    # the component serves the same model (isolated, in the VPC) and `aiops invoke` routes to it
+    # deployed with inference components (scale to zero): the endpoint's configuration names no
+    # model, the component serves it (isolated, in the VPC); `aiops invoke` routes to it by the
+    # stack's inferenceComponentName output
     endpoint = journey.platform.endpoints[outputs["endpointName"]]
     assert endpoint.hosts_components and endpoint.server is None
     assert endpoint.config["ExecutionRoleArn"] == outputs["roleArn"]
@@ -479,10 +475,10 @@ def test_journey_in_a_vpc_with_network_isolation(vpc_journey: JourneyResult, loc
     component = journey.platform.components[outputs["inferenceComponentName"]]
     assert component.status == "InService" and component.endpoint == outputs["endpointName"]
     assert component.model.get("EnableNetworkIsolation") is True and component.model.get("VpcConfig")
-    assert component.model["PrimaryContainer"]["ModelDataUrl"] == result.model_uri
     _assert_same_model(result, local_reference)
     _assert_predictions(result.endpoint_answer, local_reference)
-    assert result.component_answer == result.endpoint_answer
+    assert result.cli_answer == result.endpoint_answer
+    assert component.model["PrimaryContainer"]["ModelDataUrl"] == result.model_uri
     no_name, unknown = result.component_refusals
     assert "Inference Component Name header is required" in no_name
     assert "no-such-component" in unknown and "not found" in unknown
