@@ -12,6 +12,13 @@ What stands in for what:
   and DescribeEndpoint answer with the emulator's status (InProgress until the job is done);
   StopTrainingJob (moto: HTTP 500) stops the job; UpdateEndpoint (moto: HTTP 500) switches the
   endpoint's config; ``POST /endpoints/NAME/invocations`` (sagemaker-runtime) reaches the model.
+- **scale to zero**: ``POST /endpoints/NAME/async-invocations`` (InvokeEndpointAsync) is answered
+  by the platform for an endpoint with an ``AsyncInferenceConfig`` (moto's own answer is a
+  placeholder in a bucket of its own): the request is queued and ``EndpointHost`` does what the
+  service does (input read as the role, the served handler, output or failure written under the
+  configured S3 paths, the SNS topic notified as the role). Inference components, which moto
+  lacks, are kept by the platform (``ComponentHost``); ``invoke_endpoint(...,
+  InferenceComponentName=...)`` is routed to the component's model.
 - **the service principal**: an IAM user named ``sagemaker.amazonaws.com`` (see moto_server.py),
   which assumes the job's role through moto STS; the trust policy is also judged (iam_judge.py).
 - **the execution role**: every S3 object or listing the platform reads or writes for a job or an
