@@ -98,6 +98,31 @@ def test_inference_components_plan_field_by_field(ic_plan):
     assert provider.inputs["region"] == "us-east-1"
 
 
+def test_the_async_role_reads_requests_and_writes_results_only(async_plan):
+    """What `aiops invoke --async` and the endpoint do in the stack's bucket (aiops.stack.S3Layout),
+    against the role's policy (moto's evaluator): the endpoint reads the requests the user uploaded
+    and writes results and failures; it never writes a request nor reads a result."""
+    import json
+
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    from aiops.stack import LAYOUT
+
+    documents = [json.loads(r.inputs["policy"]) for r in async_plan.of_type("aws:iam/rolePolicy:RolePolicy")]
+
+    def allowed(action: str, key: str) -> bool:
+        results = [IAMPolicy(json.dumps(d)).is_action_permitted(action, f"arn:aws:s3:::{bucket}/{key}")
+                   for d in documents]
+        return PermissionResult.DENIED not in results and PermissionResult.PERMITTED in results
+
+    bucket = async_plan.outputs["bucket"]
+    request, result, failure = (LAYOUT.async_input_key("f" * 64), f"{LAYOUT.async_output}req-1.out",
+                                f"{LAYOUT.async_failures}req-1-error.out")
+    assert allowed("s3:GetObject", request) and allowed("s3:PutObject", result) and allowed("s3:PutObject", failure)
+    assert not allowed("s3:PutObject", request)
+    assert not allowed("s3:GetObject", result) and not allowed("s3:GetObject", failure)
+
+
 def test_async_inference_plan_field_by_field(async_plan):
     config = async_plan.one(CONFIG)
     bucket = async_plan.one("aws:s3/bucket:Bucket").inputs.get("bucket") or async_plan.outputs["bucket"]
