@@ -100,7 +100,7 @@ class ServeSettings(BaseSettings):
     max_queue: int = _serve_field(256, "max_queue", ge=1, description="Requests read but not yet answered, per "
                                   "worker; past it 503 with Retry-After.")
     inline_call_ms: float = _serve_field(
-        10.0, "inline_call_ms", ge=0,
+        50.0, "inline_call_ms", ge=0,
         description="Handler calls (or batches) that keep taking at most this long run on the worker's event loop "
         "itself (no thread hand-off); one slower call moves the worker back to its inference thread, so /ping and "
         "the timeouts never wait longer than this. 0: always the inference thread.")

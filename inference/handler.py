@@ -115,8 +115,8 @@ def default_input_fn(input_data: Any, content_type: str):
     import numpy as np
     import torch
 
-    array = codecs.decode(input_data, content_type)
     ctype = codecs.media_type(content_type) or codecs.JSON
+    array = codecs.decode(input_data, ctype, np.float32)
     try:
         if ctype in codecs.UTF8_TYPES:
             tensor = torch.from_numpy(array.astype(np.float32, copy=False))

@@ -58,6 +58,7 @@ RETRY_AFTER_SECONDS = 1
 EXIT_STUCK = 70  # the worker ended itself: a handler call stayed stuck past the timeout
 EXIT_INFERENCE_DIED = 71  # the inference thread itself failed (never a handler's error)
 INLINE_AFTER = 20  # fast handler calls on the inference thread before the loop runs them itself
+INLINE_AFTER_MAX = 20_000  # ... growing 4x each time a slow inline call sends the worker back
 EVENTSTREAM_TYPE = b"application/vnd.amazon.eventstream"
 
 
@@ -415,6 +416,7 @@ class App:
         # the loop goes inline only once the inference thread has finished everything handed to it.
         self.inline_budget = s.inline_call_ms / 1000.0
         self.inline = False
+        self.promoting = False
         self.fast_streak = 0  # consecutive handler calls within the budget
         self.promote_after = INLINE_AFTER  # grows each time a slow call demotes the worker
         self.handed = 0  # requests put on the work queue (loop thread)
@@ -503,10 +505,9 @@ class App:
         req = Request(conn, body, conn.ctype, accept, conn.attrs, _rid(), conn.inference_id, keep, mode)
         conn.current = req
         self.inflight[req] = None
-        if not self.inline and self.inline_budget > 0 and self.fast_streak >= self.promote_after \
-                and self.handed == self.taken:
-            self.inline = True
-        if self.inline:
+        if not (self.inline or self.promoting) and self.inline_budget > 0 and self.fast_streak >= self.promote_after:
+            self.promoting = True  # new requests wait until the inference thread has finished what it holds
+        if self.inline or self.promoting:
             self.pending.append(req)
             if not self.flush_scheduled:  # after this poll's reads: every request they completed
                 self.flush_scheduled = True
@@ -581,7 +582,9 @@ class App:
             self.fast_streak = 0
             if self.inline:  # a slow call: /ping and the timeouts must not wait on the next one
                 self.inline = False
-                self.promote_after = min(self.promote_after * 10, 1_000_000)
+                self.promote_after = min(self.promote_after * 4, INLINE_AFTER_MAX)
+                log.info("a handler call took %.0f ms (inline_call_ms=%g): back to the inference thread",
+                         seconds * 1000, self.inline_budget * 1000)
 
     # ---- inline mode (loop thread)
     def _flush(self) -> None:
@@ -590,6 +593,16 @@ class App:
         pending = self.pending
         if not pending:
             return
+        if self.promoting:
+            if self.handed != self.taken:  # the inference thread is not done yet: look again shortly
+                self.flush_scheduled = True
+                self.loop.call_later(0.0002, self._flush)
+                return
+            self.promoting = False
+            self.inline = self.fast_streak >= self.promote_after  # unless a slow call came meanwhile
+            if self.inline:
+                log.info("handler calls take under %g ms: the event loop runs them (inline mode)",
+                         self.inline_budget * 1000)
         if not self.inline:  # demoted meanwhile: the inference thread takes what waits
             self.pending = []
             for req in pending:
