@@ -414,7 +414,8 @@ class App:
         # (no queue, no wake-up of another thread, no GIL ping-pong per request); one slower call
         # sends the worker back to its inference thread. Only one thread runs the handler at a time:
         # the loop goes inline only once the inference thread has finished everything handed to it.
-        self.inline_budget = s.inline_call_ms / 1000.0
+        budget = s.inline_call_ms if s.inline_call_ms is not None else (50.0 if self.batch_size > 1 else 0.0)
+        self.inline_budget = budget / 1000.0
         self.inline = False
         self.promoting = False
         self.fast_streak = 0  # consecutive handler calls within the budget
