@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -34,6 +35,32 @@ def run_cli(aiops_home: Path, tmp_path: Path):
         return run_aiops(aiops_home, cwd or tmp_path, *args, env=env, timeout=timeout, input=input)
 
     return run
+
+
+DIGITS_SCRIPT = REPO_ROOT / "training" / "examples" / "digits" / "train.py"
+
+
+@pytest.fixture(scope="session")
+def digits_default_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One `aiops train` of the digits example with its default hyperparameters, as a user runs it,
+    made once for every xdist worker (helpers.built_once) and read by the tests of the example, the
+    runner's stop/resume and the export: {"home", "data", "run" (its name), "run_dir", "summary",
+    "stderr"}. Readers treat it as read-only: each test that trains or writes uses its own folders."""
+    from helpers import built_once
+
+    def train(root: Path) -> dict:
+        home, data = root / "home", root / "data"
+        made = run_aiops(home, root, "example", "digits-data", str(data))
+        assert made.returncode == 0, made.output
+        result = run_aiops(home, root, "train", str(DIGITS_SCRIPT), "--channel", f"train={data / 'train'}",
+                           "--channel", f"test={data / 'test'}", "--job-name", "digits", "--json")
+        assert result.returncode == 0, result.output
+        summary = json.loads(result.stdout)
+        return {"home": str(home), "data": str(data), "run": "digits", "run_dir": summary["run_dir"],
+                "summary": summary, "stderr": result.stderr}
+
+    built = built_once(tmp_path_factory, "digits-default-run", train)
+    return {**built, **{k: Path(built[k]) for k in ("home", "data", "run_dir")}}
 
 
 # Files whose tests share an expensive module- or session-scoped fixture (a trained digits run):

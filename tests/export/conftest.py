@@ -1,4 +1,4 @@
-"""Fixtures for the export tests: one short digits training run per session, the CLI, live servers."""
+"""Fixtures for the export tests: the session's digits run (tests/conftest.py), the CLI, live servers."""
 
 from __future__ import annotations
 
@@ -10,26 +10,16 @@ from helpers import CliResult, Server, launch_server, run_aiops, stop_all, wait_
 
 pytest.importorskip("torch")
 
-REPO = Path(__file__).resolve().parents[2]
-DIGITS = REPO / "training" / "examples" / "digits"
-RUN = "digits"
-
 
 def _cli(home: Path, cwd: Path, *args: str, timeout: float = 300) -> CliResult:
     return run_aiops(home, cwd, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
-def digits_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A Completed local run of the digits example (5 epochs, ~6 s): {home, data, run}."""
-    root = tmp_path_factory.mktemp("export-digits")
-    home, data = root / "home", root / "data"
-    r = _cli(home, root, "example", "digits-data", str(data))
-    assert r.returncode == 0, r.output
-    r = _cli(home, root, "train", str(DIGITS / "train.py"), "--channel", f"train={data / 'train'}",
-             "--channel", f"test={data / 'test'}", "--hp", "epochs=5", "--job-name", RUN, "--json")
-    assert r.returncode == 0, r.output
-    return {"home": home, "data": data, "run": RUN, "root": root}
+def digits_run(digits_default_run: dict) -> dict:
+    """The session's Completed local run of the digits example (tests/conftest.py): {home, data, run}."""
+    return {"home": digits_default_run["home"], "data": digits_default_run["data"],
+            "run": digits_default_run["run"]}
 
 
 @pytest.fixture

@@ -11,16 +11,6 @@ from helpers import free_port
 
 
 @pytest.fixture(scope="session")
-def digits_channels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with the example's `train/` and `test/` channels (written once per session)."""
-    from aiops.training.examples.digits.prepare import write_channels
-
-    out = tmp_path_factory.mktemp("digits-channels")
-    write_channels(out)
-    return out
-
-
-@pytest.fixture(scope="session")
 def sagemaker_env():
     """`sagemaker_env(run_dir, channels, checkpoints=None)`: the environment a SageMaker PyTorch
     container gives the example, with its folders under `run_dir` (created)."""
