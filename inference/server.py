@@ -676,7 +676,7 @@ class App:
         """Watchdog thread: during an inline call (the loop itself is busy) it answers 504 past the
         timeout and ends the worker when the call stays stuck, as the loop does for the inference thread."""
         while True:
-            time.sleep(0.05)
+            time.sleep(0.1)  # the loop's own sweep has the same granularity
             reqs, started = self.inline_reqs, self.call_started
             if not reqs or started is None:
                 continue
