@@ -52,7 +52,8 @@ class S3Layout(BaseModel):
     ``models/sha256/<sha256>/model.tar.gz`` model packages uploaded by ``aiops deploy --model``
     ``models/sha256/<tree sha256>/...``     uncompressed model folders (``deploy --model FOLDER``)
     ``data-capture/``                       the endpoint's DataCaptureConfig destination
-    ``async-inference/output/`` and ``async-inference/failures/``  reserved for async inference
+    ``async-inference/input/<sha256>``     async-inference requests (``aiops invoke --async`` uploads them)
+    ``async-inference/output/`` and ``async-inference/failures/``  async-inference results and failures
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -63,6 +64,7 @@ class S3Layout(BaseModel):
     checkpoints: str = "checkpoints/"
     models: str = "models/"
     data_capture: str = "data-capture/"
+    async_input: str = "async-inference/input/"
     async_output: str = "async-inference/output/"
     async_failures: str = "async-inference/failures/"
 
@@ -102,6 +104,10 @@ class S3Layout(BaseModel):
     def data_capture_uri(self, bucket: str) -> str:
         return f"s3://{bucket}/{self.data_capture.rstrip('/')}"
 
+    def async_input_key(self, sha256: str) -> str:
+        """An async-inference request body, named by its content (the same input is uploaded once)."""
+        return f"{self.async_input}{sha256}"
+
     def async_output_uri(self, bucket: str) -> str:
         return f"s3://{bucket}/{self.async_output.rstrip('/')}"
 
@@ -122,12 +128,31 @@ class S3Layout(BaseModel):
 
     @property
     def role_write_prefixes(self) -> tuple[str, ...]:
-        """What they write: job output, checkpoints, captured requests, async-inference results."""
-        return (self.jobs, self.checkpoints, self.data_capture, self.async_output, self.async_failures)
+        """What they write: job output, checkpoints, captured requests."""
+        return (self.jobs, self.checkpoints, self.data_capture)
+
+    # Only a stack whose endpoint uses asynchronous inference grants these (least privilege): the
+    # endpoint reads the requests the user uploaded and writes the results and failures. The user
+    # writes the inputs and reads the results; the role never writes an input nor reads a result.
+    @property
+    def async_role_read_prefixes(self) -> tuple[str, ...]:
+        return (self.async_input,)
+
+    @property
+    def async_role_write_prefixes(self) -> tuple[str, ...]:
+        return (self.async_output, self.async_failures)
+
+    def role_prefixes(self, *, async_inference: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(read, write) prefixes of the execution role of a stack, with or without async inference."""
+        if not async_inference:
+            return self.role_read_prefixes, self.role_write_prefixes
+        return (self.role_read_prefixes + self.async_role_read_prefixes,
+                self.role_write_prefixes + self.async_role_write_prefixes)
 
     @property
     def all_prefixes(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(self.role_read_prefixes + self.role_write_prefixes))
+        read, write = self.role_prefixes(async_inference=True)
+        return tuple(dict.fromkeys(read + write))
 
     def contains(self, key: str) -> bool:
         return any(key.startswith(p) for p in self.all_prefixes)
@@ -155,6 +180,7 @@ class StackOutputs(BaseModel):
     security_group_ids: list[str] = Field(default_factory=list)
     endpoint_name: str | None = None
     endpoint_config_name: str | None = None
+    inference_component_name: str | None = None
     model_data_url: str | None = None
     repository_url: str | None = None
     dashboard_name: str | None = None

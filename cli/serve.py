@@ -60,6 +60,13 @@ def invoke(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the response body to this file."),
     stream: bool = typer.Option(False, "--stream", help="Print chunks as they arrive (chunked /invocations, or "
                                 "InvokeEndpointWithResponseStream with --endpoint), with time to first byte and chunks/s."),
+    async_: bool = typer.Option(False, "--async", help="With --endpoint: InvokeEndpointAsync. The body is uploaded to "
+                                "the stack's bucket (async-inference/input/), then the result is read from the "
+                                "OutputLocation once it is there."),
+    timeout: float = typer.Option(600.0, "--timeout", min=0, help="With --async: how long to wait for the result, in s."),
+    inference_component: Optional[str] = typer.Option(
+        None, "--inference-component", help="With --endpoint: the InferenceComponentName to route to [default: the "
+        "stack's inferenceComponentName when --endpoint is the stack's endpoint]."),
 ) -> None:
     """Send one request and print the response and its latency."""
     from aiops.errors import AiopsError, UsageError
@@ -67,6 +74,11 @@ def invoke(
 
     if url and endpoint:
         raise UsageError("give --url or --endpoint, not both")
+    if (async_ or inference_component) and not endpoint:
+        raise UsageError(f"{'--async' if async_ else '--inference-component'} needs --endpoint NAME (a deployed "
+                         "endpoint); a local server answers /invocations directly")
+    if async_ and stream:
+        raise UsageError("give --async or --stream, not both (an asynchronous result is read from S3 whole)")
     body, ctype = client.load_payload(data, content_type)
     if stream:
         return _invoke_stream(body, ctype, url=url, endpoint=endpoint, accept=accept, api_key=api_key, output=output)
@@ -76,8 +88,22 @@ def invoke(
 
         settings = get_settings()  # the endpoint's region: the stack's (one stack rule), else settings
         outputs = read_outputs(settings.home, resolve_stack(None, settings))
-        result = client.invoke_endpoint(endpoint, body, content_type=ctype, accept=accept,
-                                        region=outputs.region or settings.aws.region)
+        region = outputs.region or settings.aws.region
+        if async_:
+            from aiops.inference import async_client
+
+            outputs.require("bucket", needed_for="aiops invoke --async (the request is uploaded to its bucket)")
+            answer = async_client.invoke_endpoint_async(endpoint, body, content_type=ctype, accept=accept,
+                                                        bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn,
+                                                        region=region, timeout=timeout)
+            _render(answer.body, answer.content_type, output)
+            typer.echo(f"async {answer.inference_id}: {answer.output_location} in {answer.latency_ms:.0f} ms "
+                       f"({answer.polls} poll{'s' if answer.polls != 1 else ''})", err=True)
+            return
+        if inference_component is None and endpoint == outputs.endpoint_name:
+            inference_component = outputs.inference_component_name
+        result = client.invoke_endpoint(endpoint, body, content_type=ctype, accept=accept, region=region,
+                                        inference_component=inference_component)
     else:
         if url is None:
             from aiops.settings import get_settings
@@ -87,14 +113,28 @@ def invoke(
         result = client.invoke_url(url, body, content_type=ctype, accept=accept, api_key=api_key)
     if not result.ok:
         raise AiopsError(client.error_message(result))
-    if output is not None:
-        output.write_bytes(result.body)
-        typer.echo(f"wrote {len(result.body)} bytes to {output}", err=True)
-    elif (result.content_type or "").startswith(("application/json", "text/")):
-        typer.echo(result.body.decode("utf-8", "replace").rstrip("\n"))
-    else:
-        typer.echo(f"<{len(result.body)} bytes of {result.content_type}; use --output to save them>")
+    _render(result.body, result.content_type, output)
     typer.echo(f"HTTP {result.status} {result.content_type} in {result.latency_ms:.2f} ms", err=True)
+
+
+def _render(body: bytes, content_type: Optional[str], output: Optional[Path]) -> None:
+    """A response body: to --output, printed when it is text, else its size and type."""
+    if output is not None:
+        output.write_bytes(body)
+        typer.echo(f"wrote {len(body)} bytes to {output}", err=True)
+        return
+    ctype = content_type or ""
+    text = ctype.startswith(("application/json", "text/"))
+    if not text and ctype in ("", "binary/octet-stream"):  # an S3 object stored without a type
+        try:
+            body.decode("utf-8")
+            text = True
+        except UnicodeDecodeError:
+            pass
+    if text:
+        typer.echo(body.decode("utf-8", "replace").rstrip("\n"))
+    else:
+        typer.echo(f"<{len(body)} bytes of {content_type}; use --output to save them>")
 
 
 def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, output: Optional[Path]) -> None:

@@ -60,9 +60,11 @@ def load_payload(data: str, content_type: str | None) -> tuple[bytes, str]:
     return data.encode("utf-8"), ctype
 
 
-def invoke_url(url: str, body: bytes, *, content_type: str, accept: str | None = None,
-               api_key: str | None = None, custom_attributes: str | None = None,
-               timeout: float = 70.0) -> InvokeResult:
+def connect(url: str, *, content_type: str, accept: str | None = None, api_key: str | None = None,
+            custom_attributes: str | None = None, timeout: float = 70.0
+            ) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+    """The connection, the /invocations path and the headers of one request to a local server
+    (plain and streamed invocations build it the same way)."""
     parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise UsageError(f"--url {url}: expected http://HOST:PORT")
@@ -78,6 +80,14 @@ def invoke_url(url: str, body: bytes, *, content_type: str, accept: str | None =
         headers["X-Api-Key"] = api_key
     if custom_attributes:
         headers["X-Amzn-SageMaker-Custom-Attributes"] = custom_attributes
+    return conn, path, headers
+
+
+def invoke_url(url: str, body: bytes, *, content_type: str, accept: str | None = None,
+               api_key: str | None = None, custom_attributes: str | None = None,
+               timeout: float = 70.0) -> InvokeResult:
+    conn, path, headers = connect(url, content_type=content_type, accept=accept, api_key=api_key,
+                                  custom_attributes=custom_attributes, timeout=timeout)
     try:
         start = time.perf_counter()
         conn.request("POST", path, body=body, headers=headers)
@@ -93,8 +103,11 @@ def invoke_url(url: str, body: bytes, *, content_type: str, accept: str | None =
 
 
 def invoke_endpoint(name: str, body: bytes, *, content_type: str, accept: str | None = None,
-                    custom_attributes: str | None = None, region: str | None = None) -> InvokeResult:
-    """One InvokeEndpoint call through boto3 `sagemaker-runtime` (standard retries)."""
+                    custom_attributes: str | None = None, region: str | None = None,
+                    inference_component: str | None = None) -> InvokeResult:
+    """One InvokeEndpoint call through boto3 `sagemaker-runtime` (standard retries);
+    ``inference_component``: the ``InferenceComponentName`` an endpoint of inference components
+    routes the request by."""
     from aiops import aws
 
     client = aws.client("sagemaker-runtime", region)
@@ -103,6 +116,8 @@ def invoke_endpoint(name: str, body: bytes, *, content_type: str, accept: str | 
         kwargs["Accept"] = accept
     if custom_attributes:
         kwargs["CustomAttributes"] = custom_attributes
+    if inference_component:
+        kwargs["InferenceComponentName"] = inference_component
     with aws.translate_errors(f"invoking endpoint {name}"):  # one line that says what to do
         start = time.perf_counter()
         resp = client.invoke_endpoint(**kwargs)

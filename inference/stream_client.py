@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import http.client
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Callable
 
-from aiops.errors import AiopsError, UsageError
+from aiops.errors import AiopsError
+from aiops.inference.client import connect
 
 OnChunk = Callable[[bytes], None]
 
@@ -54,21 +54,8 @@ def stream_url(url: str, body: bytes, *, content_type: str, accept: str | None =
                api_key: str | None = None, custom_attributes: str | None = None, timeout: float = 70.0,
                on_chunk: OnChunk | None = None) -> StreamResult:
     """POST ``body`` to a local server's /invocations and hand each chunk to ``on_chunk``."""
-    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise UsageError(f"--url {url}: expected http://HOST:PORT")
-    path = parsed.path.rstrip("/")
-    if not path.endswith("/invocations"):
-        path = path + "/invocations"
-    conn_cls = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), timeout=timeout)
-    headers = {"Content-Type": content_type}
-    if accept:
-        headers["Accept"] = accept
-    if api_key:
-        headers["X-Api-Key"] = api_key
-    if custom_attributes:
-        headers["X-Amzn-SageMaker-Custom-Attributes"] = custom_attributes
+    conn, path, headers = connect(url, content_type=content_type, accept=accept, api_key=api_key,
+                                  custom_attributes=custom_attributes, timeout=timeout)
     start = time.perf_counter()
     result = None
     try:

@@ -76,6 +76,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             own_repo_arn = pulumi.Output.all(partition, identity.account_id).apply(
                 lambda v: f"arn:{v[0]}:ecr:{cfg.region}:{v[1]}:repository/{repository_name}"
             )
+        role_prefixes = LAYOUT.role_prefixes(async_inference=ep.enabled and ep.async_inference.enabled)
         access = Access(
             "access",
             AccessArgs(
@@ -85,8 +86,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 partition=partition,
                 bucket_arn=storage.bucket.arn,
                 key_arn=storage.key.arn,
-                read_prefixes=LAYOUT.role_read_prefixes,
-                write_prefixes=LAYOUT.role_write_prefixes,
+                read_prefixes=role_prefixes[0],
+                write_prefixes=role_prefixes[1],
                 image_registry_account=registry_account(cfg.region, ep.image.framework_version)
                 if not (ep.enabled and (ep.image.uri or ep.image.own_repository))
                 else None,
@@ -126,6 +127,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         outputs["endpointName"] = endpoint.endpoint.name
         outputs["endpointConfigName"] = endpoint.endpoint_config.name
         outputs["modelDataUrl"] = ep.model_data_url
+        if endpoint.inference_component is not None:  # `aiops invoke` names it (InferenceComponentName)
+            outputs["inferenceComponentName"] = endpoint.inference_component.inference_component_name
         if endpoint.repository is not None:
             outputs["repositoryUrl"] = endpoint.repository.repository_url
         if endpoint.dashboard is not None:

@@ -73,6 +73,9 @@ def plan_statement_ids(*, vpc: bool = False) -> list[str]:
         if vpc:  # placeholders: the statements, not their resources, are what is listed here
             config["config"]["aiops:network"] = {"subnetIds": ["subnet-0123456789abcdef0"],
                                                  "securityGroupIds": ["sg-0123456789abcdef0"]}
+            config["config"]["aiops:endpoint"]["inferenceComponents"] = {"enabled": True}
+        else:  # the main journey ends with its endpoint on asynchronous inference
+            config["config"]["aiops:endpoint"]["asyncInference"] = {"enabled": True, "maxCapacity": 2}
         (project / "Pulumi.e2e.yaml").write_text(yaml.safe_dump(config))
         proc = subprocess.run([sys.executable, "-m", "aiops.cli.app", "preview", "--offline", "--json",
                                "--stack", "e2e"], cwd=project, capture_output=True, text=True, timeout=300,

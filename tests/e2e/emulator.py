@@ -12,6 +12,13 @@ What stands in for what:
   and DescribeEndpoint answer with the emulator's status (InProgress until the job is done);
   StopTrainingJob (moto: HTTP 500) stops the job; UpdateEndpoint (moto: HTTP 500) switches the
   endpoint's config; ``POST /endpoints/NAME/invocations`` (sagemaker-runtime) reaches the model.
+- **scale to zero**: ``POST /endpoints/NAME/async-invocations`` (InvokeEndpointAsync) is answered
+  by the platform for an endpoint with an ``AsyncInferenceConfig`` (moto's own answer is a
+  placeholder in a bucket of its own): the request is queued and ``EndpointHost`` does what the
+  service does (input read as the role, the served handler, output or failure written under the
+  configured S3 paths, the SNS topic notified as the role). Inference components, which moto
+  lacks, are kept by the platform (``ComponentHost``); ``invoke_endpoint(...,
+  InferenceComponentName=...)`` is routed to the component's model.
 - **the service principal**: an IAM user named ``sagemaker.amazonaws.com`` (see moto_server.py),
   which assumes the job's role through moto STS; the trust policy is also judged (iam_judge.py).
 - **the execution role**: every S3 object or listing the platform reads or writes for a job or an
@@ -41,6 +48,7 @@ import tarfile
 import threading
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -225,7 +233,8 @@ class RoleSession:
             count += 1
         return count
 
-    def put(self, uri: str, data: bytes, doing: str, kms_key: str | None = None) -> None:
+    def put(self, uri: str, data: bytes, doing: str, kms_key: str | None = None,
+            content_type: str | None = None) -> None:
         bucket, key = _s3_uri(uri)
         resource = f"arn:aws:s3:::{bucket}/{key}"
         self.check(None, "s3:PutObject", resource, doing=doing)
@@ -233,8 +242,22 @@ class RoleSession:
         if used_key:
             self.check(None, "kms:GenerateDataKey", used_key,
                        {"kms:ViaService": f"s3.{self.account.region}.amazonaws.com"}, doing=doing)
-        extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key} if kms_key else {}
+        extra: dict[str, str] = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key} if kms_key else {}
+        if content_type:
+            extra["ContentType"] = content_type
         self._moto(lambda: self.s3.put_object(Bucket=bucket, Key=key, Body=data, **extra), "s3:PutObject", resource)
+
+    def publish(self, topic_arn: str, message: str, doing: str) -> None:
+        """SNS Publish as the role; an encrypted topic also needs the role's use of its key. Judged
+        here and sent with the platform's credentials (moto checks SNS actions against "*" only)."""
+        self.check(None, "sns:Publish", topic_arn, doing=doing)
+        sns = self.account.client("sns")
+        topic_key = sns.get_topic_attributes(TopicArn=topic_arn)["Attributes"].get("KmsMasterKeyId")
+        if topic_key:
+            context = {"kms:ViaService": f"sns.{self.account.region}.amazonaws.com"}
+            for action in ("kms:GenerateDataKey", "kms:Decrypt"):
+                self.check(None, action, self.platform.key_arn(topic_key), context, doing=doing)
+        sns.publish(TopicArn=topic_arn, Message=message)
 
     def pull_image(self, image: str, doing: str) -> None:
         """What pulling the container image asks of the role (ECR: login, then layers)."""
@@ -676,8 +699,45 @@ def _pump(host: Host, lines: queue.Queue) -> None:
 # Endpoints
 
 
+def start_model(platform: "Platform", *, endpoint: str, model: dict[str, Any], role_arn: str, variant: str,
+                kms_key_id: str | None, folder: Path, label: str) -> tuple[Any, list[str], RoleSession]:
+    """One model on the endpoint's instances, as the role: pull the image, attach the VPC, grant
+    the volume key, download the model, open the log stream, start `aiops serve`; wait for /ping."""
+    from helpers import launch_server, wait_ready
+
+    container = model["PrimaryContainer"]
+    session = RoleSession(platform, role_arn, "SageMaker", f"starting {label}")
+    session.pull_image(container["Image"], "pulling the serving image")
+    enis = platform.attach_network(session, model.get("VpcConfig"), 1, label)
+    if kms_key_id:
+        session.check(None, "kms:CreateGrant", platform.key_arn(kms_key_id),
+                      {"kms:GrantIsForAWSResource": "true"}, "encrypting the endpoint's storage volume")
+    archive = folder / "model.tar.gz"
+    session.get(container["ModelDataUrl"], archive, f"downloading the model of {label}")
+    stream = session.log_stream(ENDPOINT_LOG_GROUP + "/" + endpoint, f"{variant}/i-{os.urandom(8).hex()}",
+                                f"creating the log stream of {endpoint}")
+    # one model-server worker: the emulated instance is a CPU share, not a GPU machine
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", **(container.get("Environment") or {})}
+    server = launch_server(archive, home=folder / "home", cwd=folder, env=env)
+    try:
+        wait_ready(server, timeout=120)
+    except AssertionError as err:
+        stream.put(server.log().splitlines()[-50:])
+        platform.detach_network(enis)
+        raise RuntimeError(f"the model server did not start: {str(err)[-400:]}") from None
+    stream.put(server.log().splitlines()[-50:] or ["started"])
+    return server, enis, session
+
+
 class EndpointHost:
-    """An endpoint's model, served by `aiops serve` from the model.tar.gz its role can read."""
+    """An endpoint: its variant's model served by `aiops serve` from the model.tar.gz its role can
+    read; or, when its configuration names no model, the instances its inference components run on.
+
+    With an ``AsyncInferenceConfig``, requests are queued (``invoke_async``) and a worker thread
+    does what the service does for each: reads the input from S3 as the role, runs it through the
+    served model, writes the output (or the failure) under the configuration's S3 paths with its
+    KMS key, and publishes to the success (or error) topic.
+    """
 
     def __init__(self, platform: "Platform", name: str) -> None:
         self.platform = platform
@@ -687,53 +747,52 @@ class EndpointHost:
         self.server: Any = None
         self.variant = ""
         self.config_name = ""
+        self.config: dict[str, Any] = {}
         self.model: dict[str, Any] = {}
+        self.session: RoleSession | None = None
         self.calls: list[Call] = []
         self.enis: list[str] = []
         self.ready = threading.Event()
+        self.async_jobs: queue.Queue = queue.Queue()
+        self.async_done: list[dict[str, Any]] = []  # each request's outcome, in order
+        self._async_worker: threading.Thread | None = None
+
+    @property
+    def hosts_components(self) -> bool:
+        return bool(self.config) and not self.config["ProductionVariants"][0].get("ModelName")
+
+    @property
+    def async_config(self) -> dict[str, Any]:
+        return self.config.get("AsyncInferenceConfig") or {}
 
     def deploy(self, config_name: str) -> None:
         """Start the config's model; switch to it once it answers /ping (blue/green)."""
-        self.status = "Creating" if self.server is None else "Updating"
+        self.status = "Creating" if self.server is None and not self.config else "Updating"
         self.ready.clear()
         threading.Thread(target=self._deploy, args=(config_name,), daemon=True).start()
 
     def _deploy(self, config_name: str) -> None:
-        from helpers import launch_server, wait_ready
-
         try:
             sm = self.platform.account.client("sagemaker")
-            config = sm.describe_endpoint_config(EndpointConfigName=config_name)
+            config = {**sm.describe_endpoint_config(EndpointConfigName=config_name),
+                      **self.platform.endpoint_configs.get(config_name, {})}
             variant = config["ProductionVariants"][0]
-            model = {**sm.describe_model(ModelName=variant["ModelName"]), **self.platform.models.get(variant["ModelName"], {})}
-            container = model["PrimaryContainer"]
-            session = RoleSession(self.platform, model["ExecutionRoleArn"], "SageMaker",
-                                  f"starting endpoint {self.name}")
-            self.calls = session.calls
-            session.pull_image(container["Image"], "pulling the serving image")
-            enis = self.platform.attach_network(session, model.get("VpcConfig"), 1, f"endpoint {self.name}")
-            if config.get("KmsKeyId"):
-                session.check(None, "kms:CreateGrant", self.platform.key_arn(config["KmsKeyId"]),
-                              {"kms:GrantIsForAWSResource": "true"}, "encrypting the endpoint's storage volume")
-            folder = self.platform.workdir / "endpoints" / self.name / f"{config_name}"
-            archive = folder / "model.tar.gz"
-            session.get(container["ModelDataUrl"], archive, f"downloading the model of {self.name}")
-            stream = session.log_stream(ENDPOINT_LOG_GROUP + "/" + self.name,
-                                        f"{variant['VariantName']}/i-{os.urandom(8).hex()}",
-                                        f"creating the log stream of {self.name}")
-            # one model-server worker: the emulated instance is a CPU share, not a GPU machine
-            env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", **(container.get("Environment") or {})}
-            server = launch_server(archive, home=folder / "home", cwd=folder, env=env)
-            try:
-                wait_ready(server, timeout=120)
-            except AssertionError as err:
-                stream.put(server.log().splitlines()[-50:])
-                raise RuntimeError(f"the model server did not start: {str(err)[-400:]}") from None
-            stream.put(server.log().splitlines()[-50:] or ["started"])
+            server, enis, model = None, [], {}
+            if variant.get("ModelName"):
+                model = {**sm.describe_model(ModelName=variant["ModelName"]),
+                         **self.platform.models.get(variant["ModelName"], {})}
+                folder = self.platform.workdir / "endpoints" / self.name / config_name
+                server, enis, self.session = start_model(
+                    self.platform, endpoint=self.name, model=model, role_arn=model["ExecutionRoleArn"],
+                    variant=variant["VariantName"], kms_key_id=config.get("KmsKeyId"), folder=folder,
+                    label=f"endpoint {self.name}")
+                self.calls = self.session.calls
+            # else: inference components; the instances are managed (ManagedInstanceScaling) and each
+            # component brings its model (ComponentHost)
             old, self.server = self.server, server
             old_enis, self.enis = self.enis, enis
             self.platform.detach_network(old_enis)
-            self.variant, self.config_name, self.model = variant["VariantName"], config_name, model
+            self.variant, self.config_name, self.config, self.model = variant["VariantName"], config_name, config, model
             self.status = "InService"
             self.failure_reason = None
             if old is not None:
@@ -745,6 +804,65 @@ class EndpointHost:
         finally:
             self.ready.set()
 
+    # -- asynchronous inference (the platform's queue and its worker)
+
+    def invoke_async(self, input_location: str, headers: dict[str, str], inference_id: str | None) -> dict[str, str]:
+        """Queue one request; the locations InvokeEndpointAsync answers with."""
+        output = self.async_config["OutputConfig"]
+        inference_id = inference_id or str(uuid.uuid4())
+        job = {"InferenceId": inference_id, "InputLocation": input_location, "headers": headers,
+               "OutputLocation": f"{output['S3OutputPath'].rstrip('/')}/{inference_id}.out",
+               "FailureLocation": f"{output.get('S3FailurePath', output['S3OutputPath']).rstrip('/')}/"
+                                  f"{inference_id}-error.out"}
+        self.async_jobs.put(job)
+        if self._async_worker is None:
+            self._async_worker = threading.Thread(target=self._run_async, daemon=True)
+            self._async_worker.start()
+        return {k: job[k] for k in ("InferenceId", "OutputLocation", "FailureLocation")}
+
+    def _run_async(self) -> None:
+        while True:
+            job = self.async_jobs.get()
+            if job is None:
+                return
+            try:
+                job["status"] = self._serve_async(job)
+            except Exception as err:  # the platform keeps serving; the outcome says why
+                job["status"], job["error"] = "PlatformError", f"{type(err).__name__}: {err}"
+            self.async_done.append(job)
+
+    def _serve_async(self, job: dict[str, Any]) -> str:
+        """What SageMaker does for one queued request, acting as the endpoint's role."""
+        session, doing = self.session, f"async inference {job['InferenceId']} of {self.name}"
+        output = self.async_config["OutputConfig"]
+        folder = self.platform.workdir / "endpoints" / self.name / "async"
+        session.get(job["InputLocation"], folder / job["InferenceId"], f"reading the request of {doing}")
+        body = (folder / job["InferenceId"]).read_bytes()
+        response = self.server.request("POST", "/invocations", body, job["headers"], timeout=60)
+        notify = output.get("NotificationConfig") or {}
+        event = {"awsRegion": self.platform.account.region, "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                 "inferenceId": job["InferenceId"], "eventSource": "aws:sagemaker", "eventName": "InferenceResult",
+                 "requestParameters": {"endpointName": self.name, "inputLocation": job["InputLocation"],
+                                       "contentType": job["headers"].get("Content-Type")}}
+        if response.status == 200:
+            session.put(job["OutputLocation"], response.body, f"writing the result of {doing}",
+                        kms_key=output.get("KmsKeyId"), content_type=response.headers.get("content-type"))
+            event.update(invocationStatus="Completed",
+                         responseParameters={"outputLocation": job["OutputLocation"],
+                                             "contentType": response.headers.get("content-type")})
+            topic, status = notify.get("SuccessTopic"), "Completed"
+        else:  # the container's own answer, as the service writes it to the failure path
+            message = (f"Received client error ({response.status}) from primary with message "
+                       f"{response.body.decode(errors='replace')}")
+            session.put(job["FailureLocation"], message.encode(), f"writing the failure of {doing}",
+                        kms_key=output.get("KmsKeyId"), content_type="text/plain")
+            event.update(invocationStatus="Failed", failureReason=message[:1000],
+                         responseParameters={"failureLocation": job["FailureLocation"]})
+            topic, status = notify.get("ErrorTopic"), "Failed"
+        if topic:
+            session.publish(topic, json.dumps(event), f"notifying {topic.rsplit(':', 1)[-1]} of {doing}")
+        return status
+
     def describe(self, described: dict[str, Any]) -> dict[str, Any]:
         out = dict(described)
         out["EndpointStatus"] = self.status
@@ -755,8 +873,78 @@ class EndpointHost:
         return out
 
     def stop(self) -> None:
+        self.async_jobs.put(None)
         if self.server is not None:
             self.server.stop()
+
+
+class ComponentHost:
+    """An inference component (moto has none): its model served on its endpoint's instances, as
+    the role of the endpoint's configuration (the one an endpoint of components names)."""
+
+    def __init__(self, platform: "Platform", request: dict[str, Any]) -> None:
+        self.platform = platform
+        self.request = dict(request)
+        self.name = request["InferenceComponentName"]
+        self.arn = f"arn:aws:sagemaker:{platform.account.region}:{ACCOUNT}:inference-component/{self.name}"
+        self.status = "Creating"
+        self.failure_reason: str | None = None
+        self.server: Any = None
+        self.model: dict[str, Any] = {}
+        self.enis: list[str] = []
+        self.generation = 0
+        self.created = time.time()
+
+    @property
+    def endpoint(self) -> str:
+        return self.request["EndpointName"]
+
+    def deploy(self) -> None:
+        self.status = "Creating" if self.server is None else "Updating"
+        self.generation += 1
+        threading.Thread(target=self._deploy, args=(self.generation,), daemon=True).start()
+
+    def _deploy(self, generation: int) -> None:
+        try:
+            host = self.platform.endpoints.get(self.endpoint)
+            if host is None or not host.ready.wait(180) or host.status != "InService" or not host.hosts_components:
+                raise RuntimeError(f"endpoint {self.endpoint} is not an InService endpoint of inference components")
+            spec = self.request["Specification"]
+            sm = self.platform.account.client("sagemaker")
+            model = {**sm.describe_model(ModelName=spec["ModelName"]), **self.platform.models.get(spec["ModelName"], {})}
+            folder = self.platform.workdir / "components" / self.name / str(generation)
+            server, enis, _ = start_model(self.platform, endpoint=self.endpoint, model=model,
+                                          role_arn=host.config["ExecutionRoleArn"], variant=self.request["VariantName"],
+                                          kms_key_id=host.config.get("KmsKeyId"), folder=folder,
+                                          label=f"inference component {self.name}")
+            old, self.server = self.server, server
+            old_enis, self.enis = self.enis, enis
+            self.platform.detach_network(old_enis)
+            self.model, self.status, self.failure_reason = model, "InService", None
+            if old is not None:
+                old.stop()
+        except AccessDenied as err:
+            self.status, self.failure_reason = "Failed", f"ClientError: {err}"
+        except Exception as err:
+            self.status, self.failure_reason = "Failed", f"{type(err).__name__}: {err}"
+
+    def describe(self) -> dict[str, Any]:
+        copies = int((self.request.get("RuntimeConfig") or {}).get("CopyCount", 1))
+        out = {"InferenceComponentName": self.name, "InferenceComponentArn": self.arn,
+               "EndpointName": self.endpoint,
+               "EndpointArn": f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:endpoint/{self.endpoint}",
+               "VariantName": self.request["VariantName"], "Specification": self.request["Specification"],
+               "RuntimeConfig": {"DesiredCopyCount": copies, "CurrentCopyCount": copies if self.server else 0},
+               "InferenceComponentStatus": self.status, "CreationTime": self.created, "LastModifiedTime": time.time()}
+        if self.failure_reason:
+            out["FailureReason"] = self.failure_reason
+        return out
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self.platform.detach_network(self.enis)
+        self.enis = []
 
 
 # --------------------------------------------------------------------------------------------
@@ -770,6 +958,8 @@ class Platform:
         self.jobs: dict[str, TrainingJob] = {}
         self.endpoints: dict[str, EndpointHost] = {}
         self.models: dict[str, dict[str, Any]] = {}  # CreateModel requests, as sent
+        self.endpoint_configs: dict[str, dict[str, Any]] = {}  # what moto drops of CreateEndpointConfig
+        self.components: dict[str, ComponentHost] = {}  # inference components (moto has none)
         self.spot_interruptions = 0  # the next spot job is interrupted this many times
         self.calls: list[Call] = []  # every call made for an execution role, in order
         self.errors: list[str] = []  # every 4xx/5xx moto answered through the proxy
@@ -783,6 +973,8 @@ class Platform:
     def close(self) -> None:
         for job in self.jobs.values():
             job.stop_requested.set()
+        for component in self.components.values():
+            component.stop()
         for endpoint in self.endpoints.values():
             endpoint.stop()
         self.server.shutdown()
@@ -913,6 +1105,9 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
 
 def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
     invocations = re.compile(r"^/endpoints/([^/]+)/invocations$")
+    async_invocations = re.compile(r"^/endpoints/([^/]+)/async-invocations$")
+    components = {"SageMaker.CreateInferenceComponent", "SageMaker.DescribeInferenceComponent",
+                  "SageMaker.UpdateInferenceComponent", "SageMaker.DeleteInferenceComponent"}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -947,6 +1142,11 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
             match = invocations.match(self.path.split("?", 1)[0])
             if match and self.command == "POST":
                 return self._invoke(urllib.request.unquote(match.group(1)), body)
+            match = async_invocations.match(self.path.split("?", 1)[0])
+            if match and self.command == "POST":  # moto's answers placeholders in a bucket of its own
+                return self._invoke_async(urllib.request.unquote(match.group(1)))
+            if target in components:  # moto 5.2 has no inference components: the platform keeps them
+                return self._component(target.split(".", 1)[1], json.loads(body))
             if target == "SageMaker.StopTrainingJob":
                 name = json.loads(body)["TrainingJobName"]
                 job = platform.jobs.get(name)
@@ -965,6 +1165,10 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
             elif status == 200 and target == "SageMaker.CreateModel":
                 request = json.loads(body)  # moto drops EnableNetworkIsolation and VpcConfig
                 platform.models[request["ModelName"]] = request
+            elif status == 200 and target == "SageMaker.CreateEndpointConfig":
+                request = json.loads(body)  # moto drops ExecutionRoleArn (inference components run as it)
+                platform.endpoint_configs[request["EndpointConfigName"]] = {
+                    k: request[k] for k in ("ExecutionRoleArn",) if k in request}
             elif status == 200 and target == "SageMaker.CreateEndpoint":
                 request = json.loads(body)
                 platform.on_endpoint(request["EndpointName"], request["EndpointConfigName"])
@@ -993,15 +1197,85 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
             platform.on_endpoint(name, config)
             self._json(200, {"EndpointArn": arn})
 
-        def _invoke(self, name: str, body: bytes) -> None:
+        def _component(self, action: str, request: dict[str, Any]) -> None:
+            name = request["InferenceComponentName"]
+            component = platform.components.get(name)
+            if action == "CreateInferenceComponent":
+                if component is not None:
+                    return self._json(400, {"__type": "ValidationException",
+                                            "message": f"Cannot create already existing inference component {name}."},
+                                      "ValidationException")
+                if request["EndpointName"] not in platform.endpoints:
+                    return self._json(400, {"__type": "ValidationException",
+                                            "message": f"Could not find endpoint {request['EndpointName']}."},
+                                      "ValidationException")
+                component = platform.components[name] = ComponentHost(platform, request)
+                component.deploy()
+                return self._json(200, {"InferenceComponentArn": component.arn})
+            if component is None:
+                return self._json(400, {"__type": "ValidationException",
+                                        "message": f"Could not find inference component {name}."}, "ValidationException")
+            if action == "DescribeInferenceComponent":
+                return self._json(200, component.describe())
+            if action == "UpdateInferenceComponent":
+                changed = request.get("Specification", component.request["Specification"]) != \
+                    component.request["Specification"]
+                component.request.update({k: v for k, v in request.items() if k in ("Specification", "RuntimeConfig")})
+                if changed:
+                    component.deploy()
+                return self._json(200, {"InferenceComponentArn": component.arn})
+            component.stop()  # DeleteInferenceComponent
+            del platform.components[name]
+            return self._json(200, {})
+
+        def _invoke_async(self, name: str) -> None:
             endpoint = platform.endpoints.get(name)
             if endpoint is None or endpoint.status not in ("InService", "Updating") or endpoint.server is None:
                 state = endpoint.status if endpoint else "not found"
                 return self._json(400, {"message": f"Endpoint {name} of account {ACCOUNT} not found or not "
                                         f"InService ({state})."}, "ValidationError")
+            if not endpoint.async_config:
+                return self._json(400, {"message": f"Endpoint {name} of account {ACCOUNT} is not an asynchronous "
+                                        "inference endpoint (its configuration has no AsyncInferenceConfig)."},
+                                  "ValidationError")
+            location = self.headers.get("X-Amzn-SageMaker-InputLocation", "")
+            if not location.startswith("s3://"):
+                return self._json(400, {"message": "InputLocation must be an s3:// URI"}, "ValidationError")
+            headers = {"Content-Type": self.headers.get("X-Amzn-SageMaker-Content-Type", "application/octet-stream")}
+            if self.headers.get("X-Amzn-SageMaker-Accept"):
+                headers["Accept"] = self.headers["X-Amzn-SageMaker-Accept"]
+            if self.headers.get("X-Amzn-SageMaker-Custom-Attributes"):
+                headers["X-Amzn-SageMaker-Custom-Attributes"] = self.headers["X-Amzn-SageMaker-Custom-Attributes"]
+            queued = endpoint.invoke_async(location, headers, self.headers.get("X-Amzn-SageMaker-Inference-Id"))
+            self._reply(202, json.dumps({"InferenceId": queued["InferenceId"]}).encode(), {
+                "Content-Type": "application/json", "X-Amzn-SageMaker-OutputLocation": queued["OutputLocation"],
+                "X-Amzn-SageMaker-FailureLocation": queued["FailureLocation"]})
+
+        def _invoke(self, name: str, body: bytes) -> None:
+            endpoint = platform.endpoints.get(name)
+            ready = endpoint is not None and endpoint.status in ("InService", "Updating")
+            if not ready or (endpoint.server is None and not endpoint.hosts_components):
+                state = endpoint.status if endpoint else "not found"
+                return self._json(400, {"message": f"Endpoint {name} of account {ACCOUNT} not found or not "
+                                        f"InService ({state})."}, "ValidationError")
+            server = endpoint.server
+            wanted = self.headers.get("X-Amzn-SageMaker-Inference-Component")
+            if endpoint.hosts_components:  # routed to the named component's model
+                component = platform.components.get(wanted or "")
+                if not wanted:
+                    return self._json(400, {"message": "Inference Component Name header is required for endpoints "
+                                            "to which you plan to deploy inference components."}, "ValidationError")
+                if component is None or component.endpoint != name or component.server is None:
+                    state = component.status if component and component.endpoint == name else "not found"
+                    return self._json(400, {"message": f"Inference component {wanted} of endpoint {name} not found "
+                                            f"or not InService ({state})."}, "ValidationError")
+                server = component.server
+            elif wanted:
+                return self._json(400, {"message": f"Endpoint {name} hosts no inference components; invoke it "
+                                        "without InferenceComponentName."}, "ValidationError")
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() in ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")}
-            response = endpoint.server.request("POST", "/invocations", body, headers, timeout=60)
+            response = server.request("POST", "/invocations", body, headers, timeout=60)
             out = {"Content-Type": response.headers.get("content-type", "application/json"),
                    "x-Amzn-Invoked-Production-Variant": endpoint.variant}
             if "x-amzn-sagemaker-custom-attributes" in response.headers:

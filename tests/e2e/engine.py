@@ -47,6 +47,7 @@ ORDER = [
     "aws:sagemaker/model:Model",
     "aws:sagemaker/endpointConfiguration:EndpointConfiguration",
     "aws:sagemaker/endpoint:Endpoint",
+    "aws-native:sagemaker:InferenceComponent",
     "aws:appautoscaling/target:Target",
     "aws:appautoscaling/policy:Policy",
     "aws:cloudwatch/dashboard:Dashboard",
@@ -158,16 +159,31 @@ class StandInEngine:
             self.state[key] = Applied(resource["type"], resource["name"], inputs, physical)
         for old in replaced:  # create-before-delete, as Pulumi replaces
             self._delete(old)
-        for key in [k for k in self.state if k not in seen]:
+        gone = [k for k in self.state if k not in seen]  # dependents first: the reverse of the create order
+        for key in sorted(gone, key=lambda k: ORDER.index(k[0]), reverse=True):
             self._delete(self.state.pop(key))
         return {k: self.substitute(v) for k, v in plan["outputs"].items()}
 
     def _delete(self, applied: Applied) -> None:
         sm = self.clients("sagemaker")
+        scaling = self.clients("application-autoscaling")
+        inputs = applied.inputs
         if applied.type == "aws:sagemaker/model:Model":
             sm.delete_model(ModelName=applied.physical["name"])
         elif applied.type == "aws:sagemaker/endpointConfiguration:EndpointConfiguration":
             sm.delete_endpoint_config(EndpointConfigName=applied.physical["name"])
+        elif applied.type == "aws-native:sagemaker:InferenceComponent":
+            sm.delete_inference_component(InferenceComponentName=applied.physical["name"])
+        elif applied.type == "aws:appautoscaling/policy:Policy":
+            scaling.delete_scaling_policy(PolicyName=applied.physical["name"], ServiceNamespace=inputs["serviceNamespace"],
+                                          ResourceId=inputs["resourceId"], ScalableDimension=inputs["scalableDimension"])
+        elif applied.type == "aws:appautoscaling/target:Target":
+            scaling.deregister_scalable_target(ServiceNamespace=inputs["serviceNamespace"], ResourceId=inputs["resourceId"],
+                                               ScalableDimension=inputs["scalableDimension"])
+        elif applied.type == "aws:cloudwatch/metricAlarm:MetricAlarm":
+            self.clients("cloudwatch").delete_alarms(AlarmNames=[applied.physical["name"]])
+        elif applied.type == "aws:sns/topic:Topic":
+            self.clients("sns").delete_topic(TopicArn=applied.physical["arn"])
         else:
             raise NotImplementedError(f"the stand-in engine cannot delete {applied.type}")
         self.log.append(f"delete {applied.type} {applied.name}")
@@ -317,6 +333,13 @@ class StandInEngine:
             args["KmsKeyId"] = inputs["kmsKeyArn"]
         if inputs.get("dataCaptureConfig"):
             args["DataCaptureConfig"] = pascal(inputs["dataCaptureConfig"])
+        if inputs.get("asyncInferenceConfig"):
+            args["AsyncInferenceConfig"] = pascal(inputs["asyncInferenceConfig"])
+        if inputs.get("executionRoleArn"):  # an endpoint of inference components runs them as this role
+            args["ExecutionRoleArn"] = inputs["executionRoleArn"]
+        for variant in args["ProductionVariants"]:  # the provider's list of one; the API's one object
+            if "RoutingConfigs" in variant:
+                variant["RoutingConfig"] = variant.pop("RoutingConfigs")[0]
         arn = self.clients("sagemaker").create_endpoint_config(**args)["EndpointConfigArn"]
         return {"name": config_name, "id": config_name, "arn": arn, "replaced": previous is not None}
 
@@ -345,11 +368,38 @@ class StandInEngine:
 
     def _policy(self, name, inputs, previous):
         policy_name = inputs.get("name") or name
-        self.clients("application-autoscaling").put_scaling_policy(
-            PolicyName=policy_name, ServiceNamespace=inputs["serviceNamespace"], ResourceId=inputs["resourceId"],
-            ScalableDimension=inputs["scalableDimension"], PolicyType=inputs["policyType"],
-            TargetTrackingScalingPolicyConfiguration=pascal(inputs["targetTrackingScalingPolicyConfiguration"]))
-        return {"name": policy_name, "id": policy_name}
+        args: dict[str, Any] = {"PolicyName": policy_name, "ServiceNamespace": inputs["serviceNamespace"],
+                                "ResourceId": inputs["resourceId"], "ScalableDimension": inputs["scalableDimension"],
+                                "PolicyType": inputs["policyType"]}
+        if inputs["policyType"] == "StepScaling":
+            step = pascal(inputs["stepScalingPolicyConfiguration"])
+            for adjustment in step.get("StepAdjustments", []):  # the provider's strings; the API's numbers
+                for bound in ("MetricIntervalLowerBound", "MetricIntervalUpperBound"):
+                    if isinstance(adjustment.get(bound), str):
+                        adjustment[bound] = float(adjustment[bound])
+            args["StepScalingPolicyConfiguration"] = step
+        else:
+            args["TargetTrackingScalingPolicyConfiguration"] = pascal(inputs["targetTrackingScalingPolicyConfiguration"])
+        arn = self.clients("application-autoscaling").put_scaling_policy(**args)["PolicyARN"]
+        return {"name": policy_name, "id": policy_name, "arn": arn}
+
+    def _inferencecomponent(self, name, inputs, previous):
+        """aws-native's InferenceComponent (moto has none: the platform emulator keeps them)."""
+        sm = self.clients("sagemaker")
+        component = inputs["inferenceComponentName"]
+        spec = pascal(inputs["specification"])
+        runtime = pascal(inputs.get("runtimeConfig") or {"copyCount": 1})
+        if previous:
+            sm.update_inference_component(InferenceComponentName=component, Specification=spec, RuntimeConfig=runtime)
+        else:
+            sm.create_inference_component(InferenceComponentName=component, EndpointName=inputs["endpointName"],
+                                          VariantName=inputs["variantName"], Specification=spec, RuntimeConfig=runtime)
+        described = wait_inference_component(sm, component)
+        if described["InferenceComponentStatus"] != "InService":
+            raise RuntimeError(f"inference component {component} is {described['InferenceComponentStatus']}: "
+                               f"{described.get('FailureReason')}")
+        return {"name": component, "id": component, "inferenceComponentName": component,
+                "arn": described["InferenceComponentArn"]}
 
     # ec2 (the stack's VPC option)
 
@@ -439,6 +489,21 @@ def wait_endpoint(sm: Any, name: str, timeout: float = 180.0) -> dict[str, Any]:
             return described
         if time.monotonic() > deadline:
             raise TimeoutError(f"endpoint {name} still {described['EndpointStatus']} after {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def wait_inference_component(sm: Any, name: str, timeout: float = 180.0) -> dict[str, Any]:
+    """Poll DescribeInferenceComponent until it leaves Creating/Updating (bounded)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        described = sm.describe_inference_component(InferenceComponentName=name)
+        if described["InferenceComponentStatus"] not in ("Creating", "Updating"):
+            return described
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"inference component {name} still {described['InferenceComponentStatus']} "
+                               f"after {timeout:.0f}s")
         time.sleep(0.1)
 
 

@@ -22,6 +22,15 @@ Two patches, where moto 5.2 cannot evaluate the stack's documents at all:
   Here ``Bool`` is evaluated, with ``aws:SecureTransport`` true (the emulated endpoints stand in
   for AWS's TLS endpoints), and a statement whose condition is unmet does not apply.
 
+Two more, where moto 5.2 refuses what an endpoint of inference components is made of (the
+platform emulator keeps the components themselves, since moto has no such API):
+
+- an endpoint configuration whose variants name no model (``ProductionVariants`` without
+  ``ModelName``, as for inference components): moto indexes ``ModelName`` and answers 500; such
+  variants are not looked up.
+- the scalable dimension ``sagemaker:inference-component:DesiredCopyCount`` on
+  ``inference-component/NAME``: missing from moto's list of dimensions; it is accepted.
+
 Everything else is moto as shipped; iam_judge.py evaluates what moto cannot.
 """
 
@@ -70,6 +79,37 @@ def _patch_bool_conditions() -> None:
     statement.is_action_permitted = permitted
 
 
+def _patch_inference_components() -> None:
+    from moto.applicationautoscaling import models as scaling
+    from moto.sagemaker import models as sagemaker
+
+    validate = sagemaker.SageMakerModelBackend.validate_production_variants
+
+    def validate_variants(self, production_variants: list) -> None:
+        validate(self, [v for v in production_variants if "ModelName" in v])
+
+    sagemaker.SageMakerModelBackend.validate_production_variants = validate_variants
+    params_valid = scaling._target_params_are_valid
+
+    def target_params_valid(namespace: str, r_id: str, dimension: str) -> bool:
+        if (namespace, dimension) == ("sagemaker", "sagemaker:inference-component:DesiredCopyCount") and \
+                r_id.startswith("inference-component/"):
+            return True
+        return params_valid(namespace, r_id, dimension)
+
+    scaling._target_params_are_valid = target_params_valid
+    from moto.applicationautoscaling import responses
+
+    handler = responses.ApplicationAutoScalingResponse
+    validate_params = handler._validate_params
+
+    def validate_request(self) -> None:  # the same dimension, checked again against the enum
+        if self._get_param("ScalableDimension") != "sagemaker:inference-component:DesiredCopyCount":
+            validate_params(self)
+
+    handler._validate_params = validate_request
+
+
 def main() -> None:
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = sys.argv[1]
     from moto import settings
@@ -78,6 +118,7 @@ def main() -> None:
     assert settings.INITIAL_NO_AUTH_ACTION_COUNT == float(sys.argv[1])
     _patch_service_principals()
     _patch_bool_conditions()
+    _patch_inference_components()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     print(f"port {server.get_host_and_port()[1]}", flush=True)

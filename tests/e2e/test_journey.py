@@ -108,6 +108,12 @@ class JourneyResult:
     cli_answer: list[Any] = field(default_factory=list)
     documents: Documents | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    # scale to zero: asynchronous inference (main journey), inference components (VPC journey)
+    async_cli: str = ""
+    async_answer: Any = None
+    async_failure: Any = None  # the CliResult of a request the handler refuses
+    notifications: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # topic -> SNS messages
+    component_refusals: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         if self.error is not None:
@@ -127,7 +133,8 @@ def user_network(account: MotoAccount) -> tuple[list[str], list[str]]:
     return subnets, [group]
 
 
-def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, local_model: bool) -> JourneyResult:
+def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, local_model: bool,
+                scale_to_zero: str | None = None) -> JourneyResult:
     result = JourneyResult(journey)
     step = "start"
     clock = time.monotonic()
@@ -190,6 +197,8 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         else:
             result.model_uri = journey.resolve_model(f"job:{result.job_name}")
         journey.set_config("aiops:endpoint.modelDataUrl", result.model_uri)
+        if scale_to_zero == "components":  # scale to zero: the model as an inference component
+            journey.set_config("aiops:endpoint.inferenceComponents", {"enabled": True})
         result.deploy_plan = journey.preview()
         journey.apply(result.deploy_plan)
 
@@ -197,14 +206,22 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         rows_file = journey.root / "rows.json"
         rows_file.write_text(json.dumps(_test_rows(data)[0]))
         runtime = journey.account.client("sagemaker-runtime", endpoint=journey.platform.url)
+        routing = {"InferenceComponentName": journey.outputs["inferenceComponentName"]} \
+            if scale_to_zero == "components" else {}
         answer = runtime.invoke_endpoint(EndpointName=journey.outputs["endpointName"], ContentType="application/json",
-                                         Accept="application/json", Body=rows_file.read_bytes())
+                                         Accept="application/json", Body=rows_file.read_bytes(), **routing)
         result.endpoint_answer = json.loads(answer["Body"].read())
         out = journey.root / "answer.json"
         cli = journey.aiops("invoke", "--endpoint", journey.outputs["endpointName"], "--data", f"@{rows_file}",
                             "--output", str(out))
         assert cli.returncode == 0, cli.output
         result.cli_answer = json.loads(out.read_text())
+        if scale_to_zero == "async":
+            mark("aiops invoke --async")
+            _async_inference(journey, result, rows_file)
+        elif scale_to_zero == "components":
+            mark("inference components")
+            _component_refusals(journey, result, rows_file)
         mark("done")
     except BaseException as err:  # the test reports where and why, with the transcript
         result.error = err
@@ -218,6 +235,59 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
             pass
     return result
 
+
+
+def _subscribe(journey: Journey, topic_suffix: str) -> tuple[str, str]:
+    """An SQS queue subscribed to the stack's topic named ...<topic_suffix> (what a user listens on)."""
+    sns, sqs = journey.account.client("sns"), journey.account.client("sqs")
+    topic = next(t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(topic_suffix))
+    url = sqs.create_queue(QueueName=f"listen{topic_suffix}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    return topic, url
+
+
+def _received(journey: Journey, url: str) -> list[dict[str, Any]]:
+    messages = journey.account.client("sqs").receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(json.loads(m["Body"])["Message"]) for m in messages]
+
+
+def _async_inference(journey: Journey, result: JourneyResult, rows_file: Path) -> None:
+    """Scale to zero with asynchronous inference: the same model behind an AsyncInferenceConfig,
+    `aiops invoke --async` (input uploaded to the stack's bucket, result read from the
+    OutputLocation), and a request the handler refuses (the failure object, the error topic)."""
+    journey.set_config("aiops:endpoint.asyncInference", {"enabled": True, "maxCapacity": 2})
+    journey.apply(journey.preview())
+    name = journey.outputs["endpointName"]
+    listeners = {suffix: _subscribe(journey, suffix) for suffix in ("-async-success", "-async-error")}
+    out = journey.root / "async-answer.json"
+    cli = journey.aiops("invoke", "--async", "--endpoint", name, "--data", f"@{rows_file}", "--output", str(out),
+                        "--timeout", "120")
+    result.async_cli = cli.output
+    assert cli.returncode == 0, cli.output
+    result.async_answer = json.loads(out.read_text())
+    result.async_failure = journey.aiops("invoke", "--async", "--endpoint", name, "--data", "[[1, 2, 3]]",
+                                         "--timeout", "120")
+    from helpers import wait_until
+
+    host = journey.platform.endpoints[name]  # each outcome is recorded after its notification is sent
+    wait_until(lambda: len(host.async_done) == 2, "the platform finished both async requests", timeout=60)
+    for suffix, (topic, url) in listeners.items():
+        result.notifications[suffix] = _received(journey, url)
+
+
+def _component_refusals(journey: Journey, result: JourneyResult, rows_file: Path) -> None:
+    """An endpoint of inference components refuses a request that names no component, or another."""
+    from botocore.exceptions import ClientError
+
+    runtime = journey.account.client("sagemaker-runtime", endpoint=journey.platform.url)
+    for extra in ({}, {"InferenceComponentName": "no-such-component"}):
+        try:
+            runtime.invoke_endpoint(EndpointName=journey.outputs["endpointName"], ContentType="application/json",
+                                    Body=rows_file.read_bytes(), **extra)
+            result.component_refusals.append("answered")
+        except ClientError as err:
+            result.component_refusals.append(err.response["Error"].get("Message", ""))
 
 
 def _journey_fixture(tmp_path_factory: pytest.TempPathFactory, digits_data: Path, name: str, **options: Any) -> Any:
@@ -240,13 +310,13 @@ def _journey_fixture(tmp_path_factory: pytest.TempPathFactory, digits_data: Path
 @pytest.fixture(scope="session")
 def main_journey(tmp_path_factory: pytest.TempPathFactory, digits_data: Path) -> Any:
     yield from _journey_fixture(tmp_path_factory, digits_data, "journey", vpc=False, interruptions=1,
-                                local_model=False)
+                                local_model=False, scale_to_zero="async")
 
 
 @pytest.fixture(scope="session")
 def vpc_journey(tmp_path_factory: pytest.TempPathFactory, digits_data: Path) -> Any:
     yield from _journey_fixture(tmp_path_factory, digits_data, "journey-vpc", vpc=True, interruptions=0,
-                                local_model=True)
+                                local_model=True, scale_to_zero="components")
 
 
 def _phases(job: Any) -> list[tuple[str, float]]:
@@ -337,8 +407,43 @@ def test_journey(main_journey: JourneyResult, local_reference: LocalReference) -
     assert isinstance(result.endpoint_answer, dict)  # answered by the repacked code/inference.py
     _assert_predictions(result.endpoint_answer, local_reference)
     assert result.cli_answer == result.endpoint_answer
+    _assert_async_inference(result)
     # and nothing the role did would be denied by the deployed documents
     assert result.documents is not None and not denials(result.documents, journey.platform.calls)
+
+
+def _assert_async_inference(result: JourneyResult) -> None:
+    """`aiops invoke --async` after the endpoint was switched to asynchronous inference: the input in
+    the stack's async-inference/input/, read by the endpoint's role; the result the synchronous
+    call gave, written by the role under the S3OutputPath; a refused request's failure object and
+    one error line; one notification on each topic."""
+    journey, outputs = result.journey, result.journey.outputs
+    bucket = outputs["bucket"]
+    host = journey.platform.endpoints[outputs["endpointName"]]
+    assert host.async_config["OutputConfig"]["S3OutputPath"] == f"s3://{bucket}/async-inference/output"
+    assert result.async_answer == result.endpoint_answer
+    done, failed = host.async_done
+    assert done["status"] == "Completed" and failed["status"] == "Failed", (done, failed)
+    assert done["InputLocation"].startswith(f"s3://{bucket}/async-inference/input/")
+    assert done["OutputLocation"].startswith(f"s3://{bucket}/async-inference/output/")
+    assert f"async {done['InferenceId']}: {done['OutputLocation']}" in result.async_cli
+    failure = result.async_failure
+    assert failure.returncode == 1, failure.output
+    (line,) = failure.stderr.strip().splitlines()
+    assert line.startswith("error: the asynchronous request failed: Received client error (400)"), line
+    assert "expected rows of 64 pixel values" in line and failed["FailureLocation"] in line
+    assert failed["FailureLocation"].startswith(f"s3://{bucket}/async-inference/failures/")
+    (success,) = result.notifications["-async-success"]
+    assert (success["inferenceId"], success["invocationStatus"]) == (done["InferenceId"], "Completed")
+    assert success["responseParameters"]["outputLocation"] == done["OutputLocation"]
+    (error,) = result.notifications["-async-error"]
+    assert (error["inferenceId"], error["invocationStatus"]) == (failed["InferenceId"], "Failed")
+    # what the role did for them, recorded (and judged against the deployed documents by the caller)
+    made = {(c.action, c.resource) for c in journey.platform.calls}
+    for action, uri in (("s3:GetObject", done["InputLocation"]), ("s3:PutObject", done["OutputLocation"]),
+                        ("s3:PutObject", failed["FailureLocation"])):
+        assert (action, "arn:aws:s3:::" + uri[len("s3://"):]) in made, (action, uri)
+    assert {a for a, r in made if r.endswith("-async-success") or r.endswith("-async-error")} == {"sns:Publish"}
 
 
 def test_journey_in_a_vpc_with_network_isolation(vpc_journey: JourneyResult, local_reference: LocalReference) -> None:
@@ -360,10 +465,23 @@ def test_journey_in_a_vpc_with_network_isolation(vpc_journey: JourneyResult, loc
     model = next(r for r in result.deploy_plan["resources"] if r["type"] == "aws:sagemaker/model:Model")
     assert model["inputs"].get("enableNetworkIsolation") is True
     assert model["inputs"].get("vpcConfig"), model["inputs"]
+    # deployed with inference components (scale to zero): the endpoint's configuration names no
+    # model, the component serves it (isolated, in the VPC); `aiops invoke` routes to it by the
+    # stack's inferenceComponentName output
     endpoint = journey.platform.endpoints[outputs["endpointName"]]
-    assert endpoint.model.get("EnableNetworkIsolation") is True and endpoint.model.get("VpcConfig")
+    assert endpoint.hosts_components and endpoint.server is None
+    assert endpoint.config["ExecutionRoleArn"] == outputs["roleArn"]
+    assert endpoint.config["ProductionVariants"][0]["ManagedInstanceScaling"]["MinInstanceCount"] == 0
+    component = journey.platform.components[outputs["inferenceComponentName"]]
+    assert component.status == "InService" and component.endpoint == outputs["endpointName"]
+    assert component.model.get("EnableNetworkIsolation") is True and component.model.get("VpcConfig")
     _assert_same_model(result, local_reference)
     _assert_predictions(result.endpoint_answer, local_reference)
+    assert result.cli_answer == result.endpoint_answer
+    assert component.model["PrimaryContainer"]["ModelDataUrl"] == result.model_uri
+    no_name, unknown = result.component_refusals
+    assert "Inference Component Name header is required" in no_name
+    assert "no-such-component" in unknown and "not found" in unknown
     assert result.documents is not None and not denials(result.documents, journey.platform.calls)
 
 

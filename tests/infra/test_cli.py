@@ -8,6 +8,12 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
+import prices
+
+from aiops.pricing import load_prices
+
 from .conftest import REPO
 
 
@@ -88,25 +94,34 @@ def test_preview_offline_shows_costs(run_cli):
     result = run_cli("preview", "--offline", "-C", str(REPO))
     assert result.returncode == 0, result.output
     out = result.stdout
-    for text in ("estimated cost of stack 'dev'", "$/h", "$/month", "1 (max 2) x ml.g5.xlarge", "1.408", "1,027.84",
-                 "total: $1.408/h, $1,027.84/month", "spot", "prices as of 2026-"):
+    dev = prices.hourly("ml.g5.xlarge")  # Pulumi.dev.yaml: 1 (max 2) x ml.g5.xlarge in us-east-1
+    for text in ("estimated cost of stack 'dev'", "$/h", "$/month", "1 (max 2) x ml.g5.xlarge", prices.rate(dev),
+                 f"{prices.monthly(dev):,.2f}", f"total: ${prices.rate(dev)}/h, ${prices.monthly(dev):,.2f}/month",
+                 "spot", f"prices as of {load_prices().as_of}"):
         assert text in out, text
     result = run_cli("preview", "--offline", "--json", "--stack", "prod", "-C", str(REPO))
     costs = json.loads(result.stdout)["costs"]
-    assert costs["total_hourly"] == 3.03 and costs["total_monthly"] == 2211.9 and costs["max_hourly"] == 12.12
+    prod = prices.hourly("ml.g5.2xlarge", "us-west-2")  # Pulumi.prod.yaml: 2 (max 8) in us-west-2
+    assert costs["total_hourly"] == pytest.approx(2 * prod) and costs["max_hourly"] == pytest.approx(8 * prod)
+    assert costs["total_monthly"] == prices.monthly(2 * prod)
     assert costs["complete"] is True and costs["as_of"] and "AWS" in costs["source"]
     (line,) = costs["lines"]
-    assert (line["instance_type"], line["count"], line["hourly"], line["monthly"]) == ("ml.g5.2xlarge", 2, 3.03, 2211.9)
+    assert (line["instance_type"], line["count"], line["monthly"]) == ("ml.g5.2xlarge", 2, prices.monthly(2 * prod))
+    assert line["hourly"] == pytest.approx(2 * prod)
 
 
 def test_cost_command(run_cli, tmp_path):
     result = run_cli("cost", "--stack", "prod", "-C", str(REPO))
     assert result.returncode == 0, result.output
-    assert "2 (max 8) x ml.g5.2xlarge" in result.stdout and "total: $3.03/h, $2,211.90/month" in result.stdout
-    assert "up to $12.12/h" in result.stdout
+    prod = prices.hourly("ml.g5.2xlarge", "us-west-2")
+    assert "2 (max 8) x ml.g5.2xlarge" in result.stdout
+    assert f"total: ${prices.rate(2 * prod)}/h, ${prices.monthly(2 * prod):,.2f}/month" in result.stdout
+    assert f"up to ${prices.rate(8 * prod)}/h" in result.stdout
     result = run_cli("cost", "--json", "-C", str(REPO))
     data = json.loads(result.stdout)
-    assert data["stack"] == "dev" and data["total_hourly"] == 1.408 and data["total_monthly"] == 1027.84
+    dev = prices.hourly("ml.g5.xlarge")
+    assert data["stack"] == "dev" and data["total_hourly"] == pytest.approx(dev)
+    assert data["total_monthly"] == prices.monthly(dev)
     assert {line["resource"] for line in data["lines"]} == {"endpoint-config/primary", "gpu-asg"}
     # an instance type without a known price: said in the row and the total, exit 0
     (tmp_path / "Pulumi.g6.yaml").write_text(
@@ -138,7 +153,9 @@ def test_deploy_cost_summary_is_made_offline():
 
     out = "\n".join(deploy_cost_lines(isolated_cost(Path(REPO), "prod")))
     assert "estimated cost of the stack as configured" in out
-    assert "endpoint-config/primary: 2 x ml.g5.2xlarge at $1.515/h = $3.03/h, $2,211.90/month" in out
-    assert "total: $3.03/h" in out
+    prod = prices.hourly("ml.g5.2xlarge", "us-west-2")
+    assert (f"endpoint-config/primary: 2 x ml.g5.2xlarge at ${prices.rate(prod)}/h = ${round(2 * prod, 6):g}/h, "
+            f"${prices.monthly(2 * prod):,.2f}/month") in out
+    assert f"total: ${prices.rate(2 * prod)}/h" in out
     out = " ".join(deploy_cost_lines(isolated_cost(Path(REPO), "nope")))
     assert "cost estimate unavailable:" in out and "Pulumi.nope.yaml: no such stack file" in out

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+import prices
 import pytest
 from test_gpufit import llama7b_shapes, write_header_only
 
@@ -38,7 +39,8 @@ def test_preview_offline_refuses_a_model_that_does_not_fit(run_cli, project):
     result = run_cli("preview", "--offline", "--stack", "small", "--model", str(folder), "-C", str(root))
     assert result.returncode == 2, result.output
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: the model does not fit: it needs 24.7 GiB") and "ml.g5.12xlarge ($7.09/h)" in line
+    assert line.startswith("error: the model does not fit: it needs 24.7 GiB")
+    assert f"ml.g5.12xlarge (${prices.hourly('ml.g5.12xlarge'):g}/h)" in line
     assert result.stdout == ""
 
 

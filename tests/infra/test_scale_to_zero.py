@@ -3,6 +3,7 @@ checked field by field; their costs ($0/h idle); the combinations that are refus
 
 from __future__ import annotations
 
+import prices
 import pytest
 
 from aiops.errors import ConfigError
@@ -97,6 +98,31 @@ def test_inference_components_plan_field_by_field(ic_plan):
     assert provider.inputs["region"] == "us-east-1"
 
 
+def test_the_async_role_reads_requests_and_writes_results_only(async_plan):
+    """What `aiops invoke --async` and the endpoint do in the stack's bucket (aiops.stack.S3Layout),
+    against the role's policy (moto's evaluator): the endpoint reads the requests the user uploaded
+    and writes results and failures; it never writes a request nor reads a result."""
+    import json
+
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    from aiops.stack import LAYOUT
+
+    documents = [json.loads(r.inputs["policy"]) for r in async_plan.of_type("aws:iam/rolePolicy:RolePolicy")]
+
+    def allowed(action: str, key: str) -> bool:
+        results = [IAMPolicy(json.dumps(d)).is_action_permitted(action, f"arn:aws:s3:::{bucket}/{key}")
+                   for d in documents]
+        return PermissionResult.DENIED not in results and PermissionResult.PERMITTED in results
+
+    bucket = async_plan.outputs["bucket"]
+    request, result, failure = (LAYOUT.async_input_key("f" * 64), f"{LAYOUT.async_output}req-1.out",
+                                f"{LAYOUT.async_failures}req-1-error.out")
+    assert allowed("s3:GetObject", request) and allowed("s3:PutObject", result) and allowed("s3:PutObject", failure)
+    assert not allowed("s3:PutObject", request)
+    assert not allowed("s3:GetObject", result) and not allowed("s3:GetObject", failure)
+
+
 def test_async_inference_plan_field_by_field(async_plan):
     config = async_plan.one(CONFIG)
     bucket = async_plan.one("aws:s3/bucket:Bucket").inputs.get("bucket") or async_plan.outputs["bucket"]
@@ -132,13 +158,15 @@ def test_async_inference_plan_field_by_field(async_plan):
 
 
 def test_costs_say_zero_when_idle(ic_plan, async_plan):
-    # inference components: managed instance scaling 0..2 x ml.g5.12xlarge ($7.09/h): $0/h idle, $14.18/h at max
+    # inference components: managed instance scaling 0..2 x ml.g5.12xlarge: $0/h idle, 2 x its price at max
     (line,) = [x for x in plan_costs(ic_plan).lines if x.service == "sagemaker"]
-    assert (line.count, line.max_count, line.hourly, line.max_hourly) == (0, 2, 0.0, 14.18)
+    assert (line.count, line.max_count, line.hourly) == (0, 2, 0.0)
+    assert line.max_hourly == pytest.approx(2 * prices.hourly("ml.g5.12xlarge"))
     assert "scales to 0" in line.note and "cold start" in line.note
-    # async: 0..3 x ml.g5.xlarge ($1.408/h): $0/h idle, $4.224/h at max
+    # async: 0..3 x ml.g5.xlarge: $0/h idle, 3 x its price at max
     (line,) = [x for x in plan_costs(async_plan).lines if x.service == "sagemaker"]
-    assert (line.count, line.max_count, line.hourly, line.max_hourly) == (0, 3, 0.0, 4.224)
+    assert (line.count, line.max_count, line.hourly) == (0, 3, 0.0)
+    assert line.max_hourly == pytest.approx(3 * prices.hourly("ml.g5.xlarge"))
     assert "scales to 0" in line.note
 
 

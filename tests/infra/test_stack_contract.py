@@ -99,8 +99,6 @@ def _what_jobs_and_endpoints_do(plan, tmp_path: Path) -> list[tuple[str, str]]:
         ("s3:GetObject", f"{arn}/{model_uri.removeprefix(f's3://{bucket}/')}"),
         ("s3:GetObject", f"{arn}/{LAYOUT.job_output_key('job-1')}"),
         ("s3:PutObject", f"{arn}/{capture}/primary/2026/12/01/00/capture.jsonl"),
-        ("s3:PutObject", f"{arn}/{LAYOUT.async_output}req-1.out"),
-        ("s3:PutObject", f"{arn}/{LAYOUT.async_failures}req-1.out"),
         # SSE-KMS with the stack's key, and grants for the volumes SageMaker attaches
         ("kms:Decrypt", key_arn),
         ("kms:GenerateDataKey", key_arn),
@@ -157,6 +155,16 @@ def test_every_access_jobs_and_endpoints_make_is_allowed(vpc_plan, tmp_path):
 def test_keys_outside_what_the_role_needs_are_denied(vpc_plan, action, key):
     bucket = vpc_plan.outputs["bucket"]
     assert not _allowed(_role_documents(vpc_plan), action, f"arn:aws:s3:::{bucket}/{key}")
+
+
+def test_a_stack_without_async_inference_grants_none_of_its_prefixes(vpc_plan):
+    """The async-inference prefixes are the role's only in a stack with asyncInference on
+    (tests/infra/test_scale_to_zero.py checks that stack's grants)."""
+    documents = _role_documents(vpc_plan)
+    arn = f"arn:aws:s3:::{vpc_plan.outputs['bucket']}"
+    for action, key in (("s3:GetObject", LAYOUT.async_input_key("f" * 64)), ("s3:PutObject", f"{LAYOUT.async_output}x"),
+                        ("s3:PutObject", f"{LAYOUT.async_failures}x")):
+        assert not _allowed(documents, action, f"{arn}/{key}"), (action, key)
 
 
 def test_every_statement_is_needed(vpc_plan, tmp_path):

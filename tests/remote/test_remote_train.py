@@ -7,6 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import prices
 import pytest
 from aiops.stack import CLIENT_TOKEN_TAG, LAYOUT
 from aiops.training.remote_request import client_token
@@ -290,18 +291,22 @@ def test_defaults_come_from_the_deployed_stack_outputs(run_cli, project: Path, t
 def test_estimate_is_shown_before_launch(run_cli, project: Path, tmp_path: Path, platform) -> None:
     result = _submit(run_cli, project, tmp_path, "--no-wait", "--max-run", "7200", "--instance-count", "2")
     assert result.returncode == 0, result.output
-    # 2 x ml.g5.xlarge x 2 h x $1.408 = $5.632 on-demand; spot at 30 % = $1.6896
-    assert "estimate: up to $1.69 (spot; on-demand $5.63, spot $1.69)" in result.stderr
+    # 2 x ml.g5.xlarge x 2 h, on-demand and spot, at the shipped table's prices
+    on_demand, spot = (2 * 2 * prices.hourly("ml.g5.xlarge", spot=s) for s in (False, True))
+    assert f"estimate: up to ${spot:.2f} (spot; on-demand ${on_demand:.2f}, spot ${spot:.2f})" in result.stderr
 
 
 def test_budget_guard_refuses_and_yes_overrides(run_cli, project: Path, tmp_path: Path, platform) -> None:
-    over = _submit(run_cli, project, tmp_path, "--no-wait", "--on-demand", "--max-run", "7200", "--max-cost", "2")
+    # 1 x ml.g5.xlarge x 2 h: a budget between the spot and the on-demand cost (the shipped prices)
+    on_demand, spot = (2 * prices.hourly("ml.g5.xlarge", spot=s) for s in (False, True))
+    budget = f"{(on_demand + spot) / 2:.2f}"
+    over = _submit(run_cli, project, tmp_path, "--no-wait", "--on-demand", "--max-run", "7200", "--max-cost", budget)
     assert over.returncode == 2
-    assert "may cost up to $2.82, over the budget of $2.00" in over.stderr
+    assert f"may cost up to ${on_demand:.2f}, over the budget of ${budget}" in over.stderr
     assert platform.count("s3:PUT") == 0 and platform.count("SageMaker.CreateTrainingJob") == 0
-    within = _submit(run_cli, project, tmp_path, "--no-wait", "--max-run", "7200", "--max-cost", "2")  # spot: $0.84
+    within = _submit(run_cli, project, tmp_path, "--no-wait", "--max-run", "7200", "--max-cost", budget)  # spot
     assert within.returncode == 0, within.output
-    forced = _submit(run_cli, project, tmp_path, "--no-wait", "--on-demand", "--max-run", "7200", "--max-cost", "2",
+    forced = _submit(run_cli, project, tmp_path, "--no-wait", "--on-demand", "--max-run", "7200", "--max-cost", budget,
                      "--yes")
     assert forced.returncode == 0, forced.output
     assert platform.count("SageMaker.CreateTrainingJob") == 2
