@@ -121,6 +121,12 @@ class ServeSettings(_FromConfigFile):
         "is closed, or the new one answered 503.")
     max_queue: int = _serve_field(256, "max_queue", ge=1, description="Requests read but not yet answered, per "
                                   "worker; past it 503 with Retry-After.")
+    inline_call_ms: float | None = _serve_field(
+        None, "inline_call_ms", ge=0,
+        description="Handler calls (or batches) that keep taking at most this long run on the worker's event loop "
+        "itself (no thread hand-off); one slower call moves the worker back to its inference thread, so /ping and "
+        "the timeouts never wait longer than that. 0: always the inference thread. Default: 50 with batching on, "
+        "0 without (an unbatched worker measured faster keeping its thread: the forward overlaps the loop's I/O).")
     max_decoded_mb: float = _serve_field(100.0, "max_decoded_mb", gt=0,
                                          description="Largest .npy/.npz/sparse body once decoded (default decoders).")
     json_max_depth: int = _serve_field(32, "json_max_depth", ge=1, description="Dimensions of a JSON array body.")

@@ -7,7 +7,7 @@ Writes bench/results/serve.md and serve.json. Not a test: run it by hand on a qu
 
     python bench/serve_bench.py [--duration 15] [--runs 3] [--conc 1,16,64,256] [--servers KEY,...]
 
-Server keys: aiops, aiops-batch, mosec, torchserve, torchserve-batch, torchserve-sm-batch, fastapi.
+Server keys: aiops, aiops-batch, aiops-batch-thread, mosec, torchserve, torchserve-batch, torchserve-sm-batch, fastapi.
 `pip install -e '.[bench]'` brings the peers (mosec 0.9.8, TorchServe + Java 17, FastAPI); a peer
 that is missing is skipped (and said so). Also measured: the 4 MB JSON decode, RSS per worker and
 the time to a 503 under overload (aiops serve with a small queue).
@@ -457,6 +457,7 @@ def time_to_503(model_dir: Path, env: dict, work: Path, conns: int = 64, queue: 
 SERVER_KEYS = {
     "aiops": "aiops serve, 2 workers",
     "aiops-batch": "aiops serve, 2 workers, batch 32 / 5 ms",
+    "aiops-batch-thread": "aiops serve, 2 workers, batch 32 / 5 ms, inline mode off (inference thread)",
     "mosec": "mosec 0.9.8, 2 workers, batch 32 / 5 ms",
     "torchserve": "TorchServe, 2 workers",
     "torchserve-batch": "TorchServe, 2 workers, batch 32 / 5 ms",
@@ -513,8 +514,10 @@ def main() -> None:
         nonlocal store
         if key == "aiops":
             return start(aiops + [str(port)], env, work / f"{port}.log"), "/invocations"
-        if key == "aiops-batch":
-            return start(aiops + [str(port), "--batch-size", "32", "--max-batch-delay", "5"], env,
+        if key in ("aiops-batch", "aiops-batch-thread"):
+            # -thread: the same worker with inline mode off (AIOPS_SERVE__INLINE_CALL_MS=0), the A/B of the layout
+            extra_env = {"AIOPS_SERVE__INLINE_CALL_MS": "0"} if key == "aiops-batch-thread" else {}
+            return start(aiops + [str(port), "--batch-size", "32", "--max-batch-delay", "5"], {**env, **extra_env},
                          work / f"{port}.log"), "/invocations"
         if key == "mosec":
             return start([py, str(work / "mosec_app.py"), "--port", str(port), "--address", "127.0.0.1",

@@ -57,6 +57,8 @@ UNHEALTHY_BODY = b'{"status":"Unhealthy"}\n'
 RETRY_AFTER_SECONDS = 1
 EXIT_STUCK = 70  # the worker ended itself: a handler call stayed stuck past the timeout
 EXIT_INFERENCE_DIED = 71  # the inference thread itself failed (never a handler's error)
+INLINE_AFTER = 20  # fast handler calls on the inference thread before the loop runs them itself
+INLINE_AFTER_MAX = 20_000  # ... growing 4x each time a slow inline call sends the worker back
 EVENTSTREAM_TYPE = b"application/vnd.amazon.eventstream"
 
 
@@ -124,13 +126,14 @@ LINGER_SECONDS = 2.0
 
 class Request:
     __slots__ = ("conn", "body", "ctype", "accept", "attrs", "rid", "inference_id", "t0", "keep_alive", "mode",
-                 "done")
+                 "done", "late")
 
     def __init__(self, conn, body, ctype, accept, attrs, rid, inference_id, keep_alive, mode):
         self.conn, self.body, self.ctype, self.accept, self.attrs = conn, body, ctype, accept, attrs
         self.rid, self.inference_id, self.keep_alive, self.mode = rid, inference_id, keep_alive, mode
         self.t0 = time.monotonic()
         self.done = False  # answered (or abandoned: the client left); set on the loop thread only
+        self.late = None  # the watchdog answered it 504 during an inline call: what it could not write yet
 
 
 class _Rest:
@@ -405,8 +408,24 @@ class App:
         self.healthy = True
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.call_started: float | None = None  # set while the inference thread is inside a handler call
+        self.call_started: float | None = None  # set while a handler call runs (either thread)
         self.thread: threading.Thread | None = None
+        # Inline mode: while handler calls keep fitting in inline_call_ms, the loop runs them itself
+        # (no queue, no wake-up of another thread, no GIL ping-pong per request); one slower call
+        # sends the worker back to its inference thread. Only one thread runs the handler at a time:
+        # the loop goes inline only once the inference thread has finished everything handed to it.
+        budget = s.inline_call_ms if s.inline_call_ms is not None else (50.0 if self.batch_size > 1 else 0.0)
+        self.inline_budget = budget / 1000.0
+        self.inline = False
+        self.promoting = False
+        self.fast_streak = 0  # consecutive handler calls within the budget
+        self.promote_after = INLINE_AFTER  # grows each time a slow call demotes the worker
+        self.handed = 0  # requests put on the work queue (loop thread)
+        self.taken = 0  # requests the inference thread is done with (inference thread)
+        self.pending: list[Request] = []  # inline mode: requests read, not yet run
+        self.flush_scheduled = False
+        self.seen = 0  # pending requests at the last look (batching: stop waiting once arrivals pause)
+        self.inline_reqs: list[Request] = []  # the requests of the inline call running now (the watchdog's view)
 
     # ---- admission (loop thread)
     def accept(self, conn: Connection) -> None:
@@ -487,7 +506,16 @@ class App:
         req = Request(conn, body, conn.ctype, accept, conn.attrs, _rid(), conn.inference_id, keep, mode)
         conn.current = req
         self.inflight[req] = None
-        self.work.put(req)
+        if not (self.inline or self.promoting) and self.inline_budget > 0 and self.fast_streak >= self.promote_after:
+            self.promoting = True  # new requests wait until the inference thread has finished what it holds
+        if self.inline or self.promoting:
+            self.pending.append(req)
+            if not self.flush_scheduled:  # after this poll's reads: every request they completed
+                self.flush_scheduled = True
+                self.loop.call_soon(self._flush)
+        else:
+            self.handed += 1
+            self.work.put(req)
 
     def abandon(self, req: Request) -> None:
         """The client of ``req`` has gone (loop thread): it is not run if it has not started."""
@@ -505,6 +533,8 @@ class App:
     def start_inference(self) -> None:
         self.thread = threading.Thread(target=self._inference_main, name="aiops-inference", daemon=True)
         self.thread.start()
+        if self.inline_budget > 0:
+            threading.Thread(target=self.watch, name="aiops-watchdog", daemon=True).start()
 
     def _inference_main(self) -> None:
         try:
@@ -526,13 +556,15 @@ class App:
                 self._gather(batch)
             live = [r for r in batch if not r.done]
             if not live:
+                self.taken += len(batch)
                 continue
-            self.call_started = time.monotonic()
+            self.call_started = started = time.monotonic()
             if len(live) == 1:
                 results = [self._invoke(live[0])]
             else:
                 results = self._invoke_batch(live)
             self.call_started = None
+            self._timed(time.monotonic() - started)
             # One answer: written here. A batch's answers go to the loop in one wake-up instead: a
             # write per answer from this thread gives the GIL away once per answer (measured slower).
             rest = self._answer_direct(live, results) if len(live) == 1 else (live, results)
@@ -541,6 +573,145 @@ class App:
                 if not self.wake_pending:  # one loop wake-up for whatever is left until the loop runs
                     self.wake_pending = True
                     self.loop.call_soon_threadsafe(self._deliver)
+            self.taken += len(batch)
+
+    def _timed(self, seconds: float) -> None:
+        """Count a handler call towards inline mode (within the budget) or out of it."""
+        if seconds <= self.inline_budget:
+            self.fast_streak += 1
+        else:
+            self.fast_streak = 0
+            if self.inline:  # a slow call: /ping and the timeouts must not wait on the next one
+                self.inline = False
+                self.promote_after = min(self.promote_after * 4, INLINE_AFTER_MAX)
+                log.info("a handler call took %.0f ms (inline_call_ms=%g): back to the inference thread",
+                         seconds * 1000, self.inline_budget * 1000)
+
+    # ---- inline mode (loop thread)
+    def _flush(self) -> None:
+        """Run the requests this poll completed: one call each, or batches of up to batch_size."""
+        self.flush_scheduled = False
+        pending = self.pending
+        if not pending:
+            return
+        if self.promoting:
+            if self.handed != self.taken:  # the inference thread is not done yet: look again shortly
+                self.flush_scheduled = True
+                self.loop.call_later(0.0002, self._flush)
+                return
+            self.promoting = False
+            self.inline = self.fast_streak >= self.promote_after  # unless a slow call came meanwhile
+            if self.inline:
+                log.info("handler calls take under %g ms: the event loop runs them (inline mode)",
+                         self.inline_budget * 1000)
+        if not self.inline:  # demoted meanwhile: the inference thread takes what waits
+            self.pending = []
+            for req in pending:
+                if not req.done:
+                    self.handed += 1
+                    self.work.put(req)
+            return
+        n = self.batch_size
+        if n > 1:
+            k = len(pending)
+            if k < n and self.max_delay > 0 and k > self.seen and time.monotonic() < pending[0].t0 + self.max_delay:
+                # still arriving: one more (non-blocking) look at the sockets before the call
+                self.seen = k
+                self.flush_scheduled = True
+                self.loop.call_soon(self._flush)
+                return
+            self.seen = 0
+            take = pending[:n]
+            del pending[:n]
+            live = [r for r in take if not r.done]
+            if live:
+                self._run_inline(live)
+        else:
+            i = 0
+            while i < len(pending) and self.inline:
+                req = pending[i]
+                i += 1
+                if not req.done:
+                    self._run_inline([req])
+            del pending[:i]
+        if pending and not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _run_inline(self, reqs: list[Request]) -> None:
+        self.inline_reqs = reqs
+        self.call_started = started = time.monotonic()
+        try:
+            results = [self._invoke(reqs[0])] if len(reqs) == 1 else self._invoke_batch(reqs)
+        finally:
+            self.call_started = None
+            self.inline_reqs = []
+        self._timed(time.monotonic() - started)
+        with self.lock:  # once for the whole batch: only the watchdog competes
+            was_done = [r.done for r in reqs]
+            for req in reqs:
+                req.done = True
+                self.inflight.pop(req, None)
+        for req, result, done in zip(reqs, results, was_done):
+            if done:
+                self._after_late(req, result)
+            else:
+                self._reply(req, result)
+
+    def _after_late(self, req: Request, result: Any) -> None:
+        """An inline result for a request that was answered meanwhile (504 by the watchdog) or abandoned."""
+        if isinstance(result, Streamed):
+            result.stream.discard()
+        conn, late = req.conn, req.late
+        if late is None or conn.state == CLOSED:
+            return
+        if late:  # the watchdog's 504 did not fit in the socket: the rest goes the usual way
+            conn.write_and_finish(late, not req.keep_alive)
+        elif not req.keep_alive:
+            conn.state = CLOSED
+            conn.current = None
+            conn.transport.close()
+
+    def watch(self) -> None:
+        """Watchdog thread: during an inline call (the loop itself is busy) it answers 504 past the
+        timeout and ends the worker when the call stays stuck, as the loop does for the inference thread."""
+        while True:
+            time.sleep(0.1)  # the loop's own sweep has the same granularity
+            reqs, started = self.inline_reqs, self.call_started
+            if not reqs or started is None:
+                continue
+            now = time.monotonic()
+            if now - started > self.stuck_after:
+                log.error("a handler call has run for over %.0f s (timeout %g s); this worker exits and the "
+                          "supervisor starts a new one", self.stuck_after, self.timeout)
+                sys.stderr.flush()
+                os._exit(EXIT_STUCK)
+            for req in reqs:
+                if now - req.t0 > self.timeout and not req.done:
+                    self._late_direct(req)
+
+    def _late_direct(self, req: Request) -> None:
+        err = HttpErrorTimeout(self.timeout)
+        extra = [(b"x-amzn-sagemaker-custom-attributes", req.attrs)] if req.attrs is not None else []
+        data = error_response(504, err.message, err.error_type, req.rid, extra=extra, close=not req.keep_alive)
+        conn = req.conn
+        with self.lock:
+            if req.done:
+                return
+            req.done = True
+            self.inflight.pop(req, None)
+            log.error("request %s: %s", req.rid, err.message)
+            req.late = data
+            if conn.wfd < 0 or conn.transport.get_write_buffer_size():
+                return  # the loop writes it once the call returns
+            conn.answered = req.keep_alive
+            try:
+                sent = os.write(conn.wfd, data)
+            except OSError:
+                sent = 0
+            if sent < len(data):
+                conn.answered = False
+            req.late = data[sent:]
 
     def _answer_direct(self, reqs: list[Request], results: list) -> tuple[list, list] | None:
         """Inference thread: write plain answers straight to their sockets (the usual case: small,
@@ -665,6 +836,10 @@ class App:
             if isinstance(result, Streamed):
                 result.stream.discard()
             return
+        self._reply(req, result)
+
+    def _reply(self, req: Request, result: Any) -> None:
+        """Answer ``req`` (now marked done) with its result."""
         if self.draining:  # each answer from a draining worker closes its connection
             req.keep_alive = False
         conn = req.conn

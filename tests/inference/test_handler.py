@@ -314,6 +314,34 @@ def test_batch_isolates_a_bad_request(tmp_path):
     assert isinstance(results[3], codecs.UnsupportedMediaType)
 
 
+def test_flat_json_batch_is_parsed_as_one_document_and_equals_unbatched(double_dir):
+    h = loaded(double_dir)
+    rng = np.random.default_rng(2)
+    bodies = [json.dumps(rng.normal(size=4).tolist()).encode() for _ in range(5)] + [b" [1, 2, 3, 4] "]
+    requests = [(b, "application/json", None, ctx()) for b in bodies]
+    assert h._invoke_joined(requests) is not None  # the joined path itself took them
+    assert h.invoke_batch(requests) == [h.invoke(*req) for req in requests]
+
+
+@pytest.mark.parametrize("parts", [
+    [b"[1.5, 2],[3.5", b"4]"],  # together they would read as a valid document; alone neither is valid
+    [b"[1.5, 2]", b"[1.5, true]"],
+    [b"[1.5, 2]", b"[1.5, 2, 3]"],  # ragged across requests
+    [b"[1.5, 2]", b"[]"],
+])
+def test_joined_batch_never_accepts_what_a_request_alone_refuses(double_dir, parts):
+    h = loaded(double_dir)
+    requests = [(b, "application/json", None, ctx()) for b in parts]
+    together = h.invoke_batch(requests)
+    for got, req in zip(together, requests):
+        try:
+            alone = h.invoke(*req)
+        except codecs.HttpError as err:
+            assert isinstance(got, codecs.HttpError) and got.status_code == err.status_code
+        else:
+            assert got == alone
+
+
 def test_only_declared_or_default_predict_fns_batch(tmp_path, double_dir):
     assert loaded(double_dir).batchable
     assert not loaded(double_dir, "def predict_fn(d, m):\n    return d\n").batchable

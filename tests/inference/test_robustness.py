@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import wait_ready
+from helpers import wait_ready, wait_until
 
 from .conftest import save_double, write_script
 
@@ -50,6 +50,9 @@ def predict_fn(data, model):
         return {"released": True}
     if data == "pid":
         return {"pid": os.getpid()}
+    if data == "slow":  # well past the inline budget (inline_call_ms, 50 by default)
+        time.sleep(0.5)
+        return "slow"
     return data
 '''
 
@@ -378,3 +381,54 @@ def test_npz_and_npy_bombs_are_refused_before_allocation(start_server, double_di
     assert r.status == 413, r.body
     ok = s.invoke(_npz(x=np.ones(3, dtype=np.float32)), "application/x-npz")
     assert ok.status == 200 and ok.json() == [2.0, 2.0, 2.0]
+
+
+INLINE = {"AIOPS_SERVE__INLINE_CALL_MS": "50"}  # inline mode for an unbatched worker too
+
+
+def _until_inline(s, body: bytes = b'"pid"') -> None:
+    """Fast calls until the worker runs them on its event loop (it logs the switch)."""
+    for _ in range(2000):
+        assert s.invoke(body).status == 200
+        if "inline mode" in s.log():
+            return
+    raise AssertionError("the worker never went inline:\n" + s.log()[-3000:])
+
+
+def test_inline_hung_handler_gets_504_from_the_watchdog_then_the_worker_is_replaced(start_server, nasty_dir):
+    # fast calls put the worker in inline mode: the loop itself is inside the hung call, so the
+    # watchdog thread answers the 504 and ends the worker
+    s = start_server(nasty_dir, "--workers", "1", "--timeout", "1", env=INLINE)
+    _until_inline(s)
+    pid = s.invoke(b'"pid"').json()["pid"]
+    r = s.invoke(b'"hang"')
+    assert r.status == 504 and "did not answer within 1 s" in r.json()["error"]
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline, s.log()
+        try:
+            got = s.invoke(b'"pid"')
+            if got.status == 200 and got.json()["pid"] != pid:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    assert "stayed stuck" in s.log()
+
+
+def test_one_slow_inline_call_sends_the_worker_back_to_its_inference_thread(start_server, nasty_dir, tmp_path):
+    s = start_server(nasty_dir, "--workers", "1", env=INLINE)
+    _until_inline(s)
+    assert s.invoke(b'"slow"').json() == "slow"  # inline: the loop itself sat in this call
+    wait_until(lambda: "back to the inference thread" in s.log(), "the worker leaving inline mode")
+    # the next slow call runs on the inference thread: /ping answers while it is busy
+    flag = str(tmp_path / "two")
+    second = {}
+    t = threading.Thread(target=lambda: second.update(r=s.invoke(json.dumps({"block": flag}))))
+    t.start()
+    _wait_for(Path(flag + ".started"))
+    assert s.request("GET", "/ping").status == 200
+    assert not Path(flag + ".release").exists()
+    Path(flag + ".release").write_text("1")
+    t.join(60)
+    assert second["r"].json() == {"released": True}
