@@ -71,48 +71,18 @@ def invoke(
         "stack's inferenceComponentName when --endpoint is the stack's endpoint]."),
 ) -> None:
     """Send one request and print the response and its latency."""
-    from aiops.errors import AiopsError, UsageError
     from aiops.inference import client
+    from aiops.inference.invoke import Target, send
 
-    if url and endpoint:
-        raise UsageError("give --url or --endpoint, not both")
-    if (async_ or inference_component) and not endpoint:
-        raise UsageError(f"{'--async' if async_ else '--inference-component'} needs --endpoint NAME (a deployed "
-                         "endpoint); a local server answers /invocations directly")
-    if async_ and stream:
-        raise UsageError("give --async or --stream, not both (an asynchronous result is read from S3 whole)")
+    target = Target(url=url, endpoint=endpoint, inference_component=inference_component, asynchronous=async_,
+                    timeout=timeout)
+    target.check(stream=stream)
     body, ctype = client.load_payload(data, content_type)
     if stream:
         return _invoke_stream(body, ctype, url=url, endpoint=endpoint, accept=accept, api_key=api_key, output=output)
-    from aiops.settings import get_settings
-    from aiops.stack import current_outputs, endpoint_region
-
-    if endpoint:
-        settings = get_settings()
-        outputs = current_outputs(settings)
-        region = endpoint_region(settings, outputs)
-        if async_:
-            from aiops.inference import async_client
-
-            outputs.require("bucket", needed_for="aiops invoke --async (the request is uploaded to its bucket)")
-            answer = async_client.invoke_endpoint_async(endpoint, body, content_type=ctype, accept=accept,
-                                                        bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn,
-                                                        region=region, timeout=timeout)
-            _render(answer.body, answer.content_type, output)
-            typer.echo(f"async {answer.inference_id}: {answer.output_location} in {answer.latency_ms:.0f} ms "
-                       f"({answer.polls} poll{'s' if answer.polls != 1 else ''})", err=True)
-            return
-        if inference_component is None and endpoint == outputs.endpoint_name:
-            inference_component = outputs.inference_component_name
-        result = client.invoke_endpoint(endpoint, body, content_type=ctype, accept=accept, region=region,
-                                        inference_component=inference_component)
-    else:
-        result = client.invoke_url(url or get_settings().serve.url, body, content_type=ctype, accept=accept,
-                                   api_key=api_key)
-    if not result.ok:
-        raise AiopsError(client.error_message(result))
-    _render(result.body, result.content_type, output)
-    typer.echo(f"HTTP {result.status} {result.content_type} in {result.latency_ms:.2f} ms", err=True)
+    answer = send(target, body, content_type=ctype, accept=accept, api_key=api_key)
+    _render(answer.body, answer.content_type, output)
+    typer.echo(answer.summary, err=True)
 
 
 def _render(body: bytes, content_type: Optional[str], output: Optional[Path]) -> None:
