@@ -14,9 +14,9 @@ import pytest
 
 from helpers import free_port, wait_ready, wait_until
 
-from .conftest import save_double, save_mlp, write_script
+from .conftest import NO_TORCH_MODEL_FN, save_double, save_mlp, write_script
 
-FAULTY = '''
+FAULTY = NO_TORCH_MODEL_FN + '''
 import json, os, time
 def input_fn(body, content_type):
     if content_type != "application/json":
@@ -155,8 +155,8 @@ def test_every_error_status_and_the_server_keeps_serving(start_server, faulty_di
     assert "secret-trace-marker" in log and "Traceback" in log  # the traceback goes to the log only
 
 
-def test_413_is_answered_before_the_body_is_read(start_server, double_dir):
-    s = start_server(double_dir, env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"})
+def test_413_is_answered_before_the_body_is_read(start_server, echo_dir):
+    s = start_server(echo_dir, env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"})
     with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
         sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100000000000\r\n\r\n[1")
@@ -165,12 +165,12 @@ def test_413_is_answered_before_the_body_is_read(start_server, double_dir):
     assert s.invoke(b"[1]").status == 200
 
 
-def test_api_key_guards_every_route_but_ping(start_server, double_dir):
-    s = start_server(double_dir, env={"AIOPS_SERVE__API_KEY": "s3cret"})
+def test_api_key_guards_every_route_but_ping(start_server, echo_dir):
+    s = start_server(echo_dir, env={"AIOPS_SERVE__API_KEY": "s3cret"})
     assert s.request("GET", "/ping").status == 200
     assert s.invoke(b"[1]").status == 401
     assert s.invoke(b"[1]", **{"X-Api-Key": "wrong"}).status == 401
-    assert s.invoke(b"[1]", **{"X-Api-Key": "s3cret"}).json() == [2.0]
+    assert s.invoke(b"[1]", **{"X-Api-Key": "s3cret"}).json() == [1]
     assert s.invoke(b"[1]", **{"Authorization": "Bearer s3cret"}).status == 200
 
 
