@@ -76,6 +76,12 @@ XDIST_GROUPS = {
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not config.pluginmanager.hasplugin("xdist"):
         return
+    # Files with slow tests (the journeys, training, export) go first, in their order, the quick ones
+    # after: xdist hands out work in this order, so the long tests start early and the quick ones fill
+    # the workers at the end, instead of one long test running alone on one worker while the others
+    # are done. Whole files move, so module-scoped fixtures are still built once per file.
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each part stays
     tests_root = Path(__file__).resolve().parent
     for item in items:
         rel = Path(item.fspath).resolve().relative_to(tests_root).as_posix()
