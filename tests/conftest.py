@@ -121,7 +121,24 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         return
     import time
 
+    before = _children()
     cpu, wall = _cpu_seconds(), time.monotonic()
     yield
+    left = sorted(set(_children()) - set(before))  # started by this test and still running
     with open(_CPU_LOG, "a") as log:
-        log.write(f"{_cpu_seconds() - cpu:.2f}\t{time.monotonic() - wall:.2f}\t{item.nodeid}\n")
+        log.write(f"{_cpu_seconds() - cpu:.2f}\t{time.monotonic() - wall:.2f}\t{item.nodeid}"
+                  + (f"\tleft running: {left}" if left else "") + "\n")
+
+
+def _children() -> list[str]:
+    """This worker's child processes (pid and command), read from /proc."""
+    me, found = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[1] == me and fields[0] != "Z":
+                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{stat.parent.name} {cmd[:120]}")
+        except (OSError, IndexError):
+            continue
+    return found
