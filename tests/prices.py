@@ -3,6 +3,7 @@ never typed in: refreshing the table (scripts/refresh_prices.py) must not break 
 
 from __future__ import annotations
 
+from aiops.infra.costs import rate  # noqa: F401 - how a price per hour is printed (tested in test_costs)
 from aiops.pricing import load_prices
 
 
@@ -14,11 +15,6 @@ def hourly(instance_type: str, region: str = "us-east-1", service: str = "sagema
 
 def monthly(per_hour: float) -> float:
     return round(per_hour * load_prices().hours_per_month, 2)
-
-
-def rate(value: float) -> str:
-    """As the plan and `aiops cost` print a price per hour (up to 4 decimals, no trailing zeros)."""
-    return f"{value:.4f}".rstrip("0").rstrip(".")
 
 
 def cheapest(instance_types: list[str], region: str = "us-east-1") -> list[tuple[str, float]]:

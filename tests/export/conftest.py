@@ -17,9 +17,8 @@ def _cli(home: Path, cwd: Path, *args: str, timeout: float = 300) -> CliResult:
 
 @pytest.fixture(scope="session")
 def digits_run(digits_default_run: dict) -> dict:
-    """The session's Completed local run of the digits example (tests/conftest.py): {home, data, run}."""
-    return {"home": digits_default_run["home"], "data": digits_default_run["data"],
-            "run": digits_default_run["run"]}
+    """The session's Completed local run of the digits example (tests/conftest.py): {home, data, run, ...}."""
+    return digits_default_run
 
 
 @pytest.fixture
