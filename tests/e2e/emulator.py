@@ -729,6 +729,23 @@ def start_model(platform: "Platform", *, endpoint: str, model: dict[str, Any], r
     return server, enis, session
 
 
+
+def _put_in_service(host: Any, server: Any, enis: list) -> None:
+    """An endpoint's or inference component's new model server takes over: the old one (and its
+    network interfaces) goes, as the platform replaces instances on an update."""
+    old, host.server = host.server, server
+    old_enis, host.enis = host.enis, enis
+    host.platform.detach_network(old_enis)
+    host.status, host.failure_reason = "InService", None
+    if old is not None:
+        old.stop()
+
+
+def _failure_reason(err: BaseException) -> str:
+    """The FailureReason a failed start shows (an IAM refusal reads as the service's ClientError)."""
+    return f"ClientError: {err}" if isinstance(err, AccessDenied) else f"{type(err).__name__}: {err}"
+
+
 class EndpointHost:
     """An endpoint: its variant's model served by `aiops serve` from the model.tar.gz its role can
     read; or, when its configuration names no model, the instances its inference components run on.
@@ -789,18 +806,10 @@ class EndpointHost:
                 self.calls = self.session.calls
             # else: inference components; the instances are managed (ManagedInstanceScaling) and each
             # component brings its model (ComponentHost)
-            old, self.server = self.server, server
-            old_enis, self.enis = self.enis, enis
-            self.platform.detach_network(old_enis)
             self.variant, self.config_name, self.config, self.model = variant["VariantName"], config_name, config, model
-            self.status = "InService"
-            self.failure_reason = None
-            if old is not None:
-                old.stop()
-        except AccessDenied as err:
-            self.status, self.failure_reason = "Failed", f"ClientError: {err}"
+            _put_in_service(self, server, enis)
         except Exception as err:
-            self.status, self.failure_reason = "Failed", f"{type(err).__name__}: {err}"
+            self.status, self.failure_reason = "Failed", _failure_reason(err)
         finally:
             self.ready.set()
 
@@ -917,16 +926,10 @@ class ComponentHost:
                                           role_arn=host.config["ExecutionRoleArn"], variant=self.request["VariantName"],
                                           kms_key_id=host.config.get("KmsKeyId"), folder=folder,
                                           label=f"inference component {self.name}")
-            old, self.server = self.server, server
-            old_enis, self.enis = self.enis, enis
-            self.platform.detach_network(old_enis)
-            self.model, self.status, self.failure_reason = model, "InService", None
-            if old is not None:
-                old.stop()
-        except AccessDenied as err:
-            self.status, self.failure_reason = "Failed", f"ClientError: {err}"
+            self.model = model
+            _put_in_service(self, server, enis)
         except Exception as err:
-            self.status, self.failure_reason = "Failed", f"{type(err).__name__}: {err}"
+            self.status, self.failure_reason = "Failed", _failure_reason(err)
 
     def describe(self) -> dict[str, Any]:
         copies = int((self.request.get("RuntimeConfig") or {}).get("CopyCount", 1))
