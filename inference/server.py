@@ -414,8 +414,14 @@ class App:
         # (no queue, no wake-up of another thread, no GIL ping-pong per request); one slower call
         # sends the worker back to its inference thread. Only one thread runs the handler at a time:
         # the loop goes inline only once the inference thread has finished everything handed to it.
-        budget = s.inline_call_ms if s.inline_call_ms is not None else (50.0 if self.batch_size > 1 else 0.0)
+        budget = s.inline_call_ms if s.inline_call_ms is not None else 50.0
         self.inline_budget = budget / 1000.0
+        # Full inline mode (every request on the loop) is for batched workers or when inline_call_ms
+        # is set; an unbatched worker by default keeps its thread under load (its forward overlaps
+        # the loop's reads) and runs on the loop only a request that is alone (solo, below).
+        self.full_inline = self.inline_budget > 0 and (self.batch_size > 1 or s.inline_call_ms is not None)
+        self.solo: list[Request] = []  # requests to run on the loop because each was alone (c=1)
+        self.solo_scheduled = False
         self.inline = False
         self.promoting = False
         self.fast_streak = 0  # consecutive handler calls within the budget
@@ -506,16 +512,37 @@ class App:
         req = Request(conn, body, conn.ctype, accept, conn.attrs, _rid(), conn.inference_id, keep, mode)
         conn.current = req
         self.inflight[req] = None
-        if not (self.inline or self.promoting) and self.inline_budget > 0 and self.fast_streak >= self.promote_after:
+        if not (self.inline or self.promoting) and self.full_inline and self.fast_streak >= self.promote_after:
             self.promoting = True  # new requests wait until the inference thread has finished what it holds
         if self.inline or self.promoting:
             self.pending.append(req)
             if not self.flush_scheduled:  # after this poll's reads: every request they completed
                 self.flush_scheduled = True
                 self.loop.call_soon(self._flush)
+        elif (self.inline_budget > 0 and len(self.inflight) == 1 and self.handed == self.taken
+              and self.fast_streak >= self.promote_after):
+            # Solo: the only request in flight, the inference thread idle, calls fast so far: the
+            # loop runs it right after this poll (no queue, no thread wake-up, no GIL hand-over;
+            # at c=1 nothing could overlap the call anyway). Guarded as inline mode: watchdog, budget.
+            self.solo.append(req)
+            if not self.solo_scheduled:
+                self.solo_scheduled = True
+                self.loop.call_soon(self._run_solo)
         else:
             self.handed += 1
             self.work.put(req)
+
+    def _run_solo(self) -> None:
+        self.solo_scheduled = False
+        solo, self.solo = self.solo, []
+        for req in solo:
+            if req.done:
+                continue
+            if self.handed == self.taken and self.fast_streak >= self.promote_after:
+                self._run_inline([req], solo=True)
+            else:  # something went to the thread meanwhile (or a slow call): keep the order there
+                self.handed += 1
+                self.work.put(req)
 
     def abandon(self, req: Request) -> None:
         """The client of ``req`` has gone (loop thread): it is not run if it has not started."""
@@ -575,12 +602,16 @@ class App:
                     self.loop.call_soon_threadsafe(self._deliver)
             self.taken += len(batch)
 
-    def _timed(self, seconds: float) -> None:
+    def _timed(self, seconds: float, solo: bool = False) -> None:
         """Count a handler call towards inline mode (within the budget) or out of it."""
         if seconds <= self.inline_budget:
             self.fast_streak += 1
         else:
             self.fast_streak = 0
+            if solo:  # a slow solo call: as many more fast calls before the next as after a demotion
+                self.promote_after = min(self.promote_after * 4, INLINE_AFTER_MAX)
+                log.info("a handler call took %.0f ms (inline_call_ms=%g): lone requests go to the inference "
+                         "thread again", seconds * 1000, self.inline_budget * 1000)
             if self.inline:  # a slow call: /ping and the timeouts must not wait on the next one
                 self.inline = False
                 self.promote_after = min(self.promote_after * 4, INLINE_AFTER_MAX)
@@ -638,7 +669,7 @@ class App:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
 
-    def _run_inline(self, reqs: list[Request]) -> None:
+    def _run_inline(self, reqs: list[Request], solo: bool = False) -> None:
         self.inline_reqs = reqs
         self.call_started = started = time.monotonic()
         try:
@@ -646,7 +677,7 @@ class App:
         finally:
             self.call_started = None
             self.inline_reqs = []
-        self._timed(time.monotonic() - started)
+        self._timed(time.monotonic() - started, solo)
         with self.lock:  # once for the whole batch: only the watchdog competes
             was_done = [r.done for r in reqs]
             for req in reqs:
