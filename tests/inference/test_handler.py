@@ -347,3 +347,41 @@ def test_only_declared_or_default_predict_fns_batch(tmp_path, double_dir):
     assert not loaded(double_dir, "def predict_fn(d, m):\n    return d\n").batchable
     assert loaded(double_dir, "aiops_batch = True\ndef predict_fn(d, m):\n    return d\n").batchable
     assert not loaded(double_dir, "def transform_fn(m, b, c, a):\n    return b\n").batchable
+
+
+_EDGE_FLOATS = [0.1, -0.0, 1e-45, 1.4e-45, 3.4028234e38, 3.5e38, 1e308, 5e-324, 2.5e-8, 123456789.123, -7.0, 1]
+
+
+def test_flat_json_fast_decoder_equals_orjson_bit_for_bit():
+    rng = np.random.default_rng(7)
+    bodies = [json.dumps(rng.normal(scale=s, size=300).tolist()).encode() for s in (1e-30, 1e-3, 1, 1e6, 1e30)]
+    bodies += [json.dumps(_EDGE_FLOATS).encode(), b" [ 1.5 ,\n2e3, -4E-2 ] ", b"[1.5]"]
+    for body in bodies:
+        for dtype in (np.float32, np.float64):
+            got = codecs.decode(body, codecs.JSON, dtype)
+            want = np.array(json.loads(body), dtype=dtype)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert got.tobytes() == want.tobytes(), body[:60]
+
+
+@pytest.mark.parametrize("body,status", [
+    (b"[1.5, true]", 400), (b"[1.5, null]", 400), (b'[1.5, "2"]', 400), (b"[1.5,]", 400), (b"[1.5", 400),
+    (b"[1.5, 1e400]", 400),  # out of double range: orjson's refusal, as before
+])
+def test_flat_json_fast_decoder_refuses_what_the_general_path_refuses(body, status):
+    with pytest.raises(codecs.HttpError) as err:
+        codecs.decode(body, codecs.JSON, np.float32)
+    assert err.value.status_code == status
+
+
+def test_decode_rows_takes_only_equal_rows_of_numbers():
+    pytest.importorskip("simdjson")
+    rows = [b"[1.5, 2, 3]", b"[0.25, -1e-3, 7]"]
+    got = codecs.decode_rows(rows, np.float32)
+    assert got is not None and got.dtype == np.float32
+    assert got.tobytes() == np.array([json.loads(r) for r in rows], dtype=np.float32).tobytes()
+    assert codecs.decode_rows([b"[1.5, 2]", b"[1.5, 2, 3]"], np.float32) is None  # ragged
+    assert codecs.decode_rows([b"[1.5, 2]", b"[]", b"[1.5, 2, 3]"], np.float32) is None  # one empty
+    assert codecs.decode_rows([b'["1,5", 2]', b"[1.5, 2]"], np.float32) is None  # a string with a comma
+    assert codecs.decode_rows([b"[1, 2]", b"[3, 4]"], np.float32) is None  # integers: the int64 path
+    assert codecs.decode_rows([b"[1.5, true]", b"[1.5, 2]"], np.float32) is None
