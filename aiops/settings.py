@@ -125,8 +125,9 @@ class ServeSettings(_FromConfigFile):
         None, "inline_call_ms", ge=0,
         description="Handler calls (or batches) that keep taking at most this long run on the worker's event loop "
         "itself (no thread hand-off); one slower call moves the worker back to its inference thread, so /ping and "
-        "the timeouts never wait longer than that. 0: always the inference thread. Default: 50 with batching on, "
-        "0 without (an unbatched worker measured faster keeping its thread: the forward overlaps the loop's I/O).")
+        "the timeouts never wait longer than that. 0: always the inference thread. Default 50: every request with "
+        "batching on; without batching only a request alone in flight (an unbatched worker under load measured "
+        "faster keeping its thread: the forward overlaps the loop's I/O). Set explicitly: every request.")
     max_decoded_mb: float = _serve_field(100.0, "max_decoded_mb", gt=0,
                                          description="Largest .npy/.npz/sparse body once decoded (default decoders).")
     json_max_depth: int = _serve_field(32, "json_max_depth", ge=1, description="Dimensions of a JSON array body.")

@@ -49,6 +49,17 @@ def timeit(fn, n: int = 2000, rounds: int = 5) -> float:
     return statistics.median(per)
 
 
+def _without_simdjson(fn) -> float:
+    from aiops.inference import codecs
+
+    had = getattr(codecs._SIMD, "parser", 0)
+    codecs._SIMD.parser = None
+    try:
+        return timeit(fn)
+    finally:
+        codecs._SIMD.parser = had
+
+
 def in_process(model_dir: Path, body: bytes) -> dict[str, float]:
     import numpy as np
     import orjson
@@ -84,10 +95,11 @@ def in_process(model_dir: Path, body: bytes) -> dict[str, float]:
         "orjson.loads + np.array(float32)": timeit(lambda: np.array(orjson.loads(body), dtype=np.float32)),
         "np.fromstring(body[1:-1], sep=',') float32 (no list)":
             timeit(lambda: np.fromstring(body[1:-1], dtype=np.float32, sep=",")),
+        "orjson path alone (codecs without simdjson)": _without_simdjson(lambda: codecs.decode(body, codecs.JSON, np.float32)),
         "codecs.decode (default JSON decoder)": timeit(lambda: codecs.decode(body, codecs.JSON, np.float32)),
         "Handler.decode (default input_fn -> tensor)": timeit(lambda: h.decode(body, codecs.JSON, ctx)),
-        "forward b1, no_grad, jit.load (today's default)": timeit(under(torch.no_grad, raw)),
-        "forward b1, inference_mode, jit.load": timeit(under(torch.inference_mode, raw)),
+        "forward b1, no_grad, jit.load (the default before)": timeit(under(torch.no_grad, raw)),
+        "forward b1, inference_mode, jit.load (the default now)": timeit(under(torch.inference_mode, raw)),
         "forward b1, no_grad, jit.freeze": timeit(under(torch.no_grad, frozen)),
         "forward b1, inference_mode, jit.freeze": timeit(under(torch.inference_mode, frozen)),
         "forward b1, no_grad, optimize_for_inference": timeit(under(torch.no_grad, optimized)),
