@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import signal
 import socket
 import threading
@@ -294,3 +295,37 @@ def test_batching_through_the_server_equals_unbatched(start_server, tmp_path):
         t.join(60)
     np.testing.assert_allclose(np.array(got), np.array(expected), rtol=1e-5, atol=1e-6)
     assert "batch size 8" in batched.log()
+
+
+def test_a_batch_slow_only_because_it_waited_for_a_cpu_does_not_leave_inline_mode(monkeypatch):
+    from types import SimpleNamespace
+
+    from aiops.inference import server
+
+    def state():
+        return SimpleNamespace(inline_budget=0.05, fast_streak=30, inline=True, promote_after=20)
+
+    # 0.2 s wall, of which 0.19 s runnable but off-CPU (another process ran): not the handler's doing
+    monkeypatch.setattr(server, "_runqueue_wait", lambda: 1.19)
+    preempted = state()
+    server.App._timed(preempted, 0.2, False, 1.0)
+    assert preempted.inline and preempted.fast_streak == 30 and preempted.promote_after == 20
+    # 0.2 s wall with no run-queue wait (it ran, or slept, that long): slow, back to the thread
+    monkeypatch.setattr(server, "_runqueue_wait", lambda: 1.0)
+    slow = state()
+    server.App._timed(slow, 0.2, False, 1.0)
+    assert not slow.inline and slow.fast_streak == 0 and slow.promote_after == 80
+    # a single request's call carries no run-queue reading: wall time decides, as before
+    single = state()
+    server.App._timed(single, 0.2)
+    assert not single.inline
+
+
+def test_runqueue_wait_reads_this_threads_schedstat():
+    from aiops.inference import server
+
+    first = server._runqueue_wait()
+    if first is None:  # not Linux (no /proc/thread-self/schedstat): the check is simply off
+        assert not os.path.exists("/proc/thread-self/schedstat")
+        return
+    assert isinstance(first, float) and first >= 0 and server._runqueue_wait() >= first
