@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import CliResult, run_aiops
+from helpers import CliResult, run_aiops, run_aiops_in_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,17 @@ def run_cli(aiops_home: Path, tmp_path: Path):
     def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300,
             input: str | None = None) -> CliResult:
         return run_aiops(aiops_home, cwd or tmp_path, *args, env=env, timeout=timeout, input=input)
+
+    return run
+
+
+@pytest.fixture
+def cli_in_process(aiops_home: Path, tmp_path: Path):
+    """`run_cli`'s twin that calls the same entry in this process (helpers.run_aiops_in_process):
+    for the repeated calls of a command whose subject is what it prints."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> CliResult:
+        return run_aiops_in_process(aiops_home, cwd or tmp_path, *args, env=env)
 
     return run
 
