@@ -52,7 +52,21 @@ DIGITS_SCRIPT = REPO_ROOT / "training" / "examples" / "digits" / "train.py"
 
 
 @pytest.fixture(scope="session")
-def digits_default_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def digits_channels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`aiops example digits-data`'s train/ and test/ channels, made once for every xdist worker;
+    read-only for the tests (the journeys' channels, the default run's)."""
+    from helpers import built_once
+
+    def make(root: Path) -> dict:
+        made = run_aiops(root / "home", root, "example", "digits-data", str(root / "data"))
+        assert made.returncode == 0, made.output
+        return {"data": str(root / "data")}
+
+    return Path(built_once(tmp_path_factory, "digits-channels", make)["data"])
+
+
+@pytest.fixture(scope="session")
+def digits_default_run(digits_channels: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One `aiops train` of the digits example with its default hyperparameters, as a user runs it,
     made once for every xdist worker (helpers.built_once) and read by the tests of the example, the
     runner's stop/resume and the export: {"home", "data", "run" (its name), "run_dir", "summary",
@@ -60,9 +74,7 @@ def digits_default_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from helpers import built_once
 
     def train(root: Path) -> dict:
-        home, data = root / "home", root / "data"
-        made = run_aiops(home, root, "example", "digits-data", str(data))
-        assert made.returncode == 0, made.output
+        home, data = root / "home", digits_channels
         result = run_aiops(home, root, "train", str(DIGITS_SCRIPT), "--channel", f"train={data / 'train'}",
                            "--channel", f"test={data / 'test'}", "--job-name", "digits", "--json")
         assert result.returncode == 0, result.output

@@ -51,13 +51,8 @@ def journey(account: MotoAccount, platform: Platform, tmp_path: Path, namespaces
 
 
 @pytest.fixture(scope="session")
-def digits_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from helpers import run_aiops
-
-    root = tmp_path_factory.mktemp("digits")
-    result = run_aiops(root / "home", root, "example", "digits-data", str(root / "data"))
-    assert result.returncode == 0, result.output
-    return root / "data"
+def digits_data(digits_channels: Path) -> Path:
+    return digits_channels
 
 
 def plan_statement_ids(*, vpc: bool = False) -> list[str]:
