@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import CliResult, run_aiops
+from helpers import CliResult, run_aiops, run_aiops_in_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,11 +37,36 @@ def run_cli(aiops_home: Path, tmp_path: Path):
     return run
 
 
+@pytest.fixture
+def cli_in_process(aiops_home: Path, tmp_path: Path):
+    """`run_cli`'s twin that calls the same entry in this process (helpers.run_aiops_in_process):
+    for the repeated calls of a command whose subject is what it prints."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> CliResult:
+        return run_aiops_in_process(aiops_home, cwd or tmp_path, *args, env=env)
+
+    return run
+
+
 DIGITS_SCRIPT = REPO_ROOT / "training" / "examples" / "digits" / "train.py"
 
 
 @pytest.fixture(scope="session")
-def digits_default_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def digits_channels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`aiops example digits-data`'s train/ and test/ channels, made once for every xdist worker;
+    read-only for the tests (the journeys' channels, the default run's)."""
+    from helpers import built_once
+
+    def make(root: Path) -> dict:
+        made = run_aiops(root / "home", root, "example", "digits-data", str(root / "data"))
+        assert made.returncode == 0, made.output
+        return {"data": str(root / "data")}
+
+    return Path(built_once(tmp_path_factory, "digits-channels", make)["data"])
+
+
+@pytest.fixture(scope="session")
+def digits_default_run(digits_channels: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One `aiops train` of the digits example with its default hyperparameters, as a user runs it,
     made once for every xdist worker (helpers.built_once) and read by the tests of the example, the
     runner's stop/resume and the export: {"home", "data", "run" (its name), "run_dir", "summary",
@@ -49,9 +74,7 @@ def digits_default_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from helpers import built_once
 
     def train(root: Path) -> dict:
-        home, data = root / "home", root / "data"
-        made = run_aiops(home, root, "example", "digits-data", str(data))
-        assert made.returncode == 0, made.output
+        home, data = root / "home", digits_channels
         result = run_aiops(home, root, "train", str(DIGITS_SCRIPT), "--channel", f"train={data / 'train'}",
                            "--channel", f"test={data / 'test'}", "--job-name", "digits", "--json")
         assert result.returncode == 0, result.output

@@ -8,7 +8,7 @@ digits data and the local reference run (per worker, read-only once made).
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,20 +51,32 @@ def journey(account: MotoAccount, platform: Platform, tmp_path: Path, namespaces
 
 
 @pytest.fixture(scope="session")
-def digits_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from helpers import run_aiops
-
-    root = tmp_path_factory.mktemp("digits")
-    result = run_aiops(root / "home", root, "example", "digits-data", str(root / "data"))
-    assert result.returncode == 0, result.output
-    return root / "data"
+def digits_data(digits_channels: Path) -> Path:
+    return digits_channels
 
 
 def plan_statement_ids(*, vpc: bool = False) -> list[str]:
-    """The Sids of the execution role's policy in the journey's plan (for parametrizing)."""
+    """The Sids of the execution role's policy in the journey's plan (for parametrizing). Made once
+    per run for all pytest-xdist workers (they all collect): the first writes them, the rest read."""
+    import tempfile
+
+    from filelock import FileLock
+
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run_id:
+        return _plan_statement_ids(vpc=vpc)
+    cache = Path(tempfile.gettempdir()) / f"aiops-tests-{run_id}-sids-{'vpc' if vpc else 'main'}.json"
+    with FileLock(str(cache) + ".lock"):
+        if not cache.is_file():
+            cache.write_text(json.dumps(_plan_statement_ids(vpc=vpc)))
+        return json.loads(cache.read_text())
+
+
+def _plan_statement_ids(*, vpc: bool) -> list[str]:
     import tempfile
 
     import yaml
+    from helpers import run_aiops_in_process
 
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
@@ -77,9 +89,7 @@ def plan_statement_ids(*, vpc: bool = False) -> list[str]:
         else:  # the main journey ends with its endpoint on asynchronous inference
             config["config"]["aiops:endpoint"]["asyncInference"] = {"enabled": True, "maxCapacity": 2}
         (project / "Pulumi.e2e.yaml").write_text(yaml.safe_dump(config))
-        proc = subprocess.run([sys.executable, "-m", "aiops.cli.app", "preview", "--offline", "--json",
-                               "--stack", "e2e"], cwd=project, capture_output=True, text=True, timeout=300,
-                              env={**__import__("os").environ, "AIOPS_HOME": str(project / "home")})
+        proc = run_aiops_in_process(project / "home", project, "preview", "--offline", "--json", "--stack", "e2e")
     if proc.returncode != 0:
         return [f"preview-failed: {proc.stderr.strip()[-200:]}"]
     plan = json.loads(proc.stdout)

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from engine import StandInEngine
 from emulator import MotoAccount, Platform
-from helpers import CliResult, run_aiops
+from helpers import CliResult, run_aiops, run_aiops_in_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DIGITS = REPO_ROOT / "training" / "examples" / "digits"
@@ -104,8 +104,10 @@ class Journey:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def preview(self) -> dict[str, Any]:
-        result = run_aiops(self.home, self.project, "preview", "--offline", "--json", "--stack", self.stack,
-                           env=self.env, timeout=300)
+        # the same entry in this process: a fresh one spends ~4 s importing pulumi_aws for each of a
+        # journey's previews (tests/infra runs the command in its own process)
+        result = run_aiops_in_process(self.home, self.project, "preview", "--offline", "--json", "--stack", self.stack,
+                                      env=self.env)
         self.transcript.append(f"$ aiops preview --offline --json --stack {self.stack}\n[exit {result.returncode}]\n"
                                f"{result.stderr[-3000:]}")
         if result.returncode != 0:

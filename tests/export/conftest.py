@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import CliResult, Server, launch_server, run_aiops, stop_all, wait_ready
+from helpers import CliResult, Server, launch_server, run_aiops, run_aiops_in_process, stop_all, wait_ready
 
 pytest.importorskip("torch")
 
@@ -27,6 +27,17 @@ def cli(digits_run: dict, tmp_path: Path):
 
     def run(*args: str, timeout: float = 300) -> CliResult:
         return _cli(digits_run["home"], tmp_path, *args, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def cli_in_process(digits_run: dict, tmp_path: Path):
+    """`cli`'s twin calling the same entry in this process (torch is loaded here already): for the
+    bad-input cases and repeated exports, whose subject is what the command answers and writes."""
+
+    def run(*args: str) -> CliResult:
+        return run_aiops_in_process(digits_run["home"], tmp_path, *args)
 
     return run
 

@@ -17,7 +17,8 @@ from .conftest import summary
 pytest.importorskip("onnxruntime")
 
 CASES = [("torchscript", None), ("torchscript", "dynamic-int8"), ("onnx", None), ("onnx", "dynamic-int8")]
-# exported twice, byte for byte the same (checked in the same test: one export fewer per case)
+# exported twice, byte for byte the same (checked in the same test: one export fewer per case), the
+# second time in the test's own process
 DETERMINISTIC = [("torchscript", "dynamic-int8"), ("onnx", None), ("onnx", "dynamic-int8")]
 
 
@@ -33,7 +34,8 @@ def _sha(path: Path) -> str:
 
 
 @pytest.mark.parametrize("fmt,quantize", CASES, ids=["ts", "ts-int8", "onnx", "onnx-int8"])
-def test_export_is_verified_served_and_agrees(cli, serve, digits_run, tmp_path: Path, fmt, quantize) -> None:
+def test_export_is_verified_served_and_agrees(cli, cli_in_process, serve, digits_run, tmp_path: Path, fmt,
+                                              quantize) -> None:
     out = tmp_path / "exported.tar.gz"
     r = _export(cli, digits_run["run"], fmt, quantize, out)
     assert r.returncode == 0, r.output
@@ -70,9 +72,9 @@ def test_export_is_verified_served_and_agrees(cli, serve, digits_run, tmp_path: 
     probs = json.loads(body)["predictions"][0]["probabilities"]
     assert len(probs) == 10 and abs(sum(probs) - 1) < 1e-3  # the original predict_fn's softmax still runs
 
-    if (fmt, quantize) in DETERMINISTIC:  # the same input gives the same bytes
+    if (fmt, quantize) in DETERMINISTIC:  # the same input gives the same bytes, in another process too
         again = tmp_path / "again.tar.gz"
-        r = _export(cli, digits_run["run"], fmt, quantize, again)
+        r = _export(cli_in_process, digits_run["run"], fmt, quantize, again)
         assert r.returncode == 0, r.output
         assert _sha(again) == _sha(out) == s["sha256"] == summary(r)["sha256"]
 

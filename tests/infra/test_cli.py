@@ -1,4 +1,5 @@
-"""The infra commands through the real CLI (subprocess)."""
+"""The infra commands through the real CLI: a fresh process per command at least once (``run_cli``),
+the same entry in this process for the repeated calls (``cli_in_process``)."""
 
 from __future__ import annotations
 
@@ -36,15 +37,15 @@ def test_preview_offline_json_lists_every_resource(run_cli):
     assert data["outputs"]["region"] == "us-west-2"
 
 
-def test_one_stack_rule_for_the_infra_commands(run_cli):
+def test_one_stack_rule_for_the_infra_commands(cli_in_process):
     """--stack > AIOPS_STACK > dev, as for `aiops train --remote` (aiops.stack.resolve_stack)."""
-    from_env = run_cli("preview", "--offline", "--json", "-C", str(REPO), env={"AIOPS_STACK": "prod"})
+    from_env = cli_in_process("preview", "--offline", "--json", "-C", str(REPO), env={"AIOPS_STACK": "prod"})
     assert from_env.returncode == 0, from_env.output
     assert json.loads(from_env.stdout)["stack"] == "prod"
-    flag = run_cli("cost", "--json", "--stack", "dev", "-C", str(REPO), env={"AIOPS_STACK": "prod"})
+    flag = cli_in_process("cost", "--json", "--stack", "dev", "-C", str(REPO), env={"AIOPS_STACK": "prod"})
     assert flag.returncode == 0, flag.output
     assert json.loads(flag.stdout)["stack"] == "dev"
-    default = run_cli("cost", "--json", "-C", str(REPO), env={"AIOPS_STACK": ""})
+    default = cli_in_process("cost", "--json", "-C", str(REPO), env={"AIOPS_STACK": ""})
     assert json.loads(default.stdout)["stack"] == "dev"
 
 
@@ -90,8 +91,8 @@ def test_help_imports_no_pulumi_or_boto3():
     assert "BAD []" in out
 
 
-def test_preview_offline_shows_costs(run_cli):
-    result = run_cli("preview", "--offline", "-C", str(REPO))
+def test_preview_offline_shows_costs(cli_in_process):
+    result = cli_in_process("preview", "--offline", "-C", str(REPO))
     assert result.returncode == 0, result.output
     out = result.stdout
     dev = prices.hourly("ml.g5.xlarge")  # Pulumi.dev.yaml: 1 (max 2) x ml.g5.xlarge in us-east-1
@@ -99,7 +100,7 @@ def test_preview_offline_shows_costs(run_cli):
                  f"{prices.monthly(dev):,.2f}", f"total: ${prices.rate(dev)}/h, ${prices.monthly(dev):,.2f}/month",
                  "spot", f"prices as of {load_prices().as_of}"):
         assert text in out, text
-    result = run_cli("preview", "--offline", "--json", "--stack", "prod", "-C", str(REPO))
+    result = cli_in_process("preview", "--offline", "--json", "--stack", "prod", "-C", str(REPO))
     costs = json.loads(result.stdout)["costs"]
     prod = prices.hourly("ml.g5.2xlarge", "us-west-2")  # Pulumi.prod.yaml: 2 (max 8) in us-west-2
     assert costs["total_hourly"] == pytest.approx(2 * prod) and costs["max_hourly"] == pytest.approx(8 * prod)
@@ -110,14 +111,14 @@ def test_preview_offline_shows_costs(run_cli):
     assert line["hourly"] == pytest.approx(2 * prod)
 
 
-def test_cost_command(run_cli, tmp_path):
+def test_cost_command(run_cli, cli_in_process, tmp_path):
     result = run_cli("cost", "--stack", "prod", "-C", str(REPO))
     assert result.returncode == 0, result.output
     prod = prices.hourly("ml.g5.2xlarge", "us-west-2")
     assert "2 (max 8) x ml.g5.2xlarge" in result.stdout
     assert f"total: ${prices.rate(2 * prod)}/h, ${prices.monthly(2 * prod):,.2f}/month" in result.stdout
     assert f"up to ${prices.rate(8 * prod)}/h" in result.stdout
-    result = run_cli("cost", "--json", "-C", str(REPO))
+    result = cli_in_process("cost", "--json", "-C", str(REPO))
     data = json.loads(result.stdout)
     dev = prices.hourly("ml.g5.xlarge")
     assert data["stack"] == "dev" and data["total_hourly"] == pytest.approx(dev)
@@ -127,12 +128,12 @@ def test_cost_command(run_cli, tmp_path):
     (tmp_path / "Pulumi.g6.yaml").write_text(
         "config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    modelDataUrl: s3://b-1/m.tar.gz\n"
         "    instanceType: ml.g6.xlarge\n")
-    result = run_cli("cost", "--stack", "g6", "-C", str(tmp_path))
+    result = cli_in_process("cost", "--stack", "g6", "-C", str(tmp_path))
     assert result.returncode == 0, result.output
     assert "unknown" in result.stdout and "no known price for ml.g6.xlarge in us-east-1" in result.stdout
     assert "incomplete: 1 resource without a known price" in result.stdout
     # a bad stack: one line, exit 2
-    result = run_cli("cost", "--stack", "missing", "-C", str(tmp_path))
+    result = cli_in_process("cost", "--stack", "missing", "-C", str(tmp_path))
     assert result.returncode == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
 
 

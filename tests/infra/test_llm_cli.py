@@ -44,13 +44,13 @@ def test_preview_offline_refuses_a_model_that_does_not_fit(run_cli, project):
     assert result.stdout == ""
 
 
-def test_preview_offline_prints_the_fit(run_cli, project):
+def test_preview_offline_prints_the_fit(run_cli, cli_in_process, project):
     root, folder = project
     result = run_cli("preview", "--offline", "--stack", "big", "--model", str(folder), "-C", str(root))
     assert result.returncode == 0, result.output
     assert "GPU fit: needs 24.7 GiB of GPU memory" in result.stdout and "ml.g5.12xlarge has 96 GiB" in result.stdout
-    data = json.loads(run_cli("preview", "--offline", "--json", "--stack", "big", "--model", str(folder),
-                              "-C", str(root)).stdout)
+    data = json.loads(cli_in_process("preview", "--offline", "--json", "--stack", "big", "--model", str(folder),
+                                     "-C", str(root)).stdout)
     assert data["gpu_fit"]["fits"] is True and data["gpu_fit"]["have_gib"] == 96
 
 

@@ -194,8 +194,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("extra, expected", BAD, ids=[b[1] for b in BAD])
-def test_bad_remote_input_uploads_nothing(run_cli, project: Path, tmp_path: Path, platform, extra, expected) -> None:
-    result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait", *extra)
+def test_bad_remote_input_uploads_nothing(cli_in_process, project: Path, tmp_path: Path, platform, extra,
+                                         expected) -> None:
+    result = cli_in_process("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait", *extra)
     assert result.returncode == 2, result.output
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert platform.count("s3:PUT") == 0 and platform.count("SageMaker.CreateTrainingJob") == 0

@@ -142,11 +142,12 @@ BAD = [
 
 
 @pytest.mark.parametrize("args, expected", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_distribution_and_channels_exit_2(run_cli, aiops_home: Path, tmp_path: Path, args, expected) -> None:
+def test_bad_distribution_and_channels_exit_2(cli_in_process, aiops_home: Path, tmp_path: Path, args,
+                                              expected) -> None:
     script = tmp_path / "t.py"
     script.write_text("print(1)\n")
     (tmp_path / "data").mkdir()
-    result = run_cli("train", str(script), *[a.replace("{data}", str(tmp_path / "data")) for a in args])
+    result = cli_in_process("train", str(script), *[a.replace("{data}", str(tmp_path / "data")) for a in args])
     assert result.returncode == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr

@@ -284,9 +284,11 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize("args, expected", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
-def test_bad_input_exits_2_with_one_line(run_cli, project: Path, aiops_home: Path, args: list[str],
+def test_bad_input_exits_2_with_one_line(cli_in_process, project: Path, aiops_home: Path, args: list[str],
                                          expected: str) -> None:
-    result = run_cli(*[a.replace("{project}", str(project)) for a in args], cwd=project)
+    # the same entry in this process (~1 s each in a fresh one); the duplicate-name and bad-settings
+    # refusals below are made by fresh processes
+    result = cli_in_process(*[a.replace("{project}", str(project)) for a in args], cwd=project)
     assert result.returncode == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
