@@ -191,8 +191,11 @@ def _simd_floats(raw: bytes):
 
     try:
         doc = parser.parse(raw)
-        # as_buffer copies the values out of the parser's document (reused by the next parse)
-        return np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
+        try:
+            # as_buffer copies the values out of the parser's document (reused by the next parse)
+            return np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
+        finally:
+            del doc  # a parser refuses a new parse while a document of the last one is alive
     except (ValueError, TypeError, RuntimeError, AttributeError):
         return None
 
@@ -206,16 +209,28 @@ def decode_rows(bodies: list[bytes], float_dtype: Any):
     (rows, columns) array of ``float_dtype`` from one simdjson parse, or None when that does not
     apply (no simdjson, a body not numbers only, rows of different lengths, no non-integer): the
     caller then takes the general path. Values equal ``decode`` of each body alone."""
+    if any(b[:1] != b"[" or b.find(b"[", 1) != -1 for b in bodies):  # flat lists only (memchr)
+        return None
     joined = b"[" + b",".join(bodies) + b"]"
     if not _has_float_text(joined):  # all integers: decode gives int64 first, keep that path
         return None
-    flat = _simd_floats(joined)
-    if flat is None:
+    parser = _simd_parser()
+    if parser is None:
         return None
-    # numbers only (else simdjson refused it), so commas are separators: a row holds commas + 1
-    # values, and an empty row ([]) makes the total come up short
-    width = bodies[0].count(b",") + 1
-    if any(b.count(b",") + 1 != width for b in bodies) or flat.size != width * len(bodies):
+    import numpy as np
+
+    try:
+        doc = parser.parse(joined)
+        try:
+            flat = np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
+            lengths = [len(row) for row in doc]  # a number (not a list) as a row: TypeError
+        finally:
+            del doc  # a parser refuses a new parse while a document of the last one is alive
+    except (ValueError, TypeError, RuntimeError, AttributeError):
+        return None
+    # one "[" per body, so no row nests; the rows must be equally long and add up to what was read
+    width = lengths[0] if lengths else 0
+    if not width or any(n != width for n in lengths) or flat.size != width * len(bodies):
         return None
     return flat.reshape(len(bodies), width).astype(float_dtype)
 
@@ -230,11 +245,12 @@ def _json_to_numpy(body: Any, float_dtype: Any = None):
     # each value takes 2+ characters, so only a long body can hold too many
     if len(raw) > 2 * LIMITS.json_max_elements and raw.count("," if isinstance(raw, str) else b",") >= LIMITS.json_max_elements:
         raise BadRequest(f"the JSON body holds more than {LIMITS.json_max_elements} values")
-    if float_dtype is not None and isinstance(raw, bytes) and raw.count(b"[") == 1 and _has_float_text(raw):
+    if float_dtype is not None and isinstance(raw, bytes) and _has_float_text(raw):
         # the common body, one flat list of numbers, some not integers: simdjson writes the values
-        # straight into a buffer (about half of orjson + np.array); the same float32 values
+        # straight into a buffer (about half of orjson + np.array); the same float32 values.
+        # find (memchr) instead of count: a count of a 7 KB body costs ~5 µs
         stripped = raw.strip()
-        if stripped[:1] == b"[" and stripped[-1:] == b"]":
+        if stripped[:1] == b"[" and stripped[-1:] == b"]" and stripped.find(b"[", 1) == -1:
             flat = _simd_floats(raw)
             if flat is not None and flat.size:
                 return flat.astype(float_dtype)

@@ -373,7 +373,8 @@ class Handler:
                 continue
             raw = bytes(body).strip()
             # exactly one flat list each, so the parts cannot combine into something none of them is
-            if raw[:1] != b"[" or raw[-1:] != b"]" or raw.count(b"[") != 1 or raw.count(b"]") != 1:
+            # (find is memchr: far cheaper than count on a body of thousands of bytes)
+            if raw[:1] != b"[" or raw[-1:] != b"]" or raw.find(b"[", 1) != -1 or raw.find(b"]", 0, len(raw) - 1) != -1:
                 return None
             rows.append(i)
             bodies.append(raw)

@@ -385,3 +385,7 @@ def test_decode_rows_takes_only_equal_rows_of_numbers():
     assert codecs.decode_rows([b'["1,5", 2]', b"[1.5, 2]"], np.float32) is None  # a string with a comma
     assert codecs.decode_rows([b"[1, 2]", b"[3, 4]"], np.float32) is None  # integers: the int64 path
     assert codecs.decode_rows([b"[1.5, true]", b"[1.5, 2]"], np.float32) is None
+    assert codecs.decode_rows([b"[1.5, 2]", b"[[1.5, 2]]"], np.float32) is None  # a nested row
+    assert codecs.decode_rows([b"[1.5, 2]", b"[3, [4]]"], np.float32) is None  # same total, nested
+    # after every refusal above the parser is still usable (no document of it left alive)
+    assert codecs._simd_floats(b"[0.5, 1]").tolist() == [0.5, 1.0]
