@@ -656,8 +656,10 @@ class App:
         n = self.batch_size
         if n > 1:
             k = len(pending)
-            if k < n and self.max_delay > 0 and k > self.seen and time.monotonic() < pending[0].t0 + self.max_delay:
-                # still arriving: one more (non-blocking) look at the sockets before the call
+            if (k < n and k < len(self.conns) and self.max_delay > 0 and k > self.seen
+                    and time.monotonic() < pending[0].t0 + self.max_delay):
+                # still arriving: one more (non-blocking) look at the sockets before the call (not
+                # when every open connection already has its request here: none can add one; c=1)
                 self.seen = k
                 self.flush_scheduled = True
                 self.loop.call_soon(self._flush)
