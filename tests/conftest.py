@@ -126,7 +126,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 # AIOPS_TEST_CPU_LOG=FILE: one line per test with the CPU seconds it cost (its worker and every child
-# process reaped meanwhile) and its wall seconds; how the split in the README was measured.
+# process reaped meanwhile), its wall seconds, its worker and when it ended (to see idle tails); how the
+# split in the README was measured.
 _CPU_LOG = os.environ.get("AIOPS_TEST_CPU_LOG")
 
 
@@ -149,7 +150,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     yield
     left = sorted(set(_children()) - set(before))  # started by this test and still running
     with open(_CPU_LOG, "a") as log:
-        log.write(f"{_cpu_seconds() - cpu:.2f}\t{time.monotonic() - wall:.2f}\t{item.nodeid}"
+        log.write(f"{_cpu_seconds() - cpu:.2f}\t{time.monotonic() - wall:.2f}\t{item.nodeid}\t"
+                  f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} ended at {time.time():.1f}"
                   + (f"\tleft running: {left}" if left else "") + "\n")
 
 

@@ -22,11 +22,37 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import free_port
+from helpers import CliResult, free_port, run_aiops, run_aiops_in_process
 
 REGION = "us-east-1"
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/aiops-sagemaker-execution"
 BUCKET = "aiops-artifacts-test"
+
+
+@pytest.fixture
+def run_cli(aiops_home: Path, tmp_path: Path):
+    """`aiops ...` through the same entry in this process (helpers.run_aiops_in_process): a remote
+    submission's fresh process spends ~1.5 s of its ~2 s importing boto3 and loading the SageMaker
+    service model, and these tests submit ~45 jobs. What only a fresh process shows (the first
+    submission end to end, imports, the credential chain, Ctrl-C) uses ``fresh_cli``."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300,
+            input: str | None = None) -> CliResult:
+        assert input is None, "stdin is a fresh process's: use fresh_cli"
+        return run_aiops_in_process(aiops_home, cwd or tmp_path, *args, env=env)
+
+    return run
+
+
+@pytest.fixture
+def fresh_cli(aiops_home: Path, tmp_path: Path):
+    """The real `aiops` console entry in a fresh process, as a user runs it."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300,
+            input: str | None = None) -> CliResult:
+        return run_aiops(aiops_home, cwd or tmp_path, *args, env=env, timeout=timeout, input=input)
+
+    return run
 
 
 @pytest.fixture

@@ -50,8 +50,8 @@ def _bundle_names(platform, uri: str) -> list[str]:
         return tar.getnames()
 
 
-def test_remote_job_request_bundle_logs_and_artifacts(run_cli, project: Path, tmp_path: Path, platform) -> None:
-    result = _submit(run_cli, project, tmp_path, "--download")
+def test_remote_job_request_bundle_logs_and_artifacts(fresh_cli, project: Path, tmp_path: Path, platform) -> None:
+    result = _submit(fresh_cli, project, tmp_path, "--download")
     assert result.returncode == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["status"] == "Completed"
@@ -151,8 +151,8 @@ def test_access_denied_names_the_permission(run_cli, project: Path, tmp_path: Pa
     assert "lacks sagemaker:CreateTrainingJob" in line and "Traceback" not in result.stderr
 
 
-def test_missing_credentials_is_one_line(run_cli, project: Path, tmp_path: Path, platform) -> None:
-    result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait",
+def test_missing_credentials_is_one_line(fresh_cli, project: Path, tmp_path: Path, platform) -> None:
+    result = fresh_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait",
                      env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_EC2_METADATA_DISABLED": "true"})
     assert result.returncode == 2, result.output
     assert "no AWS credentials" in result.stderr and "Traceback" not in result.output
@@ -194,9 +194,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("extra, expected", BAD, ids=[b[1] for b in BAD])
-def test_bad_remote_input_uploads_nothing(cli_in_process, project: Path, tmp_path: Path, platform, extra,
+def test_bad_remote_input_uploads_nothing(run_cli, project: Path, tmp_path: Path, platform, extra,
                                          expected) -> None:
-    result = cli_in_process("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait", *extra)
+    result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait", *extra)
     assert result.returncode == 2, result.output
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert platform.count("s3:PUT") == 0 and platform.count("SageMaker.CreateTrainingJob") == 0
