@@ -27,8 +27,15 @@ def aiops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def run_cli(aiops_home: Path, tmp_path: Path):
-    """Run the real `aiops` console entry in a fresh process, as a user would."""
+def run_cli(fresh_cli):
+    """Run the real `aiops` console entry in a fresh process, as a user would (an area may override
+    it: tests/remote calls the entry in-process and keeps ``fresh_cli`` for what needs a process)."""
+    return fresh_cli
+
+
+@pytest.fixture
+def fresh_cli(aiops_home: Path, tmp_path: Path):
+    """The real `aiops` console entry in a fresh process, as a user runs it."""
 
     def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300,
             input: str | None = None) -> CliResult:

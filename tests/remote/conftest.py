@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CliResult, free_port, run_aiops, run_aiops_in_process
+from helpers import CliResult, free_port, run_aiops_in_process
 
 REGION = "us-east-1"
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/aiops-sagemaker-execution"
@@ -40,17 +40,6 @@ def run_cli(aiops_home: Path, tmp_path: Path):
             input: str | None = None) -> CliResult:
         assert input is None, "stdin is a fresh process's: use fresh_cli"
         return run_aiops_in_process(aiops_home, cwd or tmp_path, *args, env=env)
-
-    return run
-
-
-@pytest.fixture
-def fresh_cli(aiops_home: Path, tmp_path: Path):
-    """The real `aiops` console entry in a fresh process, as a user runs it."""
-
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300,
-            input: str | None = None) -> CliResult:
-        return run_aiops(aiops_home, cwd or tmp_path, *args, env=env, timeout=timeout, input=input)
 
     return run
 
