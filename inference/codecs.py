@@ -184,6 +184,13 @@ def _simd_floats(raw: bytes):
     per value), or None: no simdjson, or not an array of numbers only (strings, booleans, nulls,
     objects, bad JSON or out-of-range numbers: the orjson path then decides, with its messages).
     A nested array comes back flattened: the caller knows the shape."""
+    parsed = _simd_parse(raw, row_lengths=False)
+    return None if parsed is None else parsed[0]
+
+
+def _simd_parse(raw: bytes, *, row_lengths: bool):
+    """simdjson's parse of ``raw`` as ``(flat float64 values, [len(row) for each row] or None)``, or
+    None: no simdjson, or not numbers only (see ``_simd_floats``)."""
     parser = _simd_parser()
     if parser is None:
         return None
@@ -193,11 +200,13 @@ def _simd_floats(raw: bytes):
         doc = parser.parse(raw)
         try:
             # as_buffer copies the values out of the parser's document (reused by the next parse)
-            return np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
+            flat = np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
+            lengths = [len(row) for row in doc] if row_lengths else None  # a number as a row: TypeError
         finally:
             del doc  # a parser refuses a new parse while a document of the last one is alive
     except (ValueError, TypeError, RuntimeError, AttributeError):
         return None
+    return flat, lengths
 
 
 def _has_float_text(raw: bytes) -> bool:
@@ -214,20 +223,10 @@ def decode_rows(bodies: list[bytes], float_dtype: Any):
     joined = b"[" + b",".join(bodies) + b"]"
     if not _has_float_text(joined):  # all integers: decode gives int64 first, keep that path
         return None
-    parser = _simd_parser()
-    if parser is None:
+    parsed = _simd_parse(joined, row_lengths=True)
+    if parsed is None:
         return None
-    import numpy as np
-
-    try:
-        doc = parser.parse(joined)
-        try:
-            flat = np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
-            lengths = [len(row) for row in doc]  # a number (not a list) as a row: TypeError
-        finally:
-            del doc  # a parser refuses a new parse while a document of the last one is alive
-    except (ValueError, TypeError, RuntimeError, AttributeError):
-        return None
+    flat, lengths = parsed
     # one "[" per body, so no row nests; the rows must be equally long and add up to what was read
     width = lengths[0] if lengths else 0
     if not width or any(n != width for n in lengths) or flat.size != width * len(bodies):

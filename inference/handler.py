@@ -134,14 +134,7 @@ def default_predict_fn(data: Any, model: Any):
     """``model(data)`` in eval mode under ``torch.no_grad()``."""
     import torch
 
-    with torch.no_grad():
-        if getattr(model, "training", False):
-            model.eval()
-        if hasattr(data, "to"):
-            device = _device()
-            if device.type != "cpu":
-                data = data.to(device)
-        return model(data)
+    return _predict_under(torch.no_grad(), data, model)
 
 
 def _default_predict_inference_mode(data: Any, model: Any):
@@ -151,7 +144,11 @@ def _default_predict_inference_mode(data: Any, model: Any):
     inference mode, which a user's output_fn might do."""
     import torch
 
-    with torch.inference_mode():
+    return _predict_under(torch.inference_mode(), data, model)
+
+
+def _predict_under(grad_mode: Any, data: Any, model: Any):
+    with grad_mode:
         if getattr(model, "training", False):
             model.eval()
         if hasattr(data, "to"):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CliResult, free_port, run_aiops_in_process
+from helpers import free_port
 
 REGION = "us-east-1"
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/aiops-sagemaker-execution"
@@ -30,18 +30,12 @@ BUCKET = "aiops-artifacts-test"
 
 
 @pytest.fixture
-def run_cli(aiops_home: Path, tmp_path: Path):
-    """`aiops ...` through the same entry in this process (helpers.run_aiops_in_process): a remote
-    submission's fresh process spends ~1.5 s of its ~2 s importing boto3 and loading the SageMaker
-    service model, and these tests submit ~45 jobs. What only a fresh process shows (the first
-    submission end to end, imports, the credential chain, Ctrl-C) uses ``fresh_cli``."""
-
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300,
-            input: str | None = None) -> CliResult:
-        assert input is None, "stdin is a fresh process's: use fresh_cli"
-        return run_aiops_in_process(aiops_home, cwd or tmp_path, *args, env=env)
-
-    return run
+def run_cli(cli_in_process):
+    """`aiops ...` through the same entry in this process (``cli_in_process``): a remote submission's
+    fresh process spends ~1.5 s of its ~2 s importing boto3 and loading the SageMaker service model,
+    and these tests submit ~45 jobs. What only a fresh process shows (the first submission end to
+    end, imports, the credential chain, Ctrl-C) uses ``fresh_cli``."""
+    return cli_in_process
 
 
 @pytest.fixture
