@@ -79,3 +79,21 @@ def test_error_code_reads_a_client_error():
             assert aws.error_code(err) == "404"
         else:
             raise AssertionError("the stubbed error was not raised")
+
+
+def test_sessions_share_one_model_loader_but_read_their_own_credentials(monkeypatch):
+    """Every client reads botocore's service models through one loader (each new loader would parse
+    the same JSON again); credentials and region are still each session's own, read when it is made."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    first = aws.client("sagemaker", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "second")
+    second = aws.client("s3", "us-east-1")
+    assert first.meta.region_name == "eu-west-1" and second.meta.region_name == "us-east-1"
+    assert first._request_signer._credentials.access_key == "first"
+    assert second._request_signer._credentials.access_key == "second"
+    loaders = {id(aws.session()._session.get_component("data_loader")) for _ in range(3)}
+    assert loaders == {id(aws._shared_loader())}
+    paths = aws._shared_loader().search_paths
+    assert len(paths) == len(set(paths))  # boto3's resource folder once, however many sessions
+    assert any(p.endswith("boto3/data") for p in paths)
