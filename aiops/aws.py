@@ -19,16 +19,17 @@ from aiops.errors import AiopsError, UsageError
 STANDARD_RETRIES = {"mode": "standard", "max_attempts": 5}
 
 
-def session(region: str | None = None) -> Any:
-    """A new boto3 session (its own credentials, region and config, read now), reading botocore's
-    service models through the process's one loader: a command makes several clients, and each new
-    loader would parse the same JSON models again (~0.2 s of CPU per client)."""
+def session(region: str | None = None, **credentials: str) -> Any:
+    """A new boto3 session (its own credentials, region and config, read now; ``credentials`` as
+    boto3.Session takes them), reading botocore's service models through the process's one loader:
+    a command makes several clients, and each new loader would parse the same JSON models again
+    (~0.2 s of CPU per client)."""
     import boto3
     import botocore.session
 
     core = botocore.session.Session()
     core.register_component("data_loader", _shared_loader())
-    return boto3.session.Session(botocore_session=core, region_name=region)
+    return boto3.session.Session(botocore_session=core, region_name=region, **credentials)
 
 
 def _shared_loader() -> Any:

@@ -126,17 +126,18 @@ class MotoAccount:
         raise RuntimeError("moto does not enforce IAM: the service user could list buckets")
 
     def client(self, service: str, creds: Credentials | None = None, endpoint: str | None = None) -> Any:
-        """A boto3 client (cached: making one loads the service model, ~0.1 s; clients are thread-safe)."""
-        import boto3
+        """A boto3 client (cached, thread-safe; the sessions share aiops.aws's one model loader)."""
         from botocore.config import Config
+
+        from aiops import aws
 
         creds = creds or self.admin
         key = (service, creds.access_key, endpoint or self.url)
         with self._clients_lock:
             if key not in self._clients:
-                self._clients[key] = boto3.session.Session().client(
-                    service, region_name=self.region, endpoint_url=endpoint or self.url,
-                    config=Config(retries={"mode": "standard", "max_attempts": 3}), **creds.kwargs())
+                self._clients[key] = aws.session(self.region, **creds.kwargs()).client(
+                    service, endpoint_url=endpoint or self.url,
+                    config=Config(retries={"mode": "standard", "max_attempts": 3}))
             return self._clients[key]
 
     def close(self) -> None:
