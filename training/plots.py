@@ -20,6 +20,10 @@ STEP_NAMES = ("epoch", "step", "iteration")  # counters: used as the x axis, not
 
 def plot_curves(curves: dict[str, list[Point]], out: Path, *, title: str) -> list[str]:
     """Draw one panel per metric (at most MAX_PANELS); returns the metric names drawn."""
+    if out.suffix.lower() != ".png":  # bad input is refused before matplotlib loads (~1 s)
+        raise UsageError(f"--plot {out}: give a .png file name.")
+    if not curves:
+        raise UsageError(f"{title}: no metric has more than one sample, so there is no curve to draw.")
     try:
         import matplotlib
 
@@ -29,10 +33,6 @@ def plot_curves(curves: dict[str, list[Point]], out: Path, *, title: str) -> lis
         from aiops.extras import require_extra
 
         raise require_extra("plot", "plotting", missing="matplotlib") from None
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"--plot {out}: give a .png file name.")
-    if not curves:
-        raise UsageError(f"{title}: no metric has more than one sample, so there is no curve to draw.")
     step = next((s for s in STEP_NAMES if s in curves), None)
     names = sorted(n for n in curves if n != step)[:MAX_PANELS] or sorted(curves)[:MAX_PANELS]
     cols = min(3, len(names))
