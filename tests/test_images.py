@@ -18,6 +18,8 @@ NVIDIA_TYPES = ("ml.g5.xlarge", "ml.p4d.24xlarge")
 CPU_TYPES = ("ml.m5.xlarge",)
 
 
+# the SDK takes ~4 s of CPU to import: both tests that ask it run on one worker
+@pytest.mark.xdist_group("sagemaker-sdk")
 def test_the_same_uris_as_the_sdk_for_cpu_and_nvidia_types():
     image_uris = pytest.importorskip("sagemaker.core.image_uris")
     checked = 0

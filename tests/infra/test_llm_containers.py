@@ -18,6 +18,8 @@ def model_and_variant(plan):
     return model.inputs["primaryContainer"], variant
 
 
+# the SDK takes ~4 s of CPU to import: both tests that ask it run on one worker
+@pytest.mark.xdist_group("sagemaker-sdk")
 def test_image_uris_match_the_sagemaker_sdk():
     image_uris = pytest.importorskip("sagemaker.core.image_uris")
     from aiops.infra.images import llm_image_uri
