@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from aiops.errors import AiopsError, UsageError
@@ -32,20 +33,18 @@ def session(region: str | None = None, **credentials: str) -> Any:
     return boto3.session.Session(botocore_session=core, region_name=region, **credentials)
 
 
+@lru_cache(maxsize=1)
 def _shared_loader() -> Any:
     """botocore's data loader, made once: the files it reads are the installed packages' and do not
     change while the process runs (``AWS_DATA_PATH`` is read when it is made, as botocore does)."""
-    global _LOADER
-    if _LOADER is None:
-        import os
+    import os
 
-        import botocore.loaders
+    import botocore.loaders
 
-        paths = [os.path.expanduser(p) for p in os.environ.get("AWS_DATA_PATH", "").split(os.pathsep) if p]
-        # the loader keeps this list as its search paths; boto3 appends its resource folder to it
-        # on every session, which a plain list would collect once per client
-        _LOADER = botocore.loaders.Loader(extra_search_paths=_UniquePaths(paths))
-    return _LOADER
+    paths = [os.path.expanduser(p) for p in os.environ.get("AWS_DATA_PATH", "").split(os.pathsep) if p]
+    # the loader keeps this list as its search paths; boto3 appends its resource folder to it on
+    # every session, which a plain list would collect once per client
+    return botocore.loaders.Loader(extra_search_paths=_UniquePaths(paths))
 
 
 class _UniquePaths(list):
@@ -54,9 +53,6 @@ class _UniquePaths(list):
     def append(self, path: str) -> None:
         if path not in self:
             super().append(path)
-
-
-_LOADER: Any = None
 
 
 def client(service: str, region: str | None = None, *, retries: dict[str, Any] | None = None) -> Any:
