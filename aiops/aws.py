@@ -29,21 +29,23 @@ def session(region: str | None = None, **credentials: str) -> Any:
     import botocore.session
 
     core = botocore.session.Session()
-    core.register_component("data_loader", _shared_loader())
+    core.register_component("data_loader", _shared_loader(core.get_config_variable("data_path")))
     return boto3.session.Session(botocore_session=core, region_name=region, **credentials)
 
 
-@lru_cache(maxsize=1)
-def _shared_loader() -> Any:
-    """botocore's data loader, made once: the files it reads are the installed packages' and do not
-    change while the process runs (``AWS_DATA_PATH`` is read when it is made, as botocore does)."""
+@lru_cache(maxsize=None)
+def _shared_loader(data_path: str | None) -> Any:
+    """botocore's data loader, one per data path (``AWS_DATA_PATH`` or the config file's
+    ``data_path``, which the session reads as botocore does): the files it reads are the installed
+    packages' and do not change while the process runs."""
     import os
 
     import botocore.loaders
 
-    paths = [os.path.expanduser(p) for p in os.environ.get("AWS_DATA_PATH", "").split(os.pathsep) if p]
-    # the loader keeps this list as its search paths; boto3 appends its resource folder to it on
-    # every session, which a plain list would collect once per client
+    # split as botocore.loaders.create_loader splits it, into a list the loader keeps as its search
+    # paths: boto3 appends its resource folder to it on every session, which a plain list would
+    # collect once per client
+    paths = [os.path.expanduser(os.path.expandvars(p)) for p in (data_path or "").split(os.pathsep) if p]
     return botocore.loaders.Loader(extra_search_paths=_UniquePaths(paths))
 
 

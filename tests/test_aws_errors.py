@@ -81,7 +81,7 @@ def test_error_code_reads_a_client_error():
             raise AssertionError("the stubbed error was not raised")
 
 
-def test_sessions_share_one_model_loader_but_read_their_own_credentials(monkeypatch):
+def test_sessions_share_one_model_loader_but_read_their_own_credentials(monkeypatch, tmp_path):
     """Every client reads botocore's service models through one loader (each new loader would parse
     the same JSON again); credentials and region are still each session's own, read when it is made."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first")
@@ -93,7 +93,10 @@ def test_sessions_share_one_model_loader_but_read_their_own_credentials(monkeypa
     assert first._request_signer._credentials.access_key == "first"
     assert second._request_signer._credentials.access_key == "second"
     loaders = {id(aws.session()._session.get_component("data_loader")) for _ in range(3)}
-    assert loaders == {id(aws._shared_loader())}
-    paths = aws._shared_loader().search_paths
+    assert len(loaders) == 1
+    paths = aws.session()._session.get_component("data_loader").search_paths
     assert len(paths) == len(set(paths))  # boto3's resource folder once, however many sessions
     assert any(p.endswith("boto3/data") for p in paths)
+    # AWS_DATA_PATH is honoured as botocore honours it: its folders are searched first
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    assert aws.session()._session.get_component("data_loader").search_paths[0] == str(tmp_path)
