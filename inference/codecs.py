@@ -213,12 +213,13 @@ def _has_float_text(raw: bytes) -> bool:
     return b"." in raw or b"e" in raw or b"E" in raw
 
 
-def decode_rows(bodies: list[bytes], float_dtype: Any):
+def decode_rows(bodies: list[bytes], float_dtype: Any, *, flat_checked: bool = False):
     """Several flat JSON bodies (each exactly one ``[...]`` of numbers, some not integers) as one
     (rows, columns) array of ``float_dtype`` from one simdjson parse, or None when that does not
     apply (no simdjson, a body not numbers only, rows of different lengths, no non-integer): the
-    caller then takes the general path. Values equal ``decode`` of each body alone."""
-    if any(b[:1] != b"[" or b.find(b"[", 1) != -1 for b in bodies):  # flat lists only (memchr)
+    caller then takes the general path. Values equal ``decode`` of each body alone.
+    ``flat_checked``: the caller has made sure each body is one ``[...]`` with no other bracket."""
+    if not flat_checked and any(b[:1] != b"[" or b.find(b"[", 1) != -1 for b in bodies):  # flat lists only (memchr)
         return None
     joined = b"[" + b",".join(bodies) + b"]"
     if not _has_float_text(joined):  # all integers: decode gives int64 first, keep that path
@@ -451,6 +452,28 @@ def _to_json(prediction: Any) -> bytes:
     if hasattr(prediction, "tolist"):
         prediction = prediction.tolist()
     return orjson.dumps(prediction, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def json_rows(rows: Any) -> list[bytes] | None:
+    """Each row of a 2-D numpy array as the JSON ``_to_json`` gives for that row alone, from one
+    orjson call; None when that does not apply (not 2-D, no columns, a dtype orjson does not write
+    straight from the buffer): the caller encodes row by row."""
+    import numpy as np
+    import orjson
+
+    if not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.shape[1] == 0 or len(rows) < 1:
+        return None
+    if rows.dtype.kind not in "iuf" or (rows.dtype.kind == "f" and rows.dtype.itemsize == 2):
+        return None
+    try:
+        whole = orjson.dumps(np.ascontiguousarray(rows), option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:
+        return None
+    # numbers hold no brackets, so "],[" is exactly the boundary between two rows
+    parts = whole[2:-2].split(b"],[")
+    if len(parts) != len(rows):
+        return None
+    return [b"[" + part + b"]" for part in parts]
 
 
 def _to_csv(prediction: Any) -> bytes:

@@ -232,6 +232,7 @@ class Handler:
         ))
         self.model: Any = None
         self.loaded = False
+        self._out_types: dict[str | None, str] = {}  # Accept -> the default output_fn's content type
 
     def describe(self) -> str:
         names = [n for n in HANDLER_NAMES if n in self.user]
@@ -353,31 +354,35 @@ class Handler:
 
     def _invoke_joined(self, requests) -> list[Any] | None:
         """The common batch: every body one flat JSON list of numbers, all the same length. They are
-        parsed as one document (one orjson call, one float32 array, no per-request arrays to stack)
-        and run as one predict_fn call. None: not that case (or it failed); the general path runs."""
+        parsed as one document (one simdjson parse, one float32 array, no per-request arrays to
+        stack) and run as one predict_fn call; with the default output_fn, the rows whose Accept is
+        JSON are encoded by one orjson call too. None: not that case (or it failed); the general
+        path runs."""
         import numpy as np
         import torch
 
         results: list[Any] = [None] * len(requests)
-        rows, bodies = [], []
+        rows, bodies, out_types = [], [], []
+        json_type = codecs.JSON
         for i, (body, ctype, accept, ctx) in enumerate(requests):
-            if ctype is not None and codecs.media_type(ctype) not in (None, codecs.JSON):
+            if ctype is not None and ctype != json_type and codecs.media_type(ctype) not in (None, json_type):
                 return None
             try:
-                self.check_accept(accept)
+                out_type = self._default_out_type(accept)
             except BaseException as err:  # noqa: BLE001 - that request's 406
                 results[i] = err
                 continue
-            raw = bytes(body).strip()
+            raw = (body if type(body) is bytes else bytes(body)).strip()
             # exactly one flat list each, so the parts cannot combine into something none of them is
             # (find is memchr: far cheaper than count on a body of thousands of bytes)
             if raw[:1] != b"[" or raw[-1:] != b"]" or raw.find(b"[", 1) != -1 or raw.find(b"]", 0, len(raw) - 1) != -1:
                 return None
             rows.append(i)
             bodies.append(raw)
+            out_types.append(out_type)
         if len(rows) < 2:
             return None
-        array = codecs.decode_rows(bodies, np.float32)  # one simdjson parse, no Python floats
+        array = codecs.decode_rows(bodies, np.float32, flat_checked=True)  # one simdjson parse, no Python floats
         if array is None:
             try:
                 array = codecs.decode(b"[" + b",".join(bodies) + b"]", codecs.JSON, np.float32)
@@ -390,12 +395,37 @@ class Handler:
         if device.type != "cpu":
             batch = batch.to(device)
         members = [(i, None) for i in rows]
-        outputs = self._predict_batch(batch, members, requests, [1] * len(rows), True)
+        outputs = self._predict_batch(batch, members, requests, [1] * len(rows), True, whole=True)
         if outputs is None:
             return None
-        for i, out in zip(rows, outputs):
-            results[i] = _capture(self._encode_any, out, requests[i][2], requests[i][3])
+        encoded = None
+        if isinstance(outputs, np.ndarray):  # the default output_fn's rows, still one array
+            if json_type in out_types:
+                encoded = codecs.json_rows(outputs)
+            outputs = list(outputs)
+        for k, (i, out) in enumerate(zip(rows, outputs)):
+            if encoded is not None and out_types[k] == json_type:
+                results[i] = (encoded[k], json_type)  # what default_output_fn gives for this row alone
+            else:
+                results[i] = _capture(self._encode_any, out, requests[i][2], requests[i][3])
         return results
+
+    def _default_out_type(self, accept: str | None) -> str | None:
+        """The content type the default output_fn answers ``accept`` with (406 when none), or None
+        with a user's output_fn. Cached per Accept value: clients send a handful of them."""
+        if not self.default_output:
+            return None
+        cache = self._out_types
+        try:
+            return cache[accept]
+        except KeyError:
+            pass
+        accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else self.default_accept
+        codecs.choose_accept(accept, self.default_accept)  # check_accept's 406, as the unbatched path
+        found = codecs.choose_accept(accept_value, self.default_accept)
+        if len(cache) < 256:
+            cache[accept] = found
+        return found
 
     def _predict_together(self, members, requests) -> list[Any] | None:
         import numpy as np
@@ -411,8 +441,9 @@ class Handler:
         return self._predict_batch(batch, members, requests, [t.shape[0] for t in tensors] if not stacked else None,
                                    stacked)
 
-    def _predict_batch(self, batch, members, requests, sizes, stacked) -> list[Any] | None:
-        """One predict_fn call on ``batch`` (the members' rows); its output split back per member."""
+    def _predict_batch(self, batch, members, requests, sizes, stacked, whole: bool = False) -> Any:
+        """One predict_fn call on ``batch`` (the members' rows); its output split back per member
+        (a list), or with ``whole`` and the default output_fn the stacked rows as one numpy array."""
         import numpy as np
         import torch
 
@@ -434,7 +465,7 @@ class Handler:
         if self.default_output and out.device.type == "cpu" and not out.requires_grad:
             rows = out.numpy()  # the default output_fn encodes numpy rows straight from this buffer
             if stacked:
-                return list(rows)
+                return rows if whole else list(rows)
             return np.split(rows, np.cumsum(sizes)[:-1])
         if stacked:
             return list(out.unbind(0))

@@ -154,6 +154,22 @@ class Streamed:
         self.stream, self.ctype = stream, ctype
 
 
+httptools = None  # the module, imported by the first connection
+
+# the request headers a connection keeps: lower-case name -> (attribute, kept as text, characters
+# kept: None for all)
+_KEPT_HEADERS = {
+    b"content-type": ("ctype", True, None),
+    b"accept": ("accept", True, None),
+    b"x-amzn-sagemaker-custom-attributes": ("attrs", False, None),
+    b"x-amzn-sagemaker-accept": ("sm_accept", True, None),  # how boto3 sends Accept on the response-stream route
+    b"x-amzn-sagemaker-inference-id": ("inference_id", True, 64),
+    b"x-api-key": ("api_key", False, None),
+    b"authorization": ("auth", False, None),
+    b"content-length": ("length", False, None),
+}
+
+
 class Connection(asyncio.Protocol):
     """One client connection: httptools parsing with every bound checked as bytes arrive."""
 
@@ -177,8 +193,11 @@ class Connection(asyncio.Protocol):
 
     # ---- asyncio callbacks
     def connection_made(self, transport) -> None:
-        import httptools
+        global httptools
+        if httptools is None:  # imported on first use: the supervisor imports this module too
+            import httptools as module
 
+            httptools = module
         self.transport = transport
         self.parser = httptools.HttpRequestParser(self)
         self._reset()
@@ -236,8 +255,6 @@ class Connection(asyncio.Protocol):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        import httptools
-
         if self.state == IDLE:
             self.state = HEADERS
             self.deadline = time.monotonic() + self.app.header_timeout
@@ -293,23 +310,10 @@ class Connection(asyncio.Protocol):
             self.fail(431, f"the request headers are larger than {self.app.max_header_bytes} bytes (max_header_kb)",
                       close=True)
             raise _Abort
-        n = name.lower()
-        if n == b"content-type":
-            self.ctype = value.decode("latin-1")
-        elif n == b"accept":
-            self.accept = value.decode("latin-1")
-        elif n == b"x-amzn-sagemaker-custom-attributes":
-            self.attrs = value
-        elif n == b"x-amzn-sagemaker-accept":  # how boto3 sends Accept on the response-stream route
-            self.sm_accept = value.decode("latin-1")
-        elif n == b"x-amzn-sagemaker-inference-id":
-            self.inference_id = value.decode("latin-1")[:64]
-        elif n == b"x-api-key":
-            self.api_key = value
-        elif n == b"authorization":
-            self.auth = value
-        elif n == b"content-length":
-            self.length = value
+        kept = _KEPT_HEADERS.get(name.lower())
+        if kept is not None:
+            field, as_text, cap = kept
+            setattr(self, field, value.decode("latin-1")[:cap] if as_text else value)
 
     def on_headers_complete(self) -> None:
         self.state = BODY
@@ -853,7 +857,8 @@ class App:
             return [err] * len(batch)
         out = []
         for result in results:
-            if isinstance(result, tuple):
+            # a whole answer (bytes) never streams: no iterator check for it
+            if isinstance(result, tuple) and type(result[0]) is not bytes:
                 try:
                     result = self._prime(*result)
                 except BaseException as err:  # noqa: BLE001

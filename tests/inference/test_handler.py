@@ -323,6 +323,48 @@ def test_flat_json_batch_is_parsed_as_one_document_and_equals_unbatched(double_d
     assert h.invoke_batch(requests) == [h.invoke(*req) for req in requests]
 
 
+def test_joined_batch_encodes_each_accept_as_the_request_alone_would(tmp_path):
+    h = loaded(save_mlp(tmp_path / "mlp"))
+    rng = np.random.default_rng(3)
+    accepts = [None, "application/json", "*/*", "text/csv", "application/x-npy", "text/html",
+               "text/csv;q=0.5, application/json", None]
+    requests = [(json.dumps(rng.normal(size=8).tolist()).encode(), "application/json", a, ctx()) for a in accepts]
+    together = h._invoke_joined(requests)
+    assert together is not None  # the joined path took the batch, a 406 among them
+    for got, req in zip(together, requests):
+        try:
+            alone = h.invoke(*req)
+        except codecs.HttpError as err:
+            assert isinstance(got, codecs.HttpError) and got.status_code == err.status_code == 406
+            continue
+        assert got[1] == alone[1]
+        if alone[1] == "application/x-npy":
+            np.testing.assert_allclose(np.load(io.BytesIO(got[0])), np.load(io.BytesIO(alone[0])), rtol=1e-5, atol=1e-6)
+        else:  # a row of a batched forward may differ from the lone forward in the last bits
+            np.testing.assert_allclose(np.array(json.loads(got[0]) if "json" in alone[1] else
+                                                np.loadtxt(io.StringIO(got[0].decode()), delimiter=",")),
+                                       np.array(json.loads(alone[0]) if "json" in alone[1] else
+                                                np.loadtxt(io.StringIO(alone[0].decode()), delimiter=",")),
+                                       rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [
+    np.random.default_rng(4).normal(size=(6, 10)).astype(np.float32),
+    np.random.default_rng(5).normal(size=(3, 1)),
+    np.arange(12).reshape(4, 3),
+    np.array([[np.nan, np.inf, -0.0, 1e-45]], dtype=np.float32),
+    np.random.default_rng(6).normal(size=(4, 6)).astype(np.float32)[:, ::2],  # not contiguous
+])
+def test_json_rows_equal_each_row_encoded_alone(rows):
+    assert codecs.json_rows(rows) == [codecs.encode(r, codecs.JSON) for r in rows]
+
+
+@pytest.mark.parametrize("rows", [np.zeros((2, 0)), np.zeros((2, 2, 2)), np.ones((2, 2), dtype=np.float16),
+                                  np.array([[True, False]]), [[1.0, 2.0]]])
+def test_json_rows_declines_what_it_cannot_split(rows):
+    assert codecs.json_rows(rows) is None
+
+
 @pytest.mark.parametrize("parts", [
     [b"[1.5, 2],[3.5", b"4]"],  # together they would read as a valid document; alone neither is valid
     [b"[1.5, 2]", b"[1.5, true]"],
