@@ -31,6 +31,8 @@ QUICK: dict[str, tuple[list[str], dict[str, str]]] = {
     "preview_bench": ([], {"BENCH_RUNS": "2"}),
     "stop_grace": (["--runs", "2"], {}),
     "serve_ab": (["--duration", "2", "--rounds", "1", "--variants", "old,new", "--conc", "1"], {}),
+    "forward_gap": (["--calls", "30", "--rounds", "1"], {}),
+    "serve_cpu_split": (["--seconds", "2"], {}),
 }
 
 
