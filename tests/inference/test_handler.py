@@ -409,6 +409,40 @@ def test_flat_json_fast_decoder_equals_orjson_bit_for_bit():
             assert got.tobytes() == want.tobytes(), body[:60]
 
 
+def test_rectangular_json_fast_decoder_equals_orjson_bit_for_bit():
+    rng = np.random.default_rng(8)
+    bodies = [json.dumps(rng.normal(scale=s, size=(n, w)).tolist()).encode()
+              for s, n, w in ((1e-30, 3, 7), (1, 544, 784), (1e30, 1, 5), (1e3, 9, 1))]
+    bodies += [json.dumps([_EDGE_FLOATS, _EDGE_FLOATS[::-1]]).encode(), b" [ [1.5, 2] ,\n[3, 4e1] ] ", b"[[1.5]]"]
+    for body in bodies:
+        for dtype in (np.float32, np.float64, None):
+            with np.errstate(over="ignore"):
+                got = codecs.decode(body, codecs.JSON, dtype)
+                want = np.array(json.loads(body), dtype=dtype or np.float64)
+            assert codecs._simd_array(body) is not None, body[:60]  # the fast path itself took it
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert got.tobytes() == want.tobytes(), body[:60]
+
+
+@pytest.mark.parametrize("body", [
+    b"[[1.5, 2], [3, [4]]]",  # the same number of values as a 2 x 2, nested irregularly
+    b"[[1.5, 2], [3]]", b"[[1.5], []]", b"[[], []]", b"[[[1.5, 2]], [[3, 4]]]", b"[[1.5, 2], 3]",
+    b"[[1.5, true], [1, 2]]", b'[[1.5, "2"], [1, 2]]', b"[1, [1.5, 2]]", b"[[1.5, 2], [3, 4],]",
+])
+def test_rectangular_json_fast_decoder_leaves_the_rest_to_the_general_path(body):
+    assert codecs._simd_array(body) is None
+
+
+def test_a_rectangular_json_body_deeper_than_the_limit_is_still_refused():
+    codecs.configure(json_max_depth=1)
+    try:
+        with pytest.raises(codecs.HttpError) as err:
+            codecs.decode(b"[[1.5, 2], [3, 4]]", codecs.JSON, np.float32)
+        assert err.value.status_code == 400 and "dimensions" in str(err.value)
+    finally:
+        codecs.configure(json_max_depth=32)
+
+
 @pytest.mark.parametrize("body,status", [
     (b"[1.5, true]", 400), (b"[1.5, null]", 400), (b'[1.5, "2"]', 400), (b"[1.5,]", 400), (b"[1.5", 400),
     (b"[1.5, 1e400]", 400),  # out of double range: orjson's refusal, as before
