@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -60,33 +59,15 @@ def main() -> None:
     variants = args.variants.split(",")
     concs = [int(c) for c in args.conc.split(",")]
     work = Path(tempfile.mkdtemp(prefix="aiops-ab-"))
-    model_dir = sb.make_model(work / "model")
-    random.seed(0)
-    body = json.dumps([round(random.random(), 6) for _ in range(784)])
-    lua = work / "post.lua"
-    lua.write_text(sb.LUA.replace("BODY", body))
-    (work / "mosec_app.py").write_text(sb.MOSEC_APP)
-    env = {"MODEL": str(model_dir / "model.pt"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(work)}
+    model_dir, body, lua, env = sb.side_by_side_setup(work)
     python = {"old": args.old_python, "new": args.new_python}
     load_start = os.getloadavg()
     results: dict[str, list] = {}
     for round_ in range(args.rounds):
         for key in variants:
-            port = sb.free_port()
-            if key == "mosec":
-                proc = sb.start([args.new_python, str(work / "mosec_app.py"), "--port", str(port), "--address",
-                                 "127.0.0.1", "--log-level", "warning"], env, work / f"{port}.log", cwd=work)
-                path = "/inference"
-                sb.wait_ping(port, path="/")
-            else:
-                build, _, batched = key.partition("-")
-                cmd = [python[build], "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "2", "--port", str(port)]
-                if batched:
-                    cmd += ["--batch-size", "32", "--max-batch-delay", "5"]
-                proc = sb.start(cmd, env, work / f"{port}.log", cwd=work)
-                path = "/invocations"
-                sb.wait_ping(port)
-            url = f"http://127.0.0.1:{port}{path}"
+            build, _, batched = key.partition("-")
+            proc, url = sb.start_side_by_side(args.new_python if key == "mosec" else python[build], key == "mosec",
+                                              bool(batched), work, model_dir, env)
             try:
                 for _ in range(300):  # warm-up (every worker, every path)
                     sb.post(url, body.encode())

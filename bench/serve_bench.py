@@ -470,6 +470,39 @@ def time_to_503(model_dir: Path, env: dict, work: Path, conns: int = 64, queue: 
         stop(proc)
 
 
+def side_by_side_setup(work: Path) -> tuple[Path, str, Path, dict]:
+    """What the scripts that run a few servers one after another share (serve_ab.py,
+    serve_cpu_split.py): the model, the body, the wrk script, mosec's app and the environment."""
+    import random
+
+    model_dir = make_model(work / "model")
+    random.seed(0)
+    body = json.dumps([round(random.random(), 6) for _ in range(784)])
+    lua = work / "post.lua"
+    lua.write_text(LUA.replace("BODY", body))
+    (work / "mosec_app.py").write_text(MOSEC_APP)
+    env = {"MODEL": str(model_dir / "model.pt"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(work)}
+    return model_dir, body, lua, env
+
+
+def start_side_by_side(python: str, mosec: bool, batched: bool, work: Path, model_dir: Path,
+                       env: dict) -> tuple[subprocess.Popen, str]:
+    """mosec or `aiops serve` (2 workers, batch 32 / 5 ms when batched) from ``python``, started and
+    answering: the process and its inference URL."""
+    port = free_port()
+    if mosec:
+        proc = start([python, str(work / "mosec_app.py"), "--port", str(port), "--address", "127.0.0.1",
+                      "--log-level", "warning"], env, work / f"{port}.log", cwd=work)
+        wait_ping(port, path="/")
+        return proc, f"http://127.0.0.1:{port}/inference"
+    cmd = [python, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "2", "--port", str(port)]
+    if batched:
+        cmd += ["--batch-size", "32", "--max-batch-delay", "5"]
+    proc = start(cmd, env, work / f"{port}.log", cwd=work)
+    wait_ping(port)
+    return proc, f"http://127.0.0.1:{port}/invocations"
+
+
 # --- main ----------------------------------------------------------------------------------------------
 
 SERVER_KEYS = {

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -115,29 +114,10 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install -y wrk")
     work = Path(tempfile.mkdtemp(prefix="aiops-cpusplit-"))
-    model_dir = sb.make_model(work / "model")
-    random.seed(0)
-    body = json.dumps([round(random.random(), 6) for _ in range(784)])
-    lua = work / "post.lua"
-    lua.write_text(sb.LUA.replace("BODY", body))
-    (work / "mosec_app.py").write_text(sb.MOSEC_APP)
-    env = {"MODEL": str(model_dir / "model.pt"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(work)}
+    model_dir, body, lua, env = sb.side_by_side_setup(work)
     results, load = {}, os.getloadavg()
     for key in args.servers.split(","):
-        port = sb.free_port()
-        if key == "mosec":
-            proc = sb.start([sys.executable, str(work / "mosec_app.py"), "--port", str(port), "--address",
-                             "127.0.0.1", "--log-level", "warning"], env, work / f"{port}.log", cwd=work)
-            path = "/inference"
-            sb.wait_ping(port, path="/")
-        else:
-            cmd = [sys.executable, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "2", "--port", str(port)]
-            if key == "aiops-batch":
-                cmd += ["--batch-size", "32", "--max-batch-delay", "5"]
-            proc = sb.start(cmd, env, work / f"{port}.log", cwd=work)
-            path = "/invocations"
-            sb.wait_ping(port)
-        url = f"http://127.0.0.1:{port}{path}"
+        proc, url = sb.start_side_by_side(sys.executable, key == "mosec", key == "aiops-batch", work, model_dir, env)
         try:
             for _ in range(300):
                 sb.post(url, body.encode())
@@ -147,7 +127,7 @@ def main() -> None:
             sb.stop(proc)
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_at_start": load, "results": results}
     (HERE / "results" / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [f"# Where a request's CPU goes (perf, whole machine, wrk c=64)", "",
+    lines = ["# Where a request's CPU goes (perf, whole machine, wrk c=64)", "",
              f"{record['date']}; load average {load[0]:.2f} at start (2 CPUs, shared). Script: "
              "bench/serve_cpu_split.py. perf samples every CPU at 1 kHz (cpu-clock) for "
              f"{args.seconds} s in the middle of a wrk run; each sample is 1 ms of CPU, divided by the requests "

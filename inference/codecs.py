@@ -229,14 +229,20 @@ def _simd_array(raw: bytes):
     if parsed is None:
         return None
     flat, lengths = parsed
-    width = lengths[0] if lengths else 0
     # simdjson flattens any nesting: equal rows adding up to the values read, and exactly one "["
     # per row (no strings, so every bracket is structure), make it a rectangle of numbers
-    if not width or any(n != width for n in lengths) or flat.size != width * len(lengths):
-        return None
     if stripped.count(b"[") != len(lengths) + 1:
         return None
-    return flat.reshape(len(lengths), width)
+    return _rectangle(flat, lengths, len(lengths))
+
+
+def _rectangle(flat, lengths: list[int], rows: int):
+    """``flat`` as (rows, width) when there are ``rows`` rows, all ``width`` long, adding up to
+    ``flat``'s values; else None."""
+    width = lengths[0] if lengths else 0
+    if not width or len(lengths) != rows or any(n != width for n in lengths) or flat.size != width * rows:
+        return None
+    return flat.reshape(rows, width)
 
 
 def _has_float_text(raw: bytes) -> bool:
@@ -259,10 +265,8 @@ def decode_rows(bodies: list[bytes], float_dtype: Any, *, flat_checked: bool = F
         return None
     flat, lengths = parsed
     # one "[" per body, so no row nests; the rows must be equally long and add up to what was read
-    width = lengths[0] if lengths else 0
-    if not width or any(n != width for n in lengths) or flat.size != width * len(bodies):
-        return None
-    return flat.reshape(len(bodies), width).astype(float_dtype)
+    array = _rectangle(flat, lengths, len(bodies))
+    return None if array is None else array.astype(float_dtype)
 
 
 def _json_to_numpy(body: Any, float_dtype: Any = None):
