@@ -423,7 +423,7 @@ class Handler:
         accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else self.default_accept
         codecs.choose_accept(accept, self.default_accept)  # check_accept's 406, as the unbatched path
         found = codecs.choose_accept(accept_value, self.default_accept)
-        if len(cache) < 256:
+        if len(cache) < 256 and (accept is None or len(accept) <= 256):  # bounded, whatever clients send
             cache[accept] = found
         return found
 
