@@ -249,13 +249,12 @@ def _has_float_text(raw: bytes) -> bool:
     return b"." in raw or b"e" in raw or b"E" in raw
 
 
-def decode_rows(bodies: list[bytes], float_dtype: Any, *, flat_checked: bool = False):
+def decode_rows(bodies: list[bytes], float_dtype: Any):
     """Several flat JSON bodies (each exactly one ``[...]`` of numbers, some not integers) as one
     (rows, columns) array of ``float_dtype`` from one simdjson parse, or None when that does not
     apply (no simdjson, a body not numbers only, rows of different lengths, no non-integer): the
-    caller then takes the general path. Values equal ``decode`` of each body alone.
-    ``flat_checked``: the caller has made sure each body is one ``[...]`` with no other bracket."""
-    if not flat_checked and any(b[:1] != b"[" or b.find(b"[", 1) != -1 for b in bodies):  # flat lists only (memchr)
+    caller then takes the general path. Values equal ``decode`` of each body alone."""
+    if any(b[:1] != b"[" or b.find(b"[", 1) != -1 for b in bodies):  # flat lists only (memchr)
         return None
     joined = b"[" + b",".join(bodies) + b"]"
     if not _has_float_text(joined):  # all integers: decode gives int64 first, keep that path

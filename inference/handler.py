@@ -266,6 +266,10 @@ class Handler:
                 raise codecs.BadRequest(f"the {ctype} body is not valid UTF-8") from None
         return body
 
+    def accept_value(self, accept: str | None) -> str:
+        """The Accept that output_fn receives: the client's, or default_accept for none or */*."""
+        return accept if accept and accept.strip() and accept.strip() != codecs.ANY else self.default_accept
+
     def check_accept(self, accept: str | None) -> None:
         """Fail fast with 406 before any work when the default output_fn cannot honour Accept."""
         if self.default_output:
@@ -281,7 +285,7 @@ class Handler:
         return self._call("predict_fn", self.default_predict, (data, self.model), ctx)
 
     def encode(self, prediction: Any, accept: str | None, ctx: Context) -> tuple[bytes, str]:
-        accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else self.default_accept
+        accept_value = self.accept_value(accept)
         if self.default_output:
             return default_output_fn(prediction, accept_value, default_accept=self.default_accept)
         result = self._call("output_fn", None, (prediction, accept_value), ctx)
@@ -292,7 +296,7 @@ class Handler:
         self.check_accept(accept)
         if self.transform:
             ctype = codecs.media_type(content_type) or codecs.JSON
-            accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else self.default_accept
+            accept_value = self.accept_value(accept)
             fn, with_ctx = self.fns["transform_fn"]
             args = (self.model, self.prepare_body(body, ctype), ctype, accept_value)
             return _normalise(fn(*args, ctx) if with_ctx else fn(*args), accept_value)
@@ -382,7 +386,7 @@ class Handler:
             out_types.append(out_type)
         if len(rows) < 2:
             return None
-        array = codecs.decode_rows(bodies, np.float32, flat_checked=True)  # one simdjson parse, no Python floats
+        array = codecs.decode_rows(bodies, np.float32)  # one simdjson parse, no Python floats
         if array is None:
             try:
                 array = codecs.decode(b"[" + b",".join(bodies) + b"]", codecs.JSON, np.float32)
@@ -420,9 +424,8 @@ class Handler:
             return cache[accept]
         except KeyError:
             pass
-        accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else self.default_accept
-        codecs.choose_accept(accept, self.default_accept)  # check_accept's 406, as the unbatched path
-        found = codecs.choose_accept(accept_value, self.default_accept)
+        self.check_accept(accept)  # the 406 of the unbatched path
+        found = codecs.choose_accept(self.accept_value(accept), self.default_accept)
         if len(cache) < 256 and (accept is None or len(accept) <= 256):  # bounded, whatever clients send
             cache[accept] = found
         return found

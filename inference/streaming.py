@@ -205,7 +205,7 @@ def invoke(handler: Any, body: bytes, content_type: str | None, accept: str | No
     from aiops.inference import codecs, handler as handler_mod
 
     handler.check_accept(accept)
-    accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else handler.default_accept
+    accept_value = handler.accept_value(accept)
     if handler.transform:
         ctype = codecs.media_type(content_type) or codecs.JSON
         fn, with_ctx = handler.fns["transform_fn"]
@@ -222,7 +222,7 @@ def encode_stream(handler: Any, prediction: Iterator[Any], accept: str | None, c
     per Accept; the user's may return a stream or consume it and return bytes."""
     from aiops.inference import codecs, handler as handler_mod
 
-    accept_value = accept if accept and accept.strip() and accept.strip() != codecs.ANY else handler.default_accept
+    accept_value = handler.accept_value(accept)
     if handler.default_output:
         ctype = codecs.choose_accept(accept_value, handler.default_accept)
         return map_stream(prediction, lambda item: handler_mod.default_output_fn(
