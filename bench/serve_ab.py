@@ -32,16 +32,13 @@ import serve_bench as sb  # noqa: E402
 
 
 def tree_cpu(pid: int) -> float:
-    total, stack = 0.0, [pid]
-    while stack:
-        p = stack.pop()
+    total = 0.0
+    for p in sb.process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            for task in os.listdir(f"/proc/{p}/task"):
-                stack += [int(x) for x in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
         except OSError:
-            pass
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 

@@ -386,7 +386,6 @@ def decode_4mb() -> dict:
     from aiops.inference.handler import default_input_fn
 
     def timed(fn) -> list[float]:
-        fn()  # the first parse sizes the thread's simdjson parser for a body this large
         times = []
         for _ in range(5):
             start = time.perf_counter()
@@ -395,7 +394,7 @@ def decode_4mb() -> dict:
         return times
 
     start = time.perf_counter()
-    array = codecs.decode(body, "application/json")
+    array = codecs.decode(body, "application/json")  # the first parse sizes the thread's simdjson parser
     first_ms = (time.perf_counter() - start) * 1000
     times = timed(lambda: codecs.decode(body, "application/json"))
     # what a worker runs on such a body: the default input_fn, float32 values into a tensor
@@ -470,6 +469,31 @@ def time_to_503(model_dir: Path, env: dict, work: Path, conns: int = 64, queue: 
         stop(proc)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (workers, their children), from /proc."""
+    found, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                stack += [int(x) for x in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def mosec_command(python: str, work: Path, port: int) -> list[str]:
+    """mosec's app (written by ``side_by_side_setup`` or main) on 127.0.0.1:port; it answers /inference."""
+    return [python, str(work / "mosec_app.py"), "--port", str(port), "--address", "127.0.0.1", "--log-level", "warning"]
+
+
+def aiops_command(python: str, model_dir: Path, port: int, batched: bool) -> list[str]:
+    """`aiops serve` with 2 workers (batch 32 / 5 ms when batched); it answers /invocations."""
+    cmd = [python, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "2", "--port", str(port)]
+    return cmd + ["--batch-size", "32", "--max-batch-delay", "5"] if batched else cmd
+
+
 def side_by_side_setup(work: Path) -> tuple[Path, str, Path, dict]:
     """What the scripts that run a few servers one after another share (serve_ab.py,
     serve_cpu_split.py): the model, the body, the wrk script, mosec's app and the environment."""
@@ -491,14 +515,10 @@ def start_side_by_side(python: str, mosec: bool, batched: bool, work: Path, mode
     answering: the process and its inference URL."""
     port = free_port()
     if mosec:
-        proc = start([python, str(work / "mosec_app.py"), "--port", str(port), "--address", "127.0.0.1",
-                      "--log-level", "warning"], env, work / f"{port}.log", cwd=work)
+        proc = start(mosec_command(python, work, port), env, work / f"{port}.log", cwd=work)
         wait_ping(port, path="/")
         return proc, f"http://127.0.0.1:{port}/inference"
-    cmd = [python, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "2", "--port", str(port)]
-    if batched:
-        cmd += ["--batch-size", "32", "--max-batch-delay", "5"]
-    proc = start(cmd, env, work / f"{port}.log", cwd=work)
+    proc = start(aiops_command(python, model_dir, port, batched), env, work / f"{port}.log", cwd=work)
     wait_ping(port)
     return proc, f"http://127.0.0.1:{port}/invocations"
 
@@ -538,12 +558,8 @@ def main() -> None:
         (out / f"{args.name}.json").write_text(json.dumps({"decode_4mb_json": d, "load_at_start": os.getloadavg(),
                                                            "date": time.strftime("%Y-%m-%d %H:%M UTC")}, indent=2) + "\n")
         (out / f"{args.name}.md").write_text(
-            f"# 4 MB JSON decode\n\n{time.strftime('%Y-%m-%d %H:%M UTC')}; script: bench/serve_bench.py --decode-only. "
-            f"Body {d['bytes'] / 1e6:.1f} MB, {d['shape']} floats.\n\n"
-            f"- codecs.decode (float64): {d['ms_median']:.1f} ms (median of 5: {d['ms_all']})\n"
-            f"- the default input_fn (float32 tensor, what a worker runs): {d['input_fn_ms_median']:.1f} ms "
-            f"({d['input_fn_ms_all']})\n- the first body this large on a thread: {d['first_ms']:.0f} ms (sizes its "
-            "simdjson parser)\n- goal: <= 50 ms\n")
+            f"# 4 MB JSON decode\n\n{time.strftime('%Y-%m-%d %H:%M UTC')}; script: bench/serve_bench.py --decode-only "
+            f"(each run: {d['ms_all']} ms; the default input_fn: {d['input_fn_ms_all']} ms).\n\n{decode_line(d)}\n")
         print((out / f"{args.name}.md").read_text())
         return
     if not shutil.which("wrk"):
@@ -555,40 +571,30 @@ def main() -> None:
     concs = [int(c) for c in args.conc.split(",")]
     load_at_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="aiops-bench-"))
-    model_dir = make_model(work / "model")
-    import random
-
+    model_dir, body, lua, env = side_by_side_setup(work)
     import torch
 
-    random.seed(0)
-    body = json.dumps([round(random.random(), 6) for _ in range(784)])
     with torch.no_grad():
         expected = torch.jit.load(str(model_dir / "model.pt"))(
             torch.tensor(json.loads(body), dtype=torch.float32)).tolist()
-    lua = work / "post.lua"
-    lua.write_text(LUA.replace("BODY", body))
     (work / "fastapi_app.py").write_text(FASTAPI_APP)
-    (work / "mosec_app.py").write_text(MOSEC_APP)
 
     py = sys.executable
-    aiops = [py, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "2", "--port"]
     ts_missing = torchserve_available() if any(k.startswith("torchserve") for k in keys) else None
     mosec_missing = mosec_available() if "mosec" in keys else None
     store = None
-    env = {"MODEL": str(model_dir / "model.pt"), "PYTHONPATH": str(work), "OMP_NUM_THREADS": "1"}
 
     def launch(key: str, port: int) -> tuple[subprocess.Popen, str]:
         nonlocal store
         if key == "aiops":
-            return start(aiops + [str(port)], env, work / f"{port}.log"), "/invocations"
+            return start(aiops_command(py, model_dir, port, False), env, work / f"{port}.log"), "/invocations"
         if key in ("aiops-batch", "aiops-batch-thread"):
             # -thread: the same worker with inline mode off (AIOPS_SERVE__INLINE_CALL_MS=0), the A/B of the layout
             extra_env = {"AIOPS_SERVE__INLINE_CALL_MS": "0"} if key == "aiops-batch-thread" else {}
-            return start(aiops + [str(port), "--batch-size", "32", "--max-batch-delay", "5"], {**env, **extra_env},
+            return start(aiops_command(py, model_dir, port, True), {**env, **extra_env},
                          work / f"{port}.log"), "/invocations"
         if key == "mosec":
-            return start([py, str(work / "mosec_app.py"), "--port", str(port), "--address", "127.0.0.1",
-                          "--log-level", "warning"], env, work / f"{port}.log", cwd=work), "/inference"
+            return start(mosec_command(py, work, port), env, work / f"{port}.log", cwd=work), "/inference"
         if key == "fastapi":
             return start([py, "-m", "uvicorn", "fastapi_app:app", "--port", str(port), "--workers", "2",
                           "--log-level", "warning", "--no-access-log"], env, work / f"{port}.log",
@@ -745,6 +751,16 @@ def tail(path: Path, n: int = 30) -> str:
         return "(no log)"
 
 
+def decode_line(d: dict) -> str:
+    """The 4 MB decode result as one Markdown bullet (serve.md and --decode-only)."""
+    return (f"- default JSON decoder, {d['bytes'] / 1e6:.1f} MB body {d['shape']}: {d['ms_median']:.1f} ms "
+            "(median of 5; goal <= 50 ms)"
+            + (f"; the first body this large on a thread {d['first_ms']:.0f} ms (sizes its simdjson parser)"
+               if "first_ms" in d else "")
+            + (f"; the default input_fn (float32 tensor, what a worker runs): {d['input_fn_ms_median']:.1f} ms"
+               if "input_fn_ms_median" in d else ""))
+
+
 def render_md(r: dict) -> str:
     la = r["machine"]["loadavg_at_start"]
     lines = ["# Serving benchmark", "",
@@ -780,13 +796,7 @@ def render_md(r: dict) -> str:
         if d.get("worker_rss_mb"):
             lines.append(f"- RSS per worker process after the run, {name}: {d['worker_rss_mb']} MB")
     if r.get("decode_4mb_json"):
-        d = r["decode_4mb_json"]
-        lines.append(f"- default JSON decoder, {d['bytes'] / 1e6:.1f} MB body {d['shape']}: {d['ms_median']:.1f} ms "
-                     f"(median of 5; goal <= 50 ms)"
-                     + (f"; the first body this large on a thread {d['first_ms']:.0f} ms (sizes its simdjson parser)"
-                        if "first_ms" in d else "")
-                     + (f"; the default input_fn (float32 tensor, what a worker runs): {d['input_fn_ms_median']:.1f} ms"
-                        if "input_fn_ms_median" in d else ""))
+        lines.append(decode_line(r["decode_4mb_json"]))
     if r.get("time_to_503"):
         t = r["time_to_503"]
         for i, x in enumerate(t["rounds"]):

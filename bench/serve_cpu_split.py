@@ -50,25 +50,12 @@ def group_of(dso: str) -> str:
     return "other"
 
 
-def tree(pid: int) -> set[int]:
-    found, stack = set(), [pid]
-    while stack:
-        p = stack.pop()
-        found.add(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                stack += [int(x) for x in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
-        except OSError:
-            pass
-    return found
-
-
 def sample(url: str, lua: Path, server_pid: int, seconds: int, data: Path) -> dict:
     """wrk at c=64 for seconds + 4; perf samples the whole machine for `seconds` in the middle."""
     wrk = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{seconds + 4}s", "--timeout", "10s", "-s", str(lua), url],
                            stdout=subprocess.PIPE, text=True)
     time.sleep(2)
-    servers = tree(server_pid)
+    servers = set(sb.process_tree(server_pid))
     subprocess.run(["perf", "record", "-q", "-a", "-e", "cpu-clock", "-F", "1000", "-o", str(data), "--",
                     "sleep", str(seconds)], check=True, capture_output=True)
     out = wrk.communicate(timeout=60)[0]
