@@ -230,13 +230,8 @@ def test_ctrl_c_while_waiting_detaches_without_a_tty(project: Path, tmp_path: Pa
     from helpers import wait_until
 
     platform.in_progress_polls = 10_000
-    # Ctrl-C in a terminal: Python's own SIGINT handler, installed explicitly so the test does not
-    # depend on the disposition it inherits (a shell's background job starts with SIGINT ignored,
-    # and Python keeps an ignored SIGINT ignored; the CLI must not override a shell's choice).
-    as_terminal = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                   "sys.argv[0] = 'aiops'; runpy.run_module('aiops.cli.app', run_name='__main__')")
     proc = subprocess.Popen(
-        [sys.executable, "-c", as_terminal, "train", "train.py", "--source-dir", str(project), "--remote"],
+        [sys.executable, "-m", "aiops.cli.app", "train", "train.py", "--source-dir", str(project), "--remote"],
         env={**os.environ, "AIOPS_HOME": str(aiops_home), "AIOPS_AWS__JOB_POLL_SECONDS": "0.2"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=tmp_path)
     wait_until(lambda: platform.attempts.get("SageMaker.DescribeTrainingJob", 0) >= 2, "the job being followed")
