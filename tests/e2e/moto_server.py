@@ -31,6 +31,14 @@ platform emulator keeps the components themselves, since moto has no such API):
 - the scalable dimension ``sagemaker:inference-component:DesiredCopyCount`` on
   ``inference-component/NAME``: missing from moto's list of dimensions; it is accepted.
 
+And one where moto names the wrong IAM action for an S3 request:
+
+- moto 5.2.6 judges each S3 request by its API operation name (``HeadObject``, ``ListObjectsV2``), where
+  5.2.5 used its own table of IAM actions. AWS authorizes several operations by another action: HEAD of
+  an object needs ``s3:GetObject``, listing needs ``s3:ListBucket`` (there is no ``s3:HeadObject`` or
+  ``s3:ListObjectsV2`` action), so 5.2.6 denies a role what AWS allows it. Here the operation is
+  judged by the action AWS documents for it, under either version.
+
 Everything else is moto as shipped; iam_judge.py evaluates what moto cannot.
 """
 
@@ -110,6 +118,54 @@ def _patch_inference_components() -> None:
     handler._validate_params = validate_request
 
 
+# S3 API operations that AWS authorizes by a differently named IAM action ("Required permissions for
+# Amazon S3 API operations"). Names that are already IAM actions pass through unchanged.
+S3_OPERATION_ACTIONS = {
+    "HeadObject": "GetObject",
+    "HeadBucket": "ListBucket",
+    "ListObjects": "ListBucket",
+    "ListObjectsV2": "ListBucket",
+    "ListObjectVersions": "ListBucketVersions",
+    "ListBuckets": "ListAllMyBuckets",
+    "ListMultipartUploads": "ListBucketMultipartUploads",
+    "ListParts": "ListMultipartUploadParts",
+    "CreateMultipartUpload": "PutObject",
+    "UploadPart": "PutObject",
+    "UploadPartCopy": "PutObject",
+    "CompleteMultipartUpload": "PutObject",
+    "CopyObject": "PutObject",
+    "DeleteObjects": "DeleteObject",
+    "GetBucketEncryption": "GetEncryptionConfiguration",
+    "PutBucketEncryption": "PutEncryptionConfiguration",
+    "DeleteBucketEncryption": "PutEncryptionConfiguration",
+    "GetPublicAccessBlock": "GetBucketPublicAccessBlock",
+    "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
+    "DeletePublicAccessBlock": "PutBucketPublicAccessBlock",
+    "GetBucketLifecycleConfiguration": "GetLifecycleConfiguration",
+    "PutBucketLifecycleConfiguration": "PutLifecycleConfiguration",
+    "DeleteBucketLifecycle": "PutLifecycleConfiguration",
+    "GetBucketCors": "GetBucketCORS",
+    "PutBucketCors": "PutBucketCORS",
+    "DeleteBucketCors": "PutBucketCORS",
+    "GetBucketReplication": "GetReplicationConfiguration",
+    "PutBucketReplication": "PutReplicationConfiguration",
+    "DeleteBucketTagging": "PutBucketTagging",
+}
+
+
+def _patch_s3_action_names() -> None:
+    from moto.iam import access_control
+
+    init = access_control.S3IAMRequest.__init__
+
+    def judged_as_aws_does(self, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)
+        service, _, operation = self._action.partition(":")
+        self._action = f"{service}:{S3_OPERATION_ACTIONS.get(operation, operation)}"
+
+    access_control.S3IAMRequest.__init__ = judged_as_aws_does
+
+
 def main() -> None:
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = sys.argv[1]
     from moto import settings
@@ -119,6 +175,7 @@ def main() -> None:
     _patch_service_principals()
     _patch_bool_conditions()
     _patch_inference_components()
+    _patch_s3_action_names()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     print(f"port {server.get_host_and_port()[1]}", flush=True)
