@@ -1,7 +1,16 @@
-# Quickstart targets. `make demo` and `make test` each set up .venv on first use.
+# Quickstart targets. `make demo` and `make test` each set up .venv on first use, from the lock.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+# Every version the development and test environment uses, with hashes: `.[dev]` plus torch.
+# `make lock` refreshes it; `make test-latest` runs the suite on the newest versions the ranges allow.
+LOCK := requirements/dev.lock
+# torch is not a dependency of the package (users pick their build); the environment pins the CPU build.
+# On the project's build machines its wheel lies in the directory pip's find-links names; any other
+# version would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+LATEST_VENV ?= .venv-latest
 DATA := .aiops/data/digits
 # pytest-xdist workers: two per core (4 on the project's 2-core build machines): a test spends part
 # of its time waiting on its child processes, a server or another worker's shared build, and the
@@ -11,15 +20,14 @@ DATA := .aiops/data/digits
 # keeps each group on one worker.
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(2 * (os.cpu_count() or 1))')
 
-.PHONY: demo test install bench clean-venv
+.PHONY: demo test install bench clean-venv lock test-latest
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	# torch 2.13.0: on the project's build machines a CPU wheel of it lies on local disk;
-	# an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+# Exactly the lock (hashes checked), then the project itself with no dependency resolution and
+# no build isolation, so nothing unpinned is fetched.
+$(BIN)/.installed: $(LOCK) pyproject.toml
+	$(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(BIN)/.installed
@@ -40,5 +48,25 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
+# The lock, resolved again from pyproject.toml's ranges (uv, in a throwaway venv). Commit the result
+# after `make test` passes on it.
+lock:
+	$(PYTHON) -m venv --clear .venv-lock
+	.venv-lock/bin/python -m pip install -q 'uv>=0.9'
+	echo '$(TORCH)' | .venv-lock/bin/uv pip compile pyproject.toml - --extra dev --python-version 3.11 \
+		--generate-hashes $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) --no-emit-find-links \
+		--custom-compile-command 'make lock' -q -o $(LOCK)
+	rm -rf .venv-lock
+
+# Early warning: a fresh venv with the newest versions pyproject.toml's ranges allow (torch stays at
+# the pinned CPU build), the versions that differ from the lock, then the whole suite. A new upstream
+# release that breaks something fails here while `make test` stays green on the lock.
+test-latest:
+	$(PYTHON) -m venv --clear $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade '$(TORCH)' -e '.[dev]'
+	$(LATEST_VENV)/bin/python scripts/lock_drift.py $(LOCK)
+	PYTHONDONTWRITEBYTECODE= $(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LATEST_VENV)
