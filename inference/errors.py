@@ -96,7 +96,8 @@ def typed_status(err: BaseException) -> tuple[int, str, str] | None:
     """``(status, message, error type)`` for an error that carries its status, else None (a 500)."""
     if isinstance(err, HttpError):
         return err.status_code, err.message, err.error_type
-    if type(err).__name__ == "UnsupportedFormatError" and type(err).__module__ == "sagemaker_inference.errors":
+    kind = type(err)
+    if kind.__name__ == "UnsupportedFormatError" and kind.__module__ == "sagemaker_inference.errors":
         return _unsupported_format(err)
     status = getattr(err, "status_code", None)
     if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
@@ -113,7 +114,8 @@ def _unsupported_format(err: BaseException) -> tuple[int, str, str]:
     tb, response_side = err.__traceback__, False
     while tb is not None:
         frame = tb.tb_frame
-        if frame.f_globals.get("__name__") == "sagemaker_inference.encoder" or frame.f_code.co_name.endswith("output_fn"):
+        if (frame.f_globals.get("__name__") == "sagemaker_inference.encoder"
+                or frame.f_code.co_name.endswith("output_fn")):
             response_side = True
         tb = tb.tb_next
     return 406 if response_side else 415, " ".join(str(err).split())[:1000], "ValidationError"

@@ -73,8 +73,8 @@ def toolkit_answers(model_dir: Path, requests: list[tuple[dict, bytes]], program
            "SAGEMAKER_PROGRAM": program, "PYTHONPATH": str(model_dir / "code")}
     spec = {"model_dir": str(model_dir), "requests": [(h, base64.b64encode(b).decode()) for h, b in requests]}
     # cwd outside the repository: its inference/ folder must not shadow the handler module `inference`
-    done = subprocess.run([sys.executable, "-c", ORACLE], input=json.dumps(spec), capture_output=True, text=True,
-                          env=env, cwd=str(cwd or model_dir.parent), timeout=300)
+    done = subprocess.run([sys.executable, "-c", ORACLE], input=json.dumps(spec), capture_output=True,
+                          text=True, env=env, cwd=str(cwd or model_dir.parent), timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     return [{**a, "body": base64.b64decode(a["body"])} for a in json.loads(done.stdout)]
 
@@ -83,7 +83,8 @@ def aiops_answers(server, requests: list[tuple[dict, bytes]]) -> list[dict]:
     answers = []
     for headers, body in requests:
         resp = server.request("POST", "/invocations", body, headers)
-        answers.append({"status": resp.status, "content_type": resp.headers.get("content-type"), "body": resp.body})
+        answers.append({"status": resp.status, "content_type": resp.headers.get("content-type"),
+                        "body": resp.body})
     return answers
 
 
@@ -126,7 +127,8 @@ def test_a_handler_importing_the_toolkit_loads_and_its_errors_answer_as_the_tool
     ours = aiops_answers(start_server(model), requests)
 
     for mine, toolkit in zip(ours[:2], theirs[:2]):  # the script's own encoding, byte for byte
-        assert (mine["status"], mine["body"], mine["content_type"]) == (200, toolkit["body"], toolkit["content_type"])
+        assert mine["status"] == 200
+        assert (mine["body"], mine["content_type"]) == (toolkit["body"], toolkit["content_type"])
     assert ours[0]["body"] == b"[[3.0, 4.0]]"
     for mine, toolkit, (status, message) in zip(ours[2:4], theirs[2:4], [(418, "short and stout"),
                                                                          (403, "not for you")]):
@@ -137,10 +139,11 @@ def test_a_handler_importing_the_toolkit_loads_and_its_errors_answer_as_the_tool
     for mine, toolkit, status, media in zip(ours[4:], theirs[4:], (415, 406), ("image/png", "image/png")):
         assert toolkit["status"] == 500 and mine["status"] == status
         message = " ".join(toolkit["body"].decode().split("\n", 1)[0].split())
-        assert message.startswith(f"Content type {media} is not supported") and error_message(mine).startswith(message)
+        assert message.startswith(f"Content type {media} is not supported")
+        assert error_message(mine).startswith(message)
 
 
-# ------------------------------------------------------------------ 2. a training script with model_fn, copied into code/
+# ------------------------------------------------------------------ 2. model_fn in a script copied into code/
 
 TRAIN_COPYING_ITSELF = textwrap.dedent(
     """
@@ -244,10 +247,11 @@ def test_without_content_type_the_default_decoders_answer_415_naming_the_header(
     requests = [({}, b"[1, 2]"), ({"Content-Type": "application/json"}, b"[1, 2]")]
     theirs = toolkit_answers(model, requests, cwd=tmp_path)
     ours = aiops_answers(server, requests)
-    # the toolkit's decoder refuses a missing type too (UnsupportedFormatError(None), a 500); aiops says which header
+    # the toolkit's decoder refuses a missing type too (UnsupportedFormatError(None), a 500); aiops
+    # answers 415 naming the header
     assert theirs[0]["status"] == 500 and "Content type None is not supported" in theirs[0]["body"].decode()
     assert ours[0]["status"] == 415
-    assert error_message(ours[0]).startswith("the request has no Content-Type header; send one of application/json")
+    assert error_message(ours[0]).startswith("the request has no Content-Type header; send one of")
     assert ours[1]["status"] == theirs[1]["status"] == 200
     assert json.loads(ours[1]["body"]) == json.loads(theirs[1]["body"]) == [2.0, 4.0]
 
@@ -281,8 +285,8 @@ def test_accept_answers_in_the_clients_first_listed_type_as_the_toolkit(default_
     ours = aiops_answers(server, requests)[0]
     assert ours["status"] == theirs["status"] == 200
     assert ours["content_type"] == expected  # the toolkit labels it with the whole Accept value
-    values = [decoder.decode(a["body"].decode() if expected in content_types.UTF8_TYPES else a["body"], expected)
-              for a in (ours, theirs)]
+    utf8 = expected in content_types.UTF8_TYPES
+    values = [decoder.decode(a["body"].decode() if utf8 else a["body"], expected) for a in (ours, theirs)]
     assert values[0].tolist() == values[1].tolist() == [[3.0, 4.0], [6.0, 8.0]]
 
 
@@ -298,7 +302,8 @@ def predict_fn(data, model):
 """
 
 
-def test_a_streamed_predict_fn_yielding_bytes_passes_them_through_the_default_output_fn(tmp_path, start_server):
+def test_a_streamed_predict_fn_yielding_bytes_passes_them_through_the_default_output_fn(tmp_path,
+                                                                                        start_server):
     model = tmp_path / "model"
     write_script(model, STREAMS_BYTES)
     server = start_server(model)
