@@ -229,24 +229,32 @@ def test_without_content_type_user_handlers_get_none_and_the_raw_bytes(tmp_path,
     assert seen[2] == {"type": "str", "content_type": "application/json", "body": "[1, 2]"}
 
 
+ACCEPTS = ["text/csv, application/json", "application/json, text/csv", "application/x-npy, text/csv",
+           "image/png, text/csv, application/json", "*/*, text/csv"]
+# what the default handlers are asked: no Content-Type, then JSON, then JSON with each Accept
+DEFAULT_REQUESTS = [({}, b"[1, 2]"), ({"Content-Type": "application/json"}, b"[1, 2]")] + [
+    ({"Content-Type": "application/json", "Accept": accept}, b"[[1.5, 2], [3, 4]]") for accept in ACCEPTS]
+
+
 @pytest.fixture(scope="module")
-def default_server(tmp_path_factory):
-    """`aiops serve` of a TorchScript model with every handler function the default (batched)."""
+def defaults(tmp_path_factory):
+    """A TorchScript model with every handler function the default: the toolkit's answers to
+    DEFAULT_REQUESTS (one oracle run) and a live `aiops serve` of it (batched workers, the default)."""
     root = tmp_path_factory.mktemp("defaults")
     model = save_double(root / "model")
     server = launch_server(model, home=root / "home", cwd=root)
     try:
+        theirs = toolkit_answers(model, DEFAULT_REQUESTS, cwd=root)
         wait_ready(server)
-        yield model, server
+        yield server, theirs
     finally:
         stop_all([server])
 
 
-def test_without_content_type_the_default_decoders_answer_415_naming_the_header(default_server, tmp_path):
-    model, server = default_server
-    requests = [({}, b"[1, 2]"), ({"Content-Type": "application/json"}, b"[1, 2]")]
-    theirs = toolkit_answers(model, requests, cwd=tmp_path)
-    ours = aiops_answers(server, requests)
+def test_without_content_type_the_default_decoders_answer_415_naming_the_header(defaults):
+    server, toolkit = defaults
+    ours = aiops_answers(server, DEFAULT_REQUESTS[:2])
+    theirs = toolkit[:2]
     # the toolkit's decoder refuses a missing type too (UnsupportedFormatError(None), a 500); aiops
     # answers 415 naming the header
     assert theirs[0]["status"] == 500 and "Content type None is not supported" in theirs[0]["body"].decode()
@@ -272,17 +280,14 @@ def test_batched_requests_without_content_type_are_refused_each(tmp_path):
 # ------------------------------------------------------------------ 4. Accept with several types
 
 
-@pytest.mark.parametrize("accept", ["text/csv, application/json", "application/json, text/csv",
-                                    "application/x-npy, text/csv", "image/png, text/csv, application/json",
-                                    "*/*, text/csv"])
-def test_accept_answers_in_the_clients_first_listed_type_as_the_toolkit(default_server, tmp_path, accept):
+@pytest.mark.parametrize("index", range(len(ACCEPTS)), ids=ACCEPTS)
+def test_accept_answers_in_the_clients_first_listed_type_as_the_toolkit(defaults, index):
     from sagemaker_inference import content_types, decoder, encoder, utils
 
-    model, server = default_server
-    expected = next(t for t in utils.parse_accept(accept) if t in encoder.SUPPORTED_CONTENT_TYPES)
-    requests = [({"Content-Type": "application/json", "Accept": accept}, b"[[1.5, 2], [3, 4]]")]
-    theirs = toolkit_answers(model, requests, cwd=tmp_path)[0]
-    ours = aiops_answers(server, requests)[0]
+    server, toolkit = defaults
+    request, theirs = DEFAULT_REQUESTS[2 + index], toolkit[2 + index]
+    expected = next(t for t in utils.parse_accept(ACCEPTS[index]) if t in encoder.SUPPORTED_CONTENT_TYPES)
+    ours = aiops_answers(server, [request])[0]
     assert ours["status"] == theirs["status"] == 200
     assert ours["content_type"] == expected  # the toolkit labels it with the whole Accept value
     utf8 = expected in content_types.UTF8_TYPES
