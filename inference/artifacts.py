@@ -130,8 +130,10 @@ def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
     tempdir = None
     run_code_root = None
     program = None
+    run_entry = None  # the run's training entry point, which estimator.deploy() sets as SAGEMAKER_PROGRAM
     if run is not None:
         model_path, info = run_model_dir(run)
+        run_entry = info.script_name
         code = run_code(info)
         if code is not None:
             run_code_root, program = code.root, code.program
@@ -150,7 +152,10 @@ def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
         raise UsageError(f"{model_path}: not a file or folder")
 
     if (model_dir / CODE_DIR).is_dir():
-        code_dir, program = model_dir / CODE_DIR, None
+        # the code/ the model carries decides, by the one rule, with the run's entry point (a training
+        # script that copies itself into code/ and defines model_fn serves, as after estimator.deploy())
+        code_dir = model_dir / CODE_DIR
+        program = programs.program_in_dir(code_dir, run_entry)
     else:
         code_dir = run_code_root
     if source_dir is not None or entry_point is not None:

@@ -9,8 +9,9 @@ Behaviour follows ``sagemaker_inference.decoder`` / ``encoder`` and the default 
 - ``.npy``/``.npz`` bodies are loaded with ``allow_pickle=False``, and their decoded size is checked
   from the zip directory and each ``.npy`` header *before* anything is allocated (``LIMITS``);
 - an ``.npz`` body holding one scipy sparse matrix is densified without scipy (size-checked too);
-- Accept is negotiated with werkzeug's parser (q-values and specificity, RFC 9110), where the
-  toolkit split on commas and compared strings.
+- Accept is parsed with werkzeug (q-values and specificity, RFC 9110), where the toolkit split on
+  commas and compared strings; among equally acceptable types the client's first listed wins, as
+  in the toolkit.
 
 numpy, orjson and werkzeug are imported lazily (inside functions), so importing this module is free.
 """
@@ -85,10 +86,21 @@ def _negotiate(accept: str, default_accept: str, supported: tuple[str, ...]) -> 
     parsed = parse_accept_header(accept, MIMEAccept)
     if not parsed:  # nothing usable (e.g. ",,"): as if no Accept was sent
         return default_accept if default_accept in supported else None
-    # default first: on equal quality and specificity (e.g. */*) it wins, as the toolkit's default
+    # werkzeug keeps the entries most specific first, then by quality, the client's order among
+    # equals; a type's entry is the first that matches it (RFC 9110). The highest quality wins, then
+    # the earlier entry: of "text/csv, application/json" the client's first listed type, as the
+    # toolkit answers. One entry matching several types (a wildcard) picks the default first.
     ordered = (default_accept, *[s for s in supported if s != default_accept]) if default_accept in supported \
         else supported
-    return parsed.best_match(ordered)
+    best, best_key = None, None
+    for media in ordered:
+        position = parsed.find(media)
+        if position < 0 or parsed[position][1] <= 0:
+            continue
+        key = (parsed[position][1], -position)
+        if best_key is None or key > best_key:
+            best, best_key = media, key
+    return best
 
 
 def choose_accept(accept: str | None, default_accept: str, supported=ENCODABLE) -> str:
@@ -127,7 +139,12 @@ def decode(body: Any, content_type: str | None, float_dtype: Any = None) -> Any:
     ``float_dtype`` (e.g. ``numpy.float32``): a JSON body holding non-integers becomes that dtype
     straight from the parsed values (no float64 array in between); default float64.
     """
-    ctype = media_type(content_type) or JSON
+    ctype = media_type(content_type)
+    if ctype is None:
+        raise UnsupportedMediaType(
+            f"the request has no Content-Type header; send one of {', '.join(DECODABLE)} "
+            "or implement input_fn in your inference script"
+        )
     try:
         fn = _DECODERS[ctype]
     except KeyError:

@@ -1,10 +1,13 @@
 """Errors that carry an HTTP status to the client.
 
 A handler script may raise :class:`InferenceError` (``status_code``, ``message``), the same shape as
-``sagemaker_inference.errors.GenericInferenceToolkitError`` - which is also honoured, by duck typing
-(any exception with an integer ``status_code`` in 400..599), so scripts written for the stock
-container work unchanged without that package. ``message`` is shown to the client; anything else a
-handler raises is a 500 whose traceback stays in the server log.
+``sagemaker_inference.errors.GenericInferenceToolkitError``. That package's errors are honoured as
+the toolkit does (its ``BaseInferenceToolkitError`` and look-alikes: any exception with an integer
+``status_code`` in 400..599 answers that status with its ``message``), without importing it. Its
+``UnsupportedFormatError``, raised by its ``decoder.decode`` / ``encoder.encode`` for a content type
+they do not handle, is a 415 / 406 as aiops' own codecs answer (the toolkit answers 500).
+``message`` is shown to the client; anything else a handler raises is a 500 whose traceback stays in
+the server log.
 """
 
 from __future__ import annotations
@@ -93,9 +96,26 @@ def typed_status(err: BaseException) -> tuple[int, str, str] | None:
     """``(status, message, error type)`` for an error that carries its status, else None (a 500)."""
     if isinstance(err, HttpError):
         return err.status_code, err.message, err.error_type
+    kind = type(err)
+    if kind.__name__ == "UnsupportedFormatError" and kind.__module__ == "sagemaker_inference.errors":
+        return _unsupported_format(err)
     status = getattr(err, "status_code", None)
     if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
         # sagemaker_inference.errors.BaseInferenceToolkitError and look-alikes
         message = getattr(err, "message", None) or str(err) or f"HTTP {status}"
         return status, " ".join(str(message).split())[:1000], "ValidationError" if status < 500 else "ModelError"
     return None
+
+
+def _unsupported_format(err: BaseException) -> tuple[int, str, str]:
+    """sagemaker_inference's UnsupportedFormatError: 406 when raised for the response (inside its
+    encoder or an output_fn), else 415 (the request's type: its decoder, an input_fn). Its message
+    names the type."""
+    tb, response_side = err.__traceback__, False
+    while tb is not None:
+        frame = tb.tb_frame
+        if (frame.f_globals.get("__name__") == "sagemaker_inference.encoder"
+                or frame.f_code.co_name.endswith("output_fn")):
+            response_side = True
+        tb = tb.tb_next
+    return 406 if response_side else 415, " ".join(str(err).split())[:1000], "ValidationError"

@@ -14,7 +14,9 @@ A script (``code/inference.py`` or ``SAGEMAKER_PROGRAM``) may define
 
 Whatever is missing behaves as sagemaker-pytorch-inference's ``DefaultPytorchInferenceHandler``.
 ``body`` is ``str`` for ``application/json`` and ``text/csv`` (as the toolkit decodes UTF-8 types
-before calling the script) and ``bytes`` otherwise. torch is imported when the model is loaded.
+before calling the script) and ``bytes`` otherwise; ``content_type`` is the request's media type, or
+None (and ``body`` the raw bytes) when it sent no Content-Type, as the toolkit passes them. torch is
+imported when the model is loaded.
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def default_input_fn(input_data: Any, content_type: str):
     import numpy as np
     import torch
 
-    ctype = codecs.media_type(content_type) or codecs.JSON
-    array = codecs.decode(input_data, ctype, np.float32)
+    ctype = codecs.media_type(content_type)
+    array = codecs.decode(input_data, ctype, np.float32)  # no Content-Type: 415
     try:
         if ctype in codecs.UTF8_TYPES:
             tensor = torch.from_numpy(array.astype(np.float32, copy=False))
@@ -276,7 +278,7 @@ class Handler:
             codecs.choose_accept(accept, self.default_accept)
 
     def decode(self, body: bytes, content_type: str | None, ctx: Context) -> Any:
-        ctype = codecs.media_type(content_type) or codecs.JSON
+        ctype = codecs.media_type(content_type)  # None without a Content-Type, as the toolkit passes it
         if "input_fn" not in self.fns and ctype == codecs.JSON:
             return default_input_fn(body, ctype)  # orjson reads (and UTF-8-checks) the bytes itself
         return self._call("input_fn", default_input_fn, (self.prepare_body(body, ctype), ctype), ctx)
@@ -295,7 +297,7 @@ class Handler:
         """One request through the handler: ``(response body, content type)``."""
         self.check_accept(accept)
         if self.transform:
-            ctype = codecs.media_type(content_type) or codecs.JSON
+            ctype = codecs.media_type(content_type)
             accept_value = self.accept_value(accept)
             fn, with_ctx = self.fns["transform_fn"]
             args = (self.model, self.prepare_body(body, ctype), ctype, accept_value)
@@ -369,7 +371,7 @@ class Handler:
         rows, bodies, out_types = [], [], []
         json_type = codecs.JSON
         for i, (body, ctype, accept, ctx) in enumerate(requests):
-            if ctype is not None and ctype != json_type and codecs.media_type(ctype) not in (None, json_type):
+            if ctype != json_type and codecs.media_type(ctype) != json_type:  # no Content-Type: its 415
                 return None
             try:
                 out_type = self._default_out_type(accept)

@@ -207,7 +207,7 @@ def invoke(handler: Any, body: bytes, content_type: str | None, accept: str | No
     handler.check_accept(accept)
     accept_value = handler.accept_value(accept)
     if handler.transform:
-        ctype = codecs.media_type(content_type) or codecs.JSON
+        ctype = codecs.media_type(content_type)
         fn, with_ctx = handler.fns["transform_fn"]
         args = (handler.model, handler.prepare_body(body, ctype), ctype, accept_value)
         return _normalise(fn(*args, ctx) if with_ctx else fn(*args), accept_value, handler_mod)
@@ -219,14 +219,20 @@ def invoke(handler: Any, body: bytes, content_type: str | None, accept: str | No
 
 def encode_stream(handler: Any, prediction: Iterator[Any], accept: str | None, ctx: Any) -> tuple[Any, str]:
     """A streamed ``predict_fn`` result through ``output_fn``: the default one encodes each item
-    per Accept; the user's may return a stream or consume it and return bytes."""
+    per Accept, except already encoded ones (bytes, str), which are sent as they are; the user's may
+    return a stream or consume it and return bytes."""
     from aiops.inference import codecs, handler as handler_mod
 
     accept_value = handler.accept_value(accept)
     if handler.default_output:
         ctype = codecs.choose_accept(accept_value, handler.default_accept)
-        return map_stream(prediction, lambda item: handler_mod.default_output_fn(
-            item, accept_value, default_accept=handler.default_accept)[0]), ctype
+
+        def encode(item: Any) -> Any:
+            if isinstance(item, (bytes, str, bytearray, memoryview)):
+                return item  # to_chunk makes it bytes
+            return handler_mod.default_output_fn(item, accept_value, default_accept=handler.default_accept)[0]
+
+        return map_stream(prediction, encode), ctype
     fn, with_ctx = handler.fns["output_fn"]
     out = fn(prediction, accept_value, ctx) if with_ctx else fn(prediction, accept_value)
     return _normalise(out, accept_value, handler_mod)
