@@ -175,11 +175,11 @@ def importtime_by_package(preview_args: list[str], env: dict[str, str],
     return [(name, us / 1e6) for name, us in totals.most_common()]
 
 
-def cpu_split(preview_args: list[str], env: dict[str, str], work: Path) -> dict:
+def cpu_split(python: str, preview_args: list[str], env: dict[str, str], work: Path) -> dict:
     """The collector's CPU (gc.callbacks), the CPU when the command returned and the whole process's:
     the difference is the interpreter's exit (module teardown, its last collection)."""
     out = work / "account.json"
-    _, cpu = timed([sys.executable, "-c", _ACCOUNT.format(argv=preview_args, out=str(out))], env, work)
+    _, cpu = timed([python, "-c", _ACCOUNT.format(argv=preview_args, out=str(out))], env, work)
     return {**json.loads(out.read_text()), "process_cpu_s": cpu}
 
 
@@ -214,22 +214,29 @@ def summarize(rounds: list[dict], labels: dict[str, str]) -> dict[str, dict]:
             for key, label in labels.items()}
 
 
-def profile_page(typed: str, command: str, split: dict, by_package: list, tables: list[str], top: int) -> str:
-    exit_cpu = split["process_cpu_s"] - split["cpu_at_return_s"]
+def profile_page(typed: str, command: str, splits: dict[str, dict], by_package: list, tables: list[str],
+                 top: int) -> str:
+    def row(name: str, value) -> str:
+        return f"| {name} | " + " | ".join(value(split) for split in splits.values()) + " |"
+
     lines = [
         f"# Profile of `{typed}` (bench/preview_offline.py)",
         "",
         (f"One run each, from `{command}`: shapes, not timings (those are in "
          "[preview-offline.md](preview-offline.md))."),
         "",
-        "## Where the CPU goes",
+        "## Where the CPU goes (s)",
         "",
-        f"- the whole process: {split['process_cpu_s']:.3f} s",
-        (f"- until the command returned: {split['cpu_at_return_s']:.3f} s, of which the cyclic garbage "
-         f"collector {split['gc_cpu_s']:.3f} s (collections per generation: {split['collections']})"),
-        f"- the interpreter's exit (module teardown, its last collection): {exit_cpu:.3f} s",
+        "| | " + " | ".join(splits) + " |",
+        "|---" * (len(splits) + 1) + "|",
+        row("the whole process", lambda s: f"{s['process_cpu_s']:.3f}"),
+        row("until the command returned", lambda s: f"{s['cpu_at_return_s']:.3f}"),
+        row("of which the cyclic garbage collector", lambda s: f"{s['gc_cpu_s']:.3f}"),
+        row("collections per generation", lambda s: "/".join(map(str, s["collections"]))),
+        row("the interpreter's exit (module teardown, its last collection)",
+            lambda s: f"{s['process_cpu_s'] - s['cpu_at_return_s']:.3f}"),
         "",
-        "## Import self time by package (`-X importtime`; pulumi_aws per service)",
+        "## Import self time by package (`-X importtime`, this tree; pulumi_aws per service)",
         "",
         "| package | self s |",
         "|---|---|",
@@ -237,7 +244,7 @@ def profile_page(typed: str, command: str, split: dict, by_package: list, tables
         f"| (all {len(by_package)} packages) | {sum(s for _, s in by_package):.3f} |",
     ]
     for title, table in zip(("cumulative", "own"), tables, strict=True):
-        lines += ["", f"## cProfile, top {top} by {title} time", "", "```", table, "```"]
+        lines += ["", f"## cProfile, top {top} by {title} time (this tree)", "", "```", table, "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -311,11 +318,13 @@ def main() -> None:
     (RESULTS / "preview-offline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    split = cpu_split(preview_args, env, work)
+    splits = {"this tree": cpu_split(sys.executable, preview_args, env, work)}
+    if args.baseline_python:
+        splits["baseline"] = cpu_split(args.baseline_python, preview_args, env, work)
     by_package = importtime_by_package(preview_args, env, work)
     tables = cprofile_tables(preview_args, env, work, args.top)
     (RESULTS / "preview-offline-profile.md").write_text(
-        profile_page(typed, command, split, by_package, tables, args.top))
+        profile_page(typed, command, splits, by_package, tables, args.top))
     shutil.rmtree(work, ignore_errors=True)
 
 
