@@ -28,7 +28,7 @@ RESULTS = HERE / "results"
 QUICK: dict[str, tuple[list[str], dict[str, str]]] = {
     "export_bench": (["--rounds", "1", "--seconds", "0.3", "--epochs", "3"], {}),
     "serve_bench": (["--duration", "2", "--runs", "1", "--conc", "1,16"], {}),
-    "preview_bench": ([], {"BENCH_RUNS": "2"}),
+    "preview_offline": (["--runs", "2"], {}),
     "stop_grace": (["--runs", "2"], {}),
     "serve_ab": (["--duration", "2", "--rounds", "1", "--variants", "old,new", "--conc", "1"], {}),
     "forward_gap": (["--calls", "30", "--rounds", "1"], {}),

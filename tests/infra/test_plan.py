@@ -170,3 +170,21 @@ def test_plans_after_asyncio_run_left_no_event_loop():
     asyncio.run(asyncio.sleep(0))
     result = plan(parse(merged(), stack="test"))
     assert any(r.type == "aws:s3/bucket:Bucket" for r in result.resources)
+
+
+def test_plans_leave_the_collector_as_they_found_it(make_plan):
+    """A plan pauses the cyclic garbage collector while it loads pulumi_aws and runs the program and
+    freezes what it loaded (offline._collector_paused): afterwards the collector is on again, or still
+    off when the caller had turned it off, and a plan that loads no new module freezes nothing more."""
+    import gc
+
+    make_plan()
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    gc.disable()
+    try:
+        make_plan()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert gc.get_freeze_count() == frozen
