@@ -84,7 +84,11 @@ def _plain_help(command) -> None:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """The error line: whitespace collapsed, control characters (a server's message may carry
+    terminal escapes) shown as ``\\xNN``."""
+    from aiops.cli.terminal import neutralize
+
+    return neutralize(" ".join(str(text).split()))
 
 
 def main(argv: list[str] | None = None) -> int:
