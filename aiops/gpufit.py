@@ -41,6 +41,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import pickle
 import pickletools
 import struct
@@ -338,13 +339,16 @@ def model_stats(path: Path) -> TensorStats:
     """Tensor sizes of a weights file, a model folder, or a ``model.tar.gz``; UsageError if none."""
     path = Path(path)
     if path.is_dir():
-        files = _pick([str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and _is_weights(p.name)])
+        from aiops.files import select_model_folder
+
+        chosen = select_model_folder(path).entries  # the files a package or upload would hold
+        files = _pick([rel for rel in chosen if _is_weights(rel)])
         if not files:
             raise UsageError(f"{path}: no weights found (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
         total: TensorStats | None = None
         for rel in files:
-            with open(path / rel, "rb") as fh:
-                stats = _file_stats(fh, rel, (path / rel).stat().st_size)
+            with open(chosen[rel], "rb") as fh:
+                stats = _file_stats(fh, rel, os.fstat(fh.fileno()).st_size)
             total = stats if total is None else total + stats
         assert total is not None
         return total

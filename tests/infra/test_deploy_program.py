@@ -294,3 +294,26 @@ def test_repack_refusals_are_one_line_and_upload_nothing(account) -> None:
         artifacts.choose("job:job-no-model", outputs={"region": "us-east-1"}, region="us-east-1", stack="prod",
                          clients=session.client)
     assert _model_keys(session) == []
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE], ids=["symlink", "hardlink"])
+def test_a_link_member_of_a_jobs_model_is_refused_not_repacked(account, kind) -> None:
+    """A model.tar.gz whose tokenizer.json is a link to the host's AWS credentials: copied as it is,
+    the endpoint would unpack the link. One line; nothing uploaded."""
+    session, outputs = account
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w:gz") as tar:
+        weights = tarfile.TarInfo("model.pt")
+        weights.size = 1
+        tar.addfile(weights, io.BytesIO(b"w"))
+        link = tarfile.TarInfo("tokenizer.json")
+        link.type, link.linkname = kind, "/root/.aws/credentials"
+        tar.addfile(link)
+    _job(session, "job-link", {"train.py": TRAIN_WITH_MODEL_FN})  # then its model swapped for one with a link
+    session.client("s3").put_object(Bucket=BUCKET, Key="jobs/job-link/output/model.tar.gz",
+                                    Body=evil.getvalue())
+    refusal = r"entry 'tokenizer.json' is a link, device or sparse file; not repacked"
+    with pytest.raises(UsageError, match=refusal) as err:
+        artifacts.choose("job:job-link", outputs=outputs, region="us-east-1", clients=session.client)
+    assert "\n" not in str(err.value)
+    assert _model_keys(session) == []
