@@ -159,11 +159,11 @@ def test_local_run_by_name_program_from_its_archive_code_or_its_source(account, 
     assert bare.program == "train.py" and bare.program_source == str(source)
     (warning,) = bare.warnings
     assert "no code/ folder" in warning and "aiops model package run-bare" in warning
-    # a remote run whose archive was not downloaded stands for its job
-    remote = runs / "run-remote"
+    # a remote run whose archive was not downloaded stands for its job (its folder is its job's name)
+    remote = runs / "train-remote-1"
     remote.mkdir()
     (remote / "run.json").write_text(json.dumps({"job_name": "train-remote-1", "remote": True}))
-    assert artifacts.classify("run-remote", runs_dir=runs) == artifacts.classify(str(remote)) == (
+    assert artifacts.classify("train-remote-1", runs_dir=runs) == artifacts.classify(str(remote)) == (
         "job", "train-remote-1")
     # a plain archive with an inference.py in code/
     plain = tmp_path / "model.tar.gz"
