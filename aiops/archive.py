@@ -104,6 +104,15 @@ class ArchiveError(ValueError):
     """An archive refused by :func:`safe_extract` (the message names the entry and the limit)."""
 
 
+def unsafe_member(member: tarfile.TarInfo) -> str | None:
+    """Why a member that is not a folder may not be extracted or copied (None: a regular file). A
+    link could point anywhere once unpacked (a model's ``tokenizer.json`` at ``~/.aws/credentials``),
+    so model archives hold regular files and folders only: the one rule of extraction and repacking."""
+    if member.isfile() and not member.issparse():
+        return None
+    return "is a link, device or sparse file"
+
+
 def safe_extract(archive_path: Path, dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_ratio: float = DEFAULT_MAX_RATIO, max_members: int = DEFAULT_MAX_MEMBERS) -> int:
     """Extract a tar(.gz) into the empty folder ``dest`` in one streaming pass; returns the bytes written.
@@ -134,8 +143,9 @@ def safe_extract(archive_path: Path, dest: Path, *, max_bytes: int = DEFAULT_MAX
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
-                if not member.isfile() or member.issparse():
-                    raise ArchiveError(f"entry {name!r} is a link, device or sparse file; not extracted")
+                problem = unsafe_member(member)
+                if problem:
+                    raise ArchiveError(f"entry {name!r} {problem}; not extracted")
                 total += member.size
                 if total > cap:
                     raise ArchiveError(

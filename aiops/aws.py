@@ -30,7 +30,24 @@ def session(region: str | None = None, **credentials: str) -> Any:
 
     core = botocore.session.Session()
     core.register_component("data_loader", _shared_loader(core.get_config_variable("data_path")))
-    return boto3.session.Session(botocore_session=core, region_name=region, **credentials)
+    made = boto3.session.Session(botocore_session=core, region_name=region, **credentials)
+    _check_region(made.region_name)
+    return made
+
+
+def _check_region(region: str | None) -> None:
+    """A region from anywhere (an option, the settings, a run record or the stack's saved outputs,
+    AWS_REGION or a profile) is one botocore's partition data knows, before any client is built
+    from it: one line, exit 2, instead of botocore's InvalidRegionError at the first call."""
+    if region is None:
+        return  # boto3's own NoRegionError says what to do, at the call
+    from aiops.stack import check_region
+
+    try:
+        check_region(str(region))
+    except ValueError as err:
+        raise UsageError(f"{err}; check --region, AIOPS_AWS__REGION or AWS_REGION, or the run record or "
+                         "stack outputs it was read from") from None
 
 
 @lru_cache(maxsize=None)

@@ -1,15 +1,22 @@
-"""The one file-selection policy: which files of a source dir (or channel) leave the user's tree.
+"""The one file-selection policy: which files of a folder leave the user's tree.
 
-Used for the local run's code snapshot, the remote ``sourcedir.tar.gz`` and the model package's
-``code/``, so a local run, a remote job and an endpoint all see the same files.
+Used for the local run's code snapshot, the remote ``sourcedir.tar.gz``, the model package's
+``code/`` (``select``), and for model folders (``select_model_folder``): what ``aiops model
+package`` packs, what ``aiops deploy --model FOLDER`` uploads, what the GPU-fit check reads. So a
+local run, a remote job and an endpoint all see the same files.
 
 - VCS data, caches, virtualenvs and aiops' own state are always left out;
-- ``.gitignore`` and ``.aiopsignore`` at the root apply (gitignore syntax, via pathspec);
-- likely secrets (``.env``, ``.aws/``, ``*.pem``, ``id_*``) are left out with a warning; a
+- ``.gitignore`` and ``.aiopsignore`` at the root apply (gitignore syntax, via pathspec); a model
+  folder reads ``.aiopsignore`` only (weights are often git-ignored);
+- likely secrets (``SECRET_PATTERNS``: ``.env``, ``.env.*``, ``.aws/``, ``*.pem``, ``*.key``,
+  ``id_*``, ``.netrc``, ``.pypirc``, ``.npmrc``, ``.git-credentials``, gcloud's
+  ``application_default_credentials.json``, ``credentials.json``) are left out with a warning; a
   ``!pattern`` in ``.aiopsignore`` takes one back in on purpose;
-- a symlink whose target lies outside the root is refused (UsageError) unless the caller passes
-  ``follow_symlinks=True``; links inside the root are followed (their content is copied);
-  dangling links are skipped with a warning.
+- a symlink whose target lies outside the root is refused (UsageError, one line) unless the caller
+  passes ``follow_symlinks=True``; links inside the root are followed (their content is copied);
+  dangling links are skipped with a warning. One layout is inside by construction: the Hugging
+  Face cache's ``snapshots/<revision>/`` folder, whose files link to ``../../blobs/`` of the same
+  repository (pointing at the repository folder itself, ``blobs/`` is inside it anyway).
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from aiops.errors import UsageError
 
 ALWAYS_EXCLUDED = (".git/", ".hg/", ".svn/", "__pycache__/", "*.pyc", ".aiops/", ".venv/", ".mypy_cache/",
                    ".pytest_cache/", ".ipynb_checkpoints/", ".DS_Store")
-SECRET_PATTERNS = (".env", ".aws/", "*.pem", "id_*")
+SECRET_PATTERNS = (".env", ".env.*", ".aws/", "*.pem", "*.key", "id_*", ".netrc", ".pypirc", ".npmrc",
+                   ".git-credentials", "application_default_credentials.json", "credentials.json")
 IGNORE_FILES = (".gitignore", ".aiopsignore")
+MODEL_IGNORE_FILES = (".aiopsignore",)
 
 
 @dataclass
@@ -59,31 +68,45 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def select(root: Path, *, follow_symlinks: bool = False, ignore_files: bool = True,
-           exclude_secrets: bool = True, exclude_paths: Iterable[Path] = (), what: str = "source dir") -> Selection:
+def _hf_blobs(real_root: Path) -> Path | None:
+    """``<repo>/blobs`` when ``real_root`` is a Hugging Face cache snapshot, ``<repo>/snapshots/<rev>``."""
+    if real_root.parent.name == "snapshots" and (real_root.parent.parent / "blobs").is_dir():
+        return real_root.parent.parent / "blobs"
+    return None
+
+
+def select(root: Path, *, follow_symlinks: bool = False, ignore_files: bool | tuple[str, ...] = True,
+           exclude_secrets: bool = True, exclude_paths: Iterable[Path] = (), what: str = "source dir",
+           follow_flag: str | None = "--follow-symlinks") -> Selection:
     """Select the files under ``root`` by the policy above. ``what`` names the tree in messages
-    ("source dir", "channel 'train'"); ``exclude_paths`` are folders never entered (the runs folder)."""
+    ("source dir", "channel 'train'"); ``exclude_paths`` are folders never entered (the runs folder);
+    ``ignore_files``: True for ``IGNORE_FILES`` and the always-excluded names, a tuple for those
+    files only, False for neither; ``follow_flag``: the option that follows links, named in the
+    refusal (None: the command has none)."""
     root = Path(root)
     real_root = root.resolve()
     if root.is_file():
         return Selection(root=root.parent, entries={root.name: root.resolve()})
+    ignore_names = IGNORE_FILES if ignore_files is True else tuple(ignore_files or ())
     lines = list(ALWAYS_EXCLUDED) if ignore_files else []
     secret_spec = _spec(SECRET_PATTERNS) if exclude_secrets else None
     if exclude_secrets:
         lines += list(SECRET_PATTERNS)
-    if ignore_files:
-        for name in IGNORE_FILES:
-            path = root / name
-            if path.is_file():
-                lines += path.read_text(errors="replace").splitlines()
+    for name in ignore_names:
+        path = root / name
+        if path.is_file():
+            lines += path.read_text(errors="replace").splitlines()
     spec = _spec(lines)
     skip = {Path(p).resolve() for p in exclude_paths}
     selection = Selection(root=root, entries={})
+    blobs = _hf_blobs(real_root)
 
     def refuse(rel: str, target: Path) -> None:
+        fix = "Copy what it points to into the folder or remove the link" + (
+            f", or pass {follow_flag}." if follow_flag else ".")
         raise UsageError(
             f"{what} {root}: {rel} is a symlink to {target}, outside the {what}; nothing outside it is "
-            "shipped. Copy what it points to into the folder, remove the link, or pass --follow-symlinks."
+            f"shipped. {fix}"
         )
 
     def walk(folder: Path, rel_folder: str, seen: frozenset[Path]) -> None:
@@ -110,7 +133,8 @@ def select(root: Path, *, follow_symlinks: bool = False, ignore_files: bool = Tr
                 if not real.exists():
                     selection.warnings.append(f"{what} {root}: {rel} is a dangling symlink; left out.")
                     continue
-                if not _inside(real, real_root) and not follow_symlinks:
+                in_blobs = blobs is not None and real.parent == blobs and real.is_file()
+                if not _inside(real, real_root) and not in_blobs and not follow_symlinks:
                     refuse(rel, real)
             if is_dir:
                 if real in seen:  # a link back to a folder being walked: a cycle
@@ -127,3 +151,10 @@ def select(root: Path, *, follow_symlinks: bool = False, ignore_files: bool = Tr
             "to ship one anyway)."
         )
     return selection
+
+
+def select_model_folder(root: Path, *, what: str = "model folder") -> Selection:
+    """The files of a model folder (``model package``, ``deploy --model FOLDER``, the GPU-fit
+    check): the policy above with ``.aiopsignore`` only (no ``.gitignore``), secrets left out with a
+    warning, and no link out of the folder (no flag follows one)."""
+    return select(root, ignore_files=MODEL_IGNORE_FILES, what=what, follow_flag=None)

@@ -5,11 +5,22 @@ memory per SageMaker instance type; ``data/prices.json`` through ``aiops.pricing
 loads weights, imports torch, or calls AWS:
 
 - **safetensors**: the documented header (8-byte little-endian length, then a JSON object of
-  ``{name: {dtype, shape, data_offsets}}``) is read and parsed with ``json``;
-- **torch state dicts** (``torch.save``'s zip format, ``.pt``/``.pth``/``.bin``): ``data.pkl`` is
-  read by a restricted unpickler that records each storage's dtype and element count and never
-  calls a real class or function (safer than ``torch.load``, and no torch needed);
-- a folder holds either (sharded files are summed); a ``model.tar.gz`` is read member by member.
+  ``{name: {dtype, shape, data_offsets}}``, at most 100 MB as safetensors itself caps it) is read
+  and parsed with ``json``; every shape must be at most ``MAX_RANK`` whole numbers from 0 up, and
+  a tensor at most ``MAX_ELEMENTS`` elements;
+- **torch state dicts** (``torch.save``'s zip format, ``.pt``/``.pth``/``.bin``): only the zip's
+  directory and its ``data.pkl`` are read, each within a budget checked before it is read (the
+  directory's size from the end record, ``data.pkl``'s from the directory; the read itself stops
+  there too, so a member that inflates past what the directory says is cut and fails its CRC);
+  the pickle's operations are counted first (``pickletools.genops``, nothing built) and at most
+  ``MAX_PICKLE_OPS`` are run, by a restricted unpickler that records each storage's dtype and
+  element count and never calls a real class or function (safer than ``torch.load``, and no torch
+  needed). A zip bomb is refused from the directory, with memory bounded;
+- a folder holds either (sharded files are summed; its files are chosen by ``aiops.files``, the
+  one policy for model folders: no link out of it); a ``model.tar.gz`` is read member by member, a
+  ``.pt`` member in place (seeks within the archive, never a copy in memory).
+
+Anything these files hold that does not fit the formats is one ``UsageError`` line naming the file.
 
 The estimate (all in GiB = 2**30 bytes):
 
@@ -30,7 +41,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import pickle
+import pickletools
 import struct
 import tarfile
 import zipfile
@@ -46,6 +59,14 @@ from aiops.pricing import DatedTable
 GIB = 1 << 30
 DEFAULT_OVERHEAD = 0.20
 MAX_HEADER = 100 << 20  # safetensors caps its header at 100 MB
+MAX_RANK = 64  # dimensions of one tensor (numpy's own limit)
+MAX_ELEMENTS = 1 << 48  # of one tensor: 256 T, far past any real one
+# torch.save's data.pkl takes ~120 bytes and ~32 pickle operations a tensor (measured): these
+# budgets admit ~60,000 tensors in one file and keep a crafted pickle's objects to ~200 MB
+MAX_PICKLE_BYTES = 16 << 20
+MAX_PICKLE_OPS = 2_000_000
+MAX_ZIP_DIRECTORY = 16 << 20  # the zip's central directory (one ~100-byte entry a tensor)
+MAX_CONFIG_SIZE = 1 << 24  # a layer, head or hidden size in config.json
 
 # Bytes per element. safetensors names (F16, BF16, ...), torch storage class names, and the
 # short names users type (fp16, bf16, int8, ...).
@@ -126,7 +147,7 @@ def read_safetensors_header(fh: IO[bytes], name: str, size: int | None = None) -
         raise UsageError(f"{name}: not a safetensors file (header length {length} is impossible)")
     try:
         header = json.loads(fh.read(length))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise UsageError(f"{name}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise UsageError(f"{name}: not a safetensors file (its header is not a JSON object)")
@@ -140,12 +161,39 @@ def safetensors_stats(fh: IO[bytes], name: str, size: int | None = None) -> Tens
         if key == "__metadata__":
             continue
         try:
-            dtype = str(entry["dtype"]).upper()
-            numel = math.prod(int(d) for d in entry["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise UsageError(f"{name}: tensor {key!r} has no dtype/shape in the safetensors header") from None
-        tensors.append((dtype, numel))
+            dtype, shape = str(entry["dtype"]).upper(), entry["shape"]
+        except (KeyError, TypeError):
+            raise UsageError(f"{name}: tensor {_short(key)} has no dtype/shape in the safetensors "
+                             "header") from None
+        tensors.append((dtype, _numel(shape, name, key)))
     return _stats_from_tensors(tensors, name, "safetensors header")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _numel(shape: Any, name: str, key: str) -> int:
+    """Elements of a tensor of ``shape``: a list of at most MAX_RANK whole numbers from 0 up, whose
+    product is at most MAX_ELEMENTS (checked as it multiplies, so no huge number is ever built)."""
+    def bad(why: str) -> UsageError:
+        return UsageError(f"{name}: tensor {_short(key)} has an impossible shape ({why}); the file is "
+                          "damaged or not a real model")
+
+    if not isinstance(shape, list):
+        raise bad(f"{_short(shape)} is not a list of dimensions")
+    if len(shape) > MAX_RANK:
+        raise bad(f"{len(shape)} dimensions, more than {MAX_RANK}")
+    numel = 1
+    for dim in shape:
+        if type(dim) is not int or dim < 0:  # bool is an int subclass; a JSON float is not a dimension
+            raise bad(f"dimension {_short(dim)} is not a whole number from 0 up")
+        numel *= min(dim, MAX_ELEMENTS + 1)
+        if numel > MAX_ELEMENTS:
+            raise bad(f"more than {MAX_ELEMENTS} elements")
+    return numel
+
 
 
 class _Anything:
@@ -197,27 +245,77 @@ class _StateDictUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) >= 5:
-            kind, key, numel = pid[1], str(pid[2]), int(pid[4])
+            kind, key, numel = pid[1], str(pid[2]), pid[4]
+            if type(numel) is not int or not 0 <= numel <= MAX_ELEMENTS:
+                raise pickle.UnpicklingError(f"storage {_short(key)} has {_short(numel)} elements")
             dtype = kind.dtype if isinstance(kind, _StorageType) else "U8"  # untyped storages count bytes
             self.storages[key] = (dtype, numel)
         return _Anything()
 
 
+class _NotAStateDict(Exception):
+    """Why a file is not a torch.save archive the check can read (becomes the UsageError's words)."""
+
+
 def state_dict_stats(fh: IO[bytes], name: str) -> TensorStats:
-    """Sizes in a ``torch.save`` zip archive: unique storages (tied weights counted once)."""
+    """Sizes in a ``torch.save`` zip archive: unique storages (tied weights counted once). Reads
+    the zip's directory and ``data.pkl`` only, each within its budget (see the module docstring)."""
     try:
-        with zipfile.ZipFile(fh) as archive:
-            pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            if not pkl:
-                raise zipfile.BadZipFile("no data.pkl")
-            unpickler = _StateDictUnpickler(io.BytesIO(archive.read(pkl[0])))
-            unpickler.load()
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as err:
+        unpickler = _StateDictUnpickler(io.BytesIO(_data_pkl(fh)))
+        unpickler.load()
+    except _NotAStateDict as err:
+        raise UsageError(f"{name}: {err}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as err:
         raise UsageError(
-            f"{name}: not a torch.save archive ({err}); save the weights with torch.save (zip format) "
-            f"or as safetensors"
+            f"{name}: not a torch.save archive ({_short(str(err), 200)}); save the weights with torch.save "
+            "(zip format) or as safetensors"
         ) from None
+    except Exception as err:  # noqa: BLE001 - a malformed pickle fails in any of a dozen ways: one line
+        raise UsageError(f"{name}: its data.pkl is not a torch.save pickle the check can read "
+                         f"({type(err).__name__}: {_short(str(err), 200)}); the file is damaged or not a "
+                         "state dict") from None
     return _stats_from_tensors(unpickler.storages.values(), name, "state dict")
+
+
+def _data_pkl(fh: IO[bytes]) -> bytes:
+    """``data.pkl`` of a torch.save zip: the directory's size (end record) and then data.pkl's (the
+    directory) are checked before either is read; its operations are counted before it is run."""
+    try:
+        end = zipfile._EndRecData(fh)  # the end record zipfile itself reads first (zip64 too)
+    except OSError as err:
+        raise zipfile.BadZipFile(str(err)) from None
+    if end is None:
+        raise zipfile.BadZipFile("no zip end record")
+    if end[zipfile._ECD_SIZE] > MAX_ZIP_DIRECTORY:
+        raise _NotAStateDict(f"its zip directory is {end[zipfile._ECD_SIZE]} bytes, more than the "
+                             f"{MAX_ZIP_DIRECTORY >> 20} MB the GPU-fit check reads; not a torch.save "
+                             "archive")
+    with zipfile.ZipFile(fh) as archive:
+        found = [info for info in archive.infolist() if info.filename.endswith("data.pkl")]
+        if not found:
+            raise zipfile.BadZipFile("no data.pkl")
+        info = found[0]
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise _NotAStateDict(
+                f"its data.pkl unpacks to {info.file_size} bytes, more than the {MAX_PICKLE_BYTES >> 20} MB "
+                "the GPU-fit check reads (a torch.save pickle takes ~120 bytes a tensor); save the weights "
+                "as safetensors, or turn the check off")
+        parts, size = [], 0
+        with archive.open(info) as member:  # stops at the directory's size, whatever the data inflates to
+            while block := member.read(1 << 20):  # small reads: zipfile inflates as much as it is asked
+                parts.append(block)
+                size += len(block)
+                if size > MAX_PICKLE_BYTES:
+                    raise _NotAStateDict(f"its data.pkl unpacks past {MAX_PICKLE_BYTES >> 20} MB")
+    data = b"".join(parts)
+    ops = 0
+    for _ in pickletools.genops(data):  # decodes each operation, builds nothing
+        ops += 1
+        if ops > MAX_PICKLE_OPS:
+            raise _NotAStateDict(f"its data.pkl holds more than {MAX_PICKLE_OPS} pickle operations (a "
+                                 "torch.save pickle takes ~32 a tensor); save the weights as safetensors, or "
+                                 "turn the check off")
+    return data
 
 
 def _file_stats(fh: IO[bytes], name: str, size: int | None) -> TensorStats:
@@ -241,13 +339,16 @@ def model_stats(path: Path) -> TensorStats:
     """Tensor sizes of a weights file, a model folder, or a ``model.tar.gz``; UsageError if none."""
     path = Path(path)
     if path.is_dir():
-        files = _pick([str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and _is_weights(p.name)])
+        from aiops.files import select_model_folder
+
+        chosen = select_model_folder(path).entries  # the files a package or upload would hold
+        files = _pick([rel for rel in chosen if _is_weights(rel)])
         if not files:
             raise UsageError(f"{path}: no weights found (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
         total: TensorStats | None = None
         for rel in files:
-            with open(path / rel, "rb") as fh:
-                stats = _file_stats(fh, rel, (path / rel).stat().st_size)
+            with open(chosen[rel], "rb") as fh:
+                stats = _file_stats(fh, rel, os.fstat(fh.fileno()).st_size)
             total = stats if total is None else total + stats
         assert total is not None
         return total
@@ -269,8 +370,9 @@ def _tar_stats(path: Path) -> TensorStats:
             for name in _pick(list(members)):
                 fh = tar.extractfile(members[name])
                 assert fh is not None
-                data = fh if name.endswith(".safetensors") else io.BytesIO(fh.read())  # zip needs seeks
-                stats = _file_stats(data, name, members[name].size)
+                # read in place: a zip's seeks move within the member (a .tar.gz decompresses up to
+                # where they land; nothing is held but the reads themselves)
+                stats = _file_stats(fh, name, members[name].size)
                 total = stats if total is None else total + stats
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UsageError(f"{path}: cannot read the archive: {err}") from None
@@ -300,14 +402,25 @@ class KvCache:
 
 def kv_shape_from_config(config: dict[str, Any]) -> tuple[int, int, int] | None:
     """(layers, kv_heads, head_dim) from a Hugging Face ``config.json``; None when it lacks them."""
-    layers = config.get("num_hidden_layers") or config.get("n_layer") or config.get("num_layers")
-    heads = config.get("num_attention_heads") or config.get("n_head")
-    kv_heads = config.get("num_key_value_heads") or heads
-    hidden = config.get("hidden_size") or config.get("n_embd")
-    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else None)
+    def size(*keys: str) -> int | None:
+        for key in keys:
+            value = config.get(key)
+            if value is None:
+                continue
+            if type(value) is not int or not 0 < value <= MAX_CONFIG_SIZE:
+                raise UsageError(f"config.json: {key}={_short(value)} is not a whole number from 1 to "
+                                 f"{MAX_CONFIG_SIZE}; fix the model's config.json")
+            return value
+        return None
+
+    layers = size("num_hidden_layers", "n_layer", "num_layers")
+    heads = size("num_attention_heads", "n_head")
+    kv_heads = size("num_key_value_heads") or heads
+    hidden = size("hidden_size", "n_embd")
+    head_dim = size("head_dim") or (hidden // heads if hidden and heads else None)
     if not (layers and kv_heads and head_dim):
         return None
-    return int(layers), int(kv_heads), int(head_dim)
+    return layers, kv_heads, head_dim
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,11 @@ A run folder mirrors where SageMaker keeps a job's pieces::
 ``run.json`` stays plain JSON with the keys it always had: a record is written with exactly the
 fields that were set (older files, which lack newer keys, load unchanged; keys this version does
 not know are kept and written back).
+
+A record is a file anyone could edit, so what it says is checked before it is acted on: its
+``job_name`` must be a valid job name and the name of its folder (it names the file a record is
+written back to), and a process it names is signalled only when ``/proc`` shows it is that run's
+(`runner_alive`, `script_alive`: the start time, then the command line or the environment).
 """
 
 from __future__ import annotations
@@ -65,9 +70,15 @@ STATUS_STALE = "Stale"
 def validate_job_name(name: str) -> None:
     if not JOB_NAME_PATTERN.match(name):
         raise UsageError(
-            f"job name {name!r} is not valid for SageMaker: use 1-63 letters, digits and '-', "
+            f"job name {_shown(name)} is not valid for SageMaker: use 1-63 letters, digits and '-', "
             "starting and ending with a letter or digit (e.g. --job-name digits-cnn-1)."
         )
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """A name quoted for a one-line message, cut when it is long."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(name)} characters)"
 
 
 def job_name_from_base(base: str, *, now: float | None = None) -> str:
@@ -377,7 +388,7 @@ def with_liveness(record: RunRecord) -> RunRecord:
     """A local InProgress record whose runner has died is shown as Stale (the file is left as is)."""
     if record.status != STATUS_IN_PROGRESS or record.remote or "runner_start_time" not in record.model_fields_set:
         return record
-    if process_alive(record.runner_pid, record.runner_start_time):
+    if runner_alive(record):
         return record
     stale = record.model_copy(deep=True)
     return stale.update(
@@ -397,6 +408,42 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def runner_alive(record: RunRecord) -> bool:
+    """The aiops process that runs a local record still runs: its recorded pid and start time, and
+    a command line that is `aiops train` (the console script or ``python -m aiops.cli.app``)."""
+    pid = record.runner_pid
+    return process_alive(pid, record.runner_start_time) and _is_aiops_train(_cmdline(pid))
+
+
+def script_alive(record: RunRecord, folder: RunFolder) -> bool:
+    """The training script of a local run still runs: its recorded pid and start time, and the
+    container contract's ``SAGEMAKER_BASE_DIR`` of this run folder in its environment."""
+    pid = record.script_pid
+    if not process_alive(pid, record.script_start_time):
+        return False
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # another user's process: not this run's
+        return False
+    return f"SAGEMAKER_BASE_DIR={folder.base}".encode() in environ
+
+
+def _cmdline(pid: int | None) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def _is_aiops_train(argv: list[str]) -> bool:
+    for i, arg in enumerate(argv[:3]):  # [python, ]aiops train | python -m aiops.cli.app train
+        entry = os.path.basename(arg) == "aiops" or (arg == "aiops.cli.app" and i > 0 and argv[i - 1] == "-m")
+        if entry:
+            return argv[i + 1: i + 2] == ["train"]
+    return False
+
+
 def process_alive(pid: int | None, start_time: int | None) -> bool:
     """The process recorded as (pid, start time) still runs (and is not a zombie)."""
     if not pid or start_time is None:
@@ -410,15 +457,26 @@ def process_alive(pid: int | None, start_time: int | None) -> bool:
 
 
 def read_record(folder: RunFolder, *, strict: bool = True) -> RunRecord | None:
-    """The record in a run folder; UsageError naming the file when it cannot be read (None instead
-    with ``strict=False``)."""
+    """The record in a run folder; UsageError naming the file when it cannot be read or its
+    ``job_name`` is not its folder's name (None instead with ``strict=False``). A record without a
+    ``job_name`` (an old file) takes its folder's."""
     try:
-        return with_liveness(RunRecord.from_json(json.loads(folder.record_file.read_text())))
+        record = RunRecord.from_json(json.loads(folder.record_file.read_text()))
     except (OSError, ValueError, ValidationError) as err:
         if not strict:
             return None
         detail = err.strerror if isinstance(err, OSError) else str(err).splitlines()[0]
         raise UsageError(f"{folder.record_file}: cannot read it ({detail}).") from None
+    if not record.job_name and JOB_NAME_PATTERN.match(folder.name):
+        record.job_name = folder.name
+    if record.job_name != folder.name or not JOB_NAME_PATTERN.match(record.job_name):
+        if not strict:
+            return None
+        raise UsageError(
+            f"{folder.record_file}: its job_name {_shown(record.job_name)} is not the name of its folder "
+            f"({_shown(folder.name)}); the record was edited or moved, so aiops will not act on it. Put the "
+            "folder's name back in job_name, or remove the folder.")
+    return with_liveness(record)
 
 
 def find_run(spec: str, runs_dir: Path | None = None) -> RunFolder | None:
@@ -449,7 +507,8 @@ class RunStore:
         return self.folder(name).root
 
     def exists(self, name: str) -> bool:
-        return bool(name) and "/" not in name and name not in (".", "..") and self.folder(name).record_file.is_file()
+        # a job name first: nothing else is looked up on disk (a 300-character name would be an OSError)
+        return bool(JOB_NAME_PATTERN.match(name)) and self.folder(name).record_file.is_file()
 
     def find(self, spec: str) -> RunFolder | None:
         """The run SPEC names: a folder holding run.json, or a run's name in this store."""
@@ -471,6 +530,7 @@ class RunStore:
         return folder
 
     def load(self, name: str) -> RunRecord:
+        validate_job_name(name)
         if not self.exists(name):
             known = ", ".join(r.job_name for r in self.list()[:5]) or "none yet"
             raise UsageError(
@@ -482,7 +542,9 @@ class RunStore:
         return record
 
     def save(self, record: RunRecord) -> RunRecord:
-        """Write run.json atomically, so a reader never sees half a record."""
+        """Write run.json atomically, so a reader never sees half a record; only under this store,
+        in the folder its (valid) job name names."""
+        validate_job_name(record.job_name)
         path = self.folder(record.job_name).record_file
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(record.to_json(), indent=2, default=str))  # metrics stay in order of appearance
@@ -493,12 +555,12 @@ class RunStore:
         if not self.root.is_dir():
             return
         for child in self.root.iterdir():
-            record = child / RUN_RECORD
-            if record.is_file():
-                try:
-                    yield with_liveness(RunRecord.from_json(json.loads(record.read_text())))
-                except (ValueError, ValidationError):
-                    continue  # a record being written; skip rather than fail the listing
+            if (child / RUN_RECORD).is_file():
+                # None: a record being written, or one whose job_name is not its folder's: left out
+                # rather than failing the listing (describe names the problem)
+                record = read_record(RunFolder(child), strict=False)
+                if record is not None:
+                    yield record
 
     def list(self) -> list[RunRecord]:
         """Newest first."""

@@ -13,7 +13,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -143,6 +151,23 @@ class ServeSettings(_FromConfigFile):
         "(with a 1 GiB floor): a tar bomb is refused from the headers as it streams.")
     archive_max_members: int = _serve_field(100_000, "archive_max_members", ge=1)
 
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(EMPTY_API_KEY)
+        return value
+
+    @model_validator(mode="after")
+    def _api_key_set_empty(self) -> "ServeSettings":
+        # env_ignore_empty drops `AIOPS_SERVE__API_KEY=` before any validator sees it; set but empty
+        # is still a mistake to refuse, not "no key"
+        if self.api_key is None:
+            for name, value in os.environ.items():
+                if name.upper() == API_KEY_ENV and not value.strip():
+                    raise ValueError(f"{API_KEY_ENV} is set but empty: {EMPTY_API_KEY}")
+        return self
+
     @property
     def url(self) -> str:
         """Where a local server with these settings listens (what `aiops invoke` calls by default)."""
@@ -151,6 +176,20 @@ class ServeSettings(_FromConfigFile):
     @property
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 1024 * 1024)
+
+
+API_KEY_ENV = "AIOPS_SERVE__API_KEY"
+EMPTY_API_KEY = "an empty API key would mean no authentication; give a key, or leave it unset"
+
+
+def check_api_key(value: str | None, *, source: str = "--api-key") -> str | None:
+    """An API key given to a client (`aiops invoke --api-key`): None (none given) or a non-blank key;
+    ConfigError (exit 2) for a blank one, given or set empty in the environment."""
+    if value is not None and not value.strip():
+        raise ConfigError(f"{source} is empty: {EMPTY_API_KEY}")
+    if value is None and any(n.upper() == API_KEY_ENV and not v.strip() for n, v in os.environ.items()):
+        raise ConfigError(f"{API_KEY_ENV} is set but empty: {EMPTY_API_KEY}")
+    return value
 
 
 class _TomlPart(TomlConfigSettingsSource):
@@ -288,7 +327,10 @@ def describe_serve_error(err: ValidationError) -> str:
     names = _serve_names()
     parts = []
     for item in err.errors():
-        given = str(item["loc"][0]) if item["loc"] else ""
+        if not item["loc"]:  # a check across fields: its message names what is wrong
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
+            continue
+        given = str(item["loc"][0])
         field_name, env = names.get(given, (given, []))
         value = item.get("input")
         used = next((name for name in env if os.environ.get(name, "").strip()), None)

@@ -6,6 +6,7 @@ functions, so `aiops --help` stays fast. Sub-apps and commands are grouped in he
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 
@@ -84,7 +85,11 @@ def _plain_help(command) -> None:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """The error line: whitespace collapsed, control characters (a server's message may carry
+    terminal escapes) shown as ``\\xNN``."""
+    from aiops.cli.terminal import neutralize
+
+    return neutralize(" ".join(str(text).split()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted.", err=True)
         return 130
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        # any path a command looks up (a model, a run, an output): a name past the file system's
+        # limits is a usage error, however deep the lookup that met it
+        name = str(exc.filename or "")
+        shown = name if len(name) <= 80 else f"{name[:60]}... ({len(name)} characters)"
+        typer.echo(f"error: {_one_line(shown)}: name too long for the file system (at most 255 characters a "
+                   "name, 4096 a path); give a shorter one", err=True)
+        return 2
     except ModuleNotFoundError as exc:  # an optional extra that is not installed
         from aiops.extras import for_missing_module
 

@@ -69,6 +69,10 @@ def invoke(
     inference_component: Optional[str] = typer.Option(
         None, "--inference-component", help="With --endpoint: the InferenceComponentName to route to [default: the "
         "stack's inferenceComponentName when --endpoint is the stack's endpoint]."),
+    max_response_mb: Optional[float] = typer.Option(
+        None, "--max-response-mb", min=0.001, help="The largest response body accepted; past it one error "
+        "line, nothing kept [default: 64 for a body held in memory to print; no limit with --output or "
+        "--stream, which never hold the body]."),
 ) -> None:
     """Send one request and print the response and its latency."""
     from aiops.inference import client
@@ -78,19 +82,28 @@ def invoke(
                     timeout=timeout)
     target.check(stream=stream)
     body, ctype = client.load_payload(data, content_type)
+    limit = int(max_response_mb * client.MIB) if max_response_mb is not None else None
     if stream:
-        return _invoke_stream(body, ctype, url=url, endpoint=endpoint, accept=accept, api_key=api_key, output=output)
-    answer = send(target, body, content_type=ctype, accept=accept, api_key=api_key)
-    _render(answer.body, answer.content_type, output)
-    typer.echo(answer.summary, err=True)
-
-
-def _render(body: bytes, content_type: Optional[str], output: Optional[Path]) -> None:
-    """A response body: to --output, printed when it is text, else its size and type."""
+        return _invoke_stream(body, ctype, url=url, endpoint=endpoint, accept=accept, api_key=api_key,
+                              output=output, limit=limit)
     if output is not None:
-        output.write_bytes(body)
-        typer.echo(f"wrote {len(body)} bytes to {output}", err=True)
-        return
+        with client.FileBody(output, limit) as sink:  # renamed over the file only once complete
+            answer = send(target, body, content_type=ctype, accept=accept, api_key=api_key, sink=sink)
+        typer.echo(f"wrote {answer.size} bytes to {output}", err=True)
+    else:
+        sink = client.MemoryBody(limit if limit is not None else client.DEFAULT_MAX_RESPONSE_MB * client.MIB)
+        answer = send(target, body, content_type=ctype, accept=accept, api_key=api_key, sink=sink)
+        _render(answer.body, answer.content_type)
+    typer.echo(_safe(answer.summary), err=True)
+
+
+def _render(body: bytes, content_type: Optional[str]) -> None:
+    """A response body printed when it is text (control characters neutralized on a terminal), else
+    its size and type."""
+    import sys
+
+    from aiops.cli.terminal import is_terminal, neutralize
+
     ctype = content_type or ""
     text = ctype.startswith(("application/json", "text/"))
     if not text and ctype in ("", "binary/octet-stream"):  # an S3 object stored without a type
@@ -99,53 +112,68 @@ def _render(body: bytes, content_type: Optional[str], output: Optional[Path]) ->
             text = True
         except UnicodeDecodeError:
             pass
-    if text:
-        typer.echo(body.decode("utf-8", "replace").rstrip("\n"))
-    else:
-        typer.echo(f"<{len(body)} bytes of {content_type}; use --output to save them>")
+    if not text:
+        typer.echo(f"<{len(body)} bytes of {neutralize(str(content_type))}; use --output to save them>")
+        return
+    shown = body.decode("utf-8", "replace").rstrip("\n")
+    if is_terminal(sys.stdout):
+        typer.echo(neutralize(shown))
+    else:  # a pipe gets the text as it came (color=True: click would strip some escapes, not all)
+        typer.echo(shown, color=True)
 
 
-def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, output: Optional[Path]) -> None:
+def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, output: Optional[Path],
+                   limit: Optional[int]) -> None:
+    import contextlib
     import sys
 
+    from aiops.cli.terminal import TerminalWriter, is_terminal
     from aiops.errors import AiopsError
     from aiops.inference import client, stream_client
     from aiops.settings import get_settings
 
-    # --output is written to NAME.part and renamed once the stream is complete: a failed stream
-    # leaves the user's file as it was.
-    part = output.with_name(output.name + ".part") if output is not None else None
-    sink = part.open("wb") if part is not None else sys.stdout.buffer
+    # --output: a private temporary file beside FILE, renamed over it once the stream is complete (a
+    # failed stream leaves FILE as it was). Else each chunk as it arrives: on a terminal decoded and
+    # neutralized, into a pipe the bytes as they are. Nothing is held either way.
+    terminal = TerminalWriter(sys.stdout) if output is None and is_terminal(sys.stdout) else None
+    sink: client.BodySink
+    if output is not None:
+        sink = client.FileBody(output, limit)
+    else:
+        sink = client.PassBody(terminal.write if terminal else sys.stdout.buffer.write, limit,
+                               flush=None if terminal else sys.stdout.buffer.flush)
     last = [b"\n"]
 
-    def show(chunk: bytes) -> None:  # each chunk as it arrives
+    def show(chunk: bytes) -> None:
         sink.write(chunk)
         sink.flush()
         last[0] = chunk[-1:]
 
-    ok = False
-    try:
-        if endpoint:
-            from aiops.stack import endpoint_region
+    with sink if output is not None else contextlib.nullcontext():
+        try:
+            if endpoint:
+                from aiops.stack import endpoint_region
 
-            result = stream_client.stream_endpoint(endpoint, body, content_type=ctype, accept=accept,
-                                                   region=endpoint_region(get_settings()), on_chunk=show)
-        else:
-            result = stream_client.stream_url(url or get_settings().serve.url, body, content_type=ctype,
-                                              accept=accept, api_key=api_key, on_chunk=show)
-        ok = result.ok
-    finally:
-        if part is not None:
-            sink.close()
-            if ok:
-                part.replace(output)
+                result = stream_client.stream_endpoint(endpoint, body, content_type=ctype, accept=accept,
+                                                       region=endpoint_region(get_settings()), on_chunk=show)
             else:
-                part.unlink(missing_ok=True)
-    if not result.ok:
-        raise AiopsError(client.error_message(result))
-    if part is None and last[0] != b"\n":
+                result = stream_client.stream_url(url or get_settings().serve.url, body, content_type=ctype,
+                                                  accept=accept, api_key=api_key, on_chunk=show)
+        finally:
+            if terminal is not None:
+                terminal.close()
+        if not result.ok:
+            raise AiopsError(client.error_message(result))
+    if output is None and last[0] != b"\n":
         typer.echo("")
-    typer.echo(result.summary() + (f"; wrote {output}" if output is not None else ""), err=True)
+    typer.echo(_safe(result.summary()) + (f"; wrote {output}" if output is not None else ""), err=True)
+
+
+def _safe(line: str) -> str:
+    """A line that quotes the server (its content type) with control characters neutralized."""
+    from aiops.cli.terminal import neutralize
+
+    return neutralize(line)
 
 
 @model_app.command("package")

@@ -11,7 +11,6 @@ Packaging is deterministic (`aiops.archive`): same inputs, same bytes.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from aiops.runs import STATUS_COMPLETED, RunFolder, RunRecord, RunStore, read_re
 
 CODE_DIR = programs.CODE_DIR
 DEFAULT_PROGRAM = programs.DEFAULT_PROGRAM  # the serving toolkit's default SAGEMAKER_PROGRAM
-_SKIP_NAMES = {"__pycache__", ".DS_Store", ".ipynb_checkpoints", ".git"}
 
 
 @dataclass
@@ -177,26 +175,14 @@ def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
 # ---------------------------------------------------------------- packaging
 
 
-def _walk(root: Path) -> list[tuple[str, Path]]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_NAMES)
-        for f in filenames:
-            if f in _SKIP_NAMES or f.endswith(".pyc"):
-                continue
-            p = Path(dirpath) / f
-            if p.is_symlink() and not p.resolve().is_file():
-                continue
-            out.append((p.relative_to(root).as_posix(), p))
-    return out
-
-
 def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None, source_dir: Path | None = None,
                   requirements: Path | None = None, code_files: dict[str, Path] | None = None) -> dict:
     """Write ``out`` (model.tar.gz) from a model folder plus code; returns a summary.
 
-    Model files go to the archive root (an existing ``code/`` in the model folder is replaced when
-    ``entry_point``, ``source_dir`` or ``code_files`` is given). ``source_dir`` is copied whole into
+    Model files go to the archive root, chosen by `aiops.files.select_model_folder` (no link out of
+    the folder, secrets left out with a warning in ``summary["warnings"]``; an existing ``code/`` in
+    the model folder is replaced when ``entry_point``, ``source_dir`` or ``code_files`` is given).
+    ``source_dir`` is copied whole into
     ``code/`` through `aiops.files` (the remote bundle's policy); ``code_files`` are code/ entries
     already selected (a run's, from `run_code`);
     ``entry_point`` alone is copied as ``code/<name>``. ``requirements`` becomes ``code/requirements.txt``.
@@ -209,9 +195,13 @@ def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None
         out = out / "model.tar.gz"
         if out.is_dir():
             raise UsageError(f"--out {out.parent}: {out} is a folder; name the file to write")
+    from aiops import files
+
     entries: dict[str, Path] = {}
     replace_code = entry_point is not None or source_dir is not None or code_files is not None
-    for rel, p in _walk(model_dir):
+    model_files = files.select_model_folder(model_dir)
+    warnings = list(model_files.warnings)
+    for rel, p in model_files.entries.items():
         if replace_code and (rel == CODE_DIR or rel.startswith(CODE_DIR + "/")):
             continue
         entries[rel] = p
@@ -219,9 +209,9 @@ def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None
         source_dir = Path(source_dir)
         if not source_dir.is_dir():
             raise UsageError(f"--source-dir {source_dir}: no such folder")
-        from aiops import files
-
-        for rel, p in files.select(source_dir).entries.items():
+        code = files.select(source_dir)
+        warnings += code.warnings
+        for rel, p in code.entries.items():
             entries[f"{CODE_DIR}/{rel}"] = p
     for rel, p in (code_files or {}).items():
         entries[f"{CODE_DIR}/{rel}"] = p
@@ -240,7 +230,7 @@ def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None
         raise UsageError(f"{model_dir}: holds no model files to package")
 
     out = archive.write_tar_gz_file(entries, Path(out), with_directories=True)
-    return {"path": str(out), "files": sorted(entries), "bytes": out.stat().st_size}
+    return {"path": str(out), "files": sorted(entries), "bytes": out.stat().st_size, "warnings": warnings}
 
 
 @dataclass(frozen=True)
@@ -260,8 +250,9 @@ def package(model: str, out: Path, *, runs_dir: Path, entry_point: Path | None =
     source_dir), unless ``entry_point`` or ``source_dir`` choose the code."""
     path = Path(model).expanduser()
     if path.is_dir():
-        return Packaged(package_model(path, out, entry_point=entry_point, source_dir=source_dir,
-                                      requirements=requirements))
+        summary = package_model(path, out, entry_point=entry_point, source_dir=source_dir,
+                                requirements=requirements)
+        return Packaged(summary, warnings=tuple(summary["warnings"]))
     store = RunStore(runs_dir)
     if not store.exists(model):
         raise UsageError(f"{model}: no such model folder or local run (runs are in {store.root})")
@@ -271,4 +262,5 @@ def package(model: str, out: Path, *, runs_dir: Path, entry_point: Path | None =
     code = run_code(info) if entry_point is None and source_dir is None else None
     summary = package_model(model_dir, out, entry_point=entry_point, source_dir=source_dir,
                             requirements=requirements, code_files=code.entries if code else None)
-    return Packaged(summary, code.program if code else None, tuple(code.warnings) if code else ())
+    return Packaged(summary, code.program if code else None,
+                    tuple(summary["warnings"]) + (tuple(code.warnings) if code else ()))

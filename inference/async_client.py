@@ -63,9 +63,11 @@ def async_config(sagemaker: Any, endpoint: str) -> dict[str, Any]:
     return found
 
 
-def _read(s3: Any, uri: str) -> tuple[bytes, str | None] | None:
-    """The object's body and Content-Type, or None while it is not there (any other error: raised)."""
+def _read(s3: Any, uri: str, sink: Any = None) -> tuple[bytes, str | None] | None:
+    """The object's body (into ``sink``, whose held bytes are returned; without one, only its start,
+    as an error's) and Content-Type, or None while it is not there (any other error: raised)."""
     from aiops.aws import error_code
+    from aiops.inference.client import copy_body, read_error_body
 
     bucket, key = _split(uri)
     try:
@@ -74,25 +76,36 @@ def _read(s3: Any, uri: str) -> tuple[bytes, str | None] | None:
         if error_code(err) in NOT_THERE:
             return None
         raise
-    return answer["Body"].read(), answer.get("ContentType")
+    stream = answer["Body"]
+    try:
+        if sink is None:
+            return read_error_body(stream.read), answer.get("ContentType")
+        copy_body(stream.read, sink)
+    finally:
+        stream.close()
+    return sink.body, answer.get("ContentType")
 
 
 def wait_for_result(s3: Any, output_location: str, failure_location: str | None, *, timeout: float,
                     sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                    first: float = POLL_FIRST_S, longest: float = POLL_MAX_S) -> tuple[bytes, str | None, int]:
+                    first: float = POLL_FIRST_S, longest: float = POLL_MAX_S, sink: Any = None
+                    ) -> tuple[bytes, str | None, int]:
     """Poll the output (and failure) location until one holds an object: (body, content type, polls).
+    The result is read into ``sink`` (default: memory, capped; see ``aiops.inference.client``).
 
     A failure object raises AiopsError with its message; ``timeout`` seconds (by ``clock``) without
     either raises AiopsError naming the output location, where the result may still land later.
     """
     from aiops import aws
+    from aiops.inference.client import MemoryBody
 
+    sink = MemoryBody() if sink is None else sink
     deadline = clock() + timeout
     wait, polls = first, 0
     while True:
         polls += 1
         with aws.translate_errors(f"reading the async result {output_location}"):
-            found = _read(s3, output_location)
+            found = _read(s3, output_location, sink)
             failed = _read(s3, failure_location) if found is None and failure_location else None
         if found is not None:
             return found[0], found[1], polls
@@ -113,7 +126,7 @@ def invoke_endpoint_async(name: str, body: bytes, *, content_type: str, accept: 
                           custom_attributes: str | None = None, bucket: str, kms_key_arn: str | None,
                           region: str | None = None, timeout: float = 600.0,
                           sleep: Callable[[float], None] = time.sleep,
-                          clock: Callable[[], float] = time.monotonic) -> AsyncAnswer:
+                          clock: Callable[[], float] = time.monotonic, sink: Any = None) -> AsyncAnswer:
     """Check the endpoint is asynchronous, upload the input, InvokeEndpointAsync, wait for the result."""
     from aiops import aws
     from aiops.s3objects import upload_once
@@ -133,6 +146,7 @@ def invoke_endpoint_async(name: str, body: bytes, *, content_type: str, accept: 
     with aws.translate_errors(f"invoking endpoint {name} asynchronously"):
         queued = aws.client("sagemaker-runtime", region).invoke_endpoint_async(**kwargs)
     output, failure = queued["OutputLocation"], queued.get("FailureLocation")
-    data, ctype, polls = wait_for_result(s3, output, failure, timeout=timeout, sleep=sleep, clock=clock)
+    data, ctype, polls = wait_for_result(s3, output, failure, timeout=timeout, sleep=sleep, clock=clock,
+                                         sink=sink)
     return AsyncAnswer(queued.get("InferenceId", ""), input_location, output, failure, ctype, data,
                        (clock() - start) * 1000, polls)

@@ -36,22 +36,26 @@ class Target:
 
 @dataclass(frozen=True)
 class Answer:
-    body: bytes
+    body: bytes  # b"" when the body went to a file
     content_type: str | None
     summary: str  # how it went, for stderr: status and latency, or the async result's location
+    size: int = 0  # bytes of the body
 
 
 def send(target: Target, body: bytes, *, content_type: str, accept: str | None = None,
-         api_key: str | None = None) -> Answer:
-    """Send ``body`` to ``target`` and return the answer; a non-2xx answer is an AiopsError."""
+         api_key: str | None = None, sink=None) -> Answer:
+    """Send ``body`` to ``target`` and return the answer; a non-2xx answer is an AiopsError.
+    The answer's body is read into ``sink`` (``client.MemoryBody`` or ``client.FileBody``; default:
+    memory, capped at ``client.DEFAULT_MAX_RESPONSE_MB``)."""
     from aiops.inference import client
     from aiops.settings import get_settings
 
     target.check()
+    sink = client.MemoryBody() if sink is None else sink
     settings = get_settings()
     if not target.endpoint:
         result = client.invoke_url(target.url or settings.serve.url, body, content_type=content_type,
-                                   accept=accept, api_key=api_key)
+                                   accept=accept, api_key=api_key, sink=sink)
         return _synchronous(result)
 
     from aiops.stack import current_outputs, endpoint_region
@@ -64,15 +68,15 @@ def send(target: Target, body: bytes, *, content_type: str, accept: str | None =
         outputs.require("bucket", needed_for="aiops invoke --async (the request is uploaded to its bucket)")
         answer = async_client.invoke_endpoint_async(target.endpoint, body, content_type=content_type, accept=accept,
                                                     bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn,
-                                                    region=region, timeout=target.timeout)
+                                                    region=region, timeout=target.timeout, sink=sink)
         polls = f"{answer.polls} poll{'s' if answer.polls != 1 else ''}"
         return Answer(answer.body, answer.content_type, f"async {answer.inference_id}: {answer.output_location} "
-                      f"in {answer.latency_ms:.0f} ms ({polls})")
+                      f"in {answer.latency_ms:.0f} ms ({polls})", sink.size)
     component = target.inference_component
     if component is None and target.endpoint == outputs.endpoint_name:
         component = outputs.inference_component_name  # the stack's endpoint routes to its component
     result = client.invoke_endpoint(target.endpoint, body, content_type=content_type, accept=accept, region=region,
-                                    inference_component=component)
+                                    inference_component=component, sink=sink)
     return _synchronous(result)
 
 
@@ -82,4 +86,4 @@ def _synchronous(result) -> Answer:
     if not result.ok:
         raise AiopsError(client.error_message(result))
     return Answer(result.body, result.content_type,
-                  f"HTTP {result.status} {result.content_type} in {result.latency_ms:.2f} ms")
+                  f"HTTP {result.status} {result.content_type} in {result.latency_ms:.2f} ms", result.size)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from aiops.errors import AiopsError
-from aiops.inference.client import connect
+from aiops.inference.client import READ_SIZE, connect, read_error_body
 
 OnChunk = Callable[[bytes], None]
 
@@ -28,7 +28,7 @@ class StreamResult:
     bytes: int = 0
     ttfb_ms: float | None = None
     total_ms: float = 0.0
-    body: bytes = b""  # only the error body of a non-200 answer
+    body: bytes = b""  # only the start of a non-200 answer's body
     headers: dict = field(default_factory=dict)
 
     @property
@@ -64,10 +64,12 @@ def stream_url(url: str, body: bytes, *, content_type: str, accept: str | None =
         result = StreamResult(resp.status, resp.getheader("Content-Type"),
                               headers={k.lower(): v for k, v in resp.getheaders()})
         if resp.status != 200:
-            result.body = resp.read()
+            result.body = read_error_body(resp.read)
         else:
             while True:
-                chunk = resp.read1()  # returns as soon as a chunk (or part of one) is in
+                # returns as soon as a chunk (or part of one) is in; never asks for more than READ_SIZE,
+                # whatever size a chunk or Content-Length announces
+                chunk = resp.read1(READ_SIZE)
                 if not chunk:
                     break
                 _count(result, chunk, start, on_chunk)

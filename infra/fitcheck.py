@@ -20,21 +20,33 @@ from aiops.gpufit import Fit, KvCache, TensorStats, check_inference, inference_n
 from aiops.infra.config import StackConfig
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB; a bigger one is not read
+
+
 def local_config_json(path: Path) -> dict | None:
-    """The model's ``config.json``: in the folder, or at the root of the archive."""
+    """The model's ``config.json`` (at most MAX_CONFIG_BYTES): in the folder, or at the root of the
+    archive; None when there is none, it is bigger, or it is not a JSON object."""
     path = Path(path)
     try:
         if path.is_dir() and (path / "config.json").is_file():
-            return json.loads((path / "config.json").read_text())
+            with open(path / "config.json", "rb") as fh:
+                return _config(fh.read(MAX_CONFIG_BYTES + 1))
         if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
             with tarfile.open(path, "r:*") as tar:
                 for member in tar.getmembers():
                     if member.isfile() and member.name.removeprefix("./") == "config.json":
                         fh = tar.extractfile(member)
-                        return json.loads(fh.read()) if fh else None
-    except (ValueError, OSError, tarfile.TarError):
+                        return _config(fh.read(MAX_CONFIG_BYTES + 1)) if fh else None
+    except (ValueError, OSError, tarfile.TarError, RecursionError):
         return None
     return None
+
+
+def _config(data: bytes) -> dict | None:
+    if len(data) > MAX_CONFIG_BYTES:
+        return None
+    config = json.loads(data)
+    return config if isinstance(config, dict) else None
 
 
 def endpoint_fit(cfg: StackConfig, stats: TensorStats, model_config: dict | None = None) -> Fit:

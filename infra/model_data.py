@@ -35,17 +35,13 @@ from aiops.names import split_s3_uri
 from aiops.s3objects import NOT_FOUND, encryption_args, object_exists, transfer_config, upload_once
 from aiops.stack import LAYOUT
 
-SKIP_NAMES = (".git", "__pycache__", ".DS_Store")
-
-
 def folder_files(path: Path) -> list[tuple[str, Path]]:
-    files = []
-    for p in sorted(Path(path).rglob("*")):
-        rel = p.relative_to(path)
-        if any(part in SKIP_NAMES for part in rel.parts) or not p.is_file():
-            continue
-        files.append((rel.as_posix(), p))
-    return files
+    """The files of a model folder that are uploaded: `aiops.files.select_model_folder` (the policy
+    `model package` uses: a link out of the folder is refused with one line, secrets left out)."""
+    from aiops.files import select_model_folder
+
+    selection = select_model_folder(Path(path), what="--model folder")
+    return sorted(selection.entries.items())
 
 
 def is_weights_folder(path: Path) -> bool:

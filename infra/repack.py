@@ -4,9 +4,11 @@ ran is unpacked into the model's ``code/``, its files replacing same-named ones,
 ``SAGEMAKER_PROGRAM`` = the handler script and ``SAGEMAKER_SUBMIT_DIRECTORY`` = /opt/ml/model/code).
 
 One streaming pass, tar to tar: the model's members are copied as they are (never extracted to
-disk, never held in memory whole); the bundle's files (small: source code) are written last under
-``code/`` with normalised metadata. Same model + same bundle -> the same bytes (gzip without a
-timestamp), so the repacked archive's content hash, and its S3 key, are stable across deploys.
+disk, never held in memory whole), regular files and folders only (a link member is refused, as
+``aiops.archive.safe_extract`` refuses it: once unpacked it could point anywhere); the bundle's
+files (small: source code) are written last under ``code/`` with normalised metadata. Same model
++ same bundle -> the same bytes (gzip without a timestamp), so the repacked archive's content hash,
+and its S3 key, are stable across deploys.
 When the model's ``code/`` already holds every bundle file byte for byte, nothing is written.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Mapping
 
 from aiops import programs
-from aiops.archive import _info
+from aiops.archive import _info, unsafe_member
 from aiops.errors import UsageError
 
 CODE = programs.CODE_DIR + "/"
@@ -65,8 +67,9 @@ def bundle_files(data: bytes, *, what: str) -> dict[str, BundleFile]:
                     continue
                 if name is None:
                     raise UsageError(f"{what}: entry {member.name!r} leaves the code folder; not repacked")
-                if not member.isfile():
-                    raise UsageError(f"{what}: entry {member.name!r} is a link or device; not repacked")
+                problem = unsafe_member(member)
+                if problem:
+                    raise UsageError(f"{what}: entry {member.name!r} {problem}; not repacked")
                 total += member.size
                 if total > MAX_BUNDLE_BYTES:
                     raise UsageError(f"{what}: more than {MAX_BUNDLE_BYTES >> 20} MB of code; not repacked")
@@ -89,6 +92,10 @@ def repack(model: Path, code: Mapping[str, BundleFile], out: Path, *, what: str 
                 name = _clean(member.name)
                 if name is None:
                     raise UsageError(f"{what}: entry {member.name!r} leaves the model folder; not repacked")
+                problem = None if member.isdir() else unsafe_member(member)
+                if problem:  # copied as it is, the endpoint would unpack the link
+                    raise UsageError(f"{what}: entry {member.name!r} {problem}; not repacked. Package the "
+                                     "model with regular files only (aiops model package)")
                 if name.startswith(CODE) and not member.isdir():
                     rel = name[len(CODE):]
                     model_code.add(rel)

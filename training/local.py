@@ -31,10 +31,12 @@ from aiops.runs import (
     STATUS_STALE,
     STATUS_STOPPED,
     Artifacts,
+    RunFolder,
     RunRecord,
     RunStore,
-    process_alive,
     process_start_time,
+    runner_alive,
+    script_alive,
 )
 from aiops.training import contract, jobs
 from aiops.training.jobs import PreparedJob, absolute_config
@@ -301,27 +303,29 @@ def _die_with_parent(sig: int):
     return preexec
 
 
-def request_stop(record: RunRecord) -> str:
+def request_stop(record: RunRecord, folder: RunFolder) -> str:
     """Stop a local job: SIGTERM to the aiops process running it (it forwards SIGTERM to the
     script's group, then SIGKILL after the grace period), or, if that runner is gone but the script
-    is not, SIGTERM to the script's process group. Every pid is checked against its recorded
-    start time first, so a pid the system has since given to another process is never signalled.
-    Returns what was signalled."""
+    is not, SIGTERM to the script's process group. ``folder``: the run's folder in the store. Each
+    pid is signalled only when /proc shows it is this run's (`aiops.runs.runner_alive`: its start
+    time and an `aiops train` command line; `script_alive`: its start time and this run's
+    SAGEMAKER_BASE_DIR), so neither a reused pid nor a pid written into run.json by hand is ever
+    signalled. Returns what was signalled."""
     name = record.job_name
     if record.status == STATUS_STALE:
         raise UsageError(f"{name} is stale: its aiops process died and took the script with it; nothing to stop.")
     if record.status != STATUS_IN_PROGRESS:
         raise UsageError(f"{name} is {record.status}, not running; nothing to stop.")
     runner = record.runner_pid
-    if process_alive(runner, record.runner_start_time):
+    if runner_alive(record):
         os.kill(int(runner), signal.SIGTERM)  # type: ignore[arg-type]
         return f"aiops process {runner}"
     script = record.script_pid
-    if process_alive(script, record.script_start_time):
+    if script_alive(record, folder):
         os.killpg(int(script), signal.SIGTERM)  # type: ignore[arg-type]  # the script leads its own group
         return f"script process group {script}"
-    raise UsageError(f"{name} is marked running but neither its aiops process nor its script is alive; "
-                     "nothing was signalled.")
+    raise UsageError(f"{name} is marked running but neither its aiops process nor its script is alive "
+                     "(no such process, or not this run's); nothing was signalled.")
 
 
 def export_artifacts(store: RunStore, record: RunRecord, output_dir: Path) -> RunRecord:
@@ -403,4 +407,4 @@ class LocalBackend:
         return latest_values(record.folder.metrics)
 
     def stop(self, record: RunRecord) -> str | None:
-        return request_stop(record)
+        return request_stop(record, self.store.folder(record.job_name))

@@ -159,11 +159,11 @@ def test_local_run_by_name_program_from_its_archive_code_or_its_source(account, 
     assert bare.program == "train.py" and bare.program_source == str(source)
     (warning,) = bare.warnings
     assert "no code/ folder" in warning and "aiops model package run-bare" in warning
-    # a remote run whose archive was not downloaded stands for its job
-    remote = runs / "run-remote"
+    # a remote run whose archive was not downloaded stands for its job (its folder is its job's name)
+    remote = runs / "train-remote-1"
     remote.mkdir()
     (remote / "run.json").write_text(json.dumps({"job_name": "train-remote-1", "remote": True}))
-    assert artifacts.classify("run-remote", runs_dir=runs) == artifacts.classify(str(remote)) == (
+    assert artifacts.classify("train-remote-1", runs_dir=runs) == artifacts.classify(str(remote)) == (
         "job", "train-remote-1")
     # a plain archive with an inference.py in code/
     plain = tmp_path / "model.tar.gz"
@@ -293,4 +293,27 @@ def test_repack_refusals_are_one_line_and_upload_nothing(account) -> None:
     with pytest.raises(AiopsError, match=r"no output 'bucket'.*aiops deploy --stack prod"):
         artifacts.choose("job:job-no-model", outputs={"region": "us-east-1"}, region="us-east-1", stack="prod",
                          clients=session.client)
+    assert _model_keys(session) == []
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE], ids=["symlink", "hardlink"])
+def test_a_link_member_of_a_jobs_model_is_refused_not_repacked(account, kind) -> None:
+    """A model.tar.gz whose tokenizer.json is a link to the host's AWS credentials: copied as it is,
+    the endpoint would unpack the link. One line; nothing uploaded."""
+    session, outputs = account
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w:gz") as tar:
+        weights = tarfile.TarInfo("model.pt")
+        weights.size = 1
+        tar.addfile(weights, io.BytesIO(b"w"))
+        link = tarfile.TarInfo("tokenizer.json")
+        link.type, link.linkname = kind, "/root/.aws/credentials"
+        tar.addfile(link)
+    _job(session, "job-link", {"train.py": TRAIN_WITH_MODEL_FN})  # then its model swapped for one with a link
+    session.client("s3").put_object(Bucket=BUCKET, Key="jobs/job-link/output/model.tar.gz",
+                                    Body=evil.getvalue())
+    refusal = r"entry 'tokenizer.json' is a link, device or sparse file; not repacked"
+    with pytest.raises(UsageError, match=refusal) as err:
+        artifacts.choose("job:job-link", outputs=outputs, region="us-east-1", clients=session.client)
+    assert "\n" not in str(err.value)
     assert _model_keys(session) == []

@@ -188,3 +188,18 @@ def test_precheck_refuses_empty_prefixes_and_models_that_do_not_fit(s3, tmp_path
     up = model_data.upload_folder(make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=None, s3=s3)
     assert artifacts.precheck(up.uri, cfg=cfg, region="us-east-1").fits
     assert artifacts.precheck("s3://stack-bucket/models/model.tar.gz", cfg=cfg, region="us-east-1") is None
+
+
+def test_folder_upload_refuses_a_link_out_of_the_folder_and_uploads_nothing(s3, tmp_path):
+    """`deploy --model FOLDER` chooses its files by the model-folder policy (`aiops.files`): a
+    tokenizer.json linking to the host's AWS credentials is one line, and nothing reaches S3."""
+    secret = tmp_path / ".aws" / "credentials"
+    secret.parent.mkdir()
+    secret.write_text("[default]\naws_secret_access_key = hunter2\n")
+    folder = make_folder(tmp_path / "m")
+    (folder / "tokenizer.json").symlink_to(secret)
+    refusal = "tokenizer.json is a symlink to .*outside the --model folder"
+    with pytest.raises(UsageError, match=refusal) as err:
+        model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
+    assert "\n" not in str(err.value)
+    assert s3.list_objects_v2(Bucket="stack-bucket").get("KeyCount") == 0

@@ -221,7 +221,7 @@ def test_stop_never_signals_a_reused_pid(tmp_path: Path) -> None:
                                       "runner_start_time": start - 1, "script_pid": bystander.pid,
                                       "script_start_time": start + 1})
         with pytest.raises(UsageError, match="nothing was signalled"):
-            local.request_stop(record)
+            local.request_stop(record, RunStore(tmp_path / "runs").folder("old-run"))
         assert bystander.poll() is None  # still running: it was never signalled
         store = RunStore(tmp_path / "runs")
         store.create("old-run")
@@ -230,3 +230,71 @@ def test_stop_never_signals_a_reused_pid(tmp_path: Path) -> None:
     finally:
         bystander.send_signal(signal.SIGKILL)
         bystander.wait()
+
+
+def _one_line_refusal(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def _plant(aiops_home: Path, folder: str, record: dict) -> Path:
+    """A run folder holding a run.json written by hand (as anyone with the folder could)."""
+    path = aiops_home / "runs" / folder
+    path.mkdir(parents=True)
+    (path / "run.json").write_text(json.dumps(record))
+    return path
+
+
+@pytest.mark.parametrize("crafted", ["{tmp}/x/escaped", "other-run", "../other-run"])
+def test_a_record_whose_job_name_is_not_its_folder_is_refused(run_cli, aiops_home: Path, tmp_path: Path,
+                                                              crafted: str) -> None:
+    """A remote record is written back when described: with job_name `/tmp/x/escaped` it would be
+    written there. The name must be its folder's: one line, nothing written anywhere."""
+    name = crafted.format(tmp=tmp_path)
+    _plant(aiops_home, "victim", {"job_name": name, "remote": True, "region": "us-east-1",
+                                  "status": "InProgress", "created_at": 1.0})
+    for command in (("jobs", "describe", "victim"), ("jobs", "stop", "victim")):
+        line = _one_line_refusal(run_cli(*command))
+        assert "is not the name of its folder ('victim')" in line, line
+    assert not (tmp_path / "x").exists() and not (aiops_home / "runs" / "other-run").exists()
+    listed = run_cli("jobs", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []  # left out, not acted on
+
+
+@pytest.mark.parametrize("named", ["runner", "script"])
+def test_stop_signals_only_a_process_that_is_the_runs(run_cli, aiops_home: Path, named: str) -> None:
+    """run.json names a live process with its exact start time (as a crafted record can): its command
+    line is not `aiops train` (the runner) and its environment has not this run's SAGEMAKER_BASE_DIR
+    (the script), so nothing is signalled (a record whose runner is not alive reads as Stale)."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        start = process_start_time(bystander.pid)
+        pids = ({"runner_pid": bystander.pid, "runner_start_time": start} if named == "runner"
+                else {"runner_pid": bystander.pid, "script_pid": bystander.pid, "script_start_time": start})
+        _plant(aiops_home, "crafted", {"job_name": "crafted", "status": "InProgress", "created_at": 1.0,
+                                       **pids})
+        line = _one_line_refusal(run_cli("jobs", "stop", "crafted"))
+        assert ("is stale" if named == "runner" else "nothing was signalled") in line, line
+        assert bystander.poll() is None  # still running
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+@pytest.mark.parametrize("command", [("jobs", "describe", "{name}"), ("serve", "{name}"),
+                                     ("model", "package", "{name}")],
+                         ids=["jobs-describe", "serve", "model-package"])
+def test_names_over_255_characters_are_one_line(run_cli, command) -> None:
+    name = "a" * 300
+    line = _one_line_refusal(run_cli(*(part.format(name=name) for part in command)))
+    assert "300 characters" in line and len(line) < 300
+
+
+def test_a_crafted_region_in_a_record_is_one_line(run_cli, aiops_home: Path) -> None:
+    _plant(aiops_home, "far-away", {"job_name": "far-away", "remote": True, "region": "us-east-1/../evil",
+                                    "status": "InProgress", "created_at": 1.0})
+    line = _one_line_refusal(run_cli("jobs", "describe", "far-away", env={"AWS_ACCESS_KEY_ID": "x",
+                                                                         "AWS_SECRET_ACCESS_KEY": "y"}))
+    assert "unknown region 'us-east-1/../evil'" in line
