@@ -33,8 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from aiops.errors import UsageError
 from aiops.inference.llm.generation import (
     Event,
     Finished,
@@ -47,6 +45,8 @@ from aiops.inference.llm.generation import (
     TokenEvent,
 )
 from aiops.inference.llm.scheduler import Scheduler
+
+from aiops.errors import UsageError
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -68,6 +68,7 @@ class Generation:
         self._notify = notify
         self._events: queue.SimpleQueue[Event | LLMError] = queue.SimpleQueue()
         self.done = False  # the last event has been taken
+        self._end: Finished | LLMError | None = None
 
     def _put(self, event: Event | LLMError) -> None:
         self._events.put(event)
@@ -75,11 +76,10 @@ class Generation:
             self._notify()
 
     def _take(self, event: Event | LLMError) -> Event:
+        if isinstance(event, (Finished, LLMError)):
+            self.done, self._end = True, event
         if isinstance(event, LLMError):
-            self.done = True
             raise event
-        if isinstance(event, Finished):
-            self.done = True
         return event
 
     def __iter__(self) -> Iterator[Event]:
@@ -97,11 +97,11 @@ class Generation:
 
     def result(self) -> Finished:
         """Wait for the end and return it (the ``Finished`` carries every token)."""
-        last = None
-        for last in self:
+        for _ in self:
             pass
-        assert isinstance(last, Finished)
-        return last
+        if isinstance(self._end, LLMError):
+            raise self._end
+        return self._end
 
     def cancel(self) -> None:
         """The client went away: the sequence leaves the batch at the next step boundary."""
@@ -195,10 +195,9 @@ class LLMEngine:
         torch_dtype = _resolve_dtype(folder, device, dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         import transformers
+        from packaging.version import Version
 
-        # transformers 4.56 renamed torch_dtype to dtype
-        key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 or \
-            tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
+        key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"  # renamed in 4.56
         model = AutoModelForCausalLM.from_pretrained(folder, **{key: torch_dtype}).to(device)
         limits = limits or Limits()
         window = _sliding_window(model.config)
@@ -437,7 +436,7 @@ class LLMEngine:
             seq.top_tokens.append(choice.top_tokens)
         reason = self._stop_reason(seq, choice.token_id, text)
         if reason is None:
-            seq.handle._put(TokenEvent(token, len(seq.tokens), choice.top_tokens))  # noqa: SLF001
+            seq.handle._put(TokenEvent(token, len(seq.tokens), choice.top_tokens))
             return False
         self._end(seq, reason)
         with self._lock:
@@ -463,14 +462,15 @@ class LLMEngine:
             return
         seq.done = True
         n = len(seq.tokens)
-        if n:
-            # TGI's final text: the new tokens decoded with one token of context, special tokens skipped
-            generated_text, _, _ = self._decode_token(seq.ids, len(seq.ids) - n - 1, len(seq.ids) - n,
-                                                      skip_special_tokens=True)
-        else:
-            generated_text = ""
+        # TGI's final text: the new tokens decoded with one token of context, special tokens skipped; TGI
+        # answers "" when it ends in an unfinished UTF-8 sequence, here it keeps the replacement character
+        context = seq.ids[len(seq.ids) - n - 1: len(seq.ids) - n]
+        before = self.tokenizer.decode(context, skip_special_tokens=True)
+        generated_text = self.tokenizer.decode(context + seq.ids[len(seq.ids) - n:], skip_special_tokens=True)
+        generated_text = generated_text[len(before):] if n and generated_text.startswith(before) else \
+            self.tokenizer.decode(seq.ids[len(seq.ids) - n:] if n else [], skip_special_tokens=True)
         top = seq.top_tokens[-1] if seq.top_tokens else ()
-        seq.handle._put(Finished(  # noqa: SLF001
+        seq.handle._put(Finished(
             reason=reason, token=seq.tokens[-1] if n else None, index=n, generated_text=generated_text,
             input_length=seq.input_length, tokens=tuple(seq.tokens), seed=seq.seed, top_tokens=top,
             all_top_tokens=tuple(seq.top_tokens), prefill=seq.prefill))
@@ -496,7 +496,7 @@ class LLMEngine:
                 seq = self._seqs.get(seq_id)
                 if seq is not None and not seq.done:
                     seq.done = True
-                    seq.handle._put(error)  # noqa: SLF001
+                    seq.handle._put(error)
                 self.scheduler.finish(seq_id)
 
 

@@ -54,6 +54,8 @@ class Scheduler:
         """The request's ``max_new_tokens`` under the budget, or LLMError("validation") with TGI's message
         (router/src/validation.rs: the total is checked before the input length)."""
         limits = self.limits
+        if input_length < 1:
+            raise LLMError("`inputs` cannot be empty")
         if max_new_tokens is not None and max_new_tokens < 1:
             raise LLMError("`max_new_tokens` must be strictly positive")
         if max_new_tokens is None:
@@ -63,8 +65,6 @@ class Scheduler:
                            f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`")
         if input_length > limits.input_tokens:
             raise LLMError(f"`inputs` must have less than {limits.input_tokens} tokens. Given: {input_length}")
-        if input_length < 1:
-            raise LLMError("`inputs` cannot be empty")
         return max_new_tokens
 
     def enqueue(self, seq_id: int, input_length: int, max_new_tokens: int | None) -> Entry:

@@ -1,6 +1,6 @@
 """A tiny Llama causal LM made offline: seeded random weights, a byte-level BPE tokenizer trained with
 `tokenizers` on the standard library's source, a ChatML chat template. For the LLM engine's tests and
-bench/llm_engine.py (which imports this file by path)."""
+bench/llm_engine.py (importable as `tiny_llm`: tests/ is on the test path)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def corpus(limit: int = 1_500_000) -> list[str]:
+def corpus(limit: int = 400_000) -> list[str]:
     """Standard-library source text, in a fixed order."""
     texts, size = [], 0
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
