@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from aiops.errors import UsageError
 from aiops.inference.llm.generation import (
     Event,
     Finished,
@@ -45,8 +47,6 @@ from aiops.inference.llm.generation import (
     TokenEvent,
 )
 from aiops.inference.llm.scheduler import Scheduler
-
-from aiops.errors import UsageError
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from aiops.errors import UsageError
 from aiops.inference.llm.engine import LLMEngine, check_causal_lm_folder
 from aiops.inference.llm.generation import (
     Finished,
@@ -20,8 +22,6 @@ from aiops.inference.llm.generation import (
     SamplingParams,
     TokenEvent,
 )
-
-from aiops.errors import UsageError
 
 PROMPTS = [
     "def main():",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from aiops.inference.llm.generation import Limits, LLMError
 from aiops.inference.llm.scheduler import Plan, Scheduler
 
