@@ -124,6 +124,7 @@ class _Sequence:
     prefix_offset: int = 0
     read_offset: int = 0
     output: str = ""  # the recent text, for stop sequences (TGI keeps its last 200-300 characters)
+    matched_stop: str | None = None
     done: bool = False
 
     @property
@@ -134,7 +135,8 @@ class _Sequence:
     def plain_greedy(self) -> bool:
         """Argmax of the raw logits: taken for the whole batch in one operation."""
         p = self.params
-        return not p.do_sample and p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0
+        return not p.do_sample and p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0 and \
+            p.presence_penalty == 0.0
 
 
 @dataclass(frozen=True)
@@ -388,15 +390,17 @@ class LLMEngine:
             TemperatureLogitsWarper,
             TopKLogitsWarper,
             TopPLogitsWarper,
+            TypicalLogitsWarper,
         )
 
         p = seq.params
         ids = torch.tensor([seq.ids], device=scores.device)
         if p.repetition_penalty != 1.0:
             scores = RepetitionPenaltyLogitsProcessor(p.repetition_penalty)(ids, scores)
-        if p.frequency_penalty != 0.0:
-            counts = torch.bincount(ids[0], minlength=scores.shape[-1])[: scores.shape[-1]]
-            scores = scores - p.frequency_penalty * counts.to(scores.dtype)
+        if (p.frequency_penalty or p.presence_penalty) and len(seq.ids) > seq.input_length:
+            generated = torch.tensor(seq.ids[seq.input_length:], device=scores.device)
+            counts = torch.bincount(generated, minlength=scores.shape[-1])[: scores.shape[-1]].to(scores.dtype)
+            scores = scores - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(scores.dtype)
         if p.do_sample:
             if p.temperature != 1.0:
                 scores = TemperatureLogitsWarper(p.temperature)(ids, scores)
@@ -404,6 +408,8 @@ class LLMEngine:
                 scores = TopKLogitsWarper(p.top_k)(ids, scores)
             if p.top_p < 1.0:
                 scores = TopPLogitsWarper(p.top_p)(ids, scores)
+            if p.typical_p < 1.0:
+                scores = TypicalLogitsWarper(p.typical_p)(ids, scores)
         return scores
 
     def _top_tokens(self, logprobs: torch.Tensor, n: int) -> tuple[Token, ...]:
@@ -449,12 +455,15 @@ class LLMEngine:
             return "length"
         if not p.ignore_eos and token_id in self.eos_ids:
             return "eos_token"
-        if p.stop:
+        if p.stop and text:
             seq.output += text
             if len(seq.output) > 300:
                 seq.output = seq.output[-200:]
-            if any(seq.output.endswith(stop) for stop in p.stop):
-                return "stop_sequence"
+            for stop in p.stop:
+                if seq.output.endswith(stop) if p.stop_rule == "suffix" else \
+                        stop in seq.output[-(len(text) + len(stop)):]:
+                    seq.matched_stop = stop
+                    return "stop_sequence"
         return None
 
     def _end(self, seq: _Sequence, reason: FinishReason) -> None:
@@ -469,11 +478,14 @@ class LLMEngine:
         generated_text = self.tokenizer.decode(context + seq.ids[len(seq.ids) - n:], skip_special_tokens=True)
         generated_text = generated_text[len(before):] if n and generated_text.startswith(before) else \
             self.tokenizer.decode(seq.ids[len(seq.ids) - n:] if n else [], skip_special_tokens=True)
+        if seq.matched_stop and seq.params.stop_rule == "contains":
+            at = generated_text.find(seq.matched_stop)
+            generated_text = generated_text[:at] if at >= 0 else generated_text
         top = seq.top_tokens[-1] if seq.top_tokens else ()
         seq.handle._put(Finished(
             reason=reason, token=seq.tokens[-1] if n else None, index=n, generated_text=generated_text,
             input_length=seq.input_length, tokens=tuple(seq.tokens), seed=seq.seed, top_tokens=top,
-            all_top_tokens=tuple(seq.top_tokens), prefill=seq.prefill))
+            all_top_tokens=tuple(seq.top_tokens), prefill=seq.prefill, stop=seq.matched_stop))
 
     def _decode_token(self, ids: list[int], prefix_offset: int, read_offset: int,
                       skip_special_tokens: bool = False) -> tuple[str, int, int]:

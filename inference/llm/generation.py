@@ -63,9 +63,15 @@ class SamplingParams:
     temperature: float = 1.0
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
+    typical_p: float = 1.0  # 1.0: off
     repetition_penalty: float = 1.0  # 1.0: off (transformers' RepetitionPenaltyLogitsProcessor)
-    frequency_penalty: float = 0.0  # 0.0: off (OpenAI's: logit -= penalty x count of the token so far)
-    stop: tuple[str, ...] = ()  # generation ends when the text so far ends with one of them
+    # OpenAI's penalties, over the generated tokens: logit -= frequency x count (+ presence when count > 0)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    # "suffix" (TGI): the generation ends when its text ends with a stop sequence, which stays in the text;
+    # "contains" (vLLM): ... when the newest text contains one; the text is cut before it
+    stop_rule: Literal["suffix", "contains"] = "suffix"
     seed: int | None = None  # sampling only; None: a random one, reported back
     ignore_eos: bool = False
     top_n_tokens: int = 0  # the n most likely tokens at each step, reported with the chosen one
@@ -115,6 +121,7 @@ class Finished:
     top_tokens: tuple[Token, ...] = ()  # of the last token
     all_top_tokens: tuple[tuple[Token, ...], ...] = ()  # per generated token, when top_n_tokens was asked
     prefill: tuple[Token, ...] = ()  # prompt tokens, when prefill_details was asked (first logprob is NaN)
+    stop: str | None = None  # the stop sequence that ended it
 
     @property
     def generated_tokens(self) -> int:
