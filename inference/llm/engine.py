@@ -156,6 +156,7 @@ class _Batch:
     lengths: torch.Tensor  # [rows]: real tokens in the cache, the next position id
     next_input: torch.Tensor  # [rows]: the last chosen token, fed at the next step
     cache: object = None  # the DynamicCache the model appends to, built from ``kv`` when rows change
+    padded: bool = False  # some row has padding: the engine then builds the attention mask itself
 
 
 class LLMEngine:
@@ -170,6 +171,10 @@ class LLMEngine:
         self._check_model(model)
         forward = set(inspect.signature(model.forward).parameters)
         self._keep_last = next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in forward), None)
+        # A padded batch's decode mask is one row per sequence: built here as a 4D additive mask, which
+        # transformers takes as is (its own builder costs most of a small model's step); flash attention
+        # takes the 2D mask instead
+        self._own_mask = "flash" not in str(getattr(model.config, "_attn_implementation", ""))
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -329,7 +334,11 @@ class LLMEngine:
             batch.cache = _build_cache(batch.kv)
         rows = len(batch.seqs)
         mask = torch.cat([batch.mask, torch.ones((rows, 1), dtype=batch.mask.dtype, device=self.device)], dim=1)
-        out = self.model(input_ids=batch.next_input[:, None], attention_mask=mask,
+        attention = mask
+        if batch.padded and self._own_mask:
+            dtype = batch.kv[0][0].dtype
+            attention = (1 - mask[:, None, None, :]).to(dtype) * torch.finfo(dtype).min
+        out = self.model(input_ids=batch.next_input[:, None], attention_mask=attention,
                          position_ids=batch.lengths[:, None], past_key_values=batch.cache, use_cache=True)
         batch.mask = mask
         batch.lengths = batch.lengths + 1
@@ -352,10 +361,12 @@ class LLMEngine:
         index = torch.tensor(keep, device=self.device)
         mask = batch.mask.index_select(0, index)
         start = int((mask.sum(dim=0) > 0).nonzero()[0])  # columns that are padding in every remaining row
+        mask = mask[:, start:]
         self._batch = _Batch(
             [batch.seqs[row] for row in keep],
             [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:]) for k, v in batch.kv],
-            mask[:, start:], batch.lengths.index_select(0, index), batch.next_input.index_select(0, index))
+            mask, batch.lengths.index_select(0, index), batch.next_input.index_select(0, index),
+            padded=bool((mask == 0).any()))
 
     # ------------------------------------------------------------------ choosing tokens
     def _choose(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[_Choice]:
@@ -524,8 +535,9 @@ def _merge(parts: list[_Batch]) -> _Batch:
     kv = [(torch.cat([pad_kv(part.kv[i][0]) for part in parts]), torch.cat([pad_kv(part.kv[i][1]) for part in parts]))
           for i in range(layers)]
     mask = torch.cat([F.pad(part.mask, (length - part.mask.shape[1], 0)) for part in parts])
-    return _Batch([seq for part in parts for seq in part.seqs], kv, mask,
-                  torch.cat([part.lengths for part in parts]), torch.cat([part.next_input for part in parts]))
+    padded = any(part.padded or part.mask.shape[1] < length for part in parts)
+    return _Batch([seq for part in parts for seq in part.seqs], kv, mask, torch.cat([part.lengths for part in parts]),
+                  torch.cat([part.next_input for part in parts]), padded=padded)
 
 
 def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
