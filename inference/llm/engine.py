@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from aiops.errors import UsageError
+from aiops.extras import missing_modules, require_extra
 from aiops.inference.llm.generation import (
     Event,
     Finished,
@@ -196,6 +197,9 @@ class LLMEngine:
         half-precision dtype (or bfloat16) on a GPU."""
         folder = Path(folder)
         check_causal_lm_folder(folder)
+        missing = missing_modules("transformers", "tokenizers", "jinja2")
+        if missing:
+            raise require_extra("llm", "serving a causal LM", missing=", ".join(missing))
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
