@@ -34,7 +34,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 RESULTS = ROOT / "bench" / "results"
 SIZES = {
     "tiny": {},
-    "small": {"hidden": 512, "layers": 6, "heads": 8, "kv_heads": 4, "intermediate": 1408, "max_positions": 1024},
+    "small": {
+        "hidden": 512,
+        "layers": 6,
+        "heads": 8,
+        "kv_heads": 4,
+        "intermediate": 1408,
+        "max_positions": 1024,
+    },
 }
 
 
@@ -47,14 +54,14 @@ def prompts(tokenizer, count: int) -> list[str]:
     out, at = [], 0
     for i in range(count):
         length = 8 + (i * 37) % 112
-        out.append(tokenizer.decode(ids[at: at + length]))
+        out.append(tokenizer.decode(ids[at : at + length]))
         at += length
     return out
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def drive(concurrency: int, jobs: list, run_one) -> dict:
@@ -83,8 +90,13 @@ def drive(concurrency: int, jobs: list, run_one) -> dict:
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    return {"tokens_per_s": tokens / wall, "ttft_p50_ms": statistics.median(ttfts) * 1e3,
-            "ttft_p99_ms": percentile(ttfts, 0.99) * 1e3, "requests": len(jobs), "wall_s": wall}
+    return {
+        "tokens_per_s": tokens / wall,
+        "ttft_p50_ms": statistics.median(ttfts) * 1e3,
+        "ttft_p99_ms": percentile(ttfts, 0.99) * 1e3,
+        "requests": len(jobs),
+        "wall_s": wall,
+    }
 
 
 def bench_size(name: str, folder: Path, args) -> list[dict]:
@@ -94,8 +106,9 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
     from aiops.inference.llm.engine import LLMEngine
     from aiops.inference.llm.generation import GenerationRequest, Limits, SamplingParams
 
-    engine = LLMEngine.from_folder(folder, Limits(max_total_tokens=512, max_batch_size=16, max_queue=1024),
-                                   device="cpu")
+    engine = LLMEngine.from_folder(
+        folder, Limits(max_total_tokens=512, max_batch_size=16, max_queue=1024), device="cpu"
+    )
     model, tokenizer = engine.model, engine.tokenizer
     jobs = prompts(tokenizer, args.requests)
     engine.start()
@@ -127,8 +140,13 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
         streamer = FirstToken(start)
         inputs = tokenizer(prompt, return_tensors="pt")
         with torch.inference_mode():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=args.tokens, min_new_tokens=args.tokens,
-                                 streamer=streamer)
+            out = model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=args.tokens,
+                min_new_tokens=args.tokens,
+                streamer=streamer,
+            )
         return streamer.first, out.shape[1] - inputs["input_ids"].shape[1]
 
     for warm in jobs[:2]:  # first calls allocate and load kernels
@@ -141,14 +159,27 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
         for _ in range(args.rounds):
             runs["naive"].append(drive(concurrency, jobs, naive_one))
             runs["engine"].append(drive(concurrency, jobs, engine_one))
-        naive, batched = (sorted(runs[side], key=lambda r: r["tokens_per_s"])[(args.rounds - 1) // 2]
-                          for side in ("naive", "engine"))
-        rows.append({"model": name, "params": sum(p.numel() for p in model.parameters()),
-                     "concurrency": concurrency, "naive": naive, "engine": batched,
-                     "speedup": batched["tokens_per_s"] / naive["tokens_per_s"]})
-        print(f"{name} c={concurrency}: naive {naive['tokens_per_s']:.0f} tok/s, TTFT p50 {naive['ttft_p50_ms']:.1f} ms"
-              f" p99 {naive['ttft_p99_ms']:.1f} ms | engine {batched['tokens_per_s']:.0f} tok/s, TTFT p50 {batched['ttft_p50_ms']:.1f} ms "
-              f"p99 {batched['ttft_p99_ms']:.1f} ms | x{rows[-1]['speedup']:.2f}", flush=True)
+        naive, batched = (
+            sorted(runs[side], key=lambda r: r["tokens_per_s"])[(args.rounds - 1) // 2]
+            for side in ("naive", "engine")
+        )
+        rows.append(
+            {
+                "model": name,
+                "params": sum(p.numel() for p in model.parameters()),
+                "concurrency": concurrency,
+                "naive": naive,
+                "engine": batched,
+                "speedup": batched["tokens_per_s"] / naive["tokens_per_s"],
+            }
+        )
+        print(
+            f"{name} c={concurrency}: naive {naive['tokens_per_s']:.0f} tok/s, "
+            f"TTFT p50 {naive['ttft_p50_ms']:.1f} ms p99 {naive['ttft_p99_ms']:.1f} ms | "
+            f"engine {batched['tokens_per_s']:.0f} tok/s, TTFT p50 {batched['ttft_p50_ms']:.1f} ms "
+            f"p99 {batched['ttft_p99_ms']:.1f} ms | x{rows[-1]['speedup']:.2f}",
+            flush=True,
+        )
     engine.close()
     return rows
 
@@ -159,12 +190,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--conc", default="1,4,16")
     parser.add_argument("--sizes", default="tiny,small")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level; the median counts")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds per level; the median counts"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)"
+    )
     args = parser.parse_args()
     args.conc = [int(c) for c in args.conc.split(",")]
     import torch
-
     from tiny_llm import make_tiny_llm
 
     torch.set_num_threads(args.threads)
@@ -181,27 +215,50 @@ def write(rows: list[dict], args) -> None:
     import transformers
 
     RESULTS.mkdir(exist_ok=True)
-    meta = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "cpu_count": os.cpu_count(), "threads": args.threads, "requests": args.requests, "tokens": args.tokens,
-            "device": "cpu"}
+    meta = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "requests": args.requests,
+        "tokens": args.tokens,
+        "device": "cpu",
+    }
     (RESULTS / "llm-engine.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
-        "# LLM engine vs one `model.generate` per request (in-process, CPU)", "",
-        f"`python bench/llm_engine.py --requests {args.requests} --tokens {args.tokens}` on {os.cpu_count()} "
-        f"shared cores, {args.threads} torch threads; torch {meta['torch']}, transformers {meta['transformers']}. "
-        f"Greedy, {args.tokens} new tokens per request, prompts of 8-120 tokens; the engine's max_batch_size is 16; "
-        f"{args.rounds} alternating rounds per level, each side's median round shown.",
-        "", "| model | params | c | naive tok/s | naive TTFT p50 / p99 ms | engine tok/s | engine TTFT p50 / p99 ms "
-            "| engine / naive |",
+        "# LLM engine vs one `model.generate` per request (in-process, CPU)",
+        "",
+        (
+            f"`python bench/llm_engine.py --requests {args.requests} --tokens {args.tokens} "
+            f"--rounds {args.rounds}` on {os.cpu_count()} shared cores, {args.threads} torch thread(s); "
+            f"torch {meta['torch']}, transformers {meta['transformers']}. Greedy, {args.tokens} new tokens "
+            f"per request, prompts of 8-120 tokens; the engine's max_batch_size is 16; rounds alternate "
+            f"naive and engine, each side's median round is shown."
+        ),
+        "",
+        (
+            "| model | params | c | naive tok/s | naive TTFT p50 / p99 ms | engine tok/s "
+            "| engine TTFT p50 / p99 ms | engine / naive |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         n, e = row["naive"], row["engine"]
-        lines.append(f"| {row['model']} | {row['params'] / 1e6:.2f}M | {row['concurrency']} | {n['tokens_per_s']:.0f} | "
-                     f"{n['ttft_p50_ms']:.1f} / {n['ttft_p99_ms']:.1f} | {e['tokens_per_s']:.0f} | "
-                     f"{e['ttft_p50_ms']:.1f} / {e['ttft_p99_ms']:.1f} | {row['speedup']:.2f}x |")
-    lines += ["", "The naive side's TTFT is when `generate` hands its first new token to a streamer; a naive HTTP "
-                  "server without streaming would answer it only at the end.", ""]
+        lines.append(
+            f"| {row['model']} | {row['params'] / 1e6:.2f}M | {row['concurrency']} | "
+            f"{n['tokens_per_s']:.0f} | {n['ttft_p50_ms']:.1f} / {n['ttft_p99_ms']:.1f} | "
+            f"{e['tokens_per_s']:.0f} | {e['ttft_p50_ms']:.1f} / {e['ttft_p99_ms']:.1f} | "
+            f"{row['speedup']:.2f}x |"
+        )
+    lines += [
+        "",
+        (
+            "The naive side's TTFT is when `generate` hands its first new token to a streamer; a naive "
+            "HTTP server without streaming would answer it only at the end."
+        ),
+        "",
+    ]
     (RESULTS / "llm-engine.md").write_text("\n".join(lines))
 
 

@@ -64,11 +64,19 @@ class VllmSampling(_Vllm):
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         greedy = temperature == 0.0
         return SamplingParams(
-            max_new_tokens=self.max_tokens, do_sample=not greedy, temperature=1.0 if greedy else temperature,
-            top_k=max(self.top_k or 0, 0), top_p=1.0 if self.top_p is None else self.top_p,
+            max_new_tokens=self.max_tokens,
+            do_sample=not greedy,
+            temperature=1.0 if greedy else temperature,
+            top_k=max(self.top_k or 0, 0),
+            top_p=1.0 if self.top_p is None else self.top_p,
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
-            frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty, stop=stop,
-            stop_rule="contains", seed=self.seed if not greedy else None, ignore_eos=self.ignore_eos)
+            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty,
+            stop=stop,
+            stop_rule="contains",
+            seed=self.seed if not greedy else None,
+            ignore_eos=self.ignore_eos,
+        )
 
 
 class ChatMessage(_Vllm):
@@ -126,8 +134,11 @@ def parse_invocations(body: bytes, context: ModelContext) -> Call:
 def refusal(error: LLMError, context: ModelContext) -> Reply:
     """A budget refusal is vLLM's 400 (opening with vLLM's sentence, then the engine's numbers)."""
     if error.error_type == "validation":
-        return error_reply(400, f"This model's maximum context length is {context.limits.max_total_tokens} "
-                                f"tokens: {error.message}")
+        return error_reply(
+            400,
+            f"This model's maximum context length is {context.limits.max_total_tokens} "
+            f"tokens: {error.message}",
+        )
     return error_reply(STATUS.get(error.error_type, 500), error.message)
 
 
@@ -151,8 +162,15 @@ class _LmiCall(Call):
 
 
 class LmiGenerate(_LmiCall):
-    def __init__(self, request: GenerationRequest, *, stream: bool, context: ModelContext, details: bool,
-                 return_full_text: bool) -> None:
+    def __init__(
+        self,
+        request: GenerationRequest,
+        *,
+        stream: bool,
+        context: ModelContext,
+        details: bool,
+        return_full_text: bool,
+    ) -> None:
         super().__init__([request], stream=stream, context=context)
         self.details = details
         self.return_full_text = return_full_text
@@ -162,21 +180,32 @@ class LmiGenerate(_LmiCall):
     def build(cls, payload: dict, context: ModelContext) -> LmiGenerate:
         inputs, parameters = payload.get("inputs"), payload.get("parameters", {})
         if not isinstance(inputs, str):
-            raise parsing_failed(f"The 'inputs' field must be a string. Received type {type(inputs).__name__}")
+            raise parsing_failed(
+                f"The 'inputs' field must be a string. Received type {type(inputs).__name__}"
+            )
         if not isinstance(parameters, dict):
             raise parsing_failed("'parameters' must be provided as an object of key-value pairs")
         parameters = dict(parameters)
         do_sample = parameters.pop("do_sample", None)
-        sampling = {"max_tokens": parameters.pop("max_new_tokens", 30), "ignore_eos": parameters.pop(
-            "ignore_eos_token", False), "stream": payload.get("stream", False), **parameters}
+        sampling = {
+            "max_tokens": parameters.pop("max_new_tokens", 30),
+            "ignore_eos": parameters.pop("ignore_eos_token", False),
+            "stream": payload.get("stream", False),
+            **parameters,
+        }
         if do_sample is not None and not do_sample:  # LMI: do_sample false is greedy
             sampling["temperature"] = 0.0
         request = _validate(VllmSampling, sampling)
         if not inputs:
             raise parsing_failed("Invalid request payload. The 'inputs' field does not contain any content.")
         generation = GenerationRequest(inputs, request.params(), truncate=parameters.get("truncate"))
-        return cls(generation, stream=request.stream, context=context, details=bool(parameters.get("details")),
-                   return_full_text=bool(parameters.get("return_full_text")))
+        return cls(
+            generation,
+            stream=request.stream,
+            context=context,
+            details=bool(parameters.get("details")),
+            return_full_text=bool(parameters.get("return_full_text")),
+        )
 
     def _text(self, done: Finished) -> str:
         return (self.requests[0].prompt if self.return_full_text else "") + done.generated_text
@@ -185,8 +214,13 @@ class LmiGenerate(_LmiCall):
         done = results[0]
         answer: dict = {"generated_text": self._text(done)}
         if self.details:
-            answer["details"] = {"finish_reason": finish_reason(done.reason), "generated_tokens": done.generated_tokens,
-                                 "seed": done.seed, "prefill": [], "tokens": [_token(t) for t in done.tokens]}
+            answer["details"] = {
+                "finish_reason": finish_reason(done.reason),
+                "generated_tokens": done.generated_tokens,
+                "seed": done.seed,
+                "prefill": [],
+                "tokens": [_token(t) for t in done.tokens],
+            }
         return Reply(200, dumps(answer))
 
     def event(self, index: int, event: Event) -> bytes:
@@ -196,8 +230,12 @@ class LmiGenerate(_LmiCall):
         if isinstance(event, Finished):
             line["generated_text"] = self._text(event)
             if self.details:
-                line["details"] = {"finish_reason": finish_reason(event.reason), "seed": event.seed,
-                                   "generated_tokens": event.generated_tokens, "input_length": event.input_length}
+                line["details"] = {
+                    "finish_reason": finish_reason(event.reason),
+                    "seed": event.seed,
+                    "generated_tokens": event.generated_tokens,
+                    "input_length": event.input_length,
+                }
         return dumps(line) + b"\n"
 
 
@@ -206,8 +244,9 @@ def _token(token: Token) -> dict:
 
 
 class LmiChat(_LmiCall):
-    def __init__(self, request: GenerationRequest, *, stream: bool, context: ModelContext, model: str,
-                 clock=time.time) -> None:
+    def __init__(
+        self, request: GenerationRequest, *, stream: bool, context: ModelContext, model: str, clock=time.time
+    ) -> None:
         super().__init__([request], stream=stream, context=context)
         self.model = model
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -216,26 +255,44 @@ class LmiChat(_LmiCall):
     @classmethod
     def build(cls, chat: VllmChatRequest, context: ModelContext) -> LmiChat:
         if context.chat_template is None:
-            message = ("As of transformers v4.44, default chat template is no longer allowed, so you must "
-                       "provide a chat template if the tokenizer does not define one.")
+            message = (
+                "As of transformers v4.44, default chat template is no longer allowed, so you must "
+                "provide a chat template if the tokenizer does not define one."
+            )
             raise ApiError(error_reply(400, message), message)
         try:
-            prompt = context.chat_template.render([{"role": m.role, "content": m.text()} for m in chat.messages])
+            prompt = context.chat_template.render(
+                [{"role": m.role, "content": m.text()} for m in chat.messages]
+            )
         except LLMError as error:
             raise ApiError(error_reply(400, error.message), error.message) from None
         generation = GenerationRequest(prompt, chat.params(), add_special_tokens=False)
         return cls(generation, stream=chat.stream, context=context, model=chat.model or context.model_id)
 
     def _envelope(self, obj: str, choices: list, **extra) -> dict:
-        return {"id": self.id, "object": obj, "created": int(self.clock()), "model": self.model, "choices": choices,
-                **extra}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": int(self.clock()),
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
 
     def reply(self, results: list[Finished]) -> Reply:
         done = results[0]
-        choice = {"index": 0, "message": {"role": "assistant", "content": done.generated_text, "tool_calls": []},
-                  "logprobs": None, "finish_reason": finish_reason(done.reason), "stop_reason": done.stop}
-        usage = {"prompt_tokens": done.input_length, "total_tokens": done.input_length + done.generated_tokens,
-                 "completion_tokens": done.generated_tokens}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": done.generated_text, "tool_calls": []},
+            "logprobs": None,
+            "finish_reason": finish_reason(done.reason),
+            "stop_reason": done.stop,
+        }
+        usage = {
+            "prompt_tokens": done.input_length,
+            "total_tokens": done.input_length + done.generated_tokens,
+            "completion_tokens": done.generated_tokens,
+        }
         return Reply(200, dumps(self._envelope("chat.completion", [choice], usage=usage)))
 
     def event(self, index: int, event: Event) -> bytes:
@@ -243,22 +300,39 @@ class LmiChat(_LmiCall):
             return b""
         out = b""
         if event.index == 1:  # vLLM opens with the role and no content
-            first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            first = {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
             out += dumps(self._envelope("chat.completion.chunk", [first])) + b"\n"
         finished = isinstance(event, Finished)
         text = event.token.text
         if finished and event.stop and event.reason == "stop_sequence":
             text = text[: max(text.find(event.stop), 0)] if event.stop in text else text
-        choice = {"index": 0, "delta": {"content": text}, "logprobs": None,
-                  "finish_reason": finish_reason(event.reason) if finished else None}
+        choice = {
+            "index": 0,
+            "delta": {"content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason(event.reason) if finished else None,
+        }
         if finished:
             choice["stop_reason"] = event.stop
         return out + dumps(self._envelope("chat.completion.chunk", [choice])) + b"\n"
 
 
 class LmiCompletion(_LmiCall):
-    def __init__(self, request: GenerationRequest, *, stream: bool, context: ModelContext, model: str,
-                 echo: bool, clock=time.time) -> None:
+    def __init__(
+        self,
+        request: GenerationRequest,
+        *,
+        stream: bool,
+        context: ModelContext,
+        model: str,
+        echo: bool,
+        clock=time.time,
+    ) -> None:
         super().__init__([request], stream=stream, context=context)
         self.model = model
         self.echo = echo
@@ -268,25 +342,63 @@ class LmiCompletion(_LmiCall):
     @classmethod
     def build(cls, request: VllmCompletionRequest, context: ModelContext) -> LmiCompletion:
         generation = GenerationRequest(request.prompt, request.params())
-        return cls(generation, stream=request.stream, context=context, model=request.model or context.model_id,
-                   echo=request.echo)
+        return cls(
+            generation,
+            stream=request.stream,
+            context=context,
+            model=request.model or context.model_id,
+            echo=request.echo,
+        )
 
     def reply(self, results: list[Finished]) -> Reply:
         done = results[0]
         text = (self.requests[0].prompt if self.echo else "") + done.generated_text
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(done.reason),
-                  "stop_reason": done.stop}
-        usage = {"prompt_tokens": done.input_length, "total_tokens": done.input_length + done.generated_tokens,
-                 "completion_tokens": done.generated_tokens}
-        return Reply(200, dumps({"id": self.id, "object": "text_completion", "created": int(self.clock()),
-                                 "model": self.model, "choices": [choice], "usage": usage}))
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": finish_reason(done.reason),
+            "stop_reason": done.stop,
+        }
+        usage = {
+            "prompt_tokens": done.input_length,
+            "total_tokens": done.input_length + done.generated_tokens,
+            "completion_tokens": done.generated_tokens,
+        }
+        return Reply(
+            200,
+            dumps(
+                {
+                    "id": self.id,
+                    "object": "text_completion",
+                    "created": int(self.clock()),
+                    "model": self.model,
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            ),
+        )
 
     def event(self, index: int, event: Event) -> bytes:
         if event.token is None:
             return b""
         finished = isinstance(event, Finished)
-        choice = {"index": 0, "text": event.token.text, "logprobs": None,
-                  "finish_reason": finish_reason(event.reason) if finished else None,
-                  "stop_reason": event.stop if finished else None}
-        return dumps({"id": self.id, "object": "text_completion", "created": int(self.clock()),
-                      "model": self.model, "choices": [choice]}) + b"\n"
+        choice = {
+            "index": 0,
+            "text": event.token.text,
+            "logprobs": None,
+            "finish_reason": finish_reason(event.reason) if finished else None,
+            "stop_reason": event.stop if finished else None,
+        }
+        return (
+            dumps(
+                {
+                    "id": self.id,
+                    "object": "text_completion",
+                    "created": int(self.clock()),
+                    "model": self.model,
+                    "choices": [choice],
+                }
+            )
+            + b"\n"
+        )

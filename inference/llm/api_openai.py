@@ -62,7 +62,9 @@ class Message(_Serde):
             return dumps(self.tool_calls).decode()
         if isinstance(self.content, str):
             return self.content
-        return "".join(c.text if isinstance(c, TextChunk) else f"![]({c.image_url.url})" for c in self.content)
+        return "".join(
+            c.text if isinstance(c, TextChunk) else f"![]({c.image_url.url})" for c in self.content
+        )
 
 
 class StreamOptions(_Serde):
@@ -143,8 +145,9 @@ def _validate(parameters: api_tgi.GenerateParameters, context: ModelContext, str
         return params
     except LLMError as error:
         if stream:
-            raise ApiError(Reply(200, openai_error_event(error) + sse(b"[DONE]"), "text/event-stream"),
-                           error.message) from None
+            raise ApiError(
+                Reply(200, openai_error_event(error) + sse(b"[DONE]"), "text/event-stream"), error.message
+            ) from None
         raise ApiError(error_reply(error), error.message) from None
 
 
@@ -163,8 +166,13 @@ def logprobs_json(tokens: tuple[Token, ...], top_tokens: tuple[tuple[Token, ...]
     content = []
     for i, token in enumerate(tokens):
         top = top_tokens[i] if i < len(top_tokens) else ()
-        content.append({"token": token.text, "logprob": token.logprob,
-                        "top_logprobs": [{"token": t.text, "logprob": t.logprob} for t in top]})
+        content.append(
+            {
+                "token": token.text,
+                "logprob": token.logprob,
+                "top_logprobs": [{"token": t.text, "logprob": t.logprob} for t in top],
+            }
+        )
     return {"content": content}
 
 
@@ -174,15 +182,27 @@ def chat_finish_reason(reason: str) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 class TgiChat(Call):
     content_type = "text/event-stream"
 
-    def __init__(self, request: GenerationRequest, *, stream: bool, model: str, context: ModelContext,
-                 logprobs: bool, include_usage: bool, clock=time.time) -> None:
+    def __init__(
+        self,
+        request: GenerationRequest,
+        *,
+        stream: bool,
+        model: str,
+        context: ModelContext,
+        logprobs: bool,
+        include_usage: bool,
+        clock=time.time,
+    ) -> None:
         super().__init__([request], stream)
         self.model = model
         self.context = context
@@ -193,31 +213,62 @@ class TgiChat(Call):
     @classmethod
     def build(cls, chat: ChatRequest, context: ModelContext) -> TgiChat:
         if chat.tools is not None or chat.response_format is not None:
-            error = LLMError("Tool error: tools and response_format are not supported by this server", "validation")
-            raise ApiError(Reply(422, dumps({"error": error.message, "error_type": "tool_error"})), error.message)
+            error = LLMError(
+                "Tool error: tools and response_format are not supported by this server", "validation"
+            )
+            raise ApiError(
+                Reply(422, dumps({"error": error.message, "error_type": "tool_error"})), error.message
+            )
         prompt = render_chat_prompt(chat.messages, context)
         do_sample, temperature = greedy_unless_temperature(chat.temperature)
         parameters = api_tgi.GenerateParameters(
-            temperature=temperature, do_sample=do_sample, max_new_tokens=chat.max_new_tokens,
+            temperature=temperature,
+            do_sample=do_sample,
+            max_new_tokens=chat.max_new_tokens,
             repetition_penalty=None if chat.presence_penalty is None else chat.presence_penalty + 2.0,
-            frequency_penalty=chat.frequency_penalty, top_p=chat.top_p, stop=chat.stop or [], seed=chat.seed,
-            top_n_tokens=chat.top_logprobs, details=True)
+            frequency_penalty=chat.frequency_penalty,
+            top_p=chat.top_p,
+            stop=chat.stop or [],
+            seed=chat.seed,
+            top_n_tokens=chat.top_logprobs,
+            details=True,
+        )
         params = _validate(parameters, context, chat.stream, [prompt])
         model = context.model_id if chat.model in (None, "tgi") else chat.model
-        return cls(GenerationRequest(prompt, params, add_special_tokens=False), stream=chat.stream, model=model,
-                   context=context, logprobs=bool(chat.logprobs), include_usage=chat.stream_options.include_usage)
+        return cls(
+            GenerationRequest(prompt, params, add_special_tokens=False),
+            stream=chat.stream,
+            model=model,
+            context=context,
+            logprobs=bool(chat.logprobs),
+            include_usage=chat.stream_options.include_usage,
+        )
 
     def _envelope(self, obj: str, choices: list, usage_value) -> dict:
-        return {"object": obj, "id": "", "created": int(self.clock()), "model": self.model,
-                "system_fingerprint": self.context.system_fingerprint, "choices": choices, "usage": usage_value}
+        return {
+            "object": obj,
+            "id": "",
+            "created": int(self.clock()),
+            "model": self.model,
+            "system_fingerprint": self.context.system_fingerprint,
+            "choices": choices,
+            "usage": usage_value,
+        }
 
     def reply(self, results: list[Finished]) -> Reply:
         done = results[0]
-        choice = {"index": 0, "message": {"role": "assistant", "content": done.generated_text},
-                  "logprobs": logprobs_json(done.tokens, done.all_top_tokens) if self.logprobs else None,
-                  "finish_reason": chat_finish_reason(done.reason)}
-        return Reply(200, dumps(self._envelope("chat.completion", [choice],
-                                               usage(done.input_length, done.generated_tokens))))
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": done.generated_text},
+            "logprobs": logprobs_json(done.tokens, done.all_top_tokens) if self.logprobs else None,
+            "finish_reason": chat_finish_reason(done.reason),
+        }
+        return Reply(
+            200,
+            dumps(
+                self._envelope("chat.completion", [choice], usage(done.input_length, done.generated_tokens))
+            ),
+        )
 
     def refuse(self, error: LLMError) -> Reply:
         if self.stream:
@@ -229,12 +280,17 @@ class TgiChat(Call):
         if token is None:
             return b""
         finished = isinstance(event, Finished)
-        choice = {"index": 0, "delta": {"role": "assistant", "content": "" if token.special else token.text},
-                  "logprobs": logprobs_json((token,), (event.top_tokens,)) if self.logprobs else None,
-                  "finish_reason": chat_finish_reason(event.reason) if finished else None}
+        choice = {
+            "index": 0,
+            "delta": {"role": "assistant", "content": "" if token.special else token.text},
+            "logprobs": logprobs_json((token,), (event.top_tokens,)) if self.logprobs else None,
+            "finish_reason": chat_finish_reason(event.reason) if finished else None,
+        }
         out = sse(self._envelope("chat.completion.chunk", [choice], None))
         if finished and self.include_usage:
-            out += sse(self._envelope("chat.completion.chunk", [], usage(event.input_length, event.generated_tokens)))
+            out += sse(
+                self._envelope("chat.completion.chunk", [], usage(event.input_length, event.generated_tokens))
+            )
         return out
 
     def end(self) -> bytes:
@@ -247,8 +303,9 @@ class TgiChat(Call):
 class TgiCompletion(Call):
     content_type = "text/event-stream"
 
-    def __init__(self, requests: list[GenerationRequest], *, stream: bool, context: ModelContext,
-                 clock=time.time) -> None:
+    def __init__(
+        self, requests: list[GenerationRequest], *, stream: bool, context: ModelContext, clock=time.time
+    ) -> None:
         super().__init__(requests, stream)
         self.context = context
         self.clock = clock
@@ -265,19 +322,40 @@ class TgiCompletion(Call):
             raise ApiError(Reply(422, dumps({"error": text, "error_type": "batch size exceeded"})), text)
         do_sample, temperature = greedy_unless_temperature(request.temperature)
         parameters = api_tgi.GenerateParameters(
-            temperature=temperature, do_sample=do_sample, max_new_tokens=request.max_tokens,
-            repetition_penalty=request.repetition_penalty, frequency_penalty=request.frequency_penalty,
-            top_p=request.top_p, stop=request.stop or [], seed=request.seed, details=True)
+            temperature=temperature,
+            do_sample=do_sample,
+            max_new_tokens=request.max_tokens,
+            repetition_penalty=request.repetition_penalty,
+            frequency_penalty=request.frequency_penalty,
+            top_p=request.top_p,
+            stop=request.stop or [],
+            seed=request.seed,
+            details=True,
+        )
         params = _validate(parameters, context, request.stream, prompts)
         return cls([GenerationRequest(p, params) for p in prompts], stream=request.stream, context=context)
 
     def _envelope(self, choices: list, **extra) -> dict:
-        return {"object": "text_completion", "id": "", "created": int(self.clock()), "model": self.context.model_id,
-                "system_fingerprint": self.context.system_fingerprint, "choices": choices, **extra}
+        return {
+            "object": "text_completion",
+            "id": "",
+            "created": int(self.clock()),
+            "model": self.context.model_id,
+            "system_fingerprint": self.context.system_fingerprint,
+            "choices": choices,
+            **extra,
+        }
 
     def reply(self, results: list[Finished]) -> Reply:
-        choices = [{"index": i, "text": done.generated_text, "logprobs": None,
-                    "finish_reason": chat_finish_reason(done.reason)} for i, done in enumerate(results)]
+        choices = [
+            {
+                "index": i,
+                "text": done.generated_text,
+                "logprobs": None,
+                "finish_reason": chat_finish_reason(done.reason),
+            }
+            for i, done in enumerate(results)
+        ]
         total = usage(sum(d.input_length for d in results), sum(d.generated_tokens for d in results))
         return Reply(200, dumps(self._envelope(choices, usage=total)))
 
@@ -290,7 +368,12 @@ class TgiCompletion(Call):
         if event.token is None:
             return b""
         if isinstance(event, Finished):  # TGI's CompletionFinal: the raw finish reason and the usage
-            choice = {"finish_reason": event.reason, "index": index, "logprobs": None, "text": event.token.text}
+            choice = {
+                "finish_reason": event.reason,
+                "index": index,
+                "logprobs": None,
+                "text": event.token.text,
+            }
             return sse(self._envelope([choice], usage=usage(event.input_length, event.generated_tokens)))
         choice = {"finish_reason": "", "index": index, "logprobs": None, "text": event.token.text}
         return sse(self._envelope([choice]))
@@ -300,4 +383,3 @@ class TgiCompletion(Call):
 
     def fail(self, error: LLMError) -> bytes:
         return openai_error_event(error)
-

@@ -42,8 +42,13 @@ U64 = Annotated[int, Field(ge=0, le=2**64 - 1)]
 I32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 
 # statuses of TGI's InferError (router/src/server.rs)
-STATUS = {"validation": 422, "overloaded": 429, "generation": 424, "template_error": 422,
-          "incomplete_generation": 500}
+STATUS = {
+    "validation": 422,
+    "overloaded": 429,
+    "generation": 424,
+    "template_error": 422,
+    "incomplete_generation": 500,
+}
 
 
 class _Serde(BaseModel):
@@ -98,8 +103,12 @@ def load_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(Reply(400, f"Failed to parse the request body as JSON: {exc}".encode(), "text/plain; "
-                             "charset=utf-8"), "the body is not JSON") from None
+        raise ApiError(
+            Reply(
+                400, f"Failed to parse the request body as JSON: {exc}".encode(), "text/plain; charset=utf-8"
+            ),
+            "the body is not JSON",
+        ) from None
 
 
 def data_error(detail: str) -> ApiError:
@@ -133,13 +142,16 @@ def parse_generate(body: bytes, context: ModelContext, *, stream: bool) -> TgiGe
 
 
 def parse_invocations(body: bytes, context: ModelContext) -> Call:
-    """``POST /invocations``: TGI's SagemakerRequest, an untagged union tried in order: generate, chat, completion."""
+    """``POST /invocations``: TGI's SagemakerRequest, an untagged union tried in order: generate, chat,
+    completion."""
     from aiops.inference.llm import api_openai
 
     value = load_json(body)
-    for model, build in ((CompatGenerateRequest, lambda r: TgiGenerate.build(r, context, compat=True)),
-                         (api_openai.ChatRequest, lambda r: api_openai.TgiChat.build(r, context)),
-                         (api_openai.CompletionRequest, lambda r: api_openai.TgiCompletion.build(r, context))):
+    for model, build in (
+        (CompatGenerateRequest, lambda r: TgiGenerate.build(r, context, compat=True)),
+        (api_openai.ChatRequest, lambda r: api_openai.TgiChat.build(r, context)),
+        (api_openai.CompletionRequest, lambda r: api_openai.TgiCompletion.build(r, context)),
+    ):
         try:
             request = model.model_validate(value)
         except ValidationError:
@@ -182,14 +194,17 @@ def sampling_params(p: GenerateParameters, context: ModelContext, *, stream: boo
     if p.max_new_tokens == 0:
         raise validation_error("`max_new_tokens` must be strictly positive")
     if len(p.stop) > limits.max_stop_sequences:
-        raise validation_error(f"`stop` supports up to {limits.max_stop_sequences} stop sequences. "
-                               f"Given: {len(p.stop)}")
+        raise validation_error(
+            f"`stop` supports up to {limits.max_stop_sequences} stop sequences. Given: {len(p.stop)}"
+        )
     if p.top_n_tokens is not None and p.top_n_tokens > limits.max_top_n_tokens:
-        raise validation_error(f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. "
-                               f"Given: {p.top_n_tokens}")
+        raise validation_error(
+            f"`top_n_tokens` must be >= 0 and <= {limits.max_top_n_tokens}. Given: {p.top_n_tokens}"
+        )
     if p.truncate is not None and not 0 < p.truncate <= limits.input_tokens:
-        raise validation_error(f"`truncate` must be strictly positive and less than {limits.input_tokens}. "
-                               f"Given: {p.truncate}")
+        raise validation_error(
+            f"`truncate` must be strictly positive and less than {limits.input_tokens}. Given: {p.truncate}"
+        )
     if p.grammar is not None:
         raise validation_error("grammar is not supported")
     if p.watermark:
@@ -197,15 +212,27 @@ def sampling_params(p: GenerateParameters, context: ModelContext, *, stream: boo
     if p.adapter_id is not None:
         raise validation_error(f"adapter `{p.adapter_id}` is not loaded: this server serves no LoRA adapters")
     # server/text_generation_server/utils/tokens.py NextTokenChooser: any warper turns sampling on
-    has_warpers = (temperature != 1.0 or (p.top_k is not None and p.top_k != 0)
-                   or (p.top_p is not None and p.top_p < 1.0) or (p.typical_p is not None and p.typical_p < 1.0))
+    has_warpers = (
+        temperature != 1.0
+        or (p.top_k is not None and p.top_k != 0)
+        or (p.top_p is not None and p.top_p < 1.0)
+        or (p.typical_p is not None and p.typical_p < 1.0)
+    )
     do_sample = p.do_sample or has_warpers
     return SamplingParams(
-        max_new_tokens=p.max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=p.top_k or 0,
-        top_p=1.0 if p.top_p is None else p.top_p, typical_p=1.0 if p.typical_p is None else p.typical_p,
-        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty, stop=tuple(p.stop),
-        seed=p.seed if do_sample else None, top_n_tokens=p.top_n_tokens or 0,
-        prefill_details=p.decoder_input_details)
+        max_new_tokens=p.max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=p.top_k or 0,
+        top_p=1.0 if p.top_p is None else p.top_p,
+        typical_p=1.0 if p.typical_p is None else p.typical_p,
+        repetition_penalty=repetition_penalty,
+        frequency_penalty=frequency_penalty,
+        stop=tuple(p.stop),
+        seed=p.seed if do_sample else None,
+        top_n_tokens=p.top_n_tokens or 0,
+        prefill_details=p.decoder_input_details,
+    )
 
 
 def check_inputs(inputs: str) -> None:
@@ -236,8 +263,9 @@ def error_reply(error: LLMError) -> Reply:
 class TgiGenerate(Call):
     content_type = "text/event-stream"
 
-    def __init__(self, request: GenerationRequest, *, stream: bool, compat: bool, return_full_text: bool,
-                 details: bool) -> None:
+    def __init__(
+        self, request: GenerationRequest, *, stream: bool, compat: bool, return_full_text: bool, details: bool
+    ) -> None:
         super().__init__([request], stream)
         self.compat = compat
         self.return_full_text = return_full_text
@@ -245,8 +273,9 @@ class TgiGenerate(Call):
         self.prompt = request.prompt
 
     @classmethod
-    def build(cls, request: GenerateRequest, context: ModelContext, *, compat: bool,
-              stream: bool | None = None) -> TgiGenerate:
+    def build(
+        cls, request: GenerateRequest, context: ModelContext, *, compat: bool, stream: bool | None = None
+    ) -> TgiGenerate:
         stream = request.stream if stream is None else stream
         p = request.parameters
         try:
@@ -255,7 +284,11 @@ class TgiGenerate(Call):
         except LLMError as error:
             reply = Reply(200, sse(error_json(error)), cls.content_type) if stream else error_reply(error)
             raise ApiError(reply, error.message) from None
-        full = p.return_full_text if p.return_full_text is not None else (compat and context.compat_return_full_text)
+        full = (
+            p.return_full_text
+            if p.return_full_text is not None
+            else (compat and context.compat_return_full_text)
+        )
         details = p.details or (p.decoder_input_details and not stream)
         generation = GenerationRequest(request.inputs, params, truncate=p.truncate)
         return cls(generation, stream=stream, compat=compat, return_full_text=full, details=details)
@@ -267,14 +300,20 @@ class TgiGenerate(Call):
         finished = results[0]
         answer: dict = {"generated_text": self.text(finished)}
         if self.details:
-            details = {"finish_reason": finished.reason, "generated_tokens": finished.generated_tokens,
-                       "seed": finished.seed, "prefill": [prefill_json(t) for t in finished.prefill],
-                       "tokens": [token_json(t) for t in finished.tokens]}
+            details = {
+                "finish_reason": finished.reason,
+                "generated_tokens": finished.generated_tokens,
+                "seed": finished.seed,
+                "prefill": [prefill_json(t) for t in finished.prefill],
+                "tokens": [token_json(t) for t in finished.tokens],
+            }
             if finished.all_top_tokens:
                 details["top_tokens"] = [[token_json(t) for t in step] for step in finished.all_top_tokens]
             answer["details"] = details
-        headers = (("x-prompt-tokens", str(finished.input_length)),
-                   ("x-generated-tokens", str(finished.generated_tokens)))
+        headers = (
+            ("x-prompt-tokens", str(finished.input_length)),
+            ("x-generated-tokens", str(finished.generated_tokens)),
+        )
         return Reply(200, dumps([answer] if self.compat else answer), headers=headers)
 
     def refuse(self, error: LLMError) -> Reply:
@@ -292,8 +331,16 @@ class TgiGenerate(Call):
             answer.update(generated_text=None, details=None)
         else:
             answer["generated_text"] = self.text(event)
-            answer["details"] = {"finish_reason": event.reason, "generated_tokens": event.generated_tokens,
-                                 "seed": event.seed, "input_length": event.input_length} if self.details else None
+            answer["details"] = (
+                {
+                    "finish_reason": event.reason,
+                    "generated_tokens": event.generated_tokens,
+                    "seed": event.seed,
+                    "input_length": event.input_length,
+                }
+                if self.details
+                else None
+            )
         return sse(answer)
 
     def fail(self, error: LLMError) -> bytes:
@@ -304,10 +351,18 @@ def info(context: ModelContext) -> dict:
     """``GET /info`` (router/src/lib.rs ``Info``)."""
     limits = context.limits
     return {
-        "model_id": context.model_id, "model_sha": None, "model_pipeline_tag": context.pipeline_tag,
-        "max_concurrent_requests": limits.max_batch_size + limits.max_queue, "max_best_of": 1,
-        "max_stop_sequences": limits.max_stop_sequences, "max_input_tokens": limits.input_tokens,
-        "max_total_tokens": limits.max_total_tokens, "validation_workers": 1,
-        "max_client_batch_size": limits.max_client_batch_size, "router": "text-generation-router",
-        "version": context.version, "sha": None, "docker_label": None,
+        "model_id": context.model_id,
+        "model_sha": None,
+        "model_pipeline_tag": context.pipeline_tag,
+        "max_concurrent_requests": limits.max_batch_size + limits.max_queue,
+        "max_best_of": 1,
+        "max_stop_sequences": limits.max_stop_sequences,
+        "max_input_tokens": limits.input_tokens,
+        "max_total_tokens": limits.max_total_tokens,
+        "validation_workers": 1,
+        "max_client_batch_size": limits.max_client_batch_size,
+        "router": "text-generation-router",
+        "version": context.version,
+        "sha": None,
+        "docker_label": None,
     }

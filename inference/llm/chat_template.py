@@ -42,10 +42,13 @@ class ChatTemplate:
             raise jinja2.exceptions.TemplateError(message)
 
         def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+            return json.dumps(
+                x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+            )
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=self.trim_blocks, lstrip_blocks=self.trim_blocks,
-                                            extensions=[jinja2.ext.loopcontrols])
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=self.trim_blocks, lstrip_blocks=self.trim_blocks, extensions=[jinja2.ext.loopcontrols]
+        )
         env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -64,8 +67,12 @@ class ChatTemplate:
         import jinja2
 
         try:
-            text = self._template.render(messages=messages, bos_token=self.bos_token, eos_token=self.eos_token,
-                                         add_generation_prompt=True)
+            text = self._template.render(
+                messages=messages,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+                add_generation_prompt=True,
+            )
         except jinja2.TemplateError as exc:
             raise LLMError(f"Template error: {exc}", "template_error") from None
         except Exception as exc:  # noqa: BLE001 - a template is user code: any failure is the request's
@@ -101,7 +108,11 @@ def _pick(value) -> str | None:
         return value
     if isinstance(value, list):  # [{"name": ..., "template": ...}]: TGI takes "default"
         for item in value:
-            if isinstance(item, dict) and item.get("name") == "default" and isinstance(item.get("template"), str):
+            if (
+                isinstance(item, dict)
+                and item.get("name") == "default"
+                and isinstance(item.get("template"), str)
+            ):
                 return item["template"]
     return None
 

@@ -60,8 +60,14 @@ class Generation:
     engine raises its :class:`LLMError` from either.
     """
 
-    def __init__(self, engine: LLMEngine, seq_id: int, input_length: int, max_new_tokens: int,
-                 notify: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        seq_id: int,
+        input_length: int,
+        max_new_tokens: int,
+        notify: Callable[[], None] | None,
+    ) -> None:
         self._engine = engine
         self.seq_id = seq_id
         self.input_length = input_length
@@ -136,8 +142,12 @@ class _Sequence:
     def plain_greedy(self) -> bool:
         """Argmax of the raw logits: taken for the whole batch in one operation."""
         p = self.params
-        return not p.do_sample and p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0 and \
-            p.presence_penalty == 0.0
+        return (
+            not p.do_sample
+            and p.repetition_penalty == 1.0
+            and p.frequency_penalty == 0.0
+            and p.presence_penalty == 0.0
+        )
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,9 @@ class LLMEngine:
         self.scheduler = Scheduler(self.limits)
         self._check_model(model)
         forward = set(inspect.signature(model.forward).parameters)
-        self._keep_last = next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in forward), None)
+        self._keep_last = next(
+            (name for name in ("logits_to_keep", "num_logits_to_keep") if name in forward), None
+        )
         # A padded batch's decode mask is one row per sequence: built here as a 4D additive mask, which
         # transformers takes as is (its own builder costs most of a small model's step); flash attention
         # takes the 2D mask instead
@@ -190,11 +202,17 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_folder(cls, folder: str | Path, limits: Limits | None = None, *, device: str | None = None,
-                    dtype: str | None = None) -> LLMEngine:
-        """Load a causal-LM folder (``save_pretrained``'s output): UsageError naming what is missing when it is
-        not one. ``device``: default cuda when present; ``dtype``: default float32 on the CPU, the config's
-        half-precision dtype (or bfloat16) on a GPU."""
+    def from_folder(
+        cls,
+        folder: str | Path,
+        limits: Limits | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+    ) -> LLMEngine:
+        """Load a causal-LM folder (``save_pretrained``'s output): UsageError naming what is missing when
+        it is not one. ``device``: default cuda when present; ``dtype``: default float32 on the CPU, the
+        config's half-precision dtype (or bfloat16) on a GPU."""
         folder = Path(folder)
         check_causal_lm_folder(folder)
         missing = missing_modules("transformers", "tokenizers", "jinja2")
@@ -208,13 +226,17 @@ class LLMEngine:
         import transformers
         from packaging.version import Version
 
-        key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"  # renamed in 4.56
+        key = (
+            "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+        )  # renamed in 4.56
         model = AutoModelForCausalLM.from_pretrained(folder, **{key: torch_dtype}).to(device)
         limits = limits or Limits()
         window = _sliding_window(model.config)
         if window is not None and window < limits.max_total_tokens:
-            raise UsageError(f"{folder}: the model attends through a sliding window of {window} tokens, which "
-                             f"this engine does not implement: serve it with max_total_tokens <= {window}")
+            raise UsageError(
+                f"{folder}: the model attends through a sliding window of {window} tokens, which "
+                f"this engine does not implement: serve it with max_total_tokens <= {window}"
+            )
         return cls(model, tokenizer, limits)
 
     @staticmethod
@@ -228,7 +250,7 @@ class LLMEngine:
         budget, "overloaded" when the queue is full."""
         ids = self.tokenizer(request.prompt, add_special_tokens=request.add_special_tokens)["input_ids"]
         if request.truncate is not None:
-            ids = ids[-request.truncate:]
+            ids = ids[-request.truncate :]
         params = request.params
         seed = params.seed
         if params.do_sample and seed is None:
@@ -237,9 +259,17 @@ class LLMEngine:
             seq_id = next(self._ids)
             entry = self.scheduler.enqueue(seq_id, len(ids), params.max_new_tokens)
             handle = Generation(self, seq_id, len(ids), entry.max_new_tokens, notify)
-            seq = _Sequence(seq_id, request, list(ids), len(ids), entry.max_new_tokens, handle,
-                            seed=seed if params.do_sample else None,
-                            prefix_offset=max(len(ids) - 5, 0), read_offset=len(ids))
+            seq = _Sequence(
+                seq_id,
+                request,
+                list(ids),
+                len(ids),
+                entry.max_new_tokens,
+                handle,
+                seed=seed if params.do_sample else None,
+                prefix_offset=max(len(ids) - 5, 0),
+                read_offset=len(ids),
+            )
             self._seqs[seq_id] = seq
             self._lock.notify_all()
         return handle
@@ -320,8 +350,14 @@ class LLMEngine:
         kwargs = {}
         if self._keep_last and not seq.params.prefill_details:
             kwargs[self._keep_last] = 1
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(length, device=self.device)[None],
-                         past_key_values=DynamicCache(), use_cache=True, **kwargs)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=torch.arange(length, device=self.device)[None],
+            past_key_values=DynamicCache(),
+            use_cache=True,
+            **kwargs,
+        )
         if seq.params.prefill_details:
             seq.prefill = self._prefill_tokens(seq.ids, out.logits[0].float())
         if seq.params.do_sample:
@@ -330,20 +366,32 @@ class LLMEngine:
         choice = self._choose([seq], out.logits[:, -1, :])[0]
         if self._advance(seq, choice):
             return None
-        return _Batch([seq], _cache_layers(out.past_key_values), mask,
-                      torch.tensor([length], device=self.device), torch.tensor([choice.token_id], device=self.device))
+        return _Batch(
+            [seq],
+            _cache_layers(out.past_key_values),
+            mask,
+            torch.tensor([length], device=self.device),
+            torch.tensor([choice.token_id], device=self.device),
+        )
 
     def _decode(self, batch: _Batch) -> None:
         if batch.cache is None:
             batch.cache = _build_cache(batch.kv)
         rows = len(batch.seqs)
-        mask = torch.cat([batch.mask, torch.ones((rows, 1), dtype=batch.mask.dtype, device=self.device)], dim=1)
+        mask = torch.cat(
+            [batch.mask, torch.ones((rows, 1), dtype=batch.mask.dtype, device=self.device)], dim=1
+        )
         attention = mask
         if batch.padded and self._own_mask:
             dtype = batch.kv[0][0].dtype
             attention = (1 - mask[:, None, None, :]).to(dtype) * torch.finfo(dtype).min
-        out = self.model(input_ids=batch.next_input[:, None], attention_mask=attention,
-                         position_ids=batch.lengths[:, None], past_key_values=batch.cache, use_cache=True)
+        out = self.model(
+            input_ids=batch.next_input[:, None],
+            attention_mask=attention,
+            position_ids=batch.lengths[:, None],
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
         batch.mask = mask
         batch.lengths = batch.lengths + 1
         batch.kv = _cache_layers(batch.cache)
@@ -368,9 +416,15 @@ class LLMEngine:
         mask = mask[:, start:]
         self._batch = _Batch(
             [batch.seqs[row] for row in keep],
-            [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:]) for k, v in batch.kv],
-            mask, batch.lengths.index_select(0, index), batch.next_input.index_select(0, index),
-            padded=bool((mask == 0).any()))
+            [
+                (k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
+                for k, v in batch.kv
+            ],
+            mask,
+            batch.lengths.index_select(0, index),
+            batch.next_input.index_select(0, index),
+            padded=bool((mask == 0).any()),
+        )
 
     # ------------------------------------------------------------------ choosing tokens
     def _choose(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[_Choice]:
@@ -387,16 +441,20 @@ class LLMEngine:
         for row, seq in enumerate(seqs):
             if choices[row] is not None:
                 continue
-            scores = self._process(seq, logits[row:row + 1])
+            scores = self._process(seq, logits[row : row + 1])
             if seq.params.do_sample:
-                token_id = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=seq.generator)[0, 0])
+                token_id = int(
+                    torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=seq.generator)[0, 0]
+                )
             else:
                 token_id = int(scores.argmax(dim=-1)[0])
             choices[row] = self._choice(token_id, torch.log_softmax(scores, dim=-1)[0], seq)
         return choices
 
     def _choice(self, token_id: int, logprobs: torch.Tensor, seq: _Sequence) -> _Choice:
-        return _Choice(token_id, float(logprobs[token_id]), self._top_tokens(logprobs, seq.params.top_n_tokens))
+        return _Choice(
+            token_id, float(logprobs[token_id]), self._top_tokens(logprobs, seq.params.top_n_tokens)
+        )
 
     def _process(self, seq: _Sequence, scores: torch.Tensor) -> torch.Tensor:
         """transformers' processors in ``generate``'s order: penalties, then the sampling warpers."""
@@ -413,9 +471,13 @@ class LLMEngine:
         if p.repetition_penalty != 1.0:
             scores = RepetitionPenaltyLogitsProcessor(p.repetition_penalty)(ids, scores)
         if (p.frequency_penalty or p.presence_penalty) and len(seq.ids) > seq.input_length:
-            generated = torch.tensor(seq.ids[seq.input_length:], device=scores.device)
-            counts = torch.bincount(generated, minlength=scores.shape[-1])[: scores.shape[-1]].to(scores.dtype)
-            scores = scores - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(scores.dtype)
+            generated = torch.tensor(seq.ids[seq.input_length :], device=scores.device)
+            counts = torch.bincount(generated, minlength=scores.shape[-1])[: scores.shape[-1]].to(
+                scores.dtype
+            )
+            scores = (
+                scores - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(scores.dtype)
+            )
         if p.do_sample:
             if p.temperature != 1.0:
                 scores = TemperatureLogitsWarper(p.temperature)(ids, scores)
@@ -431,14 +493,20 @@ class LLMEngine:
         if not n:
             return ()
         values, indices = logprobs.topk(min(n, logprobs.shape[-1]))
-        return tuple(self._token(int(i), float(v), self.tokenizer.decode([int(i)])) for v, i in zip(values, indices))
+        return tuple(
+            self._token(int(i), float(v), self.tokenizer.decode([int(i)])) for v, i in zip(values, indices)
+        )
 
     def _prefill_tokens(self, ids: list[int], logits: torch.Tensor) -> tuple[Token, ...]:
         logprobs = torch.log_softmax(logits, dim=-1)
         out = [self._token(ids[0], float("nan"), self.tokenizer.decode([ids[0]]))]
         for position in range(1, len(ids)):
             token_id = ids[position]
-            out.append(self._token(token_id, float(logprobs[position - 1, token_id]), self.tokenizer.decode([token_id])))
+            out.append(
+                self._token(
+                    token_id, float(logprobs[position - 1, token_id]), self.tokenizer.decode([token_id])
+                )
+            )
         return tuple(out)
 
     def _token(self, token_id: int, logprob: float, text: str) -> Token:
@@ -450,7 +518,9 @@ class LLMEngine:
         if seq.done:
             return True
         seq.ids.append(choice.token_id)
-        text, seq.prefix_offset, seq.read_offset = self._decode_token(seq.ids, seq.prefix_offset, seq.read_offset)
+        text, seq.prefix_offset, seq.read_offset = self._decode_token(
+            seq.ids, seq.prefix_offset, seq.read_offset
+        )
         token = self._token(choice.token_id, choice.logprob, text)
         seq.tokens.append(token)
         if seq.params.top_n_tokens:
@@ -475,8 +545,11 @@ class LLMEngine:
             if len(seq.output) > 300:
                 seq.output = seq.output[-200:]
             for stop in p.stop:
-                if seq.output.endswith(stop) if p.stop_rule == "suffix" else \
-                        stop in seq.output[-(len(text) + len(stop)):]:
+                if (
+                    seq.output.endswith(stop)
+                    if p.stop_rule == "suffix"
+                    else stop in seq.output[-(len(text) + len(stop)) :]
+                ):
                     seq.matched_stop = stop
                     return "stop_sequence"
         return None
@@ -488,29 +561,48 @@ class LLMEngine:
         n = len(seq.tokens)
         # TGI's final text: the new tokens decoded with one token of context, special tokens skipped; TGI
         # answers "" when it ends in an unfinished UTF-8 sequence, here it keeps the replacement character
-        context = seq.ids[len(seq.ids) - n - 1: len(seq.ids) - n]
+        context = seq.ids[len(seq.ids) - n - 1 : len(seq.ids) - n]
         before = self.tokenizer.decode(context, skip_special_tokens=True)
-        generated_text = self.tokenizer.decode(context + seq.ids[len(seq.ids) - n:], skip_special_tokens=True)
-        generated_text = generated_text[len(before):] if n and generated_text.startswith(before) else \
-            self.tokenizer.decode(seq.ids[len(seq.ids) - n:] if n else [], skip_special_tokens=True)
+        generated_text = self.tokenizer.decode(
+            context + seq.ids[len(seq.ids) - n :], skip_special_tokens=True
+        )
+        generated_text = (
+            generated_text[len(before) :]
+            if n and generated_text.startswith(before)
+            else self.tokenizer.decode(seq.ids[len(seq.ids) - n :] if n else [], skip_special_tokens=True)
+        )
         if seq.matched_stop and seq.params.stop_rule == "contains":
             at = generated_text.find(seq.matched_stop)
             generated_text = generated_text[:at] if at >= 0 else generated_text
         top = seq.top_tokens[-1] if seq.top_tokens else ()
-        seq.handle._put(Finished(
-            reason=reason, token=seq.tokens[-1] if n else None, index=n, generated_text=generated_text,
-            input_length=seq.input_length, tokens=tuple(seq.tokens), seed=seq.seed, top_tokens=top,
-            all_top_tokens=tuple(seq.top_tokens), prefill=seq.prefill, stop=seq.matched_stop))
+        seq.handle._put(
+            Finished(
+                reason=reason,
+                token=seq.tokens[-1] if n else None,
+                index=n,
+                generated_text=generated_text,
+                input_length=seq.input_length,
+                tokens=tuple(seq.tokens),
+                seed=seq.seed,
+                top_tokens=top,
+                all_top_tokens=tuple(seq.top_tokens),
+                prefill=seq.prefill,
+                stop=seq.matched_stop,
+            )
+        )
 
-    def _decode_token(self, ids: list[int], prefix_offset: int, read_offset: int,
-                      skip_special_tokens: bool = False) -> tuple[str, int, int]:
-        """TGI's ``Model.decode_token``: the new text of the last tokens, decoded with some context before them
-        so that tokenizers that clean up spaces still give each token its own text; nothing while the text ends
-        in an unfinished UTF-8 sequence."""
-        prefix_text = self.tokenizer.decode(ids[prefix_offset:read_offset], skip_special_tokens=skip_special_tokens)
+    def _decode_token(
+        self, ids: list[int], prefix_offset: int, read_offset: int, skip_special_tokens: bool = False
+    ) -> tuple[str, int, int]:
+        """TGI's ``Model.decode_token``: the new text of the last tokens, decoded with some context before
+        them so that tokenizers that clean up spaces still give each token its own text; nothing while the
+        text ends in an unfinished UTF-8 sequence."""
+        prefix_text = self.tokenizer.decode(
+            ids[prefix_offset:read_offset], skip_special_tokens=skip_special_tokens
+        )
         new_text = self.tokenizer.decode(ids[prefix_offset:], skip_special_tokens=skip_special_tokens)
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            return new_text[len(prefix_text):], read_offset, len(ids)
+            return new_text[len(prefix_text) :], read_offset, len(ids)
         return "", prefix_offset, read_offset
 
     def _fail_all(self, exc: Exception) -> None:
@@ -536,12 +628,23 @@ def _merge(parts: list[_Batch]) -> _Batch:
         return F.pad(t, (0, 0, length - t.shape[2], 0))
 
     layers = len(parts[0].kv)
-    kv = [(torch.cat([pad_kv(part.kv[i][0]) for part in parts]), torch.cat([pad_kv(part.kv[i][1]) for part in parts]))
-          for i in range(layers)]
+    kv = [
+        (
+            torch.cat([pad_kv(part.kv[i][0]) for part in parts]),
+            torch.cat([pad_kv(part.kv[i][1]) for part in parts]),
+        )
+        for i in range(layers)
+    ]
     mask = torch.cat([F.pad(part.mask, (length - part.mask.shape[1], 0)) for part in parts])
     padded = any(part.padded or part.mask.shape[1] < length for part in parts)
-    return _Batch([seq for part in parts for seq in part.seqs], kv, mask, torch.cat([part.lengths for part in parts]),
-                  torch.cat([part.next_input for part in parts]), padded=padded)
+    return _Batch(
+        [seq for part in parts for seq in part.seqs],
+        kv,
+        mask,
+        torch.cat([part.lengths for part in parts]),
+        torch.cat([part.next_input for part in parts]),
+        padded=padded,
+    )
 
 
 def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -577,19 +680,29 @@ def check_causal_lm_folder(folder: Path) -> None:
     architectures = config.get("architectures") or []
     if not any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         found = ", ".join(architectures) or "none"
-        raise UsageError(f"{folder}: not a causal language model: config.json architectures is {found} (a "
-                         f"*ForCausalLM is needed; text classification and embeddings are served by "
-                         f"--container huggingface)")
+        raise UsageError(
+            f"{folder}: not a causal language model: config.json architectures is {found} (a "
+            f"*ForCausalLM is needed; text classification and embeddings are served by "
+            f"--container huggingface)"
+        )
     if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        raise UsageError(f"{folder}: no tokenizer (none of {', '.join(_TOKENIZER_FILES)}): "
-                         f"save it with tokenizer.save_pretrained(DIR)")
+        raise UsageError(
+            f"{folder}: no tokenizer (none of {', '.join(_TOKENIZER_FILES)}): "
+            f"save it with tokenizer.save_pretrained(DIR)"
+        )
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise UsageError(f"{folder}: no weights (*.safetensors or *.bin) ({fix})")
 
 
 def _resolve_dtype(folder: Path, device: str, dtype: str | None) -> torch.dtype:
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype is not None:
         if dtype not in names:
             raise UsageError(f"dtype {dtype!r}: allowed: {', '.join(names)}")

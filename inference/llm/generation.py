@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-# TGI's names (router/src/lib.rs FinishReason); "cancelled" is internal: the client is gone, nothing renders it
+# TGI's names (router/src/lib.rs FinishReason); "cancelled" is internal: the client is gone, nothing
+# renders it
 FinishReason = Literal["length", "eos_token", "stop_sequence", "cancelled"]
 
 
@@ -23,8 +24,12 @@ class Limits:
     max_total_tokens: int = 4096  # prompt + new tokens, per request
     max_batch_size: int = 16  # requests decoded together
     max_input_tokens: int | None = None  # default: max_total_tokens - 1
-    max_batch_total_tokens: int | None = None  # sum over the running batch; default: no bound beyond the two above
-    max_batch_prefill_tokens: int | None = None  # prompt tokens admitted at one step; default: max_input_tokens
+    max_batch_total_tokens: int | None = (
+        None  # sum over the running batch; default: no bound beyond the two above
+    )
+    max_batch_prefill_tokens: int | None = (
+        None  # prompt tokens admitted at one step; default: max_input_tokens
+    )
     max_queue: int = 128  # waiting requests; past it a request is refused as overloaded (TGI: 429)
     max_stop_sequences: int = 4
     max_top_n_tokens: int = 5
@@ -36,11 +41,15 @@ class Limits:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size={self.max_batch_size}: must be at least 1")
         if not 1 <= self.input_tokens < self.max_total_tokens:
-            raise ValueError(f"max_input_tokens={self.max_input_tokens}: must be at least 1 and less than "
-                             f"max_total_tokens={self.max_total_tokens}")
+            raise ValueError(
+                f"max_input_tokens={self.max_input_tokens}: must be at least 1 and less than "
+                f"max_total_tokens={self.max_total_tokens}"
+            )
         if self.max_batch_total_tokens is not None and self.max_batch_total_tokens < self.max_total_tokens:
-            raise ValueError(f"max_batch_total_tokens={self.max_batch_total_tokens}: must be at least "
-                             f"max_total_tokens={self.max_total_tokens} (one full request must fit)")
+            raise ValueError(
+                f"max_batch_total_tokens={self.max_batch_total_tokens}: must be at least "
+                f"max_total_tokens={self.max_total_tokens} (one full request must fit)"
+            )
         if self.max_queue < 1:
             raise ValueError(f"max_queue={self.max_queue}: must be at least 1")
 
@@ -50,7 +59,9 @@ class Limits:
 
     @property
     def prefill_tokens(self) -> int:
-        return self.max_batch_prefill_tokens if self.max_batch_prefill_tokens is not None else self.input_tokens
+        return (
+            self.max_batch_prefill_tokens if self.max_batch_prefill_tokens is not None else self.input_tokens
+        )
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,9 @@ def get(container: Container, path: str, context: ModelContext) -> Reply | None:
     return None
 
 
-def model_context(folder: Path, container: Container, limits: Limits | None = None,
-                  model_id: str | None = None) -> ModelContext:
+def model_context(
+    folder: Path, container: Container, limits: Limits | None = None, model_id: str | None = None
+) -> ModelContext:
     """What the APIs know of a served folder: its id (the container's HF_MODEL_ID, else the folder's name),
     limits and chat template (rendered as each container renders it)."""
     template = find_chat_template(folder, trim_blocks=container == "lmi")

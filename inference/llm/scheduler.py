@@ -61,10 +61,14 @@ class Scheduler:
         if max_new_tokens is None:
             max_new_tokens = max(limits.max_total_tokens - input_length, 0)
         if input_length + max_new_tokens > limits.max_total_tokens:
-            raise LLMError(f"`inputs` tokens + `max_new_tokens` must be <= {limits.max_total_tokens}. "
-                           f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`")
+            raise LLMError(
+                f"`inputs` tokens + `max_new_tokens` must be <= {limits.max_total_tokens}. "
+                f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
+            )
         if input_length > limits.input_tokens:
-            raise LLMError(f"`inputs` must have less than {limits.input_tokens} tokens. Given: {input_length}")
+            raise LLMError(
+                f"`inputs` must have less than {limits.input_tokens} tokens. Given: {input_length}"
+            )
         return max_new_tokens
 
     def enqueue(self, seq_id: int, input_length: int, max_new_tokens: int | None) -> Entry:
@@ -105,8 +109,10 @@ class Scheduler:
         prefill = 0
         while self._waiting and len(self._running) < limits.max_batch_size:
             head = next(iter(self._waiting.values()))
-            if limits.max_batch_total_tokens is not None and \
-                    batch_tokens + head.reserved_tokens > limits.max_batch_total_tokens:
+            if (
+                limits.max_batch_total_tokens is not None
+                and batch_tokens + head.reserved_tokens > limits.max_batch_total_tokens
+            ):
                 break
             if join and prefill + head.input_length > limits.prefill_tokens:
                 break  # the rest joins at the next step: one step's prefill stays bounded

@@ -28,7 +28,7 @@ PROMPTS = [
     "import os\nimport sys\n\n",
     "x",
     "The quick brown fox jumps over the lazy dog, and then the dog said:",
-    "class Config(object):\n    \"\"\"Settings\"\"\"\n    def __init__(self, path, *, strict=False):",
+    'class Config(object):\n    """Settings"""\n    def __init__(self, path, *, strict=False):',
 ]
 
 
@@ -37,7 +37,7 @@ def reference(model, tokenizer, prompt: str, **generate_kwargs) -> list[int]:
     inputs = tokenizer(prompt, return_tensors="pt")
     with torch.inference_mode():
         out = model.generate(**inputs, do_sample=False, **generate_kwargs)
-    return out[0, inputs["input_ids"].shape[1]:].tolist()
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def ids(finished: Finished) -> list[int]:
@@ -100,8 +100,9 @@ def test_repetition_penalty_greedy_equals_generate(tiny_llm, make_engine):
     handles.append(engine.submit(greedy(PROMPTS[2], 20)))  # a plain greedy row beside the penalised ones
     engine.run_until_idle()
     for prompt, handle, penalty in zip(PROMPTS, handles, (1.5, 1.5, 1.0)):
-        assert ids(handle.result()) == reference(model, tokenizer, prompt, max_new_tokens=20,
-                                                 repetition_penalty=penalty)
+        assert ids(handle.result()) == reference(
+            model, tokenizer, prompt, max_new_tokens=20, repetition_penalty=penalty
+        )
 
 
 def test_max_new_tokens_and_eos(tiny_llm, make_engine):
@@ -147,14 +148,20 @@ def test_stop_sequence_ends_the_text_and_stays_in_it(tiny_llm, make_engine):
 def test_seeded_sampling_is_reproducible_whatever_the_batch(make_engine):
     def sample(seed, companions: int, late: bool) -> Finished:
         engine = make_engine(max_batch_size=8)
-        request = GenerationRequest(PROMPTS[1], SamplingParams(max_new_tokens=20, do_sample=True, temperature=1.3,
-                                                               top_k=50, top_p=0.95, seed=seed))
-        others = [engine.submit(greedy(p, 25)) for p in PROMPTS[2:2 + companions]]
+        request = GenerationRequest(
+            PROMPTS[1],
+            SamplingParams(
+                max_new_tokens=20, do_sample=True, temperature=1.3, top_k=50, top_p=0.95, seed=seed
+            ),
+        )
+        others = [engine.submit(greedy(p, 25)) for p in PROMPTS[2 : 2 + companions]]
         if late:
             engine.step()
             engine.step()
         handle = engine.submit(request)
-        others += [engine.submit(GenerationRequest(PROMPTS[0], SamplingParams(max_new_tokens=9, do_sample=True)))]
+        others += [
+            engine.submit(GenerationRequest(PROMPTS[0], SamplingParams(max_new_tokens=9, do_sample=True)))
+        ]
         engine.run_until_idle()
         return handle.result()
 
@@ -182,7 +189,9 @@ def test_cancel_frees_the_slot_at_the_next_step(make_engine):
     assert isinstance(second.poll()[0], TokenEvent)
     events = first.poll()
     assert isinstance(events[-1], Finished) and events[-1].reason == "cancelled"
-    assert len(events) == 4  # the prefill's token and two decode steps', then the end: nothing after the cancel
+    assert (
+        len(events) == 4
+    )  # the prefill's token and two decode steps', then the end: nothing after the cancel
     engine.run_until_idle()
     assert second.result().reason == "length"
     waiting = engine.submit(greedy(PROMPTS[2], 5))
@@ -199,12 +208,15 @@ def test_budget_refusals_before_anything_runs(tiny_llm, make_engine):
         engine.submit(greedy(PROMPTS[0], 16))
     prompt_tokens = len(tokenizer(PROMPTS[0])["input_ids"])
     assert refused.value.error_type == "validation"
-    assert refused.value.message == (f"`inputs` tokens + `max_new_tokens` must be <= 16. Given: {prompt_tokens} "
-                                     f"`inputs` tokens and 16 `max_new_tokens`")
+    assert refused.value.message == (
+        f"`inputs` tokens + `max_new_tokens` must be <= 16. Given: {prompt_tokens} "
+        f"`inputs` tokens and 16 `max_new_tokens`"
+    )
     with pytest.raises(LLMError) as refused:  # no max_new_tokens: TGI's budget left is 0, the total is over
         engine.submit(GenerationRequest(PROMPTS[3]))
-    assert refused.value.message == (f"`inputs` tokens + `max_new_tokens` must be <= 16. Given: {n} `inputs` tokens "
-                                     f"and 0 `max_new_tokens`")
+    assert refused.value.message == (
+        f"`inputs` tokens + `max_new_tokens` must be <= 16. Given: {n} `inputs` tokens and 0 `max_new_tokens`"
+    )
     handle = engine.submit(GenerationRequest(PROMPTS[0]))  # max_new_tokens: the rest of the budget
     assert handle.max_new_tokens == 16 - prompt_tokens
     with pytest.raises(LLMError) as overloaded:
@@ -264,7 +276,9 @@ def test_a_failed_step_fails_its_requests_and_the_engine_carries_on(tiny_llm, ma
     doomed = engine.submit(greedy(PROMPTS[0], 10))
     engine.step()
     forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    monkeypatch.setattr(
+        model, "forward", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
+    )
     engine.step()
     monkeypatch.setattr(model, "forward", forward)
     with pytest.raises(LLMError) as failed:
@@ -282,8 +296,10 @@ def test_from_folder_names_what_is_missing(tmp_path: Path, tiny_llm_dir: Path):
     with pytest.raises(UsageError, match="no config.json"):
         check_causal_lm_folder(tmp_path)
     (tmp_path / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
-    with pytest.raises(UsageError, match="not a causal language model: config.json architectures is "
-                                         "BertForSequenceClassification"):
+    with pytest.raises(
+        UsageError,
+        match="not a causal language model: config.json architectures is BertForSequenceClassification",
+    ):
         check_causal_lm_folder(tmp_path)
     (tmp_path / "config.json").write_text((tiny_llm_dir / "config.json").read_text())
     with pytest.raises(UsageError, match="no tokenizer"):

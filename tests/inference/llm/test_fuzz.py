@@ -15,30 +15,92 @@ from aiops.inference.llm.calls import ApiError, Call, Reply
 from aiops.inference.llm.engine import LLMEngine
 from aiops.inference.llm.generation import Finished, GenerationRequest, Limits, LLMError, Token, TokenEvent
 
-FIELDS = ["inputs", "parameters", "stream", "messages", "prompt", "model", "max_tokens", "max_completion_tokens",
-          "temperature", "top_p", "seed", "stop", "suffix", "logprobs", "top_logprobs", "stream_options", "tools",
-          "presence_penalty", "frequency_penalty", "n", "echo", "response_format"]
-PARAMETERS = ["max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
-              "frequency_penalty", "stop", "seed", "details", "decoder_input_details", "return_full_text",
-              "truncate", "best_of", "top_n_tokens", "watermark", "grammar", "adapter_id", "ignore_eos_token"]
+FIELDS = [
+    "inputs",
+    "parameters",
+    "stream",
+    "messages",
+    "prompt",
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "suffix",
+    "logprobs",
+    "top_logprobs",
+    "stream_options",
+    "tools",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "echo",
+    "response_format",
+]
+PARAMETERS = [
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "frequency_penalty",
+    "stop",
+    "seed",
+    "details",
+    "decoder_input_details",
+    "return_full_text",
+    "truncate",
+    "best_of",
+    "top_n_tokens",
+    "watermark",
+    "grammar",
+    "adapter_id",
+    "ignore_eos_token",
+]
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
-                    st.text(max_size=30))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                      max_leaves=12)
-messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", 3]),
-                                           "content": st.one_of(st.text(max_size=40), values)}), max_size=3)
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=30)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "system", 3]),
+            "content": st.one_of(st.text(max_size=40), values),
+        }
+    ),
+    max_size=3,
+)
 bodies = st.one_of(
     st.dictionaries(st.sampled_from(FIELDS), values, max_size=6),
-    st.fixed_dictionaries({"inputs": st.one_of(st.text(max_size=60), values),
-                           "parameters": st.dictionaries(st.sampled_from(PARAMETERS), values, max_size=6)}),
-    st.fixed_dictionaries({"messages": messages}, optional={
-        "max_tokens": values, "temperature": values, "stream": st.booleans(), "stop": values}),
-    st.fixed_dictionaries({"prompt": st.one_of(st.text(max_size=40), st.lists(st.text(max_size=10), max_size=6))},
-                          optional={"max_tokens": values, "stream": st.booleans(), "suffix": values}),
+    st.fixed_dictionaries(
+        {
+            "inputs": st.one_of(st.text(max_size=60), values),
+            "parameters": st.dictionaries(st.sampled_from(PARAMETERS), values, max_size=6),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"messages": messages},
+        optional={"max_tokens": values, "temperature": values, "stream": st.booleans(), "stop": values},
+    ),
+    st.fixed_dictionaries(
+        {"prompt": st.one_of(st.text(max_size=40), st.lists(st.text(max_size=10), max_size=6))},
+        optional={"max_tokens": values, "stream": st.booleans(), "suffix": values},
+    ),
 )
-ROUTES = [(container, path) for container in protocols.CONTAINERS for path in protocols.POST_ROUTES[container]]
+ROUTES = [
+    (container, path) for container in protocols.CONTAINERS for path in protocols.POST_ROUTES[container]
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +132,9 @@ def exercise(call: Call, engine: LLMEngine) -> None:
     engine.step()  # the cancelled ones leave the queue
     check_reply(call.refuse(LLMError("over budget")))
     if call.stream:
-        assert isinstance(call.head() + call.event(0, TokenEvent(token, 1)) + call.event(0, done) + call.end(), bytes)
+        assert isinstance(
+            call.head() + call.event(0, TokenEvent(token, 1)) + call.event(0, done) + call.end(), bytes
+        )
     else:
         assert call.reply([done] * len(call.requests)).status == 200
 

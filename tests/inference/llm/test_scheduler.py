@@ -8,22 +8,40 @@ from aiops.inference.llm.generation import Limits, LLMError
 from aiops.inference.llm.scheduler import Plan, Scheduler
 
 
-@pytest.mark.parametrize(("limits", "input_length", "max_new_tokens", "expected"), [
-    # a missing max_new_tokens takes the rest of the budget (TGI)
-    (Limits(max_total_tokens=100), 30, None, 70),
-    (Limits(max_total_tokens=100), 99, None, 1),
-    (Limits(max_total_tokens=100), 30, 70, 70),
-    (Limits(max_total_tokens=100), 1, 1, 1),
-    (Limits(max_total_tokens=100), 30, 71,
-     "`inputs` tokens + `max_new_tokens` must be <= 100. Given: 30 `inputs` tokens and 71 `max_new_tokens`"),
-    # the total is checked before the input length, as TGI's validate_input does
-    (Limits(max_total_tokens=100), 100, None, "`inputs` must have less than 99 tokens. Given: 100"),
-    (Limits(max_total_tokens=100), 101, 5,
-     "`inputs` tokens + `max_new_tokens` must be <= 100. Given: 101 `inputs` tokens and 5 `max_new_tokens`"),
-    (Limits(max_total_tokens=100, max_input_tokens=10), 11, 5, "`inputs` must have less than 10 tokens. Given: 11"),
-    (Limits(max_total_tokens=100), 5, 0, "`max_new_tokens` must be strictly positive"),
-    (Limits(max_total_tokens=100), 0, 5, "`inputs` cannot be empty"),
-])
+@pytest.mark.parametrize(
+    ("limits", "input_length", "max_new_tokens", "expected"),
+    [
+        # a missing max_new_tokens takes the rest of the budget (TGI)
+        (Limits(max_total_tokens=100), 30, None, 70),
+        (Limits(max_total_tokens=100), 99, None, 1),
+        (Limits(max_total_tokens=100), 30, 70, 70),
+        (Limits(max_total_tokens=100), 1, 1, 1),
+        (
+            Limits(max_total_tokens=100),
+            30,
+            71,
+            ("`inputs` tokens + `max_new_tokens` must be <= 100. "
+             "Given: 30 `inputs` tokens and 71 `max_new_tokens`"),
+        ),
+        # the total is checked before the input length, as TGI's validate_input does
+        (Limits(max_total_tokens=100), 100, None, "`inputs` must have less than 99 tokens. Given: 100"),
+        (
+            Limits(max_total_tokens=100),
+            101,
+            5,
+            ("`inputs` tokens + `max_new_tokens` must be <= 100. "
+             "Given: 101 `inputs` tokens and 5 `max_new_tokens`"),
+        ),
+        (
+            Limits(max_total_tokens=100, max_input_tokens=10),
+            11,
+            5,
+            "`inputs` must have less than 10 tokens. Given: 11",
+        ),
+        (Limits(max_total_tokens=100), 5, 0, "`max_new_tokens` must be strictly positive"),
+        (Limits(max_total_tokens=100), 0, 5, "`inputs` cannot be empty"),
+    ],
+)
 def test_budget(limits, input_length, max_new_tokens, expected):
     scheduler = Scheduler(limits)
     if isinstance(expected, int):
@@ -40,47 +58,73 @@ def test_budget(limits, input_length, max_new_tokens, expected):
 # Each case: limits, then steps of (operation, argument) and the plan each `plan` step must give.
 # enqueue's argument is (seq_id, input_length, max_new_tokens).
 CASES = {
-    "fifo-up-to-batch-size": (Limits(max_total_tokens=100, max_batch_size=2), [
-        ("enqueue", (1, 10, 10)), ("enqueue", (2, 10, 10)), ("enqueue", (3, 10, 10)),
-        ("plan", Plan(join=(1, 2))),
-        ("plan", Plan()),  # full: 3 waits
-        ("finish", 1),
-        ("plan", Plan(leave=(1,), join=(3,))),  # the freed slot goes to the next in line at the same boundary
-    ]),
-    "joins-between-steps": (Limits(max_total_tokens=100, max_batch_size=4), [
-        ("enqueue", (1, 10, 10)),
-        ("plan", Plan(join=(1,))),
-        ("enqueue", (2, 5, 10)),
-        ("plan", Plan(join=(2,))),
-        ("finish", 2), ("finish", 1),
-        ("plan", Plan(leave=(2, 1))),
-    ]),
+    "fifo-up-to-batch-size": (
+        Limits(max_total_tokens=100, max_batch_size=2),
+        [
+            ("enqueue", (1, 10, 10)),
+            ("enqueue", (2, 10, 10)),
+            ("enqueue", (3, 10, 10)),
+            ("plan", Plan(join=(1, 2))),
+            ("plan", Plan()),  # full: 3 waits
+            ("finish", 1),
+            (
+                "plan",
+                Plan(leave=(1,), join=(3,)),
+            ),  # the freed slot goes to the next in line at the same boundary
+        ],
+    ),
+    "joins-between-steps": (
+        Limits(max_total_tokens=100, max_batch_size=4),
+        [
+            ("enqueue", (1, 10, 10)),
+            ("plan", Plan(join=(1,))),
+            ("enqueue", (2, 5, 10)),
+            ("plan", Plan(join=(2,))),
+            ("finish", 2),
+            ("finish", 1),
+            ("plan", Plan(leave=(2, 1))),
+        ],
+    ),
     "batch-token-budget-blocks-the-head": (
-        Limits(max_total_tokens=100, max_batch_size=8, max_batch_total_tokens=150), [
-            ("enqueue", (1, 50, 50)), ("enqueue", (2, 40, 20)), ("enqueue", (3, 10, 10)),
+        Limits(max_total_tokens=100, max_batch_size=8, max_batch_total_tokens=150),
+        [
+            ("enqueue", (1, 50, 50)),
+            ("enqueue", (2, 40, 20)),
+            ("enqueue", (3, 10, 10)),
             # 1 reserves 100; 2 would make 160 > 150; 3 would fit but never overtakes 2
             ("plan", Plan(join=(1,))),
             ("finish", 1),
             ("plan", Plan(leave=(1,), join=(2, 3))),
-        ]),
+        ],
+    ),
     "prefill-budget-spreads-joins-over-steps": (
-        Limits(max_total_tokens=100, max_batch_size=8, max_batch_prefill_tokens=50), [
-            ("enqueue", (1, 30, 10)), ("enqueue", (2, 30, 10)), ("enqueue", (3, 90, 10)),
+        Limits(max_total_tokens=100, max_batch_size=8, max_batch_prefill_tokens=50),
+        [
+            ("enqueue", (1, 30, 10)),
+            ("enqueue", (2, 30, 10)),
+            ("enqueue", (3, 90, 10)),
             ("plan", Plan(join=(1,))),  # 1 + 2 = 60 prompt tokens > 50
             ("plan", Plan(join=(2,))),
             ("plan", Plan(join=(3,))),  # alone it may exceed the step budget, or it would never run
-        ]),
-    "cancel-running-and-waiting": (Limits(max_total_tokens=100, max_batch_size=1), [
-        ("enqueue", (1, 10, 10)), ("enqueue", (2, 10, 10)), ("enqueue", (3, 10, 10)),
-        ("plan", Plan(join=(1,))),
-        ("cancel", 2),  # waiting: dropped, it never runs
-        ("cancel", 1),  # running: its slot frees at the next boundary
-        ("plan", Plan(leave=(1,), join=(3,), dropped=(2,))),
-        ("cancel", 1),  # already gone: ignored
-        ("finish", 3), ("cancel", 3),  # a cancel racing the end: it leaves once
-        ("plan", Plan(leave=(3,))),
-        ("plan", Plan()),
-    ]),
+        ],
+    ),
+    "cancel-running-and-waiting": (
+        Limits(max_total_tokens=100, max_batch_size=1),
+        [
+            ("enqueue", (1, 10, 10)),
+            ("enqueue", (2, 10, 10)),
+            ("enqueue", (3, 10, 10)),
+            ("plan", Plan(join=(1,))),
+            ("cancel", 2),  # waiting: dropped, it never runs
+            ("cancel", 1),  # running: its slot frees at the next boundary
+            ("plan", Plan(leave=(1,), join=(3,), dropped=(2,))),
+            ("cancel", 1),  # already gone: ignored
+            ("finish", 3),
+            ("cancel", 3),  # a cancel racing the end: it leaves once
+            ("plan", Plan(leave=(3,))),
+            ("plan", Plan()),
+        ],
+    ),
 }
 
 
@@ -128,12 +172,15 @@ def test_idle_only_when_nothing_is_left_to_report():
     assert scheduler.idle
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"max_total_tokens": 1}, "max_total_tokens=1"),
-    ({"max_batch_size": 0}, "max_batch_size=0"),
-    ({"max_total_tokens": 10, "max_input_tokens": 10}, "max_input_tokens=10"),
-    ({"max_total_tokens": 10, "max_batch_total_tokens": 9}, "max_batch_total_tokens=9"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_total_tokens": 1}, "max_total_tokens=1"),
+        ({"max_batch_size": 0}, "max_batch_size=0"),
+        ({"max_total_tokens": 10, "max_input_tokens": 10}, "max_input_tokens=10"),
+        ({"max_total_tokens": 10, "max_batch_total_tokens": 9}, "max_batch_total_tokens=9"),
+    ],
+)
 def test_limits_refuse_impossible_bounds(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Limits(**kwargs)
