@@ -250,17 +250,34 @@ def test_tokens_stream_before_the_end_and_add_up_to_the_text(tiny_llm, make_engi
     assert math.isnan(finished.prefill[0].logprob) and all(t.logprob <= 0 for t in finished.prefill[1:])
 
 
-def test_engine_thread_serves_concurrent_clients(tiny_llm, make_engine):
+def test_engine_thread_serves_16_concurrent_mixed_clients(tiny_llm, make_engine):
+    """Greedy of many lengths, seeded sampling and stop sequences from 16 threads at once, through the
+    engine's own thread: each answer is what that request gets alone."""
     model, tokenizer = tiny_llm
-    engine = make_engine(max_batch_size=4).start()
+
+    def request(i: int) -> GenerationRequest:
+        if i % 4 == 3:  # sampled, seeded
+            return GenerationRequest(PROMPTS[i % 5], SamplingParams(max_new_tokens=10, do_sample=True, seed=i,
+                                                                    top_k=40, temperature=0.9))
+        return greedy(PROMPTS[i % 5], 6 + i, stop=("\n\n",) if i % 4 == 2 else ())
+
+    alone = make_engine(max_batch_size=1)
+    expected = {}
+    for i in range(16):
+        handle = alone.submit(request(i))
+        alone.run_until_idle()
+        expected[i] = ids(handle.result())
+    for i in range(16):
+        if i % 4 in (0, 1):  # plain greedy: also what generate answers
+            assert expected[i] == reference(model, tokenizer, PROMPTS[i % 5], max_new_tokens=6 + i)
+    engine = make_engine(max_batch_size=8).start()
     try:
-        expected = {i: reference(model, tokenizer, PROMPTS[i % 5], max_new_tokens=8 + i) for i in range(10)}
         results: dict[int, list[int]] = {}
 
         def client(i: int) -> None:
-            results[i] = ids(engine.submit(greedy(PROMPTS[i % 5], 8 + i)).result())
+            results[i] = ids(engine.submit(request(i)).result())
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
         for thread in threads:
             thread.start()
         for thread in threads:
