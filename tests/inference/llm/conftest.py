@@ -1,0 +1,30 @@
+"""Fixtures for the LLM engine's tests: one tiny Llama folder per test run, loaded once per module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama causal-LM folder (save_pretrained), made once for every xdist worker; read-only."""
+    from helpers import built_once
+    from tiny_llm import make_tiny_llm
+
+    def build(root: Path) -> dict:
+        return {"folder": str(make_tiny_llm(root / "tiny-llm"))}
+
+    return Path(built_once(tmp_path_factory, "tiny-llm", build)["folder"])
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tiny_llm_dir: Path):
+    """(model, tokenizer) on the CPU in float32, as the engine loads them; shared read-only by a module."""
+    from aiops.inference.llm.engine import LLMEngine
+
+    engine = LLMEngine.from_folder(tiny_llm_dir, device="cpu")
+    return engine.model, engine.tokenizer

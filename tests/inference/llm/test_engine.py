@@ -1,0 +1,327 @@
+"""The LLM engine on a real tiny Llama: greedy parity with `model.generate` token for token (alone, batched,
+joining mid-decode), stopping, seeded sampling, cancellation, budgets and streaming.
+
+Steps are driven from the test (`engine.step()`), so who joins when is exact, with no clocks."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from aiops.errors import UsageError
+from aiops.inference.llm.engine import LLMEngine, check_causal_lm_folder
+from aiops.inference.llm.generation import (
+    Finished,
+    GenerationRequest,
+    Limits,
+    LLMError,
+    SamplingParams,
+    TokenEvent,
+)
+
+PROMPTS = [
+    "def main():",
+    "import os\nimport sys\n\n",
+    "x",
+    "The quick brown fox jumps over the lazy dog, and then the dog said:",
+    'class Config(object):\n    """Settings"""\n    def __init__(self, path, *, strict=False):',
+]
+
+
+def reference(model, tokenizer, prompt: str, **generate_kwargs) -> list[int]:
+    """What `model.generate` answers for the prompt alone: the new token ids."""
+    inputs = tokenizer(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, do_sample=False, **generate_kwargs)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def ids(finished: Finished) -> list[int]:
+    return [token.id for token in finished.tokens]
+
+
+def greedy(prompt: str, max_new_tokens: int, **params) -> GenerationRequest:
+    return GenerationRequest(prompt, SamplingParams(max_new_tokens=max_new_tokens, **params))
+
+
+@pytest.fixture
+def make_engine(tiny_llm):
+    model, tokenizer = tiny_llm
+
+    def make(**limits) -> LLMEngine:
+        return LLMEngine(model, tokenizer, Limits(**{"max_total_tokens": 256, **limits}))
+
+    return make
+
+
+def test_greedy_alone_equals_generate(tiny_llm, make_engine):
+    model, tokenizer = tiny_llm
+    engine = make_engine(max_batch_size=1)
+    for prompt in PROMPTS:
+        expected = reference(model, tokenizer, prompt, max_new_tokens=24)
+        handle = engine.submit(greedy(prompt, 24))
+        engine.run_until_idle()
+        finished = handle.result()
+        assert ids(finished) == expected, prompt
+        assert finished.reason == ("length" if len(expected) == 24 else "eos_token")
+        assert finished.input_length == len(tokenizer(prompt)["input_ids"])
+        assert finished.generated_text == tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_greedy_batched_with_joins_and_leaves_mid_decode_equals_generate(tiny_llm, make_engine):
+    model, tokenizer = tiny_llm
+    lengths = [30, 7, 25, 12, 30]  # rows leave at different steps while others keep decoding
+    expected = [reference(model, tokenizer, p, max_new_tokens=n) for p, n in zip(PROMPTS, lengths)]
+    engine = make_engine(max_batch_size=8)
+    handles = [engine.submit(greedy(PROMPTS[0], lengths[0])), engine.submit(greedy(PROMPTS[1], lengths[1]))]
+    for _ in range(3):
+        engine.step()
+    assert engine.running == 2
+    handles.append(engine.submit(greedy(PROMPTS[2], lengths[2])))  # joins a batch 4 tokens in
+    for _ in range(5):
+        engine.step()
+    handles += [engine.submit(greedy(PROMPTS[3], lengths[3])), engine.submit(greedy(PROMPTS[4], lengths[4]))]
+    engine.step()
+    assert engine.running == 4  # the 7-token request has left; both newcomers joined at one boundary
+    engine.run_until_idle()
+    for prompt, handle, want in zip(PROMPTS, handles, expected):
+        assert ids(handle.result()) == want, prompt
+    assert engine.running == 0
+
+
+def test_repetition_penalty_greedy_equals_generate(tiny_llm, make_engine):
+    model, tokenizer = tiny_llm
+    engine = make_engine(max_batch_size=4)
+    handles = [engine.submit(greedy(p, 20, repetition_penalty=1.5)) for p in PROMPTS[:2]]
+    handles.append(engine.submit(greedy(PROMPTS[2], 20)))  # a plain greedy row beside the penalised ones
+    engine.run_until_idle()
+    for prompt, handle, penalty in zip(PROMPTS, handles, (1.5, 1.5, 1.0)):
+        assert ids(handle.result()) == reference(
+            model, tokenizer, prompt, max_new_tokens=20, repetition_penalty=penalty
+        )
+
+
+def test_max_new_tokens_and_eos(tiny_llm, make_engine):
+    model, tokenizer = tiny_llm
+    engine = make_engine()
+    handle = engine.submit(greedy(PROMPTS[0], 1))
+    engine.run_until_idle()
+    finished = handle.result()
+    assert (finished.reason, finished.generated_tokens) == ("length", 1)
+    # a token the greedy text reaches at its 6th step stands in for EOS, as generate's eos_token_id
+    full = reference(model, tokenizer, PROMPTS[3], max_new_tokens=30)
+    eos = full[5]
+    engine.eos_ids = frozenset({eos})
+    handle = engine.submit(greedy(PROMPTS[3], 30))
+    engine.run_until_idle()
+    finished = handle.result()
+    assert finished.reason == "eos_token"
+    assert ids(finished) == reference(model, tokenizer, PROMPTS[3], max_new_tokens=30, eos_token_id=eos)
+    assert ids(finished)[-1] == eos and len(ids(finished)) == full.index(eos) + 1
+    handle = engine.submit(greedy(PROMPTS[3], 30, ignore_eos=True))
+    engine.run_until_idle()
+    assert ids(handle.result()) == full
+
+
+def test_stop_sequence_ends_the_text_and_stays_in_it(tiny_llm, make_engine):
+    model, tokenizer = tiny_llm
+    full = reference(model, tokenizer, PROMPTS[4], max_new_tokens=30)
+    engine = make_engine()
+    probe = engine.submit(greedy(PROMPTS[4], 30))
+    engine.run_until_idle()
+    texts = [token.text for token in probe.result().tokens]
+    k = next(i for i in range(3, 30) if texts[i].strip())  # a token with visible text, a few steps in
+    stop = "".join(texts[: k + 1])[-3:]
+    assert stop not in "".join(texts[:k])  # not seen earlier: the stop really comes at step k
+    handle = engine.submit(greedy(PROMPTS[4], 30, stop=("never-in-this-text", stop)))
+    engine.run_until_idle()
+    finished = handle.result()
+    assert finished.reason == "stop_sequence"
+    assert ids(finished) == full[: k + 1]
+    assert finished.generated_text.endswith(stop)
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(make_engine):
+    def sample(seed, companions: int, late: bool) -> Finished:
+        engine = make_engine(max_batch_size=8)
+        request = GenerationRequest(
+            PROMPTS[1],
+            SamplingParams(
+                max_new_tokens=20, do_sample=True, temperature=1.3, top_k=50, top_p=0.95, seed=seed
+            ),
+        )
+        others = [engine.submit(greedy(p, 25)) for p in PROMPTS[2 : 2 + companions]]
+        if late:
+            engine.step()
+            engine.step()
+        handle = engine.submit(request)
+        others += [
+            engine.submit(GenerationRequest(PROMPTS[0], SamplingParams(max_new_tokens=9, do_sample=True)))
+        ]
+        engine.run_until_idle()
+        return handle.result()
+
+    alone = sample(1234, companions=0, late=False)
+    assert alone.seed == 1234
+    assert ids(sample(1234, companions=3, late=True)) == ids(alone)
+    assert ids(sample(1234, companions=2, late=False)) == ids(alone)
+    assert ids(sample(99, companions=0, late=False)) != ids(alone)
+    unseeded = sample(None, companions=1, late=False)
+    assert isinstance(unseeded.seed, int)  # drawn for it, and reported so the answer can be reproduced
+    assert ids(sample(unseeded.seed, companions=0, late=False)) == ids(unseeded)
+
+
+def test_cancel_frees_the_slot_at_the_next_step(make_engine):
+    engine = make_engine(max_batch_size=1)
+    first = engine.submit(greedy(PROMPTS[0], 100))
+    second = engine.submit(greedy(PROMPTS[1], 5))
+    engine.step()
+    engine.step()
+    assert engine.scheduler.running == (first.seq_id,) and engine.scheduler.waiting == (second.seq_id,)
+    assert not second.poll()
+    first.cancel()
+    engine.step()  # the boundary: the cancelled one leaves, the waiting one joins and gets its first tokens
+    assert engine.scheduler.running == (second.seq_id,)
+    assert isinstance(second.poll()[0], TokenEvent)
+    events = first.poll()
+    assert isinstance(events[-1], Finished) and events[-1].reason == "cancelled"
+    assert (
+        len(events) == 4
+    )  # the prefill's token and two decode steps', then the end: nothing after the cancel
+    engine.run_until_idle()
+    assert second.result().reason == "length"
+    waiting = engine.submit(greedy(PROMPTS[2], 5))
+    waiting.cancel()  # cancelled before it ever ran
+    engine.run_until_idle()
+    assert waiting.result().reason == "cancelled" and waiting.result().tokens == ()
+
+
+def test_budget_refusals_before_anything_runs(tiny_llm, make_engine):
+    _, tokenizer = tiny_llm
+    engine = make_engine(max_total_tokens=16, max_queue=1)
+    n = len(tokenizer(PROMPTS[3])["input_ids"])
+    with pytest.raises(LLMError) as refused:
+        engine.submit(greedy(PROMPTS[0], 16))
+    prompt_tokens = len(tokenizer(PROMPTS[0])["input_ids"])
+    assert refused.value.error_type == "validation"
+    assert refused.value.message == (
+        f"`inputs` tokens + `max_new_tokens` must be <= 16. Given: {prompt_tokens} "
+        f"`inputs` tokens and 16 `max_new_tokens`"
+    )
+    with pytest.raises(LLMError) as refused:  # no max_new_tokens: TGI's budget left is 0, the total is over
+        engine.submit(GenerationRequest(PROMPTS[3]))
+    assert refused.value.message == (
+        f"`inputs` tokens + `max_new_tokens` must be <= 16. Given: {n} `inputs` tokens and 0 `max_new_tokens`"
+    )
+    handle = engine.submit(GenerationRequest(PROMPTS[0]))  # max_new_tokens: the rest of the budget
+    assert handle.max_new_tokens == 16 - prompt_tokens
+    with pytest.raises(LLMError) as overloaded:
+        engine.submit(GenerationRequest(PROMPTS[0]))
+    assert overloaded.value.error_type == "overloaded"
+    assert engine.scheduler.waiting == (handle.seq_id,)
+    engine.run_until_idle()
+    assert handle.result().generated_tokens <= 16 - prompt_tokens
+
+
+def test_tokens_stream_before_the_end_and_add_up_to_the_text(tiny_llm, make_engine):
+    _, tokenizer = tiny_llm
+    engine = make_engine()
+    handle = engine.submit(greedy(PROMPTS[4], 12, top_n_tokens=3, prefill_details=True))
+    engine.step()
+    first = handle.poll()
+    assert [type(e) for e in first] == [TokenEvent, TokenEvent]  # the prefill's token, then one decode step
+    assert [e.index for e in first] == [1, 2]
+    engine.run_until_idle()
+    rest = handle.poll()
+    assert isinstance(rest[-1], Finished) and not any(isinstance(e, Finished) for e in rest[:-1])
+    finished = rest[-1]
+    streamed = first + rest[:-1]
+    assert [e.token for e in streamed] + [finished.token] == list(finished.tokens)
+    assert "".join(t.text for t in finished.tokens) == tokenizer.decode(ids(finished))
+    for event in streamed:  # greedy: the most likely token is the chosen one
+        assert len(event.top_tokens) == 3 and event.top_tokens[0].id == event.token.id
+        assert event.top_tokens[0].logprob == pytest.approx(event.token.logprob)
+    prompt_ids = tokenizer(PROMPTS[4])["input_ids"]
+    assert [t.id for t in finished.prefill] == prompt_ids
+    assert math.isnan(finished.prefill[0].logprob) and all(t.logprob <= 0 for t in finished.prefill[1:])
+
+
+def test_engine_thread_serves_16_concurrent_mixed_clients(tiny_llm, make_engine):
+    """Greedy of many lengths, seeded sampling and stop sequences from 16 threads at once, through the
+    engine's own thread: each answer is what that request gets alone."""
+    model, tokenizer = tiny_llm
+
+    def request(i: int) -> GenerationRequest:
+        if i % 4 == 3:  # sampled, seeded
+            return GenerationRequest(PROMPTS[i % 5], SamplingParams(max_new_tokens=10, do_sample=True, seed=i,
+                                                                    top_k=40, temperature=0.9))
+        return greedy(PROMPTS[i % 5], 6 + i, stop=("\n\n",) if i % 4 == 2 else ())
+
+    alone = make_engine(max_batch_size=1)
+    expected = {}
+    for i in range(16):
+        handle = alone.submit(request(i))
+        alone.run_until_idle()
+        expected[i] = ids(handle.result())
+    for i in range(16):
+        if i % 4 in (0, 1):  # plain greedy: also what generate answers
+            assert expected[i] == reference(model, tokenizer, PROMPTS[i % 5], max_new_tokens=6 + i)
+    engine = make_engine(max_batch_size=8).start()
+    try:
+        results: dict[int, list[int]] = {}
+
+        def client(i: int) -> None:
+            results[i] = ids(engine.submit(request(i)).result())
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert results == expected
+    finally:
+        engine.close()
+
+
+def test_a_failed_step_fails_its_requests_and_the_engine_carries_on(tiny_llm, make_engine, monkeypatch):
+    model, tokenizer = tiny_llm
+    engine = make_engine()
+    doomed = engine.submit(greedy(PROMPTS[0], 10))
+    engine.step()
+    forward = model.forward
+    monkeypatch.setattr(
+        model, "forward", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
+    )
+    engine.step()
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(LLMError) as failed:
+        doomed.result()
+    assert failed.value.error_type == "generation"
+    assert failed.value.message == "Request failed during generation: CUDA out of memory"
+    after = engine.submit(greedy(PROMPTS[1], 6))
+    engine.run_until_idle()
+    assert ids(after.result()) == reference(model, tokenizer, PROMPTS[1], max_new_tokens=6)
+
+
+def test_from_folder_names_what_is_missing(tmp_path: Path, tiny_llm_dir: Path):
+    with pytest.raises(UsageError, match="no such folder"):
+        check_causal_lm_folder(tmp_path / "nope")
+    with pytest.raises(UsageError, match="no config.json"):
+        check_causal_lm_folder(tmp_path)
+    (tmp_path / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+    with pytest.raises(
+        UsageError,
+        match="not a causal language model: config.json architectures is BertForSequenceClassification",
+    ):
+        check_causal_lm_folder(tmp_path)
+    (tmp_path / "config.json").write_text((tiny_llm_dir / "config.json").read_text())
+    with pytest.raises(UsageError, match="no tokenizer"):
+        check_causal_lm_folder(tmp_path)
+    (tmp_path / "tokenizer.json").write_text((tiny_llm_dir / "tokenizer.json").read_text())
+    with pytest.raises(UsageError, match=r"no weights \(\*.safetensors or \*.bin\)"):
+        check_causal_lm_folder(tmp_path)
+    check_causal_lm_folder(tiny_llm_dir)
