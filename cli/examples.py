@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -40,6 +41,22 @@ def lm_data(
     for name, info in summary.items():
         typer.echo(f"{name}: {info['tokens']} tokens in {info['shards']} shard(s) from {info['documents']} "
                    f"files -> {info['path']}")
+
+
+@example_app.command("finetune-data")
+def finetune_data(
+    out: Path = typer.Argument(..., help="Folder to write the train/ and test/ channels into."),
+    test_fraction: float = typer.Option(0.1, min=0.01, max=0.5, help="Share of conversations held out for test."),
+    max_samples: Optional[int] = typer.Option(None, min=2, help="Keep at most this many conversations in all."),
+    seed: int = typer.Option(0, help="Seed of the order, the split and the question phrasings."),
+) -> None:
+    """Write an instruction dataset made from the Python standard library's docstrings (no download) as
+    train and test channels: data.jsonl, one {"messages": [user, assistant]} conversation a line."""
+    from aiops.training.examples.finetune.prepare import write_channels
+
+    summary = write_channels(out, test_fraction=test_fraction, max_samples=max_samples, seed=seed)
+    for name, info in summary.items():
+        typer.echo(f"{name}: {info['samples']} conversations -> {info['path']}")
 
 
 @example_app.command("tiny-llm")
