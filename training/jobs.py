@@ -15,7 +15,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from aiops import files
 from aiops.errors import UsageError
 from aiops.runs import RunConfig, RunRecord, RunStore, job_name_from_base, validate_job_name
-from aiops.training import contract
+from aiops.training import contract, model_channel
 from aiops.training.metrics import MetricDefinition, MetricSample
 from aiops.training.requirements import RequirementProblem, check_requirements
 
@@ -103,6 +103,7 @@ class Target:
     local_checkpoints: bool = True  # --resume restores an earlier local run's checkpoint folder
     instance_count: int = 1
     gpus_per_instance: int | None = None  # a remote type's GPUs (aiops/data/gpus.json): its default processes per host
+    runs_here: bool = True  # the script runs on this machine's packages (a remote job: on its image's)
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,8 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
     }
     for selection in channel_selections.values():
         warnings += selection.warnings
+    if model_channel.CHANNEL in channels:  # pretrained weights: a Hugging Face model folder
+        warnings += model_channel.check(channels[model_channel.CHANNEL], runs_here=target.runs_here)
 
     checkpoint_source = None
     if config.resume and target.local_checkpoints:

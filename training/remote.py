@@ -227,7 +227,7 @@ class SageMakerBackend:
         apply_defaults(options, self._stack_outputs, self.settings.aws)
         from aiops.gpufit import gpu_count
 
-        target = jobs.Target(s3_channels=True, mpi=True, local_checkpoints=False,
+        target = jobs.Target(s3_channels=True, mpi=True, local_checkpoints=False, runs_here=False,
                              instance_count=options.instance_count,
                              gpus_per_instance=gpu_count(options.instance_type))
         prepared = jobs.prepare(config, self.store, target)
