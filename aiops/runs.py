@@ -230,6 +230,7 @@ class RunConfig(_Record):
     follow_symlinks: bool = False
     input_modes: dict[str, str] = Field(default_factory=dict)
     channel_sharding: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)  # --env: set in the script's environment
     metric_definitions: list[dict[str, str]] = Field(default_factory=list)  # [{"Name", "Regex"}]
     # remote jobs
     instance_count: int | None = None

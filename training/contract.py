@@ -249,8 +249,9 @@ _SECRET_WORDS = frozenset({"pass", "passwd", "password", "passphrase", "pwd", "s
 
 
 def secret_looking_hyperparameters(hyperparameters: Mapping[str, Any]) -> list[str]:
-    """Names that look like they carry a secret (hyperparameters are shown in DescribeTrainingJob,
-    the console and the run record, in the clear). Word-based, so `max_tokens` is not flagged."""
+    """Names that look like they carry a secret (hyperparameters and environment variables are shown
+    in DescribeTrainingJob, the console and the run record, in the clear). Word-based, so
+    `max_tokens` and `TOKENIZERS_PARALLELISM` are not flagged, `HF_TOKEN` and `WANDB_API_KEY` are."""
     flagged = []
     for name in hyperparameters:
         spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(name))
@@ -258,6 +259,54 @@ def secret_looking_hyperparameters(hyperparameters: Mapping[str, Any]) -> list[s
         if words & _SECRET_WORDS or any(w.startswith(("password", "secret")) for w in words):
             flagged.append(name)
     return flagged
+
+
+def refuse_secret_looking(names: Mapping[str, Any], option: str) -> None:
+    """A plain `--hp`/`--env` whose name looks like a secret: its value would be stored and shown in
+    the clear, so it goes through `--secret NAME=ARN` (Secrets Manager) instead."""
+    flagged = secret_looking_hyperparameters(names)
+    if flagged:
+        name = flagged[0]
+        raise UsageError(
+            f"{option} {name} looks like a secret, and {option} values are stored and shown in the clear (run "
+            f"record, DescribeTrainingJob, the console): put it in AWS Secrets Manager and pass --secret "
+            f"{name}=arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME, or rename it if it is not a secret."
+        )
+
+
+# CreateTrainingJob's Environment: at most 100 entries, names [a-zA-Z_][a-zA-Z0-9_]*, values up to 512
+# characters (botocore's sagemaker model)
+ENVIRONMENT_MAX_ENTRIES = 100
+ENVIRONMENT_MAX_CHARS = 512
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# what the container (the platform, the toolkit, the PyTorch image) and aiops set in every job; a
+# value given for them would be overwritten there, so `--env` refuses them
+CONTAINER_ENV_PREFIXES = ("SM_", "SAGEMAKER_")
+CONTAINER_ENV_NAMES = frozenset({
+    "TRAINING_JOB_NAME", "CURRENT_HOST", CHECKPOINT_ENV, "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_DEBUG",
+    "NCCL_PROTO", "MASTER_ADDR", "MASTER_PORT", "AWS_REGION", "FI_PROVIDER", "FI_EFA_USE_DEVICE_RDMA",
+    "RDMAV_FORK_SAFE", "PYTHONPATH", "PYTHONUNBUFFERED"})
+
+
+def validate_environment(environment: Mapping[str, str]) -> None:
+    """`--env KEY=VALUE`: a name CreateTrainingJob accepts, not one the container owns, not a secret."""
+    for name, value in environment.items():
+        if not _ENV_NAME.match(name) or len(name) > ENVIRONMENT_MAX_CHARS:
+            raise UsageError(f"--env {name}: an environment variable name is letters, digits and '_', not "
+                             f"starting with a digit (at most {ENVIRONMENT_MAX_CHARS} characters).")
+        if name.upper().startswith(CONTAINER_ENV_PREFIXES):
+            raise UsageError(f"--env {name}: SM_* and SAGEMAKER_* variables belong to the SageMaker container, "
+                             "which sets them itself; pass the value as a hyperparameter (--hp) instead.")
+        if name in CONTAINER_ENV_NAMES:
+            raise UsageError(f"--env {name}: the training container sets {name} itself, so a value given here "
+                             "would be overwritten; choose another name.")
+        if len(str(value)) > ENVIRONMENT_MAX_CHARS:
+            raise UsageError(f"--env {name}: the value has {len(str(value))} characters, more than the "
+                             f"{ENVIRONMENT_MAX_CHARS} SageMaker accepts; put large values in a channel.")
+    if len(environment) >= ENVIRONMENT_MAX_ENTRIES:  # aiops adds AIOPS_CHECKPOINT_DIR
+        raise UsageError(f"--env: {len(environment)} variables; a SageMaker job takes at most "
+                         f"{ENVIRONMENT_MAX_ENTRIES - 1} besides the one aiops sets.")
+    refuse_secret_looking(environment, "--env")
 
 
 # ---------------------------------------------------------------------------------------------

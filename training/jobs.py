@@ -39,6 +39,7 @@ class JobConfig:
     follow_symlinks: bool = False  # ship what symlinks pointing outside the source dir point to
     input_modes: dict[str, str] = field(default_factory=dict)  # channel -> File | FastFile | Pipe
     channel_sharding: dict[str, str] = field(default_factory=dict)  # channel -> S3DataDistributionType
+    environment: dict[str, str] = field(default_factory=dict)  # --env: the container's environment
 
     def to_record(self) -> RunConfig:
         return RunConfig(
@@ -52,6 +53,7 @@ class JobConfig:
             follow_symlinks=self.follow_symlinks,
             input_modes=self.input_modes,
             channel_sharding=self.channel_sharding,
+            environment=self.environment,
             metric_definitions=[d.as_sagemaker() for d in self.metric_definitions],
         )
 
@@ -179,6 +181,8 @@ class Detached(Exception):
 def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> PreparedJob:
     """Check the whole request before anything is written; UsageError (exit 2) on bad input."""
     contract.validate_hyperparameters(config.hyperparameters)
+    contract.refuse_secret_looking(config.hyperparameters, "--hp")
+    contract.validate_environment(config.environment)
     if config.nproc is not None and config.nproc < 1:
         raise UsageError(f"--nproc {config.nproc}: needs at least 1 process.")
     distribution = contract.resolve_distribution(config.distribution, instance_count=target.instance_count,
@@ -189,12 +193,7 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
             "--distribution mpi is launched by mpirun inside the SageMaker container; run it with --remote, "
             "or use --distribution torch_distributed locally."
         )
-    warnings = [
-        f"hyperparameter {name!r} looks like a secret: hyperparameters are stored and shown in the clear "
-        "(run record, DescribeTrainingJob, the console); read secrets from AWS Secrets Manager or an "
-        "environment variable instead."
-        for name in contract.secret_looking_hyperparameters(config.hyperparameters)
-    ]
+    warnings: list[str] = []
 
     code_source, entry_point = _resolve_code(config.entry_point, config.source_dir)
     channels: dict[str, Path] = {}
@@ -349,6 +348,7 @@ def job_config(
     follow_symlinks: bool = False,
     input_modes: Sequence[str] = (),
     channel_sharding: Sequence[str] = (),
+    environment: Mapping[str, str] | None = None,
 ) -> JobConfig:
     """The job the options ask for. Without an entry point, `resume` names the run whose whole
     configuration is reused; options given (hyperparameters, channels, ...) override it."""
@@ -363,6 +363,7 @@ def job_config(
         config.source_dir = source_dir
     config.hyperparameters.update(hp)
     config.channels.update(channels)
+    config.environment.update(environment or {})
     config.metric_definitions += metric_definitions
     config.instance_type = instance_type or config.instance_type or default_instance_type
     config.nproc = nproc if nproc is not None else config.nproc
@@ -394,6 +395,7 @@ def resume_config(store: RunStore, name: str) -> JobConfig:
         follow_symlinks=bool(cfg.follow_symlinks),
         input_modes=dict(cfg.input_modes),
         channel_sharding=dict(cfg.channel_sharding),
+        environment=dict(cfg.environment),
         metric_definitions=[MetricDefinition(d["Name"], d["Regex"]) for d in cfg.metric_definitions],
         resume=name,
     )

@@ -139,7 +139,8 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
                          instance_type=options.instance_type, instance_count=options.instance_count,
                          spot=options.spot, network_isolation=options.network_isolation,
                          vpc=bool(options.subnets), processes_per_host=processes.processes_per_host,
-                         world_size=processes.world_size, processes=processes.line()),
+                         world_size=processes.world_size, processes=processes.line(),
+                         environment=dict(job.config.environment)),
         large_files=code.large_files,
         estimated_max_cost_usd=estimate.cost(spot=options.spot),
         final_metrics={},
@@ -171,7 +172,7 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
         channel_uris=channel_uris, submit_directory=code_upload.uri, image_uri=image_uri, options=options,
         nproc=processes.processes_per_host, metric_definitions=job.config.metric_definitions,
         input_modes=job.config.input_modes, channel_sharding=job.config.channel_sharding,
-        distribution=job.distribution,
+        distribution=job.distribution, environment=job.config.environment,
     )
     record.config.channels = channel_uris  # type: ignore[union-attr]
     record.update(

@@ -171,12 +171,14 @@ def build_request(
     distribution: str = contract.DISTRIBUTION_NONE,
     input_modes: Mapping[str, str] | None = None,
     channel_sharding: Mapping[str, str] | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The CreateTrainingJob request (pure: tests assert it field by field).
 
     `input_modes` / `channel_sharding`: a channel's InputMode (File, FastFile: objects streamed on
     first read, Pipe: a FIFO per epoch) and S3DataDistributionType (ShardedByS3Key: each host gets
-    a disjoint subset of the objects); File and FullyReplicated when not given."""
+    a disjoint subset of the objects); File and FullyReplicated when not given. `environment`: the
+    user's `--env` variables (validated by `contract.validate_environment`)."""
     input_modes, channel_sharding = input_modes or {}, channel_sharding or {}
     spec = contract.TrainingJobSpec(
         job_name=job_name,
@@ -226,7 +228,7 @@ def build_request(
             "S3Uri": LAYOUT.checkpoint_uri(options.bucket, job_name),
             "LocalPath": CHECKPOINT_LOCAL_PATH,
         },
-        "Environment": {contract.CHECKPOINT_ENV: CHECKPOINT_LOCAL_PATH},
+        "Environment": {**(environment or {}), contract.CHECKPOINT_ENV: CHECKPOINT_LOCAL_PATH},
         "Tags": [{"Key": k, "Value": v} for k, v in sorted({"managed-by": "aiops", **options.tags}.items())],
     }
     if not request["InputDataConfig"]:
