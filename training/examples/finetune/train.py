@@ -62,6 +62,7 @@ warnings.filterwarnings("ignore", message=".*torch.distributed is disabled, unav
 # transformers' own deprecation notices about its internals (5.x) and a tensor copy it makes (4.57)
 warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+warnings.filterwarnings("ignore", message="mtime may not be reliable", category=UserWarning)  # checkpoint rotation
 
 
 class UsageProblem(Exception):
@@ -333,6 +334,7 @@ class FineTune:
         self.train_rows = tokenize(train, self.tokenizer, args.max_length, "train")
         self.test_rows = tokenize(test, self.tokenizer, args.max_length, "test")
         self.resume_from = find_resume_checkpoint(args.checkpoint_dir, self.say)
+        self.losses: dict[str, float] = {}
 
     def say(self, text: str) -> None:
         if self.rank == 0:
@@ -407,15 +409,16 @@ class FineTune:
     def run(self, stop: "StopRequest") -> bool:
         """Evaluate, train (resumed if there is a checkpoint), evaluate; True when training ended."""
         import torch
-        from transformers import PrinterCallback, Trainer
+        from transformers import PrinterCallback, Trainer, set_seed
 
         if self.args.threads:
             torch.set_num_threads(self.args.threads)
+        set_seed(self.args.seed)  # the adapters' initial weights (the Trainer seeds only later)
         model = self.load_model()
         trainer = Trainer(model=model, args=self.training_arguments(), train_dataset=self.train_rows,
                           eval_dataset=self.test_rows, data_collator=Collator(self.tokenizer.pad_token_id),
                           processing_class=self.tokenizer,
-                          callbacks=[MetricLines(self.say), CheckpointMark(), StopCallback(stop)])
+                          callbacks=[EvaluateBefore(self), MetricLines(self.say), CheckpointMark(), StopCallback(stop)])
         trainer.remove_callback(PrinterCallback)  # its dict lines repeat what MetricLines prints
         self.trainer = trainer
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -426,18 +429,16 @@ class FineTune:
                  f"LoRA r={self.args.lora_r} on {self.args.lora_target_modules}: {trainable:,} trainable of "
                  f"{total:,} parameters; {len(self.train_rows)} train / {len(self.test_rows)} test examples; "
                  f"global batch {self.args.batch_size} = {self.world} x {self.args.grad_accum} x {self.micro}")
-        before = trainer.evaluate()["eval_loss"]
-        self.say(f"test_loss_before={before:.6f}; test_perplexity_before={math.exp(min(before, 50)):.4f};")
         if self.resume_from:
             self.say(f"resuming from {self.resume_from}")
-        trainer.train(resume_from_checkpoint=self.resume_from)
+        trainer.train(resume_from_checkpoint=self.resume_from)  # EvaluateBefore measures the model as it came
         if stop.requested_anywhere:
             self.say(f"SIGTERM received: stopped after step {trainer.state.global_step}; its checkpoint is in "
                      f"{self.args.checkpoint_dir}")
             return False
         after = trainer.evaluate()["eval_loss"]
         self.say(f"test_loss_after={after:.6f}; test_perplexity_after={math.exp(min(after, 50)):.4f};")
-        self.losses = {"before": before, "after": after}
+        self.losses["after"] = after
         return True
 
     def finish(self) -> None:
@@ -531,6 +532,23 @@ class MetricLines(_trainer_callback_base()):
         self.last = (time.monotonic(), int(getattr(state, "num_input_tokens_seen", 0) or 0))
 
 
+class EvaluateBefore(_trainer_callback_base()):
+    """The test loss of the model as it came, with the adapters switched off (so a resumed run
+    measures the base model too). Measured once training is set up: a `Trainer.evaluate()` before
+    `train()` leaves the model marked prepared, and accelerate then skips its DDP wrapper, so the
+    processes would train apart without a word (accelerate 1.16)."""
+
+    def __init__(self, job: "FineTune") -> None:
+        self.job = job
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        job = self.job
+        with job.trainer.model.disable_adapter():
+            before = job.trainer.evaluate()["eval_loss"]
+        job.losses["before"] = before
+        job.say(f"test_loss_before={before:.6f}; test_perplexity_before={math.exp(min(before, 50)):.4f};")
+
+
 class CheckpointMark(_trainer_callback_base()):
     """Marks a checkpoint complete once every process has written its part of it."""
 
@@ -569,6 +587,9 @@ class StopCallback(_trainer_callback_base()):
         import torch
         import torch.distributed as dist
 
+        stop_at = os.environ.get("AIOPS_FINETUNE_STOP_AT")  # for the tests: the launcher (aiops, torchrun)
+        if stop_at and int(stop_at) == state.global_step and int(os.environ.get("RANK", 0)) == 0:
+            os.kill(os.getppid(), signal.SIGTERM)  # is asked to stop the job after that step, as SageMaker does
         flag = self.stop.requested
         if dist.is_available() and dist.is_initialized():
             device = args.device if dist.get_backend() == "nccl" else torch.device("cpu")
