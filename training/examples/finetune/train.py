@@ -294,6 +294,33 @@ def find_resume_checkpoint(folder: str, say) -> str | None:
     return chosen
 
 
+def adapt_checkpoint(checkpoint: str, world: int, micro_batch: int) -> None:
+    """Resuming at another world size (the global batch is the same, the per-process one is not).
+    The first process of each host, before any process reads the checkpoint, gives it
+    - every missing rank's RNG file, a copy of rank 0's (the one the sample order follows): the
+      Trainer restores `rng_state.pth` alone and `rng_state_<rank>.pth` under torchrun, and skips
+      the restore when its file is missing;
+    - the per-process batch in trainer_state.json: transformers 4 trains on with the checkpoint's,
+      which would change the batches and the step count."""
+    if int(os.environ.get("LOCAL_RANK", 0)) != 0:
+        return
+    single = os.path.join(checkpoint, "rng_state.pth")
+    first = single if os.path.isfile(single) else os.path.join(checkpoint, "rng_state_0.pth")
+    if os.path.isfile(first):
+        wanted = [single] if world == 1 else [os.path.join(checkpoint, f"rng_state_{r}.pth") for r in range(world)]
+        for path in wanted:
+            if not os.path.isfile(path):
+                shutil.copyfile(first, path)
+    state_file = os.path.join(checkpoint, "trainer_state.json")
+    with open(state_file) as f:
+        state = json.load(f)
+    if state.get("train_batch_size") not in (None, micro_batch):
+        state["train_batch_size"] = micro_batch
+        with open(f"{state_file}.tmp", "w") as f:
+            json.dump(state, f, indent=2)
+        os.replace(f"{state_file}.tmp", state_file)
+
+
 # ---------------------------------------------------------------------------------------------
 # The fine-tune
 
@@ -334,6 +361,8 @@ class FineTune:
         self.train_rows = tokenize(train, self.tokenizer, args.max_length, "train")
         self.test_rows = tokenize(test, self.tokenizer, args.max_length, "test")
         self.resume_from = find_resume_checkpoint(args.checkpoint_dir, self.say)
+        if self.resume_from:
+            adapt_checkpoint(self.resume_from, self.world, self.micro)
         self.losses: dict[str, float] = {}
 
     def say(self, text: str) -> None:
@@ -571,12 +600,16 @@ class StopRequest:
     after each step and stop together after a checkpoint."""
 
     def __init__(self) -> None:
+        import threading
+
         self.requested = False
         self.requested_anywhere = False
+        self.arrived = threading.Event()
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+        self.arrived.set()
 
 
 class StopCallback(_trainer_callback_base()):
@@ -587,9 +620,11 @@ class StopCallback(_trainer_callback_base()):
         import torch
         import torch.distributed as dist
 
-        stop_at = os.environ.get("AIOPS_FINETUNE_STOP_AT")  # for the tests: the launcher (aiops, torchrun)
-        if stop_at and int(stop_at) == state.global_step and int(os.environ.get("RANK", 0)) == 0:
-            os.kill(os.getppid(), signal.SIGTERM)  # is asked to stop the job after that step, as SageMaker does
+        pause_at = os.environ.get("AIOPS_FINETUNE_PAUSE_AT")  # for the tests: hold rank 0 after that step
+        if pause_at and int(pause_at) == state.global_step and int(os.environ.get("RANK", 0)) == 0:
+            print(f"paused after step {state.global_step} (AIOPS_FINETUNE_PAUSE_AT): waiting for SIGTERM", flush=True)
+            while not self.stop.requested:  # the other ranks wait in the all_reduce below
+                self.stop.arrived.wait(0.1)
         flag = self.stop.requested
         if dist.is_available() and dist.is_initialized():
             device = args.device if dist.get_backend() == "nccl" else torch.device("cpu")
