@@ -190,6 +190,10 @@ BAD = [
     (["--channel", "extra=ftp://host/data"], "neither a local path nor an s3:// URI"),
     (["--channel", "extra=./not/here"], "neither an existing local path nor an s3:// URI"),
     (["--on-demand", "--max-wait", "7200"], "only applies to spot"),
+    (["--env", "SM_MODEL_DIR=/x"], "SM_* and SAGEMAKER_* variables belong to the SageMaker container"),
+    (["--env", "HF_TOKEN=hf_abc"], "--env HF_TOKEN looks like a secret"),
+    (["--hp", "wandb_api_key=abc"], "pass --secret wandb_api_key=arn:aws:secretsmanager:"),
+    (["--channel", "model=project"], "channel 'model' (" ),
 ]
 
 
@@ -200,6 +204,18 @@ def test_bad_remote_input_uploads_nothing(run_cli, project: Path, tmp_path: Path
     assert result.returncode == 2, result.output
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert platform.count("s3:PUT") == 0 and platform.count("SageMaker.CreateTrainingJob") == 0
+
+
+def test_env_lands_in_the_request_environment_and_the_record(run_cli, project: Path, tmp_path: Path, platform,
+                                                            aiops_home: Path) -> None:
+    result = _submit(run_cli, project, tmp_path, "--no-wait", "--env", "HF_HUB_OFFLINE=1", "--env",
+                     "WANDB_MODE=offline")
+    assert result.returncode == 0, result.output
+    (request,) = platform.create_requests
+    assert request["Environment"] == {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+                                      "AIOPS_CHECKPOINT_DIR": "/opt/ml/checkpoints"}
+    record = json.loads((aiops_home / "runs" / request["TrainingJobName"] / "run.json").read_text())
+    assert record["config"]["environment"] == {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
 def test_no_role_anywhere(run_cli, project: Path, platform) -> None:
