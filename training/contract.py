@@ -288,25 +288,56 @@ CONTAINER_ENV_NAMES = frozenset({
     "RDMAV_FORK_SAFE", "PYTHONPATH", "PYTHONUNBUFFERED"})
 
 
-def validate_environment(environment: Mapping[str, str]) -> None:
-    """`--env KEY=VALUE`: a name CreateTrainingJob accepts, not one the container owns, not a secret."""
+# `--secret NAME=ARN` reaches the script as AIOPS_SECRET_ARN_<NAME>=<ARN>: where the value is, never
+# the value (the script reads it with the job's role, or locally from NAME in the user's environment)
+SECRET_ARN_ENV_PREFIX = "AIOPS_SECRET_ARN_"
+
+
+def _check_variable_name(name: str, option: str) -> None:
+    if not _ENV_NAME.match(name) or len(name) > ENVIRONMENT_MAX_CHARS - len(SECRET_ARN_ENV_PREFIX):
+        raise UsageError(f"{option} {name}: an environment variable name is letters, digits and '_', not "
+                         f"starting with a digit (at most {ENVIRONMENT_MAX_CHARS - len(SECRET_ARN_ENV_PREFIX)} "
+                         "characters).")
+    if name.upper().startswith(CONTAINER_ENV_PREFIXES):
+        raise UsageError(f"{option} {name}: SM_* and SAGEMAKER_* variables belong to the SageMaker container, "
+                         "which sets them itself; pass the value as a hyperparameter (--hp) instead.")
+    if name in CONTAINER_ENV_NAMES:
+        raise UsageError(f"{option} {name}: the training container sets {name} itself, so a value given here "
+                         "would be overwritten; choose another name.")
+    if name.startswith(SECRET_ARN_ENV_PREFIX):
+        raise UsageError(f"{option} {name}: {SECRET_ARN_ENV_PREFIX}* variables are set by --secret; choose "
+                         "another name.")
+
+
+def validate_environment(environment: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> None:
+    """`--env KEY=VALUE`: a name CreateTrainingJob accepts, not one the container owns, not a secret;
+    `--secret NAME=ARN`: a variable name and a Secrets Manager secret's full ARN."""
+    from aiops.names import is_secret_arn
+
+    secrets = secrets or {}
     for name, value in environment.items():
-        if not _ENV_NAME.match(name) or len(name) > ENVIRONMENT_MAX_CHARS:
-            raise UsageError(f"--env {name}: an environment variable name is letters, digits and '_', not "
-                             f"starting with a digit (at most {ENVIRONMENT_MAX_CHARS} characters).")
-        if name.upper().startswith(CONTAINER_ENV_PREFIXES):
-            raise UsageError(f"--env {name}: SM_* and SAGEMAKER_* variables belong to the SageMaker container, "
-                             "which sets them itself; pass the value as a hyperparameter (--hp) instead.")
-        if name in CONTAINER_ENV_NAMES:
-            raise UsageError(f"--env {name}: the training container sets {name} itself, so a value given here "
-                             "would be overwritten; choose another name.")
+        _check_variable_name(name, "--env")
         if len(str(value)) > ENVIRONMENT_MAX_CHARS:
             raise UsageError(f"--env {name}: the value has {len(str(value))} characters, more than the "
                              f"{ENVIRONMENT_MAX_CHARS} SageMaker accepts; put large values in a channel.")
-    if len(environment) >= ENVIRONMENT_MAX_ENTRIES:  # aiops adds AIOPS_CHECKPOINT_DIR
-        raise UsageError(f"--env: {len(environment)} variables; a SageMaker job takes at most "
-                         f"{ENVIRONMENT_MAX_ENTRIES - 1} besides the one aiops sets.")
+    for name, arn in secrets.items():
+        _check_variable_name(name, "--secret")
+        if name in environment:
+            raise UsageError(f"--secret {name} is also given with --env; give it once, as a secret.")
+        if not is_secret_arn(arn):  # the value given is not echoed: it may be the secret itself
+            raise UsageError(f"--secret {name}: what follows '=' is not a Secrets Manager secret ARN (a secret's "
+                             "value never goes on the command line); give the full ARN "
+                             "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-AbCdEf, as "
+                             "`aws secretsmanager describe-secret --secret-id NAME` prints it).")
+    if len(environment) + len(secrets) >= ENVIRONMENT_MAX_ENTRIES:  # aiops adds AIOPS_CHECKPOINT_DIR
+        raise UsageError(f"--env/--secret: {len(environment) + len(secrets)} variables; a SageMaker job takes "
+                         f"at most {ENVIRONMENT_MAX_ENTRIES - 1} besides the one aiops sets.")
     refuse_secret_looking(environment, "--env")
+
+
+def secret_environment(secrets: Mapping[str, str]) -> dict[str, str]:
+    """What `--secret NAME=ARN` puts in the script's environment: AIOPS_SECRET_ARN_<NAME>=<ARN>."""
+    return {f"{SECRET_ARN_ENV_PREFIX}{name}": arn for name, arn in secrets.items()}
 
 
 # ---------------------------------------------------------------------------------------------

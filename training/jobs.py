@@ -40,6 +40,11 @@ class JobConfig:
     input_modes: dict[str, str] = field(default_factory=dict)  # channel -> File | FastFile | Pipe
     channel_sharding: dict[str, str] = field(default_factory=dict)  # channel -> S3DataDistributionType
     environment: dict[str, str] = field(default_factory=dict)  # --env: the container's environment
+    secrets: dict[str, str] = field(default_factory=dict)  # --secret: variable name -> Secrets Manager ARN
+
+    def script_environment(self) -> dict[str, str]:
+        """What the job adds to the script's environment: `--env`, and where each `--secret` is."""
+        return {**self.environment, **contract.secret_environment(self.secrets)}
 
     def to_record(self) -> RunConfig:
         return RunConfig(
@@ -54,6 +59,7 @@ class JobConfig:
             input_modes=self.input_modes,
             channel_sharding=self.channel_sharding,
             environment=self.environment,
+            secrets=self.secrets,
             metric_definitions=[d.as_sagemaker() for d in self.metric_definitions],
         )
 
@@ -182,7 +188,7 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
     """Check the whole request before anything is written; UsageError (exit 2) on bad input."""
     contract.validate_hyperparameters(config.hyperparameters)
     contract.refuse_secret_looking(config.hyperparameters, "--hp")
-    contract.validate_environment(config.environment)
+    contract.validate_environment(config.environment, config.secrets)
     if config.nproc is not None and config.nproc < 1:
         raise UsageError(f"--nproc {config.nproc}: needs at least 1 process.")
     distribution = contract.resolve_distribution(config.distribution, instance_count=target.instance_count,
@@ -349,6 +355,7 @@ def job_config(
     input_modes: Sequence[str] = (),
     channel_sharding: Sequence[str] = (),
     environment: Mapping[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> JobConfig:
     """The job the options ask for. Without an entry point, `resume` names the run whose whole
     configuration is reused; options given (hyperparameters, channels, ...) override it."""
@@ -364,6 +371,7 @@ def job_config(
     config.hyperparameters.update(hp)
     config.channels.update(channels)
     config.environment.update(environment or {})
+    config.secrets.update(secrets or {})
     config.metric_definitions += metric_definitions
     config.instance_type = instance_type or config.instance_type or default_instance_type
     config.nproc = nproc if nproc is not None else config.nproc
@@ -396,6 +404,7 @@ def resume_config(store: RunStore, name: str) -> JobConfig:
         input_modes=dict(cfg.input_modes),
         channel_sharding=dict(cfg.channel_sharding),
         environment=dict(cfg.environment),
+        secrets=dict(cfg.secrets),
         metric_definitions=[MetricDefinition(d["Name"], d["Regex"]) for d in cfg.metric_definitions],
         resume=name,
     )

@@ -23,6 +23,7 @@ from aiops.training.remote_request import (
     apply_defaults,
     build_request,
     check_budget,
+    check_secret_grants,
     client_token,
     resolve_options,
 )
@@ -140,7 +141,7 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
                          spot=options.spot, network_isolation=options.network_isolation,
                          vpc=bool(options.subnets), processes_per_host=processes.processes_per_host,
                          world_size=processes.world_size, processes=processes.line(),
-                         environment=dict(job.config.environment)),
+                         environment=dict(job.config.environment), secrets=dict(job.config.secrets)),
         large_files=code.large_files,
         estimated_max_cost_usd=estimate.cost(spot=options.spot),
         final_metrics={},
@@ -172,7 +173,7 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
         channel_uris=channel_uris, submit_directory=code_upload.uri, image_uri=image_uri, options=options,
         nproc=processes.processes_per_host, metric_definitions=job.config.metric_definitions,
         input_modes=job.config.input_modes, channel_sharding=job.config.channel_sharding,
-        distribution=job.distribution, environment=job.config.environment,
+        distribution=job.distribution, environment=job.config.script_environment(),
     )
     record.config.channels = channel_uris  # type: ignore[union-attr]
     record.update(
@@ -232,7 +233,7 @@ class SageMakerBackend:
                              instance_count=options.instance_count,
                              gpus_per_instance=gpu_count(options.instance_type))
         prepared = jobs.prepare(config, self.store, target)
-        for warning in prepared.warnings:
+        for warning in [*prepared.warnings, *check_secret_grants(config.secrets, options, self._stack_outputs)]:
             self.events.warning(warning)
         return prepared
 

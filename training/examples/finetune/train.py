@@ -650,6 +650,41 @@ def write_failure(text: str) -> None:
         pass
 
 
+SECRET_ARN_PREFIX = "AIOPS_SECRET_ARN_"  # `aiops train --secret NAME=ARN` sets AIOPS_SECRET_ARN_NAME=ARN
+
+
+def read_secret(name: str) -> str | None:
+    """The value of secret NAME, the same way locally and on SageMaker: NAME in the environment (a
+    local run: your own shell's), else AWS Secrets Manager at the ARN `--secret NAME=ARN` passed, read
+    with the job's role (or locally your credentials). None when neither is there."""
+    if os.environ.get(name):
+        return os.environ[name]
+    arn = os.environ.get(SECRET_ARN_PREFIX + name)
+    if not arn:
+        return None
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        answer = boto3.client("secretsmanager", region_name=arn.split(":")[3]).get_secret_value(SecretId=arn)
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        raise UsageProblem(f"secret {name}: secretsmanager:GetSecretValue on {arn} failed ({code}); the job's role "
+                           "needs it (access.trainingSecrets in the stack config)") from None
+    except BotoCoreError as err:
+        raise UsageProblem(f"secret {name}: cannot reach Secrets Manager for {arn} ({err})") from None
+    return answer.get("SecretString") or answer["SecretBinary"].decode()
+
+
+def export_secrets() -> list[str]:
+    """Every `--secret` into this process's environment by its name, where libraries look for it
+    (HF_TOKEN for huggingface_hub, WANDB_API_KEY for wandb); never printed, never in argv."""
+    names = sorted(key[len(SECRET_ARN_PREFIX):] for key in os.environ if key.startswith(SECRET_ARN_PREFIX))
+    for name in names:
+        os.environ[name] = read_secret(name) or ""
+    return names
+
+
 def quiet_libraries(rank: int) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from the tokenizer
     from transformers.utils import logging
@@ -663,6 +698,9 @@ def main() -> int:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     quiet_libraries(rank)
     try:
+        secrets = export_secrets()
+        if secrets and rank == 0:
+            print(f"secrets read: {', '.join(secrets)}", flush=True)
         job = FineTune(args)  # reads files only: every rank reaches the same verdict, no collective
         stop = StopRequest()
         finished = job.run(stop)
