@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-example_app = typer.Typer(help="The kit's examples: data for the digits classifier, the byte-level language model "
-                          "and the LoRA fine-tune, and a tiny Llama model.", no_args_is_help=True)
+example_app = typer.Typer(
+    help="The kit's examples: data for the digits classifier, the byte-level language model and the LoRA "
+    "fine-tune, and a tiny Llama model.", no_args_is_help=True)
 
 
 @example_app.command("digits-data")
@@ -46,8 +47,10 @@ def lm_data(
 @example_app.command("finetune-data")
 def finetune_data(
     out: Path = typer.Argument(..., help="Folder to write the train/ and test/ channels into."),
-    test_fraction: float = typer.Option(0.1, min=0.01, max=0.5, help="Share of conversations held out for test."),
-    max_samples: Optional[int] = typer.Option(None, min=2, help="Keep at most this many conversations in all."),
+    test_fraction: float = typer.Option(0.1, min=0.01, max=0.5,
+                                        help="Share of conversations held out for test."),
+    max_samples: Optional[int] = typer.Option(None, min=2,
+                                              help="Keep at most this many conversations in all."),
     seed: int = typer.Option(0, help="Seed of the order, the split and the question phrasings."),
 ) -> None:
     """Write an instruction dataset made from the Python standard library's docstrings (no download) as
@@ -70,7 +73,8 @@ def tiny_llm(
     vocab: int = typer.Option(512, help="BPE vocabulary, special tokens included."),
     max_positions: int = typer.Option(512, help="Longest sequence (max_position_embeddings)."),
     dtype: str = typer.Option("float32", help="Weights as float32 or bfloat16."),
-    seed: int = typer.Option(0, help="Seed of the random weights: the same seed and sizes, the same weights."),
+    seed: int = typer.Option(0, help="Seed of the random weights: the same seed and sizes, the same "
+                             "weights."),
 ) -> None:
     """Write a small Llama-architecture causal LM with random weights, a tokenizer trained here on the
     Python standard library and a chat template: a Hugging Face model folder, made offline. The
@@ -81,8 +85,8 @@ def tiny_llm(
     check_extra("finetune", "aiops example tiny-llm", "transformers", "tokenizers", "safetensors")
     from aiops.training.examples.finetune.tiny_llm import TinyLlmSize, write_model
 
-    size = TinyLlmSize(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
-                       vocab=vocab, max_positions=max_positions)
+    size = TinyLlmSize(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                       intermediate=intermediate, vocab=vocab, max_positions=max_positions)
     size.check()
     _quiet_transformers()
     summary = write_model(out, size, seed=seed, dtype=dtype)

@@ -213,11 +213,12 @@ def train(
         None, "--hyperparameters", help="JSON file of hyperparameters (--hp overrides it)."
     ),
     channel: List[str] = typer.Option([], "--channel", help="Input channel NAME=PATH (repeatable)."),
-    env: List[str] = typer.Option([], "--env", help="Environment variable KEY=VALUE of the script (repeatable): "
-                                  "the local process's, the job's Environment. Not SM_*/SAGEMAKER_*, not secrets."),
-    secret: List[str] = typer.Option([], "--secret", help="Secret NAME=ARN of AWS Secrets Manager (repeatable): the "
-                                     "script reads it as docs/training.md#secrets shows; its value is never sent "
-                                     "or stored."),
+    env: List[str] = typer.Option(
+        [], "--env", help="Environment variable KEY=VALUE of the script (repeatable): the local process's, "
+        "the job's Environment. Not SM_*/SAGEMAKER_*, not secrets."),
+    secret: List[str] = typer.Option(
+        [], "--secret", help="Secret NAME=ARN of AWS Secrets Manager (repeatable): the script reads it as "
+        "docs/training.md#secrets shows; its value is never sent or stored."),
     input_mode: List[str] = typer.Option([], "--input-mode", help="[NAME=]File|FastFile|Pipe: a channel's "
                                          "InputMode (every channel without NAME; runs as File locally)."),
     channel_sharding: List[str] = typer.Option([], "--channel-sharding", help="[NAME=]ShardedByS3Key|"

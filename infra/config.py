@@ -105,13 +105,14 @@ class AccessConfig(_Model):
     @field_validator("training_secret_keys")
     @classmethod
     def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [arn for arn in value if not re.fullmatch(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+", arn)]
+        key_arn = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+")
+        bad = [arn for arn in value if not key_arn.fullmatch(arn)]
         if bad:
             raise ValueError(f"{bad[0]} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")
         return tuple(dict.fromkeys(value))
 
     @model_validator(mode="after")
-    def _keys_need_secrets(self) -> "AccessConfig":
+    def _keys_need_secrets(self) -> AccessConfig:
         if self.training_secret_keys and not self.training_secrets:
             raise ValueError("trainingSecretKeys without trainingSecrets: list the secrets they encrypt")
         return self

@@ -178,7 +178,8 @@ def execution_role_policy(
             "Action": "kms:Decrypt",
             "Resource": list(secret_key_arns),
             "Condition": {"StringEquals": {"kms:ViaService": [
-                f"secretsmanager.{r}.amazonaws.com" for r in sorted({arn.split(":")[3] for arn in secret_arns})]}},
+                f"secretsmanager.{region}.amazonaws.com"
+                for region in sorted({arn.split(":")[3] for arn in secret_arns})]}},
         })
     if publish_topic_names:
         statements.append({

@@ -268,9 +268,10 @@ def refuse_secret_looking(names: Mapping[str, Any], option: str) -> None:
     if flagged:
         name = flagged[0]
         raise UsageError(
-            f"{option} {name} looks like a secret, and {option} values are stored and shown in the clear (run "
-            f"record, DescribeTrainingJob, the console): put it in AWS Secrets Manager and pass --secret "
-            f"{name}=arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME, or rename it if it is not a secret."
+            f"{option} {name} looks like a secret, and {option} values are stored and shown in the clear "
+            "(run record, DescribeTrainingJob, the console): put it in AWS Secrets Manager and pass "
+            f"--secret {name}=arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME, or rename it if it is not "
+            "a secret."
         )
 
 
@@ -283,9 +284,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # value given for them would be overwritten there, so `--env` refuses them
 CONTAINER_ENV_PREFIXES = ("SM_", "SAGEMAKER_")
 CONTAINER_ENV_NAMES = frozenset({
-    "TRAINING_JOB_NAME", "CURRENT_HOST", CHECKPOINT_ENV, "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_DEBUG",
-    "NCCL_PROTO", "MASTER_ADDR", "MASTER_PORT", "AWS_REGION", "FI_PROVIDER", "FI_EFA_USE_DEVICE_RDMA",
-    "RDMAV_FORK_SAFE", "PYTHONPATH", "PYTHONUNBUFFERED"})
+    "TRAINING_JOB_NAME", "CURRENT_HOST", CHECKPOINT_ENV, "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE",
+    "NCCL_DEBUG", "NCCL_PROTO", "MASTER_ADDR", "MASTER_PORT", "AWS_REGION", "FI_PROVIDER",
+    "FI_EFA_USE_DEVICE_RDMA", "RDMAV_FORK_SAFE", "PYTHONPATH", "PYTHONUNBUFFERED"})
 
 
 # `--secret NAME=ARN` reaches the script as AIOPS_SECRET_ARN_<NAME>=<ARN>: where the value is, never
@@ -294,13 +295,14 @@ SECRET_ARN_ENV_PREFIX = "AIOPS_SECRET_ARN_"
 
 
 def _check_variable_name(name: str, option: str) -> None:
-    if not _ENV_NAME.match(name) or len(name) > ENVIRONMENT_MAX_CHARS - len(SECRET_ARN_ENV_PREFIX):
+    longest = ENVIRONMENT_MAX_CHARS - len(SECRET_ARN_ENV_PREFIX)
+    if not _ENV_NAME.match(name) or len(name) > longest:
         raise UsageError(f"{option} {name}: an environment variable name is letters, digits and '_', not "
-                         f"starting with a digit (at most {ENVIRONMENT_MAX_CHARS - len(SECRET_ARN_ENV_PREFIX)} "
-                         "characters).")
+                         f"starting with a digit (at most {longest} characters).")
     if name.upper().startswith(CONTAINER_ENV_PREFIXES):
-        raise UsageError(f"{option} {name}: SM_* and SAGEMAKER_* variables belong to the SageMaker container, "
-                         "which sets them itself; pass the value as a hyperparameter (--hp) instead.")
+        raise UsageError(f"{option} {name}: SM_* and SAGEMAKER_* variables belong to the SageMaker "
+                         "container, which sets them itself; pass the value as a hyperparameter (--hp) "
+                         "instead.")
     if name in CONTAINER_ENV_NAMES:
         raise UsageError(f"{option} {name}: the training container sets {name} itself, so a value given here "
                          "would be overwritten; choose another name.")
@@ -325,13 +327,13 @@ def validate_environment(environment: Mapping[str, str], secrets: Mapping[str, s
         if name in environment:
             raise UsageError(f"--secret {name} is also given with --env; give it once, as a secret.")
         if not is_secret_arn(arn):  # the value given is not echoed: it may be the secret itself
-            raise UsageError(f"--secret {name}: what follows '=' is not a Secrets Manager secret ARN (a secret's "
-                             "value never goes on the command line); give the full ARN "
+            raise UsageError(f"--secret {name}: what follows '=' is not a Secrets Manager secret ARN (a "
+                             "secret's value never goes on the command line); give the full ARN "
                              "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-AbCdEf, as "
                              "`aws secretsmanager describe-secret --secret-id NAME` prints it).")
     if len(environment) + len(secrets) >= ENVIRONMENT_MAX_ENTRIES:  # aiops adds AIOPS_CHECKPOINT_DIR
-        raise UsageError(f"--env/--secret: {len(environment) + len(secrets)} variables; a SageMaker job takes "
-                         f"at most {ENVIRONMENT_MAX_ENTRIES - 1} besides the one aiops sets.")
+        raise UsageError(f"--env/--secret: {len(environment) + len(secrets)} variables; a SageMaker job "
+                         f"takes at most {ENVIRONMENT_MAX_ENTRIES - 1} besides the one aiops sets.")
     refuse_secret_looking(environment, "--env")
 
 

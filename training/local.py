@@ -164,8 +164,8 @@ def run(
     # One machine: `algo-1` does not resolve here, and 7777 may be taken by another local run, so
     # MASTER_ADDR/MASTER_PORT are loopback and a free port (the container's are algo-1:7777).
     launch = contract.host_launch(spec, paths, contract.HostFacts.detect(), python=python or sys.executable,
-                                  base_env={**os.environ, **job.config.script_environment()}, master_addr="127.0.0.1",
-                                  master_port=_free_port())
+                                  base_env={**os.environ, **job.config.script_environment()},
+                                  master_addr="127.0.0.1", master_port=_free_port())
     env, command = launch.env, launch.argv
 
     record = RunRecord(

@@ -27,30 +27,42 @@ def check(path: Path, *, runs_here: bool) -> list[str]:
     """UsageError (one line) unless `path` is a Hugging Face model folder; returns warnings."""
     what = f"channel {CHANNEL!r} ({path})"
     if not path.is_dir():
-        raise UsageError(f"{what} is a file; the model channel is a Hugging Face model folder "
-                         "(config.json, weights, tokenizer), e.g. one written by save_pretrained.")
+        raise UsageError(
+            f"{what} is a file; the model channel is a Hugging Face model folder "
+            "(config.json, weights, tokenizer), e.g. one written by save_pretrained."
+        )
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise UsageError(f"{what} has no config.json: it is not a Hugging Face model folder; pass the folder "
-                         "save_pretrained wrote (or make one with aiops example tiny-llm).")
+        raise UsageError(
+            f"{what} has no config.json: it is not a Hugging Face model folder; pass the folder "
+            "save_pretrained wrote (or make one with aiops example tiny-llm)."
+        )
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError) as err:
         raise UsageError(f"{what}: config.json is not valid JSON ({err}).") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if not isinstance(model_type, str) or not model_type:
-        raise UsageError(f"{what}: config.json has no model_type, so transformers cannot tell its architecture; "
-                         "save the model again with save_pretrained.")
+        raise UsageError(
+            f"{what}: config.json has no model_type, so transformers cannot tell its architecture; "
+            "save the model again with save_pretrained."
+        )
     _check_weights(path, what)
     if not any(all((path / name).is_file() for name in group) for group in TOKENIZER_FILES):
-        raise UsageError(f"{what} has no tokenizer (tokenizer.json, tokenizer.model, or vocab.json with "
-                         "merges.txt); save it beside the weights with tokenizer.save_pretrained(folder).")
+        raise UsageError(
+            f"{what} has no tokenizer (tokenizer.json, tokenizer.model, or vocab.json with "
+            "merges.txt); save it beside the weights with tokenizer.save_pretrained(folder)."
+        )
     known = transformers_knows(model_type)
     if known is False:
-        line = (f"{what}: model_type {model_type!r} is not an architecture the installed transformers "
-                f"{_transformers_version()} knows")
+        line = (
+            f"{what}: model_type {model_type!r} is not an architecture the installed transformers "
+            f"{_transformers_version()} knows"
+        )
         if runs_here:
-            raise UsageError(f"{line}; upgrade transformers (pip install -U transformers) or pick another model.")
+            raise UsageError(
+                f"{line}; upgrade transformers (pip install -U transformers) or pick another model."
+            )
         return [f"{line}; the job's image must have a transformers that does."]
     return []
 
@@ -62,15 +74,21 @@ def _check_weights(path: Path, what: str) -> None:
             try:
                 shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             except (OSError, ValueError, KeyError, AttributeError, TypeError):
-                raise UsageError(f"{what}: {index_name} is not a valid weight index (no weight_map).") from None
+                raise UsageError(
+                    f"{what}: {index_name} is not a valid weight index (no weight_map)."
+                ) from None
             missing = [name for name in shards if not (path / name).is_file()]
             if missing:
-                raise UsageError(f"{what}: {len(missing)} weight shard(s) listed in {index_name} are missing "
-                                 f"(first: {missing[0]}); copy the whole model folder.")
+                raise UsageError(
+                    f"{what}: {len(missing)} weight shard(s) listed in {index_name} are missing "
+                    f"(first: {missing[0]}); copy the whole model folder."
+                )
             return
     if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
-        raise UsageError(f"{what} has no weights (*.safetensors or pytorch_model*.bin); save the model with "
-                         "save_pretrained into this folder.")
+        raise UsageError(
+            f"{what} has no weights (*.safetensors or pytorch_model*.bin); save the model with "
+            "save_pretrained into this folder."
+        )
 
 
 def transformers_knows(model_type: str) -> bool | None:

@@ -233,7 +233,8 @@ class SageMakerBackend:
                              instance_count=options.instance_count,
                              gpus_per_instance=gpu_count(options.instance_type))
         prepared = jobs.prepare(config, self.store, target)
-        for warning in [*prepared.warnings, *check_secret_grants(config.secrets, options, self._stack_outputs)]:
+        grants = check_secret_grants(config.secrets, options, self._stack_outputs)
+        for warning in [*prepared.warnings, *grants]:
             self.events.warning(warning)
         return prepared
 

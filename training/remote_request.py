@@ -134,15 +134,17 @@ def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> No
                           f"no output {missing!r}; run 'aiops deploy --stack {options.stack}' with aiops:network set.")
 
 
-def check_secret_grants(secrets: Mapping[str, str], options: RemoteOptions, outputs: StackOutputs) -> list[str]:
+def check_secret_grants(secrets: Mapping[str, str], options: RemoteOptions,
+                        outputs: StackOutputs) -> list[str]:
     """`--secret` ARNs the job's role may read: the stack's role reads exactly the ARNs of its
     `access.trainingSecrets` (the `trainingSecretArns` output), so another is refused before any
     upload; a role given with --role is the user's to check (a warning)."""
     if not secrets:
         return []
     if not outputs.role_arn or options.role != outputs.role_arn:
-        return [f"--secret: the job runs as {options.role}, not the stack's role; it needs "
-                f"secretsmanager:GetSecretValue on {', '.join(sorted(set(secrets.values())))}."]
+        arns = ", ".join(sorted(set(secrets.values())))
+        return [(f"--secret: the job runs as {options.role}, not the stack's role; it needs "
+                 f"secretsmanager:GetSecretValue on {arns}.")]
     for name, arn in secrets.items():
         if arn not in outputs.training_secret_arns:
             raise UsageError(

@@ -379,7 +379,8 @@ SECRET_VALUE = "hf_not-for-anyones-eyes-123"
 
 
 def _secret(platform) -> str:
-    return platform.boto("secretsmanager").create_secret(Name="aiops/hf-token", SecretString=SECRET_VALUE)["ARN"]
+    manager = platform.boto("secretsmanager")
+    return manager.create_secret(Name="aiops/hf-token", SecretString=SECRET_VALUE)["ARN"]
 
 
 def test_secret_reaches_the_job_as_its_arn_only(run_cli, project: Path, tmp_path: Path, platform,
@@ -394,7 +395,8 @@ def test_secret_reaches_the_job_as_its_arn_only(run_cli, project: Path, tmp_path
                      "--secret", f"HF_TOKEN={arn}", env={"AIOPS_AWS__ROLE_ARN": "", "HF_TOKEN": SECRET_VALUE})
     assert result.returncode == 0, result.output
     (request,) = platform.create_requests
-    assert request["Environment"] == {"AIOPS_SECRET_ARN_HF_TOKEN": arn, "AIOPS_CHECKPOINT_DIR": "/opt/ml/checkpoints"}
+    assert request["Environment"] == {"AIOPS_SECRET_ARN_HF_TOKEN": arn,
+                                      "AIOPS_CHECKPOINT_DIR": "/opt/ml/checkpoints"}
     described = platform.boto("sagemaker").describe_training_job(TrainingJobName=request["TrainingJobName"])
     run_folder = aiops_home / "runs" / request["TrainingJobName"]
     record = json.loads((run_folder / "run.json").read_text())
@@ -417,8 +419,8 @@ def test_secret_the_stacks_role_may_not_read_is_refused_before_upload(run_cli, p
     result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait", "--secret",
                      f"HF_TOKEN={arn}", env={"AIOPS_AWS__ROLE_ARN": ""})
     assert result.returncode == 2, result.output
-    assert result.stderr.startswith(f"error: --secret HF_TOKEN: the role of stack 'dev' may not read {arn}; add "
-                                    "the ARN to access.trainingSecrets in Pulumi.dev.yaml")
+    assert result.stderr.startswith(f"error: --secret HF_TOKEN: the role of stack 'dev' may not read {arn}; "
+                                    "add the ARN to access.trainingSecrets in Pulumi.dev.yaml")
     assert platform.count("s3:PUT") == 0 and platform.count("SageMaker.CreateTrainingJob") == 0
 
 
@@ -427,9 +429,10 @@ def test_a_local_run_reads_the_secret_from_secrets_manager_or_the_environment(fr
     """The example's read path: NAME from the environment when set, else Secrets Manager at the ARN."""
     arn = _secret(platform)
     script = tmp_path / "uses_secret.py"
+    example_dir = Path(__file__).resolve().parents[2] / "training" / "examples" / "finetune"
     script.write_text(
         "import hashlib, os, sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / 'training' / 'examples' / 'finetune')!r})\n"
+        f"sys.path.insert(0, {str(example_dir)!r})\n"
         "from train import export_secrets\n"
         "print('read', export_secrets(), hashlib.sha256(os.environ['HF_TOKEN'].encode()).hexdigest()[:12])\n")
     digest = __import__("hashlib").sha256(SECRET_VALUE.encode()).hexdigest()[:12]
@@ -439,10 +442,11 @@ def test_a_local_run_reads_the_secret_from_secrets_manager_or_the_environment(fr
     assert "not set in your environment, so the script reads it from Secrets Manager" in from_manager.output
     mine = fresh_cli("train", str(script), "--secret", f"HF_TOKEN={arn}", env={"HF_TOKEN": "mine"})
     assert mine.returncode == 0 and __import__("hashlib").sha256(b"mine").hexdigest()[:12] in mine.stdout
-    example = Path(__file__).resolve().parents[2] / "training" / "examples" / "finetune" / "train.py"
     missing = arn[:-6] + "Zz9Zz9"
-    denied = fresh_cli("train", str(example), "--secret", f"HF_TOKEN={missing}", "--json", env={"HF_TOKEN": ""})
+    denied = fresh_cli("train", str(example_dir / "train.py"), "--secret", f"HF_TOKEN={missing}", "--json",
+                       env={"HF_TOKEN": ""})
     assert denied.returncode == 1, denied.output
     assert json.loads(denied.stdout)["failure_reason"].startswith(
-        f"UsageError: secret HF_TOKEN: secretsmanager:GetSecretValue on {missing} failed (ResourceNotFoundException)")
+        f"UsageError: secret HF_TOKEN: secretsmanager:GetSecretValue on {missing} failed "
+        "(ResourceNotFoundException)")
     assert "Traceback" not in denied.output

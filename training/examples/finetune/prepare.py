@@ -56,11 +56,11 @@ def first_paragraph(docstring: str, name: str = "") -> str:
         return text
     cut = text[:MAX_ANSWER_CHARS]
     end = cut.rfind(". ")
-    return cut[:end + 1] if end >= MIN_ANSWER_CHARS else cut.rsplit(" ", 1)[0] + " ..."
+    return cut[: end + 1] if end >= MIN_ANSWER_CHARS else cut.rsplit(" ", 1)[0] + " ..."
 
 
 def module_name(relative: str) -> str:
-    parts = relative[:-len(".py")].split("/")
+    parts = relative[: -len(".py")].split("/")
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
@@ -74,7 +74,9 @@ def documented_names(source: str, module: str) -> list[dict]:
         return []
     found = []
     for node in tree.body:
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+        if not isinstance(
+            node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+        ) or node.name.startswith("_"):
             continue
         docstring = ast.get_docstring(node, clean=False)
         if not docstring:
@@ -87,9 +89,16 @@ def documented_names(source: str, module: str) -> list[dict]:
             signature = f"({ast.unparse(node.args)})"
             if len(signature) > MAX_SIGNATURE_CHARS:
                 signature = "(...)"
-        found.append({"module": module, "name": node.name, "qualified": f"{module}.{node.name}",
-                      "signature": signature, "kind": "class" if isinstance(node, ast.ClassDef) else "function",
-                      "answer": answer})
+        found.append(
+            {
+                "module": module,
+                "name": node.name,
+                "qualified": f"{module}.{node.name}",
+                "signature": signature,
+                "kind": "class" if isinstance(node, ast.ClassDef) else "function",
+                "answer": answer,
+            }
+        )
     return found
 
 
@@ -111,13 +120,25 @@ def conversations(seed: int = 0, root: str | None = None) -> list[dict]:
         item = items[qualified]
         questions = CLASS_QUESTIONS if item["kind"] == "class" else FUNCTION_QUESTIONS
         question = rng.choice(questions).format(**item)
-        out.append({"messages": [{"role": "user", "content": question},
-                                 {"role": "assistant", "content": item["answer"]}]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": item["answer"]},
+                ]
+            }
+        )
     return out
 
 
-def write_channels(out_dir: str | os.PathLike[str], *, test_fraction: float = 0.1, max_samples: int | None = None,
-                   seed: int = 0, root: str | None = None) -> dict:
+def write_channels(
+    out_dir: str | os.PathLike[str],
+    *,
+    test_fraction: float = 0.1,
+    max_samples: int | None = None,
+    seed: int = 0,
+    root: str | None = None,
+) -> dict:
     """Write `out_dir/train/data.jsonl` and `out_dir/test/data.jsonl`; return a summary per channel.
     Only those two files are (over)written; anything else in `out_dir` is left alone."""
     if not 0 < test_fraction < 1:
@@ -131,8 +152,10 @@ def write_channels(out_dir: str | os.PathLike[str], *, test_fraction: float = 0.
     if max_samples is not None:
         samples = samples[:max_samples]
     if len(samples) < 2:
-        raise UsageError(f"found {len(samples)} documented function(s) under {root or sysconfig.get_paths()['stdlib']}; "
-                         "the dataset needs the standard library's source.")
+        raise UsageError(
+            f"found {len(samples)} documented function(s) under {root or sysconfig.get_paths()['stdlib']}; "
+            "the dataset needs the standard library's source."
+        )
     test_count = min(len(samples) - 1, max(1, round(len(samples) * test_fraction)))
     split = {"test": samples[:test_count], "train": samples[test_count:]}
     source = {"corpus": "python-stdlib-docstrings", "python": sys.version.split()[0], "seed": seed}
@@ -144,6 +167,10 @@ def write_channels(out_dir: str | os.PathLike[str], *, test_fraction: float = 0.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(body, encoding="utf-8")
         os.replace(tmp, path)
-        summary[name] = {"samples": len(split[name]), "path": str(path),
-                         "sha256": hashlib.sha256(body.encode()).hexdigest(), **source}
+        summary[name] = {
+            "samples": len(split[name]),
+            "path": str(path),
+            "sha256": hashlib.sha256(body.encode()).hexdigest(),
+            **source,
+        }
     return summary

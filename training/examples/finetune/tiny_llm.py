@@ -58,27 +58,38 @@ class TinyLlmSize:
             if value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least 1.")
         if self.hidden % self.heads:
-            raise UsageError(f"--hidden {self.hidden} is not a multiple of --heads {self.heads}; "
-                             "choose a hidden size that the heads divide.")
+            raise UsageError(
+                f"--hidden {self.hidden} is not a multiple of --heads {self.heads}; "
+                "choose a hidden size that the heads divide."
+            )
         if self.heads % self.kv_heads:
-            raise UsageError(f"--heads {self.heads} is not a multiple of --kv-heads {self.kv_heads}; "
-                             "choose key/value heads that divide the heads.")
+            raise UsageError(
+                f"--heads {self.heads} is not a multiple of --kv-heads {self.kv_heads}; "
+                "choose key/value heads that divide the heads."
+            )
         if (self.hidden // self.heads) % 2:
-            raise UsageError(f"the head size {self.hidden // self.heads} (--hidden / --heads) is odd; rotary "
-                             "embeddings need an even one.")
+            raise UsageError(
+                f"the head size {self.hidden // self.heads} (--hidden / --heads) is odd; rotary "
+                "embeddings need an even one."
+            )
         if self.vocab < 256 + len(SPECIAL_TOKENS):
-            raise UsageError(f"--vocab {self.vocab}: a byte-level vocabulary needs at least "
-                             f"{256 + len(SPECIAL_TOKENS)} tokens (256 bytes and {len(SPECIAL_TOKENS)} special).")
+            raise UsageError(
+                f"--vocab {self.vocab}: a byte-level vocabulary needs at least "
+                f"{256 + len(SPECIAL_TOKENS)} tokens (256 bytes and {len(SPECIAL_TOKENS)} special)."
+            )
 
 
 def corpus_texts(limit: int = CORPUS_BYTES) -> list[str]:
-    """The tokenizer's training text: standard-library files in a fixed shuffled order, up to `limit` bytes."""
+    """The tokenizer's training text: standard-library files in a fixed shuffled order, up to
+    `limit` bytes."""
     from aiops.training.examples.lm.prepare import corpus_files
 
     files = corpus_files()
     if not files:
-        raise UsageError(f"no .py files under {sysconfig.get_paths()['stdlib']}: this Python has no standard "
-                         "library source to train the tokenizer on.")
+        raise UsageError(
+            f"no .py files under {sysconfig.get_paths()['stdlib']}: this Python has no standard "
+            "library source to train the tokenizer on."
+        )
     random.Random(CORPUS_SEED).shuffle(files)
     texts, used = [], 0
     for file in files:
@@ -99,18 +110,28 @@ def train_tokenizer(vocab: int, max_positions: int):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(corpus_texts(), trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=TURN_END, pad_token=END_OF_TEXT,
-                                      model_max_length=max_positions, clean_up_tokenization_spaces=False,
-                                      model_input_names=list(MODEL_INPUTS))
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=TURN_END,
+        pad_token=END_OF_TEXT,
+        model_max_length=max_positions,
+        clean_up_tokenization_spaces=False,
+        model_input_names=list(MODEL_INPUTS),
+    )
     wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
 
 
-def write_model(out: str | Path, size: TinyLlmSize = TinyLlmSize(), *, seed: int = 0,
-                dtype: str = "float32") -> dict:
+def write_model(
+    out: str | Path, size: TinyLlmSize = TinyLlmSize(), *, seed: int = 0, dtype: str = "float32"
+) -> dict:
     """Write the model folder; return a summary (parameters, vocabulary, files)."""
     size.check()
     if dtype not in ("float32", "bfloat16"):
@@ -126,15 +147,23 @@ def write_model(out: str | Path, size: TinyLlmSize = TinyLlmSize(), *, seed: int
     ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
     end_of_text, _, turn_end = ids
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=size.intermediate,
-        num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
-        max_position_embeddings=size.max_positions, tie_word_embeddings=False,
-        bos_token_id=None, eos_token_id=turn_end, pad_token_id=end_of_text,
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads,
+        max_position_embeddings=size.max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=turn_end,
+        pad_token_id=end_of_text,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(getattr(torch, dtype))
-    model.generation_config = GenerationConfig(eos_token_id=[turn_end, end_of_text], pad_token_id=end_of_text,
-                                               do_sample=False)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[turn_end, end_of_text], pad_token_id=end_of_text, do_sample=False
+    )
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -143,10 +172,18 @@ def write_model(out: str | Path, size: TinyLlmSize = TinyLlmSize(), *, seed: int
     (folder / "README.md").write_text(
         f"# tiny-llm (random weights)\n\nMade offline by `aiops example tiny-llm` for tests and demos: a "
         f"Llama-architecture causal LM with random weights (seed {seed}), {parameters:,} parameters, and a "
-        f"{len(tokenizer)}-token byte-level BPE tokenizer trained on the Python standard library. It generates "
-        "noise until fine-tuned; it exists to exercise the tools.\n")
-    return {"path": str(folder), "parameters": parameters, "vocab": len(tokenizer), "seed": seed,
-            "dtype": dtype, "files": sorted(p.name for p in folder.iterdir())}
+        f"{len(tokenizer)}-token byte-level BPE tokenizer trained on the Python standard library. It "
+        "generates "
+        "noise until fine-tuned; it exists to exercise the tools.\n"
+    )
+    return {
+        "path": str(folder),
+        "parameters": parameters,
+        "vocab": len(tokenizer),
+        "seed": seed,
+        "dtype": dtype,
+        "files": sorted(p.name for p in folder.iterdir()),
+    }
 
 
 def _portable_tokenizer_class(folder: Path) -> None:

@@ -54,15 +54,28 @@ COMPLETE_MARK = "aiops-complete"
 IGNORE_INDEX = -100  # labels the loss skips (the prompt, the padding)
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 # what a tokenizer is made of; the output gets the channel's own files, byte for byte
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja",
-                   "chat_template.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled, unavailable or uninitialized.*")
 # transformers' own deprecation notices about its internals (5.x) and a tensor copy it makes (4.57)
-warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning
+)
 warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
-warnings.filterwarnings("ignore", message="mtime may not be reliable", category=UserWarning)  # checkpoint rotation
+warnings.filterwarnings(
+    "ignore", message="mtime may not be reliable", category=UserWarning
+)  # checkpoint rotation
 
 
 class UsageProblem(Exception):
@@ -78,7 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     arg("epochs", type=float, default=1.0, help="passes over the train split (unless --max-steps)")
     arg("max-steps", type=int, default=-1, help="optimizer steps in all (-1: --epochs decides)")
-    arg("batch-size", type=int, default=8, help="global batch in sequences (processes x grad-accum must divide it)")
+    arg(
+        "batch-size",
+        type=int,
+        default=8,
+        help="global batch in sequences (processes x grad-accum must divide it)",
+    )
     arg("grad-accum", type=int, default=1, help="micro-batches per process per step")
     arg("max-length", type=int, default=512, help="longest sequence in tokens; longer ones are cut")
     arg("lr", type=float, default=2e-4, help="peak learning rate")
@@ -87,15 +105,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arg("lora-r", type=int, default=8)
     arg("lora-alpha", type=float, default=16)
     arg("lora-dropout", type=float, default=0.05)
-    arg("lora-target-modules", default="all-linear",
-        help="comma-separated module names (e.g. q_proj,v_proj) or all-linear")
+    arg(
+        "lora-target-modules",
+        default="all-linear",
+        help="comma-separated module names (e.g. q_proj,v_proj) or all-linear",
+    )
     arg("eval-samples", type=int, default=200, help="test examples evaluated before and after (0: all)")
     arg("logging-steps", type=int, default=10)
     arg("save-steps", type=int, default=100, help="checkpoint every N steps (and on SIGTERM)")
     arg("save-total-limit", type=int, default=2, help="checkpoints kept")
     arg("gradient-checkpointing", type=_bool, default=False)
-    arg("precision", choices=("auto", "bf16", "fp32"), default="auto",
-        help="auto: bf16 on a CUDA device that supports it, else fp32")
+    arg(
+        "precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="auto: bf16 on a CUDA device that supports it, else fp32",
+    )
     arg("fsdp", choices=("auto", "off"), default="auto", help="auto: FSDP under torchrun on GPUs")
     arg("seed", type=int, default=0)
     arg("threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
@@ -123,12 +148,16 @@ def check_args(args: argparse.Namespace, world: int) -> int:
         if getattr(args, name) < 1:
             raise UsageProblem(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     if args.save_total_limit < 2:
-        raise UsageProblem(f"--save-total-limit {args.save_total_limit}: keep at least 2, so a checkpoint torn "
-                           "by a reclaim always has a complete one before it")
+        raise UsageProblem(
+            f"--save-total-limit {args.save_total_limit}: keep at least 2, so a checkpoint torn "
+            "by a reclaim always has a complete one before it"
+        )
     parts = world * args.grad_accum
     if args.batch_size % parts:
-        raise UsageProblem(f"--batch-size {args.batch_size} does not split over {world} process(es) x --grad-accum "
-                           f"{args.grad_accum}; use a batch size that is a multiple of {parts}")
+        raise UsageProblem(
+            f"--batch-size {args.batch_size} does not split over {world} process(es) x --grad-accum "
+            f"{args.grad_accum}; use a batch size that is a multiple of {parts}"
+        )
     return args.batch_size // parts
 
 
@@ -139,11 +168,15 @@ def check_args(args: argparse.Namespace, world: int) -> int:
 def check_model_folder(path: str) -> None:
     """The model channel must be a Hugging Face model folder (what `save_pretrained` writes)."""
     if not os.path.isdir(path):
-        raise UsageProblem(f"no model channel at {path}: pass the model folder as a channel, "
-                           "e.g. aiops train ... --channel model=./my-model")
+        raise UsageProblem(
+            f"no model channel at {path}: pass the model folder as a channel, "
+            "e.g. aiops train ... --channel model=./my-model"
+        )
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UsageProblem(f"model channel {path} has no config.json: it is not a Hugging Face model folder "
-                           "(write one with save_pretrained, or aiops example tiny-llm)")
+        raise UsageProblem(
+            f"model channel {path} has no config.json: it is not a Hugging Face model folder "
+            "(write one with save_pretrained, or aiops example tiny-llm)"
+        )
     if not any(glob.glob(os.path.join(path, pattern)) for pattern in WEIGHT_FILES):
         raise UsageProblem(f"model channel {path} has no weights (*.safetensors or *.bin)")
 
@@ -151,8 +184,10 @@ def check_model_folder(path: str) -> None:
 def read_examples(folder: str, channel: str) -> list[dict]:
     files = sorted(glob.glob(os.path.join(folder, "**", "*.jsonl"), recursive=True))
     if not files:
-        raise UsageProblem(f"channel {channel} ({folder}) has no .jsonl file; write the channels with "
-                           "`aiops example finetune-data OUT`")
+        raise UsageProblem(
+            f"channel {channel} ({folder}) has no .jsonl file; write the channels with "
+            "`aiops example finetune-data OUT`"
+        )
     examples = []
     for file in files:
         with open(file, encoding="utf-8") as f:
@@ -174,10 +209,14 @@ def split_example(item: object, where: str) -> dict:
     """{"prompt": str | messages, "completion": str | messages} from either accepted format."""
     if isinstance(item, dict) and isinstance(item.get("messages"), list):
         messages = item["messages"]
-        if (len(messages) < 2 or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
-                or messages[-1]["role"] != "assistant"):
-            raise UsageProblem(f"{where}: \"messages\" must be a list of {{role, content}} ending with the "
-                               "assistant's answer")
+        if (
+            len(messages) < 2
+            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
+            or messages[-1]["role"] != "assistant"
+        ):
+            raise UsageProblem(
+                f'{where}: "messages" must be a list of {{role, content}} ending with the assistant\'s answer'
+            )
         return {"prompt": messages[:-1], "completion": messages[-1:]}
     if isinstance(item, dict) and "prompt" in item and "completion" in item:
         prompt, completion = item["prompt"], item["completion"]
@@ -185,8 +224,8 @@ def split_example(item: object, where: str) -> dict:
             return {"prompt": prompt, "completion": completion}
         if isinstance(prompt, list) and isinstance(completion, list):
             return {"prompt": prompt, "completion": completion}
-        raise UsageProblem(f"{where}: \"prompt\" and \"completion\" must both be strings or both message lists")
-    raise UsageProblem(f"{where}: expected {{\"messages\": [...]}} or {{\"prompt\": ..., \"completion\": ...}}")
+        raise UsageProblem(f'{where}: "prompt" and "completion" must both be strings or both message lists')
+    raise UsageProblem(f'{where}: expected {{"messages": [...]}} or {{"prompt": ..., "completion": ...}}')
 
 
 def tokenize(examples: list[dict], tokenizer, max_length: int, channel: str) -> list[dict]:
@@ -197,14 +236,18 @@ def tokenize(examples: list[dict], tokenizer, max_length: int, channel: str) -> 
         prompt, completion = example["prompt"], example["completion"]
         if isinstance(prompt, list):
             if not tokenizer.chat_template:
-                raise UsageProblem(f"channel {channel} holds conversations but the model's tokenizer has no chat "
-                                   "template; add one to tokenizer_config.json, or use prompt/completion strings")
+                raise UsageProblem(
+                    f"channel {channel} holds conversations but the model's tokenizer has no chat "
+                    "template; add one to tokenizer_config.json, or use prompt/completion strings"
+                )
             prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
             full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
             if not full_text.startswith(prompt_text):
-                raise UsageProblem("the chat template renders the conversation without its prompt as a prefix; "
-                                   "use prompt/completion strings with this model")
-            completion_text = full_text[len(prompt_text):]
+                raise UsageProblem(
+                    "the chat template renders the conversation without its prompt as a prefix; "
+                    "use prompt/completion strings with this model"
+                )
+            completion_text = full_text[len(prompt_text) :]
         else:
             prompt_text, completion_text = prompt, completion + (tokenizer.eos_token or "")
         prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
@@ -216,11 +259,16 @@ def tokenize(examples: list[dict], tokenizer, max_length: int, channel: str) -> 
             continue
         rows.append({"input_ids": ids, "labels": labels})
     if not rows:
-        raise UsageProblem(f"channel {channel}: no example keeps a completion token within --max-length "
-                           f"{max_length}; raise --max-length")
-    if dropped and int(os.environ.get("RANK", 0)) == 0:
-        print(f"note: channel {channel}: {dropped} example(s) longer than --max-length {max_length} in their "
-              "prompt alone are left out", flush=True)
+        raise UsageProblem(
+            f"channel {channel}: no example keeps a completion token within --max-length "
+            f"{max_length}; raise --max-length"
+        )
+    if dropped and int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"note: channel {channel}: {dropped} example(s) longer than --max-length {max_length} in their "
+            "prompt alone are left out",
+            flush=True,
+        )
     return rows
 
 
@@ -253,14 +301,23 @@ def lora_targets(model, spec: str) -> str | list[str]:
 
     wanted = [name.strip() for name in spec.split(",") if name.strip()]
     if not wanted:
-        raise UsageProblem("--lora-target-modules is empty; name modules (e.g. q_proj,v_proj) or use all-linear")
+        raise UsageProblem(
+            "--lora-target-modules is empty; name modules (e.g. q_proj,v_proj) or use all-linear"
+        )
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
     missing = [name for name in wanted if name not in names]
     if missing:
-        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if isinstance(module, torch.nn.Linear)})
-        raise UsageProblem(f"--lora-target-modules: {', '.join(missing)} not in {type(model).__name__}; its "
-                           f"linear layers are {', '.join(linear)} (or use all-linear)")
+        linear = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear)
+            }
+        )
+        raise UsageProblem(
+            f"--lora-target-modules: {', '.join(missing)} not in {type(model).__name__}; its "
+            f"linear layers are {', '.join(linear)} (or use all-linear)"
+        )
     return wanted
 
 
@@ -271,20 +328,22 @@ def lora_targets(model, spec: str) -> str | list[str]:
 def checkpoint_steps(folder: str) -> list[tuple[int, str]]:
     if not os.path.isdir(folder):
         return []
-    return sorted(((int(m.group(1)), name) for name in os.listdir(folder) if (m := CHECKPOINT_DIR.match(name))),
-                  reverse=True)
+    return sorted(
+        ((int(m.group(1)), name) for name in os.listdir(folder) if (m := CHECKPOINT_DIR.match(name))),
+        reverse=True,
+    )
 
 
 def find_resume_checkpoint(folder: str, say) -> str | None:
     """The newest complete checkpoint; torn ones (a process stopped mid-save) are moved aside by the
     first process of each host, so the Trainer never rotates a complete one out in their favour."""
     chosen = None
-    for step, name in checkpoint_steps(folder):
+    for _, name in checkpoint_steps(folder):
         path = os.path.join(folder, name)
         if os.path.isfile(os.path.join(path, COMPLETE_MARK)):
             chosen = chosen or path
             continue
-        if chosen is None and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        if chosen is None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
             aside = os.path.join(folder, f"incomplete-{name}-{int(time.time())}")
             try:
                 os.rename(path, aside)
@@ -302,12 +361,14 @@ def adapt_checkpoint(checkpoint: str, world: int, micro_batch: int) -> None:
       the restore when its file is missing;
     - the per-process batch in trainer_state.json: transformers 4 trains on with the checkpoint's,
       which would change the batches and the step count."""
-    if int(os.environ.get("LOCAL_RANK", 0)) != 0:
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return
     single = os.path.join(checkpoint, "rng_state.pth")
     first = single if os.path.isfile(single) else os.path.join(checkpoint, "rng_state_0.pth")
     if os.path.isfile(first):
-        wanted = [single] if world == 1 else [os.path.join(checkpoint, f"rng_state_{r}.pth") for r in range(world)]
+        wanted = (
+            [single] if world == 1 else [os.path.join(checkpoint, f"rng_state_{r}.pth") for r in range(world)]
+        )
         for path in wanted:
             if not os.path.isfile(path):
                 shutil.copyfile(first, path)
@@ -329,8 +390,8 @@ class FineTune:
     def __init__(self, args: argparse.Namespace) -> None:
         """Every check that reads files only, so every rank reaches the same verdict."""
         self.args = args
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.micro = check_args(args, self.world)
         check_model_folder(args.model)
         import torch
@@ -338,26 +399,30 @@ class FineTune:
 
         self.use_cuda = args.num_gpus > 0 and torch.cuda.is_available()
         if args.precision == "bf16" and not (self.use_cuda and torch.cuda.is_bf16_supported()):
-            raise UsageProblem("--precision bf16 needs a CUDA device with bf16 support (and SM_NUM_GPUS > 0); "
-                               "use --precision auto")
+            raise UsageProblem(
+                "--precision bf16 needs a CUDA device with bf16 support (and SM_NUM_GPUS > 0); "
+                "use --precision auto"
+            )
         self.bf16 = args.precision != "fp32" and self.use_cuda and torch.cuda.is_bf16_supported()
         self.fsdp = args.fsdp == "auto" and self.world > 1 and self.use_cuda
         try:
             self.config = AutoConfig.from_pretrained(args.model)
         except (ValueError, KeyError, OSError) as err:
-            raise UsageProblem(f"model channel {args.model}: its config.json does not load here "
-                               f"({str(err).splitlines()[0]})") from None
+            raise UsageProblem(
+                f"model channel {args.model}: its config.json does not load here ({str(err).splitlines()[0]})"
+            ) from None
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(args.model)
         except (ValueError, OSError, TypeError) as err:
-            raise UsageProblem(f"model channel {args.model}: no tokenizer loads from it "
-                               f"({str(err).splitlines()[0]})") from None
+            raise UsageProblem(
+                f"model channel {args.model}: no tokenizer loads from it ({str(err).splitlines()[0]})"
+            ) from None
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         train = read_examples(args.train, "train")
         test = read_examples(args.test, "test")
         if args.eval_samples > 0:
-            test = test[:args.eval_samples]
+            test = test[: args.eval_samples]
         self.train_rows = tokenize(train, self.tokenizer, args.max_length, "train")
         self.test_rows = tokenize(test, self.tokenizer, args.max_length, "test")
         self.resume_from = find_resume_checkpoint(args.checkpoint_dir, self.say)
@@ -379,13 +444,19 @@ class FineTune:
         model = AutoModelForCausalLM.from_pretrained(self.args.model, dtype=dtype)
         model.config.use_cache = False  # no KV cache while training
         targets = lora_targets(model, self.args.lora_target_modules)
-        config = LoraConfig(r=self.args.lora_r, lora_alpha=self.args.lora_alpha, lora_dropout=self.args.lora_dropout,
-                            target_modules=targets, task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=self.args.lora_r,
+            lora_alpha=self.args.lora_alpha,
+            lora_dropout=self.args.lora_dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
         try:
             model = get_peft_model(model, config)
         except ValueError as err:
-            raise UsageProblem(f"--lora-target-modules {self.args.lora_target_modules}: "
-                               f"{str(err).splitlines()[0]}") from None
+            raise UsageProblem(
+                f"--lora-target-modules {self.args.lora_target_modules}: {str(err).splitlines()[0]}"
+            ) from None
         if self.fsdp:
             for param in model.parameters():  # the adapters too: one dtype per sharded group
                 param.data = param.data.to(torch.float32)
@@ -400,9 +471,14 @@ class FineTune:
             extra.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.fsdp:
             layer = _decoder_layer_class(self.config)
-            extra.update(fsdp="full_shard auto_wrap",
-                         fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": [layer],
-                                      "state_dict_type": "FULL_STATE_DICT"})
+            extra.update(
+                fsdp="full_shard auto_wrap",
+                fsdp_config={
+                    "version": 2,
+                    "transformer_layer_cls_to_wrap": [layer],
+                    "state_dict_type": "FULL_STATE_DICT",
+                },
+            )
             os.environ.setdefault("FSDP_VERSION", "2")  # transformers 4.x hands it to accelerate this way
         return TrainingArguments(
             output_dir=args.checkpoint_dir,
@@ -435,7 +511,7 @@ class FineTune:
             **extra,
         )
 
-    def run(self, stop: "StopRequest") -> bool:
+    def run(self, stop: StopRequest) -> bool:
         """Evaluate, train (resumed if there is a checkpoint), evaluate; True when training ended."""
         import torch
         from transformers import PrinterCallback, Trainer, set_seed
@@ -444,26 +520,35 @@ class FineTune:
             torch.set_num_threads(self.args.threads)
         set_seed(self.args.seed)  # the adapters' initial weights (the Trainer seeds only later)
         model = self.load_model()
-        trainer = Trainer(model=model, args=self.training_arguments(), train_dataset=self.train_rows,
-                          eval_dataset=self.test_rows, data_collator=Collator(self.tokenizer.pad_token_id),
-                          processing_class=self.tokenizer,
-                          callbacks=[EvaluateBefore(self), MetricLines(self.say), CheckpointMark(), StopCallback(stop)])
+        trainer = Trainer(
+            model=model,
+            args=self.training_arguments(),
+            train_dataset=self.train_rows,
+            eval_dataset=self.test_rows,
+            data_collator=Collator(self.tokenizer.pad_token_id),
+            processing_class=self.tokenizer,
+            callbacks=[EvaluateBefore(self), MetricLines(self.say), CheckpointMark(), StopCallback(stop)],
+        )
         trainer.remove_callback(PrinterCallback)  # its dict lines repeat what MetricLines prints
         self.trainer = trainer
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        self.say(f"fine-tuning {type(model.get_base_model()).__name__} from {self.args.model} on "
-                 f"{trainer.args.device} x {self.world} process(es) ("
-                 f"{'FSDP' if self.fsdp else 'DDP' if self.world > 1 else 'one process'}), bf16: {self.bf16}; "
-                 f"LoRA r={self.args.lora_r} on {self.args.lora_target_modules}: {trainable:,} trainable of "
-                 f"{total:,} parameters; {len(self.train_rows)} train / {len(self.test_rows)} test examples; "
-                 f"global batch {self.args.batch_size} = {self.world} x {self.args.grad_accum} x {self.micro}")
+        self.say(
+            f"fine-tuning {type(model.get_base_model()).__name__} from {self.args.model} on "
+            f"{trainer.args.device} x {self.world} process(es) ("
+            f"{'FSDP' if self.fsdp else 'DDP' if self.world > 1 else 'one process'}), bf16: {self.bf16}; "
+            f"LoRA r={self.args.lora_r} on {self.args.lora_target_modules}: {trainable:,} trainable of "
+            f"{total:,} parameters; {len(self.train_rows)} train / {len(self.test_rows)} test examples; "
+            f"global batch {self.args.batch_size} = {self.world} x {self.args.grad_accum} x {self.micro}"
+        )
         if self.resume_from:
             self.say(f"resuming from {self.resume_from}")
         trainer.train(resume_from_checkpoint=self.resume_from)  # EvaluateBefore measures the model as it came
         if stop.requested_anywhere:
-            self.say(f"SIGTERM received: stopped after step {trainer.state.global_step}; its checkpoint is in "
-                     f"{self.args.checkpoint_dir}")
+            self.say(
+                f"SIGTERM received: stopped after step {trainer.state.global_step}; its checkpoint is in "
+                f"{self.args.checkpoint_dir}"
+            )
             return False
         after = trainer.evaluate()["eval_loss"]
         self.say(f"test_loss_after={after:.6f}; test_perplexity_after={math.exp(min(after, 50)):.4f};")
@@ -489,13 +574,26 @@ class FineTune:
         copied = copy_tokenizer_files(args.model, args.model_dir)
         steps = trainer.state.global_step
         with open(os.path.join(args.output_data_dir, "metrics.json"), "w") as f:
-            json.dump({"test_loss_before": self.losses["before"], "test_loss_after": self.losses["after"],
-                       "test_perplexity_before": math.exp(min(self.losses["before"], 50)),
-                       "test_perplexity_after": math.exp(min(self.losses["after"], 50)),
-                       "steps": steps, "world_size": self.world, "train_examples": len(self.train_rows),
-                       "test_examples": len(self.test_rows)}, f, indent=2)
-        print(f"merged the LoRA adapters of {steps} steps into {args.model_dir} (tokenizer: {', '.join(copied)}); "
-              f"adapters in {adapter_dir}", flush=True)
+            json.dump(
+                {
+                    "test_loss_before": self.losses["before"],
+                    "test_loss_after": self.losses["after"],
+                    "test_perplexity_before": math.exp(min(self.losses["before"], 50)),
+                    "test_perplexity_after": math.exp(min(self.losses["after"], 50)),
+                    "steps": steps,
+                    "world_size": self.world,
+                    "train_examples": len(self.train_rows),
+                    "test_examples": len(self.test_rows),
+                },
+                f,
+                indent=2,
+            )
+        print(
+            f"merged the LoRA adapters of {steps} steps into {args.model_dir} "
+            f"(tokenizer: {', '.join(copied)}); "
+            f"adapters in {adapter_dir}",
+            flush=True,
+        )
 
 
 def copy_tokenizer_files(source: str, dest: str) -> list[str]:
@@ -516,8 +614,10 @@ def _decoder_layer_class(config) -> str:
     model_class = AutoModelForCausalLM._model_mapping[type(config)]
     names = getattr(model_class, "_no_split_modules", None) or []
     if not names:
-        raise UsageProblem(f"{model_class.__name__} names no decoder layer (_no_split_modules) to shard with "
-                           "FSDP; run it with --fsdp off")
+        raise UsageProblem(
+            f"{model_class.__name__} names no decoder layer (_no_split_modules) to shard with "
+            "FSDP; run it with --fsdp off"
+        )
     return names[0]
 
 
@@ -567,7 +667,7 @@ class EvaluateBefore(_trainer_callback_base()):
     `train()` leaves the model marked prepared, and accelerate then skips its DDP wrapper, so the
     processes would train apart without a word (accelerate 1.16)."""
 
-    def __init__(self, job: "FineTune") -> None:
+    def __init__(self, job: FineTune) -> None:
         self.job = job
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -621,8 +721,11 @@ class StopCallback(_trainer_callback_base()):
         import torch.distributed as dist
 
         pause_at = os.environ.get("AIOPS_FINETUNE_PAUSE_AT")  # for the tests: hold rank 0 after that step
-        if pause_at and int(pause_at) == state.global_step and int(os.environ.get("RANK", 0)) == 0:
-            print(f"paused after step {state.global_step} (AIOPS_FINETUNE_PAUSE_AT): waiting for SIGTERM", flush=True)
+        if pause_at and int(pause_at) == state.global_step and int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"paused after step {state.global_step} (AIOPS_FINETUNE_PAUSE_AT): waiting for SIGTERM",
+                flush=True,
+            )
             while not self.stop.requested:  # the other ranks wait in the all_reduce below
                 self.stop.arrived.wait(0.1)
         flag = self.stop.requested
@@ -669,8 +772,10 @@ def read_secret(name: str) -> str | None:
         answer = boto3.client("secretsmanager", region_name=arn.split(":")[3]).get_secret_value(SecretId=arn)
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
-        raise UsageProblem(f"secret {name}: secretsmanager:GetSecretValue on {arn} failed ({code}); the job's role "
-                           "needs it (access.trainingSecrets in the stack config)") from None
+        raise UsageProblem(
+            f"secret {name}: secretsmanager:GetSecretValue on {arn} failed ({code}); the job's role "
+            "needs it (access.trainingSecrets in the stack config)"
+        ) from None
     except BotoCoreError as err:
         raise UsageProblem(f"secret {name}: cannot reach Secrets Manager for {arn} ({err})") from None
     return answer.get("SecretString") or answer["SecretBinary"].decode()
@@ -679,7 +784,7 @@ def read_secret(name: str) -> str | None:
 def export_secrets() -> list[str]:
     """Every `--secret` into this process's environment by its name, where libraries look for it
     (HF_TOKEN for huggingface_hub, WANDB_API_KEY for wandb); never printed, never in argv."""
-    names = sorted(key[len(SECRET_ARN_PREFIX):] for key in os.environ if key.startswith(SECRET_ARN_PREFIX))
+    names = sorted(key[len(SECRET_ARN_PREFIX) :] for key in os.environ if key.startswith(SECRET_ARN_PREFIX))
     for name in names:
         os.environ[name] = read_secret(name) or ""
     return names
@@ -695,7 +800,7 @@ def quiet_libraries(rank: int) -> None:
 
 def main() -> int:
     args = parse_args()
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", "0"))
     quiet_libraries(rank)
     try:
         secrets = export_secrets()
@@ -725,6 +830,6 @@ if __name__ == "__main__":
         raise
     sys.stdout.flush()
     sys.stderr.flush()
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         os._exit(code)  # as the LM example: gloo's threads can abort interpreter shutdown
     sys.exit(code)
