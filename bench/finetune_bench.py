@@ -49,10 +49,9 @@ def free_port() -> int:
 
 
 def make_inputs(root: Path, sizes: dict) -> tuple[Path, Path]:
-    from transformers.utils import logging
-
     from aiops.training.examples.finetune.prepare import write_channels
     from aiops.training.examples.finetune.tiny_llm import TinyLlmSize, write_model
+    from transformers.utils import logging
 
     logging.disable_progress_bar()
 
@@ -130,8 +129,8 @@ def render(r: dict) -> str:
         "# LoRA fine-tune example: throughput", "",
         f"{r['host']}, {r['cpus']} CPUs, load {r['load_before']:.1f} before / {r['load_after']:.1f} after; "
         + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
-        f"CPU, model {cpu['model']}, {cpu['run']['max-steps']} steps, global batch {cpu['run']['batch-size']}, "
-        "one thread per process:", "",
+        f"CPU, model {cpu['model']}, {cpu['run']['max-steps']} steps, global batch "
+        f"{cpu['run']['batch-size']}, one thread per process:", "",
         "| processes | non-padding tokens/s (median) | wall s |", "|---|---|---|",
         f"| 1 | {cpu['one_process']['tokens_per_second']:.0f} | {cpu['one_process']['wall_seconds']:.1f} |",
         f"| 2 (DDP) | {cpu['two_processes']['tokens_per_second']:.0f} | "
@@ -142,7 +141,8 @@ def render(r: dict) -> str:
         lines += [f"GPU {gpu['name']}, model {gpu['model']}:", "",
                   "| precision | tokens/s | peak GPU memory GiB |", "|---|---|---|"]
         for name in ("fp32", "bf16"):
-            lines.append(f"| {name} | {gpu[name]['tokens_per_second']:.0f} | {gpu[name]['peak_gpu_memory_gib']} |")
+            row = gpu[name]
+            lines.append(f"| {name} | {row['tokens_per_second']:.0f} | {row['peak_gpu_memory_gib']} |")
         lines += ["", f"bf16 speed-up: {gpu['bf16_speedup']:.2f}x (goal >= 2x).", ""]
     return "\n".join(lines)
 
