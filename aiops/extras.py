@@ -15,6 +15,7 @@ MODULE_EXTRAS = {
     "matplotlib": "plot", "PIL": "plot",
     "sagemaker": "images",
     "onnx": "onnx", "onnxruntime": "onnx",
+    "transformers": "finetune", "peft": "finetune", "accelerate": "finetune", "tokenizers": "finetune",
 }
 
 

@@ -1,4 +1,4 @@
-"""The one place for the name and URI patterns the rooms share (SageMaker names, S3 URIs)."""
+"""The one place for the name and URI patterns the rooms share (SageMaker names, S3 URIs, secret ARNs)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ import re
 SAGEMAKER_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 #: ``s3://bucket/key``: a DNS-style bucket name (3-63 lowercase letters, digits, '.', '-') and a key
 S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
+#: a Secrets Manager secret's full ARN: partition, region, account, ``secret:``, the name (letters, digits,
+#: ``/_+=.@-``) and the 6 characters Secrets Manager appends; an IAM policy names exactly this
+SECRET_ARN = re.compile(
+    r"^arn:aws(-cn|-us-gov|-iso|-iso-[a-z])?:secretsmanager:[a-z]{2}(-[a-z]+)+-\d:\d{12}:secret:[A-Za-z0-9/_+=.@-]+"
+    r"-[A-Za-z0-9]{6}$")
+
+
+def is_secret_arn(arn: str) -> bool:
+    return SECRET_ARN.match(arn) is not None
 
 
 def is_sagemaker_name(name: str) -> bool:

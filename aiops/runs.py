@@ -241,6 +241,8 @@ class RunConfig(_Record):
     follow_symlinks: bool = False
     input_modes: dict[str, str] = Field(default_factory=dict)
     channel_sharding: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)  # --env: set in the script's environment
+    secrets: dict[str, str] = Field(default_factory=dict)  # --secret: name -> Secrets Manager ARN (no value)
     metric_definitions: list[dict[str, str]] = Field(default_factory=list)  # [{"Name", "Regex"}]
     # remote jobs
     instance_count: int | None = None

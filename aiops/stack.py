@@ -187,6 +187,7 @@ class StackOutputs(BaseModel):
     alerts_topic_arn: str | None = None
     launch_template_id: str | None = None
     gpu_group_name: str | None = None
+    training_secret_arns: list[str] = Field(default_factory=list)  # what the role may read (--secret)
 
     @property
     def vpc(self) -> bool:

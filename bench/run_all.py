@@ -34,6 +34,7 @@ QUICK: dict[str, tuple[list[str], dict[str, str]]] = {
     "forward_gap": (["--calls", "30", "--rounds", "1"], {}),
     "serve_cpu_split": (["--seconds", "2"], {}),
     "llm_engine": (["--requests", "4", "--tokens", "8", "--sizes", "tiny", "--conc", "1,4", "--rounds", "1"], {}),
+    "finetune_bench": (["--steps", "6"], {}),
 }
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-example_app = typer.Typer(help="The kit's examples: data for the digits classifier and the byte-level language model.", no_args_is_help=True)
+example_app = typer.Typer(
+    help="The kit's examples: data for the digits classifier, the byte-level language model and the LoRA "
+    "fine-tune, and a tiny Llama model.", no_args_is_help=True)
 
 
 @example_app.command("digits-data")
@@ -39,6 +42,67 @@ def lm_data(
     for name, info in summary.items():
         typer.echo(f"{name}: {info['tokens']} tokens in {info['shards']} shard(s) from {info['documents']} "
                    f"files -> {info['path']}")
+
+
+@example_app.command("finetune-data")
+def finetune_data(
+    out: Path = typer.Argument(..., help="Folder to write the train/ and test/ channels into."),
+    test_fraction: float = typer.Option(0.1, min=0.01, max=0.5,
+                                        help="Share of conversations held out for test."),
+    max_samples: Optional[int] = typer.Option(None, min=2,
+                                              help="Keep at most this many conversations in all."),
+    seed: int = typer.Option(0, help="Seed of the order, the split and the question phrasings."),
+) -> None:
+    """Write an instruction dataset made from the Python standard library's docstrings (no download) as
+    train and test channels: data.jsonl, one {"messages": [user, assistant]} conversation a line."""
+    from aiops.training.examples.finetune.prepare import write_channels
+
+    summary = write_channels(out, test_fraction=test_fraction, max_samples=max_samples, seed=seed)
+    for name, info in summary.items():
+        typer.echo(f"{name}: {info['samples']} conversations -> {info['path']}")
+
+
+@example_app.command("tiny-llm")
+def tiny_llm(
+    out: Path = typer.Argument(..., help="New folder to write the Hugging Face model folder into."),
+    layers: int = typer.Option(2, help="Decoder layers (num_hidden_layers)."),
+    hidden: int = typer.Option(64, help="Hidden size (hidden_size)."),
+    heads: int = typer.Option(4, help="Attention heads (num_attention_heads)."),
+    kv_heads: int = typer.Option(2, help="Key/value heads (num_key_value_heads; grouped-query attention)."),
+    intermediate: int = typer.Option(128, help="MLP size (intermediate_size)."),
+    vocab: int = typer.Option(512, help="BPE vocabulary, special tokens included."),
+    max_positions: int = typer.Option(512, help="Longest sequence (max_position_embeddings)."),
+    dtype: str = typer.Option("float32", help="Weights as float32 or bfloat16."),
+    seed: int = typer.Option(0, help="Seed of the random weights: the same seed and sizes, the same "
+                             "weights."),
+) -> None:
+    """Write a small Llama-architecture causal LM with random weights, a tokenizer trained here on the
+    Python standard library and a chat template: a Hugging Face model folder, made offline. The
+    defaults make ~140k parameters; --layers 12 --hidden 768 --heads 12 --kv-heads 4 --intermediate
+    2048 --vocab 16384 makes ~100M."""
+    from aiops.extras import check_extra
+
+    check_extra("finetune", "aiops example tiny-llm", "transformers", "tokenizers", "safetensors")
+    from aiops.training.examples.finetune.tiny_llm import TinyLlmSize, write_model
+
+    size = TinyLlmSize(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                       intermediate=intermediate, vocab=vocab, max_positions=max_positions)
+    size.check()
+    _quiet_transformers()
+    summary = write_model(out, size, seed=seed, dtype=dtype)
+    typer.echo(f"{summary['parameters']:,} parameters, vocabulary {summary['vocab']}, {summary['dtype']}, "
+               f"seed {summary['seed']} -> {summary['path']} ({', '.join(summary['files'])})")
+
+
+def _quiet_transformers() -> None:
+    """No progress bars or advice from transformers on a command's output."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
 
 
 def register(app: typer.Typer, *, panel: str) -> None:

@@ -213,6 +213,12 @@ def train(
         None, "--hyperparameters", help="JSON file of hyperparameters (--hp overrides it)."
     ),
     channel: List[str] = typer.Option([], "--channel", help="Input channel NAME=PATH (repeatable)."),
+    env: List[str] = typer.Option(
+        [], "--env", help="Environment variable KEY=VALUE of the script (repeatable): the local process's, "
+        "the job's Environment. Not SM_*/SAGEMAKER_*, not secrets."),
+    secret: List[str] = typer.Option(
+        [], "--secret", help="Secret NAME=ARN of AWS Secrets Manager (repeatable): the script reads it as "
+        "docs/training.md#secrets shows; its value is never sent or stored."),
     input_mode: List[str] = typer.Option([], "--input-mode", help="[NAME=]File|FastFile|Pipe: a channel's "
                                          "InputMode (every channel without NAME; runs as File locally)."),
     channel_sharding: List[str] = typer.Option([], "--channel-sharding", help="[NAME=]ShardedByS3Key|"
@@ -302,6 +308,9 @@ def train(
         follow_symlinks=follow_symlinks,
         input_modes=input_mode,
         channel_sharding=channel_sharding,
+        environment=_parse_pairs(env, "--env", "HF_HUB_OFFLINE=1", unique=True),
+        secrets=_parse_pairs(secret, "--secret", "HF_TOKEN=arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME",
+                             unique=True),
     )
     options = jobs.LaunchOptions(
         output_dir=output_dir, wait=wait, download=download, instance_type=instance_type,

@@ -27,6 +27,8 @@ class AccessArgs:
     security_group_ids: tuple[str, ...] = ()
     extra_image_repositories: tuple[tuple[str, str], ...] = ()  # (account, repository): LLM containers
     publish_topic_names: tuple[str, ...] = ()  # async-inference notification topics
+    secret_arns: tuple[str, ...] = ()  # Secrets Manager secrets training jobs read (--secret)
+    secret_key_arns: tuple[str, ...] = ()  # their customer-managed KMS keys
 
 
 class Access(pulumi.ComponentResource):
@@ -65,6 +67,8 @@ class Access(pulumi.ComponentResource):
                     security_group_ids=args.security_group_ids,
                     extra_image_repositories=args.extra_image_repositories,
                     publish_topic_names=args.publish_topic_names,
+                    secret_arns=args.secret_arns,
+                    secret_key_arns=args.secret_key_arns,
                 )
             )
         )

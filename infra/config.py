@@ -78,9 +78,44 @@ class StorageConfig(_Model):
 
 class AccessConfig(_Model):
     """The SageMaker execution role. Its bucket prefixes are not configurable: they are the stack
-    contract's (``aiops.stack.S3Layout``), the same ones remote jobs and deployments write to."""
+    contract's (``aiops.stack.S3Layout``), the same ones remote jobs and deployments write to.
+
+    ``trainingSecrets``: the Secrets Manager secrets (full ARNs) training jobs may read
+    (``aiops train --remote --secret NAME=ARN``): the role gets ``secretsmanager:GetSecretValue`` on
+    exactly these. ``trainingSecretKeys``: the customer-managed KMS keys those secrets are encrypted
+    with, if any (``kms:Decrypt`` through Secrets Manager only); secrets under the AWS-managed key
+    need none.
+    """
 
     enabled: bool = True
+    training_secrets: tuple[str, ...] = ()
+    training_secret_keys: tuple[str, ...] = ()
+
+    @field_validator("training_secrets")
+    @classmethod
+    def _secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from aiops.names import is_secret_arn
+
+        bad = [arn for arn in value if not is_secret_arn(arn)]
+        if bad:
+            raise ValueError(f"{bad[0]} is not a Secrets Manager secret's full ARN "
+                             "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-AbCdEf)")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("training_secret_keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        key_arn = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+")
+        bad = [arn for arn in value if not key_arn.fullmatch(arn)]
+        if bad:
+            raise ValueError(f"{bad[0]} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")
+        return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _keys_need_secrets(self) -> AccessConfig:
+        if self.training_secret_keys and not self.training_secrets:
+            raise ValueError("trainingSecretKeys without trainingSecrets: list the secrets they encrypt")
+        return self
 
 
 _SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")

@@ -130,8 +130,13 @@ def execution_role_policy(
     security_group_ids: tuple[str, ...] = (),
     extra_image_repositories: tuple[tuple[str, str], ...] = (),
     publish_topic_names: tuple[str, ...] = (),
+    secret_arns: tuple[str, ...] = (),
+    secret_key_arns: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Least privilege for SageMaker jobs and endpoints run as this role.
+
+    ``secret_arns``: the Secrets Manager secrets training jobs read (``--secret``), exactly those;
+    ``secret_key_arns``: their customer-managed KMS keys, usable only through Secrets Manager.
 
     ``extra_image_repositories``: (registry account, repository) of the endpoint's LLM container
     (LMI, TGI). ``publish_topic_names``: the async-inference notification topics (SageMaker
@@ -159,6 +164,23 @@ def execution_role_policy(
         _arn_ok(own_repository_arn, "ecr")
         repos.append(own_repository_arn)
     statements: list[dict[str, Any]] = []
+    if secret_arns:
+        statements.append({
+            "Sid": "ReadTrainingSecrets",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": list(secret_arns),
+        })
+    if secret_key_arns:
+        statements.append({
+            "Sid": "DecryptTrainingSecrets",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": list(secret_key_arns),
+            "Condition": {"StringEquals": {"kms:ViaService": [
+                f"secretsmanager.{region}.amazonaws.com"
+                for region in sorted({arn.split(":")[3] for arn in secret_arns})]}},
+        })
     if publish_topic_names:
         statements.append({
             "Sid": "PublishAsyncNotifications",

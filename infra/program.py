@@ -97,11 +97,15 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 extra_image_repositories=endpoint_image_repositories(ep, cfg.region)
                 if ep.enabled and not (ep.image.uri or ep.image.own_repository) else (),
                 publish_topic_names=async_topic_names(cfg.endpoint_name) if ep.enabled and ep.async_inference.enabled else (),
+                secret_arns=cfg.access.training_secrets,
+                secret_key_arns=cfg.access.training_secret_keys,
             ),
             opts=opts,
         )
         role_arn = access.role.arn
         outputs["roleArn"] = role_arn
+        if cfg.access.training_secrets:
+            outputs["trainingSecretArns"] = list(cfg.access.training_secrets)
 
     if ep.enabled:
         from aiops.infra.endpoint import Endpoint, EndpointArgs

@@ -93,12 +93,40 @@ def digits_default_run(digits_channels: Path, tmp_path_factory: pytest.TempPathF
     return {**built, **{k: Path(built[k]) for k in ("home", "data", "run_dir")}}
 
 
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`aiops example tiny-llm` (default sizes, seed 0), made once for every xdist worker: a Hugging
+    Face model folder, read-only for the tests."""
+    from helpers import built_once
+
+    def make(root: Path) -> dict:
+        made = run_aiops(root / "home", root, "example", "tiny-llm", str(root / "tiny-llm"))
+        assert made.returncode == 0, made.output
+        return {"model": str(root / "tiny-llm"), "stdout": made.stdout}
+
+    return Path(built_once(tmp_path_factory, "tiny-llm", make)["model"])
+
+
+@pytest.fixture(scope="session")
+def finetune_channels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`aiops example finetune-data`'s train/ and test/ channels (seed 0), made once, read-only."""
+    from helpers import built_once
+
+    def make(root: Path) -> dict:
+        made = run_aiops(root / "home", root, "example", "finetune-data", str(root / "data"))
+        assert made.returncode == 0, made.output
+        return {"data": str(root / "data")}
+
+    return Path(built_once(tmp_path_factory, "finetune-channels", make)["data"])
+
+
 # Files whose tests share an expensive module- or session-scoped fixture (a trained digits run):
 # `make test` runs pytest-xdist with `--dist loadgroup`, and one group stays on one worker, so the
 # fixture is built once instead of once per worker. Everything else spreads test by test.
 XDIST_GROUPS = {
     "export/": "digits-export-run",
     "training/test_example.py": "digits-example-runs",
+    "training/test_finetune.py": "finetune-runs",
 }
 
 

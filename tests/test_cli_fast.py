@@ -9,7 +9,7 @@ import sys
 import pytest
 
 HEAVY = ("torch", "boto3", "botocore", "pulumi", "pulumi_aws", "sagemaker", "numpy", "uvicorn", "onnxruntime",
-         "onnx")
+         "onnx", "transformers", "peft", "accelerate", "tokenizers")
 
 PROBE = """
 import contextlib, io, json, sys

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from aiops import files
 from aiops.errors import UsageError
 from aiops.runs import RunConfig, RunRecord, RunStore, job_name_from_base, validate_job_name
-from aiops.training import contract
+from aiops.training import contract, model_channel
 from aiops.training.metrics import MetricDefinition, MetricSample
 from aiops.training.requirements import RequirementProblem, check_requirements
 
@@ -39,6 +39,12 @@ class JobConfig:
     follow_symlinks: bool = False  # ship what symlinks pointing outside the source dir point to
     input_modes: dict[str, str] = field(default_factory=dict)  # channel -> File | FastFile | Pipe
     channel_sharding: dict[str, str] = field(default_factory=dict)  # channel -> S3DataDistributionType
+    environment: dict[str, str] = field(default_factory=dict)  # --env: the container's environment
+    secrets: dict[str, str] = field(default_factory=dict)  # --secret: variable name -> Secrets Manager ARN
+
+    def script_environment(self) -> dict[str, str]:
+        """What the job adds to the script's environment: `--env`, and where each `--secret` is."""
+        return {**self.environment, **contract.secret_environment(self.secrets)}
 
     def to_record(self) -> RunConfig:
         return RunConfig(
@@ -52,6 +58,8 @@ class JobConfig:
             follow_symlinks=self.follow_symlinks,
             input_modes=self.input_modes,
             channel_sharding=self.channel_sharding,
+            environment=self.environment,
+            secrets=self.secrets,
             metric_definitions=[d.as_sagemaker() for d in self.metric_definitions],
         )
 
@@ -103,6 +111,7 @@ class Target:
     local_checkpoints: bool = True  # --resume restores an earlier local run's checkpoint folder
     instance_count: int = 1
     gpus_per_instance: int | None = None  # a remote type's GPUs (aiops/data/gpus.json): its default processes per host
+    runs_here: bool = True  # the script runs on this machine's packages (a remote job: on its image's)
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,8 @@ class Detached(Exception):
 def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> PreparedJob:
     """Check the whole request before anything is written; UsageError (exit 2) on bad input."""
     contract.validate_hyperparameters(config.hyperparameters)
+    contract.refuse_secret_looking(config.hyperparameters, "--hp")
+    contract.validate_environment(config.environment, config.secrets)
     if config.nproc is not None and config.nproc < 1:
         raise UsageError(f"--nproc {config.nproc}: needs at least 1 process.")
     distribution = contract.resolve_distribution(config.distribution, instance_count=target.instance_count,
@@ -188,12 +199,7 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
             "--distribution mpi is launched by mpirun inside the SageMaker container; run it with --remote, "
             "or use --distribution torch_distributed locally."
         )
-    warnings = [
-        f"hyperparameter {name!r} looks like a secret: hyperparameters are stored and shown in the clear "
-        "(run record, DescribeTrainingJob, the console); read secrets from AWS Secrets Manager or an "
-        "environment variable instead."
-        for name in contract.secret_looking_hyperparameters(config.hyperparameters)
-    ]
+    warnings: list[str] = []
 
     code_source, entry_point = _resolve_code(config.entry_point, config.source_dir)
     channels: dict[str, Path] = {}
@@ -213,6 +219,8 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
     }
     for selection in channel_selections.values():
         warnings += selection.warnings
+    if model_channel.CHANNEL in channels:  # pretrained weights: a Hugging Face model folder
+        warnings += model_channel.check(channels[model_channel.CHANNEL], runs_here=target.runs_here)
 
     checkpoint_source = None
     if config.resume and target.local_checkpoints:
@@ -346,6 +354,8 @@ def job_config(
     follow_symlinks: bool = False,
     input_modes: Sequence[str] = (),
     channel_sharding: Sequence[str] = (),
+    environment: Mapping[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> JobConfig:
     """The job the options ask for. Without an entry point, `resume` names the run whose whole
     configuration is reused; options given (hyperparameters, channels, ...) override it."""
@@ -360,6 +370,8 @@ def job_config(
         config.source_dir = source_dir
     config.hyperparameters.update(hp)
     config.channels.update(channels)
+    config.environment.update(environment or {})
+    config.secrets.update(secrets or {})
     config.metric_definitions += metric_definitions
     config.instance_type = instance_type or config.instance_type or default_instance_type
     config.nproc = nproc if nproc is not None else config.nproc
@@ -391,6 +403,8 @@ def resume_config(store: RunStore, name: str) -> JobConfig:
         follow_symlinks=bool(cfg.follow_symlinks),
         input_modes=dict(cfg.input_modes),
         channel_sharding=dict(cfg.channel_sharding),
+        environment=dict(cfg.environment),
+        secrets=dict(cfg.secrets),
         metric_definitions=[MetricDefinition(d["Name"], d["Regex"]) for d in cfg.metric_definitions],
         resume=name,
     )

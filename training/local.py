@@ -166,7 +166,8 @@ def run(
     # One machine: `algo-1` does not resolve here, and 7777 may be taken by another local run, so
     # MASTER_ADDR/MASTER_PORT are loopback and a free port (the container's are algo-1:7777).
     launch = contract.host_launch(spec, paths, contract.HostFacts.detect(), python=python or sys.executable,
-                                  base_env=os.environ, master_addr="127.0.0.1", master_port=_free_port())
+                                  base_env={**os.environ, **job.config.script_environment()},
+                                  master_addr="127.0.0.1", master_port=_free_port())
     env, command = launch.env, launch.argv
 
     record = RunRecord(
@@ -372,6 +373,10 @@ class LocalBackend:
             if mode != "File":  # recorded in inputdataconfig.json; the data itself is read as File here
                 self.events.note(f"channel {name!r}: --input-mode {mode} runs as File locally "
                                  "(see docs/remote.md#input-modes for what changes on SageMaker).")
+        for name in sorted(job.config.secrets):
+            if not os.environ.get(name):  # the value stays where it is; the script reads it there
+                self.events.note(f"--secret {name}: not set in your environment, so the script reads it from "
+                                 "Secrets Manager with your AWS credentials (see docs/training.md#secrets).")
         train = self.settings.train
         record = run(job, self.store, stop_grace_seconds=train.stop_grace_seconds, link_channels=train.link_channels,
                      region=self.settings.aws.region, log_tail_lines=train.log_tail_lines, reporter=self.events)

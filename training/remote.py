@@ -23,6 +23,7 @@ from aiops.training.remote_request import (
     apply_defaults,
     build_request,
     check_budget,
+    check_secret_grants,
     client_token,
     resolve_options,
 )
@@ -139,7 +140,8 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
                          instance_type=options.instance_type, instance_count=options.instance_count,
                          spot=options.spot, network_isolation=options.network_isolation,
                          vpc=bool(options.subnets), processes_per_host=processes.processes_per_host,
-                         world_size=processes.world_size, processes=processes.line()),
+                         world_size=processes.world_size, processes=processes.line(),
+                         environment=dict(job.config.environment), secrets=dict(job.config.secrets)),
         large_files=code.large_files,
         estimated_max_cost_usd=estimate.cost(spot=options.spot),
         final_metrics={},
@@ -171,7 +173,7 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
         channel_uris=channel_uris, submit_directory=code_upload.uri, image_uri=image_uri, options=options,
         nproc=processes.processes_per_host, metric_definitions=job.config.metric_definitions,
         input_modes=job.config.input_modes, channel_sharding=job.config.channel_sharding,
-        distribution=job.distribution,
+        distribution=job.distribution, environment=job.config.script_environment(),
     )
     record.config.channels = channel_uris  # type: ignore[union-attr]
     record.update(
@@ -227,11 +229,12 @@ class SageMakerBackend:
         apply_defaults(options, self._stack_outputs, self.settings.aws)
         from aiops.gpufit import gpu_count
 
-        target = jobs.Target(s3_channels=True, mpi=True, local_checkpoints=False,
+        target = jobs.Target(s3_channels=True, mpi=True, local_checkpoints=False, runs_here=False,
                              instance_count=options.instance_count,
                              gpus_per_instance=gpu_count(options.instance_type))
         prepared = jobs.prepare(config, self.store, target)
-        for warning in prepared.warnings:
+        grants = check_secret_grants(config.secrets, options, self._stack_outputs)
+        for warning in [*prepared.warnings, *grants]:
             self.events.warning(warning)
         return prepared
 

@@ -134,6 +134,26 @@ def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> No
                           f"no output {missing!r}; run 'aiops deploy --stack {options.stack}' with aiops:network set.")
 
 
+def check_secret_grants(secrets: Mapping[str, str], options: RemoteOptions,
+                        outputs: StackOutputs) -> list[str]:
+    """`--secret` ARNs the job's role may read: the stack's role reads exactly the ARNs of its
+    `access.trainingSecrets` (the `trainingSecretArns` output), so another is refused before any
+    upload; a role given with --role is the user's to check (a warning)."""
+    if not secrets:
+        return []
+    if not outputs.role_arn or options.role != outputs.role_arn:
+        arns = ", ".join(sorted(set(secrets.values())))
+        return [(f"--secret: the job runs as {options.role}, not the stack's role; it needs "
+                 f"secretsmanager:GetSecretValue on {arns}.")]
+    for name, arn in secrets.items():
+        if arn not in outputs.training_secret_arns:
+            raise UsageError(
+                f"--secret {name}: the role of stack {options.stack!r} may not read {arn}; add the ARN to "
+                f"access.trainingSecrets in Pulumi.{options.stack}.yaml and run 'aiops deploy --stack "
+                f"{options.stack}' (or pass --role with a role that may read it).")
+    return []
+
+
 def check_budget(estimate: Any, *, spot: bool, max_cost: float | None, confirmed: bool) -> str | None:
     """Refuse a launch whose worst-case cost is over the budget (unless confirmed).
 
@@ -171,12 +191,14 @@ def build_request(
     distribution: str = contract.DISTRIBUTION_NONE,
     input_modes: Mapping[str, str] | None = None,
     channel_sharding: Mapping[str, str] | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The CreateTrainingJob request (pure: tests assert it field by field).
 
     `input_modes` / `channel_sharding`: a channel's InputMode (File, FastFile: objects streamed on
     first read, Pipe: a FIFO per epoch) and S3DataDistributionType (ShardedByS3Key: each host gets
-    a disjoint subset of the objects); File and FullyReplicated when not given."""
+    a disjoint subset of the objects); File and FullyReplicated when not given. `environment`: the
+    user's `--env` variables (validated by `contract.validate_environment`)."""
     input_modes, channel_sharding = input_modes or {}, channel_sharding or {}
     spec = contract.TrainingJobSpec(
         job_name=job_name,
@@ -226,7 +248,7 @@ def build_request(
             "S3Uri": LAYOUT.checkpoint_uri(options.bucket, job_name),
             "LocalPath": CHECKPOINT_LOCAL_PATH,
         },
-        "Environment": {contract.CHECKPOINT_ENV: CHECKPOINT_LOCAL_PATH},
+        "Environment": {**(environment or {}), contract.CHECKPOINT_ENV: CHECKPOINT_LOCAL_PATH},
         "Tags": [{"Key": k, "Value": v} for k, v in sorted({"managed-by": "aiops", **options.tags}.items())],
     }
     if not request["InputDataConfig"]:

@@ -205,3 +205,14 @@ def test_engine_config_path_reads_the_same_keys(monkeypatch):
             from_pulumi_config()
     finally:
         runtime_config.CONFIG.reset(token)
+
+
+def test_training_secrets_are_full_secret_arns():
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:aiops/hf-token-AbC123"
+    cfg = parse(merged(access={"trainingSecrets": [arn, arn]}), stack="t")
+    assert cfg.access.training_secrets == (arn,)
+    partial = "arn:aws:secretsmanager:us-east-1:123456789012:secret:hf-token"  # no 6-character suffix
+    msg = error_of(access={"trainingSecrets": [partial]})
+    assert "aiops:access.trainingSecrets" in msg and "not a Secrets Manager secret's full ARN" in msg
+    msg = error_of(access={"trainingSecretKeys": ["arn:aws:kms:us-east-1:123456789012:key/k-1"]})
+    assert "trainingSecretKeys without trainingSecrets" in msg

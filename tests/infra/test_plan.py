@@ -188,3 +188,14 @@ def test_plans_leave_the_collector_as_they_found_it(make_plan):
     finally:
         gc.enable()
     assert gc.get_freeze_count() == frozen
+
+
+def test_training_secrets_reach_the_role_and_the_outputs(make_plan):
+    import json
+
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:aiops/hf-token-AbC123"
+    plan = make_plan(access={"trainingSecrets": [arn]})
+    doc = json.loads(plan.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])
+    read = next(s for s in doc["Statement"] if s["Sid"] == "ReadTrainingSecrets")
+    assert read["Action"] == "secretsmanager:GetSecretValue" and read["Resource"] == [arn]
+    assert plan.outputs["trainingSecretArns"] == [arn]  # what `aiops train --remote --secret` checks

@@ -136,3 +136,22 @@ def test_image_uris():
         images.pytorch_inference_uri(region="us-east-1", version="2.5", py_version="py39", instance_type=None)
     with pytest.raises(ConfigError, match="frameworkVersion='0.1'"):
         images.pytorch_inference_uri(region="us-east-1", version="0.1", py_version="py311", instance_type=None)
+
+
+SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:aiops/hf-token-AbC123"
+OTHER_REGION_SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:wandb-Xy9Zz1"
+
+
+def test_execution_role_reads_exactly_the_training_secrets():
+    assert not any("secretsmanager" in str(s["Action"]) or s["Sid"] == "DecryptTrainingSecrets"
+                   for s in role_policy()["Statement"])  # none unless listed
+    doc = role_policy(secret_arns=(SECRET, OTHER_REGION_SECRET), secret_key_arns=(KEY,))
+    assert policies.wildcard_statements(doc) == []
+    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    assert by_sid["ReadTrainingSecrets"] == {"Sid": "ReadTrainingSecrets", "Effect": "Allow",
+                                             "Action": "secretsmanager:GetSecretValue",
+                                             "Resource": [SECRET, OTHER_REGION_SECRET]}
+    assert by_sid["DecryptTrainingSecrets"]["Resource"] == [KEY]
+    assert by_sid["DecryptTrainingSecrets"]["Condition"] == {"StringEquals": {"kms:ViaService": [
+        "secretsmanager.eu-west-1.amazonaws.com", "secretsmanager.us-east-1.amazonaws.com"]}}
+    assert "DecryptTrainingSecrets" not in {s["Sid"] for s in role_policy(secret_arns=(SECRET,))["Statement"]}

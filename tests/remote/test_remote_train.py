@@ -190,6 +190,10 @@ BAD = [
     (["--channel", "extra=ftp://host/data"], "neither a local path nor an s3:// URI"),
     (["--channel", "extra=./not/here"], "neither an existing local path nor an s3:// URI"),
     (["--on-demand", "--max-wait", "7200"], "only applies to spot"),
+    (["--env", "SM_MODEL_DIR=/x"], "SM_* and SAGEMAKER_* variables belong to the SageMaker container"),
+    (["--env", "HF_TOKEN=hf_abc"], "--env HF_TOKEN looks like a secret"),
+    (["--hp", "wandb_api_key=abc"], "pass --secret wandb_api_key=arn:aws:secretsmanager:"),
+    (["--channel", "model=project"], "channel 'model' (" ),
 ]
 
 
@@ -200,6 +204,18 @@ def test_bad_remote_input_uploads_nothing(run_cli, project: Path, tmp_path: Path
     assert result.returncode == 2, result.output
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert platform.count("s3:PUT") == 0 and platform.count("SageMaker.CreateTrainingJob") == 0
+
+
+def test_env_lands_in_the_request_environment_and_the_record(run_cli, project: Path, tmp_path: Path, platform,
+                                                            aiops_home: Path) -> None:
+    result = _submit(run_cli, project, tmp_path, "--no-wait", "--env", "HF_HUB_OFFLINE=1", "--env",
+                     "WANDB_MODE=offline")
+    assert result.returncode == 0, result.output
+    (request,) = platform.create_requests
+    assert request["Environment"] == {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+                                      "AIOPS_CHECKPOINT_DIR": "/opt/ml/checkpoints"}
+    record = json.loads((aiops_home / "runs" / request["TrainingJobName"] / "run.json").read_text())
+    assert record["config"]["environment"] == {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
 def test_no_role_anywhere(run_cli, project: Path, platform) -> None:
@@ -357,3 +373,80 @@ def test_invoke_endpoint_errors_are_one_line(run_cli, platform) -> None:
     assert result.returncode == 2, result.output
     (line,) = result.stderr.strip().splitlines()
     assert "invoking endpoint digits-endpoint: no AWS credentials found" in line
+
+
+SECRET_VALUE = "hf_not-for-anyones-eyes-123"
+
+
+def _secret(platform) -> str:
+    manager = platform.boto("secretsmanager")
+    return manager.create_secret(Name="aiops/hf-token", SecretString=SECRET_VALUE)["ARN"]
+
+
+def test_secret_reaches_the_job_as_its_arn_only(run_cli, project: Path, tmp_path: Path, platform,
+                                               aiops_home: Path) -> None:
+    from aiops.stack import write_outputs as write_stack_outputs
+
+    arn = _secret(platform)
+    role = "arn:aws:iam::123456789012:role/from-the-stack"
+    write_stack_outputs(aiops_home, "dev", {"region": "us-east-1", "bucket": BUCKET, "roleArn": role,
+                                            "trainingSecretArns": [arn]})
+    result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait", "--json",
+                     "--secret", f"HF_TOKEN={arn}", env={"AIOPS_AWS__ROLE_ARN": "", "HF_TOKEN": SECRET_VALUE})
+    assert result.returncode == 0, result.output
+    (request,) = platform.create_requests
+    assert request["Environment"] == {"AIOPS_SECRET_ARN_HF_TOKEN": arn,
+                                      "AIOPS_CHECKPOINT_DIR": "/opt/ml/checkpoints"}
+    described = platform.boto("sagemaker").describe_training_job(TrainingJobName=request["TrainingJobName"])
+    run_folder = aiops_home / "runs" / request["TrainingJobName"]
+    record = json.loads((run_folder / "run.json").read_text())
+    assert record["config"]["secrets"] == {"HF_TOKEN": arn}
+    code = json.loads(request["HyperParameters"]["sagemaker_submit_directory"])
+    bundle = platform.boto("s3").get_object(Bucket=BUCKET, Key=code.split(f"{BUCKET}/", 1)[1])["Body"].read()
+    # the value is nowhere: not in the request, the description, the record, the bundle or the output
+    for place in (json.dumps(request), json.dumps(described, default=str), result.output, bundle):
+        assert SECRET_VALUE not in (place if isinstance(place, str) else place.decode("latin1"))
+    assert not any(SECRET_VALUE.encode() in p.read_bytes() for p in run_folder.rglob("*") if p.is_file())
+
+
+def test_secret_the_stacks_role_may_not_read_is_refused_before_upload(run_cli, project: Path, platform,
+                                                                      aiops_home: Path) -> None:
+    from aiops.stack import write_outputs as write_stack_outputs
+
+    arn = _secret(platform)
+    write_stack_outputs(aiops_home, "dev", {"region": "us-east-1", "bucket": BUCKET,
+                                            "roleArn": "arn:aws:iam::123456789012:role/from-the-stack"})
+    result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--no-wait", "--secret",
+                     f"HF_TOKEN={arn}", env={"AIOPS_AWS__ROLE_ARN": ""})
+    assert result.returncode == 2, result.output
+    assert result.stderr.startswith(f"error: --secret HF_TOKEN: the role of stack 'dev' may not read {arn}; "
+                                    "add the ARN to access.trainingSecrets in Pulumi.dev.yaml")
+    assert platform.count("s3:PUT") == 0 and platform.count("SageMaker.CreateTrainingJob") == 0
+
+
+def test_a_local_run_reads_the_secret_from_secrets_manager_or_the_environment(fresh_cli, tmp_path: Path,
+                                                                              platform) -> None:
+    """The example's read path: NAME from the environment when set, else Secrets Manager at the ARN."""
+    arn = _secret(platform)
+    script = tmp_path / "uses_secret.py"
+    example_dir = Path(__file__).resolve().parents[2] / "training" / "examples" / "finetune"
+    script.write_text(
+        "import hashlib, os, sys\n"
+        f"sys.path.insert(0, {str(example_dir)!r})\n"
+        "from train import export_secrets\n"
+        "print('read', export_secrets(), hashlib.sha256(os.environ['HF_TOKEN'].encode()).hexdigest()[:12])\n")
+    digest = __import__("hashlib").sha256(SECRET_VALUE.encode()).hexdigest()[:12]
+    from_manager = fresh_cli("train", str(script), "--secret", f"HF_TOKEN={arn}", env={"HF_TOKEN": ""})
+    assert from_manager.returncode == 0, from_manager.output
+    assert f"read ['HF_TOKEN'] {digest}" in from_manager.stdout and SECRET_VALUE not in from_manager.output
+    assert "not set in your environment, so the script reads it from Secrets Manager" in from_manager.output
+    mine = fresh_cli("train", str(script), "--secret", f"HF_TOKEN={arn}", env={"HF_TOKEN": "mine"})
+    assert mine.returncode == 0 and __import__("hashlib").sha256(b"mine").hexdigest()[:12] in mine.stdout
+    missing = arn[:-6] + "Zz9Zz9"
+    denied = fresh_cli("train", str(example_dir / "train.py"), "--secret", f"HF_TOKEN={missing}", "--json",
+                       env={"HF_TOKEN": ""})
+    assert denied.returncode == 1, denied.output
+    assert json.loads(denied.stdout)["failure_reason"].startswith(
+        f"UsageError: secret HF_TOKEN: secretsmanager:GetSecretValue on {missing} failed "
+        "(ResourceNotFoundException)")
+    assert "Traceback" not in denied.output

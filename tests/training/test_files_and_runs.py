@@ -122,13 +122,16 @@ def test_run_folders_are_private(run_cli, aiops_home: Path, tmp_path: Path) -> N
     assert stat.S_IMODE((aiops_home / "runs" / "private").stat().st_mode) == 0o700
 
 
-def test_secret_looking_hyperparameter_is_warned_about(run_cli, tmp_path: Path) -> None:
+def test_secret_looking_hyperparameter_is_refused_naming_secret(run_cli, tmp_path: Path,
+                                                                aiops_home: Path) -> None:
     script = tmp_path / "t.py"
     script.write_text("print(1)\n")
-    result = run_cli("train", str(script), "--hp", "api_key=abc", "--hp", "max_tokens=5", "--json")
-    assert result.returncode == 0, result.output
-    assert "hyperparameter 'api_key' looks like a secret" in result.stderr and "Secrets Manager" in result.stderr
-    assert "max_tokens" not in result.stderr
+    result = run_cli("train", str(script), "--hp", "max_tokens=5", "--hp", "api_key=abc")
+    assert result.returncode == 2, result.output
+    assert result.stderr.startswith("error: --hp api_key looks like a secret")
+    assert "--secret api_key=arn:" in result.stderr
+    assert "Traceback" not in result.output and not (aiops_home / "runs").exists()
+    assert run_cli("train", str(script), "--hp", "max_tokens=5").returncode == 0  # a word, not a substring
 
 
 BAD = [
