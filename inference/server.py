@@ -44,6 +44,7 @@ from pydantic import BaseModel
 
 from aiops.inference import codecs
 from aiops.inference.errors import HttpError, typed_status
+from aiops.inference.scheduling import PROMOTION_POLL_SECONDS, Placement, SchedulingPolicy
 from aiops.inference.streaming import BUFFERED, CHUNKED, EVENTS
 from aiops.settings import ServeSettings
 
@@ -57,8 +58,6 @@ UNHEALTHY_BODY = b'{"status":"Unhealthy"}\n'
 RETRY_AFTER_SECONDS = 1
 EXIT_STUCK = 70  # the worker ended itself: a handler call stayed stuck past the timeout
 EXIT_INFERENCE_DIED = 71  # the inference thread itself failed (never a handler's error)
-INLINE_AFTER = 20  # fast handler calls on the inference thread before the loop runs them itself
-INLINE_AFTER_MAX = 20_000  # ... growing 4x each time a slow inline call sends the worker back
 EVENTSTREAM_TYPE = b"application/vnd.amazon.eventstream"
 
 
@@ -387,7 +386,6 @@ class App:
         self.model_dir = spec.model_dir
         self.Context = Context
         self.batch_size = max(1, s.batch_size) if handler.batchable else 1
-        self.max_delay = s.max_batch_delay_ms / 1000.0
         self.api_key = s.api_key.encode() if s.api_key else None
         self.variant = s.variant.encode()
         self.max_payload = s.max_payload_bytes
@@ -408,34 +406,22 @@ class App:
         self.streams: set = set()  # streamed answers being sent
         self.work: queue.SimpleQueue = queue.SimpleQueue()
         self.finished: collections.deque = collections.deque()  # (requests, results) from the inference thread
-        self.wake_pending = False
+        self.wake_pending = False  # a loop wake-up for ``finished`` is scheduled
         self.healthy = True
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.call_started: float | None = None  # set while a handler call runs (either thread)
         self.thread: threading.Thread | None = None
-        # Inline mode: while handler calls keep fitting in inline_call_ms, the loop runs them itself
-        # (no queue, no wake-up of another thread, no GIL ping-pong per request); one slower call
-        # sends the worker back to its inference thread. Only one thread runs the handler at a time:
-        # the loop goes inline only once the inference thread has finished everything handed to it.
-        budget = s.inline_call_ms if s.inline_call_ms is not None else 50.0
-        self.inline_budget = budget / 1000.0
-        # Full inline mode (every request on the loop) is for batched workers or when inline_call_ms
-        # is set; an unbatched worker by default keeps its thread under load (its forward overlaps
-        # the loop's reads) and runs on the loop only a request that is alone (solo, below).
-        self.full_inline = self.inline_budget > 0 and (self.batch_size > 1 or s.inline_call_ms is not None)
-        self.solo: list[Request] = []  # requests to run on the loop because each was alone (c=1)
-        self.solo_scheduled = False
-        self.inline = False
-        self.promoting = False
-        self.fast_streak = 0  # consecutive handler calls within the budget
-        self.promote_after = INLINE_AFTER  # grows each time a slow call demotes the worker
-        self.handed = 0  # requests put on the work queue (loop thread)
-        self.taken = 0  # requests the inference thread is done with (inference thread)
-        self.pending: list[Request] = []  # inline mode: requests read, not yet run
-        self.flush_scheduled = False
-        self.seen = 0  # pending requests at the last look (batching: stop waiting once arrivals pause)
-        self.inline_reqs: list[Request] = []  # the requests of the inline call running now (the watchdog's view)
+        # Where each handler call runs (the loop or the inference thread) and when a batch closes:
+        # decided by the policy; this class carries the decisions out.
+        self.policy = SchedulingPolicy.for_worker(batch_size=self.batch_size,
+                                                  max_batch_delay_ms=s.max_batch_delay_ms,
+                                                  inline_call_ms=s.inline_call_ms)
+        self.solo: list[Request] = []  # requests placed SOLO, run by the loop after this poll
+        self.solo_scheduled = False  # a loop callback for ``solo`` is scheduled
+        self.pending: list[Request] = []  # requests placed INLINE, read and not yet run
+        self.flush_scheduled = False  # a loop callback for ``pending`` is scheduled
+        self.inline_reqs: list[Request] = []  # the loop's call running now: the watchdog's view
 
     # ---- admission (loop thread)
     def accept(self, conn: Connection) -> None:
@@ -516,25 +502,25 @@ class App:
         req = Request(conn, body, conn.ctype, accept, conn.attrs, _rid(), conn.inference_id, keep, mode)
         conn.current = req
         self.inflight[req] = None
-        if not (self.inline or self.promoting) and self.full_inline and self.fast_streak >= self.promote_after:
-            self.promoting = True  # new requests wait until the inference thread has finished what it holds
-        if self.inline or self.promoting:
+        placement = self.policy.on_admit(len(self.inflight))
+        if placement is Placement.INLINE:
             self.pending.append(req)
             if not self.flush_scheduled:  # after this poll's reads: every request they completed
                 self.flush_scheduled = True
                 self.loop.call_soon(self._flush)
-        elif (self.inline_budget > 0 and len(self.inflight) == 1 and self.handed == self.taken
-              and self.fast_streak >= self.promote_after):
-            # Solo: the only request in flight, the inference thread idle, calls fast so far: the
-            # loop runs it right after this poll (no queue, no thread wake-up, no GIL hand-over;
-            # at c=1 nothing could overlap the call anyway). Guarded as inline mode: watchdog, budget.
+        elif placement is Placement.SOLO:
+            # the loop runs it right after this poll (no queue, no thread wake-up, no GIL hand-over),
+            # guarded as inline mode: watchdog, budget
             self.solo.append(req)
             if not self.solo_scheduled:
                 self.solo_scheduled = True
                 self.loop.call_soon(self._run_solo)
         else:
-            self.handed += 1
-            self.work.put(req)
+            self._to_thread(req)
+
+    def _to_thread(self, req: Request) -> None:
+        self.policy.to_thread()
+        self.work.put(req)
 
     def _run_solo(self) -> None:
         self.solo_scheduled = False
@@ -542,11 +528,10 @@ class App:
         for req in solo:
             if req.done:
                 continue
-            if self.handed == self.taken and self.fast_streak >= self.promote_after:
+            if self.policy.solo_turn() is Placement.SOLO:
                 self._run_inline([req], solo=True)
             else:  # something went to the thread meanwhile (or a slow call): keep the order there
-                self.handed += 1
-                self.work.put(req)
+                self._to_thread(req)
 
     def abandon(self, req: Request) -> None:
         """The client of ``req`` has gone (loop thread): it is not run if it has not started."""
@@ -564,7 +549,7 @@ class App:
     def start_inference(self) -> None:
         self.thread = threading.Thread(target=self._inference_main, name="aiops-inference", daemon=True)
         self.thread.start()
-        if self.inline_budget > 0:
+        if self.policy.uses_loop:
             threading.Thread(target=self.watch, name="aiops-watchdog", daemon=True).start()
 
     def _inference_main(self) -> None:
@@ -577,7 +562,7 @@ class App:
             os._exit(EXIT_INFERENCE_DIED)
 
     def _inference_loop(self) -> None:
-        get, batch_size = self.work.get, self.batch_size
+        get, batch_size, policy = self.work.get, self.batch_size, self.policy
         while True:
             req = get()
             if req is _STOP:
@@ -587,7 +572,7 @@ class App:
                 self._gather(batch)
             live = [r for r in batch if not r.done]
             if not live:
-                self.taken += len(batch)
+                policy.thread_done(len(batch))
                 continue
             self.call_started = started = time.monotonic()
             if len(live) == 1:
@@ -597,7 +582,7 @@ class App:
                 waited = _runqueue_wait()
                 results = self._invoke_batch(live)
             self.call_started = None
-            self._timed(time.monotonic() - started, waited=waited)
+            policy.on_call_finished(time.monotonic() - started, off_cpu=_off_cpu_since(waited))
             # One answer: written here. A batch's answers go to the loop in one wake-up instead: a
             # write per answer from this thread gives the GIL away once per answer (measured slower).
             rest = self._answer_direct(live, results) if len(live) == 1 else (live, results)
@@ -606,69 +591,33 @@ class App:
                 if not self.wake_pending:  # one loop wake-up for whatever is left until the loop runs
                     self.wake_pending = True
                     self.loop.call_soon_threadsafe(self._deliver)
-            self.taken += len(batch)
-
-    def _timed(self, seconds: float, solo: bool = False, waited: float | None = None) -> None:
-        """Count a handler call towards inline mode (within the budget) or out of it.
-
-        ``waited``: the thread's run-queue wait before the call (batches only). A call over the
-        budget only because the machine did not give it a CPU (another process ran) is not the
-        handler being slow: it neither counts nor demotes (on a shared machine batches were
-        thrown out of inline mode several times a second)."""
-        if seconds <= self.inline_budget:
-            self.fast_streak += 1
-            return
-        if waited is not None:
-            now = _runqueue_wait()
-            if now is not None and seconds - (now - waited) <= self.inline_budget:
-                return
-        self.fast_streak = 0
-        if solo:  # a slow solo call: as many more fast calls before the next as after a demotion
-            self.promote_after = min(self.promote_after * 4, INLINE_AFTER_MAX)
-            log.info("a handler call took %.0f ms (inline_call_ms=%g): lone requests go to the inference "
-                     "thread again", seconds * 1000, self.inline_budget * 1000)
-        if self.inline:  # a slow call: /ping and the timeouts must not wait on the next one
-            self.inline = False
-            self.promote_after = min(self.promote_after * 4, INLINE_AFTER_MAX)
-            log.info("a handler call took %.0f ms (inline_call_ms=%g): back to the inference thread",
-                     seconds * 1000, self.inline_budget * 1000)
+            policy.thread_done(len(batch))
 
     # ---- inline mode (loop thread)
     def _flush(self) -> None:
         """Run the requests this poll completed: one call each, or batches of up to batch_size."""
         self.flush_scheduled = False
-        pending = self.pending
+        pending, policy = self.pending, self.policy
         if not pending:
             return
-        if self.promoting:
-            if self.handed != self.taken:  # the inference thread is not done yet: look again shortly
-                self.flush_scheduled = True
-                self.loop.call_later(0.0002, self._flush)
-                return
-            self.promoting = False
-            self.inline = self.fast_streak >= self.promote_after  # unless a slow call came meanwhile
-            if self.inline:
-                log.info("handler calls take under %g ms: the event loop runs them (inline mode)",
-                         self.inline_budget * 1000)
-        if not self.inline:  # demoted meanwhile: the inference thread takes what waits
+        placement = policy.on_flush()
+        if placement is Placement.WAIT:  # the inference thread is not done yet: look again shortly
+            self.flush_scheduled = True
+            self.loop.call_later(PROMOTION_POLL_SECONDS, self._flush)
+            return
+        if placement is Placement.THREAD:  # demoted meanwhile: the inference thread takes what waits
             self.pending = []
             for req in pending:
                 if not req.done:
-                    self.handed += 1
-                    self.work.put(req)
+                    self._to_thread(req)
             return
         n = self.batch_size
         if n > 1:
-            k = len(pending)
-            if (k < n and k < len(self.conns) and self.max_delay > 0 and k > self.seen
-                    and time.monotonic() < pending[0].t0 + self.max_delay):
-                # still arriving: one more (non-blocking) look at the sockets before the call (not
-                # when every open connection already has its request here: none can add one; c=1)
-                self.seen = k
+            if not policy.batch_closes(len(pending), len(self.conns), pending[0].t0, time.monotonic()):
+                # still arriving: one more (non-blocking) look at the sockets before the call
                 self.flush_scheduled = True
                 self.loop.call_soon(self._flush)
                 return
-            self.seen = 0
             take = pending[:n]
             del pending[:n]
             live = [r for r in take if not r.done]
@@ -676,7 +625,7 @@ class App:
                 self._run_inline(live)
         else:
             i = 0
-            while i < len(pending) and self.inline:
+            while i < len(pending) and policy.inline:
                 req = pending[i]
                 i += 1
                 if not req.done:
@@ -695,7 +644,7 @@ class App:
         finally:
             self.call_started = None
             self.inline_reqs = []
-        self._timed(time.monotonic() - started, solo, waited)
+        self.policy.on_call_finished(time.monotonic() - started, solo=solo, off_cpu=_off_cpu_since(waited))
         with self.lock:  # once for the whole batch: only the watchdog competes
             was_done = [r.done for r in reqs]
             for req in reqs:
@@ -801,18 +750,16 @@ class App:
         """Top ``batch`` up from the queue: what is waiting, then stragglers while they keep coming
         (at most ``max_batch_delay`` after the first; a lone request never waits). It sleeps 0.5 ms
         at a time instead of waiting on the queue, so stragglers do not wake it one by one."""
-        work, n = self.work, self.batch_size
+        work, n, policy = self.work, self.batch_size, self.policy
         while len(batch) < n:
             try:
                 req = work.get_nowait()
             except queue.Empty:
-                if len(batch) == 1 or self.max_delay <= 0:
-                    return
-                left = batch[0].t0 + self.max_delay - time.monotonic()
-                if left <= 0:
+                wait = policy.straggler_wait(len(batch), batch[0].t0, time.monotonic())
+                if wait <= 0:
                     return
                 before = len(batch)
-                time.sleep(min(0.0005, left))
+                time.sleep(wait)
                 while len(batch) < n:
                     try:
                         req = work.get_nowait()
@@ -1102,6 +1049,20 @@ def _runqueue_wait() -> float | None:
         return int(os.pread(fd, 128, 0).split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _off_cpu_since(waited: float | None):
+    """For a call that began with run-queue reading ``waited`` (None: not read): a function giving
+    the seconds the thread has waited for a CPU since, or None when unknown (the policy asks it only
+    for a call over its budget, so a fast call costs no reading)."""
+    if waited is None:
+        return None
+
+    def off_cpu() -> float | None:
+        now = _runqueue_wait()
+        return None if now is None else now - waited
+
+    return off_cpu
 
 
 def _rss_bytes() -> int:
