@@ -35,10 +35,10 @@ accept, ctx)`` (``Handler.invoke`` that may return a stream); then, when ``is_st
     if mode == streaming.BUFFERED:
         out = await stream.collect()           # raises the handler's error; then a normal answer
     else:
-        # an asyncio.Protocol server (aiops.inference.server's worker):
-        conn.sink = sink = streaming.TransportSink(conn.transport)   # the protocol forwards
-        sink.start(status_line + streaming.head_lines(mode, ctype)   # connection_lost,
-                   + other_header_lines + b"\r\n")                    # pause/resume_writing
+        # an asyncio.Protocol server (aiops serve's worker, aiops.inference.serving.http):
+        conn.sink = sink = responses.TransportSink(conn.transport)   # the protocol forwards
+        sink.start(status_line + responses.stream_head_lines(mode, ctype)   # connection_lost,
+                   + other_header_lines + b"\r\n")                           # pause/resume_writing
         outcome = await streaming.stream_to(stream, sink, mode=mode, request_id=rid, timeout_s=...)
         conn.sink = None                       # keep-alive only if outcome.completed
         # or an ASGI app on uvicorn:
@@ -707,69 +707,6 @@ async def respond_asgi(stream: ChunkStream, receive: Callable, send: Callable, *
         return await stream_to(stream, sink, mode=mode, request_id=request_id, timeout_s=timeout_s)
     finally:
         sink.close()
-
-
-# ---------------------------------------------------------------- a raw asyncio.Protocol server
-
-
-def head_lines(mode: str, content_type: str) -> bytes:
-    """The response-header lines that depend on the mode (for a server that writes its own head):
-    the content type(s) and ``transfer-encoding: chunked``; end the head with a blank line after."""
-    if mode == EVENTS:
-        return (b"content-type: " + eventstream.CONTENT_TYPE.encode() + b"\r\nx-amzn-sagemaker-content-type: "
-                + content_type.encode("latin-1") + b"\r\ntransfer-encoding: chunked\r\n")
-    return b"content-type: " + content_type.encode("latin-1") + b"\r\ntransfer-encoding: chunked\r\n"
-
-
-class TransportSink:
-    """A :class:`Sink` over an ``asyncio.Transport`` (HTTP/1.1 chunked framing written here).
-
-    For a server whose connections are ``asyncio.Protocol`` objects (``aiops.inference.server``):
-    while a stream is active the protocol forwards ``pause_writing``, ``resume_writing`` and
-    ``connection_lost`` to the sink. A client that disconnects is seen at once when the transport
-    is reading, else at the first write that fails (within two chunks).
-    """
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self._gone = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    def start(self, head: bytes) -> None:
-        """Write the status line and headers (ending with the blank line)."""
-        self.transport.write(head)
-
-    # the protocol's callbacks, forwarded
-    def pause_writing(self) -> None:
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
-
-    def connection_lost(self, exc: BaseException | None = None) -> None:
-        self._gone.set()
-        self._writable.set()
-
-    async def send(self, data: bytes) -> None:
-        if self.is_disconnected():
-            return
-        self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-        if not self._writable.is_set():  # the client reads slower than we produce: wait for it
-            await self._writable.wait()
-
-    async def finish(self) -> None:
-        if not self.is_disconnected():
-            self.transport.write(b"0\r\n\r\n")
-
-    def abort(self) -> None:
-        self.transport.close()  # buffered data goes out, then FIN without the terminating chunk
-
-    def is_disconnected(self) -> bool:
-        return self._gone.is_set() or self.transport.is_closing()
-
-    async def wait_disconnected(self) -> None:
-        await self._gone.wait()
 
 
 # ---------------------------------------------------------------- asyncio streams (no framework)

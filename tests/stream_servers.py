@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable
 
 from aiops.inference import streaming
+from aiops.inference.serving.http.responses import TransportSink, stream_head_lines
 
 Respond = Callable[[str, bytes, str, str], tuple[Any, str]]
 
@@ -235,13 +236,13 @@ class AsyncioStreamServer(_Base):
 
 
 class _Connection(asyncio.Protocol):
-    """httptools parsing on an asyncio.Protocol, as aiops.inference.server's worker does: the
+    """httptools parsing on an asyncio.Protocol, as aiops serve's worker does: the
     handler is called on the loop thread, reading pauses while a request is answered, and the
     protocol forwards its transport callbacks to the active TransportSink."""
 
     def __init__(self, server: "ProtocolStreamServer") -> None:
         self.server = server
-        self.sink: streaming.TransportSink | None = None
+        self.sink: TransportSink | None = None
 
     def connection_made(self, transport) -> None:
         import httptools
@@ -299,8 +300,8 @@ class _Connection(asyncio.Protocol):
                 await stream.start(inline_first=True)  # the handler runs on the loop here anyway
                 mode = streaming.mode_for({"path": path, "http_version": version})
                 if mode != streaming.BUFFERED:
-                    self.sink = sink = streaming.TransportSink(self.transport)
-                    sink.start(b"HTTP/1.1 200 OK\r\n" + streaming.head_lines(mode, ctype) + b"x-amzn-requestid: test\r\n\r\n")
+                    self.sink = sink = TransportSink(self.transport)
+                    sink.start(b"HTTP/1.1 200 OK\r\n" + stream_head_lines(mode, ctype) + b"x-amzn-requestid: test\r\n\r\n")
                     outcome = await streaming.stream_to(stream, sink, mode=mode, request_id="test",
                                                         timeout_s=self.server.timeout_s)
                     self.sink = None

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from aiops.inference.scheduling import INLINE_AFTER, INLINE_AFTER_MAX, Placement, SchedulingPolicy
+from aiops.inference.serving.scheduling import INLINE_AFTER, INLINE_AFTER_MAX, Placement, SchedulingPolicy
 
 INLINE, SOLO, THREAD, WAIT = Placement.INLINE, Placement.SOLO, Placement.THREAD, Placement.WAIT
 

@@ -19,9 +19,10 @@ arrivals pause (a lone request never waits); on the loop, also when every open c
 has its request pending (none can add one).
 
 This object holds that state and makes those decisions; it has no sockets, threads or event loop.
-The worker (:mod:`aiops.inference.server`) owns the queue, the threads and the loop callbacks, and
-asks it. Thread ownership of the counters: ``handed`` is written by the loop, ``taken`` by the
-inference thread; the streak is updated by whichever thread just ran the handler (one at a time).
+The worker (:mod:`aiops.inference.serving.app`) owns the queue, the threads and the loop
+callbacks, and asks it. Thread ownership of the counters: ``handed`` is written by the loop,
+``taken`` by the inference thread; the streak is updated by whichever thread just ran the handler
+(one at a time).
 """
 
 from __future__ import annotations
