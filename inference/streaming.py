@@ -2,7 +2,7 @@
 
 A handler streams when ``predict_fn`` / ``output_fn`` / ``transform_fn`` returns an iterator or a
 generator (:func:`is_stream`) instead of bytes. Each item is one chunk (``bytes`` or ``str``).
-The server answers
+The server (:mod:`aiops.inference.serving`) answers
 
 - plain ``POST /invocations`` (HTTP/1.1): ``Transfer-Encoding: chunked``, one HTTP chunk per item,
   flushed as produced (the SageMaker bring-your-own-container streaming contract). A handler
@@ -14,38 +14,26 @@ The server answers
   event, so boto3 raises it while iterating;
 - a client that cannot stream (HTTP/1.0, or the non-streaming InvokeEndpoint route
   ``/endpoints/{name}/invocations``): the whole body, joined, with a Content-Length
-  (:func:`mode_for`, :meth:`ChunkStream.collect`).
+  (:meth:`ChunkStream.collect`).
 
 The generator runs on its own thread (:class:`ChunkStream`), a few chunks ahead of the network
-at most, so the event loop only writes. Its first chunk is computed before the response starts
-(:meth:`ChunkStream.start`), so a handler that fails at once still gets an ordinary error
-status. Client disconnect, a deadline or the end of the response stop the producer and call the
-generator's ``close()`` on its own thread, so generation stops (its ``finally`` runs).
+at most, so the event loop only writes. Its first chunk is made inside the handler call
+(:meth:`ChunkStream.prime`, or :meth:`ChunkStream.start`), so a handler that fails at once still
+gets an ordinary error status. Client disconnect, a deadline or the end of the response stop the
+producer and call the generator's ``close()`` on its own thread, so generation stops (its
+``finally`` runs).
 
-How the server plugs it in. Any server: ``out, ctype = streaming.invoke(handler, body, ctype,
-accept, ctx)`` (``Handler.invoke`` that may return a stream); then, when ``is_stream(out)``::
+How the server uses it, once ``InferenceHandler.invoke`` answered ``(out, ctype)`` with
+``is_stream(out)``::
 
     stream = streaming.ChunkStream(out)
-    try:
-        await stream.start(inline_first=True)  # first chunk (on the loop, like the handler call);
-                                               # raises the handler's error
-    except Exception as err:
-        ...answer the error as usual (nothing was sent)...
-    mode = streaming.mode_for({"path": path, "http_version": "1.1"})  # or the ASGI scope
+    stream.prime()                       # on the thread of the handler call: the first chunk;
+                                         # raises the handler's error -> an ordinary error answer
+    await stream.start()                 # on the loop; the producer thread starts after chunk 1
     if mode == streaming.BUFFERED:
-        out = await stream.collect()           # raises the handler's error; then a normal answer
-    else:
-        # an asyncio.Protocol server (aiops serve's worker, aiops.inference.serving.http):
-        conn.sink = sink = responses.TransportSink(conn.transport)   # the protocol forwards
-        sink.start(status_line + responses.stream_head_lines(mode, ctype)   # connection_lost,
-                   + other_header_lines + b"\r\n")                           # pause/resume_writing
+        out = await stream.collect()     # raises the handler's error; then a whole answer
+    else:                                # any Sink: the worker's is serving.http.responses.TransportSink
         outcome = await streaming.stream_to(stream, sink, mode=mode, request_id=rid, timeout_s=...)
-        conn.sink = None                       # keep-alive only if outcome.completed
-        # or an ASGI app on uvicorn:
-        outcome = await streaming.respond_asgi(stream, receive, send, mode=mode, content_type=ctype,
-                                               request_id=rid, variant=..., timeout_s=...)
-
-On the event-stream route, the request's Accept arrives as ``X-Amzn-SageMaker-Accept``.
 
 Batching: :func:`batchable` — a handler that declares ``aiops_stream = True`` is served
 unbatched unless it also declares ``aiops_batch = True``; then its ``predict_fn`` given a batch
@@ -59,13 +47,13 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
-import contextvars
 import logging
 import os
 import threading
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 from aiops.inference import eventstream
 
@@ -74,7 +62,6 @@ log = logging.getLogger("aiops.serve")
 CHUNKED = "chunked"
 EVENTS = "events"
 BUFFERED = "buffered"
-STREAM_ROUTE_SUFFIX = "/invocations-response-stream"
 DEFAULT_AHEAD = 8  # chunks the generator may run ahead of the network
 
 
@@ -87,7 +74,8 @@ def is_stream(obj: Any) -> bool:
     bytes, str, lists, dicts, tensors and arrays are iterable but not iterators: they are
     ordinary (whole) responses.
     """
-    return isinstance(obj, collections.abc.Iterator) and not isinstance(obj, (bytes, str, bytearray, memoryview))
+    return isinstance(obj, collections.abc.Iterator) and not isinstance(
+        obj, (bytes, str, bytearray, memoryview))
 
 
 def to_chunk(item: Any) -> bytes:
@@ -195,78 +183,6 @@ def split_batch(items: Iterator[Any], n: int) -> list[Iterator[Any]]:
     return [_row(rows, i) for i in range(n)]
 
 
-def invoke(handler: Any, body: bytes, content_type: str | None, accept: str | None, ctx: Any) -> tuple[Any, str]:
-    """``aiops.inference.handler.Handler.invoke`` that lets the response be a stream.
-
-    Returns ``(bytes, content_type)`` or ``(iterator of bytes, content_type)``. A stream from
-    ``predict_fn`` goes through the user's ``output_fn`` (which may return a stream, or consume
-    it and return bytes), or with the default ``output_fn`` each item is encoded per Accept.
-    """
-    from aiops.inference import codecs, handler as handler_mod
-
-    handler.check_accept(accept)
-    accept_value = handler.accept_value(accept)
-    if handler.transform:
-        ctype = codecs.media_type(content_type)
-        fn, with_ctx = handler.fns["transform_fn"]
-        args = (handler.model, handler.prepare_body(body, ctype), ctype, accept_value)
-        return _normalise(fn(*args, ctx) if with_ctx else fn(*args), accept_value, handler_mod)
-    prediction = handler.predict(handler.decode(body, content_type, ctx), ctx)
-    if not is_stream(prediction):
-        return handler.encode(prediction, accept, ctx)
-    return encode_stream(handler, prediction, accept, ctx)
-
-
-def encode_stream(handler: Any, prediction: Iterator[Any], accept: str | None, ctx: Any) -> tuple[Any, str]:
-    """A streamed ``predict_fn`` result through ``output_fn``: the default one encodes each item
-    per Accept, except already encoded ones (bytes, str), which are sent as they are; the user's may
-    return a stream or consume it and return bytes."""
-    from aiops.inference import codecs, handler as handler_mod
-
-    accept_value = handler.accept_value(accept)
-    if handler.default_output:
-        ctype = codecs.choose_accept(accept_value, handler.default_accept)
-
-        def encode(item: Any) -> Any:
-            if isinstance(item, (bytes, str, bytearray, memoryview)):
-                return item  # to_chunk makes it bytes
-            return handler_mod.default_output_fn(item, accept_value, default_accept=handler.default_accept)[0]
-
-        return map_stream(prediction, encode), ctype
-    fn, with_ctx = handler.fns["output_fn"]
-    out = fn(prediction, accept_value, ctx) if with_ctx else fn(prediction, accept_value)
-    return _normalise(out, accept_value, handler_mod)
-
-
-def _normalise(result: Any, accept_value: str, handler_mod: Any) -> tuple[Any, str]:
-    if isinstance(result, tuple) and len(result) == 2 and is_stream(result[0]):
-        return result[0], str(result[1])
-    if is_stream(result):
-        return result, _first_media_type(accept_value)
-    return handler_mod._normalise(result, accept_value)
-
-
-def _first_media_type(accept: str) -> str:
-    """The first concrete type an Accept value names (what a stream without its own type is)."""
-    for part in accept.split(","):
-        media = part.split(";", 1)[0].strip()
-        if media and "*" not in media:
-            return media
-    return "application/octet-stream"
-
-
-def mode_for(scope: dict) -> str:
-    """How to answer a streamed response for this ASGI request scope: ``events`` on the
-    InvokeEndpointWithResponseStream route, ``buffered`` for HTTP/1.0 clients and the
-    non-streaming InvokeEndpoint route, ``chunked`` otherwise."""
-    path = scope.get("path", "")
-    if path.endswith(STREAM_ROUTE_SUFFIX):
-        return EVENTS
-    if scope.get("http_version", "1.1") == "1.0" or path.startswith("/endpoints/"):
-        return BUFFERED
-    return CHUNKED
-
-
 # ---------------------------------------------------------------- the producer thread
 
 
@@ -304,7 +220,8 @@ class ChunkStream:
     nothing per chunk beyond taking it.
     """
 
-    def __init__(self, items: Iterable[Any], *, ahead: int = DEFAULT_AHEAD, name: str = "aiops-stream") -> None:
+    def __init__(self, items: Iterable[Any], *, ahead: int = DEFAULT_AHEAD,
+                 name: str = "aiops-stream") -> None:
         self._items = items
         self._space = threading.Semaphore(max(1, ahead))
         self._stop = threading.Event()
@@ -423,7 +340,8 @@ class ChunkStream:
             # one is sent before a thread that would compete for the GIL exists.
             self._producing = True
             if not self.closed.is_set() and not self._stop.is_set():
-                threading.Thread(target=self._produce, args=(self._iterator,), name=self._name, daemon=True).start()
+                threading.Thread(target=self._produce, args=(self._iterator,), name=self._name,
+                                 daemon=True).start()
         while True:
             with self._lock:
                 if self._buffer:
@@ -618,152 +536,3 @@ async def _fail(sink: Sink, err: BaseException, mode: str, request_id: str, stre
         await sink.finish()
     else:
         sink.abort()
-
-
-# ---------------------------------------------------------------- ASGI (uvicorn) glue
-
-# uvicorn logs "ASGI callable returned without completing response." when an app ends a body
-# without its last message - which is how a truncated chunked body is made on ASGI. The stream's
-# own log line says why, so that second line is dropped for exactly those requests.
-_TRUNCATED: contextvars.ContextVar[bool] = contextvars.ContextVar("aiops_stream_truncated", default=False)
-_filter_lock = threading.Lock()
-_filter_installed = False
-
-
-class _QuietTruncation(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (_TRUNCATED.get() and str(record.msg).startswith("ASGI callable returned without completing"))
-
-
-def _install_filter() -> None:
-    global _filter_installed
-    with _filter_lock:
-        if not _filter_installed:
-            logging.getLogger("uvicorn.error").addFilter(_QuietTruncation())
-            _filter_installed = True
-
-
-class AsgiSink:
-    """A :class:`Sink` over ASGI ``receive``/``send`` (call after the request body was read)."""
-
-    def __init__(self, receive: Callable, send: Callable) -> None:
-        self._receive, self._send = receive, send
-        self._gone = asyncio.Event()
-        self._watch: asyncio.Future | None = None
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
-        self._watch = asyncio.ensure_future(self._watch_receive())
-
-    async def _watch_receive(self) -> None:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self._gone.set()
-                return
-
-    async def send(self, data: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
-
-    async def finish(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()  # uvicorn answers receive() with a disconnect once complete
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    def abort(self) -> None:
-        # Return without the final message: uvicorn closes the connection, the body is truncated.
-        _install_filter()
-        _TRUNCATED.set(True)
-
-    def is_disconnected(self) -> bool:
-        return self._gone.is_set()
-
-    async def wait_disconnected(self) -> None:
-        await self._gone.wait()
-
-    def close(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-
-
-async def respond_asgi(stream: ChunkStream, receive: Callable, send: Callable, *, mode: str,
-                       content_type: str, request_id: str = "-", status: int = 200,
-                       extra_headers: list[tuple[bytes, bytes]] | None = None, variant: str | None = None,
-                       custom_attributes: str | None = None, timeout_s: float | None = None) -> StreamOutcome:
-    """Answer an ASGI request with a started stream (``mode`` ``chunked`` or ``events``)."""
-    if mode == EVENTS:
-        headers = eventstream.response_headers(content_type, variant=variant, custom_attributes=custom_attributes)
-    else:
-        headers = [(b"content-type", content_type.encode("latin-1"))]
-        if variant:
-            headers.append((b"x-amzn-invoked-production-variant", variant.encode("latin-1")))
-        if custom_attributes is not None:
-            headers.append((b"x-amzn-sagemaker-custom-attributes", custom_attributes.encode("latin-1")))
-    headers.append((b"x-amzn-requestid", request_id.encode("latin-1")))
-    headers.extend(extra_headers or [])
-    sink = AsgiSink(receive, send)
-    await sink.start(status, headers)  # no Content-Length: uvicorn sends Transfer-Encoding: chunked
-    try:
-        return await stream_to(stream, sink, mode=mode, request_id=request_id, timeout_s=timeout_s)
-    finally:
-        sink.close()
-
-
-# ---------------------------------------------------------------- asyncio streams (no framework)
-
-
-class StreamWriterSink:
-    """A :class:`Sink` writing HTTP/1.1 chunked framing to an ``asyncio.StreamWriter``.
-
-    For servers built on ``asyncio.start_server``; ``reader`` is only watched for EOF (the
-    request must have been read completely).
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
-        self._gone = asyncio.Event()
-        self._watch: asyncio.Future | None = None
-
-    async def start(self, status: int, headers: list[tuple[str, str]], reason: str = "OK") -> None:
-        lines = [f"HTTP/1.1 {status} {reason}"] + [f"{k}: {v}" for k, v in headers] + ["Transfer-Encoding: chunked"]
-        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        await self._drain()
-        self._watch = asyncio.ensure_future(self._watch_eof())
-
-    async def _watch_eof(self) -> None:
-        try:
-            while await self._reader.read(65536):
-                pass
-        except (ConnectionError, OSError):
-            pass
-        self._gone.set()
-
-    async def _drain(self) -> None:
-        try:
-            await self._writer.drain()
-        except (ConnectionError, OSError):
-            self._gone.set()
-
-    async def send(self, data: bytes) -> None:
-        if self._gone.is_set():
-            return
-        self._writer.write(b"%x\r\n%b\r\n" % (len(data), data))
-        await self._drain()
-
-    async def finish(self) -> None:
-        if not self._gone.is_set():
-            self._writer.write(b"0\r\n\r\n")
-            await self._drain()
-
-    def abort(self) -> None:
-        self._writer.close()  # what was written goes out, then FIN without the terminating chunk
-
-    def is_disconnected(self) -> bool:
-        return self._gone.is_set()
-
-    async def wait_disconnected(self) -> None:
-        await self._gone.wait()
-
-    def close(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()

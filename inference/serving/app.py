@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from aiops.inference import streaming
+from aiops.inference.contract import InferenceHandler
 from aiops.inference.serving.calls import HandlerCalls, off_cpu_since, runqueue_wait
 from aiops.inference.serving.http import routes
 from aiops.inference.serving.http.connection import BODY, CLOSED, HEADERS, IDLE, LINGER, Connection
@@ -46,7 +47,7 @@ log = logging.getLogger("aiops.serve")
 class App:
     """Routing, admission, the work queue, placement and the answers of one worker."""
 
-    def __init__(self, handler, settings: ServeSettings, model_dir: str) -> None:
+    def __init__(self, handler: InferenceHandler, settings: ServeSettings, model_dir: str) -> None:
         s = settings
         self.handler = handler
         self.settings = s

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 
 from aiops.inference import streaming
-from aiops.inference.handler import Context
+from aiops.inference.contract import Context, InferenceHandler
 from aiops.inference.serving.work import Request, Streamed
 
 
@@ -17,7 +17,7 @@ class HandlerCalls:
     """What a request becomes: ``(body, content type)``, a :class:`Streamed`, or the exception the
     handler raised (any, even ``SystemExit``: that request's 500, never the worker's end)."""
 
-    def __init__(self, handler, model_dir: str) -> None:
+    def __init__(self, handler: InferenceHandler, model_dir: str) -> None:
         self.handler = handler
         self.model_dir = model_dir
 
@@ -29,7 +29,7 @@ class HandlerCalls:
 
     def one(self, req: Request):
         try:
-            out, ctype = streaming.invoke(self.handler, req.body, req.ctype, req.accept, self.context(req))
+            out, ctype = self.handler.invoke(req.body, req.ctype, req.accept, self.context(req))
             return self._prime(out, ctype)
         except BaseException as err:  # noqa: BLE001 - even SystemExit: that request's 500, not the worker's end
             return err
