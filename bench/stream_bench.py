@@ -219,8 +219,8 @@ def adapter_cpu(handler, tokens: int, rounds: int) -> dict:
     loop is not woken once per token)."""
     import asyncio
 
-    from aiops.inference import streaming
     from aiops.inference.contract import Context
+    from aiops.inference.serving import stream_sender as streaming
 
     def gen():
         return handler.invoke(body(tokens), "application/json", None, Context(model_dir=handler.model_dir))[0]

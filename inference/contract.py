@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 #: a whole body, or a stream of chunks (each item ``bytes`` or ``str``)
-Body = Union[bytes, Iterator[Any]]
+Body = bytes | Iterator[Any]
 #: ``(body, content type)``
 Answer = tuple[Body, str]
 
@@ -49,7 +49,7 @@ class Context:
 
 
 #: one request as :meth:`InferenceHandler.invoke_batch` takes it: body, content type, Accept, context
-BatchRequest = tuple[bytes, Union[str, None], Union[str, None], Context]
+BatchRequest = tuple[bytes, str | None, str | None, Context]
 
 
 class InferenceHandler(Protocol):

@@ -18,7 +18,6 @@ import threading
 import time
 from typing import Any
 
-from aiops.inference import streaming
 from aiops.inference.contract import InferenceHandler
 from aiops.inference.serving.calls import HandlerCalls, off_cpu_since, runqueue_wait
 from aiops.inference.serving.http import routes
@@ -36,9 +35,9 @@ from aiops.inference.serving.http.responses import (
 )
 from aiops.inference.serving.inference_thread import InferenceThread
 from aiops.inference.serving.scheduling import PROMOTION_POLL_SECONDS, Placement, SchedulingPolicy
+from aiops.inference.serving.stream_sender import BUFFERED, EVENTS, stream_to
 from aiops.inference.serving.watchdog import Watchdog
 from aiops.inference.serving.work import Request, Rest, Streamed, request_id
-from aiops.inference.streaming import BUFFERED, EVENTS
 from aiops.settings import ServeSettings
 
 log = logging.getLogger("aiops.serve")
@@ -332,8 +331,7 @@ class App:
             head.append(stream_head_lines(req.mode, result.ctype) + b"\r\n")
             conn.sink = sink = TransportSink(conn.transport)
             sink.start(b"".join(head))
-            outcome = await streaming.stream_to(stream, sink, mode=req.mode, request_id=req.rid,
-                                                timeout_s=self.timeout)
+            outcome = await stream_to(stream, sink, mode=req.mode, request_id=req.rid, timeout_s=self.timeout)
             conn.sink = None
             if outcome.completed and req.keep_alive:
                 conn.resume()

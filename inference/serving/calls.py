@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 
 from aiops.inference import streaming
+from aiops.inference.serving.stream_sender import ChunkStream
 from aiops.inference.contract import Context, InferenceHandler
 from aiops.inference.serving.work import Request, Streamed
 
@@ -54,7 +55,7 @@ class HandlerCalls:
     def _prime(out, ctype):
         if not streaming.is_stream(out):
             return out, ctype
-        stream = streaming.ChunkStream(out)
+        stream = ChunkStream(out)
         stream.prime()  # the first chunk is part of the handler call (its errors are ordinary errors)
         return Streamed(stream, ctype)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from aiops.inference.serving.calls import off_cpu_since, runqueue_wait
 from aiops.inference.serving.http.responses import SMALL_ANSWER, small_answer
 from aiops.inference.serving.work import STOP, Request, Rest
-from aiops.inference.streaming import EVENTS
+from aiops.inference.serving.stream_sender import EVENTS
 
 if TYPE_CHECKING:
     from aiops.inference.serving.app import App

@@ -127,7 +127,7 @@ def test_an_error_status_is_one_line(run_cli, server):
 
 def test_the_first_chunk_is_printed_before_the_stream_ends(server, gate):
     """The CLI's own function: the callback sees chunk 1 while the generator is parked."""
-    from aiops.inference.stream_client import stream_url
+    from aiops.inference.client.stream import stream_url
 
     received = []
 

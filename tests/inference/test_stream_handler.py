@@ -11,6 +11,7 @@ from helpers import runtime_client
 torch = pytest.importorskip("torch")
 
 from aiops.inference import streaming  # noqa: E402
+from aiops.inference.serving.stream_sender import ChunkStream  # noqa: E402
 from aiops.inference.handler import Context, Handler  # noqa: E402
 
 
@@ -110,7 +111,7 @@ def output_fn(prediction, accept):
     requests = [(f"[[{i}]]".encode(), "application/json", None, Context(model_dir=handler.model_dir))
                 for i in range(3)]
     results = handler.invoke_batch(requests)
-    streams = [streaming.ChunkStream(out) for out, ctype in results]
+    streams = [ChunkStream(out) for out, ctype in results]
     assert all(ctype == "text/plain" for _, ctype in results)
     for stream in streams:
         stream.prime()  # the server makes each first chunk inside the handler call

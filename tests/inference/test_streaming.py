@@ -10,6 +10,7 @@ import pytest
 
 from aiops.inference import streaming
 from aiops.inference.serving.http import routes
+from aiops.inference.serving.stream_sender import BUFFERED, CHUNKED, EVENTS
 
 
 def test_what_counts_as_a_stream_and_the_batching_rule():
@@ -24,10 +25,10 @@ def test_what_counts_as_a_stream_and_the_batching_rule():
     assert streaming.batchable(plain, True) is True and streaming.batchable(None, False) is False
     assert streaming.batchable(types.SimpleNamespace(aiops_stream=True), True) is False
     assert streaming.batchable(types.SimpleNamespace(aiops_stream=True, aiops_batch=True), True) is True
-    assert routes.answer_mode(b"/invocations", "1.1") == streaming.CHUNKED
-    assert routes.answer_mode(b"/invocations", "1.0") == streaming.BUFFERED
-    assert routes.answer_mode(b"/endpoints/e/invocations", "1.1") == streaming.BUFFERED
-    assert routes.answer_mode(b"/endpoints/e/invocations-response-stream", "1.1") == streaming.EVENTS
+    assert routes.answer_mode(b"/invocations", "1.1") == CHUNKED
+    assert routes.answer_mode(b"/invocations", "1.0") == BUFFERED
+    assert routes.answer_mode(b"/endpoints/e/invocations", "1.1") == BUFFERED
+    assert routes.answer_mode(b"/endpoints/e/invocations-response-stream", "1.1") == EVENTS
     assert routes.answer_mode(b"/endpoints/e/other", "1.1") is None
 
 
@@ -40,7 +41,8 @@ def batched(steps, closed: threading.Event):
 
 def test_a_batched_stream_splits_into_one_stream_per_request():
     closed = threading.Event()
-    rows = streaming.split_batch(batched([(b"a0", b"b0"), (b"a1", None), (None, b"b1"), (b"a2", b"b2")], closed), 2)
+    steps = [(b"a0", b"b0"), (b"a1", None), (None, b"b1"), (b"a2", b"b2")]
+    rows = streaming.split_batch(batched(steps, closed), 2)
     assert list(rows[1]) == [b"b0", b"b1", b"b2"]  # read one request's stream to its end first
     assert list(rows[0]) == [b"a0", b"a1", b"a2"]
     assert closed.is_set()

@@ -8,9 +8,9 @@ import json
 import logging
 import traceback
 
-from aiops.inference import eventstream
+from aiops.inference.serving.http import eventstream
 from aiops.inference.errors import Timeout, typed_status
-from aiops.inference.streaming import EVENTS
+from aiops.inference.serving.stream_sender import EVENTS
 
 log = logging.getLogger("aiops.serve")
 
@@ -122,7 +122,7 @@ def stream_head_lines(mode: str, content_type: str) -> bytes:
 
 class TransportSink:
     """A streamed body over an ``asyncio.Transport``, HTTP/1.1 chunked framing written here (a
-    :class:`aiops.inference.streaming.Sink`).
+    :class:`aiops.inference.serving.stream_sender.Sink`).
 
     While a stream is active the connection forwards ``pause_writing``, ``resume_writing`` and
     ``connection_lost`` to the sink. A client that disconnects is seen at once when the transport

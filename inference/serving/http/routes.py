@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 
 from aiops.inference.serving.http.responses import status_line
-from aiops.inference.streaming import BUFFERED, CHUNKED, EVENTS
+from aiops.inference.serving.stream_sender import BUFFERED, CHUNKED, EVENTS
 
 MAX_CUSTOM_ATTRIBUTES = 1024
 PING_BODY = b'{"status":"Healthy"}\n'

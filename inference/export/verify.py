@@ -16,7 +16,7 @@ from typing import Any
 
 from aiops.errors import AiopsError, UsageError
 from aiops.inference.artifacts import ModelSource, resolve_model
-from aiops.inference.export_convert import first_line, is_script, quiet, tensors
+from aiops.inference.export.convert import first_line, is_script, quiet, tensors
 from aiops.inference.contract import Context
 from aiops.inference.handler import Handler, find_script
 

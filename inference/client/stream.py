@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from aiops.errors import AiopsError
-from aiops.inference.client import connect
+from aiops.inference.client.synchronous import connect
 
 OnChunk = Callable[[bytes], None]
 
