@@ -55,7 +55,7 @@ def main() -> None:
     np.savez(full, x=test["x"], y=test["y"])
 
     os.environ["AIOPS_HOME"] = str(home)
-    from aiops.inference.export import ExportOptions, export_model
+    from aiops.inference.export.pipeline import ExportOptions, export_model
     from aiops.settings import Settings
 
     runs_dir = Settings(home=home).runs_dir

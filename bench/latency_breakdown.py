@@ -65,8 +65,9 @@ def in_process(model_dir: Path, body: bytes) -> dict[str, float]:
     import orjson
     import torch
 
-    from aiops.inference import codecs, streaming
-    from aiops.inference.handler import Context, Handler, default_output_fn
+    from aiops.inference import codecs
+    from aiops.inference.contract import Context
+    from aiops.inference.handler import Handler, default_output_fn
 
     torch.set_num_threads(1)  # as a worker with OMP_NUM_THREADS=1
     h = Handler(model_dir)
@@ -109,8 +110,8 @@ def in_process(model_dir: Path, body: bytes) -> dict[str, float]:
         "default_output_fn (tensor -> JSON)": timeit(lambda: default_output_fn(y, codecs.JSON)),
         "orjson.dumps(numpy row)": timeit(lambda: orjson.dumps(yn, option=orjson.OPT_SERIALIZE_NUMPY)),
         "Handler.encode (as served)": timeit(lambda: h.encode(y, None, ctx)),
-        "streaming.invoke (whole handler, as the server calls it)":
-            timeit(lambda: streaming.invoke(h, body, codecs.JSON, None, ctx)),
+        "Handler.invoke (whole handler, as the server calls it)":
+            timeit(lambda: h.invoke(body, codecs.JSON, None, ctx)),
         "Context(...) per request": timeit(lambda: Context(model_dir=str(model_dir), request_id="r",
                                                              content_type=codecs.JSON, accept=None,
                                                              custom_attributes=None, headers=None)),

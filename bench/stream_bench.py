@@ -2,8 +2,7 @@
 
 The LM is the large-model example's byte-level ``ByteLM`` (training/examples/lm) with its streaming
 handler ``inference_stream.py`` (greedy, one token per chunk), served by a real ``aiops serve``
-process (one worker; ``--server protocol|asgi|asyncio`` uses a test server of
-tests/stream_servers.py instead). Three ways to get the same tokens:
+process (one worker). Three ways to get the same tokens:
 
 - ``in-process``: iterate the handler's generator directly, in a fresh process of its own (the floor);
 - ``chunked``: ``POST /invocations``, chunked transfer, read with http.client;
@@ -75,26 +74,6 @@ def load_handler(model_dir: Path):
     handler = Handler(model_dir, script=model_dir / "code" / "inference_stream.py", code_dir=model_dir / "code")
     handler.load()
     return handler
-
-
-def serve(model_dir: Path, port_file: Path, kind: str) -> None:
-    """Child process: a test streaming server until stdin closes (--server protocol|asgi|asyncio)."""
-    from stream_servers import SERVERS
-
-    from aiops.inference import streaming
-    from aiops.inference.handler import Context
-
-    handler = load_handler(model_dir)
-
-    def respond(path, body, ctype, accept):
-        if body.startswith(b"trivial:"):  # the adapter's own ceiling: chunks that cost nothing to make
-            n = int(body.split(b":", 1)[1])
-            return (b"x" for _ in range(n)), "application/octet-stream"
-        return streaming.invoke(handler, body, ctype, accept, Context(model_dir=str(model_dir)))
-
-    with SERVERS[kind](respond) as server:
-        port_file.write_text(str(server.port))
-        sys.stdin.read()
 
 
 class AiopsServe:
@@ -175,11 +154,10 @@ class GeneratorChild:
 
 
 def run_in_process(handler, tokens: int):
-    from aiops.inference import streaming
-    from aiops.inference.handler import Context
+    from aiops.inference.contract import Context
 
     start = time.perf_counter()
-    out, _ = streaming.invoke(handler, body(tokens), "application/json", None, Context(model_dir=handler.model_dir))
+    out, _ = handler.invoke(body(tokens), "application/json", None, Context(model_dir=handler.model_dir))
     first = None
     parts = []
     for chunk in out:
@@ -241,11 +219,11 @@ def adapter_cpu(handler, tokens: int, rounds: int) -> dict:
     loop is not woken once per token)."""
     import asyncio
 
-    from aiops.inference import streaming
-    from aiops.inference.handler import Context
+    from aiops.inference.contract import Context
+    from aiops.inference.serving import stream_sender as streaming
 
     def gen():
-        return streaming.invoke(handler, body(tokens), "application/json", None, Context(model_dir=handler.model_dir))[0]
+        return handler.invoke(body(tokens), "application/json", None, Context(model_dir=handler.model_dir))[0]
 
     async def adapter():
         stream = streaming.ChunkStream(gen())
@@ -275,22 +253,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--trivial-chunks", type=int, default=20000)
-    parser.add_argument("--server", choices=("aiops", "protocol", "asgi", "asyncio"), default="aiops",
-                        help="aiops: a real `aiops serve` process (one worker); protocol/asgi/asyncio: a test "
-                             "server of tests/stream_servers.py")
-    parser.add_argument("--serve", nargs=2, metavar=("MODEL_DIR", "PORT_FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--generate", nargs=2, metavar=("MODEL_DIR", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        serve(Path(args.serve[0]), Path(args.serve[1]), args.server)
-        return 0
     if args.generate:
         os.environ["AIOPS_LM_MAX_NEW_TOKENS"] = args.generate[1]
         generator_process(Path(args.generate[0]), int(args.generate[1]))
         return 0
 
     import torch
-    from stream_servers import runtime_client
+    from helpers import runtime_client
 
     work = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     model_dir = work / "model"
@@ -300,28 +271,15 @@ def main() -> int:
     os.environ["AIOPS_LM_MAX_NEW_TOKENS"] = str(args.tokens)
     servers = []
     try:
-        if args.server == "aiops":
-            lm = AiopsServe(model_dir, env, "inference_stream.py")
-            trivial_dir = work / "trivial"
-            (trivial_dir / "code").mkdir(parents=True)
-            (trivial_dir / "code" / "inference.py").write_text(TRIVIAL)
-            (trivial_dir / "model.pt").write_bytes(b"")  # never loaded: model_fn is defined
-            trivial_server = AiopsServe(trivial_dir, env, "inference.py")
-            servers += [lm, trivial_server]
-            port, server_cpu = lm.port, lm.cpu
-            trivial_port, trivial_cpu = trivial_server.port, trivial_server.cpu
-        else:
-            port_file = work / "port"
-            child = subprocess.Popen([sys.executable, __file__, "--serve", str(model_dir), str(port_file),
-                                      "--server", args.server], stdin=subprocess.PIPE, env=env)
-            servers.append(child)
-            deadline = time.monotonic() + 120
-            while not port_file.exists() or not port_file.read_text():
-                if child.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server process did not start")
-                time.sleep(0.05)
-            port = trivial_port = int(port_file.read_text())
-            server_cpu = trivial_cpu = lambda: _cpu_seconds(child.pid)  # noqa: E731
+        lm = AiopsServe(model_dir, env, "inference_stream.py")
+        trivial_dir = work / "trivial"
+        (trivial_dir / "code").mkdir(parents=True)
+        (trivial_dir / "code" / "inference.py").write_text(TRIVIAL)
+        (trivial_dir / "model.pt").write_bytes(b"")  # never loaded: model_fn is defined
+        trivial_server = AiopsServe(trivial_dir, env, "inference.py")
+        servers += [lm, trivial_server]
+        port, server_cpu = lm.port, lm.cpu
+        trivial_port, trivial_cpu = trivial_server.port, trivial_server.cpu
         handler = load_handler(model_dir)
         floor = GeneratorChild(model_dir, args.tokens, env)
         servers.append(floor)
@@ -364,11 +322,7 @@ def main() -> int:
             ceiling[name] = {"chunks_per_s": statistics.median(rates), "server_cpu_us_per_chunk": statistics.median(cpu)}
     finally:
         for server in servers:
-            if isinstance(server, (AiopsServe, GeneratorChild)):
-                server.stop()
-            else:
-                server.stdin.close()
-                server.wait(30)
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     summary = {}
@@ -381,7 +335,7 @@ def main() -> int:
         s["cpu_overhead_pct"] = (s["cpu_ms_per_token"] / base["cpu_ms_per_token"] - 1) * 100
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
               "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": 1, "model": CONFIG,
-              "new_tokens": args.tokens, "server": args.server, "load_average_end": os.getloadavg()[0], "rounds": args.rounds, "noisy": True, "summary": summary,
+              "new_tokens": args.tokens, "server": "aiops", "load_average_end": os.getloadavg()[0], "rounds": args.rounds, "noisy": True, "summary": summary,
               "samples": samples,
               "adapter_ceiling_chunks_per_s": ceiling, "adapter_cpu_ms_per_token_no_sockets": no_sockets}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -393,10 +347,9 @@ def main() -> int:
         f"byte-level LM {CONFIG}, greedy, {args.tokens} new tokens, medians of {args.rounds} interleaved rounds. "
         "**Noisy**: a shared 2-core machine with other jobs running (load average "
         f"{os.getloadavg()[0]:.1f} at the end; other sessions' tests share the cores). Server: "
-        + ("a real `aiops serve MODEL --workers 1` process (`SAGEMAKER_PROGRAM=inference_stream.py`, "
-           "OMP_NUM_THREADS=1)" if args.server == "aiops" else
-           f"the `{args.server}` test server of tests/stream_servers.py, in its own process")
-        + f". Command: `python bench/stream_bench.py --rounds {args.rounds} --tokens {args.tokens} --server {args.server}`.",
+        + "a real `aiops serve MODEL --workers 1` process (`SAGEMAKER_PROGRAM=inference_stream.py`, "
+          "OMP_NUM_THREADS=1)"
+        + f". Command: `python bench/stream_bench.py --rounds {args.rounds} --tokens {args.tokens}`.",
         "",
         "| mode | TTFT (ms) | tokens/s | tokens/s overhead | extra TTFT (ms) | CPU ms/token | CPU overhead |",
         "|---|---|---|---|---|---|---|",

@@ -28,7 +28,7 @@ def export(
     """Export a model to TorchScript or ONNX (optionally dynamic int8); verify it on a sample; write model.tar.gz."""
     import json
 
-    from aiops.inference.export import ExportFailed, ExportOptions, export_model, validate
+    from aiops.inference.export.pipeline import ExportFailed, ExportOptions, export_model, validate
 
     opts = ExportOptions(model=model, format=format, quantize=quantize, sample=sample, out=out,
                          max_abs_diff=max_abs_diff, min_agreement=min_agreement, timing_seconds=bench_seconds)

@@ -35,7 +35,7 @@ def serve(
                                               help="pip install code/requirements.txt first (as the container does)."),
 ) -> None:
     """Serve a model with the SageMaker PyTorch handler contract: GET /ping, POST /invocations."""
-    from aiops.inference.supervisor import serve as run_server, serve_settings
+    from aiops.inference.serving.supervisor import serve as run_server, serve_settings
     from aiops.settings import get_settings
 
     opts = serve_settings(host=host, port=port, workers=workers, batch_size=batch_size,
@@ -75,8 +75,8 @@ def invoke(
         "--stream, which never hold the body]."),
 ) -> None:
     """Send one request and print the response and its latency."""
-    from aiops.inference import client
-    from aiops.inference.invoke import Target, send
+    from aiops.inference.client import synchronous as client
+    from aiops.inference.client.invoke import Target, send
 
     target = Target(url=url, endpoint=endpoint, inference_component=inference_component, asynchronous=async_,
                     timeout=timeout)
@@ -129,7 +129,8 @@ def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, o
 
     from aiops.cli.terminal import TerminalWriter, is_terminal
     from aiops.errors import AiopsError
-    from aiops.inference import client, stream_client
+    from aiops.inference.client import stream as stream_client
+    from aiops.inference.client import synchronous as client
     from aiops.settings import get_settings
 
     # --output: a private temporary file beside FILE, renamed over it once the stream is complete (a

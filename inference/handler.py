@@ -12,6 +12,10 @@ A script (``code/inference.py`` or ``SAGEMAKER_PROGRAM``) may define
 - optional ``aiops_batch = True``: ``predict_fn`` takes a batch along dim 0 and answers row by row,
   so the server may run several requests' inputs in one call (dynamic batching).
 
+A response streams when ``predict_fn``, ``output_fn`` or ``transform_fn`` returns an iterator or a
+generator instead of bytes (each item one chunk; :mod:`aiops.inference.streaming`). :class:`Handler`
+is this contract behind the server's :class:`aiops.inference.contract.InferenceHandler` protocol.
+
 Whatever is missing behaves as sagemaker-pytorch-inference's ``DefaultPytorchInferenceHandler``.
 ``body`` is ``str`` for ``application/json`` and ``text/csv`` (as the toolkit decodes UTF-8 types
 before calling the script) and ``bytes`` otherwise; ``content_type`` is the request's media type, or
@@ -26,12 +30,13 @@ import inspect
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiops.errors import UsageError
-from aiops.inference import codecs
+from aiops.inference import codecs, streaming
+from aiops.inference.contract import Answer, BatchRequest, Context
 
 log = logging.getLogger("aiops.serve")
 
@@ -41,30 +46,6 @@ HANDLER_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_f
                  "model_warmup_fn")
 _ARITY = {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2, "transform_fn": 4,
           "pre_model_fn": 1, "model_warmup_fn": 2}
-
-
-@dataclass
-class Context:
-    """What a handler taking a trailing ``context`` argument receives.
-
-    ``system_properties`` mirrors TorchServe's (``model_dir``, ``gpu_id``) for scripts written
-    against the stock container.
-    """
-
-    model_dir: str
-    request_id: str | None = None
-    content_type: str | None = None
-    accept: str | None = None
-    custom_attributes: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    batch_size: int = 1
-    #: inside a batched ``predict_fn`` call: each row's own request context, in row order (the
-    #: batch's context itself carries no request's attributes, so none leaks into another's)
-    batch: list["Context"] = field(default_factory=list)
-
-    @property
-    def system_properties(self) -> dict[str, Any]:
-        return {"model_dir": self.model_dir, "gpu_id": None}
 
 
 class HandlerError(Exception):
@@ -92,8 +73,8 @@ def default_model_fn(model_dir: str):
 
     path = os.path.join(model_dir, DEFAULT_MODEL_FILENAME)
     if not os.path.exists(path):
-        found = sorted(f for f in os.listdir(model_dir)
-                       if os.path.splitext(f)[1] in (".pt", ".pth") and os.path.isfile(os.path.join(model_dir, f)))
+        found = sorted(f for f in os.listdir(model_dir) if os.path.splitext(f)[1] in (".pt", ".pth")
+                       and os.path.isfile(os.path.join(model_dir, f)))
         if len(found) != 1:
             raise UsageError(
                 f"{model_dir}: exactly one .pt or .pth file is needed for the default model_fn, found "
@@ -214,10 +195,12 @@ class Handler:
         self.script = script
         module = load_module(script, code_dir or script.parent) if script is not None else None
         self.module = module
-        user = {n: getattr(module, n) for n in HANDLER_NAMES if module is not None and callable(getattr(module, n, None))}
+        user = {n: getattr(module, n) for n in HANDLER_NAMES
+                if module is not None and callable(getattr(module, n, None))}
         if "transform_fn" in user and any(n in user for n in ("input_fn", "predict_fn", "output_fn")):
             both = ", ".join(n for n in ("input_fn", "predict_fn", "output_fn") if n in user)
-            raise UsageError(f"{script}: transform_fn cannot be used together with {both}; define one or the other")
+            raise UsageError(f"{script}: transform_fn cannot be used together with {both}; "
+                             "define one or the other")
         self.user = user
         self.fns: dict[str, tuple[Callable, bool]] = {}
         for name in HANDLER_NAMES:
@@ -226,8 +209,6 @@ class Handler:
         self.transform = "transform_fn" in user
         self.default_output = not self.transform and "output_fn" not in user
         self.default_predict = _default_predict_inference_mode if self.default_output else default_predict_fn
-        from aiops.inference import streaming
-
         # streamed handlers (aiops_stream = True) are served unbatched unless they declare aiops_batch
         self.batchable = streaming.batchable(module, not self.transform and (
             bool(getattr(module, "aiops_batch", False)) or "predict_fn" not in user
@@ -293,36 +274,56 @@ class Handler:
         result = self._call("output_fn", None, (prediction, accept_value), ctx)
         return _normalise(result, accept_value)
 
-    def invoke(self, body: bytes, content_type: str | None, accept: str | None, ctx: Context) -> tuple[bytes, str]:
-        """One request through the handler: ``(response body, content type)``."""
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None, ctx: Context) -> Answer:
+        """One request through the handler: ``(response body, content type)``, the body an iterator
+        of chunks when the handler streams. A stream from ``predict_fn`` goes through the user's
+        ``output_fn`` (which may return a stream, or consume it and return bytes), or with the
+        default ``output_fn`` each item is encoded per Accept."""
         self.check_accept(accept)
         if self.transform:
             ctype = codecs.media_type(content_type)
             accept_value = self.accept_value(accept)
             fn, with_ctx = self.fns["transform_fn"]
             args = (self.model, self.prepare_body(body, ctype), ctype, accept_value)
-            return _normalise(fn(*args, ctx) if with_ctx else fn(*args), accept_value)
-        data = self.decode(body, content_type, ctx)
-        return self.encode(self.predict(data, ctx), accept, ctx)
-
-    def _encode_any(self, prediction: Any, accept: str | None, ctx: Context) -> tuple[Any, str]:
-        from aiops.inference import streaming
-
-        if streaming.is_stream(prediction):  # a streaming predict_fn's row: (iterator of bytes, content type)
-            return streaming.encode_stream(self, prediction, accept, ctx)
+            return _normalise_any(fn(*args, ctx) if with_ctx else fn(*args), accept_value)
+        prediction = self.predict(self.decode(body, content_type, ctx), ctx)
+        if streaming.is_stream(prediction):
+            return self.encode_stream(prediction, accept, ctx)
         return self.encode(prediction, accept, ctx)
 
-    def invoke_batch(self, requests: list[tuple[bytes, str | None, str | None, Context]]) -> list[Any]:
+    def encode_stream(self, prediction: Iterator[Any], accept: str | None, ctx: Context) -> Answer:
+        """A streamed ``predict_fn`` result through ``output_fn``: the default one encodes each item
+        per Accept, except already encoded ones (bytes, str), which are sent as they are; the user's
+        may return a stream or consume it and return bytes."""
+        accept_value = self.accept_value(accept)
+        if self.default_output:
+            ctype = codecs.choose_accept(accept_value, self.default_accept)
+            default_accept = self.default_accept
+
+            def encode(item: Any) -> Any:
+                if isinstance(item, (bytes, str, bytearray, memoryview)):
+                    return item  # the stream makes it bytes
+                return default_output_fn(item, accept_value, default_accept=default_accept)[0]
+
+            return streaming.map_stream(prediction, encode), ctype
+        fn, with_ctx = self.fns["output_fn"]
+        out = fn(prediction, accept_value, ctx) if with_ctx else fn(prediction, accept_value)
+        return _normalise_any(out, accept_value)
+
+    def _encode_any(self, prediction: Any, accept: str | None, ctx: Context) -> Answer:
+        if streaming.is_stream(prediction):  # a streaming predict_fn's row: (iterator of bytes, content type)
+            return self.encode_stream(prediction, accept, ctx)
+        return self.encode(prediction, accept, ctx)
+
+    def invoke_batch(self, requests: Sequence[BatchRequest]) -> list[Answer | BaseException]:
         """Several requests, their inputs run through predict_fn together where shapes allow.
 
         Returns, per request, ``(body, content_type)`` or the exception it raised. A batched
         predict that fails, or whose output does not split back by rows, is retried request by
         request, so a batch never answers differently from the requests run alone.
         """
-        from aiops.inference import streaming
-
         if not self.batchable or len(requests) == 1:
-            return [_capture(streaming.invoke, self, *req) for req in requests]
+            return [_capture(self.invoke, *req) for req in requests]
         import torch
 
         if "input_fn" not in self.fns and not self.transform:
@@ -381,7 +382,8 @@ class Handler:
             raw = (body if type(body) is bytes else bytes(body)).strip()
             # exactly one flat list each, so the parts cannot combine into something none of them is
             # (find is memchr: far cheaper than count on a body of thousands of bytes)
-            if raw[:1] != b"[" or raw[-1:] != b"]" or raw.find(b"[", 1) != -1 or raw.find(b"]", 0, len(raw) - 1) != -1:
+            if (raw[:1] != b"[" or raw[-1:] != b"]" or raw.find(b"[", 1) != -1
+                    or raw.find(b"]", 0, len(raw) - 1) != -1):
                 return None
             rows.append(i)
             bodies.append(raw)
@@ -443,8 +445,8 @@ class Handler:
             batch = torch.from_numpy(np.stack(arrays) if stacked else np.concatenate(arrays))
         else:
             batch = torch.stack(tensors) if stacked else torch.cat(tensors)
-        return self._predict_batch(batch, members, requests, [t.shape[0] for t in tensors] if not stacked else None,
-                                   stacked)
+        sizes = [t.shape[0] for t in tensors] if not stacked else None
+        return self._predict_batch(batch, members, requests, sizes, stacked)
 
     def _predict_batch(self, batch, members, requests, sizes, stacked, whole: bool = False) -> Any:
         """One predict_fn call on ``batch`` (the members' rows); its output split back per member
@@ -453,13 +455,12 @@ class Handler:
         import torch
 
         # a context of its own for the batch: no request's custom attributes or Accept stand for all
-        ctx = Context(model_dir=self.model_dir, batch_size=len(members), batch=[requests[i][3] for i, _ in members])
+        ctx = Context(model_dir=self.model_dir, batch_size=len(members),
+                      batch=[requests[i][3] for i, _ in members])
         try:
             out = self.predict(batch, ctx)
         except BaseException:  # noqa: BLE001 - retried one by one to attribute the failure
             return None
-        from aiops.inference import streaming
-
         if streaming.is_stream(out):
             if getattr(self.module, "aiops_stream", False):  # declared: one step per yield, a row per request
                 return streaming.split_batch(out, len(members))
@@ -490,6 +491,25 @@ def _normalise(result: Any, accept_value: str) -> tuple[bytes, str]:
         raise HandlerError(f"the handler returned {type(body).__name__}; output_fn/transform_fn must return "
                            "bytes or str (or a (body, content_type) tuple)")
     return body, str(ctype)
+
+
+def _normalise_any(result: Any, accept_value: str) -> Answer:
+    """A transform_fn's or output_fn's result that may stream: ``(iterator, content type)`` or an
+    iterator alone (its type: the first concrete one Accept names) pass as they are."""
+    if isinstance(result, tuple) and len(result) == 2 and streaming.is_stream(result[0]):
+        return result[0], str(result[1])
+    if streaming.is_stream(result):
+        return result, _first_concrete_type(accept_value)
+    return _normalise(result, accept_value)
+
+
+def _first_concrete_type(accept: str) -> str:
+    """The first concrete type an Accept value names (what a stream without its own type is)."""
+    for part in accept.split(","):
+        media = part.split(";", 1)[0].strip()
+        if media and "*" not in media:
+            return media
+    return "application/octet-stream"
 
 
 def _capture(fn: Callable, *args: Any) -> Any:

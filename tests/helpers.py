@@ -209,3 +209,13 @@ def built_once(tmp_path_factory, name: str, build) -> dict:
         result = build(folder)
         done.write_text(json.dumps(result))
         return result
+
+
+def runtime_client(url: str):
+    """An unmodified boto3 ``sagemaker-runtime`` client pointed at ``url`` (dummy credentials)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                 region_name="us-east-1").client(
+        "sagemaker-runtime", endpoint_url=url, config=Config(retries={"max_attempts": 1}, read_timeout=60))

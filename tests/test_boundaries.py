@@ -25,6 +25,18 @@ RULES: dict[str, tuple[str, ...]] = {
 }
 
 
+# inference/'s own rooms (docs/architecture.md, "Serving process model"): the server, the clients and
+# export stand apart; the handler contract (contract, handler, codecs, errors, streaming) is shared
+INFERENCE_ROOMS: dict[str, tuple[str, ...]] = {
+    "inference/serving": ("aiops.inference.client", "aiops.inference.export"),
+    "inference/client": ("aiops.inference.serving", "aiops.inference.export", "aiops.inference.handler",
+                         "aiops.inference.streaming", "torch"),
+    "inference/export": ("aiops.inference.serving", "aiops.inference.client"),
+}
+# ... and the contract itself calls none of them
+INFERENCE_CONTRACT = ("contract.py", "handler.py", "codecs.py", "errors.py", "streaming.py")
+
+
 def imports(path: Path, *, top_level_only: bool = False) -> set[str]:
     tree = ast.parse(path.read_text())
     nodes = tree.body if top_level_only else ast.walk(tree)
@@ -54,6 +66,25 @@ def test_room_imports_stay_inside_its_boundary(room: str) -> None:
         if bad:
             crossing[str(path.relative_to(REPO))] = bad
     assert not crossing, f"{room}/ imports across its boundary: {crossing}"
+
+
+@pytest.mark.parametrize("room", sorted(INFERENCE_ROOMS))
+def test_inference_rooms_stay_apart(room: str) -> None:
+    folder = REPO / room
+    assert folder.is_dir(), f"{room}/ is gone: update INFERENCE_ROOMS and docs/architecture.md"
+    crossing = {}
+    for path in sorted(folder.rglob("*.py")):
+        bad = sorted(m for m in imports(path) if _matches(m, INFERENCE_ROOMS[room]))
+        if bad:
+            crossing[str(path.relative_to(REPO))] = bad
+    assert not crossing, f"{room}/ imports across its boundary: {crossing}"
+
+
+def test_the_handler_contract_imports_no_server_client_or_export() -> None:
+    rooms = ("aiops.inference.serving", "aiops.inference.client", "aiops.inference.export")
+    crossing = {name: sorted(m for m in imports(REPO / "inference" / name) if _matches(m, rooms))
+                for name in INFERENCE_CONTRACT}
+    assert not {k: v for k, v in crossing.items() if v}
 
 
 def test_cli_modules_import_heavy_libraries_only_lazily() -> None:

@@ -26,7 +26,9 @@ def test_wheel_namespaces_every_folder(tmp_path: Path) -> None:
     assert top_level == {"aiops", "aiops-0.1.0.dist-info"}
     for module in ("aiops/cli/app.py", "aiops/training/local.py", "aiops/training/contract.py",
                    "aiops/settings.py", "aiops/inference/__init__.py", "aiops/infra/__init__.py",
-                   "aiops/training/examples/digits/train.py", "aiops/data/prices.json"):
+                   "aiops/training/examples/digits/train.py", "aiops/data/prices.json",
+                   "aiops/inference/serving/http/routes.py", "aiops/inference/serving/Dockerfile",
+                   "aiops/inference/client/invoke.py", "aiops/inference/export/pipeline.py"):
         assert module in names, module
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()

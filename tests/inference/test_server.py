@@ -298,34 +298,35 @@ def test_batching_through_the_server_equals_unbatched(start_server, tmp_path):
 
 
 def test_a_batch_slow_only_because_it_waited_for_a_cpu_does_not_leave_inline_mode(monkeypatch):
-    from types import SimpleNamespace
-
-    from aiops.inference import server
+    from aiops.inference.serving.scheduling import SchedulingPolicy
+    from aiops.inference.serving import calls
 
     def state():
-        return SimpleNamespace(inline_budget=0.05, fast_streak=30, inline=True, promote_after=20)
+        policy = SchedulingPolicy(inline_budget_s=0.05, full_inline=True)
+        policy.fast_streak, policy.inline, policy.promote_after = 30, True, 20
+        return policy
 
     # 0.2 s wall, of which 0.19 s runnable but off-CPU (another process ran): not the handler's doing
-    monkeypatch.setattr(server, "_runqueue_wait", lambda: 1.19)
+    monkeypatch.setattr(calls, "runqueue_wait", lambda: 1.19)
     preempted = state()
-    server.App._timed(preempted, 0.2, False, 1.0)
+    preempted.on_call_finished(0.2, off_cpu=calls.off_cpu_since(1.0))
     assert preempted.inline and preempted.fast_streak == 30 and preempted.promote_after == 20
     # 0.2 s wall with no run-queue wait (it ran, or slept, that long): slow, back to the thread
-    monkeypatch.setattr(server, "_runqueue_wait", lambda: 1.0)
+    monkeypatch.setattr(calls, "runqueue_wait", lambda: 1.0)
     slow = state()
-    server.App._timed(slow, 0.2, False, 1.0)
+    slow.on_call_finished(0.2, off_cpu=calls.off_cpu_since(1.0))
     assert not slow.inline and slow.fast_streak == 0 and slow.promote_after == 80
     # a single request's call carries no run-queue reading: wall time decides, as before
     single = state()
-    server.App._timed(single, 0.2)
+    single.on_call_finished(0.2, off_cpu=calls.off_cpu_since(None))
     assert not single.inline
 
 
 def test_runqueue_wait_reads_this_threads_schedstat():
-    from aiops.inference import server
+    from aiops.inference.serving import calls
 
-    first = server._runqueue_wait()
+    first = calls.runqueue_wait()
     if first is None:  # not Linux (no /proc/thread-self/schedstat): the check is simply off
         assert not os.path.exists("/proc/thread-self/schedstat")
         return
-    assert isinstance(first, float) and first >= 0 and server._runqueue_wait() >= first
+    assert isinstance(first, float) and first >= 0 and calls.runqueue_wait() >= first

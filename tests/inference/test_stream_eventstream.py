@@ -1,4 +1,4 @@
-"""aiops.inference.eventstream against botocore's own event-stream parser and service model."""
+"""aiops.inference.serving.http.eventstream against botocore's own event-stream parser and service model."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ botocore = pytest.importorskip("botocore")
 from botocore.eventstream import ChecksumMismatch, EventStream, EventStreamBuffer  # noqa: E402
 from botocore.exceptions import EventStreamError  # noqa: E402
 
-from aiops.inference import eventstream as es  # noqa: E402
+from aiops.inference.serving.http import eventstream as es  # noqa: E402
 
 
 def decode(data: bytes) -> list:

@@ -1,4 +1,4 @@
-"""streaming.invoke: the SageMaker handler contract with iterator responses, through the real Handler."""
+"""Handler.invoke: the SageMaker handler contract with iterator responses, through the real Handler."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from stream_servers import AsgiStreamServer, runtime_client
+from helpers import runtime_client
 
 torch = pytest.importorskip("torch")
 
 from aiops.inference import streaming  # noqa: E402
+from aiops.inference.serving.stream_sender import ChunkStream  # noqa: E402
 from aiops.inference.handler import Context, Handler  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def handler_for(tmp_path: Path, source: str, model: str | None = None) -> Handle
 
 
 def call(handler: Handler, body: bytes, accept: str | None = None, ctype: str = "application/json"):
-    return streaming.invoke(handler, body, ctype, accept, Context(model_dir=handler.model_dir, accept=accept))
+    return handler.invoke(body, ctype, accept, Context(model_dir=handler.model_dir, accept=accept))
 
 
 MODEL_FN = "def model_fn(model_dir):\n    return 3\n"
@@ -68,19 +69,17 @@ def output_fn(prediction, accept):
     assert out == b"word0 word1 word2 " and ctype == "text/plain"
 
 
-def test_a_transform_fn_stream_is_served_end_to_end(tmp_path):
-    handler = handler_for(tmp_path, MODEL_FN + """
+def test_a_transform_fn_stream_is_served_end_to_end(tmp_path, start_server):
+    folder = tmp_path / "transform"
+    (folder / "code").mkdir(parents=True)
+    (folder / "code" / "inference.py").write_text(MODEL_FN + """
 def transform_fn(model, body, content_type, accept):
     return (f"{i}:{body}\\n" for i in range(model)), "text/plain"
 """)
-
-    def respond(path, body, ctype, accept):
-        return call(handler, body, accept=accept, ctype=ctype)
-
-    with AsgiStreamServer(respond) as server:
-        response = runtime_client(server.url).invoke_endpoint_with_response_stream(
-            EndpointName="e", Body=b'{"x": 1}', ContentType="application/json")
-        parts = [e["PayloadPart"]["Bytes"] for e in response["Body"]]
+    server = start_server(folder, "--workers", "1")
+    response = runtime_client(server.url).invoke_endpoint_with_response_stream(
+        EndpointName="e", Body=b'{"x": 1}', ContentType="application/json")
+    parts = [e["PayloadPart"]["Bytes"] for e in response["Body"]]
     assert parts == [b'0:{"x": 1}\n', b'1:{"x": 1}\n', b'2:{"x": 1}\n']
     assert response["ContentType"] == "text/plain"
 
@@ -112,7 +111,7 @@ def output_fn(prediction, accept):
     requests = [(f"[[{i}]]".encode(), "application/json", None, Context(model_dir=handler.model_dir))
                 for i in range(3)]
     results = handler.invoke_batch(requests)
-    streams = [streaming.ChunkStream(out) for out, ctype in results]
+    streams = [ChunkStream(out) for out, ctype in results]
     assert all(ctype == "text/plain" for _, ctype in results)
     for stream in streams:
         stream.prime()  # the server makes each first chunk inside the handler call

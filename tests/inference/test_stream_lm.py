@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from stream_servers import runtime_client
+from helpers import runtime_client
 
 torch = pytest.importorskip("torch")
 

@@ -108,7 +108,7 @@ class FakeTime:
 
 
 def test_wait_times_out_after_the_timeout_with_bounded_polls(aws_env, moto_server):
-    from aiops.inference.async_client import wait_for_result
+    from aiops.inference.client.asynchronous import wait_for_result
 
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)
@@ -124,7 +124,7 @@ def test_wait_times_out_after_the_timeout_with_bounded_polls(aws_env, moto_serve
 
 
 def test_wait_returns_the_result_on_the_poll_it_appears(aws_env, moto_server):
-    from aiops.inference.async_client import wait_for_result
+    from aiops.inference.client.asynchronous import wait_for_result
 
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)

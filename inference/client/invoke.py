@@ -45,9 +45,9 @@ class Answer:
 def send(target: Target, body: bytes, *, content_type: str, accept: str | None = None,
          api_key: str | None = None, sink=None) -> Answer:
     """Send ``body`` to ``target`` and return the answer; a non-2xx answer is an AiopsError.
-    The answer's body is read into ``sink`` (``client.MemoryBody`` or ``client.FileBody``; default:
-    memory, capped at ``client.DEFAULT_MAX_RESPONSE_MB``)."""
-    from aiops.inference import client
+    The answer's body is read into ``sink`` (``synchronous.MemoryBody`` or ``synchronous.FileBody``; default:
+    memory, capped at ``synchronous.DEFAULT_MAX_RESPONSE_MB``)."""
+    from aiops.inference.client import synchronous as client
     from aiops.settings import get_settings
 
     target.check()
@@ -63,7 +63,7 @@ def send(target: Target, body: bytes, *, content_type: str, accept: str | None =
     outputs = current_outputs(settings)
     region = endpoint_region(settings, outputs)
     if target.asynchronous:
-        from aiops.inference import async_client
+        from aiops.inference.client import asynchronous as async_client
 
         outputs.require("bucket", needed_for="aiops invoke --async (the request is uploaded to its bucket)")
         answer = async_client.invoke_endpoint_async(target.endpoint, body, content_type=content_type, accept=accept,
@@ -81,7 +81,7 @@ def send(target: Target, body: bytes, *, content_type: str, accept: str | None =
 
 
 def _synchronous(result) -> Answer:
-    from aiops.inference import client
+    from aiops.inference.client import synchronous as client
 
     if not result.ok:
         raise AiopsError(client.error_message(result))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from aiops.errors import AiopsError, UsageError
-from aiops.inference.server import SPEC_ENV, WorkerSpec
+from aiops.inference.serving.worker import SPEC_ENV, WorkerSpec
 from aiops.settings import ServeSettings, load_serve_settings
 
 log = logging.getLogger("aiops.serve")
@@ -74,7 +74,7 @@ class Supervisor:
     def _spawn(self, replaces: int | None = None) -> None:
         read_fd, write_fd = os.pipe()
         env = {**os.environ, SPEC_ENV: self.spec.model_dump_json()}
-        cmd = [sys.executable, "-m", "aiops.inference.server", "--fd", str(self.sock.fileno()),
+        cmd = [sys.executable, "-m", "aiops.inference.serving.worker", "--fd", str(self.sock.fileno()),
                "--ready-fd", str(write_fd)]
         proc = subprocess.Popen(cmd, env=env, pass_fds=(self.sock.fileno(), write_fd))
         os.close(write_fd)

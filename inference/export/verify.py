@@ -16,8 +16,9 @@ from typing import Any
 
 from aiops.errors import AiopsError, UsageError
 from aiops.inference.artifacts import ModelSource, resolve_model
-from aiops.inference.export_convert import first_line, is_script, quiet, tensors
-from aiops.inference.handler import Context, Handler, find_script
+from aiops.inference.export.convert import first_line, is_script, quiet, tensors
+from aiops.inference.contract import Context
+from aiops.inference.handler import Handler, find_script
 
 #: (max abs difference, min top-1 agreement); None = not checked (still reported)
 DEFAULT_TOLERANCES = {None: (1e-4, 0.999), "dynamic-int8": (None, 0.99)}

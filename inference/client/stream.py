@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from aiops.errors import AiopsError
-from aiops.inference.client import READ_SIZE, connect, read_error_body
+from aiops.inference.client.synchronous import READ_SIZE, connect, read_error_body
 
 OnChunk = Callable[[bytes], None]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from aiops.errors import AiopsError
-    from aiops.inference.supervisor import serve, serve_settings
+    from aiops.inference.serving.supervisor import serve, serve_settings
 
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "serve":

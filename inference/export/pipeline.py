@@ -23,12 +23,12 @@ from pathlib import Path
 
 from aiops.errors import AiopsError, UsageError
 from aiops.extras import check_extra
-from aiops.inference import export_package as package
-from aiops.inference import export_verify as verify
+from aiops.inference.export import package
+from aiops.inference.export import verify
 from aiops.inference.artifacts import ModelSource, resolve_model
-from aiops.inference.export_convert import FORMATS, QUANTIZE, convert, quiet
-from aiops.inference.export_package import default_out
-from aiops.inference.export_samples import check_sample_path, load_sample, resolve_sample
+from aiops.inference.export.convert import FORMATS, QUANTIZE, convert, quiet
+from aiops.inference.export.package import default_out
+from aiops.inference.export.samples import check_sample_path, load_sample, resolve_sample
 from aiops.inference.handler import DEFAULT_PROGRAM, Handler, find_script
 
 __all__ = ["ExportFailed", "ExportOptions", "default_out", "export_model", "validate"]

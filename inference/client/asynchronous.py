@@ -91,13 +91,13 @@ def wait_for_result(s3: Any, output_location: str, failure_location: str | None,
                     first: float = POLL_FIRST_S, longest: float = POLL_MAX_S, sink: Any = None
                     ) -> tuple[bytes, str | None, int]:
     """Poll the output (and failure) location until one holds an object: (body, content type, polls).
-    The result is read into ``sink`` (default: memory, capped; see ``aiops.inference.client``).
+    The result is read into ``sink`` (default: memory, capped; see ``aiops.inference.client.synchronous``).
 
     A failure object raises AiopsError with its message; ``timeout`` seconds (by ``clock``) without
     either raises AiopsError naming the output location, where the result may still land later.
     """
     from aiops import aws
-    from aiops.inference.client import MemoryBody
+    from aiops.inference.client.synchronous import MemoryBody
 
     sink = MemoryBody() if sink is None else sink
     deadline = clock() + timeout

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from aiops.errors import UsageError
-from aiops.inference import export_templates
+from aiops.inference.export import templates
 from aiops.inference.artifacts import CODE_DIR, ModelSource, package_model
 from aiops.inference.handler import DEFAULT_PROGRAM
 from aiops.runs import RunStore, read_record
@@ -87,7 +87,7 @@ def _generate_code(code: Path, program: str, fmt_label: str, kind: str, cpu_only
         original = f"original_{program}"
         os.replace(code / program, code / original)
     code.mkdir(parents=True, exist_ok=True)
-    (code / program).write_text(export_templates.render(kind, fmt=fmt_label, original=original, cpu_only=cpu_only))
+    (code / program).write_text(templates.render(kind, fmt=fmt_label, original=original, cpu_only=cpu_only))
 
 
 def _add_requirement(code: Path, line: str) -> None:

@@ -1,0 +1,250 @@
+"""One serving worker process: it loads the handler, opens its own listening socket on the shared
+port and serves it on one asyncio loop (uvloop when installed), until SIGTERM drains it.
+
+Process model (see docs/architecture.md): the supervisor binds the port; each worker process loads
+the model, then opens its own listening socket on that port with ``SO_REUSEPORT`` (the kernel
+spreads new connections over the workers that are listening). Everything a request meets inside
+the worker is :class:`aiops.inference.serving.app.App`. The supervisor starts it as
+``python -m aiops.inference.serving.worker --fd N [--ready-fd M]`` with the :class:`WorkerSpec` in
+the environment; the worker reports ``ready``, ``recycle`` or one ``error:`` line on the pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from aiops.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from aiops.inference.serving.app import App
+
+log = logging.getLogger("aiops.serve")
+
+SPEC_ENV = "AIOPS_SERVE_WORKER_SPEC"
+
+
+class WorkerSpec(BaseModel):
+    """What a worker process receives: the serve settings model itself plus the resolved paths."""
+
+    settings: ServeSettings
+    model_dir: str
+    code_dir: str | None = None
+    script: str | None = None
+    torch_threads: int | None = None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format=f"%(asctime)s [worker {os.getpid()}] %(levelname)s %(message)s")
+
+
+def _listen(fd: int) -> socket.socket:
+    """This worker's listening socket: its own on the shared port (SO_REUSEPORT), else the shared one."""
+    shared = socket.socket(fileno=fd)
+    if hasattr(socket, "SO_REUSEPORT") and shared.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+        own = socket.socket(shared.family, socket.SOCK_STREAM)
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        own.bind(shared.getsockname()[:2])
+        shared.close()
+        sock = own
+    else:
+        sock = shared
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _raise_fd_limit() -> None:
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
+    from aiops.errors import AiopsError, UsageError
+    from aiops.inference import codecs
+    from aiops.inference.handler import Handler
+    from aiops.inference.serving.app import App
+
+    s = spec.settings
+    _configure_logging(s.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; Ctrl-C reaches it too
+    stop_early = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_early.append(1))
+
+    def report(line: str) -> None:
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, (line.replace("\n", " ")[:2000] + "\n").encode())
+            except OSError:
+                pass
+
+    codecs.configure(max_decoded_bytes=int(s.max_decoded_mb * 1024 * 1024), json_max_depth=s.json_max_depth,
+                     json_max_elements=s.json_max_elements)
+    try:
+        if spec.torch_threads:
+            import torch
+
+            torch.set_num_threads(spec.torch_threads)
+        handler = Handler(spec.model_dir, script=_path(spec.script), code_dir=_path(spec.code_dir),
+                          default_accept=s.default_accept)
+        handler.load()
+    except AiopsError as err:  # "usage-error": bad input (no model file, ...), the CLI exits 2
+        report(f"{'usage-error' if isinstance(err, UsageError) else 'error'}: {err}")
+        return 3
+    except BaseException as err:  # noqa: BLE001 - the user's model_fn failed (even with sys.exit)
+        log.error("loading the model failed\n%s", traceback.format_exc().rstrip())
+        report(f"error: loading the model failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}")
+        return 3
+    if stop_early:
+        return 0
+    _raise_fd_limit()
+    # Two threads share the GIL (the loop, the inference thread or a stream's producer): a thread
+    # that needs it waits until the holder blocks or this interval passes. 5 ms (the default) was
+    # added to a streamed token's delivery and to a /ping during a Python-heavy handler.
+    sys.setswitchinterval(0.001)
+    sock = _listen(fd)
+    app = App(handler, s, spec.model_dir)
+    return _serve(app, sock, report, stop_early)
+
+
+def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
+    from aiops.inference.serving.http.connection import Connection
+    from aiops.inference.serving.work import STOP
+
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app.loop = loop
+    s = app.settings
+    exit_code = [0]
+    stopping = asyncio.Event()
+
+    def stop(code: int = 0) -> None:
+        exit_code[0] = exit_code[0] or code
+        stopping.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    if stop_early:
+        stop()
+
+    async def main() -> None:
+        # Our own accept loop: every pending connection per wake-up (uvloop's server accepts one per
+        # loop iteration, so a burst of new clients waited to be accepted)
+        listening = [True]
+
+        def on_accept() -> None:
+            for _ in range(1024):
+                try:
+                    client, _addr = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as err:  # e.g. EMFILE: back off instead of spinning on a readable socket
+                    log.warning("accept failed (%s); retrying in 0.1 s", err.strerror or err)
+                    loop.remove_reader(sock.fileno())
+                    loop.call_later(0.1, lambda: listening[0] and loop.add_reader(sock.fileno(), on_accept))
+                    return
+                client.setblocking(False)
+                loop.create_task(_adopt(client))
+
+        async def _adopt(client: socket.socket) -> None:
+            try:
+                await loop.connect_accepted_socket(lambda: Connection(app), client)
+            except OSError:
+                client.close()
+
+        app.start_threads()
+        loop.add_reader(sock.fileno(), on_accept)
+        report("ready")
+        log.info("ready: %s, batch size %d", app.handler.describe(), app.batch_size)
+        rss_cap = int(s.max_worker_rss_mb * 1024 * 1024) if s.max_worker_rss_mb else 0
+        recycling = False
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), 0.1)
+            except asyncio.TimeoutError:
+                pass
+            app.sweep()
+            if app.watchdog.stuck():
+                app.watchdog.exit_stuck()
+            if rss_cap and not recycling and _rss_bytes() > rss_cap:
+                recycling = True
+                log.warning("worker RSS %d MB is over max_worker_rss_mb=%g; asking for a replacement",
+                            _rss_bytes() // (1024 * 1024), s.max_worker_rss_mb)
+                report("recycle")
+        # Graceful: /ping says unhealthy, every answer from now on closes its connection. Take every
+        # connection already queued on the listener before closing it (closing resets them), then
+        # answer everything read or being read (queued requests included), close idle connections.
+        app.healthy = False
+        app.draining = True
+        listening[0] = False
+        loop.remove_reader(sock.fileno())
+        on_accept()
+        sock.close()
+        deadline = time.monotonic() + s.graceful_shutdown_seconds
+        # read what already arrived on accepted connections before closing idle ones
+        await asyncio.sleep(0.05)
+        while time.monotonic() < deadline:
+            app.close_idle()
+            if not app.busy:
+                break
+            app.sweep()
+            await asyncio.sleep(0.02)
+        app.work.put(STOP)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        app.inference.join(1.0)
+    return exit_code[0]
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def main() -> None:  # python -m aiops.inference.serving.worker --fd N [--ready-fd M]
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="aiops-serve-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--ready-fd", type=int, default=None)
+    args = parser.parse_args()
+    spec = WorkerSpec.model_validate_json(os.environ[SPEC_ENV])
+    code = worker_main(args.fd, args.ready_fd, spec)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # do not wait on torch's atexit work
+
+
+if __name__ == "__main__":
+    main()
