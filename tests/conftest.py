@@ -97,14 +97,9 @@ def digits_default_run(digits_channels: Path, tmp_path_factory: pytest.TempPathF
 def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`aiops example tiny-llm` (default sizes, seed 0), made once for every xdist worker: a Hugging
     Face model folder, read-only for the tests."""
-    from helpers import built_once
+    from helpers import tiny_llm_folder
 
-    def make(root: Path) -> dict:
-        made = run_aiops(root / "home", root, "example", "tiny-llm", str(root / "tiny-llm"))
-        assert made.returncode == 0, made.output
-        return {"model": str(root / "tiny-llm"), "stdout": made.stdout}
-
-    return Path(built_once(tmp_path_factory, "tiny-llm", make)["model"])
+    return tiny_llm_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

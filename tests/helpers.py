@@ -211,6 +211,18 @@ def built_once(tmp_path_factory, name: str, build) -> dict:
         return result
 
 
+def tiny_llm_folder(tmp_path_factory) -> Path:
+    """`aiops example tiny-llm` (default sizes, seed 0), made once for every xdist worker: the one tiny
+    Hugging Face causal LM of the suite, read-only for the tests."""
+
+    def make(root: Path) -> dict:
+        made = run_aiops(root / "home", root, "example", "tiny-llm", str(root / "tiny-llm"))
+        assert made.returncode == 0, made.output
+        return {"model": str(root / "tiny-llm"), "stdout": made.stdout}
+
+    return Path(built_once(tmp_path_factory, "tiny-llm", make)["model"])
+
+
 def runtime_client(url: str):
     """An unmodified boto3 ``sagemaker-runtime`` client pointed at ``url`` (dummy credentials)."""
     import boto3

@@ -67,7 +67,7 @@ def _read(s3: Any, uri: str, sink: Any = None) -> tuple[bytes, str | None] | Non
     """The object's body (into ``sink``, whose held bytes are returned; without one, only its start,
     as an error's) and Content-Type, or None while it is not there (any other error: raised)."""
     from aiops.aws import error_code
-    from aiops.inference.client import copy_body, read_error_body
+    from aiops.inference.client.synchronous import copy_body, read_error_body
 
     bucket, key = _split(uri)
     try:

@@ -18,7 +18,8 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     def build(root: Path) -> dict:
         return {"folder": str(make_tiny_llm(root / "tiny-llm"))}
 
-    return Path(built_once(tmp_path_factory, "tiny-llm", build)["folder"])
+    # its own name: the suite's `aiops example tiny-llm` model is another one (tests/helpers.tiny_llm_folder)
+    return Path(built_once(tmp_path_factory, "tiny-llm-engine", build)["folder"])
 
 
 @pytest.fixture(scope="module")
