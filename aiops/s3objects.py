@@ -16,9 +16,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 CHUNK = 8 * 1024 * 1024
@@ -126,7 +129,7 @@ class UploadBatch:
         self._lock = threading.Condition()
         self._futures: list[Any] = []
         self._last: list[tuple[str, bytes]] = []
-        self._failure: tuple[str, BaseException] | None = None
+        self._failure: tuple[str, Exception] | None = None
         self._pending = 0
         self._finished = False
         self.objects_total = self.objects_done = 0
@@ -181,8 +184,8 @@ class UploadBatch:
     def _done(self, action: str, future: Any) -> None:
         try:
             future.result()
-            failed: BaseException | None = None
-        except BaseException as err:  # the transfer's own error, or its cancellation
+            failed: Exception | None = None
+        except Exception as err:  # the transfer's own error, or its cancellation
             failed = err
         first_failure = False
         with self._lock:
@@ -247,17 +250,17 @@ class UploadBatch:
             future.cancel()
         self._manager.shutdown()
 
-    def __enter__(self) -> UploadBatch:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is None:
             self.finish()
         else:
             self._cancel()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _subscriber_type() -> type:
     """s3transfer's subscriber for a batch's transfers (a class made once: s3transfer is imported lazily)."""
     from s3transfer.subscribers import BaseSubscriber
@@ -283,7 +286,7 @@ def _subscriber_type() -> type:
     return BatchSubscriber
 
 
-def _is_cancelled(err: BaseException) -> bool:
+def _is_cancelled(err: Exception) -> bool:
     from s3transfer.exceptions import CancelledError
 
     return isinstance(err, CancelledError)

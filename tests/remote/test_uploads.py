@@ -6,7 +6,6 @@ hooks on the client (before-send / response-received), never timed."""
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -155,9 +154,9 @@ def test_the_first_failure_stops_the_rest_and_no_manifest_is_written(platform, t
     channel = _channel(tmp_path / "train", 40)
     wire = Wire(s3)
     _deny_put_of(s3, "/f-010.bin")
-    with pytest.raises(AiopsError) as failed:
-        with UploadBatch(s3, BUCKET, max_concurrency=1) as batch:  # one request at a time: exact order
-            uploads.upload_channel(s3, BUCKET, "train", channel, batch=batch)
+    # one request at a time: nothing can be in flight beside the failing one
+    with pytest.raises(AiopsError) as failed, UploadBatch(s3, BUCKET, max_concurrency=1) as batch:
+        uploads.upload_channel(s3, BUCKET, "train", channel, batch=batch)
     line = str(failed.value)
     assert "\n" not in line and line.startswith(f"uploading s3://{BUCKET}/data/")
     assert "f-010.bin: access denied" in line
