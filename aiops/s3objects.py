@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 CHUNK = 8 * 1024 * 1024
 
-Progress = Callable[[str, int, int], None]  # (label, bytes done, bytes total)
+# (label, bytes done, bytes total); an UploadBatch's label counts the objects ("12/2,001 objects")
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
