@@ -33,7 +33,7 @@ QUICK: dict[str, tuple[list[str], dict[str, str]]] = {
     "serve_ab": (["--duration", "2", "--rounds", "1", "--variants", "old,new", "--conc", "1"], {}),
     "forward_gap": (["--calls", "30", "--rounds", "1"], {}),
     "serve_cpu_split": (["--seconds", "2"], {}),
-    "upload_bench": (["--files", "200", "--big-mib", "32"], {}),
+    "upload_bench": (["--files", "200", "--big-mib", "32", "--rounds", "1"], {}),
 }
 
 

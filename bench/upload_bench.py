@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=2000, help="small files in the first channel")
     parser.add_argument("--file-kib", type=int, default=4, help="size of each small file")
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the one large file (0: skip)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each way, interleaved (medians reported)")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added to every request by the proxy")
     parser.add_argument("--proxy", nargs=2, type=int, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,26 +221,34 @@ def main() -> None:
             boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}").create_bucket(Bucket=BUCKET)
 
         load_before = os.getloadavg()[0]
+        from aiops.training.uploads import channel_manifest
+
         rows: dict[str, dict[str, Any]] = {}
         for case, _, folder in cases:
-            from aiops.training.uploads import channel_manifest
-
             started = time.perf_counter()
             channel_manifest(folder)
-            hashing = time.perf_counter() - started
-            rows[case] = {"hashing_seconds": round(hashing, 3)}
-            for way, (_, upload) in WAYS.items():
-                reset()
-                s3 = client(way)
-                cpu = [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)]
-                started = time.perf_counter()
-                upload(s3, BUCKET, case, folder)
-                rows[case][way] = round(time.perf_counter() - started, 3)
-                spent = [after - before for before, after in
-                         zip(cpu, [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)])]
-                rows[case][f"{way}_cpu_seconds"] = {"client": round(spent[0], 2), "moto": round(spent[1], 2),
-                                                     "proxy": round(spent[2], 2)}
-                print(f"{case} {way}: {rows[case][way]:.2f} s, CPU s {rows[case][f'{way}_cpu_seconds']}", flush=True)
+            rows[case] = {"hashing_seconds": round(time.perf_counter() - started, 3),
+                          **{way: [] for way in WAYS}, **{f"{way}_cpu_seconds": [] for way in WAYS}}
+        ways = list(WAYS)
+        for round_ in range(args.rounds):
+            for case, _, folder in cases:
+                # each round starts with another way: none always runs first, on a fresher machine
+                for way in ways[round_ % len(ways):] + ways[:round_ % len(ways)]:
+                    reset()
+                    s3 = client(way)
+                    cpu = [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)]
+                    started = time.perf_counter()
+                    WAYS[way][1](s3, BUCKET, case, folder)
+                    rows[case][way].append(round(time.perf_counter() - started, 3))
+                    spent = [after - before for before, after in
+                             zip(cpu, [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)])]
+                    rows[case][f"{way}_cpu_seconds"].append(
+                        {"client": round(spent[0], 2), "moto": round(spent[1], 2), "proxy": round(spent[2], 2)})
+                    print(f"round {round_ + 1} {case} {way}: {rows[case][way][-1]:.2f} s, "
+                          f"CPU s {rows[case][f'{way}_cpu_seconds'][-1]}", flush=True)
+        for row in rows.values():
+            for way in WAYS:
+                row[f"{way}_median"] = statistics.median(row[way])
         load_after = os.getloadavg()[0]
     finally:
         for proc in servers:
@@ -247,7 +257,7 @@ def main() -> None:
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
     command = (f"python bench/upload_bench.py --files {args.files} --file-kib {args.file_kib} "
-               f"--big-mib {args.big_mib} --latency-ms {args.latency_ms:g}")
+               f"--big-mib {args.big_mib} --rounds {args.rounds} --latency-ms {args.latency_ms:g}")
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "command": command,
@@ -259,7 +269,7 @@ def main() -> None:
     md = [
         "# Channel uploads through a proxy that adds a region's latency (bench/upload_bench.py)",
         "",
-        (f"Machine: {result['machine']}; one run each, moto server (its own process) behind a proxy (another) "
+        (f"Machine: {result['machine']}; {args.rounds} interleaved rounds (median, then every run), moto server (its own process) behind a proxy (another) "
          f"that adds {args.latency_ms:g} ms to every request. 1-minute load average {load_before:.1f} before, "
          f"{load_after:.1f} after (other work shares the 2 cores: the times scatter). Command: `{command}`."),
         "",
@@ -268,24 +278,27 @@ def main() -> None:
     ]
     for case, what, _ in cases:
         row = rows[case]
-        md.append(f"| {what} | " + " | ".join(f"{row[way]:.2f} s" for way in WAYS)
-                  + f" | {row['serial'] / row['batch']:.1f}x faster | {row['threads'] / row['batch']:.2f}x |")
+        md.append(f"| {what} | " + " | ".join(
+            f"{row[f'{way}_median']:.2f} s ({', '.join(f'{t:.1f}' for t in row[way])})" for way in WAYS)
+            + f" | {row['serial_median'] / row['batch_median']:.1f}x | {row['threads_median'] / row['batch_median']:.2f}x |")
 
     def verdict(ratio: float, goal: float) -> str:
         return f"{ratio:.2f}x (goal >= {goal:g}x: {'met' if ratio >= goal else 'MISSED'})"
 
     small_row = rows["small"]
-    verdicts = [(f"small files: {verdict(small_row['serial'] / small_row['batch'], 5)} the serial path, "
-                 f"{verdict(small_row['threads'] / small_row['batch'], 1)} the {SYNC_CONCURRENCY} threads")]
+    verdicts = [(f"small files: {verdict(small_row['serial_median'] / small_row['batch_median'], 5)} the serial "
+                 f"path, {verdict(small_row['threads_median'] / small_row['batch_median'], 1)} the "
+                 f"{SYNC_CONCURRENCY} threads")]
     if "big" in rows:
-        verdicts.append(f"large file: {verdict(rows['big']['serial'] / rows['big']['batch'], 1)} the serial path")
+        big_row = rows["big"]
+        verdicts.append(f"large file: {verdict(big_row['serial_median'] / big_row['batch_median'], 1)} the serial path")
     result["verdicts"] = verdicts
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "upload.json").write_text(json.dumps(result, indent=2) + "\n")
     md += [
         "",
-        "Speed of the batch: " + "; ".join(verdicts) + ". One run each on a shared machine: a ratio near 1 is "
-        "within the noise.",
+        "Speed of the batch (ratios of the medians): " + "; ".join(verdicts) + ". A shared machine: a ratio "
+        "near 1 is within the noise.",
         "",
         "The serial and batch columns are the whole channel upload: hashing every file for the manifest "
         "(" + ", ".join(f"{rows[c]['hashing_seconds']:.2f} s for the {c} channel" for c, _, _ in cases)

@@ -95,7 +95,7 @@ def upload_folder(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any,
     previous = prev_prefix if prev_bucket == bucket else None
 
     def plan(rel: str) -> tuple[str, dict[str, Any] | None]:
-        """"present", "copy" (with the previous object's HEAD) or "upload"."""
+        """What a file needs: present, copy (with the previous object's HEAD) or upload."""
         if _head(s3, bucket, prefix + rel) is not None:
             return "present", None
         if previous:

@@ -24,6 +24,8 @@ def upload_bundle(s3: Any, bucket: str, data: bytes, sha256: str, *, kms_key: st
     key = layout.bundle_key(sha256)
     if batch is None:
         return upload_once(s3, bucket, key, data, kms_key=kms_key, progress=progress, label="code")
+    if batch.bucket != bucket:
+        raise ValueError(f"the code bundle: the batch uploads to {batch.bucket}, not {bucket}")
     uri = f"s3://{bucket}/{key}"
     if object_exists(s3, bucket, key):
         return UploadResult(uri, 0)
