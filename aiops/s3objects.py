@@ -176,6 +176,8 @@ class UploadBatch:
     # -- what the transfer threads report
 
     def _progressed(self, amount: int) -> None:
+        if self._progress is None:  # called per block sent: no lock taken when nobody listens
+            return
         with self._lock:
             self.bytes_done += amount  # negative when botocore rewinds a body to retry it
             now = time.monotonic()
