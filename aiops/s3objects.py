@@ -154,10 +154,13 @@ class UploadBatch:
              metadata: dict[str, str] | None = None) -> None:
         """Queue a copy inside the bucket (multipart above ``CHUNK``) with this batch's encryption;
         ``size`` and ``etag`` from the caller's HEAD of the source spare s3transfer another one."""
-        extra: dict[str, Any] = {**self._encryption, "MetadataDirective": "REPLACE", "Metadata": dict(metadata or {})}
-        self._submit(f"copying s3://{self.bucket}/{source_key} to {key}", 0, lambda subscriber: self._manager.copy(
-            {"Bucket": self.bucket, "Key": source_key}, self.bucket, key, extra_args=extra,
-            subscribers=[subscriber]), known=(size, etag))
+        extra: dict[str, Any] = {**self._encryption, "MetadataDirective": "REPLACE",
+                                 "Metadata": dict(metadata or {})}
+        source = {"Bucket": self.bucket, "Key": source_key}
+        self._submit(f"copying s3://{self.bucket}/{source_key} to {key}", 0,
+                     lambda subscriber: self._manager.copy(source, self.bucket, key, extra_args=extra,
+                                                           subscribers=[subscriber]),
+                     known=(size, etag))
 
     def put_last(self, key: str, body: bytes) -> None:
         """Write ``key`` only once every other object of the batch has landed (a manifest)."""
@@ -206,7 +209,8 @@ class UploadBatch:
     def _report(self, now: float) -> None:
         self._reported_at = now
         if self._progress:
-            self._progress(f"{self.objects_done:,}/{self.objects_total:,} objects", self.bytes_done, self.bytes_total)
+            label = f"{self.objects_done:,}/{self.objects_total:,} objects"
+            self._progress(label, self.bytes_done, self.bytes_total)
 
     # -- waiting
 

@@ -125,7 +125,8 @@ def serial_upload_channel(s3: Any, bucket: str, name: str, source: Path) -> None
         return
     for rel in manifest["files"]:
         upload_once(s3, bucket, f"{prefix}{rel}", selection.entries[rel], kms_key=kms_key, check=False)
-    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode(), **encryption_args(kms_key))
+    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode(),
+                  **encryption_args(kms_key))
 
 
 def threads_sync(s3: Any, bucket: str, name: str, source: Path) -> None:
@@ -139,7 +140,8 @@ def threads_sync(s3: Any, bucket: str, name: str, source: Path) -> None:
 
     def put(path: Path) -> None:
         with open(path, "rb") as handle:
-            s3.put_object(Bucket=bucket, Key=f"sync/{name}/{path.relative_to(source).as_posix()}", Body=handle)
+            key = f"sync/{name}/{path.relative_to(source).as_posix()}"
+            s3.put_object(Bucket=bucket, Key=key, Body=handle)
 
     with ThreadPoolExecutor(SYNC_CONCURRENCY) as pool:
         list(pool.map(put, small))
@@ -170,7 +172,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=2000, help="small files in the first channel")
     parser.add_argument("--file-kib", type=int, default=4, help="size of each small file")
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the one large file (0: skip)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each way, interleaved (medians reported)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each way, interleaved (medians reported)")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added to every request by the proxy")
     parser.add_argument("--proxy", nargs=2, type=int, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,16 +187,17 @@ def main() -> None:
 
     moto_port, proxy_port = free_port(), free_port()
     work = Path(tempfile.mkdtemp(prefix="aiops-upload-bench-"))
-    servers = [subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    moto = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)]
+    servers = [subprocess.Popen(moto, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     servers.append(subprocess.Popen([sys.executable, __file__, "--proxy", str(proxy_port), str(moto_port),
                                      "--latency-ms", str(args.latency_ms)]))
     try:
         wait_listening(moto_port, servers[0])
         wait_listening(proxy_port, servers[1])
         endpoint = f"http://127.0.0.1:{proxy_port}"
-        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null",
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+                           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_CONFIG_FILE": "/dev/null",
                            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
 
         def client(way: str) -> Any:
@@ -242,8 +246,8 @@ def main() -> None:
                     rows[case][way].append(round(time.perf_counter() - started, 3))
                     spent = [after - before for before, after in
                              zip(cpu, [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)])]
-                    rows[case][f"{way}_cpu_seconds"].append(
-                        {"client": round(spent[0], 2), "moto": round(spent[1], 2), "proxy": round(spent[2], 2)})
+                    named = zip(("client", "moto", "proxy"), spent)
+                    rows[case][f"{way}_cpu_seconds"].append({name: round(sec, 2) for name, sec in named})
                     print(f"round {round_ + 1} {case} {way}: {rows[case][way][-1]:.2f} s, "
                           f"CPU s {rows[case][f'{way}_cpu_seconds'][-1]}", flush=True)
         for row in rows.values():
@@ -264,34 +268,38 @@ def main() -> None:
         "latency_ms": args.latency_ms,
         "load_average": [round(load_before, 2), round(load_after, 2)],
         "cases": {case: {"what": what, **rows[case]} for case, what, _ in cases},
-        "goal": "small files: batch >= 5x serial and no slower than the 10 threads; large file: no slower than serial",
+        "goal": ("small files: batch >= 5x serial and no slower than the 10 threads; "
+                 "large file: no slower than serial"),
     }
     md = [
         "# Channel uploads through a proxy that adds a region's latency (bench/upload_bench.py)",
         "",
-        (f"Machine: {result['machine']}; {args.rounds} interleaved rounds (median, then every run), moto server (its own process) behind a proxy (another) "
-         f"that adds {args.latency_ms:g} ms to every request. 1-minute load average {load_before:.1f} before, "
-         f"{load_after:.1f} after (other work shares the 2 cores: the times scatter). Command: `{command}`."),
+        (f"Machine: {result['machine']}; {args.rounds} interleaved rounds (median, then every run), "
+         f"moto server (its own process) behind a proxy (another) that adds {args.latency_ms:g} ms to every "
+         f"request. 1-minute load average {load_before:.1f} before, {load_after:.1f} after (other work "
+         f"shares the 2 cores: the times scatter). Command: `{command}`."),
         "",
-        "| channel | " + " | ".join(label for label, _ in WAYS.values()) + " | batch vs serial | batch vs threads |",
+        "| channel | " + " | ".join(label for label, _ in WAYS.values())
+        + " | batch vs serial | batch vs threads |",
         "|---|" + "---|" * (len(WAYS) + 2),
     ]
     for case, what, _ in cases:
         row = rows[case]
-        md.append(f"| {what} | " + " | ".join(
-            f"{row[f'{way}_median']:.2f} s ({', '.join(f'{t:.1f}' for t in row[way])})" for way in WAYS)
-            + f" | {row['serial_median'] / row['batch_median']:.1f}x | {row['threads_median'] / row['batch_median']:.2f}x |")
+        times = [f"{row[f'{way}_median']:.2f} s ({', '.join(f'{t:.1f}' for t in row[way])})" for way in WAYS]
+        md.append(f"| {what} | " + " | ".join(times) + f" | {row['serial_median'] / row['batch_median']:.1f}x"
+                  f" | {row['threads_median'] / row['batch_median']:.2f}x |")
 
     def verdict(ratio: float, goal: float) -> str:
         return f"{ratio:.2f}x (goal >= {goal:g}x: {'met' if ratio >= goal else 'MISSED'})"
 
     small_row = rows["small"]
-    verdicts = [(f"small files: {verdict(small_row['serial_median'] / small_row['batch_median'], 5)} the serial "
-                 f"path, {verdict(small_row['threads_median'] / small_row['batch_median'], 1)} the "
-                 f"{SYNC_CONCURRENCY} threads")]
+    small_batch = small_row["batch_median"]
+    verdicts = [(f"small files: {verdict(small_row['serial_median'] / small_batch, 5)} the serial path, "
+                 f"{verdict(small_row['threads_median'] / small_batch, 1)} the {SYNC_CONCURRENCY} threads")]
     if "big" in rows:
         big_row = rows["big"]
-        verdicts.append(f"large file: {verdict(big_row['serial_median'] / big_row['batch_median'], 1)} the serial path")
+        big_ratio = big_row["serial_median"] / big_row["batch_median"]
+        verdicts.append(f"large file: {verdict(big_ratio, 1)} the serial path")
     result["verdicts"] = verdicts
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "upload.json").write_text(json.dumps(result, indent=2) + "\n")

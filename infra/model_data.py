@@ -81,7 +81,8 @@ def _head(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
 
 
 def upload_folder(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any,
-                  previous_uri: str | None = None, max_concurrency: int = DEFAULT_CONCURRENCY) -> FolderUpload:
+                  previous_uri: str | None = None,
+                  max_concurrency: int = DEFAULT_CONCURRENCY) -> FolderUpload:
     """Upload the folder's files under their tree digest: each file is read once for its hash and
     once to upload it. The HEADs (is it there? unchanged since the previous prefix?) and then the
     uploads and copies run ``max_concurrency`` requests at a time (one `UploadBatch`); the first
@@ -117,8 +118,8 @@ def upload_folder(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any,
             counts[what] += 1
             if what == "copy" and head is not None and previous:
                 # unchanged since the previous model: copied inside S3 (multipart for large files)
-                batch.copy(prefix + rel, previous + rel, size=int(head["ContentLength"]), etag=head.get("ETag"),
-                           metadata={"sha256": digests[rel]})
+                batch.copy(prefix + rel, previous + rel, size=int(head["ContentLength"]),
+                           etag=head.get("ETag"), metadata={"sha256": digests[rel]})
             elif what == "upload":
                 sent += batch.upload(prefix + rel, p, metadata={"sha256": digests[rel]})
     return FolderUpload(f"s3://{bucket}/{prefix}", counts["upload"], counts["copy"], counts["present"], sent,

@@ -151,12 +151,14 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
         # one batch for the whole submission: the bundle and every channel share its request bound
         # and its progress line; a channel's files start while the next channel is being hashed
         s3 = aws.client("s3", options.region)
-        with UploadBatch(s3, options.bucket, kms_key=options.kms_key, progress=events.upload) as batch:
-            code_upload = uploads.upload_bundle(s3, options.bucket, code.data, code.sha256, batch=batch)
+        bucket = options.bucket
+        assert bucket, "remote_request.validate refuses a submission without a bucket"
+        with UploadBatch(s3, bucket, kms_key=options.kms_key, progress=events.upload) as batch:
+            code_upload = uploads.upload_bundle(s3, bucket, code.data, code.sha256, batch=batch)
             channel_uris: dict[str, str] = {}
             uploaded = code_upload.uploaded_bytes
             for name, path in job.channels.items():
-                result = uploads.upload_channel(s3, options.bucket, name, path, batch=batch,
+                result = uploads.upload_channel(s3, bucket, name, path, batch=batch,
                                                 selection=job.channel_selections.get(name),
                                                 follow_symlinks=job.config.follow_symlinks)
                 channel_uris[name] = result.uri

@@ -77,7 +77,8 @@ def upload_channel(s3: Any, bucket: str, name: str, source: Path, *, kms_key: st
     if object_exists(s3, bucket, manifest_key):
         return UploadResult(uri, 0)
     total = sum(f["size"] for f in manifest["files"].values())
-    with UploadBatch(s3, bucket, kms_key=kms_key, progress=progress) if batch is None else nullcontext(batch) as into:
+    into = batch if batch is not None else UploadBatch(s3, bucket, kms_key=kms_key, progress=progress)
+    with into if batch is None else nullcontext():  # a batch of its own finishes here, a shared one later
         for rel in manifest["files"]:
             into.upload(f"{prefix}{rel}", selection.entries[rel])
         into.put_last(manifest_key, json.dumps(manifest).encode())

@@ -29,7 +29,7 @@ class Wire:
 
     def __init__(self, s3: Any, *, hold: int = 0) -> None:
         self.events: list[tuple[str, str, str]] = []  # (sent|answered, operation, key)
-        self.in_flight = self.most = 0
+        self.in_flight = self.most = self.sent = 0
         self._lock = threading.Lock()
         self._barrier = threading.Barrier(hold, timeout=30) if hold else None
         s3.meta.events.register("before-send.s3", self._sent)
@@ -48,7 +48,8 @@ class Wire:
             self.in_flight += 1
             self.most = max(self.most, self.in_flight)
             self.events.append(("sent", operation, key))
-            waiting = self._barrier is not None and len([e for e in self.events if e[0] == "sent"]) <= self._barrier.parties
+            self.sent += 1
+            waiting = self._barrier is not None and self.sent <= self._barrier.parties
         if waiting:
             self._barrier.wait()  # a BrokenBarrierError here fails the upload: fewer ran at once
 
@@ -100,13 +101,15 @@ def test_many_files_land_at_once_with_their_keys_content_and_the_stack_key(platf
     assert wire.most == 10
     total = sum(p.stat().st_size for p in files.values())
     assert result.uploaded_bytes == total
-    # one callback for the whole channel: the objects in the label, the bytes (the manifest's too) in the numbers
+    # one callback for the whole channel: the objects in the label, the bytes (the manifest's too) as numbers
     manifest_size = s3.head_object(Bucket=BUCKET, Key=_manifest_key(channel))["ContentLength"]
-    assert calls[-1] == (f"{len(files) + 1}/{len(files) + 1} objects", total + manifest_size, total + manifest_size)
-    assert all(0 <= done <= all_bytes for _, done, all_bytes in calls)
+    objects, all_bytes = len(files) + 1, total + manifest_size
+    assert calls[-1] == (f"{objects}/{objects} objects", all_bytes, all_bytes)
+    assert all(0 <= done <= all_bytes for _, done, _ in calls)
 
 
-def test_a_submission_shares_one_bound_and_writes_each_manifest_after_every_object(platform, tmp_path: Path) -> None:
+def test_a_submission_shares_one_bound_and_writes_each_manifest_after_every_object(platform,
+                                                                                  tmp_path: Path) -> None:
     s3 = platform.boto("s3")
     source = tmp_path / "src"
     source.mkdir()
@@ -120,14 +123,16 @@ def test_a_submission_shares_one_bound_and_writes_each_manifest_after_every_obje
         ups = [uploads.upload_channel(s3, BUCKET, name, path, batch=batch)
                for name, path in (("a", first), ("b", second))]
     assert wire.most == 4
-    data_sent = [i for i, (kind, _, key) in enumerate(wire.events) if kind == "sent" and "manifest" not in key]
+    data_sent = [i for i, (kind, _, key) in enumerate(wire.events)
+                 if kind == "sent" and "manifest" not in key]
     assert len(data_sent) == 1 + 3 + 5 + 4  # the big file: create, two parts, complete
     assert [op for _, op, key in wire.events if key.endswith("big.bin")].count("UploadPart") == 2
     answers = [i for i, (kind, _, _) in enumerate(wire.events) if kind == "answered"]
     for channel in (first, second):
         manifest_sent = wire.index("sent", _manifest_key(channel))
         # after every object was sent and answered
-        assert manifest_sent > max(data_sent) and len([i for i in answers if i < manifest_sent]) == len(data_sent)
+        answered_before = [i for i in answers if i < manifest_sent]
+        assert manifest_sent > max(data_sent) and len(answered_before) == len(data_sent)
     assert s3.get_object(Bucket=BUCKET, Key=code_up.uri.split(f"{BUCKET}/", 1)[1])["Body"].read() == code.data
     big = s3.get_object(Bucket=BUCKET, Key=ups[1].uri.split(f"{BUCKET}/", 1)[1] + "big.bin")["Body"].read()
     assert big == (second / "big.bin").read_bytes()
