@@ -18,6 +18,9 @@ from aiops.errors import AiopsError, UsageError
 
 # botocore's "standard" retry mode: exponential backoff with jitter for throttling and 5xx.
 STANDARD_RETRIES = {"mode": "standard", "max_attempts": 5}
+# connections a client keeps: an UploadBatch's requests in flight (aiops.s3objects.DEFAULT_CONCURRENCY)
+# and the caller's own HEADs beside them, so none is opened and dropped per request
+MAX_POOL_CONNECTIONS = 16
 
 
 def session(region: str | None = None, **credentials: str) -> Any:
@@ -77,7 +80,8 @@ class _UniquePaths(list):
 def client(service: str, region: str | None = None, *, retries: dict[str, Any] | None = None) -> Any:
     from botocore.config import Config
 
-    config = Config(retries=retries or STANDARD_RETRIES, user_agent_extra="aiops")
+    config = Config(retries=retries or STANDARD_RETRIES, user_agent_extra="aiops",
+                    max_pool_connections=MAX_POOL_CONNECTIONS)
     return session(region).client(service, config=config)
 
 

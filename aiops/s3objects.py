@@ -1,24 +1,33 @@
 """The one content-addressed S3 uploader: look before uploading, encrypt with the stack's key.
 
-Code bundles, channels (training/uploads.py) and model packages (infra/artifacts.py) all upload
-through ``upload_once`` under keys built by ``aiops.stack.S3Layout``: the same content gets the
-same key, so a second upload of it is a HEAD and nothing more.
+Code bundles, channels (training/uploads.py), model folders (infra/model_data.py) and model
+packages (infra/artifacts.py) upload under keys built by ``aiops.stack.S3Layout``: the same content
+gets the same key, so a second upload of it is a HEAD and nothing more. One object goes through
+``upload_once``; many (a submission's bundle and channels, a model folder) through one
+``UploadBatch``, whose requests run concurrently, bounded across all its objects.
 
-Takes a boto3 S3 client; imports boto3 only inside ``transfer_config``.
+Takes a boto3 S3 client; imports boto3 and s3transfer only when called.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import threading
+import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 CHUNK = 8 * 1024 * 1024
 
-Progress = Callable[[str, int, int], None]  # (label, bytes done, bytes total)
+# (label, bytes done, bytes total); an UploadBatch's label counts the objects ("12/2,001 objects")
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -80,3 +89,211 @@ def upload_once(s3: Any, bucket: str, key: str, source: bytes | Path, *, kms_key
     else:
         s3.upload_file(os.fspath(source), bucket, key, ExtraArgs=extra, Callback=callback, Config=transfer_config())
     return UploadResult(uri, size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Many objects at once
+
+#: requests in flight for one batch: the AWS CLI's `max_concurrent_requests` and s3transfer's
+#: default, and botocore's default connection pool (``max_pool_connections``), so no request
+#: waits for a connection
+DEFAULT_CONCURRENCY = 10
+#: how often byte progress is reported at most (a finished object is always reported)
+PROGRESS_INTERVAL = 0.1
+
+
+class UploadBatch:
+    """Many objects to one bucket through one s3transfer ``TransferManager``: at most
+    ``max_concurrency`` requests in flight across every object of the batch and every part of a
+    large one (multipart above ``CHUNK``), as ``aws s3 sync`` does.
+
+    ``upload`` and ``copy`` queue an object and return at once (the upload starts while the caller
+    hashes the next channel); ``put_last`` keeps an object (a channel's manifest) until every other
+    object has landed. ``finish`` waits: the first failure cancels what has not been sent, writes
+    none of the ``put_last`` objects, and is raised as one line naming the object
+    (``aiops.aws.translate_errors``). As a context manager the batch finishes on a clean exit and
+    cancels on an exception.
+
+    ``progress(label, bytes done, bytes total)`` is one callback for the whole batch: the label
+    says the objects (``"12/2,001 objects"``), the numbers the bytes uploaded (copies inside S3
+    count as objects, not bytes); it runs on the transfer threads, one call at a time.
+    """
+
+    def __init__(self, s3: Any, bucket: str, *, kms_key: str | None = None, progress: Progress | None = None,
+                 max_concurrency: int = DEFAULT_CONCURRENCY) -> None:
+        from s3transfer.manager import TransferConfig, TransferManager
+
+        self.bucket, self._encryption, self._progress = bucket, encryption_args(kms_key), progress
+        config = TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK,
+                                max_request_concurrency=max_concurrency)
+        self._manager = TransferManager(s3, config)
+        self._lock = threading.Condition()
+        self._futures: list[Any] = []
+        self._last: list[tuple[str, bytes]] = []
+        self._failure: tuple[str, Exception] | None = None
+        self._pending = 0
+        self._finished = False
+        self.objects_total = self.objects_done = 0
+        self.bytes_total = self.bytes_done = 0
+        self._reported_at = 0.0
+
+    # -- queueing
+
+    def upload(self, key: str, source: bytes | Path, *, metadata: dict[str, str] | None = None) -> int:
+        """Queue ``source`` (bytes or a file, read when its turn comes) for ``key``; its size."""
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+        extra: dict[str, Any] = dict(self._encryption)
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        body = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
+        self._submit(f"uploading s3://{self.bucket}/{key}", size, lambda subscriber: self._manager.upload(
+            body, self.bucket, key, extra_args=extra, subscribers=[subscriber]))
+        return size
+
+    def copy(self, key: str, source_key: str, *, size: int, etag: str | None = None,
+             metadata: dict[str, str] | None = None) -> None:
+        """Queue a copy inside the bucket (multipart above ``CHUNK``) with this batch's encryption;
+        ``size`` and ``etag`` from the caller's HEAD of the source spare s3transfer another one."""
+        extra: dict[str, Any] = {**self._encryption, "MetadataDirective": "REPLACE",
+                                 "Metadata": dict(metadata or {})}
+        source = {"Bucket": self.bucket, "Key": source_key}
+        self._submit(f"copying s3://{self.bucket}/{source_key} to {key}", 0,
+                     lambda subscriber: self._manager.copy(source, self.bucket, key, extra_args=extra,
+                                                           subscribers=[subscriber]),
+                     known=(size, etag))
+
+    def put_last(self, key: str, body: bytes) -> None:
+        """Write ``key`` only once every other object of the batch has landed (a manifest)."""
+        self._last.append((key, body))
+
+    def _submit(self, action: str, size: int, start: Callable[[Any], Any],
+                known: tuple[int, str | None] | None = None) -> None:
+        if self._failure is not None:  # stop queueing after a failure; `finish` raises it
+            self._stop_and_raise()
+        with self._lock:
+            self._pending += 1
+            self.objects_total += 1
+            self.bytes_total += size
+        self._futures.append(start(_subscriber_type()(self, action, known)))
+
+    # -- what the transfer threads report
+
+    def _progressed(self, amount: int) -> None:
+        if self._progress is None:  # called per block sent: no lock taken when nobody listens
+            return
+        with self._lock:
+            self.bytes_done += amount  # negative when botocore rewinds a body to retry it
+            now = time.monotonic()
+            if now - self._reported_at >= PROGRESS_INTERVAL:
+                self._report(now)
+
+    def _done(self, action: str, future: Any) -> None:
+        try:
+            future.result()
+            failed: Exception | None = None
+        except Exception as err:  # the transfer's own error, or its cancellation
+            failed = err
+        first_failure = False
+        with self._lock:
+            self._pending -= 1
+            if failed is None:
+                self.objects_done += 1
+                self._report(time.monotonic())
+            elif self._failure is None and not _is_cancelled(failed):
+                self._failure, first_failure = (action, failed), True
+            self._lock.notify_all()
+        if first_failure:  # stop the rest now: what is queued is never sent (outside the lock: a
+            for other in list(self._futures):  # transfer not started yet reports its cancellation at once)
+                other.cancel()
+
+    def _report(self, now: float) -> None:
+        self._reported_at = now
+        if self._progress:
+            label = f"{self.objects_done:,}/{self.objects_total:,} objects"
+            self._progress(label, self.bytes_done, self.bytes_total)
+
+    # -- waiting
+
+    def finish(self) -> None:
+        """Wait for every object, then write the ``put_last`` ones; raise the first failure."""
+        if self._finished:
+            return
+        try:
+            self._wait()
+            last, self._last = self._last, []
+            for key, body in last:
+                self.upload(key, body)
+            self._wait()
+        except BaseException:
+            self._cancel()
+            raise
+        self._finished = True
+        self._manager.shutdown()
+
+    def _wait(self) -> None:
+        with self._lock:
+            while self._pending and self._failure is None:
+                self._lock.wait()
+        if self._failure is not None:
+            self._stop_and_raise()
+
+    def _stop_and_raise(self) -> None:
+        self._cancel()
+        assert self._failure is not None
+        action, error = self._failure
+        from aiops import aws
+
+        with aws.translate_errors(action):
+            raise error
+
+    def _cancel(self) -> None:
+        """Cancel every transfer not yet done and wait for the requests already sent (s3transfer
+        aborts an unfinished multipart upload); nothing of ``put_last`` is written."""
+        if self._finished:
+            return
+        self._finished = True
+        self._last = []
+        for future in self._futures:
+            future.cancel()
+        self._manager.shutdown()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self._cancel()
+
+
+@cache
+def _subscriber_type() -> type:
+    """s3transfer's subscriber for a batch's transfers (a class made once: s3transfer is imported lazily)."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class BatchSubscriber(BaseSubscriber):
+        def __init__(self, batch: UploadBatch, action: str, known: tuple[int, str | None] | None) -> None:
+            self.batch, self.action, self.known = batch, action, known
+
+        def on_queued(self, future: Any, **kwargs: Any) -> None:
+            if self.known is not None:
+                size, etag = self.known
+                future.meta.provide_transfer_size(size)
+                if etag:
+                    future.meta.provide_object_etag(etag)
+
+        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+            if self.known is None:  # an upload; a copy moves no bytes of ours
+                self.batch._progressed(bytes_transferred)
+
+        def on_done(self, future: Any, **kwargs: Any) -> None:
+            self.batch._done(self.action, future)
+
+    return BatchSubscriber
+
+
+def _is_cancelled(err: Exception) -> bool:
+    from s3transfer.exceptions import CancelledError
+
+    return isinstance(err, CancelledError)

@@ -60,7 +60,7 @@ class _Console:
         self.live = self.console.is_terminal
         self._status = None
         self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
+        self._upload_task: Any = None
         self._started = time.monotonic()
         self._latest: Mapping[str, float] = {}
         self._job = ""
@@ -112,14 +112,16 @@ class _Console:
                                       TransferSpeedColumn(), console=self.console, transient=True,
                                       disable=not self.live)
             self._progress.start()
-        if label not in self._tasks:
-            self._tasks[label] = self._progress.add_task(f"upload {label}", total=total)
-        self._progress.update(self._tasks[label], completed=done)
+        # one line for the whole submission: the label counts the objects, the bar the bytes
+        if self._upload_task is None:
+            self._upload_task = self._progress.add_task(f"upload {label}", total=total)
+        self._progress.update(self._upload_task, description=f"upload {label}", completed=done, total=total)
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+            self._upload_task = None
 
     def estimate(self, estimate: Any, *, spot: bool, instance_count: int, instance_type: str, max_run: int) -> None:
         from aiops.pricing import load_prices

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from aiops.archive import file_sha256  # noqa: F401 - re-exported for the tests
 from aiops.errors import UsageError
 from aiops.gpufit import MAX_HEADER, WEIGHT_SUFFIXES, TensorStats, _is_weights, safetensors_stats, state_dict_stats
 from aiops.names import split_s3_uri
-from aiops.s3objects import NOT_FOUND, encryption_args, object_exists, transfer_config, upload_once
+from aiops.s3objects import DEFAULT_CONCURRENCY, NOT_FOUND, UploadBatch
 from aiops.stack import LAYOUT
 
 def folder_files(path: Path) -> list[tuple[str, Path]]:
@@ -64,47 +65,61 @@ class FolderUpload:
     total_bytes: int
 
 
-def _head_sha(s3: Any, bucket: str, key: str) -> str | None:
+def _head(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The object's HEAD, or None when it is not there."""
     with aws.translate_errors(f"checking s3://{bucket}/{key}"):
         try:
-            head = s3.head_object(Bucket=bucket, Key=key)
+            return s3.head_object(Bucket=bucket, Key=key)
         except Exception as err:
             if aws.error_code(err) in NOT_FOUND:
                 return None
             raise
-    return (head.get("Metadata") or {}).get("sha256")
 
 
 def upload_folder(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any,
-                  previous_uri: str | None = None) -> FolderUpload:
+                  previous_uri: str | None = None,
+                  max_concurrency: int = DEFAULT_CONCURRENCY) -> FolderUpload:
+    """Upload the folder's files under their tree digest: each file is read once for its hash and
+    once to upload it. The HEADs (is it there? unchanged since the previous prefix?) and then the
+    uploads and copies run ``max_concurrency`` requests at a time (one `UploadBatch`); the first
+    failure stops the rest and is raised as one line naming the object."""
     files = folder_files(path)
     if not any(_is_weights(rel) for rel, _ in files):
         raise UsageError(f"--model {path}: no weights in that folder (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
-    digests = [(rel, file_sha256(p)) for rel, p in files]
-    prefix = LAYOUT.model_prefix(tree_digest(digests))
+    digests = {rel: file_sha256(p) for rel, p in files}
+    prefix = LAYOUT.model_prefix(tree_digest(list(digests.items())))
     prev_bucket, prev_prefix = split_s3_uri(previous_uri) if previous_uri and previous_uri.endswith("/") else (None, None)
-    uploaded = copied = present = 0
+    previous = prev_prefix if prev_bucket == bucket else None
+
+    def plan(rel: str) -> tuple[str, dict[str, Any] | None]:
+        """What a file needs: present, copy (with the previous object's HEAD) or upload."""
+        if _head(s3, bucket, prefix + rel) is not None:
+            return "present", None
+        if previous:
+            head = _head(s3, bucket, previous + rel)
+            if head is not None and (head.get("Metadata") or {}).get("sha256") == digests[rel]:
+                return "copy", head
+        return "upload", None
+
+    with ThreadPoolExecutor(max_workers=max_concurrency) as pool:
+        try:
+            plans = list(pool.map(plan, [rel for rel, _ in files]))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the first failed check stops the ones not started
+            raise
+    counts = dict.fromkeys(("present", "copy", "upload"), 0)
     sent = 0
-    enc = encryption_args(kms_key_arn)
-    for (rel, p), (_, digest) in zip(files, digests):
-        key = prefix + rel
-        with aws.translate_errors(f"checking s3://{bucket}/{key}"):
-            if object_exists(s3, bucket, key):
-                present += 1
-                continue
-        if prev_bucket == bucket and prev_prefix and _head_sha(s3, bucket, prev_prefix + rel) == digest:
-            # unchanged since the previous model: copied inside S3 (multipart for large files), not uploaded again
-            with aws.translate_errors(f"copying s3://{bucket}/{prev_prefix + rel} to {key}"):
-                s3.copy({"Bucket": bucket, "Key": prev_prefix + rel}, bucket, key,
-                        ExtraArgs={**enc, "Metadata": {"sha256": digest}, "MetadataDirective": "REPLACE"},
-                        Config=transfer_config())
-            copied += 1
-            continue
-        with aws.translate_errors(f"uploading s3://{bucket}/{key}"):
-            upload_once(s3, bucket, key, p, kms_key=kms_key_arn, check=False, metadata={"sha256": digest}, label=rel)
-        uploaded += 1
-        sent += p.stat().st_size
-    return FolderUpload(f"s3://{bucket}/{prefix}", uploaded, copied, present, sent, sum(p.stat().st_size for _, p in files))
+    with UploadBatch(s3, bucket, kms_key=kms_key_arn, max_concurrency=max_concurrency) as batch:
+        for (rel, p), (what, head) in zip(files, plans):
+            counts[what] += 1
+            if what == "copy" and head is not None and previous:
+                # unchanged since the previous model: copied inside S3 (multipart for large files)
+                batch.copy(prefix + rel, previous + rel, size=int(head["ContentLength"]),
+                           etag=head.get("ETag"), metadata={"sha256": digests[rel]})
+            elif what == "upload":
+                sent += batch.upload(prefix + rel, p, metadata={"sha256": digests[rel]})
+    return FolderUpload(f"s3://{bucket}/{prefix}", counts["upload"], counts["copy"], counts["present"], sent,
+                        sum(p.stat().st_size for _, p in files))
 
 
 @dataclass(frozen=True)

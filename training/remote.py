@@ -107,6 +107,7 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
     """
     from aiops import aws
     from aiops.pricing import estimate_training_job
+    from aiops.s3objects import UploadBatch
     from aiops.training import bundle, cluster, images, remote_request, uploads
 
     events = events or NullEvents()
@@ -149,17 +150,21 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
     )
 
     def upload() -> tuple[Any, dict[str, str], int]:
+        # one batch for the whole submission: the bundle and every channel share its request bound
+        # and its progress line; a channel's files start while the next channel is being hashed
         s3 = aws.client("s3", options.region)
-        code_upload = uploads.upload_bundle(s3, options.bucket, code.data, code.sha256, kms_key=options.kms_key,
-                                            progress=events.upload)
-        channel_uris: dict[str, str] = {}
-        uploaded = code_upload.uploaded_bytes
-        for name, path in job.channels.items():
-            result = uploads.upload_channel(s3, options.bucket, name, path, kms_key=options.kms_key,
-                                            progress=events.upload, selection=job.channel_selections.get(name),
-                                            follow_symlinks=job.config.follow_symlinks)
-            channel_uris[name] = result.uri
-            uploaded += result.uploaded_bytes
+        bucket = options.bucket
+        assert bucket, "remote_request.validate refuses a submission without a bucket"
+        with UploadBatch(s3, bucket, kms_key=options.kms_key, progress=events.upload) as batch:
+            code_upload = uploads.upload_bundle(s3, bucket, code.data, code.sha256, batch=batch)
+            channel_uris: dict[str, str] = {}
+            uploaded = code_upload.uploaded_bytes
+            for name, path in job.channels.items():
+                result = uploads.upload_channel(s3, bucket, name, path, batch=batch,
+                                                selection=job.channel_selections.get(name),
+                                                follow_symlinks=job.config.follow_symlinks)
+                channel_uris[name] = result.uri
+                uploaded += result.uploaded_bytes
         channel_uris.update(job.s3_channels)
         return code_upload, channel_uris, uploaded
 

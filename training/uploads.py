@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from aiops import files
 from aiops.archive import file_sha256
-from aiops.s3objects import Progress, UploadResult, encryption_args, object_exists, upload_once
+from aiops.s3objects import Progress, UploadBatch, UploadResult, object_exists, upload_once
 from aiops.stack import LAYOUT, S3Layout
 
 __all__ = ["UploadResult", "upload_bundle", "upload_channel", "channel_manifest", "channel_selection"]
 
 
 def upload_bundle(s3: Any, bucket: str, data: bytes, sha256: str, *, kms_key: str | None = None,
-                  progress: Progress | None = None, layout: S3Layout = LAYOUT) -> UploadResult:
-    return upload_once(s3, bucket, layout.bundle_key(sha256), data, kms_key=kms_key, progress=progress, label="code")
+                  progress: Progress | None = None, layout: S3Layout = LAYOUT,
+                  batch: UploadBatch | None = None) -> UploadResult:
+    """The code bundle under its hash, unless it is there already. With ``batch`` (a submission's,
+    see `upload_channel`) it is queued there and lands when the batch finishes."""
+    key = layout.bundle_key(sha256)
+    if batch is None:
+        return upload_once(s3, bucket, key, data, kms_key=kms_key, progress=progress, label="code")
+    if batch.bucket != bucket:
+        raise ValueError(f"the code bundle: the batch uploads to {batch.bucket}, not {bucket}")
+    uri = f"s3://{bucket}/{key}"
+    if object_exists(s3, bucket, key):
+        return UploadResult(uri, 0)
+    return UploadResult(uri, batch.upload(key, data))
 
 
 def channel_selection(source: Path, *, name: str = "", follow_symlinks: bool = False) -> files.Selection:
@@ -39,15 +51,24 @@ def channel_manifest(source: Path, *, selection: files.Selection | None = None,
 
 def upload_channel(s3: Any, bucket: str, name: str, source: Path, *, kms_key: str | None = None,
                    progress: Progress | None = None, layout: S3Layout = LAYOUT,
-                   selection: files.Selection | None = None, follow_symlinks: bool = False) -> UploadResult:
+                   selection: files.Selection | None = None, follow_symlinks: bool = False,
+                   batch: UploadBatch | None = None) -> UploadResult:
     """Upload a local file or folder under its content hash; skip when present.
 
     Which files: ``selection`` (the job's, from `local.prepare`), else `channel_selection` — the
     same policy as a local run's channel, so a link out of the channel is refused both ways.
 
-    The manifest object is written last, beside the data prefix (not inside it, where the container
-    would download it into the channel): its presence means the upload finished.
+    Every file is read once to hash it (the manifest, whose hash names the prefix), then once to
+    upload it. The manifest object is written last, beside the data prefix (not inside it, where
+    the container would download it into the channel), and only once every file has landed: its
+    presence means the upload finished.
+
+    ``batch``: a submission's shared `UploadBatch` (its client, key, progress and request bound):
+    the files are queued there, and the batch writes the manifest after all its objects; without
+    one the channel gets a batch of its own and is uploaded before this returns.
     """
+    if batch is not None and batch.bucket != bucket:
+        raise ValueError(f"channel {name!r}: the batch uploads to {batch.bucket}, not {bucket}")
     selection = selection or channel_selection(source, name=name, follow_symlinks=follow_symlinks)
     manifest = channel_manifest(source, selection=selection)
     prefix = layout.channel_prefix(manifest["sha256"])
@@ -56,14 +77,9 @@ def upload_channel(s3: Any, bucket: str, name: str, source: Path, *, kms_key: st
     if object_exists(s3, bucket, manifest_key):
         return UploadResult(uri, 0)
     total = sum(f["size"] for f in manifest["files"].values())
-    done_before = 0
-
-    def overall(label: str, done: int, _size: int) -> None:
-        if progress:
-            progress(name, done_before + done, total)
-
-    for rel, entry in manifest["files"].items():
-        upload_once(s3, bucket, f"{prefix}{rel}", selection.entries[rel], kms_key=kms_key, progress=overall, check=False)
-        done_before += entry["size"]
-    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode(), **encryption_args(kms_key))
+    into = batch if batch is not None else UploadBatch(s3, bucket, kms_key=kms_key, progress=progress)
+    with into if batch is None else nullcontext():  # a batch of its own finishes here, a shared one later
+        for rel in manifest["files"]:
+            into.upload(f"{prefix}{rel}", selection.entries[rel])
+        into.put_last(manifest_key, json.dumps(manifest).encode())
     return UploadResult(uri, total)

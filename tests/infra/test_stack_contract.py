@@ -22,10 +22,18 @@ GROUPS = ["sg-0cccccccccccccccc"]
 
 
 class RecordingS3:
-    """Records the keys the uploaders write (head_object answers 404: everything is new)."""
+    """Records the keys the uploaders write (head_object answers 404: everything is new). ``meta``
+    is what s3transfer's TransferManager (a channel's batch) reads of a client: its event hooks
+    and its config."""
 
     def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        from botocore.config import Config
+        from botocore.hooks import HierarchicalEmitter
+
         self.keys: list[str] = []
+        self.meta = SimpleNamespace(events=HierarchicalEmitter(), config=Config())
 
     def head_object(self, Bucket: str, Key: str) -> None:  # noqa: N803 - boto3's names
         err = Exception("not found")

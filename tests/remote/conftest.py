@@ -206,6 +206,9 @@ def _make_handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
             if fault and fault.mode == "expired":
                 return self._json_error(400, "ExpiredTokenException", "The security token included in the "
                                         "request is expired")
+            if fault and fault.mode == "access-denied" and target.startswith("s3:"):
+                denied = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+                return self._reply(403, denied, {"Content-Type": "application/xml"})
             if fault and fault.mode == "access-denied":
                 return self._json_error(400, "AccessDeniedException", "User: arn:aws:iam::123456789012:user/dev "
                                         "is not authorized to perform: sagemaker:CreateTrainingJob on resource: x")
