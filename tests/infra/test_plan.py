@@ -187,7 +187,9 @@ def test_plans_leave_the_collector_as_they_found_it(make_plan):
         assert not gc.isenabled()
     finally:
         gc.enable()
-    assert gc.get_freeze_count() == frozen
+    # nothing more frozen (a freeze adds thousands); the count may drop by the frozen objects that
+    # reference counting freed meanwhile
+    assert gc.get_freeze_count() <= frozen
 
 
 def test_training_secrets_reach_the_role_and_the_outputs(make_plan):
