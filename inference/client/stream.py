@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from aiops.errors import AiopsError
-from aiops.inference.client.synchronous import READ_SIZE, connect, read_error_body
+from aiops.inference.client.synchronous import READ_SIZE, connect, endpoint_request, read_error_body
 
 OnChunk = Callable[[bytes], None]
 
@@ -100,11 +100,8 @@ def stream_endpoint(name: str, body: bytes, *, content_type: str, accept: str | 
     from aiops import aws
 
     client = aws.client("sagemaker-runtime", region)
-    kwargs = {"EndpointName": name, "Body": body, "ContentType": content_type}
-    if accept:
-        kwargs["Accept"] = accept
-    if custom_attributes:
-        kwargs["CustomAttributes"] = custom_attributes
+    kwargs = endpoint_request(name, body, content_type=content_type, accept=accept,
+                              custom_attributes=custom_attributes)
     start = time.perf_counter()
     result = StreamResult(200, None)
     def action() -> str:

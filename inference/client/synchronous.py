@@ -264,6 +264,20 @@ def invoke_url(url: str, body: bytes, *, content_type: str, accept: str | None =
                         {k.lower(): v for k, v in resp.getheaders()}, size)
 
 
+def endpoint_request(name: str, body: bytes, *, content_type: str, accept: str | None = None,
+                     custom_attributes: str | None = None, inference_component: str | None = None) -> dict:
+    """The sagemaker-runtime request of InvokeEndpoint and InvokeEndpointWithResponseStream: the
+    optional fields only when given."""
+    kwargs = {"EndpointName": name, "Body": body, "ContentType": content_type}
+    if accept:
+        kwargs["Accept"] = accept
+    if custom_attributes:
+        kwargs["CustomAttributes"] = custom_attributes
+    if inference_component:
+        kwargs["InferenceComponentName"] = inference_component
+    return kwargs
+
+
 def invoke_endpoint(name: str, body: bytes, *, content_type: str, accept: str | None = None,
                     custom_attributes: str | None = None, region: str | None = None,
                     inference_component: str | None = None, sink: BodySink | None = None) -> InvokeResult:
@@ -274,13 +288,8 @@ def invoke_endpoint(name: str, body: bytes, *, content_type: str, accept: str | 
 
     sink = MemoryBody() if sink is None else sink
     client = aws.client("sagemaker-runtime", region)
-    kwargs = {"EndpointName": name, "Body": body, "ContentType": content_type}
-    if accept:
-        kwargs["Accept"] = accept
-    if custom_attributes:
-        kwargs["CustomAttributes"] = custom_attributes
-    if inference_component:
-        kwargs["InferenceComponentName"] = inference_component
+    kwargs = endpoint_request(name, body, content_type=content_type, accept=accept,
+                              custom_attributes=custom_attributes, inference_component=inference_component)
     with aws.translate_errors(f"invoking endpoint {name}"):  # one line that says what to do
         start = time.perf_counter()
         resp = client.invoke_endpoint(**kwargs)
