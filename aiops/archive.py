@@ -13,8 +13,9 @@ import io
 import os
 import tarfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import BinaryIO
 
 FIXED_MTIME = 0
 _CHUNK = 1 << 20
@@ -42,8 +43,9 @@ def _info(name: str, *, size: int = 0, mode: int = 0o644, directory: bool = Fals
     return info
 
 
-def write_tar_gz(entries: Mapping[str, Path], dest: BinaryIO, *, with_directories: bool = False,
-                 compresslevel: int = 6) -> None:
+def write_tar_gz(
+    entries: Mapping[str, Path], dest: BinaryIO, *, with_directories: bool = False, compresslevel: int = 6
+) -> None:
     """Write `{archive name: file}` as a deterministic tar.gz into `dest`.
 
     With `with_directories`, every parent folder gets its own entry too (as `tar czf` of a folder has).
@@ -93,7 +95,7 @@ def folder_entries(folder: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- safe extraction
 
-GIB = 1024 ** 3
+GIB = 1024**3
 DEFAULT_MAX_BYTES = 64 * GIB
 DEFAULT_MAX_RATIO = 200.0
 DEFAULT_MAX_MEMBERS = 100_000
@@ -113,8 +115,14 @@ def unsafe_member(member: tarfile.TarInfo) -> str | None:
     return "is a link, device or sparse file"
 
 
-def safe_extract(archive_path: Path, dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_ratio: float = DEFAULT_MAX_RATIO, max_members: int = DEFAULT_MAX_MEMBERS) -> int:
+def safe_extract(
+    archive_path: Path,
+    dest: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+) -> int:
     """Extract a tar(.gz) into the empty folder ``dest`` in one streaming pass; returns the bytes written.
 
     Every member is checked from its header as it streams, before its data is read: regular files
@@ -150,12 +158,15 @@ def safe_extract(archive_path: Path, dest: Path, *, max_bytes: int = DEFAULT_MAX
                 if total > cap:
                     raise ArchiveError(
                         f"unpacks to more than {cap} bytes (at entry {name!r}); the limits are archive_max_gb and "
-                        f"archive_max_ratio x the archive's {compressed} bytes")
+                        f"archive_max_ratio x the archive's {compressed} bytes"
+                    )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)
                 assert source is not None  # a regular file
                 mode = 0o755 if member.mode & 0o111 else 0o644
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), mode)
+                fd = os.open(
+                    target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), mode
+                )
                 with os.fdopen(fd, "wb") as out:
                     left = member.size
                     while left > 0:  # the member's data, never more than its header's size

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from aiops.errors import AiopsError, UsageError
@@ -49,11 +49,13 @@ def _check_region(region: str | None) -> None:
     try:
         check_region(str(region))
     except ValueError as err:
-        raise UsageError(f"{err}; check --region, AIOPS_AWS__REGION or AWS_REGION, or the run record or "
-                         "stack outputs it was read from") from None
+        raise UsageError(
+            f"{err}; check --region, AIOPS_AWS__REGION or AWS_REGION, or the run record or "
+            "stack outputs it was read from"
+        ) from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shared_loader(data_path: str | None) -> Any:
     """botocore's data loader, one per data path (``AWS_DATA_PATH`` or the config file's
     ``data_path``, which the session reads as botocore does): the files it reads are the installed
@@ -80,8 +82,11 @@ class _UniquePaths(list):
 def client(service: str, region: str | None = None, *, retries: dict[str, Any] | None = None) -> Any:
     from botocore.config import Config
 
-    config = Config(retries=retries or STANDARD_RETRIES, user_agent_extra="aiops",
-                    max_pool_connections=MAX_POOL_CONNECTIONS)
+    config = Config(
+        retries=retries or STANDARD_RETRIES,
+        user_agent_extra="aiops",
+        max_pool_connections=MAX_POOL_CONNECTIONS,
+    )
     return session(region).client(service, config=config)
 
 
@@ -145,22 +150,33 @@ def describe_aws_error(err: Exception, *, action: str) -> AiopsError:
     if isinstance(err, NoRegionError):
         return UsageError(f"{action}: no AWS region set. Pass --region or set AWS_REGION.")
     if isinstance(err, EndpointConnectionError):
-        return AiopsError(f"{action}: cannot reach {err.kwargs.get('endpoint_url', 'AWS')}; check the network.")
+        return AiopsError(
+            f"{action}: cannot reach {err.kwargs.get('endpoint_url', 'AWS')}; check the network."
+        )
     if isinstance(err, ClientError):
         error = err.response.get("Error", {})
         code = error.get("Code", "")
         message = " ".join(str(error.get("Message", "")).split())
         if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired", "InvalidClientTokenId"):
-            return UsageError(f"{action}: your AWS credentials have expired or are invalid ({code}); "
-                              "refresh them (e.g. 'aws sso login') and try again.")
-        if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation") or "not authorized" in message:
+            return UsageError(
+                f"{action}: your AWS credentials have expired or are invalid ({code}); "
+                "refresh them (e.g. 'aws sso login') and try again."
+            )
+        if (
+            code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
+            or "not authorized" in message
+        ):
             match = _NOT_AUTHORIZED.search(message)
             permission = match.group(1) if match else "the required permission"
-            return AiopsError(f"{action}: access denied — your identity lacks {permission}. "
-                              f"Ask for it to be granted (AWS said: {message or code}).")
+            return AiopsError(
+                f"{action}: access denied — your identity lacks {permission}. "
+                f"Ask for it to be granted (AWS said: {message or code})."
+            )
         if code == "ResourceLimitExceeded" or "quota" in message.lower():
-            return AiopsError(f"{action}: a service quota stops this ({message}). Request an increase in "
-                              "Service Quotas (SageMaker) for that quota, or choose another instance type.")
+            return AiopsError(
+                f"{action}: a service quota stops this ({message}). Request an increase in "
+                "Service Quotas (SageMaker) for that quota, or choose another instance type."
+            )
         if code in ("ValidationException", "ValidationError"):
             return UsageError(f"{action}: AWS rejected the request: {message}")
         return AiopsError(f"{action}: {code or 'AWS error'}: {message}")

@@ -8,21 +8,40 @@ from aiops.errors import UsageError
 
 #: optional top-level modules and the extra that brings each
 MODULE_EXTRAS = {
-    "boto3": "aws", "botocore": "aws", "s3transfer": "aws", "pathspec": "aws",
-    "numpy": "examples", "sklearn": "examples",
-    "httptools": "serve", "uvloop": "serve", "werkzeug": "serve",
-    "pulumi": "infra", "pulumi_aws": "infra", "yaml": "infra",
-    "matplotlib": "plot", "PIL": "plot",
+    "boto3": "aws",
+    "botocore": "aws",
+    "s3transfer": "aws",
+    "pathspec": "aws",
+    "numpy": "examples",
+    "sklearn": "examples",
+    "httptools": "serve",
+    "uvloop": "serve",
+    "werkzeug": "serve",
+    "pulumi": "infra",
+    "pulumi_aws": "infra",
+    "yaml": "infra",
+    "matplotlib": "plot",
+    "PIL": "plot",
     "sagemaker": "images",
-    "onnx": "onnx", "onnxruntime": "onnx",
-    "transformers": "finetune", "peft": "finetune", "accelerate": "finetune", "tokenizers": "finetune",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "transformers": "finetune",
+    "peft": "finetune",
+    "accelerate": "finetune",
+    "tokenizers": "finetune",
 }
 
 
-def require_extra(extra: str, what: str, *, missing: str | None = None, instead: str | None = None) -> UsageError:
+def require_extra(
+    extra: str, what: str, *, missing: str | None = None, instead: str | None = None
+) -> UsageError:
     """The error (exit 2, one line) to raise: ``WHAT needs MISSING, which is not installed: pip install
     'aiops[EXTRA]'`` (``, or INSTEAD``)."""
-    needs = f" needs {missing}, which {'are' if ', ' in missing else 'is'} not installed" if missing else " is not installed"
+    needs = (
+        f" needs {missing}, which {'are' if ', ' in missing else 'is'} not installed"
+        if missing
+        else " is not installed"
+    )
     return UsageError(f"{what}{needs}: pip install 'aiops[{extra}]'{', or ' + instead if instead else ''}.")
 
 

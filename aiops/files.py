@@ -23,16 +23,39 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from aiops.errors import UsageError
 
-ALWAYS_EXCLUDED = (".git/", ".hg/", ".svn/", "__pycache__/", "*.pyc", ".aiops/", ".venv/", ".mypy_cache/",
-                   ".pytest_cache/", ".ipynb_checkpoints/", ".DS_Store")
-SECRET_PATTERNS = (".env", ".env.*", ".aws/", "*.pem", "*.key", "id_*", ".netrc", ".pypirc", ".npmrc",
-                   ".git-credentials", "application_default_credentials.json", "credentials.json")
+ALWAYS_EXCLUDED = (
+    ".git/",
+    ".hg/",
+    ".svn/",
+    "__pycache__/",
+    "*.pyc",
+    ".aiops/",
+    ".venv/",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ipynb_checkpoints/",
+    ".DS_Store",
+)
+SECRET_PATTERNS = (
+    ".env",
+    ".env.*",
+    ".aws/",
+    "*.pem",
+    "*.key",
+    "id_*",
+    ".netrc",
+    ".pypirc",
+    ".npmrc",
+    ".git-credentials",
+    "application_default_credentials.json",
+    "credentials.json",
+)
 IGNORE_FILES = (".gitignore", ".aiopsignore")
 MODEL_IGNORE_FILES = (".aiopsignore",)
 
@@ -75,9 +98,16 @@ def _hf_blobs(real_root: Path) -> Path | None:
     return None
 
 
-def select(root: Path, *, follow_symlinks: bool = False, ignore_files: bool | tuple[str, ...] = True,
-           exclude_secrets: bool = True, exclude_paths: Iterable[Path] = (), what: str = "source dir",
-           follow_flag: str | None = "--follow-symlinks") -> Selection:
+def select(
+    root: Path,
+    *,
+    follow_symlinks: bool = False,
+    ignore_files: bool | tuple[str, ...] = True,
+    exclude_secrets: bool = True,
+    exclude_paths: Iterable[Path] = (),
+    what: str = "source dir",
+    follow_flag: str | None = "--follow-symlinks",
+) -> Selection:
     """Select the files under ``root`` by the policy above. ``what`` names the tree in messages
     ("source dir", "channel 'train'"); ``exclude_paths`` are folders never entered (the runs folder);
     ``ignore_files``: True for ``IGNORE_FILES`` and the always-excluded names, a tuple for those
@@ -103,7 +133,8 @@ def select(root: Path, *, follow_symlinks: bool = False, ignore_files: bool | tu
 
     def refuse(rel: str, target: Path) -> None:
         fix = "Copy what it points to into the folder or remove the link" + (
-            f", or pass {follow_flag}." if follow_flag else ".")
+            f", or pass {follow_flag}." if follow_flag else "."
+        )
         raise UsageError(
             f"{what} {root}: {rel} is a symlink to {target}, outside the {what}; nothing outside it is "
             f"shipped. {fix}"
@@ -138,11 +169,14 @@ def select(root: Path, *, follow_symlinks: bool = False, ignore_files: bool | tu
                     refuse(rel, real)
             if is_dir:
                 if real in seen:  # a link back to a folder being walked: a cycle
-                    selection.warnings.append(f"{what} {root}: {rel} links back to {real}; not entered twice.")
+                    selection.warnings.append(
+                        f"{what} {root}: {rel} links back to {real}; not entered twice."
+                    )
                     continue
                 walk(path, rel + "/", seen | {real})
             elif real.is_file():
                 selection.entries[rel] = real if is_link else path
+
     walk(root, "", frozenset({real_root}))
     if selection.secrets_excluded:
         selection.warnings.append(

@@ -47,11 +47,12 @@ import pickletools
 import struct
 import tarfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any
 
 from aiops.errors import UsageError
 from aiops.pricing import DatedTable
@@ -71,22 +72,64 @@ MAX_CONFIG_SIZE = 1 << 24  # a layer, head or hidden size in config.json
 # Bytes per element. safetensors names (F16, BF16, ...), torch storage class names, and the
 # short names users type (fp16, bf16, int8, ...).
 _BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F6_E2M3": 1,
-    "F6_E3M2": 1, "F4": 1,  # sub-byte types round up to one byte per element (a bound, not exact)
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "F6_E2M3": 1,
+    "F6_E3M2": 1,
+    "F4": 1,  # sub-byte types round up to one byte per element (a bound, not exact)
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
     "C64": 8,
 }
 _ALIASES = {
-    "fp64": "F64", "float64": "F64", "double": "F64", "fp32": "F32", "float32": "F32", "float": "F32",
-    "fp16": "F16", "float16": "F16", "half": "F16", "bf16": "BF16", "bfloat16": "BF16",
-    "fp8": "F8_E4M3", "float8": "F8_E4M3", "int8": "I8", "uint8": "U8", "int4": "F4", "fp4": "F4",
-    "int16": "I16", "int32": "I32", "int64": "I64", "bool": "BOOL",
+    "fp64": "F64",
+    "float64": "F64",
+    "double": "F64",
+    "fp32": "F32",
+    "float32": "F32",
+    "float": "F32",
+    "fp16": "F16",
+    "float16": "F16",
+    "half": "F16",
+    "bf16": "BF16",
+    "bfloat16": "BF16",
+    "fp8": "F8_E4M3",
+    "float8": "F8_E4M3",
+    "int8": "I8",
+    "uint8": "U8",
+    "int4": "F4",
+    "fp4": "F4",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "bool": "BOOL",
 }
 _STORAGES = {
-    "DoubleStorage": "F64", "FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16",
-    "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8",
-    "ByteStorage": "U8", "BoolStorage": "BOOL", "ComplexFloatStorage": "C64",
-    "Float8_e4m3fnStorage": "F8_E4M3", "Float8_e5m2Storage": "F8_E5M2",
+    "DoubleStorage": "F64",
+    "FloatStorage": "F32",
+    "HalfStorage": "F16",
+    "BFloat16Storage": "BF16",
+    "LongStorage": "I64",
+    "IntStorage": "I32",
+    "ShortStorage": "I16",
+    "CharStorage": "I8",
+    "ByteStorage": "U8",
+    "BoolStorage": "BOOL",
+    "ComplexFloatStorage": "C64",
+    "Float8_e4m3fnStorage": "F8_E4M3",
+    "Float8_e5m2Storage": "F8_E5M2",
 }
 DTYPE_CHOICES = "fp32, bf16, fp16, fp8, int8, int4"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -120,13 +163,18 @@ class TensorStats:
     files: tuple[str, ...] = ()
     source: str = ""
 
-    def __add__(self, other: "TensorStats") -> "TensorStats":
+    def __add__(self, other: TensorStats) -> TensorStats:
         by = dict(self.by_dtype)
         for k, v in other.by_dtype.items():
             by[k] = by.get(k, 0) + v
         sources = " + ".join(s for s in dict.fromkeys([self.source, other.source]) if s)
-        return TensorStats(self.parameters + other.parameters, self.bytes + other.bytes, by,
-                           self.files + other.files, sources)
+        return TensorStats(
+            self.parameters + other.parameters,
+            self.bytes + other.bytes,
+            by,
+            self.files + other.files,
+            sources,
+        )
 
 
 def _stats_from_tensors(tensors: Iterable[tuple[str, int]], name: str, source: str) -> TensorStats:
@@ -163,8 +211,9 @@ def safetensors_stats(fh: IO[bytes], name: str, size: int | None = None) -> Tens
         try:
             dtype, shape = str(entry["dtype"]).upper(), entry["shape"]
         except (KeyError, TypeError):
-            raise UsageError(f"{name}: tensor {_short(key)} has no dtype/shape in the safetensors "
-                             "header") from None
+            raise UsageError(
+                f"{name}: tensor {_short(key)} has no dtype/shape in the safetensors header"
+            ) from None
         tensors.append((dtype, _numel(shape, name, key)))
     return _stats_from_tensors(tensors, name, "safetensors header")
 
@@ -177,9 +226,12 @@ def _short(value: Any, limit: int = 80) -> str:
 def _numel(shape: Any, name: str, key: str) -> int:
     """Elements of a tensor of ``shape``: a list of at most MAX_RANK whole numbers from 0 up, whose
     product is at most MAX_ELEMENTS (checked as it multiplies, so no huge number is ever built)."""
+
     def bad(why: str) -> UsageError:
-        return UsageError(f"{name}: tensor {_short(key)} has an impossible shape ({why}); the file is "
-                          "damaged or not a real model")
+        return UsageError(
+            f"{name}: tensor {_short(key)} has an impossible shape ({why}); the file is "
+            "damaged or not a real model"
+        )
 
     if not isinstance(shape, list):
         raise bad(f"{_short(shape)} is not a list of dimensions")
@@ -195,7 +247,6 @@ def _numel(shape: Any, name: str, key: str) -> int:
     return numel
 
 
-
 class _Anything:
     """Stands in for every class or function a pickle names: accepts any arguments, does nothing."""
 
@@ -205,7 +256,7 @@ class _Anything:
     def __setstate__(self, state: Any) -> None:
         pass
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "_Anything":
+    def __call__(self, *args: Any, **kwargs: Any) -> _Anything:
         return _Anything()
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -271,9 +322,11 @@ def state_dict_stats(fh: IO[bytes], name: str) -> TensorStats:
             "(zip format) or as safetensors"
         ) from None
     except Exception as err:  # noqa: BLE001 - a malformed pickle fails in any of a dozen ways: one line
-        raise UsageError(f"{name}: its data.pkl is not a torch.save pickle the check can read "
-                         f"({type(err).__name__}: {_short(str(err), 200)}); the file is damaged or not a "
-                         "state dict") from None
+        raise UsageError(
+            f"{name}: its data.pkl is not a torch.save pickle the check can read "
+            f"({type(err).__name__}: {_short(str(err), 200)}); the file is damaged or not a "
+            "state dict"
+        ) from None
     return _stats_from_tensors(unpickler.storages.values(), name, "state dict")
 
 
@@ -287,9 +340,11 @@ def _data_pkl(fh: IO[bytes]) -> bytes:
     if end is None:
         raise zipfile.BadZipFile("no zip end record")
     if end[zipfile._ECD_SIZE] > MAX_ZIP_DIRECTORY:
-        raise _NotAStateDict(f"its zip directory is {end[zipfile._ECD_SIZE]} bytes, more than the "
-                             f"{MAX_ZIP_DIRECTORY >> 20} MB the GPU-fit check reads; not a torch.save "
-                             "archive")
+        raise _NotAStateDict(
+            f"its zip directory is {end[zipfile._ECD_SIZE]} bytes, more than the "
+            f"{MAX_ZIP_DIRECTORY >> 20} MB the GPU-fit check reads; not a torch.save "
+            "archive"
+        )
     with zipfile.ZipFile(fh) as archive:
         found = [info for info in archive.infolist() if info.filename.endswith("data.pkl")]
         if not found:
@@ -299,7 +354,8 @@ def _data_pkl(fh: IO[bytes]) -> bytes:
             raise _NotAStateDict(
                 f"its data.pkl unpacks to {info.file_size} bytes, more than the {MAX_PICKLE_BYTES >> 20} MB "
                 "the GPU-fit check reads (a torch.save pickle takes ~120 bytes a tensor); save the weights "
-                "as safetensors, or turn the check off")
+                "as safetensors, or turn the check off"
+            )
         parts, size = [], 0
         with archive.open(info) as member:  # stops at the directory's size, whatever the data inflates to
             while block := member.read(1 << 20):  # small reads: zipfile inflates as much as it is asked
@@ -312,9 +368,11 @@ def _data_pkl(fh: IO[bytes]) -> bytes:
     for _ in pickletools.genops(data):  # decodes each operation, builds nothing
         ops += 1
         if ops > MAX_PICKLE_OPS:
-            raise _NotAStateDict(f"its data.pkl holds more than {MAX_PICKLE_OPS} pickle operations (a "
-                                 "torch.save pickle takes ~32 a tensor); save the weights as safetensors, or "
-                                 "turn the check off")
+            raise _NotAStateDict(
+                f"its data.pkl holds more than {MAX_PICKLE_OPS} pickle operations (a "
+                "torch.save pickle takes ~32 a tensor); save the weights as safetensors, or "
+                "turn the check off"
+            )
     return data
 
 
@@ -344,7 +402,9 @@ def model_stats(path: Path) -> TensorStats:
         chosen = select_model_folder(path).entries  # the files a package or upload would hold
         files = _pick([rel for rel in chosen if _is_weights(rel)])
         if not files:
-            raise UsageError(f"{path}: no weights found (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
+            raise UsageError(
+                f"{path}: no weights found (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})"
+            )
         total: TensorStats | None = None
         for rel in files:
             with open(chosen[rel], "rb") as fh:
@@ -357,7 +417,9 @@ def model_stats(path: Path) -> TensorStats:
     if path.name.endswith((".tar.gz", ".tgz", ".tar")):
         return _tar_stats(path)
     if not _is_weights(path.name):
-        raise UsageError(f"{path}: not a weights file; expected {', '.join('*' + s for s in WEIGHT_SUFFIXES)}")
+        raise UsageError(
+            f"{path}: not a weights file; expected {', '.join('*' + s for s in WEIGHT_SUFFIXES)}"
+        )
     with open(path, "rb") as fh:
         return _file_stats(fh, path.name, path.stat().st_size)
 
@@ -366,7 +428,9 @@ def _tar_stats(path: Path) -> TensorStats:
     total: TensorStats | None = None
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile() and _is_weights(m.name)}
+            members = {
+                m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile() and _is_weights(m.name)
+            }
             for name in _pick(list(members)):
                 fh = tar.extractfile(members[name])
                 assert fh is not None
@@ -377,7 +441,9 @@ def _tar_stats(path: Path) -> TensorStats:
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UsageError(f"{path}: cannot read the archive: {err}") from None
     if total is None:
-        raise UsageError(f"{path}: no weights in the archive (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
+        raise UsageError(
+            f"{path}: no weights in the archive (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})"
+        )
     return total
 
 
@@ -397,19 +463,30 @@ class KvCache:
 
     @property
     def bytes(self) -> int:
-        return self.layers * 2 * self.kv_heads * self.head_dim * self.max_tokens * self.batch * dtype_bytes(self.dtype)
+        return (
+            self.layers
+            * 2
+            * self.kv_heads
+            * self.head_dim
+            * self.max_tokens
+            * self.batch
+            * dtype_bytes(self.dtype)
+        )
 
 
 def kv_shape_from_config(config: dict[str, Any]) -> tuple[int, int, int] | None:
     """(layers, kv_heads, head_dim) from a Hugging Face ``config.json``; None when it lacks them."""
+
     def size(*keys: str) -> int | None:
         for key in keys:
             value = config.get(key)
             if value is None:
                 continue
             if type(value) is not int or not 0 < value <= MAX_CONFIG_SIZE:
-                raise UsageError(f"config.json: {key}={_short(value)} is not a whole number from 1 to "
-                                 f"{MAX_CONFIG_SIZE}; fix the model's config.json")
+                raise UsageError(
+                    f"config.json: {key}={_short(value)} is not a whole number from 1 to "
+                    f"{MAX_CONFIG_SIZE}; fix the model's config.json"
+                )
             return value
         return None
 
@@ -443,8 +520,13 @@ class Need:
         return gib(self.total)
 
 
-def inference_need(stats: TensorStats, *, dtype: str | None = None, kv: KvCache | None = None,
-                   overhead: float = DEFAULT_OVERHEAD) -> Need:
+def inference_need(
+    stats: TensorStats,
+    *,
+    dtype: str | None = None,
+    kv: KvCache | None = None,
+    overhead: float = DEFAULT_OVERHEAD,
+) -> Need:
     weights = stats.parameters * dtype_bytes(dtype) if dtype else stats.bytes
     parts = [f"{stats.parameters / 1e9:.2f}B parameters as {dtype_name(dtype) if dtype else 'stored'}"]
     if kv:
@@ -452,7 +534,9 @@ def inference_need(stats: TensorStats, *, dtype: str | None = None, kv: KvCache 
     return Need(weights=weights, kv_cache=kv.bytes if kv else 0, overhead=overhead, note=", ".join(parts))
 
 
-def training_need(parameters: int, *, dtype: str = "bf16", shards: int = 1, overhead: float = DEFAULT_OVERHEAD) -> Need:
+def training_need(
+    parameters: int, *, dtype: str = "bf16", shards: int = 1, overhead: float = DEFAULT_OVERHEAD
+) -> Need:
     """Per GPU: weights + grads (training dtype), fp32 master copy unless fp32, 2 Adam moments (fp32),
     divided over ``shards`` GPUs (FSDP full sharding; 1 = every GPU holds everything)."""
     b = dtype_bytes(dtype)
@@ -460,10 +544,14 @@ def training_need(parameters: int, *, dtype: str = "bf16", shards: int = 1, over
     weights = parameters * b
     rest = parameters * (b + master + 8)
     shards = max(1, shards)
-    return Need(weights=math.ceil(weights / shards), optimizer=math.ceil(rest / shards), overhead=overhead,
-                per_gpu=True,
-                note=f"{parameters / 1e9:.2f}B parameters x {b + b + master + 8} bytes (weights, grads, "
-                     f"{'fp32 master, ' if master else ''}Adam) / {shards} shard{'s' if shards != 1 else ''}")
+    return Need(
+        weights=math.ceil(weights / shards),
+        optimizer=math.ceil(rest / shards),
+        overhead=overhead,
+        per_gpu=True,
+        note=f"{parameters / 1e9:.2f}B parameters x {b + b + master + 8} bytes (weights, grads, "
+        f"{'fp32 master, ' if master else ''}Adam) / {shards} shard{'s' if shards != 1 else ''}",
+    )
 
 
 # --------------------------------------------------------------------------- the GPU table and the verdict
@@ -541,10 +629,17 @@ class Fit:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "instance_type": self.instance_type, "checked": self.checked, "fits": self.fits,
-            "need_gib": round(self.need.total_gib, 3), "have_gib": self.have_gib, "per_gpu": self.need.per_gpu,
-            "weights_bytes": self.need.weights, "kv_cache_bytes": self.need.kv_cache,
-            "optimizer_bytes": self.need.optimizer, "overhead": self.need.overhead, "note": self.need.note,
+            "instance_type": self.instance_type,
+            "checked": self.checked,
+            "fits": self.fits,
+            "need_gib": round(self.need.total_gib, 3),
+            "have_gib": self.have_gib,
+            "per_gpu": self.need.per_gpu,
+            "weights_bytes": self.need.weights,
+            "kv_cache_bytes": self.need.kv_cache,
+            "optimizer_bytes": self.need.optimizer,
+            "overhead": self.need.overhead,
+            "note": self.need.note,
             "suggestions": [{"instance_type": s.instance_type, "hourly": s.hourly} for s in self.suggestions],
             "line": self.line(),
         }
@@ -562,14 +657,18 @@ class Fit:
         else:
             detail = self.spec.describe()
         have = f"{self.have_gib:g} GiB ({detail})"
-        head = (f"needs {self.need.total_gib:.1f} GiB {what} ({self.need.note}, +{self.need.overhead:.0%} overhead), "
-                f"{self.instance_type} has {have}")
+        head = (
+            f"needs {self.need.total_gib:.1f} GiB {what} ({self.need.note}, +{self.need.overhead:.0%} overhead), "
+            f"{self.instance_type} has {have}"
+        )
         if self.fits:
             return head
         if not self.suggestions:
             return f"{head}: no instance type in the table fits; shard it or use a smaller dtype"
         alts = ", ".join(
-            f"{s.instance_type} (${s.hourly:g}/h)" if s.hourly is not None else f"{s.instance_type} (no known price)"
+            f"{s.instance_type} (${s.hourly:g}/h)"
+            if s.hourly is not None
+            else f"{s.instance_type} (no known price)"
             for s in self.suggestions
         )
         return f"{head}: the cheapest that fit: {alts}"
@@ -581,7 +680,13 @@ def _suggest(fits_on, *, region: str, service_hourly, limit: int) -> tuple[Sugge
         if fits_on(spec):
             found.append(Suggestion(spec.instance_type, spec, service_hourly(spec.instance_type)))
     # Priced first, cheapest first; unpriced after, smallest memory first.
-    found.sort(key=lambda s: (s.hourly is None, s.hourly if s.hourly is not None else s.spec.total_gib, s.instance_type))
+    found.sort(
+        key=lambda s: (
+            s.hourly is None,
+            s.hourly if s.hourly is not None else s.spec.total_gib,
+            s.instance_type,
+        )
+    )
     return tuple(found[:limit])
 
 
@@ -597,8 +702,9 @@ def _hourly(region: str):
     return lookup
 
 
-def check_inference(need: Need, instance_type: str, *, region: str = "us-east-1", gpus_used: int | None = None,
-                    limit: int = 3) -> Fit:
+def check_inference(
+    need: Need, instance_type: str, *, region: str = "us-east-1", gpus_used: int | None = None, limit: int = 3
+) -> Fit:
     """``gpus_used``: the GPUs one copy of the model may span: 1 for a server that loads one copy
     per GPU (the SageMaker PyTorch container), the tensor-parallel degree for LMI/TGI, None for all."""
     spec = load_gpus().get(instance_type)
@@ -608,14 +714,26 @@ def check_inference(need: Need, instance_type: str, *, region: str = "us-east-1"
 
     # an explicit tensor-parallel degree is the user's choice for this type; elsewhere, all GPUs
     alt_used = 1 if gpus_used == 1 else None
-    suggestions = _suggest(lambda s: need.total_gib <= min(s.gpus, alt_used or s.gpus) * s.gpu_memory_gib,
-                           region=region, service_hourly=_hourly(region), limit=limit)
+    suggestions = _suggest(
+        lambda s: need.total_gib <= min(s.gpus, alt_used or s.gpus) * s.gpu_memory_gib,
+        region=region,
+        service_hourly=_hourly(region),
+        limit=limit,
+    )
     return Fit(instance_type, need, spec, suggestions=suggestions, gpus_used=gpus_used)
 
 
-def check_training(parameters: int, instance_type: str, *, instance_count: int = 1, fsdp: bool = False,
-                   dtype: str = "bf16", region: str = "us-east-1", overhead: float = DEFAULT_OVERHEAD,
-                   limit: int = 3) -> Fit:
+def check_training(
+    parameters: int,
+    instance_type: str,
+    *,
+    instance_count: int = 1,
+    fsdp: bool = False,
+    dtype: str = "bf16",
+    region: str = "us-east-1",
+    overhead: float = DEFAULT_OVERHEAD,
+    limit: int = 3,
+) -> Fit:
     """Per-GPU fit of a training job; with ``fsdp`` the state is sharded over every GPU of every host."""
     spec = load_gpus().get(instance_type)
     gpus = (spec.gpus if spec else 1) * max(1, instance_count)
@@ -626,19 +744,35 @@ def check_training(parameters: int, instance_type: str, *, instance_count: int =
 
     def fits_on(s: GpuSpec) -> bool:
         shards = s.gpus * max(1, instance_count) if fsdp else 1
-        return training_need(parameters, dtype=dtype, shards=shards, overhead=overhead).total_gib <= s.gpu_memory_gib
+        return (
+            training_need(parameters, dtype=dtype, shards=shards, overhead=overhead).total_gib
+            <= s.gpu_memory_gib
+        )
 
-    return Fit(instance_type, need, spec, hosts=instance_count,
-               suggestions=_suggest(fits_on, region=region, service_hourly=_hourly(region), limit=limit))
+    return Fit(
+        instance_type,
+        need,
+        spec,
+        hosts=instance_count,
+        suggestions=_suggest(fits_on, region=region, service_hourly=_hourly(region), limit=limit),
+    )
 
 
-def require_training_fit(parameters: float, instance_type: str, *, instance_count: int = 1, fsdp: bool = False,
-                         region: str = "us-east-1") -> Fit:
+def require_training_fit(
+    parameters: float,
+    instance_type: str,
+    *,
+    instance_count: int = 1,
+    fsdp: bool = False,
+    region: str = "us-east-1",
+) -> Fit:
     """`aiops train --remote --model-params N`: UsageError (one line) when the training state
     cannot fit each GPU; the Fit otherwise (``checked`` False for a type without GPUs)."""
     if parameters <= 0:
         raise UsageError(f"--model-params {parameters:g}: give the model's parameter count, e.g. 7e9")
-    fit = check_training(int(parameters), instance_type, instance_count=instance_count, fsdp=fsdp, region=region)
+    fit = check_training(
+        int(parameters), instance_type, instance_count=instance_count, fsdp=fsdp, region=region
+    )
     if not fit.fits:
         hint = "" if fsdp else "; or shard the state over every GPU with --fsdp"
         raise UsageError(f"the training state does not fit: it {fit.line()}{hint}")

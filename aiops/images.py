@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from aiops.errors import ConfigError
@@ -47,21 +47,27 @@ def _package_dirs(name: str) -> list[Path]:
     return [Path(p) for p in spec.submodule_search_locations]
 
 
-@lru_cache(maxsize=None)
+@cache
 def sdk_table(framework: str) -> dict:
     """``sagemaker/core/image_uri_config/<framework>.json`` of the installed sagemaker-core."""
     for folder in _package_dirs("sagemaker"):
         path = folder / "core" / "image_uri_config" / f"{framework}.json"
         if path.is_file():
             return json.loads(path.read_text())
-    raise require_extra("images", "resolving a container image URI", missing="the SageMaker SDK's tables (sagemaker-core)",
-                        instead="name the image yourself (--image-uri, or endpoint.image.uri in the stack)")
+    raise require_extra(
+        "images",
+        "resolving a container image URI",
+        missing="the SageMaker SDK's tables (sagemaker-core)",
+        instead="name the image yourself (--image-uri, or endpoint.image.uri in the stack)",
+    )
 
 
 def scope_table(framework: str, scope: str) -> dict:
     """The table of one image scope (``training``, ``inference``); tables without scopes are their own."""
     data = sdk_table(framework)
-    return data[scope] if scope in data and isinstance(data[scope], dict) and "versions" in data[scope] else data
+    return (
+        data[scope] if scope in data and isinstance(data[scope], dict) and "versions" in data[scope] else data
+    )
 
 
 def known_versions(framework: str, scope: str) -> list[str]:
@@ -80,11 +86,16 @@ def _label(framework: str, scope: str) -> str:
 def full_version(framework: str, scope: str, version: str) -> str:
     table = scope_table(framework, scope)
     full = table.get("version_aliases", {}).get(version, version)
-    if full == "latest" and "latest" not in table["versions"]:  # the newest release, as the SDK's LLM helpers pick
+    if (
+        full == "latest" and "latest" not in table["versions"]
+    ):  # the newest release, as the SDK's LLM helpers pick
         full = max(table["versions"], key=_release)
     if full not in table["versions"]:
-        raise ImageNotFound(f"no {_label(framework, scope)} image known for it; allowed: "
-                            f"{', '.join(known_versions(framework, scope))}", field="version")
+        raise ImageNotFound(
+            f"no {_label(framework, scope)} image known for it; allowed: "
+            f"{', '.join(known_versions(framework, scope))}",
+            field="version",
+        )
     return full
 
 
@@ -107,7 +118,9 @@ def cuda_families() -> frozenset[str]:
     """The instance families with NVIDIA GPUs, from the GPU table (aiops/data/gpus.json)."""
     from aiops.gpufit import load_gpus
 
-    return frozenset(instance_family(s.instance_type) for s in load_gpus().all() if s.gpu_model.startswith("NVIDIA"))
+    return frozenset(
+        instance_family(s.instance_type) for s in load_gpus().all() if s.gpu_model.startswith("NVIDIA")
+    )
 
 
 def processor_for(instance_type: str | None, available: list[str] | None = ("cpu", "gpu")) -> str | None:
@@ -125,8 +138,10 @@ def processor_for(instance_type: str | None, available: list[str] | None = ("cpu
     if family in available:  # images built for one family carry its name (the SDK's rule)
         return family
     if family.startswith(("inf", "trn")):
-        raise ImageNotFound(f"{instance_type} runs AWS Neuron images, which this framework table does not have",
-                            field="processor")
+        raise ImageNotFound(
+            f"{instance_type} runs AWS Neuron images, which this framework table does not have",
+            field="processor",
+        )
     return "gpu" if family in cuda_families() and "gpu" in available else "cpu"
 
 
@@ -138,8 +153,16 @@ def registry(framework: str, scope: str, version: str, region: str) -> str | Non
     return version_entry(framework, scope, version)[1].get("registries", {}).get(region)
 
 
-def image_uri(framework: str, *, scope: str, region: str, version: str, py_version: str | None = None,
-              instance_type: str | None = None, pin: bool = False) -> str:
+def image_uri(
+    framework: str,
+    *,
+    scope: str,
+    region: str,
+    version: str,
+    py_version: str | None = None,
+    instance_type: str | None = None,
+    pin: bool = False,
+) -> str:
     """The URI ``sagemaker.core.image_uris.retrieve(framework, region, version, py_version,
     instance_type, image_scope=scope)`` gives, but for the processor rule (see the module).
 
@@ -151,13 +174,17 @@ def image_uri(framework: str, *, scope: str, region: str, version: str, py_versi
     if py_version is None and len(py_versions) == 1:
         py_version = py_versions[0]
     if py_versions and py_version not in py_versions:
-        raise ImageNotFound(f"{_label(framework, scope)} {full} images exist for {', '.join(py_versions)} only",
-                            field="py_version")
+        raise ImageNotFound(
+            f"{_label(framework, scope)} {full} images exist for {', '.join(py_versions)} only",
+            field="py_version",
+        )
     entry = entry.get(py_version) or entry if py_version else entry
     account = entry["registries"].get(region)
     if account is None:
-        raise ImageNotFound(f"no {_label(framework, scope)} {full} image is published there; pick another region",
-                            field="region")
+        raise ImageNotFound(
+            f"no {_label(framework, scope)} {full} image is published there; pick another region",
+            field="region",
+        )
     processor = processor_for(instance_type, table.get("processors") or entry.get("processors"))
     container = (entry.get("container_version") or {}).get(processor) if processor else None
     tag_version = full if pin or version == "latest" else version
@@ -166,11 +193,21 @@ def image_uri(framework: str, *, scope: str, region: str, version: str, py_versi
     return f"{account}.dkr.ecr.{region}.{dns_suffix(region)}/{entry['repository']}:{tag}"
 
 
-def pytorch_image_uri(*, scope: str, region: str, version: str, py_version: str, instance_type: str | None,
-                      cache_dir: Path | None = None, pin: bool = False) -> str:
+def pytorch_image_uri(
+    *,
+    scope: str,
+    region: str,
+    version: str,
+    py_version: str,
+    instance_type: str | None,
+    cache_dir: Path | None = None,
+    pin: bool = False,
+) -> str:
     """The PyTorch DLC (``training`` or ``inference``), cached in ``<cache_dir>/image-uris.json``."""
     cache = cache_dir / _CACHE_FILE if cache_dir is not None else None
-    key = "|".join((scope, region, version, py_version, instance_type or "serverless") + (("pinned",) if pin else ()))
+    key = "|".join(
+        (scope, region, version, py_version, instance_type or "serverless") + (("pinned",) if pin else ())
+    )
     known: dict[str, str] = {}
     if cache is not None and cache.is_file():
         try:
@@ -179,8 +216,15 @@ def pytorch_image_uri(*, scope: str, region: str, version: str, py_version: str,
             known = {}
     if key in known:
         return known[key]
-    uri = image_uri("pytorch", scope=scope, region=region, version=version, py_version=py_version,
-                    instance_type=instance_type, pin=pin)
+    uri = image_uri(
+        "pytorch",
+        scope=scope,
+        region=region,
+        version=version,
+        py_version=py_version,
+        instance_type=instance_type,
+        pin=pin,
+    )
     if cache is not None:
         known[key] = uri
         cache_dir.mkdir(parents=True, exist_ok=True)

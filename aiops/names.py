@@ -13,7 +13,8 @@ S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(\S+)$")
 #: ``/_+=.@-``) and the 6 characters Secrets Manager appends; an IAM policy names exactly this
 SECRET_ARN = re.compile(
     r"^arn:aws(-cn|-us-gov|-iso|-iso-[a-z])?:secretsmanager:[a-z]{2}(-[a-z]+)+-\d:\d{12}:secret:[A-Za-z0-9/_+=.@-]+"
-    r"-[A-Za-z0-9]{6}$")
+    r"-[A-Za-z0-9]{6}$"
+)
 
 
 def is_secret_arn(arn: str) -> bool:

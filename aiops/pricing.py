@@ -48,7 +48,6 @@ class DatedTable:
 
 @dataclass(frozen=True)
 class PriceTable(DatedTable):
-
     @property
     def hours_per_month(self) -> float:
         return float(self.data["hours_per_month"])
@@ -94,8 +93,14 @@ class JobEstimate:
         return round(self.instance_count * self.max_run_seconds / 3600.0 * self.price.hourly(spot=spot), 2)
 
 
-def estimate_training_job(instance_type: str, instance_count: int, max_run_seconds: int, region: str,
-                          table: PriceTable | None = None) -> JobEstimate:
+def estimate_training_job(
+    instance_type: str,
+    instance_count: int,
+    max_run_seconds: int,
+    region: str,
+    table: PriceTable | None = None,
+) -> JobEstimate:
     table = table or load_prices()
-    return JobEstimate(instance_type, instance_count, max_run_seconds,
-                       table.lookup("sagemaker", instance_type, region))
+    return JobEstimate(
+        instance_type, instance_count, max_run_seconds, table.lookup("sagemaker", instance_type, region)
+    )

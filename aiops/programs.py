@@ -12,12 +12,15 @@ from __future__ import annotations
 import ast
 import io
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 DEFAULT_PROGRAM = "inference.py"  # the serving toolkit's default SAGEMAKER_PROGRAM
 CODE_DIR = "code"  # a model package's handler folder (model.tar.gz's code/, /opt/ml/model/code)
-SUBMIT_DIRECTORY = "/opt/ml/model/code"  # SAGEMAKER_SUBMIT_DIRECTORY: code/ of the unpacked model, as the SDK sets it
+SUBMIT_DIRECTORY = (
+    "/opt/ml/model/code"  # SAGEMAKER_SUBMIT_DIRECTORY: code/ of the unpacked model, as the SDK sets it
+)
 MAX_SCRIPT_BYTES = 8 * 1024 * 1024  # a larger "script" is not parsed (it is data, not a handler)
 
 
@@ -27,8 +30,10 @@ def source_defines_model_fn(source: str, filename: str = "<script>") -> bool:
         tree = ast.parse(source, filename=filename)
     except (SyntaxError, ValueError):
         return False
-    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "model_fn"
-               for node in tree.body)
+    return any(
+        isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "model_fn"
+        for node in tree.body
+    )
 
 
 def defines_model_fn(script: Path) -> bool:
@@ -65,14 +70,17 @@ def scan_tar(source: bytes | Path, entry_point: str | None, *, prefix: str = "")
     """The rule over a tar(.gz): a ``sourcedir.tar.gz`` (``prefix=""``) or a model.tar.gz's ``code/``
     (``prefix="code/"``), in memory or on disk (streamed, never read whole). Only regular members
     are read. tarfile.TarError if unreadable."""
-    opened = (tarfile.open(fileobj=io.BytesIO(source), mode="r:*") if isinstance(source, bytes)
-              else tarfile.open(Path(source), mode="r:*"))
+    opened = (
+        tarfile.open(fileobj=io.BytesIO(source), mode="r:*")
+        if isinstance(source, bytes)
+        else tarfile.open(Path(source), mode="r:*")
+    )
     with opened as tar:
         members = {}
         for m in tar.getmembers():
             name = m.name.removeprefix("./")
             if m.isfile() and name.startswith(prefix):
-                members[name[len(prefix):]] = m
+                members[name[len(prefix) :]] = m
 
         def read(name: str) -> str | None:
             member = members[name]

@@ -30,9 +30,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -78,7 +79,7 @@ def validate_job_name(name: str) -> None:
 def _shown(name: str, limit: int = 80) -> str:
     """A name quoted for a one-line message, cut when it is long."""
     text = repr(name)
-    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(name)} characters)"
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(name)} characters)"
 
 
 def job_name_from_base(base: str, *, now: float | None = None) -> str:
@@ -339,7 +340,7 @@ class RunRecord(_Record):
     remote_summary: JobSummary | None = None
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "RunRecord":
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
         return cls.model_validate(data)
 
     def to_json(self) -> dict[str, Any]:
@@ -347,7 +348,7 @@ class RunRecord(_Record):
         fields that were set, so a record keeps the keys it was written with."""
         return self.model_dump(mode="json", exclude_unset=True)
 
-    def update(self, **fields: Any) -> "RunRecord":
+    def update(self, **fields: Any) -> RunRecord:
         """Set fields in place (validated); returns the record."""
         for key, value in fields.items():
             if key == "artifacts" and isinstance(value, dict):
@@ -371,7 +372,11 @@ class RunRecord(_Record):
     def single_script(self) -> bool:
         """Started from one script, not a source dir (its recorded config has no source_dir)."""
         config = self.config
-        return config is not None and bool(config.model_fields_set or config.model_extra) and config.source_dir is None
+        return (
+            config is not None
+            and bool(config.model_fields_set or config.model_extra)
+            and config.source_dir is None
+        )
 
     @property
     def script_name(self) -> str | None:
@@ -388,7 +393,11 @@ class RunRecord(_Record):
 
 def with_liveness(record: RunRecord) -> RunRecord:
     """A local InProgress record whose runner has died is shown as Stale (the file is left as is)."""
-    if record.status != STATUS_IN_PROGRESS or record.remote or "runner_start_time" not in record.model_fields_set:
+    if (
+        record.status != STATUS_IN_PROGRESS
+        or record.remote
+        or "runner_start_time" not in record.model_fields_set
+    ):
         return record
     if runner_alive(record):
         return record
@@ -396,7 +405,8 @@ def with_liveness(record: RunRecord) -> RunRecord:
     return stale.update(
         status=STATUS_STALE,
         failure_reason=f"Failed (runner died): the aiops process {record.runner_pid} ended "
-                       "without recording the end of the run; its script was stopped with it.")
+        "without recording the end of the run; its script was stopped with it.",
+    )
 
 
 def process_start_time(pid: int) -> int | None:
@@ -406,7 +416,7 @@ def process_start_time(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and ')'
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
     return int(fields[19])
 
 
@@ -442,7 +452,7 @@ def _is_aiops_train(argv: list[str]) -> bool:
     for i, arg in enumerate(argv[:3]):  # [python, ]aiops train | python -m aiops.cli.app train
         entry = os.path.basename(arg) == "aiops" or (arg == "aiops.cli.app" and i > 0 and argv[i - 1] == "-m")
         if entry:
-            return argv[i + 1: i + 2] == ["train"]
+            return argv[i + 1 : i + 2] == ["train"]
     return False
 
 
@@ -454,7 +464,7 @@ def process_alive(pid: int | None, start_time: int | None) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return fields[0] != "Z" and int(fields[19]) == start_time
 
 
@@ -477,7 +487,8 @@ def read_record(folder: RunFolder, *, strict: bool = True) -> RunRecord | None:
         raise UsageError(
             f"{folder.record_file}: its job_name {_shown(record.job_name)} is not the name of its folder "
             f"({_shown(folder.name)}); the record was edited or moved, so aiops will not act on it. Put the "
-            "folder's name back in job_name, or remove the folder.")
+            "folder's name back in job_name, or remove the folder."
+        )
     return with_liveness(record)
 
 
@@ -486,8 +497,12 @@ def find_run(spec: str, runs_dir: Path | None = None) -> RunFolder | None:
     path = Path(spec).expanduser()
     if path.is_dir() and (path / RUN_RECORD).is_file():
         return RunFolder(path)
-    if runs_dir is not None and not path.exists() and JOB_NAME_PATTERN.match(spec) \
-            and (Path(runs_dir) / spec / RUN_RECORD).is_file():
+    if (
+        runs_dir is not None
+        and not path.exists()
+        and JOB_NAME_PATTERN.match(spec)
+        and (Path(runs_dir) / spec / RUN_RECORD).is_file()
+    ):
         return RunFolder(Path(runs_dir) / spec)
     return None
 
@@ -536,8 +551,7 @@ class RunStore:
         if not self.exists(name):
             known = ", ".join(r.job_name for r in self.list()[:5]) or "none yet"
             raise UsageError(
-                f"no local run named {name!r} in {self.root} (recent: {known}); "
-                "see 'aiops jobs list'."
+                f"no local run named {name!r} in {self.root} (recent: {known}); see 'aiops jobs list'."
             )
         record = read_record(self.folder(name))
         assert record is not None  # strict
@@ -549,7 +563,9 @@ class RunStore:
         validate_job_name(record.job_name)
         path = self.folder(record.job_name).record_file
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record.to_json(), indent=2, default=str))  # metrics stay in order of appearance
+        tmp.write_text(
+            json.dumps(record.to_json(), indent=2, default=str)
+        )  # metrics stay in order of appearance
         os.replace(tmp, path)
         return record
 

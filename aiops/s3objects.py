@@ -15,10 +15,11 @@ import io
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -60,9 +61,18 @@ def transfer_config() -> Any:
     return TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_concurrency=8)
 
 
-def upload_once(s3: Any, bucket: str, key: str, source: bytes | Path, *, kms_key: str | None = None,
-                progress: Progress | None = None, label: str = "", check: bool = True,
-                metadata: dict[str, str] | None = None) -> UploadResult:
+def upload_once(
+    s3: Any,
+    bucket: str,
+    key: str,
+    source: bytes | Path,
+    *,
+    kms_key: str | None = None,
+    progress: Progress | None = None,
+    label: str = "",
+    check: bool = True,
+    metadata: dict[str, str] | None = None,
+) -> UploadResult:
     """Upload ``source`` (bytes or a file) to ``key`` unless it is already there (multipart, parallel).
 
     ``check=False`` skips the HEAD (the caller has looked already, e.g. at a channel's manifest).
@@ -84,10 +94,13 @@ def upload_once(s3: Any, bucket: str, key: str, source: bytes | Path, *, kms_key
     if metadata:
         extra["Metadata"] = dict(metadata)
     if isinstance(source, bytes):
-        s3.upload_fileobj(io.BytesIO(source), bucket, key, ExtraArgs=extra, Callback=callback,
-                          Config=transfer_config())
+        s3.upload_fileobj(
+            io.BytesIO(source), bucket, key, ExtraArgs=extra, Callback=callback, Config=transfer_config()
+        )
     else:
-        s3.upload_file(os.fspath(source), bucket, key, ExtraArgs=extra, Callback=callback, Config=transfer_config())
+        s3.upload_file(
+            os.fspath(source), bucket, key, ExtraArgs=extra, Callback=callback, Config=transfer_config()
+        )
     return UploadResult(uri, size)
 
 
@@ -119,13 +132,21 @@ class UploadBatch:
     count as objects, not bytes); it runs on the transfer threads, one call at a time.
     """
 
-    def __init__(self, s3: Any, bucket: str, *, kms_key: str | None = None, progress: Progress | None = None,
-                 max_concurrency: int = DEFAULT_CONCURRENCY) -> None:
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        *,
+        kms_key: str | None = None,
+        progress: Progress | None = None,
+        max_concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
         from s3transfer.manager import TransferConfig, TransferManager
 
         self.bucket, self._encryption, self._progress = bucket, encryption_args(kms_key), progress
-        config = TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK,
-                                max_request_concurrency=max_concurrency)
+        config = TransferConfig(
+            multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_request_concurrency=max_concurrency
+        )
         self._manager = TransferManager(s3, config)
         self._lock = threading.Condition()
         self._futures: list[Any] = []
@@ -146,28 +167,48 @@ class UploadBatch:
         if metadata:
             extra["Metadata"] = dict(metadata)
         body = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
-        self._submit(f"uploading s3://{self.bucket}/{key}", size, lambda subscriber: self._manager.upload(
-            body, self.bucket, key, extra_args=extra, subscribers=[subscriber]))
+        self._submit(
+            f"uploading s3://{self.bucket}/{key}",
+            size,
+            lambda subscriber: self._manager.upload(
+                body, self.bucket, key, extra_args=extra, subscribers=[subscriber]
+            ),
+        )
         return size
 
-    def copy(self, key: str, source_key: str, *, size: int, etag: str | None = None,
-             metadata: dict[str, str] | None = None) -> None:
+    def copy(
+        self,
+        key: str,
+        source_key: str,
+        *,
+        size: int,
+        etag: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         """Queue a copy inside the bucket (multipart above ``CHUNK``) with this batch's encryption;
         ``size`` and ``etag`` from the caller's HEAD of the source spare s3transfer another one."""
-        extra: dict[str, Any] = {**self._encryption, "MetadataDirective": "REPLACE",
-                                 "Metadata": dict(metadata or {})}
+        extra: dict[str, Any] = {
+            **self._encryption,
+            "MetadataDirective": "REPLACE",
+            "Metadata": dict(metadata or {}),
+        }
         source = {"Bucket": self.bucket, "Key": source_key}
-        self._submit(f"copying s3://{self.bucket}/{source_key} to {key}", 0,
-                     lambda subscriber: self._manager.copy(source, self.bucket, key, extra_args=extra,
-                                                           subscribers=[subscriber]),
-                     known=(size, etag))
+        self._submit(
+            f"copying s3://{self.bucket}/{source_key} to {key}",
+            0,
+            lambda subscriber: self._manager.copy(
+                source, self.bucket, key, extra_args=extra, subscribers=[subscriber]
+            ),
+            known=(size, etag),
+        )
 
     def put_last(self, key: str, body: bytes) -> None:
         """Write ``key`` only once every other object of the batch has landed (a manifest)."""
         self._last.append((key, body))
 
-    def _submit(self, action: str, size: int, start: Callable[[Any], Any],
-                known: tuple[int, str | None] | None = None) -> None:
+    def _submit(
+        self, action: str, size: int, start: Callable[[Any], Any], known: tuple[int, str | None] | None = None
+    ) -> None:
         if self._failure is not None:  # stop queueing after a failure; `finish` raises it
             self._stop_and_raise()
         with self._lock:

@@ -56,7 +56,9 @@ class TrainSettings(_Section):
 
 def _serve_field(default: Any, name: str, *sagemaker: str, **kw: Any) -> Any:
     """A serve setting read from ``SAGEMAKER_*`` (as the container does) before ``AIOPS_SERVE__*``."""
-    return Field(default, validation_alias=AliasChoices(*sagemaker, f"AIOPS_SERVE__{name.upper()}", name), **kw)
+    return Field(
+        default, validation_alias=AliasChoices(*sagemaker, f"AIOPS_SERVE__{name.upper()}", name), **kw
+    )
 
 
 class _FromConfigFile(BaseSettings):
@@ -77,7 +79,11 @@ class _FromConfigFile(BaseSettings):
         config_file = _config_file()
         if config_file is None:
             return (init_settings, env_settings)
-        return (init_settings, env_settings, _TomlPart(settings_cls, config_file, "serve", inside=cls.serve_table))
+        return (
+            init_settings,
+            env_settings,
+            _TomlPart(settings_cls, config_file, "serve", inside=cls.serve_table),
+        )
 
 
 class ServeSettings(_FromConfigFile):
@@ -88,67 +94,129 @@ class ServeSettings(_FromConfigFile):
     the defaults. The supervisor sends the validated model to each worker as JSON.
     """
 
-    model_config = SettingsConfigDict(extra="forbid", populate_by_name=True, env_ignore_empty=True,
-                                      validate_default=True)
+    model_config = SettingsConfigDict(
+        extra="forbid", populate_by_name=True, env_ignore_empty=True, validate_default=True
+    )
     serve_table: ClassVar[bool] = True
 
     host: str = _serve_field("127.0.0.1", "host", description="Interface to bind.")
     port: int = _serve_field(8080, "port", "SAGEMAKER_BIND_TO_PORT", ge=0, le=65535)
-    workers: int = _serve_field(1, "workers", "SAGEMAKER_MODEL_SERVER_WORKERS", ge=1,
-                                description="Worker processes (each loads the model once).")
-    timeout_seconds: float = _serve_field(60.0, "timeout_seconds", "SAGEMAKER_MODEL_SERVER_TIMEOUT", gt=0,
-                                          description="A request unanswered this long gets 504.")
+    workers: int = _serve_field(
+        1,
+        "workers",
+        "SAGEMAKER_MODEL_SERVER_WORKERS",
+        ge=1,
+        description="Worker processes (each loads the model once).",
+    )
+    timeout_seconds: float = _serve_field(
+        60.0,
+        "timeout_seconds",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+        gt=0,
+        description="A request unanswered this long gets 504.",
+    )
     max_payload_mb: float = _serve_field(6.0, "max_payload_mb", "SAGEMAKER_MAX_PAYLOAD_IN_MB", gt=0)
-    default_accept: str = _serve_field("application/json", "default_accept", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT")
-    program: str | None = _serve_field(None, "program", "SAGEMAKER_PROGRAM",
-                                       description="The inference script in code/ (default inference.py).")
-    batch_size: int = _serve_field(1, "batch_size", "SAGEMAKER_TS_BATCH_SIZE", ge=1,
-                                   description="Dynamic batching: most requests per predict_fn call (1: off).")
+    default_accept: str = _serve_field(
+        "application/json", "default_accept", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
+    )
+    program: str | None = _serve_field(
+        None,
+        "program",
+        "SAGEMAKER_PROGRAM",
+        description="The inference script in code/ (default inference.py).",
+    )
+    batch_size: int = _serve_field(
+        1,
+        "batch_size",
+        "SAGEMAKER_TS_BATCH_SIZE",
+        ge=1,
+        description="Dynamic batching: most requests per predict_fn call (1: off).",
+    )
     max_batch_delay_ms: float = _serve_field(
-        5.0, "max_batch_delay_ms", "SAGEMAKER_TS_MAX_BATCH_DELAY", ge=0,
-        description="Dynamic batching: the most a request waits for others to join its batch.")
+        5.0,
+        "max_batch_delay_ms",
+        "SAGEMAKER_TS_MAX_BATCH_DELAY",
+        ge=0,
+        description="Dynamic batching: the most a request waits for others to join its batch.",
+    )
     graceful_shutdown_seconds: float = _serve_field(30.0, "graceful_shutdown_seconds", ge=0)
     api_key: str | None = _serve_field(
-        None, "api_key", description="When set, every route but /ping needs it (X-Api-Key or Authorization: Bearer).")
+        None,
+        "api_key",
+        description="When set, every route but /ping needs it (X-Api-Key or Authorization: Bearer).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", validation_alias=AliasChoices("AIOPS_SERVE__LOG_LEVEL", "AIOPS_LOG_LEVEL", "log_level"))
+        "INFO", validation_alias=AliasChoices("AIOPS_SERVE__LOG_LEVEL", "AIOPS_LOG_LEVEL", "log_level")
+    )
     variant: str = _serve_field("AllTraffic", "variant", description="X-Amzn-Invoked-Production-Variant.")
-    install_requirements: bool = _serve_field(False, "install_requirements",
-                                              description="pip install code/requirements.txt before serving.")
+    install_requirements: bool = _serve_field(
+        False, "install_requirements", description="pip install code/requirements.txt before serving."
+    )
     # ---- bounds, applied before the API key is checked and before anything large is buffered
-    max_header_kb: float = _serve_field(16.0, "max_header_kb", gt=0,
-                                        description="Request line plus headers; more is answered 431.")
+    max_header_kb: float = _serve_field(
+        16.0, "max_header_kb", gt=0, description="Request line plus headers; more is answered 431."
+    )
     header_timeout_seconds: float = _serve_field(
-        10.0, "header_timeout_seconds", gt=0, description="Time to send the request line and headers.")
-    body_timeout_seconds: float = _serve_field(30.0, "body_timeout_seconds", gt=0,
-                                               description="Time to send the whole body once the headers are in.")
-    keep_alive_seconds: float = _serve_field(60.0, "keep_alive_seconds", gt=0,
-                                             description="An idle keep-alive connection is closed after this.")
+        10.0, "header_timeout_seconds", gt=0, description="Time to send the request line and headers."
+    )
+    body_timeout_seconds: float = _serve_field(
+        30.0, "body_timeout_seconds", gt=0, description="Time to send the whole body once the headers are in."
+    )
+    keep_alive_seconds: float = _serve_field(
+        60.0, "keep_alive_seconds", gt=0, description="An idle keep-alive connection is closed after this."
+    )
     max_connections: int = _serve_field(
-        1000, "max_connections", ge=1, description="Open connections per worker; past it the longest idle one "
-        "is closed, or the new one answered 503.")
-    max_queue: int = _serve_field(256, "max_queue", ge=1, description="Requests read but not yet answered, per "
-                                  "worker; past it 503 with Retry-After.")
+        1000,
+        "max_connections",
+        ge=1,
+        description="Open connections per worker; past it the longest idle one "
+        "is closed, or the new one answered 503.",
+    )
+    max_queue: int = _serve_field(
+        256,
+        "max_queue",
+        ge=1,
+        description="Requests read but not yet answered, per worker; past it 503 with Retry-After.",
+    )
     inline_call_ms: float | None = _serve_field(
-        None, "inline_call_ms", ge=0,
+        None,
+        "inline_call_ms",
+        ge=0,
         description="Handler calls (or batches) that keep taking at most this long run on the worker's event loop "
         "itself (no thread hand-off); one slower call moves the worker back to its inference thread, so /ping and "
         "the timeouts never wait longer than that. 0: always the inference thread. Default 50: every request with "
         "batching on; without batching only a request alone in flight (an unbatched worker under load measured "
-        "faster keeping its thread: the forward overlaps the loop's I/O). Set explicitly: every request.")
-    max_decoded_mb: float = _serve_field(100.0, "max_decoded_mb", gt=0,
-                                         description="Largest .npy/.npz/sparse body once decoded (default decoders).")
-    json_max_depth: int = _serve_field(32, "json_max_depth", ge=1, description="Dimensions of a JSON array body.")
-    json_max_elements: int = _serve_field(4_000_000, "json_max_elements", ge=1,
-                                          description="Numbers in a JSON or CSV body (default decoders).")
+        "faster keeping its thread: the forward overlaps the loop's I/O). Set explicitly: every request.",
+    )
+    max_decoded_mb: float = _serve_field(
+        100.0,
+        "max_decoded_mb",
+        gt=0,
+        description="Largest .npy/.npz/sparse body once decoded (default decoders).",
+    )
+    json_max_depth: int = _serve_field(
+        32, "json_max_depth", ge=1, description="Dimensions of a JSON array body."
+    )
+    json_max_elements: int = _serve_field(
+        4_000_000, "json_max_elements", ge=1, description="Numbers in a JSON or CSV body (default decoders)."
+    )
     max_worker_rss_mb: float = _serve_field(
-        0.0, "max_worker_rss_mb", ge=0, description="A worker whose memory (RSS) grows past this is replaced "
-        "(a new one starts first, then the old one drains); 0: never.")
-    archive_max_gb: float = _serve_field(64.0, "archive_max_gb", gt=0,
-                                         description="A model.tar.gz may unpack to at most this much.")
+        0.0,
+        "max_worker_rss_mb",
+        ge=0,
+        description="A worker whose memory (RSS) grows past this is replaced "
+        "(a new one starts first, then the old one drains); 0: never.",
+    )
+    archive_max_gb: float = _serve_field(
+        64.0, "archive_max_gb", gt=0, description="A model.tar.gz may unpack to at most this much."
+    )
     archive_max_ratio: float = _serve_field(
-        200.0, "archive_max_ratio", gt=1, description="... and to at most this many times its own size "
-        "(with a 1 GiB floor): a tar bomb is refused from the headers as it streams.")
+        200.0,
+        "archive_max_ratio",
+        gt=1,
+        description="... and to at most this many times its own size "
+        "(with a 1 GiB floor): a tar bomb is refused from the headers as it streams.",
+    )
     archive_max_members: int = _serve_field(100_000, "archive_max_members", ge=1)
 
     @field_validator("api_key")
@@ -159,7 +227,7 @@ class ServeSettings(_FromConfigFile):
         return value
 
     @model_validator(mode="after")
-    def _api_key_set_empty(self) -> "ServeSettings":
+    def _api_key_set_empty(self) -> ServeSettings:
         # env_ignore_empty drops `AIOPS_SERVE__API_KEY=` before any validator sees it; set but empty
         # is still a mistake to refuse, not "no key"
         if self.api_key is None:
@@ -222,9 +290,13 @@ class AwsSettings(_Section):
     max_run_seconds: int = Field(86400, ge=1, description="StoppingCondition.MaxRuntimeInSeconds.")
     volume_size_gb: int = Field(30, ge=1)
     max_cost: float | None = Field(
-        None, gt=0, description="Budget in USD: a remote job whose worst-case estimate is higher is refused unless --yes."
+        None,
+        gt=0,
+        description="Budget in USD: a remote job whose worst-case estimate is higher is refused unless --yes.",
     )
-    job_poll_seconds: float = Field(5.0, gt=0, description="How often a followed job's status and logs are read.")
+    job_poll_seconds: float = Field(
+        5.0, gt=0, description="How often a followed job's status and logs are read."
+    )
     log_silence_warning_seconds: float = Field(
         300.0, gt=0, description="Warn when a job's logs stay silent this long (instead of hanging quietly)."
     )
@@ -249,7 +321,8 @@ class Settings(_FromConfigFile):
 
     home: Path = Field(Path(".aiops"), description="Where local runs and state are kept.")
     stack: str = Field(
-        "dev", description="The stack every command uses unless --stack is given (see aiops.stack.resolve_stack)."
+        "dev",
+        description="The stack every command uses unless --stack is given (see aiops.stack.resolve_stack).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     train: TrainSettings = TrainSettings()
@@ -275,7 +348,9 @@ def _config_file() -> Path | None:
     if named:
         path = Path(named).expanduser()
         if not path.is_file():
-            raise ConfigError(f"{CONFIG_FILE_ENV}={named}: no such file; point it at an aiops.toml or unset it.")
+            raise ConfigError(
+                f"{CONFIG_FILE_ENV}={named}: no such file; point it at an aiops.toml or unset it."
+            )
         return path
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.is_file() else None
@@ -300,7 +375,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err)) from None
     except ValueError as err:  # a malformed aiops.toml
-        raise ConfigError(f"cannot read settings: {err}. Fix {DEFAULT_CONFIG_FILE} or {CONFIG_FILE_ENV}.") from None
+        raise ConfigError(
+            f"cannot read settings: {err}. Fix {DEFAULT_CONFIG_FILE} or {CONFIG_FILE_ENV}."
+        ) from None
     load_serve_settings()  # the [serve] section is validated with the rest, before any work starts
     return settings
 
@@ -350,7 +427,9 @@ def load_serve_settings(**cli: Any) -> ServeSettings:
     except ValidationError as err:
         raise ConfigError(describe_serve_error(err)) from None
     except ValueError as err:
-        raise ConfigError(f"cannot read settings: {err}. Fix {DEFAULT_CONFIG_FILE} or {CONFIG_FILE_ENV}.") from None
+        raise ConfigError(
+            f"cannot read settings: {err}. Fix {DEFAULT_CONFIG_FILE} or {CONFIG_FILE_ENV}."
+        ) from None
 
 
 @lru_cache(maxsize=1)

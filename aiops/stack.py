@@ -22,7 +22,7 @@ Imports only pydantic and the standard library.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +146,10 @@ class S3Layout(BaseModel):
         """(read, write) prefixes of the execution role of a stack, with or without async inference."""
         if not async_inference:
             return self.role_read_prefixes, self.role_write_prefixes
-        return (self.role_read_prefixes + self.async_role_read_prefixes,
-                self.role_write_prefixes + self.async_role_write_prefixes)
+        return (
+            self.role_read_prefixes + self.async_role_read_prefixes,
+            self.role_write_prefixes + self.async_role_write_prefixes,
+        )
 
     @property
     def all_prefixes(self) -> tuple[str, ...]:
@@ -197,7 +199,9 @@ class StackOutputs(BaseModel):
         """As saved and as Pulumi shows them: camelCase, unset values left out."""
         return self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
 
-    def require(self, *fields: str, stack: str | None = None, needed_for: str = "this command") -> "StackOutputs":
+    def require(
+        self, *fields: str, stack: str | None = None, needed_for: str = "this command"
+    ) -> StackOutputs:
         """Raise ConfigError (exit 2) naming the first missing output and ``aiops deploy`` as the fix.
 
         ``fields`` are python names (``bucket``, ``role_arn``, ``subnet_ids``, ...). Call it before
@@ -228,9 +232,13 @@ def read_outputs(home: Path, stack: str) -> StackOutputs:
     try:
         data = json.loads(path.read_text())
     except ValueError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err}); run 'aiops outputs --stack {stack}' to refresh it.") from None
+        raise ConfigError(
+            f"{path}: not valid JSON ({err}); run 'aiops outputs --stack {stack}' to refresh it."
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object; run 'aiops outputs --stack {stack}' to refresh it.")
+        raise ConfigError(
+            f"{path}: expected a JSON object; run 'aiops outputs --stack {stack}' to refresh it."
+        )
     try:
         outputs = StackOutputs.model_validate(data)
     except ValidationError as err:
@@ -301,7 +309,7 @@ def known_regions() -> frozenset[str]:
     return frozenset(r for p in _partitions() for r in p.get("regions", {}))
 
 
-@lru_cache(maxsize=None)
+@cache
 def dns_suffix(region: str) -> str:
     """The DNS suffix of the region's partition (``amazonaws.com``, ``amazonaws.com.cn``, ...)."""
     import re
@@ -331,4 +339,3 @@ def require_region(region: str, *, option: str = "--region") -> str:
         return check_region(region, what=option)
     except ValueError as err:
         raise UsageError(str(err)) from None
-

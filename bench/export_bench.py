@@ -45,9 +45,24 @@ def main() -> None:
     env = {**os.environ, "AIOPS_HOME": str(home)}
     aiops = [sys.executable, "-m", "aiops.cli.app"]
     subprocess.run([*aiops, "example", "digits-data", str(data)], check=True, env=env, capture_output=True)
-    subprocess.run([*aiops, "train", str(SCRIPT), "--channel", f"train={data / 'train'}", "--channel",
-                    f"test={data / 'test'}", "--hp", f"epochs={args.epochs}", "--job-name", "digits-export-bench"],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            *aiops,
+            "train",
+            str(SCRIPT),
+            "--channel",
+            f"train={data / 'train'}",
+            "--channel",
+            f"test={data / 'test'}",
+            "--hp",
+            f"epochs={args.epochs}",
+            "--job-name",
+            "digits-export-bench",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     test = np.load(data / "test" / "digits.npz")
     sample = tmp / "sample.npz"
     np.savez(sample, x=test["x"][:64], y=test["y"][:64])
@@ -56,6 +71,7 @@ def main() -> None:
 
     os.environ["AIOPS_HOME"] = str(home)
     from aiops.inference.export.pipeline import ExportOptions, export_model
+
     from aiops.settings import Settings
 
     runs_dir = Settings(home=home).runs_dir
@@ -64,26 +80,69 @@ def main() -> None:
     for fmt, quantize in CASES:
         rounds = []
         for i in range(args.rounds):
-            rounds.append(export_model(ExportOptions(
-                model="digits-export-bench", format=fmt, quantize=quantize, sample=sample, out=tmp / f"{fmt}-{quantize}-{i}.tar.gz",
-                runs_dir=runs_dir, timing_seconds=args.seconds)))
+            rounds.append(
+                export_model(
+                    ExportOptions(
+                        model="digits-export-bench",
+                        format=fmt,
+                        quantize=quantize,
+                        sample=sample,
+                        out=tmp / f"{fmt}-{quantize}-{i}.tar.gz",
+                        runs_dir=runs_dir,
+                        timing_seconds=args.seconds,
+                    )
+                )
+            )
         # agreement on the whole test set (360 rows), timing skipped
-        whole = export_model(ExportOptions(model="digits-export-bench", format=fmt, quantize=quantize, sample=full,
-                                           out=tmp / f"{fmt}-{quantize}-full.tar.gz", runs_dir=runs_dir,
-                                           timing_seconds=0))
-        lat = {b: {k: statistics.median(r["latency_ms"][b][k] for r in rounds) for k in ("before_ms", "after_ms")}
-               for b in ("batch_1", "batch_64")}
+        whole = export_model(
+            ExportOptions(
+                model="digits-export-bench",
+                format=fmt,
+                quantize=quantize,
+                sample=full,
+                out=tmp / f"{fmt}-{quantize}-full.tar.gz",
+                runs_dir=runs_dir,
+                timing_seconds=0,
+            )
+        )
+        lat = {
+            b: {
+                k: statistics.median(r["latency_ms"][b][k] for r in rounds) for k in ("before_ms", "after_ms")
+            }
+            for b in ("batch_1", "batch_64")
+        }
         s = rounds[0]
-        rows.append({"format": fmt, "quantize": quantize, "method": s["method"], "code": s["code"],
-                     "size_bytes": s["size_bytes"], "latency_ms": lat,
-                     "latency_rounds": [r["latency_ms"] for r in rounds],
-                     "max_abs_diff_test_set": whole["max_abs_diff"], "top1_agreement_test_set": whole["top1_agreement"],
-                     "accuracy_test_set": whole["accuracy"], "sha256_same_every_round": len({r["sha256"] for r in rounds}) == 1})
-    result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                          "torch_threads": torch.get_num_threads(), "loadavg_at_end": os.getloadavg(),
-                          "shared": "yes: another engineer's benchmarks ran on the same 2 cores"},
-              "rounds": args.rounds, "seconds_per_figure": args.seconds, "train_epochs": args.epochs, "cases": rows}
+        rows.append(
+            {
+                "format": fmt,
+                "quantize": quantize,
+                "method": s["method"],
+                "code": s["code"],
+                "size_bytes": s["size_bytes"],
+                "latency_ms": lat,
+                "latency_rounds": [r["latency_ms"] for r in rounds],
+                "max_abs_diff_test_set": whole["max_abs_diff"],
+                "top1_agreement_test_set": whole["top1_agreement"],
+                "accuracy_test_set": whole["accuracy"],
+                "sha256_same_every_round": len({r["sha256"] for r in rounds}) == 1,
+            }
+        )
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "loadavg_at_end": os.getloadavg(),
+            "shared": "yes: another engineer's benchmarks ran on the same 2 cores",
+        },
+        "rounds": args.rounds,
+        "seconds_per_figure": args.seconds,
+        "train_epochs": args.epochs,
+        "cases": rows,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "export.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "export.md").write_text(render(result))
@@ -118,9 +177,17 @@ def render(r: dict) -> str:
             f"| {lat['batch_1']['before_ms']:.3f} ms | {lat['batch_1']['after_ms']:.3f} ms "
             f"| {lat['batch_64']['before_ms']:.3f} ms | {lat['batch_64']['after_ms']:.3f} ms "
             f"| {c['max_abs_diff_test_set']:.2g} | {c['top1_agreement_test_set']:.4f} "
-            f"| {acc['before']:.4f} -> {acc['after']:.4f} | {'yes' if c['sha256_same_every_round'] else 'NO'} |")
-    lines += ["", "Methods: " + "; ".join(f"{c['format']}{' int8' if c['quantize'] else ''}: {c['method']} "
-                                          f"(code {c['code']})" for c in r["cases"]), ""]
+            f"| {acc['before']:.4f} -> {acc['after']:.4f} | {'yes' if c['sha256_same_every_round'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        "Methods: "
+        + "; ".join(
+            f"{c['format']}{' int8' if c['quantize'] else ''}: {c['method']} (code {c['code']})"
+            for c in r["cases"]
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 

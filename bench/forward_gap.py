@@ -29,8 +29,13 @@ sys.path.insert(0, str(HERE))
 
 import serve_bench as sb  # noqa: E402
 
-GAPS = [("back to back", None, 0.0), ("0.5 ms asleep", "sleep", 0.0005), ("0.5 ms spinning", "spin", 0.0005),
-        ("2 ms asleep", "sleep", 0.002), ("2 ms spinning", "spin", 0.002)]
+GAPS = [
+    ("back to back", None, 0.0),
+    ("0.5 ms asleep", "sleep", 0.0005),
+    ("0.5 ms spinning", "spin", 0.0005),
+    ("2 ms asleep", "sleep", 0.002),
+    ("2 ms spinning", "spin", 0.002),
+]
 
 
 def forward_cpu_us(model, x, how: str | None, gap: float, calls: int) -> float:
@@ -69,14 +74,25 @@ def main() -> None:
             for name, how, gap in GAPS:
                 runs.setdefault(f"{batch}|{name}", []).append(forward_cpu_us(model, x, how, gap, args.calls))
     summary = {k: round(statistics.median(v), 1) for k, v in runs.items()}
-    record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_at_start": load,
-              "calls": args.calls, "rounds": args.rounds, "median_cpu_us": summary, "runs": runs}
+    record = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_at_start": load,
+        "calls": args.calls,
+        "rounds": args.rounds,
+        "median_cpu_us": summary,
+        "runs": runs,
+    }
     (HERE / "results" / "forward-gap.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = ["# The forward after a gap", "",
-             f"{record['date']}; load average {load[0]:.2f} at start (2 CPUs, shared). Script: bench/forward_gap.py. "
-             f"MLP 784-512-512-10 fp32 TorchScript, 1 thread, inference_mode; CPU µs per forward (thread time), "
-             f"median of {args.rounds} interleaved rounds of {args.calls} calls.", "",
-             "| gap before each forward | batch 1 | batch 32 | batch 32, per item |", "|---|---|---|---|"]
+    lines = [
+        "# The forward after a gap",
+        "",
+        f"{record['date']}; load average {load[0]:.2f} at start (2 CPUs, shared). Script: bench/forward_gap.py. "
+        f"MLP 784-512-512-10 fp32 TorchScript, 1 thread, inference_mode; CPU µs per forward (thread time), "
+        f"median of {args.rounds} interleaved rounds of {args.calls} calls.",
+        "",
+        "| gap before each forward | batch 1 | batch 32 | batch 32, per item |",
+        "|---|---|---|---|",
+    ]
     for name, _, _ in GAPS:
         one, many = summary[f"1|{name}"], summary[f"32|{name}"]
         lines.append(f"| {name} | {one:.0f} | {many:.0f} | {many / 32:.1f} |")

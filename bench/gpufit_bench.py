@@ -45,25 +45,44 @@ def main() -> None:
         params = sum(t.numel() for t in tensors.values())
         size_mb = (tmp / "model.safetensors").stat().st_size / 1e6
         rows[f"safetensors header ({params / 1e6:.0f}M params, {size_mb:.0f} MB)"] = timed(
-            lambda: gpufit.model_stats(tmp / "model.safetensors"))
-        rows["safetensors load_file (reads the data)"] = timed(lambda: load_file(str(tmp / "model.safetensors")))
-        rows["torch.save archive via restricted unpickler"] = timed(lambda: gpufit.model_stats(tmp / "model.pt"))
+            lambda: gpufit.model_stats(tmp / "model.safetensors")
+        )
+        rows["safetensors load_file (reads the data)"] = timed(
+            lambda: load_file(str(tmp / "model.safetensors"))
+        )
+        rows["torch.save archive via restricted unpickler"] = timed(
+            lambda: gpufit.model_stats(tmp / "model.pt")
+        )
         rows["torch.load(mmap=True, weights_only=True)"] = timed(
-            lambda: torch.load(tmp / "model.pt", mmap=True, weights_only=True))
+            lambda: torch.load(tmp / "model.pt", mmap=True, weights_only=True)
+        )
         # Llama-2-7B's header alone (the check never reads the 13.5 GB of data)
         header = {}
         for i in range(291):
             header[f"t{i}"] = {"dtype": "F16", "shape": [4096, 4096], "data_offsets": [0, 0]}
         blob = json.dumps(header).encode()
         (tmp / "h.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob)
-        rows["a 291-tensor header (Llama-2-7B's count)"] = timed(lambda: gpufit.model_stats(tmp / "h.safetensors"))
+        rows["a 291-tensor header (Llama-2-7B's count)"] = timed(
+            lambda: gpufit.model_stats(tmp / "h.safetensors")
+        )
     OUT.mkdir(exist_ok=True)
-    result = {"runs": RUNS, "python": platform.python_version(), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "median_seconds": rows}
+    result = {
+        "runs": RUNS,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "median_seconds": rows,
+    }
     (OUT / "gpufit.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# GPU-fit check: sizing a model from its files", "",
-             f"Median of {RUNS} runs, {platform.machine()}, {os.cpu_count()} CPUs (shared machine: noisy). "
-             "`python bench/gpufit_bench.py`.", "", "| what | median |", "|---|---|"]
+    lines = [
+        "# GPU-fit check: sizing a model from its files",
+        "",
+        f"Median of {RUNS} runs, {platform.machine()}, {os.cpu_count()} CPUs (shared machine: noisy). "
+        "`python bench/gpufit_bench.py`.",
+        "",
+        "| what | median |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v * 1000:.1f} ms |" for k, v in rows.items()]
     (OUT / "gpufit.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -64,7 +64,6 @@ def in_process(model_dir: Path, body: bytes) -> dict[str, float]:
     import numpy as np
     import orjson
     import torch
-
     from aiops.inference import codecs
     from aiops.inference.contract import Context
     from aiops.inference.handler import Handler, default_output_fn
@@ -88,15 +87,21 @@ def in_process(model_dir: Path, body: bytes) -> dict[str, float]:
         def run():
             with mode():
                 return m(x)
+
         return run
 
     out = {
         "orjson.loads (Python list)": timeit(lambda: orjson.loads(body)),
-        "orjson.loads + np.asarray(float32)": timeit(lambda: np.asarray(orjson.loads(body), dtype=np.float32)),
+        "orjson.loads + np.asarray(float32)": timeit(
+            lambda: np.asarray(orjson.loads(body), dtype=np.float32)
+        ),
         "orjson.loads + np.array(float32)": timeit(lambda: np.array(orjson.loads(body), dtype=np.float32)),
-        "np.fromstring(body[1:-1], sep=',') float32 (no list)":
-            timeit(lambda: np.fromstring(body[1:-1], dtype=np.float32, sep=",")),
-        "orjson path alone (codecs without simdjson)": _without_simdjson(lambda: codecs.decode(body, codecs.JSON, np.float32)),
+        "np.fromstring(body[1:-1], sep=',') float32 (no list)": timeit(
+            lambda: np.fromstring(body[1:-1], dtype=np.float32, sep=",")
+        ),
+        "orjson path alone (codecs without simdjson)": _without_simdjson(
+            lambda: codecs.decode(body, codecs.JSON, np.float32)
+        ),
         "codecs.decode (default JSON decoder)": timeit(lambda: codecs.decode(body, codecs.JSON, np.float32)),
         "Handler.decode (default input_fn -> tensor)": timeit(lambda: h.decode(body, codecs.JSON, ctx)),
         "forward b1, no_grad, jit.load (the default before)": timeit(under(torch.no_grad, raw)),
@@ -104,17 +109,28 @@ def in_process(model_dir: Path, body: bytes) -> dict[str, float]:
         "forward b1, no_grad, jit.freeze": timeit(under(torch.no_grad, frozen)),
         "forward b1, inference_mode, jit.freeze": timeit(under(torch.inference_mode, frozen)),
         "forward b1, no_grad, optimize_for_inference": timeit(under(torch.no_grad, optimized)),
-        "forward b1, no_grad, loaded model, 2 torch threads":
-            (torch.set_num_threads(2), timeit(under(torch.no_grad, raw)), torch.set_num_threads(1))[1],
+        "forward b1, no_grad, loaded model, 2 torch threads": (
+            torch.set_num_threads(2),
+            timeit(under(torch.no_grad, raw)),
+            torch.set_num_threads(1),
+        )[1],
         "Handler.predict (default predict_fn, as served)": timeit(lambda: h.predict(x, ctx)),
         "default_output_fn (tensor -> JSON)": timeit(lambda: default_output_fn(y, codecs.JSON)),
         "orjson.dumps(numpy row)": timeit(lambda: orjson.dumps(yn, option=orjson.OPT_SERIALIZE_NUMPY)),
         "Handler.encode (as served)": timeit(lambda: h.encode(y, None, ctx)),
-        "Handler.invoke (whole handler, as the server calls it)":
-            timeit(lambda: h.invoke(body, codecs.JSON, None, ctx)),
-        "Context(...) per request": timeit(lambda: Context(model_dir=str(model_dir), request_id="r",
-                                                             content_type=codecs.JSON, accept=None,
-                                                             custom_attributes=None, headers=None)),
+        "Handler.invoke (whole handler, as the server calls it)": timeit(
+            lambda: h.invoke(body, codecs.JSON, None, ctx)
+        ),
+        "Context(...) per request": timeit(
+            lambda: Context(
+                model_dir=str(model_dir),
+                request_id="r",
+                content_type=codecs.JSON,
+                accept=None,
+                custom_attributes=None,
+                headers=None,
+            )
+        ),
     }
     return out
 
@@ -130,8 +146,22 @@ def over_http(model_dir: Path, body: str, work: Path, duration: int, profile_s: 
     for mode, extra in modes:
         port = free_port()
         log = work / f"{mode}.log"
-        proc = start([sys.executable, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "2", "--port",
-                      str(port), *extra], {"OMP_NUM_THREADS": "1"}, log)
+        proc = start(
+            [
+                sys.executable,
+                "-m",
+                "aiops.cli.app",
+                "serve",
+                str(model_dir),
+                "--workers",
+                "2",
+                "--port",
+                str(port),
+                *extra,
+            ],
+            {"OMP_NUM_THREADS": "1"},
+            log,
+        )
         try:
             wait_ping(port)
             deadline = time.monotonic() + 120
@@ -146,16 +176,37 @@ def over_http(model_dir: Path, body: str, work: Path, duration: int, profile_s: 
             if profile_s and Path(spy).exists():
                 # wrk -c1 holds one connection: it lands on one worker; sample both, keep the busy one
                 workers = children(proc.pid)
-                wrk = subprocess.Popen(["wrk", "-t1", "-c1", f"-d{profile_s + 2}s", "-s", str(lua),
-                                        url + "/invocations"], stdout=subprocess.PIPE, text=True)
+                wrk = subprocess.Popen(
+                    ["wrk", "-t1", "-c1", f"-d{profile_s + 2}s", "-s", str(lua), url + "/invocations"],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 time.sleep(1)
                 spies, raws = [], []
                 for i, pid in enumerate(workers):
                     raw = work / f"spy-{mode}-{i}.txt"
                     raws.append(raw)
-                    spies.append(subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(profile_s), "-r", "500",
-                                                   "-f", "raw", "-o", str(raw), "--native"],
-                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                    spies.append(
+                        subprocess.Popen(
+                            [
+                                spy,
+                                "record",
+                                "-p",
+                                str(pid),
+                                "-d",
+                                str(profile_s),
+                                "-r",
+                                "500",
+                                "-f",
+                                "raw",
+                                "-o",
+                                str(raw),
+                                "--native",
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                    )
                 for s in spies:
                     s.wait()
                 wrk.communicate()
@@ -191,24 +242,44 @@ def main() -> None:
     load = os.getloadavg()
     steps = in_process(model_dir, body.encode())
     http = {} if args.no_http else over_http(model_dir, body, work, args.duration, args.profile, out_dir)
-    (out_dir / f"{args.name}.json").write_text(json.dumps({"load": load, "steps_us": steps, "http": http}, indent=1))
-    lines = ["# Latency breakdown of one c=1 request", "",
-             f"Load average at start {load[0]:.2f} / {load[1]:.2f} (2 CPUs, shared). Script: bench/latency_breakdown.py. "
-             "In process: one thread (torch.set_num_threads(1)), median of 5 rounds of the mean per call.", "",
-             "| step (in process) | µs |", "|---|---|"]
+    (out_dir / f"{args.name}.json").write_text(
+        json.dumps({"load": load, "steps_us": steps, "http": http}, indent=1)
+    )
+    lines = [
+        "# Latency breakdown of one c=1 request",
+        "",
+        f"Load average at start {load[0]:.2f} / {load[1]:.2f} (2 CPUs, shared). Script: bench/latency_breakdown.py. "
+        "In process: one thread (torch.set_num_threads(1)), median of 5 rounds of the mean per call.",
+        "",
+        "| step (in process) | µs |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.1f} |" for k, v in steps.items()]
     if http:
-        lines += ["", "Over HTTP, wrk -t1 -c1 (the bench's client), aiops serve --workers 2, OMP_NUM_THREADS=1:", "",
-                  "| mode | route | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Over HTTP, wrk -t1 -c1 (the bench's client), aiops serve --workers 2, OMP_NUM_THREADS=1:",
+            "",
+            "| mode | route | req/s | p50 ms | p99 ms |",
+            "|---|---|---|---|---|",
+        ]
         for mode, r in http.items():
             for route in ("ping", "invocations"):
                 m = r[route]
-                lines.append(f"| {mode} | /{route} | {m['rps']:.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} |")
+                lines.append(
+                    f"| {mode} | /{route} | {m['rps']:.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.3f} |"
+                )
         for mode, r in http.items():
             if "profile" in r:
                 total, own, incl = summarise(out_dir / r["profile"], top=20)
-                lines += ["", f"## py-spy --native, {mode}, wrk -c1: {total} active samples at 500/s over {args.profile} s; "
-                              f"raw stacks {r['profile']}", "", "| self % | frame |", "|---|---|"]
+                lines += [
+                    "",
+                    f"## py-spy --native, {mode}, wrk -c1: {total} active samples at 500/s over {args.profile} s; "
+                    f"raw stacks {r['profile']}",
+                    "",
+                    "| self % | frame |",
+                    "|---|---|",
+                ]
                 lines += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in own]
                 lines += ["", "| inclusive % | frame |", "|---|---|"]
                 lines += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in incl]

@@ -101,10 +101,9 @@ def drive(concurrency: int, jobs: list, run_one) -> dict:
 
 def bench_size(name: str, folder: Path, args) -> list[dict]:
     import torch
-    from transformers.generation.streamers import BaseStreamer
-
     from aiops.inference.llm.engine import LLMEngine
     from aiops.inference.llm.generation import GenerationRequest, Limits, SamplingParams
+    from transformers.generation.streamers import BaseStreamer
 
     engine = LLMEngine.from_folder(
         folder, Limits(max_total_tokens=512, max_batch_size=16, max_queue=1024), device="cpu"

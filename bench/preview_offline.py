@@ -94,8 +94,9 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float
     """(wall s, CPU s) of one child process, which must succeed."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, check=False)
+    proc = subprocess.run(
+        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -115,13 +116,15 @@ def aiops_entry(python: str) -> str:
 
 def tree_commit(python: str) -> str:
     """The commit of the tree that interpreter's aiops is installed from (an editable install)."""
+
     def run(*argv: str) -> str:
         return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
 
     folder = run(python, "-P", "-c", "import aiops, os; print(os.path.dirname(aiops.__file__))")
     dirty = run("git", "-C", folder, "status", "--porcelain", "--untracked-files=no")
     return (run("git", "-C", folder, "rev-parse", "--short", "HEAD") or "unknown") + (
-        " + uncommitted changes" if dirty else "")
+        " + uncommitted changes" if dirty else ""
+    )
 
 
 def loaded_modules(preview_args: list[str], env: dict[str, str], work: Path) -> list[str]:
@@ -134,8 +137,13 @@ def loaded_modules(preview_args: list[str], env: dict[str, str], work: Path) -> 
 def import_statements(modules: list[str]) -> str:
     """``import pulumi, pulumi.runtime.mocks, pulumi_aws, pulumi_aws.ec2, ...``: the packages the
     preview loads, as import statements."""
-    services = sorted(m for m in modules if m.count(".") == 1 and m.split(".")[0] in PACKAGES[1:]
-                      and any(other.startswith(m + ".") for other in modules))
+    services = sorted(
+        m
+        for m in modules
+        if m.count(".") == 1
+        and m.split(".")[0] in PACKAGES[1:]
+        and any(other.startswith(m + ".") for other in modules)
+    )
     tops = sorted({m.split(".")[0] for m in modules} - {"pulumi"})
     return "import " + ", ".join(["pulumi", "pulumi.runtime.mocks", *tops, *services])
 
@@ -146,25 +154,38 @@ def import_statements(modules: list[str]) -> str:
 def cprofile_tables(preview_args: list[str], env: dict[str, str], work: Path, top: int) -> list[str]:
     """The top entries by cumulative and by own time, paths shortened."""
     out = work / "preview.prof"
-    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "aiops.cli.app", *preview_args],
-                   env=env, cwd=work, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "aiops.cli.app", *preview_args],
+        env=env,
+        cwd=work,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     tables = []
     for key in ("cumulative", "tottime"):
         buf = io.StringIO()
         pstats.Stats(str(out), stream=buf).sort_stats(key).print_stats(top)
         body = buf.getvalue()
-        body = body[body.index("ncalls"):] if "ncalls" in body else body
+        body = body[body.index("ncalls") :] if "ncalls" in body else body
         body = re.sub(r"\S*/(site-packages|lib/python3\.\d+)/", "", body.replace(str(REPO) + "/", ""))
         tables.append(body.rstrip())
     return tables
 
 
-def importtime_by_package(preview_args: list[str], env: dict[str, str],
-                          work: Path) -> list[tuple[str, float]]:
+def importtime_by_package(
+    preview_args: list[str], env: dict[str, str], work: Path
+) -> list[tuple[str, float]]:
     """Self import time per package (pulumi_aws per service), in seconds, from ``-X importtime``."""
     program = f"import sys; from aiops.cli.app import main; sys.exit(main({preview_args!r}))"
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", program], env=env, cwd=work,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", program],
+        env=env,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
     totals: Counter[str] = Counter()
     for line in proc.stderr.splitlines():
         found = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
@@ -194,8 +215,11 @@ def measure(commands: dict[str, list[str]], runs: int, env: dict[str, str], work
         shift = index % len(order)
         measured = {key: timed(commands[key], env, work) for key in order[shift:] + order[:shift]}
         rounds.append(measured)
-        print(f"round {index + 1}/{runs}: "
-              + ", ".join(f"{k} {w:.2f} s ({c:.2f} s CPU)" for k, (w, c) in measured.items()), flush=True)
+        print(
+            f"round {index + 1}/{runs}: "
+            + ", ".join(f"{k} {w:.2f} s ({c:.2f} s CPU)" for k, (w, c) in measured.items()),
+            flush=True,
+        )
     return rounds
 
 
@@ -206,24 +230,34 @@ def summarize(rounds: list[dict], labels: dict[str, str]) -> dict[str, dict]:
     def paired(key: str, what: int, floor: str = "floor") -> float:  # the median of each round's ratio
         return round(statistics.median(r[key][what] / r[floor][what] for r in rounds), 2)
 
-    return {key: {"label": label, "wall_median_s": median(key, 0), "cpu_median_s": median(key, 1),
-                  "wall_per_floor": paired(key, 0), "cpu_per_floor": paired(key, 1),
-                  "cpu_per_imports_alone": paired(key, 1, "imports_alone"),
-                  "wall_s": [round(r[key][0], 3) for r in rounds],
-                  "cpu_s": [round(r[key][1], 3) for r in rounds]}
-            for key, label in labels.items()}
+    return {
+        key: {
+            "label": label,
+            "wall_median_s": median(key, 0),
+            "cpu_median_s": median(key, 1),
+            "wall_per_floor": paired(key, 0),
+            "cpu_per_floor": paired(key, 1),
+            "cpu_per_imports_alone": paired(key, 1, "imports_alone"),
+            "wall_s": [round(r[key][0], 3) for r in rounds],
+            "cpu_s": [round(r[key][1], 3) for r in rounds],
+        }
+        for key, label in labels.items()
+    }
 
 
-def profile_page(typed: str, command: str, splits: dict[str, dict], by_package: list, tables: list[str],
-                 top: int) -> str:
+def profile_page(
+    typed: str, command: str, splits: dict[str, dict], by_package: list, tables: list[str], top: int
+) -> str:
     def row(name: str, value) -> str:
         return f"| {name} | " + " | ".join(value(split) for split in splits.values()) + " |"
 
     lines = [
         f"# Profile of `{typed}` (bench/preview_offline.py)",
         "",
-        (f"One run each, from `{command}`: shapes, not timings (those are in "
-         "[preview-offline.md](preview-offline.md))."),
+        (
+            f"One run each, from `{command}`: shapes, not timings (those are in "
+            "[preview-offline.md](preview-offline.md))."
+        ),
         "",
         "## Where the CPU goes (s)",
         "",
@@ -233,8 +267,10 @@ def profile_page(typed: str, command: str, splits: dict[str, dict], by_package: 
         row("until the command returned", lambda s: f"{s['cpu_at_return_s']:.3f}"),
         row("of which the cyclic garbage collector", lambda s: f"{s['gc_cpu_s']:.3f}"),
         row("collections per generation", lambda s: "/".join(map(str, s["collections"]))),
-        row("the interpreter's exit (module teardown, its last collection)",
-            lambda s: f"{s['process_cpu_s'] - s['cpu_at_return_s']:.3f}"),
+        row(
+            "the interpreter's exit (module teardown, its last collection)",
+            lambda s: f"{s['process_cpu_s'] - s['cpu_at_return_s']:.3f}",
+        ),
         "",
         "## Import self time by package (`-X importtime`, this tree; pulumi_aws per service)",
         "",
@@ -251,10 +287,18 @@ def profile_page(typed: str, command: str, splits: dict[str, dict], by_package: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="rounds (each runs every process once)")
-    parser.add_argument("--stack", default="", help="a stack of this repo (Pulumi.<stack>.yaml); default: "
-                        "none given, as `aiops preview --offline` is typed (dev)")
-    parser.add_argument("--baseline-python", default="", help="the python of another tree's venv: its "
-                        "`aiops preview` is measured too (the code before a change)")
+    parser.add_argument(
+        "--stack",
+        default="",
+        help="a stack of this repo (Pulumi.<stack>.yaml); default: "
+        "none given, as `aiops preview --offline` is typed (dev)",
+    )
+    parser.add_argument(
+        "--baseline-python",
+        default="",
+        help="the python of another tree's venv: its "
+        "`aiops preview` is measured too (the code before a change)",
+    )
     parser.add_argument("--top", type=int, default=30, help="cProfile entries shown")
     args = parser.parse_args()
 
@@ -289,27 +333,42 @@ def main() -> None:
     timed(commands["floor"], env, work)
     rows = summarize(measure(commands, args.runs, env, work), labels)
 
-    command = " ".join(["python bench/preview_offline.py", f"--runs {args.runs}"]
-                       + ([f"--stack {args.stack}"] if args.stack else [])
-                       + ([f"--baseline-python {args.baseline_python}"] if args.baseline_python else []))
-    meta = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "load_1min_at_start": round(load, 2), "runs": args.runs, "command": command,
-            "floor_modules": len(modules), "statements": statements}
+    command = " ".join(
+        ["python bench/preview_offline.py", f"--runs {args.runs}"]
+        + ([f"--stack {args.stack}"] if args.stack else [])
+        + ([f"--baseline-python {args.baseline_python}"] if args.baseline_python else [])
+    )
+    meta = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_1min_at_start": round(load, 2),
+        "runs": args.runs,
+        "command": command,
+        "floor_modules": len(modules),
+        "statements": statements,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "preview-offline.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2)
-                                                  + "\n")
+    (RESULTS / "preview-offline.json").write_text(
+        json.dumps({"meta": meta, "results": rows}, indent=2) + "\n"
+    )
     lines = [
         "# `aiops preview --offline` against its import floor (bench/preview_offline.py)",
         "",
-        (f"`{command}`: {args.runs} rounds, Python {meta['python']}, {meta['machine']}, {meta['cpus']} CPUs "
-         f"(shared; 1-minute load {meta['load_1min_at_start']} at the start). A fresh process per run, the "
-         "processes interleaved round by round; medians. A ratio is the median of each round's ratio (to "
-         "the floor, or to the floor's imports alone, of the same round). CPU is user + sys of the process."),
+        (
+            f"`{command}`: {args.runs} rounds, Python {meta['python']}, {meta['machine']}, {meta['cpus']} CPUs "
+            f"(shared; 1-minute load {meta['load_1min_at_start']} at the start). A fresh process per run, the "
+            "processes interleaved round by round; medians. A ratio is the median of each round's ratio (to "
+            "the floor, or to the floor's imports alone, of the same round). CPU is user + sys of the process."
+        ),
         "",
         "| process | wall s | CPU s | wall / floor | CPU / floor | CPU / imports alone |",
         "|---|---|---|---|---|---|",
-        *[f"| {r['label']} | {r['wall_median_s']} | {r['cpu_median_s']} | {r['wall_per_floor']} | "
-          f"{r['cpu_per_floor']} | {r['cpu_per_imports_alone']} |" for r in rows.values()],
+        *[
+            f"| {r['label']} | {r['wall_median_s']} | {r['cpu_median_s']} | {r['wall_per_floor']} | "
+            f"{r['cpu_per_floor']} | {r['cpu_per_imports_alone']} |"
+            for r in rows.values()
+        ],
         "",
         f"The import statements: `{statements}`.",
         "",
@@ -324,7 +383,8 @@ def main() -> None:
     by_package = importtime_by_package(preview_args, env, work)
     tables = cprofile_tables(preview_args, env, work, args.top)
     (RESULTS / "preview-offline-profile.md").write_text(
-        profile_page(typed, command, splits, by_package, tables, args.top))
+        profile_page(typed, command, splits, by_package, tables, args.top)
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -52,14 +52,36 @@ def main() -> None:
     data.mkdir()
     (data / "rows.bin").write_bytes(os.urandom(20 * 1024 * 1024))  # a 20 MB channel: multipart upload
     env = {
-        **os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "AIOPS_HOME": str(work / "home"),
-        "AIOPS_AWS__ROLE_ARN": "arn:aws:iam::123456789012:role/bench", "AIOPS_AWS__BUCKET": "bench-bucket",
+        **os.environ,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AIOPS_HOME": str(work / "home"),
+        "AIOPS_AWS__ROLE_ARN": "arn:aws:iam::123456789012:role/bench",
+        "AIOPS_AWS__BUCKET": "bench-bucket",
     }
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                 aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench-bucket")
-    command = [sys.executable, "-m", "aiops.cli.app", "train", "train.py", "--source-dir", str(src), "--remote",
-               "--channel", f"train={data}", "--no-wait", "--json"]
+    boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    ).create_bucket(Bucket="bench-bucket")
+    command = [
+        sys.executable,
+        "-m",
+        "aiops.cli.app",
+        "train",
+        "train.py",
+        "--source-dir",
+        str(src),
+        "--remote",
+        "--channel",
+        f"train={data}",
+        "--no-wait",
+        "--json",
+    ]
 
     store = RunStore(Settings(home=work / "home").runs_dir)
 
@@ -77,8 +99,11 @@ def main() -> None:
     walls = [w for w, _ in later]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "first": {"wall_seconds": round(first_wall, 3), "uploaded_bytes": first.uploaded_bytes,
-                  "create_seconds": first.accepted_seconds},
+        "first": {
+            "wall_seconds": round(first_wall, 3),
+            "uploaded_bytes": first.uploaded_bytes,
+            "create_seconds": first.accepted_seconds,
+        },
         "repeat": {
             "runs": RUNS,
             "uploaded_bytes": [r.uploaded_bytes for _, r in later],

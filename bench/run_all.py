@@ -33,21 +33,29 @@ QUICK: dict[str, tuple[list[str], dict[str, str]]] = {
     "serve_ab": (["--duration", "2", "--rounds", "1", "--variants", "old,new", "--conc", "1"], {}),
     "forward_gap": (["--calls", "30", "--rounds", "1"], {}),
     "serve_cpu_split": (["--seconds", "2"], {}),
-    "llm_engine": (["--requests", "4", "--tokens", "8", "--sizes", "tiny", "--conc", "1,4", "--rounds", "1"], {}),
+    "llm_engine": (
+        ["--requests", "4", "--tokens", "8", "--sizes", "tiny", "--conc", "1,4", "--rounds", "1"],
+        {},
+    ),
     "finetune_bench": (["--steps", "6"], {}),
     "upload_bench": (["--files", "200", "--big-mib", "32", "--rounds", "1"], {}),
 }
 
 
 def scripts() -> list[Path]:
-    return [p for p in sorted(HERE.glob("*.py"))
-            if p.name != Path(__file__).name and 'if __name__ == "__main__"' in p.read_text()]
+    return [
+        p
+        for p in sorted(HERE.glob("*.py"))
+        if p.name != Path(__file__).name and 'if __name__ == "__main__"' in p.read_text()
+    ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs; bench/results/ stays unchanged")
-    parser.add_argument("--quick-out", default="", help="folder for the quick runs' results (default: a temp dir)")
+    parser.add_argument(
+        "--quick-out", default="", help="folder for the quick runs' results (default: a temp dir)"
+    )
     parser.add_argument("--only", default="", help="comma-separated script names (without .py)")
     args = parser.parse_args()
     chosen = scripts()
@@ -55,8 +63,11 @@ def main() -> int:
         wanted = {name.strip().removesuffix(".py") for name in args.only.split(",") if name.strip()}
         unknown = wanted - {p.stem for p in chosen}
         if unknown:
-            print(f"error: no benchmark named {', '.join(sorted(unknown))} (have: "
-                  f"{', '.join(p.stem for p in chosen)})", file=sys.stderr)
+            print(
+                f"error: no benchmark named {', '.join(sorted(unknown))} (have: "
+                f"{', '.join(p.stem for p in chosen)})",
+                file=sys.stderr,
+            )
             return 2
         chosen = [p for p in chosen if p.stem in wanted]
 
@@ -82,7 +93,10 @@ def main() -> int:
             shutil.rmtree(backup)
             print(f"quick results in {quick_out} (bench/results/ unchanged)")
     for name, code, seconds in outcomes:
-        print(f"{'ok ' if code == 0 else 'FAILED'} {name}: {seconds:.0f} s" + ("" if code == 0 else f" (exit {code})"))
+        print(
+            f"{'ok ' if code == 0 else 'FAILED'} {name}: {seconds:.0f} s"
+            + ("" if code == 0 else f" (exit {code})")
+        )
     return 0 if all(code == 0 for _, code, _ in outcomes) else 1
 
 

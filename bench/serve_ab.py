@@ -44,8 +44,11 @@ def tree_cpu(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--old-python", default=sys.executable,
-                        help="a python whose `aiops` is the A build (default: this one, an A/A noise check)")
+    parser.add_argument(
+        "--old-python",
+        default=sys.executable,
+        help="a python whose `aiops` is the A build (default: this one, an A/A noise check)",
+    )
     parser.add_argument("--new-python", default=sys.executable, help="a python whose `aiops` is the B build")
     parser.add_argument("--variants", default="old,new,old-b,new-b,mosec")
     parser.add_argument("--conc", default="1,64")
@@ -63,8 +66,14 @@ def main() -> None:
     for round_ in range(args.rounds):
         for key in variants:
             build, _, batched = key.partition("-")
-            proc, url = sb.start_side_by_side(args.new_python if key == "mosec" else python[build], key == "mosec",
-                                              bool(batched), work, model_dir, env)
+            proc, url = sb.start_side_by_side(
+                args.new_python if key == "mosec" else python[build],
+                key == "mosec",
+                bool(batched),
+                work,
+                model_dir,
+                env,
+            )
             try:
                 for _ in range(300):  # warm-up (every worker, every path)
                     sb.post(url, body.encode())
@@ -77,26 +86,48 @@ def main() -> None:
                     print(round_, key, c, out, flush=True)
             finally:
                 sb.stop(proc)
-    summary = {name: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
-               | {"errors": sum(r["errors"] for r in runs)} for name, runs in results.items()}
-    record = {"started_load": load_start, "ended_load": os.getloadavg(), "variants": variants, "conc": concs,
-              "duration_s": args.duration, "rounds": args.rounds, "old_python": args.old_python,
-              "new_python": args.new_python, "summary": summary, "runs": results,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    summary = {
+        name: {
+            k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")
+        }
+        | {"errors": sum(r["errors"] for r in runs)}
+        for name, runs in results.items()
+    }
+    record = {
+        "started_load": load_start,
+        "ended_load": os.getloadavg(),
+        "variants": variants,
+        "conc": concs,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "old_python": args.old_python,
+        "new_python": args.new_python,
+        "summary": summary,
+        "runs": results,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     (HERE / "results" / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [f"# A/B: {args.name}", "",
-             f"{record['date']}; load average {load_start[0]:.1f} at start, {record['ended_load'][0]:.1f} at the end "
-             "(a shared 2-core machine: other sessions' tests run meanwhile, so rates are noisy; compare "
-             "variants within this file, prefer the CPU column). Medians of "
-             f"{args.rounds} interleaved rounds of {args.duration} s. old = `{args.old_python}`, "
-             f"new = `{args.new_python}`.", "",
-             "Command: `python bench/serve_ab.py --old-python " + args.old_python + f" --variants {args.variants} "
-             f"--conc {args.conc} --duration {args.duration} --rounds {args.rounds} --name {args.name}`", "",
-             "| variant | req/s | p50 ms | p99 ms | server CPU µs/request | errors |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# A/B: {args.name}",
+        "",
+        f"{record['date']}; load average {load_start[0]:.1f} at start, {record['ended_load'][0]:.1f} at the end "
+        "(a shared 2-core machine: other sessions' tests run meanwhile, so rates are noisy; compare "
+        "variants within this file, prefer the CPU column). Medians of "
+        f"{args.rounds} interleaved rounds of {args.duration} s. old = `{args.old_python}`, "
+        f"new = `{args.new_python}`.",
+        "",
+        "Command: `python bench/serve_ab.py --old-python " + args.old_python + f" --variants {args.variants} "
+        f"--conc {args.conc} --duration {args.duration} --rounds {args.rounds} --name {args.name}`",
+        "",
+        "| variant | req/s | p50 ms | p99 ms | server CPU µs/request | errors |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in sorted(summary, key=lambda n: (int(n.split("c=")[1]), n)):
         s = summary[name]
-        lines.append(f"| {name} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.1f} | {s['cpu_us_per_req']:.0f} | "
-                     f"{s['errors']} |")
+        lines.append(
+            f"| {name} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.1f} | {s['cpu_us_per_req']:.0f} | "
+            f"{s['errors']} |"
+        )
     (HERE / "results" / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     subprocess.run(["rm", "-rf", str(work)])

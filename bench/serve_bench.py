@@ -42,7 +42,7 @@ done = function(summary, latency, requests)
 end
 """
 
-FASTAPI_APP = '''
+FASTAPI_APP = """
 import json, os, torch
 from fastapi import FastAPI, Request, Response
 torch.set_num_threads(1)
@@ -57,7 +57,7 @@ async def invocations(request: Request):
     with torch.no_grad():
         out = model(torch.tensor(data, dtype=torch.float32))
     return Response(json.dumps(out.tolist()), media_type="application/json")
-'''
+"""
 
 
 def free_port() -> int:
@@ -82,8 +82,13 @@ def make_model(folder: Path) -> Path:
     import torch
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-                                torch.nn.ReLU(), torch.nn.Linear(512, 10)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 10),
+    ).eval()
     folder.mkdir(parents=True, exist_ok=True)
     torch.jit.save(torch.jit.script(model), str(folder / "model.pt"))
     return folder
@@ -113,7 +118,6 @@ def profile(body: bytes, model_path: Path) -> dict:
     import numpy as np
     import orjson
     import torch
-
     from aiops.inference.handler import Context, Handler
 
     torch.set_num_threads(1)
@@ -149,14 +153,25 @@ def run_wrk(url: str, lua: Path, conc: int, duration: int) -> dict:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
     rps, p50, p99, errors, total = line.split()[1:]
-    return {"rps": float(rps), "p50_ms": float(p50), "p99_ms": float(p99), "errors": int(errors),
-            "requests": int(total)}
+    return {
+        "rps": float(rps),
+        "p50_ms": float(p50),
+        "p99_ms": float(p99),
+        "errors": int(errors),
+        "requests": int(total),
+    }
 
 
 def start(cmd: list[str], env: dict, log: Path, cwd: Path | None = None) -> subprocess.Popen:
     with open(log, "wb") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                start_new_session=True, cwd=cwd)
+        return subprocess.Popen(
+            cmd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            start_new_session=True,
+            cwd=cwd,
+        )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -252,9 +267,24 @@ def _tool(name: str) -> str:
 def make_mar(work: Path, model_dir: Path) -> Path:
     store = work / "ts-store"
     store.mkdir(exist_ok=True)
-    subprocess.run([_tool("torch-model-archiver"), "--model-name", "mlp", "--version", "1.0", "--serialized-file",
-                    str(model_dir / "model.pt"), "--handler", str(HERE / "torchserve_handler.py"),
-                    "--export-path", str(store), "--force"], check=True, timeout=120)
+    subprocess.run(
+        [
+            _tool("torch-model-archiver"),
+            "--model-name",
+            "mlp",
+            "--version",
+            "1.0",
+            "--serialized-file",
+            str(model_dir / "model.pt"),
+            "--handler",
+            str(HERE / "torchserve_handler.py"),
+            "--export-path",
+            str(store),
+            "--force",
+        ],
+        check=True,
+        timeout=120,
+    )
     return store
 
 
@@ -263,50 +293,75 @@ def torchserve_config(work: Path, store: Path, port: int, batch_size: int, max_b
     model (and its batching) is registered at start through `models=`, so the management API
     (off by default since 0.11) need not be opened."""
     mgmt, metrics = free_port(), free_port()
-    models = {"mlp": {"1.0": {"defaultVersion": True, "marName": "mlp.mar", "minWorkers": 2, "maxWorkers": 2,
-                              "batchSize": batch_size, "maxBatchDelay": max_batch_delay_ms,
-                              "responseTimeout": 120}}}
+    models = {
+        "mlp": {
+            "1.0": {
+                "defaultVersion": True,
+                "marName": "mlp.mar",
+                "minWorkers": 2,
+                "maxWorkers": 2,
+                "batchSize": batch_size,
+                "maxBatchDelay": max_batch_delay_ms,
+                "responseTimeout": 120,
+            }
+        }
+    }
     cfg = work / f"ts-{port}.properties"
-    cfg.write_text("\n".join([
-        f"inference_address=http://127.0.0.1:{port}",
-        f"management_address=http://127.0.0.1:{mgmt}",
-        f"metrics_address=http://127.0.0.1:{metrics}",
-        "grpc_inference_address=127.0.0.1",
-        "grpc_inference_port=" + str(free_port()),
-        "grpc_management_address=127.0.0.1",
-        "grpc_management_port=" + str(free_port()),
-        "enable_grpc_ssl=false",
-        f"model_store={store}",
-        "load_models=mlp.mar",
-        "models=" + json.dumps(models),
-        "default_workers_per_model=2",
-        "disable_token_authorization=true",
-        "enable_model_api=false",
-        "enable_metrics_api=false",
-        "disable_system_metrics=true",
-        "async_logging=true",
-        "decode_input_request=false",
-        "job_queue_size=1000",
-        "default_response_timeout=120",
-        "install_py_dep_per_model=false",
-        "",
-    ]))
+    cfg.write_text(
+        "\n".join(
+            [
+                f"inference_address=http://127.0.0.1:{port}",
+                f"management_address=http://127.0.0.1:{mgmt}",
+                f"metrics_address=http://127.0.0.1:{metrics}",
+                "grpc_inference_address=127.0.0.1",
+                "grpc_inference_port=" + str(free_port()),
+                "grpc_management_address=127.0.0.1",
+                "grpc_management_port=" + str(free_port()),
+                "enable_grpc_ssl=false",
+                f"model_store={store}",
+                "load_models=mlp.mar",
+                "models=" + json.dumps(models),
+                "default_workers_per_model=2",
+                "disable_token_authorization=true",
+                "enable_model_api=false",
+                "enable_metrics_api=false",
+                "disable_system_metrics=true",
+                "async_logging=true",
+                "decode_input_request=false",
+                "job_queue_size=1000",
+                "default_response_timeout=120",
+                "install_py_dep_per_model=false",
+                "",
+            ]
+        )
+    )
     return cfg
 
 
-def start_torchserve(work: Path, store: Path, port: int, batch_size: int, delay_ms: int,
-                     env: dict, quiet_logs: bool = True) -> subprocess.Popen:
+def start_torchserve(
+    work: Path, store: Path, port: int, batch_size: int, delay_ms: int, env: dict, quiet_logs: bool = True
+) -> subprocess.Popen:
     cfg = torchserve_config(work, store, port, batch_size, delay_ms)
     logs = work / f"ts-logs-{port}"
     logs.mkdir(exist_ok=True)
-    cmd = [_tool("torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth", "--model-store",
-           str(store), "--ts-config", str(cfg)]
+    cmd = [
+        _tool("torchserve"),
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--disable-token-auth",
+        "--model-store",
+        str(store),
+        "--ts-config",
+        str(cfg),
+    ]
     if quiet_logs:  # else TorchServe's stock log4j2.xml: access log + INFO lines per request
         log4j = work / "ts-log4j2.xml"
         log4j.write_text(TS_LOG4J)
         cmd += ["--log-config", str(log4j)]
-    return start(cmd, {**env, "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs)},
-                 work / f"{port}.log", cwd=logs)
+    return start(
+        cmd, {**env, "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs)}, work / f"{port}.log", cwd=logs
+    )
 
 
 def stop_torchserve(proc: subprocess.Popen) -> None:
@@ -331,7 +386,7 @@ def stop_torchserve(proc: subprocess.Popen) -> None:
         pass
 
 
-MOSEC_APP = '''
+MOSEC_APP = """
 import os
 import numpy as np, orjson, torch
 from mosec import Server, Worker
@@ -356,7 +411,7 @@ if __name__ == "__main__":
     server = Server()
     server.append_worker(Infer, num=2, max_batch_size=32, max_wait_time=5)
     server.run()
-'''
+"""
 
 
 def mosec_available() -> str | None:
@@ -382,7 +437,6 @@ def decode_4mb() -> dict:
             body = json.dumps(rows).encode()
     body = json.dumps(rows).encode()
     import numpy as np
-
     from aiops.inference.handler import default_input_fn
 
     def timed(fn) -> list[float]:
@@ -399,12 +453,18 @@ def decode_4mb() -> dict:
     times = timed(lambda: codecs.decode(body, "application/json"))
     # what a worker runs on such a body: the default input_fn, float32 values into a tensor
     tensor_times = timed(lambda: default_input_fn(body, "application/json"))
-    assert np.array_equal(default_input_fn(body, "application/json").numpy(),
-                          np.array(json.loads(body), dtype=np.float32))
-    return {"bytes": len(body), "shape": list(array.shape), "ms_median": statistics.median(times),
-            "ms_all": [round(t, 2) for t in times], "input_fn_ms_median": statistics.median(tensor_times),
-            "input_fn_ms_all": [round(t, 2) for t in tensor_times],
-            "first_ms": round(first_ms, 2)}
+    assert np.array_equal(
+        default_input_fn(body, "application/json").numpy(), np.array(json.loads(body), dtype=np.float32)
+    )
+    return {
+        "bytes": len(body),
+        "shape": list(array.shape),
+        "ms_median": statistics.median(times),
+        "ms_all": [round(t, 2) for t in times],
+        "input_fn_ms_median": statistics.median(tensor_times),
+        "input_fn_ms_all": [round(t, 2) for t in tensor_times],
+        "first_ms": round(first_ms, 2),
+    }
 
 
 def worker_rss_mb(proc: subprocess.Popen) -> list[float]:
@@ -429,13 +489,28 @@ def time_to_503(model_dir: Path, env: dict, work: Path, conns: int = 64, queue: 
     import selectors
 
     port = free_port()
-    proc = start([sys.executable, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "1", "--port",
-                  str(port)], {**env, "AIOPS_SERVE__MAX_QUEUE": str(queue)}, work / "overload.log")
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "aiops.cli.app",
+            "serve",
+            str(model_dir),
+            "--workers",
+            "1",
+            "--port",
+            str(port),
+        ],
+        {**env, "AIOPS_SERVE__MAX_QUEUE": str(queue)},
+        work / "overload.log",
+    )
     try:
         wait_ping(port)
         body = json.dumps([0.5] * 784).encode()
-        req = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+        req = (
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        ) + body
         rounds = []
         for _ in range(5):
             socks = []
@@ -460,10 +535,15 @@ def time_to_503(model_dir: Path, env: dict, work: Path, conns: int = 64, queue: 
                 sk.close()
             rejected = sorted(t for t, head in got.values() if b" 503" in head)
             ok = sorted(t for t, head in got.values() if b" 200" in head)
-            rounds.append({"rejected": len(rejected), "ok": len(ok),
-                           "first_503_ms": rejected[0] * 1000 if rejected else None,
-                           "median_503_ms": statistics.median(rejected) * 1000 if rejected else None,
-                           "median_200_ms": statistics.median(ok) * 1000 if ok else None})
+            rounds.append(
+                {
+                    "rejected": len(rejected),
+                    "ok": len(ok),
+                    "first_503_ms": rejected[0] * 1000 if rejected else None,
+                    "median_503_ms": statistics.median(rejected) * 1000 if rejected else None,
+                    "median_200_ms": statistics.median(ok) * 1000 if ok else None,
+                }
+            )
         return {"connections": conns, "max_queue": queue, "rounds": rounds}
     finally:
         stop(proc)
@@ -485,7 +565,16 @@ def process_tree(pid: int) -> list[int]:
 
 def mosec_command(python: str, work: Path, port: int) -> list[str]:
     """mosec's app (written by ``side_by_side_setup`` or main) on 127.0.0.1:port; it answers /inference."""
-    return [python, str(work / "mosec_app.py"), "--port", str(port), "--address", "127.0.0.1", "--log-level", "warning"]
+    return [
+        python,
+        str(work / "mosec_app.py"),
+        "--port",
+        str(port),
+        "--address",
+        "127.0.0.1",
+        "--log-level",
+        "warning",
+    ]
 
 
 def aiops_command(python: str, model_dir: Path, port: int, batched: bool) -> list[str]:
@@ -509,8 +598,9 @@ def side_by_side_setup(work: Path) -> tuple[Path, str, Path, dict]:
     return model_dir, body, lua, env
 
 
-def start_side_by_side(python: str, mosec: bool, batched: bool, work: Path, model_dir: Path,
-                       env: dict) -> tuple[subprocess.Popen, str]:
+def start_side_by_side(
+    python: str, mosec: bool, batched: bool, work: Path, model_dir: Path, env: dict
+) -> tuple[subprocess.Popen, str]:
     """mosec or `aiops serve` (2 workers, batch 32 / 5 ms when batched) from ``python``, started and
     answering: the process and its inference URL."""
     port = free_port()
@@ -540,26 +630,48 @@ SERVER_KEYS = {
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run (default 15)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per point, the median is reported (default 3)")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs per point, the median is reported (default 3)"
+    )
     parser.add_argument("--conc", default="1,16,64,256")
-    parser.add_argument("--servers", "--only", default="",
-                        help="comma list of server keys to run: " + ", ".join(SERVER_KEYS))
-    parser.add_argument("--torchserve-logs", choices=("quiet", "stock"), default="quiet",
-                        help="quiet (default): no per-request logging, like the other servers; stock: "
-                             "TorchServe's own log4j2.xml (access log and INFO lines per request)")
+    parser.add_argument(
+        "--servers", "--only", default="", help="comma list of server keys to run: " + ", ".join(SERVER_KEYS)
+    )
+    parser.add_argument(
+        "--torchserve-logs",
+        choices=("quiet", "stock"),
+        default="quiet",
+        help="quiet (default): no per-request logging, like the other servers; stock: "
+        "TorchServe's own log4j2.xml (access log and INFO lines per request)",
+    )
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for NAME.md / NAME.json")
-    parser.add_argument("--name", default="serve", help="result file stem (default serve: serve.md, serve.json)")
-    parser.add_argument("--decode-only", action="store_true",
-                        help="only the 4 MB JSON decode (in process, no servers): writes NAME.md / NAME.json")
+    parser.add_argument(
+        "--name", default="serve", help="result file stem (default serve: serve.md, serve.json)"
+    )
+    parser.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="only the 4 MB JSON decode (in process, no servers): writes NAME.md / NAME.json",
+    )
     args = parser.parse_args()
     if args.decode_only:
         d = decode_4mb()
         out = Path(args.out)
-        (out / f"{args.name}.json").write_text(json.dumps({"decode_4mb_json": d, "load_at_start": os.getloadavg(),
-                                                           "date": time.strftime("%Y-%m-%d %H:%M UTC")}, indent=2) + "\n")
+        (out / f"{args.name}.json").write_text(
+            json.dumps(
+                {
+                    "decode_4mb_json": d,
+                    "load_at_start": os.getloadavg(),
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC"),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         (out / f"{args.name}.md").write_text(
             f"# 4 MB JSON decode\n\n{time.strftime('%Y-%m-%d %H:%M UTC')}; script: bench/serve_bench.py --decode-only "
-            f"(each run: {d['ms_all']} ms; the default input_fn: {d['input_fn_ms_all']} ms).\n\n{decode_line(d)}\n")
+            f"(each run: {d['ms_all']} ms; the default input_fn: {d['input_fn_ms_all']} ms).\n\n{decode_line(d)}\n"
+        )
         print((out / f"{args.name}.md").read_text())
         return
     if not shutil.which("wrk"):
@@ -576,7 +688,8 @@ def main() -> None:
 
     with torch.no_grad():
         expected = torch.jit.load(str(model_dir / "model.pt"))(
-            torch.tensor(json.loads(body), dtype=torch.float32)).tolist()
+            torch.tensor(json.loads(body), dtype=torch.float32)
+        ).tolist()
     (work / "fastapi_app.py").write_text(FASTAPI_APP)
 
     py = sys.executable
@@ -591,25 +704,56 @@ def main() -> None:
         if key in ("aiops-batch", "aiops-batch-thread"):
             # -thread: the same worker with inline mode off (AIOPS_SERVE__INLINE_CALL_MS=0), the A/B of the layout
             extra_env = {"AIOPS_SERVE__INLINE_CALL_MS": "0"} if key == "aiops-batch-thread" else {}
-            return start(aiops_command(py, model_dir, port, True), {**env, **extra_env},
-                         work / f"{port}.log"), "/invocations"
+            return start(
+                aiops_command(py, model_dir, port, True), {**env, **extra_env}, work / f"{port}.log"
+            ), "/invocations"
         if key == "mosec":
             return start(mosec_command(py, work, port), env, work / f"{port}.log", cwd=work), "/inference"
         if key == "fastapi":
-            return start([py, "-m", "uvicorn", "fastapi_app:app", "--port", str(port), "--workers", "2",
-                          "--log-level", "warning", "--no-access-log"], env, work / f"{port}.log",
-                         cwd=work), "/invocations"
+            return start(
+                [
+                    py,
+                    "-m",
+                    "uvicorn",
+                    "fastapi_app:app",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "2",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                env,
+                work / f"{port}.log",
+                cwd=work,
+            ), "/invocations"
         if store is None:
             store = make_mar(work, model_dir)
         batch = 32 if key.endswith("-batch") else 1
         ts_env = {**env, "AIOPS_BENCH_TS_MODE": "sagemaker"} if key == "torchserve-sm-batch" else env
-        return (start_torchserve(work, store, port, batch, 5 if batch > 1 else 0, ts_env,
-                                 quiet_logs=args.torchserve_logs == "quiet"), "/predictions/mlp")
+        return (
+            start_torchserve(
+                work,
+                store,
+                port,
+                batch,
+                5 if batch > 1 else 0,
+                ts_env,
+                quiet_logs=args.torchserve_logs == "quiet",
+            ),
+            "/predictions/mlp",
+        )
 
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in load_at_start]},
-        "duration_s": args.duration, "runs": args.runs, "concurrency": concs, "servers": {}, "config": {},
-        "versions": versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "duration_s": args.duration,
+        "runs": args.runs,
+        "concurrency": concs,
+        "servers": {},
+        "config": {},
+        "versions": versions(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print(f"load average at start: {load_at_start}", flush=True)
     results["raw_forward"] = raw_forward(model_dir / "model.pt")
@@ -634,24 +778,37 @@ def main() -> None:
             wait_ping(port, path="/" if key == "mosec" else "/ping")
             if key.startswith("aiops"):
                 deadline = time.monotonic() + 120  # every worker loaded, not just the first
-                while (work / f"{port}.log").read_text().count("INFO ready:") < 2 and time.monotonic() < deadline:
+                while (work / f"{port}.log").read_text().count(
+                    "INFO ready:"
+                ) < 2 and time.monotonic() < deadline:
                     time.sleep(0.2)
             answer = check_answer(wait_first_prediction(url, body.encode(), proc), expected)
             for _ in range(200):  # warm-up, same for every server
                 post(url, body.encode())
-            print(f"{name}: answers {[round(v, 5) for v in answer[:3]]}... (checked against the in-process "
-                  f"forward)", flush=True)
+            print(
+                f"{name}: answers {[round(v, 5) for v in answer[:3]]}... (checked against the in-process "
+                f"forward)",
+                flush=True,
+            )
             per_c = {}
             for c in concs:
                 runs = [run_wrk(url, lua, c, args.duration) for _ in range(args.runs)]
                 med = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")}
                 med["errors"] = sum(r["errors"] for r in runs)
                 per_c[str(c)] = {"median": med, "runs": runs}
-                print(f"  c={c}: {med['rps']:.0f} req/s, p50 {med['p50_ms']:.2f} ms, p99 {med['p99_ms']:.2f} ms, "
-                      f"errors {med['errors']}", flush=True)
-            results["servers"][name] = {"key": key, "path": path, "loadavg_at_start": [round(x, 2) for x in loadavg],
-                                        "answer_head": answer[:3], "by_concurrency": per_c,
-                                        "worker_rss_mb": worker_rss_mb(proc)}
+                print(
+                    f"  c={c}: {med['rps']:.0f} req/s, p50 {med['p50_ms']:.2f} ms, p99 {med['p99_ms']:.2f} ms, "
+                    f"errors {med['errors']}",
+                    flush=True,
+                )
+            results["servers"][name] = {
+                "key": key,
+                "path": path,
+                "loadavg_at_start": [round(x, 2) for x in loadavg],
+                "answer_head": answer[:3],
+                "by_concurrency": per_c,
+                "worker_rss_mb": worker_rss_mb(proc),
+            }
         except Exception as e:  # one server failing must not lose the others' numbers
             skipped[name] = f"failed: {e}"
             print(f"{name} FAILED: {e}; log tail:\n" + tail(work / f"{port}.log"), flush=True)
@@ -668,7 +825,9 @@ def main() -> None:
     results["config"] = dict(CONFIG_NOTES)
     if args.torchserve_logs == "stock":
         results["config"]["TorchServe"] = CONFIG_NOTES["TorchServe"].replace(
-            "access log and per-request metric logs off (log4j2)", "its stock log4j2.xml (--torchserve-logs stock)")
+            "access log and per-request metric logs off (log4j2)",
+            "its stock log4j2.xml (--torchserve-logs stock)",
+        )
     results["comparison"] = compare(results)
     print(json.dumps(results["comparison"], indent=2), flush=True)
     out = Path(args.out)
@@ -681,21 +840,21 @@ def main() -> None:
 
 CONFIG_NOTES = {
     "common": "same TorchScript MLP, 2 worker processes, OMP_NUM_THREADS=1 (one intra-op thread per worker), "
-              "127.0.0.1, same wrk Lua script (POST, Content-Type: application/json, same 784-float body), "
-              "200 warm-up requests before measuring, answer checked against the in-process forward",
+    "127.0.0.1, same wrk Lua script (POST, Content-Type: application/json, same 784-float body), "
+    "200 warm-up requests before measuring, answer checked against the in-process forward",
     "aiops serve": "aiops serve MODEL_DIR --workers 2 [--batch-size 32 --max-batch-delay 5], default handler "
-                   "(httptools + uvloop loop per process on its own SO_REUSEPORT socket, handler on the worker's inference thread)",
+    "(httptools + uvloop loop per process on its own SO_REUSEPORT socket, handler on the worker's inference thread)",
     "mosec": "mosec 0.9.8 (Rust HTTP front, Python workers over IPC): append_worker(num=2, max_batch_size=32, "
-             "max_wait_time=5), orjson + np.asarray(float32) decode, np.stack + one forward per batch, orjson numpy "
-             "encode; route /inference",
+    "max_wait_time=5), orjson + np.asarray(float32) decode, np.stack + one forward per batch, orjson numpy "
+    "encode; route /inference",
     "TorchServe": "torchserve --foreground --ncs --disable-token-auth, config.properties: 127.0.0.1, "
-                  "minWorkers=maxWorkers=2, batchSize 1 or 32 with maxBatchDelay 5 ms (models= at start), "
-                  "disable_token_authorization=true, decode_input_request=false (as the SageMaker container), "
-                  "job_queue_size=1000, async_logging, system metrics off, access log and per-request metric "
-                  "logs off (log4j2); handler bench/torchserve_handler.py: orjson+numpy decode, one stacked "
-                  "forward per batch, orjson encode (a tuned best case); the '-sm-' variant runs the SageMaker "
-                  "container's stock handler semantics instead: json.loads + np.array + FloatTensor and one "
-                  "forward per request inside each TorchServe batch, json.dumps",
+    "minWorkers=maxWorkers=2, batchSize 1 or 32 with maxBatchDelay 5 ms (models= at start), "
+    "disable_token_authorization=true, decode_input_request=false (as the SageMaker container), "
+    "job_queue_size=1000, async_logging, system metrics off, access log and per-request metric "
+    "logs off (log4j2); handler bench/torchserve_handler.py: orjson+numpy decode, one stacked "
+    "forward per batch, orjson encode (a tuned best case); the '-sm-' variant runs the SageMaker "
+    "container's stock handler semantics instead: json.loads + np.array + FloatTensor and one "
+    "forward per request inside each TorchServe batch, json.dumps",
     "FastAPI": "uvicorn --workers 2 --no-access-log, json.loads + torch.tensor + forward + json.dumps per request",
 }
 
@@ -713,8 +872,12 @@ def compare(r: dict) -> dict:
         best_ours = max(ours, key=lambda n: ours[n]["rps"])
         best_peer = max(peers, key=lambda n: peers[n]["rps"])
         out[f"c={c}"] = {
-            "best aiops serve": best_ours, "its req/s": ours[best_ours]["rps"], "its p99 ms": ours[best_ours]["p99_ms"],
-            "best peer": best_peer, "peer req/s": peers[best_peer]["rps"], "peer p99 ms": peers[best_peer]["p99_ms"],
+            "best aiops serve": best_ours,
+            "its req/s": ours[best_ours]["rps"],
+            "its p99 ms": ours[best_ours]["p99_ms"],
+            "best peer": best_peer,
+            "peer req/s": peers[best_peer]["rps"],
+            "peer p99 ms": peers[best_peer]["p99_ms"],
             "ratio": ours[best_ours]["rps"] / peers[best_peer]["rps"],
             "goal (>= 2x, p99 no worse)": ours[best_ours]["rps"] >= 2 * peers[best_peer]["rps"]
             and ours[best_ours]["p99_ms"] <= peers[best_peer]["p99_ms"],
@@ -722,8 +885,11 @@ def compare(r: dict) -> dict:
     c1 = {n: at(n, "1") for n in r["servers"] if r["servers"][n]["key"].startswith("aiops") and at(n, "1")}
     if c1:
         best = min(c1, key=lambda n: c1[n]["p50_ms"])
-        out["c=1"] = {"best aiops serve p50 ms": c1[best]["p50_ms"], "server": best,
-                      "goal (<= 0.30 ms)": c1[best]["p50_ms"] <= 0.30}
+        out["c=1"] = {
+            "best aiops serve p50 ms": c1[best]["p50_ms"],
+            "server": best,
+            "goal (<= 0.30 ms)": c1[best]["p50_ms"] <= 0.30,
+        }
     return out
 
 
@@ -731,7 +897,17 @@ def versions() -> dict:
     from importlib import metadata
 
     v = {"python": sys.version.split()[0]}
-    for dist in ("torch", "torchserve", "mosec", "fastapi", "uvicorn", "orjson", "httptools", "uvloop", "aiops"):
+    for dist in (
+        "torch",
+        "torchserve",
+        "mosec",
+        "fastapi",
+        "uvicorn",
+        "orjson",
+        "httptools",
+        "uvloop",
+        "aiops",
+    ):
         try:
             v[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -753,42 +929,73 @@ def tail(path: Path, n: int = 30) -> str:
 
 def decode_line(d: dict) -> str:
     """The 4 MB decode result as one Markdown bullet (serve.md and --decode-only)."""
-    return (f"- default JSON decoder, {d['bytes'] / 1e6:.1f} MB body {d['shape']}: {d['ms_median']:.1f} ms "
-            "(median of 5; goal <= 50 ms)"
-            + (f"; the first body this large on a thread {d['first_ms']:.0f} ms (sizes its simdjson parser)"
-               if "first_ms" in d else "")
-            + (f"; the default input_fn (float32 tensor, what a worker runs): {d['input_fn_ms_median']:.1f} ms"
-               if "input_fn_ms_median" in d else ""))
+    return (
+        f"- default JSON decoder, {d['bytes'] / 1e6:.1f} MB body {d['shape']}: {d['ms_median']:.1f} ms "
+        "(median of 5; goal <= 50 ms)"
+        + (
+            f"; the first body this large on a thread {d['first_ms']:.0f} ms (sizes its simdjson parser)"
+            if "first_ms" in d
+            else ""
+        )
+        + (
+            f"; the default input_fn (float32 tensor, what a worker runs): {d['input_fn_ms_median']:.1f} ms"
+            if "input_fn_ms_median" in d
+            else ""
+        )
+    )
 
 
 def render_md(r: dict) -> str:
     la = r["machine"]["loadavg_at_start"]
-    lines = ["# Serving benchmark", "",
-             f"MLP 784-512-512-10 fp32, JSON body of 784 floats, wrk, {r['runs']} run(s) of {r['duration_s']} s "
-             f"per point (median), {r['machine']['cpus']} CPUs. Load average at start: "
-             f"{la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} (1/5/15 min; the machine is shared, a high value means a "
-             f"noisy run). Started {r['started']}. Script: bench/serve_bench.py.", "",
-             *(["**Short run** (fewer than 3 runs of 15 s per point): indicative only, not the issue's "
-                "measurement.", ""] if r["runs"] < 3 or r["duration_s"] < 15 else []),
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
-             "| server | c | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"MLP 784-512-512-10 fp32, JSON body of 784 floats, wrk, {r['runs']} run(s) of {r['duration_s']} s "
+        f"per point (median), {r['machine']['cpus']} CPUs. Load average at start: "
+        f"{la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} (1/5/15 min; the machine is shared, a high value means a "
+        f"noisy run). Started {r['started']}. Script: bench/serve_bench.py.",
+        "",
+        *(
+            [
+                "**Short run** (fewer than 3 runs of 15 s per point): indicative only, not the issue's "
+                "measurement.",
+                "",
+            ]
+            if r["runs"] < 3 or r["duration_s"] < 15
+            else []
+        ),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
+        "",
+        "| server | c | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, d in r["servers"].items():
         for c, x in d["by_concurrency"].items():
             m = x["median"]
-            lines.append(f"| {name} | {c} | {m['rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['errors']} |")
+            lines.append(
+                f"| {name} | {c} | {m['rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['errors']} |"
+            )
     rf = r["raw_forward"]
-    lines += ["", f"Ceiling, raw in-process forward (1 thread, no HTTP, no JSON): "
-                  f"{rf['batch1_items_per_s']:.0f} items/s at batch 1, {rf['batch64_items_per_s']:.0f} items/s at "
-                  f"batch 64.", ""]
+    lines += [
+        "",
+        f"Ceiling, raw in-process forward (1 thread, no HTTP, no JSON): "
+        f"{rf['batch1_items_per_s']:.0f} items/s at batch 1, {rf['batch64_items_per_s']:.0f} items/s at "
+        f"batch 64.",
+        "",
+    ]
     for c, d in r["comparison"].items():
         if "ratio" in d:
-            lines.append(f"At {c}: best aiops serve ({d['best aiops serve']}) {d['its req/s']:.0f} req/s, p99 "
-                         f"{d['its p99 ms']:.1f} ms vs best peer ({d['best peer']}) {d['peer req/s']:.0f} req/s, p99 "
-                         f"{d['peer p99 ms']:.1f} ms: ratio {d['ratio']:.2f}x; goal (>= 2x with p99 no worse) "
-                         f"{'met' if d['goal (>= 2x, p99 no worse)'] else 'not met'}.")
+            lines.append(
+                f"At {c}: best aiops serve ({d['best aiops serve']}) {d['its req/s']:.0f} req/s, p99 "
+                f"{d['its p99 ms']:.1f} ms vs best peer ({d['best peer']}) {d['peer req/s']:.0f} req/s, p99 "
+                f"{d['peer p99 ms']:.1f} ms: ratio {d['ratio']:.2f}x; goal (>= 2x with p99 no worse) "
+                f"{'met' if d['goal (>= 2x, p99 no worse)'] else 'not met'}."
+            )
         else:
-            lines.append(f"At {c}: best aiops serve p50 {d['best aiops serve p50 ms']:.2f} ms ({d['server']}); "
-                         f"goal (<= 0.30 ms on a quiet machine) {'met' if d['goal (<= 0.30 ms)'] else 'not met'}.")
+            lines.append(
+                f"At {c}: best aiops serve p50 {d['best aiops serve p50 ms']:.2f} ms ({d['server']}); "
+                f"goal (<= 0.30 ms on a quiet machine) {'met' if d['goal (<= 0.30 ms)'] else 'not met'}."
+            )
     for name, why in r.get("skipped", {}).items():
         lines.append(f"Not measured: {name}: {why}")
     lines += ["", "## Memory, decode, overload", ""]
@@ -800,12 +1007,20 @@ def render_md(r: dict) -> str:
     if r.get("time_to_503"):
         t = r["time_to_503"]
         for i, x in enumerate(t["rounds"]):
-            lines.append(f"- overload round {i + 1}: {t['connections']} keep-alive clients at once on 1 worker with "
-                         f"max_queue={t['max_queue']}: {x['rejected']} refused 503 (first after "
-                         f"{x['first_503_ms'] or float('nan'):.2f} ms, median {x['median_503_ms'] or float('nan'):.2f} ms), "
-                         f"{x['ok']} answered 200 (median {x['median_200_ms'] or float('nan'):.2f} ms)")
+            lines.append(
+                f"- overload round {i + 1}: {t['connections']} keep-alive clients at once on 1 worker with "
+                f"max_queue={t['max_queue']}: {x['rejected']} refused 503 (first after "
+                f"{x['first_503_ms'] or float('nan'):.2f} ms, median {x['median_503_ms'] or float('nan'):.2f} ms), "
+                f"{x['ok']} answered 200 (median {x['median_200_ms'] or float('nan'):.2f} ms)"
+            )
     lines += ["", "## Configuration", ""] + [f"- {k}: {v}" for k, v in r["config"].items()]
-    lines += ["", "## Where the time goes (in process, one thread, µs per request)", "", "| step | µs |", "|---|---|"]
+    lines += [
+        "",
+        "## Where the time goes (in process, one thread, µs per request)",
+        "",
+        "| step | µs |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["profile_us"].items()]
     lines.append("")
     return "\n".join(lines)

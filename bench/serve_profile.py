@@ -68,32 +68,84 @@ def main() -> None:
     lua.write_text(LUA.replace("BODY", body))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# Serving profile (py-spy, one worker of two, wrk c=64)", "",
-             f"Load average at start: {os.getloadavg()[0]:.2f} (2 CPUs, shared machine). Script: "
-             "bench/serve_profile.py. Frames are `function (file:line)`; self = samples where the frame was on "
-             "top, inclusive = samples where it was anywhere on the stack. Raw folded stacks: "
-             "serve-profile-<mode>.txt (flamegraph.pl or speedscope render them).", ""]
+    lines = [
+        "# Serving profile (py-spy, one worker of two, wrk c=64)",
+        "",
+        f"Load average at start: {os.getloadavg()[0]:.2f} (2 CPUs, shared machine). Script: "
+        "bench/serve_profile.py. Frames are `function (file:line)`; self = samples where the frame was on "
+        "top, inclusive = samples where it was anywhere on the stack. Raw folded stacks: "
+        "serve-profile-<mode>.txt (flamegraph.pl or speedscope render them).",
+        "",
+    ]
     env = {"OMP_NUM_THREADS": "1"}
     for mode, extra in (("unbatched", []), ("batch32", ["--batch-size", "32", "--max-batch-delay", "5"])):
         port = free_port()
-        proc = start([sys.executable, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "2", "--port",
-                      str(port), *extra], env, work / f"{mode}.log")
+        proc = start(
+            [
+                sys.executable,
+                "-m",
+                "aiops.cli.app",
+                "serve",
+                str(model_dir),
+                "--workers",
+                "2",
+                "--port",
+                str(port),
+                *extra,
+            ],
+            env,
+            work / f"{mode}.log",
+        )
         try:
             wait_ping(port)
             deadline = time.monotonic() + 120  # both workers loaded, not just the first
             while (work / f"{mode}.log").read_text().count("INFO ready:") < 2 and time.monotonic() < deadline:
                 time.sleep(0.2)
             worker = children(proc.pid)[0]
-            wrk = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{args.duration + 2}s", "-s", str(lua),
-                                    f"http://127.0.0.1:{port}/invocations"], stdout=subprocess.PIPE, text=True)
+            wrk = subprocess.Popen(
+                [
+                    "wrk",
+                    "-t2",
+                    "-c64",
+                    f"-d{args.duration + 2}s",
+                    "-s",
+                    str(lua),
+                    f"http://127.0.0.1:{port}/invocations",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             time.sleep(1)  # let wrk reach steady state before sampling
             raw = out / f"serve-profile-{mode}.txt"
-            subprocess.run([spy, "record", "-p", str(worker), "-d", str(args.duration), "-r", str(args.rate),
-                            "-f", "raw", "-o", str(raw), "--nonblocking"], check=True, capture_output=True)
-            rps = next((ln.split()[-1] for ln in wrk.communicate()[0].splitlines() if "Requests/sec" in ln), "?")
+            subprocess.run(
+                [
+                    spy,
+                    "record",
+                    "-p",
+                    str(worker),
+                    "-d",
+                    str(args.duration),
+                    "-r",
+                    str(args.rate),
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(raw),
+                    "--nonblocking",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            rps = next(
+                (ln.split()[-1] for ln in wrk.communicate()[0].splitlines() if "Requests/sec" in ln), "?"
+            )
             total, own, incl = summarise(raw)
-            lines += [f"## {mode} ({' '.join(extra) or 'no batching'}): {rps} req/s during sampling, {total} samples",
-                      "", "| self % | frame |", "|---|---|"]
+            lines += [
+                f"## {mode} ({' '.join(extra) or 'no batching'}): {rps} req/s during sampling, {total} samples",
+                "",
+                "| self % | frame |",
+                "|---|---|",
+            ]
             lines += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in own]
             lines += ["", "| inclusive % | frame |", "|---|---|"]
             lines += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in incl]

@@ -40,8 +40,12 @@ def one_stop(root: Path, grace: float, index: int) -> float:
     script.write_text(STUBBORN)
     job = f"stubborn-{index}"
     env = {**os.environ, "AIOPS_HOME": str(home), "AIOPS_TRAIN__STOP_GRACE_SECONDS": str(grace)}
-    proc = subprocess.Popen([sys.executable, "-m", "aiops.cli.app", "train", str(script), "--job-name", job],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiops.cli.app", "train", str(script), "--job-name", job],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # the run folder's layout is the run store's (aiops.runs), not spelled here
     started = RunStore(Settings(home=home).runs_dir).folder(job).checkpoints / "started"
     while not started.exists():
@@ -68,15 +72,21 @@ def main() -> None:
     median = statistics.median(runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = {"grace_seconds": args.grace, "runs_seconds": runs, "median_seconds": median,
-            "load_average": os.getloadavg(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    data = {
+        "grace_seconds": args.grace,
+        "runs_seconds": runs,
+        "median_seconds": median,
+        "load_average": os.getloadavg(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
     (out / "stop_grace.json").write_text(json.dumps(data, indent=2) + "\n")
     (out / "stop_grace.md").write_text(
         "# SIGTERM -> exit of `aiops train` with a script that ignores SIGTERM (bench/stop_grace.py)\n\n"
         f"Machine: {data['machine']}; 1-minute load average {data['load_average'][0]:.2f}.\n"
         f"`train.stop_grace_seconds` = {args.grace:g}; {args.runs} runs.\n\n"
         f"Median {median:.2f} s (runs: {', '.join(f'{r:.2f}' for r in runs)}); the grace plus the time to "
-        "write the run record and exit. The SageMaker default grace is 120 s.\n")
+        "write the run record and exit. The SageMaker default grace is 120 s.\n"
+    )
     print(f"median {median:.2f} s over {args.runs} runs (grace {args.grace:g} s)")
 
 

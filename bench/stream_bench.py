@@ -67,11 +67,12 @@ def make_model_dir(folder: Path) -> None:
 
 def load_handler(model_dir: Path):
     import torch
-
     from aiops.inference.handler import Handler
 
     torch.set_num_threads(1)
-    handler = Handler(model_dir, script=model_dir / "code" / "inference_stream.py", code_dir=model_dir / "code")
+    handler = Handler(
+        model_dir, script=model_dir / "code" / "inference_stream.py", code_dir=model_dir / "code"
+    )
     handler.load()
     return handler
 
@@ -85,13 +86,27 @@ class AiopsServe:
         self.port = free_port()
         self.log = open(model_dir.parent / f"serve-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aiops.cli.app", "serve", str(model_dir), "--workers", "1", "--port", str(self.port)],
-            env={**env, "SAGEMAKER_PROGRAM": program, "OMP_NUM_THREADS": "1"}, stdout=self.log,
-            stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "aiops.cli.app",
+                "serve",
+                str(model_dir),
+                "--workers",
+                "1",
+                "--port",
+                str(self.port),
+            ],
+            env={**env, "SAGEMAKER_PROGRAM": program, "OMP_NUM_THREADS": "1"},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"aiops serve did not start: {(model_dir.parent / self.log.name).read_text()[-2000:]}")
+                raise SystemExit(
+                    f"aiops serve did not start: {(model_dir.parent / self.log.name).read_text()[-2000:]}"
+                )
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 conn.request("GET", "/ping")
@@ -130,15 +145,30 @@ def generator_process(model_dir: Path, tokens: int) -> None:
     for _ in sys.stdin:
         cpu0 = time.process_time()
         start, first, end, out, chunks = run_in_process(handler, tokens)
-        print(json.dumps({"start": 0.0, "first": first - start, "end": end - start, "out": out.hex(),
-                          "chunks": chunks, "cpu": time.process_time() - cpu0}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "start": 0.0,
+                    "first": first - start,
+                    "end": end - start,
+                    "out": out.hex(),
+                    "chunks": chunks,
+                    "cpu": time.process_time() - cpu0,
+                }
+            ),
+            flush=True,
+        )
 
 
 class GeneratorChild:
     def __init__(self, model_dir: Path, tokens: int, env: dict) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--generate", str(model_dir), str(tokens)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**env, "OMP_NUM_THREADS": "1"},
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--generate", str(model_dir), str(tokens)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**env, "OMP_NUM_THREADS": "1"},
+            text=True,
+        )
         self.last_cpu = 0.0
 
     def run(self):
@@ -170,7 +200,9 @@ def run_in_process(handler, tokens: int):
 def run_chunked(port: int, tokens: int, payload: bytes | None = None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     start = time.perf_counter()
-    conn.request("POST", "/invocations", body=payload or body(tokens), headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST", "/invocations", body=payload or body(tokens), headers={"Content-Type": "application/json"}
+    )
     resp = conn.getresponse()
     first, parts = None, []
     while chunk := resp.read1():
@@ -184,8 +216,9 @@ def run_chunked(port: int, tokens: int, payload: bytes | None = None):
 
 def run_events(client, tokens: int, payload: bytes | None = None):
     start = time.perf_counter()
-    resp = client.invoke_endpoint_with_response_stream(EndpointName="lm", Body=payload or body(tokens),
-                                                       ContentType="application/json")
+    resp = client.invoke_endpoint_with_response_stream(
+        EndpointName="lm", Body=payload or body(tokens), ContentType="application/json"
+    )
     first, parts = None, []
     for event in resp["Body"]:
         if first is None:
@@ -237,8 +270,11 @@ def adapter_cpu(handler, tokens: int, rounds: int) -> dict:
             await asyncio.sleep(0.1)
         await streaming.stream_to(stream, _NullSink(), mode=streaming.EVENTS)
 
-    modes = {"generator alone": lambda: list(gen()), "ChunkStream + stream_to": lambda: asyncio.run(adapter()),
-             "same, loop not woken per token": lambda: asyncio.run(adapter_asleep())}
+    modes = {
+        "generator alone": lambda: list(gen()),
+        "ChunkStream + stream_to": lambda: asyncio.run(adapter()),
+        "same, loop not woken per token": lambda: asyncio.run(adapter_asleep()),
+    }
     cpu = {name: [] for name in modes}
     for _ in range(rounds):
         for name, fn in modes.items():
@@ -285,9 +321,11 @@ def main() -> int:
         servers.append(floor)
         client = runtime_client(f"http://127.0.0.1:{port}")
         trivial_client = runtime_client(f"http://127.0.0.1:{trivial_port}")
-        modes = {"in-process": floor.run,
-                 "chunked": lambda: run_chunked(port, args.tokens),
-                 "event-stream": lambda: run_events(client, args.tokens)}
+        modes = {
+            "in-process": floor.run,
+            "chunked": lambda: run_chunked(port, args.tokens),
+            "event-stream": lambda: run_events(client, args.tokens),
+        }
         reference = None
         for fn in modes.values():  # warm-up, and every mode must give the same tokens
             out = fn()[3]
@@ -302,10 +340,14 @@ def main() -> int:
                 start, first, end, out, chunks = fn()
                 cpu = floor.last_cpu if name == "in-process" else server_cpu() - cpu0
                 assert out == reference
-                samples[name].append({"ttft_ms": (first - start) * 1000,
-                                      "tokens_per_s": (chunks - 1) / (end - first),
-                                      "total_ms": (end - start) * 1000,
-                                      "cpu_ms_per_token": cpu * 1000 / chunks})
+                samples[name].append(
+                    {
+                        "ttft_ms": (first - start) * 1000,
+                        "tokens_per_s": (chunks - 1) / (end - first),
+                        "total_ms": (end - start) * 1000,
+                        "cpu_ms_per_token": cpu * 1000 / chunks,
+                    }
+                )
         no_sockets = adapter_cpu(handler, args.tokens, max(3, args.rounds // 2))
         ceiling = {}
         trivial = f"trivial:{args.trivial_chunks}".encode()
@@ -319,7 +361,10 @@ def main() -> int:
                 cpu.append((trivial_cpu() - cpu0) / len(out) * 1e6)
                 assert len(out) == args.trivial_chunks
                 rates.append((len(out) - 1) / (end - first))
-            ceiling[name] = {"chunks_per_s": statistics.median(rates), "server_cpu_us_per_chunk": statistics.median(cpu)}
+            ceiling[name] = {
+                "chunks_per_s": statistics.median(rates),
+                "server_cpu_us_per_chunk": statistics.median(cpu),
+            }
     finally:
         for server in servers:
             server.stop()
@@ -327,17 +372,32 @@ def main() -> int:
 
     summary = {}
     for name, runs in samples.items():
-        summary[name] = {key: statistics.median(r[key] for r in runs) for key in ("ttft_ms", "tokens_per_s", "total_ms", "cpu_ms_per_token")}
+        summary[name] = {
+            key: statistics.median(r[key] for r in runs)
+            for key in ("ttft_ms", "tokens_per_s", "total_ms", "cpu_ms_per_token")
+        }
     base = summary["in-process"]
     for name, s in summary.items():
         s["tokens_per_s_overhead_pct"] = (base["tokens_per_s"] / s["tokens_per_s"] - 1) * 100
         s["ttft_extra_ms"] = s["ttft_ms"] - base["ttft_ms"]
         s["cpu_overhead_pct"] = (s["cpu_ms_per_token"] / base["cpu_ms_per_token"] - 1) * 100
-    record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": 1, "model": CONFIG,
-              "new_tokens": args.tokens, "server": "aiops", "load_average_end": os.getloadavg()[0], "rounds": args.rounds, "noisy": True, "summary": summary,
-              "samples": samples,
-              "adapter_ceiling_chunks_per_s": ceiling, "adapter_cpu_ms_per_token_no_sockets": no_sockets}
+    record = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": 1,
+        "model": CONFIG,
+        "new_tokens": args.tokens,
+        "server": "aiops",
+        "load_average_end": os.getloadavg()[0],
+        "rounds": args.rounds,
+        "noisy": True,
+        "summary": summary,
+        "samples": samples,
+        "adapter_ceiling_chunks_per_s": ceiling,
+        "adapter_cpu_ms_per_token_no_sockets": no_sockets,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "stream.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
@@ -348,29 +408,44 @@ def main() -> int:
         "**Noisy**: a shared 2-core machine with other jobs running (load average "
         f"{os.getloadavg()[0]:.1f} at the end; other sessions' tests share the cores). Server: "
         + "a real `aiops serve MODEL --workers 1` process (`SAGEMAKER_PROGRAM=inference_stream.py`, "
-          "OMP_NUM_THREADS=1)"
+        "OMP_NUM_THREADS=1)"
         + f". Command: `python bench/stream_bench.py --rounds {args.rounds} --tokens {args.tokens}`.",
         "",
         "| mode | TTFT (ms) | tokens/s | tokens/s overhead | extra TTFT (ms) | CPU ms/token | CPU overhead |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
-        lines.append(f"| {name} | {s['ttft_ms']:.2f} | {s['tokens_per_s']:.0f} | "
-                     f"{s['tokens_per_s_overhead_pct']:+.1f} % | {s['ttft_extra_ms']:+.2f} | "
-                     f"{s['cpu_ms_per_token']:.2f} | {s['cpu_overhead_pct']:+.1f} % |")
-    lines += ["", f"The adapter's own ceiling (a generator whose {args.trivial_chunks} one-byte chunks cost nothing "
-              "to make, same server, medians of 3): " + ", ".join(f"{k} {v['chunks_per_s']:,.0f} chunks/s ({v['server_cpu_us_per_chunk']:.0f} µs of server CPU "
-                           "per chunk)" for k, v in ceiling.items())
-              + ". Per chunk that is the streaming machinery's whole cost (producer thread hand-off, framing, "
-              "socket write, client parse)."]
-    lines += ["", "Without sockets, in one process (CPU ms per token, medians of interleaved rounds): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in no_sockets.items())
-              + ". The first two rows isolate the adapter (producer thread, hand-off, framing) from HTTP and "
-              "from the client process, which in the socket modes competes for the same 2 cores; the third "
-              "wakes the loop once at the end instead of once per token."]
-    lines += ["", "CPU ms/token: the server process's CPU time (user + system, /proc, 10 ms ticks) per token "
-              "for the streamed modes, the generator process's (process_time) for in-process; the streamed figure includes HTTP "
-              "parsing, the handler's input_fn and the server's event loop."]
+        lines.append(
+            f"| {name} | {s['ttft_ms']:.2f} | {s['tokens_per_s']:.0f} | "
+            f"{s['tokens_per_s_overhead_pct']:+.1f} % | {s['ttft_extra_ms']:+.2f} | "
+            f"{s['cpu_ms_per_token']:.2f} | {s['cpu_overhead_pct']:+.1f} % |"
+        )
+    lines += [
+        "",
+        f"The adapter's own ceiling (a generator whose {args.trivial_chunks} one-byte chunks cost nothing "
+        "to make, same server, medians of 3): "
+        + ", ".join(
+            f"{k} {v['chunks_per_s']:,.0f} chunks/s ({v['server_cpu_us_per_chunk']:.0f} µs of server CPU "
+            "per chunk)"
+            for k, v in ceiling.items()
+        )
+        + ". Per chunk that is the streaming machinery's whole cost (producer thread hand-off, framing, "
+        "socket write, client parse).",
+    ]
+    lines += [
+        "",
+        "Without sockets, in one process (CPU ms per token, medians of interleaved rounds): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in no_sockets.items())
+        + ". The first two rows isolate the adapter (producer thread, hand-off, framing) from HTTP and "
+        "from the client process, which in the socket modes competes for the same 2 cores; the third "
+        "wakes the loop once at the end instead of once per token.",
+    ]
+    lines += [
+        "",
+        "CPU ms/token: the server process's CPU time (user + system, /proc, 10 ms ticks) per token "
+        "for the streamed modes, the generator process's (process_time) for in-process; the streamed figure includes HTTP "
+        "parsing, the handler's input_fn and the server's event loop.",
+    ]
     lines += ["", "Goal: tokens/s overhead <= 5 %. `python bench/stream_bench.py` regenerates this file.", ""]
     (RESULTS / "stream.md").write_text("\n".join(lines))
     print("\n".join(lines))

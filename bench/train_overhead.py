@@ -58,11 +58,21 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="aiops-bench-train-"))
     write_channels(work / "data")
     env = {**os.environ, "AIOPS_HOME": str(work / "home"), "BENCH_DUMP": str(work / "probe.json")}
-    channels = ["--channel", f"train={work / 'data' / 'train'}", "--channel", f"test={work / 'data' / 'test'}"]
+    channels = [
+        "--channel",
+        f"train={work / 'data' / 'train'}",
+        "--channel",
+        f"test={work / 'data' / 'test'}",
+    ]
 
     (work / "probe.py").write_text(PROBE)
-    subprocess.run([AIOPS, "train", str(work / "probe.py"), *channels, "--job-name", "probe"], env=env,
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [AIOPS, "train", str(work / "probe.py"), *channels, "--job-name", "probe"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     probe = json.loads((work / "probe.json").read_text())
     bare_env = probe["env"]
     # the probe's run folders, emptied before each bare run (a left-over checkpoint would resume)
@@ -71,7 +81,9 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     aiops_s, bare_s, aiops_cpu, bare_cpu = [], [], [], []
     for i in range(RUNS):
-        aiops_s.append(timed([AIOPS, "train", str(SCRIPT), *channels, "--job-name", f"bench-{i}"], env, aiops_cpu))
+        aiops_s.append(
+            timed([AIOPS, "train", str(SCRIPT), *channels, "--job-name", f"bench-{i}"], env, aiops_cpu)
+        )
         for folder in fresh:
             shutil.rmtree(folder, ignore_errors=True)
             os.makedirs(folder)
@@ -79,7 +91,9 @@ def main() -> None:
 
     # The harness's fixed cost, apart from the example: a script that only prints.
     (work / "noop.py").write_text("print('done')\n")
-    noop_aiops = [timed([AIOPS, "train", str(work / "noop.py"), "--job-name", f"noop-{i}"], env) for i in range(RUNS)]
+    noop_aiops = [
+        timed([AIOPS, "train", str(work / "noop.py"), "--job-name", f"noop-{i}"], env) for i in range(RUNS)
+    ]
     noop_bare = [timed([sys.executable, str(work / "noop.py")], env) for _ in range(RUNS)]
 
     timed([AIOPS, "--help"], env)  # one run to warm the file cache; "cold" means a fresh process
@@ -100,7 +114,9 @@ def main() -> None:
         "train_overhead_of_minimums_pct": round(100 * (min(aiops_s) / min(bare_s) - 1), 2),
         "train_aiops_cpu_s": [round(v, 3) for v in aiops_cpu],
         "train_bare_cpu_s": [round(v, 3) for v in bare_cpu],
-        "train_cpu_overhead_pct": round(100 * (statistics.median(aiops_cpu) / statistics.median(bare_cpu) - 1), 2),
+        "train_cpu_overhead_pct": round(
+            100 * (statistics.median(aiops_cpu) / statistics.median(bare_cpu) - 1), 2
+        ),
         "train_overhead_goal_pct": 3.0,
         "fixed_cost_s": round(statistics.median(noop_aiops) - statistics.median(noop_bare), 3),
         "noop_aiops_s": [round(v, 3) for v in noop_aiops],
@@ -113,28 +129,28 @@ def main() -> None:
     (RESULTS / "train_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "train_overhead.md").write_text(f"""# `aiops train` overhead (bench/train_overhead.py)
 
-Machine: {result['machine']['arch']}, {result['machine']['cpus']} cores, Python {result['machine']['python']}.
+Machine: {result["machine"]["arch"]}, {result["machine"]["cpus"]} cores, Python {result["machine"]["python"]}.
 The digits example with default hyperparameters, {RUNS} runs each, alternating. 1-minute load average
-{result['load_average_1min_before_after'][0]} before, {result['load_average_1min_before_after'][1]} after: where it is near or above the core count,
+{result["load_average_1min_before_after"][0]} before, {result["load_average_1min_before_after"][1]} after: where it is near or above the core count,
 other work shares the cores and the wall times scatter.
 
 | | median (s) | runs (s) |
 |---|---|---|
-| `aiops train train.py` | {aiops_med:.3f} | {', '.join(f'{v:.2f}' for v in aiops_s)} |
-| bare `python train.py`, same env and argv | {bare_med:.3f} | {', '.join(f'{v:.2f}' for v in bare_s)} |
-| `aiops train noop.py` (a script that only prints) | {statistics.median(noop_aiops):.3f} | {', '.join(f'{v:.3f}' for v in noop_aiops)} |
-| bare `python noop.py` | {statistics.median(noop_bare):.3f} | {', '.join(f'{v:.3f}' for v in noop_bare)} |
-| `aiops --help` (fresh process) | {help_med:.3f} | {', '.join(f'{v:.3f}' for v in help_s)} |
+| `aiops train train.py` | {aiops_med:.3f} | {", ".join(f"{v:.2f}" for v in aiops_s)} |
+| bare `python train.py`, same env and argv | {bare_med:.3f} | {", ".join(f"{v:.2f}" for v in bare_s)} |
+| `aiops train noop.py` (a script that only prints) | {statistics.median(noop_aiops):.3f} | {", ".join(f"{v:.3f}" for v in noop_aiops)} |
+| bare `python noop.py` | {statistics.median(noop_bare):.3f} | {", ".join(f"{v:.3f}" for v in noop_bare)} |
+| `aiops --help` (fresh process) | {help_med:.3f} | {", ".join(f"{v:.3f}" for v in help_s)} |
 
 Harness overhead: {100 * overhead:+.1f} % of the medians ({verdict(overhead <= 0.03)}: <= 3 %);
-{result['train_overhead_of_minimums_pct']:+.1f} % of the fastest runs; {result['train_cpu_overhead_pct']:+.1f} % in median CPU time
+{result["train_overhead_of_minimums_pct"]:+.1f} % of the fastest runs; {result["train_cpu_overhead_pct"]:+.1f} % in median CPU time
 (user + sys; {statistics.median(aiops_cpu):.2f} s vs {statistics.median(bare_cpu):.2f} s), which load from other work on a
 shared machine distorts least.
 `aiops --help`: {help_med:.3f} s ({verdict(help_med <= 0.25)}: <= 0.25 s).
 The `aiops train` time is the whole command: CLI start, building the run folder, the script, packing
 model.tar.gz/output.tar.gz and the run record. Its fixed cost, measured on a script that only prints,
-is {result['fixed_cost_s']:.3f} s: that alone is {100 * result['fixed_cost_s'] / bare_med:.1f} % of this example's
-{bare_med:.2f} s, so the 3 % goal holds only for jobs longer than about {result['fixed_cost_s'] / 0.03:.0f} s.
+is {result["fixed_cost_s"]:.3f} s: that alone is {100 * result["fixed_cost_s"] / bare_med:.1f} % of this example's
+{bare_med:.2f} s, so the 3 % goal holds only for jobs longer than about {result["fixed_cost_s"] / 0.03:.0f} s.
 """)
     print((RESULTS / "train_overhead.md").read_text())
 

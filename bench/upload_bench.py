@@ -28,10 +28,10 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -112,9 +112,10 @@ def wait_listening(port: int, proc: subprocess.Popen) -> None:
 def serial_upload_channel(s3: Any, bucket: str, name: str, source: Path) -> None:
     """The serial path `upload_channel` replaced, kept as it was: hash every file, then
     `upload_once` one file after another (each a boto3 upload_file), then the manifest."""
+    from aiops.training.uploads import channel_manifest, channel_selection
+
     from aiops.s3objects import encryption_args, object_exists, upload_once
     from aiops.stack import LAYOUT as layout
-    from aiops.training.uploads import channel_manifest, channel_selection
 
     kms_key = None
     selection = channel_selection(source, name=name)
@@ -125,8 +126,9 @@ def serial_upload_channel(s3: Any, bucket: str, name: str, source: Path) -> None
         return
     for rel in manifest["files"]:
         upload_once(s3, bucket, f"{prefix}{rel}", selection.entries[rel], kms_key=kms_key, check=False)
-    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode(),
-                  **encryption_args(kms_key))
+    s3.put_object(
+        Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode(), **encryption_args(kms_key)
+    )
 
 
 def threads_sync(s3: Any, bucket: str, name: str, source: Path) -> None:
@@ -145,8 +147,11 @@ def threads_sync(s3: Any, bucket: str, name: str, source: Path) -> None:
 
     with ThreadPoolExecutor(SYNC_CONCURRENCY) as pool:
         list(pool.map(put, small))
-    config = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024,
-                            max_concurrency=SYNC_CONCURRENCY)
+    config = TransferConfig(
+        multipart_threshold=8 * 1024 * 1024,
+        multipart_chunksize=8 * 1024 * 1024,
+        max_concurrency=SYNC_CONCURRENCY,
+    )
     for path in large:
         s3.upload_file(str(path), bucket, f"sync/{name}/{path.relative_to(source).as_posix()}", Config=config)
 
@@ -172,8 +177,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=2000, help="small files in the first channel")
     parser.add_argument("--file-kib", type=int, default=4, help="size of each small file")
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the one large file (0: skip)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="runs of each way, interleaved (medians reported)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs of each way, interleaved (medians reported)"
+    )
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added to every request by the proxy")
     parser.add_argument("--proxy", nargs=2, type=int, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,16 +195,33 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="aiops-upload-bench-"))
     moto = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)]
     servers = [subprocess.Popen(moto, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    servers.append(subprocess.Popen([sys.executable, __file__, "--proxy", str(proxy_port), str(moto_port),
-                                     "--latency-ms", str(args.latency_ms)]))
+    servers.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--proxy",
+                str(proxy_port),
+                str(moto_port),
+                "--latency-ms",
+                str(args.latency_ms),
+            ]
+        )
+    )
     try:
         wait_listening(moto_port, servers[0])
         wait_listening(proxy_port, servers[1])
         endpoint = f"http://127.0.0.1:{proxy_port}"
-        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-                           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_CONFIG_FILE": "/dev/null",
-                           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_CONFIG_FILE": "/dev/null",
+                "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+            }
+        )
 
         def client(way: str) -> Any:
             if way == "threads":  # what the AWS CLI makes: a pool the size of its concurrency
@@ -220,8 +243,9 @@ def main() -> None:
             cases.append(("big", f"1 file of {args.big_mib:,} MiB", big))
 
         def reset() -> None:  # an empty moto between runs: nothing is skipped, memory is freed
-            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{moto_port}/moto-api/reset",
-                                                          method="POST")).read()
+            urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{moto_port}/moto-api/reset", method="POST")
+            ).read()
             boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}").create_bucket(Bucket=BUCKET)
 
         load_before = os.getloadavg()[0]
@@ -231,25 +255,35 @@ def main() -> None:
         for case, _, folder in cases:
             started = time.perf_counter()
             channel_manifest(folder)
-            rows[case] = {"hashing_seconds": round(time.perf_counter() - started, 3),
-                          **{way: [] for way in WAYS}, **{f"{way}_cpu_seconds": [] for way in WAYS}}
+            rows[case] = {
+                "hashing_seconds": round(time.perf_counter() - started, 3),
+                **{way: [] for way in WAYS},
+                **{f"{way}_cpu_seconds": [] for way in WAYS},
+            }
         ways = list(WAYS)
         for round_ in range(args.rounds):
             for case, _, folder in cases:
                 # each round starts with another way: none always runs first, on a fresher machine
-                for way in ways[round_ % len(ways):] + ways[:round_ % len(ways)]:
+                for way in ways[round_ % len(ways) :] + ways[: round_ % len(ways)]:
                     reset()
                     s3 = client(way)
                     cpu = [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)]
                     started = time.perf_counter()
                     WAYS[way][1](s3, BUCKET, case, folder)
                     rows[case][way].append(round(time.perf_counter() - started, 3))
-                    spent = [after - before for before, after in
-                             zip(cpu, [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)])]
+                    spent = [
+                        after - before
+                        for before, after in zip(
+                            cpu, [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)]
+                        )
+                    ]
                     named = zip(("client", "moto", "proxy"), spent)
                     rows[case][f"{way}_cpu_seconds"].append({name: round(sec, 2) for name, sec in named})
-                    print(f"round {round_ + 1} {case} {way}: {rows[case][way][-1]:.2f} s, "
-                          f"CPU s {rows[case][f'{way}_cpu_seconds'][-1]}", flush=True)
+                    print(
+                        f"round {round_ + 1} {case} {way}: {rows[case][way][-1]:.2f} s, "
+                        f"CPU s {rows[case][f'{way}_cpu_seconds'][-1]}",
+                        flush=True,
+                    )
         for row in rows.values():
             for way in WAYS:
                 row[f"{way}_median"] = statistics.median(row[way])
@@ -260,42 +294,55 @@ def main() -> None:
             proc.wait(timeout=30)
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
-    command = (f"python bench/upload_bench.py --files {args.files} --file-kib {args.file_kib} "
-               f"--big-mib {args.big_mib} --rounds {args.rounds} --latency-ms {args.latency_ms:g}")
+    command = (
+        f"python bench/upload_bench.py --files {args.files} --file-kib {args.file_kib} "
+        f"--big-mib {args.big_mib} --rounds {args.rounds} --latency-ms {args.latency_ms:g}"
+    )
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "command": command,
         "latency_ms": args.latency_ms,
         "load_average": [round(load_before, 2), round(load_after, 2)],
         "cases": {case: {"what": what, **rows[case]} for case, what, _ in cases},
-        "goal": ("small files: batch >= 5x serial and no slower than the 10 threads; "
-                 "large file: no slower than serial"),
+        "goal": (
+            "small files: batch >= 5x serial and no slower than the 10 threads; "
+            "large file: no slower than serial"
+        ),
     }
     md = [
         "# Channel uploads through a proxy that adds a region's latency (bench/upload_bench.py)",
         "",
-        (f"Machine: {result['machine']}; {args.rounds} interleaved rounds (median, then every run), "
-         f"moto server (its own process) behind a proxy (another) that adds {args.latency_ms:g} ms to every "
-         f"request. 1-minute load average {load_before:.1f} before, {load_after:.1f} after (other work "
-         f"shares the 2 cores: the times scatter). Command: `{command}`."),
+        (
+            f"Machine: {result['machine']}; {args.rounds} interleaved rounds (median, then every run), "
+            f"moto server (its own process) behind a proxy (another) that adds {args.latency_ms:g} ms to every "
+            f"request. 1-minute load average {load_before:.1f} before, {load_after:.1f} after (other work "
+            f"shares the 2 cores: the times scatter). Command: `{command}`."
+        ),
         "",
-        "| channel | " + " | ".join(label for label, _ in WAYS.values())
+        "| channel | "
+        + " | ".join(label for label, _ in WAYS.values())
         + " | batch vs serial | batch vs threads |",
         "|---|" + "---|" * (len(WAYS) + 2),
     ]
     for case, what, _ in cases:
         row = rows[case]
         times = [f"{row[f'{way}_median']:.2f} s ({', '.join(f'{t:.1f}' for t in row[way])})" for way in WAYS]
-        md.append(f"| {what} | " + " | ".join(times) + f" | {row['serial_median'] / row['batch_median']:.1f}x"
-                  f" | {row['threads_median'] / row['batch_median']:.2f}x |")
+        md.append(
+            f"| {what} | " + " | ".join(times) + f" | {row['serial_median'] / row['batch_median']:.1f}x"
+            f" | {row['threads_median'] / row['batch_median']:.2f}x |"
+        )
 
     def verdict(ratio: float, goal: float) -> str:
         return f"{ratio:.2f}x (goal >= {goal:g}x: {'met' if ratio >= goal else 'MISSED'})"
 
     small_row = rows["small"]
     small_batch = small_row["batch_median"]
-    verdicts = [(f"small files: {verdict(small_row['serial_median'] / small_batch, 5)} the serial path, "
-                 f"{verdict(small_row['threads_median'] / small_batch, 1)} the {SYNC_CONCURRENCY} threads")]
+    verdicts = [
+        (
+            f"small files: {verdict(small_row['serial_median'] / small_batch, 5)} the serial path, "
+            f"{verdict(small_row['threads_median'] / small_batch, 1)} the {SYNC_CONCURRENCY} threads"
+        )
+    ]
     if "big" in rows:
         big_row = rows["big"]
         big_ratio = big_row["serial_median"] / big_row["batch_median"]
@@ -309,9 +356,10 @@ def main() -> None:
         "near 1 is within the noise.",
         "",
         "The serial and batch columns are the whole channel upload: hashing every file for the manifest "
-        "(" + ", ".join(f"{rows[c]['hashing_seconds']:.2f} s for the {c} channel" for c, _, _ in cases)
+        "("
+        + ", ".join(f"{rows[c]['hashing_seconds']:.2f} s for the {c} channel" for c, _, _ in cases)
         + ", measured alone), a HEAD for the manifest, the files, then the manifest; the threads column "
-        "only sends the files. \"batch vs threads\" above 1 means the batch was faster.",
+        'only sends the files. "batch vs threads" above 1 means the batch was faster.',
         "",
         "CPU seconds of each process per run are in upload.json. `" + command + "` regenerates this file.",
     ]

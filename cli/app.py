@@ -133,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         # limits is a usage error, however deep the lookup that met it
         name = str(exc.filename or "")
         shown = name if len(name) <= 80 else f"{name[:60]}... ({len(name)} characters)"
-        typer.echo(f"error: {_one_line(shown)}: name too long for the file system (at most 255 characters a "
-                   "name, 4096 a path); give a shorter one", err=True)
+        typer.echo(
+            f"error: {_one_line(shown)}: name too long for the file system (at most 255 characters a "
+            "name, 4096 a path); give a shorter one",
+            err=True,
+        )
         return 2
     except ModuleNotFoundError as exc:  # an optional extra that is not installed
         from aiops.extras import for_missing_module

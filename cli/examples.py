@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 example_app = typer.Typer(
     help="The kit's examples: data for the digits classifier, the byte-level language model and the LoRA "
-    "fine-tune, and a tiny Llama model.", no_args_is_help=True)
+    "fine-tune, and a tiny Llama model.",
+    no_args_is_help=True,
+)
 
 
 @example_app.command("digits-data")
@@ -37,20 +38,25 @@ def lm_data(
     """Write byte-level token shards of this Python's standard library source as train and test channels."""
     from aiops.training.examples.lm.prepare import write_channels
 
-    summary = write_channels(out, train_bytes=train_bytes, test_bytes=test_bytes, shard_tokens=shard_tokens,
-                             seed=seed)
+    summary = write_channels(
+        out, train_bytes=train_bytes, test_bytes=test_bytes, shard_tokens=shard_tokens, seed=seed
+    )
     for name, info in summary.items():
-        typer.echo(f"{name}: {info['tokens']} tokens in {info['shards']} shard(s) from {info['documents']} "
-                   f"files -> {info['path']}")
+        typer.echo(
+            f"{name}: {info['tokens']} tokens in {info['shards']} shard(s) from {info['documents']} "
+            f"files -> {info['path']}"
+        )
 
 
 @example_app.command("finetune-data")
 def finetune_data(
     out: Path = typer.Argument(..., help="Folder to write the train/ and test/ channels into."),
-    test_fraction: float = typer.Option(0.1, min=0.01, max=0.5,
-                                        help="Share of conversations held out for test."),
-    max_samples: Optional[int] = typer.Option(None, min=2,
-                                              help="Keep at most this many conversations in all."),
+    test_fraction: float = typer.Option(
+        0.1, min=0.01, max=0.5, help="Share of conversations held out for test."
+    ),
+    max_samples: int | None = typer.Option(
+        None, min=2, help="Keep at most this many conversations in all."
+    ),
     seed: int = typer.Option(0, help="Seed of the order, the split and the question phrasings."),
 ) -> None:
     """Write an instruction dataset made from the Python standard library's docstrings (no download) as
@@ -73,8 +79,9 @@ def tiny_llm(
     vocab: int = typer.Option(512, help="BPE vocabulary, special tokens included."),
     max_positions: int = typer.Option(512, help="Longest sequence (max_position_embeddings)."),
     dtype: str = typer.Option("float32", help="Weights as float32 or bfloat16."),
-    seed: int = typer.Option(0, help="Seed of the random weights: the same seed and sizes, the same "
-                             "weights."),
+    seed: int = typer.Option(
+        0, help="Seed of the random weights: the same seed and sizes, the same weights."
+    ),
 ) -> None:
     """Write a small Llama-architecture causal LM with random weights, a tokenizer trained here on the
     Python standard library and a chat template: a Hugging Face model folder, made offline. The
@@ -85,13 +92,22 @@ def tiny_llm(
     check_extra("finetune", "aiops example tiny-llm", "transformers", "tokenizers", "safetensors")
     from aiops.training.examples.finetune.tiny_llm import TinyLlmSize, write_model
 
-    size = TinyLlmSize(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
-                       intermediate=intermediate, vocab=vocab, max_positions=max_positions)
+    size = TinyLlmSize(
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate=intermediate,
+        vocab=vocab,
+        max_positions=max_positions,
+    )
     size.check()
     _quiet_transformers()
     summary = write_model(out, size, seed=seed, dtype=dtype)
-    typer.echo(f"{summary['parameters']:,} parameters, vocabulary {summary['vocab']}, {summary['dtype']}, "
-               f"seed {summary['seed']} -> {summary['path']} ({', '.join(summary['files'])})")
+    typer.echo(
+        f"{summary['parameters']:,} parameters, vocabulary {summary['vocab']}, {summary['dtype']}, "
+        f"seed {summary['seed']} -> {summary['path']} ({', '.join(summary['files'])})"
+    )
 
 
 def _quiet_transformers() -> None:

@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def export(
-    model: str = typer.Argument(..., help="A model.tar.gz, a model folder, or the name of a local training run."),
+    model: str = typer.Argument(
+        ..., help="A model.tar.gz, a model folder, or the name of a local training run."
+    ),
     format: str = typer.Option(..., "--format", "-f", help="torchscript or onnx."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", "-q",
-                                           help="dynamic-int8: Linear/LSTM/GRU weights to int8 (not convolutions)."),
-    sample: Optional[Path] = typer.Option(None, "--sample",
-                                          help="Sample batch (.npy/.npz/.json/.csv) [default: a run's test channel]."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="Where to write the new model.tar.gz [default: model-FORMAT[-int8].tar.gz]."),
-    max_abs_diff: Optional[float] = typer.Option(None, "--max-abs-diff",
-                                                 help="Largest allowed |exported - original| [fp32: 1e-4; int8: not checked]."),
-    min_agreement: Optional[float] = typer.Option(None, "--min-agreement",
-                                                  help="Smallest allowed top-1 agreement [fp32: 0.999; int8: 0.99]."),
-    bench_seconds: float = typer.Option(0.3, "--bench-seconds", min=0.0,
-                                        help="Time spent per latency figure (median of the runs, at least 5)."),
+    quantize: str | None = typer.Option(
+        None, "--quantize", "-q", help="dynamic-int8: Linear/LSTM/GRU weights to int8 (not convolutions)."
+    ),
+    sample: Path | None = typer.Option(
+        None, "--sample", help="Sample batch (.npy/.npz/.json/.csv) [default: a run's test channel]."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where to write the new model.tar.gz [default: model-FORMAT[-int8].tar.gz]."
+    ),
+    max_abs_diff: float | None = typer.Option(
+        None, "--max-abs-diff", help="Largest allowed |exported - original| [fp32: 1e-4; int8: not checked]."
+    ),
+    min_agreement: float | None = typer.Option(
+        None, "--min-agreement", help="Smallest allowed top-1 agreement [fp32: 0.999; int8: 0.99]."
+    ),
+    bench_seconds: float = typer.Option(
+        0.3,
+        "--bench-seconds",
+        min=0.0,
+        help="Time spent per latency figure (median of the runs, at least 5).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Export a model to TorchScript or ONNX (optionally dynamic int8); verify it on a sample; write model.tar.gz."""
@@ -30,8 +40,16 @@ def export(
 
     from aiops.inference.export.pipeline import ExportFailed, ExportOptions, export_model, validate
 
-    opts = ExportOptions(model=model, format=format, quantize=quantize, sample=sample, out=out,
-                         max_abs_diff=max_abs_diff, min_agreement=min_agreement, timing_seconds=bench_seconds)
+    opts = ExportOptions(
+        model=model,
+        format=format,
+        quantize=quantize,
+        sample=sample,
+        out=out,
+        max_abs_diff=max_abs_diff,
+        min_agreement=min_agreement,
+        timing_seconds=bench_seconds,
+    )
     validate(opts)
     if not as_json:
         typer.echo(f"exporting {model} to {format}{' ' + quantize if quantize else ''} ...", err=True)
@@ -60,19 +78,27 @@ def _render(s: dict) -> None:
     sample = s["sample"]
     agree = s["top1_agreement"]
     tol = s["tolerance"]
-    typer.echo(f"  method      {s['method']} (code: {s['code']}"
-               f"{', %d quantized layers' % s['quantized_layers'] if s['quantize'] else ''})")
+    typer.echo(
+        f"  method      {s['method']} (code: {s['code']}"
+        f"{', %d quantized layers' % s['quantized_layers'] if s['quantize'] else ''})"
+    )
     typer.echo(f"  sample      {sample['path']} {sample['shape']} {sample['dtype']}")
-    typer.echo(f"  max |diff|  {s['max_abs_diff']:.3g}"
-               f"{'' if tol['max_abs_diff'] is None else ' (limit %.3g)' % tol['max_abs_diff']}")
+    typer.echo(
+        f"  max |diff|  {s['max_abs_diff']:.3g}"
+        f"{'' if tol['max_abs_diff'] is None else ' (limit %.3g)' % tol['max_abs_diff']}"
+    )
     typer.echo(f"  top-1 agree {'n/a' if agree is None else f'{agree:.4f}'} (min {tol['min_agreement']})")
     if s.get("accuracy"):
         typer.echo(f"  accuracy    {s['accuracy']['before']:.4f} -> {s['accuracy']['after']:.4f}")
     size = s["size_bytes"]
-    typer.echo(f"  model file  {_fmt_bytes(size['model_file_before'])} -> {_fmt_bytes(size['model_file_after'])}")
+    typer.echo(
+        f"  model file  {_fmt_bytes(size['model_file_before'])} -> {_fmt_bytes(size['model_file_after'])}"
+    )
     typer.echo(f"  artifact    {_fmt_bytes(size['artifact_before'])} -> {_fmt_bytes(size['artifact_after'])}")
     for label, lat in s["latency_ms"].items():
-        typer.echo(f"  latency {label.replace('batch_', 'b')}  {lat['before_ms']:.3f} ms -> {lat['after_ms']:.3f} ms (median)")
+        typer.echo(
+            f"  latency {label.replace('batch_', 'b')}  {lat['before_ms']:.3f} ms -> {lat['after_ms']:.3f} ms (median)"
+        )
 
 
 def register(app: typer.Typer, *, panel: str) -> None:

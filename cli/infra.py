@@ -7,18 +7,20 @@ boto3 are imported inside the functions only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-STACK_HELP = "Stack name: its config is Pulumi.<stack>.yaml in the project folder (default: AIOPS_STACK, else dev)."
+STACK_HELP = (
+    "Stack name: its config is Pulumi.<stack>.yaml in the project folder (default: AIOPS_STACK, else dev)."
+)
 DIR_HELP = "Project folder (holds Pulumi.yaml and the stack files)."
 BACKEND_HELP = "State backend URL (default: a local file backend under the aiops home)."
 
 # The options every stack command shares, declared once.
-StackOpt = Annotated[Optional[str], typer.Option("--stack", "-s", help=STACK_HELP)]
+StackOpt = Annotated[str | None, typer.Option("--stack", "-s", help=STACK_HELP)]
 ProjectDirOpt = Annotated[Path, typer.Option("--project-dir", "-C", help=DIR_HELP)]
-BackendOpt = Annotated[Optional[str], typer.Option("--backend", help=BACKEND_HELP)]
+BackendOpt = Annotated[str | None, typer.Option("--backend", help=BACKEND_HELP)]
 
 
 def _console(err: bool = False):
@@ -30,7 +32,7 @@ def _console(err: bool = False):
     return Console(stderr=err, highlight=False, width=None if stream.isatty() else 160)
 
 
-def _stack_name(stack: Optional[str]) -> str:
+def _stack_name(stack: str | None) -> str:
     """The one rule (aiops.stack.resolve_stack): --stack > AIOPS_STACK / aiops.toml > dev."""
     from aiops.settings import get_settings
     from aiops.stack import resolve_stack
@@ -72,13 +74,17 @@ class _DeployView:
 
 
 def preview(
-    offline: bool = typer.Option(False, "--offline", help="Run under Pulumi mocks: no CLI, credentials or network."),
+    offline: bool = typer.Option(
+        False, "--offline", help="Run under Pulumi mocks: no CLI, credentials or network."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     stack: StackOpt = None,
     project_dir: ProjectDirOpt = Path("."),
     backend: BackendOpt = None,
-    model: Optional[Path] = typer.Option(
-        None, "--model", "-m",
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        "-m",
         help="A local model (weights file, folder or model.tar.gz) to check against the endpoint's GPUs "
         "(GPU-fit check: tensor sizes from the files, weights never loaded).",
     ),
@@ -93,7 +99,9 @@ def preview(
         from aiops.infra.automation import event_printer
 
         on_event = event_printer(console)
-    result = commands.preview(project_dir, stack, offline=offline, backend=backend, model=model, on_event=on_event)
+    result = commands.preview(
+        project_dir, stack, offline=offline, backend=backend, model=model, on_event=on_event
+    )
     if offline:
         from aiops.infra.render import print_costs, print_table, to_json
 
@@ -136,8 +144,10 @@ def cost(
 
 
 def deploy(
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m",
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
         help="The endpoint's model: s3:// URI, job:TRAINING_JOB, a local run (name or folder) or model.tar.gz "
         "(uploaded to the stack bucket under its content hash), or uncompressed: an s3://bucket/prefix/ or a "
         "folder of model files (uploaded as a prefix). Checked against the GPUs first. A job's or run's "
@@ -153,7 +163,9 @@ def deploy(
 
     stack = _stack_name(stack)
     console = _console()
-    done = commands.deploy(project_dir, stack, view=_DeployView(console), model=model, backend=backend, yes=yes)
+    done = commands.deploy(
+        project_dir, stack, view=_DeployView(console), model=model, backend=backend, yes=yes
+    )
     console.print(f"stack {stack}: {done.result}")
     for key, value in sorted(done.outputs.items()):
         console.print(f"  {key}: {'[secret]' if value.secret else value.value}")
@@ -175,7 +187,9 @@ def destroy(
     def confirm() -> bool:
         return yes or typer.confirm(f"destroy every resource of stack {stack!r}?", default=False)
 
-    result = commands.destroy(project_dir, stack, confirm=confirm, backend=backend, on_event=event_printer(console))
+    result = commands.destroy(
+        project_dir, stack, confirm=confirm, backend=backend, on_event=event_printer(console)
+    )
     console.print(f"stack {stack}: {result}")
 
 

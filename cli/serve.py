@@ -3,89 +3,167 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-model_app = typer.Typer(help="Model artifacts: package a model.tar.gz in the SageMaker layout.",
-                        no_args_is_help=True)
+model_app = typer.Typer(
+    help="Model artifacts: package a model.tar.gz in the SageMaker layout.", no_args_is_help=True
+)
 
 
 def serve(
-    model: str = typer.Argument(..., help="A model.tar.gz, a model folder, or the name of a local training run."),
-    entry_point: Optional[str] = typer.Option(None, "--entry-point", "-e",
-                                              help="Inference script (overrides the artifact's code/)."),
-    source_dir: Optional[str] = typer.Option(None, "--source-dir", "-s",
-                                             help="Folder with the inference script (replaces code/)."),
+    model: str = typer.Argument(
+        ..., help="A model.tar.gz, a model folder, or the name of a local training run."
+    ),
+    entry_point: str | None = typer.Option(
+        None, "--entry-point", "-e", help="Inference script (overrides the artifact's code/)."
+    ),
+    source_dir: str | None = typer.Option(
+        None, "--source-dir", "-s", help="Folder with the inference script (replaces code/)."
+    ),
     # The defaults in these helps are ServeSettings' (importing it here would slow every --help);
     # tests/test_cli_help.py checks that they agree.
-    host: Optional[str] = typer.Option(None, help="Interface to bind [default: 127.0.0.1]."),
-    port: Optional[int] = typer.Option(None, "--port", "-p", help="Port [default: 8080, SAGEMAKER_BIND_TO_PORT]."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1,
-                                          help="Worker processes [default: 1, SAGEMAKER_MODEL_SERVER_WORKERS]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
-                                             help="Dynamic batching: max requests per predict [default: 1, SAGEMAKER_TS_BATCH_SIZE]."),
-    max_batch_delay: Optional[float] = typer.Option(None, "--max-batch-delay", min=0,
-                                                    help="Dynamic batching: max wait in ms [default: 5, SAGEMAKER_TS_MAX_BATCH_DELAY]."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001,
-                                            help="Per-request timeout in s [default: 60, SAGEMAKER_MODEL_SERVER_TIMEOUT]."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="AIOPS_SERVE__API_KEY", show_envvar=True,
-                                          help="Require this key (X-Api-Key) on every route but /ping."),
-    install_requirements: bool = typer.Option(False, "--install-requirements",
-                                              help="pip install code/requirements.txt first (as the container does)."),
+    host: str | None = typer.Option(None, help="Interface to bind [default: 127.0.0.1]."),
+    port: int | None = typer.Option(
+        None, "--port", "-p", help="Port [default: 8080, SAGEMAKER_BIND_TO_PORT]."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", min=1, help="Worker processes [default: 1, SAGEMAKER_MODEL_SERVER_WORKERS]."
+    ),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Dynamic batching: max requests per predict [default: 1, SAGEMAKER_TS_BATCH_SIZE].",
+    ),
+    max_batch_delay: float | None = typer.Option(
+        None,
+        "--max-batch-delay",
+        min=0,
+        help="Dynamic batching: max wait in ms [default: 5, SAGEMAKER_TS_MAX_BATCH_DELAY].",
+    ),
+    timeout: float | None = typer.Option(
+        None,
+        "--timeout",
+        min=0.001,
+        help="Per-request timeout in s [default: 60, SAGEMAKER_MODEL_SERVER_TIMEOUT].",
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="AIOPS_SERVE__API_KEY",
+        show_envvar=True,
+        help="Require this key (X-Api-Key) on every route but /ping.",
+    ),
+    install_requirements: bool = typer.Option(
+        False,
+        "--install-requirements",
+        help="pip install code/requirements.txt first (as the container does).",
+    ),
 ) -> None:
     """Serve a model with the SageMaker PyTorch handler contract: GET /ping, POST /invocations."""
-    from aiops.inference.serving.supervisor import serve as run_server, serve_settings
+    from aiops.inference.serving.supervisor import serve as run_server
+    from aiops.inference.serving.supervisor import serve_settings
+
     from aiops.settings import get_settings
 
-    opts = serve_settings(host=host, port=port, workers=workers, batch_size=batch_size,
-                          max_batch_delay_ms=max_batch_delay, timeout_seconds=timeout, api_key=api_key,
-                          install_requirements=install_requirements or None)
+    opts = serve_settings(
+        host=host,
+        port=port,
+        workers=workers,
+        batch_size=batch_size,
+        max_batch_delay_ms=max_batch_delay,
+        timeout_seconds=timeout,
+        api_key=api_key,
+        install_requirements=install_requirements or None,
+    )
 
     def ready(url: str) -> None:
-        typer.echo(f"serving {model} on {url} ({opts.workers} worker{'s' if opts.workers > 1 else ''}"
-                   f"{f', batch {opts.batch_size}' if opts.batch_size > 1 else ''}); Ctrl-C to stop", err=True)
+        typer.echo(
+            f"serving {model} on {url} ({opts.workers} worker{'s' if opts.workers > 1 else ''}"
+            f"{f', batch {opts.batch_size}' if opts.batch_size > 1 else ''}); Ctrl-C to stop",
+            err=True,
+        )
 
-    code = run_server(model, opts, runs_dir=get_settings().runs_dir, entry_point=entry_point,
-                      source_dir=source_dir, on_ready=ready)
+    code = run_server(
+        model,
+        opts,
+        runs_dir=get_settings().runs_dir,
+        entry_point=entry_point,
+        source_dir=source_dir,
+        on_ready=ready,
+    )
     raise typer.Exit(code)
 
 
 def invoke(
     data: str = typer.Option(..., "--data", "-d", help="Request body: a file (or @file), or inline JSON."),
-    url: Optional[str] = typer.Option(None, "--url", help="A local server [default: http://127.0.0.1:8080]."),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="A deployed SageMaker endpoint (boto3)."),
-    content_type: Optional[str] = typer.Option(None, "--content-type", "-c",
-                                               help="Content-Type [default: from the file suffix, else JSON]."),
-    accept: Optional[str] = typer.Option(None, "--accept", "-a", help="Accept header."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="AIOPS_SERVE__API_KEY", show_envvar=True),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the response body to this file."),
-    stream: bool = typer.Option(False, "--stream", help="Print chunks as they arrive (chunked /invocations, or "
-                                "InvokeEndpointWithResponseStream with --endpoint), with time to first byte and chunks/s."),
-    async_: bool = typer.Option(False, "--async", help="With --endpoint: InvokeEndpointAsync. The body is uploaded to "
-                                "the stack's bucket (async-inference/input/), then the result is read from the "
-                                "OutputLocation once it is there."),
-    timeout: float = typer.Option(600.0, "--timeout", min=0, help="With --async: how long to wait for the result, in s."),
-    inference_component: Optional[str] = typer.Option(
-        None, "--inference-component", help="With --endpoint: the InferenceComponentName to route to [default: the "
-        "stack's inferenceComponentName when --endpoint is the stack's endpoint]."),
-    max_response_mb: Optional[float] = typer.Option(
-        None, "--max-response-mb", min=0.001, help="The largest response body accepted; past it one error "
+    url: str | None = typer.Option(None, "--url", help="A local server [default: http://127.0.0.1:8080]."),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="A deployed SageMaker endpoint (boto3)."),
+    content_type: str | None = typer.Option(
+        None, "--content-type", "-c", help="Content-Type [default: from the file suffix, else JSON]."
+    ),
+    accept: str | None = typer.Option(None, "--accept", "-a", help="Accept header."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="AIOPS_SERVE__API_KEY", show_envvar=True),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write the response body to this file."
+    ),
+    stream: bool = typer.Option(
+        False,
+        "--stream",
+        help="Print chunks as they arrive (chunked /invocations, or "
+        "InvokeEndpointWithResponseStream with --endpoint), with time to first byte and chunks/s.",
+    ),
+    async_: bool = typer.Option(
+        False,
+        "--async",
+        help="With --endpoint: InvokeEndpointAsync. The body is uploaded to "
+        "the stack's bucket (async-inference/input/), then the result is read from the "
+        "OutputLocation once it is there.",
+    ),
+    timeout: float = typer.Option(
+        600.0, "--timeout", min=0, help="With --async: how long to wait for the result, in s."
+    ),
+    inference_component: str | None = typer.Option(
+        None,
+        "--inference-component",
+        help="With --endpoint: the InferenceComponentName to route to [default: the "
+        "stack's inferenceComponentName when --endpoint is the stack's endpoint].",
+    ),
+    max_response_mb: float | None = typer.Option(
+        None,
+        "--max-response-mb",
+        min=0.001,
+        help="The largest response body accepted; past it one error "
         "line, nothing kept [default: 64 for a body held in memory to print; no limit with --output or "
-        "--stream, which never hold the body]."),
+        "--stream, which never hold the body].",
+    ),
 ) -> None:
     """Send one request and print the response and its latency."""
     from aiops.inference.client import synchronous as client
     from aiops.inference.client.invoke import Target, send
 
-    target = Target(url=url, endpoint=endpoint, inference_component=inference_component, asynchronous=async_,
-                    timeout=timeout)
+    target = Target(
+        url=url,
+        endpoint=endpoint,
+        inference_component=inference_component,
+        asynchronous=async_,
+        timeout=timeout,
+    )
     target.check(stream=stream)
     body, ctype = client.load_payload(data, content_type)
     limit = int(max_response_mb * client.MIB) if max_response_mb is not None else None
     if stream:
-        return _invoke_stream(body, ctype, url=url, endpoint=endpoint, accept=accept, api_key=api_key,
-                              output=output, limit=limit)
+        return _invoke_stream(
+            body,
+            ctype,
+            url=url,
+            endpoint=endpoint,
+            accept=accept,
+            api_key=api_key,
+            output=output,
+            limit=limit,
+        )
     if output is not None:
         with client.FileBody(output, limit) as sink:  # renamed over the file only once complete
             answer = send(target, body, content_type=ctype, accept=accept, api_key=api_key, sink=sink)
@@ -97,7 +175,7 @@ def invoke(
     typer.echo(_safe(answer.summary), err=True)
 
 
-def _render(body: bytes, content_type: Optional[str]) -> None:
+def _render(body: bytes, content_type: str | None) -> None:
     """A response body printed when it is text (control characters neutralized on a terminal), else
     its size and type."""
     import sys
@@ -122,15 +200,17 @@ def _render(body: bytes, content_type: Optional[str]) -> None:
         typer.echo(shown, color=True)
 
 
-def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, output: Optional[Path],
-                   limit: Optional[int]) -> None:
+def _invoke_stream(
+    body: bytes, ctype: str, *, url, endpoint, accept, api_key, output: Path | None, limit: int | None
+) -> None:
     import contextlib
     import sys
 
     from aiops.cli.terminal import TerminalWriter, is_terminal
-    from aiops.errors import AiopsError
     from aiops.inference.client import stream as stream_client
     from aiops.inference.client import synchronous as client
+
+    from aiops.errors import AiopsError
     from aiops.settings import get_settings
 
     # --output: a private temporary file beside FILE, renamed over it once the stream is complete (a
@@ -141,8 +221,11 @@ def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, o
     if output is not None:
         sink = client.FileBody(output, limit)
     else:
-        sink = client.PassBody(terminal.write if terminal else sys.stdout.buffer.write, limit,
-                               flush=None if terminal else sys.stdout.buffer.flush)
+        sink = client.PassBody(
+            terminal.write if terminal else sys.stdout.buffer.write,
+            limit,
+            flush=None if terminal else sys.stdout.buffer.flush,
+        )
     last = [b"\n"]
 
     def show(chunk: bytes) -> None:
@@ -155,11 +238,23 @@ def _invoke_stream(body: bytes, ctype: str, *, url, endpoint, accept, api_key, o
             if endpoint:
                 from aiops.stack import endpoint_region
 
-                result = stream_client.stream_endpoint(endpoint, body, content_type=ctype, accept=accept,
-                                                       region=endpoint_region(get_settings()), on_chunk=show)
+                result = stream_client.stream_endpoint(
+                    endpoint,
+                    body,
+                    content_type=ctype,
+                    accept=accept,
+                    region=endpoint_region(get_settings()),
+                    on_chunk=show,
+                )
             else:
-                result = stream_client.stream_url(url or get_settings().serve.url, body, content_type=ctype,
-                                                  accept=accept, api_key=api_key, on_chunk=show)
+                result = stream_client.stream_url(
+                    url or get_settings().serve.url,
+                    body,
+                    content_type=ctype,
+                    accept=accept,
+                    api_key=api_key,
+                    on_chunk=show,
+                )
         finally:
             if terminal is not None:
                 terminal.close()
@@ -180,18 +275,33 @@ def _safe(line: str) -> str:
 @model_app.command("package")
 def package(
     model: str = typer.Argument(..., help="A local training run name, or a model folder."),
-    out: Path = typer.Option(Path("model.tar.gz"), "--out", "-o",
-                             help="Where to write model.tar.gz (an existing folder: FOLDER/model.tar.gz)."),
-    entry_point: Optional[Path] = typer.Option(None, "--entry-point", "-e", help="Inference script -> code/."),
-    source_dir: Optional[Path] = typer.Option(None, "--source-dir", "-s", help="Folder copied into code/."),
-    requirements: Optional[Path] = typer.Option(None, "--requirements", "-r", help="-> code/requirements.txt"),
+    out: Path = typer.Option(
+        Path("model.tar.gz"),
+        "--out",
+        "-o",
+        help="Where to write model.tar.gz (an existing folder: FOLDER/model.tar.gz).",
+    ),
+    entry_point: Path | None = typer.Option(
+        None, "--entry-point", "-e", help="Inference script -> code/."
+    ),
+    source_dir: Path | None = typer.Option(None, "--source-dir", "-s", help="Folder copied into code/."),
+    requirements: Path | None = typer.Option(
+        None, "--requirements", "-r", help="-> code/requirements.txt"
+    ),
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
     from aiops.inference import artifacts
+
     from aiops.settings import get_settings
 
-    done = artifacts.package(model, out, runs_dir=get_settings().runs_dir, entry_point=entry_point,
-                             source_dir=source_dir, requirements=requirements)
+    done = artifacts.package(
+        model,
+        out,
+        runs_dir=get_settings().runs_dir,
+        entry_point=entry_point,
+        source_dir=source_dir,
+        requirements=requirements,
+    )
     for warning in done.warnings:
         typer.echo(f"warning: {warning}", err=True)
     summary, program = done.summary, done.program
@@ -199,8 +309,10 @@ def package(
         typer.echo(f"  {name}")
     typer.echo(f"wrote {summary['path']} ({summary['bytes']} bytes, {len(summary['files'])} files)")
     if program is not None and program != "inference.py":
-        typer.echo(f"inference script: code/{program} (the training script defines model_fn); deploy it with "
-                   f"SAGEMAKER_PROGRAM={program} (aiops serve {out} --entry-point {program}), as estimator.deploy() does")
+        typer.echo(
+            f"inference script: code/{program} (the training script defines model_fn); deploy it with "
+            f"SAGEMAKER_PROGRAM={program} (aiops serve {out} --entry-point {program}), as estimator.deploy() does"
+        )
 
 
 def register(app: typer.Typer, *, panel: str) -> None:

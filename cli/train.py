@@ -6,21 +6,25 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 if TYPE_CHECKING:  # typing only: `aiops --help` imports no record machinery
-    from aiops.runs import RunRecord
     from aiops.training.backends import JobBackend
+
+    from aiops.runs import RunRecord
 
 SUMMARY_METRICS = 8  # the rest (per-class figures, say) are one command away
 
-jobs_app = typer.Typer(help="Training runs, local and remote: list, describe, logs, stop.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    help="Training runs, local and remote: list, describe, logs, stop.", no_args_is_help=True
+)
 
 
-def _parse_pairs(values: List[str], option: str, example: str, *, unique: bool = False) -> dict[str, str]:
+def _parse_pairs(values: list[str], option: str, example: str, *, unique: bool = False) -> dict[str, str]:
     from aiops.errors import UsageError
 
     pairs: dict[str, str] = {}
@@ -29,8 +33,10 @@ def _parse_pairs(values: List[str], option: str, example: str, *, unique: bool =
         if not sep or not key.strip():
             raise UsageError(f"{option} {item!r}: expected KEY=VALUE, e.g. {option} {example}.")
         if unique and key.strip() in pairs:
-            raise UsageError(f"{option} {key.strip()} is given twice ({pairs[key.strip()]} and {value}); "
-                             "give each name once.")
+            raise UsageError(
+                f"{option} {key.strip()} is given twice ({pairs[key.strip()]} and {value}); "
+                "give each name once."
+            )
         pairs[key.strip()] = value
     return pairs
 
@@ -84,8 +90,10 @@ class _Console:
         for warning in record.warnings:
             self.warning(warning)
         for problem in record.requirement_problems:
-            self.warning(f"requirements.txt: {problem['requirement']} is {problem['reason']} here "
-                         "(the SageMaker container pip-installs it; aiops never installs into your environment).")
+            self.warning(
+                f"requirements.txt: {problem['requirement']} is {problem['reason']} here "
+                "(the SageMaker container pip-installs it; aiops never installs into your environment)."
+            )
         self.console.print(f"[bold]{self._job}[/] started in {record.run_dir}")
         if self.live:
             self._status = self.console.status(self)
@@ -108,9 +116,15 @@ class _Console:
         if self._progress is None:
             from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-            self._progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                                      TransferSpeedColumn(), console=self.console, transient=True,
-                                      disable=not self.live)
+            self._progress = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=self.console,
+                transient=True,
+                disable=not self.live,
+            )
             self._progress.start()
         # one line for the whole submission: the label counts the objects, the bar the bytes
         if self._upload_task is None:
@@ -123,7 +137,9 @@ class _Console:
             self._progress = None
             self._upload_task = None
 
-    def estimate(self, estimate: Any, *, spot: bool, instance_count: int, instance_type: str, max_run: int) -> None:
+    def estimate(
+        self, estimate: Any, *, spot: bool, instance_count: int, instance_type: str, max_run: int
+    ) -> None:
         from aiops.pricing import load_prices
 
         if estimate.known:
@@ -151,8 +167,10 @@ class _Console:
         self.console.out(f"[{'-'.join(host)}] {message}", highlight=False)
 
     def silent(self, seconds: float, status: str) -> None:
-        self.console.print(f"[yellow]no log output for {seconds:.0f}s[/] (status {status}); still waiting — "
-                           "Ctrl-C to detach or stop.")
+        self.console.print(
+            f"[yellow]no log output for {seconds:.0f}s[/] (status {status}); still waiting — "
+            "Ctrl-C to detach or stop."
+        )
 
 
 def _when(seconds: float | None) -> str | None:
@@ -172,7 +190,9 @@ def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) 
     """`streamed`: the job's log was just shown live, so the log tail is not repeated."""
     from rich.table import Table
 
-    colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stale": "red"}.get(record.status, "white")
+    colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stale": "red"}.get(
+        record.status, "white"
+    )
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")  # paths stay whole, folded, never cut with an ellipsis
@@ -186,7 +206,9 @@ def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) 
     for name, value in metrics[:SUMMARY_METRICS]:  # in order of first appearance
         table.add_row(name, f"{value:.6g}")
     if len(metrics) > SUMMARY_METRICS:
-        table.add_row("", f"... and {len(metrics) - SUMMARY_METRICS} more: aiops jobs metrics {record.job_name}")
+        table.add_row(
+            "", f"... and {len(metrics) - SUMMARY_METRICS} more: aiops jobs metrics {record.job_name}"
+        )
     for name, path in record.artifacts.items():
         table.add_row(name, str(path))
     if record.status == "Stopped":
@@ -206,90 +228,159 @@ def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) 
 
 
 def train(
-    entry_point: Optional[str] = typer.Argument(
+    entry_point: str | None = typer.Argument(
         None, help="The training script (relative to --source-dir when given). Optional with --resume."
     ),
-    source_dir: Optional[str] = typer.Option(None, "--source-dir", help="Folder of code to ship with the script."),
-    hp: List[str] = typer.Option([], "--hp", help="Hyperparameter KEY=VALUE (repeatable; JSON values)."),
-    hyperparameters: Optional[Path] = typer.Option(
+    source_dir: str | None = typer.Option(
+        None, "--source-dir", help="Folder of code to ship with the script."
+    ),
+    hp: list[str] = typer.Option([], "--hp", help="Hyperparameter KEY=VALUE (repeatable; JSON values)."),
+    hyperparameters: Path | None = typer.Option(
         None, "--hyperparameters", help="JSON file of hyperparameters (--hp overrides it)."
     ),
-    channel: List[str] = typer.Option([], "--channel", help="Input channel NAME=PATH (repeatable)."),
-    env: List[str] = typer.Option(
-        [], "--env", help="Environment variable KEY=VALUE of the script (repeatable): the local process's, "
-        "the job's Environment. Not SM_*/SAGEMAKER_*, not secrets."),
-    secret: List[str] = typer.Option(
-        [], "--secret", help="Secret NAME=ARN of AWS Secrets Manager (repeatable): the script reads it as "
-        "docs/training.md#secrets shows; its value is never sent or stored."),
-    input_mode: List[str] = typer.Option([], "--input-mode", help="[NAME=]File|FastFile|Pipe: a channel's "
-                                         "InputMode (every channel without NAME; runs as File locally)."),
-    channel_sharding: List[str] = typer.Option([], "--channel-sharding", help="[NAME=]ShardedByS3Key|"
-                                               "FullyReplicated: each host gets a disjoint subset of the "
-                                               "channel's S3 objects (remote jobs)."),
-    instance_type: Optional[str] = typer.Option(
+    channel: list[str] = typer.Option([], "--channel", help="Input channel NAME=PATH (repeatable)."),
+    env: list[str] = typer.Option(
+        [],
+        "--env",
+        help="Environment variable KEY=VALUE of the script (repeatable): the local process's, "
+        "the job's Environment. Not SM_*/SAGEMAKER_*, not secrets.",
+    ),
+    secret: list[str] = typer.Option(
+        [],
+        "--secret",
+        help="Secret NAME=ARN of AWS Secrets Manager (repeatable): the script reads it as "
+        "docs/training.md#secrets shows; its value is never sent or stored.",
+    ),
+    input_mode: list[str] = typer.Option(
+        [],
+        "--input-mode",
+        help="[NAME=]File|FastFile|Pipe: a channel's "
+        "InputMode (every channel without NAME; runs as File locally).",
+    ),
+    channel_sharding: list[str] = typer.Option(
+        [],
+        "--channel-sharding",
+        help="[NAME=]ShardedByS3Key|"
+        "FullyReplicated: each host gets a disjoint subset of the "
+        "channel's S3 objects (remote jobs).",
+    ),
+    instance_type: str | None = typer.Option(
         None, "--instance-type", help="Recorded locally (resourceconfig.json); used by remote jobs."
     ),
-    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes per host: launch with torchrun."),
-    distribution: Optional[str] = typer.Option(
-        None, "--distribution", help="none | torch_distributed | mpi (the SDK's `distribution`; default none, "
-        "torch_distributed with --nproc). Without one, each host runs the script once."),
-    follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
-                                         help="Ship what symlinks pointing outside the source dir or a channel point to."),
-    job_name: Optional[str] = typer.Option(None, "--job-name", help="Name of the run (default: script name + time)."),
-    output_dir: Optional[Path] = typer.Option(
-        None, "--output-dir", help="Also place artifacts in OUTPUT_DIR/<job>/output/ (like the SDK's output_path)."
+    nproc: int | None = typer.Option(None, "--nproc", help="Processes per host: launch with torchrun."),
+    distribution: str | None = typer.Option(
+        None,
+        "--distribution",
+        help="none | torch_distributed | mpi (the SDK's `distribution`; default none, "
+        "torch_distributed with --nproc). Without one, each host runs the script once.",
     ),
-    resume: Optional[str] = typer.Option(
+    follow_symlinks: bool = typer.Option(
+        False,
+        "--follow-symlinks",
+        help="Ship what symlinks pointing outside the source dir or a channel point to.",
+    ),
+    job_name: str | None = typer.Option(
+        None, "--job-name", help="Name of the run (default: script name + time)."
+    ),
+    output_dir: Path | None = typer.Option(
+        None,
+        "--output-dir",
+        help="Also place artifacts in OUTPUT_DIR/<job>/output/ (like the SDK's output_path).",
+    ),
+    resume: str | None = typer.Option(
         None, "--resume", help="Run again with the checkpoint folder of this earlier run."
     ),
-    metric: List[str] = typer.Option([], "--metric", help="Metric NAME=REGEX, first group is the value."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout (logs go to stderr)."),
-    remote: bool = typer.Option(False, "--remote", help="Run as a SageMaker managed training job.",
-                                rich_help_panel="Remote"),
-    instance_count: int = typer.Option(1, "--instance-count", help="Hosts of a remote job.", rich_help_panel="Remote"),
-    spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Managed spot (default) or on-demand.",
-                                        rich_help_panel="Remote"),
-    max_run: Optional[int] = typer.Option(None, "--max-run", help="Max run time in seconds.", rich_help_panel="Remote"),
-    max_wait: Optional[int] = typer.Option(None, "--max-wait", help="Spot: max wait incl. run time (default 2x max run).",
-                                           rich_help_panel="Remote"),
-    volume_size: Optional[int] = typer.Option(None, "--volume-size", help="EBS volume per host, GB.",
-                                              rich_help_panel="Remote"),
-    role: Optional[str] = typer.Option(None, "--role", help="Execution role ARN (default: the stack's).",
-                                       rich_help_panel="Remote"),
-    bucket: Optional[str] = typer.Option(None, "--bucket", help="S3 bucket (default: the stack's).",
-                                         rich_help_panel="Remote"),
-    region: Optional[str] = typer.Option(None, "--region", help="AWS region.", rich_help_panel="Remote"),
-    stack: Optional[str] = typer.Option(None, "--stack", "-s", help="Stack whose outputs give the role, bucket, "
-                                        "key and network (default: AIOPS_STACK, else dev).", rich_help_panel="Remote"),
-    vpc: Optional[bool] = typer.Option(None, "--vpc/--no-vpc", help="Run in the stack's VPC (default: when the "
-                                       "stack has one).", rich_help_panel="Remote"),
-    network_isolation: bool = typer.Option(False, "--network-isolation", help="EnableNetworkIsolation: no network "
-                                           "in the container (no pip install of requirements.txt).",
-                                           rich_help_panel="Remote"),
-    image_uri: Optional[str] = typer.Option(None, "--image-uri", help="Training image (default: the PyTorch DLC).",
-                                            rich_help_panel="Remote"),
-    framework_version: Optional[str] = typer.Option(None, "--framework-version", help="PyTorch container version.",
-                                                    rich_help_panel="Remote"),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow status and logs until the job ends.",
-                              rich_help_panel="Remote"),
-    download: bool = typer.Option(False, "--download", help="Download model.tar.gz when the job completes.",
-                                  rich_help_panel="Remote"),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Budget in USD: refuse a job that may cost more.",
-                                             rich_help_panel="Remote"),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Launch even above the budget.", rich_help_panel="Remote"),
-    model_params: Optional[float] = typer.Option(
-        None, "--model-params", help="The model's parameter count (e.g. 7e9): refuse an instance type whose GPUs "
-        "cannot hold its training state (weights, grads, Adam).", rich_help_panel="Remote"),
-    fsdp: bool = typer.Option(False, "--fsdp", help="With --model-params: the state is sharded over every GPU of "
-                              "every host (FSDP full sharding).", rich_help_panel="Remote"),
+    metric: list[str] = typer.Option([], "--metric", help="Metric NAME=REGEX, first group is the value."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON summary on stdout (logs go to stderr)."
+    ),
+    remote: bool = typer.Option(
+        False, "--remote", help="Run as a SageMaker managed training job.", rich_help_panel="Remote"
+    ),
+    instance_count: int = typer.Option(
+        1, "--instance-count", help="Hosts of a remote job.", rich_help_panel="Remote"
+    ),
+    spot: bool | None = typer.Option(
+        None, "--spot/--on-demand", help="Managed spot (default) or on-demand.", rich_help_panel="Remote"
+    ),
+    max_run: int | None = typer.Option(
+        None, "--max-run", help="Max run time in seconds.", rich_help_panel="Remote"
+    ),
+    max_wait: int | None = typer.Option(
+        None,
+        "--max-wait",
+        help="Spot: max wait incl. run time (default 2x max run).",
+        rich_help_panel="Remote",
+    ),
+    volume_size: int | None = typer.Option(
+        None, "--volume-size", help="EBS volume per host, GB.", rich_help_panel="Remote"
+    ),
+    role: str | None = typer.Option(
+        None, "--role", help="Execution role ARN (default: the stack's).", rich_help_panel="Remote"
+    ),
+    bucket: str | None = typer.Option(
+        None, "--bucket", help="S3 bucket (default: the stack's).", rich_help_panel="Remote"
+    ),
+    region: str | None = typer.Option(None, "--region", help="AWS region.", rich_help_panel="Remote"),
+    stack: str | None = typer.Option(
+        None,
+        "--stack",
+        "-s",
+        help="Stack whose outputs give the role, bucket, key and network (default: AIOPS_STACK, else dev).",
+        rich_help_panel="Remote",
+    ),
+    vpc: bool | None = typer.Option(
+        None,
+        "--vpc/--no-vpc",
+        help="Run in the stack's VPC (default: when the stack has one).",
+        rich_help_panel="Remote",
+    ),
+    network_isolation: bool = typer.Option(
+        False,
+        "--network-isolation",
+        help="EnableNetworkIsolation: no network in the container (no pip install of requirements.txt).",
+        rich_help_panel="Remote",
+    ),
+    image_uri: str | None = typer.Option(
+        None, "--image-uri", help="Training image (default: the PyTorch DLC).", rich_help_panel="Remote"
+    ),
+    framework_version: str | None = typer.Option(
+        None, "--framework-version", help="PyTorch container version.", rich_help_panel="Remote"
+    ),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="Follow status and logs until the job ends.", rich_help_panel="Remote"
+    ),
+    download: bool = typer.Option(
+        False, "--download", help="Download model.tar.gz when the job completes.", rich_help_panel="Remote"
+    ),
+    max_cost: float | None = typer.Option(
+        None, "--max-cost", help="Budget in USD: refuse a job that may cost more.", rich_help_panel="Remote"
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="Launch even above the budget.", rich_help_panel="Remote"
+    ),
+    model_params: float | None = typer.Option(
+        None,
+        "--model-params",
+        help="The model's parameter count (e.g. 7e9): refuse an instance type whose GPUs "
+        "cannot hold its training state (weights, grads, Adam).",
+        rich_help_panel="Remote",
+    ),
+    fsdp: bool = typer.Option(
+        False,
+        "--fsdp",
+        help="With --model-params: the state is sharded over every GPU of every host (FSDP full sharding).",
+        rich_help_panel="Remote",
+    ),
 ) -> None:
     """Run a SageMaker-style PyTorch training script locally under the SageMaker training contract,
     or with --remote as a SageMaker training job."""
-    from aiops.runs import RunStore
-    from aiops.settings import get_settings
     from aiops.training import backends, jobs
     from aiops.training.contract import parse_hyperparameter_value
     from aiops.training.metrics import parse_metric_option
+
+    from aiops.runs import RunStore
+    from aiops.settings import get_settings
 
     settings = get_settings()
     store = RunStore(settings.runs_dir)
@@ -299,7 +390,9 @@ def train(
         source_dir=source_dir,
         resume=resume,
         hyperparameters=_load_hyperparameters_file(hyperparameters) if hyperparameters is not None else None,
-        hp={key: parse_hyperparameter_value(raw) for key, raw in _parse_pairs(hp, "--hp", "epochs=10").items()},
+        hp={
+            key: parse_hyperparameter_value(raw) for key, raw in _parse_pairs(hp, "--hp", "epochs=10").items()
+        },
         channels=_parse_pairs(channel, "--channel", "train=./data/train", unique=True),
         metric_definitions=[parse_metric_option(m) for m in metric],
         instance_type=instance_type,
@@ -311,18 +404,37 @@ def train(
         input_modes=input_mode,
         channel_sharding=channel_sharding,
         environment=_parse_pairs(env, "--env", "HF_HUB_OFFLINE=1", unique=True),
-        secrets=_parse_pairs(secret, "--secret", "HF_TOKEN=arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME",
-                             unique=True),
+        secrets=_parse_pairs(
+            secret, "--secret", "HF_TOKEN=arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME", unique=True
+        ),
     )
     options = jobs.LaunchOptions(
-        output_dir=output_dir, wait=wait, download=download, instance_type=instance_type,
-        instance_count=instance_count, spot=spot, max_run=max_run, max_wait=max_wait, volume_size=volume_size,
-        role=role, bucket=bucket, region=region, stack=stack, vpc=vpc, network_isolation=network_isolation,
-        image_uri=image_uri, framework_version=framework_version, max_cost=max_cost, confirmed=yes,
-        model_params=model_params, fsdp=fsdp)
+        output_dir=output_dir,
+        wait=wait,
+        download=download,
+        instance_type=instance_type,
+        instance_count=instance_count,
+        spot=spot,
+        max_run=max_run,
+        max_wait=max_wait,
+        volume_size=volume_size,
+        role=role,
+        bucket=bucket,
+        region=region,
+        stack=stack,
+        vpc=vpc,
+        network_isolation=network_isolation,
+        image_uri=image_uri,
+        framework_version=framework_version,
+        max_cost=max_cost,
+        confirmed=yes,
+        model_params=model_params,
+        fsdp=fsdp,
+    )
     events = _Console(to_stderr=as_json)
-    backend = backends.create(backends.Mode.choose(remote=remote), store=store, settings=settings,
-                              options=options, events=events)
+    backend = backends.create(
+        backends.Mode.choose(remote=remote), store=store, settings=settings, options=options, events=events
+    )
     try:
         result = backend.launch(backend.prepare(config))
     except jobs.Detached as detached:
@@ -344,13 +456,26 @@ def _detached(console: Any, backend: JobBackend, record: RunRecord) -> None:
         backend.stop(record)
         console.print(f"stop requested for {name}.")
         raise typer.Exit(130)
-    console.print(f"\ndetached; {name} keeps running. Follow it with 'aiops jobs logs {name}', "
-                  f"stop it with 'aiops jobs stop {name}'.")
+    console.print(
+        f"\ndetached; {name} keeps running. Follow it with 'aiops jobs logs {name}', "
+        f"stop it with 'aiops jobs stop {name}'."
+    )
     raise typer.Exit(130)
 
 
-SUMMARY_KEYS = ("job_name", "status", "exit_code", "run_dir", "checkpoint_dir", "resumed_from", "duration_seconds",
-                "hyperparameters", "final_metrics", "artifacts", "failure_reason")
+SUMMARY_KEYS = (
+    "job_name",
+    "status",
+    "exit_code",
+    "run_dir",
+    "checkpoint_dir",
+    "resumed_from",
+    "duration_seconds",
+    "hyperparameters",
+    "final_metrics",
+    "artifacts",
+    "failure_reason",
+)
 REMOTE_SUMMARY_KEYS = ("billable_seconds", "training_seconds", "spot_saving_percent")
 
 
@@ -364,9 +489,10 @@ def _summary(record: RunRecord) -> dict[str, Any]:
 
 def _open(name: str) -> tuple[RunRecord, JobBackend]:
     """A run's record and the backend that runs it."""
+    from aiops.training import backends
+
     from aiops.runs import RunStore
     from aiops.settings import get_settings
-    from aiops.training import backends
 
     settings = get_settings()
     return backends.open_run(name, store=RunStore(settings.runs_dir), settings=settings)
@@ -375,12 +501,12 @@ def _open(name: str) -> tuple[RunRecord, JobBackend]:
 @jobs_app.command("list")
 def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array on stdout.")) -> None:
     """List local runs, newest first."""
+    from aiops.training import backends
     from rich.console import Console
     from rich.table import Column, Table
 
     from aiops.runs import RunStore
     from aiops.settings import get_settings
-    from aiops.training import backends
 
     settings = get_settings()
     rows = backends.list_runs(store=RunStore(settings.runs_dir), settings=settings)
@@ -391,7 +517,9 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
     if not rows:
         console.print("no local runs yet: start one with 'aiops train SCRIPT'.")
         return
-    table = Table(Column("job", overflow="fold"), "status", "started", "duration", Column("metrics", overflow="fold"))
+    table = Table(
+        Column("job", overflow="fold"), "status", "started", "duration", Column("metrics", overflow="fold")
+    )
     for r, backend in rows:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in list(backend.latest_metrics(r).items())[:3])
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at or 0))
@@ -416,7 +544,9 @@ def jobs_describe(
         return
     console = Console()
     _render_summary(console, record)
-    console.print_json(json.dumps({"hyperparameters": data.get("hyperparameters"), "config": data.get("config")}))
+    console.print_json(
+        json.dumps({"hyperparameters": data.get("hyperparameters"), "config": data.get("config")})
+    )
 
 
 @jobs_app.command("logs")
@@ -430,14 +560,13 @@ def jobs_logs(name: str = typer.Argument(..., help="Job name.")) -> None:
 @jobs_app.command("metrics")
 def jobs_metrics(
     name: str = typer.Argument(..., help="Job name."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the curves into this PNG file."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also draw the curves into this PNG file."),
     as_json: bool = typer.Option(False, "--json", help="The series as JSON."),
 ) -> None:
     """Metrics over time: metrics.jsonl for local runs, CloudWatch for remote jobs; --plot draws a PNG."""
+    from aiops.training.metrics import split_series
     from rich.console import Console
     from rich.table import Table
-
-    from aiops.training.metrics import split_series
 
     record, backend = _open(name)
     series = backend.metrics(record)
@@ -449,7 +578,9 @@ def jobs_metrics(
         drawn = plot_curves(curves, plot, title=name)
     if as_json:
         payload = {k: [[p.elapsed_seconds, p.value] for p in v] for k, v in series.items()}
-        sys.stdout.write(json.dumps({"series": payload, "plot": str(plot) if plot else None}, sort_keys=True) + "\n")
+        sys.stdout.write(
+            json.dumps({"series": payload, "plot": str(plot) if plot else None}, sort_keys=True) + "\n"
+        )
         return
     console = Console()
     if not series:

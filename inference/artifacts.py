@@ -115,8 +115,14 @@ def extract_model(tar_path: Path, limits: dict | None = None) -> Path:
         raise UsageError(f"{tar_path}: cannot unpack it ({err.strerror or err})") from None
 
 
-def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
-                  source_dir: str | None = None, archive_limits: dict | None = None) -> ModelSource:
+def resolve_model(
+    model: str,
+    *,
+    runs_dir: Path,
+    entry_point: str | None = None,
+    source_dir: str | None = None,
+    archive_limits: dict | None = None,
+) -> ModelSource:
     """MODEL may be a model.tar.gz, a model folder, or the name of a local training run.
 
     ``source_dir`` replaces the artifact's ``code/`` folder; ``entry_point`` names the script in it
@@ -139,7 +145,9 @@ def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
     elif path.exists():
         model_path, origin = path, str(path)
     else:
-        raise UsageError(f"{model}: no such model.tar.gz, folder, or local run (runs are looked up in {runs_dir})")
+        raise UsageError(
+            f"{model}: no such model.tar.gz, folder, or local run (runs are looked up in {runs_dir})"
+        )
 
     if model_path.is_file():
         tempdir = extract_model(model_path, archive_limits)
@@ -167,16 +175,26 @@ def resolve_model(model: str, *, runs_dir: Path, entry_point: str | None = None,
         if source_dir is None and ep.is_file():
             code_dir = ep.resolve().parent
         elif code_dir is None or not (code_dir / ep.name).is_file():
-            raise UsageError(f"--entry-point {entry_point}: not found" + (f" in {code_dir}" if code_dir else ""))
-    return ModelSource(model_dir=model_dir.resolve(), code_dir=code_dir, origin=origin, tempdir=tempdir,
-                       program=program)
+            raise UsageError(
+                f"--entry-point {entry_point}: not found" + (f" in {code_dir}" if code_dir else "")
+            )
+    return ModelSource(
+        model_dir=model_dir.resolve(), code_dir=code_dir, origin=origin, tempdir=tempdir, program=program
+    )
 
 
 # ---------------------------------------------------------------- packaging
 
 
-def package_model(model_dir: Path, out: Path, *, entry_point: Path | None = None, source_dir: Path | None = None,
-                  requirements: Path | None = None, code_files: dict[str, Path] | None = None) -> dict:
+def package_model(
+    model_dir: Path,
+    out: Path,
+    *,
+    entry_point: Path | None = None,
+    source_dir: Path | None = None,
+    requirements: Path | None = None,
+    code_files: dict[str, Path] | None = None,
+) -> dict:
     """Write ``out`` (model.tar.gz) from a model folder plus code; returns a summary.
 
     Model files go to the archive root, chosen by `aiops.files.select_model_folder` (no link out of
@@ -243,15 +261,23 @@ class Packaged:
     warnings: tuple[str, ...] = ()
 
 
-def package(model: str, out: Path, *, runs_dir: Path, entry_point: Path | None = None,
-            source_dir: Path | None = None, requirements: Path | None = None) -> Packaged:
+def package(
+    model: str,
+    out: Path,
+    *,
+    runs_dir: Path,
+    entry_point: Path | None = None,
+    source_dir: Path | None = None,
+    requirements: Path | None = None,
+) -> Packaged:
     """`aiops model package MODEL`: MODEL is a model folder or a local run's name. A run's model
     folder is packaged with the run's whole source dir in code/ (as PyTorchModel repacks
     source_dir), unless ``entry_point`` or ``source_dir`` choose the code."""
     path = Path(model).expanduser()
     if path.is_dir():
-        summary = package_model(path, out, entry_point=entry_point, source_dir=source_dir,
-                                requirements=requirements)
+        summary = package_model(
+            path, out, entry_point=entry_point, source_dir=source_dir, requirements=requirements
+        )
         return Packaged(summary, warnings=tuple(summary["warnings"]))
     store = RunStore(runs_dir)
     if not store.exists(model):
@@ -260,7 +286,16 @@ def package(model: str, out: Path, *, runs_dir: Path, entry_point: Path | None =
     if model_dir.is_file():
         raise UsageError(f"run {model} has only {model_dir}; it is already packaged")
     code = run_code(info) if entry_point is None and source_dir is None else None
-    summary = package_model(model_dir, out, entry_point=entry_point, source_dir=source_dir,
-                            requirements=requirements, code_files=code.entries if code else None)
-    return Packaged(summary, code.program if code else None,
-                    tuple(summary["warnings"]) + (tuple(code.warnings) if code else ()))
+    summary = package_model(
+        model_dir,
+        out,
+        entry_point=entry_point,
+        source_dir=source_dir,
+        requirements=requirements,
+        code_files=code.entries if code else None,
+    )
+    return Packaged(
+        summary,
+        code.program if code else None,
+        tuple(summary["warnings"]) + (tuple(code.warnings) if code else ()),
+    )

@@ -60,8 +60,12 @@ class Limits:
 LIMITS = Limits()
 
 
-def configure(*, max_decoded_bytes: int | None = None, json_max_depth: int | None = None,
-              json_max_elements: int | None = None) -> None:
+def configure(
+    *,
+    max_decoded_bytes: int | None = None,
+    json_max_depth: int | None = None,
+    json_max_elements: int | None = None,
+) -> None:
     if max_decoded_bytes is not None:
         LIMITS.max_decoded_bytes = int(max_decoded_bytes)
     if json_max_depth is not None:
@@ -90,8 +94,11 @@ def _negotiate(accept: str, default_accept: str, supported: tuple[str, ...]) -> 
     # equals; a type's entry is the first that matches it (RFC 9110). The highest quality wins, then
     # the earlier entry: of "text/csv, application/json" the client's first listed type, as the
     # toolkit answers. One entry matching several types (a wildcard) picks the default first.
-    ordered = (default_accept, *[s for s in supported if s != default_accept]) if default_accept in supported \
+    ordered = (
+        (default_accept, *[s for s in supported if s != default_accept])
+        if default_accept in supported
         else supported
+    )
     best, best_key = None, None
     for media in ordered:
         position = parsed.find(media)
@@ -112,7 +119,9 @@ def choose_accept(accept: str | None, default_accept: str, supported=ENCODABLE) 
         return default_accept
     found = _negotiate(accept.strip()[:1000], default_accept, tuple(supported))
     if found is None:
-        raise NotAcceptable(f"cannot encode the response as {accept[:200]!r}; supported: {', '.join(supported)}")
+        raise NotAcceptable(
+            f"cannot encode the response as {accept[:200]!r}; supported: {', '.join(supported)}"
+        )
     return found
 
 
@@ -159,7 +168,9 @@ def decode(body: Any, content_type: str | None, float_dtype: Any = None) -> Any:
     except Exception as err:  # any parser failure is the client's malformed body
         raise BadRequest(f"cannot decode the {ctype} body: {_short(err)}") from None
     if array.size == 0:
-        raise BadRequest(f"the {ctype} body holds an empty array (shape {list(array.shape)}); send at least one value")
+        raise BadRequest(
+            f"the {ctype} body holds an empty array (shape {list(array.shape)}); send at least one value"
+        )
     return array
 
 
@@ -293,7 +304,10 @@ def _json_to_numpy(body: Any, float_dtype: Any = None):
     if not raw.strip():
         raise BadRequest("the JSON body is empty")
     # each value takes 2+ characters, so only a long body can hold too many
-    if len(raw) > 2 * LIMITS.json_max_elements and raw.count("," if isinstance(raw, str) else b",") >= LIMITS.json_max_elements:
+    if (
+        len(raw) > 2 * LIMITS.json_max_elements
+        and raw.count("," if isinstance(raw, str) else b",") >= LIMITS.json_max_elements
+    ):
         raise BadRequest(f"the JSON body holds more than {LIMITS.json_max_elements} values")
     if isinstance(raw, bytes) and _has_float_text(raw):
         array = _simd_array(raw)
@@ -305,15 +319,18 @@ def _json_to_numpy(body: Any, float_dtype: Any = None):
         raise BadRequest(f"the body is not valid JSON: {_short(err)}") from None
     binary = not isinstance(raw, str)
     numbers_only = not (raw.translate(None, _NUMERIC_JSON) if binary else raw.translate(_NUMERIC_JSON_STR))
-    if numbers_only and (b"." in raw or b"e" in raw or b"E" in raw if binary else "." in raw or "e" in raw or "E" in raw):
+    if numbers_only and (
+        b"." in raw or b"e" in raw or b"E" in raw if binary else "." in raw or "e" in raw or "E" in raw
+    ):
         # the fast path (a 4 MB body in about half the time): only numbers, some not integers, so
         # numpy's type discovery would give float64 anyway; ragged rows still raise below
         try:
             array = np.array(data, dtype=float_dtype or np.float64)
         except ValueError as err:
             if "inhomogeneous" in str(err) or "sequence" in str(err):
-                raise BadRequest("the JSON array is ragged (rows of different lengths); send a rectangular array") \
-                    from None
+                raise BadRequest(
+                    "the JSON array is ragged (rows of different lengths); send a rectangular array"
+                ) from None
             raise
         if array.ndim > LIMITS.json_max_depth:
             raise BadRequest(f"the JSON array has {array.ndim} dimensions; at most {LIMITS.json_max_depth}")
@@ -322,16 +339,22 @@ def _json_to_numpy(body: Any, float_dtype: Any = None):
         array = np.asarray(data)
     except ValueError as err:
         if "inhomogeneous" in str(err) or "sequence" in str(err):
-            raise BadRequest("the JSON array is ragged (rows of different lengths); send a rectangular array") from None
+            raise BadRequest(
+                "the JSON array is ragged (rows of different lengths); send a rectangular array"
+            ) from None
         raise
     if array.dtype == object or array.dtype.kind not in "iuf":
         what = "null values" if array.dtype == object and _has_none(data) else "non-numeric values"
-        raise BadRequest(f"the JSON body holds {what}; send a number or a rectangular (nested) list of numbers")
+        raise BadRequest(
+            f"the JSON body holds {what}; send a number or a rectangular (nested) list of numbers"
+        )
     # numpy turns [0.5, true] into [0.5, 1.0]; a numeric array whose text still holds a literal true/false
     # (strings were refused above) mixed booleans in
     literals = (b"true", b"false") if binary else ("true", "false")
     if not numbers_only and any(lit in raw for lit in literals):
-        raise BadRequest("the JSON body holds booleans; send a number or a rectangular (nested) list of numbers")
+        raise BadRequest(
+            "the JSON body holds booleans; send a number or a rectangular (nested) list of numbers"
+        )
     if array.ndim > LIMITS.json_max_depth:
         raise BadRequest(f"the JSON array has {array.ndim} dimensions; at most {LIMITS.json_max_depth}")
     return array
@@ -387,8 +410,10 @@ def _check_npy_header(fp, name: str):
         count *= int(dim)
     nbytes = count * dtype.itemsize
     if nbytes > LIMITS.max_decoded_bytes:
-        raise PayloadTooLarge(f"{name}: the array {list(shape)} {dtype} would take {nbytes} bytes decoded; "
-                              f"at most {LIMITS.max_decoded_bytes}")
+        raise PayloadTooLarge(
+            f"{name}: the array {list(shape)} {dtype} would take {nbytes} bytes decoded; "
+            f"at most {LIMITS.max_decoded_bytes}"
+        )
     return shape, fortran, np.dtype(dtype), nbytes
 
 
@@ -420,7 +445,9 @@ def _npz_to_numpy(body: Any):
             raise BadRequest(f"the .npz body holds {len(infos)} members; at most 64")
         declared = sum(i.file_size for i in infos)  # from the central directory, before inflating
         if declared > LIMITS.max_decoded_bytes + 64 * 1024:
-            raise PayloadTooLarge(f"the .npz body would inflate to {declared} bytes; at most {LIMITS.max_decoded_bytes}")
+            raise PayloadTooLarge(
+                f"the .npz body would inflate to {declared} bytes; at most {LIMITS.max_decoded_bytes}"
+            )
         arrays = {}
         for info in infos:
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
@@ -444,8 +471,9 @@ def _densify(npz):
     if len(shape) != 2 or any(s < 0 for s in shape):
         raise BadRequest(f"unsupported sparse matrix shape {shape}")
     if shape[0] * shape[1] * data.dtype.itemsize > LIMITS.max_decoded_bytes:
-        raise PayloadTooLarge(f"the sparse matrix {list(shape)} would take more than {LIMITS.max_decoded_bytes} "
-                              "bytes dense")
+        raise PayloadTooLarge(
+            f"the sparse matrix {list(shape)} would take more than {LIMITS.max_decoded_bytes} bytes dense"
+        )
     dense = np.zeros(shape, dtype=data.dtype)
     if fmt == "coo":
         np.add.at(dense, (npz["row"], npz["col"]), data)

@@ -103,7 +103,11 @@ def typed_status(err: BaseException) -> tuple[int, str, str] | None:
     if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
         # sagemaker_inference.errors.BaseInferenceToolkitError and look-alikes
         message = getattr(err, "message", None) or str(err) or f"HTTP {status}"
-        return status, " ".join(str(message).split())[:1000], "ValidationError" if status < 500 else "ModelError"
+        return (
+            status,
+            " ".join(str(message).split())[:1000],
+            "ValidationError" if status < 500 else "ModelError",
+        )
     return None
 
 
@@ -114,8 +118,9 @@ def _unsupported_format(err: BaseException) -> tuple[int, str, str]:
     tb, response_side = err.__traceback__, False
     while tb is not None:
         frame = tb.tb_frame
-        if (frame.f_globals.get("__name__") == "sagemaker_inference.encoder"
-                or frame.f_code.co_name.endswith("output_fn")):
+        if frame.f_globals.get("__name__") == "sagemaker_inference.encoder" or frame.f_code.co_name.endswith(
+            "output_fn"
+        ):
             response_side = True
         tb = tb.tb_next
     return 406 if response_side else 415, " ".join(str(err).split())[:1000], "ValidationError"

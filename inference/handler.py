@@ -34,18 +34,33 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiops.errors import UsageError
 from aiops.inference import codecs, streaming
 from aiops.inference.contract import Answer, BatchRequest, Context
+
+from aiops.errors import UsageError
 
 log = logging.getLogger("aiops.serve")
 
 DEFAULT_PROGRAM = "inference.py"
 DEFAULT_MODEL_FILENAME = "model.pt"
-HANDLER_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn", "pre_model_fn",
-                 "model_warmup_fn")
-_ARITY = {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2, "transform_fn": 4,
-          "pre_model_fn": 1, "model_warmup_fn": 2}
+HANDLER_NAMES = (
+    "model_fn",
+    "input_fn",
+    "predict_fn",
+    "output_fn",
+    "transform_fn",
+    "pre_model_fn",
+    "model_warmup_fn",
+)
+_ARITY = {
+    "model_fn": 1,
+    "input_fn": 2,
+    "predict_fn": 2,
+    "output_fn": 2,
+    "transform_fn": 4,
+    "pre_model_fn": 1,
+    "model_warmup_fn": 2,
+}
 
 
 class HandlerError(Exception):
@@ -73,8 +88,11 @@ def default_model_fn(model_dir: str):
 
     path = os.path.join(model_dir, DEFAULT_MODEL_FILENAME)
     if not os.path.exists(path):
-        found = sorted(f for f in os.listdir(model_dir) if os.path.splitext(f)[1] in (".pt", ".pth")
-                       and os.path.isfile(os.path.join(model_dir, f)))
+        found = sorted(
+            f
+            for f in os.listdir(model_dir)
+            if os.path.splitext(f)[1] in (".pt", ".pth") and os.path.isfile(os.path.join(model_dir, f))
+        )
         if len(found) != 1:
             raise UsageError(
                 f"{model_dir}: exactly one .pt or .pth file is needed for the default model_fn, found "
@@ -188,19 +206,29 @@ def load_module(script: Path, code_dir: Path):
 class Handler:
     """The user's functions with the defaults filled in; ``load()`` then ``invoke()``."""
 
-    def __init__(self, model_dir: str | Path, *, script: Path | None = None, code_dir: Path | None = None,
-                 default_accept: str = codecs.JSON) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        script: Path | None = None,
+        code_dir: Path | None = None,
+        default_accept: str = codecs.JSON,
+    ) -> None:
         self.model_dir = str(model_dir)
         self.default_accept = default_accept
         self.script = script
         module = load_module(script, code_dir or script.parent) if script is not None else None
         self.module = module
-        user = {n: getattr(module, n) for n in HANDLER_NAMES
-                if module is not None and callable(getattr(module, n, None))}
+        user = {
+            n: getattr(module, n)
+            for n in HANDLER_NAMES
+            if module is not None and callable(getattr(module, n, None))
+        }
         if "transform_fn" in user and any(n in user for n in ("input_fn", "predict_fn", "output_fn")):
             both = ", ".join(n for n in ("input_fn", "predict_fn", "output_fn") if n in user)
-            raise UsageError(f"{script}: transform_fn cannot be used together with {both}; "
-                             "define one or the other")
+            raise UsageError(
+                f"{script}: transform_fn cannot be used together with {both}; define one or the other"
+            )
         self.user = user
         self.fns: dict[str, tuple[Callable, bool]] = {}
         for name in HANDLER_NAMES:
@@ -210,9 +238,10 @@ class Handler:
         self.default_output = not self.transform and "output_fn" not in user
         self.default_predict = _default_predict_inference_mode if self.default_output else default_predict_fn
         # streamed handlers (aiops_stream = True) are served unbatched unless they declare aiops_batch
-        self.batchable = streaming.batchable(module, not self.transform and (
-            bool(getattr(module, "aiops_batch", False)) or "predict_fn" not in user
-        ))
+        self.batchable = streaming.batchable(
+            module,
+            not self.transform and (bool(getattr(module, "aiops_batch", False)) or "predict_fn" not in user),
+        )
         self.model: Any = None
         self.loaded = False
         self._out_types: dict[str | None, str] = {}  # Accept -> the default output_fn's content type
@@ -341,8 +370,12 @@ class Handler:
         groups: dict[Any, list[tuple[int, Any]]] = {}
         for i, data in decoded:
             if isinstance(data, torch.Tensor) and data.dim() >= 1 and not data.requires_grad:
-                key = (data.dim(), tuple(data.shape[1:]) if data.dim() > 1 else tuple(data.shape),
-                       data.dtype, data.device)
+                key = (
+                    data.dim(),
+                    tuple(data.shape[1:]) if data.dim() > 1 else tuple(data.shape),
+                    data.dtype,
+                    data.device,
+                )
             else:
                 key = ("single", i)
             groups.setdefault(key, []).append((i, data))
@@ -382,8 +415,12 @@ class Handler:
             raw = (body if type(body) is bytes else bytes(body)).strip()
             # exactly one flat list each, so the parts cannot combine into something none of them is
             # (find is memchr: far cheaper than count on a body of thousands of bytes)
-            if (raw[:1] != b"[" or raw[-1:] != b"]" or raw.find(b"[", 1) != -1
-                    or raw.find(b"]", 0, len(raw) - 1) != -1):
+            if (
+                raw[:1] != b"["
+                or raw[-1:] != b"]"
+                or raw.find(b"[", 1) != -1
+                or raw.find(b"]", 0, len(raw) - 1) != -1
+            ):
                 return None
             rows.append(i)
             bodies.append(raw)
@@ -455,8 +492,9 @@ class Handler:
         import torch
 
         # a context of its own for the batch: no request's custom attributes or Accept stand for all
-        ctx = Context(model_dir=self.model_dir, batch_size=len(members),
-                      batch=[requests[i][3] for i, _ in members])
+        ctx = Context(
+            model_dir=self.model_dir, batch_size=len(members), batch=[requests[i][3] for i, _ in members]
+        )
         try:
             out = self.predict(batch, ctx)
         except BaseException:  # noqa: BLE001 - retried one by one to attribute the failure
@@ -488,8 +526,10 @@ def _normalise(result: Any, accept_value: str) -> tuple[bytes, str]:
     elif isinstance(body, (bytearray, memoryview)):
         body = bytes(body)
     elif not isinstance(body, bytes):
-        raise HandlerError(f"the handler returned {type(body).__name__}; output_fn/transform_fn must return "
-                           "bytes or str (or a (body, content_type) tuple)")
+        raise HandlerError(
+            f"the handler returned {type(body).__name__}; output_fn/transform_fn must return "
+            "bytes or str (or a (body, content_type) tuple)"
+        )
     return body, str(ctype)
 
 

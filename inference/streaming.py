@@ -34,7 +34,8 @@ def is_stream(obj: Any) -> bool:
     ordinary (whole) responses.
     """
     return isinstance(obj, collections.abc.Iterator) and not isinstance(
-        obj, (bytes, str, bytearray, memoryview))
+        obj, (bytes, str, bytearray, memoryview)
+    )
 
 
 def to_chunk(item: Any) -> bytes:
@@ -44,8 +45,10 @@ def to_chunk(item: Any) -> bytes:
         return item.encode("utf-8")
     if isinstance(item, (bytearray, memoryview)):
         return bytes(item)
-    raise TypeError(f"a streamed response yielded {type(item).__name__}; each item must be bytes or str "
-                    "(encode it in output_fn)")
+    raise TypeError(
+        f"a streamed response yielded {type(item).__name__}; each item must be bytes or str "
+        "(encode it in output_fn)"
+    )
 
 
 def map_stream(items: Iterator[Any], fn: Callable[[Any], Any]) -> Iterator[Any]:
@@ -103,8 +106,10 @@ class _Rows:
                     close_quietly(self.items)
                     continue
                 if len(step) != len(self.pending):
-                    self.error = ValueError(f"a batched stream step has {len(step)} items for a batch of "
-                                            f"{len(self.pending)}; yield one item (or None) per request")
+                    self.error = ValueError(
+                        f"a batched stream step has {len(step)} items for a batch of "
+                        f"{len(self.pending)}; yield one item (or None) per request"
+                    )
                     self.done = True
                     close_quietly(self.items)
                     continue

@@ -6,9 +6,8 @@ import json
 from dataclasses import dataclass
 
 import pulumi
-from pulumi_aws import iam
-
 from aiops.infra.policies import assume_role_policy, execution_role_policy
+from pulumi_aws import iam
 
 
 @dataclass(frozen=True)
@@ -72,5 +71,7 @@ class Access(pulumi.ComponentResource):
                 )
             )
         )
-        self.policy = iam.RolePolicy(f"{name}-sagemaker-policy", role=self.role.id, policy=document, opts=child)
+        self.policy = iam.RolePolicy(
+            f"{name}-sagemaker-policy", role=self.role.id, policy=document, opts=child
+        )
         self.register_outputs({"role_arn": self.role.arn})

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +39,10 @@ if TYPE_CHECKING:  # typing only
     from aiops.gpufit import Fit
 
 S3_URI = names.S3_URI  # the one pattern (aiops.names)
-FORMS = ("an s3://bucket/key URI, an s3://bucket/prefix/ of model files, job:TRAINING_JOB_NAME, a local "
-         "model.tar.gz, a run folder holding one, or a folder of model files")
+FORMS = (
+    "an s3://bucket/key URI, an s3://bucket/prefix/ of model files, job:TRAINING_JOB_NAME, a local "
+    "model.tar.gz, a run folder holding one, or a folder of model files"
+)
 
 
 def model_key(digest: str) -> str:
@@ -125,7 +126,9 @@ def upload(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any) -> str:
     from aiops import aws
 
     key = model_key(file_sha256(path))
-    with aws.translate_errors(f"uploading s3://{bucket}/{key}"):  # 403, 5xx: one line naming the object and the fix
+    with aws.translate_errors(
+        f"uploading s3://{bucket}/{key}"
+    ):  # 403, 5xx: one line naming the object and the fix
         return upload_once(s3, bucket, key, Path(path), kms_key=kms_key_arn, label="model").uri
 
 
@@ -153,8 +156,9 @@ def _hyperparameter(job: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else raw
 
 
-def training_job_program(name: str, *, sagemaker: Any, s3: Any, outputs: StackOutputs | None = None,
-                         stack: str | None = None) -> ModelChoice:
+def training_job_program(
+    name: str, *, sagemaker: Any, s3: Any, outputs: StackOutputs | None = None, stack: str | None = None
+) -> ModelChoice:
     """A job's model URI and program, read from the code bundle the job ran (its sourcedir.tar.gz).
 
     With the stack's ``outputs``, the model is repacked with that bundle in its ``code/`` (as
@@ -167,44 +171,67 @@ def training_job_program(name: str, *, sagemaker: Any, s3: Any, outputs: StackOu
     entry = _hyperparameter(job, "sagemaker_program")
     bundle = _hyperparameter(job, "sagemaker_submit_directory")
     if not entry or not bundle or not S3_URI.match(bundle):
-        return ModelChoice(uri, warnings=[
-            f"job {name} has no sagemaker_program/sagemaker_submit_directory hyperparameters; the endpoint "
-            "keeps the stack's endpoint.program"])
+        return ModelChoice(
+            uri,
+            warnings=[
+                f"job {name} has no sagemaker_program/sagemaker_submit_directory hyperparameters; the endpoint "
+                "keeps the stack's endpoint.program"
+            ],
+        )
     bucket, key = S3_URI.match(bundle).groups()
     try:
         data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as err:
         if type(err).__module__.startswith(("botocore", "boto3")):
-            described = aws.describe_aws_error(err, action=f"reading job {name}'s code bundle {bundle} "
-                                               "(it names the endpoint's SAGEMAKER_PROGRAM)")
-            raise type(described)(str(described), hint=f"Or deploy {uri} and set aiops:endpoint.program.") from None
+            described = aws.describe_aws_error(
+                err,
+                action=f"reading job {name}'s code bundle {bundle} "
+                "(it names the endpoint's SAGEMAKER_PROGRAM)",
+            )
+            raise type(described)(
+                str(described), hint=f"Or deploy {uri} and set aiops:endpoint.program."
+            ) from None
         raise
     if outputs is not None:
         return repack_job_model(name, uri, data, entry, bundle, outputs=outputs, stack=stack, s3=s3)
     try:
         program = programs.program_in_tar(data, entry)
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise UsageError(f"--model job:{name}: its code bundle {bundle} is not a readable tar.gz ({err})") from None
+        raise UsageError(
+            f"--model job:{name}: its code bundle {bundle} is not a readable tar.gz ({err})"
+        ) from None
     return ModelChoice(uri, program, bundle)
 
 
-def repack_job_model(name: str, uri: str, bundle_data: bytes, entry: str, bundle: str, *, outputs: StackOutputs,
-                     stack: str | None, s3: Any) -> ModelChoice:
+def repack_job_model(
+    name: str,
+    uri: str,
+    bundle_data: bytes,
+    entry: str,
+    bundle: str,
+    *,
+    outputs: StackOutputs,
+    stack: str | None,
+    s3: Any,
+) -> ModelChoice:
     """The job's model.tar.gz with its sourcedir.tar.gz unpacked into ``code/`` (infra/repack.py),
     uploaded under its content hash; the program is chosen over the resulting ``code/``. A model
     whose ``code/`` already holds the bundle is deployed as it is (no upload)."""
     import tempfile
 
-    from aiops import aws
     from aiops.infra import repack
+
+    from aiops import aws
 
     outputs.require("bucket", stack=stack, needed_for=f"repacking --model job:{name} with its code")
     code = repack.bundle_files(bundle_data, what=f"--model job:{name}: its code bundle {bundle}")
     bucket, key = S3_URI.match(uri).groups()
     with tempfile.TemporaryDirectory(prefix="aiops-repack-") as tmp:
         model = Path(tmp) / "model.tar.gz"
-        with aws.translate_errors(f"downloading job {name}'s model {uri} to repack it with its code",
-                                  hint=f"Or deploy {uri} as it is (--model {uri}): nothing is repacked then."):
+        with aws.translate_errors(
+            f"downloading job {name}'s model {uri} to repack it with its code",
+            hint=f"Or deploy {uri} as it is (--model {uri}): nothing is repacked then.",
+        ):
             s3.download_file(bucket, key, str(model))
         out = Path(tmp) / "repacked.tar.gz"
         result = repack.repack(model, code, out, what=f"--model job:{name}: {uri}")
@@ -214,19 +241,32 @@ def repack_job_model(name: str, uri: str, bundle_data: bytes, entry: str, bundle
 
         program = programs.choose_program(set(result.code_files), entry, read)
         if not result.changed:
-            return ModelChoice(uri, program, bundle, note=f"its code/ already holds job {name}'s code",
-                               size_bytes=model.stat().st_size)
+            return ModelChoice(
+                uri,
+                program,
+                bundle,
+                note=f"its code/ already holds job {name}'s code",
+                size_bytes=model.stat().st_size,
+            )
         new_uri = upload(out, bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn, s3=s3)
         changes = f"{len(result.added)} file(s) added" + (
-            f", {len(result.replaced)} replaced ({', '.join(result.replaced[:3])})" if result.replaced else "")
-        return ModelChoice(new_uri, program, bundle, size_bytes=out.stat().st_size,
-                           note=f"{uri} repacked with job {name}'s code into code/ ({changes}), as estimator.deploy() does")
+            f", {len(result.replaced)} replaced ({', '.join(result.replaced[:3])})" if result.replaced else ""
+        )
+        return ModelChoice(
+            new_uri,
+            program,
+            bundle,
+            size_bytes=out.stat().st_size,
+            note=f"{uri} repacked with job {name}'s code into code/ ({changes}), as estimator.deploy() does",
+        )
 
 
 def _local_program(archive: Path, run: RunFolder | None) -> ModelChoice:
     """The program of a local archive: its own code/ decides; else the run's source dir (its record)."""
     info = read_record(run, strict=False) if run is not None else None
-    entry = info.script_name if info is not None else None  # a single-script run: the script beside its folder
+    entry = (
+        info.script_name if info is not None else None
+    )  # a single-script run: the script beside its folder
     source_dir = info.source_dir if info is not None else None
     choice = ModelChoice(uri="")
     try:
@@ -243,12 +283,20 @@ def _local_program(archive: Path, run: RunFolder | None) -> ModelChoice:
             choice.warnings.append(
                 f"{archive} has no code/ folder, so the endpoint cannot find {choice.program} in it and serves "
                 f"with the container's default handlers; `aiops model package {run.name if run else ''}` "
-                "ships the code in the archive")
+                "ships the code in the archive"
+            )
     return choice
 
 
-def choose(spec: str, *, outputs: StackOutputs | dict[str, Any], region: str, stack: str | None = None,
-           clients: Any | None = None, runs_dir: Path | None = None) -> ModelChoice:
+def choose(
+    spec: str,
+    *,
+    outputs: StackOutputs | dict[str, Any],
+    region: str,
+    stack: str | None = None,
+    clients: Any | None = None,
+    runs_dir: Path | None = None,
+) -> ModelChoice:
     """The model's s3:// URI and its program; uploads a local archive to the stack's bucket first.
 
     ``clients(service)`` returns a boto3 client (default: ``aiops.aws.client(service, region)``).
@@ -264,8 +312,9 @@ def choose(spec: str, *, outputs: StackOutputs | dict[str, Any], region: str, st
         outputs = StackOutputs.model_validate(outputs)
     client = clients or (lambda service: aws.client(service, region))
     if kind == "job":
-        return training_job_program(value, sagemaker=client("sagemaker"), s3=client("s3"), outputs=outputs,
-                                    stack=stack)
+        return training_job_program(
+            value, sagemaker=client("sagemaker"), s3=client("s3"), outputs=outputs, stack=stack
+        )
     archive = Path(value)
     _check_local(spec, archive, outputs=outputs, stack=stack)
     choice = _local_program(archive, _run_folder(spec, runs_dir))
@@ -273,8 +322,15 @@ def choose(spec: str, *, outputs: StackOutputs | dict[str, Any], region: str, st
     return choice
 
 
-def resolve(spec: str, *, outputs: StackOutputs | dict[str, Any], region: str, stack: str | None = None,
-            clients: Any | None = None, runs_dir: Path | None = None) -> str:
+def resolve(
+    spec: str,
+    *,
+    outputs: StackOutputs | dict[str, Any],
+    region: str,
+    stack: str | None = None,
+    clients: Any | None = None,
+    runs_dir: Path | None = None,
+) -> str:
     """The model's s3:// URI (see `choose`, which also gives its program)."""
     return choose(spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir).uri
 
@@ -288,13 +344,15 @@ def _check_local(spec: str, value: Path, *, outputs: StackOutputs, stack: str | 
             raise UsageError(f"--model {spec}: broken gzip archive: {err}") from None
 
 
-def precheck(spec: str, *, cfg: Any, region: str, clients: Any | None = None,
-             runs_dir: Path | None = None) -> Fit | None:
+def precheck(
+    spec: str, *, cfg: Any, region: str, clients: Any | None = None, runs_dir: Path | None = None
+) -> Fit | None:
     """What `deploy --model` checks before anything is created (not even the stack's state): a
     local model's GPU fit; an S3 prefix's weights (empty or none: one line) and fit. Returns the
     Fit (or None when the check does not apply or cannot be made without a download)."""
-    from aiops import aws
     from aiops.infra import fitcheck, model_data
+
+    from aiops import aws
 
     kind, value = classify(spec, runs_dir=runs_dir)
     if kind in ("local", "folder"):
@@ -302,7 +360,9 @@ def precheck(spec: str, *, cfg: Any, region: str, clients: Any | None = None,
     if kind == "prefix":
         s3 = (clients or (lambda service: aws.client(service, region)))("s3")
         listing = model_data.list_prefix(s3, value)
-        return fitcheck.require_fit(cfg, model_data.prefix_stats(s3, listing), model_data.prefix_config_json(s3, listing))
+        return fitcheck.require_fit(
+            cfg, model_data.prefix_stats(s3, listing), model_data.prefix_config_json(s3, listing)
+        )
     return None
 
 
@@ -320,13 +380,21 @@ class ResolvedModel:
     warnings: tuple[str, ...] = ()
 
 
-def resolve_model(spec: str, *, cfg: Any, outputs: StackOutputs | dict[str, Any], region: str,
-                  stack: str | None = None, clients: Any | None = None,
-                  runs_dir: Path | None = None) -> ResolvedModel:
+def resolve_model(
+    spec: str,
+    *,
+    cfg: Any,
+    outputs: StackOutputs | dict[str, Any],
+    region: str,
+    stack: str | None = None,
+    clients: Any | None = None,
+    runs_dir: Path | None = None,
+) -> ResolvedModel:
     """Like ``resolve``, for every form, with the GPU-fit check before anything is uploaded:
     a model that cannot fit stops here (UsageError, exit 2), nothing created or uploaded."""
-    from aiops import aws
     from aiops.infra import fitcheck, model_data
+
+    from aiops import aws
 
     kind, value = classify(spec, runs_dir=runs_dir)
     if not isinstance(outputs, StackOutputs):
@@ -334,18 +402,26 @@ def resolve_model(spec: str, *, cfg: Any, outputs: StackOutputs | dict[str, Any]
     client = clients or (lambda service: aws.client(service, region))
 
     def with_program(choice: ModelChoice, size_gb: float | None, fit: Any, note: str = "") -> ResolvedModel:
-        return ResolvedModel(choice.uri, size_gb, fit, note, choice.program, choice.program_source,
-                             tuple(choice.warnings))
+        return ResolvedModel(
+            choice.uri, size_gb, fit, note, choice.program, choice.program_source, tuple(choice.warnings)
+        )
 
     if kind in ("local", "folder"):
         path = Path(value)
         fit = fitcheck.check_local_model(cfg, path)  # refuses before the upload
         if kind == "local":
-            choice = choose(spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir)
+            choice = choose(
+                spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir
+            )
             return with_program(choice, model_data.size_gb(path.stat().st_size), fit)
         outputs.require("bucket", stack=stack, needed_for=f"uploading --model {spec}")
-        up = model_data.upload_folder(path, bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn,
-                                      s3=client("s3"), previous_uri=outputs.model_data_url)
+        up = model_data.upload_folder(
+            path,
+            bucket=outputs.bucket,
+            kms_key_arn=outputs.kms_key_arn,
+            s3=client("s3"),
+            previous_uri=outputs.model_data_url,
+        )
         note = f"{up.uploaded} file(s) uploaded, {up.copied} copied inside S3, {up.present} already there"
         return ResolvedModel(up.uri, model_data.size_gb(up.total_bytes), fit, note)
     if kind == "prefix":

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from aiops.infra.config import PROJECT
 
 from aiops.errors import UsageError
-from aiops.infra.config import PROJECT
 
 INSTALL_HINT = (
     "the pulumi CLI is not installed (the Automation API runs it): install it with "
@@ -70,13 +72,18 @@ def workspace_spec(
         )
     backend_url = backend or default_backend(home)
     if backend_url.startswith("file://"):
-        Path(backend_url[len("file://"):]).mkdir(parents=True, exist_ok=True)
+        Path(backend_url[len("file://") :]).mkdir(parents=True, exist_ok=True)
     env_vars = {"PULUMI_BACKEND_URL": backend_url, "PULUMI_SKIP_UPDATE_CHECK": "true"}
     for var in PASSPHRASE_VARS:
         if var in env:
             env_vars[var] = env[var]
-    return WorkspaceSpec(stack=stack, project_dir=Path(project_dir).resolve(), backend_url=backend_url,
-                         pulumi_binary=binary, env_vars=env_vars)
+    return WorkspaceSpec(
+        stack=stack,
+        project_dir=Path(project_dir).resolve(),
+        backend_url=backend_url,
+        pulumi_binary=binary,
+        env_vars=env_vars,
+    )
 
 
 def inline_program() -> None:
@@ -98,7 +105,9 @@ def open_stack(spec: WorkspaceSpec, program: Callable[[], None] = inline_program
         project_settings=auto.ProjectSettings(name=PROJECT, runtime="python"),
         pulumi_command=command,
     )
-    return auto.create_or_select_stack(stack_name=spec.stack, project_name=PROJECT, program=program, opts=opts)
+    return auto.create_or_select_stack(
+        stack_name=spec.stack, project_name=PROJECT, program=program, opts=opts
+    )
 
 
 def model_config(uri: str, size_gb: float | None = None, program: str | None = None) -> dict[str, str]:
@@ -135,12 +144,18 @@ def event_printer(console: Any) -> Callable[[Any], None]:
         failed = getattr(event, "res_op_failed_event", None)
         diag = getattr(event, "diagnostic_event", None)
         if pre is not None and pre.metadata.op.value not in ("same", "read"):
-            console.print(f"[dim]…[/dim] {pre.metadata.op.value:<8} {pre.metadata.type} {pre.metadata.urn.split('::')[-1]}")
+            console.print(
+                f"[dim]…[/dim] {pre.metadata.op.value:<8} {pre.metadata.type} {pre.metadata.urn.split('::')[-1]}"
+            )
         elif out is not None and out.metadata.op.value not in ("same", "read"):
-            console.print(f"[green]✓[/green] {out.metadata.op.value:<8} {out.metadata.type} {out.metadata.urn.split('::')[-1]}")
+            console.print(
+                f"[green]✓[/green] {out.metadata.op.value:<8} {out.metadata.type} {out.metadata.urn.split('::')[-1]}"
+            )
         elif failed is not None:
             console.print(f"[red]✗ failed[/red] {failed.metadata.type} {failed.metadata.urn.split('::')[-1]}")
         elif diag is not None and diag.severity in ("error", "warning"):
-            console.print(f"[{'red' if diag.severity == 'error' else 'yellow'}]{diag.severity}[/]: {diag.message.strip()}")
+            console.print(
+                f"[{'red' if diag.severity == 'error' else 'yellow'}]{diag.severity}[/]: {diag.message.strip()}"
+            )
 
     return on_event

@@ -9,19 +9,21 @@ passes in, so nothing here prints. pulumi is imported inside the functions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiops.errors import AiopsError, UsageError
 from aiops.extras import check_extra
 
 if TYPE_CHECKING:
-    from aiops.gpufit import Fit
     from aiops.infra.artifacts import ResolvedModel
     from aiops.infra.config import StackConfig
     from aiops.infra.costs import PlanCosts
     from aiops.infra.offline import Plan
+
+    from aiops.gpufit import Fit
 
 OnEvent = Callable[[Any], None]
 
@@ -48,6 +50,7 @@ def automation_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def _workspace(project_dir: Path, stack: str, backend: str | None) -> Any:
     """The checked workspace (the pulumi binary, the passphrase): a usage error before anything runs."""
     from aiops.infra.automation import workspace_spec
+
     from aiops.settings import get_settings
 
     return workspace_spec(stack=stack, project_dir=project_dir, backend=backend, home=get_settings().home)
@@ -64,8 +67,11 @@ def _save_outputs(stack: str, outputs: dict[str, Any]) -> dict[str, Any]:
     from aiops.settings import get_settings
     from aiops.stack import write_outputs
 
-    write_outputs(get_settings().home, stack, {
-        k: v.value for k, v in outputs.items() if not getattr(v, "secret", False)})
+    write_outputs(
+        get_settings().home,
+        stack,
+        {k: v.value for k, v in outputs.items() if not getattr(v, "secret", False)},
+    )
     return {k: v.value for k, v in outputs.items()}
 
 
@@ -83,8 +89,15 @@ class Preview:
     changes: dict[str, int] | None = None
 
 
-def preview(project_dir: Path, stack: str, *, offline: bool, backend: str | None = None,
-            model: Path | None = None, on_event: OnEvent | None = None) -> Preview:
+def preview(
+    project_dir: Path,
+    stack: str,
+    *,
+    offline: bool,
+    backend: str | None = None,
+    model: Path | None = None,
+    on_event: OnEvent | None = None,
+) -> Preview:
     """What the stack would create or change; with ``model``, its GPU fit first (a model that cannot
     fit stops here: one line, exit 2)."""
     cfg = stack_config(project_dir, stack)
@@ -154,8 +167,15 @@ class Deployed:
     outputs: dict[str, Any]  # every output (Pulumi OutputValue: .value, .secret)
 
 
-def deploy(project_dir: Path, stack: str, *, view: DeployView, model: str | None = None,
-           backend: str | None = None, yes: bool = False) -> Deployed:
+def deploy(
+    project_dir: Path,
+    stack: str,
+    *,
+    view: DeployView,
+    model: str | None = None,
+    backend: str | None = None,
+    yes: bool = False,
+) -> Deployed:
     """Create or update the stack, optionally switching the endpoint's model first.
 
     Bad ``model`` input, a config that does not validate, or a model that cannot fit stop before
@@ -177,8 +197,9 @@ def deploy(project_dir: Path, stack: str, *, view: DeployView, model: str | None
     st = _open(_workspace(project_dir, stack, backend))
     if model is not None:
         outputs = {k: v.value for k, v in automation_call(st.outputs).items()}
-        resolved = artifacts.resolve_model(model, cfg=cfg, outputs=outputs, region=cfg.region, stack=stack,
-                                           runs_dir=runs_dir)
+        resolved = artifacts.resolve_model(
+            model, cfg=cfg, outputs=outputs, region=cfg.region, stack=stack, runs_dir=runs_dir
+        )
         automation_call(set_model, st, resolved.uri, resolved.size_gb, resolved.program)
         stack_config(project_dir, stack)  # the file as now written must still validate
         view.model(resolved)
@@ -192,8 +213,14 @@ def deploy(project_dir: Path, stack: str, *, view: DeployView, model: str | None
     return Deployed(stack, result.summary.result, dict(result.outputs))
 
 
-def destroy(project_dir: Path, stack: str, *, confirm: Callable[[], bool], backend: str | None = None,
-            on_event: OnEvent | None = None) -> str:
+def destroy(
+    project_dir: Path,
+    stack: str,
+    *,
+    confirm: Callable[[], bool],
+    backend: str | None = None,
+    on_event: OnEvent | None = None,
+) -> str:
     """Delete every resource of the stack (after ``confirm()``); the result."""
     stack_config(project_dir, stack)
     spec = _workspace(project_dir, stack, backend)

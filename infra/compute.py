@@ -8,10 +8,10 @@ import json
 from dataclasses import dataclass
 
 import pulumi
-from pulumi_aws import autoscaling, ec2, iam
-
 from aiops.infra.config import ComputeConfig
 from aiops.infra.policies import assume_role_policy
+from pulumi_aws import autoscaling, ec2, iam
+
 
 @dataclass(frozen=True)
 class GpuComputeArgs:
@@ -56,7 +56,10 @@ class GpuCompute(pulumi.ComponentResource):
             vpc = ec2.get_vpc_output(default=True, opts=invoke)
             vpc_id = vpc.id
             subnet_ids = ec2.get_subnets_output(
-                filters=[{"name": "vpc-id", "values": [vpc.id]}, {"name": "default-for-az", "values": ["true"]}],
+                filters=[
+                    {"name": "vpc-id", "values": [vpc.id]},
+                    {"name": "default-for-az", "values": ["true"]},
+                ],
                 opts=invoke,
             ).ids
 

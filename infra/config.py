@@ -19,8 +19,9 @@ This module imports neither pulumi nor pulumi_aws: config errors come before any
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -36,8 +37,24 @@ SECTIONS = ("namePrefix", "tags", "storage", "access", "network", "compute", "en
 # SageMaker instance families whose ML storage is local NVMe, encrypted by the instance's hardware
 # module: CreateEndpointConfig fails if a KmsKeyId is given for them (AWS API reference, KmsKeyId).
 LOCAL_STORAGE_FAMILIES = (
-    "g4dn", "g5", "g6", "g6e", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en",
-    "m5d", "c5d", "r5d", "m6id", "c6id", "r6id", "trn1", "inf2",
+    "g4dn",
+    "g5",
+    "g6",
+    "g6e",
+    "p3dn",
+    "p4d",
+    "p4de",
+    "p5",
+    "p5e",
+    "p5en",
+    "m5d",
+    "c5d",
+    "r5d",
+    "m6id",
+    "c6id",
+    "r6id",
+    "trn1",
+    "inf2",
 )
 _ML_ANY = re.compile(r"^ml\.[a-z0-9-]+\.[0-9a-z]+$")
 SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
@@ -52,7 +69,9 @@ def is_gpu_type(instance_type: str, prefix: str = "") -> bool:
         if parts[0] != prefix.rstrip("."):
             return False
         parts = parts[1:]
-    return len(parts) == 2 and re.fullmatch(r"[0-9a-z]+", parts[1]) is not None and parts[0] in cuda_families()
+    return (
+        len(parts) == 2 and re.fullmatch(r"[0-9a-z]+", parts[1]) is not None and parts[0] in cuda_families()
+    )
 
 
 def gpu_hint(prefix: str = "") -> str:
@@ -98,8 +117,10 @@ class AccessConfig(_Model):
 
         bad = [arn for arn in value if not is_secret_arn(arn)]
         if bad:
-            raise ValueError(f"{bad[0]} is not a Secrets Manager secret's full ARN "
-                             "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-AbCdEf)")
+            raise ValueError(
+                f"{bad[0]} is not a Secrets Manager secret's full ARN "
+                "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-AbCdEf)"
+            )
         return tuple(dict.fromkeys(value))
 
     @field_validator("training_secret_keys")
@@ -155,9 +176,11 @@ class NetworkConfig(_Model):
         return value
 
     @model_validator(mode="after")
-    def _both(self) -> "NetworkConfig":
+    def _both(self) -> NetworkConfig:
         if bool(self.subnet_ids) != bool(self.security_group_ids):
-            raise ValueError("set both subnetIds and securityGroupIds, or neither (SageMaker VpcConfig needs both)")
+            raise ValueError(
+                "set both subnetIds and securityGroupIds, or neither (SageMaker VpcConfig needs both)"
+            )
         return self
 
     @property
@@ -188,7 +211,7 @@ class ComputeConfig(_Model):
         return value
 
     @model_validator(mode="after")
-    def _sizes(self) -> "ComputeConfig":
+    def _sizes(self) -> ComputeConfig:
         if self.min_size > self.max_size:
             raise ValueError(f"minSize={self.min_size} > maxSize={self.max_size}: minSize must be <= maxSize")
         if not self.min_size <= self.desired_capacity <= self.max_size:
@@ -209,7 +232,7 @@ class ImageConfig(_Model):
     tag: str = "latest"
 
     @model_validator(mode="after")
-    def _one(self) -> "ImageConfig":
+    def _one(self) -> ImageConfig:
         if self.uri and self.own_repository:
             raise ValueError("set uri or ownRepository, not both")
         return self
@@ -227,7 +250,7 @@ class AutoscalingConfig(_Model):
     disable_scale_in: bool = False
 
     @model_validator(mode="after")
-    def _bounds(self) -> "AutoscalingConfig":
+    def _bounds(self) -> AutoscalingConfig:
         if self.min_capacity > self.max_capacity:
             raise ValueError(
                 f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: minCapacity must be <= maxCapacity"
@@ -318,12 +341,14 @@ class LlmConfig(_Model):
     tensor_parallel_degree: int | None = Field(None, ge=1)  # default: the instance type's GPU count
     max_input_tokens: int | None = Field(None, ge=1)
     max_total_tokens: int | None = Field(None, ge=2)
-    max_batch_size: int | None = Field(None, ge=1)  # LMI OPTION_MAX_ROLLING_BATCH_SIZE, TGI MAX_CONCURRENT_REQUESTS
+    max_batch_size: int | None = Field(
+        None, ge=1
+    )  # LMI OPTION_MAX_ROLLING_BATCH_SIZE, TGI MAX_CONCURRENT_REQUESTS
     dtype: Literal["fp16", "bf16", "fp32"] | None = None
     rolling_batch: Literal["vllm", "lmi-dist", "trtllm", "disable"] = "vllm"  # LMI's back end
 
     @model_validator(mode="after")
-    def _tokens(self) -> "LlmConfig":
+    def _tokens(self) -> LlmConfig:
         if self.max_input_tokens and self.max_total_tokens and self.max_input_tokens >= self.max_total_tokens:
             raise ValueError(
                 f"maxInputTokens={self.max_input_tokens} >= maxTotalTokens={self.max_total_tokens}: "
@@ -356,9 +381,11 @@ class InferenceComponentsConfig(_Model):
     scale_out_cooldown: int = Field(60, ge=0, le=3600)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "InferenceComponentsConfig":
+    def _bounds(self) -> InferenceComponentsConfig:
         if self.min_copies > self.max_copies:
-            raise ValueError(f"minCopies={self.min_copies} > maxCopies={self.max_copies}: minCopies must be <= maxCopies")
+            raise ValueError(
+                f"minCopies={self.min_copies} > maxCopies={self.max_copies}: minCopies must be <= maxCopies"
+            )
         if self.min_instances > self.max_instances:
             raise ValueError(
                 f"minInstances={self.min_instances} > maxInstances={self.max_instances}: minInstances must be <= maxInstances"
@@ -379,7 +406,7 @@ class AsyncInferenceConfig(_Model):
     scale_out_cooldown: int = Field(60, ge=0, le=3600)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "AsyncInferenceConfig":
+    def _bounds(self) -> AsyncInferenceConfig:
         if self.min_capacity > self.max_capacity:
             raise ValueError(
                 f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: minCapacity must be <= maxCapacity"
@@ -446,10 +473,12 @@ class EndpointConfig(_Model):
         return bool(self.model_data_url and self.model_data_url.endswith("/"))
 
     @model_validator(mode="after")
-    def _instance(self) -> "EndpointConfig":
+    def _instance(self) -> EndpointConfig:
         if not self.serverless.enabled:
             if not _ML_ANY.match(self.instance_type):
-                raise ValueError(f"instanceType={self.instance_type!r}: allowed: a SageMaker type 'ml.<family>.<size>'")
+                raise ValueError(
+                    f"instanceType={self.instance_type!r}: allowed: a SageMaker type 'ml.<family>.<size>'"
+                )
             if self.require_gpu and not is_gpu_type(self.instance_type, "ml."):
                 raise ValueError(
                     f"instanceType={self.instance_type!r} is not a GPU type; allowed: {gpu_hint('ml.')} "
@@ -480,9 +509,14 @@ class EndpointConfig(_Model):
 
             gpus = None if self.serverless.enabled else gpu_count(self.instance_type)
             if not gpus:
-                where = "a serverless variant has no GPU" if self.serverless.enabled else (
-                    f"instanceType={self.instance_type!r} has no GPU")
-                raise ValueError(f"container={self.container!r} needs a GPU instance type; {where}; allowed: {gpu_hint('ml.')}")
+                where = (
+                    "a serverless variant has no GPU"
+                    if self.serverless.enabled
+                    else (f"instanceType={self.instance_type!r} has no GPU")
+                )
+                raise ValueError(
+                    f"container={self.container!r} needs a GPU instance type; {where}; allowed: {gpu_hint('ml.')}"
+                )
             from aiops.infra.images import check_llm_version
 
             check_llm_version(self.container, self.llm.version)
@@ -494,13 +528,17 @@ class EndpointConfig(_Model):
                     f"llm.tensorParallelDegree={tp} > the {gpus} GPU(s) of {self.instance_type}: "
                     f"allowed: 1..{gpus} (or a larger instance type)"
                 )
-        if self.volume_size_gb is not None and (self.serverless.enabled or has_local_storage(self.instance_type)):
+        if self.volume_size_gb is not None and (
+            self.serverless.enabled or has_local_storage(self.instance_type)
+        ):
             raise ValueError(
                 f"volumeSizeGb={self.volume_size_gb}: {self.instance_type} has local NVMe storage (or the variant "
                 f"is serverless), which takes no volume size; remove volumeSizeGb"
             )
         if self.container == "custom" and not (self.image.uri or self.image.own_repository):
-            raise ValueError("container='custom' needs image.uri or image.ownRepository: true (the image to run)")
+            raise ValueError(
+                "container='custom' needs image.uri or image.ownRepository: true (the image to run)"
+            )
 
     def _check_scale_to_zero(self) -> None:
         ic, aio = self.inference_components, self.async_inference
@@ -510,7 +548,9 @@ class EndpointConfig(_Model):
                 "instances (set serverless.enabled: false, or inferenceComponents.enabled: false)"
             )
         if aio.enabled and self.serverless.enabled:
-            raise ValueError("asyncInference and serverless cannot be combined: asynchronous endpoints need instances")
+            raise ValueError(
+                "asyncInference and serverless cannot be combined: asynchronous endpoints need instances"
+            )
         if ic.enabled and aio.enabled:
             raise ValueError("inferenceComponents and asyncInference are two scale-to-zero modes: pick one")
         if ic.enabled and ic.accelerators_per_copy is not None:
@@ -561,7 +601,7 @@ class StackConfig(_Model):
         return value
 
     @model_validator(mode="after")
-    def _wiring(self) -> "StackConfig":
+    def _wiring(self) -> StackConfig:
         if self.endpoint.enabled and not self.access.enabled:
             raise ValueError("the endpoint needs the execution role: set access.enabled: true")
         return self
@@ -604,7 +644,9 @@ def describe(err: ValidationError, raw: Mapping[str, Any]) -> str:
         if not loc:
             key, msg = "config", item["msg"]
         else:
-            key = _top_key(str(loc[0])) + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in loc[1:])
+            key = _top_key(str(loc[0])) + "".join(
+                f".{p}" if isinstance(p, str) else f"[{p}]" for p in loc[1:]
+            )
             msg = item["msg"]
         msg = msg.removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from aiops.infra.offline import Plan, PlannedResource
+
 from aiops.pricing import PriceTable, load_prices
 
 ENDPOINT_CONFIG = "aws:sagemaker/endpointConfiguration:EndpointConfiguration"
@@ -103,9 +104,15 @@ class CostLine:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(known=self.known, hourly=self.hourly, monthly=self.monthly, max_hourly=self.max_hourly,
-                 on_demand_hourly=self.on_demand_hourly, on_demand_max_hourly=self.on_demand_max_hourly,
-                 description=self.describe())
+        d.update(
+            known=self.known,
+            hourly=self.hourly,
+            monthly=self.monthly,
+            max_hourly=self.max_hourly,
+            on_demand_hourly=self.on_demand_hourly,
+            on_demand_max_hourly=self.on_demand_max_hourly,
+            description=self.describe(),
+        )
         return d
 
 
@@ -145,9 +152,12 @@ class PlanCosts:
     @property
     def max_hourly(self) -> float:
         """At maximum capacity: every variant and group at its autoscaling maximum."""
-        return _money(sum(
-            (line.max_hourly if line.max_hourly is not None else line.hourly or 0.0) for line in self.lines
-        ))
+        return _money(
+            sum(
+                (line.max_hourly if line.max_hourly is not None else line.hourly or 0.0)
+                for line in self.lines
+            )
+        )
 
     @property
     def max_monthly(self) -> float:
@@ -165,7 +175,7 @@ class PlanCosts:
         return "; ".join(parts)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, stack: str) -> "PlanCosts":
+    def from_dict(cls, data: dict[str, Any], *, stack: str) -> PlanCosts:
         """Back from ``to_dict`` (what `aiops cost --json` prints)."""
         names = {f.name for f in fields(CostLine)}
         return cls(
@@ -205,7 +215,11 @@ def _scaling_target(plan: Plan, config: PlannedResource, variant: str) -> Planne
     """The scaling target of this variant's instance count, found under the same component."""
     for target in plan.of_type(SCALING_TARGET):
         rid = str(target.inputs.get("resourceId", ""))
-        if target.parent == config.parent and rid.endswith(f"/variant/{variant}") and rid.startswith("endpoint/"):
+        if (
+            target.parent == config.parent
+            and rid.endswith(f"/variant/{variant}")
+            and rid.startswith("endpoint/")
+        ):
             return target
     return None
 
@@ -217,8 +231,10 @@ def _scaling_max(plan: Plan, config: PlannedResource, variant: str) -> int | Non
     return int(value) if value is not None else None
 
 
-SCALES_TO_ZERO = ("scales to 0 when idle ($0/h); cold start: minutes (instance launch, model download, "
-                  "container start) for the first request after idle")
+SCALES_TO_ZERO = (
+    "scales to 0 when idle ($0/h); cold start: minutes (instance launch, model download, "
+    "container start) for the first request after idle"
+)
 
 
 def _idle_range(plan: Plan, config: PlannedResource, variant: dict) -> tuple[int, int] | None:
@@ -240,11 +256,19 @@ def variant_lines(plan: Plan, config: PlannedResource, table: PriceTable) -> lis
         name = f"{config.name}/{v.get('variantName', '?')}"
         if v.get("serverlessConfig"):
             sl = v["serverlessConfig"]
-            lines.append(CostLine(
-                resource=name, type=config.type, service="sagemaker", pricing="usage", instance_type=None,
-                count=0, max_count=None, hours_per_month=table.hours_per_month,
-                note=f"serverless, {sl.get('memorySizeInMb')} MB, billed per request and compute time",
-            ))
+            lines.append(
+                CostLine(
+                    resource=name,
+                    type=config.type,
+                    service="sagemaker",
+                    pricing="usage",
+                    instance_type=None,
+                    count=0,
+                    max_count=None,
+                    hours_per_month=table.hours_per_month,
+                    note=f"serverless, {sl.get('memorySizeInMb')} MB, billed per request and compute time",
+                )
+            )
             continue
         itype = str(v.get("instanceType"))
         count = int(v.get("initialInstanceCount") or 1)
@@ -256,14 +280,21 @@ def variant_lines(plan: Plan, config: PlannedResource, table: PriceTable) -> lis
         note = "hosting, on-demand" if price else f"no known price for {itype} in {plan.region}"
         if idle is not None:
             note += f"; {SCALES_TO_ZERO}"
-        lines.append(CostLine(
-            resource=name, type=config.type, service="sagemaker", pricing="instance", instance_type=itype,
-            count=count, max_count=max_count if max_count is not None else count,
-            unit_hourly=price.on_demand_hourly if price else None,
-            on_demand_unit_hourly=price.on_demand_hourly if price else None,
-            hours_per_month=table.hours_per_month,
-            note=note,
-        ))
+        lines.append(
+            CostLine(
+                resource=name,
+                type=config.type,
+                service="sagemaker",
+                pricing="instance",
+                instance_type=itype,
+                count=count,
+                max_count=max_count if max_count is not None else count,
+                unit_hourly=price.on_demand_hourly if price else None,
+                on_demand_unit_hourly=price.on_demand_hourly if price else None,
+                hours_per_month=table.hours_per_month,
+                note=note,
+            )
+        )
     return lines
 
 
@@ -287,15 +318,24 @@ def group_line(plan: Plan, group: PlannedResource, table: PriceTable) -> CostLin
     count = int(desired if desired is not None else inputs.get("minSize") or 0)
     max_count = int(inputs.get("maxSize") or count)
     # Spot when the mixed-instances policy buys less than 100 % on-demand above a zero base.
-    spot = bool(mixed) and int(dist.get("onDemandBaseCapacity") or 0) == 0 and int(
-        dist.get("onDemandPercentageAboveBaseCapacity", 100)) < 100
+    spot = (
+        bool(mixed)
+        and int(dist.get("onDemandBaseCapacity") or 0) == 0
+        and int(dist.get("onDemandPercentageAboveBaseCapacity", 100)) < 100
+    )
     od_share = int(dist.get("onDemandPercentageAboveBaseCapacity", 100)) / 100.0 if spot else 1.0
     price = table.lookup("ec2", itype, plan.region) if itype else None
     unit = None
     if price is not None:
-        unit = price.on_demand_hourly * od_share + price.spot_hourly * (1.0 - od_share) if spot else price.on_demand_hourly
+        unit = (
+            price.on_demand_hourly * od_share + price.spot_hourly * (1.0 - od_share)
+            if spot
+            else price.on_demand_hourly
+        )
     if price is None:
-        note = f"no known price for {itype} in {plan.region}" if itype else "instance type not found in the plan"
+        note = (
+            f"no known price for {itype} in {plan.region}" if itype else "instance type not found in the plan"
+        )
     elif spot:
         note = f"spot (typical discount {round((1 - price.spot_hourly / price.on_demand_hourly) * 100)} %)"
         if od_share:
@@ -303,11 +343,18 @@ def group_line(plan: Plan, group: PlannedResource, table: PriceTable) -> CostLin
     else:
         note = "on-demand"
     return CostLine(
-        resource=group.name, type=group.type, service="ec2", pricing="instance", instance_type=itype,
-        count=count, max_count=max_count, spot=spot,
+        resource=group.name,
+        type=group.type,
+        service="ec2",
+        pricing="instance",
+        instance_type=itype,
+        count=count,
+        max_count=max_count,
+        spot=spot,
         unit_hourly=_money(unit) if unit is not None else None,
         on_demand_unit_hourly=price.on_demand_hourly if price else None,
-        hours_per_month=table.hours_per_month, note=note,
+        hours_per_month=table.hours_per_month,
+        note=note,
     )
 
 
@@ -323,8 +370,10 @@ def plan_costs(plan: Plan, table: PriceTable | None = None) -> PlanCosts:
         lines.append(group_line(plan, group, table))
         priced.add(group.name)
     custom = [r for r in plan.resources if r.type.startswith("aws:")]  # not components, not the provider
-    notes = ["Instance charges only, running all month: KMS keys, alarms, dashboards, S3 storage and requests, data transfer "
-             "and serverless usage are not estimated"]
+    notes = [
+        "Instance charges only, running all month: KMS keys, alarms, dashboards, S3 storage and requests, data transfer "
+        "and serverless usage are not estimated"
+    ]
     return PlanCosts(
         stack=plan.stack,
         region=plan.region,

@@ -12,10 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi_aws import appautoscaling, cloudwatch, ecr, sagemaker, sns
-
 from aiops.infra import llm, scale_to_zero
-from aiops.stack import LAYOUT
 from aiops.infra.config import EndpointConfig
 from aiops.infra.policies import (
     dashboard_body,
@@ -25,6 +22,9 @@ from aiops.infra.policies import (
     target_invocations_per_instance,
     target_tracking_configuration,
 )
+from pulumi_aws import appautoscaling, cloudwatch, ecr, sagemaker, sns
+
+from aiops.stack import LAYOUT
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ class Endpoint(pulumi.ComponentResource):
             # Opt-in: the container gets no network at all (no pip install of requirements.txt).
             enable_network_isolation=cfg.network_isolation or None,
             vpc_config={"subnets": list(args.subnet_ids), "security_group_ids": list(args.security_group_ids)}
-            if args.subnet_ids else None,
+            if args.subnet_ids
+            else None,
             opts=child,
         )
 
@@ -157,17 +158,28 @@ class Endpoint(pulumi.ComponentResource):
         if cfg.async_inference.enabled:
             success_name, error_name = scale_to_zero.async_topic_names(args.endpoint_name)
             self.async_success_topic = sns.Topic(
-                f"{name}-async-success", name=success_name, kms_master_key_id=args.key_arn, opts=child,
+                f"{name}-async-success",
+                name=success_name,
+                kms_master_key_id=args.key_arn,
+                opts=child,
             )
             self.async_error_topic = sns.Topic(
-                f"{name}-async-error", name=error_name, kms_master_key_id=args.key_arn, opts=child,
+                f"{name}-async-error",
+                name=error_name,
+                kms_master_key_id=args.key_arn,
+                opts=child,
             )
             async_config = pulumi.Output.all(
                 args.bucket, args.key_arn, self.async_success_topic.arn, self.async_error_topic.arn
-            ).apply(lambda v: scale_to_zero.async_inference_config(
-                bucket=v[0], key_arn=v[1], success_topic=v[2], error_topic=v[3],
-                max_concurrent=cfg.async_inference.max_concurrent_invocations_per_instance,
-            ))
+            ).apply(
+                lambda v: scale_to_zero.async_inference_config(
+                    bucket=v[0],
+                    key_arn=v[1],
+                    success_topic=v[2],
+                    error_topic=v[3],
+                    max_concurrent=cfg.async_inference.max_concurrent_invocations_per_instance,
+                )
+            )
         data_capture = None
         if cfg.data_capture.enabled:
             data_capture = {
@@ -268,10 +280,13 @@ class Endpoint(pulumi.ComponentResource):
             "model_name": self.model.name,
             "repository_url": self.repository.repository_url if self.repository else None,
             "inference_component_name": self.inference_component.inference_component_name
-            if self.inference_component is not None else None,
+            if self.inference_component is not None
+            else None,
         }
 
-    def _inference_component(self, name: str, args: EndpointArgs, startup: dict, child: pulumi.ResourceOptions) -> None:
+    def _inference_component(
+        self, name: str, args: EndpointArgs, startup: dict, child: pulumi.ResourceOptions
+    ) -> None:
         """The model as an inference component (aws-native), its copy-count scaling from 0, and the
         scale-out-from-zero alarm and step policy (see ``infra/scale_to_zero.py``)."""
         import pulumi_aws_native as aws_native
@@ -291,7 +306,11 @@ class Endpoint(pulumi.ComponentResource):
         if params:
             spec["startup_parameters"] = params
         component_name = f"{args.endpoint_name}-model"[:63].rstrip("-")  # SageMaker names: no trailing "-"
-        native = pulumi.ResourceOptions(parent=self, provider=args.native_provider) if args.native_provider else child
+        native = (
+            pulumi.ResourceOptions(parent=self, provider=args.native_provider)
+            if args.native_provider
+            else child
+        )
         self.inference_component = aws_native.sagemaker.InferenceComponent(
             f"{name}-inference-component",
             inference_component_name=component_name,
@@ -303,7 +322,8 @@ class Endpoint(pulumi.ComponentResource):
             opts=native,
         )
         self._scale_from_zero(
-            name, ("copies-target", "copies-policy", "no-capacity-alarm"),
+            name,
+            ("copies-target", "copies-policy", "no-capacity-alarm"),
             dimension=scale_to_zero.IC_DIMENSION,
             resource_id=self.inference_component.inference_component_name.apply(scale_to_zero.ic_resource_id),
             capacity=(ic.min_copies, ic.max_copies),
@@ -313,9 +333,11 @@ class Endpoint(pulumi.ComponentResource):
                 scale_out_cooldown=ic.scale_out_cooldown,
             ),
             scale_out_cooldown=ic.scale_out_cooldown,
-            alarm={"name": f"{args.endpoint_name}-no-capacity",
-                   "alarm_description": "Requests found no copy of the model: scale out from zero",
-                   **scale_to_zero.no_capacity_alarm(component_name)},
+            alarm={
+                "name": f"{args.endpoint_name}-no-capacity",
+                "alarm_description": "Requests found no copy of the model: scale out from zero",
+                **scale_to_zero.no_capacity_alarm(component_name),
+            },
             child=child,
         )
 
@@ -323,7 +345,8 @@ class Endpoint(pulumi.ComponentResource):
         aio = args.config.async_inference
         variant = args.config.variant_name
         self._scale_from_zero(
-            name, ("scaling-target", "backlog-policy", "backlog-alarm"),
+            name,
+            ("scaling-target", "backlog-policy", "backlog-alarm"),
             dimension=scale_to_zero.VARIANT_DIMENSION,
             resource_id=self.endpoint.name.apply(lambda n: scaling_resource_id(n, variant)),
             capacity=(aio.min_capacity, aio.max_capacity),
@@ -334,15 +357,27 @@ class Endpoint(pulumi.ComponentResource):
                 scale_out_cooldown=aio.scale_out_cooldown,
             ),
             scale_out_cooldown=aio.scale_out_cooldown,
-            alarm={"name": f"{args.endpoint_name}-backlog-without-capacity",
-                   "alarm_description": "Requests wait while the endpoint has no instance: scale out from zero",
-                   **scale_to_zero.backlog_without_capacity_alarm(args.endpoint_name)},
+            alarm={
+                "name": f"{args.endpoint_name}-backlog-without-capacity",
+                "alarm_description": "Requests wait while the endpoint has no instance: scale out from zero",
+                **scale_to_zero.backlog_without_capacity_alarm(args.endpoint_name),
+            },
             child=child,
         )
 
-    def _scale_from_zero(self, name: str, suffixes: tuple[str, str, str], *, dimension: str,
-                         resource_id: pulumi.Input[str], capacity: tuple[int, int], tracking: Any,
-                         scale_out_cooldown: int, alarm: dict[str, Any], child: pulumi.ResourceOptions) -> None:
+    def _scale_from_zero(
+        self,
+        name: str,
+        suffixes: tuple[str, str, str],
+        *,
+        dimension: str,
+        resource_id: pulumi.Input[str],
+        capacity: tuple[int, int],
+        tracking: Any,
+        scale_out_cooldown: int,
+        alarm: dict[str, Any],
+        child: pulumi.ResourceOptions,
+    ) -> None:
         """A scalable target that may reach 0, its target-tracking policy, and the step policy with its
         alarm that brings it back from 0 (target tracking alone cannot: with no capacity there is no
         metric to track). Both scale-to-zero modes use it; their resource names stay their own."""
@@ -375,9 +410,12 @@ class Endpoint(pulumi.ComponentResource):
             opts=child,
         )
         self.scaling_alarm = cloudwatch.MetricAlarm(
-            f"{name}-{alarm_suffix}", alarm_actions=[self.scale_out_policy.arn], opts=child, **alarm)
+            f"{name}-{alarm_suffix}", alarm_actions=[self.scale_out_policy.arn], opts=child, **alarm
+        )
 
-    def _observability(self, name: str, args: EndpointArgs, dims: dict[str, str], child: pulumi.ResourceOptions) -> None:
+    def _observability(
+        self, name: str, args: EndpointArgs, dims: dict[str, str], child: pulumi.ResourceOptions
+    ) -> None:
         """The dashboard, and the idle alarm with its SNS topic (encrypted with the stack key; the
         key policy lets CloudWatch alarms of the account use it, see ``kms_key_policy``). The idle
         alarm is not a rollback alarm: an idle endpoint would otherwise roll back every deployment."""

@@ -15,10 +15,18 @@ import json
 import tarfile
 from pathlib import Path
 
-from aiops.errors import UsageError
-from aiops.gpufit import Fit, KvCache, TensorStats, check_inference, inference_need, kv_shape_from_config, model_stats
 from aiops.infra.config import StackConfig
 
+from aiops.errors import UsageError
+from aiops.gpufit import (
+    Fit,
+    KvCache,
+    TensorStats,
+    check_inference,
+    inference_need,
+    kv_shape_from_config,
+    model_stats,
+)
 
 MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB; a bigger one is not read
 
@@ -55,12 +63,22 @@ def endpoint_fit(cfg: StackConfig, stats: TensorStats, model_config: dict | None
     shape = kv_shape_from_config(model_config) if model_config else None
     if shape and ep.llm.max_total_tokens:
         layers, kv_heads, head_dim = shape
-        kv = KvCache(layers=layers, kv_heads=kv_heads, head_dim=head_dim, max_tokens=ep.llm.max_total_tokens,
-                     batch=ep.llm.max_batch_size or 1, dtype=ep.llm.dtype or "fp16")
+        kv = KvCache(
+            layers=layers,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            max_tokens=ep.llm.max_total_tokens,
+            batch=ep.llm.max_batch_size or 1,
+            dtype=ep.llm.dtype or "fp16",
+        )
     need = inference_need(stats, dtype=ep.llm.dtype, kv=kv, overhead=ep.gpu_fit.overhead)
     # LMI/TGI spread one copy over the tensor-parallel GPUs; the PyTorch container's model server
     # loads one copy per GPU; a custom image: all GPUs (its own business)
-    gpus_used = {"pytorch": 1, "lmi": ep.llm.tensor_parallel_degree, "tgi": ep.llm.tensor_parallel_degree}.get(ep.container)
+    gpus_used = {
+        "pytorch": 1,
+        "lmi": ep.llm.tensor_parallel_degree,
+        "tgi": ep.llm.tensor_parallel_degree,
+    }.get(ep.container)
     return check_inference(need, ep.instance_type, region=cfg.region, gpus_used=gpus_used)
 
 

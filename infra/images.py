@@ -11,11 +11,22 @@ from aiops import images
 from aiops.errors import ConfigError
 from aiops.images import LLM_FRAMEWORKS, ImageNotFound
 
-__all__ = ["LLM_FRAMEWORKS", "check_llm_version", "endpoint_image_repositories", "endpoint_image_uri",
-           "llm_image_uri", "pytorch_inference_uri", "registry_account"]
+__all__ = [
+    "LLM_FRAMEWORKS",
+    "check_llm_version",
+    "endpoint_image_repositories",
+    "endpoint_image_uri",
+    "llm_image_uri",
+    "pytorch_inference_uri",
+    "registry_account",
+]
 
-_OPTION = {"version": "aiops:endpoint.image.frameworkVersion", "py_version": "aiops:endpoint.image.pyVersion",
-           "region": "aws:region", "processor": "aiops:endpoint.instanceType"}
+_OPTION = {
+    "version": "aiops:endpoint.image.frameworkVersion",
+    "py_version": "aiops:endpoint.image.pyVersion",
+    "region": "aws:region",
+    "processor": "aiops:endpoint.instanceType",
+}
 
 
 def _config_error(err: ImageNotFound, value: str, *, version_option: str | None = None) -> ConfigError:
@@ -28,8 +39,14 @@ def pytorch_inference_uri(*, region: str, version: str, py_version: str, instanc
     (but for the processor: decided by the GPU table, see aiops.images), with the full version in
     the tag (``2.5`` -> ``2.5.1``): the endpoint names the exact release its frameworkVersion stands for."""
     try:
-        return images.pytorch_image_uri(scope="inference", region=region, version=version, py_version=py_version,
-                                        instance_type=instance_type, pin=True)
+        return images.pytorch_image_uri(
+            scope="inference",
+            region=region,
+            version=version,
+            py_version=py_version,
+            instance_type=instance_type,
+            pin=True,
+        )
     except ImageNotFound as err:
         value = {"version": version, "py_version": py_version, "region": region}.get(err.field, instance_type)
         raise _config_error(err, value) from None
@@ -56,8 +73,9 @@ def llm_image_uri(*, kind: str, region: str, version: str) -> str:
     try:
         return images.llm_image_uri(kind, region=region, version=version)
     except ImageNotFound as err:
-        raise _config_error(err, region if err.field == "region" else version,
-                            version_option="aiops:endpoint.llm.version") from None
+        raise _config_error(
+            err, region if err.field == "region" else version, version_option="aiops:endpoint.llm.version"
+        ) from None
 
 
 def endpoint_image_uri(endpoint, region: str) -> str:

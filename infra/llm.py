@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import math
 
+from aiops.infra.config import EndpointConfig, has_local_storage
+
 from aiops.gpufit import gpu_count
 from aiops.programs import SUBMIT_DIRECTORY
-from aiops.infra.config import EndpointConfig, has_local_storage
 
 _TGI_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
@@ -133,6 +134,15 @@ def model_data(cfg: EndpointConfig) -> dict:
     (``s3://bucket/prefix/``) ``model_data_source.s3_data_sources[0]`` (CreateModel's ``ModelDataSource.S3DataSource``) with ``S3Prefix`` and
     ``CompressionType: None`` (uncompressed: SageMaker copies the files as they are)."""
     if cfg.uncompressed:
-        return {"model_data_source": {"s3_data_sources": [{  # pulumi-aws names the one source in a list
-            "s3_uri": cfg.model_data_url, "s3_data_type": "S3Prefix", "compression_type": "None"}]}}
+        return {
+            "model_data_source": {
+                "s3_data_sources": [
+                    {  # pulumi-aws names the one source in a list
+                        "s3_uri": cfg.model_data_url,
+                        "s3_data_type": "S3Prefix",
+                        "compression_type": "None",
+                    }
+                ]
+            }
+        }
     return {"model_data_url": cfg.model_data_url}

@@ -31,10 +31,18 @@ from typing import Any
 from aiops import aws
 from aiops.archive import file_sha256  # noqa: F401 - re-exported for the tests
 from aiops.errors import UsageError
-from aiops.gpufit import MAX_HEADER, WEIGHT_SUFFIXES, TensorStats, _is_weights, safetensors_stats, state_dict_stats
+from aiops.gpufit import (
+    MAX_HEADER,
+    WEIGHT_SUFFIXES,
+    TensorStats,
+    _is_weights,
+    safetensors_stats,
+    state_dict_stats,
+)
 from aiops.names import split_s3_uri
 from aiops.s3objects import DEFAULT_CONCURRENCY, NOT_FOUND, UploadBatch
 from aiops.stack import LAYOUT
+
 
 def folder_files(path: Path) -> list[tuple[str, Path]]:
     """The files of a model folder that are uploaded: `aiops.files.select_model_folder` (the policy
@@ -76,19 +84,29 @@ def _head(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
             raise
 
 
-def upload_folder(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any,
-                  previous_uri: str | None = None,
-                  max_concurrency: int = DEFAULT_CONCURRENCY) -> FolderUpload:
+def upload_folder(
+    path: Path,
+    *,
+    bucket: str,
+    kms_key_arn: str | None,
+    s3: Any,
+    previous_uri: str | None = None,
+    max_concurrency: int = DEFAULT_CONCURRENCY,
+) -> FolderUpload:
     """Upload the folder's files under their tree digest: each file is read once for its hash and
     once to upload it. The HEADs (is it there? unchanged since the previous prefix?) and then the
     uploads and copies run ``max_concurrency`` requests at a time (one `UploadBatch`); the first
     failure stops the rest and is raised as one line naming the object."""
     files = folder_files(path)
     if not any(_is_weights(rel) for rel, _ in files):
-        raise UsageError(f"--model {path}: no weights in that folder (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
+        raise UsageError(
+            f"--model {path}: no weights in that folder (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})"
+        )
     digests = {rel: file_sha256(p) for rel, p in files}
     prefix = LAYOUT.model_prefix(tree_digest(list(digests.items())))
-    prev_bucket, prev_prefix = split_s3_uri(previous_uri) if previous_uri and previous_uri.endswith("/") else (None, None)
+    prev_bucket, prev_prefix = (
+        split_s3_uri(previous_uri) if previous_uri and previous_uri.endswith("/") else (None, None)
+    )
     previous = prev_prefix if prev_bucket == bucket else None
 
     def plan(rel: str) -> tuple[str, dict[str, Any] | None]:
@@ -114,12 +132,23 @@ def upload_folder(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any,
             counts[what] += 1
             if what == "copy" and head is not None and previous:
                 # unchanged since the previous model: copied inside S3 (multipart for large files)
-                batch.copy(prefix + rel, previous + rel, size=int(head["ContentLength"]),
-                           etag=head.get("ETag"), metadata={"sha256": digests[rel]})
+                batch.copy(
+                    prefix + rel,
+                    previous + rel,
+                    size=int(head["ContentLength"]),
+                    etag=head.get("ETag"),
+                    metadata={"sha256": digests[rel]},
+                )
             elif what == "upload":
                 sent += batch.upload(prefix + rel, p, metadata={"sha256": digests[rel]})
-    return FolderUpload(f"s3://{bucket}/{prefix}", counts["upload"], counts["copy"], counts["present"], sent,
-                        sum(p.stat().st_size for _, p in files))
+    return FolderUpload(
+        f"s3://{bucket}/{prefix}",
+        counts["upload"],
+        counts["copy"],
+        counts["present"],
+        sent,
+        sum(p.stat().st_size for _, p in files),
+    )
 
 
 @dataclass(frozen=True)
@@ -142,10 +171,14 @@ def list_prefix(s3: Any, uri: str) -> PrefixListing:
     objects: list[tuple[str, int]] = []
     with aws.translate_errors(f"--model {uri}: listing that prefix"):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            objects += [(o["Key"], int(o["Size"])) for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+            objects += [
+                (o["Key"], int(o["Size"])) for o in page.get("Contents", []) if not o["Key"].endswith("/")
+            ]
     listing = PrefixListing(uri, objects)
     if not objects:
-        raise UsageError(f"--model {uri}: the prefix is empty; upload the model's files there (or pass a local folder)")
+        raise UsageError(
+            f"--model {uri}: the prefix is empty; upload the model's files there (or pass a local folder)"
+        )
     if not listing.weights:
         raise UsageError(
             f"--model {uri}: no weights under that prefix (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)}); "
@@ -181,7 +214,9 @@ class S3RangeFile(io.RawIOBase):
         if self.pos >= self.size or not len(buffer):
             return 0
         end = min(self.size, self.pos + len(buffer)) - 1
-        data = self.s3.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-{end}")["Body"].read()
+        data = self.s3.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-{end}")[
+            "Body"
+        ].read()
         self.requests += 1
         buffer[: len(data)] = data
         self.pos += len(data)
@@ -210,10 +245,14 @@ def _prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
     for key, size in files:
         head = s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-7")["Body"].read()
         if len(head) < 8:
-            raise UsageError(f"s3://{bucket}/{key}: not a safetensors file (shorter than its 8-byte header length)")
+            raise UsageError(
+                f"s3://{bucket}/{key}: not a safetensors file (shorter than its 8-byte header length)"
+            )
         (length,) = struct.unpack("<Q", head)
         if length > MAX_HEADER or 8 + length > size:
-            raise UsageError(f"s3://{bucket}/{key}: not a safetensors file (header length {length} is impossible)")
+            raise UsageError(
+                f"s3://{bucket}/{key}: not a safetensors file (header length {length} is impossible)"
+            )
         body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=8-{8 + length - 1}")["Body"].read()
         stats = safetensors_stats(io.BytesIO(head + body), key, size)
         total = stats if total is None else total + stats
@@ -237,5 +276,3 @@ def prefix_config_json(s3: Any, listing: PrefixListing) -> dict | None:
 def size_gb(n_bytes: int) -> float:
     """Decimal GB, rounded up to 0.1 (what endpoint.modelSizeGb holds)."""
     return max(0.1, -(-n_bytes // 100_000_000) / 10)
-
-

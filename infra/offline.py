@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aiops.errors import AiopsError
 from aiops.infra.config import StackConfig
+
+from aiops.errors import AiopsError
 
 FAKE_ACCOUNT = "123456789012"
 
@@ -73,8 +74,15 @@ def _mock_invoke(token: str, args: dict[str, Any], region: str) -> dict[str, Any
             "id": FAKE_ACCOUNT,
         }
     if token == "aws:index/getPartition:getPartition":
-        part = "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
-        return {"partition": part, "dnsSuffix": "amazonaws.com", "id": part, "reverseDnsPrefix": "com.amazonaws"}
+        part = (
+            "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+        )
+        return {
+            "partition": part,
+            "dnsSuffix": "amazonaws.com",
+            "id": part,
+            "reverseDnsPrefix": "com.amazonaws",
+        }
     if token == "aws:ec2/getAmi:getAmi":
         return {
             "id": "ami-0123456789abcdef0",
@@ -109,7 +117,9 @@ def _computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> dict[
     elif typ == "aws:sns/topic:Topic":
         state.update(arn=f"arn:aws:sns:{region}:{FAKE_ACCOUNT}:{physical}")
     elif typ == "aws:cloudwatch/dashboard:Dashboard":
-        state.update(dashboardArn=f"arn:aws:cloudwatch::{FAKE_ACCOUNT}:dashboard/{inputs.get('dashboardName')}")
+        state.update(
+            dashboardArn=f"arn:aws:cloudwatch::{FAKE_ACCOUNT}:dashboard/{inputs.get('dashboardName')}"
+        )
     elif typ == "aws:appautoscaling/target:Target":
         state.update(
             serviceNamespace=inputs.get("serviceNamespace"),
@@ -197,7 +207,9 @@ def _plan(cfg: StackConfig, *, preview: bool) -> Plan:
 
     mocks = Recorder()
     _ensure_event_loop()
-    pulumi.runtime.set_mocks(mocks, project=cfg.project, stack=cfg.stack, preview=preview, monitor=Monitor(mocks))
+    pulumi.runtime.set_mocks(
+        mocks, project=cfg.project, stack=cfg.stack, preview=preview, monitor=Monitor(mocks)
+    )
 
     from aiops.infra.program import build
 
@@ -207,7 +219,9 @@ def _plan(cfg: StackConfig, *, preview: bool) -> Plan:
     def run():
         outputs = build(cfg)
         keys = list(outputs)
-        return pulumi.Output.all(*[outputs[k] for k in keys]).apply(lambda vals: result.update(zip(keys, vals)))
+        return pulumi.Output.all(*[outputs[k] for k in keys]).apply(
+            lambda vals: result.update(zip(keys, vals))
+        )
 
     run()
     if unknown:

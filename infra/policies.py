@@ -42,7 +42,11 @@ def tls_only_bucket_policy(bucket_arn: str) -> dict[str, Any]:
 
 
 def kms_key_policy(
-    *, account_id: str, partition: str = "aws", allow_autoscaling: bool = False, allow_cloudwatch_alarms: bool = False
+    *,
+    account_id: str,
+    partition: str = "aws",
+    allow_autoscaling: bool = False,
+    allow_cloudwatch_alarms: bool = False,
 ) -> dict[str, Any]:
     """The key policy: the account administers the key through IAM; optionally the EC2 Auto Scaling
     service-linked role may use it for encrypted EBS volumes (it cannot be given an IAM policy);
@@ -69,7 +73,13 @@ def kms_key_policy(
                 "Sid": "AutoScalingUsesKeyForEbs",
                 "Effect": "Allow",
                 "Principal": {"AWS": role},
-                "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
+                "Action": [
+                    "kms:Encrypt",
+                    "kms:Decrypt",
+                    "kms:ReEncrypt*",
+                    "kms:GenerateDataKey*",
+                    "kms:DescribeKey",
+                ],
                 "Resource": "*",
             },
             {
@@ -82,7 +92,10 @@ def kms_key_policy(
             },
         ]
     if allow_cloudwatch_alarms:
-        statements.append(CLOUDWATCH_ALARMS_KEY_STATEMENT | {"Condition": {"StringEquals": {"aws:SourceAccount": account_id}}})
+        statements.append(
+            CLOUDWATCH_ALARMS_KEY_STATEMENT
+            | {"Condition": {"StringEquals": {"aws:SourceAccount": account_id}}}
+        )
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -165,36 +178,51 @@ def execution_role_policy(
         repos.append(own_repository_arn)
     statements: list[dict[str, Any]] = []
     if secret_arns:
-        statements.append({
-            "Sid": "ReadTrainingSecrets",
-            "Effect": "Allow",
-            "Action": "secretsmanager:GetSecretValue",
-            "Resource": list(secret_arns),
-        })
+        statements.append(
+            {
+                "Sid": "ReadTrainingSecrets",
+                "Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": list(secret_arns),
+            }
+        )
     if secret_key_arns:
-        statements.append({
-            "Sid": "DecryptTrainingSecrets",
-            "Effect": "Allow",
-            "Action": "kms:Decrypt",
-            "Resource": list(secret_key_arns),
-            "Condition": {"StringEquals": {"kms:ViaService": [
-                f"secretsmanager.{region}.amazonaws.com"
-                for region in sorted({arn.split(":")[3] for arn in secret_arns})]}},
-        })
+        statements.append(
+            {
+                "Sid": "DecryptTrainingSecrets",
+                "Effect": "Allow",
+                "Action": "kms:Decrypt",
+                "Resource": list(secret_key_arns),
+                "Condition": {
+                    "StringEquals": {
+                        "kms:ViaService": [
+                            f"secretsmanager.{region}.amazonaws.com"
+                            for region in sorted({arn.split(":")[3] for arn in secret_arns})
+                        ]
+                    }
+                },
+            }
+        )
     if publish_topic_names:
-        statements.append({
-            "Sid": "PublishAsyncNotifications",
-            "Effect": "Allow",
-            "Action": "sns:Publish",
-            "Resource": [f"arn:{partition}:sns:{region}:{account_id}:{t}" for t in publish_topic_names],
-        })
+        statements.append(
+            {
+                "Sid": "PublishAsyncNotifications",
+                "Effect": "Allow",
+                "Action": "sns:Publish",
+                "Resource": [f"arn:{partition}:sns:{region}:{account_id}:{t}" for t in publish_topic_names],
+            }
+        )
     statements += [
         {
             "Sid": "ListOwnPrefixes",
             "Effect": "Allow",
             "Action": "s3:ListBucket",
             "Resource": bucket_arn,
-            "Condition": {"StringLike": {"s3:prefix": [f"{p}*" for p in sorted(set(read_prefixes) | set(write_prefixes))]}},
+            "Condition": {
+                "StringLike": {
+                    "s3:prefix": [f"{p}*" for p in sorted(set(read_prefixes) | set(write_prefixes))]
+                }
+            },
         },
         {
             "Sid": "ReadOwnPrefixes",
@@ -238,18 +266,32 @@ def execution_role_policy(
             {
                 "Sid": "PullImages",
                 "Effect": "Allow",
-                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                "Action": [
+                    "ecr:BatchCheckLayerAvailability",
+                    "ecr:BatchGetImage",
+                    "ecr:GetDownloadUrlForLayer",
+                ],
                 "Resource": repos,
             }
         )
     if subnet_ids:
-        statements += vpc_statements(region=region, account_id=account_id, partition=partition,
-                                     subnet_ids=subnet_ids, security_group_ids=security_group_ids)
+        statements += vpc_statements(
+            region=region,
+            account_id=account_id,
+            partition=partition,
+            subnet_ids=subnet_ids,
+            security_group_ids=security_group_ids,
+        )
     statements += [
         {
             "Sid": "OwnLogs",
             "Effect": "Allow",
-            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            "Action": [
+                "logs:CreateLogGroup",
+                "logs:CreateLogStream",
+                "logs:PutLogEvents",
+                "logs:DescribeLogStreams",
+            ],
             "Resource": [
                 f"arn:{partition}:logs:{region}:{account_id}:log-group:/aws/sagemaker/*",
                 f"arn:{partition}:logs:{region}:{account_id}:log-group:/aws/sagemaker/*:log-stream:*",
@@ -267,16 +309,27 @@ def execution_role_policy(
 
 
 VPC_DESCRIBE_ACTIONS = (
-    "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeDhcpOptions", "ec2:DescribeSubnets",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeVpcs",
+    "ec2:DescribeDhcpOptions",
+    "ec2:DescribeSubnets",
     "ec2:DescribeSecurityGroups",
 )
 VPC_INTERFACE_ACTIONS = (
-    "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface", "ec2:DeleteNetworkInterfacePermission",
+    "ec2:CreateNetworkInterfacePermission",
+    "ec2:DeleteNetworkInterface",
+    "ec2:DeleteNetworkInterfacePermission",
 )
 
 
-def vpc_statements(*, region: str, account_id: str, partition: str, subnet_ids: tuple[str, ...],
-                   security_group_ids: tuple[str, ...]) -> list[dict[str, Any]]:
+def vpc_statements(
+    *,
+    region: str,
+    account_id: str,
+    partition: str,
+    subnet_ids: tuple[str, ...],
+    security_group_ids: tuple[str, ...],
+) -> list[dict[str, Any]]:
     """The ec2 permissions SageMaker documents for jobs and endpoints with a VpcConfig ("Give
     SageMaker access to resources in your Amazon VPC"), scoped where EC2 has resource-level
     permissions: CreateNetworkInterface to this account's interfaces in the region and the
@@ -341,7 +394,9 @@ def target_invocations_per_instance(
     """
     if explicit is not None:
         if explicit <= 0:
-            raise ConfigError(f"aiops:endpoint.autoscaling.targetInvocationsPerInstance={explicit!r}: must be > 0")
+            raise ConfigError(
+                f"aiops:endpoint.autoscaling.targetInvocationsPerInstance={explicit!r}: must be > 0"
+            )
         return float(explicit)
     if max_rps_per_instance <= 0 or not 0 < target_utilization <= 1:
         raise ConfigError(
@@ -438,8 +493,15 @@ def dashboard_body(
             "y": y,
             "width": 12,
             "height": 6,
-            "properties": {"title": title, "region": region, "view": "timeSeries", "stacked": False,
-                           "period": period, "metrics": metrics, **props},
+            "properties": {
+                "title": title,
+                "region": region,
+                "view": "timeSeries",
+                "stacked": False,
+                "period": period,
+                "metrics": metrics,
+                **props,
+            },
         }
 
     m = lambda name, **p: _metric(name, endpoint_name, variant, **p)  # noqa: E731
@@ -450,27 +512,52 @@ def dashboard_body(
         }
     widgets = [
         widget(0, 0, "Invocations", [m("Invocations", stat="Sum", label="Invocations")], stat="Sum"),
-        widget(12, 0, "ModelLatency p50 / p90 / p99 (microseconds)", [
-            m("ModelLatency", stat="p50", label="p50"),
-            m("ModelLatency", stat="p90", label="p90"),
-            m("ModelLatency", stat="p99", label="p99"),
-        ], **latency_props),
-        widget(0, 6, "Errors", [
-            m("Invocation4XXErrors", stat="Sum", label="4XX errors"),
-            m("Invocation5XXErrors", stat="Sum", label="5XX errors"),
-        ], stat="Sum"),
+        widget(
+            12,
+            0,
+            "ModelLatency p50 / p90 / p99 (microseconds)",
+            [
+                m("ModelLatency", stat="p50", label="p50"),
+                m("ModelLatency", stat="p90", label="p90"),
+                m("ModelLatency", stat="p99", label="p99"),
+            ],
+            **latency_props,
+        ),
+        widget(
+            0,
+            6,
+            "Errors",
+            [
+                m("Invocation4XXErrors", stat="Sum", label="4XX errors"),
+                m("Invocation5XXErrors", stat="Sum", label="5XX errors"),
+            ],
+            stat="Sum",
+        ),
     ]
     if not serverless:
-        instance_props: dict[str, Any] = {"yAxis": {"left": {"min": 0, "label": "instances", "showUnits": False}}}
-        bounds = [{"label": f"{k} capacity", "value": v}
-                  for k, v in (("min", min_capacity), ("max", max_capacity)) if v is not None]
+        instance_props: dict[str, Any] = {
+            "yAxis": {"left": {"min": 0, "label": "instances", "showUnits": False}}
+        }
+        bounds = [
+            {"label": f"{k} capacity", "value": v}
+            for k, v in (("min", min_capacity), ("max", max_capacity))
+            if v is not None
+        ]
         if bounds:
             instance_props["annotations"] = {"horizontal": bounds}
-        widgets.append(widget(12, 6, "Instances (derived: Invocations / InvocationsPerInstance; no data while idle)", [
-            [{"expression": "m1 / m2", "id": "e1", "label": "instances (derived)"}],
-            m("Invocations", stat="Sum", id="m1", visible=False),
-            m("InvocationsPerInstance", stat="Sum", id="m2", visible=False),
-        ], **instance_props))
+        widgets.append(
+            widget(
+                12,
+                6,
+                "Instances (derived: Invocations / InvocationsPerInstance; no data while idle)",
+                [
+                    [{"expression": "m1 / m2", "id": "e1", "label": "instances (derived)"}],
+                    m("Invocations", stat="Sum", id="m1", visible=False),
+                    m("InvocationsPerInstance", stat="Sum", id="m2", visible=False),
+                ],
+                **instance_props,
+            )
+        )
     return {"widgets": widgets}
 
 

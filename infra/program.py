@@ -10,11 +10,11 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
-
 from aiops.infra.config import StackConfig
-from aiops.stack import LAYOUT, TRAINING_LOG_GROUP
 from aiops.infra.images import endpoint_image_repositories, endpoint_image_uri, registry_account
 from aiops.infra.scale_to_zero import async_topic_names
+
+from aiops.stack import LAYOUT, TRAINING_LOG_GROUP
 
 
 def build(cfg: StackConfig) -> dict[str, Any]:
@@ -95,8 +95,11 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 subnet_ids=net.subnet_ids,
                 security_group_ids=net.security_group_ids,
                 extra_image_repositories=endpoint_image_repositories(ep, cfg.region)
-                if ep.enabled and not (ep.image.uri or ep.image.own_repository) else (),
-                publish_topic_names=async_topic_names(cfg.endpoint_name) if ep.enabled and ep.async_inference.enabled else (),
+                if ep.enabled and not (ep.image.uri or ep.image.own_repository)
+                else (),
+                publish_topic_names=async_topic_names(cfg.endpoint_name)
+                if ep.enabled and ep.async_inference.enabled
+                else (),
                 secret_arns=cfg.access.training_secrets,
                 secret_key_arns=cfg.access.training_secret_keys,
             ),
@@ -145,7 +148,9 @@ def build(cfg: StackConfig) -> dict[str, Any]:
 
         compute = GpuCompute(
             "gpu",
-            GpuComputeArgs(prefix=cfg.prefix, config=cfg.compute, key_arn=storage.key.arn, partition=partition),
+            GpuComputeArgs(
+                prefix=cfg.prefix, config=cfg.compute, key_arn=storage.key.arn, partition=partition
+            ),
             opts=opts,
         )
         outputs["launchTemplateId"] = compute.launch_template.id

@@ -15,18 +15,26 @@ KEY_INPUTS: dict[str, tuple[str, ...]] = {
     "pulumi:providers:aws": ("region",),
     "pulumi:providers:aws-native": ("region",),
     "aws-native:sagemaker:InferenceComponent": (
-        "inferenceComponentName", "runtimeConfig.copyCount",
+        "inferenceComponentName",
+        "runtimeConfig.copyCount",
         "specification.computeResourceRequirements.numberOfAcceleratorDevicesRequired",
         "specification.startupParameters.modelDataDownloadTimeoutInSeconds",
-        "specification.startupParameters.containerStartupHealthCheckTimeoutInSeconds"),
+        "specification.startupParameters.containerStartupHealthCheckTimeoutInSeconds",
+    ),
     "aws:kms/key:Key": ("enableKeyRotation", "deletionWindowInDays"),
     "aws:kms/alias:Alias": ("name",),
     "aws:s3/bucket:Bucket": ("bucketPrefix", "forceDestroy"),
     "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": (
-        "blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"),
+        "blockPublicAcls",
+        "blockPublicPolicy",
+        "ignorePublicAcls",
+        "restrictPublicBuckets",
+    ),
     "aws:s3/bucketVersioning:BucketVersioning": ("versioningConfiguration.status",),
     "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": (
-        "rules[0].applyServerSideEncryptionByDefault.sseAlgorithm", "rules[0].bucketKeyEnabled"),
+        "rules[0].applyServerSideEncryptionByDefault.sseAlgorithm",
+        "rules[0].bucketKeyEnabled",
+    ),
     "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": ("rules[*].id",),
     "aws:s3/bucketPolicy:BucketPolicy": ("policy.Statement[*].Sid",),
     "aws:iam/role:Role": ("assumeRolePolicy.Statement[0].Principal.Service",),
@@ -38,31 +46,51 @@ KEY_INPUTS: dict[str, tuple[str, ...]] = {
     "aws:sns/topic:Topic": ("name", "kmsMasterKeyId"),
     "aws:sns/topicSubscription:TopicSubscription": ("protocol", "endpoint"),
     "aws:sagemaker/model:Model": (
-        "primaryContainer.image", "primaryContainer.modelDataUrl",
+        "primaryContainer.image",
+        "primaryContainer.modelDataUrl",
         "primaryContainer.modelDataSource.s3DataSources[0].s3Uri",
-        "primaryContainer.modelDataSource.s3DataSources[0].compressionType"),
+        "primaryContainer.modelDataSource.s3DataSources[0].compressionType",
+    ),
     "aws:sagemaker/endpointConfiguration:EndpointConfiguration": (
-        "namePrefix", "productionVariants[0].instanceType", "productionVariants[0].initialInstanceCount",
-        "productionVariants[0].serverlessConfig.memorySizeInMb", "kmsKeyArn", "dataCaptureConfig.initialSamplingPercentage",
+        "namePrefix",
+        "productionVariants[0].instanceType",
+        "productionVariants[0].initialInstanceCount",
+        "productionVariants[0].serverlessConfig.memorySizeInMb",
+        "kmsKeyArn",
+        "dataCaptureConfig.initialSamplingPercentage",
         "productionVariants[0].modelDataDownloadTimeoutInSeconds",
-        "productionVariants[0].containerStartupHealthCheckTimeoutInSeconds", "productionVariants[0].volumeSizeInGb",
+        "productionVariants[0].containerStartupHealthCheckTimeoutInSeconds",
+        "productionVariants[0].volumeSizeInGb",
         "productionVariants[0].managedInstanceScaling.minInstanceCount",
         "productionVariants[0].managedInstanceScaling.maxInstanceCount",
-        "asyncInferenceConfig.outputConfig.s3OutputPath"),
+        "asyncInferenceConfig.outputConfig.s3OutputPath",
+    ),
     "aws:sagemaker/endpoint:Endpoint": (
-        "name", "deploymentConfig.blueGreenUpdatePolicy.trafficRoutingConfiguration.type",
-        "deploymentConfig.autoRollbackConfiguration.alarms[*].alarmName"),
+        "name",
+        "deploymentConfig.blueGreenUpdatePolicy.trafficRoutingConfiguration.type",
+        "deploymentConfig.autoRollbackConfiguration.alarms[*].alarmName",
+    ),
     "aws:appautoscaling/target:Target": ("resourceId", "minCapacity", "maxCapacity"),
     "aws:appautoscaling/policy:Policy": (
         "targetTrackingScalingPolicyConfiguration.targetValue",
         "targetTrackingScalingPolicyConfiguration.scaleInCooldown",
         "targetTrackingScalingPolicyConfiguration.scaleOutCooldown",
-        "stepScalingPolicyConfiguration.adjustmentType"),
+        "stepScalingPolicyConfiguration.adjustmentType",
+    ),
     "aws:ec2/securityGroup:SecurityGroup": ("ingress", "egress[0].cidrBlocks"),
     "aws:ec2/launchTemplate:LaunchTemplate": (
-        "instanceType", "imageId", "metadataOptions.httpTokens", "blockDeviceMappings[0].ebs.volumeType",
-        "blockDeviceMappings[0].ebs.encrypted"),
-    "aws:autoscaling/group:Group": ("minSize", "maxSize", "desiredCapacity", "mixedInstancesPolicy.instancesDistribution.onDemandPercentageAboveBaseCapacity"),
+        "instanceType",
+        "imageId",
+        "metadataOptions.httpTokens",
+        "blockDeviceMappings[0].ebs.volumeType",
+        "blockDeviceMappings[0].ebs.encrypted",
+    ),
+    "aws:autoscaling/group:Group": (
+        "minSize",
+        "maxSize",
+        "desiredCapacity",
+        "mixedInstancesPolicy.instancesDistribution.onDemandPercentageAboveBaseCapacity",
+    ),
     "aws:iam/instanceProfile:InstanceProfile": (),
 }
 
@@ -118,7 +146,7 @@ def short_type(type_: str) -> str:
     return type_
 
 
-def to_json(plan: Plan, costs: "PlanCosts | None" = None, gpu_fit: Any = None) -> str:
+def to_json(plan: Plan, costs: PlanCosts | None = None, gpu_fit: Any = None) -> str:
     data = plan.to_dict()
     if costs is not None:
         data["costs"] = costs.to_dict()
@@ -137,32 +165,38 @@ def _usd_h(value: float | None) -> str:
     return "" if value is None else rate(value)
 
 
-def cost_total_line(costs: "PlanCosts") -> str:
+def cost_total_line(costs: PlanCosts) -> str:
     """One line: the total now and at maximum capacity, and what it leaves out."""
-    line = (f"total: ${_usd_h(costs.total_hourly)}/h, ${_usd(costs.total_monthly)}/month "
-            f"(up to ${_usd_h(costs.max_hourly)}/h, ${_usd(costs.max_monthly)}/month at max capacity)")
+    line = (
+        f"total: ${_usd_h(costs.total_hourly)}/h, ${_usd(costs.total_monthly)}/month "
+        f"(up to ${_usd_h(costs.max_hourly)}/h, ${_usd(costs.max_monthly)}/month at max capacity)"
+    )
     note = costs.total_note()
     return f"{line}; {note}" if note else line
 
 
-def deploy_cost_lines(estimate: "CostEstimate") -> list[str]:
+def deploy_cost_lines(estimate: CostEstimate) -> list[str]:
     """What `deploy` shows between its preview and the question: the cost as configured, or why not."""
     costs = estimate.costs
     if costs is None:
         return [f"cost estimate unavailable: {estimate.error}"]
     lines = [f"estimated cost of the stack as configured (not a diff; prices as of {costs.as_of}):"]
     for line in costs.lines:
-        lines.append(f"  {line.resource}: {line.describe()}"
-                     + (f" = ${line.hourly:g}/h, ${line.monthly:,.2f}/month" if line.hourly is not None else ""))
+        lines.append(
+            f"  {line.resource}: {line.describe()}"
+            + (f" = ${line.hourly:g}/h, ${line.monthly:,.2f}/month" if line.hourly is not None else "")
+        )
     lines.append(f"  {cost_total_line(costs)}")
     return lines
 
 
-def print_costs(costs: "PlanCosts", console: Any, *, title: str | None = None) -> None:
+def print_costs(costs: PlanCosts, console: Any, *, title: str | None = None) -> None:
     """The cost table: one row per priced resource, the total, the price table's date and source."""
     from rich.table import Table
 
-    table = Table(title=title or f"estimated cost of stack '{costs.stack}' ({costs.region}, {costs.currency})")
+    table = Table(
+        title=title or f"estimated cost of stack '{costs.stack}' ({costs.region}, {costs.currency})"
+    )
     table.add_column("resource", overflow="fold", max_width=28)
     table.add_column("instances", overflow="fold")
     table.add_column("$/h", justify="right")
@@ -174,16 +208,27 @@ def print_costs(costs: "PlanCosts", console: Any, *, title: str | None = None) -
             table.add_row(line.resource, "serverless", "usage-based", "usage-based", "", line.note)
             continue
         if not line.known:
-            table.add_row(line.resource, f"{line.count} x {line.instance_type}", "unknown", "unknown", "",
-                          line.note)
+            table.add_row(
+                line.resource, f"{line.count} x {line.instance_type}", "unknown", "unknown", "", line.note
+            )
             continue
-        count = f"{line.count}" + (f" (max {line.max_count})" if line.max_count not in (None, line.count) else "")
+        count = f"{line.count}" + (
+            f" (max {line.max_count})" if line.max_count not in (None, line.count) else ""
+        )
         note = line.note
         if line.spot and line.on_demand_unit_hourly is not None:
-            note += (f"; on-demand ${_usd_h(line.on_demand_hourly)}/h now, "
-                     f"${_usd_h(line.on_demand_max_hourly)}/h at max")
-        table.add_row(line.resource, f"{count} x {line.instance_type}", _usd_h(line.hourly), _usd(line.monthly),
-                      _usd_h(line.max_hourly), note)
+            note += (
+                f"; on-demand ${_usd_h(line.on_demand_hourly)}/h now, "
+                f"${_usd_h(line.on_demand_max_hourly)}/h at max"
+            )
+        table.add_row(
+            line.resource,
+            f"{count} x {line.instance_type}",
+            _usd_h(line.hourly),
+            _usd(line.monthly),
+            _usd_h(line.max_hourly),
+            note,
+        )
     if not costs.lines:
         table.add_row("(none)", "", "0", "0", "", "no instance-backed resource in this stack")
     console.print(table)
@@ -195,7 +240,9 @@ def print_costs(costs: "PlanCosts", console: Any, *, title: str | None = None) -
 def print_table(plan: Plan, console: Any) -> None:
     from rich.table import Table
 
-    table = Table(title=f"aiops stack '{plan.stack}' ({plan.region}): {len(plan.resources)} resources, offline preview")
+    table = Table(
+        title=f"aiops stack '{plan.stack}' ({plan.region}): {len(plan.resources)} resources, offline preview"
+    )
     table.add_column("type", overflow="fold", max_width=26)
     table.add_column("name", overflow="fold", max_width=24)
     table.add_column("parent", overflow="fold", max_width=10)

@@ -19,9 +19,9 @@ import io
 import posixpath
 import tarfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from aiops import programs
 from aiops.archive import _info, unsafe_member
@@ -85,31 +85,42 @@ def repack(model: Path, code: Mapping[str, BundleFile], out: Path, *, what: str 
     seen: dict[str, bool] = {}  # bundle file -> the model's copy is identical
     model_code: set[str] = set()
     try:
-        with tarfile.open(model, "r|*") as src, open(out, "wb") as raw, \
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        with (
+            tarfile.open(model, "r|*") as src,
+            open(out, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as dst,
+        ):
             for member in src:
                 name = _clean(member.name)
                 if name is None:
                     raise UsageError(f"{what}: entry {member.name!r} leaves the model folder; not repacked")
                 problem = None if member.isdir() else unsafe_member(member)
                 if problem:  # copied as it is, the endpoint would unpack the link
-                    raise UsageError(f"{what}: entry {member.name!r} {problem}; not repacked. Package the "
-                                     "model with regular files only (aiops model package)")
+                    raise UsageError(
+                        f"{what}: entry {member.name!r} {problem}; not repacked. Package the "
+                        "model with regular files only (aiops model package)"
+                    )
                 if name.startswith(CODE) and not member.isdir():
-                    rel = name[len(CODE):]
+                    rel = name[len(CODE) :]
                     model_code.add(rel)
                     if rel in code:  # replaced by the bundle's version, written below
                         fh = src.extractfile(member) if member.isfile() else None
-                        same = fh is not None and member.size == len(code[rel].data) and fh.read() == code[rel].data
+                        same = (
+                            fh is not None
+                            and member.size == len(code[rel].data)
+                            and fh.read() == code[rel].data
+                        )
                         seen[rel] = same
                         continue
                 fh = src.extractfile(member) if member.isfile() else None
                 dst.addfile(member, fh)
             for rel in sorted(code):
                 item = code[rel]
-                dst.addfile(_info(CODE + rel, size=len(item.data), mode=0o755 if item.executable else 0o644),
-                            io.BytesIO(item.data))
+                dst.addfile(
+                    _info(CODE + rel, size=len(item.data), mode=0o755 if item.executable else 0o644),
+                    io.BytesIO(item.data),
+                )
     except (tarfile.TarError, EOFError, zlib.error) as err:
         out.unlink(missing_ok=True)
         raise UsageError(f"{what} is not a readable model.tar.gz ({err})") from None

@@ -38,12 +38,16 @@ def ic_resource_id(inference_component_name: str) -> str:
     return f"inference-component/{inference_component_name}"
 
 
-def ic_target_tracking(*, target_value: float, scale_in_cooldown: int, scale_out_cooldown: int) -> dict[str, Any]:
+def ic_target_tracking(
+    *, target_value: float, scale_in_cooldown: int, scale_out_cooldown: int
+) -> dict[str, Any]:
     return {
         "target_value": target_value,
         "scale_in_cooldown": scale_in_cooldown,
         "scale_out_cooldown": scale_out_cooldown,
-        "predefined_metric_specification": {"predefined_metric_type": "SageMakerInferenceComponentInvocationsPerCopy"},
+        "predefined_metric_specification": {
+            "predefined_metric_type": "SageMakerInferenceComponentInvocationsPerCopy"
+        },
     }
 
 
@@ -57,8 +61,9 @@ def scale_out_from_zero(*, cooldown: int) -> dict[str, Any]:
     }
 
 
-def _alarm_at_one(metric_name: str, dimensions: dict[str, str], *, statistic: str, period: int,
-                  evaluation_periods: int) -> dict[str, Any]:
+def _alarm_at_one(
+    metric_name: str, dimensions: dict[str, str], *, statistic: str, period: int, evaluation_periods: int
+) -> dict[str, Any]:
     """An AWS/SageMaker alarm in ALARM once the metric reaches 1 (no data: keep the state)."""
     return {
         "namespace": "AWS/SageMaker",
@@ -75,12 +80,18 @@ def _alarm_at_one(metric_name: str, dimensions: dict[str, str], *, statistic: st
 
 def no_capacity_alarm(inference_component_name: str) -> dict[str, Any]:
     """Requests that found no copy of the model: the signal to scale out from zero."""
-    return _alarm_at_one("NoCapacityInvocationFailures", {"InferenceComponentName": inference_component_name},
-                         statistic="Maximum", period=30, evaluation_periods=1)
+    return _alarm_at_one(
+        "NoCapacityInvocationFailures",
+        {"InferenceComponentName": inference_component_name},
+        statistic="Maximum",
+        period=30,
+        evaluation_periods=1,
+    )
 
 
-def backlog_target_tracking(*, endpoint_name: str, target_value: float, scale_in_cooldown: int,
-                            scale_out_cooldown: int) -> dict[str, Any]:
+def backlog_target_tracking(
+    *, endpoint_name: str, target_value: float, scale_in_cooldown: int, scale_out_cooldown: int
+) -> dict[str, Any]:
     return {
         "target_value": target_value,
         "scale_in_cooldown": scale_in_cooldown,
@@ -96,8 +107,13 @@ def backlog_target_tracking(*, endpoint_name: str, target_value: float, scale_in
 
 def backlog_without_capacity_alarm(endpoint_name: str) -> dict[str, Any]:
     """Requests waiting while the endpoint has 0 instances: the signal to start one."""
-    return _alarm_at_one("HasBacklogWithoutCapacity", {"EndpointName": endpoint_name},
-                         statistic="Average", period=60, evaluation_periods=2)
+    return _alarm_at_one(
+        "HasBacklogWithoutCapacity",
+        {"EndpointName": endpoint_name},
+        statistic="Average",
+        period=60,
+        evaluation_periods=2,
+    )
 
 
 def async_topic_names(endpoint_name: str) -> tuple[str, str]:
@@ -105,8 +121,9 @@ def async_topic_names(endpoint_name: str) -> tuple[str, str]:
     return f"{endpoint_name}-async-success", f"{endpoint_name}-async-error"
 
 
-def async_inference_config(*, bucket: str, key_arn: str, success_topic: str, error_topic: str,
-                           max_concurrent: int | None) -> dict[str, Any]:
+def async_inference_config(
+    *, bucket: str, key_arn: str, success_topic: str, error_topic: str, max_concurrent: int | None
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "output_config": {
             "s3_output_path": LAYOUT.async_output_uri(bucket),

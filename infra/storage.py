@@ -6,9 +6,8 @@ import json
 from dataclasses import dataclass
 
 import pulumi
-from pulumi_aws import kms, s3
-
 from aiops.infra.policies import kms_key_policy, tls_only_bucket_policy
+from pulumi_aws import kms, s3
 
 
 @dataclass(frozen=True)
@@ -53,9 +52,13 @@ class Storage(pulumi.ComponentResource):
             policy=policy,
             opts=child,
         )
-        self.alias = kms.Alias(f"{name}-key-alias", name=f"alias/{args.prefix}", target_key_id=self.key.key_id, opts=child)
+        self.alias = kms.Alias(
+            f"{name}-key-alias", name=f"alias/{args.prefix}", target_key_id=self.key.key_id, opts=child
+        )
 
-        self.bucket = s3.Bucket(f"{name}-bucket", bucket_prefix=f"{args.prefix}-", force_destroy=args.force_destroy, opts=child)
+        self.bucket = s3.Bucket(
+            f"{name}-bucket", bucket_prefix=f"{args.prefix}-", force_destroy=args.force_destroy, opts=child
+        )
         bucket_child = pulumi.ResourceOptions(parent=self, depends_on=[self.bucket])
         self.public_access = s3.BucketPublicAccessBlock(
             f"{name}-public-access",

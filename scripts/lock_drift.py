@@ -22,14 +22,20 @@ def locked(path: Path) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()
-            if d.metadata["Name"] and canonicalize_name(d.metadata["Name"]) != "aiops"}
+    return {
+        canonicalize_name(d.metadata["Name"]): d.version
+        for d in metadata.distributions()
+        if d.metadata["Name"] and canonicalize_name(d.metadata["Name"]) != "aiops"
+    }
 
 
 def drift(lock: dict[str, str], now: dict[str, str]) -> list[str]:
     names = sorted(set(lock) | set(now))
-    return [f"{name:32} {lock.get(name, '-'):>14} -> {now.get(name, '-')}"
-            for name in names if lock.get(name) != now.get(name)]
+    return [
+        f"{name:32} {lock.get(name, '-'):>14} -> {now.get(name, '-')}"
+        for name in names
+        if lock.get(name) != now.get(name)
+    ]
 
 
 def main() -> int:
@@ -37,7 +43,9 @@ def main() -> int:
         print("usage: lock_drift.py LOCKFILE", file=sys.stderr)
         return 2
     lines = drift(locked(Path(sys.argv[1])), installed())
-    print(f"{len(lines)} distribution(s) differ from {sys.argv[1]}" if lines else f"as locked in {sys.argv[1]}")
+    print(
+        f"{len(lines)} distribution(s) differ from {sys.argv[1]}" if lines else f"as locked in {sys.argv[1]}"
+    )
     for line in lines:
         print(f"  {line}")
     return 0

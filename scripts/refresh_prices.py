@@ -19,8 +19,9 @@ import argparse
 import datetime
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 TABLE = Path(__file__).resolve().parents[1] / "aiops" / "data" / "prices.json"
 GPU_TABLE = TABLE.with_name("gpus.json")
@@ -39,18 +40,24 @@ def on_demand_hourly(price_item: dict[str, Any]) -> float | None:
 def filters(service: str, instance_type: str, region: str) -> list[dict[str, str]]:
     common = [{"Type": "TERM_MATCH", "Field": "regionCode", "Value": region}]
     if service == "sagemaker":
-        return common + [{"Type": "TERM_MATCH", "Field": "instanceName", "Value": instance_type},
-                         {"Type": "TERM_MATCH", "Field": "component", "Value": "Training"}]
-    return common + [{"Type": "TERM_MATCH", "Field": "instanceType", "Value": instance_type},
-                     {"Type": "TERM_MATCH", "Field": "operatingSystem", "Value": "Linux"},
-                     {"Type": "TERM_MATCH", "Field": "tenancy", "Value": "Shared"},
-                     {"Type": "TERM_MATCH", "Field": "preInstalledSw", "Value": "NA"},
-                     {"Type": "TERM_MATCH", "Field": "capacitystatus", "Value": "Used"}]
+        return common + [
+            {"Type": "TERM_MATCH", "Field": "instanceName", "Value": instance_type},
+            {"Type": "TERM_MATCH", "Field": "component", "Value": "Training"},
+        ]
+    return common + [
+        {"Type": "TERM_MATCH", "Field": "instanceType", "Value": instance_type},
+        {"Type": "TERM_MATCH", "Field": "operatingSystem", "Value": "Linux"},
+        {"Type": "TERM_MATCH", "Field": "tenancy", "Value": "Shared"},
+        {"Type": "TERM_MATCH", "Field": "preInstalledSw", "Value": "NA"},
+        {"Type": "TERM_MATCH", "Field": "capacitystatus", "Value": "Used"},
+    ]
 
 
 def fetch(client: Any, service: str, instance_type: str, region: str) -> float | None:
     code = "AmazonSageMaker" if service == "sagemaker" else "AmazonEC2"
-    answer = client.get_products(ServiceCode=code, Filters=filters(service, instance_type, region), MaxResults=10)
+    answer = client.get_products(
+        ServiceCode=code, Filters=filters(service, instance_type, region), MaxResults=10
+    )
     prices = [p for p in (on_demand_hourly(json.loads(item)) for item in answer.get("PriceList", [])) if p]
     return min(prices) if prices else None
 
@@ -69,7 +76,9 @@ def refresh(table: dict[str, Any], client: Any, regions: Iterable[str]) -> list[
                 else:
                     entry.setdefault(service, {})[instance_type] = round(price, 4)
     table["as_of"] = datetime.date.today().isoformat()
-    table["source"] = "AWS Price List API (get_products), on-demand Linux hourly prices; SageMaker: Training component."
+    table["source"] = (
+        "AWS Price List API (get_products), on-demand Linux hourly prices; SageMaker: Training component."
+    )
     return missing
 
 
@@ -88,15 +97,19 @@ def refresh_gpus(table: dict[str, Any], client: Any) -> list[str]:
     missing: list[str] = []
     for instance_type, row in table["instance_types"].items():
         ec2_type = instance_type.removeprefix("ml.")
-        answer = client.get_products(ServiceCode="AmazonEC2", Filters=filters("ec2", ec2_type, "us-east-1"), MaxResults=10)
+        answer = client.get_products(
+            ServiceCode="AmazonEC2", Filters=filters("ec2", ec2_type, "us-east-1"), MaxResults=10
+        )
         found = [g for g in (gpu_attributes(json.loads(item)) for item in answer.get("PriceList", [])) if g]
         if not found:
             missing.append(instance_type)
             continue
         row["gpus"], row["gpu_memory_gib"] = found[0]
     table["as_of"] = datetime.date.today().isoformat()
-    table["source"] = ("AWS Price List API (get_products, AmazonEC2 attributes gpu and gpuMemory of the same "
-                       "hardware; SageMaker AI instance types add the ml. prefix). Memory per GPU = gpuMemory / gpu.")
+    table["source"] = (
+        "AWS Price List API (get_products, AmazonEC2 attributes gpu and gpuMemory of the same "
+        "hardware; SageMaker AI instance types add the ml. prefix). Memory per GPU = gpuMemory / gpu."
+    )
     return missing
 
 
@@ -106,7 +119,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regions", nargs="+", default=["us-east-1", "us-west-2", "eu-west-1"])
     parser.add_argument("--dry-run", action="store_true", help="print the table instead of writing it")
-    parser.add_argument("--gpus", action="store_true", help="also refresh aiops/data/gpus.json (GPU count and memory)")
+    parser.add_argument(
+        "--gpus", action="store_true", help="also refresh aiops/data/gpus.json (GPU count and memory)"
+    )
     args = parser.parse_args()
     table = json.loads(TABLE.read_text())
     missing = refresh(table, boto3.client("pricing", region_name="us-east-1"), args.regions)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 def link_tree(root: Path) -> Path:
     """`root/aiops` as installed: the core's entries linked one by one, each room linked whole."""
     package_dir: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-dir"]
+        "package-dir"
+    ]
     top = root / "aiops"
     top.mkdir()
     for entry in (REPO / package_dir["aiops"]).iterdir():
@@ -36,8 +38,18 @@ def main(argv: list[str]) -> int:
     cache = REPO / ".mypy_cache"
     with tempfile.TemporaryDirectory(prefix="aiops-typecheck-") as tmp:
         link_tree(Path(tmp))
-        command = [sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"),
-                   "--cache-dir", str(cache), "-p", "aiops", *argv]
+        command = [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(REPO / "pyproject.toml"),
+            "--cache-dir",
+            str(cache),
+            "-p",
+            "aiops",
+            *argv,
+        ]
         return subprocess.run(command, cwd=tmp, check=False).returncode
 
 

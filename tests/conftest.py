@@ -37,8 +37,13 @@ def run_cli(fresh_cli):
 def fresh_cli(aiops_home: Path, tmp_path: Path):
     """The real `aiops` console entry in a fresh process, as a user runs it."""
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300,
-            input: str | None = None) -> CliResult:
+    def run(
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 300,
+        input: str | None = None,
+    ) -> CliResult:
         return run_aiops(aiops_home, cwd or tmp_path, *args, env=env, timeout=timeout, input=input)
 
     return run
@@ -82,12 +87,29 @@ def digits_default_run(digits_channels: Path, tmp_path_factory: pytest.TempPathF
 
     def train(root: Path) -> dict:
         home, data = root / "home", digits_channels
-        result = run_aiops(home, root, "train", str(DIGITS_SCRIPT), "--channel", f"train={data / 'train'}",
-                           "--channel", f"test={data / 'test'}", "--job-name", "digits", "--json")
+        result = run_aiops(
+            home,
+            root,
+            "train",
+            str(DIGITS_SCRIPT),
+            "--channel",
+            f"train={data / 'train'}",
+            "--channel",
+            f"test={data / 'test'}",
+            "--job-name",
+            "digits",
+            "--json",
+        )
         assert result.returncode == 0, result.output
         summary = json.loads(result.stdout)
-        return {"home": str(home), "data": str(data), "run": "digits", "run_dir": summary["run_dir"],
-                "summary": summary, "stderr": result.stderr}
+        return {
+            "home": str(home),
+            "data": str(data),
+            "run": "digits",
+            "run_dir": summary["run_dir"],
+            "summary": summary,
+            "stderr": result.stderr,
+        }
 
     built = built_once(tmp_path_factory, "digits-default-run", train)
     return {**built, **{k: Path(built[k]) for k in ("home", "data", "run_dir")}}
@@ -148,11 +170,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     group would then build its expensive fixture once per worker and the suite would run slower."""
     if not os.environ.get("PYTEST_XDIST_WORKER") or not session.config.getvalue("loadgroup"):
         return
-    ungrouped = [item.nodeid for item in session.items
-                 if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    ungrouped = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
     if ungrouped:
-        raise pytest.UsageError(f"pytest-xdist --dist loadgroup did not group {ungrouped[0]} (and "
-                                f"{len(ungrouped) - 1} more): use a pytest/pytest-xdist pair that works together")
+        raise pytest.UsageError(
+            f"pytest-xdist --dist loadgroup did not group {ungrouped[0]} (and "
+            f"{len(ungrouped) - 1} more): use a pytest/pytest-xdist pair that works together"
+        )
 
 
 # AIOPS_TEST_CPU_LOG=FILE: one line per test with the CPU seconds it cost (its worker and every child
@@ -180,9 +207,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     yield
     left = sorted(set(_children()) - set(before))  # started by this test and still running
     with open(_CPU_LOG, "a") as log:
-        log.write(f"{_cpu_seconds() - cpu:.2f}\t{time.monotonic() - wall:.2f}\t{item.nodeid}\t"
-                  f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} ended at {time.time():.1f}"
-                  + (f"\tleft running: {left}" if left else "") + "\n")
+        log.write(
+            f"{_cpu_seconds() - cpu:.2f}\t{time.monotonic() - wall:.2f}\t{item.nodeid}\t"
+            f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} ended at {time.time():.1f}"
+            + (f"\tleft running: {left}" if left else "")
+            + "\n"
+        )
 
 
 def _children() -> list[str]:

@@ -34,12 +34,25 @@ class CliResult:
         return self.stdout + self.stderr
 
 
-def run_aiops(home: Path, cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
-              input: str | None = None) -> CliResult:
+def run_aiops(
+    home: Path,
+    cwd: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    input: str | None = None,
+) -> CliResult:
     """Run the real `aiops` entry in a fresh process, as a user would."""
     full_env = {**os.environ, "AIOPS_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "aiops.cli.app", *args], capture_output=True, text=True,
-                          env=full_env, cwd=str(cwd), timeout=timeout, input=input)
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiops.cli.app", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=str(cwd),
+        timeout=timeout,
+        input=input,
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -51,10 +64,16 @@ def run_aiops_in_process(home: Path, cwd: Path, *args: str, env: dict[str, str] 
     import contextlib
     import io
 
-    from aiops import settings
     from aiops.cli.app import main
 
-    saved_env, saved_cwd, saved_path, saved_modules = dict(os.environ), os.getcwd(), list(sys.path), set(sys.modules)
+    from aiops import settings
+
+    saved_env, saved_cwd, saved_path, saved_modules = (
+        dict(os.environ),
+        os.getcwd(),
+        list(sys.path),
+        set(sys.modules),
+    )
     out, err = io.StringIO(), io.StringIO()
     os.environ.update({"AIOPS_HOME": str(home), **(env or {})})
     os.chdir(cwd)
@@ -106,8 +125,14 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-                timeout: float = 30) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict | None = None,
+        timeout: float = 30,
+    ) -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -152,13 +177,19 @@ def wait_ready(server: Server, timeout: float = 90) -> None:
     raise AssertionError(f"server not ready in {timeout}s:\n{server.log()}")
 
 
-def launch_server(model: Path | str, *args: str, home: Path, cwd: Path, env: dict | None = None,
-                  port: int | None = None) -> Server:
+def launch_server(
+    model: Path | str, *args: str, home: Path, cwd: Path, env: dict | None = None, port: int | None = None
+) -> Server:
     """Start `aiops serve MODEL ARGS` (on a free port unless the args or env choose one)."""
     port = port or free_port()
     log_path = Path(cwd) / f"server-{port}.log"
-    full_env = {**os.environ, "AIOPS_HOME": str(home), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-                **(env or {})}
+    full_env = {
+        **os.environ,
+        "AIOPS_HOME": str(home),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
     cmd = [sys.executable, "-m", "aiops.cli.app", "serve", str(model), *args]
     if not any(a in ("--port", "-p") for a in args) and "SAGEMAKER_BIND_TO_PORT" not in (env or {}):
         cmd += ["--port", str(port)]
@@ -228,6 +259,8 @@ def runtime_client(url: str):
     import boto3
     from botocore.config import Config
 
-    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                                 region_name="us-east-1").client(
-        "sagemaker-runtime", endpoint_url=url, config=Config(retries={"max_attempts": 1}, read_timeout=60))
+    return boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    ).client(
+        "sagemaker-runtime", endpoint_url=url, config=Config(retries={"max_attempts": 1}, read_timeout=60)
+    )

@@ -4,10 +4,13 @@ never typed in: refreshing the table (scripts/refresh_prices.py) must not break 
 from __future__ import annotations
 
 from aiops.infra.costs import rate  # noqa: F401 - how a price per hour is printed (tested in test_costs)
+
 from aiops.pricing import load_prices
 
 
-def hourly(instance_type: str, region: str = "us-east-1", service: str = "sagemaker", *, spot: bool = False) -> float:
+def hourly(
+    instance_type: str, region: str = "us-east-1", service: str = "sagemaker", *, spot: bool = False
+) -> float:
     price = load_prices().lookup(service, instance_type, region)
     assert price is not None, f"the shipped table has no {service} price for {instance_type} in {region}"
     return price.hourly(spot=spot)

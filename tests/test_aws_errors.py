@@ -15,14 +15,20 @@ from aiops.errors import AiopsError, UsageError  # noqa: E402
 
 
 def _s3():
-    return boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="y").client("s3", region_name="us-east-1")
+    return boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="y").client(
+        "s3", region_name="us-east-1"
+    )
 
 
 def test_a_client_error_becomes_one_line_naming_the_action():
     s3 = _s3()
     with Stubber(s3) as stub:
-        stub.add_client_error("head_object", service_error_code="AccessDenied", http_status_code=403,
-                              service_message="User: x is not authorized to perform: s3:GetObject")
+        stub.add_client_error(
+            "head_object",
+            service_error_code="AccessDenied",
+            http_status_code=403,
+            service_message="User: x is not authorized to perform: s3:GetObject",
+        )
         with pytest.raises(AiopsError) as err:
             with aws.translate_errors("checking s3://b/k"):
                 s3.head_object(Bucket="b", Key="k")
@@ -34,9 +40,13 @@ def test_validation_is_a_usage_error_and_the_hint_and_a_late_action_are_kept():
     s3 = _s3()
     done = []
     with Stubber(s3) as stub:
-        stub.add_client_error("get_object", service_error_code="ValidationException", service_message="bad key")
+        stub.add_client_error(
+            "get_object", service_error_code="ValidationException", service_message="bad key"
+        )
         with pytest.raises(UsageError) as err:
-            with aws.translate_errors(lambda: f"reading after {len(done)} parts", hint="Or pass another key."):
+            with aws.translate_errors(
+                lambda: f"reading after {len(done)} parts", hint="Or pass another key."
+            ):
                 done.append(1)
                 s3.get_object(Bucket="b", Key="k")
     assert str(err.value) == "reading after 1 parts: AWS rejected the request: bad key Or pass another key."

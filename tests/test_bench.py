@@ -18,7 +18,9 @@ def _run_all():
 def test_every_script_runs_and_quick_options_name_real_scripts():
     run_all = _run_all()
     found = {p.name for p in run_all.scripts()}
-    mains = {p.name for p in BENCH.glob("*.py") if 'if __name__ == "__main__"' in p.read_text()} - {"run_all.py"}
+    mains = {p.name for p in BENCH.glob("*.py") if 'if __name__ == "__main__"' in p.read_text()} - {
+        "run_all.py"
+    }
     assert found == mains and "serve_bench.py" in found and "stop_grace.py" in found
     assert "torchserve_handler.py" not in found  # a handler the serving benchmark loads, not a script
     assert set(run_all.QUICK) <= {p.stem for p in run_all.scripts()}

@@ -12,12 +12,30 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "boto3", "botocore", "pulumi", "pulumi_aws", "pulumi_aws_native", "transformers", "sagemaker")
+HEAVY = (
+    "torch",
+    "boto3",
+    "botocore",
+    "pulumi",
+    "pulumi_aws",
+    "pulumi_aws_native",
+    "transformers",
+    "sagemaker",
+)
 
 # room folder -> module prefixes it must never import
 RULES: dict[str, tuple[str, ...]] = {
-    "aiops": ("aiops.cli", "aiops.training", "aiops.inference", "aiops.infra",
-              "torch", "pulumi", "pulumi_aws", "transformers", "sagemaker"),
+    "aiops": (
+        "aiops.cli",
+        "aiops.training",
+        "aiops.inference",
+        "aiops.infra",
+        "torch",
+        "pulumi",
+        "pulumi_aws",
+        "transformers",
+        "sagemaker",
+    ),
     "training": ("aiops.cli", "aiops.infra", "pulumi", "pulumi_aws"),
     "inference": ("aiops.cli", "aiops.infra", "aiops.training", "pulumi", "pulumi_aws"),
     "infra": ("aiops.cli", "aiops.training", "aiops.inference", "torch", "transformers", "sagemaker"),
@@ -29,8 +47,13 @@ RULES: dict[str, tuple[str, ...]] = {
 # export stand apart; the handler contract (contract, handler, codecs, errors, streaming) is shared
 INFERENCE_ROOMS: dict[str, tuple[str, ...]] = {
     "inference/serving": ("aiops.inference.client", "aiops.inference.export"),
-    "inference/client": ("aiops.inference.serving", "aiops.inference.export", "aiops.inference.handler",
-                         "aiops.inference.streaming", "torch"),
+    "inference/client": (
+        "aiops.inference.serving",
+        "aiops.inference.export",
+        "aiops.inference.handler",
+        "aiops.inference.streaming",
+        "torch",
+    ),
     "inference/export": ("aiops.inference.serving", "aiops.inference.client"),
 }
 # ... and the contract itself calls none of them
@@ -82,15 +105,19 @@ def test_inference_rooms_stay_apart(room: str) -> None:
 
 def test_the_handler_contract_imports_no_server_client_or_export() -> None:
     rooms = ("aiops.inference.serving", "aiops.inference.client", "aiops.inference.export")
-    crossing = {name: sorted(m for m in imports(REPO / "inference" / name) if _matches(m, rooms))
-                for name in INFERENCE_CONTRACT}
+    crossing = {
+        name: sorted(m for m in imports(REPO / "inference" / name) if _matches(m, rooms))
+        for name in INFERENCE_CONTRACT
+    }
     assert not {k: v for k, v in crossing.items() if v}
 
 
 def test_cli_modules_import_heavy_libraries_only_lazily() -> None:
     """`aiops --help` stays fast because no command module imports a heavy library at its top."""
-    eager = {str(p.relative_to(REPO)): sorted(m for m in imports(p, top_level_only=True) if _matches(m, HEAVY))
-             for p in sorted((REPO / "cli").rglob("*.py"))}
+    eager = {
+        str(p.relative_to(REPO)): sorted(m for m in imports(p, top_level_only=True) if _matches(m, HEAVY))
+        for p in sorted((REPO / "cli").rglob("*.py"))
+    }
     assert not {k: v for k, v in eager.items() if v}
 
 

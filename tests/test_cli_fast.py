@@ -8,8 +8,22 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "boto3", "botocore", "pulumi", "pulumi_aws", "sagemaker", "numpy", "uvicorn", "onnxruntime",
-         "onnx", "transformers", "peft", "accelerate", "tokenizers")
+HEAVY = (
+    "torch",
+    "boto3",
+    "botocore",
+    "pulumi",
+    "pulumi_aws",
+    "sagemaker",
+    "numpy",
+    "uvicorn",
+    "onnxruntime",
+    "onnx",
+    "transformers",
+    "peft",
+    "accelerate",
+    "tokenizers",
+)
 
 PROBE = """
 import contextlib, io, json, sys
@@ -20,8 +34,9 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules), "help": out.getv
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["jobs", "--help"], ["example", "--help"],
-                                  ["export", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["train", "--help"], ["jobs", "--help"], ["example", "--help"], ["export", "--help"]]
+)
 def test_help_imports_no_heavy_library(args: list[str]) -> None:
     out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.splitlines()[-1])
@@ -32,8 +47,13 @@ def test_help_imports_no_heavy_library(args: list[str]) -> None:
 
 
 def test_top_level_help_lists_the_command_groups() -> None:
-    out = subprocess.run([sys.executable, "-m", "aiops.cli.app", "--help"], capture_output=True, text=True,
-                         check=True, env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-m", "aiops.cli.app", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"},
+    )
     for word in ("train", "jobs", "example", "Training"):
         assert word in out.stdout
 
@@ -54,15 +74,25 @@ sys.exit(main({args!r}))
 """
 
 
-@pytest.mark.parametrize("blocked, args, extra", [
-    (["boto3", "botocore"], ["train", "x.py", "--remote", "--role", "r", "--bucket", "b"], "aiops[aws]"),
-    (["numpy"], ["example", "digits-data", "out"], "aiops[examples]"),
-])
-def test_a_missing_extra_is_one_line_naming_it(tmp_path, blocked: list[str], args: list[str], extra: str) -> None:
+@pytest.mark.parametrize(
+    "blocked, args, extra",
+    [
+        (["boto3", "botocore"], ["train", "x.py", "--remote", "--role", "r", "--bucket", "b"], "aiops[aws]"),
+        (["numpy"], ["example", "digits-data", "out"], "aiops[examples]"),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_it(
+    tmp_path, blocked: list[str], args: list[str], extra: str
+) -> None:
     (tmp_path / "x.py").write_text("print(1)\n")
     probe = BLOCKING_PROBE.format(blocked=set(blocked), args=args)
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
-                         env={"PATH": "/usr/bin:/bin", "AIOPS_HOME": str(tmp_path / "home")})
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "AIOPS_HOME": str(tmp_path / "home")},
+    )
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert extra in out.stderr and "Traceback" not in out.stderr

@@ -7,7 +7,6 @@ import re
 
 import typer
 import typer.rich_utils
-
 from aiops.cli.app import app, main
 
 
@@ -21,7 +20,9 @@ def test_every_bracketed_default_is_shown(monkeypatch, capsys) -> None:
     monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 400)  # one line per option: nothing wraps
     checked = []
     for path, command in _tree(typer.main.get_command(app)):
-        notes = [n for param in command.params for n in re.findall(r"\[[^\]]*\]", getattr(param, "help", "") or "")]
+        notes = [
+            n for param in command.params for n in re.findall(r"\[[^\]]*\]", getattr(param, "help", "") or "")
+        ]
         assert main([*path, "--help"]) == 0
         shown = " ".join(capsys.readouterr().out.split())
         for note in notes:
@@ -64,8 +65,14 @@ def test_serve_help_defaults_are_the_serve_settings(monkeypatch, capsys) -> None
     monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 400)
     assert main(["serve", "--help"]) == 0
     rows = capsys.readouterr().out.splitlines()
-    options = {"host": "--host", "port": "--port", "workers": "--workers", "batch_size": "--batch-size",
-               "max_batch_delay_ms": "--max-batch-delay", "timeout_seconds": "--timeout"}
+    options = {
+        "host": "--host",
+        "port": "--port",
+        "workers": "--workers",
+        "batch_size": "--batch-size",
+        "max_batch_delay_ms": "--max-batch-delay",
+        "timeout_seconds": "--timeout",
+    }
     for field, option in options.items():
         default = ServeSettings.model_fields[field].default
         shown = f"{default:g}" if isinstance(default, float) else str(default)

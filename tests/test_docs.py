@@ -10,7 +10,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _commands(text: str) -> list[str]:
     joined = re.sub(r"\\\n\s*", " ", text)  # shell line continuations
-    return [" ".join(line.split("#", 1)[0].split()) for line in joined.splitlines() if line.split("#", 1)[0].strip()]
+    return [
+        " ".join(line.split("#", 1)[0].split())
+        for line in joined.splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
 
 
 def test_readme_demo_block_matches_the_makefile() -> None:

@@ -22,7 +22,11 @@ LLAMA7B_PARAMS = 6_738_415_616
 
 
 def llama7b_shapes() -> dict[str, list[int]]:
-    shapes = {"model.embed_tokens.weight": [32000, 4096], "lm_head.weight": [32000, 4096], "model.norm.weight": [4096]}
+    shapes = {
+        "model.embed_tokens.weight": [32000, 4096],
+        "lm_head.weight": [32000, 4096],
+        "model.norm.weight": [4096],
+    }
     for i in range(32):
         p = f"model.layers.{i}."
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -66,18 +70,25 @@ def test_gpu_table_has_date_source_and_consistent_rows() -> None:
 def test_safetensors_header_of_real_files_matches_torch(tmp_path) -> None:
     torch = pytest.importorskip("torch")
     st = pytest.importorskip("safetensors.torch")
-    tensors = {"a": torch.zeros(3, 5, dtype=torch.float16), "b": torch.zeros(7, dtype=torch.bfloat16),
-               "c": torch.zeros(2, 2, 2, dtype=torch.float32)}
+    tensors = {
+        "a": torch.zeros(3, 5, dtype=torch.float16),
+        "b": torch.zeros(7, dtype=torch.bfloat16),
+        "c": torch.zeros(2, 2, 2, dtype=torch.float32),
+    }
     st.save_file(tensors, str(tmp_path / "model.safetensors"))
     stats = gpufit.model_stats(tmp_path / "model.safetensors")
     assert stats.parameters == 15 + 7 + 8
-    assert stats.bytes == 15 * 2 + 7 * 2 + 8 * 4 == sum(t.numel() * t.element_size() for t in tensors.values())
+    assert (
+        stats.bytes == 15 * 2 + 7 * 2 + 8 * 4 == sum(t.numel() * t.element_size() for t in tensors.values())
+    )
     assert stats.by_dtype == {"F16": 15, "BF16": 7, "F32": 8}
 
 
 def test_state_dict_sizes_without_torch_load(tmp_path) -> None:
     torch = pytest.importorskip("torch")
-    model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 5)).to(torch.bfloat16)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 5)).to(
+        torch.bfloat16
+    )
     sd = model.state_dict()
     sd["tied"] = sd["0.weight"]  # a tied weight shares its storage: counted once
     torch.save(sd, tmp_path / "model.pt")
@@ -105,11 +116,14 @@ def test_folder_sums_shards_and_tarball_is_read(tmp_path) -> None:
     assert gpufit.model_stats(tmp_path / "model.tar.gz").parameters == LLAMA7B_PARAMS
 
 
-@pytest.mark.parametrize("content,expected", [
-    (b"\x01", "shorter than its 8-byte"),
-    (struct.pack("<Q", 1 << 40) + b"{}", "impossible"),
-    (struct.pack("<Q", 4) + b"nope", "not JSON"),
-])
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b"\x01", "shorter than its 8-byte"),
+        (struct.pack("<Q", 1 << 40) + b"{}", "impossible"),
+        (struct.pack("<Q", 4) + b"nope", "not JSON"),
+    ],
+)
 def test_bad_safetensors_is_one_usage_error(tmp_path, content, expected) -> None:
     (tmp_path / "x.safetensors").write_bytes(content)
     with pytest.raises(UsageError, match=expected):
@@ -129,7 +143,12 @@ def test_kv_cache_by_hand() -> None:
     # 32 layers x 2 (K, V) x 32 heads x 128 x 4096 tokens x batch 4 x 2 bytes = 8 GiB exactly
     kv = gpufit.KvCache(layers=32, kv_heads=32, head_dim=128, max_tokens=4096, batch=4, dtype="fp16")
     assert kv.bytes == 8 * GIB
-    config = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096}
+    config = {
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "hidden_size": 4096,
+    }
     assert gpufit.kv_shape_from_config(config) == (32, 8, 128)  # GQA: 8 KV heads
     assert gpufit.kv_shape_from_config({"hidden_size": 10}) is None
 
@@ -166,7 +185,9 @@ def test_7b_weights_only_fit_in_fp16_not_in_fp32(tmp_path) -> None:
     assert half.total_gib == pytest.approx(15.06, abs=0.01)
     assert gpufit.check_inference(half, "ml.g5.xlarge").fits
     assert gpufit.check_inference(half, "ml.g4dn.xlarge").fits  # 1 x T4: 15.06 <= 16 GiB
-    assert not gpufit.check_inference(gpufit.inference_need(stats, dtype="fp16", overhead=0.3), "ml.g4dn.xlarge").fits
+    assert not gpufit.check_inference(
+        gpufit.inference_need(stats, dtype="fp16", overhead=0.3), "ml.g4dn.xlarge"
+    ).fits
 
 
 def test_no_gpu_type_is_not_checked() -> None:
@@ -195,7 +216,11 @@ def test_training_refusal_suggests_types_that_fit() -> None:
     fit = gpufit.check_training(LLAMA7B_PARAMS, "ml.g5.12xlarge", fsdp=True)
     # with FSDP on one host: 8-GPU types shard to 15.06 GiB; priced in us-east-1: g5.48xlarge
     # $20.36, p3.16xlarge (8 x 16 GiB) $28.152, p4d.24xlarge $37.688
-    assert [s.instance_type for s in fit.suggestions] == ["ml.g5.48xlarge", "ml.p3.16xlarge", "ml.p4d.24xlarge"]
+    assert [s.instance_type for s in fit.suggestions] == [
+        "ml.g5.48xlarge",
+        "ml.p3.16xlarge",
+        "ml.p4d.24xlarge",
+    ]
 
 
 def test_unknown_dtype_names_the_choices() -> None:
@@ -207,8 +232,16 @@ def test_train_remote_refuses_a_type_whose_gpus_cannot_hold_the_state(run_cli, t
     """Before any AWS call: no credentials or stack are needed for the refusal."""
     (tmp_path / "train.py").write_text("print('never runs')\n")
     env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_CONFIG_FILE": str(tmp_path / "none")}
-    result = run_cli("train", str(tmp_path / "train.py"), "--remote", "--instance-type", "ml.g5.12xlarge",
-                     "--model-params", "7e9", env=env)
+    result = run_cli(
+        "train",
+        str(tmp_path / "train.py"),
+        "--remote",
+        "--instance-type",
+        "ml.g5.12xlarge",
+        "--model-params",
+        "7e9",
+        env=env,
+    )
     assert result.returncode == 2, result.output
     (line,) = result.stderr.strip().splitlines()
     # 7e9 x 16 B = 104.3 GiB x 1.2 = 125.2 GiB per GPU (DDP: a full copy each) > 24 GiB
@@ -216,8 +249,19 @@ def test_train_remote_refuses_a_type_whose_gpus_cannot_hold_the_state(run_cli, t
     assert line.endswith("; or shard the state over every GPU with --fsdp")
     # sharded over 2 hosts x 4 GPUs: 125.2 / 8 = 15.65 GiB <= 24 GiB fits, so the command goes on to the
     # AWS part (which fails here for want of a stack and credentials, not for the fit)
-    result = run_cli("train", str(tmp_path / "train.py"), "--remote", "--instance-type", "ml.g5.12xlarge",
-                     "--instance-count", "2", "--model-params", "7e9", "--fsdp", env=env)
+    result = run_cli(
+        "train",
+        str(tmp_path / "train.py"),
+        "--remote",
+        "--instance-type",
+        "ml.g5.12xlarge",
+        "--instance-count",
+        "2",
+        "--model-params",
+        "7e9",
+        "--fsdp",
+        env=env,
+    )
     assert "does not fit" not in result.stderr and "GPU fit: needs 15.6 GiB per GPU" in result.stderr
     assert result.returncode == 2 and "no SageMaker execution role" in result.stderr
     result = run_cli("train", str(tmp_path / "train.py"), "--model-params", "7e9")

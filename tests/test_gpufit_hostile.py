@@ -40,8 +40,9 @@ print(int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()
 
 
 def _check_in_a_process(path: Path) -> tuple[str, int]:
-    done = subprocess.run([sys.executable, "-c", CHECK, str(path)], capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0 and not done.stderr, done.stderr
     outcome, peak = done.stdout.rstrip("\n").rsplit("\n", 1)
     return outcome, int(peak)
@@ -74,7 +75,7 @@ def _understate_in_the_directory(path: Path, name: bytes, size: int) -> None:
     at = data.rfind(b"PK\x01\x02")
     while at != -1:
         name_len = struct.unpack_from("<H", data, at + 28)[0]
-        if data[at + 46: at + 46 + name_len] == name:
+        if data[at + 46 : at + 46 + name_len] == name:
             struct.pack_into("<I", data, at + 24, size)
             path.write_bytes(bytes(data))
             return
@@ -123,20 +124,26 @@ def test_a_pt_inside_a_model_tar_gz_is_read_in_place(tmp_path):
     assert peak < base + 48, (peak, base)  # a copy of the member would be 128 MB
 
 
-@pytest.mark.parametrize("shape, why", [
-    ([-10**12, 10**12], "dimension -1000000000000 is not a whole number from 0 up"),
-    ([2**40, 2**40], "more than 281474976710656 elements"),
-    ([10**400], "more than 281474976710656 elements"),  # a 401-digit integer, never multiplied
-    ([1.5, 2], "dimension 1.5 is not a whole number"),
-    ([True, 2], "dimension True is not a whole number"),
-    (list(range(1, 100_001)), "100000 dimensions, more than 64"),
-    ("4096", "is not a list of dimensions"),
-])
+@pytest.mark.parametrize(
+    "shape, why",
+    [
+        ([-(10**12), 10**12], "dimension -1000000000000 is not a whole number from 0 up"),
+        ([2**40, 2**40], "more than 281474976710656 elements"),
+        ([10**400], "more than 281474976710656 elements"),  # a 401-digit integer, never multiplied
+        ([1.5, 2], "dimension 1.5 is not a whole number"),
+        ([True, 2], "dimension True is not a whole number"),
+        (list(range(1, 100_001)), "100000 dimensions, more than 64"),
+        ("4096", "is not a list of dimensions"),
+    ],
+)
 def test_impossible_safetensors_shapes_are_one_line(tmp_path, shape, why):
     path = tmp_path / "model.safetensors"
     text = json.dumps({"w": {"dtype": "F16", "shape": "SHAPE", "data_offsets": [0, 8]}})
-    shape_text = "[" + ", ".join(str(d) if not isinstance(d, bool) else "true" for d in shape) + "]" \
-        if isinstance(shape, list) else json.dumps(shape)
+    shape_text = (
+        "[" + ", ".join(str(d) if not isinstance(d, bool) else "true" for d in shape) + "]"
+        if isinstance(shape, list)
+        else json.dumps(shape)
+    )
     blob = text.replace('"SHAPE"', shape_text).encode()
     path.write_bytes(struct.pack("<Q", len(blob)) + blob)
     with pytest.raises(UsageError, match="impossible shape") as err:
@@ -158,14 +165,18 @@ def _pt_with_pickle(path: Path, data: bytes) -> None:
         archive.writestr("archive/data.pkl", data)
 
 
-@pytest.mark.parametrize("data", [
-    b"\x80\x02}q\x00(X\x01\x00\x00\x00wq\x01",  # cut off mid-way
-    b"\x80\x02\xff.",  # an opcode that does not exist
-    b"\x80\x02h\x05.",  # a memo entry never stored
-    b"\x80\x02X\x07\x00\x00\x00storage" + b"t.",  # TUPLE without a MARK
-    pickle.dumps(("storage", None, "0", "cpu", -5), protocol=2).replace(b".", b"Q.", 1),  # negative numel
-    b"\x80\x02]" + b"}a" * 1_100_000 + b".",  # 2.2 M operations: past the budget
-], ids=["truncated", "bad-opcode", "missing-memo", "no-mark", "negative-numel", "too-many-ops"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x80\x02}q\x00(X\x01\x00\x00\x00wq\x01",  # cut off mid-way
+        b"\x80\x02\xff.",  # an opcode that does not exist
+        b"\x80\x02h\x05.",  # a memo entry never stored
+        b"\x80\x02X\x07\x00\x00\x00storage" + b"t.",  # TUPLE without a MARK
+        pickle.dumps(("storage", None, "0", "cpu", -5), protocol=2).replace(b".", b"Q.", 1),  # negative numel
+        b"\x80\x02]" + b"}a" * 1_100_000 + b".",  # 2.2 M operations: past the budget
+    ],
+    ids=["truncated", "bad-opcode", "missing-memo", "no-mark", "negative-numel", "too-many-ops"],
+)
 def test_malformed_pickles_are_one_line(tmp_path, data):
     path = tmp_path / "model.pt"
     _pt_with_pickle(path, data)

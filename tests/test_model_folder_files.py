@@ -15,8 +15,20 @@ import pytest
 from aiops import files, gpufit
 from aiops.errors import UsageError
 
-SECRETS = [".env", ".env.local", ".env.production", ".netrc", ".pypirc", ".npmrc", ".git-credentials",
-           "server.key", "application_default_credentials.json", "credentials.json", "id_rsa", "cert.pem"]
+SECRETS = [
+    ".env",
+    ".env.local",
+    ".env.production",
+    ".netrc",
+    ".pypirc",
+    ".npmrc",
+    ".git-credentials",
+    "server.key",
+    "application_default_credentials.json",
+    "credentials.json",
+    "id_rsa",
+    "cert.pem",
+]
 
 
 def _safetensors(path: Path, shape=(4, 2)) -> Path:
@@ -89,8 +101,9 @@ def test_a_hugging_face_cache_snapshot_is_packaged_as_regular_files(run_cli, tmp
     assert files.select_model_folder(snapshot.parent.parent).files  # the repo folder: blobs/ is inside
 
 
-@pytest.mark.parametrize("target", ["../../../../outside/credentials",
-                                    "../../../models--other--repo/blobs/9a9a"])
+@pytest.mark.parametrize(
+    "target", ["../../../../outside/credentials", "../../../models--other--repo/blobs/9a9a"]
+)
 def test_a_snapshot_link_out_of_its_own_blobs_is_refused(tmp_path, target):
     snapshot = _hf_cache(tmp_path / "hub")
     for folder in (tmp_path / "outside", tmp_path / "hub" / "models--other--repo" / "blobs"):
@@ -102,8 +115,9 @@ def test_a_snapshot_link_out_of_its_own_blobs_is_refused(tmp_path, target):
         files.select_model_folder(snapshot)
 
 
-@pytest.mark.parametrize("select", [files.select, files.select_model_folder],
-                         ids=["source-dir", "model-folder"])
+@pytest.mark.parametrize(
+    "select", [files.select, files.select_model_folder], ids=["source-dir", "model-folder"]
+)
 def test_the_widened_secret_filter_and_its_override(tmp_path, select):
     root = _model_folder(tmp_path / "m")
     for name in SECRETS:

@@ -8,18 +8,37 @@ from aiops import extras, names
 from aiops.errors import UsageError
 
 
-@pytest.mark.parametrize("name, ok", [
-    ("a", True), ("digits-cnn-1", True), ("a--b", True), ("A" * 63, True), ("A" * 64, False),
-    ("-a", False), ("a-", False), ("a_b", False), ("a.b", False), ("", False),
-])
+@pytest.mark.parametrize(
+    "name, ok",
+    [
+        ("a", True),
+        ("digits-cnn-1", True),
+        ("a--b", True),
+        ("A" * 63, True),
+        ("A" * 64, False),
+        ("-a", False),
+        ("a-", False),
+        ("a_b", False),
+        ("a.b", False),
+        ("", False),
+    ],
+)
 def test_sagemaker_names(name: str, ok: bool) -> None:
     assert names.is_sagemaker_name(name) is ok
 
 
-@pytest.mark.parametrize("uri, ok", [
-    ("s3://my-bucket/model.tar.gz", True), ("s3://b.example-1/p/q/", True), ("s3://Bad_Bucket/k", False),
-    ("s3://ab/k", False), ("s3://bucket", False), ("s3://bucket/", False), ("https://bucket/k", False),
-])
+@pytest.mark.parametrize(
+    "uri, ok",
+    [
+        ("s3://my-bucket/model.tar.gz", True),
+        ("s3://b.example-1/p/q/", True),
+        ("s3://Bad_Bucket/k", False),
+        ("s3://ab/k", False),
+        ("s3://bucket", False),
+        ("s3://bucket/", False),
+        ("https://bucket/k", False),
+    ],
+)
 def test_s3_uris(uri: str, ok: bool) -> None:
     assert names.is_s3_uri(uri) is ok
 
@@ -40,9 +59,13 @@ def test_one_line_for_a_missing_extra():
     assert isinstance(err, UsageError) and err.exit_code == 2
     assert str(err) == "plotting needs matplotlib, which is not installed: pip install 'aiops[plot]'."
     assert str(extras.require_extra("images", "x", instead="pass --image-uri")).endswith(
-        "pip install 'aiops[images]', or pass --image-uri.")
-    with pytest.raises(UsageError, match=r"^--format onnx needs no_such_module_x, which is not installed: "
-                                         r"pip install 'aiops\[onnx\]'\.$"):
+        "pip install 'aiops[images]', or pass --image-uri."
+    )
+    with pytest.raises(
+        UsageError,
+        match=r"^--format onnx needs no_such_module_x, which is not installed: "
+        r"pip install 'aiops\[onnx\]'\.$",
+    ):
         extras.check_extra("onnx", "--format onnx", "json", "no_such_module_x")
     extras.check_extra("aws", "aws", "json")  # present: nothing raised
 

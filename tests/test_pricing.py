@@ -32,5 +32,7 @@ def test_training_estimate_by_hand() -> None:
     # 2 x ml.p3.2xlarge for at most 3 hours: 2 * 3 * hourly on-demand; spot (1 - discount) of it
     price = load_prices().lookup("sagemaker", "ml.p3.2xlarge", "us-east-1")
     estimate = estimate_training_job("ml.p3.2xlarge", 2, 3 * 3600, "us-east-1")
-    assert estimate.cost(spot=False) == pytest.approx(6 * price.on_demand_hourly, abs=0.006)  # rounded to cents
+    assert estimate.cost(spot=False) == pytest.approx(
+        6 * price.on_demand_hourly, abs=0.006
+    )  # rounded to cents
     assert estimate.cost(spot=True) == pytest.approx(6 * price.spot_hourly, abs=0.006)

@@ -7,15 +7,25 @@ import json
 from pathlib import Path
 
 spec = importlib.util.spec_from_file_location(
-    "refresh_prices", Path(__file__).resolve().parents[1] / "scripts" / "refresh_prices.py")
+    "refresh_prices", Path(__file__).resolve().parents[1] / "scripts" / "refresh_prices.py"
+)
 refresh_prices = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(refresh_prices)  # type: ignore[union-attr]
 
 
 def item(usd: str, unit: str = "Hrs") -> dict:
-    return {"product": {"attributes": {"instanceName": "ml.g5.xlarge", "regionCode": "us-east-1"}},
-            "terms": {"OnDemand": {"ABC.JRTCKXETXF": {"priceDimensions": {"ABC.JRTCKXETXF.6YS6EN2CT7": {
-                "unit": unit, "pricePerUnit": {"USD": usd}}}}}}}
+    return {
+        "product": {"attributes": {"instanceName": "ml.g5.xlarge", "regionCode": "us-east-1"}},
+        "terms": {
+            "OnDemand": {
+                "ABC.JRTCKXETXF": {
+                    "priceDimensions": {
+                        "ABC.JRTCKXETXF.6YS6EN2CT7": {"unit": unit, "pricePerUnit": {"USD": usd}}
+                    }
+                }
+            }
+        },
+    }
 
 
 def test_on_demand_hourly_reads_the_usd_dimension() -> None:
@@ -37,8 +47,13 @@ class FakePricing:
 
 
 def test_refresh_updates_known_types_and_lists_the_rest() -> None:
-    table = {"as_of": "old", "source": "old", "regions": {"us-east-1": {
-        "sagemaker": {"ml.g5.xlarge": 1.0, "ml.p3.2xlarge": 3.0}, "ec2": {"g5.xlarge": 1.0}}}}
+    table = {
+        "as_of": "old",
+        "source": "old",
+        "regions": {
+            "us-east-1": {"sagemaker": {"ml.g5.xlarge": 1.0, "ml.p3.2xlarge": 3.0}, "ec2": {"g5.xlarge": 1.0}}
+        },
+    }
     client = FakePricing()
     missing = refresh_prices.refresh(table, client, ["us-east-1"])
     assert table["regions"]["us-east-1"]["sagemaker"] == {"ml.g5.xlarge": 2.5, "ml.p3.2xlarge": 3.0}
@@ -49,7 +64,10 @@ def test_refresh_updates_known_types_and_lists_the_rest() -> None:
 
 
 def gpu_item(gpu: str, memory: str) -> dict:
-    return {"product": {"attributes": {"instanceType": "g5.12xlarge", "gpu": gpu, "gpuMemory": memory}}, "terms": {}}
+    return {
+        "product": {"attributes": {"instanceType": "g5.12xlarge", "gpu": gpu, "gpuMemory": memory}},
+        "terms": {},
+    }
 
 
 def test_gpu_attributes_give_count_and_memory_per_gpu() -> None:
@@ -72,12 +90,21 @@ def test_refresh_gpus_updates_rows_and_lists_the_rest() -> None:
                 return {"PriceList": [json.dumps(gpu_item("4", "96 GiB"))]}
             return {"PriceList": []}
 
-    table = {"as_of": "old", "source": "old", "instance_types": {
-        "ml.g5.12xlarge": {"gpus": 1, "gpu_model": "NVIDIA A10G", "gpu_memory_gib": 1},
-        "ml.p5.48xlarge": {"gpus": 8, "gpu_model": "NVIDIA H100", "gpu_memory_gib": 80}}}
+    table = {
+        "as_of": "old",
+        "source": "old",
+        "instance_types": {
+            "ml.g5.12xlarge": {"gpus": 1, "gpu_model": "NVIDIA A10G", "gpu_memory_gib": 1},
+            "ml.p5.48xlarge": {"gpus": 8, "gpu_model": "NVIDIA H100", "gpu_memory_gib": 80},
+        },
+    }
     client = Fake()
     missing = refresh_prices.refresh_gpus(table, client)
-    assert table["instance_types"]["ml.g5.12xlarge"] == {"gpus": 4, "gpu_model": "NVIDIA A10G", "gpu_memory_gib": 24.0}
+    assert table["instance_types"]["ml.g5.12xlarge"] == {
+        "gpus": 4,
+        "gpu_model": "NVIDIA A10G",
+        "gpu_memory_gib": 24.0,
+    }
     assert table["instance_types"]["ml.p5.48xlarge"]["gpu_memory_gib"] == 80
     assert missing == ["ml.p5.48xlarge"] and client.types == ["g5.12xlarge", "p5.48xlarge"]
     assert table["as_of"] != "old" and "gpuMemory" in table["source"]

@@ -32,12 +32,21 @@ def test_env_overrides_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert load_settings().aws.region == "ap-south-1"
 
 
-@pytest.mark.parametrize("variable, value, key, model", [
-    ("AIOPS_SERVE__PORT", "99999", "serve.port", "load_settings"),
-    ("SAGEMAKER_MODEL_SERVER_WORKERS", "many", "serve.workers", "load_serve_settings"),  # the container's names too
-])
-def test_invalid_value_is_one_line_naming_key_and_env(monkeypatch: pytest.MonkeyPatch, variable: str, value: str,
-                                                      key: str, model: str) -> None:
+@pytest.mark.parametrize(
+    "variable, value, key, model",
+    [
+        ("AIOPS_SERVE__PORT", "99999", "serve.port", "load_settings"),
+        (
+            "SAGEMAKER_MODEL_SERVER_WORKERS",
+            "many",
+            "serve.workers",
+            "load_serve_settings",
+        ),  # the container's names too
+    ],
+)
+def test_invalid_value_is_one_line_naming_key_and_env(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, key: str, model: str
+) -> None:
     import aiops.settings
 
     monkeypatch.setenv(variable, value)
@@ -66,7 +75,9 @@ def test_malformed_toml(tmp_path: Path) -> None:
         load_settings()
 
 
-def test_serve_settings_precedence_cli_sagemaker_aiops_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_serve_settings_precedence_cli_sagemaker_aiops_toml(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from aiops.settings import load_serve_settings
 
     (tmp_path / "aiops.toml").write_text("[serve]\nport = 7000\nworkers = 3\nbatch_size = 4\nmax_queue = 9\n")
@@ -83,8 +94,6 @@ def test_serve_settings_precedence_cli_sagemaker_aiops_toml(monkeypatch: pytest.
     assert load_serve_settings(port=7300, workers=None).port == 7300  # CLI flags win; None is "not given"
     # the worker receives the same model, as JSON
     assert type(s).model_validate_json(s.model_dump_json()) == s
-
-
 
 
 def test_serve_settings_url_is_where_a_local_server_listens() -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, Protocol
 
-from aiops.runs import RunRecord, RunStore
 from aiops.training.jobs import JobConfig, JobEvents, LaunchOptions, LaunchResult, PreparedJob
+
+from aiops.runs import RunRecord, RunStore
 
 
 class Mode(str, Enum):
@@ -27,11 +28,11 @@ class Mode(str, Enum):
     SAGEMAKER_TRAINING_JOB = "SAGEMAKER_TRAINING_JOB"
 
     @classmethod
-    def of(cls, record: RunRecord) -> "Mode":
+    def of(cls, record: RunRecord) -> Mode:
         return cls.SAGEMAKER_TRAINING_JOB if record.remote else cls.LOCAL_PROCESS
 
     @classmethod
-    def choose(cls, *, remote: bool) -> "Mode":
+    def choose(cls, *, remote: bool) -> Mode:
         """The mode `aiops train [--remote]` asks for."""
         return cls.SAGEMAKER_TRAINING_JOB if remote else cls.LOCAL_PROCESS
 
@@ -47,8 +48,14 @@ class JobBackend(Protocol):
     def stop(self, record: RunRecord) -> str | None: ...  # what was signalled, when there is one to name
 
 
-def create(mode: Mode, *, store: RunStore, settings: Any, options: LaunchOptions | None = None,
-           events: JobEvents | None = None) -> JobBackend:
+def create(
+    mode: Mode,
+    *,
+    store: RunStore,
+    settings: Any,
+    options: LaunchOptions | None = None,
+    events: JobEvents | None = None,
+) -> JobBackend:
     if Mode(mode) is Mode.SAGEMAKER_TRAINING_JOB:
         from aiops.training.remote import SageMakerBackend
 

@@ -51,5 +51,10 @@ def build(code_source: Path, entry_point: str, *, selection: files.Selection | N
     sizes = {rel: path.stat().st_size for rel, path in entries.items()}
     large = [(rel, size) for rel, size in sorted(sizes.items()) if size >= LARGE_FILE_BYTES]
     data = archive.tar_gz_bytes(entries)
-    return Bundle(data=data, sha256=hashlib.sha256(data).hexdigest(), files=selection.files, large_files=large,
-                  warnings=list(selection.warnings))
+    return Bundle(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        files=selection.files,
+        large_files=large,
+        warnings=list(selection.warnings),
+    )

@@ -26,8 +26,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from aiops.errors import UsageError
 from aiops.training import contract
+
+from aiops.errors import UsageError
 
 _FAMILY = re.compile(r"^ml[._]([a-z\d-]+)\.?\w*$")  # the SDK's pattern: ml.<family>.<size>
 # Lower bounds of the SDK's TORCH_DISTRIBUTED_GPU_SUPPORTED_FRAMEWORK_VERSIONS and
@@ -82,15 +83,26 @@ class ProcessPlan:
         hosts = f"{self.instance_count} x {self.instance_type}"
         if self.distribution == contract.DISTRIBUTION_NONE:
             return f"{hosts}: the script once per host (no --distribution)"
-        why = {"--nproc": "--nproc", "gpus.json": "one per GPU", "container": "one per device, counted by the container"}
+        why = {
+            "--nproc": "--nproc",
+            "gpus.json": "one per GPU",
+            "container": "one per device, counted by the container",
+        }
         per_host = "?" if self.processes_per_host is None else str(self.processes_per_host)
         world = f", world size {self.world_size}" if self.world_size is not None else ""
         return f"{hosts}, {self.distribution}: {per_host} process(es) per host ({why[self.source]}){world}"
 
 
-def plan_processes(distribution: str, instance_type: str, instance_count: int, nproc: int | None, *,
-                   entry_point: str, framework_version: str | None = None,
-                   image_uri: str | None = None) -> ProcessPlan:
+def plan_processes(
+    distribution: str,
+    instance_type: str,
+    instance_count: int,
+    nproc: int | None,
+    *,
+    entry_point: str,
+    framework_version: str | None = None,
+    image_uri: str | None = None,
+) -> ProcessPlan:
     """Processes per host for the request (`nproc` wins, else the type's GPUs); UsageError (exit 2)
     for a job the PyTorch container or the SDK would refuse. `distribution` is already resolved
     (`contract.resolve_distribution`)."""
@@ -106,7 +118,8 @@ def plan_processes(distribution: str, instance_type: str, instance_count: int, n
             raise UsageError(
                 f"--nproc {nproc} on {instance_type}, which has {gpus} GPU(s): NCCL cannot put two ranks on "
                 f"one GPU; use --nproc {gpus} or less (or drop --nproc: one process per GPU), or a larger type "
-                f"({GPU_EXAMPLES}).")
+                f"({GPU_EXAMPLES})."
+            )
         return ProcessPlan(distribution, instance_type, instance_count, nproc, gpus, "--nproc")
     if gpus:
         return ProcessPlan(distribution, instance_type, instance_count, gpus, gpus, "gpus.json")
@@ -114,11 +127,14 @@ def plan_processes(distribution: str, instance_type: str, instance_count: int, n
     return ProcessPlan(distribution, instance_type, instance_count, None, gpus, "container")
 
 
-def _check_torch_distributed(instance_type: str, entry_point: str, framework_version: str | None,
-                             image_uri: str | None) -> None:
+def _check_torch_distributed(
+    instance_type: str, entry_point: str, framework_version: str | None, image_uri: str | None
+) -> None:
     if not entry_point.endswith(".py"):
-        raise UsageError(f"--distribution torch_distributed runs a Python script under torchrun; {entry_point} "
-                         "is not a .py file (the SageMaker SDK refuses it too).")
+        raise UsageError(
+            f"--distribution torch_distributed runs a Python script under torchrun; {entry_point} "
+            "is not a .py file (the SageMaker SDK refuses it too)."
+        )
     if image_uri:
         return  # as the SDK: your own image decides which instances and versions it supports
     version = _version(framework_version or "")
@@ -126,7 +142,8 @@ def _check_torch_distributed(instance_type: str, entry_point: str, framework_ver
         if version is not None and version < GPU_MIN_VERSION:
             raise UsageError(
                 f"--distribution torch_distributed needs PyTorch 1.13.1 or later on GPU instances (the SageMaker "
-                f"SDK's list); --framework-version {framework_version} is older: use 2.5 or later.")
+                f"SDK's list); --framework-version {framework_version} is older: use 2.5 or later."
+            )
         return
     if is_trainium_type(instance_type):
         low, high = TRAINIUM_VERSIONS
@@ -134,10 +151,12 @@ def _check_torch_distributed(instance_type: str, entry_point: str, framework_ver
             raise UsageError(
                 f"--distribution torch_distributed on Trainium ({instance_type}) needs a Neuron PyTorch "
                 f"1.11 .. 2.0.0 (the SageMaker SDK's list), not --framework-version {framework_version}; "
-                "pass that version, or your Neuron image with --image-uri.")
+                "pass that version, or your Neuron image with --image-uri."
+            )
         return
     kind = f"the {family(instance_type)} family" if family(instance_type) else "it"
     raise UsageError(
         f"--distribution torch_distributed needs a GPU (ml.p*, ml.g*) or Trainium (ml.trn*) instance type; "
         f"{instance_type} is not one ({kind} has no GPU for torchrun's NCCL ranks; the SageMaker SDK refuses it "
-        f"too): use e.g. {GPU_EXAMPLES}, or drop --distribution to run the script once per host.")
+        f"too): use e.g. {GPU_EXAMPLES}, or drop --distribution to run the script once per host."
+    )

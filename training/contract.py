@@ -15,10 +15,11 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from aiops.errors import UsageError
 from aiops.runs import ContainerPaths  # the container tree: the core owns it, the run store reads it
@@ -74,12 +75,30 @@ TORCHRUN_MASTER_PORT = 7777  # the toolkit's torch_distributed.MASTER_PORT
 PYTORCH_MASTER_PORT = 7777
 # sagemaker_training.SM_EFA_NCCL_INSTANCES / SM_EFA_RDMA_INSTANCES (5.x): the types whose torchrun
 # jobs get FI_PROVIDER=efa, and EFA's device RDMA too.
-EFA_NCCL_INSTANCES = frozenset({
-    "ml.g4dn.8xlarge", "ml.g4dn.12xlarge", "ml.g5.48xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge",
-    "ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.p5e.48xlarge", "ml.trn1.32xlarge", "ml.p6e-gb200.36xlarge"})
-EFA_RDMA_INSTANCES = frozenset({
-    "ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.p5e.48xlarge", "ml.trn1.32xlarge",
-    "ml.p6e-gb200.36xlarge"})
+EFA_NCCL_INSTANCES = frozenset(
+    {
+        "ml.g4dn.8xlarge",
+        "ml.g4dn.12xlarge",
+        "ml.g5.48xlarge",
+        "ml.p3dn.24xlarge",
+        "ml.p4d.24xlarge",
+        "ml.p4de.24xlarge",
+        "ml.p5.48xlarge",
+        "ml.p5e.48xlarge",
+        "ml.trn1.32xlarge",
+        "ml.p6e-gb200.36xlarge",
+    }
+)
+EFA_RDMA_INSTANCES = frozenset(
+    {
+        "ml.p4d.24xlarge",
+        "ml.p4de.24xlarge",
+        "ml.p5.48xlarge",
+        "ml.p5e.48xlarge",
+        "ml.trn1.32xlarge",
+        "ml.p6e-gb200.36xlarge",
+    }
+)
 # Not part of the toolkit: where aiops (and the remote jobs it creates) tell the script to keep
 # checkpoints. SageMaker syncs /opt/ml/checkpoints to CheckpointConfig.S3Uri.
 CHECKPOINT_ENV = "AIOPS_CHECKPOINT_DIR"
@@ -98,22 +117,27 @@ INPUT_MODES = ("File", "FastFile", "Pipe")
 S3_DISTRIBUTIONS = ("FullyReplicated", "ShardedByS3Key")
 
 
-def parse_channel_settings(values: Sequence[str], channels: Sequence[str], option: str,
-                           allowed: Sequence[str]) -> dict[str, str]:
+def parse_channel_settings(
+    values: Sequence[str], channels: Sequence[str], option: str, allowed: Sequence[str]
+) -> dict[str, str]:
     """`--input-mode FastFile` (every channel) or `--input-mode train=FastFile` (one channel; later wins)."""
     settings: dict[str, str] = {}
     for raw in values:
         name, sep, value = raw.rpartition("=")
         value = value.strip()
         if value not in allowed:
-            raise UsageError(f"{option} {raw!r}: {value!r} is not one of {', '.join(allowed)} "
-                             f"(e.g. {option} {allowed[-1]} or {option} train={allowed[-1]}).")
+            raise UsageError(
+                f"{option} {raw!r}: {value!r} is not one of {', '.join(allowed)} "
+                f"(e.g. {option} {allowed[-1]} or {option} train={allowed[-1]})."
+            )
         targets = [name.strip()] if sep else list(channels)
         for target in targets:
             if target not in channels:
                 known = ", ".join(channels) or "none"
-                raise UsageError(f"{option} {raw!r}: no channel named {target!r} (channels: {known}); "
-                                 "add it with --channel NAME=PATH.")
+                raise UsageError(
+                    f"{option} {raw!r}: no channel named {target!r} (channels: {known}); "
+                    "add it with --channel NAME=PATH."
+                )
             settings[target] = value
     return settings
 
@@ -177,7 +201,7 @@ class TrainingJobSpec:
             params[MPI_OPTIONS_PARAM] = ""
         return params
 
-    def for_host(self, host: str) -> "TrainingJobSpec":
+    def for_host(self, host: str) -> TrainingJobSpec:
         """The same job as host `host` of it sees it (SM_CURRENT_HOST, --node_rank)."""
         if host not in self.hosts:
             raise ValueError(f"{host!r} is not one of the job's hosts {list(self.hosts)}")
@@ -185,8 +209,14 @@ class TrainingJobSpec:
 
 
 def spec_from_request(
-    job_name: str, hyperparameters: Mapping[str, str], channels: tuple[str, ...] | list[str], *,
-    instance_type: str, instance_count: int, region: str | None = None, network_interface_name: str = "eth0",
+    job_name: str,
+    hyperparameters: Mapping[str, str],
+    channels: tuple[str, ...] | list[str],
+    *,
+    instance_type: str,
+    instance_count: int,
+    region: str | None = None,
+    network_interface_name: str = "eth0",
 ) -> TrainingJobSpec:
     """Read a CreateTrainingJob request back as the container does: `HyperParameters` (JSON-encoded
     strings, `sagemaker_*` keys included), the channel names, ResourceConfig. The spec is for
@@ -208,10 +238,17 @@ def spec_from_request(
     user = {k: v for k, v in decoded.items() if not (k.startswith(SAGEMAKER_PREFIX) or k in TOOLKIT_PARAMS)}
     processes = decoded.get(PROCESSES_PER_HOST_PARAM)
     return TrainingJobSpec(
-        job_name=job_name, entry_point=str(decoded[PROGRAM_PARAM]), hyperparameters=user, channels=tuple(channels),
-        submit_directory=str(decoded[SUBMIT_DIR_PARAM]), region=str(decoded.get(REGION_PARAM) or region or ""),
-        instance_type=instance_type, hosts=host_names(instance_count), network_interface_name=network_interface_name,
-        processes_per_host=int(processes) if processes is not None else None, distribution=distribution,
+        job_name=job_name,
+        entry_point=str(decoded[PROGRAM_PARAM]),
+        hyperparameters=user,
+        channels=tuple(channels),
+        submit_directory=str(decoded[SUBMIT_DIR_PARAM]),
+        region=str(decoded.get(REGION_PARAM) or region or ""),
+        instance_type=instance_type,
+        hosts=host_names(instance_count),
+        network_interface_name=network_interface_name,
+        processes_per_host=int(processes) if processes is not None else None,
+        distribution=distribution,
         log_level=int(decoded.get(LOG_LEVEL_PARAM, 20)),
     )
 
@@ -221,8 +258,13 @@ def host_names(instance_count: int) -> tuple[str, ...]:
     return tuple(f"algo-{i}" for i in range(1, instance_count + 1))
 
 
-def resolve_distribution(distribution: str | None, *, instance_count: int, processes_per_host: int | None,
-                         gpus_per_instance: int | None = None) -> str:
+def resolve_distribution(
+    distribution: str | None,
+    *,
+    instance_count: int,
+    processes_per_host: int | None,
+    gpus_per_instance: int | None = None,
+) -> str:
     """The SDK's rule: no distribution unless asked (a multi-instance job runs the script once per
     host). aiops' `--nproc N` asks for torchrun (torch_distributed) when no distribution is given.
     `gpus_per_instance` (a remote job's type, from aiops/data/gpus.json): the container's default
@@ -231,7 +273,11 @@ def resolve_distribution(distribution: str | None, *, instance_count: int, proce
         return DISTRIBUTION_TORCH if processes_per_host is not None else DISTRIBUTION_NONE
     if distribution not in DISTRIBUTIONS:
         raise UsageError(f"--distribution {distribution}: choose one of {', '.join(DISTRIBUTIONS)}.")
-    if distribution != DISTRIBUTION_NONE and instance_count == 1 and (processes_per_host or gpus_per_instance or 1) == 1:
+    if (
+        distribution != DISTRIBUTION_NONE
+        and instance_count == 1
+        and (processes_per_host or gpus_per_instance or 1) == 1
+    ):
         raise UsageError(
             f"--distribution {distribution} with one instance and one process has nothing to distribute; "
             "add --nproc N (processes per host) or --instance-count N (remote), or drop --distribution."
@@ -244,8 +290,22 @@ def resolve_distribution(distribution: str | None, *, instance_count: int, proce
     return distribution
 
 
-_SECRET_WORDS = frozenset({"pass", "passwd", "password", "passphrase", "pwd", "secret", "secrets", "token",
-                           "key", "apikey", "credential", "credentials"})
+_SECRET_WORDS = frozenset(
+    {
+        "pass",
+        "passwd",
+        "password",
+        "passphrase",
+        "pwd",
+        "secret",
+        "secrets",
+        "token",
+        "key",
+        "apikey",
+        "credential",
+        "credentials",
+    }
+)
 
 
 def secret_looking_hyperparameters(hyperparameters: Mapping[str, Any]) -> list[str]:
@@ -283,10 +343,25 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # what the container (the platform, the toolkit, the PyTorch image) and aiops set in every job; a
 # value given for them would be overwritten there, so `--env` refuses them
 CONTAINER_ENV_PREFIXES = ("SM_", "SAGEMAKER_")
-CONTAINER_ENV_NAMES = frozenset({
-    "TRAINING_JOB_NAME", "CURRENT_HOST", CHECKPOINT_ENV, "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE",
-    "NCCL_DEBUG", "NCCL_PROTO", "MASTER_ADDR", "MASTER_PORT", "AWS_REGION", "FI_PROVIDER",
-    "FI_EFA_USE_DEVICE_RDMA", "RDMAV_FORK_SAFE", "PYTHONPATH", "PYTHONUNBUFFERED"})
+CONTAINER_ENV_NAMES = frozenset(
+    {
+        "TRAINING_JOB_NAME",
+        "CURRENT_HOST",
+        CHECKPOINT_ENV,
+        "NCCL_SOCKET_IFNAME",
+        "NCCL_IB_DISABLE",
+        "NCCL_DEBUG",
+        "NCCL_PROTO",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "AWS_REGION",
+        "FI_PROVIDER",
+        "FI_EFA_USE_DEVICE_RDMA",
+        "RDMAV_FORK_SAFE",
+        "PYTHONPATH",
+        "PYTHONUNBUFFERED",
+    }
+)
 
 
 # `--secret NAME=ARN` reaches the script as AIOPS_SECRET_ARN_<NAME>=<ARN>: where the value is, never
@@ -297,18 +372,25 @@ SECRET_ARN_ENV_PREFIX = "AIOPS_SECRET_ARN_"
 def _check_variable_name(name: str, option: str) -> None:
     longest = ENVIRONMENT_MAX_CHARS - len(SECRET_ARN_ENV_PREFIX)
     if not _ENV_NAME.match(name) or len(name) > longest:
-        raise UsageError(f"{option} {name}: an environment variable name is letters, digits and '_', not "
-                         f"starting with a digit (at most {longest} characters).")
+        raise UsageError(
+            f"{option} {name}: an environment variable name is letters, digits and '_', not "
+            f"starting with a digit (at most {longest} characters)."
+        )
     if name.upper().startswith(CONTAINER_ENV_PREFIXES):
-        raise UsageError(f"{option} {name}: SM_* and SAGEMAKER_* variables belong to the SageMaker "
-                         "container, which sets them itself; pass the value as a hyperparameter (--hp) "
-                         "instead.")
+        raise UsageError(
+            f"{option} {name}: SM_* and SAGEMAKER_* variables belong to the SageMaker "
+            "container, which sets them itself; pass the value as a hyperparameter (--hp) "
+            "instead."
+        )
     if name in CONTAINER_ENV_NAMES:
-        raise UsageError(f"{option} {name}: the training container sets {name} itself, so a value given here "
-                         "would be overwritten; choose another name.")
+        raise UsageError(
+            f"{option} {name}: the training container sets {name} itself, so a value given here "
+            "would be overwritten; choose another name."
+        )
     if name.startswith(SECRET_ARN_ENV_PREFIX):
-        raise UsageError(f"{option} {name}: {SECRET_ARN_ENV_PREFIX}* variables are set by --secret; choose "
-                         "another name.")
+        raise UsageError(
+            f"{option} {name}: {SECRET_ARN_ENV_PREFIX}* variables are set by --secret; choose another name."
+        )
 
 
 def validate_environment(environment: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> None:
@@ -320,20 +402,26 @@ def validate_environment(environment: Mapping[str, str], secrets: Mapping[str, s
     for name, value in environment.items():
         _check_variable_name(name, "--env")
         if len(str(value)) > ENVIRONMENT_MAX_CHARS:
-            raise UsageError(f"--env {name}: the value has {len(str(value))} characters, more than the "
-                             f"{ENVIRONMENT_MAX_CHARS} SageMaker accepts; put large values in a channel.")
+            raise UsageError(
+                f"--env {name}: the value has {len(str(value))} characters, more than the "
+                f"{ENVIRONMENT_MAX_CHARS} SageMaker accepts; put large values in a channel."
+            )
     for name, arn in secrets.items():
         _check_variable_name(name, "--secret")
         if name in environment:
             raise UsageError(f"--secret {name} is also given with --env; give it once, as a secret.")
         if not is_secret_arn(arn):  # the value given is not echoed: it may be the secret itself
-            raise UsageError(f"--secret {name}: what follows '=' is not a Secrets Manager secret ARN (a "
-                             "secret's value never goes on the command line); give the full ARN "
-                             "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-AbCdEf, as "
-                             "`aws secretsmanager describe-secret --secret-id NAME` prints it).")
+            raise UsageError(
+                f"--secret {name}: what follows '=' is not a Secrets Manager secret ARN (a "
+                "secret's value never goes on the command line); give the full ARN "
+                "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-AbCdEf, as "
+                "`aws secretsmanager describe-secret --secret-id NAME` prints it)."
+            )
     if len(environment) + len(secrets) >= ENVIRONMENT_MAX_ENTRIES:  # aiops adds AIOPS_CHECKPOINT_DIR
-        raise UsageError(f"--env/--secret: {len(environment) + len(secrets)} variables; a SageMaker job "
-                         f"takes at most {ENVIRONMENT_MAX_ENTRIES - 1} besides the one aiops sets.")
+        raise UsageError(
+            f"--env/--secret: {len(environment) + len(secrets)} variables; a SageMaker job "
+            f"takes at most {ENVIRONMENT_MAX_ENTRIES - 1} besides the one aiops sets."
+        )
     refuse_secret_looking(environment, "--env")
 
 
@@ -367,8 +455,7 @@ def validate_hyperparameters(hyperparameters: Mapping[str, Any]) -> None:
         env_name = _hp_env_name(name)
         if env_name in seen:
             raise UsageError(
-                f"hyperparameters {seen[env_name]!r} and {name!r} both become {env_name}; "
-                "rename one of them."
+                f"hyperparameters {seen[env_name]!r} and {name!r} both become {env_name}; rename one of them."
             )
         seen[env_name] = name
 
@@ -517,7 +604,7 @@ class HostFacts:
     num_neurons: int = 0
 
     @classmethod
-    def detect(cls) -> "HostFacts":
+    def detect(cls) -> HostFacts:
         return cls(num_gpus=num_gpus(), num_cpus=multiprocessing.cpu_count())
 
 
@@ -535,7 +622,10 @@ def training_env(spec: TrainingJobSpec, paths: ContainerPaths, host: HostFacts) 
     else:
         distribution_groups = [INSTANCE_GROUP] if any(additional.get(f) for f in DISTRIBUTION_FLAGS) else []
     distribution_hosts = [
-        h for g in resources["instance_groups"] if g["instance_group_name"] in distribution_groups for h in g["hosts"]
+        h
+        for g in resources["instance_groups"]
+        if g["instance_group_name"] in distribution_groups
+        for h in g["hosts"]
     ]
     master = distribution_hosts[0] if distribution_hosts else list(spec.hosts)[0]
     channel_dirs = {name: str(paths.channel(name)) for name in input_data_config(spec)}
@@ -578,7 +668,6 @@ def training_env(spec: TrainingJobSpec, paths: ContainerPaths, host: HostFacts) 
         "topology": [],
         "user_entry_point": spec.entry_point,
     }
-
 
 
 def sm_environment(spec: TrainingJobSpec, paths: ContainerPaths, host: HostFacts) -> dict[str, str]:
@@ -652,7 +741,10 @@ def local_torch_version() -> str:
 
 
 def pytorch_container_environment(
-    spec: TrainingJobSpec, *, master_addr: str | None = None, master_port: int | None = None,
+    spec: TrainingJobSpec,
+    *,
+    master_addr: str | None = None,
+    master_port: int | None = None,
     torch_version: str | None = None,
 ) -> dict[str, str]:
     """What the PyTorch training container adds before it runs the script
@@ -691,8 +783,14 @@ class HostLaunch:
 
 
 def host_launch(
-    spec: TrainingJobSpec, paths: ContainerPaths, host: HostFacts, *, python: str,
-    base_env: Mapping[str, str] | None = None, master_addr: str | None = None, master_port: int | None = None,
+    spec: TrainingJobSpec,
+    paths: ContainerPaths,
+    host: HostFacts,
+    *,
+    python: str,
+    base_env: Mapping[str, str] | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
     torch_version: str | None = None,
 ) -> HostLaunch:
     """The full container contract for `spec.current_host`: the toolkit's SM_* env and argv, the
@@ -701,9 +799,14 @@ def host_launch(
     all start scripts through this one function."""
     env = dict(base_env or {})
     env.update(container_environment(spec, paths, host))
-    env.update(pytorch_container_environment(spec, master_addr=master_addr, master_port=master_port,
-                                             torch_version=torch_version))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.code), (base_env or {}).get("PYTHONPATH", "")) if p)
+    env.update(
+        pytorch_container_environment(
+            spec, master_addr=master_addr, master_port=master_port, torch_version=torch_version
+        )
+    )
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(paths.code), (base_env or {}).get("PYTHONPATH", "")) if p
+    )
     env["PYTHONUNBUFFERED"] = "1"  # live logs, as the container's stdout reaches CloudWatch
     argv = launch_command(spec, python, master_addr=master_addr, master_port=master_port)
     return HostLaunch(argv=argv, env=env, cwd=paths.code)

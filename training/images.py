@@ -10,11 +10,18 @@ from aiops import images
 from aiops.errors import UsageError
 
 
-def pytorch_image_uri(*, scope: str, region: str, version: str, py_version: str, instance_type: str,
-                      cache_dir: Path) -> str:
+def pytorch_image_uri(
+    *, scope: str, region: str, version: str, py_version: str, instance_type: str, cache_dir: Path
+) -> str:
     try:
-        return images.pytorch_image_uri(scope=scope, region=region, version=version, py_version=py_version,
-                                        instance_type=instance_type, cache_dir=cache_dir)
+        return images.pytorch_image_uri(
+            scope=scope,
+            region=region,
+            version=version,
+            py_version=py_version,
+            instance_type=instance_type,
+            cache_dir=cache_dir,
+        )
     except images.ImageNotFound as err:
         raise UsageError(
             f"no PyTorch {scope} image for version {version} / {py_version} / {instance_type} in {region}: "

@@ -8,18 +8,22 @@ checkpoint folder to resume from) is its `Target`, so this module never asks whe
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
-from aiops import files
-from aiops.errors import UsageError
-from aiops.runs import RunConfig, RunRecord, RunStore, job_name_from_base, validate_job_name
 from aiops.training import contract, model_channel
 from aiops.training.metrics import MetricDefinition, MetricSample
 from aiops.training.requirements import RequirementProblem, check_requirements
 
-_SAFE_ENTRY_POINT = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$")  # the toolkit's pattern
+from aiops import files
+from aiops.errors import UsageError
+from aiops.runs import RunConfig, RunRecord, RunStore, job_name_from_base, validate_job_name
+
+_SAFE_ENTRY_POINT = re.compile(
+    r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$"
+)  # the toolkit's pattern
 
 
 @dataclass
@@ -96,10 +100,27 @@ class LaunchOptions:
             raise UsageError(f"--output-dir {self.output_dir}: exists and is not a folder.")
 
     def sagemaker_options_given(self) -> bool:
-        return (any(v is not None for v in (self.spot, self.max_run, self.max_wait, self.volume_size, self.role,
-                                            self.bucket, self.image_uri, self.max_cost, self.stack, self.vpc,
-                                            self.model_params))
-                or self.instance_count != 1 or self.network_isolation or self.fsdp)
+        return (
+            any(
+                v is not None
+                for v in (
+                    self.spot,
+                    self.max_run,
+                    self.max_wait,
+                    self.volume_size,
+                    self.role,
+                    self.bucket,
+                    self.image_uri,
+                    self.max_cost,
+                    self.stack,
+                    self.vpc,
+                    self.model_params,
+                )
+            )
+            or self.instance_count != 1
+            or self.network_isolation
+            or self.fsdp
+        )
 
 
 @dataclass(frozen=True)
@@ -110,7 +131,9 @@ class Target:
     mpi: bool = False  # --distribution mpi can run
     local_checkpoints: bool = True  # --resume restores an earlier local run's checkpoint folder
     instance_count: int = 1
-    gpus_per_instance: int | None = None  # a remote type's GPUs (aiops/data/gpus.json): its default processes per host
+    gpus_per_instance: int | None = (
+        None  # a remote type's GPUs (aiops/data/gpus.json): its default processes per host
+    )
     runs_here: bool = True  # the script runs on this machine's packages (a remote job: on its image's)
 
 
@@ -147,8 +170,9 @@ class JobEvents(Protocol):
     def finished(self, record: RunRecord) -> None: ...
     # a remote job
     def upload(self, label: str, done: int, total: int) -> None: ...
-    def estimate(self, estimate: Any, *, spot: bool, instance_count: int, instance_type: str,
-                 max_run: int) -> None: ...
+    def estimate(
+        self, estimate: Any, *, spot: bool, instance_count: int, instance_type: str, max_run: int
+    ) -> None: ...
     def accepted(self, record: RunRecord) -> None: ...
     def status(self, status: str, secondary: str) -> None: ...
     def log(self, stream: str, message: str) -> None: ...
@@ -191,9 +215,12 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
     contract.validate_environment(config.environment, config.secrets)
     if config.nproc is not None and config.nproc < 1:
         raise UsageError(f"--nproc {config.nproc}: needs at least 1 process.")
-    distribution = contract.resolve_distribution(config.distribution, instance_count=target.instance_count,
-                                                 processes_per_host=config.nproc,
-                                                 gpus_per_instance=target.gpus_per_instance)
+    distribution = contract.resolve_distribution(
+        config.distribution,
+        instance_count=target.instance_count,
+        processes_per_host=config.nproc,
+        gpus_per_instance=target.gpus_per_instance,
+    )
     if distribution == contract.DISTRIBUTION_MPI and not target.mpi:
         raise UsageError(
             "--distribution mpi is launched by mpirun inside the SageMaker container; run it with --remote, "
@@ -213,8 +240,13 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
             channels[name] = resolved
     # links inside a channel must stay inside it, as in the source dir
     channel_selections = {
-        name: files.select(path, follow_symlinks=config.follow_symlinks, ignore_files=False,
-                           exclude_secrets=False, what=f"channel {name!r}")
+        name: files.select(
+            path,
+            follow_symlinks=config.follow_symlinks,
+            ignore_files=False,
+            exclude_secrets=False,
+            what=f"channel {name!r}",
+        )
         for name, path in channels.items()
     }
     for selection in channel_selections.values():
@@ -238,8 +270,9 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
     else:
         job_name = job_name_from_base(Path(entry_point).stem.replace("_", "-"))
 
-    code_selection = files.select(code_source, follow_symlinks=config.follow_symlinks,
-                                  exclude_paths=[store.root])
+    code_selection = files.select(
+        code_source, follow_symlinks=config.follow_symlinks, exclude_paths=[store.root]
+    )
     if entry_point not in code_selection.entries:
         raise UsageError(
             f"entry point {entry_point} is excluded by .gitignore/.aiopsignore (or is a likely secret); "
@@ -249,23 +282,36 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
 
     requirements = code_source / "requirements.txt" if code_source.is_dir() else None
     problems = check_requirements(requirements) if requirements and requirements.is_file() else []
-    return PreparedJob(config, job_name, code_source, entry_point, channels, checkpoint_source, problems,
-                       s3_channels, distribution=distribution, code_selection=code_selection,
-                       channel_selections=channel_selections, warnings=warnings)
+    return PreparedJob(
+        config,
+        job_name,
+        code_source,
+        entry_point,
+        channels,
+        checkpoint_source,
+        problems,
+        s3_channels,
+        distribution=distribution,
+        code_selection=code_selection,
+        channel_selections=channel_selections,
+        warnings=warnings,
+    )
 
 
 def _channel(name: str, location: str, target: Target) -> Path | str:
     """A channel's local folder (resolved), or its s3:// URI where the target reads S3."""
     if target.s3_channels:
         if location.startswith("s3://"):
-            if not location[len("s3://"):].split("/", 1)[0]:
+            if not location[len("s3://") :].split("/", 1)[0]:
                 raise UsageError(f"channel {name!r}: {location} is not an S3 URI like s3://bucket/prefix/.")
             return location
         if "://" in location:
             raise UsageError(f"channel {name!r}: {location} is neither a local path nor an s3:// URI.")
         path = Path(location).expanduser()
         if not path.exists():
-            raise UsageError(f"channel {name!r}: {location} is neither an existing local path nor an s3:// URI.")
+            raise UsageError(
+                f"channel {name!r}: {location} is neither an existing local path nor an s3:// URI."
+            )
         return path.resolve()
     if location.startswith("s3://"):
         raise UsageError(
@@ -282,7 +328,9 @@ def _resolve_code(entry_point: str, source_dir: str | None) -> tuple[Path, str]:
     if source_dir is not None:
         root = Path(source_dir).expanduser()
         if not root.is_dir():
-            raise UsageError(f"--source-dir {source_dir}: no such folder; point it at the folder holding your code.")
+            raise UsageError(
+                f"--source-dir {source_dir}: no such folder; point it at the folder holding your code."
+            )
         relative = entry_point
         if Path(entry_point).is_absolute() or not (root / entry_point).is_file():
             # Accept a path to the script that lies inside the source dir, as the SDK does.
@@ -295,7 +343,9 @@ def _resolve_code(entry_point: str, source_dir: str | None) -> tuple[Path, str]:
                     "give its path relative to the source dir (e.g. train.py)."
                 ) from None
             if not candidate.is_file():
-                raise UsageError(f"entry point {entry_point}: no such file in {source_dir}; give its path relative to the source dir.")
+                raise UsageError(
+                    f"entry point {entry_point}: no such file in {source_dir}; give its path relative to the source dir."
+                )
         _validate_entry_point_name(relative)
         return root.resolve(), relative
     path = Path(entry_point).expanduser()
@@ -310,9 +360,7 @@ def _resolve_code(entry_point: str, source_dir: str | None) -> tuple[Path, str]:
 
 def _validate_entry_point_name(name: str) -> None:
     """The toolkit's process.validate_entry_point: the same name must also run in the container."""
-    if not _SAFE_ENTRY_POINT.match(name) or any(
-        part in (".", "..") for part in name.split("/")
-    ):
+    if not _SAFE_ENTRY_POINT.match(name) or any(part in (".", "..") for part in name.split("/")):
         raise UsageError(
             f"entry point {name!r} cannot run in the SageMaker container: rename it to letters, digits, "
             "'.', '_', '+', '-' and '/' (e.g. train.py)."
@@ -364,8 +412,12 @@ def job_config(
             raise UsageError("missing ENTRY_POINT: give the training script, e.g. aiops train train.py.")
         config = resume_config(store, resume)
     else:
-        config = JobConfig(entry_point=entry_point, source_dir=source_dir, resume=resume,
-                           hyperparameters=dict(hyperparameters or {}))
+        config = JobConfig(
+            entry_point=entry_point,
+            source_dir=source_dir,
+            resume=resume,
+            hyperparameters=dict(hyperparameters or {}),
+        )
     if source_dir is not None:
         config.source_dir = source_dir
     config.hyperparameters.update(hp)
@@ -378,10 +430,14 @@ def job_config(
     config.distribution = distribution if distribution is not None else config.distribution
     config.follow_symlinks = follow_symlinks or config.follow_symlinks
     names = list(config.channels)
-    config.input_modes.update(contract.parse_channel_settings(input_modes, names, "--input-mode",
-                                                              contract.INPUT_MODES))
-    config.channel_sharding.update(contract.parse_channel_settings(channel_sharding, names, "--channel-sharding",
-                                                                   contract.S3_DISTRIBUTIONS))
+    config.input_modes.update(
+        contract.parse_channel_settings(input_modes, names, "--input-mode", contract.INPUT_MODES)
+    )
+    config.channel_sharding.update(
+        contract.parse_channel_settings(
+            channel_sharding, names, "--channel-sharding", contract.S3_DISTRIBUTIONS
+        )
+    )
     config.job_name = job_name
     return config
 

@@ -19,8 +19,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from aiops.training import contract, jobs
+from aiops.training.jobs import PreparedJob, absolute_config
+from aiops.training.metrics import MetricParser
 
 from aiops import archive, files
 from aiops.errors import UsageError
@@ -38,9 +43,6 @@ from aiops.runs import (
     runner_alive,
     script_alive,
 )
-from aiops.training import contract, jobs
-from aiops.training.jobs import PreparedJob, absolute_config
-from aiops.training.metrics import MetricParser
 
 FAILURE_TAIL_CHARS = 1024  # DescribeTrainingJob shows the first 1024 characters of `failure`
 
@@ -61,8 +63,9 @@ def _free_port() -> int:
 
 def _copy_code(job: PreparedJob, dest: Path, runs_root: Path) -> None:
     """The code snapshot: exactly the files the remote bundle would ship (aiops.files)."""
-    selection = job.code_selection or files.select(job.code_source, follow_symlinks=job.config.follow_symlinks,
-                                                   exclude_paths=[runs_root])
+    selection = job.code_selection or files.select(
+        job.code_source, follow_symlinks=job.config.follow_symlinks, exclude_paths=[runs_root]
+    )
     dest.mkdir(parents=True, exist_ok=True)
     selection.copy_to(dest)
 
@@ -165,9 +168,15 @@ def run(
     contract.write_config_files(spec, paths)
     # One machine: `algo-1` does not resolve here, and 7777 may be taken by another local run, so
     # MASTER_ADDR/MASTER_PORT are loopback and a free port (the container's are algo-1:7777).
-    launch = contract.host_launch(spec, paths, contract.HostFacts.detect(), python=python or sys.executable,
-                                  base_env={**os.environ, **job.config.script_environment()},
-                                  master_addr="127.0.0.1", master_port=_free_port())
+    launch = contract.host_launch(
+        spec,
+        paths,
+        contract.HostFacts.detect(),
+        python=python or sys.executable,
+        base_env={**os.environ, **job.config.script_environment()},
+        master_addr="127.0.0.1",
+        master_port=_free_port(),
+    )
     env, command = launch.env, launch.argv
 
     record = RunRecord(
@@ -257,8 +266,12 @@ def run(
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
 
-    record.update(exit_code=exit_code, ended_at=time.time(), duration_seconds=round(time.monotonic() - started, 3),
-                  final_metrics=latest)
+    record.update(
+        exit_code=exit_code,
+        ended_at=time.time(),
+        duration_seconds=round(time.monotonic() - started, 3),
+        final_metrics=latest,
+    )
     if stopper.requested_by is not None:
         record.update(status=STATUS_STOPPED, stopped_by=signal.Signals(stopper.requested_by).name)
     elif exit_code == 0:
@@ -267,8 +280,9 @@ def run(
         folder.output.mkdir(exist_ok=True)
         _pack(paths.model, folder.model_archive)
         _pack(paths.output_data, folder.output_archive)
-        record.artifacts = Artifacts(model=str(folder.model_archive), output=str(folder.output_archive),
-                                     model_dir=str(paths.model))
+        record.artifacts = Artifacts(
+            model=str(folder.model_archive), output=str(folder.output_archive), model_dir=str(paths.model)
+        )
     else:
         record.status = STATUS_FAILED
         failure_file = paths.output / "failure"
@@ -277,7 +291,9 @@ def run(
             failure_file.write_text(
                 f"AlgorithmError: ExecuteUserScriptError: {reason}\n" + "\n".join(tail[-5:])
             )
-        record.update(failure_reason=failure_file.read_text(errors="replace")[:FAILURE_TAIL_CHARS], log_tail=tail)
+        record.update(
+            failure_reason=failure_file.read_text(errors="replace")[:FAILURE_TAIL_CHARS], log_tail=tail
+        )
     store.save(record)
     reporter.finished(record)
     return record
@@ -314,7 +330,9 @@ def request_stop(record: RunRecord, folder: RunFolder) -> str:
     signalled. Returns what was signalled."""
     name = record.job_name
     if record.status == STATUS_STALE:
-        raise UsageError(f"{name} is stale: its aiops process died and took the script with it; nothing to stop.")
+        raise UsageError(
+            f"{name} is stale: its aiops process died and took the script with it; nothing to stop."
+        )
     if record.status != STATUS_IN_PROGRESS:
         raise UsageError(f"{name} is {record.status}, not running; nothing to stop.")
     runner = record.runner_pid
@@ -325,8 +343,10 @@ def request_stop(record: RunRecord, folder: RunFolder) -> str:
     if script_alive(record, folder):
         os.killpg(int(script), signal.SIGTERM)  # type: ignore[arg-type]  # the script leads its own group
         return f"script process group {script}"
-    raise UsageError(f"{name} is marked running but neither its aiops process nor its script is alive "
-                     "(no such process, or not this run's); nothing was signalled.")
+    raise UsageError(
+        f"{name} is marked running but neither its aiops process nor its script is alive "
+        "(no such process, or not this run's); nothing was signalled."
+    )
 
 
 def export_artifacts(store: RunStore, record: RunRecord, output_dir: Path) -> RunRecord:
@@ -356,13 +376,20 @@ class LocalBackend:
 
     target = jobs.Target()  # local channels only, no MPI, --resume restores a local run's checkpoints
 
-    def __init__(self, store: RunStore, settings: Any, options: jobs.LaunchOptions | None = None,
-                 events: jobs.JobEvents | None = None) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        settings: Any,
+        options: jobs.LaunchOptions | None = None,
+        events: jobs.JobEvents | None = None,
+    ) -> None:
         self.store, self.settings = store, settings
         self.launch_options = options or jobs.LaunchOptions()
         self.events = events or jobs.NullEvents()
         if self.launch_options.sagemaker_options_given():
-            raise UsageError("remote options (--spot, --max-run, --role, --bucket, --model-params, ...) need --remote.")
+            raise UsageError(
+                "remote options (--spot, --max-run, --role, --bucket, --model-params, ...) need --remote."
+            )
 
     def prepare(self, config: jobs.JobConfig) -> PreparedJob:
         return jobs.prepare(config, self.store, self.target)
@@ -371,15 +398,26 @@ class LocalBackend:
         """Run the job to its end, with its log streamed to the events."""
         for name, mode in sorted(job.config.input_modes.items()):
             if mode != "File":  # recorded in inputdataconfig.json; the data itself is read as File here
-                self.events.note(f"channel {name!r}: --input-mode {mode} runs as File locally "
-                                 "(see docs/remote.md#input-modes for what changes on SageMaker).")
+                self.events.note(
+                    f"channel {name!r}: --input-mode {mode} runs as File locally "
+                    "(see docs/remote.md#input-modes for what changes on SageMaker)."
+                )
         for name in sorted(job.config.secrets):
             if not os.environ.get(name):  # the value stays where it is; the script reads it there
-                self.events.note(f"--secret {name}: not set in your environment, so the script reads it from "
-                                 "Secrets Manager with your AWS credentials (see docs/training.md#secrets).")
+                self.events.note(
+                    f"--secret {name}: not set in your environment, so the script reads it from "
+                    "Secrets Manager with your AWS credentials (see docs/training.md#secrets)."
+                )
         train = self.settings.train
-        record = run(job, self.store, stop_grace_seconds=train.stop_grace_seconds, link_channels=train.link_channels,
-                     region=self.settings.aws.region, log_tail_lines=train.log_tail_lines, reporter=self.events)
+        record = run(
+            job,
+            self.store,
+            stop_grace_seconds=train.stop_grace_seconds,
+            link_channels=train.link_channels,
+            region=self.settings.aws.region,
+            log_tail_lines=train.log_tail_lines,
+            reporter=self.events,
+        )
         output_dir = self.launch_options.output_dir
         if output_dir is not None and record.artifacts:
             record = export_artifacts(self.store, record, output_dir)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from aiops.errors import UsageError
 
@@ -109,7 +109,9 @@ def series_from_jsonl(path) -> dict[str, list[Point]]:
         if not line.strip():
             continue
         sample = json.loads(line)
-        series.setdefault(sample["name"], []).append(Point(float(sample["elapsed_seconds"]), float(sample["value"])))
+        series.setdefault(sample["name"], []).append(
+            Point(float(sample["elapsed_seconds"]), float(sample["value"]))
+        )
     return series
 
 

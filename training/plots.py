@@ -10,8 +10,9 @@ import json
 import math
 from pathlib import Path
 
-from aiops.errors import UsageError
 from aiops.training.metrics import Point
+
+from aiops.errors import UsageError
 
 METADATA_KEY = "aiops:series"
 MAX_PANELS = 9
@@ -51,7 +52,7 @@ def plot_curves(curves: dict[str, list[Point]], out: Path, *, title: str) -> lis
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
         series[name] = [[x, y] for x, y in zip(xs, ys)]
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()

@@ -9,11 +9,10 @@ SageMaker backend of `training.backends` (`SageMakerBackend`). The request is bu
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from aiops.errors import AiopsError, UsageError
-from aiops.runs import STATUS_COMPLETED, STATUS_IN_PROGRESS, TERMINAL, CodeBundle, RunConfig, RunRecord, RunStore
 from aiops.training import jobs, remote_jobs, remote_logs
 from aiops.training.jobs import JobConfig, JobEvents, LaunchOptions, LaunchResult, NullEvents, PreparedJob
 from aiops.training.remote_jobs import NO_RETRY, NOT_CREATED, PENDING, aws_call, create_once
@@ -28,13 +27,32 @@ from aiops.training.remote_request import (
     resolve_options,
 )
 
+from aiops.errors import AiopsError, UsageError
+from aiops.runs import (
+    STATUS_COMPLETED,
+    STATUS_IN_PROGRESS,
+    TERMINAL,
+    CodeBundle,
+    RunConfig,
+    RunRecord,
+    RunStore,
+)
+
 # ---------------------------------------------------------------------------------------------
 # Following
 
 
-def wait(sm: Any, logs: Any, job_name: str, sink: LogSink, *, poll_seconds: float = 5.0,
-         silence_warning_seconds: float = 300.0, clock: Callable[[], float] = time.monotonic,
-         sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def wait(
+    sm: Any,
+    logs: Any,
+    job_name: str,
+    sink: LogSink,
+    *,
+    poll_seconds: float = 5.0,
+    silence_warning_seconds: float = 300.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
     """Show status transitions and every host's log until the job ends; return its description."""
     follower = LogFollower(logs, job_name)
     last_status: tuple[str, str] | None = None
@@ -62,17 +80,32 @@ def wait(sm: Any, logs: Any, job_name: str, sink: LogSink, *, poll_seconds: floa
         sleep(poll_seconds)
 
 
-def follow(job_name: str, region: str, sink: LogSink, *, silence_warning_seconds: float = 300.0,
-           poll_seconds: float = 5.0) -> dict[str, Any]:
+def follow(
+    job_name: str,
+    region: str,
+    sink: LogSink,
+    *,
+    silence_warning_seconds: float = 300.0,
+    poll_seconds: float = 5.0,
+) -> dict[str, Any]:
     from aiops import aws
 
     sm, logs = aws.client("sagemaker", region), aws.client("logs", region)
-    return aws_call(f"following {job_name}", lambda: wait(
-        sm, logs, job_name, sink, poll_seconds=poll_seconds, silence_warning_seconds=silence_warning_seconds))
+    return aws_call(
+        f"following {job_name}",
+        lambda: wait(
+            sm,
+            logs,
+            job_name,
+            sink,
+            poll_seconds=poll_seconds,
+            silence_warning_seconds=silence_warning_seconds,
+        ),
+    )
 
 
 def download(s3: Any, uri: str, dest: Path) -> Path:
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     dest.parent.mkdir(parents=True, exist_ok=True)
     s3.download_file(bucket, key, str(dest))
     return dest
@@ -92,8 +125,16 @@ def download_model(record: RunRecord, dest: Path) -> Path:
 # The whole launch, as `aiops train --remote` runs it
 
 
-def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_dir: Path,
-           events: JobEvents | None = None, max_cost: float | None = None, confirmed: bool = False) -> RunRecord:
+def launch(
+    job: PreparedJob,
+    options: RemoteOptions,
+    *,
+    store: RunStore,
+    cache_dir: Path,
+    events: JobEvents | None = None,
+    max_cost: float | None = None,
+    confirmed: bool = False,
+) -> RunRecord:
     """Validate, show the cost, bundle, upload what is new, create the job once, record it locally.
 
     `job` comes from `jobs.prepare` with `SageMakerBackend.target`. The estimate is shown
@@ -105,26 +146,44 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
     left Pending and `aiops jobs describe/list` resolve it (`resolve_pending`) rather than anyone
     launching a second job.
     """
+    from aiops.training import bundle, cluster, images, remote_request, uploads
+
     from aiops import aws
     from aiops.pricing import estimate_training_job
     from aiops.s3objects import UploadBatch
-    from aiops.training import bundle, cluster, images, remote_request, uploads
 
     events = events or NullEvents()
     remote_request.validate(options, aws.training_instance_types())
-    processes = cluster.plan_processes(job.distribution, options.instance_type, options.instance_count,
-                                       job.config.nproc, entry_point=job.entry_point,
-                                       framework_version=options.framework_version, image_uri=options.image_uri)
-    estimate = estimate_training_job(options.instance_type, options.instance_count, options.max_run, options.region)
-    events.estimate(estimate, spot=options.spot, instance_count=options.instance_count,
-                    instance_type=options.instance_type, max_run=options.max_run)
+    processes = cluster.plan_processes(
+        job.distribution,
+        options.instance_type,
+        options.instance_count,
+        job.config.nproc,
+        entry_point=job.entry_point,
+        framework_version=options.framework_version,
+        image_uri=options.image_uri,
+    )
+    estimate = estimate_training_job(
+        options.instance_type, options.instance_count, options.max_run, options.region
+    )
+    events.estimate(
+        estimate,
+        spot=options.spot,
+        instance_count=options.instance_count,
+        instance_type=options.instance_type,
+        max_run=options.max_run,
+    )
     warning = check_budget(estimate, spot=options.spot, max_cost=max_cost, confirmed=confirmed)
     if warning:
         events.warning(warning)
     code = bundle.build(job.code_source, job.entry_point, selection=job.code_selection)
     image_uri = options.image_uri or images.pytorch_image_uri(
-        scope="training", region=options.region, version=options.framework_version,
-        py_version=options.py_version, instance_type=options.instance_type, cache_dir=cache_dir,
+        scope="training",
+        region=options.region,
+        version=options.framework_version,
+        py_version=options.py_version,
+        instance_type=options.instance_type,
+        cache_dir=cache_dir,
     )
     folder = store.create(job.job_name)  # refuses a name already used here, before any upload
     record = RunRecord(
@@ -137,12 +196,20 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
         run_dir=str(folder.root),
         entry_point=job.entry_point,
         hyperparameters=dict(job.config.hyperparameters),
-        config=RunConfig(entry_point=job.entry_point, source_dir=str(job.code_source),
-                         instance_type=options.instance_type, instance_count=options.instance_count,
-                         spot=options.spot, network_isolation=options.network_isolation,
-                         vpc=bool(options.subnets), processes_per_host=processes.processes_per_host,
-                         world_size=processes.world_size, processes=processes.line(),
-                         environment=dict(job.config.environment), secrets=dict(job.config.secrets)),
+        config=RunConfig(
+            entry_point=job.entry_point,
+            source_dir=str(job.code_source),
+            instance_type=options.instance_type,
+            instance_count=options.instance_count,
+            spot=options.spot,
+            network_isolation=options.network_isolation,
+            vpc=bool(options.subnets),
+            processes_per_host=processes.processes_per_host,
+            world_size=processes.world_size,
+            processes=processes.line(),
+            environment=dict(job.config.environment),
+            secrets=dict(job.config.secrets),
+        ),
         large_files=code.large_files,
         estimated_max_cost_usd=estimate.cost(spot=options.spot),
         final_metrics={},
@@ -160,9 +227,15 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
             channel_uris: dict[str, str] = {}
             uploaded = code_upload.uploaded_bytes
             for name, path in job.channels.items():
-                result = uploads.upload_channel(s3, bucket, name, path, batch=batch,
-                                                selection=job.channel_selections.get(name),
-                                                follow_symlinks=job.config.follow_symlinks)
+                result = uploads.upload_channel(
+                    s3,
+                    bucket,
+                    name,
+                    path,
+                    batch=batch,
+                    selection=job.channel_selections.get(name),
+                    follow_symlinks=job.config.follow_symlinks,
+                )
                 channel_uris[name] = result.uri
                 uploaded += result.uploaded_bytes
         channel_uris.update(job.s3_channels)
@@ -171,31 +244,51 @@ def launch(job: PreparedJob, options: RemoteOptions, *, store: RunStore, cache_d
     try:
         code_upload, channel_uris, uploaded = aws_call(f"uploading {job.job_name}", upload)
     except BaseException as err:
-        store.save(record.model_copy(deep=True).update(status=NOT_CREATED, failure_reason=f"upload failed: {err}"))
+        store.save(
+            record.model_copy(deep=True).update(status=NOT_CREATED, failure_reason=f"upload failed: {err}")
+        )
         raise
     request = build_request(
-        job_name=job.job_name, entry_point=job.entry_point, hyperparameters=job.config.hyperparameters,
-        channel_uris=channel_uris, submit_directory=code_upload.uri, image_uri=image_uri, options=options,
-        nproc=processes.processes_per_host, metric_definitions=job.config.metric_definitions,
-        input_modes=job.config.input_modes, channel_sharding=job.config.channel_sharding,
-        distribution=job.distribution, environment=job.config.script_environment(),
+        job_name=job.job_name,
+        entry_point=job.entry_point,
+        hyperparameters=job.config.hyperparameters,
+        channel_uris=channel_uris,
+        submit_directory=code_upload.uri,
+        image_uri=image_uri,
+        options=options,
+        nproc=processes.processes_per_host,
+        metric_definitions=job.config.metric_definitions,
+        input_modes=job.config.input_modes,
+        channel_sharding=job.config.channel_sharding,
+        distribution=job.distribution,
+        environment=job.config.script_environment(),
     )
     record.config.channels = channel_uris  # type: ignore[union-attr]
     record.update(
         code_bundle=CodeBundle(uri=code_upload.uri, sha256=code.sha256, files=code.files, bytes=code.size),
-        uploaded_bytes=uploaded, request=request, client_token=client_token(request),
+        uploaded_bytes=uploaded,
+        request=request,
+        client_token=client_token(request),
     )
     store.save(record)  # Pending: from here on, a job may exist on SageMaker
     submitted = time.monotonic()
     try:
-        outcome = aws_call(f"submitting {job.job_name}", lambda: create_once(
-            aws.client("sagemaker", options.region, retries=NO_RETRY), aws.client("sagemaker", options.region),
-            request))
+        outcome = aws_call(
+            f"submitting {job.job_name}",
+            lambda: create_once(
+                aws.client("sagemaker", options.region, retries=NO_RETRY),
+                aws.client("sagemaker", options.region),
+                request,
+            ),
+        )
     except UsageError as err:  # SageMaker refused the request (or the name is another job's): nothing runs
         store.save(record.model_copy(deep=True).update(status=NOT_CREATED, failure_reason=str(err)))
         raise
-    record.update(status=STATUS_IN_PROGRESS, create_outcome=outcome,
-                  accepted_seconds=round(time.monotonic() - submitted, 3))
+    record.update(
+        status=STATUS_IN_PROGRESS,
+        create_outcome=outcome,
+        accepted_seconds=round(time.monotonic() - submitted, 3),
+    )
     store.save(record)
     return record
 
@@ -208,8 +301,13 @@ class SageMakerBackend:
     """`Mode.SAGEMAKER_TRAINING_JOB`: the job runs as a SageMaker managed training job; its record
     in the run store is refreshed from DescribeTrainingJob."""
 
-    def __init__(self, store: RunStore, settings: Any, options: LaunchOptions | None = None,
-                 events: JobEvents | None = None) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        settings: Any,
+        options: LaunchOptions | None = None,
+        events: JobEvents | None = None,
+    ) -> None:
         self.store, self.settings = store, settings
         self.launch_options = options or LaunchOptions()
         self.events = events or NullEvents()
@@ -228,15 +326,25 @@ class SageMakerBackend:
         if given.model_params is not None:
             from aiops.gpufit import require_training_fit
 
-            fit = require_training_fit(given.model_params, options.instance_type,
-                                       instance_count=options.instance_count, fsdp=given.fsdp, region=options.region)
+            fit = require_training_fit(
+                given.model_params,
+                options.instance_type,
+                instance_count=options.instance_count,
+                fsdp=given.fsdp,
+                region=options.region,
+            )
             self.events.info(f"GPU fit: {fit.line()}")
         apply_defaults(options, self._stack_outputs, self.settings.aws)
         from aiops.gpufit import gpu_count
 
-        target = jobs.Target(s3_channels=True, mpi=True, local_checkpoints=False, runs_here=False,
-                             instance_count=options.instance_count,
-                             gpus_per_instance=gpu_count(options.instance_type))
+        target = jobs.Target(
+            s3_channels=True,
+            mpi=True,
+            local_checkpoints=False,
+            runs_here=False,
+            instance_count=options.instance_count,
+            gpus_per_instance=gpu_count(options.instance_type),
+        )
         prepared = jobs.prepare(config, self.store, target)
         grants = check_secret_grants(config.secrets, options, self._stack_outputs)
         for warning in [*prepared.warnings, *grants]:
@@ -248,18 +356,31 @@ class SageMakerBackend:
         refresh the record and, with `download`, fetch model.tar.gz."""
         options, given, events = self.options, self.launch_options, self.events
         budget = given.max_cost if given.max_cost is not None else self.settings.aws.max_cost
-        record = launch(job, options, store=self.store, cache_dir=self.settings.home / "cache", events=events,
-                        max_cost=budget, confirmed=given.confirmed)
+        record = launch(
+            job,
+            options,
+            store=self.store,
+            cache_dir=self.settings.home / "cache",
+            events=events,
+            max_cost=budget,
+            confirmed=given.confirmed,
+        )
         for path, size in record.large_files:
-            events.warning(f"{path} is {size / 1e6:.0f} MB; large files belong in a channel, "
-                           "not in the code bundle (add it to .aiopsignore).")
+            events.warning(
+                f"{path} is {size / 1e6:.0f} MB; large files belong in a channel, "
+                "not in the code bundle (add it to .aiopsignore)."
+            )
         events.accepted(record)
         if not given.wait:
             return LaunchResult(record)
         try:
-            description = follow(record.job_name, options.region, events,
-                                 silence_warning_seconds=self.settings.aws.log_silence_warning_seconds,
-                                 poll_seconds=self.settings.aws.job_poll_seconds)
+            description = follow(
+                record.job_name,
+                options.region,
+                events,
+                silence_warning_seconds=self.settings.aws.log_silence_warning_seconds,
+                poll_seconds=self.settings.aws.job_poll_seconds,
+            )
         except KeyboardInterrupt:
             raise jobs.Detached(record) from None
         record = remote_jobs.refresh(self.store, record, description)
@@ -283,8 +404,10 @@ class SageMakerBackend:
 
     def logs(self, record: RunRecord) -> list[tuple[str | None, str]]:
         """Every host's CloudWatch stream, as (host stream, line)."""
-        return [(stream.split("/", 1)[-1], message + "\n")
-                for stream, message in remote_logs.logs_once(record.job_name, record.region)]
+        return [
+            (stream.split("/", 1)[-1], message + "\n")
+            for stream, message in remote_logs.logs_once(record.job_name, record.region)
+        ]
 
     def metrics(self, record: RunRecord) -> dict[str, list[Any]]:
         return remote_logs.metric_series(record)

@@ -7,7 +7,8 @@ AWS calls go through `aws_call`, which turns botocore's errors into one line nam
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiops.aws import error_code  # the one reading of a ClientError's code
 from aiops.errors import AiopsError, UsageError
@@ -17,9 +18,19 @@ from aiops.stack import CLIENT_TOKEN_TAG
 PENDING = STATUS_PENDING
 NOT_CREATED = STATUS_NOT_CREATED
 # Errors after which the create may or may not have reached SageMaker: describe before retrying.
-RETRYABLE_CODES = {"ThrottlingException", "Throttling", "ThrottledException", "RequestThrottledException",
-                   "TooManyRequestsException", "ServiceUnavailable", "InternalFailure", "InternalServerError",
-                   "InternalError", "RequestTimeout", "RequestTimeoutException"}
+RETRYABLE_CODES = {
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalServerError",
+    "InternalError",
+    "RequestTimeout",
+    "RequestTimeoutException",
+}
 # Create is never retried blindly by botocore: a timed-out create may have launched the job.
 NO_RETRY = {"mode": "standard", "total_max_attempts": 1}
 
@@ -51,7 +62,7 @@ def job_token(sm: Any, description: Mapping[str, Any]) -> str | None:
 
 
 def _adopt(sm: Any, request: Mapping[str, Any], description: Mapping[str, Any]) -> str:
-    """"found" when the existing job carries this request's token; otherwise refuse it (exit 2)."""
+    """ "found" when the existing job carries this request's token; otherwise refuse it (exit 2)."""
     name = request["TrainingJobName"]
     token = next(t["Value"] for t in request["Tags"] if t["Key"] == CLIENT_TOKEN_TAG)
     if job_token(sm, description) == token:
@@ -62,8 +73,14 @@ def _adopt(sm: Any, request: Mapping[str, Any], description: Mapping[str, Any]) 
     )
 
 
-def create_once(create_client: Any, describe_client: Any, request: Mapping[str, Any], *, attempts: int = 5,
-                sleep: Callable[[float], None] = time.sleep) -> str:
+def create_once(
+    create_client: Any,
+    describe_client: Any,
+    request: Mapping[str, Any],
+    *,
+    attempts: int = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
     """Create the job exactly once: after any ambiguous failure, look before trying again.
 
     Returns "created" or "found" (an earlier attempt that looked failed had created it: the job
@@ -90,9 +107,10 @@ def create_once(create_client: Any, describe_client: Any, request: Mapping[str, 
         if found is not None:
             return _adopt(describe_client, request, found)
         if attempt + 1 < attempts:
-            sleep(min(20.0, 0.5 * 2 ** attempt))
-    raise AiopsError(f"CreateTrainingJob {name}: SageMaker kept failing after {attempts} attempts; try again later.")
-
+            sleep(min(20.0, 0.5 * 2**attempt))
+    raise AiopsError(
+        f"CreateTrainingJob {name}: SageMaker kept failing after {attempts} attempts; try again later."
+    )
 
 
 def summarize(description: Mapping[str, Any]) -> JobSummary:
@@ -129,15 +147,21 @@ def resolve_pending(store: RunStore, record: RunRecord) -> RunRecord:
         if record.request is None:  # saved before the uploads finished: nothing was ever created
             record.update(status=NOT_CREATED, failure_reason="interrupted before CreateTrainingJob")
         else:
-            record.update(status=NOT_CREATED,
-                          failure_reason="CreateTrainingJob never reached SageMaker; run the command again")
+            record.update(
+                status=NOT_CREATED,
+                failure_reason="CreateTrainingJob never reached SageMaker; run the command again",
+            )
         store.save(record)
         return record
     token = aws_call(f"reading the tags of {name}", lambda: job_token(sm, found))
     if token != record.client_token:
-        record.update(status=NOT_CREATED, failure_reason=(
-            f"a job named {name} exists on SageMaker but was not created by this request "
-            f"(its {CLIENT_TOKEN_TAG} tag differs); it is not adopted"))
+        record.update(
+            status=NOT_CREATED,
+            failure_reason=(
+                f"a job named {name} exists on SageMaker but was not created by this request "
+                f"(its {CLIENT_TOKEN_TAG} tag differs); it is not adopted"
+            ),
+        )
         store.save(record)
         return record
     record.create_outcome = "found"
@@ -178,5 +202,3 @@ def stop(job_name: str, region: str | None) -> None:
 
     sm = aws.client("sagemaker", region)
     aws_call(f"stopping {job_name}", lambda: sm.stop_training_job(TrainingJobName=job_name))
-
-

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from aiops.training.remote_jobs import aws_call
+
 from aiops.aws import error_code
 from aiops.runs import RunRecord
 from aiops.stack import TRAINING_LOG_GROUP, TRAINING_METRICS_NAMESPACE
-from aiops.training.remote_jobs import aws_call
 
 LOG_GROUP = TRAINING_LOG_GROUP
 
@@ -32,7 +33,8 @@ class LogFollower:
 
         try:
             pages = self.logs.get_paginator("describe_log_streams").paginate(
-                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/")
+                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/"
+            )
             names = sorted(s["logStreamName"] for page in pages for s in page.get("logStreams", []))
         except ClientError as err:
             if error_code(err) == "ResourceNotFoundException":
@@ -43,7 +45,11 @@ class LogFollower:
         # can always grow), so each stream is read to the token that repeats, and resumed from it.
         for stream in names:  # every page of streams: every host (algo-1 ... algo-N)
             while True:
-                kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
+                kwargs: dict[str, Any] = {
+                    "logGroupName": LOG_GROUP,
+                    "logStreamName": stream,
+                    "startFromHead": True,
+                }
                 token = self._tokens.get(stream)
                 if token:
                     kwargs["nextToken"] = token
@@ -58,13 +64,11 @@ class LogFollower:
         return events
 
 
-
 def logs_once(job_name: str, region: str | None) -> list[tuple[str, str]]:
     from aiops import aws
 
     follower = LogFollower(aws.client("logs", region), job_name)
     return aws_call(f"reading the logs of {job_name}", follower.poll)
-
 
 
 METRICS_NAMESPACE = TRAINING_METRICS_NAMESPACE
@@ -74,11 +78,22 @@ MAX_QUERIES = 500  # GetMetricData: at most 500 MetricDataQueries per call
 def metric_queries(job: str, names: list[str], hosts: int) -> list[dict[str, Any]]:
     """One MetricDataQuery per metric and host (dimension Host=<job>/algo-N, as SageMaker publishes)."""
     return [
-        {"Id": f"m{i}_{h}", "Label": name if h == 1 else f"{name}@algo-{h}", "ReturnData": True,
-         "MetricStat": {"Metric": {"Namespace": METRICS_NAMESPACE, "MetricName": name,
-                                   "Dimensions": [{"Name": "Host", "Value": f"{job}/algo-{h}"}]},
-                        "Period": 60, "Stat": "Average"}}
-        for i, name in enumerate(names) for h in range(1, hosts + 1)
+        {
+            "Id": f"m{i}_{h}",
+            "Label": name if h == 1 else f"{name}@algo-{h}",
+            "ReturnData": True,
+            "MetricStat": {
+                "Metric": {
+                    "Namespace": METRICS_NAMESPACE,
+                    "MetricName": name,
+                    "Dimensions": [{"Name": "Host", "Value": f"{job}/algo-{h}"}],
+                },
+                "Period": 60,
+                "Stat": "Average",
+            },
+        }
+        for i, name in enumerate(names)
+        for h in range(1, hosts + 1)
     ]
 
 
@@ -91,8 +106,9 @@ def metric_series(record: RunRecord) -> dict[str, list[Any]]:
     """
     from datetime import datetime, timedelta, timezone
 
-    from aiops import aws
     from aiops.training.metrics import Point
+
+    from aiops import aws
 
     job = record.job_name
     request = record.request or {}
@@ -106,8 +122,12 @@ def metric_series(record: RunRecord) -> dict[str, list[Any]]:
     def fetch() -> dict[str, list[Any]]:
         values: dict[str, list[tuple[Any, float]]] = {}
         for at in range(0, len(queries), MAX_QUERIES):
-            kwargs: dict[str, Any] = {"MetricDataQueries": queries[at:at + MAX_QUERIES], "StartTime": start,
-                                      "EndTime": end, "ScanBy": "TimestampAscending"}
+            kwargs: dict[str, Any] = {
+                "MetricDataQueries": queries[at : at + MAX_QUERIES],
+                "StartTime": start,
+                "EndTime": end,
+                "ScanBy": "TimestampAscending",
+            }
             while True:
                 answer = cloudwatch.get_metric_data(**kwargs)
                 for result in answer.get("MetricDataResults", []):
@@ -124,4 +144,3 @@ def metric_series(record: RunRecord) -> dict[str, list[Any]]:
         return series
 
     return aws_call(f"reading the metrics of {job}", fetch) if queries else {}
-

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+
+from aiops.training import contract
+from aiops.training.metrics import MetricDefinition
 
 from aiops.errors import ConfigError, UsageError
 from aiops.stack import CLIENT_TOKEN_TAG, LAYOUT, StackOutputs, check_region
-from aiops.training import contract
-from aiops.training.metrics import MetricDefinition
 
 CHECKPOINT_LOCAL_PATH = contract.DEFAULT_CHECKPOINT_DIR
 
@@ -52,14 +54,19 @@ class RemoteOptions:
         return self.max_wait if self.max_wait is not None else 2 * self.max_run
 
 
-def apply_defaults(options: RemoteOptions, stack_outputs: StackOutputs | Mapping[str, Any],
-                   settings_aws: Any) -> RemoteOptions:
+def apply_defaults(
+    options: RemoteOptions, stack_outputs: StackOutputs | Mapping[str, Any], settings_aws: Any
+) -> RemoteOptions:
     """Role, bucket, KMS key and network: given > the deployed stack's outputs > settings.
 
     `stack_outputs` are what `infra/program.py` exports (aiops.stack.StackOutputs). The VPC's
     subnets and security groups come from the stack only (`options.vpc` False: not used).
     """
-    outputs = stack_outputs if isinstance(stack_outputs, StackOutputs) else StackOutputs.model_validate(stack_outputs)
+    outputs = (
+        stack_outputs
+        if isinstance(stack_outputs, StackOutputs)
+        else StackOutputs.model_validate(stack_outputs)
+    )
     options.role = options.role or outputs.role_arn or settings_aws.role_arn
     options.bucket = options.bucket or outputs.bucket or settings_aws.bucket
     options.kms_key = options.kms_key or outputs.kms_key_arn or settings_aws.kms_key_arn
@@ -82,12 +89,21 @@ def resolve_options(given: Any, settings: Any) -> tuple[RemoteOptions, StackOutp
     stack_name = resolve_stack(given.stack, settings)
     stack_outputs = read_outputs(settings.home, stack_name)
     options = RemoteOptions(
-        instance_type=given.instance_type or aws.instance_type, region=given.region or stack_outputs.region or aws.region,
-        instance_count=given.instance_count, spot=aws.spot if given.spot is None else given.spot,
-        max_run=given.max_run or aws.max_run_seconds, max_wait=given.max_wait,
-        volume_size=given.volume_size or aws.volume_size_gb, role=given.role, bucket=given.bucket,
-        image_uri=given.image_uri, framework_version=given.framework_version or aws.framework_version,
-        py_version=aws.py_version, stack=stack_name, vpc=given.vpc, network_isolation=given.network_isolation,
+        instance_type=given.instance_type or aws.instance_type,
+        region=given.region or stack_outputs.region or aws.region,
+        instance_count=given.instance_count,
+        spot=aws.spot if given.spot is None else given.spot,
+        max_run=given.max_run or aws.max_run_seconds,
+        max_wait=given.max_wait,
+        volume_size=given.volume_size or aws.volume_size_gb,
+        role=given.role,
+        bucket=given.bucket,
+        image_uri=given.image_uri,
+        framework_version=given.framework_version or aws.framework_version,
+        py_version=aws.py_version,
+        stack=stack_name,
+        vpc=given.vpc,
+        network_isolation=given.network_isolation,
     )
     return options, stack_outputs
 
@@ -109,9 +125,13 @@ def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> No
     except ValueError as err:
         raise UsageError(str(err)) from None
     if options.instance_type not in valid_instance_types:
-        close = sorted(t for t in valid_instance_types if t.startswith(options.instance_type.rsplit(".", 1)[0]))
+        close = sorted(
+            t for t in valid_instance_types if t.startswith(options.instance_type.rsplit(".", 1)[0])
+        )
         hint = f" (e.g. {', '.join(close[:4])})" if close else " (e.g. ml.g5.xlarge, ml.p4d.24xlarge)"
-        raise UsageError(f"--instance-type {options.instance_type} is not a SageMaker training instance type{hint}.")
+        raise UsageError(
+            f"--instance-type {options.instance_type} is not a SageMaker training instance type{hint}."
+        )
     if options.instance_count < 1:
         raise UsageError(f"--instance-count {options.instance_count}: needs at least 1.")
     if options.max_run < 1:
@@ -124,18 +144,24 @@ def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> No
     if not options.spot and options.max_wait is not None:
         raise UsageError("--max-wait only applies to spot jobs; drop it or use --spot.")
     if not options.role:
-        raise _missing_output(options.stack, "roleArn", "--role ARN", "AIOPS_AWS__ROLE_ARN", "SageMaker execution role")
+        raise _missing_output(
+            options.stack, "roleArn", "--role ARN", "AIOPS_AWS__ROLE_ARN", "SageMaker execution role"
+        )
     if not options.bucket:
-        raise _missing_output(options.stack, "bucket", "--bucket NAME", "AIOPS_AWS__BUCKET",
-                              "S3 bucket for code and artifacts")
+        raise _missing_output(
+            options.stack, "bucket", "--bucket NAME", "AIOPS_AWS__BUCKET", "S3 bucket for code and artifacts"
+        )
     if bool(options.subnets) != bool(options.security_group_ids):
         missing = "securityGroupIds" if options.subnets else "subnetIds"
-        raise ConfigError(f"the job's VpcConfig needs both subnets and security groups: stack {options.stack!r} has "
-                          f"no output {missing!r}; run 'aiops deploy --stack {options.stack}' with aiops:network set.")
+        raise ConfigError(
+            f"the job's VpcConfig needs both subnets and security groups: stack {options.stack!r} has "
+            f"no output {missing!r}; run 'aiops deploy --stack {options.stack}' with aiops:network set."
+        )
 
 
-def check_secret_grants(secrets: Mapping[str, str], options: RemoteOptions,
-                        outputs: StackOutputs) -> list[str]:
+def check_secret_grants(
+    secrets: Mapping[str, str], options: RemoteOptions, outputs: StackOutputs
+) -> list[str]:
     """`--secret` ARNs the job's role may read: the stack's role reads exactly the ARNs of its
     `access.trainingSecrets` (the `trainingSecretArns` output), so another is refused before any
     upload; a role given with --role is the user's to check (a warning)."""
@@ -143,14 +169,19 @@ def check_secret_grants(secrets: Mapping[str, str], options: RemoteOptions,
         return []
     if not outputs.role_arn or options.role != outputs.role_arn:
         arns = ", ".join(sorted(set(secrets.values())))
-        return [(f"--secret: the job runs as {options.role}, not the stack's role; it needs "
-                 f"secretsmanager:GetSecretValue on {arns}.")]
+        return [
+            (
+                f"--secret: the job runs as {options.role}, not the stack's role; it needs "
+                f"secretsmanager:GetSecretValue on {arns}."
+            )
+        ]
     for name, arn in secrets.items():
         if arn not in outputs.training_secret_arns:
             raise UsageError(
                 f"--secret {name}: the role of stack {options.stack!r} may not read {arn}; add the ARN to "
                 f"access.trainingSecrets in Pulumi.{options.stack}.yaml and run 'aiops deploy --stack "
-                f"{options.stack}' (or pass --role with a role that may read it).")
+                f"{options.stack}' (or pass --role with a role that may read it)."
+            )
     return []
 
 
@@ -163,8 +194,10 @@ def check_budget(estimate: Any, *, spot: bool, max_cost: float | None, confirmed
     if max_cost is not None and max_cost <= 0:
         raise UsageError(f"--max-cost {max_cost:g}: the budget must be a positive number of USD.")
     if not estimate.known:
-        warning = (f"no known price for {estimate.instance_type}: the job's cost cannot be estimated "
-                   "(see aiops/data/prices.json).")
+        warning = (
+            f"no known price for {estimate.instance_type}: the job's cost cannot be estimated "
+            "(see aiops/data/prices.json)."
+        )
         if max_cost is not None and not confirmed:
             raise UsageError(f"{warning} A budget of ${max_cost:g} is set: pass --yes to launch anyway.")
         return warning

@@ -16,9 +16,17 @@ from aiops.stack import LAYOUT, S3Layout
 __all__ = ["UploadResult", "upload_bundle", "upload_channel", "channel_manifest", "channel_selection"]
 
 
-def upload_bundle(s3: Any, bucket: str, data: bytes, sha256: str, *, kms_key: str | None = None,
-                  progress: Progress | None = None, layout: S3Layout = LAYOUT,
-                  batch: UploadBatch | None = None) -> UploadResult:
+def upload_bundle(
+    s3: Any,
+    bucket: str,
+    data: bytes,
+    sha256: str,
+    *,
+    kms_key: str | None = None,
+    progress: Progress | None = None,
+    layout: S3Layout = LAYOUT,
+    batch: UploadBatch | None = None,
+) -> UploadResult:
     """The code bundle under its hash, unless it is there already. With ``batch`` (a submission's,
     see `upload_channel`) it is queued there and lands when the batch finishes."""
     key = layout.bundle_key(sha256)
@@ -35,24 +43,41 @@ def upload_bundle(s3: Any, bucket: str, data: bytes, sha256: str, *, kms_key: st
 def channel_selection(source: Path, *, name: str = "", follow_symlinks: bool = False) -> files.Selection:
     """A channel's files by the one policy (`aiops.files`), as a local run stages them: nothing is
     ignored (data, not code), and a symlink leaving the channel is refused unless followed."""
-    return files.select(source, follow_symlinks=follow_symlinks, ignore_files=False, exclude_secrets=False,
-                        what=f"channel {name!r}" if name else "channel")
+    return files.select(
+        source,
+        follow_symlinks=follow_symlinks,
+        ignore_files=False,
+        exclude_secrets=False,
+        what=f"channel {name!r}" if name else "channel",
+    )
 
 
-def channel_manifest(source: Path, *, selection: files.Selection | None = None,
-                     follow_symlinks: bool = False) -> dict[str, Any]:
+def channel_manifest(
+    source: Path, *, selection: files.Selection | None = None, follow_symlinks: bool = False
+) -> dict[str, Any]:
     """Relative path -> (size, sha256) of every file of a local channel, and the hash of it all."""
     selection = selection or channel_selection(source, follow_symlinks=follow_symlinks)
-    entries = {rel: {"size": path.stat().st_size, "sha256": file_sha256(path)}
-               for rel, path in sorted(selection.entries.items())}
+    entries = {
+        rel: {"size": path.stat().st_size, "sha256": file_sha256(path)}
+        for rel, path in sorted(selection.entries.items())
+    }
     digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
     return {"sha256": digest, "files": entries}
 
 
-def upload_channel(s3: Any, bucket: str, name: str, source: Path, *, kms_key: str | None = None,
-                   progress: Progress | None = None, layout: S3Layout = LAYOUT,
-                   selection: files.Selection | None = None, follow_symlinks: bool = False,
-                   batch: UploadBatch | None = None) -> UploadResult:
+def upload_channel(
+    s3: Any,
+    bucket: str,
+    name: str,
+    source: Path,
+    *,
+    kms_key: str | None = None,
+    progress: Progress | None = None,
+    layout: S3Layout = LAYOUT,
+    selection: files.Selection | None = None,
+    follow_symlinks: bool = False,
+    batch: UploadBatch | None = None,
+) -> UploadResult:
     """Upload a local file or folder under its content hash; skip when present.
 
     Which files: ``selection`` (the job's, from `local.prepare`), else `channel_selection` — the

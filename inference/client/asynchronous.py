@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from aiops.errors import AiopsError, UsageError
 
@@ -59,15 +60,17 @@ def async_config(sagemaker: Any, endpoint: str) -> dict[str, Any]:
         raise UsageError(
             f"endpoint {endpoint} is not asynchronous (its configuration {config_name} has no "
             "AsyncInferenceConfig): invoke it without --async, or deploy it with "
-            "aiops:endpoint.asyncInference.enabled: true")
+            "aiops:endpoint.asyncInference.enabled: true"
+        )
     return found
 
 
 def _read(s3: Any, uri: str, sink: Any = None) -> tuple[bytes, str | None] | None:
     """The object's body (into ``sink``, whose held bytes are returned; without one, only its start,
     as an error's) and Content-Type, or None while it is not there (any other error: raised)."""
-    from aiops.aws import error_code
     from aiops.inference.client.synchronous import copy_body, read_error_body
+
+    from aiops.aws import error_code
 
     bucket, key = _split(uri)
     try:
@@ -86,18 +89,27 @@ def _read(s3: Any, uri: str, sink: Any = None) -> tuple[bytes, str | None] | Non
     return sink.body, answer.get("ContentType")
 
 
-def wait_for_result(s3: Any, output_location: str, failure_location: str | None, *, timeout: float,
-                    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                    first: float = POLL_FIRST_S, longest: float = POLL_MAX_S, sink: Any = None
-                    ) -> tuple[bytes, str | None, int]:
+def wait_for_result(
+    s3: Any,
+    output_location: str,
+    failure_location: str | None,
+    *,
+    timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    first: float = POLL_FIRST_S,
+    longest: float = POLL_MAX_S,
+    sink: Any = None,
+) -> tuple[bytes, str | None, int]:
     """Poll the output (and failure) location until one holds an object: (body, content type, polls).
     The result is read into ``sink`` (default: memory, capped; see ``aiops.inference.client.synchronous``).
 
     A failure object raises AiopsError with its message; ``timeout`` seconds (by ``clock``) without
     either raises AiopsError naming the output location, where the result may still land later.
     """
-    from aiops import aws
     from aiops.inference.client.synchronous import MemoryBody
+
+    from aiops import aws
 
     sink = MemoryBody() if sink is None else sink
     deadline = clock() + timeout
@@ -111,22 +123,35 @@ def wait_for_result(s3: Any, output_location: str, failure_location: str | None,
             return found[0], found[1], polls
         if failed is not None:
             message = " ".join(failed[0][:500].decode("utf-8", "replace").split()) or "(empty failure object)"
-            raise AiopsError(f"the asynchronous request failed: {message} (failure object {failure_location})")
+            raise AiopsError(
+                f"the asynchronous request failed: {message} (failure object {failure_location})"
+            )
         left = deadline - clock()
         if left <= 0:
             raise AiopsError(
                 f"no result after {timeout:g} s at {output_location} (an endpoint scaled to 0 starts an instance "
                 "first, which takes minutes): wait longer with --timeout, or read it later with "
-                f"'aws s3 cp {output_location} -'")
+                f"'aws s3 cp {output_location} -'"
+            )
         sleep(min(wait, left))
         wait = min(wait * 1.5, longest)
 
 
-def invoke_endpoint_async(name: str, body: bytes, *, content_type: str, accept: str | None = None,
-                          custom_attributes: str | None = None, bucket: str, kms_key_arn: str | None,
-                          region: str | None = None, timeout: float = 600.0,
-                          sleep: Callable[[float], None] = time.sleep,
-                          clock: Callable[[], float] = time.monotonic, sink: Any = None) -> AsyncAnswer:
+def invoke_endpoint_async(
+    name: str,
+    body: bytes,
+    *,
+    content_type: str,
+    accept: str | None = None,
+    custom_attributes: str | None = None,
+    bucket: str,
+    kms_key_arn: str | None,
+    region: str | None = None,
+    timeout: float = 600.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    sink: Any = None,
+) -> AsyncAnswer:
     """Check the endpoint is asynchronous, upload the input, InvokeEndpointAsync, wait for the result."""
     from aiops import aws
     from aiops.s3objects import upload_once
@@ -146,7 +171,16 @@ def invoke_endpoint_async(name: str, body: bytes, *, content_type: str, accept: 
     with aws.translate_errors(f"invoking endpoint {name} asynchronously"):
         queued = aws.client("sagemaker-runtime", region).invoke_endpoint_async(**kwargs)
     output, failure = queued["OutputLocation"], queued.get("FailureLocation")
-    data, ctype, polls = wait_for_result(s3, output, failure, timeout=timeout, sleep=sleep, clock=clock,
-                                         sink=sink)
-    return AsyncAnswer(queued.get("InferenceId", ""), input_location, output, failure, ctype, data,
-                       (clock() - start) * 1000, polls)
+    data, ctype, polls = wait_for_result(
+        s3, output, failure, timeout=timeout, sleep=sleep, clock=clock, sink=sink
+    )
+    return AsyncAnswer(
+        queued.get("InferenceId", ""),
+        input_location,
+        output,
+        failure,
+        ctype,
+        data,
+        (clock() - start) * 1000,
+        polls,
+    )

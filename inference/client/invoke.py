@@ -28,10 +28,14 @@ class Target:
             raise UsageError("give --url or --endpoint, not both")
         if (self.asynchronous or self.inference_component) and not self.endpoint:
             flag = "--async" if self.asynchronous else "--inference-component"
-            raise UsageError(f"{flag} needs --endpoint NAME (a deployed endpoint); a local server answers "
-                             "/invocations directly")
+            raise UsageError(
+                f"{flag} needs --endpoint NAME (a deployed endpoint); a local server answers "
+                "/invocations directly"
+            )
         if self.asynchronous and stream:
-            raise UsageError("give --async or --stream, not both (an asynchronous result is read from S3 whole)")
+            raise UsageError(
+                "give --async or --stream, not both (an asynchronous result is read from S3 whole)"
+            )
 
 
 @dataclass(frozen=True)
@@ -42,20 +46,34 @@ class Answer:
     size: int = 0  # bytes of the body
 
 
-def send(target: Target, body: bytes, *, content_type: str, accept: str | None = None,
-         api_key: str | None = None, sink=None) -> Answer:
+def send(
+    target: Target,
+    body: bytes,
+    *,
+    content_type: str,
+    accept: str | None = None,
+    api_key: str | None = None,
+    sink=None,
+) -> Answer:
     """Send ``body`` to ``target`` and return the answer; a non-2xx answer is an AiopsError.
     The answer's body is read into ``sink`` (``synchronous.MemoryBody`` or ``synchronous.FileBody``; default:
     memory, capped at ``synchronous.DEFAULT_MAX_RESPONSE_MB``)."""
     from aiops.inference.client import synchronous as client
+
     from aiops.settings import get_settings
 
     target.check()
     sink = client.MemoryBody() if sink is None else sink
     settings = get_settings()
     if not target.endpoint:
-        result = client.invoke_url(target.url or settings.serve.url, body, content_type=content_type,
-                                   accept=accept, api_key=api_key, sink=sink)
+        result = client.invoke_url(
+            target.url or settings.serve.url,
+            body,
+            content_type=content_type,
+            accept=accept,
+            api_key=api_key,
+            sink=sink,
+        )
         return _synchronous(result)
 
     from aiops.stack import current_outputs, endpoint_region
@@ -66,17 +84,36 @@ def send(target: Target, body: bytes, *, content_type: str, accept: str | None =
         from aiops.inference.client import asynchronous as async_client
 
         outputs.require("bucket", needed_for="aiops invoke --async (the request is uploaded to its bucket)")
-        answer = async_client.invoke_endpoint_async(target.endpoint, body, content_type=content_type, accept=accept,
-                                                    bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn,
-                                                    region=region, timeout=target.timeout, sink=sink)
+        answer = async_client.invoke_endpoint_async(
+            target.endpoint,
+            body,
+            content_type=content_type,
+            accept=accept,
+            bucket=outputs.bucket,
+            kms_key_arn=outputs.kms_key_arn,
+            region=region,
+            timeout=target.timeout,
+            sink=sink,
+        )
         polls = f"{answer.polls} poll{'s' if answer.polls != 1 else ''}"
-        return Answer(answer.body, answer.content_type, f"async {answer.inference_id}: {answer.output_location} "
-                      f"in {answer.latency_ms:.0f} ms ({polls})", sink.size)
+        return Answer(
+            answer.body,
+            answer.content_type,
+            f"async {answer.inference_id}: {answer.output_location} in {answer.latency_ms:.0f} ms ({polls})",
+            sink.size,
+        )
     component = target.inference_component
     if component is None and target.endpoint == outputs.endpoint_name:
         component = outputs.inference_component_name  # the stack's endpoint routes to its component
-    result = client.invoke_endpoint(target.endpoint, body, content_type=content_type, accept=accept, region=region,
-                                    inference_component=component, sink=sink)
+    result = client.invoke_endpoint(
+        target.endpoint,
+        body,
+        content_type=content_type,
+        accept=accept,
+        region=region,
+        inference_component=component,
+        sink=sink,
+    )
     return _synchronous(result)
 
 
@@ -85,5 +122,9 @@ def _synchronous(result) -> Answer:
 
     if not result.ok:
         raise AiopsError(client.error_message(result))
-    return Answer(result.body, result.content_type,
-                  f"HTTP {result.status} {result.content_type} in {result.latency_ms:.2f} ms", result.size)
+    return Answer(
+        result.body,
+        result.content_type,
+        f"HTTP {result.status} {result.content_type} in {result.latency_ms:.2f} ms",
+        result.size,
+    )

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import http.client
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+
+from aiops.inference.client.synchronous import READ_SIZE, connect, endpoint_request, read_error_body
 
 from aiops.errors import AiopsError
-from aiops.inference.client.synchronous import READ_SIZE, connect, endpoint_request, read_error_body
 
 OnChunk = Callable[[bytes], None]
 
@@ -50,19 +51,34 @@ class StreamResult:
         return line + f"; total {self.total_ms:.1f} ms"
 
 
-def stream_url(url: str, body: bytes, *, content_type: str, accept: str | None = None,
-               api_key: str | None = None, custom_attributes: str | None = None, timeout: float = 70.0,
-               on_chunk: OnChunk | None = None) -> StreamResult:
+def stream_url(
+    url: str,
+    body: bytes,
+    *,
+    content_type: str,
+    accept: str | None = None,
+    api_key: str | None = None,
+    custom_attributes: str | None = None,
+    timeout: float = 70.0,
+    on_chunk: OnChunk | None = None,
+) -> StreamResult:
     """POST ``body`` to a local server's /invocations and hand each chunk to ``on_chunk``."""
-    conn, path, headers = connect(url, content_type=content_type, accept=accept, api_key=api_key,
-                                  custom_attributes=custom_attributes, timeout=timeout)
+    conn, path, headers = connect(
+        url,
+        content_type=content_type,
+        accept=accept,
+        api_key=api_key,
+        custom_attributes=custom_attributes,
+        timeout=timeout,
+    )
     start = time.perf_counter()
     result = None
     try:
         conn.request("POST", path, body=body, headers=headers)
         resp = conn.getresponse()
-        result = StreamResult(resp.status, resp.getheader("Content-Type"),
-                              headers={k.lower(): v for k, v in resp.getheaders()})
+        result = StreamResult(
+            resp.status, resp.getheader("Content-Type"), headers={k.lower(): v for k, v in resp.getheaders()}
+        )
         if resp.status != 200:
             result.body = read_error_body(resp.read)
         else:
@@ -74,8 +90,10 @@ def stream_url(url: str, body: bytes, *, content_type: str, accept: str | None =
                     break
                 _count(result, chunk, start, on_chunk)
     except http.client.IncompleteRead:
-        raise AiopsError(f"the stream from {url} broke after {result.chunks} chunks ({result.bytes} bytes); "
-                         "the handler failed mid-stream, see the server log") from None
+        raise AiopsError(
+            f"the stream from {url} broke after {result.chunks} chunks ({result.bytes} bytes); "
+            "the handler failed mid-stream, see the server log"
+        ) from None
     except (OSError, http.client.HTTPException) as err:
         raise AiopsError(f"cannot reach {url}: {err}") from None
     finally:
@@ -93,17 +111,26 @@ def _count(result: StreamResult, chunk: bytes, start: float, on_chunk: OnChunk |
         on_chunk(chunk)
 
 
-def stream_endpoint(name: str, body: bytes, *, content_type: str, accept: str | None = None,
-                    custom_attributes: str | None = None, region: str | None = None,
-                    on_chunk: OnChunk | None = None) -> StreamResult:
+def stream_endpoint(
+    name: str,
+    body: bytes,
+    *,
+    content_type: str,
+    accept: str | None = None,
+    custom_attributes: str | None = None,
+    region: str | None = None,
+    on_chunk: OnChunk | None = None,
+) -> StreamResult:
     """InvokeEndpointWithResponseStream through boto3 ``sagemaker-runtime`` (standard retries)."""
     from aiops import aws
 
     client = aws.client("sagemaker-runtime", region)
-    kwargs = endpoint_request(name, body, content_type=content_type, accept=accept,
-                              custom_attributes=custom_attributes)
+    kwargs = endpoint_request(
+        name, body, content_type=content_type, accept=accept, custom_attributes=custom_attributes
+    )
     start = time.perf_counter()
     result = StreamResult(200, None)
+
     def action() -> str:
         return f"streaming from endpoint {name}" + (f" after {result.chunks} chunks" if result.chunks else "")
 

@@ -14,14 +14,18 @@ import os
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from aiops.errors import AiopsError, UsageError
 
-_BY_SUFFIX = {".json": "application/json", ".csv": "text/csv", ".npy": "application/x-npy",
-              ".npz": "application/x-npz"}
+_BY_SUFFIX = {
+    ".json": "application/json",
+    ".csv": "text/csv",
+    ".npy": "application/x-npy",
+    ".npz": "application/x-npz",
+}
 
 MIB = 1 << 20
 DEFAULT_MAX_RESPONSE_MB = 64  # a body held in memory (printed); --output streams to disk instead
@@ -39,8 +43,10 @@ class BodySink:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.limit is not None and self.size > self.limit:
-            raise UsageError(f"the response body is larger than {_mb(self.limit)} (--max-response-mb); "
-                             f"nothing was kept. {self.too_large_hint}")
+            raise UsageError(
+                f"the response body is larger than {_mb(self.limit)} (--max-response-mb); "
+                f"nothing was kept. {self.too_large_hint}"
+            )
         self._write(data)
 
     too_large_hint = "Save it with --output FILE, or raise --max-response-mb."
@@ -56,7 +62,7 @@ class BodySink:
         """What is held in memory (b"" for a file)."""
         return b""
 
-    def __enter__(self) -> "BodySink":
+    def __enter__(self) -> BodySink:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -83,8 +89,12 @@ class MemoryBody(BodySink):
 class PassBody(BodySink):
     """The body handed on as it arrives (a stream printed chunk by chunk): counted, never held."""
 
-    def __init__(self, write: Callable[[bytes], object], limit: int | None = None,
-                 flush: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self,
+        write: Callable[[bytes], object],
+        limit: int | None = None,
+        flush: Callable[[], object] | None = None,
+    ) -> None:
         super().__init__(limit)
         self._pass, self._flush = write, flush
 
@@ -179,7 +189,7 @@ def _looks_like_a_path(data: str) -> bool:
     """A file name rather than inline data: one word that ends in a payload suffix or starts like a
     path (`missing.json`, `./x`, `~/x`, `/x`), and does not start like JSON."""
     text = data.strip()
-    if not text or len(text) > 1024 or any(c.isspace() for c in text) or text[0] in "[{\"":
+    if not text or len(text) > 1024 or any(c.isspace() for c in text) or text[0] in '[{"':
         return False
     suffix = Path(text).suffix.lower()
     return suffix in _BY_SUFFIX or suffix in (".txt", ".bin") or text.startswith(("./", "../", "~/", "/"))
@@ -207,9 +217,15 @@ def load_payload(data: str, content_type: str | None) -> tuple[bytes, str]:
     return data.encode("utf-8"), ctype
 
 
-def connect(url: str, *, content_type: str, accept: str | None = None, api_key: str | None = None,
-            custom_attributes: str | None = None, timeout: float = 70.0
-            ) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+def connect(
+    url: str,
+    *,
+    content_type: str,
+    accept: str | None = None,
+    api_key: str | None = None,
+    custom_attributes: str | None = None,
+    timeout: float = 70.0,
+) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
     """The connection, the /invocations path and the headers of one request to a local server
     (plain and streamed invocations build it the same way)."""
     from aiops.settings import check_api_key
@@ -237,14 +253,28 @@ def connect(url: str, *, content_type: str, accept: str | None = None, api_key: 
     return conn, path, headers
 
 
-def invoke_url(url: str, body: bytes, *, content_type: str, accept: str | None = None,
-               api_key: str | None = None, custom_attributes: str | None = None,
-               timeout: float = 70.0, sink: BodySink | None = None) -> InvokeResult:
+def invoke_url(
+    url: str,
+    body: bytes,
+    *,
+    content_type: str,
+    accept: str | None = None,
+    api_key: str | None = None,
+    custom_attributes: str | None = None,
+    timeout: float = 70.0,
+    sink: BodySink | None = None,
+) -> InvokeResult:
     """POST ``body``; a 2xx answer's body goes into ``sink`` (default: memory, capped), an error's
     start is kept for its one line."""
     sink = MemoryBody() if sink is None else sink
-    conn, path, headers = connect(url, content_type=content_type, accept=accept, api_key=api_key,
-                                  custom_attributes=custom_attributes, timeout=timeout)
+    conn, path, headers = connect(
+        url,
+        content_type=content_type,
+        accept=accept,
+        api_key=api_key,
+        custom_attributes=custom_attributes,
+        timeout=timeout,
+    )
     try:
         start = time.perf_counter()
         conn.request("POST", path, body=body, headers=headers)
@@ -260,12 +290,25 @@ def invoke_url(url: str, body: bytes, *, content_type: str, accept: str | None =
         raise AiopsError(f"cannot reach {url}: {err}") from None
     finally:
         conn.close()
-    return InvokeResult(resp.status, resp.getheader("Content-Type"), data, latency,
-                        {k.lower(): v for k, v in resp.getheaders()}, size)
+    return InvokeResult(
+        resp.status,
+        resp.getheader("Content-Type"),
+        data,
+        latency,
+        {k.lower(): v for k, v in resp.getheaders()},
+        size,
+    )
 
 
-def endpoint_request(name: str, body: bytes, *, content_type: str, accept: str | None = None,
-                     custom_attributes: str | None = None, inference_component: str | None = None) -> dict:
+def endpoint_request(
+    name: str,
+    body: bytes,
+    *,
+    content_type: str,
+    accept: str | None = None,
+    custom_attributes: str | None = None,
+    inference_component: str | None = None,
+) -> dict:
     """The sagemaker-runtime request of InvokeEndpoint and InvokeEndpointWithResponseStream: the
     optional fields only when given."""
     kwargs = {"EndpointName": name, "Body": body, "ContentType": content_type}
@@ -278,9 +321,17 @@ def endpoint_request(name: str, body: bytes, *, content_type: str, accept: str |
     return kwargs
 
 
-def invoke_endpoint(name: str, body: bytes, *, content_type: str, accept: str | None = None,
-                    custom_attributes: str | None = None, region: str | None = None,
-                    inference_component: str | None = None, sink: BodySink | None = None) -> InvokeResult:
+def invoke_endpoint(
+    name: str,
+    body: bytes,
+    *,
+    content_type: str,
+    accept: str | None = None,
+    custom_attributes: str | None = None,
+    region: str | None = None,
+    inference_component: str | None = None,
+    sink: BodySink | None = None,
+) -> InvokeResult:
     """One InvokeEndpoint call through boto3 `sagemaker-runtime` (standard retries);
     ``inference_component``: the ``InferenceComponentName`` an endpoint of inference components
     routes the request by. The body is read into ``sink`` (default: memory, capped)."""
@@ -288,8 +339,14 @@ def invoke_endpoint(name: str, body: bytes, *, content_type: str, accept: str | 
 
     sink = MemoryBody() if sink is None else sink
     client = aws.client("sagemaker-runtime", region)
-    kwargs = endpoint_request(name, body, content_type=content_type, accept=accept,
-                              custom_attributes=custom_attributes, inference_component=inference_component)
+    kwargs = endpoint_request(
+        name,
+        body,
+        content_type=content_type,
+        accept=accept,
+        custom_attributes=custom_attributes,
+        inference_component=inference_component,
+    )
     with aws.translate_errors(f"invoking endpoint {name}"):  # one line that says what to do
         start = time.perf_counter()
         resp = client.invoke_endpoint(**kwargs)

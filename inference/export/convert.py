@@ -89,18 +89,26 @@ def to_torchscript(model: Any, example: Any, quantize: str | None) -> tuple[Any,
         eager = copy.deepcopy(model).cpu().eval()
         with quiet():
             eager = torch.ao.quantization.quantize_dynamic(eager, dtype=torch.qint8)
-        layers = sum(1 for m in eager.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic"))
+        layers = sum(
+            1 for m in eager.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")
+        )
     eager.eval()
     try:
         with quiet():
-            return torch.jit.script(eager), "torch.jit.script" + (", eager dynamic int8" if quantize else ""), layers
+            return (
+                torch.jit.script(eager),
+                "torch.jit.script" + (", eager dynamic int8" if quantize else ""),
+                layers,
+            )
     except Exception as script_err:  # noqa: BLE001 - fall back to tracing
         try:
             with quiet(), torch.no_grad():
                 traced = torch.jit.trace(eager, example, check_trace=False)
         except Exception as err:  # noqa: BLE001
-            raise UsageError(f"cannot export the model to TorchScript: torch.jit.script failed "
-                             f"({first_line(script_err)}) and torch.jit.trace failed ({first_line(err)})") from None
+            raise UsageError(
+                f"cannot export the model to TorchScript: torch.jit.script failed "
+                f"({first_line(script_err)}) and torch.jit.trace failed ({first_line(err)})"
+            ) from None
         return traced, "torch.jit.trace" + (", eager dynamic int8" if quantize else ""), layers
 
 
@@ -131,9 +139,16 @@ def to_onnx(model: Any, example: Any, path: Path, quantize: str | None) -> tuple
             n_out = len(tensors(out))
             names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
             torch.onnx.export(
-                model, (example,), str(fp32), dynamo=False, opset_version=ONNX_OPSET, input_names=["input"],
-                output_names=names, dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
-                do_constant_folding=True, external_data=False,
+                model,
+                (example,),
+                str(fp32),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["input"],
+                output_names=names,
+                dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
+                do_constant_folding=True,
+                external_data=False,
             )
     except UsageError:
         raise
@@ -148,14 +163,17 @@ def to_onnx(model: Any, example: Any, path: Path, quantize: str | None) -> tuple
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with quiet():
-        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=list(ONNX_INT8_OPS))
+        quantize_dynamic(
+            str(fp32), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=list(ONNX_INT8_OPS)
+        )
     fp32.unlink()
     layers = sum(1 for n in onnx.load(str(path)).graph.node if n.op_type in ("MatMulInteger", "ConvInteger"))
     return how + ", onnxruntime quantize_dynamic (QInt8 weights, MatMul/Gemm)", layers
 
 
-def convert(model: Any, example: Any, fmt: str, quantize: str | None, staging: Path) -> tuple[Path, Any, str, int]:
+def convert(
+    model: Any, example: Any, fmt: str, quantize: str | None, staging: Path
+) -> tuple[Path, Any, str, int]:
     """Write the converted model into ``staging``: ``(model file, script module or None, how, quantized
     layers)``. A usage error when int8 was asked for and found nothing to quantize."""
     module = None
@@ -171,6 +189,8 @@ def convert(model: Any, example: Any, fmt: str, quantize: str | None, staging: P
         how, layers = to_onnx(model, example, model_file, quantize)
     if quantize and layers == 0:
         covered = TORCH_INT8_MODULES if fmt == "torchscript" else ONNX_INT8_OPS
-        raise UsageError(f"dynamic int8 found nothing to quantize in this model (it covers "
-                         f"{', '.join(covered)}; convolutions are not quantized)")
+        raise UsageError(
+            f"dynamic int8 found nothing to quantize in this model (it covers "
+            f"{', '.join(covered)}; convolutions are not quantized)"
+        )
     return model_file, module, how, layers

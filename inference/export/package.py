@@ -9,10 +9,11 @@ import os
 import shutil
 from pathlib import Path
 
-from aiops.errors import UsageError
-from aiops.inference.export import templates
 from aiops.inference.artifacts import CODE_DIR, ModelSource, package_model
+from aiops.inference.export import templates
 from aiops.inference.handler import DEFAULT_PROGRAM
+
+from aiops.errors import UsageError
 from aiops.runs import RunStore, read_record
 
 #: files that hold weights: left out of the exported artifact (its model.pt / model.onnx replaces them)
@@ -72,8 +73,12 @@ def _stage_code(source: ModelSource, script: Path | None, code: Path) -> None:
     code.mkdir(parents=True, exist_ok=True)
     inside = source.code_dir.resolve() == (source.model_dir / CODE_DIR).resolve()
     if inside:
-        shutil.copytree(source.code_dir, code, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
+        shutil.copytree(
+            source.code_dir,
+            code,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"),
+        )
         return
     for name in {script.name if script else DEFAULT_PROGRAM, "requirements.txt"}:
         if (source.code_dir / name).is_file():
@@ -105,8 +110,16 @@ def code_modes(fmt: str, quantize: str | None) -> list[str]:
     return (["kept"] if fmt == "torchscript" and not quantize else []) + ["generated"]
 
 
-def build_artifact(work: Path, staging: Path, source: ModelSource, script: Path | None, program: str,
-                   mode: str, fmt: str, quantize: str | None) -> Path:
+def build_artifact(
+    work: Path,
+    staging: Path,
+    source: ModelSource,
+    script: Path | None,
+    program: str,
+    mode: str,
+    fmt: str,
+    quantize: str | None,
+) -> Path:
     """``work/<mode>.tar.gz``: the staged model folder plus the code/ of that mode."""
     stage = work / f"stage-{mode}"
     shutil.copytree(staging, stage)
@@ -149,7 +162,9 @@ def before_artifact_bytes(source: ModelSource, inputs: list[Path], work: Path) -
 
 def weight_bytes(model_dir: Path) -> int:
     """The bytes of the weight files directly in a model folder."""
-    return sum(p.stat().st_size for p in model_dir.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file())
+    return sum(
+        p.stat().st_size for p in model_dir.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file()
+    )
 
 
 def sha256(path: Path) -> str:

@@ -21,15 +21,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiops.errors import AiopsError, UsageError
-from aiops.extras import check_extra
-from aiops.inference.export import package
-from aiops.inference.export import verify
 from aiops.inference.artifacts import ModelSource, resolve_model
+from aiops.inference.export import package, verify
 from aiops.inference.export.convert import FORMATS, QUANTIZE, convert, quiet
 from aiops.inference.export.package import default_out
 from aiops.inference.export.samples import check_sample_path, load_sample, resolve_sample
 from aiops.inference.handler import DEFAULT_PROGRAM, Handler, find_script
+
+from aiops.errors import AiopsError, UsageError
+from aiops.extras import check_extra
 
 __all__ = ["ExportFailed", "ExportOptions", "default_out", "export_model", "validate"]
 
@@ -103,14 +103,24 @@ def export_model(opts: ExportOptions) -> dict:
         staging = work / "model"
         staging.mkdir()
         package.stage_files(source, staging)
-        model_file, module, how, layers = convert(original, x[: min(len(x), 2)], opts.format, opts.quantize,
-                                                  staging)
+        model_file, module, how, layers = convert(
+            original, x[: min(len(x), 2)], opts.format, opts.quantize, staging
+        )
 
         def build(mode: str) -> Path:
-            return package.build_artifact(work, staging, source, script, program, mode, opts.format, opts.quantize)
+            return package.build_artifact(
+                work, staging, source, script, program, mode, opts.format, opts.quantize
+            )
 
-        chosen = verify.choose_artifact(package.code_modes(opts.format, opts.quantize), build, program, module,
-                                        original_handler, x, loaded)
+        chosen = verify.choose_artifact(
+            package.code_modes(opts.format, opts.quantize),
+            build,
+            program,
+            module,
+            original_handler,
+            x,
+            loaded,
+        )
         diff, agreement = verify.compare(ref, chosen.got)
         diff1, agreement1 = verify.compare(ref1, chosen.got1)
         diff = max(diff, diff1)
@@ -123,17 +133,23 @@ def export_model(opts: ExportOptions) -> dict:
             "quantized_layers": layers,
             "code": chosen.mode,
             "program": program,
-            "sample": {"path": str(sample_path), "shape": list(x_np.shape), "dtype": str(x_np.dtype),
-                       "labels": labels is not None},
+            "sample": {
+                "path": str(sample_path),
+                "shape": list(x_np.shape),
+                "dtype": str(x_np.dtype),
+                "labels": labels is not None,
+            },
             "max_abs_diff": diff,
             "top1_agreement": agreement,
             "top1_agreement_batch_1": agreement1,
             "accuracy": verify.accuracy(ref, chosen.got, labels),
             "tolerance": {"max_abs_diff": max_diff, "min_agreement": min_agree},
-            "size_bytes": {"artifact_before": package.before_artifact_bytes(source, inputs, work),
-                           "artifact_after": chosen.tar.stat().st_size,
-                           "model_file_before": package.weight_bytes(source.model_dir),
-                           "model_file_after": model_file.stat().st_size},
+            "size_bytes": {
+                "artifact_before": package.before_artifact_bytes(source, inputs, work),
+                "artifact_after": chosen.tar.stat().st_size,
+                "model_file_before": package.weight_bytes(source.model_dir),
+                "model_file_after": model_file.stat().st_size,
+            },
             "latency_ms": verify.latency(original, chosen.exported, x, opts.timing_seconds),
             "torch_threads": torch.get_num_threads(),
         }
@@ -141,8 +157,11 @@ def export_model(opts: ExportOptions) -> dict:
         summary["passed"] = not problems
         if problems:
             summary["out"] = None
-            raise ExportFailed(f"export outside tolerance: {'; '.join(problems)} (on {len(x)} sample rows; nothing "
-                               f"written to {out}; loosen with --max-abs-diff / --min-agreement)", summary)
+            raise ExportFailed(
+                f"export outside tolerance: {'; '.join(problems)} (on {len(x)} sample rows; nothing "
+                f"written to {out}; loosen with --max-abs-diff / --min-agreement)",
+                summary,
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(chosen.tar, out)
         summary["sha256"] = package.sha256(out)

@@ -67,8 +67,10 @@ def load_sample(path: Path) -> tuple[Any, Any]:
     if x.dtype == np.float64:
         x = x.astype(np.float32)
     if x.ndim == 0 or x.shape[0] == 0:
-        raise UsageError(f"--sample {path}: needs a batch (at least one row along the first axis), got shape "
-                         f"{list(x.shape)}")
+        raise UsageError(
+            f"--sample {path}: needs a batch (at least one row along the first axis), got shape "
+            f"{list(x.shape)}"
+        )
     if labels is not None and (labels.ndim != 1 or len(labels) != len(x)):
         labels = None
     return x, labels
@@ -89,7 +91,10 @@ def resolve_sample(sample: Path | None, model: str, run_dir: Path | None) -> Pat
         return sample
     found = find_run_sample(run_dir) if run_dir is not None else None
     if found is None:
-        where = (f"run {model} has no .npy/.npz/.json/.csv file in its test channel"
-                 if run_dir is not None else f"{model} is not a local run with a test channel")
+        where = (
+            f"run {model} has no .npy/.npz/.json/.csv file in its test channel"
+            if run_dir is not None
+            else f"{model} is not a local run with a test channel"
+        )
         raise UsageError(f"no sample to verify the export with: {where}; give --sample FILE")
     return found

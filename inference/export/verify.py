@@ -14,22 +14,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiops.errors import AiopsError, UsageError
 from aiops.inference.artifacts import ModelSource, resolve_model
-from aiops.inference.export.convert import first_line, is_script, quiet, tensors
 from aiops.inference.contract import Context
+from aiops.inference.export.convert import first_line, is_script, quiet, tensors
 from aiops.inference.handler import Handler, find_script
+
+from aiops.errors import AiopsError, UsageError
 
 #: (max abs difference, min top-1 agreement); None = not checked (still reported)
 DEFAULT_TOLERANCES = {None: (1e-4, 0.999), "dynamic-int8": (None, 0.99)}
 
 
-def tolerances(quantize: str | None, max_abs_diff: float | None,
-               min_agreement: float | None) -> tuple[float | None, float]:
+def tolerances(
+    quantize: str | None, max_abs_diff: float | None, min_agreement: float | None
+) -> tuple[float | None, float]:
     """The given tolerances, else the defaults for fp32 or int8."""
     default_diff, default_agree = DEFAULT_TOLERANCES[quantize]
-    return (max_abs_diff if max_abs_diff is not None else default_diff,
-            min_agreement if min_agreement is not None else default_agree)
+    return (
+        max_abs_diff if max_abs_diff is not None else default_diff,
+        min_agreement if min_agreement is not None else default_agree,
+    )
 
 
 def run(model: Any, x: Any) -> list:
@@ -47,8 +51,10 @@ def reference(original: Any, x: Any, sample_path: Path, x_np: Any) -> tuple[list
     except UsageError:
         raise
     except Exception as err:  # noqa: BLE001 - the sample does not fit the model
-        raise UsageError(f"the sample {sample_path} (shape {list(x_np.shape)}, {x_np.dtype}) does not fit the "
-                         f"model: {first_line(err)}") from None
+        raise UsageError(
+            f"the sample {sample_path} (shape {list(x_np.shape)}, {x_np.dtype}) does not fit the "
+            f"model: {first_line(err)}"
+        ) from None
     return ref, run(original, x[:1])
 
 
@@ -86,8 +92,10 @@ def latency(original: Any, exported: Any, x: Any, seconds: float) -> dict:
     for label, batch in (("batch_1", x[:1]), (f"batch_{len(x)}", x)):
         if label in out:
             continue
-        out[label] = {"before_ms": round(median_ms(original, batch, seconds), 4),
-                      "after_ms": round(median_ms(exported, batch, seconds), 4)}
+        out[label] = {
+            "before_ms": round(median_ms(original, batch, seconds), 4),
+            "after_ms": round(median_ms(exported, batch, seconds), 4),
+        }
     return out
 
 
@@ -98,8 +106,10 @@ def accuracy(ref: list, got: list, labels: Any) -> dict | None:
     import torch
 
     lab = torch.from_numpy(labels.astype("int64"))
-    return {"before": float((ref[0].argmax(1) == lab).float().mean()),
-            "after": float((got[0].argmax(1) == lab).float().mean())}
+    return {
+        "before": float((ref[0].argmax(1) == lab).float().mean()),
+        "after": float((got[0].argmax(1) == lab).float().mean()),
+    }
 
 
 def problems(diff: float, agreement: float | None, max_diff: float | None, min_agree: float) -> list[str]:
@@ -145,8 +155,15 @@ class Verified:
     got1: list  # outputs on the first row
 
 
-def choose_artifact(modes: list[str], build: Callable[[str], Path], program: str, module: Any,
-                    original_handler: Handler, x: Any, loaded: list[ModelSource]) -> Verified:
+def choose_artifact(
+    modes: list[str],
+    build: Callable[[str], Path],
+    program: str,
+    module: Any,
+    original_handler: Handler,
+    x: Any,
+    loaded: list[ModelSource],
+) -> Verified:
     """The first code mode whose artifact loads as served and runs the sample; ``kept`` only when the
     original code serves exactly the exported model. Every loaded source is appended to ``loaded``
     (the caller cleans them up)."""
@@ -177,7 +194,9 @@ def choose_artifact(modes: list[str], build: Callable[[str], Path], program: str
             if not is_script(exported) or compare(direct, got)[0] != 0.0:
                 continue
         elif pred_err is not None and original_pred_err is None:
-            raise AiopsError(f"the exported artifact's predict_fn fails: {first_line(pred_err)} (the original "
-                             "predict_fn uses more of the model than calling it)")
+            raise AiopsError(
+                f"the exported artifact's predict_fn fails: {first_line(pred_err)} (the original "
+                "predict_fn uses more of the model than calling it)"
+            )
         return Verified(mode, tar, handler, exported, got, got1)
     raise AssertionError("the generated code mode always returns or raises")

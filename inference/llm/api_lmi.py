@@ -22,11 +22,10 @@ import uuid
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from aiops.inference.llm.api_tgi import describe
 from aiops.inference.llm.calls import ApiError, Call, ModelContext, Reply, dumps
 from aiops.inference.llm.generation import Event, Finished, GenerationRequest, LLMError, SamplingParams, Token
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 JSONLINES = "application/jsonlines"
 STATUS = {"validation": 400, "overloaded": 503, "generation": 424, "template_error": 400}

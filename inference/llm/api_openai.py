@@ -22,12 +22,11 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-
 from aiops.inference.llm import api_tgi
 from aiops.inference.llm.api_tgi import U32, U64, _Serde, error_reply, parse_model
 from aiops.inference.llm.calls import ApiError, Call, ModelContext, Reply, dumps, sse
 from aiops.inference.llm.generation import Event, Finished, GenerationRequest, LLMError, Token
+from pydantic import Field, model_validator
 
 
 class TextChunk(_Serde):

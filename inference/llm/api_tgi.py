@@ -24,8 +24,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from aiops.inference.llm.calls import ApiError, Call, ModelContext, Reply, dumps, sse
 from aiops.inference.llm.generation import (
     Event,
@@ -36,6 +34,7 @@ from aiops.inference.llm.generation import (
     Token,
     TokenEvent,
 )
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 U32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
 U64 = Annotated[int, Field(ge=0, le=2**64 - 1)]

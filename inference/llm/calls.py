@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
-
 from aiops.inference.errors import HttpError
 from aiops.inference.llm.chat_template import ChatTemplate
 from aiops.inference.llm.generation import Event, Finished, GenerationRequest, Limits, LLMError

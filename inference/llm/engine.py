@@ -33,9 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from aiops.errors import UsageError
-from aiops.extras import missing_modules, require_extra
 from aiops.inference.llm.generation import (
     Event,
     Finished,
@@ -48,6 +45,9 @@ from aiops.inference.llm.generation import (
     TokenEvent,
 )
 from aiops.inference.llm.scheduler import Scheduler
+
+from aiops.errors import UsageError
+from aiops.extras import missing_modules, require_extra
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 

@@ -38,6 +38,7 @@ from aiops.inference.serving.scheduling import PROMOTION_POLL_SECONDS, Placement
 from aiops.inference.serving.stream_sender import BUFFERED, EVENTS, stream_to
 from aiops.inference.serving.watchdog import Watchdog
 from aiops.inference.serving.work import Request, Rest, Streamed, request_id
+
 from aiops.settings import ServeSettings
 
 log = logging.getLogger("aiops.serve")
@@ -77,9 +78,11 @@ class App:
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.call_started: float | None = None  # set while a handler call runs (either thread)
-        self.policy = SchedulingPolicy.for_worker(batch_size=self.batch_size,
-                                                  max_batch_delay_ms=s.max_batch_delay_ms,
-                                                  inline_call_ms=s.inline_call_ms)
+        self.policy = SchedulingPolicy.for_worker(
+            batch_size=self.batch_size,
+            max_batch_delay_ms=s.max_batch_delay_ms,
+            inline_call_ms=s.inline_call_ms,
+        )
         self.solo: list[Request] = []  # requests placed SOLO, run by the loop after this poll
         self.solo_scheduled = False  # a loop callback for ``solo`` is scheduled
         self.pending: list[Request] = []  # requests placed INLINE, read and not yet run
@@ -102,8 +105,13 @@ class App:
                 oldest.close()
                 self.conns.discard(oldest)
             else:
-                conn.fail(503, f"this worker has {self.max_connections} open connections (max_connections)",
-                          extra=[RETRY_AFTER], close=True, etype="ServiceUnavailable")
+                conn.fail(
+                    503,
+                    f"this worker has {self.max_connections} open connections (max_connections)",
+                    extra=[RETRY_AFTER],
+                    close=True,
+                    etype="ServiceUnavailable",
+                )
                 return
         self.conns.add(conn)
 
@@ -124,9 +132,14 @@ class App:
             conn.write_and_finish(answer, not keep)
             return
         if len(self.inflight) >= self.max_queue:
-            conn.fail(503, f"the model server is overloaded: this worker has {self.max_queue} requests "
-                           "waiting (max_queue); retry shortly",
-                      extra=[RETRY_AFTER], close=not keep, etype="ServiceUnavailable")
+            conn.fail(
+                503,
+                f"the model server is overloaded: this worker has {self.max_queue} requests "
+                "waiting (max_queue); retry shortly",
+                extra=[RETRY_AFTER],
+                close=not keep,
+                etype="ServiceUnavailable",
+            )
             return
         body = conn.body[0] if len(conn.body) == 1 else b"".join(conn.body)
         conn.body = []
@@ -357,8 +370,9 @@ class App:
                     conn.close()  # idle keep-alive (or never started): close quietly
                 else:
                     what = "headers" if conn.state == HEADERS else "body"
-                    conn.fail(408, f"the request {what} did not arrive in time "
-                                   f"({what}_timeout_seconds)", close=True)
+                    conn.fail(
+                        408, f"the request {what} did not arrive in time ({what}_timeout_seconds)", close=True
+                    )
                 self.conns.discard(conn)
         late = []
         with self.lock:

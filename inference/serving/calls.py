@@ -9,8 +9,8 @@ import threading
 from collections.abc import Callable
 
 from aiops.inference import streaming
-from aiops.inference.serving.stream_sender import ChunkStream
 from aiops.inference.contract import Context, InferenceHandler
+from aiops.inference.serving.stream_sender import ChunkStream
 from aiops.inference.serving.work import Request, Streamed
 
 
@@ -23,10 +23,14 @@ class HandlerCalls:
         self.model_dir = model_dir
 
     def context(self, req: Request) -> Context:
-        return Context(model_dir=self.model_dir, request_id=req.inference_id or req.rid,
-                       content_type=req.ctype, accept=req.accept,
-                       custom_attributes=req.attrs.decode("latin-1") if req.attrs is not None else None,
-                       headers=None)
+        return Context(
+            model_dir=self.model_dir,
+            request_id=req.inference_id or req.rid,
+            content_type=req.ctype,
+            accept=req.accept,
+            custom_attributes=req.attrs.decode("latin-1") if req.attrs is not None else None,
+            headers=None,
+        )
 
     def one(self, req: Request):
         try:

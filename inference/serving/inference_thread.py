@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from aiops.inference.serving.calls import off_cpu_since, runqueue_wait
 from aiops.inference.serving.http.responses import SMALL_ANSWER, small_answer
-from aiops.inference.serving.work import STOP, Request, Rest
 from aiops.inference.serving.stream_sender import EVENTS
+from aiops.inference.serving.work import STOP, Request, Rest
 
 if TYPE_CHECKING:
     from aiops.inference.serving.app import App
@@ -43,8 +43,10 @@ class InferenceThread:
         try:
             self._loop()
         except BaseException:  # noqa: BLE001 - our own bug, not a handler's: this worker cannot serve
-            log.critical("the inference thread failed; this worker exits and the supervisor starts a new "
-                         "one\n%s", traceback.format_exc().rstrip())
+            log.critical(
+                "the inference thread failed; this worker exits and the supervisor starts a new one\n%s",
+                traceback.format_exc().rstrip(),
+            )
             sys.stderr.flush()
             os._exit(EXIT_INFERENCE_DIED)
 
@@ -89,8 +91,15 @@ class InferenceThread:
         lock, inflight, variant = app.lock, app.inflight, app.variant
         for req, result in zip(reqs, results):
             conn = req.conn
-            if (type(result) is not tuple or not req.keep_alive or app.draining or req.mode == EVENTS
-                    or conn.wfd < 0 or conn.backlog or len(result[0]) > SMALL_ANSWER):
+            if (
+                type(result) is not tuple
+                or not req.keep_alive
+                or app.draining
+                or req.mode == EVENTS
+                or conn.wfd < 0
+                or conn.backlog
+                or len(result[0]) > SMALL_ANSWER
+            ):
                 left_reqs.append(req)
                 left_results.append(result)
                 continue

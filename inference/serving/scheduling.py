@@ -52,8 +52,14 @@ class Placement(enum.Enum):
 class SchedulingPolicy:
     """The decisions of one worker: placement of each request, batch closing, inline promotion."""
 
-    def __init__(self, *, batch_size: int = 1, max_delay_s: float = 0.0, inline_budget_s: float = 0.0,
-                 full_inline: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        batch_size: int = 1,
+        max_delay_s: float = 0.0,
+        inline_budget_s: float = 0.0,
+        full_inline: bool = False,
+    ) -> None:
         self.batch_size = max(1, batch_size)
         self.max_delay = max_delay_s
         self.inline_budget = inline_budget_s
@@ -68,15 +74,20 @@ class SchedulingPolicy:
         self.seen = 0  # requests pending on the loop at its last look (a batch closes once arrivals pause)
 
     @classmethod
-    def for_worker(cls, *, batch_size: int, max_batch_delay_ms: float,
-                   inline_call_ms: float | None) -> SchedulingPolicy:
+    def for_worker(
+        cls, *, batch_size: int, max_batch_delay_ms: float, inline_call_ms: float | None
+    ) -> SchedulingPolicy:
         """The policy of a worker from its settings. Full inline mode is for batched workers or when
         ``inline_call_ms`` is set: an unbatched worker by default keeps its thread under load (its
         forward, which releases the GIL, overlaps the loop's reads) and runs only lone requests on
         the loop."""
         budget = (inline_call_ms if inline_call_ms is not None else DEFAULT_INLINE_CALL_MS) / 1000.0
-        return cls(batch_size=batch_size, max_delay_s=max_batch_delay_ms / 1000.0, inline_budget_s=budget,
-                   full_inline=batch_size > 1 or inline_call_ms is not None)
+        return cls(
+            batch_size=batch_size,
+            max_delay_s=max_batch_delay_ms / 1000.0,
+            inline_budget_s=budget,
+            full_inline=batch_size > 1 or inline_call_ms is not None,
+        )
 
     # ---- state the worker reads
     @property
@@ -129,8 +140,10 @@ class SchedulingPolicy:
             self.promoting = False
             self.inline = self.calls_fast  # unless a slow call came meanwhile
             if self.inline:
-                log.info("handler calls take under %g ms: the event loop runs them (inline mode)",
-                         self.inline_budget * 1000)
+                log.info(
+                    "handler calls take under %g ms: the event loop runs them (inline mode)",
+                    self.inline_budget * 1000,
+                )
         return Placement.INLINE if self.inline else Placement.THREAD
 
     # ---- batches
@@ -138,8 +151,13 @@ class SchedulingPolicy:
         """Loop batching: run the ``pending`` requests now (True), or take one more non-blocking
         look at the sockets first (False) because arrivals are still growing within the delay.
         Never waits when the batch is full or every open connection has its request pending."""
-        if (pending < self.batch_size and pending < open_connections and self.max_delay > 0
-                and pending > self.seen and now < first_arrival + self.max_delay):
+        if (
+            pending < self.batch_size
+            and pending < open_connections
+            and self.max_delay > 0
+            and pending > self.seen
+            and now < first_arrival + self.max_delay
+        ):
             self.seen = pending
             return False
         self.seen = 0
@@ -157,8 +175,9 @@ class SchedulingPolicy:
         return min(STRAGGLER_POLL_SECONDS, left)
 
     # ---- call times (the thread that ran the call)
-    def on_call_finished(self, seconds: float, *, solo: bool = False,
-                         off_cpu: Callable[[], float | None] | None = None) -> None:
+    def on_call_finished(
+        self, seconds: float, *, solo: bool = False, off_cpu: Callable[[], float | None] | None = None
+    ) -> None:
         """Count a handler call towards inline mode (within the budget) or out of it.
 
         ``off_cpu``: for a batch, how long its thread waited for a CPU during the call (None:
@@ -175,10 +194,17 @@ class SchedulingPolicy:
         self.fast_streak = 0
         if solo:  # a slow solo call: as many more fast calls before the next as after a demotion
             self.promote_after = min(self.promote_after * 4, INLINE_AFTER_MAX)
-            log.info("a handler call took %.0f ms (inline_call_ms=%g): lone requests go to the inference "
-                     "thread again", seconds * 1000, self.inline_budget * 1000)
+            log.info(
+                "a handler call took %.0f ms (inline_call_ms=%g): lone requests go to the inference "
+                "thread again",
+                seconds * 1000,
+                self.inline_budget * 1000,
+            )
         if self.inline:  # a slow call: /ping and the timeouts must not wait on the next one
             self.inline = False
             self.promote_after = min(self.promote_after * 4, INLINE_AFTER_MAX)
-            log.info("a handler call took %.0f ms (inline_call_ms=%g): back to the inference thread",
-                     seconds * 1000, self.inline_budget * 1000)
+            log.info(
+                "a handler call took %.0f ms (inline_call_ms=%g): back to the inference thread",
+                seconds * 1000,
+                self.inline_budget * 1000,
+            )

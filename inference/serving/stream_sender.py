@@ -91,8 +91,9 @@ class ChunkStream:
     nothing per chunk beyond taking it.
     """
 
-    def __init__(self, items: Iterable[Any], *, ahead: int = DEFAULT_AHEAD,
-                 name: str = "aiops-stream") -> None:
+    def __init__(
+        self, items: Iterable[Any], *, ahead: int = DEFAULT_AHEAD, name: str = "aiops-stream"
+    ) -> None:
         self._items = items
         self._space = threading.Semaphore(max(1, ahead))
         self._stop = threading.Event()
@@ -211,8 +212,9 @@ class ChunkStream:
             # one is sent before a thread that would compete for the GIL exists.
             self._producing = True
             if not self.closed.is_set() and not self._stop.is_set():
-                threading.Thread(target=self._produce, args=(self._iterator,), name=self._name,
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self._produce, args=(self._iterator,), name=self._name, daemon=True
+                ).start()
         while True:
             with self._lock:
                 if self._buffer:
@@ -327,8 +329,14 @@ def _where(err: BaseException) -> str:
     return f" at {os.path.basename(last.filename)}:{last.lineno}"
 
 
-async def stream_to(stream: ChunkStream, sink: Sink, *, mode: str = CHUNKED, request_id: str = "-",
-                    timeout_s: float | None = None) -> StreamOutcome:
+async def stream_to(
+    stream: ChunkStream,
+    sink: Sink,
+    *,
+    mode: str = CHUNKED,
+    request_id: str = "-",
+    timeout_s: float | None = None,
+) -> StreamOutcome:
     """Send a started :class:`ChunkStream` to ``sink`` as HTTP chunks (``mode="chunked"``) or
     event-stream frames (``mode="events"``) until it ends, fails, times out or the client leaves."""
     if mode not in (CHUNKED, EVENTS):
@@ -380,8 +388,11 @@ async def stream_to(stream: ChunkStream, sink: Sink, *, mode: str = CHUNKED, req
             timer.cancel()
         watcher.cancel()
     if outcome.disconnected:
-        log.info("request %s: client disconnected after %d streamed chunks; generation stopped",
-                 request_id, stream.chunks)
+        log.info(
+            "request %s: client disconnected after %d streamed chunks; generation stopped",
+            request_id,
+            stream.chunks,
+        )
     outcome.chunks, outcome.bytes = stream.chunks, stream.bytes
     return outcome
 
@@ -394,15 +405,21 @@ async def _watch(sink: Sink, stream: ChunkStream) -> None:
 async def _fail(sink: Sink, err: BaseException, mode: str, request_id: str, stream: ChunkStream) -> None:
     timeout = isinstance(err, StreamTimeout)
     what = "timed out" if timeout else f"failed: {type(err).__name__}: {str(err)[:300]}{_where(err)}"
-    log.error("request %s: streamed response %s after %d chunks (%s)", request_id, what, stream.chunks,
-              "ModelStreamError event sent" if mode == EVENTS else "chunked body truncated")
+    log.error(
+        "request %s: streamed response %s after %d chunks (%s)",
+        request_id,
+        what,
+        stream.chunks,
+        "ModelStreamError event sent" if mode == EVENTS else "chunked body truncated",
+    )
     if mode == EVENTS and not sink.is_disconnected():
         if timeout:
             message = eventstream.model_stream_error(str(err), eventstream.INVOCATION_TIMEOUT)
         else:
             message = eventstream.model_stream_error(
                 f"the inference handler raised {type(err).__name__} while streaming; see the server log for "
-                f"request {request_id}")
+                f"request {request_id}"
+            )
         await sink.send(message)
         await sink.finish()
     else:

@@ -23,11 +23,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+
+from aiops.inference.serving.worker import SPEC_ENV, WorkerSpec
 
 from aiops.errors import AiopsError, UsageError
-from aiops.inference.serving.worker import SPEC_ENV, WorkerSpec
 from aiops.settings import ServeSettings, load_serve_settings
 
 log = logging.getLogger("aiops.serve")
@@ -74,12 +75,26 @@ class Supervisor:
     def _spawn(self, replaces: int | None = None) -> None:
         read_fd, write_fd = os.pipe()
         env = {**os.environ, SPEC_ENV: self.spec.model_dump_json()}
-        cmd = [sys.executable, "-m", "aiops.inference.serving.worker", "--fd", str(self.sock.fileno()),
-               "--ready-fd", str(write_fd)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "aiops.inference.serving.worker",
+            "--fd",
+            str(self.sock.fileno()),
+            "--ready-fd",
+            str(write_fd),
+        ]
         proc = subprocess.Popen(cmd, env=env, pass_fds=(self.sock.fileno(), write_fd))
         os.close(write_fd)
-        self.workers[proc.pid] = {"proc": proc, "read_fd": read_fd, "ready": False, "buf": b"", "error": None,
-                                  "replaces": replaces, "retired": False}
+        self.workers[proc.pid] = {
+            "proc": proc,
+            "read_fd": read_fd,
+            "ready": False,
+            "buf": b"",
+            "error": None,
+            "replaces": replaces,
+            "retired": False,
+        }
 
     def _read_reports(self, timeout: float) -> None:
         fds = {w["read_fd"]: w for w in self.workers.values() if w["read_fd"] is not None}
@@ -114,8 +129,10 @@ class Supervisor:
                         self.on_ready()
                 elif text == "recycle" and not w["retired"]:
                     w["retired"] = True
-                    log.warning("worker %d asked to be replaced (max_worker_rss_mb); starting its replacement",
-                                w["proc"].pid)
+                    log.warning(
+                        "worker %d asked to be replaced (max_worker_rss_mb); starting its replacement",
+                        w["proc"].pid,
+                    )
                     self._spawn(replaces=w["proc"].pid)
                 elif text.startswith(("error: ", "usage-error: ")):
                     kind, _, w["error"] = text.partition(": ")
@@ -150,8 +167,12 @@ class Supervisor:
                         self._stop_all()
                         reason = w["error"] or f"the worker exited with code {code} while loading the model"
                         raise (UsageError if w.get("usage") else AiopsError)(reason)
-                    log.warning("worker %d exited (code %s)%s; starting a new one", pid, code,
-                                " after a handler call stayed stuck past the timeout" if code == 70 else "")
+                    log.warning(
+                        "worker %d exited (code %s)%s; starting a new one",
+                        pid,
+                        code,
+                        " after a handler call stayed stuck past the timeout" if code == 70 else "",
+                    )
                     self._spawn()
             self._stop_all()
             return 0
@@ -185,19 +206,34 @@ class Supervisor:
         self.workers.clear()
 
 
-def serve(model: str, opts: ServeSettings, *, runs_dir: Path, entry_point: str | None = None,
-          source_dir: str | None = None, on_ready: Callable[[str], None] | None = None) -> int:
+def serve(
+    model: str,
+    opts: ServeSettings,
+    *,
+    runs_dir: Path,
+    entry_point: str | None = None,
+    source_dir: str | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
     """Resolve MODEL, bind, start the workers; returns the exit code after a graceful stop."""
-    from aiops import archive
     from aiops.inference.artifacts import resolve_model
     from aiops.inference.handler import find_script
 
-    logging.basicConfig(level=getattr(logging, opts.log_level, logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s [aiops serve] %(levelname)s %(message)s")
-    limits = {"max_bytes": int(opts.archive_max_gb * archive.GIB), "max_ratio": opts.archive_max_ratio,
-              "max_members": opts.archive_max_members}
-    source = resolve_model(model, runs_dir=runs_dir, entry_point=entry_point, source_dir=source_dir,
-                           archive_limits=limits)
+    from aiops import archive
+
+    logging.basicConfig(
+        level=getattr(logging, opts.log_level, logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s [aiops serve] %(levelname)s %(message)s",
+    )
+    limits = {
+        "max_bytes": int(opts.archive_max_gb * archive.GIB),
+        "max_ratio": opts.archive_max_ratio,
+        "max_members": opts.archive_max_members,
+    }
+    source = resolve_model(
+        model, runs_dir=runs_dir, entry_point=entry_point, source_dir=source_dir, archive_limits=limits
+    )
     try:
         # a run's own script (inference.py, or the entry point defining model_fn) unless told otherwise
         program = Path(entry_point).name if entry_point else (opts.program or source.program)
@@ -208,8 +244,10 @@ def serve(model: str, opts: ServeSettings, *, runs_dir: Path, entry_point: str |
             install_requirements(source.code_dir)
         cpus = os.cpu_count() or 1
         spec = WorkerSpec(
-            settings=opts, model_dir=str(source.model_dir),
-            code_dir=str(source.code_dir) if source.code_dir else None, script=str(script) if script else None,
+            settings=opts,
+            model_dir=str(source.model_dir),
+            code_dir=str(source.code_dir) if source.code_dir else None,
+            script=str(script) if script else None,
             torch_threads=None if "OMP_NUM_THREADS" in os.environ else max(1, cpus // opts.workers),
         )
         sock = bind(opts.host, opts.port)

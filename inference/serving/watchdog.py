@@ -43,8 +43,12 @@ class Watchdog:
         return started is not None and time.monotonic() - started > self.stuck_after
 
     def exit_stuck(self) -> None:
-        log.error("a handler call has run for over %.0f s (timeout %g s); this worker exits and the "
-                  "supervisor starts a new one", self.stuck_after, self.timeout)
+        log.error(
+            "a handler call has run for over %.0f s (timeout %g s); this worker exits and the "
+            "supervisor starts a new one",
+            self.stuck_after,
+            self.timeout,
+        )
         sys.stderr.flush()
         os._exit(EXIT_STUCK)
 
@@ -69,8 +73,9 @@ class Watchdog:
         app = self.app
         err = model_timeout(self.timeout)
         extra = [(b"x-amzn-sagemaker-custom-attributes", req.attrs)] if req.attrs is not None else []
-        data = error_response(504, err.message, err.error_type, req.rid, extra=extra,
-                              close=not req.keep_alive)
+        data = error_response(
+            504, err.message, err.error_type, req.rid, extra=extra, close=not req.keep_alive
+        )
         conn = req.conn
         with app.lock:
             if req.done:

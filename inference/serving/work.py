@@ -17,8 +17,20 @@ def request_id() -> str:
 class Request:
     """A complete request, waiting for (or getting) its answer."""
 
-    __slots__ = ("conn", "body", "ctype", "accept", "attrs", "rid", "inference_id", "t0", "keep_alive",
-                 "mode", "done", "late")
+    __slots__ = (
+        "conn",
+        "body",
+        "ctype",
+        "accept",
+        "attrs",
+        "rid",
+        "inference_id",
+        "t0",
+        "keep_alive",
+        "mode",
+        "done",
+        "late",
+    )
 
     def __init__(self, conn, body, ctype, accept, attrs, rid, inference_id, keep_alive, mode):
         self.conn, self.body, self.ctype, self.accept, self.attrs = conn, body, ctype, accept, attrs

@@ -45,8 +45,11 @@ class WorkerSpec(BaseModel):
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-                        format=f"%(asctime)s [worker {os.getpid()}] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format=f"%(asctime)s [worker {os.getpid()}] %(levelname)s %(message)s",
+    )
 
 
 def _listen(fd: int) -> socket.socket:
@@ -86,10 +89,11 @@ def _rss_bytes() -> int:
 
 
 def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
-    from aiops.errors import AiopsError, UsageError
     from aiops.inference import codecs
     from aiops.inference.handler import Handler
     from aiops.inference.serving.app import App
+
+    from aiops.errors import AiopsError, UsageError
 
     s = spec.settings
     _configure_logging(s.log_level)
@@ -104,15 +108,22 @@ def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
             except OSError:
                 pass
 
-    codecs.configure(max_decoded_bytes=int(s.max_decoded_mb * 1024 * 1024), json_max_depth=s.json_max_depth,
-                     json_max_elements=s.json_max_elements)
+    codecs.configure(
+        max_decoded_bytes=int(s.max_decoded_mb * 1024 * 1024),
+        json_max_depth=s.json_max_depth,
+        json_max_elements=s.json_max_elements,
+    )
     try:
         if spec.torch_threads:
             import torch
 
             torch.set_num_threads(spec.torch_threads)
-        handler = Handler(spec.model_dir, script=_path(spec.script), code_dir=_path(spec.code_dir),
-                          default_accept=s.default_accept)
+        handler = Handler(
+            spec.model_dir,
+            script=_path(spec.script),
+            code_dir=_path(spec.code_dir),
+            default_accept=s.default_accept,
+        )
         handler.load()
     except AiopsError as err:  # "usage-error": bad input (no model file, ...), the CLI exits 2
         report(f"{'usage-error' if isinstance(err, UsageError) else 'error'}: {err}")
@@ -198,8 +209,11 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
                 app.watchdog.exit_stuck()
             if rss_cap and not recycling and _rss_bytes() > rss_cap:
                 recycling = True
-                log.warning("worker RSS %d MB is over max_worker_rss_mb=%g; asking for a replacement",
-                            _rss_bytes() // (1024 * 1024), s.max_worker_rss_mb)
+                log.warning(
+                    "worker RSS %d MB is over max_worker_rss_mb=%g; asking for a replacement",
+                    _rss_bytes() // (1024 * 1024),
+                    s.max_worker_rss_mb,
+                )
                 report("recycle")
         # Graceful: /ping says unhealthy, every answer from now on closes its connection. Take every
         # connection already queued on the listener before closing it (closing resets them), then

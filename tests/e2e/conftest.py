@@ -19,7 +19,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))  # the emulator's modules import each other by name
 
 from emulator import MotoAccount, Platform  # noqa: E402
-from journey import DIGITS, REGION, REPO_ROOT, Journey, stack_config  # noqa: E402
+from journey import REGION, REPO_ROOT, Journey, stack_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -83,20 +83,27 @@ def _plan_statement_ids(*, vpc: bool) -> list[str]:
         (project / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
         config = stack_config(endpoint=True, model_data_url="s3://aiops-e2e-x/m/model.tar.gz")
         if vpc:  # placeholders: the statements, not their resources, are what is listed here
-            config["config"]["aiops:network"] = {"subnetIds": ["subnet-0123456789abcdef0"],
-                                                 "securityGroupIds": ["sg-0123456789abcdef0"]}
+            config["config"]["aiops:network"] = {
+                "subnetIds": ["subnet-0123456789abcdef0"],
+                "securityGroupIds": ["sg-0123456789abcdef0"],
+            }
             config["config"]["aiops:endpoint"]["inferenceComponents"] = {"enabled": True}
         else:  # the main journey ends with its endpoint on asynchronous inference
             config["config"]["aiops:endpoint"]["asyncInference"] = {"enabled": True, "maxCapacity": 2}
         (project / "Pulumi.e2e.yaml").write_text(yaml.safe_dump(config))
-        proc = run_aiops_in_process(project / "home", project, "preview", "--offline", "--json", "--stack", "e2e")
+        proc = run_aiops_in_process(
+            project / "home", project, "preview", "--offline", "--json", "--stack", "e2e"
+        )
     if proc.returncode != 0:
         return [f"preview-failed: {proc.stderr.strip()[-200:]}"]
     plan = json.loads(proc.stdout)
     sids = []
     for resource in plan["resources"]:
         if resource["type"] == "aws:iam/rolePolicy:RolePolicy":
-            sids += [s.get("Sid", f"#{i}") for i, s in enumerate(json.loads(resource["inputs"]["policy"])["Statement"])]
+            sids += [
+                s.get("Sid", f"#{i}")
+                for i, s in enumerate(json.loads(resource["inputs"]["policy"])["Statement"])
+            ]
     return sids
 
 

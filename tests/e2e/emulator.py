@@ -40,7 +40,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -49,10 +48,11 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from iam_judge import AccessDenied, Call, Documents, Judge, documents_from_moto
 
@@ -81,9 +81,12 @@ class Credentials:
         return out
 
 
-ADMIN_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
-SERVICE_POLICY = json.dumps({"Version": "2012-10-17",
-                             "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]})
+ADMIN_POLICY = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+)
+SERVICE_POLICY = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}
+)
 BOOTSTRAP_REQUESTS = 6  # two users, each with an inline policy and an access key
 
 
@@ -95,9 +98,13 @@ class MotoAccount:
         self._clients: dict[tuple[str, str, str], Any] = {}
         self._clients_lock = threading.Lock()
         here = Path(__file__).parent
-        self.proc = subprocess.Popen([sys.executable, str(here / "moto_server.py"), str(BOOTSTRAP_REQUESTS)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(here / "moto_server.py"), str(BOOTSTRAP_REQUESTS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         line = self.proc.stdout.readline().split()
         if len(line) != 2 or line[0] != "port":
             self.close()
@@ -136,8 +143,10 @@ class MotoAccount:
         with self._clients_lock:
             if key not in self._clients:
                 self._clients[key] = aws.session(self.region, **creds.kwargs()).client(
-                    service, endpoint_url=endpoint or self.url,
-                    config=Config(retries={"mode": "standard", "max_attempts": 3}))
+                    service,
+                    endpoint_url=endpoint or self.url,
+                    config=Config(retries={"mode": "standard", "max_attempts": 3}),
+                )
             return self._clients[key]
 
     def close(self) -> None:
@@ -155,14 +164,14 @@ class MotoAccount:
 
 
 def _s3_uri(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     return bucket, key
 
 
 class RoleSession:
     """The platform acting as one execution role: judged, recorded, and enforced by moto for S3."""
 
-    def __init__(self, platform: "Platform", role_arn: str, session_name: str, doing: str) -> None:
+    def __init__(self, platform: Platform, role_arn: str, session_name: str, doing: str) -> None:
         self.platform = platform
         self.account = platform.account
         self.role_arn = role_arn
@@ -172,16 +181,25 @@ class RoleSession:
         self.calls = self.judge.calls
         self.check(SERVICE, "sts:AssumeRole", role_arn, {"aws:SourceAccount": ACCOUNT}, doing)
         answer = self.account.client("sts", self.account.service).assume_role(
-            RoleArn=role_arn, RoleSessionName=session_name)
+            RoleArn=role_arn, RoleSessionName=session_name
+        )
         c = answer["Credentials"]
         self.creds = Credentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"])
         self.principal = answer["AssumedRoleUser"]["Arn"]
         self.s3 = self.account.client("s3", self.creds)
 
-    def check(self, principal: str | None, action: str, resource: str, context: dict[str, str] | None = None,
-              doing: str | None = None) -> None:
+    def check(
+        self,
+        principal: str | None,
+        action: str,
+        resource: str,
+        context: dict[str, str] | None = None,
+        doing: str | None = None,
+    ) -> None:
         ctx = {"aws:SecureTransport": "true", **(context or {})}
-        call = Call(principal or self.principal, action, resource, tuple(sorted(ctx.items())), doing or self.doing)
+        call = Call(
+            principal or self.principal, action, resource, tuple(sorted(ctx.items())), doing or self.doing
+        )
         self.platform.record(call)
         self.judge.check(call)
 
@@ -197,8 +215,10 @@ class RoleSession:
             return call()
         except ClientError as err:
             code = err.response["Error"]["Code"]
-            raise AccessDenied(Call(self.principal, action, resource, (), self.doing),
-                               f"moto answered {code}: {err.response['Error'].get('Message', '')}") from None
+            raise AccessDenied(
+                Call(self.principal, action, resource, (), self.doing),
+                f"moto answered {code}: {err.response['Error'].get('Message', '')}",
+            ) from None
 
     def get(self, uri: str, dest: Path, doing: str) -> None:
         bucket, key = _s3_uri(uri)
@@ -206,8 +226,13 @@ class RoleSession:
         self.check(None, "s3:GetObject", resource, doing=doing)
         kms_key = self._object_key(bucket, key)
         if kms_key:
-            self.check(None, "kms:Decrypt", kms_key, {"kms:ViaService": f"s3.{self.account.region}.amazonaws.com"},
-                       doing=doing)
+            self.check(
+                None,
+                "kms:Decrypt",
+                kms_key,
+                {"kms:ViaService": f"s3.{self.account.region}.amazonaws.com"},
+                doing=doing,
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         self._moto(lambda: self.s3.download_file(bucket, key, str(dest)), "s3:GetObject", resource)
 
@@ -216,8 +241,11 @@ class RoleSession:
         self.check(None, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {"s3:prefix": prefix}, doing=doing)
         keys: list[str] = []
         paginator = self.s3.get_paginator("list_objects_v2")
-        pages = self._moto(lambda: list(paginator.paginate(Bucket=bucket, Prefix=prefix)), "s3:ListBucket",
-                           f"arn:aws:s3:::{bucket}")
+        pages = self._moto(
+            lambda: list(paginator.paginate(Bucket=bucket, Prefix=prefix)),
+            "s3:ListBucket",
+            f"arn:aws:s3:::{bucket}",
+        )
         for page in pages:
             keys += [o["Key"] for o in page.get("Contents", [])]
         return keys
@@ -227,26 +255,34 @@ class RoleSession:
         bucket, prefix = _s3_uri(uri)
         count = 0
         for key in self.list(uri, doing):
-            rel = key[len(prefix):].lstrip("/")
+            rel = key[len(prefix) :].lstrip("/")
             if not rel or key.endswith("/"):
                 continue
             self.get(f"s3://{bucket}/{key}", dest / rel, doing)
             count += 1
         return count
 
-    def put(self, uri: str, data: bytes, doing: str, kms_key: str | None = None,
-            content_type: str | None = None) -> None:
+    def put(
+        self, uri: str, data: bytes, doing: str, kms_key: str | None = None, content_type: str | None = None
+    ) -> None:
         bucket, key = _s3_uri(uri)
         resource = f"arn:aws:s3:::{bucket}/{key}"
         self.check(None, "s3:PutObject", resource, doing=doing)
         used_key = self.platform.key_arn(kms_key or self.platform.bucket_key(bucket))
         if used_key:
-            self.check(None, "kms:GenerateDataKey", used_key,
-                       {"kms:ViaService": f"s3.{self.account.region}.amazonaws.com"}, doing=doing)
+            self.check(
+                None,
+                "kms:GenerateDataKey",
+                used_key,
+                {"kms:ViaService": f"s3.{self.account.region}.amazonaws.com"},
+                doing=doing,
+            )
         extra: dict[str, str] = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key} if kms_key else {}
         if content_type:
             extra["ContentType"] = content_type
-        self._moto(lambda: self.s3.put_object(Bucket=bucket, Key=key, Body=data, **extra), "s3:PutObject", resource)
+        self._moto(
+            lambda: self.s3.put_object(Bucket=bucket, Key=key, Body=data, **extra), "s3:PutObject", resource
+        )
 
     def publish(self, topic_arn: str, message: str, doing: str) -> None:
         """SNS Publish as the role; an encrypted topic also needs the role's use of its key. Judged
@@ -271,7 +307,7 @@ class RoleSession:
         for action in ("ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"):
             self.check(None, action, arn, doing=doing)
 
-    def log_stream(self, group: str, stream: str, doing: str) -> "LogStream":
+    def log_stream(self, group: str, stream: str, doing: str) -> LogStream:
         region, account = self.account.region, ACCOUNT
         group_arn = f"arn:aws:logs:{region}:{account}:log-group:{group}"
         logs = self.account.client("logs")
@@ -303,8 +339,11 @@ class LogStream:
             return
         self.session.check(None, "logs:PutLogEvents", self.arn, doing=f"writing {self.name}")
         now = int(time.time() * 1000)
-        self.logs.put_log_events(logGroupName=self.group, logStreamName=self.name,
-                                 logEvents=[{"timestamp": now, "message": m} for m in messages])
+        self.logs.put_log_events(
+            logGroupName=self.group,
+            logStreamName=self.name,
+            logEvents=[{"timestamp": now, "message": m} for m in messages],
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,10 +366,13 @@ def host_command(request: dict[str, Any], hosts: list[str], host: str) -> tuple[
 
     resources = request["ResourceConfig"]
     spec = contract.spec_from_request(
-        request["TrainingJobName"], request.get("HyperParameters", {}),
+        request["TrainingJobName"],
+        request.get("HyperParameters", {}),
         [c["ChannelName"] for c in request.get("InputDataConfig", [])],
-        instance_type=resources["InstanceType"], instance_count=int(resources["InstanceCount"]),
-        region=request["_region"]).for_host(host)
+        instance_type=resources["InstanceType"],
+        instance_count=int(resources["InstanceCount"]),
+        region=request["_region"],
+    ).for_host(host)
     if list(spec.hosts) != hosts:
         raise RuntimeError(f"the contract's hosts {list(spec.hosts)} are not the platform's {hosts}")
     if spec.effective_distribution == contract.DISTRIBUTION_MPI:
@@ -342,9 +384,13 @@ def host_command(request: dict[str, Any], hosts: list[str], host: str) -> tuple[
         "PYTHONDONTWRITEBYTECODE": "1",
         "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{spec.region}:{ACCOUNT}:training-job/{request['TrainingJobName']}",
     }
-    launch = contract.host_launch(spec, contract.ContainerPaths(Path("/opt/ml")),
-                                  contract.HostFacts(num_gpus=0, num_cpus=os.cpu_count() or 1),
-                                  python=sys.executable, base_env=image_env)
+    launch = contract.host_launch(
+        spec,
+        contract.ContainerPaths(Path("/opt/ml")),
+        contract.HostFacts(num_gpus=0, num_cpus=os.cpu_count() or 1),
+        python=sys.executable,
+        base_env=image_env,
+    )
     env = dict(launch.env)
     env.update(request.get("Environment") or {})
     return list(launch.argv), env
@@ -371,7 +417,7 @@ class Host:
 class TrainingJob:
     """One CreateTrainingJob, run as SageMaker would run it (see the module docstring)."""
 
-    def __init__(self, platform: "Platform", request: dict[str, Any], interruptions: int) -> None:
+    def __init__(self, platform: Platform, request: dict[str, Any], interruptions: int) -> None:
         self.platform = platform
         self.request = request
         self.name = request["TrainingJobName"]
@@ -409,8 +455,12 @@ class TrainingJob:
 
     def describe(self, described: dict[str, Any]) -> dict[str, Any]:
         out = dict(described)
-        out.update(TrainingJobStatus=self.status, SecondaryStatus=self.secondary,
-                   SecondaryStatusTransitions=self.transitions, TrainingStartTime=self.started)
+        out.update(
+            TrainingJobStatus=self.status,
+            SecondaryStatus=self.secondary,
+            SecondaryStatusTransitions=self.transitions,
+            TrainingStartTime=self.started,
+        )
         if self.failure_reason:
             out["FailureReason"] = self.failure_reason
         if self.ended is not None:
@@ -422,8 +472,10 @@ class TrainingJob:
         else:
             out.pop("ModelArtifacts", None)
         if self.final_metrics:
-            out["FinalMetricDataList"] = [{"MetricName": k, "Value": v, "Timestamp": self.ended or time.time()}
-                                          for k, v in sorted(self.final_metrics.items())]
+            out["FinalMetricDataList"] = [
+                {"MetricName": k, "Value": v, "Timestamp": self.ended or time.time()}
+                for k, v in sorted(self.final_metrics.items())
+            ]
         return out
 
     # -- the run
@@ -459,8 +511,13 @@ class TrainingJob:
         session.pull_image(request["AlgorithmSpecification"]["TrainingImage"], "pulling the training image")
         resources = request["ResourceConfig"]
         if resources.get("VolumeKmsKeyId"):
-            session.check(None, "kms:CreateGrant", self.platform.key_arn(resources["VolumeKmsKeyId"]),
-                          {"kms:GrantIsForAWSResource": "true"}, "encrypting the instances' storage volumes")
+            session.check(
+                None,
+                "kms:CreateGrant",
+                self.platform.key_arn(resources["VolumeKmsKeyId"]),
+                {"kms:GrantIsForAWSResource": "true"},
+                "encrypting the instances' storage volumes",
+            )
         count = int(resources["InstanceCount"])
         host_names = [f"algo-{i + 1}" for i in range(count)]
         enis = self.platform.attach_network(session, request.get("VpcConfig"), count, self.name)
@@ -515,26 +572,48 @@ class TrainingJob:
         bundle.unlink()
         for channel in request.get("InputDataConfig", []):
             source = channel["DataSource"]["S3DataSource"]
-            session.download_prefix(source["S3Uri"], paths.channel(channel["ChannelName"]),
-                                    f"downloading channel {channel['ChannelName']} for {name}")
+            session.download_prefix(
+                source["S3Uri"],
+                paths.channel(channel["ChannelName"]),
+                f"downloading channel {channel['ChannelName']} for {name}",
+            )
         checkpoint = request.get("CheckpointConfig")
         if checkpoint:
             local = Path(checkpoint.get("LocalPath") or "/opt/ml/checkpoints")
-            target = folder / local.relative_to("/opt/ml") if local.is_relative_to("/opt/ml") else paths.checkpoints
+            target = (
+                folder / local.relative_to("/opt/ml")
+                if local.is_relative_to("/opt/ml")
+                else paths.checkpoints
+            )
             session.download_prefix(checkpoint["S3Uri"], target, f"restoring checkpoints for {name}")
             for path in (p for p in target.rglob("*") if p.is_file()):  # restored: already in S3
                 stat = path.stat()
                 host.synced[path.relative_to(target).as_posix()] = (stat.st_size, stat.st_mtime_ns)
         host_list = [h for h in self._host_names]
-        resource = {"current_host": name, "current_instance_type": request["ResourceConfig"]["InstanceType"],
-                    "current_group_name": "homogeneousCluster", "hosts": host_list,
-                    "instance_groups": [{"instance_group_name": "homogeneousCluster", "hosts": host_list,
-                                         "instance_type": request["ResourceConfig"]["InstanceType"]}],
-                    "network_interface_name": "eth0"}
-        data_config = {c["ChannelName"]: {"TrainingInputMode": c.get("InputMode", "File"),
-                                          "S3DistributionType": c["DataSource"]["S3DataSource"].get(
-                                              "S3DataDistributionType", "FullyReplicated"),
-                                          "RecordWrapperType": "None"} for c in request.get("InputDataConfig", [])}
+        resource = {
+            "current_host": name,
+            "current_instance_type": request["ResourceConfig"]["InstanceType"],
+            "current_group_name": "homogeneousCluster",
+            "hosts": host_list,
+            "instance_groups": [
+                {
+                    "instance_group_name": "homogeneousCluster",
+                    "hosts": host_list,
+                    "instance_type": request["ResourceConfig"]["InstanceType"],
+                }
+            ],
+            "network_interface_name": "eth0",
+        }
+        data_config = {
+            c["ChannelName"]: {
+                "TrainingInputMode": c.get("InputMode", "File"),
+                "S3DistributionType": c["DataSource"]["S3DataSource"].get(
+                    "S3DataDistributionType", "FullyReplicated"
+                ),
+                "RecordWrapperType": "None",
+            }
+            for c in request.get("InputDataConfig", [])
+        }
         (paths.input_config / "hyperparameters.json").write_text(json.dumps(hps))
         (paths.input_config / "resourceconfig.json").write_text(json.dumps(resource))
         (paths.input_config / "inputdataconfig.json").write_text(json.dumps(data_config))
@@ -598,18 +677,25 @@ class TrainingJob:
         network = network_cls(host_names, attempt_dir)
         lines: queue.Queue = queue.Queue()
         metrics: dict[str, list[tuple[str, float]]] = {}
-        definitions = [(d["Name"], re.compile(d["Regex"]))
-                       for d in self.request["AlgorithmSpecification"].get("MetricDefinitions", [])]
+        definitions = [
+            (d["Name"], re.compile(d["Regex"]))
+            for d in self.request["AlgorithmSpecification"].get("MetricDefinitions", [])
+        ]
         interrupted = stopped = False
         failed: str | None = None
         try:
             for host in self.hosts:
                 argv, env = host_command(self.request, host_names, host.name)
-                host.stream = self.session.log_stream(TRAINING_LOG_GROUP, self._stream_name(host.name),
-                                                      f"creating the log stream of {host.name}")
+                host.stream = self.session.log_stream(
+                    TRAINING_LOG_GROUP,
+                    self._stream_name(host.name),
+                    f"creating the log stream of {host.name}",
+                )
                 host.proc = network.spawn(host.name, host.dir, argv, env)
                 threading.Thread(target=_pump, args=(host, lines), daemon=True).start()
-            deadline = time.monotonic() + min(JOB_TIME_CAP, self.request["StoppingCondition"]["MaxRuntimeInSeconds"])
+            deadline = time.monotonic() + min(
+                JOB_TIME_CAP, self.request["StoppingCondition"]["MaxRuntimeInSeconds"]
+            )
             open_hosts = len(self.hosts)
             while open_hosts:
                 remaining = deadline - time.monotonic()
@@ -677,17 +763,27 @@ class TrainingJob:
         """SageMaker matches MetricDefinitions in the log and publishes them, per host."""
         if not metrics:
             return
-        self.session.check(None, "cloudwatch:PutMetricData", "*", {"cloudwatch:namespace": TRAINING_LOG_GROUP},
-                           "publishing the job's metrics")
+        self.session.check(
+            None,
+            "cloudwatch:PutMetricData",
+            "*",
+            {"cloudwatch:namespace": TRAINING_LOG_GROUP},
+            "publishing the job's metrics",
+        )
         data = []
         for metric, values in metrics.items():
             for host, value in values:
-                data.append({"MetricName": metric, "Value": value,
-                             "Dimensions": [{"Name": "Host", "Value": f"{self.name}/{host}"}]})
+                data.append(
+                    {
+                        "MetricName": metric,
+                        "Value": value,
+                        "Dimensions": [{"Name": "Host", "Value": f"{self.name}/{host}"}],
+                    }
+                )
             self.final_metrics[metric] = values[-1][1]
         cloudwatch = self.platform.account.client("cloudwatch")
         for i in range(0, len(data), 500):
-            cloudwatch.put_metric_data(Namespace=TRAINING_LOG_GROUP, MetricData=data[i:i + 500])
+            cloudwatch.put_metric_data(Namespace=TRAINING_LOG_GROUP, MetricData=data[i : i + 500])
 
 
 def _pump(host: Host, lines: queue.Queue) -> None:
@@ -700,8 +796,17 @@ def _pump(host: Host, lines: queue.Queue) -> None:
 # Endpoints
 
 
-def start_model(platform: "Platform", *, endpoint: str, model: dict[str, Any], role_arn: str, variant: str,
-                kms_key_id: str | None, folder: Path, label: str) -> tuple[Any, list[str], RoleSession]:
+def start_model(
+    platform: Platform,
+    *,
+    endpoint: str,
+    model: dict[str, Any],
+    role_arn: str,
+    variant: str,
+    kms_key_id: str | None,
+    folder: Path,
+    label: str,
+) -> tuple[Any, list[str], RoleSession]:
     """One model on the endpoint's instances, as the role: pull the image, attach the VPC, grant
     the volume key, download the model, open the log stream, start `aiops serve`; wait for /ping."""
     from helpers import launch_server, wait_ready
@@ -711,12 +816,20 @@ def start_model(platform: "Platform", *, endpoint: str, model: dict[str, Any], r
     session.pull_image(container["Image"], "pulling the serving image")
     enis = platform.attach_network(session, model.get("VpcConfig"), 1, label)
     if kms_key_id:
-        session.check(None, "kms:CreateGrant", platform.key_arn(kms_key_id),
-                      {"kms:GrantIsForAWSResource": "true"}, "encrypting the endpoint's storage volume")
+        session.check(
+            None,
+            "kms:CreateGrant",
+            platform.key_arn(kms_key_id),
+            {"kms:GrantIsForAWSResource": "true"},
+            "encrypting the endpoint's storage volume",
+        )
     archive = folder / "model.tar.gz"
     session.get(container["ModelDataUrl"], archive, f"downloading the model of {label}")
-    stream = session.log_stream(ENDPOINT_LOG_GROUP + "/" + endpoint, f"{variant}/i-{os.urandom(8).hex()}",
-                                f"creating the log stream of {endpoint}")
+    stream = session.log_stream(
+        ENDPOINT_LOG_GROUP + "/" + endpoint,
+        f"{variant}/i-{os.urandom(8).hex()}",
+        f"creating the log stream of {endpoint}",
+    )
     # one model-server worker: the emulated instance is a CPU share, not a GPU machine
     env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", **(container.get("Environment") or {})}
     server = launch_server(archive, home=folder / "home", cwd=folder, env=env)
@@ -728,7 +841,6 @@ def start_model(platform: "Platform", *, endpoint: str, model: dict[str, Any], r
         raise RuntimeError(f"the model server did not start: {str(err)[-400:]}") from None
     stream.put(server.log().splitlines()[-50:] or ["started"])
     return server, enis, session
-
 
 
 def _put_in_service(host: Any, server: Any, enis: list) -> None:
@@ -757,7 +869,7 @@ class EndpointHost:
     KMS key, and publishes to the success (or error) topic.
     """
 
-    def __init__(self, platform: "Platform", name: str) -> None:
+    def __init__(self, platform: Platform, name: str) -> None:
         self.platform = platform
         self.name = name
         self.status = "Creating"
@@ -792,22 +904,37 @@ class EndpointHost:
     def _deploy(self, config_name: str) -> None:
         try:
             sm = self.platform.account.client("sagemaker")
-            config = {**sm.describe_endpoint_config(EndpointConfigName=config_name),
-                      **self.platform.endpoint_configs.get(config_name, {})}
+            config = {
+                **sm.describe_endpoint_config(EndpointConfigName=config_name),
+                **self.platform.endpoint_configs.get(config_name, {}),
+            }
             variant = config["ProductionVariants"][0]
             server, enis, model = None, [], {}
             if variant.get("ModelName"):
-                model = {**sm.describe_model(ModelName=variant["ModelName"]),
-                         **self.platform.models.get(variant["ModelName"], {})}
+                model = {
+                    **sm.describe_model(ModelName=variant["ModelName"]),
+                    **self.platform.models.get(variant["ModelName"], {}),
+                }
                 folder = self.platform.workdir / "endpoints" / self.name / config_name
                 server, enis, self.session = start_model(
-                    self.platform, endpoint=self.name, model=model, role_arn=model["ExecutionRoleArn"],
-                    variant=variant["VariantName"], kms_key_id=config.get("KmsKeyId"), folder=folder,
-                    label=f"endpoint {self.name}")
+                    self.platform,
+                    endpoint=self.name,
+                    model=model,
+                    role_arn=model["ExecutionRoleArn"],
+                    variant=variant["VariantName"],
+                    kms_key_id=config.get("KmsKeyId"),
+                    folder=folder,
+                    label=f"endpoint {self.name}",
+                )
                 self.calls = self.session.calls
             # else: inference components; the instances are managed (ManagedInstanceScaling) and each
             # component brings its model (ComponentHost)
-            self.variant, self.config_name, self.config, self.model = variant["VariantName"], config_name, config, model
+            self.variant, self.config_name, self.config, self.model = (
+                variant["VariantName"],
+                config_name,
+                config,
+                model,
+            )
             _put_in_service(self, server, enis)
         except Exception as err:
             self.status, self.failure_reason = "Failed", _failure_reason(err)
@@ -816,14 +943,20 @@ class EndpointHost:
 
     # -- asynchronous inference (the platform's queue and its worker)
 
-    def invoke_async(self, input_location: str, headers: dict[str, str], inference_id: str | None) -> dict[str, str]:
+    def invoke_async(
+        self, input_location: str, headers: dict[str, str], inference_id: str | None
+    ) -> dict[str, str]:
         """Queue one request; the locations InvokeEndpointAsync answers with."""
         output = self.async_config["OutputConfig"]
         inference_id = inference_id or str(uuid.uuid4())
-        job = {"InferenceId": inference_id, "InputLocation": input_location, "headers": headers,
-               "OutputLocation": f"{output['S3OutputPath'].rstrip('/')}/{inference_id}.out",
-               "FailureLocation": f"{output.get('S3FailurePath', output['S3OutputPath']).rstrip('/')}/"
-                                  f"{inference_id}-error.out"}
+        job = {
+            "InferenceId": inference_id,
+            "InputLocation": input_location,
+            "headers": headers,
+            "OutputLocation": f"{output['S3OutputPath'].rstrip('/')}/{inference_id}.out",
+            "FailureLocation": f"{output.get('S3FailurePath', output['S3OutputPath']).rstrip('/')}/"
+            f"{inference_id}-error.out",
+        }
         self.async_jobs.put(job)
         if self._async_worker is None:
             self._async_worker = threading.Thread(target=self._run_async, daemon=True)
@@ -850,24 +983,51 @@ class EndpointHost:
         body = (folder / job["InferenceId"]).read_bytes()
         response = self.server.request("POST", "/invocations", body, job["headers"], timeout=60)
         notify = output.get("NotificationConfig") or {}
-        event = {"awsRegion": self.platform.account.region, "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
-                 "inferenceId": job["InferenceId"], "eventSource": "aws:sagemaker", "eventName": "InferenceResult",
-                 "requestParameters": {"endpointName": self.name, "inputLocation": job["InputLocation"],
-                                       "contentType": job["headers"].get("Content-Type")}}
+        event = {
+            "awsRegion": self.platform.account.region,
+            "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            "inferenceId": job["InferenceId"],
+            "eventSource": "aws:sagemaker",
+            "eventName": "InferenceResult",
+            "requestParameters": {
+                "endpointName": self.name,
+                "inputLocation": job["InputLocation"],
+                "contentType": job["headers"].get("Content-Type"),
+            },
+        }
         if response.status == 200:
-            session.put(job["OutputLocation"], response.body, f"writing the result of {doing}",
-                        kms_key=output.get("KmsKeyId"), content_type=response.headers.get("content-type"))
-            event.update(invocationStatus="Completed",
-                         responseParameters={"outputLocation": job["OutputLocation"],
-                                             "contentType": response.headers.get("content-type")})
+            session.put(
+                job["OutputLocation"],
+                response.body,
+                f"writing the result of {doing}",
+                kms_key=output.get("KmsKeyId"),
+                content_type=response.headers.get("content-type"),
+            )
+            event.update(
+                invocationStatus="Completed",
+                responseParameters={
+                    "outputLocation": job["OutputLocation"],
+                    "contentType": response.headers.get("content-type"),
+                },
+            )
             topic, status = notify.get("SuccessTopic"), "Completed"
         else:  # the container's own answer, as the service writes it to the failure path
-            message = (f"Received client error ({response.status}) from primary with message "
-                       f"{response.body.decode(errors='replace')}")
-            session.put(job["FailureLocation"], message.encode(), f"writing the failure of {doing}",
-                        kms_key=output.get("KmsKeyId"), content_type="text/plain")
-            event.update(invocationStatus="Failed", failureReason=message[:1000],
-                         responseParameters={"failureLocation": job["FailureLocation"]})
+            message = (
+                f"Received client error ({response.status}) from primary with message "
+                f"{response.body.decode(errors='replace')}"
+            )
+            session.put(
+                job["FailureLocation"],
+                message.encode(),
+                f"writing the failure of {doing}",
+                kms_key=output.get("KmsKeyId"),
+                content_type="text/plain",
+            )
+            event.update(
+                invocationStatus="Failed",
+                failureReason=message[:1000],
+                responseParameters={"failureLocation": job["FailureLocation"]},
+            )
             topic, status = notify.get("ErrorTopic"), "Failed"
         if topic:
             session.publish(topic, json.dumps(event), f"notifying {topic.rsplit(':', 1)[-1]} of {doing}")
@@ -892,7 +1052,7 @@ class ComponentHost:
     """An inference component (moto has none): its model served on its endpoint's instances, as
     the role of the endpoint's configuration (the one an endpoint of components names)."""
 
-    def __init__(self, platform: "Platform", request: dict[str, Any]) -> None:
+    def __init__(self, platform: Platform, request: dict[str, Any]) -> None:
         self.platform = platform
         self.request = dict(request)
         self.name = request["InferenceComponentName"]
@@ -917,16 +1077,32 @@ class ComponentHost:
     def _deploy(self, generation: int) -> None:
         try:
             host = self.platform.endpoints.get(self.endpoint)
-            if host is None or not host.ready.wait(180) or host.status != "InService" or not host.hosts_components:
-                raise RuntimeError(f"endpoint {self.endpoint} is not an InService endpoint of inference components")
+            if (
+                host is None
+                or not host.ready.wait(180)
+                or host.status != "InService"
+                or not host.hosts_components
+            ):
+                raise RuntimeError(
+                    f"endpoint {self.endpoint} is not an InService endpoint of inference components"
+                )
             spec = self.request["Specification"]
             sm = self.platform.account.client("sagemaker")
-            model = {**sm.describe_model(ModelName=spec["ModelName"]), **self.platform.models.get(spec["ModelName"], {})}
+            model = {
+                **sm.describe_model(ModelName=spec["ModelName"]),
+                **self.platform.models.get(spec["ModelName"], {}),
+            }
             folder = self.platform.workdir / "components" / self.name / str(generation)
-            server, enis, _ = start_model(self.platform, endpoint=self.endpoint, model=model,
-                                          role_arn=host.config["ExecutionRoleArn"], variant=self.request["VariantName"],
-                                          kms_key_id=host.config.get("KmsKeyId"), folder=folder,
-                                          label=f"inference component {self.name}")
+            server, enis, _ = start_model(
+                self.platform,
+                endpoint=self.endpoint,
+                model=model,
+                role_arn=host.config["ExecutionRoleArn"],
+                variant=self.request["VariantName"],
+                kms_key_id=host.config.get("KmsKeyId"),
+                folder=folder,
+                label=f"inference component {self.name}",
+            )
             self.model = model
             _put_in_service(self, server, enis)
         except Exception as err:
@@ -934,12 +1110,18 @@ class ComponentHost:
 
     def describe(self) -> dict[str, Any]:
         copies = int((self.request.get("RuntimeConfig") or {}).get("CopyCount", 1))
-        out = {"InferenceComponentName": self.name, "InferenceComponentArn": self.arn,
-               "EndpointName": self.endpoint,
-               "EndpointArn": f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:endpoint/{self.endpoint}",
-               "VariantName": self.request["VariantName"], "Specification": self.request["Specification"],
-               "RuntimeConfig": {"DesiredCopyCount": copies, "CurrentCopyCount": copies if self.server else 0},
-               "InferenceComponentStatus": self.status, "CreationTime": self.created, "LastModifiedTime": time.time()}
+        out = {
+            "InferenceComponentName": self.name,
+            "InferenceComponentArn": self.arn,
+            "EndpointName": self.endpoint,
+            "EndpointArn": f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:endpoint/{self.endpoint}",
+            "VariantName": self.request["VariantName"],
+            "Specification": self.request["Specification"],
+            "RuntimeConfig": {"DesiredCopyCount": copies, "CurrentCopyCount": copies if self.server else 0},
+            "InferenceComponentStatus": self.status,
+            "CreationTime": self.created,
+            "LastModifiedTime": time.time(),
+        }
         if self.failure_reason:
             out["FailureReason"] = self.failure_reason
         return out
@@ -1025,7 +1207,9 @@ class Platform:
             return True
         return False
 
-    def attach_network(self, session: RoleSession, vpc: dict[str, Any] | None, count: int, job: str) -> list[str]:
+    def attach_network(
+        self, session: RoleSession, vpc: dict[str, Any] | None, count: int, job: str
+    ) -> list[str]:
         """A job in a VPC: one ENI per instance in the job's subnets, made with the role's rights."""
         if not vpc:
             return []
@@ -1034,19 +1218,28 @@ class Platform:
         ec2.describe_subnets(SubnetIds=vpc["Subnets"])  # each must exist (moto raises otherwise)
         ec2.describe_security_groups(GroupIds=vpc["SecurityGroupIds"])
         doing = f"attaching {job} to its VPC"
-        for action in ("ec2:DescribeVpcs", "ec2:DescribeDhcpOptions", "ec2:DescribeSubnets",
-                       "ec2:DescribeSecurityGroups", "ec2:DescribeNetworkInterfaces"):
+        for action in (
+            "ec2:DescribeVpcs",
+            "ec2:DescribeDhcpOptions",
+            "ec2:DescribeSubnets",
+            "ec2:DescribeSecurityGroups",
+            "ec2:DescribeNetworkInterfaces",
+        ):
             session.check(None, action, "*", doing=doing)
         interface_arn = f"arn:aws:ec2:{region}:{ACCOUNT}:network-interface/*"
-        for resource in [interface_arn] + [f"arn:aws:ec2:{region}:{ACCOUNT}:subnet/{s}" for s in vpc["Subnets"]] + \
-                [f"arn:aws:ec2:{region}:{ACCOUNT}:security-group/{g}" for g in vpc["SecurityGroupIds"]]:
+        for resource in (
+            [interface_arn]
+            + [f"arn:aws:ec2:{region}:{ACCOUNT}:subnet/{s}" for s in vpc["Subnets"]]
+            + [f"arn:aws:ec2:{region}:{ACCOUNT}:security-group/{g}" for g in vpc["SecurityGroupIds"]]
+        ):
             session.check(None, "ec2:CreateNetworkInterface", resource, doing=doing)
         session.check(None, "ec2:CreateNetworkInterfacePermission", interface_arn, doing=doing)
         enis = []
         for i in range(count):
             subnet = vpc["Subnets"][i % len(vpc["Subnets"])]
-            eni = ec2.create_network_interface(SubnetId=subnet, Groups=vpc["SecurityGroupIds"],
-                                               Description=f"SageMaker {job} algo-{i + 1}")
+            eni = ec2.create_network_interface(
+                SubnetId=subnet, Groups=vpc["SecurityGroupIds"], Description=f"SageMaker {job} algo-{i + 1}"
+            )
             enis.append(eni["NetworkInterface"]["NetworkInterfaceId"])
         session.check(None, "ec2:DeleteNetworkInterfacePermission", interface_arn, doing=f"detaching {job}")
         session.check(None, "ec2:DeleteNetworkInterface", interface_arn, doing=f"detaching {job}")
@@ -1063,7 +1256,10 @@ class Platform:
         request = {**request, "_region": self.account.region}
         with self._lock:
             interruptions, self.spot_interruptions = (
-                (self.spot_interruptions, 0) if request.get("EnableManagedSpotTraining") else (0, self.spot_interruptions))
+                (self.spot_interruptions, 0)
+                if request.get("EnableManagedSpotTraining")
+                else (0, self.spot_interruptions)
+            )
         self.jobs[request["TrainingJobName"]] = TrainingJob(self, request, interruptions)
 
     def on_endpoint(self, name: str, config_name: str) -> None:
@@ -1078,11 +1274,15 @@ class Platform:
         return job
 
 
-def _forward(platform: Platform, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+def _forward(
+    platform: Platform, handler: BaseHTTPRequestHandler, body: bytes
+) -> tuple[int, bytes, dict[str, str]]:
     host = platform.account.url.split("//", 1)[1]
     conn = http.client.HTTPConnection(host, timeout=120)
     # The Host header is kept as signed (moto checks the SigV4 signature of enforced requests).
-    headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("connection", "transfer-encoding")}
+    headers = {
+        k: v for k, v in handler.headers.items() if k.lower() not in ("connection", "transfer-encoding")
+    }
     headers["Content-Length"] = str(len(body))
     conn.request(handler.command, handler.path, body=body, headers=headers)
     response = conn.getresponse()
@@ -1110,8 +1310,12 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
 def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
     invocations = re.compile(r"^/endpoints/([^/]+)/invocations$")
     async_invocations = re.compile(r"^/endpoints/([^/]+)/async-invocations$")
-    components = {"SageMaker.CreateInferenceComponent", "SageMaker.DescribeInferenceComponent",
-                  "SageMaker.UpdateInferenceComponent", "SageMaker.DeleteInferenceComponent"}
+    components = {
+        "SageMaker.CreateInferenceComponent",
+        "SageMaker.DescribeInferenceComponent",
+        "SageMaker.UpdateInferenceComponent",
+        "SageMaker.DeleteInferenceComponent",
+    }
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -1155,15 +1359,20 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 name = json.loads(body)["TrainingJobName"]
                 job = platform.jobs.get(name)
                 if job is None:
-                    return self._json(400, {"__type": "ValidationException", "message": f"no job {name}"},
-                                      "ValidationException")
+                    return self._json(
+                        400,
+                        {"__type": "ValidationException", "message": f"no job {name}"},
+                        "ValidationException",
+                    )
                 job.stop_requested.set()
                 return self._json(200, {})
             if target == "SageMaker.UpdateEndpoint":
                 return self._update_endpoint(json.loads(body))
             status, data, headers = _forward(platform, self, body)
             if status >= 400:  # kept for the test's failure message
-                platform.errors.append(f"{self.command} {self.path[:200]} {target} -> {status} {data[:300]!r}")
+                platform.errors.append(
+                    f"{self.command} {self.path[:200]} {target} -> {status} {data[:300]!r}"
+                )
             if status == 200 and target == "SageMaker.CreateTrainingJob":
                 platform.on_create_training_job(json.loads(body))
             elif status == 200 and target == "SageMaker.CreateModel":
@@ -1172,7 +1381,8 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
             elif status == 200 and target == "SageMaker.CreateEndpointConfig":
                 request = json.loads(body)  # moto drops ExecutionRoleArn (inference components run as it)
                 platform.endpoint_configs[request["EndpointConfigName"]] = {
-                    k: request[k] for k in ("ExecutionRoleArn",) if k in request}
+                    k: request[k] for k in ("ExecutionRoleArn",) if k in request
+                }
             elif status == 200 and target == "SageMaker.CreateEndpoint":
                 request = json.loads(body)
                 platform.on_endpoint(request["EndpointName"], request["EndpointConfigName"])
@@ -1197,7 +1407,9 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 sm.delete_endpoint(EndpointName=name)
                 arn = sm.create_endpoint(EndpointName=name, EndpointConfigName=config)["EndpointArn"]
             except Exception as err:
-                return self._json(400, {"__type": "ValidationException", "message": str(err)}, "ValidationException")
+                return self._json(
+                    400, {"__type": "ValidationException", "message": str(err)}, "ValidationException"
+                )
             platform.on_endpoint(name, config)
             self._json(200, {"EndpointArn": arn})
 
@@ -1206,25 +1418,45 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
             component = platform.components.get(name)
             if action == "CreateInferenceComponent":
                 if component is not None:
-                    return self._json(400, {"__type": "ValidationException",
-                                            "message": f"Cannot create already existing inference component {name}."},
-                                      "ValidationException")
+                    return self._json(
+                        400,
+                        {
+                            "__type": "ValidationException",
+                            "message": f"Cannot create already existing inference component {name}.",
+                        },
+                        "ValidationException",
+                    )
                 if request["EndpointName"] not in platform.endpoints:
-                    return self._json(400, {"__type": "ValidationException",
-                                            "message": f"Could not find endpoint {request['EndpointName']}."},
-                                      "ValidationException")
+                    return self._json(
+                        400,
+                        {
+                            "__type": "ValidationException",
+                            "message": f"Could not find endpoint {request['EndpointName']}.",
+                        },
+                        "ValidationException",
+                    )
                 component = platform.components[name] = ComponentHost(platform, request)
                 component.deploy()
                 return self._json(200, {"InferenceComponentArn": component.arn})
             if component is None:
-                return self._json(400, {"__type": "ValidationException",
-                                        "message": f"Could not find inference component {name}."}, "ValidationException")
+                return self._json(
+                    400,
+                    {
+                        "__type": "ValidationException",
+                        "message": f"Could not find inference component {name}.",
+                    },
+                    "ValidationException",
+                )
             if action == "DescribeInferenceComponent":
                 return self._json(200, component.describe())
             if action == "UpdateInferenceComponent":
-                changed = request.get("Specification", component.request["Specification"]) != \
-                    component.request["Specification"]
-                component.request.update({k: v for k, v in request.items() if k in ("Specification", "RuntimeConfig")})
+                changed = (
+                    request.get("Specification", component.request["Specification"])
+                    != component.request["Specification"]
+                )
+                component.request.update(
+                    {k: v for k, v in request.items() if k in ("Specification", "RuntimeConfig")}
+                )
                 if changed:
                     component.deploy()
                 return self._json(200, {"InferenceComponentArn": component.arn})
@@ -1234,61 +1466,125 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
 
         def _invoke_async(self, name: str) -> None:
             endpoint = platform.endpoints.get(name)
-            if endpoint is None or endpoint.status not in ("InService", "Updating") or endpoint.server is None:
+            if (
+                endpoint is None
+                or endpoint.status not in ("InService", "Updating")
+                or endpoint.server is None
+            ):
                 state = endpoint.status if endpoint else "not found"
-                return self._json(400, {"message": f"Endpoint {name} of account {ACCOUNT} not found or not "
-                                        f"InService ({state})."}, "ValidationError")
+                return self._json(
+                    400,
+                    {
+                        "message": f"Endpoint {name} of account {ACCOUNT} not found or not "
+                        f"InService ({state})."
+                    },
+                    "ValidationError",
+                )
             if not endpoint.async_config:
-                return self._json(400, {"message": f"Endpoint {name} of account {ACCOUNT} is not an asynchronous "
-                                        "inference endpoint (its configuration has no AsyncInferenceConfig)."},
-                                  "ValidationError")
+                return self._json(
+                    400,
+                    {
+                        "message": f"Endpoint {name} of account {ACCOUNT} is not an asynchronous "
+                        "inference endpoint (its configuration has no AsyncInferenceConfig)."
+                    },
+                    "ValidationError",
+                )
             location = self.headers.get("X-Amzn-SageMaker-InputLocation", "")
             if not location.startswith("s3://"):
                 return self._json(400, {"message": "InputLocation must be an s3:// URI"}, "ValidationError")
-            headers = {"Content-Type": self.headers.get("X-Amzn-SageMaker-Content-Type", "application/octet-stream")}
+            headers = {
+                "Content-Type": self.headers.get("X-Amzn-SageMaker-Content-Type", "application/octet-stream")
+            }
             if self.headers.get("X-Amzn-SageMaker-Accept"):
                 headers["Accept"] = self.headers["X-Amzn-SageMaker-Accept"]
             if self.headers.get("X-Amzn-SageMaker-Custom-Attributes"):
-                headers["X-Amzn-SageMaker-Custom-Attributes"] = self.headers["X-Amzn-SageMaker-Custom-Attributes"]
-            queued = endpoint.invoke_async(location, headers, self.headers.get("X-Amzn-SageMaker-Inference-Id"))
-            self._reply(202, json.dumps({"InferenceId": queued["InferenceId"]}).encode(), {
-                "Content-Type": "application/json", "X-Amzn-SageMaker-OutputLocation": queued["OutputLocation"],
-                "X-Amzn-SageMaker-FailureLocation": queued["FailureLocation"]})
+                headers["X-Amzn-SageMaker-Custom-Attributes"] = self.headers[
+                    "X-Amzn-SageMaker-Custom-Attributes"
+                ]
+            queued = endpoint.invoke_async(
+                location, headers, self.headers.get("X-Amzn-SageMaker-Inference-Id")
+            )
+            self._reply(
+                202,
+                json.dumps({"InferenceId": queued["InferenceId"]}).encode(),
+                {
+                    "Content-Type": "application/json",
+                    "X-Amzn-SageMaker-OutputLocation": queued["OutputLocation"],
+                    "X-Amzn-SageMaker-FailureLocation": queued["FailureLocation"],
+                },
+            )
 
         def _invoke(self, name: str, body: bytes) -> None:
             endpoint = platform.endpoints.get(name)
             ready = endpoint is not None and endpoint.status in ("InService", "Updating")
             if not ready or (endpoint.server is None and not endpoint.hosts_components):
                 state = endpoint.status if endpoint else "not found"
-                return self._json(400, {"message": f"Endpoint {name} of account {ACCOUNT} not found or not "
-                                        f"InService ({state})."}, "ValidationError")
+                return self._json(
+                    400,
+                    {
+                        "message": f"Endpoint {name} of account {ACCOUNT} not found or not "
+                        f"InService ({state})."
+                    },
+                    "ValidationError",
+                )
             server = endpoint.server
             wanted = self.headers.get("X-Amzn-SageMaker-Inference-Component")
             if endpoint.hosts_components:  # routed to the named component's model
                 component = platform.components.get(wanted or "")
                 if not wanted:
-                    return self._json(400, {"message": "Inference Component Name header is required for endpoints "
-                                            "to which you plan to deploy inference components."}, "ValidationError")
+                    return self._json(
+                        400,
+                        {
+                            "message": "Inference Component Name header is required for endpoints "
+                            "to which you plan to deploy inference components."
+                        },
+                        "ValidationError",
+                    )
                 if component is None or component.endpoint != name or component.server is None:
                     state = component.status if component and component.endpoint == name else "not found"
-                    return self._json(400, {"message": f"Inference component {wanted} of endpoint {name} not found "
-                                            f"or not InService ({state})."}, "ValidationError")
+                    return self._json(
+                        400,
+                        {
+                            "message": f"Inference component {wanted} of endpoint {name} not found "
+                            f"or not InService ({state})."
+                        },
+                        "ValidationError",
+                    )
                 server = component.server
             elif wanted:
-                return self._json(400, {"message": f"Endpoint {name} hosts no inference components; invoke it "
-                                        "without InferenceComponentName."}, "ValidationError")
-            headers = {k: v for k, v in self.headers.items()
-                       if k.lower() in ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")}
+                return self._json(
+                    400,
+                    {
+                        "message": f"Endpoint {name} hosts no inference components; invoke it "
+                        "without InferenceComponentName."
+                    },
+                    "ValidationError",
+                )
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() in ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")
+            }
             response = server.request("POST", "/invocations", body, headers, timeout=60)
-            out = {"Content-Type": response.headers.get("content-type", "application/json"),
-                   "x-Amzn-Invoked-Production-Variant": endpoint.variant}
+            out = {
+                "Content-Type": response.headers.get("content-type", "application/json"),
+                "x-Amzn-Invoked-Production-Variant": endpoint.variant,
+            }
             if "x-amzn-sagemaker-custom-attributes" in response.headers:
-                out["X-Amzn-SageMaker-Custom-Attributes"] = response.headers["x-amzn-sagemaker-custom-attributes"]
+                out["X-Amzn-SageMaker-Custom-Attributes"] = response.headers[
+                    "x-amzn-sagemaker-custom-attributes"
+                ]
             if response.status != 200:  # what InvokeEndpoint answers when the container does not say 200
-                return self._json(424, {"Message": f"Received client error ({response.status}) from primary "
-                                        "with message " + json.dumps(response.body.decode(errors="replace")),
-                                        "OriginalStatusCode": response.status,
-                                        "OriginalMessage": response.body.decode(errors="replace")}, "ModelError")
+                return self._json(
+                    424,
+                    {
+                        "Message": f"Received client error ({response.status}) from primary "
+                        "with message " + json.dumps(response.body.decode(errors="replace")),
+                        "OriginalStatusCode": response.status,
+                        "OriginalMessage": response.body.decode(errors="replace"),
+                    },
+                    "ModelError",
+                )
             self._reply(200, response.body, out)
 
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 # The order the AWS provider's dependency graph gives for these types.
 ORDER = [
@@ -133,11 +134,16 @@ class StandInEngine:
 
     def apply(self, plan: dict[str, Any]) -> dict[str, Any]:
         """Create or update every resource of the plan; return the stack's outputs (substituted)."""
-        resources = [r for r in plan["resources"]
-                     if r.get("custom", True) and not r["type"].startswith(("pulumi:", "aiops:"))]
+        resources = [
+            r
+            for r in plan["resources"]
+            if r.get("custom", True) and not r["type"].startswith(("pulumi:", "aiops:"))
+        ]
         unknown = sorted({r["type"] for r in resources} - set(ORDER))
         if unknown:
-            raise NotImplementedError(f"the stand-in engine cannot create {unknown[0]}; add it to tests/e2e/engine.py")
+            raise NotImplementedError(
+                f"the stand-in engine cannot create {unknown[0]}; add it to tests/e2e/engine.py"
+            )
         resources.sort(key=lambda r: (ORDER.index(r["type"]), r["name"]))
         seen = set()
         replaced: list[Applied] = []
@@ -175,11 +181,18 @@ class StandInEngine:
         elif applied.type == "aws-native:sagemaker:InferenceComponent":
             sm.delete_inference_component(InferenceComponentName=applied.physical["name"])
         elif applied.type == "aws:appautoscaling/policy:Policy":
-            scaling.delete_scaling_policy(PolicyName=applied.physical["name"], ServiceNamespace=inputs["serviceNamespace"],
-                                          ResourceId=inputs["resourceId"], ScalableDimension=inputs["scalableDimension"])
+            scaling.delete_scaling_policy(
+                PolicyName=applied.physical["name"],
+                ServiceNamespace=inputs["serviceNamespace"],
+                ResourceId=inputs["resourceId"],
+                ScalableDimension=inputs["scalableDimension"],
+            )
         elif applied.type == "aws:appautoscaling/target:Target":
-            scaling.deregister_scalable_target(ServiceNamespace=inputs["serviceNamespace"], ResourceId=inputs["resourceId"],
-                                               ScalableDimension=inputs["scalableDimension"])
+            scaling.deregister_scalable_target(
+                ServiceNamespace=inputs["serviceNamespace"],
+                ResourceId=inputs["resourceId"],
+                ScalableDimension=inputs["scalableDimension"],
+            )
         elif applied.type == "aws:cloudwatch/metricAlarm:MetricAlarm":
             self.clients("cloudwatch").delete_alarms(AlarmNames=[applied.physical["name"]])
         elif applied.type == "aws:sns/topic:Topic":
@@ -193,10 +206,13 @@ class StandInEngine:
     def _key(self, name, inputs, previous):
         kms = self.clients("kms")
         if previous:
-            kms.put_key_policy(KeyId=previous.physical["keyId"], PolicyName="default", Policy=inputs["policy"])
+            kms.put_key_policy(
+                KeyId=previous.physical["keyId"], PolicyName="default", Policy=inputs["policy"]
+            )
             return previous.physical
-        meta = kms.create_key(Description=inputs.get("description", ""), Policy=inputs["policy"],
-                              KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]
+        meta = kms.create_key(
+            Description=inputs.get("description", ""), Policy=inputs["policy"], KeyUsage="ENCRYPT_DECRYPT"
+        )["KeyMetadata"]
         if inputs.get("enableKeyRotation"):
             kms.enable_key_rotation(KeyId=meta["KeyId"])
         return {"keyId": meta["KeyId"], "arn": meta["Arn"], "id": meta["KeyId"]}
@@ -207,8 +223,11 @@ class StandInEngine:
             kms.update_alias(AliasName=inputs["name"], TargetKeyId=inputs["targetKeyId"])
         else:
             kms.create_alias(AliasName=inputs["name"], TargetKeyId=inputs["targetKeyId"])
-        return {"name": inputs["name"], "id": inputs["name"],
-                "arn": f"arn:aws:kms:{self.region}:{self.account}:{inputs['name']}"}
+        return {
+            "name": inputs["name"],
+            "id": inputs["name"],
+            "arn": f"arn:aws:kms:{self.region}:{self.account}:{inputs['name']}",
+        }
 
     def _bucket(self, name, inputs, previous):
         if previous:
@@ -222,25 +241,39 @@ class StandInEngine:
         return {"bucket": bucket, "id": bucket, "name": bucket, "arn": f"arn:aws:s3:::{bucket}"}
 
     def _bucketpublicaccessblock(self, name, inputs, previous):
-        self.clients("s3").put_public_access_block(Bucket=inputs["bucket"], PublicAccessBlockConfiguration={
-            "BlockPublicAcls": inputs["blockPublicAcls"], "BlockPublicPolicy": inputs["blockPublicPolicy"],
-            "IgnorePublicAcls": inputs["ignorePublicAcls"], "RestrictPublicBuckets": inputs["restrictPublicBuckets"]})
+        self.clients("s3").put_public_access_block(
+            Bucket=inputs["bucket"],
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": inputs["blockPublicAcls"],
+                "BlockPublicPolicy": inputs["blockPublicPolicy"],
+                "IgnorePublicAcls": inputs["ignorePublicAcls"],
+                "RestrictPublicBuckets": inputs["restrictPublicBuckets"],
+            },
+        )
         return {"id": inputs["bucket"]}
 
     def _bucketversioning(self, name, inputs, previous):
         self.clients("s3").put_bucket_versioning(
-            Bucket=inputs["bucket"], VersioningConfiguration=pascal(inputs["versioningConfiguration"]))
+            Bucket=inputs["bucket"], VersioningConfiguration=pascal(inputs["versioningConfiguration"])
+        )
         return {"id": inputs["bucket"]}
 
     def _bucketserversideencryptionconfiguration(self, name, inputs, previous):
         rules = []
         for rule in inputs["rules"]:
             default = rule["applyServerSideEncryptionByDefault"]
-            rules.append({"ApplyServerSideEncryptionByDefault": {
-                "SSEAlgorithm": default["sseAlgorithm"], "KMSMasterKeyID": default["kmsMasterKeyId"]},
-                "BucketKeyEnabled": rule.get("bucketKeyEnabled", False)})
-        self.clients("s3").put_bucket_encryption(Bucket=inputs["bucket"],
-                                                 ServerSideEncryptionConfiguration={"Rules": rules})
+            rules.append(
+                {
+                    "ApplyServerSideEncryptionByDefault": {
+                        "SSEAlgorithm": default["sseAlgorithm"],
+                        "KMSMasterKeyID": default["kmsMasterKeyId"],
+                    },
+                    "BucketKeyEnabled": rule.get("bucketKeyEnabled", False),
+                }
+            )
+        self.clients("s3").put_bucket_encryption(
+            Bucket=inputs["bucket"], ServerSideEncryptionConfiguration={"Rules": rules}
+        )
         return {"id": inputs["bucket"]}
 
     def _bucketpolicy(self, name, inputs, previous):
@@ -256,25 +289,32 @@ class StandInEngine:
             if "abortIncompleteMultipartUpload" in rule:
                 out["AbortIncompleteMultipartUpload"] = pascal(rule["abortIncompleteMultipartUpload"])
             rules.append(out)
-        self.clients("s3").put_bucket_lifecycle_configuration(Bucket=inputs["bucket"],
-                                                              LifecycleConfiguration={"Rules": rules})
+        self.clients("s3").put_bucket_lifecycle_configuration(
+            Bucket=inputs["bucket"], LifecycleConfiguration={"Rules": rules}
+        )
         return {"id": inputs["bucket"]}
 
     def _role(self, name, inputs, previous):
         iam = self.clients("iam")
         if previous:
-            iam.update_assume_role_policy(RoleName=previous.physical["name"], PolicyDocument=inputs["assumeRolePolicy"])
+            iam.update_assume_role_policy(
+                RoleName=previous.physical["name"], PolicyDocument=inputs["assumeRolePolicy"]
+            )
             return previous.physical
         role_name = inputs.get("name") or (inputs.get("namePrefix") or f"{name}-") + _suffix()
-        role = iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=inputs["assumeRolePolicy"],
-                               Description=inputs.get("description", ""),
-                               MaxSessionDuration=_ints(inputs.get("maxSessionDuration", 3600)))["Role"]
+        role = iam.create_role(
+            RoleName=role_name,
+            AssumeRolePolicyDocument=inputs["assumeRolePolicy"],
+            Description=inputs.get("description", ""),
+            MaxSessionDuration=_ints(inputs.get("maxSessionDuration", 3600)),
+        )["Role"]
         return {"name": role_name, "id": role_name, "arn": role["Arn"]}
 
     def _rolepolicy(self, name, inputs, previous):
         policy_name = previous.physical["name"] if previous else inputs.get("name") or f"{name}-{_suffix()}"
-        self.clients("iam").put_role_policy(RoleName=inputs["role"], PolicyName=policy_name,
-                                            PolicyDocument=inputs["policy"])
+        self.clients("iam").put_role_policy(
+            RoleName=inputs["role"], PolicyName=policy_name, PolicyDocument=inputs["policy"]
+        )
         return {"name": policy_name, "id": f"{inputs['role']}:{policy_name}"}
 
     def _topic(self, name, inputs, previous):
@@ -286,36 +326,53 @@ class StandInEngine:
         return {"arn": arn, "id": arn, "name": topic_name}
 
     def _topicsubscription(self, name, inputs, previous):
-        arn = self.clients("sns").subscribe(TopicArn=inputs["topic"], Protocol=inputs["protocol"],
-                                            Endpoint=inputs["endpoint"])["SubscriptionArn"]
+        arn = self.clients("sns").subscribe(
+            TopicArn=inputs["topic"], Protocol=inputs["protocol"], Endpoint=inputs["endpoint"]
+        )["SubscriptionArn"]
         return {"arn": arn, "id": arn}
 
     def _metricalarm(self, name, inputs, previous):
         args = {
-            "AlarmName": inputs["name"], "AlarmDescription": inputs.get("alarmDescription", ""),
-            "ComparisonOperator": inputs["comparisonOperator"], "EvaluationPeriods": _ints(inputs["evaluationPeriods"]),
-            "MetricName": inputs["metricName"], "Namespace": inputs["namespace"], "Period": _ints(inputs["period"]),
-            "Threshold": inputs.get("threshold", 0.0), "TreatMissingData": inputs.get("treatMissingData", "missing"),
+            "AlarmName": inputs["name"],
+            "AlarmDescription": inputs.get("alarmDescription", ""),
+            "ComparisonOperator": inputs["comparisonOperator"],
+            "EvaluationPeriods": _ints(inputs["evaluationPeriods"]),
+            "MetricName": inputs["metricName"],
+            "Namespace": inputs["namespace"],
+            "Period": _ints(inputs["period"]),
+            "Threshold": inputs.get("threshold", 0.0),
+            "TreatMissingData": inputs.get("treatMissingData", "missing"),
             "Dimensions": [{"Name": k, "Value": v} for k, v in sorted(inputs.get("dimensions", {}).items())],
         }
-        for source, target in (("statistic", "Statistic"), ("extendedStatistic", "ExtendedStatistic"),
-                               ("datapointsToAlarm", "DatapointsToAlarm"), ("alarmActions", "AlarmActions"),
-                               ("okActions", "OKActions")):
+        for source, target in (
+            ("statistic", "Statistic"),
+            ("extendedStatistic", "ExtendedStatistic"),
+            ("datapointsToAlarm", "DatapointsToAlarm"),
+            ("alarmActions", "AlarmActions"),
+            ("okActions", "OKActions"),
+        ):
             if source in inputs:
                 args[target] = _ints(inputs[source])
         self.clients("cloudwatch").put_metric_alarm(**args)
-        return {"name": inputs["name"], "id": inputs["name"],
-                "arn": f"arn:aws:cloudwatch:{self.region}:{self.account}:alarm:{inputs['name']}"}
+        return {
+            "name": inputs["name"],
+            "id": inputs["name"],
+            "arn": f"arn:aws:cloudwatch:{self.region}:{self.account}:alarm:{inputs['name']}",
+        }
 
     def _dashboard(self, name, inputs, previous):
-        self.clients("cloudwatch").put_dashboard(DashboardName=inputs["dashboardName"],
-                                                 DashboardBody=inputs["dashboardBody"])
+        self.clients("cloudwatch").put_dashboard(
+            DashboardName=inputs["dashboardName"], DashboardBody=inputs["dashboardBody"]
+        )
         return {"dashboardName": inputs["dashboardName"], "id": inputs["dashboardName"]}
 
     def _model(self, name, inputs, previous):
         model_name = inputs.get("name") or f"{name}-{_suffix()}"
-        args: dict[str, Any] = {"ModelName": model_name, "ExecutionRoleArn": inputs["executionRoleArn"],
-                                "PrimaryContainer": pascal(inputs["primaryContainer"])}
+        args: dict[str, Any] = {
+            "ModelName": model_name,
+            "ExecutionRoleArn": inputs["executionRoleArn"],
+            "PrimaryContainer": pascal(inputs["primaryContainer"]),
+        }
         if "environment" in inputs["primaryContainer"]:  # keys of the environment stay as written
             args["PrimaryContainer"]["Environment"] = inputs["primaryContainer"]["environment"]
         if inputs.get("enableNetworkIsolation"):
@@ -327,8 +384,10 @@ class StandInEngine:
 
     def _endpointconfiguration(self, name, inputs, previous):
         config_name = inputs.get("name") or (inputs.get("namePrefix") or f"{name}-") + _suffix()
-        args: dict[str, Any] = {"EndpointConfigName": config_name,
-                                "ProductionVariants": pascal(inputs["productionVariants"])}
+        args: dict[str, Any] = {
+            "EndpointConfigName": config_name,
+            "ProductionVariants": pascal(inputs["productionVariants"]),
+        }
         if inputs.get("kmsKeyArn"):
             args["KmsKeyId"] = inputs["kmsKeyArn"]
         if inputs.get("dataCaptureConfig"):
@@ -349,28 +408,44 @@ class StandInEngine:
         if previous:
             sm.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=inputs["endpointConfigName"])
         else:
-            args: dict[str, Any] = {"EndpointName": endpoint_name, "EndpointConfigName": inputs["endpointConfigName"]}
+            args: dict[str, Any] = {
+                "EndpointName": endpoint_name,
+                "EndpointConfigName": inputs["endpointConfigName"],
+            }
             if inputs.get("deploymentConfig"):
                 args["DeploymentConfig"] = pascal(inputs["deploymentConfig"])
             sm.create_endpoint(**args)
         status = wait_endpoint(sm, endpoint_name)
         if status["EndpointStatus"] != "InService":
-            raise RuntimeError(f"endpoint {endpoint_name} is {status['EndpointStatus']}: {status.get('FailureReason')}")
+            raise RuntimeError(
+                f"endpoint {endpoint_name} is {status['EndpointStatus']}: {status.get('FailureReason')}"
+            )
         return {"name": endpoint_name, "id": endpoint_name, "arn": status["EndpointArn"]}
 
     def _target(self, name, inputs, previous):
         self.clients("application-autoscaling").register_scalable_target(
-            ServiceNamespace=inputs["serviceNamespace"], ResourceId=inputs["resourceId"],
-            ScalableDimension=inputs["scalableDimension"], MinCapacity=_ints(inputs["minCapacity"]),
-            MaxCapacity=_ints(inputs["maxCapacity"]))
-        return {"id": inputs["resourceId"], "resourceId": inputs["resourceId"],
-                "serviceNamespace": inputs["serviceNamespace"], "scalableDimension": inputs["scalableDimension"]}
+            ServiceNamespace=inputs["serviceNamespace"],
+            ResourceId=inputs["resourceId"],
+            ScalableDimension=inputs["scalableDimension"],
+            MinCapacity=_ints(inputs["minCapacity"]),
+            MaxCapacity=_ints(inputs["maxCapacity"]),
+        )
+        return {
+            "id": inputs["resourceId"],
+            "resourceId": inputs["resourceId"],
+            "serviceNamespace": inputs["serviceNamespace"],
+            "scalableDimension": inputs["scalableDimension"],
+        }
 
     def _policy(self, name, inputs, previous):
         policy_name = inputs.get("name") or name
-        args: dict[str, Any] = {"PolicyName": policy_name, "ServiceNamespace": inputs["serviceNamespace"],
-                                "ResourceId": inputs["resourceId"], "ScalableDimension": inputs["scalableDimension"],
-                                "PolicyType": inputs["policyType"]}
+        args: dict[str, Any] = {
+            "PolicyName": policy_name,
+            "ServiceNamespace": inputs["serviceNamespace"],
+            "ResourceId": inputs["resourceId"],
+            "ScalableDimension": inputs["scalableDimension"],
+            "PolicyType": inputs["policyType"],
+        }
         if inputs["policyType"] == "StepScaling":
             step = pascal(inputs["stepScalingPolicyConfiguration"])
             for adjustment in step.get("StepAdjustments", []):  # the provider's strings; the API's numbers
@@ -379,7 +454,9 @@ class StandInEngine:
                         adjustment[bound] = float(adjustment[bound])
             args["StepScalingPolicyConfiguration"] = step
         else:
-            args["TargetTrackingScalingPolicyConfiguration"] = pascal(inputs["targetTrackingScalingPolicyConfiguration"])
+            args["TargetTrackingScalingPolicyConfiguration"] = pascal(
+                inputs["targetTrackingScalingPolicyConfiguration"]
+            )
         arn = self.clients("application-autoscaling").put_scaling_policy(**args)["PolicyARN"]
         return {"name": policy_name, "id": policy_name, "arn": arn}
 
@@ -390,16 +467,29 @@ class StandInEngine:
         spec = pascal(inputs["specification"])
         runtime = pascal(inputs.get("runtimeConfig") or {"copyCount": 1})
         if previous:
-            sm.update_inference_component(InferenceComponentName=component, Specification=spec, RuntimeConfig=runtime)
+            sm.update_inference_component(
+                InferenceComponentName=component, Specification=spec, RuntimeConfig=runtime
+            )
         else:
-            sm.create_inference_component(InferenceComponentName=component, EndpointName=inputs["endpointName"],
-                                          VariantName=inputs["variantName"], Specification=spec, RuntimeConfig=runtime)
+            sm.create_inference_component(
+                InferenceComponentName=component,
+                EndpointName=inputs["endpointName"],
+                VariantName=inputs["variantName"],
+                Specification=spec,
+                RuntimeConfig=runtime,
+            )
         described = wait_inference_component(sm, component)
         if described["InferenceComponentStatus"] != "InService":
-            raise RuntimeError(f"inference component {component} is {described['InferenceComponentStatus']}: "
-                               f"{described.get('FailureReason')}")
-        return {"name": component, "id": component, "inferenceComponentName": component,
-                "arn": described["InferenceComponentArn"]}
+            raise RuntimeError(
+                f"inference component {component} is {described['InferenceComponentStatus']}: "
+                f"{described.get('FailureReason')}"
+            )
+        return {
+            "name": component,
+            "id": component,
+            "inferenceComponentName": component,
+            "arn": described["InferenceComponentArn"],
+        }
 
     # ec2 (the stack's VPC option)
 
@@ -410,7 +500,10 @@ class StandInEngine:
         vpc = ec2.create_vpc(CidrBlock=inputs["cidrBlock"])["Vpc"]
         for attribute in ("enableDnsSupport", "enableDnsHostnames"):
             if attribute in inputs:
-                ec2.modify_vpc_attribute(VpcId=vpc["VpcId"], **{attribute[:1].upper() + attribute[1:]: {"Value": inputs[attribute]}})
+                ec2.modify_vpc_attribute(
+                    VpcId=vpc["VpcId"],
+                    **{attribute[:1].upper() + attribute[1:]: {"Value": inputs[attribute]}},
+                )
         return {"id": vpc["VpcId"], "arn": f"arn:aws:ec2:{self.region}:{self.account}:vpc/{vpc['VpcId']}"}
 
     def _subnet(self, name, inputs, previous):
@@ -420,15 +513,21 @@ class StandInEngine:
         if inputs.get("availabilityZone"):
             args["AvailabilityZone"] = inputs["availabilityZone"]
         subnet = self.clients("ec2").create_subnet(**args)["Subnet"]
-        return {"id": subnet["SubnetId"], "arn": f"arn:aws:ec2:{self.region}:{self.account}:subnet/{subnet['SubnetId']}"}
+        return {
+            "id": subnet["SubnetId"],
+            "arn": f"arn:aws:ec2:{self.region}:{self.account}:subnet/{subnet['SubnetId']}",
+        }
 
     def _securitygroup(self, name, inputs, previous):
         if previous:
             return previous.physical
         ec2 = self.clients("ec2")
         group_name = inputs.get("name") or (inputs.get("namePrefix") or f"{name}-") + _suffix()
-        group = ec2.create_security_group(GroupName=group_name, VpcId=inputs["vpcId"],
-                                          Description=inputs.get("description") or "Managed by Pulumi")
+        group = ec2.create_security_group(
+            GroupName=group_name,
+            VpcId=inputs["vpcId"],
+            Description=inputs.get("description") or "Managed by Pulumi",
+        )
         group_id = group["GroupId"]
         ingress = [_permission(rule) for rule in inputs.get("ingress", [])]
         if ingress:
@@ -436,8 +535,11 @@ class StandInEngine:
         egress = [_permission(rule) for rule in inputs.get("egress", [])]
         if egress:
             ec2.authorize_security_group_egress(GroupId=group_id, IpPermissions=egress)
-        return {"id": group_id, "name": group_name,
-                "arn": f"arn:aws:ec2:{self.region}:{self.account}:security-group/{group_id}"}
+        return {
+            "id": group_id,
+            "name": group_name,
+            "arn": f"arn:aws:ec2:{self.region}:{self.account}:security-group/{group_id}",
+        }
 
     def _routetable(self, name, inputs, previous):
         if previous:
@@ -448,16 +550,25 @@ class StandInEngine:
     def _routetableassociation(self, name, inputs, previous):
         if previous:
             return previous.physical
-        answer = self.clients("ec2").associate_route_table(RouteTableId=inputs["routeTableId"], SubnetId=inputs["subnetId"])
+        answer = self.clients("ec2").associate_route_table(
+            RouteTableId=inputs["routeTableId"], SubnetId=inputs["subnetId"]
+        )
         return {"id": answer["AssociationId"]}
 
     def _vpcendpoint(self, name, inputs, previous):
         if previous:
             return previous.physical
-        args: dict[str, Any] = {"VpcId": inputs["vpcId"], "ServiceName": inputs["serviceName"],
-                                "VpcEndpointType": inputs.get("vpcEndpointType", "Gateway")}
-        for source, target in (("routeTableIds", "RouteTableIds"), ("subnetIds", "SubnetIds"),
-                               ("securityGroupIds", "SecurityGroupIds"), ("privateDnsEnabled", "PrivateDnsEnabled")):
+        args: dict[str, Any] = {
+            "VpcId": inputs["vpcId"],
+            "ServiceName": inputs["serviceName"],
+            "VpcEndpointType": inputs.get("vpcEndpointType", "Gateway"),
+        }
+        for source, target in (
+            ("routeTableIds", "RouteTableIds"),
+            ("subnetIds", "SubnetIds"),
+            ("securityGroupIds", "SecurityGroupIds"),
+            ("privateDnsEnabled", "PrivateDnsEnabled"),
+        ):
             if source in inputs:
                 args[target] = inputs[source]
         if inputs.get("policy"):
@@ -467,8 +578,11 @@ class StandInEngine:
 
 
 def _permission(rule: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"IpProtocol": str(rule.get("protocol", "-1")), "FromPort": _ints(rule.get("fromPort", 0)),
-                           "ToPort": _ints(rule.get("toPort", 0))}
+    out: dict[str, Any] = {
+        "IpProtocol": str(rule.get("protocol", "-1")),
+        "FromPort": _ints(rule.get("fromPort", 0)),
+        "ToPort": _ints(rule.get("toPort", 0)),
+    }
     if rule.get("cidrBlocks"):
         out["IpRanges"] = [{"CidrIp": c} for c in rule["cidrBlocks"]]
     if rule.get("self"):
@@ -502,8 +616,10 @@ def wait_inference_component(sm: Any, name: str, timeout: float = 180.0) -> dict
         if described["InferenceComponentStatus"] not in ("Creating", "Updating"):
             return described
         if time.monotonic() > deadline:
-            raise TimeoutError(f"inference component {name} still {described['InferenceComponentStatus']} "
-                               f"after {timeout:.0f}s")
+            raise TimeoutError(
+                f"inference component {name} still {described['InferenceComponentStatus']} "
+                f"after {timeout:.0f}s"
+            )
         time.sleep(0.1)
 
 

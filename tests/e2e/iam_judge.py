@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Documents:
     trust: dict[str, dict[str, Any]] = field(default_factory=dict)  # role ARN -> trust policy
     account: str = "123456789012"
 
-    def without_statement(self, sid: str) -> "Documents":
+    def without_statement(self, sid: str) -> Documents:
         """The same documents with one statement of the role's policies removed."""
         identity = []
         found = False
@@ -66,8 +67,10 @@ class AccessDenied(Exception):
     def __init__(self, call: Call, reason: str) -> None:
         self.call = call
         self.reason = reason
-        super().__init__(f"AccessDenied: {call.principal} is not authorized to perform {call.describe()} "
-                         f"({reason}){' while ' + call.doing if call.doing else ''}")
+        super().__init__(
+            f"AccessDenied: {call.principal} is not authorized to perform {call.describe()} "
+            f"({reason}){' while ' + call.doing if call.doing else ''}"
+        )
 
 
 def _listed(value: Any) -> list[Any]:
@@ -160,7 +163,9 @@ def statement_applies(statement: dict[str, Any], call: Call, account: str, *, re
     return True
 
 
-def _verdict(docs: list[dict[str, Any]], call: Call, account: str, *, resource_policy: bool) -> tuple[str | None, str]:
+def _verdict(
+    docs: list[dict[str, Any]], call: Call, account: str, *, resource_policy: bool
+) -> tuple[str | None, str]:
     """('Deny', sid) if a statement denies, ('Allow', sid) if one allows, (None, '') otherwise."""
     allowed = None
     for doc in docs:
@@ -200,11 +205,16 @@ def evaluate(docs: Documents, call: Call) -> str | None:
     if service == "kms":
         key_doc = resource_docs[0]
         direct = any(
-            statement.get("Effect") == "Allow" and statement_applies(statement, call, docs.account, resource_policy=True)
+            statement.get("Effect") == "Allow"
+            and statement_applies(statement, call, docs.account, resource_policy=True)
             and not _delegates_to_account(statement, docs.account)
-            for statement in _statements(key_doc))
-        delegated = any(_delegates_to_account(s, docs.account) and statement_applies(s, call, docs.account, resource_policy=True)
-                        for s in _statements(key_doc))
+            for statement in _statements(key_doc)
+        )
+        delegated = any(
+            _delegates_to_account(s, docs.account)
+            and statement_applies(s, call, docs.account, resource_policy=True)
+            for s in _statements(key_doc)
+        )
         if direct or (delegated and identity_effect == "Allow"):
             return None
         if not delegated and not direct:
@@ -219,7 +229,9 @@ def _delegates_to_account(statement: dict[str, Any], account: str) -> bool:
     principal = statement.get("Principal")
     if not isinstance(principal, dict):
         return False
-    return any(v == account or str(v).endswith(f":iam::{account}:root") for v in _listed(principal.get("AWS")))
+    return any(
+        v == account or str(v).endswith(f":iam::{account}:root") for v in _listed(principal.get("AWS"))
+    )
 
 
 class Judge:
@@ -250,8 +262,14 @@ def denials(docs: Documents, calls: list[Call]) -> list[AccessDenied]:
     return found
 
 
-def documents_from_moto(clients: Callable[[str], Any], *, role_arn: str, buckets: list[str], keys: list[str],
-                        account: str = "123456789012") -> Documents:
+def documents_from_moto(
+    clients: Callable[[str], Any],
+    *,
+    role_arn: str,
+    buckets: list[str],
+    keys: list[str],
+    account: str = "123456789012",
+) -> Documents:
     """The deployed documents, read back from moto with the platform's (admin) credentials."""
     from urllib.parse import unquote
 
@@ -272,5 +290,7 @@ def documents_from_moto(clients: Callable[[str], Any], *, role_arn: str, buckets
             if err.response["Error"]["Code"] != "NoSuchBucketPolicy":
                 raise
     kms = clients("kms")
-    key_policies = {key: json.loads(kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"]) for key in keys}
+    key_policies = {
+        key: json.loads(kms.get_key_policy(KeyId=key, PolicyName="default")["Policy"]) for key in keys
+    }
     return Documents(identity, bucket_policies, key_policies, trust, account)

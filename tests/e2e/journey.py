@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from engine import StandInEngine
 from emulator import MotoAccount, Platform
+from engine import StandInEngine
 from helpers import CliResult, run_aiops, run_aiops_in_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -55,8 +55,9 @@ class Journey:
         self.project = self.root / "project"
         self.project.mkdir(parents=True, exist_ok=True)
         (self.project / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
-        self.engine = StandInEngine(lambda service: self.account.client(service, endpoint=self.platform.url),
-                                    region=REGION)
+        self.engine = StandInEngine(
+            lambda service: self.account.client(service, endpoint=self.platform.url), region=REGION
+        )
 
     @property
     def env(self) -> dict[str, str]:
@@ -78,7 +79,9 @@ class Journey:
 
     def aiops(self, *args: str, timeout: float = 600) -> CliResult:
         result = run_aiops(self.home, self.project, *args, env=self.env, timeout=timeout)
-        self.transcript.append(f"$ aiops {' '.join(args)}\n[exit {result.returncode}]\n{result.output[-3000:]}")
+        self.transcript.append(
+            f"$ aiops {' '.join(args)}\n[exit {result.returncode}]\n{result.output[-3000:]}"
+        )
         return result
 
     def log(self) -> str:
@@ -106,10 +109,13 @@ class Journey:
     def preview(self) -> dict[str, Any]:
         # the same entry in this process: a fresh one spends ~4 s importing pulumi_aws for each of a
         # journey's previews (tests/infra runs the command in its own process)
-        result = run_aiops_in_process(self.home, self.project, "preview", "--offline", "--json", "--stack", self.stack,
-                                      env=self.env)
-        self.transcript.append(f"$ aiops preview --offline --json --stack {self.stack}\n[exit {result.returncode}]\n"
-                               f"{result.stderr[-3000:]}")
+        result = run_aiops_in_process(
+            self.home, self.project, "preview", "--offline", "--json", "--stack", self.stack, env=self.env
+        )
+        self.transcript.append(
+            f"$ aiops preview --offline --json --stack {self.stack}\n[exit {result.returncode}]\n"
+            f"{result.stderr[-3000:]}"
+        )
         if result.returncode != 0:
             raise AssertionError(f"aiops preview --offline failed:\n{self.log()}")
         return json.loads(result.stdout)
@@ -128,17 +134,27 @@ class Journey:
         (a local archive uploaded to the stack's bucket under its content hash)."""
         import subprocess
 
-        code = ("import json, sys\n"
-                "from aiops.infra import artifacts\n"
-                "from aiops.stack import read_outputs, resolve_stack\n"
-                "from aiops.settings import get_settings\n"
-                "s = get_settings()\n"
-                "stack = resolve_stack(None, s)\n"
-                "outputs = read_outputs(s.home, stack)\n"
-                "print(artifacts.resolve(sys.argv[1], outputs=outputs, region=outputs.region, stack=stack))\n")
-        proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True,
-                              env={**os.environ, **self.env}, cwd=str(self.project), timeout=120)
-        self.transcript.append(f"[deploy --model {spec}] exit {proc.returncode}\n{proc.stdout}{proc.stderr[-2000:]}")
+        code = (
+            "import json, sys\n"
+            "from aiops.infra import artifacts\n"
+            "from aiops.stack import read_outputs, resolve_stack\n"
+            "from aiops.settings import get_settings\n"
+            "s = get_settings()\n"
+            "stack = resolve_stack(None, s)\n"
+            "outputs = read_outputs(s.home, stack)\n"
+            "print(artifacts.resolve(sys.argv[1], outputs=outputs, region=outputs.region, stack=stack))\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, spec],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            cwd=str(self.project),
+            timeout=120,
+        )
+        self.transcript.append(
+            f"[deploy --model {spec}] exit {proc.returncode}\n{proc.stdout}{proc.stderr[-2000:]}"
+        )
         if proc.returncode != 0:
             raise AssertionError(f"resolving --model {spec} failed:\n{self.log()}")
         return proc.stdout.strip().splitlines()[-1]

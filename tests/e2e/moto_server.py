@@ -75,8 +75,9 @@ def _patch_bool_conditions() -> None:
     statement = access_control.IAMPolicyStatement
     check_conditions, is_action_permitted = statement._check_conditions, statement.is_action_permitted
 
-    def permitted(self, action: str, resource: str = "*", principal: str | None = None,
-                  incoming: dict | None = None) -> object:
+    def permitted(
+        self, action: str, resource: str = "*", principal: str | None = None, incoming: dict | None = None
+    ) -> object:
         incoming = {"aws:SecureTransport": "true", **(incoming or {})}
         # moto answers DENIED when a statement's condition is not met, whatever its Effect: an
         # unmet condition means the statement does not apply (a Deny with it denies nothing).
@@ -100,8 +101,10 @@ def _patch_inference_components() -> None:
     params_valid = scaling._target_params_are_valid
 
     def target_params_valid(namespace: str, r_id: str, dimension: str) -> bool:
-        if (namespace, dimension) == ("sagemaker", "sagemaker:inference-component:DesiredCopyCount") and \
-                r_id.startswith("inference-component/"):
+        if (namespace, dimension) == (
+            "sagemaker",
+            "sagemaker:inference-component:DesiredCopyCount",
+        ) and r_id.startswith("inference-component/"):
             return True
         return params_valid(namespace, r_id, dimension)
 

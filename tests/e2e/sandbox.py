@@ -41,9 +41,21 @@ def unavailable_reason() -> str | None:
             return f"{tool} not found"
     if os.geteuid() != 0:
         return "network/mount namespaces need root here (unshare --net --mount)"
-    probe = subprocess.run(["unshare", "--net", "--mount", "--uts", "--", "sh", "-c",
-                            "ip link set lo up && hostname algo-1 && mount -t tmpfs x /opt"],
-                           capture_output=True, text=True, timeout=30)
+    probe = subprocess.run(
+        [
+            "unshare",
+            "--net",
+            "--mount",
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && hostname algo-1 && mount -t tmpfs x /opt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if probe.returncode != 0:
         return f"unshare --net --mount --uts failed: {probe.stderr.strip() or probe.returncode}"
     return None
@@ -57,8 +69,12 @@ class JobNetwork:
         self.hosts_file = workdir / "hosts"
         lines = ["127.0.0.1 localhost"] + [f"127.0.0.{i + 1} {h}" for i, h in enumerate(hosts)]
         self.hosts_file.write_text("\n".join(lines) + "\n")
-        self.holder = subprocess.Popen(["unshare", "--net", "--", sys.executable, "-c", HOLDER],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.holder = subprocess.Popen(
+            ["unshare", "--net", "--", sys.executable, "-c", HOLDER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         ready = self.holder.stdout.readline().strip()
         if ready != "ready":
             self.close()
@@ -66,11 +82,33 @@ class JobNetwork:
 
     def spawn(self, host: str, host_dir: Path, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         """Start one host: `argv` in /opt/ml/code of its own tree, output on one pipe (the log)."""
-        cmd = ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", "--",
-               "unshare", "--mount", "--uts", "--propagation", "private", "--",
-               "sh", "-c", HOST_SCRIPT, "sh", host, str(host_dir), str(self.hosts_file), *argv]
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        cmd = [
+            "nsenter",
+            f"--net=/proc/{self.holder.pid}/ns/net",
+            "--",
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            HOST_SCRIPT,
+            "sh",
+            host,
+            str(host_dir),
+            str(self.hosts_file),
+            *argv,
+        ]
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def close(self) -> None:
         if self.holder.poll() is None:

@@ -46,7 +46,9 @@ def _state_dict(archive: bytes) -> dict[str, Any]:
     import torch
 
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        return torch.load(io.BytesIO(tar.extractfile("model.pth").read()), map_location="cpu", weights_only=True)
+        return torch.load(
+            io.BytesIO(tar.extractfile("model.pth").read()), map_location="cpu", weights_only=True
+        )
 
 
 def _predict(model_pt: Path, rows: list[list[float]]) -> list[list[float]]:
@@ -77,18 +79,40 @@ def local_reference(digits_data: Path, tmp_path_factory: pytest.TempPathFactory)
     from helpers import built_once, run_aiops
 
     def train(root: Path) -> dict:
-        result = run_aiops(root / "home", root, "train", "train.py", "--source-dir", str(DIGITS),
-                           "--channel", f"train={digits_data}/train", "--channel", f"test={digits_data}/test",
-                           *HPS, "--nproc", "2", "--job-name", "local-reference", "--json",
-                           env={"OMP_NUM_THREADS": "1"}, timeout=600)
+        result = run_aiops(
+            root / "home",
+            root,
+            "train",
+            "train.py",
+            "--source-dir",
+            str(DIGITS),
+            "--channel",
+            f"train={digits_data}/train",
+            "--channel",
+            f"test={digits_data}/test",
+            *HPS,
+            "--nproc",
+            "2",
+            "--job-name",
+            "local-reference",
+            "--json",
+            env={"OMP_NUM_THREADS": "1"},
+            timeout=600,
+        )
         assert result.returncode == 0, result.output[-4000:]
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     run_dir = Path(built_once(tmp_path_factory, "journey-local-reference", train)["run_dir"])
     model_dir = next(p for p in run_dir.rglob("model.pt")).parent
     rows, labels = _test_rows(digits_data)
-    return LocalReference(run_dir, model_dir, torch.load(model_dir / "model.pth", weights_only=True),
-                          _predict(model_dir / "model.pt", rows), rows, labels)
+    return LocalReference(
+        run_dir,
+        model_dir,
+        torch.load(model_dir / "model.pth", weights_only=True),
+        _predict(model_dir / "model.pt", rows),
+        rows,
+        labels,
+    )
 
 
 @dataclass
@@ -117,24 +141,40 @@ class JourneyResult:
 
     def check(self) -> None:
         if self.error is not None:
-            raise AssertionError(f"the journey failed at {self.where}: {self.error}\n\n--- transcript ---\n"
-                                 f"{self.journey.log()[-12000:]}") from self.error
+            raise AssertionError(
+                f"the journey failed at {self.where}: {self.error}\n\n--- transcript ---\n"
+                f"{self.journey.log()[-12000:]}"
+            ) from self.error
 
 
 def user_network(account: MotoAccount) -> tuple[list[str], list[str]]:
     """The user's own VPC (existing before the stack, as the stack's network option expects)."""
     ec2 = account.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
-    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24", AvailabilityZone=f"{REGION}{z}")
-               ["Subnet"]["SubnetId"] for i, z in ((1, "a"), (2, "b"))]
-    group = ec2.create_security_group(GroupName="aiops-training", Description="training jobs", VpcId=vpc)["GroupId"]
-    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
-        {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}])
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24", AvailabilityZone=f"{REGION}{z}")["Subnet"][
+            "SubnetId"
+        ]
+        for i, z in ((1, "a"), (2, "b"))
+    ]
+    group = ec2.create_security_group(GroupName="aiops-training", Description="training jobs", VpcId=vpc)[
+        "GroupId"
+    ]
+    ec2.authorize_security_group_ingress(
+        GroupId=group, IpPermissions=[{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}]
+    )
     return subnets, [group]
 
 
-def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, local_model: bool,
-                scale_to_zero: str | None = None) -> JourneyResult:
+def run_journey(
+    journey: Journey,
+    data: Path,
+    *,
+    vpc: bool,
+    interruptions: int,
+    local_model: bool,
+    scale_to_zero: str | None = None,
+) -> JourneyResult:
     result = JourneyResult(journey)
     step = "start"
     clock = time.monotonic()
@@ -163,10 +203,28 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         mark("aiops train --remote")
         journey.platform.spot_interruptions = interruptions
         result.job_name = "digits-vpc" if vpc else "digits-e2e"
-        args = ["train", "train.py", "--source-dir", str(DIGITS), "--channel", f"train={data}/train",
-                "--channel", f"test={data}/test", *HPS, "--remote", "--instance-count", "2", "--spot",
-                "--instance-type", "ml.g5.xlarge", "--job-name", result.job_name, *DISTRIBUTION,
-                "--metric", METRIC]
+        args = [
+            "train",
+            "train.py",
+            "--source-dir",
+            str(DIGITS),
+            "--channel",
+            f"train={data}/train",
+            "--channel",
+            f"test={data}/test",
+            *HPS,
+            "--remote",
+            "--instance-count",
+            "2",
+            "--spot",
+            "--instance-type",
+            "ml.g5.xlarge",
+            "--job-name",
+            result.job_name,
+            *DISTRIBUTION,
+            "--metric",
+            METRIC,
+        ]
         if vpc:
             args.append("--network-isolation")
         train = journey.aiops(*args)
@@ -184,7 +242,7 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         assert metrics.returncode == 0
 
         mark("the job's model.tar.gz")
-        bucket, _, key = job.model_artifact[len("s3://"):].partition("/")
+        bucket, _, key = job.model_artifact[len("s3://") :].partition("/")
         result.model_archive = journey.account.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
 
         mark("aiops deploy --model")
@@ -206,14 +264,29 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
         rows_file = journey.root / "rows.json"
         rows_file.write_text(json.dumps(_test_rows(data)[0]))
         runtime = journey.account.client("sagemaker-runtime", endpoint=journey.platform.url)
-        routing = {"InferenceComponentName": journey.outputs["inferenceComponentName"]} \
-            if scale_to_zero == "components" else {}
-        answer = runtime.invoke_endpoint(EndpointName=journey.outputs["endpointName"], ContentType="application/json",
-                                         Accept="application/json", Body=rows_file.read_bytes(), **routing)
+        routing = (
+            {"InferenceComponentName": journey.outputs["inferenceComponentName"]}
+            if scale_to_zero == "components"
+            else {}
+        )
+        answer = runtime.invoke_endpoint(
+            EndpointName=journey.outputs["endpointName"],
+            ContentType="application/json",
+            Accept="application/json",
+            Body=rows_file.read_bytes(),
+            **routing,
+        )
         result.endpoint_answer = json.loads(answer["Body"].read())
         out = journey.root / "answer.json"
-        cli = journey.aiops("invoke", "--endpoint", journey.outputs["endpointName"], "--data", f"@{rows_file}",
-                            "--output", str(out))
+        cli = journey.aiops(
+            "invoke",
+            "--endpoint",
+            journey.outputs["endpointName"],
+            "--data",
+            f"@{rows_file}",
+            "--output",
+            str(out),
+        )
         assert cli.returncode == 0, cli.output
         result.cli_answer = json.loads(out.read_text())
         if scale_to_zero == "async":
@@ -236,7 +309,6 @@ def run_journey(journey: Journey, data: Path, *, vpc: bool, interruptions: int, 
     return result
 
 
-
 def _subscribe(journey: Journey, topic_suffix: str) -> tuple[str, str]:
     """An SQS queue subscribed to the stack's topic named ...<topic_suffix> (what a user listens on)."""
     sns, sqs = journey.account.client("sns"), journey.account.client("sqs")
@@ -248,7 +320,11 @@ def _subscribe(journey: Journey, topic_suffix: str) -> tuple[str, str]:
 
 
 def _received(journey: Journey, url: str) -> list[dict[str, Any]]:
-    messages = journey.account.client("sqs").receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    messages = (
+        journey.account.client("sqs")
+        .receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        .get("Messages", [])
+    )
     return [json.loads(json.loads(m["Body"])["Message"]) for m in messages]
 
 
@@ -261,13 +337,24 @@ def _async_inference(journey: Journey, result: JourneyResult, rows_file: Path) -
     name = journey.outputs["endpointName"]
     listeners = {suffix: _subscribe(journey, suffix) for suffix in ("-async-success", "-async-error")}
     out = journey.root / "async-answer.json"
-    cli = journey.aiops("invoke", "--async", "--endpoint", name, "--data", f"@{rows_file}", "--output", str(out),
-                        "--timeout", "120")
+    cli = journey.aiops(
+        "invoke",
+        "--async",
+        "--endpoint",
+        name,
+        "--data",
+        f"@{rows_file}",
+        "--output",
+        str(out),
+        "--timeout",
+        "120",
+    )
     result.async_cli = cli.output
     assert cli.returncode == 0, cli.output
     result.async_answer = json.loads(out.read_text())
-    result.async_failure = journey.aiops("invoke", "--async", "--endpoint", name, "--data", "[[1, 2, 3]]",
-                                         "--timeout", "120")
+    result.async_failure = journey.aiops(
+        "invoke", "--async", "--endpoint", name, "--data", "[[1, 2, 3]]", "--timeout", "120"
+    )
     from helpers import wait_until
 
     host = journey.platform.endpoints[name]  # each outcome is recorded after its notification is sent
@@ -283,14 +370,20 @@ def _component_refusals(journey: Journey, result: JourneyResult, rows_file: Path
     runtime = journey.account.client("sagemaker-runtime", endpoint=journey.platform.url)
     for extra in ({}, {"InferenceComponentName": "no-such-component"}):
         try:
-            runtime.invoke_endpoint(EndpointName=journey.outputs["endpointName"], ContentType="application/json",
-                                    Body=rows_file.read_bytes(), **extra)
+            runtime.invoke_endpoint(
+                EndpointName=journey.outputs["endpointName"],
+                ContentType="application/json",
+                Body=rows_file.read_bytes(),
+                **extra,
+            )
             result.component_refusals.append("answered")
         except ClientError as err:
             result.component_refusals.append(err.response["Error"].get("Message", ""))
 
 
-def _journey_fixture(tmp_path_factory: pytest.TempPathFactory, digits_data: Path, name: str, **options: Any) -> Any:
+def _journey_fixture(
+    tmp_path_factory: pytest.TempPathFactory, digits_data: Path, name: str, **options: Any
+) -> Any:
     from sandbox import unavailable_reason
 
     reason = unavailable_reason()
@@ -309,22 +402,38 @@ def _journey_fixture(tmp_path_factory: pytest.TempPathFactory, digits_data: Path
 
 @pytest.fixture(scope="session")
 def main_journey(tmp_path_factory: pytest.TempPathFactory, digits_data: Path) -> Any:
-    yield from _journey_fixture(tmp_path_factory, digits_data, "journey", vpc=False, interruptions=1,
-                                local_model=False, scale_to_zero="async")
+    yield from _journey_fixture(
+        tmp_path_factory,
+        digits_data,
+        "journey",
+        vpc=False,
+        interruptions=1,
+        local_model=False,
+        scale_to_zero="async",
+    )
 
 
 @pytest.fixture(scope="session")
 def vpc_journey(tmp_path_factory: pytest.TempPathFactory, digits_data: Path) -> Any:
-    yield from _journey_fixture(tmp_path_factory, digits_data, "journey-vpc", vpc=True, interruptions=0,
-                                local_model=True, scale_to_zero="components")
+    yield from _journey_fixture(
+        tmp_path_factory,
+        digits_data,
+        "journey-vpc",
+        vpc=True,
+        interruptions=0,
+        local_model=True,
+        scale_to_zero="components",
+    )
 
 
 def _phases(job: Any) -> list[tuple[str, float]]:
-    return [(t["Status"], round(t.get("EndTime", t["StartTime"]) - t["StartTime"], 1)) for t in job.transitions]
+    return [
+        (t["Status"], round(t.get("EndTime", t["StartTime"]) - t["StartTime"], 1)) for t in job.transitions
+    ]
 
 
 def _archive_names(journey: Journey, uri: str) -> set[str]:
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     body = journey.account.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
         return {m.name.removeprefix("./") for m in tar if m.isfile()}
@@ -379,8 +488,9 @@ def test_journey(main_journey: JourneyResult, local_reference: LocalReference) -
     assert request["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{outputs['bucket']}/")
     assert request["ResourceConfig"]["InstanceCount"] == 2 and request["EnableManagedSpotTraining"] is True
     assert job.attempts == 2 and [t["Status"] for t in job.transitions].count("Interrupted") == 1
-    resumed = re.search(r"resuming from /opt/ml/checkpoints/checkpoint.pt: (\d+) of (\d+) epochs done",
-                        result.train_output)
+    resumed = re.search(
+        r"resuming from /opt/ml/checkpoints/checkpoint.pt: (\d+) of (\d+) epochs done", result.train_output
+    )
     assert resumed and 1 <= int(resumed.group(1)) < EPOCHS, result.train_output[-3000:]
     stopped = re.search(r"SIGTERM received: stopped after epoch (\d+);", result.logs_output)
     assert stopped and stopped.group(1) == resumed.group(1)
@@ -401,9 +511,14 @@ def test_journey(main_journey: JourneyResult, local_reference: LocalReference) -
     assert model["inputs"]["primaryContainer"]["modelDataUrl"] == result.model_uri != job.model_artifact
     assert result.model_uri.startswith(f"s3://{outputs['bucket']}/models/sha256/")
     repacked = _archive_names(journey, result.model_uri)
-    assert {"code/inference.py", "code/train.py"} <= repacked and _archive_names(journey, job.model_artifact) < repacked
+    assert {"code/inference.py", "code/train.py"} <= repacked and _archive_names(
+        journey, job.model_artifact
+    ) < repacked
     endpoint = journey.platform.endpoints[outputs["endpointName"]]
-    assert endpoint.status == "InService" and endpoint.model["PrimaryContainer"]["ModelDataUrl"] == result.model_uri
+    assert (
+        endpoint.status == "InService"
+        and endpoint.model["PrimaryContainer"]["ModelDataUrl"] == result.model_uri
+    )
     assert isinstance(result.endpoint_answer, dict)  # answered by the repacked code/inference.py
     _assert_predictions(result.endpoint_answer, local_reference)
     assert result.cli_answer == result.endpoint_answer
@@ -440,13 +555,20 @@ def _assert_async_inference(result: JourneyResult) -> None:
     assert (error["inferenceId"], error["invocationStatus"]) == (failed["InferenceId"], "Failed")
     # what the role did for them, recorded (and judged against the deployed documents by the caller)
     made = {(c.action, c.resource) for c in journey.platform.calls}
-    for action, uri in (("s3:GetObject", done["InputLocation"]), ("s3:PutObject", done["OutputLocation"]),
-                        ("s3:PutObject", failed["FailureLocation"])):
-        assert (action, "arn:aws:s3:::" + uri[len("s3://"):]) in made, (action, uri)
-    assert {a for a, r in made if r.endswith("-async-success") or r.endswith("-async-error")} == {"sns:Publish"}
+    for action, uri in (
+        ("s3:GetObject", done["InputLocation"]),
+        ("s3:PutObject", done["OutputLocation"]),
+        ("s3:PutObject", failed["FailureLocation"]),
+    ):
+        assert (action, "arn:aws:s3:::" + uri[len("s3://") :]) in made, (action, uri)
+    assert {a for a, r in made if r.endswith("-async-success") or r.endswith("-async-error")} == {
+        "sns:Publish"
+    }
 
 
-def test_journey_in_a_vpc_with_network_isolation(vpc_journey: JourneyResult, local_reference: LocalReference) -> None:
+def test_journey_in_a_vpc_with_network_isolation(
+    vpc_journey: JourneyResult, local_reference: LocalReference
+) -> None:
     """The same journey with the stack's VPC option and network isolation on; the model deployed
     from a local model.tar.gz (uploaded under its content hash)."""
     import hashlib
@@ -456,7 +578,10 @@ def test_journey_in_a_vpc_with_network_isolation(vpc_journey: JourneyResult, loc
     journey = result.journey
     job = journey.platform.jobs[result.job_name]
     outputs = journey.outputs
-    assert job.request["VpcConfig"] == {"Subnets": outputs["subnetIds"], "SecurityGroupIds": outputs["securityGroupIds"]}
+    assert job.request["VpcConfig"] == {
+        "Subnets": outputs["subnetIds"],
+        "SecurityGroupIds": outputs["securityGroupIds"],
+    }
     assert job.request.get("EnableNetworkIsolation") is True
     actions = {c.action for c in job.calls}
     assert {"ec2:CreateNetworkInterface", "ec2:DescribeSubnets"} <= actions
@@ -492,7 +617,9 @@ def test_each_statement_of_the_role_is_needed(main_journey: JourneyResult, state
     docs = main_journey.documents
     calls = main_journey.journey.platform.calls
     denied = denials(docs.without_statement(statement_id), calls)
-    assert denied, f"nothing in the journey needs statement {statement_id}: remove it from the role (least privilege)"
+    assert denied, (
+        f"nothing in the journey needs statement {statement_id}: remove it from the role (least privilege)"
+    )
     message = str(denied[0])
     call = denied[0].call
     assert call.action in message and call.resource in message
@@ -501,7 +628,9 @@ def test_each_statement_of_the_role_is_needed(main_journey: JourneyResult, state
 def test_each_statement_of_the_vpc_role_is_needed(vpc_journey: JourneyResult, vpc_statement_id: str) -> None:
     """The same for the role of a stack with the VPC option (its ec2 statements included)."""
     vpc_journey.check()
-    denied = denials(vpc_journey.documents.without_statement(vpc_statement_id), vpc_journey.journey.platform.calls)
+    denied = denials(
+        vpc_journey.documents.without_statement(vpc_statement_id), vpc_journey.journey.platform.calls
+    )
     assert denied, f"nothing in the VPC journey needs statement {vpc_statement_id}"
     assert denied[0].call.action in str(denied[0]) and denied[0].call.resource in str(denied[0])
 
@@ -524,21 +653,37 @@ def test_a_removed_statement_fails_the_real_job(journey: Journey, digits_data: P
     document["Statement"] = [s for s in document["Statement"] if s is not removed[0]]
     iam.put_role_policy(RoleName=role, PolicyName=policy_name, PolicyDocument=json.dumps(document))
 
-    train = journey.aiops("train", "train.py", "--source-dir", str(DIGITS), "--channel", f"train={digits_data}/train",
-                          *HPS, "--remote", "--instance-type", "ml.c5.xlarge", "--job-name", "digits-denied")
+    train = journey.aiops(
+        "train",
+        "train.py",
+        "--source-dir",
+        str(DIGITS),
+        "--channel",
+        f"train={digits_data}/train",
+        *HPS,
+        "--remote",
+        "--instance-type",
+        "ml.c5.xlarge",
+        "--job-name",
+        "digits-denied",
+    )
     assert train.returncode == 1, journey.log()
     job = journey.platform.jobs["digits-denied"]
     bundle = job.request["HyperParameters"]["sagemaker_submit_directory"].strip('"')
-    bucket, _, key = bundle[len("s3://"):].partition("/")
-    assert "s3:GetObject" in train.output and f"arn:aws:s3:::{bucket}/{key}" in train.output, train.output[-3000:]
+    bucket, _, key = bundle[len("s3://") :].partition("/")
+    assert "s3:GetObject" in train.output and f"arn:aws:s3:::{bucket}/{key}" in train.output, train.output[
+        -3000:
+    ]
     assert job.status == "Failed" and "AccessDenied" in job.failure_reason
     # moto's own enforcement agrees: the role cannot read the bundle
     from emulator import Credentials
 
     answer = journey.account.client("sts", journey.account.service).assume_role(
-        RoleArn=journey.outputs["roleArn"], RoleSessionName="check")["Credentials"]
-    s3 = journey.account.client("s3", Credentials(answer["AccessKeyId"], answer["SecretAccessKey"],
-                                                  answer["SessionToken"]))
+        RoleArn=journey.outputs["roleArn"], RoleSessionName="check"
+    )["Credentials"]
+    s3 = journey.account.client(
+        "s3", Credentials(answer["AccessKeyId"], answer["SecretAccessKey"], answer["SessionToken"])
+    )
     with pytest.raises(ClientError) as denied:
         s3.get_object(Bucket=bucket, Key=key)
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
@@ -612,18 +757,38 @@ def test_upstream_style_script_runs_remotely_on_two_hosts(journey: Journey, tmp_
     (code / "train.py").write_text(UPSTREAM_TRAIN)
     data = tmp_path / "training"
     data.mkdir()
-    (data / "rows.csv").write_text("".join(f"{i % 3},{i % 5},{i % 7},{(i % 3) + 2 * (i % 5)}\n" for i in range(40)))
+    (data / "rows.csv").write_text(
+        "".join(f"{i % 3},{i % 5},{i % 7},{(i % 3) + 2 * (i % 5)}\n" for i in range(40))
+    )
     journey.write_stack(stack_config())
     journey.apply(journey.preview())
-    train = journey.aiops("train", "train.py", "--source-dir", str(code), "--channel", f"training={data}",
-                          "--hp", "epochs=3", "--remote", "--instance-count", "2", "--on-demand",
-                          "--instance-type", "ml.c5.xlarge", "--job-name", "upstream-style")
+    train = journey.aiops(
+        "train",
+        "train.py",
+        "--source-dir",
+        str(code),
+        "--channel",
+        f"training={data}",
+        "--hp",
+        "epochs=3",
+        "--remote",
+        "--instance-count",
+        "2",
+        "--on-demand",
+        "--instance-type",
+        "ml.c5.xlarge",
+        "--job-name",
+        "upstream-style",
+    )
     assert train.returncode == 0, journey.log()[-6000:]
     job = journey.platform.jobs["upstream-style"]
     logged = "\n".join(line for _, line in job.lines)
-    assert "host algo-1 rank 0 of 2 via algo-1:7777" in logged and "host algo-2 rank 1 of 2 via algo-1:7777" in logged
+    assert (
+        "host algo-1 rank 0 of 2 via algo-1:7777" in logged
+        and "host algo-2 rank 1 of 2 via algo-1:7777" in logged
+    )
     assert logged.count("rows seen by all hosts: 40") == 2
-    bucket, _, key = job.model_artifact[len("s3://"):].partition("/")
+    bucket, _, key = job.model_artifact[len("s3://") :].partition("/")
     archive = journey.account.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         assert "model.pth" in tar.getnames()

@@ -32,9 +32,21 @@ STEPS = 10
 # The reclaim comes when the emulator sees the first checkpoint (step 2), a moment after it is written;
 # the 8 steps (and 4 checkpoint saves) after it are the margin that keeps the stop mid-way (measured:
 # the hosts stop at step 2 or 3, the step they are at when SIGTERM lands).
-HPS = {"steps": STEPS, "d-model": 16, "n-layers": 1, "n-heads": 2, "seq-len": 16, "batch-size": 4,
-       "log-every": 1, "eval-every": 5, "eval-batches": 1, "checkpoint-every": 2, "warmup-steps": 1,
-       "threads": 1, "seed": 3}
+HPS = {
+    "steps": STEPS,
+    "d-model": 16,
+    "n-layers": 1,
+    "n-heads": 2,
+    "seq-len": 16,
+    "batch-size": 4,
+    "log-every": 1,
+    "eval-every": 5,
+    "eval-batches": 1,
+    "checkpoint-every": 2,
+    "warmup-steps": 1,
+    "threads": 1,
+    "seed": 3,
+}
 
 
 @pytest.fixture
@@ -47,7 +59,7 @@ def lm_data(tmp_path: Path) -> Path:
 
 
 def _members(journey, uri: str) -> dict[str, bytes]:
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     body = journey.account.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
         return {m.name.removeprefix("./"): tar.extractfile(m).read() for m in tar if m.isfile()}
@@ -58,10 +70,27 @@ def test_two_instance_lm_spot_job_resumes_from_dcp_and_serves(journey, lm_data: 
     outputs = journey.apply(journey.preview())
     journey.platform.spot_interruptions = 1
     train = journey.aiops(
-        "train", "train.py", "--source-dir", str(LM), "--channel", f"train={lm_data / 'train'}",
-        "--channel", f"test={lm_data / 'test'}", *[a for k, v in HPS.items() for a in ("--hp", f"{k}={v}")],
-        "--remote", "--instance-count", "2", "--spot", "--instance-type", "ml.g5.xlarge",
-        "--distribution", "torch_distributed", "--job-name", "lm-spot", "--no-wait")  # following: the digits journey
+        "train",
+        "train.py",
+        "--source-dir",
+        str(LM),
+        "--channel",
+        f"train={lm_data / 'train'}",
+        "--channel",
+        f"test={lm_data / 'test'}",
+        *[a for k, v in HPS.items() for a in ("--hp", f"{k}={v}")],
+        "--remote",
+        "--instance-count",
+        "2",
+        "--spot",
+        "--instance-type",
+        "ml.g5.xlarge",
+        "--distribution",
+        "torch_distributed",
+        "--job-name",
+        "lm-spot",
+        "--no-wait",
+    )  # following: the digits journey
     assert train.returncode == 0, journey.log()[-6000:]
     job = journey.platform.wait_job("lm-spot")
     assert job.status == "Completed" and job.interrupted == 1 and job.attempts == 2, journey.log()[-4000:]
@@ -72,8 +101,12 @@ def test_two_instance_lm_spot_job_resumes_from_dcp_and_serves(journey, lm_data: 
     # the synced checkpoint prefix holds the union: host 1's metadata and shard, host 2's shard
     bucket = outputs["bucket"]
     prefix = "checkpoints/lm-spot/"
-    keys = {o["Key"][len(prefix):] for o in journey.account.client("s3").list_objects_v2(
-        Bucket=bucket, Prefix=prefix).get("Contents", [])}
+    keys = {
+        o["Key"][len(prefix) :]
+        for o in journey.account.client("s3")
+        .list_objects_v2(Bucket=bucket, Prefix=prefix)
+        .get("Contents", [])
+    }
     steps = sorted({int(m.group(1)) for k in keys if (m := re.match(r"step-(\d+)/", k))})
     assert steps and steps[-1] == STEPS, keys
 
@@ -96,7 +129,10 @@ def test_two_instance_lm_spot_job_resumes_from_dcp_and_serves(journey, lm_data: 
     before = [int(s) for s in re.findall(r"step=(\d+); train_loss=", first)]
     after = [int(s) for s in re.findall(r"step=(\d+); train_loss=", second)]
     assert before and before[-1] >= start  # the interrupted attempt got past the checkpoint it left
-    assert after == list(range(start + 1, STEPS + 1)), (before, after)  # no step trained twice after the resume
+    assert after == list(range(start + 1, STEPS + 1)), (
+        before,
+        after,
+    )  # no step trained twice after the resume
     assert "final_test_perplexity=" in log
 
     # the model package: the consolidated weights, their config and the handler's code
@@ -110,12 +146,18 @@ def test_two_instance_lm_spot_job_resumes_from_dcp_and_serves(journey, lm_data: 
     model_uri = journey.resolve_model("job:lm-spot")
     assert model_uri.startswith(f"s3://{bucket}/models/sha256/")
     assert {"code/train.py", "code/lm_data.py", "code/inference.py", "model.safetensors"} <= set(
-        _members(journey, model_uri))
+        _members(journey, model_uri)
+    )
     journey.set_config("aiops:endpoint.modelDataUrl", model_uri)
     journey.apply(journey.preview())
     runtime = journey.account.client("sagemaker-runtime", endpoint=journey.platform.url)
-    answer = runtime.invoke_endpoint(EndpointName=journey.outputs["endpointName"], ContentType="application/json",
-                                     Accept="application/json",
-                                     Body=json.dumps({"prompt": "def ", "max_new_tokens": 8}))
+    answer = runtime.invoke_endpoint(
+        EndpointName=journey.outputs["endpointName"],
+        ContentType="application/json",
+        Accept="application/json",
+        Body=json.dumps({"prompt": "def ", "max_new_tokens": 8}),
+    )
     body = json.loads(answer["Body"].read())
-    assert body["prompt"] == "def " and 1 <= body["new_tokens"] <= 8 and isinstance(body["generated_text"], str)
+    assert (
+        body["prompt"] == "def " and 1 <= body["new_tokens"] <= 8 and isinstance(body["generated_text"], str)
+    )

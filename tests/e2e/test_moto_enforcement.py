@@ -21,12 +21,23 @@ BUCKET = "enforced-bucket"
 
 def _role_client(account: MotoAccount, statements: list[dict]) -> object:
     iam = account.client("iam")
-    trust = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/admin"}, "Action": "sts:AssumeRole"}]}
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/admin"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
     name = f"reader-{len(iam.list_roles()['Roles'])}"
     arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-    iam.put_role_policy(RoleName=name, PolicyName="reads",
-                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}))
+    iam.put_role_policy(
+        RoleName=name,
+        PolicyName="reads",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}),
+    )
     c = account.client("sts").assume_role(RoleArn=arn, RoleSessionName="reader")["Credentials"]
     return account.client("s3", Credentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"]))
 
@@ -49,10 +60,13 @@ def _denied(call: object) -> bool:
 
 
 def test_a_reader_role_heads_downloads_and_lists_as_on_aws(seeded: MotoAccount, tmp_path: Path) -> None:
-    s3 = _role_client(seeded, [
-        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/code/*"},
-        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{BUCKET}"},
-    ])
+    s3 = _role_client(
+        seeded,
+        [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/code/*"},
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{BUCKET}"},
+        ],
+    )
     assert s3.head_object(Bucket=BUCKET, Key="code/bundle.tar.gz")["ContentLength"] == 6
     s3.download_file(BUCKET, "code/bundle.tar.gz", str(tmp_path / "bundle"))
     assert (tmp_path / "bundle").read_bytes() == b"bundle"
@@ -65,16 +79,22 @@ def test_a_reader_role_heads_downloads_and_lists_as_on_aws(seeded: MotoAccount, 
 
 
 def test_a_role_without_get_object_cannot_head_or_download(seeded: MotoAccount, tmp_path: Path) -> None:
-    s3 = _role_client(seeded, [
-        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{BUCKET}"},
-    ])
+    s3 = _role_client(
+        seeded,
+        [
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{BUCKET}"},
+        ],
+    )
     assert _denied(lambda: s3.head_object(Bucket=BUCKET, Key="code/bundle.tar.gz"))
     assert _denied(lambda: s3.download_file(BUCKET, "code/bundle.tar.gz", str(tmp_path / "bundle")))
     assert not (tmp_path / "bundle").exists()
 
 
 def test_listing_needs_list_bucket(seeded: MotoAccount) -> None:
-    s3 = _role_client(seeded, [
-        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/code/*"},
-    ])
+    s3 = _role_client(
+        seeded,
+        [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/code/*"},
+        ],
+    )
     assert _denied(lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix="code/"))

@@ -34,8 +34,9 @@ def _sha(path: Path) -> str:
 
 
 @pytest.mark.parametrize("fmt,quantize", CASES, ids=["ts", "ts-int8", "onnx", "onnx-int8"])
-def test_export_is_verified_served_and_agrees(cli, cli_in_process, serve, digits_run, tmp_path: Path, fmt,
-                                              quantize) -> None:
+def test_export_is_verified_served_and_agrees(
+    cli, cli_in_process, serve, digits_run, tmp_path: Path, fmt, quantize
+) -> None:
     out = tmp_path / "exported.tar.gz"
     r = _export(cli, digits_run["run"], fmt, quantize, out)
     assert r.returncode == 0, r.output
@@ -88,8 +89,19 @@ def test_exported_tarball_exports_again_and_keeps_code(cli, digits_run, tmp_path
     sample = tmp_path / "x.npy"
     np.save(sample, np.load(digits_run["data"] / "test" / "digits.npz")["x"][:50])
     out = tmp_path / "ts.tar.gz"
-    r = cli("export", str(packaged), "--format", "torchscript", "--sample", str(sample), "--out", str(out),
-            "--json", "--bench-seconds", "0.05")
+    r = cli(
+        "export",
+        str(packaged),
+        "--format",
+        "torchscript",
+        "--sample",
+        str(sample),
+        "--out",
+        str(out),
+        "--json",
+        "--bench-seconds",
+        "0.05",
+    )
     assert r.returncode == 0, r.output
     s = summary(r)
     assert s["code"] == "kept"  # the example's model_fn loads model.pt: its code/ works unchanged

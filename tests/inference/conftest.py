@@ -46,13 +46,16 @@ def model_fn(model_dir):  # the server is under test, not a model: no torch impo
     return None
 """
 
-ECHO = NO_TORCH_MODEL_FN + """
+ECHO = (
+    NO_TORCH_MODEL_FN
+    + """
 import json
 def input_fn(body, content_type):
     return json.loads(body)
 def predict_fn(data, model):
     return data
 """
+)
 
 
 @pytest.fixture
@@ -78,7 +81,9 @@ def mlp_dir(tmp_path: Path) -> Path:
 def start_server(tmp_path: Path, aiops_home: Path):
     started: list[Server] = []
 
-    def start(model, *args: str, env: dict | None = None, wait: bool = True, port: int | None = None) -> Server:
+    def start(
+        model, *args: str, env: dict | None = None, wait: bool = True, port: int | None = None
+    ) -> Server:
         server = launch_server(model, *args, home=aiops_home, cwd=tmp_path, env=env, port=port)
         started.append(server)
         if wait:

@@ -8,9 +8,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import run_aiops
 
 from aiops import archive
-from helpers import run_aiops
 
 from .conftest import save_double
 
@@ -56,8 +56,14 @@ def _bomb(path: Path, size: int) -> Path:
 
 
 def test_good_archive_round_trips(tmp_path):
-    src = _tar(tmp_path / "m.tar.gz", [("code", None, tarfile.DIRTYPE), ("code/inference.py", b"x = 1\n", tarfile.REGTYPE),
-                                       ("model.pt", b"weights", tarfile.REGTYPE)])
+    src = _tar(
+        tmp_path / "m.tar.gz",
+        [
+            ("code", None, tarfile.DIRTYPE),
+            ("code/inference.py", b"x = 1\n", tarfile.REGTYPE),
+            ("model.pt", b"weights", tarfile.REGTYPE),
+        ],
+    )
     folder = archive.extract_to_temp(src)
     try:
         assert (folder / "model.pt").read_bytes() == b"weights"
@@ -68,14 +74,21 @@ def test_good_archive_round_trips(tmp_path):
         shutil.rmtree(folder)
 
 
-@pytest.mark.parametrize("limits, members, match", [
-    ({"max_members": 10}, [(f"f{i}", b"", tarfile.REGTYPE) for i in range(11)], "more than 10 entries"),
-    ({}, [("../evil", b"x", tarfile.REGTYPE)], "outside the model folder"),
-    ({}, [("/abs/evil", b"x", tarfile.REGTYPE)], "outside the model folder"),
-    ({}, [("link", b"", tarfile.SYMTYPE)], "link, device"),
-    ({}, [("fifo", b"", tarfile.FIFOTYPE)], "link, device"),
-    ({"max_bytes": 100}, [("a", b"x" * 60, tarfile.REGTYPE), ("b", b"y" * 60, tarfile.REGTYPE)], "more than 100 bytes"),
-])
+@pytest.mark.parametrize(
+    "limits, members, match",
+    [
+        ({"max_members": 10}, [(f"f{i}", b"", tarfile.REGTYPE) for i in range(11)], "more than 10 entries"),
+        ({}, [("../evil", b"x", tarfile.REGTYPE)], "outside the model folder"),
+        ({}, [("/abs/evil", b"x", tarfile.REGTYPE)], "outside the model folder"),
+        ({}, [("link", b"", tarfile.SYMTYPE)], "link, device"),
+        ({}, [("fifo", b"", tarfile.FIFOTYPE)], "link, device"),
+        (
+            {"max_bytes": 100},
+            [("a", b"x" * 60, tarfile.REGTYPE), ("b", b"y" * 60, tarfile.REGTYPE)],
+            "more than 100 bytes",
+        ),
+    ],
+)
 def test_refused_archives_leave_no_temp_folder(tmp_path, monkeypatch, limits, members, match):
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -89,12 +102,12 @@ def test_refused_archives_leave_no_temp_folder(tmp_path, monkeypatch, limits, me
 
 
 def test_tar_bomb_stops_at_the_header_not_after_filling_the_disk(tmp_path):
-    bomb = _bomb(tmp_path / "bomb.tar.gz", 300 * 1024 ** 2)  # 300 MB of zeros, ~1 MB compressed
+    bomb = _bomb(tmp_path / "bomb.tar.gz", 300 * 1024**2)  # 300 MB of zeros, ~1 MB compressed
     assert bomb.stat().st_size < 3 * 1024 * 1024
     dest = tmp_path / "out"
     dest.mkdir()
     with pytest.raises(archive.ArchiveError, match="unpacks to more than"):
-        archive.safe_extract(bomb, dest, max_bytes=100 * 1024 ** 2)
+        archive.safe_extract(bomb, dest, max_bytes=100 * 1024**2)
     assert sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) == 0  # refused before any data
 
 
@@ -108,8 +121,17 @@ def test_serve_refuses_a_bomb_with_one_line_and_no_temp_left(tmp_path, aiops_hom
             tar.addfile(info, io.BytesIO(b""))
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    r = run_aiops(aiops_home, tmp_path, "serve", str(model), "--port", "0",
-                  env={"AIOPS_SERVE__ARCHIVE_MAX_MEMBERS": "20", "TMPDIR": str(tmp)})
+    r = run_aiops(
+        aiops_home,
+        tmp_path,
+        "serve",
+        str(model),
+        "--port",
+        "0",
+        env={"AIOPS_SERVE__ARCHIVE_MAX_MEMBERS": "20", "TMPDIR": str(tmp)},
+    )
     assert r.returncode == 2, r.output
-    assert r.stderr.startswith("error: ") and "more than 20 entries" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.stderr.startswith("error: ") and "more than 20 entries" in r.stderr and "Traceback" not in r.stderr
+    )
     assert os.listdir(tmp) == []

@@ -20,11 +20,21 @@ def _make_run(aiops_home: Path, tmp_path: Path, name="digits-1", status="Complet
     src = tmp_path / "src"
     src.mkdir(exist_ok=True)
     (src / "train.py").write_text("print('train')\n")
-    (src / "inference.py").write_text("def output_fn(prediction, accept):\n    return 'run-script', 'text/plain'\n")
+    (src / "inference.py").write_text(
+        "def output_fn(prediction, accept):\n    return 'run-script', 'text/plain'\n"
+    )
     (src / "requirements.txt").write_text("numpy\n")
-    (run / "run.json").write_text(json.dumps({
-        "job_name": name, "status": status, "entry_point": "train.py", "source_dir": str(src),
-        "artifacts": {"model": str(run / "output" / "model.tar.gz")}}))
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "job_name": name,
+                "status": status,
+                "entry_point": "train.py",
+                "source_dir": str(src),
+                "artifacts": {"model": str(run / "output" / "model.tar.gz")},
+            }
+        )
+    )
     return run
 
 
@@ -39,8 +49,17 @@ def test_package_is_deterministic_and_in_sagemaker_layout(run_cli, tmp_path):
     outs = []
     for i in range(2):
         out = tmp_path / f"out{i}" / "model.tar.gz"
-        r = run_cli("model", "package", str(model), "--out", str(out), "--entry-point", str(script),
-                    "--requirements", str(req))
+        r = run_cli(
+            "model",
+            "package",
+            str(model),
+            "--out",
+            str(out),
+            "--entry-point",
+            str(script),
+            "--requirements",
+            str(req),
+        )
         assert r.returncode == 0, r.output
         outs.append(out.read_bytes())
         # other file times must not change the bytes (the wall clock cannot reach them either: every
@@ -51,7 +70,14 @@ def test_package_is_deterministic_and_in_sagemaker_layout(run_cli, tmp_path):
     with tarfile.open(tmp_path / "out0" / "model.tar.gz") as tar:
         names = tar.getnames()
         assert names == sorted(names)
-        assert set(names) == {"code", "code/inference.py", "code/requirements.txt", "model.pt", "sub", "sub/vocab.txt"}
+        assert set(names) == {
+            "code",
+            "code/inference.py",
+            "code/requirements.txt",
+            "model.pt",
+            "sub",
+            "sub/vocab.txt",
+        }
         assert {(m.mtime, m.uid, m.gid, m.uname) for m in tar.getmembers()} == {(0, 0, 0, "")}
     assert outs[0][4:8] == b"\0\0\0\0"  # gzip header mtime
 
@@ -111,8 +137,15 @@ def test_bad_inputs_are_one_line_usage_errors(run_cli, aiops_home, tmp_path):
     r = run_cli("serve", str(empty), "--port", str(free_port()))  # a folder without a model is bad input
     assert r.returncode == 2 and "exactly one .pt or .pth file is needed" in r.stderr, r.output
     assert r.stderr.count("error: ") == 1 and "Traceback" not in r.output
-    r = run_cli("serve", str(tmp_path), "--port", "1", "--host", "127.0.0.1",
-                env={"SAGEMAKER_MODEL_SERVER_WORKERS": "two"})
+    r = run_cli(
+        "serve",
+        str(tmp_path),
+        "--port",
+        "1",
+        "--host",
+        "127.0.0.1",
+        env={"SAGEMAKER_MODEL_SERVER_WORKERS": "two"},
+    )
     assert r.returncode == 2 and "SAGEMAKER_MODEL_SERVER_WORKERS='two'" in r.stderr
 
 
@@ -120,8 +153,10 @@ def test_help_imports_no_heavy_modules(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from aiops.cli.app import main; main(['serve', '--help']); "
-            "print(sorted(m for m in ('torch','numpy','uvicorn','boto3','starlette') if m in sys.modules))")
+    code = (
+        "import sys; from aiops.cli.app import main; main(['serve', '--help']); "
+        "print(sorted(m for m in ('torch','numpy','uvicorn','boto3','starlette') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "[]"
 

@@ -9,15 +9,23 @@ from __future__ import annotations
 import http.client
 
 import pytest
+from helpers import Server, free_port, wait_ready
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import Server, free_port, wait_ready
-
 from .conftest import save_double
 
-CTYPES = ["application/json", "text/csv", "application/x-npy", "application/x-npz", "text/plain",
-          "application/json; charset=utf-8", "", "*/*", "application/octet-stream"]
+CTYPES = [
+    "application/json",
+    "text/csv",
+    "application/x-npy",
+    "application/x-npz",
+    "text/plain",
+    "application/json; charset=utf-8",
+    "",
+    "*/*",
+    "application/octet-stream",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +40,17 @@ def fuzz_server(tmp_path_factory):
     port = free_port()
     log_path = tmp / "server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "aiops.cli.app", "serve", str(folder), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "AIOPS_HOME": str(tmp / "home"), "OMP_NUM_THREADS": "1",
-                                     "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.5"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aiops.cli.app", "serve", str(folder), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "AIOPS_HOME": str(tmp / "home"),
+                "OMP_NUM_THREADS": "1",
+                "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0.5",
+            },
+        )
     server = Server(proc, port, log_path)
     wait_ready(server)
     yield server
@@ -54,18 +69,37 @@ def _post(server, body: bytes, headers: dict) -> int:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=5),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
     max_leaves=12,
 )
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.one_of(st.binary(max_size=600), json_values.map(lambda v: __import__("json").dumps(v).encode()),
-                      st.text(alphabet="0123456789,.-e\n nan", max_size=200).map(str.encode)),
-       ctype=st.sampled_from(CTYPES),
-       accept=st.one_of(st.none(), st.sampled_from(["*/*", "text/csv", "application/x-npy", "image/png",
-                                                    "application/json;q=0.1, text/csv", ",,", ";"]),
-                        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)))
+@given(
+    body=st.one_of(
+        st.binary(max_size=600),
+        json_values.map(lambda v: __import__("json").dumps(v).encode()),
+        st.text(alphabet="0123456789,.-e\n nan", max_size=200).map(str.encode),
+    ),
+    ctype=st.sampled_from(CTYPES),
+    accept=st.one_of(
+        st.none(),
+        st.sampled_from(
+            [
+                "*/*",
+                "text/csv",
+                "application/x-npy",
+                "image/png",
+                "application/json;q=0.1, text/csv",
+                ",,",
+                ";",
+            ]
+        ),
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    ),
+)
 def test_malformed_bodies_never_5xx(fuzz_server, body, ctype, accept):
     headers = {"Content-Type": ctype} if ctype else {}
     if accept is not None:
@@ -75,14 +109,28 @@ def test_malformed_bodies_never_5xx(fuzz_server, body, ctype, accept):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(["Content-Type", "Accept", "Content-Length", "X-Amzn-SageMaker-Custom-Attributes",
-                             "X-Api-Key", "Authorization", "X-Amzn-SageMaker-Inference-Id"]),
-       value=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=300))
+@given(
+    name=st.sampled_from(
+        [
+            "Content-Type",
+            "Accept",
+            "Content-Length",
+            "X-Amzn-SageMaker-Custom-Attributes",
+            "X-Api-Key",
+            "Authorization",
+            "X-Amzn-SageMaker-Inference-Id",
+        ]
+    ),
+    value=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=300),
+)
 def test_malformed_headers_never_crash(fuzz_server, name, value):
     import socket
 
-    raw = (f"POST /invocations HTTP/1.1\r\nHost: x\r\n{name}: {value}\r\n"
-           + ("" if name == "Content-Length" else "Content-Length: 3\r\n") + "\r\n[1]").encode()
+    raw = (
+        f"POST /invocations HTTP/1.1\r\nHost: x\r\n{name}: {value}\r\n"
+        + ("" if name == "Content-Length" else "Content-Length: 3\r\n")
+        + "\r\n[1]"
+    ).encode()
     with socket.create_connection(("127.0.0.1", fuzz_server.port), timeout=30) as sock:
         sock.sendall(raw)
         sock.shutdown(socket.SHUT_WR)
@@ -98,17 +146,30 @@ def test_malformed_headers_never_crash(fuzz_server, name, value):
 # Bodies that must be refused with a 4xx naming the problem (they used to reach the model or be
 # decoded into NaN / nulls): the default decoders check shape, emptiness and every field.
 REFUSED = [
-    (b"[]", "application/json", "empty"), (b"[[]]", "application/json", "empty"),
-    (b"[[], []]", "application/json", "empty"), (b"[[1], [1, 2]]", "application/json", "ragged"),
-    (b"[[1, 2], 3]", "application/json", "ragged"), (b'[1, "a"]', "application/json", "non-numeric"),
-    (b"[1, null]", "application/json", "null"), (b'{"a": 1}', "application/json", "non-numeric"),
-    (b'"text"', "application/json", "non-numeric"), (b"", "application/json", "empty"),
-    (b"   ", "application/json", "empty"), (b"[1,]", "application/json", "not valid JSON"),
-    (b"[NaN]", "application/json", "not valid JSON"), (b"\xff\xfe", "application/json", "not valid JSON"),
-    (b"1,abc,3", "text/csv", "abc"), (b"1,,3", "text/csv", "''"), (b"1,2\n3\n", "text/csv", "same number"),
-    (b"[1, 2, 3]", "text/csv", "[1"), (b"", "text/csv", "empty"), (b"\n\n", "text/csv", "empty"),
-    (b"1_000,2", "text/csv", "1_000"), (b"\x93NUMPY", "application/x-npy", "npy"),
-    (b"PK\x03\x04junk", "application/x-npz", "zip"), (b"[" * 5000 + b"]" * 5000, "application/json", "JSON"),
+    (b"[]", "application/json", "empty"),
+    (b"[[]]", "application/json", "empty"),
+    (b"[[], []]", "application/json", "empty"),
+    (b"[[1], [1, 2]]", "application/json", "ragged"),
+    (b"[[1, 2], 3]", "application/json", "ragged"),
+    (b'[1, "a"]', "application/json", "non-numeric"),
+    (b"[1, null]", "application/json", "null"),
+    (b'{"a": 1}', "application/json", "non-numeric"),
+    (b'"text"', "application/json", "non-numeric"),
+    (b"", "application/json", "empty"),
+    (b"   ", "application/json", "empty"),
+    (b"[1,]", "application/json", "not valid JSON"),
+    (b"[NaN]", "application/json", "not valid JSON"),
+    (b"\xff\xfe", "application/json", "not valid JSON"),
+    (b"1,abc,3", "text/csv", "abc"),
+    (b"1,,3", "text/csv", "''"),
+    (b"1,2\n3\n", "text/csv", "same number"),
+    (b"[1, 2, 3]", "text/csv", "[1"),
+    (b"", "text/csv", "empty"),
+    (b"\n\n", "text/csv", "empty"),
+    (b"1_000,2", "text/csv", "1_000"),
+    (b"\x93NUMPY", "application/x-npy", "npy"),
+    (b"PK\x03\x04junk", "application/x-npz", "zip"),
+    (b"[" * 5000 + b"]" * 5000, "application/json", "JSON"),
 ]
 
 
@@ -154,8 +215,11 @@ def test_irregular_arrays_are_4xx_never_200_or_5xx(fuzz_server, rows, as_csv):
         body = json.dumps(rows).encode()
         ctype = "application/json"
     status = _post(fuzz_server, body, {"Content-Type": ctype})
-    if ctype == "application/json" or any(not isinstance(v, (int, float)) or isinstance(v, bool)
-                                          for row in rows for v in row) or len({len(r) for r in rows if r}) > 1:
+    if (
+        ctype == "application/json"
+        or any(not isinstance(v, (int, float)) or isinstance(v, bool) for row in rows for v in row)
+        or len({len(r) for r in rows if r}) > 1
+    ):
         # JSON: every irregular array is refused; CSV: a blank line is skipped, so only a ragged or
         # non-numeric row must be refused (an all-numeric body with an empty row is still rectangular)
         assert 400 <= status < 500, (body[:200], ctype, status)

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from aiops.errors import UsageError
 from aiops.inference import codecs
 from aiops.inference.handler import Context, Handler, default_model_fn
+
+from aiops.errors import UsageError
 
 from .conftest import save_double, save_mlp, write_script
 
@@ -65,17 +65,22 @@ def test_user_model_fn_with_and_without_context(tmp_path):
     folder.mkdir()
     h = loaded(folder, "def model_fn(model_dir):\n    return ('plain', model_dir)\n")
     assert h.model == ("plain", str(folder))
-    h2 = loaded(folder, "def model_fn(model_dir, context):\n    return context.system_properties['model_dir']\n")
+    h2 = loaded(
+        folder, "def model_fn(model_dir, context):\n    return context.system_properties['model_dir']\n"
+    )
     assert h2.model == str(folder)
 
 
 def test_pre_model_and_warmup_fns_run_in_order(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
-    h = loaded(folder, "calls = []\n"
-                       "def pre_model_fn(model_dir):\n    calls.append('pre')\n"
-                       "def model_fn(model_dir):\n    calls.append('model'); return 1\n"
-                       "def model_warmup_fn(model_dir, model):\n    calls.append(('warm', model))\n")
+    h = loaded(
+        folder,
+        "calls = []\n"
+        "def pre_model_fn(model_dir):\n    calls.append('pre')\n"
+        "def model_fn(model_dir):\n    calls.append('model'); return 1\n"
+        "def model_warmup_fn(model_dir, model):\n    calls.append(('warm', model))\n",
+    )
     assert h.module.calls == ["pre", "model", ("warm", 1)]
 
 
@@ -86,15 +91,21 @@ def test_pre_model_and_warmup_fns_run_in_order(tmp_path):
 def test_transform_fn_with_another_fn_is_a_load_error(tmp_path, other):
     folder = tmp_path / "m"
     folder.mkdir()
-    script = write_script(folder, f"def transform_fn(m, b, c, a):\n    return b\ndef {other}(x, y):\n    return x\n")
+    script = write_script(
+        folder, f"def transform_fn(m, b, c, a):\n    return b\ndef {other}(x, y):\n    return x\n"
+    )
     with pytest.raises(UsageError, match=f"transform_fn cannot be used together with {other}"):
         Handler(folder, script=script)
 
 
-@pytest.mark.parametrize("source, error", [
-    ("def input_fn(body):\n    return body\n", "input_fn takes 1 arguments"),
-    ("import no_such_module_xyz\n", "importing it failed: ModuleNotFoundError"),
-], ids=["wrong-arity", "import-error"])
+@pytest.mark.parametrize(
+    "source, error",
+    [
+        ("def input_fn(body):\n    return body\n", "input_fn takes 1 arguments"),
+        ("import no_such_module_xyz\n", "importing it failed: ModuleNotFoundError"),
+    ],
+    ids=["wrong-arity", "import-error"],
+)
 def test_broken_script_is_a_load_error(tmp_path, source, error):
     folder = tmp_path / "m"
     folder.mkdir()
@@ -107,19 +118,27 @@ def test_broken_script_is_a_load_error(tmp_path, source, error):
 
 
 def test_user_functions_each_called_with_context(tmp_path, double_dir):
-    h = loaded(double_dir, (
-        "import json\n"
-        "def input_fn(body, content_type, context):\n"
-        "    assert isinstance(body, str)\n"
-        "    return (json.loads(body), content_type, context.request_id)\n"
-        "def predict_fn(data, model, context):\n"
-        "    return {'data': data[0], 'ctype': data[1], 'rid': data[2]}\n"
-        "def output_fn(prediction, accept, context):\n"
-        "    return json.dumps({**prediction, 'accept': accept}), 'application/vnd.test+json'\n"))
+    h = loaded(
+        double_dir,
+        (
+            "import json\n"
+            "def input_fn(body, content_type, context):\n"
+            "    assert isinstance(body, str)\n"
+            "    return (json.loads(body), content_type, context.request_id)\n"
+            "def predict_fn(data, model, context):\n"
+            "    return {'data': data[0], 'ctype': data[1], 'rid': data[2]}\n"
+            "def output_fn(prediction, accept, context):\n"
+            "    return json.dumps({**prediction, 'accept': accept}), 'application/vnd.test+json'\n"
+        ),
+    )
     body, ctype = h.invoke(b'{"x": 1}', "application/json; charset=utf-8", "application/json", ctx())
     assert ctype == "application/vnd.test+json"
-    assert json.loads(body) == {"data": {"x": 1}, "ctype": "application/json", "rid": "r1",
-                                "accept": "application/json"}
+    assert json.loads(body) == {
+        "data": {"x": 1},
+        "ctype": "application/json",
+        "rid": "r1",
+        "accept": "application/json",
+    }
 
 
 def test_output_fn_plain_body_gets_accept_as_content_type(double_dir):
@@ -130,9 +149,15 @@ def test_output_fn_plain_body_gets_accept_as_content_type(double_dir):
 
 
 def test_transform_fn_gets_bytes_for_binary_types(double_dir):
-    h = loaded(double_dir, "def transform_fn(model, body, content_type, accept):\n"
-                           "    return (type(body).__name__ + ':' + content_type + ':' + accept).encode(), 'text/plain'\n")
-    assert h.invoke(b"\x93NUMPY", "application/x-npy", None, ctx())[0] == b"bytes:application/x-npy:application/json"
+    h = loaded(
+        double_dir,
+        "def transform_fn(model, body, content_type, accept):\n"
+        "    return (type(body).__name__ + ':' + content_type + ':' + accept).encode(), 'text/plain'\n",
+    )
+    assert (
+        h.invoke(b"\x93NUMPY", "application/x-npy", None, ctx())[0]
+        == b"bytes:application/x-npy:application/json"
+    )
     assert h.invoke(b"1,2", "text/csv", "text/csv", ctx())[0] == b"str:text/csv:text/csv"
 
 
@@ -173,12 +198,15 @@ def _npz(**arrays) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("content_type,body,expected", [
-    ("application/json", b"[[1, 2], [3, 4]]", [[2.0, 4.0], [6.0, 8.0]]),
-    ("text/csv", b"1,2\n3,4\n", [[2.0, 4.0], [6.0, 8.0]]),
-    ("application/x-npy", _npy(np.array([[1, 2], [3, 4]], dtype=np.float32)), [[2.0, 4.0], [6.0, 8.0]]),
-    ("application/x-npz", _npz(x=np.array([[1, 2], [3, 4]], dtype=np.float32)), [[2.0, 4.0], [6.0, 8.0]]),
-])
+@pytest.mark.parametrize(
+    "content_type,body,expected",
+    [
+        ("application/json", b"[[1, 2], [3, 4]]", [[2.0, 4.0], [6.0, 8.0]]),
+        ("text/csv", b"1,2\n3,4\n", [[2.0, 4.0], [6.0, 8.0]]),
+        ("application/x-npy", _npy(np.array([[1, 2], [3, 4]], dtype=np.float32)), [[2.0, 4.0], [6.0, 8.0]]),
+        ("application/x-npz", _npz(x=np.array([[1, 2], [3, 4]], dtype=np.float32)), [[2.0, 4.0], [6.0, 8.0]]),
+    ],
+)
 def test_default_decoders(double_dir, content_type, body, expected):
     h = loaded(double_dir)
     out, ctype = h.invoke(body, content_type, "application/json", ctx())
@@ -207,20 +235,25 @@ def test_npy_keeps_its_dtype(double_dir):
     assert data.dtype == torch.int64
 
 
-@pytest.mark.parametrize("accept,check", [
-    ("application/json", lambda b: json.loads(b) == [[2.0, 4.0]]),
-    ("text/csv", lambda b: b.decode().strip() == "2.0,4.0"),
-    ("application/x-npy", lambda b: np.load(io.BytesIO(b)).tolist() == [[2.0, 4.0]]),
-    # q-values are honoured (RFC 9110): the higher quality wins whatever the order
-    ("text/csv;q=0.9, application/json", lambda b: json.loads(b) == [[2.0, 4.0]]),
-    ("application/json;q=0.1, text/csv", lambda b: b.decode().strip() == "2.0,4.0"),
-    ("image/png, application/x-npy;q=0.5", lambda b: np.load(io.BytesIO(b)).tolist() == [[2.0, 4.0]]),
-])
+@pytest.mark.parametrize(
+    "accept,check",
+    [
+        ("application/json", lambda b: json.loads(b) == [[2.0, 4.0]]),
+        ("text/csv", lambda b: b.decode().strip() == "2.0,4.0"),
+        ("application/x-npy", lambda b: np.load(io.BytesIO(b)).tolist() == [[2.0, 4.0]]),
+        # q-values are honoured (RFC 9110): the higher quality wins whatever the order
+        ("text/csv;q=0.9, application/json", lambda b: json.loads(b) == [[2.0, 4.0]]),
+        ("application/json;q=0.1, text/csv", lambda b: b.decode().strip() == "2.0,4.0"),
+        ("image/png, application/x-npy;q=0.5", lambda b: np.load(io.BytesIO(b)).tolist() == [[2.0, 4.0]]),
+    ],
+)
 def test_default_encoders(double_dir, accept, check):
     out, ctype = loaded(double_dir).invoke(b"[[1, 2]]", "application/json", accept, ctx())
     from werkzeug.http import parse_accept_header
 
-    best = max(parse_accept_header(accept), key=lambda item: item[1] if item[0] in codecs.ENCODABLE else -1)[0]
+    best = max(parse_accept_header(accept), key=lambda item: item[1] if item[0] in codecs.ENCODABLE else -1)[
+        0
+    ]
     assert ctype == best
     assert check(out)
 
@@ -244,17 +277,20 @@ def test_csv_output_matches_the_toolkit_encoder():
     assert codecs.encode(pred.tolist(), codecs.CSV) == stream.getvalue().encode()
 
 
-@pytest.mark.parametrize("content_type,body,error", [
-    ("text/plain", b"hi", codecs.UnsupportedMediaType),
-    ("application/json", b"{not json", codecs.BadRequest),
-    ("application/json", b'["a", "b"]', codecs.BadRequest),
-    ("application/json", b"[[1], [1, 2]]", codecs.BadRequest),
-    ("application/json", b"\xff\xfe", codecs.BadRequest),
-    ("text/csv", b"", codecs.BadRequest),
-    ("application/x-npy", b"not npy", codecs.BadRequest),
-    ("application/x-npy", _npy(np.array([{"a": 1}], dtype=object)), codecs.BadRequest),
-    ("application/x-npz", _npz(a=np.ones(1), b=np.ones(1)), codecs.BadRequest),
-])
+@pytest.mark.parametrize(
+    "content_type,body,error",
+    [
+        ("text/plain", b"hi", codecs.UnsupportedMediaType),
+        ("application/json", b"{not json", codecs.BadRequest),
+        ("application/json", b'["a", "b"]', codecs.BadRequest),
+        ("application/json", b"[[1], [1, 2]]", codecs.BadRequest),
+        ("application/json", b"\xff\xfe", codecs.BadRequest),
+        ("text/csv", b"", codecs.BadRequest),
+        ("application/x-npy", b"not npy", codecs.BadRequest),
+        ("application/x-npy", _npy(np.array([{"a": 1}], dtype=object)), codecs.BadRequest),
+        ("application/x-npz", _npz(a=np.ones(1), b=np.ones(1)), codecs.BadRequest),
+    ],
+)
 def test_bad_bodies_raise_typed_errors(double_dir, content_type, body, error):
     with pytest.raises(error):
         loaded(double_dir).invoke(body, content_type, None, ctx())
@@ -263,9 +299,12 @@ def test_bad_bodies_raise_typed_errors(double_dir, content_type, body, error):
 def test_unsupported_accept_is_406_before_any_work(tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()
-    h = loaded(folder, "calls = []\ndef model_fn(d):\n    return None\n"
-                       "def input_fn(b, c):\n    calls.append(1)\n    return 1\n"
-                       "def predict_fn(d, m):\n    return [1]\n")
+    h = loaded(
+        folder,
+        "calls = []\ndef model_fn(d):\n    return None\n"
+        "def input_fn(b, c):\n    calls.append(1)\n    return 1\n"
+        "def predict_fn(d, m):\n    return [1]\n",
+    )
     with pytest.raises(codecs.NotAcceptable):
         h.invoke(b"[1]", "application/json", "image/png", ctx())
     assert h.module.calls == []
@@ -287,17 +326,23 @@ def test_batch_equals_unbatched_on_an_mlp(tmp_path):
     for t, a in zip(together, alone):
         # The same rows, the same model: equal up to the float32 rounding of the BLAS kernel, which
         # oneDNN picks by the number of rows (bit-identical only for row-size-independent ops).
-        np.testing.assert_allclose(np.array(json.loads(t[0])), np.array(json.loads(a[0])), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.array(json.loads(t[0])), np.array(json.loads(a[0])), rtol=1e-5, atol=1e-6
+        )
     assert len(json.loads(together[5][0])) == 2
 
 
 def test_batch_is_bit_identical_for_elementwise_models(double_dir):
     h = loaded(double_dir)
     rng = np.random.default_rng(1)
-    requests = [(json.dumps(rng.normal(size=(n, 4)).tolist()).encode(), "application/json", None, ctx())
-                for n in (1, 3, 2, 1)]
-    requests += [(_npy(rng.normal(size=4).astype(np.float32)), "application/x-npy", "application/x-npy", ctx())
-                 for _ in range(3)]
+    requests = [
+        (json.dumps(rng.normal(size=(n, 4)).tolist()).encode(), "application/json", None, ctx())
+        for n in (1, 3, 2, 1)
+    ]
+    requests += [
+        (_npy(rng.normal(size=4).astype(np.float32)), "application/x-npy", "application/x-npy", ctx())
+        for _ in range(3)
+    ]
     assert h.invoke_batch(requests) == [h.invoke(*req) for req in requests]
 
 
@@ -305,8 +350,12 @@ def test_batch_isolates_a_bad_request(tmp_path):
     folder = save_mlp(tmp_path / "mlp")
     h = loaded(folder)
     good = json.dumps([0.5] * 8).encode()
-    requests = [(good, "application/json", None, ctx()), (b"[1, 2]", "application/json", None, ctx()),
-                (b"{", "application/json", None, ctx()), (good, "text/plain", None, ctx())]
+    requests = [
+        (good, "application/json", None, ctx()),
+        (b"[1, 2]", "application/json", None, ctx()),
+        (b"{", "application/json", None, ctx()),
+        (good, "text/plain", None, ctx()),
+    ]
     results = h.invoke_batch(requests)
     assert results[0] == h.invoke(*requests[0])
     assert isinstance(results[1], RuntimeError)  # the model itself fails on 2 features
@@ -326,9 +375,19 @@ def test_flat_json_batch_is_parsed_as_one_document_and_equals_unbatched(double_d
 def test_joined_batch_encodes_each_accept_as_the_request_alone_would(tmp_path):
     h = loaded(save_mlp(tmp_path / "mlp"))
     rng = np.random.default_rng(3)
-    accepts = [None, "application/json", "*/*", "text/csv", "application/x-npy", "text/html",
-               "text/csv;q=0.5, application/json", None]
-    requests = [(json.dumps(rng.normal(size=8).tolist()).encode(), "application/json", a, ctx()) for a in accepts]
+    accepts = [
+        None,
+        "application/json",
+        "*/*",
+        "text/csv",
+        "application/x-npy",
+        "text/html",
+        "text/csv;q=0.5, application/json",
+        None,
+    ]
+    requests = [
+        (json.dumps(rng.normal(size=8).tolist()).encode(), "application/json", a, ctx()) for a in accepts
+    ]
     together = h._invoke_joined(requests)
     assert together is not None  # the joined path took the batch, a 406 among them
     for got, req in zip(together, requests):
@@ -339,38 +398,63 @@ def test_joined_batch_encodes_each_accept_as_the_request_alone_would(tmp_path):
             continue
         assert got[1] == alone[1]
         if alone[1] == "application/x-npy":
-            np.testing.assert_allclose(np.load(io.BytesIO(got[0])), np.load(io.BytesIO(alone[0])), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                np.load(io.BytesIO(got[0])), np.load(io.BytesIO(alone[0])), rtol=1e-5, atol=1e-6
+            )
         else:  # a row of a batched forward may differ from the lone forward in the last bits
-            np.testing.assert_allclose(np.array(json.loads(got[0]) if "json" in alone[1] else
-                                                np.loadtxt(io.StringIO(got[0].decode()), delimiter=",")),
-                                       np.array(json.loads(alone[0]) if "json" in alone[1] else
-                                                np.loadtxt(io.StringIO(alone[0].decode()), delimiter=",")),
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                np.array(
+                    json.loads(got[0])
+                    if "json" in alone[1]
+                    else np.loadtxt(io.StringIO(got[0].decode()), delimiter=",")
+                ),
+                np.array(
+                    json.loads(alone[0])
+                    if "json" in alone[1]
+                    else np.loadtxt(io.StringIO(alone[0].decode()), delimiter=",")
+                ),
+                rtol=1e-5,
+                atol=1e-6,
+            )
 
 
-@pytest.mark.parametrize("rows", [
-    np.random.default_rng(4).normal(size=(6, 10)).astype(np.float32),
-    np.random.default_rng(5).normal(size=(3, 1)),
-    np.arange(12).reshape(4, 3),
-    np.array([[np.nan, np.inf, -0.0, 1e-45]], dtype=np.float32),
-    np.random.default_rng(6).normal(size=(4, 6)).astype(np.float32)[:, ::2],  # not contiguous
-])
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.random.default_rng(4).normal(size=(6, 10)).astype(np.float32),
+        np.random.default_rng(5).normal(size=(3, 1)),
+        np.arange(12).reshape(4, 3),
+        np.array([[np.nan, np.inf, -0.0, 1e-45]], dtype=np.float32),
+        np.random.default_rng(6).normal(size=(4, 6)).astype(np.float32)[:, ::2],  # not contiguous
+    ],
+)
 def test_json_rows_equal_each_row_encoded_alone(rows):
     assert codecs.json_rows(rows) == [codecs.encode(r, codecs.JSON) for r in rows]
 
 
-@pytest.mark.parametrize("rows", [np.zeros((2, 0)), np.zeros((2, 2, 2)), np.ones((2, 2), dtype=np.float16),
-                                  np.array([[True, False]]), [[1.0, 2.0]]])
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.zeros((2, 0)),
+        np.zeros((2, 2, 2)),
+        np.ones((2, 2), dtype=np.float16),
+        np.array([[True, False]]),
+        [[1.0, 2.0]],
+    ],
+)
 def test_json_rows_declines_what_it_cannot_split(rows):
     assert codecs.json_rows(rows) is None
 
 
-@pytest.mark.parametrize("parts", [
-    [b"[1.5, 2],[3.5", b"4]"],  # together they would read as a valid document; alone neither is valid
-    [b"[1.5, 2]", b"[1.5, true]"],
-    [b"[1.5, 2]", b"[1.5, 2, 3]"],  # ragged across requests
-    [b"[1.5, 2]", b"[]"],
-])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [b"[1.5, 2],[3.5", b"4]"],  # together they would read as a valid document; alone neither is valid
+        [b"[1.5, 2]", b"[1.5, true]"],
+        [b"[1.5, 2]", b"[1.5, 2, 3]"],  # ragged across requests
+        [b"[1.5, 2]", b"[]"],
+    ],
+)
 def test_joined_batch_never_accepts_what_a_request_alone_refuses(double_dir, parts):
     h = loaded(double_dir)
     requests = [(b, "application/json", None, ctx()) for b in parts]
@@ -391,12 +475,27 @@ def test_only_declared_or_default_predict_fns_batch(tmp_path, double_dir):
     assert not loaded(double_dir, "def transform_fn(m, b, c, a):\n    return b\n").batchable
 
 
-_EDGE_FLOATS = [0.1, -0.0, 1e-45, 1.4e-45, 3.4028234e38, 3.5e38, 1e308, 5e-324, 2.5e-8, 123456789.123, -7.0, 1]
+_EDGE_FLOATS = [
+    0.1,
+    -0.0,
+    1e-45,
+    1.4e-45,
+    3.4028234e38,
+    3.5e38,
+    1e308,
+    5e-324,
+    2.5e-8,
+    123456789.123,
+    -7.0,
+    1,
+]
 
 
 def test_flat_json_fast_decoder_equals_orjson_bit_for_bit():
     rng = np.random.default_rng(7)
-    bodies = [json.dumps(rng.normal(scale=s, size=300).tolist()).encode() for s in (1e-30, 1e-3, 1, 1e6, 1e30)]
+    bodies = [
+        json.dumps(rng.normal(scale=s, size=300).tolist()).encode() for s in (1e-30, 1e-3, 1, 1e6, 1e30)
+    ]
     bodies += [json.dumps(_EDGE_FLOATS).encode(), b" [ 1.5 ,\n2e3, -4E-2 ] ", b"[1.5]"]
     for body in bodies:
         for dtype in (np.float32, np.float64):
@@ -411,9 +510,15 @@ def test_flat_json_fast_decoder_equals_orjson_bit_for_bit():
 
 def test_rectangular_json_fast_decoder_equals_orjson_bit_for_bit():
     rng = np.random.default_rng(8)
-    bodies = [json.dumps(rng.normal(scale=s, size=(n, w)).tolist()).encode()
-              for s, n, w in ((1e-30, 3, 7), (1, 544, 784), (1e30, 1, 5), (1e3, 9, 1))]
-    bodies += [json.dumps([_EDGE_FLOATS, _EDGE_FLOATS[::-1]]).encode(), b" [ [1.5, 2] ,\n[3, 4e1] ] ", b"[[1.5]]"]
+    bodies = [
+        json.dumps(rng.normal(scale=s, size=(n, w)).tolist()).encode()
+        for s, n, w in ((1e-30, 3, 7), (1, 544, 784), (1e30, 1, 5), (1e3, 9, 1))
+    ]
+    bodies += [
+        json.dumps([_EDGE_FLOATS, _EDGE_FLOATS[::-1]]).encode(),
+        b" [ [1.5, 2] ,\n[3, 4e1] ] ",
+        b"[[1.5]]",
+    ]
     for body in bodies:
         for dtype in (np.float32, np.float64, None):
             with np.errstate(over="ignore"):
@@ -424,11 +529,21 @@ def test_rectangular_json_fast_decoder_equals_orjson_bit_for_bit():
             assert got.tobytes() == want.tobytes(), body[:60]
 
 
-@pytest.mark.parametrize("body", [
-    b"[[1.5, 2], [3, [4]]]",  # the same number of values as a 2 x 2, nested irregularly
-    b"[[1.5, 2], [3]]", b"[[1.5], []]", b"[[], []]", b"[[[1.5, 2]], [[3, 4]]]", b"[[1.5, 2], 3]",
-    b"[[1.5, true], [1, 2]]", b'[[1.5, "2"], [1, 2]]', b"[1, [1.5, 2]]", b"[[1.5, 2], [3, 4],]",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[[1.5, 2], [3, [4]]]",  # the same number of values as a 2 x 2, nested irregularly
+        b"[[1.5, 2], [3]]",
+        b"[[1.5], []]",
+        b"[[], []]",
+        b"[[[1.5, 2]], [[3, 4]]]",
+        b"[[1.5, 2], 3]",
+        b"[[1.5, true], [1, 2]]",
+        b'[[1.5, "2"], [1, 2]]',
+        b"[1, [1.5, 2]]",
+        b"[[1.5, 2], [3, 4],]",
+    ],
+)
 def test_rectangular_json_fast_decoder_leaves_the_rest_to_the_general_path(body):
     assert codecs._simd_array(body) is None
 
@@ -443,10 +558,17 @@ def test_a_rectangular_json_body_deeper_than_the_limit_is_still_refused():
         codecs.configure(json_max_depth=32)
 
 
-@pytest.mark.parametrize("body,status", [
-    (b"[1.5, true]", 400), (b"[1.5, null]", 400), (b'[1.5, "2"]', 400), (b"[1.5,]", 400), (b"[1.5", 400),
-    (b"[1.5, 1e400]", 400),  # out of double range: orjson's refusal, as before
-])
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        (b"[1.5, true]", 400),
+        (b"[1.5, null]", 400),
+        (b'[1.5, "2"]', 400),
+        (b"[1.5,]", 400),
+        (b"[1.5", 400),
+        (b"[1.5, 1e400]", 400),  # out of double range: orjson's refusal, as before
+    ],
+)
 def test_flat_json_fast_decoder_refuses_what_the_general_path_refuses(body, status):
     with pytest.raises(codecs.HttpError) as err:
         codecs.decode(body, codecs.JSON, np.float32)

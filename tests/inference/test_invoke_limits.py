@@ -25,15 +25,21 @@ RSS_BOUND_MB = 120
 
 # `aiops` as its console entry runs it (aiops.cli.app.main), and as it exits, its /proc/self/status
 # copied to the file named first
-ENTRY = ("import atexit, shutil, sys; from aiops.cli.app import main; "
-         "atexit.register(shutil.copyfile, '/proc/self/status', sys.argv.pop(1)); "
-         "sys.exit(main(sys.argv[1:]))")
+ENTRY = (
+    "import atexit, shutil, sys; from aiops.cli.app import main; "
+    "atexit.register(shutil.copyfile, '/proc/self/status', sys.argv.pop(1)); "
+    "sys.exit(main(sys.argv[1:]))"
+)
 
 
 def _cli(home: Path, cwd: Path, *args: str, env: dict | None = None, stdout=None) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", ENTRY, str(cwd / f"status-{os.urandom(4).hex()}"), *args],
-                            cwd=cwd, env={**os.environ, "AIOPS_HOME": str(home), **(env or {})},
-                            stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ENTRY, str(cwd / f"status-{os.urandom(4).hex()}"), *args],
+        cwd=cwd,
+        env={**os.environ, "AIOPS_HOME": str(home), **(env or {})},
+        stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.status_file = Path(proc.args[3])  # type: ignore[attr-defined]
     return proc
 
@@ -68,8 +74,9 @@ def test_a_huge_content_length_is_refused_at_the_cap_with_bounded_memory(aiops_h
         yield from endless()
 
     with HostileServer(respond) as server:
-        proc = _cli(aiops_home, tmp_path, "invoke", "--url", server.url, "--data", "{}",
-                    "--max-response-mb", "8")
+        proc = _cli(
+            aiops_home, tmp_path, "invoke", "--url", server.url, "--data", "{}", "--max-response-mb", "8"
+        )
         code, stderr, peak = _finish(proc)
     assert code == 2
     assert "larger than 8 MB" in _one_error_line(stderr)
@@ -84,8 +91,9 @@ def test_an_endless_body_goes_to_disk_without_growing_and_a_break_keeps_the_file
     out.write_bytes(b"old")
 
     def respond():
-        yield (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-               b"Transfer-Encoding: chunked\r\n\r\n")
+        yield (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         yield from chunked(endless())
 
     with HostileServer(respond, cap=128 * MB, stall=True) as server:
@@ -108,8 +116,20 @@ def test_an_endless_body_to_a_file_stops_at_the_cap(aiops_home, tmp_path, stream
         yield from chunked(endless())
 
     with HostileServer(respond) as server:
-        proc = _cli(aiops_home, tmp_path, "invoke", "--url", server.url, "--data", "{}", "-o", str(out),
-                    "--max-response-mb", "4", *(["--stream"] if stream else []))
+        proc = _cli(
+            aiops_home,
+            tmp_path,
+            "invoke",
+            "--url",
+            server.url,
+            "--data",
+            "{}",
+            "-o",
+            str(out),
+            "--max-response-mb",
+            "4",
+            *(["--stream"] if stream else []),
+        )
         code, stderr, peak = _finish(proc)
     assert code == 2 and "larger than 4 MB" in _one_error_line(stderr)
     assert peak < RSS_BOUND_MB
@@ -120,14 +140,26 @@ def test_an_endless_body_to_a_file_stops_at_the_cap(aiops_home, tmp_path, stream
 def test_a_huge_chunk_size_line_is_one_line_not_a_memory_error(aiops_home, tmp_path, stream):
     """A chunk announcing 2**64-1 bytes: the client never asks for that much at once; the body
     breaking off after 1 MB is one line."""
+
     def respond():
-        yield (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
-               + b"f" * 16 + b"\r\n")
+        yield (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"f" * 16
+            + b"\r\n"
+        )
         yield b"x" * MB
 
     with HostileServer(respond) as server:
-        proc = _cli(aiops_home, tmp_path, "invoke", "--url", server.url, "--data", "{}",
-                    *(["--stream"] if stream else []))
+        proc = _cli(
+            aiops_home,
+            tmp_path,
+            "invoke",
+            "--url",
+            server.url,
+            "--data",
+            "{}",
+            *(["--stream"] if stream else []),
+        )
         code, stderr, peak = _finish(proc)
     line = _one_error_line(stderr)
     assert code == 1 and ("broke" in line or "cannot reach" in line), line
@@ -145,13 +177,19 @@ def _escaping_server(stream: bool, status: int = 200) -> HostileServer:
 
     def respond():
         if stream:
-            yield (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
-                   % (status, reason)
-                   + b"".join(chunked(iter([ESCAPES.encode()[:7], ESCAPES.encode()[7:]]))) + b"0\r\n\r\n")
+            yield (
+                b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                % (status, reason)
+                + b"".join(chunked(iter([ESCAPES.encode()[:7], ESCAPES.encode()[7:]])))
+                + b"0\r\n\r\n"
+            )
         else:
             ctype = b"text/plain" if status == 200 else b"application/json"
-            yield (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                   % (status, reason, ctype, len(body)) + body)
+            yield (
+                b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                % (status, reason, ctype, len(body))
+                + body
+            )
 
     return HostileServer(respond)
 
@@ -178,8 +216,16 @@ def _on_a_terminal(aiops_home: Path, tmp_path: Path, *args: str) -> tuple[int, s
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_escape_sequences_are_shown_not_run_on_a_terminal(aiops_home, tmp_path, stream):
     with _escaping_server(stream) as server:
-        code, shown, stderr = _on_a_terminal(aiops_home, tmp_path, "invoke", "--url", server.url,
-                                             "--data", "{}", *(["--stream"] if stream else []))
+        code, shown, stderr = _on_a_terminal(
+            aiops_home,
+            tmp_path,
+            "invoke",
+            "--url",
+            server.url,
+            "--data",
+            "{}",
+            *(["--stream"] if stream else []),
+        )
     assert code == 0, stderr
     assert "\x1b" not in shown and "\x07" not in shown and "\u009b" not in shown
     assert "\\x1b]0;owned\\x07" in shown and "red:\\x1b[31mX" in shown  # still readable
@@ -191,15 +237,19 @@ def test_output_files_and_pipes_keep_the_exact_bytes(aiops_home, tmp_path, strea
     out = tmp_path / "out.txt"
     flag = ["--stream"] if stream else []
     with _escaping_server(stream) as server:
-        proc = _cli(aiops_home, tmp_path, "invoke", "--url", server.url, "--data", "{}", "-o", str(out),
-                    *flag)
+        proc = _cli(
+            aiops_home, tmp_path, "invoke", "--url", server.url, "--data", "{}", "-o", str(out), *flag
+        )
         assert proc.wait(60) == 0, proc.stderr.read()
     expected = ESCAPES.encode()
     assert out.read_bytes() == expected
     with _escaping_server(stream) as server:  # into a pipe: the bytes as they came
-        piped = subprocess.run([sys.executable, "-m", "aiops.cli.app", "invoke", "--url", server.url,
-                                "--data", "{}", *flag], capture_output=True, check=False,
-                               env={**os.environ, "AIOPS_HOME": str(aiops_home)})
+        piped = subprocess.run(
+            [sys.executable, "-m", "aiops.cli.app", "invoke", "--url", server.url, "--data", "{}", *flag],
+            capture_output=True,
+            check=False,
+            env={**os.environ, "AIOPS_HOME": str(aiops_home)},
+        )
     assert piped.returncode == 0 and expected in piped.stdout
 
 
@@ -221,8 +271,18 @@ def test_a_planted_part_link_is_never_written_through(aiops_home, tmp_path, stre
     (tmp_path / "F.part").symlink_to(victim)
     out.symlink_to(victim)
     with _escaping_server(stream) as server:
-        proc = _cli(aiops_home, tmp_path, "invoke", "--url", server.url, "--data", "{}", "-o", str(out),
-                    *(["--stream"] if stream else []))
+        proc = _cli(
+            aiops_home,
+            tmp_path,
+            "invoke",
+            "--url",
+            server.url,
+            "--data",
+            "{}",
+            "-o",
+            str(out),
+            *(["--stream"] if stream else []),
+        )
         assert proc.wait(60) == 0, proc.stderr.read()
     assert victim.read_bytes() == b"precious"
     assert not out.is_symlink() and ESCAPES.encode() in out.read_bytes()
@@ -236,8 +296,10 @@ def test_a_planted_part_link_is_never_written_through(aiops_home, tmp_path, stre
 @pytest.mark.parametrize("command", ["serve", "invoke"])
 def test_an_empty_api_key_is_refused_not_taken_as_no_auth(aiops_home, tmp_path, command, how):
     with HostileServer(lambda: iter([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"])) as server:
-        args = {"serve": ["serve", str(tmp_path), "--port", "0"],
-                "invoke": ["invoke", "--url", server.url, "--data", "{}"]}[command]
+        args = {
+            "serve": ["serve", str(tmp_path), "--port", "0"],
+            "invoke": ["invoke", "--url", server.url, "--data", "{}"],
+        }[command]
         env = {}
         if how == "env":
             env["AIOPS_SERVE__API_KEY"] = ""

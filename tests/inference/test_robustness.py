@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import wait_ready, wait_until
+from helpers import wait_until
 
 from .conftest import NO_TORCH_MODEL_FN, save_double, write_script
 
-NASTY = NO_TORCH_MODEL_FN + '''
+NASTY = (
+    NO_TORCH_MODEL_FN
+    + """
 import os, sys, time
 from pathlib import Path
 LEAK = []
@@ -54,7 +55,8 @@ def predict_fn(data, model):
         time.sleep(0.5)
         return "slow"
     return data
-'''
+"""
+)
 
 
 @pytest.fixture
@@ -118,6 +120,7 @@ def test_batched_handler_exits_are_per_request(start_server, tmp_path):
 
 def _until_replaced(s, pid: int) -> None:
     """Wait until a worker other than `pid` answers (the stuck one ended itself, a new one started)."""
+
     def replaced() -> bool:
         try:
             got = s.invoke(b'"pid"')
@@ -187,13 +190,20 @@ def test_one_huge_header_line_gets_431(start_server, echo_dir):
     assert b"max_header_kb" in data
 
 
-@pytest.mark.parametrize("partial, what", [
-    (b"POST /invocations HTTP/1.1\r\nHost: x\r\n", b"headers"),  # slowloris: headers never end
-    (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[1,", b"body"),  # slow-drip body
-])
+@pytest.mark.parametrize(
+    "partial, what",
+    [
+        (b"POST /invocations HTTP/1.1\r\nHost: x\r\n", b"headers"),  # slowloris: headers never end
+        (
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[1,",
+            b"body",
+        ),  # slow-drip body
+    ],
+)
 def test_slow_clients_are_cut_off_by_the_read_timeouts(start_server, echo_dir, partial, what):
-    s = start_server(echo_dir, env={"AIOPS_SERVE__HEADER_TIMEOUT_SECONDS": "1",
-                                      "AIOPS_SERVE__BODY_TIMEOUT_SECONDS": "1"})
+    s = start_server(
+        echo_dir, env={"AIOPS_SERVE__HEADER_TIMEOUT_SECONDS": "1", "AIOPS_SERVE__BODY_TIMEOUT_SECONDS": "1"}
+    )
     with socket.create_connection(("127.0.0.1", s.port), timeout=60) as sock:
         sock.sendall(partial)
         data = _recv_all(sock)  # returns once the server closes; the socket timeout bounds a hang
@@ -202,8 +212,9 @@ def test_slow_clients_are_cut_off_by_the_read_timeouts(start_server, echo_dir, p
 
 
 def test_idle_connection_is_closed_after_keep_alive(start_server, echo_dir):
-    s = start_server(echo_dir, env={"AIOPS_SERVE__KEEP_ALIVE_SECONDS": "1",
-                                      "AIOPS_SERVE__HEADER_TIMEOUT_SECONDS": "1"})
+    s = start_server(
+        echo_dir, env={"AIOPS_SERVE__KEEP_ALIVE_SECONDS": "1", "AIOPS_SERVE__HEADER_TIMEOUT_SECONDS": "1"}
+    )
     with socket.create_connection(("127.0.0.1", s.port), timeout=60) as sock:
         sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
         data = _recv_all(sock)  # the answer, then EOF once the connection has idled past 1 s
@@ -242,8 +253,10 @@ def test_full_queue_answers_503_with_retry_after_at_once(start_server, nasty_dir
     sent = threading.Barrier(21)
 
     def follower(conn):
-        conn.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 3\r\n\r\n[1]")
+        conn.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 3\r\n\r\n[1]"
+        )
         sent.wait()
         head = b""
         while b"\r\n\r\n" not in head:
@@ -263,14 +276,19 @@ def test_full_queue_answers_503_with_retry_after_at_once(start_server, nasty_dir
         t.join(60)
     assert blocked["r"].status == 200
     statuses = [int(h.split(b" ", 2)[1]) for h in results]
-    assert set(statuses) <= {200, 503} and statuses.count(503) >= 1 and statuses.count(200) >= 1, (statuses, s.log())
+    assert set(statuses) <= {200, 503} and statuses.count(503) >= 1 and statuses.count(200) >= 1, (
+        statuses,
+        s.log(),
+    )
     assert all(b"retry-after: 1" in h.lower() for h in results if h.startswith(b"HTTP/1.1 503"))
     assert s.request("GET", "/ping").status == 200
 
 
 def test_typed_handler_errors_reach_the_client(start_server, tmp_path):
     folder = save_double(tmp_path / "typed")
-    write_script(folder, '''
+    write_script(
+        folder,
+        """
 from aiops.inference.errors import InferenceError
 class GenericInferenceToolkitError(Exception):  # the shape of sagemaker_inference.errors' class
     def __init__(self, status_code, message=None, phrase=None):
@@ -286,7 +304,8 @@ def input_fn(body, content_type):
     return body
 def predict_fn(data, model):
     return data
-''')
+""",
+    )
     s = start_server(folder)
     r = s.invoke(b"1,2", "text/csv")
     assert r.status == 415 and r.json()["error"] == "only JSON, not text/csv"
@@ -299,7 +318,9 @@ def predict_fn(data, model):
 
 def test_batched_requests_keep_their_own_context(start_server, tmp_path):
     folder = save_double(tmp_path / "ctx")
-    write_script(folder, '''
+    write_script(
+        folder,
+        """
 import json, time
 from pathlib import Path
 aiops_batch = True
@@ -319,7 +340,8 @@ def predict_fn(data, model, context):
 def output_fn(prediction, accept, context):
     return json.dumps({"attrs": context.custom_attributes, "accept": accept, "batch": SEEN[-1],
                        "value": prediction.tolist()}), "application/json"
-''')
+""",
+    )
     gate = folder / "code" / "gate"
     gate.with_suffix(".on").write_text("1")
     s = start_server(folder, "--batch-size", "16", "--max-batch-delay", "20")
@@ -330,20 +352,34 @@ def output_fn(prediction, accept, context):
         assert conn.getresponse().read() == b'{"status":"Healthy"}\n'
         pool.append(conn)
     first = {}
-    blocker = threading.Thread(target=lambda: first.update(r=s.invoke(b"[0]", **{
-        "X-Amzn-SageMaker-Custom-Attributes": "who=blocker"})))
+    blocker = threading.Thread(
+        target=lambda: first.update(
+            r=s.invoke(b"[0]", **{"X-Amzn-SageMaker-Custom-Attributes": "who=blocker"})
+        )
+    )
     blocker.start()
     _wait_for(Path(str(gate) + ".started"))
     results = {}
     sent = threading.Barrier(9)
 
     def call(i, conn):
-        conn.request("POST", "/invocations", body=json.dumps([i]).encode(),
-                     headers={"Content-Type": "application/json", "Accept": f"application/json;q=0.{i + 1}",
-                              "X-Amzn-SageMaker-Custom-Attributes": f"who={i}"})
+        conn.request(
+            "POST",
+            "/invocations",
+            body=json.dumps([i]).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Accept": f"application/json;q=0.{i + 1}",
+                "X-Amzn-SageMaker-Custom-Attributes": f"who={i}",
+            },
+        )
         sent.wait()  # the request is in the kernel while the worker is blocked
         resp = conn.getresponse()
-        results[i] = (resp.status, resp.getheader("x-amzn-sagemaker-custom-attributes"), json.loads(resp.read()))
+        results[i] = (
+            resp.status,
+            resp.getheader("x-amzn-sagemaker-custom-attributes"),
+            json.loads(resp.read()),
+        )
         conn.close()
 
     threads = [threading.Thread(target=call, args=(i, conn)) for i, conn in enumerate(pool)]
@@ -378,8 +414,9 @@ def test_npz_and_npy_bombs_are_refused_before_allocation(start_server, double_di
     r = s.invoke(bomb, "application/x-npz")
     assert r.status == 413 and "at most" in r.json()["error"], r.body
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
-                                                  "shape": (100_000, 100_000)})
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (100_000, 100_000)}
+    )
     r = s.invoke(b"\x93NUMPY\x01\x00" + header.getvalue()[8:], "application/x-npy")
     assert r.status == 413, r.body
     ok = s.invoke(_npz(x=np.ones(3, dtype=np.float32)), "application/x-npz")
@@ -410,7 +447,9 @@ def test_inline_hung_handler_gets_504_from_the_watchdog_then_the_worker_is_repla
     assert "stayed stuck" in s.log()
 
 
-def test_one_slow_inline_call_sends_the_worker_back_to_its_inference_thread(start_server, nasty_dir, tmp_path):
+def test_one_slow_inline_call_sends_the_worker_back_to_its_inference_thread(
+    start_server, nasty_dir, tmp_path
+):
     s = start_server(nasty_dir, "--workers", "1", env=INLINE)
     _until_inline(s)
     assert s.invoke(b'"slow"').json() == "slow"  # inline: the loop itself sat in this call

@@ -12,12 +12,13 @@ import threading
 
 import numpy as np
 import pytest
-
 from helpers import free_port, wait_ready, wait_until
 
 from .conftest import NO_TORCH_MODEL_FN, save_double, save_mlp, write_script
 
-FAULTY = NO_TORCH_MODEL_FN + '''
+FAULTY = (
+    NO_TORCH_MODEL_FN
+    + """
 import json, os, time
 def input_fn(body, content_type):
     if content_type != "application/json":
@@ -37,7 +38,8 @@ def predict_fn(data, model):
     if data == "pid":
         return {"pid": os.getpid()}
     return data
-'''
+"""
+)
 
 
 @pytest.fixture
@@ -81,13 +83,16 @@ def test_ping_and_invocations_all_content_types(double_server):
     ping = s.request("GET", "/ping")
     assert ping.status == 200 and ping.json() == {"status": "Healthy"}
     cases = [
-        ("application/json", b"[[1, 2], [3, 4]]"), ("text/csv", b"1,2\n3,4\n"),
+        ("application/json", b"[[1, 2], [3, 4]]"),
+        ("text/csv", b"1,2\n3,4\n"),
         ("application/x-npy", _npy(np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32))),
     ]
     for ctype, body in cases:
-        for accept, decode in [("application/json", json.loads),
-                               ("text/csv", lambda b: [[float(x) for x in row.split(",")] for row in b.decode().split()]),
-                               ("application/x-npy", lambda b: np.load(io.BytesIO(b)).tolist())]:
+        for accept, decode in [
+            ("application/json", json.loads),
+            ("text/csv", lambda b: [[float(x) for x in row.split(",")] for row in b.decode().split()]),
+            ("application/x-npy", lambda b: np.load(io.BytesIO(b)).tolist()),
+        ]:
             r = s.invoke(body, ctype, accept)
             assert r.status == 200, (ctype, accept, r.body)
             assert r.headers["content-type"] == accept
@@ -96,8 +101,11 @@ def test_ping_and_invocations_all_content_types(double_server):
 
 
 def test_endpoint_route_echoes_sagemaker_headers(double_server):
-    r = double_server.invoke(b"[3]", path="/endpoints/my-endpoint/invocations",
-                             **{"X-Amzn-SageMaker-Custom-Attributes": "trace=abc,c1=2"})
+    r = double_server.invoke(
+        b"[3]",
+        path="/endpoints/my-endpoint/invocations",
+        **{"X-Amzn-SageMaker-Custom-Attributes": "trace=abc,c1=2"},
+    )
     assert r.status == 200 and r.json() == [6.0]
     assert r.headers["x-amzn-sagemaker-custom-attributes"] == "trace=abc,c1=2"
     assert r.headers["x-amzn-invoked-production-variant"] == "AllTraffic"
@@ -106,10 +114,20 @@ def test_endpoint_route_echoes_sagemaker_headers(double_server):
 
 def test_boto3_sagemaker_runtime_client_works_unmodified(double_server):
     boto3 = pytest.importorskip("boto3")
-    client = boto3.client("sagemaker-runtime", endpoint_url=double_server.url, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    resp = client.invoke_endpoint(EndpointName="digits", Body=b"[[1, 2], [3, 4]]", ContentType="application/json",
-                                  Accept="text/csv", CustomAttributes="k=v")
+    client = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=double_server.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    resp = client.invoke_endpoint(
+        EndpointName="digits",
+        Body=b"[[1, 2], [3, 4]]",
+        ContentType="application/json",
+        Accept="text/csv",
+        CustomAttributes="k=v",
+    )
     assert resp["Body"].read().decode() == "2.0,4.0\n6.0,8.0\n"
     assert resp["ContentType"] == "text/csv"
     assert resp["CustomAttributes"] == "k=v"
@@ -159,8 +177,10 @@ def test_every_error_status_and_the_server_keeps_serving(start_server, faulty_di
 def test_413_is_answered_before_the_body_is_read(start_server, echo_dir):
     s = start_server(echo_dir, env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"})
     with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
-        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100000000000\r\n\r\n[1")
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000000000\r\n\r\n[1"
+        )
         data = sock.recv(4096)
     assert data.startswith(b"HTTP/1.1 413")
     assert s.invoke(b"[1]").status == 200
@@ -176,7 +196,9 @@ def test_api_key_guards_every_route_but_ping(start_server, echo_dir):
 
 
 def test_binds_loopback_by_default(double_server):
-    addrs = {line.split()[1] for line in open("/proc/net/tcp").read().splitlines()[1:] if line.split()[3] == "0A"}
+    addrs = {
+        line.split()[1] for line in open("/proc/net/tcp").read().splitlines()[1:] if line.split()[3] == "0A"
+    }
     assert f"0100007F:{double_server.port:04X}" in addrs
     assert f"00000000:{double_server.port:04X}" not in addrs
 
@@ -194,8 +216,12 @@ def test_dead_worker_is_replaced(start_server, faulty_dir):
 
 def _send_hold(port: int, release, started) -> http.client.HTTPConnection:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("POST", "/invocations", json.dumps({"hold": str(release), "started": str(started)}),
-                 {"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/invocations",
+        json.dumps({"hold": str(release), "started": str(started)}),
+        {"Content-Type": "application/json"},
+    )
     return conn
 
 
@@ -268,9 +294,16 @@ def test_sagemaker_env_vars(start_server, tmp_path):
     folder = save_double(tmp_path / "m")
     write_script(folder, "def output_fn(p, accept):\n    return 'custom:' + accept\n", name="serve_me.py")
     port = free_port()
-    s = start_server(folder, env={"SAGEMAKER_PROGRAM": "serve_me.py", "SAGEMAKER_BIND_TO_PORT": str(port),
-                                  "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv",
-                                  "SAGEMAKER_MODEL_SERVER_WORKERS": "2"}, port=port)
+    s = start_server(
+        folder,
+        env={
+            "SAGEMAKER_PROGRAM": "serve_me.py",
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+            "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv",
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+        },
+        port=port,
+    )
     r = s.invoke(b"[1]")
     assert r.status == 200 and r.body == b"custom:text/csv"
     assert "(2 workers" in s.log()
@@ -298,8 +331,8 @@ def test_batching_through_the_server_equals_unbatched(start_server, tmp_path):
 
 
 def test_a_batch_slow_only_because_it_waited_for_a_cpu_does_not_leave_inline_mode(monkeypatch):
-    from aiops.inference.serving.scheduling import SchedulingPolicy
     from aiops.inference.serving import calls
+    from aiops.inference.serving.scheduling import SchedulingPolicy
 
     def state():
         policy = SchedulingPolicy(inline_budget_s=0.05, full_inline=True)

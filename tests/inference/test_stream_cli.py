@@ -12,10 +12,17 @@ import pytest
 
 from .conftest import NO_TORCH_MODEL_FN, write_script
 
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
-TOKENS = NO_TORCH_MODEL_FN + '''
+TOKENS = (
+    NO_TORCH_MODEL_FN
+    + """
 import json, os, time
 from pathlib import Path
 from aiops.inference.errors import InferenceError
@@ -51,7 +58,8 @@ def predict_fn(data, model):
 
 def output_fn(prediction, accept):
     return prediction, "text/plain"
-'''
+"""
+)
 
 
 @pytest.fixture
@@ -82,8 +90,17 @@ def test_stream_from_a_local_server_prints_chunks_and_rates(run_cli, server, gat
 
 
 def test_stream_from_an_endpoint_uses_invoke_endpoint_with_response_stream(run_cli, server, gate):
-    result = run_cli("invoke", "--stream", "--endpoint", "my-lm", "--data", '{"inputs": "hi"}',
-                     "--accept", "text/plain", env={**AWS_ENV, "AWS_ENDPOINT_URL": server.url})
+    result = run_cli(
+        "invoke",
+        "--stream",
+        "--endpoint",
+        "my-lm",
+        "--data",
+        '{"inputs": "hi"}',
+        "--accept",
+        "text/plain",
+        env={**AWS_ENV, "AWS_ENDPOINT_URL": server.url},
+    )
     assert result.returncode == 0, result.output
     assert result.stdout == "tok0 tok1 tok2 tok3 tok4 \n"
     assert "5 chunks, 25 bytes" in result.stderr and "first byte in" in result.stderr
@@ -92,8 +109,15 @@ def test_stream_from_an_endpoint_uses_invoke_endpoint_with_response_stream(run_c
 
 def test_a_stream_failing_mid_way_is_one_error_line_after_the_chunks(run_cli, server):
     failing = json.dumps({"tokens": 2, "fail": True})
-    result = run_cli("invoke", "--stream", "--endpoint", "my-lm", "--data", failing,
-                     env={**AWS_ENV, "AWS_ENDPOINT_URL": server.url})
+    result = run_cli(
+        "invoke",
+        "--stream",
+        "--endpoint",
+        "my-lm",
+        "--data",
+        failing,
+        env={**AWS_ENV, "AWS_ENDPOINT_URL": server.url},
+    )
     assert result.returncode == 1
     assert result.stdout.startswith("tok0 tok1 ")
     errors = [line for line in result.stderr.splitlines() if line.strip()]
@@ -111,8 +135,9 @@ def test_output_file_is_replaced_only_by_a_complete_stream(run_cli, server, tmp_
     failed = run_cli("invoke", "--stream", "--url", server.url, "--data", failing, "--output", str(out))
     assert failed.returncode == 1
     assert out.read_text() == "keep me" and not (tmp_path / "answer.txt.part").exists()
-    done = run_cli("invoke", "--stream", "--url", server.url, "--data", json.dumps({"tokens": 3}),
-                   "--output", str(out))
+    done = run_cli(
+        "invoke", "--stream", "--url", server.url, "--data", json.dumps({"tokens": 3}), "--output", str(out)
+    )
     assert done.returncode == 0, done.output
     assert out.read_text() == "tok0 tok1 tok2 " and f"wrote {out}" in done.stderr
 

@@ -9,10 +9,9 @@ import pytest
 
 botocore = pytest.importorskip("botocore")
 
+from aiops.inference.serving.http import eventstream as es  # noqa: E402
 from botocore.eventstream import ChecksumMismatch, EventStream, EventStreamBuffer  # noqa: E402
 from botocore.exceptions import EventStreamError  # noqa: E402
-
-from aiops.inference.serving.http import eventstream as es  # noqa: E402
 
 
 def decode(data: bytes) -> list:
@@ -25,8 +24,11 @@ def test_payload_part_frame_decodes_with_botocore():
     payload = bytes(range(256)) * 3
     (message,) = decode(es.payload_part(payload))
     assert message.payload == payload
-    assert message.headers == {":event-type": "PayloadPart", ":content-type": "application/octet-stream",
-                               ":message-type": "event"}
+    assert message.headers == {
+        ":event-type": "PayloadPart",
+        ":content-type": "application/octet-stream",
+        ":message-type": "event",
+    }
     assert message.to_response_dict()["status_code"] == 200
     frame = es.payload_part(payload)
     assert int.from_bytes(frame[:4], "big") == len(frame)
@@ -39,7 +41,7 @@ def test_a_frame_split_across_reads_and_many_frames_decode_in_order():
     buffer = EventStreamBuffer()
     got = []
     for i in range(0, len(data), 7):  # the network hands botocore arbitrary slices
-        buffer.add_data(data[i:i + 7])
+        buffer.add_data(data[i : i + 7])
         got.extend(m.payload for m in buffer)
     assert got == parts
 
@@ -53,8 +55,11 @@ def test_corrupted_frame_is_refused_by_botocore():
 
 def test_exception_frames_carry_the_modelled_fields():
     (err,) = decode(es.model_stream_error("it broke"))
-    assert err.headers == {":exception-type": "ModelStreamError", ":content-type": "application/json",
-                           ":message-type": "exception"}
+    assert err.headers == {
+        ":exception-type": "ModelStreamError",
+        ":content-type": "application/json",
+        ":message-type": "exception",
+    }
     assert json.loads(err.payload) == {"Message": "it broke", "ErrorCode": "StreamBroken"}
     assert err.to_response_dict()["status_code"] == 400
     (failure,) = decode(es.internal_stream_failure("oops"))
@@ -76,7 +81,9 @@ def test_exception_types_are_the_service_models_error_events():
     op = model.operation_model("InvokeEndpointWithResponseStream")
     assert op.http["requestUri"] == "/endpoints/{EndpointName}/invocations-response-stream"
     header_names = {m.serialization.get("name", "").lower() for m in op.output_shape.members.values()}
-    produced = {k.decode() for k, _ in es.response_headers("text/plain", variant="AllTraffic", custom_attributes="x")}
+    produced = {
+        k.decode() for k, _ in es.response_headers("text/plain", variant="AllTraffic", custom_attributes="x")
+    }
     assert produced - {"content-type"} <= header_names
 
 
@@ -86,7 +93,7 @@ class _Raw:
 
     def stream(self):
         for i in range(0, len(self.data), self.step):
-            yield self.data[i:i + self.step]
+            yield self.data[i : i + self.step]
 
     def close(self):
         pass
@@ -99,8 +106,12 @@ def _parse(data: bytes):
 
     model = botocore.session.get_session().get_service_model("sagemaker-runtime")
     op = model.operation_model("InvokeEndpointWithResponseStream")
-    response = {"status_code": 200, "headers": {"content-type": es.CONTENT_TYPE}, "body": _Raw(data),
-                "context": {"operation_name": op.name}}
+    response = {
+        "status_code": 200,
+        "headers": {"content-type": es.CONTENT_TYPE},
+        "body": _Raw(data),
+        "context": {"operation_name": op.name},
+    }
     body = create_parser("rest-json").parse(response, op.output_shape)["Body"]
     assert isinstance(body, EventStream)
     return body

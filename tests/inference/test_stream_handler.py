@@ -11,8 +11,8 @@ from helpers import runtime_client
 torch = pytest.importorskip("torch")
 
 from aiops.inference import streaming  # noqa: E402
-from aiops.inference.serving.stream_sender import ChunkStream  # noqa: E402
 from aiops.inference.handler import Context, Handler  # noqa: E402
+from aiops.inference.serving.stream_sender import ChunkStream  # noqa: E402
 
 
 def handler_for(tmp_path: Path, source: str, model: str | None = None) -> Handler:
@@ -32,39 +32,58 @@ MODEL_FN = "def model_fn(model_dir):\n    return 3\n"
 
 
 def test_a_predict_fn_generator_goes_through_the_default_output_fn_item_by_item(tmp_path):
-    handler = handler_for(tmp_path, MODEL_FN + """
+    handler = handler_for(
+        tmp_path,
+        MODEL_FN
+        + """
 import torch
 aiops_stream = True
 
 def predict_fn(data, model):
     for i in range(3):
         yield data * (i + model)
-""")
+""",
+    )
     out, ctype = call(handler, b"[1, 2]")
     assert streaming.is_stream(out) and ctype == "application/json"
     assert [json.loads(c) for c in out] == [[3.0, 6.0], [4.0, 8.0], [5.0, 10.0]]
     out, ctype = call(handler, b"[1, 2]", accept="text/csv")
-    assert ctype == "text/csv" and b"".join(out).decode().split() == ["3.0", "6.0", "4.0", "8.0", "5.0", "10.0"]
+    assert ctype == "text/csv" and b"".join(out).decode().split() == [
+        "3.0",
+        "6.0",
+        "4.0",
+        "8.0",
+        "5.0",
+        "10.0",
+    ]
     assert streaming.batchable(handler.module, handler.batchable) is False
 
 
 def test_output_fn_and_transform_fn_may_return_streams_or_whole_bodies(tmp_path):
-    streamed = handler_for(tmp_path / "a", MODEL_FN + """
+    streamed = handler_for(
+        tmp_path / "a",
+        MODEL_FN
+        + """
 def predict_fn(data, model):
     return (f"word{i} " for i in range(model))
 
 def output_fn(prediction, accept):
     return (p.upper() for p in prediction), "text/event-stream"
-""")
+""",
+    )
     out, ctype = call(streamed, b"[0]")
     assert ctype == "text/event-stream" and list(out) == ["WORD0 ", "WORD1 ", "WORD2 "]
-    whole = handler_for(tmp_path / "b", MODEL_FN + """
+    whole = handler_for(
+        tmp_path / "b",
+        MODEL_FN
+        + """
 def predict_fn(data, model):
     return (f"word{i} " for i in range(model))
 
 def output_fn(prediction, accept):
     return "".join(prediction)
-""")
+""",
+    )
     out, ctype = call(whole, b"[0]", accept="text/plain")
     assert out == b"word0 word1 word2 " and ctype == "text/plain"
 
@@ -72,29 +91,40 @@ def output_fn(prediction, accept):
 def test_a_transform_fn_stream_is_served_end_to_end(tmp_path, start_server):
     folder = tmp_path / "transform"
     (folder / "code").mkdir(parents=True)
-    (folder / "code" / "inference.py").write_text(MODEL_FN + """
+    (folder / "code" / "inference.py").write_text(
+        MODEL_FN
+        + """
 def transform_fn(model, body, content_type, accept):
     return (f"{i}:{body}\\n" for i in range(model)), "text/plain"
-""")
+"""
+    )
     server = start_server(folder, "--workers", "1")
     response = runtime_client(server.url).invoke_endpoint_with_response_stream(
-        EndpointName="e", Body=b'{"x": 1}', ContentType="application/json")
+        EndpointName="e", Body=b'{"x": 1}', ContentType="application/json"
+    )
     parts = [e["PayloadPart"]["Bytes"] for e in response["Body"]]
     assert parts == [b'0:{"x": 1}\n', b'1:{"x": 1}\n', b'2:{"x": 1}\n']
     assert response["ContentType"] == "text/plain"
 
 
 def test_a_whole_prediction_is_still_a_whole_response(tmp_path):
-    handler = handler_for(tmp_path, MODEL_FN + """
+    handler = handler_for(
+        tmp_path,
+        MODEL_FN
+        + """
 def predict_fn(data, model):
     return data * model
-""")
+""",
+    )
     out, ctype = call(handler, b"[1]")
     assert out == b"[3.0]" and ctype == "application/json"
 
 
 def test_a_declared_batched_stream_is_split_into_one_stream_per_request_by_invoke_batch(tmp_path):
-    handler = handler_for(tmp_path, MODEL_FN + """
+    handler = handler_for(
+        tmp_path,
+        MODEL_FN
+        + """
 aiops_stream = True
 aiops_batch = True
 CALLS = []
@@ -106,10 +136,13 @@ def predict_fn(data, model, context):
 
 def output_fn(prediction, accept):
     return prediction, "text/plain"
-""")
+""",
+    )
     assert handler.batchable
-    requests = [(f"[[{i}]]".encode(), "application/json", None, Context(model_dir=handler.model_dir))
-                for i in range(3)]
+    requests = [
+        (f"[[{i}]]".encode(), "application/json", None, Context(model_dir=handler.model_dir))
+        for i in range(3)
+    ]
     results = handler.invoke_batch(requests)
     streams = [ChunkStream(out) for out, ctype in results]
     assert all(ctype == "text/plain" for _, ctype in results)
@@ -127,7 +160,10 @@ def output_fn(prediction, accept):
 
 
 def test_an_undeclared_handler_whose_batched_predict_streams_runs_request_by_request(tmp_path):
-    handler = handler_for(tmp_path, MODEL_FN + """
+    handler = handler_for(
+        tmp_path,
+        MODEL_FN
+        + """
 aiops_batch = True
 CALLS = []
 
@@ -137,9 +173,12 @@ def predict_fn(data, model):
 
 def output_fn(prediction, accept):
     return prediction, "text/plain"
-""")
-    requests = [(f"[[{i}]]".encode(), "application/json", None, Context(model_dir=handler.model_dir))
-                for i in range(2)]
+""",
+    )
+    requests = [
+        (f"[[{i}]]".encode(), "application/json", None, Context(model_dir=handler.model_dir))
+        for i in range(2)
+    ]
     results = handler.invoke_batch(requests)
     assert ["".join(out) for out, _ in results] == ["0.0;", "1.0;"]
     assert handler.module.CALLS == [2, 1, 1]  # the batched stream was dropped, then each request ran alone

@@ -59,8 +59,14 @@ def stream_fns(lm_dir):
 @pytest.fixture
 def served(start_server, lm_dir):
     folder, _, _ = lm_dir
-    return start_server(folder, "--workers", "1", "--batch-size", "4",
-                        env={"SAGEMAKER_PROGRAM": "inference_stream.py", "AIOPS_LM_MAX_NEW_TOKENS": "40"})
+    return start_server(
+        folder,
+        "--workers",
+        "1",
+        "--batch-size",
+        "4",
+        env={"SAGEMAKER_PROGRAM": "inference_stream.py", "AIOPS_LM_MAX_NEW_TOKENS": "40"},
+    )
 
 
 def request(prompt: str, **parameters) -> bytes:
@@ -86,7 +92,8 @@ def test_greedy_tokens_stream_and_match_the_in_process_generator(served, lm_dir)
     assert resp.getheader("Content-Type") == "text/plain"
     assert b"".join(parts) == expected
     events = runtime_client(served.url).invoke_endpoint_with_response_stream(
-        EndpointName="lm", Body=request("def ", max_new_tokens=30), ContentType="application/json")["Body"]
+        EndpointName="lm", Body=request("def ", max_new_tokens=30), ContentType="application/json"
+    )["Body"]
     payloads = [e["PayloadPart"]["Bytes"] for e in events]
     assert b"".join(payloads) == expected
     assert len(payloads) == len(expected)  # one token per event, as generated
@@ -95,8 +102,10 @@ def test_greedy_tokens_stream_and_match_the_in_process_generator(served, lm_dir)
 
 def test_sampling_is_repeatable_with_a_seed_and_jsonlines_names_each_token(served, lm_dir, stream_fns):
     _, _, model = lm_dir
-    seeded = [b"".join(post(served, request("abc", max_new_tokens=40, temperature=1.5, seed=s))[1])
-              for s in (7, 7, 8)]
+    seeded = [
+        b"".join(post(served, request("abc", max_new_tokens=40, temperature=1.5, seed=s))[1])
+        for s in (7, 7, 8)
+    ]
     assert seeded[0] == seeded[1] == bytes(stream_fns.sample(model, list(b"abc"), 40, 1.5, 7))
     assert seeded[2] == bytes(stream_fns.sample(model, list(b"abc"), 40, 1.5, 8))
     assert seeded[0] != seeded[2]
@@ -107,7 +116,10 @@ def test_sampling_is_repeatable_with_a_seed_and_jsonlines_names_each_token(serve
 
 
 BAD = [
-    (request("x", max_new_tokens=41), "max_new_tokens=41 is over this server's limit of 40 (AIOPS_LM_MAX_NEW_TOKENS)"),
+    (
+        request("x", max_new_tokens=41),
+        "max_new_tokens=41 is over this server's limit of 40 (AIOPS_LM_MAX_NEW_TOKENS)",
+    ),
     (b"not json", "not valid JSON"),
     (b'{"parameters": {}}', 'expected {"inputs"'),
     (request("x", top_k=3), "unknown parameters ['top_k']"),

@@ -20,7 +20,9 @@ from helpers import runtime_client, wait_until
 
 from .conftest import NO_TORCH_MODEL_FN, write_script
 
-STREAMER = NO_TORCH_MODEL_FN + '''
+STREAMER = (
+    NO_TORCH_MODEL_FN
+    + """
 import json, os, time
 from pathlib import Path
 from aiops.inference.errors import InferenceError
@@ -113,7 +115,8 @@ def predict_fn(data, model):
 
 def output_fn(prediction, accept):
     return prediction, "text/plain"
-'''
+"""
+)
 
 EXPECTED = b"first chunk;second chunk;third (a str) \xc3\xa9"
 FIXED = b"alpha;beta;gamma \xc3\xa9"
@@ -137,8 +140,9 @@ def streamer_dir(tmp_path):
 
 @pytest.fixture
 def streamer(start_server, streamer_dir, gate):
-    return start_server(streamer_dir, "--workers", "1", "--batch-size", "8",
-                        env={"AIOPS_TEST_GATE": str(gate)})
+    return start_server(
+        streamer_dir, "--workers", "1", "--batch-size", "8", env={"AIOPS_TEST_GATE": str(gate)}
+    )
 
 
 def body(mode: str, tag: str = "t", **more) -> bytes:
@@ -175,8 +179,8 @@ def chunks_of(wire: bytes) -> list[bytes] | None:
         if len(wire) < size + 2:
             return None
         chunks.append(wire[:size])
-        assert wire[size:size + 2] == b"\r\n"
-        wire = wire[size + 2:]
+        assert wire[size : size + 2] == b"\r\n"
+        wire = wire[size + 2 :]
 
 
 def read_chunked(sock: socket.socket) -> tuple[bytes, list[bytes]]:
@@ -196,8 +200,9 @@ def error_lines(log: str) -> list[str]:
 
 
 def test_invocations_streams_chunked_and_each_chunk_arrives_before_the_generator_ends(streamer, gate):
-    conn, resp = post(streamer.port, body("gated", "a"),
-                      headers={"X-Amzn-SageMaker-Custom-Attributes": "k=v"})
+    conn, resp = post(
+        streamer.port, body("gated", "a"), headers={"X-Amzn-SageMaker-Custom-Attributes": "k=v"}
+    )
     assert resp.status == 200
     assert resp.getheader("Transfer-Encoding") == "chunked" and resp.getheader("Content-Length") is None
     assert resp.getheader("Content-Type") == "text/plain"
@@ -216,8 +221,12 @@ def test_invocations_streams_chunked_and_each_chunk_arrives_before_the_generator
 def test_boto3_invoke_endpoint_with_response_stream_iterates_the_parts(streamer, gate):
     client = runtime_client(streamer.url)
     response = client.invoke_endpoint_with_response_stream(
-        EndpointName="lm", Body=body("gated", "b"), ContentType="application/json", Accept="text/plain",
-        CustomAttributes="trace=1")
+        EndpointName="lm",
+        Body=body("gated", "b"),
+        ContentType="application/json",
+        Accept="text/plain",
+        CustomAttributes="trace=1",
+    )
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 200
     assert response["ContentType"] == "text/plain"
     assert response["InvokedProductionVariant"] == "AllTraffic"
@@ -231,7 +240,10 @@ def test_boto3_invoke_endpoint_with_response_stream_iterates_the_parts(streamer,
     assert json.loads((gate / "b.finished").read_text()) is True
     # the handler got the body, its content type, and the Accept boto3 sends as X-Amzn-SageMaker-Accept
     assert json.loads((gate / "b.seen").read_text()) == {
-        "body": body("gated", "b").decode(), "content_type": "application/json", "accept": "text/plain"}
+        "body": body("gated", "b").decode(),
+        "content_type": "application/json",
+        "accept": "text/plain",
+    }
 
 
 def test_same_bytes_streamed_chunked_event_stream_and_whole(streamer):
@@ -239,26 +251,33 @@ def test_same_bytes_streamed_chunked_event_stream_and_whole(streamer):
     assert resp.getheader("Transfer-Encoding") == "chunked" and resp.read() == FIXED
     data = body("fixed")
     with socket.create_connection(("127.0.0.1", streamer.port), timeout=60) as sock:
-        sock.sendall(b"POST /invocations HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: %d"
-                     b"\r\n\r\n%s" % (len(data), data))
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: %d"
+            b"\r\n\r\n%s" % (len(data), data)
+        )
         _, chunks = read_chunked(sock)
     assert chunks == [b"alpha;", b"beta;", "gamma \u00e9".encode()]  # one HTTP chunk per item
     client = runtime_client(streamer.url)
     for mode, expected in (("fixed", FIXED), ("tokens", TOKENS)):
-        parts = client.invoke_endpoint_with_response_stream(EndpointName="e", Body=body(mode),
-                                                            ContentType="application/json")["Body"]
+        parts = client.invoke_endpoint_with_response_stream(
+            EndpointName="e", Body=body(mode), ContentType="application/json"
+        )["Body"]
         assert b"".join(e["PayloadPart"]["Bytes"] for e in parts) == expected
         whole = client.invoke_endpoint(EndpointName="e", Body=body(mode), ContentType="application/json")
         assert whole["Body"].read() == expected and whole["ContentType"] == "text/plain"
         # a client that cannot stream (HTTP/1.0) gets the whole body with a Content-Length, no chunks
         data = body(mode)
-        head, payload = raw_exchange(streamer.port, b"POST /invocations HTTP/1.0\r\nContent-Type: "
-                                     b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+        head, payload = raw_exchange(
+            streamer.port,
+            b"POST /invocations HTTP/1.0\r\nContent-Type: "
+            b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data),
+        )
         assert b"chunked" not in head.lower()
         assert b"content-length: %d" % len(expected) in head.lower() and payload == expected
     # a handler answering whole bytes on the response-stream route: one PayloadPart
-    parts = client.invoke_endpoint_with_response_stream(EndpointName="e", Body=body("whole"),
-                                                        ContentType="application/json")["Body"]
+    parts = client.invoke_endpoint_with_response_stream(
+        EndpointName="e", Body=body("whole"), ContentType="application/json"
+    )["Body"]
     assert [e["PayloadPart"]["Bytes"] for e in parts] == [b"whole answer"]
 
 
@@ -267,15 +286,18 @@ def test_client_disconnect_stops_the_generator(streamer, gate):
     assert resp.read1().startswith(b"tick 0;")
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
-    count = wait_until(lambda: (gate / "c.closed").exists() and (gate / "c.closed").read_text(),
-                       "the endless generator closed after the client left")
+    count = wait_until(
+        lambda: (gate / "c.closed").exists() and (gate / "c.closed").read_text(),
+        "the endless generator closed after the client left",
+    )
     assert int(count) >= 1
     wait_until(lambda: "generation stopped" in streamer.log(), "the disconnect log line")
     line = next(x for x in streamer.log().splitlines() if "generation stopped" in x)
     assert "client disconnected after" in line and "streamed chunks" in line
     # the same with boto3 closing its stream after the first event
     response = runtime_client(streamer.url).invoke_endpoint_with_response_stream(
-        EndpointName="e", Body=body("endless", "d"), ContentType="application/json")
+        EndpointName="e", Body=body("endless", "d"), ContentType="application/json"
+    )
     assert next(iter(response["Body"]))["PayloadPart"]["Bytes"].startswith(b"tick 0;")
     response["Body"].close()
     wait_until(lambda: (gate / "d.closed").exists(), "the generator closed after boto3 closed its stream")
@@ -301,7 +323,8 @@ def test_a_generator_failing_mid_stream_ends_the_event_stream_with_model_stream_
     from botocore.exceptions import EventStreamError
 
     response = runtime_client(streamer.url).invoke_endpoint_with_response_stream(
-        EndpointName="e", Body=body("failing", "g", after=3), ContentType="application/json")
+        EndpointName="e", Body=body("failing", "g", after=3), ContentType="application/json"
+    )
     got = []
     with pytest.raises(EventStreamError) as err:
         for event in response["Body"]:
@@ -327,7 +350,8 @@ def test_a_generator_failing_before_its_first_chunk_is_an_ordinary_error(streame
     for mode, status in (("early", 422), ("early-failure", 500)):
         with pytest.raises(ClientError) as info:
             runtime_client(streamer.url).invoke_endpoint_with_response_stream(
-                EndpointName="e", Body=body(mode), ContentType="application/json")
+                EndpointName="e", Body=body(mode), ContentType="application/json"
+            )
         assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
 
 
@@ -351,10 +375,12 @@ def test_even_system_exit_from_a_generator_only_ends_its_own_stream(streamer):
 def test_a_stuck_generator_times_out_with_the_model_stream_error(start_server, streamer_dir, gate):
     from botocore.exceptions import EventStreamError
 
-    server = start_server(streamer_dir, "--workers", "1", "--timeout", "1",
-                          env={"AIOPS_TEST_GATE": str(gate)})
+    server = start_server(
+        streamer_dir, "--workers", "1", "--timeout", "1", env={"AIOPS_TEST_GATE": str(gate)}
+    )
     response = runtime_client(server.url).invoke_endpoint_with_response_stream(
-        EndpointName="e", Body=body("stuck", "s"), ContentType="application/json")
+        EndpointName="e", Body=body("stuck", "s"), ContentType="application/json"
+    )
     events = iter(response["Body"])
     assert next(events)["PayloadPart"]["Bytes"] == b"only part"
     with pytest.raises(EventStreamError) as info:
@@ -372,10 +398,12 @@ def test_a_ping_is_answered_while_a_stream_is_open(streamer, gate):
     assert streamer.request("GET", "/ping").status == 200  # one worker, one stream open and waiting
     assert streamer.invoke(body("fixed")).body == FIXED  # and another request is served meanwhile
     (gate / "p.go").write_text("1")
-    assert resp.read() == EXPECTED[len(b"first chunk;"):]
+    assert resp.read() == EXPECTED[len(b"first chunk;") :]
 
 
-BATCHED = NO_TORCH_MODEL_FN + '''
+BATCHED = (
+    NO_TORCH_MODEL_FN
+    + """
 import json, os, time
 from pathlib import Path
 aiops_stream = True
@@ -404,7 +432,8 @@ def batched(rows):
 
 def output_fn(prediction, accept):
     return prediction, "text/plain"
-'''
+"""
+)
 
 
 def _unread_by_server(port: int, client_port: int) -> int | None:
@@ -432,8 +461,14 @@ def test_a_batched_stream_is_split_into_one_stream_per_request_by_a_real_server(
 
     folder = tmp_path / "batched"
     write_script(folder, BATCHED)
-    server = start_server(folder, "--workers", "1", "--batch-size", "8",
-                          env={"AIOPS_TEST_GATE": str(gate), "AIOPS_SERVE__INLINE_CALL_MS": "0"})
+    server = start_server(
+        folder,
+        "--workers",
+        "1",
+        "--batch-size",
+        "8",
+        env={"AIOPS_TEST_GATE": str(gate), "AIOPS_SERVE__INLINE_CALL_MS": "0"},
+    )
     assert "batch size 8" in server.log()
     held = {}
     holder = threading.Thread(target=lambda: held.update(r=server.invoke(b"[[-1]]")))
@@ -442,11 +477,15 @@ def test_a_batched_stream_is_split_into_one_stream_per_request_by_a_real_server(
     socks = []
     for path, data in (("/invocations", b"[[0]]"), ("/endpoints/e/invocations-response-stream", b"[[1]]")):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
-        sock.sendall(b"POST %s HTTP/1.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+        sock.sendall(
+            b"POST %s HTTP/1.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
+        )
         socks.append(sock)
-    wait_until(lambda: all(_unread_by_server(server.port, s.getsockname()[1]) == 0 for s in socks),
-               "both requests read by the server")
+    wait_until(
+        lambda: all(_unread_by_server(server.port, s.getsockname()[1]) == 0 for s in socks),
+        "both requests read by the server",
+    )
     (gate / "release").write_text("1")
     chunked = _read_response(socks[0])
     buffer = EventStreamBuffer()

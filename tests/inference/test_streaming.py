@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from aiops.inference import streaming
 from aiops.inference.serving.http import routes
 from aiops.inference.serving.stream_sender import BUFFERED, CHUNKED, EVENTS

@@ -64,17 +64,34 @@ ORACLE = textwrap.dedent(
 )
 
 
-def toolkit_answers(model_dir: Path, requests: list[tuple[dict, bytes]], program: str = "inference.py",
-                    cwd: Path | None = None) -> list[dict]:
+def toolkit_answers(
+    model_dir: Path,
+    requests: list[tuple[dict, bytes]],
+    program: str = "inference.py",
+    cwd: Path | None = None,
+) -> list[dict]:
     """What the stock container's handler service answers to each ``(headers, body)``: status,
     content type and body. Its environment is the container's: SAGEMAKER_PROGRAM, and the model's
     code/ on PYTHONPATH (as the toolkit starts TorchServe)."""
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "OMP_NUM_THREADS": "1",
-           "SAGEMAKER_PROGRAM": program, "PYTHONPATH": str(model_dir / "code")}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "OMP_NUM_THREADS": "1",
+        "SAGEMAKER_PROGRAM": program,
+        "PYTHONPATH": str(model_dir / "code"),
+    }
     spec = {"model_dir": str(model_dir), "requests": [(h, base64.b64encode(b).decode()) for h, b in requests]}
     # cwd outside the repository: its inference/ folder must not shadow the handler module `inference`
-    done = subprocess.run([sys.executable, "-c", ORACLE], input=json.dumps(spec), capture_output=True,
-                          text=True, env=env, cwd=str(cwd or model_dir.parent), timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", ORACLE],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(cwd or model_dir.parent),
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return [{**a, "body": base64.b64decode(a["body"])} for a in json.loads(done.stdout)]
 
@@ -83,8 +100,9 @@ def aiops_answers(server, requests: list[tuple[dict, bytes]]) -> list[dict]:
     answers = []
     for headers, body in requests:
         resp = server.request("POST", "/invocations", body, headers)
-        answers.append({"status": resp.status, "content_type": resp.headers.get("content-type"),
-                        "body": resp.body})
+        answers.append(
+            {"status": resp.status, "content_type": resp.headers.get("content-type"), "body": resp.body}
+        )
     return answers
 
 
@@ -94,7 +112,9 @@ def error_message(answer: dict) -> str:
 
 # ------------------------------------------------------------------ 1. `from sagemaker_inference import ...`
 
-TOOLKIT_USER = NO_TORCH_MODEL_FN + """
+TOOLKIT_USER = (
+    NO_TORCH_MODEL_FN
+    + """
 from sagemaker_inference import content_types, decoder, encoder, errors
 
 def input_fn(body, content_type):
@@ -110,6 +130,7 @@ def output_fn(prediction, accept):
         raise errors.BaseInferenceToolkitError(403, "not for you", "Forbidden")
     return encoder.encode(prediction, accept)
 """
+)
 
 
 def test_a_handler_importing_the_toolkit_loads_and_its_errors_answer_as_the_toolkit(tmp_path, start_server):
@@ -130,8 +151,9 @@ def test_a_handler_importing_the_toolkit_loads_and_its_errors_answer_as_the_tool
         assert mine["status"] == 200
         assert (mine["body"], mine["content_type"]) == (toolkit["body"], toolkit["content_type"])
     assert ours[0]["body"] == b"[[3.0, 4.0]]"
-    for mine, toolkit, (status, message) in zip(ours[2:4], theirs[2:4], [(418, "short and stout"),
-                                                                         (403, "not for you")]):
+    for mine, toolkit, (status, message) in zip(
+        ours[2:4], theirs[2:4], [(418, "short and stout"), (403, "not for you")]
+    ):
         assert mine["status"] == toolkit["status"] == status
         assert error_message(mine) == message and toolkit["body"].decode().startswith(message)
     # UnsupportedFormatError: the toolkit answers 500 with its message; aiops the status its own codecs
@@ -175,8 +197,9 @@ TRAIN_COPYING_ITSELF = textwrap.dedent(
 )
 
 
-def test_serve_run_of_a_training_script_with_model_fn_that_copies_itself_into_code(run_cli, tmp_path,
-                                                                                    start_server):
+def test_serve_run_of_a_training_script_with_model_fn_that_copies_itself_into_code(
+    run_cli, tmp_path, start_server
+):
     script = tmp_path / "train.py"
     script.write_text(TRAIN_COPYING_ITSELF)
     trained = run_cli("train", str(script), "--job-name", "copies-itself", "--json")
@@ -196,14 +219,19 @@ def test_serve_run_of_a_training_script_with_model_fn_that_copies_itself_into_co
 
 # ------------------------------------------------------------------ 3. no Content-Type
 
-SEES_TRANSFORM = NO_TORCH_MODEL_FN + """
+SEES_TRANSFORM = (
+    NO_TORCH_MODEL_FN
+    + """
 import json
 def transform_fn(model, body, content_type, accept):
     return json.dumps({"type": type(body).__name__, "content_type": content_type,
                        "body": body if isinstance(body, str) else bytes(body).decode("latin-1")})
 """
+)
 
-SEES_INPUT = NO_TORCH_MODEL_FN + """
+SEES_INPUT = (
+    NO_TORCH_MODEL_FN
+    + """
 import json
 def input_fn(body, content_type):
     return {"type": type(body).__name__, "content_type": content_type,
@@ -213,6 +241,7 @@ def predict_fn(data, model):
 def output_fn(prediction, accept):
     return json.dumps(prediction)
 """
+)
 
 
 @pytest.mark.parametrize("script", [SEES_TRANSFORM, SEES_INPUT], ids=["transform_fn", "input_fn"])
@@ -229,11 +258,17 @@ def test_without_content_type_user_handlers_get_none_and_the_raw_bytes(tmp_path,
     assert seen[2] == {"type": "str", "content_type": "application/json", "body": "[1, 2]"}
 
 
-ACCEPTS = ["text/csv, application/json", "application/json, text/csv", "application/x-npy, text/csv",
-           "image/png, text/csv, application/json", "*/*, text/csv"]
+ACCEPTS = [
+    "text/csv, application/json",
+    "application/json, text/csv",
+    "application/x-npy, text/csv",
+    "image/png, text/csv, application/json",
+    "*/*, text/csv",
+]
 # what the default handlers are asked: no Content-Type, then JSON, then JSON with each Accept
 DEFAULT_REQUESTS = [({}, b"[1, 2]"), ({"Content-Type": "application/json"}, b"[1, 2]")] + [
-    ({"Content-Type": "application/json", "Accept": accept}, b"[[1.5, 2], [3, 4]]") for accept in ACCEPTS]
+    ({"Content-Type": "application/json", "Accept": accept}, b"[[1.5, 2], [3, 4]]") for accept in ACCEPTS
+]
 
 
 @pytest.fixture(scope="module")
@@ -271,8 +306,13 @@ def test_batched_requests_without_content_type_are_refused_each(tmp_path):
     handler = Handler(save_double(tmp_path / "model"))
     handler.load()
     ctx = Context(model_dir=handler.model_dir)
-    results = handler.invoke_batch([(b"[1, 2]", None, None, ctx), (b"[3, 4]", None, None, ctx),
-                                    (b"[5, 6]", "application/json", None, ctx)])
+    results = handler.invoke_batch(
+        [
+            (b"[1, 2]", None, None, ctx),
+            (b"[3, 4]", None, None, ctx),
+            (b"[5, 6]", "application/json", None, ctx),
+        ]
+    )
     assert [type(r) for r in results[:2]] == [UnsupportedMediaType, UnsupportedMediaType]
     assert results[2] == (b"[10.0,12.0]", "application/json")
 
@@ -297,7 +337,9 @@ def test_accept_answers_in_the_clients_first_listed_type_as_the_toolkit(defaults
 
 # ------------------------------------------------------------------ 5. a streamed predict_fn yielding bytes
 
-STREAMS_BYTES = NO_TORCH_MODEL_FN + """
+STREAMS_BYTES = (
+    NO_TORCH_MODEL_FN
+    + """
 def input_fn(body, content_type):
     return None
 def predict_fn(data, model):
@@ -305,10 +347,12 @@ def predict_fn(data, model):
     yield "encoded, "
     yield [1, 2]
 """
+)
 
 
-def test_a_streamed_predict_fn_yielding_bytes_passes_them_through_the_default_output_fn(tmp_path,
-                                                                                        start_server):
+def test_a_streamed_predict_fn_yielding_bytes_passes_them_through_the_default_output_fn(
+    tmp_path, start_server
+):
     model = tmp_path / "model"
     write_script(model, STREAMS_BYTES)
     server = start_server(model)

@@ -85,6 +85,7 @@ def moto_server():
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
+
     def listening() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):

@@ -8,9 +8,9 @@ import io
 import tarfile
 
 import pytest
+from aiops.infra import artifacts
 
 from aiops.errors import UsageError
-from aiops.infra import artifacts
 
 
 def make_archive(path, payload=b"weights"):
@@ -24,7 +24,10 @@ def make_archive(path, payload=b"weights"):
 
 
 def test_classify(tmp_path):
-    assert artifacts.classify("s3://my-bucket/models/model.tar.gz") == ("s3", "s3://my-bucket/models/model.tar.gz")
+    assert artifacts.classify("s3://my-bucket/models/model.tar.gz") == (
+        "s3",
+        "s3://my-bucket/models/model.tar.gz",
+    )
     assert artifacts.classify("job:train-2026-01") == ("job", "train-2026-01")
     archive = make_archive(tmp_path / "model.tar.gz")
     assert artifacts.classify(str(archive)) == ("local", str(archive))
@@ -48,7 +51,9 @@ def test_classify(tmp_path):
 
 def test_local_model_needs_the_stack_bucket(tmp_path):
     archive = make_archive(tmp_path / "model.tar.gz")
-    with pytest.raises(UsageError, match=r"stack 'prod' has no output 'bucket'.*aiops deploy --stack prod") as err:
+    with pytest.raises(
+        UsageError, match=r"stack 'prod' has no output 'bucket'.*aiops deploy --stack prod"
+    ) as err:
         artifacts.resolve(str(archive), outputs={}, region="us-east-1", stack="prod", clients=object())
     assert err.value.exit_code == 2
 

@@ -22,8 +22,11 @@ BODY = b"[[1.0, 2.0]]"
 
 def _moto_results(url: str, *results: dict) -> None:
     """moto's queue of InvokeEndpointAsync results (each: the output, or a failure object)."""
-    request = urllib.request.Request(f"{url}/moto-api/static/sagemaker/async-endpoint-results",
-                                     data=json.dumps({"results": list(results)}).encode(), method="POST")
+    request = urllib.request.Request(
+        f"{url}/moto-api/static/sagemaker/async-endpoint-results",
+        data=json.dumps({"results": list(results)}).encode(),
+        method="POST",
+    )
     urllib.request.urlopen(request).read()
 
 
@@ -33,13 +36,25 @@ def stack(aws_env, moto_server, aiops_home):
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)
     sm = boto3.client("sagemaker", region_name="us-east-1")
-    sm.create_model(ModelName="m", ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
-                    PrimaryContainer={"Image": "img", "ModelDataUrl": f"s3://{BUCKET}/m/model.tar.gz"})
-    variant = [{"VariantName": "primary", "ModelName": "m", "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}]
+    sm.create_model(
+        ModelName="m",
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
+        PrimaryContainer={"Image": "img", "ModelDataUrl": f"s3://{BUCKET}/m/model.tar.gz"},
+    )
+    variant = [
+        {"VariantName": "primary", "ModelName": "m", "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}
+    ]
     sm.create_endpoint_config(EndpointConfigName="c-sync", ProductionVariants=variant)
-    sm.create_endpoint_config(EndpointConfigName="c-async", ProductionVariants=variant, AsyncInferenceConfig={
-        "OutputConfig": {"S3OutputPath": LAYOUT.async_output_uri(BUCKET),
-                         "S3FailurePath": LAYOUT.async_failure_uri(BUCKET)}})
+    sm.create_endpoint_config(
+        EndpointConfigName="c-async",
+        ProductionVariants=variant,
+        AsyncInferenceConfig={
+            "OutputConfig": {
+                "S3OutputPath": LAYOUT.async_output_uri(BUCKET),
+                "S3FailurePath": LAYOUT.async_failure_uri(BUCKET),
+            }
+        },
+    )
     sm.create_endpoint(EndpointName="e-sync", EndpointConfigName="c-sync")
     sm.create_endpoint(EndpointName="e-async", EndpointConfigName="c-async")
     write_outputs(aiops_home, "dev", {"bucket": BUCKET, "region": "us-east-1"})
@@ -47,7 +62,9 @@ def stack(aws_env, moto_server, aiops_home):
 
 
 def _inputs(s3) -> list[str]:
-    return [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.async_input).get("Contents", [])]
+    return [
+        o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=LAYOUT.async_input).get("Contents", [])
+    ]
 
 
 def test_async_prints_the_result_and_uploads_the_input_under_the_layout(stack, run_cli, moto_server):
@@ -77,11 +94,14 @@ def test_async_against_a_synchronous_endpoint_is_one_line_and_uploads_nothing(st
     assert _inputs(stack) == []
 
 
-@pytest.mark.parametrize("args,expected", [
-    (("--async",), "--async needs --endpoint NAME"),
-    (("--inference-component", "ic"), "--inference-component needs --endpoint NAME"),
-    (("--async", "--stream", "--endpoint", "e"), "give --async or --stream, not both"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (("--async",), "--async needs --endpoint NAME"),
+        (("--inference-component", "ic"), "--inference-component needs --endpoint NAME"),
+        (("--async", "--stream", "--endpoint", "e"), "give --async or --stream, not both"),
+    ],
+)
 def test_async_option_misuse_is_one_line(run_cli, args, expected):
     result = run_cli("invoke", *args, "--data", "[1]")
     assert result.returncode == 2, result.output
@@ -115,12 +135,20 @@ def test_wait_times_out_after_the_timeout_with_bounded_polls(aws_env, moto_serve
     fake = FakeTime()
     output = f"{LAYOUT.async_output_uri(BUCKET)}/never.out"
     with pytest.raises(AiopsError) as err:
-        wait_for_result(s3, output, f"{LAYOUT.async_failure_uri(BUCKET)}/never-error.out", timeout=30,
-                        sleep=fake.sleep, clock=fake.clock)
+        wait_for_result(
+            s3,
+            output,
+            f"{LAYOUT.async_failure_uri(BUCKET)}/never-error.out",
+            timeout=30,
+            sleep=fake.sleep,
+            clock=fake.clock,
+        )
     message = str(err.value)
     assert message.startswith("no result after 30 s at " + output) and "--timeout" in message
     assert sum(fake.sleeps) == pytest.approx(30)  # waited exactly the timeout, never past it
-    assert len(fake.sleeps) <= 10 and max(fake.sleeps) <= 10  # backs off: 0.5 s first, then x1.5, at most 10 s
+    assert (
+        len(fake.sleeps) <= 10 and max(fake.sleeps) <= 10
+    )  # backs off: 0.5 s first, then x1.5, at most 10 s
 
 
 def test_wait_returns_the_result_on_the_poll_it_appears(aws_env, moto_server):
@@ -135,7 +163,8 @@ def test_wait_returns_the_result_on_the_poll_it_appears(aws_env, moto_server):
             s3.put_object(Bucket=BUCKET, Key=key, Body=b'{"ok": 1}', ContentType="application/json")
 
     fake = FakeTime(platform_writes)
-    body, ctype, polls = wait_for_result(s3, f"s3://{BUCKET}/{key}", None, timeout=600,
-                                         sleep=fake.sleep, clock=fake.clock)
+    body, ctype, polls = wait_for_result(
+        s3, f"s3://{BUCKET}/{key}", None, timeout=600, sleep=fake.sleep, clock=fake.clock
+    )
     assert (body, ctype, polls) == (b'{"ok": 1}', "application/json", 4)
     assert fake.sleeps == [0.5, 0.75, 1.125]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import stat
 
 import pytest
+from aiops.infra import automation
 
 from aiops.errors import UsageError
-from aiops.infra import automation
 
 
 def fake_pulumi(folder):
@@ -26,8 +26,13 @@ def fake_pulumi(folder):
 
 def test_missing_binary_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError) as info:
-        automation.workspace_spec(stack="dev", project_dir=tmp_path, backend=None, home=tmp_path,
-                                  env={"PATH": str(tmp_path), "PULUMI_HOME": str(tmp_path / "none")})
+        automation.workspace_spec(
+            stack="dev",
+            project_dir=tmp_path,
+            backend=None,
+            home=tmp_path,
+            env={"PATH": str(tmp_path), "PULUMI_HOME": str(tmp_path / "none")},
+        )
     assert info.value.exit_code == 2 and "get.pulumi.com" in str(info.value)
 
 
@@ -39,7 +44,9 @@ def test_binary_found_in_pulumi_home(tmp_path):
 def test_workspace_spec_defaults(tmp_path):
     binary = fake_pulumi(tmp_path / "ph")
     env = {"PATH": str(binary.parent), "PULUMI_CONFIG_PASSPHRASE": "s3cret"}
-    spec = automation.workspace_spec(stack="dev", project_dir=tmp_path, backend=None, home=tmp_path / "home", env=env)
+    spec = automation.workspace_spec(
+        stack="dev", project_dir=tmp_path, backend=None, home=tmp_path / "home", env=env
+    )
     assert spec.backend_url == (tmp_path / "home" / "pulumi").resolve().as_uri()
     assert (tmp_path / "home" / "pulumi").is_dir()
     assert spec.env_vars["PULUMI_BACKEND_URL"] == spec.backend_url
@@ -49,20 +56,31 @@ def test_workspace_spec_defaults(tmp_path):
 
 def test_workspace_spec_backend_and_passphrase(tmp_path):
     binary = fake_pulumi(tmp_path / "ph")
-    spec = automation.workspace_spec(stack="p", project_dir=tmp_path, backend="s3://state-bucket", home=tmp_path,
-                                     env={"PATH": str(binary.parent), "PULUMI_CONFIG_PASSPHRASE_FILE": "/k"})
+    spec = automation.workspace_spec(
+        stack="p",
+        project_dir=tmp_path,
+        backend="s3://state-bucket",
+        home=tmp_path,
+        env={"PATH": str(binary.parent), "PULUMI_CONFIG_PASSPHRASE_FILE": "/k"},
+    )
     assert spec.backend_url == "s3://state-bucket" and spec.env_vars["PULUMI_CONFIG_PASSPHRASE_FILE"] == "/k"
     with pytest.raises(UsageError, match="PULUMI_CONFIG_PASSPHRASE"):
-        automation.workspace_spec(stack="p", project_dir=tmp_path, backend=None, home=tmp_path,
-                                  env={"PATH": str(binary.parent)})
+        automation.workspace_spec(
+            stack="p", project_dir=tmp_path, backend=None, home=tmp_path, env={"PATH": str(binary.parent)}
+        )
 
 
 def test_open_stack_passes_the_spec_to_the_automation_api(tmp_path, monkeypatch):
     from pulumi import automation as auto
 
     binary = fake_pulumi(tmp_path / "ph")
-    spec = automation.workspace_spec(stack="dev", project_dir=tmp_path, backend=None, home=tmp_path,
-                                     env={"PATH": str(binary.parent), "PULUMI_CONFIG_PASSPHRASE": "x"})
+    spec = automation.workspace_spec(
+        stack="dev",
+        project_dir=tmp_path,
+        backend=None,
+        home=tmp_path,
+        env={"PATH": str(binary.parent), "PULUMI_CONFIG_PASSPHRASE": "x"},
+    )
     seen = {}
 
     class FakeCommand:

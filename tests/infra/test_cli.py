@@ -9,9 +9,8 @@ import stat
 import subprocess
 import sys
 
-import pytest
-
 import prices
+import pytest
 
 from aiops.pricing import load_prices
 
@@ -21,8 +20,14 @@ from .conftest import REPO
 def test_preview_offline_table(run_cli):
     result = run_cli("preview", "--offline", "-C", str(REPO))
     assert result.returncode == 0, result.output
-    for text in ("sagemaker.Endpoint", "s3.BucketPublicAccessBlock", "ec2.LaunchTemplate", "httpTokens=required",
-                 "targetValue=", "resources, offline preview"):
+    for text in (
+        "sagemaker.Endpoint",
+        "s3.BucketPublicAccessBlock",
+        "ec2.LaunchTemplate",
+        "httpTokens=required",
+        "targetValue=",
+        "resources, offline preview",
+    ):
         assert text in result.stdout
 
 
@@ -50,8 +55,11 @@ def test_one_stack_rule_for_the_infra_commands(cli_in_process):
 
 
 def _no_pulumi_env(tmp_path):
-    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin", "PULUMI_HOME": str(tmp_path / "nohome"),
-           "HOME": str(tmp_path)}
+    env = {
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin",
+        "PULUMI_HOME": str(tmp_path / "nohome"),
+        "HOME": str(tmp_path),
+    }
     return env
 
 
@@ -85,8 +93,10 @@ def test_passphrase_required_when_pulumi_is_present(run_cli, tmp_path):
 
 
 def test_help_imports_no_pulumi_or_boto3():
-    code = ("import sys; from aiops.cli.app import main; main(['--help']);"
-            "bad=[m for m in ('pulumi','pulumi_aws','boto3') if m in sys.modules]; print('BAD', bad)")
+    code = (
+        "import sys; from aiops.cli.app import main; main(['--help']);"
+        "bad=[m for m in ('pulumi','pulumi_aws','boto3') if m in sys.modules]; print('BAD', bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "BAD []" in out
 
@@ -96,9 +106,17 @@ def test_preview_offline_shows_costs(cli_in_process):
     assert result.returncode == 0, result.output
     out = result.stdout
     dev = prices.hourly("ml.g5.xlarge")  # Pulumi.dev.yaml: 1 (max 2) x ml.g5.xlarge in us-east-1
-    for text in ("estimated cost of stack 'dev'", "$/h", "$/month", "1 (max 2) x ml.g5.xlarge", prices.rate(dev),
-                 f"{prices.monthly(dev):,.2f}", f"total: ${prices.rate(dev)}/h, ${prices.monthly(dev):,.2f}/month",
-                 "spot", f"prices as of {load_prices().as_of}"):
+    for text in (
+        "estimated cost of stack 'dev'",
+        "$/h",
+        "$/month",
+        "1 (max 2) x ml.g5.xlarge",
+        prices.rate(dev),
+        f"{prices.monthly(dev):,.2f}",
+        f"total: ${prices.rate(dev)}/h, ${prices.monthly(dev):,.2f}/month",
+        "spot",
+        f"prices as of {load_prices().as_of}",
+    ):
         assert text in out, text
     result = cli_in_process("preview", "--offline", "--json", "--stack", "prod", "-C", str(REPO))
     costs = json.loads(result.stdout)["costs"]
@@ -107,7 +125,11 @@ def test_preview_offline_shows_costs(cli_in_process):
     assert costs["total_monthly"] == prices.monthly(2 * prod)
     assert costs["complete"] is True and costs["as_of"] and "AWS" in costs["source"]
     (line,) = costs["lines"]
-    assert (line["instance_type"], line["count"], line["monthly"]) == ("ml.g5.2xlarge", 2, prices.monthly(2 * prod))
+    assert (line["instance_type"], line["count"], line["monthly"]) == (
+        "ml.g5.2xlarge",
+        2,
+        prices.monthly(2 * prod),
+    )
     assert line["hourly"] == pytest.approx(2 * prod)
 
 
@@ -127,19 +149,26 @@ def test_cost_command(run_cli, cli_in_process, tmp_path):
     # an instance type without a known price: said in the row and the total, exit 0
     (tmp_path / "Pulumi.g6.yaml").write_text(
         "config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    modelDataUrl: s3://b-1/m.tar.gz\n"
-        "    instanceType: ml.g6.xlarge\n")
+        "    instanceType: ml.g6.xlarge\n"
+    )
     result = cli_in_process("cost", "--stack", "g6", "-C", str(tmp_path))
     assert result.returncode == 0, result.output
     assert "unknown" in result.stdout and "no known price for ml.g6.xlarge in us-east-1" in result.stdout
     assert "incomplete: 1 resource without a known price" in result.stdout
     # a bad stack: one line, exit 2
     result = cli_in_process("cost", "--stack", "missing", "-C", str(tmp_path))
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert (
+        result.returncode == 2
+        and result.stderr.startswith("error: ")
+        and len(result.stderr.splitlines()) == 1
+    )
 
 
 def test_cost_help_imports_no_pulumi():
-    code = ("import sys; from aiops.cli.app import main; main(['cost', '--help']);"
-            "bad=[m for m in ('pulumi','pulumi_aws','boto3') if m in sys.modules]; print('BAD', bad)")
+    code = (
+        "import sys; from aiops.cli.app import main; main(['cost', '--help']);"
+        "bad=[m for m in ('pulumi','pulumi_aws','boto3') if m in sys.modules]; print('BAD', bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "BAD []" in out
 
@@ -155,8 +184,10 @@ def test_deploy_cost_summary_is_made_offline():
     out = "\n".join(deploy_cost_lines(isolated_cost(Path(REPO), "prod")))
     assert "estimated cost of the stack as configured" in out
     prod = prices.hourly("ml.g5.2xlarge", "us-west-2")
-    assert (f"endpoint-config/primary: 2 x ml.g5.2xlarge at ${prices.rate(prod)}/h = ${round(2 * prod, 6):g}/h, "
-            f"${prices.monthly(2 * prod):,.2f}/month") in out
+    assert (
+        f"endpoint-config/primary: 2 x ml.g5.2xlarge at ${prices.rate(prod)}/h = ${round(2 * prod, 6):g}/h, "
+        f"${prices.monthly(2 * prod):,.2f}/month"
+    ) in out
     assert f"total: ${prices.rate(2 * prod)}/h" in out
     out = " ".join(deploy_cost_lines(isolated_cost(Path(REPO), "nope")))
     assert "cost estimate unavailable:" in out and "Pulumi.nope.yaml: no such stack file" in out

@@ -25,7 +25,9 @@ def test_the_infra_commands_call_functions_not_the_cli():
     imports = _imports(REPO / "cli" / "infra.py")
     source = (REPO / "cli" / "infra.py").read_text()
     assert "subprocess" not in imports and source.count("from aiops.infra import commands") == 5
-    assert "sys.executable" not in source and "automation_call" not in source  # the orchestration is in infra/
+    assert (
+        "sys.executable" not in source and "automation_call" not in source
+    )  # the orchestration is in infra/
 
 
 def test_preview_and_cost_are_function_calls():
@@ -58,8 +60,11 @@ class _Stack:
 
         self.calls.append("up")
         summary = type("Summary", (), {"result": "succeeded"})()
-        outputs = {"bucket": OutputValue("b-1", False), "region": OutputValue("us-west-2", False),
-                   "passphrase": OutputValue("s3cr3t", True)}
+        outputs = {
+            "bucket": OutputValue("b-1", False),
+            "region": OutputValue("us-west-2", False),
+            "passphrase": OutputValue("s3cr3t", True),
+        }
         return type("UpResult", (), {"summary": summary, "outputs": outputs})()
 
 

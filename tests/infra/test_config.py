@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from aiops.infra.config import load_stack_file, parse
 
 from aiops.errors import ConfigError
-from aiops.infra.config import load_stack_file, parse
 
 from .conftest import REPO, merged
 
@@ -47,11 +47,21 @@ def test_gpu_families_are_the_gpu_tables():
     from aiops.gpufit import load_gpus
     from aiops.images import cuda_families, instance_family
 
-    families = {instance_family(s.instance_type) for s in load_gpus().all() if s.gpu_model.startswith("NVIDIA")}
+    families = {
+        instance_family(s.instance_type) for s in load_gpus().all() if s.gpu_model.startswith("NVIDIA")
+    }
     assert families == cuda_families() and {"g4dn", "g5", "p5"} <= families
     for family in sorted(families):
-        assert parse(merged(endpoint={"instanceType": f"ml.{family}.xlarge"}, compute={"instanceType": f"{family}.xlarge"}),
-                     stack="t").compute.instance_type == f"{family}.xlarge"
+        assert (
+            parse(
+                merged(
+                    endpoint={"instanceType": f"ml.{family}.xlarge"},
+                    compute={"instanceType": f"{family}.xlarge"},
+                ),
+                stack="t",
+            ).compute.instance_type
+            == f"{family}.xlarge"
+        )
     # g4ad: AMD GPUs, no CUDA (the old hand-kept list accepted it, and the NVIDIA driver AMI)
     assert "ml.g4ad.xlarge" in error_of(endpoint={"instanceType": "ml.g4ad.xlarge"})
     assert "g4ad.xlarge" in error_of(compute={"instanceType": "g4ad.xlarge"})
@@ -108,7 +118,9 @@ def test_bad_enum_names_allowed_values():
 
 
 def test_serverless_memory():
-    msg = error_of(endpoint={"serverless": {"enabled": True, "memoryMb": 1000}, "dataCapture": {"enabled": False}})
+    msg = error_of(
+        endpoint={"serverless": {"enabled": True, "memoryMb": 1000}, "dataCapture": {"enabled": False}}
+    )
     assert "memoryMb=1000" in msg and "6144" in msg
 
 
@@ -164,12 +176,17 @@ def test_overrides_fill_missing_model(tmp_path):
 @pytest.mark.parametrize(
     "yaml_text, expected",
     [
-        ("config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    modelDataUrl: s3://b-1/m.tar.gz\n    instanceType: ml.c5.xlarge\n",
-         "ml.c5.xlarge"),
+        (
+            "config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    modelDataUrl: s3://b-1/m.tar.gz\n    instanceType: ml.c5.xlarge\n",
+            "ml.c5.xlarge",
+        ),
         ("config:\n  aws:region: mars-1\n", "mars-1"),
         ("config: [\n", "malformed stack file"),
-        ("config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    modelDataUrl: s3://b-1/m.tar.gz\n"
-         "    idleAlarm: {hours: 0}\n", "aiops:endpoint.idleAlarm.hours=0"),
+        (
+            "config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    modelDataUrl: s3://b-1/m.tar.gz\n"
+            "    idleAlarm: {hours: 0}\n",
+            "aiops:endpoint.idleAlarm.hours=0",
+        ),
     ],
 )
 def test_cli_config_errors_exit_2_one_line(run_cli, tmp_path, yaml_text, expected):
@@ -186,9 +203,8 @@ def test_engine_config_path_reads_the_same_keys(monkeypatch):
     import json
 
     import pulumi
-    from pulumi.runtime import config as runtime_config
-
     from aiops.infra.config import from_pulumi_config
+    from pulumi.runtime import config as runtime_config
 
     from .conftest import merged as _merged
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from aiops.infra.config import load_stack_file
 from aiops.infra.costs import CostLine, PlanCosts, plan_costs, rate
 from aiops.infra.offline import plan
+
 from aiops.pricing import PriceTable, load_prices
 
 from .conftest import REPO
@@ -28,9 +28,18 @@ def price(service, instance_type, region="us-east-1"):
 
 def test_line_arithmetic_by_hand():
     # 2 x ml.g5.xlarge at 1.408 $/h = 2.816 $/h; x 730 h = 2055.68 $/month; at 4 instances 5.632 $/h
-    line = CostLine(resource="ec/primary", type="t", service="sagemaker", pricing="instance",
-                    instance_type="ml.g5.xlarge", count=2, max_count=4, unit_hourly=1.408,
-                    on_demand_unit_hourly=1.408, hours_per_month=730)
+    line = CostLine(
+        resource="ec/primary",
+        type="t",
+        service="sagemaker",
+        pricing="instance",
+        instance_type="ml.g5.xlarge",
+        count=2,
+        max_count=4,
+        unit_hourly=1.408,
+        on_demand_unit_hourly=1.408,
+        hours_per_month=730,
+    )
     assert line.hourly == pytest.approx(2.816)
     assert line.monthly == 2055.68
     assert line.max_hourly == pytest.approx(5.632)
@@ -76,8 +85,12 @@ def test_prod_plan_totals():
 
 
 def test_on_demand_gpu_group(make_plan):
-    costs = plan_costs(make_plan(endpoint={"enabled": False},
-                                 compute={"instanceType": "p3.2xlarge", "desiredCapacity": 2, "maxSize": 3}))
+    costs = plan_costs(
+        make_plan(
+            endpoint={"enabled": False},
+            compute={"instanceType": "p3.2xlarge", "desiredCapacity": 2, "maxSize": 3},
+        )
+    )
     (line,) = costs.lines
     # 2 x p3.2xlarge on-demand; 3 at max
     unit = price("ec2", "p3.2xlarge").on_demand_hourly
@@ -107,8 +120,12 @@ def test_unknown_region_prices(make_plan):
 
 
 def test_serverless_is_usage_based(make_plan):
-    costs = plan_costs(make_plan(endpoint={"serverless": {"enabled": True}, "dataCapture": {"enabled": False}},
-                                 compute={"enabled": False}))
+    costs = plan_costs(
+        make_plan(
+            endpoint={"serverless": {"enabled": True}, "dataCapture": {"enabled": False}},
+            compute={"enabled": False},
+        )
+    )
     (line,) = costs.lines
     assert line.pricing == "usage" and line.known and line.hourly is None
     assert line.describe().startswith("usage-based")
@@ -124,8 +141,15 @@ def test_table_date_and_source_and_roundtrip():
 
 
 def test_custom_price_table(make_plan):
-    table = PriceTable({"as_of": "x", "source": "test", "hours_per_month": 720, "currency": "USD",
-                        "spot_discount": {"sagemaker": 0.5, "ec2": 0.5},
-                        "regions": {"us-east-1": {"sagemaker": {"ml.g5.xlarge": 1.0}, "ec2": {"g5.xlarge": 2.0}}}})
+    table = PriceTable(
+        {
+            "as_of": "x",
+            "source": "test",
+            "hours_per_month": 720,
+            "currency": "USD",
+            "spot_discount": {"sagemaker": 0.5, "ec2": 0.5},
+            "regions": {"us-east-1": {"sagemaker": {"ml.g5.xlarge": 1.0}, "ec2": {"g5.xlarge": 2.0}}},
+        }
+    )
     costs = plan_costs(make_plan(compute={"spot": False, "desiredCapacity": 1}), table)
     assert costs.total_hourly == pytest.approx(3.0) and costs.total_monthly == 2160.0

@@ -26,19 +26,31 @@ def test_image_uris_match_the_sagemaker_sdk():
 
     for region in ("us-east-1", "eu-west-1", "cn-north-1"):
         assert llm_image_uri(kind="lmi", region=region, version="latest") == image_uris.retrieve(
-            "djl-lmi", region=region, version="0.38.0")
+            "djl-lmi", region=region, version="0.38.0"
+        )
         assert llm_image_uri(kind="tgi", region=region, version="3.3") == image_uris.retrieve(
-            "huggingface-llm", region=region, version="3.3.6", instance_type="ml.g5.xlarge")
+            "huggingface-llm", region=region, version="3.3.6", instance_type="ml.g5.xlarge"
+        )
     assert llm_image_uri(kind="lmi", region="us-east-1", version="0.38.0") == (
-        "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.38.0-lmi29.0.0-cu130")
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.38.0-lmi29.0.0-cu130"
+    )
 
 
 def test_lmi_plan_field_by_field(make_plan):
-    plan = make_plan(endpoint={"container": "lmi", "instanceType": "ml.g5.12xlarge", "modelDataUrl": PREFIX,
-                               "llm": {"maxTotalTokens": 4096, "maxBatchSize": 16, "dtype": "bf16"},
-                               "environment": {"OPTION_TRUST_REMOTE_CODE": "false"}})
+    plan = make_plan(
+        endpoint={
+            "container": "lmi",
+            "instanceType": "ml.g5.12xlarge",
+            "modelDataUrl": PREFIX,
+            "llm": {"maxTotalTokens": 4096, "maxBatchSize": 16, "dtype": "bf16"},
+            "environment": {"OPTION_TRUST_REMOTE_CODE": "false"},
+        }
+    )
     container, variant = model_and_variant(plan)
-    assert container["image"] == "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.38.0-lmi29.0.0-cu130"
+    assert (
+        container["image"]
+        == "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.38.0-lmi29.0.0-cu130"
+    )
     assert container["environment"] == {
         "HF_MODEL_ID": "/opt/ml/model",
         "TENSOR_PARALLEL_DEGREE": "4",  # ml.g5.12xlarge has 4 GPUs
@@ -50,22 +62,43 @@ def test_lmi_plan_field_by_field(make_plan):
     }
     # uncompressed: ModelDataSource with S3Prefix and no compression, no ModelDataUrl
     assert "modelDataUrl" not in container
-    assert container["modelDataSource"] == {"s3DataSources": [{
-        "s3Uri": PREFIX, "s3DataType": "S3Prefix", "compressionType": "None"}]}
+    assert container["modelDataSource"] == {
+        "s3DataSources": [{"s3Uri": PREFIX, "s3DataType": "S3Prefix", "compressionType": "None"}]
+    }
     assert variant["instanceType"] == "ml.g5.12xlarge" and variant["modelName"]
-    for key in ("modelDataDownloadTimeoutInSeconds", "containerStartupHealthCheckTimeoutInSeconds", "volumeSizeInGb"):
+    for key in (
+        "modelDataDownloadTimeoutInSeconds",
+        "containerStartupHealthCheckTimeoutInSeconds",
+        "volumeSizeInGb",
+    ):
         assert key not in variant  # the model's size is unknown: SageMaker's defaults
 
 
 def test_tgi_plan_field_by_field(make_plan):
-    plan = make_plan(endpoint={"container": "tgi", "instanceType": "ml.g5.2xlarge",
-                               "llm": {"maxInputTokens": 2048, "maxTotalTokens": 4096, "dtype": "fp16",
-                                       "tensorParallelDegree": 1}})
+    plan = make_plan(
+        endpoint={
+            "container": "tgi",
+            "instanceType": "ml.g5.2xlarge",
+            "llm": {
+                "maxInputTokens": 2048,
+                "maxTotalTokens": 4096,
+                "dtype": "fp16",
+                "tensorParallelDegree": 1,
+            },
+        }
+    )
     container, _ = model_and_variant(plan)
-    assert container["image"] == ("763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:"
-                                  "2.7.0-tgi3.3.6-gpu-py311-cu124-ubuntu22.04")
-    assert container["environment"] == {"HF_MODEL_ID": "/opt/ml/model", "SM_NUM_GPUS": "1",
-                                        "MAX_INPUT_TOKENS": "2048", "MAX_TOTAL_TOKENS": "4096", "DTYPE": "float16"}
+    assert container["image"] == (
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:"
+        "2.7.0-tgi3.3.6-gpu-py311-cu124-ubuntu22.04"
+    )
+    assert container["environment"] == {
+        "HF_MODEL_ID": "/opt/ml/model",
+        "SM_NUM_GPUS": "1",
+        "MAX_INPUT_TOKENS": "2048",
+        "MAX_TOTAL_TOKENS": "4096",
+        "DTYPE": "float16",
+    }
     assert container["modelDataUrl"] == "s3://example-bucket/models/sha256/abc/model.tar.gz"
     assert "modelDataSource" not in container
 
@@ -75,44 +108,79 @@ def test_pytorch_and_custom_containers(make_plan):
     assert container["environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     assert container["image"].endswith("/pytorch-inference:2.5.1-gpu-py311")
     uri = "123456789012.dkr.ecr.us-east-1.amazonaws.com/my-llm:1.0"
-    container, _ = model_and_variant(make_plan(endpoint={"container": "custom", "image": {"uri": uri},
-                                                         "environment": {"PORT": "8080"}}))
+    container, _ = model_and_variant(
+        make_plan(endpoint={"container": "custom", "image": {"uri": uri}, "environment": {"PORT": "8080"}})
+    )
     assert container["image"] == uri and container["environment"] == {"PORT": "8080"}
 
 
 def test_startup_settings_from_the_model_size(make_plan):
     # 40 GB: download 300 + 20 x 40 = 1100 s; health check 600 + 10 x 40 = 1000 s; ml.p3 is EBS-backed:
     # volume 2 x 40 + 10 = 90 GB
-    plan = make_plan(endpoint={"container": "lmi", "instanceType": "ml.p3.16xlarge", "modelSizeGb": 40,
-                               "modelDataUrl": PREFIX})
+    plan = make_plan(
+        endpoint={
+            "container": "lmi",
+            "instanceType": "ml.p3.16xlarge",
+            "modelSizeGb": 40,
+            "modelDataUrl": PREFIX,
+        }
+    )
     _, variant = model_and_variant(plan)
     assert variant["modelDataDownloadTimeoutInSeconds"] == 1100
     assert variant["containerStartupHealthCheckTimeoutInSeconds"] == 1000
     assert variant["volumeSizeInGb"] == 90
     # 200 GB on a local-NVMe type (g5): both timeouts capped at 3600 s; no volume (g5 refuses it)
-    plan = make_plan(endpoint={"container": "tgi", "instanceType": "ml.g5.48xlarge", "modelSizeGb": 200,
-                               "containerStartupHealthCheckTimeoutSeconds": 1800})
+    plan = make_plan(
+        endpoint={
+            "container": "tgi",
+            "instanceType": "ml.g5.48xlarge",
+            "modelSizeGb": 200,
+            "containerStartupHealthCheckTimeoutSeconds": 1800,
+        }
+    )
     _, variant = model_and_variant(plan)
     assert variant["modelDataDownloadTimeoutInSeconds"] == 3600
     assert variant["containerStartupHealthCheckTimeoutInSeconds"] == 1800  # the override wins
     assert "volumeSizeInGb" not in variant
 
 
-@pytest.mark.parametrize("endpoint,message", [
-    ({"container": "lmi", "instanceType": "ml.c5.xlarge", "requireGpu": False},
-     "aiops:endpoint.container='lmi' needs a GPU instance type; instanceType='ml.c5.xlarge' has no GPU"),
-    ({"container": "tgi", "serverless": {"enabled": True}, "dataCapture": {"enabled": False}}, "a serverless variant has no GPU"),
-    ({"container": "lmi", "llm": {"tensorParallelDegree": 2}}, "llm.tensorParallelDegree=2 > the 1 GPU(s) of ml.g5.xlarge"),
-    ({"container": "custom"}, "container='custom' needs image.uri or image.ownRepository"),
-    ({"container": "vllm"}, "aiops:endpoint.container='vllm': Input should be 'pytorch', 'lmi', 'tgi' or 'custom'"),
-    ({"container": "tgi", "llm": {"maxInputTokens": 4096, "maxTotalTokens": 4096}},
-     "aiops:endpoint.llm.maxInputTokens=4096 >= maxTotalTokens=4096"),
-    ({"container": "tgi", "llm": {"dtype": "fp32"}}, "llm.dtype='fp32': TGI serves float16 or bfloat16"),
-    ({"container": "lmi", "llm": {"version": "9.9"}}, "aiops:endpoint.llm.version='9.9': no djl-lmi image known"),
-    ({"llm": {"maxTokens": 1}}, "aiops:endpoint.llm.maxTokens: unknown key"),
-    ({"modelDataUrl": "s3://b/prefix"}, "or an s3://bucket/prefix/ of uncompressed model files"),
-    ({"instanceType": "ml.g5.xlarge", "volumeSizeGb": 100}, "volumeSizeGb=100: ml.g5.xlarge has local NVMe storage"),
-])
+@pytest.mark.parametrize(
+    "endpoint,message",
+    [
+        (
+            {"container": "lmi", "instanceType": "ml.c5.xlarge", "requireGpu": False},
+            "aiops:endpoint.container='lmi' needs a GPU instance type; instanceType='ml.c5.xlarge' has no GPU",
+        ),
+        (
+            {"container": "tgi", "serverless": {"enabled": True}, "dataCapture": {"enabled": False}},
+            "a serverless variant has no GPU",
+        ),
+        (
+            {"container": "lmi", "llm": {"tensorParallelDegree": 2}},
+            "llm.tensorParallelDegree=2 > the 1 GPU(s) of ml.g5.xlarge",
+        ),
+        ({"container": "custom"}, "container='custom' needs image.uri or image.ownRepository"),
+        (
+            {"container": "vllm"},
+            "aiops:endpoint.container='vllm': Input should be 'pytorch', 'lmi', 'tgi' or 'custom'",
+        ),
+        (
+            {"container": "tgi", "llm": {"maxInputTokens": 4096, "maxTotalTokens": 4096}},
+            "aiops:endpoint.llm.maxInputTokens=4096 >= maxTotalTokens=4096",
+        ),
+        ({"container": "tgi", "llm": {"dtype": "fp32"}}, "llm.dtype='fp32': TGI serves float16 or bfloat16"),
+        (
+            {"container": "lmi", "llm": {"version": "9.9"}},
+            "aiops:endpoint.llm.version='9.9': no djl-lmi image known",
+        ),
+        ({"llm": {"maxTokens": 1}}, "aiops:endpoint.llm.maxTokens: unknown key"),
+        ({"modelDataUrl": "s3://b/prefix"}, "or an s3://bucket/prefix/ of uncompressed model files"),
+        (
+            {"instanceType": "ml.g5.xlarge", "volumeSizeGb": 100},
+            "volumeSizeGb=100: ml.g5.xlarge has local NVMe storage",
+        ),
+    ],
+)
 def test_config_errors_name_the_key(make_config, make_plan, endpoint, message):
     with pytest.raises(ConfigError) as err:
         make_plan(endpoint=endpoint)  # config errors come before any resource is declared

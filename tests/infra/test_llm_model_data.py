@@ -8,9 +8,9 @@ import json
 import struct
 
 import pytest
+from aiops.infra import model_data
 
 from aiops.errors import UsageError
-from aiops.infra import model_data
 
 
 def safetensors_bytes(shapes: dict[str, list[int]]) -> bytes:
@@ -56,10 +56,17 @@ def test_folder_upload_is_content_addressed_and_skips_unchanged_files(s3, tmp_pa
     assert head["Metadata"]["sha256"] == model_data.file_sha256(folder / "config.json")
     # the same folder again: same prefix, nothing moves
     again = model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
-    assert again.uri == first.uri and (again.uploaded, again.copied, again.present, again.bytes_uploaded) == (0, 0, 3, 0)
+    assert again.uri == first.uri and (again.uploaded, again.copied, again.present, again.bytes_uploaded) == (
+        0,
+        0,
+        3,
+        0,
+    )
     # one file changed: a new prefix; the weights and the tokenizer are copied inside S3, not uploaded
     (folder / "config.json").write_text('{"num_hidden_layers": 3}')
-    changed = model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3, previous_uri=first.uri)
+    changed = model_data.upload_folder(
+        folder, bucket="stack-bucket", kms_key_arn=None, s3=s3, previous_uri=first.uri
+    )
     assert changed.uri != first.uri
     assert (changed.uploaded, changed.copied, changed.present) == (1, 2, 0)
     assert changed.bytes_uploaded == (folder / "config.json").stat().st_size
@@ -75,8 +82,12 @@ def test_uploads_use_the_stack_key(s3, tmp_path):
 
     kms = boto3.client("kms", region_name="us-east-1")
     key_arn = kms.create_key()["KeyMetadata"]["Arn"]
-    up = model_data.upload_folder(make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=key_arn, s3=s3)
-    head = s3.head_object(Bucket="stack-bucket", Key=up.uri.removeprefix("s3://stack-bucket/") + "model.safetensors")
+    up = model_data.upload_folder(
+        make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=key_arn, s3=s3
+    )
+    head = s3.head_object(
+        Bucket="stack-bucket", Key=up.uri.removeprefix("s3://stack-bucket/") + "model.safetensors"
+    )
     assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == key_arn
 
 
@@ -101,19 +112,24 @@ def test_empty_prefix_and_prefix_without_weights_are_one_line(s3, tmp_path):
     (folder / "config.json").write_text("{}")
     with pytest.raises(UsageError, match="no weights in that folder"):
         model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
-    assert "Contents" not in s3.list_objects_v2(Bucket="stack-bucket", Prefix="models/sha256/")  # nothing uploaded
+    assert "Contents" not in s3.list_objects_v2(
+        Bucket="stack-bucket", Prefix="models/sha256/"
+    )  # nothing uploaded
 
 
 def test_tree_digest_depends_on_paths_and_contents():
     a = model_data.tree_digest([("a", "1"), ("b", "2")])
     assert a == model_data.tree_digest([("b", "2"), ("a", "1")])
-    assert a != model_data.tree_digest([("a", "1"), ("c", "2")]) != model_data.tree_digest([("a", "1"), ("b", "3")])
+    assert (
+        a
+        != model_data.tree_digest([("a", "1"), ("c", "2")])
+        != model_data.tree_digest([("a", "1"), ("b", "3")])
+    )
 
 
 def test_deploy_model_resolution_checks_the_fit_before_uploading(s3, tmp_path, make_config):
-    from test_gpufit import llama7b_shapes, write_header_only
-
     from aiops.infra import artifacts
+    from test_gpufit import llama7b_shapes, write_header_only
 
     outputs = {"bucket": "stack-bucket"}
     small = make_folder(tmp_path / "small")
@@ -150,10 +166,16 @@ def test_set_model_records_uri_and_size_in_the_stack_file(tmp_path, make_config)
 
     stack = Recorder()
     set_model(stack, "s3://stack-bucket/models/sha256/abc/", size_gb=13.5)
-    assert stack.values == {"aiops:endpoint.modelDataUrl": "s3://stack-bucket/models/sha256/abc/",
-                            "aiops:endpoint.modelSizeGb": "13.5"}
-    cfg = make_config(endpoint={"modelDataUrl": stack.values["aiops:endpoint.modelDataUrl"],
-                                "modelSizeGb": stack.values["aiops:endpoint.modelSizeGb"]})
+    assert stack.values == {
+        "aiops:endpoint.modelDataUrl": "s3://stack-bucket/models/sha256/abc/",
+        "aiops:endpoint.modelSizeGb": "13.5",
+    }
+    cfg = make_config(
+        endpoint={
+            "modelDataUrl": stack.values["aiops:endpoint.modelDataUrl"],
+            "modelSizeGb": stack.values["aiops:endpoint.modelSizeGb"],
+        }
+    )
     assert cfg.endpoint.model_size_gb == 13.5 and cfg.endpoint.uncompressed
 
 
@@ -166,7 +188,9 @@ def test_state_dict_sizes_read_from_s3_without_the_tensor_data(s3, tmp_path):
     s3.put_object(Bucket="stack-bucket", Key="models/sd/config.json", Body=b'{"num_hidden_layers": 2}')
     listing = model_data.list_prefix(s3, "s3://stack-bucket/models/sd/")
     stats = model_data.prefix_stats(s3, listing)
-    assert stats.parameters == sum(p.numel() for p in model.parameters()) and stats.by_dtype == {"F16": stats.parameters}
+    assert stats.parameters == sum(p.numel() for p in model.parameters()) and stats.by_dtype == {
+        "F16": stats.parameters
+    }
     assert model_data.prefix_config_json(s3, listing) == {"num_hidden_layers": 2}
     # what the range reader fetched: the zip directory and the pickle, far less than the file
     reader = model_data.S3RangeFile(s3, "stack-bucket", "models/sd/pytorch_model.bin", size)

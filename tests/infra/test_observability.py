@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from aiops.infra import policies
 
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
@@ -41,9 +40,15 @@ def test_dashboard_body_metrics_and_dimensions(full_plan):
         for ns, name, stat, d, _ in _metrics(w):
             assert ns == "AWS/SageMaker" and d == dims
             seen.add((name, stat))
-    assert {("Invocations", "Sum"), ("ModelLatency", "p50"), ("ModelLatency", "p90"), ("ModelLatency", "p99"),
-            ("Invocation4XXErrors", "Sum"), ("Invocation5XXErrors", "Sum"),
-            ("InvocationsPerInstance", "Sum")} <= seen
+    assert {
+        ("Invocations", "Sum"),
+        ("ModelLatency", "p50"),
+        ("ModelLatency", "p90"),
+        ("ModelLatency", "p99"),
+        ("Invocation4XXErrors", "Sum"),
+        ("Invocation5XXErrors", "Sum"),
+        ("InvocationsPerInstance", "Sum"),
+    } <= seen
     # the instance count is derived: Invocations / InvocationsPerInstance, and labelled so
     inst = widgets["Instances"]["properties"]
     (expr,) = [r[0] for r in inst["metrics"] if isinstance(r[0], dict)]
@@ -63,7 +68,12 @@ def test_idle_alarm(full_plan):
     assert idle.parent == "endpoint" and i["name"] == f"{endpoint.inputs['name']}-idle"
     assert i["namespace"] == "AWS/SageMaker"
     assert i["dimensions"] == {"EndpointName": endpoint.inputs["name"], "VariantName": "primary"}
-    assert (i["statistic"], i["period"], i["evaluationPeriods"], i["datapointsToAlarm"]) == ("Sum", 3600, 4, 4)
+    assert (i["statistic"], i["period"], i["evaluationPeriods"], i["datapointsToAlarm"]) == (
+        "Sum",
+        3600,
+        4,
+        4,
+    )
     assert (i["threshold"], i["comparisonOperator"]) == (0, "LessThanOrEqualToThreshold")
     assert i["treatMissingData"] == "breaching"  # an idle endpoint emits no datapoints
     topic = full_plan.one(TOPIC)
@@ -92,7 +102,10 @@ def test_idle_hours_and_email(make_plan):
     sub = p.one(SUBSCRIPTION)
     assert sub.parent == "endpoint"
     assert (sub.inputs["protocol"], sub.inputs["endpoint"], sub.inputs["topic"]) == (
-        "email", "ops@example.com", p.outputs["alertsTopicArn"])
+        "email",
+        "ops@example.com",
+        p.outputs["alertsTopicArn"],
+    )
 
 
 def test_switches(make_plan):
@@ -109,10 +122,16 @@ def test_switches(make_plan):
 def test_serverless_dashboard_has_no_instance_widget(make_plan):
     p = make_plan(endpoint={"serverless": {"enabled": True}, "dataCapture": {"enabled": False}})
     body = json.loads(p.one(DASHBOARD).inputs["dashboardBody"])
-    assert [w["properties"]["title"].split(" ")[0] for w in body["widgets"]] == ["Invocations", "ModelLatency", "Errors"]
+    assert [w["properties"]["title"].split(" ")[0] for w in body["widgets"]] == [
+        "Invocations",
+        "ModelLatency",
+        "Errors",
+    ]
 
 
 def test_idle_alarm_settings_bounds():
-    assert policies.idle_alarm_settings(hours=168)["evaluation_periods"] == 168  # 7 days, the CloudWatch limit
+    assert (
+        policies.idle_alarm_settings(hours=168)["evaluation_periods"] == 168
+    )  # 7 days, the CloudWatch limit
     with pytest.raises(Exception, match="idleAlarm.hours=169"):
         policies.idle_alarm_settings(hours=169)

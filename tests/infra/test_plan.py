@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from aiops.infra.offline import UnknownInvokeError, _mock_invoke
 
 COMPONENTS = {"aiops:infra:Storage", "aiops:infra:Access", "aiops:infra:Endpoint", "aiops:infra:GpuCompute"}
@@ -21,15 +20,28 @@ def test_every_component_declared_and_every_child_parented(full_plan):
 
 
 def test_storage_resources(full_plan):
-    for t in ("aws:kms/key:Key", "aws:s3/bucket:Bucket", "aws:s3/bucketVersioning:BucketVersioning",
-              "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "aws:s3/bucketPolicy:BucketPolicy",
-              "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
-              "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"):
+    for t in (
+        "aws:kms/key:Key",
+        "aws:s3/bucket:Bucket",
+        "aws:s3/bucketVersioning:BucketVersioning",
+        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+        "aws:s3/bucketPolicy:BucketPolicy",
+        "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+    ):
         assert full_plan.one(t).parent == "storage"
     assert full_plan.one("aws:kms/key:Key").inputs["enableKeyRotation"] is True
-    rules = {r["id"]: r for r in full_plan.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration").inputs["rules"]}
+    rules = {
+        r["id"]: r
+        for r in full_plan.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration").inputs[
+            "rules"
+        ]
+    }
     assert rules["expire-noncurrent-versions"]["noncurrentVersionExpiration"]["noncurrentDays"] == 30
-    assert rules["abort-incomplete-multipart-uploads"]["abortIncompleteMultipartUpload"]["daysAfterInitiation"] == 7
+    assert (
+        rules["abort-incomplete-multipart-uploads"]["abortIncompleteMultipartUpload"]["daysAfterInitiation"]
+        == 7
+    )
 
 
 def test_scaling_target_names_endpoint_and_variant(full_plan):
@@ -41,7 +53,10 @@ def test_scaling_target_names_endpoint_and_variant(full_plan):
     policy = full_plan.one("aws:appautoscaling/policy:Policy")
     assert policy.inputs["resourceId"] == target.inputs["resourceId"]
     tt = policy.inputs["targetTrackingScalingPolicyConfiguration"]
-    assert tt["predefinedMetricSpecification"]["predefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
+    assert (
+        tt["predefinedMetricSpecification"]["predefinedMetricType"]
+        == "SageMakerVariantInvocationsPerInstance"
+    )
     assert (tt["scaleInCooldown"], tt["scaleOutCooldown"], tt["targetValue"]) == (300, 60, 840)
 
 
@@ -50,8 +65,13 @@ def test_alarms_feed_the_rollback_config(full_plan):
     every = full_plan.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
     # the idle alarm notifies but never rolls back (an idle endpoint would roll back every deployment)
     alarms = [a for a in every if a.inputs["metricName"] != "Invocations"]
-    assert len(every) == 3 and {a.inputs["metricName"] for a in alarms} == {"Invocation5XXErrors", "ModelLatency"}
-    rollback = [a["alarmName"] for a in endpoint.inputs["deploymentConfig"]["autoRollbackConfiguration"]["alarms"]]
+    assert len(every) == 3 and {a.inputs["metricName"] for a in alarms} == {
+        "Invocation5XXErrors",
+        "ModelLatency",
+    }
+    rollback = [
+        a["alarmName"] for a in endpoint.inputs["deploymentConfig"]["autoRollbackConfiguration"]["alarms"]
+    ]
     assert sorted(rollback) == sorted(a.inputs["name"] for a in alarms)
     for a in every:
         assert a.inputs["dimensions"] == {"EndpointName": endpoint.inputs["name"], "VariantName": "primary"}
@@ -70,7 +90,9 @@ def test_endpoint_config_can_be_created_before_the_old_is_deleted(full_plan):
 def test_model_container(full_plan):
     model = full_plan.one("aws:sagemaker/model:Model")
     container = model.inputs["primaryContainer"]
-    assert container["image"] == "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5.1-gpu-py311"
+    assert (
+        container["image"] == "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5.1-gpu-py311"
+    )
     assert container["modelDataUrl"] == "s3://example-bucket/models/sha256/abc/model.tar.gz"
     assert container["environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     assert model.inputs["executionRoleArn"] == full_plan.outputs["roleArn"]
@@ -84,14 +106,19 @@ def test_data_capture_goes_to_the_bucket_with_the_key(full_plan):
 
 
 def test_outputs(full_plan):
-    assert {"bucket", "roleArn", "kmsKeyArn", "endpointName", "region", "launchTemplateId"} <= set(full_plan.outputs)
+    assert {"bucket", "roleArn", "kmsKeyArn", "endpointName", "region", "launchTemplateId"} <= set(
+        full_plan.outputs
+    )
 
 
 def test_gpu_compute(full_plan):
     lt = full_plan.one("aws:ec2/launchTemplate:LaunchTemplate")
     assert lt.inputs["imageId"] == "ami-0123456789abcdef0" and lt.inputs["instanceType"] == "g5.xlarge"
     ami_call = next(i for i in full_plan.invokes if i["token"] == "aws:ec2/getAmi:getAmi")
-    assert {"name": "name", "values": ["Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"]} in ami_call["args"]["filters"]
+    assert {
+        "name": "name",
+        "values": ["Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"],
+    } in ami_call["args"]["filters"]
     asg = full_plan.one("aws:autoscaling/group:Group")
     assert asg.inputs["minSize"] == 0 and asg.inputs["desiredCapacity"] == 0
     assert asg.inputs["vpcZoneIdentifiers"] == ["subnet-0a", "subnet-0b", "subnet-0c"]
@@ -127,8 +154,12 @@ def test_own_repository_image(make_plan):
 
 
 def test_serverless_variant(make_plan):
-    plan = make_plan(endpoint={"serverless": {"enabled": True, "memoryMb": 4096}, "dataCapture": {"enabled": False}})
-    variant = plan.one("aws:sagemaker/endpointConfiguration:EndpointConfiguration").inputs["productionVariants"][0]
+    plan = make_plan(
+        endpoint={"serverless": {"enabled": True, "memoryMb": 4096}, "dataCapture": {"enabled": False}}
+    )
+    variant = plan.one("aws:sagemaker/endpointConfiguration:EndpointConfiguration").inputs[
+        "productionVariants"
+    ][0]
     assert variant["serverlessConfig"] == {"memorySizeInMb": 4096, "maxConcurrency": 5}
     assert "instanceType" not in variant
     assert plan.of_type("aws:appautoscaling/target:Target") == []
@@ -142,7 +173,6 @@ def test_unknown_invoke_raises():
 
 def test_unknown_invoke_inside_a_program_fails_the_plan(make_config, monkeypatch):
     import pulumi_aws as aws
-
     from aiops.infra import offline, program
 
     real_build = program.build

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import pytest
+from aiops.infra import images, policies
 
 from aiops.errors import ConfigError
-from aiops.infra import images, policies
 
 BUCKET = "arn:aws:s3:::b-1"
 KEY = "arn:aws:kms:us-east-1:123456789012:key/k"
 
 
 def role_policy(**kw):
-    args = dict(bucket_arn=BUCKET, key_arn=KEY, region="us-east-1", account_id="123456789012",
-                read_prefixes=("models/",), write_prefixes=("output/",), image_registry_account="763104351884")
+    args = dict(
+        bucket_arn=BUCKET,
+        key_arn=KEY,
+        region="us-east-1",
+        account_id="123456789012",
+        read_prefixes=("models/",),
+        write_prefixes=("output/",),
+        image_registry_account="763104351884",
+    )
     args.update(kw)
     return policies.execution_role_policy(**args)
 
@@ -37,7 +44,10 @@ def test_execution_role_is_scoped():
     assert by_sid["ReadOwnPrefixes"]["Resource"] == [BUCKET + "/models/*"]
     assert by_sid["WriteOwnPrefixes"]["Resource"] == [BUCKET + "/output/*"]
     assert by_sid["UseStackKey"]["Resource"] == KEY
-    assert by_sid["PullImages"]["Resource"][0] == "arn:aws:ecr:us-east-1:763104351884:repository/pytorch-inference"
+    assert (
+        by_sid["PullImages"]["Resource"][0]
+        == "arn:aws:ecr:us-east-1:763104351884:repository/pytorch-inference"
+    )
     # The only Resource "*" statements are single actions without resource-level permissions.
     star = sorted(s["Sid"] for s in doc["Statement"] if s["Resource"] == "*")
     assert star == ["EcrLogin", "OwnMetrics"]
@@ -57,9 +67,13 @@ def test_execution_role_needs_a_readable_prefix():
 
 
 def test_wildcard_detector():
-    doc = {"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"},
-                         {"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"},
-                         {"Effect": "Deny", "Action": "*", "Resource": "*"}]}
+    doc = {
+        "Statement": [
+            {"Effect": "Allow", "Action": "*", "Resource": "*"},
+            {"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"},
+            {"Effect": "Deny", "Action": "*", "Resource": "*"},
+        ]
+    }
     assert len(policies.wildcard_statements(doc)) == 1
 
 
@@ -94,48 +108,83 @@ def test_scaling_resource_id():
     assert policies.scaling_resource_id("ep", "primary") == "endpoint/ep/variant/primary"
 
 
-@pytest.mark.parametrize("explicit, rps, util, expected", [(None, 20, 0.7, 840.0), (None, 10, 1.0, 600.0), (50, 1, 1, 50.0)])
+@pytest.mark.parametrize(
+    "explicit, rps, util, expected", [(None, 20, 0.7, 840.0), (None, 10, 1.0, 600.0), (50, 1, 1, 50.0)]
+)
 def test_target_invocations(explicit, rps, util, expected):
-    assert policies.target_invocations_per_instance(
-        explicit=explicit, max_rps_per_instance=rps, target_utilization=util) == expected
+    assert (
+        policies.target_invocations_per_instance(
+            explicit=explicit, max_rps_per_instance=rps, target_utilization=util
+        )
+        == expected
+    )
 
 
 def test_target_invocations_rejects_bad_values():
     with pytest.raises(ConfigError):
-        policies.target_invocations_per_instance(explicit=None, max_rps_per_instance=0, target_utilization=0.5)
+        policies.target_invocations_per_instance(
+            explicit=None, max_rps_per_instance=0, target_utilization=0.5
+        )
 
 
 def test_target_tracking_configuration():
-    c = policies.target_tracking_configuration(target_value=10, scale_in_cooldown=300, scale_out_cooldown=60,
-                                               disable_scale_in=False)
-    assert c["predefined_metric_specification"]["predefined_metric_type"] == "SageMakerVariantInvocationsPerInstance"
+    c = policies.target_tracking_configuration(
+        target_value=10, scale_in_cooldown=300, scale_out_cooldown=60, disable_scale_in=False
+    )
+    assert (
+        c["predefined_metric_specification"]["predefined_metric_type"]
+        == "SageMakerVariantInvocationsPerInstance"
+    )
 
 
-@pytest.mark.parametrize("traffic, kind, size_key", [("canary", "CANARY", "canary_size"), ("linear", "LINEAR", "linear_step_size"),
-                                                     ("all-at-once", "ALL_AT_ONCE", None)])
+@pytest.mark.parametrize(
+    "traffic, kind, size_key",
+    [
+        ("canary", "CANARY", "canary_size"),
+        ("linear", "LINEAR", "linear_step_size"),
+        ("all-at-once", "ALL_AT_ONCE", None),
+    ],
+)
 def test_deployment_config(traffic, kind, size_key):
-    c = policies.deployment_config(traffic=traffic, canary_percent=10, linear_step_percent=20, wait_seconds=60,
-                                   termination_wait_seconds=0, max_execution_timeout_seconds=3600,
-                                   rollback_alarm_names=["a", "b"])
+    c = policies.deployment_config(
+        traffic=traffic,
+        canary_percent=10,
+        linear_step_percent=20,
+        wait_seconds=60,
+        termination_wait_seconds=0,
+        max_execution_timeout_seconds=3600,
+        rollback_alarm_names=["a", "b"],
+    )
     routing = c["blue_green_update_policy"]["traffic_routing_configuration"]
     assert routing["type"] == kind
     if size_key:
         assert routing[size_key]["type"] == "CAPACITY_PERCENT"
     assert c["auto_rollback_configuration"] == {"alarms": [{"alarm_name": "a"}, {"alarm_name": "b"}]}
     with pytest.raises(ConfigError, match="allowed: all-at-once, canary, linear"):
-        policies.deployment_config(traffic="x", canary_percent=1, linear_step_percent=1, wait_seconds=0,
-                                   termination_wait_seconds=0, max_execution_timeout_seconds=600, rollback_alarm_names=[])
+        policies.deployment_config(
+            traffic="x",
+            canary_percent=1,
+            linear_step_percent=1,
+            wait_seconds=0,
+            termination_wait_seconds=0,
+            max_execution_timeout_seconds=600,
+            rollback_alarm_names=[],
+        )
 
 
 def test_image_uris():
-    assert images.pytorch_inference_uri(region="us-east-1", version="2.5", py_version="py311", instance_type="ml.g5.xlarge") == (
-        "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5.1-gpu-py311")
-    assert images.pytorch_inference_uri(region="cn-north-1", version="2.6", py_version="py312", instance_type=None) == (
-        "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/pytorch-inference:2.6.0-cpu-py312")
+    assert images.pytorch_inference_uri(
+        region="us-east-1", version="2.5", py_version="py311", instance_type="ml.g5.xlarge"
+    ) == ("763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5.1-gpu-py311")
+    assert images.pytorch_inference_uri(
+        region="cn-north-1", version="2.6", py_version="py312", instance_type=None
+    ) == ("727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/pytorch-inference:2.6.0-cpu-py312")
     with pytest.raises(ConfigError, match="pyVersion='py39'"):
         images.pytorch_inference_uri(region="us-east-1", version="2.5", py_version="py39", instance_type=None)
     with pytest.raises(ConfigError, match="frameworkVersion='0.1'"):
-        images.pytorch_inference_uri(region="us-east-1", version="0.1", py_version="py311", instance_type=None)
+        images.pytorch_inference_uri(
+            region="us-east-1", version="0.1", py_version="py311", instance_type=None
+        )
 
 
 SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:aiops/hf-token-AbC123"
@@ -143,15 +192,26 @@ OTHER_REGION_SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:wand
 
 
 def test_execution_role_reads_exactly_the_training_secrets():
-    assert not any("secretsmanager" in str(s["Action"]) or s["Sid"] == "DecryptTrainingSecrets"
-                   for s in role_policy()["Statement"])  # none unless listed
+    assert not any(
+        "secretsmanager" in str(s["Action"]) or s["Sid"] == "DecryptTrainingSecrets"
+        for s in role_policy()["Statement"]
+    )  # none unless listed
     doc = role_policy(secret_arns=(SECRET, OTHER_REGION_SECRET), secret_key_arns=(KEY,))
     assert policies.wildcard_statements(doc) == []
     by_sid = {s["Sid"]: s for s in doc["Statement"]}
-    assert by_sid["ReadTrainingSecrets"] == {"Sid": "ReadTrainingSecrets", "Effect": "Allow",
-                                             "Action": "secretsmanager:GetSecretValue",
-                                             "Resource": [SECRET, OTHER_REGION_SECRET]}
+    assert by_sid["ReadTrainingSecrets"] == {
+        "Sid": "ReadTrainingSecrets",
+        "Effect": "Allow",
+        "Action": "secretsmanager:GetSecretValue",
+        "Resource": [SECRET, OTHER_REGION_SECRET],
+    }
     assert by_sid["DecryptTrainingSecrets"]["Resource"] == [KEY]
-    assert by_sid["DecryptTrainingSecrets"]["Condition"] == {"StringEquals": {"kms:ViaService": [
-        "secretsmanager.eu-west-1.amazonaws.com", "secretsmanager.us-east-1.amazonaws.com"]}}
+    assert by_sid["DecryptTrainingSecrets"]["Condition"] == {
+        "StringEquals": {
+            "kms:ViaService": [
+                "secretsmanager.eu-west-1.amazonaws.com",
+                "secretsmanager.us-east-1.amazonaws.com",
+            ]
+        }
+    }
     assert "DecryptTrainingSecrets" not in {s["Sid"] for s in role_policy(secret_arns=(SECRET,))["Statement"]}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import prices
 import pytest
-
-from aiops.errors import ConfigError
 from aiops.infra import scale_to_zero
 from aiops.infra.costs import plan_costs
+
+from aiops.errors import ConfigError
 
 CONFIG = "aws:sagemaker/endpointConfiguration:EndpointConfiguration"
 TARGET = "aws:appautoscaling/target:Target"
@@ -23,27 +23,48 @@ def planned(endpoint: dict):
     from aiops.infra.config import parse
     from aiops.infra.offline import plan
 
-    raw = {"aws:region": "us-east-1", "aiops:endpoint": {
-        "enabled": True, "modelDataUrl": "s3://example-bucket/models/sha256/abc/model.tar.gz",
-        "instanceType": "ml.g5.xlarge", **endpoint}}
+    raw = {
+        "aws:region": "us-east-1",
+        "aiops:endpoint": {
+            "enabled": True,
+            "modelDataUrl": "s3://example-bucket/models/sha256/abc/model.tar.gz",
+            "instanceType": "ml.g5.xlarge",
+            **endpoint,
+        },
+    }
     return plan(parse(raw, stack="test"))
 
 
 @pytest.fixture(scope="module")
 def ic_plan():
-    return planned({
-        "container": "lmi", "instanceType": "ml.g5.12xlarge", "modelSizeGb": 30,
-        "modelDataUrl": "s3://example-bucket/models/llama/",
-        "inferenceComponents": {"enabled": True, "maxCopies": 2, "maxInstances": 2, "memoryMbPerCopy": 65536},
-    })
+    return planned(
+        {
+            "container": "lmi",
+            "instanceType": "ml.g5.12xlarge",
+            "modelSizeGb": 30,
+            "modelDataUrl": "s3://example-bucket/models/llama/",
+            "inferenceComponents": {
+                "enabled": True,
+                "maxCopies": 2,
+                "maxInstances": 2,
+                "memoryMbPerCopy": 65536,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def async_plan():
-    return planned({
-        "asyncInference": {"enabled": True, "maxCapacity": 3, "maxConcurrentInvocationsPerInstance": 4,
-                           "targetBacklogPerInstance": 2},
-    })
+    return planned(
+        {
+            "asyncInference": {
+                "enabled": True,
+                "maxCapacity": 3,
+                "maxConcurrentInvocationsPerInstance": 4,
+                "targetBacklogPerInstance": 2,
+            },
+        }
+    )
 
 
 def by_name(plan, type_, suffix):
@@ -59,21 +80,33 @@ def test_inference_components_plan_field_by_field(ic_plan):
     assert "modelName" not in variant  # the component names the model
     # the mocks name an unnamed role after its resource (the engine would pick a random suffix)
     assert config.inputs["executionRoleArn"] == f"arn:aws:iam::123456789012:role/{role.name}"
-    assert variant["managedInstanceScaling"] == {"status": "ENABLED", "minInstanceCount": 0, "maxInstanceCount": 2}
+    assert variant["managedInstanceScaling"] == {
+        "status": "ENABLED",
+        "minInstanceCount": 0,
+        "maxInstanceCount": 2,
+    }
     assert variant["routingConfigs"] == [{"routingStrategy": "LEAST_OUTSTANDING_REQUESTS"}]
     assert variant["instanceType"] == "ml.g5.12xlarge"
     assert "modelDataDownloadTimeoutInSeconds" not in variant and "deploymentConfig" not in endpoint.inputs
 
     component = ic_plan.one(IC)
     assert component.parent == "endpoint"
-    assert component.inputs["endpointName"] == endpoint.inputs["name"] and component.inputs["variantName"] == "primary"
+    assert (
+        component.inputs["endpointName"] == endpoint.inputs["name"]
+        and component.inputs["variantName"] == "primary"
+    )
     spec = component.inputs["specification"]
     model = ic_plan.one("aws:sagemaker/model:Model")
     assert spec["modelName"] == model.name  # the mocks name an unnamed model after its resource
     # all 4 GPUs of ml.g5.12xlarge per copy; 30 GB: download 300 + 20 x 30 = 900 s, start 600 + 10 x 30 = 900 s
-    assert spec["computeResourceRequirements"] == {"minMemoryRequiredInMb": 65536, "numberOfAcceleratorDevicesRequired": 4}
-    assert spec["startupParameters"] == {"modelDataDownloadTimeoutInSeconds": 900,
-                                         "containerStartupHealthCheckTimeoutInSeconds": 900}
+    assert spec["computeResourceRequirements"] == {
+        "minMemoryRequiredInMb": 65536,
+        "numberOfAcceleratorDevicesRequired": 4,
+    }
+    assert spec["startupParameters"] == {
+        "modelDataDownloadTimeoutInSeconds": 900,
+        "containerStartupHealthCheckTimeoutInSeconds": 900,
+    }
     assert component.inputs["runtimeConfig"] == {"copyCount": 1}
     name = component.inputs["inferenceComponentName"]
 
@@ -83,17 +116,28 @@ def test_inference_components_plan_field_by_field(ic_plan):
     assert (target.inputs["minCapacity"], target.inputs["maxCapacity"]) == (0, 2)
     tracking = by_name(ic_plan, POLICY, "copies-policy")
     tt = tracking.inputs["targetTrackingScalingPolicyConfiguration"]
-    assert tt["predefinedMetricSpecification"] == {"predefinedMetricType": "SageMakerInferenceComponentInvocationsPerCopy"}
+    assert tt["predefinedMetricSpecification"] == {
+        "predefinedMetricType": "SageMakerInferenceComponentInvocationsPerCopy"
+    }
     step = by_name(ic_plan, POLICY, "scale-out-from-zero")
-    assert step.inputs["policyType"] == "StepScaling" and step.inputs["resourceId"] == target.inputs["resourceId"]
+    assert (
+        step.inputs["policyType"] == "StepScaling"
+        and step.inputs["resourceId"] == target.inputs["resourceId"]
+    )
     assert step.inputs["stepScalingPolicyConfiguration"] == {
-        "adjustmentType": "ChangeInCapacity", "metricAggregationType": "Maximum", "cooldown": 60,
-        "stepAdjustments": [{"metricIntervalLowerBound": "0", "scalingAdjustment": 1}]}
+        "adjustmentType": "ChangeInCapacity",
+        "metricAggregationType": "Maximum",
+        "cooldown": 60,
+        "stepAdjustments": [{"metricIntervalLowerBound": "0", "scalingAdjustment": 1}],
+    }
     alarm = by_name(ic_plan, ALARM, "no-capacity-alarm")
     assert alarm.inputs["metricName"] == "NoCapacityInvocationFailures"
     assert alarm.inputs["dimensions"] == {"InferenceComponentName": name}
     assert alarm.inputs["alarmActions"] == [f"arn:aws:appautoscaling:us-east-1:123456789012:{step.name}"]
-    assert (alarm.inputs["threshold"], alarm.inputs["comparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    assert (alarm.inputs["threshold"], alarm.inputs["comparisonOperator"]) == (
+        1,
+        "GreaterThanOrEqualToThreshold",
+    )
     provider = ic_plan.one("pulumi:providers:aws-native")
     assert provider.inputs["region"] == "us-east-1"
 
@@ -111,14 +155,23 @@ def test_the_async_role_reads_requests_and_writes_results_only(async_plan):
     documents = [json.loads(r.inputs["policy"]) for r in async_plan.of_type("aws:iam/rolePolicy:RolePolicy")]
 
     def allowed(action: str, key: str) -> bool:
-        results = [IAMPolicy(json.dumps(d)).is_action_permitted(action, f"arn:aws:s3:::{bucket}/{key}")
-                   for d in documents]
+        results = [
+            IAMPolicy(json.dumps(d)).is_action_permitted(action, f"arn:aws:s3:::{bucket}/{key}")
+            for d in documents
+        ]
         return PermissionResult.DENIED not in results and PermissionResult.PERMITTED in results
 
     bucket = async_plan.outputs["bucket"]
-    request, result, failure = (LAYOUT.async_input_key("f" * 64), f"{LAYOUT.async_output}req-1.out",
-                                f"{LAYOUT.async_failures}req-1-error.out")
-    assert allowed("s3:GetObject", request) and allowed("s3:PutObject", result) and allowed("s3:PutObject", failure)
+    request, result, failure = (
+        LAYOUT.async_input_key("f" * 64),
+        f"{LAYOUT.async_output}req-1.out",
+        f"{LAYOUT.async_failures}req-1-error.out",
+    )
+    assert (
+        allowed("s3:GetObject", request)
+        and allowed("s3:PutObject", result)
+        and allowed("s3:PutObject", failure)
+    )
     assert not allowed("s3:PutObject", request)
     assert not allowed("s3:GetObject", result) and not allowed("s3:GetObject", failure)
 
@@ -135,7 +188,8 @@ def test_async_inference_plan_field_by_field(async_plan):
     success, error = topics["endpoint-async-success"], topics["endpoint-async-error"]
     assert out["notificationConfig"] == {
         "successTopic": f"arn:aws:sns:us-east-1:123456789012:{success.inputs['name']}",
-        "errorTopic": f"arn:aws:sns:us-east-1:123456789012:{error.inputs['name']}"}
+        "errorTopic": f"arn:aws:sns:us-east-1:123456789012:{error.inputs['name']}",
+    }
     for t in (success, error):
         assert t.inputs["kmsMasterKeyId"] == out["kmsKeyId"]
     assert config.inputs["asyncInferenceConfig"]["clientConfig"] == {"maxConcurrentInvocationsPerInstance": 4}
@@ -146,8 +200,11 @@ def test_async_inference_plan_field_by_field(async_plan):
     assert (target.inputs["minCapacity"], target.inputs["maxCapacity"]) == (0, 3)
     tt = by_name(async_plan, POLICY, "backlog-policy").inputs["targetTrackingScalingPolicyConfiguration"]
     assert tt["targetValue"] == 2 and tt["customizedMetricSpecification"] == {
-        "metricName": "ApproximateBacklogSizePerInstance", "namespace": "AWS/SageMaker",
-        "dimensions": [{"name": "EndpointName", "value": endpoint.inputs["name"]}], "statistic": "Average"}
+        "metricName": "ApproximateBacklogSizePerInstance",
+        "namespace": "AWS/SageMaker",
+        "dimensions": [{"name": "EndpointName", "value": endpoint.inputs["name"]}],
+        "statistic": "Average",
+    }
     step = by_name(async_plan, POLICY, "scale-out-from-zero")
     alarm = by_name(async_plan, ALARM, "backlog-alarm")
     assert alarm.inputs["metricName"] == "HasBacklogWithoutCapacity"
@@ -170,17 +227,36 @@ def test_costs_say_zero_when_idle(ic_plan, async_plan):
     assert "scales to 0" in line.note
 
 
-@pytest.mark.parametrize("endpoint,message", [
-    ({"inferenceComponents": {"enabled": True}, "serverless": {"enabled": True}, "dataCapture": {"enabled": False}},
-     "inferenceComponents and serverless cannot be combined"),
-    ({"asyncInference": {"enabled": True}, "serverless": {"enabled": True}, "dataCapture": {"enabled": False}},
-     "asyncInference and serverless cannot be combined"),
-    ({"inferenceComponents": {"enabled": True}, "asyncInference": {"enabled": True}}, "pick one"),
-    ({"inferenceComponents": {"enabled": True, "minCopies": 3, "maxCopies": 2}},
-     "aiops:endpoint.inferenceComponents.minCopies=3 > maxCopies=2"),
-    ({"inferenceComponents": {"enabled": True, "acceleratorsPerCopy": 2}},
-     "inferenceComponents.acceleratorsPerCopy=2 > the 1 GPU(s) of ml.g5.xlarge"),
-])
+@pytest.mark.parametrize(
+    "endpoint,message",
+    [
+        (
+            {
+                "inferenceComponents": {"enabled": True},
+                "serverless": {"enabled": True},
+                "dataCapture": {"enabled": False},
+            },
+            "inferenceComponents and serverless cannot be combined",
+        ),
+        (
+            {
+                "asyncInference": {"enabled": True},
+                "serverless": {"enabled": True},
+                "dataCapture": {"enabled": False},
+            },
+            "asyncInference and serverless cannot be combined",
+        ),
+        ({"inferenceComponents": {"enabled": True}, "asyncInference": {"enabled": True}}, "pick one"),
+        (
+            {"inferenceComponents": {"enabled": True, "minCopies": 3, "maxCopies": 2}},
+            "aiops:endpoint.inferenceComponents.minCopies=3 > maxCopies=2",
+        ),
+        (
+            {"inferenceComponents": {"enabled": True, "acceleratorsPerCopy": 2}},
+            "inferenceComponents.acceleratorsPerCopy=2 > the 1 GPU(s) of ml.g5.xlarge",
+        ),
+    ],
+)
 def test_refused_combinations(make_config, endpoint, message):
     with pytest.raises(ConfigError) as err:
         make_config(endpoint=endpoint)
@@ -191,9 +267,13 @@ def test_pure_policies():
     assert scale_to_zero.ic_resource_id("m") == "inference-component/m"
     alarm = scale_to_zero.no_capacity_alarm("m")
     assert alarm["statistic"] == "Maximum" and alarm["evaluation_periods"] == 1
-    cfg = scale_to_zero.async_inference_config(bucket="b", key_arn="k", success_topic="s", error_topic="e",
-                                               max_concurrent=None)
-    assert "client_config" not in cfg and "include_inference_response_ins" not in cfg["output_config"]["notification_config"]
+    cfg = scale_to_zero.async_inference_config(
+        bucket="b", key_arn="k", success_topic="s", error_topic="e", max_concurrent=None
+    )
+    assert (
+        "client_config" not in cfg
+        and "include_inference_response_ins" not in cfg["output_config"]["notification_config"]
+    )
 
 
 def test_the_llm_example_stack_validates():
@@ -203,4 +283,9 @@ def test_the_llm_example_stack_validates():
 
     cfg = load_stack_file(REPO / "Pulumi.llm.yaml")
     ep = cfg.endpoint
-    assert (ep.container, ep.uncompressed, ep.inference_components.enabled, ep.scales_to_zero) == ("lmi", True, True, True)
+    assert (ep.container, ep.uncompressed, ep.inference_components.enabled, ep.scales_to_zero) == (
+        "lmi",
+        True,
+        True,
+        True,
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from aiops.infra.config import has_local_storage, load_stack_file, parse
 from aiops.infra.offline import plan
 from aiops.infra.policies import wildcard_statements
@@ -22,15 +21,34 @@ POLICY_TYPES = {
 CONFIGS = {
     "dev": lambda: load_stack_file(REPO / "Pulumi.dev.yaml"),
     "prod": lambda: load_stack_file(REPO / "Pulumi.prod.yaml"),
-    "p3-own-image": lambda: parse(merged(endpoint={"instanceType": "ml.p3.2xlarge", "image": {"ownRepository": True}}), stack="p3"),
-    "serverless": lambda: parse(merged(endpoint={"serverless": {"enabled": True}, "dataCapture": {"enabled": False}}), stack="sl"),
+    "p3-own-image": lambda: parse(
+        merged(endpoint={"instanceType": "ml.p3.2xlarge", "image": {"ownRepository": True}}), stack="p3"
+    ),
+    "serverless": lambda: parse(
+        merged(endpoint={"serverless": {"enabled": True}, "dataCapture": {"enabled": False}}), stack="sl"
+    ),
     # scale to zero: the aws-native inference component (LMI, uncompressed) and async inference (TGI, p3: EBS)
-    "inference-components": lambda: parse(merged(endpoint={
-        "container": "lmi", "modelDataUrl": "s3://example-bucket/models/llama/",
-        "inferenceComponents": {"enabled": True}}), stack="ic"),
-    "async": lambda: parse(merged(endpoint={
-        "container": "tgi", "instanceType": "ml.p3.2xlarge", "modelSizeGb": 20,
-        "asyncInference": {"enabled": True}}), stack="async"),
+    "inference-components": lambda: parse(
+        merged(
+            endpoint={
+                "container": "lmi",
+                "modelDataUrl": "s3://example-bucket/models/llama/",
+                "inferenceComponents": {"enabled": True},
+            }
+        ),
+        stack="ic",
+    ),
+    "async": lambda: parse(
+        merged(
+            endpoint={
+                "container": "tgi",
+                "instanceType": "ml.p3.2xlarge",
+                "modelSizeGb": 20,
+                "asyncInference": {"enabled": True},
+            }
+        ),
+        stack="async",
+    ),
 }
 
 
@@ -57,15 +75,22 @@ def test_tls_only_storage(planned):
     (policy,) = p.of_type("aws:s3/bucketPolicy:BucketPolicy")
     doc = json.loads(policy.inputs["policy"])
     deny = [s for s in doc["Statement"] if s["Effect"] == "Deny"]
-    assert any(s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} and s["Action"] == "s3:*" for s in deny)
+    assert any(
+        s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} and s["Action"] == "s3:*" for s in deny
+    )
 
 
 def test_everything_encrypted_with_the_stack_key(planned):
     cfg, p = planned
     key_arn = p.outputs["kmsKeyArn"]
-    (sse,) = p.of_type("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    (sse,) = p.of_type(
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+    )
     rule = sse.inputs["rules"][0]
-    assert rule["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "aws:kms", "kmsMasterKeyId": key_arn}
+    assert rule["applyServerSideEncryptionByDefault"] == {
+        "sseAlgorithm": "aws:kms",
+        "kmsMasterKeyId": key_arn,
+    }
     assert rule["bucketKeyEnabled"] is True
     for lt in p.of_type("aws:ec2/launchTemplate:LaunchTemplate"):
         for mapping in lt.inputs["blockDeviceMappings"]:
@@ -112,8 +137,12 @@ def test_no_open_ingress(planned):
     _, p = planned
     for sg in p.of_type("aws:ec2/securityGroup:SecurityGroup"):
         for rule in sg.inputs.get("ingress", []):
-            assert "0.0.0.0/0" not in rule.get("cidrBlocks", []) and "::/0" not in rule.get("ipv6CidrBlocks", [])
-        assert not any(r.get("fromPort", -1) <= 22 <= r.get("toPort", -1) for r in sg.inputs.get("ingress", []))
+            assert "0.0.0.0/0" not in rule.get("cidrBlocks", []) and "::/0" not in rule.get(
+                "ipv6CidrBlocks", []
+            )
+        assert not any(
+            r.get("fromPort", -1) <= 22 <= r.get("toPort", -1) for r in sg.inputs.get("ingress", [])
+        )
     for rule in p.of_type("aws:ec2/securityGroupRule:SecurityGroupRule") + p.of_type(
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
     ):

@@ -81,11 +81,25 @@ def _what_jobs_and_endpoints_do(plan, tmp_path: Path) -> list[tuple[str, str]]:
     model = tmp_path / "model.tar.gz"
     model.write_bytes(b"\x1f\x8b" + b"0" * 64)
     model_uri = artifacts.upload(model, bucket=bucket, kms_key_arn=None, s3=s3)
-    options = remote.RemoteOptions(instance_type="ml.g5.xlarge", region=plan.region, role=plan.outputs["roleArn"],
-                                   bucket=bucket, subnets=SUBNETS, security_group_ids=GROUPS)
-    request = remote.build_request(job_name="job-1", entry_point="train.py", hyperparameters={},
-                                   channel_uris={"train": channel_uri}, submit_directory=code_uri,
-                                   image_uri="img", options=options, nproc=None, metric_definitions=[])
+    options = remote.RemoteOptions(
+        instance_type="ml.g5.xlarge",
+        region=plan.region,
+        role=plan.outputs["roleArn"],
+        bucket=bucket,
+        subnets=SUBNETS,
+        security_group_ids=GROUPS,
+    )
+    request = remote.build_request(
+        job_name="job-1",
+        entry_point="train.py",
+        hyperparameters={},
+        channel_uris={"train": channel_uri},
+        submit_directory=code_uri,
+        image_uri="img",
+        options=options,
+        nproc=None,
+        metric_definitions=[],
+    )
     output = request["OutputDataConfig"]["S3OutputPath"].removeprefix(f"s3://{bucket}/")
     checkpoint = request["CheckpointConfig"]["S3Uri"].removeprefix(f"s3://{bucket}/")
     channel_key = channel_uri.removeprefix(f"s3://{bucket}/")
@@ -114,13 +128,20 @@ def _what_jobs_and_endpoints_do(plan, tmp_path: Path) -> list[tuple[str, str]]:
         # the images, logs and metrics
         ("ecr:GetAuthorizationToken", "*"),
         ("ecr:BatchGetImage", "arn:aws:ecr:us-east-1:763104351884:repository/pytorch-inference"),
-        ("logs:PutLogEvents", "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/TrainingJobs:log-stream:job-1/algo-1-1"),
+        (
+            "logs:PutLogEvents",
+            "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/TrainingJobs:log-stream:job-1/algo-1-1",
+        ),
         ("cloudwatch:PutMetricData", "*"),
     ]
     assert sorted(s3.keys) == sorted(
-        [LAYOUT.bundle_key(code.sha256), channel_key + "part-0.csv",
-         LAYOUT.channel_manifest_key(channel_key.rstrip("/").rsplit("/", 1)[-1]),
-         LAYOUT.model_key(hashlib.sha256(model.read_bytes()).hexdigest())])
+        [
+            LAYOUT.bundle_key(code.sha256),
+            channel_key + "part-0.csv",
+            LAYOUT.channel_manifest_key(channel_key.rstrip("/").rsplit("/", 1)[-1]),
+            LAYOUT.model_key(hashlib.sha256(model.read_bytes()).hexdigest()),
+        ]
+    )
     assert request["VpcConfig"] == {"Subnets": SUBNETS, "SecurityGroupIds": GROUPS}
     ec2 = "arn:aws:ec2:us-east-1:123456789012"
     accesses += [
@@ -130,8 +151,11 @@ def _what_jobs_and_endpoints_do(plan, tmp_path: Path) -> list[tuple[str, str]]:
         ("ec2:CreateNetworkInterfacePermission", f"{ec2}:network-interface/eni-1"),
         ("ec2:DeleteNetworkInterface", f"{ec2}:network-interface/eni-1"),
         ("ec2:DeleteNetworkInterfacePermission", f"{ec2}:network-interface/eni-1"),
-        ("ec2:DescribeNetworkInterfaces", "*"), ("ec2:DescribeVpcs", "*"), ("ec2:DescribeDhcpOptions", "*"),
-        ("ec2:DescribeSubnets", "*"), ("ec2:DescribeSecurityGroups", "*"),
+        ("ec2:DescribeNetworkInterfaces", "*"),
+        ("ec2:DescribeVpcs", "*"),
+        ("ec2:DescribeDhcpOptions", "*"),
+        ("ec2:DescribeSubnets", "*"),
+        ("ec2:DescribeSecurityGroups", "*"),
     ]
     return accesses
 
@@ -148,18 +172,23 @@ def vpc_plan():
 
 def test_every_access_jobs_and_endpoints_make_is_allowed(vpc_plan, tmp_path):
     documents = _role_documents(vpc_plan)
-    denied = [(a, r) for a, r in _what_jobs_and_endpoints_do(vpc_plan, tmp_path) if not _allowed(documents, a, r)]
+    denied = [
+        (a, r) for a, r in _what_jobs_and_endpoints_do(vpc_plan, tmp_path) if not _allowed(documents, a, r)
+    ]
     assert denied == []
 
 
-@pytest.mark.parametrize("action,key", [
-    ("s3:GetObject", "secrets/db.json"),  # outside the layout
-    ("s3:GetObject", "aiops/code/x/sourcedir.tar.gz"),  # the old, unprefixed-by-contract layout
-    ("s3:PutObject", LAYOUT.bundle_key("f" * 64)),  # jobs never rewrite a content-addressed bundle
-    ("s3:PutObject", LAYOUT.model_key("f" * 64)),  # nor a model package
-    ("s3:PutObject", LAYOUT.channel_prefix("f" * 64) + "part-0.csv"),  # nor a channel
-    ("s3:DeleteObject", LAYOUT.checkpoint_prefix("job-1") + "epoch-3.pt"),
-])
+@pytest.mark.parametrize(
+    "action,key",
+    [
+        ("s3:GetObject", "secrets/db.json"),  # outside the layout
+        ("s3:GetObject", "aiops/code/x/sourcedir.tar.gz"),  # the old, unprefixed-by-contract layout
+        ("s3:PutObject", LAYOUT.bundle_key("f" * 64)),  # jobs never rewrite a content-addressed bundle
+        ("s3:PutObject", LAYOUT.model_key("f" * 64)),  # nor a model package
+        ("s3:PutObject", LAYOUT.channel_prefix("f" * 64) + "part-0.csv"),  # nor a channel
+        ("s3:DeleteObject", LAYOUT.checkpoint_prefix("job-1") + "epoch-3.pt"),
+    ],
+)
 def test_keys_outside_what_the_role_needs_are_denied(vpc_plan, action, key):
     bucket = vpc_plan.outputs["bucket"]
     assert not _allowed(_role_documents(vpc_plan), action, f"arn:aws:s3:::{bucket}/{key}")
@@ -170,8 +199,11 @@ def test_a_stack_without_async_inference_grants_none_of_its_prefixes(vpc_plan):
     (tests/infra/test_scale_to_zero.py checks that stack's grants)."""
     documents = _role_documents(vpc_plan)
     arn = f"arn:aws:s3:::{vpc_plan.outputs['bucket']}"
-    for action, key in (("s3:GetObject", LAYOUT.async_input_key("f" * 64)), ("s3:PutObject", f"{LAYOUT.async_output}x"),
-                        ("s3:PutObject", f"{LAYOUT.async_failures}x")):
+    for action, key in (
+        ("s3:GetObject", LAYOUT.async_input_key("f" * 64)),
+        ("s3:PutObject", f"{LAYOUT.async_output}x"),
+        ("s3:PutObject", f"{LAYOUT.async_failures}x"),
+    ):
         assert not _allowed(documents, action, f"{arn}/{key}"), (action, key)
 
 
@@ -181,7 +213,7 @@ def test_every_statement_is_needed(vpc_plan, tmp_path):
     (document,) = _role_documents(vpc_plan)
     accesses = _what_jobs_and_endpoints_do(vpc_plan, tmp_path)
     for i, statement in enumerate(document["Statement"]):
-        rest = {**document, "Statement": document["Statement"][:i] + document["Statement"][i + 1:]}
+        rest = {**document, "Statement": document["Statement"][:i] + document["Statement"][i + 1 :]}
         denied = [(a, r) for a, r in accesses if not _allowed([rest], a, r)]
         assert denied, f"statement {statement.get('Sid')} is not needed by any access"
 
@@ -189,7 +221,10 @@ def test_every_statement_is_needed(vpc_plan, tmp_path):
 def test_without_a_vpc_the_role_has_no_ec2_permissions(full_plan):
     (document,) = _role_documents(full_plan)
     assert not any(str(s["Action"]).count("ec2:") for s in document["Statement"])
-    assert "subnetIds" not in full_plan.outputs and full_plan.outputs["logGroup"] == "/aws/sagemaker/TrainingJobs"
+    assert (
+        "subnetIds" not in full_plan.outputs
+        and full_plan.outputs["logGroup"] == "/aws/sagemaker/TrainingJobs"
+    )
 
 
 def test_vpc_outputs_are_exported_and_used_by_the_model(vpc_plan):
@@ -208,13 +243,18 @@ def test_network_isolation_on_the_endpoint_model(make_plan):
 
 def test_data_capture_goes_to_the_layout_prefix(full_plan):
     config = full_plan.one("aws:sagemaker/endpointConfiguration:EndpointConfiguration").inputs
-    assert config["dataCaptureConfig"]["destinationS3Uri"] == LAYOUT.data_capture_uri(full_plan.outputs["bucket"])
+    assert config["dataCaptureConfig"]["destinationS3Uri"] == LAYOUT.data_capture_uri(
+        full_plan.outputs["bucket"]
+    )
 
 
-@pytest.mark.parametrize("network,expected", [
-    ({"subnetIds": SUBNETS}, "set both subnetIds and securityGroupIds"),
-    ({"subnetIds": ["vpc-1"], "securityGroupIds": GROUPS}, "allowed: subnet IDs"),
-])
+@pytest.mark.parametrize(
+    "network,expected",
+    [
+        ({"subnetIds": SUBNETS}, "set both subnetIds and securityGroupIds"),
+        ({"subnetIds": ["vpc-1"], "securityGroupIds": GROUPS}, "allowed: subnet IDs"),
+    ],
+)
 def test_bad_network_config_is_one_line(make_config, network, expected):
     with pytest.raises(ConfigError, match=expected) as err:
         make_config(network=network)
@@ -236,7 +276,9 @@ def test_outputs_round_trip_and_require(tmp_path):
     outputs = read_outputs(tmp_path, "prod")
     assert outputs.bucket == "b" and outputs.role_arn == "r" and outputs.subnet_ids == ["s"]
     assert outputs.require("bucket", "role_arn") is outputs
-    with pytest.raises(ConfigError, match=r"stack 'prod' has no output 'kmsKeyArn'.*aiops deploy --stack prod"):
+    with pytest.raises(
+        ConfigError, match=r"stack 'prod' has no output 'kmsKeyArn'.*aiops deploy --stack prod"
+    ):
         outputs.require("kms_key_arn")
     assert read_outputs(tmp_path, "never").bucket is None
 

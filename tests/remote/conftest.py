@@ -72,16 +72,22 @@ class Platform:
     calls: dict[str, int] = field(default_factory=dict)  # answered by moto
     attempts: dict[str, int] = field(default_factory=dict)  # reached the proxy
     create_requests: list[dict[str, Any]] = field(default_factory=list)
-    log_lines: list[str] = field(default_factory=lambda: ["epoch=0; loss=0.9;", "epoch=1; loss=0.4;",
-                                                           "test_accuracy=0.98;"])
+    log_lines: list[str] = field(
+        default_factory=lambda: ["epoch=0; loss=0.9;", "epoch=1; loss=0.4;", "test_accuracy=0.98;"]
+    )
     in_progress_polls: int = 0  # DescribeTrainingJob answers InProgress this many times first
     url: str = ""
 
     def boto(self, service: str) -> Any:
         import boto3
 
-        return boto3.client(service, endpoint_url=self.moto_url, region_name=REGION,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            service,
+            endpoint_url=self.moto_url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def take_fault(self, target: str) -> Fault | None:
         for fault in self.faults:
@@ -103,10 +109,15 @@ class Platform:
         for host in range(1, request["ResourceConfig"]["InstanceCount"] + 1):
             stream = f"{job}/algo-{host}-{now // 1000}"
             logs.create_log_stream(logGroupName=group, logStreamName=stream)
-            logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[
-                {"timestamp": now + i, "message": f"{line}"} for i, line in enumerate(self.log_lines)])
+            logs.put_log_events(
+                logGroupName=group,
+                logStreamName=stream,
+                logEvents=[
+                    {"timestamp": now + i, "message": f"{line}"} for i, line in enumerate(self.log_lines)
+                ],
+            )
         self.publish_metrics(request)
-        output = request["OutputDataConfig"]["S3OutputPath"][len("s3://"):]
+        output = request["OutputDataConfig"]["S3OutputPath"][len("s3://") :]
         bucket, _, prefix = output.partition("/")
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w:gz") as tar:
@@ -114,8 +125,9 @@ class Platform:
             info = tarfile.TarInfo("model.pth")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-        self.boto("s3").put_object(Bucket=bucket, Key=f"{prefix}/{job}/output/model.tar.gz",
-                                   Body=archive.getvalue())
+        self.boto("s3").put_object(
+            Bucket=bucket, Key=f"{prefix}/{job}/output/model.tar.gz", Body=archive.getvalue()
+        )
 
     def publish_metrics(self, request: dict[str, Any]) -> None:
         """SageMaker reads MetricDefinitions over the log and publishes matches to CloudWatch."""
@@ -132,14 +144,22 @@ class Platform:
             for definition in definitions:
                 match = re.search(definition["Regex"], line)
                 if match:
-                    data.append({"MetricName": definition["Name"], "Value": float(match.group(1)),
-                                 "Timestamp": start + timedelta(minutes=i),
-                                 "Dimensions": [{"Name": "Host", "Value": f"{request['TrainingJobName']}/algo-1"}]})
+                    data.append(
+                        {
+                            "MetricName": definition["Name"],
+                            "Value": float(match.group(1)),
+                            "Timestamp": start + timedelta(minutes=i),
+                            "Dimensions": [{"Name": "Host", "Value": f"{request['TrainingJobName']}/algo-1"}],
+                        }
+                    )
         if data:
             self.boto("cloudwatch").put_metric_data(Namespace="/aws/sagemaker/TrainingJobs", MetricData=data)
 
     def job_exists(self, name: str) -> bool:
-        return any(j["TrainingJobName"] == name for j in self.boto("sagemaker").list_training_jobs()["TrainingJobSummaries"])
+        return any(
+            j["TrainingJobName"] == name
+            for j in self.boto("sagemaker").list_training_jobs()["TrainingJobSummaries"]
+        )
 
     def inject(self, target: str, mode: str, *, times: int = 1) -> None:
         self.faults.append(Fault(target, mode, times))
@@ -173,7 +193,9 @@ def _make_handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
 
         def _json_error(self, status: int, code: str, message: str) -> None:
             body = json.dumps({"__type": code, "message": message}).encode()
-            self._reply(status, body, {"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": code})
+            self._reply(
+                status, body, {"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": code}
+            )
 
         def _forward(self, body: bytes) -> tuple[int, bytes, dict[str, str]]:
             host = platform.moto_url.split("//", 1)[1]
@@ -196,29 +218,47 @@ def _make_handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 return self._json_error(400, "ThrottlingException", "Rate exceeded")
             if fault and fault.mode == "500":
                 if target.startswith("s3:"):
-                    return self._reply(503, b"<Error><Code>SlowDown</Code><Message>Reduce your request rate"
-                                            b"</Message></Error>", {"Content-Type": "application/xml"})
+                    return self._reply(
+                        503,
+                        b"<Error><Code>SlowDown</Code><Message>Reduce your request rate</Message></Error>",
+                        {"Content-Type": "application/xml"},
+                    )
                 return self._json_error(500, "InternalFailure", "We encountered an internal error")
             if fault and fault.mode == "quota":
-                return self._json_error(400, "ResourceLimitExceeded", "The account-level service limit "
-                                        "'ml.g5.xlarge for spot training job usage' is 0 Instances, with current "
-                                        "utilization of 0 Instances and a request delta of 1 Instances.")
+                return self._json_error(
+                    400,
+                    "ResourceLimitExceeded",
+                    "The account-level service limit "
+                    "'ml.g5.xlarge for spot training job usage' is 0 Instances, with current "
+                    "utilization of 0 Instances and a request delta of 1 Instances.",
+                )
             if fault and fault.mode == "expired":
-                return self._json_error(400, "ExpiredTokenException", "The security token included in the "
-                                        "request is expired")
+                return self._json_error(
+                    400, "ExpiredTokenException", "The security token included in the request is expired"
+                )
             if fault and fault.mode == "access-denied" and target.startswith("s3:"):
                 denied = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
                 return self._reply(403, denied, {"Content-Type": "application/xml"})
             if fault and fault.mode == "access-denied":
-                return self._json_error(400, "AccessDeniedException", "User: arn:aws:iam::123456789012:user/dev "
-                                        "is not authorized to perform: sagemaker:CreateTrainingJob on resource: x")
+                return self._json_error(
+                    400,
+                    "AccessDeniedException",
+                    "User: arn:aws:iam::123456789012:user/dev "
+                    "is not authorized to perform: sagemaker:CreateTrainingJob on resource: x",
+                )
             if target == "SageMaker.StopTrainingJob":  # moto answers 500; the platform accepts the stop
                 platform.calls[target] = platform.calls.get(target, 0) + 1
                 return self._reply(200, b"{}", {"Content-Type": "application/x-amz-json-1.1"})
-            if target == "SageMaker.CreateTrainingJob" and platform.job_exists(json.loads(body)["TrainingJobName"]):
+            if target == "SageMaker.CreateTrainingJob" and platform.job_exists(
+                json.loads(body)["TrainingJobName"]
+            ):
                 # SageMaker refuses a second job of a name (moto would silently replace the first)
-                return self._json_error(400, "ResourceInUse", "Training job names must be unique within an AWS "
-                                        "account and region, and a training job with this name already exists")
+                return self._json_error(
+                    400,
+                    "ResourceInUse",
+                    "Training job names must be unique within an AWS "
+                    "account and region, and a training job with this name already exists",
+                )
             status, data, headers = self._forward(body)
             platform.calls[target] = platform.calls.get(target, 0) + 1
             if target == "SageMaker.CreateTrainingJob" and status == 200:
@@ -231,8 +271,9 @@ def _make_handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                     platform.in_progress_polls -= 1
                     described.update(TrainingJobStatus="InProgress", SecondaryStatus="Training")
                 described.setdefault("TrainingTimeInSeconds", 600)
-                described.setdefault("BillableTimeInSeconds",
-                                     180 if described.get("EnableManagedSpotTraining") else 600)
+                described.setdefault(
+                    "BillableTimeInSeconds", 180 if described.get("EnableManagedSpotTraining") else 600
+                )
                 data = json.dumps(described).encode()
             if fault and fault.mode == "forward-then-500":
                 return self._json_error(500, "InternalFailure", "We encountered an internal error")

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from aiops.training import bundle
 
 from aiops import archive
 from aiops.errors import UsageError
-from aiops.training import bundle
 
 
 def _tree(root: Path) -> Path:
@@ -43,7 +43,10 @@ def test_entries_are_normalised(tmp_path: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(built.data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
     assert sorted(members) == [".aiopsignore", "pkg/util.py", "run.sh", "train.py"]  # data.csv ignored
-    assert all(m.uid == 0 and m.gid == 0 and m.uname == "" and m.mtime == archive.FIXED_MTIME for m in members.values())
+    assert all(
+        m.uid == 0 and m.gid == 0 and m.uname == "" and m.mtime == archive.FIXED_MTIME
+        for m in members.values()
+    )
     assert members["run.sh"].mode == 0o755 and members["train.py"].mode == 0o644
 
 

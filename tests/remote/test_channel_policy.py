@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
+from aiops.training import uploads
 
 from aiops.errors import UsageError
 from aiops.stack import LAYOUT
-from aiops.training import uploads
 
 from .conftest import BUCKET
 
@@ -34,9 +34,20 @@ def layout(tmp_path: Path) -> dict[str, Path]:
 
 
 def _train(run_cli, paths: dict[str, Path], *extra: str):
-    return run_cli("train", "train.py", "--source-dir", str(paths["project"]), "--remote",
-                   "--instance-type", "ml.g5.xlarge", "--no-wait", "--json",
-                   "--channel", f"train={paths['channel']}", *extra)
+    return run_cli(
+        "train",
+        "train.py",
+        "--source-dir",
+        str(paths["project"]),
+        "--remote",
+        "--instance-type",
+        "ml.g5.xlarge",
+        "--no-wait",
+        "--json",
+        "--channel",
+        f"train={paths['channel']}",
+        *extra,
+    )
 
 
 def _uploaded(platform) -> dict[str, bytes]:
@@ -65,17 +76,23 @@ def test_followed_link_ships_its_content_and_the_manifest_names_every_file(run_c
     assert result.returncode == 0, result.output
     (request,) = platform.create_requests
     (channel,) = request["InputDataConfig"]
-    prefix = channel["DataSource"]["S3DataSource"]["S3Uri"][len(f"s3://{BUCKET}/"):]
+    prefix = channel["DataSource"]["S3DataSource"]["S3Uri"][len(f"s3://{BUCKET}/") :]
     objects = _uploaded(platform)
-    data = {k[len(prefix):]: v for k, v in objects.items() if k.startswith(prefix)}
-    assert data == {".gitignore": b"*.csv\n", "alias/part-0.csv": b"1,2\n", "labels.csv": b"secret-ish,outside\n",
-                    "shards/part-0.csv": b"1,2\n"}
+    data = {k[len(prefix) :]: v for k, v in objects.items() if k.startswith(prefix)}
+    assert data == {
+        ".gitignore": b"*.csv\n",
+        "alias/part-0.csv": b"1,2\n",
+        "labels.csv": b"secret-ish,outside\n",
+        "shards/part-0.csv": b"1,2\n",
+    }
     digest = prefix.rstrip("/").rsplit("/", 1)[-1]
     manifest = json.loads(objects[LAYOUT.channel_manifest_key(digest)])
     assert manifest["sha256"] == digest and sorted(manifest["files"]) == sorted(data)
     # the hash is the content's: the same files give the same prefix, and the upload is skipped
     assert manifest == uploads.channel_manifest(layout["channel"], follow_symlinks=True)
-    again = uploads.upload_channel(platform.boto("s3"), BUCKET, "train", layout["channel"], follow_symlinks=True)
+    again = uploads.upload_channel(
+        platform.boto("s3"), BUCKET, "train", layout["channel"], follow_symlinks=True
+    )
     assert again.uploaded_bytes == 0 and again.uri == f"s3://{BUCKET}/{prefix}"
 
 
@@ -83,5 +100,8 @@ def test_remote_channel_holds_what_a_local_run_stages(layout) -> None:
     from aiops import files
 
     local = files.select(layout["channel"], ignore_files=False, exclude_secrets=False)
-    assert sorted(uploads.channel_manifest(layout["channel"])["files"]) == local.files == [
-        ".gitignore", "alias/part-0.csv", "shards/part-0.csv"]
+    assert (
+        sorted(uploads.channel_manifest(layout["channel"])["files"])
+        == local.files
+        == [".gitignore", "alias/part-0.csv", "shards/part-0.csv"]
+    )

@@ -19,8 +19,19 @@ NO_SETTINGS = {"AIOPS_AWS__ROLE_ARN": "", "AIOPS_AWS__BUCKET": ""}  # the stack'
 
 
 def _train(run_cli, project: Path, *extra: str, env: dict[str, str] | None = None):
-    return run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--instance-type", "ml.g5.xlarge",
-                   "--no-wait", "--json", *extra, env={**NO_SETTINGS, **(env or {})})
+    return run_cli(
+        "train",
+        "train.py",
+        "--source-dir",
+        str(project),
+        "--remote",
+        "--instance-type",
+        "ml.g5.xlarge",
+        "--no-wait",
+        "--json",
+        *extra,
+        env={**NO_SETTINGS, **(env or {})},
+    )
 
 
 def _outputs(home: Path, stack: str, **extra) -> str:
@@ -49,13 +60,17 @@ def test_vpc_from_the_stack_outputs_and_network_isolation(run_cli, project, plat
     assert "VpcConfig" not in second and "EnableNetworkIsolation" not in second
 
 
-@pytest.mark.parametrize("outputs, extra, missing", [
-    ({"bucket": BUCKET}, [], "'roleArn'"),
-    ({"roleArn": "arn:aws:iam::123456789012:role/r"}, [], "'bucket'"),
-    ({"bucket": BUCKET, "roleArn": "arn:aws:iam::123456789012:role/r"}, ["--vpc"], "'subnetIds'"),
-])
-def test_missing_outputs_name_the_output_and_deploy(run_cli, project, platform, aiops_home, outputs, extra,
-                                                    missing) -> None:
+@pytest.mark.parametrize(
+    "outputs, extra, missing",
+    [
+        ({"bucket": BUCKET}, [], "'roleArn'"),
+        ({"roleArn": "arn:aws:iam::123456789012:role/r"}, [], "'bucket'"),
+        ({"bucket": BUCKET, "roleArn": "arn:aws:iam::123456789012:role/r"}, ["--vpc"], "'subnetIds'"),
+    ],
+)
+def test_missing_outputs_name_the_output_and_deploy(
+    run_cli, project, platform, aiops_home, outputs, extra, missing
+) -> None:
     write_outputs(aiops_home, "dev", outputs)
     result = _train(run_cli, project, *extra)
     assert result.returncode == 2, result.output
@@ -74,7 +89,8 @@ def test_unknown_region_is_refused_before_anything(run_cli, project, platform, a
 
 
 def test_timed_out_create_and_failed_describe_leave_a_pending_record_resolved_later(
-        run_cli, project, platform, aiops_home) -> None:
+    run_cli, project, platform, aiops_home
+) -> None:
     _outputs(aiops_home, "dev")
     platform.inject("SageMaker.CreateTrainingJob", "forward-then-500")  # the job IS created
     platform.inject("SageMaker.DescribeTrainingJob", "500", times=6)  # and every attempt to look after it
@@ -95,7 +111,8 @@ def test_timed_out_create_and_failed_describe_leave_a_pending_record_resolved_la
 
 
 def test_a_pending_create_that_never_reached_sagemaker_is_marked_not_created(
-        run_cli, project, platform, aiops_home) -> None:
+    run_cli, project, platform, aiops_home
+) -> None:
     _outputs(aiops_home, "dev")
     platform.inject("SageMaker.CreateTrainingJob", "500", times=5)
     platform.inject("SageMaker.DescribeTrainingJob", "500", times=6)  # all of botocore's attempts
@@ -107,13 +124,19 @@ def test_a_pending_create_that_never_reached_sagemaker_is_marked_not_created(
     assert platform.count("SageMaker.CreateTrainingJob") == 0
 
 
-def test_a_job_of_the_same_name_without_our_token_is_never_adopted(run_cli, project, platform, aiops_home) -> None:
+def test_a_job_of_the_same_name_without_our_token_is_never_adopted(
+    run_cli, project, platform, aiops_home
+) -> None:
     _outputs(aiops_home, "dev")
     platform.boto("sagemaker").create_training_job(
-        TrainingJobName="someone-elses", AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
-        RoleArn="arn:aws:iam::123456789012:role/other", OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/x"},
+        TrainingJobName="someone-elses",
+        AlgorithmSpecification={"TrainingImage": "img", "TrainingInputMode": "File"},
+        RoleArn="arn:aws:iam::123456789012:role/other",
+        OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/x"},
         ResourceConfig={"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
-        StoppingCondition={"MaxRuntimeInSeconds": 60}, Tags=[{"Key": CLIENT_TOKEN_TAG, "Value": "not-ours"}])
+        StoppingCondition={"MaxRuntimeInSeconds": 60},
+        Tags=[{"Key": CLIENT_TOKEN_TAG, "Value": "not-ours"}],
+    )
     result = _train(run_cli, project, "--job-name", "someone-elses")
     assert result.returncode == 2, result.output
     assert "not created by this request" in result.stderr and CLIENT_TOKEN_TAG in result.stderr
@@ -122,9 +145,10 @@ def test_a_job_of_the_same_name_without_our_token_is_never_adopted(run_cli, proj
 
 
 def test_logs_read_every_page_of_streams_and_every_host(platform, monkeypatch) -> None:
+    from aiops.training.remote_logs import LogFollower
+
     from aiops import aws
     from aiops.stack import TRAINING_LOG_GROUP
-    from aiops.training.remote_logs import LogFollower
 
     logs = platform.boto("logs")
     logs.create_log_group(logGroupName=TRAINING_LOG_GROUP)
@@ -135,8 +159,11 @@ def test_logs_read_every_page_of_streams_and_every_host(platform, monkeypatch) -
     for h in range(1, hosts + 1):
         stream = f"job-x/algo-{h}-1700000000"
         logs.create_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName=stream)
-        logs.put_log_events(logGroupName=TRAINING_LOG_GROUP, logStreamName=stream,
-                            logEvents=[{"timestamp": now, "message": f"hello from {h}"}])
+        logs.put_log_events(
+            logGroupName=TRAINING_LOG_GROUP,
+            logStreamName=stream,
+            logEvents=[{"timestamp": now, "message": f"hello from {h}"}],
+        )
     events = LogFollower(aws.client("logs", REGION), "job-x").poll()
     assert sorted(m for _, m in events) == sorted(f"hello from {h}" for h in range(1, hosts + 1))
 
@@ -145,19 +172,36 @@ def test_metrics_of_every_host_in_one_batched_call(platform) -> None:
     import time
     from datetime import datetime, timedelta, timezone
 
-    from aiops.runs import RunRecord
-    from aiops.stack import TRAINING_METRICS_NAMESPACE
     from aiops.training import remote_logs as remote
 
+    from aiops.runs import RunRecord
+    from aiops.stack import TRAINING_METRICS_NAMESPACE
+
     start = datetime.now(tz=timezone.utc) - timedelta(minutes=3)
-    data = [{"MetricName": "loss", "Value": v + h, "Timestamp": start + timedelta(minutes=i),
-             "Dimensions": [{"Name": "Host", "Value": f"job-m/algo-{h}"}]}
-            for h in (1, 2) for i, v in enumerate((0.5, 0.25))]
+    data = [
+        {
+            "MetricName": "loss",
+            "Value": v + h,
+            "Timestamp": start + timedelta(minutes=i),
+            "Dimensions": [{"Name": "Host", "Value": f"job-m/algo-{h}"}],
+        }
+        for h in (1, 2)
+        for i, v in enumerate((0.5, 0.25))
+    ]
     platform.boto("cloudwatch").put_metric_data(Namespace=TRAINING_METRICS_NAMESPACE, MetricData=data)
-    record = RunRecord.from_json({
-        "job_name": "job-m", "status": "InProgress", "remote": True, "region": REGION, "created_at": time.time() - 600,
-        "request": {"AlgorithmSpecification": {"MetricDefinitions": [{"Name": "loss", "Regex": "x"}]},
-                    "ResourceConfig": {"InstanceCount": 2}}})
+    record = RunRecord.from_json(
+        {
+            "job_name": "job-m",
+            "status": "InProgress",
+            "remote": True,
+            "region": REGION,
+            "created_at": time.time() - 600,
+            "request": {
+                "AlgorithmSpecification": {"MetricDefinitions": [{"Name": "loss", "Regex": "x"}]},
+                "ResourceConfig": {"InstanceCount": 2},
+            },
+        }
+    )
     queries = remote.metric_queries("job-m", ["loss"], 2)
     assert len(queries) == 2  # one GetMetricData for both hosts
     series = remote.metric_series(record)

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiops.training import bundle, uploads
 
 from aiops.errors import AiopsError
 from aiops.s3objects import UploadBatch
 from aiops.stack import LAYOUT
-from aiops.training import bundle, uploads
 
 from .conftest import BUCKET
 
@@ -86,8 +86,9 @@ def test_many_files_land_at_once_with_their_keys_content_and_the_stack_key(platf
     channel = _channel(tmp_path / "train", 30)
     wire = Wire(s3, hold=10)  # the default bound: ten requests in flight together, never more
     calls: list[tuple[str, int, int]] = []
-    result = uploads.upload_channel(s3, BUCKET, "train", channel, kms_key=key_arn,
-                                    progress=lambda *call: calls.append(call))
+    result = uploads.upload_channel(
+        s3, BUCKET, "train", channel, kms_key=key_arn, progress=lambda *call: calls.append(call)
+    )
 
     prefix = result.uri.removeprefix(f"s3://{BUCKET}/")
     files = {p.relative_to(channel).as_posix(): p for p in channel.rglob("*") if p.is_file()}
@@ -108,8 +109,9 @@ def test_many_files_land_at_once_with_their_keys_content_and_the_stack_key(platf
     assert all(0 <= done <= all_bytes for _, done, _ in calls)
 
 
-def test_a_submission_shares_one_bound_and_writes_each_manifest_after_every_object(platform,
-                                                                                  tmp_path: Path) -> None:
+def test_a_submission_shares_one_bound_and_writes_each_manifest_after_every_object(
+    platform, tmp_path: Path
+) -> None:
     s3 = platform.boto("s3")
     source = tmp_path / "src"
     source.mkdir()
@@ -120,11 +122,14 @@ def test_a_submission_shares_one_bound_and_writes_each_manifest_after_every_obje
     wire = Wire(s3, hold=4)  # reached by the bundle and the first channel's files together
     with UploadBatch(s3, BUCKET, max_concurrency=4) as batch:
         code_up = uploads.upload_bundle(s3, BUCKET, code.data, code.sha256, batch=batch)
-        ups = [uploads.upload_channel(s3, BUCKET, name, path, batch=batch)
-               for name, path in (("a", first), ("b", second))]
+        ups = [
+            uploads.upload_channel(s3, BUCKET, name, path, batch=batch)
+            for name, path in (("a", first), ("b", second))
+        ]
     assert wire.most == 4
-    data_sent = [i for i, (kind, _, key) in enumerate(wire.events)
-                 if kind == "sent" and "manifest" not in key]
+    data_sent = [
+        i for i, (kind, _, key) in enumerate(wire.events) if kind == "sent" and "manifest" not in key
+    ]
     assert len(data_sent) == 1 + 3 + 5 + 4  # the big file: create, two parts, complete
     assert [op for _, op, key in wire.events if key.endswith("big.bin")].count("UploadPart") == 2
     answers = [i for i, (kind, _, _) in enumerate(wire.events) if kind == "answered"]
@@ -175,12 +180,23 @@ def test_the_first_failure_stops_the_rest_and_no_manifest_is_written(platform, t
     assert fresh.head_object(Bucket=BUCKET, Key=_manifest_key(channel))["ContentLength"] > 0
 
 
-def test_a_failed_upload_ends_the_submission_with_one_line(run_cli, project: Path, tmp_path: Path,
-                                                          platform) -> None:
+def test_a_failed_upload_ends_the_submission_with_one_line(
+    run_cli, project: Path, tmp_path: Path, platform
+) -> None:
     channel = _channel(tmp_path / "data", 12)
     platform.inject("s3:PUT", "access-denied", times=1000)
-    result = run_cli("train", "train.py", "--source-dir", str(project), "--remote", "--instance-type",
-                     "ml.g5.xlarge", "--no-wait", "--channel", f"train={channel}")
+    result = run_cli(
+        "train",
+        "train.py",
+        "--source-dir",
+        str(project),
+        "--remote",
+        "--instance-type",
+        "ml.g5.xlarge",
+        "--no-wait",
+        "--channel",
+        f"train={channel}",
+    )
     assert result.returncode == 1, result.output
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert line.startswith(f"error: uploading s3://{BUCKET}/") and "access denied" in line, line
@@ -191,9 +207,8 @@ def test_a_failed_upload_ends_the_submission_with_one_line(run_cli, project: Pat
 def test_the_cli_shows_one_upload_line_for_bytes_and_objects() -> None:
     import io
 
-    from rich.console import Console
-
     from aiops.cli.train import _Console
+    from rich.console import Console
 
     events = _Console(to_stderr=False)
     out = io.StringIO()

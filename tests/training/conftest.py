@@ -26,17 +26,37 @@ def torchrun_command():
 def _sagemaker_env(run_dir: Path, channels: Path, checkpoints: Path | None = None) -> dict[str, str]:
     # inherited SM_* and AIOPS_* variables are dropped so the outer environment cannot leak in
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "AIOPS_"))}
-    dirs = {"SM_MODEL_DIR": run_dir / "model", "SM_OUTPUT_DIR": run_dir / "output",
-            "SM_OUTPUT_DATA_DIR": run_dir / "output" / "data",
-            "AIOPS_CHECKPOINT_DIR": checkpoints or run_dir / "checkpoints"}
+    dirs = {
+        "SM_MODEL_DIR": run_dir / "model",
+        "SM_OUTPUT_DIR": run_dir / "output",
+        "SM_OUTPUT_DATA_DIR": run_dir / "output" / "data",
+        "AIOPS_CHECKPOINT_DIR": checkpoints or run_dir / "checkpoints",
+    }
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     env.update({k: str(v) for k, v in dirs.items()})
-    env.update(SM_CHANNEL_TRAIN=str(channels / "train"), SM_CHANNEL_TEST=str(channels / "test"),
-               SM_NUM_GPUS="0", PYTHONUNBUFFERED="1")
+    env.update(
+        SM_CHANNEL_TRAIN=str(channels / "train"),
+        SM_CHANNEL_TEST=str(channels / "test"),
+        SM_NUM_GPUS="0",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
 def _torchrun_command(nproc: int, script: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        *args,
+    ]

@@ -3,31 +3,50 @@
 from __future__ import annotations
 
 import pytest
-
-from aiops.errors import UsageError
 from aiops.training import contract
 from aiops.training.metrics import MetricDefinition, MetricParser, parse_metric_option
+
+from aiops.errors import UsageError
 from aiops.runs import job_name_from_base, validate_job_name
 
 
 def test_user_args_follow_the_toolkit() -> None:
     hps = {"lr": 0.1, "b": 3, "layers": [1, 2], "opts": {"z": 1, "a": "x"}, "flag": True, "none": None}
     assert contract.user_args(hps) == [
-        "-b", "3", "--flag", "True", "--layers", "[1, 2]", "--lr", "0.1", "--none", "", "--opts", "a=x,z=1",
+        "-b",
+        "3",
+        "--flag",
+        "True",
+        "--layers",
+        "[1, 2]",
+        "--lr",
+        "0.1",
+        "--none",
+        "",
+        "--opts",
+        "a=x,z=1",
     ]
 
 
 def test_hyperparameters_file_is_json_encoded_strings() -> None:
-    spec = contract.TrainingJobSpec(job_name="j", entry_point="train.py", hyperparameters={"epochs": 3, "name": "a"},
-                                    channels=(), submit_directory="file:///code", region="eu-west-1")
+    spec = contract.TrainingJobSpec(
+        job_name="j",
+        entry_point="train.py",
+        hyperparameters={"epochs": 3, "name": "a"},
+        channels=(),
+        submit_directory="file:///code",
+        region="eu-west-1",
+    )
     encoded = contract.hyperparameters_file(spec)
     assert encoded["epochs"] == "3" and encoded["name"] == '"a"'
     assert encoded["sagemaker_program"] == '"train.py"' and encoded["sagemaker_region"] == '"eu-west-1"'
     assert "sagemaker_torch_distributed_enabled" not in encoded
 
 
-@pytest.mark.parametrize("raw, value", [("3", 3), ("0.1", 0.1), ("true", True), ("[1,2]", [1, 2]),
-                                        ("adam", "adam"), ("1e-3", 0.001), ("", "")])
+@pytest.mark.parametrize(
+    "raw, value",
+    [("3", 3), ("0.1", 0.1), ("true", True), ("[1,2]", [1, 2]), ("adam", "adam"), ("1e-3", 0.001), ("", "")],
+)
 def test_hp_values_decode_like_json_with_raw_fallback(raw: str, value: object) -> None:
     assert contract.parse_hyperparameter_value(raw) == value
 
@@ -44,14 +63,44 @@ def test_plain_hp_names_pass(name: str) -> None:
 
 
 def test_single_host_torchrun_command() -> None:
-    spec = contract.TrainingJobSpec(job_name="j", entry_point="train.py", hyperparameters={"epochs": 1},
-                                    channels=(), submit_directory="file:///c", region="r", processes_per_host=2,
-                                    distribution="torch_distributed")
+    spec = contract.TrainingJobSpec(
+        job_name="j",
+        entry_point="train.py",
+        hyperparameters={"epochs": 1},
+        channels=(),
+        submit_directory="file:///c",
+        region="r",
+        processes_per_host=2,
+        distribution="torch_distributed",
+    )
     cmd = contract.launch_command(spec, "python", master_port=1234)
-    assert cmd == ["python", "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                   "--master_addr", "127.0.0.1", "--master_port", "1234", "train.py", "--epochs", "1"]
-    plain = contract.launch_command(contract.TrainingJobSpec(
-        job_name="j", entry_point="train.py", hyperparameters={}, channels=(), submit_directory="x", region="r"), "py")
+    assert cmd == [
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        "1234",
+        "train.py",
+        "--epochs",
+        "1",
+    ]
+    plain = contract.launch_command(
+        contract.TrainingJobSpec(
+            job_name="j",
+            entry_point="train.py",
+            hyperparameters={},
+            channels=(),
+            submit_directory="x",
+            region="r",
+        ),
+        "py",
+    )
     assert plain == ["py", "--", "train.py"]
 
 
@@ -78,8 +127,15 @@ def test_job_names() -> None:
 
 
 def _spec(**kw: object) -> contract.TrainingJobSpec:
-    base = dict(job_name="j", entry_point="train.py", hyperparameters={}, channels=(), submit_directory="s3://b/c",
-                region="eu-west-1", instance_type="ml.g5.xlarge")
+    base = dict(
+        job_name="j",
+        entry_point="train.py",
+        hyperparameters={},
+        channels=(),
+        submit_directory="s3://b/c",
+        region="eu-west-1",
+        instance_type="ml.g5.xlarge",
+    )
     return contract.TrainingJobSpec(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -93,8 +149,11 @@ def test_distribution_hyperparameters_are_the_sdks() -> None:
     assert torch["sagemaker_torch_distributed_enabled"] == "true"
     assert torch["sagemaker_instance_type"] == '"ml.g5.xlarge"'
     mpi = contract.hyperparameters_file(_spec(hosts=hosts, distribution="mpi", processes_per_host=4))
-    assert (mpi["sagemaker_mpi_enabled"], mpi["sagemaker_mpi_num_of_processes_per_host"],
-            mpi["sagemaker_mpi_custom_mpi_options"]) == ("true", "4", '""')
+    assert (
+        mpi["sagemaker_mpi_enabled"],
+        mpi["sagemaker_mpi_num_of_processes_per_host"],
+        mpi["sagemaker_mpi_custom_mpi_options"],
+    ) == ("true", "4", '""')
     assert "sagemaker_torch_distributed_enabled" not in mpi
 
 
@@ -103,24 +162,49 @@ def test_multi_host_without_distribution_runs_the_script_once_per_host() -> None
     assert contract.launch_command(spec, "py") == ["py", "--", "train.py"]
     ddp = _spec(hosts=contract.host_names(3), distribution="torch_distributed").for_host("algo-3")
     assert contract.launch_command(ddp, "py")[3:] == [
-        "--nnodes", "3", "--nproc_per_node", "1", "--master_addr", "algo-1", "--master_port", "7777",
-        "--node_rank", "2", "train.py"]
+        "--nnodes",
+        "3",
+        "--nproc_per_node",
+        "1",
+        "--master_addr",
+        "algo-1",
+        "--master_port",
+        "7777",
+        "--node_rank",
+        "2",
+        "train.py",
+    ]
     with pytest.raises(ValueError):
         spec.for_host("algo-4")
 
 
-@pytest.mark.parametrize("distribution, count, nproc, expected", [
-    (None, 1, None, "none"), (None, 4, None, "none"), (None, 1, 2, "torch_distributed"),
-    ("torch_distributed", 2, None, "torch_distributed"), ("mpi", 1, 8, "mpi"), ("none", 3, None, "none"),
-])
+@pytest.mark.parametrize(
+    "distribution, count, nproc, expected",
+    [
+        (None, 1, None, "none"),
+        (None, 4, None, "none"),
+        (None, 1, 2, "torch_distributed"),
+        ("torch_distributed", 2, None, "torch_distributed"),
+        ("mpi", 1, 8, "mpi"),
+        ("none", 3, None, "none"),
+    ],
+)
 def test_resolve_distribution_defaults(distribution, count, nproc, expected) -> None:
-    assert contract.resolve_distribution(distribution, instance_count=count, processes_per_host=nproc) == expected
+    assert (
+        contract.resolve_distribution(distribution, instance_count=count, processes_per_host=nproc)
+        == expected
+    )
 
 
-@pytest.mark.parametrize("distribution, count, nproc, message", [
-    ("torch_distributed", 1, None, "one instance and one process"), ("mpi", 1, 1, "one instance and one process"),
-    ("horovod", 2, None, "choose one of"), ("none", 1, 2, "several processes need a launcher"),
-])
+@pytest.mark.parametrize(
+    "distribution, count, nproc, message",
+    [
+        ("torch_distributed", 1, None, "one instance and one process"),
+        ("mpi", 1, 1, "one instance and one process"),
+        ("horovod", 2, None, "choose one of"),
+        ("none", 1, 2, "several processes need a launcher"),
+    ],
+)
 def test_resolve_distribution_refuses(distribution, count, nproc, message) -> None:
     with pytest.raises(UsageError, match=message):
         contract.resolve_distribution(distribution, instance_count=count, processes_per_host=nproc)
@@ -129,52 +213,115 @@ def test_resolve_distribution_refuses(distribution, count, nproc, message) -> No
 def test_pytorch_container_env_defaults_are_the_containers() -> None:
     spec = _spec(hosts=contract.host_names(2), network_interface_name="eth1").for_host("algo-2")
     env = contract.pytorch_container_environment(spec, torch_version="2.13.0")
-    assert env == {"NCCL_SOCKET_IFNAME": "eth1", "NCCL_IB_DISABLE": "1", "NCCL_DEBUG": "WARN",
-                   "MASTER_ADDR": "algo-1", "MASTER_PORT": "7777", "SM_DLC_TORCH_VERSION": "2.13.0",
-                   "AWS_REGION": "eu-west-1"}
-    torchrun = contract.pytorch_container_environment(_spec(distribution="torch_distributed", processes_per_host=2))
+    assert env == {
+        "NCCL_SOCKET_IFNAME": "eth1",
+        "NCCL_IB_DISABLE": "1",
+        "NCCL_DEBUG": "WARN",
+        "MASTER_ADDR": "algo-1",
+        "MASTER_PORT": "7777",
+        "SM_DLC_TORCH_VERSION": "2.13.0",
+        "AWS_REGION": "eu-west-1",
+    }
+    torchrun = contract.pytorch_container_environment(
+        _spec(distribution="torch_distributed", processes_per_host=2)
+    )
     assert torchrun["NCCL_PROTO"] == "simple"
 
 
-@pytest.mark.parametrize("name, flagged", [("api_key", True), ("password", True), ("hfToken", True),
-                                           ("db-pass", True), ("client_secret", True), ("max_tokens", False),
-                                           ("keep_prob", False), ("lr", False), ("monkey", False)])
+@pytest.mark.parametrize(
+    "name, flagged",
+    [
+        ("api_key", True),
+        ("password", True),
+        ("hfToken", True),
+        ("db-pass", True),
+        ("client_secret", True),
+        ("max_tokens", False),
+        ("keep_prob", False),
+        ("lr", False),
+        ("monkey", False),
+    ],
+)
 def test_secret_looking_hyperparameter_names(name: str, flagged: bool) -> None:
     assert (contract.secret_looking_hyperparameters({name: 1}) == [name]) is flagged
 
 
-@pytest.mark.parametrize("count, nproc, distribution, expected", [
-    (2, None, "none", {}),  # the SDK without `distribution`: the script once per host
-    (2, None, "torch_distributed", {"sagemaker_torch_distributed_enabled": "true",
-                                    "sagemaker_instance_type": '"ml.g5.xlarge"'}),
-    (1, 4, "torch_distributed", {"sagemaker_torch_distributed_enabled": "true",
-                                 "sagemaker_instance_type": '"ml.g5.xlarge"',
-                                 "sagemaker_mpi_num_of_processes_per_host": "4"}),
-    (2, 2, "mpi", {"sagemaker_mpi_enabled": "true", "sagemaker_mpi_num_of_processes_per_host": "2",
-                   "sagemaker_mpi_custom_mpi_options": '""'}),
-])
+@pytest.mark.parametrize(
+    "count, nproc, distribution, expected",
+    [
+        (2, None, "none", {}),  # the SDK without `distribution`: the script once per host
+        (
+            2,
+            None,
+            "torch_distributed",
+            {"sagemaker_torch_distributed_enabled": "true", "sagemaker_instance_type": '"ml.g5.xlarge"'},
+        ),
+        (
+            1,
+            4,
+            "torch_distributed",
+            {
+                "sagemaker_torch_distributed_enabled": "true",
+                "sagemaker_instance_type": '"ml.g5.xlarge"',
+                "sagemaker_mpi_num_of_processes_per_host": "4",
+            },
+        ),
+        (
+            2,
+            2,
+            "mpi",
+            {
+                "sagemaker_mpi_enabled": "true",
+                "sagemaker_mpi_num_of_processes_per_host": "2",
+                "sagemaker_mpi_custom_mpi_options": '""',
+            },
+        ),
+    ],
+)
 def test_remote_request_carries_the_sdks_distribution_keys(count, nproc, distribution, expected) -> None:
     from aiops.training import remote_request as remote
 
-    options = remote.RemoteOptions(instance_type="ml.g5.xlarge", region="eu-west-1", instance_count=count,
-                                   role="arn:aws:iam::123456789012:role/r", bucket="b")
-    request = remote.build_request(job_name="j", entry_point="train.py", hyperparameters={"epochs": 1},
-                                   channel_uris={}, submit_directory="s3://b/code.tar.gz", image_uri="img",
-                                   options=options, nproc=nproc, metric_definitions=[],
-                                   distribution=distribution)
+    options = remote.RemoteOptions(
+        instance_type="ml.g5.xlarge",
+        region="eu-west-1",
+        instance_count=count,
+        role="arn:aws:iam::123456789012:role/r",
+        bucket="b",
+    )
+    request = remote.build_request(
+        job_name="j",
+        entry_point="train.py",
+        hyperparameters={"epochs": 1},
+        channel_uris={},
+        submit_directory="s3://b/code.tar.gz",
+        image_uri="img",
+        options=options,
+        nproc=nproc,
+        metric_definitions=[],
+        distribution=distribution,
+    )
     hps = request["HyperParameters"]
-    framework = {k: v for k, v in hps.items() if k.startswith("sagemaker_") and k not in contract.TOOLKIT_PARAMS}
+    framework = {
+        k: v for k, v in hps.items() if k.startswith("sagemaker_") and k not in contract.TOOLKIT_PARAMS
+    }
     assert framework == expected
     assert request["ResourceConfig"]["InstanceCount"] == count
 
 
 @pytest.mark.parametrize("distribution, nproc", [("none", None), ("torch_distributed", 2), ("mpi", 4)])
 def test_a_request_reads_back_as_the_spec_that_wrote_it(distribution: str, nproc: int | None) -> None:
-    spec = _spec(hosts=contract.host_names(3), hyperparameters={"epochs": 3, "layers": [4, 2], "name": "x"},
-                 channels=("train", "test"), distribution=distribution, processes_per_host=nproc,
-                 network_interface_name="eth0")
+    spec = _spec(
+        hosts=contract.host_names(3),
+        hyperparameters={"epochs": 3, "layers": [4, 2], "name": "x"},
+        channels=("train", "test"),
+        distribution=distribution,
+        processes_per_host=nproc,
+        network_interface_name="eth0",
+    )
     encoded = contract.hyperparameters_file(spec)
-    back = contract.spec_from_request("j", encoded, ["train", "test"], instance_type="ml.g5.xlarge", instance_count=3)
+    back = contract.spec_from_request(
+        "j", encoded, ["train", "test"], instance_type="ml.g5.xlarge", instance_count=3
+    )
     assert contract.hyperparameters_file(back) == encoded
     assert back.hosts == ("algo-1", "algo-2", "algo-3") and back.distribution == distribution
     if distribution == "mpi":  # mpirun is the container's: aiops never launches it
@@ -182,4 +329,5 @@ def test_a_request_reads_back_as_the_spec_that_wrote_it(distribution: str, nproc
             contract.launch_command(back, "py")
     else:
         assert contract.launch_command(back.for_host("algo-2"), "py") == contract.launch_command(
-            spec.for_host("algo-2"), "py")
+            spec.for_host("algo-2"), "py"
+        )

@@ -87,8 +87,14 @@ def _compare(seen: dict, oracle: dict) -> None:
     assert seen["argv"] == oracle["argv"]
     # the PyTorch container's additions: NCCL_* exactly; MASTER_* local (see the module doc)
     pytorch = oracle["pytorch"]
-    assert set(pytorch) == {"NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_DEBUG", "MASTER_ADDR", "MASTER_PORT",
-                            "SM_DLC_TORCH_VERSION"}
+    assert set(pytorch) == {
+        "NCCL_SOCKET_IFNAME",
+        "NCCL_IB_DISABLE",
+        "NCCL_DEBUG",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "SM_DLC_TORCH_VERSION",
+    }
     for key in ("NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_DEBUG", "SM_DLC_TORCH_VERSION"):
         assert seen["env"][key] == pytorch[key], key
     assert pytorch["MASTER_ADDR"] == "algo-1" and pytorch["MASTER_PORT"] == "7777"
@@ -106,10 +112,31 @@ def test_env_and_argv_match_the_toolkit(run_cli, dump_script: Path, tmp_path: Pa
     hps = tmp_path / "hps.json"
     hps.write_text(json.dumps({"layers": [64, 32], "opts": {"beta": 0.9, "amsgrad": True}, "name": "cnn"}))
     result = run_cli(
-        "train", "dump_env.py", "--source-dir", str(dump_script), "--job-name", "oracle-1",
-        "--hyperparameters", str(hps), "--hp", "epochs=3", "--hp", "lr=0.1", "--hp", "batch-size=64",
-        "--hp", "k=5", "--hp", "use_amp=true", "--hp", "tag=v1.2-rc",
-        "--channel", f"train={train}", "--channel", f"test={test}", "--json",
+        "train",
+        "dump_env.py",
+        "--source-dir",
+        str(dump_script),
+        "--job-name",
+        "oracle-1",
+        "--hyperparameters",
+        str(hps),
+        "--hp",
+        "epochs=3",
+        "--hp",
+        "lr=0.1",
+        "--hp",
+        "batch-size=64",
+        "--hp",
+        "k=5",
+        "--hp",
+        "use_amp=true",
+        "--hp",
+        "tag=v1.2-rc",
+        "--channel",
+        f"train={train}",
+        "--channel",
+        f"test={test}",
+        "--json",
     )
     assert result.returncode == 0, result.output
     summary = json.loads(result.stdout)
@@ -129,13 +156,26 @@ def test_env_and_argv_match_the_toolkit(run_cli, dump_script: Path, tmp_path: Pa
     assert (base / "code" / "helper.py").is_file()
     assert env["AIOPS_CHECKPOINT_DIR"] == str(base / "checkpoints")
     config = json.loads((base / "input" / "config" / "hyperparameters.json").read_text())
-    assert config["epochs"] == "3" and config["name"] == '"cnn"' and config["sagemaker_program"] == '"dump_env.py"'
+    assert (
+        config["epochs"] == "3"
+        and config["name"] == '"cnn"'
+        and config["sagemaker_program"] == '"dump_env.py"'
+    )
 
 
 def test_torch_distributed_env_matches_the_toolkit(run_cli, dump_script: Path) -> None:
     result = run_cli(
-        "train", "dump_env.py", "--source-dir", str(dump_script), "--job-name", "oracle-ddp",
-        "--nproc", "2", "--hp", "epochs=1", "--json",
+        "train",
+        "dump_env.py",
+        "--source-dir",
+        str(dump_script),
+        "--job-name",
+        "oracle-ddp",
+        "--nproc",
+        "2",
+        "--hp",
+        "epochs=1",
+        "--json",
     )
     assert result.returncode == 0, result.output
     base = Path(json.loads(result.stdout)["run_dir"]) / "opt" / "ml"

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from aiops.errors import UsageError
-from aiops.runs import ContainerPaths, RunFolder
 from aiops.training.examples.digits import inference
 from aiops.training.examples.digits.prepare import write_channels
 from aiops.training.metrics import DEFAULT_PATTERN
+
+from aiops.errors import UsageError
+from aiops.runs import ContainerPaths, RunFolder
 
 # TorchScript is what the SageMaker PyTorch serving container loads, deprecated or not
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -30,8 +30,9 @@ def _metrics(stdout: str) -> dict[str, float]:
 
 
 def _run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _state_dict(path: Path) -> dict:
@@ -89,8 +90,9 @@ def trained(digits_default_run: dict) -> tuple[ContainerPaths, str]:
 
 
 @pytest.mark.slow
-def test_defaults_reach_97_percent_and_save_servable_models(trained: tuple[ContainerPaths, str],
-                                                            digits_default_run: dict) -> None:
+def test_defaults_reach_97_percent_and_save_servable_models(
+    trained: tuple[ContainerPaths, str], digits_default_run: dict
+) -> None:
     import torch
 
     run_dir, stdout = trained
@@ -115,8 +117,9 @@ def test_defaults_reach_97_percent_and_save_servable_models(trained: tuple[Conta
 
 
 @pytest.mark.slow
-def test_serving_handlers_answer_json_and_csv(trained: tuple[ContainerPaths, str],
-                                               digits_default_run: dict) -> None:
+def test_serving_handlers_answer_json_and_csv(
+    trained: tuple[ContainerPaths, str], digits_default_run: dict
+) -> None:
     run_dir, _ = trained
     test = np.load(digits_default_run["data"] / "test" / "digits.npz")
     rows, labels = test["x"][:20], test["y"][:20]
@@ -138,10 +141,12 @@ def test_serving_handlers_answer_json_and_csv(trained: tuple[ContainerPaths, str
     assert abs(sum(by_json[0]["probabilities"]) - 1) < 1e-4
     assert np.mean([p["label"] for p in by_json] == labels) >= 0.9
 
-    csv_out, csv_type = inference.output_fn(inference.predict_fn(inference.input_fn(csv_body, "text/csv"), model),
-                                            "text/csv")
-    assert csv_type == "text/csv" and [int(line.split(",")[0]) for line in csv_out.splitlines()] == \
-        [p["label"] for p in by_json]
+    csv_out, csv_type = inference.output_fn(
+        inference.predict_fn(inference.input_fn(csv_body, "text/csv"), model), "text/csv"
+    )
+    assert csv_type == "text/csv" and [int(line.split(",")[0]) for line in csv_out.splitlines()] == [
+        p["label"] for p in by_json
+    ]
     # errors carry their HTTP status, so the client reads the reason (400 / 415 / 406, not a bare 500)
     with pytest.raises(inference.RequestError, match="64") as info:
         inference.input_fn(json.dumps([[0.0] * 63]), "application/json")
@@ -155,16 +160,18 @@ def test_serving_handlers_answer_json_and_csv(trained: tuple[ContainerPaths, str
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_ends_with_bitwise_identical_weights(digits_default_run: dict, sagemaker_env,
-                                                                    tmp_path: Path) -> None:
+def test_killed_and_resumed_run_ends_with_bitwise_identical_weights(
+    digits_default_run: dict, sagemaker_env, tmp_path: Path
+) -> None:
     """SIGKILL (a lost host: no handler runs) after epoch 2, then the same command again: it resumes
     from the last checkpoint and ends with the weights of the uninterrupted default run. (SIGTERM,
     which the script handles itself, is tested through `aiops train` in test_train_digits.py.)"""
     import torch
 
     env = sagemaker_env(tmp_path, digits_default_run["data"])
-    proc = subprocess.Popen([sys.executable, str(SCRIPT)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     for line in proc.stdout:  # the epoch line is printed once that epoch's checkpoint is on disk
         if line.startswith("epoch=2;"):
             proc.send_signal(signal.SIGKILL)

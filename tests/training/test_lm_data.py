@@ -8,15 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from aiops.errors import UsageError
 from aiops.training.examples.lm.lm_data import END_OF_TEXT, VOCAB_SIZE, ChannelError, TokenShards
 from aiops.training.examples.lm.prepare import corpus_files, write_channels
 
+from aiops.errors import UsageError
+
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_same_bytes_other_seed_other_files(tmp_path: Path) -> None:

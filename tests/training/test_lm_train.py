@@ -26,9 +26,21 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "training" / "examples" / "lm"
 SCRIPT = EXAMPLE / "train.py"
 STEPS = 12
-TINY = {"steps": STEPS, "d-model": 32, "n-layers": 2, "n-heads": 2, "seq-len": 32, "batch-size": 8,
-        "log-every": 1, "eval-every": 4, "checkpoint-every": 4, "eval-batches": 1, "warmup-steps": 2,
-        "threads": 1, "seed": 5}
+TINY = {
+    "steps": STEPS,
+    "d-model": 32,
+    "n-layers": 2,
+    "n-heads": 2,
+    "seq-len": 32,
+    "batch-size": 8,
+    "log-every": 1,
+    "eval-every": 4,
+    "checkpoint-every": 4,
+    "eval-batches": 1,
+    "warmup-steps": 2,
+    "threads": 1,
+    "seed": 5,
+}
 
 
 def _args(**override) -> list[str]:
@@ -40,28 +52,63 @@ def _env(root: Path, data: Path, checkpoints: Path, **extra: str) -> dict[str, s
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "AIOPS_"))}
     for sub in ("model", "output/data"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    env.update(SM_MODEL_DIR=str(root / "model"), SM_OUTPUT_DIR=str(root / "output"),
-               SM_OUTPUT_DATA_DIR=str(root / "output" / "data"), AIOPS_CHECKPOINT_DIR=str(checkpoints),
-               SM_CHANNEL_TRAIN=str(data / "train"), SM_CHANNEL_TEST=str(data / "test"), SM_NUM_GPUS="0",
-               PYTHONUNBUFFERED="1", **extra)
+    env.update(
+        SM_MODEL_DIR=str(root / "model"),
+        SM_OUTPUT_DIR=str(root / "output"),
+        SM_OUTPUT_DATA_DIR=str(root / "output" / "data"),
+        AIOPS_CHECKPOINT_DIR=str(checkpoints),
+        SM_CHANNEL_TRAIN=str(data / "train"),
+        SM_CHANNEL_TEST=str(data / "test"),
+        SM_NUM_GPUS="0",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
     return env
 
 
 def _command(nproc: int, *args: str) -> list[str]:
     if nproc == 1:
         return [sys.executable, str(SCRIPT), *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(SCRIPT), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(SCRIPT),
+        *args,
+    ]
 
 
-def run_lm(nproc: int, root: Path, data: Path, checkpoints: Path, *args: str, env: dict | None = None,
-           timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(nproc, *args), env=_env(root, data, checkpoints, **(env or {})),
-                          capture_output=True, text=True, timeout=timeout, cwd=root)
+def run_lm(
+    nproc: int,
+    root: Path,
+    data: Path,
+    checkpoints: Path,
+    *args: str,
+    env: dict | None = None,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _command(nproc, *args),
+        env=_env(root, data, checkpoints, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=root,
+    )
 
 
 def train_losses(log: str) -> dict[int, float]:
-    return {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"step=(\d+); train_loss=([0-9.]+);", log)}
+    return {
+        int(m.group(1)): float(m.group(2)) for m in re.finditer(r"step=(\d+); train_loss=([0-9.]+);", log)
+    }
 
 
 def final_loss(log: str) -> float:
@@ -90,19 +137,40 @@ def _lm_reference(shared: Path) -> dict:
     data = shared / "data"
     write_channels(data, train_bytes=300_000, test_bytes=30_000, shard_tokens=1 << 16, seed=0)
     home = shared / "home"
-    cli = run_aiops(home, shared, "train", str(SCRIPT), "--source-dir", str(EXAMPLE), "--nproc", "2",
-                    "--channel", f"train={data / 'train'}", "--channel", f"test={data / 'test'}",
-                    *[a for k, v in TINY.items() for a in ("--hp", f"{k}={v}")],
-                    "--job-name", "lm-fsdp", "--json", timeout=300)
+    cli = run_aiops(
+        home,
+        shared,
+        "train",
+        str(SCRIPT),
+        "--source-dir",
+        str(EXAMPLE),
+        "--nproc",
+        "2",
+        "--channel",
+        f"train={data / 'train'}",
+        "--channel",
+        f"test={data / 'test'}",
+        *[a for k, v in TINY.items() for a in ("--hp", f"{k}={v}")],
+        "--job-name",
+        "lm-fsdp",
+        "--json",
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.output
     record = json.loads(cli.stdout)
     single = run_lm(1, shared / "single", data, shared / "single" / "checkpoints", *_args())
     assert single.returncode == 0, single.stdout + single.stderr
-    return {"data": str(data), "home": str(home), "record": record,
-            "fsdp_log": (Path(record["run_dir"]) / "train.log").read_text(),
-            "fsdp_model": record["artifacts"]["model_dir"], "fsdp_checkpoints": record["checkpoint_dir"],
-            "single_log": single.stdout, "single_model": str(shared / "single" / "model"),
-            "single_checkpoints": str(shared / "single" / "checkpoints")}
+    return {
+        "data": str(data),
+        "home": str(home),
+        "record": record,
+        "fsdp_log": (Path(record["run_dir"]) / "train.log").read_text(),
+        "fsdp_model": record["artifacts"]["model_dir"],
+        "fsdp_checkpoints": record["checkpoint_dir"],
+        "single_log": single.stdout,
+        "single_model": str(shared / "single" / "model"),
+        "single_checkpoints": str(shared / "single" / "checkpoints"),
+    }
 
 
 def test_fsdp_two_processes_match_one_and_learn(lm_reference: dict, tmp_path: Path) -> None:
@@ -112,15 +180,21 @@ def test_fsdp_two_processes_match_one_and_learn(lm_reference: dict, tmp_path: Pa
         assert fsdp[step] == pytest.approx(single[step], rel=1e-5, abs=1e-5)
     assert fsdp[STEPS] < fsdp[1] - 0.3  # it learns
     assert "FSDP: True" in lm_reference["fsdp_log"] and "2 process(es)" in lm_reference["fsdp_log"]
-    assert max_diff(weights(Path(lm_reference["fsdp_model"])), weights(Path(lm_reference["single_model"]))) < 1e-4
+    assert (
+        max_diff(weights(Path(lm_reference["fsdp_model"])), weights(Path(lm_reference["single_model"])))
+        < 1e-4
+    )
 
     # metrics as the runner captured them, for `aiops jobs metrics --plot`
     record = lm_reference["record"]
     assert record["status"] == "Completed"
     assert {"test_loss", "test_perplexity", "train_loss", "tokens_per_second"} <= set(record["final_metrics"])
-    samples = [json.loads(line) for line in (Path(record["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    samples = [
+        json.loads(line) for line in (Path(record["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [s["value"] for s in samples if s["name"] == "test_loss"] == sorted(
-        (s["value"] for s in samples if s["name"] == "test_loss"), reverse=True)
+        (s["value"] for s in samples if s["name"] == "test_loss"), reverse=True
+    )
     assert len([s for s in samples if s["name"] == "test_perplexity"]) == STEPS // 4  # every 4 steps
 
     # `aiops jobs metrics --plot` draws the curves; train_loss (one per `step` line) against `step`.
@@ -132,13 +206,16 @@ def test_fsdp_two_processes_match_one_and_learn(lm_reference: dict, tmp_path: Pa
 
     with Image.open(png) as image:
         drawn = json.loads(image.text["aiops:series"])
-    assert [round(y, 4) for _, y in drawn["test_loss"]] == [round(s["value"], 4) for s in samples
-                                                            if s["name"] == "test_loss"]
+    assert [round(y, 4) for _, y in drawn["test_loss"]] == [
+        round(s["value"], 4) for s in samples if s["name"] == "test_loss"
+    ]
     assert [x for x, _ in drawn["train_loss"]] == [float(s) for s in range(1, STEPS + 1)]
 
     # the consolidated, servable model: safetensors + config + code/, and the handler generates
     with tarfile.open(record["artifacts"]["model"]) as tar:
-        assert {"model.safetensors", "config.json", "code/inference.py", "code/lm_model.py"} <= set(tar.getnames())
+        assert {"model.safetensors", "config.json", "code/inference.py", "code/lm_model.py"} <= set(
+            tar.getnames()
+        )
         tar.extractall(tmp_path / "model", filter="data")
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["d_model"] == 32 and config["trained_steps"] == STEPS
@@ -149,7 +226,9 @@ def test_handler_loads_the_consolidated_model_and_generates_token_by_token(lm_re
     import inspect
 
     model_dir = Path(lm_reference["fsdp_model"])
-    spec = importlib.util.spec_from_file_location("lm_inference_under_test", model_dir / "code" / "inference.py")
+    spec = importlib.util.spec_from_file_location(
+        "lm_inference_under_test", model_dir / "code" / "inference.py"
+    )
     handler = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(handler)
     model = handler.model_fn(str(model_dir))
@@ -160,8 +239,12 @@ def test_handler_loads_the_consolidated_model_and_generates_token_by_token(lm_re
     assert inspect.isgenerator(stream)
     tokens = list(stream)
     assert handler.decode(tokens) == answer["generated_text"]  # greedy: the same text both ways
-    for body, ctype, status in (("{", "application/json", 400), ('{"prompt": 3}', "application/json", 400),
-                                ('{"max_new_tokens": 99999}', "application/json", 400), ("x", "text/csv", 415)):
+    for body, ctype, status in (
+        ("{", "application/json", 400),
+        ('{"prompt": 3}', "application/json", 400),
+        ('{"max_new_tokens": 99999}', "application/json", 400),
+        ("x", "text/csv", 415),
+    ):
         with pytest.raises(ValueError) as err:  # answered 4xx by the server, which stays up
             handler.input_fn(body, ctype)
         assert err.value.status_code == status
@@ -169,8 +252,14 @@ def test_handler_loads_the_consolidated_model_and_generates_token_by_token(lm_re
 
 def test_sigterm_then_resume_is_bit_exact_at_the_same_world_size(lm_reference: dict, tmp_path: Path) -> None:
     data, checkpoints = Path(lm_reference["data"]), tmp_path / "checkpoints"
-    proc = subprocess.Popen(_command(2, *_args()), env=_env(tmp_path, data, checkpoints), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _command(2, *_args()),
+        env=_env(tmp_path, data, checkpoints),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -217,7 +306,9 @@ def test_resume_two_to_one_past_a_torn_checkpoint(lm_reference: dict, tmp_path: 
     assert final_loss(result.stdout) == pytest.approx(final_loss(lm_reference["fsdp_log"]), rel=1e-4)
     assert max_diff(weights(tmp_path / "model"), weights(Path(lm_reference["fsdp_model"]))) < 1e-4
     # the torn folder is kept aside (never resumed again), the new step-12 is complete
-    assert (checkpoints / "step-12" / ".metadata").is_file() and list(checkpoints.glob("step-12.incomplete-*"))
+    assert (checkpoints / "step-12" / ".metadata").is_file() and list(
+        checkpoints.glob("step-12.incomplete-*")
+    )
 
 
 def test_resume_one_to_two(lm_reference: dict, tmp_path: Path) -> None:
@@ -239,13 +330,17 @@ def _assert_usage_error(result: subprocess.CompletedProcess, *needles: str) -> N
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_bad_inputs_stop_before_training_with_one_line(lm_reference: dict, tmp_path: Path) -> None:
     data = Path(lm_reference["data"])
     # a world size that does not divide the batch (the check comes before the process group forms)
-    odd = run_lm(1, tmp_path / "odd", data, tmp_path / "odd" / "ck", *_args(), env={"WORLD_SIZE": "3", "RANK": "0"})
+    odd = run_lm(
+        1, tmp_path / "odd", data, tmp_path / "odd" / "ck", *_args(), env={"WORLD_SIZE": "3", "RANK": "0"}
+    )
     _assert_usage_error(odd, "--batch-size 8 does not split over 3 process(es)", "multiple of 3")
 
     # a checkpoint of another model shape
@@ -268,10 +363,22 @@ def test_bad_inputs_stop_before_training_with_one_line(lm_reference: dict, tmp_p
 
 def test_a_crashed_rank_takes_the_job_down_naming_its_traceback(lm_reference: dict, run_cli) -> None:
     data = Path(lm_reference["data"])
-    result = run_cli("train", str(SCRIPT), "--source-dir", str(EXAMPLE), "--nproc", "2",
-                     "--channel", f"train={data / 'train'}", "--channel", f"test={data / 'test'}",
-                     *[a for k, v in TINY.items() for a in ("--hp", f"{k}={v}")], "--json",
-                     env={"AIOPS_LM_FAIL_AT": "1:1"}, timeout=120)  # far below gloo's 30-minute timeout
+    result = run_cli(
+        "train",
+        str(SCRIPT),
+        "--source-dir",
+        str(EXAMPLE),
+        "--nproc",
+        "2",
+        "--channel",
+        f"train={data / 'train'}",
+        "--channel",
+        f"test={data / 'test'}",
+        *[a for k, v in TINY.items() for a in ("--hp", f"{k}={v}")],
+        "--json",
+        env={"AIOPS_LM_FAIL_AT": "1:1"},
+        timeout=120,
+    )  # far below gloo's 30-minute timeout
     assert result.returncode == 1, result.output
     record = json.loads(result.stdout)
     assert record["status"] == "Failed"
@@ -282,18 +389,42 @@ def test_a_crashed_rank_takes_the_job_down_naming_its_traceback(lm_reference: di
     assert "rank      : 1" in summary and "injected failure on rank 1 at step 1" in summary
 
 
-def test_two_hosts_write_their_own_shards_and_the_synced_union_resumes(lm_reference: dict, tmp_path: Path) -> None:
+def test_two_hosts_write_their_own_shards_and_the_synced_union_resumes(
+    lm_reference: dict, tmp_path: Path
+) -> None:
     """2 instances x 1 process, as SageMaker runs them: each host has its own checkpoint folder
     (synced to one S3 prefix); the union of the hosts' folders is the whole checkpoint."""
     data, port = Path(lm_reference["data"]), str(free_port())
     hosts = []
     for node in (0, 1):
         root = tmp_path / f"algo-{node + 1}"
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
-                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, str(SCRIPT),
-                   *_args()]
-        hosts.append(subprocess.Popen(command, env=_env(root, data, root / "checkpoints"), cwd=root,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(node),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+            str(SCRIPT),
+            *_args(),
+        ]
+        hosts.append(
+            subprocess.Popen(
+                command,
+                env=_env(root, data, root / "checkpoints"),
+                cwd=root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     logs = [h.communicate(timeout=240)[0] for h in hosts]
     assert [h.returncode for h in hosts] == [0, 0], logs
     first, second = (tmp_path / f"algo-{n}" / "checkpoints" / "step-12" for n in (1, 2))

@@ -27,7 +27,10 @@ def test_metrics_table_json_and_png(run_cli, tmp_path: Path, aiops_home: Path) -
     png = tmp_path / "out" / "curves.png"
     result = run_cli("jobs", "metrics", "curves", "--plot", str(png), "--json")
     assert result.returncode == 0, result.output
-    jsonl = [json.loads(line) for line in (aiops_home / "runs" / "curves" / "metrics.jsonl").read_text().splitlines()]
+    jsonl = [
+        json.loads(line)
+        for line in (aiops_home / "runs" / "curves" / "metrics.jsonl").read_text().splitlines()
+    ]
     expected_loss = [s["value"] for s in jsonl if s["name"] == "train_loss"]
     assert [v for _, v in json.loads(result.stdout)["series"]["train_loss"]] == expected_loss
 

@@ -77,16 +77,29 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_successful_run_layout_artifacts_and_user_files_untouched(run_cli, project: Path, tmp_path: Path,
-                                                                  aiops_home: Path) -> None:
+def test_successful_run_layout_artifacts_and_user_files_untouched(
+    run_cli, project: Path, tmp_path: Path, aiops_home: Path
+) -> None:
     data = tmp_path / "data" / "train"
     before_code, before_data = _snapshot(project), _snapshot(data)
     (project / "requirements.txt").write_text("numpy\nsurely-not-installed-pkg==1.0\n")
     before_code = _snapshot(project)
     out = tmp_path / "exported"
     result = run_cli(
-        "train", "loop.py", "--source-dir", str(project), "--hp", "epochs=3", "--channel", f"train={data}",
-        "--metric", r"loss_metric=loss=([0-9.]+);", "--job-name", "loop-ok", "--output-dir", str(out),
+        "train",
+        "loop.py",
+        "--source-dir",
+        str(project),
+        "--hp",
+        "epochs=3",
+        "--channel",
+        f"train={data}",
+        "--metric",
+        r"loss_metric=loss=([0-9.]+);",
+        "--job-name",
+        "loop-ok",
+        "--output-dir",
+        str(out),
     )
     assert result.returncode == 0, result.output
     warnings = [line for line in result.output.splitlines() if "requirements.txt:" in line]
@@ -98,10 +111,19 @@ def test_successful_run_layout_artifacts_and_user_files_untouched(run_cli, proje
     run_dir = aiops_home / "runs" / "loop-ok"
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "Completed" and record["exit_code"] == 0
-    assert record["final_metrics"] == {"epoch": 2.0, "loss": pytest.approx(0.3333), "loss_metric": pytest.approx(0.3333)}
+    assert record["final_metrics"] == {
+        "epoch": 2.0,
+        "loss": pytest.approx(0.3333),
+        "loss_metric": pytest.approx(0.3333),
+    }
     base = run_dir / "opt" / "ml"
-    for sub in ("input/config/hyperparameters.json", "input/config/resourceconfig.json",
-                "input/config/inputdataconfig.json", "input/data/train/rows.csv", "output/success"):
+    for sub in (
+        "input/config/hyperparameters.json",
+        "input/config/resourceconfig.json",
+        "input/config/inputdataconfig.json",
+        "input/data/train/rows.csv",
+        "output/success",
+    ):
         assert (base / sub).exists(), sub
     assert not (base / "output" / "failure").exists()
     with tarfile.open(run_dir / "output" / "model.tar.gz") as tar:
@@ -118,12 +140,32 @@ def test_successful_run_layout_artifacts_and_user_files_untouched(run_cli, proje
 
 
 def test_json_summary_shape(run_cli, project: Path, tmp_path: Path) -> None:
-    result = run_cli("train", "loop.py", "--source-dir", str(project), "--hp", "epochs=2",
-                     "--channel", f"train={tmp_path / 'data' / 'train'}", "--json")
+    result = run_cli(
+        "train",
+        "loop.py",
+        "--source-dir",
+        str(project),
+        "--hp",
+        "epochs=2",
+        "--channel",
+        f"train={tmp_path / 'data' / 'train'}",
+        "--json",
+    )
     assert result.returncode == 0, result.output
     summary = json.loads(result.stdout)  # stdout is exactly one JSON document
-    assert set(summary) == {"job_name", "status", "exit_code", "run_dir", "checkpoint_dir", "resumed_from",
-                            "duration_seconds", "hyperparameters", "final_metrics", "artifacts", "failure_reason"}
+    assert set(summary) == {
+        "job_name",
+        "status",
+        "exit_code",
+        "run_dir",
+        "checkpoint_dir",
+        "resumed_from",
+        "duration_seconds",
+        "hyperparameters",
+        "final_metrics",
+        "artifacts",
+        "failure_reason",
+    }
     assert summary["status"] == "Completed"
     assert summary["hyperparameters"] == {"epochs": 2}
     assert summary["job_name"].startswith("loop-")
@@ -168,7 +210,9 @@ def test_a_raising_script_prints_its_traceback_once(run_cli, tmp_path: Path) -> 
     assert described.output.count("Traceback (most recent call last)") == 1, described.output
 
 
-def _start_train(aiops_home: Path, cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _start_train(
+    aiops_home: Path, cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "aiops.cli.app", "train", *args],
         cwd=cwd,
@@ -184,11 +228,25 @@ def _wait_for(path: Path) -> None:
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_stop_then_resume_keeps_checkpoints(project: Path, tmp_path: Path, aiops_home: Path, run_cli,
-                                             sig: int, code: int) -> None:
+def test_stop_then_resume_keeps_checkpoints(
+    project: Path, tmp_path: Path, aiops_home: Path, run_cli, sig: int, code: int
+) -> None:
     data = tmp_path / "data" / "train"
-    proc = _start_train(aiops_home, tmp_path, "loop.py", "--source-dir", str(project), "--hp", "epochs=50",
-                        "--hp", "sleep=0.1", "--channel", f"train={data}", "--job-name", "stoppable")
+    proc = _start_train(
+        aiops_home,
+        tmp_path,
+        "loop.py",
+        "--source-dir",
+        str(project),
+        "--hp",
+        "epochs=50",
+        "--hp",
+        "sleep=0.1",
+        "--channel",
+        f"train={data}",
+        "--job-name",
+        "stoppable",
+    )
     checkpoint = aiops_home / "runs" / "stoppable" / "opt" / "ml" / "checkpoints" / "last_epoch"
     _wait_for(checkpoint)
     proc.send_signal(sig)
@@ -200,7 +258,9 @@ def test_stop_then_resume_keeps_checkpoints(project: Path, tmp_path: Path, aiops
     assert 0 <= stopped_at < 49
     assert "aiops train --resume stoppable" in out
 
-    resumed = run_cli("train", "--resume", "stoppable", "--hp", "sleep=0", "--json", "--job-name", "stoppable-2")
+    resumed = run_cli(
+        "train", "--resume", "stoppable", "--hp", "sleep=0", "--json", "--job-name", "stoppable-2"
+    )
     assert resumed.returncode == 0, resumed.output
     summary = json.loads(resumed.stdout)
     assert summary["resumed_from"] == "stoppable"
@@ -211,9 +271,22 @@ def test_stop_then_resume_keeps_checkpoints(project: Path, tmp_path: Path, aiops
 
 
 def test_stop_kills_a_script_that_ignores_sigterm(project: Path, tmp_path: Path, aiops_home: Path) -> None:
-    proc = _start_train(aiops_home, tmp_path, "loop.py", "--source-dir", str(project), "--hp", "epochs=500",
-                        "--hp", "sleep=0.05", "--hp", "ignore-term=yes", "--job-name", "stubborn",
-                        env={"AIOPS_TRAIN__STOP_GRACE_SECONDS": "1"})
+    proc = _start_train(
+        aiops_home,
+        tmp_path,
+        "loop.py",
+        "--source-dir",
+        str(project),
+        "--hp",
+        "epochs=500",
+        "--hp",
+        "sleep=0.05",
+        "--hp",
+        "ignore-term=yes",
+        "--job-name",
+        "stubborn",
+        env={"AIOPS_TRAIN__STOP_GRACE_SECONDS": "1"},
+    )
     _wait_for(aiops_home / "runs" / "stubborn" / "opt" / "ml" / "checkpoints" / "last_epoch")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -228,8 +301,21 @@ def test_stop_kills_a_script_that_ignores_sigterm(project: Path, tmp_path: Path,
 def test_jobs_list_and_describe(run_cli, project: Path, tmp_path: Path) -> None:
     assert "no local runs yet" in run_cli("jobs", "list").stdout
     for name in ("first-run", "second-run"):
-        assert run_cli("train", "loop.py", "--source-dir", str(project), "--hp", "epochs=1", "--job-name", name,
-                       "--channel", f"train={tmp_path / 'data' / 'train'}").returncode == 0
+        assert (
+            run_cli(
+                "train",
+                "loop.py",
+                "--source-dir",
+                str(project),
+                "--hp",
+                "epochs=1",
+                "--job-name",
+                name,
+                "--channel",
+                f"train={tmp_path / 'data' / 'train'}",
+            ).returncode
+            == 0
+        )
     listed = json.loads(run_cli("jobs", "list", "--json").stdout)
     assert [r["job_name"] for r in listed] == ["second-run", "first-run"]
     table = run_cli("jobs", "list").stdout
@@ -243,10 +329,22 @@ def test_jobs_list_and_describe(run_cli, project: Path, tmp_path: Path) -> None:
     assert record["duration_seconds"] is not None
 
 
-def test_jobs_list_shows_the_latest_metrics_of_a_running_job(project: Path, tmp_path: Path, aiops_home: Path,
-                                                            run_cli) -> None:
-    proc = _start_train(aiops_home, tmp_path, "loop.py", "--source-dir", str(project), "--hp", "epochs=500",
-                        "--hp", "sleep=0.05", "--job-name", "running")
+def test_jobs_list_shows_the_latest_metrics_of_a_running_job(
+    project: Path, tmp_path: Path, aiops_home: Path, run_cli
+) -> None:
+    proc = _start_train(
+        aiops_home,
+        tmp_path,
+        "loop.py",
+        "--source-dir",
+        str(project),
+        "--hp",
+        "epochs=500",
+        "--hp",
+        "sleep=0.05",
+        "--job-name",
+        "running",
+    )
     try:
         # the checkpoint marker is written after the epoch's metric line
         _wait_for(aiops_home / "runs" / "running" / "opt" / "ml" / "checkpoints" / "last_epoch")
@@ -284,8 +382,9 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize("args, expected", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
-def test_bad_input_exits_2_with_one_line(cli_in_process, project: Path, aiops_home: Path, args: list[str],
-                                         expected: str) -> None:
+def test_bad_input_exits_2_with_one_line(
+    cli_in_process, project: Path, aiops_home: Path, args: list[str], expected: str
+) -> None:
     # the same entry in this process (~1 s each in a fresh one); the duplicate-name and bad-settings
     # refusals below are made by fresh processes
     result = cli_in_process(*[a.replace("{project}", str(project)) for a in args], cwd=project)
@@ -298,13 +397,28 @@ def test_bad_input_exits_2_with_one_line(cli_in_process, project: Path, aiops_ho
 
 
 def test_duplicate_job_name_is_refused(run_cli, project: Path) -> None:
-    assert run_cli("train", "loop.py", "--source-dir", str(project), "--hp", "epochs=1", "--job-name", "twice",
-                   "--channel", f"train={project}").returncode == 0
+    assert (
+        run_cli(
+            "train",
+            "loop.py",
+            "--source-dir",
+            str(project),
+            "--hp",
+            "epochs=1",
+            "--job-name",
+            "twice",
+            "--channel",
+            f"train={project}",
+        ).returncode
+        == 0
+    )
     again = run_cli("train", "loop.py", "--source-dir", str(project), "--job-name", "twice")
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
 def test_invalid_settings_stop_before_work(run_cli, project: Path) -> None:
-    result = run_cli("train", "loop.py", "--source-dir", str(project), env={"AIOPS_TRAIN__STOP_GRACE_SECONDS": "-1"})
+    result = run_cli(
+        "train", "loop.py", "--source-dir", str(project), env={"AIOPS_TRAIN__STOP_GRACE_SECONDS": "-1"}
+    )
     assert result.returncode == 2
     assert "train.stop_grace_seconds" in result.stderr and "AIOPS_TRAIN__STOP_GRACE_SECONDS" in result.stderr

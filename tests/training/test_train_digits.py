@@ -25,7 +25,9 @@ def _last_epoch(metrics: Path) -> float:
     if not metrics.exists():
         return 0
     lines = metrics.read_text().split("\n")[:-1]
-    return max((json.loads(line)["value"] for line in lines if json.loads(line)["name"] == "epoch"), default=0)
+    return max(
+        (json.loads(line)["value"] for line in lines if json.loads(line)["name"] == "epoch"), default=0
+    )
 
 
 def _channels(run: dict) -> list[str]:
@@ -58,18 +60,30 @@ def test_example_reaches_97_percent_and_packs_both_models(digits_default_run: di
     assert (predicted == test["y"]).mean() >= 0.97
 
 
-def test_sigterm_then_resume_gives_bitwise_identical_weights(run_cli, digits_default_run: dict, aiops_home: Path,
-                                                             tmp_path: Path) -> None:
+def test_sigterm_then_resume_gives_bitwise_identical_weights(
+    run_cli, digits_default_run: dict, aiops_home: Path, tmp_path: Path
+) -> None:
     """`aiops train` forwards SIGTERM to the script, which stops at an epoch boundary (its checkpoint
     on disk); `--resume` ends with the weights of the uninterrupted run (the session's default run,
     the same hyperparameters and data)."""
     import torch
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aiops.cli.app", "train", str(SCRIPT), *_channels(digits_default_run),
-         "--job-name", "interrupted"],
-        env={**os.environ, "AIOPS_HOME": str(aiops_home)}, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "aiops.cli.app",
+            "train",
+            str(SCRIPT),
+            *_channels(digits_default_run),
+            "--job-name",
+            "interrupted",
+        ],
+        env={**os.environ, "AIOPS_HOME": str(aiops_home)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     metrics = aiops_home / "runs" / "interrupted" / "metrics.jsonl"
     # stop it once epoch 2 is done, well before the end (a missing epoch fails here, not later)

@@ -21,7 +21,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from helpers import free_port, launch_server, stop_all, wait_ready
 
 # A linear model y = x @ w, the sibling module the training script and model_fn import.
@@ -141,7 +140,9 @@ def training_channel(tmp_path: Path) -> Path:
     y = x @ torch.tensor(TRUE_W).unsqueeze(1)
     folder = tmp_path / "data" / "training"
     folder.mkdir(parents=True)
-    (folder / "rows.csv").write_text("\n".join(",".join(f"{v:.6f}" for v in row) for row in torch.cat([x, y], 1).tolist()))
+    (folder / "rows.csv").write_text(
+        "\n".join(",".join(f"{v:.6f}" for v in row) for row in torch.cat([x, y], 1).tolist())
+    )
     return folder
 
 
@@ -156,9 +157,21 @@ def example(tmp_path: Path) -> Path:
 
 
 def test_sm_hosts_rendezvous_script_trains_and_is_served_from_its_run(
-        run_cli, example: Path, training_channel: Path, tmp_path: Path, start_server) -> None:
-    result = run_cli("train", "train.py", "--source-dir", str(example), "--channel", f"training={training_channel}",
-                     "--hp", "epochs=60", "--job-name", "sm-hosts", "--json")
+    run_cli, example: Path, training_channel: Path, tmp_path: Path, start_server
+) -> None:
+    result = run_cli(
+        "train",
+        "train.py",
+        "--source-dir",
+        str(example),
+        "--channel",
+        f"training={training_channel}",
+        "--hp",
+        "epochs=60",
+        "--job-name",
+        "sm-hosts",
+        "--json",
+    )
     assert result.returncode == 0, result.output
     summary = json.loads(result.stdout)
     model_dir = Path(summary["run_dir"]) / "opt" / "ml" / "model"
@@ -188,17 +201,25 @@ def test_sm_hosts_rendezvous_script_trains_and_is_served_from_its_run(
     assert again.status == 200 and json.loads(again.body) == json.loads(resp.body)
 
 
-def test_two_hosts_rendezvous_through_the_host_launch_contract(example: Path, training_channel: Path,
-                                                               tmp_path: Path) -> None:
+def test_two_hosts_rendezvous_through_the_host_launch_contract(
+    example: Path, training_channel: Path, tmp_path: Path
+) -> None:
     """host i of N as separate process trees, each started from `contract.host_launch`: the same
     call the platform emulator makes, so SM_HOSTS, SM_CURRENT_HOST and MASTER_* agree for real."""
     from aiops.training import contract
 
     hosts = contract.host_names(2)
-    spec = contract.TrainingJobSpec(job_name="two-hosts", entry_point="train.py", hyperparameters={"epochs": 40},
-                                    channels=("training",), submit_directory="s3://bucket/code/sourcedir.tar.gz",
-                                    region="eu-west-1", instance_type="ml.c5.xlarge", hosts=hosts,
-                                    network_interface_name="lo")
+    spec = contract.TrainingJobSpec(
+        job_name="two-hosts",
+        entry_point="train.py",
+        hyperparameters={"epochs": 40},
+        channels=("training",),
+        submit_directory="s3://bucket/code/sourcedir.tar.gz",
+        region="eu-west-1",
+        instance_type="ml.c5.xlarge",
+        hosts=hosts,
+        network_interface_name="lo",
+    )
     port = free_port()
     procs = []
     for host in hosts:
@@ -209,27 +230,64 @@ def test_two_hosts_rendezvous_through_the_host_launch_contract(example: Path, tr
         shutil.copytree(training_channel, paths.channel("training"))
         host_spec = spec.for_host(host)
         contract.write_config_files(host_spec, paths)
-        launch = contract.host_launch(host_spec, paths, contract.HostFacts(num_gpus=0, num_cpus=1), python=sys.executable,
-                                      base_env=os.environ, master_addr="127.0.0.1", master_port=port)
-        assert launch.argv == [sys.executable, "--", "train.py", "--epochs", "40"]  # no distribution: once per host
+        launch = contract.host_launch(
+            host_spec,
+            paths,
+            contract.HostFacts(num_gpus=0, num_cpus=1),
+            python=sys.executable,
+            base_env=os.environ,
+            master_addr="127.0.0.1",
+            master_port=port,
+        )
+        assert launch.argv == [
+            sys.executable,
+            "--",
+            "train.py",
+            "--epochs",
+            "40",
+        ]  # no distribution: once per host
         assert launch.env["SM_CURRENT_HOST"] == host and launch.env["MASTER_PORT"] == str(port)
-        procs.append((paths, subprocess.Popen(launch.argv, cwd=launch.cwd, env=launch.env, stdout=subprocess.PIPE,
-                                              stderr=subprocess.STDOUT, text=True)))
+        procs.append(
+            (
+                paths,
+                subprocess.Popen(
+                    launch.argv,
+                    cwd=launch.cwd,
+                    env=launch.env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                ),
+            )
+        )
     for paths, proc in procs:
         out, _ = proc.communicate(timeout=240)
         assert proc.returncode == 0, out
-    seen = [json.loads((paths.model / f"seen-{host}.json").read_text()) for (paths, _), host in zip(procs, hosts)]
+    seen = [
+        json.loads((paths.model / f"seen-{host}.json").read_text()) for (paths, _), host in zip(procs, hosts)
+    ]
     assert [s["rank"] for s in seen] == [0, 1] and {s["world_size"] for s in seen} == {2}
     assert seen[0]["weights"] == seen[1]["weights"]  # averaged gradients: one model
     assert seen[0]["weights"] == pytest.approx(TRUE_W, abs=0.15)
     assert (procs[0][0].model / "model.pth").is_file() and not (procs[1][0].model / "model.pth").exists()
 
 
-def test_a_script_using_the_toolkits_environment_class(run_cli, tmp_path: Path, training_channel: Path) -> None:
+def test_a_script_using_the_toolkits_environment_class(
+    run_cli, tmp_path: Path, training_channel: Path
+) -> None:
     script = tmp_path / "fit.py"
     script.write_text(ENVIRONMENT_USER)
-    result = run_cli("train", str(script), "--channel", f"training={training_channel}", "--hp", "epochs=2",
-                     "--job-name", "env-user", "--json")
+    result = run_cli(
+        "train",
+        str(script),
+        "--channel",
+        f"training={training_channel}",
+        "--hp",
+        "epochs=2",
+        "--job-name",
+        "env-user",
+        "--json",
+    )
     assert result.returncode == 0, result.output
     summary = json.loads(result.stdout)
     seen = json.loads((Path(summary["run_dir"]) / "opt" / "ml" / "output" / "data" / "seen.json").read_text())

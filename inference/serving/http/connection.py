@@ -49,10 +49,34 @@ class Abort(Exception):
 class Connection(asyncio.Protocol):
     """One client connection: httptools parsing with every bound checked as bytes arrive."""
 
-    __slots__ = ("app", "transport", "parser", "state", "deadline", "header_bytes", "url", "headers_size",
-                 "ctype", "accept", "sm_accept", "attrs", "inference_id", "api_key", "auth", "length", "body",
-                 "body_size", "complete", "paused", "backlog", "last_active", "sink", "current", "wfd",
-                 "answered")
+    __slots__ = (
+        "app",
+        "transport",
+        "parser",
+        "state",
+        "deadline",
+        "header_bytes",
+        "url",
+        "headers_size",
+        "ctype",
+        "accept",
+        "sm_accept",
+        "attrs",
+        "inference_id",
+        "api_key",
+        "auth",
+        "length",
+        "body",
+        "body_size",
+        "complete",
+        "paused",
+        "backlog",
+        "last_active",
+        "sink",
+        "current",
+        "wfd",
+        "answered",
+    )
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -149,8 +173,12 @@ class Connection(asyncio.Protocol):
                 self.fail(400, f"malformed HTTP request ({' '.join(str(err).split())[:100]})", close=True)
             return
         if self.state == HEADERS and self.header_bytes > self.app.max_header_bytes:
-            self.fail(431, f"the request line and headers are larger than {self.app.max_header_bytes} bytes "
-                           "(max_header_kb)", close=True)
+            self.fail(
+                431,
+                f"the request line and headers are larger than {self.app.max_header_bytes} bytes "
+                "(max_header_kb)",
+                close=True,
+            )
             return
         if self.complete and self.state != CLOSED:
             self.complete = False
@@ -184,8 +212,11 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers_size += len(name) + len(value) + 4
         if self.headers_size > self.app.max_header_bytes:
-            self.fail(431, f"the request headers are larger than {self.app.max_header_bytes} bytes "
-                           "(max_header_kb)", close=True)
+            self.fail(
+                431,
+                f"the request headers are larger than {self.app.max_header_bytes} bytes (max_header_kb)",
+                close=True,
+            )
             raise Abort
         kept = _KEPT_HEADERS.get(name.lower())
         if kept is not None:
@@ -213,8 +244,16 @@ class Connection(asyncio.Protocol):
         self.state = READY
 
     # ---- writing
-    def fail(self, status: int, message: str, *, extra: list | None = None, close: bool = False,
-             etype: str = "ValidationError", linger: bool = False) -> None:
+    def fail(
+        self,
+        status: int,
+        message: str,
+        *,
+        extra: list | None = None,
+        close: bool = False,
+        etype: str = "ValidationError",
+        linger: bool = False,
+    ) -> None:
         data = error_response(status, message, etype, request_id(), extra=extra, close=close)
         if linger and self.state != CLOSED:
             # a client that sends its whole body before reading would get EPIPE instead of this

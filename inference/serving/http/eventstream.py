@@ -54,7 +54,9 @@ def _header(name: str, value: str) -> bytes:
     raw_name, raw_value = name.encode("utf-8"), value.encode("utf-8")
     if len(raw_name) > 255 or len(raw_value) > 0xFFFF:
         raise ValueError(f"event-stream header {name!r} is too long")
-    return bytes((len(raw_name),)) + raw_name + bytes((_STRING,)) + struct.pack(">H", len(raw_value)) + raw_value
+    return (
+        bytes((len(raw_name),)) + raw_name + bytes((_STRING,)) + struct.pack(">H", len(raw_value)) + raw_value
+    )
 
 
 def encode_message(headers: dict[str, str], payload: bytes = b"") -> bytes:
@@ -71,7 +73,11 @@ def encode_message(headers: dict[str, str], payload: bytes = b"") -> bytes:
     return head + payload + _CRC.pack(crc)
 
 
-_PART_HEADERS = {":event-type": PAYLOAD_PART, ":content-type": "application/octet-stream", ":message-type": "event"}
+_PART_HEADERS = {
+    ":event-type": PAYLOAD_PART,
+    ":content-type": "application/octet-stream",
+    ":message-type": "event",
+}
 
 
 def payload_part(data: bytes) -> bytes:
@@ -79,12 +85,17 @@ def payload_part(data: bytes) -> bytes:
     data = bytes(data)
     if len(data) <= MAX_PAYLOAD:
         return encode_message(_PART_HEADERS, data)
-    return b"".join(encode_message(_PART_HEADERS, data[i:i + MAX_PAYLOAD])
-                    for i in range(0, len(data), MAX_PAYLOAD))
+    return b"".join(
+        encode_message(_PART_HEADERS, data[i : i + MAX_PAYLOAD]) for i in range(0, len(data), MAX_PAYLOAD)
+    )
 
 
 def _exception(exception_type: str, body: dict[str, str]) -> bytes:
-    headers = {":exception-type": exception_type, ":content-type": "application/json", ":message-type": "exception"}
+    headers = {
+        ":exception-type": exception_type,
+        ":content-type": "application/json",
+        ":message-type": "exception",
+    }
     return encode_message(headers, json.dumps(body, separators=(",", ":")).encode("utf-8"))
 
 
@@ -98,8 +109,9 @@ def internal_stream_failure(message: str) -> bytes:
     return _exception(INTERNAL_STREAM_FAILURE, {"Message": message})
 
 
-def response_headers(content_type: str | None, *, variant: str | None = None,
-                     custom_attributes: str | None = None) -> list[tuple[bytes, bytes]]:
+def response_headers(
+    content_type: str | None, *, variant: str | None = None, custom_attributes: str | None = None
+) -> list[tuple[bytes, bytes]]:
     """HTTP response headers (ASGI form) for an InvokeEndpointWithResponseStream answer."""
     headers = [(b"content-type", CONTENT_TYPE.encode())]
     if content_type:

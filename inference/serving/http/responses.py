@@ -8,8 +8,8 @@ import json
 import logging
 import traceback
 
-from aiops.inference.serving.http import eventstream
 from aiops.inference.errors import Timeout, typed_status
+from aiops.inference.serving.http import eventstream
 from aiops.inference.serving.stream_sender import EVENTS
 
 log = logging.getLogger("aiops.serve")
@@ -19,11 +19,22 @@ RETRY_AFTER = (b"retry-after", str(RETRY_AFTER_SECONDS).encode())
 SMALL_ANSWER = 65536  # bytes: below this an answer is joined to its head and sent in one write
 EVENTSTREAM_TYPE = eventstream.CONTENT_TYPE.encode()
 
-_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-            405: b"Method Not Allowed", 406: b"Not Acceptable", 408: b"Request Timeout",
-            413: b"Payload Too Large", 414: b"URI Too Long", 415: b"Unsupported Media Type",
-            431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-            503: b"Service Unavailable", 504: b"Gateway Timeout"}
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    406: b"Not Acceptable",
+    408: b"Request Timeout",
+    413: b"Payload Too Large",
+    414: b"URI Too Long",
+    415: b"Unsupported Media Type",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
 
 
 def status_line(status: int) -> bytes:
@@ -33,13 +44,18 @@ def status_line(status: int) -> bytes:
 OK = status_line(200)
 
 
-def error_response(status: int, message: str, etype: str, rid: str, *, extra: list | None = None,
-                   close: bool = False) -> bytes:
+def error_response(
+    status: int, message: str, etype: str, rid: str, *, extra: list | None = None, close: bool = False
+) -> bytes:
     """A whole JSON error answer: ``{"error", "code", "status", "request_id"}``, ``x-amzn-errortype``."""
     body = json.dumps({"error": message, "code": etype, "status": status, "request_id": rid}).encode() + b"\n"
-    head = [status_line(status), b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body), b"x-amzn-requestid: %s\r\n" % rid.encode(),
-            b"x-amzn-errortype: %s\r\n" % etype.encode()]
+    head = [
+        status_line(status),
+        b"content-type: application/json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"x-amzn-requestid: %s\r\n" % rid.encode(),
+        b"x-amzn-errortype: %s\r\n" % etype.encode(),
+    ]
     for name, value in extra or ():
         head.append(name + b": " + value + b"\r\n")
     if close:
@@ -55,10 +71,16 @@ def describe_error(err: BaseException, rid: str) -> tuple[int, str, str]:
         if typed[0] >= 500:
             log.error("request %s: %s", rid, typed[1])
         return typed
-    log.error("request %s: handler error\n%s", rid,
-              "".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip())
-    return 500, f"the inference handler raised {type(err).__name__}; see the server log for request {rid}", \
-        "ModelError"
+    log.error(
+        "request %s: handler error\n%s",
+        rid,
+        "".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip(),
+    )
+    return (
+        500,
+        f"the inference handler raised {type(err).__name__}; see the server log for request {rid}",
+        "ModelError",
+    )
 
 
 def model_timeout(timeout: float) -> Timeout:
@@ -77,8 +99,14 @@ def request_error(req, err: BaseException) -> bytes:
 
 def answer_head(req, variant: bytes, status: int = 200) -> list:
     """The head lines every answer to ``req`` carries (the caller adds its content lines)."""
-    head = [status_line(status), b"x-amzn-requestid: ", req.rid.encode(),
-            b"\r\nx-amzn-invoked-production-variant: ", variant, b"\r\n"]
+    head = [
+        status_line(status),
+        b"x-amzn-requestid: ",
+        req.rid.encode(),
+        b"\r\nx-amzn-invoked-production-variant: ",
+        variant,
+        b"\r\n",
+    ]
     if req.attrs is not None:
         head += [b"x-amzn-sagemaker-custom-attributes: ", req.attrs, b"\r\n"]
     if not req.keep_alive:
@@ -89,7 +117,11 @@ def answer_head(req, variant: bytes, status: int = 200) -> list:
 def small_answer(req, variant: bytes, out: bytes, out_type: str) -> bytes:
     """A small plain answer in one buffer (one send)."""
     head = b"%sx-amzn-requestid: %s\r\nx-amzn-invoked-production-variant: %s\r\ncontent-type: %s\r\n" % (
-        OK, req.rid.encode(), variant, out_type.encode("latin-1"))
+        OK,
+        req.rid.encode(),
+        variant,
+        out_type.encode("latin-1"),
+    )
     if req.attrs is not None:
         head += b"x-amzn-sagemaker-custom-attributes: " + req.attrs + b"\r\n"
     if not req.keep_alive:
@@ -102,8 +134,13 @@ def whole_answer(req, variant: bytes, out: bytes, out_type: str) -> tuple[bytes,
     body is one PayloadPart event). Join them below ``SMALL_ANSWER``; else write the body as is."""
     head = answer_head(req, variant)
     if req.mode == EVENTS:
-        head += [b"content-type: ", EVENTSTREAM_TYPE, b"\r\nx-amzn-sagemaker-content-type: ",
-                 out_type.encode("latin-1"), b"\r\n"]
+        head += [
+            b"content-type: ",
+            EVENTSTREAM_TYPE,
+            b"\r\nx-amzn-sagemaker-content-type: ",
+            out_type.encode("latin-1"),
+            b"\r\n",
+        ]
         out = eventstream.payload_part(out)
     else:
         head += [b"content-type: ", out_type.encode("latin-1"), b"\r\n"]
@@ -115,8 +152,13 @@ def stream_head_lines(mode: str, content_type: str) -> bytes:
     """The head lines of a streamed answer that depend on its mode: the content type(s) and
     ``transfer-encoding: chunked``; the head ends with a blank line after."""
     if mode == EVENTS:
-        return (b"content-type: " + EVENTSTREAM_TYPE + b"\r\nx-amzn-sagemaker-content-type: "
-                + content_type.encode("latin-1") + b"\r\ntransfer-encoding: chunked\r\n")
+        return (
+            b"content-type: "
+            + EVENTSTREAM_TYPE
+            + b"\r\nx-amzn-sagemaker-content-type: "
+            + content_type.encode("latin-1")
+            + b"\r\ntransfer-encoding: chunked\r\n"
+        )
     return b"content-type: " + content_type.encode("latin-1") + b"\r\ntransfer-encoding: chunked\r\n"
 
 

@@ -32,7 +32,7 @@ def endpoint_route(path: bytes) -> str | None:
     """``/endpoints/NAME/invocations`` -> buffered, ``.../invocations-response-stream`` -> events."""
     if not path.startswith(b"/endpoints/") or path.count(b"/") != 3:
         return None
-    name, _, action = path[len(b"/endpoints/"):].partition(b"/")
+    name, _, action = path[len(b"/endpoints/") :].partition(b"/")
     if not name:
         return None
     if action == b"invocations":
@@ -65,8 +65,11 @@ def check_head(conn, api_key: bytes | None, max_payload: int):
     if method != b"POST":
         return 405, "use POST", None
     if conn.attrs is not None and len(conn.attrs) > MAX_CUSTOM_ATTRIBUTES:
-        return 400, (f"X-Amzn-SageMaker-Custom-Attributes is longer than {MAX_CUSTOM_ATTRIBUTES} "
-                     "characters"), None
+        return (
+            400,
+            (f"X-Amzn-SageMaker-Custom-Attributes is longer than {MAX_CUSTOM_ATTRIBUTES} characters"),
+            None,
+        )
     if api_key is not None:
         given = conn.api_key
         if given is None and conn.auth is not None and conn.auth[:7].lower() == b"bearer ":
@@ -91,5 +94,8 @@ def too_large_message(max_payload: int) -> str:
 def ping_answer(healthy: bool, keep_alive: bool, with_body: bool) -> bytes:
     body = PING_BODY if healthy else UNHEALTHY_BODY
     head = b"%scontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n" % (
-        status_line(200 if healthy else 503), len(body), b"" if keep_alive else b"connection: close\r\n")
+        status_line(200 if healthy else 503),
+        len(body),
+        b"" if keep_alive else b"connection: close\r\n",
+    )
     return head + (body if with_body else b"")

@@ -10,7 +10,6 @@ import json
 
 import pytest
 import torch
-
 from aiops.inference.llm import api_tgi, protocols
 from aiops.inference.llm.calls import ApiError, Reply, respond
 from aiops.inference.llm.engine import LLMEngine
@@ -163,8 +162,10 @@ def test_tgi_seeded_sampling_reports_and_reproduces_its_seed(contexts, engine):
         ({"top_n_tokens": 6}, "`top_n_tokens` must be >= 0 and <= 5. Given: 6"),
         (
             {"max_new_tokens": 500},
-            ("`inputs` tokens + `max_new_tokens` must be <= 128. "
-             "Given: {n} `inputs` tokens and 500 `max_new_tokens`"),
+            (
+                "`inputs` tokens + `max_new_tokens` must be <= 128. "
+                "Given: {n} `inputs` tokens and 500 `max_new_tokens`"
+            ),
         ),
     ],
 )

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from aiops.errors import UsageError
 from aiops.inference.llm.engine import LLMEngine, check_causal_lm_folder
 from aiops.inference.llm.generation import (
     Finished,
@@ -22,6 +20,8 @@ from aiops.inference.llm.generation import (
     SamplingParams,
     TokenEvent,
 )
+
+from aiops.errors import UsageError
 
 PROMPTS = [
     "def main():",
@@ -257,8 +257,10 @@ def test_engine_thread_serves_16_concurrent_mixed_clients(tiny_llm, make_engine)
 
     def request(i: int) -> GenerationRequest:
         if i % 4 == 3:  # sampled, seeded
-            return GenerationRequest(PROMPTS[i % 5], SamplingParams(max_new_tokens=10, do_sample=True, seed=i,
-                                                                    top_k=40, temperature=0.9))
+            return GenerationRequest(
+                PROMPTS[i % 5],
+                SamplingParams(max_new_tokens=10, do_sample=True, seed=i, top_k=40, temperature=0.9),
+            )
         return greedy(PROMPTS[i % 5], 6 + i, stop=("\n\n",) if i % 4 == 2 else ())
 
     alone = make_engine(max_batch_size=1)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from aiops.inference.llm import protocols
 from aiops.inference.llm.calls import ApiError, Call, Reply
 from aiops.inference.llm.engine import LLMEngine
 from aiops.inference.llm.generation import Finished, GenerationRequest, Limits, LLMError, Token, TokenEvent
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 FIELDS = [
     "inputs",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from aiops.inference.llm.generation import Limits, LLMError
 from aiops.inference.llm.scheduler import Plan, Scheduler
 
@@ -20,8 +19,10 @@ from aiops.inference.llm.scheduler import Plan, Scheduler
             Limits(max_total_tokens=100),
             30,
             71,
-            ("`inputs` tokens + `max_new_tokens` must be <= 100. "
-             "Given: 30 `inputs` tokens and 71 `max_new_tokens`"),
+            (
+                "`inputs` tokens + `max_new_tokens` must be <= 100. "
+                "Given: 30 `inputs` tokens and 71 `max_new_tokens`"
+            ),
         ),
         # the total is checked before the input length, as TGI's validate_input does
         (Limits(max_total_tokens=100), 100, None, "`inputs` must have less than 99 tokens. Given: 100"),
@@ -29,8 +30,10 @@ from aiops.inference.llm.scheduler import Plan, Scheduler
             Limits(max_total_tokens=100),
             101,
             5,
-            ("`inputs` tokens + `max_new_tokens` must be <= 100. "
-             "Given: 101 `inputs` tokens and 5 `max_new_tokens`"),
+            (
+                "`inputs` tokens + `max_new_tokens` must be <= 100. "
+                "Given: 101 `inputs` tokens and 5 `max_new_tokens`"
+            ),
         ),
         (
             Limits(max_total_tokens=100, max_input_tokens=10),

@@ -33,6 +33,7 @@ except ImportError:
     try:  # aiops serve
         from aiops.inference.errors import InferenceError as RequestError
     except ImportError:
+
         class RequestError(Exception):  # any server that reads `status_code` from the error
             def __init__(self, status_code: int, message: str = "") -> None:
                 super().__init__(message)
@@ -56,8 +57,9 @@ def input_fn(request_body: str | bytes, request_content_type: str) -> torch.Tens
         request_body = request_body.decode("utf-8")
     content_type = (request_content_type or "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "text/csv"):
-        raise RequestError(415, f"unsupported content type {request_content_type!r}; "
-                           "send application/json or text/csv")
+        raise RequestError(
+            415, f"unsupported content type {request_content_type!r}; send application/json or text/csv"
+        )
     try:
         if content_type == "application/json":
             data = json.loads(request_body)
@@ -66,7 +68,9 @@ def input_fn(request_body: str | bytes, request_content_type: str) -> torch.Tens
             rows = [[float(v) for v in row] for row in csv.reader(io.StringIO(request_body)) if row]
         x = torch.tensor(rows, dtype=torch.float32)
     except (TypeError, ValueError, KeyError) as err:
-        raise RequestError(400, f"could not read the request as rows of {NUM_PIXELS} numbers: {err}") from None
+        raise RequestError(
+            400, f"could not read the request as rows of {NUM_PIXELS} numbers: {err}"
+        ) from None
     if x.ndim == 1:
         x = x.unsqueeze(0)  # a single row
     if x.ndim != 2 or x.shape[1] != NUM_PIXELS:
@@ -85,10 +89,18 @@ def output_fn(prediction: torch.Tensor, accept: str = "application/json"):
     """JSON (the default), or text/csv: one line per row, the label then the 10 probabilities."""
     wanted = [part.split(";")[0].strip().lower() for part in (accept or "*/*").split(",")]
     if any(w in ("application/json", "*/*", "application/*") for w in wanted):
-        return json.dumps({"predictions": [
-            {"label": int(p.argmax()), "probabilities": [round(v, 6) for v in p.tolist()]} for p in prediction
-        ]}), "application/json"
+        return json.dumps(
+            {
+                "predictions": [
+                    {"label": int(p.argmax()), "probabilities": [round(v, 6) for v in p.tolist()]}
+                    for p in prediction
+                ]
+            }
+        ), "application/json"
     if "text/csv" in wanted or "text/*" in wanted:
-        return "".join(f"{int(p.argmax())}," + ",".join(f"{v:.6f}" for v in p.tolist()) + "\n"
-                       for p in prediction), "text/csv"
-    raise RequestError(406, f"unsupported accept type {accept!r}; this model answers application/json or text/csv")
+        return "".join(
+            f"{int(p.argmax())}," + ",".join(f"{v:.6f}" for v in p.tolist()) + "\n" for p in prediction
+        ), "text/csv"
+    raise RequestError(
+        406, f"unsupported accept type {accept!r}; this model answers application/json or text/csv"
+    )

@@ -50,22 +50,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a small CNN on the 8x8 digits.")
     # Both spellings: the toolkit passes a hyperparameter's name as given (`batch-size` or `batch_size`).
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=64,
-                   help="global batch size, split across processes")
+    p.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        default=64,
+        help="global batch size, split across processes",
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads per process (0: torch's default)")
-    p.add_argument("--model-dir", "--model_dir", dest="model_dir",
-                   default=env("SM_MODEL_DIR", "/opt/ml/model"))
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)"
+    )
+    p.add_argument(
+        "--model-dir", "--model_dir", dest="model_dir", default=env("SM_MODEL_DIR", "/opt/ml/model")
+    )
     p.add_argument("--train", default=env("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
     p.add_argument("--test", default=env("SM_CHANNEL_TEST", "/opt/ml/input/data/test"))
-    p.add_argument("--output-data-dir", "--output_data_dir", dest="output_data_dir",
-                   default=env("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
-    p.add_argument("--checkpoint-dir", "--checkpoint_dir", dest="checkpoint_dir",
-                   default=env("AIOPS_CHECKPOINT_DIR", "/opt/ml/checkpoints"))
-    p.add_argument("--num-gpus", "--num_gpus", dest="num_gpus", type=int,
-                   default=int(env("SM_NUM_GPUS", "0")))
+    p.add_argument(
+        "--output-data-dir",
+        "--output_data_dir",
+        dest="output_data_dir",
+        default=env("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"),
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        "--checkpoint_dir",
+        dest="checkpoint_dir",
+        default=env("AIOPS_CHECKPOINT_DIR", "/opt/ml/checkpoints"),
+    )
+    p.add_argument(
+        "--num-gpus", "--num_gpus", dest="num_gpus", type=int, default=int(env("SM_NUM_GPUS", "0"))
+    )
     return p.parse_args(argv)
 
 
@@ -75,9 +92,11 @@ class DigitsCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
             # a strided conv rather than max-pooling: it has a deterministic CUDA backward as well
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),  # 8x8 -> 4x4
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),  # 8x8 -> 4x4
         )
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, NUM_CLASSES)
@@ -110,17 +129,21 @@ class StopRequest:
 def load_channel(folder: str) -> tuple[torch.Tensor, torch.Tensor]:
     files = sorted(glob.glob(os.path.join(folder, "*.npz")))
     if not files:
-        raise FileNotFoundError(f"no .npz file in channel folder {folder}; write the channels with "
-                                "`aiops example digits-data OUT`")
+        raise FileNotFoundError(
+            f"no .npz file in channel folder {folder}; write the channels with "
+            "`aiops example digits-data OUT`"
+        )
     parts = [np.load(f) for f in files]
     x = torch.from_numpy(np.concatenate([p["x"] for p in parts])).float()
     y = torch.from_numpy(np.concatenate([p["y"] for p in parts])).long()
     if x.ndim != 2 or x.shape[1] != 64 or len(x) != len(y):
-        raise ValueError(f"{folder}: expected x [N, 64] and y [N], "
-                         f"got x {list(x.shape)} and y {list(y.shape)}")
+        raise ValueError(
+            f"{folder}: expected x [N, 64] and y [N], got x {list(x.shape)} and y {list(y.shape)}"
+        )
     if len(y) and not (0 <= int(y.min()) and int(y.max()) < NUM_CLASSES):
-        raise ValueError(f"{folder}: labels must be 0..{NUM_CLASSES - 1}, "
-                         f"found {int(y.min())}..{int(y.max())}")
+        raise ValueError(
+            f"{folder}: labels must be 0..{NUM_CLASSES - 1}, found {int(y.min())}..{int(y.max())}"
+        )
     return x, y
 
 
@@ -192,8 +215,11 @@ def load_checkpoint(path: str, net: nn.Module, opt: torch.optim.Optimizer, args:
     set_rng_states(ckpt["rng"])
     changed = {k: (v, getattr(args, k)) for k, v in ckpt["hyperparameters"].items() if getattr(args, k) != v}
     if changed:
-        print(f"note: hyperparameters differ from the checkpoint's (was, now): {changed}; "
-              "the result will not match an uninterrupted run", flush=True)
+        print(
+            f"note: hyperparameters differ from the checkpoint's (was, now): {changed}; "
+            "the result will not match an uninterrupted run",
+            flush=True,
+        )
     print(f"resuming from {path}: {ckpt['epoch']} of {args.epochs} epochs done", flush=True)
     return ckpt["epoch"]
 
@@ -216,8 +242,13 @@ def per_class(confusion: torch.Tensor) -> dict[str, float]:
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
     figures = {}
     for c in range(NUM_CLASSES):
-        figures.update({f"class_{c}_precision": precision[c].item(), f"class_{c}_recall": recall[c].item(),
-                        f"class_{c}_f1": f1[c].item()})
+        figures.update(
+            {
+                f"class_{c}_precision": precision[c].item(),
+                f"class_{c}_recall": recall[c].item(),
+                f"class_{c}_f1": f1[c].item(),
+            }
+        )
     figures["macro_f1"] = f1.mean().item()
     return figures
 
@@ -254,9 +285,11 @@ def train(args: argparse.Namespace) -> None:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if use_cuda else None)
     per_rank_batch = max(1, args.batch_size // world)
     if rank == 0:
-        print(f"training on {device} x {world} process(es), {torch.get_num_threads()} thread(s) each: "
-              f"{len(y_train)} train / {len(y_test)} test samples, epochs {start + 1}..{args.epochs}",
-              flush=True)
+        print(
+            f"training on {device} x {world} process(es), {torch.get_num_threads()} thread(s) each: "
+            f"{len(y_train)} train / {len(y_test)} test samples, epochs {start + 1}..{args.epochs}",
+            flush=True,
+        )
         os.makedirs(args.checkpoint_dir, exist_ok=True)
 
     began = time.monotonic()
@@ -266,7 +299,7 @@ def train(args: argparse.Namespace) -> None:
         loss_total, seen = 0.0, 0
         steps = -(-len(order) // per_rank_batch)
         for step, i in enumerate(range(0, len(order), per_rank_batch)):
-            batch = order[i:i + per_rank_batch]
+            batch = order[i : i + per_rank_batch]
             set_lr(opt, args.lr, (epoch * steps + step) / (args.epochs * steps))
             loss = F.cross_entropy(model(shift_augment(x_train[batch])), y_train[batch])
             opt.zero_grad(set_to_none=True)
@@ -278,13 +311,26 @@ def train(args: argparse.Namespace) -> None:
             dist.all_reduce(loss_sum)
         if rank == 0:
             test_loss, accuracy, _ = evaluate(net, x_test, y_test)
-            save_atomic({"epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                         "rng": rng_states(),
-                         "hyperparameters": {k: getattr(args, k) for k in ("batch_size", "lr", "seed")}},
-                        ckpt_path)
+            save_atomic(
+                {
+                    "epoch": epoch + 1,
+                    "model": net.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "rng": rng_states(),
+                    "hyperparameters": {k: getattr(args, k) for k in ("batch_size", "lr", "seed")},
+                },
+                ckpt_path,
+            )
             # printed after the checkpoint is on disk: seeing epoch=N means epoch N can be resumed
-            print(metric_line(epoch=epoch + 1, train_loss=(loss_sum[0] / loss_sum[1]).item(),
-                              test_loss=test_loss, test_accuracy=accuracy), flush=True)
+            print(
+                metric_line(
+                    epoch=epoch + 1,
+                    train_loss=(loss_sum[0] / loss_sum[1]).item(),
+                    test_loss=test_loss,
+                    test_accuracy=accuracy,
+                ),
+                flush=True,
+            )
         if stop.agreed(world, device) and epoch + 1 < args.epochs:
             stopped_after = epoch + 1
             break
@@ -292,8 +338,11 @@ def train(args: argparse.Namespace) -> None:
         stopped_after = None
 
     if rank == 0 and stopped_after:
-        print(f"SIGTERM received: stopped after epoch {stopped_after}; "
-              f"its checkpoint is in {args.checkpoint_dir}", flush=True)
+        print(
+            f"SIGTERM received: stopped after epoch {stopped_after}; "
+            f"its checkpoint is in {args.checkpoint_dir}",
+            flush=True,
+        )
     elif rank == 0:
         finish(args, net, x_test, y_test, train_seconds=time.monotonic() - began)
     # Drop DDP (it holds the process group) before tearing the group down; otherwise gloo's threads can
@@ -319,13 +368,20 @@ def leave_process_group(world: int) -> None:
         dist.destroy_process_group()
 
 
-def finish(args: argparse.Namespace, net: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor,
-           train_seconds: float) -> None:
+def finish(
+    args: argparse.Namespace, net: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, train_seconds: float
+) -> None:
     """Final evaluation, printed as metrics, and the model and report files."""
     test_loss, accuracy, confusion = evaluate(net, x_test, y_test)
     figures = per_class(confusion)
-    print(metric_line(**{k: v for k, v in figures.items() if not k.startswith("class_")},
-                      final_test_loss=test_loss, final_test_accuracy=accuracy), flush=True)
+    print(
+        metric_line(
+            **{k: v for k, v in figures.items() if not k.startswith("class_")},
+            final_test_loss=test_loss,
+            final_test_accuracy=accuracy,
+        ),
+        flush=True,
+    )
     for c in range(NUM_CLASSES):
         print(metric_line(**{k: v for k, v in figures.items() if k.startswith(f"class_{c}_")}), flush=True)
 
@@ -336,10 +392,16 @@ def finish(args: argparse.Namespace, net: nn.Module, x_test: torch.Tensor, y_tes
     torch.jit.script(cpu_net).save(os.path.join(args.model_dir, "model.pt"))
 
     os.makedirs(args.output_data_dir, exist_ok=True)
-    report = {"test_accuracy": accuracy, "test_loss": test_loss, "test_samples": len(y_test),
-              "per_class": figures, "confusion_matrix": confusion.tolist(), "epochs": args.epochs,
-              "train_seconds_this_run": round(train_seconds, 3),
-              "hyperparameters": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "seed")}}
+    report = {
+        "test_accuracy": accuracy,
+        "test_loss": test_loss,
+        "test_samples": len(y_test),
+        "per_class": figures,
+        "confusion_matrix": confusion.tolist(),
+        "epochs": args.epochs,
+        "train_seconds_this_run": round(train_seconds, 3),
+        "hyperparameters": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "seed")},
+    }
     with open(os.path.join(args.output_data_dir, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(f"saved model.pth and model.pt to {args.model_dir}; test accuracy {accuracy:.4f}", flush=True)

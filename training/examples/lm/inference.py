@@ -65,8 +65,11 @@ def input_fn(request_body: str | bytes, request_content_type: str) -> dict:
     if isinstance(request_body, (bytes, bytearray)):
         request_body = request_body.decode("utf-8")
     if (request_content_type or "").split(";")[0].strip().lower() != "application/json":
-        raise BadRequest(f"unsupported content type {request_content_type!r}; send application/json "
-                         '{"prompt": "...", "max_new_tokens": 64}', 415)
+        raise BadRequest(
+            f"unsupported content type {request_content_type!r}; send application/json "
+            '{"prompt": "...", "max_new_tokens": 64}',
+            415,
+        )
     try:
         data = json.loads(request_body)
     except ValueError as err:
@@ -77,7 +80,11 @@ def input_fn(request_body: str | bytes, request_content_type: str) -> dict:
     new_tokens = data.get("max_new_tokens", DEFAULT_NEW_TOKENS)
     if not isinstance(prompt, str):
         raise BadRequest(f"prompt must be a string, got {type(prompt).__name__}")
-    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or not 0 <= new_tokens <= MAX_NEW_TOKENS:
+    if (
+        isinstance(new_tokens, bool)
+        or not isinstance(new_tokens, int)
+        or not 0 <= new_tokens <= MAX_NEW_TOKENS
+    ):
         raise BadRequest(f"max_new_tokens must be an integer 0..{MAX_NEW_TOKENS}, got {new_tokens!r}")
     return {"prompt": prompt, "max_new_tokens": new_tokens}
 

@@ -26,13 +26,14 @@ import codecs
 import json
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from inference import BadRequest, load_model  # noqa: E402
 from lm_model import END_OF_TEXT, ByteLM, encode, generate  # noqa: E402
+
+from inference import BadRequest, load_model  # noqa: E402
 
 MAX_NEW_TOKENS_ENV = "AIOPS_LM_MAX_NEW_TOKENS"
 DEFAULT_CAP = 1024
@@ -48,12 +49,14 @@ def max_new_tokens_cap() -> int:
     try:
         return max(1, int(raw))
     except ValueError:
-        raise BadRequest(f"{MAX_NEW_TOKENS_ENV}={raw!r} is not an integer; fix the server's environment",
-                           500) from None
+        raise BadRequest(
+            f"{MAX_NEW_TOKENS_ENV}={raw!r} is not an integer; fix the server's environment", 500
+        ) from None
 
 
-def sample(model: ByteLM, prompt: list[int], max_new_tokens: int, temperature: float,
-           seed: int | None = None) -> Iterator[int]:
+def sample(
+    model: ByteLM, prompt: list[int], max_new_tokens: int, temperature: float, seed: int | None = None
+) -> Iterator[int]:
     """Temperature sampling, one token at a time (greedy is lm_model.generate)."""
     if temperature <= 0:
         yield from generate(model, prompt, max_new_tokens)
@@ -62,7 +65,7 @@ def sample(model: ByteLM, prompt: list[int], max_new_tokens: int, temperature: f
     device = next(model.parameters()).device
     context = list(prompt) or [END_OF_TEXT]
     for _ in range(max_new_tokens):
-        window = torch.tensor([context[-model.cfg.seq_len:]], dtype=torch.long, device=device)
+        window = torch.tensor([context[-model.cfg.seq_len :]], dtype=torch.long, device=device)
         with torch.no_grad():  # scoped to one step: never held across a yield
             logits = model(window)[0, -1].float()
         probs = torch.softmax(logits / temperature, dim=-1).cpu()
@@ -130,6 +133,8 @@ def _jsonlines(tokens: Iterator[int]) -> Iterator[bytes]:
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     try:
         for token in tokens:
-            yield json.dumps({"token": {"id": token, "text": decoder.decode(bytes((token,)))}}).encode() + b"\n"
+            yield (
+                json.dumps({"token": {"id": token, "text": decoder.decode(bytes((token,)))}}).encode() + b"\n"
+            )
     finally:
         tokens.close()

@@ -48,8 +48,10 @@ class TokenShards:
             file = os.path.join(folder, shard["file"])
             size = os.path.getsize(file) if os.path.exists(file) else -1
             if size != 2 * shard["tokens"]:
-                raise ChannelError(f"{file}: expected {2 * shard['tokens']} bytes, found "
-                                   f"{'no file' if size < 0 else size}; write the channel again")
+                raise ChannelError(
+                    f"{file}: expected {2 * shard['tokens']} bytes, found "
+                    f"{'no file' if size < 0 else size}; write the channel again"
+                )
             self._files.append(file)
             self._starts.append(total)
             total += shard["tokens"]
@@ -60,11 +62,16 @@ class TokenShards:
     def _index_from_shards(folder: str) -> dict:
         """With ShardedByS3Key each host gets some of the channel's objects, and index.json goes to
         one host only: the others read the shards they got (their sizes give the token counts)."""
-        names = sorted(n for n in os.listdir(folder) if n.startswith("shard-") and n.endswith(".bin")) \
-            if os.path.isdir(folder) else []
+        names = (
+            sorted(n for n in os.listdir(folder) if n.startswith("shard-") and n.endswith(".bin"))
+            if os.path.isdir(folder)
+            else []
+        )
         if not names:
-            raise ChannelError(f"{folder} has no {INDEX_FILE} and no shard-*.bin; write the channels with "
-                               "`aiops example lm-data OUT`")
+            raise ChannelError(
+                f"{folder} has no {INDEX_FILE} and no shard-*.bin; write the channels with "
+                "`aiops example lm-data OUT`"
+            )
         shards = []
         for name in names:
             size = os.path.getsize(os.path.join(folder, name))
@@ -90,8 +97,8 @@ class TokenShards:
         i = bisect.bisect_right(self._starts, start) - 1
         while done < length:
             local = start + done - self._starts[i]
-            piece = self._shard(i)[local:local + length - done]
-            out[done:done + len(piece)] = piece
+            piece = self._shard(i)[local : local + length - done]
+            out[done : done + len(piece)] = piece
             done += len(piece)
             i += 1
         return out

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -38,7 +38,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -57,15 +57,23 @@ class Block(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model), nn.GELU(),
-                                 nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model),
+            nn.GELU(),
+            nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model),
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.n_heads, c // self.n_heads).unbind(2)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, c)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
@@ -109,15 +117,16 @@ def decode(tokens: list[int]) -> str:
 
 
 @torch.no_grad()
-def generate(model: ByteLM, prompt: list[int], max_new_tokens: int, *,
-             stop_at_end_of_text: bool = True) -> Iterator[int]:
+def generate(
+    model: ByteLM, prompt: list[int], max_new_tokens: int, *, stop_at_end_of_text: bool = True
+) -> Iterator[int]:
     """Greedy decoding: yields each new token as soon as it is chosen (a streaming handler can send
     it at once). The context is the last seq_len tokens; an empty prompt starts at END_OF_TEXT."""
     model.eval()
     device = next(model.parameters()).device
     context = list(prompt) or [END_OF_TEXT]
     for _ in range(max_new_tokens):
-        window = torch.tensor([context[-model.cfg.seq_len:]], dtype=torch.long, device=device)
+        window = torch.tensor([context[-model.cfg.seq_len :]], dtype=torch.long, device=device)
         token = int(model(window)[0, -1].argmax())
         if token == END_OF_TEXT and stop_at_end_of_text:
             return

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from aiops.errors import UsageError
 # lm_data, not lm_model: writing the data needs numpy only, no torch
 from aiops.training.examples.lm.lm_data import DTYPE, END_OF_TEXT, FORMAT, INDEX_FILE, VOCAB_SIZE
+
+from aiops.errors import UsageError
 
 CHANNELS = ("train", "test")
 SKIPPED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3"}
@@ -36,8 +37,15 @@ def corpus_files(root: str | None = None) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(base).as_posix())
 
 
-def write_channels(out_dir: str | os.PathLike[str], *, train_bytes: int = 4_000_000, test_bytes: int = 200_000,
-                   shard_tokens: int = 1 << 20, seed: int = 0, root: str | None = None) -> dict:
+def write_channels(
+    out_dir: str | os.PathLike[str],
+    *,
+    train_bytes: int = 4_000_000,
+    test_bytes: int = 200_000,
+    shard_tokens: int = 1 << 20,
+    seed: int = 0,
+    root: str | None = None,
+) -> dict:
     """Write `out_dir/train/` and `out_dir/test/` (index.json + shard-NNNNN.bin); return a summary per
     channel. Only those files are (over)written; anything else in `out_dir` is left alone."""
     if train_bytes < 1 or test_bytes < 1 or shard_tokens < 1:
@@ -64,18 +72,30 @@ def write_channels(out_dir: str | os.PathLike[str], *, train_bytes: int = 4_000_
         picked[channel].append(i)
         used += size
     if not picked["train"]:
-        raise UsageError(f"the corpus ({len(files)} files) is too small for a test set of {test_bytes} bytes "
-                         "and a train set; lower --test-bytes.")
+        raise UsageError(
+            f"the corpus ({len(files)} files) is too small for a test set of {test_bytes} bytes "
+            "and a train set; lower --test-bytes."
+        )
 
-    source = {"corpus": "python-stdlib", "python": sys.version.split()[0], "seed": seed,
-              "files_digest": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+    source = {
+        "corpus": "python-stdlib",
+        "python": sys.version.split()[0],
+        "seed": seed,
+        "files_digest": hashlib.sha256("\n".join(names).encode()).hexdigest(),
+    }
     summary = {}
     for name in CHANNELS:
-        tokens = np.concatenate([np.append(np.frombuffer(files[i].read_bytes(), dtype=np.uint8)
-                                           .astype(DTYPE), END_OF_TEXT).astype(DTYPE)
-                                 for i in picked[name]])
-        summary[name] = _write_shards(out / name, tokens, shard_tokens,
-                                      {**source, "files": [names[i] for i in picked[name]]})
+        tokens = np.concatenate(
+            [
+                np.append(
+                    np.frombuffer(files[i].read_bytes(), dtype=np.uint8).astype(DTYPE), END_OF_TEXT
+                ).astype(DTYPE)
+                for i in picked[name]
+            ]
+        )
+        summary[name] = _write_shards(
+            out / name, tokens, shard_tokens, {**source, "files": [names[i] for i in picked[name]]}
+        )
     return summary
 
 
@@ -85,16 +105,29 @@ def _write_shards(folder: Path, tokens: np.ndarray, shard_tokens: int, source: d
         stale.unlink()
     shards = []
     for n, start in enumerate(range(0, len(tokens), shard_tokens)):
-        piece = np.ascontiguousarray(tokens[start:start + shard_tokens], dtype=DTYPE)
+        piece = np.ascontiguousarray(tokens[start : start + shard_tokens], dtype=DTYPE)
         file = f"shard-{n:05d}.bin"
         (folder / file).write_bytes(piece.tobytes())
-        shards.append({"file": file, "tokens": int(len(piece)),
-                       "sha256": hashlib.sha256(piece.tobytes()).hexdigest()})
-    index = {"format": FORMAT, "dtype": "uint16", "vocab_size": VOCAB_SIZE, "end_of_text": END_OF_TEXT,
-             "shard_tokens": shard_tokens, "total_tokens": int(len(tokens)), "shards": shards,
-             "documents": len(source["files"]), "source": source}
+        shards.append(
+            {"file": file, "tokens": int(len(piece)), "sha256": hashlib.sha256(piece.tobytes()).hexdigest()}
+        )
+    index = {
+        "format": FORMAT,
+        "dtype": "uint16",
+        "vocab_size": VOCAB_SIZE,
+        "end_of_text": END_OF_TEXT,
+        "shard_tokens": shard_tokens,
+        "total_tokens": int(len(tokens)),
+        "shards": shards,
+        "documents": len(source["files"]),
+        "source": source,
+    }
     tmp = folder / f"{INDEX_FILE}.tmp"
     tmp.write_text(json.dumps(index, indent=1) + "\n")
     os.replace(tmp, folder / INDEX_FILE)  # the index appears last: a reader never sees a half channel
-    return {"tokens": int(len(tokens)), "shards": len(shards), "documents": len(source["files"]),
-            "path": str(folder)}
+    return {
+        "tokens": int(len(tokens)),
+        "shards": len(shards),
+        "documents": len(source["files"]),
+        "path": str(folder),
+    }

@@ -54,10 +54,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
     from lm_data import ChannelError, TokenShards
     from lm_model import ByteLM, ModelConfig, count_parameters
-except ImportError as missing:  # shipped alone: SageMaker (and aiops) ship only the entry point without source_dir
+except (
+    ImportError
+) as missing:  # shipped alone: SageMaker (and aiops) ship only the entry point without source_dir
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"error: {missing.name}.py is not beside train.py; ship the whole folder with "
-              "--source-dir training/examples/lm (the SDK's source_dir)", file=sys.stderr, flush=True)
+        print(
+            f"error: {missing.name}.py is not beside train.py; ship the whole folder with "
+            "--source-dir training/examples/lm (the SDK's source_dir)",
+            file=sys.stderr,
+            flush=True,
+        )
     sys.exit(2)
 
 STOPPED_EXIT_CODE = 128 + signal.SIGTERM
@@ -80,7 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{name}", f"--{name.replace('-', '_')}", dest=name.replace("-", "_"), **kw)
 
     arg("steps", type=int, default=200, help="optimizer steps in all")
-    arg("batch-size", type=int, default=16, help="global batch in sequences (processes x grad-accum must divide it)")
+    arg(
+        "batch-size",
+        type=int,
+        default=16,
+        help="global batch in sequences (processes x grad-accum must divide it)",
+    )
     arg("grad-accum", type=int, default=1, help="micro-batches per process per step")
     arg("seq-len", type=int, default=128)
     arg("d-model", type=int, default=128)
@@ -97,8 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arg("log-every", type=int, default=25)
     arg("checkpoint-every", type=int, default=50)
     arg("keep-checkpoints", type=int, default=2)
-    arg("precision", choices=("auto", "bf16", "fp32"), default="auto",
-        help="auto: bf16 autocast on a CUDA device that supports it, else fp32")
+    arg(
+        "precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="auto: bf16 autocast on a CUDA device that supports it, else fp32",
+    )
     arg("seed", type=int, default=0)
     arg("threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
     arg("model-dir", default=env("SM_MODEL_DIR", "/opt/ml/model"))
@@ -112,23 +127,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
     try:
-        return ModelConfig(seq_len=args.seq_len, d_model=args.d_model, n_layers=args.n_layers,
-                           n_heads=args.n_heads, dropout=args.dropout)
+        return ModelConfig(
+            seq_len=args.seq_len,
+            d_model=args.d_model,
+            n_layers=args.n_layers,
+            n_heads=args.n_heads,
+            dropout=args.dropout,
+        )
     except ValueError as err:
         raise UsageProblem(f"{err}; choose --d-model a multiple of --n-heads") from None
 
 
 def check_args(args: argparse.Namespace, world: int) -> int:
     """The per-process micro-batch size, or UsageProblem."""
-    for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_batches", "log_every",
-                 "checkpoint_every", "keep_checkpoints"):
+    for name in (
+        "steps",
+        "batch_size",
+        "grad_accum",
+        "seq_len",
+        "eval_every",
+        "eval_batches",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ):
         if getattr(args, name) < 1:
             raise UsageProblem(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     parts = world * args.grad_accum
     if args.batch_size % parts:
         raise UsageProblem(
             f"--batch-size {args.batch_size} does not split over {world} process(es) x --grad-accum "
-            f"{args.grad_accum}; use a batch size that is a multiple of {parts}")
+            f"{args.grad_accum}; use a batch size that is a multiple of {parts}"
+        )
     return args.batch_size // parts
 
 
@@ -163,8 +193,9 @@ def find_resume_checkpoint(folder: str, cfg: ModelConfig, say) -> str | None:
     newest complete one is of another model shape, or if every one is torn."""
     if not os.path.isdir(folder):
         return None
-    steps = sorted(((int(m.group(1)), name) for name in os.listdir(folder) if (m := STEP_DIR.match(name))),
-                   reverse=True)
+    steps = sorted(
+        ((int(m.group(1)), name) for name in os.listdir(folder) if (m := STEP_DIR.match(name))), reverse=True
+    )
     torn = []
     for _, name in steps:
         path = os.path.join(folder, name)
@@ -176,16 +207,21 @@ def find_resume_checkpoint(folder: str, cfg: ModelConfig, say) -> str | None:
         with open(os.path.join(path, META_FILE)) as f:
             saved = json.load(f)
         if saved["model"] != cfg.to_dict():
-            diff = ", ".join(f"{k} {saved['model'].get(k)} (now {v})" for k, v in cfg.to_dict().items()
-                             if saved["model"].get(k) != v)
+            diff = ", ".join(
+                f"{k} {saved['model'].get(k)} (now {v})"
+                for k, v in cfg.to_dict().items()
+                if saved["model"].get(k) != v
+            )
             raise UsageProblem(
                 f"checkpoint {path} is of another model shape: {diff}; train with the same model "
-                "hyperparameters, or point AIOPS_CHECKPOINT_DIR at an empty folder")
+                "hyperparameters, or point AIOPS_CHECKPOINT_DIR at an empty folder"
+            )
         return path
     if torn:
         raise UsageProblem(
             f"no complete checkpoint in {folder} ({', '.join(torn)} incomplete); move those folders away "
-            "to start from scratch")
+            "to start from scratch"
+        )
     return None
 
 
@@ -232,15 +268,22 @@ class Trainer:
             raise UsageProblem(str(err)) from None
         for name, data in (("train", self.train_data), ("test", self.test_data)):
             if data.vocab_size != self.cfg.vocab_size:
-                raise UsageProblem(f"channel {name}: vocabulary {data.vocab_size}, the model's is "
-                                   f"{self.cfg.vocab_size}; write it with `aiops example lm-data`")
+                raise UsageProblem(
+                    f"channel {name}: vocabulary {data.vocab_size}, the model's is "
+                    f"{self.cfg.vocab_size}; write it with `aiops example lm-data`"
+                )
             if len(data) <= self.cfg.seq_len + 1:
-                raise UsageProblem(f"channel {name} has {len(data)} tokens, fewer than --seq-len "
-                                   f"{self.cfg.seq_len} + 1; write more data or lower --seq-len")
-        if args.precision == "bf16" and not (args.num_gpus > 0 and torch.cuda.is_available()
-                                             and torch.cuda.is_bf16_supported()):
-            raise UsageProblem("--precision bf16 needs a CUDA device with bf16 support (and SM_NUM_GPUS > 0); "
-                               "use --precision auto")
+                raise UsageProblem(
+                    f"channel {name} has {len(data)} tokens, fewer than --seq-len "
+                    f"{self.cfg.seq_len} + 1; write more data or lower --seq-len"
+                )
+        if args.precision == "bf16" and not (
+            args.num_gpus > 0 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        ):
+            raise UsageProblem(
+                "--precision bf16 needs a CUDA device with bf16 support (and SM_NUM_GPUS > 0); "
+                "use --precision auto"
+            )
         self.resume_from = find_resume_checkpoint(args.checkpoint_dir, self.cfg, self.say)
 
     def say(self, text: str) -> None:
@@ -280,9 +323,12 @@ class Trainer:
         self.model = net
         decay = [p for n, p in net.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in net.named_parameters() if p.ndim < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}],
-                                     lr=args.lr, betas=(0.9, 0.95), foreach=False)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=args.lr,
+            betas=(0.9, 0.95),
+            foreach=False,
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_factor)
         self.step = 0
         self.tokens_seen = 0
@@ -301,9 +347,13 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_sd, optim_sd = get_state_dict(self.model, self.opt)
-        return {"model": model_sd, "optimizer": optim_sd, "scheduler": self.sched.state_dict(),
-                "data": {"step": torch.tensor(self.step), "tokens_seen": torch.tensor(self.tokens_seen)},
-                "rng": {f"rank{self.rank}": rng_blob()}}
+        return {
+            "model": model_sd,
+            "optimizer": optim_sd,
+            "scheduler": self.sched.state_dict(),
+            "data": {"step": torch.tensor(self.step), "tokens_seen": torch.tensor(self.tokens_seen)},
+            "rng": {f"rank{self.rank}": rng_blob()},
+        }
 
     def save_checkpoint(self) -> None:
         import torch.distributed.checkpoint as dcp
@@ -327,8 +377,13 @@ class Trainer:
         dcp.save(self._state(), checkpoint_id=tmp)
         self.barrier()  # every rank's shards are written (dcp.save also waits for the metadata)
         if self.rank == 0:
-            meta = {"step": self.step, "world_size": self.world, "model": self.cfg.to_dict(),
-                    "batch_size": self.args.batch_size, "seed": self.args.seed}
+            meta = {
+                "step": self.step,
+                "world_size": self.world,
+                "model": self.cfg.to_dict(),
+                "batch_size": self.args.batch_size,
+                "seed": self.args.seed,
+            }
             with open(os.path.join(tmp, META_FILE), "w") as f:
                 json.dump(meta, f, indent=1)
         if local_first:
@@ -338,7 +393,9 @@ class Trainer:
                 aside = f"{final}.incomplete-{int(time.time())}"
                 try:
                     os.rename(final, aside)
-                    self.say(f"moved the incomplete {os.path.basename(final)} aside to {os.path.basename(aside)}")
+                    self.say(
+                        f"moved the incomplete {os.path.basename(final)} aside to {os.path.basename(aside)}"
+                    )
                 except FileNotFoundError:
                     pass
         self.barrier()
@@ -354,7 +411,7 @@ class Trainer:
 
     def _prune(self, folder: str) -> None:
         done = sorted((int(m.group(1)), name) for name in os.listdir(folder) if (m := STEP_DIR.match(name)))
-        for _, name in done[:-self.args.keep_checkpoints]:
+        for _, name in done[: -self.args.keep_checkpoints]:
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
     def load_checkpoint(self, path: str) -> None:
@@ -368,7 +425,9 @@ class Trainer:
         if f"rng.rank{self.rank}" not in saved_keys:  # a new rank after a change of world size
             del state["rng"]
         dcp.load(state, checkpoint_id=path)
-        set_state_dict(self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        set_state_dict(
+            self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+        )
         self.sched.load_state_dict(state["scheduler"])
         self.step = int(state["data"]["step"])
         self.tokens_seen = int(state["data"]["tokens_seen"])
@@ -377,16 +436,25 @@ class Trainer:
             set_rng_blob(state["rng"][f"rank{self.rank}"])
         with open(os.path.join(path, META_FILE)) as f:
             saved = json.load(f)
-        changed = {k: (saved.get(k), getattr(self.args, k)) for k in ("batch_size", "seed")
-                   if saved.get(k) != getattr(self.args, k)}
+        changed = {
+            k: (saved.get(k), getattr(self.args, k))
+            for k in ("batch_size", "seed")
+            if saved.get(k) != getattr(self.args, k)
+        }
         if changed:
-            self.say(f"note: hyperparameters differ from the checkpoint's (was, now): {changed}; the result "
-                     "will not match an uninterrupted run")
+            self.say(
+                f"note: hyperparameters differ from the checkpoint's (was, now): {changed}; the result "
+                "will not match an uninterrupted run"
+            )
         if saved["world_size"] != self.world:
-            self.say(f"note: the checkpoint was written by {saved['world_size']} process(es), resuming on "
-                     f"{self.world}; resharded (training continues, not bit-identical to an uninterrupted run)")
-        self.say(f"resuming from {path}: step {self.step} of {self.args.steps} "
-                 f"(loaded in {time.monotonic() - began:.2f}s)")
+            self.say(
+                f"note: the checkpoint was written by {saved['world_size']} process(es), resuming on "
+                f"{self.world}; resharded (training continues, not bit-identical to an uninterrupted run)"
+            )
+        self.say(
+            f"resuming from {path}: step {self.step} of {self.args.steps} "
+            f"(loaded in {time.monotonic() - began:.2f}s)"
+        )
 
     # --- training ---
 
@@ -423,7 +491,7 @@ class Trainer:
         total = 0.0
         for b in range(self.args.eval_batches):
             start = b * self.args.batch_size + self.rank * per_rank
-            x, y = self.tensors(self.test_data, offsets[start:start + per_rank])
+            x, y = self.tensors(self.test_data, offsets[start : start + per_rank])
             total += self.loss(x, y).item() * per_rank
         self.model.train()
         loss_sum, count = self.all_sum([total, per_rank * self.args.eval_batches])
@@ -432,12 +500,14 @@ class Trainer:
     def train_step(self) -> float:
         args = self.args
         offsets = self.batch_offsets(self.step, args.batch_size, self.train_data)
-        mine = offsets[self.rank * self.micro * args.grad_accum:(self.rank + 1) * self.micro * args.grad_accum]
+        mine = offsets[
+            self.rank * self.micro * args.grad_accum : (self.rank + 1) * self.micro * args.grad_accum
+        ]
         loss_total = 0.0
         for k in range(args.grad_accum):
             if self.world > 1:  # reduce-scatter the gradients once, after the last micro-batch
                 self.model.set_requires_gradient_sync(k == args.grad_accum - 1)
-            x, y = self.tensors(self.train_data, mine[k * self.micro:(k + 1) * self.micro])
+            x, y = self.tensors(self.train_data, mine[k * self.micro : (k + 1) * self.micro])
             loss = self.loss(x, y) / args.grad_accum
             loss.backward()
             loss_total += loss.item()
@@ -451,16 +521,18 @@ class Trainer:
         self.tokens_seen += args.batch_size * self.cfg.seq_len
         return loss_total
 
-    def run(self, stop: "StopRequest") -> bool:
+    def run(self, stop: StopRequest) -> bool:
         """Train to the end (True) or until a stop request (False, after its checkpoint)."""
         args = self.args
         if self.resume_from:
             self.load_checkpoint(self.resume_from)
-        self.say(f"training on {self.device} x {self.world} process(es) (FSDP: {self.world > 1}), "
-                 f"{torch.get_num_threads()} thread(s) each, bf16 autocast: {self.autocast}; "
-                 f"{count_parameters(self.model):,} parameters, {len(self.train_data):,} train / "
-                 f"{len(self.test_data):,} test tokens; steps {self.step + 1}..{args.steps}, global batch "
-                 f"{args.batch_size} x {self.cfg.seq_len} tokens = {self.world} x {args.grad_accum} x {self.micro}")
+        self.say(
+            f"training on {self.device} x {self.world} process(es) (FSDP: {self.world > 1}), "
+            f"{torch.get_num_threads()} thread(s) each, bf16 autocast: {self.autocast}; "
+            f"{count_parameters(self.model):,} parameters, {len(self.train_data):,} train / "
+            f"{len(self.test_data):,} test tokens; steps {self.step + 1}..{args.steps}, global batch "
+            f"{args.batch_size} x {self.cfg.seq_len} tokens = {self.world} x {args.grad_accum} x {self.micro}"
+        )
         window_loss, window_steps, window_began = 0.0, 0, time.monotonic()
         paused = 0.0  # seconds of evaluation and checkpoints in the window: not training throughput
         while self.step < args.steps:
@@ -469,17 +541,22 @@ class Trainer:
             # one line per step with every figure of that step, so `step` pairs with each curve
             line = []
             if self.step % args.log_every == 0 or self.step == args.steps:
-                loss_sum, = self.all_sum([window_loss])
+                (loss_sum,) = self.all_sum([window_loss])
                 now = time.monotonic()
                 tokens = window_steps * args.batch_size * self.cfg.seq_len
-                line += [f"train_loss={loss_sum / self.world / window_steps:.6f};",
-                         f"lr={self.sched.get_last_lr()[0]:.6g};",
-                         f"tokens_per_second={tokens / max(now - window_began - paused, 1e-9):.1f};"]
+                line += [
+                    f"train_loss={loss_sum / self.world / window_steps:.6f};",
+                    f"lr={self.sched.get_last_lr()[0]:.6g};",
+                    f"tokens_per_second={tokens / max(now - window_began - paused, 1e-9):.1f};",
+                ]
                 window_loss, window_steps, window_began, paused = 0.0, 0, now, 0.0
             began = time.monotonic()
             if self.step % args.eval_every == 0 or self.step == args.steps:
                 test_loss = self.evaluate()
-                line += [f"test_loss={test_loss:.6f};", f"test_perplexity={math.exp(min(test_loss, 50)):.4f};"]
+                line += [
+                    f"test_loss={test_loss:.6f};",
+                    f"test_perplexity={math.exp(min(test_loss, 50)):.4f};",
+                ]
             if line:
                 self.say(" ".join([f"step={self.step};", *line]))
             if self.step % args.checkpoint_every == 0 or self.step == args.steps:
@@ -487,8 +564,10 @@ class Trainer:
             paused += time.monotonic() - began
             if stop.agreed(self.world, self.device) and self.step < args.steps:
                 self.save_checkpoint()
-                self.say(f"SIGTERM received: stopped after step {self.step}; its checkpoint is in "
-                         f"{args.checkpoint_dir}")
+                self.say(
+                    f"SIGTERM received: stopped after step {self.step}; its checkpoint is in "
+                    f"{args.checkpoint_dir}"
+                )
                 return False
         return True
 
@@ -496,7 +575,9 @@ class Trainer:
         """Consolidate the sharded model on rank 0 and write the servable model folder."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         if self.rank != 0:
             return
         args = self.args
@@ -521,11 +602,23 @@ class Trainer:
         os.makedirs(args.output_data_dir, exist_ok=True)
         test_loss = self.final_test_loss
         with open(os.path.join(args.output_data_dir, "metrics.json"), "w") as f:
-            json.dump({"test_loss": test_loss, "test_perplexity": math.exp(min(test_loss, 50)),
-                       "steps": self.step, "tokens_seen": self.tokens_seen, "world_size": self.world,
-                       "model": self.cfg.to_dict(), "parameters": sum(t.numel() for t in tensors.values())},
-                      f, indent=2)
-        print(f"saved {weights}, config.json and code/ to {args.model_dir}; test loss {test_loss:.4f}", flush=True)
+            json.dump(
+                {
+                    "test_loss": test_loss,
+                    "test_perplexity": math.exp(min(test_loss, 50)),
+                    "steps": self.step,
+                    "tokens_seen": self.tokens_seen,
+                    "world_size": self.world,
+                    "model": self.cfg.to_dict(),
+                    "parameters": sum(t.numel() for t in tensors.values()),
+                },
+                f,
+                indent=2,
+            )
+        print(
+            f"saved {weights}, config.json and code/ to {args.model_dir}; test loss {test_loss:.4f}",
+            flush=True,
+        )
 
 
 def fail_here(rank: int, step: int) -> None:
@@ -584,8 +677,10 @@ def main() -> int:
     finished = trainer.run(stop)
     if finished:
         trainer.final_test_loss = trainer.evaluate()
-        trainer.say(f"final_test_loss={trainer.final_test_loss:.6f}; "
-                    f"final_test_perplexity={math.exp(min(trainer.final_test_loss, 50)):.4f};")
+        trainer.say(
+            f"final_test_loss={trainer.final_test_loss:.6f}; "
+            f"final_test_perplexity={math.exp(min(trainer.final_test_loss, 50)):.4f};"
+        )
         trainer.finish()
     trainer.barrier()
     if world > 1:
