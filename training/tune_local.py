@@ -81,7 +81,7 @@ class _TrialReporter:
 
     def __init__(self, trial: Any, metric: str, interrupted: threading.Event) -> None:
         self.trial = trial
-        self.metric = metric
+        self.objective = metric
         self.interrupted = interrupted
         self.reports = 0
         self.pruned = False
@@ -91,7 +91,7 @@ class _TrialReporter:
         self.record = record
 
     def metric(self, sample: Any, latest: Mapping[str, float]) -> None:
-        if sample.name != self.metric or self.pruned:
+        if sample.name != self.objective or self.pruned:
             return
         self.trial.report(sample.value, self.reports)
         self.reports += 1

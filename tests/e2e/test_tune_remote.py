@@ -14,14 +14,14 @@ from journey import Journey, stack_config
 SCRIPT = """
 import argparse, os
 p = argparse.ArgumentParser()
-p.add_argument("--x", type=float)
+p.add_argument("--rate", type=float)
 p.add_argument("--kind")
 p.add_argument("--epochs", type=int)
 args, _ = p.parse_known_args()
 for epoch in range(args.epochs):
-    print(f"epoch={epoch}; score={args.x * (epoch + 1) / args.epochs:.6f};", flush=True)
+    print(f"epoch={epoch}; score={args.rate * (epoch + 1) / args.epochs:.6f};", flush=True)
 with open(os.path.join(os.environ["SM_MODEL_DIR"], "model.txt"), "w") as f:
-    f.write(f"{args.x} {args.kind}")
+    f.write(f"{args.rate} {args.kind}")
 """
 
 
@@ -43,7 +43,7 @@ def test_remote_tuning_job_runs_its_trials_and_names_the_best(journey: Journey, 
         "--hp",
         "epochs=2",
         "--range",
-        "x=0.1:10:log",
+        "rate=0.1:10:log",
         "--range",
         "kind=a,b",
         "--metric",
@@ -66,7 +66,7 @@ def test_remote_tuning_job_runs_its_trials_and_names_the_best(journey: Journey, 
     tuning = journey.platform.tuning_jobs["toy-tune"]
     for t in trials:  # each trial ran with its own values, as the platform chose them
         job = journey.platform.jobs[t["job_name"]]
-        assert abs(t["value"] - t["hyperparameters"]["x"]) < 1e-5
+        assert abs(t["value"] - t["hyperparameters"]["rate"]) < 1e-5
         assert job.request["HyperParameters"]["kind"] == t["hyperparameters"]["kind"]
         assert job.request["HyperParameters"]["epochs"] == tuning.request["TrainingJobDefinition"][
             "StaticHyperParameters"
@@ -79,5 +79,5 @@ def test_remote_tuning_job_runs_its_trials_and_names_the_best(journey: Journey, 
     metrics = journey.aiops("jobs", "metrics", best["job_name"], "--json")
     assert metrics.returncode == 0, journey.log()[-3000:]
     series = json.loads(metrics.stdout)["series"]
-    x = best["hyperparameters"]["x"]  # the trial printed x/2, then x (CloudWatch may average a minute)
-    assert series["score"] and all(x / 2 - 1e-5 <= v <= x + 1e-5 for _, v in series["score"]), series
+    rate = best["hyperparameters"]["rate"]  # printed rate/2, then rate (CloudWatch may average a minute)
+    assert series["score"] and all(rate / 2 - 1e-5 <= v <= rate + 1e-5 for _, v in series["score"]), series
