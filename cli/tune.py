@@ -39,7 +39,9 @@ class _TuneConsole:
     def trial_finished(self, trial: Any, finished: int, total: int) -> None:
         value = "-" if trial.value is None else f"{trial.value:.6g}"
         params = ", ".join(f"{k}={_shown(v)}" for k, v in trial.hyperparameters.items())
-        self.console.print(f"trial {finished}/{total} {trial.job_name}: {trial.status}, objective {value} ({params})")
+        self.console.print(
+            f"trial {finished}/{total} {trial.job_name}: {trial.status}, objective {value} ({params})"
+        )
         self.progress.update(self.task, completed=finished, description="trials")
 
     # what a remote submission reports (training.jobs.JobEvents)
@@ -92,7 +94,9 @@ def _render(console: Any, trials: list[Any], best: str | None, metric: str) -> N
 
 def tune(
     entry_point: str = typer.Argument(..., help="The training script (relative to --source-dir when given)."),
-    source_dir: str | None = typer.Option(None, "--source-dir", help="Folder of code to ship with the script."),
+    source_dir: str | None = typer.Option(
+        None, "--source-dir", help="Folder of code to ship with the script."
+    ),
     tuned: list[str] = typer.Option(
         [],
         "--range",
@@ -110,12 +114,18 @@ def tune(
         help="Stop trials that fall behind (locally: Optuna's median pruner; remote: early stopping Auto).",
     ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the local search (the same trials again)."),
-    hp: list[str] = typer.Option([], "--hp", help="Fixed hyperparameter KEY=VALUE (repeatable; JSON values)."),
+    hp: list[str] = typer.Option(
+        [], "--hp", help="Fixed hyperparameter KEY=VALUE (repeatable; JSON values)."
+    ),
     channel: list[str] = typer.Option([], "--channel", help="Input channel NAME=PATH (repeatable)."),
-    env: list[str] = typer.Option([], "--env", help="Environment variable KEY=VALUE of the script (repeatable)."),
+    env: list[str] = typer.Option(
+        [], "--env", help="Environment variable KEY=VALUE of the script (repeatable)."
+    ),
     metric: list[str] = typer.Option([], "--metric", help="Metric NAME=REGEX, first group is the value."),
     job_name: str | None = typer.Option(
-        None, "--job-name", help="Base of the trials' names (remote: the tuning job's, at most 32 characters)."
+        None,
+        "--job-name",
+        help="Base of the trials' names (remote: the tuning job's, at most 32 characters).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
     remote: bool = typer.Option(
@@ -124,7 +134,9 @@ def tune(
     instance_type: str | None = typer.Option(
         None, "--instance-type", help="Each trial's instance type.", rich_help_panel="Remote"
     ),
-    instance_count: int = typer.Option(1, "--instance-count", help="Hosts per trial.", rich_help_panel="Remote"),
+    instance_count: int = typer.Option(
+        1, "--instance-count", help="Hosts per trial.", rich_help_panel="Remote"
+    ),
     spot: bool | None = typer.Option(
         None, "--spot/--on-demand", help="Managed spot (default) or on-demand.", rich_help_panel="Remote"
     ),
@@ -134,7 +146,9 @@ def tune(
     role: str | None = typer.Option(None, "--role", help="Execution role ARN.", rich_help_panel="Remote"),
     bucket: str | None = typer.Option(None, "--bucket", help="S3 bucket.", rich_help_panel="Remote"),
     region: str | None = typer.Option(None, "--region", help="AWS region.", rich_help_panel="Remote"),
-    stack: str | None = typer.Option(None, "--stack", "-s", help="Stack whose outputs to use.", rich_help_panel="Remote"),
+    stack: str | None = typer.Option(
+        None, "--stack", "-s", help="Stack whose outputs to use.", rich_help_panel="Remote"
+    ),
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Follow the tuning job until it ends.", rich_help_panel="Remote"
     ),
@@ -143,12 +157,12 @@ def tune(
     each an ordinary run) or, with --remote, as one SageMaker hyperparameter tuning job."""
     from pathlib import Path
 
+    from aiops.cli.train import _parse_pairs
     from aiops.training import jobs
     from aiops.training.contract import parse_hyperparameter_value
     from aiops.training.metrics import parse_metric_option
     from aiops.training.tune import best_trial, tuning_spec
 
-    from aiops.cli.train import _parse_pairs
     from aiops.runs import RunStore, job_name_from_base
     from aiops.settings import get_settings
 

@@ -102,15 +102,14 @@ def parse_range(text: str) -> ParameterRange:
         raise UsageError(f"--range {name}: bounds must be finite numbers.")
     if low >= high:
         raise UsageError(
-            f"--range {name}: the bounds are inverted or equal ({low_text}:{high_text}); "
+            f"--range {name}: the bounds are inverted ({low_text}:{high_text}); "
             f"give LOW:HIGH with LOW below HIGH, e.g. --range {name}={high_text}:{low_text}."
             if low > high
-            else f"--range {name}: LOW equals HIGH ({low_text}); pass a fixed value with --hp {name}={low_text}."
+            else f"--range {name}: LOW equals HIGH ({low_text}); fix the value with --hp {name}={low_text}."
         )
     if SCALES[scale] == "Logarithmic" and low <= 0:
         raise UsageError(
-            f"--range {name}: log scale needs bounds above 0 (LOW is {low_text}); "
-            "raise LOW or drop ':log'."
+            f"--range {name}: log scale needs bounds above 0 (LOW is {low_text}); raise LOW or drop ':log'."
         )
     return ParameterRange(name, kind, low=low, high=high, scaling=SCALES[scale])
 
@@ -179,7 +178,9 @@ def tuning_spec(
     if not ranges:
         raise UsageError("no --range: give at least one, e.g. --range lr=1e-5:1e-2:log.")
     if objective is None:
-        raise UsageError("missing --objective: name the metric to optimize, e.g. --objective test_accuracy:max.")
+        raise UsageError(
+            "missing --objective: name the metric to optimize, e.g. --objective test_accuracy:max."
+        )
     parsed = [parse_range(r) for r in ranges]
     seen: set[str] = set()
     for r in parsed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,11 @@ def training_job_definition(training_request: Mapping[str, Any], spec: TuningSpe
             definition[key] = training_request[key]
     if "InputDataConfig" in definition:
         definition["InputDataConfig"] = [
-            {k: v for k, v in channel.items() if not (k == "InputMode" and v == algorithm["TrainingInputMode"])}
+            {
+                k: v
+                for k, v in channel.items()
+                if not (k == "InputMode" and v == algorithm["TrainingInputMode"])
+            }
             for channel in definition["InputDataConfig"]
         ]
     return definition
@@ -232,7 +237,7 @@ def record_trial(
             region=region,
             stack=stack,
             status=summary.get("TrainingJobStatus"),
-            created_at=created.timestamp() if hasattr(created, "timestamp") else time.time(),
+            created_at=created.timestamp() if isinstance(created, datetime) else time.time(),
             run_dir=str(folder.root),
             hyperparameters=hyperparameters,
             config=RunConfig(
@@ -245,7 +250,10 @@ def record_trial(
                 "TrainingJobName": name,
                 "AlgorithmSpecification": definition["AlgorithmSpecification"],
                 "ResourceConfig": definition["ResourceConfig"],
-                "HyperParameters": {**definition["StaticHyperParameters"], **summary.get("TunedHyperParameters", {})},
+                "HyperParameters": {
+                    **definition["StaticHyperParameters"],
+                    **summary.get("TunedHyperParameters", {}),
+                },
                 "TuningJobName": request["HyperParameterTuningJobName"],
             },
             final_metrics={},
@@ -293,7 +301,8 @@ def follow(
 
     while True:
         description = aws_call(
-            f"describing {name}", lambda: sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+            f"describing {name}",
+            lambda: sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name),
         )
         status = description["HyperParameterTuningJobStatus"]
         for summary in aws_call(f"listing the trials of {name}", summaries):
@@ -331,7 +340,9 @@ def launch(
 
     validate_tuning_job_name(name)
     backend = SageMakerBackend(store, settings, options, events or NullEvents())
-    probe = JobConfig(**{**config.__dict__, "hyperparameters": {**config.hyperparameters, **first_values(spec)}})
+    probe = JobConfig(
+        **{**config.__dict__, "hyperparameters": {**config.hyperparameters, **first_values(spec)}}
+    )
     probe.job_name = name
     job = backend.prepare(probe)
     remote = backend.options
@@ -342,7 +353,10 @@ def launch(
     events.close()
     sm = aws.client("sagemaker", remote.region)
     aws_call(f"submitting {name}", lambda: sm.create_hyper_parameter_tuning_job(**request))
-    events.note(f"tuning job {name} accepted by SageMaker in {remote.region} ({spec.max_trials} trials, {spec.parallel} at a time)")
+    events.note(
+        f"tuning job {name} accepted by SageMaker in {remote.region} "
+        f"({spec.max_trials} trials, {spec.parallel} at a time)"
+    )
     if not options.wait:
         return name
     return follow(

@@ -853,7 +853,10 @@ class TuningJob:
         sm = self.platform.account.client("sagemaker")
         try:
             for number in range(1, total + 1):
-                while sum(not self.platform.jobs[t["TrainingJobName"]].done.is_set() for t, _ in self.trials) >= parallel:
+                while (
+                    sum(not self.platform.jobs[t["TrainingJobName"]].done.is_set() for t, _ in self.trials)
+                    >= parallel
+                ):
                     time.sleep(0.1)
                 values = self._values()
                 trial = self._trial_request(number, values)
@@ -878,7 +881,9 @@ class TuningJob:
             job = self.platform.jobs[trial["TrainingJobName"]]
             summary: dict[str, Any] = {
                 "TrainingJobName": job.name,
-                "TrainingJobArn": f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:training-job/{job.name}",
+                "TrainingJobArn": (
+                    f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:training-job/{job.name}"
+                ),
                 "TuningJobName": self.name,
                 "CreationTime": job.started,
                 "TrainingJobStatus": job.status,
@@ -905,7 +910,10 @@ class TuningJob:
     def describe(self, described: dict[str, Any]) -> dict[str, Any]:
         out = dict(described)
         summaries = self.summaries()
-        counts = {status: sum(s["TrainingJobStatus"] == status for s in summaries) for status in ("Completed", "InProgress", "Stopped")}
+        counts = {
+            status: sum(s["TrainingJobStatus"] == status for s in summaries)
+            for status in ("Completed", "InProgress", "Stopped")
+        }
         failed = sum(s["TrainingJobStatus"] == "Failed" for s in summaries)
         out.update(
             HyperParameterTuningJobStatus=self.status,

@@ -68,9 +68,10 @@ def test_remote_tuning_job_runs_its_trials_and_names_the_best(journey: Journey, 
         job = journey.platform.jobs[t["job_name"]]
         assert abs(t["value"] - t["hyperparameters"]["rate"]) < 1e-5
         assert job.request["HyperParameters"]["kind"] == t["hyperparameters"]["kind"]
-        assert job.request["HyperParameters"]["epochs"] == tuning.request["TrainingJobDefinition"][
-            "StaticHyperParameters"
-        ]["epochs"]
+        assert (
+            job.request["HyperParameters"]["epochs"]
+            == tuning.request["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"]
+        )
     best = max(trials, key=lambda t: t["value"])
     assert summary["best"] == best["job_name"]
     assert best["model"] == journey.platform.jobs[best["job_name"]].model_artifact

@@ -78,7 +78,9 @@ def _sdk_request(training: dict[str, Any], ranges: dict[str, Any], **tuner: Any)
         hyperparameter_ranges=ranges,
         **tuner_args,
     )
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in training["InputDataConfig"]}
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in training["InputDataConfig"]
+    }
     with pytest.raises(_Sent):
         hpt.tune(inputs=channels, job_name=tuner["job_name"], wait=False)
     return sent
@@ -122,7 +124,9 @@ def test_tuning_request_equals_the_sdk_tuners(spot: bool) -> None:
         metric_definitions=definitions,
         environment={"HF_HUB_OFFLINE": "1"},
     )
-    ours = build_tuning_request(tuning_job_name="digits-tune-251207-120000", spec=spec, training_request=training)
+    ours = build_tuning_request(
+        tuning_job_name="digits-tune-251207-120000", spec=spec, training_request=training
+    )
     sdk = _sdk_request(
         training,
         {

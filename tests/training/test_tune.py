@@ -67,7 +67,10 @@ def test_ranges_parse_to_sagemaker_shapes() -> None:
         "MaxValue": "4",
         "ScalingType": "Auto",
     }
-    assert parse_range("batch-size=16,32,64").as_sagemaker() == {"Name": "batch-size", "Values": ["16", "32", "64"]}
+    assert parse_range("batch-size=16,32,64").as_sagemaker() == {
+        "Name": "batch-size",
+        "Values": ["16", "32", "64"],
+    }
     assert parse_range("momentum=0.5:0.99:linear").kind == "Continuous"
 
 
@@ -226,7 +229,7 @@ def test_bad_input_is_one_line_exit_2_before_any_run(
     toy: Path, cli_in_process, aiops_home: Path, extra: list[str], line: str
 ) -> None:
     args = {"--range": "rate=0.1:0.9", "--objective": "score:max", "--max-trials": "3", "--parallel": "1"}
-    pairs = dict(zip(extra[::2], extra[1::2]))
+    pairs = dict(zip(extra[::2], extra[1::2], strict=True))
     args.update(pairs)
     argv = ["tune", "train.py", "--source-dir", str(toy), "--metric", r"score=score=([0-9.]+);"]
     for key, value in args.items():
