@@ -40,7 +40,7 @@ from aiops.runs import (
     RunRecord,
     RunStore,
     process_start_time,
-    runner_alive,
+    runner_command,
     script_alive,
 )
 
@@ -354,7 +354,8 @@ def request_stop(record: RunRecord, folder: RunFolder) -> str:
     if record.status != STATUS_IN_PROGRESS:
         raise UsageError(f"{name} is {record.status}, not running; nothing to stop.")
     runner = record.runner_pid
-    if runner_alive(record):
+    # an `aiops tune` runner runs other trials too: only this trial's script is stopped
+    if runner_command(record) == "train":
         os.kill(int(runner), signal.SIGTERM)  # type: ignore[arg-type]
         return f"aiops process {runner}"
     script = record.script_pid
