@@ -428,7 +428,7 @@ def runner_alive(record: RunRecord) -> bool:
 
 
 def runner_command(record: RunRecord) -> str | None:
-    """"train" or "tune": the aiops command running a local record, when it still runs (else None)."""
+    """ "train" or "tune": the aiops command running a local record, when it still runs (else None)."""
     pid = record.runner_pid
     if not process_alive(pid, record.runner_start_time):
         return None

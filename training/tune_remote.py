@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
