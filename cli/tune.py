@@ -152,6 +152,15 @@ def tune(
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Follow the tuning job until it ends.", rich_help_panel="Remote"
     ),
+    max_cost: float | None = typer.Option(
+        None,
+        "--max-cost",
+        help="Budget in USD: refuse a tuning job whose trials may cost more in all.",
+        rich_help_panel="Remote",
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="Launch even above the budget.", rich_help_panel="Remote"
+    ),
 ) -> None:
     """Tune a training script's hyperparameters: trials run as `aiops train` runs them (locally,
     each an ordinary run) or, with --remote, as one SageMaker hyperparameter tuning job."""
@@ -202,6 +211,8 @@ def tune(
             bucket=bucket,
             region=region,
             stack=stack,
+            max_cost=max_cost,
+            confirmed=yes,
         )
         name = job_name or tune_remote.tuning_job_name(f"{stem}-tune")
         events = _TuneConsole(max_trials, to_stderr=True)
@@ -232,7 +243,7 @@ def tune(
     else:
         from aiops.training import tune_local
 
-        if any(v is not None for v in (spot, max_run, role, bucket, stack)) or instance_count != 1:
+        if any(v is not None for v in (spot, max_run, role, bucket, stack, max_cost)) or instance_count != 1:
             from aiops.errors import UsageError
 
             raise UsageError("remote options (--spot, --max-run, --role, --bucket, ...) need --remote.")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiops.training import jobs, remote_jobs
-from aiops.training.jobs import JobConfig, JobEvents, NullEvents, PreparedJob
+from aiops.training.jobs import JobConfig, NullEvents, PreparedJob
 from aiops.training.remote_jobs import aws_call
 from aiops.training.remote_request import RemoteOptions, build_request, client_token
 from aiops.training.tune import Trial, TuningSpec, static_hyperparameters
@@ -140,9 +140,41 @@ class TuningResult:
     failure_reason: str | None = None
 
 
-def stage(job: PreparedJob, options: RemoteOptions, *, cache_dir: Path, events: JobEvents) -> dict[str, Any]:
+def check_cost(
+    options: RemoteOptions, spec: TuningSpec, *, events: Any, max_cost: float | None, confirmed: bool
+) -> None:
+    """The worst case, every trial running its whole --max-run, shown and held to the budget
+    (`remote_request.check_budget`: UsageError over it unless confirmed)."""
+    from aiops.training.remote_request import check_budget
+
+    from aiops.pricing import estimate_training_job
+
+    estimate = estimate_training_job(
+        options.instance_type, options.instance_count * spec.max_trials, options.max_run, options.region
+    )
+    if estimate.known:
+        events.note(
+            f"estimate: up to ${estimate.cost(spot=options.spot):,.2f} "
+            f"({'spot' if options.spot else 'on-demand'}) for {spec.max_trials} trials x "
+            f"{options.instance_count} x {options.instance_type}, each at most {options.max_run / 3600:g} h"
+        )
+    warning = check_budget(estimate, spot=options.spot, max_cost=max_cost, confirmed=confirmed)
+    if warning:
+        events.warning(warning)
+
+
+def stage(
+    job: PreparedJob,
+    options: RemoteOptions,
+    spec: TuningSpec,
+    *,
+    cache_dir: Path,
+    events: Any,
+    max_cost: float | None = None,
+    confirmed: bool = False,
+) -> dict[str, Any]:
     """What `aiops train --remote` does before CreateTrainingJob, for a tuning job's trials: the
-    checks, the estimate and budget guard, the code bundle and channel uploads, the image; returns
+    checks, the estimate of every trial and the budget guard, the code bundle and channel uploads, the image; returns
     the CreateTrainingJob request every trial is made from (its name is the tuning job's)."""
     from aiops.training import bundle, cluster, images, remote_request, uploads
 
@@ -150,6 +182,7 @@ def stage(job: PreparedJob, options: RemoteOptions, *, cache_dir: Path, events: 
     from aiops.s3objects import UploadBatch
 
     remote_request.validate(options, aws.training_instance_types())
+    check_cost(options, spec, events=events, max_cost=max_cost, confirmed=confirmed)
     processes = cluster.plan_processes(
         job.distribution,
         options.instance_type,
@@ -346,7 +379,16 @@ def launch(
     probe.job_name = name
     job = backend.prepare(probe)
     remote = backend.options
-    training_request = stage(job, remote, cache_dir=settings.home / "cache", events=events)
+    budget = options.max_cost if options.max_cost is not None else settings.aws.max_cost
+    training_request = stage(
+        job,
+        remote,
+        spec,
+        cache_dir=settings.home / "cache",
+        events=events,
+        max_cost=budget,
+        confirmed=options.confirmed,
+    )
     request = build_tuning_request(
         tuning_job_name=name, spec=spec, training_request=training_request, early_stopping=early_stopping
     )

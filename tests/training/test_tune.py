@@ -259,3 +259,45 @@ def test_remote_bad_input_is_refused_before_any_upload(toy: Path, cli_in_process
         env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"},
     )
     assert result.returncode == 2 and "log scale needs bounds above 0" in result.stderr, result.output
+
+
+def test_remote_tuning_over_the_budget_is_refused_before_any_upload(toy: Path, cli_in_process) -> None:
+    """Every trial's worst case counts: 20 trials of an hour on ml.g5.xlarge are over $1. The endpoint
+    is a closed port, so an upload would have failed with another line."""
+    result = cli_in_process(
+        "tune",
+        "train.py",
+        "--source-dir",
+        str(toy),
+        "--remote",
+        "--role",
+        "arn:aws:iam::123456789012:role/r",
+        "--bucket",
+        "b",
+        "--region",
+        "us-east-1",
+        "--instance-type",
+        "ml.g5.xlarge",
+        "--on-demand",
+        "--max-run",
+        "3600",
+        "--range",
+        "rate=0.1:1.0",
+        "--metric",
+        r"score=score=([0-9.]+);",
+        "--objective",
+        "score:max",
+        "--max-trials",
+        "20",
+        "--parallel",
+        "2",
+        "--max-cost",
+        "1",
+        env={
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "x",
+        },
+    )
+    assert result.returncode == 2, result.output
+    assert "over the budget of $1.00" in result.stderr and "20 trials" in result.stderr, result.stderr
