@@ -174,8 +174,9 @@ def stage(
     confirmed: bool = False,
 ) -> dict[str, Any]:
     """What `aiops train --remote` does before CreateTrainingJob, for a tuning job's trials: the
-    checks, the estimate of every trial and the budget guard, the code bundle and channel uploads, the image; returns
-    the CreateTrainingJob request every trial is made from (its name is the tuning job's)."""
+    checks, the estimate of every trial and the budget guard, the code bundle and channel uploads,
+    the image; returns the CreateTrainingJob request every trial is made from (named as the tuning
+    job)."""
     from aiops.training import bundle, cluster, images, remote_request, uploads
 
     from aiops import aws
