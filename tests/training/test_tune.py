@@ -4,6 +4,7 @@ metric streams; and every bad input is one line, exit 2, before any run folder e
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,73 @@ def test_remote_tuning_over_the_budget_is_refused_before_any_upload(toy: Path, c
     )
     assert result.returncode == 2, result.output
     assert "over the budget of $1.00" in result.stderr and "20 trials" in result.stderr, result.stderr
+
+
+def test_jobs_stop_stops_one_trial_and_the_tuning_goes_on(
+    toy: Path, cli_in_process, aiops_home: Path
+) -> None:
+    """A trial's runner is `aiops tune`: while it runs, `jobs list` shows the trial InProgress (not
+    Stale), and `jobs stop TRIAL` stops that trial's script alone; the other trial runs on."""
+    import os
+    import subprocess
+
+    from helpers import wait_until
+
+    tuner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aiops.cli.app",
+            "tune",
+            "train.py",
+            "--source-dir",
+            str(toy),
+            "--job-name",
+            "held",
+        ]
+        + ["--range", "rate=0.1,0.2", "--metric", r"score=score=([0-9.]+);", "--objective", "score:max"]
+        + ["--max-trials", "2", "--parallel", "2", "--no-early-stopping"],
+        env={**os.environ, "AIOPS_HOME": str(aiops_home)},
+        cwd=toy,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def running() -> dict | None:
+            listed = cli_in_process("jobs", "list", "--json")
+            rows = {r["job_name"]: r for r in json.loads(listed.stdout)} if listed.returncode == 0 else {}
+            both = [rows.get(n) for n in ("held-001", "held-002")]
+            logged = all((aiops_home / "runs" / n / "train.log").is_file() for n in ("held-001", "held-002"))
+            return rows if logged and all(r and r["status"] == "InProgress" for r in both) else None
+
+        wait_until(running, "both trials running (and not Stale)")
+        wait_until(
+            lambda: all(
+                "score=" in (aiops_home / "runs" / n / "train.log").read_text()
+                for n in ("held-001", "held-002")
+            ),
+            "both trials printing their score",
+        )
+        stop = cli_in_process("jobs", "stop", "held-001")
+        assert stop.returncode == 0 and "script process group" in stop.stdout, stop.output
+        wait_until(
+            lambda: (
+                json.loads(cli_in_process("jobs", "describe", "held-001", "--json").stdout)["status"]
+                != "InProgress"
+            ),
+            "held-001 ending",
+        )
+        assert (
+            json.loads(cli_in_process("jobs", "describe", "held-002", "--json").stdout)["status"]
+            == "InProgress"
+        )
+        assert tuner.poll() is None  # the tuner goes on with the other trial
+        assert cli_in_process("jobs", "stop", "held-002").returncode == 0
+        output, _ = tuner.communicate(timeout=120)
+    finally:
+        if tuner.poll() is None:
+            tuner.kill()
+            tuner.wait()
+    assert tuner.returncode == 1 and "no trial completed" in output, output
