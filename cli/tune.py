@@ -152,6 +152,12 @@ def tune(
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Follow the tuning job until it ends.", rich_help_panel="Remote"
     ),
+    download: bool = typer.Option(
+        False,
+        "--download",
+        help="Download the best trial's model.tar.gz into its run folder.",
+        rich_help_panel="Remote",
+    ),
     max_cost: float | None = typer.Option(
         None,
         "--max-cost",
@@ -239,11 +245,17 @@ def tune(
         if isinstance(result, str):
             events.console.print(f"tuning job {result} is running; --wait follows it.")
             return
+        if download:
+            tune_remote.download_best(store, result)
         trials, best, status = result.trials, result.best, result.status
     else:
         from aiops.training import tune_local
 
-        if any(v is not None for v in (spot, max_run, role, bucket, stack, max_cost)) or instance_count != 1:
+        if (
+            any(v is not None for v in (spot, max_run, role, bucket, stack, max_cost))
+            or instance_count != 1
+            or download
+        ):
             from aiops.errors import UsageError
 
             raise UsageError("remote options (--spot, --max-run, --role, --bucket, ...) need --remote.")

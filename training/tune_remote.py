@@ -291,6 +291,7 @@ def record_trial(
                 "TuningJobName": request["HyperParameterTuningJobName"],
             },
             final_metrics={},
+            artifacts={},  # set, so run.json keeps the model's URI the refresh adds
         )
     return remote_jobs.refresh(store, record, remote_jobs.describe(name, region))
 
@@ -352,6 +353,22 @@ def follow(
             trials = sorted(finished.values(), key=lambda t: t.number)
             return TuningResult(name, status, trials, best, dict(request), description.get("FailureReason"))
         sleep(poll_seconds)
+
+
+def download_best(store: RunStore, result: TuningResult) -> str | None:
+    """The best trial's model.tar.gz into its run folder (as `aiops train --remote --download`)."""
+    from aiops.training.remote import download_model
+
+    if result.best is None or not store.exists(result.best):
+        return None
+    record = store.load(result.best)
+    path = download_model(record, record.folder.model_archive)
+    record.artifacts.model = str(path)
+    store.save(record)
+    for trial in result.trials:
+        if trial.job_name == result.best:
+            trial.model = str(path)
+    return str(path)
 
 
 def launch(

@@ -6,6 +6,7 @@ reads a trial as any remote job."""
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 from journey import Journey, stack_config
@@ -56,6 +57,7 @@ def test_remote_tuning_job_runs_its_trials_and_names_the_best(journey: Journey, 
         "2",
         "--job-name",
         "toy-tune",
+        "--download",
         "--json",
     )
     assert tune.returncode == 0, journey.log()[-6000:]
@@ -74,7 +76,10 @@ def test_remote_tuning_job_runs_its_trials_and_names_the_best(journey: Journey, 
         )
     best = max(trials, key=lambda t: t["value"])
     assert summary["best"] == best["job_name"]
-    assert best["model"] == journey.platform.jobs[best["job_name"]].model_artifact
+    downloaded = Path(best["model"])  # --download: the best model, from the platform's S3 object
+    assert downloaded == journey.home / "runs" / best["job_name"] / "output" / "model.tar.gz"
+    with tarfile.open(downloaded) as tar:
+        assert tar.extractfile("model.txt").read().decode().split()[1] == best["hyperparameters"]["kind"]
     assert "trial 3/3" in tune.stderr
 
     metrics = journey.aiops("jobs", "metrics", best["job_name"], "--json")
