@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aiops.training.contract import parse_hyperparameter_value
 from aiops.training.metrics import MetricDefinition
 
 from aiops.errors import UsageError
@@ -207,6 +208,16 @@ def tuning_spec(
             f"lower --parallel to at most {max_trials} or raise --max-trials."
         )
     return TuningSpec(tuple(parsed), goal, max_trials, parallel)
+
+
+def first_values(spec: TuningSpec) -> dict[str, Any]:
+    """One point of the space (the low bounds, the first values): what the up-front check prepares."""
+    return {
+        r.name: parse_hyperparameter_value(r.values[0])
+        if r.kind == CATEGORICAL
+        else (int(r.low) if r.kind == INTEGER else r.low)
+        for r in spec.ranges
+    }
 
 
 def static_hyperparameters(hyperparameters: Mapping[str, Any], spec: TuningSpec) -> dict[str, Any]:

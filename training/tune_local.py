@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from aiops.training import jobs, local
 from aiops.training.contract import parse_hyperparameter_value
 from aiops.training.jobs import JobConfig, PreparedJob
-from aiops.training.tune import CATEGORICAL, INTEGER, ParameterRange, Trial, TuningSpec
+from aiops.training.tune import CATEGORICAL, INTEGER, ParameterRange, Trial, TuningSpec, first_values
 
 from aiops.errors import UsageError
 from aiops.extras import require_extra
@@ -56,16 +56,6 @@ def suggest(trial: Any, r: ParameterRange) -> Any:
     if r.kind == INTEGER:
         return trial.suggest_int(r.name, int(r.low), int(r.high), log=r.log)
     return trial.suggest_float(r.name, r.low, r.high, log=r.log)
-
-
-def first_values(spec: TuningSpec) -> dict[str, Any]:
-    """One point of the space (the low bounds, the first values): what the up-front check prepares."""
-    return {
-        r.name: parse_hyperparameter_value(r.values[0])
-        if r.kind == CATEGORICAL
-        else (int(r.low) if r.kind == INTEGER else r.low)
-        for r in spec.ranges
-    }
 
 
 def trial_names(base: str, count: int) -> list[str]:

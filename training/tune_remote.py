@@ -10,6 +10,7 @@ The request equals what the SageMaker SDK's `HyperparameterTuner` sends for the 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -19,10 +20,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiops.training import jobs, remote_jobs
-from aiops.training.jobs import JobConfig, NullEvents, PreparedJob
+from aiops.training.jobs import JobConfig, PreparedJob
 from aiops.training.remote_jobs import aws_call
 from aiops.training.remote_request import RemoteOptions, build_request, client_token
-from aiops.training.tune import Trial, TuningSpec, static_hyperparameters
+from aiops.training.tune import Trial, TuningSpec, first_values, static_hyperparameters
 
 from aiops.errors import UsageError
 from aiops.runs import RunConfig, RunRecord, RunStore
@@ -385,16 +386,15 @@ def launch(
     """Check, upload, create the tuning job once; with `options.wait`, follow it to the end.
     Returns the result, or (without waiting) the tuning job's name."""
     from aiops.training.remote import SageMakerBackend
-    from aiops.training.tune_local import first_values
 
     from aiops import aws
 
     validate_tuning_job_name(name)
-    backend = SageMakerBackend(store, settings, options, events or NullEvents())
-    probe = JobConfig(
-        **{**config.__dict__, "hyperparameters": {**config.hyperparameters, **first_values(spec)}}
+    backend = SageMakerBackend(store, settings, options, events)
+    # the job at one point of the space: what every trial shares is checked and staged once
+    probe = dataclasses.replace(
+        config, hyperparameters={**config.hyperparameters, **first_values(spec)}, job_name=name
     )
-    probe.job_name = name
     job = backend.prepare(probe)
     remote = backend.options
     budget = options.max_cost if options.max_cost is not None else settings.aws.max_cost
