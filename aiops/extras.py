@@ -22,6 +22,7 @@ MODULE_EXTRAS = {
     "yaml": "infra",
     "matplotlib": "plot",
     "PIL": "plot",
+    "optuna": "tune",
     "sagemaker": "images",
     "onnx": "onnx",
     "onnxruntime": "onnx",
