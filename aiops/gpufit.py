@@ -26,10 +26,10 @@ The estimate (all in GiB = 2**30 bytes):
 
 - inference: ``(weights + kv_cache) * (1 + overhead)`` compared with the memory of the GPUs one
   copy of the model spans: all of them (or the tensor-parallel degree) for LMI/TGI, which spread
-  weights and cache over them; one for the PyTorch container, whose model server loads a copy per GPU. weights = parameters x bytes of the serving
-  dtype (default: as stored); kv_cache = layers x 2 x kv_heads x head_dim x max_tokens x batch x
-  dtype bytes; overhead (default 20 %) covers the CUDA context, activations and allocator
-  fragmentation.
+  weights and cache over them; one for the PyTorch container, whose model server loads a copy per GPU.
+  weights = parameters x bytes of the serving dtype (default: as stored); kv_cache = layers x 2 x
+  kv_heads x head_dim x max_tokens x batch x dtype bytes; overhead (default 20 %) covers the CUDA
+  context, activations and allocator fragmentation.
 - training, per GPU: parameters x (weights + grads in the training dtype, + fp32 master weights
   when that dtype is not fp32, + Adam's two fp32 moments) = 16 bytes/parameter for bf16 or fp32;
   sharded over all GPUs of all hosts with FSDP (``--distribution``), a full copy per GPU
@@ -334,14 +334,16 @@ def _data_pkl(fh: IO[bytes]) -> bytes:
     """``data.pkl`` of a torch.save zip: the directory's size (end record) and then data.pkl's (the
     directory) are checked before either is read; its operations are counted before it is run."""
     try:
-        end = zipfile._EndRecData(fh)  # the end record zipfile itself reads first (zip64 too)
+        # the end record zipfile itself reads first (zip64 too); private, so not in typeshed
+        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]
     except OSError as err:
         raise zipfile.BadZipFile(str(err)) from None
     if end is None:
         raise zipfile.BadZipFile("no zip end record")
-    if end[zipfile._ECD_SIZE] > MAX_ZIP_DIRECTORY:
+    directory_size = end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]  # private, as above
+    if directory_size > MAX_ZIP_DIRECTORY:
         raise _NotAStateDict(
-            f"its zip directory is {end[zipfile._ECD_SIZE]} bytes, more than the "
+            f"its zip directory is {directory_size} bytes, more than the "
             f"{MAX_ZIP_DIRECTORY >> 20} MB the GPU-fit check reads; not a torch.save "
             "archive"
         )
@@ -658,8 +660,8 @@ class Fit:
             detail = self.spec.describe()
         have = f"{self.have_gib:g} GiB ({detail})"
         head = (
-            f"needs {self.need.total_gib:.1f} GiB {what} ({self.need.note}, +{self.need.overhead:.0%} overhead), "
-            f"{self.instance_type} has {have}"
+            f"needs {self.need.total_gib:.1f} GiB {what} ({self.need.note}, "
+            f"+{self.need.overhead:.0%} overhead), {self.instance_type} has {have}"
         )
         if self.fits:
             return head

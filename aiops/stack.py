@@ -44,7 +44,8 @@ CLIENT_TOKEN_TAG = "aiops:client-token"
 class S3Layout(BaseModel):
     """Every prefix of the stack's artifact bucket (each ends in '/').
 
-    ``code/<sha256>/sourcedir.tar.gz``      the content-addressed source bundles (``sagemaker_submit_directory``)
+    ``code/<sha256>/sourcedir.tar.gz``      the content-addressed source bundles
+                                            (``sagemaker_submit_directory``)
     ``data/<manifest sha256>/...``          local channels, uploaded once under the hash of their manifest
     ``data/<manifest sha256>.manifest.json`` written last: its presence means the channel upload finished
     ``jobs/<job>/output/model.tar.gz``      SageMaker's job output (``S3OutputPath`` = ``s3://bucket/jobs``)
@@ -198,6 +199,14 @@ class StackOutputs(BaseModel):
     def exported(self) -> dict[str, Any]:
         """As saved and as Pulumi shows them: camelCase, unset values left out."""
         return self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+
+    def required(self, name: str, *, stack: str | None = None, needed_for: str = "this command") -> str:
+        """One text output (``bucket``, ``role_arn``, ...) that must be set (``require``): its value."""
+        self.require(name, stack=stack, needed_for=needed_for)
+        value = getattr(self, name)
+        if not isinstance(value, str):
+            raise ValueError(f"StackOutputs.{name} is not a text output")
+        return value
 
     def require(
         self, *fields: str, stack: str | None = None, needed_for: str = "this command"

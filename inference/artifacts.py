@@ -132,7 +132,7 @@ def resolve_model(
     store = RunStore(runs_dir)
     run = None if path.exists() or not store.exists(model) else store.folder(model)
     tempdir = None
-    run_code_root = None
+    run_code_root: Path | None = None
     program = None
     run_entry = None  # the run's training entry point, which estimator.deploy() sets as SAGEMAKER_PROGRAM
     if run is not None:
@@ -157,6 +157,7 @@ def resolve_model(
     else:
         raise UsageError(f"{model_path}: not a file or folder")
 
+    code_dir: Path | None
     if (model_dir / CODE_DIR).is_dir():
         # the code/ the model carries decides, by the one rule, with the run's entry point (a training
         # script that copies itself into code/ and defines model_fn serves, as after estimator.deploy())

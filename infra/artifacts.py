@@ -174,11 +174,11 @@ def training_job_program(
         return ModelChoice(
             uri,
             warnings=[
-                f"job {name} has no sagemaker_program/sagemaker_submit_directory hyperparameters; the endpoint "
-                "keeps the stack's endpoint.program"
+                f"job {name} has no sagemaker_program/sagemaker_submit_directory "
+                "hyperparameters; the endpoint keeps the stack's endpoint.program"
             ],
         )
-    bucket, key = S3_URI.match(bundle).groups()
+    bucket, key = names.split_s3_uri(bundle)  # matched S3_URI above
     try:
         data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as err:
@@ -223,9 +223,11 @@ def repack_job_model(
 
     from aiops import aws
 
-    outputs.require("bucket", stack=stack, needed_for=f"repacking --model job:{name} with its code")
+    stack_bucket = outputs.required(
+        "bucket", stack=stack, needed_for=f"repacking --model job:{name} with its code"
+    )
     code = repack.bundle_files(bundle_data, what=f"--model job:{name}: its code bundle {bundle}")
-    bucket, key = S3_URI.match(uri).groups()
+    bucket, key = names.split_s3_uri(uri)  # a training job's S3ModelArtifacts
     with tempfile.TemporaryDirectory(prefix="aiops-repack-") as tmp:
         model = Path(tmp) / "model.tar.gz"
         with aws.translate_errors(
@@ -248,7 +250,7 @@ def repack_job_model(
                 note=f"its code/ already holds job {name}'s code",
                 size_bytes=model.stat().st_size,
             )
-        new_uri = upload(out, bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn, s3=s3)
+        new_uri = upload(out, bucket=stack_bucket, kms_key_arn=outputs.kms_key_arn, s3=s3)
         changes = f"{len(result.added)} file(s) added" + (
             f", {len(result.replaced)} replaced ({', '.join(result.replaced[:3])})" if result.replaced else ""
         )
@@ -281,9 +283,9 @@ def _local_program(archive: Path, run: RunFolder | None) -> ModelChoice:
         choice.program_source = source_dir
         if choice.program is not None:
             choice.warnings.append(
-                f"{archive} has no code/ folder, so the endpoint cannot find {choice.program} in it and serves "
-                f"with the container's default handlers; `aiops model package {run.name if run else ''}` "
-                "ships the code in the archive"
+                f"{archive} has no code/ folder, so the endpoint cannot find {choice.program} "
+                "in it and serves with the container's default handlers; `aiops model "
+                f"package {run.name if run else ''}` ships the code in the archive"
             )
     return choice
 
@@ -318,7 +320,8 @@ def choose(
     archive = Path(value)
     _check_local(spec, archive, outputs=outputs, stack=stack)
     choice = _local_program(archive, _run_folder(spec, runs_dir))
-    choice.uri = upload(archive, bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn, s3=client("s3"))
+    bucket = outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}")
+    choice.uri = upload(archive, bucket=bucket, kms_key_arn=outputs.kms_key_arn, s3=client("s3"))
     return choice
 
 
@@ -414,10 +417,9 @@ def resolve_model(
                 spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir
             )
             return with_program(choice, model_data.size_gb(path.stat().st_size), fit)
-        outputs.require("bucket", stack=stack, needed_for=f"uploading --model {spec}")
         up = model_data.upload_folder(
             path,
-            bucket=outputs.bucket,
+            bucket=outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}"),
             kms_key_arn=outputs.kms_key_arn,
             s3=client("s3"),
             previous_uri=outputs.model_data_url,

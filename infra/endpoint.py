@@ -311,7 +311,7 @@ class Endpoint(pulumi.ComponentResource):
             if args.native_provider
             else child
         )
-        self.inference_component = aws_native.sagemaker.InferenceComponent(
+        self.inference_component = component = aws_native.sagemaker.InferenceComponent(
             f"{name}-inference-component",
             inference_component_name=component_name,
             endpoint_name=self.endpoint.name,
@@ -325,7 +325,7 @@ class Endpoint(pulumi.ComponentResource):
             name,
             ("copies-target", "copies-policy", "no-capacity-alarm"),
             dimension=scale_to_zero.IC_DIMENSION,
-            resource_id=self.inference_component.inference_component_name.apply(scale_to_zero.ic_resource_id),
+            resource_id=component.inference_component_name.apply(scale_to_zero.ic_resource_id),
             capacity=(ic.min_copies, ic.max_copies),
             tracking=scale_to_zero.ic_target_tracking(
                 target_value=ic.target_invocations_per_copy,
@@ -469,7 +469,8 @@ class Endpoint(pulumi.ComponentResource):
             self.alarm_idle = cloudwatch.MetricAlarm(
                 f"{name}-idle-alarm",
                 name=f"{args.endpoint_name}-idle",
-                alarm_description=f"No invocations for {idle.hours} h: the endpoint is idle and still billed per instance-hour",
+                alarm_description=f"No invocations for {idle.hours} h: "
+                "the endpoint is idle and still billed per instance-hour",
                 dimensions=dims,
                 alarm_actions=[self.alerts_topic.arn],
                 ok_actions=[self.alerts_topic.arn],

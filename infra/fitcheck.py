@@ -43,8 +43,8 @@ def local_config_json(path: Path) -> dict | None:
             with tarfile.open(path, "r:*") as tar:
                 for member in tar.getmembers():
                     if member.isfile() and member.name.removeprefix("./") == "config.json":
-                        fh = tar.extractfile(member)
-                        return _config(fh.read(MAX_CONFIG_BYTES + 1)) if fh else None
+                        member_file = tar.extractfile(member)
+                        return _config(member_file.read(MAX_CONFIG_BYTES + 1)) if member_file else None
     except (ValueError, OSError, tarfile.TarError, RecursionError):
         return None
     return None

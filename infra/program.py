@@ -67,7 +67,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         else:
             image_uri = endpoint_image_uri(ep, cfg.region)
 
-    role_arn = None
+    role_arn: pulumi.Output[str] | None = None
     if cfg.access.enabled:
         from aiops.infra.access import Access, AccessArgs
 
@@ -112,6 +112,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
 
     if ep.enabled:
         from aiops.infra.endpoint import Endpoint, EndpointArgs
+
+        assert role_arn is not None  # StackConfig: an endpoint needs access.enabled (its execution role)
 
         endpoint = Endpoint(
             "endpoint",

@@ -2,7 +2,9 @@
 SageMaker SDK v3's ``ModelTrainer(training_mode=Mode...)`` switches between a local run and a
 training job.
 
-    backend = backends.create(Mode.SAGEMAKER_TRAINING_JOB, store=store, settings=settings, options=..., events=...)
+    backend = backends.create(
+        Mode.SAGEMAKER_TRAINING_JOB, store=store, settings=settings, options=..., events=...
+    )
     job = backend.prepare(config)       # validate everything (exit 2), nothing written
     result = backend.launch(job)        # LaunchResult(record, exit_code, streamed)
     backends.of(record, ...).describe(record) / logs / metrics / stop / refresh

@@ -21,7 +21,10 @@ from aiops.errors import AiopsError, UsageError
 from .conftest import merged
 
 BUCKET = "stack-bucket"
-TRAIN_WITH_MODEL_FN = "import util\n\ndef model_fn(model_dir):\n    return util.load(model_dir)\n\nif __name__ == '__main__':\n    pass\n"
+TRAIN_WITH_MODEL_FN = (
+    "import util\n\ndef model_fn(model_dir):\n    return util.load(model_dir)\n\n"
+    "if __name__ == '__main__':\n    pass\n"
+)
 TRAIN_ONLY = "print('epoch=0; loss=1.0;')\n"
 
 
