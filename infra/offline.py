@@ -217,7 +217,7 @@ def _plan(cfg: StackConfig, *, preview: bool) -> Plan:
 
     @pulumi.runtime.test
     def run():
-        outputs = build(cfg)
+        outputs = build(cfg).exported()
         keys = list(outputs)
         return pulumi.Output.all(*[outputs[k] for k in keys]).apply(
             lambda vals: result.update(zip(keys, vals, strict=True))
