@@ -18,15 +18,8 @@ from pathlib import Path
 from aiops.infra.config import StackConfig
 
 from aiops.errors import UsageError
-from aiops.gpufit import (
-    Fit,
-    KvCache,
-    TensorStats,
-    check_inference,
-    inference_need,
-    kv_shape_from_config,
-    model_stats,
-)
+from aiops.gpufit import Fit, KvCache, check_inference, inference_need, kv_shape_from_config
+from aiops.tensorstats import TensorStats, model_stats
 
 MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB; a bigger one is not read
 

@@ -31,7 +31,10 @@ from typing import Any
 from aiops import aws
 from aiops.archive import file_sha256  # noqa: F401 - re-exported for the tests
 from aiops.errors import UsageError
-from aiops.gpufit import (
+from aiops.names import split_s3_uri
+from aiops.s3objects import DEFAULT_CONCURRENCY, NOT_FOUND, UploadBatch
+from aiops.stack import LAYOUT
+from aiops.tensorstats import (
     MAX_HEADER,
     WEIGHT_SUFFIXES,
     TensorStats,
@@ -39,9 +42,6 @@ from aiops.gpufit import (
     safetensors_stats,
     state_dict_stats,
 )
-from aiops.names import split_s3_uri
-from aiops.s3objects import DEFAULT_CONCURRENCY, NOT_FOUND, UploadBatch
-from aiops.stack import LAYOUT
 
 
 def folder_files(path: Path) -> list[tuple[str, Path]]:
