@@ -24,12 +24,15 @@ from __future__ import annotations
 import json
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from aiops.errors import ConfigError
+
+if TYPE_CHECKING:  # typing only: the settings model is not needed to read outputs
+    from aiops.settings import Settings
 
 DEFAULT_STACK = "dev"
 # Where SageMaker writes training jobs' logs and metrics (fixed by the service, not by the stack).
@@ -274,20 +277,19 @@ def write_outputs(home: Path, stack: str, outputs: StackOutputs | dict[str, Any]
 # ------------------------------------------------------------------------------ stack name
 
 
-def resolve_stack(cli_value: str | None, settings: Any | None = None) -> str:
+def resolve_stack(cli_value: str | None, settings: Settings | None = None) -> str:
     """The one rule: ``--stack`` > ``settings.stack`` (``AIOPS_STACK``, aiops.toml) > ``"dev"``."""
     if cli_value:
         return cli_value
-    value = getattr(settings, "stack", None) if settings is not None else None
-    return value or DEFAULT_STACK
+    return (settings.stack if settings is not None else None) or DEFAULT_STACK
 
 
-def current_outputs(settings: Any) -> StackOutputs:
+def current_outputs(settings: Settings) -> StackOutputs:
     """The saved outputs of the stack the settings name (the one stack rule, no --stack)."""
     return read_outputs(settings.home, resolve_stack(None, settings))
 
 
-def endpoint_region(settings: Any, outputs: StackOutputs | None = None) -> str | None:
+def endpoint_region(settings: Settings, outputs: StackOutputs | None = None) -> str | None:
     """Where a deployed endpoint is looked for: the current stack's region (its saved outputs),
     else ``aws.region`` from the settings (None: boto3's own default)."""
     outputs = outputs if outputs is not None else current_outputs(settings)

@@ -20,7 +20,6 @@ from aiops.errors import UsageError
 from aiops.runs import STATUS_COMPLETED, RunFolder, RunRecord, RunStore, read_record
 
 CODE_DIR = programs.CODE_DIR
-DEFAULT_PROGRAM = programs.DEFAULT_PROGRAM  # the serving toolkit's default SAGEMAKER_PROGRAM
 
 
 @dataclass
@@ -90,7 +89,9 @@ def run_code(info: RunRecord) -> RunCode | None:
     if program is None:
         return None
     if single:
-        names = {n for n in (entry, DEFAULT_PROGRAM, "requirements.txt") if n and (root / n).is_file()}
+        names = {
+            n for n in (entry, programs.DEFAULT_PROGRAM, "requirements.txt") if n and (root / n).is_file()
+        }
         return RunCode(root, program, {n: root / n for n in sorted(names)}, [])
     selection = files.select(root, follow_symlinks=bool(info.config and info.config.follow_symlinks))
     if program not in selection.entries:

@@ -38,10 +38,10 @@ from aiops.inference import codecs, streaming
 from aiops.inference.contract import Answer, BatchRequest, Context
 
 from aiops.errors import UsageError
+from aiops.programs import DEFAULT_PROGRAM
 
 log = logging.getLogger("aiops.serve")
 
-DEFAULT_PROGRAM = "inference.py"
 DEFAULT_MODEL_FILENAME = "model.pt"
 HANDLER_NAMES = (
     "model_fn",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,12 @@ from aiops.s3objects import upload_once
 from aiops.stack import LAYOUT, StackOutputs
 
 if TYPE_CHECKING:  # typing only
+    from aiops.infra.config import StackConfig
+
     from aiops.gpufit import Fit
+
+#: a boto3 client by service name (``aws.client(service, region)`` unless a caller hands its own)
+ClientFactory = Callable[[str], Any]
 
 S3_URI = names.S3_URI  # the one pattern (aiops.names)
 FORMS = (
@@ -296,7 +302,7 @@ def choose(
     outputs: StackOutputs | dict[str, Any],
     region: str,
     stack: str | None = None,
-    clients: Any | None = None,
+    clients: ClientFactory | None = None,
     runs_dir: Path | None = None,
 ) -> ModelChoice:
     """The model's s3:// URI and its program; uploads a local archive to the stack's bucket first.
@@ -309,7 +315,7 @@ def choose(
     if kind in ("s3", "prefix"):
         return ModelChoice(value)
     if kind == "folder":
-        raise UsageError(f"--model {spec}: a folder of model files is uploaded by `resolve_model`")
+        raise UsageError(f"--model {spec}: a folder of model files is uploaded by `resolve_for_endpoint`")
     if not isinstance(outputs, StackOutputs):
         outputs = StackOutputs.model_validate(outputs)
     client = clients or (lambda service: aws.client(service, region))
@@ -331,7 +337,7 @@ def resolve(
     outputs: StackOutputs | dict[str, Any],
     region: str,
     stack: str | None = None,
-    clients: Any | None = None,
+    clients: ClientFactory | None = None,
     runs_dir: Path | None = None,
 ) -> str:
     """The model's s3:// URI (see `choose`, which also gives its program)."""
@@ -348,7 +354,12 @@ def _check_local(spec: str, value: Path, *, outputs: StackOutputs, stack: str | 
 
 
 def precheck(
-    spec: str, *, cfg: Any, region: str, clients: Any | None = None, runs_dir: Path | None = None
+    spec: str,
+    *,
+    cfg: StackConfig,
+    region: str,
+    clients: ClientFactory | None = None,
+    runs_dir: Path | None = None,
 ) -> Fit | None:
     """What `deploy --model` checks before anything is created (not even the stack's state): a
     local model's GPU fit; an S3 prefix's weights (empty or none: one line) and fit. Returns the
@@ -383,14 +394,14 @@ class ResolvedModel:
     warnings: tuple[str, ...] = ()
 
 
-def resolve_model(
+def resolve_for_endpoint(
     spec: str,
     *,
-    cfg: Any,
+    cfg: StackConfig,
     outputs: StackOutputs | dict[str, Any],
     region: str,
     stack: str | None = None,
-    clients: Any | None = None,
+    clients: ClientFactory | None = None,
     runs_dir: Path | None = None,
 ) -> ResolvedModel:
     """Like ``resolve``, for every form, with the GPU-fit check before anything is uploaded:
