@@ -1,4 +1,5 @@
-"""The one way to say that an optional extra (pyproject.toml ``[project.optional-dependencies]``) is missing."""
+"""The one way to say that an optional extra (pyproject.toml ``[project.optional-dependencies]``) is
+missing."""
 
 from __future__ import annotations
 

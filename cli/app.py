@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # typer >= 0.29 vendors click
         from typer._click import exceptions as click_exc
     except ImportError:  # pragma: no cover - older typer on the real click
-        from click import exceptions as click_exc
+        from click import exceptions as click_exc  # type: ignore[no-redef]  # the same module
 
     args = sys.argv[1:] if argv is None else argv
     try:

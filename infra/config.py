@@ -253,7 +253,8 @@ class AutoscalingConfig(_Model):
     def _bounds(self) -> AutoscalingConfig:
         if self.min_capacity > self.max_capacity:
             raise ValueError(
-                f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: minCapacity must be <= maxCapacity"
+                f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: "
+                "minCapacity must be <= maxCapacity"
             )
         return self
 
@@ -388,7 +389,8 @@ class InferenceComponentsConfig(_Model):
             )
         if self.min_instances > self.max_instances:
             raise ValueError(
-                f"minInstances={self.min_instances} > maxInstances={self.max_instances}: minInstances must be <= maxInstances"
+                f"minInstances={self.min_instances} > maxInstances={self.max_instances}: "
+                "minInstances must be <= maxInstances"
             )
         return self
 
@@ -409,7 +411,8 @@ class AsyncInferenceConfig(_Model):
     def _bounds(self) -> AsyncInferenceConfig:
         if self.min_capacity > self.max_capacity:
             raise ValueError(
-                f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: minCapacity must be <= maxCapacity"
+                f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: "
+                "minCapacity must be <= maxCapacity"
             )
         return self
 
@@ -515,7 +518,8 @@ class EndpointConfig(_Model):
                     else (f"instanceType={self.instance_type!r} has no GPU")
                 )
                 raise ValueError(
-                    f"container={self.container!r} needs a GPU instance type; {where}; allowed: {gpu_hint('ml.')}"
+                    f"container={self.container!r} needs a GPU instance "
+                    f"type; {where}; allowed: {gpu_hint('ml.')}"
                 )
             from aiops.infra.images import check_llm_version
 
@@ -532,8 +536,8 @@ class EndpointConfig(_Model):
             self.serverless.enabled or has_local_storage(self.instance_type)
         ):
             raise ValueError(
-                f"volumeSizeGb={self.volume_size_gb}: {self.instance_type} has local NVMe storage (or the variant "
-                f"is serverless), which takes no volume size; remove volumeSizeGb"
+                f"volumeSizeGb={self.volume_size_gb}: {self.instance_type} has local NVMe storage "
+                "(or the variant is serverless), which takes no volume size; remove volumeSizeGb"
             )
         if self.container == "custom" and not (self.image.uri or self.image.own_repository):
             raise ValueError(

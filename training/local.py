@@ -47,7 +47,8 @@ from aiops.runs import (
 FAILURE_TAIL_CHARS = 1024  # DescribeTrainingJob shows the first 1024 characters of `failure`
 
 
-# A run's reporter is the part of `jobs.JobEvents` a local run uses: started, line, metric, stopping, finished.
+# A run's reporter is the part of `jobs.JobEvents` a local run uses: started, line, metric, stopping,
+# finished.
 RunReporter = jobs.JobEvents
 
 
@@ -109,7 +110,8 @@ class _Stopper:
             return
         self.requested_by = signum
         self.reporter.stopping(
-            f"{signal.Signals(signum).name} received: stopping the job (SIGTERM, SIGKILL after {self.grace:g}s)"
+            f"{signal.Signals(signum).name} received: stopping "
+            f"the job (SIGTERM, SIGKILL after {self.grace:g}s)"
         )
         self._signal_group(signal.SIGTERM)
         self._killer = threading.Timer(self.grace, self._signal_group, args=(signal.SIGKILL,))
@@ -305,7 +307,7 @@ def run(
         record.status = STATUS_FAILED
         failure_file = paths.output / "failure"
         if not failure_file.is_file():  # the toolkit writes one when the script did not
-            reason = "killed by signal %d" % -exit_code if exit_code < 0 else "exit code %d" % exit_code
+            reason = f"killed by signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}"
             failure_file.write_text(
                 f"AlgorithmError: ExecuteUserScriptError: {reason}\n" + "\n".join(tail[-5:])
             )
@@ -441,7 +443,7 @@ class LocalBackend:
         if output_dir is not None and record.artifacts:
             record = export_artifacts(self.store, record, output_dir)
         exit_code = {STATUS_FAILED: 1, STATUS_STOPPED: 130 if record.stopped_by == "SIGINT" else 143}
-        return jobs.LaunchResult(record, exit_code=exit_code.get(record.status, 0), streamed=True)
+        return jobs.LaunchResult(record, exit_code=exit_code.get(record.status or "", 0), streamed=True)
 
     def refresh(self, record: RunRecord) -> RunRecord:
         return record  # a local record is current (Stale is decided when it is read)

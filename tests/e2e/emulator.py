@@ -382,7 +382,9 @@ def host_command(request: dict[str, Any], hosts: list[str], host: str) -> tuple[
         "HOME": "/root",
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{spec.region}:{ACCOUNT}:training-job/{request['TrainingJobName']}",
+        "TRAINING_JOB_ARN": (
+            f"arn:aws:sagemaker:{spec.region}:{ACCOUNT}:training-job/{request['TrainingJobName']}"
+        ),
     }
     launch = contract.host_launch(
         spec,
@@ -1257,7 +1259,9 @@ class ComponentHost:
             "InferenceComponentName": self.name,
             "InferenceComponentArn": self.arn,
             "EndpointName": self.endpoint,
-            "EndpointArn": f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:endpoint/{self.endpoint}",
+            "EndpointArn": (
+                f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:endpoint/{self.endpoint}"
+            ),
             "VariantName": self.request["VariantName"],
             "Specification": self.request["Specification"],
             "RuntimeConfig": {"DesiredCopyCount": copies, "CurrentCopyCount": copies if self.server else 0},
