@@ -1,0 +1,486 @@
+"""`aiops bench`: a real `aiops serve` of a handler model, a TGI-format event-stream server for LLM mode,
+the stack-file edit, the refusals. Counts are checked, never timings."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from aiops.inference.client.bench import parse_concurrency, percentile, round_down
+from aiops.inference.client.sse import EventReader, TokenTimes
+
+from .conftest import ECHO, NO_TORCH_MODEL_FN, write_script
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Call n of the worker: n % 3 == 1 answers, == 2 refuses with 422, == 0 fails with a 500.
+EVERY_THIRD = (
+    NO_TORCH_MODEL_FN
+    + """
+import json
+
+class Refused(Exception):
+    status_code = 422
+    message = "refused on purpose"
+
+calls = [0]
+
+def input_fn(body, content_type):
+    return json.loads(body)
+
+def predict_fn(data, model):
+    calls[0] += 1
+    if calls[0] % 3 == 2:
+        raise Refused()
+    if calls[0] % 3 == 0:
+        raise ValueError("failed on purpose")
+    return data
+"""
+)
+
+
+@pytest.fixture
+def body_file(tmp_path: Path) -> Path:
+    path = tmp_path / "body.json"
+    path.write_text('{"inputs": [1, 2, 3]}')
+    return path
+
+
+def _levels(result) -> dict[int, dict]:
+    assert result.returncode == 0, result.output
+    return {level["concurrency"]: level for level in json.loads(result.stdout)["levels"]}
+
+
+def test_handler_sweep_counts_every_request_and_each_error_status(run_cli, start_server, tmp_path, body_file):
+    folder = tmp_path / "every-third"
+    write_script(folder, EVERY_THIRD)
+    server = start_server(folder)
+    common = ["--url", server.url, "--body", str(body_file), "--requests", "12", "--duration", "300"]
+
+    result = run_cli("bench", *common, "--concurrency", "1,3", "--json")
+    levels = _levels(result)
+    assert sorted(levels) == [1, 3]
+    for level in levels.values():
+        # one worker counts its calls: any 12 in a row hold 4 of each outcome, whatever the interleaving
+        assert level["requests"] == 12 and level["ok"] == 4 and level["errors"] == 8
+        assert level["errors_by_kind"] == {"HTTP 422": 4, "HTTP 500": 4}
+        assert "refused on purpose" in level["error_examples"]["HTTP 422"]
+        assert level["p50_ms"] <= level["p99_ms"] and level["rps"] > 0
+        assert level["output_tokens"] is None and level["ttft_p50_ms"] is None  # not an LLM
+    assert "c=1: 12 requests (8 errors)" in result.stderr  # the progress lines off a terminal
+
+    # the table has every level and names the errors; an SLO that no level keeps (all have errors) is exit 1
+    stack = tmp_path / "Pulumi.dev.yaml"
+    shutil.copy(REPO / "Pulumi.dev.yaml", stack)
+    before = stack.read_text()
+    table = run_cli(
+        "bench",
+        *common,
+        "--concurrency",
+        "2,4",
+        "--slo-p99-ms",
+        "60000",
+        "--write-stack",
+        "dev",
+        "-C",
+        str(tmp_path),
+    )
+    assert table.returncode == 1, table.output
+    rows = [line.split() for line in table.stdout.splitlines() if line.strip()[:1] in "│|"]
+    assert [r[1] for r in rows if r[1].isdigit()] == ["2", "4"], table.stdout
+    assert "c=2: 4 x HTTP 422: refused on purpose" in table.stdout
+    assert table.stderr.strip().splitlines()[-1] == (
+        "error: no level kept p99 <= 60000 ms with no errors; nothing to recommend, dev left as it was"
+    )
+    assert stack.read_text() == before
+
+
+def test_the_measured_rate_is_written_into_the_stack_file_and_nothing_else(
+    run_cli, start_server, tmp_path, body_file
+):
+    folder = tmp_path / "echo"
+    write_script(folder, ECHO)
+    server = start_server(folder)
+    stack = tmp_path / "Pulumi.prod.yaml"
+    shutil.copy(REPO / "Pulumi.prod.yaml", stack)
+    before = stack.read_text()
+    plot = tmp_path / "sweep.png"
+
+    result = run_cli(
+        "bench",
+        "--url",
+        server.url,
+        "--body",
+        str(body_file),
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "20",
+        "--duration",
+        "300",
+        "--slo-p99-ms",
+        "600000",  # every level keeps it: the choice is the highest level
+        "--instances",
+        "2",
+        "--write-stack",
+        "prod",
+        "-C",
+        str(tmp_path),
+        "--plot",
+        str(plot),
+        "--json",
+    )
+    assert result.returncode == 0, result.output
+    report = json.loads(result.stdout)
+    assert [lv["requests"] for lv in report["levels"]] == [20, 20]
+    assert [lv["errors"] for lv in report["levels"]] == [0, 0]
+    assert report["best_concurrency"] == 2 and report["instances"] == 2
+    best_rps = max(lv["rps"] for lv in report["levels"])
+    written = report["max_rps_per_instance"]
+    assert written == round_down(best_rps / 2) and 0 < written <= best_rps / 2
+
+    after = stack.read_text()
+    assert _diff(before, after) == ["-      maxRpsPerInstance: 40", f"+      maxRpsPerInstance: {written:g}"]
+    old, new = yaml.safe_load(before), yaml.safe_load(after)
+    old["config"]["aiops:endpoint"]["autoscaling"]["maxRpsPerInstance"] = written
+    assert new == old
+    assert f"maxRpsPerInstance: {written:g} to {stack}" in result.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def test_an_endpoint_is_loaded_through_boto3_and_its_model_errors_are_counted(
+    run_cli, start_server, tmp_path, body_file
+):
+    folder = tmp_path / "every-third"
+    write_script(folder, EVERY_THIRD)
+    server = start_server(folder)  # /endpoints/NAME/invocations, as sagemaker-runtime calls it
+    result = run_cli(
+        "bench",
+        "--endpoint",
+        "my-model",
+        "--body",
+        str(body_file),
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "6",
+        "--duration",
+        "300",
+        "--json",
+        env={**AWS_ENV, "AWS_ENDPOINT_URL": server.url},
+    )
+    levels = _levels(result)
+    assert json.loads(result.stdout)["target"] == "endpoint my-model"
+    for level in levels.values():
+        # no retries: each refusal is one request, as botocore's ModelError with the container's status
+        assert level["requests"] == 6 and level["ok"] == 2 and level["errors"] == 4
+        assert level["errors_by_kind"] == {"ValidationError (HTTP 422)": 2, "ModelError (HTTP 500)": 2}
+
+
+# ------------------------------------------------------------------------------- LLM mode, TGI events
+
+
+class FakeTgi(BaseHTTPRequestHandler):
+    """TGI's /invocations with "stream": true: one `data:{...}` event and a blank line per token, each
+    event written in two pieces so the client meets events split across reads. A prompt's tokens: its
+    words, at most max_new_tokens. Prompt "fail": a 200 whose stream is one error event (as TGI refuses a
+    streamed request); "bad": a 422 before the stream."""
+
+    seen: list[dict] = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append(request)
+        prompt, limit = request["inputs"], request["parameters"]["max_new_tokens"]
+        if prompt == "bad":
+            body = json.dumps({"error": "Input validation error: bad", "error_type": "validation"}).encode()
+            self.send_response(422)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b":keep-alive comment, not a token\n\n")
+        if prompt == "fail":
+            self.wfile.write(
+                b'data:{"error":"Request failed during generation","error_type":"generation"}\n\n'
+            )
+            return
+        words = prompt.split()[:limit]
+        for i, word in enumerate(words):
+            last = i == len(words) - 1
+            event = {
+                "index": i + 1,
+                "token": {"id": i, "text": f" {word}", "logprob": -0.5, "special": False},
+                "generated_text": " ".join(words) if last else None,
+                "details": None,
+            }
+            data = b"data:" + json.dumps(event).encode() + b"\n\n"
+            self.wfile.write(data[:7])
+            self.wfile.flush()
+            self.wfile.write(data[7:])
+            self.wfile.flush()
+
+
+@pytest.fixture
+def fake_tgi():
+    FakeTgi.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeTgi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("as_jsonl", [False, True], ids=["text", "jsonl"])
+def test_llm_sweep_counts_tokens_from_the_events(run_cli, fake_tgi, tmp_path, as_jsonl):
+    prompts = ["a b c", "one two", "fail", "x y z w v", "bad"]
+    path = tmp_path / "prompts.txt"
+    lines = [json.dumps({"inputs": p}) for p in prompts] if as_jsonl else prompts
+    path.write_text("\n".join(lines) + "\n\n")
+    result = run_cli(
+        "bench",
+        "--url",
+        fake_tgi,
+        "--prompts",
+        str(path),
+        "--max-new-tokens",
+        "4",
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "10",
+        "--duration",
+        "300",
+        "--json",
+    )
+    levels = _levels(result)
+    for level in levels.values():
+        # each prompt twice a level: 3 + 2 + min(4, 5) tokens answered, "fail" and "bad" are errors
+        assert level["requests"] == 10 and level["ok"] == 6 and level["errors"] == 4
+        assert level["output_tokens"] == 2 * (3 + 2 + 4)
+        assert level["errors_by_kind"] == {"HTTP 422": 2, "stream error": 2}
+        assert level["error_examples"]["stream error"] == "Request failed during generation (generation)"
+        assert level["ttft_p50_ms"] <= level["ttft_p99_ms"] <= level["p99_ms"]
+        assert level["inter_token_p50_ms"] is not None and level["output_tokens_per_s"] > 0
+    assert len(FakeTgi.seen) == 20
+    assert FakeTgi.seen[0] == {"inputs": "a b c", "parameters": {"max_new_tokens": 4}, "stream": True}
+
+
+def test_llm_table_has_the_token_columns(run_cli, fake_tgi, tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a b c d e f\n")
+    result = run_cli(
+        "bench",
+        "--url",
+        fake_tgi,
+        "--prompts",
+        str(path),
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "4",
+        "--slo-p99-ms",
+        "600000",
+        "--slo-ttft-p99-ms",
+        "600000",
+    )
+    assert result.returncode == 0, result.output
+    assert "TTFT p99" in result.stdout and "tokens/s" in result.stdout
+    assert "highest concurrency keeping p99 <= 600000 ms and TTFT p99 <= 600000 ms: 2 (*)" in result.stdout
+
+
+# ------------------------------------------------------------------------------- the event reader
+
+
+def test_token_times_follow_the_events_not_the_bytes():
+    now = [0.0]
+    times = TokenTimes("text/event-stream; charset=utf-8", start=0.0, clock=lambda: now[0])
+    chunks = [
+        (1.0, b": ping\r\n\r\nda"),  # a comment, then half a field name
+        (2.0, b'ta: {"token": {"id": 1, "text": "a"}}\r'),  # the event's line, its CRLF split
+        (3.0, b"\n\r\n"),  # the blank line: the first token is complete now
+        (4.0, b'data:{"token": {"id": 2, "text": "b"}}\n\ndata:{"token": {"id": 3'),
+        (6.0, b', "text": "c"}, "generated_text": "abc"}\n\ndata: [DONE]\n\n'),
+    ]
+    for at, chunk in chunks:
+        now[0] = at
+        times.feed(chunk)
+    times.close()
+    assert times.arrivals == [3.0, 4.0, 6.0] and times.tokens == 3
+    assert times.ttft == 3.0 and times.inter_token == 1.5 and times.error is None
+
+
+def test_event_reader_multi_line_data_json_lines_and_a_cut_event():
+    sse = EventReader("text/event-stream")
+    assert list(sse.feed(b'event: x\nid: 1\ndata: {"a":\ndata: 1}\n\n')) == [{"a": 1}]
+    assert list(sse.feed(b'data: {"b": 2}\n')) == [] and list(sse.close()) == []  # no blank line: dropped
+    lines = EventReader("application/jsonlines")
+    assert list(lines.feed(b'{"token": {"id": 1}}\n{"token": ')) == [{"token": {"id": 1}}]
+    assert list(lines.feed(b'{"id": 2}}')) == [] and list(lines.close()) == [{"token": {"id": 2}}]
+    errors = TokenTimes("text/event-stream", start=0.0, clock=lambda: 1.0)
+    errors.feed(b'data:{"token": {"id": 1}}\n\ndata:{"error": "boom", "error_type": "generation"}\n\n')
+    assert errors.tokens == 1 and errors.error == "boom (generation)"
+
+
+def test_percentiles_rounding_and_levels():
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
+    assert percentile(list(range(1, 101)), 99) == 99 and percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+    assert round_down(1234.5) == 1230 and round_down(23.47) == 23.4 and round_down(0.5678) == 0.567
+    assert round_down(100.0) == 100 and round_down(0.0) == 0.0
+    assert parse_concurrency(" 16, 1,4") == (1, 4, 16)
+
+
+# ------------------------------------------------------------------------------- the stack file
+
+
+def _diff(before: str, after: str) -> list[str]:
+    """The changed lines, each as its sign and the line."""
+    return [d[0] + d[2:] for d in difflib.ndiff(before.splitlines(), after.splitlines()) if d[:1] in "+-"]
+
+
+def test_stack_edit_keeps_comments_and_adds_a_missing_block(tmp_path):
+    from aiops.infra.config import set_max_rps_per_instance
+
+    dev = tmp_path / "Pulumi.dev.yaml"
+    dev.write_text(
+        (REPO / "Pulumi.dev.yaml")
+        .read_text()
+        .replace("maxRpsPerInstance: 20", "maxRpsPerInstance: 20  # measured")
+    )
+    before = dev.read_text()
+    assert set_max_rps_per_instance(dev, 31.5) == []
+    assert _diff(before, dev.read_text()) == [
+        "-      maxRpsPerInstance: 20  # measured",
+        "+      maxRpsPerInstance: 31.5  # measured",
+    ]
+
+    llm = tmp_path / "Pulumi.llm.yaml"
+    shutil.copy(REPO / "Pulumi.llm.yaml", llm)
+    before = llm.read_text()
+    warnings = set_max_rps_per_instance(llm, 7)
+    assert len(warnings) == 1 and "inferenceComponents" in warnings[0]
+    added = _diff(before, llm.read_text())
+    assert added == ["+    autoscaling:", "+      maxRpsPerInstance: 7"]
+    expected = yaml.safe_load(before)
+    expected["config"]["aiops:endpoint"]["autoscaling"] = {"maxRpsPerInstance": 7}
+    assert yaml.safe_load(llm.read_text()) == expected
+    # checking only writes nothing
+    assert (
+        set_max_rps_per_instance(llm, 9, write=False) == warnings
+        and "maxRpsPerInstance: 7" in llm.read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "config:\n  aiops:endpoint:\n    autoscaling: {minCapacity: 1}\n",
+            "cannot edit aiops:endpoint.autoscaling.maxRpsPerInstance in place",
+        ),
+        (
+            "config:\n  aiops:endpoint:\n    autoscaling:\n      targetInvocationsPerInstance: 100\n",
+            "targetInvocationsPerInstance is set and takes precedence",
+        ),
+        ("config:\n  aws:region: us-east-1\n", "no aiops:endpoint section"),
+        ("config: [1\n", "malformed stack file"),
+    ],
+    ids=["flow-style", "explicit-target", "no-endpoint", "not-yaml"],
+)
+def test_stack_edit_refuses_what_it_cannot_do_safely(tmp_path, text, message):
+    from aiops.infra.config import set_max_rps_per_instance
+
+    from aiops.errors import ConfigError
+
+    path = tmp_path / "Pulumi.x.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        set_max_rps_per_instance(path, 5)
+    assert message in str(err.value) and path.read_text() == text
+
+
+# ------------------------------------------------------------------------------- refusals
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "body.json").write_text("{}")
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "prompts.txt").write_text("hello\n")
+    (tmp_path / "bad.jsonl").write_text('{"inputs": "a"}\n{"nope": 1}\n')
+    return {"dir": str(tmp_path)}
+
+
+REFUSALS = [
+    (["--body", "body.json"], "no target: give --url"),
+    (
+        ["--url", "http://127.0.0.1:1", "--endpoint", "e", "--body", "body.json"],
+        "give --url or --endpoint, not both",
+    ),
+    (["--url", "http://example.com:8080", "--body", "body.json"], "not a local address"),
+    (["--url", "http://10.0.0.8:8080", "--body", "body.json"], "not a local address"),
+    (["--url", "http://127.0.0.1:1"], "no payload: give --body FILE"),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--prompts", "prompts.txt"], "not both"),
+    (["--url", "http://127.0.0.1:1", "--body", "missing.json"], "--body missing.json: cannot read it"),
+    (["--url", "http://127.0.0.1:1", "--prompts", "empty.txt"], "no prompt in it"),
+    (["--url", "http://127.0.0.1:1", "--prompts", "bad.jsonl"], "line 2: expected a string or an object"),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--concurrency", "1,x"], "comma-separated list"),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--concurrency", "0,4"], "between 1 and 1024"),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--concurrency", "4,4"], "given twice"),
+    (
+        ["--url", "http://127.0.0.1:1", "--body", "body.json", "--concurrency", "4", "--slo-p99-ms", "50"],
+        "two levels",
+    ),
+    (
+        ["--url", "http://127.0.0.1:1", "--body", "body.json", "--write-stack", "dev"],
+        "--write-stack needs an SLO",
+    ),
+    (
+        ["--url", "http://127.0.0.1:1", "--body", "body.json", "--slo-p99-ms", "50", "--write-stack", "nope"],
+        "Pulumi.nope.yaml: no such stack file",
+    ),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--plot", "out.svg"], "name a .png file"),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--max-new-tokens", "5"], "needs --prompts"),
+    (["--url", "http://127.0.0.1:1", "--prompts", "prompts.txt", "--max-new-tokens", "0"], "between 1 and"),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--duration", "0"], "--duration 0: must be in"),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--requests", "0"], "--requests 0: must be"),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--slo-ttft-p99-ms", "5"], "needs --prompts"),
+]
+
+
+@pytest.mark.parametrize("args, message", REFUSALS, ids=[m for _, m in REFUSALS])
+def test_bad_input_is_one_line_exit_2_before_any_request(cli_in_process, inputs, args, message):
+    result = cli_in_process("bench", *args, cwd=Path(inputs["dir"]))
+    assert result.returncode == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert result.stdout == ""
+
+
+def test_bad_input_in_a_fresh_process_too(run_cli, tmp_path):
+    result = run_cli("bench", "--url", "https://api.example.com", "--body", "x.json")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
