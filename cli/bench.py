@@ -48,6 +48,9 @@ def bench(
         "--slo-ttft-p99-ms",
         help="With --prompts: the p99 time to first token must be at most this too.",
     ),
+    warmup: int = typer.Option(
+        1, "--warmup", help="Requests sent one by one before the sweep, not counted (0: none)."
+    ),
     instances: int = typer.Option(
         1, "--instances", help="Instances behind the target: maxRpsPerInstance is the rate divided by it."
     ),
@@ -92,6 +95,7 @@ def bench(
         slo_p99_ms=slo_p99_ms,
         slo_ttft_p99_ms=slo_ttft_p99_ms,
         instances=instances,
+        warmup=warmup,
         api_key=api_key,
         inference_component=inference_component,
     )
@@ -202,16 +206,13 @@ def _run(core, plan):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True, highlight=False)
+
+    def line(level) -> str:
+        errors = f"{level.errors} errors"
+        return f"c={level.concurrency}: {level.requests} requests ({errors}) in {level.seconds:.1f} s"
+
     if not console.is_terminal:
-
-        def done(level) -> None:
-            typer.echo(
-                f"c={level.concurrency}: {level.requests} requests ({level.errors} errors) "
-                f"in {level.seconds:.1f} s",
-                err=True,
-            )
-
-        return core.run(plan, on_done=done)
+        return core.run(plan, on_done=lambda level: typer.echo(line(level), err=True))
     with Progress(
         TextColumn("c={task.fields[level]}"),
         BarColumn(),
@@ -230,7 +231,12 @@ def _run(core, plan):
             part = max(min(elapsed / plan.duration_s, 1.0), sent / plan.requests)
             progress.update(task, completed=part * plan.duration_s, sent=sent)
 
-        return core.run(plan, on_level=level_started, on_progress=advance)
+        return core.run(
+            plan,
+            on_level=level_started,
+            on_progress=advance,
+            on_done=lambda level: progress.console.print(line(level)),
+        )
 
 
 def _slo_words(report) -> str:

@@ -56,6 +56,8 @@ DEFAULT_DURATION_S = 10.0
 DEFAULT_REQUESTS = 10_000
 DEFAULT_TIMEOUT_S = 60.0  # SageMaker's own limit for a real-time invocation
 DEFAULT_MAX_NEW_TOKENS = 128
+DEFAULT_WARMUP = 1
+MAX_WARMUP = 10_000
 ERROR_EXAMPLE_CHARS = 200
 NO_RETRIES = {"mode": "standard", "total_max_attempts": 1}
 
@@ -201,6 +203,7 @@ class BenchPlan:
     slo_p99_ms: float | None = None
     slo_ttft_p99_ms: float | None = None
     instances: int = 1
+    warmup: int = DEFAULT_WARMUP  # requests sent one by one before the sweep, not counted
 
     def check(self) -> None:
         """The combinations that cannot work, refused before any request."""
@@ -227,6 +230,8 @@ class BenchPlan:
             raise UsageError(
                 "an SLO picks a level of a sweep: give --concurrency with two levels or more (e.g. 1,4,16)"
             )
+        if not 0 <= self.warmup <= MAX_WARMUP:
+            raise UsageError(f"--warmup {self.warmup}: must be between 0 and {MAX_WARMUP}")
         if self.instances < 1:
             raise UsageError(f"--instances {self.instances}: must be at least 1")
 
@@ -238,7 +243,7 @@ class BenchPlan:
 # ------------------------------------------------------------------------------------------ samples
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     """One request's outcome. Times in seconds from sending it."""
 
@@ -248,11 +253,12 @@ class Sample:
     ttft: float | None = None
     inter_token: float | None = None
     tokens: int = 0
+    reached: bool = True  # False: nothing answered (no connection, no status, a timeout)
 
 
-def _failed(start: float, kind: str, detail: Any = "") -> Sample:
+def _failed(start: float, kind: str, detail: Any = "", *, reached: bool = True) -> Sample:
     text = " ".join(str(detail).split())[:ERROR_EXAMPLE_CHARS]
-    return Sample(time.perf_counter() - start, kind, text)
+    return Sample(time.perf_counter() - start, kind, text, reached=reached)
 
 
 def _streamed(start: float, times: TokenTimes, content_type: str | None) -> Sample:
@@ -337,13 +343,15 @@ class UrlSender:
             return sample
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as err:
             self.close()
-            return _failed(start, "connection closed", err)
+            return _failed(start, "connection closed", err, reached=False)
         except TimeoutError as err:
             self.close()
-            return _failed(start, "timeout", f"no answer within {self.plan.timeout_s:g} s ({err})")
+            return _failed(
+                start, "timeout", f"no answer within {self.plan.timeout_s:g} s ({err})", reached=False
+            )
         except (OSError, http.client.HTTPException) as err:
             self.close()
-            return _failed(start, "connection", err)
+            return _failed(start, "connection", err, reached=False)
         except StreamFormatError as err:
             self.close()
             return _failed(start, "bad stream", err)
@@ -408,7 +416,8 @@ class EndpointSender:
         except Exception as err:
             if not aws.is_aws_error(err):
                 raise
-            return _failed(start, _aws_kind(err), err)
+            kind = _aws_kind(err)
+            return _failed(start, kind, err, reached="(HTTP " in kind)
 
 
 def _aws_kind(err: BaseException) -> str:
@@ -633,6 +642,8 @@ def run(
         def factory() -> Any:
             return UrlSender(plan)
 
+    if plan.warmup:
+        warm_up(factory(), plan)
     report = Report(
         target=plan.target,
         mode="llm" if plan.llm else "handler",
@@ -660,6 +671,24 @@ def run(
             on_done(level)
     recommend(report)
     return report
+
+
+def warm_up(sender: Any, plan: BenchPlan) -> None:
+    """``plan.warmup`` requests one after another, not counted: the first requests pay for lazy loading
+    and connections. When none reached a server (refused, timed out) the sweep would measure nothing:
+    AiopsError with the last. A server that answers errors is measured: its errors are the finding."""
+    from aiops.errors import AiopsError
+
+    try:
+        samples = [sender(plan.payloads[i % len(plan.payloads)]) for i in range(plan.warmup)]
+    finally:
+        sender.close()
+    if not any(sample.reached for sample in samples):
+        last = samples[-1]
+        raise AiopsError(
+            f"{plan.target}: the warm-up request{'s' if len(samples) > 1 else ''} failed "
+            f"({last.error}{': ' + last.detail if last.detail else ''}); nothing was measured"
+        )
 
 
 def resolve_endpoint(name: str, inference_component: str | None) -> tuple[str | None, str | None]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aiops.inference.client.bench import parse_concurrency, percentile, round_down
+from aiops.inference.client.bench import llm_payloads, parse_concurrency, percentile, round_down
 from aiops.inference.client.sse import EventReader, TokenTimes
 
 from .conftest import ECHO, NO_TORCH_MODEL_FN, write_script
@@ -285,8 +285,78 @@ def test_llm_sweep_counts_tokens_from_the_events(run_cli, fake_tgi, tmp_path, as
         assert level["error_examples"]["stream error"] == "Request failed during generation (generation)"
         assert level["ttft_p50_ms"] <= level["ttft_p99_ms"] <= level["p99_ms"]
         assert level["inter_token_p50_ms"] is not None and level["output_tokens_per_s"] > 0
-    assert len(FakeTgi.seen) == 20
+    assert len(FakeTgi.seen) == 21  # the warm-up request, then 10 a level
     assert FakeTgi.seen[0] == {"inputs": "a b c", "parameters": {"max_new_tokens": 4}, "stream": True}
+
+
+# A handler that streams TGI's events: one a word of the prompt, at most max_new_tokens.
+TGI_EVENTS = (
+    NO_TORCH_MODEL_FN
+    + """
+import json
+
+def input_fn(body, content_type):
+    return json.loads(body)
+
+def events(words):
+    for i, word in enumerate(words):
+        token = {"id": i, "text": " " + word, "logprob": -0.1, "special": False}
+        event = {"index": i + 1, "token": token, "generated_text": None, "details": None}
+        yield ("data:" + json.dumps(event) + "\\n\\n").encode()
+
+def predict_fn(data, model):
+    assert data["stream"] is True
+    return events(data["inputs"].split()[: data["parameters"]["max_new_tokens"]])
+
+def output_fn(prediction, accept):
+    return prediction, "text/event-stream"
+"""
+)
+
+
+def test_llm_mode_through_aiops_serve_chunked_and_as_an_endpoint_response_stream(
+    run_cli, start_server, tmp_path
+):
+    folder = tmp_path / "tgi-events"
+    write_script(folder, TGI_EVENTS)
+    server = start_server(folder)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a b c\none two three four five six\n")
+    common = ["--prompts", str(prompts), "--max-new-tokens", "5", "--requests", "4", "--duration", "300"]
+    common += ["--concurrency", "1,2", "--json"]
+    local = run_cli("bench", "--url", server.url, *common)
+    remote = run_cli(
+        "bench", "--endpoint", "my-llm", *common, env={**AWS_ENV, "AWS_ENDPOINT_URL": server.url}
+    )
+    for result in (local, remote):  # chunked /invocations; InvokeEndpointWithResponseStream's PayloadParts
+        for level in _levels(result).values():
+            assert level["requests"] == 4 and level["errors"] == 0, level
+            assert level["output_tokens"] == 2 * (3 + 5)
+            assert level["ttft_p99_ms"] <= level["p99_ms"]
+
+
+@pytest.mark.parametrize("container", ["tgi", "lmi"])
+def test_the_request_is_the_containers_and_their_stream_is_counted_token_by_token(container):
+    """The project's twins of TGI's and LMI's /invocations read the bench's request as a streamed generate
+    call; the bytes they answer, fed one at a time, give one token per generated token."""
+    from aiops.inference.llm import api_lmi, api_tgi
+    from aiops.inference.llm.calls import ModelContext
+    from aiops.inference.llm.generation import Finished, Token, TokenEvent
+
+    api = {"tgi": api_tgi, "lmi": api_lmi}[container]
+    call = api.parse_invocations(llm_payloads(["hello there"], 3)[0].body, ModelContext("m"))
+    assert call.stream and call.requests[0].params.max_new_tokens == 3
+    tokens = [Token(i, f" t{i}", -0.1, False) for i in range(3)]
+    data = call.head() + b"".join(call.event(0, TokenEvent(t, i + 1)) for i, t in enumerate(tokens[:2]))
+    data += call.event(0, Finished("length", tokens[2], 3, " t0 t1 t2", 2, tuple(tokens))) + call.end()
+    clock = iter(range(1, len(data) + 1))
+    times = TokenTimes(call.content_type, start=0.0, clock=lambda: float(next(clock)))
+    for byte in data:
+        times.feed(bytes([byte]))
+    times.close()
+    assert times.tokens == 3 and times.error is None
+    # each token is timed at the byte that completed its event (the clock ticks once a token)
+    assert times.arrivals == [1.0, 2.0, 3.0]
 
 
 def test_llm_table_has_the_token_columns(run_cli, fake_tgi, tmp_path):
@@ -469,6 +539,7 @@ REFUSALS = [
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--duration", "0"], "--duration 0: must be in"),
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--requests", "0"], "--requests 0: must be"),
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--slo-ttft-p99-ms", "5"], "needs --prompts"),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--warmup", "-1"], "--warmup -1: must be"),
 ]
 
 
@@ -484,3 +555,14 @@ def test_bad_input_is_one_line_exit_2_before_any_request(cli_in_process, inputs,
 def test_bad_input_in_a_fresh_process_too(run_cli, tmp_path):
     result = run_cli("bench", "--url", "https://api.example.com", "--body", "x.json")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_nothing_listening_fails_at_the_warm_up_in_one_line(cli_in_process, body_file):
+    from helpers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    result = cli_in_process("bench", "--url", url, "--body", str(body_file))
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {url}: the warm-up request failed (connection")
+    assert lines[0].endswith("nothing was measured")
