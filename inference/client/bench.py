@@ -127,9 +127,16 @@ def handler_payloads(path: Path, content_type: str | None) -> list[Payload]:
     return [Payload(body, content_type or _BY_SUFFIX.get(Path(path).suffix.lower(), "application/json"))]
 
 
-def read_prompts(path: Path) -> list[str]:
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    parameters: dict[str, Any] = field(default_factory=dict)  # a JSON line's own, over the defaults
+
+
+def read_prompts(path: Path) -> list[Prompt]:
     """One prompt a line, or JSON lines (when the first line is a JSON object): each a JSON string or an
-    object with ``inputs`` (or ``prompt``). Blank lines are skipped."""
+    object with ``inputs`` (or ``prompt``) and optionally its own TGI ``parameters`` (its output length:
+    ``{"max_new_tokens": 64}``). Blank lines are skipped."""
     raw = read_file(path, "--prompts")
     try:
         text = raw.decode("utf-8")
@@ -139,23 +146,28 @@ def read_prompts(path: Path) -> list[str]:
     if not lines:
         raise UsageError(f"--prompts {path}: no prompt in it; write one prompt a line (or JSON lines)")
     if not _is_json_object(lines[0][1]):
-        return [line for _, line in lines]
-    prompts = []
-    for n, line in lines:
-        try:
-            value = json.loads(line)
-        except ValueError:
-            raise UsageError(
-                f"--prompts {path}: line {n} is not JSON (the file is JSON lines: its first line is)"
-            ) from None
-        prompt = value.get("inputs", value.get("prompt")) if isinstance(value, dict) else value
-        if not isinstance(prompt, str) or not prompt:
-            raise UsageError(
-                f'--prompts {path}: line {n}: expected a string or an object with a non-empty "inputs" '
-                '(or "prompt") string'
-            )
-        prompts.append(prompt)
-    return prompts
+        return [Prompt(line) for _, line in lines]
+    return [_json_prompt(path, n, line) for n, line in lines]
+
+
+def _json_prompt(path: Path, n: int, line: str) -> Prompt:
+    where = f"--prompts {path}: line {n}"
+    try:
+        value = json.loads(line)
+    except ValueError:
+        raise UsageError(f"{where} is not JSON (the file is JSON lines: its first line is)") from None
+    prompt = value.get("inputs", value.get("prompt")) if isinstance(value, dict) else value
+    if not isinstance(prompt, str) or not prompt:
+        raise UsageError(
+            f'{where}: expected a string or an object with a non-empty "inputs" (or "prompt") string'
+        )
+    parameters = value.get("parameters", {}) if isinstance(value, dict) else {}
+    if not isinstance(parameters, dict):
+        raise UsageError(f'{where}: "parameters" must be an object, e.g. {{"max_new_tokens": 64}}')
+    tokens = parameters.get("max_new_tokens")
+    if tokens is not None and (type(tokens) is not int or not 1 <= tokens <= MAX_NEW_TOKENS):
+        raise UsageError(f"{where}: max_new_tokens must be an integer between 1 and {MAX_NEW_TOKENS}")
+    return Prompt(prompt, parameters)
 
 
 def _is_json_object(line: str) -> bool:
@@ -167,19 +179,18 @@ def _is_json_object(line: str) -> bool:
         return False
 
 
-def llm_payloads(prompts: Sequence[str], max_new_tokens: int) -> list[Payload]:
-    """TGI's generate schema, as LMI also reads it, streamed: ``{"inputs", "parameters", "stream"}``."""
+def llm_payloads(prompts: Sequence[Prompt | str], max_new_tokens: int) -> list[Payload]:
+    """TGI's generate schema, as LMI also reads it, streamed: ``{"inputs", "parameters", "stream"}``;
+    ``max_new_tokens`` for the prompts that do not give their own."""
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise UsageError(f"--max-new-tokens {max_new_tokens}: must be between 1 and {MAX_NEW_TOKENS}")
-    return [
-        Payload(
-            json.dumps(
-                {"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens}, "stream": True}
-            ).encode(),
-            "application/json",
-        )
-        for prompt in prompts
-    ]
+    payloads = []
+    for prompt in prompts:
+        prompt = Prompt(prompt) if isinstance(prompt, str) else prompt
+        parameters = {"max_new_tokens": max_new_tokens, **prompt.parameters}
+        body = {"inputs": prompt.text, "parameters": parameters, "stream": True}
+        payloads.append(Payload(json.dumps(body).encode(), "application/json"))
+    return payloads
 
 
 # ------------------------------------------------------------------------------------------ plan

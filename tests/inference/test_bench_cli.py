@@ -259,6 +259,8 @@ def test_llm_sweep_counts_tokens_from_the_events(run_cli, fake_tgi, tmp_path, as
     prompts = ["a b c", "one two", "fail", "x y z w v", "bad"]
     path = tmp_path / "prompts.txt"
     lines = [json.dumps({"inputs": p}) for p in prompts] if as_jsonl else prompts
+    if as_jsonl:  # a line with its own output length
+        lines[3] = json.dumps({"inputs": "x y z w v", "parameters": {"max_new_tokens": 5, "seed": 1}})
     path.write_text("\n".join(lines) + "\n\n")
     result = run_cli(
         "bench",
@@ -278,15 +280,17 @@ def test_llm_sweep_counts_tokens_from_the_events(run_cli, fake_tgi, tmp_path, as
     )
     levels = _levels(result)
     for level in levels.values():
-        # each prompt twice a level: 3 + 2 + min(4, 5) tokens answered, "fail" and "bad" are errors
+        # each prompt twice a level: 3 + 2 + min(4 or 5, 5) tokens answered, "fail" and "bad" are errors
         assert level["requests"] == 10 and level["ok"] == 6 and level["errors"] == 4
-        assert level["output_tokens"] == 2 * (3 + 2 + 4)
+        assert level["output_tokens"] == 2 * (3 + 2 + (5 if as_jsonl else 4))
         assert level["errors_by_kind"] == {"HTTP 422": 2, "stream error": 2}
         assert level["error_examples"]["stream error"] == "Request failed during generation (generation)"
         assert level["ttft_p50_ms"] <= level["ttft_p99_ms"] <= level["p99_ms"]
         assert level["inter_token_p50_ms"] is not None and level["output_tokens_per_s"] > 0
     assert len(FakeTgi.seen) == 21  # the warm-up request, then 10 a level
     assert FakeTgi.seen[0] == {"inputs": "a b c", "parameters": {"max_new_tokens": 4}, "stream": True}
+    own = {"max_new_tokens": 5, "seed": 1} if as_jsonl else {"max_new_tokens": 4}
+    assert FakeTgi.seen[4] == {"inputs": "x y z w v", "parameters": own, "stream": True}
 
 
 # A handler that streams TGI's events: one a word of the prompt, at most max_new_tokens.
@@ -502,6 +506,7 @@ def inputs(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "empty.txt").write_text("\n  \n")
     (tmp_path / "prompts.txt").write_text("hello\n")
     (tmp_path / "bad.jsonl").write_text('{"inputs": "a"}\n{"nope": 1}\n')
+    (tmp_path / "bad-tokens.jsonl").write_text('{"inputs": "a", "parameters": {"max_new_tokens": "9"}}\n')
     return {"dir": str(tmp_path)}
 
 
@@ -518,6 +523,10 @@ REFUSALS = [
     (["--url", "http://127.0.0.1:1", "--body", "missing.json"], "--body missing.json: cannot read it"),
     (["--url", "http://127.0.0.1:1", "--prompts", "empty.txt"], "no prompt in it"),
     (["--url", "http://127.0.0.1:1", "--prompts", "bad.jsonl"], "line 2: expected a string or an object"),
+    (
+        ["--url", "http://127.0.0.1:1", "--prompts", "bad-tokens.jsonl"],
+        "line 1: max_new_tokens must be an integer",
+    ),
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--concurrency", "1,x"], "comma-separated list"),
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--concurrency", "0,4"], "between 1 and 1024"),
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--concurrency", "4,4"], "given twice"),
