@@ -234,6 +234,9 @@ class BenchPlan:
             raise UsageError(f"--requests {self.requests}: must be between 1 and {MAX_REQUESTS}")
         if not 0 < self.timeout_s <= 600:
             raise UsageError(f"--timeout {self.timeout_s:g}: must be in (0, 600] seconds")
+        for flag, bound in (("--slo-p99-ms", self.slo_p99_ms), ("--slo-ttft-p99-ms", self.slo_ttft_p99_ms)):
+            if bound is not None and not (math.isfinite(bound) and bound > 0):
+                raise UsageError(f"{flag} {bound:g}: must be a number of milliseconds above 0")
         if self.slo_ttft_p99_ms is not None and not self.llm:
             raise UsageError("--slo-ttft-p99-ms needs --prompts (time to first token is an LLM's)")
         slo = self.slo_p99_ms is not None or self.slo_ttft_p99_ms is not None

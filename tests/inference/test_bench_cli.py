@@ -549,6 +549,10 @@ REFUSALS = [
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--requests", "0"], "--requests 0: must be"),
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--slo-ttft-p99-ms", "5"], "needs --prompts"),
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--warmup", "-1"], "--warmup -1: must be"),
+    (
+        ["--url", "http://127.0.0.1:1", "--body", "body.json", "--slo-p99-ms", "-5"],
+        "--slo-p99-ms -5: must be",
+    ),
 ]
 
 
