@@ -45,6 +45,15 @@ def predict_fn(data, model):
 )
 
 
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
 @pytest.fixture
 def body_file(tmp_path: Path) -> Path:
     path = tmp_path / "body.json"
@@ -100,6 +109,23 @@ def test_handler_sweep_counts_every_request_and_each_error_status(run_cli, start
     )
     assert stack.read_text() == before
 
+    # the same server as an endpoint, through boto3 with no retries: each refusal is one request, a
+    # ModelError (or the 4xx the runtime answers) carrying the container's status
+    remote = run_cli(
+        "bench",
+        "--endpoint",
+        "my-model",
+        *common[2:],
+        "--concurrency",
+        "1,2",
+        "--json",
+        env={**AWS_ENV, "AWS_ENDPOINT_URL": server.url},
+    )
+    assert json.loads(remote.stdout)["target"] == "endpoint my-model"
+    for level in _levels(remote).values():
+        assert level["requests"] == 12 and level["ok"] == 4 and level["errors"] == 8
+        assert level["errors_by_kind"] == {"ValidationError (HTTP 422)": 4, "ModelError (HTTP 500)": 4}
+
 
 def test_the_measured_rate_is_written_into_the_stack_file_and_nothing_else(
     run_cli, start_server, tmp_path, body_file
@@ -152,44 +178,6 @@ def test_the_measured_rate_is_written_into_the_stack_file_and_nothing_else(
     assert new == old
     assert f"maxRpsPerInstance: {written:g} to {stack}" in result.stderr
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_REGION": "us-east-1",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def test_an_endpoint_is_loaded_through_boto3_and_its_model_errors_are_counted(
-    run_cli, start_server, tmp_path, body_file
-):
-    folder = tmp_path / "every-third"
-    write_script(folder, EVERY_THIRD)
-    server = start_server(folder)  # /endpoints/NAME/invocations, as sagemaker-runtime calls it
-    result = run_cli(
-        "bench",
-        "--endpoint",
-        "my-model",
-        "--body",
-        str(body_file),
-        "--concurrency",
-        "1,2",
-        "--requests",
-        "6",
-        "--duration",
-        "300",
-        "--json",
-        env={**AWS_ENV, "AWS_ENDPOINT_URL": server.url},
-    )
-    levels = _levels(result)
-    assert json.loads(result.stdout)["target"] == "endpoint my-model"
-    for level in levels.values():
-        # no retries: each refusal is one request, as botocore's ModelError with the container's status
-        assert level["requests"] == 6 and level["ok"] == 2 and level["errors"] == 4
-        assert level["errors_by_kind"] == {"ValidationError (HTTP 422)": 2, "ModelError (HTTP 500)": 2}
 
 
 # ------------------------------------------------------------------------------- LLM mode, TGI events
