@@ -252,13 +252,16 @@ def _table(report) -> None:
     from aiops.cli.terminal import neutralize
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     llm = report.mode == "llm"
     columns = ["c", "requests", "errors", "req/s", "p50 ms", "p99 ms"]
     if llm:
         columns += ["TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "tokens/s"]
-    table = Table(*columns, title=f"aiops bench: {neutralize(report.target)}", title_justify="left")
+    # what the server or the user wrote is shown as text, never read as rich markup
+    title = Text(f"aiops bench: {neutralize(report.target)}")
+    table = Table(*columns, title=title, title_justify="left")
     for col in table.columns:
         col.justify = "right"
 
@@ -288,9 +291,8 @@ def _table(report) -> None:
     for lv in report.levels:
         for kind, count in lv.errors_by_kind.items():
             example = lv.error_examples.get(kind, "")
-            console.print(
-                neutralize(f"c={lv.concurrency}: {count} x {kind}" + (f": {example}" if example else ""))
-            )
+            line = f"c={lv.concurrency}: {count} x {kind}" + (f": {example}" if example else "")
+            console.print(neutralize(line), markup=False, soft_wrap=True)
     if report.slo_p99_ms is None and report.slo_ttft_p99_ms is None:
         return
     if report.best_concurrency is None:

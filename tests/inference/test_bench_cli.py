@@ -27,7 +27,7 @@ import json
 
 class Refused(Exception):
     status_code = 422
-    message = "refused on purpose"
+    message = "refused [bold]on[/bold] purpose"  # shown as written, not as rich markup
 
 calls = [0]
 
@@ -79,7 +79,7 @@ def test_handler_sweep_counts_every_request_and_each_error_status(run_cli, start
         # one worker counts its calls: any 12 in a row hold 4 of each outcome, whatever the interleaving
         assert level["requests"] == 12 and level["ok"] == 4 and level["errors"] == 8
         assert level["errors_by_kind"] == {"HTTP 422": 4, "HTTP 500": 4}
-        assert "refused on purpose" in level["error_examples"]["HTTP 422"]
+        assert "refused [bold]on[/bold] purpose" in level["error_examples"]["HTTP 422"]
         assert level["p50_ms"] <= level["p99_ms"] and level["rps"] > 0
         assert level["output_tokens"] is None and level["ttft_p50_ms"] is None  # not an LLM
     assert "c=1: 12 requests (8 errors)" in result.stderr  # the progress lines off a terminal
@@ -103,7 +103,7 @@ def test_handler_sweep_counts_every_request_and_each_error_status(run_cli, start
     assert table.returncode == 1, table.output
     rows = [line.split() for line in table.stdout.splitlines() if line.strip()[:1] in "│|"]
     assert [r[1] for r in rows if r[1].isdigit()] == ["2", "4"], table.stdout
-    assert "c=2: 4 x HTTP 422: refused on purpose" in table.stdout
+    assert "c=2: 4 x HTTP 422: refused [bold]on[/bold] purpose" in table.stdout
     assert table.stderr.strip().splitlines()[-1] == (
         "error: no level kept p99 <= 60000 ms with no errors; nothing to recommend, dev left as it was"
     )
