@@ -733,7 +733,7 @@ def _read_stack_text(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(f"{path}: no such stack file; create it (see Pulumi.dev.yaml) or pick --stack")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")  # as it is: CRLF line ends stay
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read it ({err})") from None
 
@@ -777,9 +777,10 @@ def _indent(line: str) -> int:
 
 
 def _key_line(line: str, key: str) -> re.Match | None:
-    """``key:`` (plain or quoted) at the start of a block mapping line; group 1: what follows the colon."""
+    """``key:`` (plain or quoted) at the start of a block mapping line; group 1: what follows the colon
+    up to the line end."""
     quoted = "|".join(re.escape(q) for q in (key, f'"{key}"', f"'{key}'"))
-    return re.match(rf" *(?:{quoted}):( .*|)$", line)
+    return re.fullmatch(rf" *(?:{quoted}):( .*|)", line.rstrip("\r\n"))
 
 
 def _set_block_value(text: str, keys: tuple[str, ...], scalar: str) -> str | None:
@@ -787,6 +788,7 @@ def _set_block_value(text: str, keys: tuple[str, ...], scalar: str) -> str | Non
     the missing keys added at the end of the deepest block that exists; None when the path is not
     plain block mappings."""
     lines = text.splitlines(keepends=True)
+    nl = "\r\n" if "\r\n" in text else "\n"  # added lines end as the file's do
     start, end, parent_indent = 0, len(lines), -1
     for depth, key in enumerate(keys):
         content = [i for i in range(start, end) if not _COMMENT_OR_BLANK.match(lines[i])]
@@ -805,21 +807,21 @@ def _set_block_value(text: str, keys: tuple[str, ...], scalar: str) -> str | Non
             step = 2 if parent_indent < 0 else max(child_indent - parent_indent, 1)
             at = (content[-1] + 1) if content else start
             if at == len(lines) and lines and not lines[-1].endswith("\n"):
-                lines[-1] += "\n"
+                lines[-1] += nl
             added = []
             for n, name in enumerate(keys[depth:]):
                 pad = " " * (child_indent + n * step)
                 last = depth + n == len(keys) - 1
-                added.append(f"{pad}{name}: {scalar}\n" if last else f"{pad}{name}:\n")
+                added.append(f"{pad}{name}: {scalar}{nl}" if last else f"{pad}{name}:{nl}")
             lines[at:at] = added
             return "".join(lines)
         line = lines[found]
         if depth == len(keys) - 1:
             rest = _key_line(line, key).group(1)  # type: ignore[union-attr]
-            comment = re.search(r"\s+#.*$", rest.rstrip("\r\n"))
-            ending = line[len(line.rstrip("\r\n")) :]
-            head = line[: len(line) - len(rest) - len(ending)] if rest else line.rstrip("\r\n")
-            lines[found] = f"{head} {scalar}{comment.group(0) if comment else ''}{ending or chr(10)}"
+            comment = re.search(r"\s+#.*$", rest)
+            bare = line.rstrip("\r\n")
+            head, ending = bare[: len(bare) - len(rest)], line[len(bare) :]
+            lines[found] = f"{head} {scalar}{comment.group(0) if comment else ''}{ending or nl}"
             return "".join(lines)
         if not _COMMENT_OR_BLANK.match(_key_line(line, key).group(1) or ""):  # type: ignore[union-attr]
             return None  # an inline value (a flow mapping, an anchor): not a block to descend into

@@ -457,6 +457,44 @@ def test_stack_edit_keeps_comments_and_adds_a_missing_block(tmp_path):
     )
 
 
+HEAD = "config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    enabled: true\n    modelDataUrl: s3://aiops-bucket/models/model.tar.gz\n"
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        (  # no line end at the end of the file
+            HEAD + "    autoscaling:\n      minCapacity: 1",
+            HEAD + "    autoscaling:\n      minCapacity: 1\n      maxRpsPerInstance: 12.5\n",
+        ),
+        (  # quoted keys, the value's comment
+            HEAD.replace("aiops:endpoint:", "'aiops:endpoint':")
+            + '    "autoscaling":\n      "maxRpsPerInstance": 3 # old\n',
+            HEAD.replace("aiops:endpoint:", "'aiops:endpoint':")
+            + '    "autoscaling":\n      "maxRpsPerInstance": 12.5 # old\n',
+        ),
+        (  # a block with no value yet, then a comment and another section
+            HEAD + "    autoscaling:\n    # on demand\n  aiops:compute:\n    enabled: false\n",
+            HEAD
+            + "    autoscaling:\n      maxRpsPerInstance: 12.5\n    # on demand\n"
+            + "  aiops:compute:\n    enabled: false\n",
+        ),
+        (  # CRLF line ends stay CRLF, the added lines too
+            HEAD.replace("\n", "\r\n"),
+            (HEAD + "    autoscaling:\n      maxRpsPerInstance: 12.5\n").replace("\n", "\r\n"),
+        ),
+    ],
+    ids=["no-final-newline", "quoted-keys", "empty-block", "crlf"],
+)
+def test_stack_edit_keeps_the_files_own_writing(tmp_path, before, after):
+    from aiops.infra.config import set_max_rps_per_instance
+
+    path = tmp_path / "Pulumi.x.yaml"
+    path.write_bytes(before.encode())
+    assert set_max_rps_per_instance(path, 12.5) == []
+    assert path.read_bytes().decode() == after
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
