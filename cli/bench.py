@@ -79,8 +79,7 @@ def bench(
 
     from aiops.errors import AiopsError, UsageError
 
-    plan = _plan(
-        core,
+    plan = core.make_plan(
         url=url,
         endpoint=endpoint,
         body=body,
@@ -145,31 +144,6 @@ def bench(
             f"to {stack_path}",
             err=True,
         )
-
-
-def _plan(core, *, body, content_type, prompts, max_new_tokens, concurrency, **options):
-    """The options as a checked plan; every refusal comes before a request or a file is touched."""
-    from aiops.errors import UsageError
-
-    if body is not None and prompts is not None:
-        raise UsageError("give --body (a handler model) or --prompts (an LLM), not both")
-    if body is None and prompts is None:
-        raise UsageError("no payload: give --body FILE (a handler model) or --prompts FILE (an LLM)")
-    if prompts is None and max_new_tokens is not None:
-        raise UsageError("--max-new-tokens needs --prompts (an LLM's requests)")
-    if prompts is not None and content_type is not None:
-        raise UsageError("--content-type goes with --body; LLM requests are JSON")
-    levels = core.parse_concurrency(concurrency)
-    # the target first: a wrong URL is named before the files are read
-    core.BenchPlan(
-        payloads=(core.Payload(b"", ""),), llm=prompts is not None, concurrency=levels, **options
-    ).check()
-    if prompts is not None:
-        tokens = core.DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
-        payloads = core.llm_payloads(core.read_prompts(prompts), tokens)
-    else:
-        payloads = core.handler_payloads(body, content_type)
-    return core.BenchPlan(payloads=tuple(payloads), llm=prompts is not None, concurrency=levels, **options)
 
 
 def _check_stack(stack: str, project_dir: Path, plan) -> Path:

@@ -254,6 +254,38 @@ class BenchPlan:
         return self.url if self.url else f"endpoint {self.endpoint}"
 
 
+def make_plan(
+    *,
+    body: Path | None,
+    content_type: str | None,
+    prompts: Path | None,
+    max_new_tokens: int | None,
+    concurrency: str,
+    **options: Any,
+) -> BenchPlan:
+    """The command's options as a checked plan: every refusal comes before a request is sent; the target
+    and the bounds are checked before the payload files are read."""
+    if body is not None and prompts is not None:
+        raise UsageError("give --body (a handler model) or --prompts (an LLM), not both")
+    if body is None and prompts is None:
+        raise UsageError("no payload: give --body FILE (a handler model) or --prompts FILE (an LLM)")
+    if prompts is None and max_new_tokens is not None:
+        raise UsageError("--max-new-tokens needs --prompts (an LLM's requests)")
+    if prompts is not None and content_type is not None:
+        raise UsageError("--content-type goes with --body; LLM requests are JSON")
+    llm, levels = prompts is not None, parse_concurrency(concurrency)
+    BenchPlan(payloads=(Payload(b"", ""),), llm=llm, concurrency=levels, **options).check()
+    if prompts is not None:
+        tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+        payloads = llm_payloads(read_prompts(prompts), tokens)
+    else:
+        assert body is not None
+        payloads = handler_payloads(body, content_type)
+    plan = BenchPlan(payloads=tuple(payloads), llm=llm, concurrency=levels, **options)
+    plan.check()
+    return plan
+
+
 # ------------------------------------------------------------------------------------------ samples
 
 
