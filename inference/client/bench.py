@@ -449,11 +449,14 @@ class EndpointSender:
             resp = self.client.invoke_endpoint_with_response_stream(**kwargs)
             ctype = resp.get("ContentType")
             times, sink = TokenTimes(ctype, start), _discard(self.plan.max_response_bytes)
-            for event in resp["Body"]:
-                part = (event.get("PayloadPart") or {}).get("Bytes")
-                if part:
-                    sink.write(part)
-                    times.feed(part)
+            try:
+                for event in resp["Body"]:
+                    part = (event.get("PayloadPart") or {}).get("Bytes")
+                    if part:
+                        sink.write(part)
+                        times.feed(part)
+            finally:  # a stream left early (refused, too large) gives its connection back
+                resp["Body"].close()
             return _streamed(start, times, ctype)
         except StreamFormatError as err:
             return _failed(start, "bad stream", err)
