@@ -51,6 +51,12 @@ def bench(
     warmup: int = typer.Option(
         1, "--warmup", help="Requests sent one by one before the sweep, not counted (0: none)."
     ),
+    processes: int = typer.Option(
+        1,
+        "--processes",
+        help="Load processes sharing each level's clients: for rates one Python process cannot send "
+        "(about a thousand requests/s through boto3).",
+    ),
     instances: int = typer.Option(
         1, "--instances", help="Instances behind the target: maxRpsPerInstance is the rate divided by it."
     ),
@@ -95,6 +101,7 @@ def bench(
         slo_ttft_p99_ms=slo_ttft_p99_ms,
         instances=instances,
         warmup=warmup,
+        processes=processes,
         api_key=api_key,
         inference_component=inference_component,
     )

@@ -46,7 +46,8 @@ from aiops.inference.client.synchronous import (
 
 from aiops.errors import UsageError
 
-MAX_CONCURRENCY = 1024  # threads of one process
+MAX_CONCURRENCY = 1024  # client threads of a level, over all its processes
+MAX_PROCESSES = 64
 MAX_LEVELS = 16
 MAX_DURATION_S = 3600.0
 MAX_REQUESTS = 1_000_000  # per level; each answered request keeps one small record
@@ -215,6 +216,7 @@ class BenchPlan:
     slo_ttft_p99_ms: float | None = None
     instances: int = 1
     warmup: int = DEFAULT_WARMUP  # requests sent one by one before the sweep, not counted
+    processes: int = 1  # load processes sharing each level's clients (one: threads of this process)
 
     def check(self) -> None:
         """The combinations that cannot work, refused before any request."""
@@ -246,6 +248,8 @@ class BenchPlan:
             )
         if not 0 <= self.warmup <= MAX_WARMUP:
             raise UsageError(f"--warmup {self.warmup}: must be between 0 and {MAX_WARMUP}")
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise UsageError(f"--processes {self.processes}: must be between 1 and {MAX_PROCESSES}")
         if self.instances < 1:
             raise UsageError(f"--instances {self.instances}: must be at least 1")
 
@@ -553,23 +557,36 @@ class Level:
 OnProgress = Callable[[int, int, float], None]
 
 
-def run_level(
+@dataclass
+class Driven:
+    """What one process's threads did in a level: every sample, and when the level began and ended for it
+    (``time.perf_counter``, CLOCK_MONOTONIC on Linux: one clock for every process of the machine)."""
+
+    samples: list[Sample]
+    start: float
+    end: float
+
+
+def drive(
     send_factory: Callable[[], Any],
     payloads: Sequence[Payload],
     concurrency: int,
     *,
     duration_s: float,
     requests: int,
-    llm: bool,
-    on_progress: OnProgress | None = None,
-) -> Level:
-    """``concurrency`` threads send until ``requests`` are claimed or ``duration_s`` has passed."""
+    start_at: float | None = None,
+    on_count: Callable[[int, float], None] | None = None,
+) -> Driven:
+    """``concurrency`` threads send until ``requests`` are claimed or ``duration_s`` has passed (from
+    ``start_at`` when given, else now). ``on_count(finished, seconds)`` about 10 times a second."""
     lock = threading.Lock()
     claimed = 0
     samples: list[Sample] = []
     ends: list[float] = []
     stop = threading.Event()
     failures: list[BaseException] = []
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.perf_counter()))
     start = time.perf_counter()
     deadline = start + duration_s
 
@@ -598,16 +615,152 @@ def run_level(
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.1)
-                if on_progress is not None:
-                    on_progress(concurrency, len(samples), time.perf_counter() - start)
+                if on_count is not None:
+                    on_count(len(samples), time.perf_counter() - start)
     except KeyboardInterrupt:
-        stop.set()  # the requests in flight finish (each within the timeout); nothing new is sent
+        stop.set()  # nothing new is sent
         raise
     if failures:
         raise failures[0]
-    if on_progress is not None:
-        on_progress(concurrency, len(samples), time.perf_counter() - start)
-    return Level.of(concurrency, samples, max(ends) - start, llm=llm)
+    if on_count is not None:
+        on_count(len(samples), time.perf_counter() - start)
+    return Driven(samples, start, max(ends))
+
+
+def run_level(
+    send_factory: Callable[[], Any],
+    payloads: Sequence[Payload],
+    concurrency: int,
+    *,
+    duration_s: float,
+    requests: int,
+    llm: bool,
+    on_progress: OnProgress | None = None,
+) -> Level:
+    """One level from this process's threads."""
+
+    def count(finished: int, seconds: float) -> None:
+        if on_progress is not None:
+            on_progress(concurrency, finished, seconds)
+
+    driven = drive(
+        send_factory, payloads, concurrency, duration_s=duration_s, requests=requests, on_count=count
+    )
+    return Level.of(concurrency, driven.samples, driven.end - driven.start, llm=llm)
+
+
+def shares(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` as evenly as can be: 7 in 3 -> [3, 2, 2]."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def sender_factory(plan: BenchPlan, threads: int) -> Callable[[], Any]:
+    """What each client thread sends with: its own keep-alive connection to a URL, or the one boto3
+    client of this process (a connection a thread in its pool, no retries)."""
+    if not plan.endpoint:
+        return lambda: UrlSender(plan)
+    from aiops import aws
+
+    client = aws.client("sagemaker-runtime", plan.region, retries=NO_RETRIES, max_pool_connections=threads)
+    return lambda: EndpointSender(plan, client)
+
+
+START_DELAY_S = 0.1  # from the parent's go to every process sending: they are idle, waiting for it
+
+
+def _child(conn: Any, plan: BenchPlan, counts: Any, slot: int, threads: int) -> None:
+    """A load process: its senders made once, then one level per message until None."""
+    try:
+        factory = sender_factory(plan, threads)
+        conn.send(("ready", None))
+        while (job := conn.recv()) is not None:
+            concurrency, requests, start_at = job
+
+            def count(finished: int, seconds: float) -> None:
+                counts[slot] = finished
+
+            driven = drive(
+                factory,
+                plan.payloads,
+                concurrency,
+                duration_s=plan.duration_s,
+                requests=requests,
+                start_at=start_at,
+                on_count=count,
+            )
+            conn.send(("done", driven))
+    except KeyboardInterrupt:
+        pass
+    except BaseException as err:
+        conn.send(("failed", f"{type(err).__name__}: {err}"))
+
+
+class Processes:
+    """``processes`` load processes (spawned: no fork of a threaded parent), each driving its share of a
+    level's clients and requests, started together at one instant of the machine's monotonic clock."""
+
+    def __init__(self, plan: BenchPlan, processes: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.plan = plan
+        self.counts = ctx.Array("q", processes, lock=False)
+        self.children: list[tuple[Any, Any]] = []
+        most = max(shares(max(plan.concurrency), processes))
+        for slot in range(processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_child,
+                args=(child, plan, self.counts, slot, most),
+                name=f"aiops-bench-{slot}",
+                daemon=True,
+            )
+            proc.start()
+            self.children.append((proc, parent))
+        for _, conn in self.children:
+            self._receive(conn, "ready")
+
+    def _receive(self, conn: Any, expected: str) -> Any:
+        from aiops.errors import AiopsError
+
+        try:
+            kind, value = conn.recv()
+        except EOFError:
+            raise AiopsError("a load process ended before it answered; see the messages above") from None
+        if kind != expected:
+            raise AiopsError(f"a load process failed: {value}")
+        return value
+
+    def level(self, concurrency: int, on_progress: OnProgress | None = None) -> Level:
+        busy = self.children[: min(len(self.children), concurrency)]
+        threads = shares(concurrency, len(busy))
+        budgets = shares(self.plan.requests, len(busy))
+        for slot in range(len(self.counts)):
+            self.counts[slot] = 0
+        start_at = time.perf_counter() + START_DELAY_S
+        for (_, conn), clients, budget in zip(busy, threads, budgets, strict=True):
+            conn.send((clients, budget, start_at))
+        driven: list[Driven] = []
+        for _, conn in busy:
+            while not conn.poll(0.1):
+                if on_progress is not None:
+                    on_progress(concurrency, sum(self.counts), max(0.0, time.perf_counter() - start_at))
+            driven.append(self._receive(conn, "done"))
+        samples = [sample for part in driven for sample in part.samples]
+        seconds = max(d.end for d in driven) - min(d.start for d in driven)
+        if on_progress is not None:
+            on_progress(concurrency, len(samples), seconds)
+        return Level.of(concurrency, samples, seconds, llm=self.plan.llm)
+
+    def close(self) -> None:
+        for proc, conn in self.children:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -674,23 +827,7 @@ def run(
 ) -> Report:
     """The sweep: one level after another, then the recommendation."""
     plan.check()
-    if plan.endpoint:
-        from aiops import aws
-
-        client = aws.client(
-            "sagemaker-runtime",
-            plan.region,
-            retries=NO_RETRIES,
-            max_pool_connections=max(plan.concurrency),
-        )
-
-        def factory() -> Any:
-            return EndpointSender(plan, client)
-    else:
-
-        def factory() -> Any:
-            return UrlSender(plan)
-
+    factory = sender_factory(plan, max(plan.concurrency))
     if plan.warmup:
         warm_up(factory(), plan)
     report = Report(
@@ -703,21 +840,29 @@ def run(
         slo_p99_ms=plan.slo_p99_ms,
         slo_ttft_p99_ms=plan.slo_ttft_p99_ms,
     )
-    for concurrency in plan.concurrency:
-        if on_level is not None:
-            on_level(concurrency)
-        level = run_level(
-            factory,
-            plan.payloads,
-            concurrency,
-            duration_s=plan.duration_s,
-            requests=plan.requests,
-            llm=plan.llm,
-            on_progress=on_progress,
-        )
-        report.levels.append(level)
-        if on_done is not None:
-            on_done(level)
+    pool = Processes(plan, plan.processes) if plan.processes > 1 else None
+    try:
+        for concurrency in plan.concurrency:
+            if on_level is not None:
+                on_level(concurrency)
+            if pool is not None:
+                level = pool.level(concurrency, on_progress)
+            else:
+                level = run_level(
+                    factory,
+                    plan.payloads,
+                    concurrency,
+                    duration_s=plan.duration_s,
+                    requests=plan.requests,
+                    llm=plan.llm,
+                    on_progress=on_progress,
+                )
+            report.levels.append(level)
+            if on_done is not None:
+                on_done(level)
+    finally:
+        if pool is not None:
+            pool.close()
     recommend(report)
     return report
 

@@ -265,6 +265,8 @@ def test_llm_sweep_counts_tokens_from_the_events(run_cli, fake_tgi, tmp_path, as
         "--duration",
         "300",
         "--json",
+        # the same counts from two load processes (at c=2 one client and 5 requests each)
+        *(["--processes", "2"] if as_jsonl else []),
     )
     levels = _levels(result)
     for level in levels.values():
@@ -575,6 +577,7 @@ REFUSALS = [
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--requests", "0"], "--requests 0: must be"),
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--slo-ttft-p99-ms", "5"], "needs --prompts"),
     (["--url", "http://127.0.0.1:1", "--body", "body.json", "--warmup", "-1"], "--warmup -1: must be"),
+    (["--url", "http://127.0.0.1:1", "--body", "body.json", "--processes", "0"], "--processes 0: must be"),
     (
         ["--url", "http://127.0.0.1:1", "--body", "body.json", "--slo-p99-ms", "-5"],
         "--slo-p99-ms -5: must be",
