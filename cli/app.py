@@ -49,11 +49,12 @@ def _root(
 def _register() -> None:
     # Imported here (not at module top) only to keep registration in one place; these modules
     # are light: their commands import heavy libraries when they run.
-    from aiops.cli import examples, export, infra, serve, train, tune
+    from aiops.cli import bench, examples, export, infra, serve, train, tune
 
     train.register(app, panel=PANEL_TRAIN)
     tune.register(app, panel=PANEL_TRAIN)
     serve.register(app, panel=PANEL_SERVE)
+    bench.register(app, panel=PANEL_SERVE)
     export.register(app, panel=PANEL_SERVE)
     infra.register(app, panel=PANEL_INFRA)
     examples.register(app, panel=PANEL_MISC)
