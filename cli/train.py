@@ -138,7 +138,15 @@ class _Console:
             self._upload_task = None
 
     def estimate(
-        self, estimate: Any, *, spot: bool, instance_count: int, instance_type: str, max_run: int
+        self,
+        estimate: Any,
+        *,
+        spot: bool,
+        instance_count: int,
+        instance_type: str,
+        max_run: int,
+        keep_alive: int | None = None,
+        idle_cost: float | None = None,
     ) -> None:
         from aiops.pricing import load_prices
 
@@ -149,6 +157,30 @@ class _Console:
                 f"spot ${estimate.cost(spot=True):,.2f}) for {instance_count} x {instance_type} "
                 f"over at most {max_run / 3600:g} h; prices as of {load_prices().as_of}"
             )
+        if keep_alive and idle_cost is not None:
+            self.console.print(
+                f"warm pool: {instance_count} x {instance_type} kept up to {keep_alive / 60:g} min after the "
+                f"job, [bold]${idle_cost:,.2f}[/] more if no matching job reuses it (on-demand)"
+            )
+
+    def attempts(self, attempts: Any) -> None:
+        """The capacity-aware launch's attempts, one row each (only the reason folds)."""
+        from rich.table import Column, Table
+
+        table = Table(
+            Column("#", no_wrap=True),
+            Column("job", overflow="fold"),
+            *(Column(h, no_wrap=True) for h in ("instance type", "outcome", "estimate")),
+            Column("reason", overflow="fold"),
+            title="attempts",
+        )
+        for number, attempt in enumerate(attempts, start=1):
+            estimate = f"${attempt.estimate_usd:,.2f}" if attempt.estimate_usd is not None else "-"
+            reason = attempt.detail.splitlines()[0].split(". ")[0][:100] if attempt.detail else ""
+            table.add_row(
+                str(number), attempt.job_name, attempt.instance_type, attempt.outcome, estimate, reason
+            )
+        self.console.print(table)
 
     def accepted(self, record: RunRecord) -> None:
         self.close()
@@ -186,6 +218,19 @@ def _failure_text(reason: str, *, log_shown: bool) -> str:
     return f"{lines[0]} ... {lines[-1].strip()}"
 
 
+def _warm_pool(record: RunRecord) -> str | None:
+    """WarmPoolStatus in words: status, retained billable seconds, the job that reused it."""
+    summary = record.remote_summary
+    if summary is None or not summary.warm_pool_status:
+        return None
+    parts = [summary.warm_pool_status]
+    if summary.warm_pool_billable_seconds is not None:
+        parts.append(f"{summary.warm_pool_billable_seconds}s retained (billable)")
+    if summary.warm_pool_reused_by:
+        parts.append(f"reused by {summary.warm_pool_reused_by}")
+    return ", ".join(parts)
+
+
 def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) -> None:
     """`streamed`: the job's log was just shown live, so the log tail is not repeated."""
     from rich.table import Table
@@ -211,6 +256,9 @@ def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) 
         )
     for name, path in record.artifacts.items():
         table.add_row(name, str(path))
+    pool = _warm_pool(record)
+    if pool:
+        table.add_row("warm pool", pool)
     if record.status == "Stopped":
         table.add_row("checkpoints", record.checkpoint_dir)
         table.add_row("resume with", f"aiops train --resume {record.job_name}")
@@ -372,12 +420,33 @@ def train(
         help="With --model-params: the state is sharded over every GPU of every host (FSDP full sharding).",
         rich_help_panel="Remote",
     ),
+    keep_alive: str | None = typer.Option(
+        None,
+        "--keep-alive",
+        help="Keep the instances warm after the job (e.g. 30m, at most 1h) for the next matching job "
+        "(KeepAlivePeriodInSeconds; on-demand).",
+        rich_help_panel="Remote",
+    ),
+    remote_debug: bool = typer.Option(
+        False,
+        "--remote-debug",
+        help="RemoteDebugConfig: open a shell on a running host with 'aiops jobs connect' "
+        "(the stack needs access.remoteDebug: true).",
+        rich_help_panel="Remote",
+    ),
+    max_attempts: int | None = typer.Option(
+        None,
+        "--max-attempts",
+        help="With --instance-type A,B,C: at most this many jobs, one per type, after capacity errors.",
+        rich_help_panel="Remote",
+    ),
 ) -> None:
     """Run a SageMaker-style PyTorch training script locally under the SageMaker training contract,
     or with --remote as a SageMaker training job."""
     from aiops.training import backends, jobs
     from aiops.training.contract import parse_hyperparameter_value
     from aiops.training.metrics import parse_metric_option
+    from aiops.training.remote_request import parse_duration
 
     from aiops.runs import RunStore
     from aiops.settings import get_settings
@@ -430,6 +499,9 @@ def train(
         confirmed=yes,
         model_params=model_params,
         fsdp=fsdp,
+        keep_alive=parse_duration(keep_alive, "--keep-alive") if keep_alive is not None else None,
+        remote_debug=remote_debug,
+        max_attempts=max_attempts,
     )
     events = _Console(to_stderr=as_json)
     backend = backends.create(
@@ -476,7 +548,15 @@ SUMMARY_KEYS = (
     "artifacts",
     "failure_reason",
 )
-REMOTE_SUMMARY_KEYS = ("billable_seconds", "training_seconds", "spot_saving_percent")
+REMOTE_SUMMARY_KEYS = (
+    "billable_seconds",
+    "training_seconds",
+    "spot_saving_percent",
+    "warm_pool_status",
+    "warm_pool_billable_seconds",
+    "warm_pool_reused_by",
+)
+KEPT_POOLS = ("Available", "InUse")  # instances SageMaker keeps (and bills) for a next job
 
 
 def _summary(record: RunRecord) -> dict[str, Any]:
@@ -524,7 +604,10 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in list(backend.latest_metrics(r).items())[:3])
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at or 0))
         duration = f"{r.duration_seconds:.1f}s" if r.duration_seconds is not None else "-"
-        table.add_row(r.job_name, r.status, started, duration, metrics)
+        status = r.status or "-"
+        if r.remote_summary and r.remote_summary.warm_pool_status in KEPT_POOLS:
+            status += f" [yellow](warm pool {r.remote_summary.warm_pool_status})[/]"  # billed while kept
+        table.add_row(r.job_name, status, started, duration, metrics)
     console.print(table)
 
 
@@ -598,6 +681,29 @@ def jobs_metrics(
         console.print("final: " + ", ".join(f"{k}={v:.5g}" for k, v in sorted(finals.items())))
     if plot is not None:
         console.print(f"plot: {plot} ({', '.join(drawn)})")
+
+
+@jobs_app.command("connect")
+def jobs_connect(
+    name: str = typer.Argument(..., help="A running job started with --remote-debug."),
+    host: str = typer.Option("algo-1", "--host", help="The host to open a shell on: algo-1, algo-2, ..."),
+) -> None:
+    """Open a shell on a host of a running SageMaker job (aws ssm start-session; needs --remote-debug)."""
+    import subprocess
+
+    from aiops.training import remote_debug, remote_jobs
+
+    record, _ = _open(name)
+    session = remote_debug.session(record, host, lambda: remote_jobs.describe(record.job_name, record.region))
+    if session.missing:
+        typer.echo(
+            f"{' and '.join(session.missing)} not found here. Open the session with:\n  {session.line}\n"
+            f"after installing {session.how_to_install()}",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"$ {session.line}", err=True)
+    raise typer.Exit(subprocess.call(session.argv))
 
 
 @jobs_app.command("stop")

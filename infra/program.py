@@ -102,6 +102,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 else (),
                 secret_arns=cfg.access.training_secrets,
                 secret_key_arns=cfg.access.training_secret_keys,
+                remote_debug=cfg.access.remote_debug,
             ),
             opts=opts,
         )
@@ -109,6 +110,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         outputs["roleArn"] = role_arn
         if cfg.access.training_secrets:
             outputs["trainingSecretArns"] = list(cfg.access.training_secrets)
+        if cfg.access.remote_debug:
+            outputs["remoteDebug"] = True
 
     if ep.enabled:
         from aiops.infra.endpoint import Endpoint, EndpointArgs
