@@ -164,22 +164,25 @@ class _Console:
             )
 
     def attempts(self, attempts: Any) -> None:
-        """The capacity-aware launch's attempts, one row each (only the reason folds)."""
+        """The capacity-aware launch's attempts, one row each; a failure shows its reason's code
+        (the text before the first colon: CapacityError, InsufficientInstanceCapacity, AlgorithmError)."""
         from rich.table import Column, Table
 
         table = Table(
             Column("#", no_wrap=True),
             Column("job", overflow="fold"),
             *(Column(h, no_wrap=True) for h in ("instance type", "outcome", "estimate")),
-            Column("reason", overflow="fold"),
             title="attempts",
         )
         for number, attempt in enumerate(attempts, start=1):
             estimate = f"${attempt.estimate_usd:,.2f}" if attempt.estimate_usd is not None else "-"
-            reason = attempt.detail.splitlines()[0].split(". ")[0][:100] if attempt.detail else ""
-            table.add_row(
-                str(number), attempt.job_name, attempt.instance_type, attempt.outcome, estimate, reason
-            )
+            outcome = attempt.outcome
+            code = attempt.detail.split(":", 1)[0] if ":" in attempt.detail else ""
+            if outcome == "Failed" and code and " " not in code:
+                outcome = f"Failed ({code})"
+            elif outcome == "ResourceLimitExceeded":
+                outcome = "refused (ResourceLimitExceeded)"
+            table.add_row(str(number), attempt.job_name, attempt.instance_type, outcome, estimate)
         self.console.print(table)
 
     def accepted(self, record: RunRecord) -> None:
@@ -597,17 +600,27 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
     if not rows:
         console.print("no local runs yet: start one with 'aiops train SCRIPT'.")
         return
+    kept = {
+        r.job_name: summary.warm_pool_status
+        for r, _ in rows
+        if (summary := r.remote_summary) and summary.warm_pool_status in KEPT_POOLS
+    }
+    # a kept warm pool is billed while it waits: its own column, so nobody forgets one
+    pool = [Column("pool", style="yellow", no_wrap=True)] if kept else []
     table = Table(
-        Column("job", overflow="fold"), "status", "started", "duration", Column("metrics", overflow="fold")
+        Column("job", overflow="fold"),
+        "status",
+        *pool,
+        "started",
+        "duration",
+        Column("metrics", overflow="fold"),
     )
     for r, backend in rows:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in list(backend.latest_metrics(r).items())[:3])
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at or 0))
         duration = f"{r.duration_seconds:.1f}s" if r.duration_seconds is not None else "-"
-        status = r.status or "-"
-        if r.remote_summary and r.remote_summary.warm_pool_status in KEPT_POOLS:
-            status += f" [yellow](warm pool {r.remote_summary.warm_pool_status})[/]"  # billed while kept
-        table.add_row(r.job_name, status, started, duration, metrics)
+        cells = [kept.get(r.job_name) or ""] if kept else []
+        table.add_row(r.job_name, r.status or "-", *cells, started, duration, metrics)
     console.print(table)
 
 

@@ -62,7 +62,9 @@ def test_a_matching_job_reuses_the_warm_pool_and_another_does_not(journey: Journ
     first = _train(journey, code, "pool-1", *pool)
     assert first.returncode == 0, journey.log()[-4000:]
     listed = journey.aiops("jobs", "list")
-    assert listed.returncode == 0 and "(warm pool" in listed.stdout and "Available)" in listed.stdout
+    assert listed.returncode == 0, listed.output
+    header, row = (line for line in listed.stdout.splitlines() if "pool" in line)  # the column, pool-1
+    assert header.split("┃")[3].strip() == "pool" and row.split("│")[3].strip() == "Available", listed.stdout
     assert _pools(journey) == {"pool-1": "Available"}
 
     second = _train(journey, code, "pool-2", *pool)  # same type, count, role, network, volume, key
@@ -112,7 +114,7 @@ def test_capacity_errors_move_the_same_job_to_the_next_type(
     same = ("sagemaker_submit_directory",)
     assert requests[0]["HyperParameters"][same[0]] == requests[1]["HyperParameters"][same[0]]
     assert requests[0]["InputDataConfig"] == requests[1]["InputDataConfig"]
-    table = result.stderr[result.stderr.index("attempts") :]
+    table = result.stdout[result.stdout.index("attempts") :]
     for expected in ("ResourceLimitExceeded", "cap-try2", "CapacityError", "cap-try3", "Completed"):
         assert expected in table, table
 
