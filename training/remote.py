@@ -205,7 +205,8 @@ def submit(
         instance_count=options.instance_count,
         instance_type=options.instance_type,
         max_run=options.max_run,
-        **({"keep_alive": options.keep_alive, "idle_cost": idle} if options.keep_alive else {}),
+        keep_alive=options.keep_alive,
+        idle_cost=idle,
     )
     warning = check_budget(
         estimate, spot=options.spot, max_cost=max_cost, confirmed=confirmed, extra=idle or 0.0
@@ -577,8 +578,8 @@ class SageMakerBackend:
             raise jobs.Detached(record) from None
         record = remote_jobs.refresh(self.store, record, description)
         if given.download and record.status == STATUS_COMPLETED:
-            path = download_model(record, record.folder.model_archive)
-            record.artifacts.model = str(path)
+            archive = download_model(record, record.folder.model_archive)
+            record.artifacts.model = str(archive)
             self.store.save(record)
         return LaunchResult(record, exit_code=0 if record.status == STATUS_COMPLETED else 1, streamed=True)
 

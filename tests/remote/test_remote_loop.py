@@ -159,7 +159,9 @@ def test_every_type_refused_ends_with_the_table_and_one_error(run_cli, project, 
     )
     assert result.returncode == 1, result.output
     assert platform.attempts["SageMaker.CreateTrainingJob"] == 2 and not platform.create_requests
-    assert result.stderr.count("ResourceLimitExceeded") >= 2 and "Service Quotas" in result.stderr, result.stderr
+    assert result.stderr.count("ResourceLimitExceeded") >= 2 and "Service Quotas" in result.stderr, (
+        result.stderr
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,3 +235,20 @@ def test_connect_to_a_job_without_remote_debug_is_refused(run_cli, project, plat
     result = run_cli("jobs", "connect", job)
     assert result.returncode == 2 and f"{job} was not started with --remote-debug" in result.stderr
     assert platform.attempts.get("SageMaker.DescribeTrainingJob", 0) == before  # refused before asking AWS
+
+
+def test_instance_type_auto_takes_the_gpu_fit_checks_cheapest_types(
+    run_cli, project, platform, aiops_home
+) -> None:
+    from aiops.gpufit import fitting_training_types
+
+    _outputs(aiops_home)
+    expected = [s.instance_type for s in fitting_training_types(1e9, region=REGION)]
+    assert len(expected) == 3
+    result = _train(run_cli, project, "--instance-type", "auto", "--model-params", "1e9", "--no-wait")
+    assert result.returncode == 0, result.output
+    listed = next(line for line in result.stderr.splitlines() if line.startswith("instance types that fit"))
+    assert [part.split(" (")[0] for part in listed.split(": ", 1)[1].split(", ")] == expected
+    assert result.stderr.index("instance types that fit") < result.stderr.index("estimate:"), result.stderr
+    (request,) = platform.create_requests
+    assert request["ResourceConfig"]["InstanceType"] == expected[0]
