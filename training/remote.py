@@ -589,7 +589,10 @@ class SageMakerBackend:
         if record.status == PENDING:
             return remote_jobs.resolve_pending(self.store, record)
         if may_keep_pool(record):
-            return self.describe(record)
+            try:
+                return self.describe(record)
+            except AiopsError:  # offline or no credentials: the list shows what was last seen
+                return record
         return record
 
     def describe(self, record: RunRecord) -> RunRecord:

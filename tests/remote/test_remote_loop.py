@@ -252,3 +252,22 @@ def test_instance_type_auto_takes_the_gpu_fit_checks_cheapest_types(
     assert result.stderr.index("instance types that fit") < result.stderr.index("estimate:"), result.stderr
     (request,) = platform.create_requests
     assert request["ResourceConfig"]["InstanceType"] == expected[0]
+
+
+def test_capacity_failures_and_attempt_names() -> None:
+    from aiops.training.capacity import attempt_name, is_capacity_failure
+
+    from aiops.runs import validate_job_name
+
+    assert is_capacity_failure(
+        "CapacityError: Unable to provision requested ML compute capacity. Please retry using a different ML "
+        "instance type."
+    )
+    assert is_capacity_failure("InsufficientInstanceCapacity: We currently do not have sufficient capacity")
+    assert not is_capacity_failure("AlgorithmError: ExecuteUserScriptError: ExitCode 1")
+    assert not is_capacity_failure(None)
+    name = "train-" + "x" * 57
+    assert attempt_name(name, 1) == name
+    long = attempt_name(name, 12)
+    assert len(long) == 63 and long.endswith("-try12")
+    validate_job_name(long)
