@@ -271,3 +271,16 @@ def test_capacity_failures_and_attempt_names() -> None:
     long = attempt_name(name, 12)
     assert len(long) == 63 and long.endswith("-try12")
     validate_job_name(long)
+
+
+def test_the_budget_counts_the_warm_pools_idle_time(run_cli, project, platform, aiops_home) -> None:
+    _outputs(aiops_home)
+    hourly = prices.hourly("ml.g5.2xlarge", spot=False)
+    run = idle = round(hourly, 2)  # 1 h at most, kept 1 h: each rounded to cents, as estimated
+    budget = f"{run + idle / 2:.2f}"  # above the run alone, below the run and its pool
+    args = ("--instance-type", "ml.g5.2xlarge", "--max-run", "3600", "--max-cost", budget, "--no-wait")
+    refused = _train(run_cli, project, *args, "--keep-alive", "1h")
+    assert refused.returncode == 2 and f"may cost up to ${run + idle:,.2f}" in refused.stderr, refused.output
+    assert platform.count("s3:PUT") == 0
+    assert _train(run_cli, project, *args, "--keep-alive", "0").returncode == 0
+    assert platform.create_requests[-1]["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 0
