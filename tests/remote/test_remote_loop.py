@@ -284,3 +284,41 @@ def test_the_budget_counts_the_warm_pools_idle_time(run_cli, project, platform, 
     assert platform.count("s3:PUT") == 0
     assert _train(run_cli, project, *args, "--keep-alive", "0").returncode == 0
     assert platform.create_requests[-1]["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 0
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "CapacityError: Unable to provision requested ML compute capacity. Please retry using a different ML "
+        "instance type.",
+        "InsufficientInstanceCapacity: We currently do not have sufficient ml.g5.2xlarge capacity",
+    ],
+    ids=["on-demand", "spot"],
+)
+def test_a_job_failed_for_capacity_moves_to_the_next_type_once_it_has_ended(
+    run_cli, project, platform, aiops_home, reason
+) -> None:
+    _outputs(aiops_home)
+    platform.failing_types["ml.g5.2xlarge"] = reason
+    result = _train(run_cli, project, "--instance-type", "ml.g5.2xlarge,ml.g5.4xlarge", "--job-name", "cap")
+    assert result.returncode == 0, result.output
+    assert [r["TrainingJobName"] for r in platform.create_requests] == ["cap", "cap-try2"]
+    # the second job was created only after the first was seen Failed: never two at once
+    assert platform.events.index("described cap Failed") < platform.events.index("created cap-try2")
+    first, second = platform.create_requests
+    assert (
+        first["HyperParameters"]["sagemaker_submit_directory"]
+        == second["HyperParameters"]["sagemaker_submit_directory"]
+    )
+    assert json.loads(result.stdout)["status"] == "Completed"
+    code = reason.split(":", 1)[0]
+    table = result.stderr[result.stderr.index("attempts") :]
+    assert f"Failed ({code})" in table and "Completed" in table
+
+
+def test_a_job_failed_for_another_reason_ends_the_launch(run_cli, project, platform, aiops_home) -> None:
+    _outputs(aiops_home)
+    platform.failing_types["ml.g5.2xlarge"] = "AlgorithmError: ExecuteUserScriptError: ExitCode 1"
+    result = _train(run_cli, project, "--instance-type", "ml.g5.2xlarge,ml.g5.4xlarge", "--job-name", "bug")
+    assert result.returncode == 1, result.output
+    assert [r["TrainingJobName"] for r in platform.create_requests] == ["bug"]
