@@ -285,6 +285,14 @@ def _make_handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 platform.events.append(
                     f"described {described['TrainingJobName']} {described['TrainingJobStatus']}"
                 )
+                if (described.get("ResourceConfig") or {}).get("KeepAlivePeriodInSeconds"):  # a warm pool
+                    ended = described["TrainingJobStatus"] != "InProgress"
+                    described.setdefault(
+                        "WarmPoolStatus",
+                        {"Status": "Available", "ResourceRetainedBillableTimeInSeconds": 42}
+                        if ended
+                        else {"Status": "InUse"},
+                    )
                 described.setdefault("TrainingTimeInSeconds", 600)
                 described.setdefault(
                     "BillableTimeInSeconds", 180 if described.get("EnableManagedSpotTraining") else 600

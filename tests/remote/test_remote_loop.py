@@ -322,3 +322,22 @@ def test_a_job_failed_for_another_reason_ends_the_launch(run_cli, project, platf
     result = _train(run_cli, project, "--instance-type", "ml.g5.2xlarge,ml.g5.4xlarge", "--job-name", "bug")
     assert result.returncode == 1, result.output
     assert [r["TrainingJobName"] for r in platform.create_requests] == ["bug"]
+
+
+def test_describe_and_list_show_a_kept_warm_pool(run_cli, project, platform, aiops_home) -> None:
+    _outputs(aiops_home)
+    kept = _train(run_cli, project, "--keep-alive", "10m", "--job-name", "kept")
+    plain = _train(run_cli, project, "--job-name", "plain")
+    assert kept.returncode == 0 and plain.returncode == 0, kept.output + plain.output
+    described = run_cli("jobs", "describe", "kept")
+    assert "warm pool" in described.stdout and "Available, 42s retained (billable)" in described.stdout
+    listed = run_cli("jobs", "list")
+    header = next(line for line in listed.stdout.splitlines() if "status" in line)
+    assert [c.strip() for c in header.split("┃")[1:4]] == ["job", "status", "pool"], listed.stdout
+    cells = [[c.strip() for c in line.split("│")[1:4]] for line in listed.stdout.splitlines()[3:-1]]
+    rows = {job: pool for job, _, pool in cells if job}  # a row's first line (a long cell wraps)
+    assert rows == {"plain": "", "kept": "Available"}, listed.stdout
+    as_json = {
+        r["job_name"]: r.get("warm_pool_status") for r in json.loads(run_cli("jobs", "list", "--json").stdout)
+    }
+    assert as_json == {"kept": "Available", "plain": None}
