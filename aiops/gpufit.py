@@ -352,6 +352,25 @@ def check_training(
     )
 
 
+def fitting_training_types(
+    parameters: float,
+    *,
+    instance_count: int = 1,
+    fsdp: bool = False,
+    region: str = "us-east-1",
+    limit: int = 3,
+) -> tuple[Suggestion, ...]:
+    """The GPU types whose GPUs hold the training state, cheapest first (`--instance-type auto`)."""
+    if parameters <= 0:
+        raise UsageError(f"--model-params {parameters:g}: give the model's parameter count, e.g. 7e9")
+
+    def fits_on(s: GpuSpec) -> bool:
+        shards = s.gpus * max(1, instance_count) if fsdp else 1
+        return training_need(int(parameters), shards=shards).total_gib <= s.gpu_memory_gib
+
+    return _suggest(fits_on, region=region, service_hourly=_hourly(region), limit=limit)
+
+
 def require_training_fit(
     parameters: float,
     instance_type: str,

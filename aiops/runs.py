@@ -291,6 +291,11 @@ class JobSummary(_Record):
     billable_seconds: int | float | None = None
     spot_saving_percent: float | None = None
     arn: str | None = None
+    # WarmPoolStatus (a job with KeepAlivePeriodInSeconds): Status, ResourceRetainedBillableTimeInSeconds,
+    # ReusedByJob
+    warm_pool_status: str | None = None
+    warm_pool_billable_seconds: int | None = None
+    warm_pool_reused_by: str | None = None
 
 
 class RunRecord(_Record):
@@ -331,6 +336,7 @@ class RunRecord(_Record):
     stack: str | None = None
     large_files: list[tuple[str, int]] = Field(default_factory=list)
     estimated_max_cost_usd: float | None = None
+    estimated_idle_cost_usd: float | None = None  # a warm pool kept after the job (--keep-alive)
     code_bundle: CodeBundle | None = None
     uploaded_bytes: int | None = None
     request: dict[str, Any] | None = None  # the CreateTrainingJob request, as sent

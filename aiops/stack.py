@@ -194,6 +194,7 @@ class StackOutputs(BaseModel):
     launch_template_id: str | None = None
     gpu_group_name: str | None = None
     training_secret_arns: list[str] = Field(default_factory=list)  # what the role may read (--secret)
+    remote_debug: bool = False  # the role may open SSM sessions (--remote-debug, access.remoteDebug)
 
     @property
     def vpc(self) -> bool:

@@ -104,9 +104,13 @@ class AccessConfig(_Model):
     exactly these. ``trainingSecretKeys``: the customer-managed KMS keys those secrets are encrypted
     with, if any (``kms:Decrypt`` through Secrets Manager only); secrets under the AWS-managed key
     need none.
+
+    ``remoteDebug``: training jobs may run with ``--remote-debug`` (RemoteDebugConfig): the role
+    gets the four ``ssmmessages`` actions the SSM agent in the container needs to open sessions.
     """
 
     enabled: bool = True
+    remote_debug: bool = False
     training_secrets: tuple[str, ...] = ()
     training_secret_keys: tuple[str, ...] = ()
 

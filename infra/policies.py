@@ -145,8 +145,13 @@ def execution_role_policy(
     publish_topic_names: tuple[str, ...] = (),
     secret_arns: tuple[str, ...] = (),
     secret_key_arns: tuple[str, ...] = (),
+    remote_debug: bool = False,
 ) -> dict[str, Any]:
     """Least privilege for SageMaker jobs and endpoints run as this role.
+
+    ``remote_debug``: the statement SageMaker documents for training jobs with RemoteDebugConfig
+    (``REMOTE_DEBUG_ACTIONS``, the SSM agent's channels; ssmmessages has no resource-level
+    permissions, so AWS requires "*").
 
     ``secret_arns``: the Secrets Manager secrets training jobs read (``--secret``), exactly those;
     ``secret_key_arns``: their customer-managed KMS keys, usable only through Secrets Manager.
@@ -159,9 +164,9 @@ def execution_role_policy(
     ``role_write_prefixes``). With subnets (a VPC), the role also gets what SageMaker needs to
     attach jobs and endpoints to them (``vpc_statements``).
 
-    The two statements with ``Resource: "*"`` name single actions that have no resource-level
-    permissions (AWS requires "*" for them): ``ecr:GetAuthorizationToken`` and
-    ``cloudwatch:PutMetricData`` (narrowed by a namespace condition).
+    The statements with ``Resource: "*"`` name actions that have no resource-level permissions (AWS
+    requires "*" for them): ``ecr:GetAuthorizationToken``, ``cloudwatch:PutMetricData`` (narrowed by
+    a namespace condition) and, with ``remote_debug`` only, the ``ssmmessages`` channel actions.
     """
     _arn_ok(bucket_arn, "s3")
     _arn_ok(key_arn, "kms")
@@ -180,6 +185,7 @@ def execution_role_policy(
         *bucket_statements(bucket_arn, read_prefixes, write_prefixes),
         *key_statements(key_arn),
         *image_statements(repositories),
+        *remote_debug_statements(remote_debug),
     ]
     if subnet_ids:
         statements += vpc_statements(
@@ -371,6 +377,28 @@ def log_and_metric_statements(*, region: str, account_id: str, partition: str) -
         },
     ]
 
+
+def remote_debug_statements(remote_debug: bool) -> list[dict[str, Any]]:
+    """The SSM agent's channels for --remote-debug jobs (no resource-level permissions: "*")."""
+    if not remote_debug:
+        return []
+    return [
+        {
+            "Sid": "RemoteDebugSessions",
+            "Effect": "Allow",
+            "Action": list(REMOTE_DEBUG_ACTIONS),
+            "Resource": "*",
+        }
+    ]
+
+
+# "Access a training container through AWS Systems Manager for remote debugging": the IAM role
+REMOTE_DEBUG_ACTIONS = (
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+)
 
 VPC_DESCRIBE_ACTIONS = (
     "ec2:DescribeNetworkInterfaces",

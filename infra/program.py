@@ -44,6 +44,7 @@ class ProgramOutputs:
     launch_template_id: pulumi.Output[str] | None = None
     gpu_group_name: pulumi.Output[str] | None = None
     training_secret_arns: list[str] = field(default_factory=list)
+    remote_debug: bool | None = None  # exported only when the stack allows it
 
     def exported(self) -> dict[str, Any]:
         """camelCase name -> value, the unset ones (None, an empty list) left out."""
@@ -135,11 +136,13 @@ def build(cfg: StackConfig) -> ProgramOutputs:
                 else (),
                 secret_arns=cfg.access.training_secrets,
                 secret_key_arns=cfg.access.training_secret_keys,
+                remote_debug=cfg.access.remote_debug,
             ),
             opts=opts,
         )
         role_arn = outputs.role_arn = access.role.arn
         outputs.training_secret_arns = list(cfg.access.training_secrets)
+        outputs.remote_debug = True if cfg.access.remote_debug else None
 
     if ep.enabled:
         from aiops.infra.endpoint import Endpoint, EndpointArgs

@@ -94,6 +94,9 @@ class LaunchOptions:
     confirmed: bool = False  # --yes: launch even above the budget
     model_params: float | None = None
     fsdp: bool = False
+    keep_alive: int | None = None  # seconds SageMaker keeps the instances warm after the job
+    remote_debug: bool = False  # RemoteDebugConfig: `aiops jobs connect` opens a shell on a host
+    max_attempts: int | None = None  # capacity fallback: at most this many jobs (default: one a type)
 
     def __post_init__(self) -> None:
         if self.output_dir is not None and self.output_dir.exists() and not self.output_dir.is_dir():
@@ -115,11 +118,14 @@ class LaunchOptions:
                     self.stack,
                     self.vpc,
                     self.model_params,
+                    self.keep_alive,
+                    self.max_attempts,
                 )
             )
             or self.instance_count != 1
             or self.network_isolation
             or self.fsdp
+            or self.remote_debug
         )
 
 
@@ -171,9 +177,18 @@ class JobEvents(Protocol):
     # a remote job
     def upload(self, label: str, done: int, total: int) -> None: ...
     def estimate(
-        self, estimate: Any, *, spot: bool, instance_count: int, instance_type: str, max_run: int
+        self,
+        estimate: Any,
+        *,
+        spot: bool,
+        instance_count: int,
+        instance_type: str,
+        max_run: int,
+        keep_alive: int | None = None,  # a warm pool: its seconds and what it may cost idle
+        idle_cost: float | None = None,
     ) -> None: ...
     def accepted(self, record: RunRecord) -> None: ...
+    def attempts(self, attempts: Sequence[Any]) -> None: ...  # capacity fallback: capacity.Attempt rows
     def status(self, status: str, secondary: str) -> None: ...
     def log(self, stream: str, message: str) -> None: ...
     def silent(self, seconds: float, status: str) -> None: ...

@@ -192,6 +192,8 @@ def run_journey(
             subnets, groups = user_network(journey.account)
             config["config"]["aiops:network"] = {"subnetIds": subnets, "securityGroupIds": groups}
             config["config"]["aiops:endpoint"]["networkIsolation"] = True
+        else:  # the main journey's job can be entered (aiops jobs connect): the role's SSM statement
+            config["config"]["aiops:access"] = {"remoteDebug": True}
         journey.write_stack(config)
         result.plan = journey.preview()
 
@@ -225,13 +227,13 @@ def run_journey(
             "--metric",
             METRIC,
         ]
-        if vpc:
-            args.append("--network-isolation")
+        args.append("--network-isolation" if vpc else "--remote-debug")
         train = journey.aiops(*args)
         result.train_output = train.output
         assert train.returncode == 0, f"aiops train --remote exited {train.returncode}"
         job = journey.platform.jobs[result.job_name]
         assert job.status == "Completed" and job.interrupted == interruptions, (job.status, job.interrupted)
+        assert bool(job.request.get("RemoteDebugConfig")) is not vpc
 
         mark("aiops jobs logs")
         logs = journey.aiops("jobs", "logs", result.job_name)
