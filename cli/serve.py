@@ -60,8 +60,15 @@ def serve(
         "--install-requirements",
         help="pip install code/requirements.txt first (as the container does).",
     ),
+    container: str | None = typer.Option(
+        None,
+        "--container",
+        help="Whose contract to serve: pytorch (the handler script) or huggingface (a transformers "
+        "pipeline chosen by HF_TASK or config.json) [default: pytorch, AIOPS_SERVE__CONTAINER].",
+    ),
 ) -> None:
-    """Serve a model with the SageMaker PyTorch handler contract: GET /ping, POST /invocations."""
+    """Serve a model under the SageMaker PyTorch handler contract (or the Hugging Face container's):
+    GET /ping, POST /invocations."""
     from aiops.inference.serving.supervisor import serve as run_server
     from aiops.inference.serving.supervisor import serve_settings
 
@@ -76,6 +83,7 @@ def serve(
         timeout_seconds=timeout,
         api_key=api_key,
         install_requirements=install_requirements or None,
+        container=container,
     )
 
     def ready(url: str) -> None:
@@ -105,9 +113,7 @@ def invoke(
     ),
     accept: str | None = typer.Option(None, "--accept", "-a", help="Accept header."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="AIOPS_SERVE__API_KEY", show_envvar=True),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Write the response body to this file."
-    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the response body to this file."),
     stream: bool = typer.Option(
         False,
         "--stream",
@@ -281,13 +287,9 @@ def package(
         "-o",
         help="Where to write model.tar.gz (an existing folder: FOLDER/model.tar.gz).",
     ),
-    entry_point: Path | None = typer.Option(
-        None, "--entry-point", "-e", help="Inference script -> code/."
-    ),
+    entry_point: Path | None = typer.Option(None, "--entry-point", "-e", help="Inference script -> code/."),
     source_dir: Path | None = typer.Option(None, "--source-dir", "-s", help="Folder copied into code/."),
-    requirements: Path | None = typer.Option(
-        None, "--requirements", "-r", help="-> code/requirements.txt"
-    ),
+    requirements: Path | None = typer.Option(None, "--requirements", "-r", help="-> code/requirements.txt"),
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
     from aiops.inference import artifacts
