@@ -21,7 +21,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -138,22 +137,23 @@ def make_classifier(folder: Path) -> Path:
     return folder
 
 
+# the four functions, with and without the context; no transformers import, so its worker starts fast
 CUSTOM = """
 import json, os
-from transformers import pipeline
 
 def model_fn(model_dir, context):
-    return pipeline("text-classification", model=model_dir, tokenizer=model_dir, device=-1)
+    folder = os.path.basename(context.system_properties["model_dir"])
+    return lambda text, repeat=1: {"text": text * repeat, "folder": folder}
 
 def input_fn(input_data, content_type):
-    return json.loads(input_data)["sentence"]
+    data = json.loads(input_data)
+    return {"inputs": data["sentence"], "parameters": data.get("options") or {}}
 
-def predict_fn(data, model):
-    return {"label": model(data)[0]["label"], "characters": len(data)}
+def predict_fn(data, model, context):
+    return model(data["inputs"], **data["parameters"])
 
-def output_fn(prediction, accept, context):
-    folder = os.path.basename(context.system_properties["model_dir"])
-    return json.dumps({**prediction, "accept": accept, "folder": folder})
+def output_fn(prediction, accept):
+    return json.dumps({**prediction, "accept": accept})
 """
 
 TRANSFORM = """
@@ -172,15 +172,12 @@ def hf_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The served folders, made once for every xdist worker; read-only."""
 
     def build(root: Path) -> dict:
-        classifier = make_classifier(root / "classifier")
-        custom = root / "custom"
-        shutil.copytree(classifier, custom)
-        (custom / "code").mkdir()
-        (custom / "code" / "inference.py").write_text(CUSTOM)
-        transform = root / "transform"  # code only: its model_fn loads no transformers model
-        (transform / "code").mkdir(parents=True)
-        (transform / "code" / "inference.py").write_text(TRANSFORM)
-        return {"classifier": str(classifier), "custom": str(custom), "transform": str(transform)}
+        folders = {"classifier": make_classifier(root / "classifier")}
+        for name, script in (("custom", CUSTOM), ("transform", TRANSFORM)):
+            folders[name] = root / name  # code only: no config.json is needed with a model_fn
+            (folders[name] / "code").mkdir(parents=True)
+            (folders[name] / "code" / "inference.py").write_text(script)
+        return {name: str(folder) for name, folder in folders.items()}
 
     return {k: Path(v) for k, v in built_once(tmp_path_factory, "hf-container-models", build).items()}
 
@@ -248,7 +245,8 @@ CASES = {
         {},
         [
             ({**JSON_H, "Accept": "application/json"}, b'{"sentence": "import antigravity"}'),
-            ({**JSON_H, "Accept": "text/plain"}, b'{"sentence": "pass"}'),
+            ({**JSON_H, "Accept": "text/plain"}, b'{"sentence": "pass", "options": {"repeat": 2}}'),
+            (JSON_H, b'{"sentence": "pass", "options": {"times": 2}}'),  # the model raises TypeError
             (JSON_H, b'{"no sentence": 1}'),  # the user's input_fn raises KeyError
         ],
     ),
@@ -343,8 +341,12 @@ def test_answers_are_what_the_pipeline_says(served):
     assert generated["generated_text"].startswith("def main(")
     (continued,) = json.loads(oracle["generator"][2]["body"])
     assert not continued["generated_text"].startswith("for i in")
-    custom = json.loads(oracle["custom"][0]["body"])
-    assert custom["folder"] == "custom" and custom["characters"] == len("import antigravity")
+    assert json.loads(oracle["custom"][1]["body"]) == {
+        "text": "passpass",
+        "folder": "custom",
+        "accept": "text/plain",
+    }
+    assert oracle["custom"][1]["content_type"] == "text/plain"
 
 
 def test_boto3_invoke_endpoint(served):
@@ -355,6 +357,98 @@ def test_boto3_invoke_endpoint(served):
     answer = client.invoke_endpoint(EndpointName="local", Body=body, ContentType=headers["Content-Type"])
     assert answer["Body"].read() == oracle["generator"][0]["body"]
     assert answer["ContentType"] == "application/json"
+
+
+# ------------------------------------------------------------------ the parts, against the toolkit's own
+
+
+@pytest.fixture
+def toolkit(monkeypatch):
+    """The toolkit's modules, imported in this process from its wheel (HF_TASK restored afterwards: its
+    task inference sets it)."""
+    monkeypatch.syspath_prepend(str(TOOLKIT_WHEEL))
+    monkeypatch.setenv("HF_TASK", "restored-afterwards")
+    from sagemaker_huggingface_inference_toolkit import decoder_encoder, handler_service, transformers_utils
+
+    return decoder_encoder, handler_service, transformers_utils
+
+
+def test_task_inference_is_the_toolkits(toolkit, tmp_path):
+    from aiops.inference.huggingface import TASK_BY_ARCHITECTURE, infer_task
+
+    _, _, transformers_utils = toolkit
+    assert list(TASK_BY_ARCHITECTURE.items()) == list(transformers_utils.ARCHITECTURES_2_TASK.items())
+    for architecture in (
+        "BertForSequenceClassification",
+        "DistilBertForTokenClassification",
+        "TapasForQuestionAnswering",  # the later suffix ForQuestionAnswering wins there too
+        "RobertaForMaskedLM",
+        "LlamaForCausalLM",
+        "GPT2LMHeadModel",
+        "T5ForConditionalGeneration",
+        "MarianMTModel",
+    ):
+        (tmp_path / "config.json").write_text(json.dumps({"architectures": [architecture]}))
+        expected = transformers_utils.infer_task_from_model_architecture(str(tmp_path / "config.json"))
+        assert infer_task(tmp_path) == expected, architecture
+
+
+def test_bodies_decode_and_encode_as_the_toolkits(toolkit):
+    import datetime
+
+    import numpy as np
+    from aiops.inference import huggingface
+
+    decoder_encoder, _, _ = toolkit
+    for body in ("inputs\nhello\nworld, again\n", "question,context\nwho?,me\n", "Inputs\n1\n"):
+        assert huggingface.decode(body, "text/csv") == decoder_encoder.decode(body, "text/csv"), body
+    for body in ('{"inputs": "héllo", "parameters": {"top_k": 2}}', "[1, 2.5, null]"):
+        assert huggingface.decode(body, "application/json") == decoder_encoder.decode(
+            body, "application/json"
+        )
+    answers = [
+        [{"label": "LABEL_0", "score": np.float32(0.25)}, {"label": "é ✓", "score": 1e-05}],
+        [[[0.1, -2.5e-07, 3.0]]],
+        {"count": np.int64(3), "when": datetime.datetime(2026, 1, 2, 3, 4, 5), "array": np.arange(3)},
+    ]
+    for answer in answers:
+        assert huggingface.encode(answer, "application/json") == decoder_encoder.encode(
+            answer, "application/json"
+        ).encode("utf-8")
+    assert (
+        huggingface.encode(answers[0], "text/csv") == decoder_encoder.encode(answers[0], "text/csv").encode()
+    )
+    assert huggingface.encode(answers[1], "application/x-npy") == decoder_encoder.encode(
+        answers[1], "application/x-npy"
+    )
+
+
+def test_the_context_argument_rule_is_the_toolkits(toolkit):
+    from aiops.inference.huggingface import CONTRACT, _takes_context
+
+    from aiops.errors import UsageError
+
+    _, handler_service, _ = toolkit
+    service = handler_service.HuggingFaceHandlerService()
+    defaults = {
+        "model_fn": service.load,
+        "input_fn": service.preprocess,
+        "predict_fn": service.predict,
+        "output_fn": service.postprocess,
+        "transform_fn": service.transform_fn,
+    }
+    assert set(defaults) == set(CONTRACT)
+    candidates = [lambda: 0, lambda a: 0, lambda a, b: 0, lambda a, b, c=None: 0, lambda a, b, c, d: 0]
+    candidates += [lambda a, b, c, d, e: 0, lambda a, b, c, d, e, f: 0, lambda *args: 0]
+    for name, default in defaults.items():
+        for fn in candidates:
+            try:
+                theirs = service.function_extra_arg(getattr(type(service), default.__name__), fn)
+            except TypeError:
+                with pytest.raises(UsageError, match=f"{name} takes"):
+                    _takes_context(name, fn)
+            else:
+                assert _takes_context(name, fn) == (theirs == [service.context]), (name, fn)
 
 
 # ------------------------------------------------------------------ bad input at start
