@@ -13,8 +13,9 @@ service on the same folders as the oracle.
 - **A request.** ``application/json`` and ``text/csv`` bodies are decoded as UTF-8 text, then
   ``input_fn(body, content_type)``: JSON as it parses (``{"inputs": ..., "parameters": {...}}``); CSV with
   a header row naming ``inputs`` (or ``question``/``context``) as ``{"inputs": [...]}``; NPY as an array;
-  images as ``{"inputs": PIL image}``; audio as ``{"inputs": bytes}``. ``predict_fn`` pops ``inputs`` (the
-  whole dict when absent) and ``parameters`` and calls ``pipeline(inputs, **parameters)``; ``output_fn``
+  images as ``{"inputs": PIL image}`` (at most ``max_decoded_mb`` as RGB); audio as ``{"inputs": bytes}``.
+  ``predict_fn`` pops ``inputs`` (the whole dict when absent) and ``parameters`` and calls
+  ``pipeline(inputs, **parameters)``; ``output_fn``
   encodes the answer in the Accept type (JSON when none or ``*/*``), which is the response's content type.
   Content types are matched exactly, as the toolkit matches them (``application/json; charset=utf-8`` is
   not ``application/json``).
@@ -49,7 +50,13 @@ from typing import Any
 
 from aiops.inference import codecs
 from aiops.inference.contract import Answer, BatchRequest, Context
-from aiops.inference.errors import BadRequest, HttpError, NotAcceptable, UnsupportedMediaType
+from aiops.inference.errors import (
+    BadRequest,
+    HttpError,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from aiops.inference.handler import load_module
 
 from aiops.errors import UsageError
@@ -206,9 +213,7 @@ def decode(body: Any, content_type: str | None, task: str | None = None) -> Any:
     if content_type == NPY:
         return codecs.decode(bytes(body), codecs.NPY)  # aiops' reader: bounded, no pickles
     if content_type in IMAGE_TYPES:
-        from PIL import Image
-
-        return {"inputs": Image.open(io.BytesIO(body)).convert("RGB")}
+        return {"inputs": _decode_image(body)}
     if content_type in AUDIO_TYPES:
         return {"inputs": bytes(body)}
     raise UnsupportedMediaType(
@@ -230,6 +235,21 @@ def _decode_csv(text: str) -> dict:
     if rows and "inputs" in rows[0]:
         return {"inputs": [row["inputs"] for row in rows]}
     return {"inputs": rows}
+
+
+def _decode_image(body: bytes):
+    """The image as RGB; its decoded size is checked from the header first (``max_decoded_mb``, 413):
+    a few compressed megabytes can hold gigabytes of pixels."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(body))  # reads the header only
+    width, height = image.size
+    if width * height * 3 > codecs.LIMITS.max_decoded_bytes:
+        raise PayloadTooLarge(
+            f"the image is {width}x{height} pixels: {width * height * 3} bytes as RGB, over the "
+            f"{codecs.LIMITS.max_decoded_bytes} bytes a body may decode to (max_decoded_mb)"
+        )
+    return image.convert("RGB")
 
 
 def _json_default(obj: Any) -> Any:

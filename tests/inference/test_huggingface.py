@@ -423,6 +423,24 @@ def test_bodies_decode_and_encode_as_the_toolkits(toolkit):
     )
 
 
+def test_images_decode_as_the_toolkits_within_the_decoded_size_bound(toolkit, monkeypatch):
+    import io
+
+    from aiops.inference import codecs, huggingface
+    from aiops.inference.errors import PayloadTooLarge
+    from PIL import Image
+
+    decoder_encoder, _, _ = toolkit
+    png = io.BytesIO()
+    Image.new("L", (40, 30), color=200).save(png, format="PNG")
+    ours = huggingface.decode(png.getvalue(), "image/png")["inputs"]
+    theirs = decoder_encoder.decode(png.getvalue(), "image/png")["inputs"]
+    assert (ours.mode, ours.size, ours.tobytes()) == (theirs.mode, theirs.size, theirs.tobytes())
+    monkeypatch.setattr(codecs.LIMITS, "max_decoded_bytes", 40 * 30 * 3 - 1)
+    with pytest.raises(PayloadTooLarge, match="40x30 pixels"):
+        huggingface.decode(png.getvalue(), "image/png")
+
+
 def test_the_context_argument_rule_is_the_toolkits(toolkit):
     from aiops.inference.huggingface import CONTRACT, _takes_context
 
