@@ -30,7 +30,6 @@ import pytest
 from helpers import built_once, launch_server, runtime_client, stop_all, wait_ready
 
 pytest.importorskip("transformers")
-pytest.importorskip("mms")
 
 TOOLKIT_WHEEL = (
     Path(__file__).parent / "data" / "sagemaker_huggingface_inference_toolkit-2.6.0-py3-none-any.whl"
@@ -274,6 +273,7 @@ DIFFERENT_STATUS = {
 @pytest.fixture(scope="module")
 def served(hf_folders, tiny_llm, tmp_path_factory, aiops_home_module):
     """One `aiops serve --container huggingface` per case (started together), and the oracle's answers."""
+    pytest.importorskip("mms")  # multi-model-server, the test extra's: the oracle's Context
     folders = {
         "classifier": hf_folders["classifier"],
         "features": hf_folders["classifier"],
@@ -366,6 +366,7 @@ def test_boto3_invoke_endpoint(served):
 def toolkit(monkeypatch):
     """The toolkit's modules, imported in this process from its wheel (HF_TASK restored afterwards: its
     task inference sets it)."""
+    pytest.importorskip("mms")
     monkeypatch.syspath_prepend(str(TOOLKIT_WHEEL))
     monkeypatch.setenv("HF_TASK", "restored-afterwards")
     from sagemaker_huggingface_inference_toolkit import decoder_encoder, handler_service, transformers_utils
