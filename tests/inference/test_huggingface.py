@@ -224,11 +224,11 @@ CASES = {
         ],
     ),
     # text-generation, inferred from LlamaForCausalLM (`aiops example tiny-llm`)
+    # (the pipeline samples unless told, by its own default generation config: only greedy compares)
     "generator": (
         {},
         [
             (JSON_H, b'{"inputs": "def main(", "parameters": {"max_new_tokens": 8, "do_sample": false}}'),
-            # the pipeline samples unless told (its default generation config): only greedy is comparable
             (
                 JSON_H,
                 b'{"inputs": ["import", "class A"], "parameters": {"max_new_tokens": 4, "do_sample": false}}',
