@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 from helpers import built_once, launch_server, runtime_client, stop_all, wait_ready
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("transformers")
 
@@ -347,6 +349,49 @@ def test_answers_are_what_the_pipeline_says(served):
         "accept": "text/plain",
     }
     assert oracle["custom"][1]["content_type"] == "text/plain"
+
+
+TEXT = st.text(max_size=40)
+PAYLOAD = st.fixed_dictionaries(
+    {
+        "inputs": st.one_of(
+            TEXT, st.lists(TEXT, max_size=3), st.integers(), st.none(), st.dictionaries(TEXT, TEXT)
+        )
+    },
+    optional={
+        "parameters": st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "top_k": st.one_of(st.none(), st.integers(-2, 3), TEXT),
+                    "function_to_apply": st.sampled_from(["softmax", "sigmoid", "none", "bogus"]),
+                    "truncation": st.booleans(),
+                },
+            ),
+            TEXT,
+            st.lists(st.integers(), max_size=2),
+        )
+    },
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    payload=PAYLOAD,
+    content_type=st.sampled_from(["application/json", "text/csv", "text/plain", ""]),
+    accept=st.sampled_from(["application/json", "text/csv", "application/x-npy", "*/*", "text/html", ""]),
+)
+def test_the_request_schema_fuzzed_never_a_5xx(served, payload, content_type, accept):
+    """Any body shaped like the schema (and the content types around it): an answer or a 4xx, never a
+    5xx, and the server keeps answering."""
+    servers, _ = served
+    headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
+    resp = servers["classifier"].request("POST", "/invocations", json.dumps(payload).encode(), headers)
+    assert resp.status == 200 or 400 <= resp.status < 500, (payload, headers, resp.status, resp.body)
+    if resp.status == 200 and resp.headers["content-type"] == "application/json":
+        json.loads(resp.body)
+    else:
+        assert resp.status == 200 or json.loads(resp.body)["error"]
 
 
 def test_boto3_invoke_endpoint(served):
