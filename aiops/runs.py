@@ -422,9 +422,17 @@ def process_start_time(pid: int) -> int | None:
 
 def runner_alive(record: RunRecord) -> bool:
     """The aiops process that runs a local record still runs: its recorded pid and start time, and
-    a command line that is `aiops train` (the console script or ``python -m aiops.cli.app``)."""
+    a command line that is `aiops train` or `aiops tune` (a tuning trial), the console script or
+    ``python -m aiops.cli.app``."""
+    return runner_command(record) is not None
+
+
+def runner_command(record: RunRecord) -> str | None:
+    """ "train" or "tune": the aiops command running a local record, when it still runs (else None)."""
     pid = record.runner_pid
-    return process_alive(pid, record.runner_start_time) and _is_aiops_train(_cmdline(pid))
+    if not process_alive(pid, record.runner_start_time):
+        return None
+    return _aiops_command(_cmdline(pid))
 
 
 def script_alive(record: RunRecord, folder: RunFolder) -> bool:
@@ -448,12 +456,13 @@ def _cmdline(pid: int | None) -> list[str]:
     return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
 
 
-def _is_aiops_train(argv: list[str]) -> bool:
+def _aiops_command(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv[:3]):  # [python, ]aiops train | python -m aiops.cli.app train
         entry = os.path.basename(arg) == "aiops" or (arg == "aiops.cli.app" and i > 0 and argv[i - 1] == "-m")
         if entry:
-            return argv[i + 1 : i + 2] == ["train"]
-    return False
+            command = argv[i + 1] if len(argv) > i + 1 else None
+            return command if command in ("train", "tune") else None
+    return None
 
 
 def process_alive(pid: int | None, start_time: int | None) -> bool:

@@ -312,8 +312,9 @@ def package(
     typer.echo(f"wrote {summary['path']} ({summary['bytes']} bytes, {len(summary['files'])} files)")
     if program is not None and program != "inference.py":
         typer.echo(
-            f"inference script: code/{program} (the training script defines model_fn); deploy it with "
-            f"SAGEMAKER_PROGRAM={program} (aiops serve {out} --entry-point {program}), as estimator.deploy() does"
+            f"inference script: code/{program} (the training script defines "
+            f"model_fn); deploy it with SAGEMAKER_PROGRAM={program} (aiops "
+            f"serve {out} --entry-point {program}), as estimator.deploy() does"
         )
 
 

@@ -14,6 +14,7 @@ import typer
 
 if TYPE_CHECKING:  # typing only: `aiops --help` imports no record machinery
     from aiops.training.backends import JobBackend
+    from rich.status import Status
 
     from aiops.runs import RunRecord
 
@@ -64,7 +65,7 @@ class _Console:
 
         self.console = Console(stderr=to_stderr, highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal
-        self._status = None
+        self._status: Status | None = None
         self._progress: Any = None
         self._upload_task: Any = None
         self._started = time.monotonic()
@@ -153,10 +154,12 @@ class _Console:
     def accepted(self, record: RunRecord) -> None:
         self.close()
         config = record.config
+        assert config is not None  # a launched record carries its config
         self.console.print(
             f"[bold]{record.job_name}[/] accepted by SageMaker in {record.region} "
-            f"({'spot' if config.spot else 'on-demand'} {config.instance_count}x {config.instance_type}); "
-            f"uploaded {record.uploaded_bytes} bytes, code {record.code_bundle.uri if record.code_bundle else '-'}"
+            f"({'spot' if config.spot else 'on-demand'} {config.instance_count}x "
+            f"{config.instance_type}); uploaded {record.uploaded_bytes} bytes, "
+            f"code {record.code_bundle.uri if record.code_bundle else '-'}"
         )
 
     def status(self, status: str, secondary: str) -> None:
@@ -191,7 +194,7 @@ def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) 
     from rich.table import Table
 
     colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stale": "red"}.get(
-        record.status, "white"
+        record.status or "", "white"
     )
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")

@@ -344,7 +344,8 @@ def _resolve_code(entry_point: str, source_dir: str | None) -> tuple[Path, str]:
                 ) from None
             if not candidate.is_file():
                 raise UsageError(
-                    f"entry point {entry_point}: no such file in {source_dir}; give its path relative to the source dir."
+                    f"entry point {entry_point}: no such file in "
+                    f"{source_dir}; give its path relative to the source dir."
                 )
         _validate_entry_point_name(relative)
         return root.resolve(), relative

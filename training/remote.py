@@ -385,8 +385,8 @@ class SageMakerBackend:
             raise jobs.Detached(record) from None
         record = remote_jobs.refresh(self.store, record, description)
         if given.download and record.status == STATUS_COMPLETED:
-            path = download_model(record, record.folder.model_archive)
-            record.artifacts.model = str(path)
+            archive = download_model(record, record.folder.model_archive)
+            record.artifacts.model = str(archive)
             self.store.save(record)
         return LaunchResult(record, exit_code=0 if record.status == STATUS_COMPLETED else 1, streamed=True)
 

@@ -233,6 +233,8 @@ def build_request(
     a disjoint subset of the objects); File and FullyReplicated when not given. `environment`: the
     user's `--env` variables (validated by `contract.validate_environment`)."""
     input_modes, channel_sharding = input_modes or {}, channel_sharding or {}
+    bucket = options.bucket
+    assert bucket, "validate() guarantees a bucket"
     spec = contract.TrainingJobSpec(
         job_name=job_name,
         entry_point=entry_point,
@@ -269,7 +271,7 @@ def build_request(
             }
             for name, uri in channel_uris.items()
         ],
-        "OutputDataConfig": {"S3OutputPath": LAYOUT.job_output_uri(options.bucket)},
+        "OutputDataConfig": {"S3OutputPath": LAYOUT.job_output_uri(bucket)},
         "ResourceConfig": {
             "InstanceType": options.instance_type,
             "InstanceCount": options.instance_count,
@@ -278,7 +280,7 @@ def build_request(
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": options.spot,
         "CheckpointConfig": {
-            "S3Uri": LAYOUT.checkpoint_uri(options.bucket, job_name),
+            "S3Uri": LAYOUT.checkpoint_uri(bucket, job_name),
             "LocalPath": CHECKPOINT_LOCAL_PATH,
         },
         "Environment": {**(environment or {}), contract.CHECKPOINT_ENV: CHECKPOINT_LOCAL_PATH},

@@ -382,7 +382,9 @@ def host_command(request: dict[str, Any], hosts: list[str], host: str) -> tuple[
         "HOME": "/root",
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{spec.region}:{ACCOUNT}:training-job/{request['TrainingJobName']}",
+        "TRAINING_JOB_ARN": (
+            f"arn:aws:sagemaker:{spec.region}:{ACCOUNT}:training-job/{request['TrainingJobName']}"
+        ),
     }
     launch = contract.host_launch(
         spec,
@@ -793,6 +795,149 @@ def _pump(host: Host, lines: queue.Queue) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Hyperparameter tuning jobs (moto keeps their records only)
+
+
+class TuningJob:
+    """One CreateHyperParameterTuningJob, run as SageMaker runs it: every trial a training job of
+    this platform (``TrainingJob``, made from the TrainingJobDefinition with the trial's values
+    added to its StaticHyperParameters), at most MaxParallelTrainingJobs at a time, named
+    ``<tuning job>-NNN-<8 hex>``; the best trial the completed one with the best final objective.
+    Values are drawn at random within the ranges (seeded by the job's name: the same trials again)."""
+
+    def __init__(self, platform: Platform, request: dict[str, Any]) -> None:
+        import random
+
+        self.platform = platform
+        self.request = request
+        self.name = request["HyperParameterTuningJobName"]
+        self.config = request["HyperParameterTuningJobConfig"]
+        self.status = "InProgress"
+        self.trials: list[tuple[dict[str, Any], dict[str, str]]] = []  # (trial request, tuned values)
+        self.created = time.time()
+        self.rng = random.Random(self.name)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"tuning-{self.name}", daemon=True)
+        self.thread.start()
+
+    def _values(self) -> dict[str, str]:
+        import math
+
+        ranges = self.config.get("ParameterRanges", {})
+        values: dict[str, str] = {}
+        for r in ranges.get("CategoricalParameterRanges", []):
+            values[r["Name"]] = self.rng.choice(r["Values"])
+        for kind in ("ContinuousParameterRanges", "IntegerParameterRanges"):
+            for r in ranges.get(kind, []):
+                low, high = float(r["MinValue"]), float(r["MaxValue"])
+                if r.get("ScalingType") == "Logarithmic":
+                    value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
+                else:
+                    value = self.rng.uniform(low, high)
+                values[r["Name"]] = str(round(value)) if kind.startswith("Integer") else repr(value)
+        return values
+
+    def _trial_request(self, number: int, values: dict[str, str]) -> dict[str, Any]:
+        definition = self.request["TrainingJobDefinition"]
+        name = f"{self.name}-{number:03d}-{uuid.uuid4().hex[:8]}"
+        trial = {k: v for k, v in definition.items() if k != "StaticHyperParameters"}
+        algorithm = dict(definition["AlgorithmSpecification"])
+        trial.update(
+            TrainingJobName=name,
+            AlgorithmSpecification=algorithm,
+            HyperParameters={**definition.get("StaticHyperParameters", {}), **values},
+        )
+        return trial
+
+    def _run(self) -> None:
+        limits = self.config["ResourceLimits"]
+        total, parallel = int(limits["MaxNumberOfTrainingJobs"]), int(limits["MaxParallelTrainingJobs"])
+        sm = self.platform.account.client("sagemaker")
+        try:
+            for number in range(1, total + 1):
+                while (
+                    sum(not self.platform.jobs[t["TrainingJobName"]].done.is_set() for t, _ in self.trials)
+                    >= parallel
+                ):
+                    time.sleep(0.1)
+                values = self._values()
+                trial = self._trial_request(number, values)
+                sm.create_training_job(**trial)  # moto's record, which DescribeTrainingJob reads
+                self.platform.on_create_training_job(trial)
+                self.trials.append((trial, values))
+            for trial, _ in self.trials:
+                self.platform.jobs[trial["TrainingJobName"]].done.wait(JOB_TIME_CAP)
+            self.status = "Completed"
+        except Exception as err:  # the emulator's own failure must show, not hang the CLI
+            self.status = "Failed"
+            self.failure_reason = f"the platform emulator failed: {type(err).__name__}: {err}"
+        finally:
+            self.done.set()
+
+    def _objective(self, job: TrainingJob) -> float | None:
+        return job.final_metrics.get(self.config["HyperParameterTuningJobObjective"]["MetricName"])
+
+    def summaries(self) -> list[dict[str, Any]]:
+        out = []
+        for trial, values in list(self.trials):
+            job = self.platform.jobs[trial["TrainingJobName"]]
+            summary: dict[str, Any] = {
+                "TrainingJobName": job.name,
+                "TrainingJobArn": (
+                    f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:training-job/{job.name}"
+                ),
+                "TuningJobName": self.name,
+                "CreationTime": job.started,
+                "TrainingJobStatus": job.status,
+                "TunedHyperParameters": values,
+            }
+            if job.ended is not None:
+                summary.update(TrainingStartTime=job.started, TrainingEndTime=job.ended)
+            value = self._objective(job) if job.status == "Completed" else None
+            if value is not None:
+                summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
+                    "MetricName": self.config["HyperParameterTuningJobObjective"]["MetricName"],
+                    "Value": value,
+                }
+                summary["ObjectiveStatus"] = "Succeeded"
+            elif job.status in ("Failed", "Stopped"):
+                summary["ObjectiveStatus"] = "Failed"
+            else:
+                summary["ObjectiveStatus"] = "Pending"
+            if job.failure_reason:
+                summary["FailureReason"] = job.failure_reason
+            out.append(summary)
+        return out
+
+    def describe(self, described: dict[str, Any]) -> dict[str, Any]:
+        out = dict(described)
+        summaries = self.summaries()
+        counts = {
+            status: sum(s["TrainingJobStatus"] == status for s in summaries)
+            for status in ("Completed", "InProgress", "Stopped")
+        }
+        failed = sum(s["TrainingJobStatus"] == "Failed" for s in summaries)
+        out.update(
+            HyperParameterTuningJobStatus=self.status,
+            TrainingJobStatusCounters={**counts, "RetryableError": 0, "NonRetryableError": failed},
+            ObjectiveStatusCounters={
+                status: sum(s["ObjectiveStatus"] == status for s in summaries)
+                for status in ("Succeeded", "Pending", "Failed")
+            },
+        )
+        goal = self.config["HyperParameterTuningJobObjective"]["Type"]
+        scored = [s for s in summaries if "FinalHyperParameterTuningJobObjectiveMetric" in s]
+        if scored:
+            pick = max if goal == "Maximize" else min
+            out["BestTrainingJob"] = pick(
+                scored, key=lambda s: s["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
+            )
+        if self.status == "Failed":
+            out["FailureReason"] = getattr(self, "failure_reason", "")
+        return out
+
+
+# --------------------------------------------------------------------------------------------
 # Endpoints
 
 
@@ -1114,7 +1259,9 @@ class ComponentHost:
             "InferenceComponentName": self.name,
             "InferenceComponentArn": self.arn,
             "EndpointName": self.endpoint,
-            "EndpointArn": f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:endpoint/{self.endpoint}",
+            "EndpointArn": (
+                f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:endpoint/{self.endpoint}"
+            ),
             "VariantName": self.request["VariantName"],
             "Specification": self.request["Specification"],
             "RuntimeConfig": {"DesiredCopyCount": copies, "CurrentCopyCount": copies if self.server else 0},
@@ -1142,6 +1289,7 @@ class Platform:
         self.account = account
         self.workdir = workdir
         self.jobs: dict[str, TrainingJob] = {}
+        self.tuning_jobs: dict[str, TuningJob] = {}
         self.endpoints: dict[str, EndpointHost] = {}
         self.models: dict[str, dict[str, Any]] = {}  # CreateModel requests, as sent
         self.endpoint_configs: dict[str, dict[str, Any]] = {}  # what moto drops of CreateEndpointConfig
@@ -1262,6 +1410,9 @@ class Platform:
             )
         self.jobs[request["TrainingJobName"]] = TrainingJob(self, request, interruptions)
 
+    def on_create_tuning_job(self, request: dict[str, Any]) -> None:
+        self.tuning_jobs[request["HyperParameterTuningJobName"]] = TuningJob(self, request)
+
     def on_endpoint(self, name: str, config_name: str) -> None:
         host = self.endpoints.get(name) or EndpointHost(self, name)
         self.endpoints[name] = host
@@ -1368,6 +1519,19 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 return self._json(200, {})
             if target == "SageMaker.UpdateEndpoint":
                 return self._update_endpoint(json.loads(body))
+            if target == "SageMaker.ListTrainingJobsForHyperParameterTuningJob":  # not in moto
+                request = json.loads(body)
+                tuning = platform.tuning_jobs.get(request["HyperParameterTuningJobName"])
+                if tuning is None:
+                    return self._json(
+                        400,
+                        {"__type": "ResourceNotFound", "message": "no such tuning job"},
+                        "ResourceNotFound",
+                    )
+                summaries = tuning.summaries()
+                if request.get("SortOrder") == "Descending":
+                    summaries.reverse()
+                return self._json(200, {"TrainingJobSummaries": summaries})
             status, data, headers = _forward(platform, self, body)
             if status >= 400:  # kept for the test's failure message
                 platform.errors.append(
@@ -1375,6 +1539,13 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 )
             if status == 200 and target == "SageMaker.CreateTrainingJob":
                 platform.on_create_training_job(json.loads(body))
+            elif status == 200 and target == "SageMaker.CreateHyperParameterTuningJob":
+                platform.on_create_tuning_job(json.loads(body))
+            elif status == 200 and target == "SageMaker.DescribeHyperParameterTuningJob":
+                described = json.loads(data)
+                tuning = platform.tuning_jobs.get(described.get("HyperParameterTuningJobName", ""))
+                if tuning is not None:
+                    data = json.dumps(tuning.describe(described), default=str).encode()
             elif status == 200 and target == "SageMaker.CreateModel":
                 request = json.loads(body)  # moto drops EnableNetworkIsolation and VpcConfig
                 platform.models[request["ModelName"]] = request
