@@ -11,7 +11,8 @@ One difference from the SDK, on purpose: the processor (``cpu`` / ``gpu``) is de
 table (``aiops/data/gpus.json``: a family with NVIDIA GPUs runs the CUDA image), not by the
 family's first letter, so ``ml.g4ad.*`` (AMD GPUs, no CUDA) gets the CPU image.
 
-Used by remote training (``training/``) and by the stack (``infra/``: PyTorch, LMI and TGI images).
+Used by remote training (``training/``) and by the stack (``infra/``: PyTorch, Hugging Face, LMI and TGI
+images).
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from aiops.stack import dns_suffix
 
 #: ``endpoint.container`` -> the SDK framework of its image
 LLM_FRAMEWORKS = {"lmi": "djl-lmi", "tgi": "huggingface-llm"}
+#: the Hugging Face inference container's table: transformers versions, each over PyTorch base versions
+HUGGINGFACE_FRAMEWORK = "huggingface"
 _CACHE_FILE = "image-uris.json"
 
 
 class ImageNotFound(ConfigError):
-    """No image for that combination. ``field`` names what to change ('version', 'py_version',
-    'region', 'processor'); ``reason`` is the line without the caller's option names."""
+    """No image for that combination. ``field`` names what to change ('version', 'base_version',
+    'py_version', 'region', 'processor'); ``reason`` is the line without the caller's option names."""
 
     def __init__(self, reason: str, *, field: str) -> None:
         super().__init__(reason)
@@ -236,3 +239,51 @@ def pytorch_image_uri(
 def llm_image_uri(kind: str, *, region: str, version: str) -> str:
     """The LMI (``djl-lmi``) or TGI (``huggingface-llm``, its GPU image) URI."""
     return image_uri(LLM_FRAMEWORKS[kind], scope="inference", region=region, version=version)
+
+
+def huggingface_base(transformers_version: str, pytorch_version: str | None) -> tuple[str, str, dict]:
+    """(full transformers version, full ``pytorchX.Y.Z`` base, its table entry) of the Hugging Face
+    inference image; ``pytorch_version`` None: the one base the table pairs with that transformers."""
+    full, entry = version_entry(HUGGINGFACE_FRAMEWORK, "inference", transformers_version)
+    bases = sorted(k for k in entry if k.startswith("pytorch"))
+    if pytorch_version is None:
+        if len(bases) != 1:
+            raise ImageNotFound(
+                f"transformers {full} images exist for PyTorch {', '.join(b[7:] for b in bases)}: pick one",
+                field="base_version",
+            )
+        base = bases[0]
+    else:
+        wanted = f"pytorch{pytorch_version}"
+        base = entry.get("version_aliases", {}).get(wanted, wanted)
+        if base not in bases:
+            raise ImageNotFound(
+                f"no Hugging Face inference image pairs transformers {full} with PyTorch {pytorch_version}; "
+                f"allowed: {', '.join(b[7:] for b in bases) or 'none (a TensorFlow-only release)'}",
+                field="base_version",
+            )
+    return full, base, entry[base]
+
+
+def huggingface_image_uri(
+    *, region: str, transformers_version: str, pytorch_version: str | None, instance_type: str | None
+) -> str:
+    """The Hugging Face inference DLC (``huggingface-pytorch-inference``), as
+    ``sagemaker.core.image_uris.retrieve("huggingface", region, version=transformers_version,
+    base_framework_version="pytorchX.Y.Z", instance_type=..., image_scope="inference")`` gives it, with
+    both full versions in the tag (``2.6.0-transformers4.51.3-gpu-py312-cu124-ubuntu22.04``) and the
+    processor from the GPU table (see the module)."""
+    full, base, entry = huggingface_base(transformers_version, pytorch_version)
+    account = entry["registries"].get(region)
+    if account is None:
+        raise ImageNotFound(
+            f"no Hugging Face inference image of transformers {full} is published there; pick another region",
+            field="region",
+        )
+    table = scope_table(HUGGINGFACE_FRAMEWORK, "inference")
+    processor = processor_for(instance_type, table.get("processors") or entry.get("processors"))
+    container = (entry.get("container_version") or {}).get(processor) if processor else None
+    py_version = max(entry.get("py_versions") or [""], key=lambda v: _release(v.removeprefix("py")))
+    parts = (f"{base.removeprefix('pytorch')}-transformers{full}", processor, py_version, container)
+    tag = "-".join(x for x in parts if x)
+    return f"{account}.dkr.ecr.{region}.{dns_suffix(region)}/{entry['repository']}:{tag}"

@@ -125,6 +125,18 @@ class ServeSettings(_FromConfigFile):
         "SAGEMAKER_PROGRAM",
         description="The inference script in code/ (default inference.py).",
     )
+    container: Literal["pytorch", "huggingface"] = _serve_field(
+        "pytorch",
+        "container",
+        description="Whose contract the model is served under: the SageMaker PyTorch container's "
+        "handler, or the Hugging Face inference container's (a transformers pipeline).",
+    )
+    hf_task: str | None = _serve_field(
+        None,
+        "hf_task",
+        "HF_TASK",
+        description="container huggingface: the pipeline task (default: inferred from config.json).",
+    )
     batch_size: int = _serve_field(
         1,
         "batch_size",

@@ -60,8 +60,15 @@ def serve(
         "--install-requirements",
         help="pip install code/requirements.txt first (as the container does).",
     ),
+    container: str | None = typer.Option(
+        None,
+        "--container",
+        help="Whose contract to serve: pytorch (the handler script) or huggingface (a transformers "
+        "pipeline chosen by HF_TASK or config.json) [default: pytorch, AIOPS_SERVE__CONTAINER].",
+    ),
 ) -> None:
-    """Serve a model with the SageMaker PyTorch handler contract: GET /ping, POST /invocations."""
+    """Serve a model under the SageMaker PyTorch handler contract (or the Hugging Face container's):
+    GET /ping, POST /invocations."""
     from aiops.inference.serving.supervisor import serve as run_server
     from aiops.inference.serving.supervisor import serve_settings
 
@@ -76,6 +83,7 @@ def serve(
         timeout_seconds=timeout,
         api_key=api_key,
         install_requirements=install_requirements or None,
+        container=container,
     )
 
     def ready(url: str) -> None:

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from aiops.settings import ServeSettings
 
 #: a whole body, or a stream of chunks (each item ``bytes`` or ``str``)
 Body = bytes | Iterator[Any]
@@ -71,3 +75,18 @@ class InferenceHandler(Protocol):
     def invoke_batch(self, requests: Sequence[BatchRequest]) -> list[Answer | BaseException]:
         """Several requests: per request its answer or the exception it raised, in order; one bad
         request never fails its neighbours."""
+
+
+def create_handler(
+    settings: ServeSettings, model_dir: str, *, script: Path | None, code_dir: Path | None
+) -> InferenceHandler:
+    """The handler of the container whose contract ``settings.container`` names: the SageMaker PyTorch
+    container's (:class:`aiops.inference.handler.Handler`) or the Hugging Face inference container's
+    (:class:`aiops.inference.huggingface.HuggingFaceHandler`)."""
+    if settings.container == "huggingface":
+        from aiops.inference.huggingface import HuggingFaceHandler
+
+        return HuggingFaceHandler(model_dir, script=script, code_dir=code_dir, task=settings.hf_task)
+    from aiops.inference.handler import Handler
+
+    return Handler(model_dir, script=script, code_dir=code_dir, default_accept=settings.default_accept)

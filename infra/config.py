@@ -333,7 +333,7 @@ class IdleAlarmConfig(_Model):
         return value
 
 
-CONTAINERS = ("pytorch", "lmi", "tgi", "custom")
+CONTAINERS = ("pytorch", "huggingface", "lmi", "tgi", "custom")
 LLM_CONTAINERS = ("lmi", "tgi")
 
 
@@ -360,6 +360,16 @@ class LlmConfig(_Model):
                 f"the total (prompt + generated) must be larger than the input"
             )
         return self
+
+
+class HuggingFaceConfig(_Model):
+    """The Hugging Face inference container (``container: huggingface``, sagemaker-huggingface-inference-
+    toolkit): a transformers pipeline, or the model's ``code/inference.py``. Its image is the SDK's
+    ``huggingface`` table's for these versions; CPU and GPU instance types both have one."""
+
+    transformers_version: str = "4.51"
+    pytorch_version: str | None = None  # default: the one PyTorch the table pairs with transformersVersion
+    task: str | None = None  # HF_TASK; default: the container infers it from the model's config.json
 
 
 class GpuFitConfig(_Model):
@@ -423,7 +433,7 @@ class AsyncInferenceConfig(_Model):
 
 class EndpointConfig(_Model):
     enabled: bool = True
-    container: Literal["pytorch", "lmi", "tgi", "custom"] = "pytorch"
+    container: Literal["pytorch", "huggingface", "lmi", "tgi", "custom"] = "pytorch"
     name: str | None = None
     model_data_url: str | None = None
     instance_type: str = "ml.g5.xlarge"
@@ -446,6 +456,7 @@ class EndpointConfig(_Model):
     dashboard: DashboardConfig = DashboardConfig()
     idle_alarm: IdleAlarmConfig = IdleAlarmConfig()
     llm: LlmConfig = LlmConfig()
+    huggingface: HuggingFaceConfig = HuggingFaceConfig()
     gpu_fit: GpuFitConfig = GpuFitConfig()
     # Large models: the size of the model data (``aiops deploy --model`` writes it) sets the
     # download and start-up timeouts and the volume (``infra/llm.py:startup_settings``); each
@@ -536,6 +547,10 @@ class EndpointConfig(_Model):
                     f"llm.tensorParallelDegree={tp} > the {gpus} GPU(s) of {self.instance_type}: "
                     f"allowed: 1..{gpus} (or a larger instance type)"
                 )
+        if self.container == "huggingface":
+            from aiops.infra.images import check_huggingface_versions
+
+            check_huggingface_versions(self.huggingface)
         if self.volume_size_gb is not None and (
             self.serverless.enabled or has_local_storage(self.instance_type)
         ):

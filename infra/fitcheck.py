@@ -65,10 +65,11 @@ def endpoint_fit(cfg: StackConfig, stats: TensorStats, model_config: dict | None
             dtype=ep.llm.dtype or "fp16",
         )
     need = inference_need(stats, dtype=ep.llm.dtype, kv=kv, overhead=ep.gpu_fit.overhead)
-    # LMI/TGI spread one copy over the tensor-parallel GPUs; the PyTorch container's model server
-    # loads one copy per GPU; a custom image: all GPUs (its own business)
+    # LMI/TGI spread one copy over the tensor-parallel GPUs; the PyTorch and Hugging Face containers'
+    # model servers load one copy per GPU; a custom image: all GPUs (its own business)
     gpus_used = {
         "pytorch": 1,
+        "huggingface": 1,
         "lmi": ep.llm.tensor_parallel_degree,
         "tgi": ep.llm.tensor_parallel_degree,
     }.get(ep.container)

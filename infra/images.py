@@ -13,9 +13,11 @@ from aiops.images import LLM_FRAMEWORKS, ImageNotFound
 
 __all__ = [
     "LLM_FRAMEWORKS",
+    "check_huggingface_versions",
     "check_llm_version",
     "endpoint_image_repositories",
     "endpoint_image_uri",
+    "huggingface_inference_uri",
     "llm_image_uri",
     "pytorch_inference_uri",
     "registry_account",
@@ -23,6 +25,7 @@ __all__ = [
 
 _OPTION = {
     "version": "aiops:endpoint.image.frameworkVersion",
+    "base_version": "aiops:endpoint.huggingface.pytorchVersion",
     "py_version": "aiops:endpoint.image.pyVersion",
     "region": "aws:region",
     "processor": "aiops:endpoint.instanceType",
@@ -67,6 +70,30 @@ def check_llm_version(kind: str, version: str) -> None:
         raise ValueError(f"llm.version={version!r}: {err.reason} (or set image.uri)") from None
 
 
+def check_huggingface_versions(hf) -> None:
+    """ValueError (the config validators' way) for a transformers/PyTorch pair the SDK's table lacks."""
+    try:
+        images.huggingface_base(hf.transformers_version, hf.pytorch_version)
+    except ImageNotFound as err:
+        option = "transformersVersion" if err.field == "version" else "pytorchVersion"
+        value = hf.transformers_version if err.field == "version" else hf.pytorch_version
+        raise ValueError(f"huggingface.{option}={value!r}: {err.reason} (or set image.uri)") from None
+
+
+def huggingface_inference_uri(endpoint, region: str) -> str:
+    """The Hugging Face inference image of ``endpoint.huggingface``'s versions (see aiops.images)."""
+    hf = endpoint.huggingface
+    try:
+        return images.huggingface_image_uri(
+            region=region,
+            transformers_version=hf.transformers_version,
+            pytorch_version=hf.pytorch_version,
+            instance_type=None if endpoint.serverless.enabled else endpoint.instance_type,
+        )
+    except ImageNotFound as err:
+        raise _config_error(err, region if err.field == "region" else endpoint.instance_type) from None
+
+
 def llm_image_uri(*, kind: str, region: str, version: str) -> str:
     """The LMI (``djl-lmi``) or TGI (``huggingface-llm``) image URI, as
     ``image_uris.retrieve(framework, region, version, instance_type=<a GPU type>)`` gives it."""
@@ -79,10 +106,12 @@ def llm_image_uri(*, kind: str, region: str, version: str) -> str:
 
 
 def endpoint_image_uri(endpoint, region: str) -> str:
-    """The framework image of the endpoint's container (``pytorch``, ``lmi``, ``tgi``); a ``custom``
-    container names its own (``image.uri``), which the caller uses instead."""
+    """The framework image of the endpoint's container (``pytorch``, ``huggingface``, ``lmi``, ``tgi``);
+    a ``custom`` container names its own (``image.uri``), which the caller uses instead."""
     if endpoint.container in LLM_FRAMEWORKS:
         return llm_image_uri(kind=endpoint.container, region=region, version=endpoint.llm.version)
+    if endpoint.container == "huggingface":
+        return huggingface_inference_uri(endpoint, region)
     return pytorch_inference_uri(
         region=region,
         version=endpoint.image.framework_version,
@@ -92,7 +121,13 @@ def endpoint_image_uri(endpoint, region: str) -> str:
 
 
 def endpoint_image_repositories(endpoint, region: str) -> tuple[tuple[str, str], ...]:
-    """(registry account, repository) the role must pull from for an LLM container; () otherwise."""
+    """(registry account, repository) the role must pull from for a Hugging Face or LLM container; ()
+    otherwise (the PyTorch images are allowed anyway)."""
+    if endpoint.container == "huggingface":
+        hf = endpoint.huggingface
+        _, _, entry = images.huggingface_base(hf.transformers_version, hf.pytorch_version)
+        account = entry["registries"].get(region)
+        return ((account, entry["repository"]),) if account else ()
     if endpoint.container not in LLM_FRAMEWORKS:
         return ()
     framework = LLM_FRAMEWORKS[endpoint.container]

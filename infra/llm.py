@@ -4,6 +4,8 @@ settings that large models need. Pure functions over the validated config: no pu
 Containers (``endpoint.container``):
 
 - ``pytorch``: the SageMaker PyTorch inference container (the handler contract, ``code/inference.py``).
+- ``huggingface``: the Hugging Face inference container (a transformers pipeline, or ``code/inference.py``):
+  the PyTorch container's variables plus ``HF_TASK`` when ``huggingface.task`` is set.
 - ``lmi``: the large-model-inference container (``djl-inference``, vLLM / TensorRT-LLM back ends);
   configured by environment variables as the LMI docs list them: ``HF_MODEL_ID`` (the model's
   folder, ``/opt/ml/model``, where SageMaker puts the model data), ``TENSOR_PARALLEL_DEGREE``,
@@ -82,6 +84,10 @@ def container_environment(cfg: EndpointConfig, region: str) -> dict[str, str]:
         env = tgi_environment(cfg)
     elif cfg.container == "pytorch":
         env = pytorch_environment(cfg, region)
+    elif cfg.container == "huggingface":
+        env = pytorch_environment(cfg, region)
+        if cfg.huggingface.task:
+            env["HF_TASK"] = cfg.huggingface.task
     else:
         env = {}
     env.update(cfg.environment)

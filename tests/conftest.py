@@ -144,6 +144,7 @@ XDIST_GROUPS = {
     "export/": "digits-export-run",
     "training/test_example.py": "digits-example-runs",
     "training/test_finetune.py": "finetune-runs",
+    "inference/test_huggingface.py": "hf-container-servers",
 }
 
 

@@ -90,7 +90,7 @@ def _rss_bytes() -> int:
 
 def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
     from aiops.inference import codecs
-    from aiops.inference.handler import Handler
+    from aiops.inference.contract import create_handler
     from aiops.inference.serving.app import App
 
     from aiops.errors import AiopsError, UsageError
@@ -118,12 +118,7 @@ def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
             import torch
 
             torch.set_num_threads(spec.torch_threads)
-        handler = Handler(
-            spec.model_dir,
-            script=_path(spec.script),
-            code_dir=_path(spec.code_dir),
-            default_accept=s.default_accept,
-        )
+        handler = create_handler(s, spec.model_dir, script=_path(spec.script), code_dir=_path(spec.code_dir))
         handler.load()
     except AiopsError as err:  # "usage-error": bad input (no model file, ...), the CLI exits 2
         report(f"{'usage-error' if isinstance(err, UsageError) else 'error'}: {err}")

@@ -163,7 +163,8 @@ def test_startup_settings_from_the_model_size(make_plan):
         ({"container": "custom"}, "container='custom' needs image.uri or image.ownRepository"),
         (
             {"container": "vllm"},
-            "aiops:endpoint.container='vllm': Input should be 'pytorch', 'lmi', 'tgi' or 'custom'",
+            "aiops:endpoint.container='vllm': Input should be 'pytorch', 'huggingface', 'lmi', 'tgi' or "
+            "'custom'",
         ),
         (
             {"container": "tgi", "llm": {"maxInputTokens": 4096, "maxTotalTokens": 4096}},
