@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # Every version the development and test environment uses, with hashes: `.[dev]` plus torch.
 # `make lock` refreshes it; `make test-latest` runs the suite on the newest versions the ranges allow.
 LOCK := requirements/dev.lock
+# test oracles that cannot resolve beside the lock, installed without their dependencies
+ORACLES := requirements/oracles.lock
 # torch is not a dependency of the package (users pick their build); the environment pins the CPU build.
 # On the project's build machines its wheel lies in the directory pip's find-links names; any other
 # version would pull a multi-GB CUDA build.
@@ -24,9 +26,10 @@ TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(2 * (os.cpu_count() or 1)
 
 # Exactly the lock (hashes checked), then the project itself with no dependency resolution and
 # no build isolation, so nothing unpinned is fetched.
-$(BIN)/.installed: $(LOCK) pyproject.toml
+$(BIN)/.installed: $(LOCK) $(ORACLES) pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r $(ORACLES)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -73,6 +76,7 @@ test-latest:
 	$(PYTHON) -m venv --clear $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade '$(TORCH)' -e '.[dev]'
+	$(LATEST_VENV)/bin/python -m pip install -q --no-deps --require-hashes -r $(ORACLES)
 	$(LATEST_VENV)/bin/python scripts/lock_drift.py $(LOCK)
 	PYTHONDONTWRITEBYTECODE= $(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 

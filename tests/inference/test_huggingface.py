@@ -1,9 +1,9 @@
 """`aiops serve --container huggingface` answers as the Hugging Face inference container.
 
 The oracle is the container's own handler service: sagemaker-huggingface-inference-toolkit's
-`HuggingFaceHandlerService`, from its published wheel (tests/inference/data, 2.6.0, checked against
-PyPI's sha256: the package cannot be installed beside numpy 2, its pyctcdecode dependency pins numpy<2,
-and the modules run here import none of its audio dependencies), with multi-model-server's own
+`HuggingFaceHandlerService` (2.6.0, from requirements/oracles.lock, installed without its dependencies:
+its pyctcdecode pins numpy<2, and the modules run here import none of its audio dependencies), with
+multi-model-server's own
 `Context`. It runs in a subprocess on each model folder, fed every request as MMS feeds it (the body as
 bytes, decode_input_request=false, the headers as the request's properties). The same requests go over
 HTTP to a real `aiops serve --container huggingface` on the same folder. Answers are compared status,
@@ -18,7 +18,7 @@ trained here (`aiops example tiny-llm`'s tokenizer trainer), and `aiops example 
 from __future__ import annotations
 
 import base64
-import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -33,15 +33,11 @@ from hypothesis import strategies as st
 
 pytest.importorskip("transformers")
 
-TOOLKIT_WHEEL = (
-    Path(__file__).parent / "data" / "sagemaker_huggingface_inference_toolkit-2.6.0-py3-none-any.whl"
-)
-TOOLKIT_SHA256 = "0e07bcd58d624fbeaae041a2c95c63e51494bf70ea761fa8f063d119d7f59094"  # PyPI's
+TOOLKIT = "sagemaker-huggingface-inference-toolkit"
 
 ORACLE = textwrap.dedent(
     """
     import base64, json, os, sys
-    sys.path.insert(0, sys.argv[1])  # the toolkit's wheel
     from mms.context import Context, RequestProcessor
     from mms.metrics.metrics_store import MetricsStore
     from mms.service import PredictionException
@@ -86,7 +82,7 @@ def toolkit_answers(cases: list[dict], cwd: Path) -> list[list[dict]]:
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "OMP_NUM_THREADS": "1"}
     # cwd outside the repository: its inference/ folder must not shadow the handler module `inference`
     done = subprocess.run(
-        [sys.executable, "-c", ORACLE, str(TOOLKIT_WHEEL)],
+        [sys.executable, "-c", ORACLE],
         input=json.dumps(spec),
         capture_output=True,
         text=True,
@@ -184,7 +180,8 @@ def hf_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_the_oracle_is_the_published_toolkit():
-    assert hashlib.sha256(TOOLKIT_WHEEL.read_bytes()).hexdigest() == TOOLKIT_SHA256
+    # the version requirements/oracles.lock pins (pip checked its PyPI hash at install)
+    assert importlib.metadata.version(TOOLKIT) == "2.6.0"
 
 
 JSON_H = {"Content-Type": "application/json"}
@@ -409,10 +406,9 @@ def test_boto3_invoke_endpoint(served):
 
 @pytest.fixture
 def toolkit(monkeypatch):
-    """The toolkit's modules, imported in this process from its wheel (HF_TASK restored afterwards: its
-    task inference sets it)."""
+    """The toolkit's modules, imported in this process (HF_TASK restored afterwards: its task
+    inference sets it)."""
     pytest.importorskip("mms")
-    monkeypatch.syspath_prepend(str(TOOLKIT_WHEEL))
     monkeypatch.setenv("HF_TASK", "restored-afterwards")
     from sagemaker_huggingface_inference_toolkit import decoder_encoder, handler_service, transformers_utils
 
