@@ -347,6 +347,19 @@ def train(
     framework_version: str | None = typer.Option(
         None, "--framework-version", help="PyTorch container version.", rich_help_panel="Remote"
     ),
+    framework: str | None = typer.Option(
+        None,
+        "--framework",
+        help="pytorch (default) | huggingface: the training image, as the SDK's PyTorch / HuggingFace "
+        "estimators.",
+        rich_help_panel="Remote",
+    ),
+    transformers_version: str | None = typer.Option(
+        None,
+        "--transformers-version",
+        help="The Hugging Face image's transformers (e.g. 4.56); its PyTorch comes from the SDK's table.",
+        rich_help_panel="Remote",
+    ),
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Follow status and logs until the job ends.", rich_help_panel="Remote"
     ),
@@ -407,6 +420,8 @@ def train(
         secrets=_parse_pairs(
             secret, "--secret", "HF_TOKEN=arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME", unique=True
         ),
+        framework=framework,
+        transformers_version=transformers_version,
     )
     options = jobs.LaunchOptions(
         output_dir=output_dir,

@@ -177,8 +177,8 @@ def launch(
     if warning:
         events.warning(warning)
     code = bundle.build(job.code_source, job.entry_point, selection=job.code_selection)
-    image_uri = options.image_uri or images.pytorch_image_uri(
-        scope="training",
+    image_uri = options.image_uri or images.training_image_uri(
+        options.framework,
         region=options.region,
         version=options.framework_version,
         py_version=options.py_version,
@@ -209,6 +209,9 @@ def launch(
             processes=processes.line(),
             environment=dict(job.config.environment),
             secrets=dict(job.config.secrets),
+            **job.config.to_record().model_dump(
+                include={"framework", "transformers_version"}, exclude_unset=True
+            ),
         ),
         large_files=code.large_files,
         estimated_max_cost_usd=estimate.cost(spot=options.spot),
@@ -335,6 +338,18 @@ class SageMakerBackend:
             )
             self.events.info(f"GPU fit: {fit.line()}")
         apply_defaults(options, self._stack_outputs, self.settings.aws)
+        from aiops.training.images import huggingface_image_uri, resolve_framework
+
+        options.framework = resolve_framework(
+            config.framework, config.transformers_version, given.framework_version
+        )
+        if options.framework.huggingface:  # the image's PyTorch and Python, from the SDK's table
+            options.framework_version = options.framework.pytorch_version or options.framework_version
+            options.py_version = options.framework.py_version or options.py_version
+            if not options.image_uri:  # an image for this type and region, before the estimate
+                huggingface_image_uri(
+                    options.framework, region=options.region, instance_type=options.instance_type
+                )
         from aiops.gpufit import gpu_count
 
         target = jobs.Target(
@@ -346,8 +361,17 @@ class SageMakerBackend:
             gpus_per_instance=gpu_count(options.instance_type),
         )
         prepared = jobs.prepare(config, self.store, target)
+        from aiops.training import model_channel
+
+        warnings = model_channel.prepare_remote(
+            config.hyperparameters,
+            config.input_modes,
+            local=prepared.channels.get(model_channel.CHANNEL),
+            s3_uri=prepared.s3_channels.get(model_channel.CHANNEL),
+            region=options.region,
+        )
         grants = check_secret_grants(config.secrets, options, self._stack_outputs)
-        for warning in [*prepared.warnings, *grants]:
+        for warning in [*prepared.warnings, *warnings, *grants]:
             self.events.warning(warning)
         return prepared
 
