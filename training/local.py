@@ -316,7 +316,7 @@ def rank_failure(log: Path, error_file: Path, *, limit: int = FAILURE_TAIL_CHARS
     the rank from torchrun's root-cause summary, the traceback from its error file (a script under
     torch's ``@record``) or else the first traceback in the log that is not torchrun's. The
     traceback keeps its last lines, within `limit` characters (the failure reason's budget)."""
-    text = log.read_text(errors="replace") if log.is_file() else ""
+    text = _log_end(log)
     match = _ROOT_CAUSE.search(text)
     traceback = _error_file_traceback(error_file) or _script_traceback(text)
     if traceback is None:
@@ -326,6 +326,16 @@ def rank_failure(log: Path, error_file: Path, *, limit: int = FAILURE_TAIL_CHARS
         del lines[1]  # the oldest frames go first: the exception and the frames nearest it stay
     head = f"rank {match.group(1)} failed first:" if match else "a rank failed:"
     return "\n".join([head, *lines])
+
+
+def _log_end(log: Path, size: int = 1 << 20) -> str:
+    """The last `size` bytes of the log, where a failure's tracebacks are (a long run's log is large)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _error_file_traceback(error_file: Path) -> str | None:
