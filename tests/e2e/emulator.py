@@ -45,6 +45,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socketserver
 import subprocess
@@ -1209,8 +1210,6 @@ class Platform:
         self.server.server_close()
         self.unix_server.shutdown()
         self.unix_server.server_close()
-        import shutil
-
         shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     # helpers for RoleSession
