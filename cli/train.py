@@ -183,7 +183,9 @@ def _failure_text(reason: str, *, log_shown: bool) -> str:
     lines = [line for line in reason.strip().splitlines() if line.strip()]
     if not log_shown or len(lines) <= 2:
         return reason.strip()
-    return f"{lines[0]} ... {lines[-1].strip()}"
+    # under torchrun, the rank that failed first (aiops.training.local.rank_failure) is named too
+    rank = next((line for line in lines[1:-1] if line.startswith("rank ") and "failed" in line), None)
+    return f"{lines[0]}{f' {rank}' if rank else ''} ... {lines[-1].strip()}"
 
 
 def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) -> None:

@@ -299,6 +299,8 @@ def run(
             )
         elif rank:  # the script's own line first, then the rank that failed and its traceback
             failure_file.write_text(failure_file.read_text(errors="replace").rstrip("\n") + "\n" + rank)
+        if rank:  # the log's tail up to torchrun's own traceback and summary (they stay in train.log)
+            tail = _tail_before_torchrun(folder.log, len(tail)) or tail
         record.update(
             failure_reason=failure_file.read_text(errors="replace")[:FAILURE_TAIL_CHARS], log_tail=tail
         )
@@ -336,6 +338,16 @@ def _log_end(log: Path, size: int = 1 << 20) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def _tail_before_torchrun(log: Path, lines: int) -> list[str] | None:
+    """The last `lines` lines of the log before torchrun's own traceback (its ChildFailedError)."""
+    text = _log_end(log).splitlines()
+    starts = [i for i, line in enumerate(text) if line.strip() == _TRACEBACK_START]
+    for start in reversed(starts):
+        if any("torch/distributed/run.py" in line for line in text[start : start + 40]):
+            return text[max(0, start - lines) : start]
+    return None
 
 
 def _error_file_traceback(error_file: Path) -> str | None:
