@@ -20,7 +20,7 @@ DATA := .aiops/data/digits
 # keeps each group on one worker.
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(2 * (os.cpu_count() or 1))')
 
-.PHONY: demo test install bench clean-venv lock test-latest
+.PHONY: demo check test install bench clean-venv lock test-latest
 
 # Exactly the lock (hashes checked), then the project itself with no dependency resolution and
 # no build isolation, so nothing unpinned is fetched.
@@ -37,10 +37,18 @@ demo: $(BIN)/.installed
 	$(BIN)/aiops train training/examples/digits/train.py \
 		--channel train=$(DATA)/train --channel test=$(DATA)/test
 
+# Lint, format and types, in seconds (both tools cache): ruff over everything Python in the repository
+# (pyproject.toml [tool.ruff]), mypy over the product packages (scripts/typecheck.py, [tool.mypy]).
+# `make test` runs it first, so .ci/run does too. The import boundaries are tests/test_boundaries.py.
+check: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/typecheck.py
+
 # PYTHONDONTWRITEBYTECODE is cleared for the run: with it set (as some shells do) every one of the
 # suite's hundreds of processes compiles the project's modules again, and pytest rewrites every test
 # module's asserts again in every worker (~5 s of CPU each).
-test: $(BIN)/.installed
+test: check
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # every bench/*.py script (bench/run_all.py), full runs that refresh bench/results/;

@@ -157,8 +157,8 @@ def safe_extract(
                 total += member.size
                 if total > cap:
                     raise ArchiveError(
-                        f"unpacks to more than {cap} bytes (at entry {name!r}); the limits are archive_max_gb and "
-                        f"archive_max_ratio x the archive's {compressed} bytes"
+                        f"unpacks to more than {cap} bytes (at entry {name!r}); the limits are "
+                        f"archive_max_gb and archive_max_ratio x the archive's {compressed} bytes"
                     )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)

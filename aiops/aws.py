@@ -79,13 +79,19 @@ class _UniquePaths(list):
             super().append(path)
 
 
-def client(service: str, region: str | None = None, *, retries: dict[str, Any] | None = None) -> Any:
+def client(
+    service: str,
+    region: str | None = None,
+    *,
+    retries: dict[str, Any] | None = None,
+    max_pool_connections: int = MAX_POOL_CONNECTIONS,
+) -> Any:
     from botocore.config import Config
 
     config = Config(
         retries=retries or STANDARD_RETRIES,
         user_agent_extra="aiops",
-        max_pool_connections=MAX_POOL_CONNECTIONS,
+        max_pool_connections=max(max_pool_connections, MAX_POOL_CONNECTIONS),
     )
     return session(region).client(service, config=config)
 

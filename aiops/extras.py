@@ -1,4 +1,5 @@
-"""The one way to say that an optional extra (pyproject.toml ``[project.optional-dependencies]``) is missing."""
+"""The one way to say that an optional extra (pyproject.toml ``[project.optional-dependencies]``) is
+missing."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ MODULE_EXTRAS = {
     "yaml": "infra",
     "matplotlib": "plot",
     "PIL": "plot",
+    "optuna": "tune",
     "sagemaker": "images",
     "onnx": "onnx",
     "onnxruntime": "onnx",

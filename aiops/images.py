@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Sequence
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def cuda_families() -> frozenset[str]:
     )
 
 
-def processor_for(instance_type: str | None, available: list[str] | None = ("cpu", "gpu")) -> str | None:
+def processor_for(instance_type: str | None, available: Sequence[str] | None = ("cpu", "gpu")) -> str | None:
     """The image's processor: ``gpu`` for a family with NVIDIA GPUs (the GPU table), ``cpu``
     otherwise; None for images without one (LMI); the only one when there is one; ``cpu`` for
     serverless (no instance type)."""
@@ -229,7 +230,7 @@ def pytorch_image_uri(
     )
     if cache is not None:
         known[key] = uri
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(known, indent=1, sort_keys=True))
     return uri
 

@@ -298,6 +298,11 @@ class JobSummary(_Record):
     billable_seconds: int | float | None = None
     spot_saving_percent: float | None = None
     arn: str | None = None
+    # WarmPoolStatus (a job with KeepAlivePeriodInSeconds): Status, ResourceRetainedBillableTimeInSeconds,
+    # ReusedByJob
+    warm_pool_status: str | None = None
+    warm_pool_billable_seconds: int | None = None
+    warm_pool_reused_by: str | None = None
 
 
 class RunRecord(_Record):
@@ -338,6 +343,7 @@ class RunRecord(_Record):
     stack: str | None = None
     large_files: list[tuple[str, int]] = Field(default_factory=list)
     estimated_max_cost_usd: float | None = None
+    estimated_idle_cost_usd: float | None = None  # a warm pool kept after the job (--keep-alive)
     code_bundle: CodeBundle | None = None
     uploaded_bytes: int | None = None
     request: dict[str, Any] | None = None  # the CreateTrainingJob request, as sent
@@ -429,9 +435,17 @@ def process_start_time(pid: int) -> int | None:
 
 def runner_alive(record: RunRecord) -> bool:
     """The aiops process that runs a local record still runs: its recorded pid and start time, and
-    a command line that is `aiops train` (the console script or ``python -m aiops.cli.app``)."""
+    a command line that is `aiops train` or `aiops tune` (a tuning trial), the console script or
+    ``python -m aiops.cli.app``."""
+    return runner_command(record) is not None
+
+
+def runner_command(record: RunRecord) -> str | None:
+    """ "train" or "tune": the aiops command running a local record, when it still runs (else None)."""
     pid = record.runner_pid
-    return process_alive(pid, record.runner_start_time) and _is_aiops_train(_cmdline(pid))
+    if not process_alive(pid, record.runner_start_time):
+        return None
+    return _aiops_command(_cmdline(pid))
 
 
 def script_alive(record: RunRecord, folder: RunFolder) -> bool:
@@ -455,12 +469,13 @@ def _cmdline(pid: int | None) -> list[str]:
     return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
 
 
-def _is_aiops_train(argv: list[str]) -> bool:
+def _aiops_command(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv[:3]):  # [python, ]aiops train | python -m aiops.cli.app train
         entry = os.path.basename(arg) == "aiops" or (arg == "aiops.cli.app" and i > 0 and argv[i - 1] == "-m")
         if entry:
-            return argv[i + 1 : i + 2] == ["train"]
-    return False
+            command = argv[i + 1] if len(argv) > i + 1 else None
+            return command if command in ("train", "tune") else None
+    return None
 
 
 def process_alive(pid: int | None, start_time: int | None) -> bool:

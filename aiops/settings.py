@@ -182,11 +182,12 @@ class ServeSettings(_FromConfigFile):
         None,
         "inline_call_ms",
         ge=0,
-        description="Handler calls (or batches) that keep taking at most this long run on the worker's event loop "
-        "itself (no thread hand-off); one slower call moves the worker back to its inference thread, so /ping and "
-        "the timeouts never wait longer than that. 0: always the inference thread. Default 50: every request with "
-        "batching on; without batching only a request alone in flight (an unbatched worker under load measured "
-        "faster keeping its thread: the forward overlaps the loop's I/O). Set explicitly: every request.",
+        description="Handler calls (or batches) that keep taking at most this long run on the "
+        "worker's event loop itself (no thread hand-off); one slower call moves the worker back "
+        "to its inference thread, so /ping and the timeouts never wait longer than that. 0: "
+        "always the inference thread. Default 50: every request with batching on; without "
+        "batching only a request alone in flight (an unbatched worker under load measured faster "
+        "keeping its thread: the forward overlaps the loop's I/O). Set explicitly: every request.",
     )
     max_decoded_mb: float = _serve_field(
         100.0,
@@ -292,7 +293,8 @@ class AwsSettings(_Section):
     max_cost: float | None = Field(
         None,
         gt=0,
-        description="Budget in USD: a remote job whose worst-case estimate is higher is refused unless --yes.",
+        description="Budget in USD: a remote job whose worst-case estimate is higher is refused unless "
+        "--yes.",
     )
     job_poll_seconds: float = Field(
         5.0, gt=0, description="How often a followed job's status and logs are read."

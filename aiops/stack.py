@@ -24,12 +24,15 @@ from __future__ import annotations
 import json
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from aiops.errors import ConfigError
+
+if TYPE_CHECKING:  # typing only: the settings model is not needed to read outputs
+    from aiops.settings import Settings
 
 DEFAULT_STACK = "dev"
 # Where SageMaker writes training jobs' logs and metrics (fixed by the service, not by the stack).
@@ -44,7 +47,8 @@ CLIENT_TOKEN_TAG = "aiops:client-token"
 class S3Layout(BaseModel):
     """Every prefix of the stack's artifact bucket (each ends in '/').
 
-    ``code/<sha256>/sourcedir.tar.gz``      the content-addressed source bundles (``sagemaker_submit_directory``)
+    ``code/<sha256>/sourcedir.tar.gz``      the content-addressed source bundles
+                                            (``sagemaker_submit_directory``)
     ``data/<manifest sha256>/...``          local channels, uploaded once under the hash of their manifest
     ``data/<manifest sha256>.manifest.json`` written last: its presence means the channel upload finished
     ``jobs/<job>/output/model.tar.gz``      SageMaker's job output (``S3OutputPath`` = ``s3://bucket/jobs``)
@@ -190,6 +194,7 @@ class StackOutputs(BaseModel):
     launch_template_id: str | None = None
     gpu_group_name: str | None = None
     training_secret_arns: list[str] = Field(default_factory=list)  # what the role may read (--secret)
+    remote_debug: bool = False  # the role may open SSM sessions (--remote-debug, access.remoteDebug)
 
     @property
     def vpc(self) -> bool:
@@ -198,6 +203,14 @@ class StackOutputs(BaseModel):
     def exported(self) -> dict[str, Any]:
         """As saved and as Pulumi shows them: camelCase, unset values left out."""
         return self.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+
+    def required(self, name: str, *, stack: str | None = None, needed_for: str = "this command") -> str:
+        """One text output (``bucket``, ``role_arn``, ...) that must be set (``require``): its value."""
+        self.require(name, stack=stack, needed_for=needed_for)
+        value = getattr(self, name)
+        if not isinstance(value, str):
+            raise ValueError(f"StackOutputs.{name} is not a text output")
+        return value
 
     def require(
         self, *fields: str, stack: str | None = None, needed_for: str = "this command"
@@ -265,20 +278,19 @@ def write_outputs(home: Path, stack: str, outputs: StackOutputs | dict[str, Any]
 # ------------------------------------------------------------------------------ stack name
 
 
-def resolve_stack(cli_value: str | None, settings: Any | None = None) -> str:
+def resolve_stack(cli_value: str | None, settings: Settings | None = None) -> str:
     """The one rule: ``--stack`` > ``settings.stack`` (``AIOPS_STACK``, aiops.toml) > ``"dev"``."""
     if cli_value:
         return cli_value
-    value = getattr(settings, "stack", None) if settings is not None else None
-    return value or DEFAULT_STACK
+    return (settings.stack if settings is not None else None) or DEFAULT_STACK
 
 
-def current_outputs(settings: Any) -> StackOutputs:
+def current_outputs(settings: Settings) -> StackOutputs:
     """The saved outputs of the stack the settings name (the one stack rule, no --stack)."""
     return read_outputs(settings.home, resolve_stack(None, settings))
 
 
-def endpoint_region(settings: Any, outputs: StackOutputs | None = None) -> str | None:
+def endpoint_region(settings: Settings, outputs: StackOutputs | None = None) -> str | None:
     """Where a deployed endpoint is looked for: the current stack's region (its saved outputs),
     else ``aws.region`` from the settings (None: boto3's own default)."""
     outputs = outputs if outputs is not None else current_outputs(settings)

@@ -154,10 +154,10 @@ def render(r: dict) -> str:
     lines = [
         "# `aiops export`: size and latency of the digits model, before -> after",
         "",
-        f"Machine: {m['cpus']} CPUs ({m['platform']}), Python {m['python']}, torch {m['torch']}, "
-        f"onnxruntime {m['onnxruntime']}, {m['torch_threads']} torch threads. **Shared** with another "
-        f"engineer's benchmarks (load average at the end {', '.join(f'{v:.2f}' for v in m['loadavg_at_end'])}): "
-        "noisy; compare within a row.",
+        f"Machine: {m['cpus']} CPUs ({m['platform']}), Python {m['python']}, torch "
+        f"{m['torch']}, onnxruntime {m['onnxruntime']}, {m['torch_threads']} torch threads. "
+        "**Shared** with another engineer's benchmarks (load average at the end "
+        f"{', '.join(f'{v:.2f}' for v in m['loadavg_at_end'])}): noisy; compare within a row.",
         "",
         f"Digits CNN trained {r['train_epochs']} epochs. Latency: the model call alone (no HTTP), median of "
         f"the forward passes in {r['seconds_per_figure']} s, then the median of {r['rounds']} rounds. "
@@ -165,19 +165,20 @@ def render(r: dict) -> str:
         "test channel (360 rows). Sizes: model file (before: model.pt + model.pth, as trained) and the "
         "model.tar.gz (before: the run's packaged artifact).",
         "",
-        "| format | model file | model.tar.gz | b1 before | b1 after | b64 before | b64 after | max abs diff | top-1 agreement | accuracy before -> after | same bytes |",
+        "| format | model file | model.tar.gz | b1 before | b1 after | b64 before | b64 after "
+        "| max abs diff | top-1 agreement | accuracy before -> after | same bytes |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["cases"]:
         s, lat, acc = c["size_bytes"], c["latency_ms"], c["accuracy_test_set"]
         kib = lambda n: "n/a" if n is None else f"{n / 1024:.0f} KiB"  # noqa: E731
         lines.append(
-            f"| {c['format']}{' int8' if c['quantize'] else ''} | {kib(s['model_file_before'])} -> {kib(s['model_file_after'])} "
-            f"| {kib(s['artifact_before'])} -> {kib(s['artifact_after'])} "
-            f"| {lat['batch_1']['before_ms']:.3f} ms | {lat['batch_1']['after_ms']:.3f} ms "
-            f"| {lat['batch_64']['before_ms']:.3f} ms | {lat['batch_64']['after_ms']:.3f} ms "
-            f"| {c['max_abs_diff_test_set']:.2g} | {c['top1_agreement_test_set']:.4f} "
-            f"| {acc['before']:.4f} -> {acc['after']:.4f} | {'yes' if c['sha256_same_every_round'] else 'NO'} |"
+            f"| {c['format']}{' int8' if c['quantize'] else ''} | {kib(s['model_file_before'])} -> "
+            f"{kib(s['model_file_after'])} | {kib(s['artifact_before'])} -> {kib(s['artifact_after'])} | "
+            f"{lat['batch_1']['before_ms']:.3f} ms | {lat['batch_1']['after_ms']:.3f} ms | "
+            f"{lat['batch_64']['before_ms']:.3f} ms | {lat['batch_64']['after_ms']:.3f} ms | "
+            f"{c['max_abs_diff_test_set']:.2g} | {c['top1_agreement_test_set']:.4f} | {acc['before']:.4f} "
+            f"-> {acc['after']:.4f} | {'yes' if c['sha256_same_every_round'] else 'NO'} |"
         )
     lines += [
         "",

@@ -86,9 +86,9 @@ def main() -> None:
     lines = [
         "# The forward after a gap",
         "",
-        f"{record['date']}; load average {load[0]:.2f} at start (2 CPUs, shared). Script: bench/forward_gap.py. "
-        f"MLP 784-512-512-10 fp32 TorchScript, 1 thread, inference_mode; CPU µs per forward (thread time), "
-        f"median of {args.rounds} interleaved rounds of {args.calls} calls.",
+        f"{record['date']}; load average {load[0]:.2f} at start (2 CPUs, shared). Script: "
+        "bench/forward_gap.py. MLP 784-512-512-10 fp32 TorchScript, 1 thread, inference_mode; CPU µs "
+        f"per forward (thread time), median of {args.rounds} interleaved rounds of {args.calls} calls.",
         "",
         "| gap before each forward | batch 1 | batch 32 | batch 32, per item |",
         "|---|---|---|---|",

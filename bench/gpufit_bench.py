@@ -1,7 +1,7 @@
 """How long the GPU-fit check takes to size a model from its files, against loading it.
 
 Writes a ~100M-parameter fp16 model (200 MB) as safetensors and as a torch.save state dict in a
-temporary folder, then times (fresh each run): aiops.gpufit.model_stats (header / pickle only),
+temporary folder, then times (fresh each run): aiops.tensorstats.model_stats (header / pickle only),
 torch.load(mmap=True) of the state dict, and safetensors' own load_file. Also sizes a Llama-2-7B
 header (no data: the check reads only the header). Results: bench/results/gpufit.md and .json.
 """
@@ -34,7 +34,7 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from aiops import gpufit
+    from aiops import tensorstats
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,13 +45,13 @@ def main() -> None:
         params = sum(t.numel() for t in tensors.values())
         size_mb = (tmp / "model.safetensors").stat().st_size / 1e6
         rows[f"safetensors header ({params / 1e6:.0f}M params, {size_mb:.0f} MB)"] = timed(
-            lambda: gpufit.model_stats(tmp / "model.safetensors")
+            lambda: tensorstats.model_stats(tmp / "model.safetensors")
         )
         rows["safetensors load_file (reads the data)"] = timed(
             lambda: load_file(str(tmp / "model.safetensors"))
         )
         rows["torch.save archive via restricted unpickler"] = timed(
-            lambda: gpufit.model_stats(tmp / "model.pt")
+            lambda: tensorstats.model_stats(tmp / "model.pt")
         )
         rows["torch.load(mmap=True, weights_only=True)"] = timed(
             lambda: torch.load(tmp / "model.pt", mmap=True, weights_only=True)
@@ -63,7 +63,7 @@ def main() -> None:
         blob = json.dumps(header).encode()
         (tmp / "h.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob)
         rows["a 291-tensor header (Llama-2-7B's count)"] = timed(
-            lambda: gpufit.model_stats(tmp / "h.safetensors")
+            lambda: tensorstats.model_stats(tmp / "h.safetensors")
         )
     OUT.mkdir(exist_ok=True)
     result = {

@@ -30,8 +30,9 @@ PING_LUA = """
 wrk.method = "GET"
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %f %f %f %d %d\\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status + summary.errors.connect
-    + summary.errors.read + summary.errors.write + summary.errors.timeout, summary.requests))
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, summary.requests))
 end
 """
 
@@ -248,8 +249,9 @@ def main() -> None:
     lines = [
         "# Latency breakdown of one c=1 request",
         "",
-        f"Load average at start {load[0]:.2f} / {load[1]:.2f} (2 CPUs, shared). Script: bench/latency_breakdown.py. "
-        "In process: one thread (torch.set_num_threads(1)), median of 5 rounds of the mean per call.",
+        f"Load average at start {load[0]:.2f} / {load[1]:.2f} (2 CPUs, "
+        "shared). Script: bench/latency_breakdown.py. In process: one thread "
+        "(torch.set_num_threads(1)), median of 5 rounds of the mean per call.",
         "",
         "| step (in process) | µs |",
         "|---|---|",
@@ -274,8 +276,8 @@ def main() -> None:
                 total, own, incl = summarise(out_dir / r["profile"], top=20)
                 lines += [
                     "",
-                    f"## py-spy --native, {mode}, wrk -c1: {total} active samples at 500/s over {args.profile} s; "
-                    f"raw stacks {r['profile']}",
+                    f"## py-spy --native, {mode}, wrk -c1: {total} active samples "
+                    f"at 500/s over {args.profile} s; raw stacks {r['profile']}",
                     "",
                     "| self % | frame |",
                     "|---|---|",

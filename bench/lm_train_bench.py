@@ -251,8 +251,8 @@ def render(r: dict) -> str:
         "(other work shared the cores; above the core count, the figures are low and scattered).",
         "",
         f"Model d_model {r['cpu_run']['d-model']}, {r['cpu_run']['n-layers']} layers, seq_len "
-        f"{r['cpu_run']['seq-len']}, global batch {r['cpu_run']['batch-size']}, {r['cpu_run']['steps']} steps; "
-        "tokens/s is the median of the 10-step windows after the first.",
+        f"{r['cpu_run']['seq-len']}, global batch {r['cpu_run']['batch-size']}, "
+        f"{r['cpu_run']['steps']} steps; tokens/s is the median of the 10-step windows after the first.",
         "",
         "| run | tokens/s | windows | checkpoint save (s) |",
         "|---|---|---|---|",
@@ -269,8 +269,9 @@ def render(r: dict) -> str:
         "(1.0 = linear). On CPU, FSDP's all-gather / reduce-scatter over gloo and two processes "
         "sharing two cores with everything else bound it.",
         "",
-        f"Resume (DCP load + set_state_dict) of the same run: 1 process "
-        f"{r['resume_load_seconds']['1 process']:.2f} s, 2 processes {r['resume_load_seconds']['2 processes']:.2f} s.",
+        "Resume (DCP load + set_state_dict) of the same run: "
+        f"1 process {r['resume_load_seconds']['1 process']:.2f} s, "
+        f"2 processes {r['resume_load_seconds']['2 processes']:.2f} s.",
         "",
         "## DCP checkpoint vs model size (model + AdamW state, 1 process, median of 3)",
         "",

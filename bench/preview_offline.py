@@ -356,10 +356,11 @@ def main() -> None:
         "# `aiops preview --offline` against its import floor (bench/preview_offline.py)",
         "",
         (
-            f"`{command}`: {args.runs} rounds, Python {meta['python']}, {meta['machine']}, {meta['cpus']} CPUs "
-            f"(shared; 1-minute load {meta['load_1min_at_start']} at the start). A fresh process per run, the "
-            "processes interleaved round by round; medians. A ratio is the median of each round's ratio (to "
-            "the floor, or to the floor's imports alone, of the same round). CPU is user + sys of the process."
+            f"`{command}`: {args.runs} rounds, Python {meta['python']}, {meta['machine']}, "
+            f"{meta['cpus']} CPUs (shared; 1-minute load {meta['load_1min_at_start']} at the "
+            "start). A fresh process per run, the processes interleaved round by round; "
+            "medians. A ratio is the median of each round's ratio (to the floor, or to the "
+            "floor's imports alone, of the same round). CPU is user + sys of the process."
         ),
         "",
         "| process | wall s | CPU s | wall / floor | CPU / floor | CPU / imports alone |",

@@ -8,9 +8,10 @@ and wrk script as serve_bench.py.
     python bench/serve_ab.py --old-python /work/main/.venv/bin/python \\
         --variants old,new,old-b,new-b,mosec --conc 1,64 --duration 5 --rounds 2 --name serve-ab
 
-Without --old-python both builds are this one (an A/A run: how noisy the window is). Variant keys: ``old`` / ``new`` (the build importable by --old-python / --new-python), with ``-b``
-for ``--batch-size 32 --max-batch-delay 5``; ``mosec`` (2 workers, batch 32 / 5 ms). Writes
-bench/results/NAME.md and NAME.json.
+Without --old-python both builds are this one (an A/A run: how noisy the window is). Variant keys:
+``old`` / ``new`` (the build importable by --old-python / --new-python), with ``-b`` for ``--batch-size
+32 --max-batch-delay 5``; ``mosec`` (2 workers, batch 32 / 5 ms). Writes bench/results/NAME.md and
+NAME.json.
 """
 
 from __future__ import annotations
@@ -110,11 +111,10 @@ def main() -> None:
     lines = [
         f"# A/B: {args.name}",
         "",
-        f"{record['date']}; load average {load_start[0]:.1f} at start, {record['ended_load'][0]:.1f} at the end "
-        "(a shared 2-core machine: other sessions' tests run meanwhile, so rates are noisy; compare "
-        "variants within this file, prefer the CPU column). Medians of "
-        f"{args.rounds} interleaved rounds of {args.duration} s. old = `{args.old_python}`, "
-        f"new = `{args.new_python}`.",
+        f"{record['date']}; load average {load_start[0]:.1f} at start, {record['ended_load'][0]:.1f} at "
+        "the end (a shared 2-core machine: other sessions' tests run meanwhile, so rates are noisy; "
+        f"compare variants within this file, prefer the CPU column). Medians of {args.rounds} "
+        f"interleaved rounds of {args.duration} s. old = `{args.old_python}`, new = `{args.new_python}`.",
         "",
         "Command: `python bench/serve_ab.py --old-python " + args.old_python + f" --variants {args.variants} "
         f"--conc {args.conc} --duration {args.duration} --rounds {args.rounds} --name {args.name}`",
@@ -125,8 +125,8 @@ def main() -> None:
     for name in sorted(summary, key=lambda n: (int(n.split("c=")[1]), n)):
         s = summary[name]
         lines.append(
-            f"| {name} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.1f} | {s['cpu_us_per_req']:.0f} | "
-            f"{s['errors']} |"
+            f"| {name} | {s['rps']:.0f} | {s['p50_ms']:.2f} | "
+            f"{s['p99_ms']:.1f} | {s['cpu_us_per_req']:.0f} | {s['errors']} |"
         )
     (HERE / "results" / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

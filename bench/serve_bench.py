@@ -7,7 +7,8 @@ Writes bench/results/serve.md and serve.json. Not a test: run it by hand on a qu
 
     python bench/serve_bench.py [--duration 15] [--runs 3] [--conc 1,16,64,256] [--servers KEY,...]
 
-Server keys: aiops, aiops-batch, aiops-batch-thread, mosec, torchserve, torchserve-batch, torchserve-sm-batch, fastapi.
+Server keys: aiops, aiops-batch, aiops-batch-thread, mosec, torchserve, torchserve-batch,
+torchserve-sm-batch, fastapi.
 `pip install -e '.[bench]'` brings the peers (mosec 0.9.8, TorchServe + Java 17, FastAPI); a peer
 that is missing is skipped (and said so). Also measured: the 4 MB JSON decode, RSS per worker and
 the time to a 503 under overload (aiops serve with a small queue).
@@ -37,8 +38,9 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = [==[BODY]==]
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %f %f %f %d %d\\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.errors.status + summary.errors.connect
-    + summary.errors.read + summary.errors.write + summary.errors.timeout, summary.requests))
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, summary.requests))
 end
 """
 
@@ -217,7 +219,9 @@ def check_answer(data: bytes, expected: list[float]) -> list[float]:
     got = json.loads(data)
     if isinstance(got, list) and len(got) == 1 and isinstance(got[0], list):
         got = got[0]
-    if len(got) != len(expected) or any(abs(a - b) > 1e-4 * (1 + abs(b)) for a, b in zip(got, expected)):
+    if len(got) != len(expected) or any(
+        abs(a - b) > 1e-4 * (1 + abs(b)) for a, b in zip(got, expected, strict=True)
+    ):
         raise RuntimeError(f"wrong answer: {got} != {expected}")
     return got
 
@@ -485,7 +489,8 @@ def worker_rss_mb(proc: subprocess.Popen) -> list[float]:
 
 
 def time_to_503(model_dir: Path, env: dict, work: Path, conns: int = 64, queue: int = 4) -> dict:
-    """aiops serve with max_queue=4, 1 worker: 64 keep-alive clients fire at once; how fast a refusal comes."""
+    """aiops serve with max_queue=4, 1 worker: 64 keep-alive clients fire at once; how fast a refusal
+    comes."""
     import selectors
 
     port = free_port()
@@ -669,8 +674,9 @@ def main() -> None:
             + "\n"
         )
         (out / f"{args.name}.md").write_text(
-            f"# 4 MB JSON decode\n\n{time.strftime('%Y-%m-%d %H:%M UTC')}; script: bench/serve_bench.py --decode-only "
-            f"(each run: {d['ms_all']} ms; the default input_fn: {d['input_fn_ms_all']} ms).\n\n{decode_line(d)}\n"
+            f"# 4 MB JSON decode\n\n{time.strftime('%Y-%m-%d %H:%M UTC')}; script: "
+            f"bench/serve_bench.py --decode-only (each run: {d['ms_all']} ms; the "
+            f"default input_fn: {d['input_fn_ms_all']} ms).\n\n{decode_line(d)}\n"
         )
         print((out / f"{args.name}.md").read_text())
         return
@@ -702,7 +708,8 @@ def main() -> None:
         if key == "aiops":
             return start(aiops_command(py, model_dir, port, False), env, work / f"{port}.log"), "/invocations"
         if key in ("aiops-batch", "aiops-batch-thread"):
-            # -thread: the same worker with inline mode off (AIOPS_SERVE__INLINE_CALL_MS=0), the A/B of the layout
+            # -thread: the same worker with inline mode off (AIOPS_SERVE__INLINE_CALL_MS=0), the A/B of the
+            # layout
             extra_env = {"AIOPS_SERVE__INLINE_CALL_MS": "0"} if key == "aiops-batch-thread" else {}
             return start(
                 aiops_command(py, model_dir, port, True), {**env, **extra_env}, work / f"{port}.log"
@@ -797,8 +804,8 @@ def main() -> None:
                 med["errors"] = sum(r["errors"] for r in runs)
                 per_c[str(c)] = {"median": med, "runs": runs}
                 print(
-                    f"  c={c}: {med['rps']:.0f} req/s, p50 {med['p50_ms']:.2f} ms, p99 {med['p99_ms']:.2f} ms, "
-                    f"errors {med['errors']}",
+                    f"  c={c}: {med['rps']:.0f} req/s, p50 {med['p50_ms']:.2f} "
+                    f"ms, p99 {med['p99_ms']:.2f} ms, errors {med['errors']}",
                     flush=True,
                 )
             results["servers"][name] = {
@@ -843,10 +850,11 @@ CONFIG_NOTES = {
     "127.0.0.1, same wrk Lua script (POST, Content-Type: application/json, same 784-float body), "
     "200 warm-up requests before measuring, answer checked against the in-process forward",
     "aiops serve": "aiops serve MODEL_DIR --workers 2 [--batch-size 32 --max-batch-delay 5], default handler "
-    "(httptools + uvloop loop per process on its own SO_REUSEPORT socket, handler on the worker's inference thread)",
-    "mosec": "mosec 0.9.8 (Rust HTTP front, Python workers over IPC): append_worker(num=2, max_batch_size=32, "
-    "max_wait_time=5), orjson + np.asarray(float32) decode, np.stack + one forward per batch, orjson numpy "
-    "encode; route /inference",
+    "(httptools + uvloop loop per process on its own SO_REUSEPORT "
+    "socket, handler on the worker's inference thread)",
+    "mosec": "mosec 0.9.8 (Rust HTTP front, Python workers over IPC): "
+    "append_worker(num=2, max_batch_size=32, max_wait_time=5), orjson + np.asarray(float32) decode, "
+    "np.stack + one forward per batch, orjson numpy encode; route /inference",
     "TorchServe": "torchserve --foreground --ncs --disable-token-auth, config.properties: 127.0.0.1, "
     "minWorkers=maxWorkers=2, batchSize 1 or 32 with maxBatchDelay 5 ms (models= at start), "
     "disable_token_authorization=true, decode_input_request=false (as the SageMaker container), "
@@ -855,7 +863,8 @@ CONFIG_NOTES = {
     "forward per batch, orjson encode (a tuned best case); the '-sm-' variant runs the SageMaker "
     "container's stock handler semantics instead: json.loads + np.array + FloatTensor and one "
     "forward per request inside each TorchServe batch, json.dumps",
-    "FastAPI": "uvicorn --workers 2 --no-access-log, json.loads + torch.tensor + forward + json.dumps per request",
+    "FastAPI": "uvicorn --workers 2 --no-access-log, json.loads + torch.tensor + forward + json.dumps "
+    "per request",
 }
 
 
@@ -1008,10 +1017,11 @@ def render_md(r: dict) -> str:
         t = r["time_to_503"]
         for i, x in enumerate(t["rounds"]):
             lines.append(
-                f"- overload round {i + 1}: {t['connections']} keep-alive clients at once on 1 worker with "
-                f"max_queue={t['max_queue']}: {x['rejected']} refused 503 (first after "
-                f"{x['first_503_ms'] or float('nan'):.2f} ms, median {x['median_503_ms'] or float('nan'):.2f} ms), "
-                f"{x['ok']} answered 200 (median {x['median_200_ms'] or float('nan'):.2f} ms)"
+                f"- overload round {i + 1}: {t['connections']} keep-alive clients at "
+                f"once on 1 worker with max_queue={t['max_queue']}: {x['rejected']} "
+                f"refused 503 (first after {x['first_503_ms'] or float('nan'):.2f} "
+                f"ms, median {x['median_503_ms'] or float('nan'):.2f} ms), {x['ok']} "
+                f"answered 200 (median {x['median_200_ms'] or float('nan'):.2f} ms)"
             )
     lines += ["", "## Configuration", ""] + [f"- {k}: {v}" for k, v in r["config"].items()]
     lines += [

@@ -187,8 +187,8 @@ def main() -> None:
             f"## {key}: {r['rps']:.0f} req/s",
             "",
             f"server {r['total_us_per_request']['server']} µs of CPU per request, wrk "
-            f"{r['total_us_per_request']['wrk']}, CPUs idle {r['total_us_per_request']['idle']}, other processes "
-            f"{r['total_us_per_request']['other']}",
+            f"{r['total_us_per_request']['wrk']}, CPUs idle {r['total_us_per_request']['idle']}, "
+            f"other processes {r['total_us_per_request']['other']}",
             "",
             "| server CPU per request | µs |",
             "|---|---|",

@@ -141,7 +141,8 @@ def main() -> None:
             )
             total, own, incl = summarise(raw)
             lines += [
-                f"## {mode} ({' '.join(extra) or 'no batching'}): {rps} req/s during sampling, {total} samples",
+                f"## {mode} ({' '.join(extra) or 'no batching'}): "
+                f"{rps} req/s during sampling, {total} samples",
                 "",
                 "| self % | frame |",
                 "|---|---|",

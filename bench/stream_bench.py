@@ -377,7 +377,7 @@ def main() -> int:
             for key in ("ttft_ms", "tokens_per_s", "total_ms", "cpu_ms_per_token")
         }
     base = summary["in-process"]
-    for name, s in summary.items():
+    for s in summary.values():
         s["tokens_per_s_overhead_pct"] = (base["tokens_per_s"] / s["tokens_per_s"] - 1) * 100
         s["ttft_extra_ms"] = s["ttft_ms"] - base["ttft_ms"]
         s["cpu_overhead_pct"] = (s["cpu_ms_per_token"] / base["cpu_ms_per_token"] - 1) * 100
@@ -403,9 +403,9 @@ def main() -> int:
     lines = [
         "# Streaming overhead: LM handler streamed vs in-process generator",
         "",
-        f"{record['date']}, {record['cpus']} CPUs ({record['machine']}), torch {record['torch']} with 1 thread; "
-        f"byte-level LM {CONFIG}, greedy, {args.tokens} new tokens, medians of {args.rounds} interleaved rounds. "
-        "**Noisy**: a shared 2-core machine with other jobs running (load average "
+        f"{record['date']}, {record['cpus']} CPUs ({record['machine']}), torch {record['torch']} with "
+        f"1 thread; byte-level LM {CONFIG}, greedy, {args.tokens} new tokens, medians of {args.rounds} "
+        "interleaved rounds. **Noisy**: a shared 2-core machine with other jobs running (load average "
         f"{os.getloadavg()[0]:.1f} at the end; other sessions' tests share the cores). Server: "
         + "a real `aiops serve MODEL --workers 1` process (`SAGEMAKER_PROGRAM=inference_stream.py`, "
         "OMP_NUM_THREADS=1)"
@@ -443,8 +443,8 @@ def main() -> int:
     lines += [
         "",
         "CPU ms/token: the server process's CPU time (user + system, /proc, 10 ms ticks) per token "
-        "for the streamed modes, the generator process's (process_time) for in-process; the streamed figure includes HTTP "
-        "parsing, the handler's input_fn and the server's event loop.",
+        "for the streamed modes, the generator process's (process_time) for in-process; the "
+        "streamed figure includes HTTP parsing, the handler's input_fn and the server's event loop.",
     ]
     lines += ["", "Goal: tokens/s overhead <= 5 %. `python bench/stream_bench.py` regenerates this file.", ""]
     (RESULTS / "stream.md").write_text("\n".join(lines))

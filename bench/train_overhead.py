@@ -127,30 +127,32 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "train_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    noop_runs = ", ".join(f"{v:.3f}" for v in noop_aiops)
     (RESULTS / "train_overhead.md").write_text(f"""# `aiops train` overhead (bench/train_overhead.py)
 
 Machine: {result["machine"]["arch"]}, {result["machine"]["cpus"]} cores, Python {result["machine"]["python"]}.
 The digits example with default hyperparameters, {RUNS} runs each, alternating. 1-minute load average
-{result["load_average_1min_before_after"][0]} before, {result["load_average_1min_before_after"][1]} after: where it is near or above the core count,
-other work shares the cores and the wall times scatter.
+{result["load_average_1min_before_after"][0]} before, {result["load_average_1min_before_after"][1]}
+after: where it is near or above the core count, other work shares the cores and the wall times scatter.
 
 | | median (s) | runs (s) |
 |---|---|---|
 | `aiops train train.py` | {aiops_med:.3f} | {", ".join(f"{v:.2f}" for v in aiops_s)} |
 | bare `python train.py`, same env and argv | {bare_med:.3f} | {", ".join(f"{v:.2f}" for v in bare_s)} |
-| `aiops train noop.py` (a script that only prints) | {statistics.median(noop_aiops):.3f} | {", ".join(f"{v:.3f}" for v in noop_aiops)} |
+| `aiops train noop.py` (a script that only prints) | {statistics.median(noop_aiops):.3f} | {noop_runs} |
 | bare `python noop.py` | {statistics.median(noop_bare):.3f} | {", ".join(f"{v:.3f}" for v in noop_bare)} |
 | `aiops --help` (fresh process) | {help_med:.3f} | {", ".join(f"{v:.3f}" for v in help_s)} |
 
 Harness overhead: {100 * overhead:+.1f} % of the medians ({verdict(overhead <= 0.03)}: <= 3 %);
-{result["train_overhead_of_minimums_pct"]:+.1f} % of the fastest runs; {result["train_cpu_overhead_pct"]:+.1f} % in median CPU time
-(user + sys; {statistics.median(aiops_cpu):.2f} s vs {statistics.median(bare_cpu):.2f} s), which load from other work on a
-shared machine distorts least.
-`aiops --help`: {help_med:.3f} s ({verdict(help_med <= 0.25)}: <= 0.25 s).
-The `aiops train` time is the whole command: CLI start, building the run folder, the script, packing
-model.tar.gz/output.tar.gz and the run record. Its fixed cost, measured on a script that only prints,
-is {result["fixed_cost_s"]:.3f} s: that alone is {100 * result["fixed_cost_s"] / bare_med:.1f} % of this example's
-{bare_med:.2f} s, so the 3 % goal holds only for jobs longer than about {result["fixed_cost_s"] / 0.03:.0f} s.
+{result["train_overhead_of_minimums_pct"]:+.1f} % of the fastest runs;
+{result["train_cpu_overhead_pct"]:+.1f} % in median CPU time (user + sys;
+{statistics.median(aiops_cpu):.2f} s vs {statistics.median(bare_cpu):.2f} s), which load from other work
+on a shared machine distorts least. `aiops --help`: {help_med:.3f} s ({verdict(help_med <= 0.25)}: <=
+0.25 s). The `aiops train` time is the whole command: CLI start, building the run folder, the script,
+packing model.tar.gz/output.tar.gz and the run record. Its fixed cost, measured on a script that only
+prints, is {result["fixed_cost_s"]:.3f} s: that alone is {100 * result["fixed_cost_s"] / bare_med:.1f} %
+of this example's {bare_med:.2f} s, so the 3 % goal holds only for jobs longer than about
+{result["fixed_cost_s"] / 0.03:.0f} s.
 """)
     print((RESULTS / "train_overhead.md").read_text())
 

@@ -274,10 +274,10 @@ def main() -> None:
                     spent = [
                         after - before
                         for before, after in zip(
-                            cpu, [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)]
+                            cpu, [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)], strict=True
                         )
                     ]
-                    named = zip(("client", "moto", "proxy"), spent)
+                    named = zip(("client", "moto", "proxy"), spent, strict=True)
                     rows[case][f"{way}_cpu_seconds"].append({name: round(sec, 2) for name, sec in named})
                     print(
                         f"round {round_ + 1} {case} {way}: {rows[case][way][-1]:.2f} s, "
@@ -314,9 +314,9 @@ def main() -> None:
         "",
         (
             f"Machine: {result['machine']}; {args.rounds} interleaved rounds (median, then every run), "
-            f"moto server (its own process) behind a proxy (another) that adds {args.latency_ms:g} ms to every "
-            f"request. 1-minute load average {load_before:.1f} before, {load_after:.1f} after (other work "
-            f"shares the 2 cores: the times scatter). Command: `{command}`."
+            f"moto server (its own process) behind a proxy (another) that adds {args.latency_ms:g} ms "
+            f"to every request. 1-minute load average {load_before:.1f} before, {load_after:.1f} after "
+            f"(other work shares the 2 cores: the times scatter). Command: `{command}`."
         ),
         "",
         "| channel | "

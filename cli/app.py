@@ -49,10 +49,12 @@ def _root(
 def _register() -> None:
     # Imported here (not at module top) only to keep registration in one place; these modules
     # are light: their commands import heavy libraries when they run.
-    from aiops.cli import examples, export, infra, serve, train
+    from aiops.cli import bench, examples, export, infra, serve, train, tune
 
     train.register(app, panel=PANEL_TRAIN)
+    tune.register(app, panel=PANEL_TRAIN)
     serve.register(app, panel=PANEL_SERVE)
+    bench.register(app, panel=PANEL_SERVE)
     export.register(app, panel=PANEL_SERVE)
     infra.register(app, panel=PANEL_INFRA)
     examples.register(app, panel=PANEL_MISC)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # typer >= 0.29 vendors click
         from typer._click import exceptions as click_exc
     except ImportError:  # pragma: no cover - older typer on the real click
-        from click import exceptions as click_exc
+        from click import exceptions as click_exc  # type: ignore[no-redef]  # the same module
 
     args = sys.argv[1:] if argv is None else argv
     try:

@@ -54,9 +54,7 @@ def finetune_data(
     test_fraction: float = typer.Option(
         0.1, min=0.01, max=0.5, help="Share of conversations held out for test."
     ),
-    max_samples: int | None = typer.Option(
-        None, min=2, help="Keep at most this many conversations in all."
-    ),
+    max_samples: int | None = typer.Option(None, min=2, help="Keep at most this many conversations in all."),
     seed: int = typer.Option(0, help="Seed of the order, the split and the question phrasings."),
 ) -> None:
     """Write an instruction dataset made from the Python standard library's docstrings (no download) as

@@ -35,7 +35,8 @@ def export(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
-    """Export a model to TorchScript or ONNX (optionally dynamic int8); verify it on a sample; write model.tar.gz."""
+    """Export a model to TorchScript or ONNX (optionally dynamic int8); verify it on a sample; write
+    model.tar.gz."""
     import json
 
     from aiops.inference.export.pipeline import ExportFailed, ExportOptions, export_model, validate
@@ -78,15 +79,11 @@ def _render(s: dict) -> None:
     sample = s["sample"]
     agree = s["top1_agreement"]
     tol = s["tolerance"]
-    typer.echo(
-        f"  method      {s['method']} (code: {s['code']}"
-        f"{', %d quantized layers' % s['quantized_layers'] if s['quantize'] else ''})"
-    )
+    quantized = f", {s['quantized_layers']} quantized layers" if s["quantize"] else ""
+    limit = "" if tol["max_abs_diff"] is None else f" (limit {tol['max_abs_diff']:.3g})"
+    typer.echo(f"  method      {s['method']} (code: {s['code']}{quantized})")
     typer.echo(f"  sample      {sample['path']} {sample['shape']} {sample['dtype']}")
-    typer.echo(
-        f"  max |diff|  {s['max_abs_diff']:.3g}"
-        f"{'' if tol['max_abs_diff'] is None else ' (limit %.3g)' % tol['max_abs_diff']}"
-    )
+    typer.echo(f"  max |diff|  {s['max_abs_diff']:.3g}{limit}")
     typer.echo(f"  top-1 agree {'n/a' if agree is None else f'{agree:.4f}'} (min {tol['min_agreement']})")
     if s.get("accuracy"):
         typer.echo(f"  accuracy    {s['accuracy']['before']:.4f} -> {s['accuracy']['after']:.4f}")
@@ -97,7 +94,8 @@ def _render(s: dict) -> None:
     typer.echo(f"  artifact    {_fmt_bytes(size['artifact_before'])} -> {_fmt_bytes(size['artifact_after'])}")
     for label, lat in s["latency_ms"].items():
         typer.echo(
-            f"  latency {label.replace('batch_', 'b')}  {lat['before_ms']:.3f} ms -> {lat['after_ms']:.3f} ms (median)"
+            f"  latency {label.replace('batch_', 'b')}  "
+            f"{lat['before_ms']:.3f} ms -> {lat['after_ms']:.3f} ms (median)"
         )
 
 

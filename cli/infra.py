@@ -105,6 +105,8 @@ def preview(
     if offline:
         from aiops.infra.render import print_costs, print_table, to_json
 
+        assert result.plan is not None and result.costs is not None  # an offline preview has both
+
         if as_json:
             typer.echo(to_json(result.plan, result.costs, result.fit))
         else:
@@ -148,10 +150,11 @@ def deploy(
         None,
         "--model",
         "-m",
-        help="The endpoint's model: s3:// URI, job:TRAINING_JOB, a local run (name or folder) or model.tar.gz "
-        "(uploaded to the stack bucket under its content hash), or uncompressed: an s3://bucket/prefix/ or a "
-        "folder of model files (uploaded as a prefix). Checked against the GPUs first. A job's or run's "
-        "training code also sets the endpoint's SAGEMAKER_PROGRAM. Without it the current one is kept.",
+        help="The endpoint's model: s3:// URI, job:TRAINING_JOB, a local run (name or "
+        "folder) or model.tar.gz (uploaded to the stack bucket under its content hash), "
+        "or uncompressed: an s3://bucket/prefix/ or a folder of model files (uploaded "
+        "as a prefix). Checked against the GPUs first. A job's or run's training code "
+        "also sets the endpoint's SAGEMAKER_PROGRAM. Without it the current one is kept.",
     ),
     stack: StackOpt = None,
     yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),

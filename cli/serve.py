@@ -105,9 +105,7 @@ def invoke(
     ),
     accept: str | None = typer.Option(None, "--accept", "-a", help="Accept header."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="AIOPS_SERVE__API_KEY", show_envvar=True),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Write the response body to this file."
-    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the response body to this file."),
     stream: bool = typer.Option(
         False,
         "--stream",
@@ -281,13 +279,9 @@ def package(
         "-o",
         help="Where to write model.tar.gz (an existing folder: FOLDER/model.tar.gz).",
     ),
-    entry_point: Path | None = typer.Option(
-        None, "--entry-point", "-e", help="Inference script -> code/."
-    ),
+    entry_point: Path | None = typer.Option(None, "--entry-point", "-e", help="Inference script -> code/."),
     source_dir: Path | None = typer.Option(None, "--source-dir", "-s", help="Folder copied into code/."),
-    requirements: Path | None = typer.Option(
-        None, "--requirements", "-r", help="-> code/requirements.txt"
-    ),
+    requirements: Path | None = typer.Option(None, "--requirements", "-r", help="-> code/requirements.txt"),
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
     from aiops.inference import artifacts
@@ -310,8 +304,9 @@ def package(
     typer.echo(f"wrote {summary['path']} ({summary['bytes']} bytes, {len(summary['files'])} files)")
     if program is not None and program != "inference.py":
         typer.echo(
-            f"inference script: code/{program} (the training script defines model_fn); deploy it with "
-            f"SAGEMAKER_PROGRAM={program} (aiops serve {out} --entry-point {program}), as estimator.deploy() does"
+            f"inference script: code/{program} (the training script defines "
+            f"model_fn); deploy it with SAGEMAKER_PROGRAM={program} (aiops "
+            f"serve {out} --entry-point {program}), as estimator.deploy() does"
         )
 
 

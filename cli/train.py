@@ -14,6 +14,7 @@ import typer
 
 if TYPE_CHECKING:  # typing only: `aiops --help` imports no record machinery
     from aiops.training.backends import JobBackend
+    from rich.status import Status
 
     from aiops.runs import RunRecord
 
@@ -64,7 +65,7 @@ class _Console:
 
         self.console = Console(stderr=to_stderr, highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal
-        self._status = None
+        self._status: Status | None = None
         self._progress: Any = None
         self._upload_task: Any = None
         self._started = time.monotonic()
@@ -138,7 +139,15 @@ class _Console:
             self._upload_task = None
 
     def estimate(
-        self, estimate: Any, *, spot: bool, instance_count: int, instance_type: str, max_run: int
+        self,
+        estimate: Any,
+        *,
+        spot: bool,
+        instance_count: int,
+        instance_type: str,
+        max_run: int,
+        keep_alive: int | None = None,
+        idle_cost: float | None = None,
     ) -> None:
         from aiops.pricing import load_prices
 
@@ -149,14 +158,43 @@ class _Console:
                 f"spot ${estimate.cost(spot=True):,.2f}) for {instance_count} x {instance_type} "
                 f"over at most {max_run / 3600:g} h; prices as of {load_prices().as_of}"
             )
+        if keep_alive and idle_cost is not None:
+            self.console.print(
+                f"warm pool: {instance_count} x {instance_type} kept up to {keep_alive / 60:g} min after the "
+                f"job, [bold]${idle_cost:,.2f}[/] more if no matching job reuses it (on-demand)"
+            )
+
+    def attempts(self, attempts: Any) -> None:
+        """The capacity-aware launch's attempts, one row each; a failure shows its reason's code
+        (the text before the first colon: CapacityError, InsufficientInstanceCapacity, AlgorithmError)."""
+        from rich.table import Column, Table
+
+        table = Table(
+            Column("#", no_wrap=True),
+            Column("job", overflow="fold"),
+            *(Column(h, no_wrap=True) for h in ("instance type", "outcome", "estimate")),
+            title="attempts",
+        )
+        for number, attempt in enumerate(attempts, start=1):
+            estimate = f"${attempt.estimate_usd:,.2f}" if attempt.estimate_usd is not None else "-"
+            outcome = attempt.outcome
+            code = attempt.detail.split(":", 1)[0] if ":" in attempt.detail else ""
+            if outcome == "Failed" and code and " " not in code:
+                outcome = f"Failed ({code})"
+            elif outcome == "ResourceLimitExceeded":
+                outcome = "refused (ResourceLimitExceeded)"
+            table.add_row(str(number), attempt.job_name, attempt.instance_type, outcome, estimate)
+        self.console.print(table)
 
     def accepted(self, record: RunRecord) -> None:
         self.close()
         config = record.config
+        assert config is not None  # a launched record carries its config
         self.console.print(
             f"[bold]{record.job_name}[/] accepted by SageMaker in {record.region} "
-            f"({'spot' if config.spot else 'on-demand'} {config.instance_count}x {config.instance_type}); "
-            f"uploaded {record.uploaded_bytes} bytes, code {record.code_bundle.uri if record.code_bundle else '-'}"
+            f"({'spot' if config.spot else 'on-demand'} {config.instance_count}x "
+            f"{config.instance_type}); uploaded {record.uploaded_bytes} bytes, "
+            f"code {record.code_bundle.uri if record.code_bundle else '-'}"
         )
 
     def status(self, status: str, secondary: str) -> None:
@@ -188,12 +226,25 @@ def _failure_text(reason: str, *, log_shown: bool) -> str:
     return f"{lines[0]}{f' {rank}' if rank else ''} ... {lines[-1].strip()}"
 
 
+def _warm_pool(record: RunRecord) -> str | None:
+    """WarmPoolStatus in words: status, retained billable seconds, the job that reused it."""
+    summary = record.remote_summary
+    if summary is None or not summary.warm_pool_status:
+        return None
+    parts = [summary.warm_pool_status]
+    if summary.warm_pool_billable_seconds is not None:
+        parts.append(f"{summary.warm_pool_billable_seconds}s retained (billable)")
+    if summary.warm_pool_reused_by:
+        parts.append(f"reused by {summary.warm_pool_reused_by}")
+    return ", ".join(parts)
+
+
 def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) -> None:
     """`streamed`: the job's log was just shown live, so the log tail is not repeated."""
     from rich.table import Table
 
     colour = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stale": "red"}.get(
-        record.status, "white"
+        record.status or "", "white"
     )
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -213,6 +264,9 @@ def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) 
         )
     for name, path in record.artifacts.items():
         table.add_row(name, str(path))
+    pool = _warm_pool(record)
+    if pool:
+        table.add_row("warm pool", pool)
     if record.status == "Stopped":
         table.add_row("checkpoints", record.checkpoint_dir)
         table.add_row("resume with", f"aiops train --resume {record.job_name}")
@@ -387,12 +441,33 @@ def train(
         help="With --model-params: the state is sharded over every GPU of every host (FSDP full sharding).",
         rich_help_panel="Remote",
     ),
+    keep_alive: str | None = typer.Option(
+        None,
+        "--keep-alive",
+        help="Keep the instances warm after the job (e.g. 30m, at most 1h) for the next matching job "
+        "(KeepAlivePeriodInSeconds; on-demand).",
+        rich_help_panel="Remote",
+    ),
+    remote_debug: bool = typer.Option(
+        False,
+        "--remote-debug",
+        help="RemoteDebugConfig: open a shell on a running host with 'aiops jobs connect' "
+        "(the stack needs access.remoteDebug: true).",
+        rich_help_panel="Remote",
+    ),
+    max_attempts: int | None = typer.Option(
+        None,
+        "--max-attempts",
+        help="With --instance-type A,B,C: at most this many jobs, one per type, after capacity errors.",
+        rich_help_panel="Remote",
+    ),
 ) -> None:
     """Run a SageMaker-style PyTorch training script locally under the SageMaker training contract,
     or with --remote as a SageMaker training job."""
     from aiops.training import backends, jobs
     from aiops.training.contract import parse_hyperparameter_value
     from aiops.training.metrics import parse_metric_option
+    from aiops.training.remote_request import parse_duration
 
     from aiops.runs import RunStore
     from aiops.settings import get_settings
@@ -447,6 +522,9 @@ def train(
         confirmed=yes,
         model_params=model_params,
         fsdp=fsdp,
+        keep_alive=parse_duration(keep_alive, "--keep-alive") if keep_alive is not None else None,
+        remote_debug=remote_debug,
+        max_attempts=max_attempts,
     )
     events = _Console(to_stderr=as_json)
     backend = backends.create(
@@ -493,7 +571,15 @@ SUMMARY_KEYS = (
     "artifacts",
     "failure_reason",
 )
-REMOTE_SUMMARY_KEYS = ("billable_seconds", "training_seconds", "spot_saving_percent")
+REMOTE_SUMMARY_KEYS = (
+    "billable_seconds",
+    "training_seconds",
+    "spot_saving_percent",
+    "warm_pool_status",
+    "warm_pool_billable_seconds",
+    "warm_pool_reused_by",
+)
+KEPT_POOLS = ("Available", "InUse")  # instances SageMaker keeps (and bills) for a next job
 
 
 def _summary(record: RunRecord) -> dict[str, Any]:
@@ -534,14 +620,27 @@ def jobs_list(as_json: bool = typer.Option(False, "--json", help="One JSON array
     if not rows:
         console.print("no local runs yet: start one with 'aiops train SCRIPT'.")
         return
+    kept = {
+        r.job_name: summary.warm_pool_status
+        for r, _ in rows
+        if (summary := r.remote_summary) and summary.warm_pool_status in KEPT_POOLS
+    }
+    # a kept warm pool is billed while it waits: its own column, so nobody forgets one
+    pool = [Column("pool", style="yellow", no_wrap=True)] if kept else []
     table = Table(
-        Column("job", overflow="fold"), "status", "started", "duration", Column("metrics", overflow="fold")
+        Column("job", overflow="fold"),
+        "status",
+        *pool,
+        "started",
+        "duration",
+        Column("metrics", overflow="fold"),
     )
     for r, backend in rows:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in list(backend.latest_metrics(r).items())[:3])
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at or 0))
         duration = f"{r.duration_seconds:.1f}s" if r.duration_seconds is not None else "-"
-        table.add_row(r.job_name, r.status, started, duration, metrics)
+        cells = [kept.get(r.job_name) or ""] if kept else []
+        table.add_row(r.job_name, r.status or "-", *cells, started, duration, metrics)
     console.print(table)
 
 
@@ -615,6 +714,29 @@ def jobs_metrics(
         console.print("final: " + ", ".join(f"{k}={v:.5g}" for k, v in sorted(finals.items())))
     if plot is not None:
         console.print(f"plot: {plot} ({', '.join(drawn)})")
+
+
+@jobs_app.command("connect")
+def jobs_connect(
+    name: str = typer.Argument(..., help="A running job started with --remote-debug."),
+    host: str = typer.Option("algo-1", "--host", help="The host to open a shell on: algo-1, algo-2, ..."),
+) -> None:
+    """Open a shell on a host of a running SageMaker job (aws ssm start-session; needs --remote-debug)."""
+    import subprocess
+
+    from aiops.training import remote_debug, remote_jobs
+
+    record, _ = _open(name)
+    session = remote_debug.session(record, host, lambda: remote_jobs.describe(record.job_name, record.region))
+    if session.missing:
+        typer.echo(
+            f"{' and '.join(session.missing)} not found here. Open the session with:\n  {session.line}\n"
+            f"after installing {session.how_to_install()}",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"$ {session.line}", err=True)
+    raise typer.Exit(subprocess.call(session.argv))
 
 
 @jobs_app.command("stop")

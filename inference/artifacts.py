@@ -20,7 +20,6 @@ from aiops.errors import UsageError
 from aiops.runs import STATUS_COMPLETED, RunFolder, RunRecord, RunStore, read_record
 
 CODE_DIR = programs.CODE_DIR
-DEFAULT_PROGRAM = programs.DEFAULT_PROGRAM  # the serving toolkit's default SAGEMAKER_PROGRAM
 
 
 @dataclass
@@ -90,7 +89,9 @@ def run_code(info: RunRecord) -> RunCode | None:
     if program is None:
         return None
     if single:
-        names = {n for n in (entry, DEFAULT_PROGRAM, "requirements.txt") if n and (root / n).is_file()}
+        names = {
+            n for n in (entry, programs.DEFAULT_PROGRAM, "requirements.txt") if n and (root / n).is_file()
+        }
         return RunCode(root, program, {n: root / n for n in sorted(names)}, [])
     selection = files.select(root, follow_symlinks=bool(info.config and info.config.follow_symlinks))
     if program not in selection.entries:
@@ -132,7 +133,7 @@ def resolve_model(
     store = RunStore(runs_dir)
     run = None if path.exists() or not store.exists(model) else store.folder(model)
     tempdir = None
-    run_code_root = None
+    run_code_root: Path | None = None
     program = None
     run_entry = None  # the run's training entry point, which estimator.deploy() sets as SAGEMAKER_PROGRAM
     if run is not None:
@@ -157,6 +158,7 @@ def resolve_model(
     else:
         raise UsageError(f"{model_path}: not a file or folder")
 
+    code_dir: Path | None
     if (model_dir / CODE_DIR).is_dir():
         # the code/ the model carries decides, by the one rule, with the run's entry point (a training
         # script that copies itself into code/ and defines model_fn serves, as after estimator.deploy())

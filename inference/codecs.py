@@ -306,7 +306,7 @@ def _json_to_numpy(body: Any, float_dtype: Any = None):
     # each value takes 2+ characters, so only a long body can hold too many
     if (
         len(raw) > 2 * LIMITS.json_max_elements
-        and raw.count("," if isinstance(raw, str) else b",") >= LIMITS.json_max_elements
+        and (raw.count(",") if isinstance(raw, str) else raw.count(b",")) >= LIMITS.json_max_elements
     ):
         raise BadRequest(f"the JSON body holds more than {LIMITS.json_max_elements} values")
     if isinstance(raw, bytes) and _has_float_text(raw):
@@ -318,7 +318,9 @@ def _json_to_numpy(body: Any, float_dtype: Any = None):
     except orjson.JSONDecodeError as err:
         raise BadRequest(f"the body is not valid JSON: {_short(err)}") from None
     binary = not isinstance(raw, str)
-    numbers_only = not (raw.translate(None, _NUMERIC_JSON) if binary else raw.translate(_NUMERIC_JSON_STR))
+    numbers_only = not (
+        raw.translate(_NUMERIC_JSON_STR) if isinstance(raw, str) else raw.translate(None, _NUMERIC_JSON)
+    )
     if numbers_only and (
         b"." in raw or b"e" in raw or b"E" in raw if binary else "." in raw or "e" in raw or "E" in raw
     ):
@@ -350,8 +352,9 @@ def _json_to_numpy(body: Any, float_dtype: Any = None):
         )
     # numpy turns [0.5, true] into [0.5, 1.0]; a numeric array whose text still holds a literal true/false
     # (strings were refused above) mixed booleans in
-    literals = (b"true", b"false") if binary else ("true", "false")
-    if not numbers_only and any(lit in raw for lit in literals):
+    if not numbers_only and (
+        ("true" in raw or "false" in raw) if isinstance(raw, str) else (b"true" in raw or b"false" in raw)
+    ):
         raise BadRequest(
             "the JSON body holds booleans; send a number or a rectangular (nested) list of numbers"
         )

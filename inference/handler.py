@@ -38,10 +38,10 @@ from aiops.inference import codecs, streaming
 from aiops.inference.contract import Answer, BatchRequest, Context
 
 from aiops.errors import UsageError
+from aiops.programs import DEFAULT_PROGRAM
 
 log = logging.getLogger("aiops.serve")
 
-DEFAULT_PROGRAM = "inference.py"
 DEFAULT_MODEL_FILENAME = "model.pt"
 HANDLER_NAMES = (
     "model_fn",
@@ -250,9 +250,12 @@ class Handler:
         names = [n for n in HANDLER_NAMES if n in self.user]
         return f"{self.script.name if self.script else 'no script'} ({', '.join(names) or 'all defaults'})"
 
-    def _call(self, name: str, default: Callable, args: tuple, ctx: Context | None):
+    def _call(self, name: str, default: Callable | None, args: tuple, ctx: Context | None):
+        """The script's ``name`` function, else ``default`` (None: a hook called only when the script
+        has it)."""
         entry = self.fns.get(name)
         if entry is None:
+            assert default is not None, f"{name} has no default: called only when the script defines it"
             return default(*args)
         fn, with_ctx = entry
         return fn(*args, ctx) if with_ctx else fn(*args)
@@ -367,8 +370,9 @@ class Handler:
                 decoded.append((i, self.decode(body, ctype, ctx)))
             except BaseException as err:  # noqa: BLE001 - reported per request (even sys.exit)
                 results[i] = err
-        groups: dict[Any, list[tuple[int, Any]]] = {}
+        groups: dict[tuple, list[tuple[int, Any]]] = {}
         for i, data in decoded:
+            key: tuple
             if isinstance(data, torch.Tensor) and data.dim() >= 1 and not data.requires_grad:
                 key = (
                     data.dim(),
@@ -379,13 +383,13 @@ class Handler:
             else:
                 key = ("single", i)
             groups.setdefault(key, []).append((i, data))
-        for key, members in groups.items():
+        for members in groups.values():
             outputs = None
             if len(members) > 1:
                 outputs = self._predict_together(members, requests)
             if outputs is None:
                 outputs = [_capture(self.predict, data, requests[i][3]) for i, data in members]
-            for (i, _), out in zip(members, outputs):
+            for (i, _), out in zip(members, outputs, strict=True):
                 if isinstance(out, BaseException):
                     results[i] = out
                 else:
@@ -404,7 +408,7 @@ class Handler:
         results: list[Any] = [None] * len(requests)
         rows, bodies, out_types = [], [], []
         json_type = codecs.JSON
-        for i, (body, ctype, accept, ctx) in enumerate(requests):
+        for i, (body, ctype, accept, _ctx) in enumerate(requests):
             if ctype != json_type and codecs.media_type(ctype) != json_type:  # no Content-Type: its 415
                 return None
             try:
@@ -448,7 +452,7 @@ class Handler:
             if json_type in out_types:
                 encoded = codecs.json_rows(outputs)
             outputs = list(outputs)
-        for k, (i, out) in enumerate(zip(rows, outputs)):
+        for k, (i, out) in enumerate(zip(rows, outputs, strict=True)):
             if encoded is not None and out_types[k] == json_type:
                 results[i] = (encoded[k], json_type)  # what default_output_fn gives for this row alone
             else:

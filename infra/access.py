@@ -28,6 +28,7 @@ class AccessArgs:
     publish_topic_names: tuple[str, ...] = ()  # async-inference notification topics
     secret_arns: tuple[str, ...] = ()  # Secrets Manager secrets training jobs read (--secret)
     secret_key_arns: tuple[str, ...] = ()  # their customer-managed KMS keys
+    remote_debug: bool = False  # the SSM agent of --remote-debug jobs may open sessions
 
 
 class Access(pulumi.ComponentResource):
@@ -68,6 +69,7 @@ class Access(pulumi.ComponentResource):
                     publish_topic_names=args.publish_topic_names,
                     secret_arns=args.secret_arns,
                     secret_key_arns=args.secret_key_arns,
+                    remote_debug=args.remote_debug,
                 )
             )
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,12 @@ from aiops.s3objects import upload_once
 from aiops.stack import LAYOUT, StackOutputs
 
 if TYPE_CHECKING:  # typing only
+    from aiops.infra.config import StackConfig
+
     from aiops.gpufit import Fit
+
+#: a boto3 client by service name (``aws.client(service, region)`` unless a caller hands its own)
+ClientFactory = Callable[[str], Any]
 
 S3_URI = names.S3_URI  # the one pattern (aiops.names)
 FORMS = (
@@ -174,11 +180,11 @@ def training_job_program(
         return ModelChoice(
             uri,
             warnings=[
-                f"job {name} has no sagemaker_program/sagemaker_submit_directory hyperparameters; the endpoint "
-                "keeps the stack's endpoint.program"
+                f"job {name} has no sagemaker_program/sagemaker_submit_directory "
+                "hyperparameters; the endpoint keeps the stack's endpoint.program"
             ],
         )
-    bucket, key = S3_URI.match(bundle).groups()
+    bucket, key = names.split_s3_uri(bundle)  # matched S3_URI above
     try:
         data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as err:
@@ -223,9 +229,11 @@ def repack_job_model(
 
     from aiops import aws
 
-    outputs.require("bucket", stack=stack, needed_for=f"repacking --model job:{name} with its code")
+    stack_bucket = outputs.required(
+        "bucket", stack=stack, needed_for=f"repacking --model job:{name} with its code"
+    )
     code = repack.bundle_files(bundle_data, what=f"--model job:{name}: its code bundle {bundle}")
-    bucket, key = S3_URI.match(uri).groups()
+    bucket, key = names.split_s3_uri(uri)  # a training job's S3ModelArtifacts
     with tempfile.TemporaryDirectory(prefix="aiops-repack-") as tmp:
         model = Path(tmp) / "model.tar.gz"
         with aws.translate_errors(
@@ -248,7 +256,7 @@ def repack_job_model(
                 note=f"its code/ already holds job {name}'s code",
                 size_bytes=model.stat().st_size,
             )
-        new_uri = upload(out, bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn, s3=s3)
+        new_uri = upload(out, bucket=stack_bucket, kms_key_arn=outputs.kms_key_arn, s3=s3)
         changes = f"{len(result.added)} file(s) added" + (
             f", {len(result.replaced)} replaced ({', '.join(result.replaced[:3])})" if result.replaced else ""
         )
@@ -281,9 +289,9 @@ def _local_program(archive: Path, run: RunFolder | None) -> ModelChoice:
         choice.program_source = source_dir
         if choice.program is not None:
             choice.warnings.append(
-                f"{archive} has no code/ folder, so the endpoint cannot find {choice.program} in it and serves "
-                f"with the container's default handlers; `aiops model package {run.name if run else ''}` "
-                "ships the code in the archive"
+                f"{archive} has no code/ folder, so the endpoint cannot find {choice.program} "
+                "in it and serves with the container's default handlers; `aiops model "
+                f"package {run.name if run else ''}` ships the code in the archive"
             )
     return choice
 
@@ -294,7 +302,7 @@ def choose(
     outputs: StackOutputs | dict[str, Any],
     region: str,
     stack: str | None = None,
-    clients: Any | None = None,
+    clients: ClientFactory | None = None,
     runs_dir: Path | None = None,
 ) -> ModelChoice:
     """The model's s3:// URI and its program; uploads a local archive to the stack's bucket first.
@@ -307,7 +315,7 @@ def choose(
     if kind in ("s3", "prefix"):
         return ModelChoice(value)
     if kind == "folder":
-        raise UsageError(f"--model {spec}: a folder of model files is uploaded by `resolve_model`")
+        raise UsageError(f"--model {spec}: a folder of model files is uploaded by `resolve_for_endpoint`")
     if not isinstance(outputs, StackOutputs):
         outputs = StackOutputs.model_validate(outputs)
     client = clients or (lambda service: aws.client(service, region))
@@ -318,7 +326,8 @@ def choose(
     archive = Path(value)
     _check_local(spec, archive, outputs=outputs, stack=stack)
     choice = _local_program(archive, _run_folder(spec, runs_dir))
-    choice.uri = upload(archive, bucket=outputs.bucket, kms_key_arn=outputs.kms_key_arn, s3=client("s3"))
+    bucket = outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}")
+    choice.uri = upload(archive, bucket=bucket, kms_key_arn=outputs.kms_key_arn, s3=client("s3"))
     return choice
 
 
@@ -328,7 +337,7 @@ def resolve(
     outputs: StackOutputs | dict[str, Any],
     region: str,
     stack: str | None = None,
-    clients: Any | None = None,
+    clients: ClientFactory | None = None,
     runs_dir: Path | None = None,
 ) -> str:
     """The model's s3:// URI (see `choose`, which also gives its program)."""
@@ -345,7 +354,12 @@ def _check_local(spec: str, value: Path, *, outputs: StackOutputs, stack: str | 
 
 
 def precheck(
-    spec: str, *, cfg: Any, region: str, clients: Any | None = None, runs_dir: Path | None = None
+    spec: str,
+    *,
+    cfg: StackConfig,
+    region: str,
+    clients: ClientFactory | None = None,
+    runs_dir: Path | None = None,
 ) -> Fit | None:
     """What `deploy --model` checks before anything is created (not even the stack's state): a
     local model's GPU fit; an S3 prefix's weights (empty or none: one line) and fit. Returns the
@@ -380,14 +394,14 @@ class ResolvedModel:
     warnings: tuple[str, ...] = ()
 
 
-def resolve_model(
+def resolve_for_endpoint(
     spec: str,
     *,
-    cfg: Any,
+    cfg: StackConfig,
     outputs: StackOutputs | dict[str, Any],
     region: str,
     stack: str | None = None,
-    clients: Any | None = None,
+    clients: ClientFactory | None = None,
     runs_dir: Path | None = None,
 ) -> ResolvedModel:
     """Like ``resolve``, for every form, with the GPU-fit check before anything is uploaded:
@@ -414,10 +428,9 @@ def resolve_model(
                 spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir
             )
             return with_program(choice, model_data.size_gb(path.stat().st_size), fit)
-        outputs.require("bucket", stack=stack, needed_for=f"uploading --model {spec}")
         up = model_data.upload_folder(
             path,
-            bucket=outputs.bucket,
+            bucket=outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}"),
             kms_key_arn=outputs.kms_key_arn,
             s3=client("s3"),
             previous_uri=outputs.model_data_url,

@@ -29,7 +29,8 @@ PASSPHRASE_VARS = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
 
 
 def find_pulumi(env: dict[str, str] | None = None) -> Path | None:
-    """The pulumi binary: on PATH, else where the installer puts it (``$PULUMI_HOME/bin``, ``~/.pulumi/bin``)."""
+    """The pulumi binary: on PATH, else where the installer puts it (``$PULUMI_HOME/bin``,
+    ``~/.pulumi/bin``)."""
     env = dict(os.environ if env is None else env)
     found = shutil.which("pulumi", path=env.get("PATH"))
     if found:
@@ -145,17 +146,20 @@ def event_printer(console: Any) -> Callable[[Any], None]:
         diag = getattr(event, "diagnostic_event", None)
         if pre is not None and pre.metadata.op.value not in ("same", "read"):
             console.print(
-                f"[dim]…[/dim] {pre.metadata.op.value:<8} {pre.metadata.type} {pre.metadata.urn.split('::')[-1]}"
+                f"[dim]…[/dim] {pre.metadata.op.value:<8} "
+                f"{pre.metadata.type} {pre.metadata.urn.split('::')[-1]}"
             )
         elif out is not None and out.metadata.op.value not in ("same", "read"):
             console.print(
-                f"[green]✓[/green] {out.metadata.op.value:<8} {out.metadata.type} {out.metadata.urn.split('::')[-1]}"
+                f"[green]✓[/green] {out.metadata.op.value:<8} "
+                f"{out.metadata.type} {out.metadata.urn.split('::')[-1]}"
             )
         elif failed is not None:
             console.print(f"[red]✗ failed[/red] {failed.metadata.type} {failed.metadata.urn.split('::')[-1]}")
         elif diag is not None and diag.severity in ("error", "warning"):
             console.print(
-                f"[{'red' if diag.severity == 'error' else 'yellow'}]{diag.severity}[/]: {diag.message.strip()}"
+                f"[{'red' if diag.severity == 'error' else 'yellow'}]{diag.severity}[/]: "
+                f"{diag.message.strip()}"
             )
 
     return on_event

@@ -197,7 +197,7 @@ def deploy(
     st = _open(_workspace(project_dir, stack, backend))
     if model is not None:
         outputs = {k: v.value for k, v in automation_call(st.outputs).items()}
-        resolved = artifacts.resolve_model(
+        resolved = artifacts.resolve_for_endpoint(
             model, cfg=cfg, outputs=outputs, region=cfg.region, stack=stack, runs_dir=runs_dir
         )
         automation_call(set_model, st, resolved.uri, resolved.size_gb, resolved.program)

@@ -104,9 +104,13 @@ class AccessConfig(_Model):
     exactly these. ``trainingSecretKeys``: the customer-managed KMS keys those secrets are encrypted
     with, if any (``kms:Decrypt`` through Secrets Manager only); secrets under the AWS-managed key
     need none.
+
+    ``remoteDebug``: training jobs may run with ``--remote-debug`` (RemoteDebugConfig): the role
+    gets the four ``ssmmessages`` actions the SSM agent in the container needs to open sessions.
     """
 
     enabled: bool = True
+    remote_debug: bool = False
     training_secrets: tuple[str, ...] = ()
     training_secret_keys: tuple[str, ...] = ()
 
@@ -253,7 +257,8 @@ class AutoscalingConfig(_Model):
     def _bounds(self) -> AutoscalingConfig:
         if self.min_capacity > self.max_capacity:
             raise ValueError(
-                f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: minCapacity must be <= maxCapacity"
+                f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: "
+                "minCapacity must be <= maxCapacity"
             )
         return self
 
@@ -388,7 +393,8 @@ class InferenceComponentsConfig(_Model):
             )
         if self.min_instances > self.max_instances:
             raise ValueError(
-                f"minInstances={self.min_instances} > maxInstances={self.max_instances}: minInstances must be <= maxInstances"
+                f"minInstances={self.min_instances} > maxInstances={self.max_instances}: "
+                "minInstances must be <= maxInstances"
             )
         return self
 
@@ -409,7 +415,8 @@ class AsyncInferenceConfig(_Model):
     def _bounds(self) -> AsyncInferenceConfig:
         if self.min_capacity > self.max_capacity:
             raise ValueError(
-                f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: minCapacity must be <= maxCapacity"
+                f"minCapacity={self.min_capacity} > maxCapacity={self.max_capacity}: "
+                "minCapacity must be <= maxCapacity"
             )
         return self
 
@@ -515,7 +522,8 @@ class EndpointConfig(_Model):
                     else (f"instanceType={self.instance_type!r} has no GPU")
                 )
                 raise ValueError(
-                    f"container={self.container!r} needs a GPU instance type; {where}; allowed: {gpu_hint('ml.')}"
+                    f"container={self.container!r} needs a GPU instance "
+                    f"type; {where}; allowed: {gpu_hint('ml.')}"
                 )
             from aiops.infra.images import check_llm_version
 
@@ -532,8 +540,8 @@ class EndpointConfig(_Model):
             self.serverless.enabled or has_local_storage(self.instance_type)
         ):
             raise ValueError(
-                f"volumeSizeGb={self.volume_size_gb}: {self.instance_type} has local NVMe storage (or the variant "
-                f"is serverless), which takes no volume size; remove volumeSizeGb"
+                f"volumeSizeGb={self.volume_size_gb}: {self.instance_type} has local NVMe storage "
+                "(or the variant is serverless), which takes no volume size; remove volumeSizeGb"
             )
         if self.container == "custom" and not (self.image.uri or self.image.own_repository):
             raise ValueError(
@@ -691,6 +699,186 @@ def parse(raw: Mapping[str, Any], *, stack: str, source: str = "stack config") -
 
 def stack_file(project_dir: Path, stack: str) -> Path:
     return Path(project_dir) / f"Pulumi.{stack}.yaml"
+
+
+MAX_RPS_KEY = ("config", f"{NAMESPACE}:endpoint", "autoscaling", "maxRpsPerInstance")
+
+
+def set_max_rps_per_instance(path: Path, value: float, *, write: bool = True) -> list[str]:
+    """Set ``aiops:endpoint.autoscaling.maxRpsPerInstance`` in a stack file, every other line kept as it
+    is (comments, order, quoting): PyYAML cannot write comments back, so the one line is edited (or
+    added under its parent) and the result is read back and must equal the file's data with only that
+    key changed, and validate. ``write=False`` checks all of it and writes nothing (before a benchmark
+    runs). Returns warnings: the settings under which the key does not drive the scaling."""
+    path = Path(path)
+    stack = re.fullmatch(r"Pulumi\.(.+)\.ya?ml", path.name)
+    text = _read_stack_text(path)
+    doc = _yaml_doc(path, text)
+    endpoint = doc["config"].get(MAX_RPS_KEY[1])
+    if not isinstance(endpoint, dict):
+        raise ConfigError(f"{path}: no {MAX_RPS_KEY[1]} section; the stack declares no endpoint to scale")
+    scaling = endpoint.get("autoscaling") or {}
+    if isinstance(scaling, dict) and scaling.get("targetInvocationsPerInstance") is not None:
+        raise ConfigError(
+            f"{path}: {MAX_RPS_KEY[1]}.autoscaling.targetInvocationsPerInstance is set and takes precedence "
+            "over maxRpsPerInstance; remove it to scale on the measured maxRpsPerInstance"
+        )
+    number: float | int = int(value) if float(value).is_integer() else float(value)
+    edited = _set_block_value(text, MAX_RPS_KEY, _yaml_scalar(number))
+    expected = _with_value(doc, MAX_RPS_KEY, number)
+    if edited is None or _yaml_doc(path, edited) != expected:
+        raise ConfigError(
+            f"{path}: cannot edit {MAX_RPS_KEY[1]}.autoscaling.maxRpsPerInstance in place (the file is "
+            f"not in plain block style there); set it by hand to {number}"
+        )
+    cfg = parse(expected["config"], stack=stack.group(1) if stack else path.stem, source=path.name)
+    if write:
+        _replace_text(path, edited)
+    return _scaling_warnings(cfg)
+
+
+def _read_stack_text(path: Path) -> str:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such stack file; create it (see Pulumi.dev.yaml) or pick --stack")
+    try:
+        return path.read_bytes().decode("utf-8")  # as it is: CRLF line ends stay
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read it ({err})") from None
+
+
+def _yaml_doc(path: Path, text: str) -> dict:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: malformed stack file: {getattr(err, 'problem', None) or err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise ConfigError(f"{path}: malformed stack file: expected a mapping with a 'config:' mapping")
+    return doc
+
+
+def _yaml_scalar(value: float | int) -> str:
+    import yaml
+
+    return yaml.safe_dump(value).splitlines()[0]
+
+
+def _with_value(doc: dict, keys: tuple[str, ...], value: Any) -> dict:
+    import copy
+
+    out = copy.deepcopy(doc)
+    node = out
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+    return out
+
+
+_COMMENT_OR_BLANK = re.compile(r"\s*(#.*)?$")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _key_line(line: str, key: str) -> re.Match | None:
+    """``key:`` (plain or quoted) at the start of a block mapping line; group 1: what follows the colon
+    up to the line end."""
+    quoted = "|".join(re.escape(q) for q in (key, f'"{key}"', f"'{key}'"))
+    return re.fullmatch(rf" *(?:{quoted}):( .*|)", line.rstrip("\r\n"))
+
+
+def _set_block_value(text: str, keys: tuple[str, ...], scalar: str) -> str | None:
+    """``text`` with the scalar at ``keys`` set to ``scalar`` (the line replaced, its comment kept), or
+    the missing keys added at the end of the deepest block that exists; None when the path is not
+    plain block mappings."""
+    lines = text.splitlines(keepends=True)
+    nl = "\r\n" if "\r\n" in text else "\n"  # added lines end as the file's do
+    start, end, parent_indent = 0, len(lines), -1
+    for depth, key in enumerate(keys):
+        content = [i for i in range(start, end) if not _COMMENT_OR_BLANK.match(lines[i])]
+        if not content:
+            child_indent = parent_indent + 2
+        else:
+            child_indent = _indent(lines[content[0]])
+            if child_indent <= parent_indent:
+                return None
+        found = None
+        for i in content:
+            if _indent(lines[i]) == child_indent and _key_line(lines[i], key):
+                found = i
+                break
+        if found is None:
+            step = 2 if parent_indent < 0 else max(child_indent - parent_indent, 1)
+            at = (content[-1] + 1) if content else start
+            if at == len(lines) and lines and not lines[-1].endswith("\n"):
+                lines[-1] += nl
+            added = []
+            for n, name in enumerate(keys[depth:]):
+                pad = " " * (child_indent + n * step)
+                last = depth + n == len(keys) - 1
+                added.append(f"{pad}{name}: {scalar}{nl}" if last else f"{pad}{name}:{nl}")
+            lines[at:at] = added
+            return "".join(lines)
+        line = lines[found]
+        if depth == len(keys) - 1:
+            rest = _key_line(line, key).group(1)  # type: ignore[union-attr]
+            comment = re.search(r"\s+#.*$", rest)
+            bare = line.rstrip("\r\n")
+            head, ending = bare[: len(bare) - len(rest)], line[len(bare) :]
+            lines[found] = f"{head} {scalar}{comment.group(0) if comment else ''}{ending or nl}"
+            return "".join(lines)
+        if not _COMMENT_OR_BLANK.match(_key_line(line, key).group(1) or ""):  # type: ignore[union-attr]
+            return None  # an inline value (a flow mapping, an anchor): not a block to descend into
+        parent_indent = child_indent
+        start = found + 1
+        end = next(
+            (
+                i
+                for i in range(start, end)
+                if not _COMMENT_OR_BLANK.match(lines[i]) and _indent(lines[i]) <= parent_indent
+            ),
+            end,
+        )
+    return None
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``text`` over ``path`` through a temporary file beside it (same mode), renamed over it."""
+    import os
+    import tempfile
+
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temp, path.stat().st_mode & 0o7777)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _scaling_warnings(cfg: StackConfig) -> list[str]:
+    ep = cfg.endpoint
+    where = f"{NAMESPACE}:endpoint"
+    if not ep.enabled:
+        return [f"{where}.enabled is false: no endpoint, so nothing scales on maxRpsPerInstance"]
+    if ep.inference_components.enabled:
+        return [
+            f"{where}.inferenceComponents is on: its copies scale on their own policy, "
+            "not on maxRpsPerInstance"
+        ]
+    if ep.async_inference.enabled:
+        return [f"{where}.asyncInference is on: it scales on its queue backlog, not on maxRpsPerInstance"]
+    if ep.serverless.enabled:
+        return [f"{where}.serverless is on: SageMaker scales it, maxRpsPerInstance is not used"]
+    if not ep.autoscaling.enabled:
+        return [f"{where}.autoscaling.enabled is false: maxRpsPerInstance is recorded but drives no scaling"]
+    return []
 
 
 def _apply_override(config: dict[str, Any], dotted: str, value: Any) -> None:

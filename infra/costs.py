@@ -7,8 +7,8 @@ Pure functions over an offline ``Plan`` (``infra/offline.py``) and a ``PriceTabl
   at the hosting price; the autoscaling target's ``maxCapacity`` (same component, same variant) is
   shown as the most the variant can cost. A variant that scales to zero (managed instance scaling
   from 0 with inference components, or a scaling target from 0 with asynchronous inference) is
-  priced at its idle count, 0 ($0/h), up to its maximum, with the cold start in its note. Serverless variants are billed per use: "usage-based",
-  never $0, and not in the total.
+  priced at its idle count, 0 ($0/h), up to its maximum, with the cold start in its note. Serverless
+  variants are billed per use: "usage-based", never $0, and not in the total.
 - EC2 ``autoscaling.Group``: desired capacity (else min size) x the launch template's instance type
   (the template under the same component); spot price when the group's mixed-instances policy buys
   spot (on-demand shown beside it), and the cost at ``maxSize``.
@@ -371,8 +371,8 @@ def plan_costs(plan: Plan, table: PriceTable | None = None) -> PlanCosts:
         priced.add(group.name)
     custom = [r for r in plan.resources if r.type.startswith("aws:")]  # not components, not the provider
     notes = [
-        "Instance charges only, running all month: KMS keys, alarms, dashboards, S3 storage and requests, data transfer "
-        "and serverless usage are not estimated"
+        "Instance charges only, running all month: KMS keys, alarms, dashboards, S3 "
+        "storage and requests, data transfer and serverless usage are not estimated"
     ]
     return PlanCosts(
         stack=plan.stack,

@@ -49,6 +49,52 @@ def container_environment(config: EndpointConfig, region: str) -> dict[str, str]
     return llm.container_environment(config, region)
 
 
+def production_variant(cfg: EndpointConfig, startup: dict, model_name: pulumi.Input[str]) -> dict[str, Any]:
+    """The endpoint configuration's one production variant: serverless, instances, or instances
+    scaled by SageMaker for inference components (whose configuration names no model: the
+    component does)."""
+    ic = cfg.inference_components
+    variant: dict[str, Any] = {"variant_name": cfg.variant_name}
+    if not ic.enabled:
+        variant["model_name"] = model_name
+    if cfg.serverless.enabled:
+        variant["serverless_config"] = {
+            "memory_size_in_mb": cfg.serverless.memory_mb,
+            "max_concurrency": cfg.serverless.max_concurrency,
+        }
+        return variant
+    variant["instance_type"] = cfg.instance_type
+    variant["initial_instance_count"] = cfg.initial_instance_count
+    if not ic.enabled:
+        variant.update(startup)
+        return variant
+    # the timeouts belong to the component's start-up parameters; the volume stays here
+    if "volume_size_in_gb" in startup:
+        variant["volume_size_in_gb"] = startup["volume_size_in_gb"]
+    variant["managed_instance_scaling"] = {
+        "status": "ENABLED",
+        "min_instance_count": ic.min_instances,
+        "max_instance_count": ic.max_instances,
+    }
+    variant["routing_configs"] = [{"routing_strategy": "LEAST_OUTSTANDING_REQUESTS"}]
+    return variant
+
+
+def data_capture_config(cfg: EndpointConfig, args: EndpointArgs) -> dict[str, Any] | None:
+    """Requests and responses captured under the stack bucket's data-capture prefix (stack key)."""
+    if not cfg.data_capture.enabled:
+        return None
+    return {
+        "enable_capture": True,
+        "initial_sampling_percentage": cfg.data_capture.sampling_percent,
+        "destination_s3_uri": pulumi.Output.from_input(args.bucket).apply(
+            lambda b: LAYOUT.data_capture_uri(b)
+        ),
+        "kms_key_id": args.key_arn,
+        "capture_options": [{"capture_mode": "Input"}, {"capture_mode": "Output"}],
+    }
+
+
 class Endpoint(pulumi.ComponentResource):
     model: sagemaker.Model
     endpoint_config: sagemaker.EndpointConfiguration
@@ -58,25 +104,53 @@ class Endpoint(pulumi.ComponentResource):
         super().__init__("aiops:infra:Endpoint", name, None, opts)
         cfg = args.config
         child = pulumi.ResourceOptions(parent=self)
-        variant = cfg.variant_name
-
-        self.repository: ecr.Repository | None = None
-        if args.image_uri is None:
-            self.repository = ecr.Repository(
-                f"{name}-repository",
-                name=args.repository_name,
-                image_tag_mutability="IMMUTABLE",
-                image_scanning_configuration={"scan_on_push": True},
-                encryption_configurations=[{"encryption_type": "KMS", "kms_key": args.key_arn}],
-                opts=child,
-            )
-            image: pulumi.Input[str] = self.repository.repository_url.apply(lambda u: f"{u}:{cfg.image.tag}")
-        else:
-            image = args.image_uri
-
+        image = self._image(name, args, child)
         # Alarms carry fixed names and the endpoint's fixed name, so they exist before the endpoint
         # and the endpoint's rollback configuration can name them (no dependency cycle).
-        dims = {"EndpointName": args.endpoint_name, "VariantName": variant}
+        dims = {"EndpointName": args.endpoint_name, "VariantName": cfg.variant_name}
+        alarms = self._rollback_alarms(name, args, dims, child)
+        self.model = self._model(name, args, image, child)
+        startup = llm.startup_settings(cfg)
+        self.endpoint_config = self._endpoint_config(name, args, startup, child)
+        self.endpoint = self._endpoint(name, args, alarms, child)
+
+        self.inference_component = None
+        self.scaling_alarm: cloudwatch.MetricAlarm | None = None
+        self.scale_out_policy: appautoscaling.Policy | None = None
+        self.scaling_target: appautoscaling.Target | None = None
+        self.scaling_policy: appautoscaling.Policy | None = None
+        if cfg.inference_components.enabled:
+            self._inference_component(name, args, startup, child)
+        elif cfg.async_inference.enabled:
+            self._async_scaling(name, args, child)
+        elif cfg.autoscaling.enabled and not cfg.serverless.enabled:
+            self._instance_scaling(name, args, child)
+
+        self._observability(name, args, dims, child)
+        self.register_outputs(self._outputs())
+
+    def _image(self, name: str, args: EndpointArgs, child: pulumi.ResourceOptions) -> pulumi.Input[str]:
+        """The container image: the given URI, or the stack's own ECR repository (created here) at
+        ``image.tag``."""
+        self.repository: ecr.Repository | None = None
+        if args.image_uri is not None:
+            return args.image_uri
+        self.repository = ecr.Repository(
+            f"{name}-repository",
+            name=args.repository_name,
+            image_tag_mutability="IMMUTABLE",
+            image_scanning_configuration={"scan_on_push": True},
+            encryption_configurations=[{"encryption_type": "KMS", "kms_key": args.key_arn}],
+            opts=child,
+        )
+        tag = args.config.image.tag
+        return self.repository.repository_url.apply(lambda u: f"{u}:{tag}")
+
+    def _rollback_alarms(
+        self, name: str, args: EndpointArgs, dims: dict[str, str], child: pulumi.ResourceOptions
+    ) -> list[cloudwatch.MetricAlarm]:
+        """5XX errors and p99 model latency: the alarms a deployment rolls back on."""
+        cfg = args.config
         self.alarm_5xx = cloudwatch.MetricAlarm(
             f"{name}-5xx-alarm",
             name=f"{args.endpoint_name}-5xx",
@@ -107,10 +181,14 @@ class Endpoint(pulumi.ComponentResource):
             treat_missing_data="notBreaching",
             opts=child,
         )
-        alarms = [self.alarm_5xx, self.alarm_latency]
+        return [self.alarm_5xx, self.alarm_latency]
 
+    def _model(
+        self, name: str, args: EndpointArgs, image: pulumi.Input[str], child: pulumi.ResourceOptions
+    ) -> sagemaker.Model:
+        cfg = args.config
         # No fixed name: a new model (new artifact, new image) is created before the old one goes.
-        self.model = sagemaker.Model(
+        return sagemaker.Model(
             f"{name}-model",
             execution_role_arn=args.role_arn,
             primary_container={
@@ -126,88 +204,68 @@ class Endpoint(pulumi.ComponentResource):
             opts=child,
         )
 
+    def _endpoint_config(
+        self, name: str, args: EndpointArgs, startup: dict, child: pulumi.ResourceOptions
+    ) -> sagemaker.EndpointConfiguration:
+        cfg = args.config
         ic = cfg.inference_components
-        startup = llm.startup_settings(cfg)
-        # With inference components the configuration names no model: the component does.
-        variant_args: dict = {"variant_name": variant}
-        if not ic.enabled:
-            variant_args["model_name"] = self.model.name
-        if cfg.serverless.enabled:
-            variant_args["serverless_config"] = {
-                "memory_size_in_mb": cfg.serverless.memory_mb,
-                "max_concurrency": cfg.serverless.max_concurrency,
-            }
-        else:
-            variant_args["instance_type"] = cfg.instance_type
-            variant_args["initial_instance_count"] = cfg.initial_instance_count
-            if ic.enabled:
-                # the timeouts belong to the component's start-up parameters; the volume stays here
-                if "volume_size_in_gb" in startup:
-                    variant_args["volume_size_in_gb"] = startup["volume_size_in_gb"]
-                variant_args["managed_instance_scaling"] = {
-                    "status": "ENABLED",
-                    "min_instance_count": ic.min_instances,
-                    "max_instance_count": ic.max_instances,
-                }
-                variant_args["routing_configs"] = [{"routing_strategy": "LEAST_OUTSTANDING_REQUESTS"}]
-            else:
-                variant_args.update(startup)
-        self.async_success_topic: sns.Topic | None = None
-        self.async_error_topic: sns.Topic | None = None
-        async_config = None
-        if cfg.async_inference.enabled:
-            success_name, error_name = scale_to_zero.async_topic_names(args.endpoint_name)
-            self.async_success_topic = sns.Topic(
-                f"{name}-async-success",
-                name=success_name,
-                kms_master_key_id=args.key_arn,
-                opts=child,
-            )
-            self.async_error_topic = sns.Topic(
-                f"{name}-async-error",
-                name=error_name,
-                kms_master_key_id=args.key_arn,
-                opts=child,
-            )
-            async_config = pulumi.Output.all(
-                args.bucket, args.key_arn, self.async_success_topic.arn, self.async_error_topic.arn
-            ).apply(
-                lambda v: scale_to_zero.async_inference_config(
-                    bucket=v[0],
-                    key_arn=v[1],
-                    success_topic=v[2],
-                    error_topic=v[3],
-                    max_concurrent=cfg.async_inference.max_concurrent_invocations_per_instance,
-                )
-            )
-        data_capture = None
-        if cfg.data_capture.enabled:
-            data_capture = {
-                "enable_capture": True,
-                "initial_sampling_percentage": cfg.data_capture.sampling_percent,
-                "destination_s3_uri": pulumi.Output.from_input(args.bucket).apply(
-                    lambda b: LAYOUT.data_capture_uri(b)
-                ),
-                "kms_key_id": args.key_arn,
-                "capture_options": [{"capture_mode": "Input"}, {"capture_mode": "Output"}],
-            }
         # Endpoint configurations are immutable: any change replaces this resource. A name_prefix
         # (never a fixed name) lets Pulumi create the new configuration, switch the endpoint to it,
         # and only then delete the old one; a fixed name would collide.
-        self.endpoint_config = sagemaker.EndpointConfiguration(
+        return sagemaker.EndpointConfiguration(
             f"{name}-config",
             name_prefix=f"{args.prefix}-",
-            production_variants=[variant_args],
+            production_variants=[production_variant(cfg, startup, self.model.name)],
             # Instance types with local NVMe storage encrypt it in hardware and refuse a KmsKeyId
             # (CreateEndpointConfig fails); serverless variants have no ML storage volume.
             kms_key_arn=args.key_arn if cfg.kms_on_volume else None,
-            data_capture_config=data_capture,
-            async_inference_config=async_config,
+            data_capture_config=data_capture_config(cfg, args),
+            async_inference_config=self._async_inference(name, args, child),
             # inference components run as this role (the configuration has no model to take it from)
             execution_role_arn=args.role_arn if ic.enabled else None,
             opts=child,
         )
 
+    def _async_inference(self, name: str, args: EndpointArgs, child: pulumi.ResourceOptions) -> Any:
+        """The asynchronous-inference configuration and its success / error topics (None when off)."""
+        cfg = args.config
+        self.async_success_topic: sns.Topic | None = None
+        self.async_error_topic: sns.Topic | None = None
+        if not cfg.async_inference.enabled:
+            return None
+        success_name, error_name = scale_to_zero.async_topic_names(args.endpoint_name)
+        self.async_success_topic = sns.Topic(
+            f"{name}-async-success",
+            name=success_name,
+            kms_master_key_id=args.key_arn,
+            opts=child,
+        )
+        self.async_error_topic = sns.Topic(
+            f"{name}-async-error",
+            name=error_name,
+            kms_master_key_id=args.key_arn,
+            opts=child,
+        )
+        return pulumi.Output.all(
+            args.bucket, args.key_arn, self.async_success_topic.arn, self.async_error_topic.arn
+        ).apply(
+            lambda v: scale_to_zero.async_inference_config(
+                bucket=v[0],
+                key_arn=v[1],
+                success_topic=v[2],
+                error_topic=v[3],
+                max_concurrent=cfg.async_inference.max_concurrent_invocations_per_instance,
+            )
+        )
+
+    def _endpoint(
+        self,
+        name: str,
+        args: EndpointArgs,
+        alarms: list[cloudwatch.MetricAlarm],
+        child: pulumi.ResourceOptions,
+    ) -> sagemaker.Endpoint:
+        cfg = args.config
         deployment = deployment_config(
             traffic=cfg.deployment.traffic,
             canary_percent=cfg.deployment.canary_percent,
@@ -219,57 +277,47 @@ class Endpoint(pulumi.ComponentResource):
         )
         if cfg.deployment.auto_rollback:
             deployment["auto_rollback_configuration"] = {"alarms": [{"alarm_name": a.name} for a in alarms]}
-        self.endpoint = sagemaker.Endpoint(
+        return sagemaker.Endpoint(
             f"{name}-endpoint",
             name=args.endpoint_name,
             endpoint_config_name=self.endpoint_config.name,
             # an endpoint of inference components updates its components (rolling), not its variants
-            deployment_config=None if ic.enabled else deployment,
+            deployment_config=None if cfg.inference_components.enabled else deployment,
             opts=child,
         )
 
-        self.inference_component = None
-        self.scaling_alarm: cloudwatch.MetricAlarm | None = None
-        self.scale_out_policy: appautoscaling.Policy | None = None
-        self.scaling_target: appautoscaling.Target | None = None
-        self.scaling_policy: appautoscaling.Policy | None = None
-        scaling = cfg.autoscaling
-        if ic.enabled:
-            self._inference_component(name, args, startup, child)
-        elif cfg.async_inference.enabled:
-            self._async_scaling(name, args, child)
-        elif scaling.enabled and not cfg.serverless.enabled:
-            self.scaling_target = appautoscaling.Target(
-                f"{name}-scaling-target",
-                service_namespace="sagemaker",
-                scalable_dimension="sagemaker:variant:DesiredInstanceCount",
-                resource_id=self.endpoint.name.apply(lambda n: scaling_resource_id(n, variant)),
-                min_capacity=scaling.min_capacity,
-                max_capacity=scaling.max_capacity,
-                opts=child,
-            )
-            target = target_invocations_per_instance(
-                explicit=scaling.target_invocations_per_instance,
-                max_rps_per_instance=scaling.max_rps_per_instance,
-                target_utilization=scaling.target_utilization,
-            )
-            self.scaling_policy = appautoscaling.Policy(
-                f"{name}-scaling-policy",
-                policy_type="TargetTrackingScaling",
-                service_namespace=self.scaling_target.service_namespace,
-                scalable_dimension=self.scaling_target.scalable_dimension,
-                resource_id=self.scaling_target.resource_id,
-                target_tracking_scaling_policy_configuration=target_tracking_configuration(
-                    target_value=target,
-                    scale_in_cooldown=scaling.scale_in_cooldown,
-                    scale_out_cooldown=scaling.scale_out_cooldown,
-                    disable_scale_in=scaling.disable_scale_in,
-                ),
-                opts=child,
-            )
-
-        self._observability(name, args, dims, child)
-        self.register_outputs(self._outputs())
+    def _instance_scaling(self, name: str, args: EndpointArgs, child: pulumi.ResourceOptions) -> None:
+        """Target tracking on invocations per instance, between the autoscaling bounds."""
+        scaling = args.config.autoscaling
+        variant = args.config.variant_name
+        self.scaling_target = appautoscaling.Target(
+            f"{name}-scaling-target",
+            service_namespace="sagemaker",
+            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+            resource_id=self.endpoint.name.apply(lambda n: scaling_resource_id(n, variant)),
+            min_capacity=scaling.min_capacity,
+            max_capacity=scaling.max_capacity,
+            opts=child,
+        )
+        target = target_invocations_per_instance(
+            explicit=scaling.target_invocations_per_instance,
+            max_rps_per_instance=scaling.max_rps_per_instance,
+            target_utilization=scaling.target_utilization,
+        )
+        self.scaling_policy = appautoscaling.Policy(
+            f"{name}-scaling-policy",
+            policy_type="TargetTrackingScaling",
+            service_namespace=self.scaling_target.service_namespace,
+            scalable_dimension=self.scaling_target.scalable_dimension,
+            resource_id=self.scaling_target.resource_id,
+            target_tracking_scaling_policy_configuration=target_tracking_configuration(
+                target_value=target,
+                scale_in_cooldown=scaling.scale_in_cooldown,
+                scale_out_cooldown=scaling.scale_out_cooldown,
+                disable_scale_in=scaling.disable_scale_in,
+            ),
+            opts=child,
+        )
 
     def _outputs(self) -> dict:
         return {
@@ -311,7 +359,7 @@ class Endpoint(pulumi.ComponentResource):
             if args.native_provider
             else child
         )
-        self.inference_component = aws_native.sagemaker.InferenceComponent(
+        self.inference_component = component = aws_native.sagemaker.InferenceComponent(
             f"{name}-inference-component",
             inference_component_name=component_name,
             endpoint_name=self.endpoint.name,
@@ -325,7 +373,7 @@ class Endpoint(pulumi.ComponentResource):
             name,
             ("copies-target", "copies-policy", "no-capacity-alarm"),
             dimension=scale_to_zero.IC_DIMENSION,
-            resource_id=self.inference_component.inference_component_name.apply(scale_to_zero.ic_resource_id),
+            resource_id=component.inference_component_name.apply(scale_to_zero.ic_resource_id),
             capacity=(ic.min_copies, ic.max_copies),
             tracking=scale_to_zero.ic_target_tracking(
                 target_value=ic.target_invocations_per_copy,
@@ -469,7 +517,8 @@ class Endpoint(pulumi.ComponentResource):
             self.alarm_idle = cloudwatch.MetricAlarm(
                 f"{name}-idle-alarm",
                 name=f"{args.endpoint_name}-idle",
-                alarm_description=f"No invocations for {idle.hours} h: the endpoint is idle and still billed per instance-hour",
+                alarm_description=f"No invocations for {idle.hours} h: "
+                "the endpoint is idle and still billed per instance-hour",
                 dimensions=dims,
                 alarm_actions=[self.alerts_topic.arn],
                 ok_actions=[self.alerts_topic.arn],

@@ -18,15 +18,8 @@ from pathlib import Path
 from aiops.infra.config import StackConfig
 
 from aiops.errors import UsageError
-from aiops.gpufit import (
-    Fit,
-    KvCache,
-    TensorStats,
-    check_inference,
-    inference_need,
-    kv_shape_from_config,
-    model_stats,
-)
+from aiops.gpufit import Fit, KvCache, check_inference, inference_need, kv_shape_from_config
+from aiops.tensorstats import TensorStats, model_stats
 
 MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB; a bigger one is not read
 
@@ -43,8 +36,8 @@ def local_config_json(path: Path) -> dict | None:
             with tarfile.open(path, "r:*") as tar:
                 for member in tar.getmembers():
                     if member.isfile() and member.name.removeprefix("./") == "config.json":
-                        fh = tar.extractfile(member)
-                        return _config(fh.read(MAX_CONFIG_BYTES + 1)) if fh else None
+                        member_file = tar.extractfile(member)
+                        return _config(member_file.read(MAX_CONFIG_BYTES + 1)) if member_file else None
     except (ValueError, OSError, tarfile.TarError, RecursionError):
         return None
     return None

@@ -29,7 +29,7 @@ _OPTION = {
 }
 
 
-def _config_error(err: ImageNotFound, value: str, *, version_option: str | None = None) -> ConfigError:
+def _config_error(err: ImageNotFound, value: str | None, *, version_option: str | None = None) -> ConfigError:
     option = version_option if err.field == "version" and version_option else _OPTION[err.field]
     return ConfigError(f"{option}={value!r}: {err.reason} (or set endpoint.image.uri)")
 

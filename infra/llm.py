@@ -131,8 +131,9 @@ def startup_settings(cfg: EndpointConfig) -> dict[str, int]:
 
 def model_data(cfg: EndpointConfig) -> dict:
     """The model's ``primary_container`` data: a tarball's ``model_data_url``, or for a prefix
-    (``s3://bucket/prefix/``) ``model_data_source.s3_data_sources[0]`` (CreateModel's ``ModelDataSource.S3DataSource``) with ``S3Prefix`` and
-    ``CompressionType: None`` (uncompressed: SageMaker copies the files as they are)."""
+    (``s3://bucket/prefix/``) ``model_data_source.s3_data_sources[0]`` (CreateModel's
+    ``ModelDataSource.S3DataSource``) with ``S3Prefix`` and ``CompressionType: None`` (uncompressed:
+    SageMaker copies the files as they are)."""
     if cfg.uncompressed:
         return {
             "model_data_source": {

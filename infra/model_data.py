@@ -5,11 +5,11 @@ what makes the download outlast the container's health check). The endpoint's mo
 ``ModelDataSource.S3DataSource`` with ``S3DataType=S3Prefix`` and ``CompressionType=None``.
 
 A local folder is uploaded to the stack's bucket under a content-addressed prefix,
-``models/sha256/<tree digest>/`` (``aiops.stack.S3Layout.model_prefix``; the digest of every file's path and sha256), so a prefix never
-changes under a running endpoint. Files already there are skipped (same tree: nothing moves);
-files unchanged since the previous model prefix (same path, same sha256 in the object's
-``sha256`` metadata) are copied inside S3 instead of uploaded again. Every object is SSE-KMS with
-the stack's key.
+``models/sha256/<tree digest>/`` (``aiops.stack.S3Layout.model_prefix``; the digest of every file's path
+and sha256), so a prefix never changes under a running endpoint. Files already there are skipped (same
+tree: nothing moves); files unchanged since the previous model prefix (same path, same sha256 in the
+object's ``sha256`` metadata) are copied inside S3 instead of uploaded again. Every object is SSE-KMS
+with the stack's key.
 
 A prefix (given or uploaded) must hold weights (``*.safetensors``, ``*.bin``, ``*.pt``,
 ``*.pth``); its size sets the start-up timeouts and the volume (``endpoint.modelSizeGb``), and its
@@ -31,7 +31,10 @@ from typing import Any
 from aiops import aws
 from aiops.archive import file_sha256  # noqa: F401 - re-exported for the tests
 from aiops.errors import UsageError
-from aiops.gpufit import (
+from aiops.names import split_s3_uri
+from aiops.s3objects import DEFAULT_CONCURRENCY, NOT_FOUND, UploadBatch
+from aiops.stack import LAYOUT
+from aiops.tensorstats import (
     MAX_HEADER,
     WEIGHT_SUFFIXES,
     TensorStats,
@@ -39,9 +42,6 @@ from aiops.gpufit import (
     safetensors_stats,
     state_dict_stats,
 )
-from aiops.names import split_s3_uri
-from aiops.s3objects import DEFAULT_CONCURRENCY, NOT_FOUND, UploadBatch
-from aiops.stack import LAYOUT
 
 
 def folder_files(path: Path) -> list[tuple[str, Path]]:
@@ -100,7 +100,8 @@ def upload_folder(
     files = folder_files(path)
     if not any(_is_weights(rel) for rel, _ in files):
         raise UsageError(
-            f"--model {path}: no weights in that folder (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})"
+            f"--model {path}: no weights in that folder (looked "
+            f"for {', '.join('*' + s for s in WEIGHT_SUFFIXES)})"
         )
     digests = {rel: file_sha256(p) for rel, p in files}
     prefix = LAYOUT.model_prefix(tree_digest(list(digests.items())))
@@ -128,7 +129,7 @@ def upload_folder(
     counts = dict.fromkeys(("present", "copy", "upload"), 0)
     sent = 0
     with UploadBatch(s3, bucket, kms_key=kms_key_arn, max_concurrency=max_concurrency) as batch:
-        for (rel, p), (what, head) in zip(files, plans):
+        for (rel, p), (what, head) in zip(files, plans, strict=True):
             counts[what] += 1
             if what == "copy" and head is not None and previous:
                 # unchanged since the previous model: copied inside S3 (multipart for large files)
@@ -181,8 +182,8 @@ def list_prefix(s3: Any, uri: str) -> PrefixListing:
         )
     if not listing.weights:
         raise UsageError(
-            f"--model {uri}: no weights under that prefix (looked for {', '.join('*' + s for s in WEIGHT_SUFFIXES)}); "
-            f"found {len(objects)} other file(s)"
+            f"--model {uri}: no weights under that prefix (looked for "
+            f"{', '.join('*' + s for s in WEIGHT_SUFFIXES)}); found {len(objects)} other file(s)"
         )
     return listing
 
@@ -223,13 +224,13 @@ class S3RangeFile(io.RawIOBase):
         return len(data)
 
 
-def prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
+def prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats:
     """Tensor sizes from the prefix's weights (see ``_prefix_stats``); AWS errors as one line."""
     with aws.translate_errors(f"reading the weights' headers under {listing.uri}"):
         return _prefix_stats(s3, listing)
 
 
-def _prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
+def _prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats:
     """Tensor sizes from the prefix's weights without downloading them: a safetensors header with
     two ranged GETs; a ``torch.save`` archive's directory and pickle through ``S3RangeFile``.
     safetensors files win when both formats are there."""
@@ -241,6 +242,8 @@ def _prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
             reader = io.BufferedReader(S3RangeFile(s3, bucket, key, size), buffer_size=256 << 10)
             stats = state_dict_stats(reader, key)
             total = stats if total is None else total + stats
+        if total is None:  # list_prefix refuses a prefix without weights first
+            raise UsageError(f"--model {listing.uri}: no weights under that prefix")
         return total
     for key, size in files:
         head = s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-7")["Body"].read()
@@ -256,6 +259,7 @@ def _prefix_stats(s3: Any, listing: PrefixListing) -> TensorStats | None:
         body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=8-{8 + length - 1}")["Body"].read()
         stats = safetensors_stats(io.BytesIO(head + body), key, size)
         total = stats if total is None else total + stats
+    assert total is not None  # files is not empty
     return total
 
 

@@ -176,7 +176,7 @@ def _plan(cfg: StackConfig, *, preview: bool) -> Plan:
             computed = _computed(args.typ, args.name, inputs, region)
             state = {**computed, **inputs}
             state["arn"] = inputs.get("arn") or computed["arn"]
-            pending[(args.typ, args.name)] = (inputs, args.custom)
+            pending[(args.typ, args.name)] = (inputs, True if args.custom is None else args.custom)
             return state.get("id") or f"{args.name}-id", state
 
         def call(self, args: pulumi.runtime.MockCallArgs):
@@ -217,10 +217,10 @@ def _plan(cfg: StackConfig, *, preview: bool) -> Plan:
 
     @pulumi.runtime.test
     def run():
-        outputs = build(cfg)
+        outputs = build(cfg).exported()
         keys = list(outputs)
         return pulumi.Output.all(*[outputs[k] for k in keys]).apply(
-            lambda vals: result.update(zip(keys, vals))
+            lambda vals: result.update(zip(keys, vals, strict=True))
         )
 
     run()

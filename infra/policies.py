@@ -145,8 +145,13 @@ def execution_role_policy(
     publish_topic_names: tuple[str, ...] = (),
     secret_arns: tuple[str, ...] = (),
     secret_key_arns: tuple[str, ...] = (),
+    remote_debug: bool = False,
 ) -> dict[str, Any]:
     """Least privilege for SageMaker jobs and endpoints run as this role.
+
+    ``remote_debug``: the statement SageMaker documents for training jobs with RemoteDebugConfig
+    (``REMOTE_DEBUG_ACTIONS``, the SSM agent's channels; ssmmessages has no resource-level
+    permissions, so AWS requires "*").
 
     ``secret_arns``: the Secrets Manager secrets training jobs read (``--secret``), exactly those;
     ``secret_key_arns``: their customer-managed KMS keys, usable only through Secrets Manager.
@@ -159,14 +164,53 @@ def execution_role_policy(
     ``role_write_prefixes``). With subnets (a VPC), the role also gets what SageMaker needs to
     attach jobs and endpoints to them (``vpc_statements``).
 
-    The two statements with ``Resource: "*"`` name single actions that have no resource-level
-    permissions (AWS requires "*" for them): ``ecr:GetAuthorizationToken`` and
-    ``cloudwatch:PutMetricData`` (narrowed by a namespace condition).
+    The statements with ``Resource: "*"`` name actions that have no resource-level permissions (AWS
+    requires "*" for them): ``ecr:GetAuthorizationToken``, ``cloudwatch:PutMetricData`` (narrowed by
+    a namespace condition) and, with ``remote_debug`` only, the ``ssmmessages`` channel actions.
     """
     _arn_ok(bucket_arn, "s3")
     _arn_ok(key_arn, "kms")
     if not read_prefixes:
         raise ValueError("at least one readable prefix is needed (models/)")
+    repositories = image_repository_arns(
+        region=region,
+        partition=partition,
+        image_registry_account=image_registry_account,
+        extra_image_repositories=extra_image_repositories,
+        own_repository_arn=own_repository_arn,
+    )
+    statements = [
+        *secret_statements(secret_arns, secret_key_arns),
+        *publish_statements(publish_topic_names, region=region, account_id=account_id, partition=partition),
+        *bucket_statements(bucket_arn, read_prefixes, write_prefixes),
+        *key_statements(key_arn),
+        *image_statements(repositories),
+        *remote_debug_statements(remote_debug),
+    ]
+    if subnet_ids:
+        statements += vpc_statements(
+            region=region,
+            account_id=account_id,
+            partition=partition,
+            subnet_ids=subnet_ids,
+            security_group_ids=security_group_ids,
+        )
+    statements += log_and_metric_statements(region=region, account_id=account_id, partition=partition)
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+# The execution role's statements, one idea a function (each pure; an empty list when it does not apply)
+
+
+def image_repository_arns(
+    *,
+    region: str,
+    partition: str,
+    image_registry_account: str | None,
+    extra_image_repositories: tuple[tuple[str, str], ...],
+    own_repository_arn: str | None,
+) -> list[str]:
+    """The ECR repositories the role pulls from: the PyTorch DLCs, the LLM containers', the stack's."""
     repos = []
     if image_registry_account:
         repos += [
@@ -176,6 +220,11 @@ def execution_role_policy(
     if own_repository_arn:
         _arn_ok(own_repository_arn, "ecr")
         repos.append(own_repository_arn)
+    return repos
+
+
+def secret_statements(secret_arns: tuple[str, ...], secret_key_arns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """GetSecretValue on exactly the training secrets; their keys' Decrypt only through Secrets Manager."""
     statements: list[dict[str, Any]] = []
     if secret_arns:
         statements.append(
@@ -203,16 +252,30 @@ def execution_role_policy(
                 },
             }
         )
-    if publish_topic_names:
-        statements.append(
-            {
-                "Sid": "PublishAsyncNotifications",
-                "Effect": "Allow",
-                "Action": "sns:Publish",
-                "Resource": [f"arn:{partition}:sns:{region}:{account_id}:{t}" for t in publish_topic_names],
-            }
-        )
-    statements += [
+    return statements
+
+
+def publish_statements(
+    topic_names: tuple[str, ...], *, region: str, account_id: str, partition: str
+) -> list[dict[str, Any]]:
+    """sns:Publish on the async-inference notification topics."""
+    if not topic_names:
+        return []
+    return [
+        {
+            "Sid": "PublishAsyncNotifications",
+            "Effect": "Allow",
+            "Action": "sns:Publish",
+            "Resource": [f"arn:{partition}:sns:{region}:{account_id}:{t}" for t in topic_names],
+        }
+    ]
+
+
+def bucket_statements(
+    bucket_arn: str, read_prefixes: tuple[str, ...], write_prefixes: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """List and read the stack contract's readable prefixes; write only the writable ones."""
+    statements: list[dict[str, Any]] = [
         {
             "Sid": "ListOwnPrefixes",
             "Effect": "Allow",
@@ -240,7 +303,12 @@ def execution_role_policy(
                 "Resource": [f"{bucket_arn}/{p}*" for p in write_prefixes],
             }
         )
-    statements += [
+    return statements
+
+
+def key_statements(key_arn: str) -> list[dict[str, Any]]:
+    """The stack key: use it, and grant it to the AWS resources SageMaker creates (volumes)."""
+    return [
         {
             "Sid": "UseStackKey",
             "Effect": "Allow",
@@ -254,14 +322,20 @@ def execution_role_policy(
             "Resource": key_arn,
             "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}},
         },
+    ]
+
+
+def image_statements(repositories: list[str]) -> list[dict[str, Any]]:
+    """ECR login (no resource-level permissions: "*") and pulls from exactly ``repositories``."""
+    statements: list[dict[str, Any]] = [
         {
             "Sid": "EcrLogin",
             "Effect": "Allow",
             "Action": "ecr:GetAuthorizationToken",
             "Resource": "*",
-        },
+        }
     ]
-    if repos:
+    if repositories:
         statements.append(
             {
                 "Sid": "PullImages",
@@ -271,18 +345,15 @@ def execution_role_policy(
                     "ecr:BatchGetImage",
                     "ecr:GetDownloadUrlForLayer",
                 ],
-                "Resource": repos,
+                "Resource": repositories,
             }
         )
-    if subnet_ids:
-        statements += vpc_statements(
-            region=region,
-            account_id=account_id,
-            partition=partition,
-            subnet_ids=subnet_ids,
-            security_group_ids=security_group_ids,
-        )
-    statements += [
+    return statements
+
+
+def log_and_metric_statements(*, region: str, account_id: str, partition: str) -> list[dict[str, Any]]:
+    """SageMaker's own log groups; metrics only in SageMaker's and aiops's namespaces."""
+    return [
         {
             "Sid": "OwnLogs",
             "Effect": "Allow",
@@ -305,8 +376,29 @@ def execution_role_policy(
             "Condition": {"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "aiops/*"]}},
         },
     ]
-    return {"Version": "2012-10-17", "Statement": statements}
 
+
+def remote_debug_statements(remote_debug: bool) -> list[dict[str, Any]]:
+    """The SSM agent's channels for --remote-debug jobs (no resource-level permissions: "*")."""
+    if not remote_debug:
+        return []
+    return [
+        {
+            "Sid": "RemoteDebugSessions",
+            "Effect": "Allow",
+            "Action": list(REMOTE_DEBUG_ACTIONS),
+            "Resource": "*",
+        }
+    ]
+
+
+# "Access a training container through AWS Systems Manager for remote debugging": the IAM role
+REMOTE_DEBUG_ACTIONS = (
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+)
 
 VPC_DESCRIBE_ACTIONS = (
     "ec2:DescribeNetworkInterfaces",

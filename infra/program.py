@@ -1,4 +1,4 @@
-"""The stack program: one validated StackConfig in, components declared, outputs returned.
+"""The stack program: one validated StackConfig in, components declared, typed outputs returned.
 
 Used by ``infra/__main__.py`` (the real engine: ``pulumi up``, the Automation API) and by the
 offline preview and the tests (Pulumi mocks): one code path.
@@ -6,6 +6,7 @@ offline preview and the tests (Pulumi mocks): one code path.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pulumi
@@ -13,12 +14,46 @@ import pulumi_aws as aws
 from aiops.infra.config import StackConfig
 from aiops.infra.images import endpoint_image_repositories, endpoint_image_uri, registry_account
 from aiops.infra.scale_to_zero import async_topic_names
+from pydantic.alias_generators import to_camel
 
 from aiops.stack import LAYOUT, TRAINING_LOG_GROUP
 
 
-def build(cfg: StackConfig) -> dict[str, Any]:
-    """Declare every resource of the stack; return the outputs (also exported by ``export``)."""
+@dataclass
+class ProgramOutputs:
+    """What the stack exports: ``aiops.stack.StackOutputs`` field by field (the same names, camelCase
+    once exported), each a Pulumi value until the engine resolves it; commands read them back as
+    StackOutputs (tests/infra/test_stack_contract.py keeps the two field lists equal)."""
+
+    stack: str
+    region: str
+    bucket: pulumi.Output[str]
+    bucket_arn: pulumi.Output[str]
+    kms_key_arn: pulumi.Output[str]
+    role_arn: pulumi.Output[str] | None = None
+    log_group: str = TRAINING_LOG_GROUP
+    subnet_ids: list[str] = field(default_factory=list)
+    security_group_ids: list[str] = field(default_factory=list)
+    endpoint_name: pulumi.Output[str] | None = None
+    endpoint_config_name: pulumi.Output[str] | None = None
+    inference_component_name: pulumi.Output[str] | None = None
+    model_data_url: str | None = None
+    repository_url: pulumi.Output[str] | None = None
+    dashboard_name: pulumi.Output[str] | None = None
+    alerts_topic_arn: pulumi.Output[str] | None = None
+    launch_template_id: pulumi.Output[str] | None = None
+    gpu_group_name: pulumi.Output[str] | None = None
+    training_secret_arns: list[str] = field(default_factory=list)
+    remote_debug: bool | None = None  # exported only when the stack allows it
+
+    def exported(self) -> dict[str, Any]:
+        """camelCase name -> value, the unset ones (None, an empty list) left out."""
+        values = {to_camel(f.name): getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in values.items() if v is not None and not (isinstance(v, list) and not v)}
+
+
+def build(cfg: StackConfig) -> ProgramOutputs:
+    """Declare every resource of the stack; return its outputs (exported by ``export``)."""
     tags = {"aiops:project": cfg.project, "aiops:stack": cfg.stack, **cfg.tags}
     provider = aws.Provider("aws", region=cfg.region, default_tags={"tags": tags})
     opts = pulumi.ResourceOptions(provider=provider)
@@ -43,18 +78,17 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         ),
         opts=opts,
     )
-    outputs: dict[str, Any] = {
-        "region": cfg.region,
-        "stack": cfg.stack,
-        "bucket": storage.bucket.bucket,
-        "bucketArn": storage.bucket.arn,
-        "kmsKeyArn": storage.key.arn,
-        "logGroup": TRAINING_LOG_GROUP,
-    }
+    outputs = ProgramOutputs(
+        region=cfg.region,
+        stack=cfg.stack,
+        bucket=storage.bucket.bucket,
+        bucket_arn=storage.bucket.arn,
+        kms_key_arn=storage.key.arn,
+    )
     net = cfg.network
     if net.enabled:
-        outputs["subnetIds"] = list(net.subnet_ids)
-        outputs["securityGroupIds"] = list(net.security_group_ids)
+        outputs.subnet_ids = list(net.subnet_ids)
+        outputs.security_group_ids = list(net.security_group_ids)
 
     ep = cfg.endpoint
     image_uri: str | None = None
@@ -67,7 +101,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         else:
             image_uri = endpoint_image_uri(ep, cfg.region)
 
-    role_arn = None
+    role_arn: pulumi.Output[str] | None = None
     if cfg.access.enabled:
         from aiops.infra.access import Access, AccessArgs
 
@@ -102,16 +136,18 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 else (),
                 secret_arns=cfg.access.training_secrets,
                 secret_key_arns=cfg.access.training_secret_keys,
+                remote_debug=cfg.access.remote_debug,
             ),
             opts=opts,
         )
-        role_arn = access.role.arn
-        outputs["roleArn"] = role_arn
-        if cfg.access.training_secrets:
-            outputs["trainingSecretArns"] = list(cfg.access.training_secrets)
+        role_arn = outputs.role_arn = access.role.arn
+        outputs.training_secret_arns = list(cfg.access.training_secrets)
+        outputs.remote_debug = True if cfg.access.remote_debug else None
 
     if ep.enabled:
         from aiops.infra.endpoint import Endpoint, EndpointArgs
+
+        assert role_arn is not None  # StackConfig: an endpoint needs access.enabled (its execution role)
 
         endpoint = Endpoint(
             "endpoint",
@@ -131,17 +167,17 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             ),
             opts=opts,
         )
-        outputs["endpointName"] = endpoint.endpoint.name
-        outputs["endpointConfigName"] = endpoint.endpoint_config.name
-        outputs["modelDataUrl"] = ep.model_data_url
+        outputs.endpoint_name = endpoint.endpoint.name
+        outputs.endpoint_config_name = endpoint.endpoint_config.name
+        outputs.model_data_url = ep.model_data_url
         if endpoint.inference_component is not None:  # `aiops invoke` names it (InferenceComponentName)
-            outputs["inferenceComponentName"] = endpoint.inference_component.inference_component_name
+            outputs.inference_component_name = endpoint.inference_component.inference_component_name
         if endpoint.repository is not None:
-            outputs["repositoryUrl"] = endpoint.repository.repository_url
+            outputs.repository_url = endpoint.repository.repository_url
         if endpoint.dashboard is not None:
-            outputs["dashboardName"] = endpoint.dashboard.dashboard_name
+            outputs.dashboard_name = endpoint.dashboard.dashboard_name
         if endpoint.alerts_topic is not None:
-            outputs["alertsTopicArn"] = endpoint.alerts_topic.arn
+            outputs.alerts_topic_arn = endpoint.alerts_topic.arn
 
     if cfg.compute.enabled:
         from aiops.infra.compute import GpuCompute, GpuComputeArgs
@@ -153,8 +189,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             ),
             opts=opts,
         )
-        outputs["launchTemplateId"] = compute.launch_template.id
-        outputs["gpuGroupName"] = compute.group.name
+        outputs.launch_template_id = compute.launch_template.id
+        outputs.gpu_group_name = compute.group.name
     return outputs
 
 
@@ -165,6 +201,6 @@ def _native_provider(cfg: StackConfig):
     return aws_native.Provider("aws-native", region=cfg.region)
 
 
-def export(outputs: dict[str, Any]) -> None:
-    for key, value in outputs.items():
+def export(outputs: ProgramOutputs) -> None:
+    for key, value in outputs.exported().items():
         pulumi.export(key, value)

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from aiops.infra.commands import CostEstimate
     from aiops.infra.costs import PlanCosts
 
+    from aiops.gpufit import Fit
+
 KEY_INPUTS: dict[str, tuple[str, ...]] = {
     "pulumi:providers:aws": ("region",),
     "pulumi:providers:aws-native": ("region",),
@@ -146,7 +148,7 @@ def short_type(type_: str) -> str:
     return type_
 
 
-def to_json(plan: Plan, costs: PlanCosts | None = None, gpu_fit: Any = None) -> str:
+def to_json(plan: Plan, costs: PlanCosts | None = None, gpu_fit: Fit | None = None) -> str:
     data = plan.to_dict()
     if costs is not None:
         data["costs"] = costs.to_dict()

@@ -16,9 +16,9 @@ input in S3; the variant's instance count scales between ``minCapacity`` (0) and
 by target tracking on ``ApproximateBacklogSizePerInstance``, plus the documented step-scaling
 policy on ``HasBacklogWithoutCapacity`` that starts the first instance when requests wait at 0.
 Results go to ``s3://<stack bucket>/async-inference/output/``, failures to ``.../failures/``
-(``aiops.stack.S3Layout``; encrypted with the stack key), and SNS success / error topics (the stack key) are notified.
-Cold start: instance launch, model download and container start (minutes) for the first request
-after idle; later requests queue meanwhile instead of failing.
+(``aiops.stack.S3Layout``; encrypted with the stack key), and SNS success / error topics (the stack key)
+are notified. Cold start: instance launch, model download and container start (minutes) for the first
+request after idle; later requests queue meanwhile instead of failing.
 
 The pure parts (policy documents, alarm settings, resource ids) are functions tested directly;
 ``InferenceComponents`` / ``AsyncInference`` declare the resources.

@@ -23,6 +23,7 @@ HEAVY = (
     "peft",
     "accelerate",
     "tokenizers",
+    "optuna",
 )
 
 PROBE = """
@@ -35,7 +36,15 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules), "help": out.getv
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["train", "--help"], ["jobs", "--help"], ["example", "--help"], ["export", "--help"]]
+    "args",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["jobs", "--help"],
+        ["example", "--help"],
+        ["export", "--help"],
+        ["tune", "--help"],
+    ],
 )
 def test_help_imports_no_heavy_library(args: list[str]) -> None:
     out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=True)

@@ -10,7 +10,7 @@ import tarfile
 import prices
 import pytest
 
-from aiops import gpufit
+from aiops import gpufit, tensorstats
 from aiops.errors import UsageError
 
 GIB = 1 << 30
@@ -76,7 +76,7 @@ def test_safetensors_header_of_real_files_matches_torch(tmp_path) -> None:
         "c": torch.zeros(2, 2, 2, dtype=torch.float32),
     }
     st.save_file(tensors, str(tmp_path / "model.safetensors"))
-    stats = gpufit.model_stats(tmp_path / "model.safetensors")
+    stats = tensorstats.model_stats(tmp_path / "model.safetensors")
     assert stats.parameters == 15 + 7 + 8
     assert (
         stats.bytes == 15 * 2 + 7 * 2 + 8 * 4 == sum(t.numel() * t.element_size() for t in tensors.values())
@@ -92,12 +92,12 @@ def test_state_dict_sizes_without_torch_load(tmp_path) -> None:
     sd = model.state_dict()
     sd["tied"] = sd["0.weight"]  # a tied weight shares its storage: counted once
     torch.save(sd, tmp_path / "model.pt")
-    stats = gpufit.model_stats(tmp_path / "model.pt")
+    stats = tensorstats.model_stats(tmp_path / "model.pt")
     assert stats.parameters == sum(p.numel() for p in model.parameters()) == 10 * 20 + 20 + 20 * 5 + 5
     assert stats.bytes == stats.parameters * 2 and stats.by_dtype == {"BF16": stats.parameters}
     # a whole pickled module: its classes are never instantiated, its storages still counted
     torch.save(model, tmp_path / "whole.pth")
-    assert gpufit.model_stats(tmp_path / "whole.pth").parameters == stats.parameters
+    assert tensorstats.model_stats(tmp_path / "whole.pth").parameters == stats.parameters
 
 
 def test_folder_sums_shards_and_tarball_is_read(tmp_path) -> None:
@@ -108,12 +108,12 @@ def test_folder_sums_shards_and_tarball_is_read(tmp_path) -> None:
     write_header_only(folder / "model-00001-of-00002.safetensors", {k: shapes[k] for k in names[:100]})
     write_header_only(folder / "model-00002-of-00002.safetensors", {k: shapes[k] for k in names[100:]})
     (folder / "pytorch_model.bin").write_bytes(b"not read: safetensors win when both are there")
-    stats = gpufit.model_stats(folder)
+    stats = tensorstats.model_stats(folder)
     assert stats.parameters == LLAMA7B_PARAMS and stats.bytes == 2 * LLAMA7B_PARAMS and len(stats.files) == 2
     with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
         tar.add(folder / "model-00001-of-00002.safetensors", arcname="model-00001-of-00002.safetensors")
         tar.add(folder / "model-00002-of-00002.safetensors", arcname="model-00002-of-00002.safetensors")
-    assert gpufit.model_stats(tmp_path / "model.tar.gz").parameters == LLAMA7B_PARAMS
+    assert tensorstats.model_stats(tmp_path / "model.tar.gz").parameters == LLAMA7B_PARAMS
 
 
 @pytest.mark.parametrize(
@@ -127,16 +127,16 @@ def test_folder_sums_shards_and_tarball_is_read(tmp_path) -> None:
 def test_bad_safetensors_is_one_usage_error(tmp_path, content, expected) -> None:
     (tmp_path / "x.safetensors").write_bytes(content)
     with pytest.raises(UsageError, match=expected):
-        gpufit.model_stats(tmp_path / "x.safetensors")
+        tensorstats.model_stats(tmp_path / "x.safetensors")
 
 
 def test_no_weights_is_one_usage_error(tmp_path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UsageError, match="no weights found"):
-        gpufit.model_stats(tmp_path)
+        tensorstats.model_stats(tmp_path)
     (tmp_path / "x.pt").write_bytes(b"legacy, not a zip")
     with pytest.raises(UsageError, match="not a torch.save archive"):
-        gpufit.model_stats(tmp_path / "x.pt")
+        tensorstats.model_stats(tmp_path / "x.pt")
 
 
 def test_kv_cache_by_hand() -> None:
@@ -155,7 +155,7 @@ def test_kv_cache_by_hand() -> None:
 
 def test_7b_fp16_with_kv_budget_refused_on_g5_xlarge_with_cheapest_alternatives(tmp_path) -> None:
     write_header_only(tmp_path / "model.safetensors", llama7b_shapes())
-    stats = gpufit.model_stats(tmp_path / "model.safetensors")
+    stats = tensorstats.model_stats(tmp_path / "model.safetensors")
     kv = gpufit.KvCache(layers=32, kv_heads=32, head_dim=128, max_tokens=4096, batch=4)
     need = gpufit.inference_need(stats, kv=kv)
     # (13,476,831,232 B = 12.551 GiB of weights + 8 GiB KV) x 1.2 = 24.66 GiB > 24 GiB
@@ -176,7 +176,7 @@ def test_7b_fp16_with_kv_budget_refused_on_g5_xlarge_with_cheapest_alternatives(
 
 def test_7b_weights_only_fit_in_fp16_not_in_fp32(tmp_path) -> None:
     write_header_only(tmp_path / "model.safetensors", llama7b_shapes(), dtype="F32")
-    stats = gpufit.model_stats(tmp_path / "model.safetensors")
+    stats = tensorstats.model_stats(tmp_path / "model.safetensors")
     # fp32 as stored: 25.10 GiB x 1.2 = 30.12 GiB > 24; served as fp16: 12.55 x 1.2 = 15.06 GiB
     as_stored = gpufit.inference_need(stats)
     assert as_stored.total_gib == pytest.approx(4 * LLAMA7B_PARAMS / GIB * 1.2)
@@ -225,7 +225,7 @@ def test_training_refusal_suggests_types_that_fit() -> None:
 
 def test_unknown_dtype_names_the_choices() -> None:
     with pytest.raises(UsageError, match="allowed: fp32, bf16"):
-        gpufit.dtype_bytes("fp13")
+        tensorstats.dtype_bytes("fp13")
 
 
 def test_train_remote_refuses_a_type_whose_gpus_cannot_hold_the_state(run_cli, tmp_path) -> None:

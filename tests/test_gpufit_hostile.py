@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aiops import gpufit
+from aiops import gpufit, tensorstats
 from aiops.errors import UsageError
 
 MB = 1 << 20
@@ -27,10 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 CHECK = """
 import sys
 from pathlib import Path
-from aiops import gpufit
+from aiops import tensorstats
 from aiops.errors import UsageError
 try:
-    stats = gpufit.model_stats(Path(sys.argv[1]))
+    stats = tensorstats.model_stats(Path(sys.argv[1]))
     print("ok", stats.parameters)
 except UsageError as err:
     print("refused", err)
@@ -147,7 +147,7 @@ def test_impossible_safetensors_shapes_are_one_line(tmp_path, shape, why):
     blob = text.replace('"SHAPE"', shape_text).encode()
     path.write_bytes(struct.pack("<Q", len(blob)) + blob)
     with pytest.raises(UsageError, match="impossible shape") as err:
-        gpufit.model_stats(path)
+        tensorstats.model_stats(path)
     assert why in str(err.value)
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
 
@@ -157,7 +157,7 @@ def test_a_deeply_nested_header_is_one_line(tmp_path):
     blob = b"[" * 200_000 + b"]" * 200_000
     path.write_bytes(struct.pack("<Q", len(blob)) + blob)
     with pytest.raises(UsageError, match="its header is not JSON"):
-        gpufit.model_stats(path)
+        tensorstats.model_stats(path)
 
 
 def _pt_with_pickle(path: Path, data: bytes) -> None:
@@ -181,7 +181,7 @@ def test_malformed_pickles_are_one_line(tmp_path, data):
     path = tmp_path / "model.pt"
     _pt_with_pickle(path, data)
     with pytest.raises(UsageError) as err:
-        gpufit.model_stats(path)
+        tensorstats.model_stats(path)
     message = str(err.value)
     assert message.startswith(f"{path.name}:") and "\n" not in message and len(message) < 500, message
 

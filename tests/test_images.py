@@ -137,7 +137,8 @@ def test_reading_the_tables_imports_no_sdk():
         "import sys; from aiops import images; "
         "images.pytorch_image_uri(scope='inference', region='us-east-1', version='2.5', py_version='py311', "
         "instance_type='ml.g5.xlarge'); images.llm_image_uri('tgi', region='us-east-1', version='3.3');"
-        "print('BAD', sorted(m for m in sys.modules if m.split('.')[0] in ('sagemaker', 'boto3', 'botocore')))"
+        "print('BAD', sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('sagemaker', 'boto3', 'botocore')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "BAD []" in out

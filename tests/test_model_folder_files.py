@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aiops import files, gpufit
+from aiops import files, tensorstats
 from aiops.errors import UsageError
 
 SECRETS = [
@@ -69,10 +69,10 @@ def test_model_package_refuses_a_link_out_of_the_folder(run_cli, tmp_path):
 def test_the_fit_check_reads_the_same_files_and_refuses_the_same_link(tmp_path):
     outside = _safetensors(tmp_path / "elsewhere.safetensors", shape=(1000, 1000))
     model = _model_folder(tmp_path / "model")
-    assert gpufit.model_stats(model).parameters == 8
+    assert tensorstats.model_stats(model).parameters == 8
     (model / "extra.safetensors").symlink_to(outside)
     with pytest.raises(UsageError, match="extra.safetensors is a symlink to .*outside the model folder"):
-        gpufit.model_stats(model)
+        tensorstats.model_stats(model)
 
 
 def _hf_cache(root: Path) -> Path:
@@ -97,7 +97,7 @@ def test_a_hugging_face_cache_snapshot_is_packaged_as_regular_files(run_cli, tmp
     assert result.returncode == 0, result.output
     members = _members(out)
     assert members["model.safetensors"].isfile() and members["config.json"].isfile()
-    assert gpufit.model_stats(snapshot).parameters == 8
+    assert tensorstats.model_stats(snapshot).parameters == 8
     assert files.select_model_folder(snapshot.parent.parent).files  # the repo folder: blobs/ is inside
 
 

@@ -2,7 +2,9 @@
 SageMaker SDK v3's ``ModelTrainer(training_mode=Mode...)`` switches between a local run and a
 training job.
 
-    backend = backends.create(Mode.SAGEMAKER_TRAINING_JOB, store=store, settings=settings, options=..., events=...)
+    backend = backends.create(
+        Mode.SAGEMAKER_TRAINING_JOB, store=store, settings=settings, options=..., events=...
+    )
     job = backend.prepare(config)       # validate everything (exit 2), nothing written
     result = backend.launch(job)        # LaunchResult(record, exit_code, streamed)
     backends.of(record, ...).describe(record) / logs / metrics / stop / refresh
@@ -16,11 +18,14 @@ contract; the SDK's local mode runs the container instead) is `training.local.Lo
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiops.training.jobs import JobConfig, JobEvents, LaunchOptions, LaunchResult, PreparedJob
 
 from aiops.runs import RunRecord, RunStore
+
+if TYPE_CHECKING:  # typing only
+    from aiops.settings import Settings
 
 
 class Mode(str, Enum):
@@ -52,7 +57,7 @@ def create(
     mode: Mode,
     *,
     store: RunStore,
-    settings: Any,
+    settings: Settings,
     options: LaunchOptions | None = None,
     events: JobEvents | None = None,
 ) -> JobBackend:
@@ -65,18 +70,18 @@ def create(
     return LocalBackend(store, settings, options, events)
 
 
-def of(record: RunRecord, *, store: RunStore, settings: Any) -> JobBackend:
+def of(record: RunRecord, *, store: RunStore, settings: Settings) -> JobBackend:
     """The backend that runs the job a record describes."""
     return create(Mode.of(record), store=store, settings=settings)
 
 
-def open_run(name: str, *, store: RunStore, settings: Any) -> tuple[RunRecord, JobBackend]:
+def open_run(name: str, *, store: RunStore, settings: Settings) -> tuple[RunRecord, JobBackend]:
     """A run's record (a UsageError naming recent runs when there is none) and its backend."""
     record = store.load(name)
     return record, of(record, store=store, settings=settings)
 
 
-def list_runs(*, store: RunStore, settings: Any) -> list[tuple[RunRecord, JobBackend]]:
+def list_runs(*, store: RunStore, settings: Settings) -> list[tuple[RunRecord, JobBackend]]:
     """Every run, newest first, each refreshed by its backend (which settles a create that was
     interrupted, and never relaunches it), with that backend."""
     rows = []

@@ -46,12 +46,12 @@ def family(instance_type: str) -> str | None:
 def is_gpu_type(instance_type: str) -> bool:
     """The SDK's ``_is_gpu_instance``: the family starts with p or g."""
     name = family(instance_type)
-    return bool(name) and name[0] in "pg"
+    return name is not None and name[:1] in ("p", "g")
 
 
 def is_trainium_type(instance_type: str) -> bool:
     name = family(instance_type)
-    return bool(name) and name.startswith("trn")
+    return name is not None and name.startswith("trn")
 
 
 def _version(text: str) -> tuple[int, ...] | None:
@@ -116,9 +116,9 @@ def plan_processes(
     if nproc is not None:
         if gpus and nproc > gpus:
             raise UsageError(
-                f"--nproc {nproc} on {instance_type}, which has {gpus} GPU(s): NCCL cannot put two ranks on "
-                f"one GPU; use --nproc {gpus} or less (or drop --nproc: one process per GPU), or a larger type "
-                f"({GPU_EXAMPLES})."
+                f"--nproc {nproc} on {instance_type}, which has {gpus} GPU(s): NCCL "
+                f"cannot put two ranks on one GPU; use --nproc {gpus} or less (or drop "
+                f"--nproc: one process per GPU), or a larger type ({GPU_EXAMPLES})."
             )
         return ProcessPlan(distribution, instance_type, instance_count, nproc, gpus, "--nproc")
     if gpus:
@@ -141,8 +141,8 @@ def _check_torch_distributed(
     if is_gpu_type(instance_type):
         if version is not None and version < GPU_MIN_VERSION:
             raise UsageError(
-                f"--distribution torch_distributed needs PyTorch 1.13.1 or later on GPU instances (the SageMaker "
-                f"SDK's list); --framework-version {framework_version} is older: use 2.5 or later."
+                "--distribution torch_distributed needs PyTorch 1.13.1 or later on GPU instances (the "
+                f"SageMaker SDK's list); --framework-version {framework_version} is older: use 2.5 or later."
             )
         return
     if is_trainium_type(instance_type):
@@ -156,7 +156,7 @@ def _check_torch_distributed(
         return
     kind = f"the {family(instance_type)} family" if family(instance_type) else "it"
     raise UsageError(
-        f"--distribution torch_distributed needs a GPU (ml.p*, ml.g*) or Trainium (ml.trn*) instance type; "
-        f"{instance_type} is not one ({kind} has no GPU for torchrun's NCCL ranks; the SageMaker SDK refuses it "
-        f"too): use e.g. {GPU_EXAMPLES}, or drop --distribution to run the script once per host."
+        "--distribution torch_distributed needs a GPU (ml.p*, ml.g*) or Trainium (ml.trn*) instance type; "
+        f"{instance_type} is not one ({kind} has no GPU for torchrun's NCCL ranks; the SageMaker SDK "
+        f"refuses it too): use e.g. {GPU_EXAMPLES}, or drop --distribution to run the script once per host."
     )

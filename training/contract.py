@@ -765,7 +765,8 @@ def pytorch_container_environment(
     }
     if spec.distributed:
         env["NCCL_PROTO"] = "simple"  # the toolkit's TorchDistributedRunner sets it
-        # ... and, on the instance types with EFA, points NCCL's libfabric at it (TorchDistributedRunner._setup)
+        # ... and, on the instance types with EFA, points NCCL's libfabric at it
+        # (TorchDistributedRunner._setup)
         if spec.instance_type in EFA_NCCL_INSTANCES:
             env["FI_PROVIDER"] = "efa"
         if spec.instance_type in EFA_RDMA_INSTANCES:

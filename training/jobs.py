@@ -103,6 +103,9 @@ class LaunchOptions:
     confirmed: bool = False  # --yes: launch even above the budget
     model_params: float | None = None
     fsdp: bool = False
+    keep_alive: int | None = None  # seconds SageMaker keeps the instances warm after the job
+    remote_debug: bool = False  # RemoteDebugConfig: `aiops jobs connect` opens a shell on a host
+    max_attempts: int | None = None  # capacity fallback: at most this many jobs (default: one a type)
 
     def __post_init__(self) -> None:
         if self.output_dir is not None and self.output_dir.exists() and not self.output_dir.is_dir():
@@ -124,11 +127,14 @@ class LaunchOptions:
                     self.stack,
                     self.vpc,
                     self.model_params,
+                    self.keep_alive,
+                    self.max_attempts,
                 )
             )
             or self.instance_count != 1
             or self.network_isolation
             or self.fsdp
+            or self.remote_debug
         )
 
 
@@ -180,9 +186,18 @@ class JobEvents(Protocol):
     # a remote job
     def upload(self, label: str, done: int, total: int) -> None: ...
     def estimate(
-        self, estimate: Any, *, spot: bool, instance_count: int, instance_type: str, max_run: int
+        self,
+        estimate: Any,
+        *,
+        spot: bool,
+        instance_count: int,
+        instance_type: str,
+        max_run: int,
+        keep_alive: int | None = None,  # a warm pool: its seconds and what it may cost idle
+        idle_cost: float | None = None,
     ) -> None: ...
     def accepted(self, record: RunRecord) -> None: ...
+    def attempts(self, attempts: Sequence[Any]) -> None: ...  # capacity fallback: capacity.Attempt rows
     def status(self, status: str, secondary: str) -> None: ...
     def log(self, stream: str, message: str) -> None: ...
     def silent(self, seconds: float, status: str) -> None: ...
@@ -357,7 +372,8 @@ def _resolve_code(entry_point: str, source_dir: str | None) -> tuple[Path, str]:
                 ) from None
             if not candidate.is_file():
                 raise UsageError(
-                    f"entry point {entry_point}: no such file in {source_dir}; give its path relative to the source dir."
+                    f"entry point {entry_point}: no such file in "
+                    f"{source_dir}; give its path relative to the source dir."
                 )
         _validate_entry_point_name(relative)
         return root.resolve(), relative

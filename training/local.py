@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +42,15 @@ from aiops.runs import (
     RunRecord,
     RunStore,
     process_start_time,
-    runner_alive,
+    runner_command,
     script_alive,
 )
 
 FAILURE_TAIL_CHARS = 1024  # DescribeTrainingJob shows the first 1024 characters of `failure`
 
 
-# A run's reporter is the part of `jobs.JobEvents` a local run uses: started, line, metric, stopping, finished.
+# A run's reporter is the part of `jobs.JobEvents` a local run uses: started, line, metric, stopping,
+# finished.
 RunReporter = jobs.JobEvents
 
 
@@ -94,6 +95,7 @@ class _Stopper:
         self.grace = grace
         self.reporter = reporter
         self.requested_by: int | None = None
+        self.reason: str | None = None  # a stop aiops asked for (`request`)
         self._killer: threading.Timer | None = None
 
     def _signal_group(self, sig: int) -> None:
@@ -110,12 +112,23 @@ class _Stopper:
             return
         self.requested_by = signum
         self.reporter.stopping(
-            f"{signal.Signals(signum).name} received: stopping the job (SIGTERM, SIGKILL after {self.grace:g}s)"
+            f"{signal.Signals(signum).name} received: stopping "
+            f"the job (SIGTERM, SIGKILL after {self.grace:g}s)"
         )
         self._signal_group(signal.SIGTERM)
         self._killer = threading.Timer(self.grace, self._signal_group, args=(signal.SIGKILL,))
         self._killer.daemon = True
         self._killer.start()
+
+    def request(self, reason: str) -> None:
+        """A stop asked for by aiops itself (a tuning trial pruned): SIGTERM, SIGKILL after grace."""
+        if self.requested_by is None and self.reason is None:
+            self.reason = reason
+            self.reporter.stopping(f"{reason}: stopping the job (SIGTERM, SIGKILL after {self.grace:g}s)")
+            self._signal_group(signal.SIGTERM)
+            self._killer = threading.Timer(self.grace, self._signal_group, args=(signal.SIGKILL,))
+            self._killer.daemon = True
+            self._killer.start()
 
     def kill(self) -> None:
         self._signal_group(signal.SIGKILL)
@@ -135,8 +148,10 @@ def run(
     log_tail_lines: int = 20,
     reporter: RunReporter | None = None,
     python: str | None = None,
+    stop_when: Callable[[], str | None] | None = None,
 ) -> RunRecord:
-    """Run the prepared job to its end; returns the final run record."""
+    """Run the prepared job to its end; returns the final run record. `stop_when`, asked after each
+    line of output, returns a reason to stop the job (the record ends Stopped, `stopped_by` the reason)."""
     reporter = reporter or jobs.NullEvents()
     folder = store.create(job.job_name)
     run_dir = folder.root
@@ -262,6 +277,9 @@ def run(
                     )
                     metrics_file.flush()
                     reporter.metric(sample, latest)
+                reason = stop_when() if stop_when is not None else None
+                if reason:
+                    stopper.request(reason)
             exit_code = proc.wait()
     finally:
         stopper.cancel()
@@ -279,6 +297,8 @@ def run(
     )
     if stopper.requested_by is not None:
         record.update(status=STATUS_STOPPED, stopped_by=signal.Signals(stopper.requested_by).name)
+    elif stopper.reason is not None:
+        record.update(status=STATUS_STOPPED, stopped_by=stopper.reason)
     elif exit_code == 0:
         record.status = STATUS_COMPLETED
         (paths.output / "success").write_text("")
@@ -293,7 +313,7 @@ def run(
         failure_file = paths.output / "failure"
         rank = rank_failure(folder.log, folder.torchrun_error) if spec.distributed else None
         if not failure_file.is_file():  # the toolkit writes one when the script did not
-            reason = "killed by signal %d" % -exit_code if exit_code < 0 else "exit code %d" % exit_code
+            reason = f"killed by signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}"
             failure_file.write_text(
                 f"AlgorithmError: ExecuteUserScriptError: {reason}\n" + (rank or "\n".join(tail[-5:]))
             )
@@ -425,7 +445,8 @@ def request_stop(record: RunRecord, folder: RunFolder) -> str:
     if record.status != STATUS_IN_PROGRESS:
         raise UsageError(f"{name} is {record.status}, not running; nothing to stop.")
     runner = record.runner_pid
-    if runner_alive(record):
+    # an `aiops tune` runner runs other trials too: only this trial's script is stopped
+    if runner_command(record) == "train":
         os.kill(int(runner), signal.SIGTERM)  # type: ignore[arg-type]
         return f"aiops process {runner}"
     script = record.script_pid
@@ -518,7 +539,7 @@ class LocalBackend:
         if output_dir is not None and record.artifacts:
             record = export_artifacts(self.store, record, output_dir)
         exit_code = {STATUS_FAILED: 1, STATUS_STOPPED: 130 if record.stopped_by == "SIGINT" else 143}
-        return jobs.LaunchResult(record, exit_code=exit_code.get(record.status, 0), streamed=True)
+        return jobs.LaunchResult(record, exit_code=exit_code.get(record.status or "", 0), streamed=True)
 
     def refresh(self, record: RunRecord) -> RunRecord:
         return record  # a local record is current (Stale is decided when it is read)

@@ -40,7 +40,7 @@ def plot_curves(curves: dict[str, list[Point]], out: Path, *, title: str) -> lis
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     series: dict[str, list[list[float]]] = {}
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):
         points = curves[name]
         if step is not None and name != step and len(curves[step]) == len(points):
             xs, label = [p.value for p in curves[step]], step
@@ -51,7 +51,7 @@ def plot_curves(curves: dict[str, list[Point]], out: Path, *, title: str) -> lis
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
-        series[name] = [[x, y] for x, y in zip(xs, ys)]
+        series[name] = [[x, y] for x, y in zip(xs, ys, strict=True)]
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)

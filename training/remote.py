@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aiops.training import jobs, remote_jobs, remote_logs
+from aiops.training import jobs, remote_jobs, remote_logs, remote_request
+from aiops.training.capacity import CapacityRefused
 from aiops.training.jobs import JobConfig, JobEvents, LaunchOptions, LaunchResult, NullEvents, PreparedJob
 from aiops.training.remote_jobs import NO_RETRY, NOT_CREATED, PENDING, aws_call, create_once
 from aiops.training.remote_logs import LogFollower, LogSink
@@ -22,8 +24,10 @@ from aiops.training.remote_request import (
     apply_defaults,
     build_request,
     check_budget,
+    check_remote_debug,
     check_secret_grants,
     client_token,
+    idle_cost,
     resolve_options,
 )
 
@@ -125,6 +129,16 @@ def download_model(record: RunRecord, dest: Path) -> Path:
 # The whole launch, as `aiops train --remote` runs it
 
 
+@dataclass(frozen=True)
+class Staged:
+    """What a submission bundled and uploaded: every attempt of a capacity-aware launch reuses it."""
+
+    code: Any  # bundle.Bundle
+    code_upload: Any  # uploads.Upload of the bundle
+    channel_uris: dict[str, str]
+    uploaded_bytes: int
+
+
 def launch(
     job: PreparedJob,
     options: RemoteOptions,
@@ -135,7 +149,25 @@ def launch(
     max_cost: float | None = None,
     confirmed: bool = False,
 ) -> RunRecord:
-    """Validate, show the cost, bundle, upload what is new, create the job once, record it locally.
+    """Validate, show the cost, bundle, upload what is new, create the job once, record it locally."""
+    return submit(
+        job, options, store=store, cache_dir=cache_dir, events=events, max_cost=max_cost, confirmed=confirmed
+    )[0]
+
+
+def submit(
+    job: PreparedJob,
+    options: RemoteOptions,
+    *,
+    store: RunStore,
+    cache_dir: Path,
+    events: JobEvents | None = None,
+    max_cost: float | None = None,
+    confirmed: bool = False,
+    staged: Staged | None = None,
+) -> tuple[RunRecord, Staged]:
+    """`launch`, returning what was uploaded too; with `staged` (an earlier attempt's uploads), the
+    same code and channels are submitted again without bundling or uploading anything.
 
     `job` comes from `jobs.prepare` with `SageMakerBackend.target`. The estimate is shown
     (`events.estimate`) and checked against `max_cost` after validation and before anything is
@@ -146,7 +178,7 @@ def launch(
     left Pending and `aiops jobs describe/list` resolve it (`resolve_pending`) rather than anyone
     launching a second job.
     """
-    from aiops.training import bundle, cluster, images, remote_request, uploads
+    from aiops.training import bundle, cluster, images, uploads
 
     from aiops import aws
     from aiops.pricing import estimate_training_job
@@ -166,17 +198,26 @@ def launch(
     estimate = estimate_training_job(
         options.instance_type, options.instance_count, options.max_run, options.region
     )
+    idle = idle_cost(estimate, options.keep_alive)
     events.estimate(
         estimate,
         spot=options.spot,
         instance_count=options.instance_count,
         instance_type=options.instance_type,
         max_run=options.max_run,
+        keep_alive=options.keep_alive,
+        idle_cost=idle,
     )
-    warning = check_budget(estimate, spot=options.spot, max_cost=max_cost, confirmed=confirmed)
+    warning = check_budget(
+        estimate, spot=options.spot, max_cost=max_cost, confirmed=confirmed, extra=idle or 0.0
+    )
     if warning:
         events.warning(warning)
-    code = bundle.build(job.code_source, job.entry_point, selection=job.code_selection)
+    code = (
+        staged.code
+        if staged
+        else bundle.build(job.code_source, job.entry_point, selection=job.code_selection)
+    )
     image_uri = options.image_uri or images.training_image_uri(
         options.framework,
         region=options.region,
@@ -215,6 +256,7 @@ def launch(
         ),
         large_files=code.large_files,
         estimated_max_cost_usd=estimate.cost(spot=options.spot),
+        **({"estimated_idle_cost_usd": idle} if idle is not None else {}),
         final_metrics={},
         artifacts={},
     )
@@ -245,7 +287,11 @@ def launch(
         return code_upload, channel_uris, uploaded
 
     try:
-        code_upload, channel_uris, uploaded = aws_call(f"uploading {job.job_name}", upload)
+        if staged is None:
+            code_upload, channel_uris, uploaded = aws_call(f"uploading {job.job_name}", upload)
+            staged = Staged(code, code_upload, channel_uris, uploaded)
+        else:  # another attempt of the same submission: nothing new to send
+            code_upload, channel_uris, uploaded = staged.code_upload, dict(staged.channel_uris), 0
     except BaseException as err:
         store.save(
             record.model_copy(deep=True).update(status=NOT_CREATED, failure_reason=f"upload failed: {err}")
@@ -278,14 +324,17 @@ def launch(
     try:
         outcome = aws_call(
             f"submitting {job.job_name}",
-            lambda: create_once(
+            lambda: _create_or_capacity(
                 aws.client("sagemaker", options.region, retries=NO_RETRY),
                 aws.client("sagemaker", options.region),
                 request,
+                f"submitting {job.job_name}",
             ),
         )
-    except UsageError as err:  # SageMaker refused the request (or the name is another job's): nothing runs
+    except (UsageError, CapacityRefused) as err:  # refused (or the name is another job's): nothing runs
         store.save(record.model_copy(deep=True).update(status=NOT_CREATED, failure_reason=str(err)))
+        if isinstance(err, CapacityRefused):
+            err.staged = staged  # the next attempt submits the same uploads
         raise
     record.update(
         status=STATUS_IN_PROGRESS,
@@ -293,7 +342,34 @@ def launch(
         accepted_seconds=round(time.monotonic() - submitted, 3),
     )
     store.save(record)
-    return record
+    return record, staged
+
+
+def _create_or_capacity(
+    create_client: Any, describe_client: Any, request: dict[str, Any], action: str
+) -> str:
+    """`create_once`; a ResourceLimitExceeded refusal (no capacity or quota for the type) becomes
+    `CapacityRefused`, which a capacity-aware launch answers with the next type."""
+    from botocore.exceptions import ClientError
+
+    from aiops.aws import describe_aws_error, error_code
+
+    try:
+        return create_once(create_client, describe_client, request)
+    except ClientError as err:
+        if error_code(err) == "ResourceLimitExceeded":
+            raise CapacityRefused(str(describe_aws_error(err, action=action))) from None
+        raise
+
+
+def may_keep_pool(record: RunRecord) -> bool:
+    """A job created with KeepAlivePeriodInSeconds whose pool was not last seen gone (Terminated, or
+    Reused: moved to the next job's record)."""
+    keep_alive = ((record.request or {}).get("ResourceConfig") or {}).get("KeepAlivePeriodInSeconds")
+    if not keep_alive or record.status == NOT_CREATED:
+        return False
+    pool = record.remote_summary.warm_pool_status if record.remote_summary else None
+    return pool not in ("Terminated", "Reused")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,18 +401,21 @@ class SageMakerBackend:
 
     def prepare(self, config: JobConfig) -> PreparedJob:
         options, given = self.options, self.launch_options
+        if options.instance_types == ["auto"]:
+            self._auto_instance_types(options, given)
         config.instance_type = options.instance_type
         if given.model_params is not None:
             from aiops.gpufit import require_training_fit
 
-            fit = require_training_fit(
-                given.model_params,
-                options.instance_type,
-                instance_count=options.instance_count,
-                fsdp=given.fsdp,
-                region=options.region,
-            )
-            self.events.info(f"GPU fit: {fit.line()}")
+            for instance_type in options.instance_types:
+                fit = require_training_fit(
+                    given.model_params,
+                    instance_type,
+                    instance_count=options.instance_count,
+                    fsdp=given.fsdp,
+                    region=options.region,
+                )
+                self.events.info(f"GPU fit: {fit.line()}")
         apply_defaults(options, self._stack_outputs, self.settings.aws)
         from aiops.training.images import huggingface_image_uri, resolve_framework
 
@@ -370,25 +449,145 @@ class SageMakerBackend:
             s3_uri=prepared.s3_channels.get(model_channel.CHANNEL),
             region=options.region,
         )
+        if options.fallback_types:
+            self._check_fallback_types(prepared, options)
         grants = check_secret_grants(config.secrets, options, self._stack_outputs)
-        for warning in [*prepared.warnings, *warnings, *grants]:
+        debug = check_remote_debug(options, self._stack_outputs)
+        for warning in [*prepared.warnings, *warnings, *grants, *debug]:
             self.events.warning(warning)
         return prepared
 
+    def _auto_instance_types(self, options: RemoteOptions, given: LaunchOptions) -> None:
+        """`--instance-type auto`: the GPU-fit check's cheapest types that hold the state, in order."""
+        from aiops.gpufit import fitting_training_types
+
+        if given.model_params is None:
+            raise UsageError(
+                "--instance-type auto picks the cheapest GPU types that hold the training state: "
+                "give --model-params N (e.g. 7e9), or name the types."
+            )
+        found = fitting_training_types(
+            given.model_params, instance_count=options.instance_count, fsdp=given.fsdp, region=options.region
+        )
+        if not found:
+            raise UsageError(
+                f"--instance-type auto: no GPU type of the table holds {given.model_params:g} parameters' "
+                "training state" + ("" if given.fsdp else "; shard it with --fsdp")
+            )
+        options.instance_type, options.fallback_types = (
+            found[0].instance_type,
+            [s.instance_type for s in found[1:]],
+        )
+        listed = ", ".join(
+            f"{s.instance_type} (${s.hourly:g}/h)" if s.hourly is not None else s.instance_type for s in found
+        )
+        self.events.info(f"instance types that fit, cheapest first: {listed}")
+
+    def _check_fallback_types(self, job: PreparedJob, options: RemoteOptions) -> None:
+        """Every type of the list must run this job (torch_distributed needs GPUs or Trainium), before
+        anything is uploaded."""
+        from aiops.training import cluster
+
+        for instance_type in options.instance_types:
+            try:
+                cluster.plan_processes(
+                    job.distribution,
+                    instance_type,
+                    options.instance_count,
+                    job.config.nproc,
+                    entry_point=job.entry_point,
+                    framework_version=options.framework_version,
+                    image_uri=options.image_uri,
+                )
+                if options.framework.huggingface and not options.image_uri:  # GPU types only
+                    from aiops.training.images import huggingface_image_uri
+
+                    huggingface_image_uri(
+                        options.framework, region=options.region, instance_type=instance_type
+                    )
+            except UsageError as err:
+                raise UsageError(f"--instance-type {instance_type} (in the fallback list): {err}") from None
+
     def launch(self, job: PreparedJob) -> LaunchResult:
         """Launch; with `wait`, follow status and logs to the end (Ctrl-C: `jobs.Detached`), then
-        refresh the record and, with `download`, fetch model.tar.gz."""
+        refresh the record and, with `download`, fetch model.tar.gz.
+
+        With a list of instance types, a job refused for capacity (ResourceLimitExceeded at create)
+        or failed for capacity (`capacity.is_capacity_failure`) is submitted again on the next type,
+        with the same uploads and a new name (`capacity.attempt_name`); one job at a time, at most
+        `--max-attempts`; `events.attempts` gets the table at the end."""
+        from aiops.training import capacity
+
+        from aiops import aws
+
         options, given, events = self.options, self.launch_options, self.events
+        remote_request.validate(options, aws.training_instance_types())  # every type, before any upload
+        types = options.instance_types
         budget = given.max_cost if given.max_cost is not None else self.settings.aws.max_cost
-        record = launch(
-            job,
-            options,
-            store=self.store,
-            cache_dir=self.settings.home / "cache",
-            events=events,
-            max_cost=budget,
-            confirmed=given.confirmed,
-        )
+        max_attempts = capacity.check_max_attempts(given.max_attempts, types)
+        staged: Staged | None = None
+        attempts: list[capacity.Attempt] = []
+        result: LaunchResult | None = None
+        for number, instance_type in enumerate(types[:max_attempts], start=1):
+            attempt_job = replace(job, job_name=capacity.attempt_name(job.job_name, number))
+            attempt_options = replace(options, instance_type=instance_type, fallback_types=[])
+            if number > 1:
+                events.info(f"attempt {number} of {max_attempts}: {attempt_job.job_name} on {instance_type}")
+            try:
+                record, staged = submit(
+                    attempt_job,
+                    attempt_options,
+                    store=self.store,
+                    cache_dir=self.settings.home / "cache",
+                    events=events,
+                    max_cost=budget,
+                    confirmed=given.confirmed,
+                    staged=staged,
+                )
+            except capacity.CapacityRefused as err:
+                staged = err.staged or staged
+                refused = self.store.load(attempt_job.job_name)  # saved NotCreated, with its estimate
+                attempts.append(
+                    capacity.Attempt(
+                        attempt_job.job_name,
+                        instance_type,
+                        "ResourceLimitExceeded",
+                        str(err),
+                        refused.estimated_max_cost_usd,
+                    )
+                )
+                if number == max_attempts:
+                    if len(types) > 1:
+                        events.attempts(attempts)
+                    raise
+                events.warning(f"{err} Trying the next instance type.")
+                continue
+            result = self._follow(record, attempt_options)
+            record = result.record
+            attempts.append(
+                capacity.Attempt(
+                    record.job_name,
+                    instance_type,
+                    record.status or "",
+                    record.failure_reason or "",
+                    record.estimated_max_cost_usd,
+                )
+            )
+            if record.status == "Failed" and capacity.is_capacity_failure(record.failure_reason):
+                if number < max_attempts:
+                    events.warning(
+                        f"{record.job_name} failed for capacity on {instance_type}; "
+                        "trying the next instance type."
+                    )
+                    continue
+            break
+        if len(types) > 1:
+            events.attempts(attempts)
+        assert result is not None
+        return result
+
+    def _follow(self, record: RunRecord, options: RemoteOptions) -> LaunchResult:
+        given, events = self.launch_options, self.events
         for path, size in record.large_files:
             events.warning(
                 f"{path} is {size / 1e6:.0f} MB; large files belong in a channel, "
@@ -409,14 +608,22 @@ class SageMakerBackend:
             raise jobs.Detached(record) from None
         record = remote_jobs.refresh(self.store, record, description)
         if given.download and record.status == STATUS_COMPLETED:
-            path = download_model(record, record.folder.model_archive)
-            record.artifacts.model = str(path)
+            archive = download_model(record, record.folder.model_archive)
+            record.artifacts.model = str(archive)
             self.store.save(record)
         return LaunchResult(record, exit_code=0 if record.status == STATUS_COMPLETED else 1, streamed=True)
 
     def refresh(self, record: RunRecord) -> RunRecord:
-        """Settle a create an interruption left Pending (never relaunch it); anything else as is."""
-        return remote_jobs.resolve_pending(self.store, record)
+        """Settle a create an interruption left Pending (never relaunch it); a job that may still keep
+        a warm pool (billed) is described again; anything else as is."""
+        if record.status == PENDING:
+            return remote_jobs.resolve_pending(self.store, record)
+        if may_keep_pool(record):
+            try:
+                return self.describe(record)
+            except AiopsError:  # offline or no credentials: the list shows what was last seen
+                return record
+        return record
 
     def describe(self, record: RunRecord) -> RunRecord:
         """The record, refreshed from DescribeTrainingJob."""

@@ -119,7 +119,18 @@ def summarize(description: Mapping[str, Any]) -> JobSummary:
     saving = None
     if description.get("EnableManagedSpotTraining") and training and billable is not None:
         saving = round(100.0 * (1 - billable / training), 1)
+    pool = description.get("WarmPoolStatus") or {}
+    warm = (
+        {
+            "warm_pool_status": pool.get("Status"),
+            "warm_pool_billable_seconds": pool.get("ResourceRetainedBillableTimeInSeconds"),
+            "warm_pool_reused_by": pool.get("ReusedByJob"),
+        }
+        if pool
+        else {}
+    )
     return JobSummary(
+        **warm,
         job_name=description.get("TrainingJobName"),
         status=description.get("TrainingJobStatus"),
         secondary_status=description.get("SecondaryStatus"),

@@ -131,7 +131,9 @@ def metric_series(record: RunRecord) -> dict[str, list[Any]]:
             while True:
                 answer = cloudwatch.get_metric_data(**kwargs)
                 for result in answer.get("MetricDataResults", []):
-                    values.setdefault(result["Label"], []).extend(zip(result["Timestamps"], result["Values"]))
+                    values.setdefault(result["Label"], []).extend(
+                        zip(result["Timestamps"], result["Values"], strict=True)
+                    )
                 if not answer.get("NextToken"):
                     break
                 kwargs["NextToken"] = answer["NextToken"]

@@ -48,6 +48,14 @@ class RemoteOptions:
     network_isolation: bool = False
     stack: str = "dev"
     tags: dict[str, str] = field(default_factory=dict)
+    keep_alive: int | None = None  # ResourceConfig.KeepAlivePeriodInSeconds: a warm pool after the job
+    remote_debug: bool = False  # RemoteDebugConfig.EnableRemoteDebug: SSM sessions into the hosts
+    fallback_types: list[str] = field(default_factory=list)  # tried in order after a capacity error
+
+    @property
+    def instance_types(self) -> list[str]:
+        """Every type an attempt may run on, in order (the first is `instance_type`)."""
+        return [self.instance_type, *self.fallback_types]
 
     @property
     def effective_max_wait(self) -> int | None:
@@ -90,11 +98,16 @@ def resolve_options(given: Any, settings: Any) -> tuple[RemoteOptions, StackOutp
     aws = settings.aws
     stack_name = resolve_stack(given.stack, settings)
     stack_outputs = read_outputs(settings.home, stack_name)
+    types = parse_instance_types(given.instance_type or aws.instance_type)
     options = RemoteOptions(
-        instance_type=given.instance_type or aws.instance_type,
+        instance_type=types[0],
+        fallback_types=types[1:],
+        keep_alive=given.keep_alive,
+        remote_debug=given.remote_debug,
         region=given.region or stack_outputs.region or aws.region,
         instance_count=given.instance_count,
-        spot=aws.spot if given.spot is None else given.spot,
+        # a warm pool is kept of on-demand instances only: --keep-alive means on-demand unless --spot
+        spot=(aws.spot and not given.keep_alive) if given.spot is None else given.spot,
         max_run=given.max_run or aws.max_run_seconds,
         max_wait=given.max_wait,
         volume_size=given.volume_size or aws.volume_size_gb,
@@ -108,6 +121,35 @@ def resolve_options(given: Any, settings: Any) -> tuple[RemoteOptions, StackOutp
         network_isolation=given.network_isolation,
     )
     return options, stack_outputs
+
+
+MAX_KEEP_ALIVE_SECONDS = 3600  # SageMaker keeps a warm pool at most an hour after a job
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str, option: str) -> int:
+    """`1800`, `1800s`, `30m` or `1h` as whole seconds (UsageError naming the option otherwise)."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _DURATION_UNITS else "s"
+    number = value[:-1] if value[-1:] in _DURATION_UNITS else value
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if amount < 0 or amount != amount:
+        raise UsageError(f"{option} {text!r}: give a duration like 30m, 1h or 1800 (seconds).")
+    return int(round(amount * _DURATION_UNITS[unit]))
+
+
+def parse_instance_types(text: str) -> list[str]:
+    """`--instance-type a,b,c`: the ordered list an attempt takes its type from (duplicates dropped)."""
+    types = [t.strip() for t in text.split(",")]
+    if not all(types):
+        raise UsageError(
+            f"--instance-type {text!r}: give one type or a comma-separated list, "
+            "e.g. ml.g5.2xlarge,ml.g6.2xlarge."
+        )
+    return list(dict.fromkeys(types))
 
 
 def _missing_output(stack: str, output: str, option: str, setting: str, what: str) -> ConfigError:
@@ -126,14 +168,24 @@ def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> No
         check_region(options.region, what="--region")
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if options.instance_type not in valid_instance_types:
-        close = sorted(
-            t for t in valid_instance_types if t.startswith(options.instance_type.rsplit(".", 1)[0])
-        )
-        hint = f" (e.g. {', '.join(close[:4])})" if close else " (e.g. ml.g5.xlarge, ml.p4d.24xlarge)"
-        raise UsageError(
-            f"--instance-type {options.instance_type} is not a SageMaker training instance type{hint}."
-        )
+    for instance_type in options.instance_types:
+        if instance_type not in valid_instance_types:
+            close = sorted(t for t in valid_instance_types if t.startswith(instance_type.rsplit(".", 1)[0]))
+            hint = f" (e.g. {', '.join(close[:4])})" if close else " (e.g. ml.g5.xlarge, ml.p4d.24xlarge)"
+            raise UsageError(
+                f"--instance-type {instance_type} is not a SageMaker training instance type{hint}."
+            )
+    if options.keep_alive is not None:
+        if not 0 <= options.keep_alive <= MAX_KEEP_ALIVE_SECONDS:
+            raise UsageError(
+                f"--keep-alive {options.keep_alive}s: SageMaker keeps a warm pool 0 to "
+                f"{MAX_KEEP_ALIVE_SECONDS} s (1h) after a job; give at most 1h."
+            )
+        if options.keep_alive and options.spot:
+            raise UsageError(
+                "--keep-alive: SageMaker keeps warm pools of on-demand instances only; "
+                "use --on-demand (the default with --keep-alive) or drop --keep-alive."
+            )
     if options.instance_count < 1:
         raise UsageError(f"--instance-count {options.instance_count}: needs at least 1.")
     if options.max_run < 1:
@@ -187,7 +239,37 @@ def check_secret_grants(
     return []
 
 
-def check_budget(estimate: Any, *, spot: bool, max_cost: float | None, confirmed: bool) -> str | None:
+def check_remote_debug(options: RemoteOptions, outputs: StackOutputs) -> list[str]:
+    """`--remote-debug` needs the role's SSM-messages statement, which a stack grants only with
+    `access.remoteDebug: true` (the `remoteDebug` output): refused up front without it; a role given
+    with --role is the user's to check (a warning)."""
+    if not options.remote_debug:
+        return []
+    if not outputs.role_arn or options.role != outputs.role_arn:
+        return [
+            f"--remote-debug: the job runs as {options.role}, not the stack's role; it needs "
+            "ssmmessages:CreateControlChannel, CreateDataChannel, OpenControlChannel and OpenDataChannel."
+        ]
+    if not outputs.remote_debug:
+        raise UsageError(
+            f"--remote-debug: the role of stack {options.stack!r} may not open SSM sessions; set "
+            f"access.remoteDebug: true in Pulumi.{options.stack}.yaml and run 'aiops deploy --stack "
+            f"{options.stack}'."
+        )
+    return []
+
+
+def idle_cost(estimate: Any, keep_alive: int | None) -> float | None:
+    """What the warm pool may cost after the job: every host kept `keep_alive` seconds, on-demand
+    (None: no pool, or no known price)."""
+    if not keep_alive or estimate.price is None:
+        return None
+    return round(estimate.instance_count * keep_alive / 3600.0 * estimate.price.hourly(spot=False), 2)
+
+
+def check_budget(
+    estimate: Any, *, spot: bool, max_cost: float | None, confirmed: bool, extra: float = 0.0
+) -> str | None:
     """Refuse a launch whose worst-case cost is over the budget (unless confirmed).
 
     Returns a warning to show, or None. An unknown price never counts as zero: with a budget set,
@@ -203,7 +285,7 @@ def check_budget(estimate: Any, *, spot: bool, max_cost: float | None, confirmed
         if max_cost is not None and not confirmed:
             raise UsageError(f"{warning} A budget of ${max_cost:g} is set: pass --yes to launch anyway.")
         return warning
-    cost = estimate.cost(spot=spot)
+    cost = estimate.cost(spot=spot) + extra  # extra: a warm pool's idle time
     if max_cost is not None and cost > max_cost and not confirmed:
         raise UsageError(
             f"this job may cost up to ${cost:,.2f}, over the budget of ${max_cost:,.2f} (--max-cost): lower "
@@ -235,6 +317,8 @@ def build_request(
     a disjoint subset of the objects); File and FullyReplicated when not given. `environment`: the
     user's `--env` variables (validated by `contract.validate_environment`)."""
     input_modes, channel_sharding = input_modes or {}, channel_sharding or {}
+    bucket = options.bucket
+    assert bucket, "validate() guarantees a bucket"
     spec = contract.TrainingJobSpec(
         job_name=job_name,
         entry_point=entry_point,
@@ -271,7 +355,7 @@ def build_request(
             }
             for name, uri in channel_uris.items()
         ],
-        "OutputDataConfig": {"S3OutputPath": LAYOUT.job_output_uri(options.bucket)},
+        "OutputDataConfig": {"S3OutputPath": LAYOUT.job_output_uri(bucket)},
         "ResourceConfig": {
             "InstanceType": options.instance_type,
             "InstanceCount": options.instance_count,
@@ -280,7 +364,7 @@ def build_request(
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": options.spot,
         "CheckpointConfig": {
-            "S3Uri": LAYOUT.checkpoint_uri(options.bucket, job_name),
+            "S3Uri": LAYOUT.checkpoint_uri(bucket, job_name),
             "LocalPath": CHECKPOINT_LOCAL_PATH,
         },
         "Environment": {**(environment or {}), contract.CHECKPOINT_ENV: CHECKPOINT_LOCAL_PATH},
@@ -293,6 +377,10 @@ def build_request(
     if options.kms_key:
         request["OutputDataConfig"]["KmsKeyId"] = options.kms_key
         request["ResourceConfig"]["VolumeKmsKeyId"] = options.kms_key
+    if options.keep_alive is not None:
+        request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = options.keep_alive
+    if options.remote_debug:
+        request["RemoteDebugConfig"] = {"EnableRemoteDebug": True}
     if options.instance_count > 1:
         request["EnableInterContainerTrafficEncryption"] = True
     if options.subnets:

@@ -129,9 +129,9 @@ def wait_for_result(
         left = deadline - clock()
         if left <= 0:
             raise AiopsError(
-                f"no result after {timeout:g} s at {output_location} (an endpoint scaled to 0 starts an instance "
-                "first, which takes minutes): wait longer with --timeout, or read it later with "
-                f"'aws s3 cp {output_location} -'"
+                f"no result after {timeout:g} s at {output_location} (an endpoint scaled "
+                "to 0 starts an instance first, which takes minutes): wait longer with "
+                f"--timeout, or read it later with 'aws s3 cp {output_location} -'"
             )
         sleep(min(wait, left))
         wait = min(wait * 1.5, longest)

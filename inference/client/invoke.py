@@ -83,13 +83,15 @@ def send(
     if target.asynchronous:
         from aiops.inference.client import asynchronous as async_client
 
-        outputs.require("bucket", needed_for="aiops invoke --async (the request is uploaded to its bucket)")
+        bucket = outputs.required(
+            "bucket", needed_for="aiops invoke --async (the request is uploaded to its bucket)"
+        )
         answer = async_client.invoke_endpoint_async(
             target.endpoint,
             body,
             content_type=content_type,
             accept=accept,
-            bucket=outputs.bucket,
+            bucket=bucket,
             kms_key_arn=outputs.kms_key_arn,
             region=region,
             timeout=target.timeout,

@@ -9,6 +9,7 @@ first chunk; chunks/s counts from the first chunk to the last.
 
 from __future__ import annotations
 
+import builtins
 import http.client
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ class StreamResult:
     bytes: int = 0
     ttfb_ms: float | None = None
     total_ms: float = 0.0
-    body: bytes = b""  # only the start of a non-200 answer's body
+    body: builtins.bytes = b""  # only the start of a non-200 answer's body (`bytes` is a field)
     headers: dict = field(default_factory=dict)
 
     @property
@@ -91,7 +92,8 @@ def stream_url(
                 _count(result, chunk, start, on_chunk)
     except http.client.IncompleteRead:
         raise AiopsError(
-            f"the stream from {url} broke after {result.chunks} chunks ({result.bytes} bytes); "
+            f"the stream from {url} broke after {result.chunks if result else 0} chunks "
+            f"({result.bytes if result else 0} bytes); "
             "the handler failed mid-stream, see the server log"
         ) from None
     except (OSError, http.client.HTTPException) as err:

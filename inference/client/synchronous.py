@@ -17,6 +17,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from aiops.errors import AiopsError, UsageError
 
@@ -358,7 +359,15 @@ def invoke_endpoint(
     return InvokeResult(200, resp.get("ContentType"), sink.body, latency, size=sink.size)
 
 
-def error_message(result: InvokeResult) -> str:
+class Answered(Protocol):
+    """What ``error_message`` reads of a result: the status and the (start of the) body of a non-200
+    answer."""
+
+    status: int
+    body: bytes
+
+
+def error_message(result: Answered) -> str:
     try:
         doc = json.loads(result.body)
         message = doc.get("error") or doc

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from aiops.inference.artifacts import CODE_DIR, ModelSource, package_model
 from aiops.inference.export import templates
-from aiops.inference.handler import DEFAULT_PROGRAM
 
 from aiops.errors import UsageError
+from aiops.programs import DEFAULT_PROGRAM
 from aiops.runs import RunStore, read_record
 
 #: files that hold weights: left out of the exported artifact (its model.pt / model.onnx replaces them)

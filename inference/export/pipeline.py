@@ -26,10 +26,11 @@ from aiops.inference.export import package, verify
 from aiops.inference.export.convert import FORMATS, QUANTIZE, convert, quiet
 from aiops.inference.export.package import default_out
 from aiops.inference.export.samples import check_sample_path, load_sample, resolve_sample
-from aiops.inference.handler import DEFAULT_PROGRAM, Handler, find_script
+from aiops.inference.handler import Handler, find_script
 
 from aiops.errors import AiopsError, UsageError
 from aiops.extras import check_extra
+from aiops.programs import DEFAULT_PROGRAM
 
 __all__ = ["ExportFailed", "ExportOptions", "default_out", "export_model", "validate"]
 

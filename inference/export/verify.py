@@ -60,9 +60,9 @@ def reference(original: Any, x: Any, sample_path: Path, x_np: Any) -> tuple[list
 
 def compare(ref: list, got: list) -> tuple[float, float | None]:
     """Max abs difference over all outputs; top-1 agreement on the first ([N, C>1] outputs only)."""
-    if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
+    if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got, strict=True)):
         return math.inf, 0.0
-    diff = max(float((a - b).abs().max()) if a.numel() else 0.0 for a, b in zip(ref, got))
+    diff = max(float((a - b).abs().max()) if a.numel() else 0.0 for a, b in zip(ref, got, strict=True))
     if math.isnan(diff):
         diff = math.inf
     first, other = ref[0], got[0]

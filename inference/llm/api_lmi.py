@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiops.inference.llm.api_tgi import describe
@@ -106,7 +106,10 @@ class VllmCompletionRequest(VllmSampling):
     echo: bool = False
 
 
-def _validate(model: type[_Vllm], value: Any) -> _Vllm:
+VllmModel = TypeVar("VllmModel", bound=_Vllm)
+
+
+def _validate(model: type[VllmModel], value: Any) -> VllmModel:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
@@ -306,18 +309,18 @@ class LmiChat(_LmiCall):
                 "finish_reason": None,
             }
             out += dumps(self._envelope("chat.completion.chunk", [first])) + b"\n"
-        finished = isinstance(event, Finished)
+        end = event if isinstance(event, Finished) else None
         text = event.token.text
-        if finished and event.stop and event.reason == "stop_sequence":
-            text = text[: max(text.find(event.stop), 0)] if event.stop in text else text
+        if end and end.stop and end.reason == "stop_sequence":
+            text = text[: max(text.find(end.stop), 0)] if end.stop in text else text
         choice = {
             "index": 0,
             "delta": {"content": text},
             "logprobs": None,
-            "finish_reason": finish_reason(event.reason) if finished else None,
+            "finish_reason": finish_reason(end.reason) if end else None,
         }
-        if finished:
-            choice["stop_reason"] = event.stop
+        if end:
+            choice["stop_reason"] = end.stop
         return out + dumps(self._envelope("chat.completion.chunk", [choice])) + b"\n"
 
 
@@ -381,13 +384,13 @@ class LmiCompletion(_LmiCall):
     def event(self, index: int, event: Event) -> bytes:
         if event.token is None:
             return b""
-        finished = isinstance(event, Finished)
+        end = event if isinstance(event, Finished) else None
         choice = {
             "index": 0,
             "text": event.token.text,
             "logprobs": None,
-            "finish_reason": finish_reason(event.reason) if finished else None,
-            "stop_reason": event.stop if finished else None,
+            "finish_reason": finish_reason(end.reason) if end else None,
+            "stop_reason": end.stop if end else None,
         }
         return (
             dumps(

@@ -278,17 +278,17 @@ class TgiChat(Call):
         token = event.token
         if token is None:
             return b""
-        finished = isinstance(event, Finished)
+        end = event if isinstance(event, Finished) else None
         choice = {
             "index": 0,
             "delta": {"role": "assistant", "content": "" if token.special else token.text},
             "logprobs": logprobs_json((token,), (event.top_tokens,)) if self.logprobs else None,
-            "finish_reason": chat_finish_reason(event.reason) if finished else None,
+            "finish_reason": chat_finish_reason(end.reason) if end else None,
         }
         out = sse(self._envelope("chat.completion.chunk", [choice], None))
-        if finished and self.include_usage:
+        if end and self.include_usage:
             out += sse(
-                self._envelope("chat.completion.chunk", [], usage(event.input_length, event.generated_tokens))
+                self._envelope("chat.completion.chunk", [], usage(end.input_length, end.generated_tokens))
             )
         return out
 

@@ -21,7 +21,7 @@ one event ``data:{"error", "error_type"}``, as TGI's stream does.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from aiops.inference.llm.calls import ApiError, Call, ModelContext, Reply, dumps, sse
@@ -54,6 +54,9 @@ class _Serde(BaseModel):
     """serde's behaviour: unknown fields ignored, no coercion (a string is no number, 1 is no bool)."""
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+SerdeModel = TypeVar("SerdeModel", bound=_Serde)
 
 
 class Grammar(_Serde):
@@ -122,7 +125,7 @@ def describe(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}" if where else first["msg"]
 
 
-def parse_model(model: type[_Serde], value: Any) -> _Serde:
+def parse_model(model: type[SerdeModel], value: Any) -> SerdeModel:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
@@ -275,7 +278,8 @@ class TgiGenerate(Call):
     def build(
         cls, request: GenerateRequest, context: ModelContext, *, compat: bool, stream: bool | None = None
     ) -> TgiGenerate:
-        stream = request.stream if stream is None else stream
+        if stream is None:  # the compat route's body says; the /generate routes are fixed
+            stream = isinstance(request, CompatGenerateRequest) and request.stream
         p = request.parameters
         try:
             params = sampling_params(p, context, stream=stream)
@@ -299,7 +303,7 @@ class TgiGenerate(Call):
         finished = results[0]
         answer: dict = {"generated_text": self.text(finished)}
         if self.details:
-            details = {
+            details: dict[str, Any] = {
                 "finish_reason": finished.reason,
                 "generated_tokens": finished.generated_tokens,
                 "seed": finished.seed,

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +109,7 @@ class Generation:
             pass
         if isinstance(self._end, LLMError):
             raise self._end
+        assert self._end is not None  # iterating ends only at the Finished or the error
         return self._end
 
     def cancel(self) -> None:
@@ -397,7 +399,7 @@ class LLMEngine:
         batch.kv = _cache_layers(batch.cache)
         choices = self._choose(batch.seqs, out.logits[:, -1, :])
         batch.next_input = torch.tensor([choice.token_id for choice in choices], device=self.device)
-        for seq, choice in zip(batch.seqs, choices):
+        for seq, choice in zip(batch.seqs, choices, strict=True):
             self._advance(seq, choice)
 
     def _remove(self, seq_ids: set[int]) -> None:
@@ -449,7 +451,7 @@ class LLMEngine:
             else:
                 token_id = int(scores.argmax(dim=-1)[0])
             choices[row] = self._choice(token_id, torch.log_softmax(scores, dim=-1)[0], seq)
-        return choices
+        return cast(list[_Choice], choices)  # every row is chosen by now
 
     def _choice(self, token_id: int, logprobs: torch.Tensor, seq: _Sequence) -> _Choice:
         return _Choice(
@@ -494,7 +496,8 @@ class LLMEngine:
             return ()
         values, indices = logprobs.topk(min(n, logprobs.shape[-1]))
         return tuple(
-            self._token(int(i), float(v), self.tokenizer.decode([int(i)])) for v, i in zip(values, indices)
+            self._token(int(i), float(v), self.tokenizer.decode([int(i)]))
+            for v, i in zip(values, indices, strict=True)
         )
 
     def _prefill_tokens(self, ids: list[int], logits: torch.Tensor) -> tuple[Token, ...]:
@@ -650,7 +653,7 @@ def _merge(parts: list[_Batch]) -> _Batch:
 def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if hasattr(cache, "layers"):  # transformers >= 4.56
         return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache))
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
 
 
 def _build_cache(kv: list[tuple[torch.Tensor, torch.Tensor]]):

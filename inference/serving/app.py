@@ -47,6 +47,8 @@ log = logging.getLogger("aiops.serve")
 class App:
     """Routing, admission, the work queue, placement and the answers of one worker."""
 
+    loop: asyncio.AbstractEventLoop  # the worker's, set before it serves
+
     def __init__(self, handler: InferenceHandler, settings: ServeSettings, model_dir: str) -> None:
         s = settings
         self.handler = handler
@@ -76,7 +78,6 @@ class App:
         self.wake_pending = False  # a loop wake-up for ``finished`` is scheduled
         self.healthy = True
         self.draining = False
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.call_started: float | None = None  # set while a handler call runs (either thread)
         self.policy = SchedulingPolicy.for_worker(
             batch_size=self.batch_size,
@@ -250,7 +251,7 @@ class App:
             for req in reqs:
                 req.done = True
                 self.inflight.pop(req, None)
-        for req, result, done in zip(reqs, results, was_done):
+        for req, result, done in zip(reqs, results, was_done, strict=True):
             if done:
                 self._after_late(req, result)
             else:
@@ -275,7 +276,7 @@ class App:
         finished = self.finished
         while finished:
             reqs, results = finished.popleft()
-            for req, result in zip(reqs, results):
+            for req, result in zip(reqs, results, strict=True):
                 self._answer(req, result)
 
     def _answer(self, req: Request, result: Any) -> None:

@@ -29,7 +29,7 @@ class HandlerCalls:
             content_type=req.ctype,
             accept=req.accept,
             custom_attributes=req.attrs.decode("latin-1") if req.attrs is not None else None,
-            headers=None,
+            headers={},
         )
 
     def one(self, req: Request):

@@ -89,7 +89,7 @@ class InferenceThread:
         app = self.app
         left_reqs, left_results = [], []
         lock, inflight, variant = app.lock, app.inflight, app.variant
-        for req, result in zip(reqs, results):
+        for req, result in zip(reqs, results, strict=True):
             conn = req.conn
             if (
                 type(result) is not tuple

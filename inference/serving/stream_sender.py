@@ -117,7 +117,7 @@ class ChunkStream:
         with self._lock:
             self._buffer.append(value)
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:
+        if waiter is not None and self._loop is not None:  # a waiter exists once start() ran
             try:
                 self._loop.call_soon_threadsafe(_wake, waiter)
             except RuntimeError:  # the loop is gone (server shutting down): nobody is listening
@@ -220,6 +220,7 @@ class ChunkStream:
                 if self._buffer:
                     value = self._buffer.popleft()
                     break
+                assert self._loop is not None, "start() before next()"
                 waiter = self._waiter = self._loop.create_future()
             await waiter
         if isinstance(value, bytes):
@@ -278,7 +279,7 @@ class ChunkStream:
 
     async def collect(self) -> bytes:
         """All the chunks joined (for a client that cannot stream). Raises the handler's error."""
-        parts = []
+        parts: list[bytes] = []
         while True:
             chunk = await self.next()
             if chunk is None:

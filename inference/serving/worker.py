@@ -148,6 +148,7 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
     from aiops.inference.serving.http.connection import Connection
     from aiops.inference.serving.work import STOP
 
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 
@@ -173,6 +174,10 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
         # loop iteration, so a burst of new clients waited to be accepted)
         listening = [True]
 
+        def resume_accepting() -> None:
+            if listening[0]:
+                loop.add_reader(sock.fileno(), on_accept)
+
         def on_accept() -> None:
             for _ in range(1024):
                 try:
@@ -182,7 +187,7 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
                 except OSError as err:  # e.g. EMFILE: back off instead of spinning on a readable socket
                     log.warning("accept failed (%s); retrying in 0.1 s", err.strerror or err)
                     loop.remove_reader(sock.fileno())
-                    loop.call_later(0.1, lambda: listening[0] and loop.add_reader(sock.fileno(), on_accept))
+                    loop.call_later(0.1, resume_accepting)
                     return
                 client.setblocking(False)
                 loop.create_task(_adopt(client))

@@ -88,8 +88,9 @@ def _plan_statement_ids(*, vpc: bool) -> list[str]:
                 "securityGroupIds": ["sg-0123456789abcdef0"],
             }
             config["config"]["aiops:endpoint"]["inferenceComponents"] = {"enabled": True}
-        else:  # the main journey ends with its endpoint on asynchronous inference
+        else:  # the main journey ends with its endpoint on asynchronous inference; its job can be entered
             config["config"]["aiops:endpoint"]["asyncInference"] = {"enabled": True, "maxCapacity": 2}
+            config["config"]["aiops:access"] = {"remoteDebug": True}
         (project / "Pulumi.e2e.yaml").write_text(yaml.safe_dump(config))
         proc = run_aiops_in_process(
             project / "home", project, "preview", "--offline", "--json", "--stack", "e2e"

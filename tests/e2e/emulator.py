@@ -27,6 +27,19 @@ What stands in for what:
   what moto cannot enforce (logs, KMS, ECR, CloudWatch metrics, EC2 network interfaces, bucket and
   key policies). Logs and metrics are then written with the platform's own credentials, since
   moto would check them against ``Resource: "*"``.
+- **warm pools** (``WarmPool``): a job with ``KeepAlivePeriodInSeconds`` leaves its instances in a
+  pool when it ends; a later job that matches as SageMaker matches (instance type and count, role,
+  VPC config, volume size and KMS key) within the period takes the pool and starts without the
+  provisioning phase (no "Launching requested ML instances" transition); DescribeTrainingJob
+  answers ``WarmPoolStatus`` (InUse, Available, Reused with ``ReusedByJob``, Terminated past the
+  period, with ``ResourceRetainedBillableTimeInSeconds``).
+- **capacity** (``Platform.inject_capacity``): an instance type without capacity, as SageMaker says
+  it: CreateTrainingJob refused with ResourceLimitExceeded; or the job created and failed before
+  any instance runs, on-demand with ``CapacityError: Unable to provision requested ML compute
+  capacity...``, spot with EC2's ``InsufficientInstanceCapacity``. The platform counts every job's
+  runs and the most jobs running at once (``runs``, ``peak_running``).
+- **remote debugging**: a job with ``RemoteDebugConfig.EnableRemoteDebug`` has, on each host, the
+  SSM agent open its channels as the role (the four ``ssmmessages`` actions, judged and recorded).
 - **a training instance**: a process tree in a job network namespace (``sandbox.py``), running the
   script as the PyTorch training container would: the toolkit's env and argv computed by
   ``aiops.training.contract`` from the job's own hyperparameters, plus the container's env.
@@ -71,6 +84,22 @@ ENDPOINT_LOG_GROUP = "/aws/sagemaker/Endpoints"
 JOB_TIME_CAP = 600.0  # no emulated job runs longer, whatever its MaxRuntimeInSeconds
 STOP_GRACE = 120.0  # SageMaker: SIGTERM, then 120 s before SIGKILL
 CREDENTIALS_PATH = "/_container-credentials/"  # + job name: the job's role session, as botocore reads it
+LAUNCHING = "Launching requested ML instances"  # the provisioning phase a warm pool skips
+PREPARING = "Preparing the instances for training"
+ON_DEMAND_CAPACITY = (
+    "CapacityError: Unable to provision requested ML compute capacity. Please retry using a different ML "
+    "instance type."
+)
+SPOT_CAPACITY = (
+    "InsufficientInstanceCapacity: We currently do not have sufficient {type} capacity for spot training "
+    "in the Availability Zones you requested."
+)
+SSM_AGENT_ACTIONS = (  # what the SSM agent of a remote-debug container asks of the role
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenDataChannel",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +420,9 @@ def host_command(request: dict[str, Any], hosts: list[str], host: str) -> tuple[
         "HOME": "/root",
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{spec.region}:{ACCOUNT}:training-job/{request['TrainingJobName']}",
+        "TRAINING_JOB_ARN": (
+            f"arn:aws:sagemaker:{spec.region}:{ACCOUNT}:training-job/{request['TrainingJobName']}"
+        ),
     }
     launch = contract.host_launch(
         spec,
@@ -414,6 +445,46 @@ def _tar(folder: Path) -> bytes:
     return data.getvalue()
 
 
+def pool_key(request: dict[str, Any]) -> tuple[Any, ...]:
+    """What a warm pool and a later job must share, as SageMaker matches them."""
+    resources = request["ResourceConfig"]
+    return (
+        resources["InstanceType"],
+        int(resources["InstanceCount"]),
+        request["RoleArn"],
+        json.dumps(request.get("VpcConfig") or {}, sort_keys=True),
+        int(resources.get("VolumeSizeInGB", 0)),
+        resources.get("VolumeKmsKeyId"),
+    )
+
+
+@dataclass
+class WarmPool:
+    """The instances a job with KeepAlivePeriodInSeconds leaves behind."""
+
+    job: str
+    key: tuple[Any, ...]
+    keep_alive: float
+    since: float  # when the job ended
+    status: str = "Available"
+    reused_by: str | None = None
+    until: float | None = None  # reused or terminated then
+
+    def refresh(self, now: float) -> None:
+        if self.status == "Available" and now - self.since > self.keep_alive:
+            self.status, self.until = "Terminated", self.since + self.keep_alive
+
+    def describe(self, now: float) -> dict[str, Any]:
+        self.refresh(now)
+        out: dict[str, Any] = {
+            "Status": self.status,
+            "ResourceRetainedBillableTimeInSeconds": int((self.until or now) - self.since),
+        }
+        if self.reused_by:
+            out["ReusedByJob"] = self.reused_by
+        return out
+
+
 @dataclass
 class Host:
     name: str
@@ -426,9 +497,22 @@ class Host:
 class TrainingJob:
     """One CreateTrainingJob, run as SageMaker would run it (see the module docstring)."""
 
-    def __init__(self, platform: Platform, request: dict[str, Any], interruptions: int) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        request: dict[str, Any],
+        interruptions: int,
+        *,
+        pool: WarmPool | None = None,
+        capacity: str | None = None,
+    ) -> None:
         self.platform = platform
         self.request = request
+        self.reused_pool = pool  # the warm pool this job runs on (no provisioning phase)
+        self.capacity = capacity  # "on-demand" | "spot": no capacity for its type, it fails at start
+        self.keep_alive = float(request["ResourceConfig"].get("KeepAlivePeriodInSeconds") or 0)
+        self.pool: WarmPool | None = None  # the pool it leaves when it ends
+        self.provisioned = False
         self.name = request["TrainingJobName"]
         self.status = "InProgress"
         self.secondary = "Starting"
@@ -449,7 +533,9 @@ class TrainingJob:
         self.workdir = platform.workdir / "jobs" / self.name
         self.log_names: set[str] = set()
         self.lines: list[tuple[str, str]] = []  # (host, line), every attempt
-        self._set("Starting", "Preparing the instances for training")
+        if pool is None:
+            self._set("Starting", LAUNCHING)
+        self._set("Starting", PREPARING)
         self.thread = threading.Thread(target=self._run, name=f"job-{self.name}", daemon=True)
         self.thread.start()
 
@@ -472,6 +558,12 @@ class TrainingJob:
         )
         if self.failure_reason:
             out["FailureReason"] = self.failure_reason
+        if self.request.get("RemoteDebugConfig"):  # moto drops it
+            out["RemoteDebugConfig"] = self.request["RemoteDebugConfig"]
+        if self.keep_alive and self.provisioned:
+            out["WarmPoolStatus"] = (
+                self.pool.describe(time.time()) if self.pool is not None else {"Status": "InUse"}
+            )
         if self.ended is not None:
             out["TrainingEndTime"] = self.ended
             out["TrainingTimeInSeconds"] = max(1, int(round(self.ended - self.started)))
@@ -491,7 +583,23 @@ class TrainingJob:
 
     def _run(self) -> None:
         try:
-            self._run_attempts()
+            if self.capacity is not None:  # no instance was ever started: nothing runs, no pool
+                if self.capacity == "spot":
+                    self._set(
+                        "Starting",
+                        "Insufficient capacity error from EC2 while launching instances, retrying!",
+                    )
+                    reason = SPOT_CAPACITY.format(type=self.request["ResourceConfig"]["InstanceType"])
+                else:
+                    reason = ON_DEMAND_CAPACITY
+                self._fail(reason)
+                return
+            self.provisioned = True
+            self.platform.job_started(self.name)
+            try:
+                self._run_attempts()
+            finally:
+                self.platform.job_ended(self.name)
         except AccessDenied as err:
             self._fail(f"ClientError: {err}")
         except Exception as err:  # the emulator's own failure must show, not hang the CLI
@@ -502,6 +610,8 @@ class TrainingJob:
                     from sandbox import kill_tree
 
                     kill_tree(host.proc)
+            if self.keep_alive and self.provisioned:  # the instances stay for a matching job
+                self.pool = self.platform.keep_pool(self)
             self.done.set()
 
     def _fail(self, reason: str) -> None:
@@ -705,6 +815,8 @@ class TrainingJob:
                     self._stream_name(host.name),
                     f"creating the log stream of {host.name}",
                 )
+                if (self.request.get("RemoteDebugConfig") or {}).get("EnableRemoteDebug"):
+                    self._start_ssm_agent(host)
                 host.proc = network.spawn(host.name, host.dir, argv, env)
                 threading.Thread(target=_pump, args=(host, lines), daemon=True).start()
             deadline = time.monotonic() + min(
@@ -787,6 +899,17 @@ class TrainingJob:
             "Expiration": expires,
         }
 
+    def _start_ssm_agent(self, host: Host) -> None:
+        """What the SSM agent a remote-debug container runs asks of the role: its control and data
+        channels. Denied, the agent cannot register (the job itself runs on), as on SageMaker."""
+        try:
+            for action in SSM_AGENT_ACTIONS:
+                self.session.check(
+                    None, action, "*", doing=f"the SSM agent of {host.name} (remote debugging)"
+                )
+        except AccessDenied as err:
+            host.stream.put([f"amazon-ssm-agent: {err}"])
+
     def _failure(self, host: Host, code: int) -> str:
         failure = host.dir / "output" / "failure"
         detail = failure.read_text(errors="replace").strip() if failure.is_file() else ""
@@ -826,6 +949,149 @@ def _pump(host: Host, lines: queue.Queue) -> None:
     for raw in iter(host.proc.stdout.readline, b""):
         lines.put((host, raw.decode(errors="replace").rstrip("\n")))
     lines.put((host, None))
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameter tuning jobs (moto keeps their records only)
+
+
+class TuningJob:
+    """One CreateHyperParameterTuningJob, run as SageMaker runs it: every trial a training job of
+    this platform (``TrainingJob``, made from the TrainingJobDefinition with the trial's values
+    added to its StaticHyperParameters), at most MaxParallelTrainingJobs at a time, named
+    ``<tuning job>-NNN-<8 hex>``; the best trial the completed one with the best final objective.
+    Values are drawn at random within the ranges (seeded by the job's name: the same trials again)."""
+
+    def __init__(self, platform: Platform, request: dict[str, Any]) -> None:
+        import random
+
+        self.platform = platform
+        self.request = request
+        self.name = request["HyperParameterTuningJobName"]
+        self.config = request["HyperParameterTuningJobConfig"]
+        self.status = "InProgress"
+        self.trials: list[tuple[dict[str, Any], dict[str, str]]] = []  # (trial request, tuned values)
+        self.created = time.time()
+        self.rng = random.Random(self.name)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"tuning-{self.name}", daemon=True)
+        self.thread.start()
+
+    def _values(self) -> dict[str, str]:
+        import math
+
+        ranges = self.config.get("ParameterRanges", {})
+        values: dict[str, str] = {}
+        for r in ranges.get("CategoricalParameterRanges", []):
+            values[r["Name"]] = self.rng.choice(r["Values"])
+        for kind in ("ContinuousParameterRanges", "IntegerParameterRanges"):
+            for r in ranges.get(kind, []):
+                low, high = float(r["MinValue"]), float(r["MaxValue"])
+                if r.get("ScalingType") == "Logarithmic":
+                    value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
+                else:
+                    value = self.rng.uniform(low, high)
+                values[r["Name"]] = str(round(value)) if kind.startswith("Integer") else repr(value)
+        return values
+
+    def _trial_request(self, number: int, values: dict[str, str]) -> dict[str, Any]:
+        definition = self.request["TrainingJobDefinition"]
+        name = f"{self.name}-{number:03d}-{uuid.uuid4().hex[:8]}"
+        trial = {k: v for k, v in definition.items() if k != "StaticHyperParameters"}
+        algorithm = dict(definition["AlgorithmSpecification"])
+        trial.update(
+            TrainingJobName=name,
+            AlgorithmSpecification=algorithm,
+            HyperParameters={**definition.get("StaticHyperParameters", {}), **values},
+        )
+        return trial
+
+    def _run(self) -> None:
+        limits = self.config["ResourceLimits"]
+        total, parallel = int(limits["MaxNumberOfTrainingJobs"]), int(limits["MaxParallelTrainingJobs"])
+        sm = self.platform.account.client("sagemaker")
+        try:
+            for number in range(1, total + 1):
+                while (
+                    sum(not self.platform.jobs[t["TrainingJobName"]].done.is_set() for t, _ in self.trials)
+                    >= parallel
+                ):
+                    time.sleep(0.1)
+                values = self._values()
+                trial = self._trial_request(number, values)
+                sm.create_training_job(**trial)  # moto's record, which DescribeTrainingJob reads
+                self.platform.on_create_training_job(trial)
+                self.trials.append((trial, values))
+            for trial, _ in self.trials:
+                self.platform.jobs[trial["TrainingJobName"]].done.wait(JOB_TIME_CAP)
+            self.status = "Completed"
+        except Exception as err:  # the emulator's own failure must show, not hang the CLI
+            self.status = "Failed"
+            self.failure_reason = f"the platform emulator failed: {type(err).__name__}: {err}"
+        finally:
+            self.done.set()
+
+    def _objective(self, job: TrainingJob) -> float | None:
+        return job.final_metrics.get(self.config["HyperParameterTuningJobObjective"]["MetricName"])
+
+    def summaries(self) -> list[dict[str, Any]]:
+        out = []
+        for trial, values in list(self.trials):
+            job = self.platform.jobs[trial["TrainingJobName"]]
+            summary: dict[str, Any] = {
+                "TrainingJobName": job.name,
+                "TrainingJobArn": (
+                    f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:training-job/{job.name}"
+                ),
+                "TuningJobName": self.name,
+                "CreationTime": job.started,
+                "TrainingJobStatus": job.status,
+                "TunedHyperParameters": values,
+            }
+            if job.ended is not None:
+                summary.update(TrainingStartTime=job.started, TrainingEndTime=job.ended)
+            value = self._objective(job) if job.status == "Completed" else None
+            if value is not None:
+                summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
+                    "MetricName": self.config["HyperParameterTuningJobObjective"]["MetricName"],
+                    "Value": value,
+                }
+                summary["ObjectiveStatus"] = "Succeeded"
+            elif job.status in ("Failed", "Stopped"):
+                summary["ObjectiveStatus"] = "Failed"
+            else:
+                summary["ObjectiveStatus"] = "Pending"
+            if job.failure_reason:
+                summary["FailureReason"] = job.failure_reason
+            out.append(summary)
+        return out
+
+    def describe(self, described: dict[str, Any]) -> dict[str, Any]:
+        out = dict(described)
+        summaries = self.summaries()
+        counts = {
+            status: sum(s["TrainingJobStatus"] == status for s in summaries)
+            for status in ("Completed", "InProgress", "Stopped")
+        }
+        failed = sum(s["TrainingJobStatus"] == "Failed" for s in summaries)
+        out.update(
+            HyperParameterTuningJobStatus=self.status,
+            TrainingJobStatusCounters={**counts, "RetryableError": 0, "NonRetryableError": failed},
+            ObjectiveStatusCounters={
+                status: sum(s["ObjectiveStatus"] == status for s in summaries)
+                for status in ("Succeeded", "Pending", "Failed")
+            },
+        )
+        goal = self.config["HyperParameterTuningJobObjective"]["Type"]
+        scored = [s for s in summaries if "FinalHyperParameterTuningJobObjectiveMetric" in s]
+        if scored:
+            pick = max if goal == "Maximize" else min
+            out["BestTrainingJob"] = pick(
+                scored, key=lambda s: s["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
+            )
+        if self.status == "Failed":
+            out["FailureReason"] = getattr(self, "failure_reason", "")
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1150,7 +1416,9 @@ class ComponentHost:
             "InferenceComponentName": self.name,
             "InferenceComponentArn": self.arn,
             "EndpointName": self.endpoint,
-            "EndpointArn": f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:endpoint/{self.endpoint}",
+            "EndpointArn": (
+                f"arn:aws:sagemaker:{self.platform.account.region}:{ACCOUNT}:endpoint/{self.endpoint}"
+            ),
             "VariantName": self.request["VariantName"],
             "Specification": self.request["Specification"],
             "RuntimeConfig": {"DesiredCopyCount": copies, "CurrentCopyCount": copies if self.server else 0},
@@ -1178,11 +1446,18 @@ class Platform:
         self.account = account
         self.workdir = workdir
         self.jobs: dict[str, TrainingJob] = {}
+        self.tuning_jobs: dict[str, TuningJob] = {}
         self.endpoints: dict[str, EndpointHost] = {}
         self.models: dict[str, dict[str, Any]] = {}  # CreateModel requests, as sent
         self.endpoint_configs: dict[str, dict[str, Any]] = {}  # what moto drops of CreateEndpointConfig
         self.components: dict[str, ComponentHost] = {}  # inference components (moto has none)
         self.spot_interruptions = 0  # the next spot job is interrupted this many times
+        self.capacity_faults: list[list[Any]] = []  # [instance type, kind, times left] (inject_capacity)
+        self.refused: list[str] = []  # jobs CreateTrainingJob refused for capacity
+        self.pools: list[WarmPool] = []
+        self.runs: dict[str, int] = {}  # job -> times its instances started
+        self.running: set[str] = set()
+        self.peak_running = 0  # the most jobs running at once
         self.calls: list[Call] = []  # every call made for an execution role, in order
         self.errors: list[str] = []  # every 4xx/5xx moto answered through the proxy
         self._lock = threading.Lock()
@@ -1298,6 +1573,52 @@ class Platform:
 
     # what the proxy calls
 
+    def inject_capacity(self, instance_type: str, kind: str, *, times: int = 1) -> None:
+        """The next `times` jobs on `instance_type` meet no capacity: "create" (ResourceLimitExceeded
+        at CreateTrainingJob) or "start" (created, then failed: CapacityError on-demand,
+        InsufficientInstanceCapacity spot)."""
+        assert kind in ("create", "start"), kind
+        self.capacity_faults.append([instance_type, kind, times])
+
+    def take_capacity_fault(self, request: dict[str, Any], kind: str) -> bool:
+        with self._lock:
+            for fault in self.capacity_faults:
+                if (
+                    fault[0] == request["ResourceConfig"]["InstanceType"]
+                    and fault[1] == kind
+                    and fault[2] > 0
+                ):
+                    fault[2] -= 1
+                    return True
+        return False
+
+    def keep_pool(self, job: TrainingJob) -> WarmPool:
+        pool = WarmPool(job.name, pool_key(job.request), job.keep_alive, time.time())
+        with self._lock:
+            self.pools.append(pool)
+        return pool
+
+    def take_pool(self, request: dict[str, Any]) -> WarmPool | None:
+        """The Available pool a new job matches, moved to it (Reused), or None."""
+        now, key = time.time(), pool_key(request)
+        with self._lock:
+            for pool in self.pools:
+                pool.refresh(now)
+                if pool.status == "Available" and pool.key == key:
+                    pool.status, pool.reused_by, pool.until = "Reused", request["TrainingJobName"], now
+                    return pool
+        return None
+
+    def job_started(self, name: str) -> None:
+        with self._lock:
+            self.runs[name] = self.runs.get(name, 0) + 1
+            self.running.add(name)
+            self.peak_running = max(self.peak_running, len(self.running))
+
+    def job_ended(self, name: str) -> None:
+        with self._lock:
+            self.running.discard(name)
+
     def on_create_training_job(self, request: dict[str, Any]) -> None:
         request = {**request, "_region": self.account.region}
         with self._lock:
@@ -1306,7 +1627,16 @@ class Platform:
                 if request.get("EnableManagedSpotTraining")
                 else (0, self.spot_interruptions)
             )
-        self.jobs[request["TrainingJobName"]] = TrainingJob(self, request, interruptions)
+        capacity = None
+        if self.take_capacity_fault(request, "start"):
+            capacity = "spot" if request.get("EnableManagedSpotTraining") else "on-demand"
+        pool = None if capacity else self.take_pool(request)
+        self.jobs[request["TrainingJobName"]] = TrainingJob(
+            self, request, interruptions, pool=pool, capacity=capacity
+        )
+
+    def on_create_tuning_job(self, request: dict[str, Any]) -> None:
+        self.tuning_jobs[request["HyperParameterTuningJobName"]] = TuningJob(self, request)
 
     def on_endpoint(self, name: str, config_name: str) -> None:
         host = self.endpoints.get(name) or EndpointHost(self, name)
@@ -1419,6 +1749,38 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 return self._json(200, {})
             if target == "SageMaker.UpdateEndpoint":
                 return self._update_endpoint(json.loads(body))
+            if target == "SageMaker.ListTrainingJobsForHyperParameterTuningJob":  # not in moto
+                request = json.loads(body)
+                tuning = platform.tuning_jobs.get(request["HyperParameterTuningJobName"])
+                if tuning is None:
+                    return self._json(
+                        400,
+                        {"__type": "ResourceNotFound", "message": "no such tuning job"},
+                        "ResourceNotFound",
+                    )
+                summaries = tuning.summaries()
+                if request.get("SortOrder") == "Descending":
+                    summaries.reverse()
+                return self._json(200, {"TrainingJobSummaries": summaries})
+            if target == "SageMaker.CreateTrainingJob":
+                request = json.loads(body)
+                if platform.take_capacity_fault(request, "create"):
+                    platform.refused.append(request["TrainingJobName"])
+                    resources = request["ResourceConfig"]
+                    usage = (
+                        "spot training job usage"
+                        if request.get("EnableManagedSpotTraining")
+                        else "training job usage"
+                    )
+                    message = (
+                        f"The account-level service limit '{resources['InstanceType']} for {usage}' is 0 "
+                        "Instances, with current utilization of 0 Instances and a request delta of "
+                        f"{resources['InstanceCount']} Instances. Please use AWS Service Quotas to "
+                        "request an increase for this quota."
+                    )
+                    return self._json(
+                        400, {"__type": "ResourceLimitExceeded", "message": message}, "ResourceLimitExceeded"
+                    )
             status, data, headers = _forward(platform, self, body)
             if status >= 400:  # kept for the test's failure message
                 platform.errors.append(
@@ -1426,6 +1788,13 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 )
             if status == 200 and target == "SageMaker.CreateTrainingJob":
                 platform.on_create_training_job(json.loads(body))
+            elif status == 200 and target == "SageMaker.CreateHyperParameterTuningJob":
+                platform.on_create_tuning_job(json.loads(body))
+            elif status == 200 and target == "SageMaker.DescribeHyperParameterTuningJob":
+                described = json.loads(data)
+                tuning = platform.tuning_jobs.get(described.get("HyperParameterTuningJobName", ""))
+                if tuning is not None:
+                    data = json.dumps(tuning.describe(described), default=str).encode()
             elif status == 200 and target == "SageMaker.CreateModel":
                 request = json.loads(body)  # moto drops EnableNetworkIsolation and VpcConfig
                 platform.models[request["ModelName"]] = request

@@ -192,6 +192,8 @@ def run_journey(
             subnets, groups = user_network(journey.account)
             config["config"]["aiops:network"] = {"subnetIds": subnets, "securityGroupIds": groups}
             config["config"]["aiops:endpoint"]["networkIsolation"] = True
+        else:  # the main journey's job can be entered (aiops jobs connect): the role's SSM statement
+            config["config"]["aiops:access"] = {"remoteDebug": True}
         journey.write_stack(config)
         result.plan = journey.preview()
 
@@ -225,13 +227,13 @@ def run_journey(
             "--metric",
             METRIC,
         ]
-        if vpc:
-            args.append("--network-isolation")
+        args.append("--network-isolation" if vpc else "--remote-debug")
         train = journey.aiops(*args)
         result.train_output = train.output
         assert train.returncode == 0, f"aiops train --remote exited {train.returncode}"
         job = journey.platform.jobs[result.job_name]
         assert job.status == "Completed" and job.interrupted == interruptions, (job.status, job.interrupted)
+        assert bool(job.request.get("RemoteDebugConfig")) is not vpc
 
         mark("aiops jobs logs")
         logs = journey.aiops("jobs", "logs", result.job_name)
@@ -359,7 +361,7 @@ def _async_inference(journey: Journey, result: JourneyResult, rows_file: Path) -
 
     host = journey.platform.endpoints[name]  # each outcome is recorded after its notification is sent
     wait_until(lambda: len(host.async_done) == 2, "the platform finished both async requests", timeout=60)
-    for suffix, (topic, url) in listeners.items():
+    for suffix, (_topic, url) in listeners.items():
         result.notifications[suffix] = _received(journey, url)
 
 
@@ -466,11 +468,13 @@ def _assert_predictions(answer: Any, reference: LocalReference) -> None:
 
         answer, expected = [r["probabilities"] for r in rows], [softmax(r) for r in expected]
     assert len(answer) == len(expected)
-    worst = max(abs(a - b) for row, ref in zip(answer, expected) for a, b in zip(row, ref))
+    worst = max(
+        abs(a - b) for row, ref in zip(answer, expected, strict=True) for a, b in zip(row, ref, strict=True)
+    )
     assert worst <= 1e-5, f"endpoint and local predictions differ by up to {worst}"
     labels = [max(range(10), key=row.__getitem__) for row in answer]
     assert labels == [max(range(10), key=row.__getitem__) for row in reference.predictions]
-    accuracy = sum(a == b for a, b in zip(labels, reference.labels)) / len(labels)
+    accuracy = sum(a == b for a, b in zip(labels, reference.labels, strict=True)) / len(labels)
     assert accuracy >= 0.75, f"a trained model: {accuracy:.2f} of {len(labels)} test digits right"
 
 
@@ -723,9 +727,10 @@ if __name__ == "__main__":
     env = environment.Environment()
     rank, world = args.hosts.index(args.current_host), len(args.hosts)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    print(f"host {env.current_host} rank {rank} of {world} via {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
-          flush=True)
-    rows = torch.tensor([[float(v) for v in line.split(",")] for line in open(os.path.join(args.data_dir, "rows.csv"))])
+    master = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    print(f"host {env.current_host} rank {rank} of {world} via {master}", flush=True)
+    lines = open(os.path.join(args.data_dir, "rows.csv"))
+    rows = torch.tensor([[float(v) for v in line.split(",")] for line in lines])
     x, y = rows[rank::world, :3], rows[rank::world, 3:]
     torch.manual_seed(0)
     model = Net()

@@ -10,7 +10,8 @@ Kept cheap (a tiny model, a few steps): the same fixtures as the journey (moto w
 the stand-in engine, the platform emulator), nothing else. Measured on the shared 2-core machine
 (load ~6; AIOPS_TEST_CPU_LOG): 60-66 s of CPU in all (the test's process and every child, moto and
 the endpoint's `aiops serve` included; the training job ~44 s of it: 2 attempts x 2 hosts x
-torchrun + its worker, each importing torch), 80-150 s wall. `aiops train --remote --no-wait`: following the job is the digits journey's part.
+torchrun + its worker, each importing torch), 80-150 s wall. `aiops train --remote --no-wait`: following
+the job is the digits journey's part.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def test_two_instance_lm_spot_job_resumes_from_dcp_and_serves(journey, lm_data: 
 
     # the second attempt resumed from the first one's last checkpoint and trained only the rest
     log = "\n".join(line for name, line in job.lines if name == "algo-1")
-    resumed = re.search(r"resuming from \S+step-(\d+): step (\d+) of %d" % STEPS, log)
+    resumed = re.search(rf"resuming from \S+step-(\d+): step (\d+) of {STEPS}", log)
     assert resumed and resumed.group(1) == resumed.group(2), log[-3000:]
     start = int(resumed.group(1))
     assert complete(start), keys  # resumed from a checkpoint whole in S3: the union of both hosts' shards

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def save_double(folder: Path, name: str = "model.pt") -> Path:
 def save_mlp(folder: Path, sizes=(8, 16, 3), name: str = "model.pt", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     layers = []
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     model = torch.nn.Sequential(*layers[:-1]).eval()
     folder.mkdir(parents=True, exist_ok=True)

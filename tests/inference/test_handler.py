@@ -323,7 +323,7 @@ def test_batch_equals_unbatched_on_an_mlp(tmp_path):
     alone = [h.invoke(*req) for req in requests]
     together = h.invoke_batch(requests)
     assert [t[1] for t in together] == [a[1] for a in alone]
-    for t, a in zip(together, alone):
+    for t, a in zip(together, alone, strict=True):
         # The same rows, the same model: equal up to the float32 rounding of the BLAS kernel, which
         # oneDNN picks by the number of rows (bit-identical only for row-size-independent ops).
         np.testing.assert_allclose(
@@ -390,7 +390,7 @@ def test_joined_batch_encodes_each_accept_as_the_request_alone_would(tmp_path):
     ]
     together = h._invoke_joined(requests)
     assert together is not None  # the joined path took the batch, a 406 among them
-    for got, req in zip(together, requests):
+    for got, req in zip(together, requests, strict=True):
         try:
             alone = h.invoke(*req)
         except codecs.HttpError as err:
@@ -459,7 +459,7 @@ def test_joined_batch_never_accepts_what_a_request_alone_refuses(double_dir, par
     h = loaded(double_dir)
     requests = [(b, "application/json", None, ctx()) for b in parts]
     together = h.invoke_batch(requests)
-    for got, req in zip(together, requests):
+    for got, req in zip(together, requests, strict=True):
         try:
             alone = h.invoke(*req)
         except codecs.HttpError as err:

@@ -326,8 +326,10 @@ from pathlib import Path
 aiops_batch = True
 SEEN = []
 def predict_fn(data, model, context):
-    SEEN.append([c.custom_attributes for c in context.batch] if context.batch else [context.custom_attributes])
-    assert context.custom_attributes is None or not context.batch  # the batch's own context holds no request's
+    seen = [c.custom_attributes for c in context.batch] if context.batch else [context.custom_attributes]
+    SEEN.append(seen)
+    # the batch's own context holds no request's
+    assert context.custom_attributes is None or not context.batch
     block = Path(__file__).with_name("gate")
     if data.shape[0] == 1 and block.with_suffix(".on").exists():
         Path(str(block) + ".started").write_text("1")

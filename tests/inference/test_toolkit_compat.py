@@ -147,18 +147,20 @@ def test_a_handler_importing_the_toolkit_loads_and_its_errors_answer_as_the_tool
     theirs = toolkit_answers(model, requests)
     ours = aiops_answers(start_server(model), requests)
 
-    for mine, toolkit in zip(ours[:2], theirs[:2]):  # the script's own encoding, byte for byte
+    for mine, toolkit in zip(ours[:2], theirs[:2], strict=True):  # the script's own encoding, byte for byte
         assert mine["status"] == 200
         assert (mine["body"], mine["content_type"]) == (toolkit["body"], toolkit["content_type"])
     assert ours[0]["body"] == b"[[3.0, 4.0]]"
     for mine, toolkit, (status, message) in zip(
-        ours[2:4], theirs[2:4], [(418, "short and stout"), (403, "not for you")]
+        ours[2:4], theirs[2:4], [(418, "short and stout"), (403, "not for you")], strict=True
     ):
         assert mine["status"] == toolkit["status"] == status
         assert error_message(mine) == message and toolkit["body"].decode().startswith(message)
     # UnsupportedFormatError: the toolkit answers 500 with its message; aiops the status its own codecs
     # give (415 for the request's type, 406 for the response's), with the same message
-    for mine, toolkit, status, media in zip(ours[4:], theirs[4:], (415, 406), ("image/png", "image/png")):
+    for mine, toolkit, status, media in zip(
+        ours[4:], theirs[4:], (415, 406), ("image/png", "image/png"), strict=True
+    ):
         assert toolkit["status"] == 500 and mine["status"] == status
         message = " ".join(toolkit["body"].decode().split("\n", 1)[0].split())
         assert message.startswith(f"Content type {media} is not supported")

@@ -175,7 +175,8 @@ def test_cost_help_imports_no_pulumi():
 
 def test_deploy_cost_summary_is_made_offline():
     """What `deploy` prints between its preview and the question (the Automation part needs the binary):
-    the offline plan's cost, made in a spawned process (its Pulumi mocks never meet the Automation program)."""
+    the offline plan's cost, made in a spawned process (its Pulumi mocks never meet the Automation
+    program)."""
     from pathlib import Path
 
     from aiops.infra.commands import isolated_cost

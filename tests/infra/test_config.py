@@ -177,7 +177,8 @@ def test_overrides_fill_missing_model(tmp_path):
     "yaml_text, expected",
     [
         (
-            "config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    modelDataUrl: s3://b-1/m.tar.gz\n    instanceType: ml.c5.xlarge\n",
+            "config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    "
+            "modelDataUrl: s3://b-1/m.tar.gz\n    instanceType: ml.c5.xlarge\n",
             "ml.c5.xlarge",
         ),
         ("config:\n  aws:region: mars-1\n", "mars-1"),

@@ -21,7 +21,10 @@ from aiops.errors import AiopsError, UsageError
 from .conftest import merged
 
 BUCKET = "stack-bucket"
-TRAIN_WITH_MODEL_FN = "import util\n\ndef model_fn(model_dir):\n    return util.load(model_dir)\n\nif __name__ == '__main__':\n    pass\n"
+TRAIN_WITH_MODEL_FN = (
+    "import util\n\ndef model_fn(model_dir):\n    return util.load(model_dir)\n\n"
+    "if __name__ == '__main__':\n    pass\n"
+)
 TRAIN_ONLY = "print('epoch=0; loss=1.0;')\n"
 
 
@@ -249,7 +252,7 @@ def test_infra_reads_the_rule_without_inference_or_training_code() -> None:
 
 
 def test_deploy_path_resolve_model_carries_the_program_and_size(account, tmp_path, make_config) -> None:
-    """What `aiops deploy --model RUN` runs: precheck (by run name), resolve_model, the stack keys."""
+    """What `aiops deploy --model RUN` runs: precheck (by run name), resolve_for_endpoint, the stack keys."""
     session, outputs = account
     source = tmp_path / "src"
     source.mkdir()
@@ -258,7 +261,7 @@ def test_deploy_path_resolve_model_carries_the_program_and_size(account, tmp_pat
     _run(runs, "run-1", source, {"model.safetensors": _safetensors(), "code/train.py": TRAIN_WITH_MODEL_FN})
     cfg = make_config()
     artifacts.precheck("run-1", cfg=cfg, region="us-east-1", clients=session.client, runs_dir=runs)
-    resolved = artifacts.resolve_model(
+    resolved = artifacts.resolve_for_endpoint(
         "run-1", cfg=cfg, outputs=outputs, region="us-east-1", clients=session.client, runs_dir=runs
     )
     assert resolved.program == "train.py" and resolved.uri.startswith(f"s3://{BUCKET}/models/sha256/")
@@ -267,7 +270,7 @@ def test_deploy_path_resolve_model_carries_the_program_and_size(account, tmp_pat
         keys["aiops:endpoint.program"] == "train.py" and keys["aiops:endpoint.modelDataUrl"] == resolved.uri
     )
     _job(session, "job-2", {"train.py": TRAIN_WITH_MODEL_FN})
-    by_job = artifacts.resolve_model(
+    by_job = artifacts.resolve_for_endpoint(
         "job:job-2", cfg=cfg, outputs=outputs, region="us-east-1", clients=session.client
     )
     assert (

@@ -149,7 +149,8 @@ def test_startup_settings_from_the_model_size(make_plan):
     [
         (
             {"container": "lmi", "instanceType": "ml.c5.xlarge", "requireGpu": False},
-            "aiops:endpoint.container='lmi' needs a GPU instance type; instanceType='ml.c5.xlarge' has no GPU",
+            "aiops:endpoint.container='lmi' needs a GPU instance type; "
+            "instanceType='ml.c5.xlarge' has no GPU",
         ),
         (
             {"container": "tgi", "serverless": {"enabled": True}, "dataCapture": {"enabled": False}},

@@ -134,11 +134,11 @@ def test_deploy_model_resolution_checks_the_fit_before_uploading(s3, tmp_path, m
     outputs = {"bucket": "stack-bucket"}
     small = make_folder(tmp_path / "small")
     cfg = make_config(endpoint={"container": "lmi"})
-    resolved = artifacts.resolve_model(str(small), cfg=cfg, outputs=outputs, region="us-east-1")
+    resolved = artifacts.resolve_for_endpoint(str(small), cfg=cfg, outputs=outputs, region="us-east-1")
     assert resolved.uri.startswith("s3://stack-bucket/models/sha256/") and resolved.uri.endswith("/")
     assert resolved.size_gb == 0.1 and resolved.fit.fits and "3 file(s) uploaded" in resolved.note
     # the prefix it made is itself a valid --model, and reads the same sizes back
-    again = artifacts.resolve_model(resolved.uri, cfg=cfg, outputs=outputs, region="us-east-1")
+    again = artifacts.resolve_for_endpoint(resolved.uri, cfg=cfg, outputs=outputs, region="us-east-1")
     assert again.uri == resolved.uri and again.fit.need.weights == resolved.fit.need.weights
 
     big = tmp_path / "big"
@@ -146,10 +146,12 @@ def test_deploy_model_resolution_checks_the_fit_before_uploading(s3, tmp_path, m
     write_header_only(big / "model.safetensors", llama7b_shapes(), dtype="F32")  # 25.1 GiB x 1.2 > 24
     before = s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"]
     with pytest.raises(UsageError, match="the model does not fit: it needs 30.1 GiB"):
-        artifacts.resolve_model(str(big), cfg=cfg, outputs=outputs, region="us-east-1")
+        artifacts.resolve_for_endpoint(str(big), cfg=cfg, outputs=outputs, region="us-east-1")
     assert s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"] == before  # nothing uploaded
     with pytest.raises(UsageError, match="the prefix is empty"):
-        artifacts.resolve_model("s3://stack-bucket/none/", cfg=cfg, outputs=outputs, region="us-east-1")
+        artifacts.resolve_for_endpoint(
+            "s3://stack-bucket/none/", cfg=cfg, outputs=outputs, region="us-east-1"
+        )
 
 
 def test_set_model_records_uri_and_size_in_the_stack_file(tmp_path, make_config):

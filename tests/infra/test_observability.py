@@ -21,7 +21,7 @@ def _metrics(widget):
             continue
         ns, name, *rest = row
         props = rest.pop() if rest and isinstance(rest[-1], dict) else {}
-        dims = dict(zip(rest[::2], rest[1::2]))
+        dims = dict(zip(rest[::2], rest[1::2], strict=True))
         rows.append((ns, name, props.get("stat"), dims, props))
     return rows
 

@@ -231,3 +231,20 @@ def test_training_secrets_reach_the_role_and_the_outputs(make_plan):
     read = next(s for s in doc["Statement"] if s["Sid"] == "ReadTrainingSecrets")
     assert read["Action"] == "secretsmanager:GetSecretValue" and read["Resource"] == [arn]
     assert plan.outputs["trainingSecretArns"] == [arn]  # what `aiops train --remote --secret` checks
+
+
+def test_remote_debug_gives_the_role_the_ssm_channels_only_when_the_stack_says_so(make_plan):
+    import json
+
+    from aiops.infra.policies import REMOTE_DEBUG_ACTIONS
+
+    def role(plan) -> dict:
+        return json.loads(plan.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])
+
+    plain = make_plan()
+    assert "ssmmessages" not in json.dumps(role(plain)) and "remoteDebug" not in plain.outputs
+    plan = make_plan(access={"remoteDebug": True})
+    (debug,) = [s for s in role(plan)["Statement"] if "ssmmessages" in json.dumps(s)]
+    assert debug["Sid"] == "RemoteDebugSessions" and debug["Resource"] == "*"
+    assert sorted(debug["Action"]) == sorted(REMOTE_DEBUG_ACTIONS) and len(REMOTE_DEBUG_ACTIONS) == 4
+    assert plan.outputs["remoteDebug"] is True  # what `aiops train --remote --remote-debug` checks

@@ -98,7 +98,8 @@ def test_inference_components_plan_field_by_field(ic_plan):
     spec = component.inputs["specification"]
     model = ic_plan.one("aws:sagemaker/model:Model")
     assert spec["modelName"] == model.name  # the mocks name an unnamed model after its resource
-    # all 4 GPUs of ml.g5.12xlarge per copy; 30 GB: download 300 + 20 x 30 = 900 s, start 600 + 10 x 30 = 900 s
+    # all 4 GPUs of ml.g5.12xlarge per copy; 30 GB: download 300 + 20 x 30 = 900 s,
+    # start 600 + 10 x 30 = 900 s
     assert spec["computeResourceRequirements"] == {
         "minMemoryRequiredInMb": 65536,
         "numberOfAcceleratorDevicesRequired": 4,

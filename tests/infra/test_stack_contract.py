@@ -236,6 +236,14 @@ def test_vpc_outputs_are_exported_and_used_by_the_model(vpc_plan):
     assert set(vpc_plan.outputs) <= {f.alias for f in StackOutputs.model_fields.values()}
 
 
+def test_the_program_outputs_are_the_stack_outputs_field_by_field():
+    from dataclasses import fields
+
+    from aiops.infra.program import ProgramOutputs
+
+    assert [f.name for f in fields(ProgramOutputs)] == list(StackOutputs.model_fields)
+
+
 def test_network_isolation_on_the_endpoint_model(make_plan):
     model = make_plan(endpoint={"networkIsolation": True}).one("aws:sagemaker/model:Model").inputs
     assert model["enableNetworkIsolation"] is True

@@ -5,7 +5,8 @@ written. The proxy plays the platform's part over real HTTP: when a CreateTraini
 through, it writes the job's CloudWatch log events and its model.tar.gz into moto, as SageMaker
 would; it adds the billing fields moto leaves out of DescribeTrainingJob; it accepts
 StopTrainingJob (moto answers 500). It also injects faults (throttling, 5xx, a create that
-succeeds but answers 500) and counts every call, so tests can prove no job is created twice.
+succeeds but answers 500, ResourceLimitExceeded, jobs of a type described Failed for capacity) and
+counts every call, so tests can prove no job is created twice.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class Platform:
         default_factory=lambda: ["epoch=0; loss=0.9;", "epoch=1; loss=0.4;", "test_accuracy=0.98;"]
     )
     in_progress_polls: int = 0  # DescribeTrainingJob answers InProgress this many times first
+    # instance type -> FailureReason: its jobs are described Failed with it (no capacity, say)
+    failing_types: dict[str, str] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)  # "created NAME" / "described NAME STATUS", in order
     url: str = ""
 
     def boto(self, service: str) -> Any:
@@ -264,12 +268,31 @@ def _make_handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
             if target == "SageMaker.CreateTrainingJob" and status == 200:
                 request = json.loads(body)
                 platform.create_requests.append(request)
+                platform.events.append(f"created {request['TrainingJobName']}")
                 platform.act_for_create(request)
             if target == "SageMaker.DescribeTrainingJob" and status == 200:
                 described = json.loads(data)
                 if platform.in_progress_polls > 0:
                     platform.in_progress_polls -= 1
                     described.update(TrainingJobStatus="InProgress", SecondaryStatus="Training")
+                reason = platform.failing_types.get(
+                    (described.get("ResourceConfig") or {}).get("InstanceType")
+                )
+                if reason:
+                    described.update(
+                        TrainingJobStatus="Failed", SecondaryStatus="Failed", FailureReason=reason
+                    )
+                platform.events.append(
+                    f"described {described['TrainingJobName']} {described['TrainingJobStatus']}"
+                )
+                if (described.get("ResourceConfig") or {}).get("KeepAlivePeriodInSeconds"):  # a warm pool
+                    ended = described["TrainingJobStatus"] != "InProgress"
+                    described.setdefault(
+                        "WarmPoolStatus",
+                        {"Status": "Available", "ResourceRetainedBillableTimeInSeconds": 42}
+                        if ended
+                        else {"Status": "InUse"},
+                    )
                 described.setdefault("TrainingTimeInSeconds", 600)
                 described.setdefault(
                     "BillableTimeInSeconds", 180 if described.get("EnableManagedSpotTraining") else 600

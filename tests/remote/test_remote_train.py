@@ -370,8 +370,10 @@ def test_second_submission_does_not_import_the_sagemaker_sdk(
     assert _submit(run_cli, project, tmp_path, "--no-wait").returncode == 0  # resolves and caches the image
     probe = (
         "import sys; from aiops.cli.app import main; "
-        f"code = main(['train', 'train.py', '--source-dir', {str(project)!r}, '--remote', '--no-wait', '--json']); "
-        "print('SDK-IMPORTED' if any(m.startswith('sagemaker.core') for m in sys.modules) else 'SDK-NOT-IMPORTED', code)"
+        f"code = main(['train', 'train.py', '--source-dir', {str(project)!r}, '--remote', '--no-wait', "
+        "'--json']); "
+        "print('SDK-IMPORTED' if any(m.startswith('sagemaker.core') for m in sys.modules) "
+        "else 'SDK-NOT-IMPORTED', code)"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True

@@ -9,7 +9,8 @@ from pathlib import Path
 SCRIPT = textwrap.dedent(
     """
     for epoch in range(5):
-        print(f"epoch={epoch}; train_loss={1.0 / (epoch + 1):.4f}; test_accuracy={0.5 + epoch / 10:.2f};", flush=True)
+        loss, accuracy = 1.0 / (epoch + 1), 0.5 + epoch / 10
+        print(f"epoch={epoch}; train_loss={loss:.4f}; test_accuracy={accuracy:.2f};", flush=True)
     print("class_3_f1=0.91;")
     """
 )

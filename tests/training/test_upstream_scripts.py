@@ -103,13 +103,15 @@ ENVIRONMENT_USER = textwrap.dedent(
     from sagemaker_training import environment
 
     env = environment.Environment()
-    rows = [list(map(float, l.split(","))) for l in open(os.path.join(env.channel_input_dirs["training"], "rows.csv"))]
+    lines = open(os.path.join(env.channel_input_dirs["training"], "rows.csv"))
+    rows = [list(map(float, l.split(","))) for l in lines]
     data = torch.tensor(rows)
     w = torch.linalg.lstsq(data[:, :3], data[:, 3:]).solution
     torch.save({"w": w}, os.path.join(env.model_dir, "model.pth"))
     with open(os.path.join(env.output_data_dir, "seen.json"), "w") as f:
-        json.dump({"hosts": env.hosts, "current_host": env.current_host, "epochs": env.hyperparameters["epochs"],
-                   "module_name": env.module_name, "num_cpus": env.num_cpus, "job_name": env.job_name,
+        json.dump({"hosts": env.hosts, "current_host": env.current_host,
+                   "epochs": env.hyperparameters["epochs"], "module_name": env.module_name,
+                   "num_cpus": env.num_cpus, "job_name": env.job_name,
                    "w": w.flatten().tolist()}, f)
     """
 )
@@ -260,11 +262,12 @@ def test_two_hosts_rendezvous_through_the_host_launch_contract(
                 ),
             )
         )
-    for paths, proc in procs:
+    for _, proc in procs:
         out, _ = proc.communicate(timeout=240)
         assert proc.returncode == 0, out
     seen = [
-        json.loads((paths.model / f"seen-{host}.json").read_text()) for (paths, _), host in zip(procs, hosts)
+        json.loads((paths.model / f"seen-{host}.json").read_text())
+        for (paths, _), host in zip(procs, hosts, strict=True)
     ]
     assert [s["rank"] for s in seen] == [0, 1] and {s["world_size"] for s in seen} == {2}
     assert seen[0]["weights"] == seen[1]["weights"]  # averaged gradients: one model

@@ -25,7 +25,10 @@ IDLE, HEADERS, BODY, READY, CLOSED, LINGER = range(6)
 LINGER_SECONDS = 2.0
 MAX_URL_BYTES = 8192
 
-httptools = None  # the module, imported by the first connection
+if TYPE_CHECKING:
+    import httptools
+else:
+    httptools = None  # the module, imported by the first connection
 
 # the request headers a connection keeps: lower-case name -> (attribute, kept as text, characters
 # kept: None for all)
@@ -48,6 +51,8 @@ class Abort(Exception):
 
 class Connection(asyncio.Protocol):
     """One client connection: httptools parsing with every bound checked as bytes arrive."""
+
+    transport: asyncio.Transport  # set by connection_made, asyncio's first callback
 
     __slots__ = (
         "app",
@@ -80,7 +85,6 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.transport = None
         self.state = IDLE
         self.paused = False
         self.backlog: list[bytes] = []
@@ -138,7 +142,7 @@ class Connection(asyncio.Protocol):
         self.headers_size = 0
         self.ctype = self.accept = self.sm_accept = self.attrs = self.inference_id = self.api_key = None
         self.auth = self.length = None
-        self.body = []
+        self.body: list[bytes] = []
         self.body_size = 0
         self.complete = False
 

@@ -14,10 +14,6 @@ from aiops.inference.llm import api_tgi, protocols
 from aiops.inference.llm.calls import ApiError, Reply, respond
 from aiops.inference.llm.engine import LLMEngine
 from aiops.inference.llm.generation import Limits
-
-text_generation = pytest.importorskip("text_generation")
-openai = pytest.importorskip("openai")
-
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from text_generation.errors import OverloadedError, ValidationError, parse_error

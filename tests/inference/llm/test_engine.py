@@ -75,7 +75,9 @@ def test_greedy_alone_equals_generate(tiny_llm, make_engine):
 def test_greedy_batched_with_joins_and_leaves_mid_decode_equals_generate(tiny_llm, make_engine):
     model, tokenizer = tiny_llm
     lengths = [30, 7, 25, 12, 30]  # rows leave at different steps while others keep decoding
-    expected = [reference(model, tokenizer, p, max_new_tokens=n) for p, n in zip(PROMPTS, lengths)]
+    expected = [
+        reference(model, tokenizer, p, max_new_tokens=n) for p, n in zip(PROMPTS, lengths, strict=True)
+    ]
     engine = make_engine(max_batch_size=8)
     handles = [engine.submit(greedy(PROMPTS[0], lengths[0])), engine.submit(greedy(PROMPTS[1], lengths[1]))]
     for _ in range(3):
@@ -88,7 +90,7 @@ def test_greedy_batched_with_joins_and_leaves_mid_decode_equals_generate(tiny_ll
     engine.step()
     assert engine.running == 4  # the 7-token request has left; both newcomers joined at one boundary
     engine.run_until_idle()
-    for prompt, handle, want in zip(PROMPTS, handles, expected):
+    for prompt, handle, want in zip(PROMPTS, handles, expected, strict=True):
         assert ids(handle.result()) == want, prompt
     assert engine.running == 0
 
@@ -99,7 +101,7 @@ def test_repetition_penalty_greedy_equals_generate(tiny_llm, make_engine):
     handles = [engine.submit(greedy(p, 20, repetition_penalty=1.5)) for p in PROMPTS[:2]]
     handles.append(engine.submit(greedy(PROMPTS[2], 20)))  # a plain greedy row beside the penalised ones
     engine.run_until_idle()
-    for prompt, handle, penalty in zip(PROMPTS, handles, (1.5, 1.5, 1.0)):
+    for prompt, handle, penalty in zip(PROMPTS[:3], handles, (1.5, 1.5, 1.0), strict=True):
         assert ids(handle.result()) == reference(
             model, tokenizer, prompt, max_new_tokens=20, repetition_penalty=penalty
         )

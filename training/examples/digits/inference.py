@@ -34,7 +34,7 @@ except ImportError:
         from aiops.inference.errors import InferenceError as RequestError
     except ImportError:
 
-        class RequestError(Exception):  # any server that reads `status_code` from the error
+        class RequestError(Exception):  # type: ignore[no-redef]  # any server reading `status_code`
             def __init__(self, status_code: int, message: str = "") -> None:
                 super().__init__(message)
                 self.status_code = status_code

@@ -41,7 +41,7 @@ def write_channels(out_dir: str | os.PathLike[str], *, test_fraction: float = 0.
     )
 
     summary = {}
-    for name, (xs, ys) in zip(CHANNELS, ((x_train, y_train), (x_test, y_test))):
+    for name, (xs, ys) in zip(CHANNELS, ((x_train, y_train), (x_test, y_test)), strict=True):
         path = out / name / FILE_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_npz(path, x=xs, y=ys)

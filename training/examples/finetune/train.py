@@ -644,7 +644,7 @@ def _trainer_callback_base():
     return TrainerCallback
 
 
-class MetricLines(_trainer_callback_base()):
+class MetricLines(_trainer_callback_base()):  # type: ignore[misc]  # a lazily imported base
     """The Trainer's logs as one `name=value;` line per logging step (rank 0)."""
 
     def __init__(self, say) -> None:
@@ -674,7 +674,7 @@ class MetricLines(_trainer_callback_base()):
         self.last = (time.monotonic(), int(getattr(state, "num_input_tokens_seen", 0) or 0))
 
 
-class EvaluateBefore(_trainer_callback_base()):
+class EvaluateBefore(_trainer_callback_base()):  # type: ignore[misc]  # a lazily imported base
     """The test loss of the model as it came, with the adapters switched off (so a resumed run
     measures the base model too). Measured once training is set up: a `Trainer.evaluate()` before
     `train()` leaves the model marked prepared, and accelerate then skips its DDP wrapper, so the
@@ -691,7 +691,7 @@ class EvaluateBefore(_trainer_callback_base()):
         job.say(f"test_loss_before={before:.6f}; test_perplexity_before={math.exp(min(before, 50)):.4f};")
 
 
-class CheckpointMark(_trainer_callback_base()):
+class CheckpointMark(_trainer_callback_base()):  # type: ignore[misc]  # a lazily imported base
     """Marks a checkpoint complete once every process has written its part of it."""
 
     def on_save(self, args, state, control, **kwargs):
@@ -725,7 +725,7 @@ class StopRequest:
         self.arrived.set()
 
 
-class StopCallback(_trainer_callback_base()):
+class StopCallback(_trainer_callback_base()):  # type: ignore[misc]  # a lazily imported base
     def __init__(self, stop: StopRequest) -> None:
         self.stop = stop
 

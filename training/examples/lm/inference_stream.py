@@ -26,7 +26,7 @@ import codecs
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import torch
 
@@ -56,7 +56,7 @@ def max_new_tokens_cap() -> int:
 
 def sample(
     model: ByteLM, prompt: list[int], max_new_tokens: int, temperature: float, seed: int | None = None
-) -> Iterator[int]:
+) -> Generator[int, None, None]:
     """Temperature sampling, one token at a time (greedy is lm_model.generate)."""
     if temperature <= 0:
         yield from generate(model, prompt, max_new_tokens)
@@ -111,17 +111,17 @@ def input_fn(body, content_type: str) -> dict:
     return {"prompt": encode(prompt), "max_new_tokens": n, "temperature": float(temperature), "seed": seed}
 
 
-def predict_fn(data: dict, model: ByteLM) -> Iterator[int]:
+def predict_fn(data: dict, model: ByteLM) -> Generator[int, None, None]:
     return sample(model, data["prompt"], data["max_new_tokens"], data["temperature"], data["seed"])
 
 
-def output_fn(prediction: Iterator[int], accept: str):
+def output_fn(prediction: Generator[int, None, None], accept: str):
     if (accept or "").split(";")[0].strip().lower() == JSONLINES:
         return _jsonlines(prediction), JSONLINES
     return _raw(prediction), "text/plain"
 
 
-def _raw(tokens: Iterator[int]) -> Iterator[bytes]:
+def _raw(tokens: Generator[int, None, None]) -> Iterator[bytes]:
     try:
         for token in tokens:
             yield bytes((token,))
@@ -129,7 +129,7 @@ def _raw(tokens: Iterator[int]) -> Iterator[bytes]:
         tokens.close()  # a client that leaves stops generation
 
 
-def _jsonlines(tokens: Iterator[int]) -> Iterator[bytes]:
+def _jsonlines(tokens: Generator[int, None, None]) -> Iterator[bytes]:
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     try:
         for token in tokens:

@@ -92,7 +92,7 @@ class TokenShards:
         """Tokens [start, start + length) as int64, crossing shard boundaries as needed."""
         if start < 0 or start + length > self.total:
             raise IndexError(f"tokens {start}..{start + length} outside 0..{self.total}")
-        out = np.empty(length, dtype=np.int64)
+        out: np.ndarray = np.empty(length, dtype=np.int64)
         done = 0
         i = bisect.bisect_right(self._starts, start) - 1
         while done < length:

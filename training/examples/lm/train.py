@@ -260,6 +260,7 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.cfg = model_config(args)
+        self.final_test_loss = math.nan  # the last evaluation's, set before finish()
         self.micro = check_args(args, self.world)
         try:
             self.train_data = TokenShards(args.train)
