@@ -12,10 +12,11 @@ credentials the platform hands out, moto enforcing the role's policy); with the 
 statement removed, the next job fails naming secretsmanager:GetSecretValue.
 
 Kept cheap: the suite's tiny model and data, 6 steps, the local reference run shared with
-tests/training/test_finetune.py. Measured alone on the shared 2-core machine: 260 s wall, 103 s of
-CPU (the test's process and every child: moto, the stand-in engine, 2 attempts x 2 hosts x torchrun
-and its worker, the denied job), of which ~90 s were the fixtures (the reference run, made once per
-suite) and 170 s the journey itself.
+tests/training/test_finetune.py. Measured alone on the shared 2-core machine (load 8): 180 s wall,
+105 s of CPU (the test's process and every child: moto, the stand-in engine, 2 attempts x 2 hosts
+x torchrun and its worker, the denied job), of which 56 s wall were the fixtures (the tiny model,
+the data and the reference run, made once per suite) and 122 s the journey itself (an earlier run
+at a higher load: 90 + 170 s).
 """
 
 from __future__ import annotations
