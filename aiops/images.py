@@ -11,8 +11,8 @@ One difference from the SDK, on purpose: the processor (``cpu`` / ``gpu``) is de
 table (``aiops/data/gpus.json``: a family with NVIDIA GPUs runs the CUDA image), not by the
 family's first letter, so ``ml.g4ad.*`` (AMD GPUs, no CUDA) gets the CPU image.
 
-Used by remote training (``training/``) and by the stack (``infra/``: PyTorch, Hugging Face, LMI and TGI
-images).
+Used by remote training (``training/``: the PyTorch and Hugging Face training images) and by the
+stack (``infra/``: PyTorch, Hugging Face, LMI and TGI images).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def _release(version: str) -> tuple:
 
 
 def _label(framework: str, scope: str) -> str:
-    return f"PyTorch {scope}" if framework == "pytorch" else framework
+    names = {"pytorch": f"PyTorch {scope}", "huggingface": f"Hugging Face {scope}"}
+    return names.get(framework, framework)
 
 
 def full_version(framework: str, scope: str, version: str) -> str:
@@ -286,4 +287,90 @@ def huggingface_image_uri(
     py_version = max(entry.get("py_versions") or [""], key=lambda v: _release(v.removeprefix("py")))
     parts = (f"{base.removeprefix('pytorch')}-transformers{full}", processor, py_version, container)
     tag = "-".join(x for x in parts if x)
+    return f"{account}.dkr.ecr.{region}.{dns_suffix(region)}/{entry['repository']}:{tag}"
+
+
+# --------------------------------------------------------------------------- Hugging Face training
+
+
+def huggingface_pytorch_versions(transformers_version: str) -> list[str]:
+    """The PyTorch versions the Hugging Face training images of that transformers version are built
+    on, as the SDK names them (``pytorch2.5.1`` -> ``2.5.1``); ImageNotFound for an unknown version."""
+    full, entry = version_entry(HUGGINGFACE_FRAMEWORK, "training", transformers_version)
+    return [key[len("pytorch") :] for key in entry if key.startswith("pytorch")]
+
+
+def huggingface_pytorch_version(transformers_version: str) -> str:
+    """The PyTorch version of that transformers version's image, derived as the SDK derives it
+    (``ModelBuilder``'s ``_get_supported_version``): the highest of the table's, shortened to
+    major.minor when the transformers version is given as major.minor."""
+    versions = huggingface_pytorch_versions(transformers_version)
+    if not versions:
+        raise ImageNotFound(
+            f"the Hugging Face training images of transformers {transformers_version} are not built on "
+            "PyTorch",
+            field="version",
+        )
+    if len(transformers_version.split(".")) == 2:
+        versions = [".".join(v.split(".")[:-1]) for v in versions]
+    return sorted(versions, reverse=True)[0]
+
+
+def huggingface_image_entry(transformers_version: str, pytorch_version: str) -> tuple[str, dict]:
+    """(the full transformers version, the table's entry of its PyTorch image), as ``retrieve``
+    reads them: the PyTorch version through the entry's aliases (``pytorch2.5`` -> ``pytorch2.5.1``)."""
+    full, entry = version_entry(HUGGINGFACE_FRAMEWORK, "training", transformers_version)
+    base = f"pytorch{pytorch_version}"
+    base = entry.get("version_aliases", {}).get(base, base)
+    if base not in entry or base == "version_aliases":
+        known = sorted(set(huggingface_pytorch_versions(transformers_version)))
+        raise ImageNotFound(
+            f"the Hugging Face training images of transformers {full} are built on PyTorch "
+            f"{', '.join(known)} only, not {pytorch_version}",
+            field="pytorch_version",
+        )
+    return full, entry[base]
+
+
+def huggingface_training_image_uri(
+    *,
+    region: str,
+    transformers_version: str,
+    pytorch_version: str,
+    py_version: str | None,
+    instance_type: str,
+) -> str:
+    """The URI ``sagemaker.core.image_uris.get_training_image_uri(region, "huggingface",
+    framework_version=transformers_version, pytorch_version=..., py_version=...,
+    instance_type=...)`` gives (what the SDK's ``HuggingFace`` estimator trains with): the tag is
+    ``<pytorch as given>-transformers<full version>-gpu-<py>-<cuda/os>``. The images are GPU only
+    (the table's one processor): an instance type without NVIDIA GPUs is refused, as the SDK does."""
+    full, entry = huggingface_image_entry(transformers_version, pytorch_version)
+    py_versions = entry.get("py_versions") or []
+    if py_version is None and py_versions:
+        py_version = py_versions[-1]
+    if py_versions and py_version not in py_versions:
+        raise ImageNotFound(
+            f"the Hugging Face training image of transformers {full} / PyTorch {pytorch_version} exists "
+            f"for {', '.join(py_versions)} only",
+            field="py_version",
+        )
+    account = entry["registries"].get(region)
+    if account is None:
+        raise ImageNotFound(
+            f"no Hugging Face training image of transformers {full} is published there; pick another region",
+            field="region",
+        )
+    processors = scope_table(HUGGINGFACE_FRAMEWORK, "training").get("processors") or ["gpu"]
+    processor = processor_for(instance_type, ["cpu", "gpu"])
+    if processor not in processors:
+        raise ImageNotFound(
+            f"the Hugging Face training images are {'/'.join(processors)} only and {instance_type} has "
+            "no NVIDIA GPU; pick a GPU instance type (e.g. ml.g5.xlarge)",
+            field="processor",
+        )
+    container = (entry.get("container_version") or {}).get(processor)
+    tag = "-".join(
+        x for x in (f"{pytorch_version}-transformers{full}", processor, py_version, container) if x
+    )
     return f"{account}.dkr.ecr.{region}.{dns_suffix(region)}/{entry['repository']}:{tag}"

@@ -43,6 +43,7 @@ from aiops.names import SAGEMAKER_NAME
 RUN_RECORD = "run.json"
 TRAIN_LOG = "train.log"
 METRICS_LOG = "metrics.jsonl"
+TORCHRUN_ERROR = "torchrun-error.json"  # torchrun's TORCHELASTIC_ERROR_FILE: the first failed rank's error
 OUTPUT_DIR = "output"
 MODEL_ARCHIVE = "model.tar.gz"
 OUTPUT_ARCHIVE = "output.tar.gz"
@@ -175,6 +176,10 @@ class RunFolder:
         return self.root / METRICS_LOG
 
     @property
+    def torchrun_error(self) -> Path:
+        return self.root / TORCHRUN_ERROR
+
+    @property
     def output(self) -> Path:
         """``<job>/output/``: what SageMaker uploads to ``<S3OutputPath>/<job>/output/``."""
         return self.root / OUTPUT_DIR
@@ -244,6 +249,8 @@ class RunConfig(_Record):
     channel_sharding: dict[str, str] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)  # --env: set in the script's environment
     secrets: dict[str, str] = Field(default_factory=dict)  # --secret: name -> Secrets Manager ARN (no value)
+    framework: str | None = None  # the image's framework: pytorch | huggingface
+    transformers_version: str | None = None  # huggingface: the transformers version asked for
     metric_definitions: list[dict[str, str]] = Field(default_factory=list)  # [{"Name", "Regex"}]
     # remote jobs
     instance_count: int | None = None

@@ -221,7 +221,9 @@ def _failure_text(reason: str, *, log_shown: bool) -> str:
     lines = [line for line in reason.strip().splitlines() if line.strip()]
     if not log_shown or len(lines) <= 2:
         return reason.strip()
-    return f"{lines[0]} ... {lines[-1].strip()}"
+    # under torchrun, the rank that failed first (aiops.training.local.rank_failure) is named too
+    rank = next((line for line in lines[1:-1] if line.startswith("rank ") and "failed" in line), None)
+    return f"{lines[0]}{f' {rank}' if rank else ''} ... {lines[-1].strip()}"
 
 
 def _warm_pool(record: RunRecord) -> str | None:
@@ -401,6 +403,19 @@ def train(
     framework_version: str | None = typer.Option(
         None, "--framework-version", help="PyTorch container version.", rich_help_panel="Remote"
     ),
+    framework: str | None = typer.Option(
+        None,
+        "--framework",
+        help="pytorch (default) | huggingface: the training image, as the SDK's PyTorch / HuggingFace "
+        "estimators.",
+        rich_help_panel="Remote",
+    ),
+    transformers_version: str | None = typer.Option(
+        None,
+        "--transformers-version",
+        help="The Hugging Face image's transformers (e.g. 4.56); its PyTorch comes from the SDK's table.",
+        rich_help_panel="Remote",
+    ),
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Follow status and logs until the job ends.", rich_help_panel="Remote"
     ),
@@ -482,6 +497,8 @@ def train(
         secrets=_parse_pairs(
             secret, "--secret", "HF_TOKEN=arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME", unique=True
         ),
+        framework=framework,
+        transformers_version=transformers_version,
     )
     options = jobs.LaunchOptions(
         output_dir=output_dir,

@@ -137,6 +137,15 @@ def finetune_channels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(built_once(tmp_path_factory, "finetune-channels", make)["data"])
 
 
+@pytest.fixture(scope="session")
+def finetuned(tiny_llm: Path, finetune_channels: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The fine-tuning example's reference run on the tiny model (helpers.finetuned_reference), one
+    for the whole suite: {"home", "run_dir", "summary", "output"}."""
+    from helpers import finetuned_reference
+
+    return finetuned_reference(tmp_path_factory, tiny_llm, finetune_channels)
+
+
 # Files whose tests share an expensive module- or session-scoped fixture (a trained digits run):
 # `make test` runs pytest-xdist with `--dist loadgroup`, and one group stays on one worker, so the
 # fixture is built once instead of once per worker. Everything else spreads test by test.

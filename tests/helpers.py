@@ -264,3 +264,60 @@ def runtime_client(url: str):
     ).client(
         "sagemaker-runtime", endpoint_url=url, config=Config(retries={"max_attempts": 1}, read_timeout=60)
     )
+
+
+# The fine-tuning example's reference run (tests/training/test_finetune.py, the e2e fine-tune journey)
+FINETUNE_SCRIPT = Path(__file__).resolve().parents[1] / "training" / "examples" / "finetune" / "train.py"
+FINETUNE_STEPS = 6
+FINETUNE_HPS = {
+    "max-steps": FINETUNE_STEPS,
+    "batch-size": 4,
+    "logging-steps": 1,
+    "save-steps": 3,
+    "eval-samples": 16,
+    "lr": 0.005,
+    "lora-dropout": 0,
+    "threads": 1,
+    "seed": 0,
+}
+
+
+def finetune_hp_args(**hps) -> list[str]:
+    """`--hp KEY=VALUE` of the reference hyperparameters, `hps` over them."""
+    return [a for key, value in {**FINETUNE_HPS, **hps}.items() for a in ("--hp", f"{key}={value}")]
+
+
+def finetune_args(model: Path, data: Path, *extra: str, **hps) -> list[str]:
+    """`aiops train` of the fine-tuning example on the model and data channels, locally."""
+    args = [
+        "train",
+        str(FINETUNE_SCRIPT),
+        "--channel",
+        f"model={model}",
+        "--channel",
+        f"train={data / 'train'}",
+        "--channel",
+        f"test={data / 'test'}",
+    ]
+    return [*args, *finetune_hp_args(**hps), *extra]
+
+
+def finetuned_reference(tmp_path_factory, tiny_llm: Path, channels: Path) -> dict:
+    """The reference fine-tune through `aiops train` (one process), made once for every xdist
+    worker: {"home", "run_dir", "summary", "output"}."""
+
+    def train(root: Path) -> dict:
+        result = run_aiops(
+            root / "home", root, *finetune_args(tiny_llm, channels, "--job-name", "ref", "--json")
+        )
+        assert result.returncode == 0, result.output
+        summary = json.loads(result.stdout)
+        return {
+            "home": str(root / "home"),
+            "run_dir": summary["run_dir"],
+            "summary": summary,
+            "output": result.stderr,
+        }
+
+    built = built_once(tmp_path_factory, "finetune-reference-run", train)
+    return {**built, "home": Path(built["home"]), "run_dir": Path(built["run_dir"])}

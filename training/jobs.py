@@ -45,13 +45,22 @@ class JobConfig:
     channel_sharding: dict[str, str] = field(default_factory=dict)  # channel -> S3DataDistributionType
     environment: dict[str, str] = field(default_factory=dict)  # --env: the container's environment
     secrets: dict[str, str] = field(default_factory=dict)  # --secret: variable name -> Secrets Manager ARN
+    framework: str | None = None  # the image's: pytorch (None) | huggingface, as the SDK's estimators
+    transformers_version: str | None = None  # huggingface: the image's transformers
 
     def script_environment(self) -> dict[str, str]:
         """What the job adds to the script's environment: `--env`, and where each `--secret` is."""
         return {**self.environment, **contract.secret_environment(self.secrets)}
 
     def to_record(self) -> RunConfig:
+        # the framework only when asked for, so a PyTorch run's record keeps its keys
+        framework = {
+            k: v
+            for k, v in (("framework", self.framework), ("transformers_version", self.transformers_version))
+            if v
+        }
         return RunConfig(
+            **framework,
             entry_point=self.entry_point,
             source_dir=self.source_dir,
             hyperparameters=self.hyperparameters,
@@ -267,7 +276,11 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
     for selection in channel_selections.values():
         warnings += selection.warnings
     if model_channel.CHANNEL in channels:  # pretrained weights: a Hugging Face model folder
-        warnings += model_channel.check(channels[model_channel.CHANNEL], runs_here=target.runs_here)
+        model = channels[model_channel.CHANNEL]
+        warnings += model_channel.check(model, runs_here=target.runs_here)
+        model_channel.check_lora_targets(
+            model_channel.local_listing(model), str(model), config.hyperparameters
+        )
 
     checkpoint_source = None
     if config.resume and target.local_checkpoints:
@@ -420,6 +433,8 @@ def job_config(
     channel_sharding: Sequence[str] = (),
     environment: Mapping[str, str] | None = None,
     secrets: Mapping[str, str] | None = None,
+    framework: str | None = None,
+    transformers_version: str | None = None,
 ) -> JobConfig:
     """The job the options ask for. Without an entry point, `resume` names the run whose whole
     configuration is reused; options given (hyperparameters, channels, ...) override it."""
@@ -440,6 +455,11 @@ def job_config(
     config.channels.update(channels)
     config.environment.update(environment or {})
     config.secrets.update(secrets or {})
+    config.transformers_version = transformers_version or config.transformers_version
+    # a transformers version alone picks the Hugging Face image, as the SDK's HuggingFace estimator
+    config.framework = (
+        framework or config.framework or ("huggingface" if config.transformers_version else None)
+    )
     config.metric_definitions += metric_definitions
     config.instance_type = instance_type or config.instance_type or default_instance_type
     config.nproc = nproc if nproc is not None else config.nproc
@@ -477,6 +497,8 @@ def resume_config(store: RunStore, name: str) -> JobConfig:
         channel_sharding=dict(cfg.channel_sharding),
         environment=dict(cfg.environment),
         secrets=dict(cfg.secrets),
+        framework=cfg.framework,
+        transformers_version=cfg.transformers_version,
         metric_definitions=[MetricDefinition(d["Name"], d["Regex"]) for d in cfg.metric_definitions],
         resume=name,
     )

@@ -218,8 +218,8 @@ def submit(
         if staged
         else bundle.build(job.code_source, job.entry_point, selection=job.code_selection)
     )
-    image_uri = options.image_uri or images.pytorch_image_uri(
-        scope="training",
+    image_uri = options.image_uri or images.training_image_uri(
+        options.framework,
         region=options.region,
         version=options.framework_version,
         py_version=options.py_version,
@@ -250,6 +250,9 @@ def submit(
             processes=processes.line(),
             environment=dict(job.config.environment),
             secrets=dict(job.config.secrets),
+            **job.config.to_record().model_dump(
+                include={"framework", "transformers_version"}, exclude_unset=True
+            ),
         ),
         large_files=code.large_files,
         estimated_max_cost_usd=estimate.cost(spot=options.spot),
@@ -414,6 +417,18 @@ class SageMakerBackend:
                 )
                 self.events.info(f"GPU fit: {fit.line()}")
         apply_defaults(options, self._stack_outputs, self.settings.aws)
+        from aiops.training.images import huggingface_image_uri, resolve_framework
+
+        options.framework = resolve_framework(
+            config.framework, config.transformers_version, given.framework_version
+        )
+        if options.framework.huggingface:  # the image's PyTorch and Python, from the SDK's table
+            options.framework_version = options.framework.pytorch_version or options.framework_version
+            options.py_version = options.framework.py_version or options.py_version
+            if not options.image_uri:  # an image for this type and region, before the estimate
+                huggingface_image_uri(
+                    options.framework, region=options.region, instance_type=options.instance_type
+                )
         from aiops.gpufit import gpu_count
 
         target = jobs.Target(
@@ -425,11 +440,20 @@ class SageMakerBackend:
             gpus_per_instance=gpu_count(options.instance_type),
         )
         prepared = jobs.prepare(config, self.store, target)
+        from aiops.training import model_channel
+
+        warnings = model_channel.prepare_remote(
+            config.hyperparameters,
+            config.input_modes,
+            local=prepared.channels.get(model_channel.CHANNEL),
+            s3_uri=prepared.s3_channels.get(model_channel.CHANNEL),
+            region=options.region,
+        )
         if options.fallback_types:
             self._check_fallback_types(prepared, options)
         grants = check_secret_grants(config.secrets, options, self._stack_outputs)
         debug = check_remote_debug(options, self._stack_outputs)
-        for warning in [*prepared.warnings, *grants, *debug]:
+        for warning in [*prepared.warnings, *warnings, *grants, *debug]:
             self.events.warning(warning)
         return prepared
 
@@ -475,6 +499,12 @@ class SageMakerBackend:
                     framework_version=options.framework_version,
                     image_uri=options.image_uri,
                 )
+                if options.framework.huggingface and not options.image_uri:  # GPU types only
+                    from aiops.training.images import huggingface_image_uri
+
+                    huggingface_image_uri(
+                        options.framework, region=options.region, instance_type=instance_type
+                    )
             except UsageError as err:
                 raise UsageError(f"--instance-type {instance_type} (in the fallback list): {err}") from None
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiops.training import contract
+from aiops.training.images import Framework
 from aiops.training.metrics import MetricDefinition
 
 from aiops.errors import ConfigError, UsageError
@@ -40,6 +41,7 @@ class RemoteOptions:
     image_uri: str | None = None
     framework_version: str = "2.5"
     py_version: str = "py311"
+    framework: Framework = field(default_factory=Framework)  # the image's (training.images.resolve_framework)
     subnets: list[str] = field(default_factory=list)
     security_group_ids: list[str] = field(default_factory=list)
     vpc: bool | None = None  # None: the stack's VPC when it has one; True: required; False: never

@@ -43,6 +43,11 @@ What stands in for what:
 - **a training instance**: a process tree in a job network namespace (``sandbox.py``), running the
   script as the PyTorch training container would: the toolkit's env and argv computed by
   ``aiops.training.contract`` from the job's own hyperparameters, plus the container's env.
+  Unless the job asks for EnableNetworkIsolation, its script reaches AWS as the execution role, as
+  in a container: ``AWS_ENDPOINT_URL`` is the platform (through the namespace's forwarder) and
+  ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` the platform's credentials endpoint, which hands out the
+  job's assumed-role session (SageMaker's 169.254.170.2 endpoint does the same); moto enforces the
+  role's policy on every call the script makes.
 """
 
 from __future__ import annotations
@@ -53,10 +58,13 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
+import socketserver
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import urllib.request
@@ -75,6 +83,7 @@ TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 ENDPOINT_LOG_GROUP = "/aws/sagemaker/Endpoints"
 JOB_TIME_CAP = 600.0  # no emulated job runs longer, whatever its MaxRuntimeInSeconds
 STOP_GRACE = 120.0  # SageMaker: SIGTERM, then 120 s before SIGKILL
+CREDENTIALS_PATH = "/_container-credentials/"  # + job name: the job's role session, as botocore reads it
 LAUNCHING = "Launching requested ML instances"  # the provisioning phase a warm pool skips
 PREPARING = "Preparing the instances for training"
 ON_DEMAND_CAPACITY = (
@@ -785,6 +794,9 @@ class TrainingJob:
         self.hosts = [self._prepare_host(h, attempt_dir / h) for h in host_names]
         self._set("Training", "Training image download completed. Training in progress.")
         network = network_cls(host_names, attempt_dir)
+        reach_aws = not self.request.get("EnableNetworkIsolation")
+        if reach_aws:
+            network.reach_aws(self.platform.socket_path)
         lines: queue.Queue = queue.Queue()
         metrics: dict[str, list[tuple[str, float]]] = {}
         definitions = [
@@ -796,6 +808,8 @@ class TrainingJob:
         try:
             for host in self.hosts:
                 argv, env = host_command(self.request, host_names, host.name)
+                if reach_aws:
+                    env.update(self._aws_environment())
                 host.stream = self.session.log_stream(
                     TRAINING_LOG_GROUP,
                     self._stream_name(host.name),
@@ -862,6 +876,28 @@ class TrainingJob:
         if interrupted:
             return "interrupted"
         return "stopped" if stopped else "completed"
+
+    def _aws_environment(self) -> dict[str, str]:
+        """How a script in the job reaches AWS as the role (see the module docstring)."""
+        from sandbox import AWS_PORT
+
+        url = f"http://127.0.0.1:{AWS_PORT}"
+        return {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{url}{CREDENTIALS_PATH}{self.name}",
+        }
+
+    def credentials(self) -> dict[str, str]:
+        """The job's role session, in the container credentials endpoint's format."""
+        assert self.session is not None
+        creds = self.session.creds
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        return {
+            "AccessKeyId": creds.access_key,
+            "SecretAccessKey": creds.secret_key,
+            "Token": creds.token or "",
+            "Expiration": expires,
+        }
 
     def _start_ssm_agent(self, host: Host) -> None:
         """What the SSM agent a remote-debug container runs asks of the role: its control and data
@@ -1430,6 +1466,13 @@ class Platform:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # the same proxy on a Unix socket, for jobs' scripts in their network namespaces (a short
+        # path: a socket's name is at most 107 bytes)
+        self._socket_dir = tempfile.mkdtemp(prefix="aiops-e2e-")
+        self.socket_path = os.path.join(self._socket_dir, "platform.sock")
+        self.unix_server = socketserver.ThreadingUnixStreamServer(self.socket_path, _handler(self))
+        self.unix_server.daemon_threads = True
+        threading.Thread(target=self.unix_server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         for job in self.jobs.values():
@@ -1440,6 +1483,9 @@ class Platform:
             endpoint.stop()
         self.server.shutdown()
         self.server.server_close()
+        self.unix_server.shutdown()
+        self.unix_server.server_close()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     # helpers for RoleSession
 
@@ -1677,6 +1723,11 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             body = _read_body(self)
             target = self.headers.get("X-Amz-Target", "")
+            if self.path.startswith(CREDENTIALS_PATH) and self.command == "GET":
+                job = platform.jobs.get(self.path[len(CREDENTIALS_PATH) :])
+                if job is None or job.session is None:
+                    return self._json(404, {"message": "no such job"})
+                return self._json(200, job.credentials())
             match = invocations.match(self.path.split("?", 1)[0])
             if match and self.command == "POST":
                 return self._invoke(urllib.request.unquote(match.group(1)), body)

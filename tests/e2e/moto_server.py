@@ -39,6 +39,13 @@ And one where moto names the wrong IAM action for an S3 request:
   ``s3:ListObjectsV2`` action), so 5.2.6 denies a role what AWS allows it. Here the operation is
   judged by the action AWS documents for it, under either version.
 
+And one where moto judges a Secrets Manager call against the wrong resource:
+
+- moto 5.2 authorizes every Secrets Manager call against ``Resource: "*"`` (only SQS, IAM and STS
+  name their resource), so a role allowed ``secretsmanager:GetSecretValue`` on one secret's ARN, as
+  AWS's policies are written, is denied. Here a call naming a ``SecretId`` is judged against that
+  secret's ARN, as AWS judges it.
+
 Everything else is moto as shipped; iam_judge.py evaluates what moto cannot.
 """
 
@@ -169,6 +176,17 @@ def _patch_s3_action_names() -> None:
     access_control.S3IAMRequest.__init__ = judged_as_aws_does
 
 
+def _patch_secret_resources() -> None:
+    from moto.secretsmanager.responses import SecretsManagerResponse
+
+    def determine_resource(self) -> str:
+        secret_id = self._get_param("SecretId")
+        secret = self.backend.secrets.get(secret_id) if secret_id else None
+        return secret.arn if secret is not None else "*"
+
+    SecretsManagerResponse._determine_resource = determine_resource
+
+
 def main() -> None:
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = sys.argv[1]
     from moto import settings
@@ -179,6 +197,7 @@ def main() -> None:
     _patch_bool_conditions()
     _patch_inference_components()
     _patch_s3_action_names()
+    _patch_secret_resources()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     print(f"port {server.get_host_and_port()[1]}", flush=True)

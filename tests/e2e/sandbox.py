@@ -7,8 +7,11 @@ and port 7777 (MASTER_PORT) belongs to that job alone, so jobs of parallel test 
 collide. Each host is a process tree of its own in that namespace, with its own mount and UTS
 namespaces: its hostname is ``algo-N`` (what gloo advertises to its peers), ``/etc/hosts`` maps
 the job's hosts, and its own folder is mounted at ``/opt/ml`` (under a private tmpfs on ``/opt``),
-so the script sees the real container paths. Nothing but the job's own hosts is reachable, as
-with EnableNetworkIsolation; the emulator, outside, does every AWS call.
+so the script sees the real container paths. Nothing but the job's own hosts is reachable, but
+for AWS: a job without EnableNetworkIsolation reaches the platform (AWS's APIs, and its container
+credentials endpoint) at ``127.0.0.1:AWS_PORT`` inside the namespace, a small forwarder there
+passing each connection to the platform's Unix socket (a file, reachable from any network
+namespace). The emulator, outside, does every call SageMaker makes for the job.
 """
 
 from __future__ import annotations
@@ -31,6 +34,39 @@ HOST_SCRIPT = (
     'set -e; hostname "$1"; mount --bind "$3" /etc/hosts; '
     'mount -t tmpfs -o size=1m,mode=755 aiops-e2e-opt /opt; mkdir /opt/ml; mount --bind "$2" /opt/ml; '
     'cd /opt/ml/code; shift 3; exec "$@"'
+)
+
+
+AWS_PORT = 9080  # where a job's script reaches AWS, inside its namespace
+# $1 port, $2 the platform's Unix socket: each connection on 127.0.0.1:$1 is piped to the socket
+FORWARDER = (
+    "import socket, sys, threading\n"
+    "port, path = int(sys.argv[1]), sys.argv[2]\n"
+    "def pipe(a, b):\n"
+    "    try:\n"
+    "        while data := a.recv(65536):\n"
+    "            b.sendall(data)\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "    finally:\n"
+    "        for s in (a, b):\n"
+    "            try: s.shutdown(socket.SHUT_RDWR)\n"
+    "            except OSError: pass\n"
+    "def serve(conn):\n"
+    "    up = socket.socket(socket.AF_UNIX)\n"
+    "    up.connect(path)\n"
+    "    threading.Thread(target=pipe, args=(conn, up), daemon=True).start()\n"
+    "    pipe(up, conn)\n"
+    "    conn.close(); up.close()\n"
+    "server = socket.create_server(('127.0.0.1', port))\n"
+    "print('ready', flush=True)\n"
+    "threading.Thread(target=lambda: sys.stdin.read() or server.close(), daemon=True).start()\n"
+    "while True:\n"
+    "    try:\n"
+    "        conn, _ = server.accept()\n"
+    "    except OSError:\n"
+    "        break\n"
+    "    threading.Thread(target=serve, args=(conn,), daemon=True).start()\n"
 )
 
 
@@ -80,6 +116,18 @@ class JobNetwork:
             self.close()
             raise RuntimeError(f"the job's network namespace did not start (exit {self.holder.poll()})")
 
+    def reach_aws(self, socket_path: str) -> None:
+        """127.0.0.1:AWS_PORT inside the namespace leads to the platform's Unix socket."""
+        self.forwarder = subprocess.Popen(
+            ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", "--", sys.executable, "-c", FORWARDER]
+            + [str(AWS_PORT), socket_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self.forwarder.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the job's AWS forwarder did not start (exit {self.forwarder.poll()})")
+
     def spawn(self, host: str, host_dir: Path, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         """Start one host: `argv` in /opt/ml/code of its own tree, output on one pipe (the log)."""
         cmd = [
@@ -111,6 +159,10 @@ class JobNetwork:
         )
 
     def close(self) -> None:
+        forwarder = getattr(self, "forwarder", None)
+        if forwarder is not None and forwarder.poll() is None:
+            forwarder.kill()
+            forwarder.wait()
         if self.holder.poll() is None:
             try:
                 self.holder.stdin.close()

@@ -17,62 +17,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import built_once, run_aiops
+from helpers import FINETUNE_HPS, FINETUNE_SCRIPT, FINETUNE_STEPS, finetune_args, run_aiops
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "training" / "examples" / "finetune" / "train.py"
-STEPS = 6
-HPS = {
-    "max-steps": STEPS,
-    "batch-size": 4,
-    "logging-steps": 1,
-    "save-steps": 3,
-    "eval-samples": 16,
-    "lr": 0.005,
-    "lora-dropout": 0,
-    "threads": 1,
-    "seed": 0,
-}
+SCRIPT = FINETUNE_SCRIPT
+STEPS = FINETUNE_STEPS
+HPS = FINETUNE_HPS
 PROMPT = [{"role": "user", "content": "What does the Python function `json.dumps(obj)` do?"}]
-
-
-def _train_args(model: Path, data: Path, *extra: str, **hps) -> list[str]:
-    args = [
-        "train",
-        str(SCRIPT),
-        "--channel",
-        f"model={model}",
-        "--channel",
-        f"train={data / 'train'}",
-        "--channel",
-        f"test={data / 'test'}",
-    ]
-    for key, value in {**HPS, **hps}.items():
-        args += ["--hp", f"{key}={value}"]
-    return [*args, *extra]
-
-
-@pytest.fixture(scope="session")
-def finetuned(tiny_llm: Path, finetune_channels: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The reference fine-tune through `aiops train`: {"home", "run_dir", "summary", "output"}."""
-
-    def train(root: Path) -> dict:
-        result = run_aiops(
-            root / "home", root, *_train_args(tiny_llm, finetune_channels, "--job-name", "ref", "--json")
-        )
-        assert result.returncode == 0, result.output
-        summary = json.loads(result.stdout)
-        return {
-            "home": str(root / "home"),
-            "run_dir": summary["run_dir"],
-            "summary": summary,
-            "output": result.stderr,
-        }
-
-    built = built_once(tmp_path_factory, "finetune-reference-run", train)
-    return {**built, "home": Path(built["home"]), "run_dir": Path(built["run_dir"])}
+_train_args = finetune_args  # the reference run is the `finetuned` fixture (tests/conftest.py)
 
 
 def _load(folder: Path):
@@ -337,9 +291,11 @@ def test_finetune_stopped_on_two_processes_resumes_on_one_to_the_same_model(
     assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-5
 
 
-def test_missing_lora_target_modules_fail_in_one_line(
+def test_missing_lora_target_modules_are_refused_before_the_run(
     tiny_llm: Path, finetune_channels: Path, tmp_path: Path
 ) -> None:
+    """Checked by `aiops train` against the module names in the weights' safetensors header (nothing
+    loaded, nothing run); the script refuses them too when started another way."""
     result = run_aiops(
         tmp_path / "home",
         tmp_path,
@@ -348,17 +304,17 @@ def test_missing_lora_target_modules_fail_in_one_line(
             finetune_channels,
             "--job-name",
             "badlora",
-            "--json",
             **{"lora-target-modules": "q_proj,qkv_proj"},
         ),
     )
-    assert result.returncode == 1, result.output
-    summary = json.loads(result.stdout)
-    assert summary["failure_reason"].startswith(
-        "UsageError: --lora-target-modules: qkv_proj not in LlamaForCausalLM; its linear layers are "
+    assert result.returncode == 2, result.output
+    line = result.stderr.strip()
+    assert (
+        line.startswith("error: --hp lora-target-modules: qkv_proj not in LlamaForCausalLM")
+        and "\n" not in line
     )
-    assert "q_proj" in summary["failure_reason"] and "Traceback" not in result.output
-    assert "error: --lora-target-modules: qkv_proj not in LlamaForCausalLM" in result.stderr
+    assert "q_proj" in line.split("weight matrices are in", 1)[1] and "Traceback" not in result.output
+    assert not (tmp_path / "home" / "runs").exists()  # nothing started
 
 
 # ---------------------------------------------------------------------------------------------

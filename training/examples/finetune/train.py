@@ -353,6 +353,18 @@ def find_resume_checkpoint(folder: str, say) -> str | None:
     return chosen
 
 
+def accept_indexed_cpu_locations() -> None:
+    """transformers 4 loads a multi-process CPU run's optimizer state with map_location
+    ``cpu:<local rank>``, a location torch.load does not know: every ``cpu:N`` is the CPU."""
+    import torch
+
+    def restore(storage, location: str):
+        return storage if re.fullmatch(r"cpu:\d+", location) else None
+
+    # a priority of its own (the registry sorts by it, and ties compare the functions)
+    torch.serialization.register_package(100, lambda storage: None, restore)
+
+
 def adapt_checkpoint(checkpoint: str, world: int, micro_batch: int) -> None:
     """Resuming at another world size (the global batch is the same, the per-process one is not).
     The first process of each host, before any process reads the checkpoint, gives it
@@ -428,6 +440,7 @@ class FineTune:
         self.resume_from = find_resume_checkpoint(args.checkpoint_dir, self.say)
         if self.resume_from:
             adapt_checkpoint(self.resume_from, self.world, self.micro)
+            accept_indexed_cpu_locations()
         self.losses: dict[str, float] = {}
 
     def say(self, text: str) -> None:
