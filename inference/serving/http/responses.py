@@ -185,7 +185,10 @@ class TransportSink:
 
     While a stream is active the connection forwards ``pause_writing``, ``resume_writing`` and
     ``connection_lost`` to the sink. A client that disconnects is seen at once when the transport
-    is reading, else at the first write that fails (within two chunks).
+    is reading, else at the first write that fails (within two chunks). :meth:`send` waits for room
+    with no deadline of its own: a client that reads nothing is reset by the app's sweep
+    (``write_timeout_seconds``) or by :func:`~aiops.inference.serving.stream_sender.stream_to`'s
+    timeout, and the wait ends with the connection.
     """
 
     def __init__(self, transport: asyncio.Transport) -> None:
