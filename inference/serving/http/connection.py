@@ -276,7 +276,7 @@ class Connection(asyncio.Protocol):
             return
         self._restore(item)
         if self.complete:  # a whole request: answered from a callback, so a long line is no recursion
-            self.app.loop.call_soon(self._admit_pipelined)
+            asyncio.get_running_loop().call_soon(self._admit_pipelined)
         elif not self.pipelined:  # the last one, partly read: read on
             self._read_on()
 

@@ -167,7 +167,7 @@ def stream_head_lines(mode: str, content_type: str) -> bytes:
 _LINGER_OFF = struct.pack("ii", 1, 0)
 
 
-def reset(transport: asyncio.BaseTransport) -> None:
+def reset(transport: asyncio.WriteTransport) -> None:
     """Close ``transport`` with a reset: what it and the kernel still buffer for a client that reads
     nothing is dropped at once (a plain close would keep the kernel sending it for minutes)."""
     sock = transport.get_extra_info("socket")
