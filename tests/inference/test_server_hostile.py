@@ -278,6 +278,43 @@ def test_pipelined_requests_are_answered_in_order(hostile):
     assert got[2][0] == 404 and "/nowhere" in json.loads(got[2][1])["error"]
 
 
+def test_a_request_split_across_reads_after_a_pipelined_one_is_read_on(hostile):
+    s = hostile()
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=60)
+    with sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\nGET /pi")  # a whole request, then a part
+        data = b""
+        while b"Healthy" not in data:  # the first answer, before the rest of the second is sent
+            data += sock.recv(65536)
+        sock.sendall(b"ng HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        got = _answers(data + _recv_until_closed(sock))
+    assert got == [(200, b'{"status":"Healthy"}\n')] * 2
+
+
+def test_ping_is_answered_when_every_connection_is_busy(hostile):
+    s = hostile(AIOPS_SERVE__MAX_CONNECTIONS="2")
+    # two connections, each with a request whose body is still arriving: busy, nothing to make room
+    # with. A /ping ahead of it in the same send: its answer says the server has read both.
+    busy = [socket.create_connection(("127.0.0.1", s.port), timeout=60) for _ in range(2)]
+    try:
+        for sock in busy:
+            sock.sendall(
+                b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /invocations HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n["
+            )
+            data = b""
+            while b"Healthy" not in data:
+                data += sock.recv(65536)
+        refused = s.invoke(b'"pid"')
+        assert refused.status == 503 and "only /ping" in refused.json()["error"], refused.body
+        assert refused.headers["retry-after"] == "1"
+        assert s.request("GET", "/ping").status == 200
+    finally:
+        for sock in busy:
+            sock.close()
+    wait_until(lambda: s.invoke(b'"pid"').status == 200, "an invocation answered once the busy clients left")
+
+
 def test_connection_close_from_an_http11_client_is_honoured(hostile):
     s = hostile()
     sock = socket.create_connection(("127.0.0.1", s.port), timeout=60)
