@@ -177,12 +177,25 @@ class ServeSettings(_FromConfigFile):
     keep_alive_seconds: float = _serve_field(
         60.0, "keep_alive_seconds", gt=0, description="An idle keep-alive connection is closed after this."
     )
+    write_timeout_seconds: float = _serve_field(
+        30.0,
+        "write_timeout_seconds",
+        gt=0,
+        description="A response (streamed or whole) whose client reads none of it for this long is aborted.",
+    )
     max_connections: int = _serve_field(
         1000,
         "max_connections",
         ge=1,
-        description="Open connections per worker; past it the longest idle one "
-        "is closed, or the new one answered 503.",
+        description="Open connections per worker (at most the fd limit); past it an idle, stalled or "
+        "slow one is closed, else the new one may only ask for /ping.",
+    )
+    max_blocked_streams: int = _serve_field(
+        8,
+        "max_blocked_streams",
+        ge=0,
+        description="Streams whose generator stays blocked timeout_seconds after it was told to stop; "
+        "past this many the worker is replaced (0: never).",
     )
     max_queue: int = _serve_field(
         256,

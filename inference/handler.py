@@ -299,12 +299,15 @@ class Handler:
     def predict(self, data: Any, ctx: Context) -> Any:
         return self._call("predict_fn", self.default_predict, (data, self.model), ctx)
 
-    def encode(self, prediction: Any, accept: str | None, ctx: Context) -> tuple[bytes, str]:
+    def encode(self, prediction: Any, accept: str | None, ctx: Context) -> Answer:
+        """``prediction`` through ``output_fn``. A user's ``output_fn`` may stream a whole
+        prediction: a generator it returns is the response's chunks (the toolkit hands whatever
+        output_fn returns to the model server as the response)."""
         accept_value = self.accept_value(accept)
         if self.default_output:
             return default_output_fn(prediction, accept_value, default_accept=self.default_accept)
         result = self._call("output_fn", None, (prediction, accept_value), ctx)
-        return _normalise(result, accept_value)
+        return _normalise_any(result, accept_value)
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None, ctx: Context) -> Answer:
         """One request through the handler: ``(response body, content type)``, the body an iterator

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from aiops.inference.contract import InferenceHandler
+from aiops.inference.errors import InferenceError
 from aiops.inference.serving.calls import HandlerCalls, off_cpu_since, runqueue_wait
 from aiops.inference.serving.http import routes
 from aiops.inference.serving.http.connection import BODY, CLOSED, HEADERS, IDLE, LINGER, Connection
@@ -35,13 +36,17 @@ from aiops.inference.serving.http.responses import (
 )
 from aiops.inference.serving.inference_thread import InferenceThread
 from aiops.inference.serving.scheduling import PROMOTION_POLL_SECONDS, Placement, SchedulingPolicy
-from aiops.inference.serving.stream_sender import BUFFERED, EVENTS, stream_to
+from aiops.inference.serving.stream_sender import BUFFERED, EVENTS, StreamTimeout, StreamTooLarge, stream_to
 from aiops.inference.serving.watchdog import Watchdog
 from aiops.inference.serving.work import Request, Rest, Streamed, request_id
 
 from aiops.settings import ServeSettings
 
 log = logging.getLogger("aiops.serve")
+
+# Connections taken past max_connections that may only ask for /ping (anything else: 503), so a
+# worker whose connections are all busy still answers its health check.
+PING_ONLY_CONNECTIONS = 32
 
 
 class App:
@@ -62,6 +67,7 @@ class App:
         self.header_timeout = s.header_timeout_seconds
         self.body_timeout = s.body_timeout_seconds
         self.keep_alive = s.keep_alive_seconds
+        self.write_timeout = s.write_timeout_seconds
         self.timeout = s.timeout_seconds
         self.max_connections = s.max_connections
         self.max_queue = s.max_queue
@@ -100,11 +106,11 @@ class App:
     # ---- admission (loop thread)
     def accept(self, conn: Connection) -> None:
         if len(self.conns) >= self.max_connections:
-            idle = [c for c in self.conns if c.state == IDLE]
-            if idle:  # make room by closing the connection idle the longest
-                oldest = min(idle, key=lambda c: c.deadline)
-                oldest.close()
-                self.conns.discard(oldest)
+            victim = self._evictable()
+            if victim is not None:
+                self._drop(victim)
+            elif len(self.conns) < self.max_connections + PING_ONLY_CONNECTIONS:
+                conn.ping_only = True
             else:
                 conn.fail(
                     503,
@@ -116,20 +122,56 @@ class App:
                 return
         self.conns.add(conn)
 
+    def _evictable(self) -> Connection | None:
+        """At max_connections, the connection to close for a new one, costing a client least: the one
+        idle the longest, else one closing with unsent data, else the one whose client has read
+        nothing for the longest, else the one sending its headers the longest (a slow or stalled
+        client); None when every connection is busy with a request."""
+        idle = closing = stalled = slow = None
+        for c in self.conns:
+            state = c.state
+            if state == IDLE:
+                if idle is None or c.deadline < idle.deadline:
+                    idle = c
+            elif state == CLOSED:
+                closing = c
+            elif c.write_stalled:
+                if stalled is None or c.write_stalled < stalled.write_stalled:
+                    stalled = c
+            elif state == HEADERS and (slow is None or c.deadline < slow.deadline):
+                slow = c
+        return idle or closing or stalled or slow
+
+    def _drop(self, conn: Connection) -> None:
+        """Close ``conn`` and forget it; what it still has buffered is dropped (its client reads
+        nothing, or it would be gone)."""
+        if conn.state != CLOSED and not conn.transport.get_write_buffer_size():
+            conn.close()
+        else:
+            conn.abort()
+        self.conns.discard(conn)
+
     def check_head(self, conn: Connection):
         """Route, method, custom attributes, API key and declared length; None when acceptable."""
-        return routes.check_head(conn, self.api_key, self.max_payload)
+        err = routes.check_head(conn, self.api_key, self.max_payload)
+        if err is None and conn.ping_only and not routes.is_ping(conn.url):
+            return (
+                503,
+                f"this worker has {self.max_connections} open connections (max_connections); "
+                "only /ping is answered on this one",
+                [RETRY_AFTER],
+            )
+        return err
 
     def too_large_message(self) -> str:
         return routes.too_large_message(self.max_payload)
 
     def admit(self, conn: Connection) -> None:
         """A complete request: answer /ping now, place an invocation (or 503 when the queue is full)."""
-        parser = conn.parser
-        keep = parser.should_keep_alive() and not self.draining
+        keep = conn.keep_alive and not self.draining
         url = conn.url
         if routes.is_ping(url):
-            answer = routes.ping_answer(self.healthy, keep, with_body=parser.get_method() == b"GET")
+            answer = routes.ping_answer(self.healthy, keep, with_body=conn.method == b"GET")
             conn.write_and_finish(answer, not keep)
             return
         if len(self.inflight) >= self.max_queue:
@@ -144,7 +186,7 @@ class App:
             return
         body = conn.body[0] if len(conn.body) == 1 else b"".join(conn.body)
         conn.body = []
-        mode = routes.answer_mode(url.split(b"?", 1)[0], parser.get_http_version())
+        mode = routes.answer_mode(url.split(b"?", 1)[0], conn.http_version)
         # boto3 sends Accept as X-Amzn-SageMaker-Accept on the response-stream route
         accept = conn.sm_accept or conn.accept if mode == EVENTS else conn.accept
         req = Request(conn, body, conn.ctype, accept, conn.attrs, request_id(), conn.inference_id, keep, mode)
@@ -331,11 +373,12 @@ class App:
             await stream.start()
             if req.mode == BUFFERED:  # HTTP/1.0 or the InvokeEndpoint route: the whole body
                 try:
-                    out = await stream.collect()
+                    # within the timeout and the payload cap, as a streamed or a whole answer is
+                    out = await stream.collect(timeout_s=self.timeout, max_bytes=self.max_payload)
                 except BaseException as err:  # noqa: BLE001 - nothing sent yet: an ordinary error answer
                     if isinstance(err, asyncio.CancelledError):
                         raise
-                    self._answer_error(req, err)
+                    self._answer_error(req, self._collect_error(err))
                     return
                 self._write_whole(req, out, result.ctype)
                 return
@@ -355,6 +398,20 @@ class App:
             conn.sink = None
             stream.close()
 
+    def _collect_error(self, err: BaseException) -> BaseException:
+        """What a stream collected whole answers when it ran past the timeout or the payload cap."""
+        if isinstance(err, StreamTimeout):
+            return model_timeout(self.timeout)
+        if isinstance(err, StreamTooLarge):
+            mb = self.max_payload / (1024 * 1024)
+            return InferenceError(
+                500,
+                f"the streamed response is larger than {mb:g} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB), the most a "
+                "whole answer holds; stream it: /invocations over HTTP/1.1, or "
+                "/endpoints/NAME/invocations-response-stream",
+            )
+        return err
+
     def _answer_error(self, req: Request, err: BaseException) -> None:
         if self.draining:
             req.keep_alive = False
@@ -363,18 +420,27 @@ class App:
     # ---- timers (one sweep for every connection instead of a timer per request)
     def sweep(self) -> None:
         now = time.monotonic()
+        stalled_before = now - self.write_timeout
         for conn in list(self.conns):
             if conn.answered:  # answered by the inference thread and no next request yet: idle now
                 self.resumed(conn)
-            if conn.state in (IDLE, HEADERS, BODY, LINGER) and now > conn.deadline:
-                if conn.state in (IDLE, LINGER):
-                    conn.close()  # idle keep-alive (or never started): close quietly
+            state = conn.state
+            if 0.0 < conn.write_stalled < stalled_before or (state == CLOSED and now > conn.deadline):
+                # its client has read nothing for write_timeout_seconds (a stream, a large answer), or
+                # it closed with data its client never took: drop it (a stream's generator is closed)
+                log.info(
+                    "a client read nothing for %g s (write_timeout_seconds); connection aborted",
+                    self.write_timeout,
+                )
+                self._drop(conn)
+            elif state in (IDLE, HEADERS, BODY, LINGER) and now > conn.deadline:
+                if state in (IDLE, LINGER):
+                    self._drop(conn)  # idle keep-alive (or never started): close quietly
                 else:
-                    what = "headers" if conn.state == HEADERS else "body"
+                    what = "headers" if state == HEADERS else "body"
                     conn.fail(
                         408, f"the request {what} did not arrive in time ({what}_timeout_seconds)", close=True
-                    )
-                self.conns.discard(conn)
+                    )  # forgotten once it is gone (connection_lost); the sweep aborts it if it lingers
         late = []
         with self.lock:
             for req in self.inflight:  # oldest first: stop at the first one still in time
@@ -393,8 +459,7 @@ class App:
         """Draining: close every connection between requests."""
         for conn in list(self.conns):
             if conn.state == IDLE:
-                conn.close()
-                self.conns.discard(conn)
+                self._drop(conn)
 
     @property
     def busy(self) -> bool:

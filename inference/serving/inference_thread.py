@@ -98,6 +98,7 @@ class InferenceThread:
                 or req.mode == EVENTS
                 or conn.wfd < 0
                 or conn.backlog
+                or conn.pipelined
                 or len(result[0]) > SMALL_ANSWER
             ):
                 left_reqs.append(req)

@@ -38,6 +38,7 @@ import collections
 import logging
 import os
 import threading
+import time
 import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -78,6 +79,29 @@ class StreamTimeout(Exception):
     """The stream did not finish within the server's timeout."""
 
 
+class StreamTooLarge(Exception):
+    """A stream collected whole (:meth:`ChunkStream.collect`) passed its size cap."""
+
+
+# Streams whose producer thread is running (a set: adding and discarding are atomic under the GIL);
+# what :func:`blocked_producers` counts.
+_PRODUCING: set[ChunkStream] = set()
+
+
+def blocked_producers(stopped_for: float) -> int:
+    """Producer threads told to stop (client gone, timeout, end) at least ``stopped_for`` seconds ago
+    whose generator has still not yielded or returned: each holds a thread (and whatever the
+    generator holds) that nothing can take back but the end of the process."""
+    now = time.monotonic()
+    return sum(
+        1
+        for stream in list(_PRODUCING)
+        if stream.stopped_at is not None
+        and now - stream.stopped_at >= stopped_for
+        and not stream.closed.is_set()
+    )
+
+
 class ChunkStream:
     """Runs a handler's iterator on its own thread, ``ahead`` chunks ahead of the consumer at most.
 
@@ -108,6 +132,7 @@ class ChunkStream:
         self._primed = False
         self._producing = False
         self._iterator: Iterator[Any] | None = None
+        self.stopped_at: float | None = None  # when the producer was first told to stop
         self.chunks = 0
         self.bytes = 0
 
@@ -145,6 +170,11 @@ class ChunkStream:
         finally:
             close_quietly(iterator if iterator is not None else self._items)
             self.closed.set()
+            _PRODUCING.discard(self)
+
+    def _start_producer(self, iterator: Iterator[Any] | None = None) -> None:
+        _PRODUCING.add(self)
+        threading.Thread(target=self._produce, args=(iterator,), name=self._name, daemon=True).start()
 
     # consumer side (the event loop) ----------------------------------------------
 
@@ -172,7 +202,7 @@ class ChunkStream:
         if self._primed:  # the producer starts once the first chunk is out (see _get)
             return
         if not inline_first:
-            threading.Thread(target=self._produce, name=self._name, daemon=True).start()
+            self._start_producer()
             self._first = await self._get()
             if isinstance(self._first, _Failure):
                 self.close()
@@ -180,7 +210,7 @@ class ChunkStream:
             return
         iterator = self._first_chunk()
         if iterator is not None:
-            threading.Thread(target=self._produce, args=(iterator,), name=self._name, daemon=True).start()
+            self._start_producer(iterator)
 
     def _first_chunk(self) -> Any:
         """Make the first non-empty chunk on the calling thread; return the iterator for the rest,
@@ -212,9 +242,7 @@ class ChunkStream:
             # one is sent before a thread that would compete for the GIL exists.
             self._producing = True
             if not self.closed.is_set() and not self._stop.is_set():
-                threading.Thread(
-                    target=self._produce, args=(self._iterator,), name=self._name, daemon=True
-                ).start()
+                self._start_producer(self._iterator)
         while True:
             with self._lock:
                 if self._buffer:
@@ -258,6 +286,8 @@ class ChunkStream:
 
     def interrupt(self, reason: str = "disconnect") -> None:
         """Wake the consumer at once (client gone, deadline) and stop the producer. Event loop only."""
+        if self.stopped_at is None:
+            self.stopped_at = time.monotonic()
         self._stop.set()
         self._space.release()
         with self._lock:
@@ -269,6 +299,8 @@ class ChunkStream:
     def close(self) -> None:
         """Stop the producer; the iterator is closed on its thread as soon as it yields."""
         if not self._stop.is_set():
+            if self.stopped_at is None:
+                self.stopped_at = time.monotonic()
             self._stop.set()
             self._space.release()  # unblock a producer waiting for room
         if self._primed and not self._producing and not self.closed.is_set():
@@ -277,14 +309,28 @@ class ChunkStream:
             close_quietly(self._iterator)
             self.closed.set()
 
-    async def collect(self) -> bytes:
-        """All the chunks joined (for a client that cannot stream). Raises the handler's error."""
+    async def collect(self, *, timeout_s: float | None = None, max_bytes: int | None = None) -> bytes:
+        """All the chunks joined (for a client that cannot stream). Raises the handler's error,
+        :class:`StreamTimeout` when the stream has not ended ``timeout_s`` after this call, and
+        :class:`StreamTooLarge` once the chunks pass ``max_bytes`` (the generator is closed then)."""
+        timer = (
+            asyncio.get_running_loop().call_later(timeout_s, self.interrupt, "timeout") if timeout_s else None
+        )
         parts: list[bytes] = []
-        while True:
-            chunk = await self.next()
-            if chunk is None:
-                return b"".join(parts)
-            parts.append(chunk)
+        size = 0
+        try:
+            while True:
+                chunk = await self.next()
+                if chunk is None:
+                    return b"".join(parts)
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise StreamTooLarge(f"the response passed {max_bytes} bytes")
+                parts.append(chunk)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.close()
 
 
 def _wake(waiter: asyncio.Future) -> None:
@@ -346,7 +392,16 @@ async def stream_to(
     frame = eventstream.payload_part if mode == EVENTS else None
     loop = asyncio.get_running_loop()
     watcher = asyncio.ensure_future(_watch(sink, stream))
-    timer = loop.call_later(timeout_s, stream.interrupt, "timeout") if timeout_s else None
+    sending = timed_out = False  # sending: waiting in sink.send for the client to read
+
+    def on_timeout() -> None:
+        nonlocal timed_out
+        timed_out = True
+        stream.interrupt("timeout")
+        if sending:  # the client reads nothing: no error event or end could reach it either
+            sink.abort()
+
+    timer = loop.call_later(timeout_s, on_timeout) if timeout_s else None
     # Event-stream frames are self-delimiting, so frames already waiting go out in one write
     # (fewer syscalls, same events); nothing waits for company: a lone frame is sent at once.
     # Chunked mode keeps one HTTP chunk per item.
@@ -372,14 +427,17 @@ async def stream_to(
                 await sink.finish()
                 outcome.completed = True
                 break
+            sending = True
             if frame is None:
                 await sink.send(chunk)
             else:
                 pending.append(frame(chunk))
                 if stream.ready() and len(pending) < 64:
+                    sending = False
                     continue
                 await sink.send(pending[0] if len(pending) == 1 else b"".join(pending))
                 pending.clear()
+            sending = False
             if sink.is_disconnected():
                 outcome.disconnected = True
                 break
@@ -388,7 +446,14 @@ async def stream_to(
         if timer is not None:
             timer.cancel()
         watcher.cancel()
-    if outcome.disconnected:
+    if outcome.disconnected and timed_out:
+        log.error(
+            "request %s: streamed response timed out after %d chunks while its client read nothing; "
+            "connection aborted",
+            request_id,
+            stream.chunks,
+        )
+    elif outcome.disconnected:
         log.info(
             "request %s: client disconnected after %d streamed chunks; generation stopped",
             request_id,

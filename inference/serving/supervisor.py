@@ -83,6 +83,8 @@ class Supervisor:
             str(self.sock.fileno()),
             "--ready-fd",
             str(write_fd),
+            "--supervisor-pid",  # the worker ends with this process, even when it is SIGKILLed
+            str(os.getpid()),
         ]
         proc = subprocess.Popen(cmd, env=env, pass_fds=(self.sock.fileno(), write_fd))
         os.close(write_fd)

@@ -1,9 +1,11 @@
 """Handler calls stuck past the timeout: answered 504, and the worker ended when a call stays stuck
-(the supervisor starts a new one).
+(the supervisor starts a new one); and stream producers stuck in their generator, counted so that
+a worker holding too many of them is replaced.
 
-The loop's own sweep checks the inference thread's call (:meth:`Watchdog.stuck`). While the loop
-itself runs a call (inline or solo) nothing on it can look, so a watchdog thread that only watches
-answers those requests 504 (written to the socket's duplicate fd) and ends the worker.
+The loop's own sweep checks the inference thread's call (:meth:`Watchdog.stuck`) and the stream
+producers (:meth:`Watchdog.blocked_streams`). While the loop itself runs a call (inline or solo)
+nothing on it can look, so a watchdog thread that only watches answers those requests 504 (written
+to the socket's duplicate fd) and ends the worker.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from aiops.inference.serving.http.responses import error_response, model_timeout
+from aiops.inference.serving.stream_sender import blocked_producers
 from aiops.inference.serving.work import Request
 
 if TYPE_CHECKING:
@@ -41,6 +44,12 @@ class Watchdog:
         """A handler call has run so far past the timeout that this worker should be replaced."""
         started = self.app.call_started
         return started is not None and time.monotonic() - started > self.stuck_after
+
+    def blocked_streams(self) -> int:
+        """Stream producers still inside their generator ``timeout`` after they were told to stop
+        (client gone, timeout): threads a generator blocked in (a lock, a queue, a socket) keeps,
+        with whatever it holds, until the process ends."""
+        return blocked_producers(stopped_for=self.timeout)
 
     def exit_stuck(self) -> None:
         log.error(

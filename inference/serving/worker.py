@@ -7,6 +7,8 @@ spreads new connections over the workers that are listening). Everything a reque
 the worker is :class:`aiops.inference.serving.app.App`. The supervisor starts it as
 ``python -m aiops.inference.serving.worker --fd N [--ready-fd M]`` with the :class:`WorkerSpec` in
 the environment; the worker reports ``ready``, ``recycle`` or one ``error:`` line on the pipe.
+With ``--supervisor-pid`` it ends with its supervisor, however that ends (SIGKILL included): a
+parent-death signal on Linux, and the loop's check that its parent is still that process.
 """
 
 from __future__ import annotations
@@ -69,15 +71,38 @@ def _listen(fd: int) -> socket.socket:
     return sock
 
 
-def _raise_fd_limit() -> None:
+def _raise_fd_limit() -> int | None:
+    """Raise this process's open-file limit to its hard limit; the limit now (None: unknown)."""
     try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        return soft if soft != resource.RLIM_INFINITY else None
     except (ImportError, ValueError, OSError):
-        pass
+        return None
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _end_with_supervisor(supervisor_pid: int | None) -> None:
+    """SIGTERM this worker when its supervisor's process ends, even by SIGKILL (Linux's parent-death
+    signal; the loop also checks its parent every tick, for other systems). A supervisor that ended
+    before the signal was asked for is seen here: the parent is then another process."""
+    if supervisor_pid is None:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != supervisor_pid:
+        os._exit(0)
 
 
 def _rss_bytes() -> int:
@@ -88,7 +113,7 @@ def _rss_bytes() -> int:
         return 0
 
 
-def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
+def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec, supervisor_pid: int | None = None) -> int:
     from aiops.inference import codecs
     from aiops.inference.contract import create_handler
     from aiops.inference.serving.app import App
@@ -129,17 +154,36 @@ def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
         return 3
     if stop_early:
         return 0
-    _raise_fd_limit()
+    fd_limit = _raise_fd_limit()
     # Two threads share the GIL (the loop, the inference thread or a stream's producer): a thread
     # that needs it waits until the holder blocks or this interval passes. 5 ms (the default) was
     # added to a streamed token's delivery and to a /ping during a Python-heavy handler.
     sys.setswitchinterval(0.001)
     sock = _listen(fd)
     app = App(handler, s, spec.model_dir)
-    return _serve(app, sock, report, stop_early)
+    _fit_connections(app, fd_limit)
+    return _serve(app, sock, report, stop_early, supervisor_pid)
 
 
-def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
+def _fit_connections(app: App, fd_limit: int | None) -> None:
+    """Keep max_connections (and the /ping-only ones past it) inside the open-file limit: past it
+    accept() fails, and nothing, /ping included, gets in."""
+    from aiops.inference.serving.app import PING_ONLY_CONNECTIONS
+
+    if fd_limit is None:
+        return
+    room = fd_limit - PING_ONLY_CONNECTIONS - 64  # the model's files, pipes, the listener
+    if app.max_connections > room:
+        log.warning(
+            "max_connections=%d does not fit the open-file limit %d; using %d",
+            app.max_connections,
+            fd_limit,
+            max(1, room),
+        )
+        app.max_connections = max(1, room)
+
+
+def _serve(app: App, sock: socket.socket, report, stop_early: list, supervisor_pid: int | None = None) -> int:
     from aiops.inference.serving.http.connection import Connection
     from aiops.inference.serving.work import STOP
 
@@ -207,6 +251,22 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list) -> int:
             app.sweep()
             if app.watchdog.stuck():
                 app.watchdog.exit_stuck()
+            if supervisor_pid is not None and os.getppid() != supervisor_pid:
+                log.warning("the supervisor (pid %d) has ended; this worker stops", supervisor_pid)
+                stop()
+                break
+            if s.max_blocked_streams and not recycling:
+                blocked = app.watchdog.blocked_streams()
+                if blocked > s.max_blocked_streams:
+                    recycling = True
+                    log.warning(
+                        "%d stream generators are still blocked %g s after they were told to stop "
+                        "(max_blocked_streams=%d); asking for a replacement",
+                        blocked,
+                        app.timeout,
+                        s.max_blocked_streams,
+                    )
+                    report("recycle")
             if rss_cap and not recycling and _rss_bytes() > rss_cap:
                 recycling = True
                 log.warning(
@@ -246,15 +306,17 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def main() -> None:  # python -m aiops.inference.serving.worker --fd N [--ready-fd M]
+def main() -> None:  # python -m aiops.inference.serving.worker --fd N [--ready-fd M] [--supervisor-pid P]
     import argparse
 
     parser = argparse.ArgumentParser(prog="aiops-serve-worker")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--supervisor-pid", type=int, default=None)
     args = parser.parse_args()
+    _end_with_supervisor(args.supervisor_pid)
     spec = WorkerSpec.model_validate_json(os.environ[SPEC_ENV])
-    code = worker_main(args.fd, args.ready_fd, spec)
+    code = worker_main(args.fd, args.ready_fd, spec, args.supervisor_pid)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # do not wait on torch's atexit work

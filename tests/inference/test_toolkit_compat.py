@@ -26,7 +26,7 @@ from .conftest import NO_TORCH_MODEL_FN, save_double, write_script
 
 ORACLE = textwrap.dedent(
     """
-    import base64, json, sys
+    import base64, inspect, json, sys
     from sagemaker_pytorch_serving_container.handler_service import HandlerService
 
     class RequestProcessor:  # TorchServe's, as the toolkit reads it
@@ -56,6 +56,8 @@ ORACLE = textwrap.dedent(
         if not answers:
             service.initialize(context)
         out = service.handle([{"body": base64.b64decode(body)}], context)[0]
+        if inspect.isgenerator(out):  # what output_fn returned, handed on as the response: its chunks
+            out = b"".join(c.encode() if isinstance(c, str) else c for c in out)
         out = out.encode() if isinstance(out, str) else bytes(out)
         answers.append({"status": context.status, "content_type": context.content_type,
                         "body": base64.b64encode(out).decode()})
@@ -368,3 +370,46 @@ def test_a_streamed_predict_fn_yielding_bytes_passes_them_through_the_default_ou
     assert resp.status == 200, server.log()
     assert resp.getheader("Transfer-Encoding") == "chunked"
     assert body == b"already encoded, [1,2]"  # bytes and str as they are; anything else JSON-encoded
+
+
+# ------------------------------------------------------------------ 6. output_fn returning a generator
+
+OUTPUT_FN_STREAMS = (
+    NO_TORCH_MODEL_FN
+    + """
+import json
+def input_fn(body, content_type):
+    return json.loads(body)
+def predict_fn(data, model):
+    return data  # a whole prediction
+def output_fn(prediction, accept):
+    def lines():
+        for row in prediction:
+            yield json.dumps(row) + "\\n"
+    return lines(), "application/jsonlines"
+"""
+)
+
+
+def test_an_output_fn_returning_a_generator_for_a_whole_prediction_streams_it(tmp_path, start_server):
+    # the toolkit hands whatever output_fn returns to the model server as the response; aiops sends a
+    # generator as the response's chunks (chunked here), the same bytes once joined
+    model = tmp_path / "model"
+    write_script(model, OUTPUT_FN_STREAMS)
+    requests = [({"Content-Type": "application/json"}, b'[[1, 2], {"a": 3}]')]
+    theirs = toolkit_answers(model, requests)[0]
+    server = start_server(model)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("POST", "/invocations", body=requests[0][1], headers=requests[0][0])
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == theirs["status"] == 200, server.log()
+    assert resp.getheader("Transfer-Encoding") == "chunked"
+    assert resp.getheader("Content-Type") == theirs["content_type"] == "application/jsonlines"
+    assert body == theirs["body"] == b'[1, 2]\n{"a": 3}\n'
+    whole = server.request("POST", "/endpoints/model/invocations", requests[0][1], requests[0][0])
+    assert whole.status == 200 and whole.body == theirs["body"]  # InvokeEndpoint's route: joined
+    assert whole.headers["content-length"] == str(len(theirs["body"]))

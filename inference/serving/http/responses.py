@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import struct
 import traceback
 
 from aiops.inference.errors import Timeout, typed_status
@@ -162,13 +164,31 @@ def stream_head_lines(mode: str, content_type: str) -> bytes:
     return b"content-type: " + content_type.encode("latin-1") + b"\r\ntransfer-encoding: chunked\r\n"
 
 
+_LINGER_OFF = struct.pack("ii", 1, 0)
+
+
+def reset(transport: asyncio.WriteTransport) -> None:
+    """Close ``transport`` with a reset: what it and the kernel still buffer for a client that reads
+    nothing is dropped at once (a plain close would keep the kernel sending it for minutes)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+        except OSError:
+            pass
+    transport.abort()
+
+
 class TransportSink:
     """A streamed body over an ``asyncio.Transport``, HTTP/1.1 chunked framing written here (a
     :class:`aiops.inference.serving.stream_sender.Sink`).
 
     While a stream is active the connection forwards ``pause_writing``, ``resume_writing`` and
     ``connection_lost`` to the sink. A client that disconnects is seen at once when the transport
-    is reading, else at the first write that fails (within two chunks).
+    is reading, else at the first write that fails (within two chunks). :meth:`send` waits for room
+    with no deadline of its own: a client that reads nothing is reset by the app's sweep
+    (``write_timeout_seconds``) or by :func:`~aiops.inference.serving.stream_sender.stream_to`'s
+    timeout, and the wait ends with the connection.
     """
 
     def __init__(self, transport: asyncio.Transport) -> None:
@@ -204,7 +224,10 @@ class TransportSink:
             self.transport.write(b"0\r\n\r\n")
 
     def abort(self) -> None:
-        self.transport.close()  # buffered data goes out, then FIN without the terminating chunk
+        if self._writable.is_set():
+            self.transport.close()  # buffered data goes out, then FIN without the terminating chunk
+        else:  # the client reads nothing: what is buffered would never go out, so drop it
+            reset(self.transport)
 
     def is_disconnected(self) -> bool:
         return self._gone.is_set() or self.transport.is_closing()

@@ -55,7 +55,7 @@ def check_head(conn, api_key: bytes | None, max_payload: int):
     """Route, method, custom attributes, API key and declared length of the request whose headers
     ``conn`` has read: None when acceptable, else ``(status, message, extra header pairs)``."""
     url = conn.url.split(b"?", 1)[0]
-    method = conn.parser.get_method()
+    method = conn.method
     if url == b"/ping":
         if method not in (b"GET", b"HEAD"):
             return 405, "use GET /ping", None
