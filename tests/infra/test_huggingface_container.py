@@ -82,8 +82,8 @@ def test_a_gpu_type_gets_the_cuda_image_and_no_task_is_inferred_by_the_container
     [
         (
             {"transformersVersion": "9.9"},
-            "aiops:endpoint.huggingface.transformersVersion='9.9': no Hugging Face inference image known for it; "
-            "allowed: ",
+            "aiops:endpoint.huggingface.transformersVersion='9.9': "
+            "no Hugging Face inference image known for it; allowed: ",
         ),
         (
             {"transformersVersion": "4.51", "pytorchVersion": "2.1"},
