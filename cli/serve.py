@@ -60,11 +60,42 @@ def serve(
         "--install-requirements",
         help="pip install code/requirements.txt first (as the container does).",
     ),
+    container: str | None = typer.Option(
+        None,
+        "--container",
+        help="tgi or lmi: serve a Hugging Face causal-LM folder with that LLM container's HTTP API "
+        "(TGI's /generate, /generate_stream, /v1/chat/completions...; LMI's /invocations).",
+        rich_help_panel="LLM (--container)",
+    ),
+    max_total_tokens: int | None = typer.Option(
+        None,
+        "--max-total-tokens",
+        min=2,
+        help="Prompt plus new tokens per request [default: the model's positions, at most 4096; "
+        "MAX_TOTAL_TOKENS].",
+        rich_help_panel="LLM (--container)",
+    ),
+    max_input_tokens: int | None = typer.Option(
+        None,
+        "--max-input-tokens",
+        min=1,
+        help="Prompt tokens per request [default: max total - 1; MAX_INPUT_TOKENS].",
+        rich_help_panel="LLM (--container)",
+    ),
+    max_batch_size: int | None = typer.Option(
+        None,
+        "--max-batch-size",
+        min=1,
+        help="Sequences decoded together [default: 16; MAX_BATCH_SIZE].",
+        rich_help_panel="LLM (--container)",
+    ),
 ) -> None:
-    """Serve a model with the SageMaker PyTorch handler contract: GET /ping, POST /invocations."""
+    """Serve a model with the SageMaker PyTorch handler contract (GET /ping, POST /invocations), or a
+    Hugging Face causal LM with an LLM container's API (--container tgi|lmi)."""
     from aiops.inference.serving.supervisor import serve as run_server
     from aiops.inference.serving.supervisor import serve_settings
 
+    from aiops.errors import UsageError
     from aiops.settings import get_settings
 
     opts = serve_settings(
@@ -76,7 +107,22 @@ def serve(
         timeout_seconds=timeout,
         api_key=api_key,
         install_requirements=install_requirements or None,
+        container=container,
+        max_total_tokens=max_total_tokens,
+        max_input_tokens=max_input_tokens,
+        max_batch_size=max_batch_size,
     )
+    if opts.container is not None:
+        if entry_point or source_dir:
+            raise UsageError(
+                "--entry-point and --source-dir serve a handler: --container serves a model folder"
+            )
+        from aiops.inference.llm.server import serve as serve_llm
+
+        def llm_ready(url: str) -> None:
+            typer.echo(f"serving {model} with the {opts.container} API on {url}; Ctrl-C to stop", err=True)
+
+        raise typer.Exit(serve_llm(model, opts, on_ready=llm_ready))
 
     def ready(url: str) -> None:
         typer.echo(
@@ -105,9 +151,7 @@ def invoke(
     ),
     accept: str | None = typer.Option(None, "--accept", "-a", help="Accept header."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="AIOPS_SERVE__API_KEY", show_envvar=True),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Write the response body to this file."
-    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the response body to this file."),
     stream: bool = typer.Option(
         False,
         "--stream",
@@ -281,13 +325,9 @@ def package(
         "-o",
         help="Where to write model.tar.gz (an existing folder: FOLDER/model.tar.gz).",
     ),
-    entry_point: Path | None = typer.Option(
-        None, "--entry-point", "-e", help="Inference script -> code/."
-    ),
+    entry_point: Path | None = typer.Option(None, "--entry-point", "-e", help="Inference script -> code/."),
     source_dir: Path | None = typer.Option(None, "--source-dir", "-s", help="Folder copied into code/."),
-    requirements: Path | None = typer.Option(
-        None, "--requirements", "-r", help="-> code/requirements.txt"
-    ),
+    requirements: Path | None = typer.Option(None, "--requirements", "-r", help="-> code/requirements.txt"),
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
     from aiops.inference import artifacts

@@ -144,6 +144,7 @@ XDIST_GROUPS = {
     "export/": "digits-export-run",
     "training/test_example.py": "digits-example-runs",
     "training/test_finetune.py": "finetune-runs",
+    "inference/llm/test_server.py": "llm-servers",
 }
 
 
