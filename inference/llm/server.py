@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from aiops.inference.errors import HttpError
 from aiops.inference.llm import protocols
 from aiops.inference.llm.calls import ApiError, Call, ModelContext, Reply, dumps
 from aiops.inference.llm.folder import DEFAULT_MAX_TOTAL_TOKENS, check_causal_lm_folder, max_positions
@@ -271,6 +272,10 @@ class LLMApp:
         except ApiError as refused:
             self._answer(req, refused.reply)
             return
+        except Exception:  # noqa: BLE001 - a parser bug: a 500 for this request, the worker carries on
+            log.error("request %s: parsing failed\n%s", req.rid, traceback.format_exc().rstrip())
+            self._answer_error(req, _internal(req))
+            return
         task = self.loop.create_task(self._run(req, call))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -333,7 +338,7 @@ class LLMApp:
         except Exception:  # noqa: BLE001 - a bug here must not take the worker down; the client learns it
             log.error("request %s failed\n%s", req.rid, traceback.format_exc().rstrip())
             if not req.done and not req.streaming:
-                self._answer_error(req, RuntimeError("the LLM server failed; see its log"))
+                self._answer_error(req, _internal(req))
             elif not req.done:
                 self._end_stream(req)
         finally:
@@ -564,6 +569,10 @@ class LLMApp:
     @property
     def busy(self) -> bool:
         return bool(self.conns or self.inflight or self.tasks)
+
+
+def _internal(req: LLMRequest) -> HttpError:
+    return HttpError(f"the LLM server failed on request {req.rid}; see its log", 500)
 
 
 def _parse(container: Container, path: str, body: bytes, context: ModelContext) -> Call:

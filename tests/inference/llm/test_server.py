@@ -346,6 +346,10 @@ def test_unknown_parameters_are_ignored_as_tgi_does_and_routes_are_bounded(tgi, 
     assert answer.status == 200 and answer.json()["generated_text"] == reference.text(
         reference.greedy("x", 2)
     )
+    never = {"inputs": "x", "parameters": {"max_new_tokens": 3, "stop": ["never-said"], "details": True}}
+    assert post(tgi, "/generate", never).json()["details"]["finish_reason"] == "length"
+    seeded = {"inputs": "x", "parameters": {"max_new_tokens": 8, "do_sample": True, "seed": 7}}
+    assert post(tgi, "/generate", seeded).json() == post(tgi, "/generate", seeded).json()
     assert tgi.request("GET", "/generate").status == 405
     assert tgi.request("GET", "/nope").status == 404
     # the HTTP layer's bounds: a declared body over the limit is refused before it is read
