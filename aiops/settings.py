@@ -220,8 +220,11 @@ class ServeSettings(_FromConfigFile):
     archive_max_members: int = _serve_field(100_000, "archive_max_members", ge=1)
     # ---- a Hugging Face causal LM behind an LLM container's API (aiops.inference.llm.server); the
     # environment names are the containers' own (TGI's launcher, LMI's OPTION_*), as the stack sets them
-    container: Literal["tgi", "lmi"] | None = _serve_field(
-        None, "container", description="Serve a causal-LM folder with this LLM container's API."
+    container: Literal["pytorch", "tgi", "lmi"] = _serve_field(
+        "pytorch",
+        "container",
+        description="Whose contract the model is served under: the SageMaker PyTorch container's handler, "
+        "or an LLM container's API over a causal-LM folder (tgi, lmi).",
     )
     max_total_tokens: int | None = _serve_field(
         None,

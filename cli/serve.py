@@ -63,9 +63,8 @@ def serve(
     container: str | None = typer.Option(
         None,
         "--container",
-        help="tgi or lmi: serve a Hugging Face causal-LM folder with that LLM container's HTTP API "
-        "(TGI's /generate, /generate_stream, /v1/chat/completions...; LMI's /invocations).",
-        rich_help_panel="LLM (--container)",
+        help="Whose contract to serve: pytorch (the handler script), or tgi / lmi (a Hugging Face "
+        "causal-LM folder behind that LLM container's HTTP API) [default: pytorch, AIOPS_SERVE__CONTAINER].",
     ),
     max_total_tokens: int | None = typer.Option(
         None,
@@ -112,7 +111,7 @@ def serve(
         max_input_tokens=max_input_tokens,
         max_batch_size=max_batch_size,
     )
-    if opts.container is not None:
+    if opts.container in ("tgi", "lmi"):
         if entry_point or source_dir:
             raise UsageError(
                 "--entry-point and --source-dir serve a handler: --container serves a model folder"
@@ -122,7 +121,7 @@ def serve(
         def llm_ready(url: str) -> None:
             typer.echo(f"serving {model} with the {opts.container} API on {url}; Ctrl-C to stop", err=True)
 
-        raise typer.Exit(serve_llm(model, opts, on_ready=llm_ready))
+        raise typer.Exit(serve_llm(model, opts, runs_dir=get_settings().runs_dir, on_ready=llm_ready))
 
     def ready(url: str) -> None:
         typer.echo(

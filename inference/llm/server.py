@@ -94,17 +94,40 @@ def limits_for(opts: ServeSettings, config: dict) -> Limits:
         raise UsageError(f"LLM bounds: {exc} (--max-total-tokens, --max-input-tokens)") from None
 
 
-def serve(model: str, opts: ServeSettings, *, on_ready: Callable[[str], None] | None = None) -> int:
-    """Check the folder and the bounds, bind, run the workers; the exit code after a graceful stop."""
-    from aiops.inference.serving.supervisor import Supervisor, bind
-    from aiops.inference.serving.worker import WorkerSpec
+def serve(
+    model: str,
+    opts: ServeSettings,
+    *,
+    runs_dir: Path,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
+    """MODEL (a folder, a model.tar.gz or a local run, as for handlers) checked as a causal-LM folder and
+    the bounds checked, then bind and run the workers; the exit code after a graceful stop."""
+    from aiops.inference.artifacts import resolve_model
+
+    from aiops import archive
 
     logging.basicConfig(
         level=getattr(logging, opts.log_level, logging.INFO),
         stream=sys.stderr,
         format="%(asctime)s [aiops serve] %(levelname)s %(message)s",
     )
-    folder = Path(model).expanduser().resolve()
+    limits = {
+        "max_bytes": int(opts.archive_max_gb * archive.GIB),
+        "max_ratio": opts.archive_max_ratio,
+        "max_members": opts.archive_max_members,
+    }
+    source = resolve_model(model, runs_dir=runs_dir, archive_limits=limits)
+    try:
+        return _serve_folder(source.model_dir.resolve(), opts, on_ready)
+    finally:
+        source.cleanup()
+
+
+def _serve_folder(folder: Path, opts: ServeSettings, on_ready: Callable[[str], None] | None) -> int:
+    from aiops.inference.serving.supervisor import Supervisor, bind
+    from aiops.inference.serving.worker import WorkerSpec
+
     config = check_causal_lm_folder(folder)
     limits = limits_for(opts, config)
     opts = opts.model_copy(
@@ -601,7 +624,7 @@ def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
             except OSError:
                 pass
 
-    container: Container = s.container or "tgi"
+    container: Container = "lmi" if s.container == "lmi" else "tgi"
     try:
         if spec.torch_threads:
             import torch
