@@ -1,6 +1,6 @@
 """`aiops serve --container tgi` over HTTP: output tokens/s and time to first token (TTFT) at concurrency
 1, 4 and 16, vs a naive HTTP server that runs one ``model.generate`` per request (same model, prompts and
-lengths, same run), and in-process ``model.generate`` at c=1 (the HTTP server's overhead).
+lengths, same run), and at c=1 vs ``model.generate`` in this process (what the HTTP server costs on top).
 
 Both servers answer TGI's ``POST /generate_stream`` with server-sent events, one per token as it is made
 (the naive one through a ``generate`` streamer, one thread per request, ThreadingHTTPServer); the client
@@ -150,6 +150,7 @@ def stream_one(port: int, tokens: int):
 def bench_size(name: str, folder: Path, args) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     jobs = prompts(tokenizer, args.requests)
@@ -168,37 +169,75 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
             env=env,
         ),
     ]
+    torch.set_num_threads(args.threads)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    params = sum(p.numel() for p in model.parameters())
+
+    def in_process_one(prompt: str):
+        """model.generate in this process, TTFT at its first new token (the HTTP servers' floor at c=1)."""
+        start = time.perf_counter()
+        first: list[float] = []
+
+        class First(BaseStreamer):
+            def put(self, value) -> None:
+                if self.seen and not first:
+                    first.append(time.perf_counter() - start)
+                self.seen = True
+
+            def end(self) -> None:
+                pass
+
+        streamer = First()
+        streamer.seen = False  # the first put is the prompt
+        inputs = tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=args.tokens,
+                streamer=streamer,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return first[0], out.shape[1] - inputs["input_ids"].shape[1]
+
     try:
         for port, proc in zip((serve_port, naive_port), procs, strict=True):
             wait_healthy(port, proc)
         clients = {"naive": stream_one(naive_port, args.tokens), "aiops": stream_one(serve_port, args.tokens)}
         for warm in jobs[:2]:
+            in_process_one(warm)
             for client in clients.values():
                 client(warm)
         rows = []
         for concurrency in args.conc:
-            runs: dict[str, list[dict]] = {"naive": [], "aiops": []}
-            for _ in range(args.rounds):  # alternate, so both sides see the same machine
-                for side, client in clients.items():
+            sides = {**clients, "in_process": in_process_one} if concurrency == 1 else clients
+            runs: dict[str, list[dict]] = {side: [] for side in sides}
+            for _ in range(args.rounds):  # alternate, so every side sees the same machine
+                for side, client in sides.items():
                     runs[side].append(drive(concurrency, jobs, client))
-            naive, served = (
-                sorted(runs[side], key=lambda r: r["tokens_per_s"])[(args.rounds - 1) // 2]
-                for side in ("naive", "aiops")
-            )
+            median = {
+                side: sorted(runs[side], key=lambda r: r["tokens_per_s"])[(args.rounds - 1) // 2]
+                for side in sides
+            }
+            naive, served = median["naive"], median["aiops"]
             rows.append(
                 {
                     "model": name,
+                    "model_params": params,
                     "concurrency": concurrency,
                     "naive": naive,
                     "aiops": served,
+                    "in_process_generate": median.get("in_process"),
                     "speedup": served["tokens_per_s"] / naive["tokens_per_s"],
                 }
             )
+            inproc = median.get("in_process")
             print(
                 f"{name} c={concurrency}: naive {naive['tokens_per_s']:.0f} tok/s TTFT p50/p99 "
                 f"{naive['ttft_p50_ms']:.1f}/{naive['ttft_p99_ms']:.1f} ms | aiops serve "
                 f"{served['tokens_per_s']:.0f} tok/s TTFT p50/p99 {served['ttft_p50_ms']:.1f}/"
-                f"{served['ttft_p99_ms']:.1f} ms | x{rows[-1]['speedup']:.2f}",
+                f"{served['ttft_p99_ms']:.1f} ms | x{rows[-1]['speedup']:.2f}"
+                + (f" | in-process generate {inproc['tokens_per_s']:.0f} tok/s" if inproc else ""),
                 flush=True,
             )
     finally:
@@ -209,23 +248,6 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    # in-process generate at c=1, the same prompts: what the HTTP server's c=1 costs on top
-    torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    start = time.perf_counter()
-    made = 0
-    with torch.inference_mode():
-        for prompt in jobs:
-            inputs = tokenizer(prompt, return_tensors="pt")
-            out = model.generate(
-                **inputs, do_sample=False, max_new_tokens=args.tokens, pad_token_id=tokenizer.pad_token_id
-            )
-            made += out.shape[1] - inputs["input_ids"].shape[1]
-    in_process = made / (time.perf_counter() - start)
-    for row in rows:
-        row["model_params"] = sum(p.numel() for p in model.parameters())
-        row["in_process_generate_tokens_per_s"] = in_process
-    print(f"{name}: in-process generate c=1 {in_process:.0f} tok/s", flush=True)
     return rows
 
 
@@ -295,17 +317,18 @@ def write(rows: list[dict], args) -> None:
         "",
         (
             "| model | params | c | naive tok/s | naive TTFT p50 / p99 ms | aiops serve tok/s "
-            "| aiops TTFT p50 / p99 ms | aiops / naive | in-process generate c=1 tok/s |"
+            "| aiops TTFT p50 / p99 ms | aiops / naive | in-process generate tok/s (aiops / it) |"
         ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        n, a = row["naive"], row["aiops"]
+        n, a, g = row["naive"], row["aiops"], row["in_process_generate"]
         lines.append(
             f"| {row['model']} | {row['model_params'] / 1e6:.2f}M | {row['concurrency']} | "
             f"{n['tokens_per_s']:.0f} | {n['ttft_p50_ms']:.1f} / {n['ttft_p99_ms']:.1f} | "
             f"{a['tokens_per_s']:.0f} | {a['ttft_p50_ms']:.1f} / {a['ttft_p99_ms']:.1f} | "
-            f"{row['speedup']:.2f}x | {row['in_process_generate_tokens_per_s']:.0f} |"
+            f"{row['speedup']:.2f}x | "
+            + (f"{g['tokens_per_s']:.0f} ({a['tokens_per_s'] / g['tokens_per_s']:.2f}x) |" if g else "|")
         )
     lines.append("")
     (RESULTS / "llm-http.md").write_text("\n".join(lines))

@@ -1,9 +1,9 @@
 """`aiops serve MODEL_DIR --container tgi|lmi`: real server processes on a tiny Llama, and the real clients
 (`text_generation`, `openai`, boto3's sagemaker-runtime) against them, unchanged.
 
-The served folder is the tests' tiny Llama with 4096 positions and no EOS token: a generation ends at its
-length (or a stop sequence), so a long one is long for certain, and greedy output is compared token for
-token with ``model.generate(do_sample=False)`` of the same folder.
+The served folder is the tests' tiny Llama with 32768 positions (rotary: only the config changes) and no EOS
+token: a generation ends at its length (or a stop sequence), so a long one is long for certain, and greedy
+output is compared token for token with ``model.generate(do_sample=False)`` of the same folder.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ pytest.importorskip("text_generation")
 pytest.importorskip("openai")
 
 LONG = 3000  # new tokens of a request that must still be running when its client leaves
+LMI_TIMEOUT_S = 3  # the LMI server's timeout_seconds
+ENDLESS = 30000  # new tokens that take far longer than LMI_TIMEOUT_S on any machine
 
 
 def _edit_json(path: Path, **changes) -> None:
@@ -35,7 +37,7 @@ def _edit_json(path: Path, **changes) -> None:
 def llm_dir(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("llm-server") / "tiny-llm-long"
     shutil.copytree(tiny_llm_dir, folder)
-    _edit_json(folder / "config.json", max_position_embeddings=4096)
+    _edit_json(folder / "config.json", max_position_embeddings=32768)
     _edit_json(folder / "generation_config.json", eos_token_id=[])
     return folder
 
@@ -73,7 +75,8 @@ def tgi(llm_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def lmi(no_template_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("lmi")
     # max_queue 2: the overload test fills it with two long requests
-    server = _start(no_template_dir, root, "--container", "lmi", env={"AIOPS_SERVE__MAX_QUEUE": "2"})
+    env = {"AIOPS_SERVE__MAX_QUEUE": "2", "AIOPS_SERVE__TIMEOUT_SECONDS": str(LMI_TIMEOUT_S)}
+    server = _start(no_template_dir, root, "--container", "lmi", "--max-total-tokens", "32768", env=env)
     yield server
     stop_all([server])
 
@@ -370,9 +373,9 @@ def test_a_folder_that_is_not_a_causal_lm_exits_2_in_one_line(fresh_cli, tmp_pat
     assert "not a causal language model" in result.stderr and "BertForSequenceClassification" in result.stderr
 
     result = fresh_cli(
-        "serve", str(llm_dir), "--container", "tgi", "--max-total-tokens", "9000", "--port", "0"
+        "serve", str(llm_dir), "--container", "tgi", "--max-total-tokens", "40000", "--port", "0"
     )
-    assert result.returncode == 2 and "more than the model's 4096 positions" in result.stderr, result.output
+    assert result.returncode == 2 and "more than the model's 32768 positions" in result.stderr, result.output
 
 
 # ---------------------------------------------------------------------- LMI
@@ -415,3 +418,22 @@ def test_lmi_overload_is_503_and_leaving_clients_free_the_queue(lmi):
         "both held streams cancelled",
     )
     assert post(lmi, "/invocations", {"inputs": "x", "parameters": {"max_new_tokens": 1}}).status == 200
+
+
+def test_lmi_past_the_timeout_is_504_or_a_cut_stream_and_cancelled(lmi):
+    before = metrics(lmi)["aiops_llm_requests_cancelled_total"]
+    endless = {"inputs": "x", "parameters": {"max_new_tokens": ENDLESS, "do_sample": False}}
+    late = post(lmi, "/invocations", endless)
+    assert late.status == 504 and "SAGEMAKER_MODEL_SERVER_TIMEOUT" in late.json()["error"], late.body
+    sock, seen = _open_stream(lmi, "/invocations", {**endless, "stream": True})
+    while data := sock.recv(65536):  # the server ends the stream at the timeout and closes
+        seen += data
+    sock.close()
+    assert not seen.endswith(b"0\r\n\r\n")  # cut: no terminating chunk, the client sees an incomplete body
+    wait_until(
+        lambda: (
+            (m := metrics(lmi))["aiops_llm_requests_cancelled_total"] == before + 2
+            and m["tgi_batch_current_size"] == 0
+        ),
+        "both timed-out generations cancelled",
+    )
