@@ -125,11 +125,12 @@ class ServeSettings(_FromConfigFile):
         "SAGEMAKER_PROGRAM",
         description="The inference script in code/ (default inference.py).",
     )
-    container: Literal["pytorch", "huggingface"] = _serve_field(
+    container: Literal["pytorch", "huggingface", "tgi", "lmi"] = _serve_field(
         "pytorch",
         "container",
         description="Whose contract the model is served under: the SageMaker PyTorch container's "
-        "handler, or the Hugging Face inference container's (a transformers pipeline).",
+        "handler, the Hugging Face inference container's (a transformers pipeline), or an LLM "
+        "container's API over a causal-LM folder (tgi, lmi).",
     )
     hf_task: str | None = _serve_field(
         None,
@@ -244,6 +245,31 @@ class ServeSettings(_FromConfigFile):
         "(with a 1 GiB floor): a tar bomb is refused from the headers as it streams.",
     )
     archive_max_members: int = _serve_field(100_000, "archive_max_members", ge=1)
+    # ---- a Hugging Face causal LM behind an LLM container's API (aiops.inference.llm.server); the
+    # environment names are the containers' own (TGI's launcher, LMI's OPTION_*), as the stack sets them
+    max_total_tokens: int | None = _serve_field(
+        None,
+        "max_total_tokens",
+        "MAX_TOTAL_TOKENS",
+        "OPTION_MAX_MODEL_LEN",
+        ge=2,
+        description="LLM: prompt plus new tokens per request (default: the model's positions, at most 4096).",
+    )
+    max_input_tokens: int | None = _serve_field(
+        None,
+        "max_input_tokens",
+        "MAX_INPUT_TOKENS",
+        ge=1,
+        description="LLM: prompt tokens per request (default: max_total_tokens - 1).",
+    )
+    max_batch_size: int | None = _serve_field(
+        None,
+        "max_batch_size",
+        "MAX_BATCH_SIZE",
+        "OPTION_MAX_ROLLING_BATCH_SIZE",
+        ge=1,
+        description="LLM: sequences decoded together (default 16).",
+    )
 
     @field_validator("api_key")
     @classmethod

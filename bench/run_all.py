@@ -37,6 +37,10 @@ QUICK: dict[str, tuple[list[str], dict[str, str]]] = {
         ["--requests", "4", "--tokens", "8", "--sizes", "tiny", "--conc", "1,4", "--rounds", "1"],
         {},
     ),
+    "llm_http": (
+        ["--requests", "4", "--tokens", "8", "--sizes", "tiny", "--conc", "1,4", "--rounds", "1"],
+        {},
+    ),
     "finetune_bench": (["--steps", "6"], {}),
     "upload_bench": (["--files", "200", "--big-mib", "32", "--rounds", "1"], {}),
 }

@@ -63,15 +63,40 @@ def serve(
     container: str | None = typer.Option(
         None,
         "--container",
-        help="Whose contract to serve: pytorch (the handler script) or huggingface (a transformers "
-        "pipeline chosen by HF_TASK or config.json) [default: pytorch, AIOPS_SERVE__CONTAINER].",
+        help="Whose contract to serve: pytorch (the handler script), huggingface (a transformers "
+        "pipeline chosen by HF_TASK or config.json), or tgi / lmi (a Hugging Face causal-LM folder "
+        "behind that LLM container's HTTP API) [default: pytorch, AIOPS_SERVE__CONTAINER].",
+    ),
+    max_total_tokens: int | None = typer.Option(
+        None,
+        "--max-total-tokens",
+        min=2,
+        help="Prompt plus new tokens per request [default: the model's positions, at most 4096; "
+        "MAX_TOTAL_TOKENS].",
+        rich_help_panel="LLM (--container)",
+    ),
+    max_input_tokens: int | None = typer.Option(
+        None,
+        "--max-input-tokens",
+        min=1,
+        help="Prompt tokens per request [default: max total - 1; MAX_INPUT_TOKENS].",
+        rich_help_panel="LLM (--container)",
+    ),
+    max_batch_size: int | None = typer.Option(
+        None,
+        "--max-batch-size",
+        min=1,
+        help="Sequences decoded together [default: 16; MAX_BATCH_SIZE].",
+        rich_help_panel="LLM (--container)",
     ),
 ) -> None:
-    """Serve a model under the SageMaker PyTorch handler contract (or the Hugging Face container's):
-    GET /ping, POST /invocations."""
+    """Serve a model with the SageMaker PyTorch handler contract (GET /ping, POST /invocations), the
+    Hugging Face inference container's (--container huggingface), or a Hugging Face causal LM with an
+    LLM container's API (--container tgi|lmi)."""
     from aiops.inference.serving.supervisor import serve as run_server
     from aiops.inference.serving.supervisor import serve_settings
 
+    from aiops.errors import UsageError
     from aiops.settings import get_settings
 
     opts = serve_settings(
@@ -84,7 +109,21 @@ def serve(
         api_key=api_key,
         install_requirements=install_requirements or None,
         container=container,
+        max_total_tokens=max_total_tokens,
+        max_input_tokens=max_input_tokens,
+        max_batch_size=max_batch_size,
     )
+    if opts.container in ("tgi", "lmi"):
+        if entry_point or source_dir:
+            raise UsageError(
+                "--entry-point and --source-dir serve a handler: --container serves a model folder"
+            )
+        from aiops.inference.llm.server import serve as serve_llm
+
+        def llm_ready(url: str) -> None:
+            typer.echo(f"serving {model} with the {opts.container} API on {url}; Ctrl-C to stop", err=True)
+
+        raise typer.Exit(serve_llm(model, opts, runs_dir=get_settings().runs_dir, on_ready=llm_ready))
 
     def ready(url: str) -> None:
         typer.echo(

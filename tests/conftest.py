@@ -154,6 +154,7 @@ XDIST_GROUPS = {
     "training/test_example.py": "digits-example-runs",
     "training/test_finetune.py": "finetune-runs",
     "inference/test_huggingface.py": "hf-container-servers",
+    "inference/llm/test_server.py": "llm-servers",
 }
 
 

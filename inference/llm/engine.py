@@ -34,6 +34,7 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
+from aiops.inference.llm.folder import check_causal_lm_folder
 from aiops.inference.llm.generation import (
     Event,
     Finished,
@@ -49,8 +50,6 @@ from aiops.inference.llm.scheduler import Scheduler
 
 from aiops.errors import UsageError
 from aiops.extras import missing_modules, require_extra
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 class Generation:
@@ -312,6 +311,11 @@ class LLMEngine:
         while self.step() and steps < max_steps:
             steps += 1
         return steps
+
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting) requests, as the scheduler sees them now (metrics)."""
+        with self._lock:
+            return len(self.scheduler.running), len(self.scheduler.waiting)
 
     @property
     def running(self) -> int:
@@ -663,38 +667,6 @@ def _build_cache(kv: list[tuple[torch.Tensor, torch.Tensor]]):
     for index, (keys, values) in enumerate(kv):
         cache.update(keys, values, index)
     return cache
-
-
-# ---------------------------------------------------------------------- the model folder
-def check_causal_lm_folder(folder: Path) -> None:
-    """UsageError naming what is missing when ``folder`` is not a Hugging Face causal-LM folder."""
-    import json
-
-    fix = "save one with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)"
-    if not folder.is_dir():
-        raise UsageError(f"{folder}: no such folder ({fix})")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise UsageError(f"{folder}: not a Hugging Face model folder: no config.json ({fix})")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{config_file}: not readable JSON ({exc})") from None
-    architectures = config.get("architectures") or []
-    if not any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
-        found = ", ".join(architectures) or "none"
-        raise UsageError(
-            f"{folder}: not a causal language model: config.json architectures is {found} (a "
-            f"*ForCausalLM is needed; text classification and embeddings are served by "
-            f"--container huggingface)"
-        )
-    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        raise UsageError(
-            f"{folder}: no tokenizer (none of {', '.join(_TOKENIZER_FILES)}): "
-            f"save it with tokenizer.save_pretrained(DIR)"
-        )
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        raise UsageError(f"{folder}: no weights (*.safetensors or *.bin) ({fix})")
 
 
 def _resolve_dtype(folder: Path, device: str, dtype: str | None) -> torch.dtype:

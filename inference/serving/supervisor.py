@@ -63,8 +63,15 @@ def install_requirements(code_dir: Path | None) -> None:
         raise AiopsError(f"pip install -r {req} failed (exit {proc.returncode})")
 
 
+WORKER_MODULE = "aiops.inference.serving.worker"
+
+
 class Supervisor:
-    def __init__(self, spec: WorkerSpec, sock: socket.socket) -> None:
+    """``module``: what each worker runs (``python -m MODULE --fd N --ready-fd M``, the spec in the
+    environment): the handler worker, or another engine's (the LLM server, aiops.inference.llm.server)."""
+
+    def __init__(self, spec: WorkerSpec, sock: socket.socket, module: str = WORKER_MODULE) -> None:
+        self.module = module
         self.spec = spec
         self.opts = spec.settings
         self.sock = sock
@@ -78,7 +85,7 @@ class Supervisor:
         cmd = [
             sys.executable,
             "-m",
-            "aiops.inference.serving.worker",
+            self.module,
             "--fd",
             str(self.sock.fileno()),
             "--ready-fd",

@@ -64,6 +64,12 @@ def check_head(conn, api_key: bytes | None, max_payload: int):
         return 404, f"no route {url.decode('latin-1')[:200]!r}; {ROUTES_HINT}", None
     if method != b"POST":
         return 405, "use POST", None
+    return check_access(conn, api_key, max_payload)
+
+
+def check_access(conn, api_key: bytes | None, max_payload: int):
+    """Custom attributes, API key and declared length of a routed request (every route but /ping):
+    None when acceptable, else ``(status, message, extra header pairs)``."""
     if conn.attrs is not None and len(conn.attrs) > MAX_CUSTOM_ATTRIBUTES:
         return (
             400,
