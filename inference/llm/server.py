@@ -41,7 +41,7 @@ from aiops.inference.llm.folder import DEFAULT_MAX_TOTAL_TOKENS, check_causal_lm
 from aiops.inference.llm.generation import Limits, LLMError
 from aiops.inference.llm.protocols import Container
 from aiops.inference.serving.http import eventstream, routes
-from aiops.inference.serving.http.connection import BODY, HEADERS, IDLE, LINGER, Connection
+from aiops.inference.serving.http.connection import BODY, CLOSED, HEADERS, IDLE, LINGER, Connection
 from aiops.inference.serving.http.responses import (
     RETRY_AFTER,
     answer_head,
@@ -211,6 +211,7 @@ class LLMApp:
         self.max_header_bytes = int(s.max_header_kb * 1024)
         self.header_timeout = s.header_timeout_seconds
         self.body_timeout = s.body_timeout_seconds
+        self.write_timeout = s.write_timeout_seconds
         self.keep_alive = s.keep_alive_seconds
         self.timeout = s.timeout_seconds
         self.max_connections = s.max_connections
@@ -563,8 +564,14 @@ class LLMApp:
     def sweep(self) -> None:
         """Header/body/keep-alive deadlines of the connections, and the requests past the timeout."""
         now = time.monotonic()
+        stalled_before = now - self.write_timeout
         for conn in list(self.conns):
-            if conn.state in (IDLE, HEADERS, BODY, LINGER) and now > conn.deadline:
+            if 0.0 < conn.write_stalled < stalled_before or (conn.state == CLOSED and now > conn.deadline):
+                # its client has read nothing for write_timeout_seconds, or it closed with data its
+                # client never took: a reset (the handler server's rule)
+                conn.abort()
+                self.conns.discard(conn)
+            elif conn.state in (IDLE, HEADERS, BODY, LINGER) and now > conn.deadline:
                 if conn.state in (IDLE, LINGER):
                     conn.close()
                 else:
@@ -606,7 +613,7 @@ def _parse(container: Container, path: str, body: bytes, context: ModelContext) 
 
 
 # ---------------------------------------------------------------------- the worker process
-def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
+def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec, supervisor_pid: int | None = None) -> int:
     from aiops.inference.serving.worker import _configure_logging, _listen, _raise_fd_limit
 
     from aiops.errors import AiopsError
@@ -657,12 +664,19 @@ def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec) -> int:
     asyncio.set_event_loop(loop)
     engine.start()
     try:
-        return _serve(LLMApp(engine, context, container, s, loop), _listen(fd), report, stop_early)
+        app = LLMApp(engine, context, container, s, loop)
+        return _serve(app, _listen(fd), report, stop_early, supervisor_pid)
     finally:
         engine.close(timeout=5)
 
 
-def _serve(app: LLMApp, sock: socket.socket, report: Callable[[str], None], stop_early: list) -> int:
+def _serve(
+    app: LLMApp,
+    sock: socket.socket,
+    report: Callable[[str], None],
+    stop_early: list,
+    supervisor_pid: int | None = None,
+) -> int:
     loop = app.loop
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -709,6 +723,9 @@ def _serve(app: LLMApp, sock: socket.socket, report: Callable[[str], None], stop
             except asyncio.TimeoutError:
                 pass
             app.sweep()
+            if supervisor_pid is not None and os.getppid() != supervisor_pid:
+                log.warning("the supervisor (pid %d) has ended; this worker stops", supervisor_pid)
+                break
         # Graceful: health says unhealthy, every answer closes its connection, in-flight requests finish
         app.healthy = False
         app.draining = True
@@ -728,17 +745,19 @@ def _serve(app: LLMApp, sock: socket.socket, report: Callable[[str], None], stop
     return 0
 
 
-def main() -> None:  # python -m aiops.inference.llm.server --fd N [--ready-fd M]
+def main() -> None:  # python -m aiops.inference.llm.server --fd N [--ready-fd M] [--supervisor-pid P]
     import argparse
 
-    from aiops.inference.serving.worker import SPEC_ENV, WorkerSpec
+    from aiops.inference.serving.worker import SPEC_ENV, WorkerSpec, end_with_supervisor
 
     parser = argparse.ArgumentParser(prog="aiops-llm-worker")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--supervisor-pid", type=int, default=None)
     args = parser.parse_args()
+    end_with_supervisor(args.supervisor_pid)  # as the handler worker: it ends with its supervisor
     spec = WorkerSpec.model_validate_json(os.environ[SPEC_ENV])
-    code = worker_main(args.fd, args.ready_fd, spec)
+    code = worker_main(args.fd, args.ready_fd, spec, args.supervisor_pid)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # do not wait on torch's atexit work

@@ -88,7 +88,7 @@ def _raise_fd_limit() -> int | None:
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _end_with_supervisor(supervisor_pid: int | None) -> None:
+def end_with_supervisor(supervisor_pid: int | None) -> None:
     """SIGTERM this worker when its supervisor's process ends, even by SIGKILL (Linux's parent-death
     signal; the loop also checks its parent every tick, for other systems). A supervisor that ended
     before the signal was asked for is seen here: the parent is then another process."""
@@ -314,7 +314,7 @@ def main() -> None:  # python -m aiops.inference.serving.worker --fd N [--ready-
     parser.add_argument("--ready-fd", type=int, default=None)
     parser.add_argument("--supervisor-pid", type=int, default=None)
     args = parser.parse_args()
-    _end_with_supervisor(args.supervisor_pid)
+    end_with_supervisor(args.supervisor_pid)
     spec = WorkerSpec.model_validate_json(os.environ[SPEC_ENV])
     code = worker_main(args.fd, args.ready_fd, spec, args.supervisor_pid)
     sys.stdout.flush()
