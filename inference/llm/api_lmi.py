@@ -200,7 +200,10 @@ class LmiGenerate(_LmiCall):
         request = _validate(VllmSampling, sampling)
         if not inputs:
             raise parsing_failed("Invalid request payload. The 'inputs' field does not contain any content.")
-        generation = GenerationRequest(inputs, request.params(), truncate=parameters.get("truncate"))
+        truncate = parameters.get("truncate")
+        if truncate is not None and (type(truncate) is not int or truncate <= 0):
+            raise parsing_failed(f"'truncate' must be a positive integer. Received {truncate!r:.40}")
+        generation = GenerationRequest(inputs, request.params(), truncate=truncate)
         return cls(
             generation,
             stream=request.stream,
