@@ -249,7 +249,7 @@ class LLMApp:
 
     def check_head(self, conn: Connection):
         path = conn.url.split(b"?", 1)[0].decode("latin-1")
-        method = conn.parser.get_method()
+        method = conn.method
         is_post = path in self._post or routes.endpoint_route(path.encode("latin-1")) is not None
         if method in (b"GET", b"HEAD") and path in self._get:
             return None  # health and info: no key, as the containers
@@ -264,10 +264,10 @@ class LLMApp:
         return routes.too_large_message(self.max_payload)
 
     def admit(self, conn: Connection) -> None:
-        parser = conn.parser
-        keep = parser.should_keep_alive() and not self.draining
+        # what the connection read when the headers completed (the parser has moved on by now)
+        keep = conn.keep_alive and not self.draining
         path = conn.url.split(b"?", 1)[0]
-        method = parser.get_method()
+        method = conn.method
         if method in (b"GET", b"HEAD"):
             req = LLMRequest(conn, keep, BUFFERED)
             self._write_reply(req, self._get_reply(path.decode("latin-1")), with_body=method == b"GET")
@@ -284,8 +284,8 @@ class LLMApp:
             return
         body = conn.body[0] if len(conn.body) == 1 else b"".join(conn.body)
         conn.body = []
-        http10 = parser.get_http_version() == "1.0"
-        mode = routes.answer_mode(path, parser.get_http_version()) or (BUFFERED if http10 else CHUNKED)
+        http10 = conn.http_version == "1.0"
+        mode = routes.answer_mode(path, conn.http_version) or (BUFFERED if http10 else CHUNKED)
         api_path = "/invocations" if routes.endpoint_route(path) is not None else path.decode("latin-1")
         req = LLMRequest(conn, keep, mode)
         conn.current = req  # type: ignore[assignment]  # what connection_lost hands to abandon()

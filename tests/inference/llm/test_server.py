@@ -437,3 +437,17 @@ def test_lmi_past_the_timeout_is_504_or_a_cut_stream_and_cancelled(lmi):
         ),
         "both timed-out generations cancelled",
     )
+
+
+def test_pipelined_requests_are_answered_in_order_and_connection_close_is_honoured(tgi):
+    sock = socket.create_connection(("127.0.0.1", tgi.port), timeout=60)
+    sock.sendall(
+        b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    seen = b""
+    while data := sock.recv(65536):  # ends only when the server closes, as the second request asked
+        seen += data
+    sock.close()
+    first, _, second = seen.partition(b"HTTP/1.1 200")[2].partition(b"HTTP/1.1 200")
+    assert first and second, seen[:500]
+    assert b"model_id" not in first and b'"model_id"' in second  # /health, then /info
