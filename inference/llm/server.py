@@ -40,7 +40,7 @@ from aiops.inference.llm.calls import ApiError, Call, ModelContext, Reply, dumps
 from aiops.inference.llm.folder import DEFAULT_MAX_TOTAL_TOKENS, check_causal_lm_folder, max_positions
 from aiops.inference.llm.generation import Limits, LLMError
 from aiops.inference.llm.protocols import Container
-from aiops.inference.serving.http import eventstream, routes
+from aiops.inference.serving.http import admission, eventstream, routes
 from aiops.inference.serving.http.connection import BODY, CLOSED, HEADERS, IDLE, LINGER, Connection
 from aiops.inference.serving.http.responses import (
     RETRY_AFTER,
@@ -231,21 +231,7 @@ class LLMApp:
 
     # ---- the Connection's interface (loop thread)
     def accept(self, conn: Connection) -> None:
-        if len(self.conns) >= self.max_connections:
-            idle = [c for c in self.conns if c.state == IDLE]
-            if not idle:
-                conn.fail(
-                    503,
-                    f"this worker has {self.max_connections} open connections (max_connections)",
-                    extra=[RETRY_AFTER],
-                    close=True,
-                    etype="ServiceUnavailable",
-                )
-                return
-            oldest = min(idle, key=lambda c: c.deadline)  # make room: close the one idle the longest
-            oldest.close()
-            self.conns.discard(oldest)
-        self.conns.add(conn)
+        admission.accept(self.conns, conn, self.max_connections)
 
     def check_head(self, conn: Connection):
         path = conn.url.split(b"?", 1)[0].decode("latin-1")
@@ -253,6 +239,8 @@ class LLMApp:
         is_post = path in self._post or routes.endpoint_route(path.encode("latin-1")) is not None
         if method in (b"GET", b"HEAD") and path in self._get:
             return None  # health and info: no key, as the containers
+        if conn.ping_only:  # taken past max_connections: the health routes only
+            return admission.ping_only_refusal(self.max_connections, "a GET route (/ping, /health)")
         if method == b"POST" and is_post:
             return routes.check_access(conn, self.api_key, self.max_payload)
         if is_post or path in self._get:
@@ -569,8 +557,7 @@ class LLMApp:
             if 0.0 < conn.write_stalled < stalled_before or (conn.state == CLOSED and now > conn.deadline):
                 # its client has read nothing for write_timeout_seconds, or it closed with data its
                 # client never took: a reset (the handler server's rule)
-                conn.abort()
-                self.conns.discard(conn)
+                admission.drop(self.conns, conn)
             elif conn.state in (IDLE, HEADERS, BODY, LINGER) and now > conn.deadline:
                 if conn.state in (IDLE, LINGER):
                     conn.close()

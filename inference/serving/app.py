@@ -21,7 +21,7 @@ from typing import Any
 from aiops.inference.contract import InferenceHandler
 from aiops.inference.errors import InferenceError
 from aiops.inference.serving.calls import HandlerCalls, off_cpu_since, runqueue_wait
-from aiops.inference.serving.http import routes
+from aiops.inference.serving.http import admission, routes
 from aiops.inference.serving.http.connection import BODY, CLOSED, HEADERS, IDLE, LINGER, Connection
 from aiops.inference.serving.http.responses import (
     RETRY_AFTER,
@@ -43,10 +43,6 @@ from aiops.inference.serving.work import Request, Rest, Streamed, request_id
 from aiops.settings import ServeSettings
 
 log = logging.getLogger("aiops.serve")
-
-# Connections taken past max_connections that may only ask for /ping (anything else: 503), so a
-# worker whose connections are all busy still answers its health check.
-PING_ONLY_CONNECTIONS = 32
 
 
 class App:
@@ -105,62 +101,16 @@ class App:
 
     # ---- admission (loop thread)
     def accept(self, conn: Connection) -> None:
-        if len(self.conns) >= self.max_connections:
-            victim = self._evictable()
-            if victim is not None:
-                self._drop(victim)
-            elif len(self.conns) < self.max_connections + PING_ONLY_CONNECTIONS:
-                conn.ping_only = True
-            else:
-                conn.fail(
-                    503,
-                    f"this worker has {self.max_connections} open connections (max_connections)",
-                    extra=[RETRY_AFTER],
-                    close=True,
-                    etype="ServiceUnavailable",
-                )
-                return
-        self.conns.add(conn)
-
-    def _evictable(self) -> Connection | None:
-        """At max_connections, the connection to close for a new one, costing a client least: the one
-        idle the longest, else one closing with unsent data, else the one whose client has read
-        nothing for the longest, else the one sending its headers the longest (a slow or stalled
-        client); None when every connection is busy with a request."""
-        idle = closing = stalled = slow = None
-        for c in self.conns:
-            state = c.state
-            if state == IDLE:
-                if idle is None or c.deadline < idle.deadline:
-                    idle = c
-            elif state == CLOSED:
-                closing = c
-            elif c.write_stalled:
-                if stalled is None or c.write_stalled < stalled.write_stalled:
-                    stalled = c
-            elif state == HEADERS and (slow is None or c.deadline < slow.deadline):
-                slow = c
-        return idle or closing or stalled or slow
+        admission.accept(self.conns, conn, self.max_connections)
 
     def _drop(self, conn: Connection) -> None:
-        """Close ``conn`` and forget it; what it still has buffered is dropped (its client reads
-        nothing, or it would be gone)."""
-        if conn.state != CLOSED and not conn.transport.get_write_buffer_size():
-            conn.close()
-        else:
-            conn.abort()
-        self.conns.discard(conn)
+        admission.drop(self.conns, conn)
 
     def check_head(self, conn: Connection):
         """Route, method, custom attributes, API key and declared length; None when acceptable."""
         err = routes.check_head(conn, self.api_key, self.max_payload)
         if err is None and conn.ping_only and not routes.is_ping(conn.url):
-            return (
-                503,
-                f"this worker has {self.max_connections} open connections (max_connections); "
-                "only /ping is answered on this one",
-                [RETRY_AFTER],
-            )
+            return admission.ping_only_refusal(self.max_connections, "/ping")
         return err
 
     def too_large_message(self) -> str:

@@ -168,7 +168,7 @@ def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec, supervisor_pid:
 def _fit_connections(app: App, fd_limit: int | None) -> None:
     """Keep max_connections (and the /ping-only ones past it) inside the open-file limit: past it
     accept() fails, and nothing, /ping included, gets in."""
-    from aiops.inference.serving.app import PING_ONLY_CONNECTIONS
+    from aiops.inference.serving.http.admission import PING_ONLY_CONNECTIONS
 
     if fd_limit is None:
         return
