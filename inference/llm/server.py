@@ -42,6 +42,7 @@ from aiops.inference.llm.generation import Limits, LLMError
 from aiops.inference.llm.protocols import Container
 from aiops.inference.serving.http import admission, eventstream, routes
 from aiops.inference.serving.http.connection import BODY, CLOSED, HEADERS, IDLE, LINGER, Connection
+from aiops.inference.serving.http.listener import Listener
 from aiops.inference.serving.http.responses import (
     RETRY_AFTER,
     answer_head,
@@ -671,31 +672,8 @@ def _serve(
         stopping.set()
 
     async def main() -> None:
-        def on_accept() -> None:
-            for _ in range(1024):
-                try:
-                    client, _addr = sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as err:  # e.g. EMFILE: back off instead of spinning on a readable socket
-                    log.warning("accept failed (%s); retrying in 0.1 s", err.strerror or err)
-                    loop.remove_reader(sock.fileno())
-                    loop.call_later(0.1, listen_again)
-                    return
-                client.setblocking(False)
-                loop.create_task(adopt(client))
-
-        def listen_again() -> None:
-            if not stopping.is_set():
-                loop.add_reader(sock.fileno(), on_accept)
-
-        async def adopt(client: socket.socket) -> None:
-            try:
-                await loop.connect_accepted_socket(lambda: Connection(app), client)  # type: ignore[arg-type]
-            except OSError:
-                client.close()
-
-        loop.add_reader(sock.fileno(), on_accept)
+        listener = Listener(loop, sock, lambda: Connection(app))  # type: ignore[arg-type]  # App-like
+        listener.start()
         report("ready")
         limits = app.context.limits
         log.info(
@@ -716,9 +694,7 @@ def _serve(
         # Graceful: health says unhealthy, every answer closes its connection, in-flight requests finish
         app.healthy = False
         app.draining = True
-        loop.remove_reader(sock.fileno())
-        on_accept()
-        sock.close()
+        listener.close()
         deadline = time.monotonic() + app.settings.graceful_shutdown_seconds
         await asyncio.sleep(0.05)
         while time.monotonic() < deadline:

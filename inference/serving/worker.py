@@ -185,6 +185,7 @@ def _fit_connections(app: App, fd_limit: int | None) -> None:
 
 def _serve(app: App, sock: socket.socket, report, stop_early: list, supervisor_pid: int | None = None) -> int:
     from aiops.inference.serving.http.connection import Connection
+    from aiops.inference.serving.http.listener import Listener
     from aiops.inference.serving.work import STOP
 
     loop: asyncio.AbstractEventLoop
@@ -209,36 +210,9 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list, supervisor_p
         stop()
 
     async def main() -> None:
-        # Our own accept loop: every pending connection per wake-up (uvloop's server accepts one per
-        # loop iteration, so a burst of new clients waited to be accepted)
-        listening = [True]
-
-        def resume_accepting() -> None:
-            if listening[0]:
-                loop.add_reader(sock.fileno(), on_accept)
-
-        def on_accept() -> None:
-            for _ in range(1024):
-                try:
-                    client, _addr = sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as err:  # e.g. EMFILE: back off instead of spinning on a readable socket
-                    log.warning("accept failed (%s); retrying in 0.1 s", err.strerror or err)
-                    loop.remove_reader(sock.fileno())
-                    loop.call_later(0.1, resume_accepting)
-                    return
-                client.setblocking(False)
-                loop.create_task(_adopt(client))
-
-        async def _adopt(client: socket.socket) -> None:
-            try:
-                await loop.connect_accepted_socket(lambda: Connection(app), client)
-            except OSError:
-                client.close()
-
+        listener = Listener(loop, sock, lambda: Connection(app))
         app.start_threads()
-        loop.add_reader(sock.fileno(), on_accept)
+        listener.start()
         report("ready")
         log.info("ready: %s, batch size %d", app.handler.describe(), app.batch_size)
         rss_cap = int(s.max_worker_rss_mb * 1024 * 1024) if s.max_worker_rss_mb else 0
@@ -280,10 +254,7 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list, supervisor_p
         # answer everything read or being read (queued requests included), close idle connections.
         app.healthy = False
         app.draining = True
-        listening[0] = False
-        loop.remove_reader(sock.fileno())
-        on_accept()
-        sock.close()
+        listener.close()
         deadline = time.monotonic() + s.graceful_shutdown_seconds
         # read what already arrived on accepted connections before closing idle ones
         await asyncio.sleep(0.05)
