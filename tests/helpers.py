@@ -209,6 +209,39 @@ def stop_all(servers: list[Server]) -> None:
                 server.proc.wait()
 
 
+def process_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (read from /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def run_orphaned_worker(module: str) -> subprocess.CompletedProcess:
+    """A serving worker started by this test while naming another process (pid 1) as its supervisor:
+    it must stop before anything else."""
+    return subprocess.run(
+        [sys.executable, "-m", module, "--fd", "0", "--supervisor-pid", "1"],
+        env={k: v for k, v in os.environ.items() if k != "AIOPS_SERVE_WORKER_SPEC"},
+        capture_output=True,
+        timeout=120,
+    )
+
+
 def wait_until(predicate, what: str, timeout: float = 120, interval: float = 0.05):
     """Poll `predicate` until it returns something truthy (and return that): waiting on a real event
     (a file written, a counter bumped), never a fixed sleep. `timeout` only turns a hang into a

@@ -14,12 +14,10 @@ import os
 import select
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
+from helpers import process_alive, run_orphaned_worker, wait_until
 
 from .conftest import NO_TORCH_MODEL_FN, write_script
 
@@ -144,14 +142,6 @@ def _pid(server) -> int:
     return server.invoke(b'"pid"').json()["pid"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
@@ -252,7 +242,7 @@ def test_a_worker_past_max_blocked_streams_is_replaced(hostile, gate):
         with sock:
             sock.sendall(_post("/invocations", json.dumps({"mode": "blocked", "tag": f"b{i}"}).encode()))
             assert b"first;" in _recv_until_closed(sock)
-    wait_until(lambda: not _alive(pid), f"worker {pid} replaced\n{s.log()}", timeout=120)
+    wait_until(lambda: not process_alive(pid), f"worker {pid} replaced\n{s.log()}", timeout=120)
     new_pid = _pid(s)
     assert new_pid != pid
     assert _threads(new_pid) <= threads_idle  # the blocked producer threads went with the old worker
@@ -330,17 +320,14 @@ def test_workers_end_when_the_supervisor_is_killed(hostile):
     pid = _pid(s)
     s.proc.send_signal(signal.SIGKILL)
     s.proc.wait()
-    wait_until(lambda: not _alive(pid), f"worker {pid} gone after its supervisor was killed", timeout=60)
+    wait_until(
+        lambda: not process_alive(pid), f"worker {pid} gone after its supervisor was killed", timeout=60
+    )
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", s.port), timeout=5).close()
 
 
 def test_a_worker_whose_supervisor_is_already_gone_does_not_start():
     # its parent is this test, not the (made-up) supervisor it names: it stops before anything else
-    proc = subprocess.run(
-        [sys.executable, "-m", "aiops.inference.serving.worker", "--fd", "0", "--supervisor-pid", "1"],
-        env={k: v for k, v in os.environ.items() if k != "AIOPS_SERVE_WORKER_SPEC"},
-        capture_output=True,
-        timeout=120,
-    )
+    proc = run_orphaned_worker("aiops.inference.serving.worker")
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr

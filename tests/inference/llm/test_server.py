@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import Server, launch_server, runtime_client, stop_all, wait_ready, wait_until
+from helpers import (
+    Server,
+    child_pids,
+    launch_server,
+    process_alive,
+    run_orphaned_worker,
+    runtime_client,
+    stop_all,
+    wait_ready,
+    wait_until,
+)
 
 pytest.importorskip("text_generation")
 pytest.importorskip("openai")
@@ -457,34 +464,16 @@ def test_pipelined_requests_are_answered_in_order_and_connection_close_is_honour
     assert b"model_id" not in first and b'"model_id"' in second  # /health, then /info
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
 def test_the_llm_worker_ends_when_its_supervisor_is_killed(llm_dir: Path, tmp_path: Path):
     server = _start(llm_dir, tmp_path, "--container", "tgi")
     try:
-        workers = _children(server.proc.pid)
+        workers = child_pids(server.proc.pid)
         assert workers, "the supervisor has a worker"
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait()
-        wait_until(lambda: not any(_alive(p) for p in workers), "the LLM worker gone with its supervisor")
+        wait_until(
+            lambda: not any(process_alive(p) for p in workers), "the LLM worker gone with its supervisor"
+        )
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
     finally:
@@ -493,10 +482,5 @@ def test_the_llm_worker_ends_when_its_supervisor_is_killed(llm_dir: Path, tmp_pa
 
 def test_an_llm_worker_whose_supervisor_is_already_gone_does_not_start():
     # its parent is this test, not the (made-up) supervisor it names: it stops before anything else
-    proc = subprocess.run(
-        [sys.executable, "-m", "aiops.inference.llm.server", "--fd", "0", "--supervisor-pid", "1"],
-        env={k: v for k, v in os.environ.items() if k != "AIOPS_SERVE_WORKER_SPEC"},
-        capture_output=True,
-        timeout=120,
-    )
+    proc = run_orphaned_worker("aiops.inference.llm.server")
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
