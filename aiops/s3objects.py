@@ -1,7 +1,7 @@
 """The one content-addressed S3 uploader: look before uploading, encrypt with the stack's key.
 
-Code bundles, channels (training/uploads.py), model folders (infra/model_data.py) and model
-packages (infra/artifacts.py) upload under keys built by ``aiops.stack.S3Layout``: the same content
+Code bundles, channels (training/uploads.py), model folders and model packages
+(aiops/artifacts/upload.py) upload under keys built by ``aiops.stack.S3Layout``: the same content
 gets the same key, so a second upload of it is a HEAD and nothing more. One object goes through
 ``upload_once``; many (a submission's bundle and channels, a model folder) through one
 ``UploadBatch``, whose requests run concurrently, bounded across all its objects.

@@ -331,11 +331,10 @@ def package(
     requirements: Path | None = typer.Option(None, "--requirements", "-r", help="-> code/requirements.txt"),
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
-    from aiops.inference import artifacts
-
+    from aiops.artifacts.package import package
     from aiops.settings import get_settings
 
-    done = artifacts.package(
+    done = package(
         model,
         out,
         runs_dir=get_settings().runs_dir,

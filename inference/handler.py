@@ -37,8 +37,8 @@ from typing import Any
 from aiops.inference import codecs, streaming
 from aiops.inference.contract import Answer, BatchRequest, Context
 
+from aiops.artifacts.programs import DEFAULT_PROGRAM
 from aiops.errors import UsageError
-from aiops.programs import DEFAULT_PROGRAM
 
 log = logging.getLogger("aiops.serve")
 

@@ -114,7 +114,7 @@ def open_stack(spec: WorkspaceSpec, program: Callable[[], None] = inline_program
 def model_config(uri: str, size_gb: float | None = None, program: str | None = None) -> dict[str, str]:
     """The stack-file keys `aiops deploy --model` sets: the model, its size (which sets the start-up
     timeouts and the volume), and its SAGEMAKER_PROGRAM when the training code names one (a
-    model.tar.gz cannot; see `aiops.infra.artifacts.choose`)."""
+    model.tar.gz cannot; see `aiops.artifacts.endpoint.choose`)."""
     values = {f"{PROJECT}:endpoint.modelDataUrl": uri}
     if size_gb is not None:
         values[f"{PROJECT}:endpoint.modelSizeGb"] = str(size_gb)

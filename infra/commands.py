@@ -18,9 +18,9 @@ from aiops.errors import AiopsError, UsageError
 from aiops.extras import check_extra
 
 if TYPE_CHECKING:
-    from aiops.infra.artifacts import ResolvedModel
     from aiops.infra.config import StackConfig
     from aiops.infra.costs import PlanCosts
+    from aiops.infra.fitcheck import ResolvedModel
     from aiops.infra.offline import Plan
 
     from aiops.gpufit import Fit
@@ -181,23 +181,25 @@ def deploy(
     Bad ``model`` input, a config that does not validate, or a model that cannot fit stop before
     anything is created (not even the stack's state); the preview, its cost and the question come
     before ``up``; the outputs are saved where `aiops train --remote` reads them."""
-    from aiops.infra import artifacts
+    from aiops.infra import fitcheck
     from aiops.infra.automation import set_model
+
+    from aiops.artifacts.endpoint import classify
 
     runs_dir = None
     if model is not None:
         from aiops.settings import get_settings
 
         runs_dir = get_settings().runs_dir
-        artifacts.classify(model, runs_dir=runs_dir)  # bad --model fails before anything else
+        classify(model, runs_dir=runs_dir)  # bad --model fails before anything else
     placeholder = {"aiops:endpoint.modelDataUrl": "s3://placeholder-bucket/model.tar.gz"} if model else None
     cfg = stack_config(project_dir, stack, placeholder)
     if model is not None:  # cannot fit, empty prefix: one line, exit 2, nothing created
-        artifacts.precheck(model, cfg=cfg, region=cfg.region, runs_dir=runs_dir)
+        fitcheck.precheck(model, cfg=cfg, region=cfg.region, runs_dir=runs_dir)
     st = _open(_workspace(project_dir, stack, backend))
     if model is not None:
         outputs = {k: v.value for k, v in automation_call(st.outputs).items()}
-        resolved = artifacts.resolve_for_endpoint(
+        resolved = fitcheck.resolve_for_endpoint(
             model, cfg=cfg, outputs=outputs, region=cfg.region, stack=stack, runs_dir=runs_dir
         )
         automation_call(set_model, st, resolved.uri, resolved.size_gb, resolved.program)

@@ -1,5 +1,6 @@
 """The GPU-fit check of a stack's endpoint, before anything is created (`aiops preview --offline
---model`, `aiops deploy --model`): the model's tensor sizes against the instance type's GPUs.
+--model`, `aiops deploy --model`): the model's tensor sizes against the instance type's GPUs; and the
+model a deploy sets, resolved by `aiops.artifacts` once it passes (``precheck``, ``resolve_for_endpoint``).
 
 The KV-cache budget comes from the endpoint's LLM settings when the model says its shape (a
 Hugging Face ``config.json`` beside the weights): ``llm.maxTotalTokens`` x ``llm.maxBatchSize``
@@ -13,13 +14,19 @@ from __future__ import annotations
 
 import json
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiops.infra.config import StackConfig
 
 from aiops.errors import UsageError
 from aiops.gpufit import Fit, KvCache, check_inference, inference_need, kv_shape_from_config
+from aiops.stack import StackOutputs
 from aiops.tensorstats import TensorStats, model_stats
+
+if TYPE_CHECKING:
+    from aiops.artifacts.endpoint import ClientFactory, ModelChoice
 
 MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kB; a bigger one is not read
 
@@ -93,3 +100,97 @@ def require_fit(cfg: StackConfig, stats: TensorStats, model_config: dict | None 
 def check_local_model(cfg: StackConfig, path: Path) -> Fit | None:
     """The fit of a local model (weights file, folder or model.tar.gz), read without its weights."""
     return require_fit(cfg, model_stats(Path(path)), local_config_json(Path(path)))
+
+
+def precheck(
+    spec: str,
+    *,
+    cfg: StackConfig,
+    region: str,
+    clients: ClientFactory | None = None,
+    runs_dir: Path | None = None,
+) -> Fit | None:
+    """What `deploy --model` checks before anything is created (not even the stack's state): a
+    local model's GPU fit; an S3 prefix's weights (empty or none: one line) and fit. Returns the
+    Fit (or None when the check does not apply or cannot be made without a download)."""
+    from aiops import aws
+    from aiops.artifacts import s3prefix
+    from aiops.artifacts.endpoint import classify
+
+    kind, value = classify(spec, runs_dir=runs_dir)
+    if kind in ("local", "folder"):
+        return check_local_model(cfg, Path(value))
+    if kind == "prefix":
+        s3 = (clients or (lambda service: aws.client(service, region)))("s3")
+        listing = s3prefix.list_prefix(s3, value)
+        return require_fit(cfg, s3prefix.prefix_stats(s3, listing), s3prefix.prefix_config_json(s3, listing))
+    return None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What `deploy --model` resolved: the URI, the model's size (sets the start-up timeouts and
+    the volume), and the GPU-fit verdict when the weights could be read (None otherwise)."""
+
+    uri: str
+    size_gb: float | None = None
+    fit: Fit | None = None
+    note: str = ""
+    program: str | None = None  # SAGEMAKER_PROGRAM from the training code (None: keep the stack's)
+    program_source: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def resolve_for_endpoint(
+    spec: str,
+    *,
+    cfg: StackConfig,
+    outputs: StackOutputs | dict[str, Any],
+    region: str,
+    stack: str | None = None,
+    clients: ClientFactory | None = None,
+    runs_dir: Path | None = None,
+) -> ResolvedModel:
+    """Like `aiops.artifacts.endpoint.resolve`, for every form, with the GPU-fit check before anything
+    is uploaded: a model that cannot fit stops here (UsageError, exit 2), nothing created or uploaded."""
+    from aiops import aws
+    from aiops.artifacts import s3prefix, upload
+    from aiops.artifacts.endpoint import choose, classify, size_gb
+
+    kind, value = classify(spec, runs_dir=runs_dir)
+    if not isinstance(outputs, StackOutputs):
+        outputs = StackOutputs.model_validate(outputs)
+    client = clients or (lambda service: aws.client(service, region))
+
+    def with_program(choice: ModelChoice, gb: float | None, fit: Any, note: str = "") -> ResolvedModel:
+        return ResolvedModel(
+            choice.uri, gb, fit, note, choice.program, choice.program_source, tuple(choice.warnings)
+        )
+
+    if kind in ("local", "folder"):
+        path = Path(value)
+        fit = check_local_model(cfg, path)  # refuses before the upload
+        if kind == "local":
+            choice = choose(
+                spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir
+            )
+            return with_program(choice, size_gb(path.stat().st_size), fit)
+        up = upload.upload_folder(
+            path,
+            bucket=outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}"),
+            kms_key_arn=outputs.kms_key_arn,
+            s3=client("s3"),
+            previous_uri=outputs.model_data_url,
+        )
+        note = f"{up.uploaded} file(s) uploaded, {up.copied} copied inside S3, {up.present} already there"
+        return ResolvedModel(up.uri, size_gb(up.total_bytes), fit, note)
+    if kind == "prefix":
+        s3 = client("s3")
+        listing = s3prefix.list_prefix(s3, value)
+        stats = s3prefix.prefix_stats(s3, listing)
+        fit = require_fit(cfg, stats, s3prefix.prefix_config_json(s3, listing))
+        return ResolvedModel(value, size_gb(listing.total_bytes), fit)
+    choice = choose(spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir)
+    size = size_gb(choice.size_bytes) if choice.size_bytes is not None else None
+    skipped = "GPU-fit check skipped: a remote model.tar.gz is not read"
+    return with_program(choice, size, None, f"{choice.note}; {skipped}" if choice.note else skipped)

@@ -27,8 +27,8 @@ import math
 
 from aiops.infra.config import EndpointConfig, has_local_storage
 
+from aiops.artifacts.programs import SUBMIT_DIRECTORY
 from aiops.gpufit import gpu_count
-from aiops.programs import SUBMIT_DIRECTORY
 
 _TGI_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 

@@ -112,6 +112,33 @@ def test_the_handler_contract_imports_no_server_client_or_export() -> None:
     assert not {k: v for k, v in crossing.items() if v}
 
 
+# the one model-artifact module (docs/architecture.md, "Model artifacts"): serve, export, `model package` and
+# deploy all import it, so it loads no heavy library when imported (boto3 only inside the calls that upload)
+ARTIFACTS = REPO / "aiops" / "artifacts"
+
+
+def test_the_artifact_module_imports_heavy_libraries_only_lazily() -> None:
+    eager = {
+        p.name: sorted(m for m in imports(p, top_level_only=True) if _matches(m, HEAVY))
+        for p in sorted(ARTIFACTS.glob("*.py"))
+    }
+    assert len(eager) > 1 and not {k: v for k, v in eager.items() if v}
+
+
+def test_importing_the_artifact_module_loads_no_heavy_library() -> None:
+    """What its imports pull in, transitively: none of torch, boto3, botocore, pulumi ..."""
+    import subprocess
+    import sys
+
+    names = sorted(f"aiops.artifacts.{p.stem}" for p in ARTIFACTS.glob("*.py") if p.stem != "__init__")
+    code = (
+        f"import sys, importlib; [importlib.import_module(n) for n in {names!r}]; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_cli_modules_import_heavy_libraries_only_lazily() -> None:
     """`aiops --help` stays fast because no command module imports a heavy library at its top."""
     eager = {

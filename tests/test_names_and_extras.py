@@ -44,14 +44,14 @@ def test_s3_uris(uri: str, ok: bool) -> None:
 
 
 def test_the_rooms_use_the_one_pattern():
-    from aiops.infra import artifacts, model_data
+    from aiops.artifacts import endpoint, s3prefix
 
-    assert artifacts.S3_URI is names.S3_URI
-    assert names.split_s3_uri("s3://b/p/q/") == ("b", "p/q/") == model_data.split_s3_uri("s3://b/p/q/")
+    assert endpoint.S3_URI is names.S3_URI
+    assert names.split_s3_uri("s3://b/p/q/") == ("b", "p/q/") == s3prefix.split_s3_uri("s3://b/p/q/")
     with pytest.raises(UsageError, match="malformed S3 URI"):
-        artifacts.classify("s3://Bad_Bucket/k")
+        endpoint.classify("s3://Bad_Bucket/k")
     with pytest.raises(UsageError, match="not a training job name"):
-        artifacts.classify("job:bad_name")
+        endpoint.classify("job:bad_name")
 
 
 def test_one_line_for_a_missing_extra():

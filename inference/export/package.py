@@ -4,16 +4,16 @@ ships (the original code or a generated ``inference.py``), and the candidate mod
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
-from aiops.inference.artifacts import CODE_DIR, ModelSource, package_model
 from aiops.inference.export import templates
 
+from aiops.artifacts.package import package_model
+from aiops.artifacts.programs import CODE_DIR, DEFAULT_PROGRAM
+from aiops.artifacts.resolve import ModelSource
 from aiops.errors import UsageError
-from aiops.programs import DEFAULT_PROGRAM
 from aiops.runs import RunStore, read_record
 
 #: files that hold weights: left out of the exported artifact (its model.pt / model.onnx replaces them)
@@ -165,11 +165,3 @@ def weight_bytes(model_dir: Path) -> int:
     return sum(
         p.stat().st_size for p in model_dir.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file()
     )
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -1,7 +1,7 @@
 """``aiops export``: a model to TorchScript or ONNX (optionally dynamic int8), verified, packaged.
 
 The model is loaded through the handler contract exactly as ``aiops serve`` loads it
-(:func:`aiops.inference.artifacts.resolve_model`, :class:`aiops.inference.handler.Handler`), so
+(:func:`aiops.artifacts.resolve.resolve_model`, :class:`aiops.inference.handler.Handler`), so
 MODEL is a ``model.tar.gz``, a model folder or a local run name, and the user's ``model_fn`` builds
 the model. The exported artifact is written in the SageMaker layout, then loaded back through the
 same contract and compared with the original on a sample batch (max abs difference, top-1
@@ -21,16 +21,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiops.inference.artifacts import ModelSource, resolve_model
 from aiops.inference.export import package, verify
 from aiops.inference.export.convert import FORMATS, QUANTIZE, convert, quiet
 from aiops.inference.export.package import default_out
 from aiops.inference.export.samples import check_sample_path, load_sample, resolve_sample
 from aiops.inference.handler import Handler, find_script
 
+from aiops.archive import file_sha256
+from aiops.artifacts.programs import DEFAULT_PROGRAM
+from aiops.artifacts.resolve import ModelSource, resolve_model
 from aiops.errors import AiopsError, UsageError
 from aiops.extras import check_extra
-from aiops.programs import DEFAULT_PROGRAM
 
 __all__ = ["ExportFailed", "ExportOptions", "default_out", "export_model", "validate"]
 
@@ -165,7 +166,7 @@ def export_model(opts: ExportOptions) -> dict:
             )
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(chosen.tar, out)
-        summary["sha256"] = package.sha256(out)
+        summary["sha256"] = file_sha256(out)
         return summary
     finally:
         for src in loaded:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiops.inference.artifacts import ModelSource, resolve_model
 from aiops.inference.contract import Context
 from aiops.inference.export.convert import first_line, is_script, quiet, tensors
 from aiops.inference.handler import Handler, find_script
 
+from aiops.artifacts.resolve import ModelSource, resolve_model
 from aiops.errors import AiopsError, UsageError
 
 #: (max abs difference, min top-1 agreement); None = not checked (still reported)

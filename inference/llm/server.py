@@ -104,9 +104,8 @@ def serve(
 ) -> int:
     """MODEL (a folder, a model.tar.gz or a local run, as for handlers) checked as a causal-LM folder and
     the bounds checked, then bind and run the workers; the exit code after a graceful stop."""
-    from aiops.inference.artifacts import resolve_model
-
     from aiops import archive
+    from aiops.artifacts.resolve import resolve_model
 
     logging.basicConfig(
         level=getattr(logging, opts.log_level, logging.INFO),

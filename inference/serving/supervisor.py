@@ -225,10 +225,10 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
 ) -> int:
     """Resolve MODEL, bind, start the workers; returns the exit code after a graceful stop."""
-    from aiops.inference.artifacts import resolve_model
     from aiops.inference.handler import find_script
 
     from aiops import archive
+    from aiops.artifacts.resolve import resolve_model
 
     logging.basicConfig(
         level=getattr(logging, opts.log_level, logging.INFO),

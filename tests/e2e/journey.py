@@ -136,13 +136,13 @@ class Journey:
 
         code = (
             "import json, sys\n"
-            "from aiops.infra import artifacts\n"
+            "from aiops.artifacts import endpoint\n"
             "from aiops.stack import read_outputs, resolve_stack\n"
             "from aiops.settings import get_settings\n"
             "s = get_settings()\n"
             "stack = resolve_stack(None, s)\n"
             "outputs = read_outputs(s.home, stack)\n"
-            "print(artifacts.resolve(sys.argv[1], outputs=outputs, region=outputs.region, stack=stack))\n"
+            "print(endpoint.resolve(sys.argv[1], outputs=outputs, region=outputs.region, stack=stack))\n"
         )
         proc = subprocess.run(
             [sys.executable, "-c", code, spec],

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aiops.infra import artifacts
+from aiops.infra import fitcheck
 from aiops.infra.automation import model_config
 from aiops.infra.config import load_stack_file
 
-from aiops import programs
+from aiops.artifacts import endpoint, programs
 from aiops.errors import AiopsError, UsageError
 
 from .conftest import merged
@@ -81,7 +81,7 @@ def _job(
     )
 
 
-def _planned_container(tmp_path: Path, choice: artifacts.ModelChoice) -> dict:
+def _planned_container(tmp_path: Path, choice: endpoint.ModelChoice) -> dict:
     """Write the stack file, apply what `deploy --model` sets, plan it: the model's container."""
     from aiops.infra.offline import plan
 
@@ -95,7 +95,7 @@ def _planned_container(tmp_path: Path, choice: artifacts.ModelChoice) -> dict:
 def test_job_whose_training_script_defines_model_fn(account, tmp_path) -> None:
     session, outputs = account
     _job(session, "job-fn", {"train.py": TRAIN_WITH_MODEL_FN, "util.py": "def load(d):\n    return d\n"})
-    choice = artifacts.choose("job:job-fn", outputs=outputs, region="us-east-1", clients=session.client)
+    choice = endpoint.choose("job:job-fn", outputs=outputs, region="us-east-1", clients=session.client)
     assert choice.program == "train.py" and choice.warnings == []
     assert choice.program_source == f"s3://{BUCKET}/code/sha256/job-fn/sourcedir.tar.gz"
     # repacked with the job's code (as estimator.deploy()), under its content hash
@@ -124,11 +124,11 @@ def test_job_with_inference_py_and_job_with_neither(account, tmp_path) -> None:
         session, "job-inf", {"train.py": TRAIN_WITH_MODEL_FN, "inference.py": "def model_fn(d):\n    pass\n"}
     )
     _job(session, "job-none", {"train.py": TRAIN_ONLY, "serve.py": "def model_fn(d):\n    pass\n"})
-    with_inference = artifacts.choose(
+    with_inference = endpoint.choose(
         "job:job-inf", outputs=outputs, region="us-east-1", clients=session.client
     )
     assert with_inference.program == "inference.py"
-    neither = artifacts.choose("job:job-none", outputs=outputs, region="us-east-1", clients=session.client)
+    neither = endpoint.choose("job:job-none", outputs=outputs, region="us-east-1", clients=session.client)
     assert neither.program is None  # the training script has no model_fn: the stack's program stays
     assert model_config(neither.uri, program=None) == {"aiops:endpoint.modelDataUrl": neither.uri}
     assert _planned_container(tmp_path, neither)["environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
@@ -141,7 +141,7 @@ def test_job_whose_code_bundle_is_gone_fails_naming_it(account) -> None:
     with pytest.raises(
         AiopsError, match=r"code bundle s3://stack-bucket/code/sha256/job-gone/sourcedir.tar.gz"
     ) as err:
-        artifacts.choose("job:job-gone", outputs=outputs, region="us-east-1", clients=session.client)
+        endpoint.choose("job:job-gone", outputs=outputs, region="us-east-1", clients=session.client)
     assert "aiops:endpoint.program" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -189,7 +189,7 @@ def test_local_run_by_name_program_from_its_archive_code_or_its_source(account, 
         source,
         {"model.pt": "w", "code/train.py": TRAIN_WITH_MODEL_FN, "code/util.py": ""},
     )
-    packaged = artifacts.choose(
+    packaged = endpoint.choose(
         "run-packaged", outputs=outputs, region="us-east-1", clients=session.client, runs_dir=runs
     )
     assert packaged.program == "train.py" and packaged.warnings == []
@@ -198,7 +198,7 @@ def test_local_run_by_name_program_from_its_archive_code_or_its_source(account, 
     # the bare model.tar.gz of a run: the run's source names the program, with a warning that the
     # archive does not carry the code
     _run(runs, "run-bare", source, {"model.pt": "w"}, single=True)
-    bare = artifacts.choose(
+    bare = endpoint.choose(
         str(runs / "run-bare"), outputs=outputs, region="us-east-1", clients=session.client
     )
     assert bare.program == "train.py" and bare.program_source == str(source)
@@ -209,33 +209,33 @@ def test_local_run_by_name_program_from_its_archive_code_or_its_source(account, 
     remote.mkdir()
     (remote / "run.json").write_text(json.dumps({"job_name": "train-remote-1", "remote": True}))
     assert (
-        artifacts.classify("train-remote-1", runs_dir=runs)
-        == artifacts.classify(str(remote))
+        endpoint.classify("train-remote-1", runs_dir=runs)
+        == endpoint.classify(str(remote))
         == ("job", "train-remote-1")
     )
     # a plain archive with an inference.py in code/
     plain = tmp_path / "model.tar.gz"
     plain.write_bytes(_tar({"model.pt": "w", "code/inference.py": "def model_fn(d):\n    pass\n"}))
     assert (
-        artifacts.choose(str(plain), outputs=outputs, region="us-east-1", clients=session.client).program
+        endpoint.choose(str(plain), outputs=outputs, region="us-east-1", clients=session.client).program
         == "inference.py"
     )
 
 
 def test_the_rule_is_one_for_serve_and_deploy(tmp_path) -> None:
-    from aiops.inference.artifacts import inference_program
-
     (tmp_path / "train.py").write_text(TRAIN_WITH_MODEL_FN)
     bundle = _tar({"train.py": TRAIN_WITH_MODEL_FN})
     assert (
-        inference_program(tmp_path, "train.py") == programs.program_in_tar(bundle, "train.py") == "train.py"
+        programs.program_in_dir(tmp_path, "train.py")
+        == programs.program_in_tar(bundle, "train.py")
+        == "train.py"
     )
     (tmp_path / "train.py").write_text(
         "def model_fn_not(d):\n    pass\nclass X:\n    def model_fn(self):\n        pass\n"
     )
-    assert inference_program(tmp_path, "train.py") is None  # only a top-level function counts
+    assert programs.program_in_dir(tmp_path, "train.py") is None  # only a top-level function counts
     (tmp_path / "inference.py").write_text("")
-    assert inference_program(tmp_path, "train.py") == "inference.py"
+    assert programs.program_in_dir(tmp_path, "train.py") == "inference.py"
 
 
 def test_infra_reads_the_rule_without_inference_or_training_code() -> None:
@@ -243,7 +243,7 @@ def test_infra_reads_the_rule_without_inference_or_training_code() -> None:
     import sys
 
     code = (
-        "import sys; import aiops.infra.artifacts, aiops.infra.automation; "
+        "import sys; import aiops.artifacts.endpoint, aiops.infra.fitcheck, aiops.infra.automation; "
         "print([m for m in sys.modules if m.split('.')[:2] in (['aiops', 'inference'], ['aiops', 'training'])"
         " or m.split('.')[0] == 'torch'])"
     )
@@ -260,8 +260,8 @@ def test_deploy_path_resolve_model_carries_the_program_and_size(account, tmp_pat
     runs = tmp_path / "runs"
     _run(runs, "run-1", source, {"model.safetensors": _safetensors(), "code/train.py": TRAIN_WITH_MODEL_FN})
     cfg = make_config()
-    artifacts.precheck("run-1", cfg=cfg, region="us-east-1", clients=session.client, runs_dir=runs)
-    resolved = artifacts.resolve_for_endpoint(
+    fitcheck.precheck("run-1", cfg=cfg, region="us-east-1", clients=session.client, runs_dir=runs)
+    resolved = fitcheck.resolve_for_endpoint(
         "run-1", cfg=cfg, outputs=outputs, region="us-east-1", clients=session.client, runs_dir=runs
     )
     assert resolved.program == "train.py" and resolved.uri.startswith(f"s3://{BUCKET}/models/sha256/")
@@ -270,7 +270,7 @@ def test_deploy_path_resolve_model_carries_the_program_and_size(account, tmp_pat
         keys["aiops:endpoint.program"] == "train.py" and keys["aiops:endpoint.modelDataUrl"] == resolved.uri
     )
     _job(session, "job-2", {"train.py": TRAIN_WITH_MODEL_FN})
-    by_job = artifacts.resolve_for_endpoint(
+    by_job = fitcheck.resolve_for_endpoint(
         "job:job-2", cfg=cfg, outputs=outputs, region="us-east-1", clients=session.client
     )
     assert (
@@ -278,7 +278,7 @@ def test_deploy_path_resolve_model_carries_the_program_and_size(account, tmp_pat
     )  # the repacked archive, read: 0.1 GB minimum
     assert "repacked with job job-2's code into code/ (1 file(s) added)" in by_job.note
     with pytest.raises(UsageError, match="no such file or folder"):
-        artifacts.classify("run-1")  # a run's name needs the runs folder
+        endpoint.classify("run-1")  # a run's name needs the runs folder
 
 
 def _members(session, uri: str) -> dict[str, bytes]:
@@ -311,7 +311,7 @@ def test_job_model_is_repacked_with_the_jobs_code(account, tmp_path) -> None:
         "code/notes.txt": "written by the training script\n",
     }
     _job(session, "job-repack", bundle, model=model)
-    choice = artifacts.choose("job:job-repack", outputs=outputs, region="us-east-1", clients=session.client)
+    choice = endpoint.choose("job:job-repack", outputs=outputs, region="us-east-1", clients=session.client)
     members = _members(session, choice.uri)
     assert members == {
         "model.pt": b"\x00weights\x01",  # the weights, byte for byte
@@ -337,7 +337,7 @@ def test_job_model_is_repacked_with_the_jobs_code(account, tmp_path) -> None:
         == "/opt/ml/model/code"
     )
     # deploying the same job again: the same bytes, the same key, nothing uploaded twice
-    again = artifacts.choose("job:job-repack", outputs=outputs, region="us-east-1", clients=session.client)
+    again = endpoint.choose("job:job-repack", outputs=outputs, region="us-east-1", clients=session.client)
     assert again.uri == choice.uri and _model_keys(session) == [key]
 
 
@@ -345,7 +345,7 @@ def test_job_model_that_already_holds_its_code_is_deployed_as_is(account) -> Non
     session, outputs = account
     bundle = {"train.py": TRAIN_WITH_MODEL_FN, "util.py": "def load(d):\n    return d\n"}
     _job(session, "job-same", bundle, model={"model.pt": b"w", **{f"code/{k}": v for k, v in bundle.items()}})
-    choice = artifacts.choose("job:job-same", outputs=outputs, region="us-east-1", clients=session.client)
+    choice = endpoint.choose("job:job-same", outputs=outputs, region="us-east-1", clients=session.client)
     assert choice.uri == f"s3://{BUCKET}/jobs/job-same/output/model.tar.gz" and choice.program == "train.py"
     assert "already holds" in choice.note and _model_keys(session) == []
 
@@ -366,16 +366,16 @@ def test_repack_refusals_are_one_line_and_upload_nothing(account) -> None:
     with pytest.raises(
         UsageError, match=r"entry '../outside.py' leaves the code folder; not repacked"
     ) as err:
-        artifacts.choose("job:job-evil", outputs=outputs, region="us-east-1", clients=session.client)
+        endpoint.choose("job:job-evil", outputs=outputs, region="us-east-1", clients=session.client)
     assert "\n" not in str(err.value)
     _job(session, "job-no-model", {"train.py": TRAIN_WITH_MODEL_FN})
     session.client("s3").delete_object(Bucket=BUCKET, Key="jobs/job-no-model/output/model.tar.gz")
     with pytest.raises(
         AiopsError, match=r"downloading job job-no-model's model s3://stack-bucket/jobs/job-no-model"
     ):
-        artifacts.choose("job:job-no-model", outputs=outputs, region="us-east-1", clients=session.client)
+        endpoint.choose("job:job-no-model", outputs=outputs, region="us-east-1", clients=session.client)
     with pytest.raises(AiopsError, match=r"no output 'bucket'.*aiops deploy --stack prod"):
-        artifacts.choose(
+        endpoint.choose(
             "job:job-no-model",
             outputs={"region": "us-east-1"},
             region="us-east-1",
@@ -404,6 +404,6 @@ def test_a_link_member_of_a_jobs_model_is_refused_not_repacked(account, kind) ->
     )
     refusal = r"entry 'tokenizer.json' is a link, device or sparse file; not repacked"
     with pytest.raises(UsageError, match=refusal) as err:
-        artifacts.choose("job:job-link", outputs=outputs, region="us-east-1", clients=session.client)
+        endpoint.choose("job:job-link", outputs=outputs, region="us-east-1", clients=session.client)
     assert "\n" not in str(err.value)
     assert _model_keys(session) == []

@@ -8,8 +8,10 @@ import json
 import struct
 
 import pytest
-from aiops.infra import model_data
 
+from aiops.archive import file_sha256
+from aiops.artifacts import s3prefix, upload
+from aiops.artifacts.endpoint import size_gb
 from aiops.errors import UsageError
 
 
@@ -46,16 +48,16 @@ def make_folder(path, weights=b""):
 
 def test_folder_upload_is_content_addressed_and_skips_unchanged_files(s3, tmp_path):
     folder = make_folder(tmp_path / "m")
-    first = model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
+    first = upload.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
     assert first.uri.startswith("s3://stack-bucket/models/sha256/") and first.uri.endswith("/")
     assert (first.uploaded, first.copied, first.present) == (3, 0, 0)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="stack-bucket")["Contents"])
     prefix = first.uri.removeprefix("s3://stack-bucket/")
     assert keys == [prefix + "config.json", prefix + "model.safetensors", prefix + "tokenizer/vocab.txt"]
     head = s3.head_object(Bucket="stack-bucket", Key=prefix + "config.json")
-    assert head["Metadata"]["sha256"] == model_data.file_sha256(folder / "config.json")
+    assert head["Metadata"]["sha256"] == file_sha256(folder / "config.json")
     # the same folder again: same prefix, nothing moves
-    again = model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
+    again = upload.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
     assert again.uri == first.uri and (again.uploaded, again.copied, again.present, again.bytes_uploaded) == (
         0,
         0,
@@ -64,7 +66,7 @@ def test_folder_upload_is_content_addressed_and_skips_unchanged_files(s3, tmp_pa
     )
     # one file changed: a new prefix; the weights and the tokenizer are copied inside S3, not uploaded
     (folder / "config.json").write_text('{"num_hidden_layers": 3}')
-    changed = model_data.upload_folder(
+    changed = upload.upload_folder(
         folder, bucket="stack-bucket", kms_key_arn=None, s3=s3, previous_uri=first.uri
     )
     assert changed.uri != first.uri
@@ -74,7 +76,7 @@ def test_folder_upload_is_content_addressed_and_skips_unchanged_files(s3, tmp_pa
     body = s3.get_object(Bucket="stack-bucket", Key=new_prefix + "model.safetensors")["Body"].read()
     assert body == (folder / "model.safetensors").read_bytes()
     copied_head = s3.head_object(Bucket="stack-bucket", Key=new_prefix + "model.safetensors")
-    assert copied_head["Metadata"]["sha256"] == model_data.file_sha256(folder / "model.safetensors")
+    assert copied_head["Metadata"]["sha256"] == file_sha256(folder / "model.safetensors")
 
 
 def test_uploads_use_the_stack_key(s3, tmp_path):
@@ -82,9 +84,7 @@ def test_uploads_use_the_stack_key(s3, tmp_path):
 
     kms = boto3.client("kms", region_name="us-east-1")
     key_arn = kms.create_key()["KeyMetadata"]["Arn"]
-    up = model_data.upload_folder(
-        make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=key_arn, s3=s3
-    )
+    up = upload.upload_folder(make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=key_arn, s3=s3)
     head = s3.head_object(
         Bucket="stack-bucket", Key=up.uri.removeprefix("s3://stack-bucket/") + "model.safetensors"
     )
@@ -92,53 +92,49 @@ def test_uploads_use_the_stack_key(s3, tmp_path):
 
 
 def test_prefix_listing_and_ranged_header_reads(s3, tmp_path):
-    up = model_data.upload_folder(make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=None, s3=s3)
-    listing = model_data.list_prefix(s3, up.uri)
+    up = upload.upload_folder(make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=None, s3=s3)
+    listing = s3prefix.list_prefix(s3, up.uri)
     assert len(listing.objects) == 3 and len(listing.weights) == 1 and listing.total_bytes == up.total_bytes
-    stats = model_data.prefix_stats(s3, listing)
+    stats = s3prefix.prefix_stats(s3, listing)
     assert stats.parameters == 64 * 32 + 32 and stats.bytes == 2 * stats.parameters
-    assert model_data.size_gb(listing.total_bytes) == 0.1
-    assert model_data.size_gb(13_476_831_232) == 13.5
+    assert size_gb(listing.total_bytes) == 0.1
+    assert size_gb(13_476_831_232) == 13.5
 
 
 def test_empty_prefix_and_prefix_without_weights_are_one_line(s3, tmp_path):
     with pytest.raises(UsageError, match=r"s3://stack-bucket/nothing/: the prefix is empty"):
-        model_data.list_prefix(s3, "s3://stack-bucket/nothing/")
+        s3prefix.list_prefix(s3, "s3://stack-bucket/nothing/")
     s3.put_object(Bucket="stack-bucket", Key="models/x/config.json", Body=b"{}")
     with pytest.raises(UsageError, match="no weights under that prefix .* found 1 other file"):
-        model_data.list_prefix(s3, "s3://stack-bucket/models/x/")
+        s3prefix.list_prefix(s3, "s3://stack-bucket/models/x/")
     folder = tmp_path / "nw"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     with pytest.raises(UsageError, match="no weights in that folder"):
-        model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
+        upload.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
     assert "Contents" not in s3.list_objects_v2(
         Bucket="stack-bucket", Prefix="models/sha256/"
     )  # nothing uploaded
 
 
 def test_tree_digest_depends_on_paths_and_contents():
-    a = model_data.tree_digest([("a", "1"), ("b", "2")])
-    assert a == model_data.tree_digest([("b", "2"), ("a", "1")])
-    assert (
-        a
-        != model_data.tree_digest([("a", "1"), ("c", "2")])
-        != model_data.tree_digest([("a", "1"), ("b", "3")])
-    )
+    a = upload.tree_digest([("a", "1"), ("b", "2")])
+    assert a == upload.tree_digest([("b", "2"), ("a", "1")])
+    assert a != upload.tree_digest([("a", "1"), ("c", "2")]) != upload.tree_digest([("a", "1"), ("b", "3")])
 
 
 def test_deploy_model_resolution_checks_the_fit_before_uploading(s3, tmp_path, make_config):
-    from aiops.infra import artifacts
+    from aiops.infra import fitcheck
     from test_gpufit import llama7b_shapes, write_header_only
 
     outputs = {"bucket": "stack-bucket"}
     small = make_folder(tmp_path / "small")
     cfg = make_config(endpoint={"container": "lmi"})
-    resolved = artifacts.resolve_for_endpoint(str(small), cfg=cfg, outputs=outputs, region="us-east-1")
+    resolved = fitcheck.resolve_for_endpoint(str(small), cfg=cfg, outputs=outputs, region="us-east-1")
     assert resolved.uri.startswith("s3://stack-bucket/models/sha256/") and resolved.uri.endswith("/")
     assert resolved.size_gb == 0.1 and resolved.fit.fits and "3 file(s) uploaded" in resolved.note
     # the prefix it made is itself a valid --model, and reads the same sizes back
-    again = artifacts.resolve_for_endpoint(resolved.uri, cfg=cfg, outputs=outputs, region="us-east-1")
+    again = fitcheck.resolve_for_endpoint(resolved.uri, cfg=cfg, outputs=outputs, region="us-east-1")
     assert again.uri == resolved.uri and again.fit.need.weights == resolved.fit.need.weights
 
     big = tmp_path / "big"
@@ -146,12 +142,10 @@ def test_deploy_model_resolution_checks_the_fit_before_uploading(s3, tmp_path, m
     write_header_only(big / "model.safetensors", llama7b_shapes(), dtype="F32")  # 25.1 GiB x 1.2 > 24
     before = s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"]
     with pytest.raises(UsageError, match="the model does not fit: it needs 30.1 GiB"):
-        artifacts.resolve_for_endpoint(str(big), cfg=cfg, outputs=outputs, region="us-east-1")
+        fitcheck.resolve_for_endpoint(str(big), cfg=cfg, outputs=outputs, region="us-east-1")
     assert s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"] == before  # nothing uploaded
     with pytest.raises(UsageError, match="the prefix is empty"):
-        artifacts.resolve_for_endpoint(
-            "s3://stack-bucket/none/", cfg=cfg, outputs=outputs, region="us-east-1"
-        )
+        fitcheck.resolve_for_endpoint("s3://stack-bucket/none/", cfg=cfg, outputs=outputs, region="us-east-1")
 
 
 def test_set_model_records_uri_and_size_in_the_stack_file(tmp_path, make_config):
@@ -188,14 +182,14 @@ def test_state_dict_sizes_read_from_s3_without_the_tensor_data(s3, tmp_path):
     size = (tmp_path / "pytorch_model.bin").stat().st_size
     s3.upload_file(str(tmp_path / "pytorch_model.bin"), "stack-bucket", "models/sd/pytorch_model.bin")
     s3.put_object(Bucket="stack-bucket", Key="models/sd/config.json", Body=b'{"num_hidden_layers": 2}')
-    listing = model_data.list_prefix(s3, "s3://stack-bucket/models/sd/")
-    stats = model_data.prefix_stats(s3, listing)
+    listing = s3prefix.list_prefix(s3, "s3://stack-bucket/models/sd/")
+    stats = s3prefix.prefix_stats(s3, listing)
     assert stats.parameters == sum(p.numel() for p in model.parameters()) and stats.by_dtype == {
         "F16": stats.parameters
     }
-    assert model_data.prefix_config_json(s3, listing) == {"num_hidden_layers": 2}
+    assert s3prefix.prefix_config_json(s3, listing) == {"num_hidden_layers": 2}
     # what the range reader fetched: the zip directory and the pickle, far less than the file
-    reader = model_data.S3RangeFile(s3, "stack-bucket", "models/sd/pytorch_model.bin", size)
+    reader = s3prefix.S3RangeFile(s3, "stack-bucket", "models/sd/pytorch_model.bin", size)
     import io
     import zipfile
 
@@ -206,14 +200,14 @@ def test_state_dict_sizes_read_from_s3_without_the_tensor_data(s3, tmp_path):
 
 
 def test_precheck_refuses_empty_prefixes_and_models_that_do_not_fit(s3, tmp_path, make_config):
-    from aiops.infra import artifacts
+    from aiops.infra import fitcheck
 
     cfg = make_config(endpoint={"container": "tgi"})
     with pytest.raises(UsageError, match="the prefix is empty"):
-        artifacts.precheck("s3://stack-bucket/empty/", cfg=cfg, region="us-east-1")
-    up = model_data.upload_folder(make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=None, s3=s3)
-    assert artifacts.precheck(up.uri, cfg=cfg, region="us-east-1").fits
-    assert artifacts.precheck("s3://stack-bucket/models/model.tar.gz", cfg=cfg, region="us-east-1") is None
+        fitcheck.precheck("s3://stack-bucket/empty/", cfg=cfg, region="us-east-1")
+    up = upload.upload_folder(make_folder(tmp_path / "m"), bucket="stack-bucket", kms_key_arn=None, s3=s3)
+    assert fitcheck.precheck(up.uri, cfg=cfg, region="us-east-1").fits
+    assert fitcheck.precheck("s3://stack-bucket/models/model.tar.gz", cfg=cfg, region="us-east-1") is None
 
 
 def test_folder_upload_refuses_a_link_out_of_the_folder_and_uploads_nothing(s3, tmp_path):
@@ -226,6 +220,6 @@ def test_folder_upload_refuses_a_link_out_of_the_folder_and_uploads_nothing(s3, 
     (folder / "tokenizer.json").symlink_to(secret)
     refusal = "tokenizer.json is a symlink to .*outside the --model folder"
     with pytest.raises(UsageError, match=refusal) as err:
-        model_data.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
+        upload.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
     assert "\n" not in str(err.value)
     assert s3.list_objects_v2(Bucket="stack-bucket").get("KeyCount") == 0

@@ -62,9 +62,10 @@ def _allowed(documents: list[dict[str, Any]], action: str, resource: str) -> boo
 def _what_jobs_and_endpoints_do(plan, tmp_path: Path) -> list[tuple[str, str]]:
     """(action, resource) for everything a job and the endpoint do as the role, with keys built
     by the real code: the uploaders, build_request, artifacts.upload and the planned endpoint."""
-    from aiops.infra import artifacts
     from aiops.training import bundle, uploads
     from aiops.training import remote_request as remote
+
+    from aiops.artifacts import upload
 
     bucket = plan.outputs["bucket"]
     arn = f"arn:aws:s3:::{bucket}"
@@ -80,7 +81,7 @@ def _what_jobs_and_endpoints_do(plan, tmp_path: Path) -> list[tuple[str, str]]:
     channel_uri = uploads.upload_channel(s3, bucket, "train", channel).uri
     model = tmp_path / "model.tar.gz"
     model.write_bytes(b"\x1f\x8b" + b"0" * 64)
-    model_uri = artifacts.upload(model, bucket=bucket, kms_key_arn=None, s3=s3)
+    model_uri = upload.upload(model, bucket=bucket, kms_key_arn=None, s3=s3)
     options = remote.RemoteOptions(
         instance_type="ml.g5.xlarge",
         region=plan.region,

@@ -1,5 +1,5 @@
-"""Which script serves a trained model: the one rule, shared by `aiops serve RUN` (inference/) and
-`aiops deploy --model` (infra/, which sets the endpoint container's ``SAGEMAKER_PROGRAM``).
+"""Which script serves a trained model: the one rule, shared by `aiops serve RUN`, `aiops model package`,
+`aiops export` and `aiops deploy --model` (which sets the endpoint container's ``SAGEMAKER_PROGRAM``).
 
 A model.tar.gz cannot say which module of its ``code/`` is the handler, so the rule reads the
 training code: its ``inference.py`` (the serving toolkit's default ``SAGEMAKER_PROGRAM``), else the

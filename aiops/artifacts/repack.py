@@ -23,11 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiops import programs
 from aiops.archive import _info, unsafe_member
+from aiops.artifacts.programs import CODE_DIR
 from aiops.errors import UsageError
 
-CODE = programs.CODE_DIR + "/"
+CODE = CODE_DIR + "/"
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024  # a code bundle is source code; anything bigger is refused
 
 

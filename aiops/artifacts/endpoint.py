@@ -2,21 +2,25 @@
 
 Accepted: an ``s3://bucket/key`` URI (deployed as it is); ``job:NAME`` (a SageMaker training job: its
 model.tar.gz repacked with the job's ``sourcedir.tar.gz`` in ``code/``, as ``estimator.deploy()`` does,
-uploaded under its content hash; see ``infra/repack.py``);
+uploaded under its content hash; see ``aiops.artifacts.repack``);
 a local ``model.tar.gz`` or a local run folder holding one (``model.tar.gz`` or
 ``output/model.tar.gz``), which is uploaded to the stack's bucket under its content hash
-(``aiops.stack.S3Layout.model_key``: same content, same key, so uploads are idempotent).
+(``aiops.artifacts.upload``).
 AWS calls go through ``aiops.aws`` (standard retries, one-line errors).
-Uncompressed (``infra/model_data.py``): an ``s3://bucket/prefix/`` (ending in '/'), or a local
-folder of model files (weights, no model.tar.gz), uploaded as a content-addressed prefix.
+Uncompressed: an ``s3://bucket/prefix/`` (ending in '/'; ``aiops.artifacts.s3prefix``), or a local
+folder of model files (weights, no model.tar.gz), uploaded as a content-addressed prefix
+(``aiops.artifacts.upload``).
 A local run's name is accepted too (looked up in the runs folder; a remote run's record without a
 downloaded archive stands for its ``job:NAME``).
 
 A model.tar.gz cannot record its ``SAGEMAKER_PROGRAM``, so `choose` also works out the handler
-script from the training code by the one rule (`aiops.programs`): a job's ``sourcedir.tar.gz``
+script from the training code by the one rule (`aiops.artifacts.programs`): a job's ``sourcedir.tar.gz``
 (its ``sagemaker_program`` / ``sagemaker_submit_directory`` hyperparameters), the archive's own
 ``code/``, else a run's source dir (its run.json). An s3:// URI, a prefix or a folder of model
 files says nothing: the stack's ``endpoint.program`` is kept.
+
+The GPU-fit check that comes first reads the stack's configuration, so it stays in infra
+(``aiops.infra.fitcheck``: ``precheck``, ``resolve_for_endpoint``) and calls this.
 """
 
 from __future__ import annotations
@@ -27,32 +31,23 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from aiops import names, programs
-from aiops.archive import file_sha256
+from aiops import names
+from aiops.artifacts import programs
+from aiops.artifacts.upload import is_weights_folder, upload
 from aiops.errors import UsageError
+from aiops.names import S3_URI
 from aiops.runs import RunFolder, find_run, read_record
-from aiops.s3objects import upload_once
-from aiops.stack import LAYOUT, StackOutputs
-
-if TYPE_CHECKING:  # typing only
-    from aiops.infra.config import StackConfig
-
-    from aiops.gpufit import Fit
+from aiops.stack import StackOutputs
 
 #: a boto3 client by service name (``aws.client(service, region)`` unless a caller hands its own)
 ClientFactory = Callable[[str], Any]
 
-S3_URI = names.S3_URI  # the one pattern (aiops.names)
 FORMS = (
     "an s3://bucket/key URI, an s3://bucket/prefix/ of model files, job:TRAINING_JOB_NAME, a local "
     "model.tar.gz, a run folder holding one, or a folder of model files"
 )
-
-
-def model_key(digest: str) -> str:
-    return LAYOUT.model_key(digest)
 
 
 def local_archive(spec: str) -> Path | None:
@@ -61,8 +56,6 @@ def local_archive(spec: str) -> Path | None:
         found = RunFolder(path).local_model_archive()  # the SDK's output_path layout, as a run folder's
         if found is not None:
             return found
-        from aiops.infra.model_data import is_weights_folder
-
         if is_weights_folder(path):
             return None  # a folder of model files: deployed uncompressed (classify says 'folder')
         raise UsageError(
@@ -90,17 +83,12 @@ class ModelChoice:
     size_bytes: int | None = None  # the model.tar.gz's size, when it was read
 
 
-def _run_folder(spec: str, runs_dir: Path | None) -> RunFolder | None:
-    """The run folder SPEC names: a folder holding a run record, or a run's name in ``runs_dir``."""
-    return find_run(spec, runs_dir)
-
-
 def classify(spec: str, *, runs_dir: Path | None = None) -> tuple[str, str]:
     """('s3', uri) | ('prefix', uri) | ('job', name) | ('local', path) | ('folder', path);
     UsageError for anything else. No cloud calls.
 
     With ``runs_dir``, a run's name is accepted too (a remote run without a local archive is its job)."""
-    run = _run_folder(spec, runs_dir)
+    run = find_run(spec, runs_dir)  # a folder holding a run record, or a run's name
     if run is not None:
         info = read_record(run, strict=False)
         if info is not None and info.remote and run.local_model_archive() is None:
@@ -125,17 +113,6 @@ def classify(spec: str, *, runs_dir: Path | None = None) -> tuple[str, str]:
     if Path(spec).expanduser().is_dir():
         return "folder", str(Path(spec).expanduser())
     raise UsageError(f"--model {spec!r}: no such file or folder; expected {FORMS}")
-
-
-def upload(path: Path, *, bucket: str, kms_key_arn: str | None, s3: Any) -> str:
-    """Upload under the content hash (skipped when that key exists); SSE-KMS with the stack's key."""
-    from aiops import aws
-
-    key = model_key(file_sha256(path))
-    with aws.translate_errors(
-        f"uploading s3://{bucket}/{key}"
-    ):  # 403, 5xx: one line naming the object and the fix
-        return upload_once(s3, bucket, key, Path(path), kms_key=kms_key_arn, label="model").uri
 
 
 def training_job_model(name: str, *, sagemaker: Any) -> str:
@@ -220,14 +197,13 @@ def repack_job_model(
     stack: str | None,
     s3: Any,
 ) -> ModelChoice:
-    """The job's model.tar.gz with its sourcedir.tar.gz unpacked into ``code/`` (infra/repack.py),
+    """The job's model.tar.gz with its sourcedir.tar.gz unpacked into ``code/`` (`aiops.artifacts.repack`),
     uploaded under its content hash; the program is chosen over the resulting ``code/``. A model
     whose ``code/`` already holds the bundle is deployed as it is (no upload)."""
     import tempfile
 
-    from aiops.infra import repack
-
     from aiops import aws
+    from aiops.artifacts import repack
 
     stack_bucket = outputs.required(
         "bucket", stack=stack, needed_for=f"repacking --model job:{name} with its code"
@@ -325,7 +301,7 @@ def choose(
         )
     archive = Path(value)
     _check_local(spec, archive, outputs=outputs, stack=stack)
-    choice = _local_program(archive, _run_folder(spec, runs_dir))
+    choice = _local_program(archive, find_run(spec, runs_dir))
     bucket = outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}")
     choice.uri = upload(archive, bucket=bucket, kms_key_arn=outputs.kms_key_arn, s3=client("s3"))
     return choice
@@ -353,97 +329,6 @@ def _check_local(spec: str, value: Path, *, outputs: StackOutputs, stack: str | 
             raise UsageError(f"--model {spec}: broken gzip archive: {err}") from None
 
 
-def precheck(
-    spec: str,
-    *,
-    cfg: StackConfig,
-    region: str,
-    clients: ClientFactory | None = None,
-    runs_dir: Path | None = None,
-) -> Fit | None:
-    """What `deploy --model` checks before anything is created (not even the stack's state): a
-    local model's GPU fit; an S3 prefix's weights (empty or none: one line) and fit. Returns the
-    Fit (or None when the check does not apply or cannot be made without a download)."""
-    from aiops.infra import fitcheck, model_data
-
-    from aiops import aws
-
-    kind, value = classify(spec, runs_dir=runs_dir)
-    if kind in ("local", "folder"):
-        return fitcheck.check_local_model(cfg, Path(value))
-    if kind == "prefix":
-        s3 = (clients or (lambda service: aws.client(service, region)))("s3")
-        listing = model_data.list_prefix(s3, value)
-        return fitcheck.require_fit(
-            cfg, model_data.prefix_stats(s3, listing), model_data.prefix_config_json(s3, listing)
-        )
-    return None
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """What `deploy --model` resolved: the URI, the model's size (sets the start-up timeouts and
-    the volume), and the GPU-fit verdict when the weights could be read (None otherwise)."""
-
-    uri: str
-    size_gb: float | None = None
-    fit: Fit | None = None
-    note: str = ""
-    program: str | None = None  # SAGEMAKER_PROGRAM from the training code (None: keep the stack's)
-    program_source: str | None = None
-    warnings: tuple[str, ...] = ()
-
-
-def resolve_for_endpoint(
-    spec: str,
-    *,
-    cfg: StackConfig,
-    outputs: StackOutputs | dict[str, Any],
-    region: str,
-    stack: str | None = None,
-    clients: ClientFactory | None = None,
-    runs_dir: Path | None = None,
-) -> ResolvedModel:
-    """Like ``resolve``, for every form, with the GPU-fit check before anything is uploaded:
-    a model that cannot fit stops here (UsageError, exit 2), nothing created or uploaded."""
-    from aiops.infra import fitcheck, model_data
-
-    from aiops import aws
-
-    kind, value = classify(spec, runs_dir=runs_dir)
-    if not isinstance(outputs, StackOutputs):
-        outputs = StackOutputs.model_validate(outputs)
-    client = clients or (lambda service: aws.client(service, region))
-
-    def with_program(choice: ModelChoice, size_gb: float | None, fit: Any, note: str = "") -> ResolvedModel:
-        return ResolvedModel(
-            choice.uri, size_gb, fit, note, choice.program, choice.program_source, tuple(choice.warnings)
-        )
-
-    if kind in ("local", "folder"):
-        path = Path(value)
-        fit = fitcheck.check_local_model(cfg, path)  # refuses before the upload
-        if kind == "local":
-            choice = choose(
-                spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir
-            )
-            return with_program(choice, model_data.size_gb(path.stat().st_size), fit)
-        up = model_data.upload_folder(
-            path,
-            bucket=outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}"),
-            kms_key_arn=outputs.kms_key_arn,
-            s3=client("s3"),
-            previous_uri=outputs.model_data_url,
-        )
-        note = f"{up.uploaded} file(s) uploaded, {up.copied} copied inside S3, {up.present} already there"
-        return ResolvedModel(up.uri, model_data.size_gb(up.total_bytes), fit, note)
-    if kind == "prefix":
-        s3 = client("s3")
-        listing = model_data.list_prefix(s3, value)
-        stats = model_data.prefix_stats(s3, listing)
-        fit = fitcheck.require_fit(cfg, stats, model_data.prefix_config_json(s3, listing))
-        return ResolvedModel(value, model_data.size_gb(listing.total_bytes), fit)
-    choice = choose(spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir)
-    size = model_data.size_gb(choice.size_bytes) if choice.size_bytes is not None else None
-    skipped = "GPU-fit check skipped: a remote model.tar.gz is not read"
-    return with_program(choice, size, None, f"{choice.note}; {skipped}" if choice.note else skipped)
+def size_gb(n_bytes: int) -> float:
+    """Decimal GB, rounded up to 0.1 (what endpoint.modelSizeGb holds)."""
+    return max(0.1, -(-n_bytes // 100_000_000) / 10)
