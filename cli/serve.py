@@ -332,6 +332,7 @@ def package(
 ) -> None:
     """Write model.tar.gz in the SageMaker layout (weights at the root, code/inference.py); deterministic."""
     from aiops.artifacts.package import package
+    from aiops.artifacts.programs import DEFAULT_PROGRAM
     from aiops.settings import get_settings
 
     done = package(
@@ -348,7 +349,7 @@ def package(
     for name in summary["files"]:
         typer.echo(f"  {name}")
     typer.echo(f"wrote {summary['path']} ({summary['bytes']} bytes, {len(summary['files'])} files)")
-    if program is not None and program != "inference.py":
+    if program is not None and program != DEFAULT_PROGRAM:
         typer.echo(
             f"inference script: code/{program} (the training script defines "
             f"model_fn); deploy it with SAGEMAKER_PROGRAM={program} (aiops "

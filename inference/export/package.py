@@ -150,7 +150,7 @@ def before_artifact_bytes(source: ModelSource, inputs: list[Path], work: Path) -
     shutil.copytree(source.model_dir, stage, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if source.code_dir is not None and not (stage / CODE_DIR).is_dir():
         (stage / CODE_DIR).mkdir()
-        for name in ("inference.py", "requirements.txt"):
+        for name in (DEFAULT_PROGRAM, "requirements.txt"):
             if (source.code_dir / name).is_file():
                 shutil.copyfile(source.code_dir / name, stage / CODE_DIR / name)
     try:
