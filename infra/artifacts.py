@@ -11,6 +11,9 @@ Uncompressed (``infra/model_data.py``): an ``s3://bucket/prefix/`` (ending in '/
 folder of model files (weights, no model.tar.gz), uploaded as a content-addressed prefix.
 A local run's name is accepted too (looked up in the runs folder; a remote run's record without a
 downloaded archive stands for its ``job:NAME``).
+On a stack whose container is an LLM container (``tgi``, ``lmi``), which loads a Hugging Face folder
+and runs no ``code/``, a ``model.tar.gz`` (a job's or a local one) is unpacked and deployed as that
+uncompressed folder instead, and a folder must hold ``config.json`` (`resolve_for_endpoint`).
 
 A model.tar.gz cannot record its ``SAGEMAKER_PROGRAM``, so `choose` also works out the handler
 script from the training code by the one rule (`aiops.programs`): a job's ``sourcedir.tar.gz``
@@ -25,7 +28,7 @@ import gzip
 import json
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -420,23 +423,18 @@ def resolve_for_endpoint(
             choice.uri, size_gb, fit, note, choice.program, choice.program_source, tuple(choice.warnings)
         )
 
-    if kind in ("local", "folder"):
+    container = cfg.endpoint.container
+    if container in LLM_CONTAINERS and kind in ("job", "local"):
+        return _unpacked_for_llm(spec, kind, value, cfg=cfg, outputs=outputs, stack=stack, client=client)
+    if kind == "folder":
+        if container in LLM_CONTAINERS:
+            _require_hf_folder(spec, Path(value), container, what="that folder")
+        return _upload_folder(spec, Path(value), cfg=cfg, outputs=outputs, stack=stack, s3=client("s3"))
+    if kind == "local":
         path = Path(value)
         fit = fitcheck.check_local_model(cfg, path)  # refuses before the upload
-        if kind == "local":
-            choice = choose(
-                spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir
-            )
-            return with_program(choice, model_data.size_gb(path.stat().st_size), fit)
-        up = model_data.upload_folder(
-            path,
-            bucket=outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}"),
-            kms_key_arn=outputs.kms_key_arn,
-            s3=client("s3"),
-            previous_uri=outputs.model_data_url,
-        )
-        note = f"{up.uploaded} file(s) uploaded, {up.copied} copied inside S3, {up.present} already there"
-        return ResolvedModel(up.uri, model_data.size_gb(up.total_bytes), fit, note)
+        choice = choose(spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir)
+        return with_program(choice, model_data.size_gb(path.stat().st_size), fit)
     if kind == "prefix":
         s3 = client("s3")
         listing = model_data.list_prefix(s3, value)
@@ -447,3 +445,78 @@ def resolve_for_endpoint(
     size = model_data.size_gb(choice.size_bytes) if choice.size_bytes is not None else None
     skipped = "GPU-fit check skipped: a remote model.tar.gz is not read"
     return with_program(choice, size, None, f"{choice.note}; {skipped}" if choice.note else skipped)
+
+
+#: containers that load a Hugging Face folder from /opt/ml/model (HF_MODEL_ID) and run no code/
+LLM_CONTAINERS = ("tgi", "lmi")
+
+
+def _require_hf_folder(spec: str, folder: Path, container: str, *, what: str) -> None:
+    if not (folder / "config.json").is_file():
+        raise UsageError(
+            f"--model {spec}: {what} holds no config.json; the {container} container serves a Hugging "
+            "Face model folder (save_pretrained's output)",
+            hint="Deploy it with container: pytorch (its handler script), or deploy the folder it came from.",
+        )
+
+
+def _unpacked_for_llm(
+    spec: str,
+    kind: str,
+    value: str,
+    *,
+    cfg: StackConfig,
+    outputs: StackOutputs,
+    stack: str | None,
+    client: ClientFactory,
+) -> ResolvedModel:
+    """A model.tar.gz (a training job's output, or a local archive) for an LLM container: unpacked
+    here and deployed as its files under their content hash (``ModelDataSource`` S3Prefix,
+    ``CompressionType: None``), the SDK's uncompressed ``model_data``. TGI and LMI load the folder
+    from ``HF_MODEL_ID=/opt/ml/model`` and run no ``code/``, so nothing is repacked; uncompressed,
+    the endpoint downloads the files as they are instead of untarring the whole model at start."""
+    import tempfile
+
+    from aiops import aws
+    from aiops.archive import ArchiveError, safe_extract
+
+    container = cfg.endpoint.container
+    with tempfile.TemporaryDirectory(prefix="aiops-llm-model-") as tmp:
+        if kind == "job":
+            source = training_job_model(value, sagemaker=client("sagemaker"))
+            archive = Path(tmp) / "model.tar.gz"
+            bucket, key = names.split_s3_uri(source)  # a training job's S3ModelArtifacts
+            with aws.translate_errors(
+                f"downloading job {value}'s model {source} to deploy its files uncompressed"
+            ):
+                client("s3").download_file(bucket, key, str(archive))
+        else:
+            archive, source = Path(value), value
+        folder = Path(tmp) / "model"
+        folder.mkdir()
+        try:
+            safe_extract(archive, folder)
+        except (ArchiveError, tarfile.TarError, OSError, EOFError) as err:
+            raise UsageError(f"--model {spec}: {source} is not a readable model.tar.gz ({err})") from None
+        _require_hf_folder(spec, folder, container, what=source)
+        resolved = _upload_folder(spec, folder, cfg=cfg, outputs=outputs, stack=stack, s3=client("s3"))
+    note = f"{source} unpacked and deployed uncompressed for the {container} container (no code/ repack): "
+    return replace(resolved, note=note + resolved.note)
+
+
+def _upload_folder(
+    spec: str, folder: Path, *, cfg: StackConfig, outputs: StackOutputs, stack: str | None, s3: Any
+) -> ResolvedModel:
+    """A folder of model files under its content-addressed prefix, after the GPU-fit check."""
+    from aiops.infra import fitcheck, model_data
+
+    fit = fitcheck.check_local_model(cfg, folder)  # refuses before the upload
+    up = model_data.upload_folder(
+        folder,
+        bucket=outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}"),
+        kms_key_arn=outputs.kms_key_arn,
+        s3=s3,
+        previous_uri=outputs.model_data_url,
+    )
+    note = f"{up.uploaded} file(s) uploaded, {up.copied} copied inside S3, {up.present} already there"
+    return ResolvedModel(up.uri, model_data.size_gb(up.total_bytes), fit, note)
