@@ -121,7 +121,10 @@ def test_a_fine_tuned_folder_deployed_with_tgi_answers_the_local_greedy_text(
     assert "deployed uncompressed for the tgi container" in deployed["note"], deployed
     s3 = journey.account.client("s3")
     prefix = uri[len(f"s3://{outputs['bucket']}/") :]
-    keys = {o["Key"][len(prefix) :] for o in s3.list_objects_v2(Bucket=outputs["bucket"], Prefix=prefix)["Contents"]}
+    keys = {
+        o["Key"][len(prefix) :]
+        for o in s3.list_objects_v2(Bucket=outputs["bucket"], Prefix=prefix)["Contents"]
+    }
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= keys and not any(
         k.endswith(".tar.gz") or k.startswith("code/") for k in keys
     ), keys
@@ -150,7 +153,9 @@ def test_a_fine_tuned_folder_deployed_with_tgi_answers_the_local_greedy_text(
     assert (info["max_total_tokens"], info["max_input_tokens"]) == (256, 128), info
 
     runtime = journey.account.client("sagemaker-runtime", endpoint=journey.platform.url)
-    answer = runtime.invoke_endpoint(EndpointName=name, ContentType="application/json", Body=_request(stream=False))
+    answer = runtime.invoke_endpoint(
+        EndpointName=name, ContentType="application/json", Body=_request(stream=False)
+    )
     assert json.loads(answer["Body"].read()) == [{"generated_text": want}]
 
     streamed = runtime.invoke_endpoint_with_response_stream(
