@@ -456,7 +456,8 @@ def _require_hf_folder(spec: str, folder: Path, container: str, *, what: str) ->
         raise UsageError(
             f"--model {spec}: {what} holds no config.json; the {container} container serves a Hugging "
             "Face model folder (save_pretrained's output)",
-            hint="Deploy it with container: pytorch (its handler script), or deploy the folder it came from.",
+            hint="Deploy a folder with config.json, the tokenizer and the weights, or serve this model "
+            "with container: pytorch and a handler.",
         )
 
 
