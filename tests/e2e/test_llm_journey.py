@@ -119,6 +119,8 @@ def test_a_fine_tuned_folder_deployed_with_tgi_answers_the_local_greedy_text(
     uri = deployed["uri"]
     assert uri.startswith(f"s3://{outputs['bucket']}/models/sha256/") and uri.endswith("/"), deployed
     assert "deployed uncompressed for the tgi container" in deployed["note"], deployed
+    # what deploy writes to the stack file: the model and its size; no SAGEMAKER_PROGRAM (TGI runs no code/)
+    assert set(deployed["keys"]) == {"aiops:endpoint.modelDataUrl", "aiops:endpoint.modelSizeGb"}
     s3 = journey.account.client("s3")
     prefix = uri[len(f"s3://{outputs['bucket']}/") :]
     keys = {
@@ -149,8 +151,12 @@ def test_a_fine_tuned_folder_deployed_with_tgi_answers_the_local_greedy_text(
     assert endpoint.status == "InService", (endpoint.failure_reason, journey.log()[-4000:])
 
     # the container's environment reached the server, as TGI's launcher reads it
+    from aiops.settings import ServeSettings
+
     info = json.loads(endpoint.server.request("GET", "/info").body)
     assert (info["max_total_tokens"], info["max_input_tokens"]) == (256, 128), info
+    queue = ServeSettings.model_fields["max_queue"].default
+    assert info["max_concurrent_requests"] == 4 + queue, info  # MAX_BATCH_SIZE=4 decoded together
 
     runtime = journey.account.client("sagemaker-runtime", endpoint=journey.platform.url)
     answer = runtime.invoke_endpoint(
