@@ -346,9 +346,7 @@ class LlmConfig(_Model):
     tensor_parallel_degree: int | None = Field(None, ge=1)  # default: the instance type's GPU count
     max_input_tokens: int | None = Field(None, ge=1)
     max_total_tokens: int | None = Field(None, ge=2)
-    max_batch_size: int | None = Field(
-        None, ge=1
-    )  # LMI OPTION_MAX_ROLLING_BATCH_SIZE, TGI MAX_CONCURRENT_REQUESTS
+    max_batch_size: int | None = Field(None, ge=1)  # LMI OPTION_MAX_ROLLING_BATCH_SIZE, TGI MAX_BATCH_SIZE
     dtype: Literal["fp16", "bf16", "fp32"] | None = None
     rolling_batch: Literal["vllm", "lmi-dist", "trtllm", "disable"] = "vllm"  # LMI's back end
 

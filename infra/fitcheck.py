@@ -8,13 +8,17 @@ Hugging Face ``config.json`` beside the weights): ``llm.maxTotalTokens`` x ``llm
 stored. One copy of the model spans the tensor-parallel GPUs (LMI, TGI: all by default), one GPU
 with the PyTorch container (its model server runs a copy per GPU), all GPUs with a custom image.
 A refusal is one ``UsageError`` line: need vs have, and the cheapest types that fit.
+
+On a stack whose container is an LLM container (``tgi``, ``lmi``), which loads a Hugging Face folder
+and runs no ``code/``, a ``model.tar.gz`` (a job's or a local one) is unpacked and deployed as that
+uncompressed folder instead, and a folder must hold ``config.json`` (`resolve_for_endpoint`).
 """
 
 from __future__ import annotations
 
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +158,7 @@ def resolve_for_endpoint(
     """Like `aiops.artifacts.endpoint.resolve`, for every form, with the GPU-fit check before anything
     is uploaded: a model that cannot fit stops here (UsageError, exit 2), nothing created or uploaded."""
     from aiops import aws
-    from aiops.artifacts import s3prefix, upload
+    from aiops.artifacts import s3prefix
     from aiops.artifacts.endpoint import choose, classify, size_gb
 
     kind, value = classify(spec, runs_dir=runs_dir)
@@ -167,23 +171,18 @@ def resolve_for_endpoint(
             choice.uri, gb, fit, note, choice.program, choice.program_source, tuple(choice.warnings)
         )
 
-    if kind in ("local", "folder"):
+    container = cfg.endpoint.container
+    if container in LLM_CONTAINERS and kind in ("job", "local"):
+        return _unpacked_for_llm(spec, kind, value, cfg=cfg, outputs=outputs, stack=stack, client=client)
+    if kind == "folder":
+        if container in LLM_CONTAINERS:
+            _require_hf_folder(spec, Path(value), container, what="that folder")
+        return _upload_folder(spec, Path(value), cfg=cfg, outputs=outputs, stack=stack, s3=client("s3"))
+    if kind == "local":
         path = Path(value)
         fit = check_local_model(cfg, path)  # refuses before the upload
-        if kind == "local":
-            choice = choose(
-                spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir
-            )
-            return with_program(choice, size_gb(path.stat().st_size), fit)
-        up = upload.upload_folder(
-            path,
-            bucket=outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}"),
-            kms_key_arn=outputs.kms_key_arn,
-            s3=client("s3"),
-            previous_uri=outputs.model_data_url,
-        )
-        note = f"{up.uploaded} file(s) uploaded, {up.copied} copied inside S3, {up.present} already there"
-        return ResolvedModel(up.uri, size_gb(up.total_bytes), fit, note)
+        choice = choose(spec, outputs=outputs, region=region, stack=stack, clients=clients, runs_dir=runs_dir)
+        return with_program(choice, size_gb(path.stat().st_size), fit)
     if kind == "prefix":
         s3 = client("s3")
         listing = s3prefix.list_prefix(s3, value)
@@ -194,3 +193,81 @@ def resolve_for_endpoint(
     size = size_gb(choice.size_bytes) if choice.size_bytes is not None else None
     skipped = "GPU-fit check skipped: a remote model.tar.gz is not read"
     return with_program(choice, size, None, f"{choice.note}; {skipped}" if choice.note else skipped)
+
+
+#: containers that load a Hugging Face folder from /opt/ml/model (HF_MODEL_ID) and run no code/
+LLM_CONTAINERS = ("tgi", "lmi")
+
+
+def _require_hf_folder(spec: str, folder: Path, container: str, *, what: str) -> None:
+    if not (folder / "config.json").is_file():
+        raise UsageError(
+            f"--model {spec}: {what} holds no config.json; the {container} container serves a Hugging "
+            "Face model folder (save_pretrained's output)",
+            hint="Deploy a folder with config.json, the tokenizer and the weights, or serve this model "
+            "with container: pytorch and a handler.",
+        )
+
+
+def _unpacked_for_llm(
+    spec: str,
+    kind: str,
+    value: str,
+    *,
+    cfg: StackConfig,
+    outputs: StackOutputs,
+    stack: str | None,
+    client: ClientFactory,
+) -> ResolvedModel:
+    """A model.tar.gz (a training job's output, or a local archive) for an LLM container: unpacked
+    here and deployed as its files under their content hash (``ModelDataSource`` S3Prefix,
+    ``CompressionType: None``), the SDK's uncompressed ``model_data``. TGI and LMI load the folder
+    from ``HF_MODEL_ID=/opt/ml/model`` and run no ``code/``, so nothing is repacked; uncompressed,
+    the endpoint downloads the files as they are instead of untarring the whole model at start."""
+    import tempfile
+
+    from aiops import aws, names
+    from aiops.archive import ArchiveError, safe_extract
+    from aiops.artifacts.endpoint import training_job_model
+
+    container = cfg.endpoint.container
+    with tempfile.TemporaryDirectory(prefix="aiops-llm-model-") as tmp:
+        if kind == "job":
+            source = training_job_model(value, sagemaker=client("sagemaker"))
+            archive = Path(tmp) / "model.tar.gz"
+            bucket, key = names.split_s3_uri(source)  # a training job's S3ModelArtifacts
+            with aws.translate_errors(
+                f"downloading job {value}'s model {source} to deploy its files uncompressed"
+            ):
+                client("s3").download_file(bucket, key, str(archive))
+        else:
+            archive, source = Path(value), value
+        folder = Path(tmp) / "model"
+        folder.mkdir()
+        try:
+            safe_extract(archive, folder)
+        except (ArchiveError, tarfile.TarError, OSError, EOFError) as err:
+            raise UsageError(f"--model {spec}: {source} is not a readable model.tar.gz ({err})") from None
+        _require_hf_folder(spec, folder, container, what=source)
+        resolved = _upload_folder(spec, folder, cfg=cfg, outputs=outputs, stack=stack, s3=client("s3"))
+    note = f"{source} unpacked and deployed uncompressed for the {container} container (no code/ repack): "
+    return replace(resolved, note=note + resolved.note)
+
+
+def _upload_folder(
+    spec: str, folder: Path, *, cfg: StackConfig, outputs: StackOutputs, stack: str | None, s3: Any
+) -> ResolvedModel:
+    """A folder of model files under its content-addressed prefix, after the GPU-fit check."""
+    from aiops.artifacts import upload
+    from aiops.artifacts.endpoint import size_gb
+
+    fit = check_local_model(cfg, folder)  # refuses before the upload
+    up = upload.upload_folder(
+        folder,
+        bucket=outputs.required("bucket", stack=stack, needed_for=f"uploading --model {spec}"),
+        kms_key_arn=outputs.kms_key_arn,
+        s3=s3,
+        previous_uri=outputs.model_data_url,
+    )
+    note = f"{up.uploaded} file(s) uploaded, {up.copied} copied inside S3, {up.present} already there"
+    return ResolvedModel(up.uri, size_gb(up.total_bytes), fit, note)

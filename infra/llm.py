@@ -11,9 +11,11 @@ Containers (``endpoint.container``):
   folder, ``/opt/ml/model``, where SageMaker puts the model data), ``TENSOR_PARALLEL_DEGREE``,
   ``OPTION_ROLLING_BATCH``, ``OPTION_MAX_ROLLING_BATCH_SIZE``, ``OPTION_MAX_MODEL_LEN`` (the total
   tokens of a sequence), ``OPTION_DTYPE``.
-- ``tgi``: the Hugging Face LLM container (text-generation-inference): ``HF_MODEL_ID``,
-  ``SM_NUM_GPUS`` (its tensor-parallel degree), ``MAX_INPUT_TOKENS``, ``MAX_TOTAL_TOKENS``,
-  ``MAX_CONCURRENT_REQUESTS``, ``DTYPE`` (float16 / bfloat16).
+- ``tgi``: the Hugging Face LLM container (text-generation-inference): ``HF_MODEL_ID`` and
+  ``SM_NUM_GPUS``, which its ``sagemaker-entrypoint.sh`` turns into the launcher's ``MODEL_ID`` and
+  ``NUM_SHARD`` (the tensor-parallel degree); the launcher's own ``MAX_INPUT_TOKENS``,
+  ``MAX_TOTAL_TOKENS``, ``MAX_BATCH_SIZE`` (requests per batch: what the GPU-fit check's KV cache
+  counts) and ``DTYPE`` (float16 / bfloat16).
 - ``custom``: the image named by ``image.uri`` (or the stack's own repository), with
   ``environment`` only.
 
@@ -71,7 +73,7 @@ def tgi_environment(cfg: EndpointConfig) -> dict[str, str]:
     if llm.max_total_tokens:
         env["MAX_TOTAL_TOKENS"] = str(llm.max_total_tokens)
     if llm.max_batch_size:
-        env["MAX_CONCURRENT_REQUESTS"] = str(llm.max_batch_size)
+        env["MAX_BATCH_SIZE"] = str(llm.max_batch_size)
     if llm.dtype:
         env["DTYPE"] = _TGI_DTYPES[llm.dtype]  # fp32 is refused by the config check
     return env

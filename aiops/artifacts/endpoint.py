@@ -12,6 +12,9 @@ folder of model files (weights, no model.tar.gz), uploaded as a content-addresse
 (``aiops.artifacts.upload``).
 A local run's name is accepted too (looked up in the runs folder; a remote run's record without a
 downloaded archive stands for its ``job:NAME``).
+On a stack whose container is an LLM container (``tgi``, ``lmi``), which loads a Hugging Face folder
+and runs no ``code/``, a ``model.tar.gz`` (a job's or a local one) is unpacked and deployed as that
+uncompressed folder instead, and a folder must hold ``config.json`` (`resolve_for_endpoint`).
 
 A model.tar.gz cannot record its ``SAGEMAKER_PROGRAM``, so `choose` also works out the handler
 script from the training code by the one rule (`aiops.artifacts.programs`): a job's ``sourcedir.tar.gz``

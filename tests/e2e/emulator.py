@@ -11,7 +11,13 @@ What stands in for what:
   service does: ``TrainingJob`` runs the job, ``EndpointHost`` serves the model. DescribeTrainingJob
   and DescribeEndpoint answer with the emulator's status (InProgress until the job is done);
   StopTrainingJob (moto: HTTP 500) stops the job; UpdateEndpoint (moto: HTTP 500) switches the
-  endpoint's config; ``POST /endpoints/NAME/invocations`` (sagemaker-runtime) reaches the model.
+  endpoint's config; ``POST /endpoints/NAME/invocations`` (sagemaker-runtime) reaches the model,
+  and ``/endpoints/NAME/invocations-response-stream`` relays its chunked answer as PayloadPart
+  event-stream frames as it arrives.
+- **an endpoint's model**: its ModelDataUrl (model.tar.gz) or its ModelDataSource S3Prefix
+  (uncompressed files) downloaded as the role, served by `aiops serve`; the LLM containers' images
+  (TGI, LMI) by `aiops serve --container tgi|lmi` with the model's environment, as their entry
+  points read it.
 - **scale to zero**: ``POST /endpoints/NAME/async-invocations`` (InvokeEndpointAsync) is answered
   by the platform for an endpoint with an ``AsyncInferenceConfig`` (moto's own answer is a
   placeholder in a bucket of its own): the request is queued and ``EndpointHost`` does what the
@@ -1098,6 +1104,58 @@ class TuningJob:
 # Endpoints
 
 
+# The LLM containers' images (aiops.images: the SDK's huggingface-llm and djl-lmi tables), by repository
+LLM_IMAGE_REPOSITORIES = {"huggingface-pytorch-tgi-inference": "tgi", "djl-inference": "lmi"}
+MODEL_DIR = "/opt/ml/model"  # where SageMaker puts the model data in the container
+
+
+def llm_container(image: str) -> str | None:
+    """'tgi' or 'lmi' when the image is one of the LLM containers, else None (the handler contract)."""
+    repository = image.partition("/")[2].split("@", 1)[0].split(":", 1)[0]
+    return LLM_IMAGE_REPOSITORIES.get(repository)
+
+
+def llm_server_args(container: str, env: dict[str, str]) -> list[str]:
+    """What the LLM container's entry does with its environment, as `aiops serve` arguments.
+
+    TGI's sagemaker-entrypoint.sh: ``HF_MODEL_ID`` must be set (else "HF_MODEL_ID must be set",
+    exit 1) and becomes the launcher's ``MODEL_ID``; ``SM_NUM_GPUS`` becomes ``NUM_SHARD``; the
+    launcher reads ``MAX_INPUT_TOKENS``, ``MAX_TOTAL_TOKENS``, ``MAX_BATCH_SIZE`` itself, as `aiops
+    serve` does. LMI reads ``HF_MODEL_ID`` and its ``OPTION_*`` variables. The model served is the
+    model data SageMaker put in /opt/ml/model: the emulator serves nothing else."""
+    model_id = env.get("HF_MODEL_ID")
+    if not model_id:
+        raise RuntimeError(f"the {container} container exited 1: HF_MODEL_ID must be set")
+    if model_id.rstrip("/") != MODEL_DIR:
+        raise RuntimeError(
+            f"the {container} container's HF_MODEL_ID={model_id}: the emulator serves the model data "
+            f"in {MODEL_DIR} only (no hub downloads)"
+        )
+    degree = "SM_NUM_GPUS" if container == "tgi" else "TENSOR_PARALLEL_DEGREE"
+    shards = env.get(degree)
+    if shards is not None and (not shards.isdigit() or int(shards) < 1):
+        raise RuntimeError(f"the {container} container refuses {degree}={shards!r}")
+    return ["--container", container]
+
+
+def download_model(session: RoleSession, container: dict[str, Any], folder: Path, label: str) -> Path:
+    """The model data as SageMaker puts it in /opt/ml/model, read as the role: a ModelDataUrl
+    (model.tar.gz, unpacked by the server), or a ModelDataSource S3Prefix with CompressionType None
+    (every object under the prefix, copied as it is)."""
+    source = (container.get("ModelDataSource") or {}).get("S3DataSource")
+    doing = f"downloading the model of {label}"
+    if source is None:
+        archive = folder / "model.tar.gz"
+        session.get(container["ModelDataUrl"], archive, doing)
+        return archive
+    if (source.get("S3DataType"), source.get("CompressionType")) != ("S3Prefix", "None"):
+        raise RuntimeError(f"the emulator serves an S3Prefix with CompressionType None, not {source}")
+    model_dir = folder / "model"
+    if session.download_prefix(source["S3Uri"], model_dir, doing) == 0:
+        raise RuntimeError(f"ModelDataSource {source['S3Uri']} holds no object")
+    return model_dir
+
+
 def start_model(
     platform: Platform,
     *,
@@ -1110,7 +1168,8 @@ def start_model(
     label: str,
 ) -> tuple[Any, list[str], RoleSession]:
     """One model on the endpoint's instances, as the role: pull the image, attach the VPC, grant
-    the volume key, download the model, open the log stream, start `aiops serve`; wait for /ping."""
+    the volume key, download the model, open the log stream, start `aiops serve` (`--container tgi|lmi`
+    for the LLM containers' images); wait for /ping."""
     from helpers import launch_server, wait_ready
 
     container = model["PrimaryContainer"]
@@ -1125,8 +1184,7 @@ def start_model(
             {"kms:GrantIsForAWSResource": "true"},
             "encrypting the endpoint's storage volume",
         )
-    archive = folder / "model.tar.gz"
-    session.get(container["ModelDataUrl"], archive, f"downloading the model of {label}")
+    model_data = download_model(session, container, folder, label)
     stream = session.log_stream(
         ENDPOINT_LOG_GROUP + "/" + endpoint,
         f"{variant}/i-{os.urandom(8).hex()}",
@@ -1134,7 +1192,9 @@ def start_model(
     )
     # one model-server worker: the emulated instance is a CPU share, not a GPU machine
     env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", **(container.get("Environment") or {})}
-    server = launch_server(archive, home=folder / "home", cwd=folder, env=env)
+    llm = llm_container(container["Image"])
+    args = llm_server_args(llm, env) if llm else []
+    server = launch_server(model_data, *args, home=folder / "home", cwd=folder, env=env)
     try:
         wait_ready(server, timeout=120)
     except AssertionError as err:
@@ -1685,6 +1745,7 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
 
 def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
     invocations = re.compile(r"^/endpoints/([^/]+)/invocations$")
+    stream_invocations = re.compile(r"^/endpoints/([^/]+)/invocations-response-stream$")
     async_invocations = re.compile(r"^/endpoints/([^/]+)/async-invocations$")
     components = {
         "SageMaker.CreateInferenceComponent",
@@ -1731,6 +1792,9 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
             match = invocations.match(self.path.split("?", 1)[0])
             if match and self.command == "POST":
                 return self._invoke(urllib.request.unquote(match.group(1)), body)
+            match = stream_invocations.match(self.path.split("?", 1)[0])
+            if match and self.command == "POST":
+                return self._invoke_stream(urllib.request.unquote(match.group(1)), body)
             match = async_invocations.match(self.path.split("?", 1)[0])
             if match and self.command == "POST":  # moto's answers placeholders in a bucket of its own
                 return self._invoke_async(urllib.request.unquote(match.group(1)))
@@ -1934,12 +1998,14 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 },
             )
 
-        def _invoke(self, name: str, body: bytes) -> None:
+        def _serving(self, name: str) -> tuple[EndpointHost, Any] | None:
+            """The endpoint and the model server a runtime call reaches (the component it names on
+            an endpoint of inference components); None once the refusal is answered."""
             endpoint = platform.endpoints.get(name)
             ready = endpoint is not None and endpoint.status in ("InService", "Updating")
             if not ready or (endpoint.server is None and not endpoint.hosts_components):
                 state = endpoint.status if endpoint else "not found"
-                return self._json(
+                self._json(
                     400,
                     {
                         "message": f"Endpoint {name} of account {ACCOUNT} not found or not "
@@ -1947,12 +2013,13 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                     },
                     "ValidationError",
                 )
+                return None
             server = endpoint.server
             wanted = self.headers.get("X-Amzn-SageMaker-Inference-Component")
             if endpoint.hosts_components:  # routed to the named component's model
                 component = platform.components.get(wanted or "")
                 if not wanted:
-                    return self._json(
+                    self._json(
                         400,
                         {
                             "message": "Inference Component Name header is required for endpoints "
@@ -1960,9 +2027,10 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                         },
                         "ValidationError",
                     )
+                    return None
                 if component is None or component.endpoint != name or component.server is None:
                     state = component.status if component and component.endpoint == name else "not found"
-                    return self._json(
+                    self._json(
                         400,
                         {
                             "message": f"Inference component {wanted} of endpoint {name} not found "
@@ -1970,9 +2038,10 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                         },
                         "ValidationError",
                     )
+                    return None
                 server = component.server
             elif wanted:
-                return self._json(
+                self._json(
                     400,
                     {
                         "message": f"Endpoint {name} hosts no inference components; invoke it "
@@ -1980,12 +2049,35 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                     },
                     "ValidationError",
                 )
-            headers = {
+                return None
+            return endpoint, server
+
+        def _container_headers(self) -> dict[str, str]:
+            return {
                 k: v
                 for k, v in self.headers.items()
                 if k.lower() in ("content-type", "accept", "x-amzn-sagemaker-custom-attributes")
             }
-            response = server.request("POST", "/invocations", body, headers, timeout=60)
+
+        def _model_error(self, status: int, body: bytes) -> None:
+            """What the runtime answers when the container does not say 200."""
+            self._json(
+                424,
+                {
+                    "Message": f"Received client error ({status}) from primary "
+                    "with message " + json.dumps(body.decode(errors="replace")),
+                    "OriginalStatusCode": status,
+                    "OriginalMessage": body.decode(errors="replace"),
+                },
+                "ModelError",
+            )
+
+        def _invoke(self, name: str, body: bytes) -> None:
+            serving = self._serving(name)
+            if serving is None:
+                return
+            endpoint, server = serving
+            response = server.request("POST", "/invocations", body, self._container_headers(), timeout=60)
             out = {
                 "Content-Type": response.headers.get("content-type", "application/json"),
                 "x-Amzn-Invoked-Production-Variant": endpoint.variant,
@@ -1994,18 +2086,42 @@ def _handler(platform: Platform) -> type[BaseHTTPRequestHandler]:
                 out["X-Amzn-SageMaker-Custom-Attributes"] = response.headers[
                     "x-amzn-sagemaker-custom-attributes"
                 ]
-            if response.status != 200:  # what InvokeEndpoint answers when the container does not say 200
-                return self._json(
-                    424,
-                    {
-                        "Message": f"Received client error ({response.status}) from primary "
-                        "with message " + json.dumps(response.body.decode(errors="replace")),
-                        "OriginalStatusCode": response.status,
-                        "OriginalMessage": response.body.decode(errors="replace"),
-                    },
-                    "ModelError",
-                )
+            if response.status != 200:
+                return self._model_error(response.status, response.body)
             self._reply(200, response.body, out)
+
+        def _invoke_stream(self, name: str, body: bytes) -> None:
+            """InvokeEndpointWithResponseStream: the container's /invocations answer, relayed as
+            it arrives, each piece read from the container one PayloadPart event-stream frame
+            (chunked); a container answer that is not 200 is the runtime's ModelError."""
+            from aiops.inference.serving.http import eventstream
+
+            serving = self._serving(name)
+            if serving is None:
+                return
+            endpoint, server = serving
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            try:
+                conn.request("POST", "/invocations", body, self._container_headers())
+                response = conn.getresponse()
+                if response.status != 200:
+                    return self._model_error(response.status, response.read())
+                self.send_response(200)
+                self.send_header("Content-Type", eventstream.CONTENT_TYPE)
+                self.send_header(
+                    "X-Amzn-SageMaker-Content-Type",
+                    response.getheader("Content-Type", "application/octet-stream"),
+                )
+                self.send_header("x-Amzn-Invoked-Production-Variant", endpoint.variant)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                while piece := response.read1(65536):
+                    frame = eventstream.payload_part(piece)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+            finally:
+                conn.close()
 
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 

@@ -375,6 +375,9 @@ class StandInEngine:
         }
         if "environment" in inputs["primaryContainer"]:  # keys of the environment stay as written
             args["PrimaryContainer"]["Environment"] = inputs["primaryContainer"]["environment"]
+        source = args["PrimaryContainer"].get("ModelDataSource")
+        if source:  # the provider's list of one; the API's one object
+            (source["S3DataSource"],) = source.pop("S3DataSources")
         if inputs.get("enableNetworkIsolation"):
             args["EnableNetworkIsolation"] = True
         if inputs.get("vpcConfig"):

@@ -158,3 +158,48 @@ class Journey:
         if proc.returncode != 0:
             raise AssertionError(f"resolving --model {spec} failed:\n{self.log()}")
         return proc.stdout.strip().splitlines()[-1]
+
+    def deploy_model(self, spec: str) -> dict[str, Any]:
+        """`aiops deploy --model SPEC` up to where it needs the pulumi binary (infra/commands.py
+        `deploy`): the same checks and `resolve_for_endpoint` against the stack file, then the keys it
+        sets (`automation.model_config`) written into the stack file; the resolved model's fields."""
+        import subprocess
+
+        code = (
+            "import json, sys\n"
+            "from pathlib import Path\n"
+            "from aiops.artifacts.endpoint import classify\n"
+            "from aiops.infra import fitcheck\n"
+            "from aiops.infra.automation import model_config\n"
+            "from aiops.infra.commands import stack_config\n"
+            "from aiops.settings import get_settings\n"
+            "from aiops.stack import read_outputs\n"
+            "spec, stack, runs = sys.argv[1], sys.argv[2], get_settings().runs_dir\n"
+            "classify(spec, runs_dir=runs)\n"
+            "placeholder = {'aiops:endpoint.modelDataUrl': 's3://placeholder-bucket/model.tar.gz'}\n"
+            "cfg = stack_config(Path.cwd(), stack, placeholder)\n"
+            "fitcheck.precheck(spec, cfg=cfg, region=cfg.region, runs_dir=runs)\n"
+            "outputs = read_outputs(get_settings().home, stack)\n"
+            "r = fitcheck.resolve_for_endpoint(\n"
+            "    spec, cfg=cfg, outputs=outputs, region=cfg.region, stack=stack, runs_dir=runs\n"
+            ")\n"
+            "keys = model_config(r.uri, r.size_gb, r.program)\n"
+            "print(json.dumps({'uri': r.uri, 'size_gb': r.size_gb, 'note': r.note, 'keys': keys}))\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, spec, self.stack],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            cwd=str(self.project),
+            timeout=120,
+        )
+        self.transcript.append(
+            f"[deploy --model {spec}] exit {proc.returncode}\n{proc.stdout}{proc.stderr[-2000:]}"
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"deploy --model {spec} failed:\n{self.log()}")
+        resolved = json.loads(proc.stdout.strip().splitlines()[-1])
+        for key, value in resolved["keys"].items():  # as `pulumi config set --path` writes them: strings
+            self.set_config(key, value)
+        return resolved

@@ -82,6 +82,7 @@ def test_tgi_plan_field_by_field(make_plan):
             "llm": {
                 "maxInputTokens": 2048,
                 "maxTotalTokens": 4096,
+                "maxBatchSize": 8,
                 "dtype": "fp16",
                 "tensorParallelDegree": 1,
             },
@@ -97,6 +98,7 @@ def test_tgi_plan_field_by_field(make_plan):
         "SM_NUM_GPUS": "1",
         "MAX_INPUT_TOKENS": "2048",
         "MAX_TOTAL_TOKENS": "4096",
+        "MAX_BATCH_SIZE": "8",  # the launcher's --max-batch-size: requests per batch
         "DTYPE": "float16",
     }
     assert container["modelDataUrl"] == "s3://example-bucket/models/sha256/abc/model.tar.gz"

@@ -140,6 +140,7 @@ def test_deploy_model_resolution_checks_the_fit_before_uploading(s3, tmp_path, m
     big = tmp_path / "big"
     big.mkdir()
     write_header_only(big / "model.safetensors", llama7b_shapes(), dtype="F32")  # 25.1 GiB x 1.2 > 24
+    (big / "config.json").write_text("{}")  # an LLM container serves a Hugging Face folder
     before = s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"]
     with pytest.raises(UsageError, match="the model does not fit: it needs 30.1 GiB"):
         fitcheck.resolve_for_endpoint(str(big), cfg=cfg, outputs=outputs, region="us-east-1")
@@ -223,3 +224,40 @@ def test_folder_upload_refuses_a_link_out_of_the_folder_and_uploads_nothing(s3, 
         upload.upload_folder(folder, bucket="stack-bucket", kms_key_arn=None, s3=s3)
     assert "\n" not in str(err.value)
     assert s3.list_objects_v2(Bucket="stack-bucket").get("KeyCount") == 0
+
+
+def test_an_llm_container_gets_a_model_tar_gz_unpacked_into_a_prefix(s3, tmp_path, make_config):
+    """`deploy --model ARCHIVE` (or job:NAME) on a tgi|lmi stack: the archive's HF folder is deployed as
+    its files under their content hash (the folder's own prefix), never as the tarball; an archive
+    with no config.json is refused in one line before anything is uploaded."""
+    import tarfile
+
+    from aiops.infra import fitcheck
+
+    outputs = {"bucket": "stack-bucket"}
+    folder = make_folder(tmp_path / "hf")
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+    tgi = make_config(endpoint={"container": "tgi"})
+    resolved = fitcheck.resolve_for_endpoint(str(archive), cfg=tgi, outputs=outputs, region="us-east-1")
+    from_folder = fitcheck.resolve_for_endpoint(str(folder), cfg=tgi, outputs=outputs, region="us-east-1")
+    assert resolved.uri.endswith("/") and resolved.uri == from_folder.uri
+    assert "unpacked and deployed uncompressed for the tgi container" in resolved.note
+    assert "3 file(s) uploaded" in resolved.note and "3 already there" in from_folder.note
+    assert resolved.fit is not None and resolved.program is None
+    # the handler container keeps the tarball (its code/ and handler contract)
+    pytorch = make_config(endpoint={"container": "pytorch", "instanceType": "ml.g5.xlarge"})
+    kept = fitcheck.resolve_for_endpoint(str(archive), cfg=pytorch, outputs=outputs, region="us-east-1")
+    assert kept.uri.endswith("/model.tar.gz")
+
+    (folder / "config.json").unlink()
+    bare = tmp_path / "bare.tar.gz"
+    with tarfile.open(bare, "w:gz") as tar:
+        tar.add(folder / "model.safetensors", arcname="model.safetensors")
+    before = s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"]
+    for spec in (bare, folder):
+        with pytest.raises(UsageError, match="holds no config.json; the tgi container serves a Hugging Face"):
+            fitcheck.resolve_for_endpoint(str(spec), cfg=tgi, outputs=outputs, region="us-east-1")
+    assert s3.list_objects_v2(Bucket="stack-bucket")["KeyCount"] == before
