@@ -143,3 +143,23 @@ def test_given_values_reach_the_request_and_settings_fill_the_rest(tmp_path: Pat
     }
     assert defaults.image.framework_version == settings.aws.framework_version
     assert defaults.access.stack == "dev" and defaults.region == settings.aws.region
+
+
+def test_the_options_tune_shares_with_train_are_the_same_flags() -> None:
+    """`aiops tune` takes train's options from cli/options.py: the same flags, types and defaults
+    (only a help text may be worded for trials)."""
+    import typer.main
+    from aiops.cli.app import app
+
+    commands = typer.main.get_command(app).commands
+    train = {p.name: p for p in commands["train"].params if p.param_type_name == "option"}
+    shared = [p for p in commands["tune"].params if p.name in train and p.name != "help"]
+    assert {p.name for p in shared} >= {"instance_type", "instance_count", "spot", "max_run", "role", "stack"}
+    for param in shared:
+        twin = train[param.name]
+        assert (param.opts, param.secondary_opts, param.bare_type(), param.default) == (
+            twin.opts,
+            twin.secondary_opts,
+            twin.bare_type(),
+            twin.default,
+        ), param.name
