@@ -1,6 +1,6 @@
 """Remote training: the same job as `aiops train`, as a SageMaker managed training job.
 
-This module submits a job (`launch`, `submit`: validate, guard the cost, stage, record it Pending,
+This module submits a job (`submit`: validate, guard the cost, stage, record it Pending,
 create it once) and is the SageMaker backend of `training.backends` (`SageMakerBackend`, with the
 capacity-aware loop over a list of instance types). The request is built in `remote_request`, the
 uploads are `staging`'s, the job's life on SageMaker (create once, Pending, describe, stop,
@@ -46,22 +46,6 @@ from aiops.runs import (
 # The whole launch, as `aiops train --remote` runs it
 
 
-def launch(
-    job: PreparedJob,
-    options: RemoteOptions,
-    *,
-    store: RunStore,
-    cache_dir: Path,
-    events: JobEvents | None = None,
-    max_cost: float | None = None,
-    confirmed: bool = False,
-) -> RunRecord:
-    """Validate, show the cost, bundle, upload what is new, create the job once, record it locally."""
-    return submit(
-        job, options, store=store, cache_dir=cache_dir, events=events, max_cost=max_cost, confirmed=confirmed
-    )[0]
-
-
 def submit(
     job: PreparedJob,
     options: RemoteOptions,
@@ -73,8 +57,9 @@ def submit(
     confirmed: bool = False,
     staged: Staged | None = None,
 ) -> tuple[RunRecord, Staged]:
-    """`launch`, returning what was uploaded too; with `staged` (an earlier attempt's uploads), the
-    same code and channels are submitted again without bundling or uploading anything.
+    """Validate, show the cost, bundle, upload what is new, create the job once, record it locally;
+    returns the record and what was staged. With `staged` (an earlier attempt's uploads), the same
+    code and channels are submitted again without bundling or uploading anything.
 
     `job` comes from `jobs.prepare` with `SageMakerBackend.target`. The estimate is shown
     (`events.estimate`) and checked against `max_cost` after validation and before anything is
