@@ -8,9 +8,10 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from aiops.cli import options as opt
 
 if TYPE_CHECKING:  # typing only: `aiops --help` imports no record machinery
     from aiops.training.backends import JobBackend
@@ -23,37 +24,6 @@ SUMMARY_METRICS = 8  # the rest (per-class figures, say) are one command away
 jobs_app = typer.Typer(
     help="Training runs, local and remote: list, describe, logs, stop.", no_args_is_help=True
 )
-
-
-def _parse_pairs(values: list[str], option: str, example: str, *, unique: bool = False) -> dict[str, str]:
-    from aiops.errors import UsageError
-
-    pairs: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{option} {item!r}: expected KEY=VALUE, e.g. {option} {example}.")
-        if unique and key.strip() in pairs:
-            raise UsageError(
-                f"{option} {key.strip()} is given twice ({pairs[key.strip()]} and {value}); "
-                "give each name once."
-            )
-        pairs[key.strip()] = value
-    return pairs
-
-
-def _load_hyperparameters_file(path: Path) -> dict[str, Any]:
-    from aiops.errors import UsageError
-
-    try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise UsageError(f"--hyperparameters {path}: cannot read it ({err.strerror}).") from None
-    except ValueError as err:
-        raise UsageError(f"--hyperparameters {path}: not valid JSON ({err}).") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--hyperparameters {path}: expected a JSON object of name: value.")
-    return data
 
 
 class _Console:
@@ -221,7 +191,7 @@ def _failure_text(reason: str, *, log_shown: bool) -> str:
     lines = [line for line in reason.strip().splitlines() if line.strip()]
     if not log_shown or len(lines) <= 2:
         return reason.strip()
-    # under torchrun, the rank that failed first (aiops.training.local.rank_failure) is named too
+    # under torchrun, the rank that failed first (aiops.training.failures.rank_failure) is named too
     rank = next((line for line in lines[1:-1] if line.startswith("rank ") and "failed" in line), None)
     return f"{lines[0]}{f' {rank}' if rank else ''} ... {lines[-1].strip()}"
 
@@ -284,190 +254,59 @@ def _render_summary(console: Any, record: RunRecord, *, streamed: bool = False) 
 
 
 def train(
-    entry_point: str | None = typer.Argument(
-        None, help="The training script (relative to --source-dir when given). Optional with --resume."
-    ),
-    source_dir: str | None = typer.Option(
-        None, "--source-dir", help="Folder of code to ship with the script."
-    ),
-    hp: list[str] = typer.Option([], "--hp", help="Hyperparameter KEY=VALUE (repeatable; JSON values)."),
-    hyperparameters: Path | None = typer.Option(
-        None, "--hyperparameters", help="JSON file of hyperparameters (--hp overrides it)."
-    ),
-    channel: list[str] = typer.Option([], "--channel", help="Input channel NAME=PATH (repeatable)."),
-    env: list[str] = typer.Option(
-        [],
-        "--env",
-        help="Environment variable KEY=VALUE of the script (repeatable): the local process's, "
-        "the job's Environment. Not SM_*/SAGEMAKER_*, not secrets.",
-    ),
-    secret: list[str] = typer.Option(
-        [],
-        "--secret",
-        help="Secret NAME=ARN of AWS Secrets Manager (repeatable): the script reads it as "
-        "docs/training.md#secrets shows; its value is never sent or stored.",
-    ),
-    input_mode: list[str] = typer.Option(
-        [],
-        "--input-mode",
-        help="[NAME=]File|FastFile|Pipe: a channel's "
-        "InputMode (every channel without NAME; runs as File locally).",
-    ),
-    channel_sharding: list[str] = typer.Option(
-        [],
-        "--channel-sharding",
-        help="[NAME=]ShardedByS3Key|"
-        "FullyReplicated: each host gets a disjoint subset of the "
-        "channel's S3 objects (remote jobs).",
-    ),
-    instance_type: str | None = typer.Option(
-        None, "--instance-type", help="Recorded locally (resourceconfig.json); used by remote jobs."
-    ),
-    nproc: int | None = typer.Option(None, "--nproc", help="Processes per host: launch with torchrun."),
-    distribution: str | None = typer.Option(
-        None,
-        "--distribution",
-        help="none | torch_distributed | mpi (the SDK's `distribution`; default none, "
-        "torch_distributed with --nproc). Without one, each host runs the script once.",
-    ),
-    follow_symlinks: bool = typer.Option(
-        False,
-        "--follow-symlinks",
-        help="Ship what symlinks pointing outside the source dir or a channel point to.",
-    ),
-    job_name: str | None = typer.Option(
-        None, "--job-name", help="Name of the run (default: script name + time)."
-    ),
-    output_dir: Path | None = typer.Option(
-        None,
-        "--output-dir",
-        help="Also place artifacts in OUTPUT_DIR/<job>/output/ (like the SDK's output_path).",
-    ),
-    resume: str | None = typer.Option(
-        None, "--resume", help="Run again with the checkpoint folder of this earlier run."
-    ),
-    metric: list[str] = typer.Option([], "--metric", help="Metric NAME=REGEX, first group is the value."),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print one JSON summary on stdout (logs go to stderr)."
-    ),
-    remote: bool = typer.Option(
-        False, "--remote", help="Run as a SageMaker managed training job.", rich_help_panel="Remote"
-    ),
-    instance_count: int = typer.Option(
-        1, "--instance-count", help="Hosts of a remote job.", rich_help_panel="Remote"
-    ),
-    spot: bool | None = typer.Option(
-        None, "--spot/--on-demand", help="Managed spot (default) or on-demand.", rich_help_panel="Remote"
-    ),
-    max_run: int | None = typer.Option(
-        None, "--max-run", help="Max run time in seconds.", rich_help_panel="Remote"
-    ),
-    max_wait: int | None = typer.Option(
-        None,
-        "--max-wait",
-        help="Spot: max wait incl. run time (default 2x max run).",
-        rich_help_panel="Remote",
-    ),
-    volume_size: int | None = typer.Option(
-        None, "--volume-size", help="EBS volume per host, GB.", rich_help_panel="Remote"
-    ),
-    role: str | None = typer.Option(
-        None, "--role", help="Execution role ARN (default: the stack's).", rich_help_panel="Remote"
-    ),
-    bucket: str | None = typer.Option(
-        None, "--bucket", help="S3 bucket (default: the stack's).", rich_help_panel="Remote"
-    ),
-    region: str | None = typer.Option(None, "--region", help="AWS region.", rich_help_panel="Remote"),
-    stack: str | None = typer.Option(
-        None,
-        "--stack",
-        "-s",
-        help="Stack whose outputs give the role, bucket, key and network (default: AIOPS_STACK, else dev).",
-        rich_help_panel="Remote",
-    ),
-    vpc: bool | None = typer.Option(
-        None,
-        "--vpc/--no-vpc",
-        help="Run in the stack's VPC (default: when the stack has one).",
-        rich_help_panel="Remote",
-    ),
-    network_isolation: bool = typer.Option(
-        False,
-        "--network-isolation",
-        help="EnableNetworkIsolation: no network in the container (no pip install of requirements.txt).",
-        rich_help_panel="Remote",
-    ),
-    image_uri: str | None = typer.Option(
-        None, "--image-uri", help="Training image (default: the PyTorch DLC).", rich_help_panel="Remote"
-    ),
-    framework_version: str | None = typer.Option(
-        None, "--framework-version", help="PyTorch container version.", rich_help_panel="Remote"
-    ),
-    framework: str | None = typer.Option(
-        None,
-        "--framework",
-        help="pytorch (default) | huggingface: the training image, as the SDK's PyTorch / HuggingFace "
-        "estimators.",
-        rich_help_panel="Remote",
-    ),
-    transformers_version: str | None = typer.Option(
-        None,
-        "--transformers-version",
-        help="The Hugging Face image's transformers (e.g. 4.56); its PyTorch comes from the SDK's table.",
-        rich_help_panel="Remote",
-    ),
-    wait: bool = typer.Option(
-        True, "--wait/--no-wait", help="Follow status and logs until the job ends.", rich_help_panel="Remote"
-    ),
-    download: bool = typer.Option(
-        False, "--download", help="Download model.tar.gz when the job completes.", rich_help_panel="Remote"
-    ),
-    max_cost: float | None = typer.Option(
-        None, "--max-cost", help="Budget in USD: refuse a job that may cost more.", rich_help_panel="Remote"
-    ),
-    yes: bool = typer.Option(
-        False, "--yes", "-y", help="Launch even above the budget.", rich_help_panel="Remote"
-    ),
-    model_params: float | None = typer.Option(
-        None,
-        "--model-params",
-        help="The model's parameter count (e.g. 7e9): refuse an instance type whose GPUs "
-        "cannot hold its training state (weights, grads, Adam).",
-        rich_help_panel="Remote",
-    ),
-    fsdp: bool = typer.Option(
-        False,
-        "--fsdp",
-        help="With --model-params: the state is sharded over every GPU of every host (FSDP full sharding).",
-        rich_help_panel="Remote",
-    ),
-    keep_alive: str | None = typer.Option(
-        None,
-        "--keep-alive",
-        help="Keep the instances warm after the job (e.g. 30m, at most 1h) for the next matching job "
-        "(KeepAlivePeriodInSeconds; on-demand).",
-        rich_help_panel="Remote",
-    ),
-    remote_debug: bool = typer.Option(
-        False,
-        "--remote-debug",
-        help="RemoteDebugConfig: open a shell on a running host with 'aiops jobs connect' "
-        "(the stack needs access.remoteDebug: true).",
-        rich_help_panel="Remote",
-    ),
-    max_attempts: int | None = typer.Option(
-        None,
-        "--max-attempts",
-        help="With --instance-type A,B,C: at most this many jobs, one per type, after capacity errors.",
-        rich_help_panel="Remote",
-    ),
+    entry_point: Annotated[
+        str | None,
+        typer.Argument(
+            help="The training script (relative to --source-dir when given). Optional with --resume."
+        ),
+    ] = None,
+    source_dir: opt.SourceDir = None,
+    hp: opt.Hp = None,
+    hyperparameters: opt.HyperparametersFile = None,
+    channel: opt.Channel = None,
+    env: opt.Env = None,
+    secret: opt.Secret = None,
+    input_mode: opt.InputMode = None,
+    channel_sharding: opt.ChannelSharding = None,
+    instance_type: opt.InstanceType = None,
+    nproc: opt.Nproc = None,
+    distribution: opt.Distribution = None,
+    follow_symlinks: opt.FollowSymlinks = False,
+    job_name: opt.JobName = None,
+    output_dir: opt.OutputDir = None,
+    resume: opt.Resume = None,
+    metric: opt.Metric = None,
+    as_json: opt.Json = False,
+    remote: opt.Remote = False,
+    instance_count: opt.InstanceCount = 1,
+    spot: opt.Spot = None,
+    max_run: opt.MaxRun = None,
+    max_wait: opt.MaxWait = None,
+    volume_size: opt.VolumeSize = None,
+    role: opt.Role = None,
+    bucket: opt.Bucket = None,
+    region: opt.Region = None,
+    stack: opt.Stack = None,
+    vpc: opt.Vpc = None,
+    network_isolation: opt.NetworkIsolation = False,
+    image_uri: opt.ImageUri = None,
+    framework_version: opt.FrameworkVersion = None,
+    framework: opt.Framework = None,
+    transformers_version: opt.TransformersVersion = None,
+    wait: opt.Wait = True,
+    download: opt.Download = False,
+    max_cost: opt.MaxCost = None,
+    yes: opt.Yes = False,
+    model_params: opt.ModelParams = None,
+    fsdp: opt.Fsdp = False,
+    keep_alive: opt.KeepAlive = None,
+    remote_debug: opt.RemoteDebug = False,
+    max_attempts: opt.MaxAttempts = None,
 ) -> None:
     """Run a SageMaker-style PyTorch training script locally under the SageMaker training contract,
     or with --remote as a SageMaker training job."""
     from aiops.training import backends, jobs
-    from aiops.training.contract import parse_hyperparameter_value
     from aiops.training.metrics import parse_metric_option
-    from aiops.training.remote_request import parse_duration
 
     from aiops.runs import RunStore
     from aiops.settings import get_settings
@@ -479,37 +318,35 @@ def train(
         entry_point=entry_point,
         source_dir=source_dir,
         resume=resume,
-        hyperparameters=_load_hyperparameters_file(hyperparameters) if hyperparameters is not None else None,
-        hp={
-            key: parse_hyperparameter_value(raw) for key, raw in _parse_pairs(hp, "--hp", "epochs=10").items()
-        },
-        channels=_parse_pairs(channel, "--channel", "train=./data/train", unique=True),
-        metric_definitions=[parse_metric_option(m) for m in metric],
+        hyperparameters=opt.load_hyperparameters_file(hyperparameters)
+        if hyperparameters is not None
+        else None,
+        hp=opt.hyperparameters(hp),
+        channels=opt.channels(channel),
+        metric_definitions=[parse_metric_option(m) for m in metric or []],
         instance_type=instance_type,
         nproc=nproc,
         job_name=job_name,
         default_instance_type=settings.train.instance_type,
         distribution=distribution,
         follow_symlinks=follow_symlinks,
-        input_modes=input_mode,
-        channel_sharding=channel_sharding,
-        environment=_parse_pairs(env, "--env", "HF_HUB_OFFLINE=1", unique=True),
-        secrets=_parse_pairs(
+        input_modes=input_mode or (),
+        channel_sharding=channel_sharding or (),
+        environment=opt.environment(env),
+        secrets=opt.parse_pairs(
             secret, "--secret", "HF_TOKEN=arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME", unique=True
         ),
         framework=framework,
         transformers_version=transformers_version,
     )
-    options = jobs.LaunchOptions(
-        output_dir=output_dir,
-        wait=wait,
-        download=download,
+    options = opt.launch_options(
         instance_type=instance_type,
         instance_count=instance_count,
         spot=spot,
         max_run=max_run,
         max_wait=max_wait,
         volume_size=volume_size,
+        keep_alive=keep_alive,
         role=role,
         bucket=bucket,
         region=region,
@@ -519,12 +356,14 @@ def train(
         image_uri=image_uri,
         framework_version=framework_version,
         max_cost=max_cost,
-        confirmed=yes,
+        yes=yes,
         model_params=model_params,
         fsdp=fsdp,
-        keep_alive=parse_duration(keep_alive, "--keep-alive") if keep_alive is not None else None,
         remote_debug=remote_debug,
         max_attempts=max_attempts,
+        wait=wait,
+        download=download,
+        output_dir=output_dir,
     )
     events = _Console(to_stderr=as_json)
     backend = backends.create(

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+from aiops.cli import options as opt
 
 
 class _TuneConsole:
@@ -93,88 +94,78 @@ def _render(console: Any, trials: list[Any], best: str | None, metric: str) -> N
 
 
 def tune(
-    entry_point: str = typer.Argument(..., help="The training script (relative to --source-dir when given)."),
-    source_dir: str | None = typer.Option(
-        None, "--source-dir", help="Folder of code to ship with the script."
-    ),
-    tuned: list[str] = typer.Option(
-        [],
-        "--range",
-        help="A tuned hyperparameter (repeatable): NAME=LOW:HIGH[:log|linear] (integer when both bounds are "
-        "whole numbers) or NAME=V1,V2,... (categorical).",
-    ),
-    objective: str | None = typer.Option(
-        None, "--objective", help="METRIC:max or METRIC:min; METRIC needs a --metric definition."
-    ),
-    max_trials: int = typer.Option(10, "--max-trials", help="Trials in all."),
-    parallel: int = typer.Option(1, "--parallel", help="Trials running at once (at most --max-trials)."),
-    early_stopping: bool = typer.Option(
-        True,
-        "--early-stopping/--no-early-stopping",
-        help="Stop trials that fall behind (locally: Optuna's median pruner; remote: early stopping Auto).",
-    ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the local search (the same trials again)."),
-    hp: list[str] = typer.Option(
-        [], "--hp", help="Fixed hyperparameter KEY=VALUE (repeatable; JSON values)."
-    ),
-    channel: list[str] = typer.Option([], "--channel", help="Input channel NAME=PATH (repeatable)."),
-    env: list[str] = typer.Option(
-        [], "--env", help="Environment variable KEY=VALUE of the script (repeatable)."
-    ),
-    metric: list[str] = typer.Option([], "--metric", help="Metric NAME=REGEX, first group is the value."),
-    job_name: str | None = typer.Option(
-        None,
-        "--job-name",
-        help="Base of the trials' names (remote: the tuning job's, at most 32 characters).",
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
-    remote: bool = typer.Option(
-        False, "--remote", help="One SageMaker hyperparameter tuning job.", rich_help_panel="Remote"
-    ),
-    instance_type: str | None = typer.Option(
-        None, "--instance-type", help="Each trial's instance type.", rich_help_panel="Remote"
-    ),
-    instance_count: int = typer.Option(
-        1, "--instance-count", help="Hosts per trial.", rich_help_panel="Remote"
-    ),
-    spot: bool | None = typer.Option(
-        None, "--spot/--on-demand", help="Managed spot (default) or on-demand.", rich_help_panel="Remote"
-    ),
-    max_run: int | None = typer.Option(
-        None, "--max-run", help="Max run time of a trial, seconds.", rich_help_panel="Remote"
-    ),
-    role: str | None = typer.Option(None, "--role", help="Execution role ARN.", rich_help_panel="Remote"),
-    bucket: str | None = typer.Option(None, "--bucket", help="S3 bucket.", rich_help_panel="Remote"),
-    region: str | None = typer.Option(None, "--region", help="AWS region.", rich_help_panel="Remote"),
-    stack: str | None = typer.Option(
-        None, "--stack", "-s", help="Stack whose outputs to use.", rich_help_panel="Remote"
-    ),
-    wait: bool = typer.Option(
-        True, "--wait/--no-wait", help="Follow the tuning job until it ends.", rich_help_panel="Remote"
-    ),
-    download: bool = typer.Option(
-        False,
-        "--download",
-        help="Download the best trial's model.tar.gz into its run folder.",
-        rich_help_panel="Remote",
-    ),
-    max_cost: float | None = typer.Option(
-        None,
-        "--max-cost",
-        help="Budget in USD: refuse a tuning job whose trials may cost more in all.",
-        rich_help_panel="Remote",
-    ),
-    yes: bool = typer.Option(
-        False, "--yes", "-y", help="Launch even above the budget.", rich_help_panel="Remote"
-    ),
+    entry_point: Annotated[
+        str, typer.Argument(help="The training script (relative to --source-dir when given).")
+    ],
+    source_dir: opt.SourceDir = None,
+    tuned: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--range",
+            help="A tuned hyperparameter (repeatable): NAME=LOW:HIGH[:log|linear] (integer when both bounds "
+            "are whole numbers) or NAME=V1,V2,... (categorical).",
+        ),
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option("--objective", help="METRIC:max or METRIC:min; METRIC needs a --metric definition."),
+    ] = None,
+    max_trials: Annotated[int, typer.Option("--max-trials", help="Trials in all.")] = 10,
+    parallel: Annotated[
+        int, typer.Option("--parallel", help="Trials running at once (at most --max-trials).")
+    ] = 1,
+    early_stopping: Annotated[
+        bool,
+        typer.Option(
+            "--early-stopping/--no-early-stopping",
+            help="Stop trials that fall behind (locally: Optuna's median pruner; "
+            "remote: early stopping Auto).",
+        ),
+    ] = True,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of the local search (the same trials again).")
+    ] = None,
+    hp: Annotated[
+        list[str] | None, opt.reworded(opt.Hp, "Fixed hyperparameter KEY=VALUE (repeatable; JSON values).")
+    ] = None,
+    channel: opt.Channel = None,
+    env: Annotated[
+        list[str] | None, opt.reworded(opt.Env, "Environment variable KEY=VALUE of the script (repeatable).")
+    ] = None,
+    metric: opt.Metric = None,
+    job_name: Annotated[
+        str | None,
+        opt.reworded(
+            opt.JobName, "Base of the trials' names (remote: the tuning job's, at most 32 characters)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, opt.reworded(opt.Json, "Print one JSON summary on stdout.")] = False,
+    remote: Annotated[bool, opt.reworded(opt.Remote, "One SageMaker hyperparameter tuning job.")] = False,
+    instance_type: Annotated[
+        str | None, opt.reworded(opt.InstanceType, "Each trial's instance type.", panel=opt.REMOTE)
+    ] = None,
+    instance_count: Annotated[int, opt.reworded(opt.InstanceCount, "Hosts per trial.")] = 1,
+    spot: opt.Spot = None,
+    max_run: Annotated[int | None, opt.reworded(opt.MaxRun, "Max run time of a trial, seconds.")] = None,
+    role: Annotated[str | None, opt.reworded(opt.Role, "Execution role ARN.")] = None,
+    bucket: Annotated[str | None, opt.reworded(opt.Bucket, "S3 bucket.")] = None,
+    region: opt.Region = None,
+    stack: Annotated[str | None, opt.reworded(opt.Stack, "Stack whose outputs to use.")] = None,
+    wait: Annotated[bool, opt.reworded(opt.Wait, "Follow the tuning job until it ends.")] = True,
+    download: Annotated[
+        bool, opt.reworded(opt.Download, "Download the best trial's model.tar.gz into its run folder.")
+    ] = False,
+    max_cost: Annotated[
+        float | None,
+        opt.reworded(opt.MaxCost, "Budget in USD: refuse a tuning job whose trials may cost more in all."),
+    ] = None,
+    yes: opt.Yes = False,
 ) -> None:
     """Tune a training script's hyperparameters: trials run as `aiops train` runs them (locally,
     each an ordinary run) or, with --remote, as one SageMaker hyperparameter tuning job."""
     from pathlib import Path
 
-    from aiops.cli.train import _parse_pairs
     from aiops.training import jobs
-    from aiops.training.contract import parse_hyperparameter_value
     from aiops.training.metrics import parse_metric_option
     from aiops.training.tune import best_trial, tuning_spec
 
@@ -183,9 +174,9 @@ def tune(
 
     settings = get_settings()
     store = RunStore(settings.runs_dir)
-    definitions = [parse_metric_option(m) for m in metric]
+    definitions = [parse_metric_option(m) for m in metric or []]
     spec = tuning_spec(
-        tuned, objective, max_trials=max_trials, parallel=parallel, metric_definitions=definitions
+        tuned or [], objective, max_trials=max_trials, parallel=parallel, metric_definitions=definitions
     )
     config = jobs.job_config(
         store,
@@ -193,33 +184,34 @@ def tune(
         source_dir=source_dir,
         resume=None,
         hyperparameters=None,
-        hp={k: parse_hyperparameter_value(v) for k, v in _parse_pairs(hp, "--hp", "epochs=10").items()},
-        channels=_parse_pairs(channel, "--channel", "train=./data/train", unique=True),
+        hp=opt.hyperparameters(hp),
+        channels=opt.channels(channel),
         metric_definitions=definitions,
         instance_type=instance_type,
         nproc=None,
         job_name=None,
         default_instance_type=settings.train.instance_type,
-        environment=_parse_pairs(env, "--env", "HF_HUB_OFFLINE=1", unique=True),
+        environment=opt.environment(env),
+    )
+    options = opt.launch_options(
+        instance_type=instance_type,
+        instance_count=instance_count,
+        spot=spot,
+        max_run=max_run,
+        role=role,
+        bucket=bucket,
+        region=region,
+        stack=stack,
+        max_cost=max_cost,
+        yes=yes,
+        wait=wait,
+        download=download,
     )
     stem = Path(entry_point).stem.replace("_", "-")
     best: str | None
     if remote:
         from aiops.training import tune_remote
 
-        options = jobs.LaunchOptions(
-            wait=wait,
-            instance_type=instance_type,
-            instance_count=instance_count,
-            spot=spot,
-            max_run=max_run,
-            role=role,
-            bucket=bucket,
-            region=region,
-            stack=stack,
-            max_cost=max_cost,
-            confirmed=yes,
-        )
         name = job_name or tune_remote.tuning_job_name(f"{stem}-tune")
         events = _TuneConsole(max_trials, to_stderr=True)
         try:
@@ -251,11 +243,7 @@ def tune(
     else:
         from aiops.training import tune_local
 
-        if (
-            any(v is not None for v in (spot, max_run, role, bucket, stack, max_cost))
-            or instance_count != 1
-            or download
-        ):
+        if options.sagemaker_options_given() or download:
             from aiops.errors import UsageError
 
             raise UsageError("remote options (--spot, --max-run, --role, --bucket, ...) need --remote.")

@@ -20,7 +20,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiops.training.jobs import JobConfig, JobEvents, LaunchOptions, LaunchResult, PreparedJob
+from aiops.training.jobs import JobConfig, JobEvents, LaunchResult, PreparedJob
+from aiops.training.launch import LaunchOptions
 
 from aiops.runs import RunRecord, RunStore
 

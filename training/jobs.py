@@ -77,67 +77,6 @@ class JobConfig:
         )
 
 
-@dataclass
-class LaunchOptions:
-    """How to launch a job, besides the job itself: the command line's values (None: not given,
-    so settings and the deployed stack decide). The SageMaker ones are refused by the local backend."""
-
-    output_dir: Path | None = None  # also place the artifacts in OUTPUT_DIR/<job>/output/ (local)
-    wait: bool = True
-    download: bool = False
-    instance_type: str | None = None
-    instance_count: int = 1
-    spot: bool | None = None
-    max_run: int | None = None
-    max_wait: int | None = None
-    volume_size: int | None = None
-    role: str | None = None
-    bucket: str | None = None
-    region: str | None = None
-    stack: str | None = None
-    vpc: bool | None = None
-    network_isolation: bool = False
-    image_uri: str | None = None
-    framework_version: str | None = None
-    max_cost: float | None = None
-    confirmed: bool = False  # --yes: launch even above the budget
-    model_params: float | None = None
-    fsdp: bool = False
-    keep_alive: int | None = None  # seconds SageMaker keeps the instances warm after the job
-    remote_debug: bool = False  # RemoteDebugConfig: `aiops jobs connect` opens a shell on a host
-    max_attempts: int | None = None  # capacity fallback: at most this many jobs (default: one a type)
-
-    def __post_init__(self) -> None:
-        if self.output_dir is not None and self.output_dir.exists() and not self.output_dir.is_dir():
-            raise UsageError(f"--output-dir {self.output_dir}: exists and is not a folder.")
-
-    def sagemaker_options_given(self) -> bool:
-        return (
-            any(
-                v is not None
-                for v in (
-                    self.spot,
-                    self.max_run,
-                    self.max_wait,
-                    self.volume_size,
-                    self.role,
-                    self.bucket,
-                    self.image_uri,
-                    self.max_cost,
-                    self.stack,
-                    self.vpc,
-                    self.model_params,
-                    self.keep_alive,
-                    self.max_attempts,
-                )
-            )
-            or self.instance_count != 1
-            or self.network_isolation
-            or self.fsdp
-            or self.remote_debug
-        )
-
-
 @dataclass(frozen=True)
 class Target:
     """What a backend accepts beyond the common contract."""

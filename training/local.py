@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -25,8 +24,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aiops.training import contract, jobs
+from aiops.training import contract, failures, jobs
 from aiops.training.jobs import PreparedJob, absolute_config
+from aiops.training.launch import LaunchOptions
 from aiops.training.metrics import MetricParser
 
 from aiops import archive, files
@@ -45,9 +45,6 @@ from aiops.runs import (
     runner_command,
     script_alive,
 )
-
-FAILURE_TAIL_CHARS = 1024  # DescribeTrainingJob shows the first 1024 characters of `failure`
-
 
 # A run's reporter is the part of `jobs.JobEvents` a local run uses: started, line, metric, stopping,
 # finished.
@@ -153,20 +150,80 @@ def run(
     """Run the prepared job to its end; returns the final run record. `stop_when`, asked after each
     line of output, returns a reason to stop the job (the record ends Stopped, `stopped_by` the reason)."""
     reporter = reporter or jobs.NullEvents()
+    folder = _lay_out(job, store, link_channels)
+    spec, launch = _host_launch(job, folder, region, python)
+    record = _started_record(job, folder, launch.argv)
+    store.save(record)
+    reporter.started(record)
+
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        launch.argv,
+        cwd=folder.container.code,
+        env=launch.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # our own process group: Ctrl-C reaches aiops, which stops it
+        # if aiops is killed outright, the script goes too; torchrun gets SIGTERM so it can stop
+        # its workers (they run in sessions of their own)
+        preexec_fn=_die_with_parent(signal.SIGTERM if spec.distributed else signal.SIGKILL),
+    )
+    record.update(script_pid=proc.pid, script_start_time=process_start_time(proc.pid))
+    store.save(record)
+    stopper = _Stopper(proc, stop_grace_seconds, reporter)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handlers = {}
+    if in_main_thread:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[sig] = signal.signal(sig, stopper.handle)
+    try:
+        latest, tail = _follow_output(
+            proc, folder, job, reporter, stopper, stop_when, log_tail_lines=log_tail_lines, started=started
+        )
+        exit_code = proc.wait()
+    finally:
+        stopper.cancel()
+        if proc.poll() is None:  # aiops itself failed while reading: do not orphan the script
+            stopper.kill()
+            proc.wait()
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+    record.update(
+        exit_code=exit_code,
+        ended_at=time.time(),
+        duration_seconds=round(time.monotonic() - started, 3),
+        final_metrics=latest,
+    )
+    _settle(record, folder, stopper, exit_code, tail, distributed=spec.distributed)
+    store.save(record)
+    reporter.finished(record)
+    return record
+
+
+def _lay_out(job: PreparedJob, store: RunStore, link_channels: bool) -> RunFolder:
+    """The run folder and its container tree: the code snapshot, the channels, the checkpoint
+    folder (an earlier run's, linked, with --resume)."""
     folder = store.create(job.job_name)
-    run_dir = folder.root
     paths = folder.container
     for tree_dir in paths.all_dirs():
         tree_dir.mkdir(parents=True, exist_ok=True)
     if job.checkpoint_source is not None:
         paths.checkpoints.rmdir()
         paths.checkpoints.symlink_to(job.checkpoint_source, target_is_directory=True)
-    checkpoint_dir = job.checkpoint_source or paths.checkpoints
-
     _copy_code(job, paths.code, store.root)
     for name, source in job.channels.items():
         _stage_channel(source, paths.channel(name), link_channels, job.channel_selections.get(name))
+    return folder
 
+
+def _host_launch(
+    job: PreparedJob, folder: RunFolder, region: str, python: str | None
+) -> tuple[contract.TrainingJobSpec, contract.HostLaunch]:
+    """The container's config files written into the run's tree, and the command and environment
+    that start the script on this one host."""
+    paths = folder.container
     spec = contract.TrainingJobSpec(
         job_name=job.job_name,
         entry_point=job.entry_point,
@@ -194,12 +251,15 @@ def run(
         master_addr="127.0.0.1",
         master_port=_free_port(),
     )
-    env, command = launch.env, launch.argv
     if spec.distributed:  # torchrun copies the first failed rank's error file here (scripts under @record)
         folder.torchrun_error.unlink(missing_ok=True)
-        env["TORCHELASTIC_ERROR_FILE"] = str(folder.torchrun_error)
+        launch.env["TORCHELASTIC_ERROR_FILE"] = str(folder.torchrun_error)
+    return spec, launch
 
-    record = RunRecord(
+
+def _started_record(job: PreparedJob, folder: RunFolder, command: list[str]) -> RunRecord:
+    paths = folder.container
+    return RunRecord(
         job_name=job.job_name,
         status=STATUS_IN_PROGRESS,
         runner_pid=os.getpid(),  # `aiops jobs stop` signals this process, which stops the script
@@ -207,9 +267,9 @@ def run(
         created_at=time.time(),
         ended_at=None,
         duration_seconds=None,
-        run_dir=str(run_dir),
+        run_dir=str(folder.root),
         base_dir=str(paths.base),
-        checkpoint_dir=str(checkpoint_dir),
+        checkpoint_dir=str(job.checkpoint_source or paths.checkpoints),
         resumed_from=job.config.resume,
         entry_point=job.entry_point,
         source_dir=str(job.code_source if job.code_source.is_dir() else job.code_source.parent),
@@ -224,77 +284,67 @@ def run(
         warnings=list(job.warnings),
         distribution=job.distribution,
     )
-    store.save(record)
-    reporter.started(record)
 
+
+def _follow_output(
+    proc: subprocess.Popen[bytes],
+    folder: RunFolder,
+    job: PreparedJob,
+    reporter: RunReporter,
+    stopper: _Stopper,
+    stop_when: Callable[[], str | None] | None,
+    *,
+    log_tail_lines: int,
+    started: float,
+) -> tuple[dict[str, float], list[str]]:
+    """Every line of the script's output into train.log and the reporter, its metrics into
+    metrics.jsonl; returns the latest value of each metric and the log's last lines."""
     parser = MetricParser(job.config.metric_definitions)
     latest: dict[str, float] = {}
     tail: list[str] = []
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        command,
-        cwd=paths.code,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,  # our own process group: Ctrl-C reaches aiops, which stops it
-        # if aiops is killed outright, the script goes too; torchrun gets SIGTERM so it can stop
-        # its workers (they run in sessions of their own)
-        preexec_fn=_die_with_parent(signal.SIGTERM if spec.distributed else signal.SIGKILL),
-    )
-    record.update(script_pid=proc.pid, script_start_time=process_start_time(proc.pid))
-    store.save(record)
-    stopper = _Stopper(proc, stop_grace_seconds, reporter)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous_handlers = {}
-    if in_main_thread:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[sig] = signal.signal(sig, stopper.handle)
-    try:
-        with open(folder.log, "wb") as log, open(folder.metrics, "a") as metrics_file:
-            assert proc.stdout is not None
-            for line_number, raw in enumerate(iter(proc.stdout.readline, b""), start=1):
-                log.write(raw)
-                log.flush()
-                text = raw.decode("utf-8", errors="replace").rstrip("\n")
-                tail.append(text)
-                if len(tail) > log_tail_lines:
-                    del tail[0]
-                reporter.line(text)
-                for sample in parser.parse(text):
-                    latest[sample.name] = sample.value
-                    metrics_file.write(
-                        _json_line(
-                            {
-                                "name": sample.name,
-                                "value": sample.value,
-                                "line": line_number,
-                                "timestamp": time.time(),
-                                "elapsed_seconds": round(time.monotonic() - started, 3),
-                            }
-                        )
+    with open(folder.log, "wb") as log, open(folder.metrics, "a") as metrics_file:
+        assert proc.stdout is not None
+        for line_number, raw in enumerate(iter(proc.stdout.readline, b""), start=1):
+            log.write(raw)
+            log.flush()
+            text = raw.decode("utf-8", errors="replace").rstrip("\n")
+            tail.append(text)
+            if len(tail) > log_tail_lines:
+                del tail[0]
+            reporter.line(text)
+            for sample in parser.parse(text):
+                latest[sample.name] = sample.value
+                metrics_file.write(
+                    _json_line(
+                        {
+                            "name": sample.name,
+                            "value": sample.value,
+                            "line": line_number,
+                            "timestamp": time.time(),
+                            "elapsed_seconds": round(time.monotonic() - started, 3),
+                        }
                     )
-                    metrics_file.flush()
-                    reporter.metric(sample, latest)
-                reason = stop_when() if stop_when is not None else None
-                if reason:
-                    stopper.request(reason)
-            exit_code = proc.wait()
-    finally:
-        stopper.cancel()
-        if proc.poll() is None:  # aiops itself failed while reading: do not orphan the script
-            stopper.kill()
-            proc.wait()
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+                )
+                metrics_file.flush()
+                reporter.metric(sample, latest)
+            reason = stop_when() if stop_when is not None else None
+            if reason:
+                stopper.request(reason)
+    return latest, tail
 
-    record.update(
-        exit_code=exit_code,
-        ended_at=time.time(),
-        duration_seconds=round(time.monotonic() - started, 3),
-        final_metrics=latest,
-    )
+
+def _settle(
+    record: RunRecord,
+    folder: RunFolder,
+    stopper: _Stopper,
+    exit_code: int,
+    tail: list[str],
+    *,
+    distributed: bool,
+) -> None:
+    """The run's end as SageMaker records it: Stopped (by whom), Completed (the success file, the
+    model and output archives) or Failed (the failure file: the toolkit's line, the failed rank)."""
+    paths = folder.container
     if stopper.requested_by is not None:
         record.update(status=STATUS_STOPPED, stopped_by=signal.Signals(stopper.requested_by).name)
     elif stopper.reason is not None:
@@ -309,103 +359,8 @@ def run(
             model=str(folder.model_archive), output=str(folder.output_archive), model_dir=str(paths.model)
         )
     else:
-        record.status = STATUS_FAILED
-        failure_file = paths.output / "failure"
-        rank = rank_failure(folder.log, folder.torchrun_error) if spec.distributed else None
-        if not failure_file.is_file():  # the toolkit writes one when the script did not
-            reason = f"killed by signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}"
-            failure_file.write_text(
-                f"AlgorithmError: ExecuteUserScriptError: {reason}\n" + (rank or "\n".join(tail[-5:]))
-            )
-        elif rank:  # the script's own line first, then the rank that failed and its traceback
-            failure_file.write_text(failure_file.read_text(errors="replace").rstrip("\n") + "\n" + rank)
-        if rank:  # the log's tail up to torchrun's own traceback and summary (they stay in train.log)
-            tail = _tail_before_torchrun(folder.log, len(tail)) or tail
-        record.update(
-            failure_reason=failure_file.read_text(errors="replace")[:FAILURE_TAIL_CHARS], log_tail=tail
-        )
-    store.save(record)
-    reporter.finished(record)
-    return record
-
-
-_ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)", re.S)
-_TRACEBACK_START = "Traceback (most recent call last):"
-
-
-def rank_failure(log: Path, error_file: Path, *, limit: int = FAILURE_TAIL_CHARS - 100) -> str | None:
-    """Under torchrun, the rank that failed first and its traceback, ahead of torchrun's own frames:
-    the rank from torchrun's root-cause summary, the traceback from its error file (a script under
-    torch's ``@record``) or else the first traceback in the log that is not torchrun's. The
-    traceback keeps its last lines, within `limit` characters (the failure reason's budget)."""
-    text = _log_end(log)
-    match = _ROOT_CAUSE.search(text)
-    traceback = _error_file_traceback(error_file) or _script_traceback(text)
-    if traceback is None:
-        return None
-    lines = traceback.rstrip("\n").splitlines()
-    while len(lines) > 2 and sum(len(line) + 1 for line in lines) > limit:
-        del lines[1]  # the oldest frames go first: the exception and the frames nearest it stay
-    head = f"rank {match.group(1)} failed first:" if match else "a rank failed:"
-    return "\n".join([head, *lines])
-
-
-def _log_end(log: Path, size: int = 1 << 20) -> str:
-    """The last `size` bytes of the log, where a failure's tracebacks are (a long run's log is large)."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _tail_before_torchrun(log: Path, lines: int) -> list[str] | None:
-    """The last `lines` lines of the log before torchrun's own traceback (its ChildFailedError)."""
-    text = _log_end(log).splitlines()
-    starts = [i for i, line in enumerate(text) if line.strip() == _TRACEBACK_START]
-    for start in reversed(starts):
-        if any("torch/distributed/run.py" in line for line in text[start : start + 40]):
-            return text[max(0, start - lines) : start]
-    return None
-
-
-def _error_file_traceback(error_file: Path) -> str | None:
-    try:
-        message = json.loads(error_file.read_text())["message"]
-        callstack = message["extraInfo"]["py_callstack"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return _without_torch_frames(callstack) if isinstance(callstack, str) else None
-
-
-def _without_torch_frames(traceback: str) -> str:
-    """The traceback less the frames of torch.distributed's own wrappers (``@record``)."""
-    out: list[str] = []
-    skipping = False
-    for line in traceback.splitlines():
-        if line.startswith("  File "):
-            skipping = "/torch/distributed/" in line
-        elif not line.startswith("    "):
-            skipping = False
-        if not skipping:
-            out.append(line)
-    return "\n".join(out)
-
-
-def _script_traceback(text: str) -> str | None:
-    """The first Python traceback in the log that is not torchrun's own (ChildFailedError)."""
-    lines = text.splitlines()
-    for start, line in enumerate(lines):
-        if line.strip() != _TRACEBACK_START:
-            continue
-        end = start + 1
-        while end < len(lines) and (lines[end].startswith(" ") or not lines[end].strip()):
-            end += 1
-        block = lines[start : end + 1]
-        if not any("torch/distributed/run.py" in b or "ChildFailedError" in b for b in block):
-            return "\n".join(block)
-    return None
+        reason, log_tail = failures.write_failure(folder, exit_code, tail, distributed=distributed)
+        record.update(status=STATUS_FAILED, failure_reason=reason, log_tail=log_tail)
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -490,11 +445,11 @@ class LocalBackend:
         self,
         store: RunStore,
         settings: Any,
-        options: jobs.LaunchOptions | None = None,
+        options: LaunchOptions | None = None,
         events: jobs.JobEvents | None = None,
     ) -> None:
         self.store, self.settings = store, settings
-        self.launch_options = options or jobs.LaunchOptions()
+        self.launch_options = options or LaunchOptions()
         self.events = events or jobs.NullEvents()
         if self.launch_options.sagemaker_options_given():
             raise UsageError(
@@ -505,7 +460,7 @@ class LocalBackend:
         from aiops.training.images import installed_transformers_note, resolve_framework
 
         framework = resolve_framework(
-            config.framework, config.transformers_version, self.launch_options.framework_version
+            config.framework, config.transformers_version, self.launch_options.image.framework_version
         )
         prepared = jobs.prepare(config, self.store, self.target)
         note = installed_transformers_note(framework)  # the script runs on this machine's packages

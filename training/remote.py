@@ -1,24 +1,24 @@
 """Remote training: the same job as `aiops train`, as a SageMaker managed training job.
 
-This module launches and follows a job (`launch`, `follow`, `download_model`) and is the
-SageMaker backend of `training.backends` (`SageMakerBackend`). The request is built in
-`remote_request`, the job's life on SageMaker (create once, Pending, describe, stop) is
-`remote_jobs`', its logs and metrics are `remote_logs`'.
+This module submits a job (`submit`: validate, guard the cost, stage, record it Pending,
+create it once) and is the SageMaker backend of `training.backends` (`SageMakerBackend`, with the
+capacity-aware loop over a list of instance types). The request is built in `remote_request`, the
+uploads are `staging`'s, the job's life on SageMaker (create once, Pending, describe, stop,
+download) is `remote_jobs`', its logs, metrics and following to the end are `remote_logs`'.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aiops.training import jobs, remote_jobs, remote_logs, remote_request
+from aiops.training import jobs, remote_jobs, remote_logs, remote_request, staging
 from aiops.training.capacity import CapacityRefused
-from aiops.training.jobs import JobConfig, JobEvents, LaunchOptions, LaunchResult, NullEvents, PreparedJob
+from aiops.training.jobs import JobConfig, JobEvents, LaunchResult, NullEvents, PreparedJob
+from aiops.training.launch import GpuFit, LaunchOptions
 from aiops.training.remote_jobs import NO_RETRY, NOT_CREATED, PENDING, aws_call, create_once
-from aiops.training.remote_logs import LogFollower, LogSink
 from aiops.training.remote_request import (
     RemoteOptions,
     apply_defaults,
@@ -30,12 +30,12 @@ from aiops.training.remote_request import (
     idle_cost,
     resolve_options,
 )
+from aiops.training.staging import Staged
 
 from aiops.errors import AiopsError, UsageError
 from aiops.runs import (
     STATUS_COMPLETED,
     STATUS_IN_PROGRESS,
-    TERMINAL,
     CodeBundle,
     RunConfig,
     RunRecord,
@@ -43,116 +43,7 @@ from aiops.runs import (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Following
-
-
-def wait(
-    sm: Any,
-    logs: Any,
-    job_name: str,
-    sink: LogSink,
-    *,
-    poll_seconds: float = 5.0,
-    silence_warning_seconds: float = 300.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any]:
-    """Show status transitions and every host's log until the job ends; return its description."""
-    follower = LogFollower(logs, job_name)
-    last_status: tuple[str, str] | None = None
-    last_output = clock()
-    warned_at = 0.0
-    while True:
-        description = sm.describe_training_job(TrainingJobName=job_name)
-        status = (description["TrainingJobStatus"], description.get("SecondaryStatus", ""))
-        if status != last_status:
-            sink.status(*status)
-            last_status = status
-        events = follower.poll()
-        for stream, message in events:
-            sink.log(stream, message)
-        now = clock()
-        if events:
-            last_output = now
-        elif now - last_output >= silence_warning_seconds and now - warned_at >= silence_warning_seconds:
-            sink.silent(now - last_output, "/".join(s for s in status if s))
-            warned_at = now
-        if status[0] in TERMINAL:
-            for stream, message in follower.poll():  # the last lines land just after the end
-                sink.log(stream, message)
-            return description
-        sleep(poll_seconds)
-
-
-def follow(
-    job_name: str,
-    region: str,
-    sink: LogSink,
-    *,
-    silence_warning_seconds: float = 300.0,
-    poll_seconds: float = 5.0,
-) -> dict[str, Any]:
-    from aiops import aws
-
-    sm, logs = aws.client("sagemaker", region), aws.client("logs", region)
-    return aws_call(
-        f"following {job_name}",
-        lambda: wait(
-            sm,
-            logs,
-            job_name,
-            sink,
-            poll_seconds=poll_seconds,
-            silence_warning_seconds=silence_warning_seconds,
-        ),
-    )
-
-
-def download(s3: Any, uri: str, dest: Path) -> Path:
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    s3.download_file(bucket, key, str(dest))
-    return dest
-
-
-def download_model(record: RunRecord, dest: Path) -> Path:
-    from aiops import aws
-
-    uri = record.artifacts.model_s3
-    if not uri:
-        raise AiopsError(f"{record.job_name} has no model artifact (status {record.status}).")
-    s3 = aws.client("s3", record.region)
-    return aws_call(f"downloading {uri}", lambda: download(s3, uri, dest))
-
-
-# ---------------------------------------------------------------------------------------------
 # The whole launch, as `aiops train --remote` runs it
-
-
-@dataclass(frozen=True)
-class Staged:
-    """What a submission bundled and uploaded: every attempt of a capacity-aware launch reuses it."""
-
-    code: Any  # bundle.Bundle
-    code_upload: Any  # uploads.Upload of the bundle
-    channel_uris: dict[str, str]
-    uploaded_bytes: int
-
-
-def launch(
-    job: PreparedJob,
-    options: RemoteOptions,
-    *,
-    store: RunStore,
-    cache_dir: Path,
-    events: JobEvents | None = None,
-    max_cost: float | None = None,
-    confirmed: bool = False,
-) -> RunRecord:
-    """Validate, show the cost, bundle, upload what is new, create the job once, record it locally."""
-    return submit(
-        job, options, store=store, cache_dir=cache_dir, events=events, max_cost=max_cost, confirmed=confirmed
-    )[0]
 
 
 def submit(
@@ -166,8 +57,9 @@ def submit(
     confirmed: bool = False,
     staged: Staged | None = None,
 ) -> tuple[RunRecord, Staged]:
-    """`launch`, returning what was uploaded too; with `staged` (an earlier attempt's uploads), the
-    same code and channels are submitted again without bundling or uploading anything.
+    """Validate, show the cost, bundle, upload what is new, create the job once, record it locally;
+    returns the record and what was staged. With `staged` (an earlier attempt's uploads), the same
+    code and channels are submitted again without bundling or uploading anything.
 
     `job` comes from `jobs.prepare` with `SageMakerBackend.target`. The estimate is shown
     (`events.estimate`) and checked against `max_cost` after validation and before anything is
@@ -178,34 +70,86 @@ def submit(
     left Pending and `aiops jobs describe/list` resolve it (`resolve_pending`) rather than anyone
     launching a second job.
     """
-    from aiops.training import bundle, cluster, images, uploads
+    from aiops.training import bundle, cluster
 
     from aiops import aws
-    from aiops.pricing import estimate_training_job
-    from aiops.s3objects import UploadBatch
 
     events = events or NullEvents()
     remote_request.validate(options, aws.training_instance_types())
     processes = cluster.plan_processes(
         job.distribution,
         options.instance_type,
-        options.instance_count,
+        options.compute.instance_count,
         job.config.nproc,
         entry_point=job.entry_point,
-        framework_version=options.framework_version,
-        image_uri=options.image_uri,
+        framework_version=options.image.framework_version,
+        image_uri=options.image.training_image,
     )
+    estimate, idle = _guard_cost(options, events, max_cost=max_cost, confirmed=confirmed)
+    code = (
+        staged.code
+        if staged
+        else bundle.build(job.code_source, job.entry_point, selection=job.code_selection)
+    )
+    image_uri = staging.image_uri(options, cache_dir)
+    folder = store.create(job.job_name)  # refuses a name already used here, before any upload
+    record = _pending_record(job, options, str(folder.root), processes, code, estimate, idle)
+    try:
+        if staged is None:
+            staged = staging.stage(job, code, options, events)
+            uploaded = staged.uploaded_bytes
+        else:  # another attempt of the same submission: nothing new to send
+            uploaded = 0
+    except BaseException as err:
+        store.save(
+            record.model_copy(deep=True).update(status=NOT_CREATED, failure_reason=f"upload failed: {err}")
+        )
+        raise
+    request = build_request(
+        job_name=job.job_name,
+        entry_point=job.entry_point,
+        hyperparameters=job.config.hyperparameters,
+        channel_uris=staged.channel_uris,
+        submit_directory=staged.code_upload.uri,
+        image_uri=image_uri,
+        options=options,
+        nproc=processes.processes_per_host,
+        metric_definitions=job.config.metric_definitions,
+        input_modes=job.config.input_modes,
+        channel_sharding=job.config.channel_sharding,
+        distribution=job.distribution,
+        environment=job.config.script_environment(),
+    )
+    record.config.channels = dict(staged.channel_uris)  # type: ignore[union-attr]
+    record.update(
+        code_bundle=CodeBundle(
+            uri=staged.code_upload.uri, sha256=code.sha256, files=code.files, bytes=code.size
+        ),
+        uploaded_bytes=uploaded,
+        request=request,
+        client_token=client_token(request),
+    )
+    return _create(record, request, options, store=store, staged=staged), staged
+
+
+def _guard_cost(
+    options: RemoteOptions, events: JobEvents, *, max_cost: float | None, confirmed: bool
+) -> tuple[Any, float | None]:
+    """The job's worst-case estimate (and its warm pool's idle cost), shown and held to the budget."""
+    from aiops.pricing import estimate_training_job
+
+    compute = options.compute
     estimate = estimate_training_job(
-        options.instance_type, options.instance_count, options.max_run, options.region
+        options.instance_type, compute.instance_count, options.max_run, options.region
     )
-    idle = idle_cost(estimate, options.keep_alive)
+    idle = idle_cost(estimate, compute.keep_alive_period_in_seconds)
     events.estimate(
         estimate,
         spot=options.spot,
-        instance_count=options.instance_count,
+        instance_count=compute.instance_count,
         instance_type=options.instance_type,
         max_run=options.max_run,
-        keep_alive=options.keep_alive,
+        keep_alive=compute.keep_alive_period_in_seconds,
         idle_cost=idle,
     )
     warning = check_budget(
@@ -213,38 +157,37 @@ def submit(
     )
     if warning:
         events.warning(warning)
-    code = (
-        staged.code
-        if staged
-        else bundle.build(job.code_source, job.entry_point, selection=job.code_selection)
-    )
-    image_uri = options.image_uri or images.training_image_uri(
-        options.framework,
-        region=options.region,
-        version=options.framework_version,
-        py_version=options.py_version,
-        instance_type=options.instance_type,
-        cache_dir=cache_dir,
-    )
-    folder = store.create(job.job_name)  # refuses a name already used here, before any upload
-    record = RunRecord(
+    return estimate, idle
+
+
+def _pending_record(
+    job: PreparedJob,
+    options: RemoteOptions,
+    run_dir: str,
+    processes: Any,
+    code: Any,
+    estimate: Any,
+    idle: float | None,
+) -> RunRecord:
+    """The record of a job about to be submitted (Pending), before anything is uploaded."""
+    return RunRecord(
         job_name=job.job_name,
         remote=True,
         region=options.region,
-        stack=options.stack,
+        stack=options.access.stack,
         status=PENDING,
         created_at=time.time(),
-        run_dir=str(folder.root),
+        run_dir=run_dir,
         entry_point=job.entry_point,
         hyperparameters=dict(job.config.hyperparameters),
         config=RunConfig(
             entry_point=job.entry_point,
             source_dir=str(job.code_source),
             instance_type=options.instance_type,
-            instance_count=options.instance_count,
+            instance_count=options.compute.instance_count,
             spot=options.spot,
-            network_isolation=options.network_isolation,
-            vpc=bool(options.subnets),
+            network_isolation=options.networking.enable_network_isolation,
+            vpc=bool(options.networking.subnets),
             processes_per_host=processes.processes_per_host,
             world_size=processes.world_size,
             processes=processes.line(),
@@ -261,80 +204,31 @@ def submit(
         artifacts={},
     )
 
-    def upload() -> tuple[Any, dict[str, str], int]:
-        # one batch for the whole submission: the bundle and every channel share its request bound
-        # and its progress line; a channel's files start while the next channel is being hashed
-        s3 = aws.client("s3", options.region)
-        bucket = options.bucket
-        assert bucket, "remote_request.validate refuses a submission without a bucket"
-        with UploadBatch(s3, bucket, kms_key=options.kms_key, progress=events.upload) as batch:
-            code_upload = uploads.upload_bundle(s3, bucket, code.data, code.sha256, batch=batch)
-            channel_uris: dict[str, str] = {}
-            uploaded = code_upload.uploaded_bytes
-            for name, path in job.channels.items():
-                result = uploads.upload_channel(
-                    s3,
-                    bucket,
-                    name,
-                    path,
-                    batch=batch,
-                    selection=job.channel_selections.get(name),
-                    follow_symlinks=job.config.follow_symlinks,
-                )
-                channel_uris[name] = result.uri
-                uploaded += result.uploaded_bytes
-        channel_uris.update(job.s3_channels)
-        return code_upload, channel_uris, uploaded
 
-    try:
-        if staged is None:
-            code_upload, channel_uris, uploaded = aws_call(f"uploading {job.job_name}", upload)
-            staged = Staged(code, code_upload, channel_uris, uploaded)
-        else:  # another attempt of the same submission: nothing new to send
-            code_upload, channel_uris, uploaded = staged.code_upload, dict(staged.channel_uris), 0
-    except BaseException as err:
-        store.save(
-            record.model_copy(deep=True).update(status=NOT_CREATED, failure_reason=f"upload failed: {err}")
-        )
-        raise
-    request = build_request(
-        job_name=job.job_name,
-        entry_point=job.entry_point,
-        hyperparameters=job.config.hyperparameters,
-        channel_uris=channel_uris,
-        submit_directory=code_upload.uri,
-        image_uri=image_uri,
-        options=options,
-        nproc=processes.processes_per_host,
-        metric_definitions=job.config.metric_definitions,
-        input_modes=job.config.input_modes,
-        channel_sharding=job.config.channel_sharding,
-        distribution=job.distribution,
-        environment=job.config.script_environment(),
-    )
-    record.config.channels = channel_uris  # type: ignore[union-attr]
-    record.update(
-        code_bundle=CodeBundle(uri=code_upload.uri, sha256=code.sha256, files=code.files, bytes=code.size),
-        uploaded_bytes=uploaded,
-        request=request,
-        client_token=client_token(request),
-    )
+def _create(
+    record: RunRecord, request: dict[str, Any], options: RemoteOptions, *, store: RunStore, staged: Staged
+) -> RunRecord:
+    """Save the record Pending, create the job once; a refusal leaves it NotCreated (a capacity one
+    carries `staged`, so the next attempt submits the same uploads)."""
+    from aiops import aws
+
     store.save(record)  # Pending: from here on, a job may exist on SageMaker
+    action = f"submitting {record.job_name}"
     submitted = time.monotonic()
     try:
         outcome = aws_call(
-            f"submitting {job.job_name}",
+            action,
             lambda: _create_or_capacity(
                 aws.client("sagemaker", options.region, retries=NO_RETRY),
                 aws.client("sagemaker", options.region),
                 request,
-                f"submitting {job.job_name}",
+                action,
             ),
         )
     except (UsageError, CapacityRefused) as err:  # refused (or the name is another job's): nothing runs
         store.save(record.model_copy(deep=True).update(status=NOT_CREATED, failure_reason=str(err)))
         if isinstance(err, CapacityRefused):
-            err.staged = staged  # the next attempt submits the same uploads
+            err.staged = staged
         raise
     record.update(
         status=STATUS_IN_PROGRESS,
@@ -342,7 +236,7 @@ def submit(
         accepted_seconds=round(time.monotonic() - submitted, 3),
     )
     store.save(record)
-    return record, staged
+    return record
 
 
 def _create_or_capacity(
@@ -400,35 +294,24 @@ class SageMakerBackend:
         return self._options
 
     def prepare(self, config: JobConfig) -> PreparedJob:
-        options, given = self.options, self.launch_options
+        options, fit = self.options, self.launch_options.gpu_fit
         if options.instance_types == ["auto"]:
-            self._auto_instance_types(options, given)
+            self._auto_instance_types(options, fit)
         config.instance_type = options.instance_type
-        if given.model_params is not None:
+        if fit.model_params is not None:
             from aiops.gpufit import require_training_fit
 
             for instance_type in options.instance_types:
-                fit = require_training_fit(
-                    given.model_params,
+                checked = require_training_fit(
+                    fit.model_params,
                     instance_type,
-                    instance_count=options.instance_count,
-                    fsdp=given.fsdp,
+                    instance_count=options.compute.instance_count,
+                    fsdp=fit.fsdp,
                     region=options.region,
                 )
-                self.events.info(f"GPU fit: {fit.line()}")
+                self.events.info(f"GPU fit: {checked.line()}")
         apply_defaults(options, self._stack_outputs, self.settings.aws)
-        from aiops.training.images import huggingface_image_uri, resolve_framework
-
-        options.framework = resolve_framework(
-            config.framework, config.transformers_version, given.framework_version
-        )
-        if options.framework.huggingface:  # the image's PyTorch and Python, from the SDK's table
-            options.framework_version = options.framework.pytorch_version or options.framework_version
-            options.py_version = options.framework.py_version or options.py_version
-            if not options.image_uri:  # an image for this type and region, before the estimate
-                huggingface_image_uri(
-                    options.framework, region=options.region, instance_type=options.instance_type
-                )
+        self._resolve_image(options, config)
         from aiops.gpufit import gpu_count
 
         target = jobs.Target(
@@ -436,7 +319,7 @@ class SageMakerBackend:
             mpi=True,
             local_checkpoints=False,
             runs_here=False,
-            instance_count=options.instance_count,
+            instance_count=options.compute.instance_count,
             gpus_per_instance=gpu_count(options.instance_type),
         )
         prepared = jobs.prepare(config, self.store, target)
@@ -457,27 +340,47 @@ class SageMakerBackend:
             self.events.warning(warning)
         return prepared
 
-    def _auto_instance_types(self, options: RemoteOptions, given: LaunchOptions) -> None:
+    def _resolve_image(self, options: RemoteOptions, config: JobConfig) -> None:
+        """The image's framework; a Hugging Face image's PyTorch and Python come from the SDK's table,
+        and its URI must exist for this type and region before the estimate."""
+        from aiops.training.images import huggingface_image_uri, resolve_framework
+
+        image = options.image
+        framework = resolve_framework(
+            config.framework, config.transformers_version, self.launch_options.image.framework_version
+        )
+        if framework.huggingface:
+            image = replace(
+                image,
+                framework_version=framework.pytorch_version or image.framework_version,
+                py_version=framework.py_version or image.py_version,
+            )
+            if not image.training_image:
+                huggingface_image_uri(framework, region=options.region, instance_type=options.instance_type)
+        options.image = replace(image, framework=framework)
+
+    def _auto_instance_types(self, options: RemoteOptions, fit: GpuFit) -> None:
         """`--instance-type auto`: the GPU-fit check's cheapest types that hold the state, in order."""
         from aiops.gpufit import fitting_training_types
 
-        if given.model_params is None:
+        if fit.model_params is None:
             raise UsageError(
                 "--instance-type auto picks the cheapest GPU types that hold the training state: "
                 "give --model-params N (e.g. 7e9), or name the types."
             )
         found = fitting_training_types(
-            given.model_params, instance_count=options.instance_count, fsdp=given.fsdp, region=options.region
+            fit.model_params,
+            instance_count=options.compute.instance_count,
+            fsdp=fit.fsdp,
+            region=options.region,
         )
         if not found:
             raise UsageError(
-                f"--instance-type auto: no GPU type of the table holds {given.model_params:g} parameters' "
-                "training state" + ("" if given.fsdp else "; shard it with --fsdp")
+                f"--instance-type auto: no GPU type of the table holds {fit.model_params:g} parameters' "
+                "training state" + ("" if fit.fsdp else "; shard it with --fsdp")
             )
-        options.instance_type, options.fallback_types = (
-            found[0].instance_type,
-            [s.instance_type for s in found[1:]],
-        )
+        options.compute = replace(options.compute, instance_type=found[0].instance_type)
+        options.fallback_types = [s.instance_type for s in found[1:]]
         listed = ", ".join(
             f"{s.instance_type} (${s.hourly:g}/h)" if s.hourly is not None else s.instance_type for s in found
         )
@@ -488,23 +391,22 @@ class SageMakerBackend:
         anything is uploaded."""
         from aiops.training import cluster
 
+        image = options.image
         for instance_type in options.instance_types:
             try:
                 cluster.plan_processes(
                     job.distribution,
                     instance_type,
-                    options.instance_count,
+                    options.compute.instance_count,
                     job.config.nproc,
                     entry_point=job.entry_point,
-                    framework_version=options.framework_version,
-                    image_uri=options.image_uri,
+                    framework_version=image.framework_version,
+                    image_uri=image.training_image,
                 )
-                if options.framework.huggingface and not options.image_uri:  # GPU types only
+                if image.framework.huggingface and not image.training_image:  # GPU types only
                     from aiops.training.images import huggingface_image_uri
 
-                    huggingface_image_uri(
-                        options.framework, region=options.region, instance_type=instance_type
-                    )
+                    huggingface_image_uri(image.framework, region=options.region, instance_type=instance_type)
             except UsageError as err:
                 raise UsageError(f"--instance-type {instance_type} (in the fallback list): {err}") from None
 
@@ -520,49 +422,29 @@ class SageMakerBackend:
 
         from aiops import aws
 
-        options, given, events = self.options, self.launch_options, self.events
+        options, events = self.options, self.events
         remote_request.validate(options, aws.training_instance_types())  # every type, before any upload
         types = options.instance_types
-        budget = given.max_cost if given.max_cost is not None else self.settings.aws.max_cost
-        max_attempts = capacity.check_max_attempts(given.max_attempts, types)
+        max_attempts = capacity.check_max_attempts(self.launch_options.max_attempts, types)
         staged: Staged | None = None
         attempts: list[capacity.Attempt] = []
         result: LaunchResult | None = None
         for number, instance_type in enumerate(types[:max_attempts], start=1):
             attempt_job = replace(job, job_name=capacity.attempt_name(job.job_name, number))
-            attempt_options = replace(options, instance_type=instance_type, fallback_types=[])
             if number > 1:
                 events.info(f"attempt {number} of {max_attempts}: {attempt_job.job_name} on {instance_type}")
             try:
-                record, staged = submit(
-                    attempt_job,
-                    attempt_options,
-                    store=self.store,
-                    cache_dir=self.settings.home / "cache",
-                    events=events,
-                    max_cost=budget,
-                    confirmed=given.confirmed,
-                    staged=staged,
-                )
+                record, staged = self._submit(attempt_job, options.on(instance_type), staged)
             except capacity.CapacityRefused as err:
                 staged = err.staged or staged
-                refused = self.store.load(attempt_job.job_name)  # saved NotCreated, with its estimate
-                attempts.append(
-                    capacity.Attempt(
-                        attempt_job.job_name,
-                        instance_type,
-                        "ResourceLimitExceeded",
-                        str(err),
-                        refused.estimated_max_cost_usd,
-                    )
-                )
+                attempts.append(self._refused(attempt_job.job_name, instance_type, err))
                 if number == max_attempts:
                     if len(types) > 1:
                         events.attempts(attempts)
                     raise
                 events.warning(f"{err} Trying the next instance type.")
                 continue
-            result = self._follow(record, attempt_options)
+            result = self._follow(record, options.on(instance_type))
             record = result.record
             attempts.append(
                 capacity.Attempt(
@@ -586,6 +468,31 @@ class SageMakerBackend:
         assert result is not None
         return result
 
+    def _submit(
+        self, job: PreparedJob, options: RemoteOptions, staged: Staged | None
+    ) -> tuple[RunRecord, Staged]:
+        """One attempt: `submit` under the budget (given, else the settings')."""
+        budget = self.launch_options.budget
+        return submit(
+            job,
+            options,
+            store=self.store,
+            cache_dir=self.settings.home / "cache",
+            events=self.events,
+            max_cost=budget.max_cost if budget.max_cost is not None else self.settings.aws.max_cost,
+            confirmed=budget.confirmed,
+            staged=staged,
+        )
+
+    def _refused(self, job_name: str, instance_type: str, err: Exception) -> Any:
+        """An attempt refused for capacity, as a row of the attempts table (its estimate as saved)."""
+        from aiops.training import capacity
+
+        refused = self.store.load(job_name)  # saved NotCreated, with its estimate
+        return capacity.Attempt(
+            job_name, instance_type, "ResourceLimitExceeded", str(err), refused.estimated_max_cost_usd
+        )
+
     def _follow(self, record: RunRecord, options: RemoteOptions) -> LaunchResult:
         given, events = self.launch_options, self.events
         for path, size in record.large_files:
@@ -597,7 +504,7 @@ class SageMakerBackend:
         if not given.wait:
             return LaunchResult(record)
         try:
-            description = follow(
+            description = remote_logs.follow(
                 record.job_name,
                 options.region,
                 events,
@@ -608,7 +515,7 @@ class SageMakerBackend:
             raise jobs.Detached(record) from None
         record = remote_jobs.refresh(self.store, record, description)
         if given.download and record.status == STATUS_COMPLETED:
-            archive = download_model(record, record.folder.model_archive)
+            archive = remote_jobs.download_model(record, record.folder.model_archive)
             record.artifacts.model = str(archive)
             self.store.save(record)
         return LaunchResult(record, exit_code=0 if record.status == STATUS_COMPLETED else 1, streamed=True)

@@ -1,5 +1,5 @@
 """Remote jobs on SageMaker: create a job exactly once, settle a record an interrupted create left
-Pending, fold DescribeTrainingJob answers into the local run record, stop a job.
+Pending, fold DescribeTrainingJob answers into the local run record, stop a job, download its model.
 
 AWS calls go through `aws_call`, which turns botocore's errors into one line naming the action.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiops.aws import error_code  # the one reading of a ClientError's code
@@ -213,3 +214,20 @@ def stop(job_name: str, region: str | None) -> None:
 
     sm = aws.client("sagemaker", region)
     aws_call(f"stopping {job_name}", lambda: sm.stop_training_job(TrainingJobName=job_name))
+
+
+def download(s3: Any, uri: str, dest: Path) -> Path:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    s3.download_file(bucket, key, str(dest))
+    return dest
+
+
+def download_model(record: RunRecord, dest: Path) -> Path:
+    from aiops import aws
+
+    uri = record.artifacts.model_s3
+    if not uri:
+        raise AiopsError(f"{record.job_name} has no model artifact (status {record.status}).")
+    s3 = aws.client("s3", record.region)
+    return aws_call(f"downloading {uri}", lambda: download(s3, uri, dest))

@@ -1,14 +1,17 @@
 """A remote job's logs (every host's CloudWatch stream) and metrics (CloudWatch, where SageMaker
-publishes its MetricDefinitions)."""
+publishes its MetricDefinitions), and following a job to its end (`wait`, `follow`): its status
+transitions and every host's log."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiops.training.remote_jobs import aws_call
 
 from aiops.aws import error_code
-from aiops.runs import RunRecord
+from aiops.runs import TERMINAL, RunRecord
 from aiops.stack import TRAINING_LOG_GROUP, TRAINING_METRICS_NAMESPACE
 
 LOG_GROUP = TRAINING_LOG_GROUP
@@ -146,3 +149,69 @@ def metric_series(record: RunRecord) -> dict[str, list[Any]]:
         return series
 
     return aws_call(f"reading the metrics of {job}", fetch) if queries else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Following a job to its end
+
+
+def wait(
+    sm: Any,
+    logs: Any,
+    job_name: str,
+    sink: LogSink,
+    *,
+    poll_seconds: float = 5.0,
+    silence_warning_seconds: float = 300.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Show status transitions and every host's log until the job ends; return its description."""
+    follower = LogFollower(logs, job_name)
+    last_status: tuple[str, str] | None = None
+    last_output = clock()
+    warned_at = 0.0
+    while True:
+        description = sm.describe_training_job(TrainingJobName=job_name)
+        status = (description["TrainingJobStatus"], description.get("SecondaryStatus", ""))
+        if status != last_status:
+            sink.status(*status)
+            last_status = status
+        events = follower.poll()
+        for stream, message in events:
+            sink.log(stream, message)
+        now = clock()
+        if events:
+            last_output = now
+        elif now - last_output >= silence_warning_seconds and now - warned_at >= silence_warning_seconds:
+            sink.silent(now - last_output, "/".join(s for s in status if s))
+            warned_at = now
+        if status[0] in TERMINAL:
+            for stream, message in follower.poll():  # the last lines land just after the end
+                sink.log(stream, message)
+            return description
+        sleep(poll_seconds)
+
+
+def follow(
+    job_name: str,
+    region: str,
+    sink: LogSink,
+    *,
+    silence_warning_seconds: float = 300.0,
+    poll_seconds: float = 5.0,
+) -> dict[str, Any]:
+    from aiops import aws
+
+    sm, logs = aws.client("sagemaker", region), aws.client("logs", region)
+    return aws_call(
+        f"following {job_name}",
+        lambda: wait(
+            sm,
+            logs,
+            job_name,
+            sink,
+            poll_seconds=poll_seconds,
+            silence_warning_seconds=silence_warning_seconds,
+        ),
+    )

@@ -13,44 +13,60 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiops.training import contract
-from aiops.training.images import Framework
+from aiops.training.launch import (
+    Access,
+    Compute,
+    Image,
+    LaunchOptions,
+    Networking,
+    StoppingCondition,
+)
 from aiops.training.metrics import MetricDefinition
 
 from aiops.errors import ConfigError, UsageError
-from aiops.stack import CLIENT_TOKEN_TAG, LAYOUT, StackOutputs, check_region
+from aiops.stack import CLIENT_TOKEN_TAG, LAYOUT, StackOutputs, check_region, resolve_stack
 
 CHECKPOINT_LOCAL_PATH = contract.DEFAULT_CHECKPOINT_DIR
 
 
 @dataclass
 class RemoteOptions:
-    instance_type: str
-    region: str
-    instance_count: int = 1
-    spot: bool = True
-    max_run: int = 86400
-    max_wait: int | None = None
-    volume_size: int = 30
-    role: str | None = None
-    bucket: str | None = None
-    kms_key: str | None = None
-    image_uri: str | None = None
-    framework_version: str = "2.5"
-    py_version: str = "py311"
-    framework: Framework = field(default_factory=Framework)  # the image's (training.images.resolve_framework)
-    subnets: list[str] = field(default_factory=list)
-    security_group_ids: list[str] = field(default_factory=list)
-    vpc: bool | None = None  # None: the stack's VPC when it has one; True: required; False: never
-    network_isolation: bool = False
-    stack: str = "dev"
-    tags: dict[str, str] = field(default_factory=dict)
-    keep_alive: int | None = None  # ResourceConfig.KeepAlivePeriodInSeconds: a warm pool after the job
+    """A SageMaker job's launch options with every value decided (`resolve_options`): the same
+    configs as the command line's `launch.LaunchOptions`, filled from the deployed stack and settings."""
+
+    compute: Compute
+    stopping_condition: StoppingCondition = field(default_factory=StoppingCondition)
+    networking: Networking = field(default_factory=Networking)
+    access: Access = field(default_factory=Access)
+    image: Image = field(default_factory=Image)
     remote_debug: bool = False  # RemoteDebugConfig.EnableRemoteDebug: SSM sessions into the hosts
+    tags: dict[str, str] = field(default_factory=dict)
     fallback_types: list[str] = field(default_factory=list)  # tried in order after a capacity error
+
+    def __post_init__(self) -> None:
+        self.stopping_condition.check_spot(self.spot, self.max_run)
+
+    # the values every request has, decided by resolve_options (the configs' None means "not given")
+    @property
+    def instance_type(self) -> str:
+        return _decided(self.compute.instance_type, "instance type")
+
+    @property
+    def region(self) -> str:
+        return _decided(self.access.region, "region")
+
+    @property
+    def spot(self) -> bool:
+        """Managed spot unless on-demand was decided (spot is the settings' default too)."""
+        return self.compute.enable_managed_spot_training is not False
+
+    @property
+    def max_run(self) -> int:
+        return self.stopping_condition.max_runtime_in_seconds or DEFAULT_MAX_RUN_SECONDS
 
     @property
     def instance_types(self) -> list[str]:
@@ -61,7 +77,21 @@ class RemoteOptions:
     def effective_max_wait(self) -> int | None:
         if not self.spot:
             return None
-        return self.max_wait if self.max_wait is not None else 2 * self.max_run
+        max_wait = self.stopping_condition.max_wait_time_in_seconds
+        return max_wait if max_wait is not None else 2 * self.max_run
+
+    def on(self, instance_type: str) -> RemoteOptions:
+        """The same options on one instance type (an attempt of a capacity-aware launch)."""
+        return replace(self, compute=replace(self.compute, instance_type=instance_type), fallback_types=[])
+
+
+DEFAULT_MAX_RUN_SECONDS = 86400  # CreateTrainingJob's default MaxRuntimeInSeconds, a day
+DEFAULT_VOLUME_SIZE_GB = 30  # the SDK's Compute.volume_size_in_gb
+
+
+def _decided(value: str | None, what: str) -> str:
+    assert value, f"resolve_options decides the {what}"
+    return value
 
 
 def apply_defaults(
@@ -70,60 +100,72 @@ def apply_defaults(
     """Role, bucket, KMS key and network: given > the deployed stack's outputs > settings.
 
     `stack_outputs` are what `infra/program.py` exports (aiops.stack.StackOutputs). The VPC's
-    subnets and security groups come from the stack only (`options.vpc` False: not used).
+    subnets and security groups come from the stack only (`networking.vpc` False: not used).
     """
     outputs = (
         stack_outputs
         if isinstance(stack_outputs, StackOutputs)
         else StackOutputs.model_validate(stack_outputs)
     )
-    options.role = options.role or outputs.role_arn or settings_aws.role_arn
-    options.bucket = options.bucket or outputs.bucket or settings_aws.bucket
-    options.kms_key = options.kms_key or outputs.kms_key_arn or settings_aws.kms_key_arn
-    if options.vpc is not False:
-        if options.vpc:
-            outputs.require("subnet_ids", "security_group_ids", stack=options.stack, needed_for="--vpc")
-        options.subnets = options.subnets or list(outputs.subnet_ids)
-        options.security_group_ids = options.security_group_ids or list(outputs.security_group_ids)
+    access, networking = options.access, options.networking
+    options.access = replace(
+        access,
+        role=access.role or outputs.role_arn or settings_aws.role_arn,
+        bucket=access.bucket or outputs.bucket or settings_aws.bucket,
+        kms_key_id=access.kms_key_id or outputs.kms_key_arn or settings_aws.kms_key_arn,
+    )
+    if networking.vpc is not False:
+        if networking.vpc:
+            outputs.require("subnet_ids", "security_group_ids", stack=access.stack, needed_for="--vpc")
+        options.networking = replace(
+            networking,
+            subnets=networking.subnets or tuple(outputs.subnet_ids),
+            security_group_ids=networking.security_group_ids or tuple(outputs.security_group_ids),
+        )
     else:
-        options.subnets, options.security_group_ids = [], []
+        options.networking = replace(networking, subnets=(), security_group_ids=())
     return options
 
 
-def resolve_options(given: Any, settings: Any) -> tuple[RemoteOptions, StackOutputs]:
-    """The job's options from the command line's `jobs.LaunchOptions` (given > the deployed stack's
+def resolve_options(given: LaunchOptions, settings: Any) -> tuple[RemoteOptions, StackOutputs]:
+    """The job's options from the command line's `launch.LaunchOptions` (given > the deployed stack's
     region > settings) and the stack's outputs (read from the local file `aiops deploy` saved)."""
-    from aiops.stack import read_outputs, resolve_stack
+    from aiops.stack import read_outputs
 
     aws = settings.aws
-    stack_name = resolve_stack(given.stack, settings)
+    stack_name = resolve_stack(given.access.stack, settings)
     stack_outputs = read_outputs(settings.home, stack_name)
-    types = parse_instance_types(given.instance_type or aws.instance_type)
+    types = parse_instance_types(given.compute.instance_type or aws.instance_type)
+    compute, spot = given.compute, given.compute.enable_managed_spot_training
     options = RemoteOptions(
-        instance_type=types[0],
-        fallback_types=types[1:],
-        keep_alive=given.keep_alive,
-        remote_debug=given.remote_debug,
-        region=given.region or stack_outputs.region or aws.region,
-        instance_count=given.instance_count,
         # a warm pool is kept of on-demand instances only: --keep-alive means on-demand unless --spot
-        spot=(aws.spot and not given.keep_alive) if given.spot is None else given.spot,
-        max_run=given.max_run or aws.max_run_seconds,
-        max_wait=given.max_wait,
-        volume_size=given.volume_size or aws.volume_size_gb,
-        role=given.role,
-        bucket=given.bucket,
-        image_uri=given.image_uri,
-        framework_version=given.framework_version or aws.framework_version,
-        py_version=aws.py_version,
-        stack=stack_name,
-        vpc=given.vpc,
-        network_isolation=given.network_isolation,
+        compute=replace(
+            compute,
+            instance_type=types[0],
+            enable_managed_spot_training=(
+                (aws.spot and not compute.keep_alive_period_in_seconds) if spot is None else spot
+            ),
+            volume_size_in_gb=compute.volume_size_in_gb or aws.volume_size_gb,
+        ),
+        fallback_types=types[1:],
+        stopping_condition=replace(
+            given.stopping_condition,
+            max_runtime_in_seconds=given.stopping_condition.max_runtime_in_seconds or aws.max_run_seconds,
+        ),
+        networking=given.networking,
+        access=replace(
+            given.access, region=given.access.region or stack_outputs.region or aws.region, stack=stack_name
+        ),
+        image=replace(
+            given.image,
+            framework_version=given.image.framework_version or aws.framework_version,
+            py_version=aws.py_version,
+        ),
+        remote_debug=given.remote_debug,
     )
     return options, stack_outputs
 
 
-MAX_KEEP_ALIVE_SECONDS = 3600  # SageMaker keeps a warm pool at most an hour after a job
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -162,7 +204,8 @@ def _missing_output(stack: str, output: str, option: str, setting: str, what: st
 def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> None:
     """Everything about the job's resources that can be checked before a byte is uploaded (exit 2).
 
-    Entry point, hyperparameters and channels were checked by `jobs.prepare`.
+    Entry point, hyperparameters and channels were checked by `jobs.prepare`; what a config can
+    check alone (counts, durations, spot and its wait) was checked when it was made.
     """
     try:
         check_region(options.region, what="--region")
@@ -175,41 +218,21 @@ def validate(options: RemoteOptions, valid_instance_types: frozenset[str]) -> No
             raise UsageError(
                 f"--instance-type {instance_type} is not a SageMaker training instance type{hint}."
             )
-    if options.keep_alive is not None:
-        if not 0 <= options.keep_alive <= MAX_KEEP_ALIVE_SECONDS:
-            raise UsageError(
-                f"--keep-alive {options.keep_alive}s: SageMaker keeps a warm pool 0 to "
-                f"{MAX_KEEP_ALIVE_SECONDS} s (1h) after a job; give at most 1h."
-            )
-        if options.keep_alive and options.spot:
-            raise UsageError(
-                "--keep-alive: SageMaker keeps warm pools of on-demand instances only; "
-                "use --on-demand (the default with --keep-alive) or drop --keep-alive."
-            )
-    if options.instance_count < 1:
-        raise UsageError(f"--instance-count {options.instance_count}: needs at least 1.")
-    if options.max_run < 1:
-        raise UsageError(f"--max-run {options.max_run}: needs at least 1 second.")
-    if options.spot and options.max_wait is not None and options.max_wait < options.max_run:
-        raise UsageError(
-            f"--max-wait {options.max_wait}s is shorter than --max-run {options.max_run}s; a spot job's wait "
-            "includes its run time, so raise --max-wait or lower --max-run."
-        )
-    if not options.spot and options.max_wait is not None:
-        raise UsageError("--max-wait only applies to spot jobs; drop it or use --spot.")
-    if not options.role:
+    access, networking = options.access, options.networking
+    stack = resolve_stack(access.stack)
+    if not access.role:
         raise _missing_output(
-            options.stack, "roleArn", "--role ARN", "AIOPS_AWS__ROLE_ARN", "SageMaker execution role"
+            stack, "roleArn", "--role ARN", "AIOPS_AWS__ROLE_ARN", "SageMaker execution role"
         )
-    if not options.bucket:
+    if not access.bucket:
         raise _missing_output(
-            options.stack, "bucket", "--bucket NAME", "AIOPS_AWS__BUCKET", "S3 bucket for code and artifacts"
+            stack, "bucket", "--bucket NAME", "AIOPS_AWS__BUCKET", "S3 bucket for code and artifacts"
         )
-    if bool(options.subnets) != bool(options.security_group_ids):
-        missing = "securityGroupIds" if options.subnets else "subnetIds"
+    if bool(networking.subnets) != bool(networking.security_group_ids):
+        missing = "securityGroupIds" if networking.subnets else "subnetIds"
         raise ConfigError(
-            f"the job's VpcConfig needs both subnets and security groups: stack {options.stack!r} has "
-            f"no output {missing!r}; run 'aiops deploy --stack {options.stack}' with aiops:network set."
+            f"the job's VpcConfig needs both subnets and security groups: stack {stack!r} has "
+            f"no output {missing!r}; run 'aiops deploy --stack {stack}' with aiops:network set."
         )
 
 
@@ -221,20 +244,21 @@ def check_secret_grants(
     upload; a role given with --role is the user's to check (a warning)."""
     if not secrets:
         return []
-    if not outputs.role_arn or options.role != outputs.role_arn:
+    role, stack = options.access.role, options.access.stack
+    if not outputs.role_arn or role != outputs.role_arn:
         arns = ", ".join(sorted(set(secrets.values())))
         return [
             (
-                f"--secret: the job runs as {options.role}, not the stack's role; it needs "
+                f"--secret: the job runs as {role}, not the stack's role; it needs "
                 f"secretsmanager:GetSecretValue on {arns}."
             )
         ]
     for name, arn in secrets.items():
         if arn not in outputs.training_secret_arns:
             raise UsageError(
-                f"--secret {name}: the role of stack {options.stack!r} may not read {arn}; add the ARN to "
-                f"access.trainingSecrets in Pulumi.{options.stack}.yaml and run 'aiops deploy --stack "
-                f"{options.stack}' (or pass --role with a role that may read it)."
+                f"--secret {name}: the role of stack {stack!r} may not read {arn}; add the ARN to "
+                f"access.trainingSecrets in Pulumi.{stack}.yaml and run 'aiops deploy --stack "
+                f"{stack}' (or pass --role with a role that may read it)."
             )
     return []
 
@@ -245,16 +269,17 @@ def check_remote_debug(options: RemoteOptions, outputs: StackOutputs) -> list[st
     with --role is the user's to check (a warning)."""
     if not options.remote_debug:
         return []
-    if not outputs.role_arn or options.role != outputs.role_arn:
+    role, stack = options.access.role, options.access.stack
+    if not outputs.role_arn or role != outputs.role_arn:
         return [
-            f"--remote-debug: the job runs as {options.role}, not the stack's role; it needs "
+            f"--remote-debug: the job runs as {role}, not the stack's role; it needs "
             "ssmmessages:CreateControlChannel, CreateDataChannel, OpenControlChannel and OpenDataChannel."
         ]
     if not outputs.remote_debug:
         raise UsageError(
-            f"--remote-debug: the role of stack {options.stack!r} may not open SSM sessions; set "
-            f"access.remoteDebug: true in Pulumi.{options.stack}.yaml and run 'aiops deploy --stack "
-            f"{options.stack}'."
+            f"--remote-debug: the role of stack {stack!r} may not open SSM sessions; set "
+            f"access.remoteDebug: true in Pulumi.{stack}.yaml and run 'aiops deploy --stack "
+            f"{stack}'."
         )
     return []
 
@@ -317,7 +342,8 @@ def build_request(
     a disjoint subset of the objects); File and FullyReplicated when not given. `environment`: the
     user's `--env` variables (validated by `contract.validate_environment`)."""
     input_modes, channel_sharding = input_modes or {}, channel_sharding or {}
-    bucket = options.bucket
+    compute, access, networking = options.compute, options.access, options.networking
+    bucket = access.bucket
     assert bucket, "validate() guarantees a bucket"
     spec = contract.TrainingJobSpec(
         job_name=job_name,
@@ -339,7 +365,7 @@ def build_request(
             "MetricDefinitions": [d.as_sagemaker() for d in metric_definitions],
             "EnableSageMakerMetricsTimeSeries": True,
         },
-        "RoleArn": options.role,
+        "RoleArn": access.role,
         "HyperParameters": contract.hyperparameters_file(spec),
         "InputDataConfig": [
             {
@@ -358,8 +384,8 @@ def build_request(
         "OutputDataConfig": {"S3OutputPath": LAYOUT.job_output_uri(bucket)},
         "ResourceConfig": {
             "InstanceType": options.instance_type,
-            "InstanceCount": options.instance_count,
-            "VolumeSizeInGB": options.volume_size,
+            "InstanceCount": compute.instance_count,
+            "VolumeSizeInGB": compute.volume_size_in_gb or DEFAULT_VOLUME_SIZE_GB,
         },
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": options.spot,
@@ -374,18 +400,21 @@ def build_request(
         del request["InputDataConfig"]  # optional, but an empty list is invalid
     if options.spot:
         stopping["MaxWaitTimeInSeconds"] = options.effective_max_wait  # type: ignore[assignment]
-    if options.kms_key:
-        request["OutputDataConfig"]["KmsKeyId"] = options.kms_key
-        request["ResourceConfig"]["VolumeKmsKeyId"] = options.kms_key
-    if options.keep_alive is not None:
-        request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = options.keep_alive
+    if access.kms_key_id:
+        request["OutputDataConfig"]["KmsKeyId"] = access.kms_key_id
+        request["ResourceConfig"]["VolumeKmsKeyId"] = access.kms_key_id
+    if compute.keep_alive_period_in_seconds is not None:
+        request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = compute.keep_alive_period_in_seconds
     if options.remote_debug:
         request["RemoteDebugConfig"] = {"EnableRemoteDebug": True}
-    if options.instance_count > 1:
+    if compute.instance_count > 1:
         request["EnableInterContainerTrafficEncryption"] = True
-    if options.subnets:
-        request["VpcConfig"] = {"Subnets": options.subnets, "SecurityGroupIds": options.security_group_ids}
-    if options.network_isolation:
+    if networking.subnets:
+        request["VpcConfig"] = {
+            "Subnets": list(networking.subnets),
+            "SecurityGroupIds": list(networking.security_group_ids),
+        }
+    if networking.enable_network_isolation:
         # No network in the container: the toolkit cannot pip install requirements.txt, the script
         # cannot call out; channels and output still move (SageMaker does that, not the container).
         request["EnableNetworkIsolation"] = True

@@ -19,8 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiops.training import jobs, remote_jobs
+from aiops.training import remote_jobs
 from aiops.training.jobs import JobConfig, PreparedJob
+from aiops.training.launch import LaunchOptions
 from aiops.training.remote_jobs import aws_call
 from aiops.training.remote_request import RemoteOptions, build_request, client_token
 from aiops.training.tune import Trial, TuningSpec, first_values, static_hyperparameters
@@ -150,14 +151,15 @@ def check_cost(
 
     from aiops.pricing import estimate_training_job
 
+    count = options.compute.instance_count
     estimate = estimate_training_job(
-        options.instance_type, options.instance_count * spec.max_trials, options.max_run, options.region
+        options.instance_type, count * spec.max_trials, options.max_run, options.region
     )
     if estimate.known:
         events.note(
             f"estimate: up to ${estimate.cost(spot=options.spot):,.2f} "
             f"({'spot' if options.spot else 'on-demand'}) for {spec.max_trials} trials x "
-            f"{options.instance_count} x {options.instance_type}, each at most {options.max_run / 3600:g} h"
+            f"{count} x {options.instance_type}, each at most {options.max_run / 3600:g} h"
         )
     warning = check_budget(estimate, spot=options.spot, max_cost=max_cost, confirmed=confirmed)
     if warning:
@@ -175,62 +177,33 @@ def stage(
     confirmed: bool = False,
 ) -> dict[str, Any]:
     """What `aiops train --remote` does before CreateTrainingJob, for a tuning job's trials: the
-    checks, the estimate of every trial and the budget guard, the code bundle and channel uploads,
-    the image; returns the CreateTrainingJob request every trial is made from (named as the tuning
-    job)."""
-    from aiops.training import bundle, cluster, images, remote_request, uploads
+    checks, the estimate of every trial and the budget guard, the staging of code and channels
+    (`staging.stage`), the image; returns the CreateTrainingJob request every trial is made from
+    (named as the tuning job)."""
+    from aiops.training import bundle, cluster, remote_request, staging
 
     from aiops import aws
-    from aiops.s3objects import UploadBatch
 
     remote_request.validate(options, aws.training_instance_types())
     check_cost(options, spec, events=events, max_cost=max_cost, confirmed=confirmed)
     processes = cluster.plan_processes(
         job.distribution,
         options.instance_type,
-        options.instance_count,
+        options.compute.instance_count,
         job.config.nproc,
         entry_point=job.entry_point,
-        framework_version=options.framework_version,
-        image_uri=options.image_uri,
+        framework_version=options.image.framework_version,
+        image_uri=options.image.training_image,
     )
     code = bundle.build(job.code_source, job.entry_point, selection=job.code_selection)
-    image_uri = options.image_uri or images.pytorch_image_uri(
-        scope="training",
-        region=options.region,
-        version=options.framework_version,
-        py_version=options.py_version,
-        instance_type=options.instance_type,
-        cache_dir=cache_dir,
-    )
-
-    def upload() -> tuple[str, dict[str, str]]:
-        s3 = aws.client("s3", options.region)
-        bucket = options.bucket
-        assert bucket, "remote_request.validate refuses a submission without a bucket"
-        with UploadBatch(s3, bucket, kms_key=options.kms_key, progress=events.upload) as batch:
-            code_uri = uploads.upload_bundle(s3, bucket, code.data, code.sha256, batch=batch).uri
-            channel_uris = {
-                name: uploads.upload_channel(
-                    s3,
-                    bucket,
-                    name,
-                    path,
-                    batch=batch,
-                    selection=job.channel_selections.get(name),
-                    follow_symlinks=job.config.follow_symlinks,
-                ).uri
-                for name, path in job.channels.items()
-            }
-        return code_uri, {**channel_uris, **job.s3_channels}
-
-    code_uri, channel_uris = aws_call(f"uploading {job.job_name}", upload)
+    image_uri = staging.image_uri(options, cache_dir)
+    staged = staging.stage(job, code, options, events)
     return build_request(
         job_name=job.job_name,
         entry_point=job.entry_point,
         hyperparameters=job.config.hyperparameters,
-        channel_uris=channel_uris,
-        submit_directory=code_uri,
+        channel_uris=staged.channel_uris,
+        submit_directory=staged.code_upload.uri,
         image_uri=image_uri,
         options=options,
         nproc=processes.processes_per_host,
@@ -358,7 +331,7 @@ def follow(
 
 def download_best(store: RunStore, result: TuningResult) -> str | None:
     """The best trial's model.tar.gz into its run folder (as `aiops train --remote --download`)."""
-    from aiops.training.remote import download_model
+    from aiops.training.remote_jobs import download_model
 
     if result.best is None or not store.exists(result.best):
         return None
@@ -378,7 +351,7 @@ def launch(
     *,
     store: RunStore,
     settings: Any,
-    options: jobs.LaunchOptions,
+    options: LaunchOptions,
     events: Any,
     name: str,
     early_stopping: bool = True,
@@ -397,15 +370,15 @@ def launch(
     )
     job = backend.prepare(probe)
     remote = backend.options
-    budget = options.max_cost if options.max_cost is not None else settings.aws.max_cost
+    budget = options.budget
     training_request = stage(
         job,
         remote,
         spec,
         cache_dir=settings.home / "cache",
         events=events,
-        max_cost=budget,
-        confirmed=options.confirmed,
+        max_cost=budget.max_cost if budget.max_cost is not None else settings.aws.max_cost,
+        confirmed=budget.confirmed,
     )
     request = build_tuning_request(
         tuning_job_name=name, spec=spec, training_request=training_request, early_stopping=early_stopping
@@ -424,7 +397,7 @@ def launch(
         request,
         store=store,
         region=remote.region,
-        stack=remote.stack,
+        stack=remote.access.stack,
         events=events,
         poll_seconds=settings.aws.job_poll_seconds,
     )

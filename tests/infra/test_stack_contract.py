@@ -64,6 +64,7 @@ def _what_jobs_and_endpoints_do(plan, tmp_path: Path) -> list[tuple[str, str]]:
     by the real code: the uploaders, build_request, artifacts.upload and the planned endpoint."""
     from aiops.training import bundle, uploads
     from aiops.training import remote_request as remote
+    from aiops.training.launch import Access, Compute, Networking
 
     from aiops.artifacts import upload
 
@@ -83,12 +84,9 @@ def _what_jobs_and_endpoints_do(plan, tmp_path: Path) -> list[tuple[str, str]]:
     model.write_bytes(b"\x1f\x8b" + b"0" * 64)
     model_uri = upload.upload(model, bucket=bucket, kms_key_arn=None, s3=s3)
     options = remote.RemoteOptions(
-        instance_type="ml.g5.xlarge",
-        region=plan.region,
-        role=plan.outputs["roleArn"],
-        bucket=bucket,
-        subnets=SUBNETS,
-        security_group_ids=GROUPS,
+        compute=Compute(instance_type="ml.g5.xlarge"),
+        access=Access(region=plan.region, role=plan.outputs["roleArn"], bucket=bucket),
+        networking=Networking(subnets=tuple(SUBNETS), security_group_ids=tuple(GROUPS)),
     )
     request = remote.build_request(
         job_name="job-1",

@@ -88,6 +88,7 @@ def _sdk_request(training: dict[str, Any], ranges: dict[str, Any], **tuner: Any)
 
 @pytest.mark.parametrize("spot", [True, False], ids=["spot", "on-demand"])
 def test_tuning_request_equals_the_sdk_tuners(spot: bool) -> None:
+    from aiops.training.launch import Access, Compute, Networking, StoppingCondition
     from aiops.training.metrics import parse_metric_option
     from aiops.training.remote_request import RemoteOptions, build_request
     from aiops.training.tune import tuning_spec
@@ -103,14 +104,12 @@ def test_tuning_request_equals_the_sdk_tuners(spot: bool) -> None:
         metric_definitions=definitions,
     )
     options = RemoteOptions(
-        instance_type="ml.g5.xlarge",
-        region="us-east-1",
-        role=ROLE,
-        bucket=BUCKET,
-        spot=spot,
-        max_run=7200,
-        subnets=["subnet-0123456789abcdef0"],
-        security_group_ids=["sg-0123456789abcdef0"],
+        compute=Compute(instance_type="ml.g5.xlarge", enable_managed_spot_training=spot),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=7200),
+        access=Access(region="us-east-1", role=ROLE, bucket=BUCKET),
+        networking=Networking(
+            subnets=("subnet-0123456789abcdef0",), security_group_ids=("sg-0123456789abcdef0",)
+        ),
     )
     training = build_request(
         job_name="digits-tune-251207-120000",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from aiops.training import contract
 from aiops.training import remote_request as remote
+from aiops.training.launch import Access, Compute
 
 from aiops.errors import UsageError
 
@@ -41,11 +42,8 @@ def test_bad_settings_name_the_fix(value: str, message: str) -> None:
 
 def test_the_request_carries_each_channels_mode_and_distribution() -> None:
     options = remote.RemoteOptions(
-        instance_type="ml.g5.xlarge",
-        region="eu-west-1",
-        instance_count=2,
-        role="arn:aws:iam::123456789012:role/r",
-        bucket="b",
+        compute=Compute(instance_type="ml.g5.xlarge", instance_count=2),
+        access=Access(region="eu-west-1", role="arn:aws:iam::123456789012:role/r", bucket="b"),
     )
     request = remote.build_request(
         job_name="j",

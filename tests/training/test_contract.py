@@ -280,13 +280,11 @@ def test_secret_looking_hyperparameter_names(name: str, flagged: bool) -> None:
 )
 def test_remote_request_carries_the_sdks_distribution_keys(count, nproc, distribution, expected) -> None:
     from aiops.training import remote_request as remote
+    from aiops.training.launch import Access, Compute
 
     options = remote.RemoteOptions(
-        instance_type="ml.g5.xlarge",
-        region="eu-west-1",
-        instance_count=count,
-        role="arn:aws:iam::123456789012:role/r",
-        bucket="b",
+        compute=Compute(instance_type="ml.g5.xlarge", instance_count=count),
+        access=Access(region="eu-west-1", role="arn:aws:iam::123456789012:role/r", bucket="b"),
     )
     request = remote.build_request(
         job_name="j",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiops.training import backends, contract
-from aiops.training.jobs import LaunchOptions
+from aiops.training.launch import Compute, LaunchOptions
 from aiops.training.local import LocalBackend
 from aiops.training.remote import SageMakerBackend
 
@@ -177,7 +177,10 @@ def test_one_mode_switches_the_backend(tmp_path: Path) -> None:
     assert backends.Mode.choose(remote=True) is backends.Mode.SAGEMAKER_TRAINING_JOB
     with pytest.raises(UsageError, match="need --remote"):
         backends.create(
-            backends.Mode.LOCAL_PROCESS, store=store, settings=settings, options=LaunchOptions(spot=True)
+            backends.Mode.LOCAL_PROCESS,
+            store=store,
+            settings=settings,
+            options=LaunchOptions(compute=Compute(enable_managed_spot_training=True)),
         )
     with pytest.raises(UsageError, match="exists and is not a folder"):
         (tmp_path / "file").write_text("")
