@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 LOCK := requirements/dev.lock
 # test oracles that cannot resolve beside the lock, installed without their dependencies
 ORACLES := requirements/oracles.lock
+# the SDK v2 oracle, in its own folder beside the venv's site-packages (the lock file says why)
+ORACLES_SDK_V2 := requirements/oracles-sdk-v2.lock
 # torch is not a dependency of the package (users pick their build); the environment pins the CPU build.
 # On the project's build machines its wheel lies in the directory pip's find-links names; any other
 # version would pull a multi-GB CUDA build.
@@ -26,10 +28,11 @@ TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(2 * (os.cpu_count() or 1)
 
 # Exactly the lock (hashes checked), then the project itself with no dependency resolution and
 # no build isolation, so nothing unpinned is fetched.
-$(BIN)/.installed: $(LOCK) $(ORACLES) pyproject.toml
+$(BIN)/.installed: $(LOCK) $(ORACLES) $(ORACLES_SDK_V2) pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r $(ORACLES)
+	$(BIN)/python -m pip install -q --no-deps --require-hashes --target $(VENV)/sdk-v2 -r $(ORACLES_SDK_V2)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -77,6 +80,8 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade '$(TORCH)' -e '.[dev]'
 	$(LATEST_VENV)/bin/python -m pip install -q --no-deps --require-hashes -r $(ORACLES)
+	$(LATEST_VENV)/bin/python -m pip install -q --no-deps --require-hashes --target $(LATEST_VENV)/sdk-v2 \
+		-r $(ORACLES_SDK_V2)
 	$(LATEST_VENV)/bin/python scripts/lock_drift.py $(LOCK)
 	PYTHONDONTWRITEBYTECODE= $(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 

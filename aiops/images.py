@@ -340,11 +340,13 @@ def huggingface_training_image_uri(
     py_version: str | None,
     instance_type: str,
 ) -> str:
-    """The URI ``sagemaker.core.image_uris.get_training_image_uri(region, "huggingface",
-    framework_version=transformers_version, pytorch_version=..., py_version=...,
-    instance_type=...)`` gives (what the SDK's ``HuggingFace`` estimator trains with): the tag is
-    ``<pytorch as given>-transformers<full version>-gpu-<py>-<cuda/os>``. The images are GPU only
-    (the table's one processor): an instance type without NVIDIA GPUs is refused, as the SDK does."""
+    """The URI the SDK v2 ``HuggingFace`` estimator trains with (``training_image_uri()``): the tag
+    is ``<pytorch as given>-transformers<transformers as given>-gpu-<py>-<cuda/os>``, so 4.49 / 2.5
+    gives the image's short tag ``2.5-transformers4.49-...`` and 4.49.0 / 2.5.1 its full one.
+    sagemaker-core 2.x's ``get_training_image_uri`` pairs the full transformers version with a short
+    PyTorch one (``2.5-transformers4.49.0-...``), a tag neither the DLC image list nor SDK v2 uses.
+    The images are GPU only (the table's one processor): an instance type without NVIDIA GPUs is
+    refused, as the SDK does."""
     full, entry = huggingface_image_entry(transformers_version, pytorch_version)
     py_versions = entry.get("py_versions") or []
     if py_version is None and py_versions:
@@ -371,6 +373,8 @@ def huggingface_training_image_uri(
         )
     container = (entry.get("container_version") or {}).get(processor)
     tag = "-".join(
-        x for x in (f"{pytorch_version}-transformers{full}", processor, py_version, container) if x
+        x
+        for x in (f"{pytorch_version}-transformers{transformers_version}", processor, py_version, container)
+        if x
     )
     return f"{account}.dkr.ecr.{region}.{dns_suffix(region)}/{entry['repository']}:{tag}"

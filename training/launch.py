@@ -44,6 +44,9 @@ class Compute:
                 f"{MAX_KEEP_ALIVE_SECONDS} s (1h) after a job; give at most 1h."
             )
         if keep_alive and self.enable_managed_spot_training:
+            # "SageMaker Managed Warm Pools cannot be used with spot instances." (Developer Guide,
+            # Managed Warm Pools, Considerations: docs.aws.amazon.com/sagemaker/latest/dg/
+            # train-warm-pools.html#train-warm-pools-considerations)
             raise UsageError(
                 "--keep-alive: SageMaker keeps warm pools of on-demand instances only; "
                 "use --on-demand (the default with --keep-alive) or drop --keep-alive."
