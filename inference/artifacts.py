@@ -17,7 +17,8 @@ from pathlib import Path
 
 from aiops import archive, programs
 from aiops.errors import UsageError
-from aiops.runs import STATUS_COMPLETED, RunFolder, RunRecord, RunStore, read_record
+from aiops.run_folder import RunFolder
+from aiops.runs import STATUS_COMPLETED, RunRecord, RunStore, read_record
 
 CODE_DIR = programs.CODE_DIR
 

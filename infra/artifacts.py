@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from aiops import names, programs
 from aiops.archive import file_sha256
 from aiops.errors import UsageError
-from aiops.runs import RunFolder, find_run, read_record
+from aiops.run_folder import RunFolder
+from aiops.runs import find_run, read_record
 from aiops.s3objects import upload_once
 from aiops.stack import LAYOUT, StackOutputs
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiops.errors import UsageError
-from aiops.runs import ContainerPaths  # the container tree: the core owns it, the run store reads it
+from aiops.run_folder import ContainerPaths  # the container tree: the core owns it, the run store reads it
 
 # Hyperparameters the SageMaker SDK adds for the framework (the toolkit moves every `sagemaker_*`
 # key out of the user's hyperparameters into SM_FRAMEWORK_PARAMS or its own settings).

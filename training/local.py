@@ -31,6 +31,8 @@ from aiops.training.metrics import MetricParser
 
 from aiops import archive, files
 from aiops.errors import UsageError
+from aiops.run_folder import RunFolder
+from aiops.run_processes import process_start_time, runner_command, script_alive
 from aiops.runs import (
     STATUS_COMPLETED,
     STATUS_FAILED,
@@ -38,12 +40,8 @@ from aiops.runs import (
     STATUS_STALE,
     STATUS_STOPPED,
     Artifacts,
-    RunFolder,
     RunRecord,
     RunStore,
-    process_start_time,
-    runner_command,
-    script_alive,
 )
 
 FAILURE_TAIL_CHARS = 1024  # DescribeTrainingJob shows the first 1024 characters of `failure`

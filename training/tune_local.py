@@ -24,7 +24,8 @@ from aiops.training.tune import CATEGORICAL, INTEGER, ParameterRange, Trial, Tun
 
 from aiops.errors import UsageError
 from aiops.extras import require_extra
-from aiops.runs import STATUS_COMPLETED, STATUS_STOPPED, RunRecord, RunStore, script_alive
+from aiops.run_processes import script_alive
+from aiops.runs import STATUS_COMPLETED, STATUS_STOPPED, RunRecord, RunStore
 
 PRUNED = "Pruned"  # a trial the tuner stopped early (its run is Stopped, stopped_by PRUNED_BY)
 PRUNED_BY = "tuner (pruned: behind the median of earlier trials)"
