@@ -465,7 +465,7 @@ def train(
     """Run a SageMaker-style PyTorch training script locally under the SageMaker training contract,
     or with --remote as a SageMaker training job."""
     from aiops.training import backends, jobs
-    from aiops.training.contract import parse_hyperparameter_value
+    from aiops.training.job_inputs import parse_hyperparameter_value
     from aiops.training.metrics import parse_metric_option
     from aiops.training.remote_request import parse_duration
 

@@ -174,7 +174,7 @@ def tune(
 
     from aiops.cli.train import _parse_pairs
     from aiops.training import jobs
-    from aiops.training.contract import parse_hyperparameter_value
+    from aiops.training.job_inputs import parse_hyperparameter_value
     from aiops.training.metrics import parse_metric_option
     from aiops.training.tune import best_trial, tuning_spec
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aiops.training import contract, jobs
+from aiops.training import container, contract, jobs
 from aiops.training.jobs import PreparedJob, absolute_config
 from aiops.training.metrics import MetricParser
 
@@ -180,13 +180,13 @@ def run(
         channel_input_modes=job.config.input_modes,
         channel_distributions=job.config.channel_sharding,
     )
-    contract.write_config_files(spec, paths)
+    container.write_config_files(spec, paths)
     # One machine: `algo-1` does not resolve here, and 7777 may be taken by another local run, so
     # MASTER_ADDR/MASTER_PORT are loopback and a free port (the container's are algo-1:7777).
-    launch = contract.host_launch(
+    launch = container.host_launch(
         spec,
         paths,
-        contract.HostFacts.detect(),
+        container.HostFacts.detect(),
         python=python or sys.executable,
         base_env={**os.environ, **job.config.script_environment()},
         master_addr="127.0.0.1",

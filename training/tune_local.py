@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
 from aiops.training import jobs, local
-from aiops.training.contract import parse_hyperparameter_value
+from aiops.training.job_inputs import parse_hyperparameter_value
 from aiops.training.jobs import JobConfig, PreparedJob
 from aiops.training.tune import CATEGORICAL, INTEGER, ParameterRange, Trial, TuningSpec, first_values
 
