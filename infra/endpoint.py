@@ -13,7 +13,7 @@ from typing import Any
 
 import pulumi
 from aiops.infra import llm, scale_to_zero
-from aiops.infra.config import EndpointConfig
+from aiops.infra.endpoint_config import EndpointConfig
 from aiops.infra.observability import dashboard_body, idle_alarm_settings
 from aiops.infra.scaling import (
     deployment_config,
