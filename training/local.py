@@ -431,8 +431,8 @@ def request_stop(record: RunRecord, folder: RunFolder) -> str:
     """Stop a local job: SIGTERM to the aiops process running it (it forwards SIGTERM to the
     script's group, then SIGKILL after the grace period), or, if that runner is gone but the script
     is not, SIGTERM to the script's process group. ``folder``: the run's folder in the store. Each
-    pid is signalled only when /proc shows it is this run's (`aiops.runs.runner_alive`: its start
-    time and an `aiops train` command line; `script_alive`: its start time and this run's
+    pid is signalled only when /proc shows it is this run's (`aiops.run_processes.runner_alive`: its
+    start time and an `aiops train` command line; `script_alive`: its start time and this run's
     SAGEMAKER_BASE_DIR), so neither a reused pid nor a pid written into run.json by hand is ever
     signalled. Returns what was signalled."""
     name = record.job_name
