@@ -1,18 +1,9 @@
 """The run store: one folder per training job under ``<settings.home>/runs``, described by ``run.json``.
 
 This module is the one owner of the run record (`RunRecord`, the typed ``run.json``) and of the
-run folder's layout (`RunFolder`, every path into it). Training writes runs through it; serving,
-export, packaging and deploy read them through it; nothing else spells ``run.json`` or
-``opt/ml/model``.
-
-A run folder mirrors where SageMaker keeps a job's pieces::
-
-    <runs>/<job>/run.json          the run record (status, timings, config, metrics, artifacts)
-    <runs>/<job>/train.log         everything the script printed (local runs)
-    <runs>/<job>/metrics.jsonl     one metric sample a line (local runs)
-    <runs>/<job>/output/           model.tar.gz, output.tar.gz  (S3: <output_path>/<job>/output/)
-    <runs>/<job>/opt/ml/...        the container tree the script ran in (SAGEMAKER_BASE_DIR):
-                                   code/, model/, input/data/<channel>/, checkpoints/, output/
+store of run folders (`RunStore`); the folder's layout is `aiops.run_folder`'s, whether a run's
+processes still run `aiops.run_processes`'. Training writes runs through them; serving, export,
+packaging and deploy read them through them; nothing else spells ``run.json`` or ``opt/ml/model``.
 
 ``run.json`` stays plain JSON with the keys it always had: a record is written with exactly the
 fields that were set (older files, which lack newer keys, load unchanged; keys this version does
@@ -21,7 +12,7 @@ not know are kept and written back).
 A record is a file anyone could edit, so what it says is checked before it is acted on: its
 ``job_name`` must be a valid job name and the name of its folder (it names the file a record is
 written back to), and a process it names is signalled only when ``/proc`` shows it is that run's
-(`runner_alive`, `script_alive`: the start time, then the command line or the environment).
+(`aiops.run_processes`).
 """
 
 from __future__ import annotations
@@ -39,15 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aiops.errors import UsageError
 from aiops.names import SAGEMAKER_NAME
-
-RUN_RECORD = "run.json"
-TRAIN_LOG = "train.log"
-METRICS_LOG = "metrics.jsonl"
-TORCHRUN_ERROR = "torchrun-error.json"  # torchrun's TORCHELASTIC_ERROR_FILE: the first failed rank's error
-OUTPUT_DIR = "output"
-MODEL_ARCHIVE = "model.tar.gz"
-OUTPUT_ARCHIVE = "output.tar.gz"
-CONTAINER_BASE = ("opt", "ml")  # the container's /opt/ml, relocated into the run folder
+from aiops.run_folder import RUN_RECORD, RunFolder
+from aiops.run_processes import runner_alive
 
 # CreateTrainingJob's TrainingJobName pattern (and length), so a local name also works remotely.
 JOB_NAME_PATTERN = SAGEMAKER_NAME
@@ -90,138 +74,6 @@ def job_name_from_base(base: str, *, now: float | None = None) -> str:
     clean = re.sub(r"[^a-zA-Z0-9-]+", "-", base).strip("-") or "job"
     clean = clean[: 63 - len(stamp) - 1].rstrip("-")
     return f"{clean}-{stamp}"
-
-
-# ---------------------------------------------------------------------------------------------
-# The folder
-
-
-@dataclass(frozen=True)
-class ContainerPaths:
-    """The SageMaker tree rooted at ``base`` (``/opt/ml`` in the container)."""
-
-    base: Path
-
-    @property
-    def code(self) -> Path:
-        return self.base / "code"
-
-    @property
-    def model(self) -> Path:
-        return self.base / "model"
-
-    @property
-    def input(self) -> Path:
-        return self.base / "input"
-
-    @property
-    def input_config(self) -> Path:
-        return self.input / "config"
-
-    @property
-    def input_data(self) -> Path:
-        return self.input / "data"
-
-    @property
-    def output(self) -> Path:
-        return self.base / "output"
-
-    @property
-    def output_data(self) -> Path:
-        return self.output / "data"
-
-    @property
-    def output_intermediate(self) -> Path:
-        return self.output / "intermediate"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.base / "checkpoints"
-
-    def channel(self, name: str) -> Path:
-        return self.input_data / name
-
-    def all_dirs(self) -> list[Path]:
-        return [
-            self.code,
-            self.model,
-            self.input_config,
-            self.input_data,
-            self.output_data,
-            self.output_intermediate,
-            self.checkpoints,
-        ]
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """Every path into one run folder (nothing here touches the disk)."""
-
-    root: Path
-
-    @property
-    def name(self) -> str:
-        return self.root.name
-
-    @property
-    def record_file(self) -> Path:
-        return self.root / RUN_RECORD
-
-    @property
-    def log(self) -> Path:
-        return self.root / TRAIN_LOG
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS_LOG
-
-    @property
-    def torchrun_error(self) -> Path:
-        return self.root / TORCHRUN_ERROR
-
-    @property
-    def output(self) -> Path:
-        """``<job>/output/``: what SageMaker uploads to ``<S3OutputPath>/<job>/output/``."""
-        return self.root / OUTPUT_DIR
-
-    @property
-    def model_archive(self) -> Path:
-        return self.output / MODEL_ARCHIVE
-
-    @property
-    def output_archive(self) -> Path:
-        return self.output / OUTPUT_ARCHIVE
-
-    # the container tree the script ran in (SAGEMAKER_BASE_DIR)
-    @property
-    def base(self) -> Path:
-        return self.root.joinpath(*CONTAINER_BASE)
-
-    @property
-    def container(self) -> ContainerPaths:
-        return ContainerPaths(self.base)
-
-    @property
-    def code_dir(self) -> Path:
-        return self.container.code
-
-    @property
-    def model_dir(self) -> Path:
-        return self.container.model
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.container.checkpoints
-
-    def channel(self, name: str) -> Path:
-        return self.container.channel(name)
-
-    def local_model_archive(self) -> Path | None:
-        """A model.tar.gz kept in the folder (a local run's, or a remote job's downloaded one)."""
-        for candidate in (self.root / MODEL_ARCHIVE, self.model_archive):
-            if candidate.is_file():
-                return candidate
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,74 +272,6 @@ def with_liveness(record: RunRecord) -> RunRecord:
         failure_reason=f"Failed (runner died): the aiops process {record.runner_pid} ended "
         "without recording the end of the run; its script was stopped with it.",
     )
-
-
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid it names one process,
-    never a later one that reuses the pid. None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
-    return int(fields[19])
-
-
-def runner_alive(record: RunRecord) -> bool:
-    """The aiops process that runs a local record still runs: its recorded pid and start time, and
-    a command line that is `aiops train` or `aiops tune` (a tuning trial), the console script or
-    ``python -m aiops.cli.app``."""
-    return runner_command(record) is not None
-
-
-def runner_command(record: RunRecord) -> str | None:
-    """ "train" or "tune": the aiops command running a local record, when it still runs (else None)."""
-    pid = record.runner_pid
-    if not process_alive(pid, record.runner_start_time):
-        return None
-    return _aiops_command(_cmdline(pid))
-
-
-def script_alive(record: RunRecord, folder: RunFolder) -> bool:
-    """The training script of a local run still runs: its recorded pid and start time, and the
-    container contract's ``SAGEMAKER_BASE_DIR`` of this run folder in its environment."""
-    pid = record.script_pid
-    if not process_alive(pid, record.script_start_time):
-        return False
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:  # another user's process: not this run's
-        return False
-    return f"SAGEMAKER_BASE_DIR={folder.base}".encode() in environ
-
-
-def _cmdline(pid: int | None) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
-
-
-def _aiops_command(argv: list[str]) -> str | None:
-    for i, arg in enumerate(argv[:3]):  # [python, ]aiops train | python -m aiops.cli.app train
-        entry = os.path.basename(arg) == "aiops" or (arg == "aiops.cli.app" and i > 0 and argv[i - 1] == "-m")
-        if entry:
-            command = argv[i + 1] if len(argv) > i + 1 else None
-            return command if command in ("train", "tune") else None
-    return None
-
-
-def process_alive(pid: int | None, start_time: int | None) -> bool:
-    """The process recorded as (pid, start time) still runs (and is not a zombie)."""
-    if not pid or start_time is None:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[0] != "Z" and int(fields[19]) == start_time
 
 
 def read_record(folder: RunFolder, *, strict: bool = True) -> RunRecord | None:

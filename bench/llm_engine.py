@@ -21,82 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 RESULTS = ROOT / "bench" / "results"
-SIZES = {
-    "tiny": {},
-    "small": {
-        "hidden": 512,
-        "layers": 6,
-        "heads": 8,
-        "kv_heads": 4,
-        "intermediate": 1408,
-        "max_positions": 1024,
-    },
-}
 
-
-def prompts(tokenizer, count: int) -> list[str]:
-    """Prompts of 8 to ~120 tokens cut from the standard library's source, in a fixed order."""
-    from tiny_llm import corpus
-
-    text = "".join(corpus(200_000))
-    ids = tokenizer(text)["input_ids"]
-    out, at = [], 0
-    for i in range(count):
-        length = 8 + (i * 37) % 112
-        out.append(tokenizer.decode(ids[at : at + length]))
-        at += length
-    return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def drive(concurrency: int, jobs: list, run_one) -> dict:
-    """c client threads taking jobs in turn; run_one(job) -> (ttft_s, tokens)."""
-    lock = threading.Lock()
-    queue = list(jobs)
-    ttfts: list[float] = []
-    tokens = 0
-
-    def client() -> None:
-        nonlocal tokens
-        while True:
-            with lock:
-                if not queue:
-                    return
-                job = queue.pop(0)
-            ttft, n = run_one(job)
-            with lock:
-                ttfts.append(ttft)
-                tokens += n
-
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    return {
-        "tokens_per_s": tokens / wall,
-        "ttft_p50_ms": statistics.median(ttfts) * 1e3,
-        "ttft_p99_ms": percentile(ttfts, 0.99) * 1e3,
-        "requests": len(jobs),
-        "wall_s": wall,
-    }
+from llm_workload import SIZES, drive, median_round, prompts, run_meta  # noqa: E402
 
 
 def bench_size(name: str, folder: Path, args) -> list[dict]:
@@ -158,10 +92,7 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
         for _ in range(args.rounds):
             runs["naive"].append(drive(concurrency, jobs, naive_one))
             runs["engine"].append(drive(concurrency, jobs, engine_one))
-        naive, batched = (
-            sorted(runs[side], key=lambda r: r["tokens_per_s"])[(args.rounds - 1) // 2]
-            for side in ("naive", "engine")
-        )
+        naive, batched = median_round(runs["naive"]), median_round(runs["engine"])
         rows.append(
             {
                 "model": name,
@@ -210,20 +141,8 @@ def main() -> None:
 
 
 def write(rows: list[dict], args) -> None:
-    import torch
-    import transformers
-
     RESULTS.mkdir(exist_ok=True)
-    meta = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "requests": args.requests,
-        "tokens": args.tokens,
-        "device": "cpu",
-    }
+    meta = run_meta(args)
     (RESULTS / "llm-engine.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# LLM engine vs one `model.generate` per request (in-process, CPU)",

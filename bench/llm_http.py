@@ -6,7 +6,8 @@ Both servers answer TGI's ``POST /generate_stream`` with server-sent events, one
 (the naive one through a ``generate`` streamer, one thread per request, ThreadingHTTPServer); the client
 threads read the events with ``http.client`` and take TTFT at the first event. Greedy, exactly ``--tokens``
 new tokens per request: the served folder is the model with no EOS token, so both sides do the same work.
-Prompts, TTFT and the rounds' order are bench/llm_engine.py's. Writes bench/results/llm-http.md and .json.
+Prompts, TTFT and the rounds' order are bench/llm_workload.py's, shared with bench/llm_engine.py. Writes
+bench/results/llm-http.md and .json.
 
     python bench/llm_http.py [--requests 32] [--tokens 64] [--conc 1,4,16] [--sizes tiny,small] [--rounds 3]
 """
@@ -17,7 +18,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results"
 
-from llm_engine import SIZES, drive, prompts  # noqa: E402
+from llm_workload import SIZES, drive, median_round, prompts, run_meta  # noqa: E402
 
 
 # ---------------------------------------------------------------------- the naive server (a subprocess)
@@ -218,10 +218,7 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
             for _ in range(args.rounds):  # alternate, so every side sees the same machine
                 for side, client in sides.items():
                     runs[side].append(drive(concurrency, jobs, client))
-            median = {
-                side: sorted(runs[side], key=lambda r: r["tokens_per_s"])[(args.rounds - 1) // 2]
-                for side in sides
-            }
+            median = {side: median_round(runs[side]) for side in sides}
             naive, served = median["naive"], median["aiops"]
             rows.append(
                 {
@@ -299,20 +296,8 @@ NOTE = (
 
 
 def write(rows: list[dict], args) -> None:
-    import torch
-    import transformers
-
     RESULTS.mkdir(exist_ok=True)
-    meta = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "requests": args.requests,
-        "tokens": args.tokens,
-        "device": "cpu",
-    }
+    meta = run_meta(args)
     (RESULTS / "llm-http.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# `aiops serve --container tgi` vs a naive one-`generate`-per-request HTTP server (CPU)",

@@ -138,7 +138,7 @@ def bench(
             + (f", {write_stack} left as it was" if write_stack else "")
         )
     if stack_path is not None:
-        from aiops.infra.config import set_max_rps_per_instance
+        from aiops.infra.stack_file import set_max_rps_per_instance
 
         try:
             warnings = set_max_rps_per_instance(stack_path, report.max_rps_per_instance)
@@ -163,7 +163,7 @@ def _check_stack(stack: str, project_dir: Path, plan) -> Path:
             "that keep it"
         )
     check_extra("infra", "aiops bench --write-stack", "yaml")
-    from aiops.infra.config import set_max_rps_per_instance, stack_file
+    from aiops.infra.stack_file import set_max_rps_per_instance, stack_file
 
     path = stack_file(project_dir, stack)
     set_max_rps_per_instance(path, 1, write=False)  # editable, and valid once edited: checked before the run

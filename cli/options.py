@@ -295,7 +295,7 @@ def parse_pairs(
 
 def hyperparameters(values: list[str] | None) -> dict[str, Any]:
     """`--hp KEY=VALUE` options, each value read as the toolkit reads it (JSON, else a string)."""
-    from aiops.training.contract import parse_hyperparameter_value
+    from aiops.training.job_inputs import parse_hyperparameter_value
 
     return {
         key: parse_hyperparameter_value(raw) for key, raw in parse_pairs(values, "--hp", "epochs=10").items()

@@ -31,7 +31,7 @@ OnEvent = Callable[[Any], None]
 def stack_config(project_dir: Path, stack: str, overrides: dict[str, Any] | None = None) -> StackConfig:
     """``Pulumi.<stack>.yaml`` of the project folder, validated (the infra extra must be there)."""
     check_extra("infra", "this command", "pulumi", "pulumi_aws", "yaml")
-    from aiops.infra.config import load_stack_file, stack_file
+    from aiops.infra.stack_file import load_stack_file, stack_file
 
     return load_stack_file(stack_file(project_dir, stack), stack=stack, overrides=overrides)
 

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 
 import pulumi
-from aiops.infra.config import ComputeConfig
+from aiops.infra.config_sections import ComputeConfig
 from aiops.infra.policies import assume_role_policy
 from pulumi_aws import autoscaling, ec2, iam
 

@@ -13,11 +13,10 @@ from typing import Any
 
 import pulumi
 from aiops.infra import llm, scale_to_zero
-from aiops.infra.config import EndpointConfig
-from aiops.infra.policies import (
-    dashboard_body,
+from aiops.infra.endpoint_config import EndpointConfig
+from aiops.infra.observability import dashboard_body, idle_alarm_settings
+from aiops.infra.scaling import (
     deployment_config,
-    idle_alarm_settings,
     scaling_resource_id,
     target_invocations_per_instance,
     target_tracking_configuration,

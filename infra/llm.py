@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 
-from aiops.infra.config import EndpointConfig, has_local_storage
+from aiops.infra.endpoint_config import EndpointConfig
+from aiops.infra.instance_types import has_local_storage
 
 from aiops.artifacts.programs import SUBMIT_DIRECTORY
 from aiops.gpufit import gpu_count

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiops.training import contract, model_channel
+from aiops.training import contract, job_inputs, model_channel
 from aiops.training.metrics import MetricDefinition, MetricSample
 from aiops.training.requirements import RequirementProblem, check_requirements
 
@@ -50,7 +50,7 @@ class JobConfig:
 
     def script_environment(self) -> dict[str, str]:
         """What the job adds to the script's environment: `--env`, and where each `--secret` is."""
-        return {**self.environment, **contract.secret_environment(self.secrets)}
+        return {**self.environment, **job_inputs.secret_environment(self.secrets)}
 
     def to_record(self) -> RunConfig:
         # the framework only when asked for, so a PyTorch run's record keeps its keys
@@ -173,9 +173,9 @@ class Detached(Exception):
 
 def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> PreparedJob:
     """Check the whole request before anything is written; UsageError (exit 2) on bad input."""
-    contract.validate_hyperparameters(config.hyperparameters)
-    contract.refuse_secret_looking(config.hyperparameters, "--hp")
-    contract.validate_environment(config.environment, config.secrets)
+    job_inputs.validate_hyperparameters(config.hyperparameters)
+    job_inputs.refuse_secret_looking(config.hyperparameters, "--hp")
+    job_inputs.validate_environment(config.environment, config.secrets)
     if config.nproc is not None and config.nproc < 1:
         raise UsageError(f"--nproc {config.nproc}: needs at least 1 process.")
     distribution = contract.resolve_distribution(
@@ -195,7 +195,7 @@ def prepare(config: JobConfig, store: RunStore, target: Target = Target()) -> Pr
     channels: dict[str, Path] = {}
     s3_channels: dict[str, str] = {}
     for name, location in config.channels.items():
-        contract.validate_channel_name(name)
+        job_inputs.validate_channel_name(name)
         resolved = _channel(name, location, target)
         if isinstance(resolved, str):
             s3_channels[name] = resolved
@@ -406,11 +406,11 @@ def job_config(
     config.follow_symlinks = follow_symlinks or config.follow_symlinks
     names = list(config.channels)
     config.input_modes.update(
-        contract.parse_channel_settings(input_modes, names, "--input-mode", contract.INPUT_MODES)
+        job_inputs.parse_channel_settings(input_modes, names, "--input-mode", job_inputs.INPUT_MODES)
     )
     config.channel_sharding.update(
-        contract.parse_channel_settings(
-            channel_sharding, names, "--channel-sharding", contract.S3_DISTRIBUTIONS
+        job_inputs.parse_channel_settings(
+            channel_sharding, names, "--channel-sharding", job_inputs.S3_DISTRIBUTIONS
         )
     )
     config.job_name = job_name

@@ -24,13 +24,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aiops.training import contract, failures, jobs
+from aiops.training import container, contract, failures, jobs
 from aiops.training.jobs import PreparedJob, absolute_config
 from aiops.training.launch import LaunchOptions
 from aiops.training.metrics import MetricParser
 
 from aiops import archive, files
 from aiops.errors import UsageError
+from aiops.run_folder import RunFolder
+from aiops.run_processes import process_start_time, runner_command, script_alive
 from aiops.runs import (
     STATUS_COMPLETED,
     STATUS_FAILED,
@@ -38,12 +40,8 @@ from aiops.runs import (
     STATUS_STALE,
     STATUS_STOPPED,
     Artifacts,
-    RunFolder,
     RunRecord,
     RunStore,
-    process_start_time,
-    runner_command,
-    script_alive,
 )
 
 # A run's reporter is the part of `jobs.JobEvents` a local run uses: started, line, metric, stopping,
@@ -220,7 +218,7 @@ def _lay_out(job: PreparedJob, store: RunStore, link_channels: bool) -> RunFolde
 
 def _host_launch(
     job: PreparedJob, folder: RunFolder, region: str, python: str | None
-) -> tuple[contract.TrainingJobSpec, contract.HostLaunch]:
+) -> tuple[contract.TrainingJobSpec, container.HostLaunch]:
     """The container's config files written into the run's tree, and the command and environment
     that start the script on this one host."""
     paths = folder.container
@@ -239,13 +237,13 @@ def _host_launch(
         channel_input_modes=job.config.input_modes,
         channel_distributions=job.config.channel_sharding,
     )
-    contract.write_config_files(spec, paths)
+    container.write_config_files(spec, paths)
     # One machine: `algo-1` does not resolve here, and 7777 may be taken by another local run, so
     # MASTER_ADDR/MASTER_PORT are loopback and a free port (the container's are algo-1:7777).
-    launch = contract.host_launch(
+    launch = container.host_launch(
         spec,
         paths,
-        contract.HostFacts.detect(),
+        container.HostFacts.detect(),
         python=python or sys.executable,
         base_env={**os.environ, **job.config.script_environment()},
         master_addr="127.0.0.1",
@@ -388,8 +386,8 @@ def request_stop(record: RunRecord, folder: RunFolder) -> str:
     """Stop a local job: SIGTERM to the aiops process running it (it forwards SIGTERM to the
     script's group, then SIGKILL after the grace period), or, if that runner is gone but the script
     is not, SIGTERM to the script's process group. ``folder``: the run's folder in the store. Each
-    pid is signalled only when /proc shows it is this run's (`aiops.runs.runner_alive`: its start
-    time and an `aiops train` command line; `script_alive`: its start time and this run's
+    pid is signalled only when /proc shows it is this run's (`aiops.run_processes.runner_alive`: its
+    start time and an `aiops train` command line; `script_alive`: its start time and this run's
     SAGEMAKER_BASE_DIR), so neither a reused pid nor a pid written into run.json by hand is ever
     signalled. Returns what was signalled."""
     name = record.job_name

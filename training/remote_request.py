@@ -340,7 +340,7 @@ def build_request(
     `input_modes` / `channel_sharding`: a channel's InputMode (File, FastFile: objects streamed on
     first read, Pipe: a FIFO per epoch) and S3DataDistributionType (ShardedByS3Key: each host gets
     a disjoint subset of the objects); File and FullyReplicated when not given. `environment`: the
-    user's `--env` variables (validated by `contract.validate_environment`)."""
+    user's `--env` variables (validated by `job_inputs.validate_environment`)."""
     input_modes, channel_sharding = input_modes or {}, channel_sharding or {}
     compute, access, networking = options.compute, options.access, options.networking
     bucket = access.bucket

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiops.training.contract import parse_hyperparameter_value
+from aiops.training.job_inputs import parse_hyperparameter_value
 from aiops.training.metrics import MetricDefinition
 
 from aiops.errors import UsageError

@@ -18,13 +18,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
 from aiops.training import jobs, local
-from aiops.training.contract import parse_hyperparameter_value
+from aiops.training.job_inputs import parse_hyperparameter_value
 from aiops.training.jobs import JobConfig, PreparedJob
 from aiops.training.tune import CATEGORICAL, INTEGER, ParameterRange, Trial, TuningSpec, first_values
 
 from aiops.errors import UsageError
 from aiops.extras import require_extra
-from aiops.runs import STATUS_COMPLETED, STATUS_STOPPED, RunRecord, RunStore, script_alive
+from aiops.run_processes import script_alive
+from aiops.runs import STATUS_COMPLETED, STATUS_STOPPED, RunRecord, RunStore
 
 PRUNED = "Pruned"  # a trial the tuner stopped early (its run is Stopped, stopped_by PRUNED_BY)
 PRUNED_BY = "tuner (pruned: behind the median of earlier trials)"

@@ -222,7 +222,7 @@ def _value(summary: Mapping[str, Any]) -> float | None:
 
 
 def _hyperparameters(summary: Mapping[str, Any]) -> dict[str, Any]:
-    from aiops.training.contract import parse_hyperparameter_value
+    from aiops.training.job_inputs import parse_hyperparameter_value
 
     return {k: parse_hyperparameter_value(v) for k, v in (summary.get("TunedHyperParameters") or {}).items()}
 

@@ -41,7 +41,8 @@ from aiops.artifacts import programs
 from aiops.artifacts.upload import is_weights_folder, upload
 from aiops.errors import UsageError
 from aiops.names import S3_URI
-from aiops.runs import RunFolder, find_run, read_record
+from aiops.run_folder import RunFolder
+from aiops.runs import find_run, read_record
 from aiops.stack import StackOutputs
 
 #: a boto3 client by service name (``aws.client(service, region)`` unless a caller hands its own)

@@ -15,7 +15,8 @@ from aiops import archive
 from aiops.artifacts import programs
 from aiops.artifacts.programs import CODE_DIR
 from aiops.errors import UsageError
-from aiops.runs import STATUS_COMPLETED, RunFolder, RunRecord, RunStore, read_record
+from aiops.run_folder import RunFolder
+from aiops.runs import STATUS_COMPLETED, RunRecord, RunStore, read_record
 
 
 @dataclass

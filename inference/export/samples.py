@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aiops.errors import UsageError
-from aiops.runs import RunFolder
+from aiops.run_folder import RunFolder
 
 SAMPLE_SUFFIXES = (".npy", ".npz", ".json", ".csv")
 

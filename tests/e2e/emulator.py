@@ -48,7 +48,7 @@ What stands in for what:
   SSM agent open its channels as the role (the four ``ssmmessages`` actions, judged and recorded).
 - **a training instance**: a process tree in a job network namespace (``sandbox.py``), running the
   script as the PyTorch training container would: the toolkit's env and argv computed by
-  ``aiops.training.contract`` from the job's own hyperparameters, plus the container's env.
+  ``aiops.training.container`` from the job's own hyperparameters, plus the container's env.
   Unless the job asks for EnableNetworkIsolation, its script reaches AWS as the execution role, as
   in a container: ``AWS_ENDPOINT_URL`` is the platform (through the namespace's forwarder) and
   ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` the platform's credentials endpoint, which hands out the
@@ -404,9 +404,11 @@ def _decode(value: str) -> Any:
 def host_command(request: dict[str, Any], hosts: list[str], host: str) -> tuple[list[str], dict[str, str]]:
     """argv and env of one host, from the CreateTrainingJob request alone (what the container has):
     the request read back as the toolkit reads it (``contract.spec_from_request``), then the
-    toolkit's env and argv and the PyTorch container's env (``contract.host_launch``, the one
+    toolkit's env and argv and the PyTorch container's env (``container.host_launch``, the one
     function local runs use too) on top of the image's own env, then the request's Environment."""
-    from aiops.training import contract
+    from aiops.training import container, contract
+
+    from aiops.run_folder import ContainerPaths
 
     resources = request["ResourceConfig"]
     spec = contract.spec_from_request(
@@ -430,10 +432,10 @@ def host_command(request: dict[str, Any], hosts: list[str], host: str) -> tuple[
             f"arn:aws:sagemaker:{spec.region}:{ACCOUNT}:training-job/{request['TrainingJobName']}"
         ),
     }
-    launch = contract.host_launch(
+    launch = container.host_launch(
         spec,
-        contract.ContainerPaths(Path("/opt/ml")),
-        contract.HostFacts(num_gpus=0, num_cpus=os.cpu_count() or 1),
+        ContainerPaths(Path("/opt/ml")),
+        container.HostFacts(num_gpus=0, num_cpus=os.cpu_count() or 1),
         python=sys.executable,
         base_env=image_env,
     )
@@ -682,9 +684,11 @@ class TrainingJob:
     def _prepare_host(self, name: str, folder: Path) -> Host:
         from aiops.training import contract
 
+        from aiops.run_folder import ContainerPaths
+
         request, session = self.request, self.session
         host = Host(name, folder)
-        paths = contract.ContainerPaths(folder)
+        paths = ContainerPaths(folder)
         for path in paths.all_dirs():
             path.mkdir(parents=True, exist_ok=True)
         (paths.output / "failure").unlink(missing_ok=True)

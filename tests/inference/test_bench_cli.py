@@ -427,7 +427,7 @@ def _diff(before: str, after: str) -> list[str]:
 
 
 def test_stack_edit_keeps_comments_and_adds_a_missing_block(tmp_path):
-    from aiops.infra.config import set_max_rps_per_instance
+    from aiops.infra.stack_file import set_max_rps_per_instance
 
     dev = tmp_path / "Pulumi.dev.yaml"
     dev.write_text(
@@ -489,7 +489,7 @@ HEAD = "config:\n  aws:region: us-east-1\n  aiops:endpoint:\n    enabled: true\n
     ids=["no-final-newline", "quoted-keys", "empty-block", "crlf"],
 )
 def test_stack_edit_keeps_the_files_own_writing(tmp_path, before, after):
-    from aiops.infra.config import set_max_rps_per_instance
+    from aiops.infra.stack_file import set_max_rps_per_instance
 
     path = tmp_path / "Pulumi.x.yaml"
     path.write_bytes(before.encode())
@@ -514,7 +514,7 @@ def test_stack_edit_keeps_the_files_own_writing(tmp_path, before, after):
     ids=["flow-style", "explicit-target", "no-endpoint", "not-yaml"],
 )
 def test_stack_edit_refuses_what_it_cannot_do_safely(tmp_path, text, message):
-    from aiops.infra.config import set_max_rps_per_instance
+    from aiops.infra.stack_file import set_max_rps_per_instance
 
     from aiops.errors import ConfigError
 

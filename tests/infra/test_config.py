@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from aiops.infra.config import load_stack_file, parse
+from aiops.infra.config import parse
+from aiops.infra.stack_file import load_stack_file
 
 from aiops.errors import ConfigError
 

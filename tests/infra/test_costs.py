@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from aiops.infra.config import load_stack_file
 from aiops.infra.costs import CostLine, PlanCosts, plan_costs, rate
 from aiops.infra.offline import plan
+from aiops.infra.stack_file import load_stack_file
 
 from aiops.pricing import PriceTable, load_prices
 

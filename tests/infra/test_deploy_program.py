@@ -13,7 +13,7 @@ import pytest
 import yaml
 from aiops.infra import fitcheck
 from aiops.infra.automation import model_config
-from aiops.infra.config import load_stack_file
+from aiops.infra.stack_file import load_stack_file
 
 from aiops.artifacts import endpoint, programs
 from aiops.errors import AiopsError, UsageError

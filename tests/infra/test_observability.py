@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from aiops.infra import policies
+from aiops.infra import observability
 
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 DASHBOARD = "aws:cloudwatch/dashboard:Dashboard"
@@ -131,7 +131,7 @@ def test_serverless_dashboard_has_no_instance_widget(make_plan):
 
 def test_idle_alarm_settings_bounds():
     assert (
-        policies.idle_alarm_settings(hours=168)["evaluation_periods"] == 168
+        observability.idle_alarm_settings(hours=168)["evaluation_periods"] == 168
     )  # 7 days, the CloudWatch limit
     with pytest.raises(Exception, match="idleAlarm.hours=169"):
-        policies.idle_alarm_settings(hours=169)
+        observability.idle_alarm_settings(hours=169)

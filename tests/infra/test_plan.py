@@ -236,7 +236,7 @@ def test_training_secrets_reach_the_role_and_the_outputs(make_plan):
 def test_remote_debug_gives_the_role_the_ssm_channels_only_when_the_stack_says_so(make_plan):
     import json
 
-    from aiops.infra.policies import REMOTE_DEBUG_ACTIONS
+    from aiops.infra.role_statements import REMOTE_DEBUG_ACTIONS
 
     def role(plan) -> dict:
         return json.loads(plan.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])

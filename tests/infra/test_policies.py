@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from aiops.infra import images, policies
+from aiops.infra import images, policies, scaling
 
 from aiops.errors import ConfigError
 
@@ -105,7 +105,7 @@ def test_assume_role_policy():
 
 
 def test_scaling_resource_id():
-    assert policies.scaling_resource_id("ep", "primary") == "endpoint/ep/variant/primary"
+    assert scaling.scaling_resource_id("ep", "primary") == "endpoint/ep/variant/primary"
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_scaling_resource_id():
 )
 def test_target_invocations(explicit, rps, util, expected):
     assert (
-        policies.target_invocations_per_instance(
+        scaling.target_invocations_per_instance(
             explicit=explicit, max_rps_per_instance=rps, target_utilization=util
         )
         == expected
@@ -122,13 +122,11 @@ def test_target_invocations(explicit, rps, util, expected):
 
 def test_target_invocations_rejects_bad_values():
     with pytest.raises(ConfigError):
-        policies.target_invocations_per_instance(
-            explicit=None, max_rps_per_instance=0, target_utilization=0.5
-        )
+        scaling.target_invocations_per_instance(explicit=None, max_rps_per_instance=0, target_utilization=0.5)
 
 
 def test_target_tracking_configuration():
-    c = policies.target_tracking_configuration(
+    c = scaling.target_tracking_configuration(
         target_value=10, scale_in_cooldown=300, scale_out_cooldown=60, disable_scale_in=False
     )
     assert (
@@ -146,7 +144,7 @@ def test_target_tracking_configuration():
     ],
 )
 def test_deployment_config(traffic, kind, size_key):
-    c = policies.deployment_config(
+    c = scaling.deployment_config(
         traffic=traffic,
         canary_percent=10,
         linear_step_percent=20,
@@ -161,7 +159,7 @@ def test_deployment_config(traffic, kind, size_key):
         assert routing[size_key]["type"] == "CAPACITY_PERCENT"
     assert c["auto_rollback_configuration"] == {"alarms": [{"alarm_name": "a"}, {"alarm_name": "b"}]}
     with pytest.raises(ConfigError, match="allowed: all-at-once, canary, linear"):
-        policies.deployment_config(
+        scaling.deployment_config(
             traffic="x",
             canary_percent=1,
             linear_step_percent=1,

@@ -278,7 +278,7 @@ def test_pure_policies():
 
 
 def test_the_llm_example_stack_validates():
-    from aiops.infra.config import load_stack_file
+    from aiops.infra.stack_file import load_stack_file
 
     from .conftest import REPO
 

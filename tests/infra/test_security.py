@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from aiops.infra.config import has_local_storage, load_stack_file, parse
+from aiops.infra.config import parse
+from aiops.infra.instance_types import has_local_storage
 from aiops.infra.offline import plan
 from aiops.infra.policies import wildcard_statements
+from aiops.infra.stack_file import load_stack_file
 
 from .conftest import REPO, merged
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from aiops.training import contract
+from aiops.training import job_inputs
 from aiops.training import remote_request as remote
 from aiops.training.launch import Access, Compute
 
@@ -16,16 +16,16 @@ CHANNELS = ["train", "test"]
 
 
 def test_one_value_for_every_channel_or_per_channel_later_wins() -> None:
-    parse = contract.parse_channel_settings
-    assert parse(["FastFile"], CHANNELS, "--input-mode", contract.INPUT_MODES) == {
+    parse = job_inputs.parse_channel_settings
+    assert parse(["FastFile"], CHANNELS, "--input-mode", job_inputs.INPUT_MODES) == {
         "train": "FastFile",
         "test": "FastFile",
     }
-    assert parse(["FastFile", "test=File"], CHANNELS, "--input-mode", contract.INPUT_MODES) == {
+    assert parse(["FastFile", "test=File"], CHANNELS, "--input-mode", job_inputs.INPUT_MODES) == {
         "train": "FastFile",
         "test": "File",
     }
-    assert parse([], CHANNELS, "--input-mode", contract.INPUT_MODES) == {}
+    assert parse([], CHANNELS, "--input-mode", job_inputs.INPUT_MODES) == {}
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_one_value_for_every_channel_or_per_channel_later_wins() -> None:
 )
 def test_bad_settings_name_the_fix(value: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        contract.parse_channel_settings([value], CHANNELS, "--input-mode", contract.INPUT_MODES)
+        job_inputs.parse_channel_settings([value], CHANNELS, "--input-mode", job_inputs.INPUT_MODES)
 
 
 def test_the_request_carries_each_channels_mode_and_distribution() -> None:

@@ -4,7 +4,7 @@ table), `--nproc` wins, and the types torch_distributed cannot run are refused (
 from __future__ import annotations
 
 import pytest
-from aiops.training import cluster, contract
+from aiops.training import cluster, container, contract
 
 from aiops.errors import UsageError
 from aiops.gpufit import load_gpus
@@ -118,7 +118,7 @@ def test_efa_types_get_the_toolkits_libfabric_env() -> None:
             hosts=contract.host_names(2),
             distribution=distribution,
         )
-        return contract.pytorch_container_environment(spec, torch_version="2.13.0")
+        return container.pytorch_container_environment(spec, torch_version="2.13.0")
 
     p4d = env("ml.p4d.24xlarge")
     assert (p4d["FI_PROVIDER"], p4d["FI_EFA_USE_DEVICE_RDMA"], p4d["RDMAV_FORK_SAFE"]) == ("efa", "1", "1")

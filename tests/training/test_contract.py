@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from aiops.training import contract
+from aiops.training import container, contract, job_inputs
 from aiops.training.metrics import MetricDefinition, MetricParser, parse_metric_option
 
 from aiops.errors import UsageError
@@ -12,7 +12,7 @@ from aiops.runs import job_name_from_base, validate_job_name
 
 def test_user_args_follow_the_toolkit() -> None:
     hps = {"lr": 0.1, "b": 3, "layers": [1, 2], "opts": {"z": 1, "a": "x"}, "flag": True, "none": None}
-    assert contract.user_args(hps) == [
+    assert container.user_args(hps) == [
         "-b",
         "3",
         "--flag",
@@ -48,18 +48,18 @@ def test_hyperparameters_file_is_json_encoded_strings() -> None:
     [("3", 3), ("0.1", 0.1), ("true", True), ("[1,2]", [1, 2]), ("adam", "adam"), ("1e-3", 0.001), ("", "")],
 )
 def test_hp_values_decode_like_json_with_raw_fallback(raw: str, value: object) -> None:
-    assert contract.parse_hyperparameter_value(raw) == value
+    assert job_inputs.parse_hyperparameter_value(raw) == value
 
 
 @pytest.mark.parametrize("name", ["learning rate", "a=b", "-lr", "sagemaker_foo", "1lr", "é"])
 def test_mangled_hp_names_are_refused(name: str) -> None:
     with pytest.raises(UsageError):
-        contract.validate_hyperparameter_name(name)
+        job_inputs.validate_hyperparameter_name(name)
 
 
 @pytest.mark.parametrize("name", ["lr", "batch-size", "batch_size", "model.depth", "_private"])
 def test_plain_hp_names_pass(name: str) -> None:
-    contract.validate_hyperparameter_name(name)
+    job_inputs.validate_hyperparameter_name(name)
 
 
 def test_single_host_torchrun_command() -> None:
@@ -73,7 +73,7 @@ def test_single_host_torchrun_command() -> None:
         processes_per_host=2,
         distribution="torch_distributed",
     )
-    cmd = contract.launch_command(spec, "python", master_port=1234)
+    cmd = container.launch_command(spec, "python", master_port=1234)
     assert cmd == [
         "python",
         "-m",
@@ -90,7 +90,7 @@ def test_single_host_torchrun_command() -> None:
         "--epochs",
         "1",
     ]
-    plain = contract.launch_command(
+    plain = container.launch_command(
         contract.TrainingJobSpec(
             job_name="j",
             entry_point="train.py",
@@ -159,9 +159,9 @@ def test_distribution_hyperparameters_are_the_sdks() -> None:
 
 def test_multi_host_without_distribution_runs_the_script_once_per_host() -> None:
     spec = _spec(hosts=contract.host_names(3)).for_host("algo-2")
-    assert contract.launch_command(spec, "py") == ["py", "--", "train.py"]
+    assert container.launch_command(spec, "py") == ["py", "--", "train.py"]
     ddp = _spec(hosts=contract.host_names(3), distribution="torch_distributed").for_host("algo-3")
-    assert contract.launch_command(ddp, "py")[3:] == [
+    assert container.launch_command(ddp, "py")[3:] == [
         "--nnodes",
         "3",
         "--nproc_per_node",
@@ -212,7 +212,7 @@ def test_resolve_distribution_refuses(distribution, count, nproc, message) -> No
 
 def test_pytorch_container_env_defaults_are_the_containers() -> None:
     spec = _spec(hosts=contract.host_names(2), network_interface_name="eth1").for_host("algo-2")
-    env = contract.pytorch_container_environment(spec, torch_version="2.13.0")
+    env = container.pytorch_container_environment(spec, torch_version="2.13.0")
     assert env == {
         "NCCL_SOCKET_IFNAME": "eth1",
         "NCCL_IB_DISABLE": "1",
@@ -222,7 +222,7 @@ def test_pytorch_container_env_defaults_are_the_containers() -> None:
         "SM_DLC_TORCH_VERSION": "2.13.0",
         "AWS_REGION": "eu-west-1",
     }
-    torchrun = contract.pytorch_container_environment(
+    torchrun = container.pytorch_container_environment(
         _spec(distribution="torch_distributed", processes_per_host=2)
     )
     assert torchrun["NCCL_PROTO"] == "simple"
@@ -243,7 +243,7 @@ def test_pytorch_container_env_defaults_are_the_containers() -> None:
     ],
 )
 def test_secret_looking_hyperparameter_names(name: str, flagged: bool) -> None:
-    assert (contract.secret_looking_hyperparameters({name: 1}) == [name]) is flagged
+    assert (job_inputs.secret_looking_hyperparameters({name: 1}) == [name]) is flagged
 
 
 @pytest.mark.parametrize(
@@ -324,8 +324,8 @@ def test_a_request_reads_back_as_the_spec_that_wrote_it(distribution: str, nproc
     assert back.hosts == ("algo-1", "algo-2", "algo-3") and back.distribution == distribution
     if distribution == "mpi":  # mpirun is the container's: aiops never launches it
         with pytest.raises(UsageError, match="mpirun"):
-            contract.launch_command(back, "py")
+            container.launch_command(back, "py")
     else:
-        assert contract.launch_command(back.for_host("algo-2"), "py") == contract.launch_command(
+        assert container.launch_command(back.for_host("algo-2"), "py") == container.launch_command(
             spec.for_host("algo-2"), "py"
         )

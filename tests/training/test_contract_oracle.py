@@ -7,7 +7,7 @@ come from the real `sagemaker_pytorch_container.training` functions run on the s
 
 Documented exceptions: locally MASTER_ADDR is 127.0.0.1 and MASTER_PORT a free port (algo-1 does not
 resolve outside the container, and 7777 is shared by every local run), while
-`contract.pytorch_container_environment` with its defaults gives the container's algo-1:7777;
+`container.pytorch_container_environment` with its defaults gives the container's algo-1:7777;
 PYTHONPATH differs (the toolkit puts its whole sys.path there; aiops prepends the code dir to yours).
 """
 

@@ -16,7 +16,7 @@ from aiops.training.examples.digits.prepare import write_channels
 from aiops.training.metrics import DEFAULT_PATTERN
 
 from aiops.errors import UsageError
-from aiops.runs import ContainerPaths, RunFolder
+from aiops.run_folder import ContainerPaths, RunFolder
 
 # TorchScript is what the SageMaker PyTorch serving container loads, deprecated or not
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")

@@ -19,7 +19,8 @@ from aiops.training import bundle, local
 
 from aiops import files
 from aiops.errors import UsageError
-from aiops.runs import RunRecord, RunStore, process_alive, process_start_time
+from aiops.run_processes import process_alive, process_start_time
+from aiops.runs import RunRecord, RunStore
 
 
 def _project(root: Path) -> Path:

@@ -8,12 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-from aiops.training import backends, contract
+from aiops.training import backends
 from aiops.training.launch import Compute, LaunchOptions
 from aiops.training.local import LocalBackend
 from aiops.training.remote import SageMakerBackend
 
 from aiops.errors import UsageError
+from aiops.run_folder import ContainerPaths
 from aiops.runs import RunRecord, RunStore, find_run
 
 # run.json as aiops wrote it before the record was typed (a completed local run, trimmed of nothing)
@@ -137,7 +138,7 @@ def test_typed_fields_of_older_records(tmp_path: Path) -> None:
 
 def test_the_folder_is_the_contracts_tree(tmp_path: Path) -> None:
     folder = RunStore(tmp_path).folder("job-1")
-    tree = contract.ContainerPaths(folder.base)
+    tree = ContainerPaths(folder.base)
     assert folder.base == tmp_path / "job-1" / "opt" / "ml"
     assert (folder.model_dir, folder.code_dir, folder.checkpoints, folder.channel("test")) == (
         tree.model,

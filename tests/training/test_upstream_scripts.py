@@ -206,9 +206,11 @@ def test_sm_hosts_rendezvous_script_trains_and_is_served_from_its_run(
 def test_two_hosts_rendezvous_through_the_host_launch_contract(
     example: Path, training_channel: Path, tmp_path: Path
 ) -> None:
-    """host i of N as separate process trees, each started from `contract.host_launch`: the same
+    """host i of N as separate process trees, each started from `container.host_launch`: the same
     call the platform emulator makes, so SM_HOSTS, SM_CURRENT_HOST and MASTER_* agree for real."""
-    from aiops.training import contract
+    from aiops.training import container, contract
+
+    from aiops.run_folder import ContainerPaths
 
     hosts = contract.host_names(2)
     spec = contract.TrainingJobSpec(
@@ -225,17 +227,17 @@ def test_two_hosts_rendezvous_through_the_host_launch_contract(
     port = free_port()
     procs = []
     for host in hosts:
-        paths = contract.ContainerPaths(tmp_path / host / "opt" / "ml")
+        paths = ContainerPaths(tmp_path / host / "opt" / "ml")
         for folder in paths.all_dirs():
             folder.mkdir(parents=True, exist_ok=True)
         shutil.copytree(example, paths.code, dirs_exist_ok=True)
         shutil.copytree(training_channel, paths.channel("training"))
         host_spec = spec.for_host(host)
-        contract.write_config_files(host_spec, paths)
-        launch = contract.host_launch(
+        container.write_config_files(host_spec, paths)
+        launch = container.host_launch(
             host_spec,
             paths,
-            contract.HostFacts(num_gpus=0, num_cpus=1),
+            container.HostFacts(num_gpus=0, num_cpus=1),
             python=sys.executable,
             base_env=os.environ,
             master_addr="127.0.0.1",
