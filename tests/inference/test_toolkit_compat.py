@@ -6,6 +6,10 @@ a subprocess on the same model folder and handler script, fed each request as To
 (the body as bytes, ``decode_input_request=false``, the request's headers as its properties). The
 same requests go to a real `aiops serve` over HTTP. Where aiops answers differently on purpose (a
 415/406 for a content type the codecs cannot handle, where the toolkit answers 500) the test says so.
+
+The oracle answers every model folder of the file in one process, made once for every xdist worker
+(the `oracle` fixture): each folder as a container of its own (a fresh handler service, its
+SAGEMAKER_PROGRAM, its code/ first on the path), so torch and the toolkit are imported once.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import launch_server, stop_all, wait_ready
+from helpers import built_once, launch_server, run_aiops, stop_all, wait_ready
 
 from .conftest import NO_TORCH_MODEL_FN, save_double, write_script
 
 ORACLE = textwrap.dedent(
     """
-    import base64, inspect, json, sys
+    import base64, importlib, inspect, json, os, sys
     from sagemaker_pytorch_serving_container.handler_service import HandlerService
 
     class RequestProcessor:  # TorchServe's, as the toolkit reads it
@@ -49,40 +53,41 @@ ORACLE = textwrap.dedent(
         def set_response_content_type(self, index, value):
             self.content_type = value
 
-    spec = json.load(sys.stdin)
-    service, answers = HandlerService(), []
-    for headers, body in spec["requests"]:
-        context = Context(spec["model_dir"], headers)
-        if not answers:
-            service.initialize(context)
-        out = service.handle([{"body": base64.b64decode(body)}], context)[0]
-        if inspect.isgenerator(out):  # what output_fn returned, handed on as the response: its chunks
-            out = b"".join(c.encode() if isinstance(c, str) else c for c in out)
-        out = out.encode() if isinstance(out, str) else bytes(out)
-        answers.append({"status": context.status, "content_type": context.content_type,
-                        "body": base64.b64encode(out).decode()})
-    json.dump(answers, sys.stdout)
+    results = []
+    for case in json.load(sys.stdin):
+        # each folder as a container of its own: its SAGEMAKER_PROGRAM, its code/ on the path (as the
+        # toolkit starts TorchServe), its module imported afresh
+        os.environ["SAGEMAKER_PROGRAM"] = case["program"]
+        code = os.path.join(case["model_dir"], "code")
+        sys.path.insert(0, code)
+        sys.modules.pop(case["program"][:-3], None)
+        importlib.invalidate_caches()
+        service, answers = HandlerService(), []
+        for headers, body in case["requests"]:
+            context = Context(case["model_dir"], headers)
+            if not answers:
+                service.initialize(context)
+            out = service.handle([{"body": base64.b64decode(body)}], context)[0]
+            if inspect.isgenerator(out):  # what output_fn returned, handed on as the response: its chunks
+                out = b"".join(c.encode() if isinstance(c, str) else c for c in out)
+            out = out.encode() if isinstance(out, str) else bytes(out)
+            answers.append({"status": context.status, "content_type": context.content_type,
+                            "body": base64.b64encode(out).decode()})
+        sys.path.remove(code)
+        results.append(answers)
+    json.dump(results, sys.stdout)
     """
 )
 
 
-def toolkit_answers(
-    model_dir: Path,
-    requests: list[tuple[dict, bytes]],
-    program: str = "inference.py",
-    cwd: Path | None = None,
-) -> list[dict]:
-    """What the stock container's handler service answers to each ``(headers, body)``: status,
-    content type and body. Its environment is the container's: SAGEMAKER_PROGRAM, and the model's
-    code/ on PYTHONPATH (as the toolkit starts TorchServe)."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "OMP_NUM_THREADS": "1",
-        "SAGEMAKER_PROGRAM": program,
-        "PYTHONPATH": str(model_dir / "code"),
-    }
-    spec = {"model_dir": str(model_dir), "requests": [(h, base64.b64encode(b).decode()) for h, b in requests]}
+def toolkit_answers(cases: list[dict], cwd: Path) -> list[list[dict]]:
+    """What the stock container's handler service answers, per case ``{"model_dir", "program",
+    "requests": [(headers, body)]}``, to each request: status, content type and body (base64)."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "OMP_NUM_THREADS": "1"}
+    spec = [
+        {**case, "requests": [(h, base64.b64encode(b).decode()) for h, b in case["requests"]]}
+        for case in cases
+    ]
     # cwd outside the repository: its inference/ folder must not shadow the handler module `inference`
     done = subprocess.run(
         [sys.executable, "-c", ORACLE],
@@ -90,12 +95,12 @@ def toolkit_answers(
         capture_output=True,
         text=True,
         env=env,
-        cwd=str(cwd or model_dir.parent),
+        cwd=str(cwd),
         timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return [{**a, "body": base64.b64decode(a["body"])} for a in json.loads(done.stdout)]
+    return json.loads(done.stdout)
 
 
 def aiops_answers(server, requests: list[tuple[dict, bytes]]) -> list[dict]:
@@ -110,6 +115,46 @@ def aiops_answers(server, requests: list[tuple[dict, bytes]]) -> list[dict]:
 
 def error_message(answer: dict) -> str:
     return json.loads(answer["body"])["error"]
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory) -> dict:
+    """Every model folder of this file, and the toolkit's answers to its requests (ORACLE_CASES below),
+    made once for every xdist worker (one oracle process): {case: {"model_dir", "answers"}}, and for the
+    training run that copies itself, "home" and "code" (its code/ as the run left it). Read-only."""
+
+    def build(root: Path) -> dict:
+        folders = {}
+        for name, (script, _, _) in ORACLE_CASES.items():
+            if script is not None:
+                write_script(root / name, script)
+                folders[name] = root / name
+        folders["defaults"] = save_double(root / "defaults")
+        (root / "train.py").write_text(TRAIN_COPYING_ITSELF)
+        home = root / "home"
+        trained = run_aiops(
+            home, root, "train", str(root / "train.py"), "--job-name", "copies-itself", "--json"
+        )
+        assert trained.returncode == 0, trained.output
+        folders["copies-itself"] = Path(json.loads(trained.stdout)["run_dir"]) / "opt" / "ml" / "model"
+        code = sorted(p.name for p in (folders["copies-itself"] / "code").iterdir())
+        cases = [
+            {"model_dir": str(folders[name]), "program": program, "requests": requests}
+            for name, (_, program, requests) in ORACLE_CASES.items()
+        ]
+        answers = toolkit_answers(cases, cwd=root)
+        built = {
+            name: {"model_dir": str(folders[name]), "answers": answers[i]}
+            for i, name in enumerate(ORACLE_CASES)
+        }
+        built["copies-itself"].update(home=str(home), code=code)
+        return built
+
+    built = built_once(tmp_path_factory, "toolkit-compat-oracle", build)
+    for case in built.values():
+        case["model_dir"] = Path(case["model_dir"])
+        case["answers"] = [{**a, "body": base64.b64decode(a["body"])} for a in case["answers"]]
+    return built
 
 
 # ------------------------------------------------------------------ 1. `from sagemaker_inference import ...`
@@ -135,19 +180,20 @@ def output_fn(prediction, accept):
 )
 
 
-def test_a_handler_importing_the_toolkit_loads_and_its_errors_answer_as_the_toolkit(tmp_path, start_server):
-    model = tmp_path / "model"
-    write_script(model, TOOLKIT_USER)
-    requests = [
-        ({"Content-Type": "application/json", "Accept": "application/json"}, b"[[1.5, 2]]"),
-        ({"Content-Type": "text/csv", "Accept": "text/csv"}, b"1,2\n3,4\n"),
-        ({"Content-Type": "application/x-teapot"}, b"tea"),  # GenericInferenceToolkitError(418)
-        ({"Content-Type": "application/json", "Accept": "application/x-refused"}, b"[1]"),  # Base...(403)
-        ({"Content-Type": "image/png"}, b"\x89PNG"),  # its decoder: UnsupportedFormatError
-        ({"Content-Type": "application/json", "Accept": "image/png"}, b"[1]"),  # its encoder: the same
-    ]
-    theirs = toolkit_answers(model, requests)
-    ours = aiops_answers(start_server(model), requests)
+TOOLKIT_USER_REQUESTS = [
+    ({"Content-Type": "application/json", "Accept": "application/json"}, b"[[1.5, 2]]"),
+    ({"Content-Type": "text/csv", "Accept": "text/csv"}, b"1,2\n3,4\n"),
+    ({"Content-Type": "application/x-teapot"}, b"tea"),  # GenericInferenceToolkitError(418)
+    ({"Content-Type": "application/json", "Accept": "application/x-refused"}, b"[1]"),  # Base...(403)
+    ({"Content-Type": "image/png"}, b"\x89PNG"),  # its decoder: UnsupportedFormatError
+    ({"Content-Type": "application/json", "Accept": "image/png"}, b"[1]"),  # its encoder: the same
+]
+
+
+def test_a_handler_importing_the_toolkit_loads_and_its_errors_answer_as_the_toolkit(oracle, start_server):
+    case = oracle["toolkit-user"]
+    theirs = case["answers"]
+    ours = aiops_answers(start_server(case["model_dir"]), TOOLKIT_USER_REQUESTS)
 
     for mine, toolkit in zip(ours[:2], theirs[:2], strict=True):  # the script's own encoding, byte for byte
         assert mine["status"] == 200
@@ -201,21 +247,15 @@ TRAIN_COPYING_ITSELF = textwrap.dedent(
 )
 
 
-def test_serve_run_of_a_training_script_with_model_fn_that_copies_itself_into_code(
-    run_cli, tmp_path, start_server
-):
-    script = tmp_path / "train.py"
-    script.write_text(TRAIN_COPYING_ITSELF)
-    trained = run_cli("train", str(script), "--job-name", "copies-itself", "--json")
-    assert trained.returncode == 0, trained.output
-    model_dir = Path(json.loads(trained.stdout)["run_dir"]) / "opt" / "ml" / "model"
-    assert sorted(p.name for p in (model_dir / "code").iterdir()) == ["train.py"]
+COPIES_ITSELF_REQUESTS = [({"Content-Type": "application/json"}, b"[[1.0, 1.0], [0.5, 3.0]]")]
 
-    requests = [({"Content-Type": "application/json"}, b"[[1.0, 1.0], [0.5, 3.0]]")]
-    # estimator.deploy() sets SAGEMAKER_PROGRAM to the training entry point
-    theirs = toolkit_answers(model_dir, requests, program="train.py", cwd=tmp_path)
-    server = start_server("copies-itself")
-    ours = aiops_answers(server, requests)
+
+def test_serve_run_of_a_training_script_with_model_fn_that_copies_itself_into_code(oracle, start_server):
+    case = oracle["copies-itself"]  # `aiops train` of TRAIN_COPYING_ITSELF, run by the oracle fixture
+    assert case["code"] == ["train.py"]
+    theirs = case["answers"]
+    server = start_server("copies-itself", env={"AIOPS_HOME": case["home"]})
+    ours = aiops_answers(server, COPIES_ITSELF_REQUESTS)
     assert theirs[0]["status"] == ours[0]["status"] == 200, server.log()
     assert json.loads(ours[0]["body"]) == json.loads(theirs[0]["body"]) == [[1.0], [-2.0]]
     assert "train.py (model_fn)" in server.log()
@@ -248,13 +288,17 @@ def output_fn(prediction, accept):
 )
 
 
-@pytest.mark.parametrize("script", [SEES_TRANSFORM, SEES_INPUT], ids=["transform_fn", "input_fn"])
-def test_without_content_type_user_handlers_get_none_and_the_raw_bytes(tmp_path, start_server, script):
-    model = tmp_path / "model"
-    write_script(model, script)
-    requests = [({}, b"\xff\x00 raw"), ({}, b"[1, 2]"), ({"Content-Type": "application/json"}, b"[1, 2]")]
-    theirs = toolkit_answers(model, requests)
-    ours = aiops_answers(start_server(model), requests)
+NO_CONTENT_TYPE_REQUESTS = [
+    ({}, b"\xff\x00 raw"),
+    ({}, b"[1, 2]"),
+    ({"Content-Type": "application/json"}, b"[1, 2]"),
+]
+
+
+@pytest.mark.parametrize("case", ["sees-transform", "sees-input"], ids=["transform_fn", "input_fn"])
+def test_without_content_type_user_handlers_get_none_and_the_raw_bytes(oracle, start_server, case):
+    theirs = oracle[case]["answers"]
+    ours = aiops_answers(start_server(oracle[case]["model_dir"]), NO_CONTENT_TYPE_REQUESTS)
     seen = [json.loads(a["body"]) for a in ours]
     assert [a["status"] for a in ours] == [a["status"] for a in theirs] == [200, 200, 200]
     assert seen == [json.loads(a["body"]) for a in theirs]
@@ -276,16 +320,14 @@ DEFAULT_REQUESTS = [({}, b"[1, 2]"), ({"Content-Type": "application/json"}, b"[1
 
 
 @pytest.fixture(scope="module")
-def defaults(tmp_path_factory):
+def defaults(oracle, tmp_path_factory):
     """A TorchScript model with every handler function the default: the toolkit's answers to
-    DEFAULT_REQUESTS (one oracle run) and a live `aiops serve` of it (batched workers, the default)."""
+    DEFAULT_REQUESTS and a live `aiops serve` of it (batched workers, the default)."""
     root = tmp_path_factory.mktemp("defaults")
-    model = save_double(root / "model")
-    server = launch_server(model, home=root / "home", cwd=root)
+    server = launch_server(oracle["defaults"]["model_dir"], home=root / "home", cwd=root)
     try:
-        theirs = toolkit_answers(model, DEFAULT_REQUESTS, cwd=root)
         wait_ready(server)
-        yield server, theirs
+        yield server, oracle["defaults"]["answers"]
     finally:
         stop_all([server])
 
@@ -391,14 +433,15 @@ def output_fn(prediction, accept):
 )
 
 
-def test_an_output_fn_returning_a_generator_for_a_whole_prediction_streams_it(tmp_path, start_server):
+OUTPUT_FN_STREAMS_REQUESTS = [({"Content-Type": "application/json"}, b'[[1, 2], {"a": 3}]')]
+
+
+def test_an_output_fn_returning_a_generator_for_a_whole_prediction_streams_it(oracle, start_server):
     # the toolkit hands whatever output_fn returns to the model server as the response; aiops sends a
     # generator as the response's chunks (chunked here), the same bytes once joined
-    model = tmp_path / "model"
-    write_script(model, OUTPUT_FN_STREAMS)
-    requests = [({"Content-Type": "application/json"}, b'[[1, 2], {"a": 3}]')]
-    theirs = toolkit_answers(model, requests)[0]
-    server = start_server(model)
+    requests = OUTPUT_FN_STREAMS_REQUESTS
+    theirs = oracle["output-fn-streams"]["answers"][0]
+    server = start_server(oracle["output-fn-streams"]["model_dir"])
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     try:
         conn.request("POST", "/invocations", body=requests[0][1], headers=requests[0][0])
@@ -413,3 +456,17 @@ def test_an_output_fn_returning_a_generator_for_a_whole_prediction_streams_it(tm
     whole = server.request("POST", "/endpoints/model/invocations", requests[0][1], requests[0][0])
     assert whole.status == 200 and whole.body == theirs["body"]  # InvokeEndpoint's route: joined
     assert whole.headers["content-length"] == str(len(theirs["body"]))
+
+
+# ------------------------------------------------------------------ the oracle's cases
+
+# case -> (code/inference.py, or None for a folder made otherwise; SAGEMAKER_PROGRAM; requests)
+ORACLE_CASES = {
+    "toolkit-user": (TOOLKIT_USER, "inference.py", TOOLKIT_USER_REQUESTS),
+    # estimator.deploy() sets SAGEMAKER_PROGRAM to the training entry point
+    "copies-itself": (None, "train.py", COPIES_ITSELF_REQUESTS),
+    "sees-transform": (SEES_TRANSFORM, "inference.py", NO_CONTENT_TYPE_REQUESTS),
+    "sees-input": (SEES_INPUT, "inference.py", NO_CONTENT_TYPE_REQUESTS),
+    "defaults": (None, "inference.py", DEFAULT_REQUESTS),
+    "output-fn-streams": (OUTPUT_FN_STREAMS, "inference.py", OUTPUT_FN_STREAMS_REQUESTS),
+}

@@ -105,6 +105,43 @@ def run_lm(
     )
 
 
+def run_lm_in_process(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    root: Path,
+    data: Path,
+    checkpoints: Path,
+    *args: str,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    """The script's main() in this process, with the environment `run_lm` gives it: for refusals,
+    which stop before training (torch is imported here already, not once more per case). main()'s
+    return value is the process's exit code."""
+    import importlib.util
+    import warnings
+
+    full = _env(root, data, checkpoints, **(env or {}))
+    for name in [k for k in os.environ if k not in full]:
+        monkeypatch.delenv(name)
+    for name, value in {**full, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}.items():  # the script sets the last
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts its folder first
+    monkeypatch.chdir(root)
+    capsys.readouterr()
+    spec = importlib.util.spec_from_file_location("lm_train_under_test", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    try:
+        with warnings.catch_warnings():
+            spec.loader.exec_module(script)
+            code = script.main()
+    finally:
+        for name in ("lm_data", "lm_model"):  # the example's modules: a fresh process imports its own
+            sys.modules.pop(name, None)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(sys.argv, code, out.out, out.err)
+
+
 def train_losses(log: str) -> dict[int, float]:
     return {
         int(m.group(1)): float(m.group(2)) for m in re.finditer(r"step=(\d+); train_loss=([0-9.]+);", log)
@@ -250,47 +287,6 @@ def test_handler_loads_the_consolidated_model_and_generates_token_by_token(lm_re
         assert err.value.status_code == status
 
 
-def test_sigterm_then_resume_is_bit_exact_at_the_same_world_size(lm_reference: dict, tmp_path: Path) -> None:
-    data, checkpoints = Path(lm_reference["data"]), tmp_path / "checkpoints"
-    proc = subprocess.Popen(
-        _command(2, *_args()),
-        env=_env(tmp_path, data, checkpoints),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("step=2;"):
-            # torchrun starts each worker in its own session: freeze the workers where they are, give
-            # every process SIGTERM (as SageMaker stops a job), then let them run on to the stop
-            workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-            for pid in workers:
-                os.kill(pid, signal.SIGSTOP)
-            for pid in (proc.pid, *workers):
-                os.kill(pid, signal.SIGTERM)
-            for pid in workers:
-                os.kill(pid, signal.SIGCONT)
-            break
-    lines += proc.stdout.readlines()
-    assert proc.wait(timeout=120) != 0
-    log = "".join(lines)
-    stopped = int(re.search(r"stopped after step (\d+)", log).group(1))
-    assert 2 <= stopped < STEPS
-    assert (checkpoints / f"step-{stopped}" / ".metadata").is_file()
-    assert not list(checkpoints.glob("*.tmp"))
-
-    resumed = run_lm(2, tmp_path, data, checkpoints, *_args())
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"resuming from {checkpoints / f'step-{stopped}'}: step {stopped}" in resumed.stdout
-    reference = weights(Path(lm_reference["fsdp_model"]))
-    got = weights(tmp_path / "model")
-    assert all(got[k].equal(reference[k]) for k in reference), "resumed weights differ from the straight run"
-    assert train_losses(resumed.stdout)[STEPS] == train_losses(lm_reference["fsdp_log"])[STEPS]
-
-
 def test_resume_two_to_one_past_a_torn_checkpoint(lm_reference: dict, tmp_path: Path) -> None:
     checkpoints = tmp_path / "checkpoints"
     shutil.copytree(lm_reference["fsdp_checkpoints"], checkpoints)
@@ -335,23 +331,28 @@ def _tree(folder: Path) -> dict[str, bytes]:
     }
 
 
-def test_bad_inputs_stop_before_training_with_one_line(lm_reference: dict, tmp_path: Path) -> None:
+def test_bad_inputs_stop_before_training_with_one_line(
+    lm_reference: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     data = Path(lm_reference["data"])
     # a world size that does not divide the batch (the check comes before the process group forms)
-    odd = run_lm(
-        1, tmp_path / "odd", data, tmp_path / "odd" / "ck", *_args(), env={"WORLD_SIZE": "3", "RANK": "0"}
-    )
-    _assert_usage_error(odd, "--batch-size 8 does not split over 3 process(es)", "multiple of 3")
+    odd = tmp_path / "odd"
+    with monkeypatch.context() as patch:
+        odd_run = run_lm_in_process(
+            patch, capsys, odd, data, odd / "ck", *_args(), env={"WORLD_SIZE": "3", "RANK": "0"}
+        )
+    _assert_usage_error(odd_run, "--batch-size 8 does not split over 3 process(es)", "multiple of 3")
 
     # a checkpoint of another model shape
     shape = tmp_path / "shape"
     shutil.copytree(lm_reference["fsdp_checkpoints"], shape / "ck")
     before = _tree(shape / "ck")
-    wide = run_lm(1, shape, data, shape / "ck", *_args(**{"d-model": 48}))
+    with monkeypatch.context() as patch:
+        wide = run_lm_in_process(patch, capsys, shape, data, shape / "ck", *_args(**{"d-model": 48}))
     _assert_usage_error(wide, "another model shape", "d_model 32 (now 48)")
     assert _tree(shape / "ck") == before  # nothing of the user's is touched
 
-    # every checkpoint torn: nothing to fall back to
+    # every checkpoint torn: nothing to fall back to (in a process of its own, as a user runs it)
     torn = tmp_path / "torn"
     shutil.copytree(lm_reference["fsdp_checkpoints"], torn / "ck")
     for step in torn.glob("ck/step-*"):
@@ -389,15 +390,50 @@ def test_a_crashed_rank_takes_the_job_down_naming_its_traceback(lm_reference: di
     assert "rank      : 1" in summary and "injected failure on rank 1 at step 1" in summary
 
 
-def test_two_hosts_write_their_own_shards_and_the_synced_union_resumes(
+def test_sigterm_then_resume_on_two_hosts_is_bit_exact_and_the_synced_union_resumes(
     lm_reference: dict, tmp_path: Path
 ) -> None:
-    """2 instances x 1 process, as SageMaker runs them: each host has its own checkpoint folder
-    (synced to one S3 prefix); the union of the hosts' folders is the whole checkpoint."""
-    data, port = Path(lm_reference["data"]), str(free_port())
-    hosts = []
+    """SIGTERM stops a 2-process job after a checkpoint (as SageMaker stops a job); it restarts at the
+    same world size as 2 instances x 1 process, as SageMaker runs them: each host has its own
+    checkpoint folder (synced to one S3 prefix, downloaded whole by every host on a restart). The
+    restart ends bit-exact where the uninterrupted one-host run does, each host writes its own shards,
+    and the union of the hosts' folders is the whole checkpoint and resumes."""
+    data, stopped_root = Path(lm_reference["data"]), tmp_path / "stopped"
+    checkpoints = stopped_root / "checkpoints"
+    proc = subprocess.Popen(
+        _command(2, *_args()),
+        env=_env(stopped_root, data, checkpoints),
+        cwd=stopped_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step=2;"):
+            # torchrun starts each worker in its own session: freeze the workers where they are, give
+            # every process SIGTERM (as SageMaker stops a job), then let them run on to the stop
+            workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP)
+            for pid in (proc.pid, *workers):
+                os.kill(pid, signal.SIGTERM)
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+            break
+    lines += proc.stdout.readlines()
+    assert proc.wait(timeout=120) != 0
+    log = "".join(lines)
+    stopped = int(re.search(r"stopped after step (\d+)", log).group(1))
+    assert 2 <= stopped < STEPS
+    assert (checkpoints / f"step-{stopped}" / ".metadata").is_file()
+    assert not list(checkpoints.glob("*.tmp"))
+
+    port, hosts = str(free_port()), []
     for node in (0, 1):
         root = tmp_path / f"algo-{node + 1}"
+        shutil.copytree(checkpoints, root / "checkpoints")  # the synced prefix, downloaded on the restart
         command = [
             sys.executable,
             "-m",
@@ -427,12 +463,15 @@ def test_two_hosts_write_their_own_shards_and_the_synced_union_resumes(
         )
     logs = [h.communicate(timeout=240)[0] for h in hosts]
     assert [h.returncode for h in hosts] == [0, 0], logs
+    resumed_from = tmp_path / "algo-1" / "checkpoints" / f"step-{stopped}"
+    assert f"resuming from {resumed_from}: step {stopped}" in logs[0]  # rank 0's log: host 1's
     first, second = (tmp_path / f"algo-{n}" / "checkpoints" / "step-12" for n in (1, 2))
     assert {p.name for p in first.iterdir()} == {".metadata", "aiops-lm.json", "__0_0.distcp"}
     assert {p.name for p in second.iterdir()} == {"__1_0.distcp"}  # renamed on its own host too
-    # the same world size on two hosts trains exactly as on one host
+    # resumed at the same world size, on two hosts: exactly the uninterrupted run on one host
     got, reference = weights(tmp_path / "algo-1" / "model"), weights(Path(lm_reference["fsdp_model"]))
-    assert all(got[k].equal(reference[k]) for k in reference)
+    assert all(got[k].equal(reference[k]) for k in reference), "resumed weights differ from the straight run"
+    assert train_losses(logs[0])[STEPS] == train_losses(lm_reference["fsdp_log"])[STEPS]
 
     synced = tmp_path / "synced" / "checkpoints"  # what every host downloads from S3 on a restart
     for host in ("algo-1", "algo-2"):
