@@ -106,9 +106,9 @@ def expire(
             if state in (IDLE, LINGER):
                 drop(conns, conn)
             else:
-                what = "headers" if state == HEADERS else "body"
+                what, setting = ("headers", "header") if state == HEADERS else ("body", "body")
                 conn.fail(
-                    408, f"the request {what} did not arrive in time ({what}_timeout_seconds)", close=True
+                    408, f"the request {what} did not arrive in time ({setting}_timeout_seconds)", close=True
                 )
 
 

@@ -457,6 +457,42 @@ def test_pipelined_requests_are_answered_in_order_and_connection_close_is_honour
     assert b"model_id" not in first and b'"model_id"' in second  # /health, then /info
 
 
+def test_hostile_clients_meet_the_handler_servers_connection_bounds(llm_dir: Path, tmp_path: Path):
+    env = {"AIOPS_SERVE__MAX_CONNECTIONS": "2", "AIOPS_SERVE__HEADER_TIMEOUT_SECONDS": "1"}
+    server = start_server(llm_dir, tmp_path, "--container", "tgi", env=env)
+    busy = [socket.create_connection(("127.0.0.1", server.port), timeout=60) for _ in range(2)]
+    try:
+        # both connections busy with a request whose body is still arriving (the /health before it says
+        # the server read it): a third may ask for the health routes only
+        for sock in busy:
+            sock.sendall(
+                b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /generate HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n["
+            )
+            seen = b""
+            while b"\r\n\r\n" not in seen:
+                seen += sock.recv(65536)
+            assert seen.startswith(b"HTTP/1.1 200"), seen
+        refused = post(server, "/generate", {"inputs": "x", "parameters": {"max_new_tokens": 1}})
+        assert refused.status == 503 and "only a GET route" in refused.json()["error"], refused.body
+        assert refused.headers["retry-after"] == "1"
+        assert server.request("GET", "/health").status == 200
+    finally:
+        for sock in busy:
+            sock.close()
+    # headers that never end: 408 at the header timeout (the sweep), and the connection closed
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    try:
+        slow.sendall(b"POST /generate HTTP/1.1\r\nHost: t\r\n")
+        seen = b""
+        while data := slow.recv(65536):
+            seen += data
+        assert seen.startswith(b"HTTP/1.1 408") and b"header_timeout_seconds" in seen, seen
+    finally:
+        slow.close()
+        stop_all([server])
+
+
 def test_the_llm_worker_ends_when_its_supervisor_is_killed(llm_dir: Path, tmp_path: Path):
     server = start_server(llm_dir, tmp_path, "--container", "tgi")
     try:
