@@ -178,6 +178,10 @@ HTTP_ROUTES = {
     "/invocations": ("generate", "chat", "completions"),
     "/v1/chat/completions": ("chat",),
     "/v1/completions": ("completions",),
+    # SageMaker Runtime's routes: /invocations answered as InvokeEndpoint (whole; a refusal is 424
+    # ModelError) and InvokeEndpointWithResponseStream (event-stream frames)
+    "/endpoints/local/invocations": ("generate", "chat", "completions"),
+    "/endpoints/local/invocations-response-stream": ("generate", "chat", "completions"),
 }
 LENGTH_FIELDS = {"generate": "max_new_tokens", "chat": "max_tokens", "completions": "max_tokens"}
 prompts = st.one_of(st.text(max_size=24), st.sampled_from(["", " ", "\u0000", "\ud800", "😀" * 8, "é\u0301"]))
@@ -203,8 +207,9 @@ def http_requests(draw):
         body = {"messages": [{"role": "user", "content": draw(prompts)}], length: draw(small_lengths)}
     else:
         body = {"prompt": draw(prompts), length: draw(small_lengths)}
-    if draw(st.booleans()):
-        body["stream"] = draw(st.booleans())
+    stream = draw(st.sampled_from([None, False, True, True]))
+    if stream is not None:
+        body["stream"] = stream
     params = body["parameters"] if schema == "generate" else body
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from(["drop", "junk", "extra", "parameter", "length"]))
@@ -227,10 +232,16 @@ def http_requests(draw):
 
 
 def check_http_answer(path: str, status: int, headers: dict, body: bytes) -> None:
-    """Never a 5xx but the documented 503 (overloaded, Retry-After); a 4xx in the container's error shape;
-    a 200 whole JSON, or server-sent events that are each JSON (an error event in the container's shape)."""
+    """Never a 5xx but the documented 503 (overloaded, Retry-After); a 4xx in the container's error shape
+    (on InvokeEndpoint's routes: 424 ModelError carrying it); a 200 whole JSON, or server-sent events that
+    are each JSON (an error event in the container's shape)."""
     ctype = headers.get("content-type", "")
     assert status < 500 or (status == 503 and headers.get("retry-after")), (status, body[:300])
+    if path.startswith("/endpoints/") and status != 200:
+        answer = json.loads(body)
+        assert status == 424 and headers["x-amzn-errortype"] == "ModelError", (status, body[:300])
+        status, body = answer["OriginalStatusCode"], answer["OriginalMessage"].encode()
+        ctype = "text/plain" if body.startswith(b"Failed to ") else "application/json"
     if 400 <= status < 500:
         if ctype.startswith("text/plain"):  # axum's rejection: not JSON (400), not the route's schema (422)
             assert status in (400, 422) and body.startswith(b"Failed to "), (status, body[:300])
@@ -239,6 +250,14 @@ def check_http_answer(path: str, status: int, headers: dict, body: bytes) -> Non
             assert isinstance(answer["error"], str) and isinstance(answer["error_type"], str), answer
         return
     assert status == 200, (status, body[:300])
+    if ctype == "application/vnd.amazon.eventstream":  # every frame a PayloadPart; their bytes the answer
+        from botocore.eventstream import EventStreamBuffer
+
+        frames = EventStreamBuffer()
+        frames.add_data(body)
+        messages = list(frames)
+        assert all(m.headers[":event-type"] == "PayloadPart" for m in messages), messages
+        ctype, body = headers["x-amzn-sagemaker-content-type"], b"".join(m.payload for m in messages)
     if ctype != "text/event-stream":
         json.loads(body)
         return
@@ -275,6 +294,8 @@ def test_fuzzed_bodies_over_http_get_the_containers_answers_and_leave_the_server
 
     @settings(max_examples=100, deadline=None, derandomize=True, database=None)
     @given(request=http_requests())
+    # a stream answered whole (InvokeEndpoint's route) ended twice with data:[DONE]
+    @example(request=("/endpoints/local/invocations", b'{"prompt": "x", "max_tokens": 2, "stream": true}'))
     def fuzz(request):
         path, raw = request
         answer = fuzz_server.request("POST", path, raw, {"Content-Type": "application/json"}, timeout=60)
