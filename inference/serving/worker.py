@@ -9,6 +9,11 @@ the worker is :class:`aiops.inference.serving.app.App`. The supervisor starts it
 the environment; the worker reports ``ready``, ``recycle`` or one ``error:`` line on the pipe.
 With ``--supervisor-pid`` it ends with its supervisor, however that ends (SIGKILL included): a
 parent-death signal on Linux, and the loop's check that its parent is still that process.
+
+The steps every worker process takes, whatever it serves (:func:`start_process`,
+:func:`report_load_failure`, :func:`listen`, :func:`raise_fd_limit`, :func:`fit_connections`,
+:func:`new_event_loop`, :func:`supervisor_gone`, :func:`drain`, :func:`run_process`), are the LLM
+worker's (:mod:`aiops.inference.llm.worker`) too.
 """
 
 from __future__ import annotations
