@@ -509,7 +509,7 @@ def test_the_llm_worker_ends_when_its_supervisor_is_killed(llm_dir: Path, tmp_pa
         stop_all([server])
 
 
-def test_an_llm_worker_whose_supervisor_is_already_gone_does_notstart_server():
+def test_an_llm_worker_whose_supervisor_is_already_gone_does_not_start():
     # its parent is this test, not the (made-up) supervisor it names: it stops before anything else
     proc = run_orphaned_worker("aiops.inference.llm.worker")
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
