@@ -198,6 +198,18 @@ def launch_server(
     return Server(proc, port, log_path)
 
 
+def start_server(model: Path | str, root: Path, *args: str, env: dict | None = None) -> Server:
+    """`aiops serve MODEL ARGS` with its home and log under ``root``, once it answers /ping (stopped when
+    it does not)."""
+    server = launch_server(model, *args, home=root / "home", cwd=root, env=env)
+    try:
+        wait_ready(server)
+    except BaseException:
+        stop_all([server])
+        raise
+    return server
+
+
 def stop_all(servers: list[Server]) -> None:
     for server in servers:
         if server.proc.poll() is None:

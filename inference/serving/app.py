@@ -22,7 +22,7 @@ from aiops.inference.contract import InferenceHandler
 from aiops.inference.errors import InferenceError
 from aiops.inference.serving.calls import HandlerCalls, off_cpu_since, runqueue_wait
 from aiops.inference.serving.http import admission, routes
-from aiops.inference.serving.http.connection import BODY, CLOSED, HEADERS, IDLE, LINGER, Connection
+from aiops.inference.serving.http.connection import CLOSED, Connection
 from aiops.inference.serving.http.responses import (
     RETRY_AFTER,
     SMALL_ANSWER,
@@ -102,9 +102,6 @@ class App:
     # ---- admission (loop thread)
     def accept(self, conn: Connection) -> None:
         admission.accept(self.conns, conn, self.max_connections)
-
-    def _drop(self, conn: Connection) -> None:
-        admission.drop(self.conns, conn)
 
     def check_head(self, conn: Connection):
         """Route, method, custom attributes, API key and declared length; None when acceptable."""
@@ -370,27 +367,7 @@ class App:
     # ---- timers (one sweep for every connection instead of a timer per request)
     def sweep(self) -> None:
         now = time.monotonic()
-        stalled_before = now - self.write_timeout
-        for conn in list(self.conns):
-            if conn.answered:  # answered by the inference thread and no next request yet: idle now
-                self.resumed(conn)
-            state = conn.state
-            if 0.0 < conn.write_stalled < stalled_before or (state == CLOSED and now > conn.deadline):
-                # its client has read nothing for write_timeout_seconds (a stream, a large answer), or
-                # it closed with data its client never took: drop it (a stream's generator is closed)
-                log.info(
-                    "a client read nothing for %g s (write_timeout_seconds); connection aborted",
-                    self.write_timeout,
-                )
-                self._drop(conn)
-            elif state in (IDLE, HEADERS, BODY, LINGER) and now > conn.deadline:
-                if state in (IDLE, LINGER):
-                    self._drop(conn)  # idle keep-alive (or never started): close quietly
-                else:
-                    what = "headers" if state == HEADERS else "body"
-                    conn.fail(
-                        408, f"the request {what} did not arrive in time ({what}_timeout_seconds)", close=True
-                    )  # forgotten once it is gone (connection_lost); the sweep aborts it if it lingers
+        admission.expire(self.conns, now, self.write_timeout, self.resumed)
         late = []
         with self.lock:
             for req in self.inflight:  # oldest first: stop at the first one still in time
@@ -407,9 +384,7 @@ class App:
 
     def close_idle(self) -> None:
         """Draining: close every connection between requests."""
-        for conn in list(self.conns):
-            if conn.state == IDLE:
-                self._drop(conn)
+        admission.close_idle(self.conns)
 
     @property
     def busy(self) -> bool:

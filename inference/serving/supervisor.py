@@ -68,7 +68,7 @@ WORKER_MODULE = "aiops.inference.serving.worker"
 
 class Supervisor:
     """``module``: what each worker runs (``python -m MODULE --fd N --ready-fd M``, the spec in the
-    environment): the handler worker, or another engine's (the LLM server, aiops.inference.llm.server)."""
+    environment): the handler worker, or another engine's (the LLM server, aiops.inference.llm.worker)."""
 
     def __init__(self, spec: WorkerSpec, sock: socket.socket, module: str = WORKER_MODULE) -> None:
         self.module = module

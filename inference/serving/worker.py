@@ -9,6 +9,11 @@ the worker is :class:`aiops.inference.serving.app.App`. The supervisor starts it
 the environment; the worker reports ``ready``, ``recycle`` or one ``error:`` line on the pipe.
 With ``--supervisor-pid`` it ends with its supervisor, however that ends (SIGKILL included): a
 parent-death signal on Linux, and the loop's check that its parent is still that process.
+
+The steps every worker process takes, whatever it serves (:func:`start_process`,
+:func:`report_load_failure`, :func:`listen`, :func:`raise_fd_limit`, :func:`fit_connections`,
+:func:`new_event_loop`, :func:`supervisor_gone`, :func:`drain`, :func:`run_process`), are the LLM
+worker's (:mod:`aiops.inference.llm.worker`) too.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
 
@@ -30,6 +36,7 @@ from aiops.settings import ServeSettings
 
 if TYPE_CHECKING:
     from aiops.inference.serving.app import App
+    from aiops.inference.serving.http.listener import Listener
 
 log = logging.getLogger("aiops.serve")
 
@@ -46,7 +53,27 @@ class WorkerSpec(BaseModel):
     torch_threads: int | None = None
 
 
-def _configure_logging(level: str) -> None:
+# what a worker module's entry runs: (listening fd, report pipe fd, spec, supervisor pid) -> exit code
+WorkerMain = Callable[[int, "int | None", WorkerSpec, "int | None"], int]
+
+
+class ServingApp(Protocol):
+    """What the shared process steps need of a worker's app (the handler server's ``App``, the LLM
+    server's ``LLMApp``)."""
+
+    healthy: bool
+    draining: bool
+    max_connections: int
+
+    @property
+    def busy(self) -> bool: ...
+
+    def close_idle(self) -> None: ...
+
+    def sweep(self) -> None: ...
+
+
+def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
         stream=sys.stderr,
@@ -54,7 +81,7 @@ def _configure_logging(level: str) -> None:
     )
 
 
-def _listen(fd: int) -> socket.socket:
+def listen(fd: int) -> socket.socket:
     """This worker's listening socket: its own on the shared port (SO_REUSEPORT), else the shared one."""
     shared = socket.socket(fileno=fd)
     if hasattr(socket, "SO_REUSEPORT") and shared.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
@@ -71,7 +98,7 @@ def _listen(fd: int) -> socket.socket:
     return sock
 
 
-def _raise_fd_limit() -> int | None:
+def raise_fd_limit() -> int | None:
     """Raise this process's open-file limit to its hard limit; the limit now (None: unknown)."""
     try:
         import resource
@@ -113,17 +140,13 @@ def _rss_bytes() -> int:
         return 0
 
 
-def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec, supervisor_pid: int | None = None) -> int:
-    from aiops.inference import codecs
-    from aiops.inference.contract import create_handler
-    from aiops.inference.serving.app import App
-
-    from aiops.errors import AiopsError, UsageError
-
-    s = spec.settings
-    _configure_logging(s.log_level)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; Ctrl-C reaches it too
-    stop_early = []
+def start_process(log_level: str, ready_fd: int | None) -> tuple[Callable[[str], None], list[int]]:
+    """What a worker process does first, whatever it serves: its log format, SIGINT ignored (the
+    supervisor decides; Ctrl-C reaches it too), a SIGTERM that comes while the model loads remembered.
+    Returns the function that writes one line to the supervisor's pipe, and that SIGTERM's list."""
+    configure_logging(log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_early: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stop_early.append(1))
 
     def report(line: str) -> None:
@@ -133,39 +156,101 @@ def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec, supervisor_pid:
             except OSError:
                 pass
 
+    return report, stop_early
+
+
+def report_load_failure(err: BaseException, report: Callable[[str], None]) -> int:
+    """Call inside the ``except`` of a failed load: the one line the supervisor shows (``usage-error``,
+    bad input such as no model file: the CLI exits 2), the traceback in the log for anything else
+    (the user's model_fn, transformers), and the worker's exit code."""
+    from aiops.errors import AiopsError, UsageError
+
+    if isinstance(err, AiopsError):
+        report(f"{'usage-error' if isinstance(err, UsageError) else 'error'}: {err}")
+    else:
+        log.error("loading the model failed\n%s", traceback.format_exc().rstrip())
+        report(f"error: loading the model failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}")
+    return 3
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The worker's loop (uvloop when installed), set as the thread's current one."""
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+
+def supervisor_gone(supervisor_pid: int | None) -> bool:
+    """The supervisor this worker was started by has ended (its parent is now another process)."""
+    if supervisor_pid is not None and os.getppid() != supervisor_pid:
+        log.warning("the supervisor (pid %d) has ended; this worker stops", supervisor_pid)
+        return True
+    return False
+
+
+async def drain(app: ServingApp, listener: Listener, seconds: float) -> None:
+    """A graceful stop: health says unhealthy and every answer from now on closes its connection. The
+    connections already queued on the listener are taken before it closes (closing resets them); then
+    everything read or being read is answered (queued requests included) and idle connections close,
+    for at most ``seconds``."""
+    app.healthy = False
+    app.draining = True
+    listener.close()
+    deadline = time.monotonic() + seconds
+    await asyncio.sleep(0.05)  # read what already arrived on accepted connections before closing idle ones
+    while time.monotonic() < deadline:
+        app.close_idle()
+        if not app.busy:
+            break
+        app.sweep()
+        await asyncio.sleep(0.02)
+
+
+def worker_main(fd: int, ready_fd: int | None, spec: WorkerSpec, supervisor_pid: int | None = None) -> int:
+    from aiops.inference import codecs
+    from aiops.inference.contract import create_handler
+    from aiops.inference.serving.app import App
+
+    s = spec.settings
+    report, stop_early = start_process(s.log_level, ready_fd)
     codecs.configure(
         max_decoded_bytes=int(s.max_decoded_mb * 1024 * 1024),
         json_max_depth=s.json_max_depth,
         json_max_elements=s.json_max_elements,
     )
     try:
-        if spec.torch_threads:
-            import torch
-
-            torch.set_num_threads(spec.torch_threads)
+        set_torch_threads(spec.torch_threads)
         handler = create_handler(s, spec.model_dir, script=_path(spec.script), code_dir=_path(spec.code_dir))
         handler.load()
-    except AiopsError as err:  # "usage-error": bad input (no model file, ...), the CLI exits 2
-        report(f"{'usage-error' if isinstance(err, UsageError) else 'error'}: {err}")
-        return 3
     except BaseException as err:  # noqa: BLE001 - the user's model_fn failed (even with sys.exit)
-        log.error("loading the model failed\n%s", traceback.format_exc().rstrip())
-        report(f"error: loading the model failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}")
-        return 3
+        return report_load_failure(err, report)
     if stop_early:
         return 0
-    fd_limit = _raise_fd_limit()
+    fd_limit = raise_fd_limit()
     # Two threads share the GIL (the loop, the inference thread or a stream's producer): a thread
     # that needs it waits until the holder blocks or this interval passes. 5 ms (the default) was
     # added to a streamed token's delivery and to a /ping during a Python-heavy handler.
     sys.setswitchinterval(0.001)
-    sock = _listen(fd)
+    sock = listen(fd)
     app = App(handler, s, spec.model_dir)
-    _fit_connections(app, fd_limit)
+    fit_connections(app, fd_limit)
     return _serve(app, sock, report, stop_early, supervisor_pid)
 
 
-def _fit_connections(app: App, fd_limit: int | None) -> None:
+def set_torch_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def fit_connections(app: ServingApp, fd_limit: int | None) -> None:
     """Keep max_connections (and the /ping-only ones past it) inside the open-file limit: past it
     accept() fails, and nothing, /ping included, gets in."""
     from aiops.inference.serving.http.admission import PING_ONLY_CONNECTIONS
@@ -188,14 +273,7 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list, supervisor_p
     from aiops.inference.serving.http.listener import Listener
     from aiops.inference.serving.work import STOP
 
-    loop: asyncio.AbstractEventLoop
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    loop = new_event_loop()
     app.loop = loop
     s = app.settings
     exit_code = [0]
@@ -225,8 +303,7 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list, supervisor_p
             app.sweep()
             if app.watchdog.stuck():
                 app.watchdog.exit_stuck()
-            if supervisor_pid is not None and os.getppid() != supervisor_pid:
-                log.warning("the supervisor (pid %d) has ended; this worker stops", supervisor_pid)
+            if supervisor_gone(supervisor_pid):
                 stop()
                 break
             if s.max_blocked_streams and not recycling:
@@ -249,21 +326,7 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list, supervisor_p
                     s.max_worker_rss_mb,
                 )
                 report("recycle")
-        # Graceful: /ping says unhealthy, every answer from now on closes its connection. Take every
-        # connection already queued on the listener before closing it (closing resets them), then
-        # answer everything read or being read (queued requests included), close idle connections.
-        app.healthy = False
-        app.draining = True
-        listener.close()
-        deadline = time.monotonic() + s.graceful_shutdown_seconds
-        # read what already arrived on accepted connections before closing idle ones
-        await asyncio.sleep(0.05)
-        while time.monotonic() < deadline:
-            app.close_idle()
-            if not app.busy:
-                break
-            app.sweep()
-            await asyncio.sleep(0.02)
+        await drain(app, listener, s.graceful_shutdown_seconds)
         app.work.put(STOP)
 
     try:
@@ -277,10 +340,13 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def main() -> None:  # python -m aiops.inference.serving.worker --fd N [--ready-fd M] [--supervisor-pid P]
+def run_process(prog: str, worker_main: WorkerMain) -> None:
+    """A worker process's entry (``python -m MODULE --fd N [--ready-fd M] [--supervisor-pid P]``, the
+    :class:`WorkerSpec` in the environment): it ends with its supervisor, runs ``worker_main`` and
+    exits with its code."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="aiops-serve-worker")
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--ready-fd", type=int, default=None)
     parser.add_argument("--supervisor-pid", type=int, default=None)
@@ -291,6 +357,10 @@ def main() -> None:  # python -m aiops.inference.serving.worker --fd N [--ready-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # do not wait on torch's atexit work
+
+
+def main() -> None:  # python -m aiops.inference.serving.worker --fd N [--ready-fd M] [--supervisor-pid P]
+    run_process("aiops-serve-worker", worker_main)
 
 
 if __name__ == "__main__":

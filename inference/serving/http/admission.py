@@ -2,7 +2,8 @@
 and the LLM server's ``LLMApp``) apply when a client connects, and the reset of a connection whose
 client reads nothing.
 
-A new connection makes room by closing the one that costs a client least; when every connection is
+The sweep's rule for the connections' own deadlines (:func:`expire`) is here too: both servers run it
+every tick. A new connection makes room by closing the one that costs a client least; when every connection is
 busy with a request, a few more are taken that may only ask for the health check, so a worker
 whose connections are all busy still answers it (a failing health check gets the container
 replaced).
@@ -10,8 +11,13 @@ replaced).
 
 from __future__ import annotations
 
-from aiops.inference.serving.http.connection import CLOSED, HEADERS, IDLE, Connection
+import logging
+from collections.abc import Callable
+
+from aiops.inference.serving.http.connection import BODY, CLOSED, HEADERS, IDLE, LINGER, Connection
 from aiops.inference.serving.http.responses import RETRY_AFTER
+
+log = logging.getLogger("aiops.serve")
 
 # Connections taken past max_connections that may only ask for the health check (anything else: 503)
 PING_ONLY_CONNECTIONS = 32
@@ -76,3 +82,38 @@ def ping_only_refusal(max_connections: int, health_route: str) -> tuple[int, str
         f"only {health_route} is answered on this one",
         [RETRY_AFTER],
     )
+
+
+def expire(
+    conns: set[Connection], now: float, write_timeout: float, resumed: Callable[[Connection], None]
+) -> None:
+    """The connections' deadlines, every sweep: a reset for one whose client has read nothing for
+    ``write_timeout`` (a stream, a large answer) or that closed with data its client never took; a
+    quiet close past the keep-alive (or a refusal's linger); a 408 for headers or a body that did not
+    arrive in time (forgotten once it is gone, reset by a later sweep if it lingers). ``resumed`` takes
+    back a connection another thread answered (the handler server's inference thread)."""
+    stalled_before = now - write_timeout
+    for conn in list(conns):
+        if conn.answered:  # answered by another thread and no next request yet: idle now
+            resumed(conn)
+        state = conn.state
+        if 0.0 < conn.write_stalled < stalled_before or (state == CLOSED and now > conn.deadline):
+            log.info(
+                "a client read nothing for %g s (write_timeout_seconds); connection aborted", write_timeout
+            )
+            drop(conns, conn)
+        elif state in (IDLE, HEADERS, BODY, LINGER) and now > conn.deadline:
+            if state in (IDLE, LINGER):
+                drop(conns, conn)
+            else:
+                what, setting = ("headers", "header") if state == HEADERS else ("body", "body")
+                conn.fail(
+                    408, f"the request {what} did not arrive in time ({setting}_timeout_seconds)", close=True
+                )
+
+
+def close_idle(conns: set[Connection]) -> None:
+    """Draining: close every connection between requests."""
+    for conn in list(conns):
+        if conn.state == IDLE:
+            drop(conns, conn)

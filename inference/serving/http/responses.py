@@ -134,11 +134,14 @@ def small_answer(req, variant: bytes, out: bytes, out_type: str) -> bytes:
     return head + b"content-length: %d\r\n\r\n" % len(out) + out
 
 
-def whole_answer(req, variant: bytes, out: bytes, out_type: str) -> tuple[bytes, bytes]:
-    """Head and body of a whole answer of any size on any route (on the response-stream route, the
-    body is one PayloadPart event). Join them below ``SMALL_ANSWER``; else write the body as is."""
-    head = answer_head(req, variant)
-    if req.mode == EVENTS:
+def whole_answer(
+    req, variant: bytes, out: bytes, out_type: str, *, status: int = 200, extra: tuple = ()
+) -> tuple[bytes, bytes]:
+    """Head and body of a whole answer of any size on any route (on the response-stream route, a 200's
+    body is one PayloadPart event; any other status is a plain body there too). ``extra``: more
+    ``(name, value)`` header pairs. Join them below ``SMALL_ANSWER``; else write the body as is."""
+    head = answer_head(req, variant, status)
+    if req.mode == EVENTS and status == 200:
         head += [
             b"content-type: ",
             EVENTSTREAM_TYPE,
@@ -149,6 +152,8 @@ def whole_answer(req, variant: bytes, out: bytes, out_type: str) -> tuple[bytes,
         out = eventstream.payload_part(out)
     else:
         head += [b"content-type: ", out_type.encode("latin-1"), b"\r\n"]
+    for name, value in extra:
+        head.append(f"{name}: {value}\r\n".encode("latin-1"))
     head.append(b"content-length: %d\r\n\r\n" % len(out))
     return b"".join(head), out
 

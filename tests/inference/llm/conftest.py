@@ -1,7 +1,10 @@
-"""Fixtures for the LLM engine's tests: one tiny Llama folder per test run, loaded once per module."""
+"""Fixtures for the LLM engine's and server's tests: one tiny Llama folder per test run, loaded once per
+module, and its copy that the servers serve."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,20 @@ def tiny_llm(tiny_llm_dir: Path):
 
     engine = LLMEngine.from_folder(tiny_llm_dir, device="cpu")
     return engine.model, engine.tokenizer
+
+
+def _edit_json(path: Path, **changes) -> None:
+    value = json.loads(path.read_text())
+    value.update(changes)
+    path.write_text(json.dumps(value))
+
+
+@pytest.fixture(scope="session")
+def llm_dir(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The served folder: the tiny Llama with 32768 positions (rotary: only the config changes) and no EOS
+    token, so a generation ends at its length (or a stop sequence) and a long one is long for certain."""
+    folder = tmp_path_factory.mktemp("llm-server") / "tiny-llm-long"
+    shutil.copytree(tiny_llm_dir, folder)
+    _edit_json(folder / "config.json", max_position_embeddings=32768)
+    _edit_json(folder / "generation_config.json", eos_token_id=[])
+    return folder

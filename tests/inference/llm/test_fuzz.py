@@ -164,3 +164,151 @@ def test_any_bytes_parse_or_are_refused(setup, route, raw):
         check_reply(error.reply)
         return
     exercise(call, engine)
+
+
+# ---------------------------------------------------------------------- over HTTP, against `aiops serve`
+# Generated bodies sent to a real `aiops serve --container tgi` on every POST route: well-formed requests of
+# each schema (generate, chat, completions) with mutations of the kind clients send by mistake. The server's
+# token budget (64) bounds any generation the mutations leave without a length.
+GREEDY = {"inputs": "def main():", "parameters": {"max_new_tokens": 6, "do_sample": False}}
+HTTP_ROUTES = {
+    "/": ("generate",),
+    "/generate": ("generate",),
+    "/generate_stream": ("generate",),
+    "/invocations": ("generate", "chat", "completions"),
+    "/v1/chat/completions": ("chat",),
+    "/v1/completions": ("completions",),
+    # SageMaker Runtime's routes: /invocations answered as InvokeEndpoint (whole; a refusal is 424
+    # ModelError) and InvokeEndpointWithResponseStream (event-stream frames)
+    "/endpoints/local/invocations": ("generate", "chat", "completions"),
+    "/endpoints/local/invocations-response-stream": ("generate", "chat", "completions"),
+}
+LENGTH_FIELDS = {"generate": "max_new_tokens", "chat": "max_tokens", "completions": "max_tokens"}
+prompts = st.one_of(st.text(max_size=24), st.sampled_from(["", " ", "\u0000", "\ud800", "😀" * 8, "é\u0301"]))
+small_lengths = st.integers(1, 5)
+odd_numbers = st.sampled_from([0, -1, 65, 2**31, 2**32, 2**64, -(2**63), 10**30, 1.5, 1e308, -0.0])
+junk = st.one_of(odd_numbers, values, st.sampled_from(["5", "true", "null", "\ud800"]))
+# raw bytes spliced into the encoded body: invalid UTF-8 (a lone continuation, a cut sequence, an encoded
+# surrogate), a NUL, a cut
+SPLICES = [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x00", b""]
+
+
+@st.composite
+def http_requests(draw):
+    path = draw(st.sampled_from(sorted(HTTP_ROUTES)))
+    schema = draw(st.sampled_from(HTTP_ROUTES[path]))
+    length = LENGTH_FIELDS[schema]
+    if schema == "generate":
+        body: dict = {
+            "inputs": draw(prompts),
+            "parameters": {length: draw(small_lengths), "do_sample": False},
+        }
+    elif schema == "chat":
+        body = {"messages": [{"role": "user", "content": draw(prompts)}], length: draw(small_lengths)}
+    else:
+        body = {"prompt": draw(prompts), length: draw(small_lengths)}
+    stream = draw(st.sampled_from([None, False, True, True]))
+    if stream is not None:
+        body["stream"] = stream
+    params = body["parameters"] if schema == "generate" else body
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["drop", "junk", "extra", "parameter", "length"]))
+        if kind == "drop" and body:
+            body.pop(draw(st.sampled_from(sorted(body))))
+        elif kind == "junk" and body:
+            body[draw(st.sampled_from(sorted(body)))] = draw(junk)
+        elif kind == "extra":
+            body[draw(st.sampled_from(FIELDS + ["no_such_field"]))] = draw(values)
+        elif kind == "parameter" and isinstance(params, dict):
+            params[draw(st.sampled_from(PARAMETERS if schema == "generate" else FIELDS))] = draw(junk)
+        elif kind == "length" and isinstance(params, dict):
+            params[length] = draw(odd_numbers)
+    raw = json.dumps(body, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+    if draw(st.integers(0, 9)) == 0:  # one body in ten is damaged bytes
+        at = draw(st.integers(0, len(raw)))
+        splice = draw(st.sampled_from(SPLICES))
+        raw = raw[:at] + splice if splice == b"" else raw[:at] + splice + raw[at:]
+    return path, raw
+
+
+def check_http_answer(path: str, status: int, headers: dict, body: bytes) -> None:
+    """Never a 5xx but the documented 503 (overloaded, Retry-After); a 4xx in the container's error shape
+    (on InvokeEndpoint's routes: 424 ModelError carrying it); a 200 whole JSON, or server-sent events that
+    are each JSON (an error event in the container's shape)."""
+    ctype = headers.get("content-type", "")
+    assert status < 500 or (status == 503 and headers.get("retry-after")), (status, body[:300])
+    if path.startswith("/endpoints/") and status != 200:
+        answer = json.loads(body)
+        assert status == 424 and headers["x-amzn-errortype"] == "ModelError", (status, body[:300])
+        status, body = answer["OriginalStatusCode"], answer["OriginalMessage"].encode()
+        ctype = "text/plain" if body.startswith(b"Failed to ") else "application/json"
+    if 400 <= status < 500:
+        if ctype.startswith("text/plain"):  # axum's rejection: not JSON (400), not the route's schema (422)
+            assert status in (400, 422) and body.startswith(b"Failed to "), (status, body[:300])
+        else:  # TGI's ErrorResponse, on its own routes and on its OpenAI ones
+            answer = json.loads(body)
+            assert isinstance(answer["error"], str) and isinstance(answer["error_type"], str), answer
+        return
+    assert status == 200, (status, body[:300])
+    if ctype == "application/vnd.amazon.eventstream":  # every frame a PayloadPart; their bytes the answer
+        from botocore.eventstream import EventStreamBuffer
+
+        frames = EventStreamBuffer()
+        frames.add_data(body)
+        messages = list(frames)
+        assert all(m.headers[":event-type"] == "PayloadPart" for m in messages), messages
+        ctype, body = headers["x-amzn-sagemaker-content-type"], b"".join(m.payload for m in messages)
+    if ctype != "text/event-stream":
+        json.loads(body)
+        return
+    data = [line[5:] for line in body.split(b"\n") if line.startswith(b"data:")]
+    assert data, body[:300]
+    assert data.count(b"[DONE]") <= 1 and b"[DONE]" not in data[:-1], body[-300:]
+    for event in (json.loads(item) for item in data if item != b"[DONE]"):
+        error = event.get("error")
+        if isinstance(error, dict):  # the OpenAI routes' streamed refusal
+            assert isinstance(error["message"], str) and error["http_status_code"] == 422, event
+        elif error is not None:
+            assert isinstance(error, str) and isinstance(event["error_type"], str), event
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(llm_dir, tmp_path_factory):
+    from helpers import start_server, stop_all
+
+    root = tmp_path_factory.mktemp("tgi-fuzz")
+    server = start_server(llm_dir, root, "--container", "tgi", "--max-total-tokens", "64")
+    yield server
+    stop_all([server])
+
+
+def test_fuzzed_bodies_over_http_get_the_containers_answers_and_leave_the_server_healthy(fuzz_server):
+    from helpers import wait_until
+
+    def greedy() -> bytes:
+        answer = fuzz_server.request("POST", "/generate", json.dumps(GREEDY).encode(), timeout=60)
+        assert answer.status == 200, answer.body
+        return answer.body
+
+    before = greedy()
+
+    @settings(max_examples=100, deadline=None, derandomize=True, database=None)
+    @given(request=http_requests())
+    # a stream answered whole (InvokeEndpoint's route) ended twice with data:[DONE]
+    @example(request=("/endpoints/local/invocations", b'{"prompt": "x", "max_tokens": 2, "stream": true}'))
+    def fuzz(request):
+        path, raw = request
+        answer = fuzz_server.request("POST", path, raw, {"Content-Type": "application/json"}, timeout=60)
+        check_http_answer(path, answer.status, answer.headers, answer.body)
+
+    fuzz()
+    assert fuzz_server.request("GET", "/health").status == 200
+    assert greedy() == before
+    # nothing fuzzed is left running or holding a slot
+    wait_until(
+        lambda: (
+            b"aiops_llm_requests_in_flight 0\n" in fuzz_server.request("GET", "/metrics").body
+            and b"tgi_batch_current_size 0\n" in fuzz_server.request("GET", "/metrics").body
+        ),
+        "the fuzzed requests all finished",
+    )

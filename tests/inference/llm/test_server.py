@@ -21,12 +21,11 @@ import pytest
 from helpers import (
     Server,
     child_pids,
-    launch_server,
     process_alive,
     run_orphaned_worker,
     runtime_client,
+    start_server,
     stop_all,
-    wait_ready,
     wait_until,
 )
 
@@ -36,21 +35,6 @@ pytest.importorskip("openai")
 LONG = 3000  # new tokens of a request that must still be running when its client leaves
 LMI_TIMEOUT_S = 3  # the LMI server's timeout_seconds
 ENDLESS = 30000  # new tokens that take far longer than LMI_TIMEOUT_S on any machine
-
-
-def _edit_json(path: Path, **changes) -> None:
-    value = json.loads(path.read_text())
-    value.update(changes)
-    path.write_text(json.dumps(value))
-
-
-@pytest.fixture(scope="module")
-def llm_dir(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("llm-server") / "tiny-llm-long"
-    shutil.copytree(tiny_llm_dir, folder)
-    _edit_json(folder / "config.json", max_position_embeddings=32768)
-    _edit_json(folder / "generation_config.json", eos_token_id=[])
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +49,11 @@ def no_template_dir(llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return folder
 
 
-def _start(folder: Path, root: Path, *args: str, env: dict | None = None) -> Server:
-    server = launch_server(folder, *args, home=root / "home", cwd=root, env=env)
-    try:
-        wait_ready(server)
-    except BaseException:
-        stop_all([server])
-        raise
-    return server
-
-
 @pytest.fixture(scope="module")
 def tgi(llm_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = _start(llm_dir, tmp_path_factory.mktemp("tgi"), "--container", "tgi", "--max-batch-size", "8")
+    server = start_server(
+        llm_dir, tmp_path_factory.mktemp("tgi"), "--container", "tgi", "--max-batch-size", "8"
+    )
     yield server
     stop_all([server])
 
@@ -87,7 +63,7 @@ def lmi(no_template_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("lmi")
     # max_queue 2: the overload test fills it with two long requests
     env = {"AIOPS_SERVE__MAX_QUEUE": "2", "AIOPS_SERVE__TIMEOUT_SECONDS": str(LMI_TIMEOUT_S)}
-    server = _start(no_template_dir, root, "--container", "lmi", "--max-total-tokens", "32768", env=env)
+    server = start_server(no_template_dir, root, "--container", "lmi", "--max-total-tokens", "32768", env=env)
     yield server
     stop_all([server])
 
@@ -331,6 +307,23 @@ def test_stream_arrives_before_the_end_and_a_disconnect_frees_the_slot(tgi, refe
     }
 
 
+def test_a_stream_answered_whole_is_the_streamed_bytes_with_one_end(tgi, reference):
+    # InvokeEndpoint's route (and an HTTP/1.0 client) take a stream whole: the same events, [DONE] once
+    messages = [{"role": "user", "content": "Write a loop."}]
+    payload = {"messages": messages, "max_tokens": 5, "temperature": 0, "stream": True}
+    streamed = post(tgi, "/v1/chat/completions", payload)
+    whole = post(tgi, "/endpoints/local/invocations", payload)
+    assert streamed.status == whole.status == 200, whole.body
+    assert streamed.body.count(b"data:[DONE]") == whole.body.count(b"data:[DONE]") == 1, whole.body
+    assert whole.body.endswith(b"data:[DONE]\n\n")
+
+    def text(body: bytes) -> str:
+        return "".join(event["choices"][0]["delta"].get("content") or "" for event in sse_events(body))
+
+    want = reference.text(reference.greedy(reference.chat_prompt(messages), 5, special=False))
+    assert text(streamed.body) == text(whole.body) == want
+
+
 # ---------------------------------------------------------------------- refusals
 @pytest.mark.parametrize(
     ("path", "body", "status", "error"),
@@ -464,8 +457,44 @@ def test_pipelined_requests_are_answered_in_order_and_connection_close_is_honour
     assert b"model_id" not in first and b'"model_id"' in second  # /health, then /info
 
 
+def test_hostile_clients_meet_the_handler_servers_connection_bounds(llm_dir: Path, tmp_path: Path):
+    env = {"AIOPS_SERVE__MAX_CONNECTIONS": "2", "AIOPS_SERVE__HEADER_TIMEOUT_SECONDS": "1"}
+    server = start_server(llm_dir, tmp_path, "--container", "tgi", env=env)
+    busy = [socket.create_connection(("127.0.0.1", server.port), timeout=60) for _ in range(2)]
+    try:
+        # both connections busy with a request whose body is still arriving (the /health before it says
+        # the server read it): a third may ask for the health routes only
+        for sock in busy:
+            sock.sendall(
+                b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /generate HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n["
+            )
+            seen = b""
+            while b"\r\n\r\n" not in seen:
+                seen += sock.recv(65536)
+            assert seen.startswith(b"HTTP/1.1 200"), seen
+        refused = post(server, "/generate", {"inputs": "x", "parameters": {"max_new_tokens": 1}})
+        assert refused.status == 503 and "only a GET route" in refused.json()["error"], refused.body
+        assert refused.headers["retry-after"] == "1"
+        assert server.request("GET", "/health").status == 200
+    finally:
+        for sock in busy:
+            sock.close()
+    # headers that never end: 408 at the header timeout (the sweep), and the connection closed
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    try:
+        slow.sendall(b"POST /generate HTTP/1.1\r\nHost: t\r\n")
+        seen = b""
+        while data := slow.recv(65536):
+            seen += data
+        assert seen.startswith(b"HTTP/1.1 408") and b"header_timeout_seconds" in seen, seen
+    finally:
+        slow.close()
+        stop_all([server])
+
+
 def test_the_llm_worker_ends_when_its_supervisor_is_killed(llm_dir: Path, tmp_path: Path):
-    server = _start(llm_dir, tmp_path, "--container", "tgi")
+    server = start_server(llm_dir, tmp_path, "--container", "tgi")
     try:
         workers = child_pids(server.proc.pid)
         assert workers, "the supervisor has a worker"
@@ -482,5 +511,5 @@ def test_the_llm_worker_ends_when_its_supervisor_is_killed(llm_dir: Path, tmp_pa
 
 def test_an_llm_worker_whose_supervisor_is_already_gone_does_not_start():
     # its parent is this test, not the (made-up) supervisor it names: it stops before anything else
-    proc = run_orphaned_worker("aiops.inference.llm.server")
+    proc = run_orphaned_worker("aiops.inference.llm.worker")
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
