@@ -1,5 +1,6 @@
-"""The LLM engine on a real tiny Llama: greedy parity with `model.generate` token for token (alone, batched,
-joining mid-decode), stopping, seeded sampling, cancellation, budgets and streaming.
+"""The LLM engine on a real tiny Llama (and a tiny Mistral: grouped-query attention, a sliding-window mask):
+greedy parity with `model.generate` token for token (alone, batched, joining mid-decode, a burst of
+mixed-length prompts prefilled together), stopping, seeded sampling, cancellation, budgets and streaming.
 
 Steps are driven from the test (`engine.step()`), so who joins when is exact, with no clocks."""
 
@@ -93,6 +94,59 @@ def test_greedy_batched_with_joins_and_leaves_mid_decode_equals_generate(tiny_ll
     for prompt, handle, want in zip(PROMPTS, handles, expected, strict=True):
         assert ids(handle.result()) == want, prompt
     assert engine.running == 0
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llm", "tiny_mistral"])
+def test_a_burst_of_mixed_lengths_is_prefilled_in_one_forward_and_equals_generate(
+    request, model_fixture, monkeypatch
+):
+    """Prompts of 1 to ~40 tokens arriving together join at one boundary: one left-padded forward prefills
+    them all (a row whose first token ends it leaves before the decode), and each answer is generate's."""
+    model, tokenizer = request.getfixturevalue(model_fixture)
+    engine = LLMEngine(model, tokenizer, Limits(max_total_tokens=256, max_batch_size=16))
+    burst = [(PROMPTS[4], 12), (PROMPTS[2], 9), (PROMPTS[3], 1), (PROMPTS[0], 15), (PROMPTS[1], 6)]
+    expected = [reference(model, tokenizer, p, max_new_tokens=n) for p, n in [(PROMPTS[1], 20), *burst]]
+    prompt_lengths = [len(tokenizer(p)["input_ids"]) for p, _ in burst]
+    assert min(prompt_lengths) == 1 and max(prompt_lengths) > 30
+    shapes: list[tuple[int, ...]] = []
+    forward = model.forward
+    monkeypatch.setattr(
+        model, "forward", lambda **k: shapes.append(tuple(k["input_ids"].shape)) or forward(**k)
+    )
+
+    running = engine.submit(greedy(PROMPTS[1], 20))
+    engine.step()
+    engine.step()  # a batch already decoding when the burst arrives
+    handles = [engine.submit(greedy(p, n)) for p, n in burst]
+    shapes.clear()
+    engine.step()
+    assert shapes == [(5, max(prompt_lengths)), (5, 1)]  # one prefill of the 5, then 1 + 5 - 1 decoding
+    assert engine.running == 5
+    engine.run_until_idle()
+    prompts = [PROMPTS[1]] + [p for p, _ in burst]
+    for prompt, handle, want in zip(prompts, [running, *handles], expected, strict=True):
+        assert ids(handle.result()) == want, prompt
+
+
+def test_prompt_details_of_a_joint_prefill_are_each_prompts_alone(make_engine):
+    """Prompt logprobs (TGI's decoder_input_details) and the first token's top tokens, read from a padded
+    row of a joint prefill, are the prompt's own."""
+
+    def details(companions: list[str]) -> Finished:
+        engine = make_engine(max_batch_size=8)
+        handles = [engine.submit(greedy(p, 4)) for p in companions]
+        handle = engine.submit(greedy(PROMPTS[1], 4, prefill_details=True, top_n_tokens=3))
+        engine.run_until_idle()
+        assert all(h.result().generated_tokens for h in handles)
+        return handle.result()
+
+    alone, joint = details([]), details([PROMPTS[4], PROMPTS[2]])  # one longer, one shorter than it
+    assert [t.id for t in joint.prefill] == [t.id for t in alone.prefill]
+    assert math.isnan(joint.prefill[0].logprob)
+    assert [t.logprob for t in joint.prefill[1:]] == pytest.approx([t.logprob for t in alone.prefill[1:]])
+    assert [[t.id for t in top] for top in joint.all_top_tokens] == [
+        [t.id for t in top] for top in alone.all_top_tokens
+    ]
 
 
 def test_repetition_penalty_greedy_equals_generate(tiny_llm, make_engine):
