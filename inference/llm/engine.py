@@ -74,6 +74,11 @@ class LLMEngine:
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self._chooser = TokenChooser(tokenizer)
         self.special_ids = self._chooser.special_ids
+        # The joining prompts are prefilled in groups of similar lengths, each group padding at most this
+        # fraction of its real tokens (kv_cache.prefill_groups): on a CPU a forward costs its tokens, padding
+        # included (16 prompts of 8 to 120 tokens in one forward: 1.4x the CPU time of their separate
+        # prefills with an 18M model; grouped at 0.1: the same); on a GPU one launch for all is cheapest
+        self.prefill_padding: float | None = None if self.device.type == "cuda" else 0.1
         # what fills a shorter prompt's left in a joint prefill: any id will do, it is masked out
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
@@ -222,9 +227,14 @@ class LLMEngine:
                     leaving = set(plan.leave)
                     keep = [row for row, seq in enumerate(self._batch.seqs) if seq.seq_id not in leaving]
                     self._batch = kv_cache.select(self._batch, keep)
-                fresh = self._prefill(joining) if joining else None
-                if fresh is not None:
-                    self._batch = kv_cache.merge(([self._batch] if self._batch else []) + [fresh])
+                lengths = [seq.input_length for seq in joining]
+                fresh = [
+                    part
+                    for group in kv_cache.prefill_groups(lengths, self.prefill_padding)
+                    if (part := self._prefill([joining[i] for i in group])) is not None
+                ]
+                if fresh:
+                    self._batch = kv_cache.merge(([self._batch] if self._batch else []) + fresh)
                 if self._batch is not None:
                     self._decode(self._batch)
         except Exception as exc:  # noqa: BLE001 - every running request learns why, the engine carries on
@@ -233,9 +243,9 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ model calls
     def _prefill(self, seqs: list[Sequence]) -> Batch | None:
-        """The joining prompts in one forward, left-padded to the longest (each row computes what it would
-        alone, as ``generate`` runs a padded batch); their first tokens. The rows whose first token did not
-        end them, or None."""
+        """Prompts in one forward, left-padded to the longest (each row computes what it would alone, as
+        ``generate`` runs a padded batch); their first tokens, out as soon as it ends. The rows whose first
+        token did not end them, or None."""
         from transformers import DynamicCache
 
         input_ids, mask, positions = kv_cache.left_padded(

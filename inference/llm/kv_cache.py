@@ -46,6 +46,26 @@ def left_padded(
     return input_ids, mask, positions
 
 
+def prefill_groups(lengths: Sequence[int], padding: float | None) -> list[list[int]]:
+    """The indexes of prompts of these lengths, grouped for joint prefills, shortest first: a group grows
+    while its padded size (rows x its longest) stays within ``1 + padding`` times its real tokens. None: one
+    group. Padding is computed like any token, so on a CPU, where a forward's cost is its tokens', it is
+    bounded; where a forward's cost is its launch (a GPU, small batches) one group is cheapest."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if padding is None:
+        return [order] if order else []
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:  # ascending: the newcomer is the group's longest
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= (1 + padding) * (real + lengths[i]):
+            groups[-1].append(i)
+            real += lengths[i]
+        else:
+            groups.append([i])
+            real = lengths[i]
+    return groups
+
+
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A decode step's [rows, 1, 1, length] mask as attention adds it: 0 where attended, the dtype's minimum
     on padding. transformers takes a 4D mask as is; its own builder costs most of a small model's step."""
