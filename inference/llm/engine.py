@@ -2,9 +2,9 @@
 
 Requests are admitted into one running batch and decoded step by step together: at every step boundary
 the :class:`~aiops.inference.llm.scheduler.Scheduler` says which sequences leave (finished, or cancelled
-because their client went away) and which waiting ones join; the joining prompts are prefilled together in
-one forward, left-padded to the longest (each one's first token is out after it), their KV cache is stacked
-onto the batch's, and one decode step then runs every sequence at once.
+because their client went away) and which waiting ones join; the joining prompts are prefilled together,
+left-padded, in groups of similar lengths (one forward per group; each one's first token is out after it),
+their KV cache is stacked onto the batch's, and one decode step then runs every sequence at once.
 
 Correctness: left padding with an attention mask and per-row position ids gives each row the computation it
 would get alone, so greedy output equals ``model.generate(do_sample=False)`` token for token, batched or
@@ -211,8 +211,8 @@ class LLMEngine:
 
     def step(self) -> bool:
         """One step boundary and one decode step: sequences leave, the waiting ones the scheduler admits join
-        (prefilled together, their first token out), then every running sequence gets its next token. False
-        when there was nothing to do."""
+        (prefilled in groups of similar lengths, each group's first tokens out as it ends), then every running
+        sequence gets its next token. False when there was nothing to do."""
         with self._lock:
             if self.scheduler.idle:
                 return False

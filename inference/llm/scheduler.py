@@ -2,8 +2,8 @@
 
 The engine asks for a :class:`Plan` at every step boundary (between two decode steps) and carries it out:
 the sequences in ``leave`` are taken out of the batch (finished at the last step, or cancelled because their
-client went away), those in ``join`` are prefilled together in one forward (left-padded to the longest) and
-added, then one decode step runs for the whole batch.
+client went away), those in ``join`` are prefilled together (left-padded; the engine groups similar lengths
+into one forward each) and added, then one decode step runs for the whole batch.
 
 Policy, as TGI's router queue:
 - a request is refused up front when its prompt plus ``max_new_tokens`` exceeds ``max_total_tokens`` or its
@@ -11,8 +11,8 @@ Policy, as TGI's router queue:
   of the budget;
 - waiting requests join in arrival order (FIFO) while the batch has a free slot (``max_batch_size``), the
   batch's reserved tokens stay within ``max_batch_total_tokens`` and the prompts joining at one step within
-  ``max_batch_prefill_tokens``, counted padded (rows x the longest prompt: what the joint prefill computes,
-  TGI's count for models that pad); the head of the queue is never overtaken, so nothing starves;
+  ``max_batch_prefill_tokens``, counted padded (rows x the longest prompt: the most a joint prefill
+  computes, TGI's count for models that pad); the head of the queue is never overtaken, so nothing starves;
 - past ``max_queue`` waiting requests a new one is refused as overloaded.
 """
 
