@@ -290,8 +290,8 @@ def main() -> None:
 NOTE = (
     "The machine is shared: other jobs load its 2 cores unevenly, so read the ratios of one run, not "
     "the absolute numbers. The naive server's 16 threads get 16 shares of a loaded CPU while the "
-    "engine decodes on one thread, which favours the naive side as c grows; a burst of 16 arrivals "
-    "is prefilled one prompt after another, which sets the engine's p99 TTFT at c=16."
+    "engine decodes on one thread, which favours the naive side as c grows. A burst of 16 arrivals "
+    "joins at one step boundary, prefilled in groups of similar prompt lengths (one forward per group)."
 )
 
 

@@ -40,10 +40,19 @@ def make_tiny_llm(
     max_positions: int = 512,
     seed: int = 0,
     initializer_range: float = 0.02,
+    sliding_window: int | None = None,
 ) -> Path:
+    """A Llama, or with ``sliding_window`` a Mistral (grouped-query attention and a sliding-window mask)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE())
@@ -68,7 +77,8 @@ def make_tiny_llm(
     tokenizer.save_pretrained(folder)
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    architecture = {} if sliding_window is None else {"sliding_window": sliding_window}
+    config = (LlamaConfig if sliding_window is None else MistralConfig)(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=intermediate,
@@ -81,8 +91,9 @@ def make_tiny_llm(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **architecture,
     )
-    model = LlamaForCausalLM(config).eval()
+    model = (LlamaForCausalLM if sliding_window is None else MistralForCausalLM)(config).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")],

@@ -2,7 +2,8 @@
 
 The engine asks for a :class:`Plan` at every step boundary (between two decode steps) and carries it out:
 the sequences in ``leave`` are taken out of the batch (finished at the last step, or cancelled because their
-client went away), those in ``join`` are prefilled and added, then one decode step runs for the whole batch.
+client went away), those in ``join`` are prefilled together (left-padded; the engine groups similar lengths
+into one forward each) and added, then one decode step runs for the whole batch.
 
 Policy, as TGI's router queue:
 - a request is refused up front when its prompt plus ``max_new_tokens`` exceeds ``max_total_tokens`` or its
@@ -10,7 +11,8 @@ Policy, as TGI's router queue:
   of the budget;
 - waiting requests join in arrival order (FIFO) while the batch has a free slot (``max_batch_size``), the
   batch's reserved tokens stay within ``max_batch_total_tokens`` and the prompts joining at one step within
-  ``max_batch_prefill_tokens``; the head of the queue is never overtaken, so nothing starves;
+  ``max_batch_prefill_tokens``, counted padded (rows x the longest prompt: the most a joint prefill
+  computes, TGI's count for models that pad); the head of the queue is never overtaken, so nothing starves;
 - past ``max_queue`` waiting requests a new one is refused as overloaded.
 """
 
@@ -106,7 +108,7 @@ class Scheduler:
         limits = self.limits
         batch_tokens = sum(entry.reserved_tokens for entry in self._running.values())
         join: list[int] = []
-        prefill = 0
+        longest = 0
         while self._waiting and len(self._running) < limits.max_batch_size:
             head = next(iter(self._waiting.values()))
             if (
@@ -114,12 +116,13 @@ class Scheduler:
                 and batch_tokens + head.reserved_tokens > limits.max_batch_total_tokens
             ):
                 break
-            if join and prefill + head.input_length > limits.prefill_tokens:
+            padded = (len(join) + 1) * max(longest, head.input_length)
+            if join and padded > limits.prefill_tokens:
                 break  # the rest joins at the next step: one step's prefill stays bounded
             del self._waiting[head.seq_id]
             self._running[head.seq_id] = head
             batch_tokens += head.reserved_tokens
-            prefill += head.input_length
+            longest = max(longest, head.input_length)
             join.append(head.seq_id)
         return Plan(leave=leave, join=tuple(join), dropped=dropped)
 

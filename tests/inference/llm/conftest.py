@@ -1,5 +1,6 @@
 """Fixtures for the LLM engine's and server's tests: one tiny Llama folder per test run, loaded once per
-module, and its copy that the servers serve."""
+module, and its copy that the servers serve; a tiny Mistral (grouped-query attention, a sliding-window
+mask) for the parity tests."""
 
 from __future__ import annotations
 
@@ -49,3 +50,31 @@ def llm_dir(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     _edit_json(folder / "config.json", max_position_embeddings=32768)
     _edit_json(folder / "generation_config.json", eos_token_id=[])
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Mistral folder: 4 query heads over 2 KV heads, a 256-token sliding window; read-only. Its
+    weights are drawn wider than the Llama's so that attention is sharp: a wrong position id or an
+    attended pad changes its tokens (the Llama's near-uniform attention hides both)."""
+    from helpers import built_once
+    from tiny_llm import make_tiny_llm
+
+    def build(root: Path) -> dict:
+        return {
+            "folder": str(
+                make_tiny_llm(root / "tiny-mistral", sliding_window=256, seed=1, initializer_range=0.2)
+            )
+        }
+
+    return Path(built_once(tmp_path_factory, "tiny-mistral-engine", build)["folder"])
+
+
+@pytest.fixture(scope="module")
+def tiny_mistral(tiny_mistral_dir: Path):
+    """(model, tokenizer) of the tiny Mistral on the CPU in float32, loaded as the engine loads them."""
+    from aiops.inference.llm.engine import LLMEngine
+    from aiops.inference.llm.generation import Limits
+
+    engine = LLMEngine.from_folder(tiny_mistral_dir, Limits(max_total_tokens=256), device="cpu")
+    return engine.model, engine.tokenizer

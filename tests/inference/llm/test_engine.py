@@ -1,5 +1,6 @@
-"""The LLM engine on a real tiny Llama: greedy parity with `model.generate` token for token (alone, batched,
-joining mid-decode), stopping, seeded sampling, cancellation, budgets and streaming.
+"""The LLM engine on a real tiny Llama (and a tiny Mistral: grouped-query attention, a sliding-window mask):
+greedy parity with `model.generate` token for token (alone, batched, joining mid-decode, a burst of
+mixed-length prompts prefilled together), stopping, seeded sampling, cancellation, budgets and streaming.
 
 Steps are driven from the test (`engine.step()`), so who joins when is exact, with no clocks."""
 
@@ -20,6 +21,7 @@ from aiops.inference.llm.generation import (
     SamplingParams,
     TokenEvent,
 )
+from aiops.inference.llm.kv_cache import prefill_groups
 
 from aiops.errors import UsageError
 
@@ -93,6 +95,96 @@ def test_greedy_batched_with_joins_and_leaves_mid_decode_equals_generate(tiny_ll
     for prompt, handle, want in zip(PROMPTS, handles, expected, strict=True):
         assert ids(handle.result()) == want, prompt
     assert engine.running == 0
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llm", "tiny_mistral"])
+@pytest.mark.parametrize("padding", [None, 0.1])
+def test_a_burst_of_mixed_lengths_is_prefilled_jointly_and_equals_generate(
+    request, model_fixture, padding, monkeypatch
+):
+    """Prompts of 1 to ~45 tokens arriving together join at one boundary and are prefilled in left-padded
+    forwards: all in one (padding None, a GPU's default) or in groups that pad at most 10 % of their tokens
+    (the CPU's). A row whose first token ends it leaves before the decode; each answer is generate's."""
+    model, tokenizer = request.getfixturevalue(model_fixture)
+    engine = LLMEngine(model, tokenizer, Limits(max_total_tokens=256, max_batch_size=16))
+    engine.prefill_padding = padding
+    burst = [(PROMPTS[4], 12), (PROMPTS[2], 9), (PROMPTS[3], 1), (PROMPTS[0], 15), (PROMPTS[1], 6)]
+    expected = [reference(model, tokenizer, p, max_new_tokens=n) for p, n in [(PROMPTS[1], 20), *burst]]
+    prompt_lengths = [len(tokenizer(p)["input_ids"]) for p, _ in burst]
+    assert min(prompt_lengths) == 1 and max(prompt_lengths) > 30
+    forwards: list[tuple[tuple[int, ...], int]] = []  # (input_ids' shape, real tokens) of each forward
+
+    def counted(**kwargs):
+        mask = kwargs["attention_mask"]
+        real = int(mask.sum()) if mask.dim() == 2 else -1  # a padded decode step's mask is 4D
+        forwards.append((tuple(kwargs["input_ids"].shape), real))
+        return forward(**kwargs)
+
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", counted)
+
+    running = engine.submit(greedy(PROMPTS[1], 20))
+    engine.step()
+    engine.step()  # a batch already decoding when the burst arrives
+    handles = [engine.submit(greedy(p, n)) for p, n in burst]
+    forwards.clear()
+    engine.step()
+    *prefills, decode = forwards
+    assert decode[0] == (5, 1)  # 1 running + 5 joining - the one that ended at its first token
+    if padding is None:
+        assert prefills == [((5, max(prompt_lengths)), sum(prompt_lengths))]
+    else:
+        assert len(prefills) > 1
+        assert sum(rows for (rows, _), _ in prefills) == 5 and sum(r for _, r in prefills) == sum(
+            prompt_lengths
+        )
+        assert all(rows * width <= 1.1 * real for (rows, width), real in prefills)
+    assert engine.running == 5
+    engine.run_until_idle()
+    prompts = [PROMPTS[1]] + [p for p, _ in burst]
+    for prompt, handle, want in zip(prompts, [running, *handles], expected, strict=True):
+        assert ids(handle.result()) == want, prompt
+
+
+@pytest.mark.parametrize(
+    ("lengths", "padding", "groups"),
+    [
+        ([], 0.1, []),
+        ([5], 0.1, [[0]]),
+        ([40, 10, 41, 9, 42], None, [[3, 1, 0, 2, 4]]),  # one group, shortest first
+        ([40, 10, 41, 9, 42], 0.1, [[3, 1], [0, 2, 4]]),  # 2 x 10 <= 1.1 x 19; 40 with them would not be
+        ([40, 10, 41, 9, 42], 0.0, [[3], [1], [0], [2], [4]]),
+        ([8, 8, 8, 30], 0.0, [[0, 1, 2], [3]]),  # equal lengths share a forward even with no padding
+        ([10, 12, 14, 16, 18, 20], 0.25, [[0, 1, 2, 3], [4, 5]]),  # 5 x 18 = 90 > 1.25 x 70
+    ],
+)
+def test_prefill_groups_bound_the_padding(lengths, padding, groups):
+    assert prefill_groups(lengths, padding) == groups
+    for group in groups:
+        if padding is not None:
+            longest, real = max(lengths[i] for i in group), sum(lengths[i] for i in group)
+            assert len(group) * longest <= (1 + padding) * real
+
+
+def test_prompt_details_of_a_joint_prefill_are_each_prompts_alone(make_engine):
+    """Prompt logprobs (TGI's decoder_input_details) and the first token's top tokens, read from a padded
+    row of a joint prefill, are the prompt's own."""
+
+    def details(companions: list[str]) -> Finished:
+        engine = make_engine(max_batch_size=8)
+        handles = [engine.submit(greedy(p, 4)) for p in companions]
+        handle = engine.submit(greedy(PROMPTS[1], 4, prefill_details=True, top_n_tokens=3))
+        engine.run_until_idle()
+        assert all(h.result().generated_tokens for h in handles)
+        return handle.result()
+
+    alone, joint = details([]), details([PROMPTS[4], PROMPTS[2]])  # one longer, one shorter than it
+    assert [t.id for t in joint.prefill] == [t.id for t in alone.prefill]
+    assert math.isnan(joint.prefill[0].logprob)
+    assert [t.logprob for t in joint.prefill[1:]] == pytest.approx([t.logprob for t in alone.prefill[1:]])
+    assert [[t.id for t in top] for top in joint.all_top_tokens] == [
+        [t.id for t in top] for top in alone.all_top_tokens
+    ]
 
 
 def test_repetition_penalty_greedy_equals_generate(tiny_llm, make_engine):

@@ -111,6 +111,20 @@ CASES = {
             ("plan", Plan(join=(3,))),  # alone it may exceed the step budget, or it would never run
         ],
     ),
+    "prefill-budget-counts-the-padding": (
+        Limits(max_total_tokens=100, max_batch_size=8, max_batch_prefill_tokens=60),
+        [
+            ("enqueue", (1, 10, 10)),
+            ("enqueue", (2, 20, 10)),
+            ("enqueue", (3, 40, 10)),
+            ("enqueue", (4, 5, 10)),
+            ("enqueue", (5, 5, 10)),
+            # 1 and 2 pad to 2 x 20 = 40; with 3, 3 x 40 = 120 > 60 (70 prompt tokens unpadded)
+            ("plan", Plan(join=(1, 2))),
+            ("plan", Plan(join=(3,))),  # 2 x 40 = 80 with 4: the short one waits a step
+            ("plan", Plan(join=(4, 5))),
+        ],
+    ),
     "cancel-running-and-waiting": (
         Limits(max_total_tokens=100, max_batch_size=1),
         [
