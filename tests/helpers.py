@@ -312,7 +312,8 @@ def runtime_client(url: str):
 
 
 # The fine-tuning example's reference run (tests/training/test_finetune.py, the e2e fine-tune journey)
-FINETUNE_SCRIPT = Path(__file__).resolve().parents[1] / "training" / "examples" / "finetune" / "train.py"
+FINETUNE_DIR = Path(__file__).resolve().parents[1] / "training" / "examples" / "finetune"
+FINETUNE_SCRIPT = FINETUNE_DIR / "train.py"
 FINETUNE_STEPS = 6
 FINETUNE_HPS = {
     "max-steps": FINETUNE_STEPS,
@@ -336,7 +337,9 @@ def finetune_args(model: Path, data: Path, *extra: str, **hps) -> list[str]:
     """`aiops train` of the fine-tuning example on the model and data channels, locally."""
     args = [
         "train",
-        str(FINETUNE_SCRIPT),
+        "train.py",
+        "--source-dir",
+        str(FINETUNE_DIR),
         "--channel",
         f"model={model}",
         "--channel",

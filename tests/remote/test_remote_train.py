@@ -631,7 +631,7 @@ def test_a_local_run_reads_the_secret_from_secrets_manager_or_the_environment(
     script.write_text(
         "import hashlib, os, sys\n"
         f"sys.path.insert(0, {str(example_dir)!r})\n"
-        "from train import export_secrets\n"
+        "from finetune_secrets import export_secrets\n"
         "print('read', export_secrets(), hashlib.sha256(os.environ['HF_TOKEN'].encode()).hexdigest()[:12])\n"
     )
     digest = __import__("hashlib").sha256(SECRET_VALUE.encode()).hexdigest()[:12]
@@ -644,7 +644,9 @@ def test_a_local_run_reads_the_secret_from_secrets_manager_or_the_environment(
     missing = arn[:-6] + "Zz9Zz9"
     denied = fresh_cli(
         "train",
-        str(example_dir / "train.py"),
+        "train.py",
+        "--source-dir",
+        str(example_dir),
         "--secret",
         f"HF_TOKEN={missing}",
         "--json",

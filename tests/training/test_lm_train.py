@@ -136,7 +136,7 @@ def run_lm_in_process(
             spec.loader.exec_module(script)
             code = script.main()
     finally:
-        for name in ("lm_data", "lm_model"):  # the example's modules: a fresh process imports its own
+        for name in ("lm_checkpoint", "lm_data", "lm_model", "lm_output"):  # a fresh process imports its own
             sys.modules.pop(name, None)
     out = capsys.readouterr()
     return subprocess.CompletedProcess(sys.argv, code, out.out, out.err)

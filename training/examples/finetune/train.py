@@ -1,19 +1,22 @@
 """Supervised fine-tuning of a pretrained causal LM with LoRA: a SageMaker-style training script.
 
+Run it with its folder as the source dir (train.py imports the finetune_*.py modules beside it):
+
     aiops example tiny-llm data/tiny-llm
     aiops example finetune-data data/ft
-    aiops train training/examples/finetune/train.py --channel model=data/tiny-llm \\
+    aiops train train.py --source-dir training/examples/finetune --channel model=data/tiny-llm \\
         --channel train=data/ft/train --channel test=data/ft/test --hp max-steps=20
 
 It needs only torch, transformers, peft and accelerate (no aiops import), so it runs unchanged in
 the SageMaker PyTorch or Hugging Face training container, under torchrun (`torch_distributed`) too.
 
 - The model is the `model` channel (SM_CHANNEL_MODEL): a Hugging Face model folder (config.json,
-  safetensors weights, tokenizer). Nothing is fetched from a hub.
+  safetensors weights, tokenizer), checked and loaded with LoRA by finetune_model.py. Nothing is
+  fetched from a hub.
 - Data: every `*.jsonl` of the train and test channels, one example a line, either a conversation
   `{"messages": [..., {"role": "assistant", ...}]}` (rendered with the tokenizer's chat template)
   or `{"prompt": ..., "completion": ...}` (strings, or message lists as in TRL). The loss is on the
-  completion (the last assistant turn) only.
+  completion (the last assistant turn) only (finetune_data.py).
 - LoRA adapters (peft) on `--lora-target-modules` (default all-linear), trained by the Hugging
   Face Trainer. `--batch-size` is the global batch in sequences, split over processes x
   `--grad-accum`, so a resume at another world size sees the same batches at the same steps.
@@ -22,8 +25,10 @@ the SageMaker PyTorch or Hugging Face training container, under torchrun (`torch
   wrapped); accelerate shards on GPUs only, so several CPU processes train with DDP.
 - Checkpoints: the Trainer's `checkpoint-N/` folders in AIOPS_CHECKPOINT_DIR (/opt/ml/checkpoints,
   which SageMaker syncs to S3), each marked complete once every process has written its part; on
-  start the newest complete one is resumed (torn ones are moved aside). SIGTERM (a stop or a spot
-  reclaim) saves a checkpoint after the current step and exits 143.
+  start the newest complete one is resumed (torn ones are moved aside; finetune_checkpoint.py).
+  SIGTERM (a stop or a spot reclaim) saves a checkpoint after the current step and exits 143
+  (finetune_callbacks.py).
+- `aiops train --secret NAME=ARN` secrets are in the environment as NAME (finetune_secrets.py).
 - Metrics are `name=value;` pairs: `step`, `train_loss`, `lr`, `tokens_per_second`, and on the
   test split `test_loss_before`, `test_perplexity_before` (the model as it came) and
   `test_loss_after`, `test_perplexity_after`.
@@ -36,36 +41,14 @@ the SageMaker PyTorch or Hugging Face training container, under torchrun (`torch
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
-import re
-import shutil
 import signal
 import sys
-import time
 import warnings
 
 STOPPED_EXIT_CODE = 128 + signal.SIGTERM
-USAGE_EXIT_CODE = 2
-CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARK = "aiops-complete"
-IGNORE_INDEX = -100  # labels the loss skips (the prompt, the padding)
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
-# what a tokenizer is made of; the output gets the channel's own files, byte for byte
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 
 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled, unavailable or uninitialized.*")
 # transformers' own deprecation notices about its internals (5.x) and a tensor copy it makes (4.57)
@@ -78,8 +61,34 @@ warnings.filterwarnings(
 )  # checkpoint rotation
 
 
-class UsageProblem(Exception):
-    """Bad input found before training: one line, exit 2."""
+SIBLINGS = (
+    "finetune_callbacks",
+    "finetune_checkpoint",
+    "finetune_data",
+    "finetune_errors",
+    "finetune_model",
+    "finetune_secrets",
+)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:  # after the warning filters: finetune_callbacks imports transformers
+    from finetune_callbacks import CheckpointMark, EvaluateBefore, MetricLines, StopCallback, StopRequest
+    from finetune_checkpoint import accept_indexed_cpu_locations, adapt_checkpoint, find_resume_checkpoint
+    from finetune_data import Collator, read_examples, tokenize
+    from finetune_errors import USAGE_EXIT_CODE, UsageProblem, write_failure
+    from finetune_model import check_model_folder, copy_tokenizer_files, decoder_layer_class, load_lora_model
+    from finetune_secrets import export_secrets
+except ImportError as missing:
+    if missing.name not in SIBLINGS:  # a library that is not installed: its own error
+        raise
+    # shipped alone: SageMaker (and aiops) ship only the entry point without source_dir
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(
+            f"error: {missing.name}.py is not beside train.py; ship the whole folder with "
+            "--source-dir training/examples/finetune (the SDK's source_dir)",
+            file=sys.stderr,
+            flush=True,
+        )
+    sys.exit(2)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -161,243 +170,6 @@ def check_args(args: argparse.Namespace, world: int) -> int:
     return args.batch_size // parts
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs: the model folder and the data
-
-
-def check_model_folder(path: str) -> None:
-    """The model channel must be a Hugging Face model folder (what `save_pretrained` writes)."""
-    if not os.path.isdir(path):
-        raise UsageProblem(
-            f"no model channel at {path}: pass the model folder as a channel, "
-            "e.g. aiops train ... --channel model=./my-model"
-        )
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UsageProblem(
-            f"model channel {path} has no config.json: it is not a Hugging Face model folder "
-            "(write one with save_pretrained, or aiops example tiny-llm)"
-        )
-    if not any(glob.glob(os.path.join(path, pattern)) for pattern in WEIGHT_FILES):
-        raise UsageProblem(f"model channel {path} has no weights (*.safetensors or *.bin)")
-
-
-def read_examples(folder: str, channel: str) -> list[dict]:
-    files = sorted(glob.glob(os.path.join(folder, "**", "*.jsonl"), recursive=True))
-    if not files:
-        raise UsageProblem(
-            f"channel {channel} ({folder}) has no .jsonl file; write the channels with "
-            "`aiops example finetune-data OUT`"
-        )
-    examples = []
-    for file in files:
-        with open(file, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"channel {channel}: {os.path.relpath(file, folder)} line {number}"
-                try:
-                    item = json.loads(line)
-                except ValueError as err:
-                    raise UsageProblem(f"{where} is not JSON ({err})") from None
-                examples.append(split_example(item, where))
-    if not examples:
-        raise UsageProblem(f"channel {channel} ({folder}) has no examples")
-    return examples
-
-
-def split_example(item: object, where: str) -> dict:
-    """{"prompt": str | messages, "completion": str | messages} from either accepted format."""
-    if isinstance(item, dict) and isinstance(item.get("messages"), list):
-        messages = item["messages"]
-        if (
-            len(messages) < 2
-            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
-            or messages[-1]["role"] != "assistant"
-        ):
-            raise UsageProblem(
-                f'{where}: "messages" must be a list of {{role, content}} ending with the assistant\'s answer'
-            )
-        return {"prompt": messages[:-1], "completion": messages[-1:]}
-    if isinstance(item, dict) and "prompt" in item and "completion" in item:
-        prompt, completion = item["prompt"], item["completion"]
-        if isinstance(prompt, str) and isinstance(completion, str):
-            return {"prompt": prompt, "completion": completion}
-        if isinstance(prompt, list) and isinstance(completion, list):
-            return {"prompt": prompt, "completion": completion}
-        raise UsageProblem(f'{where}: "prompt" and "completion" must both be strings or both message lists')
-    raise UsageProblem(f'{where}: expected {{"messages": [...]}} or {{"prompt": ..., "completion": ...}}')
-
-
-def tokenize(examples: list[dict], tokenizer, max_length: int, channel: str) -> list[dict]:
-    """input_ids and labels (the prompt's positions IGNORE_INDEX) of each example that keeps at
-    least one completion token within max_length."""
-    rows, dropped = [], 0
-    for example in examples:
-        prompt, completion = example["prompt"], example["completion"]
-        if isinstance(prompt, list):
-            if not tokenizer.chat_template:
-                raise UsageProblem(
-                    f"channel {channel} holds conversations but the model's tokenizer has no chat "
-                    "template; add one to tokenizer_config.json, or use prompt/completion strings"
-                )
-            prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-            if not full_text.startswith(prompt_text):
-                raise UsageProblem(
-                    "the chat template renders the conversation without its prompt as a prefix; "
-                    "use prompt/completion strings with this model"
-                )
-            completion_text = full_text[len(prompt_text) :]
-        else:
-            prompt_text, completion_text = prompt, completion + (tokenizer.eos_token or "")
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
-        completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-        ids = (prompt_ids + completion_ids)[:max_length]
-        labels = ([IGNORE_INDEX] * len(prompt_ids) + completion_ids)[:max_length]
-        if all(label == IGNORE_INDEX for label in labels):
-            dropped += 1
-            continue
-        rows.append({"input_ids": ids, "labels": labels})
-    if not rows:
-        raise UsageProblem(
-            f"channel {channel}: no example keeps a completion token within --max-length "
-            f"{max_length}; raise --max-length"
-        )
-    if dropped and int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"note: channel {channel}: {dropped} example(s) longer than --max-length {max_length} in their "
-            "prompt alone are left out",
-            flush=True,
-        )
-    return rows
-
-
-class Collator:
-    """Right-pads a batch: pad token, attention mask 0, labels IGNORE_INDEX."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[dict]) -> dict:
-        import torch
-
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            ids[i, :n] = torch.tensor(row["input_ids"])
-            labels[i, :n] = torch.tensor(row["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def lora_targets(model, spec: str) -> str | list[str]:
-    """`all-linear` or the named modules, each of which must exist in the model (UsageProblem)."""
-    if spec.strip() == "all-linear":
-        return "all-linear"
-    import torch
-
-    wanted = [name.strip() for name in spec.split(",") if name.strip()]
-    if not wanted:
-        raise UsageProblem(
-            "--lora-target-modules is empty; name modules (e.g. q_proj,v_proj) or use all-linear"
-        )
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
-    missing = [name for name in wanted if name not in names]
-    if missing:
-        linear = sorted(
-            {
-                name.rsplit(".", 1)[-1]
-                for name, module in model.named_modules()
-                if isinstance(module, torch.nn.Linear)
-            }
-        )
-        raise UsageProblem(
-            f"--lora-target-modules: {', '.join(missing)} not in {type(model).__name__}; its "
-            f"linear layers are {', '.join(linear)} (or use all-linear)"
-        )
-    return wanted
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_steps(folder: str) -> list[tuple[int, str]]:
-    if not os.path.isdir(folder):
-        return []
-    return sorted(
-        ((int(m.group(1)), name) for name in os.listdir(folder) if (m := CHECKPOINT_DIR.match(name))),
-        reverse=True,
-    )
-
-
-def find_resume_checkpoint(folder: str, say) -> str | None:
-    """The newest complete checkpoint; torn ones (a process stopped mid-save) are moved aside by the
-    first process of each host, so the Trainer never rotates a complete one out in their favour."""
-    chosen = None
-    for _, name in checkpoint_steps(folder):
-        path = os.path.join(folder, name)
-        if os.path.isfile(os.path.join(path, COMPLETE_MARK)):
-            chosen = chosen or path
-            continue
-        if chosen is None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            aside = os.path.join(folder, f"incomplete-{name}-{int(time.time())}")
-            try:
-                os.rename(path, aside)
-                say(f"checkpoint {name} is incomplete; moved aside to {os.path.basename(aside)}")
-            except FileNotFoundError:
-                pass
-    return chosen
-
-
-def accept_indexed_cpu_locations() -> None:
-    """transformers 4 loads a multi-process CPU run's optimizer state with map_location
-    ``cpu:<local rank>``, a location torch.load does not know: every ``cpu:N`` is the CPU."""
-    import torch
-
-    def restore(storage, location: str):
-        return storage if re.fullmatch(r"cpu:\d+", location) else None
-
-    # a priority of its own (the registry sorts by it, and ties compare the functions)
-    torch.serialization.register_package(100, lambda storage: None, restore)
-
-
-def adapt_checkpoint(checkpoint: str, world: int, micro_batch: int) -> None:
-    """Resuming at another world size (the global batch is the same, the per-process one is not).
-    The first process of each host, before any process reads the checkpoint, gives it
-    - every missing rank's RNG file, a copy of rank 0's (the one the sample order follows): the
-      Trainer restores `rng_state.pth` alone and `rng_state_<rank>.pth` under torchrun, and skips
-      the restore when its file is missing;
-    - the per-process batch in trainer_state.json: transformers 4 trains on with the checkpoint's,
-      which would change the batches and the step count."""
-    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
-        return
-    single = os.path.join(checkpoint, "rng_state.pth")
-    first = single if os.path.isfile(single) else os.path.join(checkpoint, "rng_state_0.pth")
-    if os.path.isfile(first):
-        wanted = (
-            [single] if world == 1 else [os.path.join(checkpoint, f"rng_state_{r}.pth") for r in range(world)]
-        )
-        for path in wanted:
-            if not os.path.isfile(path):
-                shutil.copyfile(first, path)
-    state_file = os.path.join(checkpoint, "trainer_state.json")
-    with open(state_file) as f:
-        state = json.load(f)
-    if state.get("train_batch_size") not in (None, micro_batch):
-        state["train_batch_size"] = micro_batch
-        with open(f"{state_file}.tmp", "w") as f:
-            json.dump(state, f, indent=2)
-        os.replace(f"{state_file}.tmp", state_file)
-
-
-# ---------------------------------------------------------------------------------------------
-# The fine-tune
-
-
 class FineTune:
     def __init__(self, args: argparse.Namespace) -> None:
         """Every check that reads files only, so every rank reaches the same verdict."""
@@ -448,32 +220,16 @@ class FineTune:
             print(text, flush=True)
 
     def load_model(self):
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
-
-        # FSDP shards flat parameters of one dtype: fp32 weights, bf16 compute (its mixed precision)
-        dtype = torch.bfloat16 if self.bf16 and not self.fsdp else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.args.model, dtype=dtype)
-        model.config.use_cache = False  # no KV cache while training
-        targets = lora_targets(model, self.args.lora_target_modules)
-        config = LoraConfig(
-            r=self.args.lora_r,
-            lora_alpha=self.args.lora_alpha,
-            lora_dropout=self.args.lora_dropout,
-            target_modules=targets,
-            task_type="CAUSAL_LM",
+        args = self.args
+        return load_lora_model(
+            args.model,
+            lora_r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            lora_target_modules=args.lora_target_modules,
+            bf16=self.bf16,
+            fsdp=self.fsdp,
         )
-        try:
-            model = get_peft_model(model, config)
-        except ValueError as err:
-            raise UsageProblem(
-                f"--lora-target-modules {self.args.lora_target_modules}: {str(err).splitlines()[0]}"
-            ) from None
-        if self.fsdp:
-            for param in model.parameters():  # the adapters too: one dtype per sharded group
-                param.data = param.data.to(torch.float32)
-        return model
 
     def training_arguments(self):
         from transformers import TrainingArguments
@@ -483,7 +239,7 @@ class FineTune:
         if args.gradient_checkpointing:  # recompute activations in the backward pass: less memory
             extra.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.fsdp:
-            layer = _decoder_layer_class(self.config)
+            layer = decoder_layer_class(self.config)
             extra.update(
                 fsdp="full_shard auto_wrap",
                 fsdp_config={
@@ -607,200 +363,6 @@ class FineTune:
             f"adapters in {adapter_dir}",
             flush=True,
         )
-
-
-def copy_tokenizer_files(source: str, dest: str) -> list[str]:
-    """The channel's tokenizer files, unchanged: fine-tuning does not change the tokenizer, and a
-    re-save by this transformers could name classes that the serving image's version lacks."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(source, name)):
-            shutil.copyfile(os.path.join(source, name), os.path.join(dest, name))
-            copied.append(name)
-    return copied
-
-
-def _decoder_layer_class(config) -> str:
-    """The decoder layer class FSDP wraps one by one (transformers' `_no_split_modules`)."""
-    from transformers import AutoModelForCausalLM
-
-    model_class = AutoModelForCausalLM._model_mapping[type(config)]
-    names = getattr(model_class, "_no_split_modules", None) or []
-    if not names:
-        raise UsageProblem(
-            f"{model_class.__name__} names no decoder layer (_no_split_modules) to shard with "
-            "FSDP; run it with --fsdp off"
-        )
-    return names[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Trainer callbacks
-
-
-def _trainer_callback_base():
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class MetricLines(_trainer_callback_base()):  # type: ignore[misc]  # a lazily imported base
-    """The Trainer's logs as one `name=value;` line per logging step (rank 0)."""
-
-    def __init__(self, say) -> None:
-        self.say = say
-        self.last = (time.monotonic(), 0)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if "loss" not in logs:
-            return
-        now, tokens = time.monotonic(), int(getattr(state, "num_input_tokens_seen", 0) or 0)
-        rate = (tokens - self.last[1]) / max(now - self.last[0], 1e-9)
-        self.last = (now, tokens)
-        parts = [f"step={state.global_step};", f"train_loss={logs['loss']:.6f};"]
-        if "learning_rate" in logs:
-            parts.append(f"lr={logs['learning_rate']:.6g};")
-        if "grad_norm" in logs:
-            parts.append(f"grad_norm={float(logs['grad_norm']):.4f};")
-        parts.append(f"tokens_per_second={rate:.1f};")
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            parts.append(f"peak_gpu_memory_gib={torch.cuda.max_memory_allocated() / 2**30:.3f};")
-        self.say(" ".join(parts))
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.last = (time.monotonic(), int(getattr(state, "num_input_tokens_seen", 0) or 0))
-
-
-class EvaluateBefore(_trainer_callback_base()):  # type: ignore[misc]  # a lazily imported base
-    """The test loss of the model as it came, with the adapters switched off (so a resumed run
-    measures the base model too). Measured once training is set up: a `Trainer.evaluate()` before
-    `train()` leaves the model marked prepared, and accelerate then skips its DDP wrapper, so the
-    processes would train apart without a word (accelerate 1.16)."""
-
-    def __init__(self, job: FineTune) -> None:
-        self.job = job
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        job = self.job
-        with job.trainer.model.disable_adapter():
-            before = job.trainer.evaluate()["eval_loss"]
-        job.losses["before"] = before
-        job.say(f"test_loss_before={before:.6f}; test_perplexity_before={math.exp(min(before, 50)):.4f};")
-
-
-class CheckpointMark(_trainer_callback_base()):  # type: ignore[misc]  # a lazily imported base
-    """Marks a checkpoint complete once every process has written its part of it."""
-
-    def on_save(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        if state.is_local_process_zero:
-            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(path):
-                with open(os.path.join(path, COMPLETE_MARK), "w") as f:
-                    f.write(f"{state.global_step}\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-
-
-class StopRequest:
-    """SIGTERM (how SageMaker and `aiops train` stop a job) sets a flag; the processes agree on it
-    after each step and stop together after a checkpoint."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.requested = False
-        self.requested_anywhere = False
-        self.arrived = threading.Event()
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        self.arrived.set()
-
-
-class StopCallback(_trainer_callback_base()):  # type: ignore[misc]  # a lazily imported base
-    def __init__(self, stop: StopRequest) -> None:
-        self.stop = stop
-
-    def on_step_end(self, args, state, control, **kwargs):
-        import torch
-        import torch.distributed as dist
-
-        pause_at = os.environ.get("AIOPS_FINETUNE_PAUSE_AT")  # for the tests: hold rank 0 after that step
-        if pause_at and int(pause_at) == state.global_step and int(os.environ.get("RANK", "0")) == 0:
-            print(
-                f"paused after step {state.global_step} (AIOPS_FINETUNE_PAUSE_AT): waiting for SIGTERM",
-                flush=True,
-            )
-            while not self.stop.requested:  # the other ranks wait in the all_reduce below
-                self.stop.arrived.wait(0.1)
-        flag = self.stop.requested
-        if dist.is_available() and dist.is_initialized():
-            device = args.device if dist.get_backend() == "nccl" else torch.device("cpu")
-            value = torch.tensor([float(flag)], device=device)
-            dist.all_reduce(value, op=dist.ReduceOp.MAX)
-            flag = bool(value.item())
-        if flag and state.global_step < state.max_steps:
-            self.stop.requested_anywhere = True
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-
-def write_failure(text: str) -> None:
-    """SageMaker shows /opt/ml/output/failure as the job's FailureReason (1024 characters at most).
-    The first rank to fail writes it: the root cause, not a peer's later "connection closed"."""
-    path = os.path.join(os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output"), "failure")
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "x") as f:
-            f.write(text[:1024])
-    except OSError:
-        pass
-
-
-SECRET_ARN_PREFIX = "AIOPS_SECRET_ARN_"  # `aiops train --secret NAME=ARN` sets AIOPS_SECRET_ARN_NAME=ARN
-
-
-def read_secret(name: str) -> str | None:
-    """The value of secret NAME, the same way locally and on SageMaker: NAME in the environment (a
-    local run: your own shell's), else AWS Secrets Manager at the ARN `--secret NAME=ARN` passed, read
-    with the job's role (or locally your credentials). None when neither is there."""
-    if os.environ.get(name):
-        return os.environ[name]
-    arn = os.environ.get(SECRET_ARN_PREFIX + name)
-    if not arn:
-        return None
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        answer = boto3.client("secretsmanager", region_name=arn.split(":")[3]).get_secret_value(SecretId=arn)
-    except ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "")
-        raise UsageProblem(
-            f"secret {name}: secretsmanager:GetSecretValue on {arn} failed ({code}); the job's role "
-            "needs it (access.trainingSecrets in the stack config)"
-        ) from None
-    except BotoCoreError as err:
-        raise UsageProblem(f"secret {name}: cannot reach Secrets Manager for {arn} ({err})") from None
-    return answer.get("SecretString") or answer["SecretBinary"].decode()
-
-
-def export_secrets() -> list[str]:
-    """Every `--secret` into this process's environment by its name, where libraries look for it
-    (HF_TOKEN for huggingface_hub, WANDB_API_KEY for wandb); never printed, never in argv."""
-    names = sorted(key[len(SECRET_ARN_PREFIX) :] for key in os.environ if key.startswith(SECRET_ARN_PREFIX))
-    for name in names:
-        os.environ[name] = read_secret(name) or ""
-    return names
 
 
 def quiet_libraries(rank: int) -> None:

@@ -1,6 +1,6 @@
 """Byte-level language model trained with FSDP: a SageMaker-style PyTorch training script.
 
-Run it with its folder as the source dir (it imports lm_model.py and lm_data.py beside it):
+Run it with its folder as the source dir (train.py imports the lm_*.py modules beside it):
 
     aiops example lm-data data/lm
     aiops train train.py --source-dir training/examples/lm --nproc 2 \
@@ -15,14 +15,14 @@ training container under torchrun (`torch_distributed`).
   micro-batches, so the same hyperparameters give the same optimisation at any world size.
 - Batches are random windows of the token stream drawn from a generator seeded by (seed, step): the
   data position is the step number, whatever the world size.
-- Checkpoints: torch.distributed.checkpoint (each rank writes its shards) of model, optimizer,
-  scheduler, data position and every rank's RNG states, into `step-N.tmp/` under
+- Checkpoints (lm_checkpoint.py): torch.distributed.checkpoint (each rank writes its shards) of model,
+  optimizer, scheduler, data position and every rank's RNG states, into `step-N.tmp/` under
   AIOPS_CHECKPOINT_DIR, renamed to `step-N/` once every shard and the metadata are on disk. Every
   `--checkpoint-every` steps, at the end, and at the next step after SIGTERM. On start the newest
   complete checkpoint is resumed, at any world size; a torn one is skipped (said in the log).
 - bf16 autocast on CUDA devices that support it (`--precision auto`), fp32 on CPU.
-- At the end rank 0 writes the consolidated model to SM_MODEL_DIR: `model.safetensors` (or
-  `model.pth` without safetensors), `config.json`, and `code/` (inference.py + lm_model.py).
+- At the end rank 0 writes the consolidated model to SM_MODEL_DIR (lm_output.py): `model.safetensors`
+  (or `model.pth` without safetensors), `config.json`, and `code/` (inference.py + lm_model.py).
 - Metrics are `name=value;` pairs: `step`, `train_loss`, `lr`, `tokens_per_second`, `test_loss`,
   `test_perplexity`.
 """
@@ -30,14 +30,9 @@ training container under torchrun (`torch_distributed`).
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import math
 import os
-import pickle
 import random
-import re
-import shutil
 import signal
 import sys
 import time
@@ -52,8 +47,17 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
+    from lm_checkpoint import (
+        CheckpointError,
+        Checkpoints,
+        find_resume_checkpoint,
+        resume_notes,
+        rng_blob,
+        set_rng_blob,
+    )
     from lm_data import ChannelError, TokenShards
     from lm_model import ByteLM, ModelConfig, count_parameters
+    from lm_output import write_failure, write_metrics, write_model_folder
 except (
     ImportError
 ) as missing:  # shipped alone: SageMaker (and aiops) ship only the entry point without source_dir
@@ -68,8 +72,6 @@ except (
 
 STOPPED_EXIT_CODE = 128 + signal.SIGTERM
 USAGE_EXIT_CODE = 2
-STEP_DIR = re.compile(r"^step-(\d+)$")
-META_FILE = "aiops-lm.json"
 
 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled, unavailable or uninitialized.*")
 
@@ -162,98 +164,6 @@ def check_args(args: argparse.Namespace, world: int) -> int:
     return args.batch_size // parts
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_problem(path: str) -> str | None:
-    """Why the checkpoint folder is not a complete DCP checkpoint (None: complete)."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    if not os.path.isfile(os.path.join(path, META_FILE)):
-        return f"no {META_FILE}"
-    try:
-        metadata = FileSystemReader(path).read_metadata()
-    except Exception as err:  # noqa: BLE001 - any unreadable metadata means torn
-        return f"unreadable .metadata ({type(err).__name__})"
-    needed: dict[str, int] = {}
-    for info in (metadata.storage_data or {}).values():
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
-    for name, size in sorted(needed.items()):
-        file = os.path.join(path, name)
-        if not os.path.isfile(file):
-            return f"shard {name} is missing"
-        if os.path.getsize(file) < size:
-            return f"shard {name} is truncated"
-    return None
-
-
-def find_resume_checkpoint(folder: str, cfg: ModelConfig, say) -> str | None:
-    """The newest complete checkpoint in `folder`, falling back past torn ones; UsageProblem if the
-    newest complete one is of another model shape, or if every one is torn."""
-    if not os.path.isdir(folder):
-        return None
-    steps = sorted(
-        ((int(m.group(1)), name) for name in os.listdir(folder) if (m := STEP_DIR.match(name))), reverse=True
-    )
-    torn = []
-    for _, name in steps:
-        path = os.path.join(folder, name)
-        problem = checkpoint_problem(path)
-        if problem:
-            say(f"checkpoint {name} is incomplete ({problem}); falling back to the previous complete one")
-            torn.append(name)
-            continue
-        with open(os.path.join(path, META_FILE)) as f:
-            saved = json.load(f)
-        if saved["model"] != cfg.to_dict():
-            diff = ", ".join(
-                f"{k} {saved['model'].get(k)} (now {v})"
-                for k, v in cfg.to_dict().items()
-                if saved["model"].get(k) != v
-            )
-            raise UsageProblem(
-                f"checkpoint {path} is of another model shape: {diff}; train with the same model "
-                "hyperparameters, or point AIOPS_CHECKPOINT_DIR at an empty folder"
-            )
-        return path
-    if torn:
-        raise UsageProblem(
-            f"no complete checkpoint in {folder} ({', '.join(torn)} incomplete); move those folders away "
-            "to start from scratch"
-        )
-    return None
-
-
-def rng_blob() -> io.BytesIO:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return io.BytesIO(pickle.dumps(states))
-
-
-def set_rng_blob(blob: io.BytesIO) -> None:
-    blob.seek(0)
-    states = pickle.loads(blob.read())  # our own checkpoint
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _fsync_tree(path: str) -> None:
-    for folder, _, names in os.walk(path):
-        for name in names:
-            with open(os.path.join(folder, name), "rb") as f:
-                os.fsync(f.fileno())
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -285,7 +195,10 @@ class Trainer:
                 "--precision bf16 needs a CUDA device with bf16 support (and SM_NUM_GPUS > 0); "
                 "use --precision auto"
             )
-        self.resume_from = find_resume_checkpoint(args.checkpoint_dir, self.cfg, self.say)
+        try:
+            self.resume_from = find_resume_checkpoint(args.checkpoint_dir, self.cfg.to_dict(), self.say)
+        except CheckpointError as err:
+            raise UsageProblem(str(err)) from None
 
     def say(self, text: str) -> None:
         if self.rank == 0:
@@ -334,6 +247,9 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.saved_step = -1
+        self.checkpoints = Checkpoints(
+            args.checkpoint_dir, args.keep_checkpoints, self.rank, self.world, self.say
+        )
 
     def lr_factor(self, step: int) -> float:
         args = self.args
@@ -357,75 +273,24 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        import torch.distributed.checkpoint as dcp
-
-        folder = self.args.checkpoint_dir
-        final = os.path.join(folder, f"step-{self.step}")
         if self.saved_step == self.step:  # resumed at this very step, or saved it already
             return
-        began = time.monotonic()
-        tmp = final + ".tmp"
-        # Each host has its own /opt/ml/checkpoints (SageMaker syncs every host's folder to the same S3
-        # prefix), so the first process of each host prepares and renames its host's folder; the
-        # union of the hosts' step-N/ folders in S3 is the whole checkpoint. On a shared file
-        # system the hosts' renames race harmlessly: one wins, the others find nothing to rename.
-        local_first = int(os.environ.get("LOCAL_RANK", 0)) == 0
-        if local_first:
-            os.makedirs(folder, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # our own leftover of a crash mid-write
-            os.makedirs(tmp, exist_ok=True)
-        self.barrier()
-        dcp.save(self._state(), checkpoint_id=tmp)
-        self.barrier()  # every rank's shards are written (dcp.save also waits for the metadata)
-        if self.rank == 0:
-            meta = {
-                "step": self.step,
-                "world_size": self.world,
-                "model": self.cfg.to_dict(),
-                "batch_size": self.args.batch_size,
-                "seed": self.args.seed,
-            }
-            with open(os.path.join(tmp, META_FILE), "w") as f:
-                json.dump(meta, f, indent=1)
-        if local_first:
-            if os.path.isdir(tmp):
-                _fsync_tree(tmp)
-            if os.path.isdir(final):  # a torn one we fell back past: kept aside, never resumed
-                aside = f"{final}.incomplete-{int(time.time())}"
-                try:
-                    os.rename(final, aside)
-                    self.say(
-                        f"moved the incomplete {os.path.basename(final)} aside to {os.path.basename(aside)}"
-                    )
-                except FileNotFoundError:
-                    pass
-        self.barrier()
-        if local_first:
-            try:
-                os.rename(tmp, final)  # the finished step appears whole, or not at all
-            except FileNotFoundError:
-                pass  # another host renamed it on a shared file system
-            self._prune(folder)
-        self.barrier()
+        meta = {
+            "step": self.step,
+            "world_size": self.world,
+            "model": self.cfg.to_dict(),
+            "batch_size": self.args.batch_size,
+            "seed": self.args.seed,
+        }
+        self.checkpoints.save(self.step, self._state, meta)
         self.saved_step = self.step
-        self.say(f"checkpoint step-{self.step} saved in {time.monotonic() - began:.2f}s")
-
-    def _prune(self, folder: str) -> None:
-        done = sorted((int(m.group(1)), name) for name in os.listdir(folder) if (m := STEP_DIR.match(name)))
-        for _, name in done[: -self.args.keep_checkpoints]:
-            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
     def load_checkpoint(self, path: str) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import FileSystemReader
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         began = time.monotonic()
         state = self._state()
-        saved_keys = FileSystemReader(path).read_metadata().state_dict_metadata
-        if f"rng.rank{self.rank}" not in saved_keys:  # a new rank after a change of world size
-            del state["rng"]
-        dcp.load(state, checkpoint_id=path)
+        saved = self.checkpoints.load(path, state)
         set_state_dict(
             self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
         )
@@ -435,23 +300,9 @@ class Trainer:
         self.saved_step = self.step
         if "rng" in state:
             set_rng_blob(state["rng"][f"rank{self.rank}"])
-        with open(os.path.join(path, META_FILE)) as f:
-            saved = json.load(f)
-        changed = {
-            k: (saved.get(k), getattr(self.args, k))
-            for k in ("batch_size", "seed")
-            if saved.get(k) != getattr(self.args, k)
-        }
-        if changed:
-            self.say(
-                f"note: hyperparameters differ from the checkpoint's (was, now): {changed}; the result "
-                "will not match an uninterrupted run"
-            )
-        if saved["world_size"] != self.world:
-            self.say(
-                f"note: the checkpoint was written by {saved['world_size']} process(es), resuming on "
-                f"{self.world}; resharded (training continues, not bit-identical to an uninterrupted run)"
-            )
+        data_order = {"batch_size": self.args.batch_size, "seed": self.args.seed}
+        for note in resume_notes(saved, data_order, self.world):
+            self.say(note)
         self.say(
             f"resuming from {path}: step {self.step} of {self.args.steps} "
             f"(loaded in {time.monotonic() - began:.2f}s)"
@@ -582,40 +433,19 @@ class Trainer:
         if self.rank != 0:
             return
         args = self.args
-        os.makedirs(args.model_dir, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in full.items()}
-        try:
-            from safetensors.torch import save_file
-        except ImportError:
-            weights = "model.pth"
-            torch.save(tensors, os.path.join(args.model_dir, weights))
-        else:
-            weights = "model.safetensors"
-            save_file(tensors, os.path.join(args.model_dir, weights), metadata={"format": "pt"})
-        with open(os.path.join(args.model_dir, "config.json"), "w") as f:
-            json.dump({**self.cfg.to_dict(), "weights": weights, "trained_steps": self.step}, f, indent=2)
-        code = os.path.join(args.model_dir, "code")
-        os.makedirs(code, exist_ok=True)
-        here = os.path.dirname(os.path.abspath(__file__))
-        for name in ("inference.py", "lm_model.py", "requirements.txt"):
-            if os.path.isfile(os.path.join(here, name)):
-                shutil.copy2(os.path.join(here, name), os.path.join(code, name))
-        os.makedirs(args.output_data_dir, exist_ok=True)
+        weights = write_model_folder(args.model_dir, tensors, self.cfg.to_dict(), self.step)
         test_loss = self.final_test_loss
-        with open(os.path.join(args.output_data_dir, "metrics.json"), "w") as f:
-            json.dump(
-                {
-                    "test_loss": test_loss,
-                    "test_perplexity": math.exp(min(test_loss, 50)),
-                    "steps": self.step,
-                    "tokens_seen": self.tokens_seen,
-                    "world_size": self.world,
-                    "model": self.cfg.to_dict(),
-                    "parameters": sum(t.numel() for t in tensors.values()),
-                },
-                f,
-                indent=2,
-            )
+        metrics = {
+            "test_loss": test_loss,
+            "test_perplexity": math.exp(min(test_loss, 50)),
+            "steps": self.step,
+            "tokens_seen": self.tokens_seen,
+            "world_size": self.world,
+            "model": self.cfg.to_dict(),
+            "parameters": sum(t.numel() for t in tensors.values()),
+        }
+        write_metrics(args.output_data_dir, metrics)
         print(
             f"saved {weights}, config.json and code/ to {args.model_dir}; test loss {test_loss:.4f}",
             flush=True,
@@ -649,18 +479,6 @@ class StopRequest:
         flag = torch.tensor([float(self.requested)], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
-
-
-def write_failure(text: str) -> None:
-    """SageMaker shows /opt/ml/output/failure as the job's FailureReason (1024 characters at most).
-    The first rank to fail writes it: the root cause, not a peer's later "connection closed"."""
-    path = os.path.join(os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output"), "failure")
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "x") as f:
-            f.write(text[:1024])
-    except OSError:  # written already by another rank, or nowhere to write outside a SageMaker tree
-        pass
 
 
 def main() -> int:
