@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 
@@ -178,9 +179,16 @@ def wait_ready(server: Server, timeout: float = 90) -> None:
 
 
 def launch_server(
-    model: Path | str, *args: str, home: Path, cwd: Path, env: dict | None = None, port: int | None = None
+    model: Path | str,
+    *args: str,
+    home: Path,
+    cwd: Path,
+    env: dict | None = None,
+    port: int | None = None,
+    open_files: int | None = None,
 ) -> Server:
-    """Start `aiops serve MODEL ARGS` (on a free port unless the args or env choose one)."""
+    """Start `aiops serve MODEL ARGS` (on a free port unless the args or env choose one); ``open_files``:
+    its soft and hard open-file limit (RLIMIT_NOFILE), as a container's ulimit would set it."""
     port = port or free_port()
     log_path = Path(cwd) / f"server-{port}.log"
     full_env = {
@@ -194,8 +202,21 @@ def launch_server(
     if not any(a in ("--port", "-p") for a in args) and "SAGEMAKER_BIND_TO_PORT" not in (env or {}):
         cmd += ["--port", str(port)]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=str(cwd))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=str(cwd),
+            preexec_fn=None if open_files is None else partial(_limit_open_files, open_files),
+        )
     return Server(proc, port, log_path)
+
+
+def _limit_open_files(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
 def start_server(model: Path | str, root: Path, *args: str, env: dict | None = None) -> Server:

@@ -250,6 +250,9 @@ def set_torch_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+FDS_PER_CONNECTION = 2
+
+
 def fit_connections(app: ServingApp, fd_limit: int | None) -> None:
     """Keep max_connections (and the /ping-only ones past it) inside the open-file limit: past it
     accept() fails, and nothing, /ping included, gets in."""
@@ -257,7 +260,9 @@ def fit_connections(app: ServingApp, fd_limit: int | None) -> None:
 
     if fd_limit is None:
         return
-    room = fd_limit - PING_ONLY_CONNECTIONS - 64  # the model's files, pipes, the listener
+    # each connection holds two descriptors: its socket and the duplicate the inference thread writes
+    # to (http/connection.py); 64 are kept for the model's files, pipes and the listener
+    room = (fd_limit - 64) // FDS_PER_CONNECTION - PING_ONLY_CONNECTIONS
     if app.max_connections > room:
         log.warning(
             "max_connections=%d does not fit the open-file limit %d; using %d",

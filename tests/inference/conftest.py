@@ -83,9 +83,16 @@ def start_server(tmp_path: Path, aiops_home: Path):
     started: list[Server] = []
 
     def start(
-        model, *args: str, env: dict | None = None, wait: bool = True, port: int | None = None
+        model,
+        *args: str,
+        env: dict | None = None,
+        wait: bool = True,
+        port: int | None = None,
+        open_files: int | None = None,
     ) -> Server:
-        server = launch_server(model, *args, home=aiops_home, cwd=tmp_path, env=env, port=port)
+        server = launch_server(
+            model, *args, home=aiops_home, cwd=tmp_path, env=env, port=port, open_files=open_files
+        )
         started.append(server)
         if wait:
             wait_ready(server)

@@ -84,8 +84,10 @@ def hostile(start_server, tmp_path: Path, gate: Path):
     folder = tmp_path / "hostile"
     write_script(folder, HOSTILE)
 
-    def start(*args: str, **env: str):
-        return start_server(folder, "--workers", "1", *args, env={"AIOPS_TEST_GATE": str(gate), **env})
+    def start(*args: str, open_files: int | None = None, **env: str):
+        return start_server(
+            folder, "--workers", "1", *args, env={"AIOPS_TEST_GATE": str(gate), **env}, open_files=open_files
+        )
 
     return start
 
@@ -303,6 +305,26 @@ def test_ping_is_answered_when_every_connection_is_busy(hostile):
         for sock in busy:
             sock.close()
     wait_until(lambda: s.invoke(b'"pid"').status == 200, "an invocation answered once the busy clients left")
+
+
+def test_max_connections_fits_the_open_file_limit_and_ping_still_gets_in(hostile):
+    """Under a low open-file limit the worker lowers max_connections until every connection it may hold
+    (two descriptors each: the socket and the inference thread's duplicate) and the /ping-only ones fit,
+    so accept() never runs out of descriptors: with three times that many clients connected and silent,
+    each is accepted (the oldest silent ones make room), a health check gets in, and a request does once
+    they leave."""
+    s = hostile(open_files=256)
+    fitted = (256 - 64) // 2 - 32
+    assert f"does not fit the open-file limit 256; using {fitted}" in s.log_path.read_text()
+    silent = [socket.create_connection(("127.0.0.1", s.port), timeout=60) for _ in range(3 * fitted)]
+    try:
+        # the listen queue is FIFO: once /ping is answered, every silent client before it was accepted
+        assert s.request("GET", "/ping").status == 200
+        assert "Too many open files" not in s.log_path.read_text()
+    finally:
+        for sock in silent:
+            sock.close()
+    wait_until(lambda: s.invoke(b'"pid"').status == 200, "an invocation answered once the clients left")
 
 
 def test_connection_close_from_an_http11_client_is_honoured(hostile):
