@@ -22,7 +22,6 @@ from aiops.training.remote_jobs import NO_RETRY, NOT_CREATED, PENDING, aws_call,
 from aiops.training.remote_request import (
     RemoteOptions,
     apply_defaults,
-    build_request,
     check_budget,
     check_remote_debug,
     check_secret_grants,
@@ -70,21 +69,13 @@ def submit(
     left Pending and `aiops jobs describe/list` resolve it (`resolve_pending`) rather than anyone
     launching a second job.
     """
-    from aiops.training import bundle, cluster
+    from aiops.training import bundle
 
     from aiops import aws
 
     events = events or NullEvents()
     remote_request.validate(options, aws.training_instance_types())
-    processes = cluster.plan_processes(
-        job.distribution,
-        options.instance_type,
-        options.compute.instance_count,
-        job.config.nproc,
-        entry_point=job.entry_point,
-        framework_version=options.image.framework_version,
-        image_uri=options.image.training_image,
-    )
+    processes = staging.plan_processes(job, options)
     estimate, idle = _guard_cost(options, events, max_cost=max_cost, confirmed=confirmed)
     code = (
         staged.code
@@ -105,21 +96,7 @@ def submit(
             record.model_copy(deep=True).update(status=NOT_CREATED, failure_reason=f"upload failed: {err}")
         )
         raise
-    request = build_request(
-        job_name=job.job_name,
-        entry_point=job.entry_point,
-        hyperparameters=job.config.hyperparameters,
-        channel_uris=staged.channel_uris,
-        submit_directory=staged.code_upload.uri,
-        image_uri=image_uri,
-        options=options,
-        nproc=processes.processes_per_host,
-        metric_definitions=job.config.metric_definitions,
-        input_modes=job.config.input_modes,
-        channel_sharding=job.config.channel_sharding,
-        distribution=job.distribution,
-        environment=job.config.script_environment(),
-    )
+    request = staging.job_request(job, staged, options, image_uri=image_uri, processes=processes)
     record.config.channels = dict(staged.channel_uris)  # type: ignore[union-attr]
     record.update(
         code_bundle=CodeBundle(
@@ -389,20 +366,10 @@ class SageMakerBackend:
     def _check_fallback_types(self, job: PreparedJob, options: RemoteOptions) -> None:
         """Every type of the list must run this job (torch_distributed needs GPUs or Trainium), before
         anything is uploaded."""
-        from aiops.training import cluster
-
         image = options.image
         for instance_type in options.instance_types:
             try:
-                cluster.plan_processes(
-                    job.distribution,
-                    instance_type,
-                    options.compute.instance_count,
-                    job.config.nproc,
-                    entry_point=job.entry_point,
-                    framework_version=image.framework_version,
-                    image_uri=image.training_image,
-                )
+                staging.plan_processes(job, options.on(instance_type))
                 if image.framework.huggingface and not image.training_image:  # GPU types only
                     from aiops.training.images import huggingface_image_uri
 

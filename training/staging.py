@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiops.training.remote_jobs import aws_call
 
 if TYPE_CHECKING:
     from aiops.training.bundle import Bundle
+    from aiops.training.cluster import ProcessPlan
     from aiops.training.jobs import JobEvents, PreparedJob
     from aiops.training.remote_request import RemoteOptions
 
@@ -79,4 +80,43 @@ def image_uri(options: RemoteOptions, cache_dir: Path) -> str:
         py_version=image.py_version,
         instance_type=options.instance_type,
         cache_dir=cache_dir,
+    )
+
+
+def plan_processes(job: PreparedJob, options: RemoteOptions) -> ProcessPlan:
+    """Processes per host of the job on the options' instance type (`cluster.plan_processes`)."""
+    from aiops.training import cluster
+
+    return cluster.plan_processes(
+        job.distribution,
+        options.instance_type,
+        options.compute.instance_count,
+        job.config.nproc,
+        entry_point=job.entry_point,
+        framework_version=options.image.framework_version,
+        image_uri=options.image.training_image,
+    )
+
+
+def job_request(
+    job: PreparedJob, staged: Staged, options: RemoteOptions, *, image_uri: str, processes: ProcessPlan
+) -> dict[str, Any]:
+    """The CreateTrainingJob request of a staged job: `aiops train --remote`'s, and the one every
+    trial of `aiops tune --remote` is made from."""
+    from aiops.training.remote_request import build_request
+
+    return build_request(
+        job_name=job.job_name,
+        entry_point=job.entry_point,
+        hyperparameters=job.config.hyperparameters,
+        channel_uris=staged.channel_uris,
+        submit_directory=staged.code_upload.uri,
+        image_uri=image_uri,
+        options=options,
+        nproc=processes.processes_per_host,
+        metric_definitions=job.config.metric_definitions,
+        input_modes=job.config.input_modes,
+        channel_sharding=job.config.channel_sharding,
+        distribution=job.distribution,
+        environment=job.config.script_environment(),
     )

@@ -23,7 +23,7 @@ from aiops.training import remote_jobs
 from aiops.training.jobs import JobConfig, PreparedJob
 from aiops.training.launch import LaunchOptions
 from aiops.training.remote_jobs import aws_call
-from aiops.training.remote_request import RemoteOptions, build_request, client_token
+from aiops.training.remote_request import RemoteOptions, client_token
 from aiops.training.tune import Trial, TuningSpec, first_values, static_hyperparameters
 
 from aiops.errors import UsageError
@@ -180,39 +180,17 @@ def stage(
     checks, the estimate of every trial and the budget guard, the staging of code and channels
     (`staging.stage`), the image; returns the CreateTrainingJob request every trial is made from
     (named as the tuning job)."""
-    from aiops.training import bundle, cluster, remote_request, staging
+    from aiops.training import bundle, remote_request, staging
 
     from aiops import aws
 
     remote_request.validate(options, aws.training_instance_types())
     check_cost(options, spec, events=events, max_cost=max_cost, confirmed=confirmed)
-    processes = cluster.plan_processes(
-        job.distribution,
-        options.instance_type,
-        options.compute.instance_count,
-        job.config.nproc,
-        entry_point=job.entry_point,
-        framework_version=options.image.framework_version,
-        image_uri=options.image.training_image,
-    )
+    processes = staging.plan_processes(job, options)
     code = bundle.build(job.code_source, job.entry_point, selection=job.code_selection)
     image_uri = staging.image_uri(options, cache_dir)
     staged = staging.stage(job, code, options, events)
-    return build_request(
-        job_name=job.job_name,
-        entry_point=job.entry_point,
-        hyperparameters=job.config.hyperparameters,
-        channel_uris=staged.channel_uris,
-        submit_directory=staged.code_upload.uri,
-        image_uri=image_uri,
-        options=options,
-        nproc=processes.processes_per_host,
-        metric_definitions=job.config.metric_definitions,
-        input_modes=job.config.input_modes,
-        channel_sharding=job.config.channel_sharding,
-        distribution=job.distribution,
-        environment=job.config.script_environment(),
-    )
+    return staging.job_request(job, staged, options, image_uri=image_uri, processes=processes)
 
 
 def _value(summary: Mapping[str, Any]) -> float | None:
