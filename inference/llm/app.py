@@ -32,7 +32,7 @@ from aiops.inference.llm.work import LLMRequest, Stop
 from aiops.inference.serving.http import admission, eventstream
 from aiops.inference.serving.http import routes as http_routes
 from aiops.inference.serving.http.connection import Connection
-from aiops.inference.serving.http.responses import RETRY_AFTER, model_timeout, request_error, whole_answer
+from aiops.inference.serving.http.responses import model_timeout, request_error, whole_answer
 from aiops.inference.serving.stream_sender import BUFFERED, CHUNKED
 
 from aiops.settings import ServeSettings
@@ -100,14 +100,7 @@ class LLMApp:
             self._write_reply(req, self._get_reply(routes.path_of(url)), with_body=conn.method == b"GET")
             return
         if len(self.inflight) >= self.max_queue:
-            conn.fail(
-                503,
-                f"the model server is overloaded: this worker has {self.max_queue} requests in flight "
-                "(max_queue); retry shortly",
-                extra=[RETRY_AFTER],
-                close=not keep,
-                etype="ServiceUnavailable",
-            )
+            admission.refuse_overloaded(conn, self.max_queue, keep, "in flight")
             return
         body = conn.body[0] if len(conn.body) == 1 else b"".join(conn.body)
         conn.body = []

@@ -24,7 +24,6 @@ from aiops.inference.serving.calls import HandlerCalls, off_cpu_since, runqueue_
 from aiops.inference.serving.http import admission, routes
 from aiops.inference.serving.http.connection import CLOSED, Connection
 from aiops.inference.serving.http.responses import (
-    RETRY_AFTER,
     SMALL_ANSWER,
     TransportSink,
     answer_head,
@@ -122,14 +121,7 @@ class App:
             conn.write_and_finish(answer, not keep)
             return
         if len(self.inflight) >= self.max_queue:
-            conn.fail(
-                503,
-                f"the model server is overloaded: this worker has {self.max_queue} requests "
-                "waiting (max_queue); retry shortly",
-                extra=[RETRY_AFTER],
-                close=not keep,
-                etype="ServiceUnavailable",
-            )
+            admission.refuse_overloaded(conn, self.max_queue, keep, "waiting")
             return
         body = conn.body[0] if len(conn.body) == 1 else b"".join(conn.body)
         conn.body = []

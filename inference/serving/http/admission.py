@@ -84,6 +84,18 @@ def ping_only_refusal(max_connections: int, health_route: str) -> tuple[int, str
     )
 
 
+def refuse_overloaded(conn: Connection, max_queue: int, keep: bool, held: str) -> None:
+    """The 503 for a request past the worker's ``max_queue`` (``held``: what the queue counts)."""
+    conn.fail(
+        503,
+        f"the model server is overloaded: this worker has {max_queue} requests {held} (max_queue); "
+        "retry shortly",
+        extra=[RETRY_AFTER],
+        close=not keep,
+        etype="ServiceUnavailable",
+    )
+
+
 def expire(
     conns: set[Connection], now: float, write_timeout: float, resumed: Callable[[Connection], None]
 ) -> None:
