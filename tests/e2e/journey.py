@@ -132,8 +132,6 @@ class Journey:
     def resolve_model(self, spec: str) -> str:
         """`aiops deploy --model SPEC` up to where it needs the pulumi binary: the model's S3 URI
         (a local archive uploaded to the stack's bucket under its content hash)."""
-        import subprocess
-
         code = (
             "import json, sys\n"
             "from aiops.artifacts import endpoint\n"
@@ -144,8 +142,15 @@ class Journey:
             "outputs = read_outputs(s.home, stack)\n"
             "print(endpoint.resolve(sys.argv[1], outputs=outputs, region=outputs.region, stack=stack))\n"
         )
+        return self._deploy_step(code, spec, f"resolving --model {spec}")
+
+    def _deploy_step(self, code: str, spec: str, what: str, *args: str) -> str:
+        """Run ``code`` with argv ``spec, *args`` as the deploy command's process would (the journey's
+        environment, the project folder); its last line of output, the step's transcript kept."""
+        import subprocess
+
         proc = subprocess.run(
-            [sys.executable, "-c", code, spec],
+            [sys.executable, "-c", code, spec, *args],
             capture_output=True,
             text=True,
             env={**os.environ, **self.env},
@@ -156,15 +161,13 @@ class Journey:
             f"[deploy --model {spec}] exit {proc.returncode}\n{proc.stdout}{proc.stderr[-2000:]}"
         )
         if proc.returncode != 0:
-            raise AssertionError(f"resolving --model {spec} failed:\n{self.log()}")
+            raise AssertionError(f"{what} failed:\n{self.log()}")
         return proc.stdout.strip().splitlines()[-1]
 
     def deploy_model(self, spec: str) -> dict[str, Any]:
         """`aiops deploy --model SPEC` up to where it needs the pulumi binary (infra/commands.py
         `deploy`): the same checks and `resolve_for_endpoint` against the stack file, then the keys it
         sets (`automation.model_config`) written into the stack file; the resolved model's fields."""
-        import subprocess
-
         code = (
             "import json, sys\n"
             "from pathlib import Path\n"
@@ -186,20 +189,7 @@ class Journey:
             "keys = model_config(r.uri, r.size_gb, r.program)\n"
             "print(json.dumps({'uri': r.uri, 'size_gb': r.size_gb, 'note': r.note, 'keys': keys}))\n"
         )
-        proc = subprocess.run(
-            [sys.executable, "-c", code, spec, self.stack],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **self.env},
-            cwd=str(self.project),
-            timeout=120,
-        )
-        self.transcript.append(
-            f"[deploy --model {spec}] exit {proc.returncode}\n{proc.stdout}{proc.stderr[-2000:]}"
-        )
-        if proc.returncode != 0:
-            raise AssertionError(f"deploy --model {spec} failed:\n{self.log()}")
-        resolved = json.loads(proc.stdout.strip().splitlines()[-1])
+        resolved = json.loads(self._deploy_step(code, spec, f"deploy --model {spec}", self.stack))
         for key, value in resolved["keys"].items():  # as `pulumi config set --path` writes them: strings
             self.set_config(key, value)
         return resolved
