@@ -390,3 +390,15 @@ def finetuned_reference(tmp_path_factory, tiny_llm: Path, channels: Path) -> dic
 
     built = built_once(tmp_path_factory, "finetune-reference-run", train)
     return {**built, "home": Path(built["home"]), "run_dir": Path(built["run_dir"])}
+
+
+def aiops_answers(server: Server, requests: list[tuple[dict, bytes]]) -> list[dict]:
+    """`aiops serve`'s answers to (headers, body) POSTs on /invocations, in the shape the toolkit oracles
+    record: status, content type, body."""
+    answers = []
+    for headers, body in requests:
+        resp = server.request("POST", "/invocations", body, headers)
+        answers.append(
+            {"status": resp.status, "content_type": resp.headers.get("content-type"), "body": resp.body}
+        )
+    return answers

@@ -27,7 +27,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import built_once, launch_server, runtime_client, stop_all, wait_ready
+from helpers import aiops_answers, built_once, launch_server, runtime_client, stop_all, wait_ready
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,16 +96,6 @@ def toolkit_answers(cases: list[dict], cwd: Path) -> list[list[dict]]:
         [{**a, "body": base64.b64decode(a["body"])} if "body" in a else a for a in answers]
         for answers in json.loads(done.stdout)
     ]
-
-
-def aiops_answers(server, requests: list[tuple[dict, bytes]]) -> list[dict]:
-    answers = []
-    for headers, body in requests:
-        resp = server.request("POST", "/invocations", body, headers)
-        answers.append(
-            {"status": resp.status, "content_type": resp.headers.get("content-type"), "body": resp.body}
-        )
-    return answers
 
 
 # ------------------------------------------------------------------ the models

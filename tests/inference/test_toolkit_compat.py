@@ -24,7 +24,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import built_once, launch_server, run_aiops, stop_all, wait_ready
+from helpers import aiops_answers, built_once, launch_server, run_aiops, stop_all, wait_ready
 
 from .conftest import NO_TORCH_MODEL_FN, save_double, write_script
 
@@ -101,16 +101,6 @@ def toolkit_answers(cases: list[dict], cwd: Path) -> list[list[dict]]:
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-def aiops_answers(server, requests: list[tuple[dict, bytes]]) -> list[dict]:
-    answers = []
-    for headers, body in requests:
-        resp = server.request("POST", "/invocations", body, headers)
-        answers.append(
-            {"status": resp.status, "content_type": resp.headers.get("content-type"), "body": resp.body}
-        )
-    return answers
 
 
 def error_message(answer: dict) -> str:
