@@ -23,6 +23,7 @@ from aiops.inference.serving.worker import (
     fit_connections,
     listen,
     new_event_loop,
+    open_listener,
     raise_fd_limit,
     report_load_failure,
     run_process,
@@ -81,8 +82,6 @@ def _serve(
     stop_early: list,
     supervisor_pid: int | None = None,
 ) -> int:
-    from aiops.inference.serving.http.connection import Connection
-    from aiops.inference.serving.http.listener import Listener
 
     loop = app.loop
     stopping = asyncio.Event()
@@ -91,7 +90,7 @@ def _serve(
         stopping.set()
 
     async def main() -> None:
-        listener = Listener(loop, sock, lambda: Connection(app))  # type: ignore[arg-type]  # App-like
+        listener = open_listener(loop, sock, app)
         listener.start()
         report("ready")
         limits = app.context.limits

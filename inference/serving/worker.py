@@ -251,18 +251,40 @@ def set_torch_threads(threads: int | None) -> None:
 
 
 FDS_PER_CONNECTION = 2
+# Connections taken past the /ping-only ones: each is answered 503 and closed, or makes room by closing
+# an older one, and holds its descriptors until that close completes (the next loop iteration)
+CLOSING_SPARE = 32
+# Descriptors kept free past those open when the model has loaded: the handler's later files, pipes
+SPARE_FDS = 32
+
+
+def open_descriptors() -> int | None:
+    """How many descriptors this process has open (None: the system does not say)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(folder))
+        except OSError:
+            continue
+    return None
+
+
+def connection_capacity(app: ServingApp) -> int:
+    """The most connections a worker holds open at once (what its listener accepts up to)."""
+    from aiops.inference.serving.http.admission import PING_ONLY_CONNECTIONS
+
+    return app.max_connections + PING_ONLY_CONNECTIONS + CLOSING_SPARE
 
 
 def fit_connections(app: ServingApp, fd_limit: int | None) -> None:
-    """Keep max_connections (and the /ping-only ones past it) inside the open-file limit: past it
+    """Keep max_connections (and the connections past it) inside the open-file limit: past it
     accept() fails, and nothing, /ping included, gets in."""
-    from aiops.inference.serving.http.admission import PING_ONLY_CONNECTIONS
-
     if fd_limit is None:
         return
     # each connection holds two descriptors: its socket and the duplicate the inference thread writes
-    # to (http/connection.py); 64 are kept for the model's files, pipes and the listener
-    room = (fd_limit - 64) // FDS_PER_CONNECTION - PING_ONLY_CONNECTIONS
+    # to (http/connection.py); kept apart: those open now (the model's files, the listener) and a spare
+    in_use = open_descriptors()
+    reserved = (64 if in_use is None else in_use) + SPARE_FDS
+    room = (fd_limit - reserved) // FDS_PER_CONNECTION - (connection_capacity(app) - app.max_connections)
     if app.max_connections > room:
         log.warning(
             "max_connections=%d does not fit the open-file limit %d; using %d",
@@ -273,9 +295,20 @@ def fit_connections(app: ServingApp, fd_limit: int | None) -> None:
         app.max_connections = max(1, room)
 
 
-def _serve(app: App, sock: socket.socket, report, stop_early: list, supervisor_pid: int | None = None) -> int:
+def open_listener(loop: asyncio.AbstractEventLoop, sock: socket.socket, app: ServingApp) -> Listener:
+    """The worker's accept loop, taking connections up to its :func:`connection_capacity`."""
     from aiops.inference.serving.http.connection import Connection
     from aiops.inference.serving.http.listener import Listener
+
+    return Listener(
+        loop,
+        sock,
+        lambda release: Connection(app, release),  # type: ignore[arg-type]  # App or the LLM's App-like
+        connection_capacity(app),
+    )
+
+
+def _serve(app: App, sock: socket.socket, report, stop_early: list, supervisor_pid: int | None = None) -> int:
     from aiops.inference.serving.work import STOP
 
     loop = new_event_loop()
@@ -293,7 +326,7 @@ def _serve(app: App, sock: socket.socket, report, stop_early: list, supervisor_p
         stop()
 
     async def main() -> None:
-        listener = Listener(loop, sock, lambda: Connection(app))
+        listener = open_listener(loop, sock, app)
         app.start_threads()
         listener.start()
         report("ready")

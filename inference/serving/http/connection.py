@@ -26,6 +26,8 @@ from aiops.inference.serving.http.responses import error_response, reset
 from aiops.inference.serving.work import Request, request_id
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aiops.inference.serving.app import App
 
 IDLE, HEADERS, BODY, READY, CLOSED, LINGER = range(6)
@@ -110,10 +112,12 @@ class Connection(asyncio.Protocol):
         "current",
         "wfd",
         "answered",
+        "release",
     )
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, release: Callable[[], None] | None = None) -> None:
         self.app = app
+        self.release = release  # called once the socket is closed (the listener's count of open ones)
         self.state = IDLE
         self.paused = False
         self.backlog: list[bytes] = []
@@ -161,6 +165,8 @@ class Connection(asyncio.Protocol):
             with self.app.lock:  # not while the inference thread writes to it
                 os.close(self.wfd)
                 self.wfd = -1
+        if self.release is not None:
+            self.release()
         if self.sink is not None:
             self.sink.connection_lost(exc)
         if self.current is not None:  # the client left before its answer: nobody waits for it
