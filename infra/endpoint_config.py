@@ -373,6 +373,13 @@ class EndpointConfig(Section):
                     f"inferenceComponents.acceleratorsPerCopy={ic.accelerators_per_copy} > the {gpus} GPU(s) "
                     f"of {self.instance_type}"
                 )
+            tp = self.llm.tensor_parallel_degree
+            if self.container in LLM_CONTAINERS and tp is not None and tp > ic.accelerators_per_copy:
+                raise ValueError(
+                    f"llm.tensorParallelDegree={tp} > inferenceComponents.acceleratorsPerCopy="
+                    f"{ic.accelerators_per_copy}: a copy of the model sees only its own GPUs; allowed: "
+                    f"1..{ic.accelerators_per_copy} (or more acceleratorsPerCopy)"
+                )
 
     @property
     def scales_to_zero(self) -> bool:

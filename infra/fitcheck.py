@@ -77,13 +77,16 @@ def endpoint_fit(cfg: StackConfig, stats: TensorStats, model_config: dict | None
         )
     need = inference_need(stats, dtype=ep.llm.dtype, kv=kv, overhead=ep.gpu_fit.overhead)
     # LMI/TGI spread one copy over the tensor-parallel GPUs; the PyTorch and Hugging Face containers'
-    # model servers load one copy per GPU; a custom image: all GPUs (its own business)
+    # model servers load one copy per GPU; a custom image: all GPUs (its own business). An inference
+    # component's copy sees only its acceleratorsPerCopy.
+    ic = ep.inference_components
+    per_copy = ic.accelerators_per_copy if ic.enabled else None
     gpus_used = {
         "pytorch": 1,
         "huggingface": 1,
-        "lmi": ep.llm.tensor_parallel_degree,
-        "tgi": ep.llm.tensor_parallel_degree,
-    }.get(ep.container)
+        "lmi": ep.llm.tensor_parallel_degree or per_copy,
+        "tgi": ep.llm.tensor_parallel_degree or per_copy,
+    }.get(ep.container, per_copy)
     return check_inference(need, ep.instance_type, region=cfg.region, gpus_used=gpus_used)
 
 

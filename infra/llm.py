@@ -19,7 +19,8 @@ Containers (``endpoint.container``):
 - ``custom``: the image named by ``image.uri`` (or the stack's own repository), with
   ``environment`` only.
 
-The tensor-parallel degree defaults to the instance type's GPU count (``aiops/data/gpus.json``).
+The tensor-parallel degree defaults to the GPUs the container sees: an inference component's
+``acceleratorsPerCopy`` when set, else the instance type's GPU count (``aiops/data/gpus.json``).
 The user's ``environment`` is applied last and wins.
 """
 
@@ -37,7 +38,12 @@ _TGI_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
 
 def tensor_parallel_degree(cfg: EndpointConfig) -> int:
-    return cfg.llm.tensor_parallel_degree or gpu_count(cfg.instance_type) or 1
+    """The GPUs one copy of the model is sharded over: ``llm.tensorParallelDegree``, else every GPU the
+    container sees: an inference component's ``acceleratorsPerCopy`` (SageMaker shows a copy only
+    its own devices), else the instance type's."""
+    ic = cfg.inference_components
+    per_copy = ic.accelerators_per_copy if ic.enabled else None
+    return cfg.llm.tensor_parallel_degree or per_copy or gpu_count(cfg.instance_type) or 1
 
 
 def pytorch_environment(cfg: EndpointConfig, region: str) -> dict[str, str]:

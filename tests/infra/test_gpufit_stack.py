@@ -97,3 +97,18 @@ def test_pytorch_container_needs_the_model_on_one_gpu(make_config, llama_folder)
         }
     )
     assert fitcheck.check_local_model(lmi, llama_folder).have_gib == 48
+
+
+def test_an_inference_component_copy_has_only_its_accelerators(make_config, llama_folder):
+    # 24.66 GiB with the KV budget: ml.g5.12xlarge's 4 x 24 GiB hold it, one copy's single A10G does not
+    endpoint = {
+        "container": "tgi",
+        "instanceType": "ml.g5.12xlarge",
+        "llm": {"maxTotalTokens": 4096, "maxBatchSize": 4},
+        "inferenceComponents": {"enabled": True},
+    }
+    assert fitcheck.check_local_model(make_config(endpoint=endpoint), llama_folder).have_gib == 96
+    endpoint["inferenceComponents"]["acceleratorsPerCopy"] = 1
+    with pytest.raises(UsageError) as err:
+        fitcheck.check_local_model(make_config(endpoint=endpoint), llama_folder)
+    assert "ml.g5.12xlarge has 24 GiB (1 of 4 x NVIDIA A10G 24 GiB for one model copy)" in str(err.value)

@@ -105,6 +105,28 @@ def test_tgi_plan_field_by_field(make_plan):
     assert "modelDataSource" not in container
 
 
+@pytest.mark.parametrize("container,variable", [("tgi", "SM_NUM_GPUS"), ("lmi", "TENSOR_PARALLEL_DEGREE")])
+def test_an_inference_component_shards_over_its_own_gpus(make_plan, container, variable):
+    # SageMaker shows a component's copy only its acceleratorsPerCopy devices: sharding over the
+    # instance's 4 GPUs would fail to start the container
+    endpoint = {
+        "container": container,
+        "instanceType": "ml.g5.12xlarge",
+        "modelDataUrl": PREFIX,
+        "inferenceComponents": {"enabled": True, "acceleratorsPerCopy": 2},
+    }
+    plan = make_plan(endpoint=endpoint)
+    model = plan.one("aws:sagemaker/model:Model")
+    component = plan.one("aws-native:sagemaker:InferenceComponent")
+    assert model.inputs["primaryContainer"]["environment"][variable] == "2"
+    requirements = component.inputs["specification"]["computeResourceRequirements"]
+    assert requirements["numberOfAcceleratorDevicesRequired"] == 2
+    # no acceleratorsPerCopy: a copy takes every GPU of the instance, and shards over them all
+    del endpoint["inferenceComponents"]["acceleratorsPerCopy"]
+    model = make_plan(endpoint=endpoint).one("aws:sagemaker/model:Model")
+    assert model.inputs["primaryContainer"]["environment"][variable] == "4"
+
+
 def test_pytorch_and_custom_containers(make_plan):
     container, _ = model_and_variant(make_plan())
     assert container["environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
@@ -163,6 +185,16 @@ def test_startup_settings_from_the_model_size(make_plan):
             "llm.tensorParallelDegree=2 > the 1 GPU(s) of ml.g5.xlarge",
         ),
         ({"container": "custom"}, "container='custom' needs image.uri or image.ownRepository"),
+        (
+            {
+                "container": "tgi",
+                "instanceType": "ml.g5.12xlarge",
+                "llm": {"tensorParallelDegree": 4},
+                "inferenceComponents": {"enabled": True, "acceleratorsPerCopy": 2},
+            },
+            "llm.tensorParallelDegree=4 > inferenceComponents.acceleratorsPerCopy=2: a copy of the model "
+            "sees only its own GPUs; allowed: 1..2",
+        ),
         (
             {"container": "vllm"},
             "aiops:endpoint.container='vllm': Input should be 'pytorch', 'huggingface', 'lmi', 'tgi' or "
