@@ -83,6 +83,8 @@ from typing import Any
 
 from iam_judge import AccessDenied, Call, Documents, Judge, documents_from_moto
 
+from aiops.gpufit import gpu_count
+
 ACCOUNT = "123456789012"
 SERVICE = "sagemaker.amazonaws.com"
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
@@ -1119,14 +1121,19 @@ def llm_container(image: str) -> str | None:
     return LLM_IMAGE_REPOSITORIES.get(repository)
 
 
-def llm_server_args(container: str, env: dict[str, str]) -> list[str]:
+def llm_server_args(container: str, env: dict[str, str], gpus: int | None) -> list[str]:
     """What the LLM container's entry does with its environment, as `aiops serve` arguments.
 
     TGI's sagemaker-entrypoint.sh: ``HF_MODEL_ID`` must be set (else "HF_MODEL_ID must be set",
     exit 1) and becomes the launcher's ``MODEL_ID``; ``SM_NUM_GPUS`` becomes ``NUM_SHARD``; the
     launcher reads ``MAX_INPUT_TOKENS``, ``MAX_TOTAL_TOKENS``, ``MAX_BATCH_SIZE`` itself, as `aiops
-    serve` does. LMI reads ``HF_MODEL_ID`` and its ``OPTION_*`` variables. The model served is the
-    model data SageMaker put in /opt/ml/model: the emulator serves nothing else."""
+    serve` does. LMI reads ``HF_MODEL_ID``, ``TENSOR_PARALLEL_DEGREE`` and its ``OPTION_*`` variables
+    (``OPTION_MAX_MODEL_LEN``, ``OPTION_MAX_ROLLING_BATCH_SIZE``, read by `aiops serve` too). The model
+    served is the model data SageMaker put in /opt/ml/model: the emulator serves nothing else.
+
+    ``gpus``: the GPUs the container sees (the instance type's, or an inference component's
+    ``NumberOfAcceleratorDevicesRequired``); both containers refuse to shard over more (TGI's launcher,
+    LMI's engine), so a degree above them fails the start."""
     model_id = env.get("HF_MODEL_ID")
     if not model_id:
         raise RuntimeError(f"the {container} container exited 1: HF_MODEL_ID must be set")
@@ -1139,6 +1146,11 @@ def llm_server_args(container: str, env: dict[str, str]) -> list[str]:
     shards = env.get(degree)
     if shards is not None and (not shards.isdigit() or int(shards) < 1):
         raise RuntimeError(f"the {container} container refuses {degree}={shards!r}")
+    if shards is not None and gpus is not None and int(shards) > gpus:
+        raise RuntimeError(
+            f"the {container} container exited 1: {degree}={shards} shards over more GPUs than the "
+            f"{gpus} it sees"
+        )
     return ["--container", container]
 
 
@@ -1168,12 +1180,13 @@ def start_model(
     role_arn: str,
     variant: str,
     kms_key_id: str | None,
+    gpus: int | None,
     folder: Path,
     label: str,
 ) -> tuple[Any, list[str], RoleSession]:
     """One model on the endpoint's instances, as the role: pull the image, attach the VPC, grant
     the volume key, download the model, open the log stream, start `aiops serve` (`--container tgi|lmi`
-    for the LLM containers' images); wait for /ping."""
+    for the LLM containers' images, which see ``gpus`` GPUs); wait for /ping."""
     from helpers import launch_server, wait_ready
 
     container = model["PrimaryContainer"]
@@ -1197,7 +1210,7 @@ def start_model(
     # one model-server worker: the emulated instance is a CPU share, not a GPU machine
     env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", **(container.get("Environment") or {})}
     llm = llm_container(container["Image"])
-    args = llm_server_args(llm, env) if llm else []
+    args = llm_server_args(llm, env, gpus) if llm else []
     server = launch_server(model_data, *args, home=folder / "home", cwd=folder, env=env)
     try:
         wait_ready(server, timeout=120)
@@ -1289,6 +1302,7 @@ class EndpointHost:
                     role_arn=model["ExecutionRoleArn"],
                     variant=variant["VariantName"],
                     kms_key_id=config.get("KmsKeyId"),
+                    gpus=gpu_count(variant.get("InstanceType", "")),
                     folder=folder,
                     label=f"endpoint {self.name}",
                 )
@@ -1459,6 +1473,11 @@ class ComponentHost:
                 **self.platform.models.get(spec["ModelName"], {}),
             }
             folder = self.platform.workdir / "components" / self.name / str(generation)
+            # a copy sees only the accelerators it asked for (the instance's, when it names none)
+            requirements = spec.get("ComputeResourceRequirements") or {}
+            gpus = requirements.get("NumberOfAcceleratorDevicesRequired") or gpu_count(
+                host.config["ProductionVariants"][0].get("InstanceType", "")
+            )
             server, enis, _ = start_model(
                 self.platform,
                 endpoint=self.endpoint,
@@ -1466,6 +1485,7 @@ class ComponentHost:
                 role_arn=host.config["ExecutionRoleArn"],
                 variant=self.request["VariantName"],
                 kms_key_id=host.config.get("KmsKeyId"),
+                gpus=int(gpus) if gpus else None,
                 folder=folder,
                 label=f"inference component {self.name}",
             )

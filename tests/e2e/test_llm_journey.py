@@ -10,12 +10,20 @@ archive and uploads its files under their content hash (an S3Prefix, no tarball,
 the platform downloads the prefix as the endpoint's role (moto enforcing its policy, every call
 judged) and serves it with `aiops serve --container tgi`, from the image the stack names and the
 environment TGI's SageMaker entrypoint reads. `--model FOLDER` of the same folder resolves to the
-same prefix. Switched to asynchronous inference, `aiops invoke --async` gets the same answer. With
-the role's s3:ListBucket statement removed, the next endpoint fails naming it.
+same prefix. Switched to asynchronous inference, `aiops invoke --async` gets the same answer.
 
-Measured alone on the shared 2-core machine (load 12-16): 40 s of CPU (the test's process and every
-child: moto, the CLI runs, the copy job, two model servers), 8 s of which is the suite's tiny-model
-fixture, shared with the other LLM tests.
+Switched in one stage to inference components on a 4-GPU type with one accelerator a copy and to
+`container: lmi`, the endpoint's configuration names no model and the same prefix runs as a component
+on LMI's image with the environment LMI reads (`HF_MODEL_ID=/opt/ml/model`, `OPTION_*`), told to shard
+over its one GPU (`TENSOR_PARALLEL_DEGREE=1`: the emulator refuses a degree above the GPUs a copy
+sees), through `aiops serve --container lmi`; boto3 with `InferenceComponentName` gets LMI's
+`{"generated_text"}` and its JSON-lines stream with the same text, and `OPTION_MAX_MODEL_LEN` is the
+context length it enforces. With the role's s3:ListBucket statement removed, the next component fails
+naming it. (One stage, not two: each stage costs the suite a model server's start, ~8 s of CPU.)
+
+Measured alone on the shared 2-core machine (load 2-5): 39-40 s of CPU (the test's process and every
+child: moto, the CLI runs, the copy job, three model servers), 8 s of which is the suite's tiny-model
+fixture, shared with the other LLM tests; the LMI component stage is 8-9 s of it.
 """
 
 from __future__ import annotations
@@ -26,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine import wait_inference_component
 from iam_judge import denials
 from journey import Journey, stack_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e-llm-journey")]
 
+COMPONENT = "aws-native:sagemaker:InferenceComponent"
 PROMPT = "def main():"
 NEW_TOKENS = 12
 COPY_MODEL = """
@@ -70,6 +80,41 @@ def _streamed_text(body: bytes) -> str:
     return events[-1]["generated_text"]
 
 
+def _lmi_streamed_text(body: bytes) -> str:
+    """LMI's stream: a JSON object a line, each with its token; the last one carries the text."""
+    lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+    assert lines and all(line["token"]["text"] is not None for line in lines), body[:500]
+    assert [line["generated_text"] is not None for line in lines] == [False] * (len(lines) - 1) + [True]
+    return lines[-1]["generated_text"]
+
+
+def _model_container(plan: dict[str, Any]) -> dict[str, Any]:
+    model = next(r for r in plan["resources"] if r["type"] == "aws:sagemaker/model:Model")
+    return model["inputs"]["primaryContainer"]
+
+
+def _invoke(runtime: Any, target: dict[str, str], *, stream: bool) -> tuple[str, bytes]:
+    """One runtime call (the whole answer, or every PayloadPart joined): its content type and body."""
+    if not stream:
+        answer = runtime.invoke_endpoint(
+            **target, ContentType="application/json", Body=_request(stream=False)
+        )
+        return answer["ContentType"], answer["Body"].read()
+    streamed = runtime.invoke_endpoint_with_response_stream(
+        **target, ContentType="application/json", Body=_request(stream=True)
+    )
+    return streamed["ContentType"], b"".join(event["PayloadPart"]["Bytes"] for event in streamed["Body"])
+
+
+def _judged(journey: Journey, since: int) -> int:
+    """The platform's calls from ``since`` on are allowed by the documents deployed now (each stage of
+    the journey by its own: a later stack drops the async topics' statement, or names another image
+    repository); where the next stage's calls start."""
+    calls = journey.platform.calls[since:]
+    assert not denials(journey.platform.documents(journey.outputs["roleArn"]), calls)
+    return since + len(calls)
+
+
 def _without_statement(journey: Journey, action: str) -> None:
     """The role's deployed policy, less the one statement that grants ``action``."""
     iam = journey.account.client("iam")
@@ -84,7 +129,7 @@ def _without_statement(journey: Journey, action: str) -> None:
     )
 
 
-def test_a_fine_tuned_folder_deployed_with_tgi_answers_the_local_greedy_text(
+def test_a_fine_tuned_folder_on_tgi_then_an_lmi_component_answers_the_local_greedy_text(
     journey: Journey, tiny_llm: Path, tmp_path: Path
 ) -> None:
     started = time.monotonic()
@@ -137,12 +182,10 @@ def test_a_fine_tuned_folder_deployed_with_tgi_answers_the_local_greedy_text(
     ), keys
     journey.set_config("aiops:endpoint.enabled", True)
     plan = journey.preview()
-    model = next(r for r in plan["resources"] if r["type"] == "aws:sagemaker/model:Model")
-    container = model["inputs"]["primaryContainer"]
+    container = _model_container(plan)
+    uncompressed = [{"s3Uri": uri, "s3DataType": "S3Prefix", "compressionType": "None"}]
     assert "modelDataUrl" not in container, container
-    assert container["modelDataSource"]["s3DataSources"] == [
-        {"s3Uri": uri, "s3DataType": "S3Prefix", "compressionType": "None"}
-    ]
+    assert container["modelDataSource"]["s3DataSources"] == uncompressed
     assert "huggingface-pytorch-tgi-inference" in container["image"]
     assert {
         "HF_MODEL_ID": "/opt/ml/model",
@@ -164,17 +207,11 @@ def test_a_fine_tuned_folder_deployed_with_tgi_answers_the_local_greedy_text(
     assert info["max_concurrent_requests"] == 4 + queue, info  # MAX_BATCH_SIZE=4 decoded together
 
     runtime = journey.account.client("sagemaker-runtime", endpoint=journey.platform.url)
-    answer = runtime.invoke_endpoint(
-        EndpointName=name, ContentType="application/json", Body=_request(stream=False)
-    )
-    assert json.loads(answer["Body"].read()) == [{"generated_text": want}]
-
-    streamed = runtime.invoke_endpoint_with_response_stream(
-        EndpointName=name, ContentType="application/json", Body=_request(stream=True)
-    )
-    assert streamed["ContentType"].startswith("text/event-stream"), streamed["ContentType"]
-    parts = [event["PayloadPart"]["Bytes"] for event in streamed["Body"]]
-    assert _streamed_text(b"".join(parts)) == want
+    _, answer = _invoke(runtime, {"EndpointName": name}, stream=False)
+    assert json.loads(answer) == [{"generated_text": want}]
+    content_type, streamed = _invoke(runtime, {"EndpointName": name}, stream=True)
+    assert content_type.startswith("text/event-stream"), content_type
+    assert _streamed_text(streamed) == want
 
     body = tmp_path / "request.json"
     body.write_bytes(_request(stream=True))
@@ -206,21 +243,73 @@ def test_a_fine_tuned_folder_deployed_with_tgi_answers_the_local_greedy_text(
     )
     assert queued.returncode == 0, queued.output
     assert json.loads(out.read_text()) == [{"generated_text": want}]
-
-    # everything the role did is allowed by the deployed documents, and the prefix was read as the role
-    documents = journey.platform.documents(journey.outputs["roleArn"])
-    assert not denials(documents, journey.platform.calls)
+    # the prefix was read as the endpoint's role; every call so far allowed by the deployed documents
+    judged = _judged(journey, 0)
     made = {(c.action, c.resource) for c in endpoint.calls}
     assert ("s3:ListBucket", f"arn:aws:s3:::{outputs['bucket']}") in made
     assert ("s3:GetObject", f"arn:aws:s3:::{outputs['bucket']}/{prefix}config.json") in made
 
-    # without the role's s3:ListBucket statement, the next endpoint cannot list the prefix
+    # inference components and container: lmi, one stage: the endpoint's configuration names no model;
+    # the same prefix is a component whose copy has one of the instance's 4 GPUs, on LMI's image with
+    # the environment LMI reads, told to shard over that one GPU
+    journey.set_config("aiops:endpoint.asyncInference", {"enabled": False})
+    journey.set_config("aiops:endpoint.instanceType", "ml.g4dn.12xlarge")
+    journey.set_config("aiops:endpoint.inferenceComponents", {"enabled": True, "acceleratorsPerCopy": 1})
+    journey.set_config("aiops:endpoint.container", "lmi")
+    plan = journey.preview()
+    (spec,) = [r["inputs"]["specification"] for r in plan["resources"] if r["type"] == COMPONENT]
+    assert spec["computeResourceRequirements"]["numberOfAcceleratorDevicesRequired"] == 1
+    container = _model_container(plan)
+    assert "/djl-inference:" in container["image"], container["image"]
+    assert container["modelDataSource"]["s3DataSources"] == uncompressed
+    assert container["environment"] == {
+        "HF_MODEL_ID": "/opt/ml/model",  # where SageMaker puts the uncompressed prefix
+        "TENSOR_PARALLEL_DEGREE": "1",  # the copy's one GPU, not the instance's 4
+        "OPTION_ROLLING_BATCH": "vllm",
+        "OPTION_MAX_ROLLING_BATCH_SIZE": "4",
+        "OPTION_MAX_MODEL_LEN": "256",
+    }
+    journey.apply(plan)
+    component_name = journey.outputs["inferenceComponentName"]
+    component = journey.platform.components[component_name]
+    assert component.status == "InService", (component.failure_reason, journey.log()[-4000:])
+    assert "/djl-inference:" in component.model["PrimaryContainer"]["Image"]
+    assert endpoint.hosts_components and endpoint.server is None  # the async server is gone
+    target = {"EndpointName": name, "InferenceComponentName": component_name}
+    _, answer = _invoke(runtime, target, stream=False)
+    assert json.loads(answer) == {"generated_text": want}, answer
+    content_type, streamed = _invoke(runtime, target, stream=True)
+    assert content_type == "application/jsonlines" and _lmi_streamed_text(streamed) == want
+    # OPTION_MAX_MODEL_LEN reached LMI: a longer prompt is vLLM's 400, relayed as the runtime's ModelError
+    too_long = json.dumps({"inputs": "def main(): " * 200, "parameters": {"max_new_tokens": 1}})
+    with pytest.raises(runtime.exceptions.ModelError) as refused:
+        runtime.invoke_endpoint(**target, ContentType="application/json", Body=too_long.encode())
+    assert refused.value.response["OriginalStatusCode"] == 400
+    assert "maximum context length is 256 tokens" in refused.value.response["OriginalMessage"]
+
+    # allowed by the documents now deployed (LMI's image repository, no async topics); the component read
+    # the prefix as the role of the endpoint's configuration
+    _judged(journey, judged)
+    assert any(
+        c.action == "s3:GetObject"
+        and c.resource == f"arn:aws:s3:::{outputs['bucket']}/{prefix}config.json"
+        and f"inference component {component_name}" in c.doing
+        for c in journey.platform.calls
+    )
+
+    # without the role's s3:ListBucket statement, the next component cannot list the prefix
     _without_statement(journey, "s3:ListBucket")
     sm = journey.account.client("sagemaker", endpoint=journey.platform.url)
-    sm.create_endpoint(EndpointName="llm-denied", EndpointConfigName=endpoint.config_name)
-    denied = journey.platform.endpoints["llm-denied"]
-    assert denied.ready.wait(120)
-    assert denied.status == "Failed" and denied.server is None
-    assert "s3:ListBucket" in denied.failure_reason, denied.failure_reason
-    assert f"arn:aws:s3:::{outputs['bucket']}" in denied.failure_reason
+    sm.create_inference_component(
+        InferenceComponentName="llm-denied",
+        EndpointName=name,
+        VariantName=component.request["VariantName"],
+        Specification=component.request["Specification"],
+        RuntimeConfig={"CopyCount": 1},
+    )
+    denied = wait_inference_component(sm, "llm-denied")
+    assert denied["InferenceComponentStatus"] == "Failed", denied
+    assert "s3:ListBucket" in denied["FailureReason"], denied["FailureReason"]
+    assert f"arn:aws:s3:::{outputs['bucket']}" in denied["FailureReason"]
+    assert journey.platform.components["llm-denied"].server is None
     print(f"LLM journey: {time.monotonic() - started:.0f} s")
