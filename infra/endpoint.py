@@ -40,6 +40,9 @@ class EndpointArgs:
     subnet_ids: tuple[str, ...] = ()
     security_group_ids: tuple[str, ...] = ()
     native_provider: pulumi.ProviderResource | None = None  # aws-native (inference components only)
+    # the execution role's policy: it names the image repository and the model data a container starts
+    # from, so it is in place before a model is (and so before what starts one: endpoint, component)
+    role_policy: pulumi.Resource | None = None
 
 
 def container_environment(config: EndpointConfig, region: str) -> dict[str, str]:
@@ -186,6 +189,8 @@ class Endpoint(pulumi.ComponentResource):
         self, name: str, args: EndpointArgs, image: pulumi.Input[str], child: pulumi.ResourceOptions
     ) -> sagemaker.Model:
         cfg = args.config
+        if args.role_policy is not None:
+            child = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[args.role_policy]))
         # No fixed name: a new model (new artifact, new image) is created before the old one goes.
         return sagemaker.Model(
             f"{name}-model",

@@ -33,6 +33,7 @@ class PlannedResource:
     inputs: dict[str, Any]
     urn: str = ""
     custom: bool = True
+    dependencies: list[str] = field(default_factory=list)  # names of what it waits for (inputs, dependsOn)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,6 +202,7 @@ def _plan(cfg: StackConfig, *, preview: bool) -> Plan:
                         inputs=inputs,
                         urn=response.urn,
                         custom=custom,
+                        dependencies=sorted({urn_to_name.get(u, u) for u in request.dependencies}),
                     )
                 )
             return response

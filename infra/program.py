@@ -102,6 +102,7 @@ def build(cfg: StackConfig) -> ProgramOutputs:
             image_uri = endpoint_image_uri(ep, cfg.region)
 
     role_arn: pulumi.Output[str] | None = None
+    role_policy: pulumi.Resource | None = None
     if cfg.access.enabled:
         from aiops.infra.access import Access, AccessArgs
 
@@ -141,6 +142,7 @@ def build(cfg: StackConfig) -> ProgramOutputs:
             opts=opts,
         )
         role_arn = outputs.role_arn = access.role.arn
+        role_policy = access.policy
         outputs.training_secret_arns = list(cfg.access.training_secrets)
         outputs.remote_debug = True if cfg.access.remote_debug else None
 
@@ -164,6 +166,7 @@ def build(cfg: StackConfig) -> ProgramOutputs:
                 subnet_ids=net.subnet_ids,
                 security_group_ids=net.security_group_ids,
                 native_provider=_native_provider(cfg) if ep.inference_components.enabled else None,
+                role_policy=role_policy,
             ),
             opts=opts,
         )

@@ -221,3 +221,12 @@ def test_config_errors_name_the_key(make_config, make_plan, endpoint, message):
     with pytest.raises(ConfigError) as err:
         make_plan(endpoint=endpoint)  # config errors come before any resource is declared
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_model_waits_for_the_role_policy(make_plan):
+    # the policy names the container's image repository: switched from tgi to lmi, the new model's
+    # container must not be pulled before the policy names djl-inference
+    plan = make_plan(endpoint={"container": "lmi", "modelDataUrl": PREFIX})
+    (policy,) = [r for r in plan.of_type("aws:iam/rolePolicy:RolePolicy") if r.name.startswith("access-")]
+    assert "repository/djl-inference" in policy.inputs["policy"]
+    assert policy.name in plan.one("aws:sagemaker/model:Model").dependencies
