@@ -17,7 +17,8 @@ What stands in for what:
 - **an endpoint's model**: its ModelDataUrl (model.tar.gz) or its ModelDataSource S3Prefix
   (uncompressed files) downloaded as the role, served by `aiops serve`; the LLM containers' images
   (TGI, LMI) by `aiops serve --container tgi|lmi` with the model's environment, as their entry
-  points read it.
+  points read it; one told to shard over more GPUs than it sees (the instance type's, or an inference
+  component's accelerators) fails to start.
 - **scale to zero**: ``POST /endpoints/NAME/async-invocations`` (InvokeEndpointAsync) is answered
   by the platform for an endpoint with an ``AsyncInferenceConfig`` (moto's own answer is a
   placeholder in a bucket of its own): the request is queued and ``EndpointHost`` does what the
