@@ -327,6 +327,12 @@ class EndpointConfig(Section):
             from aiops.infra.images import check_llm_version
 
             check_llm_version(self.container, self.llm.version)
+            if self.container == "lmi" and self.llm.max_input_tokens:
+                raise ValueError(
+                    f"llm.maxInputTokens={self.llm.max_input_tokens}: TGI's MAX_INPUT_TOKENS, which LMI has "
+                    "no equivalent of; LMI bounds prompt and output together by maxTotalTokens "
+                    "(OPTION_MAX_MODEL_LEN): remove maxInputTokens"
+                )
             if self.container == "tgi" and self.llm.dtype == "fp32":
                 raise ValueError("llm.dtype='fp32': TGI serves float16 or bfloat16; allowed: fp16, bf16")
             tp = self.llm.tensor_parallel_degree

@@ -256,6 +256,7 @@ def test_a_fine_tuned_folder_on_tgi_then_an_lmi_component_answers_the_local_gree
     journey.set_config("aiops:endpoint.instanceType", "ml.g4dn.12xlarge")
     journey.set_config("aiops:endpoint.inferenceComponents", {"enabled": True, "acceleratorsPerCopy": 1})
     journey.set_config("aiops:endpoint.container", "lmi")
+    journey.set_config("aiops:endpoint.llm", {"maxTotalTokens": 256, "maxBatchSize": 4})  # no prompt limit
     plan = journey.preview()
     (spec,) = [r["inputs"]["specification"] for r in plan["resources"] if r["type"] == COMPONENT]
     assert spec["computeResourceRequirements"]["numberOfAcceleratorDevicesRequired"] == 1

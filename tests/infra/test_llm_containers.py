@@ -206,6 +206,10 @@ def test_startup_settings_from_the_model_size(make_plan):
         ),
         ({"container": "tgi", "llm": {"dtype": "fp32"}}, "llm.dtype='fp32': TGI serves float16 or bfloat16"),
         (
+            {"container": "lmi", "llm": {"maxInputTokens": 1024}},
+            "llm.maxInputTokens=1024: TGI's MAX_INPUT_TOKENS, which LMI has no equivalent",
+        ),
+        (
             {"container": "lmi", "llm": {"version": "9.9"}},
             "aiops:endpoint.llm.version='9.9': no djl-lmi image known",
         ),
