@@ -136,9 +136,9 @@ def threads_sync(s3: Any, bucket: str, name: str, source: Path) -> None:
     parts, 10 at a time), no hashing, no manifest."""
     from boto3.s3.transfer import TransferConfig
 
-    files = sorted(p for p in source.rglob("*") if p.is_file())
-    small = [p for p in files if p.stat().st_size < 8 * 1024 * 1024]
-    large = [p for p in files if p not in small]
+    sizes = {p: p.stat().st_size for p in sorted(source.rglob("*")) if p.is_file()}
+    small = [p for p, size in sizes.items() if size < 8 * 1024 * 1024]
+    large = [p for p, size in sizes.items() if size >= 8 * 1024 * 1024]
 
     def put(path: Path) -> None:
         with open(path, "rb") as handle:
