@@ -112,6 +112,9 @@ def upload_once(
 #: mostly waiting, so more requests in flight than the AWS CLI's 10 keep the wire busy
 #: (bench/results/upload.md); botocore's pool (``aiops.aws.MAX_POOL_CONNECTIONS``) holds as many
 DEFAULT_CONCURRENCY = 32
+#: requests in flight for the parts of large files and for copies (s3transfer's threads), within
+#: the batch's bound: boto3's ``upload_file`` default
+TRANSFER_CONCURRENCY = 10
 #: how often progress is reported at most (the batch's end is always reported)
 PROGRESS_INTERVAL = 0.1
 
@@ -157,7 +160,9 @@ class UploadBatch:
         self._s3 = s3
         self._slots = threading.BoundedSemaphore(max_concurrency)
         config = TransferConfig(
-            multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_request_concurrency=max_concurrency
+            multipart_threshold=CHUNK,
+            multipart_chunksize=CHUNK,
+            max_request_concurrency=min(max_concurrency, TRANSFER_CONCURRENCY),
         )
         self._manager = TransferManager(_SlotClient(s3, self._slots), config)
         self._puts = ThreadPoolExecutor(max_concurrency, thread_name_prefix="aiops-upload")
@@ -286,11 +291,11 @@ class UploadBatch:
             for other in list(self._futures):  # transfer not started yet reports its cancellation at once)
                 other.cancel()
 
-    def _report_now(self) -> None:
+    def _report_now(self, *, final: bool = False) -> None:
         """Report under the lock, at most every PROGRESS_INTERVAL (2,000 small objects land in
         seconds: a redraw for each would cost more than their requests)."""
         now = time.monotonic()
-        if self._progress is not None and now - self._reported_at >= PROGRESS_INTERVAL:
+        if self._progress is not None and (final or now - self._reported_at >= PROGRESS_INTERVAL):
             self._reported_at = now
             label = f"{self.objects_done:,}/{self.objects_total:,} objects"
             self._progress(label, self.bytes_done, self.bytes_total)
@@ -312,8 +317,7 @@ class UploadBatch:
             raise
         self._finished = True
         with self._lock:
-            self._reported_at = 0.0  # the end is always reported
-            self._report_now()
+            self._report_now(final=True)
         self._shutdown()
 
     def _wait(self) -> None:
