@@ -15,12 +15,13 @@ from functools import cache
 from typing import Any
 
 from aiops.errors import AiopsError, UsageError
+from aiops.s3objects import DEFAULT_CONCURRENCY
 
 # botocore's "standard" retry mode: exponential backoff with jitter for throttling and 5xx.
 STANDARD_RETRIES = {"mode": "standard", "max_attempts": 5}
 # connections a client keeps: an UploadBatch's requests in flight (aiops.s3objects.DEFAULT_CONCURRENCY)
 # and the caller's own HEADs beside them, so none is opened and dropped per request
-MAX_POOL_CONNECTIONS = 16
+MAX_POOL_CONNECTIONS = DEFAULT_CONCURRENCY + 8
 
 
 def session(region: str | None = None, **credentials: str) -> Any:

@@ -11,6 +11,7 @@ Takes a boto3 S3 client; imports boto3 and s3transfer only when called.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import threading
@@ -107,18 +108,27 @@ def upload_once(
 # ---------------------------------------------------------------------------------------------
 # Many objects at once
 
-#: requests in flight for one batch: the AWS CLI's `max_concurrent_requests` and s3transfer's
-#: default, and botocore's default connection pool (``max_pool_connections``), so no request
-#: waits for a connection
-DEFAULT_CONCURRENCY = 10
-#: how often byte progress is reported at most (a finished object is always reported)
+#: requests in flight for one batch. At a region's round trip (tens of ms) a small object's PUT is
+#: mostly waiting, so more requests in flight than the AWS CLI's 10 keep the wire busy
+#: (bench/results/upload.md); botocore's pool (``aiops.aws.MAX_POOL_CONNECTIONS``) holds as many
+DEFAULT_CONCURRENCY = 32
+#: requests in flight for the parts of large files and for copies (s3transfer's threads), within
+#: the batch's bound: boto3's ``upload_file`` default
+TRANSFER_CONCURRENCY = 10
+#: how often progress is reported at most (the batch's end is always reported)
 PROGRESS_INTERVAL = 0.1
 
 
 class UploadBatch:
-    """Many objects to one bucket through one s3transfer ``TransferManager``: at most
-    ``max_concurrency`` requests in flight across every object of the batch and every part of a
-    large one (multipart above ``CHUNK``), as ``aws s3 sync`` does.
+    """Many objects to one bucket, at most ``max_concurrency`` requests in flight across every
+    object of the batch and every part of a large one, as ``aws s3 sync`` bounds its requests.
+
+    An object under ``CHUNK`` is one PutObject, what boto3's ``put_object`` sends, on the batch's
+    threads; a larger one and every copy go through s3transfer's ``TransferManager`` (multipart
+    above ``CHUNK``, as boto3's ``upload_file``), whose requests take the same slots. Given the
+    object's ``sha256`` (a channel's manifest has it), a PutObject carries it as
+    ``ChecksumSHA256``: S3 checks the bytes against the hash the manifest records, and botocore
+    computes no checksum of its own.
 
     ``upload`` and ``copy`` queue an object and return at once (the upload starts while the caller
     hashes the next channel); ``put_last`` keeps an object (a channel's manifest) until every other
@@ -129,7 +139,8 @@ class UploadBatch:
 
     ``progress(label, bytes done, bytes total)`` is one callback for the whole batch: the label
     says the objects (``"12/2,001 objects"``), the numbers the bytes uploaded (copies inside S3
-    count as objects, not bytes); it runs on the transfer threads, one call at a time.
+    count as objects, not bytes); it runs on the transfer threads, one call at a time, at most
+    every ``PROGRESS_INTERVAL`` seconds and once at the end.
     """
 
     def __init__(
@@ -141,13 +152,20 @@ class UploadBatch:
         progress: Progress | None = None,
         max_concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         from s3transfer.manager import TransferConfig, TransferManager
 
         self.bucket, self._encryption, self._progress = bucket, encryption_args(kms_key), progress
+        self._s3 = s3
+        self._slots = threading.BoundedSemaphore(max_concurrency)
         config = TransferConfig(
-            multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_request_concurrency=max_concurrency
+            multipart_threshold=CHUNK,
+            multipart_chunksize=CHUNK,
+            max_request_concurrency=min(max_concurrency, TRANSFER_CONCURRENCY),
         )
-        self._manager = TransferManager(s3, config)
+        self._manager = TransferManager(_SlotClient(s3, self._slots), config)
+        self._puts = ThreadPoolExecutor(max_concurrency, thread_name_prefix="aiops-upload")
         self._lock = threading.Condition()
         self._futures: list[Any] = []
         self._last: list[tuple[str, bytes]] = []
@@ -160,19 +178,36 @@ class UploadBatch:
 
     # -- queueing
 
-    def upload(self, key: str, source: bytes | Path, *, metadata: dict[str, str] | None = None) -> int:
-        """Queue ``source`` (bytes or a file, read when its turn comes) for ``key``; its size."""
-        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+    def upload(
+        self,
+        key: str,
+        source: bytes | Path,
+        *,
+        metadata: dict[str, str] | None = None,
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> int:
+        """Queue ``source`` (bytes or a file, read when its turn comes) for ``key``; its size.
+        ``size`` and ``sha256`` (hex) when the caller knows them: no stat, and S3 checks the hash."""
+        if size is None:
+            size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
         extra: dict[str, Any] = dict(self._encryption)
         if metadata:
             extra["Metadata"] = dict(metadata)
+        action = f"uploading s3://{self.bucket}/{key}"
+        if size < CHUNK:
+            if sha256:
+                extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+            self._queue(action, size)
+            future = self._puts.submit(self._put, key, source, size, extra)
+            self._futures.append(future)
+            future.add_done_callback(lambda done: self._done(action, done))
+            return size
         body = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
-        self._submit(
-            f"uploading s3://{self.bucket}/{key}",
-            size,
-            lambda subscriber: self._manager.upload(
-                body, self.bucket, key, extra_args=extra, subscribers=[subscriber]
-            ),
+        self._queue(action, size)
+        subscriber = _subscriber_type()(self, action, None)
+        self._futures.append(
+            self._manager.upload(body, self.bucket, key, extra_args=extra, subscribers=[subscriber])
         )
         return size
 
@@ -193,29 +228,39 @@ class UploadBatch:
             "Metadata": dict(metadata or {}),
         }
         source = {"Bucket": self.bucket, "Key": source_key}
-        self._submit(
-            f"copying s3://{self.bucket}/{source_key} to {key}",
-            0,
-            lambda subscriber: self._manager.copy(
-                source, self.bucket, key, extra_args=extra, subscribers=[subscriber]
-            ),
-            known=(size, etag),
+        action = f"copying s3://{self.bucket}/{source_key} to {key}"
+        self._queue(action, 0)
+        subscriber = _subscriber_type()(self, action, (size, etag))
+        self._futures.append(
+            self._manager.copy(source, self.bucket, key, extra_args=extra, subscribers=[subscriber])
         )
 
     def put_last(self, key: str, body: bytes) -> None:
         """Write ``key`` only once every other object of the batch has landed (a manifest)."""
         self._last.append((key, body))
 
-    def _submit(
-        self, action: str, size: int, start: Callable[[Any], Any], known: tuple[int, str | None] | None = None
-    ) -> None:
+    def _queue(self, action: str, size: int) -> None:
         if self._failure is not None:  # stop queueing after a failure; `finish` raises it
             self._stop_and_raise()
         with self._lock:
             self._pending += 1
             self.objects_total += 1
             self.bytes_total += size
-        self._futures.append(start(_subscriber_type()(self, action, known)))
+
+    def _put(self, key: str, source: bytes | Path, size: int, extra: dict[str, Any]) -> None:
+        """One PutObject on a batch thread, holding one of the batch's request slots; a file is
+        opened when its turn comes and streamed, as boto3's ``put_object(Body=file)``."""
+        from concurrent.futures import CancelledError
+
+        if self._failure is not None:  # queued before the failure: never sent
+            raise CancelledError
+        with self._slots:
+            if isinstance(source, bytes):
+                self._s3.put_object(Bucket=self.bucket, Key=key, Body=source, **extra)
+            else:
+                with open(source, "rb") as handle:
+                    self._s3.put_object(Bucket=self.bucket, Key=key, Body=handle, **extra)
+        self._progressed(size)
 
     # -- what the transfer threads report
 
@@ -224,9 +269,7 @@ class UploadBatch:
             return
         with self._lock:
             self.bytes_done += amount  # negative when botocore rewinds a body to retry it
-            now = time.monotonic()
-            if now - self._reported_at >= PROGRESS_INTERVAL:
-                self._report(now)
+            self._report_now()
 
     def _done(self, action: str, future: Any) -> None:
         try:
@@ -239,17 +282,21 @@ class UploadBatch:
             self._pending -= 1
             if failed is None:
                 self.objects_done += 1
-                self._report(time.monotonic())
+                self._report_now()
             elif self._failure is None and not _is_cancelled(failed):
                 self._failure, first_failure = (action, failed), True
-            self._lock.notify_all()
+            if not self._pending or first_failure:  # `_wait` wakes once, not once per object
+                self._lock.notify_all()
         if first_failure:  # stop the rest now: what is queued is never sent (outside the lock: a
             for other in list(self._futures):  # transfer not started yet reports its cancellation at once)
                 other.cancel()
 
-    def _report(self, now: float) -> None:
-        self._reported_at = now
-        if self._progress:
+    def _report_now(self, *, final: bool = False) -> None:
+        """Report under the lock, at most every PROGRESS_INTERVAL (2,000 small objects land in
+        seconds: a redraw for each would cost more than their requests)."""
+        now = time.monotonic()
+        if self._progress is not None and (final or now - self._reported_at >= PROGRESS_INTERVAL):
+            self._reported_at = now
             label = f"{self.objects_done:,}/{self.objects_total:,} objects"
             self._progress(label, self.bytes_done, self.bytes_total)
 
@@ -269,7 +316,9 @@ class UploadBatch:
             self._cancel()
             raise
         self._finished = True
-        self._manager.shutdown()
+        with self._lock:
+            self._report_now(final=True)
+        self._shutdown()
 
     def _wait(self) -> None:
         with self._lock:
@@ -296,6 +345,10 @@ class UploadBatch:
         self._last = []
         for future in self._futures:
             future.cancel()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._puts.shutdown(wait=True, cancel_futures=True)
         self._manager.shutdown()
 
     def __enter__(self) -> Self:
@@ -306,6 +359,25 @@ class UploadBatch:
             self.finish()
         else:
             self._cancel()
+
+
+class _SlotClient:
+    """The batch's client as its TransferManager sees it: every request takes one of the batch's
+    slots, so multipart parts and copies count against the same bound as the single PUTs."""
+
+    def __init__(self, s3: Any, slots: threading.BoundedSemaphore) -> None:
+        self._s3, self._slots = s3, slots
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._s3, name)
+        if name == "meta" or not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._slots:
+                return attribute(*args, **kwargs)
+
+        return call
 
 
 @cache
@@ -335,6 +407,9 @@ def _subscriber_type() -> type:
 
 
 def _is_cancelled(err: Exception) -> bool:
+    """A transfer cancelled after another failed: s3transfer's, or a batch thread's never started."""
+    from concurrent.futures import CancelledError as NotStarted
+
     from s3transfer.exceptions import CancelledError
 
-    return isinstance(err, CancelledError)
+    return isinstance(err, (CancelledError, NotStarted))

@@ -37,6 +37,7 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 BUCKET = "bench-bucket"
 SYNC_CONCURRENCY = 10  # the AWS CLI's default max_concurrent_requests
+PROCESSES = ("client", "moto", "proxy")
 
 
 def free_port() -> int:
@@ -136,9 +137,9 @@ def threads_sync(s3: Any, bucket: str, name: str, source: Path) -> None:
     parts, 10 at a time), no hashing, no manifest."""
     from boto3.s3.transfer import TransferConfig
 
-    files = sorted(p for p in source.rglob("*") if p.is_file())
-    small = [p for p in files if p.stat().st_size < 8 * 1024 * 1024]
-    large = [p for p in files if p not in small]
+    sizes = {p: p.stat().st_size for p in sorted(source.rglob("*")) if p.is_file()}
+    small = [p for p, size in sizes.items() if size < 8 * 1024 * 1024]
+    large = [p for p, size in sizes.items() if size >= 8 * 1024 * 1024]
 
     def put(path: Path) -> None:
         with open(path, "rb") as handle:
@@ -259,6 +260,7 @@ def main() -> None:
                 "hashing_seconds": round(time.perf_counter() - started, 3),
                 **{way: [] for way in WAYS},
                 **{f"{way}_cpu_seconds": [] for way in WAYS},
+                **{f"{way}_load": [] for way in WAYS},
             }
         ways = list(WAYS)
         for round_ in range(args.rounds):
@@ -277,8 +279,9 @@ def main() -> None:
                             cpu, [cpu_seconds(), *(cpu_seconds(proc.pid) for proc in servers)], strict=True
                         )
                     ]
-                    named = zip(("client", "moto", "proxy"), spent, strict=True)
+                    named = zip(PROCESSES, spent, strict=True)
                     rows[case][f"{way}_cpu_seconds"].append({name: round(sec, 2) for name, sec in named})
+                    rows[case][f"{way}_load"].append(round(os.getloadavg()[0], 2))
                     print(
                         f"round {round_ + 1} {case} {way}: {rows[case][way][-1]:.2f} s, "
                         f"CPU s {rows[case][f'{way}_cpu_seconds'][-1]}",
@@ -287,6 +290,10 @@ def main() -> None:
         for row in rows.values():
             for way in WAYS:
                 row[f"{way}_median"] = statistics.median(row[way])
+                row[f"{way}_cpu_median"] = {
+                    name: round(statistics.median(run[name] for run in row[f"{way}_cpu_seconds"]), 2)
+                    for name in PROCESSES
+                }
         load_after = os.getloadavg()[0]
     finally:
         for proc in servers:
@@ -361,8 +368,28 @@ def main() -> None:
         + ", measured alone), a HEAD for the manifest, the files, then the manifest; the threads column "
         'only sends the files. "batch vs threads" above 1 means the batch was faster.',
         "",
-        "CPU seconds of each process per run are in upload.json. `" + command + "` regenerates this file.",
+        "CPU seconds per run (medians over the rounds; every run in upload.json, with the load average "
+        "after it). Two bounds no client can pass: the three processes share the cores with each other "
+        "and with other work, so a run takes at least all their CPU seconds over the cores; and moto is "
+        "one Python process that answers every request under one interpreter lock, so a run takes at "
+        "least about moto's CPU seconds (hashing releases the lock, so moto can exceed 100% on large "
+        "bodies). 'moto busy' is moto's CPU seconds over the wall time: near 100%, moto was the bottleneck.",
+        "",
+        f"| channel | way | client | moto | proxy | all | all / {os.cpu_count()} cores | wall | moto busy "
+        "| load average after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    for case, what, _ in cases:
+        row = rows[case]
+        for way in WAYS:
+            cpu = row[f"{way}_cpu_median"]
+            total = sum(cpu.values())
+            md.append(
+                f"| {what} | {way} | {cpu['client']:.2f} | {cpu['moto']:.2f} | {cpu['proxy']:.2f} | "
+                f"{total:.2f} | {total / (os.cpu_count() or 1):.2f} s | {row[f'{way}_median']:.2f} s | "
+                f"{cpu['moto'] / row[f'{way}_median']:.0%} | {statistics.median(row[f'{way}_load']):.1f} |"
+            )
+    md += ["", "`" + command + "` regenerates this file."]
     (RESULTS / "upload.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

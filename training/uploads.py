@@ -37,7 +37,7 @@ def upload_bundle(
     uri = f"s3://{bucket}/{key}"
     if object_exists(s3, bucket, key):
         return UploadResult(uri, 0)
-    return UploadResult(uri, batch.upload(key, data))
+    return UploadResult(uri, batch.upload(key, data, sha256=sha256))
 
 
 def channel_selection(source: Path, *, name: str = "", follow_symlinks: bool = False) -> files.Selection:
@@ -83,10 +83,11 @@ def upload_channel(
     Which files: ``selection`` (the job's, from `local.prepare`), else `channel_selection` — the
     same policy as a local run's channel, so a link out of the channel is refused both ways.
 
-    Every file is read once to hash it (the manifest, whose hash names the prefix), then once to
-    upload it. The manifest object is written last, beside the data prefix (not inside it, where
-    the container would download it into the channel), and only once every file has landed: its
-    presence means the upload finished.
+    Every file is read once to hash it (the manifest, whose hash names the prefix, so no file can
+    be sent before all are hashed), then once to upload it, its sha256 sent along for S3 to check.
+    The manifest object is written last, beside the data prefix (not inside it, where the container
+    would download it into the channel), and only once every file has landed: its presence means
+    the upload finished.
 
     ``batch``: a submission's shared `UploadBatch` (its client, key, progress and request bound):
     the files are queued there, and the batch writes the manifest after all its objects; without
@@ -104,7 +105,7 @@ def upload_channel(
     total = sum(f["size"] for f in manifest["files"].values())
     into = batch if batch is not None else UploadBatch(s3, bucket, kms_key=kms_key, progress=progress)
     with into if batch is None else nullcontext():  # a batch of its own finishes here, a shared one later
-        for rel in manifest["files"]:
-            into.upload(f"{prefix}{rel}", selection.entries[rel])
+        for rel, entry in manifest["files"].items():
+            into.upload(f"{prefix}{rel}", selection.entries[rel], size=entry["size"], sha256=entry["sha256"])
         into.put_last(manifest_key, json.dumps(manifest).encode())
     return UploadResult(uri, total)

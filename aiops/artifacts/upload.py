@@ -135,7 +135,7 @@ def upload_folder(
                     metadata={"sha256": digests[rel]},
                 )
             elif what == "upload":
-                sent += batch.upload(prefix + rel, p, metadata={"sha256": digests[rel]})
+                sent += batch.upload(prefix + rel, p, metadata={"sha256": digests[rel]}, sha256=digests[rel])
     return FolderUpload(
         f"s3://{bucket}/{prefix}",
         counts["upload"],

@@ -14,7 +14,7 @@ import pytest
 from aiops.training import bundle, uploads
 
 from aiops.errors import AiopsError
-from aiops.s3objects import UploadBatch
+from aiops.s3objects import DEFAULT_CONCURRENCY, UploadBatch
 from aiops.stack import LAYOUT
 
 from .conftest import BUCKET
@@ -83,8 +83,8 @@ def _manifest_key(channel: Path) -> str:
 def test_many_files_land_at_once_with_their_keys_content_and_the_stack_key(platform, tmp_path: Path) -> None:
     s3 = platform.boto("s3")
     key_arn = platform.boto("kms").create_key()["KeyMetadata"]["Arn"]
-    channel = _channel(tmp_path / "train", 30)
-    wire = Wire(s3, hold=10)  # the default bound: ten requests in flight together, never more
+    channel = _channel(tmp_path / "train", DEFAULT_CONCURRENCY + 8)
+    wire = Wire(s3, hold=DEFAULT_CONCURRENCY)  # the default bound reached together, never passed
     calls: list[tuple[str, int, int]] = []
     result = uploads.upload_channel(
         s3, BUCKET, "train", channel, kms_key=key_arn, progress=lambda *call: calls.append(call)
@@ -99,7 +99,7 @@ def test_many_files_land_at_once_with_their_keys_content_and_the_stack_key(platf
     for key in listed:
         head = s3.head_object(Bucket=BUCKET, Key=key)
         assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", key_arn), key
-    assert wire.most == 10
+    assert wire.most == DEFAULT_CONCURRENCY
     total = sum(p.stat().st_size for p in files.values())
     assert result.uploaded_bytes == total
     # one callback for the whole channel: the objects in the label, the bytes (the manifest's too) as numbers
@@ -141,6 +141,70 @@ def test_a_submission_shares_one_bound_and_writes_each_manifest_after_every_obje
     assert s3.get_object(Bucket=BUCKET, Key=code_up.uri.split(f"{BUCKET}/", 1)[1])["Body"].read() == code.data
     big = s3.get_object(Bucket=BUCKET, Key=ups[1].uri.split(f"{BUCKET}/", 1)[1] + "big.bin")["Body"].read()
     assert big == (second / "big.bin").read_bytes()
+
+
+def test_each_file_goes_once_with_its_manifest_hash_for_s3_to_check(platform, tmp_path: Path) -> None:
+    """A small file is one PutObject carrying the sha256 the manifest records (S3 refuses bytes that
+    differ from it), so botocore computes no checksum of its own; no HEAD per object."""
+    import base64
+    import json
+
+    s3 = platform.boto("s3")
+    channel = _channel(tmp_path / "train", 12)
+    sent: list[tuple[str, str, dict[str, str]]] = []
+
+    def record(request: Any, event_name: str, **_: Any) -> None:
+        key = request.url.split("?", 1)[0].split(f"/{BUCKET}/", 1)[-1]
+        sent.append((event_name.rsplit(".", 1)[-1], key, {k.lower(): v for k, v in request.headers.items()}))
+
+    s3.meta.events.register("before-send.s3", record)
+    result = uploads.upload_channel(s3, BUCKET, "train", channel)
+
+    prefix = result.uri.removeprefix(f"s3://{BUCKET}/")
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=_manifest_key(channel))["Body"].read())
+    puts = {key: headers for op, key, headers in sent if op == "PutObject" and key.startswith(prefix)}
+    assert sorted(puts) == sorted(prefix + rel for rel in manifest["files"])
+    for rel, entry in manifest["files"].items():
+        headers = puts[prefix + rel]
+        assert base64.b64decode(headers["x-amz-checksum-sha256"]).hex() == entry["sha256"], rel
+        assert entry["sha256"] == hashlib.sha256((channel / rel).read_bytes()).hexdigest(), rel
+        assert "x-amz-checksum-crc32" not in headers, rel
+    operations = [op for op, _, _ in sent]
+    assert operations.count("HeadObject") == 1  # the manifest's, before anything is sent
+    assert operations.count("PutObject") == len(manifest["files"]) + 1  # each file once, the manifest
+
+
+def test_a_put_answered_500_is_sent_again_whole_and_lands(platform, tmp_path: Path) -> None:
+    """botocore's retry rewinds the open file: the object that failed once lands with its bytes."""
+    from botocore.awsrequest import AWSResponse
+
+    s3 = platform.boto("s3")
+    channel = _channel(tmp_path / "train", 6)
+    wire = Wire(s3)
+    failed: list[str] = []
+
+    class Raw:
+        def stream(self, **_: Any) -> Any:
+            yield b"<Error><Code>InternalError</Code><Message>try again</Message></Error>"
+
+    def fail_once(request: Any, **_: Any) -> Any:
+        if request.url.split("?", 1)[0].endswith("/f-004.bin") and not failed:
+            failed.append(request.url)
+            return AWSResponse(request.url, 500, {"Content-Type": "application/xml"}, Raw())
+        return None
+
+    s3.meta.events.register_first("before-send.s3.PutObject", fail_once)
+    result = uploads.upload_channel(s3, BUCKET, "train", channel)
+
+    assert len(failed) == 1
+    assert [key for kind, _, key in wire.events if kind == "sent"].count(
+        failed[0].split(f"/{BUCKET}/")[1]
+    ) == 2
+    key = result.uri.removeprefix(f"s3://{BUCKET}/") + "shard-1/f-004.bin"
+    assert (
+        s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == (channel / "shard-1/f-004.bin").read_bytes()
+    )
+    assert s3.head_object(Bucket=BUCKET, Key=_manifest_key(channel))["ContentLength"] > 0
 
 
 def _deny_put_of(s3: Any, suffix: str) -> None:
