@@ -253,7 +253,7 @@ class LLMApp:
             req.direct = False
             rest, req.rest = req.rest, b""
         if rest and not req.conn.transport.is_closing():
-                req.conn.transport.write(rest)
+            req.conn.transport.write(rest)
         if req.done:
             raise Stop
         if req.timed_out:
