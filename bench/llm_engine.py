@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 RESULTS = ROOT / "bench" / "results"
 
-from llm_workload import SIZES, drive, median_round, prompts, run_meta  # noqa: E402
+from llm_workload import drive, make_model, median_round, prompts, run_meta  # noqa: E402
 
 
 def bench_size(name: str, folder: Path, args) -> list[dict]:
@@ -129,13 +129,12 @@ def main() -> None:
     args = parser.parse_args()
     args.conc = [int(c) for c in args.conc.split(",")]
     import torch
-    from tiny_llm import make_tiny_llm
 
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sizes.split(","):
-            folder = make_tiny_llm(Path(tmp) / name, **SIZES[name])
+            folder = make_model(name, Path(tmp) / name)
             rows += bench_size(name, folder, args)
     write(rows, args)
 

@@ -1,15 +1,18 @@
 """`aiops serve --container tgi` over HTTP: output tokens/s and time to first token (TTFT) at concurrency
-1, 4 and 16, vs a naive HTTP server that runs one ``model.generate`` per request (same model, prompts and
+1, 4, 16 and 64, vs a naive HTTP server that runs one ``model.generate`` per request (same model, prompts and
 lengths, same run), and at c=1 vs ``model.generate`` in this process (what the HTTP server costs on top).
 
 Both servers answer TGI's ``POST /generate_stream`` with server-sent events, one per token as it is made
 (the naive one through a ``generate`` streamer, one thread per request, ThreadingHTTPServer); the client
 threads read the events with ``http.client`` and take TTFT at the first event. Greedy, exactly ``--tokens``
 new tokens per request: the served folder is the model with no EOS token, so both sides do the same work.
-Prompts, TTFT and the rounds' order are bench/llm_workload.py's, shared with bench/llm_engine.py. Writes
-bench/results/llm-http.md and .json.
+Prompts, TTFT and the rounds' order are bench/llm_workload.py's, shared with bench/llm_engine.py. Each
+size has its own requests, new tokens and rounds (``WORKLOADS``: fewer for the 100M model, so that a whole
+run stays within about 20 minutes on 2 cores); a level runs at least c requests. The 1-minute load average
+is recorded before and after each level. Writes bench/results/llm-http.md and .json.
 
-    python bench/llm_http.py [--requests 32] [--tokens 64] [--conc 1,4,16] [--sizes tiny,small] [--rounds 3]
+    python bench/llm_http.py [--conc 1,4,16,64] [--sizes tiny,small,100m] [--requests N] [--tokens N]
+        [--rounds N]   # the last three override every size's
 """
 
 from __future__ import annotations
@@ -34,7 +37,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results"
 
-from llm_workload import SIZES, drive, median_round, prompts, run_meta  # noqa: E402
+from llm_workload import drive, make_model, median_round, prompts, run_meta  # noqa: E402
+
+# per size: (requests per level, new tokens per request, alternating rounds); a level runs max(requests, c)
+# requests. The 100M model decodes ~20 tokens/s on one core, so its naive side at c=64 alone takes minutes
+# a round: fewer requests, half the tokens and two rounds bound it
+WORKLOADS = {"tiny": (32, 64, 3), "small": (32, 64, 3), "100m": (8, 32, 2)}
+MAX_BATCH_SIZE = 64  # c=64 decodes as one batch
 
 
 # ---------------------------------------------------------------------- the naive server (a subprocess)
@@ -150,19 +159,32 @@ def stream_one(port: int, tokens: int):
     return run
 
 
+def workload(name: str, args) -> tuple[int, int, int]:
+    requests, tokens, rounds = WORKLOADS[name]
+    return args.requests or requests, args.tokens or tokens, args.rounds or rounds
+
+
 def bench_size(name: str, folder: Path, args) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.generation.streamers import BaseStreamer
 
+    requests, tokens, rounds = workload(name, args)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    jobs = prompts(tokenizer, args.requests)
+    all_jobs = prompts(tokenizer, max([requests, *args.conc]))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     serve_port, naive_port = free_port(), free_port()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "aiops.cli.app", "serve", str(folder), "--container", "tgi"]
-            + ["--port", str(serve_port), "--max-batch-size", "16", "--max-total-tokens", "512"],
+            + [
+                "--port",
+                str(serve_port),
+                "--max-batch-size",
+                str(MAX_BATCH_SIZE),
+                "--max-total-tokens",
+                "512",
+            ],
             env=env,
             stderr=subprocess.DEVNULL,
         ),
@@ -197,7 +219,7 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
             out = model.generate(
                 **inputs,
                 do_sample=False,
-                max_new_tokens=args.tokens,
+                max_new_tokens=tokens,
                 streamer=streamer,
                 pad_token_id=tokenizer.pad_token_id,
             )
@@ -206,8 +228,8 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
     try:
         for port, proc in zip((serve_port, naive_port), procs, strict=True):
             wait_healthy(port, proc)
-        clients = {"naive": stream_one(naive_port, args.tokens), "aiops": stream_one(serve_port, args.tokens)}
-        for warm in jobs[:2]:
+        clients = {"naive": stream_one(naive_port, tokens), "aiops": stream_one(serve_port, tokens)}
+        for warm in all_jobs[:2]:
             in_process_one(warm)
             for client in clients.values():
                 client(warm)
@@ -215,7 +237,9 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
         for concurrency in args.conc:
             sides = {**clients, "in_process": in_process_one} if concurrency == 1 else clients
             runs: dict[str, list[dict]] = {side: [] for side in sides}
-            for _ in range(args.rounds):  # alternate, so every side sees the same machine
+            jobs = all_jobs[: max(requests, concurrency)]
+            load_before = os.getloadavg()[0]
+            for _ in range(rounds):  # alternate, so every side sees the same machine
                 for side, client in sides.items():
                     runs[side].append(drive(concurrency, jobs, client))
             median = {side: median_round(runs[side]) for side in sides}
@@ -225,6 +249,10 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
                     "model": name,
                     "model_params": params,
                     "concurrency": concurrency,
+                    "requests": len(jobs),
+                    "tokens": tokens,
+                    "rounds": rounds,
+                    "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                     "naive": naive,
                     "aiops": served,
                     "in_process_generate": median.get("in_process"),
@@ -233,7 +261,8 @@ def bench_size(name: str, folder: Path, args) -> list[dict]:
             )
             inproc = median.get("in_process")
             print(
-                f"{name} c={concurrency}: naive {naive['tokens_per_s']:.0f} tok/s TTFT p50/p99 "
+                f"{name} c={concurrency} ({len(jobs)} x {tokens} tokens): naive "
+                f"{naive['tokens_per_s']:.0f} tok/s TTFT p50/p99 "
                 f"{naive['ttft_p50_ms']:.1f}/{naive['ttft_p99_ms']:.1f} ms | aiops serve "
                 f"{served['tokens_per_s']:.0f} tok/s TTFT p50/p99 {served['ttft_p50_ms']:.1f}/"
                 f"{served['ttft_p99_ms']:.1f} ms | x{rows[-1]['speedup']:.2f}"
@@ -262,12 +291,12 @@ def no_eos_copy(folder: Path, into: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--conc", default="1,4,16")
-    parser.add_argument("--sizes", default="tiny,small")
+    parser.add_argument("--requests", type=int, default=None, help="per level (default: WORKLOADS')")
+    parser.add_argument("--tokens", type=int, default=None, help="new tokens a request (default: WORKLOADS')")
+    parser.add_argument("--conc", default="1,4,16,64")
+    parser.add_argument("--sizes", default="tiny,small,100m")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating rounds per level; the median counts"
+        "--rounds", type=int, default=None, help="alternating rounds per level; the median counts"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per server")
     parser.add_argument("--naive-server", default=None, help=argparse.SUPPRESS)
@@ -277,56 +306,71 @@ def main() -> None:
         naive_server(args.naive_server, args.port, args.threads)
         return
     args.conc = [int(c) for c in args.conc.split(",")]
-    from tiny_llm import make_tiny_llm
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sizes.split(","):
-            made = make_tiny_llm(Path(tmp) / f"{name}-made", **SIZES[name])
+            made = make_model(name, Path(tmp) / f"{name}-made")
             rows += bench_size(name, no_eos_copy(made, Path(tmp) / name), args)
-    write(rows, args)
+            write(rows, args)  # after each size: a long run that fails later keeps what it measured
 
 
-NOTE = (
-    "The machine is shared: other jobs load its 2 cores unevenly, so read the ratios of one run, not "
-    "the absolute numbers. The naive server's 16 threads get 16 shares of a loaded CPU while the "
-    "engine decodes on one thread, which favours the naive side as c grows. A burst of 16 arrivals "
-    "joins at one step boundary, prefilled in groups of similar prompt lengths (one forward per group)."
-)
+NOTES = [
+    "The machine is shared: other jobs load its 2 cores unevenly (the load column: the 1-minute load "
+    "average before and after the level), so read the ratios of one run, not the absolute numbers. The "
+    "naive server's c threads get c shares of a loaded CPU while the engine decodes on one thread, which "
+    "favours the naive side as c grows.",
+    "A burst of arrivals joins at step boundaries, at most `max_batch_prefill_tokens` (511 here) padded "
+    "prompt tokens a step, prefilled in groups of similar prompt lengths (one forward per group).",
+    "The 100M model runs fewer and shorter requests and two rounds (`WORKLOADS`): its naive side at c=64 "
+    "decodes 64 requests at once at ~23 tokens/s in all, 1.5 minutes a round; its TTFT is mostly prefill.",
+    "At c >= 16 with the larger models, aiops' p99 TTFT can exceed the naive server's: arrivals join at "
+    "most 511 padded prompt tokens a step and each step also decodes the running batch, so the last of a "
+    "burst waits several steps, while the naive threads prefill at once, each on its share of the CPU.",
+    "The naive server's ~43 ms TTFT at c=1 is its own: it writes the head and each event in separate "
+    "small writes without TCP_NODELAY (Nagle's algorithm meeting the client's delayed ACK).",
+    "While a stream runs, the engine thread writes each token's event to the client's socket itself; the "
+    "event loop takes over only for the head, the first token, the end, and a socket that cannot take a "
+    "whole event.",
+]
 
 
 def write(rows: list[dict], args) -> None:
     RESULTS.mkdir(exist_ok=True)
-    meta = run_meta(args)
+    meta = {**run_meta(args), "workloads": {name: workload(name, args) for name in args.sizes.split(",")}}
     (RESULTS / "llm-http.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# `aiops serve --container tgi` vs a naive one-`generate`-per-request HTTP server (CPU)",
         "",
         (
-            f"`python bench/llm_http.py --requests {args.requests} --tokens {args.tokens} --rounds "
-            f"{args.rounds}` on {os.cpu_count()} shared cores, {args.threads} torch thread(s) per server; "
-            f"torch {meta['torch']}, transformers {meta['transformers']}. Greedy, {args.tokens} new tokens "
-            "per request streamed from `POST /generate_stream`, prompts of 8-120 tokens; `--max-batch-size "
-            "16`; rounds alternate the two servers, each side's median round is shown. TTFT: from sending "
-            "the request to its first event."
+            f"`python bench/llm_http.py --conc {','.join(map(str, args.conc))} --sizes {args.sizes}` on "
+            f"{os.cpu_count()} shared cores, {args.threads} torch thread(s) per server; torch "
+            f"{meta['torch']}, transformers {meta['transformers']}. Greedy, a fixed number of new tokens "
+            "per request (no EOS) streamed from `POST /generate_stream`, prompts of 8-120 tokens; "
+            f"`--max-batch-size {MAX_BATCH_SIZE}`; rounds alternate the sides, each side's median round is "
+            "shown (the lower of two). TTFT: from sending the request to its first event. In-process "
+            "generate: `model.generate` in the benchmark's own process, the same requests one after "
+            "another (c=1)."
         ),
         "",
         (
-            "| model | params | c | naive tok/s | naive TTFT p50 / p99 ms | aiops serve tok/s "
-            "| aiops TTFT p50 / p99 ms | aiops / naive | in-process generate tok/s (aiops / it) |"
+            "| model | params | c | requests x new tokens, rounds | naive tok/s | naive TTFT p50 / p99 ms "
+            "| aiops serve tok/s | aiops TTFT p50 / p99 ms | aiops / naive "
+            "| in-process generate tok/s (aiops / it) | load |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         n, a, g = row["naive"], row["aiops"], row["in_process_generate"]
         lines.append(
             f"| {row['model']} | {row['model_params'] / 1e6:.2f}M | {row['concurrency']} | "
+            f"{row['requests']} x {row['tokens']}, {row['rounds']} | "
             f"{n['tokens_per_s']:.0f} | {n['ttft_p50_ms']:.1f} / {n['ttft_p99_ms']:.1f} | "
             f"{a['tokens_per_s']:.0f} | {a['ttft_p50_ms']:.1f} / {a['ttft_p99_ms']:.1f} | "
             f"{row['speedup']:.2f}x | "
-            + (f"{g['tokens_per_s']:.0f} ({a['tokens_per_s'] / g['tokens_per_s']:.2f}x) |" if g else "|")
+            + (f"{g['tokens_per_s']:.0f} ({a['tokens_per_s'] / g['tokens_per_s']:.2f}x) | " if g else "| ")
+            + f"{row['load_average'][0]:.1f} / {row['load_average'][1]:.1f} |"
         )
-    lines += ["", NOTE, ""]
+    lines += [""] + [f"- {note}" for note in NOTES] + [""]
     (RESULTS / "llm-http.md").write_text("\n".join(lines))
 
 

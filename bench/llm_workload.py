@@ -20,7 +20,24 @@ SIZES = {
         "intermediate": 1408,
         "max_positions": 1024,
     },
+    # tiny-llm's documented ~100M shape (docs/finetune.md), made by `aiops example tiny-llm`'s own code
+    "100m": {"layers": 12, "hidden": 768, "heads": 12, "kv_heads": 4, "intermediate": 2048, "vocab": 16384},
 }
+
+
+def make_model(name: str, folder):
+    """The model of size ``name`` in ``folder``: the tests' tiny Llama for the small sizes, `aiops example
+    tiny-llm` (its 2 MB tokenizer corpus fills the 16k vocabulary) for the 100M one."""
+    from pathlib import Path
+
+    if name == "100m":
+        from aiops.training.examples.finetune.tiny_llm import TinyLlmSize, write_model
+
+        write_model(folder, TinyLlmSize(**SIZES[name]))
+        return Path(folder)
+    from tiny_llm import make_tiny_llm
+
+    return make_tiny_llm(Path(folder), **SIZES[name])
 
 
 def prompts(tokenizer, count: int) -> list[str]:

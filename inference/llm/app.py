@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import threading
 import time
 import traceback
@@ -26,19 +27,20 @@ from typing import TYPE_CHECKING
 from aiops.inference.errors import HttpError
 from aiops.inference.llm import routes, stream_sender
 from aiops.inference.llm.calls import ApiError, Call, ModelContext, Reply
-from aiops.inference.llm.generation import LLMError
+from aiops.inference.llm.generation import Event, LLMError, TokenEvent
 from aiops.inference.llm.protocols import Container
 from aiops.inference.llm.work import LLMRequest, Stop
 from aiops.inference.serving.http import admission, eventstream
 from aiops.inference.serving.http import routes as http_routes
 from aiops.inference.serving.http.connection import Connection
 from aiops.inference.serving.http.responses import model_timeout, request_error, whole_answer
-from aiops.inference.serving.stream_sender import BUFFERED, CHUNKED
+from aiops.inference.serving.stream_sender import BUFFERED, CHUNKED, EVENTS
 
 from aiops.settings import ServeSettings
 
 if TYPE_CHECKING:
     from aiops.inference.llm.engine import LLMEngine
+    from aiops.inference.llm.sequence import Generation
 
 log = logging.getLogger("aiops.serve")
 
@@ -158,13 +160,69 @@ class LLMApp:
         while woken:
             woken.popleft().wake.set()
 
+    # ---- a stream's tokens written by the engine thread (the inference thread's direct answers, per token)
+    def _deliverer(
+        self, req: LLMRequest, call: Call, index: int, notify: Callable[[], None]
+    ) -> Callable[[Generation, Event | LLMError], None]:
+        """What takes generation ``index``'s events in the engine thread: while the loop has handed the
+        stream over (``req.direct``), a token's bytes go straight to the client's socket (the connection's
+        ``wfd``), no loop wake-up per token; any other event, or a token the socket cannot take whole, goes
+        to the loop, which owns the stream from then on until it hands it over again."""
+        lock, conn = self.lock, req.conn
+        framed = req.mode == EVENTS
+
+        def deliver(handle: Generation, event: Event | LLMError) -> None:
+            with lock:
+                if (
+                    req.direct
+                    and type(event) is TokenEvent
+                    and conn.wfd >= 0
+                    and not conn.transport.get_write_buffer_size()
+                ):
+                    data = call.event(index, event)
+                    if not data:
+                        return
+                    if framed:
+                        data = eventstream.payload_part(data)
+                    chunk = b"%x\r\n%b\r\n" % (len(data), data)
+                    try:
+                        sent = os.write(conn.wfd, chunk)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:  # the client has gone: the loop learns it from connection_lost
+                        req.direct = False
+                        return
+                    if sent < len(chunk):  # the socket is full: the loop writes the rest and waits
+                        req.rest, req.direct = chunk[sent:], False
+                        notify()
+                    return
+                req.direct = False
+                handle.enqueue(event)
+
+        return deliver
+
+    def hand_over(self, req: LLMRequest) -> None:
+        """Let the engine thread write the stream's next tokens itself (:meth:`_deliverer`), when the loop
+        has written everything so far: no event queued, nothing buffered, the request still running."""
+        conn = req.conn
+        with self.lock:
+            req.direct = (
+                not req.done
+                and not req.timed_out
+                and conn.wfd >= 0
+                and not conn.transport.get_write_buffer_size()
+                and not any(handle.pending for handle in req.handles)
+            )
+
     # ---- a request's life (a task on the loop)
     async def _run(self, req: LLMRequest, call: Call) -> None:
         try:
             notify = self._notifier(req)
+            direct = call.stream and req.mode != BUFFERED
             try:
-                for request in call.requests:
-                    req.handles.append(self.engine.submit(request, notify=notify))
+                for index, request in enumerate(call.requests):
+                    deliver = self._deliverer(req, call, index, notify) if direct else None
+                    req.handles.append(self.engine.submit(request, notify=notify, deliver=deliver))
             except LLMError as error:
                 self.cancel(req)
                 self.answer(req, call.refuse(error))
@@ -191,6 +249,11 @@ class LLMApp:
         """Wait for the engine's next wake-up of ``req``; Stop when its client left or it timed out."""
         await req.wake.wait()
         req.wake.clear()
+        with self.lock:  # a stream the engine thread was writing is the loop's again
+            req.direct = False
+            rest, req.rest = req.rest, b""
+        if rest and not req.conn.transport.is_closing():
+            req.conn.transport.write(rest)
         if req.done:
             raise Stop
         if req.timed_out:

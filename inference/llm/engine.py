@@ -30,9 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from aiops.inference.llm import kv_cache
 from aiops.inference.llm.folder import check_causal_lm_folder
 from aiops.inference.llm.generation import (
+    Event,
     Finished,
     FinishReason,
     GenerationRequest,
@@ -73,6 +75,7 @@ class LLMEngine:
             eos = tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self._chooser = TokenChooser(tokenizer)
+        self._text = _plain_decoder(tokenizer)
         self.special_ids = self._chooser.special_ids
         # The joining prompts are prefilled in groups of similar lengths, each group padding at most this
         # fraction of its real tokens (kv_cache.prefill_groups): on a CPU a forward costs its tokens, padding
@@ -134,9 +137,14 @@ class LLMEngine:
             raise UsageError(f"{type(model).__name__} takes no position_ids: batched decoding needs them")
 
     # ------------------------------------------------------------------ requests
-    def submit(self, request: GenerationRequest, notify: Callable[[], None] | None = None) -> Generation:
+    def submit(
+        self,
+        request: GenerationRequest,
+        notify: Callable[[], None] | None = None,
+        deliver: Callable[[Generation, Event | LLMError], None] | None = None,
+    ) -> Generation:
         """Tokenize and queue a request (in the caller's thread). Raises LLMError: "validation" over the token
-        budget, "overloaded" when the queue is full."""
+        budget, "overloaded" when the queue is full. ``notify`` and ``deliver``: :class:`Generation`'s."""
         ids = self.tokenizer(request.prompt, add_special_tokens=request.add_special_tokens)["input_ids"]
         if request.truncate is not None:
             ids = ids[-request.truncate :]
@@ -147,7 +155,7 @@ class LLMEngine:
         with self._lock:
             seq_id = next(self._ids)
             entry = self.scheduler.enqueue(seq_id, len(ids), params.max_new_tokens)
-            handle = Generation(self.cancel, seq_id, len(ids), entry.max_new_tokens, notify)
+            handle = Generation(self.cancel, seq_id, len(ids), entry.max_new_tokens, notify, deliver)
             seq = Sequence(
                 seq_id,
                 request,
@@ -287,13 +295,12 @@ class LLMEngine:
     def _decode(self, batch: Batch) -> None:
         if batch.cache is None:
             batch.cache = kv_cache.build_cache(batch.kv)
-        rows = len(batch.seqs)
-        mask = torch.cat(
-            [batch.mask, torch.ones((rows, 1), dtype=batch.mask.dtype, device=self.device)], dim=1
-        )
-        attention = mask
-        if batch.padded and self._own_mask:
-            attention = kv_cache.additive_mask(mask, batch.kv[0][0].dtype)
+        mask = F.pad(batch.mask, (0, 1), value=1)
+        # no padding: no mask, as for a lone sequence (its one query attends to every cached column); the
+        # model then skips building one
+        attention = None
+        if batch.padded:
+            attention = kv_cache.additive_mask(mask, batch.kv[0][0].dtype) if self._own_mask else mask
         out = self.model(
             input_ids=batch.next_input[:, None],
             attention_mask=attention,
@@ -394,10 +401,8 @@ class LLMEngine:
         """TGI's ``Model.decode_token``: the new text of the last tokens, decoded with some context before
         them so that tokenizers that clean up spaces still give each token its own text; nothing while the
         text ends in an unfinished UTF-8 sequence."""
-        prefix_text = self.tokenizer.decode(
-            ids[prefix_offset:read_offset], skip_special_tokens=skip_special_tokens
-        )
-        new_text = self.tokenizer.decode(ids[prefix_offset:], skip_special_tokens=skip_special_tokens)
+        prefix_text = self._text(ids[prefix_offset:read_offset], skip_special_tokens)
+        new_text = self._text(ids[prefix_offset:], skip_special_tokens)
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
             return new_text[len(prefix_text) :], read_offset, len(ids)
         return "", prefix_offset, read_offset
@@ -414,6 +419,26 @@ class LLMEngine:
                     seq.done = True
                     seq.handle._put(error)
                 self.scheduler.finish(seq_id)
+
+
+def _plain_decoder(tokenizer) -> Callable[[list[int], bool], str]:
+    """``tokenizer.decode(ids, skip_special_tokens=...)``, straight to the Rust tokenizer when the tokenizer
+    is a plain ``PreTrainedTokenizerFast`` (what its ``decode`` does, without the per-call conversions that
+    cost more than the decode of a few tokens); any other tokenizer's own ``decode``."""
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+    kind = type(tokenizer)
+    if (
+        isinstance(tokenizer, PreTrainedTokenizerFast)
+        and kind.decode is PreTrainedTokenizerBase.decode
+        and kind._decode is PreTrainedTokenizerFast._decode
+    ):
+        backend = tokenizer.backend_tokenizer
+        if tokenizer.clean_up_tokenization_spaces:
+            clean = tokenizer.clean_up_tokenization
+            return lambda ids, skip: clean(backend.decode(ids, skip_special_tokens=skip))
+        return lambda ids, skip: backend.decode(ids, skip_special_tokens=skip)
+    return lambda ids, skip: tokenizer.decode(ids, skip_special_tokens=skip)
 
 
 def _resolve_dtype(folder: Path, device: str, dtype: str | None) -> torch.dtype:

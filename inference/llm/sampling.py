@@ -39,10 +39,13 @@ class TokenChooser:
         plain = [row for row, seq in enumerate(seqs) if seq.plain_greedy]
         if plain:
             rows = logits[plain] if len(plain) < len(seqs) else logits
-            best = rows.argmax(dim=-1).tolist()
+            best = rows.argmax(dim=-1)
             row_logprobs = torch.log_softmax(rows, dim=-1)
-            for i, row in enumerate(plain):
-                choices[row] = self._choice(best[i], row_logprobs[i], seqs[row])
+            # two transfers for all rows: per-row indexing costs a tensor op each, per token
+            picked = row_logprobs.gather(1, best[:, None])[:, 0].tolist()
+            for i, (row, token_id) in enumerate(zip(plain, best.tolist(), strict=True)):
+                n = seqs[row].params.top_n_tokens
+                choices[row] = Choice(token_id, picked[i], self._top_tokens(row_logprobs[i], n) if n else ())
         for row, seq in enumerate(seqs):
             if choices[row] is not None:
                 continue

@@ -43,6 +43,9 @@ class Plan:
     dropped: tuple[int, ...] = ()  # waiting sequences cancelled before they ever ran
 
 
+NO_CHANGE = Plan()
+
+
 class Scheduler:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -101,6 +104,8 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the step boundary
     def plan(self) -> Plan:
+        if not (self._leaving or self._dropped or self._waiting):
+            return NO_CHANGE  # the usual step boundary while decoding
         leave, self._leaving = tuple(self._leaving), []
         dropped, self._dropped = tuple(self._dropped), []
         for seq_id in leave:

@@ -24,6 +24,10 @@ class Generation:
     Iterating blocks until the next event (a thread must be stepping the engine); :meth:`poll` drains what
     has arrived without waiting (an event loop calls it when ``notify`` fires). A request that failed in the
     engine raises its :class:`LLMError` from either.
+
+    ``deliver``, when given, takes every event in the engine's thread instead of the queue: it hands the event
+    on itself (a streaming server writes a token straight to its client) or calls :meth:`enqueue`, so that
+    the caller decides, under its own lock, what goes past the queue without reordering it.
     """
 
     def __init__(
@@ -33,17 +37,26 @@ class Generation:
         input_length: int,
         max_new_tokens: int,
         notify: Callable[[], None] | None,
+        deliver: Callable[[Generation, Event | LLMError], None] | None = None,
     ) -> None:
         self._cancel = cancel
         self.seq_id = seq_id
         self.input_length = input_length
         self.max_new_tokens = max_new_tokens
         self._notify = notify
+        self._deliver = deliver
         self._events: queue.SimpleQueue[Event | LLMError] = queue.SimpleQueue()
         self.done = False  # the last event has been taken
         self._end: Finished | LLMError | None = None
 
     def _put(self, event: Event | LLMError) -> None:
+        if self._deliver is not None:
+            self._deliver(self, event)
+        else:
+            self.enqueue(event)
+
+    def enqueue(self, event: Event | LLMError) -> None:
+        """Queue the event for :meth:`poll` or iteration, and wake the caller (``notify``)."""
         self._events.put(event)
         if self._notify is not None:
             self._notify()
@@ -54,6 +67,11 @@ class Generation:
         if isinstance(event, LLMError):
             raise event
         return event
+
+    @property
+    def pending(self) -> bool:
+        """Events are queued that :meth:`poll` has not taken."""
+        return not self._events.empty()
 
     def __iter__(self) -> Iterator[Event]:
         while not self.done:

@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from aiops.inference.llm.work import LLMRequest
 
 
-async def events(app: LLMApp, req: LLMRequest, call: Call) -> AsyncIterator[bytes]:
+async def events(app: LLMApp, req: LLMRequest, call: Call, direct: bool = False) -> AsyncIterator[bytes]:
     """The stream's bytes after its head, as the engine makes them (one piece per wake-up); a generation
-    that fails ends it with the container's error event."""
+    that fails ends it with the container's error event. ``direct``: between wake-ups the engine thread
+    writes the tokens to the socket itself (``LLMApp.hand_over``), so only what it cannot comes here."""
     handles = req.handles
     while True:
         out = []
@@ -47,6 +48,8 @@ async def events(app: LLMApp, req: LLMRequest, call: Call) -> AsyncIterator[byte
             if tail:
                 yield tail
             return
+        if direct:
+            app.hand_over(req)
         await app.next(req)
 
 
@@ -73,7 +76,7 @@ async def send(app: LLMApp, req: LLMRequest, call: Call) -> None:
         first = call.head()
         if first:
             await sink.send(eventstream.payload_part(first) if framed else first)
-        async for data in events(app, req, call):
+        async for data in events(app, req, call, direct=True):
             await sink.send(eventstream.payload_part(data) if framed else data)
         await sink.finish()
     finally:

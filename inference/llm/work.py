@@ -29,6 +29,8 @@ class LLMRequest:
         "wake",
         "streaming",
         "cancelled",
+        "direct",
+        "rest",
     )
 
     def __init__(self, conn: Connection, keep_alive: bool, mode: str) -> None:
@@ -44,6 +46,10 @@ class LLMRequest:
         self.wake = asyncio.Event()
         self.streaming = False  # the 200 head is out
         self.cancelled = False  # its generations were told to stop
+        # the loop has handed the stream to the engine thread, which writes its tokens to the socket itself
+        # (LLMApp.hand_over); under LLMApp.lock
+        self.direct = False
+        self.rest = b""  # what the engine thread could not write: the loop writes it first
 
 
 class Stop(Exception):

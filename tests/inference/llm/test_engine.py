@@ -116,7 +116,8 @@ def test_a_burst_of_mixed_lengths_is_prefilled_jointly_and_equals_generate(
 
     def counted(**kwargs):
         mask = kwargs["attention_mask"]
-        real = int(mask.sum()) if mask.dim() == 2 else -1  # a padded decode step's mask is 4D
+        # a padded decode step's mask is 4D; an unpadded one's is None
+        real = int(mask.sum()) if mask is not None and mask.dim() == 2 else -1
         forwards.append((tuple(kwargs["input_ids"].shape), real))
         return forward(**kwargs)
 

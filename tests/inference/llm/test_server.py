@@ -307,6 +307,36 @@ def test_stream_arrives_before_the_end_and_a_disconnect_frees_the_slot(tgi, refe
     }
 
 
+def test_a_stream_whose_client_reads_late_arrives_whole_and_in_order(tgi, reference):
+    """While a stream runs, the engine thread writes its events to the socket itself. A client that reads
+    its first event, then nothing until the generation has ended, then the rest, gets every event once,
+    in order, with generate's tokens."""
+    n = 1500
+    body = json.dumps({"inputs": "def main():", "parameters": {"max_new_tokens": n}}).encode()
+    sock = socket.create_connection(("127.0.0.1", tgi.port), timeout=60)
+    try:
+        sock.sendall(
+            b"POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        seen = b""
+        while b"data:" not in seen:  # the first event: the generation is running
+            data = sock.recv(65536)
+            assert data, seen
+            seen += data
+        wait_until(lambda: metrics(tgi)["tgi_batch_current_size"] == 0, "the generation ended")
+        while not seen.endswith(b"\r\n0\r\n\r\n"):
+            data = sock.recv(65536)
+            assert data, seen[-200:]
+            seen += data
+    finally:
+        sock.close()
+    events = sse_events(seen.split(b"\r\n\r\n", 1)[1])
+    assert [event["index"] for event in events] == list(range(1, n + 1))
+    assert [event["token"]["id"] for event in events] == reference.greedy("def main():", n)
+    assert events[-1]["generated_text"] is not None
+
+
 def test_a_stream_answered_whole_is_the_streamed_bytes_with_one_end(tgi, reference):
     # InvokeEndpoint's route (and an HTTP/1.0 client) take a stream whole: the same events, [DONE] once
     messages = [{"role": "user", "content": "Write a loop."}]
