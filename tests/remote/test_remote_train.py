@@ -333,17 +333,15 @@ def test_ctrl_c_while_waiting_detaches_without_a_tty(
     from helpers import wait_until
 
     platform.in_progress_polls = 10_000
+    # Ctrl-C as a shell delivers it: SIGINT neither ignored nor blocked, whatever this test process
+    # (a pytest-xdist worker) passes on to its children
+    start = (
+        "import signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+        "signal.signal(signal.SIGINT, signal.default_int_handler); from aiops.cli.app import main; "
+        f"sys.exit(main(['train', 'train.py', '--source-dir', {str(project)!r}, '--remote']))"
+    )
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aiops.cli.app",
-            "train",
-            "train.py",
-            "--source-dir",
-            str(project),
-            "--remote",
-        ],
+        [sys.executable, "-c", start],
         env={**os.environ, "AIOPS_HOME": str(aiops_home), "AIOPS_AWS__JOB_POLL_SECONDS": "0.2"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
