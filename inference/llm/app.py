@@ -33,7 +33,7 @@ from aiops.inference.llm.work import LLMRequest, Stop
 from aiops.inference.serving.http import admission, eventstream
 from aiops.inference.serving.http import routes as http_routes
 from aiops.inference.serving.http.connection import Connection
-from aiops.inference.serving.http.responses import model_timeout, request_error, whole_answer
+from aiops.inference.serving.http.responses import chunk, model_timeout, request_error, whole_answer
 from aiops.inference.serving.stream_sender import BUFFERED, CHUNKED, EVENTS
 
 from aiops.settings import ServeSettings
@@ -184,16 +184,16 @@ class LLMApp:
                         return
                     if framed:
                         data = eventstream.payload_part(data)
-                    chunk = b"%x\r\n%b\r\n" % (len(data), data)
+                    framed_chunk = chunk(data)
                     try:
-                        sent = os.write(conn.wfd, chunk)
+                        sent = os.write(conn.wfd, framed_chunk)
                     except BlockingIOError:
                         sent = 0
                     except OSError:  # the client has gone: the loop learns it from connection_lost
                         req.direct = False
                         return
-                    if sent < len(chunk):  # the socket is full: the loop writes the rest and waits
-                        req.rest, req.direct = chunk[sent:], False
+                    if sent < len(framed_chunk):  # the socket is full: the loop writes the rest and waits
+                        req.rest, req.direct = framed_chunk[sent:], False
                         notify()
                     return
                 req.direct = False

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 from aiops.inference.llm.calls import Call
 from aiops.inference.llm.generation import LLMError
 from aiops.inference.serving.http import eventstream
-from aiops.inference.serving.http.responses import TransportSink, answer_head, stream_head_lines
+from aiops.inference.serving.http.responses import (
+    LAST_CHUNK,
+    TransportSink,
+    answer_head,
+    chunk,
+    stream_head_lines,
+)
 from aiops.inference.serving.stream_sender import EVENTS
 
 if TYPE_CHECKING:
@@ -97,5 +103,5 @@ def cut(app: LLMApp, req: LLMRequest, code: str = eventstream.STREAM_BROKEN) -> 
     app.settle(req)
     if req.mode == EVENTS and not transport.is_closing():
         frame = eventstream.model_stream_error(f"the model's stream ended early ({code})", code)
-        transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(frame), frame))
+        transport.write(chunk(frame) + LAST_CHUNK)
     conn.close()

@@ -172,6 +172,15 @@ def stream_head_lines(mode: str, content_type: str) -> bytes:
     return b"content-type: " + content_type.encode("latin-1") + b"\r\ntransfer-encoding: chunked\r\n"
 
 
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a ``transfer-encoding: chunked`` body (written by the loop's sinks and by
+    a thread writing a stream's tokens itself: both must frame alike)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 _LINGER_OFF = struct.pack("ii", 1, 0)
 
 
@@ -223,13 +232,13 @@ class TransportSink:
     async def send(self, data: bytes) -> None:
         if self.is_disconnected():
             return
-        self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self.transport.write(chunk(data))
         if not self._writable.is_set():  # the client reads slower than we produce: wait for it
             await self._writable.wait()
 
     async def finish(self) -> None:
         if not self.is_disconnected():
-            self.transport.write(b"0\r\n\r\n")
+            self.transport.write(LAST_CHUNK)
 
     def abort(self) -> None:
         if self._writable.is_set():
