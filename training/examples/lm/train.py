@@ -45,6 +45,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+SIBLINGS = ("lm_checkpoint", "lm_data", "lm_model", "lm_output")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
     from lm_checkpoint import (
@@ -58,9 +59,10 @@ try:
     from lm_data import ChannelError, TokenShards
     from lm_model import ByteLM, ModelConfig, count_parameters
     from lm_output import write_failure, write_metrics, write_model_folder
-except (
-    ImportError
-) as missing:  # shipped alone: SageMaker (and aiops) ship only the entry point without source_dir
+except ImportError as missing:
+    if missing.name not in SIBLINGS:  # a library that is not installed: its own error
+        raise
+    # shipped alone: SageMaker (and aiops) ship only the entry point without source_dir
     if int(os.environ.get("RANK", 0)) == 0:
         print(
             f"error: {missing.name}.py is not beside train.py; ship the whole folder with "
